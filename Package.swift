@@ -1,0 +1,60 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "swift-redlock",
+    products: [
+        .library(name: "Redlock", targets: ["Redlock"]),
+        .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
+        .executable(name: "redlock", targets: ["RedlockCommand"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // The C library, nothing else. Only RedlockTransport imports it.
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // Connections to one Redis node each: a dedicated I/O thread per connection, pipelined.
+        .target(
+            name: "RedlockTransport",
+            dependencies: ["CHiredis"]
+        ),
+        // The Redlock quorum algorithm: configuration, leases, errors, scripts. No C.
+        .target(
+            name: "Redlock",
+            dependencies: [
+                "RedlockTransport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // posix_spawn with a log pipe and no inherited descriptors, for the test support.
+        .target(name: "CProcessSpawn"),
+        // Real redis-server processes for tests, benchmarks and the demo.
+        .target(
+            name: "RedlockTestSupport",
+            dependencies: ["RedlockTransport", "CProcessSpawn"]
+        ),
+        .executableTarget(
+            name: "RedlockCommand",
+            dependencies: [
+                "Redlock",
+                "RedlockTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "RedlockTransportTests",
+            dependencies: ["RedlockTransport", "RedlockTestSupport"]
+        ),
+        .testTarget(
+            name: "RedlockTests",
+            dependencies: ["Redlock", "RedlockTransport", "RedlockTestSupport"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,40 @@
+/// Proof that a lock was acquired: its name, the value written to the nodes, and how long it
+/// stays valid. A value, not a handle: pass it to `unlock` and `extend`, or to another process.
+public struct Lease: Sendable, Hashable, CustomStringConvertible {
+    /// The lock's name (the key on every node).
+    public let name: String
+    /// The value written to the nodes; whoever has it can unlock or extend.
+    public let value: String
+    /// The expiry the keys were set with.
+    public let expiry: Duration
+    /// When the acquire (or latest extend) that produced this lease started.
+    public let acquiredAt: ContinuousClock.Instant
+    /// When the lease stops being valid: `acquiredAt + expiry − expiry × driftFactor − 2 ms`,
+    /// measured on this process's monotonic clock.
+    public let validUntil: ContinuousClock.Instant
+
+    /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
+    public init(name: String, value: String, expiry: Duration, acquiredAt: ContinuousClock.Instant, validUntil: ContinuousClock.Instant) {
+        self.name = name
+        self.value = value
+        self.expiry = expiry
+        self.acquiredAt = acquiredAt
+        self.validUntil = validUntil
+    }
+
+    /// How much validity is left now; zero once it has run out.
+    public var remainingValidity: Duration {
+        Swift.max(.zero, ContinuousClock.now.duration(to: validUntil))
+    }
+
+    /// Whether the lease is still valid now. Act on the protected resource only while it is,
+    /// and prefer fencing where the resource allows it: a pause after this check can outlast it.
+    public var isValid: Bool {
+        ContinuousClock.now < validUntil
+    }
+
+    /// `lease "NAME" (valid for …)`; the value is left out.
+    public var description: String {
+        "lease \"\(name)\" (valid for \(remainingValidity))"
+    }
+}

@@ -1,0 +1,76 @@
+/// How a lock acquires, retries, extends and computes validity. Every default is Redsync's.
+public struct LockOptions: Sendable {
+    /// How long the keys live on the nodes (`PX`), and the most a lease can be valid.
+    /// The default is 8 s.
+    public var expiry: Duration = .seconds(8)
+    /// How many attempts `lock()` makes before it gives up (`tryLock()` makes one).
+    /// The default is 32.
+    public var tries: Int = 32
+    /// The wait before each retry. The default is a random 50–250 ms.
+    public var retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250)))
+    /// The share of the expiry set aside for clock drift between client and nodes.
+    /// The default is 0.01; it must be in [0, 1).
+    public var driftFactor: Double = 0.01
+    /// The share of the expiry one attempt may take (its time budget across all nodes):
+    /// nodes that have not answered by then count as failed. The default is 0.05.
+    public var timeoutFactor: Double = 0.05
+    /// Where the lock value comes from. The default is 16 random bytes, base64-encoded.
+    public var value: LockValue = .random
+    /// Whether an attempt returns as soon as its outcome is decided (a quorum granted, or a
+    /// quorum became impossible) without waiting for the remaining nodes. With `false`, an
+    /// attempt waits for every node until its time budget runs out, so the keys land on as many
+    /// nodes as possible. The default is `true`.
+    public var failFast: Bool = true
+    /// Whether each attempt contacts the nodes in a random order. The default is `false`.
+    public var shuffleNodes: Bool = false
+    /// Whether `extend()` re-creates the key on a node where it vanished (for example after that
+    /// node restarted) instead of counting that node as lost. This favours availability over
+    /// safety: it can extend a lease whose keys already expired. The default is `false`.
+    public var setNXOnExtend: Bool = false
+
+    /// Options with every default.
+    public init() {}
+
+    /// Options with the given values; the rest keep their defaults.
+    public init(
+        expiry: Duration = .seconds(8),
+        tries: Int = 32,
+        retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250))),
+        driftFactor: Double = 0.01,
+        timeoutFactor: Double = 0.05,
+        value: LockValue = .random,
+        failFast: Bool = true,
+        shuffleNodes: Bool = false,
+        setNXOnExtend: Bool = false
+    ) {
+        self.expiry = expiry
+        self.tries = tries
+        self.retryDelay = retryDelay
+        self.driftFactor = driftFactor
+        self.timeoutFactor = timeoutFactor
+        self.value = value
+        self.failFast = failFast
+        self.shuffleNodes = shuffleNodes
+        self.setNXOnExtend = setNXOnExtend
+    }
+
+    /// The time budget of one attempt: ``expiry`` × ``timeoutFactor``.
+    public var attemptBudget: Duration {
+        Timing.attemptBudget(expiry: expiry, timeoutFactor: timeoutFactor)
+    }
+
+    /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` naming the first bad option.
+    func validate(lockName: String) throws(RedlockError) {
+        func fail(_ message: String) -> RedlockError { .invalid(message, lockName: lockName) }
+        guard expiry > .zero else { throw fail("expiry must be positive, got \(expiry)") }
+        guard expiry.millisecondsRoundedUp <= Int64(Int32.max) else { throw fail("expiry \(expiry) is too long") }
+        guard tries >= 1 else { throw fail("tries must be at least 1, got \(tries)") }
+        guard driftFactor >= 0, driftFactor < 1 else { throw fail("driftFactor must be in [0, 1), got \(driftFactor)") }
+        guard timeoutFactor > 0, timeoutFactor <= 1 else {
+            throw fail("timeoutFactor must be in (0, 1], got \(timeoutFactor)")
+        }
+        guard Timing.validity(expiry: expiry, elapsed: .zero, driftFactor: driftFactor) > .zero else {
+            throw fail("expiry \(expiry) leaves no validity after the drift allowance")
+        }
+    }
+}

@@ -1,0 +1,51 @@
+/// Where a lock call gets the value it writes to the nodes: proof of ownership for unlock
+/// and extend, so it must be unique to the caller.
+public struct LockValue: Sendable {
+    private let make: @Sendable () -> String
+
+    /// Values made by `generator`, called once per `lock()`/`tryLock()` call (the value is
+    /// reused across that call's retries). It must return a non-empty, unique string.
+    public init(generator: @escaping @Sendable () -> String) {
+        make = generator
+    }
+
+    /// 16 random bytes from the system's secure generator, base64-encoded. The default.
+    public static let random = LockValue { randomToken(byteCount: 16) }
+
+    /// The same value every time, e.g. to re-attach to a lease held by another process that
+    /// handed over its value. Two holders with one fixed value cannot tell each other apart.
+    public static func fixed(_ value: String) -> LockValue {
+        LockValue { value }
+    }
+
+    func next() -> String { make() }
+}
+
+/// `byteCount` random bytes, base64-encoded (standard alphabet, padded).
+func randomToken(byteCount: Int) -> String {
+    var generator = SystemRandomNumberGenerator()
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(byteCount)
+    for _ in 0..<byteCount { bytes.append(UInt8.random(in: 0...255, using: &generator)) }
+    return base64(bytes)
+}
+
+func base64(_ bytes: [UInt8]) -> String {
+    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var output: [UInt8] = []
+    output.reserveCapacity((bytes.count + 2) / 3 * 4)
+    var index = 0
+    while index < bytes.count {
+        let remaining = bytes.count - index
+        let b0 = UInt32(bytes[index])
+        let b1 = remaining > 1 ? UInt32(bytes[index + 1]) : 0
+        let b2 = remaining > 2 ? UInt32(bytes[index + 2]) : 0
+        let triple = b0 << 16 | b1 << 8 | b2
+        output.append(alphabet[Int(triple >> 18 & 63)])
+        output.append(alphabet[Int(triple >> 12 & 63)])
+        output.append(remaining > 1 ? alphabet[Int(triple >> 6 & 63)] : UInt8(ascii: "="))
+        output.append(remaining > 2 ? alphabet[Int(triple & 63)] : UInt8(ascii: "="))
+        index += 3
+    }
+    return String(decoding: output, as: UTF8.self)
+}

@@ -1,0 +1,111 @@
+import RedlockTransport
+
+/// Why a lock operation failed: a code, a message, and what each node answered.
+public struct RedlockError: Error, Sendable, CustomStringConvertible {
+    /// The kind of failure. New codes may be added; switch with a `default`.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: String, Sendable, Hashable {
+            case taken = "taken by another holder"
+            case noQuorum = "no quorum"
+            case validityExhausted = "validity exhausted before acquired"
+            case cancelled = "cancelled"
+            case leaseExpired = "lease expired"
+            case leaseTakenOver = "lease taken over"
+            case invalidConfiguration = "invalid configuration"
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// Another holder has the lock on enough nodes that no quorum was possible.
+        /// ``RedlockError/nodes`` lists the nodes where it is taken.
+        public static let taken = Code(.taken)
+        /// Node errors or silent nodes made a quorum impossible; ``RedlockError/nodes`` gives each
+        /// node's cause.
+        public static let noQuorum = Code(.noQuorum)
+        /// A quorum answered, but so late that the elapsed time and drift allowance used up the
+        /// whole expiry; the keys were released.
+        public static let validityExhausted = Code(.validityExhausted)
+        /// The calling task was cancelled; any key the attempt set was released.
+        public static let cancelled = Code(.cancelled)
+        /// Unlock or extend found the lease's keys gone: it expired.
+        public static let leaseExpired = Code(.leaseExpired)
+        /// Unlock or extend found another holder's keys: the lease expired and was taken over.
+        public static let leaseTakenOver = Code(.leaseTakenOver)
+        /// The client, lock options or lease are invalid; the message says which.
+        public static let invalidConfiguration = Code(.invalidConfiguration)
+
+        /// A short human-readable name of the code.
+        public var description: String { base.rawValue }
+    }
+
+    /// The kind of failure.
+    public var code: Code
+    /// The lock's name, when the error concerns one lock.
+    public var lockName: String?
+    /// Details in a sentence.
+    public var message: String
+    /// Each node that did not grant the operation, with its cause; empty for configuration errors.
+    public var nodes: [NodeFailure]
+
+    /// Creates an error.
+    public init(code: Code, lockName: String? = nil, message: String, nodes: [NodeFailure] = []) {
+        self.code = code
+        self.lockName = lockName
+        self.message = message
+        self.nodes = nodes
+    }
+
+    static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
+        RedlockError(code: .invalidConfiguration, lockName: lockName, message: message)
+    }
+
+    /// `lock "NAME": CODE: MESSAGE; node 0 (HOST:PORT): CAUSE; …`.
+    public var description: String {
+        var text = lockName.map { "lock \"\($0)\": " } ?? ""
+        text += "\(code): \(message)"
+        for node in nodes { text += "; \(node)" }
+        return text
+    }
+}
+
+/// What one node did instead of granting an operation.
+public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
+    /// Why the node did not grant.
+    public enum Cause: Sendable, Hashable, CustomStringConvertible {
+        /// The key holds another holder's value.
+        case taken
+        /// The key does not exist (it expired, or was never set).
+        case missing
+        /// The node failed: refused, timed out, closed, answered an error or garbage.
+        case error(RedisError)
+        /// The node had not answered when the outcome was decided or the attempt's time ran out.
+        case noAnswer
+
+        /// A short description of the cause.
+        public var description: String {
+            switch self {
+            case .taken: "taken by another holder"
+            case .missing: "key missing"
+            case let .error(error): "\(error.code): \(error.message)"
+            case .noAnswer: "no answer within the attempt's time budget"
+            }
+        }
+    }
+
+    /// The node's index in the client's node list.
+    public var node: Int
+    /// The node's address.
+    public var endpoint: RedisEndpoint
+    /// Why it did not grant.
+    public var cause: Cause
+
+    /// Creates a node failure.
+    public init(node: Int, endpoint: RedisEndpoint, cause: Cause) {
+        self.node = node
+        self.endpoint = endpoint
+        self.cause = cause
+    }
+
+    /// `node INDEX (ENDPOINT): CAUSE`.
+    public var description: String { "node \(node) (\(endpoint)): \(cause)" }
+}

@@ -1,0 +1,31 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Asks the kernel for a free TCP port on 127.0.0.1 by binding port 0.
+///
+/// The port is free when this returns; a server started on it can still lose a race with
+/// another process, so callers retry on "Address already in use".
+func freeLoopbackPort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
+    }
+    guard bound == 0 else { throw RedisServerError.noFreePort("bind: \(String(cString: strerror(errno)))") }
+    var actual = sockaddr_in()
+    var actualLength = length
+    let named = withUnsafeMutablePointer(to: &actual) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &actualLength) }
+    }
+    guard named == 0 else { throw RedisServerError.noFreePort("getsockname: \(String(cString: strerror(errno)))") }
+    return Int(UInt16(bigEndian: actual.sin_port))
+}

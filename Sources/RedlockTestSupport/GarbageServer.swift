@@ -1,0 +1,95 @@
+import Foundation
+import RedlockTransport
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A TCP listener on a free loopback port that is not Redis: it answers every request with
+/// fixed bytes that are not RESP, or (with `reply: nil`) accepts and never answers.
+/// For tests of how clients treat a node that answers garbage or stops answering.
+public final class GarbageServer: Sendable {
+    /// The port on 127.0.0.1.
+    public let port: Int
+    private let listener: Int32
+    private let connections = Mutex<[Int32]>([])
+    private let stopped = Mutex(false)
+
+    /// The endpoint to point a client at.
+    public var endpoint: RedisEndpoint { .hostname("127.0.0.1", port: port) }
+
+    private init(port: Int, listener: Int32) {
+        self.port = port
+        self.listener = listener
+    }
+
+    /// Starts listening; `reply` is written after each read from a client (nil: never answer).
+    public static func start(reply: String?) throws -> GarbageServer {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(descriptor, raw, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, raw, &length) == 0
+            }
+        }
+        guard bound else {
+            let reason = String(cString: strerror(errno))
+            close(descriptor)
+            throw RedisServerError.noFreePort("bind/listen: \(reason)")
+        }
+        let server = GarbageServer(port: Int(UInt16(bigEndian: address.sin_port)), listener: descriptor)
+        let thread = Thread { server.serve(reply: reply.map { Array($0.utf8) }) }
+        thread.name = "garbage server \(server.port)"
+        thread.start()
+        return server
+    }
+
+    private func serve(reply: [UInt8]?) {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            let keep = stopped.withLock { stopped in
+                if stopped { return false }
+                connections.withLock { $0.append(client) }
+                return true
+            }
+            guard keep else {
+                close(client)
+                return
+            }
+            guard let reply else { continue }
+            let thread = Thread {
+                var buffer = [UInt8](repeating: 0, count: 1024)
+                while buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }) > 0 {
+                    _ = reply.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+                }
+            }
+            thread.start()
+        }
+    }
+
+    /// Stops listening and closes every accepted connection.
+    public func stop() {
+        let first = stopped.withLock { stopped in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
+        Glibc.shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+        for client in connections.withLock({ $0 }) {
+            Glibc.shutdown(client, Int32(SHUT_RDWR))
+            close(client)
+        }
+    }
+}

@@ -1,0 +1,255 @@
+import Foundation
+import RedlockTransport
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A real `redis-server` process on a free loopback port in its own temporary directory,
+/// for tests, benchmarks and the demo.
+///
+/// The server listens on `127.0.0.1` and on a unix socket in its directory. It can be killed,
+/// paused (SIGSTOP, a hung node), resumed and restarted on the same port with or without its
+/// data. ``terminate()`` kills it and removes its directory; servers still running when the
+/// process exits normally are killed by an exit handler.
+public final class RedisServer: Sendable, CustomStringConvertible {
+    /// How the server keeps its data across a restart.
+    public enum Persistence: Sendable, Hashable {
+        /// No RDB snapshots and no AOF: a restart starts empty.
+        case none
+        /// An append-only file fsynced on every write (`appendfsync always`): a restart keeps
+        /// every acknowledged write.
+        case appendOnlyFsyncAlways
+    }
+
+    /// The TCP port on 127.0.0.1.
+    public let port: Int
+    /// The server's working directory (data, AOF and socket).
+    public let directory: String
+    /// How the server persists its data.
+    public let persistence: Persistence
+    private let executable: String
+    private let extraArguments: [String]
+    private let current: Mutex<ServerProcess?>
+
+    /// The TCP endpoint, `127.0.0.1:port`.
+    public var endpoint: RedisEndpoint { .hostname("127.0.0.1", port: port) }
+    /// The unix domain socket endpoint.
+    public var unixSocketEndpoint: RedisEndpoint { .unixDomainSocket(path: socketPath) }
+    /// A connection configuration for the TCP endpoint with the given timeouts.
+    public func configuration(
+        connectTimeout: Duration = .milliseconds(500),
+        commandTimeout: Duration = .seconds(1)
+    ) -> RedisConnectionConfiguration {
+        RedisConnectionConfiguration(endpoint: endpoint, connectTimeout: connectTimeout, commandTimeout: commandTimeout)
+    }
+
+    private var socketPath: String { directory + "/redis.sock" }
+
+    /// `redis-server 127.0.0.1:PORT`.
+    public var description: String { "redis-server \(endpoint)" }
+
+    private init(port: Int, directory: String, persistence: Persistence, executable: String, extraArguments: [String]) {
+        self.port = port
+        self.directory = directory
+        self.persistence = persistence
+        self.executable = executable
+        self.extraArguments = extraArguments
+        current = Mutex(nil)
+    }
+
+    /// Starts a server on a free port and returns once it accepts connections.
+    ///
+    /// - Parameters:
+    ///   - persistence: How it keeps data across restarts. The default is ``Persistence/none``.
+    ///   - arguments: Extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
+    public static func start(persistence: Persistence = .none, arguments: [String] = []) async throws -> RedisServer {
+        let executable = try findExecutable()
+        var lastError: (any Error)?
+        for _ in 0..<8 {
+            let port = try freeLoopbackPort()
+            let directory = try makeTemporaryDirectory()
+            let server = RedisServer(
+                port: port, directory: directory, persistence: persistence,
+                executable: executable, extraArguments: arguments
+            )
+            do {
+                try await server.launch()
+                return server
+            } catch let RedisServerError.exitedDuringStartup(port, log) where log.contains("Address already in use") {
+                lastError = RedisServerError.exitedDuringStartup(port: port, log: log)
+                server.removeDirectory()
+            } catch {
+                server.removeDirectory()
+                throw error
+            }
+        }
+        throw lastError ?? RedisServerError.noFreePort("gave up after 8 ports")
+    }
+
+    /// Starts `count` servers concurrently. If any fails, the others are terminated.
+    public static func start(count: Int, persistence: Persistence = .none, arguments: [String] = []) async throws -> [RedisServer] {
+        try await withThrowingTaskGroup(of: (Int, RedisServer).self) { group in
+            for index in 0..<count {
+                group.addTask { (index, try await start(persistence: persistence, arguments: arguments)) }
+            }
+            var servers: [RedisServer?] = Array(repeating: nil, count: count)
+            do {
+                for try await (index, server) in group { servers[index] = server }
+            } catch {
+                for server in servers.compactMap({ $0 }) { await server.terminate() }
+                throw error
+            }
+            return servers.compactMap { $0 }
+        }
+    }
+
+    private var launchArguments: [String] {
+        var arguments = [
+            "--port", String(port),
+            "--bind", "127.0.0.1",
+            "--dir", directory,
+            "--unixsocket", socketPath,
+            "--unixsocketperm", "700",
+            "--daemonize", "no",
+            "--logfile", "",
+            "--save", "",
+            "--enable-debug-command", "local",
+            "--maxclients", "1000",
+        ]
+        switch persistence {
+        case .none:
+            arguments += ["--appendonly", "no"]
+        case .appendOnlyFsyncAlways:
+            arguments += ["--appendonly", "yes", "--appendfsync", "always", "--auto-aof-rewrite-percentage", "0"]
+        }
+        return arguments + extraArguments
+    }
+
+    private func launch() async throws {
+        let process = try ServerProcess.spawn(executable: executable, arguments: launchArguments)
+        Self.registry.withLock { $0[ObjectIdentifier(self)] = process.pid }
+        current.withLock { $0 = process }
+        switch await process.waitUntilReady() {
+        case .ready:
+            return
+        case let .failed(log):
+            await process.waitUntilExited()
+            throw RedisServerError.exitedDuringStartup(port: port, log: log)
+        }
+    }
+
+    /// Whether the server process is alive (possibly paused).
+    public var isRunning: Bool {
+        current.withLock { process in process.map { !$0.hasExited } ?? false }
+    }
+
+    /// The process id of the running server, if any.
+    public var processIdentifier: Int32? {
+        current.withLock { process in process.flatMap { $0.hasExited ? nil : $0.pid } }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no final fsync) and waits until it is reaped.
+    public func kill() async {
+        guard let process = current.withLock({ $0 }) else { return }
+        process.signal(SIGKILL)
+        await process.waitUntilExited()
+        Self.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+    }
+
+    /// Freezes the server with SIGSTOP: it keeps its sockets (connects still succeed through the
+    /// kernel backlog) but answers nothing, like a hung or partitioned node.
+    public func pause() throws {
+        guard let process = current.withLock({ $0 }), !process.hasExited else { throw RedisServerError.notRunning(port: port) }
+        process.signal(SIGSTOP)
+    }
+
+    /// Resumes a server frozen by ``pause()``.
+    public func resume() throws {
+        guard let process = current.withLock({ $0 }), !process.hasExited else { throw RedisServerError.notRunning(port: port) }
+        process.signal(SIGCONT)
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port and directory.
+    ///
+    /// - Parameter keepingData: With `false` the directory is emptied first, so even an AOF
+    ///   server starts with no keys. With `true` an ``Persistence/appendOnlyFsyncAlways`` server
+    ///   reloads every acknowledged write; a ``Persistence/none`` server has nothing to reload.
+    public func restart(keepingData: Bool) async throws {
+        await kill()
+        if !keepingData {
+            removeDirectory()
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        try await launch()
+    }
+
+    /// Kills the server and removes its directory. Safe to call more than once.
+    public func terminate() async {
+        await kill()
+        removeDirectory()
+    }
+
+    /// The server's log so far (its first 64 KiB).
+    public var log: String {
+        current.withLock { $0?.log ?? "" }
+    }
+
+    private func removeDirectory() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: - Process-wide bookkeeping
+
+    /// Live servers by owner, killed by the exit handler if a test forgets them.
+    private static let registry: Mutex<[ObjectIdentifier: pid_t]> = {
+        atexit {
+            RedisServer.registry.withLock { servers in
+                for pid in servers.values { _ = Glibc.kill(pid, SIGKILL) }
+                servers.removeAll()
+            }
+        }
+        return Mutex([:])
+    }()
+
+    private static func findExecutable() throws -> String {
+        let environment = ProcessInfo.processInfo.environment
+        if let explicit = environment["REDIS_SERVER"], !explicit.isEmpty { return explicit }
+        let path = environment["PATH"] ?? ""
+        var candidates = path.split(separator: ":").map { "\($0)/redis-server" }
+        candidates += ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"]
+        for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+        throw RedisServerError.executableNotFound(searched: candidates)
+    }
+
+    private static func makeTemporaryDirectory() throws -> String {
+        let base = FileManager.default.temporaryDirectory.path
+        let path = "\(base)/swift-redlock-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+}
+
+/// Starts `count` servers, runs `body` with them, and terminates them afterwards — also when
+/// `body` throws.
+public func withRedisServers<Result>(
+    _ count: Int,
+    persistence: RedisServer.Persistence = .none,
+    arguments: [String] = [],
+    _ body: ([RedisServer]) async throws -> Result
+) async throws -> Result {
+    let servers = try await RedisServer.start(count: count, persistence: persistence, arguments: arguments)
+    do {
+        let result = try await body(servers)
+        for server in servers { await server.terminate() }
+        return result
+    } catch {
+        for server in servers { await server.terminate() }
+        throw error
+    }
+}

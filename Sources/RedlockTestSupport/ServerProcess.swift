@@ -1,0 +1,132 @@
+import CProcessSpawn
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One running `redis-server` child process: spawned with its output on a pipe, watched by a
+/// thread that reports readiness, drains the log and reaps the process when it exits.
+final class ServerProcess: Sendable {
+    enum Readiness: Sendable {
+        case ready
+        case failed(log: String)
+    }
+
+    private struct State {
+        var log = ""
+        var readiness: Readiness?
+        var readinessWaiters: [CheckedContinuation<Readiness, Never>] = []
+        var exited = false
+        var exitWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let pid: pid_t
+    private let state = Mutex(State())
+
+    private init(pid: pid_t) {
+        self.pid = pid
+    }
+
+    /// Spawns `executable` with `arguments`; its stdout and stderr go to a pipe this object reads.
+    /// Every other descriptor of this process is closed in the child.
+    static func spawn(executable: String, arguments: [String]) throws -> ServerProcess {
+        let argv = [executable] + arguments
+        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
+        cArguments.append(nil)
+        defer { for pointer in cArguments { free(pointer) } }
+        guard !cArguments.dropLast().contains(where: { $0 == nil }) else {
+            throw RedisServerError.spawnFailed("out of memory copying arguments")
+        }
+        var pid: pid_t = 0
+        var readEnd: Int32 = -1
+        let status = redlock_spawn_with_pipe(executable, &cArguments, &pid, &readEnd)
+        guard status == 0 else {
+            throw RedisServerError.spawnFailed("\(executable): \(String(cString: strerror(status)))")
+        }
+        let process = ServerProcess(pid: pid)
+        let descriptor = readEnd
+        let thread = Thread { process.watch(descriptor) }
+        thread.name = "redis-server \(pid) watcher"
+        thread.stackSize = 256 * 1024
+        thread.start()
+        return process
+    }
+
+    /// Reads the log until EOF, noting readiness, then reaps the process.
+    private func watch(_ descriptor: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { bytes in
+                read(descriptor, bytes.baseAddress, bytes.count)
+            }
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { break }
+            let text = String(decoding: buffer[0..<count], as: UTF8.self)
+            let waiters: [CheckedContinuation<Readiness, Never>] = state.withLock { state in
+                // Keep the log bounded: the start is what explains a failed start.
+                if state.log.utf8.count < 64 * 1024 { state.log += text }
+                guard state.readiness == nil, state.log.contains("Ready to accept connections") else { return [] }
+                state.readiness = .ready
+                defer { state.readinessWaiters = [] }
+                return state.readinessWaiters
+            }
+            for waiter in waiters { waiter.resume(returning: .ready) }
+        }
+        close(descriptor)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        let (readinessWaiters, exitWaiters, readiness): ([CheckedContinuation<Readiness, Never>], [CheckedContinuation<Void, Never>], Readiness) =
+            state.withLock { state in
+                state.exited = true
+                let readiness = state.readiness ?? .failed(log: state.log)
+                state.readiness = readiness
+                defer {
+                    state.readinessWaiters = []
+                    state.exitWaiters = []
+                }
+                return (state.readinessWaiters, state.exitWaiters, readiness)
+            }
+        for waiter in readinessWaiters { waiter.resume(returning: readiness) }
+        for waiter in exitWaiters { waiter.resume() }
+    }
+
+    /// Waits until the server logs that it accepts connections, or exits.
+    func waitUntilReady() async -> Readiness {
+        await withCheckedContinuation { continuation in
+            let known: Readiness? = state.withLock { state in
+                if let readiness = state.readiness { return readiness }
+                state.readinessWaiters.append(continuation)
+                return nil
+            }
+            if let known { continuation.resume(returning: known) }
+        }
+    }
+
+    /// Waits until the process has exited and been reaped.
+    func waitUntilExited() async {
+        await withCheckedContinuation { continuation in
+            let exited = state.withLock { state in
+                if state.exited { return true }
+                state.exitWaiters.append(continuation)
+                return false
+            }
+            if exited { continuation.resume() }
+        }
+    }
+
+    var hasExited: Bool { state.withLock { $0.exited } }
+
+    /// The log collected so far (bounded to its first 64 KiB).
+    var log: String { state.withLock { $0.log } }
+
+    /// Sends a signal unless the process has already been reaped (so a reused pid is never hit).
+    func signal(_ number: Int32) {
+        state.withLock { state in
+            if !state.exited { _ = kill(pid, number) }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+import Dispatch
+import Foundation
+import Synchronization
+
+/// A connection to one Redis node, safe to share between tasks.
+///
+/// Each connection owns one dedicated I/O thread that talks to the server with blocking hiredis
+/// calls, so Redis I/O never blocks Swift's cooperative thread pool. Commands from concurrent
+/// callers are pipelined: the thread writes every queued command, then reads the replies in order.
+///
+/// The connection connects on first use and, after any error, reconnects on the next call.
+/// Every failure is a ``RedisError`` naming the node and the cause, in bounded time: a refused
+/// connect fails at once, a hung or stopped server after
+/// ``RedisConnectionConfiguration/commandTimeout``.
+///
+/// Call ``shutdown()`` when done; dropping the last reference also stops the thread.
+public final class RedisConnection: Sendable, CustomStringConvertible {
+    /// The configuration the connection was made with.
+    public let configuration: RedisConnectionConfiguration
+    private let core: ConnectionCore
+
+    /// Creates a connection and starts its I/O thread; the server is contacted on first use.
+    public init(configuration: RedisConnectionConfiguration) {
+        self.configuration = configuration
+        core = ConnectionCore(configuration: configuration)
+        let core = core
+        let thread = Thread { core.run() }
+        thread.name = "redis \(configuration.endpoint)"
+        thread.stackSize = 256 * 1024
+        thread.start()
+    }
+
+    /// Creates a connection to an endpoint with default settings.
+    public convenience init(endpoint: RedisEndpoint) {
+        self.init(configuration: RedisConnectionConfiguration(endpoint: endpoint))
+    }
+
+    deinit {
+        core.beginShutdown()
+    }
+
+    /// The node's endpoint.
+    public var description: String { configuration.description }
+
+    /// Sends a command and returns its reply.
+    ///
+    /// - Parameters:
+    ///   - command: The command.
+    ///   - withdrawOnCancel: When the calling task is cancelled, the call always returns at once
+    ///     with ``RedisError/Code-swift.struct/cancelled``. With `true` (the default) a command
+    ///     not yet written is also dropped; with `false` it is still sent (its reply discarded),
+    ///     which is what a release must do.
+    /// - Throws: ``RedisError``; an error reply from the server is `.serverError` with its text.
+    public func send(_ command: RedisCommand, withdrawOnCancel: Bool = true) async throws -> RedisValue {
+        let pending = PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                pending.install(continuation)
+                core.enqueue(pending)
+            }
+        } onCancel: {
+            pending.complete(.failure(RedisError(code: .cancelled, endpoint: configuration.endpoint, message: "")))
+        }
+    }
+
+    /// Stops the I/O thread and closes the socket; commands still queued fail with
+    /// ``RedisError/Code-swift.struct/shutdown``. Returns when the thread has exited, which is
+    /// at most one ``RedisConnectionConfiguration/commandTimeout`` after a read in flight.
+    public func shutdown() async {
+        core.beginShutdown()
+        await core.waitUntilExited()
+    }
+}
+
+/// The state shared by a connection's callers and its I/O thread.
+final class ConnectionCore: Sendable {
+    private struct Shared {
+        var queue: [PendingCommand] = []
+        var threadIsIdle = false
+        var shuttingDown = false
+        var exited = false
+        var exitWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let configuration: RedisConnectionConfiguration
+    private let shared = Mutex(Shared())
+    /// Signalled once each time the idle thread must wake up.
+    private let wakeup = DispatchSemaphore(value: 0)
+
+    init(configuration: RedisConnectionConfiguration) {
+        self.configuration = configuration
+    }
+
+    private func error(_ code: RedisError.Code, _ message: String) -> RedisError {
+        RedisError(code: code, endpoint: configuration.endpoint, message: message)
+    }
+
+    func enqueue(_ command: PendingCommand) {
+        enum Outcome { case queued, wake, rejected(RedisError) }
+        let limit = configuration.maximumQueuedCommands
+        let outcome: Outcome = shared.withLock { shared in
+            if shared.shuttingDown { return .rejected(error(.shutdown, "")) }
+            if shared.queue.count >= limit {
+                return .rejected(error(.overloaded, "\(shared.queue.count) commands already queued"))
+            }
+            shared.queue.append(command)
+            if shared.threadIsIdle {
+                shared.threadIsIdle = false
+                return .wake
+            }
+            return .queued
+        }
+        switch outcome {
+        case .queued: break
+        case .wake: wakeup.signal()
+        case let .rejected(error): command.complete(.failure(error))
+        }
+    }
+
+    func beginShutdown() {
+        let (orphans, wake): ([PendingCommand], Bool) = shared.withLock { shared in
+            guard !shared.shuttingDown else { return ([], false) }
+            shared.shuttingDown = true
+            let orphans = shared.queue
+            shared.queue = []
+            let wake = shared.threadIsIdle
+            shared.threadIsIdle = false
+            return (orphans, wake)
+        }
+        for command in orphans { command.complete(.failure(error(.shutdown, ""))) }
+        if wake { wakeup.signal() }
+    }
+
+    func waitUntilExited() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let exited = shared.withLock { shared in
+                if shared.exited { return true }
+                shared.exitWaiters.append(continuation)
+                return false
+            }
+            if exited { continuation.resume() }
+        }
+    }
+
+    /// The I/O thread's loop: take every queued command, write them all, read their replies.
+    func run() {
+        var context: HiredisContext?
+        var batch: [PendingCommand] = []
+        var written: [PendingCommand] = []
+        while true {
+            enum Next { case work, sleep, exit }
+            let next: Next = shared.withLock { shared in
+                if shared.shuttingDown { return .exit }
+                if shared.queue.isEmpty {
+                    shared.threadIsIdle = true
+                    return .sleep
+                }
+                swap(&shared.queue, &batch)
+                return .work
+            }
+            switch next {
+            case .exit:
+                context?.close()
+                let waiters: [CheckedContinuation<Void, Never>] = shared.withLock { shared in
+                    shared.exited = true
+                    defer { shared.exitWaiters = [] }
+                    return shared.exitWaiters
+                }
+                for waiter in waiters { waiter.resume() }
+                return
+            case .sleep:
+                wakeup.wait()
+                continue
+            case .work:
+                break
+            }
+
+            if context == nil, batch.contains(where: { $0.shouldSend }) {
+                switch HiredisContext.connect(configuration) {
+                case let .success(opened):
+                    context = opened
+                case let .failure(error):
+                    for command in batch { command.complete(.failure(error)) }
+                    batch.removeAll(keepingCapacity: true)
+                    continue
+                }
+            }
+            if let open = context {
+                if !process(batch, on: open, written: &written) {
+                    open.close()
+                    context = nil
+                }
+            }
+            batch.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Pipelines one batch on an open context. Returns false when the context must be dropped.
+    private func process(_ batch: [PendingCommand], on context: HiredisContext, written: inout [PendingCommand]) -> Bool {
+        defer { written.removeAll(keepingCapacity: true) }
+        for command in batch where command.shouldSend {
+            if context.append(command.command) {
+                written.append(command)
+            } else {
+                command.complete(.failure(error(.io, "could not format \(command.command)")))
+            }
+        }
+        for (index, command) in written.enumerated() {
+            let reply = context.readReply()
+            if case let .failure(failure) = reply, failure.code != .serverError {
+                // The stream is broken: nothing after this point will be answered.
+                for unanswered in written[index...] { unanswered.complete(.failure(failure)) }
+                return false
+            }
+            command.complete(reply)
+        }
+        return true
+    }
+}

@@ -1,0 +1,146 @@
+/// Everything needed to open a connection to one Redis node.
+public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConvertible {
+    /// The server's address.
+    public var endpoint: RedisEndpoint
+    /// The ACL user name sent with `AUTH username password`. The default is `nil` (the default user).
+    public var username: String?
+    /// The password sent with `AUTH`. The default is `nil` (no `AUTH`).
+    public var password: String?
+    /// The database selected with `SELECT` after connecting. The default is `nil` (database 0).
+    public var database: Int?
+    /// How long a connect (including `AUTH` and `SELECT`) may take. The default is 1 s.
+    public var connectTimeout: Duration
+    /// How long the connection waits for bytes from the server before it declares a timeout,
+    /// drops the connection and fails the commands in flight. The default is 2 s.
+    ///
+    /// A server stopped with SIGSTOP still accepts TCP connects, so only this timeout detects it.
+    public var commandTimeout: Duration
+    /// The most commands that may wait for one connection; past it a call fails at once with
+    /// ``RedisError/Code-swift.struct/overloaded``. The default is 65,536.
+    public var maximumQueuedCommands: Int
+
+    /// Creates a configuration for an endpoint.
+    public init(
+        endpoint: RedisEndpoint,
+        username: String? = nil,
+        password: String? = nil,
+        database: Int? = nil,
+        connectTimeout: Duration = .seconds(1),
+        commandTimeout: Duration = .seconds(2),
+        maximumQueuedCommands: Int = 65_536
+    ) {
+        self.endpoint = endpoint
+        self.username = username
+        self.password = password
+        self.database = database
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.maximumQueuedCommands = maximumQueuedCommands
+    }
+
+    /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N]`.
+    ///
+    /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`).
+    /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong.
+    public init(parsing text: String) throws(RedisError) {
+        func invalid(_ why: String) -> RedisError {
+            RedisError(code: .invalidAddress, endpoint: nil, message: "'\(text)': \(why)")
+        }
+        let trimmed = text.trimmingWhitespace()
+        guard !trimmed.isEmpty else { throw invalid("empty address") }
+
+        if trimmed.hasPrefix("unix://") {
+            var rest = Substring(trimmed.dropFirst("unix://".count))
+            var database: Int?
+            if let query = rest.firstIndex(of: "?") {
+                let parameters = rest[rest.index(after: query)...]
+                rest = rest[..<query]
+                for parameter in parameters.split(separator: "&") {
+                    let pair = parameter.split(separator: "=", maxSplits: 1)
+                    guard pair.count == 2, pair[0] == "db", let db = Int(pair[1]), db >= 0 else {
+                        throw invalid("unknown or bad parameter '\(parameter)' (only db=N is known)")
+                    }
+                    database = db
+                }
+            }
+            guard rest.hasPrefix("/"), rest.count > 1 else { throw invalid("a unix socket path must be absolute") }
+            self.init(endpoint: .unixDomainSocket(path: String(rest)), database: database)
+            return
+        }
+
+        var rest = Substring(trimmed)
+        var username: String?
+        var password: String?
+        var database: Int?
+        let isURL = rest.hasPrefix("redis://")
+        if isURL {
+            rest = rest.dropFirst("redis://".count)
+            if let at = rest.lastIndex(of: "@") {
+                let credentials = rest[..<at]
+                rest = rest[rest.index(after: at)...]
+                if let colon = credentials.firstIndex(of: ":") {
+                    let user = credentials[..<colon]
+                    username = user.isEmpty ? nil : String(user)
+                    password = String(credentials[credentials.index(after: colon)...])
+                } else {
+                    password = String(credentials)
+                }
+            }
+            if let slash = rest.firstIndex(of: "/") {
+                let dbText = rest[rest.index(after: slash)...]
+                rest = rest[..<slash]
+                if !dbText.isEmpty {
+                    guard let db = Int(dbText), db >= 0 else { throw invalid("database '\(dbText)' is not a number ≥ 0") }
+                    database = db
+                }
+            }
+        } else if rest.contains("://") {
+            throw invalid("unknown scheme (use host:port, redis://… or unix:///path)")
+        }
+
+        let host: Substring
+        var port = 6379
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { throw invalid("unclosed '[' in IPv6 address") }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            let after = rest[rest.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":"), let p = Int(after.dropFirst()) else { throw invalid("bad port after ']'") }
+                port = p
+            }
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = rest[..<colon]
+            guard let p = Int(rest[rest.index(after: colon)...]) else {
+                throw invalid("port '\(rest[rest.index(after: colon)...])' is not a number")
+            }
+            port = p
+        } else {
+            host = rest
+        }
+        guard !host.isEmpty else { throw invalid("empty host") }
+        guard (1...65_535).contains(port) else { throw invalid("port \(port) is outside 1–65535") }
+        self.init(
+            endpoint: .hostname(String(host), port: port),
+            username: username,
+            password: password,
+            database: database
+        )
+    }
+
+    /// The endpoint, and the user and database when set; never the password.
+    public var description: String {
+        var text = endpoint.description
+        if let username { text = "\(username)@\(text)" }
+        if let database { text += "/\(database)" }
+        return text
+    }
+}
+
+extension StringProtocol {
+    func trimmingWhitespace() -> String {
+        var text = Substring(self)
+        while let first = text.first, first.isWhitespace { text.removeFirst() }
+        while let last = text.last, last.isWhitespace { text.removeLast() }
+        return String(text)
+    }
+}

@@ -1,0 +1,38 @@
+/// Where one Redis server listens: a TCP host and port, or a unix domain socket.
+public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
+    /// The two address forms a node can have.
+    public enum Address: Sendable, Hashable {
+        /// A host name or IP address and a TCP port.
+        case tcp(host: String, port: Int)
+        /// The path of a unix domain socket.
+        case unixDomainSocket(path: String)
+    }
+
+    /// The address of the server.
+    public var address: Address
+
+    /// Creates an endpoint from an address.
+    public init(_ address: Address) {
+        self.address = address
+    }
+
+    /// A TCP endpoint. The default port is 6379.
+    public static func hostname(_ host: String, port: Int = 6379) -> RedisEndpoint {
+        RedisEndpoint(.tcp(host: host, port: port))
+    }
+
+    /// A unix domain socket endpoint.
+    public static func unixDomainSocket(path: String) -> RedisEndpoint {
+        RedisEndpoint(.unixDomainSocket(path: path))
+    }
+
+    /// `host:port` for TCP (IPv6 literals in brackets), `unix:PATH` for a socket.
+    public var description: String {
+        switch address {
+        case let .tcp(host, port):
+            return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unixDomainSocket(path):
+            return "unix:\(path)"
+        }
+    }
+}

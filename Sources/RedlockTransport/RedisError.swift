@@ -1,0 +1,70 @@
+/// A failure talking to one Redis node, naming the node and the cause.
+public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What went wrong. New codes may be added; switch with a `default`.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: String, Sendable, Hashable {
+            case connectionRefused = "connection refused"
+            case timeout = "timeout"
+            case connectionClosed = "connection closed"
+            case serverError = "server error reply"
+            case protocolError = "protocol error"
+            case authenticationFailed = "authentication failed"
+            case io = "i/o error"
+            case invalidAddress = "invalid address"
+            case cancelled = "cancelled"
+            case shutdown = "connection shut down"
+            case overloaded = "too many queued commands"
+            case unexpectedReply = "unexpected reply"
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// Nobody listens at the address (TCP RST, or no socket file).
+        public static let connectionRefused = Code(.connectionRefused)
+        /// The connect or a reply took longer than its timeout.
+        public static let timeout = Code(.timeout)
+        /// The server closed the connection.
+        public static let connectionClosed = Code(.connectionClosed)
+        /// The server answered with an error reply (`-ERR …`); the message holds it.
+        public static let serverError = Code(.serverError)
+        /// The bytes from the server are not valid RESP.
+        public static let protocolError = Code(.protocolError)
+        /// `AUTH` or `SELECT` after connecting was refused.
+        public static let authenticationFailed = Code(.authenticationFailed)
+        /// Any other socket or resolver error; the message holds the system's text.
+        public static let io = Code(.io)
+        /// The address could not be parsed.
+        public static let invalidAddress = Code(.invalidAddress)
+        /// The calling task was cancelled before the reply arrived.
+        public static let cancelled = Code(.cancelled)
+        /// The connection was shut down.
+        public static let shutdown = Code(.shutdown)
+        /// More commands wait for the connection than its configuration allows.
+        public static let overloaded = Code(.overloaded)
+        /// The reply has a type or value the caller did not expect.
+        public static let unexpectedReply = Code(.unexpectedReply)
+
+        /// A short human-readable name of the code.
+        public var description: String { base.rawValue }
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// The node concerned, when there is one.
+    public var endpoint: RedisEndpoint?
+    /// Details: the server's error reply, the system's error text, or what was expected.
+    public var message: String
+
+    /// Creates an error.
+    public init(code: Code, endpoint: RedisEndpoint?, message: String) {
+        self.code = code
+        self.endpoint = endpoint
+        self.message = message
+    }
+
+    /// `NODE: CODE: MESSAGE`.
+    public var description: String {
+        let node = endpoint.map { "\($0): " } ?? ""
+        return message.isEmpty ? "\(node)\(code)" : "\(node)\(code): \(message)"
+    }
+}

@@ -1,0 +1,44 @@
+/// A Lua script sent with `EVALSHA`, falling back to `EVAL` when the node answers `NOSCRIPT`.
+public struct RedisScript: Sendable, Hashable {
+    /// The Lua source.
+    public let source: String
+    /// The lowercase hex SHA-1 of the source, as Redis names the script.
+    public let sha1: String
+
+    /// Creates a script; its SHA-1 is computed once here.
+    public init(_ source: String) {
+        self.source = source
+        sha1 = SHA1.hexDigest(of: Array(source.utf8))
+    }
+}
+
+extension RedisConnection {
+    /// Runs a script by `EVALSHA`, and by `EVAL` when the node does not know it yet
+    /// (after a restart or `SCRIPT FLUSH`), which also loads it for next time.
+    public func evaluate(
+        _ script: RedisScript,
+        keys: [String],
+        arguments: [String],
+        withdrawOnCancel: Bool = true
+    ) async throws -> RedisValue {
+        do {
+            return try await send(
+                Self.command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
+                withdrawOnCancel: withdrawOnCancel
+            )
+        } catch let error as RedisError where error.code == .serverError && error.message.hasPrefix("NOSCRIPT") {
+            return try await send(
+                Self.command(script.source, verb: "EVAL", keys: keys, arguments: arguments),
+                withdrawOnCancel: withdrawOnCancel
+            )
+        }
+    }
+
+    private static func command(_ body: String, verb: String, keys: [String], arguments: [String]) -> RedisCommand {
+        var command = RedisCommand(verb, body)
+        command.append(keys.count)
+        for key in keys { command.append(key) }
+        for argument in arguments { command.append(argument) }
+        return command
+    }
+}

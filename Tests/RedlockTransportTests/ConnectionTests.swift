@@ -1,0 +1,210 @@
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Connection to one real node")
+struct ConnectionTests {
+    @Test("answers PING, stores and reads back binary values")
+    func roundTrip() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            defer { Task { await connection.shutdown() } }
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            var set = RedisCommand("SET", "bytes")
+            set.append(bytes: [0, 1, 2, 255, 13, 10])
+            #expect(try await connection.send(set) == .simpleString("OK"))
+            #expect(try await connection.send(RedisCommand("GET", "bytes")) == .bulkString([0, 1, 2, 255, 13, 10]))
+            #expect(try await connection.send(RedisCommand("GET", "absent")) == .null)
+            #expect(try await connection.send(RedisCommand("INCRBY", "n", "41")) == .integer(41))
+            #expect(try await connection.send(RedisCommand("MGET", "n", "absent")) == .array([.bulkString(Array("41".utf8)), .null]))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("an error reply is thrown as a server error naming the node")
+    func serverError() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let error = await #expect(throws: RedisError.self) {
+                try await connection.send(RedisCommand("NOSUCHCOMMAND"))
+            }
+            #expect(error?.code == .serverError)
+            #expect(error?.endpoint == servers[0].endpoint)
+            #expect(error?.message.contains("unknown command") == true)
+            // The connection stays usable after an error reply.
+            let pong = try await connection.send(RedisCommand("PING"))
+            #expect(pong == .simpleString("PONG"))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("concurrent callers are pipelined and each gets its own reply")
+    func pipelining() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let replies = try await withThrowingTaskGroup(of: (Int, RedisValue).self) { group in
+                for index in 0..<2_000 {
+                    group.addTask { (index, try await connection.send(RedisCommand("ECHO", "reply-\(index)"))) }
+                }
+                var replies: [Int: RedisValue] = [:]
+                for try await (index, reply) in group { replies[index] = reply }
+                return replies
+            }
+            #expect(replies.count == 2_000)
+            #expect(replies.allSatisfy { index, reply in reply.string == "reply-\(index)" })
+            await connection.shutdown()
+        }
+    }
+
+    @Test("scripts run by EVALSHA and fall back to EVAL after SCRIPT FLUSH")
+    func scripts() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let script = RedisScript("return {KEYS[1], ARGV[1]}")
+            #expect(script.sha1.count == 40)
+            let expected = RedisValue.array([.bulkString(Array("k".utf8)), .bulkString(Array("v".utf8))])
+            #expect(try await connection.evaluate(script, keys: ["k"], arguments: ["v"]) == expected)
+            let loaded = try await connection.send(RedisCommand("SCRIPT", "EXISTS", script.sha1))
+            #expect(loaded == .array([.integer(1)]))
+            _ = try await connection.send(RedisCommand("SCRIPT", "FLUSH"))
+            #expect(try await connection.evaluate(script, keys: ["k"], arguments: ["v"]) == expected)
+            await connection.shutdown()
+        }
+    }
+
+    @Test("a refused connect fails at once with connectionRefused naming the node")
+    func refused() async throws {
+        let server = try await RedisServer.start()
+        let endpoint = server.endpoint
+        await server.terminate()
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint))
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .connectionRefused)
+        #expect(error?.endpoint == endpoint)
+        #expect(error?.description.contains("\(endpoint)") == true)
+        #expect(started.duration(to: .now) < .seconds(1))
+        await connection.shutdown()
+    }
+
+    @Test("a stopped (SIGSTOP) node times out within the command timeout, then works again once resumed")
+    func stoppedNode() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(200)))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try server.pause()
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            let waited = started.duration(to: .now)
+            #expect(error?.code == .timeout)
+            #expect(waited >= .milliseconds(150))
+            #expect(waited < .seconds(2))
+            try server.resume()
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("after a node is killed and restarted the same connection reconnects on the next call")
+    func reconnect() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration())
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await server.kill()
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(error?.code == .connectionClosed || error?.code == .connectionRefused)
+            try await server.restart(keepingData: false)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("connects over a unix domain socket")
+    func unixSocket() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(endpoint: servers[0].unixSocketEndpoint)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("authenticates with a password or an ACL user, selects the database, and rejects a wrong password")
+    func authentication() async throws {
+        try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in
+            let server = servers[0]
+            let endpoint = server.endpoint
+            let admin = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, password: "s3cret", database: 3))
+            _ = try await admin.send(RedisCommand("SET", "where", "db3"))
+            _ = try await admin.send(RedisCommand("ACL", "SETUSER", "locker", "on", ">pw", "~*", "+@all"))
+            #expect(try await admin.send(RedisCommand("CLIENT", "INFO")).string?.contains("db=3") == true)
+
+            let user = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, username: "locker", password: "pw", database: 3))
+            #expect(try await user.send(RedisCommand("GET", "where")) == .bulkString(Array("db3".utf8)))
+
+            let wrong = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, password: "nope"))
+            let error = await #expect(throws: RedisError.self) { try await wrong.send(RedisCommand("PING")) }
+            #expect(error?.code == .authenticationFailed)
+
+            let anonymous = RedisConnection(endpoint: endpoint)
+            let denied = await #expect(throws: RedisError.self) { try await anonymous.send(RedisCommand("GET", "where")) }
+            #expect(denied?.code == .serverError)
+            #expect(denied?.message.hasPrefix("NOAUTH") == true)
+            for connection in [admin, user, wrong, anonymous] { await connection.shutdown() }
+        }
+    }
+
+    @Test("a peer that answers garbage fails with a protocol error")
+    func garbage() async throws {
+        let garbage = try GarbageServer.start(reply: "hello, not RESP\r\n")
+        defer { garbage.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: garbage.endpoint))
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .protocolError)
+        await connection.shutdown()
+    }
+
+    @Test("a peer that accepts and never answers fails with a timeout")
+    func silentPeer() async throws {
+        let silent = try GarbageServer.start(reply: nil)
+        defer { silent.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: silent.endpoint, commandTimeout: .milliseconds(100)))
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .timeout)
+        await connection.shutdown()
+    }
+
+    @Test("a cancelled call returns at once; a withdrawn command is never sent")
+    func cancellation() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try server.pause()
+            // Occupy the I/O thread with a read that hangs, so the next command waits in the queue.
+            let blocker = Task { try await connection.send(RedisCommand("PING")) }
+            let queued = Task { try await connection.send(RedisCommand("SET", "withdrawn", "1")) }
+            queued.cancel()
+            let error = await #expect(throws: RedisError.self) { try await queued.value }
+            #expect(error?.code == .cancelled)
+            blocker.cancel()
+            _ = await blocker.result
+            try server.resume()
+            #expect(try await connection.send(RedisCommand("EXISTS", "withdrawn")) == .integer(0))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("commands sent after shutdown fail with shutdown")
+    func shutdown() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let pong = try await connection.send(RedisCommand("PING"))
+            #expect(pong == .simpleString("PONG"))
+            await connection.shutdown()
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(error?.code == .shutdown)
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import RedlockTransport
+import Testing
+
+@Suite("Addresses and scripts")
+struct ParsingTests {
+    @Test("parses host:port, redis:// URLs with credentials and db, and unix sockets")
+    func addresses() throws {
+        let plain = try RedisConnectionConfiguration(parsing: "10.1.2.3:7000")
+        #expect(plain.endpoint == .hostname("10.1.2.3", port: 7000))
+        #expect(try RedisConnectionConfiguration(parsing: "cache").endpoint == .hostname("cache", port: 6379))
+        #expect(try RedisConnectionConfiguration(parsing: "[::1]:6380").endpoint == .hostname("::1", port: 6380))
+
+        let url = try RedisConnectionConfiguration(parsing: "redis://app:pa:ss@redis.internal:6390/4")
+        #expect(url.endpoint == .hostname("redis.internal", port: 6390))
+        #expect(url.username == "app")
+        #expect(url.password == "pa:ss")
+        #expect(url.database == 4)
+        #expect(!url.description.contains("pa:ss"))
+
+        let passwordOnly = try RedisConnectionConfiguration(parsing: "redis://:secret@h")
+        #expect(passwordOnly.username == nil)
+        #expect(passwordOnly.password == "secret")
+
+        let unix = try RedisConnectionConfiguration(parsing: "unix:///run/redis.sock?db=2")
+        #expect(unix.endpoint == .unixDomainSocket(path: "/run/redis.sock"))
+        #expect(unix.database == 2)
+    }
+
+    @Test("rejects malformed addresses with invalidAddress", arguments: [
+        "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
+    ])
+    func malformed(text: String) {
+        #expect {
+            try RedisConnectionConfiguration(parsing: text)
+        } throws: { error in
+            (error as? RedisError)?.code == .invalidAddress
+        }
+    }
+
+    @Test("script SHA-1 matches known digests")
+    func sha1() {
+        #expect(RedisScript("").sha1 == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+        #expect(RedisScript("abc").sha1 == "a9993e364706816aba3e25717850c26c9cd0d89d")
+        #expect(RedisScript(String(repeating: "a", count: 1000)).sha1 == "291e9a6c66994949b57ba5e650361e98fc36b1ba")
+    }
+}
