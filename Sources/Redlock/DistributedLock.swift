@@ -150,7 +150,7 @@ public struct DistributedLock: Sendable {
         // Release wherever our SET may have landed: granted, silent, or failed mid-flight.
         let dirty = votes.indices.filter { index in
             switch votes[index] {
-            case .granted?, .refused(.noAnswer)?: return true
+            case .granted?, .refused(.noAnswer)?, .unsettled?: return true
             case let .refused(.error(error))?: return error.code != .connectionRefused
             case .refused(.taken)?, .refused(.missing)?, nil: return false
             }

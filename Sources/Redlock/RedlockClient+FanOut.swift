@@ -5,9 +5,10 @@ extension RedlockClient {
     ///
     /// Sends one command to each node in `order` concurrently and collects votes until the
     /// outcome is decided (with `returnWhenDecided`), every node answered, or `budget` ran out.
-    /// Nodes still silent then get `.refused(.noAnswer)`; their calls are cancelled, which
-    /// withdraws commands not yet written unless `withdrawOnCancel` is false.
-    /// Nodes not in `order` get `nil`.
+    /// Nodes still silent then get `.unsettled` when the outcome was decided without them and
+    /// `.refused(.noAnswer)` when the budget ran out or the caller was cancelled; their calls are
+    /// cancelled, which withdraws commands not yet written unless the operation sends with
+    /// `withdrawOnCancel: false`. Nodes not in `order` get `nil`.
     func fanOut(
         order: [Int],
         budget: Duration,
@@ -54,7 +55,10 @@ extension RedlockClient {
                 }
                 votes[index] = nodeVote
                 tally.record(granted: nodeVote == .granted)
-                if returnWhenDecided, tally.isDecided { break }
+                if returnWhenDecided, tally.isDecided {
+                    for index in order where votes[index] == .refused(.noAnswer) { votes[index] = .unsettled }
+                    break
+                }
             }
             group.cancelAll()
         }
@@ -66,7 +70,7 @@ extension RedlockClient {
         shuffled ? Array(nodes.indices).shuffled() : Array(nodes.indices)
     }
 
-    /// The node failures among `votes`, for an error.
+    /// The node failures among `votes`, for an error (unsettled nodes are left out).
     func failures(in votes: [Vote?]) -> [NodeFailure] {
         votes.enumerated().compactMap { index, vote in
             guard case let .refused(cause)? = vote else { return nil }

@@ -42,6 +42,8 @@ enum Scripts {
 enum Vote: Sendable, Equatable {
     case granted
     case refused(NodeFailure.Cause)
+    /// Asked, but not awaited: the outcome was decided before it answered.
+    case unsettled
 
     /// The vote of a compare-and-act script: 1 granted, 0 taken, -1 missing.
     static func ofScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {

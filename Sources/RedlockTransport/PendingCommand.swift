@@ -11,12 +11,15 @@ final class PendingCommand: Sendable {
     }
 
     let command: RedisCommand
+    /// For an `EVALSHA`: the script, sent by `EVAL` in its place when the node answers `NOSCRIPT`.
+    let script: RedisScript?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state = Mutex(State.queued)
 
-    init(command: RedisCommand, withdrawOnCancel: Bool) {
+    init(command: RedisCommand, script: RedisScript? = nil, withdrawOnCancel: Bool) {
         self.command = command
+        self.script = script
         self.withdrawOnCancel = withdrawOnCancel
     }
 
@@ -52,6 +55,11 @@ final class PendingCommand: Sendable {
             }
         }
         continuation?.resume(with: result.mapError { $0 as any Error })
+    }
+
+    /// The `EVAL` that replaces this `EVALSHA` after a `NOSCRIPT` reply.
+    var fallback: RedisCommand? {
+        script.map { command.replacingLeadingArguments(2, with: ["EVAL", $0.source]) }
     }
 
     /// Whether the I/O thread should still write this command.

@@ -37,6 +37,18 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         append(String(argument))
     }
 
+    /// The command with its first `count` arguments replaced by `replacements`.
+    func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
+        var result = RedisCommand(replacements)
+        let start = count > 0 && count <= ends.count ? ends[count - 1] : 0
+        var previous = start
+        for end in ends.dropFirst(count) {
+            result.append(bytes: bytes[previous..<end])
+            previous = end
+        }
+        return result
+    }
+
     /// The number of arguments, the command name included.
     public var count: Int { ends.count }
 

@@ -52,8 +52,11 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///     which is what a release must do.
     /// - Throws: ``RedisError``; an error reply from the server is `.serverError` with its text.
     public func send(_ command: RedisCommand, withdrawOnCancel: Bool = true) async throws -> RedisValue {
-        let pending = PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel)
-        return try await withTaskCancellationHandler {
+        try await send(PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel))
+    }
+
+    func send(_ pending: PendingCommand) async throws -> RedisValue {
+        try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 pending.install(continuation)
                 core.enqueue(pending)
@@ -195,24 +198,56 @@ final class ConnectionCore: Sendable {
         }
     }
 
-    /// Pipelines one batch on an open context. Returns false when the context must be dropped.
+    /// Pipelines one batch on an open context: writes every command still wanted, then reads
+    /// the replies in order. A command answered `NOSCRIPT` that has a fallback is sent again as
+    /// the fallback right here, so a script runs even when its caller stopped waiting.
+    /// Returns false when the context must be dropped.
     private func process(_ batch: [PendingCommand], on context: HiredisContext, written: inout [PendingCommand]) -> Bool {
         defer { written.removeAll(keepingCapacity: true) }
         for command in batch where command.shouldSend {
-            if context.append(command.command) {
-                written.append(command)
-            } else {
-                command.complete(.failure(error(.io, "could not format \(command.command)")))
-            }
+            write(command, command.command, on: context, into: &written)
         }
+        var retried: [PendingCommand]? = []
+        guard read(written, on: context, retrying: &retried) else { return false }
+        guard let retried, !retried.isEmpty else { return true }
+        written.removeAll(keepingCapacity: true)
+        for command in retried {
+            if let fallback = command.fallback { write(command, fallback, on: context, into: &written) }
+        }
+        var none: [PendingCommand]? = nil
+        return read(written, on: context, retrying: &none)
+    }
+
+    private func write(_ pending: PendingCommand, _ command: RedisCommand, on context: HiredisContext, into written: inout [PendingCommand]) {
+        if context.append(command) {
+            written.append(pending)
+        } else {
+            pending.complete(.failure(error(.io, "could not format \(command)")))
+        }
+    }
+
+    /// Reads one reply per written command. With `retrying` non-nil, commands answered
+    /// `NOSCRIPT` that have a fallback are collected there instead of completed.
+    private func read(_ written: [PendingCommand], on context: HiredisContext, retrying: inout [PendingCommand]?) -> Bool {
         for (index, command) in written.enumerated() {
             let reply = context.readReply()
-            if case let .failure(failure) = reply, failure.code != .serverError {
+            switch reply {
+            case .success:
+                command.complete(reply)
+            case let .failure(failure) where failure.code == .serverError:
+                if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT") {
+                    retrying?.append(command)
+                } else {
+                    command.complete(reply)
+                }
+            case let .failure(failure):
                 // The stream is broken: nothing after this point will be answered.
                 for unanswered in written[index...] { unanswered.complete(.failure(failure)) }
+                if let retried = retrying {
+                    for unanswered in retried { unanswered.complete(.failure(failure)) }
+                }
                 return false
             }
-            command.complete(reply)
         }
         return true
     }

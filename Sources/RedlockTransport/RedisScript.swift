@@ -13,25 +13,21 @@ public struct RedisScript: Sendable, Hashable {
 }
 
 extension RedisConnection {
-    /// Runs a script by `EVALSHA`, and by `EVAL` when the node does not know it yet
-    /// (after a restart or `SCRIPT FLUSH`), which also loads it for next time.
+    /// Runs a script by `EVALSHA`; when the node does not know it yet (after a restart or
+    /// `SCRIPT FLUSH`) the connection sends `EVAL` in its place, which also loads it for next
+    /// time. The fallback happens on the connection itself, so the script runs even if the
+    /// caller was cancelled after the command was written.
     public func evaluate(
         _ script: RedisScript,
         keys: [String],
         arguments: [String],
         withdrawOnCancel: Bool = true
     ) async throws -> RedisValue {
-        do {
-            return try await send(
-                Self.command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
-                withdrawOnCancel: withdrawOnCancel
-            )
-        } catch let error as RedisError where error.code == .serverError && error.message.hasPrefix("NOSCRIPT") {
-            return try await send(
-                Self.command(script.source, verb: "EVAL", keys: keys, arguments: arguments),
-                withdrawOnCancel: withdrawOnCancel
-            )
-        }
+        try await send(PendingCommand(
+            command: Self.command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
+            script: script,
+            withdrawOnCancel: withdrawOnCancel
+        ))
     }
 
     private static func command(_ body: String, verb: String, keys: [String], arguments: [String]) -> RedisCommand {

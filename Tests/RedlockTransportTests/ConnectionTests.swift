@@ -72,6 +72,27 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a script whose caller was cancelled still runs on a node that never saw it (NOSCRIPT fallback on the connection)")
+    func fallbackWithoutCaller() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            _ = try await connection.send(RedisCommand("SCRIPT", "FLUSH"))
+            _ = try await connection.send(RedisCommand("SET", "victim", "1"))
+            let script = RedisScript("return redis.call('DEL', KEYS[1])")
+            let task = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await connection.evaluate(script, keys: ["victim"], arguments: [], withdrawOnCancel: false)
+            }
+            let outcome = await task.result
+            #expect((try? outcome.get()) == nil, "the cancelled caller should not get a reply")
+            // Replies come in order: once PING answers, the EVALSHA and its EVAL fallback have run.
+            _ = try await connection.send(RedisCommand("PING"))
+            let exists = try await connection.send(RedisCommand("EXISTS", "victim"))
+            #expect(exists == .integer(0))
+            await connection.shutdown()
+        }
+    }
+
     @Test("a refused connect fails at once with connectionRefused naming the node")
     func refused() async throws {
         let server = try await RedisServer.start()

@@ -1,0 +1,307 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Redlock on real nodes")
+struct LockTests {
+    @Test("200 concurrent tasks increment a plain counter under the lock: exactly 200", arguments: [1, 3, 5])
+    func mutualExclusion(nodeCount: Int) async throws {
+        try await withLockNodes(nodeCount) { client, _ in
+            let lock = try client.makeLock("counter", options: testOptions(tries: 10_000))
+            let counter = UnsafeCounter()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<200 {
+                    group.addTask {
+                        let lease = try await lock.lock()
+                        await counter.enter()
+                        let seen = await counter.read()
+                        await Task.yield()
+                        await counter.write(seen + 1)
+                        await counter.leave()
+                        try await lock.unlock(lease)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(await counter.read() == 200)
+            #expect(await counter.maximumInside == 1)
+        }
+    }
+
+    @Test("on 5 nodes, every subset of taken nodes gives acquire iff the free nodes reach quorum")
+    func everySubset() async throws {
+        try await withLockNodes(5) { client, servers in
+            for mask in 0..<(1 << 5) {
+                let name = "subset-\(mask)"
+                let takenIndices = (0..<5).filter { mask & (1 << $0) != 0 }
+                try await occupy(name, on: takenIndices.map { servers[$0] })
+                let lock = try client.makeLock(name, options: testOptions())
+                let free = 5 - takenIndices.count
+                do {
+                    let lease = try await lock.tryLock()
+                    #expect(free >= 3, "acquired with only \(free) free nodes (mask \(mask))")
+                    let values = try await keyValues(name, on: servers)
+                    for index in 0..<5 {
+                        #expect(values[index] == (takenIndices.contains(index) ? "someone-else" : lease.value))
+                    }
+                    try await lock.unlock(lease)
+                } catch let error as RedlockError {
+                    #expect(free < 3, "refused with \(free) free nodes (mask \(mask)): \(error)")
+                    #expect(error.code == .taken)
+                    // The attempt returns once decided, so it names the taken nodes that answered by then.
+                    #expect(error.nodes.count >= 3)
+                    #expect(error.nodes.allSatisfy { $0.cause == .taken && takenIndices.contains($0.node) })
+                    // A failed attempt leaves none of its keys behind.
+                    let values = try await keyValues(name, on: servers)
+                    #expect(values.allSatisfy { $0 == nil || $0 == "someone-else" })
+                }
+            }
+        }
+    }
+
+    @Test("tryLock fails with taken while another holder has the lock, and succeeds after unlock")
+    func tryLockWhileHeld() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("held", options: testOptions())
+            let lease = try await lock.lock()
+            let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(error?.code == .taken)
+            #expect((error?.nodes.count ?? 0) >= 2)
+            #expect(error?.nodes.allSatisfy { $0.cause == .taken } == true)
+            #expect(error?.description.contains("held") == true)
+            try await lock.unlock(lease)
+            let next = try await lock.tryLock()
+            #expect(next.value != lease.value)
+            try await lock.unlock(next)
+        }
+    }
+
+    @Test("a lease expires and another holder acquires; the first holder's unlock and extend then fail as taken over")
+    func expiryAndTakeover() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("expiring", options: testOptions(expiry: .milliseconds(250), timeoutFactor: 0.5))
+            let first = try await lock.tryLock()
+            #expect(first.validUntil <= first.acquiredAt.advanced(by: .milliseconds(250)))
+            let blocked = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(blocked?.code == .taken)
+
+            // lock() retries until the first lease's keys expire on the nodes.
+            let waiting = try client.makeLock("expiring", options: LockOptions(
+                expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.milliseconds(5)), timeoutFactor: 0.2
+            ))
+            let second = try await waiting.lock()
+            #expect(ContinuousClock.now >= first.validUntil, "the second holder acquired before the first lease ran out")
+
+            let unlockError = await #expect(throws: RedlockError.self) { try await lock.unlock(first) }
+            #expect(unlockError?.code == .leaseTakenOver)
+            let extendError = await #expect(throws: RedlockError.self) { try await lock.extend(first) }
+            #expect(extendError?.code == .leaseTakenOver)
+            try await waiting.unlock(second)
+        }
+    }
+
+    @Test("extend keeps the lease past its first expiry; extend after expiry fails with leaseExpired")
+    func extend() async throws {
+        try await withLockNodes(3) { client, servers in
+            let options = testOptions(expiry: .milliseconds(300), timeoutFactor: 0.5)
+            let lock = try client.makeLock("extended", options: options)
+            var lease = try await lock.tryLock()
+            let firstDeadline = lease.validUntil
+            // Extend whenever a third of the expiry is left, until well past the first deadline.
+            while ContinuousClock.now < firstDeadline.advanced(by: .milliseconds(300)) {
+                try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(-100)), clock: .continuous)
+                lease = try await lock.extend(lease)
+            }
+            #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(300)))
+            #expect(ContinuousClock.now > firstDeadline)
+            let values = try await keyValues("extended", on: servers)
+            #expect(values.allSatisfy { $0 == lease.value })
+            let other = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(other?.code == .taken)
+
+            // Let the keys expire on every node; extend must not revive them.
+            try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(200)), clock: .continuous)
+            #expect(try await keyValues("extended", on: servers).allSatisfy { $0 == nil })
+            let error = await #expect(throws: RedlockError.self) { try await lock.extend(lease) }
+            #expect(error?.code == .leaseExpired)
+            #expect(try await keyValues("extended", on: servers).allSatisfy { $0 == nil })
+            let unlockError = await #expect(throws: RedlockError.self) { try await lock.unlock(lease) }
+            #expect(unlockError?.code == .leaseExpired)
+        }
+    }
+
+    @Test("setNXOnExtend re-creates a key that vanished from a node")
+    func setNXOnExtend() async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions()
+            options.setNXOnExtend = true
+            let lock = try client.makeLock("recreated", options: options)
+            let lease = try await lock.tryLock()
+            let admin = RedisConnection(configuration: servers[1].configuration())
+            _ = try await admin.send(RedisCommand("DEL", "recreated"))
+            await admin.shutdown()
+            _ = try await lock.extend(lease)
+            #expect(try await keyValues("recreated", on: servers).allSatisfy { $0 == lease.value })
+            try await lock.unlock(lease)
+        }
+    }
+
+    @Test("unlock by a non-holder deletes nothing")
+    func unlockByNonHolder() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("owned", options: testOptions())
+            let lease = try await lock.lock()
+            let impostor = Lease(
+                name: "owned", value: "not-the-value", expiry: lease.expiry,
+                acquiredAt: lease.acquiredAt, validUntil: lease.validUntil
+            )
+            let error = await #expect(throws: RedlockError.self) { try await lock.unlock(impostor) }
+            #expect(error?.code == .leaseTakenOver)
+            #expect(try await keyValues("owned", on: servers).allSatisfy { $0 == lease.value })
+            try await lock.unlock(lease)
+            #expect(try await keyValues("owned", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("a fixed value re-attaches to a lease another process handed over")
+    func fixedValue() async throws {
+        try await withLockNodes(3) { client, _ in
+            var options = testOptions()
+            options.value = .fixed("shared-secret")
+            let lock = try client.makeLock("handover", options: options)
+            let lease = try await lock.lock()
+            #expect(lease.value == "shared-secret")
+            let adopted = Lease(name: "handover", value: "shared-secret", expiry: lease.expiry, acquiredAt: .now, validUntil: .now)
+            let extended = try await lock.extend(adopted)
+            #expect(extended.isValid)
+            try await lock.unlock(extended)
+        }
+    }
+
+    @Test("cancelling a waiting lock() stops it promptly, during retry delays too, and leaves no key behind")
+    func cancellation() async throws {
+        try await withLockNodes(3) { client, servers in
+            let holder = try client.makeLock("contended", options: testOptions())
+            let held = try await holder.lock()
+            let waiter = try client.makeLock("contended", options: LockOptions(
+                tries: 1_000_000, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2
+            ))
+            let task = Task { try await waiter.lock() }
+            // Let it make its first attempt and enter the 10 s retry delay.
+            try await Task.sleep(for: .milliseconds(100))
+            let cancelledAt = ContinuousClock.now
+            task.cancel()
+            let result = await task.result
+            #expect(cancelledAt.duration(to: .now) < .seconds(1))
+            guard case let .failure(error) = result else {
+                Issue.record("lock() succeeded after cancellation")
+                return
+            }
+            #expect((error as? RedlockError)?.code == .cancelled)
+            try await holder.unlock(held)
+            #expect(try await keyValues("contended", on: servers).allSatisfy { $0 == nil })
+
+            // Cancelled before it starts: no attempt, no key.
+            let early = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await holder.lock()
+            }
+            let earlyResult = await early.result
+            if case .success = earlyResult { Issue.record("a cancelled lock() acquired") }
+            #expect(try await keyValues("contended", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("a lock acquired while one of three nodes refuses connections lists that node when the majority fails")
+    func refusingNode() async throws {
+        try await withLockNodes(3) { client, servers in
+            await servers[2].kill()
+            let lock = try client.makeLock("partial", options: testOptions(tries: 2))
+            let lease = try await lock.lock()
+            try await lock.unlock(lease)
+
+            await servers[1].kill()
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(started.duration(to: .now) < .seconds(2))
+            #expect(error?.code == .noQuorum)
+            let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
+            #expect(causes[0] == nil)
+            for index in [1, 2] {
+                guard case let .error(redisError)? = causes[index] else {
+                    Issue.record("node \(index) should carry its connection error, got \(String(describing: causes[index]))")
+                    continue
+                }
+                #expect(redisError.code == .connectionRefused)
+                #expect(redisError.endpoint == servers[index].endpoint)
+            }
+            #expect(try await keyValues("partial", on: [servers[0]]) == [nil])
+        }
+    }
+
+    @Test("a node that answers garbage and one that never answers fail in bounded time with their causes")
+    func misbehavingNodes() async throws {
+        try await withRedisServers(1) { servers throws in
+            let garbage = try GarbageServer.start(reply: "???\r\n")
+            let silent = try GarbageServer.start(reply: nil)
+            defer {
+                garbage.stop()
+                silent.stop()
+            }
+            let client = try RedlockClient(nodes: [
+                servers[0].configuration(),
+                RedisConnectionConfiguration(endpoint: garbage.endpoint),
+                RedisConnectionConfiguration(endpoint: silent.endpoint),
+            ])
+            let lock = try client.makeLock("garbled", options: testOptions(expiry: .seconds(1), tries: 3))
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            // 3 attempts of at most 200 ms each, plus their releases and short delays.
+            #expect(started.duration(to: .now) < .seconds(3))
+            #expect(error?.code == .noQuorum)
+            let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
+            if case let .error(redisError)? = causes[1] {
+                #expect(redisError.code == .protocolError)
+            } else {
+                Issue.record("the garbage node should fail with a protocol error, got \(String(describing: causes[1]))")
+            }
+            #expect(causes[2] == .noAnswer)
+            #expect(try await keyValues("garbled", on: servers) == [nil])
+            await client.shutdown()
+        }
+    }
+
+    @Test("invalid configuration is rejected with a clear error")
+    func configurationErrors() async throws {
+        #expect { try RedlockClient(nodes: []) } throws: { ($0 as? RedlockError)?.code == .invalidConfiguration }
+        #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1), .hostname("127.0.0.1", port: 1)]) } throws: {
+            ($0 as? RedlockError)?.message.contains("twice") == true
+        }
+        let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)])
+        let invalid: [(String, LockOptions, String)] = [
+            ("", LockOptions(), "name"),
+            ("x", LockOptions(expiry: .zero), "expiry"),
+            ("x", LockOptions(expiry: .milliseconds(-5)), "expiry"),
+            ("x", LockOptions(tries: 0), "tries"),
+            ("x", LockOptions(driftFactor: 1), "driftFactor"),
+            ("x", LockOptions(driftFactor: -0.1), "driftFactor"),
+            ("x", LockOptions(timeoutFactor: 0), "timeoutFactor"),
+            ("x", LockOptions(expiry: .milliseconds(2)), "validity"),
+        ]
+        for (name, options, word) in invalid {
+            #expect {
+                try client.makeLock(name, options: options)
+            } throws: { error in
+                guard let error = error as? RedlockError else { return false }
+                return error.code == .invalidConfiguration && error.message.contains(word)
+            }
+        }
+        var empty = LockOptions()
+        empty.value = .fixed("")
+        let lock = try client.makeLock("x", options: empty)
+        let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+        #expect(error?.code == .invalidConfiguration)
+        await client.shutdown()
+    }
+}

@@ -1,0 +1,85 @@
+@testable import Redlock
+import Testing
+
+@Suite("Quorum, validity and delay arithmetic")
+struct TimingTests {
+    @Test("quorum is a strict majority", arguments: [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)])
+    func quorum(nodes: Int, expected: Int) {
+        #expect(Timing.quorum(nodeCount: nodes) == expected)
+    }
+
+    @Test("validity subtracts elapsed time, the drift share and 2 ms")
+    func validity() {
+        let validity = Timing.validity(expiry: .seconds(8), elapsed: .milliseconds(30), driftFactor: 0.01)
+        #expect(validity == .milliseconds(8_000 - 30 - 80 - 2))
+        #expect(Timing.validity(expiry: .milliseconds(100), elapsed: .milliseconds(97), driftFactor: 0.01) == .milliseconds(0))
+    }
+
+    @Test("validUntil is measured from the end of the operation on the injected instants")
+    func validUntil() {
+        let start = ContinuousClock.now
+        let end = start.advanced(by: .milliseconds(10))
+        let until = Timing.validUntil(start: start, end: end, expiry: .milliseconds(1_000), driftFactor: 0.01)
+        #expect(until == start.advanced(by: .milliseconds(1_000 - 10 - 2)))
+        #expect(until.map { end.duration(to: $0) } == .milliseconds(1_000 - 10 - 10 - 2))
+    }
+
+    @Test("no validity when the operation took the whole expiry")
+    func exhausted() {
+        let start = ContinuousClock.now
+        #expect(Timing.validUntil(start: start, end: start.advanced(by: .milliseconds(988)), expiry: .seconds(1), driftFactor: 0.01) == nil)
+        #expect(Timing.validUntil(start: start, end: start.advanced(by: .milliseconds(987)), expiry: .seconds(1), driftFactor: 0.01) != nil)
+    }
+
+    @Test("the tally decides as soon as a quorum granted or became impossible")
+    func tally() {
+        var tally = Tally(nodeCount: 5)
+        #expect(!tally.isDecided)
+        tally.record(granted: true)
+        tally.record(granted: true)
+        #expect(!tally.isDecided)
+        tally.record(granted: true)
+        #expect(tally.succeeded && tally.isDecided)
+
+        var failing = Tally(nodeCount: 5)
+        failing.record(granted: false)
+        failing.record(granted: false)
+        #expect(!failing.isDecided)
+        failing.record(granted: false)
+        #expect(failing.cannotSucceed && failing.isDecided && !failing.succeeded)
+    }
+
+    @Test("random delays stay in range; constant and exponential follow their formula")
+    func delays() {
+        let random = RetryDelay.random(in: .milliseconds(50)...(.milliseconds(250)))
+        for attempt in 1...500 {
+            let delay = random.delay(afterFailedAttempts: attempt)
+            #expect(delay >= .milliseconds(50) && delay <= .milliseconds(250))
+        }
+        #expect(RetryDelay.constant(.milliseconds(7)).delay(afterFailedAttempts: 3) == .milliseconds(7))
+        let exponential = RetryDelay.exponential(initial: .milliseconds(10), maximum: .milliseconds(100), jitter: false)
+        #expect((1...6).map { exponential.delay(afterFailedAttempts: $0) } == [10, 20, 40, 80, 100, 100].map { .milliseconds($0) })
+        #expect(exponential.delay(afterFailedAttempts: 1_000) == .milliseconds(100))
+        let jittered = RetryDelay.exponential(initial: .milliseconds(10), maximum: .milliseconds(100))
+        #expect((1...200).allSatisfy { _ in jittered.delay(afterFailedAttempts: 4) <= .milliseconds(80) })
+        #expect(RetryDelay { _ in .seconds(-1) }.delay(afterFailedAttempts: 1) == .zero)
+    }
+
+    @Test("lock values are 16 random bytes in base64, different each time")
+    func values() {
+        let values = (0..<1_000).map { _ in LockValue.random.next() }
+        #expect(Set(values).count == 1_000)
+        #expect(values.allSatisfy { $0.count == 24 && $0.hasSuffix("==") })
+        #expect(base64(Array("Man".utf8)) == "TWFu")
+        #expect(base64(Array("Ma".utf8)) == "TWE=")
+        #expect(base64(Array("M".utf8)) == "TQ==")
+        #expect(LockValue.fixed("x").next() == "x")
+    }
+
+    @Test("durations convert to whole milliseconds for PX, rounding up")
+    func milliseconds() {
+        #expect(Duration.milliseconds(50).millisecondsRoundedUp == 50)
+        #expect(Duration.microseconds(50_001).millisecondsRoundedUp == 51)
+        #expect(Duration.nanoseconds(1).millisecondsRoundedUp == 1)
+    }
+}
