@@ -7,10 +7,13 @@ let package = Package(
         .library(name: "Redlock", targets: ["Redlock"]),
         .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
         .executable(name: "redlock", targets: ["RedlockCommand"]),
+        .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The C library, nothing else. Only RedlockTransport imports it.
@@ -30,6 +33,7 @@ let package = Package(
             dependencies: [
                 "RedlockTransport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         // posix_spawn with a log pipe and no inherited descriptors, for the test support.
@@ -45,6 +49,15 @@ let package = Package(
                 "Redlock",
                 "RedlockTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // A lock client process for cross-process tests: runs critical sections and logs them.
+        .executableTarget(
+            name: "RedlockWorker",
+            dependencies: [
+                "Redlock",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
@@ -53,6 +66,11 @@ let package = Package(
         ),
         .testTarget(
             name: "RedlockTests",
+            dependencies: ["Redlock", "RedlockTransport", "RedlockTestSupport"]
+        ),
+        // Kill, pause and restart real nodes; cross-process exclusion under a nemesis.
+        .testTarget(
+            name: "RedlockFaultTests",
             dependencies: ["Redlock", "RedlockTransport", "RedlockTestSupport"]
         ),
     ],

@@ -6,6 +6,6 @@ struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
         abstract: "Redlock distributed locks over independent Redis nodes.",
-        subcommands: [Demo.self]
+        subcommands: [Demo.self, Bench.self, Run.self]
     )
 }
