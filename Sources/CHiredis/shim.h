@@ -32,4 +32,13 @@ static inline int chiredis_get_reply(redisContext *c, redisReply **out) {
     return rc;
 }
 
+/* Takes one complete reply from the reader's buffer without touching the socket; *out is
+   NULL when no complete reply is buffered. */
+static inline int chiredis_get_reply_from_reader(redisContext *c, redisReply **out) {
+    void *reply = NULL;
+    int rc = redisGetReplyFromReader(c, &reply);
+    *out = (redisReply *)reply;
+    return rc;
+}
+
 #endif

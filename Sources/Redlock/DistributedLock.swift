@@ -3,7 +3,8 @@ import RedlockTransport
 /// A lock on one name across the client's nodes, made by ``RedlockClient/makeLock(_:options:)``.
 ///
 /// An immutable value: copy it and share it freely. Each successful ``lock()`` or
-/// ``tryLock()`` returns a ``Lease``; pass it to ``unlock(_:)`` or ``extend(_:)``.
+/// ``tryLock()`` returns a ``Lease``; pass it to ``unlock(_:)`` or ``extend(_:)``, or use
+/// ``withLock(extendWhenRemaining:maximumHoldTime:_:)`` to have all of that done for you.
 ///
 /// Cancelling the task that waits in ``lock()`` stops it promptly — also during a retry delay —
 /// with ``RedlockError/Code-swift.struct/cancelled``, after releasing whatever the interrupted
@@ -22,8 +23,9 @@ public struct DistributedLock: Sendable {
         self.client = client
     }
 
-    /// Acquires the lock, retrying up to ``LockOptions/tries`` times with
-    /// ``LockOptions/retryDelay`` between attempts.
+    /// Acquires the lock, retrying up to ``LockOptions/tries`` times. Between attempts it waits
+    /// for the holder's release to be announced (``LockOptions/fastHandoff``) or for
+    /// ``LockOptions/retryDelay``, whichever comes first.
     ///
     /// - Returns: The lease, valid until ``Lease/validUntil``.
     /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum` or `.validityExhausted` (from
@@ -40,7 +42,8 @@ public struct DistributedLock: Sendable {
     }
 
     /// Releases the lease on every node (compare-and-delete: keys holding another value are left
-    /// alone). Returns once a quorum deleted; the remaining deletes are still sent.
+    /// alone) and, with ``LockOptions/fastHandoff``, announces the release to waiters. Returns
+    /// once a quorum deleted; the remaining deletes are still sent.
     ///
     /// Runs to completion even when the calling task is cancelled.
     ///
@@ -48,44 +51,59 @@ public struct DistributedLock: Sendable {
     ///   (another holder's keys are there) or `.noQuorum` (nodes failed).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
-        let votes = await shielded { [self] in
+        defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
+        let channel = options.fastHandoff ? Scripts.releaseChannel(name) : ""
+        let votes = await shielded { [client, options] in
             await client.fanOut(
                 order: client.nodeOrder(shuffled: options.shuffleNodes),
                 budget: options.attemptBudget,
-                returnWhenDecided: options.failFast,
-                operation: { node in
-                    try await node.evaluate(Scripts.release, keys: [lease.name], arguments: [lease.value], withdrawOnCancel: false)
-                },
-                vote: Vote.ofScript
-            )
+                returnWhenDecided: options.failFast
+            ) { _, node in
+                await vote(of: node, classify: Vote.ofScript) {
+                    try await node.evaluate(Scripts.release, keys: [lease.name], arguments: [lease.value, channel], withdrawOnCancel: false)
+                }
+            }
         }
-        if grantedCount(votes) >= client.quorum { return }
-        throw leaseError(votes, operation: "unlock")
+        if grantedCount(votes) >= client.quorum {
+            client.metrics.released(failure: nil)
+            return
+        }
+        let error = leaseError(votes, operation: "unlock")
+        client.metrics.released(failure: error.code)
+        throw error
     }
 
     /// Resets the keys' expiry to ``LockOptions/expiry`` on every node that still holds the
-    /// lease, and returns the lease with its new validity.
+    /// lease, and returns the lease with its new validity (and the same fencing token).
     ///
     /// - Throws: ``RedlockError`` with code `.leaseExpired`, `.leaseTakenOver`, `.noQuorum`,
     ///   `.validityExhausted` or `.cancelled`.
     public func extend(_ lease: Lease) async throws(RedlockError) -> Lease {
+        do {
+            let extended = try await extendOnce(lease)
+            client.metrics.extended(failure: nil)
+            if options.singleFlight { client.gates.held(extended) }
+            return extended
+        } catch {
+            client.metrics.extended(failure: error.code)
+            throw error
+        }
+    }
+
+    private func extendOnce(_ lease: Lease) async throws(RedlockError) -> Lease {
         try check(lease)
         if Task.isCancelled { throw cancelled("extend") }
-        let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
-        let recreate = options.setNXOnExtend ? "1" : "0"
+        let arguments = [lease.value, String(options.expiry.millisecondsRoundedUp), options.setNXOnExtend ? "1" : "0"]
         let start = ContinuousClock.now
         let votes = await client.fanOut(
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
-            returnWhenDecided: options.failFast,
-            operation: { node in
-                try await node.evaluate(
-                    Scripts.extend, keys: [lease.name], arguments: [lease.value, expiryMilliseconds, recreate],
-                    withdrawOnCancel: false
-                )
-            },
-            vote: Vote.ofScript
-        )
+            returnWhenDecided: options.failFast
+        ) { _, node in
+            await vote(of: node, classify: Vote.ofScript) {
+                try await node.evaluate(Scripts.extend, keys: [lease.name], arguments: arguments, withdrawOnCancel: false)
+            }
+        }
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
             guard let validUntil = Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor) else {
@@ -94,117 +112,20 @@ public struct DistributedLock: Sendable {
                     message: "extend took \(start.duration(to: end)), leaving no validity of \(options.expiry)"
                 )
             }
-            return Lease(name: name, value: lease.value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil)
+            return Lease(
+                name: name, value: lease.value, expiry: options.expiry,
+                acquiredAt: start, validUntil: validUntil, fencingToken: lease.fencingToken
+            )
         }
         if Task.isCancelled { throw cancelled("extend") }
         throw leaseError(votes, operation: "extend")
     }
 
-    // MARK: - Acquire
-
-    private func acquire(tries: Int) async throws(RedlockError) -> Lease {
-        let value = options.value.next()
-        guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
-        let command = RedisCommand("SET", name, value, "NX", "PX", String(options.expiry.millisecondsRoundedUp))
-        var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
-        for attempt in 0..<tries {
-            if attempt > 0 {
-                do {
-                    try await Task.sleep(for: options.retryDelay.delay(afterFailedAttempts: attempt))
-                } catch {
-                    throw cancelled("lock")
-                }
-            }
-            if Task.isCancelled { throw cancelled("lock") }
-            switch await attemptAcquire(command: command, value: value) {
-            case let .success(lease):
-                return lease
-            case let .failure(error):
-                lastError = error
-            }
-            if Task.isCancelled { throw cancelled("lock") }
-        }
-        if tries > 1 { lastError.message += " (after \(tries) attempts)" }
-        throw lastError
-    }
-
-    /// One attempt: `SET NX PX` on every node, quorum and validity, and on failure a release
-    /// wherever the attempt may have set the key.
-    private func attemptAcquire(command: RedisCommand, value: String) async -> Result<Lease, RedlockError> {
-        let start = ContinuousClock.now
-        let votes = await client.fanOut(
-            order: client.nodeOrder(shuffled: options.shuffleNodes),
-            budget: options.attemptBudget,
-            returnWhenDecided: options.failFast,
-            operation: { node in try await node.send(command) },
-            vote: Vote.ofSetNX
-        )
-        let end = ContinuousClock.now
-        let granted = grantedCount(votes)
-        if granted >= client.quorum,
-           let validUntil = Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor)
-        {
-            return .success(Lease(name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil))
-        }
-
-        // Release wherever our SET may have landed: granted, silent, or failed mid-flight.
-        let dirty = votes.indices.filter { index in
-            switch votes[index] {
-            case .granted?, .refused(.noAnswer)?, .unsettled?: return true
-            case let .refused(.error(error))?: return error.code != .connectionRefused
-            case .refused(.taken)?, .refused(.missing)?, nil: return false
-            }
-        }
-        if !dirty.isEmpty { await release(value: value, on: dirty) }
-
-        let failures = client.failures(in: votes)
-        if granted >= client.quorum {
-            return .failure(RedlockError(
-                code: .validityExhausted, lockName: name,
-                message: "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released",
-                nodes: failures
-            ))
-        }
-        if Task.isCancelled { return .failure(cancelled("lock")) }
-        let taken = failures.filter { $0.cause == .taken }
-        let broken = failures.count - taken.count
-        if taken.count >= client.quorum || broken == 0 {
-            return .failure(RedlockError(
-                code: .taken, lockName: name,
-                message: "held by another holder on \(taken.count) of \(client.nodes.count) nodes", nodes: taken
-            ))
-        }
-        return .failure(RedlockError(
-            code: .noQuorum, lockName: name,
-            message: "\(granted) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
-        ))
-    }
-
-    /// Compare-and-delete on `indices`, not cancellable by the caller and bounded by the budget.
-    private func release(value: String, on indices: [Int]) async {
-        let name = name
-        _ = await shielded { [client, options] in
-            await client.fanOut(
-                order: indices,
-                budget: options.attemptBudget,
-                returnWhenDecided: false,
-                operation: { node in
-                    try await node.evaluate(Scripts.release, keys: [name], arguments: [value], withdrawOnCancel: false)
-                },
-                vote: Vote.ofScript
-            )
-        }
-    }
-
     // MARK: - Helpers
 
     /// Runs `body` in a task that does not inherit the caller's cancellation.
-    private func shielded<T: Sendable>(_ body: @escaping @Sendable () async -> T) async -> T {
+    func shielded<T: Sendable>(_ body: @escaping @Sendable () async -> T) async -> T {
         await Task(operation: body).value
-    }
-
-    private func grantedCount(_ votes: [Vote?]) -> Int {
-        votes.reduce(0) { $0 + ($1 == .granted ? 1 : 0) }
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {
@@ -213,7 +134,7 @@ public struct DistributedLock: Sendable {
         }
     }
 
-    private func cancelled(_ operation: String) -> RedlockError {
+    func cancelled(_ operation: String) -> RedlockError {
         RedlockError(code: .cancelled, lockName: name, message: "\(operation) was cancelled")
     }
 

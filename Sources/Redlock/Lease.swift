@@ -12,14 +12,29 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// When the lease stops being valid: `acquiredAt + expiry − expiry × driftFactor − 2 ms`,
     /// measured on this process's monotonic clock.
     public let validUntil: ContinuousClock.Instant
+    /// The fencing token of the acquisition when ``LockOptions/fencing`` is on, else `nil`.
+    ///
+    /// Strictly greater than the token of every earlier acquisition of this name, as long as no
+    /// node loses its data. Send it with every write to the protected resource, and have the
+    /// resource reject writes carrying a token lower than the highest it has seen: that stops a
+    /// holder whose lease ran out during a pause from overwriting its successor's work.
+    public let fencingToken: Int64?
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
-    public init(name: String, value: String, expiry: Duration, acquiredAt: ContinuousClock.Instant, validUntil: ContinuousClock.Instant) {
+    public init(
+        name: String,
+        value: String,
+        expiry: Duration,
+        acquiredAt: ContinuousClock.Instant,
+        validUntil: ContinuousClock.Instant,
+        fencingToken: Int64? = nil
+    ) {
         self.name = name
         self.value = value
         self.expiry = expiry
         self.acquiredAt = acquiredAt
         self.validUntil = validUntil
+        self.fencingToken = fencingToken
     }
 
     /// How much validity is left now; zero once it has run out.
@@ -33,8 +48,9 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
         ContinuousClock.now < validUntil
     }
 
-    /// `lease "NAME" (valid for …)`; the value is left out.
+    /// `lease "NAME" (valid for …, token N)`; the value is left out.
     public var description: String {
-        "lease \"\(name)\" (valid for \(remainingValidity))"
+        let token = fencingToken.map { ", token \($0)" } ?? ""
+        return "lease \"\(name)\" (valid for \(remainingValidity)\(token))"
     }
 }

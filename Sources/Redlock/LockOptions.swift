@@ -27,6 +27,22 @@ public struct LockOptions: Sendable {
     /// node restarted) instead of counting that node as lost. This favours availability over
     /// safety: it can extend a lease whose keys already expired. The default is `false`.
     public var setNXOnExtend: Bool = false
+    /// Whether each acquire also yields a fencing token (``Lease/fencingToken``) that is strictly
+    /// greater than the token of every earlier acquisition of the same name, as long as no node
+    /// loses its data. Costs a second round trip per acquire. The default is `false`.
+    public var fencing: Bool = false
+    /// When set, a node's vote counts only once the node has been up for at least this long, so a
+    /// node that restarted without its data (and forgot the lock) cannot grant it to a second
+    /// holder. Set it to the longest expiry any holder of these nodes uses. The default is `nil`
+    /// (every vote counts).
+    public var restartGuard: Duration? = nil
+    /// Whether a release is published on a per-name channel and a waiting `lock()` retries as soon
+    /// as it hears one, instead of sleeping out its retry delay (which stays the fallback when a
+    /// message is missed). The default is `true`.
+    public var fastHandoff: Bool = true
+    /// Whether concurrent `lock()` calls for this name through one client queue up locally, so
+    /// that only one of them at a time contends with other processes. The default is `false`.
+    public var singleFlight: Bool = false
 
     /// Options with every default.
     public init() {}
@@ -41,7 +57,11 @@ public struct LockOptions: Sendable {
         value: LockValue = .random,
         failFast: Bool = true,
         shuffleNodes: Bool = false,
-        setNXOnExtend: Bool = false
+        setNXOnExtend: Bool = false,
+        fencing: Bool = false,
+        restartGuard: Duration? = nil,
+        fastHandoff: Bool = true,
+        singleFlight: Bool = false
     ) {
         self.expiry = expiry
         self.tries = tries
@@ -52,6 +72,10 @@ public struct LockOptions: Sendable {
         self.failFast = failFast
         self.shuffleNodes = shuffleNodes
         self.setNXOnExtend = setNXOnExtend
+        self.fencing = fencing
+        self.restartGuard = restartGuard
+        self.fastHandoff = fastHandoff
+        self.singleFlight = singleFlight
     }
 
     /// The time budget of one attempt: ``expiry`` × ``timeoutFactor``.
@@ -68,6 +92,9 @@ public struct LockOptions: Sendable {
         guard driftFactor >= 0, driftFactor < 1 else { throw fail("driftFactor must be in [0, 1), got \(driftFactor)") }
         guard timeoutFactor > 0, timeoutFactor <= 1 else {
             throw fail("timeoutFactor must be in (0, 1], got \(timeoutFactor)")
+        }
+        if let restartGuard, restartGuard <= .zero {
+            throw fail("restartGuard must be positive when set, got \(restartGuard)")
         }
         guard Timing.validity(expiry: expiry, elapsed: .zero, driftFactor: driftFactor) > .zero else {
             throw fail("expiry \(expiry) leaves no validity after the drift allowance")

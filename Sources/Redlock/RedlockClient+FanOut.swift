@@ -3,7 +3,7 @@ import RedlockTransport
 extension RedlockClient {
     /// The one fan-out path that acquire, extend and release share.
     ///
-    /// Sends one command to each node in `order` concurrently and collects votes until the
+    /// Runs `operation` for each node in `order` concurrently and collects their votes until the
     /// outcome is decided (with `returnWhenDecided`), every node answered, or `budget` ran out.
     /// Nodes still silent then get `.unsettled` when the outcome was decided without them and
     /// `.refused(.noAnswer)` when the budget ran out or the caller was cancelled; their calls are
@@ -13,26 +13,17 @@ extension RedlockClient {
         order: [Int],
         budget: Duration,
         returnWhenDecided: Bool,
-        operation: @escaping @Sendable (RedisConnection) async throws -> RedisValue,
-        vote: (RedisValue, RedisEndpoint) -> Vote
+        operation: @escaping @Sendable (_ index: Int, _ node: RedisConnection) async -> Vote
     ) async -> [Vote?] {
         var votes = [Vote?](repeating: nil, count: nodes.count)
         var tally = Tally(nodeCount: nodes.count)
         for _ in 0..<(nodes.count - order.count) { tally.record(granted: false) }
         for index in order { votes[index] = .refused(.noAnswer) }
 
-        await withTaskGroup(of: (Int, Result<RedisValue, RedisError>)?.self) { group in
+        await withTaskGroup(of: (Int, Vote)?.self) { group in
             for index in order {
                 let node = nodes[index]
-                group.addTask {
-                    do {
-                        return (index, .success(try await operation(node)))
-                    } catch let error as RedisError {
-                        return (index, .failure(error))
-                    } catch {
-                        return (index, .failure(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)")))
-                    }
-                }
+                group.addTask { (index, await operation(index, node)) }
             }
             group.addTask {
                 try? await Task.sleep(for: budget)
@@ -40,21 +31,13 @@ extension RedlockClient {
             }
             var answered = 0
             while answered < order.count, let next = await group.next() {
-                guard let (index, result) = next else { break }  // the budget ran out
+                guard let (index, vote) = next else { break }  // the budget ran out
                 answered += 1
-                let endpoint = nodes[index].configuration.endpoint
-                let nodeVote: Vote
-                switch result {
-                case let .success(reply):
-                    nodeVote = vote(reply, endpoint)
-                case let .failure(error) where error.code == .cancelled:
-                    nodeVote = .refused(.noAnswer)
-                case let .failure(error):
-                    nodeVote = .refused(.error(error))
-                    logger.debug("node failed", metadata: ["node": "\(index)", "endpoint": "\(endpoint)", "error": "\(error)"])
+                votes[index] = vote
+                tally.record(granted: vote.isGranted)
+                if case let .refused(.error(error)) = vote {
+                    logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
                 }
-                votes[index] = nodeVote
-                tally.record(granted: nodeVote == .granted)
                 if returnWhenDecided, tally.isDecided {
                     for index in order where votes[index] == .refused(.noAnswer) { votes[index] = .unsettled }
                     break
@@ -77,4 +60,24 @@ extension RedlockClient {
             return NodeFailure(node: index, endpoint: nodes[index].configuration.endpoint, cause: cause)
         }
     }
+}
+
+/// Sends one command to a node and turns the reply, or the failure, into a vote.
+func vote(
+    of node: RedisConnection,
+    classify: (RedisValue, RedisEndpoint) -> Vote,
+    _ send: () async throws -> RedisValue
+) async -> Vote {
+    do {
+        return classify(try await send(), node.configuration.endpoint)
+    } catch let error as RedisError {
+        return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
+    } catch {
+        return .refused(.error(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)")))
+    }
+}
+
+/// The number of granted votes.
+func grantedCount(_ votes: [Vote?]) -> Int {
+    votes.reduce(0) { $0 + (($1?.isGranted ?? false) ? 1 : 0) }
 }

@@ -1,17 +1,22 @@
+import CoreMetrics
 import Logging
 import RedlockTransport
+import Synchronization
 
 /// A Redlock client over N independent Redis nodes (masters with no replication between them).
 ///
-/// Create one per process and share it: it holds one pipelined connection per node. Locks made
-/// from it (``makeLock(_:options:)``) fan every operation out to all nodes concurrently and
+/// Create one per process and share it: it holds one pipelined connection per node (and, once a
+/// `lock()` waits with ``LockOptions/fastHandoff``, one subscriber connection per node). Locks
+/// made from it (``makeLock(_:options:)``) fan every operation out to all nodes concurrently and
 /// succeed on a quorum of `N/2 + 1`.
 ///
 /// ```swift
 /// let client = try RedlockClient(endpoints: [.hostname("10.0.0.1"), .hostname("10.0.0.2"), .hostname("10.0.0.3")])
 /// let lock = try client.makeLock("migrations")
-/// let lease = try await lock.lock()
-/// defer { Task { try? await lock.unlock(lease) } }
+/// try await lock.withLock { lease in
+///     try await runMigrations()
+/// }
+/// await client.shutdown()
 /// ```
 public final class RedlockClient: Sendable {
     /// The connections, one per node, in the order given.
@@ -19,32 +24,63 @@ public final class RedlockClient: Sendable {
     /// How many nodes must grant an operation: `nodes.count / 2 + 1`.
     public let quorum: Int
     let logger: Logger
+    let metrics: LockMetrics
+    let uptimes: NodeUptimes
+    let releases = ReleaseBoard()
+    let gates = LocalGates()
     private let ownsConnections: Bool
+    private let subscribers = Mutex<SubscriberState>(SubscriberState())
+
+    private struct SubscriberState {
+        var subscribers: [RedisSubscriber] = []
+        var watched: [String: Int] = [:]
+        var shutDown = false
+    }
 
     /// Creates a client that opens one connection per node configuration.
     ///
+    /// - Parameters:
+    ///   - nodes: The nodes; at least one, each a different server.
+    ///   - logger: Where per-node failures are logged (at debug level). The default logs under
+    ///     the label `swift-redlock` through the process's logging backend.
+    ///   - metrics: The metrics backend for the counters and timers listed in the documentation.
+    ///     The default is the process's bootstrapped `MetricsSystem`.
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty
     ///   or names one endpoint twice (its votes would count twice).
-    public convenience init(nodes: [RedisConnectionConfiguration], logger: Logger = Logger(label: "swift-redlock")) throws(RedlockError) {
+    public convenience init(
+        nodes: [RedisConnectionConfiguration],
+        logger: Logger = Logger(label: "swift-redlock"),
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) throws(RedlockError) {
         try Self.validate(nodes.map(\.endpoint))
-        self.init(validated: nodes.map { RedisConnection(configuration: $0) }, owning: true, logger: logger)
+        self.init(validated: nodes.map { RedisConnection(configuration: $0) }, owning: true, logger: logger, metrics: metrics)
     }
 
     /// Creates a client for endpoints with default connection settings.
-    public convenience init(endpoints: [RedisEndpoint], logger: Logger = Logger(label: "swift-redlock")) throws(RedlockError) {
-        try self.init(nodes: endpoints.map { RedisConnectionConfiguration(endpoint: $0) }, logger: logger)
+    public convenience init(
+        endpoints: [RedisEndpoint],
+        logger: Logger = Logger(label: "swift-redlock"),
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) throws(RedlockError) {
+        try self.init(nodes: endpoints.map { RedisConnectionConfiguration(endpoint: $0) }, logger: logger, metrics: metrics)
     }
 
     /// Creates a client over connections you own; ``shutdown()`` leaves them open.
-    public convenience init(connections: [RedisConnection], logger: Logger = Logger(label: "swift-redlock")) throws(RedlockError) {
+    public convenience init(
+        connections: [RedisConnection],
+        logger: Logger = Logger(label: "swift-redlock"),
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) throws(RedlockError) {
         try Self.validate(connections.map(\.configuration.endpoint))
-        self.init(validated: connections, owning: false, logger: logger)
+        self.init(validated: connections, owning: false, logger: logger, metrics: metrics)
     }
 
-    private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger) {
+    private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger, metrics: any MetricsFactory) {
         self.nodes = nodes
         quorum = Timing.quorum(nodeCount: nodes.count)
         self.logger = logger
+        self.metrics = LockMetrics(factory: metrics)
+        uptimes = NodeUptimes(nodeCount: nodes.count)
         ownsConnections = owning
     }
 
@@ -66,51 +102,52 @@ public final class RedlockClient: Sendable {
         return DistributedLock(name: name, options: options, client: self)
     }
 
-    /// Closes the connections the client opened and stops their threads. Locks made from the
-    /// client fail with node errors afterwards.
+    /// Closes the connections the client opened (and its subscriber connections) and stops their
+    /// threads. Locks made from the client fail with node errors afterwards.
     public func shutdown() async {
-        guard ownsConnections else { return }
+        let subscribers = subscribers.withLock { state in
+            state.shutDown = true
+            defer { state.subscribers = [] }
+            return state.subscribers
+        }
         await withTaskGroup(of: Void.self) { group in
-            for node in nodes { group.addTask { await node.shutdown() } }
+            for subscriber in subscribers { group.addTask { await subscriber.shutdown() } }
+            if ownsConnections {
+                for node in nodes { group.addTask { await node.shutdown() } }
+            }
         }
     }
-}
 
-extension RedlockClient {
-    /// One node's answer to ``RedlockClient/checkNodes()``.
-    public struct NodeStatus: Sendable {
-        /// The node's index in ``RedlockClient/nodes``.
-        public var node: Int
-        /// The node's address.
-        public var endpoint: RedisEndpoint
-        /// The `PING` round-trip time, or why the node failed.
-        public var result: Result<Duration, RedisError>
-    }
+    // MARK: - Release notifications
 
-    /// Connects to every node concurrently and sends `PING`, e.g. at startup or for a health check.
-    /// Each node answers within its connect and command timeouts.
-    public func checkNodes() async -> [NodeStatus] {
-        await withTaskGroup(of: NodeStatus.self) { group in
-            for (index, node) in nodes.enumerated() {
-                group.addTask {
-                    let start = ContinuousClock.now
-                    let result: Result<Duration, RedisError>
-                    do {
-                        let reply = try await node.send(RedisCommand("PING"))
-                        result = reply == .simpleString("PONG")
-                            ? .success(start.duration(to: .now))
-                            : .failure(RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "PING returned \(reply)"))
-                    } catch let error as RedisError {
-                        result = .failure(error)
-                    } catch {
-                        result = .failure(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)"))
+    /// Starts listening for releases of `name` on every node (counted; pair with ``unwatch(_:)``).
+    func watch(_ name: String) {
+        let channel = Scripts.releaseChannel(name)
+        let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
+            guard !state.shutDown else { return [] }
+            if state.subscribers.isEmpty {
+                let board = releases
+                state.subscribers = nodes.map { node in
+                    RedisSubscriber(configuration: node.configuration) { channel, payload in
+                        if let name = Scripts.lockName(ofReleaseChannel: channel) { board.announce(name, release: payload) }
                     }
-                    return NodeStatus(node: index, endpoint: node.configuration.endpoint, result: result)
                 }
             }
-            var statuses: [NodeStatus] = []
-            for await status in group { statuses.append(status) }
-            return statuses.sorted { $0.node < $1.node }
+            state.watched[name, default: 0] += 1
+            return state.subscribers
         }
+        for subscriber in subscribers { subscriber.subscribe(channel) }
+    }
+
+    /// Stops one ``watch(_:)`` of `name`.
+    func unwatch(_ name: String) {
+        let channel = Scripts.releaseChannel(name)
+        let (subscribers, last): ([RedisSubscriber], Bool) = self.subscribers.withLock { state in
+            guard let count = state.watched[name] else { return ([], false) }
+            state.watched[name] = count > 1 ? count - 1 : nil
+            return (state.subscribers, count == 1)
+        }
+        for subscriber in subscribers { subscriber.unsubscribe(channel) }
+        if last { releases.forget(name) }
     }
 }

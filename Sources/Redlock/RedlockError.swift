@@ -12,6 +12,8 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
             case leaseExpired = "lease expired"
             case leaseTakenOver = "lease taken over"
             case invalidConfiguration = "invalid configuration"
+            case leaseLost = "lease lost"
+            case holdTimeExceeded = "hold time exceeded"
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -33,6 +35,11 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         public static let leaseTakenOver = Code(.leaseTakenOver)
         /// The client, lock options or lease are invalid; the message says which.
         public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// A scoped lock could not extend its lease before it ran out (or found it taken over):
+        /// the body was cancelled and its work is no longer protected.
+        public static let leaseLost = Code(.leaseLost)
+        /// A scoped lock's body ran past its maximum hold time and was cancelled.
+        public static let holdTimeExceeded = Code(.holdTimeExceeded)
 
         /// A short human-readable name of the code.
         public var description: String { base.rawValue }
@@ -78,8 +85,11 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         case missing
         /// The node failed: refused, timed out, closed, answered an error or garbage.
         case error(RedisError)
-        /// The node had not answered when the outcome was decided or the attempt's time ran out.
+        /// The node had not answered when the attempt's time ran out (or the caller was cancelled).
         case noAnswer
+        /// The node granted, but it has been up for less than the restart guard, so its vote was
+        /// not counted (it may have restarted without its data).
+        case recentlyRestarted(uptime: Duration)
 
         /// A short description of the cause.
         public var description: String {
@@ -88,6 +98,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .missing: "key missing"
             case let .error(error): "\(error.code): \(error.message)"
             case .noAnswer: "no answer within the attempt's time budget"
+            case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
             }
         }
     }

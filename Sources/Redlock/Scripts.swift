@@ -3,13 +3,51 @@ import RedlockTransport
 /// The Lua scripts of the algorithm. Each compares the key's value with the holder's before
 /// touching it, so nobody but the holder can release or extend a lease.
 enum Scripts {
-    /// `KEYS[1]` lock name, `ARGV[1]` value. Returns 1 when deleted, 0 when another holder's
-    /// value is there, -1 when the key is missing.
+    /// Acquire with a fencing token. `KEYS[1]` lock name, `KEYS[2]` the name's token counter,
+    /// `ARGV[1]` value, `ARGV[2]` expiry in ms. Sets the key only if absent and, in the same
+    /// atomic step, increments the counter: returns the new counter value (≥ 1), or 0 when the
+    /// key is taken.
+    static let acquireFenced = RedisScript(
+        """
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+            return redis.call('INCR', KEYS[2])
+        end
+        return 0
+        """
+    )
+
+    /// The second round of a fenced acquire. `KEYS[1]` lock name, `KEYS[2]` token counter,
+    /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
+    /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
+    /// another holder's value is there, -1 when the key is missing.
+    static let raiseFence = RedisScript(
+        """
+        local current = redis.call('GET', KEYS[1])
+        if current == ARGV[1] then
+            local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+            if counter < tonumber(ARGV[2]) then
+                redis.call('SET', KEYS[2], ARGV[2])
+            end
+            return 1
+        elseif current == false then
+            return -1
+        end
+        return 0
+        """
+    )
+
+    /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
+    /// the value as the message, so that listeners count one release once), or empty. Returns 1 when deleted, 0 when another holder's value is there, -1 when the key is
+    /// missing.
     static let release = RedisScript(
         """
         local current = redis.call('GET', KEYS[1])
         if current == ARGV[1] then
-            return redis.call('DEL', KEYS[1])
+            redis.call('DEL', KEYS[1])
+            if ARGV[2] ~= '' then
+                redis.call('PUBLISH', ARGV[2], ARGV[1])
+            end
+            return 1
         elseif current == false then
             return -1
         end
@@ -36,19 +74,38 @@ enum Scripts {
         return 0
         """
     )
+
+    /// The key of a lock name's fencing-token counter. It never expires.
+    static func fenceKey(_ name: String) -> String { name + ":fence" }
+
+    /// The channel a release of `name` is published on.
+    static func releaseChannel(_ name: String) -> String { "redlock:released:" + name }
+
+    /// The lock name of a release channel, or nil for another channel.
+    static func lockName(ofReleaseChannel channel: String) -> String? {
+        let prefix = "redlock:released:"
+        guard channel.hasPrefix(prefix) else { return nil }
+        return String(channel.dropFirst(prefix.count))
+    }
 }
 
 /// How one node voted in a fan-out.
 enum Vote: Sendable, Equatable {
-    case granted
+    /// Granted; the payload is the script's integer (a fencing token for a fenced acquire).
+    case granted(Int64)
     case refused(NodeFailure.Cause)
     /// Asked, but not awaited: the outcome was decided before it answered.
     case unsettled
 
+    var isGranted: Bool {
+        if case .granted = self { return true }
+        return false
+    }
+
     /// The vote of a compare-and-act script: 1 granted, 0 taken, -1 missing.
     static func ofScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         switch reply.integer {
-        case .some(1): .granted
+        case .some(1): .granted(1)
         case .some(0): .refused(.taken)
         case .some(-1): .refused(.missing)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "script returned \(reply)")))
@@ -58,9 +115,18 @@ enum Vote: Sendable, Equatable {
     /// The vote of `SET key value NX PX ms`: OK granted, null taken.
     static func ofSetNX(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         switch reply {
-        case .simpleString("OK"): .granted
+        case .simpleString("OK"): .granted(0)
         case .null: .refused(.taken)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "SET NX returned \(reply)")))
+        }
+    }
+
+    /// The vote of the fenced acquire script: a token ≥ 1 granted, 0 taken.
+    static func ofFencedAcquire(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
+        switch reply.integer {
+        case let .some(token) where token >= 1: .granted(token)
+        case .some(0): .refused(.taken)
+        default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }
 }

@@ -130,6 +130,51 @@ final class HiredisContext {
         return Self.value(reply, endpoint: endpoint)
     }
 
+    /// The socket, for `poll`; -1 once closed.
+    var fileDescriptor: Int32 {
+        handle?.pointee.fd ?? -1
+    }
+
+    /// Writes the whole output buffer (blocking, bounded by the command timeout).
+    func flush() -> Result<Void, RedisError> {
+        guard let handle else {
+            return .failure(RedisError(code: .connectionClosed, endpoint: endpoint, message: "context already closed"))
+        }
+        var done: Int32 = 0
+        while done == 0 {
+            if redisBufferWrite(handle, &done) != REDIS_OK {
+                return .failure(Self.classify(handle, errno: chiredis_errno(), endpoint: endpoint, connecting: false))
+            }
+        }
+        return .success(())
+    }
+
+    /// Reads what the socket has (call only when `poll` says it is readable) and returns every
+    /// complete reply. EOF and socket errors are failures; the caller must then ``close()``.
+    func readAvailable() -> Result<[RedisValue], RedisError> {
+        guard let handle else {
+            return .failure(RedisError(code: .connectionClosed, endpoint: endpoint, message: "context already closed"))
+        }
+        if redisBufferRead(handle) != REDIS_OK {
+            return .failure(Self.classify(handle, errno: chiredis_errno(), endpoint: endpoint, connecting: false))
+        }
+        var replies: [RedisValue] = []
+        while true {
+            var reply: UnsafeMutablePointer<redisReply>?
+            if chiredis_get_reply_from_reader(handle, &reply) != REDIS_OK {
+                if let reply { freeReplyObject(reply) }
+                return .failure(Self.classify(handle, errno: chiredis_errno(), endpoint: endpoint, connecting: false))
+            }
+            guard let reply else { return .success(replies) }
+            let value = Self.value(reply, endpoint: endpoint)
+            freeReplyObject(reply)
+            switch value {
+            case let .success(value): replies.append(value)
+            case let .failure(error): return .failure(error)
+            }
+        }
+    }
+
     private func currentError() -> RedisError {
         guard let handle else {
             return RedisError(code: .connectionClosed, endpoint: endpoint, message: "context already closed")

@@ -42,6 +42,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// The node's endpoint.
     public var description: String { configuration.description }
 
+    /// How many times the connection has connected (and so reconnected) successfully.
+    ///
+    /// A reply to a command is always served by a connection whose number is at most the value
+    /// read after the reply arrived, so a caller that caches facts about the server (its run id,
+    /// its uptime) can tell when to refresh them: a restarted server always means a reconnect.
+    public var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
+
     /// Sends a command and returns its reply.
     ///
     /// - Parameters:
@@ -87,6 +94,8 @@ final class ConnectionCore: Sendable {
 
     private let configuration: RedisConnectionConfiguration
     private let shared = Mutex(Shared())
+    /// Incremented by the I/O thread after every successful connect.
+    let generation = Atomic<UInt64>(0)
     /// Signalled once each time the idle thread must wake up.
     private let wakeup = DispatchSemaphore(value: 0)
 
@@ -182,6 +191,7 @@ final class ConnectionCore: Sendable {
                 switch HiredisContext.connect(configuration) {
                 case let .success(opened):
                     context = opened
+                    generation.add(1, ordering: .releasing)
                 case let .failure(error):
                     for command in batch { command.complete(.failure(error)) }
                     batch.removeAll(keepingCapacity: true)

@@ -1,0 +1,187 @@
+import RedlockTransport
+
+extension DistributedLock {
+    /// `lock()` and `tryLock()`: the local gate, release watching, metrics, then the attempts.
+    func acquire(tries: Int) async throws(RedlockError) -> Lease {
+        let calledAt = ContinuousClock.now
+        let value = options.value.next()
+        guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
+        if options.singleFlight {
+            do {
+                try await client.gates.enter(name)
+            } catch {
+                client.metrics.acquireFailed(.cancelled)
+                throw cancelled("lock")
+            }
+        }
+        let watching = options.fastHandoff && tries > 1
+        if watching { client.watch(name) }
+        defer { if watching { client.unwatch(name) } }
+        do {
+            let lease = try await attempts(tries: tries, value: value, watching: watching)
+            if options.singleFlight { client.gates.held(lease) }
+            client.metrics.acquired.increment()
+            client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).nanoseconds)
+            return lease
+        } catch {
+            if options.singleFlight { client.gates.leave(name) }
+            client.metrics.acquireFailed(error.code)
+            throw error
+        }
+    }
+
+    private func attempts(tries: Int, value: String, watching: Bool) async throws(RedlockError) -> Lease {
+        let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
+        let command = RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds)
+        var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
+        var releasesHeard = client.releases.generation(of: name)
+        for attemptNumber in 0..<tries {
+            if attemptNumber > 0 {
+                var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
+                // A split vote (nobody holds a quorum) is contention, not a holder: retry soon.
+                let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
+                if lastError.code == .taken, takenCount < client.quorum {
+                    delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
+                }
+                if watching {
+                    await client.releases.wait(for: name, after: releasesHeard, timeout: delay)
+                } else {
+                    try? await Task.sleep(for: delay)
+                }
+            }
+            if Task.isCancelled { throw cancelled("lock") }
+            releasesHeard = client.releases.generation(of: name)
+            client.metrics.attempts.increment()
+            switch await attempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds) {
+            case let .success(lease):
+                return lease
+            case let .failure(error):
+                lastError = error
+            }
+            if Task.isCancelled { throw cancelled("lock") }
+        }
+        if tries > 1 { lastError.message += " (after \(tries) attempts)" }
+        throw lastError
+    }
+
+    /// One attempt: set the key on every node (with a fencing counter when asked), count the
+    /// quorum, raise the fence, compute validity; on failure release wherever the attempt may
+    /// have set the key.
+    private func attempt(command: RedisCommand, value: String, expiryMilliseconds: String) async -> Result<Lease, RedlockError> {
+        let name = name
+        let fencing = options.fencing
+        let restartGuard = options.restartGuard
+        let client = client
+        let start = ContinuousClock.now
+        var votes = await client.fanOut(
+            order: client.nodeOrder(shuffled: options.shuffleNodes),
+            budget: options.attemptBudget,
+            returnWhenDecided: options.failFast
+        ) { index, node in
+            let granted: Vote
+            if fencing {
+                granted = await vote(of: node, classify: Vote.ofFencedAcquire) {
+                    try await node.evaluate(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
+                }
+            } else {
+                granted = await vote(of: node, classify: Vote.ofSetNX) { try await node.send(command) }
+            }
+            guard let restartGuard, granted.isGranted else { return granted }
+            return await client.guarded(granted, node: index, restartGuard: restartGuard)
+        }
+
+        var failure: (code: RedlockError.Code, message: String)?
+        var fencingToken: Int64?
+        if grantedCount(votes) >= client.quorum, fencing {
+            let token = votes.compactMap { vote -> Int64? in
+                if case let .granted(token)? = vote { return token }
+                return nil
+            }.max() ?? 0
+            let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
+            if grantedCount(raised) >= client.quorum {
+                fencingToken = token
+            } else {
+                failure = (.noQuorum, "the fencing round reached \(grantedCount(raised)) of \(client.nodes.count) nodes, \(client.quorum) needed")
+                for index in votes.indices where raised[index].map({ !$0.isGranted }) ?? false { votes[index] = raised[index] }
+            }
+        }
+        let end = ContinuousClock.now
+
+        if failure == nil, grantedCount(votes) >= client.quorum {
+            if let validUntil = Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor) {
+                return .success(Lease(
+                    name: name, value: value, expiry: options.expiry,
+                    acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
+                ))
+            }
+            failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
+        }
+
+        // Release wherever our key may have landed: granted, silent, or failed mid-flight.
+        let dirty = votes.indices.filter { index in
+            switch votes[index] {
+            case .granted?, .refused(.noAnswer)?, .refused(.recentlyRestarted)?, .unsettled?: return true
+            case let .refused(.error(error))?: return error.code != .connectionRefused
+            case .refused(.taken)?, .refused(.missing)?, nil: return false
+            }
+        }
+        if !dirty.isEmpty { await release(value: value, on: dirty) }
+
+        let failures = client.failures(in: votes)
+        if let failure {
+            return .failure(RedlockError(code: failure.code, lockName: name, message: failure.message, nodes: failures))
+        }
+        if Task.isCancelled { return .failure(cancelled("lock")) }
+        let taken = failures.filter { $0.cause == .taken }
+        if taken.count >= client.quorum || taken.count == failures.count {
+            return .failure(RedlockError(
+                code: .taken, lockName: name,
+                message: "held by another holder on \(taken.count) of \(client.nodes.count) nodes", nodes: taken
+            ))
+        }
+        return .failure(RedlockError(
+            code: .noQuorum, lockName: name,
+            message: "\(grantedCount(votes)) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
+        ))
+    }
+
+    /// The second round of a fenced acquire: on the nodes that granted, raise the counter to the
+    /// token while the key is still ours, so every later acquire's INCR on a shared node exceeds it.
+    private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
+        let name = name
+        let arguments = [value, String(token)]
+        return await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast) { _, node in
+            await vote(of: node, classify: Vote.ofScript) {
+                try await node.evaluate(Scripts.raiseFence, keys: [name, Scripts.fenceKey(name)], arguments: arguments, withdrawOnCancel: false)
+            }
+        }
+    }
+
+    /// Compare-and-delete on `indices`, not cancellable by the caller and bounded by the budget.
+    /// Not announced: nobody held the lock.
+    private func release(value: String, on indices: [Int]) async {
+        let name = name
+        _ = await shielded { [client, options] in
+            await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: false) { _, node in
+                await vote(of: node, classify: Vote.ofScript) {
+                    try await node.evaluate(Scripts.release, keys: [name], arguments: [value, ""], withdrawOnCancel: false)
+                }
+            }
+        }
+    }
+}
+
+extension RedlockClient {
+    /// A granted vote, or a refusal when the node has been up for less than `restartGuard`.
+    func guarded(_ granted: Vote, node index: Int, restartGuard: Duration) async -> Vote {
+        let node = nodes[index]
+        do {
+            let uptime = try await uptimes.uptime(of: index, node: node)
+            return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
+        } catch let error as RedisError {
+            return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
+        } catch {
+            return .refused(.error(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)")))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+import Synchronization
+
+/// Per-name local queues for ``LockOptions/singleFlight``: one `lock()` call per name at a time
+/// contends with other processes; the others wait here, first come first served.
+///
+/// The gate passes to the next caller when the holder unlocks, when its acquire fails, or —
+/// should a holder never unlock — once its lease has run out.
+final class LocalGates: Sendable {
+    private struct Waiter {
+        let id: Int
+        let continuation: CheckedContinuation<Void, Never>
+    }
+
+    private struct Gate {
+        /// The caller that has the gate.
+        var owner: Int
+        /// The value of the lease the owner acquired, once it has one.
+        var holderValue: String?
+        /// When the owner's lease runs out; nil while it is still acquiring.
+        var holderValidUntil: ContinuousClock.Instant?
+        var waiters: [Waiter] = []
+    }
+
+    private struct State {
+        var gates: [String: Gate] = [:]
+        var nextID = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Waits for the gate of `name`, then owns it. Throws `CancellationError` when cancelled
+    /// (and then owns nothing).
+    func enter(_ name: String) async throws {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        while true {
+            enum Step { case entered, wait(ContinuousClock.Instant?) }
+            let step: Step = state.withLock { state in
+                guard let gate = state.gates[name] else {
+                    state.gates[name] = Gate(owner: id)
+                    return .entered
+                }
+                if gate.owner == id { return .entered }
+                if let until = gate.holderValidUntil, until <= .now {
+                    // The owner's lease ran out without an unlock: take the gate over.
+                    state.gates[name]?.owner = id
+                    state.gates[name]?.holderValue = nil
+                    state.gates[name]?.holderValidUntil = nil
+                    return .entered
+                }
+                return .wait(gate.holderValidUntil)
+            }
+            guard case let .wait(deadline) = step else { return }
+            if Task.isCancelled { throw CancellationError() }
+            await waitForTurn(name, id: id, deadline: deadline)
+            if Task.isCancelled {
+                // If the gate was handed over just now, pass it on.
+                let owns = state.withLock { $0.gates[name]?.owner == id }
+                if owns { leave(name) }
+                throw CancellationError()
+            }
+        }
+    }
+
+    /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
+    private func waitForTurn(_ name: String, id: Int, deadline: ContinuousClock.Instant?) async {
+        await withTaskGroup(of: Void.self) { group in
+            if let deadline {
+                group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
+            }
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let queued = self.state.withLock { state in
+                            guard !Task.isCancelled, let gate = state.gates[name], gate.owner != id else { return false }
+                            state.gates[name]?.waiters.append(Waiter(id: id, continuation: continuation))
+                            return true
+                        }
+                        if !queued { continuation.resume() }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLock { state -> Waiter? in
+                        guard let index = state.gates[name]?.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                        return state.gates[name]?.waiters.remove(at: index)
+                    }
+                    waiter?.continuation.resume()
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Records that the owner of `name`'s gate acquired (or extended) `lease`.
+    func held(_ lease: Lease) {
+        state.withLock { state in
+            guard state.gates[lease.name] != nil else { return }
+            state.gates[lease.name]?.holderValue = lease.value
+            state.gates[lease.name]?.holderValidUntil = lease.validUntil
+        }
+    }
+
+    /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
+    func leave(_ name: String, value: String? = nil) {
+        let next: Waiter? = state.withLock { state in
+            guard let gate = state.gates[name] else { return nil }
+            if let value, gate.holderValue != value { return nil }
+            guard !gate.waiters.isEmpty, let first = state.gates[name]?.waiters.removeFirst() else {
+                state.gates[name] = nil
+                return nil
+            }
+            state.gates[name]?.owner = first.id
+            state.gates[name]?.holderValue = nil
+            state.gates[name]?.holderValidUntil = nil
+            return first
+        }
+        next?.continuation.resume()
+    }
+}

@@ -1,0 +1,47 @@
+import CoreMetrics
+
+/// The swift-metrics instruments of one client. With no metrics backend bootstrapped they cost
+/// next to nothing.
+///
+/// - `redlock_acquire_attempts_total`: attempts (each try of `lock()`, or one `tryLock()`).
+/// - `redlock_acquired_total`: successful acquires.
+/// - `redlock_acquire_failures_total{cause}`: `lock()`/`tryLock()` calls that failed, by error code.
+/// - `redlock_acquire_duration_seconds`: from the call to the lease, for successful acquires.
+/// - `redlock_extensions_total{result}`: `extend()` calls, `ok` or the error code.
+/// - `redlock_releases_total{result}`: `unlock()` calls, `ok` or the error code.
+/// - `redlock_leases_lost_total`: scoped locks whose lease ran out while the body ran.
+struct LockMetrics: Sendable {
+    let factory: any MetricsFactory
+    let attempts: Counter
+    let acquired: Counter
+    let acquireDuration: Timer
+    let leasesLost: Counter
+    private let extendedOK: Counter
+    private let releasedOK: Counter
+
+    init(factory: any MetricsFactory) {
+        self.factory = factory
+        attempts = Counter(label: "redlock_acquire_attempts_total", factory: factory)
+        acquired = Counter(label: "redlock_acquired_total", factory: factory)
+        acquireDuration = Timer(label: "redlock_acquire_duration_seconds", factory: factory)
+        leasesLost = Counter(label: "redlock_leases_lost_total", factory: factory)
+        extendedOK = Counter(label: "redlock_extensions_total", dimensions: [("result", "ok")], factory: factory)
+        releasedOK = Counter(label: "redlock_releases_total", dimensions: [("result", "ok")], factory: factory)
+    }
+
+    func acquireFailed(_ code: RedlockError.Code) {
+        Counter(label: "redlock_acquire_failures_total", dimensions: [("cause", "\(code)")], factory: factory).increment()
+    }
+
+    /// Counts an `extend()`: nil for success, else the error code.
+    func extended(failure code: RedlockError.Code?) {
+        guard let code else { return extendedOK.increment() }
+        Counter(label: "redlock_extensions_total", dimensions: [("result", "\(code)")], factory: factory).increment()
+    }
+
+    /// Counts an `unlock()`: nil for success, else the error code.
+    func released(failure code: RedlockError.Code?) {
+        guard let code else { return releasedOK.increment() }
+        Counter(label: "redlock_releases_total", dimensions: [("result", "\(code)")], factory: factory).increment()
+    }
+}

@@ -1,0 +1,65 @@
+import RedlockTransport
+import Synchronization
+
+/// What a client knows of each node's uptime, to ignore the votes of nodes that restarted
+/// recently (``LockOptions/restartGuard``).
+///
+/// A node is asked (`INFO server`) only when the client's connection to it is new: a restarted
+/// server always means a new connection. A reconnect to the same server (same `run_id`) keeps
+/// the earlier, more precise estimate.
+final class NodeUptimes: Sendable {
+    private struct Entry {
+        var generation: UInt64
+        var runID: String
+        var seenAt: ContinuousClock.Instant
+        var uptimeWhenSeen: Duration
+    }
+
+    private let entries: Mutex<[Entry?]>
+
+    init(nodeCount: Int) {
+        entries = Mutex(Array(repeating: nil, count: nodeCount))
+    }
+
+    /// A lower bound of how long node `index` has been up.
+    func uptime(of index: Int, node: RedisConnection) async throws -> Duration {
+        let generation = node.connectionGeneration
+        if let known = entries.withLock({ $0[index] }), known.generation == generation {
+            return known.uptimeWhenSeen + known.seenAt.duration(to: .now)
+        }
+        let seenAt = ContinuousClock.now
+        let reply = try await node.send(RedisCommand("INFO", "server"))
+        guard let text = reply.string, let (runID, seconds) = Self.parse(text) else {
+            throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
+        }
+        // Whole seconds, rounded down: a lower bound.
+        let reported = Duration.seconds(seconds)
+        let stable = node.connectionGeneration == generation
+        return entries.withLock { entries in
+            if let known = entries[index], known.runID == runID {
+                // Same server, new connection: keep the earlier baseline.
+                if stable { entries[index]?.generation = generation }
+                return known.uptimeWhenSeen + known.seenAt.duration(to: .now)
+            }
+            if stable {
+                entries[index] = Entry(generation: generation, runID: runID, seenAt: seenAt, uptimeWhenSeen: reported)
+            }
+            return reported + seenAt.duration(to: .now)
+        }
+    }
+
+    /// `run_id` and `uptime_in_seconds` from the text of `INFO server`.
+    static func parse(_ info: String) -> (runID: String, uptimeSeconds: Int64)? {
+        var runID: String?
+        var uptime: Int64?
+        for line in info.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) {
+            if line.hasPrefix("run_id:") {
+                runID = String(line.dropFirst("run_id:".count))
+            } else if line.hasPrefix("uptime_in_seconds:") {
+                uptime = Int64(line.dropFirst("uptime_in_seconds:".count))
+            }
+        }
+        guard let runID, !runID.isEmpty, let uptime else { return nil }
+        return (runID, uptime)
+    }
+}
