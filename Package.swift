@@ -66,7 +66,11 @@ let package = Package(
         ),
         .testTarget(
             name: "RedlockTests",
-            dependencies: ["Redlock", "RedlockTransport", "RedlockTestSupport"]
+            dependencies: [
+                "Redlock", "RedlockTransport", "RedlockTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         // Kill, pause and restart real nodes; cross-process exclusion under a nemesis.
         .testTarget(

@@ -25,13 +25,29 @@ extension DistributedLock {
         maximumHoldTime: Duration? = nil,
         _ body: @escaping @Sendable (HeldLease) async throws -> T
     ) async throws -> T {
-        guard extendWhenRemaining > 0, extendWhenRemaining < 1 else {
-            throw RedlockError.invalid("extendWhenRemaining must be in (0, 1), got \(extendWhenRemaining)", lockName: name)
+        try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime)
+        return try await withLease(try await lock(), extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, body)
+    }
+
+    /// Runs `body` while keeping an already acquired `lease` alive, then releases it: what
+    /// ``withLock(extendWhenRemaining:maximumHoldTime:_:)`` does after acquiring. Use it when the
+    /// acquire needs its own policy (a deadline, ``tryLock()``).
+    public func withLease<T: Sendable>(
+        _ lease: Lease,
+        extendWhenRemaining: Double = 1.0 / 3.0,
+        maximumHoldTime: Duration? = nil,
+        _ body: @escaping @Sendable (HeldLease) async throws -> T
+    ) async throws -> T {
+        do {
+            try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime)
+            guard lease.name == name else {
+                throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
+            }
+        } catch {
+            try? await unlock(lease)
+            throw error
         }
-        if let maximumHoldTime, maximumHoldTime <= .zero {
-            throw RedlockError.invalid("maximumHoldTime must be positive, got \(maximumHoldTime)", lockName: name)
-        }
-        let held = HeldLease(try await lock())
+        let held = HeldLease(lease)
 
         let outcome: ScopeOutcome<T> = await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
             group.addTask {
@@ -78,6 +94,15 @@ extension DistributedLock {
         case let .interrupted(error):
             if error.code == .leaseLost { client.metrics.leasesLost.increment() }
             throw error
+        }
+    }
+
+    private func validateScope(extendWhenRemaining: Double, maximumHoldTime: Duration?) throws(RedlockError) {
+        guard extendWhenRemaining > 0, extendWhenRemaining < 1 else {
+            throw .invalid("extendWhenRemaining must be in (0, 1), got \(extendWhenRemaining)", lockName: name)
+        }
+        if let maximumHoldTime, maximumHoldTime <= .zero {
+            throw .invalid("maximumHoldTime must be positive, got \(maximumHoldTime)", lockName: name)
         }
     }
 

@@ -52,7 +52,7 @@ final class NodeUptimes: Sendable {
     static func parse(_ info: String) -> (runID: String, uptimeSeconds: Int64)? {
         var runID: String?
         var uptime: Int64?
-        for line in info.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) {
+        for line in info.split(whereSeparator: \.isNewline) {
             if line.hasPrefix("run_id:") {
                 runID = String(line.dropFirst("run_id:".count))
             } else if line.hasPrefix("uptime_in_seconds:") {

@@ -135,6 +135,20 @@ final class HiredisContext {
         handle?.pointee.fd ?? -1
     }
 
+    /// Whether the server has closed the connection (EOF or reset waiting on an idle socket),
+    /// checked without blocking before a batch is written, so that a server that restarted since
+    /// the last command costs a reconnect rather than a failed command.
+    var peerHasClosed: Bool {
+        let descriptor = fileDescriptor
+        guard descriptor >= 0 else { return true }
+        var event = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&event, 1, 0) > 0 else { return false }
+        if event.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return true }
+        var byte: UInt8 = 0
+        let peeked = recv(descriptor, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    }
+
     /// Writes the whole output buffer (blocking, bounded by the command timeout).
     func flush() -> Result<Void, RedisError> {
         guard let handle else {

@@ -73,9 +73,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Stops the I/O thread and closes the socket; commands still queued fail with
-    /// ``RedisError/Code-swift.struct/shutdown``. Returns when the thread has exited, which is
-    /// at most one ``RedisConnectionConfiguration/commandTimeout`` after a read in flight.
+    /// Stops accepting commands (later calls fail with ``RedisError/Code-swift.struct/shutdown``),
+    /// sends the commands already queued — so a release issued just before still reaches the
+    /// server — then closes the socket and stops the I/O thread. Returns when the thread has
+    /// exited: bounded by the connect and command timeouts.
     public func shutdown() async {
         core.beginShutdown()
         await core.waitUntilExited()
@@ -129,17 +130,14 @@ final class ConnectionCore: Sendable {
         }
     }
 
+    /// Stops accepting commands; the thread sends what is already queued, then exits.
     func beginShutdown() {
-        let (orphans, wake): ([PendingCommand], Bool) = shared.withLock { shared in
-            guard !shared.shuttingDown else { return ([], false) }
+        let wake: Bool = shared.withLock { shared in
+            guard !shared.shuttingDown else { return false }
             shared.shuttingDown = true
-            let orphans = shared.queue
-            shared.queue = []
-            let wake = shared.threadIsIdle
-            shared.threadIsIdle = false
-            return (orphans, wake)
+            defer { shared.threadIsIdle = false }
+            return shared.threadIsIdle
         }
-        for command in orphans { command.complete(.failure(error(.shutdown, ""))) }
         if wake { wakeup.signal() }
     }
 
@@ -162,8 +160,8 @@ final class ConnectionCore: Sendable {
         while true {
             enum Next { case work, sleep, exit }
             let next: Next = shared.withLock { shared in
-                if shared.shuttingDown { return .exit }
                 if shared.queue.isEmpty {
+                    if shared.shuttingDown { return .exit }
                     shared.threadIsIdle = true
                     return .sleep
                 }
@@ -187,6 +185,10 @@ final class ConnectionCore: Sendable {
                 break
             }
 
+            if let open = context, open.peerHasClosed {
+                open.close()
+                context = nil
+            }
             if context == nil, batch.contains(where: { $0.shouldSend }) {
                 switch HiredisContext.connect(configuration) {
                 case let .success(opened):

@@ -80,9 +80,9 @@ struct LockTests {
     @Test("a lease expires and another holder acquires; the first holder's unlock and extend then fail as taken over")
     func expiryAndTakeover() async throws {
         try await withLockNodes(3) { client, _ in
-            let lock = try client.makeLock("expiring", options: testOptions(expiry: .milliseconds(250), timeoutFactor: 0.5))
+            let lock = try client.makeLock("expiring", options: testOptions(expiry: .milliseconds(500), timeoutFactor: 0.5))
             let first = try await lock.tryLock()
-            #expect(first.validUntil <= first.acquiredAt.advanced(by: .milliseconds(250)))
+            #expect(first.validUntil <= first.acquiredAt.advanced(by: .milliseconds(500)))
             let blocked = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
             #expect(blocked?.code == .taken)
 
@@ -104,16 +104,16 @@ struct LockTests {
     @Test("extend keeps the lease past its first expiry; extend after expiry fails with leaseExpired")
     func extend() async throws {
         try await withLockNodes(3) { client, servers in
-            let options = testOptions(expiry: .milliseconds(300), timeoutFactor: 0.5)
+            let options = testOptions(expiry: .milliseconds(600), timeoutFactor: 0.5)
             let lock = try client.makeLock("extended", options: options)
             var lease = try await lock.tryLock()
             let firstDeadline = lease.validUntil
             // Extend whenever a third of the expiry is left, until well past the first deadline.
-            while ContinuousClock.now < firstDeadline.advanced(by: .milliseconds(300)) {
-                try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(-100)), clock: .continuous)
+            while ContinuousClock.now < firstDeadline.advanced(by: .milliseconds(600)) {
+                try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(-200)), clock: .continuous)
                 lease = try await lock.extend(lease)
             }
-            #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(300)))
+            #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(600)))
             #expect(ContinuousClock.now > firstDeadline)
             let values = try await keyValues("extended", on: servers)
             #expect(values.allSatisfy { $0 == lease.value })

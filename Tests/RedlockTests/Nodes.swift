@@ -1,6 +1,7 @@
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 
 /// Starts `count` real nodes and a client over them, runs `body`, and tears everything down.
 func withLockNodes<T>(
@@ -58,4 +59,12 @@ actor UnsafeCounter {
     func leave() { inside -= 1 }
     func read() -> Int { value }
     func write(_ newValue: Int) { value = newValue }
+}
+
+/// A value shared between tasks of a test.
+final class Locked<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    var value: Value { storage.withLock { $0 } }
+    func update<R>(_ body: (inout Value) -> R) -> R { storage.withLock { body(&$0) } }
 }

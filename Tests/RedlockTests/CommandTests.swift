@@ -1,0 +1,148 @@
+import Foundation
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+/// The `redlock` executable built next to the test bundle.
+func builtExecutable(_ name: String) throws -> URL {
+    let testBinary = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+    let candidate = testBinary.deletingLastPathComponent().appendingPathComponent(name)
+    guard FileManager.default.isExecutableFile(atPath: candidate.path) else {
+        throw CommandTestError("\(name) was not built next to \(testBinary.path)")
+    }
+    return candidate
+}
+
+struct CommandTestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A running `redlock` process with its output collected.
+final class CommandRun: Sendable {
+    let process: Process
+    private let output: Pipe
+    private let errors: Pipe
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = try builtExecutable("redlock")
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        output = Pipe()
+        errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+    }
+
+    /// Reads stdout until a line containing `marker` appears (the child says it is ready).
+    func waitForLine(containing marker: String) async -> String? {
+        let handle = output.fileHandleForReading
+        return await Task.detached {
+            var text = ""
+            while !text.contains(marker) {
+                let chunk = handle.availableData
+                if chunk.isEmpty { return nil }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            return text
+        }.value
+    }
+
+    /// Waits for exit; returns the status and everything printed.
+    func finish() async -> (status: Int32, stdout: String, stderr: String) {
+        let process = process
+        let (out, err) = (output.fileHandleForReading, errors.fileHandleForReading)
+        return await Task.detached {
+            let stdout = String(decoding: out.readDataToEndOfFile(), as: UTF8.self)
+            let stderr = String(decoding: err.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return (process.terminationStatus, stdout, stderr)
+        }.value
+    }
+}
+
+@Suite("The redlock command")
+struct CommandTests {
+    private func nodeList(_ servers: [RedisServer]) -> String {
+        servers.map { "\($0.endpoint)" }.joined(separator: ",")
+    }
+
+    @Test("run executes the command under the lock with its fencing token and exits with its status")
+    func runsCommand() async throws {
+        try await withRedisServers(3) { servers throws in
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "cron", "--",
+                                      "sh", "-c", "echo token=$REDLOCK_FENCING_TOKEN; exit 3"])
+            let (status, stdout, _) = await run.finish()
+            #expect(status == 3)
+            let token = stdout.split(separator: "=").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            #expect((token ?? 0) >= 1, "stdout: \(stdout)")
+            #expect(try await keyValues("cron", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("run exits 75 without running the command when the lock is held past --wait")
+    func lockUnavailable() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("busy", options: testOptions())
+            let lease = try await lock.lock()
+            let marker = FileManager.default.temporaryDirectory.appendingPathComponent("redlock-ran-\(UUID())").path
+            let started = ContinuousClock.now
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "busy", "--wait", "300ms", "--",
+                                      "touch", marker])
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 75)
+            #expect(stderr.contains("could not acquire"))
+            #expect(started.duration(to: .now) < .seconds(10))
+            #expect(!FileManager.default.fileExists(atPath: marker))
+            try await lock.unlock(lease)
+        }
+    }
+
+    @Test("run waits for a holder's release within --wait, and reads nodes from REDLOCK_NODES")
+    func waitsForRelease() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("queued", options: testOptions())
+            let lease = try await lock.lock()
+            let run = try CommandRun(["run", "--name", "queued", "--wait", "20s", "--", "true"],
+                                     environment: ["REDLOCK_NODES": nodeList(servers)])
+            try await Task.sleep(for: .milliseconds(300))
+            try await lock.unlock(lease)
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 0, "stderr: \(stderr)")
+        }
+    }
+
+    @Test("run keeps the lock for a command that outlives the ttl, and forwards SIGTERM to it")
+    func extendsAndForwardsSignals() async throws {
+        try await withLockNodes(3) { client, servers in
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "long", "--ttl", "300ms", "--",
+                                      "sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"])
+            let ready = await run.waitForLine(containing: "ready")
+            #expect(ready != nil)
+            // Three ttls later the lock is still held: the lease is being extended.
+            try await Task.sleep(for: .milliseconds(900))
+            let other = try client.makeLock("long", options: testOptions())
+            let error = await #expect(throws: RedlockError.self) { try await other.tryLock() }
+            #expect(error?.code == .taken)
+            run.process.terminate()
+            let (status, _, _) = await run.finish()
+            #expect(status == 42)
+            #expect(try await keyValues("long", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("run rejects a bad node list or missing command with a usage error")
+    func usageErrors() async throws {
+        let badNodes = try CommandRun(["run", "--nodes", "host:notaport", "--name", "x", "--", "true"])
+        let (status, _, stderr) = await badNodes.finish()
+        #expect(status == 64)
+        #expect(stderr.contains("notaport"))
+        let noCommand = try CommandRun(["run", "--nodes", "127.0.0.1:1", "--name", "x"])
+        #expect(await noCommand.finish().status == 64)
+        let badDuration = try CommandRun(["run", "--nodes", "127.0.0.1:1", "--name", "x", "--ttl", "soon", "--", "true"])
+        #expect(await badDuration.finish().status == 64)
+    }
+}

@@ -1,0 +1,175 @@
+import Logging
+import MetricsTestKit
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Fast handoff, restart guard, single-flight, observability")
+struct HandoffAndGuardTests {
+    @Test("a waiter with a 10 s retry delay acquires as soon as the holder unlocks (release published)")
+    func handoff() async throws {
+        try await withLockNodes(5) { client, _ in
+            let holder = try client.makeLock("handoff", options: testOptions())
+            let lease = try await holder.lock()
+            let waiter = try client.makeLock("handoff", options: LockOptions(
+                tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2
+            ))
+            let waiting = Task { try await waiter.lock() }
+            // Let the waiter fail its first attempt and settle into its 10 s delay.
+            try await Task.sleep(for: .milliseconds(200))
+            let releasedAt = ContinuousClock.now
+            try await holder.unlock(lease)
+            let next = try await waiting.value
+            // Without the published release it would sleep out the 10 s delay.
+            #expect(releasedAt.duration(to: .now) < .seconds(3))
+            try await waiter.unlock(next)
+        }
+    }
+
+    @Test("with fast handoff off, the waiter sleeps out its retry delay")
+    func handoffOff() async throws {
+        try await withLockNodes(3) { client, _ in
+            let holder = try client.makeLock("polling", options: testOptions())
+            let lease = try await holder.lock()
+            let waiter = try client.makeLock("polling", options: LockOptions(
+                tries: 100, retryDelay: .constant(.milliseconds(600)), timeoutFactor: 0.2, fastHandoff: false
+            ))
+            let started = ContinuousClock.now
+            let waiting = Task { try await waiter.lock() }
+            try await Task.sleep(for: .milliseconds(100))
+            try await holder.unlock(lease)
+            let next = try await waiting.value
+            #expect(started.duration(to: .now) >= .milliseconds(550))
+            try await waiter.unlock(next)
+        }
+    }
+
+    @Test("the restart guard ignores a node that restarted empty, so a held lock is not granted twice")
+    func restartGuard() async throws {
+        try await withLockNodes(3) { client, servers in
+            // The guard counts whole seconds of uptime: let every node be up for over a second.
+            try await Task.sleep(for: .milliseconds(1_100))
+            var options = testOptions(expiry: .seconds(10))
+            // In production the guard is at least the longest expiry; here it only has to tell the
+            // restarted node (up 0 s) from the others (up over 1 s).
+            options.restartGuard = .seconds(1)
+            let holder = try client.makeLock("guarded", options: testOptions(expiry: .seconds(10)))
+            let lease = try await holder.lock()
+
+            // Node 1 forgets the lock; node 2 is made to look taken so that only 0 and 1 matter…
+            try await servers[1].restart(keepingData: false)
+            let challenger = try client.makeLock("guarded", options: options)
+            // …node 0 still holds the lease: without the guard, nodes 1 and 2 would grant.
+            let admin = RedisConnection(configuration: servers[2].configuration())
+            _ = try await admin.send(RedisCommand("DEL", "guarded"))
+            await admin.shutdown()
+
+            let error = await #expect(throws: RedlockError.self) { try await challenger.tryLock() }
+            #expect(error?.code == .noQuorum)
+            let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
+            guard case .recentlyRestarted? = causes[1] else {
+                Issue.record("node 1 should be ignored as recently restarted, got \(String(describing: causes[1])) in \(String(describing: error))")
+                return
+            }
+            // The unguarded lock shows the hazard the guard closes.
+            let unguarded = try client.makeLock("guarded", options: testOptions(expiry: .seconds(10)))
+            let second = try await unguarded.tryLock()
+            #expect(lease.isValid && second.isValid, "two valid leases at once: the restart hazard")
+            try await unguarded.unlock(second)
+        }
+    }
+
+    @Test("single-flight: concurrent local lock() calls take turns and never contend with each other")
+    func singleFlight() async throws {
+        try await withRedisServers(3) { servers throws in
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            var options = testOptions(tries: 1_000)
+            options.singleFlight = true
+            let lock = try client.makeLock("flight", options: options)
+            let counter = UnsafeCounter()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<20 {
+                    group.addTask {
+                        let lease = try await lock.lock()
+                        await counter.enter()
+                        await Task.yield()
+                        await counter.leave()
+                        try await lock.unlock(lease)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(await counter.maximumInside == 1)
+            // Every lock() got in on its first attempt: none of them polled the others.
+            #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 20)
+            #expect(metrics.counterTotal(label: "redlock_acquired_total") == 20)
+            await client.shutdown()
+        }
+    }
+
+    @Test("metrics count attempts, successes, failures by cause, extensions, releases and latency")
+    func metrics() async throws {
+        try await withRedisServers(3) { servers throws in
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            let lock = try client.makeLock("measured", options: testOptions())
+            let lease = try await lock.lock()
+            _ = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            let extended = try await lock.extend(lease)
+            try await lock.unlock(extended)
+            _ = await #expect(throws: RedlockError.self) { try await lock.unlock(extended) }
+
+            #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 2)
+            #expect(metrics.counterTotal(label: "redlock_acquired_total") == 1)
+            #expect(metrics.counterTotal(label: "redlock_acquire_failures_total", dimensions: [("cause", "taken by another holder")]) == 1)
+            #expect(metrics.counterTotal(label: "redlock_extensions_total", dimensions: [("result", "ok")]) == 1)
+            #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "ok")]) == 1)
+            #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "lease expired")]) == 1)
+            let timer = try metrics.expectTimer("redlock_acquire_duration_seconds")
+            #expect(timer.values.count == 1)
+            await client.shutdown()
+        }
+    }
+
+    @Test("node failures are logged at debug with the node, and a healthy cycle logs nothing")
+    func logging() async throws {
+        try await withRedisServers(3) { servers throws in
+            let records = Locked<[String]>([])
+            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+            logger.logLevel = .trace
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: logger)
+            var options = testOptions(tries: 1)
+            // Wait for every node, so the dead node's failure is always observed (and logged).
+            options.failFast = false
+            let lock = try client.makeLock("logged", options: options)
+            let lease = try await lock.lock()
+            try await lock.unlock(lease)
+            #expect(records.value.isEmpty)
+
+            await servers[2].kill()
+            let again = try await lock.lock()
+            try await lock.unlock(again)
+            #expect(records.value.contains { $0.contains("debug") && $0.contains("\(servers[2].endpoint)") })
+            #expect(!records.value.contains { $0.hasPrefix("info") || $0.hasPrefix("warning") || $0.hasPrefix("error") })
+            await client.shutdown()
+        }
+    }
+}
+
+/// Records every log line as "LEVEL MESSAGE METADATA".
+struct CapturingLogHandler: LogHandler {
+    let records: Locked<[String]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        records.update { $0.append("\(level) \(message) \(metadata ?? [:])") }
+    }
+}
