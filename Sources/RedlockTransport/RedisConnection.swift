@@ -89,12 +89,11 @@ final class ConnectionCore: Sendable {
         var queue: [PendingCommand] = []
         var threadIsIdle = false
         var shuttingDown = false
-        var exited = false
-        var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let configuration: RedisConnectionConfiguration
     private let shared = Mutex(Shared())
+    private let exited = OneTimeEvent<Void>()
     /// Incremented by the I/O thread after every successful connect.
     let generation = Atomic<UInt64>(0)
     /// Signalled once each time the idle thread must wake up.
@@ -142,14 +141,7 @@ final class ConnectionCore: Sendable {
     }
 
     func waitUntilExited() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let exited = shared.withLock { shared in
-                if shared.exited { return true }
-                shared.exitWaiters.append(continuation)
-                return false
-            }
-            if exited { continuation.resume() }
-        }
+        await exited.wait()
     }
 
     /// The I/O thread's loop: take every queued command, write them all, read their replies.
@@ -171,12 +163,7 @@ final class ConnectionCore: Sendable {
             switch next {
             case .exit:
                 context?.close()
-                let waiters: [CheckedContinuation<Void, Never>] = shared.withLock { shared in
-                    shared.exited = true
-                    defer { shared.exitWaiters = [] }
-                    return shared.exitWaiters
-                }
-                for waiter in waiters { waiter.resume() }
+                exited.fire()
                 return
             case .sleep:
                 wakeup.wait()

@@ -19,13 +19,12 @@ public final class RedisSubscriber: Sendable {
     private struct Shared {
         var channels: [String: Int] = [:]
         var shuttingDown = false
-        var exited = false
-        var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     /// The configuration the subscriber connects with.
     public let configuration: RedisConnectionConfiguration
     private let shared = Mutex(Shared())
+    private let exited = OneTimeEvent<Void>()
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
@@ -83,14 +82,7 @@ public final class RedisSubscriber: Sendable {
     public func shutdown() async {
         shared.withLock { $0.shuttingDown = true }
         wake()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let exited = shared.withLock { shared in
-                if shared.exited { return true }
-                shared.exitWaiters.append(continuation)
-                return false
-            }
-            if exited { continuation.resume() }
-        }
+        await exited.wait()
     }
 
     private func wake() {
@@ -149,12 +141,7 @@ public final class RedisSubscriber: Sendable {
             }
         }
         context?.close()
-        let waiters: [CheckedContinuation<Void, Never>] = shared.withLock { shared in
-            shared.exited = true
-            defer { shared.exitWaiters = [] }
-            return shared.exitWaiters
-        }
-        for waiter in waiters { waiter.resume() }
+        exited.fire()
     }
 
     /// Sends SUBSCRIBE/UNSUBSCRIBE for the difference between wanted and subscribed channels.
