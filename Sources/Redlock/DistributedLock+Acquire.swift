@@ -7,11 +7,18 @@ extension DistributedLock {
         let value = options.value.next()
         guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
         if options.singleFlight {
-            do {
-                try await client.gates.enter(name)
-            } catch {
-                client.metrics.acquireFailed(.cancelled)
-                throw cancelled("lock")
+            if tries == 1 {
+                guard client.gates.tryEnter(name) else {
+                    client.metrics.acquireFailed(.taken)
+                    throw RedlockError(code: .taken, lockName: name, message: "held by another caller in this process (single-flight)")
+                }
+            } else {
+                do {
+                    try await client.gates.enter(name)
+                } catch {
+                    client.metrics.acquireFailed(.cancelled)
+                    throw cancelled("lock")
+                }
             }
         }
         let watching = options.fastHandoff && tries > 1

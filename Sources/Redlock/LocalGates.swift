@@ -64,6 +64,23 @@ final class LocalGates: Sendable {
         }
     }
 
+    /// Takes the gate of `name` if nobody has it (or its owner's lease ran out); never waits.
+    func tryEnter(_ name: String) -> Bool {
+        state.withLock { state in
+            let id = state.nextID
+            state.nextID += 1
+            guard let gate = state.gates[name] else {
+                state.gates[name] = Gate(owner: id)
+                return true
+            }
+            guard let until = gate.holderValidUntil, until <= .now else { return false }
+            state.gates[name]?.owner = id
+            state.gates[name]?.holderValue = nil
+            state.gates[name]?.holderValidUntil = nil
+            return true
+        }
+    }
+
     /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
     private func waitForTurn(_ name: String, id: Int, deadline: ContinuousClock.Instant?) async {
         await withTaskGroup(of: Void.self) { group in

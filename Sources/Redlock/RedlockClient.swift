@@ -84,6 +84,12 @@ public final class RedlockClient: Sendable {
         ownsConnections = owning
     }
 
+    deinit {
+        // Without a shutdown() the subscriber threads would keep running; connections stop by
+        // themselves when their last reference goes.
+        for subscriber in subscribers.withLock({ $0.subscribers }) { subscriber.beginShutdown() }
+    }
+
     private static func validate(_ endpoints: [RedisEndpoint]) throws(RedlockError) {
         guard !endpoints.isEmpty else { throw .invalid("a client needs at least one node") }
         var seen = Set<RedisEndpoint>()

@@ -15,6 +15,8 @@ import Musl
 /// thread: keep the handler short), and after a lost connection reconnects with back-off and
 /// subscribes again. Messages published while disconnected are lost, as with any Redis
 /// subscriber: use it for hints that have a fallback.
+///
+/// Call ``shutdown()`` when done: the thread keeps the subscriber alive until then.
 public final class RedisSubscriber: Sendable {
     private struct Shared {
         var channels: [String: Int] = [:]
@@ -80,9 +82,14 @@ public final class RedisSubscriber: Sendable {
 
     /// Closes the connection and stops the thread; returns once it has exited.
     public func shutdown() async {
+        beginShutdown()
+        await exited.wait()
+    }
+
+    /// Asks the thread to close the connection and exit, without waiting for it.
+    package func beginShutdown() {
         shared.withLock { $0.shuttingDown = true }
         wake()
-        await exited.wait()
     }
 
     private func wake() {

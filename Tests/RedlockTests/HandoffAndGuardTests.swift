@@ -105,6 +105,15 @@ struct HandoffAndGuardTests {
             // Every lock() got in on its first attempt: none of them polled the others.
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 20)
             #expect(metrics.counterTotal(label: "redlock_acquired_total") == 20)
+
+            // tryLock does not queue: it fails at once while a local caller holds the gate.
+            let held = try await lock.lock()
+            let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(error?.code == .taken)
+            #expect(error?.message.contains("single-flight") == true)
+            try await lock.unlock(held)
+            let next = try await lock.tryLock()
+            try await lock.unlock(next)
             await client.shutdown()
         }
     }
