@@ -57,6 +57,7 @@ let package = Package(
             name: "RedlockWorker",
             dependencies: [
                 "Redlock",
+                "RedlockTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,72 +1,85 @@
 /*
- * redlock.pml — a Promela model of swift-redlock's Redlock protocol.
+ * redlock.pml -- a Promela model of swift-redlock's Redlock protocol.
  *
- * One lock name, N independent Redis masters, NC clients. Discrete true time
- * advances one tick at a time (proctype Environment); every duration below is
- * in ticks. Names follow the Swift code (see Models/README.md for the mapping).
+ * One lock name, N independent Redis masters, NC clients.  True time is
+ * discrete: proctype Environment advances it one tick at a time, at any
+ * moment, so every other step (message delivery, a client's next action)
+ * may be delayed by any number of ticks -- that is how message delay and
+ * client pauses are modelled.  Every duration is in ticks.  Names follow
+ * the Swift code; Models/README.md gives the mapping and the limits.
  *
- * Configuration is chosen with -D macros at `spin -a` time (see verify.sh):
- *   N, NC, CALLS, TRIES, expiry            sizes
- *   CHECK_MUTEX / CHECK_FENCE              which property is asserted
- *   RESTART_LOSES_DATA=0|1                 a restart keeps (AOF, fsync always)
- *                                          or loses (no persistence) the node's data
- *   RESTART_GUARD=0|1                      a node up for less than the maximum
- *                                          lease expiry does not vote
- *   NODE_FAST_TICKS                        how many ticks early a node clock may
- *                                          expire a key (default: within the
- *                                          drift bound, driftTicks)
- *   VALIDITY_ALLOWANCE=0|1                 1 (default): validity subtracts the
- *                                          drift allowance as the code does
+ * Configuration is chosen with -D at `spin -a` time (see verify.sh):
+ *   N, NC, CALLS, TRIES, expiry     sizes (defaults 3, 2, 1, 2, 4)
+ *   CHECK_MUTEX | CHECK_FENCE       which property is asserted
+ *   RESTART_LOSES_DATA=0|1          a restart keeps its data (AOF with
+ *                                   fsync always) or comes back empty
+ *   RESTART_GUARD=0|1               a node up for less than the maximum
+ *                                   lease expiry does not vote
+ *   NODE_FAST_TICKS                 how early a node clock may expire a key
+ *                                   (default driftTicks: within the bound)
+ *   NODE_SLOW_TICKS                 how late (default 0, see README)
+ *   VALIDITY_ALLOWANCE=0|1          1: validity subtracts the drift
+ *                                   allowance, as the code does
  */
 
-/* ---------------------------------------------------------------- sizes */
+/* ------------------------------------------------------------------ sizes */
 #ifndef N
-#define N 3                      /* independent Redis nodes                */
+#define N 3               /* independent Redis masters                      */
 #endif
 #ifndef NC
-#define NC 2                     /* clients contending for the same name   */
+#define NC 2              /* clients locking the same name                  */
 #endif
 #ifndef CALLS
-#define CALLS 2                  /* lock() calls per client (bounds tokens)*/
+#define CALLS 1           /* lock() calls per client                        */
 #endif
 #ifndef TRIES
-#define TRIES 2                  /* options.tries: attempts per lock() call*/
+#define TRIES 2           /* options.tries: attempts per lock() call ...    */
+#endif
+#ifndef TRIES_OTHERS
+#define TRIES_OTHERS 1    /* ... of client 0; of the other clients          */
+#endif
+#define triesOf(c) ((c) == 0 -> TRIES : TRIES_OTHERS)
+#ifndef MAX_EXTENDS
+#define MAX_EXTENDS 1     /* extend() calls per lease                       */
+#endif
+#ifndef MAX_CRASHES
+#define MAX_CRASHES 1     /* node crash + restart events in a run           */
 #endif
 
-/* ------------------------------------------------- options, as the code */
-#define quorum (N / 2 + 1)       /* integer division, as in the code      */
+/* --------------------------------------------- options, named as the code */
+#define quorum (N / 2 + 1)          /* integer division                    */
 #ifndef expiry
-#define expiry 6                 /* options.expiry (8 s in code) in ticks  */
+#define expiry 4                    /* options.expiry (8 s) in ticks        */
 #endif
-#define driftFactorPermille 10   /* options.driftFactor = 0.01             */
-/* expiry * driftFactor, rounded up to whole ticks (never 0)              */
+#define driftFactorPermille 10      /* options.driftFactor = 0.01           */
+#define timeoutFactorPermille 50    /* options.timeoutFactor = 0.05         */
+/* expiry * driftFactor, rounded up to a whole tick                         */
 #define driftTicks ((expiry * driftFactorPermille + 999) / 1000)
-#define fixedDriftAllowance 1    /* the fixed 2 ms, as one tick            */
-#define timeoutFactorPermille 50 /* options.timeoutFactor = 0.05           */
-/* per-attempt budget = expiry * timeoutFactor, rounded up (never 0)      */
-#define attemptBudget ((expiry * timeoutFactorPermille + 999) / 1000)
+/* fixedDriftAllowance: the code's fixed 2 ms, as one tick                  */
+#define fixedDriftAllowance 1
+/* the per-attempt budget expiry * timeoutFactor, rounded up                */
+#ifndef attemptBudget
+#define attemptBudget ((expiry * timeoutFactorPermille + 500) / 1000)
+#endif
 
 #ifndef VALIDITY_ALLOWANCE
 #define VALIDITY_ALLOWANCE 1
 #endif
-/* validity at elapsed = 0: expiry - expiry*driftFactor - 2 ms.
- * The model's countdown rem[c] equals `validity` = this - (now - start),
- * so validUntil = start + leaseTicks.                                     */
+/* validity = expiry - (end - start) - expiry*driftFactor - 2 ms.
+ * rem[c] counts it down from `leaseTicks` (its value at end == start), so
+ * rem[c] == validity at every instant and rem[c] == 0 is validUntil.      */
 #if VALIDITY_ALLOWANCE
 #define leaseTicks (expiry - driftTicks - fixedDriftAllowance)
 #else
 #define leaseTicks (expiry)
 #endif
 
-/* ----------------------------------------------------- environment knobs */
+/* -------------------------------------------------------- environment knobs */
 #ifndef NODE_FAST_TICKS
-#define NODE_FAST_TICKS driftTicks   /* key may expire this many ticks early */
+#define NODE_FAST_TICKS driftTicks
 #endif
 #ifndef NODE_SLOW_TICKS
-#define NODE_SLOW_TICKS driftTicks   /* ... or this many ticks late          */
-#endif
-#ifndef MAX_CRASHES
-#define MAX_CRASHES 1
+#define NODE_SLOW_TICKS 0
 #endif
 #ifndef RESTART_LOSES_DATA
 #define RESTART_LOSES_DATA 0
@@ -74,130 +87,146 @@
 #ifndef RESTART_GUARD
 #define RESTART_GUARD 0
 #endif
-#define restartGuardTicks expiry     /* maximum lease expiry                 */
+#define restartGuardTicks expiry    /* the maximum lease expiry             */
 #ifndef REPLY_LOSS
-#define REPLY_LOSS 1                 /* a reply may arrive after the budget  */
+#define REPLY_LOSS 1                /* a reply may miss the budget          */
 #endif
 
-/* ------------------------------------------------------------- messages */
+/* --------------------------------------------------------------- messages */
 #define NONE   0
-#define SET    1   /* acquire script: SET NX PX expiry + INCR fence        */
-#define RAISE  2   /* raise script: if GET == v then fence = max(fence, t) */
-#define TOUCH  3   /* extend script: if GET == v then PEXPIRE expiry       */
-#define DEL    4   /* release script: if GET == v then DEL                 */
+#define SET    1   /* acquire script: if absent SET v PX expiry; INCR fence  */
+#define RAISE  2   /* raise script: if GET == v then fence = max(fence, tok) */
+#define TOUCH  3   /* extend script: if GET == v then PEXPIRE expiry         */
+#define DEL    4   /* release script: if GET == v then DEL                   */
 
-#define IDLE   0   /* this node is not part of the current round           */
-#define PEND   1   /* request sent, no reply yet                           */
+#define IDLE   0   /* node not in the client's current round                */
+#define PEND   1   /* request sent, no reply counted yet                     */
 #define OK     2
 #define FAIL   3
 
 #define slot(c, x) ((c) * N + (x))
 
-/* ------------------------------------------------------------ node state */
-byte key[N];          /* the lock value stored under the name, 0 = absent */
-byte ttl[N];          /* ticks until the key expires (node clock)         */
-byte fence[N];        /* per-name fencing counter, survives key expiry    */
+/* Counters never steer the protocol (only the RAISE script's compare on
+ * the key does), so a run that does not check fencing leaves them at 0. */
+#ifdef CHECK_FENCE
+#define fenceIncr(x) fence[x]++
+#else
+#define fenceIncr(x) skip
+#endif
+
+/* -------------------------------------------------------------- node state */
+byte key[N];          /* value stored under the lock name; 0 = absent      */
+byte ttl[N];          /* true ticks until the key expires                  */
+byte fence[N];        /* the name's fencing counter; survives key expiry   */
+byte px[N];           /* true ticks a node-clock `expiry` lasts (its rate) */
 #if RESTART_GUARD
-byte up[N];           /* ticks since restart, saturating                  */
+byte up[N];           /* ticks since the node (re)started, saturating      */
 #endif
 byte crashes;
 
-/* ---------------------------------------------------------- client state */
-byte net[NC * N];     /* request in flight client c -> node x (NONE..DEL)  */
-byte rsp[NC * N];     /* per-node outcome of client c's current round      */
-byte okc[NC];         /* ok replies in the current round                   */
-byte pnd[NC];         /* nodes still pending in the current round          */
+/* ------------------------------------------------------------ client state */
+byte net[NC * N];     /* request in flight, client c -> node x             */
+byte rsp[NC * N];     /* node x's outcome in client c's current round      */
+byte okc[NC];         /* OK replies in the current round                   */
+byte pnd[NC];         /* nodes still PEND in the current round             */
+byte rt[NC];          /* 0: no round; else 1 + ticks since round start     */
 byte val[NC];         /* lock value of the current lock() call             */
-byte tok[NC];         /* fencing token: max counter of the ok nodes        */
-byte rem[NC];         /* validity remaining = validUntil - now (0 = gone)  */
-byte erem[NC];        /* same, for an extend in progress                   */
-bool holds[NC];       /* client has a lease it has not released            */
+byte tok[NC];         /* fencing token: max counter the ok nodes returned  */
+byte rem[NC];         /* validity left = validUntil - now; 0 = gone        */
+byte erem[NC];        /* the same for the extend in progress               */
+bool holds[NC];       /* acquired and not yet released                     */
 #ifdef CHECK_FENCE
 byte maxToken;        /* highest token of any successful acquisition       */
 #endif
 
-/* a node's reply counts only if the node may vote */
+#define inBudget(c)  (rt[c] <= attemptBudget + 1)   /* elapsed <= budget   */
+#define timedOut(c)  (rt[c] >  attemptBudget + 1)
+
+/* does node x's acquire vote count?  (restartGuard: not while up < max expiry) */
 #if RESTART_GUARD
 #define votes(x) (up[x] >= restartGuardTicks)
 #else
 #define votes(x) true
 #endif
 
-/* PX / PEXPIRE expiry, measured by a node clock that may run fast or slow */
-inline setTtl(x) {
-  ttl[x] = expiry - NODE_FAST_TICKS;
-  do
-  :: ttl[x] < expiry + NODE_SLOW_TICKS -> ttl[x]++
-  :: break
-  od
-}
-
-/* the reply of node x to client c, for the current round */
+/* the reply of node x to client c's current round */
 inline reply(c, x, i, success, counter) {
   if
   :: rsp[i] == PEND ->
        if
-       :: (success) && votes(x) ->
+       :: (success) ->
             rsp[i] = OK; okc[c]++; pnd[c]--;
-            if   /* token = max of the counters the ok nodes returned */
+            if    /* token = max of the counters the ok nodes returned */
             :: counter > tok[c] -> tok[c] = counter
             :: else -> skip
             fi
-       :: else                  -> rsp[i] = FAIL; pnd[c]--
-       fi
+       :: else -> rsp[i] = FAIL; pnd[c]--
 #if REPLY_LOSS
-  :: rsp[i] == PEND -> skip   /* reply late past the budget, or lost */
+       /* executed, but the reply misses the budget or is lost: the
+        * client counts a failure (it could only decide the same, later) */
+       :: (success) -> rsp[i] = FAIL; pnd[c]--
 #endif
-  :: else -> skip             /* a late request of a finished round    */
+       fi
+  :: else -> skip             /* (defensive: no round is listening)        */
   fi
 }
 
-/* one connection: delivers client c's request to node x, runs the script
- * atomically on the node, and returns the reply */
+/* One connection.  Delivers client c's request to node x, runs the Lua
+ * script atomically there and hands back the reply.  A request is
+ * delivered while its round's budget lasts, or not at all (endRound
+ * drops it); a reply that misses the budget is the REPLY_LOSS case.      */
 proctype Link(byte c; byte x) {
-  byte i = slot(c, x);
 end:
   do
   :: atomic {
-       net[i] != NONE ->
+       net[slot(c, x)] != NONE &&
+       (rsp[slot(c, x)] != PEND || inBudget(c)) ->
        if
-       :: net[i] == SET ->
+       :: net[slot(c, x)] == SET ->
             if
             :: key[x] == 0 ->
-                 key[x] = val[c]; setTtl(x); fence[x]++;
-                 reply(c, x, i, true, fence[x])
-            :: else -> reply(c, x, i, false, 0)
+                 key[x] = val[c]; ttl[x] = px[x]; fenceIncr(x);
+                 printf("MSC: node %d: SET v%d ok (fence %d, expires in %d)\n", x, val[c], fence[x], ttl[x]);
+                 /* restart guard: the acquire vote of a node up for less
+                  * than restartGuard is refused (only the acquire round) */
+                 reply(c, x, slot(c, x), votes(x), fence[x])
+            :: else -> printf("MSC: node %d: SET v%d taken\n", x, val[c]);
+                       reply(c, x, slot(c, x), false, 0)
             fi
-       :: net[i] == RAISE ->
+       :: net[slot(c, x)] == RAISE ->
             if
             :: key[x] == val[c] ->
                  if
                  :: fence[x] < tok[c] -> fence[x] = tok[c]
                  :: else -> skip
                  fi;
-                 reply(c, x, i, true, 0)
-            :: else -> reply(c, x, i, false, 0)
+                 reply(c, x, slot(c, x), true, 0)
+            :: else -> reply(c, x, slot(c, x), false, 0)
             fi
-       :: net[i] == TOUCH ->
+       :: net[slot(c, x)] == TOUCH ->
             if
-            :: key[x] == val[c] -> setTtl(x); reply(c, x, i, true, 0)
-            :: else -> reply(c, x, i, false, 0)
+            :: key[x] == val[c] -> ttl[x] = px[x];
+                 printf("MSC: node %d: PEXPIRE v%d (expires in %d)\n", x, val[c], ttl[x]);
+                 reply(c, x, slot(c, x), true, 0)
+            :: else -> reply(c, x, slot(c, x), false, 0)
             fi
-       :: net[i] == DEL ->
+       :: net[slot(c, x)] == DEL ->
             if
             :: key[x] == val[c] -> key[x] = 0; ttl[x] = 0
             :: else -> skip
             fi
        fi;
-       net[i] = NONE
+       net[slot(c, x)] = NONE
      }
   od
 }
 
-/* ------------------------------------------------------------- properties */
+/* -------------------------------------------------------------- properties */
 inline becomeHolder(c) {
 #ifdef CHECK_MUTEX
-  /* (1) no two clients believe they hold a valid lease at once */
+  /* (1) mutual exclusion: no other client believes it holds a valid lease
+   * now.  Belief only starts here and only ends as true time passes, so
+   * checking at every start covers every instant.                        */
   for (o : 0 .. NC - 1) {
     assert(o == c || !(holds[o] && rem[o] > 0))
   }
@@ -206,70 +235,86 @@ inline becomeHolder(c) {
   holds[c] = true
 }
 
-/* --------------------------------------------------------------- rounds */
-inline startRound(c, op) {          /* send op to every node */
-  okc[c] = 0; pnd[c] = N;
+/* ------------------------------------------------------------------ rounds */
+inline startRound(c, op) {          /* fan op out to every node */
+  okc[c] = 0; pnd[c] = N; rt[c] = 1;
   for (x : 0 .. N - 1) { net[slot(c, x)] = op; rsp[slot(c, x)] = PEND }
   x = 0
 }
 
-inline endRound(c) {                /* forget the round; late requests stay */
-  okc[c] = 0; pnd[c] = 0;
-  for (x : 0 .. N - 1) { rsp[slot(c, x)] = IDLE }
+inline endRound(c) {                /* stop listening; see README on late requests */
+  okc[c] = 0; pnd[c] = 0; rt[c] = 0;
+  for (x : 0 .. N - 1) {
+    rsp[slot(c, x)] = IDLE;
+    net[slot(c, x)] = NONE      /* a request not yet delivered is dropped */
+  }
   x = 0
 }
 
-inline releaseAll(c) {              /* compare-and-delete on every node */
-  okc[c] = 0; pnd[c] = 0;
-  for (x : 0 .. N - 1) { net[slot(c, x)] = DEL; rsp[slot(c, x)] = IDLE }
+/* release: compare-and-delete on every node.  Modelled as landing at
+ * once; a DEL that is late or lost only keeps a node busy longer, which a
+ * competitor's request missing its budget already covers (README). */
+inline releaseAll(c) {
+  okc[c] = 0; pnd[c] = 0; rt[c] = 0;
+  for (x : 0 .. N - 1) {
+    net[slot(c, x)] = NONE; rsp[slot(c, x)] = IDLE;
+    if
+    :: key[x] == val[c] -> key[x] = 0; ttl[x] = 0
+    :: else -> skip
+    fi
+  }
   x = 0
 }
-
-#define elapsed(c)   (leaseTicks - rem[c])
-#define timedOut(c)  (elapsed(c) >= attemptBudget || rem[c] == 0)
-#define eTimedOut(c) (leaseTicks - erem[c] >= attemptBudget || erem[c] == 0)
 
 proctype Client(byte c) {
-  byte call, try, x, o;
+  byte call, try, ext, x, o;
 
 nextCall:
   if
   :: call < CALLS -> skip
   :: else -> goto done
   fi;
-  atomic { call++; try = 0; val[c] = c * CALLS + call }
+  /* lock(): a fresh value, reused by every retry of this call */
+  atomic { call++; try = 0; ext = 0; val[c] = c * CALLS + call }
 
 attempt:
-  /* 1. start = now; 2. the acquire script on every node, concurrently */
-  atomic { try++; tok[c] = 0; rem[c] = leaseTicks; startRound(c, SET) }
+  /* 1. start = now.  2. the acquire script on every node, concurrently */
+  atomic {
+    try++; tok[c] = 0; rem[c] = leaseTicks; startRound(c, SET);
+    printf("MSC: client %d: attempt %d, start, SET NX v%d to all\n", c, try, val[c]) }
 
-  /* 3. decided once ok >= quorum, or ok + pending < quorum, or the budget
-   *    passes (pending nodes count as failed) */
+  /* 3. decided once ok >= quorum, or ok + pending < quorum, or once the
+   *    budget has passed (pending nodes count as failed) */
   if
-  :: atomic { okc[c] >= quorum ->
-       /* 4. raise round on the ok nodes, with token = max counter */
-       pnd[c] = 0;
+  :: atomic {
+       okc[c] >= quorum ->
+       /* 4. second round on the ok nodes: raise their fence to the token */
+       okc[c] = 0; pnd[c] = 0; rt[c] = 1;
        for (x : 0 .. N - 1) {
          if
          :: rsp[slot(c, x)] == OK ->
               net[slot(c, x)] = RAISE; rsp[slot(c, x)] = PEND; pnd[c]++
-         :: else -> rsp[slot(c, x)] = IDLE
+         :: else ->
+              rsp[slot(c, x)] = IDLE;
+              net[slot(c, x)] = NONE
          fi
        }
-       x = 0; okc[c] = 0 }
+       x = 0 }
   :: atomic { okc[c] + pnd[c] < quorum -> goto failed }
   :: atomic { okc[c] < quorum && timedOut(c) -> goto failed }
   fi;
 
   /* the raise must succeed on a quorum */
   if
-  :: atomic { okc[c] >= quorum ->
-       /* end = now; validity = expiry - (end - start) - drift - 2 ms = rem */
+  :: atomic {
+       okc[c] >= quorum ->
+       /* end = now; validity = expiry - (end - start) - drift - 2 ms */
        if
        :: rem[c] > 0 ->
+            printf("MSC: client %d: ACQUIRED v%d token %d validity %d\n", c, val[c], tok[c], rem[c]);
             becomeHolder(c);
 #ifdef CHECK_FENCE
-            /* (2) tokens strictly increase across successful acquisitions */
+            /* (2) each holder's token exceeds every earlier holder's */
             assert(tok[c] > maxToken);
             maxToken = tok[c];
 #endif
@@ -282,29 +327,38 @@ attempt:
 
 holding:
   if
-  :: atomic { rem[c] > 0 -> erem[c] = leaseTicks; startRound(c, TOUCH) };
-     /* extend: success iff the key still holds v on a quorum */
+  :: atomic {
+       rem[c] > 0 && ext < MAX_EXTENDS ->
+       /* extend: PEXPIRE where the key still holds v; new validity from
+        * the extend's own start */
+       ext++; erem[c] = leaseTicks; startRound(c, TOUCH) };
      if
-     :: atomic { okc[c] >= quorum ->
+     :: atomic {
+          okc[c] >= quorum ->
           if
-          :: erem[c] > 0 -> rem[c] = erem[c]; becomeHolder(c)
+          :: erem[c] > 0 -> rem[c] = erem[c];
+               printf("MSC: client %d: EXTENDED v%d validity %d\n", c, val[c], rem[c]);
+               becomeHolder(c)
           :: else -> skip
           fi;
           erem[c] = 0; endRound(c) }
      :: atomic { okc[c] + pnd[c] < quorum -> erem[c] = 0; endRound(c) }
-     :: atomic { okc[c] < quorum && eTimedOut(c) -> erem[c] = 0; endRound(c) }
+     :: atomic { okc[c] < quorum && timedOut(c) -> erem[c] = 0; endRound(c) }
      fi;
      goto holding
   :: atomic {
-       holds[c] = false; rem[c] = 0; erem[c] = 0; tok[c] = 0;
+       /* release (also what a caller does once the lease has run out) */
+       printf("MSC: client %d: release v%d (validity left %d)\n", c, val[c], rem[c]);
+       holds[c] = false; rem[c] = 0; tok[c] = 0;
        releaseAll(c); goto nextCall }
   fi;
 
 failed:
   atomic {
+    printf("MSC: client %d: attempt %d failed, release v%d\n", c, try, val[c]);
     rem[c] = 0; tok[c] = 0; releaseAll(c);
     if
-    :: try < TRIES -> goto attempt   /* after the retry delay (any length) */
+    :: try < triesOf(c) -> goto attempt     /* after the retry delay */
     :: else -> goto nextCall
     fi }
 
@@ -312,36 +366,41 @@ done:
   skip
 }
 
-/* ------------------------------------------------ time, clocks, crashes */
+/* --------------------------------------------------- time, clocks, crashes */
 proctype Environment() {
   byte x, c;
 end:
   do
-  :: d_step {    /* one tick of true time */
+  :: d_step {      /* one tick of true time passes */
+       printf("MSC: ---- tick ----\n");
        for (x : 0 .. N - 1) {
          if
          :: ttl[x] > 1 -> ttl[x]--
-         :: ttl[x] == 1 -> ttl[x] = 0; key[x] = 0    /* PX expiry */
+         :: ttl[x] == 1 -> ttl[x] = 0; key[x] = 0;    /* PX expiry */
+            printf("MSC: node %d: key expired\n", x)
          :: else -> skip
          fi;
 #if RESTART_GUARD
          if
          :: up[x] < restartGuardTicks -> up[x]++
          :: else -> skip
-         fi
+         fi;
 #endif
        }
        x = 0;
        for (c : 0 .. NC - 1) {
-         if :: rem[c] > 0  -> rem[c]--  :: else -> skip fi;
-         if :: erem[c] > 0 -> erem[c]-- :: else -> skip fi
+         if :: rem[c] > 0 -> rem[c]-- :: else -> skip fi;
+         if :: erem[c] > 0 -> erem[c]-- :: else -> skip fi;
+         if :: rt[c] > 0 && rt[c] <= attemptBudget + 1 -> rt[c]++ :: else -> skip fi
        }
        c = 0
      }
-  :: atomic {    /* a node crashes and restarts */
+#if RESTART_LOSES_DATA || RESTART_GUARD
+  :: atomic {      /* a node crashes and restarts */
        crashes < MAX_CRASHES ->
        crashes++;
        select(x : 0 .. N - 1);
+       printf("MSC: node %d: crash + restart (data lost: %d)\n", x, RESTART_LOSES_DATA);
 #if RESTART_LOSES_DATA
        key[x] = 0; ttl[x] = 0; fence[x] = 0;
 #endif
@@ -349,15 +408,28 @@ end:
        up[x] = 0;
 #endif
        x = 0 }
+#endif
   od
 }
 
 init {
   byte c, x;
   atomic {
+    /* each node's clock rate, within [-NODE_SLOW, +NODE_FAST] ticks per
+     * expiry relative to the clients' clocks, fixed for the run */
+    for (x : 0 .. N - 1) {
+      /* nodes are interchangeable, so rates are chosen in non-decreasing
+       * order (symmetry reduction: every other assignment is a renaming) */
+      select(c : expiry - NODE_FAST_TICKS .. expiry + NODE_SLOW_TICKS);
+      if
+      :: x > 0 && c < px[x - 1] -> c = px[x - 1]
+      :: else -> skip
+      fi;
+      px[x] = c;
 #if RESTART_GUARD
-    for (x : 0 .. N - 1) { up[x] = restartGuardTicks }
+      up[x] = restartGuardTicks;
 #endif
+    }
     run Environment();
     for (c : 0 .. NC - 1) {
       run Client(c);

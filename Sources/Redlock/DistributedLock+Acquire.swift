@@ -28,7 +28,7 @@ extension DistributedLock {
             let lease = try await attempts(tries: tries, value: value, watching: watching)
             if options.singleFlight { client.gates.held(lease) }
             client.metrics.acquired.increment()
-            client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).nanoseconds)
+            client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
             return lease
         } catch {
             if options.singleFlight { client.gates.leave(name) }
@@ -132,7 +132,21 @@ extension DistributedLock {
             case .refused(.taken)?, .refused(.missing)?, nil: return false
             }
         }
-        if !dirty.isEmpty { await release(value: value, on: dirty) }
+        // Nodes that stayed silent through the budget get their release queued without waiting:
+        // a frozen node must not make a failed attempt cost twice its budget. (After a
+        // cancellation "silent" only means not awaited, so every release is awaited.)
+        let silent = Task.isCancelled ? [] : dirty.filter { index in
+            switch votes[index] {
+            case .refused(.noAnswer)?: return true
+            case let .refused(.error(error))?: return error.code == .timeout
+            default: return false
+            }
+        }
+        for index in silent {
+            client.nodes[index].evaluateAndForget(Scripts.release, keys: [name], arguments: [value, ""])
+        }
+        let answering = dirty.filter { !silent.contains($0) }
+        if !answering.isEmpty { await release(value: value, on: answering) }
 
         let failures = client.failures(in: votes)
         if let failure {

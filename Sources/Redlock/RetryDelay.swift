@@ -1,3 +1,5 @@
+import RedlockTransport
+
 /// How long `lock()` waits before its next attempt, as a function of the attempts made so far.
 public struct RetryDelay: Sendable {
     private let delay: @Sendable (_ failedAttempts: Int) -> Duration
@@ -15,8 +17,8 @@ public struct RetryDelay: Sendable {
 
     /// A uniformly random delay in `range`. The default retry delay is 50–250 ms.
     public static func random(in range: ClosedRange<Duration>) -> RetryDelay {
-        let low = range.lowerBound.nanoseconds
-        let high = range.upperBound.nanoseconds
+        let low = range.lowerBound.wholeNanoseconds
+        let high = range.upperBound.wholeNanoseconds
         return RetryDelay { _ in .nanoseconds(Int64.random(in: low...high)) }
     }
 
@@ -30,9 +32,9 @@ public struct RetryDelay: Sendable {
     public static func exponential(initial: Duration, maximum: Duration, jitter: Bool = true) -> RetryDelay {
         RetryDelay { failedAttempts in
             let exponent = Swift.min(Swift.max(failedAttempts - 1, 0), 62)
-            let initialNanos = Swift.max(initial.nanoseconds, 0)
+            let initialNanos = Swift.max(initial.wholeNanoseconds, 0)
             let (scaled, overflow) = initialNanos.multipliedReportingOverflow(by: Int64(1) << exponent)
-            let capped = Swift.min(overflow ? Int64.max : scaled, maximum.nanoseconds)
+            let capped = Swift.min(overflow ? Int64.max : scaled, maximum.wholeNanoseconds)
             guard capped > 0 else { return .zero }
             return .nanoseconds(jitter ? Int64.random(in: 0...capped) : capped)
         }

@@ -1,3 +1,5 @@
+import RedlockTransport
+
 /// The quorum rule and validity formula, written once, as pure functions of their inputs.
 enum Timing {
     /// The fixed allowance subtracted from every validity, on top of the drift factor.
@@ -55,17 +57,9 @@ struct Tally: Sendable, Equatable {
 }
 
 extension Duration {
-    /// The duration in whole nanoseconds (saturating).
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return scaled.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
-    }
-
     /// The duration in whole milliseconds, rounded up, at least 1.
     var millisecondsRoundedUp: Int64 {
-        let nanos = nanoseconds
+        let nanos = wholeNanoseconds
         return Swift.max(1, (nanos + 999_999) / 1_000_000)
     }
 }

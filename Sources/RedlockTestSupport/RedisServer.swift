@@ -162,9 +162,14 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     /// Freezes the server with SIGSTOP: it keeps its sockets (connects still succeed through the
     /// kernel backlog) but answers nothing, like a hung or partitioned node.
+    ///
+    /// Returns once the kernel reports the process stopped, so a command sent afterwards is
+    /// never answered before ``resume()``.
     public func pause() throws {
         guard let process = current.withLock({ $0 }), !process.hasExited else { throw RedisServerError.notRunning(port: port) }
         process.signal(SIGSTOP)
+        // SIGSTOP is delivered asynchronously: wait until every thread has stopped.
+        waitForProcessState(of: process.pid, timeout: .seconds(2)) { $0 == "T" }
     }
 
     /// Resumes a server frozen by ``pause()``.

@@ -8,8 +8,9 @@ import Glibc
 import Musl
 #endif
 
-/// One running `redis-server` child process: spawned with its output on a pipe, watched by a
-/// thread that reports readiness, drains the log and reaps the process when it exits.
+/// One running child process (a `redis-server`, or a helper such as the lock worker): spawned
+/// with its output on a pipe, watched by a thread that reports readiness (a marker line in its
+/// output), drains the log and reaps the process when it exits.
 final class ServerProcess: Sendable {
     enum Readiness: Sendable {
         case ready
@@ -21,19 +22,29 @@ final class ServerProcess: Sendable {
         var readiness: Readiness?
         var readinessWaiters: [CheckedContinuation<Readiness, Never>] = []
         var exited = false
+        /// The raw `waitpid` status once reaped.
+        var exitStatus: Int32?
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     let pid: pid_t
+    /// The output that marks the process as ready.
+    private let readyMarker: String
     private let state = Mutex(State())
 
-    private init(pid: pid_t) {
+    private init(pid: pid_t, readyMarker: String) {
         self.pid = pid
+        self.readyMarker = readyMarker
     }
 
     /// Spawns `executable` with `arguments`; its stdout and stderr go to a pipe this object reads.
-    /// Every other descriptor of this process is closed in the child.
-    static func spawn(executable: String, arguments: [String]) throws -> ServerProcess {
+    /// Every other descriptor of this process is closed in the child. The process counts as
+    /// ready once its output contains `readyMarker` (by default redis-server's).
+    static func spawn(
+        executable: String,
+        arguments: [String],
+        readyMarker: String = "Ready to accept connections"
+    ) throws -> ServerProcess {
         let argv = [executable] + arguments
         var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
         cArguments.append(nil)
@@ -47,10 +58,11 @@ final class ServerProcess: Sendable {
         guard status == 0 else {
             throw RedisServerError.spawnFailed("\(executable): \(String(cString: strerror(status)))")
         }
-        let process = ServerProcess(pid: pid)
+        let process = ServerProcess(pid: pid, readyMarker: readyMarker)
         let descriptor = readEnd
         let thread = Thread { process.watch(descriptor) }
-        thread.name = "redis-server \(pid) watcher"
+        // Linux keeps 15 bytes of a thread name; a longer one is not applied at all.
+        thread.name = "watch \(pid)"
         thread.stackSize = 256 * 1024
         thread.start()
         return process
@@ -69,7 +81,7 @@ final class ServerProcess: Sendable {
             let waiters: [CheckedContinuation<Readiness, Never>] = state.withLock { state in
                 // Keep the log bounded: the start is what explains a failed start.
                 if state.log.utf8.count < 64 * 1024 { state.log += text }
-                guard state.readiness == nil, state.log.contains("Ready to accept connections") else { return [] }
+                guard state.readiness == nil, state.log.contains(readyMarker) else { return [] }
                 state.readiness = .ready
                 defer { state.readinessWaiters = [] }
                 return state.readinessWaiters
@@ -82,6 +94,7 @@ final class ServerProcess: Sendable {
         let (readinessWaiters, exitWaiters, readiness): ([CheckedContinuation<Readiness, Never>], [CheckedContinuation<Void, Never>], Readiness) =
             state.withLock { state in
                 state.exited = true
+                state.exitStatus = status
                 let readiness = state.readiness ?? .failed(log: state.log)
                 state.readiness = readiness
                 defer {
@@ -119,6 +132,9 @@ final class ServerProcess: Sendable {
     }
 
     var hasExited: Bool { state.withLock { $0.exited } }
+
+    /// The raw `waitpid` status once the process has been reaped, else nil.
+    var exitStatus: Int32? { state.withLock { $0.exitStatus } }
 
     /// The log collected so far (bounded to its first 64 KiB).
     var log: String { state.withLock { $0.log } }

@@ -17,7 +17,7 @@ import Synchronization
 public final class RedisConnection: Sendable, CustomStringConvertible {
     /// The configuration the connection was made with.
     public let configuration: RedisConnectionConfiguration
-    private let core: ConnectionCore
+    let core: ConnectionCore
 
     /// Creates a connection and starts its I/O thread; the server is contacted on first use.
     public init(configuration: RedisConnectionConfiguration) {
@@ -25,7 +25,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core = ConnectionCore(configuration: configuration)
         let core = core
         let thread = Thread { core.run() }
-        thread.name = "redis \(configuration.endpoint)"
+        // Linux applies thread names of at most 15 bytes.
+        thread.name = "redis-io"
         thread.stackSize = 256 * 1024
         thread.start()
     }
@@ -60,6 +61,12 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// - Throws: ``RedisError``; an error reply from the server is `.serverError` with its text.
     public func send(_ command: RedisCommand, withdrawOnCancel: Bool = true) async throws -> RedisValue {
         try await send(PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel))
+    }
+
+    /// Queues a command without waiting: its reply, or failure, is discarded. For clean-up that
+    /// must not hold the caller up, e.g. a release sent to a node that stopped answering.
+    public func sendAndForget(_ command: RedisCommand) {
+        core.enqueue(PendingCommand(command: command, withdrawOnCancel: false))
     }
 
     func send(_ pending: PendingCommand) async throws -> RedisValue {

@@ -23,11 +23,20 @@ extension RedisConnection {
         arguments: [String],
         withdrawOnCancel: Bool = true
     ) async throws -> RedisValue {
-        try await send(PendingCommand(
-            command: Self.command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
+        try await send(Self.pendingEvaluation(script, keys: keys, arguments: arguments, withdrawOnCancel: withdrawOnCancel))
+    }
+
+    /// Queues a script run (with the same `NOSCRIPT` fallback) without waiting for its reply.
+    public func evaluateAndForget(_ script: RedisScript, keys: [String], arguments: [String]) {
+        core.enqueue(Self.pendingEvaluation(script, keys: keys, arguments: arguments, withdrawOnCancel: false))
+    }
+
+    private static func pendingEvaluation(_ script: RedisScript, keys: [String], arguments: [String], withdrawOnCancel: Bool) -> PendingCommand {
+        PendingCommand(
+            command: command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
             script: script,
             withdrawOnCancel: withdrawOnCancel
-        ))
+        )
     }
 
     private static func command(_ body: String, verb: String, keys: [String], arguments: [String]) -> RedisCommand {

@@ -47,7 +47,7 @@ public final class RedisSubscriber: Sendable {
         wakeRead = fds[0]
         wakeWrite = fds[1]
         let thread = Thread { [self] in run() }
-        thread.name = "redis subscriber \(configuration.endpoint)"
+        thread.name = "redis-sub"
         thread.stackSize = 256 * 1024
         thread.start()
     }

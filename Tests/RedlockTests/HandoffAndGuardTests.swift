@@ -48,12 +48,12 @@ struct HandoffAndGuardTests {
     @Test("the restart guard ignores a node that restarted empty, so a held lock is not granted twice")
     func restartGuard() async throws {
         try await withLockNodes(3) { client, servers in
-            // The guard counts whole seconds of uptime: let every node be up for over a second.
-            try await Task.sleep(for: .milliseconds(1_100))
+            // The guard counts whole seconds of uptime: let every node be up for over 3 s.
+            try await Task.sleep(for: .milliseconds(3_100))
             var options = testOptions(expiry: .seconds(10))
             // In production the guard is at least the longest expiry; here it only has to tell the
-            // restarted node (up 0 s) from the others (up over 1 s).
-            options.restartGuard = .seconds(1)
+            // restarted node (up 0 s, and for 3 s after) from the others (up over 3 s).
+            options.restartGuard = .seconds(3)
             let holder = try client.makeLock("guarded", options: testOptions(expiry: .seconds(10)))
             let lease = try await holder.lock()
 

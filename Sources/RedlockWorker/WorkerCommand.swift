@@ -1,0 +1,17 @@
+import ArgumentParser
+
+/// `redlock-worker`: a lock client process for cross-process tests (Tests/RedlockFaultTests):
+/// separate processes that contend for one lock and log their critical sections on the
+/// machine-wide clock.
+@main
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "redlock-worker",
+        abstract: "A lock client process for cross-process tests of swift-redlock.",
+        discussion: """
+        Every timestamp it prints or logs is CLOCK_BOOTTIME in nanoseconds, the monotonic clock \
+        all processes on the machine share, so a checker can compare intervals across processes.
+        """,
+        subcommands: [Contend.self, Hold.self, Hygiene.self]
+    )
+}

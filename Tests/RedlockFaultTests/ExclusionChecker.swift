@@ -1,0 +1,86 @@
+/// One critical section from a worker's log, on the machine-wide clock (nanoseconds).
+struct Acquisition: Sendable, Hashable, CustomStringConvertible {
+    var process: Int32
+    /// When `lock()` returned.
+    var acquired: Int64
+    /// When the critical section ended (just before `unlock`).
+    var released: Int64
+    /// The lease's `validUntil` (after any extend).
+    var validUntil: Int64
+    /// The fencing token, when the library handed one out.
+    var fencingToken: Int64?
+
+    /// The end of the interval in which the holder may rely on the lock.
+    var end: Int64 { min(released, validUntil) }
+    /// The lease ran out before `lock()` even returned: nothing to check.
+    var isEmpty: Bool { end <= acquired }
+
+    var description: String {
+        "pid \(process) [\(acquired), \(end)] (released \(released), valid until \(validUntil), token \(fencingToken.map(String.init) ?? "-"))"
+    }
+
+    /// Parses the worker's log: `PID ACQUIRE_NS RELEASE_NS VALID_UNTIL_NS TOKEN|-` per line,
+    /// `#` comments.
+    static func parse(log: String) throws -> [Acquisition] {
+        var acquisitions: [Acquisition] = []
+        for (number, line) in log.split(separator: "\n").enumerated() where !line.hasPrefix("#") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 5, let process = Int32(fields[0]), let acquired = Int64(fields[1]),
+                  let released = Int64(fields[2]), let validUntil = Int64(fields[3])
+            else { throw MalformedLog(line: number + 1, text: String(line)) }
+            let token: Int64?
+            if fields[4] == "-" {
+                token = nil
+            } else if let value = Int64(fields[4]) {
+                token = value
+            } else {
+                throw MalformedLog(line: number + 1, text: String(line))
+            }
+            acquisitions.append(Acquisition(process: process, acquired: acquired, released: released, validUntil: validUntil, fencingToken: token))
+        }
+        return acquisitions
+    }
+}
+
+struct MalformedLog: Error, CustomStringConvertible {
+    var line: Int
+    var text: String
+    var description: String { "malformed worker log line \(line): \(text)" }
+}
+
+/// The checks on all workers' critical sections together.
+enum ExclusionChecker {
+    /// Pairs of intervals from different processes that overlap: `[acquired, end]` of one
+    /// intersects the other's. Empty intervals (the lease ran out before use) are skipped.
+    ///
+    /// A sweep in order of acquisition: an interval overlaps an earlier one of another process
+    /// iff that process's latest-ending earlier interval ends after it starts.
+    static func overlaps(in acquisitions: [Acquisition]) -> [(Acquisition, Acquisition)] {
+        let intervals = acquisitions.filter { !$0.isEmpty }.sorted { ($0.acquired, $0.end) < ($1.acquired, $1.end) }
+        var latestEnding: [Int32: Acquisition] = [:]
+        var found: [(Acquisition, Acquisition)] = []
+        for interval in intervals {
+            for (process, earlier) in latestEnding where process != interval.process && earlier.end > interval.acquired {
+                found.append((earlier, interval))
+            }
+            if let current = latestEnding[interval.process], current.end >= interval.end { continue }
+            latestEnding[interval.process] = interval
+        }
+        return found
+    }
+
+    /// Acquisitions, in order of acquisition, whose fencing token is not greater than an
+    /// earlier one's. Only acquisitions that carry a token count; nil when none does.
+    static func fencingRegressions(in acquisitions: [Acquisition]) -> [Acquisition]? {
+        let fenced = acquisitions.filter { !$0.isEmpty && $0.fencingToken != nil }.sorted { $0.acquired < $1.acquired }
+        guard !fenced.isEmpty else { return nil }
+        var highest = Int64.min
+        var regressions: [Acquisition] = []
+        for acquisition in fenced {
+            guard let token = acquisition.fencingToken else { continue }
+            if token <= highest { regressions.append(acquisition) }
+            highest = max(highest, token)
+        }
+        return regressions
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+extension FaultTests {
+    /// The fault harness itself: each fault does what its documentation says, and heals.
+    @Suite("Fault harness")
+    struct Harness {
+        @Test("kill refuses connections; a restart keeps AOF data and loses the rest; a wiped restart loses both")
+        func killAndRestart() async throws {
+            try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { durable throws in
+                try await withRedisServers(1) { volatile throws in
+                    let servers = [durable[0], volatile[0]]
+                    for server in servers { try await set("k", "v", on: server) }
+                    let ports = servers.map(\.port)
+
+                    for server in servers { await server.kill() }
+                    for server in servers {
+                        #expect(!server.isRunning)
+                        #expect(server.processIdentifier == nil)
+                        let error = await #expect(throws: RedisError.self) { try await value(of: "k", on: server) }
+                        #expect(error?.code == .connectionRefused)
+                    }
+
+                    for server in servers { try await server.heal() }
+                    #expect(servers.map(\.port) == ports)
+                    #expect(try await value(of: "k", on: durable[0]) == "v", "appendfsync always keeps an acknowledged write")
+                    #expect(try await value(of: "k", on: volatile[0]) == nil, "no persistence: a restart starts empty")
+
+                    try await durable[0].restart(keepingData: false)
+                    #expect(durable[0].port == ports[0])
+                    #expect(try await value(of: "k", on: durable[0]) == nil, "restart(keepingData: false) wipes the AOF")
+                }
+            }
+        }
+
+        @Test("pause freezes a node until resume; a paused node can be killed and healed")
+        func pauseAndResume() async throws {
+            try await withRedisServers(1) { servers throws in
+                let server = servers[0]
+                let connection = RedisConnection(configuration: server.configuration(
+                    connectTimeout: .milliseconds(200), commandTimeout: .milliseconds(200)
+                ))
+                do {
+                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    try server.pause()
+                    #expect(server.isPaused)
+                    let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+                    #expect(error?.code == .timeout)
+                    try server.resume()
+                    #expect(!server.isPaused)
+                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+
+                    try server.pause()
+                    await server.kill()
+                    #expect(!server.isRunning && !server.isPaused)
+                    try await server.heal()
+                    #expect(server.isRunning)
+                    // A fresh connection: the old one's socket died with the killed process.
+                    let fresh = RedisConnection(configuration: server.configuration())
+                    #expect(try await fresh.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    await fresh.shutdown()
+                    await connection.shutdown()
+                } catch {
+                    try? server.resume()
+                    await connection.shutdown()
+                    throw error
+                }
+            }
+        }
+
+        @Test("stall (DEBUG SLEEP) holds every answer until it is over, then the node answers again")
+        func stall() async throws {
+            try await withRedisServers(1) { servers throws in
+                let server = servers[0]
+                let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
+                do {
+                    _ = try await connection.send(RedisCommand("PING"))
+                    let stall = try await server.stall(for: .milliseconds(400))
+                    #expect(!stall.isOver)
+                    _ = try await connection.send(RedisCommand("PING"))
+                    let answered = ContinuousClock.now
+                    // The server read DEBUG SLEEP before `stall(for:)` returned, and answers
+                    // nothing for 400 ms from then (5 ms for the clock reads around the send).
+                    #expect(answered >= stall.startedAt.advanced(by: .milliseconds(395)))
+                    await stall.waitUntilOver()
+                    #expect(stall.isOver)
+                    let (_, quick) = try await measure { try await connection.send(RedisCommand("PING")) }
+                    #expect(quick < .milliseconds(300))
+                    await connection.shutdown()
+                } catch {
+                    await connection.shutdown()
+                    throw error
+                }
+            }
+        }
+
+        @Test("terminate removes the directory; the machine clock agrees with ContinuousClock")
+        func terminateAndClock() async throws {
+            let server = try await RedisServer.start()
+            #expect(FileManager.default.fileExists(atPath: server.directory))
+            await server.terminate()
+            #expect(!FileManager.default.fileExists(atPath: server.directory))
+            #expect(!server.isRunning)
+
+            let before = MachineClock.nowNanoseconds()
+            let instant = ContinuousClock.now
+            let after = MachineClock.nowNanoseconds()
+            let converted = MachineClock.nanoseconds(instant)
+            // Both are CLOCK_BOOTTIME: the conversion lands between the two raw reads.
+            #expect(converted >= before - 1_000_000 && converted <= after + 1_000_000)
+        }
+    }
+}
+
+/// `SET key value` over a connection of its own.
+func set(_ key: String, _ value: String, on server: RedisServer) async throws {
+    let connection = RedisConnection(configuration: server.configuration())
+    do {
+        _ = try await connection.send(RedisCommand("SET", key, value))
+        await connection.shutdown()
+    } catch {
+        await connection.shutdown()
+        throw error
+    }
+}
