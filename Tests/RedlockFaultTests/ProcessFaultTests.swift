@@ -66,8 +66,11 @@ extension FaultTests {
             }
         }
 
-        @Test("4 worker processes keep mutual exclusion on one lock while a nemesis kills, stops, stalls and restarts 2 of 5 nodes")
-        func exclusionUnderNemesis() async throws {
+        @Test(
+            "4 worker processes keep mutual exclusion on one lock (and, with fencing, strictly increasing tokens) while a nemesis kills, stops, stalls and restarts 2 of 5 nodes",
+            arguments: [false, true]
+        )
+        func exclusionUnderNemesis(fencing: Bool) async throws {
             let worker = try workerExecutable()
             let workerCount = 4
             try await withCluster(5, persistence: .appendOnlyFsyncAlways) { cluster in
@@ -82,18 +85,20 @@ extension FaultTests {
                                     "--log", log, "--expiry-ms", "600", "--timeout-factor", "0.2",
                                     "--connect-timeout-ms", "100", "--command-timeout-ms", "300",
                                     "--hold-max-ms", "5", "--retry-min-ms", "2", "--retry-max-ms", "25", "--extend-every", "4",
-                                ]),
+                                ] + (fencing ? ["--fencing"] : [])),
                                 readyMarker: "ready pid="
                             ))
                         }
                         let nemesis = Nemesis(servers: cluster.servers, maximumFaulty: 2)
-                        let faults = try await nemesis.run(for: .seconds(12))
+                        // The fenced run is longer: it has to show thousands of tokens in order.
+                        let faults = try await nemesis.run(for: fencing ? .seconds(24) : .seconds(12))
                         for worker in workers { worker.signal(SIGTERM) }
                         var terminations: [HelperProcess.Termination] = []
                         for worker in workers { terminations.append(await waitForExit(worker, within: .seconds(20))) }
 
                         try check(
-                            logs: logs, faults: faults, workers: workers, terminations: terminations, servers: cluster.servers
+                            logs: logs, faults: faults, workers: workers, terminations: terminations, servers: cluster.servers,
+                            fencing: fencing
                         )
                     } catch {
                         for worker in workers { await worker.kill() }
@@ -104,10 +109,10 @@ extension FaultTests {
             }
         }
 
-        /// The checks and report of ``exclusionUnderNemesis()``.
+        /// The checks and report of ``exclusionUnderNemesis(fencing:)``.
         private func check(
             logs: [String], faults: [FaultRecord], workers: [HelperProcess],
-            terminations: [HelperProcess.Termination], servers: [RedisServer]
+            terminations: [HelperProcess.Termination], servers: [RedisServer], fencing: Bool
         ) throws {
             for (worker, termination) in zip(workers, terminations) {
                 #expect(termination == .exited(0), "\(worker) ended with \(termination): \(worker.output.suffix(500))")
@@ -149,6 +154,9 @@ extension FaultTests {
             }
             #expect(violations.isEmpty)
             #expect(regressions?.isEmpty ?? true, "fencing tokens went backwards: \(regressions?.prefix(5) ?? [])")
+            if fencing {
+                #expect(acquisitions.allSatisfy { $0.fencingToken != nil }, "every fenced acquisition logs its token")
+            }
             #expect(acquisitions.count >= 100, "too little contention to prove anything")
             #expect(duringFaults > 0)
             #expect(faults.count >= 10)
