@@ -41,6 +41,7 @@ struct Demo: AsyncParsableCommand {
             return
         }
 
+        TerminationCleanup.install()
         say("Starting 5 local redis-server nodes…")
         let servers = try await RedisServer.start(count: 5)
         do {

@@ -61,7 +61,6 @@ public final class HelperProcess: Sendable, CustomStringConvertible {
         timeout: Duration = .seconds(30)
     ) async throws -> HelperProcess {
         let process = try ServerProcess.spawn(executable: executable, arguments: arguments, readyMarker: readyMarker)
-        registry.withLock { $0[process.pid] = process }
         let helper = HelperProcess(process: process, executable: executable)
         let readiness: ServerProcess.Readiness? = await withTaskGroup(of: ServerProcess.Readiness?.self) { group in
             group.addTask { await process.waitUntilReady() }
@@ -99,7 +98,6 @@ public final class HelperProcess: Sendable, CustomStringConvertible {
     /// Waits until the helper has exited and returns how it ended.
     public func waitUntilExited() async -> Termination {
         await process.waitUntilExited()
-        Self.registry.withLock { _ = $0.removeValue(forKey: process.pid) }
         let status = process.exitStatus ?? 0
         // The wait status layout: low 7 bits the terminating signal (0 for a normal exit),
         // bits 8–15 the exit code.
@@ -142,16 +140,4 @@ public final class HelperProcess: Sendable, CustomStringConvertible {
         }
         return nil
     }
-
-    /// Live helpers, killed by the exit handler if a test forgets them. Signals go through
-    /// the process object, which never signals a pid it has already reaped.
-    private static let registry: Mutex<[pid_t: ServerProcess]> = {
-        atexit {
-            HelperProcess.registry.withLock { helpers in
-                for process in helpers.values { process.signal(SIGKILL) }
-                helpers.removeAll()
-            }
-        }
-        return Mutex([:])
-    }()
 }

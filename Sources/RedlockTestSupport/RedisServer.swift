@@ -72,6 +72,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         for _ in 0..<8 {
             let port = try freeLoopbackPort()
             let directory = try makeTemporaryDirectory()
+            liveDirectories.withLock { _ = $0.insert(directory) }
             let server = RedisServer(
                 port: port, directory: directory, persistence: persistence,
                 executable: executable, extraArguments: arguments
@@ -131,7 +132,6 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     private func launch() async throws {
         let process = try ServerProcess.spawn(executable: executable, arguments: launchArguments)
-        Self.registry.withLock { $0[ObjectIdentifier(self)] = process.pid }
         current.withLock { $0 = process }
         switch await process.waitUntilReady() {
         case .ready:
@@ -157,7 +157,6 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         guard let process = current.withLock({ $0 }) else { return }
         process.signal(SIGKILL)
         await process.waitUntilExited()
-        Self.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
     }
 
     /// Freezes the server with SIGSTOP: it keeps its sockets (connects still succeed through the
@@ -188,6 +187,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         if !keepingData {
             removeDirectory()
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            Self.liveDirectories.withLock { _ = $0.insert(directory) }
         }
         try await launch()
     }
@@ -205,20 +205,13 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     private func removeDirectory() {
         try? FileManager.default.removeItem(atPath: directory)
+        Self.liveDirectories.withLock { _ = $0.remove(directory) }
     }
 
     // MARK: - Process-wide bookkeeping
 
-    /// Live servers by owner, killed by the exit handler if a test forgets them.
-    private static let registry: Mutex<[ObjectIdentifier: pid_t]> = {
-        atexit {
-            RedisServer.registry.withLock { servers in
-                for pid in servers.values { _ = Glibc.kill(pid, SIGKILL) }
-                servers.removeAll()
-            }
-        }
-        return Mutex([:])
-    }()
+    /// The directories of servers not yet terminated, removed by ``cleanUpOnTermination()``.
+    static let liveDirectories = Mutex<Set<String>>([])
 
     private static func findExecutable() throws -> String {
         let environment = ProcessInfo.processInfo.environment

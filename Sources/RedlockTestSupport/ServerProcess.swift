@@ -59,6 +59,7 @@ final class ServerProcess: Sendable {
             throw RedisServerError.spawnFailed("\(executable): \(String(cString: strerror(status)))")
         }
         let process = ServerProcess(pid: pid, readyMarker: readyMarker)
+        children.withLock { $0[pid] = process }
         let descriptor = readEnd
         let thread = Thread { process.watch(descriptor) }
         // Linux keeps 15 bytes of a thread name; a longer one is not applied at all.
@@ -91,6 +92,7 @@ final class ServerProcess: Sendable {
         close(descriptor)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        Self.children.withLock { _ = $0.removeValue(forKey: pid) }
         let (readinessWaiters, exitWaiters, readiness): ([CheckedContinuation<Readiness, Never>], [CheckedContinuation<Void, Never>], Readiness) =
             state.withLock { state in
                 state.exited = true
@@ -144,5 +146,19 @@ final class ServerProcess: Sendable {
         state.withLock { state in
             if !state.exited { _ = kill(pid, number) }
         }
+    }
+
+    // MARK: - Every child of this process
+
+    /// Children not yet reaped. An exit handler kills them if a test or tool forgets them;
+    /// ``killAll()`` does it on demand (e.g. from a signal handler).
+    private static let children: Mutex<[pid_t: ServerProcess]> = {
+        atexit { ServerProcess.killAll() }
+        return Mutex([:])
+    }()
+
+    /// Sends SIGKILL to every child not yet reaped.
+    static func killAll() {
+        for child in children.withLock({ Array($0.values) }) { child.signal(SIGKILL) }
     }
 }
