@@ -1,5 +1,6 @@
 import CProcessSpawn
 import Foundation
+import RedlockTransport
 import Synchronization
 
 #if canImport(Glibc)
@@ -19,18 +20,16 @@ final class ServerProcess: Sendable {
 
     private struct State {
         var log = ""
-        var readiness: Readiness?
-        var readinessWaiters: [CheckedContinuation<Readiness, Never>] = []
-        var exited = false
-        /// The raw `waitpid` status once reaped.
+        /// The raw `waitpid` status once reaped; signals are only sent before.
         var exitStatus: Int32?
-        var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     let pid: pid_t
     /// The output that marks the process as ready.
     private let readyMarker: String
     private let state = Mutex(State())
+    private let readiness = OneTimeEvent<Readiness>()
+    private let exited = OneTimeEvent<Void>()
 
     private init(pid: pid_t, readyMarker: String) {
         self.pid = pid
@@ -79,61 +78,37 @@ final class ServerProcess: Sendable {
             if count < 0, errno == EINTR { continue }
             if count <= 0 { break }
             let text = String(decoding: buffer[0..<count], as: UTF8.self)
-            let waiters: [CheckedContinuation<Readiness, Never>] = state.withLock { state in
+            let ready: Bool = state.withLock { state in
                 // Keep the log bounded: the start is what explains a failed start.
                 if state.log.utf8.count < 64 * 1024 { state.log += text }
-                guard state.readiness == nil, state.log.contains(readyMarker) else { return [] }
-                state.readiness = .ready
-                defer { state.readinessWaiters = [] }
-                return state.readinessWaiters
+                return state.log.contains(readyMarker)
             }
-            for waiter in waiters { waiter.resume(returning: .ready) }
+            if ready { readiness.fire(.ready) }
         }
         close(descriptor)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0, errno == EINTR {}
         Self.children.withLock { _ = $0.removeValue(forKey: pid) }
-        let (readinessWaiters, exitWaiters, readiness): ([CheckedContinuation<Readiness, Never>], [CheckedContinuation<Void, Never>], Readiness) =
-            state.withLock { state in
-                state.exited = true
-                state.exitStatus = status
-                let readiness = state.readiness ?? .failed(log: state.log)
-                state.readiness = readiness
-                defer {
-                    state.readinessWaiters = []
-                    state.exitWaiters = []
-                }
-                return (state.readinessWaiters, state.exitWaiters, readiness)
-            }
-        for waiter in readinessWaiters { waiter.resume(returning: readiness) }
-        for waiter in exitWaiters { waiter.resume() }
+        let log = state.withLock { state in
+            state.exitStatus = status
+            return state.log
+        }
+        // No effect if it became ready before exiting.
+        readiness.fire(.failed(log: log))
+        exited.fire()
     }
 
     /// Waits until the server logs that it accepts connections, or exits.
     func waitUntilReady() async -> Readiness {
-        await withCheckedContinuation { continuation in
-            let known: Readiness? = state.withLock { state in
-                if let readiness = state.readiness { return readiness }
-                state.readinessWaiters.append(continuation)
-                return nil
-            }
-            if let known { continuation.resume(returning: known) }
-        }
+        await readiness.wait()
     }
 
     /// Waits until the process has exited and been reaped.
     func waitUntilExited() async {
-        await withCheckedContinuation { continuation in
-            let exited = state.withLock { state in
-                if state.exited { return true }
-                state.exitWaiters.append(continuation)
-                return false
-            }
-            if exited { continuation.resume() }
-        }
+        await exited.wait()
     }
 
-    var hasExited: Bool { state.withLock { $0.exited } }
+    var hasExited: Bool { state.withLock { $0.exitStatus != nil } }
 
     /// The raw `waitpid` status once the process has been reaped, else nil.
     var exitStatus: Int32? { state.withLock { $0.exitStatus } }
@@ -144,7 +119,7 @@ final class ServerProcess: Sendable {
     /// Sends a signal unless the process has already been reaped (so a reused pid is never hit).
     func signal(_ number: Int32) {
         state.withLock { state in
-            if !state.exited { _ = kill(pid, number) }
+            if state.exitStatus == nil { _ = kill(pid, number) }
         }
     }
 
