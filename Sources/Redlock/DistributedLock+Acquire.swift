@@ -85,13 +85,19 @@ extension DistributedLock {
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast
         ) { index, node in
+            // Sent even when the attempt is decided (or cancelled) before this node answers: once
+            // decided, a straggler's key is either part of the lease, released with it, or
+            // released by the clean-up below; it never outlives its expiry.
             let granted: Vote
             if fencing {
                 granted = await vote(of: node, classify: Vote.ofFencedAcquire) {
-                    try await node.evaluate(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
+                    try await node.evaluate(
+                        Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds],
+                        withdrawOnCancel: false
+                    )
                 }
             } else {
-                granted = await vote(of: node, classify: Vote.ofSetNX) { try await node.send(command) }
+                granted = await vote(of: node, classify: Vote.ofSetNX) { try await node.send(command, withdrawOnCancel: false) }
             }
             guard let restartGuard, granted.isGranted else { return granted }
             return await client.guarded(granted, node: index, restartGuard: restartGuard)

@@ -2,6 +2,12 @@ import Dispatch
 import Foundation
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// A connection to one Redis node, safe to share between tasks.
 ///
 /// Each connection owns one dedicated I/O thread that talks to the server with blocking hiredis
@@ -82,10 +88,26 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 
     /// Stops accepting commands (later calls fail with ``RedisError/Code-swift.struct/shutdown``),
     /// sends the commands already queued — so a release issued just before still reaches the
-    /// server — then closes the socket and stops the I/O thread. Returns when the thread has
-    /// exited: bounded by the connect and command timeouts.
+    /// server — then closes the socket and stops the I/O thread.
+    ///
+    /// Returns when the thread has exited. A server that does not answer gets a grace period of
+    /// the command timeout, at most 500 ms; then the socket is shut down under the waiting read
+    /// and the remaining commands fail.
     public func shutdown() async {
         core.beginShutdown()
+        let grace = min(configuration.commandTimeout, .milliseconds(500))
+        let core = core
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await core.waitUntilExited() }
+            group.addTask {
+                do {
+                    try await Task.sleep(for: grace)
+                    core.interrupt()
+                } catch {}
+            }
+            await group.next()
+            group.cancelAll()
+        }
         await core.waitUntilExited()
     }
 }
@@ -96,6 +118,9 @@ final class ConnectionCore: Sendable {
         var queue: [PendingCommand] = []
         var threadIsIdle = false
         var shuttingDown = false
+        /// The open socket, for ``interrupt()``; -1 when none. Changed only under the lock, and
+        /// closed only under it, so `interrupt` never touches a descriptor number reused since.
+        var socket: Int32 = -1
     }
 
     private let configuration: RedisConnectionConfiguration
@@ -151,6 +176,22 @@ final class ConnectionCore: Sendable {
         await exited.wait()
     }
 
+    /// Shuts the socket down under the I/O thread, failing the read it may be blocked in.
+    func interrupt() {
+        shared.withLock { shared in
+            if shared.socket >= 0 { _ = Glibc.shutdown(shared.socket, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// Closes the context (if any) and forgets its socket, atomically with ``interrupt()``.
+    private func close(_ context: inout HiredisContext?) {
+        shared.withLock { shared in
+            shared.socket = -1
+            context?.close()
+        }
+        context = nil
+    }
+
     /// The I/O thread's loop: take every queued command, write them all, read their replies.
     func run() {
         var context: HiredisContext?
@@ -169,7 +210,7 @@ final class ConnectionCore: Sendable {
             }
             switch next {
             case .exit:
-                context?.close()
+                close(&context)
                 exited.fire()
                 return
             case .sleep:
@@ -180,12 +221,19 @@ final class ConnectionCore: Sendable {
             }
 
             if let open = context, open.peerHasClosed {
-                open.close()
-                context = nil
+                close(&context)
+            }
+            let stopping = shared.withLock { $0.shuttingDown }
+            if context == nil, stopping {
+                // Shutting down: no new connection for what is left.
+                for command in batch { command.complete(.failure(error(.shutdown, "the connection was shut down"))) }
+                batch.removeAll(keepingCapacity: true)
+                continue
             }
             if context == nil, batch.contains(where: { $0.shouldSend }) {
                 switch HiredisContext.connect(configuration) {
                 case let .success(opened):
+                    shared.withLock { $0.socket = opened.fileDescriptor }
                     context = opened
                     generation.add(1, ordering: .releasing)
                 case let .failure(error):
@@ -194,11 +242,8 @@ final class ConnectionCore: Sendable {
                     continue
                 }
             }
-            if let open = context {
-                if !process(batch, on: open, written: &written) {
-                    open.close()
-                    context = nil
-                }
+            if let open = context, !process(batch, on: open, written: &written) {
+                close(&context)
             }
             batch.removeAll(keepingCapacity: true)
         }

@@ -118,12 +118,12 @@ struct CommandTests {
     @Test("run keeps the lock for a command that outlives the ttl, and forwards SIGTERM to it")
     func extendsAndForwardsSignals() async throws {
         try await withLockNodes(3) { client, servers in
-            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "long", "--ttl", "300ms", "--",
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "long", "--ttl", "1s", "--",
                                       "sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"])
             let ready = await run.waitForLine(containing: "ready")
             #expect(ready != nil)
-            // Three ttls later the lock is still held: the lease is being extended.
-            try await Task.sleep(for: .milliseconds(900))
+            // Two and a half ttls later the lock is still held: the lease is being extended.
+            try await Task.sleep(for: .milliseconds(2_500))
             let other = try client.makeLock("long", options: testOptions())
             let error = await #expect(throws: RedlockError.self) { try await other.tryLock() }
             #expect(error?.code == .taken)

@@ -36,12 +36,12 @@ struct FencingTests {
     @Test("a token survives key expiry and a node's absence: the next holder's token is still larger")
     func acrossExpiryAndNodeLoss() async throws {
         try await withLockNodes(5) { client, servers in
-            var options = testOptions(expiry: .seconds(1), timeoutFactor: 0.5)
+            var options = testOptions(expiry: .seconds(2), timeoutFactor: 0.5)
             options.fencing = true
             let lock = try client.makeLock("fence-gap", options: options)
             let first = try await lock.tryLock()
             // Let it expire without unlock, lose two nodes, acquire again.
-            try await Task.sleep(until: first.validUntil.advanced(by: .milliseconds(300)), clock: .continuous)
+            try await Task.sleep(until: first.validUntil.advanced(by: .milliseconds(500)), clock: .continuous)
             await servers[0].kill()
             await servers[1].kill()
             let second = try await lock.tryLock()

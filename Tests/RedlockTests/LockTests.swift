@@ -8,7 +8,8 @@ struct LockTests {
     @Test("200 concurrent tasks increment a plain counter under the lock: exactly 200", arguments: [1, 3, 5])
     func mutualExclusion(nodeCount: Int) async throws {
         try await withLockNodes(nodeCount) { client, _ in
-            let lock = try client.makeLock("counter", options: testOptions(tries: 10_000))
+            // The default, early-returning path.
+            let lock = try client.makeLock("counter", options: testOptions(tries: 10_000, failFast: true))
             let counter = UnsafeCounter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<200 {
@@ -104,16 +105,16 @@ struct LockTests {
     @Test("extend keeps the lease past its first expiry; extend after expiry fails with leaseExpired")
     func extend() async throws {
         try await withLockNodes(3) { client, servers in
-            let options = testOptions(expiry: .milliseconds(600), timeoutFactor: 0.5)
+            let options = testOptions(expiry: .seconds(1), timeoutFactor: 0.5)
             let lock = try client.makeLock("extended", options: options)
             var lease = try await lock.tryLock()
             let firstDeadline = lease.validUntil
-            // Extend whenever a third of the expiry is left, until well past the first deadline.
-            while ContinuousClock.now < firstDeadline.advanced(by: .milliseconds(600)) {
-                try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(-200)), clock: .continuous)
+            // Extend whenever half of the expiry is left, until well past the first deadline.
+            while ContinuousClock.now < firstDeadline.advanced(by: .milliseconds(500)) {
+                try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(-500)), clock: .continuous)
                 lease = try await lock.extend(lease)
             }
-            #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(600)))
+            #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(500)))
             #expect(ContinuousClock.now > firstDeadline)
             let values = try await keyValues("extended", on: servers)
             #expect(values.allSatisfy { $0 == lease.value })
@@ -193,7 +194,8 @@ struct LockTests {
             let cancelledAt = ContinuousClock.now
             task.cancel()
             let result = await task.result
-            #expect(cancelledAt.duration(to: .now) < .seconds(1))
+            // Far below the 10 s delay it was sleeping out.
+            #expect(cancelledAt.duration(to: .now) < .seconds(3))
             guard case let .failure(error) = result else {
                 Issue.record("lock() succeeded after cancellation")
                 return
@@ -224,7 +226,8 @@ struct LockTests {
             await servers[1].kill()
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-            #expect(started.duration(to: .now) < .seconds(2))
+            // Refusals are immediate: 2 attempts take nowhere near their 1 s budgets.
+            #expect(started.duration(to: .now) < .seconds(4))
             #expect(error?.code == .noQuorum)
             let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
             #expect(causes[0] == nil)
@@ -252,13 +255,16 @@ struct LockTests {
             let client = try RedlockClient(nodes: [
                 servers[0].configuration(),
                 RedisConnectionConfiguration(endpoint: garbage.endpoint),
-                RedisConnectionConfiguration(endpoint: silent.endpoint),
+                // The silent node's own timeout is far longer than the test: only the attempt
+                // budget can end its wait.
+                RedisConnectionConfiguration(endpoint: silent.endpoint, commandTimeout: .seconds(60)),
             ])
             let lock = try client.makeLock("garbled", options: testOptions(expiry: .seconds(1), tries: 3))
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-            // 3 attempts of at most 200 ms each, plus their releases and short delays.
-            #expect(started.duration(to: .now) < .seconds(3))
+            // 3 attempts of at most 200 ms each plus short delays; nothing waits for the silent
+            // node's 60 s timeout.
+            #expect(started.duration(to: .now) < .seconds(8))
             #expect(error?.code == .noQuorum)
             let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
             if case let .error(redisError)? = causes[1] {

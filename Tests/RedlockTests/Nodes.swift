@@ -44,9 +44,13 @@ func occupy(_ name: String, on servers: [RedisServer], milliseconds: Int = 60_00
     }
 }
 
-/// Fast options for tests: short retry delays.
-func testOptions(expiry: Duration = .seconds(5), tries: Int = 32, timeoutFactor: Double = 0.2) -> LockOptions {
-    LockOptions(expiry: expiry, tries: tries, retryDelay: .random(in: .milliseconds(1)...(.milliseconds(5))), timeoutFactor: timeoutFactor)
+/// Fast options for tests: short retry delays; by default every operation waits for every
+/// node (`failFast: false`), so a test can check each node's key right after it returns.
+func testOptions(expiry: Duration = .seconds(5), tries: Int = 32, timeoutFactor: Double = 0.2, failFast: Bool = false) -> LockOptions {
+    LockOptions(
+        expiry: expiry, tries: tries, retryDelay: .random(in: .milliseconds(1)...(.milliseconds(5))),
+        timeoutFactor: timeoutFactor, failFast: failFast
+    )
 }
 
 /// A counter that is deliberately not atomic across suspension points: read, yield, write.

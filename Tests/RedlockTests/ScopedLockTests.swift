@@ -9,14 +9,14 @@ struct ScopedLockTests {
     @Test("withLock keeps the lease alive past several expiries and releases it when the body returns")
     func extendsAndReleases() async throws {
         try await withLockNodes(3) { client, servers in
-            let lock = try client.makeLock("scoped", options: testOptions(expiry: .milliseconds(500), timeoutFactor: 0.5))
+            let lock = try client.makeLock("scoped", options: testOptions(expiry: .seconds(1), timeoutFactor: 0.5))
             let other = try client.makeLock("scoped", options: testOptions())
-            let result = try await lock.withLock { held in
+            let result = try await lock.withLock(extendWhenRemaining: 0.5) { held in
                 let first = held.lease.validUntil
                 // Three expiries long: only extensions keep the keys alive.
-                try await Task.sleep(for: .milliseconds(1_500))
+                try await Task.sleep(for: .seconds(3))
                 #expect(held.isValid)
-                #expect(held.lease.validUntil > first.advanced(by: .milliseconds(800)))
+                #expect(held.lease.validUntil > first.advanced(by: .seconds(1)))
                 let blocked = await #expect(throws: RedlockError.self) { try await other.tryLock() }
                 #expect(blocked?.code == .taken)
                 return held.lease.value
@@ -82,8 +82,9 @@ struct ScopedLockTests {
             }
             #expect(error?.code == .leaseLost)
             #expect(bodyCancelled.value)
-            // The first extension is due after 2/3 of the expiry; the loss is noticed then.
-            #expect(started.duration(to: .now) < .seconds(3))
+            // The first extension is due after 2/3 of the expiry; the loss is noticed then, not
+            // after the body's 30 s.
+            #expect(started.duration(to: .now) < .seconds(6))
             // The other holder's keys are untouched by the release.
             #expect(try await keyValues("lost", on: servers).allSatisfy { $0 == "someone-else" })
         }

@@ -217,6 +217,24 @@ struct ConnectionTests {
         }
     }
 
+    @Test("shutdown does not wait out a long command timeout on a peer that never answers")
+    func shutdownInterruptsHungRead() async throws {
+        let silent = try GarbageServer.start(reply: nil)
+        defer { silent.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: silent.endpoint, commandTimeout: .seconds(60)))
+        let hung = Task { try await connection.send(RedisCommand("PING")) }
+        let queued = Task { try await connection.send(RedisCommand("PING"), withdrawOnCancel: false) }
+        try await Task.sleep(for: .milliseconds(100))
+        let started = ContinuousClock.now
+        await connection.shutdown()
+        // The grace period is 500 ms; nothing waits for the 60 s timeout.
+        #expect(started.duration(to: .now) < .seconds(5))
+        for task in [hung, queued] {
+            let error = await #expect(throws: RedisError.self) { try await task.value }
+            #expect(error?.code != nil)
+        }
+    }
+
     @Test("commands sent after shutdown fail with shutdown")
     func shutdown() async throws {
         try await withRedisServers(1) { servers throws in
