@@ -121,11 +121,8 @@ extension DistributedLock {
         let end = ContinuousClock.now
 
         if failure == nil, grantedCount(votes) >= client.quorum {
-            if let validUntil = Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor) {
-                return .success(Lease(
-                    name: name, value: value, expiry: options.expiry,
-                    acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
-                ))
+            if let lease = lease(value: value, fencingToken: fencingToken, from: start, to: end) {
+                return .success(lease)
             }
             failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
         }

@@ -106,22 +106,27 @@ public struct DistributedLock: Sendable {
         }
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
-            guard let validUntil = Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor) else {
+            guard let extended = self.lease(value: lease.value, fencingToken: lease.fencingToken, from: start, to: end) else {
                 throw RedlockError(
                     code: .validityExhausted, lockName: name,
                     message: "extend took \(start.duration(to: end)), leaving no validity of \(options.expiry)"
                 )
             }
-            return Lease(
-                name: name, value: lease.value, expiry: options.expiry,
-                acquiredAt: start, validUntil: validUntil, fencingToken: lease.fencingToken
-            )
+            return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
         throw leaseError(votes, operation: "extend")
     }
 
     // MARK: - Helpers
+
+    /// The lease an operation from `start` to `end` that reached a quorum yields, or nil when
+    /// the elapsed time and drift allowance leave no validity.
+    func lease(value: String, fencingToken: Int64?, from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Lease? {
+        Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor).map { validUntil in
+            Lease(name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken)
+        }
+    }
 
     /// Runs `body` in a task that does not inherit the caller's cancellation.
     func shielded<T: Sendable>(_ body: @escaping @Sendable () async -> T) async -> T {
