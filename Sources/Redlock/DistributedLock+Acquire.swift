@@ -21,11 +21,8 @@ extension DistributedLock {
                 }
             }
         }
-        let watching = options.fastHandoff && tries > 1
-        if watching { client.watch(name) }
-        defer { if watching { client.unwatch(name) } }
         do {
-            let lease = try await attempts(tries: tries, value: value, watching: watching)
+            let lease = try await attempts(tries: tries, value: value)
             if options.singleFlight { client.gates.held(lease) }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
@@ -37,13 +34,22 @@ extension DistributedLock {
         }
     }
 
-    private func attempts(tries: Int, value: String, watching: Bool) async throws(RedlockError) -> Lease {
+    private func attempts(tries: Int, value: String) async throws(RedlockError) -> Lease {
         let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
         let command = RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds)
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = client.releases.generation(of: name)
+        // Releases are listened for only once an attempt has failed: an uncontended lock() costs
+        // no subscription. A release that lands before the subscription is active costs one
+        // retry delay, the fallback.
+        var watching = false
+        defer { if watching { client.unwatch(name) } }
         for attemptNumber in 0..<tries {
             if attemptNumber > 0 {
+                if options.fastHandoff, !watching {
+                    client.watch(name)
+                    watching = true
+                }
                 var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 // A split vote (nobody holds a quorum) is contention, not a holder: retry soon.
                 let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
@@ -79,6 +85,9 @@ extension DistributedLock {
         let fencing = options.fencing
         let restartGuard = options.restartGuard
         let client = client
+        let fencedCall = fencing
+            ? RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
+            : nil
         let start = ContinuousClock.now
         var votes = await client.fanOut(
             order: client.nodeOrder(shuffled: options.shuffleNodes),
@@ -89,12 +98,9 @@ extension DistributedLock {
             // decided, a straggler's key is either part of the lease, released with it, or
             // released by the clean-up below; it never outlives its expiry.
             let granted: Vote
-            if fencing {
+            if let fencedCall {
                 granted = await vote(of: node, classify: Vote.ofFencedAcquire) {
-                    try await node.evaluate(
-                        Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds],
-                        withdrawOnCancel: false
-                    )
+                    try await node.evaluate(fencedCall, withdrawOnCancel: false)
                 }
             } else {
                 granted = await vote(of: node, classify: Vote.ofSetNX) { try await node.send(command, withdrawOnCancel: false) }
@@ -145,11 +151,12 @@ extension DistributedLock {
             default: return false
             }
         }
+        let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
         for index in silent {
-            client.nodes[index].evaluateAndForget(Scripts.release, keys: [name], arguments: [value, ""])
+            client.nodes[index].evaluateAndForget(releaseCall)
         }
         let answering = dirty.filter { !silent.contains($0) }
-        if !answering.isEmpty { await release(value: value, on: answering) }
+        if !answering.isEmpty { await release(releaseCall, on: answering) }
 
         let failures = client.failures(in: votes)
         if let failure {
@@ -172,24 +179,18 @@ extension DistributedLock {
     /// The second round of a fenced acquire: on the nodes that granted, raise the counter to the
     /// token while the key is still ours, so every later acquire's INCR on a shared node exceeds it.
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
-        let name = name
-        let arguments = [value, String(token)]
+        let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceKey(name)], arguments: [value, String(token)])
         return await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast) { _, node in
-            await vote(of: node, classify: Vote.ofScript) {
-                try await node.evaluate(Scripts.raiseFence, keys: [name, Scripts.fenceKey(name)], arguments: arguments, withdrawOnCancel: false)
-            }
+            await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
         }
     }
 
     /// Compare-and-delete on `indices`, not cancellable by the caller and bounded by the budget.
     /// Not announced: nobody held the lock.
-    private func release(value: String, on indices: [Int]) async {
-        let name = name
+    private func release(_ call: RedisScriptCall, on indices: [Int]) async {
         _ = await shielded { [client, options] in
             await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: false) { _, node in
-                await vote(of: node, classify: Vote.ofScript) {
-                    try await node.evaluate(Scripts.release, keys: [name], arguments: [value, ""], withdrawOnCancel: false)
-                }
+                await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
             }
         }
     }

@@ -53,6 +53,7 @@ public struct DistributedLock: Sendable {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
         let channel = options.fastHandoff ? Scripts.releaseChannel(name) : ""
+        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, channel])
         let votes = await shielded { [client, options] in
             await client.fanOut(
                 order: client.nodeOrder(shuffled: options.shuffleNodes),
@@ -60,7 +61,7 @@ public struct DistributedLock: Sendable {
                 returnWhenDecided: options.failFast
             ) { _, node in
                 await vote(of: node, classify: Vote.ofScript) {
-                    try await node.evaluate(Scripts.release, keys: [lease.name], arguments: [lease.value, channel], withdrawOnCancel: false)
+                    try await node.evaluate(call, withdrawOnCancel: false)
                 }
             }
         }
@@ -93,7 +94,10 @@ public struct DistributedLock: Sendable {
     private func extendOnce(_ lease: Lease) async throws(RedlockError) -> Lease {
         try check(lease)
         if Task.isCancelled { throw cancelled("extend") }
-        let arguments = [lease.value, String(options.expiry.millisecondsRoundedUp), options.setNXOnExtend ? "1" : "0"]
+        let call = RedisScriptCall(
+            Scripts.extend, keys: [lease.name],
+            arguments: [lease.value, String(options.expiry.millisecondsRoundedUp), options.setNXOnExtend ? "1" : "0"]
+        )
         let start = ContinuousClock.now
         let votes = await client.fanOut(
             order: client.nodeOrder(shuffled: options.shuffleNodes),
@@ -101,7 +105,7 @@ public struct DistributedLock: Sendable {
             returnWhenDecided: options.failFast
         ) { _, node in
             await vote(of: node, classify: Vote.ofScript) {
-                try await node.evaluate(Scripts.extend, keys: [lease.name], arguments: arguments, withdrawOnCancel: false)
+                try await node.evaluate(call, withdrawOnCancel: false)
             }
         }
         let end = ContinuousClock.now

@@ -21,17 +21,24 @@ public struct LockValue: Sendable {
     func next() -> String { make() }
 }
 
-/// `byteCount` random bytes, base64-encoded (standard alphabet, padded).
+/// `byteCount` random bytes, base64-encoded (standard alphabet, padded). The bytes come eight
+/// at a time from the system's secure generator (one `getrandom` per eight bytes).
 func randomToken(byteCount: Int) -> String {
     var generator = SystemRandomNumberGenerator()
     var bytes: [UInt8] = []
-    bytes.reserveCapacity(byteCount)
-    for _ in 0..<byteCount { bytes.append(UInt8.random(in: 0...255, using: &generator)) }
+    bytes.reserveCapacity(byteCount + 7)
+    while bytes.count < byteCount {
+        let word = generator.next()
+        for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+    }
+    bytes.removeLast(bytes.count - byteCount)
     return base64(bytes)
 }
 
+private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
 func base64(_ bytes: [UInt8]) -> String {
-    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    let alphabet = base64Alphabet
     var output: [UInt8] = []
     output.reserveCapacity((bytes.count + 2) / 3 * 4)
     var index = 0

@@ -232,7 +232,8 @@ final class HiredisContext {
     }
 
     private static func text(_ reply: UnsafePointer<redisReply>) -> String {
-        String(decoding: bytes(reply), as: UTF8.self)
+        guard let start = reply.pointee.str, reply.pointee.len > 0 else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: start, count: reply.pointee.len), as: UTF8.self)
     }
 
     /// Turns the context's error flags (and the errno saved right after the failing call)

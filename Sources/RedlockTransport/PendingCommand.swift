@@ -1,11 +1,12 @@
 import Synchronization
 
 /// One command waiting for its reply: completed exactly once, by the reply, an error or
-/// the caller's cancellation, whichever comes first.
+/// the caller's cancellation, whichever comes first. The state machine below resumes the
+/// continuation exactly once, which is why an unchecked continuation is enough.
 final class PendingCommand: Sendable {
     private enum State {
         case queued
-        case waiting(CheckedContinuation<RedisValue, any Error>)
+        case waiting(UnsafeContinuation<RedisValue, any Error>)
         case completed(Result<RedisValue, RedisError>)
         case delivered
     }
@@ -24,7 +25,7 @@ final class PendingCommand: Sendable {
     }
 
     /// Hands over the caller's continuation; resumes it at once if the outcome is already known.
-    func install(_ continuation: CheckedContinuation<RedisValue, any Error>) {
+    func install(_ continuation: UnsafeContinuation<RedisValue, any Error>) {
         let early: Result<RedisValue, RedisError>? = state.withLock { state in
             switch state {
             case .queued:
@@ -42,7 +43,7 @@ final class PendingCommand: Sendable {
 
     /// Completes the command; later completions are ignored.
     func complete(_ result: Result<RedisValue, RedisError>) {
-        let continuation: CheckedContinuation<RedisValue, any Error>? = state.withLock { state in
+        let continuation: UnsafeContinuation<RedisValue, any Error>? = state.withLock { state in
             switch state {
             case .queued:
                 state = .completed(result)

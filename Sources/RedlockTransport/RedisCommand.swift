@@ -6,6 +6,18 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     private(set) var bytes: [UInt8]
     private(set) var ends: [Int]
 
+    /// Creates an empty command; append its name and arguments.
+    public init() {
+        bytes = []
+        ends = []
+    }
+
+    /// Reserves room for `arguments` arguments of `bytes` bytes in all.
+    public mutating func reserve(arguments: Int, bytes byteCount: Int) {
+        ends.reserveCapacity(arguments)
+        bytes.reserveCapacity(byteCount)
+    }
+
     /// Creates a command from its name and arguments, e.g. `RedisCommand("SET", key, value)`.
     public init(_ arguments: String...) {
         self.init(arguments)

@@ -77,7 +77,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 
     func send(_ pending: PendingCommand) async throws -> RedisValue {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 pending.install(continuation)
                 core.enqueue(pending)
             }

@@ -12,6 +12,31 @@ public struct RedisScript: Sendable, Hashable {
     }
 }
 
+/// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
+/// to many nodes without building it again for each.
+public struct RedisScriptCall: Sendable {
+    /// The script, for the `EVAL` fallback.
+    public let script: RedisScript
+    /// `EVALSHA sha1 numkeys keys… arguments…`.
+    public let command: RedisCommand
+
+    /// Builds the call.
+    public init(_ script: RedisScript, keys: [String], arguments: [String]) {
+        self.script = script
+        var command = RedisCommand()
+        command.reserve(
+            arguments: 3 + keys.count + arguments.count,
+            bytes: 7 + 40 + 4 + keys.reduce(0) { $0 + $1.utf8.count } + arguments.reduce(0) { $0 + $1.utf8.count }
+        )
+        command.append("EVALSHA")
+        command.append(script.sha1)
+        command.append(keys.count)
+        for key in keys { command.append(key) }
+        for argument in arguments { command.append(argument) }
+        self.command = command
+    }
+}
+
 extension RedisConnection {
     /// Runs a script by `EVALSHA`; when the node does not know it yet (after a restart or
     /// `SCRIPT FLUSH`) the connection sends `EVAL` in its place, which also loads it for next
@@ -23,27 +48,16 @@ extension RedisConnection {
         arguments: [String],
         withdrawOnCancel: Bool = true
     ) async throws -> RedisValue {
-        try await send(Self.pendingEvaluation(script, keys: keys, arguments: arguments, withdrawOnCancel: withdrawOnCancel))
+        try await evaluate(RedisScriptCall(script, keys: keys, arguments: arguments), withdrawOnCancel: withdrawOnCancel)
     }
 
-    /// Queues a script run (with the same `NOSCRIPT` fallback) without waiting for its reply.
-    public func evaluateAndForget(_ script: RedisScript, keys: [String], arguments: [String]) {
-        core.enqueue(Self.pendingEvaluation(script, keys: keys, arguments: arguments, withdrawOnCancel: false))
+    /// Runs a prepared script call, with the same `NOSCRIPT` fallback.
+    public func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
+        try await send(PendingCommand(command: call.command, script: call.script, withdrawOnCancel: withdrawOnCancel))
     }
 
-    private static func pendingEvaluation(_ script: RedisScript, keys: [String], arguments: [String], withdrawOnCancel: Bool) -> PendingCommand {
-        PendingCommand(
-            command: command(script.sha1, verb: "EVALSHA", keys: keys, arguments: arguments),
-            script: script,
-            withdrawOnCancel: withdrawOnCancel
-        )
-    }
-
-    private static func command(_ body: String, verb: String, keys: [String], arguments: [String]) -> RedisCommand {
-        var command = RedisCommand(verb, body)
-        command.append(keys.count)
-        for key in keys { command.append(key) }
-        for argument in arguments { command.append(argument) }
-        return command
+    /// Queues a script call (with the same `NOSCRIPT` fallback) without waiting for its reply.
+    public func evaluateAndForget(_ call: RedisScriptCall) {
+        core.enqueue(PendingCommand(command: call.command, script: call.script, withdrawOnCancel: false))
     }
 }
