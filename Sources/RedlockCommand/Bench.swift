@@ -1,10 +1,447 @@
 import ArgumentParser
+import Dispatch
+import Foundation
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Synchronization
 
-/// `redlock bench`: acquire latency and throughput against the raw Redis floor.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// `redlock bench`: lock latency and throughput against the raw Redis floor of the same run.
 struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure lock latency and throughput against the raw Redis floor.")
+    static let configuration = CommandConfiguration(
+        abstract: "Measure lock latency and throughput against the raw Redis floor.",
+        discussion: """
+        Starts its own local redis-server nodes (or uses --nodes) and measures, each for \
+        --duration:
+          floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
+        nodes concurrently (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
+          cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
+          parallel      64 tasks on independent names, N = 5
+          contended     8 tasks on one name, each holding it 1 ms; latencies are handoffs, from \
+        one holder's release to the next holder's acquire
+          stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
+        alternating with all nodes up (variant `baseline`)
+        Library rows use every LockOptions default, except variant `polling` (cycle on N = 5, \
+        parallel, contended), which turns fast handoff off: no release subscription, waiters \
+        poll with the default retry delay of 50–250 ms. Floor and library rows run interleaved \
+        in 1 s slices, so drift hits both alike. ratio_to_floor is p50 / floor p50 on the same \
+        nodes, except for the parallel rows: cycles/s / floor cycles/s at the same concurrency. \
+        Every node the bench started is stopped when it ends, also on error or Ctrl-C.
+        """
+    )
+
+    @Option(help: "Comma-separated running nodes (host:port, redis://…, unix:///…). Default: start --node-count local nodes.")
+    var nodes: String?
+
+    @Option(help: "How many local redis-server nodes to start when --nodes is not given.")
+    var nodeCount: Int = 5
+
+    @Option(help: "Measured seconds per scenario.")
+    var duration: Double = 5
+
+    @Flag(help: "Print one JSON object {\"machine\": {…}, \"rows\": […]} instead of the table.")
+    var json = false
+
+    /// Concurrency of the `parallel` row and its floor.
+    static let parallelTasks = 64
+    /// Tasks of the `contended` row.
+    static let contendedTasks = 8
+    /// How long each holder of the contended lock keeps it.
+    static let contendedHold: Duration = .milliseconds(1)
+
+    func validate() throws {
+        guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
+        guard duration >= 0.1, duration <= 600 else { throw ValidationError("--duration must be in 0.1...600 seconds") }
+    }
 
     func run() async throws {
-        throw ValidationError("not implemented yet")
+        let settings = BenchSettings(
+            nodes: nodes, nodeCount: nodeCount,
+            duration: .milliseconds(Int64((duration * 1_000).rounded())), json: json
+        )
+        let work = Task { try await settings.run() }
+        let interrupts = BenchInterrupts { work.cancel() }
+        defer { interrupts.stop() }
+        do {
+            try await work.value
+        } catch is CancellationError {
+            throw ExitCode(130)
+        }
+    }
+}
+
+/// The parsed options, and the bench itself.
+struct BenchSettings: Sendable {
+    let nodes: String?
+    let nodeCount: Int
+    let duration: Duration
+    let json: Bool
+
+    func run() async throws {
+        if let nodes {
+            let configurations = try parseNodeList(nodes)
+            let connections = configurations.map { RedisConnection(configuration: $0) }
+            do {
+                try await measure(connections, servers: nil, description: "\(configurations.count) given: \(configurations.map(\.description).joined(separator: ", "))")
+            } catch {
+                await shutdown(connections)
+                throw error
+            }
+            await shutdown(connections)
+            return
+        }
+
+        progress("Starting \(nodeCount) local redis-server nodes…")
+        let servers = try await RedisServer.start(count: nodeCount)
+        let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
+        do {
+            try await measure(connections, servers: servers, description: "\(nodeCount) local redis-server on 127.0.0.1")
+        } catch {
+            await stop(servers, connections)
+            throw error
+        }
+        await stop(servers, connections)
+    }
+
+    private func stop(_ servers: [RedisServer], _ connections: [RedisConnection]) async {
+        for server in servers {
+            try? server.resume()
+            await server.terminate()
+        }
+        await shutdown(connections)
+        progress("Stopped every node the bench started.")
+    }
+
+    private func shutdown(_ connections: [RedisConnection]) async {
+        await withTaskGroup(of: Void.self) { group in
+            for connection in connections { group.addTask { await connection.shutdown() } }
+        }
+    }
+
+    private func measure(_ connections: [RedisConnection], servers: [RedisServer]?, description: String) async throws {
+        let count = connections.count
+        let runID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        let prefix = "redlock-bench:\(runID)"
+        let loadAverage = BenchMachine.loadAverageNow()
+        let redisVersion = try await checkNodes(connections)
+        let duration = duration
+        var rows: [BenchRow] = []
+
+        // The options of the `polling` rows: fast handoff off, so an uncontended lock() does not
+        // subscribe to its release channel, and waiters poll with the retry delay.
+        let polling = {
+            var options = LockOptions()
+            options.fastHandoff = false
+            return options
+        }()
+
+        // 1 + 2: the sequential floor and uncontended cycles, interleaved, per node count; on all
+        // the nodes also the cycle with fast handoff off.
+        var sizes = [1, 3, 5].filter { $0 <= count }
+        if !sizes.contains(count) { sizes.append(count) }
+        var floorP50: [Int: Double] = [:]
+        for size in sizes {
+            try Task.checkCancellation()
+            let subset = Array(connections.prefix(size))
+            progress("Measuring floor and cycle on \(size) node\(size == 1 ? "" : "s")…")
+            let results = try await withClient(subset) { client in
+                var workloads: [[BenchOperation]] = [
+                    [BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")],
+                    [try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")],
+                ]
+                if size == count {
+                    workloads.append([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-polling:\(size)", options: polling)])
+                }
+                let measured = workloads
+                return try await watchdog("floor and cycle on \(size) nodes", expected: duration * measured.count) {
+                    try await BenchRunner.interleave(measured, each: duration)
+                }
+            }
+            try check(results, "floor and cycle on \(size) nodes")
+            let floor = BenchRow(scenario: "floor", nodes: size, concurrency: 1, measurement: results[0], ratioToFloor: 1, ratioBasis: .latency)
+            floorP50[size] = floor.p50
+            rows.append(floor)
+            for (index, variant) in ["default", "polling"].enumerated() where index + 1 < results.count {
+                rows.append(BenchRow(
+                    scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: results[index + 1],
+                    ratioToFloor: ratio(results[index + 1].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
+                    note: variant == "polling" ? "fastHandoff off: no release subscription per lock()" : ""
+                ))
+            }
+        }
+
+        try await withClient(connections) { client in
+            // 3: 64 tasks on independent names against the raw fan-out at the same concurrency
+            // (and the same with fast handoff off).
+            try Task.checkCancellation()
+            let tasks = Bench.parallelTasks
+            progress("Measuring floor and parallel with \(tasks) tasks on \(count) nodes…")
+            let parallel = try await watchdog("floor and parallel", expected: duration * 3) {
+                try await BenchRunner.interleave([
+                    (0..<tasks).map { BenchWorkloads.floor(nodes: connections, name: "\(prefix):floor\(tasks):\($0)", value: "floor-\(runID)") },
+                    try (0..<tasks).map { try BenchWorkloads.cycle(client: client, name: "\(prefix):parallel:\($0)") },
+                    try (0..<tasks).map { try BenchWorkloads.cycle(client: client, name: "\(prefix):parallel-polling:\($0)", options: polling) },
+                ], each: duration)
+            }
+            try check(parallel, "floor and parallel with \(tasks) tasks")
+            rows.append(BenchRow(scenario: "floor", nodes: count, concurrency: tasks, measurement: parallel[0], ratioToFloor: 1, ratioBasis: .throughput))
+            for (index, variant) in ["default", "polling"].enumerated() {
+                rows.append(BenchRow(
+                    scenario: "parallel", variant: variant, nodes: count, concurrency: tasks, measurement: parallel[index + 1],
+                    ratioToFloor: ratio(parallel[index + 1].operationsPerSecond, parallel[0].operationsPerSecond), ratioBasis: .throughput,
+                    note: variant == "polling" ? "fastHandoff off: no release subscription per lock()" : ""
+                ))
+            }
+
+            // 4: contention on one name, with every default (fast handoff: a waiter retries when
+            // it hears the release), then polling only (the retry delay of 50–250 ms).
+            for (variant, options) in [("default", LockOptions()), ("polling", polling)] {
+                try Task.checkCancellation()
+                progress("Measuring \(Bench.contendedTasks) tasks contending for one name on \(count) nodes (\(variant))…")
+                let turns = Turns()
+                var note = "latency = handoff (release → next holder); ops/s = acquisitions; hold \(format(Bench.contendedHold))"
+                if variant == "polling" { note += "; fastHandoff off" }
+                let contended: BenchMeasurement
+                do {
+                    contended = try await watchdog("contended (\(variant))", expected: duration) {
+                        try await ContendedWorkload(
+                            client: client, name: "\(prefix):contended-\(variant)", tasks: Bench.contendedTasks,
+                            hold: Bench.contendedHold, options: options
+                        ).run(for: duration, recordingIn: turns)
+                    }
+                } catch let failure as BenchFailure {
+                    // A lock() that never returns is a finding, not a reason to lose the other rows.
+                    turns.finish()
+                    contended = turns.measurement(elapsed: duration)
+                    note = "HUNG: lock() calls never returned after cancellation; handoffs recorded before the hang"
+                    progress("warning: \(failure)")
+                }
+                if contended.operations == 0 {
+                    progress("warning: contended (\(variant)): no handoff completed; first error: \(contended.firstError ?? "none")")
+                }
+                rows.append(BenchRow(
+                    scenario: "contended", variant: variant, nodes: count, concurrency: Bench.contendedTasks, measurement: contended,
+                    ratioToFloor: ratio(contended.microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
+                    note: note
+                ))
+            }
+
+            // 5: one node frozen, in slices alternating with all nodes up (the baseline), each
+            // slice after 200 ms of unmeasured settling: stopping and resuming have transients.
+            try Task.checkCancellation()
+            if let servers, count >= 3, let frozen = servers.last {
+                progress("Measuring cycle with node \(count - 1) stopped (SIGSTOP), alternating with all nodes up…")
+                let results = try await watchdog("stopped-node", expected: duration * 2 + .seconds(5)) {
+                    let cycle = try BenchWorkloads.cycle(client: client, name: "\(prefix):stopped-node")
+                    return try await BenchRunner.interleave(
+                        [[cycle], [cycle]], each: duration, settle: .milliseconds(200)
+                    ) { index in
+                        if index == 0 { try frozen.resume() } else { try await frozen.pause() }
+                    }
+                }
+                try frozen.resume()
+                try check(results, "stopped-node")
+                rows.append(BenchRow(
+                    scenario: "stopped-node", variant: "baseline", nodes: count, concurrency: 1, measurement: results[0],
+                    ratioToFloor: ratio(results[0].microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
+                    note: "all nodes up, interleaved with the stopped slices"
+                ))
+                let p99 = results[1].microseconds(atPercentile: 99)
+                rows.append(BenchRow(
+                    scenario: "stopped-node", nodes: count, concurrency: 1, measurement: results[1],
+                    ratioToFloor: ratio(results[1].microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
+                    note: ratio(p99, results[0].microseconds(atPercentile: 99)).map { String(format: "node %d stopped; p99 %.2f× baseline p99", count - 1, $0) } ?? ""
+                ))
+            }
+        }
+
+        rows = ordered(rows)
+        let machine = BenchMachine.current(redisServer: redisVersion, nodes: description, duration: duration, loadAverage: loadAverage)
+        say(json ? BenchReport.json(rows: rows, machine: machine) : BenchReport.text(rows: rows, machine: machine, nodeCount: count))
+    }
+
+    /// Runs `body` with a client over `connections` (which it does not own), then shuts the
+    /// client down (its subscriber connections), also when `body` throws.
+    private func withClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient) async throws -> T) async throws -> T {
+        let client = try RedlockClient(connections: connections)
+        do {
+            let result = try await body(client)
+            await client.shutdown()
+            return result
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+
+    /// Runs one phase in its own task and gives up on it — cancelled and abandoned — when it has
+    /// not finished 30 s after it should have, so the bench ends by itself even if a lock call
+    /// hangs. `expected` is the phase's measured time; warm-ups and slack are added here.
+    private func watchdog<T: Sendable>(
+        _ label: String,
+        expected: Duration,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let limit = expected + .seconds(30)
+        let work = Task { try await body() }
+        let outcome = BenchOutcome<T>()
+        let timer = Task {
+            try await Task.sleep(for: limit)
+            work.cancel()
+            try await Task.sleep(for: .seconds(5))
+            outcome.resume(with: .failure(BenchFailure("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                outcome.install(continuation)
+                Task { outcome.resume(with: await work.result) }
+            }
+        } onCancel: {
+            work.cancel()
+            Task {
+                try await Task.sleep(for: .seconds(5))
+                outcome.resume(with: .failure(CancellationError()))
+            }
+        }
+    }
+
+    /// PINGs every node (connecting them) and returns the first node's redis_version.
+    private func checkNodes(_ connections: [RedisConnection]) async throws -> String {
+        var version = "unknown"
+        for connection in connections {
+            let reply = try await connection.send(RedisCommand("PING"))
+            guard reply == .simpleString("PONG") else { throw BenchFailure("\(connection) answered PING with \(reply)") }
+        }
+        if let first = connections.first, let info = try? await first.send(RedisCommand("INFO", "server")).string {
+            for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("redis_version:") {
+                version = String(line.dropFirst("redis_version:".count))
+            }
+        }
+        return version
+    }
+
+    /// Fails the run when a scenario completed nothing; warns when some operations failed.
+    private func check(_ results: [BenchMeasurement], _ label: String) throws {
+        try Task.checkCancellation()
+        for result in results {
+            if result.operations == 0 {
+                throw BenchFailure("\(label): no operation completed; first error: \(result.firstError ?? "none")")
+            }
+            if result.errors > 0 {
+                progress("warning: \(label): \(result.errors) operations failed; first: \(result.firstError ?? "?")")
+            }
+        }
+    }
+
+    private func ratio(_ value: Double?, _ floor: Double?) -> Double? {
+        guard let value, let floor, floor > 0 else { return nil }
+        return value / floor
+    }
+
+    /// Floors first, then the library rows, in the order of the scenarios.
+    private func ordered(_ rows: [BenchRow]) -> [BenchRow] {
+        let scenarios = ["floor", "cycle", "parallel", "contended", "stopped-node"]
+        return rows.enumerated().sorted { left, right in
+            let l = (scenarios.firstIndex(of: left.element.scenario) ?? 99, left.element.concurrency, left.element.nodes, left.offset)
+            let r = (scenarios.firstIndex(of: right.element.scenario) ?? 99, right.element.concurrency, right.element.nodes, right.offset)
+            return l < r
+        }.map(\.element)
+    }
+
+    private func progress(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+}
+
+/// The first of several outcomes of a watched phase, handed to the one waiting caller.
+final class BenchOutcome<T: Sendable>: Sendable {
+    private enum State {
+        case empty
+        case waiting(CheckedContinuation<T, any Error>)
+        case done(Result<T, any Error>)
+        case delivered
+    }
+
+    private let state = Mutex(State.empty)
+
+    func install(_ continuation: CheckedContinuation<T, any Error>) {
+        let ready: Result<T, any Error>? = state.withLock { state in
+            switch state {
+            case .empty:
+                state = .waiting(continuation)
+                return nil
+            case let .done(result):
+                state = .delivered
+                return result
+            case .waiting, .delivered:
+                preconditionFailure("installed twice")
+            }
+        }
+        if let ready { continuation.resume(with: ready) }
+    }
+
+    /// Keeps the first outcome; later ones are ignored.
+    func resume(with result: Result<T, any Error>) {
+        let waiting: CheckedContinuation<T, any Error>? = state.withLock { state in
+            switch state {
+            case .empty:
+                state = .done(result)
+                return nil
+            case let .waiting(continuation):
+                state = .delivered
+                return continuation
+            case .done, .delivered:
+                return nil
+            }
+        }
+        waiting?.resume(with: result)
+    }
+}
+
+/// Turns the first SIGINT or SIGTERM into cancellation of the bench (which then stops its nodes);
+/// a second one exits at once, and the nodes are killed by the test support's exit handler.
+final class BenchInterrupts: Sendable {
+    private let sources: Mutex<[any DispatchSourceSignal]>
+
+    init(_ cancel: @escaping @Sendable () -> Void) {
+        let seen = Mutex(0)
+        var installed: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                let count = seen.withLock { count in
+                    count += 1
+                    return count
+                }
+                if count == 1 {
+                    FileHandle.standardError.write(Data("Interrupted: stopping the nodes…\n".utf8))
+                    cancel()
+                } else {
+                    exit(130)
+                }
+            }
+            source.resume()
+            installed.append(source)
+        }
+        sources = Mutex(installed)
+    }
+
+    /// Restores the default signal handling.
+    func stop() {
+        let sources = self.sources.withLock { sources in
+            defer { sources = [] }
+            return sources
+        }
+        for source in sources { source.cancel() }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
     }
 }

@@ -111,7 +111,7 @@ public struct Nemesis: Sendable {
             await sleepIgnoringCancellation(until: start.advanced(by: length))
             try await server.heal()
         case .pause:
-            try server.pause()
+            try await server.pause()
             await sleepIgnoringCancellation(until: start.advanced(by: length))
             try server.resume()
         case .stall:

@@ -92,12 +92,13 @@ func processState(of pid: pid_t) -> Character? {
     return stat[stat.index(after: close)...].first { $0 != " " }
 }
 
-/// Waits (spinning on `/proc`) until `predicate` holds for the process's state, at most `timeout`.
-/// There is no event to wait for: a signal's effect is only visible in `/proc`.
-func waitForProcessState(of pid: pid_t, timeout: Duration, _ predicate: (Character?) -> Bool) {
+/// Waits (polling `/proc` every 100 µs, without blocking a thread) until `predicate` holds for
+/// the process's state, at most `timeout`. There is no event to wait for: a signal's effect is
+/// only visible in `/proc`.
+func waitForProcessState(of pid: pid_t, timeout: Duration, _ predicate: (Character?) -> Bool) async {
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while !predicate(processState(of: pid)), ContinuousClock.now < deadline {
-        usleep(100)
+        try? await Task.sleep(for: .microseconds(100))
     }
 }
 

@@ -164,11 +164,11 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     ///
     /// Returns once the kernel reports the process stopped, so a command sent afterwards is
     /// never answered before ``resume()``.
-    public func pause() throws {
+    public func pause() async throws {
         guard let process = current.withLock({ $0 }), !process.hasExited else { throw RedisServerError.notRunning(port: port) }
         process.signal(SIGSTOP)
         // SIGSTOP is delivered asynchronously: wait until every thread has stopped.
-        waitForProcessState(of: process.pid, timeout: .seconds(2)) { $0 == "T" }
+        await waitForProcessState(of: process.pid, timeout: .seconds(2)) { $0 == "T" }
     }
 
     /// Resumes a server frozen by ``pause()``.

@@ -50,7 +50,7 @@ extension FaultTests {
                 ))
                 do {
                     #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-                    try server.pause()
+                    try await server.pause()
                     #expect(server.isPaused)
                     let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
                     #expect(error?.code == .timeout)
@@ -58,7 +58,7 @@ extension FaultTests {
                     #expect(!server.isPaused)
                     #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
 
-                    try server.pause()
+                    try await server.pause()
                     await server.kill()
                     #expect(!server.isRunning && !server.isPaused)
                     try await server.heal()

@@ -43,7 +43,7 @@ extension FaultTests {
             try await withCluster(3) { cluster in
                 let servers = cluster.servers
                 let client = try await cluster.makeClient(commandTimeout: .seconds(5))
-                try servers[2].pause()
+                try await servers[2].pause()
                 // Budget 1 s per attempt; the frozen node's command timeout (5 s) is longer still.
                 let options = LockOptions(expiry: .seconds(5), tries: 3, timeoutFactor: 0.2)
                 let lock = try client.makeLock("minority-stopped", options: options)
@@ -112,7 +112,7 @@ extension FaultTests {
                 let servers = cluster.servers
                 let client = try await cluster.makeClient(commandTimeout: .seconds(5))
                 let frozen = [0, 2, 4]
-                for index in frozen { try servers[index].pause() }
+                for index in frozen { try await servers[index].pause() }
 
                 let tries = 4
                 let maximumDelay = Duration.milliseconds(60)
@@ -150,7 +150,7 @@ extension FaultTests {
                 let options = LockOptions(expiry: .seconds(10), tries: 1, timeoutFactor: 0.2)
                 #expect(options.attemptBudget == .seconds(2))
                 let lock = try client.makeLock("stopped-node", options: options)
-                try servers[4].pause()
+                try await servers[4].pause()
 
                 var times: [Duration] = []
                 for round in 0..<20 {

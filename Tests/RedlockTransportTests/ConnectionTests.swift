@@ -114,7 +114,7 @@ struct ConnectionTests {
             let server = servers[0]
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(200)))
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            try server.pause()
+            try await server.pause()
             let started = ContinuousClock.now
             let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
             let waited = started.duration(to: .now)
@@ -202,7 +202,7 @@ struct ConnectionTests {
             let server = servers[0]
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            try server.pause()
+            try await server.pause()
             // Occupy the I/O thread with a read that hangs, so the next command waits in the queue.
             let blocker = Task { try await connection.send(RedisCommand("PING")) }
             let queued = Task { try await connection.send(RedisCommand("SET", "withdrawn", "1")) }
