@@ -52,8 +52,8 @@ struct Bench: AsyncParsableCommand {
     static let parallelTasks = 64
     /// Tasks of the `contended` row.
     static let contendedTasks = 8
-    /// How long each holder of the contended lock keeps it.
-    static let contendedHold: Duration = .milliseconds(1)
+    @Option(help: "How long each holder keeps the lock in the contended row (e.g. 1ms, 0, 250ms).", transform: parseDuration)
+    var hold: Duration = .milliseconds(1)
 
     func validate() throws {
         guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
@@ -63,7 +63,7 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         let settings = BenchSettings(
             nodes: nodes, nodeCount: nodeCount,
-            duration: .milliseconds(Int64((duration * 1_000).rounded())), json: json
+            duration: .milliseconds(Int64((duration * 1_000).rounded())), json: json, hold: hold
         )
         let work = Task { try await settings.run() }
         let interrupts = BenchInterrupts { work.cancel() }
@@ -82,6 +82,8 @@ struct BenchSettings: Sendable {
     let nodeCount: Int
     let duration: Duration
     let json: Bool
+    /// How long each holder keeps the lock in the contended row.
+    let hold: Duration
 
     func run() async throws {
         if let nodes {
@@ -205,14 +207,14 @@ struct BenchSettings: Sendable {
                 try Task.checkCancellation()
                 progress("Measuring \(Bench.contendedTasks) tasks contending for one name on \(count) nodes (\(variant))…")
                 let turns = Turns()
-                var note = "latency = handoff (release → next holder); ops/s = acquisitions; hold \(format(Bench.contendedHold))"
+                var note = "latency = handoff (release → next holder); ops/s = acquisitions; hold \(format(hold))"
                 if variant == "polling" { note += "; fastHandoff off" }
                 let contended: BenchMeasurement
                 do {
                     contended = try await watchdog("contended (\(variant))", expected: duration) {
                         try await ContendedWorkload(
                             client: client, name: "\(prefix):contended-\(variant)", tasks: Bench.contendedTasks,
-                            hold: Bench.contendedHold, options: options
+                            hold: hold, options: options
                         ).run(for: duration, recordingIn: turns)
                     }
                 } catch let failure as BenchFailure {
