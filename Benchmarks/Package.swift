@@ -16,6 +16,7 @@ let package = Package(
             name: "CycleWorkloads",
             dependencies: [
                 .product(name: "Redlock", package: "swift-redlock"),
+                .product(name: "RedlockTestSupport", package: "swift-redlock"),
             ]
         ),
         // Uncontended lock+unlock cycles on 1, 3 and 5 local nodes, the raw fan-out floor, and the

@@ -67,6 +67,9 @@ public struct DistributedLock: Sendable {
         }
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)
+            // Waiters in this process need not wait for the published message to come back (it
+            // counts once: it carries the same value).
+            if options.fastHandoff { client.releases.announce(name, release: Array(lease.value.utf8)) }
             return
         }
         let error = leaseError(votes, operation: "unlock")

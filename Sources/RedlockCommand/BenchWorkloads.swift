@@ -1,24 +1,13 @@
 import Histogram
 import Redlock
+import RedlockTestSupport
 import RedlockTransport
 import Synchronization
 
 /// The workloads `redlock bench` measures.
 enum BenchWorkloads {
-    /// Compare-and-delete, as the lock's release does it: 1 deleted, 0 another holder's value,
-    /// -1 no key. Written here so the floor needs nothing internal to the library.
-    static let releaseScript = RedisScript(
-        """
-        local held = redis.call('GET', KEYS[1])
-        if held == ARGV[1] then
-            return redis.call('DEL', KEYS[1])
-        end
-        if held == false then
-            return -1
-        end
-        return 0
-        """
-    )
+    /// Compare-and-delete, as the lock's release does it.
+    static let releaseScript = RawFloor.releaseScript
 
     /// The raw floor: one `SET name value NX PX 8000` to every node concurrently, then one
     /// compare-and-delete script to every node concurrently, straight on the transport's

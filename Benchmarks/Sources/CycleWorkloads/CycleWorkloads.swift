@@ -1,5 +1,6 @@
 import Dispatch
 import Redlock
+import RedlockTestSupport
 import RedlockTransport
 
 /// One lock+unlock cycle, or its raw equivalent.
@@ -100,18 +101,7 @@ public enum CycleWorkload: String, CaseIterable, Sendable {
     }
 
     /// Compare-and-delete, as a release does it (1 deleted, 0 another holder's value, -1 no key).
-    public static let releaseScript = RedisScript(
-        """
-        local held = redis.call('GET', KEYS[1])
-        if held == ARGV[1] then
-            return redis.call('DEL', KEYS[1])
-        end
-        if held == false then
-            return -1
-        end
-        return 0
-        """
-    )
+    public static let releaseScript = RawFloor.releaseScript
 
     /// Runs `body` on every node at once (directly for one node) and waits for all.
     static func allNodes(_ nodes: [RedisConnection], _ body: @escaping @Sendable (RedisConnection) async throws -> Void) async throws {
