@@ -111,7 +111,8 @@ extension DistributedLock {
 
         var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?
-        if grantedCount(votes) >= client.quorum, fencing {
+        var granted = grantedCount(votes)
+        if granted >= client.quorum, fencing {
             let token = votes.compactMap { vote -> Int64? in
                 if case let .granted(token)? = vote { return token }
                 return nil
@@ -122,41 +123,42 @@ extension DistributedLock {
             } else {
                 failure = (.noQuorum, "the fencing round reached \(grantedCount(raised)) of \(client.nodes.count) nodes, \(client.quorum) needed")
                 for index in votes.indices where raised[index].map({ !$0.isGranted }) ?? false { votes[index] = raised[index] }
+                granted = grantedCount(votes)
             }
         }
         let end = ContinuousClock.now
 
-        if failure == nil, grantedCount(votes) >= client.quorum {
+        if failure == nil, granted >= client.quorum {
             if let lease = lease(value: value, fencingToken: fencingToken, from: start, to: end) {
                 return .success(lease)
             }
             failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
         }
 
-        // Release wherever our key may have landed: granted, silent, or failed mid-flight.
-        let dirty = votes.indices.filter { index in
-            switch votes[index] {
-            case .granted?, .refused(.noAnswer)?, .refused(.recentlyRestarted)?, .unsettled?: return true
-            case let .refused(.error(error))?: return error.code != .connectionRefused
-            case .refused(.taken)?, .refused(.missing)?, nil: return false
-            }
-        }
-        // Nodes that stayed silent through the budget get their release queued without waiting:
-        // a frozen node must not make a failed attempt cost twice its budget. (After a
-        // cancellation "silent" only means not awaited, so every release is awaited.)
-        let silent = Task.isCancelled ? [] : dirty.filter { index in
-            switch votes[index] {
-            case .refused(.noAnswer)?: return true
-            case let .refused(.error(error))?: return error.code == .timeout
-            default: return false
+        // Release wherever our key may have landed: granted, silent, or failed mid-flight. Nodes
+        // that stayed silent through the budget get their release queued without waiting: a
+        // frozen node must not make a failed attempt cost twice its budget. (After a cancellation
+        // "silent" only means not awaited, so every release is awaited.)
+        let wasCancelled = Task.isCancelled
+        var awaited: [Int] = []
+        var queued: [Int] = []
+        for (index, vote) in votes.enumerated() {
+            switch vote {
+            case .granted?, .unsettled?, .refused(.recentlyRestarted)?:
+                awaited.append(index)
+            case .refused(.noAnswer)?:
+                if wasCancelled { awaited.append(index) } else { queued.append(index) }
+            case let .refused(.error(error))?:
+                if error.code == .connectionRefused { continue }
+                if error.code == .timeout, !wasCancelled { queued.append(index) } else { awaited.append(index) }
+            case .refused(.taken)?, .refused(.missing)?, nil:
+                continue
             }
         }
         let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
-        for index in silent {
-            client.nodes[index].evaluateAndForget(releaseCall)
-        }
-        let answering = dirty.filter { !silent.contains($0) }
-        if !answering.isEmpty { await release(releaseCall, on: answering) }
+        for index in queued { client.nodes[index].evaluateAndForget(releaseCall) }
+        // Not announced: nobody held the lock.
+        if !awaited.isEmpty { _ = await release(releaseCall, on: awaited, returnWhenDecided: false) }
 
         let failures = client.failures(in: votes)
         if let failure {
@@ -172,7 +174,7 @@ extension DistributedLock {
         }
         return .failure(RedlockError(
             code: .noQuorum, lockName: name,
-            message: "\(grantedCount(votes)) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
+            message: "\(granted) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
         ))
     }
 
@@ -180,19 +182,7 @@ extension DistributedLock {
     /// token while the key is still ours, so every later acquire's INCR on a shared node exceeds it.
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceKey(name)], arguments: [value, String(token)])
-        return await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast) { _, node in
-            await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
-        }
-    }
-
-    /// Compare-and-delete on `indices`, not cancellable by the caller and bounded by the budget.
-    /// Not announced: nobody held the lock.
-    private func release(_ call: RedisScriptCall, on indices: [Int]) async {
-        _ = await shielded { [client, options] in
-            await client.fanOut(order: indices, budget: options.attemptBudget, returnWhenDecided: false) { _, node in
-                await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
-            }
-        }
+        return await client.fanOut(call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast)
     }
 }
 
@@ -203,10 +193,8 @@ extension RedlockClient {
         do {
             let uptime = try await uptimes.uptime(of: index, node: node)
             return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
-        } catch let error as RedisError {
-            return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
         } catch {
-            return .refused(.error(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)")))
+            return .refused(failure: error, endpoint: node.configuration.endpoint)
         }
     }
 }

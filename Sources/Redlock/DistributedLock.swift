@@ -54,17 +54,7 @@ public struct DistributedLock: Sendable {
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
         let channel = options.fastHandoff ? Scripts.releaseChannel(name) : ""
         let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, channel])
-        let votes = await shielded { [client, options] in
-            await client.fanOut(
-                order: client.nodeOrder(shuffled: options.shuffleNodes),
-                budget: options.attemptBudget,
-                returnWhenDecided: options.failFast
-            ) { _, node in
-                await vote(of: node, classify: Vote.ofScript) {
-                    try await node.evaluate(call, withdrawOnCancel: false)
-                }
-            }
-        }
+        let votes = await release(call, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: options.failFast)
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)
             // Waiters in this process need not wait for the published message to come back (it
@@ -103,14 +93,8 @@ public struct DistributedLock: Sendable {
         )
         let start = ContinuousClock.now
         let votes = await client.fanOut(
-            order: client.nodeOrder(shuffled: options.shuffleNodes),
-            budget: options.attemptBudget,
-            returnWhenDecided: options.failFast
-        ) { _, node in
-            await vote(of: node, classify: Vote.ofScript) {
-                try await node.evaluate(call, withdrawOnCancel: false)
-            }
-        }
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
+        )
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
             guard let extended = self.lease(value: lease.value, fencingToken: lease.fencingToken, from: start, to: end) else {
@@ -135,9 +119,12 @@ public struct DistributedLock: Sendable {
         }
     }
 
-    /// Runs `body` in a task that does not inherit the caller's cancellation.
-    func shielded<T: Sendable>(_ body: @escaping @Sendable () async -> T) async -> T {
-        await Task(operation: body).value
+    /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget, in a task
+    /// that does not inherit the caller's cancellation: a release always runs to its end.
+    func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool) async -> [Vote?] {
+        await Task { [client, options] in
+            await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided)
+        }.value
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {

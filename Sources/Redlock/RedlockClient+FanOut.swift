@@ -48,9 +48,18 @@ extension RedlockClient {
         return votes
     }
 
+    /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
+    /// through ``fanOut(order:budget:returnWhenDecided:operation:)``. The call is sent even to
+    /// nodes left unsettled: extends and releases must reach every node they can.
+    func fanOut(_ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool) async -> [Vote?] {
+        await fanOut(order: order, budget: budget, returnWhenDecided: returnWhenDecided) { _, node in
+            await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
+        }
+    }
+
     /// The node order for one fan-out: all nodes, shuffled when asked.
     func nodeOrder(shuffled: Bool) -> [Int] {
-        shuffled ? Array(nodes.indices).shuffled() : Array(nodes.indices)
+        shuffled ? nodeIndices.shuffled() : nodeIndices
     }
 
     /// The node failures among `votes`, for an error (unsettled nodes are left out).
@@ -70,10 +79,19 @@ func vote(
 ) async -> Vote {
     do {
         return classify(try await send(), node.configuration.endpoint)
-    } catch let error as RedisError {
-        return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
     } catch {
-        return .refused(.error(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)")))
+        return .refused(failure: error, endpoint: node.configuration.endpoint)
+    }
+}
+
+extension Vote {
+    /// The vote of a node whose call failed: no answer when the caller was cancelled, else the
+    /// node's error.
+    static func refused(failure error: any Error, endpoint: RedisEndpoint) -> Vote {
+        guard let error = error as? RedisError else {
+            return .refused(.error(RedisError(code: .io, endpoint: endpoint, message: "\(error)")))
+        }
+        return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
     }
 }
 

@@ -23,6 +23,8 @@ public final class RedlockClient: Sendable {
     public let nodes: [RedisConnection]
     /// How many nodes must grant an operation: `nodes.count / 2 + 1`.
     public let quorum: Int
+    /// `0..<nodes.count`, built once: the order of every unshuffled fan-out.
+    let nodeIndices: [Int]
     let logger: Logger
     let metrics: LockMetrics
     let uptimes: NodeUptimes
@@ -78,6 +80,7 @@ public final class RedlockClient: Sendable {
     private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger, metrics: any MetricsFactory) {
         self.nodes = nodes
         quorum = Timing.quorum(nodeCount: nodes.count)
+        nodeIndices = Array(nodes.indices)
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
         uptimes = NodeUptimes(nodeCount: nodes.count)
@@ -140,6 +143,8 @@ public final class RedlockClient: Sendable {
                 }
             }
             state.watched[name, default: 0] += 1
+            // Under the same lock as the count, so the board tracks exactly the watched names.
+            releases.track(name)
             return state.subscribers
         }
         for subscriber in subscribers { subscriber.subscribe(channel) }
@@ -148,12 +153,12 @@ public final class RedlockClient: Sendable {
     /// Stops one ``watch(_:)`` of `name`.
     func unwatch(_ name: String) {
         let channel = Scripts.releaseChannel(name)
-        let (subscribers, last): ([RedisSubscriber], Bool) = self.subscribers.withLock { state in
-            guard let count = state.watched[name] else { return ([], false) }
+        let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
+            guard let count = state.watched[name] else { return [] }
             state.watched[name] = count > 1 ? count - 1 : nil
-            return (state.subscribers, count == 1)
+            if count == 1 { releases.forget(name) }
+            return state.subscribers
         }
         for subscriber in subscribers { subscriber.unsubscribe(channel) }
-        if last { releases.forget(name) }
     }
 }

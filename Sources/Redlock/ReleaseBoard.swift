@@ -32,11 +32,19 @@ final class ReleaseBoard: Sendable {
         state.withLock { $0.entries[name]?.generation ?? 0 }
     }
 
-    /// Records the release `release` (the released lease's value) of `name` and wakes the
-    /// longest-waiting waiter.
+    /// Starts keeping count of the releases of `name` (a no-op when already counting). Only
+    /// watched names are counted, so a process that locks many names keeps nothing for them.
+    func track(_ name: String) {
+        state.withLock { state in
+            if state.entries[name] == nil { state.entries[name] = Entry() }
+        }
+    }
+
+    /// Records the release `release` (the released lease's value) of a tracked `name` and wakes
+    /// the longest-waiting waiter. Releases of names nobody tracks are ignored.
     func announce(_ name: String, release: [UInt8]) {
         let waiter: Waiter? = state.withLock { state in
-            var entry = state.entries[name, default: Entry()]
+            guard var entry = state.entries[name] else { return nil }
             guard entry.lastRelease != release || release.isEmpty else { return nil }
             entry.lastRelease = release
             entry.generation &+= 1
@@ -67,8 +75,8 @@ final class ReleaseBoard: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state in
                     if Task.isCancelled { return true }
-                    if state.entries[name, default: Entry()].generation != generation { return true }
-                    state.entries[name, default: Entry()].waiters.append(Waiter(id: id, continuation: continuation))
+                    guard let entry = state.entries[name], entry.generation == generation else { return true }
+                    state.entries[name]?.waiters.append(Waiter(id: id, continuation: continuation))
                     return false
                 }
                 if resumeNow { continuation.resume() }

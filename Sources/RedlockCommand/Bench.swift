@@ -272,13 +272,10 @@ struct BenchSettings: Sendable {
     /// client down (its subscriber connections), also when `body` throws.
     private func withClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient) async throws -> T) async throws -> T {
         let client = try RedlockClient(connections: connections)
-        do {
-            let result = try await body(client)
+        return try await withTeardown {
+            try await body(client)
+        } teardown: {
             await client.shutdown()
-            return result
-        } catch {
-            await client.shutdown()
-            throw error
         }
     }
 
@@ -292,24 +289,23 @@ struct BenchSettings: Sendable {
     ) async throws -> T {
         let limit = expected + .seconds(30)
         let work = Task { try await body() }
-        let outcome = BenchOutcome<T>()
+        // The first of: the phase's result, the watchdog's verdict, or the caller's cancellation.
+        let outcome = OneTimeEvent<Result<T, any Error>>()
         let timer = Task {
             try await Task.sleep(for: limit)
             work.cancel()
             try await Task.sleep(for: .seconds(5))
-            outcome.resume(with: .failure(BenchFailure("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
+            outcome.fire(.failure(BenchFailure("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
         }
         defer { timer.cancel() }
+        Task { outcome.fire(await work.result) }
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                outcome.install(continuation)
-                Task { outcome.resume(with: await work.result) }
-            }
+            try await outcome.wait().get()
         } onCancel: {
             work.cancel()
             Task {
                 try await Task.sleep(for: .seconds(5))
-                outcome.resume(with: .failure(CancellationError()))
+                outcome.fire(.failure(CancellationError()))
             }
         }
     }
@@ -362,88 +358,29 @@ struct BenchSettings: Sendable {
     }
 }
 
-/// The first of several outcomes of a watched phase, handed to the one waiting caller.
-final class BenchOutcome<T: Sendable>: Sendable {
-    private enum State {
-        case empty
-        case waiting(CheckedContinuation<T, any Error>)
-        case done(Result<T, any Error>)
-        case delivered
-    }
-
-    private let state = Mutex(State.empty)
-
-    func install(_ continuation: CheckedContinuation<T, any Error>) {
-        let ready: Result<T, any Error>? = state.withLock { state in
-            switch state {
-            case .empty:
-                state = .waiting(continuation)
-                return nil
-            case let .done(result):
-                state = .delivered
-                return result
-            case .waiting, .delivered:
-                preconditionFailure("installed twice")
-            }
-        }
-        if let ready { continuation.resume(with: ready) }
-    }
-
-    /// Keeps the first outcome; later ones are ignored.
-    func resume(with result: Result<T, any Error>) {
-        let waiting: CheckedContinuation<T, any Error>? = state.withLock { state in
-            switch state {
-            case .empty:
-                state = .done(result)
-                return nil
-            case let .waiting(continuation):
-                state = .delivered
-                return continuation
-            case .done, .delivered:
-                return nil
-            }
-        }
-        waiting?.resume(with: result)
-    }
-}
-
 /// Turns the first SIGINT or SIGTERM into cancellation of the bench (which then stops its nodes);
 /// a second one exits at once, and the nodes are killed by the test support's exit handler.
 final class BenchInterrupts: Sendable {
-    private let sources: Mutex<[any DispatchSourceSignal]>
+    private let handlers: SignalHandlers
 
     init(_ cancel: @escaping @Sendable () -> Void) {
         let seen = Mutex(0)
-        var installed: [any DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                let count = seen.withLock { count in
-                    count += 1
-                    return count
-                }
-                if count == 1 {
-                    FileHandle.standardError.write(Data("Interrupted: stopping the nodes…\n".utf8))
-                    cancel()
-                } else {
-                    exit(130)
-                }
+        handlers = SignalHandlers([SIGINT, SIGTERM]) { _ in
+            let count = seen.withLock { count in
+                count += 1
+                return count
             }
-            source.resume()
-            installed.append(source)
+            if count == 1 {
+                FileHandle.standardError.write(Data("Interrupted: stopping the nodes…\n".utf8))
+                cancel()
+            } else {
+                exit(130)
+            }
         }
-        sources = Mutex(installed)
     }
 
     /// Restores the default signal handling.
     func stop() {
-        let sources = self.sources.withLock { sources in
-            defer { sources = [] }
-            return sources
-        }
-        for source in sources { source.cancel() }
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
+        handlers.stop()
     }
 }

@@ -34,30 +34,30 @@ struct Demo: AsyncParsableCommand {
         if let nodes {
             let configurations = try parseNodeList(nodes)
             let client = try RedlockClient(nodes: configurations)
-            defer { Task { await client.shutdown() } }
             say("Using \(configurations.count) running nodes: \(configurations.map(\.description).joined(separator: ", "))")
-            try await contention(client, label: "all nodes")
-            await client.shutdown()
+            try await withTeardown {
+                try await contention(client, label: "all nodes")
+            } teardown: {
+                await client.shutdown()
+            }
             return
         }
 
         TerminationCleanup.install()
         say("Starting 5 local redis-server nodes…")
         let servers = try await RedisServer.start(count: 5)
-        do {
+        try await withTeardown {
             try await story(servers)
+        } teardown: {
             for server in servers { await server.terminate() }
-            say("Stopped every node the demo started. Done.")
-        } catch {
-            for server in servers { await server.terminate() }
-            throw error
         }
+        say("Stopped every node the demo started. Done.")
     }
 
     private func story(_ servers: [RedisServer]) async throws {
         for (index, server) in servers.enumerated() { say("  node \(index): \(server.endpoint)") }
         let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(250), commandTimeout: .milliseconds(500)) })
-        do {
+        try await withTeardown {
             try await contention(client, label: "5 of 5 nodes up")
 
             say("\nKilling nodes 0 and 1 (SIGKILL)…")
@@ -78,10 +78,8 @@ struct Demo: AsyncParsableCommand {
                 say("  \(error.code): \(error.message)")
                 for node in error.nodes { say("  - \(node)") }
             }
+        } teardown: {
             await client.shutdown()
-        } catch {
-            await client.shutdown()
-            throw error
         }
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Redlock
+import RedlockTestSupport
 import RedlockTransport
 import Synchronization
 
@@ -107,7 +108,8 @@ struct Run: AsyncParsableCommand {
 
     private func runHolding(_ lease: Lease, lock: DistributedLock) async -> Int32 {
         let child = ChildProcess(command: command, fencingToken: lease.fencingToken)
-        let forwarding = SignalForwarder(to: child)
+        // Termination and user signals sent to this process go to the command.
+        let forwarding = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]) { child.signal($0) }
         defer { forwarding.stop() }
         do {
             return try await lock.withLease(lease) { _ in
@@ -180,34 +182,6 @@ final class ChildProcess: Sendable {
                 self.signal(SIGKILL)
             }
         }
-    }
-}
-
-/// Forwards termination and user signals sent to this process to the child.
-final class SignalForwarder: Sendable {
-    private static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
-    private let sources: Mutex<[any DispatchSourceSignal]>
-
-    init(to child: ChildProcess) {
-        var sources: [any DispatchSourceSignal] = []
-        for number in Self.forwarded {
-            Foundation.signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { child.signal(number) }
-            source.resume()
-            sources.append(source)
-        }
-        self.sources = Mutex(sources)
-    }
-
-    /// Stops forwarding and restores the default handlers.
-    func stop() {
-        let sources = self.sources.withLock { sources in
-            defer { sources = [] }
-            return sources
-        }
-        for source in sources { source.cancel() }
-        for number in Self.forwarded { Foundation.signal(number, SIG_DFL) }
     }
 }
 

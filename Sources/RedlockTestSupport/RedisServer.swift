@@ -242,12 +242,9 @@ public func withRedisServers<Result>(
     _ body: ([RedisServer]) async throws -> Result
 ) async throws -> Result {
     let servers = try await RedisServer.start(count: count, persistence: persistence, arguments: arguments)
-    do {
-        let result = try await body(servers)
+    return try await withTeardown {
+        try await body(servers)
+    } teardown: {
         for server in servers { await server.terminate() }
-        return result
-    } catch {
-        for server in servers { await server.terminate() }
-        throw error
     }
 }

@@ -69,12 +69,6 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         try await send(PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel))
     }
 
-    /// Queues a command without waiting: its reply, or failure, is discarded. For clean-up that
-    /// must not hold the caller up, e.g. a release sent to a node that stopped answering.
-    public func sendAndForget(_ command: RedisCommand) {
-        core.enqueue(PendingCommand(command: command, withdrawOnCancel: false))
-    }
-
     func send(_ pending: PendingCommand) async throws -> RedisValue {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in

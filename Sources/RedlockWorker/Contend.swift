@@ -86,14 +86,11 @@ struct Contend: AsyncParsableCommand {
 
         let work = Task { await criticalSections(lock: lock, log: descriptor) }
         // SIGTERM ends the loop gracefully: the section in progress is finished and logged.
-        signal(SIGTERM, SIG_IGN)
-        let termination = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
-        termination.setEventHandler { work.cancel() }
-        termination.resume()
+        let termination = SignalHandlers([SIGTERM]) { _ in work.cancel() }
 
         say("ready pid=\(getpid())")
         let summary = await work.value
-        termination.cancel()
+        termination.stop()
         await client.shutdown()
         say("done \(summary)")
     }

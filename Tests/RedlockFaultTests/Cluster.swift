@@ -68,13 +68,10 @@ func withCluster<T>(
 ) async throws -> T {
     try await withRedisServers(count, persistence: persistence) { servers throws in
         let cluster = Cluster(servers: servers)
-        do {
-            let result = try await body(cluster)
+        return try await withTeardown {
+            try await body(cluster)
+        } teardown: {
             await cluster.tearDown()
-            return result
-        } catch {
-            await cluster.tearDown()
-            throw error
         }
     }
 }

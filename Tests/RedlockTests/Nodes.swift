@@ -10,15 +10,12 @@ func withLockNodes<T>(
 ) async throws -> T {
     try await withRedisServers(count) { servers throws in
         let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
-        do {
+        return try await withTeardown {
             // Connect every node first, so that short leases in tests measure the lock, not connects.
             for status in await client.checkNodes() { _ = try status.result.get() }
-            let result = try await body(client, servers)
+            return try await body(client, servers)
+        } teardown: {
             await client.shutdown()
-            return result
-        } catch {
-            await client.shutdown()
-            throw error
         }
     }
 }
