@@ -50,7 +50,7 @@ total() {
 }
 
 printf '%-26s %14s %14s %14s\n' workload "total($LOW)" "total($HIGH)" "instr/cycle"
-for workload in ${WORKLOADS:-floor floor+timer floor+budget floor+budget+shield floor+budget+shield+value cycle-plain cycle}; do
+for workload in ${WORKLOADS:-floor floor+tasks floor+tasks+budget cycle-plain cycle}; do
     low=$(total "$workload" "$LOW")
     high=$(total "$workload" "$HIGH")
     printf '%-26s %14s %14s %14s\n' "$workload" "$low" "$high" $(( (high - low) / (HIGH - LOW) ))

@@ -88,26 +88,23 @@ extension DistributedLock {
         let fencedCall = fencing
             ? RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
             : nil
+        var confirm: (@Sendable (Int, Vote) async -> Vote)?
+        if let restartGuard {
+            confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
+        }
         let start = ContinuousClock.now
+        // Sent even when the attempt is decided (or cancelled) before a node answers: once
+        // decided, a straggler's key is either part of the lease, released with it, or released
+        // by the clean-up below; it never outlives its expiry.
         var votes = await client.fanOut(
+            fencedCall?.command ?? command,
+            script: fencedCall?.script,
+            classify: fencing ? Vote.ofFencedAcquire : Vote.ofSetNX,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
-            returnWhenDecided: options.failFast
-        ) { index, node in
-            // Sent even when the attempt is decided (or cancelled) before this node answers: once
-            // decided, a straggler's key is either part of the lease, released with it, or
-            // released by the clean-up below; it never outlives its expiry.
-            let granted: Vote
-            if let fencedCall {
-                granted = await vote(of: node, classify: Vote.ofFencedAcquire) {
-                    try await node.evaluate(fencedCall, withdrawOnCancel: false)
-                }
-            } else {
-                granted = await vote(of: node, classify: Vote.ofSetNX) { try await node.send(command, withdrawOnCancel: false) }
-            }
-            guard let restartGuard, granted.isGranted else { return granted }
-            return await client.guarded(granted, node: index, restartGuard: restartGuard)
-        }
+            returnWhenDecided: options.failFast,
+            confirm: confirm
+        )
 
         var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?

@@ -16,11 +16,14 @@ public struct DistributedLock: Sendable {
     public let options: LockOptions
     /// The client whose nodes hold the lock.
     public let client: RedlockClient
+    /// Where a release is announced: the release channel with fast handoff, else empty.
+    let announcedOn: String
 
     init(name: String, options: LockOptions, client: RedlockClient) {
         self.name = name
         self.options = options
         self.client = client
+        announcedOn = options.fastHandoff ? Scripts.releaseChannel(name) : ""
     }
 
     /// Acquires the lock, retrying up to ``LockOptions/tries`` times. Between attempts it waits
@@ -52,14 +55,18 @@ public struct DistributedLock: Sendable {
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
-        let channel = options.fastHandoff ? Scripts.releaseChannel(name) : ""
-        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, channel])
-        let votes = await release(call, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: options.failFast)
+        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, announcedOn])
+        // A waiter in this process hears of the release as soon as the deletes are queued: the
+        // attempt it makes then is queued behind them on every connection, so each node runs
+        // the delete first. If the release fails, that attempt fails like any other. (The
+        // message published on the nodes carries the same value and counts once.)
+        let (releases, name, value) = (client.releases, name, lease.value)
+        let votes = await release(
+            call, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: options.failFast,
+            afterSending: options.fastHandoff ? { releases.announce(name, release: value.utf8) } : nil
+        )
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)
-            // Waiters in this process need not wait for the published message to come back (it
-            // counts once: it carries the same value).
-            if options.fastHandoff { client.releases.announce(name, release: Array(lease.value.utf8)) }
             return
         }
         let error = leaseError(votes, operation: "unlock")
@@ -119,12 +126,13 @@ public struct DistributedLock: Sendable {
         }
     }
 
-    /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget, in a task
-    /// that does not inherit the caller's cancellation: a release always runs to its end.
-    func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool) async -> [Vote?] {
-        await Task { [client, options] in
-            await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided)
-        }.value
+    /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to
+    /// the caller's cancellation: a release always runs to its end.
+    func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool, afterSending: (() -> Void)? = nil) async -> [Vote?] {
+        await client.fanOut(
+            call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false,
+            afterSending: afterSending
+        )
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {

@@ -3,58 +3,75 @@ import RedlockTransport
 extension RedlockClient {
     /// The one fan-out path that acquire, extend and release share.
     ///
-    /// Runs `operation` for each node in `order` concurrently and collects their votes until the
-    /// outcome is decided (with `returnWhenDecided`), every node answered, or `budget` ran out.
-    /// Nodes still silent then get `.unsettled` when the outcome was decided without them and
-    /// `.refused(.noAnswer)` when the budget ran out or the caller was cancelled; their calls are
-    /// cancelled, which withdraws commands not yet written unless the operation sends with
-    /// `withdrawOnCancel: false`. Nodes not in `order` get `nil`.
+    /// Sends `command` (with `script`, an `EVALSHA` that falls back to `EVAL`) to each node in
+    /// `order` at once, turns each reply into a vote with `classify`, and returns when every node
+    /// answered, the outcome is decided (with `returnWhenDecided`), `budget` ran out or — when
+    /// `cancellable` — the calling task was cancelled. Nodes still silent then get `.unsettled`
+    /// when the outcome was decided without them, `.refused(.noAnswer)` otherwise; nodes not in
+    /// `order` get `nil`. The command reaches every node either way: once sent, a lock command
+    /// is never withdrawn.
+    ///
+    /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
+    /// that check runs in a task of its own, bounded by the node's command timeout.
+    ///
+    /// `afterSending` runs once every command is queued on its connection, before any reply: a
+    /// command queued on these connections after that point reaches each node after this one.
     func fanOut(
+        _ command: RedisCommand,
+        script: RedisScript? = nil,
+        classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
         returnWhenDecided: Bool,
-        operation: @escaping @Sendable (_ index: Int, _ node: RedisConnection) async -> Vote
+        cancellable: Bool = true,
+        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
+        afterSending: (() -> Void)? = nil
     ) async -> [Vote?] {
-        var votes = [Vote?](repeating: nil, count: nodes.count)
-        var tally = Tally(nodeCount: nodes.count)
-        for _ in 0..<(nodes.count - order.count) { tally.record(granted: false) }
-        for index in order { votes[index] = .refused(.noAnswer) }
-
-        await withTaskGroup(of: (Int, Vote)?.self) { group in
+        let round = FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided)
+        let deadline = ContinuousClock.now + budget
+        let (nodes, logger, deadlines) = (nodes, logger, deadlines)
+        let start = { (continuation: UnsafeContinuation<[Vote?], Never>) in
+            round.install(continuation)
             for index in order {
                 let node = nodes[index]
-                group.addTask { (index, await operation(index, node)) }
-            }
-            group.addTask {
-                try? await Task.sleep(for: budget)
-                return nil
-            }
-            var answered = 0
-            while answered < order.count, let next = await group.next() {
-                guard let (index, vote) = next else { break }  // the budget ran out
-                answered += 1
-                votes[index] = vote
-                tally.record(granted: vote.isGranted)
-                if case let .refused(.error(error)) = vote {
-                    logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
-                }
-                if returnWhenDecided, tally.isDecided {
-                    for index in order where votes[index] == .refused(.noAnswer) { votes[index] = .unsettled }
-                    break
+                node.send(command, script: script) { result in
+                    let vote = Vote.of(result, endpoint: node.configuration.endpoint, classify: classify)
+                    if case let .refused(.error(error)) = vote {
+                        logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
+                    }
+                    if let confirm, vote.isGranted {
+                        Task { round.record(await confirm(index, vote), from: index) }
+                    } else {
+                        round.record(vote, from: index)
+                    }
                 }
             }
-            group.cancelAll()
+            afterSending?()
+            if !round.isFinished { deadlines.schedule(round, at: deadline) }
         }
-        return votes
+        guard cancellable else { return await withUnsafeContinuation(start) }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation(start)
+        } onCancel: {
+            round.expire()
+        }
     }
 
     /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
-    /// through ``fanOut(order:budget:returnWhenDecided:operation:)``. The call is sent even to
-    /// nodes left unsettled: extends and releases must reach every node they can.
-    func fanOut(_ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool) async -> [Vote?] {
-        await fanOut(order: order, budget: budget, returnWhenDecided: returnWhenDecided) { _, node in
-            await vote(of: node, classify: Vote.ofScript) { try await node.evaluate(call, withdrawOnCancel: false) }
-        }
+    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
+    func fanOut(
+        _ call: RedisScriptCall,
+        order: [Int],
+        budget: Duration,
+        returnWhenDecided: Bool,
+        cancellable: Bool = true,
+        afterSending: (() -> Void)? = nil
+    ) async -> [Vote?] {
+        await fanOut(
+            call.command, script: call.script, classify: Vote.ofScript,
+            order: order, budget: budget, returnWhenDecided: returnWhenDecided, cancellable: cancellable,
+            afterSending: afterSending
+        )
     }
 
     /// The node order for one fan-out: all nodes, shuffled when asked.
@@ -71,20 +88,19 @@ extension RedlockClient {
     }
 }
 
-/// Sends one command to a node and turns the reply, or the failure, into a vote.
-func vote(
-    of node: RedisConnection,
-    classify: (RedisValue, RedisEndpoint) -> Vote,
-    _ send: () async throws -> RedisValue
-) async -> Vote {
-    do {
-        return classify(try await send(), node.configuration.endpoint)
-    } catch {
-        return .refused(failure: error, endpoint: node.configuration.endpoint)
-    }
-}
-
 extension Vote {
+    /// The vote for one node's outcome: `classify` for a reply, else the node's error.
+    static func of(
+        _ result: Result<RedisValue, RedisError>,
+        endpoint: RedisEndpoint,
+        classify: (RedisValue, RedisEndpoint) -> Vote
+    ) -> Vote {
+        switch result {
+        case let .success(reply): classify(reply, endpoint)
+        case let .failure(error): .refused(failure: error, endpoint: endpoint)
+        }
+    }
+
     /// The vote of a node whose call failed: no answer when the caller was cancelled, else the
     /// node's error.
     static func refused(failure error: any Error, endpoint: RedisEndpoint) -> Vote {

@@ -28,8 +28,10 @@ public final class RedlockClient: Sendable {
     let logger: Logger
     let metrics: LockMetrics
     let uptimes: NodeUptimes
-    let releases = ReleaseBoard()
+    let releases: ReleaseBoard
     let gates = LocalGates()
+    /// Keeps the budget of every fan-out and the retry delay of every wait for a release.
+    let deadlines: DeadlineTimer
     private let ownsConnections: Bool
     private let subscribers = Mutex<SubscriberState>(SubscriberState())
 
@@ -84,6 +86,8 @@ public final class RedlockClient: Sendable {
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
         uptimes = NodeUptimes(nodeCount: nodes.count)
+        deadlines = DeadlineTimer()
+        releases = ReleaseBoard(timer: deadlines)
         ownsConnections = owning
     }
 
@@ -91,6 +95,7 @@ public final class RedlockClient: Sendable {
         // Without a shutdown() the subscriber threads would keep running; connections stop by
         // themselves when their last reference goes.
         for subscriber in subscribers.withLock({ $0.subscribers }) { subscriber.beginShutdown() }
+        deadlines.stop()
     }
 
     private static func validate(_ endpoints: [RedisEndpoint]) throws(RedlockError) {
@@ -114,6 +119,7 @@ public final class RedlockClient: Sendable {
     /// Closes the connections the client opened (and its subscriber connections) and stops their
     /// threads. Locks made from the client fail with node errors afterwards.
     public func shutdown() async {
+        deadlines.stop()
         let subscribers = subscribers.withLock { state in
             state.shutDown = true
             defer { state.subscribers = [] }

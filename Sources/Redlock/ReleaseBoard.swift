@@ -9,90 +9,124 @@ import Synchronization
 /// they keep their retry delay as the fallback. The same release heard from several nodes counts
 /// once.
 final class ReleaseBoard: Sendable {
-    private struct Waiter {
-        let id: Int
-        let continuation: CheckedContinuation<Void, Never>
-    }
-
     private struct Entry {
         var generation: UInt64 = 0
         var lastRelease: [UInt8] = []
-        var waiters: [Waiter] = []
+        /// Longest waiting first; may hold waiters that already ended (they remove themselves).
+        var waiters: [ReleaseWaiter] = []
     }
 
-    private struct State {
-        var entries: [String: Entry] = [:]
-        var nextWaiter = 0
-    }
+    private let entries = Mutex<[String: Entry]>([:])
+    /// Ends waits whose timeout passed.
+    private let timer: DeadlineTimer
 
-    private let state = Mutex(State())
+    init(timer: DeadlineTimer) {
+        self.timer = timer
+    }
 
     /// The number of releases of `name` heard so far.
     func generation(of name: String) -> UInt64 {
-        state.withLock { $0.entries[name]?.generation ?? 0 }
+        entries.withLock { $0[name]?.generation ?? 0 }
     }
 
     /// Starts keeping count of the releases of `name` (a no-op when already counting). Only
     /// watched names are counted, so a process that locks many names keeps nothing for them.
     func track(_ name: String) {
-        state.withLock { state in
-            if state.entries[name] == nil { state.entries[name] = Entry() }
+        entries.withLock { entries in
+            if entries[name] == nil { entries[name] = Entry() }
         }
     }
 
     /// Records the release `release` (the released lease's value) of a tracked `name` and wakes
     /// the longest-waiting waiter. Releases of names nobody tracks are ignored.
-    func announce(_ name: String, release: [UInt8]) {
-        let waiter: Waiter? = state.withLock { state in
-            guard var entry = state.entries[name] else { return nil }
-            guard entry.lastRelease != release || release.isEmpty else { return nil }
-            entry.lastRelease = release
+    func announce(_ name: String, release: some Collection<UInt8>) {
+        let woken: UnsafeContinuation<Void, Never>? = entries.withLock { entries in
+            guard var entry = entries[name] else { return nil }
+            guard !entry.lastRelease.elementsEqual(release) || release.isEmpty else { return nil }
+            entry.lastRelease = Array(release)
             entry.generation &+= 1
-            let first = entry.waiters.isEmpty ? nil : entry.waiters.removeFirst()
-            state.entries[name] = entry
-            return first
+            // Waiters that timed out are skipped: the release goes to one that still waits.
+            var woken: UnsafeContinuation<Void, Never>?
+            while woken == nil, !entry.waiters.isEmpty {
+                woken = entry.waiters.removeFirst().claim()
+            }
+            entries[name] = entry
+            return woken
         }
-        waiter?.continuation.resume()
+        woken?.resume()
     }
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
     /// woken), `timeout` passes, or the task is cancelled, whichever comes first.
+    ///
+    /// The waiting task is resumed directly by whichever comes first, with no task of its own
+    /// for the timeout.
     func wait(for name: String, after generation: UInt64, timeout: Duration) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: timeout) }
-            group.addTask { await self.release(of: name, after: generation) }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
-    private func release(of name: String, after generation: UInt64) async {
-        let id = state.withLock { state in
-            defer { state.nextWaiter += 1 }
-            return state.nextWaiter
-        }
+        let waiter = ReleaseWaiter()
+        let deadline = ContinuousClock.now + timeout
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state in
-                    if Task.isCancelled { return true }
-                    guard let entry = state.entries[name], entry.generation == generation else { return true }
-                    state.entries[name]?.waiters.append(Waiter(id: id, continuation: continuation))
-                    return false
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                waiter.install(continuation)
+                let waiting = entries.withLock { entries in
+                    guard entries[name]?.generation == generation else { return false }
+                    entries[name]?.waiters.append(waiter)
+                    return true
                 }
-                if resumeNow { continuation.resume() }
+                if waiting { timer.schedule(waiter, at: deadline) } else { waiter.expire() }
             }
         } onCancel: {
-            let waiter = state.withLock { state -> Waiter? in
-                guard let index = state.entries[name]?.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return state.entries[name]?.waiters.remove(at: index)
-            }
-            waiter?.continuation.resume()
+            waiter.expire()
+        }
+        entries.withLock { entries in
+            entries[name]?.waiters.removeAll { $0 === waiter }
         }
     }
 
     /// Drops what is known of `name` once nobody listens for it (waiters still waiting are woken).
     func forget(_ name: String) {
-        let waiters = state.withLock { state in state.entries.removeValue(forKey: name)?.waiters ?? [] }
-        for waiter in waiters { waiter.continuation.resume() }
+        let woken = entries.withLock { entries in
+            (entries.removeValue(forKey: name)?.waiters ?? []).compactMap { $0.claim() }
+        }
+        for continuation in woken { continuation.resume() }
+    }
+}
+
+/// One `lock()` waiting for a release: resumed exactly once, by the release, its timeout or
+/// its cancellation, whichever claims it first.
+final class ReleaseWaiter: Expiring {
+    private struct State {
+        var continuation: UnsafeContinuation<Void, Never>?
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+    private let finishedFlag = Atomic<Bool>(false)
+
+    var isFinished: Bool { finishedFlag.load(ordering: .acquiring) }
+
+    /// Hands over the waiting task's continuation; resumes it at once when already ended.
+    func install(_ continuation: UnsafeContinuation<Void, Never>) {
+        let endedEarly = state.withLock { state in
+            if state.finished { return true }
+            state.continuation = continuation
+            return false
+        }
+        if endedEarly { continuation.resume() }
+    }
+
+    /// Ends the wait; returns the continuation to resume (outside any lock), or nil when the wait
+    /// had already ended or its continuation is not installed yet (then ``install(_:)`` resumes it).
+    func claim() -> UnsafeContinuation<Void, Never>? {
+        state.withLock { state in
+            guard !state.finished else { return nil }
+            state.finished = true
+            finishedFlag.store(true, ordering: .releasing)
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+    }
+
+    func expire() {
+        claim()?.resume()
     }
 }

@@ -20,8 +20,9 @@ struct Bench: AsyncParsableCommand {
         Starts its own local redis-server nodes (or uses --nodes) and measures, each for \
         --duration:
           floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
-        nodes concurrently (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
+        nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
+          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed)
           parallel      64 tasks on independent names, N = 5
           contended     8 tasks on one name, each holding it 1 ms; latencies are handoffs, from \
         one holder's release to the next holder's acquire
@@ -159,6 +160,7 @@ struct BenchSettings: Sendable {
                 ]
                 if size == count {
                     workloads.append([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-polling:\(size)", options: polling)])
+                    workloads.append([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")])
                 }
                 let measured = workloads
                 return try await watchdog("floor and cycle on \(size) nodes", expected: duration * measured.count) {
@@ -174,6 +176,13 @@ struct BenchSettings: Sendable {
                     scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: results[index + 1],
                     ratioToFloor: ratio(results[index + 1].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
                     note: variant == "polling" ? "fastHandoff off: no release subscription per lock()" : ""
+                ))
+            }
+            if results.count > 3 {
+                rows.append(BenchRow(
+                    scenario: "acquire", nodes: size, concurrency: 1, measurement: results[3],
+                    ratioToFloor: ratio(results[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
+                    note: "uncontended lock() alone (the unlock after it is not timed)"
                 ))
             }
         }
@@ -345,7 +354,7 @@ struct BenchSettings: Sendable {
 
     /// Floors first, then the library rows, in the order of the scenarios.
     private func ordered(_ rows: [BenchRow]) -> [BenchRow] {
-        let scenarios = ["floor", "cycle", "parallel", "contended", "stopped-node"]
+        let scenarios = ["floor", "cycle", "acquire", "parallel", "contended", "stopped-node"]
         return rows.enumerated().sorted { left, right in
             let l = (scenarios.firstIndex(of: left.element.scenario) ?? 99, left.element.concurrency, left.element.nodes, left.offset)
             let r = (scenarios.firstIndex(of: right.element.scenario) ?? 99, right.element.concurrency, right.element.nodes, right.offset)

@@ -1,7 +1,8 @@
 import Histogram
 
-/// One measured operation of a scenario: a lock+unlock cycle, a raw fan-out, …
-typealias BenchOperation = @Sendable () async throws -> Void
+/// One measured operation of a scenario: a lock+unlock cycle, a raw fan-out, … It returns the
+/// latency to record when only part of it is measured, or nil to record the whole operation.
+typealias BenchOperation = @Sendable () async throws -> Duration?
 
 /// What one scenario measured: per-operation latencies, how many operations completed, how many
 /// failed, and the wall time they took.
@@ -114,9 +115,9 @@ enum BenchRunner {
         while now < deadline, !Task.isCancelled {
             let begin = now
             do {
-                try await operation()
+                let measured = try await operation()
                 now = .now
-                measurement.record(begin.duration(to: now))
+                measurement.record(measured ?? begin.duration(to: now))
             } catch {
                 now = .now
                 if !Task.isCancelled { measurement.recordError(error) }

@@ -106,11 +106,15 @@ struct BenchMachine: Sendable {
     }
 }
 
-/// The three targets a run is judged by.
+/// The targets a run is judged by.
 struct BenchTargets: Sendable {
     var overhead: (ratio: Double, cycle: Double, floor: Double)?
     var stoppedNode: (ratio: Double, stopped: Double, healthy: Double)?
     var parallel: (ratio: Double, cycles: Double, floor: Double)?
+    /// The contended median handoff against the uncontended acquire.
+    var handoff: (ratio: Double, handoff: Double, acquire: Double)?
+    /// Contended acquisitions per second with fast handoff against polling alone.
+    var handoffRate: (ratio: Double, fast: Double, polling: Double)?
     /// The overhead and parallel ratios of the `polling` variant (fast handoff off).
     var pollingOverhead: Double?
     var pollingParallel: Double?
@@ -132,6 +136,17 @@ struct BenchTargets: Sendable {
         }
         if let polling = rows.first(where: { $0.scenario == "parallel" && $0.variant == "polling" }) {
             pollingParallel = polling.ratioToFloor
+        }
+        if let contended = rows.first(where: { $0.scenario == "contended" && $0.variant == "default" }) {
+            if let handoff = contended.p50, let acquire = row("acquire", nodes: contended.nodes)?.p50, acquire > 0 {
+                self.handoff = (handoff / acquire, handoff, acquire)
+            }
+            if let fast = contended.operationsPerSecond,
+               let polling = row("contended", nodes: contended.nodes, concurrency: contended.concurrency, variant: "polling")?.operationsPerSecond,
+               polling > 0
+            {
+                handoffRate = (fast / polling, fast, polling)
+            }
         }
         if let parallel = rows.first(where: { $0.scenario == "parallel" && $0.variant == "default" }),
            let cycles = parallel.operationsPerSecond,
@@ -186,6 +201,12 @@ enum BenchReport {
         }
         if let parallel = targets.parallel {
             lines.append(verdict(parallel.ratio >= 0.7, String(format: "64 tasks, independent names: %.0f cycles/s = %.2f × floor %.0f/s (target ≥ 0.7)", parallel.cycles, parallel.ratio, parallel.floor)))
+        }
+        if let handoff = targets.handoff {
+            lines.append(verdict(handoff.ratio <= 3, String(format: "contended handoff: median %@ = %.2f × uncontended acquire p50 %@ (target ≤ 3)", microseconds(handoff.handoff), handoff.ratio, microseconds(handoff.acquire))))
+        }
+        if let rate = targets.handoffRate {
+            lines.append(verdict(rate.ratio >= 20, String(format: "contended rate: %.0f acquisitions/s with fast handoff = %.1f × %.0f/s polling alone (target ≥ 20)", rate.fast, rate.ratio, rate.polling)))
         }
 
         if targets.pollingOverhead != nil || targets.pollingParallel != nil {

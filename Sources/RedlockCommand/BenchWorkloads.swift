@@ -6,41 +6,15 @@ import Synchronization
 
 /// The workloads `redlock bench` measures.
 enum BenchWorkloads {
-    /// Compare-and-delete, as the lock's release does it.
-    static let releaseScript = RawFloor.releaseScript
-
     /// The raw floor: one `SET name value NX PX 8000` to every node concurrently, then one
     /// compare-and-delete script to every node concurrently, straight on the transport's
-    /// connections, waiting for every reply. No quorum, no validity, no retry: only the wire work
-    /// a lock+unlock cycle cannot avoid. The command is built once per worker.
+    /// connections with no task per node, waiting for every reply. No quorum, no validity, no
+    /// retry: only the wire work a lock+unlock cycle cannot avoid (``RawFloor/cycle(nodes:name:value:expiry:)``).
     static func floor(nodes: [RedisConnection], name: String, value: String) -> BenchOperation {
-        let set = RedisCommand("SET", name, value, "NX", "PX", "8000")
+        let cycle = RawFloor.cycle(nodes: nodes, name: name, value: value)
         return {
-            try await fanOut(nodes) { node in
-                let reply = try await node.send(set)
-                guard reply == .simpleString("OK") else { throw BenchFailure("floor: SET NX on \(node) returned \(reply)") }
-            }
-            try await fanOut(nodes) { node in
-                let reply = try await node.evaluate(releaseScript, keys: [name], arguments: [value], withdrawOnCancel: false)
-                guard reply == .integer(1) else { throw BenchFailure("floor: release on \(node) returned \(reply)") }
-            }
-        }
-    }
-
-    /// Runs `body` on every node concurrently and waits for all of them (directly for one node).
-    private static func fanOut(
-        _ nodes: [RedisConnection],
-        _ body: @escaping @Sendable (RedisConnection) async throws -> Void
-    ) async throws {
-        if nodes.count == 1, let node = nodes.first {
-            try await body(node)
-            return
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for node in nodes {
-                group.addTask { try await body(node) }
-            }
-            try await group.waitForAll()
+            try await cycle()
+            return nil
         }
     }
 
@@ -51,6 +25,19 @@ enum BenchWorkloads {
         return {
             let lease = try await lock.lock()
             try await lock.unlock(lease)
+            return nil
+        }
+    }
+
+    /// An uncontended `lock()` on its own: the unlock after it is not measured.
+    static func acquire(client: RedlockClient, name: String) throws -> BenchOperation {
+        let lock = try client.makeLock(name)
+        return {
+            let start = ContinuousClock.now
+            let lease = try await lock.lock()
+            let acquired = start.duration(to: .now)
+            try await lock.unlock(lease)
+            return acquired
         }
     }
 }

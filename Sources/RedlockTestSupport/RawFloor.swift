@@ -1,4 +1,5 @@
 import RedlockTransport
+import Synchronization
 
 /// What a lock+unlock cycle cannot avoid sending, for benchmarks to measure the library
 /// against: `SET NX PX` and a compare-and-delete, with nothing of the algorithm around them.
@@ -17,4 +18,84 @@ public enum RawFloor {
         return 0
         """
     )
+
+    /// The floor of one cycle on `nodes` for the key `name`: `SET name value NX PX expiry` to
+    /// every node at once, waiting for every reply, then the compare-and-delete to every node at
+    /// once, waiting for every reply. The commands are built once. The sends are the transport's
+    /// cheapest: no task per node, the replies counted by handlers as they arrive. Throws when a
+    /// node does not answer `OK` then `1`.
+    public static func cycle(nodes: [RedisConnection], name: String, value: String, expiry: Duration = .seconds(8)) -> @Sendable () async throws -> Void {
+        let milliseconds = String(expiry.wholeNanoseconds / 1_000_000)
+        let set = RedisCommand("SET", name, value, "NX", "PX", milliseconds)
+        let release = RedisScriptCall(releaseScript, keys: [name], arguments: [value])
+        return {
+            try await fanOut(nodes, set, script: nil, expecting: .simpleString("OK"), what: "SET NX")
+            try await fanOut(nodes, release.command, script: release.script, expecting: .integer(1), what: "release")
+        }
+    }
+
+    /// Sends `command` to every node at once and returns when all answered.
+    static func fanOut(
+        _ nodes: [RedisConnection],
+        _ command: RedisCommand,
+        script: RedisScript?,
+        expecting expected: RedisValue,
+        what: String
+    ) async throws {
+        let replies = Replies(expected: nodes.count)
+        try await withUnsafeThrowingContinuation { continuation in
+            replies.install(continuation)
+            for node in nodes {
+                node.send(command, script: script) { result in
+                    switch result {
+                    case let .success(reply) where reply == expected: replies.answered(failure: nil)
+                    case let .success(reply): replies.answered(failure: FloorError("\(what) on \(node) returned \(reply)"))
+                    case let .failure(error): replies.answered(failure: error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the replies of one fan-out and resumes its caller once, after the last.
+    private final class Replies: Sendable {
+        private struct State {
+            var remaining: Int
+            var failure: (any Error)?
+            var continuation: UnsafeContinuation<Void, any Error>?
+        }
+
+        private let state: Mutex<State>
+
+        init(expected: Int) {
+            state = Mutex(State(remaining: expected))
+        }
+
+        /// Installed before any command is sent, so the last reply always finds it.
+        func install(_ continuation: UnsafeContinuation<Void, any Error>) {
+            let done = state.withLock { state in
+                state.continuation = continuation
+                return state.remaining == 0
+            }
+            if done { continuation.resume() }
+        }
+
+        func answered(failure: (any Error)?) {
+            let resume = state.withLock { state -> (UnsafeContinuation<Void, any Error>, (any Error)?)? in
+                state.remaining -= 1
+                if state.failure == nil { state.failure = failure }
+                guard state.remaining == 0, let continuation = state.continuation else { return nil }
+                state.continuation = nil
+                return (continuation, state.failure)
+            }
+            guard let (continuation, failure) = resume else { return }
+            if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+        }
+    }
+}
+
+/// A floor command that got an unexpected reply.
+public struct FloorError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

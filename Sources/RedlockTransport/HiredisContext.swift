@@ -101,8 +101,9 @@ final class HiredisContext {
     /// Formats a command into the output buffer (nothing is written to the socket yet).
     func append(_ command: RedisCommand) -> Bool {
         guard let handle else { return false }
-        let status = command.withArgv { argc, argv, lengths in
-            redisAppendCommandArgv(handle, argc, argv, lengths)
+        let status = command.withWireBytes { wire -> Int32 in
+            guard let base = wire.baseAddress else { return REDIS_ERR }
+            return redisAppendFormattedCommand(handle, base, wire.count)
         }
         return status == REDIS_OK
     }

@@ -1,12 +1,23 @@
 import Synchronization
 
+/// What a caller that does not suspend gets for a command: its outcome, exactly once.
+///
+/// Called on the connection's I/O thread (or on the caller's thread when the connection rejects
+/// the command at once), so it must be quick and must not block.
+package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
+
 /// One command waiting for its reply: completed exactly once, by the reply, an error or
 /// the caller's cancellation, whichever comes first. The state machine below resumes the
-/// continuation exactly once, which is why an unchecked continuation is enough.
+/// continuation (or calls the handler) exactly once, which is why an unchecked continuation is
+/// enough.
 final class PendingCommand: Sendable {
     private enum State {
+        /// Sent by a suspending caller whose continuation is not installed yet.
         case queued
         case waiting(UnsafeContinuation<RedisValue, any Error>)
+        /// Sent by a caller that does not suspend: the handler takes the outcome.
+        case handled(RedisReplyHandler)
+        /// Completed before the continuation was installed.
         case completed(Result<RedisValue, RedisError>)
         case delivered
     }
@@ -16,12 +27,22 @@ final class PendingCommand: Sendable {
     let script: RedisScript?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
-    private let state = Mutex(State.queued)
+    private let state: Mutex<State>
 
+    /// A command for a caller that will install its continuation.
     init(command: RedisCommand, script: RedisScript? = nil, withdrawOnCancel: Bool) {
         self.command = command
         self.script = script
         self.withdrawOnCancel = withdrawOnCancel
+        state = Mutex(.queued)
+    }
+
+    /// A command whose outcome goes to `handler`; it is always sent.
+    init(command: RedisCommand, script: RedisScript?, handler: @escaping RedisReplyHandler) {
+        self.command = command
+        self.script = script
+        withdrawOnCancel = false
+        state = Mutex(.handled(handler))
     }
 
     /// Hands over the caller's continuation; resumes it at once if the outcome is already known.
@@ -34,8 +55,8 @@ final class PendingCommand: Sendable {
             case let .completed(result):
                 state = .delivered
                 return result
-            case .waiting, .delivered:
-                preconditionFailure("a continuation was installed twice")
+            case .waiting, .handled, .delivered:
+                preconditionFailure("a continuation was installed twice or on a handled command")
             }
         }
         if let early { continuation.resume(with: early.mapError { $0 as any Error }) }
@@ -43,19 +64,31 @@ final class PendingCommand: Sendable {
 
     /// Completes the command; later completions are ignored.
     func complete(_ result: Result<RedisValue, RedisError>) {
-        let continuation: UnsafeContinuation<RedisValue, any Error>? = state.withLock { state in
+        enum Delivery {
+            case none
+            case resume(UnsafeContinuation<RedisValue, any Error>)
+            case call(RedisReplyHandler)
+        }
+        let delivery: Delivery = state.withLock { state in
             switch state {
             case .queued:
                 state = .completed(result)
-                return nil
+                return .none
             case let .waiting(continuation):
                 state = .delivered
-                return continuation
+                return .resume(continuation)
+            case let .handled(handler):
+                state = .delivered
+                return .call(handler)
             case .completed, .delivered:
-                return nil
+                return .none
             }
         }
-        continuation?.resume(with: result.mapError { $0 as any Error })
+        switch delivery {
+        case .none: break
+        case let .resume(continuation): continuation.resume(with: result.mapError { $0 as any Error })
+        case let .call(handler): handler(result)
+        }
     }
 
     /// The `EVAL` that replaces this `EVALSHA` after a `NOSCRIPT` reply.
@@ -68,7 +101,7 @@ final class PendingCommand: Sendable {
         guard withdrawOnCancel else { return true }
         return state.withLock { state in
             switch state {
-            case .queued, .waiting: true
+            case .queued, .waiting, .handled: true
             case .completed, .delivered: false
             }
         }

@@ -1,21 +1,24 @@
-/// One Redis command: its arguments packed into a single byte buffer.
+/// One Redis command, kept in its wire form: each argument already framed as a RESP bulk string.
 ///
-/// Building a command costs two allocations however many arguments it has, and the same
-/// command value can be sent to many nodes without copying.
+/// Building a command costs two allocations however many arguments it has; sending it copies
+/// its bytes once into the connection's output buffer, with no formatting per send, so the same
+/// command value goes to many nodes for the price of a copy each.
 public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
-    private(set) var bytes: [UInt8]
+    /// `$<length>\r\n<argument>\r\n` for every argument, back to back.
+    private(set) var body: [UInt8]
+    /// Where each argument's frame ends in `body`.
     private(set) var ends: [Int]
 
     /// Creates an empty command; append its name and arguments.
     public init() {
-        bytes = []
+        body = []
         ends = []
     }
 
     /// Reserves room for `arguments` arguments of `bytes` bytes in all.
     public mutating func reserve(arguments: Int, bytes byteCount: Int) {
         ends.reserveCapacity(arguments)
-        bytes.reserveCapacity(byteCount)
+        body.reserveCapacity(byteCount + arguments * 8)
     }
 
     /// Creates a command from its name and arguments, e.g. `RedisCommand("SET", key, value)`.
@@ -25,23 +28,25 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
 
     /// Creates a command from its name and arguments.
     public init(_ arguments: [String]) {
-        bytes = []
+        body = []
         ends = []
-        bytes.reserveCapacity(arguments.reduce(0) { $0 + $1.utf8.count })
-        ends.reserveCapacity(arguments.count)
+        reserve(arguments: arguments.count, bytes: arguments.reduce(0) { $0 + $1.utf8.count })
         for argument in arguments { append(argument) }
     }
 
     /// Appends a text argument (sent as its UTF-8 bytes).
     public mutating func append(_ argument: String) {
-        bytes.append(contentsOf: argument.utf8)
-        ends.append(bytes.count)
+        let utf8 = argument.utf8
+        appendFrameHeader(length: utf8.count)
+        body.append(contentsOf: utf8)
+        appendFrameEnd()
     }
 
     /// Appends a binary argument.
-    public mutating func append(bytes argument: some Sequence<UInt8>) {
-        bytes.append(contentsOf: argument)
-        ends.append(bytes.count)
+    public mutating func append(bytes argument: some Collection<UInt8>) {
+        appendFrameHeader(length: argument.count)
+        body.append(contentsOf: argument)
+        appendFrameEnd()
     }
 
     /// Appends an integer argument in decimal.
@@ -49,13 +54,28 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         append(String(argument))
     }
 
+    /// `$<length>\r\n`.
+    private mutating func appendFrameHeader(length: Int) {
+        body.append(UInt8(ascii: "$"))
+        appendDecimal(length, to: &body)
+        body.append(13)
+        body.append(10)
+    }
+
+    private mutating func appendFrameEnd() {
+        body.append(13)
+        body.append(10)
+        ends.append(body.count)
+    }
+
     /// The command with its first `count` arguments replaced by `replacements`.
     func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
         var result = RedisCommand(replacements)
         let start = count > 0 && count <= ends.count ? ends[count - 1] : 0
+        result.body.append(contentsOf: body[start...])
         var previous = start
         for end in ends.dropFirst(count) {
-            result.append(bytes: bytes[previous..<end])
+            result.ends.append(result.ends.last.map { $0 + end - previous } ?? end - previous)
             previous = end
         }
         return result
@@ -69,7 +89,10 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         var start = 0
         return ends.map { end in
             defer { start = end }
-            return bytes[start..<end]
+            // Skip `$<digits>\r\n`; drop the closing `\r\n`.
+            var payloadStart = start
+            while payloadStart < end, body[payloadStart] != 10 { payloadStart += 1 }
+            return body[(payloadStart + 1)..<(end - 2)]
         }
     }
 
@@ -79,35 +102,45 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         return "\(String(decoding: first, as: UTF8.self)) (\(count - 1) arguments)"
     }
 
-    /// Calls `body` with C views of the arguments: count, argv and argv lengths, valid only inside.
-    func withArgv<Result>(
-        _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Result
-    ) -> Result? {
-        let count = ends.count
-        guard count > 0, let argc = Int32(exactly: count) else { return nil }
-        return bytes.withUnsafeBufferPointer { buffer in
-            buffer.withMemoryRebound(to: CChar.self) { chars -> Result? in
-                // An empty buffer (every argument empty) may have no base address; use a dummy.
-                let fallback: CChar = 0
-                return withUnsafePointer(to: fallback) { dummy in
-                    let base = chars.baseAddress ?? dummy
-                    return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: count) { argv in
-                        withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths -> Result? in
-                            guard let argvBase = argv.baseAddress, let lengthsBase = lengths.baseAddress else {
-                                return nil
-                            }
-                            var start = 0
-                            for index in 0..<count {
-                                let end = ends[index]
-                                argv.initializeElement(at: index, to: base + start)
-                                lengths.initializeElement(at: index, to: end - start)
-                                start = end
-                            }
-                            return body(argc, argvBase, lengthsBase)
-                        }
-                    }
-                }
-            }
+    /// Calls `use` with the whole command in RESP (`*<count>\r\n` and the framed arguments),
+    /// valid only inside; nil for a command without arguments.
+    func withWireBytes<Result>(_ use: (UnsafeBufferPointer<CChar>) -> Result) -> Result? {
+        guard !ends.isEmpty else { return nil }
+        var digits = 1
+        var scale = 10
+        while ends.count >= scale {
+            digits += 1
+            scale *= 10
         }
+        let headerCount = 1 + digits + 2
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount + body.count) { buffer in
+            buffer[0] = UInt8(ascii: "*")
+            var rest = ends.count
+            for position in stride(from: digits, through: 1, by: -1) {
+                buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            buffer[digits + 1] = 13
+            buffer[digits + 2] = 10
+            _ = UnsafeMutableBufferPointer(rebasing: buffer[headerCount...]).initialize(fromContentsOf: body)
+            return buffer.withMemoryRebound(to: CChar.self) { use(UnsafeBufferPointer($0)) }
+        }
+    }
+}
+
+/// Appends `value` (≥ 0) in decimal ASCII.
+private func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
+    precondition(value >= 0, "a RESP length is never negative")
+    if value < 10 {
+        bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value))
+        return
+    }
+    var scale = 10
+    while value / scale >= 10 { scale *= 10 }
+    var rest = value
+    while scale > 0 {
+        bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest / scale))
+        rest %= scale
+        scale /= 10
     }
 }

@@ -69,6 +69,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         try await send(PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel))
     }
 
+    /// Queues a command without suspending; `handler` gets its outcome exactly once (see
+    /// ``RedisReplyHandler``). The command is always sent. With `script`, the command is that
+    /// script's `EVALSHA` and a `NOSCRIPT` reply sends `EVAL` in its place.
+    package func send(_ command: RedisCommand, script: RedisScript? = nil, handler: @escaping RedisReplyHandler) {
+        core.enqueue(PendingCommand(command: command, script: script, handler: handler))
+    }
+
     func send(_ pending: PendingCommand) async throws -> RedisValue {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in

@@ -58,6 +58,6 @@ extension RedisConnection {
 
     /// Queues a script call (with the same `NOSCRIPT` fallback) without waiting for its reply.
     public func evaluateAndForget(_ call: RedisScriptCall) {
-        core.enqueue(PendingCommand(command: call.command, script: call.script, withdrawOnCancel: false))
+        send(call.command, script: call.script) { _ in }
     }
 }

@@ -5,7 +5,7 @@ import Testing
 struct ReleaseBoardTests {
     @Test("only watched names are counted, and one release heard from several nodes counts once")
     func counting() {
-        let board = ReleaseBoard()
+        let board = ReleaseBoard(timer: DeadlineTimer())
         board.announce("unwatched", release: Array("v1".utf8))
         #expect(board.generation(of: "unwatched") == 0)
 
@@ -24,7 +24,9 @@ struct ReleaseBoardTests {
 
     @Test("a waiter returns at once for a release it missed, and at its timeout without one")
     func waiting() async {
-        let board = ReleaseBoard()
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
         board.track("name")
         board.announce("name", release: Array("v1".utf8))
         let started = ContinuousClock.now

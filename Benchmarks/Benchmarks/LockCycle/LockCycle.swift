@@ -10,8 +10,8 @@ import Synchronization
 // once) sent straight on the transport. One benchmark iteration is one cycle, so the malloc
 // counts are allocations per cycle — of the whole process, the I/O threads included.
 //
-// Then, on 5 nodes, the attribution ladder (see CycleWorkload): the floor with the library's
-// constructs added one at a time, and the library with fastHandoff off.
+// Then, on 5 nodes, the ladder (see CycleWorkload): the floor fanned out with a task per node,
+// then also with a budget child task, and the library with fastHandoff off.
 //
 // Run with `swift package --disable-sandbox benchmark` from this directory. `instructions` needs
 // perf events; where the kernel offers none the row is left out (count with
@@ -30,7 +30,7 @@ let benchmarks: @Sendable () -> Void = {
         register("floor N=\(nodeCount)", .floor, nodeCount: nodeCount)
         register("cycle N=\(nodeCount)", .cycle, nodeCount: nodeCount)
     }
-    for workload in [CycleWorkload.floorTimer, .floorBudget, .floorBudgetShield, .floorBudgetShieldValue, .cyclePlain] {
+    for workload in [CycleWorkload.floorTasks, .floorTasksBudget, .cyclePlain] {
         register("ladder N=5 \(workload.rawValue)", workload, nodeCount: 5)
     }
 }

@@ -1,6 +1,6 @@
 // A fixed number of cycles for instruction counting under callgrind, where wall time means
 // nothing: `CycleProfile WORKLOAD ITERATIONS PORT...` against redis-server nodes already
-// listening on 127.0.0.1:PORT; WORKLOAD is a CycleWorkload name (floor, floor+budget, …,
+// listening on 127.0.0.1:PORT; WORKLOAD is a CycleWorkload name (floor, floor+tasks, …,
 // cycle-plain, cycle). Run it twice with different ITERATIONS and divide the difference of the
 // totals by the difference of the iterations: instructions per cycle, start-up and connects
 // cancelled out. profile.sh does all of that.
