@@ -15,11 +15,15 @@ protocol Expiring: AnyObject, Sendable {
 /// Ends waits whose time is up, on one thread per client: the budget of every fan-out and the
 /// retry delay of every `lock()` waiting for a release, without a task or a timer per wait.
 ///
-/// A min-heap of deadlines. Finished waits are not removed eagerly: each ``schedule(_:at:)``
-/// first drops finished waits from the top, so the heap holds about the waits started since the
-/// oldest one still running. The thread sleeps until the earliest deadline and is signalled only
-/// when a new deadline is earlier than the one it sleeps toward; fan-outs of one lock share a
-/// budget, so their deadlines arrive in order and signals are rare.
+/// Waits scheduled with ``schedule(_:after:)`` go to a lane of their own timeout, a FIFO in
+/// which deadlines only grow (each is computed under the lock): fan-outs of one lock share a
+/// budget, so each is an append, and the finished ones at the front are dropped in passing.
+/// A few lanes exist at a time; other waits, and those of ``schedule(_:at:)``, go to a min-heap.
+/// Finished waits are not removed eagerly: each schedule first drops the finished waits at
+/// the front, so the timer holds about the waits started since the oldest one still running.
+///
+/// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
+/// earlier than the one it sleeps toward, which for a lane's appends never happens.
 ///
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.
@@ -29,8 +33,38 @@ final class DeadlineTimer: Sendable {
         let waiter: any Expiring
     }
 
+    /// Waits of one timeout, in the order of their deadlines.
+    private struct Lane {
+        let timeout: Duration
+        var entries: [Entry] = []
+        /// Entries before it are gone (finished or expired).
+        var head = 0
+
+        var first: Entry? { head < entries.count ? entries[head] : nil }
+        var count: Int { entries.count - head }
+
+        mutating func removeFirst() {
+            head += 1
+            if head == entries.count {
+                entries.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= 64, head * 2 >= entries.count {
+                entries.removeFirst(head)
+                head = 0
+            }
+        }
+
+        mutating func dropFinishedAtFront() {
+            while let first, first.waiter.isFinished { removeFirst() }
+        }
+    }
+
+    /// At most this many lanes at once; further timeouts use the heap.
+    private static let maximumLanes = 4
+
     private struct State {
         var heap: [Entry] = []
+        var lanes: [Lane] = []
         var threadRunning = false
         var stopped = false
         /// Whether the thread sleeps (or is about to), and until when; nil: until signalled.
@@ -69,6 +103,15 @@ final class DeadlineTimer: Sendable {
         mutating func dropFinishedOnTop() {
             while let top = heap.first, top.waiter.isFinished { _ = popMin() }
         }
+
+        /// The earliest deadline held, finished waits included.
+        var earliest: ContinuousClock.Instant? {
+            var earliest = heap.first?.deadline
+            for lane in lanes {
+                if let first = lane.first, earliest.map({ first.deadline < $0 }) ?? true { earliest = first.deadline }
+            }
+            return earliest
+        }
     }
 
     private let state = Mutex(State())
@@ -77,18 +120,46 @@ final class DeadlineTimer: Sendable {
 
     /// Expires `waiter` at `deadline` unless it finished before.
     func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant) {
-        enum Action { case none, signal, start }
-        let action: Action = state.withLock { state in
+        let action = state.withLock { state in
             state.dropFinishedOnTop()
             state.push(Entry(deadline: deadline, waiter: waiter))
-            if !state.threadRunning {
-                state.threadRunning = true
-                return .start
-            }
-            guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return .none }
-            state.wakeAt = deadline
-            return .signal
+            return Self.action(after: deadline, in: &state)
         }
+        perform(action)
+    }
+
+    /// Expires `waiter` once `timeout` has passed from now, unless it finished before.
+    func schedule(_ waiter: any Expiring, after timeout: Duration) {
+        let action = state.withLock { state in
+            let deadline = ContinuousClock.now + timeout
+            if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
+                state.lanes[index].dropFinishedAtFront()
+                state.lanes[index].entries.append(Entry(deadline: deadline, waiter: waiter))
+            } else if state.lanes.count < Self.maximumLanes {
+                state.lanes.append(Lane(timeout: timeout, entries: [Entry(deadline: deadline, waiter: waiter)]))
+            } else {
+                state.dropFinishedOnTop()
+                state.push(Entry(deadline: deadline, waiter: waiter))
+            }
+            return Self.action(after: deadline, in: &state)
+        }
+        perform(action)
+    }
+
+    private enum Action { case none, signal, start }
+
+    /// What the thread needs after a wait with `deadline` was added.
+    private static func action(after deadline: ContinuousClock.Instant, in state: inout State) -> Action {
+        if !state.threadRunning {
+            state.threadRunning = true
+            return .start
+        }
+        guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return .none }
+        state.wakeAt = deadline
+        return .signal
+    }
+
+    private func perform(_ action: Action) {
         switch action {
         case .none: break
         case .signal: wakeup.signal()
@@ -109,8 +180,8 @@ final class DeadlineTimer: Sendable {
         if wake { wakeup.signal() }
     }
 
-    /// How many waits the heap holds, finished ones included (for tests).
-    var count: Int { state.withLock { $0.heap.count } }
+    /// How many waits the timer holds, finished ones included (for tests).
+    var count: Int { state.withLock { state in state.lanes.reduce(state.heap.count) { $0 + $1.count } } }
 
     /// Whether the thread is running (for tests).
     var isRunning: Bool { state.withLock { $0.threadRunning } }
@@ -125,10 +196,17 @@ final class DeadlineTimer: Sendable {
                 while let top = state.heap.first, top.waiter.isFinished || top.deadline <= now {
                     if let entry = state.popMin(), !entry.waiter.isFinished { due.append(entry.waiter) }
                 }
-                if let top = state.heap.first {
+                for index in state.lanes.indices {
+                    while let first = state.lanes[index].first, first.waiter.isFinished || first.deadline <= now {
+                        state.lanes[index].removeFirst()
+                        if !first.waiter.isFinished { due.append(first.waiter) }
+                    }
+                }
+                state.lanes.removeAll { $0.count == 0 }
+                if let earliest = state.earliest {
                     state.sleeping = true
-                    state.wakeAt = top.deadline
-                    return .sleep(until: top.deadline)
+                    state.wakeAt = earliest
+                    return .sleep(until: earliest)
                 }
                 if state.stopped {
                     state.threadRunning = false

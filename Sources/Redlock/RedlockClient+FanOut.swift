@@ -28,7 +28,6 @@ extension RedlockClient {
         afterSending: (() -> Void)? = nil
     ) async -> [Vote?] {
         let round = FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided)
-        let deadline = ContinuousClock.now + budget
         let (nodes, logger, deadlines) = (nodes, logger, deadlines)
         let start = { (continuation: UnsafeContinuation<[Vote?], Never>) in
             round.install(continuation)
@@ -47,7 +46,7 @@ extension RedlockClient {
                 }
             }
             afterSending?()
-            if !round.isFinished { deadlines.schedule(round, at: deadline) }
+            if !round.isFinished { deadlines.schedule(round, after: budget) }
         }
         guard cancellable else { return await withUnsafeContinuation(start) }
         return await withTaskCancellationHandler {
@@ -58,7 +57,7 @@ extension RedlockClient {
     }
 
     /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
-    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
+    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:afterSending:)``.
     func fanOut(
         _ call: RedisScriptCall,
         order: [Int],

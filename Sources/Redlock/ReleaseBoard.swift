@@ -63,7 +63,6 @@ final class ReleaseBoard: Sendable {
     /// for the timeout.
     func wait(for name: String, after generation: UInt64, timeout: Duration) async {
         let waiter = ReleaseWaiter()
-        let deadline = ContinuousClock.now + timeout
         await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 waiter.install(continuation)
@@ -72,7 +71,7 @@ final class ReleaseBoard: Sendable {
                     entries[name]?.waiters.append(waiter)
                     return true
                 }
-                if waiting { timer.schedule(waiter, at: deadline) } else { waiter.expire() }
+                if waiting { timer.schedule(waiter, after: timeout) } else { waiter.expire() }
             }
         } onCancel: {
             waiter.expire()

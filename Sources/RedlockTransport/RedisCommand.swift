@@ -26,12 +26,50 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         self.init(arguments)
     }
 
-    /// Creates a command from its name and arguments.
+    /// Creates a command from its name and arguments, framed in one pass into a buffer of the
+    /// exact size.
     public init(_ arguments: [String]) {
-        body = []
-        ends = []
-        reserve(arguments: arguments.count, bytes: arguments.reduce(0) { $0 + $1.utf8.count })
-        for argument in arguments { append(argument) }
+        var size = 0
+        for argument in arguments {
+            let length = argument.utf8.count
+            size += 1 + decimalDigitCount(length) + 2 + length + 2
+        }
+        var ends: [Int] = []
+        ends.reserveCapacity(arguments.count)
+        body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            var position = 0
+            func put(_ byte: UInt8) {
+                buffer[position] = byte
+                position += 1
+            }
+            for argument in arguments {
+                let utf8 = argument.utf8
+                let length = utf8.count
+                put(UInt8(ascii: "$"))
+                var scale = 1
+                while length / scale >= 10 { scale *= 10 }
+                while scale > 0 {
+                    put(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: length / scale % 10))
+                    scale /= 10
+                }
+                put(13)
+                put(10)
+                let copied = utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+                    _ = UnsafeMutableBufferPointer(rebasing: buffer[position..<(position + length)]).initialize(fromContentsOf: bytes)
+                    return true
+                }
+                if copied == nil {
+                    for byte in utf8 { put(byte) }
+                } else {
+                    position += length
+                }
+                put(13)
+                put(10)
+                ends.append(position)
+            }
+            initialized = position
+        }
+        self.ends = ends
     }
 
     /// Appends a text argument (sent as its UTF-8 bytes).
@@ -126,6 +164,17 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
             return buffer.withMemoryRebound(to: CChar.self) { use(UnsafeBufferPointer($0)) }
         }
     }
+}
+
+/// The number of decimal digits of `value` (≥ 0).
+private func decimalDigitCount(_ value: Int) -> Int {
+    var digits = 1
+    var rest = value
+    while rest >= 10 {
+        digits += 1
+        rest /= 10
+    }
+    return digits
 }
 
 /// Appends `value` (≥ 0) in decimal ASCII.

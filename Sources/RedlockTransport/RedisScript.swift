@@ -23,17 +23,14 @@ public struct RedisScriptCall: Sendable {
     /// Builds the call.
     public init(_ script: RedisScript, keys: [String], arguments: [String]) {
         self.script = script
-        var command = RedisCommand()
-        command.reserve(
-            arguments: 3 + keys.count + arguments.count,
-            bytes: 7 + 40 + 4 + keys.reduce(0) { $0 + $1.utf8.count } + arguments.reduce(0) { $0 + $1.utf8.count }
-        )
-        command.append("EVALSHA")
-        command.append(script.sha1)
-        command.append(keys.count)
-        for key in keys { command.append(key) }
-        for argument in arguments { command.append(argument) }
-        self.command = command
+        var parts: [String] = []
+        parts.reserveCapacity(3 + keys.count + arguments.count)
+        parts.append("EVALSHA")
+        parts.append(script.sha1)
+        parts.append(String(keys.count))
+        parts.append(contentsOf: keys)
+        parts.append(contentsOf: arguments)
+        command = RedisCommand(parts)
     }
 }
 

@@ -178,7 +178,7 @@ struct CapturingLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-        records.update { $0.append("\(level) \(message) \(metadata ?? [:])") }
+    func log(event: LogEvent) {
+        records.update { $0.append("\(event.level) \(event.message) \(event.metadata ?? [:])") }
     }
 }

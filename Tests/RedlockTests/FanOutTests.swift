@@ -1,0 +1,479 @@
+@testable import Redlock
+import Synchronization
+import Testing
+
+/// Waits for `round`'s votes the way the fan-out does: installs the continuation, then runs
+/// `whileWaiting` (replies arriving, a deadline being scheduled) before suspending.
+private func collectVotes(of round: FanOutRound, whileWaiting: () -> Void = {}) async -> [Vote?] {
+    await withUnsafeContinuation { continuation in
+        round.install(continuation)
+        whileWaiting()
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds or `limit` passes; only for states
+/// that signal nothing when they change. Returns whether it held.
+private func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+    let giveUp = ContinuousClock.now + limit
+    while !condition() {
+        guard ContinuousClock.now < giveUp else { return false }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return true
+}
+
+/// How long `operation` took.
+private func timed(_ operation: () async -> Void) async -> Duration {
+    let start = ContinuousClock.now
+    await operation()
+    return start.duration(to: .now)
+}
+
+/// Stands between a ``DeadlineTimer`` and a wait: counts how often the timer looked at the wait
+/// and how often it ended it, and notes when it first did.
+private final class WatchedWait: Expiring {
+    private struct Record {
+        var looks = 0
+        var expiries = 0
+        var expiredAt: ContinuousClock.Instant?
+    }
+
+    private let wait: any Expiring
+    private let record = Mutex(Record())
+
+    init(_ wait: any Expiring) {
+        self.wait = wait
+    }
+
+    var isFinished: Bool {
+        record.withLock { $0.looks += 1 }
+        return wait.isFinished
+    }
+
+    func expire() {
+        let now = ContinuousClock.now
+        record.withLock { record in
+            record.expiries += 1
+            if record.expiredAt == nil { record.expiredAt = now }
+        }
+        wait.expire()
+    }
+
+    var looks: Int { record.withLock { $0.looks } }
+    var expiries: Int { record.withLock { $0.expiries } }
+    var expiredAt: ContinuousClock.Instant? { record.withLock { $0.expiredAt } }
+}
+
+@Suite("Fan-out rounds", .timeLimit(.minutes(1)))
+struct FanOutRoundTests {
+    @Test("deciding early: three grants of five finish the round and the two silent nodes are unsettled")
+    func threeGrantsDecide() async {
+        let round = FanOutRound(nodeCount: 5, order: [4, 2, 0, 1, 3], returnWhenDecided: true)
+        let votes = await collectVotes(of: round) {
+            round.record(.granted(1), from: 4)
+            round.record(.granted(1), from: 0)
+            #expect(!round.isFinished)
+            round.record(.granted(1), from: 2)
+            #expect(round.isFinished)
+        }
+        #expect(votes == [.granted(1), .unsettled, .granted(1), .unsettled, .granted(1)])
+        #expect(grantedCount(votes) == 3)
+    }
+
+    @Test("deciding early: three refusals of five finish the round as well")
+    func threeRefusalsDecide() async {
+        let round = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
+        let votes = await collectVotes(of: round) {
+            round.record(.refused(.taken), from: 1)
+            round.record(.granted(1), from: 2)
+            round.record(.refused(.missing), from: 3)
+            #expect(!round.isFinished)
+            round.record(.refused(.taken), from: 4)
+        }
+        #expect(votes == [.unsettled, .refused(.taken), .granted(1), .refused(.missing), .refused(.taken)])
+    }
+
+    @Test("without deciding early, the round waits for all five nodes even after a quorum granted")
+    func waitsForAll() async {
+        let round = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: false)
+        let votes = await collectVotes(of: round) {
+            for index in 0..<3 { round.record(.granted(1), from: index) }
+            #expect(!round.isFinished)
+            round.record(.refused(.taken), from: 3)
+            #expect(!round.isFinished)
+            round.record(.granted(7), from: 4)
+            #expect(round.isFinished)
+        }
+        #expect(votes == [.granted(1), .granted(1), .granted(1), .refused(.taken), .granted(7)])
+    }
+
+    @Test("votes arriving at once from many threads are all counted")
+    func concurrentVotes() async {
+        let nodeCount = 64
+        let round = FanOutRound(nodeCount: nodeCount, order: Array(0..<nodeCount), returnWhenDecided: false)
+        let votes = await withTaskGroup(of: Void.self) { group in
+            for index in 0..<nodeCount {
+                group.addTask { round.record(index.isMultiple(of: 2) ? .granted(Int64(index)) : .refused(.taken), from: index) }
+            }
+            return await collectVotes(of: round)
+        }
+        let expected: [Vote?] = (0..<nodeCount).map { $0.isMultiple(of: 2) ? .granted(Int64($0)) : .refused(.taken) }
+        #expect(votes == expected)
+    }
+
+    @Test("expiring a round leaves the silent nodes refused with no answer")
+    func expireLeavesSilentRefused() async {
+        let round = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
+        let votes = await collectVotes(of: round) {
+            round.record(.granted(1), from: 0)
+            round.record(.refused(.taken), from: 1)
+            round.expire()
+        }
+        #expect(votes == [.granted(1), .refused(.taken), .refused(.noAnswer), .refused(.noAnswer), .refused(.noAnswer)])
+        #expect(grantedCount(votes) == 1)
+    }
+
+    @Test("votes recorded after the round finished are ignored")
+    func lateVotesIgnored() async {
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        round.record(.granted(1), from: 0)
+        round.expire()
+        #expect(round.isFinished)
+        round.record(.granted(1), from: 1)
+        round.record(.granted(1), from: 2)
+        round.expire()
+        let votes = await collectVotes(of: round)
+        #expect(votes == [.granted(1), .refused(.noAnswer), .refused(.noAnswer)])
+
+        let decided = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let decidedVotes = await collectVotes(of: decided) {
+            decided.record(.granted(1), from: 2)
+            decided.record(.granted(1), from: 1)
+            decided.record(.refused(.taken), from: 0)
+        }
+        #expect(decidedVotes == [.unsettled, .granted(1), .granted(1)])
+        // The late vote did not land in the round either: a second look still shows the decision.
+        #expect(await collectVotes(of: decided) == [.unsettled, .granted(1), .granted(1)])
+    }
+
+    @Test("installing after the round finished resumes at once with its votes")
+    func installAfterFinish() async {
+        let answered = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: false)
+        answered.record(.granted(1), from: 0)
+        answered.record(.refused(.missing), from: 1)
+        answered.record(.granted(2), from: 2)
+        #expect(answered.isFinished)
+        #expect(await collectVotes(of: answered) == [.granted(1), .refused(.missing), .granted(2)])
+
+        let decided = FanOutRound(nodeCount: 3, order: [2, 0, 1], returnWhenDecided: true)
+        decided.record(.refused(.taken), from: 2)
+        decided.record(.refused(.taken), from: 0)
+        #expect(decided.isFinished)
+        #expect(await collectVotes(of: decided) == [.refused(.taken), .unsettled, .refused(.taken)])
+
+        let expired = FanOutRound(nodeCount: 2, order: [0, 1], returnWhenDecided: true)
+        expired.expire()
+        #expect(await collectVotes(of: expired) == [.refused(.noAnswer), .refused(.noAnswer)])
+    }
+
+    @Test("nodes left out of the order stay nil and count as refused")
+    func nodesOutsideOrder() async {
+        // Nodes 0 and 1 of 3 asked: one refusal already rules out a quorum of 2, because node 2
+        // counts as refused.
+        let refused = FanOutRound(nodeCount: 3, order: [0, 1], returnWhenDecided: true)
+        let refusedVotes = await collectVotes(of: refused) {
+            refused.record(.refused(.taken), from: 1)
+            #expect(refused.isFinished)
+        }
+        #expect(refusedVotes == [.unsettled, .refused(.taken), nil])
+
+        let granted = FanOutRound(nodeCount: 3, order: [0, 1], returnWhenDecided: true)
+        let grantedVotes = await collectVotes(of: granted) {
+            granted.record(.granted(1), from: 0)
+            #expect(!granted.isFinished)
+            granted.record(.granted(1), from: 1)
+        }
+        #expect(grantedVotes == [.granted(1), .granted(1), nil])
+        #expect(grantedCount(grantedVotes) == 2)
+
+        let nobody = FanOutRound(nodeCount: 3, order: [], returnWhenDecided: true)
+        #expect(await collectVotes(of: nobody) == [nil, nil, nil])
+    }
+}
+
+@Suite("The deadline timer", .timeLimit(.minutes(1)))
+struct DeadlineTimerTests {
+    @Test("a round is expired at its deadline, not before")
+    func expiresAtDeadline() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(30)
+        let votes = await collectVotes(of: round) {
+            timer.schedule(round, at: deadline)
+            round.record(.granted(1), from: 1)
+        }
+        let end = ContinuousClock.now
+        #expect(end >= deadline)
+        #expect(start.duration(to: end) >= .milliseconds(30))
+        #expect(start.duration(to: end) < .seconds(5))
+        #expect(votes == [.refused(.noAnswer), .granted(1), .refused(.noAnswer)])
+    }
+
+    @Test("a round that finished before its deadline keeps its recorded votes and is never expired")
+    func finishedRoundNotExpired() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let watched = WatchedWait(round)
+        let deadline = ContinuousClock.now + .milliseconds(30)
+        let votes = await collectVotes(of: round) {
+            timer.schedule(watched, at: deadline)
+            round.record(.granted(1), from: 0)
+            round.record(.granted(1), from: 2)
+        }
+        #expect(votes == [.granted(1), .unsettled, .granted(1)])
+
+        // A later round's expiry shows the timer went past the first round's deadline.
+        let later = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let laterDeadline = deadline + .milliseconds(30)
+        let laterVotes = await collectVotes(of: later) { timer.schedule(later, at: laterDeadline) }
+        #expect(laterVotes == [.refused(.noAnswer)])
+        #expect(ContinuousClock.now >= laterDeadline)
+        #expect(watched.looks >= 1)
+        #expect(watched.expiries == 0)
+        #expect(await collectVotes(of: round) == [.granted(1), .unsettled, .granted(1)])
+    }
+
+    @Test("a finished round is dropped from the heap by the next schedule")
+    func finishedRoundDropped() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let first = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let watched = WatchedWait(first)
+        timer.schedule(watched, at: ContinuousClock.now + .seconds(60))
+        // Once the thread has looked at it, it sleeps toward its deadline; a later deadline does
+        // not wake it, so only the schedule can drop the finished round.
+        #expect(await eventually { watched.looks >= 1 })
+        #expect(timer.count == 1)
+        first.record(.granted(1), from: 0)
+        #expect(first.isFinished)
+
+        let second = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        timer.schedule(second, at: ContinuousClock.now + .seconds(120))
+        #expect(timer.count == 1)
+        #expect(watched.expiries == 0)
+        #expect(await collectVotes(of: first) == [.granted(1)])
+        // Nothing left pending, so stop() lets the thread end now.
+        second.expire()
+    }
+
+    @Test("many deadlines scheduled out of order all fire, each not before its own, earliest first")
+    func outOfOrderDeadlines() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        // 20, 105, 190, 75, … ms: a permutation of 20...215 in steps of 5.
+        let offsets = (0..<40).map { ($0 * 17 % 40) * 5 + 20 }
+        let rounds = offsets.map { _ in FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true) }
+        let watched = rounds.map { WatchedWait($0) }
+        let start = ContinuousClock.now
+        let deadlines = offsets.map { start + .milliseconds($0) }
+        for index in offsets.indices {
+            timer.schedule(watched[index], at: deadlines[index])
+        }
+        let allScheduled = ContinuousClock.now
+
+        for round in rounds {
+            #expect(await collectVotes(of: round) == [.refused(.noAnswer)])
+        }
+        #expect(start.duration(to: .now) < .seconds(10))
+        var expiries: [ContinuousClock.Instant] = []
+        for index in offsets.indices {
+            #expect(watched[index].expiries == 1)
+            let expiredAt = try #require(watched[index].expiredAt)
+            #expect(expiredAt >= deadlines[index], "offset \(offsets[index]) ms expired early")
+            expiries.append(expiredAt)
+        }
+        // Deadlines still ahead when the last one was scheduled all sat in the heap together:
+        // they expire in deadline order.
+        let heldTogether = offsets.indices.filter { deadlines[$0] > allScheduled }.sorted { deadlines[$0] < deadlines[$1] }
+        let inDeadlineOrder = heldTogether.map { expiries[$0] }
+        #expect(inDeadlineOrder == inDeadlineOrder.sorted())
+    }
+
+    @Test("waits of one timeout share a lane: each expires after its timeout, in the order scheduled")
+    func laneExpiresInOrder() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let rounds = (0..<20).map { _ in FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true) }
+        let watched = rounds.map { WatchedWait($0) }
+        var scheduledAt: [ContinuousClock.Instant] = []
+        for wait in watched {
+            scheduledAt.append(.now)
+            timer.schedule(wait, after: .milliseconds(30))
+        }
+        // Finished waits in the lane are never expired.
+        rounds[3].record(.granted(1), from: 0)
+        rounds[11].record(.granted(1), from: 0)
+        for round in rounds {
+            _ = await collectVotes(of: round)
+        }
+        var expiries: [ContinuousClock.Instant] = []
+        for index in rounds.indices where index != 3 && index != 11 {
+            #expect(watched[index].expiries == 1)
+            let expiredAt = try #require(watched[index].expiredAt)
+            #expect(scheduledAt[index].duration(to: expiredAt) >= .milliseconds(30), "wait \(index) expired early")
+            expiries.append(expiredAt)
+        }
+        #expect(expiries == expiries.sorted())
+        #expect(watched[3].expiries == 0)
+        #expect(watched[11].expiries == 0)
+        #expect(await eventually { timer.count == 0 })
+    }
+
+    @Test("more distinct timeouts than lanes: the rest go to the heap and all expire, none early")
+    func manyTimeouts() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let timeouts = (0..<12).map { Duration.milliseconds(20 + 7 * $0) }
+        let rounds = timeouts.map { _ in FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true) }
+        let watched = rounds.map { WatchedWait($0) }
+        var scheduledAt: [ContinuousClock.Instant] = []
+        for (wait, timeout) in zip(watched, timeouts) {
+            scheduledAt.append(.now)
+            timer.schedule(wait, after: timeout)
+        }
+        #expect(timer.count == timeouts.count)
+        for round in rounds {
+            #expect(await collectVotes(of: round) == [.refused(.noAnswer)])
+        }
+        for index in timeouts.indices {
+            let expiredAt = try #require(watched[index].expiredAt)
+            #expect(scheduledAt[index].duration(to: expiredAt) >= timeouts[index], "timeout \(timeouts[index]) expired early")
+        }
+    }
+
+    @Test("stop lets the waits it holds still expire at their deadlines, then the thread ends")
+    func stopKeepsPendingWaits() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let round = FanOutRound(nodeCount: 2, order: [0, 1], returnWhenDecided: true)
+        let deadline = ContinuousClock.now + .milliseconds(50)
+        let votes = await collectVotes(of: round) {
+            timer.schedule(round, at: deadline)
+            timer.stop()
+        }
+        #expect(ContinuousClock.now >= deadline)
+        #expect(votes == [.refused(.noAnswer), .refused(.noAnswer)])
+        #expect(await eventually { !timer.isRunning })
+    }
+
+    @Test("after stop with nothing pending the thread ends, and a later schedule starts it again")
+    func stopsAndRestarts() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        #expect(!timer.isRunning)
+        let first = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let firstVotes = await collectVotes(of: first) {
+            timer.schedule(first, at: ContinuousClock.now + .milliseconds(10))
+        }
+        #expect(firstVotes == [.refused(.noAnswer)])
+        // Not stopped: the thread waits for the next deadline.
+        #expect(timer.isRunning)
+
+        timer.stop()
+        #expect(await eventually { !timer.isRunning })
+
+        let second = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(30)
+        let secondVotes = await collectVotes(of: second) {
+            timer.schedule(second, at: deadline)
+            #expect(timer.isRunning)
+        }
+        let end = ContinuousClock.now
+        #expect(secondVotes == [.refused(.noAnswer)])
+        #expect(end >= deadline)
+        #expect(start.duration(to: end) < .seconds(5))
+        // Still stopped: with nothing pending, the restarted thread ends on its own.
+        #expect(await eventually { !timer.isRunning })
+    }
+}
+
+@Suite("Release announcements wake waiters", .timeLimit(.minutes(1)))
+struct ReleaseBoardWakingTests {
+    // Each waiter still waiting has its timeout scheduled on the board's timer, so the timer's
+    // count tells when a waiter is in line.
+
+    @Test("one release wakes only the longest-waiting of two waiters; the other waits out its timeout")
+    func oneReleaseWakesOne() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
+        board.track("name")
+        let longer = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        #expect(await eventually { timer.count == 1 })
+        let shorter = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(1)) } }
+        #expect(await eventually { timer.count == 2 })
+
+        board.announce("name", release: Array("v1".utf8))
+        #expect(await longer.value < .seconds(10))
+        #expect(await shorter.value >= .seconds(1))
+        #expect(board.generation(of: "name") == 1)
+    }
+
+    @Test("each release wakes the next waiter in line")
+    func releasesWakeInTurn() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
+        board.track("name")
+        let first = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        #expect(await eventually { timer.count == 1 })
+        let second = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        #expect(await eventually { timer.count == 2 })
+
+        board.announce("name", release: Array("v1".utf8))
+        #expect(await first.value < .seconds(10))
+        board.announce("name", release: Array("v2".utf8))
+        #expect(await second.value < .seconds(10))
+        #expect(board.generation(of: "name") == 2)
+    }
+
+    @Test("a waiter whose task is cancelled returns promptly, and the next release goes to one still waiting")
+    func cancelledWaiterReturns() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
+        board.track("name")
+        let cancelled = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        #expect(await eventually { timer.count == 1 })
+        let live = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        #expect(await eventually { timer.count == 2 })
+
+        cancelled.cancel()
+        #expect(await cancelled.value < .seconds(10))
+        #expect(board.generation(of: "name") == 0)
+        board.announce("name", release: Array("v1".utf8))
+        #expect(await live.value < .seconds(10))
+    }
+
+    @Test("forgetting a name wakes every waiter on it")
+    func forgetWakesAll() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
+        board.track("name")
+        let waiters = (0..<3).map { _ in
+            Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        }
+        #expect(await eventually { timer.count == 3 })
+
+        board.forget("name")
+        for waiter in waiters {
+            #expect(await waiter.value < .seconds(10))
+        }
+        #expect(board.generation(of: "name") == 0)
+    }
+}
