@@ -24,8 +24,8 @@ struct Bench: AsyncParsableCommand {
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
           acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed)
           parallel      64 tasks on independent names, N = 5
-          contended     8 tasks on one name, each holding it 1 ms; latencies are handoffs, from \
-        one holder's release to the next holder's acquire
+          contended     8 tasks on one name, each holding it --hold (default 0: back-to-back \
+        handoffs); latencies are handoffs, from one holder's release to the next holder's acquire
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `polling` (cycle on N = 5, \
@@ -53,8 +53,11 @@ struct Bench: AsyncParsableCommand {
     static let parallelTasks = 64
     /// Tasks of the `contended` row.
     static let contendedTasks = 8
-    @Option(help: "How long each holder keeps the lock in the contended row (e.g. 1ms, 0, 250ms).", transform: parseDuration)
-    var hold: Duration = .milliseconds(1)
+    @Option(
+        help: "How long each holder keeps the lock in the contended row (e.g. 0, 1ms, 250ms). With 0 the row measures handoffs back to back: the acquisition rate of fast handoff against polling alone, undiluted by hold time.",
+        transform: parseDuration
+    )
+    var hold: Duration = .zero
 
     func validate() throws {
         guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
