@@ -44,7 +44,15 @@ extension DistributedLock {
         // retry delay, the fallback.
         var watching = false
         defer { if watching { client.unwatch(name) } }
+        // Whether the last attempt was handed over by a release and still failed: the release
+        // was heard (and counts as heard), so retry soon rather than wait for another one. (A
+        // node that had to load the release script runs the delete after the attempt.)
+        var handedOverAndFailed = false
         for attemptNumber in 0..<tries {
+            // With fast handoff, a waiter prepares its attempt before it waits, so that a
+            // release in this process can send it at once (see `unlock`).
+            var prepared: PreparedFanOut?
+            var sentAt: ContinuousClock.Instant?
             if attemptNumber > 0 {
                 if options.fastHandoff, !watching {
                     client.watch(name)
@@ -53,23 +61,31 @@ extension DistributedLock {
                 var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 // A split vote (nobody holds a quorum) is contention, not a holder: retry soon.
                 let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
-                if lastError.code == .taken, takenCount < client.quorum {
+                if (lastError.code == .taken && takenCount < client.quorum) || handedOverAndFailed {
                     delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
                 }
                 if watching {
-                    await client.releases.wait(for: name, after: releasesHeard, timeout: delay)
+                    let next = prepareAttempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds)
+                    prepared = next
+                    sentAt = await client.releases.wait(for: name, after: releasesHeard, timeout: delay, next: next)
                 } else {
                     try? await Task.sleep(for: delay)
                 }
             }
-            if Task.isCancelled { throw cancelled("lock") }
+            // An attempt a releaser already sent must run to its end (its clean-up included),
+            // even when cancelled.
+            if sentAt == nil, Task.isCancelled { throw cancelled("lock") }
             releasesHeard = client.releases.generation(of: name)
             client.metrics.attempts.increment()
-            switch await attempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds) {
+            let attempt = prepared ?? prepareAttempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds)
+            let start = sentAt ?? ContinuousClock.now
+            if sentAt == nil { client.send(attempt) }
+            switch await finish(attempt, startedAt: start, value: value) {
             case let .success(lease):
                 return lease
             case let .failure(error):
                 lastError = error
+                handedOverAndFailed = sentAt != nil
             }
             if Task.isCancelled { throw cancelled("lock") }
         }
@@ -77,34 +93,38 @@ extension DistributedLock {
         throw lastError
     }
 
-    /// One attempt: set the key on every node (with a fencing counter when asked), count the
-    /// quorum, raise the fence, compute validity; on failure release wherever the attempt may
-    /// have set the key.
-    private func attempt(command: RedisCommand, value: String, expiryMilliseconds: String) async -> Result<Lease, RedlockError> {
-        let name = name
-        let fencing = options.fencing
-        let restartGuard = options.restartGuard
+    /// One attempt, ready to send: set the key on every node (by the fenced acquire script when
+    /// asked), each granted vote passed through the restart guard when one is set.
+    ///
+    /// Once sent, it reaches every node even when the attempt is decided (or cancelled) before a
+    /// node answers: once decided, a straggler's key is either part of the lease, released with
+    /// it, or released by the clean-up in ``finish(_:startedAt:value:)``; it never outlives its
+    /// expiry.
+    private func prepareAttempt(command: RedisCommand, value: String, expiryMilliseconds: String) -> PreparedFanOut {
         let client = client
-        let fencedCall = fencing
+        let fencedCall = options.fencing
             ? RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
             : nil
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
-        if let restartGuard {
+        if let restartGuard = options.restartGuard {
             confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
         }
-        let start = ContinuousClock.now
-        // Sent even when the attempt is decided (or cancelled) before a node answers: once
-        // decided, a straggler's key is either part of the lease, released with it, or released
-        // by the clean-up below; it never outlives its expiry.
-        var votes = await client.fanOut(
+        return client.prepareFanOut(
             fencedCall?.command ?? command,
             script: fencedCall?.script,
-            classify: fencing ? Vote.ofFencedAcquire : Vote.ofSetNX,
+            classify: options.fencing ? Vote.ofFencedAcquire : Vote.ofSetNX,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast,
             confirm: confirm
         )
+    }
+
+    /// The rest of an attempt sent at `start`: count the quorum, raise the fence, compute
+    /// validity from `start`; on failure release wherever the attempt may have set the key.
+    private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
+        let fencing = options.fencing
+        var votes = await client.votes(of: attempt, cancellable: true)
 
         var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?

@@ -55,16 +55,33 @@ public struct DistributedLock: Sendable {
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
-        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, announcedOn])
-        // A waiter in this process hears of the release as soon as the deletes are queued: the
-        // attempt it makes then is queued behind them on every connection, so each node runs
-        // the delete first. If the release fails, that attempt fails like any other. (The
-        // message published on the nodes carries the same value and counts once.)
-        let (releases, name, value) = (client.releases, name, lease.value)
-        let votes = await release(
-            call, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: options.failFast,
-            afterSending: options.fastHandoff ? { releases.announce(name, release: value.utf8) } : nil
-        )
+        let order = client.nodeOrder(shuffled: options.shuffleNodes)
+        let votes: [Vote?]
+        if options.fastHandoff, let claimed = client.releases.handOff(name, release: lease.value.utf8) {
+            // A waiter in this process gets the lock handed over: its next attempt is queued
+            // right behind the deletes on every connection, so each node runs the delete first,
+            // and the handoff costs no extra round trip. If the release fails, that attempt fails
+            // like any other. The release is not published then: the lock has a new holder, and
+            // waiters elsewhere would only try in vain (a later release publishes).
+            let handedOver = claimed.waiter.next
+            let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
+            let release = client.prepareFanOut(
+                call.command, script: call.script, classify: Vote.ofScript,
+                order: order, budget: options.attemptBudget, returnWhenDecided: options.failFast
+            )
+            let sentAt = ContinuousClock.now
+            client.send(release, then: handedOver)
+            if let round = handedOver?.round {
+                // The waiter wakes once its attempt has its votes: one task hop, not two.
+                round.whenFinished { claimed.waiter.resume(claimed.continuation, transferredAt: sentAt) }
+            } else {
+                claimed.waiter.resume(claimed.continuation, transferredAt: nil)
+            }
+            votes = await client.votes(of: release, cancellable: false)
+        } else {
+            let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, announcedOn])
+            votes = await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: options.failFast, cancellable: false)
+        }
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)
             return
@@ -128,11 +145,8 @@ public struct DistributedLock: Sendable {
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to
     /// the caller's cancellation: a release always runs to its end.
-    func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool, afterSending: (() -> Void)? = nil) async -> [Vote?] {
-        await client.fanOut(
-            call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false,
-            afterSending: afterSending
-        )
+    func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool) async -> [Vote?] {
+        await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false)
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {

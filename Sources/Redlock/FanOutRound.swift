@@ -14,6 +14,8 @@ final class FanOutRound: Expiring {
         var unanswered: Int
         var continuation: UnsafeContinuation<[Vote?], Never>?
         var finished = false
+        /// Called once when the round finishes (see ``whenFinished(_:)``).
+        var onFinish: (@Sendable () -> Void)?
     }
 
     private let state: Mutex<State>
@@ -36,21 +38,18 @@ final class FanOutRound: Expiring {
 
     /// Hands over the caller's continuation; resumes it at once when the round already finished.
     func install(_ continuation: UnsafeContinuation<[Vote?], Never>) {
-        let votes: [Vote?]? = state.withLock { state in
-            if state.finished || state.unanswered == 0 {
-                state.finished = true
-                finishedFlag.store(true, ordering: .releasing)
-                return state.votes
-            }
+        let finishing: Finishing? = state.withLock { state in
+            if state.finished { return Finishing(continuation: continuation, votes: state.votes, onFinish: nil) }
             state.continuation = continuation
-            return nil
+            // A round that asks nobody has nothing to wait for.
+            return state.unanswered == 0 ? finish(&state) : nil
         }
-        if let votes { continuation.resume(returning: votes) }
+        finishing?.deliver()
     }
 
     /// Records node `index`'s vote; ignored once the round finished.
     func record(_ vote: Vote, from index: Int) {
-        let resume = state.withLock { state -> (UnsafeContinuation<[Vote?], Never>, [Vote?])? in
+        let resume = state.withLock { state -> Finishing? in
             guard !state.finished else { return nil }
             state.votes[index] = vote
             state.unanswered -= 1
@@ -65,25 +64,50 @@ final class FanOutRound: Expiring {
             }
             return nil
         }
-        if let (continuation, votes) = resume { continuation.resume(returning: votes) }
+        resume?.deliver()
     }
 
     /// Ends the round now: the budget ran out or the caller was cancelled. Nodes still silent
     /// keep `.refused(.noAnswer)`.
     func expire() {
-        let resume = state.withLock { state -> (UnsafeContinuation<[Vote?], Never>, [Vote?])? in
+        let resume = state.withLock { state -> Finishing? in
             guard !state.finished else { return nil }
             return finish(&state)
         }
-        if let (continuation, votes) = resume { continuation.resume(returning: votes) }
+        resume?.deliver()
     }
 
-    /// Marks the round finished; returns the continuation to resume (outside the lock), if installed.
-    private func finish(_ state: inout State) -> (UnsafeContinuation<[Vote?], Never>, [Vote?])? {
+    /// Calls `action` once the round has finished (at once if it has): e.g. to wake the task
+    /// that will collect the votes only when they are all in.
+    func whenFinished(_ action: @escaping @Sendable () -> Void) {
+        let finishing: Finishing? = state.withLock { state in
+            if state.finished { return Finishing(continuation: nil, votes: [], onFinish: action) }
+            state.onFinish = action
+            return state.unanswered == 0 ? finish(&state) : nil
+        }
+        finishing?.deliver()
+    }
+
+    /// What finishing hands out, to be delivered outside the lock.
+    private struct Finishing {
+        let continuation: UnsafeContinuation<[Vote?], Never>?
+        let votes: [Vote?]
+        let onFinish: (@Sendable () -> Void)?
+
+        func deliver() {
+            continuation?.resume(returning: votes)
+            onFinish?()
+        }
+    }
+
+    /// Marks the round finished; returns what to deliver outside the lock.
+    private func finish(_ state: inout State) -> Finishing {
         state.finished = true
         finishedFlag.store(true, ordering: .releasing)
-        guard let continuation = state.continuation else { return nil }
-        state.continuation = nil
-        return (continuation, state.votes)
+        defer {
+            state.continuation = nil
+            state.onFinish = nil
+        }
+        return Finishing(continuation: state.continuation, votes: state.votes, onFinish: state.onFinish)
     }
 }

@@ -38,8 +38,9 @@ public struct LockOptions: Sendable {
     public var restartGuard: Duration? = nil
     /// Whether a release is published on a per-name channel and a waiting `lock()` retries as soon
     /// as it hears one, instead of sleeping out its retry delay (which stays the fallback when a
-    /// message is missed). A waiter in the releasing process hears it as soon as the deletes are
-    /// queued: its attempt follows them on each connection. The default is `true`.
+    /// message is missed). Within one client the release hands the lock over directly: the
+    /// longest-waiting `lock()` has its next attempt queued right behind the deletes on each
+    /// node's connection. The default is `true`.
     public var fastHandoff: Bool = true
     /// Whether concurrent `lock()` calls for this name through one client queue up locally, so
     /// that only one of them at a time contends with other processes. The default is `false`.

@@ -1,7 +1,64 @@
+import Logging
 import RedlockTransport
 
+/// A fan-out made ready but not sent yet: its round and the command for each node it asks,
+/// whose replies become votes in the round. Send it once with ``RedlockClient/send(_:then:)``,
+/// then collect with ``RedlockClient/votes(of:cancellable:)``.
+///
+/// A class, so that the tasks that hold one across suspensions keep a small frame.
+final class PreparedFanOut: Sendable {
+    let round: FanOutRound
+    /// The command every node gets, and the script whose `EVALSHA` it is.
+    let command: RedisCommand
+    let script: RedisScript?
+    /// The nodes asked, in the order to send to.
+    let order: [Int]
+    let budget: Duration
+    private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
+    private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
+    private let endpoints: [RedisEndpoint]
+    private let logger: Logger
+
+    init(
+        round: FanOutRound, command: RedisCommand, script: RedisScript?, order: [Int], budget: Duration,
+        classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
+        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
+        endpoints: [RedisEndpoint], logger: Logger
+    ) {
+        self.round = round
+        self.command = command
+        self.script = script
+        self.order = order
+        self.budget = budget
+        self.classify = classify
+        self.confirm = confirm
+        self.endpoints = endpoints
+        self.logger = logger
+    }
+
+    /// What takes node `index`'s reply: its vote, recorded in the round.
+    func handler(for index: Int) -> RedisReplyHandler {
+        { [self] result in
+            let vote = Vote.of(result, endpoint: endpoints[index], classify: classify)
+            if case let .refused(.error(error)) = vote {
+                logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
+            }
+            if let confirm, vote.isGranted {
+                Task { round.record(await confirm(index, vote), from: index) }
+            } else {
+                round.record(vote, from: index)
+            }
+        }
+    }
+
+    /// The command for node `index`, as a queued command.
+    func request(for index: Int) -> QueuedCommand {
+        QueuedCommand(command, script: script, handler: handler(for: index))
+    }
+}
+
 extension RedlockClient {
-    /// The one fan-out path that acquire, extend and release share.
+    /// The one fan-out path that acquire, extend and release share: prepare, send, collect.
     ///
     /// Sends `command` (with `script`, an `EVALSHA` that falls back to `EVAL`) to each node in
     /// `order` at once, turns each reply into a vote with `classify`, and returns when every node
@@ -13,9 +70,6 @@ extension RedlockClient {
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
     /// that check runs in a task of its own, bounded by the node's command timeout.
-    ///
-    /// `afterSending` runs once every command is queued on its connection, before any reply: a
-    /// command queued on these connections after that point reaches each node after this one.
     func fanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
@@ -24,53 +78,85 @@ extension RedlockClient {
         budget: Duration,
         returnWhenDecided: Bool,
         cancellable: Bool = true,
-        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
-        afterSending: (() -> Void)? = nil
+        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil
     ) async -> [Vote?] {
-        let round = FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided)
-        let (nodes, logger, deadlines) = (nodes, logger, deadlines)
-        let start = { (continuation: UnsafeContinuation<[Vote?], Never>) in
-            round.install(continuation)
-            for index in order {
-                let node = nodes[index]
-                node.send(command, script: script) { result in
-                    let vote = Vote.of(result, endpoint: node.configuration.endpoint, classify: classify)
-                    if case let .refused(.error(error)) = vote {
-                        logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
-                    }
-                    if let confirm, vote.isGranted {
-                        Task { round.record(await confirm(index, vote), from: index) }
-                    } else {
-                        round.record(vote, from: index)
-                    }
+        let prepared = prepareFanOut(
+            command, script: script, classify: classify, order: order, budget: budget,
+            returnWhenDecided: returnWhenDecided, confirm: confirm
+        )
+        send(prepared)
+        return await votes(of: prepared, cancellable: cancellable)
+    }
+
+    /// Makes a fan-out ready to send; see ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
+    func prepareFanOut(
+        _ command: RedisCommand,
+        script: RedisScript? = nil,
+        classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
+        order: [Int],
+        budget: Duration,
+        returnWhenDecided: Bool,
+        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil
+    ) -> PreparedFanOut {
+        PreparedFanOut(
+            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
+            command: command, script: script, order: order, budget: budget,
+            classify: classify, confirm: confirm, endpoints: endpoints, logger: logger
+        )
+    }
+
+    /// Sends `first` and, when given, `second` right behind it: on each node's connection the
+    /// two commands are queued together, so the node runs `first`'s before `second`'s. Starts
+    /// each round's budget. Send a prepared fan-out once.
+    func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
+        if let second {
+            for index in first.order {
+                if second.order.contains(index) {
+                    nodes[index].send([first.request(for: index), second.request(for: index)])
+                } else {
+                    nodes[index].send(first.command, script: first.script, handler: first.handler(for: index))
                 }
             }
-            afterSending?()
-            if !round.isFinished { deadlines.schedule(round, after: budget) }
+            for index in second.order where !first.order.contains(index) {
+                nodes[index].send(second.command, script: second.script, handler: second.handler(for: index))
+            }
+        } else {
+            for index in first.order {
+                nodes[index].send(first.command, script: first.script, handler: first.handler(for: index))
+            }
         }
-        guard cancellable else { return await withUnsafeContinuation(start) }
+        if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
+        if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
+    }
+
+    /// The votes of a sent fan-out, once it finished (or, when `cancellable`, once the calling
+    /// task is cancelled: nodes still silent then count as not answering).
+    @inline(__always)
+    func votes(of fanOut: PreparedFanOut, cancellable: Bool) async -> [Vote?] {
+        let round = fanOut.round
+        guard cancellable else { return await withUnsafeContinuation { round.install($0) } }
         return await withTaskCancellationHandler {
-            await withUnsafeContinuation(start)
+            await withUnsafeContinuation { round.install($0) }
         } onCancel: {
             round.expire()
         }
     }
 
     /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
-    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:afterSending:)``.
+    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
     func fanOut(
         _ call: RedisScriptCall,
         order: [Int],
         budget: Duration,
         returnWhenDecided: Bool,
-        cancellable: Bool = true,
-        afterSending: (() -> Void)? = nil
+        cancellable: Bool = true
     ) async -> [Vote?] {
-        await fanOut(
+        let prepared = prepareFanOut(
             call.command, script: call.script, classify: Vote.ofScript,
-            order: order, budget: budget, returnWhenDecided: returnWhenDecided, cancellable: cancellable,
-            afterSending: afterSending
+            order: order, budget: budget, returnWhenDecided: returnWhenDecided
         )
+        send(prepared)
+        return await votes(of: prepared, cancellable: cancellable)
     }
 
     /// The node order for one fan-out: all nodes, shuffled when asked.

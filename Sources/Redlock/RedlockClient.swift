@@ -25,6 +25,8 @@ public final class RedlockClient: Sendable {
     public let quorum: Int
     /// `0..<nodes.count`, built once: the order of every unshuffled fan-out.
     let nodeIndices: [Int]
+    /// The nodes' endpoints, in order, for votes and errors.
+    let endpoints: [RedisEndpoint]
     let logger: Logger
     let metrics: LockMetrics
     let uptimes: NodeUptimes
@@ -83,6 +85,7 @@ public final class RedlockClient: Sendable {
         self.nodes = nodes
         quorum = Timing.quorum(nodeCount: nodes.count)
         nodeIndices = Array(nodes.indices)
+        endpoints = nodes.map(\.configuration.endpoint)
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
         uptimes = NodeUptimes(nodeCount: nodes.count)

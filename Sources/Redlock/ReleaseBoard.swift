@@ -40,29 +40,51 @@ final class ReleaseBoard: Sendable {
     /// Records the release `release` (the released lease's value) of a tracked `name` and wakes
     /// the longest-waiting waiter. Releases of names nobody tracks are ignored.
     func announce(_ name: String, release: some Collection<UInt8>) {
-        let woken: UnsafeContinuation<Void, Never>? = entries.withLock { entries in
-            guard var entry = entries[name] else { return nil }
-            guard !entry.lastRelease.elementsEqual(release) || release.isEmpty else { return nil }
-            entry.lastRelease = Array(release)
-            entry.generation &+= 1
+        claimNext(name, release: release)?.continuation.resume()
+    }
+
+    /// A waiter claimed by ``handOff(_:release:)``: resume it with ``ReleaseWaiter/resume(_:transferredAt:)``
+    /// once its prepared attempt, if any, is sent.
+    struct Claimed {
+        let waiter: ReleaseWaiter
+        let continuation: UnsafeContinuation<Void, Never>
+    }
+
+    /// Like ``announce(_:release:)`` for a release made in this process, but the longest-waiting
+    /// waiter is returned rather than woken: the releaser sends the waiter's prepared attempt
+    /// right behind its own deletes, then resumes it.
+    func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
+        claimNext(name, release: release)
+    }
+
+    /// Counts the release (once per value) and claims the longest-waiting waiter still waiting.
+    private func claimNext(_ name: String, release: some Collection<UInt8>) -> Claimed? {
+        entries.withLock { entries in
+            guard entries[name] != nil else { return nil }
+            guard entries[name]?.lastRelease.elementsEqual(release) == false || release.isEmpty else { return nil }
+            entries[name]?.lastRelease = Array(release)
+            entries[name]?.generation &+= 1
             // Waiters that timed out are skipped: the release goes to one that still waits.
-            var woken: UnsafeContinuation<Void, Never>?
-            while woken == nil, !entry.waiters.isEmpty {
-                woken = entry.waiters.removeFirst().claim()
+            while let waiter = entries[name]?.waiters.first {
+                entries[name]?.waiters.removeFirst()
+                if let continuation = waiter.claim() { return Claimed(waiter: waiter, continuation: continuation) }
             }
-            entries[name] = entry
-            return woken
+            return nil
         }
-        woken?.resume()
     }
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
     /// woken), `timeout` passes, or the task is cancelled, whichever comes first.
     ///
     /// The waiting task is resumed directly by whichever comes first, with no task of its own
-    /// for the timeout.
-    func wait(for name: String, after generation: UInt64, timeout: Duration) async {
-        let waiter = ReleaseWaiter()
+    /// for the timeout. With `next`, the waiter's next attempt, a release made in this process
+    /// sends it right behind its deletes (see ``handOff(_:release:)``).
+    ///
+    /// - Returns: When the attempt was sent that way, the moment it was sent; else nil (and the
+    ///   attempt was not sent).
+    @discardableResult
+    func wait(for name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut? = nil) async -> ContinuousClock.Instant? {
+        let waiter = ReleaseWaiter(next: next)
         await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 waiter.install(continuation)
@@ -79,6 +101,7 @@ final class ReleaseBoard: Sendable {
         entries.withLock { entries in
             entries[name]?.waiters.removeAll { $0 === waiter }
         }
+        return waiter.transferredAt
     }
 
     /// Drops what is known of `name` once nobody listens for it (waiters still waiting are woken).
@@ -96,12 +119,22 @@ final class ReleaseWaiter: Expiring {
     private struct State {
         var continuation: UnsafeContinuation<Void, Never>?
         var finished = false
+        var transferredAt: ContinuousClock.Instant?
     }
 
+    /// The waiter's next attempt, for a releaser in this process to send.
+    let next: PreparedFanOut?
     private let state = Mutex(State())
     private let finishedFlag = Atomic<Bool>(false)
 
+    init(next: PreparedFanOut? = nil) {
+        self.next = next
+    }
+
     var isFinished: Bool { finishedFlag.load(ordering: .acquiring) }
+
+    /// When a releaser sent ``next``; nil when nobody did.
+    var transferredAt: ContinuousClock.Instant? { state.withLock { $0.transferredAt } }
 
     /// Hands over the waiting task's continuation; resumes it at once when already ended.
     func install(_ continuation: UnsafeContinuation<Void, Never>) {
@@ -123,6 +156,12 @@ final class ReleaseWaiter: Expiring {
             defer { state.continuation = nil }
             return state.continuation
         }
+    }
+
+    /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent).
+    func resume(_ continuation: UnsafeContinuation<Void, Never>, transferredAt: ContinuousClock.Instant?) {
+        state.withLock { $0.transferredAt = transferredAt }
+        continuation.resume()
     }
 
     func expire() {

@@ -24,8 +24,11 @@ struct Bench: AsyncParsableCommand {
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
           acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed)
           parallel      64 tasks on independent names, N = 5
-          contended     8 tasks on one name, each holding it --hold (default 0: back-to-back \
-        handoffs); latencies are handoffs, from one holder's release to the next holder's acquire
+          contended     8 tasks on one name, each holding it for each --hold (default 0, then \
+        1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
+        With 0 the lock is handed on back to back (the acquisition rate of fast handoff against \
+        polling, undiluted by hold time); with 1 ms every waiter is waiting when the holder \
+        releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `polling` (cycle on N = 5, \
@@ -54,14 +57,17 @@ struct Bench: AsyncParsableCommand {
     /// Tasks of the `contended` row.
     static let contendedTasks = 8
     @Option(
-        help: "How long each holder keeps the lock in the contended row (e.g. 0, 1ms, 250ms). With 0 the row measures handoffs back to back: the acquisition rate of fast handoff against polling alone, undiluted by hold time.",
+        help: "How long each holder keeps the lock in the contended rows; repeat for several (e.g. --hold 0 --hold 250ms). Default: 0 and 1ms.",
         transform: parseDuration
     )
-    var hold: Duration = .zero
+    var hold: [Duration] = [.zero, .milliseconds(1)]
 
     func validate() throws {
         guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
         guard duration >= 0.1, duration <= 600 else { throw ValidationError("--duration must be in 0.1...600 seconds") }
+        guard (1...4).contains(hold.count), hold.allSatisfy({ $0 >= .zero && $0 <= .seconds(10) }) else {
+            throw ValidationError("--hold takes one to four durations in 0...10s")
+        }
     }
 
     func run() async throws {
@@ -86,8 +92,8 @@ struct BenchSettings: Sendable {
     let nodeCount: Int
     let duration: Duration
     let json: Bool
-    /// How long each holder keeps the lock in the contended row.
-    let hold: Duration
+    /// How long each holder keeps the lock in the contended rows, one pair of rows per value.
+    let hold: [Duration]
 
     func run() async throws {
         if let nodes {
@@ -215,12 +221,17 @@ struct BenchSettings: Sendable {
 
             // 4: contention on one name, with every default (fast handoff: a waiter retries when
             // it hears the release), then polling only (the retry delay of 50–250 ms).
-            for (variant, options) in [("default", LockOptions()), ("polling", polling)] {
+            let contendedRuns = hold.flatMap { hold in
+                [("default", LockOptions()), ("polling", polling)].map { name, options in
+                    (variant: hold == .zero ? name : "\(name)-hold\(format(hold).replacingOccurrences(of: " ", with: ""))", hold: hold, options: options)
+                }
+            }
+            for (variant, hold, options) in contendedRuns {
                 try Task.checkCancellation()
                 progress("Measuring \(Bench.contendedTasks) tasks contending for one name on \(count) nodes (\(variant))…")
                 let turns = Turns()
                 var note = "latency = handoff (release → next holder); ops/s = acquisitions; hold \(format(hold))"
-                if variant == "polling" { note += "; fastHandoff off" }
+                if variant.hasPrefix("polling") { note += "; fastHandoff off" }
                 let contended: BenchMeasurement
                 do {
                     contended = try await watchdog("contended (\(variant))", expected: duration) {

@@ -111,13 +111,17 @@ struct BenchTargets: Sendable {
     var overhead: (ratio: Double, cycle: Double, floor: Double)?
     var stoppedNode: (ratio: Double, stopped: Double, healthy: Double)?
     var parallel: (ratio: Double, cycles: Double, floor: Double)?
-    /// The contended median handoff against the uncontended acquire.
-    var handoff: (ratio: Double, handoff: Double, acquire: Double)?
-    /// Contended acquisitions per second with fast handoff against polling alone.
-    var handoffRate: (ratio: Double, fast: Double, polling: Double)?
+    /// The contended median handoff against the uncontended acquire, and the row's variant.
+    var handoff: (ratio: Double, handoff: Double, acquire: Double, variant: String)?
+    /// Contended acquisitions per second with fast handoff against polling alone, and the
+    /// fast row's variant.
+    var handoffRate: (ratio: Double, fast: Double, polling: Double, variant: String)?
     /// The overhead and parallel ratios of the `polling` variant (fast handoff off).
     var pollingOverhead: Double?
     var pollingParallel: Double?
+
+    /// The handoff and rate ratios of the contended rows the targets are not judged on.
+    var otherContendedRatios: [String] = []
 
     init(rows: [BenchRow], nodeCount: Int) {
         func row(_ scenario: String, nodes: Int, concurrency: Int = 1, variant: String = "default") -> BenchRow? {
@@ -137,16 +141,33 @@ struct BenchTargets: Sendable {
         if let polling = rows.first(where: { $0.scenario == "parallel" && $0.variant == "polling" }) {
             pollingParallel = polling.ratioToFloor
         }
-        if let contended = rows.first(where: { $0.scenario == "contended" && $0.variant == "default" }) {
-            if let handoff = contended.p50, let acquire = row("acquire", nodes: contended.nodes)?.p50, acquire > 0 {
-                self.handoff = (handoff / acquire, handoff, acquire)
+        // Handoff latency where every acquisition is a handoff to a waiting task (a hold > 0,
+        // variant `default-hold…`), else at hold 0; the rate where the hold does not dilute it
+        // (hold 0, variants `default` and `polling`), else at the first hold measured.
+        let fastRows = rows.filter { $0.scenario == "contended" && $0.variant.hasPrefix("default") }
+        if let contended = fastRows.first(where: { $0.variant != "default" }) ?? fastRows.first,
+           let handoff = contended.p50, let acquire = row("acquire", nodes: contended.nodes)?.p50, acquire > 0
+        {
+            self.handoff = (handoff / acquire, handoff, acquire, contended.variant)
+        }
+        if let fast = fastRows.first(where: { $0.variant == "default" }) ?? fastRows.first,
+           let fastRate = fast.operationsPerSecond,
+           let polling = row("contended", nodes: fast.nodes, concurrency: fast.concurrency, variant: "polling" + fast.variant.dropFirst("default".count))?.operationsPerSecond,
+           polling > 0
+        {
+            handoffRate = (fastRate / polling, fastRate, polling, fast.variant)
+        }
+        let acquire = row("acquire", nodes: nodeCount)?.p50
+        for fast in fastRows where fast.variant != handoff?.variant || fast.variant != handoffRate?.variant {
+            let polling = row("contended", nodes: fast.nodes, concurrency: fast.concurrency, variant: "polling" + fast.variant.dropFirst("default".count))
+            var parts: [String] = []
+            if fast.variant != handoff?.variant, let median = fast.p50, let acquire, acquire > 0 {
+                parts.append(String(format: "median handoff %.0f µs = %.2f × acquire", median, median / acquire))
             }
-            if let fast = contended.operationsPerSecond,
-               let polling = row("contended", nodes: contended.nodes, concurrency: contended.concurrency, variant: "polling")?.operationsPerSecond,
-               polling > 0
-            {
-                handoffRate = (fast / polling, fast, polling)
+            if fast.variant != handoffRate?.variant, let rate = fast.operationsPerSecond, let slow = polling?.operationsPerSecond, slow > 0 {
+                parts.append(String(format: "rate %.0f/s = %.1f × polling", rate, rate / slow))
             }
+            if !parts.isEmpty { otherContendedRatios.append("contended \(fast.variant): " + parts.joined(separator: "; ")) }
         }
         if let parallel = rows.first(where: { $0.scenario == "parallel" && $0.variant == "default" }),
            let cycles = parallel.operationsPerSecond,
@@ -203,12 +224,15 @@ enum BenchReport {
             lines.append(verdict(parallel.ratio >= 0.7, String(format: "64 tasks, independent names: %.0f cycles/s = %.2f × floor %.0f/s (target ≥ 0.7)", parallel.cycles, parallel.ratio, parallel.floor)))
         }
         if let handoff = targets.handoff {
-            lines.append(verdict(handoff.ratio <= 3, String(format: "contended handoff: median %@ = %.2f × uncontended acquire p50 %@ (target ≤ 3)", microseconds(handoff.handoff), handoff.ratio, microseconds(handoff.acquire))))
+            lines.append(verdict(handoff.ratio <= 3, String(format: "contended handoff (%@): median %@ = %.2f × uncontended acquire p50 %@ (target ≤ 3)", handoff.variant, microseconds(handoff.handoff), handoff.ratio, microseconds(handoff.acquire))))
         }
         if let rate = targets.handoffRate {
-            lines.append(verdict(rate.ratio >= 20, String(format: "contended rate: %.0f acquisitions/s with fast handoff = %.1f × %.0f/s polling alone (target ≥ 20)", rate.fast, rate.ratio, rate.polling)))
+            lines.append(verdict(rate.ratio >= 20, String(format: "contended rate (%@): %.0f acquisitions/s with fast handoff = %.1f × %.0f/s polling alone (target ≥ 20)", rate.variant, rate.fast, rate.ratio, rate.polling)))
         }
 
+        for line in targets.otherContendedRatios {
+            lines.append("  (info) \(line)")
+        }
         if targets.pollingOverhead != nil || targets.pollingParallel != nil {
             let overhead = targets.pollingOverhead.map { String(format: "cycle p50 %.2f × floor", $0) } ?? "–"
             let parallel = targets.pollingParallel.map { String(format: "parallel %.2f × floor", $0) } ?? "–"

@@ -6,6 +6,20 @@ import Synchronization
 /// the command at once), so it must be quick and must not block.
 package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
 
+/// A command to queue with ``RedisConnection/send(_:)-(_)``: the command, the script whose
+/// `EVALSHA` it is (for the `EVAL` fallback), and what gets its outcome.
+package struct QueuedCommand: Sendable {
+    package let command: RedisCommand
+    package let script: RedisScript?
+    package let handler: RedisReplyHandler
+
+    package init(_ command: RedisCommand, script: RedisScript? = nil, handler: @escaping RedisReplyHandler) {
+        self.command = command
+        self.script = script
+        self.handler = handler
+    }
+}
+
 /// One command waiting for its reply: completed exactly once, by the reply, an error or
 /// the caller's cancellation, whichever comes first. The state machine below resumes the
 /// continuation (or calls the handler) exactly once, which is why an unchecked continuation is

@@ -76,6 +76,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core.enqueue(PendingCommand(command: command, script: script, handler: handler))
     }
 
+    /// Queues several commands at once, in order, without suspending: no other caller's command
+    /// lands between them, and the I/O thread usually writes them in one batch. Each handler
+    /// gets its command's outcome exactly once.
+    package func send(_ commands: [QueuedCommand]) {
+        core.enqueue(contentsOf: commands.map { PendingCommand(command: $0.command, script: $0.script, handler: $0.handler) })
+    }
+
     func send(_ pending: PendingCommand) async throws -> RedisValue {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
@@ -140,25 +147,49 @@ final class ConnectionCore: Sendable {
         RedisError(code: code, endpoint: configuration.endpoint, message: message)
     }
 
+    private enum EnqueueOutcome { case queued, wake, rejected(RedisError) }
+
+    /// Queues `command`, waking the thread if it is idle.
     func enqueue(_ command: PendingCommand) {
-        enum Outcome { case queued, wake, rejected(RedisError) }
-        let limit = configuration.maximumQueuedCommands
-        let outcome: Outcome = shared.withLock { shared in
-            if shared.shuttingDown { return .rejected(error(.shutdown, "")) }
-            if shared.queue.count >= limit {
-                return .rejected(error(.overloaded, "\(shared.queue.count) commands already queued"))
-            }
+        let outcome: EnqueueOutcome = shared.withLock { shared in
+            if let refusal = refusal(adding: 1, to: shared) { return .rejected(refusal) }
             shared.queue.append(command)
-            if shared.threadIsIdle {
-                shared.threadIsIdle = false
-                return .wake
-            }
-            return .queued
+            return wakeIfIdle(&shared)
         }
+        settle(outcome, [command])
+    }
+
+    /// Queues `commands` together (all or none, in order), waking the thread if it is idle.
+    func enqueue(contentsOf commands: [PendingCommand]) {
+        let outcome: EnqueueOutcome = shared.withLock { shared in
+            if let refusal = refusal(adding: commands.count, to: shared) { return .rejected(refusal) }
+            shared.queue.append(contentsOf: commands)
+            return wakeIfIdle(&shared)
+        }
+        settle(outcome, commands)
+    }
+
+    /// Why `count` more commands cannot be queued, if they cannot.
+    @inline(__always)
+    private func refusal(adding count: Int, to shared: borrowing Shared) -> RedisError? {
+        if shared.shuttingDown { return error(.shutdown, "") }
+        if shared.queue.count + count > configuration.maximumQueuedCommands {
+            return error(.overloaded, "\(shared.queue.count) commands already queued")
+        }
+        return nil
+    }
+
+    private func wakeIfIdle(_ shared: inout Shared) -> EnqueueOutcome {
+        guard shared.threadIsIdle else { return .queued }
+        shared.threadIsIdle = false
+        return .wake
+    }
+
+    private func settle(_ outcome: EnqueueOutcome, _ commands: @autoclosure () -> [PendingCommand]) {
         switch outcome {
         case .queued: break
         case .wake: wakeup.signal()
-        case let .rejected(error): command.complete(.failure(error))
+        case let .rejected(error): for command in commands() { command.complete(.failure(error)) }
         }
     }
 

@@ -1,4 +1,6 @@
 @testable import Redlock
+import Logging
+import RedlockTransport
 import Testing
 
 @Suite("Release announcements")
@@ -35,5 +37,43 @@ struct ReleaseBoardTests {
         let quiet = ContinuousClock.now
         await board.wait(for: "name", after: 1, timeout: .milliseconds(50))
         #expect(quiet.duration(to: .now) >= .milliseconds(50))
+    }
+
+    @Test("a release made in this process hands the waiter's prepared attempt over, and says when it sent it")
+    func handOff() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let board = ReleaseBoard(timer: timer)
+        board.track("name")
+        #expect(board.handOff("name", release: Array("v0".utf8)) == nil)
+        let attempt = PreparedFanOut(
+            round: FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true), command: RedisCommand("PING"), script: nil, order: [],
+            budget: .seconds(1), classify: Vote.ofSetNX, confirm: nil, endpoints: [], logger: Logger(label: "test")
+        )
+        let waiting = Task { await board.wait(for: "name", after: 1, timeout: .seconds(30), next: attempt) }
+        // The waiter is in line once its timeout is scheduled (the board signals nothing).
+        try await until { timer.count == 1 }
+        let claimed = try #require(board.handOff("name", release: Array("v1".utf8)))
+        #expect(claimed.waiter.next?.round === attempt.round)
+        let sentAt = ContinuousClock.now
+        claimed.waiter.resume(claimed.continuation, transferredAt: sentAt)
+        #expect(await waiting.value == sentAt)
+        #expect(board.generation(of: "name") == 2)
+
+        // Woken by a published release instead, nothing was sent for it. (Another timeout: its
+        // own lane, so the count tells when it is in line.)
+        let plain = Task { await board.wait(for: "name", after: 2, timeout: .seconds(31), next: attempt) }
+        try await until { timer.count == 2 }
+        board.announce("name", release: Array("v2".utf8))
+        #expect(await plain.value == nil)
+    }
+
+    /// Polls `condition` every 2 ms, for at most 5 s.
+    private func until(_ condition: () -> Bool) async throws {
+        let giveUp = ContinuousClock.now + .seconds(5)
+        while !condition() {
+            guard ContinuousClock.now < giveUp else { throw CancellationError() }
+            try await Task.sleep(for: .milliseconds(2))
+        }
     }
 }
