@@ -58,37 +58,19 @@ final class PreparedFanOut: Sendable {
 }
 
 extension RedlockClient {
-    /// The one fan-out path that acquire, extend and release share: prepare, send, collect.
+    /// Makes a fan-out ready to send: the one fan-out path that acquire, extend and release
+    /// share (prepare, ``send(_:then:)``, ``votes(of:cancellable:)``).
     ///
-    /// Sends `command` (with `script`, an `EVALSHA` that falls back to `EVAL`) to each node in
-    /// `order` at once, turns each reply into a vote with `classify`, and returns when every node
-    /// answered, the outcome is decided (with `returnWhenDecided`), `budget` ran out or — when
-    /// `cancellable` — the calling task was cancelled. Nodes still silent then get `.unsettled`
-    /// when the outcome was decided without them, `.refused(.noAnswer)` otherwise; nodes not in
-    /// `order` get `nil`. The command reaches every node either way: once sent, a lock command
-    /// is never withdrawn.
+    /// Sending it sends `command` (with `script`, an `EVALSHA` that falls back to `EVAL`) to each
+    /// node in `order` at once; each reply becomes a vote by `classify`. Its votes are complete
+    /// when every node answered, the outcome is decided (with `returnWhenDecided`), `budget` ran
+    /// out or the collecting task was cancelled (when it collects as cancellable). Nodes still
+    /// silent then get `.unsettled` when the outcome was decided without them,
+    /// `.refused(.noAnswer)` otherwise; nodes not in `order` get `nil`. The command reaches every
+    /// node either way: once sent, a lock command is never withdrawn.
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
     /// that check runs in a task of its own, bounded by the node's command timeout.
-    func fanOut(
-        _ command: RedisCommand,
-        script: RedisScript? = nil,
-        classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
-        order: [Int],
-        budget: Duration,
-        returnWhenDecided: Bool,
-        cancellable: Bool = true,
-        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil
-    ) async -> [Vote?] {
-        let prepared = prepareFanOut(
-            command, script: script, classify: classify, order: order, budget: budget,
-            returnWhenDecided: returnWhenDecided, confirm: confirm
-        )
-        send(prepared)
-        return await votes(of: prepared, cancellable: cancellable)
-    }
-
-    /// Makes a fan-out ready to send; see ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
@@ -143,7 +125,8 @@ extension RedlockClient {
     }
 
     /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
-    /// through ``fanOut(_:script:classify:order:budget:returnWhenDecided:cancellable:confirm:)``.
+    /// (see ``prepareFanOut(_:script:classify:order:budget:returnWhenDecided:confirm:)``) and
+    /// returns its votes.
     func fanOut(
         _ call: RedisScriptCall,
         order: [Int],
