@@ -44,15 +44,16 @@ extension DistributedLock {
         // retry delay, the fallback.
         var watching = false
         defer { if watching { client.unwatch(name) } }
-        // Whether the last attempt was handed over by a release and still failed: the release
-        // was heard (and counts as heard), so retry soon rather than wait for another one. (A
-        // node that had to load the release script runs the delete after the attempt.)
-        var handedOverAndFailed = false
+        // Whether the last attempt followed a release it heard of and still failed: retry soon
+        // rather than wait for another release, as the one heard counts as heard. The release
+        // may not have reached every node yet (the first node's message wakes the waiter), or a
+        // node that had to load the release script ran the delete after a handed-over attempt.
+        var wokenAndFailed = false
         for attemptNumber in 0..<tries {
             // With fast handoff, a waiter prepares its attempt before it waits, so that a
             // release in this process can send it at once (see `unlock`).
             var prepared: PreparedFanOut?
-            var sentAt: ContinuousClock.Instant?
+            var woken = WaitOutcome(woken: false)
             if attemptNumber > 0 {
                 if options.fastHandoff, !watching {
                     client.watch(name)
@@ -61,19 +62,20 @@ extension DistributedLock {
                 var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 // A split vote (nobody holds a quorum) is contention, not a holder: retry soon.
                 let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
-                if (lastError.code == .taken && takenCount < client.quorum) || handedOverAndFailed {
+                if (lastError.code == .taken && takenCount < client.quorum) || wokenAndFailed {
                     delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
                 }
                 if watching {
                     let next = prepareAttempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds)
                     prepared = next
-                    sentAt = await client.releases.wait(for: name, after: releasesHeard, timeout: delay, next: next)
+                    woken = await client.releases.wait(for: name, after: releasesHeard, timeout: delay, next: next)
                 } else {
                     try? await Task.sleep(for: delay)
                 }
             }
             // An attempt a releaser already sent must run to its end (its clean-up included),
             // even when cancelled.
+            let sentAt = woken.handedOverAt
             if sentAt == nil, Task.isCancelled { throw cancelled("lock") }
             releasesHeard = client.releases.generation(of: name)
             client.metrics.attempts.increment()
@@ -85,7 +87,7 @@ extension DistributedLock {
                 return lease
             case let .failure(error):
                 lastError = error
-                handedOverAndFailed = sentAt != nil
+                wokenAndFailed = woken.woken
             }
             if Task.isCancelled { throw cancelled("lock") }
         }

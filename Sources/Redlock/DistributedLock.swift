@@ -73,9 +73,9 @@ public struct DistributedLock: Sendable {
             client.send(release, then: handedOver)
             if let round = handedOver?.round {
                 // The waiter wakes once its attempt has its votes: one task hop, not two.
-                round.whenFinished { claimed.waiter.resume(claimed.continuation, transferredAt: sentAt) }
+                round.whenFinished { claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt) }
             } else {
-                claimed.waiter.resume(claimed.continuation, transferredAt: nil)
+                claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
             }
             votes = await client.votes(of: release, cancellable: false)
         } else {

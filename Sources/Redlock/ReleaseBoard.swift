@@ -40,10 +40,10 @@ final class ReleaseBoard: Sendable {
     /// Records the release `release` (the released lease's value) of a tracked `name` and wakes
     /// the longest-waiting waiter. Releases of names nobody tracks are ignored.
     func announce(_ name: String, release: some Collection<UInt8>) {
-        claimNext(name, release: release)?.continuation.resume()
+        if let claimed = claimNext(name, release: release) { claimed.waiter.resume(claimed.continuation, handedOverAt: nil) }
     }
 
-    /// A waiter claimed by ``handOff(_:release:)``: resume it with ``ReleaseWaiter/resume(_:transferredAt:)``
+    /// A waiter claimed by ``handOff(_:release:)``: resume it with ``ReleaseWaiter/resume(_:handedOverAt:)``
     /// once its prepared attempt, if any, is sent.
     struct Claimed {
         let waiter: ReleaseWaiter
@@ -67,7 +67,7 @@ final class ReleaseBoard: Sendable {
             // Waiters that timed out are skipped: the release goes to one that still waits.
             while let waiter = entries[name]?.waiters.first {
                 entries[name]?.waiters.removeFirst()
-                if let continuation = waiter.claim() { return Claimed(waiter: waiter, continuation: continuation) }
+                if let continuation = waiter.claim(byRelease: true) { return Claimed(waiter: waiter, continuation: continuation) }
             }
             return nil
         }
@@ -80,10 +80,10 @@ final class ReleaseBoard: Sendable {
     /// for the timeout. With `next`, the waiter's next attempt, a release made in this process
     /// sends it right behind its deletes (see ``handOff(_:release:)``).
     ///
-    /// - Returns: When the attempt was sent that way, the moment it was sent; else nil (and the
-    ///   attempt was not sent).
+    /// - Returns: How the wait ended: by a release, also one heard since `generation` before the
+    ///   wait began (and when `next` was sent for it, if it was), or not (timeout, cancellation).
     @discardableResult
-    func wait(for name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut? = nil) async -> ContinuousClock.Instant? {
+    func wait(for name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut? = nil) async -> WaitOutcome {
         let waiter = ReleaseWaiter(next: next)
         await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
@@ -93,7 +93,12 @@ final class ReleaseBoard: Sendable {
                     entries[name]?.waiters.append(waiter)
                     return true
                 }
-                if waiting { timer.schedule(waiter, after: timeout) } else { waiter.expire() }
+                if waiting {
+                    timer.schedule(waiter, after: timeout)
+                } else {
+                    // A release was heard since `generation`: as good as one heard now.
+                    waiter.claim(byRelease: true)?.resume()
+                }
             }
         } onCancel: {
             waiter.expire()
@@ -101,16 +106,24 @@ final class ReleaseBoard: Sendable {
         entries.withLock { entries in
             entries[name]?.waiters.removeAll { $0 === waiter }
         }
-        return waiter.transferredAt
+        return waiter.outcome
     }
 
     /// Drops what is known of `name` once nobody listens for it (waiters still waiting are woken).
     func forget(_ name: String) {
         let woken = entries.withLock { entries in
-            (entries.removeValue(forKey: name)?.waiters ?? []).compactMap { $0.claim() }
+            (entries.removeValue(forKey: name)?.waiters ?? []).compactMap { $0.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
     }
+}
+
+/// How a wait for a release ended.
+struct WaitOutcome: Sendable, Equatable {
+    /// Whether a release announced while waiting ended it.
+    var woken: Bool
+    /// When a releaser in this process sent the waiter's prepared attempt for it; nil otherwise.
+    var handedOverAt: ContinuousClock.Instant?
 }
 
 /// One `lock()` waiting for a release: resumed exactly once, by the release, its timeout or
@@ -119,7 +132,7 @@ final class ReleaseWaiter: Expiring {
     private struct State {
         var continuation: UnsafeContinuation<Void, Never>?
         var finished = false
-        var transferredAt: ContinuousClock.Instant?
+        var outcome = WaitOutcome(woken: false)
     }
 
     /// The waiter's next attempt, for a releaser in this process to send.
@@ -133,8 +146,8 @@ final class ReleaseWaiter: Expiring {
 
     var isFinished: Bool { finishedFlag.load(ordering: .acquiring) }
 
-    /// When a releaser sent ``next``; nil when nobody did.
-    var transferredAt: ContinuousClock.Instant? { state.withLock { $0.transferredAt } }
+    /// How the wait ended (read once it has).
+    var outcome: WaitOutcome { state.withLock { $0.outcome } }
 
     /// Hands over the waiting task's continuation; resumes it at once when already ended.
     func install(_ continuation: UnsafeContinuation<Void, Never>) {
@@ -146,12 +159,14 @@ final class ReleaseWaiter: Expiring {
         if endedEarly { continuation.resume() }
     }
 
-    /// Ends the wait; returns the continuation to resume (outside any lock), or nil when the wait
-    /// had already ended or its continuation is not installed yet (then ``install(_:)`` resumes it).
-    func claim() -> UnsafeContinuation<Void, Never>? {
+    /// Ends the wait, by a release or not; returns the continuation to resume (outside any
+    /// lock), or nil when the wait had already ended or its continuation is not installed yet
+    /// (then ``install(_:)`` resumes it).
+    func claim(byRelease: Bool) -> UnsafeContinuation<Void, Never>? {
         state.withLock { state in
             guard !state.finished else { return nil }
             state.finished = true
+            state.outcome.woken = byRelease
             finishedFlag.store(true, ordering: .releasing)
             defer { state.continuation = nil }
             return state.continuation
@@ -159,12 +174,12 @@ final class ReleaseWaiter: Expiring {
     }
 
     /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent).
-    func resume(_ continuation: UnsafeContinuation<Void, Never>, transferredAt: ContinuousClock.Instant?) {
-        state.withLock { $0.transferredAt = transferredAt }
+    func resume(_ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?) {
+        state.withLock { $0.outcome.handedOverAt = handedOverAt }
         continuation.resume()
     }
 
     func expire() {
-        claim()?.resume()
+        claim(byRelease: false)?.resume()
     }
 }

@@ -7,7 +7,7 @@ import Testing
 
 @Suite("Fast handoff, restart guard, single-flight, observability")
 struct HandoffAndGuardTests {
-    @Test("a waiter with a 10 s retry delay acquires as soon as the holder unlocks (release published)")
+    @Test("a waiter on the same client with a 10 s retry delay gets the lock handed over as soon as the holder unlocks")
     func handoff() async throws {
         try await withLockNodes(5) { client, _ in
             let holder = try client.makeLock("handoff", options: testOptions())
@@ -24,6 +24,36 @@ struct HandoffAndGuardTests {
             // Without the published release it would sleep out the 10 s delay.
             #expect(releasedAt.duration(to: .now) < .seconds(3))
             try await waiter.unlock(next)
+        }
+    }
+
+    @Test("a waiter on another client (as in another process) with a 10 s retry delay acquires as soon as the release is published")
+    func publishedHandoff() async throws {
+        try await withLockNodes(5) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
+            try await withTeardown {
+                let holder = try client.makeLock("published", options: testOptions())
+                let lease = try await holder.lock()
+                let waiter = try other.makeLock("published", options: LockOptions(
+                    tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2
+                ))
+                let waiting = Task { try await waiter.lock() }
+                // The waiter subscribes once its first attempt failed: wait until every node has
+                // its subscription.
+                let giveUp = ContinuousClock.now + .seconds(10)
+                while try await subscriberCounts("redlock:released:published", on: servers).contains(0) {
+                    try #require(ContinuousClock.now < giveUp, "the waiter never subscribed")
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                let releasedAt = ContinuousClock.now
+                try await holder.unlock(lease)
+                let next = try await waiting.value
+                // Its own client has no waiter to hand over to: only the message can wake it.
+                #expect(releasedAt.duration(to: .now) < .seconds(3))
+                try await waiter.unlock(next)
+            } teardown: {
+                await other.shutdown()
+            }
         }
     }
 
@@ -181,4 +211,25 @@ struct CapturingLogHandler: LogHandler {
     func log(event: LogEvent) {
         records.update { $0.append("\(event.level) \(event.message) \(event.metadata ?? [:])") }
     }
+}
+
+/// How many subscribers `channel` has on each server, asked with a separate connection.
+func subscriberCounts(_ channel: String, on servers: [RedisServer]) async throws -> [Int64] {
+    var counts: [Int64] = []
+    for server in servers {
+        let connection = RedisConnection(configuration: server.configuration())
+        let reply: RedisValue
+        do {
+            reply = try await connection.send(RedisCommand("PUBSUB", "NUMSUB", channel))
+            await connection.shutdown()
+        } catch {
+            await connection.shutdown()
+            throw error
+        }
+        guard case let .array(parts) = reply, parts.count == 2, let count = parts[1].integer else {
+            throw RedisError(code: .unexpectedReply, endpoint: server.configuration().endpoint, message: "PUBSUB NUMSUB returned \(reply)")
+        }
+        counts.append(count)
+    }
+    return counts
 }

@@ -32,14 +32,14 @@ struct ReleaseBoardTests {
         board.track("name")
         board.announce("name", release: Array("v1".utf8))
         let started = ContinuousClock.now
-        await board.wait(for: "name", after: 0, timeout: .seconds(30))
+        #expect(await board.wait(for: "name", after: 0, timeout: .seconds(30)) == WaitOutcome(woken: true))
         #expect(started.duration(to: .now) < .seconds(5))
         let quiet = ContinuousClock.now
-        await board.wait(for: "name", after: 1, timeout: .milliseconds(50))
+        #expect(await board.wait(for: "name", after: 1, timeout: .milliseconds(50)) == WaitOutcome(woken: false))
         #expect(quiet.duration(to: .now) >= .milliseconds(50))
     }
 
-    @Test("a release made in this process hands the waiter's prepared attempt over, and says when it sent it")
+    @Test("a release made in this process hands the waiter's prepared attempt over and says when it sent it; a published one only wakes")
     func handOff() async throws {
         let timer = DeadlineTimer()
         defer { timer.stop() }
@@ -56,8 +56,8 @@ struct ReleaseBoardTests {
         let claimed = try #require(board.handOff("name", release: Array("v1".utf8)))
         #expect(claimed.waiter.next?.round === attempt.round)
         let sentAt = ContinuousClock.now
-        claimed.waiter.resume(claimed.continuation, transferredAt: sentAt)
-        #expect(await waiting.value == sentAt)
+        claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt)
+        #expect(await waiting.value == WaitOutcome(woken: true, handedOverAt: sentAt))
         #expect(board.generation(of: "name") == 2)
 
         // Woken by a published release instead, nothing was sent for it. (Another timeout: its
@@ -65,7 +65,7 @@ struct ReleaseBoardTests {
         let plain = Task { await board.wait(for: "name", after: 2, timeout: .seconds(31), next: attempt) }
         try await until { timer.count == 2 }
         board.announce("name", release: Array("v2".utf8))
-        #expect(await plain.value == nil)
+        #expect(await plain.value == WaitOutcome(woken: true, handedOverAt: nil))
     }
 
     /// Polls `condition` every 2 ms, for at most 5 s.
