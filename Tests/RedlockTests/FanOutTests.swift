@@ -13,7 +13,7 @@ private func collectVotes(of round: FanOutRound, whileWaiting: () -> Void = {}) 
 
 /// Polls `condition` every few milliseconds until it holds or `limit` passes; only for states
 /// that signal nothing when they change. Returns whether it held.
-private func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
     let giveUp = ContinuousClock.now + limit
     while !condition() {
         guard ContinuousClock.now < giveUp else { return false }

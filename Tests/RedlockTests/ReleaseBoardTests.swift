@@ -52,7 +52,7 @@ struct ReleaseBoardTests {
         )
         let waiting = Task { await board.wait(for: "name", after: 1, timeout: .seconds(30), next: attempt) }
         // The waiter is in line once its timeout is scheduled (the board signals nothing).
-        try await until { timer.count == 1 }
+        try #require(await eventually { timer.count == 1 })
         let claimed = try #require(board.handOff("name", release: Array("v1".utf8)))
         #expect(claimed.waiter.next?.round === attempt.round)
         let sentAt = ContinuousClock.now
@@ -63,17 +63,8 @@ struct ReleaseBoardTests {
         // Woken by a published release instead, nothing was sent for it. (Another timeout: its
         // own lane, so the count tells when it is in line.)
         let plain = Task { await board.wait(for: "name", after: 2, timeout: .seconds(31), next: attempt) }
-        try await until { timer.count == 2 }
+        try #require(await eventually { timer.count == 2 })
         board.announce("name", release: Array("v2".utf8))
         #expect(await plain.value == WaitOutcome(woken: true, handedOverAt: nil))
-    }
-
-    /// Polls `condition` every 2 ms, for at most 5 s.
-    private func until(_ condition: () -> Bool) async throws {
-        let giveUp = ContinuousClock.now + .seconds(5)
-        while !condition() {
-            guard ContinuousClock.now < giveUp else { throw CancellationError() }
-            try await Task.sleep(for: .milliseconds(2))
-        }
     }
 }
