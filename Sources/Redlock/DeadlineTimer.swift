@@ -15,15 +15,16 @@ protocol Expiring: AnyObject, Sendable {
 /// Ends waits whose time is up, on one thread per client: the budget of every fan-out and the
 /// retry delay of every `lock()` waiting for a release, without a task or a timer per wait.
 ///
-/// Waits scheduled with ``schedule(_:after:)`` go to a lane of their own timeout, a FIFO in
-/// which deadlines only grow (each is computed under the lock): fan-outs of one lock share a
-/// budget, so each is an append, and the finished ones at the front are dropped in passing.
-/// A few lanes exist at a time; other waits, and those of ``schedule(_:at:)``, go to a min-heap.
-/// Finished waits are not removed eagerly: each schedule first drops the finished waits at
-/// the front, so the timer holds about the waits started since the oldest one still running.
+/// Waits scheduled with ``schedule(_:after:)`` (fan-out budgets) go to a lane of their own
+/// timeout, a FIFO in which deadlines only grow (each is computed under the lock): fan-outs of
+/// one lock share a budget, so each is an append. A few lanes exist at a time; further timeouts,
+/// and waits of ``schedule(_:at:)`` (retry delays, which vary), go to a min-heap. Finished waits
+/// are not removed eagerly: each schedule first drops the finished waits at the front of its
+/// lane (or the top of the heap), and the thread drops what it passes, so the timer holds about
+/// the waits started since the oldest one still running.
 ///
 /// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
-/// earlier than the one it sleeps toward, which for a lane's appends never happens.
+/// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for.
 ///
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.
@@ -66,7 +67,6 @@ final class DeadlineTimer: Sendable {
         var heap: [Entry] = []
         var lanes: [Lane] = []
         var threadRunning = false
-        var stopped = false
         /// Whether the thread sleeps (or is about to), and until when; nil: until signalled.
         var sleeping = false
         var wakeAt: ContinuousClock.Instant?
@@ -115,6 +115,7 @@ final class DeadlineTimer: Sendable {
     }
 
     private let state = Mutex(State())
+    private let stopRequested = Atomic<Bool>(false)
     /// Signalled when the sleeping thread must look again.
     private let wakeup = DispatchSemaphore(value: 0)
 
@@ -172,12 +173,12 @@ final class DeadlineTimer: Sendable {
     }
 
     /// Lets the thread end once the waits it holds are finished or expired.
+    ///
+    /// Takes no lock: it runs from the client's `deinit`, which can run on the timer's own
+    /// thread while it holds its lock (when a dropped wait held the last reference to the client).
     func stop() {
-        let wake = state.withLock { state in
-            state.stopped = true
-            return state.sleeping
-        }
-        if wake { wakeup.signal() }
+        stopRequested.store(true, ordering: .releasing)
+        wakeup.signal()
     }
 
     /// How many waits the timer holds, finished ones included (for tests).
@@ -208,7 +209,7 @@ final class DeadlineTimer: Sendable {
                     state.wakeAt = earliest
                     return .sleep(until: earliest)
                 }
-                if state.stopped {
+                if stopRequested.load(ordering: .acquiring) {
                     state.threadRunning = false
                     return .exit
                 }

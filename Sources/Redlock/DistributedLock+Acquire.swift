@@ -84,6 +84,13 @@ extension DistributedLock {
             if sentAt == nil { client.send(attempt) }
             switch await finish(attempt, startedAt: start, value: value) {
             case let .success(lease):
+                // A handed-over attempt runs to its end even when its task was cancelled while
+                // it was on its way; the cancelled caller must not end up holding the lock.
+                if sentAt != nil, Task.isCancelled {
+                    let release = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, announcedOn])
+                    _ = await self.release(release, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: false)
+                    throw cancelled("lock")
+                }
                 return lease
             case let .failure(error):
                 lastError = error

@@ -8,7 +8,8 @@ import RedlockTransport
 ///
 /// Cancelling the task that waits in ``lock()`` stops it promptly — also during a retry delay —
 /// with ``RedlockError/Code-swift.struct/cancelled``, after releasing whatever the interrupted
-/// attempt may have set.
+/// attempt may have set. (An attempt that an `unlock()` in this process sent on the waiter's
+/// behalf at that moment is first awaited, within the attempt budget, then released.)
 public struct DistributedLock: Sendable {
     /// The lock's name: the key on every node.
     public let name: String
@@ -62,7 +63,8 @@ public struct DistributedLock: Sendable {
             // right behind the deletes on every connection, so each node runs the delete first,
             // and the handoff costs no extra round trip. If the release fails, that attempt fails
             // like any other. The release is not published then: the lock has a new holder, and
-            // waiters elsewhere would only try in vain (a later release publishes).
+            // waiters in other processes would only try in vain; they hear the next release that
+            // finds no waiter here, or retry after their delay.
             let handedOver = claimed.waiter.next
             let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
             let release = client.prepareFanOut(
@@ -81,6 +83,11 @@ public struct DistributedLock: Sendable {
         } else {
             let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, announcedOn])
             votes = await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: options.failFast, cancellable: false)
+            // A waiter that began to wait in this process meanwhile need not wait for the
+            // published message to come back (it carries the same value and counts once).
+            if options.fastHandoff, grantedCount(votes) >= client.quorum {
+                client.releases.announce(name, release: lease.value.utf8)
+            }
         }
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)

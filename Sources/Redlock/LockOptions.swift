@@ -6,7 +6,9 @@ public struct LockOptions: Sendable {
     /// How many attempts `lock()` makes before it gives up (`tryLock()` makes one).
     /// The default is 32.
     public var tries: Int = 32
-    /// The wait before each retry. The default is a random 50–250 ms.
+    /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no
+    /// holder has a quorum) or an attempt that followed a release it heard of, the next retry
+    /// waits at most a random 0.5–5 ms instead.
     public var retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250)))
     /// The share of the expiry set aside for clock drift between client and nodes.
     /// The default is 0.01; it must be in [0, 1).

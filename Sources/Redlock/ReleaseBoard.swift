@@ -50,11 +50,24 @@ final class ReleaseBoard: Sendable {
         let continuation: UnsafeContinuation<Void, Never>
     }
 
-    /// Like ``announce(_:release:)`` for a release made in this process, but the longest-waiting
-    /// waiter is returned rather than woken: the releaser sends the waiter's prepared attempt
-    /// right behind its own deletes, then resumes it.
+    /// For a release being made in this process: claims the longest-waiting waiter of `name`
+    /// still waiting, and returns it rather than waking it, so that the releaser can send the
+    /// waiter's prepared attempt right behind its own deletes, then resume it. Returns nil (and
+    /// counts nothing) when no waiter waits: the releaser then announces its release once made.
     func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
-        claimNext(name, release: release)
+        entries.withLock { entries in
+            guard entries[name] != nil else { return nil }
+            while let waiter = entries[name]?.waiters.first {
+                entries[name]?.waiters.removeFirst()
+                if let continuation = waiter.claim(byRelease: true) {
+                    // Counted once: the deletes are not published when they hand over.
+                    entries[name]?.lastRelease = Array(release)
+                    entries[name]?.generation &+= 1
+                    return Claimed(waiter: waiter, continuation: continuation)
+                }
+            }
+            return nil
+        }
     }
 
     /// Counts the release (once per value) and claims the longest-waiting waiter still waiting.
@@ -94,7 +107,8 @@ final class ReleaseBoard: Sendable {
                     return true
                 }
                 if waiting {
-                    timer.schedule(waiter, after: timeout)
+                    // The heap, not a lane: retry delays vary from wait to wait.
+                    timer.schedule(waiter, at: .now + timeout)
                 } else {
                     // A release was heard since `generation`: as good as one heard now.
                     waiter.claim(byRelease: true)?.resume()

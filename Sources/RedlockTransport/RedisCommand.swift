@@ -1,8 +1,8 @@
 /// One Redis command, kept in its wire form: each argument already framed as a RESP bulk string.
 ///
-/// Building a command costs two allocations however many arguments it has; sending it copies
-/// its bytes once into the connection's output buffer, with no formatting per send, so the same
-/// command value goes to many nodes for the price of a copy each.
+/// Building a command costs two allocations however many arguments it has; sending it needs no
+/// formatting, only copies of its bytes (with the `*<count>` header) into the connection's
+/// output buffer, so the same command value goes to many nodes for the price of those copies.
 public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// `$<length>\r\n<argument>\r\n` for every argument, back to back.
     private(set) var body: [UInt8]
@@ -109,7 +109,8 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// The command with its first `count` arguments replaced by `replacements`.
     func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
         var result = RedisCommand(replacements)
-        let start = count > 0 && count <= ends.count ? ends[count - 1] : 0
+        // Replacing more arguments than there are replaces them all.
+        let start = count > 0 && !ends.isEmpty ? ends[min(count, ends.count) - 1] : 0
         result.body.append(contentsOf: body[start...])
         var previous = start
         for end in ends.dropFirst(count) {

@@ -229,6 +229,10 @@ final class ConnectionCore: Sendable {
         var context: HiredisContext?
         var batch: [PendingCommand] = []
         var written: [PendingCommand] = []
+        /// The scripts this connection has run since it connected: the first call of any other
+        /// is sent as `EVAL`, which loads it, so it runs in its place in the pipeline rather
+        /// than after a `NOSCRIPT` reply (which would put it behind the commands that followed).
+        var loadedScripts = Set<String>()
         while true {
             enum Next { case work, sleep, exit }
             let next: Next = shared.withLock { shared in
@@ -267,6 +271,7 @@ final class ConnectionCore: Sendable {
                 case let .success(opened):
                     shared.withLock { $0.socket = opened.fileDescriptor }
                     context = opened
+                    loadedScripts.removeAll()
                     generation.add(1, ordering: .releasing)
                 case let .failure(error):
                     for command in batch { command.complete(.failure(error)) }
@@ -274,7 +279,7 @@ final class ConnectionCore: Sendable {
                     continue
                 }
             }
-            if let open = context, !process(batch, on: open, written: &written) {
+            if let open = context, !process(batch, on: open, written: &written, loadedScripts: &loadedScripts) {
                 close(&context)
             }
             batch.removeAll(keepingCapacity: true)
@@ -285,20 +290,29 @@ final class ConnectionCore: Sendable {
     /// the replies in order. A command answered `NOSCRIPT` that has a fallback is sent again as
     /// the fallback right here, so a script runs even when its caller stopped waiting.
     /// Returns false when the context must be dropped.
-    private func process(_ batch: [PendingCommand], on context: HiredisContext, written: inout [PendingCommand]) -> Bool {
+    private func process(
+        _ batch: [PendingCommand],
+        on context: HiredisContext,
+        written: inout [PendingCommand],
+        loadedScripts: inout Set<String>
+    ) -> Bool {
         defer { written.removeAll(keepingCapacity: true) }
         for command in batch where command.shouldSend {
-            write(command, command.command, on: context, into: &written)
+            if let script = command.script, !loadedScripts.contains(script.sha1), let fallback = command.fallback {
+                write(command, fallback, on: context, into: &written)
+            } else {
+                write(command, command.command, on: context, into: &written)
+            }
         }
         var retried: [PendingCommand]? = []
-        guard read(written, on: context, retrying: &retried) else { return false }
+        guard read(written, on: context, retrying: &retried, loadedScripts: &loadedScripts) else { return false }
         guard let retried, !retried.isEmpty else { return true }
         written.removeAll(keepingCapacity: true)
         for command in retried {
             if let fallback = command.fallback { write(command, fallback, on: context, into: &written) }
         }
         var none: [PendingCommand]? = nil
-        return read(written, on: context, retrying: &none)
+        return read(written, on: context, retrying: &none, loadedScripts: &loadedScripts)
     }
 
     private func write(_ pending: PendingCommand, _ command: RedisCommand, on context: HiredisContext, into written: inout [PendingCommand]) {
@@ -311,11 +325,17 @@ final class ConnectionCore: Sendable {
 
     /// Reads one reply per written command. With `retrying` non-nil, commands answered
     /// `NOSCRIPT` that have a fallback are collected there instead of completed.
-    private func read(_ written: [PendingCommand], on context: HiredisContext, retrying: inout [PendingCommand]?) -> Bool {
+    private func read(
+        _ written: [PendingCommand],
+        on context: HiredisContext,
+        retrying: inout [PendingCommand]?,
+        loadedScripts: inout Set<String>
+    ) -> Bool {
         for (index, command) in written.enumerated() {
             let reply = context.readReply()
             switch reply {
             case .success:
+                if let script = command.script { loadedScripts.insert(script.sha1) }
                 command.complete(reply)
             case let .failure(failure) where failure.code == .serverError:
                 if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT") {

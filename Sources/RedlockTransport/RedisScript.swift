@@ -35,10 +35,12 @@ public struct RedisScriptCall: Sendable {
 }
 
 extension RedisConnection {
-    /// Runs a script by `EVALSHA`; when the node does not know it yet (after a restart or
-    /// `SCRIPT FLUSH`) the connection sends `EVAL` in its place, which also loads it for next
-    /// time. The fallback happens on the connection itself, so the script runs even if the
-    /// caller was cancelled after the command was written.
+    /// Runs a script by `EVALSHA`. The first call of a script on each connection (after every
+    /// reconnect too) goes as `EVAL`, which loads it, so the script runs in its place among the
+    /// commands pipelined with it; when the node still does not know it (after a `SCRIPT FLUSH`)
+    /// the connection sends `EVAL` after its `NOSCRIPT` reply. The fallback happens on the
+    /// connection itself, so the script runs even if the caller was cancelled after the command
+    /// was written.
     public func evaluate(
         _ script: RedisScript,
         keys: [String],

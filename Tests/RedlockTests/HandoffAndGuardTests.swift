@@ -38,13 +38,7 @@ struct HandoffAndGuardTests {
                     tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2
                 ))
                 let waiting = Task { try await waiter.lock() }
-                // The waiter subscribes once its first attempt failed: wait until every node has
-                // its subscription.
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while try await subscriberCounts("redlock:released:published", on: servers).contains(0) {
-                    try #require(ContinuousClock.now < giveUp, "the waiter never subscribed")
-                    try await Task.sleep(for: .milliseconds(5))
-                }
+                try await untilSubscribed("redlock:released:published", on: servers)
                 let releasedAt = ContinuousClock.now
                 try await holder.unlock(lease)
                 let next = try await waiting.value
@@ -54,6 +48,65 @@ struct HandoffAndGuardTests {
             } teardown: {
                 await other.shutdown()
             }
+        }
+    }
+
+    @Test("a waiter cancelled while an unlock hands it the lock ends cancelled, and releases what the handed-over attempt set")
+    func cancelledDuringHandOff() async throws {
+        try await withLockNodes(5) { client, servers in
+            // Budgets of 2.5 s: longer than the stall below, which stays within the 1 s command timeout.
+            let holder = try client.makeLock("claimed", options: testOptions(timeoutFactor: 0.5))
+            let lease = try await holder.lock()
+            let waiter = try client.makeLock("claimed", options: LockOptions(
+                expiry: .seconds(5), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.5
+            ))
+            let waiting = Task { try await waiter.lock() }
+            try await untilSubscribed("redlock:released:claimed", on: servers)
+            // Three of five nodes stall (all at once), so the handed-over attempt waits for a quorum.
+            async let first = servers[0].stall(for: .milliseconds(700))
+            async let second = servers[1].stall(for: .milliseconds(700))
+            async let third = servers[2].stall(for: .milliseconds(700))
+            let stalls = try await [first, second, third]
+            let unlocking = Task { try await holder.unlock(lease) }
+            // The waiter's value on a node that answers shows the attempt was handed over.
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while try await keyValues("claimed", on: Array(servers.suffix(2))).contains(where: { $0 == nil || $0 == lease.value }) {
+                try #require(ContinuousClock.now < giveUp, "the attempt was never handed over")
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            waiting.cancel()
+            let result = await waiting.result
+            #expect(throws: RedlockError.self) { try result.get() }
+            #expect((result.failure as? RedlockError)?.code == .cancelled)
+            try await unlocking.value
+            for stall in stalls { await stall.waitUntilOver() }
+            #expect(try await keyValues("claimed", on: servers) == Array(repeating: nil, count: 5))
+        }
+    }
+
+    @Test("a client dropped without shutdown after a handoff under the restart guard is freed (its last reference may go on the timer thread)")
+    func clientFreedAfterHandOff() async throws {
+        try await withRedisServers(3) { servers in
+            weak var released: RedlockClient?
+            do {
+                let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
+                released = client
+                var options = testOptions()
+                options.restartGuard = .milliseconds(1)
+                let holder = try client.makeLock("freed", options: options)
+                let lease = try await holder.lock()
+                options.tries = 100
+                options.retryDelay = .constant(.milliseconds(600))
+                let waiter = try client.makeLock("freed", options: options)
+                let waiting = Task { try await waiter.lock() }
+                try await untilSubscribed("redlock:released:freed", on: servers)
+                try await holder.unlock(lease)
+                try await waiter.unlock(try await waiting.value)
+            }
+            // The timer still holds the waiter's finished wait until its 600 ms deadline.
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while released != nil, ContinuousClock.now < giveUp { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(released == nil, "the client was never freed")
         }
     }
 
@@ -232,4 +285,22 @@ func subscriberCounts(_ channel: String, on servers: [RedisServer]) async throws
         counts.append(count)
     }
     return counts
+}
+
+/// Returns once `channel` has a subscriber on every server: a waiting `lock()` subscribes once
+/// its first attempt failed, right after it starts waiting for a release.
+func untilSubscribed(_ channel: String, on servers: [RedisServer]) async throws {
+    let giveUp = ContinuousClock.now + .seconds(10)
+    while try await subscriberCounts(channel, on: servers).contains(0) {
+        try #require(ContinuousClock.now < giveUp, "nobody subscribed to \(channel)")
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+extension Result {
+    /// The error of a failure, nil for a success.
+    var failure: Failure? {
+        if case let .failure(error) = self { return error }
+        return nil
+    }
 }
