@@ -45,6 +45,9 @@ struct Contend: AsyncParsableCommand {
     @Flag(help: "Acquire with fencing tokens and log them.")
     var fencing = false
 
+    @Flag(name: .customLong("no-fast-handoff"), help: "Wait out the retry delay instead of listening for releases.")
+    var noFastHandoff = false
+
     func validate() throws {
         guard holdMaxMilliseconds >= 0, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
               extendEvery >= 0, acquisitions >= 0
@@ -80,7 +83,8 @@ struct Contend: AsyncParsableCommand {
             tries: 1_000_000,
             retryDelay: .random(in: .milliseconds(retryMinimumMilliseconds)...(.milliseconds(retryMaximumMilliseconds))),
             timeoutFactor: cluster.timeoutFactor,
-            fencing: fencing
+            fencing: fencing,
+            fastHandoff: !noFastHandoff
         )
         let lock = try client.makeLock(cluster.lock, options: options)
 
