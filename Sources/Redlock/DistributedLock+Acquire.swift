@@ -35,8 +35,7 @@ extension DistributedLock {
     }
 
     private func attempts(tries: Int, value: String) async throws(RedlockError) -> Lease {
-        let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
-        let command = RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds)
+        let request = acquireRequest(value: value)
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = client.releases.generation(of: name)
         // Releases are listened for only once an attempt has failed: an uncontended lock() costs
@@ -66,7 +65,7 @@ extension DistributedLock {
                     delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
                 }
                 if watching {
-                    let next = prepareAttempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds)
+                    let next = prepareAttempt(request)
                     prepared = next
                     woken = await client.releases.wait(for: name, after: releasesHeard, timeout: delay, next: next)
                 } else {
@@ -79,18 +78,11 @@ extension DistributedLock {
             if sentAt == nil, Task.isCancelled { throw cancelled("lock") }
             releasesHeard = client.releases.generation(of: name)
             client.metrics.attempts.increment()
-            let attempt = prepared ?? prepareAttempt(command: command, value: value, expiryMilliseconds: expiryMilliseconds)
+            let attempt = prepared ?? prepareAttempt(request)
             let start = sentAt ?? ContinuousClock.now
             if sentAt == nil { client.send(attempt) }
             switch await finish(attempt, startedAt: start, value: value) {
             case let .success(lease):
-                // A handed-over attempt runs to its end even when its task was cancelled while
-                // it was on its way; the cancelled caller must not end up holding the lock.
-                if sentAt != nil, Task.isCancelled {
-                    let release = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, announcedOn])
-                    _ = await self.release(release, on: client.nodeOrder(shuffled: options.shuffleNodes), returnWhenDecided: false)
-                    throw cancelled("lock")
-                }
                 return lease
             case let .failure(error):
                 lastError = error
@@ -102,35 +94,52 @@ extension DistributedLock {
         throw lastError
     }
 
-    /// One attempt, ready to send: set the key on every node (by the fenced acquire script when
-    /// asked), each granted vote passed through the restart guard when one is set.
-    ///
-    /// Once sent, it reaches every node even when the attempt is decided (or cancelled) before a
-    /// node answers: once decided, a straggler's key is either part of the lease, released with
-    /// it, or released by the clean-up in ``finish(_:startedAt:value:)``; it never outlives its
-    /// expiry.
-    private func prepareAttempt(command: RedisCommand, value: String, expiryMilliseconds: String) -> PreparedFanOut {
-        let client = client
-        let fencedCall = options.fencing
-            ? RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
-            : nil
+    /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or the fenced acquire
+    /// script), how a reply becomes a vote, and the restart guard's check of a granted vote.
+    private struct AcquireRequest {
+        let command: RedisCommand
+        let script: RedisScript?
+        let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
+        let confirm: (@Sendable (Int, Vote) async -> Vote)?
+    }
+
+    private func acquireRequest(value: String) -> AcquireRequest {
+        let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
         if let restartGuard = options.restartGuard {
+            let client = client
             confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
         }
-        return client.prepareFanOut(
-            fencedCall?.command ?? command,
-            script: fencedCall?.script,
-            classify: options.fencing ? Vote.ofFencedAcquire : Vote.ofSetNX,
+        guard options.fencing else {
+            return AcquireRequest(
+                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
+                classify: Vote.ofSetNX, confirm: confirm
+            )
+        }
+        let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
+        return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofFencedAcquire, confirm: confirm)
+    }
+
+    /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
+    /// decided (or cancelled) before a node answers: once decided, a straggler's key is either
+    /// part of the lease, released with it, or released by the clean-up in
+    /// ``finish(_:startedAt:value:)``; it never outlives its expiry.
+    private func prepareAttempt(_ request: AcquireRequest) -> PreparedFanOut {
+        client.prepareFanOut(
+            request.command,
+            script: request.script,
+            classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast,
-            confirm: confirm
+            confirm: request.confirm
         )
     }
 
     /// The rest of an attempt sent at `start`: count the quorum, raise the fence, compute
     /// validity from `start`; on failure release wherever the attempt may have set the key.
+    /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
+    /// runs to its end) may have won it, and it is released like a failed one.
     private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
         let fencing = options.fencing
         var votes = await client.votes(of: attempt, cancellable: true)
@@ -155,10 +164,13 @@ extension DistributedLock {
         let end = ContinuousClock.now
 
         if failure == nil, granted >= client.quorum {
-            if let lease = lease(value: value, fencingToken: fencingToken, from: start, to: end) {
+            if Task.isCancelled {
+                failure = (.cancelled, "lock was cancelled; what it won was released")
+            } else if let lease = lease(value: value, fencingToken: fencingToken, from: start, to: end) {
                 return .success(lease)
+            } else {
+                failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
             }
-            failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
         }
 
         // Release wherever our key may have landed: granted, silent, or failed mid-flight. Nodes
@@ -183,7 +195,7 @@ extension DistributedLock {
         }
         let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
         for index in queued { client.nodes[index].evaluateAndForget(releaseCall) }
-        // Not announced: nobody held the lock.
+        // Not announced: nobody got to use the lock.
         if !awaited.isEmpty { _ = await release(releaseCall, on: awaited, returnWhenDecided: false) }
 
         let failures = client.failures(in: votes)
@@ -215,12 +227,11 @@ extension DistributedLock {
 extension RedlockClient {
     /// A granted vote, or a refusal when the node has been up for less than `restartGuard`.
     func guarded(_ granted: Vote, node index: Int, restartGuard: Duration) async -> Vote {
-        let node = nodes[index]
         do {
-            let uptime = try await uptimes.uptime(of: index, node: node)
+            let uptime = try await uptimes.uptime(of: index, node: nodes[index])
             return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
         } catch {
-            return .refused(failure: error, endpoint: node.configuration.endpoint)
+            return .refused(failure: error, endpoint: endpoints[index])
         }
     }
 }

@@ -56,38 +56,33 @@ public struct DistributedLock: Sendable {
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
-        let order = client.nodeOrder(shuffled: options.shuffleNodes)
-        let votes: [Vote?]
-        if options.fastHandoff, let claimed = client.releases.handOff(name, release: lease.value.utf8) {
-            // A waiter in this process gets the lock handed over: its next attempt is queued
-            // right behind the deletes on every connection, so each node runs the delete first,
-            // and the handoff costs no extra round trip. If the release fails, that attempt fails
-            // like any other. The release is not published then: the lock has a new holder, and
-            // waiters in other processes would only try in vain; they hear the next release that
-            // finds no waiter here, or retry after their delay.
-            let handedOver = claimed.waiter.next
-            let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
-            let release = client.prepareFanOut(
-                call.command, script: call.script, classify: Vote.ofScript,
-                order: order, budget: options.attemptBudget, returnWhenDecided: options.failFast
-            )
-            let sentAt = ContinuousClock.now
-            client.send(release, then: handedOver)
+        // With fast handoff, a waiter in this process gets the lock handed over: its next attempt
+        // is queued right behind the deletes on every connection, so each node runs the delete
+        // first, and the handoff costs no extra round trip. If the release fails, that attempt
+        // fails like any other. A release handed over is not published: the lock has a new
+        // holder, and waiters in other processes would only try in vain; they hear the next
+        // release that finds no waiter here, or retry after their delay.
+        let claimed = options.fastHandoff ? client.releases.handOff(name, release: lease.value.utf8) : nil
+        let handedOver = claimed?.waiter.next
+        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
+        let release = client.prepareFanOut(
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
+        )
+        let sentAt = ContinuousClock.now
+        client.send(release, then: handedOver)
+        if let claimed {
             if let round = handedOver?.round {
                 // The waiter wakes once its attempt has its votes: one task hop, not two.
                 round.whenFinished { claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt) }
             } else {
                 claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
             }
-            votes = await client.votes(of: release, cancellable: false)
-        } else {
-            let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, announcedOn])
-            votes = await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: options.failFast, cancellable: false)
-            // A waiter that began to wait in this process meanwhile need not wait for the
-            // published message to come back (it carries the same value and counts once).
-            if options.fastHandoff, grantedCount(votes) >= client.quorum {
-                client.releases.announce(name, release: lease.value.utf8)
-            }
+        }
+        let votes = await client.votes(of: release, cancellable: false)
+        // A waiter that began to wait in this process meanwhile need not wait for the published
+        // message to come back (it carries the same value and counts once).
+        if options.fastHandoff, claimed == nil, grantedCount(votes) >= client.quorum {
+            client.releases.announce(name, release: lease.value.utf8)
         }
         if grantedCount(votes) >= client.quorum {
             client.metrics.released(failure: nil)

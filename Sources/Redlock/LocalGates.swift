@@ -6,9 +6,9 @@ import Synchronization
 /// The gate passes to the next caller when the holder unlocks, when its acquire fails, or —
 /// should a holder never unlock — once its lease has run out.
 final class LocalGates: Sendable {
-    private struct Waiter {
+    private struct Queued {
         let id: Int
-        let continuation: CheckedContinuation<Void, Never>
+        let waiter: Waiter
     }
 
     private struct Gate {
@@ -18,7 +18,8 @@ final class LocalGates: Sendable {
         var holderValue: String?
         /// When the owner's lease runs out; nil while it is still acquiring.
         var holderValidUntil: ContinuousClock.Instant?
-        var waiters: [Waiter] = []
+        /// First come first; may hold waiters that already ended (they remove themselves).
+        var waiters: [Queued] = []
     }
 
     private struct State {
@@ -27,6 +28,12 @@ final class LocalGates: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Ends waits at the owner's lease end.
+    private let timer: DeadlineTimer
+
+    init(timer: DeadlineTimer) {
+        self.timer = timer
+    }
 
     /// Waits for the gate of `name`, then owns it. Throws `CancellationError` when cancelled
     /// (and then owns nothing).
@@ -83,30 +90,16 @@ final class LocalGates: Sendable {
 
     /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
     private func waitForTurn(_ name: String, id: Int, deadline: ContinuousClock.Instant?) async {
-        await withTaskGroup(of: Void.self) { group in
-            if let deadline {
-                group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
+        let waiter = Waiter()
+        await waiter.wait(timer: timer, deadline: deadline) {
+            state.withLock { state in
+                guard let gate = state.gates[name], gate.owner != id else { return false }
+                state.gates[name]?.waiters.append(Queued(id: id, waiter: waiter))
+                return true
             }
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                        let queued = self.state.withLock { state in
-                            guard !Task.isCancelled, let gate = state.gates[name], gate.owner != id else { return false }
-                            state.gates[name]?.waiters.append(Waiter(id: id, continuation: continuation))
-                            return true
-                        }
-                        if !queued { continuation.resume() }
-                    }
-                } onCancel: {
-                    let waiter = self.state.withLock { state -> Waiter? in
-                        guard let index = state.gates[name]?.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                        return state.gates[name]?.waiters.remove(at: index)
-                    }
-                    waiter?.continuation.resume()
-                }
-            }
-            await group.next()
-            group.cancelAll()
+        }
+        state.withLock { state in
+            state.gates[name]?.waiters.removeAll { $0.waiter === waiter }
         }
     }
 
@@ -121,18 +114,21 @@ final class LocalGates: Sendable {
 
     /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
     func leave(_ name: String, value: String? = nil) {
-        let next: Waiter? = state.withLock { state in
+        let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
             guard let gate = state.gates[name] else { return nil }
             if let value, gate.holderValue != value { return nil }
-            guard !gate.waiters.isEmpty, let first = state.gates[name]?.waiters.removeFirst() else {
-                state.gates[name] = nil
-                return nil
+            // Waiters that timed out or were cancelled meanwhile are skipped.
+            while let first = state.gates[name]?.waiters.first {
+                state.gates[name]?.waiters.removeFirst()
+                guard let continuation = first.waiter.claim(byRelease: true) else { continue }
+                state.gates[name]?.owner = first.id
+                state.gates[name]?.holderValue = nil
+                state.gates[name]?.holderValidUntil = nil
+                return continuation
             }
-            state.gates[name]?.owner = first.id
-            state.gates[name]?.holderValue = nil
-            state.gates[name]?.holderValidUntil = nil
-            return first
+            state.gates[name] = nil
+            return nil
         }
-        next?.continuation.resume()
+        next?.resume()
     }
 }

@@ -55,6 +55,11 @@ final class PreparedFanOut: Sendable {
     func request(for index: Int) -> QueuedCommand {
         QueuedCommand(command, script: script, handler: handler(for: index))
     }
+
+    /// Queues the command for node `index` on `node`.
+    func send(to node: RedisConnection, index: Int) {
+        node.send(command, script: script, handler: handler(for: index))
+    }
 }
 
 extension RedlockClient {
@@ -91,21 +96,15 @@ extension RedlockClient {
     /// two commands are queued together, so the node runs `first`'s before `second`'s. Starts
     /// each round's budget. Send a prepared fan-out once.
     func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
+        for index in first.order {
+            if let second, second.order.contains(index) {
+                nodes[index].send([first.request(for: index), second.request(for: index)])
+            } else {
+                first.send(to: nodes[index], index: index)
+            }
+        }
         if let second {
-            for index in first.order {
-                if second.order.contains(index) {
-                    nodes[index].send([first.request(for: index), second.request(for: index)])
-                } else {
-                    nodes[index].send(first.command, script: first.script, handler: first.handler(for: index))
-                }
-            }
-            for index in second.order where !first.order.contains(index) {
-                nodes[index].send(second.command, script: second.script, handler: second.handler(for: index))
-            }
-        } else {
-            for index in first.order {
-                nodes[index].send(first.command, script: first.script, handler: first.handler(for: index))
-            }
+            for index in second.order where !first.order.contains(index) { second.send(to: nodes[index], index: index) }
         }
         if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
         if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
@@ -134,12 +133,14 @@ extension RedlockClient {
         returnWhenDecided: Bool,
         cancellable: Bool = true
     ) async -> [Vote?] {
-        let prepared = prepareFanOut(
-            call.command, script: call.script, classify: Vote.ofScript,
-            order: order, budget: budget, returnWhenDecided: returnWhenDecided
-        )
+        let prepared = prepareFanOut(call, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)
+    }
+
+    /// A compare-and-act script call (1 granted, 0 taken, -1 missing) made ready to send.
+    func prepareFanOut(_ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool) -> PreparedFanOut {
+        prepareFanOut(call.command, script: call.script, classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
     }
 
     /// The node order for one fan-out: all nodes, shuffled when asked.
@@ -151,7 +152,7 @@ extension RedlockClient {
     func failures(in votes: [Vote?]) -> [NodeFailure] {
         votes.enumerated().compactMap { index, vote in
             guard case let .refused(cause)? = vote else { return nil }
-            return NodeFailure(node: index, endpoint: nodes[index].configuration.endpoint, cause: cause)
+            return NodeFailure(node: index, endpoint: endpoints[index], cause: cause)
         }
     }
 }

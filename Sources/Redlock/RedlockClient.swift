@@ -31,7 +31,7 @@ public final class RedlockClient: Sendable {
     let metrics: LockMetrics
     let uptimes: NodeUptimes
     let releases: ReleaseBoard
-    let gates = LocalGates()
+    let gates: LocalGates
     /// Keeps the budget of every fan-out and the retry delay of every wait for a release.
     let deadlines: DeadlineTimer
     private let ownsConnections: Bool
@@ -91,6 +91,7 @@ public final class RedlockClient: Sendable {
         uptimes = NodeUptimes(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         releases = ReleaseBoard(timer: deadlines)
+        gates = LocalGates(timer: deadlines)
         ownsConnections = owning
     }
 

@@ -13,7 +13,23 @@ final class ReleaseBoard: Sendable {
         var generation: UInt64 = 0
         var lastRelease: [UInt8] = []
         /// Longest waiting first; may hold waiters that already ended (they remove themselves).
-        var waiters: [ReleaseWaiter] = []
+        var waiters: [Waiter] = []
+
+        /// Counts a release of the lease whose value is `release`.
+        mutating func count(_ release: some Collection<UInt8>) {
+            lastRelease = Array(release)
+            generation &+= 1
+        }
+
+        /// Takes the longest-waiting waiter that still waits out of the line and claims it;
+        /// waiters that timed out meanwhile are skipped.
+        mutating func claimLongestWaiting() -> Claimed? {
+            while !waiters.isEmpty {
+                let waiter = waiters.removeFirst()
+                if let continuation = waiter.claim(byRelease: true) { return Claimed(waiter: waiter, continuation: continuation) }
+            }
+            return nil
+        }
     }
 
     private let entries = Mutex<[String: Entry]>([:])
@@ -43,10 +59,10 @@ final class ReleaseBoard: Sendable {
         if let claimed = claimNext(name, release: release) { claimed.waiter.resume(claimed.continuation, handedOverAt: nil) }
     }
 
-    /// A waiter claimed by ``handOff(_:release:)``: resume it with ``ReleaseWaiter/resume(_:handedOverAt:)``
+    /// A waiter claimed by ``handOff(_:release:)``: resume it with ``Waiter/resume(_:handedOverAt:)``
     /// once its prepared attempt, if any, is sent.
     struct Claimed {
-        let waiter: ReleaseWaiter
+        let waiter: Waiter
         let continuation: UnsafeContinuation<Void, Never>
     }
 
@@ -56,33 +72,21 @@ final class ReleaseBoard: Sendable {
     /// counts nothing) when no waiter waits: the releaser then announces its release once made.
     func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         entries.withLock { entries in
-            guard entries[name] != nil else { return nil }
-            while let waiter = entries[name]?.waiters.first {
-                entries[name]?.waiters.removeFirst()
-                if let continuation = waiter.claim(byRelease: true) {
-                    // Counted once: the deletes are not published when they hand over.
-                    entries[name]?.lastRelease = Array(release)
-                    entries[name]?.generation &+= 1
-                    return Claimed(waiter: waiter, continuation: continuation)
-                }
-            }
-            return nil
+            guard let claimed = entries[name]?.claimLongestWaiting() else { return nil }
+            // Counted once: the deletes are not published when they hand over.
+            entries[name]?.count(release)
+            return claimed
         }
     }
 
     /// Counts the release (once per value) and claims the longest-waiting waiter still waiting.
     private func claimNext(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         entries.withLock { entries in
-            guard entries[name] != nil else { return nil }
-            guard entries[name]?.lastRelease.elementsEqual(release) == false || release.isEmpty else { return nil }
-            entries[name]?.lastRelease = Array(release)
-            entries[name]?.generation &+= 1
-            // Waiters that timed out are skipped: the release goes to one that still waits.
-            while let waiter = entries[name]?.waiters.first {
-                entries[name]?.waiters.removeFirst()
-                if let continuation = waiter.claim(byRelease: true) { return Claimed(waiter: waiter, continuation: continuation) }
+            guard entries[name]?.lastRelease.elementsEqual(release) == false || (entries[name] != nil && release.isEmpty) else {
+                return nil
             }
-            return nil
+            entries[name]?.count(release)
+            return entries[name]?.claimLongestWaiting()
         }
     }
 
@@ -97,25 +101,14 @@ final class ReleaseBoard: Sendable {
     ///   wait began (and when `next` was sent for it, if it was), or not (timeout, cancellation).
     @discardableResult
     func wait(for name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut? = nil) async -> WaitOutcome {
-        let waiter = ReleaseWaiter(next: next)
-        await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                waiter.install(continuation)
-                let waiting = entries.withLock { entries in
-                    guard entries[name]?.generation == generation else { return false }
-                    entries[name]?.waiters.append(waiter)
-                    return true
-                }
-                if waiting {
-                    // The heap, not a lane: retry delays vary from wait to wait.
-                    timer.schedule(waiter, at: .now + timeout)
-                } else {
-                    // A release was heard since `generation`: as good as one heard now.
-                    waiter.claim(byRelease: true)?.resume()
-                }
+        let waiter = Waiter(next: next)
+        await waiter.wait(timer: timer, deadline: .now + timeout) {
+            entries.withLock { entries in
+                // A release heard since `generation` is as good as one heard now.
+                guard entries[name]?.generation == generation else { return false }
+                entries[name]?.waiters.append(waiter)
+                return true
             }
-        } onCancel: {
-            waiter.expire()
         }
         entries.withLock { entries in
             entries[name]?.waiters.removeAll { $0 === waiter }
@@ -129,71 +122,5 @@ final class ReleaseBoard: Sendable {
             (entries.removeValue(forKey: name)?.waiters ?? []).compactMap { $0.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
-    }
-}
-
-/// How a wait for a release ended.
-struct WaitOutcome: Sendable, Equatable {
-    /// Whether a release announced while waiting ended it.
-    var woken: Bool
-    /// When a releaser in this process sent the waiter's prepared attempt for it; nil otherwise.
-    var handedOverAt: ContinuousClock.Instant?
-}
-
-/// One `lock()` waiting for a release: resumed exactly once, by the release, its timeout or
-/// its cancellation, whichever claims it first.
-final class ReleaseWaiter: Expiring {
-    private struct State {
-        var continuation: UnsafeContinuation<Void, Never>?
-        var finished = false
-        var outcome = WaitOutcome(woken: false)
-    }
-
-    /// The waiter's next attempt, for a releaser in this process to send.
-    let next: PreparedFanOut?
-    private let state = Mutex(State())
-    private let finishedFlag = Atomic<Bool>(false)
-
-    init(next: PreparedFanOut? = nil) {
-        self.next = next
-    }
-
-    var isFinished: Bool { finishedFlag.load(ordering: .acquiring) }
-
-    /// How the wait ended (read once it has).
-    var outcome: WaitOutcome { state.withLock { $0.outcome } }
-
-    /// Hands over the waiting task's continuation; resumes it at once when already ended.
-    func install(_ continuation: UnsafeContinuation<Void, Never>) {
-        let endedEarly = state.withLock { state in
-            if state.finished { return true }
-            state.continuation = continuation
-            return false
-        }
-        if endedEarly { continuation.resume() }
-    }
-
-    /// Ends the wait, by a release or not; returns the continuation to resume (outside any
-    /// lock), or nil when the wait had already ended or its continuation is not installed yet
-    /// (then ``install(_:)`` resumes it).
-    func claim(byRelease: Bool) -> UnsafeContinuation<Void, Never>? {
-        state.withLock { state in
-            guard !state.finished else { return nil }
-            state.finished = true
-            state.outcome.woken = byRelease
-            finishedFlag.store(true, ordering: .releasing)
-            defer { state.continuation = nil }
-            return state.continuation
-        }
-    }
-
-    /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent).
-    func resume(_ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?) {
-        state.withLock { $0.outcome.handedOverAt = handedOverAt }
-        continuation.resume()
-    }
-
-    func expire() {
-        claim(byRelease: false)?.resume()
     }
 }

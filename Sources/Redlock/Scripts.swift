@@ -20,72 +20,79 @@ enum Scripts {
     /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
     /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
     /// another holder's value is there, -1 when the key is missing.
-    static let raiseFence = RedisScript(
-        """
-        local current = redis.call('GET', KEYS[1])
-        if current == ARGV[1] then
-            local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
-            if counter < tonumber(ARGV[2]) then
-                redis.call('SET', KEYS[2], ARGV[2])
-            end
-            return 1
-        elseif current == false then
-            return -1
+    static let raiseFence = compareAndAct(
+        held: """
+        local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if counter < tonumber(ARGV[2]) then
+            redis.call('SET', KEYS[2], ARGV[2])
         end
-        return 0
+        return 1
         """
     )
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
-    /// the value as the message, so that listeners count one release once), or empty. Returns 1 when deleted, 0 when another holder's value is there, -1 when the key is
-    /// missing.
-    static let release = RedisScript(
-        """
-        local current = redis.call('GET', KEYS[1])
-        if current == ARGV[1] then
-            redis.call('DEL', KEYS[1])
-            if ARGV[2] ~= '' then
-                redis.call('PUBLISH', ARGV[2], ARGV[1])
-            end
-            return 1
-        elseif current == false then
-            return -1
+    /// the value as the message, so that listeners count one release once), or empty. Returns 1
+    /// when deleted, 0 when another holder's value is there, -1 when the key is missing.
+    static let release = compareAndAct(
+        held: """
+        redis.call('DEL', KEYS[1])
+        if ARGV[2] ~= '' then
+            redis.call('PUBLISH', ARGV[2], ARGV[1])
         end
-        return 0
+        return 1
         """
     )
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` "1" to re-create a
     /// missing key. Returns 1 when extended (or re-created), 0 when another holder's value is
     /// there, -1 when the key is missing.
-    static let extend = RedisScript(
-        """
-        local current = redis.call('GET', KEYS[1])
-        if current == ARGV[1] then
-            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    static let extend = compareAndAct(
+        held: """
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        return 1
+        """,
+        missing: """
+        if ARGV[3] == '1' then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
             return 1
-        elseif current == false then
-            if ARGV[3] == '1' then
-                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-                return 1
-            end
-            return -1
         end
-        return 0
+        return -1
         """
     )
+
+    /// The compare step every script but the acquire shares: when `KEYS[1]` holds the caller's
+    /// value `ARGV[1]`, runs `held`; when the key is missing, runs `missing`; when another
+    /// holder's value is there, returns 0 and touches nothing.
+    private static func compareAndAct(held: String, missing: String = "return -1") -> RedisScript {
+        func indented(_ lines: String) -> String {
+            lines.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
+        }
+        return RedisScript(
+            """
+            local current = redis.call('GET', KEYS[1])
+            if current == ARGV[1] then
+            \(indented(held))
+            elseif current == false then
+            \(indented(missing))
+            end
+            return 0
+            """
+        )
+    }
 
     /// The key of a lock name's fencing-token counter. It never expires.
     static func fenceKey(_ name: String) -> String { name + ":fence" }
 
+    /// What every release channel's name starts with.
+    private static let releaseChannelPrefix = "redlock:released:"
+
     /// The channel a release of `name` is published on.
-    static func releaseChannel(_ name: String) -> String { "redlock:released:" + name }
+    static func releaseChannel(_ name: String) -> String { releaseChannelPrefix + name }
 
     /// The lock name of a release channel, or nil for another channel.
     static func lockName(ofReleaseChannel channel: String) -> String? {
-        let prefix = "redlock:released:"
-        guard channel.hasPrefix(prefix) else { return nil }
-        return String(channel.dropFirst(prefix.count))
+        guard channel.hasPrefix(releaseChannelPrefix) else { return nil }
+        return String(channel.dropFirst(releaseChannelPrefix.count))
     }
 }
 

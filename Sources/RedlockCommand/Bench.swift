@@ -240,7 +240,7 @@ struct BenchSettings: Sendable {
                             hold: hold, options: options
                         ).run(for: duration, recordingIn: turns)
                     }
-                } catch let failure as BenchFailure {
+                } catch let failure as BenchmarkError {
                     // A lock() that never returns is a finding, not a reason to lose the other rows.
                     turns.finish()
                     contended = turns.measurement(elapsed: duration)
@@ -318,7 +318,7 @@ struct BenchSettings: Sendable {
             try await Task.sleep(for: limit)
             work.cancel()
             try await Task.sleep(for: .seconds(5))
-            outcome.fire(.failure(BenchFailure("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
+            outcome.fire(.failure(BenchmarkError("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
         }
         defer { timer.cancel() }
         Task { outcome.fire(await work.result) }
@@ -338,7 +338,7 @@ struct BenchSettings: Sendable {
         var version = "unknown"
         for connection in connections {
             let reply = try await connection.send(RedisCommand("PING"))
-            guard reply == .simpleString("PONG") else { throw BenchFailure("\(connection) answered PING with \(reply)") }
+            guard reply == .simpleString("PONG") else { throw BenchmarkError("\(connection) answered PING with \(reply)") }
         }
         if let first = connections.first, let info = try? await first.send(RedisCommand("INFO", "server")).string {
             for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("redis_version:") {
@@ -353,7 +353,7 @@ struct BenchSettings: Sendable {
         try Task.checkCancellation()
         for result in results {
             if result.operations == 0 {
-                throw BenchFailure("\(label): no operation completed; first error: \(result.firstError ?? "none")")
+                throw BenchmarkError("\(label): no operation completed; first error: \(result.firstError ?? "none")")
             }
             if result.errors > 0 {
                 progress("warning: \(label): \(result.errors) operations failed; first: \(result.firstError ?? "?")")

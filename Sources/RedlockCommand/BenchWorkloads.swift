@@ -166,9 +166,3 @@ final class Turns: Sendable {
         return measurement
     }
 }
-
-/// A failed check inside the bench.
-struct BenchFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}

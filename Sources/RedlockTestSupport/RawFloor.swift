@@ -49,7 +49,7 @@ public enum RawFloor {
                 node.send(command, script: script) { result in
                     switch result {
                     case let .success(reply) where reply == expected: replies.answered(failure: nil)
-                    case let .success(reply): replies.answered(failure: FloorError("\(what) on \(node) returned \(reply)"))
+                    case let .success(reply): replies.answered(failure: BenchmarkError("\(what) on \(node) returned \(reply)"))
                     case let .failure(error): replies.answered(failure: error)
                     }
                 }
@@ -94,8 +94,8 @@ public enum RawFloor {
     }
 }
 
-/// A floor command that got an unexpected reply.
-public struct FloorError: Error, CustomStringConvertible {
+/// A failed check in a benchmark: an unexpected reply, a run that did not finish.
+public struct BenchmarkError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }

@@ -29,42 +29,31 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// Creates a command from its name and arguments, framed in one pass into a buffer of the
     /// exact size.
     public init(_ arguments: [String]) {
-        var size = 0
-        for argument in arguments {
+        let size = arguments.reduce(0) { size, argument in
             let length = argument.utf8.count
-            size += 1 + decimalDigitCount(length) + 2 + length + 2
+            return size + headerSize(length) + length + 2
         }
         var ends: [Int] = []
         ends.reserveCapacity(arguments.count)
         body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             var position = 0
-            func put(_ byte: UInt8) {
-                buffer[position] = byte
-                position += 1
-            }
             for argument in arguments {
                 let utf8 = argument.utf8
-                let length = utf8.count
-                put(UInt8(ascii: "$"))
-                var scale = 1
-                while length / scale >= 10 { scale *= 10 }
-                while scale > 0 {
-                    put(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: length / scale % 10))
-                    scale /= 10
+                position = writeHeader(UInt8(ascii: "$"), utf8.count, into: buffer, at: position)
+                let copied = utf8.withContiguousStorageIfAvailable { bytes in
+                    UnsafeMutableBufferPointer(rebasing: buffer[position...]).initialize(fromContentsOf: bytes)
                 }
-                put(13)
-                put(10)
-                let copied = utf8.withContiguousStorageIfAvailable { bytes -> Bool in
-                    _ = UnsafeMutableBufferPointer(rebasing: buffer[position..<(position + length)]).initialize(fromContentsOf: bytes)
-                    return true
-                }
-                if copied == nil {
-                    for byte in utf8 { put(byte) }
+                if let copied {
+                    position += copied
                 } else {
-                    position += length
+                    for byte in utf8 {
+                        buffer[position] = byte
+                        position += 1
+                    }
                 }
-                put(13)
-                put(10)
+                buffer[position] = 13
+                buffer[position + 1] = 10
+                position += 2
                 ends.append(position)
             }
             initialized = position
@@ -74,36 +63,24 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
 
     /// Appends a text argument (sent as its UTF-8 bytes).
     public mutating func append(_ argument: String) {
-        let utf8 = argument.utf8
-        appendFrameHeader(length: utf8.count)
-        body.append(contentsOf: utf8)
-        appendFrameEnd()
+        append(bytes: argument.utf8)
     }
 
     /// Appends a binary argument.
     public mutating func append(bytes argument: some Collection<UInt8>) {
-        appendFrameHeader(length: argument.count)
+        let length = argument.count
+        let start = body.count
+        body.append(contentsOf: repeatElement(0, count: headerSize(length)))
+        body.withUnsafeMutableBufferPointer { _ = writeHeader(UInt8(ascii: "$"), length, into: $0, at: start) }
         body.append(contentsOf: argument)
-        appendFrameEnd()
+        body.append(13)
+        body.append(10)
+        ends.append(body.count)
     }
 
     /// Appends an integer argument in decimal.
     public mutating func append(_ argument: Int) {
         append(String(argument))
-    }
-
-    /// `$<length>\r\n`.
-    private mutating func appendFrameHeader(length: Int) {
-        body.append(UInt8(ascii: "$"))
-        appendDecimal(length, to: &body)
-        body.append(13)
-        body.append(10)
-    }
-
-    private mutating func appendFrameEnd() {
-        body.append(13)
-        body.append(10)
-        ends.append(body.count)
     }
 
     /// The command with its first `count` arguments replaced by `replacements`.
@@ -145,52 +122,40 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// valid only inside; nil for a command without arguments.
     func withWireBytes<Result>(_ use: (UnsafeBufferPointer<CChar>) -> Result) -> Result? {
         guard !ends.isEmpty else { return nil }
-        var digits = 1
-        var scale = 10
-        while ends.count >= scale {
-            digits += 1
-            scale *= 10
-        }
-        let headerCount = 1 + digits + 2
+        let headerCount = headerSize(ends.count)
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount + body.count) { buffer in
-            buffer[0] = UInt8(ascii: "*")
-            var rest = ends.count
-            for position in stride(from: digits, through: 1, by: -1) {
-                buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            }
-            buffer[digits + 1] = 13
-            buffer[digits + 2] = 10
+            _ = writeHeader(UInt8(ascii: "*"), ends.count, into: buffer, at: 0)
             _ = UnsafeMutableBufferPointer(rebasing: buffer[headerCount...]).initialize(fromContentsOf: body)
             return buffer.withMemoryRebound(to: CChar.self) { use(UnsafeBufferPointer($0)) }
         }
     }
 }
 
-/// The number of decimal digits of `value` (≥ 0).
-private func decimalDigitCount(_ value: Int) -> Int {
+/// The size of a RESP header line for `value` (≥ 0): a marker, its digits, CR LF.
+private func headerSize(_ value: Int) -> Int {
     var digits = 1
     var rest = value
     while rest >= 10 {
         digits += 1
         rest /= 10
     }
-    return digits
+    return 1 + digits + 2
 }
 
-/// Appends `value` (≥ 0) in decimal ASCII.
-private func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
+/// Writes `<marker><value>\r\n` (`$` before a bulk string's length, `*` before an array's
+/// count) at `position`, which must leave ``headerSize(_:)`` bytes; returns the position after.
+private func writeHeader(_ marker: UInt8, _ value: Int, into buffer: UnsafeMutableBufferPointer<UInt8>, at position: Int) -> Int {
     precondition(value >= 0, "a RESP length is never negative")
-    if value < 10 {
-        bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value))
-        return
-    }
-    var scale = 10
-    while value / scale >= 10 { scale *= 10 }
+    let end = position + headerSize(value)
+    buffer[position] = marker
     var rest = value
-    while scale > 0 {
-        bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest / scale))
-        rest %= scale
-        scale /= 10
-    }
+    var digit = end - 3
+    repeat {
+        buffer[digit] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
+        rest /= 10
+        digit -= 1
+    } while digit > position
+    buffer[end - 2] = 13
+    buffer[end - 1] = 10
+    return end
 }

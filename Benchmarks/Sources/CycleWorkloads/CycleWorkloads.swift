@@ -89,7 +89,7 @@ public enum CycleWorkload: String, CaseIterable, Sendable {
             }
             var answered = 0
             while answered < nodes.count, let next = try await group.next() {
-                guard next != nil else { throw WorkloadError("the budget ran out") }
+                guard next != nil else { throw BenchmarkError("the budget ran out") }
                 answered += 1
             }
             group.cancelAll()
@@ -97,16 +97,10 @@ public enum CycleWorkload: String, CaseIterable, Sendable {
     }
 
     static func expectOK(_ reply: RedisValue, _ node: RedisConnection) throws {
-        guard reply == .simpleString("OK") else { throw WorkloadError("SET NX on \(node) returned \(reply)") }
+        guard reply == .simpleString("OK") else { throw BenchmarkError("SET NX on \(node) returned \(reply)") }
     }
 
     static func expectDeleted(_ reply: RedisValue, _ node: RedisConnection) throws {
-        guard reply == .integer(1) else { throw WorkloadError("release on \(node) returned \(reply)") }
+        guard reply == .integer(1) else { throw BenchmarkError("release on \(node) returned \(reply)") }
     }
-}
-
-/// A failed check in a workload.
-public struct WorkloadError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }
