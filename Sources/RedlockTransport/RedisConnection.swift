@@ -232,7 +232,7 @@ final class ConnectionCore: Sendable {
         /// The scripts this connection has run since it connected: the first call of any other
         /// is sent as `EVAL`, which loads it, so it runs in its place in the pipeline rather
         /// than after a `NOSCRIPT` reply (which would put it behind the commands that followed).
-        var loadedScripts = Set<String>()
+        var loadedScripts: [String] = []
         while true {
             enum Next { case work, sleep, exit }
             let next: Next = shared.withLock { shared in
@@ -294,7 +294,7 @@ final class ConnectionCore: Sendable {
         _ batch: [PendingCommand],
         on context: HiredisContext,
         written: inout [PendingCommand],
-        loadedScripts: inout Set<String>
+        loadedScripts: inout [String]
     ) -> Bool {
         defer { written.removeAll(keepingCapacity: true) }
         for command in batch where command.shouldSend {
@@ -329,13 +329,14 @@ final class ConnectionCore: Sendable {
         _ written: [PendingCommand],
         on context: HiredisContext,
         retrying: inout [PendingCommand]?,
-        loadedScripts: inout Set<String>
+        loadedScripts: inout [String]
     ) -> Bool {
         for (index, command) in written.enumerated() {
             let reply = context.readReply()
             switch reply {
             case .success:
-                if let script = command.script { loadedScripts.insert(script.sha1) }
+                // A handful of scripts: a list beats hashing a digest on every call.
+                if let script = command.script, !loadedScripts.contains(script.sha1) { loadedScripts.append(script.sha1) }
                 command.complete(reply)
             case let .failure(failure) where failure.code == .serverError:
                 if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT") {
