@@ -36,7 +36,8 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        // posix_spawn with a log pipe and no inherited descriptors, for the test support.
+        // posix_spawn with a log pipe and no inherited descriptors (test support), and the watchdog
+        // process that `redlock run` supervises its command through.
         .target(name: "CProcessSpawn"),
         // Real redis-server processes for tests, benchmarks and the demo.
         .target(
@@ -48,6 +49,7 @@ let package = Package(
             dependencies: [
                 "Redlock",
                 "RedlockTestSupport",
+                "CProcessSpawn",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]

@@ -3,11 +3,19 @@ extension DistributedLock {
     /// ends — also when it throws or is cancelled.
     ///
     /// While `body` runs, a background task extends the lease each time its remaining validity
-    /// falls to `extendWhenRemaining` × expiry. If an extension fails and the lease runs out (or
-    /// a node answers that another holder has the lock), `body`'s task is cancelled at once and
-    /// the call throws ``RedlockError/Code-swift.struct/leaseLost``, even if `body` then returns
-    /// normally: its work was no longer protected. Transient extension failures are retried
-    /// while validity remains. `body` can read ``HeldLease/remainingValidity`` at any time.
+    /// falls to `extendWhenRemaining` × expiry. Loss is decided by this process's clock, never by
+    /// waiting for a node's reply: the scope keeps a deadline at the lease's
+    /// ``Lease/validUntil`` minus `safetyMargin`, moved only by a confirmed extension. When the
+    /// deadline passes first (nodes frozen, unreachable or slow), or a node reports that the keys
+    /// expired or belong to another holder, `body`'s task is cancelled then and there and the call
+    /// throws ``RedlockError/Code-swift.struct/leaseLost``.
+    ///
+    /// The call returns `body`'s result only for protected work: if `body` returns or throws
+    /// after the deadline (it ignored cancellation for a while, or the whole process was paused),
+    /// the call throws `leaseLost` instead, with `body`'s own error as
+    /// ``RedlockError/underlyingError``. Cancellation is cooperative: a body that never checks
+    /// for it keeps running until it returns, and its work past the deadline is unprotected —
+    /// only fencing tokens (``LockOptions/fencing``) checked by the resource close that gap.
     ///
     /// No task outlives the call: the extender stops before it returns.
     ///
@@ -17,54 +25,96 @@ extension DistributedLock {
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
     ///     ``RedlockError/Code-swift.struct/holdTimeExceeded`` once the lock has been held this
     ///     long. The default is `nil` (no cap).
+    ///   - safetyMargin: How long before ``Lease/validUntil`` `body` is cancelled when no
+    ///     extension has been confirmed: time for it to notice and stop. Must be less than
+    ///     `extendWhenRemaining` × expiry. The default, `nil`, is
+    ///     ``HeldLease/defaultSafetyMargin(expiry:)``: 5 % of the expiry, at least 5 ms and at
+    ///     most 250 ms.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
-    /// - Throws: What `body` threw, or a ``RedlockError`` from acquiring or from losing the lease.
+    /// - Throws: What `body` threw (while protected), or a ``RedlockError`` from acquiring, from
+    ///   losing the lease, or for invalid parameters (`invalidConfiguration`).
     public func withLock<T: Sendable>(
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
+        safetyMargin: Duration? = nil,
         _ body: @escaping @Sendable (HeldLease) async throws -> T
     ) async throws -> T {
-        try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime)
-        return try await withLease(try await lock(), extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, body)
+        _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
+        return try await withLease(
+            try await lock(), extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            safetyMargin: safetyMargin, body
+        )
     }
 
     /// Runs `body` while keeping an already acquired `lease` alive, then releases it: what
-    /// ``withLock(extendWhenRemaining:maximumHoldTime:_:)`` does after acquiring. Use it when the
-    /// acquire needs its own policy (a deadline, ``tryLock()``).
+    /// ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` does after acquiring,
+    /// with the same guarantees. Use it when the acquire needs its own policy (a deadline,
+    /// ``tryLock()``).
+    ///
+    /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
+    /// is refused without running `body`: the call releases whatever of it is left and throws
+    /// ``RedlockError/Code-swift.struct/leaseExpired``.
     public func withLease<T: Sendable>(
         _ lease: Lease,
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
+        safetyMargin: Duration? = nil,
         _ body: @escaping @Sendable (HeldLease) async throws -> T
     ) async throws -> T {
+        try await withLease(
+            lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            safetyMargin: safetyMargin, onExtended: { _ in }, body
+        )
+    }
+
+    /// ``withLease(_:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` that also reports
+    /// each confirmed extension to `onExtended` (before `body` can see it).
+    package func withLease<T: Sendable>(
+        _ lease: Lease,
+        extendWhenRemaining: Double,
+        maximumHoldTime: Duration?,
+        safetyMargin: Duration?,
+        onExtended: @escaping @Sendable (Lease) -> Void,
+        _ body: @escaping @Sendable (HeldLease) async throws -> T
+    ) async throws -> T {
+        let margin: Duration
         do {
-            try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime)
+            margin = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
             guard lease.name == name else {
                 throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
+            }
+            let remaining = ContinuousClock.now.duration(to: lease.validUntil)
+            guard remaining > margin else {
+                throw RedlockError(
+                    code: .leaseExpired, lockName: name,
+                    message: "the lease has \(Swift.max(remaining, .zero)) of validity left, no more than the safety margin of \(margin); the body did not run"
+                )
             }
         } catch {
             try? await unlock(lease)
             throw error
         }
-        let held = HeldLease(lease)
+        let held = HeldLease(lease, safetyMargin: margin)
 
         let outcome: ScopeOutcome<T> = await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
             group.addTask {
                 do {
-                    return .finished(.success(try await body(held)))
+                    let value = try await body(held)
+                    return .finished(.success(value), at: .now)
                 } catch {
-                    return .finished(.failure(error))
+                    return .finished(.failure(error), at: .now)
                 }
             }
+            group.addTask { await watchDeadline(held) }
             group.addTask {
-                await keepAlive(held, extendWhenRemaining: extendWhenRemaining).map { .interrupted($0) }
+                await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) }
             }
             if let maximumHoldTime {
-                let deadline = held.lease.acquiredAt.advanced(by: maximumHoldTime)
+                let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
                 group.addTask {
                     do {
-                        try await Task.sleep(until: deadline, clock: .continuous)
+                        try await Task.sleep(until: capAt, clock: .continuous)
                     } catch {
                         return nil
                     }
@@ -75,12 +125,25 @@ extension DistributedLock {
                 }
             }
             var first: ScopeOutcome<T>?
+            var bodyEnded: ScopeOutcome<T>?
             for await next in group {
-                guard first == nil, let next else { continue }
-                first = next
-                group.cancelAll()
+                guard let next else { continue }
+                if case .finished = next { bodyEnded = next }
+                if first == nil {
+                    first = next
+                    group.cancelAll()
+                }
             }
-            return first ?? .interrupted(cancelled("withLock"))
+            switch (first, bodyEnded) {
+            case let (.interrupted(error)?, .finished(.failure(bodyError), _)?):
+                var error = error
+                if !(bodyError is CancellationError) { error.underlyingError = bodyError }
+                return .interrupted(error)
+            case let (first?, _):
+                return first
+            case (nil, _):
+                return .interrupted(cancelled("withLock"))
+            }
         }
 
         do {
@@ -89,26 +152,58 @@ extension DistributedLock {
             client.logger.debug("redlock scoped unlock failed", metadata: ["lock": "\(name)", "error": "\(error)"])
         }
         switch outcome {
-        case let .finished(result):
-            return try result.get()
+        case let .finished(result, at: finishedAt):
+            if held.protects(until: finishedAt) { return try result.get() }
+            var error = lost(held, detail: "the body ended after the lease's deadline, so its work was not protected")
+            if case let .failure(bodyError) = result { error.underlyingError = bodyError }
+            client.metrics.leasesLost.increment()
+            throw error
         case let .interrupted(error):
             if error.code == .leaseLost { client.metrics.leasesLost.increment() }
             throw error
         }
     }
 
-    private func validateScope(extendWhenRemaining: Double, maximumHoldTime: Duration?) throws(RedlockError) {
+    /// Checks the scope's parameters; returns the safety margin to use.
+    private func validateScope(extendWhenRemaining: Double, maximumHoldTime: Duration?, safetyMargin: Duration?) throws(RedlockError) -> Duration {
         guard extendWhenRemaining > 0, extendWhenRemaining < 1 else {
             throw .invalid("extendWhenRemaining must be in (0, 1), got \(extendWhenRemaining)", lockName: name)
         }
         if let maximumHoldTime, maximumHoldTime <= .zero {
             throw .invalid("maximumHoldTime must be positive, got \(maximumHoldTime)", lockName: name)
         }
+        let margin = safetyMargin ?? HeldLease.defaultSafetyMargin(expiry: options.expiry)
+        let extendAhead = options.expiry * extendWhenRemaining
+        guard margin >= .zero, margin < extendAhead else {
+            throw .invalid(
+                "safetyMargin must be at least zero and less than extendWhenRemaining × expiry (\(extendAhead)), got \(margin)",
+                lockName: name
+            )
+        }
+        return margin
+    }
+
+    /// Sleeps until the held lease's deadline, again after each confirmed extension moved it;
+    /// returns the lease-lost outcome once a deadline passes unprotected, or nil when cancelled.
+    private func watchDeadline<T>(_ held: HeldLease) async -> ScopeOutcome<T>? {
+        while true {
+            do {
+                try await Task.sleep(until: held.deadline, tolerance: .zero, clock: .continuous)
+            } catch {
+                return nil
+            }
+            if !held.protects(until: .now) {
+                return .interrupted(lost(held, detail: "no extension was confirmed before the lease's deadline; the body was cancelled"))
+            }
+        }
     }
 
     /// Extends `held` whenever its remaining validity falls to the threshold. Returns the
-    /// lease-lost error when it cannot, or nil once cancelled.
-    private func keepAlive(_ held: HeldLease, extendWhenRemaining: Double) async -> RedlockError? {
+    /// lease-lost error when a node reports the keys gone or taken over (or an extension came
+    /// only after a gap), or nil once cancelled or past the deadline (the watcher reports that).
+    private func keepAlive(
+        _ held: HeldLease, extendWhenRemaining: Double, onExtended: @Sendable (Lease) -> Void
+    ) async -> RedlockError? {
         while true {
             let lease = held.lease
             let extendAt = lease.validUntil.advanced(by: .zero - lease.expiry * extendWhenRemaining)
@@ -117,44 +212,57 @@ extension DistributedLock {
             } catch {
                 return nil
             }
-            var lastError: RedlockError?
             while true {
                 do {
-                    held.update(try await extend(lease))
+                    let extended = try await extend(lease)
+                    held.update(extended)
+                    if held.hasLapsed {
+                        return lost(held, detail: "an extension was confirmed only after the lease's deadline; the body was cancelled")
+                    }
+                    onExtended(extended)
                     break
                 } catch {
                     if error.code == .cancelled || Task.isCancelled { return nil }
+                    held.extensionFailed(error)
                     if error.code == .leaseExpired || error.code == .leaseTakenOver {
-                        return lost(lease, because: error)
+                        return lost(held, detail: "the nodes no longer hold the lease; the body was cancelled")
                     }
-                    lastError = error
                 }
                 let now = ContinuousClock.now
-                if now >= lease.validUntil { return lost(lease, because: lastError) }
-                // Retry a transient failure a few times before validity runs out.
-                let pause = min(now.duration(to: lease.validUntil), max(lease.expiry / 20, .milliseconds(1)))
+                guard held.protects(until: now) else { return nil }
+                // Retry a transient failure a few times before the deadline.
+                let pause = min(now.duration(to: held.deadline), max(lease.expiry / 20, .milliseconds(1)))
                 do {
                     try await Task.sleep(for: pause)
                 } catch {
                     return nil
                 }
-                if ContinuousClock.now >= lease.validUntil { return lost(lease, because: lastError) }
+                guard held.protects(until: .now) else { return nil }
             }
         }
     }
 
-    private func lost(_ lease: Lease, because error: RedlockError?) -> RedlockError {
-        RedlockError(
+    private func lost(_ held: HeldLease, detail: String) -> RedlockError {
+        let last = held.lastExtensionError
+        return RedlockError(
             code: .leaseLost, lockName: name,
-            message: "the lease could not be extended before it ran out; the body was cancelled"
-                + (error.map { " (last error: \($0.code): \($0.message))" } ?? ""),
-            nodes: error?.nodes ?? []
+            message: detail + (last.map { " (last extension: \($0.code): \($0.message))" } ?? ""),
+            nodes: last?.nodes ?? []
         )
     }
 }
 
-/// How the body of a scoped lock ended: on its own, or interrupted by the lock.
+extension HeldLease {
+    /// The safety margin scoped locks use by default for a lease of `expiry`: 5 % of it, at
+    /// least 5 ms and at most 250 ms (100 ms for a 2 s expiry, 250 ms for the default 8 s).
+    /// Time for a cancelled body to stop, and for a late timer, before the lease's validity ends.
+    public static func defaultSafetyMargin(expiry: Duration) -> Duration {
+        Swift.min(Swift.max(expiry / 20, .milliseconds(5)), .milliseconds(250))
+    }
+}
+
+/// How the body of a scoped lock ended: on its own (and when), or interrupted by the lock.
 enum ScopeOutcome<T: Sendable>: Sendable {
-    case finished(Result<T, any Error>)
+    case finished(Result<T, any Error>, at: ContinuousClock.Instant)
     case interrupted(RedlockError)
 }

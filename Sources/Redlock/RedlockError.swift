@@ -35,8 +35,10 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         public static let leaseTakenOver = Code(.leaseTakenOver)
         /// The client, lock options or lease are invalid; the message says which.
         public static let invalidConfiguration = Code(.invalidConfiguration)
-        /// A scoped lock could not extend its lease before it ran out (or found it taken over):
-        /// the body was cancelled and its work is no longer protected.
+        /// A scoped lock's lease reached its deadline (``Lease/validUntil`` minus the safety
+        /// margin) without a confirmed extension, or the nodes reported it expired or taken over,
+        /// or the body ended after that deadline: the body was cancelled and its work was not
+        /// (entirely) protected. ``RedlockError/underlyingError`` holds what the body threw.
         public static let leaseLost = Code(.leaseLost)
         /// A scoped lock's body ran past its maximum hold time and was cancelled.
         public static let holdTimeExceeded = Code(.holdTimeExceeded)
@@ -53,24 +55,29 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     public var message: String
     /// Each node that did not grant the operation, with its cause; empty for configuration errors.
     public var nodes: [NodeFailure]
+    /// The error behind this one, when there is one: for ``Code-swift.struct/leaseLost`` from a
+    /// scoped lock, what the body itself threw.
+    public var underlyingError: (any Error)?
 
     /// Creates an error.
-    public init(code: Code, lockName: String? = nil, message: String, nodes: [NodeFailure] = []) {
+    public init(code: Code, lockName: String? = nil, message: String, nodes: [NodeFailure] = [], underlyingError: (any Error)? = nil) {
         self.code = code
         self.lockName = lockName
         self.message = message
         self.nodes = nodes
+        self.underlyingError = underlyingError
     }
 
     static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
         RedlockError(code: .invalidConfiguration, lockName: lockName, message: message)
     }
 
-    /// `lock "NAME": CODE: MESSAGE; node 0 (HOST:PORT): CAUSE; …`.
+    /// `lock "NAME": CODE: MESSAGE; node 0 (HOST:PORT): CAUSE; …; underlying error: …`.
     public var description: String {
         var text = lockName.map { "lock \"\($0)\": " } ?? ""
         text += "\(code): \(message)"
         for node in nodes { text += "; \(node)" }
+        if let underlyingError { text += "; underlying error: \(underlyingError)" }
         return text
     }
 }

@@ -1,11 +1,28 @@
 import ArgumentParser
+import CProcessSpawn
 
-/// The `redlock` command-line tool.
-@main
+/// The `redlock` command-line tool (started by ``Entry``).
 struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
         abstract: "Redlock distributed locks over independent Redis nodes.",
         subcommands: [Demo.self, Bench.self, Run.self]
     )
+}
+
+/// The program's entry point.
+///
+/// `redlock run` re-executes this program as the watchdog of the command it supervises
+/// (`Supervision.swift`): `redlock __watchdog DEADLINE_NS -- COMMAND…`. That path takes over on
+/// the main thread before anything else starts, and never returns.
+@main
+enum Entry {
+    static func main() async {
+        let arguments = CommandLine.arguments
+        if arguments.count >= 5, arguments[1] == SupervisedCommand.watchdogArgument, arguments[3] == "--",
+           let deadline = Int64(arguments[2]) {
+            redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline)
+        }
+        await RedlockCommand.main()
+    }
 }

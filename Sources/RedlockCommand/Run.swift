@@ -1,33 +1,61 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// `redlock run`: runs a command while holding a lock, for cron jobs, init containers and
 /// "only one replica seeds the data".
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a command while holding a lock (auto-extended); exit 75 if the lock cannot be had.",
+        abstract: "Run a command while holding a lock (auto-extended); the command never outlives the lease.",
         discussion: """
         Acquires the lock NAME on the nodes, runs the command with REDLOCK_FENCING_TOKEN set to the \
-        acquisition's fencing token, extends the lease while it runs, forwards SIGINT, SIGTERM, \
-        SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, releases the lock when it exits, and exits with \
-        its status (128 + N when killed by signal N).
+        acquisition's fencing token, extends the lease while it runs, releases the lock when it \
+        exits, and exits with its status (128 + N when killed by signal N).
 
-        Exit 75 (EX_TEMPFAIL): the lock could not be had within --wait; the command did not run.
-        Exit 69 (EX_UNAVAILABLE): the lease was lost while the command ran; it was sent SIGTERM \
-        (SIGKILL after --grace).
-        Exit 64 (EX_USAGE): bad arguments.
+        The command runs in a process group of its own, with an empty signal mask, default signal \
+        dispositions and no descriptor but stdin, stdout and stderr. SIGINT, SIGTERM, SIGHUP, \
+        SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock (a terminal's Ctrl-C among them) go to that \
+        group once. When the command exits, whatever it left running in its group is killed.
+
+        If the lease cannot be extended, the group gets SIGTERM when only --grace plus a safety \
+        margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that margin before \
+        the validity ends; redlock exits only once the command is gone. A watchdog process kills \
+        the group by the same instant if redlock itself is stopped (SIGSTOP, starved), and at once \
+        if redlock is killed. A pause of the whole machine is beyond any supervisor: use the \
+        fencing token where the resource can check it.
+
+        Exit statuses:
+          the command's own   the command ran while the lease held
+          64 (EX_USAGE)       bad arguments or configuration; nothing ran
+          69 (EX_UNAVAILABLE) nodes failed or did not answer, so no quorum; nothing ran
+          71 (EX_OSERR)       the watchdog process could not be started; nothing ran
+          75 (EX_TEMPFAIL)    another holder had the lock for the whole --wait; nothing ran
+          77 (EX_NOPERM)      a node refused the credentials or a command (AUTH, ACL); nothing ran
+          124                 the lease was lost while the command ran; it was stopped in time
+          126 / 127           the command could not be executed / was not found
+          128 + N             redlock got signal N before the command started
         """
     )
 
-    /// Exit status when the lock cannot be had in time.
-    static let lockUnavailable: Int32 = 75
-    /// Exit status when the lease was lost while the command ran.
-    static let leaseLost: Int32 = 69
+    /// Exit statuses (sysexits(3) where one fits; 124 as timeout(1) uses it for a command it
+    /// had to stop).
+    enum Status {
+        static let usage: Int32 = 64
+        static let unavailable: Int32 = 69
+        static let systemError: Int32 = 71
+        static let taken: Int32 = 75
+        static let permissionDenied: Int32 = 77
+        static let leaseLost: Int32 = 124
+    }
 
     @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db] or unix:///path. Default: $REDLOCK_NODES.")
     var nodes: String?
@@ -41,20 +69,35 @@ struct Run: AsyncParsableCommand {
     @Option(help: "How long to wait for the lock before giving up with exit 75 (0: one attempt).", transform: parseDuration)
     var wait: Duration = .zero
 
-    @Option(help: "After the lease is lost, how long the command gets between SIGTERM and SIGKILL.", transform: parseDuration)
-    var grace: Duration = .seconds(10)
+    @Option(help: "Time between SIGTERM and SIGKILL when the lease is about to be lost; it comes out of the lease, so it must leave room (at most half of --ttl, less the safety margin). Default: a quarter of --ttl, at most 10s.", transform: parseDuration)
+    var grace: Duration?
+
+    @Flag(help: "Report acquire, extensions and loss on stderr (instants as CLOCK_BOOTTIME nanoseconds).")
+    var verbose = false
 
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.")
     var command: [String] = []
+
+    /// The safety margin: how long before the lease's validity ends the command must be gone.
+    var margin: Duration { HeldLease.defaultSafetyMargin(expiry: ttl) }
+    /// The grace between SIGTERM and SIGKILL.
+    var effectiveGrace: Duration { grace ?? min(ttl / 4, .seconds(10)) }
 
     mutating func validate() throws {
         if command.first == "--" { command.removeFirst() }
         guard !command.isEmpty else { throw ValidationError("give the command to run after --") }
         guard !name.isEmpty else { throw ValidationError("--name must not be empty") }
         guard ttl >= .milliseconds(10) else { throw ValidationError("--ttl must be at least 10ms") }
+        guard effectiveGrace + margin <= ttl / 2 else {
+            throw ValidationError(
+                "--grace \(effectiveGrace) leaves no room in a \(ttl) lease: SIGKILL must land \(margin) before the validity ends, "
+                    + "so --grace may be at most \(ttl / 2 - margin)"
+            )
+        }
     }
 
     func run() async throws {
+        _ = signal(SIGPIPE, SIG_IGN)
         let list = nodes ?? ProcessInfo.processInfo.environment["REDLOCK_NODES"] ?? ""
         guard !list.isEmpty else { throw ValidationError("give the nodes with --nodes or REDLOCK_NODES") }
         let configurations = try parseNodeList(list)
@@ -62,126 +105,194 @@ struct Run: AsyncParsableCommand {
         let lock: DistributedLock
         do {
             client = try RedlockClient(nodes: configurations)
-            lock = try client.makeLock(name, options: LockOptions(
-                expiry: ttl, tries: Int.max, retryDelay: .random(in: .milliseconds(50)...(.milliseconds(250))), fencing: true
-            ))
+            lock = try client.makeLock(name, options: LockOptions(expiry: ttl, tries: 1, fencing: true))
         } catch {
             throw ValidationError("\(error)")
         }
 
+        let supervision = Supervision()
+        let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]) { supervision.received($0) }
         let status: Int32
-        switch await acquire(lock) {
+        let acquiring = Task { await acquire(lock) }
+        supervision.acquiring(cancel: { acquiring.cancel() })
+        switch await acquiring.value {
         case let .failure(error):
-            printError("redlock: could not acquire \"\(name)\" within \(wait): \(error)")
-            status = Self.lockUnavailable
+            status = exitStatus(for: error, signal: supervision.terminatingSignal)
         case let .success(lease):
-            status = await runHolding(lease, lock: lock)
+            if let signal = supervision.terminatingSignal {
+                try? await lock.unlock(lease)
+                status = 128 + signal
+            } else {
+                report("acquired \"\(name)\" token=\(lease.fencingToken.map(String.init) ?? "none") \(boottime(lease))")
+                status = await runHolding(lease, lock: lock, supervision: supervision)
+            }
         }
+        handlers.stop()
         await client.shutdown()
         throw ExitCode(status)
     }
 
-    /// One attempt when --wait is zero; otherwise `lock()` until the deadline.
+    /// Attempts until one succeeds, an error is permanent, or --wait has passed; returns the
+    /// last attempt's error.
     private func acquire(_ lock: DistributedLock) async -> Result<Lease, RedlockError> {
-        if wait == .zero {
-            do { return .success(try await lock.tryLock()) } catch { return .failure(error) }
-        }
-        let wait = wait
-        return await withTaskGroup(of: Result<Lease, RedlockError>?.self) { group in
-            group.addTask {
-                do throws(RedlockError) { return .success(try await lock.lock()) } catch { return .failure(error) }
+        let deadline = ContinuousClock.now.advanced(by: wait)
+        while true {
+            let error: RedlockError
+            do {
+                return .success(try await lock.tryLock())
+            } catch let attempt {
+                error = attempt
             }
-            group.addTask {
-                try? await Task.sleep(for: wait)
-                return nil
+            let now = ContinuousClock.now
+            if error.code == .cancelled || error.code == .invalidConfiguration || refusesPermission(error) || now >= deadline {
+                return .failure(error)
             }
-            var outcome: Result<Lease, RedlockError>?
-            for await next in group {
-                if outcome == nil {
-                    outcome = next ?? .failure(RedlockError(code: .taken, lockName: lock.name, message: "still held by another holder"))
-                    group.cancelAll()
-                }
+            let pause = min(Duration.milliseconds(Int.random(in: 50...250)), now.duration(to: deadline))
+            do {
+                try await Task.sleep(for: pause)
+            } catch {
+                return .failure(RedlockError(code: .cancelled, lockName: lock.name, message: "the wait was interrupted by a signal"))
             }
-            return outcome ?? .failure(RedlockError(code: .cancelled, lockName: lock.name, message: "cancelled"))
         }
     }
 
-    private func runHolding(_ lease: Lease, lock: DistributedLock) async -> Int32 {
-        let child = ChildProcess(command: command, fencingToken: lease.fencingToken)
-        // Termination and user signals sent to this process go to the command.
-        let forwarding = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]) { child.signal($0) }
-        defer { forwarding.stop() }
+    /// The exit status for a failed acquire, with the cause printed.
+    private func exitStatus(for error: RedlockError, signal: Int32?) -> Int32 {
+        let status: Int32
+        let summary: String
+        switch error.code {
+        case _ where signal != nil:
+            status = 128 + (signal ?? 0)
+            summary = "interrupted by signal \(signal ?? 0) while waiting for the lock"
+        case .taken:
+            status = Status.taken
+            summary = wait == .zero ? "held by another holder" : "held by another holder for the whole --wait of \(wait)"
+        case _ where refusesPermission(error):
+            status = Status.permissionDenied
+            summary = "a node refused the credentials or a command"
+        case .invalidConfiguration:
+            status = Status.usage
+            summary = "invalid configuration"
+        default:
+            status = Status.unavailable
+            summary = "the nodes could not form a quorum"
+        }
+        printError("redlock: could not acquire \"\(name)\": \(summary): \(error)")
+        return status
+    }
+
+    private func refusesPermission(_ error: RedlockError) -> Bool {
+        error.nodes.contains { failure in
+            guard case let .error(redisError) = failure.cause else { return false }
+            if redisError.code == .authenticationFailed { return true }
+            guard redisError.code == .serverError else { return false }
+            let reply = redisError.message.uppercased()
+            return ["NOPERM", "WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD"].contains { reply.hasPrefix($0) }
+        }
+    }
+
+    private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision) async -> Int32 {
+        let margin = margin
+        let grace = effectiveGrace
+        // Extend early enough that a failing extension still has time for retries before the
+        // group must get SIGTERM (grace + margin before the validity ends).
+        let extendWhenRemaining = min(0.9, (grace + margin) / ttl + 1.0 / 3.0)
+        let environment = ProcessInfo.processInfo.environment.merging(
+            ["REDLOCK_FENCING_TOKEN": lease.fencingToken.map(String.init) ?? ""]
+        ) { $1 }
+        let command = command
         do {
-            return try await lock.withLease(lease) { _ in
-                try await child.run(grace: grace)
+            let ending = try await lock.withLease(
+                lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: nil, safetyMargin: grace + margin,
+                onExtended: { extended in
+                    supervision.renew(until: extended.validUntil.advanced(by: .zero - margin))
+                    report("extended \"\(extended.name)\" \(boottime(extended))")
+                }
+            ) { held in
+                let supervised = try SupervisedCommand(
+                    command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin)
+                )
+                supervision.started(supervised)
+                return await supervised.wait(grace: grace)
             }
+            if case let .notStarted(errno) = ending {
+                printError("redlock: could not start \(command[0]): \(String(cString: strerror(errno)))")
+            }
+            return ending.shellStatus
         } catch let error as RedlockError where error.code == .leaseLost {
-            printError("redlock: lost the lease on \"\(name)\" while the command ran; it was terminated: \(error)")
-            return Self.leaseLost
-        } catch let error as ChildProcess.LaunchError {
+            printError("redlock: lost the lease on \"\(name)\" while the command ran; the command was stopped before the lease's validity ended: \(error)")
+            return Status.leaseLost
+        } catch let error as SupervisedCommand.SpawnError {
             printError("redlock: \(error)")
-            return 127
+            return Status.systemError
         } catch {
             printError("redlock: \(error)")
-            return 1
+            return Status.unavailable
         }
+    }
+
+    private func report(_ line: String) {
+        if verbose { printError("redlock: " + line) }
+    }
+
+    private func boottime(_ lease: Lease) -> String {
+        "valid_until_boottime_ns=\(SupervisedCommand.boottimeNanoseconds(lease.validUntil))"
     }
 }
 
-/// The command run under the lock.
-final class ChildProcess: Sendable {
-    /// Why the command could not be started.
-    struct LaunchError: Error, CustomStringConvertible {
-        let description: String
+/// Where signals to `redlock run` go: before the command starts, a terminating signal cancels
+/// the wait and keeps the command from starting; afterwards every signal goes to its group.
+final class Supervision: Sendable {
+    private struct State {
+        var command: SupervisedCommand?
+        var cancelAcquire: (@Sendable () -> Void)?
+        var terminatingSignal: Int32?
+        /// The latest deadline from an extension confirmed before the command was attached.
+        var renewedDeadline: ContinuousClock.Instant?
     }
 
-    private let process: Process
-    private let pid = Mutex<Int32?>(nil)
+    private let state = Mutex(State())
 
-    init(command: [String], fencingToken: Int64?) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = command
-        var environment = ProcessInfo.processInfo.environment
-        environment["REDLOCK_FENCING_TOKEN"] = fencingToken.map(String.init) ?? ""
-        process.environment = environment
-        self.process = process
+    /// The first SIGINT, SIGTERM, SIGHUP or SIGQUIT received before the command started.
+    var terminatingSignal: Int32? { state.withLock { $0.terminatingSignal } }
+
+    /// Registers how to stop the acquire.
+    func acquiring(cancel: @escaping @Sendable () -> Void) {
+        let cancelNow = state.withLock { state in
+            state.cancelAcquire = cancel
+            return state.terminatingSignal != nil
+        }
+        if cancelNow { cancel() }
     }
 
-    /// Sends `signal` to the command if it runs.
-    func signal(_ signal: Int32) {
-        pid.withLock { pid in
-            if let pid { _ = kill(pid, signal) }
+    /// The command runs: signals go to it from now on, and a renewal that came first is passed on.
+    func started(_ command: SupervisedCommand) {
+        let (renewed, pending) = state.withLock { state in
+            state.command = command
+            return (state.renewedDeadline, state.terminatingSignal)
         }
+        if let renewed { command.renew(until: renewed) }
+        if let pending { command.signal(pending) }
     }
 
-    /// Starts the command and returns its exit status (128 + N when killed by signal N). When
-    /// the calling task is cancelled, the command gets SIGTERM, and SIGKILL after `grace`.
-    func run(grace: Duration) async throws -> Int32 {
-        let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { process in
-            let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-            exited.continuation.yield(status)
-            exited.continuation.finish()
+    /// Moves the command's deadline (or remembers it until the command runs).
+    func renew(until deadline: ContinuousClock.Instant) {
+        let command = state.withLock { state in
+            if state.command == nil { state.renewedDeadline = deadline }
+            return state.command
         }
-        do {
-            try process.run()
-        } catch {
-            throw LaunchError(description: "could not start \(process.arguments?.first ?? "the command"): \(error)")
+        command?.renew(until: deadline)
+    }
+
+    func received(_ signal: Int32) {
+        let (command, cancel) = state.withLock { state -> (SupervisedCommand?, (@Sendable () -> Void)?) in
+            if let command = state.command { return (command, nil) }
+            guard [SIGINT, SIGTERM, SIGHUP, SIGQUIT].contains(signal), state.terminatingSignal == nil else { return (nil, nil) }
+            state.terminatingSignal = signal
+            return (nil, state.cancelAcquire)
         }
-        pid.withLock { $0 = process.processIdentifier }
-        defer { pid.withLock { $0 = nil } }
-        return await withTaskCancellationHandler {
-            var status: Int32 = 1
-            for await value in exited.stream { status = value }
-            return status
-        } onCancel: {
-            self.signal(SIGTERM)
-            Task {
-                try? await Task.sleep(for: grace)
-                self.signal(SIGKILL)
-            }
-        }
+        command?.signal(signal)
+        cancel?()
     }
 }
 

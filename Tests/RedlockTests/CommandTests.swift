@@ -25,6 +25,8 @@ final class CommandRun: Sendable {
     private let output: Pipe
     private let errors: Pipe
 
+    /// Starts `redlock` with `arguments`. Foundation starts it in a process group of its own,
+    /// as a terminal starts a foreground job.
     init(_ arguments: [String], environment: [String: String] = [:]) throws {
         process = Process()
         process.executableURL = try builtExecutable("redlock")
@@ -83,7 +85,7 @@ struct CommandTests {
         }
     }
 
-    @Test("run exits 75 without running the command when the lock is held past --wait")
+    @Test("run exits 75 without running the command when the lock is held past --wait", .timeLimit(.minutes(1)))
     func lockUnavailable() async throws {
         try await withLockNodes(3) { client, servers in
             let lock = try client.makeLock("busy", options: testOptions())

@@ -90,22 +90,90 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("when the nodes die, the body is cancelled by the time the lease runs out")
-    func leaseRunsOut() async throws {
+    @Test(
+        "when every node freezes, the body is cancelled before validUntil and nobody else holds the lock while it runs",
+        arguments: [2, 8]
+    )
+    func frozenNodes(expirySeconds: Int) async throws {
         try await withLockNodes(3) { client, servers in
-            let lock = try client.makeLock("orphaned", options: testOptions(expiry: .milliseconds(600), timeoutFactor: 0.25))
+            let expiry = Duration.seconds(expirySeconds)
+            let name = "frozen-\(expirySeconds)"
+            let lock = try client.makeLock(name, options: testOptions(expiry: expiry, timeoutFactor: 0.05, failFast: true))
             let validUntil = Locked<ContinuousClock.Instant?>(nil)
+            let cancelledAt = Locked<ContinuousClock.Instant?>(nil)
             let error = await #expect(throws: RedlockError.self) {
                 try await lock.withLock { held in
                     validUntil.update { $0 = held.lease.validUntil }
-                    for server in servers { await server.kill() }
-                    try await Task.sleep(for: .seconds(30))
+                    for server in servers { try await server.pause() }
+                    do {
+                        try await Task.sleep(for: .seconds(60))
+                    } catch {
+                        cancelledAt.update { $0 = .now }
+                        throw error
+                    }
                 }
             }
+            let bodyEnded = ContinuousClock.now
+            for server in servers { try server.resume() }
             #expect(error?.code == .leaseLost)
             let deadline = try #require(validUntil.value)
-            // Cancelled at the lease's end, not 30 s later (generous margin for a loaded machine).
-            #expect(ContinuousClock.now < deadline.advanced(by: .seconds(2)))
+            let cancelled = try #require(cancelledAt.value)
+            print("expiry \(expiry): body cancelled \(cancelled.duration(to: deadline)) before validUntil")
+            #expect(cancelled < deadline, "cancelled \(deadline.duration(to: cancelled)) after validUntil")
+
+            // A second client polls until it has the lock: its lease starts after the body ended.
+            let other = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
+            let next = try await other.makeLock(name, options: testOptions(expiry: .seconds(5), tries: 100_000)).lock()
+            #expect(bodyEnded < next.acquiredAt, "the body ran \(next.acquiredAt.duration(to: bodyEnded)) into the next holder's lease")
+            try await other.makeLock(name, options: testOptions()).unlock(next)
+            await other.shutdown()
+        }
+    }
+
+    @Test("a body that ignores cancellation and ends after the deadline gets leaseLost, not its result", arguments: [false, true])
+    func bodyIgnoringCancellation(throwing: Bool) async throws {
+        struct BodyFailed: Error {}
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("stubborn", options: testOptions(expiry: .milliseconds(600), timeoutFactor: 0.05, failFast: true))
+            let error = await #expect(throws: RedlockError.self) {
+                try await lock.withLock { held in
+                    let until = held.lease.validUntil.advanced(by: .milliseconds(20))
+                    for server in servers { try await server.pause() }
+                    // Deaf to cancellation: keeps going until past validUntil.
+                    while ContinuousClock.now < until { try? await Task.sleep(for: .milliseconds(2)) }
+                    if throwing { throw BodyFailed() }
+                    return 1
+                }
+            }
+            for server in servers { try server.resume() }
+            #expect(error?.code == .leaseLost)
+            if throwing {
+                #expect(error?.underlyingError is BodyFailed, "\(String(describing: error))")
+            } else {
+                #expect(error?.underlyingError == nil)
+            }
+        }
+    }
+
+    @Test("withLease refuses a lease with no validity left, without running the body")
+    func withLeaseRefusesStaleLease() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("stale", options: testOptions(expiry: .milliseconds(300)))
+            let stale = try await lock.lock()
+            try await Task.sleep(until: stale.validUntil.advanced(by: .milliseconds(100)), clock: .continuous)
+            let other = try client.makeLock("stale", options: testOptions(tries: 1_000))
+            let successor = try await other.lock()
+            let ran = Locked(false)
+            let error = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(stale) { _ in
+                    ran.update { $0 = true }
+                    return 1
+                }
+            }
+            #expect(error?.code == .leaseExpired)
+            #expect(!ran.value)
+            #expect(try await keyValues("stale", on: servers).allSatisfy { $0 == successor.value })
+            try await other.unlock(successor)
         }
     }
 

@@ -1,0 +1,62 @@
+#ifndef CPROCESSSPAWN_SUPERVISE_H
+#define CPROCESSSPAWN_SUPERVISE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* A command run under a lock is supervised by a watchdog process of its own:
+
+       supervisor (redlock run) --control pipe--> watchdog --fork/exec--> command (own process group)
+                                <--status pipe---
+
+   The supervisor holds the lease and tells the watchdog, after every confirmed extension, the
+   CLOCK_BOOTTIME instant by which the command must be gone. The watchdog SIGKILLs the command's
+   whole process group when that instant passes without a newer one (a stopped or starved
+   supervisor), or at once when the control pipe reports end of file (a killed supervisor). It
+   forwards signals the supervisor asks for to the group, and reports the command's start and
+   exit on the status pipe. The command gets an empty signal mask, default dispositions, no
+   descriptor but 0, 1 and 2, and the parent-death signal SIGKILL (for a killed watchdog). */
+
+/* A message on either pipe: 16 bytes, written atomically (less than PIPE_BUF). */
+typedef struct {
+    int32_t kind;
+    int32_t argument;
+    int64_t value;
+} redlock_watch_message;
+
+enum {
+    /* supervisor -> watchdog */
+    REDLOCK_WATCH_DEADLINE = 1, /* value: CLOCK_BOOTTIME nanoseconds by which the command must be gone */
+    REDLOCK_WATCH_SIGNAL = 2,   /* argument: a signal number for the command's process group */
+    /* watchdog -> supervisor */
+    REDLOCK_WATCH_STARTED = 3,      /* argument: the command's pid (and process group) */
+    REDLOCK_WATCH_EXEC_FAILED = 4,  /* argument: errno of the failed exec */
+    REDLOCK_WATCH_DEADLINE_KILL = 5, /* value: CLOCK_BOOTTIME nanoseconds when the group was killed */
+    REDLOCK_WATCH_ORPHAN_KILL = 6,   /* the supervisor went away; the group was killed */
+    REDLOCK_WATCH_EXITED = 7,        /* argument: the command's wait status */
+};
+
+/* Spawns the watchdog `path` with `argv` and `envp` (NULL-terminated): an empty signal mask,
+   default dispositions, stdin/stdout/stderr inherited, the read end of a new control pipe as
+   descriptor 3, the write end of a new status pipe as descriptor 4, no other descriptor.
+   Stores the watchdog's pid and the supervisor's ends (both close-on-exec). Returns 0 or an errno
+   value; on failure nothing is left open. */
+int redlock_spawn_watchdog(const char *path, char *const argv[], char *const envp[], pid_t *pid, int *control_fd,
+                           int *status_fd);
+
+/* The watchdog's whole life, in the spawned process: runs `command` (argv[0] looked up in PATH)
+   with this process's environment, enforces `deadline_ns` (CLOCK_BOOTTIME) and later deadlines from
+   descriptor 3, reports on descriptor 4, and exits once the command has exited (status 0), or 1
+   on a setup failure (reported on stderr). Never returns. */
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns);
+
+/* Writes one message to `fd`; returns 0 or an errno value (EPIPE when the reader is gone). */
+int redlock_watch_send(int fd, int32_t kind, int32_t argument, int64_t value);
+
+/* Reads one whole message from `fd`, blocking; returns 0, -1 at end of file, or an errno value. */
+int redlock_watch_receive(int fd, redlock_watch_message *message);
+
+/* CLOCK_BOOTTIME in nanoseconds. */
+int64_t redlock_boottime_ns(void);
+
+#endif

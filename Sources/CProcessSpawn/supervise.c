@@ -1,0 +1,367 @@
+#define _GNU_SOURCE
+#include "supervise.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+enum { CONTROL_FD = 3, STATUS_FD = 4 };
+
+int64_t redlock_boottime_ns(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_BOOTTIME, &now) != 0) {
+        return 0;
+    }
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+int redlock_watch_send(int fd, int32_t kind, int32_t argument, int64_t value) {
+    redlock_watch_message message = {.kind = kind, .argument = argument, .value = value};
+    ssize_t written;
+    do {
+        written = write(fd, &message, sizeof message);
+    } while (written < 0 && errno == EINTR);
+    if (written < 0) {
+        return errno;
+    }
+    return written == (ssize_t)sizeof message ? 0 : EIO;
+}
+
+int redlock_watch_receive(int fd, redlock_watch_message *message) {
+    char *bytes = (char *)message;
+    size_t have = 0;
+    while (have < sizeof *message) {
+        ssize_t got = read(fd, bytes + have, sizeof *message - have);
+        if (got < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno;
+        }
+        if (got == 0) {
+            return have == 0 ? -1 : EIO;
+        }
+        have += (size_t)got;
+    }
+    return 0;
+}
+
+/* Moves `*fd` to a descriptor number of at least 5 (close-on-exec), so that the spawn's dup2 to
+   3 and 4 cannot overwrite one pipe end with another. */
+static int raise_descriptor(int *fd) {
+    if (*fd >= 5) {
+        return 0;
+    }
+    int moved = fcntl(*fd, F_DUPFD_CLOEXEC, 5);
+    if (moved < 0) {
+        return errno;
+    }
+    close(*fd);
+    *fd = moved;
+    return 0;
+}
+
+static void close_pair(int pair[2]) {
+    close(pair[0]);
+    close(pair[1]);
+}
+
+int redlock_spawn_watchdog(const char *path, char *const argv[], char *const envp[], pid_t *pid, int *control_fd,
+                           int *status_fd) {
+    int control[2];
+    int status[2];
+    if (pipe2(control, O_CLOEXEC) != 0) {
+        return errno;
+    }
+    if (pipe2(status, O_CLOEXEC) != 0) {
+        int error = errno;
+        close_pair(control);
+        return error;
+    }
+    int result = 0;
+    for (int i = 0; i < 2 && result == 0; i++) {
+        if ((result = raise_descriptor(&control[i])) == 0) {
+            result = raise_descriptor(&status[i]);
+        }
+    }
+    if (result != 0) {
+        close_pair(control);
+        close_pair(status);
+        return result;
+    }
+
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    if ((result = posix_spawn_file_actions_init(&actions)) != 0) {
+        close_pair(control);
+        close_pair(status);
+        return result;
+    }
+    if ((result = posix_spawnattr_init(&attributes)) != 0) {
+        posix_spawn_file_actions_destroy(&actions);
+        close_pair(control);
+        close_pair(status);
+        return result;
+    }
+    sigset_t none;
+    sigset_t all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    if ((result = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) == 0 &&
+        (result = posix_spawnattr_setsigmask(&attributes, &none)) == 0 &&
+        (result = posix_spawnattr_setsigdefault(&attributes, &all)) == 0 &&
+        (result = posix_spawn_file_actions_adddup2(&actions, control[0], CONTROL_FD)) == 0 &&
+        (result = posix_spawn_file_actions_adddup2(&actions, status[1], STATUS_FD)) == 0 &&
+        (result = posix_spawn_file_actions_addclosefrom_np(&actions, STATUS_FD + 1)) == 0) {
+        result = posix_spawn(pid, path, &actions, &attributes, argv, envp);
+    }
+    posix_spawnattr_destroy(&attributes);
+    posix_spawn_file_actions_destroy(&actions);
+    close(control[0]);
+    close(status[1]);
+    if (result != 0) {
+        close(control[1]);
+        close(status[0]);
+        return result;
+    }
+    *control_fd = control[1];
+    *status_fd = status[0];
+    return 0;
+}
+
+/* Finds `name` as execvp would (a name with a slash is used as it is), into `path`. Returns 0 or
+   an errno value (ENOENT, EACCES, ENAMETOOLONG). */
+static int find_program(const char *name, char *path, size_t size) {
+    if (name[0] == '\0') {
+        return ENOENT;
+    }
+    if (strchr(name, '/') != NULL) {
+        if (strlen(name) >= size) {
+            return ENAMETOOLONG;
+        }
+        strcpy(path, name);
+        return 0;
+    }
+    const char *search = getenv("PATH");
+    if (search == NULL || search[0] == '\0') {
+        search = "/usr/local/bin:/usr/bin:/bin";
+    }
+    int result = ENOENT;
+    const char *start = search;
+    for (;;) {
+        const char *end = strchr(start, ':');
+        size_t length = end != NULL ? (size_t)(end - start) : strlen(start);
+        const char *directory = length == 0 ? "." : start;
+        int directory_length = length == 0 ? 1 : (int)length;
+        int written = snprintf(path, size, "%.*s/%s", directory_length, directory, name);
+        if (written > 0 && (size_t)written < size) {
+            struct stat info;
+            if (stat(path, &info) == 0 && S_ISREG(info.st_mode)) {
+                if (access(path, X_OK) == 0) {
+                    return 0;
+                }
+                result = EACCES;
+            }
+        }
+        if (end == NULL) {
+            break;
+        }
+        start = end + 1;
+    }
+    return result;
+}
+
+static void say(const char *text) {
+    ssize_t ignored = write(STDERR_FILENO, text, strlen(text));
+    (void)ignored;
+}
+
+_Noreturn static void fail(const char *what) {
+    char line[256];
+    snprintf(line, sizeof line, "redlock watchdog: %s: %s\n", what, strerror(errno));
+    say(line);
+    _exit(1);
+}
+
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns) {
+    if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
+        fail("descriptors 3 and 4 are not the supervisor's pipes");
+    }
+    /* Signals aimed at the supervisor's process group (a terminal's Ctrl-C, a kill of the group)
+       must not take the watchdog away: the supervisor forwards what the command should get. */
+    const int ignored[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU};
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+        if (signal(ignored[i], SIG_IGN) == SIG_ERR) {
+            fail("signal");
+        }
+    }
+    sigset_t children;
+    sigemptyset(&children);
+    sigaddset(&children, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &children, NULL) != 0) {
+        fail("sigprocmask");
+    }
+    int child_events = signalfd(-1, &children, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (child_events < 0) {
+        fail("signalfd");
+    }
+
+    char path[PATH_MAX];
+    int found = find_program(command[0], path, sizeof path);
+    if (found != 0) {
+        redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, found, 0);
+        _exit(0);
+    }
+    int exec_report[2];
+    if (pipe2(exec_report, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t watchdog = getpid();
+    pid_t child = fork();
+    if (child < 0) {
+        fail("fork");
+    }
+    if (child == 0) {
+        /* Only async-signal-safe calls from here to exec. */
+        setpgid(0, 0);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != watchdog) {
+            _exit(127);
+        }
+        struct sigaction default_action;
+        memset(&default_action, 0, sizeof default_action);
+        default_action.sa_handler = SIG_DFL;
+        for (int number = 1; number < NSIG; number++) {
+            if (sigaction(number, &default_action, NULL) != 0) {
+                /* The C library keeps a few real-time signals to itself; reset them in the kernel. */
+                struct {
+                    void *handler;
+                    unsigned long flags;
+                    void *restorer;
+                    uint64_t mask;
+                } kernel_default = {0};
+                syscall(SYS_rt_sigaction, number, &kernel_default, NULL, sizeof kernel_default.mask);
+            }
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(path, command, environ);
+        int error = errno;
+        ssize_t ignored_write = write(exec_report[1], &error, sizeof error);
+        (void)ignored_write;
+        _exit(127);
+    }
+    close(exec_report[1]);
+    setpgid(child, child); /* also done by the child; whichever runs first wins, the other may fail */
+    int exec_error = 0;
+    ssize_t got;
+    do {
+        got = read(exec_report[0], &exec_error, sizeof exec_error);
+    } while (got < 0 && errno == EINTR);
+    close(exec_report[0]);
+    if (got > 0) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        }
+        redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, exec_error, 0);
+        _exit(0);
+    }
+    redlock_watch_send(STATUS_FD, REDLOCK_WATCH_STARTED, child, 0);
+
+    int control = CONTROL_FD;
+    int64_t deadline = deadline_ns;
+    int killed = 0;
+    redlock_watch_message message;
+    size_t have = 0;
+    for (;;) {
+        if (!killed && deadline > 0) {
+            int64_t now = redlock_boottime_ns();
+            if (now >= deadline) {
+                kill(-child, SIGKILL);
+                killed = 1;
+                say("redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command's process group\n");
+                redlock_watch_send(STATUS_FD, REDLOCK_WATCH_DEADLINE_KILL, 0, now);
+                continue;
+            }
+        }
+        struct pollfd watched[2] = {
+            {.fd = child_events, .events = POLLIN},
+            {.fd = control, .events = POLLIN},
+        };
+        struct timespec timeout;
+        struct timespec *wait_for = NULL;
+        if (!killed && deadline > 0) {
+            int64_t left = deadline - redlock_boottime_ns();
+            if (left < 0) {
+                left = 0;
+            }
+            timeout.tv_sec = (time_t)(left / 1000000000);
+            timeout.tv_nsec = (long)(left % 1000000000);
+            wait_for = &timeout;
+        }
+        int ready = ppoll(watched, control >= 0 ? 2 : 1, wait_for, NULL);
+        if (ready < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            kill(-child, SIGKILL);
+            fail("ppoll");
+        }
+        if (watched[0].revents != 0) {
+            struct signalfd_siginfo info;
+            while (read(child_events, &info, sizeof info) > 0) {
+            }
+            int status;
+            pid_t reaped = waitpid(child, &status, WNOHANG);
+            if (reaped == child) {
+                /* What the command left running in its group is not protected any more. */
+                kill(-child, SIGKILL);
+                redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXITED, status, 0);
+                _exit(0);
+            }
+        }
+        if (control >= 0 && watched[1].revents != 0) {
+            ssize_t read_now = read(control, (char *)&message + have, sizeof message - have);
+            if (read_now < 0 && (errno == EINTR || errno == EAGAIN)) {
+                continue;
+            }
+            if (read_now <= 0) {
+                /* The supervisor is gone (killed, or crashed): nobody renews the lease. */
+                close(control);
+                control = -1;
+                if (!killed) {
+                    kill(-child, SIGKILL);
+                    killed = 1;
+                    say("redlock watchdog: redlock went away while the command ran; killed the command's process group\n");
+                    redlock_watch_send(STATUS_FD, REDLOCK_WATCH_ORPHAN_KILL, 0, redlock_boottime_ns());
+                }
+                continue;
+            }
+            have += (size_t)read_now;
+            if (have < sizeof message) {
+                continue;
+            }
+            have = 0;
+            if (message.kind == REDLOCK_WATCH_DEADLINE && !killed) {
+                deadline = message.value;
+            } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
+                kill(-child, message.argument);
+            }
+        }
+    }
+}

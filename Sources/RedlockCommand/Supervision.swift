@@ -1,0 +1,185 @@
+import CProcessSpawn
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The command `redlock run` protects, run by a watchdog process (`supervise.c`):
+/// `redlock` → watchdog → command, the command in a process group of its own.
+///
+/// The watchdog SIGKILLs the command's group when the deadline it was last given passes (a
+/// stopped or starved `redlock`) or as soon as `redlock` is gone (killed): the command never
+/// outlives its lease because its supervisor died or froze. `redlock` moves the deadline after
+/// each confirmed extension and sends signals for the group through the watchdog.
+final class SupervisedCommand: Sendable {
+    /// The argument that makes `redlock` run as the watchdog (see `main.swift`).
+    static let watchdogArgument = "__watchdog"
+
+    /// How the command ended.
+    enum Ending: Sendable, Equatable {
+        /// It ran and ended with this wait status; `killedByWatchdog` when the watchdog killed its
+        /// group for a missed deadline or a vanished supervisor.
+        case exited(status: Int32, killedByWatchdog: Bool)
+        /// It could not be started (errno of the lookup or exec).
+        case notStarted(errno: Int32)
+        /// The watchdog went away without reporting (it was killed).
+        case watchdogLost
+
+        /// The exit status the shell would report: the code, 128 + N for signal N, 126 when the
+        /// command cannot be executed, 127 when it is not found.
+        var shellStatus: Int32 {
+            switch self {
+            case let .exited(status, _):
+                let signal = status & 0x7f
+                return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+            case let .notStarted(errno):
+                return errno == ENOENT ? 127 : 126
+            case .watchdogLost:
+                return 1
+            }
+        }
+    }
+
+    /// Why the watchdog could not be started.
+    struct SpawnError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private struct State {
+        var deadline: Int64
+        /// Once terminating, the deadline only moves earlier.
+        var terminating = false
+        var controlOpen = true
+    }
+
+    private let watchdog: pid_t
+    private let control: Int32
+    private let state: Mutex<State>
+    /// How the command ended once the watchdog said so, or the task waiting for it.
+    private let ending = Mutex<(value: Ending?, waiter: CheckedContinuation<Ending, Never>?)>((nil, nil))
+    private let events = Mutex<[Int32]>([])
+
+    /// Starts the watchdog, which starts `command` (looked up in `PATH`) with `environment`; the
+    /// command must be gone by `deadline`, unless ``renew(until:)`` moves it.
+    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant) throws {
+        let deadlineNs = Self.boottimeNanoseconds(deadline)
+        let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let arguments = [executable, Self.watchdogArgument, String(deadlineNs), "--"] + command
+        let environmentLines = environment.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        var controlFd: Int32 = -1
+        var statusFd: Int32 = -1
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environmentLines.map { strdup($0) } + [nil]
+        defer { for pointer in argv + envp { free(pointer) } }
+        guard !argv.dropLast().contains(nil), !envp.dropLast().contains(nil) else {
+            throw SpawnError(description: "could not start the watchdog process: out of memory")
+        }
+        let result = redlock_spawn_watchdog(executable, argv, envp, &pid, &controlFd, &statusFd)
+        guard result == 0 else {
+            throw SpawnError(description: "could not start the watchdog process: \(String(cString: strerror(result)))")
+        }
+        watchdog = pid
+        control = controlFd
+        state = Mutex(State(deadline: deadlineNs))
+        // Reports are read on a thread of their own: a blocking read must not hold a thread of
+        // the cooperative pool.
+        let thread = Thread { [self, watchdog = pid, statusFd] in
+            var message = redlock_watch_message()
+            var killedByWatchdog = false
+            var outcome = Ending.watchdogLost
+            reading: while redlock_watch_receive(statusFd, &message) == 0 {
+                switch message.kind {
+                case Int32(REDLOCK_WATCH_STARTED): continue
+                case Int32(REDLOCK_WATCH_EXEC_FAILED):
+                    outcome = .notStarted(errno: message.argument)
+                    break reading
+                case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = true
+                case Int32(REDLOCK_WATCH_EXITED):
+                    outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog)
+                    break reading
+                default: continue
+                }
+            }
+            close(statusFd)
+            var status: Int32 = 0
+            while waitpid(watchdog, &status, 0) < 0 && errno == EINTR {}
+            let waiter = ending.withLock { ending in
+                ending.value = outcome
+                defer { ending.waiter = nil }
+                return ending.waiter
+            }
+            waiter?.resume(returning: outcome)
+        }
+        thread.start()
+    }
+
+    /// The command's group must now be gone by `deadline` (unless it is terminating).
+    func renew(until deadline: ContinuousClock.Instant) {
+        let nanoseconds = Self.boottimeNanoseconds(deadline)
+        state.withLock { state in
+            guard state.controlOpen, !state.terminating, nanoseconds > state.deadline else { return }
+            state.deadline = nanoseconds
+            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_DEADLINE), 0, nanoseconds)
+        }
+    }
+
+    /// Sends `signal` to the command's process group.
+    func signal(_ signal: Int32) {
+        state.withLock { state in
+            guard state.controlOpen else { return }
+            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), signal, 0)
+        }
+    }
+
+    /// Sends SIGTERM to the group now and has the watchdog SIGKILL it after `grace` (or at the
+    /// current deadline, if that comes first); later renewals no longer postpone it.
+    func terminate(grace: Duration) {
+        let killAt = Self.boottimeNanoseconds(ContinuousClock.now.advanced(by: grace))
+        state.withLock { state in
+            guard state.controlOpen else { return }
+            state.terminating = true
+            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), SIGTERM, 0)
+            if killAt < state.deadline {
+                state.deadline = killAt
+                _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_DEADLINE), 0, killAt)
+            }
+        }
+    }
+
+    /// Waits until the command has ended and its watchdog has been reaped; closes the control
+    /// pipe. When the calling task is cancelled meanwhile, the group gets SIGTERM, and SIGKILL
+    /// after `grace`; this still returns only once the command is gone.
+    func wait(grace: Duration) async -> Ending {
+        let outcome = await withTaskCancellationHandler {
+            await withCheckedContinuation { (waiter: CheckedContinuation<Ending, Never>) in
+                let known = ending.withLock { ending in
+                    if ending.value == nil { ending.waiter = waiter }
+                    return ending.value
+                }
+                if let known { waiter.resume(returning: known) }
+            }
+        } onCancel: {
+            terminate(grace: grace)
+        }
+        state.withLock { state in
+            if state.controlOpen {
+                state.controlOpen = false
+                close(control)
+            }
+        }
+        return outcome
+    }
+
+    /// `instant` on CLOCK_BOOTTIME, in nanoseconds. Boot time is read first, so a pause between
+    /// the two reads makes the result earlier, never later.
+    static func boottimeNanoseconds(_ instant: ContinuousClock.Instant) -> Int64 {
+        let boot = redlock_boottime_ns()
+        let remaining = ContinuousClock.now.duration(to: instant)
+        return boot + remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
+    }
+}
