@@ -229,10 +229,7 @@ final class ConnectionCore: Sendable {
         var context: HiredisContext?
         var batch: [PendingCommand] = []
         var written: [PendingCommand] = []
-        /// The scripts this connection has run since it connected: the first call of any other
-        /// is sent as `EVAL`, which loads it, so it runs in its place in the pipeline rather
-        /// than after a `NOSCRIPT` reply (which would put it behind the commands that followed).
-        var loadedScripts: [String] = []
+        var staged: [PendingCommand] = []
         while true {
             enum Next { case work, sleep, exit }
             let next: Next = shared.withLock { shared in
@@ -271,7 +268,6 @@ final class ConnectionCore: Sendable {
                 case let .success(opened):
                     shared.withLock { $0.socket = opened.fileDescriptor }
                     context = opened
-                    loadedScripts.removeAll()
                     generation.add(1, ordering: .releasing)
                 case let .failure(error):
                     for command in batch { command.complete(.failure(error)) }
@@ -279,7 +275,7 @@ final class ConnectionCore: Sendable {
                     continue
                 }
             }
-            if let open = context, !process(batch, on: open, written: &written, loadedScripts: &loadedScripts) {
+            if let open = context, !process(batch, on: open, staged: &staged, written: &written) {
                 close(&context)
             }
             batch.removeAll(keepingCapacity: true)
@@ -287,32 +283,40 @@ final class ConnectionCore: Sendable {
     }
 
     /// Pipelines one batch on an open context: writes every command still wanted, then reads
-    /// the replies in order. A command answered `NOSCRIPT` that has a fallback is sent again as
-    /// the fallback right here, so a script runs even when its caller stopped waiting.
-    /// Returns false when the context must be dropped.
+    /// the replies in order. Returns false when the context must be dropped.
+    ///
+    /// The node must run the commands in the order they were queued, script fallbacks included.
+    /// A script call with commands behind it in the batch is therefore sent as `EVAL` with its
+    /// body: an `EVALSHA` answered `NOSCRIPT` (after a `SCRIPT FLUSH`, a restart, a failover)
+    /// would have its fallback run after those commands. Only the batch's last command may go
+    /// as `EVALSHA`: its fallback `EVAL` is written before anything queued later.
     private func process(
         _ batch: [PendingCommand],
         on context: HiredisContext,
-        written: inout [PendingCommand],
-        loadedScripts: inout [String]
+        staged: inout [PendingCommand],
+        written: inout [PendingCommand]
     ) -> Bool {
-        defer { written.removeAll(keepingCapacity: true) }
-        for command in batch where command.shouldSend {
-            if let script = command.script, !loadedScripts.contains(script.sha1), let fallback = command.fallback {
+        defer {
+            staged.removeAll(keepingCapacity: true)
+            written.removeAll(keepingCapacity: true)
+        }
+        for command in batch where command.shouldSend { staged.append(command) }
+        for (index, command) in staged.enumerated() {
+            if index < staged.count - 1, let fallback = command.fallback {
                 write(command, fallback, on: context, into: &written)
             } else {
                 write(command, command.command, on: context, into: &written)
             }
         }
         var retried: [PendingCommand]? = []
-        guard read(written, on: context, retrying: &retried, loadedScripts: &loadedScripts) else { return false }
+        guard read(written, on: context, retrying: &retried) else { return false }
         guard let retried, !retried.isEmpty else { return true }
         written.removeAll(keepingCapacity: true)
         for command in retried {
             if let fallback = command.fallback { write(command, fallback, on: context, into: &written) }
         }
         var none: [PendingCommand]? = nil
-        return read(written, on: context, retrying: &none, loadedScripts: &loadedScripts)
+        return read(written, on: context, retrying: &none)
     }
 
     private func write(_ pending: PendingCommand, _ command: RedisCommand, on context: HiredisContext, into written: inout [PendingCommand]) {
@@ -328,18 +332,16 @@ final class ConnectionCore: Sendable {
     private func read(
         _ written: [PendingCommand],
         on context: HiredisContext,
-        retrying: inout [PendingCommand]?,
-        loadedScripts: inout [String]
+        retrying: inout [PendingCommand]?
     ) -> Bool {
         for (index, command) in written.enumerated() {
             let reply = context.readReply()
             switch reply {
             case .success:
-                // A handful of scripts: a list beats hashing a digest on every call.
-                if let script = command.script, !loadedScripts.contains(script.sha1) { loadedScripts.append(script.sha1) }
                 command.complete(reply)
             case let .failure(failure) where failure.code == .serverError:
-                if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT") {
+                // Only the batch's last command can have been sent as `EVALSHA` (see `process`).
+                if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT"), index == written.count - 1 {
                     retrying?.append(command)
                 } else {
                     command.complete(reply)

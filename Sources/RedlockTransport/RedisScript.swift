@@ -1,4 +1,5 @@
-/// A Lua script sent with `EVALSHA`, falling back to `EVAL` when the node answers `NOSCRIPT`.
+/// A Lua script, sent with `EVALSHA` or `EVAL` so that a node runs it in its place among the
+/// commands pipelined with it (see ``RedisConnection/evaluate(_:withdrawOnCancel:)``).
 public struct RedisScript: Sendable, Hashable {
     /// The Lua source.
     public let source: String
@@ -35,12 +36,11 @@ public struct RedisScriptCall: Sendable {
 }
 
 extension RedisConnection {
-    /// Runs a script by `EVALSHA`. The first call of a script on each connection (after every
-    /// reconnect too) goes as `EVAL`, which loads it, so the script runs in its place among the
-    /// commands pipelined with it; when the node still does not know it (after a `SCRIPT FLUSH`)
-    /// the connection sends `EVAL` after its `NOSCRIPT` reply. The fallback happens on the
-    /// connection itself, so the script runs even if the caller was cancelled after the command
-    /// was written.
+    /// Runs a script, in its place among the commands pipelined on the connection: by `EVALSHA`
+    /// when nothing is written behind it (a `NOSCRIPT` reply then sends `EVAL` before anything
+    /// queued later), else by `EVAL` with its body. The fallback happens on the connection
+    /// itself, so the script runs even if the caller was cancelled after the command was
+    /// written.
     public func evaluate(
         _ script: RedisScript,
         keys: [String],

@@ -1,6 +1,17 @@
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
+
+/// Replies collected by index from handlers on the I/O thread.
+private final class Replies: Sendable {
+    private let storage = Mutex<[Int: Result<RedisValue, RedisError>]>([:])
+    var value: [Int: Result<RedisValue, RedisError>] { storage.withLock { $0 } }
+    /// Records one reply; returns how many are recorded.
+    func record(_ index: Int, _ result: Result<RedisValue, RedisError>) -> Int {
+        storage.withLock { $0[index] = result; return $0.count }
+    }
+}
 
 @Suite("Connection to one real node")
 struct ConnectionTests {
@@ -90,6 +101,41 @@ struct ConnectionTests {
             let exists = try await connection.send(RedisCommand("EXISTS", "victim"))
             #expect(exists == .integer(0))
             await connection.shutdown()
+        }
+    }
+
+    @Test("a script fallback in the middle of a pipelined batch keeps the order in which commands were queued")
+    func fallbackKeepsOrder() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let other = RedisConnection(configuration: servers[0].configuration())
+            let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
+            for round in 0..<20 {
+                // The connection has run the script, then the node forgets it (as after a restart).
+                _ = try await connection.evaluate(script, keys: ["order"], arguments: ["warm"])
+                _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+                let replies = Replies()
+                let done = AsyncStream<Void>.makeStream()
+                func record(_ index: Int) -> RedisReplyHandler {
+                    { result in
+                        if replies.record(index, result) == 4 { done.continuation.yield() }
+                    }
+                }
+                connection.send([
+                    QueuedCommand(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(round)"]).command,
+                                  script: script, handler: record(0)),
+                    QueuedCommand(RedisCommand("SET", "order", "after-\(round)"), handler: record(1)),
+                    QueuedCommand(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(round)"]).command,
+                                  script: script, handler: record(2)),
+                    QueuedCommand(RedisCommand("SET", "order", "last-\(round)"), handler: record(3)),
+                ])
+                for await _ in done.stream { break }
+                #expect(replies.value.values.allSatisfy { (try? $0.get()) != nil }, "\(replies.value)")
+                let value = try await other.send(RedisCommand("GET", "order"))
+                #expect(value.string == "last-\(round)", "round \(round): the node ran the commands out of order")
+            }
+            await connection.shutdown()
+            await other.shutdown()
         }
     }
 
