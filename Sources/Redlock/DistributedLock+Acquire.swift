@@ -87,6 +87,13 @@ extension DistributedLock {
             case let .failure(error):
                 lastError = error
                 wokenAndFailed = woken.woken
+                // No retry can succeed while nodes refuse for good (credentials, permissions, a
+                // key of the wrong type) and too few others are left for a quorum.
+                if error.permanentFailureCount > client.nodes.count - client.quorum {
+                    if attemptNumber > 0 { lastError.message += " (after \(attemptNumber + 1) attempts)" }
+                    lastError.message += "; not retried: nodes refused for good"
+                    throw lastError
+                }
             }
             if Task.isCancelled { throw cancelled("lock") }
         }

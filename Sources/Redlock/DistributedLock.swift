@@ -79,6 +79,7 @@ public struct DistributedLock: Sendable {
             }
         }
         let votes = await client.votes(of: release, cancellable: false)
+        client.noteRefusedAnnouncements(in: votes)
         // A waiter that began to wait in this process meanwhile need not wait for the published
         // message to come back (it carries the same value and counts once).
         if options.fastHandoff, claimed == nil, grantedCount(votes) >= client.quorum {

@@ -10,12 +10,15 @@ import CoreMetrics
 /// - `redlock_extensions_total{result}`: `extend()` calls, `ok` or the error code.
 /// - `redlock_releases_total{result}`: `unlock()` calls, `ok` or the error code.
 /// - `redlock_leases_lost_total`: scoped locks whose lease ran out while the body ran.
+/// - `redlock_release_announcements_refused_total`: releases whose announcement a node refused
+///   (the user may not publish on `redlock:released:*`); the key was deleted all the same.
 struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter
     let acquired: Counter
     let acquireDuration: Timer
     let leasesLost: Counter
+    let announcementsRefused: Counter
     private let extendedOK: Counter
     private let releasedOK: Counter
 
@@ -25,6 +28,7 @@ struct LockMetrics: Sendable {
         acquired = Counter(label: "redlock_acquired_total", factory: factory)
         acquireDuration = Timer(label: "redlock_acquire_duration_seconds", factory: factory)
         leasesLost = Counter(label: "redlock_leases_lost_total", factory: factory)
+        announcementsRefused = Counter(label: "redlock_release_announcements_refused_total", factory: factory)
         extendedOK = Counter(label: "redlock_extensions_total", dimensions: [("result", "ok")], factory: factory)
         releasedOK = Counter(label: "redlock_releases_total", dimensions: [("result", "ok")], factory: factory)
     }

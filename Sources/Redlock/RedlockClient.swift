@@ -36,6 +36,8 @@ public final class RedlockClient: Sendable {
     let deadlines: DeadlineTimer
     private let ownsConnections: Bool
     private let subscribers = Mutex<SubscriberState>(SubscriberState())
+    /// The nodes that refused a release's announcement (warned about once each).
+    private let refusedAnnouncements = Mutex<Set<Int>>([])
 
     private struct SubscriberState {
         var subscribers: [RedisSubscriber] = []
@@ -93,6 +95,20 @@ public final class RedlockClient: Sendable {
         releases = ReleaseBoard(timer: deadlines)
         gates = LocalGates(timer: deadlines)
         ownsConnections = owning
+    }
+
+    /// Warns once per node that refuses release announcements (fast handoff then degrades to
+    /// polling for waiters elsewhere) and counts every refusal.
+    func noteRefusedAnnouncements(in votes: [Vote?]) {
+        for (node, vote) in votes.enumerated() where vote == .granted(Vote.announcementRefused) {
+            metrics.announcementsRefused.increment()
+            if refusedAnnouncements.withLock({ $0.insert(node).inserted }) {
+                logger.warning(
+                    "redlock node refuses release announcements; waiters elsewhere fall back to polling (grant the user the channel pattern \"redlock:released:*\")",
+                    metadata: ["node": "\(node)", "endpoint": "\(endpoints[node])"]
+                )
+            }
+        }
     }
 
     deinit {

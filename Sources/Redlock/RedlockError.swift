@@ -68,6 +68,15 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         self.underlyingError = underlyingError
     }
 
+    /// How many nodes failed with an error that no retry cures (see
+    /// ``RedisError/isPermanent``).
+    var permanentFailureCount: Int {
+        nodes.count { failure in
+            if case let .error(error) = failure.cause { return error.isPermanent }
+            return false
+        }
+    }
+
     static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
         RedlockError(code: .invalidConfiguration, lockName: lockName, message: message)
     }

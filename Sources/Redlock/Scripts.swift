@@ -32,12 +32,18 @@ enum Scripts {
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
     /// the value as the message, so that listeners count one release once), or empty. Returns 1
-    /// when deleted, 0 when another holder's value is there, -1 when the key is missing.
+    /// when deleted, 2 when deleted but the announcement was refused (a user without channel
+    /// permissions: Redis 7's `acl-pubsub-default` is `resetchannels`), 0 when another holder's
+    /// value is there, -1 when the key is missing. The announcement is a hint: `pcall` keeps a
+    /// refused `PUBLISH` from failing the whole call after the delete took effect.
     static let release = compareAndAct(
         held: """
         redis.call('DEL', KEYS[1])
         if ARGV[2] ~= '' then
-            redis.call('PUBLISH', ARGV[2], ARGV[1])
+            local announced = redis.pcall('PUBLISH', ARGV[2], ARGV[1])
+            if type(announced) == 'table' and announced.err then
+                return 2
+            end
         end
         return 1
         """
@@ -104,15 +110,20 @@ enum Vote: Sendable, Equatable {
     /// Asked, but not awaited: the outcome was decided before it answered.
     case unsettled
 
+    /// The payload of a release vote whose node deleted the key but refused its announcement.
+    static let announcementRefused: Int64 = 2
+
     var isGranted: Bool {
         if case .granted = self { return true }
         return false
     }
 
-    /// The vote of a compare-and-act script: 1 granted, 0 taken, -1 missing.
+    /// The vote of a compare-and-act script: 1 granted, 0 taken, -1 missing; 2 granted with the
+    /// release's announcement refused (``Scripts/release``).
     static func ofScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         switch reply.integer {
         case .some(1): .granted(1)
+        case .some(2): .granted(Vote.announcementRefused)
         case .some(0): .refused(.taken)
         case .some(-1): .refused(.missing)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "script returned \(reply)")))

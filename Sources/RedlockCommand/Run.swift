@@ -144,7 +144,12 @@ struct Run: AsyncParsableCommand {
                 error = attempt
             }
             let now = ContinuousClock.now
-            if error.code == .cancelled || error.code == .invalidConfiguration || refusesPermission(error) || now >= deadline {
+            let permanent = error.nodes.count { failure in
+                if case let .error(redisError) = failure.cause { return redisError.isPermanent }
+                return false
+            }
+            let nodeCount = lock.client.nodes.count
+            if error.code == .cancelled || error.code == .invalidConfiguration || permanent > nodeCount - lock.client.quorum || now >= deadline {
                 return .failure(error)
             }
             let pause = min(Duration.milliseconds(Int.random(in: 50...250)), now.duration(to: deadline))

@@ -68,3 +68,18 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         return message.isEmpty ? "\(node)\(code)" : "\(node)\(code): \(message)"
     }
 }
+
+extension RedisError {
+    /// Whether retrying cannot help: the node refused the credentials (`AUTH`) or a permission
+    /// (`NOPERM`), the key holds another type (`WRONGTYPE`), the command or script is not
+    /// available there (`ERR unknown command`, scripting disabled), or the address is invalid.
+    /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
+    /// failover) and `TRYAGAIN` are transient.
+    public var isPermanent: Bool {
+        if code == .authenticationFailed || code == .invalidAddress { return true }
+        guard code == .serverError else { return false }
+        let prefixes = ["NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH"]
+        let reply = message.uppercased()
+        return prefixes.contains { reply.hasPrefix($0) }
+    }
+}

@@ -1,0 +1,76 @@
+import Logging
+import MetricsTestKit
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Least-privilege ACL users")
+struct LeastPrivilegeTests {
+    /// Creates `user` with password `pw` and `rules` on every server.
+    private func createUser(_ user: String, rules: [String], on servers: [RedisServer]) async throws {
+        for server in servers {
+            let admin = RedisConnection(configuration: server.configuration())
+            _ = try await admin.send(RedisCommand(["ACL", "SETUSER", user, "reset", "on", ">pw"] + rules))
+            await admin.shutdown()
+        }
+    }
+
+    @Test("a user without channel permissions unlocks fine: the keys are deleted, one warning per node, every refusal counted")
+    func unlockWithoutChannels() async throws {
+        try await withRedisServers(3) { servers throws in
+            // Redis 7 default: a user made without `&pattern` may publish on no channel.
+            try await createUser("app", rules: ["~*", "+@all"], on: servers)
+            let records = Locked<[String]>([])
+            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+            logger.logLevel = .trace
+            let metrics = TestMetrics()
+            let client = try RedlockClient(
+                nodes: servers.map {
+                    var configuration = $0.configuration()
+                    configuration.username = "app"
+                    configuration.password = "pw"
+                    return configuration
+                },
+                logger: logger, metrics: metrics
+            )
+            let lock = try client.makeLock("no-channels", options: testOptions())
+            for _ in 0..<3 {
+                let lease = try await lock.lock()
+                try await lock.unlock(lease)
+                #expect(try await keyValues("no-channels", on: servers).allSatisfy { $0 == nil })
+            }
+            let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("release announcements") }
+            #expect(warnings.count == 3, "\(records.value)")
+            #expect(metrics.counterTotal(label: "redlock_release_announcements_refused_total") == 9)
+            #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "ok")]) == 3)
+            await client.shutdown()
+        }
+    }
+
+    @Test("permanent refusals fail lock() at once instead of retrying: a wrong password, a key outside the user's patterns", arguments: ["wrong-password", "no-key-permission"])
+    func permanentErrorsFailFast(kind: String) async throws {
+        try await withRedisServers(3) { servers throws in
+            try await createUser("app", rules: ["~other:*", "+@all", "&*"], on: servers)
+            let metrics = TestMetrics()
+            let client = try RedlockClient(
+                nodes: servers.map {
+                    var configuration = $0.configuration()
+                    configuration.username = "app"
+                    configuration.password = kind == "wrong-password" ? "not-the-password" : "pw"
+                    return configuration
+                },
+                metrics: metrics
+            )
+            let lock = try client.makeLock("refused", options: LockOptions(tries: 32, retryDelay: .constant(.milliseconds(200))))
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
+            #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 1)
+            #expect(error?.code == .noQuorum)
+            let texts = error?.nodes.map(\.description) ?? []
+            #expect(texts.count >= 2 && texts.allSatisfy { $0.contains(kind == "wrong-password" ? "WRONGPASS" : "NOPERM") }, "\(texts)")
+            await client.shutdown()
+        }
+    }
+}
