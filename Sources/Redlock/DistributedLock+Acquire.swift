@@ -118,6 +118,10 @@ extension DistributedLock {
             confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
         }
         guard options.fencing else {
+            if options.value.mayAlreadyBeHeld {
+                let call = RedisScriptCall(Scripts.acquireOrReattach, keys: [name], arguments: [value, expiryMilliseconds])
+                return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofReattach, confirm: confirm)
+            }
             return AcquireRequest(
                 command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
                 classify: Vote.ofSetNX, confirm: confirm

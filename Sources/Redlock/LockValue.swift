@@ -2,20 +2,35 @@
 /// and extend, so it must be unique to the caller.
 public struct LockValue: Sendable {
     private let make: @Sendable () -> String
+    /// Whether a node may already hold a value from this source for the name (a fixed or caller-
+    /// made value): acquires then re-attach where the node holds it (see ``fixed(_:)``).
+    let mayAlreadyBeHeld: Bool
 
     /// Values made by `generator`, called once per `lock()`/`tryLock()` call (the value is
-    /// reused across that call's retries). It must return a non-empty, unique string.
+    /// reused across that call's retries). It must return a non-empty, unique string. A node
+    /// that already holds the generated value for the name counts as granted (re-attach).
     public init(generator: @escaping @Sendable () -> String) {
         make = generator
+        mayAlreadyBeHeld = true
+    }
+
+    private init(random generator: @escaping @Sendable () -> String) {
+        make = generator
+        mayAlreadyBeHeld = false
     }
 
     /// 16 random bytes from the system's secure generator, base64-encoded. The default.
-    public static let random = LockValue { randomToken(byteCount: 16) }
+    public static let random = LockValue(random: { randomToken(byteCount: 16) })
 
     /// The same value every time, e.g. to re-attach to a lease held by another process that
-    /// handed over its value. Two holders with one fixed value cannot tell each other apart.
+    /// handed over its value. An acquire with it counts every node that already holds this
+    /// value for the name as granted and resets the key's expiry there (`GET == value →
+    /// PEXPIRE, else SET NX PX`, the single-Redis lock's re-attach), so the new lease's validity
+    /// is measured from this acquire. Two holders with one fixed value cannot tell each other
+    /// apart: an attempt that fails releases the value wherever it was set, the handed-over
+    /// lease's keys included.
     public static func fixed(_ value: String) -> LockValue {
-        LockValue { value }
+        LockValue(generator: { value })
     }
 
     func next() -> String { make() }

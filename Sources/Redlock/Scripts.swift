@@ -7,10 +7,35 @@ enum Scripts {
     /// `ARGV[1]` value, `ARGV[2]` expiry in ms. Sets the key only if absent and, in the same
     /// atomic step, increments the counter: returns the new counter value (≥ 1), or 0 when the
     /// key is taken.
+    /// A node that already holds the value (a re-attach) counts as granted: its expiry is reset
+    /// and the counter incremented like for a new acquisition.
     static let acquireFenced = RedisScript(
         """
-        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-            return redis.call('INCR', KEYS[2])
+        local current = redis.call('GET', KEYS[1])
+        if current == ARGV[1] then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        elseif current == false then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        else
+            return 0
+        end
+        return redis.call('INCR', KEYS[2])
+        """
+    )
+
+    /// Acquire or re-attach, for values that a node may already hold (``LockValue/fixed(_:)``).
+    /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms. When the key holds the value,
+    /// resets its expiry; when it is missing, sets it. Returns 1 when held now, 0 when another
+    /// holder's value is there. The key is the same as `SET NX PX` would write.
+    static let acquireOrReattach = RedisScript(
+        """
+        local current = redis.call('GET', KEYS[1])
+        if current == ARGV[1] then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            return 1
+        elseif current == false then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+            return 1
         end
         return 0
         """
@@ -136,6 +161,15 @@ enum Vote: Sendable, Equatable {
         case .simpleString("OK"): .granted(0)
         case .null: .refused(.taken)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "SET NX returned \(reply)")))
+        }
+    }
+
+    /// The vote of the re-attaching acquire script: 1 granted, 0 taken.
+    static func ofReattach(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
+        switch reply.integer {
+        case .some(1): .granted(0)
+        case .some(0): .refused(.taken)
+        default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }
 

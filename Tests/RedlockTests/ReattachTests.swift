@@ -1,0 +1,50 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Re-attaching to a lease by its value")
+struct ReattachTests {
+    /// The remaining time to live of `name` on each server, in milliseconds.
+    private func timesToLive(_ name: String, on servers: [RedisServer]) async throws -> [Int64] {
+        var values: [Int64] = []
+        for server in servers {
+            let connection = RedisConnection(configuration: server.configuration())
+            values.append(try await connection.send(RedisCommand("PTTL", name)).integer ?? -3)
+            await connection.shutdown()
+        }
+        return values
+    }
+
+    @Test("another client with the holder's value re-attaches: granted where the value is held, expiry reset; another value is refused", arguments: [false, true])
+    func reattach(fencing: Bool) async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions(expiry: .seconds(5))
+            options.fencing = fencing
+            let original = try await client.makeLock("handed-over", options: options).lock()
+            try await Task.sleep(for: .milliseconds(1_200))
+            #expect(try await timesToLive("handed-over", on: servers).allSatisfy { $0 < 4_000 })
+
+            // Another process (another client) that was handed the value.
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            var reattaching = options
+            reattaching.value = .fixed(original.value)
+            let reattached = try await other.makeLock("handed-over", options: reattaching).tryLock()
+            #expect(reattached.value == original.value)
+            #expect(try await timesToLive("handed-over", on: servers).allSatisfy { $0 > 4_500 })
+            if fencing {
+                #expect((reattached.fencingToken ?? 0) > (original.fencingToken ?? .max))
+            }
+
+            var stranger = options
+            stranger.value = .fixed("someone-else")
+            let refused = await #expect(throws: RedlockError.self) {
+                try await other.makeLock("handed-over", options: stranger).tryLock()
+            }
+            #expect(refused?.code == .taken)
+            try await other.makeLock("handed-over", options: reattaching).unlock(reattached)
+            #expect(try await keyValues("handed-over", on: servers).allSatisfy { $0 == nil })
+            await other.shutdown()
+        }
+    }
+}
