@@ -89,7 +89,7 @@ extension DistributedLock {
                 wokenAndFailed = woken.woken
                 // No retry can succeed while nodes refuse for good (credentials, permissions, a
                 // key of the wrong type) and too few others are left for a quorum.
-                if error.permanentFailureCount > client.nodes.count - client.quorum {
+                if error.code == .fencingCounterExhausted || error.permanentFailureCount > client.nodes.count - client.quorum {
                     if attemptNumber > 0 { lastError.message += " (after \(attemptNumber + 1) attempts)" }
                     lastError.message += "; not retried: nodes refused for good"
                     throw lastError
@@ -127,7 +127,7 @@ extension DistributedLock {
                 classify: Vote.ofSetNX, confirm: confirm
             )
         }
-        let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceKey(name)], arguments: [value, expiryMilliseconds])
+        let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
         return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofFencedAcquire, confirm: confirm)
     }
 
@@ -210,6 +210,16 @@ extension DistributedLock {
         if !awaited.isEmpty { _ = await release(releaseCall, on: awaited, returnWhenDecided: false) }
 
         let failures = client.failures(in: votes)
+        let exhausted = failures.filter {
+            if case let .error(error) = $0.cause { return error.message == Scripts.counterExhausted }
+            return false
+        }
+        if failure == nil, !exhausted.isEmpty, granted < client.quorum {
+            failure = (
+                .fencingCounterExhausted,
+                "the fencing counter \(Scripts.fenceCounterKey) is at its maximum on \(exhausted.count) nodes; no token can be issued"
+            )
+        }
         if let failure {
             return .failure(RedlockError(code: failure.code, lockName: name, message: failure.message, nodes: failures))
         }
@@ -230,7 +240,7 @@ extension DistributedLock {
     /// The second round of a fenced acquire: on the nodes that granted, raise the counter to the
     /// token while the key is still ours, so every later acquire's INCR on a shared node exceeds it.
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
-        let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceKey(name)], arguments: [value, String(token)])
+        let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
         return await client.fanOut(call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast)
     }
 }

@@ -128,10 +128,18 @@ public final class RedlockClient: Sendable {
 
     /// Makes a lock on `name` with `options`.
     ///
-    /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` for an empty name or
-    ///   invalid options (non-positive expiry, tries < 1, drift factor outside [0, 1), …).
+    /// The lock key on every node is `name` itself (the same `SET name value NX PX ms` and
+    /// compare-and-delete contract as Redsync, so services using either exclude each other on
+    /// one name). Names starting with `redlock:` are reserved for the library's own keys
+    /// (`redlock:fence`, the fencing counter) and channels (`redlock:released:NAME`).
+    ///
+    /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` for an empty or reserved
+    ///   name or invalid options (non-positive expiry, tries < 1, drift factor outside [0, 1), …).
     public func makeLock(_ name: String, options: LockOptions = LockOptions()) throws(RedlockError) -> DistributedLock {
         guard !name.isEmpty else { throw .invalid("the lock name must not be empty") }
+        guard !name.hasPrefix(Scripts.reservedPrefix) else {
+            throw .invalid("lock names starting with \"\(Scripts.reservedPrefix)\" are reserved for the library's own keys, got \"\(name)\"")
+        }
         try options.validate(lockName: name)
         return DistributedLock(name: name, options: options, client: self)
     }

@@ -14,6 +14,7 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
             case invalidConfiguration = "invalid configuration"
             case leaseLost = "lease lost"
             case holdTimeExceeded = "hold time exceeded"
+            case fencingCounterExhausted = "fencing counter exhausted"
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -42,6 +43,9 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         public static let leaseLost = Code(.leaseLost)
         /// A scoped lock's body ran past its maximum hold time and was cancelled.
         public static let holdTimeExceeded = Code(.holdTimeExceeded)
+        /// A fenced acquire found the nodes' fencing counter (`redlock:fence`) at `Int64.max`: no
+        /// larger token can be issued. Not retried; an operator must intervene.
+        public static let fencingCounterExhausted = Code(.fencingCounterExhausted)
 
         /// A short human-readable name of the code.
         public var description: String { base.rawValue }

@@ -3,23 +3,29 @@ import RedlockTransport
 /// The Lua scripts of the algorithm. Each compares the key's value with the holder's before
 /// touching it, so nobody but the holder can release or extend a lease.
 enum Scripts {
-    /// Acquire with a fencing token. `KEYS[1]` lock name, `KEYS[2]` the name's token counter,
-    /// `ARGV[1]` value, `ARGV[2]` expiry in ms. Sets the key only if absent and, in the same
-    /// atomic step, increments the counter: returns the new counter value (≥ 1), or 0 when the
-    /// key is taken.
+    /// Acquire with a fencing token. `KEYS[1]` lock name, `KEYS[2]` the node's token counter
+    /// (``fenceCounterKey``, shared by every name), `ARGV[1]` value, `ARGV[2]` expiry in ms. Sets
+    /// the key only if absent and, in the same atomic step, increments the counter: returns the
+    /// new counter value (≥ 1), 0 when the key is taken, or -2 (touching nothing) when the counter
+    /// is at its maximum.
     /// A node that already holds the value (a re-attach) counts as granted: its expiry is reset
     /// and the counter incremented like for a new acquisition.
     static let acquireFenced = RedisScript(
         """
         local current = redis.call('GET', KEYS[1])
-        if current == ARGV[1] then
-            redis.call('PEXPIRE', KEYS[1], ARGV[2])
-        elseif current == false then
-            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        else
+        if current ~= ARGV[1] and current ~= false then
             return 0
         end
-        return redis.call('INCR', KEYS[2])
+        local token = redis.pcall('INCR', KEYS[2])
+        if type(token) == 'table' then
+            return -2
+        end
+        if current == ARGV[1] then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        else
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        end
+        return token
         """
     )
 
@@ -111,11 +117,19 @@ enum Scripts {
         )
     }
 
-    /// The key of a lock name's fencing-token counter. It never expires.
-    static func fenceKey(_ name: String) -> String { name + ":fence" }
+    /// What the library's own keys and channels start with. Lock names may not: no lock key can
+    /// collide with them.
+    static let reservedPrefix = "redlock:"
+
+    /// The node's one fencing-token counter, shared by every lock name. It never expires and
+    /// only grows: one key per node, however many names are fenced.
+    static let fenceCounterKey = reservedPrefix + "fence"
+
+    /// The message of a node whose fencing counter is at its maximum.
+    static let counterExhausted = "the fencing counter \(fenceCounterKey) is at its maximum"
 
     /// What every release channel's name starts with.
-    private static let releaseChannelPrefix = "redlock:released:"
+    private static let releaseChannelPrefix = reservedPrefix + "released:"
 
     /// The channel a release of `name` is published on.
     static func releaseChannel(_ name: String) -> String { releaseChannelPrefix + name }
@@ -173,11 +187,12 @@ enum Vote: Sendable, Equatable {
         }
     }
 
-    /// The vote of the fenced acquire script: a token ≥ 1 granted, 0 taken.
+    /// The vote of the fenced acquire script: a token ≥ 1 granted, 0 taken, -2 counter exhausted.
     static func ofFencedAcquire(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         switch reply.integer {
         case let .some(token) where token >= 1: .granted(token)
         case .some(0): .refused(.taken)
+        case .some(-2): .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: Scripts.counterExhausted)))
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }

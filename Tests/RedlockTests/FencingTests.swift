@@ -59,4 +59,53 @@ struct FencingTests {
             try await lock.unlock(lease)
         }
     }
+
+    @Test("fenced names share one counter per node in the reserved key space: no key per name, no collision with a lock named NAME:fence")
+    func oneCounterPerNode() async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions()
+            options.fencing = true
+            var last: Int64 = 0
+            for index in 0..<100 {
+                let lock = try client.makeLock("job-\(index)", options: options)
+                let lease = try await lock.lock()
+                let token = try #require(lease.fencingToken)
+                #expect(token > last)
+                last = token
+                try await lock.unlock(lease)
+            }
+            for server in servers {
+                let connection = RedisConnection(configuration: server.configuration())
+                let keys = try await connection.send(RedisCommand("KEYS", "*"))
+                #expect(keys == .array([.bulkString(Array("redlock:fence".utf8))]), "\(server): \(keys)")
+                await connection.shutdown()
+            }
+            // Names that collided with the old per-name counters work both ways now.
+            let fenced = try await client.makeLock("task", options: options).lock()
+            let plain = try await client.makeLock("task:fence", options: testOptions()).tryLock()
+            try await client.makeLock("task:fence", options: testOptions()).unlock(plain)
+            try await client.makeLock("task", options: options).unlock(fenced)
+
+            let reserved = #expect(throws: RedlockError.self) { try client.makeLock("redlock:fence") }
+            #expect(reserved?.code == .invalidConfiguration)
+        }
+    }
+
+    @Test("a counter at Int64.max is a typed error, not retried, and leaves no key behind")
+    func counterExhausted() async throws {
+        try await withLockNodes(3) { client, servers in
+            for server in servers {
+                let connection = RedisConnection(configuration: server.configuration())
+                _ = try await connection.send(RedisCommand("SET", "redlock:fence", String(Int64.max)))
+                await connection.shutdown()
+            }
+            var options = LockOptions(tries: 32, retryDelay: .constant(.milliseconds(200)))
+            options.fencing = true
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await client.makeLock("last", options: options).lock() }
+            #expect(error?.code == .fencingCounterExhausted, "\(String(describing: error))")
+            #expect(started.duration(to: .now) < .milliseconds(1_500))
+            #expect(try await keyValues("last", on: servers).allSatisfy { $0 == nil })
+        }
+    }
 }

@@ -73,4 +73,45 @@ struct LeastPrivilegeTests {
             await client.shutdown()
         }
     }
+
+    @Test("the README's least-privilege rule is enough for everything: fenced lock, extend, a waiter woken by the release, unlock")
+    func minimalRule() async throws {
+        try await withRedisServers(3) { servers throws in
+            try await createUser("locker", rules: [
+                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+incr", "~report", "~redlock:fence", "&redlock:released:*",
+            ], on: servers)
+            let records = Locked<[String]>([])
+            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+            logger.logLevel = .debug
+            func makeClient() throws -> RedlockClient {
+                try RedlockClient(
+                    nodes: servers.map {
+                        var configuration = $0.configuration()
+                        configuration.username = "locker"
+                        configuration.password = "pw"
+                        return configuration
+                    },
+                    logger: logger
+                )
+            }
+            let (holder, waiter) = (try makeClient(), try makeClient())
+            var options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.seconds(2)))
+            options.fencing = true
+            let lease = try await holder.makeLock("report", options: options).lock()
+            let extended = try await holder.makeLock("report", options: options).extend(lease)
+            let waiting = Task { try await waiter.makeLock("report", options: options).lock() }
+            try await untilSubscribed("redlock:released:report", on: servers)
+            let released = ContinuousClock.now
+            try await holder.makeLock("report", options: options).unlock(extended)
+            let next = try await waiting.value
+            // Woken by the announcement, not by the 2 s retry delay.
+            #expect(released.duration(to: .now) < .seconds(1))
+            #expect(try #require(next.fencingToken) > #require(lease.fencingToken))
+            try await waiter.makeLock("report", options: options).unlock(next)
+            #expect(!records.value.contains { $0.contains("NOPERM") }, "\(records.value)")
+            await holder.shutdown()
+            await waiter.shutdown()
+        }
+    }
 }
