@@ -3,6 +3,7 @@ import RedlockTransport
 extension DistributedLock {
     /// `lock()` and `tryLock()`: the local gate, release watching, metrics, then the attempts.
     func acquire(tries: Int) async throws(RedlockError) -> Lease {
+        try client.checkOpen(lockName: name)
         let calledAt = ContinuousClock.now
         let value = options.value.next()
         guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }

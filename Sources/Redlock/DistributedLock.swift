@@ -153,6 +153,7 @@ public struct DistributedLock: Sendable {
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {
+        try client.checkOpen(lockName: name)
         guard lease.name == name else {
             throw .invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
         }
@@ -169,7 +170,10 @@ public struct DistributedLock: Sendable {
         let missing = failures.filter { $0.cause == .missing }
         if taken.count + missing.count >= client.quorum {
             if taken.isEmpty {
-                return RedlockError(code: .leaseExpired, lockName: name, message: "\(operation): the lease's keys are gone", nodes: failures)
+                return RedlockError(
+                    code: .leaseExpired, lockName: name,
+                    message: "\(operation): the lease's keys are gone (already released, or expired)", nodes: failures
+                )
             }
             return RedlockError(
                 code: .leaseTakenOver, lockName: name,

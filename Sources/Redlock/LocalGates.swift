@@ -23,7 +23,7 @@ final class LocalGates: Sendable {
     }
 
     private struct State {
-        var gates: [String: Gate] = [:]
+        var gates: [LockKey: Gate] = [:]
         var nextID = 0
     }
 
@@ -45,16 +45,16 @@ final class LocalGates: Sendable {
         while true {
             enum Step { case entered, wait(ContinuousClock.Instant?) }
             let step: Step = state.withLock { state in
-                guard let gate = state.gates[name] else {
-                    state.gates[name] = Gate(owner: id)
+                guard let gate = state.gates[LockKey(name)] else {
+                    state.gates[LockKey(name)] = Gate(owner: id)
                     return .entered
                 }
                 if gate.owner == id { return .entered }
                 if let until = gate.holderValidUntil, until <= .now {
                     // The owner's lease ran out without an unlock: take the gate over.
-                    state.gates[name]?.owner = id
-                    state.gates[name]?.holderValue = nil
-                    state.gates[name]?.holderValidUntil = nil
+                    state.gates[LockKey(name)]?.owner = id
+                    state.gates[LockKey(name)]?.holderValue = nil
+                    state.gates[LockKey(name)]?.holderValidUntil = nil
                     return .entered
                 }
                 return .wait(gate.holderValidUntil)
@@ -64,7 +64,7 @@ final class LocalGates: Sendable {
             await waitForTurn(name, id: id, deadline: deadline)
             if Task.isCancelled {
                 // If the gate was handed over just now, pass it on.
-                let owns = state.withLock { $0.gates[name]?.owner == id }
+                let owns = state.withLock { $0.gates[LockKey(name)]?.owner == id }
                 if owns { leave(name) }
                 throw CancellationError()
             }
@@ -76,14 +76,14 @@ final class LocalGates: Sendable {
         state.withLock { state in
             let id = state.nextID
             state.nextID += 1
-            guard let gate = state.gates[name] else {
-                state.gates[name] = Gate(owner: id)
+            guard let gate = state.gates[LockKey(name)] else {
+                state.gates[LockKey(name)] = Gate(owner: id)
                 return true
             }
             guard let until = gate.holderValidUntil, until <= .now else { return false }
-            state.gates[name]?.owner = id
-            state.gates[name]?.holderValue = nil
-            state.gates[name]?.holderValidUntil = nil
+            state.gates[LockKey(name)]?.owner = id
+            state.gates[LockKey(name)]?.holderValue = nil
+            state.gates[LockKey(name)]?.holderValidUntil = nil
             return true
         }
     }
@@ -93,40 +93,40 @@ final class LocalGates: Sendable {
         let waiter = Waiter()
         await waiter.wait(timer: timer, deadline: deadline) {
             state.withLock { state in
-                guard let gate = state.gates[name], gate.owner != id else { return false }
-                state.gates[name]?.waiters.append(Queued(id: id, waiter: waiter))
+                guard let gate = state.gates[LockKey(name)], gate.owner != id else { return false }
+                state.gates[LockKey(name)]?.waiters.append(Queued(id: id, waiter: waiter))
                 return true
             }
         }
         state.withLock { state in
-            state.gates[name]?.waiters.removeAll { $0.waiter === waiter }
+            state.gates[LockKey(name)]?.waiters.removeAll { $0.waiter === waiter }
         }
     }
 
     /// Records that the owner of `name`'s gate acquired (or extended) `lease`.
     func held(_ lease: Lease) {
         state.withLock { state in
-            guard state.gates[lease.name] != nil else { return }
-            state.gates[lease.name]?.holderValue = lease.value
-            state.gates[lease.name]?.holderValidUntil = lease.validUntil
+            guard state.gates[LockKey(lease.name)] != nil else { return }
+            state.gates[LockKey(lease.name)]?.holderValue = lease.value
+            state.gates[LockKey(lease.name)]?.holderValidUntil = lease.validUntil
         }
     }
 
     /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
     func leave(_ name: String, value: String? = nil) {
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard let gate = state.gates[name] else { return nil }
+            guard let gate = state.gates[LockKey(name)] else { return nil }
             if let value, gate.holderValue != value { return nil }
             // Waiters that timed out or were cancelled meanwhile are skipped.
-            while let first = state.gates[name]?.waiters.first {
-                state.gates[name]?.waiters.removeFirst()
+            while let first = state.gates[LockKey(name)]?.waiters.first {
+                state.gates[LockKey(name)]?.waiters.removeFirst()
                 guard let continuation = first.waiter.claim(byRelease: true) else { continue }
-                state.gates[name]?.owner = first.id
-                state.gates[name]?.holderValue = nil
-                state.gates[name]?.holderValidUntil = nil
+                state.gates[LockKey(name)]?.owner = first.id
+                state.gates[LockKey(name)]?.holderValue = nil
+                state.gates[LockKey(name)]?.holderValidUntil = nil
                 return continuation
             }
-            state.gates[name] = nil
+            state.gates[LockKey(name)] = nil
             return nil
         }
         next?.resume()

@@ -41,7 +41,7 @@ public final class RedlockClient: Sendable {
 
     private struct SubscriberState {
         var subscribers: [RedisSubscriber] = []
-        var watched: [String: Int] = [:]
+        var watched: [LockKey: Int] = [:]
         var shutDown = false
     }
 
@@ -145,7 +145,8 @@ public final class RedlockClient: Sendable {
     }
 
     /// Closes the connections the client opened (and its subscriber connections) and stops their
-    /// threads. Locks made from the client fail with node errors afterwards.
+    /// threads. Locks made from the client fail with
+    /// ``RedlockError/Code-swift.struct/clientShutDown`` afterwards.
     public func shutdown() async {
         deadlines.stop()
         let subscribers = subscribers.withLock { state in
@@ -158,6 +159,13 @@ public final class RedlockClient: Sendable {
             if ownsConnections {
                 for node in nodes { group.addTask { await node.shutdown() } }
             }
+        }
+    }
+
+    /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.
+    func checkOpen(lockName: String) throws(RedlockError) {
+        if subscribers.withLock({ $0.shutDown }) {
+            throw RedlockError(code: .clientShutDown, lockName: lockName, message: "the client was shut down; make a new one")
         }
     }
 
@@ -176,7 +184,7 @@ public final class RedlockClient: Sendable {
                     }
                 }
             }
-            state.watched[name, default: 0] += 1
+            state.watched[LockKey(name), default: 0] += 1
             // Under the same lock as the count, so the board tracks exactly the watched names.
             releases.track(name)
             return state.subscribers
@@ -188,8 +196,8 @@ public final class RedlockClient: Sendable {
     func unwatch(_ name: String) {
         let channel = Scripts.releaseChannel(name)
         let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
-            guard let count = state.watched[name] else { return [] }
-            state.watched[name] = count > 1 ? count - 1 : nil
+            guard let count = state.watched[LockKey(name)] else { return [] }
+            state.watched[LockKey(name)] = count > 1 ? count - 1 : nil
             if count == 1 { releases.forget(name) }
             return state.subscribers
         }

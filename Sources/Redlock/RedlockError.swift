@@ -5,16 +5,17 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// The kind of failure. New codes may be added; switch with a `default`.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private enum Base: String, Sendable, Hashable {
-            case taken = "taken by another holder"
-            case noQuorum = "no quorum"
-            case validityExhausted = "validity exhausted before acquired"
-            case cancelled = "cancelled"
-            case leaseExpired = "lease expired"
-            case leaseTakenOver = "lease taken over"
-            case invalidConfiguration = "invalid configuration"
-            case leaseLost = "lease lost"
-            case holdTimeExceeded = "hold time exceeded"
-            case fencingCounterExhausted = "fencing counter exhausted"
+            case taken
+            case noQuorum
+            case validityExhausted
+            case cancelled
+            case leaseExpired
+            case leaseTakenOver
+            case invalidConfiguration
+            case leaseLost
+            case holdTimeExceeded
+            case fencingCounterExhausted
+            case clientShutDown
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -46,8 +47,11 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         /// A fenced acquire found the nodes' fencing counter (`redlock:fence`) at `Int64.max`: no
         /// larger token can be issued. Not retried; an operator must intervene.
         public static let fencingCounterExhausted = Code(.fencingCounterExhausted)
+        /// The client was shut down (``RedlockClient/shutdown()``) before the call.
+        public static let clientShutDown = Code(.clientShutDown)
 
-        /// A short human-readable name of the code.
+        /// The code's name, as written in Swift (`taken`, `noQuorum`, …): stable, for logs,
+        /// metrics and scripts.
         public var description: String { base.rawValue }
     }
 

@@ -32,7 +32,7 @@ final class ReleaseBoard: Sendable {
         }
     }
 
-    private let entries = Mutex<[String: Entry]>([:])
+    private let entries = Mutex<[LockKey: Entry]>([:])
     /// Ends waits whose timeout passed.
     private let timer: DeadlineTimer
 
@@ -42,14 +42,14 @@ final class ReleaseBoard: Sendable {
 
     /// The number of releases of `name` heard so far.
     func generation(of name: String) -> UInt64 {
-        entries.withLock { $0[name]?.generation ?? 0 }
+        entries.withLock { $0[LockKey(name)]?.generation ?? 0 }
     }
 
     /// Starts keeping count of the releases of `name` (a no-op when already counting). Only
     /// watched names are counted, so a process that locks many names keeps nothing for them.
     func track(_ name: String) {
         entries.withLock { entries in
-            if entries[name] == nil { entries[name] = Entry() }
+            if entries[LockKey(name)] == nil { entries[LockKey(name)] = Entry() }
         }
     }
 
@@ -72,9 +72,9 @@ final class ReleaseBoard: Sendable {
     /// counts nothing) when no waiter waits: the releaser then announces its release once made.
     func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         entries.withLock { entries in
-            guard let claimed = entries[name]?.claimLongestWaiting() else { return nil }
+            guard let claimed = entries[LockKey(name)]?.claimLongestWaiting() else { return nil }
             // Counted once: the deletes are not published when they hand over.
-            entries[name]?.count(release)
+            entries[LockKey(name)]?.count(release)
             return claimed
         }
     }
@@ -82,11 +82,11 @@ final class ReleaseBoard: Sendable {
     /// Counts the release (once per value) and claims the longest-waiting waiter still waiting.
     private func claimNext(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         entries.withLock { entries in
-            guard entries[name]?.lastRelease.elementsEqual(release) == false || (entries[name] != nil && release.isEmpty) else {
+            guard entries[LockKey(name)]?.lastRelease.elementsEqual(release) == false || (entries[LockKey(name)] != nil && release.isEmpty) else {
                 return nil
             }
-            entries[name]?.count(release)
-            return entries[name]?.claimLongestWaiting()
+            entries[LockKey(name)]?.count(release)
+            return entries[LockKey(name)]?.claimLongestWaiting()
         }
     }
 
@@ -105,13 +105,13 @@ final class ReleaseBoard: Sendable {
         await waiter.wait(timer: timer, deadline: .now + timeout) {
             entries.withLock { entries in
                 // A release heard since `generation` is as good as one heard now.
-                guard entries[name]?.generation == generation else { return false }
-                entries[name]?.waiters.append(waiter)
+                guard entries[LockKey(name)]?.generation == generation else { return false }
+                entries[LockKey(name)]?.waiters.append(waiter)
                 return true
             }
         }
         entries.withLock { entries in
-            entries[name]?.waiters.removeAll { $0 === waiter }
+            entries[LockKey(name)]?.waiters.removeAll { $0 === waiter }
         }
         return waiter.outcome
     }
@@ -119,7 +119,7 @@ final class ReleaseBoard: Sendable {
     /// Drops what is known of `name` once nobody listens for it (waiters still waiting are woken).
     func forget(_ name: String) {
         let woken = entries.withLock { entries in
-            (entries.removeValue(forKey: name)?.waiters ?? []).compactMap { $0.claim(byRelease: false) }
+            (entries.removeValue(forKey: LockKey(name))?.waiters ?? []).compactMap { $0.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
     }

@@ -90,7 +90,8 @@ final class HiredisContext {
                 context.close()
                 if error.code == .serverError {
                     let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self) } ?? "handshake"
-                    return .failure(RedisError(code: .authenticationFailed, endpoint: endpoint, message: "\(name): \(error.message)"))
+                    let code: RedisError.Code = name.uppercased() == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
+                    return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name): \(error.message)"))
                 }
                 return .failure(error)
             }

@@ -3,18 +3,19 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong. New codes may be added; switch with a `default`.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private enum Base: String, Sendable, Hashable {
-            case connectionRefused = "connection refused"
-            case timeout = "timeout"
-            case connectionClosed = "connection closed"
-            case serverError = "server error reply"
-            case protocolError = "protocol error"
-            case authenticationFailed = "authentication failed"
-            case io = "i/o error"
-            case invalidAddress = "invalid address"
-            case cancelled = "cancelled"
-            case shutdown = "connection shut down"
-            case overloaded = "too many queued commands"
-            case unexpectedReply = "unexpected reply"
+            case connectionRefused
+            case timeout
+            case connectionClosed
+            case serverError
+            case protocolError
+            case authenticationFailed
+            case databaseSelectionFailed
+            case io
+            case invalidAddress
+            case cancelled
+            case shutdown
+            case overloaded
+            case unexpectedReply
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -29,8 +30,10 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let serverError = Code(.serverError)
         /// The bytes from the server are not valid RESP.
         public static let protocolError = Code(.protocolError)
-        /// `AUTH` or `SELECT` after connecting was refused.
+        /// `AUTH` after connecting was refused (wrong password, unknown user).
         public static let authenticationFailed = Code(.authenticationFailed)
+        /// `SELECT` of the configured database after connecting was refused (no such database).
+        public static let databaseSelectionFailed = Code(.databaseSelectionFailed)
         /// Any other socket or resolver error; the message holds the system's text.
         public static let io = Code(.io)
         /// The address could not be parsed.
@@ -44,7 +47,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The reply has a type or value the caller did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
 
-        /// A short human-readable name of the code.
+        /// The code's name, as written in Swift (`connectionRefused`, `timeout`, …): stable,
+        /// for logs, metrics and scripts.
         public var description: String { base.rawValue }
     }
 
@@ -76,7 +80,7 @@ extension RedisError {
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
     /// failover) and `TRYAGAIN` are transient.
     public var isPermanent: Bool {
-        if code == .authenticationFailed || code == .invalidAddress { return true }
+        if code == .authenticationFailed || code == .databaseSelectionFailed || code == .invalidAddress { return true }
         guard code == .serverError else { return false }
         let prefixes = ["NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH"]
         let reply = message.uppercased()

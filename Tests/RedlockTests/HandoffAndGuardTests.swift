@@ -215,10 +215,10 @@ struct HandoffAndGuardTests {
 
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 2)
             #expect(metrics.counterTotal(label: "redlock_acquired_total") == 1)
-            #expect(metrics.counterTotal(label: "redlock_acquire_failures_total", dimensions: [("cause", "taken by another holder")]) == 1)
+            #expect(metrics.counterTotal(label: "redlock_acquire_failures_total", dimensions: [("cause", "taken")]) == 1)
             #expect(metrics.counterTotal(label: "redlock_extensions_total", dimensions: [("result", "ok")]) == 1)
             #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "ok")]) == 1)
-            #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "lease expired")]) == 1)
+            #expect(metrics.counterTotal(label: "redlock_releases_total", dimensions: [("result", "leaseExpired")]) == 1)
             let timer = try metrics.expectTimer("redlock_acquire_duration_seconds")
             #expect(timer.values.count == 1)
             await client.shutdown()

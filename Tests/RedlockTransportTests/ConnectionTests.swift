@@ -214,6 +214,12 @@ struct ConnectionTests {
             let error = await #expect(throws: RedisError.self) { try await wrong.send(RedisCommand("PING")) }
             #expect(error?.code == .authenticationFailed)
 
+            let noSuchDatabase = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, password: "s3cret", database: 99))
+            let selectError = await #expect(throws: RedisError.self) { try await noSuchDatabase.send(RedisCommand("PING")) }
+            #expect(selectError?.code == .databaseSelectionFailed, "\(String(describing: selectError))")
+            #expect(selectError?.isPermanent == true)
+            await noSuchDatabase.shutdown()
+
             let anonymous = RedisConnection(endpoint: endpoint)
             let denied = await #expect(throws: RedisError.self) { try await anonymous.send(RedisCommand("GET", "where")) }
             #expect(denied?.code == .serverError)

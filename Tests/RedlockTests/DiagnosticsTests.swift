@@ -1,0 +1,60 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Errors say what happened")
+struct DiagnosticsTests {
+    @Test("codes print as their names, messages do not repeat themselves, and a second unlock says already released")
+    func messages() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("said", options: testOptions())
+            let lease = try await lock.lock()
+            let taken = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(taken?.code.description == "taken")
+            let text = taken.map(String.init(describing:)) ?? ""
+            #expect(text.hasPrefix("lock \"said\": taken: held by another holder on 3 of 3 nodes"), "\(text)")
+            #expect(text.components(separatedBy: "another holder").count - 1 == 1 + 3, "\(text)")
+            try await lock.unlock(lease)
+            let again = await #expect(throws: RedlockError.self) { try await lock.unlock(lease) }
+            #expect(again?.code == .leaseExpired)
+            #expect(again?.message.contains("already released") == true, "\(String(describing: again))")
+            #expect(RedisError.Code.connectionRefused.description == "connectionRefused")
+        }
+    }
+
+    @Test("a client used after shutdown says so")
+    func afterShutdown() async throws {
+        try await withRedisServers(1) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("late", options: testOptions())
+            let lease = try await lock.lock()
+            await client.shutdown()
+            for error in [
+                await #expect(throws: RedlockError.self) { try await lock.lock() },
+                await #expect(throws: RedlockError.self) { try await lock.unlock(lease) },
+                await #expect(throws: RedlockError.self) { try await lock.extend(lease) },
+            ] {
+                #expect(error?.code == .clientShutDown, "\(String(describing: error))")
+            }
+        }
+    }
+
+    @Test("names that are different keys never share local state, even when Swift calls them equal")
+    func canonicallyEquivalentNames() async throws {
+        try await withLockNodes(1) { client, servers in
+            let composed = "caf\u{E9}"
+            let decomposed = "cafe\u{301}"
+            #expect(composed == decomposed, "Swift compares by canonical equivalence")
+            var options = testOptions()
+            options.singleFlight = true
+            let first = try await client.makeLock(composed, options: options).tryLock()
+            // A different key in Redis: the single-flight gate of the first must not hold it back.
+            let second = try await client.makeLock(decomposed, options: options).tryLock()
+            #expect(try await keyValues(composed, on: servers) == [first.value])
+            #expect(try await keyValues(decomposed, on: servers) == [second.value])
+            try await client.makeLock(composed, options: options).unlock(first)
+            try await client.makeLock(decomposed, options: options).unlock(second)
+        }
+    }
+}
