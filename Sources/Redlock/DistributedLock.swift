@@ -45,6 +45,24 @@ public struct DistributedLock: Sendable {
         try await acquire(tries: 1)
     }
 
+    /// Takes over a lease another process handed over (``Lease/handoff``): one attempt with the
+    /// handed-over value, which every node that still holds it grants (its expiry reset to this
+    /// lock's ``LockOptions/expiry``), so the new lease's validity is measured from this call on
+    /// this process's clock. With fencing, the new lease gets a new, larger token.
+    ///
+    /// - Throws: ``RedlockError`` with code `.invalidConfiguration` when the handoff is for
+    ///   another lock, `.taken` when another holder has the lock (the handed-over lease expired
+    ///   and was taken), or what ``tryLock()`` throws.
+    public func reattach(_ handoff: Lease.Handoff) async throws(RedlockError) -> Lease {
+        guard handoff.name == name else {
+            throw .invalid("the handoff is for lock \"\(handoff.name)\", not this one", lockName: name)
+        }
+        guard !handoff.value.isEmpty else { throw .invalid("the handoff has an empty value", lockName: name) }
+        var options = options
+        options.value = .fixed(handoff.value)
+        return try await DistributedLock(name: name, options: options, client: client).tryLock()
+    }
+
     /// Releases the lease on every node (compare-and-delete: keys holding another value are left
     /// alone) and, with ``LockOptions/fastHandoff``, announces the release to waiters. Returns
     /// once a quorum deleted; the remaining deletes are still sent.

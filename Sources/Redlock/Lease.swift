@@ -54,3 +54,41 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
         return "lease \"\(name)\" (valid for \(remainingValidity)\(token))"
     }
 }
+
+extension Lease {
+    /// What another process needs to take over a lease: its name, value, expiry and fencing
+    /// token, with the validity left when it was made (for information: validity is measured on
+    /// each process's own clock, so the receiver re-attaches to get a lease of its own).
+    ///
+    /// `Codable`, e.g. as JSON in a message or an environment variable. The receiver calls
+    /// ``DistributedLock/reattach(_:)``.
+    public struct Handoff: Sendable, Hashable, Codable {
+        /// The lock's name.
+        public var name: String
+        /// The value the nodes hold.
+        public var value: String
+        /// The expiry the keys were set with, in milliseconds.
+        public var expiryMilliseconds: Int64
+        /// The validity left when the handoff was made, in milliseconds.
+        public var remainingValidityMilliseconds: Int64
+        /// The fencing token of the acquisition, if fencing was on.
+        public var fencingToken: Int64?
+
+        /// Creates a handoff.
+        public init(name: String, value: String, expiryMilliseconds: Int64, remainingValidityMilliseconds: Int64, fencingToken: Int64?) {
+            self.name = name
+            self.value = value
+            self.expiryMilliseconds = expiryMilliseconds
+            self.remainingValidityMilliseconds = remainingValidityMilliseconds
+            self.fencingToken = fencingToken
+        }
+    }
+
+    /// This lease for another process: stop using it once handed over.
+    public var handoff: Handoff {
+        Handoff(
+            name: name, value: value, expiryMilliseconds: expiry.millisecondsRoundedUp,
+            remainingValidityMilliseconds: remainingValidity.millisecondsRoundedUp, fencingToken: fencingToken
+        )
+    }
+}

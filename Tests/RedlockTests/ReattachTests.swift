@@ -1,3 +1,4 @@
+import Foundation
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -45,6 +46,47 @@ struct ReattachTests {
             try await other.makeLock("handed-over", options: reattaching).unlock(reattached)
             #expect(try await keyValues("handed-over", on: servers).allSatisfy { $0 == nil })
             await other.shutdown()
+        }
+    }
+
+    @Test("a lease handed to another process as JSON is re-attached there with a new token, then released")
+    func handoffAcrossProcesses() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions(expiry: .seconds(5))
+            options.fencing = true
+            let lease = try await client.makeLock("handoff", options: options).lock()
+            let json = String(decoding: try JSONEncoder().encode(lease.handoff), as: UTF8.self)
+            let nodes = servers.map { "\($0.endpoint)" }.joined(separator: ",")
+            let other = try await HelperProcess.start(
+                executable: worker,
+                arguments: ["reattach", "--nodes", nodes, "--handoff", json, "--expiry-ms", "5000", "--fencing"],
+                readyMarker: "released"
+            )
+            #expect(await other.waitUntilExited() == .exited(0), "\(other.output)")
+            let line = try #require(other.output.split(separator: "\n").first { $0.hasPrefix("reattached ") })
+            #expect(line.contains("value=\(lease.value) "), "\(line)")
+            let token = line.split(separator: " ").first { $0.hasPrefix("token=") }.flatMap { Int64($0.dropFirst(6)) }
+            #expect((token ?? 0) > (lease.fencingToken ?? .max), "\(line)")
+            #expect(try await keyValues("handoff", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("a handoff for another lock, or whose lease was taken over, is refused")
+    func handoffRefused() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lease = try await client.makeLock("short", options: testOptions(expiry: .milliseconds(200))).lock()
+            let wrongLock = await #expect(throws: RedlockError.self) {
+                try await client.makeLock("elsewhere", options: testOptions()).reattach(lease.handoff)
+            }
+            #expect(wrongLock?.code == .invalidConfiguration)
+            try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(100)), clock: .continuous)
+            let successor = try await client.makeLock("short", options: testOptions(tries: 1_000)).lock()
+            let late = await #expect(throws: RedlockError.self) {
+                try await client.makeLock("short", options: testOptions()).reattach(lease.handoff)
+            }
+            #expect(late?.code == .taken)
+            try await client.makeLock("short", options: testOptions()).unlock(successor)
         }
     }
 }
