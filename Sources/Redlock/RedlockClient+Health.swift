@@ -39,3 +39,131 @@ extension RedlockClient {
         }
     }
 }
+
+extension RedlockClient {
+    /// One node's answer to ``RedlockClient/checkNodes(for:)``: whether it answers, and which
+    /// of the commands, keys and channels the lock's options need it refused.
+    public struct NodePermissions: Sendable {
+        /// The node's index in ``RedlockClient/nodes``.
+        public var node: Int
+        /// The node's address.
+        public var endpoint: RedisEndpoint
+        /// What was checked (`EVAL`, `SET NAME`, `PUBLISH redlock:released:NAME`, …) and, for each
+        /// refusal, the node's own error text; or why the node could not be asked at all.
+        public var result: Result<[Check], RedisError>
+
+        /// One checked permission.
+        public struct Check: Sendable, Hashable, CustomStringConvertible {
+            /// The command and its key or channel, e.g. `SET report`.
+            public var permission: String
+            /// The node's refusal (`NOPERM …`), or nil when allowed or not checked.
+            public var refusal: String?
+            /// False when the check could not be made: `PEXPIRE` and `DEL` of the lock key are
+            /// checked only while nobody holds the lock.
+            public var checked: Bool = true
+            /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (the lock is held)`.
+            public var description: String {
+                guard checked else { return "\(permission): not checked (the lock is held)" }
+                return "\(permission): \(refusal ?? "allowed")"
+            }
+        }
+
+        /// The refused permissions; empty when every check passed. A node that could not be
+        /// asked counts as refusing everything (see ``result``).
+        public var refused: [Check] {
+            switch result {
+            case let .success(checks): checks.filter { $0.refusal != nil }
+            case let .failure(error): [Check(permission: "connect", refusal: error.description)]
+            }
+        }
+    }
+
+    /// Checks, on every node concurrently, every permission `lock`'s options need: the scripts
+    /// (`EVAL`, `EVALSHA`), the lock key (`GET`, `SET`, `PEXPIRE`, `DEL`), with
+    /// ``LockOptions/fencing`` the counter (`INCR redlock:fence`), with
+    /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), and with
+    /// ``LockOptions/restartGuard`` `INFO`. Run it at start-up to find a least-privilege user's
+    /// missing rule before the first lock does.
+    ///
+    /// It writes nothing that outlives it: inside one script it sets the lock key with a
+    /// random value only if the key is free and deletes it at once (when the lock is held, the
+    /// `PEXPIRE` and `DEL` checks are reported as not made); the fencing counter is
+    /// incremented once (it only ever grows); the release channel gets one empty announcement
+    /// (a waiter wakes and tries once).
+    public func checkNodes(for lock: DistributedLock) async -> [NodePermissions] {
+        let channel = lock.options.fastHandoff ? Scripts.releaseChannel(lock.name) : ""
+        let call = RedisScriptCall(
+            Scripts.permissionProbe, keys: [lock.name, Scripts.fenceCounterKey],
+            arguments: [randomToken(byteCount: 16), lock.options.fencing ? "1" : "0", channel]
+        )
+        let evalCommand = call.command.replacingLeadingArguments(2, with: ["EVAL", call.script.source])
+        return await withTaskGroup(of: NodePermissions.self) { group in
+            for (index, node) in nodes.enumerated() {
+                group.addTask {
+                    let endpoint = node.configuration.endpoint
+                    do {
+                        var checks: [NodePermissions.Check] = []
+                        // EVAL loads the probe, so the EVALSHA that follows checks only the permission.
+                        for (label, command) in [("EVAL", evalCommand), ("EVALSHA", call.command)] {
+                            do {
+                                let reply = try await node.send(command)
+                                checks.append(.init(permission: label, refusal: nil))
+                                if label == "EVAL" { checks += Self.probeChecks(reply) }
+                            } catch let error as RedisError where error.code == .serverError {
+                                checks.append(.init(permission: label, refusal: error.message))
+                            }
+                        }
+                        if lock.options.restartGuard != nil {
+                            checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node))
+                        }
+                        if !channel.isEmpty {
+                            // A connection of its own: once subscribed it can do nothing else.
+                            let subscriber = RedisConnection(configuration: node.configuration)
+                            checks.append(await Self.check("SUBSCRIBE \(channel)", RedisCommand("SUBSCRIBE", channel), on: subscriber))
+                            await subscriber.shutdown()
+                        }
+                        return NodePermissions(node: index, endpoint: endpoint, result: .success(checks))
+                    } catch let error as RedisError {
+                        return NodePermissions(node: index, endpoint: endpoint, result: .failure(error))
+                    } catch {
+                        return NodePermissions(node: index, endpoint: endpoint, result: .failure(RedisError(code: .io, endpoint: endpoint, message: "\(error)")))
+                    }
+                }
+            }
+            var statuses: [NodePermissions] = []
+            for await status in group { statuses.append(status) }
+            return statuses.sorted { $0.node < $1.node }
+        }
+    }
+
+    /// The probe script's reply, `{permission, refusal or ''}` pairs, as checks.
+    private static func probeChecks(_ reply: RedisValue) -> [NodePermissions.Check] {
+        guard case let .array(items) = reply else { return [] }
+        var checks: [NodePermissions.Check] = []
+        var index = 0
+        while index + 1 < items.count {
+            if let permission = items[index].string {
+                let refusal = items[index + 1].string ?? ""
+                if refusal == "?" {
+                    checks.append(.init(permission: permission, refusal: nil, checked: false))
+                } else {
+                    checks.append(.init(permission: permission, refusal: refusal.isEmpty ? nil : refusal))
+                }
+            }
+            index += 2
+        }
+        return checks
+    }
+
+    /// Sends `command`; a server error reply is the refusal, other errors are thrown.
+    private static func check(_ permission: String, _ command: RedisCommand, on node: RedisConnection) async -> NodePermissions.Check {
+        do {
+            _ = try await node.send(command)
+            return .init(permission: permission, refusal: nil)
+        } catch let error as RedisError where error.code == .serverError {
+            return .init(permission: permission, refusal: error.message)
+        } catch {
+            return .init(permission: permission, refusal: "\(error)")
+        }
+    }
+}

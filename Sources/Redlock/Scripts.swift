@@ -7,7 +7,8 @@ enum Scripts {
     /// (``fenceCounterKey``, shared by every name), `ARGV[1]` value, `ARGV[2]` expiry in ms. Sets
     /// the key only if absent and, in the same atomic step, increments the counter: returns the
     /// new counter value (≥ 1), 0 when the key is taken, or -2 (touching nothing) when the counter
-    /// is at its maximum.
+    /// is at its maximum; any other failure of the increment (a refused permission) is the
+    /// script's error reply.
     /// A node that already holds the value (a re-attach) counts as granted: its expiry is reset
     /// and the counter incremented like for a new acquisition.
     static let acquireFenced = RedisScript(
@@ -18,7 +19,10 @@ enum Scripts {
         end
         local token = redis.pcall('INCR', KEYS[2])
         if type(token) == 'table' then
-            return -2
+            if string.find(token.err, 'overflow', 1, true) then
+                return -2
+            end
+            return token
         end
         if current == ARGV[1] then
             redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -94,6 +98,44 @@ enum Scripts {
             return 1
         end
         return -1
+        """
+    )
+
+    /// ``RedlockClient/checkNodes(for:)``'s probe. `KEYS[1]` lock name, `KEYS[2]` fencing
+    /// counter, `ARGV[1]` a random value, `ARGV[2]` "1" to check the counter, `ARGV[3]` the release
+    /// channel or empty. Runs each command the lock needs under `pcall` (so a refusal is reported,
+    /// not raised), leaving nothing behind: the key is set only if free and deleted at once.
+    /// Returns `{permission, refusal or '' (allowed) or '?' (not checked)}` pairs.
+    static let permissionProbe = RedisScript(
+        """
+        local checks = {}
+        local function probe(permission, ...)
+            local reply = redis.pcall(...)
+            if type(reply) == 'table' and reply.err then
+                table.insert(checks, permission)
+                table.insert(checks, reply.err)
+                return nil
+            end
+            table.insert(checks, permission)
+            table.insert(checks, '')
+            return reply
+        end
+        probe('GET ' .. KEYS[1], 'GET', KEYS[1])
+        local set = probe('SET ' .. KEYS[1], 'SET', KEYS[1], ARGV[1], 'NX', 'PX', 1000)
+        if set then
+            probe('PEXPIRE ' .. KEYS[1], 'PEXPIRE', KEYS[1], 1000)
+            probe('DEL ' .. KEYS[1], 'DEL', KEYS[1])
+        elseif set == false then
+            table.insert(checks, 'PEXPIRE, DEL ' .. KEYS[1])
+            table.insert(checks, '?')
+        end
+        if ARGV[2] == '1' then
+            probe('INCR ' .. KEYS[2], 'INCR', KEYS[2])
+        end
+        if ARGV[3] ~= '' then
+            probe('PUBLISH ' .. ARGV[3], 'PUBLISH', ARGV[3], '')
+        end
+        return checks
         """
     )
 

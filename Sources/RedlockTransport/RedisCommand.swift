@@ -84,7 +84,7 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The command with its first `count` arguments replaced by `replacements`.
-    func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
+    package func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
         var result = RedisCommand(replacements)
         // Replacing more arguments than there are replaces them all.
         let start = count > 0 && !ends.isEmpty ? ends[min(count, ends.count) - 1] : 0

@@ -82,7 +82,11 @@ extension RedisError {
     public var isPermanent: Bool {
         if code == .authenticationFailed || code == .databaseSelectionFailed || code == .invalidAddress { return true }
         guard code == .serverError else { return false }
-        let prefixes = ["NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH"]
+        let prefixes = [
+            "NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH",
+            // An ACL refusal inside a script (Redis 7).
+            "ERR THE USER EXECUTING THE SCRIPT CAN'T",
+        ]
         let reply = message.uppercased()
         return prefixes.contains { reply.hasPrefix($0) }
     }

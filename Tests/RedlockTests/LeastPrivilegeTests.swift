@@ -48,10 +48,11 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("permanent refusals fail lock() at once instead of retrying: a wrong password, a key outside the user's patterns", arguments: ["wrong-password", "no-key-permission"])
+    @Test("permanent refusals fail lock() at once instead of retrying: a wrong password, a key outside the user's patterns, a command a script may not run", arguments: ["wrong-password", "no-key-permission", "no-counter-permission"])
     func permanentErrorsFailFast(kind: String) async throws {
         try await withRedisServers(3) { servers throws in
-            try await createUser("app", rules: ["~other:*", "+@all", "&*"], on: servers)
+            // The fenced acquire is a script: its refusal comes as the script's error.
+            try await createUser("app", rules: kind == "no-counter-permission" ? ["~*", "+@all", "-incr", "&*"] : ["~other:*", "+@all", "&*"], on: servers)
             let metrics = TestMetrics()
             let client = try RedlockClient(
                 nodes: servers.map {
@@ -62,14 +63,17 @@ struct LeastPrivilegeTests {
                 },
                 metrics: metrics
             )
-            let lock = try client.makeLock("refused", options: LockOptions(tries: 32, retryDelay: .constant(.milliseconds(200))))
+            let lock = try client.makeLock("refused", options: LockOptions(
+                tries: 32, retryDelay: .constant(.milliseconds(200)), fencing: kind == "no-counter-permission"
+            ))
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 1)
             #expect(error?.code == .noQuorum)
             let texts = error?.nodes.map(\.description) ?? []
-            #expect(texts.count >= 2 && texts.allSatisfy { $0.contains(kind == "wrong-password" ? "WRONGPASS" : "NOPERM") }, "\(texts)")
+            let expected = ["wrong-password": "WRONGPASS", "no-key-permission": "NOPERM", "no-counter-permission": "can't"][kind] ?? "?"
+            #expect(texts.count >= 2 && texts.allSatisfy { $0.contains(expected) }, "\(texts)")
             await client.shutdown()
         }
     }
@@ -112,6 +116,43 @@ struct LeastPrivilegeTests {
             #expect(!records.value.contains { $0.contains("NOPERM") }, "\(records.value)")
             await holder.shutdown()
             await waiter.shutdown()
+        }
+    }
+
+    @Test("checkNodes(for:) names each permission a lock's options need that a node refuses, and leaves nothing behind")
+    func permissionAudit() async throws {
+        try await withRedisServers(3) { servers throws in
+            // Node 0 has the full rule; node 1 lacks the channel; node 2 lacks INCR and INFO.
+            let full = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+ping", "+incr", "+info",
+                        "~report", "~redlock:fence", "&redlock:released:*"]
+            try await createUser("auditor", rules: full, on: [servers[0]])
+            try await createUser("auditor", rules: full.filter { !$0.hasPrefix("&") }, on: [servers[1]])
+            try await createUser("auditor", rules: full.filter { $0 != "+incr" && $0 != "+info" }, on: [servers[2]])
+            let client = try RedlockClient(nodes: servers.map {
+                var configuration = $0.configuration()
+                configuration.username = "auditor"
+                configuration.password = "pw"
+                return configuration
+            })
+            var options = LockOptions(fencing: true, restartGuard: .seconds(10))
+            options.fastHandoff = true
+            let statuses = await client.checkNodes(for: try client.makeLock("report", options: options))
+            #expect(statuses.map(\.node) == [0, 1, 2])
+            #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
+            #expect(Set(statuses[1].refused.map(\.permission)) == ["PUBLISH redlock:released:report", "SUBSCRIBE redlock:released:report"], "\(statuses[1].result)")
+            #expect(Set(statuses[2].refused.map(\.permission)) == ["INCR redlock:fence", "INFO"], "\(statuses[2].result)")
+            #expect(statuses[2].refused.allSatisfy { ["perm", "can't"].contains(where: ($0.refusal ?? "").lowercased().contains) }, "\(statuses[2].refused)")
+            #expect(try await keyValues("report", on: servers).allSatisfy { $0 == nil })
+
+            // While the lock is held, PEXPIRE and DEL are reported as not checked, not as refused.
+            let lease = try await client.makeLock("report", options: LockOptions(tries: 1)).lock()
+            let whileHeld = await client.checkNodes(for: try client.makeLock("report"))
+            #expect(whileHeld[0].refused.isEmpty)
+            if case let .success(checks) = whileHeld[0].result {
+                #expect(checks.contains { !$0.checked && $0.permission.hasPrefix("PEXPIRE") })
+            }
+            try await client.makeLock("report", options: LockOptions(tries: 1)).unlock(lease)
+            await client.shutdown()
         }
     }
 }
