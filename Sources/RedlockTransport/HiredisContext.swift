@@ -240,6 +240,13 @@ final class HiredisContext {
 
     /// Turns the context's error flags (and the errno saved right after the failing call)
     /// into a typed error.
+    /// What gai_strerror says (glibc, musl) when a name cannot be resolved.
+    private static let resolverMessages = [
+        "name or service not known", "temporary failure in name resolution", "no address associated with hostname",
+        "non-recoverable failure in name resolution", "servname not supported", "name does not resolve",
+        "address family for hostname not supported",
+    ]
+
     private static func classify(
         _ context: UnsafePointer<redisContext>,
         errno savedErrno: Int32,
@@ -271,6 +278,10 @@ final class HiredisContext {
             } else {
                 code = .io
             }
+        case REDIS_ERR_OTHER where connecting && resolverMessages.contains(where: { lowered.contains($0) }):
+            // hiredis reports a failed getaddrinfo with gai_strerror's text.
+            guard case let .tcp(host, _) = endpoint.address else { fallthrough }
+            return RedisError(code: .nameResolutionFailed, endpoint: endpoint, message: "could not resolve \(host): \(text)")
         default:
             code = .io
         }

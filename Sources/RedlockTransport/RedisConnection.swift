@@ -230,6 +230,8 @@ final class ConnectionCore: Sendable {
         var batch: [PendingCommand] = []
         var written: [PendingCommand] = []
         var staged: [PendingCommand] = []
+        /// A host name that failed to resolve, and until when that answer stands.
+        var failedResolution: (RedisError, ContinuousClock.Instant)?
         while true {
             enum Next { case work, sleep, exit }
             let next: Next = shared.withLock { shared in
@@ -263,8 +265,22 @@ final class ConnectionCore: Sendable {
                 batch.removeAll(keepingCapacity: true)
                 continue
             }
+            if context == nil, let (error, until) = failedResolution, ContinuousClock.now < until {
+                // The name did not resolve a moment ago: answer with that at once rather than
+                // block this thread in the resolver again for every command.
+                for command in batch { command.complete(.failure(error)) }
+                batch.removeAll(keepingCapacity: true)
+                continue
+            }
             if context == nil, batch.contains(where: { $0.shouldSend }) {
-                switch HiredisContext.connect(configuration) {
+                let connectStarted = ContinuousClock.now
+                let connected = HiredisContext.connect(configuration)
+                failedResolution = nil
+                if case let .failure(error) = connected, error.code == .nameResolutionFailed {
+                    // Cached for as long as the failed lookup took, at least a second.
+                    failedResolution = (error, .now + max(.seconds(1), connectStarted.duration(to: .now)))
+                }
+                switch connected {
                 case let .success(opened):
                     shared.withLock { $0.socket = opened.fileDescriptor }
                     context = opened

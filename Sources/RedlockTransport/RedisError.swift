@@ -12,6 +12,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
             case databaseSelectionFailed
             case io
             case invalidAddress
+            case nameResolutionFailed
             case cancelled
             case shutdown
             case overloaded
@@ -38,6 +39,10 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let io = Code(.io)
         /// The address could not be parsed.
         public static let invalidAddress = Code(.invalidAddress)
+        /// The node's host name could not be resolved; the message holds the resolver's text. A
+        /// name that does not exist is permanent (``RedisError/isPermanent``); a temporary
+        /// resolver failure is not.
+        public static let nameResolutionFailed = Code(.nameResolutionFailed)
         /// The calling task was cancelled before the reply arrived.
         public static let cancelled = Code(.cancelled)
         /// The connection was shut down.
@@ -76,11 +81,16 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
 extension RedisError {
     /// Whether retrying cannot help: the node refused the credentials (`AUTH`) or a permission
     /// (`NOPERM`), the key holds another type (`WRONGTYPE`), the command or script is not
-    /// available there (`ERR unknown command`, scripting disabled), or the address is invalid.
+    /// available there (`ERR unknown command`, scripting disabled), the address is invalid, or
+    /// the host name does not exist.
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
     /// failover) and `TRYAGAIN` are transient.
     public var isPermanent: Bool {
         if code == .authenticationFailed || code == .databaseSelectionFailed || code == .invalidAddress { return true }
+        if code == .nameResolutionFailed {
+            let text = message.lowercased()
+            return !text.contains("temporary") && !text.contains("try again")
+        }
         guard code == .serverError else { return false }
         let prefixes = [
             "NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH",

@@ -198,4 +198,22 @@ struct RunSupervisionTests {
             }
         }
     }
+
+    @Test("an unknown host is reported as the resolver's error, exit 69, not as taken (in a network namespace of its own: no packet leaves)")
+    func unknownHost() async throws {
+        let redlock = try builtExecutable("redlock")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = ["-n", redlock.path, "run", "--nodes", "no-such-host.invalid:6379", "--name", "x", "--wait", "1s", "--", "true"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let stderr = await Task.detached { String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }.value
+        process.waitUntilExit()
+        try #require(!stderr.contains("unshare:"), "this machine cannot make a network namespace: \(stderr)")
+        #expect(process.terminationStatus == 69, "\(stderr)")
+        #expect(stderr.contains("nameResolutionFailed: could not resolve no-such-host.invalid"), "\(stderr)")
+        #expect(!stderr.contains("another holder"))
+    }
 }
