@@ -87,7 +87,7 @@ struct Hygiene: AsyncParsableCommand {
             after = Sample.take()
         }
         let failureText = failures.sorted { $0.key < $1.key }
-            .map { "\($0.key.replacingOccurrences(of: " ", with: "_")):\($0.value)" }
+            .map { "\($0.key):\($0.value)" }
             .joined(separator: ",")
         say(
             "hygiene acquires=\(acquires) succeeded=\(succeeded) failures=\(failureText) "

@@ -210,7 +210,7 @@ extension FaultTests {
                 let report = keyValuePairs(line)
                 func number(_ key: String) -> Int? { report[key].flatMap { Int($0) } }
                 #expect(report["succeeded"] == "0")
-                #expect(report["failures"] == "no_quorum:1000")
+                #expect(report["failures"] == "noQuorum:1000")
                 #expect(number("fds_after") != nil && number("fds_after") == number("fds_before"))
                 // The runtime may retire an idle pool thread meanwhile, never add one for good.
                 if let before = number("threads_before"), let after = number("threads_after") {
