@@ -14,6 +14,9 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <dirent.h>
+#include <termios.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,7 +125,11 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
     sigset_t all;
     sigemptyset(&none);
     sigfillset(&all);
-    if ((result = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) == 0 &&
+    /* A process group of its own: a job-control stop of redlock's group (Ctrl-Z, kill -STOP -PGID)
+       must not stop the watchdog too. */
+    if ((result = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                                             POSIX_SPAWN_SETPGROUP)) == 0 &&
+        (result = posix_spawnattr_setpgroup(&attributes, 0)) == 0 &&
         (result = posix_spawnattr_setsigmask(&attributes, &none)) == 0 &&
         (result = posix_spawnattr_setsigdefault(&attributes, &all)) == 0 &&
         (result = posix_spawn_file_actions_adddup2(&actions, control[0], CONTROL_FD)) == 0 &&
@@ -198,6 +205,77 @@ _Noreturn static void fail(const char *what) {
     _exit(1);
 }
 
+/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
+   that left its process group (setsid) and were reparented here (a child subreaper). */
+static void kill_children(void) {
+    pid_t self = getpid();
+    DIR *processes = opendir("/proc");
+    if (processes == NULL) {
+        return;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(processes)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (*end != '\0' || pid <= 0) {
+            continue;
+        }
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        FILE *stat = fopen(path, "re");
+        if (stat == NULL) {
+            continue;
+        }
+        char line[512];
+        if (fgets(line, sizeof line, stat) != NULL) {
+            /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
+            char *close = strrchr(line, ')');
+            char state;
+            long parent;
+            if (close != NULL && sscanf(close + 1, " %c %ld", &state, &parent) == 2 && parent == self) {
+                kill((pid_t)pid, SIGKILL);
+            }
+        }
+        fclose(stat);
+    }
+    closedir(processes);
+}
+
+int redlock_become_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 ? 0 : errno;
+}
+
+void redlock_kill_descendants(pid_t group) {
+    if (group > 0) {
+        kill(-group, SIGKILL);
+    }
+    for (;;) {
+        kill_children();
+        int status;
+        pid_t reaped = waitpid(-1, &status, 0);
+        if (reaped < 0 && errno == EINTR) {
+            continue;
+        }
+        if (reaped < 0) {
+            return; /* ECHILD: nothing is left */
+        }
+        if (group > 0) {
+            kill(-group, SIGKILL);
+        }
+    }
+}
+
+/* Arms `timer` (CLOCK_BOOTTIME) for the absolute instant `deadline_ns`, or disarms it for 0. */
+static int arm(int timer, int64_t deadline_ns) {
+    struct itimerspec when;
+    memset(&when, 0, sizeof when);
+    if (deadline_ns > 0) {
+        when.it_value.tv_sec = (time_t)(deadline_ns / 1000000000);
+        when.it_value.tv_nsec = (long)(deadline_ns % 1000000000);
+    }
+    return timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
+}
+
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
@@ -221,10 +299,44 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         fail("signalfd");
     }
 
+    /* Descendants that leave the command's group and are orphaned come here, to be killed. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
+        fail("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
+    int timer = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (timer < 0) {
+        fail("timerfd_create");
+    }
+
     char path[PATH_MAX];
     int found = find_program(command[0], path, sizeof path);
     if (found != 0) {
         redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, found, 0);
+        _exit(0);
+    }
+    /* A script without a #! line runs under /bin/sh, as execvp does: its argv is built here,
+       before fork, since the child may only make async-signal-safe calls. */
+    size_t count = 0;
+    while (command[count] != NULL) {
+        count++;
+    }
+    char **shell_command = calloc(count + 2, sizeof(char *));
+    if (shell_command == NULL) {
+        fail("calloc");
+    }
+    shell_command[0] = "/bin/sh";
+    shell_command[1] = path;
+    for (size_t i = 1; i < count; i++) {
+        shell_command[i + 1] = command[i];
+    }
+    /* When redlock runs in the terminal's foreground, the command takes the foreground (so it can
+       read the terminal, and a Ctrl-C reaches it straight from the terminal), and gets it back
+       to redlock's group when it is gone. */
+    pid_t foreground = isatty(STDIN_FILENO) ? tcgetpgrp(STDIN_FILENO) : -1;
+    int take_terminal = foreground > 0 && foreground == getpgid(getppid());
+
+    if (deadline_ns > 0 && redlock_boottime_ns() >= deadline_ns) {
+        redlock_watch_send(STATUS_FD, REDLOCK_WATCH_TOO_LATE, 0, redlock_boottime_ns());
         _exit(0);
     }
     int exec_report[2];
@@ -241,6 +353,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         setpgid(0, 0);
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != watchdog) {
             _exit(127);
+        }
+        if (take_terminal) {
+            tcsetpgrp(STDIN_FILENO, getpid()); /* SIGTTOU is still ignored here, as in the watchdog */
         }
         struct sigaction default_action;
         memset(&default_action, 0, sizeof default_action);
@@ -261,11 +376,15 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         execve(path, command, environ);
+        if (errno == ENOEXEC) {
+            execve("/bin/sh", shell_command, environ);
+        }
         int error = errno;
         ssize_t ignored_write = write(exec_report[1], &error, sizeof error);
         (void)ignored_write;
         _exit(127);
     }
+    free(shell_command);
     close(exec_report[1]);
     setpgid(child, child); /* also done by the child; whichever runs first wins, the other may fail */
     int exec_error = 0;
@@ -278,49 +397,35 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
+        if (take_terminal) {
+            tcsetpgrp(STDIN_FILENO, foreground);
+        }
         redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, exec_error, 0);
         _exit(0);
     }
     redlock_watch_send(STATUS_FD, REDLOCK_WATCH_STARTED, child, 0);
 
     int control = CONTROL_FD;
-    int64_t deadline = deadline_ns;
     int killed = 0;
+    if (arm(timer, deadline_ns) != 0) {
+        kill(-child, SIGKILL);
+        fail("timerfd_settime");
+    }
     redlock_watch_message message;
     size_t have = 0;
     for (;;) {
-        if (!killed && deadline > 0) {
-            int64_t now = redlock_boottime_ns();
-            if (now >= deadline) {
-                kill(-child, SIGKILL);
-                killed = 1;
-                say("redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command's process group\n");
-                redlock_watch_send(STATUS_FD, REDLOCK_WATCH_DEADLINE_KILL, 0, now);
-                continue;
-            }
-        }
-        struct pollfd watched[2] = {
+        struct pollfd watched[3] = {
             {.fd = child_events, .events = POLLIN},
+            {.fd = timer, .events = POLLIN},
             {.fd = control, .events = POLLIN},
         };
-        struct timespec timeout;
-        struct timespec *wait_for = NULL;
-        if (!killed && deadline > 0) {
-            int64_t left = deadline - redlock_boottime_ns();
-            if (left < 0) {
-                left = 0;
-            }
-            timeout.tv_sec = (time_t)(left / 1000000000);
-            timeout.tv_nsec = (long)(left % 1000000000);
-            wait_for = &timeout;
-        }
-        int ready = ppoll(watched, control >= 0 ? 2 : 1, wait_for, NULL);
+        int ready = poll(watched, control >= 0 ? 3 : 2, -1);
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
             }
-            kill(-child, SIGKILL);
-            fail("ppoll");
+            redlock_kill_descendants(child);
+            fail("poll");
         }
         if (watched[0].revents != 0) {
             struct signalfd_siginfo info;
@@ -329,13 +434,27 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
             int status;
             pid_t reaped = waitpid(child, &status, WNOHANG);
             if (reaped == child) {
-                /* What the command left running in its group is not protected any more. */
-                kill(-child, SIGKILL);
-                redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXITED, status, 0);
+                /* What the command left running, in its group or detached from it, is not
+                   protected any more. */
+                redlock_kill_descendants(child);
+                if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
+                    tcsetpgrp(STDIN_FILENO, foreground);
+                }
+                redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXITED, status, redlock_boottime_ns());
                 _exit(0);
             }
         }
-        if (control >= 0 && watched[1].revents != 0) {
+        if (watched[1].revents != 0 && !killed) {
+            uint64_t expirations;
+            ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
+            (void)ignored_read;
+            killed = 1;
+            kill(-child, SIGKILL);
+            kill_children();
+            say("redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n");
+            redlock_watch_send(STATUS_FD, REDLOCK_WATCH_DEADLINE_KILL, 0, redlock_boottime_ns());
+        }
+        if (control >= 0 && watched[2].revents != 0) {
             ssize_t read_now = read(control, (char *)&message + have, sizeof message - have);
             if (read_now < 0 && (errno == EINTR || errno == EAGAIN)) {
                 continue;
@@ -345,9 +464,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                 close(control);
                 control = -1;
                 if (!killed) {
-                    kill(-child, SIGKILL);
                     killed = 1;
-                    say("redlock watchdog: redlock went away while the command ran; killed the command's process group\n");
+                    kill(-child, SIGKILL);
+                    kill_children();
+                    say("redlock watchdog: redlock went away while the command ran; killed the command\n");
                     redlock_watch_send(STATUS_FD, REDLOCK_WATCH_ORPHAN_KILL, 0, redlock_boottime_ns());
                 }
                 continue;
@@ -357,8 +477,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                 continue;
             }
             have = 0;
-            if (message.kind == REDLOCK_WATCH_DEADLINE && !killed) {
-                deadline = message.value;
+            if (message.kind == REDLOCK_WATCH_DEADLINE && !killed && arm(timer, message.value) != 0) {
+                killed = 1;
+                kill(-child, SIGKILL);
+                kill_children();
             } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
                 kill(-child, message.argument);
             }

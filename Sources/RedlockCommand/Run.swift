@@ -21,10 +21,12 @@ struct Run: AsyncParsableCommand {
         acquisition's fencing token, extends the lease while it runs, releases the lock when it \
         exits, and exits with its status (128 + N when killed by signal N).
 
-        The command runs in a process group of its own, with an empty signal mask, default signal \
-        dispositions and no descriptor but stdin, stdout and stderr. SIGINT, SIGTERM, SIGHUP, \
-        SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock (a terminal's Ctrl-C among them) go to that \
-        group once. When the command exits, whatever it left running in its group is killed.
+        The command runs in a process group of its own (in a terminal, it gets the foreground), \
+        with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
+        and stderr. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock while the \
+        command runs go to its group once; a terminating one received before it starts keeps it \
+        from starting. When the command exits, whatever it left running (in its group, or \
+        detached with setsid) is killed.
 
         If the lease cannot be extended, the group gets SIGTERM when only --grace plus a safety \
         margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that margin before \
@@ -37,10 +39,11 @@ struct Run: AsyncParsableCommand {
           the command's own   the command ran while the lease held
           64 (EX_USAGE)       bad arguments or configuration; nothing ran
           69 (EX_UNAVAILABLE) nodes failed or did not answer, so no quorum; nothing ran
-          71 (EX_OSERR)       the watchdog process could not be started; nothing ran
+          71 (EX_OSERR)       the watchdog process could not be started, or died (the command
+                              and everything it left were killed)
           75 (EX_TEMPFAIL)    another holder had the lock for the whole --wait; nothing ran
           77 (EX_NOPERM)      a node refused the credentials or a command (AUTH, ACL); nothing ran
-          124                 the lease was lost while the command ran; it was stopped in time
+          124                 the lease was lost; the command was stopped (or never started)
           126 / 127           the command could not be executed / was not found
           128 + N             redlock got signal N before the command started
         """
@@ -87,7 +90,7 @@ struct Run: AsyncParsableCommand {
         if command.first == "--" { command.removeFirst() }
         guard !command.isEmpty else { throw ValidationError("give the command to run after --") }
         guard !name.isEmpty else { throw ValidationError("--name must not be empty") }
-        guard ttl >= .milliseconds(10) else { throw ValidationError("--ttl must be at least 10ms") }
+        guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms") }
         guard effectiveGrace + margin <= ttl / 2 else {
             throw ValidationError(
                 "--grace \(effectiveGrace) leaves no room in a \(ttl) lease: SIGKILL must land \(margin) before the validity ends, "
@@ -206,10 +209,14 @@ struct Run: AsyncParsableCommand {
             ["REDLOCK_FENCING_TOKEN": lease.fencingToken.map(String.init) ?? ""]
         ) { $1 }
         let command = command
+        // What the body saw, for the message after a lost lease: how the command ended, and the
+        // last validity it ran under (CLOCK_BOOTTIME nanoseconds).
+        let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64)>((nil, SupervisedCommand.boottimeNanoseconds(lease.validUntil)))
         do {
             let ending = try await lock.withLease(
                 lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: nil, safetyMargin: grace + margin,
                 onExtended: { extended in
+                    seen.withLock { $0.validUntil = SupervisedCommand.boottimeNanoseconds(extended.validUntil) }
                     supervision.renew(until: extended.validUntil.advanced(by: .zero - margin))
                     report("extended \"\(extended.name)\" \(boottime(extended))")
                 }
@@ -218,14 +225,35 @@ struct Run: AsyncParsableCommand {
                     command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin)
                 )
                 supervision.started(supervised)
-                return await supervised.wait(grace: grace)
+                let ending = await supervised.wait(grace: grace)
+                seen.withLock { $0.ending = ending }
+                return ending
             }
-            if case let .notStarted(errno) = ending {
+            switch ending {
+            case let .notStarted(errno):
                 printError("redlock: could not start \(command[0]): \(String(cString: strerror(errno)))")
+            case .tooLate:
+                printError("redlock: the lease's deadline passed before the command could start; it did not run")
+                return Status.leaseLost
+            case .watchdogLost:
+                return Status.systemError
+            case .exited:
+                break
             }
             return ending.shellStatus
-        } catch let error as RedlockError where error.code == .leaseLost {
-            printError("redlock: lost the lease on \"\(name)\" while the command ran; the command was stopped before the lease's validity ended: \(error)")
+        } catch let error as RedlockError where error.code == .leaseLost || error.code == .leaseExpired {
+            let (ending, validUntil) = seen.withLock { ($0.ending, $0.validUntil) }
+            switch ending {
+            case let .exited(_, _, goneAt)? where goneAt > validUntil:
+                printError(
+                    "redlock: lost the lease on \"\(name)\"; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
+                        + "the lease's validity ended (was redlock or the watchdog stopped?): \(error)"
+                )
+            case .exited?:
+                printError("redlock: lost the lease on \"\(name)\"; the command was stopped before the lease's validity ended: \(error)")
+            case .notStarted?, .tooLate?, .watchdogLost?, nil:
+                printError("redlock: lost the lease on \"\(name)\" before the command ran: \(error)")
+            }
             return Status.leaseLost
         } catch let error as SupervisedCommand.SpawnError {
             printError("redlock: \(error)")

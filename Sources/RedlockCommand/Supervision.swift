@@ -1,4 +1,5 @@
 import CProcessSpawn
+import Dispatch
 import Foundation
 import Synchronization
 
@@ -21,24 +22,28 @@ final class SupervisedCommand: Sendable {
 
     /// How the command ended.
     enum Ending: Sendable, Equatable {
-        /// It ran and ended with this wait status; `killedByWatchdog` when the watchdog killed its
-        /// group for a missed deadline or a vanished supervisor.
-        case exited(status: Int32, killedByWatchdog: Bool)
+        /// It ran and ended with this wait status; `killedByWatchdog` when the watchdog killed it
+        /// for a missed deadline or a vanished supervisor; `goneAt` is when it and everything it
+        /// left running were gone (CLOCK_BOOTTIME nanoseconds).
+        case exited(status: Int32, killedByWatchdog: Bool, goneAt: Int64)
         /// It could not be started (errno of the lookup or exec).
         case notStarted(errno: Int32)
-        /// The watchdog went away without reporting (it was killed).
+        /// The deadline had passed before the command could start; it did not run.
+        case tooLate
+        /// The watchdog went away without reporting (it was killed); the command and everything
+        /// it left were killed by `redlock` then.
         case watchdogLost
 
         /// The exit status the shell would report: the code, 128 + N for signal N, 126 when the
         /// command cannot be executed, 127 when it is not found.
         var shellStatus: Int32 {
             switch self {
-            case let .exited(status, _):
+            case let .exited(status, _, _):
                 let signal = status & 0x7f
                 return signal == 0 ? (status >> 8) & 0xff : 128 + signal
             case let .notStarted(errno):
                 return errno == ENOENT ? 127 : 126
-            case .watchdogLost:
+            case .tooLate, .watchdogLost:
                 return 1
             }
         }
@@ -50,6 +55,9 @@ final class SupervisedCommand: Sendable {
     }
 
     private struct State {
+        /// The command's process group, once it started; nil again once it is gone.
+        var group: pid_t?
+        var ended = false
         var deadline: Int64
         /// Once terminating, the deadline only moves earlier.
         var terminating = false
@@ -79,9 +87,26 @@ final class SupervisedCommand: Sendable {
         guard !argv.dropLast().contains(nil), !envp.dropLast().contains(nil) else {
             throw SpawnError(description: "could not start the watchdog process: out of memory")
         }
+        // Descendants orphaned when a killed watchdog takes the command with it come here.
+        let subreaper = redlock_become_subreaper()
+        guard subreaper == 0 else {
+            throw SpawnError(description: "could not become a child subreaper: \(String(cString: strerror(subreaper)))")
+        }
         let result = redlock_spawn_watchdog(executable, argv, envp, &pid, &controlFd, &statusFd)
         guard result == 0 else {
             throw SpawnError(description: "could not start the watchdog process: \(String(cString: strerror(result)))")
+        }
+        // Writes never block: a stopped watchdog must not hold up redlock. A message that does not
+        // fit is dropped; a dropped renewal only makes the watchdog kill earlier.
+        let flags = fcntl(controlFd, F_GETFL)
+        if flags < 0 || fcntl(controlFd, F_SETFL, flags | O_NONBLOCK) != 0 {
+            let error = errno
+            close(controlFd)
+            close(statusFd)
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            throw SpawnError(description: "could not set up the watchdog's pipe: \(String(cString: strerror(error)))")
         }
         watchdog = pid
         control = controlFd
@@ -94,13 +119,18 @@ final class SupervisedCommand: Sendable {
             var outcome = Ending.watchdogLost
             reading: while redlock_watch_receive(statusFd, &message) == 0 {
                 switch message.kind {
-                case Int32(REDLOCK_WATCH_STARTED): continue
+                case Int32(REDLOCK_WATCH_STARTED):
+                    let group = message.argument
+                    state.withLock { $0.group = group }
                 case Int32(REDLOCK_WATCH_EXEC_FAILED):
                     outcome = .notStarted(errno: message.argument)
                     break reading
+                case Int32(REDLOCK_WATCH_TOO_LATE):
+                    outcome = .tooLate
+                    break reading
                 case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = true
                 case Int32(REDLOCK_WATCH_EXITED):
-                    outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog)
+                    outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog, goneAt: message.value)
                     break reading
                 default: continue
                 }
@@ -108,6 +138,17 @@ final class SupervisedCommand: Sendable {
             close(statusFd)
             var status: Int32 = 0
             while waitpid(watchdog, &status, 0) < 0 && errno == EINTR {}
+            let group = state.withLock { state in
+                state.ended = true
+                defer { state.group = nil }
+                return state.group
+            }
+            if case .watchdogLost = outcome {
+                // The command died with the watchdog (its parent-death signal); what it left
+                // running was reparented here: kill it all before anyone is told.
+                redlock_kill_descendants(group ?? 0)
+                printError("redlock: the watchdog process died; killed the command and everything it left running")
+            }
             let waiter = ending.withLock { ending in
                 ending.value = outcome
                 defer { ending.waiter = nil }
@@ -128,11 +169,16 @@ final class SupervisedCommand: Sendable {
         }
     }
 
-    /// Sends `signal` to the command's process group.
+    /// Sends `signal` to the command's process group: directly once it started (so a stopped
+    /// watchdog cannot hold it up), through the watchdog before.
     func signal(_ signal: Int32) {
         state.withLock { state in
-            guard state.controlOpen else { return }
-            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), signal, 0)
+            guard !state.ended else { return }
+            if let group = state.group {
+                _ = kill(-group, signal)
+            } else if state.controlOpen {
+                _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), signal, 0)
+            }
         }
     }
 
@@ -140,14 +186,20 @@ final class SupervisedCommand: Sendable {
     /// current deadline, if that comes first); later renewals no longer postpone it.
     func terminate(grace: Duration) {
         let killAt = Self.boottimeNanoseconds(ContinuousClock.now.advanced(by: grace))
-        state.withLock { state in
-            guard state.controlOpen else { return }
+        let killAfterNanoseconds = state.withLock { state -> Int64? in
+            guard state.controlOpen, !state.terminating else { return nil }
             state.terminating = true
-            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), SIGTERM, 0)
             if killAt < state.deadline {
                 state.deadline = killAt
                 _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_DEADLINE), 0, killAt)
             }
+            return state.deadline - redlock_boottime_ns()
+        }
+        guard let killAfterNanoseconds else { return }
+        signal(SIGTERM)
+        // redlock kills at the same instant, in case the watchdog is stopped.
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, killAfterNanoseconds)))) { [self] in
+            signal(SIGKILL)
         }
     }
 

@@ -43,7 +43,18 @@ private func lastValidUntil(in stderr: String) -> Int64? {
     }.last
 }
 
-@Suite("redlock run supervises its command")
+/// The pids of `parent`'s children.
+private func children(of parent: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { pid in
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == parent
+    }
+}
+
+@Suite("redlock run supervises its command", .timeLimit(.minutes(3)))
 struct RunSupervisionTests {
     private func nodeList(_ servers: [RedisServer]) -> String {
         servers.map { "\($0.endpoint)" }.joined(separator: ",")
@@ -56,14 +67,19 @@ struct RunSupervisionTests {
     @Test("the command starts with an empty signal mask, default dispositions and only stdin, stdout and stderr")
     func cleanStart() async throws {
         try await withRedisServers(1) { servers throws in
-            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "clean", "--",
-                                      "sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/$$/status; ls -1 /proc/$$/fd"])
-            let (status, stdout, stderr) = await run.finish()
+            // The command's own status (a shell's would race with the shell blocking signals
+            // around its forks).
+            let masks = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "clean", "--",
+                                        "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+            let (status, stdout, stderr) = await masks.finish()
             #expect(status == 0, "stderr: \(stderr)")
             #expect(stdout.contains("SigBlk:\t0000000000000000"), "\(stdout)")
             #expect(stdout.contains("SigIgn:\t0000000000000000"), "\(stdout)")
-            let descriptors = stdout.split(separator: "\n").filter { $0.allSatisfy(\.isNumber) }
-            #expect(descriptors == ["0", "1", "2"], "\(stdout)")
+            let descriptors = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "clean", "--",
+                                              "sh", "-c", "ls -1 /proc/$$/fd"])
+            let (fdStatus, fdList, fdErrors) = await descriptors.finish()
+            #expect(fdStatus == 0, "stderr: \(fdErrors)")
+            #expect(fdList.split(separator: "\n") == ["0", "1", "2"], "\(fdList)")
         }
     }
 
@@ -127,41 +143,106 @@ struct RunSupervisionTests {
     }
 
     @Test(
-        "a killed or stopped redlock does not orphan its command: the next holder's command never overlaps it",
-        arguments: [SIGKILL, SIGSTOP]
+        "a killed or stopped redlock, a stopped process group or a killed watchdog never lets the command overlap the next holder's",
+        arguments: ["kill redlock", "stop redlock", "stop redlock's group", "kill the watchdog"]
     )
-    func supervisorDies(signal: Int32) async throws {
+    func supervisorDies(fault: String) async throws {
         let worker = try builtExecutable("redlock-worker").path
-        let trials = Int(ProcessInfo.processInfo.environment["REDLOCK_SUPERVISOR_TRIALS"] ?? "") ?? 20
+        let trials = Int(ProcessInfo.processInfo.environment["REDLOCK_SUPERVISOR_TRIALS"] ?? "") ?? 12
         try await withRedisServers(3) { servers throws in
-            var worstGap = Int64.max
+            var smallestGap = Int64.max
             for trial in 0..<trials {
-                let name = "orphan-\(signal)-\(trial)"
+                let name = "orphan-\(trial)-\(fault.filter(\.isLetter))"
                 let (first, second) = (temporaryFile("first"), temporaryFile("second"))
                 defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
+                // The job is a grandchild, behind a shell, as with a wrapper script.
                 let holder = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "300ms", "--",
-                                             worker, "heartbeat", "--file", first, "--duration-ms", "4000"])
+                                             "sh", "-c", "\(worker) heartbeat --file \(first) --duration-ms 4000; true"])
+                let pid = holder.process.processIdentifier
                 #expect(await eventually(within: .seconds(20)) { Beats(file: first).beats.count >= 2 })
-                #expect(kill(holder.process.processIdentifier, signal) == 0)
+                switch fault {
+                case "kill redlock": #expect(kill(pid, SIGKILL) == 0)
+                case "stop redlock": #expect(kill(pid, SIGSTOP) == 0)
+                case "stop redlock's group": #expect(kill(-pid, SIGSTOP) == 0)
+                default:
+                    let watchdog = try #require(children(of: pid).first)
+                    #expect(kill(watchdog, SIGKILL) == 0)
+                }
                 let next = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--wait", "10s", "--",
                                            worker, "heartbeat", "--file", second, "--duration-ms", "30"])
                 let (status, _, stderr) = await next.finish()
                 #expect(status == 0, "stderr: \(stderr)")
-                if signal == SIGSTOP { _ = kill(holder.process.processIdentifier, SIGCONT) }
+                if fault.hasPrefix("stop") { _ = kill(-pid, SIGCONT) }
                 let (holderStatus, _, holderErrors) = await holder.finish()
-                if signal == SIGSTOP {
-                    #expect(holderStatus == 124, "stderr: \(holderErrors)")
-                } else {
+                switch fault {
+                case "kill redlock":
                     #expect(holderStatus == SIGKILL && holder.process.terminationReason == .uncaughtSignal)
+                case "kill the watchdog":
+                    #expect(holderStatus == 71, "stderr: \(holderErrors)")
+                default:
+                    #expect(holderStatus == 124, "stderr: \(holderErrors)")
                 }
                 let (a, b) = (Beats(file: first), Beats(file: second))
                 let aPid = try #require(a.pid)
                 let (aLast, bFirst) = (try #require(a.beats.last), try #require(b.beats.first))
                 #expect(!isAlive(aPid), "the first command is still running")
                 #expect(aLast < bFirst, "trial \(trial): the two commands overlapped by \(Double(aLast - bFirst) / 1e6) ms")
-                worstGap = min(worstGap, bFirst - aLast)
+                smallestGap = min(smallestGap, bFirst - aLast)
             }
-            print("supervisor \(signal == SIGKILL ? "killed" : "stopped"): \(trials) trials, zero overlap, smallest gap \(Double(worstGap) / 1e6) ms")
+            print("\(fault): \(trials) trials, zero overlap, smallest gap \(Double(smallestGap) / 1e6) ms")
+        }
+    }
+
+    @Test("what the command detached with setsid is killed when it exits, before the next holder starts")
+    func detachedDescendant() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withRedisServers(1) { servers throws in
+            let (first, second) = (temporaryFile("detached"), temporaryFile("after"))
+            defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached", "--",
+                                      "sh", "-c", "setsid \(worker) heartbeat --file \(first) --duration-ms 4000 & sleep 0.3"])
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 0, "stderr: \(stderr)")
+            let next = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached", "--",
+                                       worker, "heartbeat", "--file", second, "--duration-ms", "30"])
+            #expect(await next.finish().status == 0)
+            let (a, b) = (Beats(file: first), Beats(file: second))
+            let aPid = try #require(a.pid)
+            #expect(!isAlive(aPid), "the detached job outlived redlock run")
+            #expect(try #require(a.beats.last) < #require(b.beats.first))
+        }
+    }
+
+    @Test("a script without a #! line runs under /bin/sh, as a shell would run it")
+    func scriptWithoutShebang() async throws {
+        try await withRedisServers(1) { servers throws in
+            let script = temporaryFile("script")
+            defer { try? FileManager.default.removeItem(atPath: script) }
+            try "echo from-script \"$1\"\n".write(toFile: script, atomically: true, encoding: .utf8)
+            #expect(chmod(script, 0o755) == 0)
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "script", "--", script, "argument"])
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 0, "stderr: \(stderr)")
+            #expect(stdout.contains("from-script argument"))
+        }
+    }
+
+    @Test("in a terminal the command gets the foreground: it can read the terminal")
+    func terminalForeground() async throws {
+        let redlock = try builtExecutable("redlock").path
+        try await withRedisServers(1) { servers throws in
+            // script(1) runs redlock on a new pseudo-terminal, as its foreground job.
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "(sleep 1; echo hello) | script -qec \"\(redlock) run --nodes \(nodeList(servers)) --name tty -- sh -c 'read x; echo got=\\$x'\" /dev/null"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let text = await Task.detached { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }.value
+            process.waitUntilExit()
+            #expect(text.contains("got=hello"), "\(text)")
+            #expect(process.terminationStatus == 0, "\(text)")
         }
     }
 

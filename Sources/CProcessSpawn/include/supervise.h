@@ -15,7 +15,12 @@
    supervisor), or at once when the control pipe reports end of file (a killed supervisor). It
    forwards signals the supervisor asks for to the group, and reports the command's start and
    exit on the status pipe. The command gets an empty signal mask, default dispositions, no
-   descriptor but 0, 1 and 2, and the parent-death signal SIGKILL (for a killed watchdog). */
+   descriptor but 0, 1 and 2, and the parent-death signal SIGKILL (for a killed watchdog); when
+   the supervisor runs in a terminal's foreground, the command gets the foreground. The watchdog
+   runs in a process group of its own and is a child subreaper: when the command exits or is
+   killed, everything it left running (in its group, or detached with setsid) is killed before
+   the exit is reported. Deadlines are kept on CLOCK_BOOTTIME (a timerfd), so time spent
+   suspended counts. */
 
 /* A message on either pipe: 16 bytes, written atomically (less than PIPE_BUF). */
 typedef struct {
@@ -33,7 +38,9 @@ enum {
     REDLOCK_WATCH_EXEC_FAILED = 4,  /* argument: errno of the failed exec */
     REDLOCK_WATCH_DEADLINE_KILL = 5, /* value: CLOCK_BOOTTIME nanoseconds when the group was killed */
     REDLOCK_WATCH_ORPHAN_KILL = 6,   /* the supervisor went away; the group was killed */
-    REDLOCK_WATCH_EXITED = 7,        /* argument: the command's wait status */
+    REDLOCK_WATCH_EXITED = 7,        /* argument: the command's wait status; value: CLOCK_BOOTTIME ns when
+                                        it and everything it left were gone */
+    REDLOCK_WATCH_TOO_LATE = 8,      /* the deadline had passed before the command could start; it did not */
 };
 
 /* Spawns the watchdog `path` with `argv` and `envp` (NULL-terminated): an empty signal mask,
@@ -49,6 +56,14 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
    descriptor 3, reports on descriptor 4, and exits once the command has exited (status 0), or 1
    on a setup failure (reported on stderr). Never returns. */
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns);
+
+/* SIGKILLs process group `group` (if > 0) and every child of the calling process (descendants that
+   were reparented to it as a child subreaper), reaping until none is left. Blocks. */
+void redlock_kill_descendants(pid_t group);
+
+/* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
+   Returns 0 or an errno value. */
+int redlock_become_subreaper(void);
 
 /* Writes one message to `fd`; returns 0 or an errno value (EPIPE when the reader is gone). */
 int redlock_watch_send(int fd, int32_t kind, int32_t argument, int64_t value);
