@@ -3,6 +3,9 @@ import PackageDescription
 
 let package = Package(
     name: "swift-redlock",
+    // Built and tested on Linux. The library uses Synchronization's Mutex, which needs macOS 15 on
+    // Apple platforms.
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "Redlock", targets: ["Redlock"]),
         .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
@@ -17,9 +20,10 @@ let package = Package(
     ],
     targets: [
         // The C library, nothing else. Only RedlockTransport imports it.
+        // The module map links hiredis and the shim includes <hiredis/hiredis.h> from the system's
+        // include path: no pkg-config flags (its -D_FILE_OFFSET_BITS=64 would warn every consumer).
         .systemLibrary(
             name: "CHiredis",
-            pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
         // Connections to one Redis node each: a dedicated I/O thread per connection, pipelined.
@@ -74,6 +78,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
+        ),
+        // README's example, built with MemberImportVisibility: `import Redlock` alone must do.
+        .testTarget(
+            name: "ReadmeExampleTests",
+            dependencies: ["Redlock", "RedlockTestSupport"],
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         // Kill, pause and restart real nodes; cross-process exclusion under a nemesis.
         .testTarget(

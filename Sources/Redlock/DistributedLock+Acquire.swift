@@ -2,7 +2,7 @@ import RedlockTransport
 
 extension DistributedLock {
     /// `lock()` and `tryLock()`: the local gate, release watching, metrics, then the attempts.
-    func acquire(tries: Int) async throws(RedlockError) -> Lease {
+    func acquire(tries: Int, deadline: ContinuousClock.Instant?) async throws(RedlockError) -> Lease {
         try client.checkOpen(lockName: name)
         let calledAt = ContinuousClock.now
         let value = options.value.next()
@@ -23,7 +23,7 @@ extension DistributedLock {
             }
         }
         do {
-            let lease = try await attempts(tries: tries, value: value)
+            let lease = try await attempts(tries: tries, deadline: deadline, value: value)
             if options.singleFlight { client.gates.held(lease) }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
@@ -35,7 +35,8 @@ extension DistributedLock {
         }
     }
 
-    private func attempts(tries: Int, value: String) async throws(RedlockError) -> Lease {
+    private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String) async throws(RedlockError) -> Lease {
+        let startedAt = ContinuousClock.now
         let request = acquireRequest(value: value)
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = client.releases.generation(of: name)
@@ -49,7 +50,9 @@ extension DistributedLock {
         // may not have reached every node yet (the first node's message wakes the waiter), or a
         // node that had to load the release script ran the delete after a handed-over attempt.
         var wokenAndFailed = false
+        var made = 0
         for attemptNumber in 0..<tries {
+            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             // With fast handoff, a waiter prepares its attempt before it waits, so that a
             // release in this process can send it at once (see `unlock`).
             var prepared: PreparedFanOut?
@@ -65,6 +68,8 @@ extension DistributedLock {
                 if (lastError.code == .taken && takenCount < client.quorum) || wokenAndFailed {
                     delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
                 }
+                // The last attempt starts at the deadline, not a delay past it.
+                if let deadline { delay = max(.zero, min(delay, ContinuousClock.now.duration(to: deadline))) }
                 if watching {
                     let next = prepareAttempt(request)
                     prepared = next
@@ -79,6 +84,7 @@ extension DistributedLock {
             if sentAt == nil, Task.isCancelled { throw cancelled("lock") }
             releasesHeard = client.releases.generation(of: name)
             client.metrics.attempts.increment()
+            made += 1
             let attempt = prepared ?? prepareAttempt(request)
             let start = sentAt ?? ContinuousClock.now
             if sentAt == nil { client.send(attempt) }
@@ -98,7 +104,7 @@ extension DistributedLock {
             }
             if Task.isCancelled { throw cancelled("lock") }
         }
-        if tries > 1 { lastError.message += " (after \(tries) attempts)" }
+        if made > 1 { lastError.message += " (after \(made) attempts in \(startedAt.duration(to: .now)))" }
         throw lastError
     }
 

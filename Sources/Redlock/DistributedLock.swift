@@ -27,7 +27,8 @@ public struct DistributedLock: Sendable {
         announcedOn = options.fastHandoff ? Scripts.releaseChannel(name) : ""
     }
 
-    /// Acquires the lock, retrying up to ``LockOptions/tries`` times. Between attempts it waits
+    /// Acquires the lock, retrying for up to ``LockOptions/acquireTimeout`` (30 s by default; and
+    /// at most ``LockOptions/tries`` attempts). Between attempts it waits
     /// for the holder's release to be announced (``LockOptions/fastHandoff``) or for
     /// ``LockOptions/retryDelay``, whichever comes first.
     ///
@@ -35,14 +36,29 @@ public struct DistributedLock: Sendable {
     /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum` or `.validityExhausted` (from
     ///   the last attempt) when every attempt failed, or `.cancelled`.
     public func lock() async throws(RedlockError) -> Lease {
-        try await acquire(tries: options.tries)
+        try await acquire(tries: options.tries, deadline: options.acquireTimeout.map { ContinuousClock.now.advanced(by: $0) })
+    }
+
+    /// Acquires the lock, retrying until `timeout` has passed (or ``LockOptions/tries`` ran out),
+    /// as ``lock()`` does with ``LockOptions/acquireTimeout``.
+    ///
+    /// - Parameter timeout: How long to keep trying; no attempt starts after it (the last may take
+    ///   up to its budget). Zero makes one attempt.
+    /// - Throws: ``RedlockError`` from the last attempt when time ran out, or `.cancelled`.
+    public func lock(timeout: Duration) async throws(RedlockError) -> Lease {
+        try await lock(deadline: ContinuousClock.now.advanced(by: timeout))
+    }
+
+    /// Acquires the lock, retrying until `deadline` (on this process's monotonic clock).
+    public func lock(deadline: ContinuousClock.Instant) async throws(RedlockError) -> Lease {
+        try await acquire(tries: options.tries, deadline: deadline)
     }
 
     /// Makes a single attempt to acquire the lock, without waiting for a holder to release it.
     ///
     /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum`, `.validityExhausted` or `.cancelled`.
     public func tryLock() async throws(RedlockError) -> Lease {
-        try await acquire(tries: 1)
+        try await acquire(tries: 1, deadline: nil)
     }
 
     /// Takes over a lease another process handed over (``Lease/handoff``): one attempt with the

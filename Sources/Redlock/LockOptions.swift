@@ -1,11 +1,16 @@
-/// How a lock acquires, retries, extends and computes validity. Every default is Redsync's.
+/// How a lock acquires, retries, extends and computes validity. The defaults are Redsync's, but
+/// for waiting: `lock()` waits by time (``acquireTimeout``), not by a count of tries.
 public struct LockOptions: Sendable {
     /// How long the keys live on the nodes (`PX`), and the most a lease can be valid.
     /// The default is 8 s.
     public var expiry: Duration = .seconds(8)
-    /// How many attempts `lock()` makes before it gives up (`tryLock()` makes one).
-    /// The default is 32.
-    public var tries: Int = 32
+    /// How long `lock()` keeps trying before it gives up: it starts no attempt after this much
+    /// time has passed since the call (the last attempt may take up to its budget). `nil` waits
+    /// for as long as ``tries`` allows. The default is 30 s. `lock(timeout:)` overrides it.
+    public var acquireTimeout: Duration? = .seconds(30)
+    /// How many attempts `lock()` makes at most (`tryLock()` makes one). The default is
+    /// `Int.max`: ``acquireTimeout`` decides. (Redsync's is 32 tries, about 5 s with its delays.)
+    public var tries: Int = .max
     /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no
     /// holder has a quorum) or an attempt that followed a release it heard of, the next retry
     /// waits at most a random 0.5–5 ms instead.
@@ -54,7 +59,8 @@ public struct LockOptions: Sendable {
     /// Options with the given values; the rest keep their defaults.
     public init(
         expiry: Duration = .seconds(8),
-        tries: Int = 32,
+        acquireTimeout: Duration? = .seconds(30),
+        tries: Int = .max,
         retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250))),
         driftFactor: Double = 0.01,
         timeoutFactor: Double = 0.05,
@@ -68,6 +74,7 @@ public struct LockOptions: Sendable {
         singleFlight: Bool = false
     ) {
         self.expiry = expiry
+        self.acquireTimeout = acquireTimeout
         self.tries = tries
         self.retryDelay = retryDelay
         self.driftFactor = driftFactor
@@ -93,6 +100,9 @@ public struct LockOptions: Sendable {
         guard expiry > .zero else { throw fail("expiry must be positive, got \(expiry)") }
         guard expiry.millisecondsRoundedUp <= Int64(Int32.max) else { throw fail("expiry \(expiry) is too long") }
         guard tries >= 1 else { throw fail("tries must be at least 1, got \(tries)") }
+        if let acquireTimeout, acquireTimeout < .zero {
+            throw fail("acquireTimeout must not be negative, got \(acquireTimeout)")
+        }
         guard driftFactor >= 0, driftFactor < 1 else { throw fail("driftFactor must be in [0, 1), got \(driftFactor)") }
         guard timeoutFactor > 0, timeoutFactor <= 1 else {
             throw fail("timeoutFactor must be in (0, 1], got \(timeoutFactor)")

@@ -34,6 +34,53 @@ public enum RawFloor {
         }
     }
 
+    /// The floor built from tasks, for the attribution ladder: each phase runs one child task per
+    /// node in a task group, and with `budget`, a `Task.sleep(for: budget)` child that bounds it
+    /// (cancelled once every node answered). Same commands and checks as ``cycle(nodes:name:value:expiry:)``.
+    public static func cycleWithTasks(
+        nodes: [RedisConnection], name: String, value: String, expiry: Duration = .seconds(8), budget: Duration? = nil
+    ) -> @Sendable () async throws -> Void {
+        let milliseconds = String(expiry.wholeNanoseconds / 1_000_000)
+        let set = RedisCommand("SET", name, value, "NX", "PX", milliseconds)
+        return {
+            try await eachNode(nodes, budget: budget) { node in
+                let reply = try await node.send(set)
+                guard reply == .simpleString("OK") else { throw BenchmarkError("SET NX on \(node) returned \(reply)") }
+            }
+            try await eachNode(nodes, budget: budget) { node in
+                let reply = try await node.evaluate(releaseScript, keys: [name], arguments: [value], withdrawOnCancel: false)
+                guard reply == .integer(1) else { throw BenchmarkError("release on \(node) returned \(reply)") }
+            }
+        }
+    }
+
+    /// Runs `body` on every node at once, one child task per node, and waits for all; with
+    /// `budget`, throws when they have not all answered by then.
+    private static func eachNode(
+        _ nodes: [RedisConnection], budget: Duration?, _ body: @escaping @Sendable (RedisConnection) async throws -> Void
+    ) async throws {
+        try await withThrowingTaskGroup(of: Int?.self) { group in
+            for (index, node) in nodes.enumerated() {
+                group.addTask {
+                    try await body(node)
+                    return index
+                }
+            }
+            if let budget {
+                group.addTask {
+                    try? await Task.sleep(for: budget)
+                    return nil
+                }
+            }
+            var answered = 0
+            while answered < nodes.count, let next = try await group.next() {
+                guard next != nil else { throw BenchmarkError("the budget ran out") }
+                answered += 1
+            }
+            group.cancelAll()
+        }
+    }
+
     /// Sends `command` to every node at once and returns when all answered.
     static func fanOut(
         _ nodes: [RedisConnection],

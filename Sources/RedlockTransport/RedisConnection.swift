@@ -54,7 +54,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// A reply to a command is always served by a connection whose number is at most the value
     /// read after the reply arrived, so a caller that caches facts about the server (its run id,
     /// its uptime) can tell when to refresh them: a restarted server always means a reconnect.
-    public var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
+    package var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
 
     /// Sends a command and returns its reply.
     ///
@@ -65,7 +65,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///     not yet written is also dropped; with `false` it is still sent (its reply discarded),
     ///     which is what a release must do.
     /// - Throws: ``RedisError``; an error reply from the server is `.serverError` with its text.
-    public func send(_ command: RedisCommand, withdrawOnCancel: Bool = true) async throws -> RedisValue {
+    package func send(_ command: RedisCommand, withdrawOnCancel: Bool = true) async throws -> RedisValue {
         try await send(PendingCommand(command: command, withdrawOnCancel: withdrawOnCancel))
     }
 

@@ -41,7 +41,7 @@ extension RedisConnection {
     /// queued later), else by `EVAL` with its body. The fallback happens on the connection
     /// itself, so the script runs even if the caller was cancelled after the command was
     /// written.
-    public func evaluate(
+    package func evaluate(
         _ script: RedisScript,
         keys: [String],
         arguments: [String],
@@ -51,12 +51,12 @@ extension RedisConnection {
     }
 
     /// Runs a prepared script call, with the same `NOSCRIPT` fallback.
-    public func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
+    package func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
         try await send(PendingCommand(command: call.command, script: call.script, withdrawOnCancel: withdrawOnCancel))
     }
 
     /// Queues a script call (with the same `NOSCRIPT` fallback) without waiting for its reply.
-    public func evaluateAndForget(_ call: RedisScriptCall) {
+    package func evaluateAndForget(_ call: RedisScriptCall) {
         send(call.command, script: call.script) { _ in }
     }
 }

@@ -17,14 +17,14 @@ import Musl
 /// subscriber: use it for hints that have a fallback.
 ///
 /// Call ``shutdown()`` when done: the thread keeps the subscriber alive until then.
-public final class RedisSubscriber: Sendable {
+package final class RedisSubscriber: Sendable {
     private struct Shared {
         var channels: [String: Int] = [:]
         var shuttingDown = false
     }
 
     /// The configuration the subscriber connects with.
-    public let configuration: RedisConnectionConfiguration
+    package let configuration: RedisConnectionConfiguration
     private let shared = Mutex(Shared())
     private let exited = OneTimeEvent<Void>()
     private let wakeRead: Int32
@@ -32,7 +32,7 @@ public final class RedisSubscriber: Sendable {
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
 
     /// Creates a subscriber and starts its thread; it connects once it has a channel.
-    public init(
+    package init(
         configuration: RedisConnectionConfiguration,
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
@@ -58,7 +58,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     /// Subscribes to `channel` (counted: each call needs one ``unsubscribe(_:)``).
-    public func subscribe(_ channel: String) {
+    package func subscribe(_ channel: String) {
         let changed = shared.withLock { shared in
             shared.channels[channel, default: 0] += 1
             return shared.channels[channel] == 1
@@ -67,7 +67,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     /// Drops one ``subscribe(_:)`` of `channel`; the last one unsubscribes.
-    public func unsubscribe(_ channel: String) {
+    package func unsubscribe(_ channel: String) {
         let changed = shared.withLock { shared in
             guard let count = shared.channels[channel] else { return false }
             if count <= 1 {
@@ -81,7 +81,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     /// Closes the connection and stops the thread; returns once it has exited.
-    public func shutdown() async {
+    package func shutdown() async {
         beginShutdown()
         await exited.wait()
     }

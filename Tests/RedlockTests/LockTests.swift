@@ -311,3 +311,43 @@ struct LockTests {
         await client.shutdown()
     }
 }
+
+@Suite("Waiting by time")
+struct WaitingByTimeTests {
+    @Test("lock(timeout:) gives up when its time is up, with the holder named")
+    func timeout() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("timed", options: testOptions(tries: .max))
+            let lease = try await lock.lock()
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(300)) }
+            let waited = started.duration(to: .now)
+            #expect(error?.code == .taken)
+            #expect(waited >= .milliseconds(300) && waited < .seconds(2), "waited \(waited)")
+            #expect(error?.message.contains("attempts in") == true, "\(String(describing: error))")
+            try await lock.unlock(lease)
+        }
+    }
+
+    @Test("48 tasks on one name holding 20 ms each: with the default options nobody gives up while the lock changes hands")
+    func steadyContention() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("crowded", options: LockOptions())
+            let failures = Locked<[String]>([])
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<48 {
+                    group.addTask {
+                        do {
+                            let lease = try await lock.lock()
+                            try? await Task.sleep(for: .milliseconds(20))
+                            try await lock.unlock(lease)
+                        } catch {
+                            failures.update { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+            #expect(failures.value.isEmpty, "\(failures.value)")
+        }
+    }
+}
