@@ -444,10 +444,12 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                 _exit(0);
             }
         }
-        if (watched[1].revents != 0 && !killed) {
+        if (watched[1].revents != 0) {
             uint64_t expirations;
             ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
             (void)ignored_read;
+        }
+        if (watched[1].revents != 0 && !killed) {
             killed = 1;
             kill(-child, SIGKILL);
             kill_children();

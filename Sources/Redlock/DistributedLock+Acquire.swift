@@ -96,7 +96,7 @@ extension DistributedLock {
                 wokenAndFailed = woken.woken
                 // No retry can succeed while nodes refuse for good (credentials, permissions, a
                 // key of the wrong type) and too few others are left for a quorum.
-                if error.code == .fencingCounterExhausted || error.permanentFailureCount > client.nodes.count - client.quorum {
+                if error.permanentFailureCount > client.nodes.count - client.quorum {
                     if attemptNumber > 0 { lastError.message += " (after \(attemptNumber + 1) attempts)" }
                     lastError.message += "; not retried: nodes refused for good"
                     throw lastError
@@ -221,10 +221,11 @@ extension DistributedLock {
             if case let .error(error) = $0.cause { return error.message == Scripts.counterExhausted }
             return false
         }
-        if failure == nil, !exhausted.isEmpty, granted < client.quorum {
+        // Exhausted counters alone leave no quorum: no token can be issued until an operator acts.
+        if failure == nil, exhausted.count > client.nodes.count - client.quorum {
             failure = (
                 .fencingCounterExhausted,
-                "the fencing counter \(Scripts.fenceCounterKey) is at its maximum on \(exhausted.count) nodes; no token can be issued"
+                "the fencing counter \(Scripts.fenceCounterKey) is at its maximum on \(exhausted.count) of \(client.nodes.count) nodes; no token can be issued"
             )
         }
         if let failure {

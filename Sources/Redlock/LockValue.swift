@@ -8,7 +8,9 @@ public struct LockValue: Sendable {
 
     /// Values made by `generator`, called once per `lock()`/`tryLock()` call (the value is
     /// reused across that call's retries). It must return a non-empty, unique string. A node
-    /// that already holds the generated value for the name counts as granted (re-attach).
+    /// that already holds the generated value for the name counts as granted (re-attach), so a
+    /// generator that returns the same value twice (one per process, say) makes the lock
+    /// re-entrant for every caller with that value: they cannot tell each other apart.
     public init(generator: @escaping @Sendable () -> String) {
         make = generator
         mayAlreadyBeHeld = true

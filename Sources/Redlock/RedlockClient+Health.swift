@@ -86,14 +86,16 @@ extension RedlockClient {
     /// missing rule before the first lock does.
     ///
     /// It writes nothing that outlives it: inside one script it sets the lock key with a
-    /// random value only if the key is free and deletes it at once (when the lock is held, the
-    /// `PEXPIRE` and `DEL` checks are reported as not made); the fencing counter is
+    /// random value only if the key is free (for 10 ms) and deletes it at once (when the lock is
+    /// held, the `PEXPIRE` and `DEL` checks are reported as not made; when `DEL` is refused, the
+    /// key lives out its 10 ms); the fencing counter is
     /// incremented once (it only ever grows); the release channel gets one empty announcement
     /// (a waiter wakes and tries once).
     public func checkNodes(for lock: DistributedLock) async -> [NodePermissions] {
         let channel = lock.options.fastHandoff ? Scripts.releaseChannel(lock.name) : ""
+        // Redis checks every declared key against the user's patterns: the counter only with fencing.
         let call = RedisScriptCall(
-            Scripts.permissionProbe, keys: [lock.name, Scripts.fenceCounterKey],
+            Scripts.permissionProbe, keys: lock.options.fencing ? [lock.name, Scripts.fenceCounterKey] : [lock.name],
             arguments: [randomToken(byteCount: 16), lock.options.fencing ? "1" : "0", channel]
         )
         let evalCommand = call.command.replacingLeadingArguments(2, with: ["EVAL", call.script.source])
@@ -119,7 +121,11 @@ extension RedlockClient {
                         if !channel.isEmpty {
                             // A connection of its own: once subscribed it can do nothing else.
                             let subscriber = RedisConnection(configuration: node.configuration)
-                            checks.append(await Self.check("SUBSCRIBE \(channel)", RedisCommand("SUBSCRIBE", channel), on: subscriber))
+                            let subscribe = await Self.check("SUBSCRIBE \(channel)", RedisCommand("SUBSCRIBE", channel), on: subscriber)
+                            checks.append(subscribe)
+                            if subscribe.refusal == nil {
+                                checks.append(await Self.check("UNSUBSCRIBE \(channel)", RedisCommand("UNSUBSCRIBE", channel), on: subscriber))
+                            }
                             await subscriber.shutdown()
                         }
                         return NodePermissions(node: index, endpoint: endpoint, result: .success(checks))

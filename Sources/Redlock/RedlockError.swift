@@ -44,8 +44,9 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         public static let leaseLost = Code(.leaseLost)
         /// A scoped lock's body ran past its maximum hold time and was cancelled.
         public static let holdTimeExceeded = Code(.holdTimeExceeded)
-        /// A fenced acquire found the nodes' fencing counter (`redlock:fence`) at `Int64.max`: no
-        /// larger token can be issued. Not retried; an operator must intervene.
+        /// A fenced acquire found the fencing counter (`redlock:fence`) at `Int64.max` on so many
+        /// nodes that no quorum can issue a token. Not retried; an operator must intervene. (Fewer
+        /// exhausted nodes are node failures like any other.)
         public static let fencingCounterExhausted = Code(.fencingCounterExhausted)
         /// The client was shut down (``RedlockClient/shutdown()``) before the call.
         public static let clientShutDown = Code(.clientShutDown)
@@ -80,7 +81,7 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// ``RedisError/isPermanent``).
     var permanentFailureCount: Int {
         nodes.count { failure in
-            if case let .error(error) = failure.cause { return error.isPermanent }
+            if case let .error(error) = failure.cause { return error.isPermanent || error.message == Scripts.counterExhausted }
             return false
         }
     }

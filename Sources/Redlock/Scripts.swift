@@ -121,9 +121,9 @@ enum Scripts {
             return reply
         end
         probe('GET ' .. KEYS[1], 'GET', KEYS[1])
-        local set = probe('SET ' .. KEYS[1], 'SET', KEYS[1], ARGV[1], 'NX', 'PX', 1000)
+        local set = probe('SET ' .. KEYS[1], 'SET', KEYS[1], ARGV[1], 'NX', 'PX', 10)
         if set then
-            probe('PEXPIRE ' .. KEYS[1], 'PEXPIRE', KEYS[1], 1000)
+            probe('PEXPIRE ' .. KEYS[1], 'PEXPIRE', KEYS[1], 10)
             probe('DEL ' .. KEYS[1], 'DEL', KEYS[1])
         elseif set == false then
             table.insert(checks, 'PEXPIRE, DEL ' .. KEYS[1])

@@ -33,7 +33,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let protocolError = Code(.protocolError)
         /// `AUTH` after connecting was refused (wrong password, unknown user).
         public static let authenticationFailed = Code(.authenticationFailed)
-        /// `SELECT` of the configured database after connecting was refused (no such database).
+        /// `SELECT` of the configured database after connecting was refused: no such database, or
+        /// the user may not run `SELECT` (ACL); the message holds the node's text.
         public static let databaseSelectionFailed = Code(.databaseSelectionFailed)
         /// Any other socket or resolver error; the message holds the system's text.
         public static let io = Code(.io)

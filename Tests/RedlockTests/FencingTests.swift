@@ -108,4 +108,22 @@ struct FencingTests {
             #expect(try await keyValues("last", on: servers).allSatisfy { $0 == nil })
         }
     }
+
+    @Test("one exhausted counter beside a node that is only down is an ordinary node failure, retried")
+    func oneCounterExhausted() async throws {
+        try await withLockNodes(3) { client, servers in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            _ = try await connection.send(RedisCommand("SET", "redlock:fence", String(Int64.max)))
+            await connection.shutdown()
+            await servers[2].kill()
+            var options = LockOptions(tries: .max, retryDelay: .constant(.milliseconds(50)))
+            options.fencing = true
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) {
+                try await client.makeLock("half", options: options).lock(timeout: .milliseconds(400))
+            }
+            #expect(error?.code == .noQuorum, "\(String(describing: error))")
+            #expect(started.duration(to: .now) >= .milliseconds(400), "gave up before its time: the down node may come back")
+        }
+    }
 }

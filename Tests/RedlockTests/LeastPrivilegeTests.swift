@@ -123,7 +123,7 @@ struct LeastPrivilegeTests {
     func permissionAudit() async throws {
         try await withRedisServers(3) { servers throws in
             // Node 0 has the full rule; node 1 lacks the channel; node 2 lacks INCR and INFO.
-            let full = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+ping", "+incr", "+info",
+            let full = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping", "+incr", "+info",
                         "~report", "~redlock:fence", "&redlock:released:*"]
             try await createUser("auditor", rules: full, on: [servers[0]])
             try await createUser("auditor", rules: full.filter { !$0.hasPrefix("&") }, on: [servers[1]])
@@ -152,6 +152,26 @@ struct LeastPrivilegeTests {
                 #expect(checks.contains { !$0.checked && $0.permission.hasPrefix("PEXPIRE") })
             }
             try await client.makeLock("report", options: LockOptions(tries: 1)).unlock(lease)
+            await client.shutdown()
+        }
+    }
+
+    @Test("checkNodes(for:) finds nothing missing for an unfenced lock under the README's default rule")
+    func auditDefaultRule() async throws {
+        try await withRedisServers(1) { servers throws in
+            try await createUser("plain", rules: [
+                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "~plain-lock",
+                "&redlock:released:*",
+            ], on: servers)
+            var configuration = servers[0].configuration()
+            configuration.username = "plain"
+            configuration.password = "pw"
+            let client = try RedlockClient(nodes: [configuration])
+            let statuses = await client.checkNodes(for: try client.makeLock("plain-lock"))
+            #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
+            if case let .success(checks) = statuses[0].result {
+                #expect(checks.contains { $0.permission == "UNSUBSCRIBE redlock:released:plain-lock" })
+            }
             await client.shutdown()
         }
     }
