@@ -432,7 +432,21 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
             while (read(child_events, &info, sizeof info) > 0) {
             }
             int status;
-            pid_t reaped = waitpid(child, &status, WNOHANG);
+            pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED);
+            if (reaped == child && WIFSTOPPED(status)) {
+                /* A job-control stop from the terminal (Ctrl-Z, or reading it while in the
+                   background) stops the whole job: give the terminal back to redlock's group and
+                   stop it too, so the shell sees a stopped job it can resume. While redlock is
+                   stopped it renews nothing, so the command is killed at the deadline as usual. */
+                int stop = WSTOPSIG(status);
+                if (take_terminal && (stop == SIGTSTP || stop == SIGTTIN || stop == SIGTTOU)) {
+                    if (tcgetpgrp(STDIN_FILENO) == child) {
+                        tcsetpgrp(STDIN_FILENO, foreground);
+                    }
+                    kill(-foreground, SIGTSTP);
+                }
+                continue;
+            }
             if (reaped == child) {
                 /* What the command left running, in its group or detached from it, is not
                    protected any more. */

@@ -33,7 +33,9 @@ struct Run: AsyncParsableCommand {
         the validity ends; redlock exits only once the command is gone. A watchdog process kills \
         the group by the same instant if redlock itself is stopped (SIGSTOP, starved), and at once \
         if redlock is killed. A pause of the whole machine is beyond any supervisor: use the \
-        fencing token where the resource can check it.
+        fencing token where the resource can check it; so is stopping redlock and the watchdog \
+        together (pkill -STOP redlock matches both). Ctrl-Z stops the whole job; it renews nothing \
+        while stopped, so past the deadline the command is killed and fg gives 124.
 
         Exit statuses:
           the command's own   the command ran while the lease held
@@ -114,7 +116,7 @@ struct Run: AsyncParsableCommand {
         }
 
         let supervision = Supervision()
-        let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]) { supervision.received($0) }
+        let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT]) { supervision.received($0) }
         let status: Int32
         let acquiring = Task { await acquire(lock) }
         supervision.acquiring(cancel: { acquiring.cancel() })
@@ -318,6 +320,11 @@ final class Supervision: Sendable {
     }
 
     func received(_ signal: Int32) {
+        if signal == SIGCONT {
+            // The job was resumed after a stop from the terminal.
+            state.withLock { $0.command }?.resume()
+            return
+        }
         let (command, cancel) = state.withLock { state -> (SupervisedCommand?, (@Sendable () -> Void)?) in
             if let command = state.command { return (command, nil) }
             guard [SIGINT, SIGTERM, SIGHUP, SIGQUIT].contains(signal), state.terminatingSignal == nil else { return (nil, nil) }

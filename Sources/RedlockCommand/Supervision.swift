@@ -170,15 +170,32 @@ final class SupervisedCommand: Sendable {
     }
 
     /// Sends `signal` to the command's process group: directly once it started (so a stopped
-    /// watchdog cannot hold it up), through the watchdog before.
+    /// watchdog cannot hold it up), through the watchdog before. A terminating signal is followed
+    /// by SIGCONT, as a shell's `kill` does for a stopped job: a stopped command must get to act
+    /// on it.
     func signal(_ signal: Int32) {
+        let terminating = [SIGTERM, SIGINT, SIGHUP, SIGQUIT].contains(signal)
         state.withLock { state in
             guard !state.ended else { return }
             if let group = state.group {
                 _ = kill(-group, signal)
+                if terminating { _ = kill(-group, SIGCONT) }
             } else if state.controlOpen {
                 _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), signal, 0)
+                if terminating { _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_SIGNAL), SIGCONT, 0) }
             }
+        }
+    }
+
+    /// Resumes a job that was stopped from the terminal (`fg` or `bg` sent redlock SIGCONT):
+    /// when redlock now has the terminal's foreground, the command gets it back; then SIGCONT.
+    func resume() {
+        state.withLock { state in
+            guard !state.ended, let group = state.group else { return }
+            if isatty(STDIN_FILENO) == 1, tcgetpgrp(STDIN_FILENO) == getpgrp() {
+                _ = tcsetpgrp(STDIN_FILENO, group)
+            }
+            _ = kill(-group, SIGCONT)
         }
     }
 

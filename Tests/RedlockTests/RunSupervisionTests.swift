@@ -100,6 +100,30 @@ struct RunSupervisionTests {
         }
     }
 
+    @Test("SIGTERM to redlock ends a command that is stopped: SIGCONT follows it, as a shell's kill does")
+    func terminateStoppedCommand() async throws {
+        try await withRedisServers(1) { servers throws in
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "stopped", "--",
+                                      "sh", "-c", "echo ready; kill -STOP $$; sleep 300"])
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            let shell = try #require(await {
+                var found: Int32?
+                _ = await eventually {
+                    found = children(of: run.process.processIdentifier).flatMap { children(of: $0) }.first {
+                        (try? String(contentsOfFile: "/proc/\($0)/stat", encoding: .utf8))?.contains(") T ") == true
+                    }
+                    return found != nil
+                }
+                return found
+            }(), "the command never stopped")
+            #expect(isAlive(shell))
+            run.process.terminate()
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 128 + SIGTERM, "stderr: \(stderr)")
+            #expect(try await keyValues("stopped", on: servers) == [nil])
+        }
+    }
+
     @Test("Ctrl-C in a terminal reaches the command once, and redlock exits 130")
     func interruptOnce() async throws {
         try await withRedisServers(1) { servers throws in
@@ -277,6 +301,41 @@ struct RunSupervisionTests {
                 #expect(missingErrors.contains("could not start"))
                 #expect(try await keyValues("missing", on: servers) == [nil])
             }
+        }
+    }
+
+    @Test("Ctrl-Z in a terminal stops the whole job, fg resumes the command in the foreground; stopped past its deadline, the command is killed and fg gives 124", arguments: [false, true])
+    func jobControl(pastDeadline: Bool) async throws {
+        let redlock = try builtExecutable("redlock").path
+        try await withRedisServers(1) { servers throws in
+            // An interactive shell on a pseudo-terminal (script(1)), typed at: the command, Ctrl-Z,
+            // fg, a line for the command, then the status of the job. There is no event to wait
+            // for on the far side of a terminal, so the typing is paced generously.
+            let ttl = pastDeadline ? "1s" : "20s"
+            let stopped = pastDeadline ? "3" : "1"
+            let typing = """
+            sleep 1; printf '%s\\n' "\(redlock) run --nodes \(nodeList(servers)) --name job-control --ttl \(ttl) -- sh -c 'read x; echo got=\\$x'"; \
+            sleep 2; printf '\\032'; sleep \(stopped); printf 'fg\\n'; sleep 1; \(pastDeadline ? "" : "printf 'hello\\n'; sleep 1;") \
+            printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
+            """
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "(\(typing)) | script -qec 'bash --norc --noprofile -i' /dev/null"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let text = await Task.detached { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }.value
+            process.waitUntilExit()
+            #expect(text.contains("Stopped"), "\(text)")
+            if pastDeadline {
+                #expect(text.contains("done=124"), "\(text)")
+                #expect(!text.contains("got=hello"), "\(text)")
+            } else {
+                #expect(text.contains("got=hello"), "\(text)")
+                #expect(text.contains("done=0"), "\(text)")
+            }
+            #expect(try await keyValues("job-control", on: servers) == [nil])
         }
     }
 
