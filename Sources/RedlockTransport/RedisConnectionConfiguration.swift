@@ -38,9 +38,13 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         self.maximumQueuedCommands = maximumQueuedCommands
     }
 
-    /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N]`.
+    /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike) or
+    /// `unix:///path[?db=N]` (`unix:/path` alike).
     ///
-    /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`).
+    /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`,
+    /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
+    /// `@`, `%3A` for `:`); an empty one is not sent (`redis://:@host` authenticates nobody).
+    /// `rediss://` (TLS) is not supported yet and is refused.
     /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong.
     public init(parsing text: String) throws(RedisError) {
         func invalid(_ why: String) -> RedisError {
@@ -49,8 +53,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         let trimmed = text.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw invalid("empty address") }
 
-        if trimmed.hasPrefix("unix://") {
-            var rest = Substring(trimmed.dropFirst("unix://".count))
+        if trimmed.hasPrefix("unix:") {
+            // unix:///path (an empty authority) or unix:/path.
+            var rest = Substring(trimmed.dropFirst("unix:".count))
+            if rest.hasPrefix("//") { rest = rest.dropFirst(2) }
             var database: Int?
             if let query = rest.firstIndex(of: "?") {
                 let parameters = rest[rest.index(after: query)...]
@@ -72,19 +78,26 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         var username: String?
         var password: String?
         var database: Int?
-        let isURL = rest.hasPrefix("redis://")
-        if isURL {
-            rest = rest.dropFirst("redis://".count)
+        if rest.hasPrefix("rediss://") || rest.hasPrefix("valkeys://") {
+            throw invalid("TLS (rediss://) is not supported yet")
+        }
+        let scheme = ["redis://", "valkey://"].first { rest.hasPrefix($0) }
+        if let scheme {
+            rest = rest.dropFirst(scheme.count)
             if let at = rest.lastIndex(of: "@") {
                 let credentials = rest[..<at]
                 rest = rest[rest.index(after: at)...]
-                if let colon = credentials.firstIndex(of: ":") {
-                    let user = credentials[..<colon]
-                    username = user.isEmpty ? nil : String(user)
-                    password = String(credentials[credentials.index(after: colon)...])
-                } else {
-                    password = String(credentials)
+                func decoded(_ part: Substring, _ what: String) throws(RedisError) -> String? {
+                    guard let text = Self.percentDecoded(part) else { throw invalid("bad percent-encoding in the \(what)") }
+                    return text.isEmpty ? nil : text
                 }
+                if let colon = credentials.firstIndex(of: ":") {
+                    username = try decoded(credentials[..<colon], "user name")
+                    password = try decoded(credentials[credentials.index(after: colon)...], "password")
+                } else {
+                    password = try decoded(credentials, "password")
+                }
+                if username != nil, password == nil { throw invalid("a user name needs a password") }
             }
             if let slash = rest.firstIndex(of: "/") {
                 let dbText = rest[rest.index(after: slash)...]
@@ -95,7 +108,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 }
             }
         } else if rest.contains("://") {
-            throw invalid("unknown scheme (use host:port, redis://… or unix:///path)")
+            throw invalid("unknown scheme (use host:port, redis://…, valkey://… or unix:///path)")
         }
 
         let host: Substring
@@ -118,6 +131,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             host = rest
         }
         guard !host.isEmpty else { throw invalid("empty host") }
+        if !rest.hasPrefix("["), host.contains(":") { throw invalid("an IPv6 address goes in brackets: [::1]:6379") }
         guard (1...65_535).contains(port) else { throw invalid("port \(port) is outside 1–65535") }
         self.init(
             endpoint: .hostname(String(host), port: port),
@@ -125,6 +139,31 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             password: password,
             database: database
         )
+    }
+
+    /// `text` with `%XX` sequences decoded as UTF-8, or nil when a sequence is malformed or the
+    /// bytes are not UTF-8.
+    static func percentDecoded(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ digit: UInt8) -> UInt8? {
+        switch digit {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 
     /// The endpoint, and the user and database when set; never the password.

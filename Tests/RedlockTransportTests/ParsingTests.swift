@@ -26,8 +26,27 @@ struct ParsingTests {
         #expect(unix.database == 2)
     }
 
+    @Test("IPv6, percent-encoded credentials, valkey://, unix:/path; empty credentials are not sent")
+    func moreForms() throws {
+        #expect(try RedisConnectionConfiguration(parsing: "redis://[::1]:6390/2").endpoint == .hostname("::1", port: 6390))
+        #expect(try RedisConnectionConfiguration(parsing: "[fe80::1]").endpoint == .hostname("fe80::1", port: 6379))
+        let encoded = try RedisConnectionConfiguration(parsing: "redis://app%40eu:p%3Ass%25w0rd%2F@h:1")
+        #expect(encoded.username == "app@eu")
+        #expect(encoded.password == "p:ss%w0rd/")
+        let unicode = try RedisConnectionConfiguration(parsing: "redis://:%C3%A9t%C3%A9@h")
+        #expect(unicode.password == "été")
+        let valkey = try RedisConnectionConfiguration(parsing: "valkey://u:p@cache:6400/1")
+        #expect(valkey.endpoint == .hostname("cache", port: 6400))
+        #expect(valkey.username == "u" && valkey.password == "p" && valkey.database == 1)
+        #expect(try RedisConnectionConfiguration(parsing: "unix:/run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
+        #expect(try RedisConnectionConfiguration(parsing: "unix:///run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
+        let empty = try RedisConnectionConfiguration(parsing: "redis://:@h")
+        #expect(empty.username == nil && empty.password == nil)
+    }
+
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative",
     ])
     func malformed(text: String) {
         #expect {
