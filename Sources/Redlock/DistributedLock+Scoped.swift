@@ -38,7 +38,7 @@ extension DistributedLock {
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
-        _ body: @escaping @Sendable (HeldLease) async throws -> T
+        _ body: sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
         return try await withLease(
@@ -60,7 +60,7 @@ extension DistributedLock {
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
-        _ body: @escaping @Sendable (HeldLease) async throws -> T
+        _ body: sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         try await withLease(
             lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
@@ -76,7 +76,7 @@ extension DistributedLock {
         maximumHoldTime: Duration?,
         safetyMargin: Duration?,
         onExtended: @escaping @Sendable (Lease) -> Void,
-        _ body: @escaping @Sendable (HeldLease) async throws -> T
+        _ body: sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         let margin: Duration
         do {
@@ -97,53 +97,63 @@ extension DistributedLock {
         }
         let held = HeldLease(lease, safetyMargin: margin)
 
-        let outcome: ScopeOutcome<T> = await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
-            group.addTask {
-                do {
-                    let value = try await body(held)
-                    return .finished(.success(value), at: .now)
-                } catch {
-                    return .finished(.failure(error), at: .now)
-                }
+        // The body runs in a task of its own, so that it can be cancelled alone when the lease is
+        // lost; it is awaited before this call returns, and cancelled with the caller. (A task
+        // rather than a child of the group below: the body is `sending`, so it may capture
+        // non-Sendable state, and only a task's operation can take it over.)
+        let bodyTask = Task { () -> ScopeOutcome<T> in
+            do {
+                let value = try await body(held)
+                return .finished(.success(value), at: .now)
+            } catch {
+                return .finished(.failure(error), at: .now)
             }
-            group.addTask { await watchDeadline(held) }
-            group.addTask {
-                await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) }
-            }
-            if let maximumHoldTime {
-                let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
+        }
+        let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
+            await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
+                group.addTask { await bodyTask.value }
+                group.addTask { await watchDeadline(held) }
                 group.addTask {
-                    do {
-                        try await Task.sleep(until: capAt, clock: .continuous)
-                    } catch {
-                        return nil
+                    await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) }
+                }
+                if let maximumHoldTime {
+                    let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
+                    group.addTask {
+                        do {
+                            try await Task.sleep(until: capAt, clock: .continuous)
+                        } catch {
+                            return nil
+                        }
+                        return .interrupted(RedlockError(
+                            code: .holdTimeExceeded, lockName: name,
+                            message: "the body ran past the maximum hold time of \(maximumHoldTime) and was cancelled"
+                        ))
                     }
-                    return .interrupted(RedlockError(
-                        code: .holdTimeExceeded, lockName: name,
-                        message: "the body ran past the maximum hold time of \(maximumHoldTime) and was cancelled"
-                    ))
+                }
+                var first: ScopeOutcome<T>?
+                var bodyEnded: ScopeOutcome<T>?
+                for await next in group {
+                    guard let next else { continue }
+                    if case .finished = next { bodyEnded = next }
+                    if first == nil {
+                        first = next
+                        bodyTask.cancel()
+                        group.cancelAll()
+                    }
+                }
+                switch (first, bodyEnded) {
+                case let (.interrupted(error)?, .finished(.failure(bodyError), _)?):
+                    var error = error
+                    if !(bodyError is CancellationError) { error.underlyingError = bodyError }
+                    return .interrupted(error)
+                case let (first?, _):
+                    return first
+                case (nil, _):
+                    return .interrupted(cancelled("withLock"))
                 }
             }
-            var first: ScopeOutcome<T>?
-            var bodyEnded: ScopeOutcome<T>?
-            for await next in group {
-                guard let next else { continue }
-                if case .finished = next { bodyEnded = next }
-                if first == nil {
-                    first = next
-                    group.cancelAll()
-                }
-            }
-            switch (first, bodyEnded) {
-            case let (.interrupted(error)?, .finished(.failure(bodyError), _)?):
-                var error = error
-                if !(bodyError is CancellationError) { error.underlyingError = bodyError }
-                return .interrupted(error)
-            case let (first?, _):
-                return first
-            case (nil, _):
-                return .interrupted(cancelled("withLock"))
-            }
+        } onCancel: {
+            bodyTask.cancel()
         }
 
         do {

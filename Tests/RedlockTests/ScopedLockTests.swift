@@ -29,6 +29,24 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("the body may capture non-Sendable state, as a Mutex.withLock body can")
+    func nonSendableCapture() async throws {
+        /// Not Sendable: a plain class with mutable state.
+        final class Journal {
+            var entries: [String] = []
+        }
+        try await withLockNodes(1) { client, _ in
+            let lock = try client.makeLock("journal", options: testOptions())
+            let journal = Journal()
+            journal.entries.append("before")
+            let count = try await lock.withLock { held in
+                journal.entries.append("held \(held.name)")
+                return journal.entries.count
+            }
+            #expect(count == 2)
+        }
+    }
+
     @Test("withLock releases when the body throws, and rethrows the body's error")
     func releasesOnThrow() async throws {
         struct BodyFailed: Error {}
