@@ -1,4 +1,5 @@
 import CoreMetrics
+import Synchronization
 
 /// The swift-metrics instruments of one client. With no metrics backend bootstrapped they cost
 /// next to nothing.
@@ -21,6 +22,8 @@ struct LockMetrics: Sendable {
     let announcementsRefused: Counter
     private let extendedOK: Counter
     private let releasedOK: Counter
+    /// Counters with a code dimension, made once each, by label and code.
+    private let byCode = CounterCache()
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -34,18 +37,39 @@ struct LockMetrics: Sendable {
     }
 
     func acquireFailed(_ code: RedlockError.Code) {
-        Counter(label: "redlock_acquire_failures_total", dimensions: [("cause", "\(code)")], factory: factory).increment()
+        byCode.counter("redlock_acquire_failures_total", "cause", code, factory: factory).increment()
     }
 
     /// Counts an `extend()`: nil for success, else the error code.
     func extended(failure code: RedlockError.Code?) {
         guard let code else { return extendedOK.increment() }
-        Counter(label: "redlock_extensions_total", dimensions: [("result", "\(code)")], factory: factory).increment()
+        byCode.counter("redlock_extensions_total", "result", code, factory: factory).increment()
     }
 
     /// Counts an `unlock()`: nil for success, else the error code.
     func released(failure code: RedlockError.Code?) {
         guard let code else { return releasedOK.increment() }
-        Counter(label: "redlock_releases_total", dimensions: [("result", "\(code)")], factory: factory).increment()
+        byCode.counter("redlock_releases_total", "result", code, factory: factory).increment()
+    }
+}
+
+/// Counters with a dimension per error code, made on first use and kept: one per label and code.
+/// The dimension value is the code's name (`taken`, `noQuorum`, …), a stable identifier.
+final class CounterCache: Sendable {
+    private struct Key: Hashable {
+        let label: String
+        let code: RedlockError.Code
+    }
+
+    private let counters = Mutex<[Key: Counter]>([:])
+
+    func counter(_ label: String, _ dimension: String, _ code: RedlockError.Code, factory: any MetricsFactory) -> Counter {
+        counters.withLock { counters in
+            let key = Key(label: label, code: code)
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: label, dimensions: [(dimension, "\(code)")], factory: factory)
+            counters[key] = counter
+            return counter
+        }
     }
 }

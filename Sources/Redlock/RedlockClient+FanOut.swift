@@ -16,14 +16,13 @@ final class PreparedFanOut: Sendable {
     let budget: Duration
     private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
     private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
-    private let endpoints: [RedisEndpoint]
-    private let logger: Logger
+    private let health: NodeHealth
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
-        endpoints: [RedisEndpoint], logger: Logger
+        health: NodeHealth
     ) {
         self.round = round
         self.command = command
@@ -32,16 +31,19 @@ final class PreparedFanOut: Sendable {
         self.budget = budget
         self.classify = classify
         self.confirm = confirm
-        self.endpoints = endpoints
-        self.logger = logger
+        self.health = health
     }
 
     /// What takes node `index`'s reply: its vote, recorded in the round.
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
-            let vote = Vote.of(result, endpoint: endpoints[index], classify: classify)
+            let vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
+            switch result {
+            case .success: health.answered(index)
+            case let .failure(error): health.failed(index, error)
+            }
             if case let .refused(.error(error)) = vote {
-                logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
+                health.logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
             }
             if let confirm, vote.isGranted {
                 Task { round.record(await confirm(index, vote), from: index) }
@@ -88,7 +90,7 @@ extension RedlockClient {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
             command: command, script: script, order: order, budget: budget,
-            classify: classify, confirm: confirm, endpoints: endpoints, logger: logger
+            classify: classify, confirm: confirm, health: health
         )
     }
 

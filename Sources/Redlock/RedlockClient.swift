@@ -29,6 +29,8 @@ public final class RedlockClient: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     let metrics: LockMetrics
+    /// Which nodes answer; logs a node going down or coming back once.
+    let health: NodeHealth
     let uptimes: NodeUptimes
     let releases: ReleaseBoard
     let gates: LocalGates
@@ -90,6 +92,7 @@ public final class RedlockClient: Sendable {
         endpoints = nodes.map(\.configuration.endpoint)
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
+        health = NodeHealth(endpoints: endpoints, logger: logger)
         uptimes = NodeUptimes(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         releases = ReleaseBoard(timer: deadlines)

@@ -225,7 +225,7 @@ struct HandoffAndGuardTests {
         }
     }
 
-    @Test("node failures are logged at debug with the node, and a healthy cycle logs nothing")
+    @Test("node failures are logged at debug; a node going down is a warning once, coming back an info once; a healthy cycle logs nothing")
     func logging() async throws {
         try await withRedisServers(3) { servers throws in
             let records = Locked<[String]>([])
@@ -241,10 +241,24 @@ struct HandoffAndGuardTests {
             #expect(records.value.isEmpty)
 
             await servers[2].kill()
-            let again = try await lock.lock()
-            try await lock.unlock(again)
+            for _ in 0..<3 {
+                let again = try await lock.lock()
+                try await lock.unlock(again)
+            }
             #expect(records.value.contains { $0.contains("debug") && $0.contains("\(servers[2].endpoint)") })
-            #expect(!records.value.contains { $0.hasPrefix("info") || $0.hasPrefix("warning") || $0.hasPrefix("error") })
+            // Down: one warning naming the node, however many calls see it.
+            let warnings = records.value.filter { $0.hasPrefix("warning") }
+            #expect(warnings.count == 1 && warnings[0].contains("\(servers[2].endpoint)"), "\(warnings)")
+            #expect(!records.value.contains { $0.hasPrefix("info") || $0.hasPrefix("error") })
+
+            // Back: one info line.
+            try await servers[2].restart(keepingData: false)
+            for _ in 0..<3 {
+                let back = try await lock.lock()
+                try await lock.unlock(back)
+            }
+            let infos = records.value.filter { $0.hasPrefix("info") }
+            #expect(infos.count == 1 && infos[0].contains("answers again"), "\(infos)")
             await client.shutdown()
         }
     }
