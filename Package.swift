@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Redlock", targets: ["Redlock"]),
+        .library(name: "RedlockServiceLifecycle", targets: ["RedlockServiceLifecycle"]),
         .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
         .executable(name: "redlock", targets: ["RedlockCommand"]),
         .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
@@ -17,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The C library, nothing else. Only RedlockTransport imports it.
@@ -38,6 +41,15 @@ let package = Package(
                 "RedlockTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ]
+        ),
+        // RedlockClient as a swift-service-lifecycle Service, for apps that use ServiceGroup.
+        .target(
+            name: "RedlockServiceLifecycle",
+            dependencies: [
+                "Redlock",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // posix_spawn with a log pipe and no inherited descriptors (test support), and the watchdog
@@ -74,9 +86,11 @@ let package = Package(
         .testTarget(
             name: "RedlockTests",
             dependencies: [
-                "Redlock", "RedlockTransport", "RedlockTestSupport",
+                "Redlock", "RedlockTransport", "RedlockTestSupport", "RedlockServiceLifecycle",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // README's example, built with MemberImportVisibility: `import Redlock` alone must do.

@@ -1,8 +1,15 @@
 import RedlockTransport
+import Tracing
 
 extension DistributedLock {
     /// `lock()` and `tryLock()`: the local gate, release watching, metrics, then the attempts.
     func acquire(tries: Int, deadline: ContinuousClock.Instant?) async throws(RedlockError) -> Lease {
+        try await client.traced("redlock.acquire", lock: name) { span throws(RedlockError) in
+            try await acquire(tries: tries, deadline: deadline, span: span)
+        }
+    }
+
+    private func acquire(tries: Int, deadline: ContinuousClock.Instant?, span: (any Span)?) async throws(RedlockError) -> Lease {
         try client.checkOpen(lockName: name)
         let calledAt = ContinuousClock.now
         let value = options.value.next()
@@ -23,7 +30,7 @@ extension DistributedLock {
             }
         }
         do {
-            let lease = try await attempts(tries: tries, deadline: deadline, value: value)
+            let lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
             if options.singleFlight { client.gates.held(lease) }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
@@ -35,8 +42,10 @@ extension DistributedLock {
         }
     }
 
-    private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String) async throws(RedlockError) -> Lease {
+    private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
         let startedAt = ContinuousClock.now
+        var made = 0
+        defer { span?.attributes["redlock.attempts"] = made }
         let request = acquireRequest(value: value)
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = client.releases.generation(of: name)
@@ -50,7 +59,6 @@ extension DistributedLock {
         // may not have reached every node yet (the first node's message wakes the waiter), or a
         // node that had to load the release script ran the delete after a handed-over attempt.
         var wokenAndFailed = false
-        var made = 0
         for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             // With fast handoff, a waiter prepares its attempt before it waits, so that a

@@ -88,6 +88,10 @@ public struct DistributedLock: Sendable {
     /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone), `.leaseTakenOver`
     ///   (another holder's keys are there) or `.noQuorum` (nodes failed).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
+        try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
+    }
+
+    private func release(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
         // With fast handoff, a waiter in this process gets the lock handed over: its next attempt
@@ -134,6 +138,10 @@ public struct DistributedLock: Sendable {
     /// - Throws: ``RedlockError`` with code `.leaseExpired`, `.leaseTakenOver`, `.noQuorum`,
     ///   `.validityExhausted` or `.cancelled`.
     public func extend(_ lease: Lease) async throws(RedlockError) -> Lease {
+        try await client.traced("redlock.extend", lock: name) { _ throws(RedlockError) in try await extendCounted(lease) }
+    }
+
+    private func extendCounted(_ lease: Lease) async throws(RedlockError) -> Lease {
         do {
             let extended = try await extendOnce(lease)
             client.metrics.extended(failure: nil)

@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import RedlockTransport
 import Synchronization
+import Tracing
 
 /// A Redlock client over N independent Redis nodes (masters with no replication between them).
 ///
@@ -31,6 +32,8 @@ public final class RedlockClient: Sendable {
     let metrics: LockMetrics
     /// Which nodes answer; logs a node going down or coming back once.
     let health: NodeHealth
+    /// Where spans go; nil when tracing is off.
+    let tracer: (any Tracer)?
     let uptimes: NodeUptimes
     let releases: ReleaseBoard
     let gates: LocalGates
@@ -55,37 +58,47 @@ public final class RedlockClient: Sendable {
     ///     the label `swift-redlock` through the process's logging backend.
     ///   - metrics: The metrics backend for the counters and timers listed in the documentation.
     ///     The default is the process's bootstrapped `MetricsSystem`.
+    ///   - tracer: Where spans go (swift-distributed-tracing): `redlock.acquire`, `redlock.extend`
+    ///     and `redlock.release`, with the lock's name, node count, quorum, attempts and outcome
+    ///     (`redlock.outcome`: `ok` or the error code). The default, `nil`, is the process's
+    ///     bootstrapped `InstrumentationSystem.tracer`, read once here; with none bootstrapped no
+    ///     span is made (no cost).
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty
     ///   or names one endpoint twice (its votes would count twice).
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),
-        metrics: any MetricsFactory = MetricsSystem.factory
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
         try Self.validate(nodes.map(\.endpoint))
-        self.init(validated: nodes.map { RedisConnection(configuration: $0) }, owning: true, logger: logger, metrics: metrics)
+        self.init(
+            validated: nodes.map { RedisConnection(configuration: $0) }, owning: true, logger: logger, metrics: metrics, tracer: tracer
+        )
     }
 
     /// Creates a client for endpoints with default connection settings.
     public convenience init(
         endpoints: [RedisEndpoint],
         logger: Logger = Logger(label: "swift-redlock"),
-        metrics: any MetricsFactory = MetricsSystem.factory
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
-        try self.init(nodes: endpoints.map { RedisConnectionConfiguration(endpoint: $0) }, logger: logger, metrics: metrics)
+        try self.init(nodes: endpoints.map { RedisConnectionConfiguration(endpoint: $0) }, logger: logger, metrics: metrics, tracer: tracer)
     }
 
     /// Creates a client over connections you own; ``shutdown()`` leaves them open.
     public convenience init(
         connections: [RedisConnection],
         logger: Logger = Logger(label: "swift-redlock"),
-        metrics: any MetricsFactory = MetricsSystem.factory
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
         try Self.validate(connections.map(\.configuration.endpoint))
-        self.init(validated: connections, owning: false, logger: logger, metrics: metrics)
+        self.init(validated: connections, owning: false, logger: logger, metrics: metrics, tracer: tracer)
     }
 
-    private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger, metrics: any MetricsFactory) {
+    private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger, metrics: any MetricsFactory, tracer: (any Tracer)?) {
         self.nodes = nodes
         quorum = Timing.quorum(nodeCount: nodes.count)
         nodeIndices = Array(nodes.indices)
@@ -93,6 +106,8 @@ public final class RedlockClient: Sendable {
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
         health = NodeHealth(endpoints: endpoints, logger: logger)
+        let global = InstrumentationSystem.tracer
+        self.tracer = tracer ?? (global is NoOpTracer ? nil : global)
         uptimes = NodeUptimes(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         releases = ReleaseBoard(timer: deadlines)
@@ -205,5 +220,30 @@ public final class RedlockClient: Sendable {
             return state.subscribers
         }
         for subscriber in subscribers { subscriber.unsubscribe(channel) }
+    }
+}
+
+extension RedlockClient {
+    /// Runs `operation` in a span named `name` (when tracing is on) with the lock's name, the node
+    /// count and the quorum; records `redlock.outcome` (`ok` or the error's code) and the error.
+    func traced<T>(
+        _ name: String, lock: String, _ operation: (_ span: (any Span)?) async throws(RedlockError) -> T
+    ) async throws(RedlockError) -> T {
+        guard let tracer else { return try await operation(nil) }
+        let span = tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: .client)
+        defer { span.end() }
+        span.attributes["redlock.lock"] = lock
+        span.attributes["redlock.nodes"] = nodes.count
+        span.attributes["redlock.quorum"] = quorum
+        do {
+            let result = try await operation(span)
+            span.attributes["redlock.outcome"] = "ok"
+            return result
+        } catch {
+            span.attributes["redlock.outcome"] = "\(error.code)"
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error, message: "\(error.code)"))
+            throw error
+        }
     }
 }
