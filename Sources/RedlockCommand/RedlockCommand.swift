@@ -6,7 +6,7 @@ struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
         abstract: "Redlock distributed locks over independent Redis nodes.",
-        subcommands: [Demo.self, Bench.self, Run.self]
+        subcommands: [Demo.self, Bench.self, Run.self, Doctor.self]
     )
 }
 

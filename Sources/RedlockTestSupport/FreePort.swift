@@ -8,7 +8,7 @@ import Musl
 ///
 /// The port is free when this returns; a server started on it can still lose a race with
 /// another process, so callers retry on "Address already in use".
-func freeLoopbackPort() throws -> Int {
+public func freeLoopbackPort() throws -> Int {
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
     defer { close(descriptor) }

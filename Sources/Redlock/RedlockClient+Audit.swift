@@ -1,0 +1,237 @@
+import RedlockTransport
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension RedlockClient {
+    /// How one check of ``RedlockClient/audit(for:)`` came out.
+    public struct AuditCheck: Sendable, Hashable, CustomStringConvertible {
+        /// The verdict of a check.
+        public enum Verdict: String, Sendable, Hashable, Codable {
+            /// Safe for Redlock.
+            case pass
+            /// Works, with a caveat worth knowing.
+            case warn
+            /// Unsafe or broken for Redlock.
+            case fail
+            /// Could not be checked (a refused command, say).
+            case unknown
+        }
+
+        /// What was checked: `reachable`, `persistence`, `eviction`, `role`, `cluster`,
+        /// `distinct`, `version`, `permissions` or `clock`.
+        public var name: String
+        /// The verdict.
+        public var verdict: Verdict
+        /// What was found, in a sentence.
+        public var detail: String
+
+        /// `NAME: VERDICT: DETAIL`.
+        public var description: String { "\(name): \(verdict.rawValue): \(detail)" }
+    }
+
+    /// The checks of one node.
+    public struct NodeAudit: Sendable {
+        /// The node's index in ``RedlockClient/nodes``.
+        public var node: Int
+        /// The node's address.
+        public var endpoint: RedisEndpoint
+        /// Each check, in the order above.
+        public var checks: [AuditCheck]
+        /// The server's `run_id`, when `INFO` answered.
+        public var runID: String?
+        /// The node's clock minus this machine's wall clock, when `TIME` answered (allowing for
+        /// half the round trip).
+        public var clockOffset: Duration?
+
+        /// Whether any check failed.
+        public var failed: Bool { checks.contains { $0.verdict == .fail } }
+    }
+
+    /// Checks whether each node is fit for Redlock as `lock`'s options use it: reachable;
+    /// persistence (`appendonly yes` with `appendfsync always`, else a restart can forget a key);
+    /// eviction (any policy but `noeviction` with a memory limit can evict lock keys, which carry
+    /// a TTL); role (a replica answers writes with READONLY; a master with replicas can lose a key
+    /// on failover); cluster mode (Redlock wants independent masters); distinct servers (one
+    /// server listed twice, under two addresses, has the same `run_id` and would vote twice);
+    /// version; the permissions `lock` needs (``checkNodes(for:)``); and the node's clock offset
+    /// from this machine (`TIME`).
+    ///
+    /// Reads `INFO` and `CONFIG GET` (a check is `unknown` when the user may not run them) and
+    /// writes nothing that outlives it. Nodes are asked concurrently, each within its timeouts.
+    public func audit(for lock: DistributedLock) async -> [NodeAudit] {
+        let permissions = await checkNodes(for: lock)
+        var audits = await withTaskGroup(of: NodeAudit.self) { group in
+            for (index, node) in nodes.enumerated() {
+                group.addTask { await Self.audit(node, index: index) }
+            }
+            var audits: [NodeAudit] = []
+            for await audit in group { audits.append(audit) }
+            return audits.sorted { $0.node < $1.node }
+        }
+        // One server under two addresses.
+        var seen: [String: Int] = [:]
+        for audit in audits {
+            guard let runID = audit.runID else { continue }
+            seen[runID, default: 0] += 1
+        }
+        for index in audits.indices {
+            guard audits[index].checks.first?.verdict == .pass else { continue }
+            if let runID = audits[index].runID {
+                let others = audits.filter { $0.runID == runID && $0.node != audits[index].node }.map { "node \($0.node) (\($0.endpoint))" }
+                audits[index].checks.append(others.isEmpty
+                    ? AuditCheck(name: "distinct", verdict: .pass, detail: "run_id \(runID.prefix(12))… is listed once")
+                    : AuditCheck(name: "distinct", verdict: .fail, detail: "the same server as \(others.joined(separator: ", ")): its vote would count twice"))
+            } else {
+                audits[index].checks.append(AuditCheck(name: "distinct", verdict: .unknown, detail: "INFO did not give a run_id"))
+            }
+            let refused = permissions[index].refused
+            audits[index].checks.append(refused.isEmpty
+                ? AuditCheck(name: "permissions", verdict: .pass, detail: "every command, key and channel the lock's options need is allowed")
+                : AuditCheck(name: "permissions", verdict: .fail, detail: refused.map(\.description).joined(separator: "; ")))
+        }
+        return audits
+    }
+
+    private static func audit(_ node: RedisConnection, index: Int) async -> NodeAudit {
+        let endpoint = node.configuration.endpoint
+        var audit = NodeAudit(node: index, endpoint: endpoint, checks: [])
+        let info: [String: String]
+        do {
+            info = parseInfo(try await node.send(RedisCommand("INFO")).string ?? "")
+            audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers"))
+        } catch let error as RedisError where error.code == .serverError {
+            info = [:]
+            audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers (INFO refused: \(error.message))"))
+        } catch {
+            audit.checks.append(AuditCheck(name: "reachable", verdict: .fail, detail: "\(error)"))
+            return audit
+        }
+        audit.runID = info["run_id"]
+
+        // Persistence.
+        let appendOnly = await config("appendonly", on: node) ?? info["aof_enabled"].map { $0 == "1" ? "yes" : "no" }
+        let fsync = await config("appendfsync", on: node)
+        switch (appendOnly, fsync) {
+        case ("yes"?, "always"?):
+            audit.checks.append(AuditCheck(name: "persistence", verdict: .pass, detail: "appendonly yes, appendfsync always"))
+        case ("yes"?, let policy?):
+            audit.checks.append(AuditCheck(
+                name: "persistence", verdict: .warn,
+                detail: "appendonly yes, appendfsync \(policy): a crash can lose the last second of keys (use always, or restartGuard)"
+            ))
+        case ("yes"?, nil):
+            audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "appendonly yes; appendfsync unknown (CONFIG refused)"))
+        case ("no"?, _):
+            audit.checks.append(AuditCheck(
+                name: "persistence", verdict: .fail,
+                detail: "appendonly no: a restart forgets every lock key (use appendonly yes, appendfsync always, or restartGuard)"
+            ))
+        default:
+            audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "neither CONFIG nor INFO told"))
+        }
+
+        // Eviction.
+        let policy = await config("maxmemory-policy", on: node) ?? info["maxmemory_policy"]
+        let limit = (await config("maxmemory", on: node)).flatMap { Int($0) } ?? info["maxmemory"].flatMap { Int($0) }
+        switch (policy, limit) {
+        case ("noeviction"?, _):
+            audit.checks.append(AuditCheck(name: "eviction", verdict: .pass, detail: "maxmemory-policy noeviction"))
+        case (let policy?, 0?):
+            audit.checks.append(AuditCheck(name: "eviction", verdict: .pass, detail: "maxmemory-policy \(policy) with no memory limit: nothing is evicted"))
+        case (let policy?, _):
+            audit.checks.append(AuditCheck(
+                name: "eviction", verdict: .fail,
+                detail: "maxmemory-policy \(policy) with a memory limit can evict lock keys (use noeviction)"
+            ))
+        default:
+            audit.checks.append(AuditCheck(name: "eviction", verdict: .unknown, detail: "neither CONFIG nor INFO told"))
+        }
+
+        // Role.
+        switch (info["role"], info["connected_slaves"].flatMap { Int($0) }) {
+        case ("master"?, let replicas?) where replicas > 0:
+            audit.checks.append(AuditCheck(
+                name: "role", verdict: .warn,
+                detail: "master with \(replicas) replicas: a failover can promote one that lacks a lock key"
+            ))
+        case ("master"?, _):
+            audit.checks.append(AuditCheck(name: "role", verdict: .pass, detail: "independent master"))
+        case ("slave"?, _):
+            audit.checks.append(AuditCheck(name: "role", verdict: .fail, detail: "a replica: it answers writes with READONLY"))
+        default:
+            audit.checks.append(AuditCheck(name: "role", verdict: .unknown, detail: "INFO did not give the role"))
+        }
+
+        // Cluster mode.
+        switch info["cluster_enabled"] {
+        case "1"?:
+            audit.checks.append(AuditCheck(
+                name: "cluster", verdict: .fail,
+                detail: "cluster mode: Redlock wants independent masters, not one cluster's shards"
+            ))
+        case "0"?:
+            audit.checks.append(AuditCheck(name: "cluster", verdict: .pass, detail: "not in cluster mode"))
+        default:
+            audit.checks.append(AuditCheck(name: "cluster", verdict: .unknown, detail: "INFO did not tell"))
+        }
+
+        // Version.
+        if let version = info["redis_version"] {
+            let major = version.split(separator: ".").first.flatMap { Int($0) } ?? 0
+            audit.checks.append(major >= 6
+                ? AuditCheck(name: "version", verdict: .pass, detail: "redis \(version)")
+                : AuditCheck(name: "version", verdict: .warn, detail: "redis \(version): before 6.0, no ACL users"))
+        } else {
+            audit.checks.append(AuditCheck(name: "version", verdict: .unknown, detail: "INFO did not tell"))
+        }
+
+        // Clock offset.
+        let sent = ContinuousClock.now
+        let wallBefore = wallClockMicroseconds()
+        if let reply = try? await node.send(RedisCommand("TIME")), case let .array(parts) = reply, parts.count == 2,
+           let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) }) {
+            let roundTrip = sent.duration(to: .now)
+            let localMidpoint = wallBefore + roundTrip.wholeNanoseconds / 2_000
+            let offset = Duration.microseconds(seconds * 1_000_000 + micros - localMidpoint)
+            audit.clockOffset = offset
+            let magnitude = offset < .zero ? .zero - offset : offset
+            let text = "offset \(Double(offset.wholeNanoseconds / 1_000) / 1_000) ms from this machine"
+            audit.checks.append(magnitude <= .milliseconds(500)
+                ? AuditCheck(name: "clock", verdict: .pass, detail: text)
+                : AuditCheck(name: "clock", verdict: .warn, detail: text + ": check NTP (in slewing mode) on both"))
+        } else {
+            audit.checks.append(AuditCheck(name: "clock", verdict: .unknown, detail: "TIME did not answer"))
+        }
+        return audit
+    }
+
+    /// `CONFIG GET name`'s value, or nil when refused or missing.
+    private static func config(_ name: String, on node: RedisConnection) async -> String? {
+        guard let reply = try? await node.send(RedisCommand("CONFIG", "GET", name)), case let .array(parts) = reply,
+              parts.count >= 2 else { return nil }
+        return parts[1].string
+    }
+
+    /// `INFO`'s `key:value` lines.
+    private static func parseInfo(_ text: String) -> [String: String] {
+        var fields: [String: String] = [:]
+        for line in text.split(whereSeparator: \.isNewline) where !line.hasPrefix("#") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            fields[String(line[..<colon])] = String(line[line.index(after: colon)...])
+        }
+        return fields
+    }
+}
+
+/// This machine's wall clock (`CLOCK_REALTIME`) in microseconds since the epoch.
+private func wallClockMicroseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1_000
+}

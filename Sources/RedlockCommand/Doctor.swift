@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import Redlock
+
+/// `redlock doctor`: is this deployment safe for Redlock? One verdict per check and node.
+struct Doctor: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check each node for what Redlock relies on; exit 1 when a check fails.",
+        discussion: """
+        Checks, per node: reachable; persistence (appendonly yes, appendfsync always); eviction \
+        (noeviction, or no memory limit); role (an independent master: a replica answers READONLY, \
+        a master with replicas can lose a key on failover); cluster mode (off); distinct (the same \
+        server listed twice under two addresses would vote twice); version; the permissions the \
+        lock's options need (scripts, the lock key, the fencing counter, the release channel, INFO); \
+        and the node's clock offset from this machine.
+
+        Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
+        check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
+        arguments. Writes nothing that outlives it.
+        """
+    )
+
+    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db] or unix:///path. Default: $REDLOCK_NODES.")
+    var nodes: String?
+
+    @Option(help: "The lock name whose permissions to check.")
+    var name = "redlock-doctor"
+
+    @Flag(help: "Check for fencing tokens (INCR on redlock:fence).")
+    var fencing = false
+
+    @Flag(help: "Check for the restart guard (INFO).")
+    var restartGuard = false
+
+    @Flag(help: "Check without fast handoff (no release channel).")
+    var noFastHandoff = false
+
+    @Flag(help: "Print JSON: one object per node with its checks.")
+    var json = false
+
+    func run() async throws {
+        let list = nodes ?? ProcessInfo.processInfo.environment["REDLOCK_NODES"] ?? ""
+        guard !list.isEmpty else { throw ValidationError("give the nodes with --nodes or REDLOCK_NODES") }
+        let configurations = try parseNodeList(list)
+        let client: RedlockClient
+        let lock: DistributedLock
+        do {
+            client = try RedlockClient(nodes: configurations)
+            var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? .seconds(30) : nil)
+            options.fastHandoff = !noFastHandoff
+            lock = try client.makeLock(name, options: options)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let audits = await client.audit(for: lock)
+        await client.shutdown()
+        if json {
+            struct Node: Encodable {
+                let node: Int
+                let endpoint: String
+                let checks: [Check]
+            }
+            struct Check: Encodable {
+                let name: String
+                let verdict: String
+                let detail: String
+            }
+            let nodes = audits.map { audit in
+                Node(node: audit.node, endpoint: "\(audit.endpoint)", checks: audit.checks.map {
+                    Check(name: $0.name, verdict: $0.verdict.rawValue, detail: $0.detail)
+                })
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(nodes), as: UTF8.self))
+        } else {
+            for audit in audits {
+                print("node \(audit.node) (\(audit.endpoint))")
+                for check in audit.checks {
+                    print("  \(check.verdict.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(check.name): \(check.detail)")
+                }
+            }
+            let failed = audits.filter(\.failed).count
+            print(failed == 0 ? "no check failed" : "\(failed) of \(audits.count) nodes failed a check")
+        }
+        if audits.contains(where: \.failed) { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Node audit (redlock doctor)")
+struct DoctorTests {
+    private func send(_ command: RedisCommand, to server: RedisServer) async throws -> RedisValue {
+        let connection = RedisConnection(configuration: server.configuration())
+        defer { Task { await connection.shutdown() } }
+        return try await connection.send(command)
+    }
+
+    private func verdict(_ name: String, in audit: RedlockClient.NodeAudit) -> RedlockClient.AuditCheck.Verdict? {
+        audit.checks.first { $0.name == name }?.verdict
+    }
+
+    @Test("each misconfiguration fails its own check: no persistence, an evicting policy, a replica, cluster mode, one server twice, a missing permission")
+    func audit() async throws {
+        try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { safe throws in
+            try await withRedisServers(2) { plain throws in
+                // The cluster bus port would be port + 10000, which a high free port cannot take.
+                let bus = try freeLoopbackPort()
+                try await withRedisServers(1, arguments: ["--cluster-enabled", "yes", "--cluster-port", String(bus)]) { cluster throws in
+                    let (good, evicting, replica) = (safe[0], plain[0], plain[1])
+                    _ = try await send(RedisCommand("CONFIG", "SET", "maxmemory", "100mb"), to: evicting)
+                    _ = try await send(RedisCommand("CONFIG", "SET", "maxmemory-policy", "allkeys-lru"), to: evicting)
+                    _ = try await send(RedisCommand("REPLICAOF", "127.0.0.1", String(evicting.port)), to: replica)
+                    _ = try await send(RedisCommand("ACL", "SETUSER", "default", "resetchannels"), to: good)
+                    let client = try RedlockClient(nodes: [
+                        good.configuration(), RedisConnectionConfiguration(endpoint: good.unixSocketEndpoint),
+                        evicting.configuration(), replica.configuration(), cluster[0].configuration(),
+                    ])
+                    let audits = await client.audit(for: try client.makeLock("doctor"))
+                    let text = audits.map { "\($0.endpoint): \($0.checks.map(\.description))" }.joined(separator: "\n")
+                    #expect(audits.count == 5)
+                    #expect(verdict("persistence", in: audits[0]) == .pass, "\(text)")
+                    #expect(verdict("eviction", in: audits[0]) == .pass, "\(text)")
+                    #expect(verdict("clock", in: audits[0]) == .pass, "\(text)")
+                    #expect(verdict("version", in: audits[0]) == .pass, "\(text)")
+                    #expect(verdict("distinct", in: audits[0]) == .fail && verdict("distinct", in: audits[1]) == .fail, "\(text)")
+                    #expect(verdict("permissions", in: audits[0]) == .fail, "\(text)")
+                    #expect(audits[0].checks.first { $0.name == "permissions" }?.detail.contains("redlock:released:doctor") == true, "\(text)")
+                    #expect(verdict("persistence", in: audits[2]) == .fail, "\(text)")
+                    #expect(verdict("eviction", in: audits[2]) == .fail, "\(text)")
+                    #expect(verdict("role", in: audits[3]) == .fail, "\(text)")
+                    #expect(verdict("cluster", in: audits[4]) == .fail, "\(text)")
+                    #expect(verdict("distinct", in: audits[2]) == .pass, "\(text)")
+                    // The master of the replica: a failover could lose keys.
+                    let masterWarned = await {
+                        for _ in 0..<100 {
+                            let again = await client.audit(for: try! client.makeLock("doctor"))
+                            if verdict("role", in: again[2]) == .warn { return true }
+                            try? await Task.sleep(for: .milliseconds(50))
+                        }
+                        return false
+                    }()
+                    #expect(masterWarned, "\(text)")
+                    #expect(try await send(RedisCommand("KEYS", "*"), to: evicting) == .array([]), "the audit left keys behind")
+                    await client.shutdown()
+                }
+            }
+        }
+    }
+
+    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json")
+    func command() async throws {
+        try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { safe throws in
+            try await withRedisServers(1) { plain throws in
+                let healthy = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint)"])
+                let (status, stdout, stderr) = await healthy.finish()
+                #expect(status == 0, "\(stdout)\(stderr)")
+                #expect(stdout.contains("pass    persistence"), "\(stdout)")
+                let unsafe = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(plain[0].endpoint)", "--json"])
+                let (unsafeStatus, json, _) = await unsafe.finish()
+                #expect(unsafeStatus == 1)
+                let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
+                let checks = decoded?[1]["checks"] as? [[String: Any]]
+                #expect(checks?.contains { $0["name"] as? String == "persistence" && $0["verdict"] as? String == "fail" } == true, "\(json)")
+            }
+        }
+    }
+}
