@@ -4,6 +4,8 @@ import CHiredis
 import Glibc
 #elseif canImport(Musl)
 import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Owns one blocking hiredis `redisContext`. Used only by its connection's I/O thread.

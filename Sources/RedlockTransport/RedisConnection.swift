@@ -6,6 +6,8 @@ import Synchronization
 import Glibc
 #elseif canImport(Musl)
 import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// A connection to one Redis node, safe to share between tasks.
@@ -211,7 +213,7 @@ final class ConnectionCore: Sendable {
     /// Shuts the socket down under the I/O thread, failing the read it may be blocked in.
     func interrupt() {
         shared.withLock { shared in
-            if shared.socket >= 0 { _ = Glibc.shutdown(shared.socket, Int32(SHUT_RDWR)) }
+            if shared.socket >= 0 { shutdownSocket(shared.socket) }
         }
     }
 
@@ -373,4 +375,15 @@ final class ConnectionCore: Sendable {
         }
         return true
     }
+}
+
+/// Shuts a socket down in both directions, waking a thread blocked on it.
+private func shutdownSocket(_ socket: Int32) {
+    #if canImport(Glibc)
+    _ = Glibc.shutdown(socket, Int32(SHUT_RDWR))
+    #elseif canImport(Musl)
+    _ = Musl.shutdown(socket, Int32(SHUT_RDWR))
+    #elseif canImport(Darwin)
+    _ = Darwin.shutdown(socket, SHUT_RDWR)
+    #endif
 }
