@@ -32,7 +32,8 @@ let package = Package(
         // Connections to one Redis node each: a dedicated I/O thread per connection, pipelined.
         .target(
             name: "RedlockTransport",
-            dependencies: ["CHiredis"]
+            dependencies: ["CHiredis"],
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         // The Redlock quorum algorithm: configuration, leases, errors, scripts. No C.
         .target(
@@ -42,7 +43,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
-            ]
+            ],
+            // Each file imports what it uses, so apps that turn the feature on globally build.
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         // RedlockClient as a swift-service-lifecycle Service, for apps that use ServiceGroup.
         .target(

@@ -1,3 +1,4 @@
+import CoreMetrics
 import RedlockTransport
 import Tracing
 
@@ -21,11 +22,18 @@ extension DistributedLock {
                     throw RedlockError(code: .taken, lockName: name, message: "held by another caller in this process (single-flight)")
                 }
             } else {
+                let entered: Bool
                 do {
-                    try await client.gates.enter(name)
+                    entered = try await client.gates.enter(name, giveUpAt: deadline)
                 } catch {
                     client.metrics.acquireFailed(.cancelled)
                     throw cancelled("lock")
+                }
+                guard entered else {
+                    client.metrics.acquireFailed(.taken)
+                    throw RedlockError(
+                        code: .taken, lockName: name, message: "held by another caller in this process (single-flight) until the deadline"
+                    )
                 }
             }
         }

@@ -1,3 +1,6 @@
+import CoreMetrics
+import Logging
+
 extension DistributedLock {
     /// Acquires the lock, runs `body` while keeping the lease alive, and releases it when `body`
     /// ends — also when it throws or is cancelled.

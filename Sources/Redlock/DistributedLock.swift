@@ -43,7 +43,8 @@ public struct DistributedLock: Sendable {
     /// as ``lock()`` does with ``LockOptions/acquireTimeout``.
     ///
     /// - Parameter timeout: How long to keep trying; no attempt starts after it (the last may take
-    ///   up to its budget). Zero makes one attempt.
+    ///   up to its budget). Zero (or less) makes one attempt. With ``LockOptions/singleFlight``,
+    ///   the wait for this process's own holder counts too.
     /// - Throws: ``RedlockError`` from the last attempt when time ran out, or `.cancelled`.
     public func lock(timeout: Duration) async throws(RedlockError) -> Lease {
         try await lock(deadline: ContinuousClock.now.advanced(by: timeout))

@@ -35,9 +35,10 @@ final class LocalGates: Sendable {
         self.timer = timer
     }
 
-    /// Waits for the gate of `name`, then owns it. Throws `CancellationError` when cancelled
-    /// (and then owns nothing).
-    func enter(_ name: String) async throws {
+    /// Waits for the gate of `name`, then owns it and returns true; returns false when `giveUp`
+    /// passes first (owning nothing). Throws `CancellationError` when cancelled (and then owns
+    /// nothing).
+    func enter(_ name: String, giveUpAt giveUp: ContinuousClock.Instant? = nil) async throws -> Bool {
         let id = state.withLock { state in
             defer { state.nextID += 1 }
             return state.nextID
@@ -59,9 +60,14 @@ final class LocalGates: Sendable {
                 }
                 return .wait(gate.holderValidUntil)
             }
-            guard case let .wait(deadline) = step else { return }
+            guard case let .wait(holderEnd) = step else { return true }
             if Task.isCancelled { throw CancellationError() }
-            await waitForTurn(name, id: id, deadline: deadline)
+            if let giveUp, giveUp <= .now { return false }
+            let wakeAt: ContinuousClock.Instant? = switch (holderEnd, giveUp) {
+            case let (end?, giveUp?): min(end, giveUp)
+            case let (end, giveUp): end ?? giveUp
+            }
+            await waitForTurn(name, id: id, deadline: wakeAt)
             if Task.isCancelled {
                 // If the gate was handed over just now, pass it on.
                 let owns = state.withLock { $0.gates[LockKey(name)]?.owner == id }

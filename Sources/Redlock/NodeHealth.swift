@@ -7,7 +7,7 @@ import Synchronization
 /// that quietly runs on 3 of 5 nodes is visible without debug logs.
 ///
 /// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O
-/// or resolver error, a refused `AUTH`); any reply, an error reply included, means it answers.
+/// or resolver error); any reply, an error reply or a refused `AUTH` included, means it answers.
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
@@ -34,7 +34,9 @@ final class NodeHealth: Sendable {
     /// Node `index` failed with `error`.
     func failed(_ index: Int, _ error: RedisError) {
         guard index < 64 else { return }
-        if error.code == .serverError || error.code == .unexpectedReply || error.code == .cancelled { return answered(index) }
+        // Replies, refused credentials or database included, mean the node answers.
+        let answers: [RedisError.Code] = [.serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed, .protocolError]
+        if answers.contains(error.code) { return answered(index) }
         let bit: UInt64 = 1 << UInt64(index)
         guard down.load(ordering: .relaxed) & bit == 0 else { return }
         let (before, _) = down.bitwiseOr(bit, ordering: .relaxed)

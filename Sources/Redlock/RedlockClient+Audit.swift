@@ -68,7 +68,7 @@ extension RedlockClient {
         let permissions = await checkNodes(for: lock)
         var audits = await withTaskGroup(of: NodeAudit.self) { group in
             for (index, node) in nodes.enumerated() {
-                group.addTask { await Self.audit(node, index: index) }
+                group.addTask { await Self.audit(node, index: index, restartGuard: lock.options.restartGuard != nil) }
             }
             var audits: [NodeAudit] = []
             for await audit in group { audits.append(audit) }
@@ -98,7 +98,7 @@ extension RedlockClient {
         return audits
     }
 
-    private static func audit(_ node: RedisConnection, index: Int) async -> NodeAudit {
+    private static func audit(_ node: RedisConnection, index: Int, restartGuard: Bool) async -> NodeAudit {
         let endpoint = node.configuration.endpoint
         var audit = NodeAudit(node: index, endpoint: endpoint, checks: [])
         let info: [String: String]
@@ -127,6 +127,11 @@ extension RedlockClient {
             ))
         case ("yes"?, nil):
             audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "appendonly yes; appendfsync unknown (CONFIG refused)"))
+        case ("no"?, _) where restartGuard:
+            audit.checks.append(AuditCheck(
+                name: "persistence", verdict: .warn,
+                detail: "appendonly no: a restart forgets every lock key; the restart guard keeps a restarted node out of votes until its keys could have expired"
+            ))
         case ("no"?, _):
             audit.checks.append(AuditCheck(
                 name: "persistence", verdict: .fail,

@@ -39,19 +39,9 @@ struct Doctor: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let list = nodes ?? ProcessInfo.processInfo.environment["REDLOCK_NODES"] ?? ""
-        guard !list.isEmpty else { throw ValidationError("give the nodes with --nodes or REDLOCK_NODES") }
-        let configurations = try parseNodeList(list)
-        let client: RedlockClient
-        let lock: DistributedLock
-        do {
-            client = try RedlockClient(nodes: configurations)
-            var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? .seconds(30) : nil)
-            options.fastHandoff = !noFastHandoff
-            lock = try client.makeLock(name, options: options)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? .seconds(30) : nil)
+        options.fastHandoff = !noFastHandoff
+        let (client, lock) = try makeLock(nodes: nodes, name: name, options: options)
         let audits = await client.audit(for: lock)
         await client.shutdown()
         if json {

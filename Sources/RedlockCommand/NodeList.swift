@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import Redlock
 import RedlockTransport
 
 /// Parses a comma-separated node list: `host:port`, `redis://[user:pass@]host:port[/db]` or
@@ -12,5 +14,19 @@ func parseNodeList(_ text: String) throws -> [RedisConnectionConfiguration] {
         } catch {
             throw ValidationError("\(error)")
         }
+    }
+}
+
+/// A client over the nodes of `--nodes` (or `$REDLOCK_NODES`) and a lock on `name` with
+/// `options`; bad input is a usage error (exit 64).
+func makeLock(nodes: String?, name: String, options: LockOptions) throws -> (RedlockClient, DistributedLock) {
+    let list = nodes ?? ProcessInfo.processInfo.environment["REDLOCK_NODES"] ?? ""
+    guard !list.isEmpty else { throw ValidationError("give the nodes with --nodes or REDLOCK_NODES") }
+    let configurations = try parseNodeList(list)
+    do {
+        let client = try RedlockClient(nodes: configurations)
+        return (client, try client.makeLock(name, options: options))
+    } catch {
+        throw ValidationError("\(error)")
     }
 }

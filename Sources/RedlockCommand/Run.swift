@@ -103,17 +103,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         _ = signal(SIGPIPE, SIG_IGN)
-        let list = nodes ?? ProcessInfo.processInfo.environment["REDLOCK_NODES"] ?? ""
-        guard !list.isEmpty else { throw ValidationError("give the nodes with --nodes or REDLOCK_NODES") }
-        let configurations = try parseNodeList(list)
-        let client: RedlockClient
-        let lock: DistributedLock
-        do {
-            client = try RedlockClient(nodes: configurations)
-            lock = try client.makeLock(name, options: LockOptions(expiry: ttl, tries: 1, fencing: true))
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let (client, lock) = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, tries: 1, fencing: true))
 
         let supervision = Supervision()
         let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT]) { supervision.received($0) }

@@ -3,7 +3,8 @@ import ServiceLifecycle
 
 /// A ``Redlock/RedlockClient`` as a swift-service-lifecycle `Service`: add it to the app's
 /// `ServiceGroup`, and the client is shut down (its connections closed, its threads stopped) on
-/// graceful shutdown (SIGTERM with the rest of the app), after the services listed before it.
+/// graceful shutdown (SIGTERM with the rest of the app). A group shuts its services down in
+/// reverse order: list the client before the services that lock, so it closes after them.
 ///
 /// ```swift
 /// let client = try RedlockClient(endpoints: endpoints)

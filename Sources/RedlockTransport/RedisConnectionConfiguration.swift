@@ -53,7 +53,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         let trimmed = text.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw invalid("empty address") }
 
-        if trimmed.hasPrefix("unix:") {
+        let lowered = trimmed.lowercased()
+        if lowered.hasPrefix("unix:") {
             // unix:///path (an empty authority) or unix:/path.
             var rest = Substring(trimmed.dropFirst("unix:".count))
             if rest.hasPrefix("//") { rest = rest.dropFirst(2) }
@@ -78,10 +79,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         var username: String?
         var password: String?
         var database: Int?
-        if rest.hasPrefix("rediss://") || rest.hasPrefix("valkeys://") {
+        // Schemes are case-insensitive (RFC 3986).
+        if lowered.hasPrefix("rediss://") || lowered.hasPrefix("valkeys://") {
             throw invalid("TLS (rediss://) is not supported yet")
         }
-        let scheme = ["redis://", "valkey://"].first { rest.hasPrefix($0) }
+        let scheme = ["redis://", "valkey://"].first { lowered.hasPrefix($0) }
         if let scheme {
             rest = rest.dropFirst(scheme.count)
             if let at = rest.lastIndex(of: "@") {
@@ -118,12 +120,16 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             host = rest[rest.index(after: rest.startIndex)..<close]
             let after = rest[rest.index(after: close)...]
             if !after.isEmpty {
-                guard after.hasPrefix(":"), let p = Int(after.dropFirst()) else { throw invalid("bad port after ']'") }
+                let portText = after.dropFirst()
+                guard after.hasPrefix(":"), !portText.isEmpty, portText.allSatisfy({ $0.isASCII && $0.isNumber }), let p = Int(portText) else {
+                    throw invalid("bad port after ']'")
+                }
                 port = p
             }
         } else if let colon = rest.lastIndex(of: ":") {
             host = rest[..<colon]
-            guard let p = Int(rest[rest.index(after: colon)...]) else {
+            let portText = rest[rest.index(after: colon)...]
+            guard portText.allSatisfy(\.isASCII), portText.allSatisfy(\.isNumber), let p = Int(portText) else {
                 throw invalid("port '\(rest[rest.index(after: colon)...])' is not a number")
             }
             port = p

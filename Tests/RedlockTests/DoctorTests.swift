@@ -58,6 +58,9 @@ struct DoctorTests {
                     }()
                     #expect(masterWarned, "\(text)")
                     #expect(try await send(RedisCommand("KEYS", "*"), to: evicting) == .array([]), "the audit left keys behind")
+                    // With the restart guard, a node without persistence is a caveat, not a failure.
+                    let guarded = await client.audit(for: try client.makeLock("doctor", options: LockOptions(restartGuard: .seconds(30))))
+                    #expect(verdict("persistence", in: guarded[2]) == .warn, "\(guarded[2].checks)")
                     await client.shutdown()
                 }
             }

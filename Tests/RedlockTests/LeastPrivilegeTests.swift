@@ -7,6 +7,16 @@ import Testing
 
 @Suite("Least-privilege ACL users")
 struct LeastPrivilegeTests {
+    /// Configurations for `servers` that log in as `user` with `password`.
+    private func configurations(_ servers: [RedisServer], user: String, password: String = "pw") -> [RedisConnectionConfiguration] {
+        servers.map {
+            var configuration = $0.configuration()
+            configuration.username = user
+            configuration.password = password
+            return configuration
+        }
+    }
+
     /// Creates `user` with password `pw` and `rules` on every server.
     private func createUser(_ user: String, rules: [String], on servers: [RedisServer]) async throws {
         for server in servers {
@@ -26,12 +36,7 @@ struct LeastPrivilegeTests {
             logger.logLevel = .trace
             let metrics = TestMetrics()
             let client = try RedlockClient(
-                nodes: servers.map {
-                    var configuration = $0.configuration()
-                    configuration.username = "app"
-                    configuration.password = "pw"
-                    return configuration
-                },
+                nodes: configurations(servers, user: "app"),
                 logger: logger, metrics: metrics
             )
             let lock = try client.makeLock("no-channels", options: testOptions())
@@ -55,12 +60,7 @@ struct LeastPrivilegeTests {
             try await createUser("app", rules: kind == "no-counter-permission" ? ["~*", "+@all", "-incr", "&*"] : ["~other:*", "+@all", "&*"], on: servers)
             let metrics = TestMetrics()
             let client = try RedlockClient(
-                nodes: servers.map {
-                    var configuration = $0.configuration()
-                    configuration.username = "app"
-                    configuration.password = kind == "wrong-password" ? "not-the-password" : "pw"
-                    return configuration
-                },
+                nodes: configurations(servers, user: "app", password: kind == "wrong-password" ? "not-the-password" : "pw"),
                 metrics: metrics
             )
             let lock = try client.makeLock("refused", options: LockOptions(
@@ -90,12 +90,7 @@ struct LeastPrivilegeTests {
             logger.logLevel = .debug
             func makeClient() throws -> RedlockClient {
                 try RedlockClient(
-                    nodes: servers.map {
-                        var configuration = $0.configuration()
-                        configuration.username = "locker"
-                        configuration.password = "pw"
-                        return configuration
-                    },
+                    nodes: configurations(servers, user: "locker"),
                     logger: logger
                 )
             }
@@ -128,12 +123,7 @@ struct LeastPrivilegeTests {
             try await createUser("auditor", rules: full, on: [servers[0]])
             try await createUser("auditor", rules: full.filter { !$0.hasPrefix("&") }, on: [servers[1]])
             try await createUser("auditor", rules: full.filter { $0 != "+incr" && $0 != "+info" }, on: [servers[2]])
-            let client = try RedlockClient(nodes: servers.map {
-                var configuration = $0.configuration()
-                configuration.username = "auditor"
-                configuration.password = "pw"
-                return configuration
-            })
+            let client = try RedlockClient(nodes: configurations(servers, user: "auditor"))
             var options = LockOptions(fencing: true, restartGuard: .seconds(10))
             options.fastHandoff = true
             let statuses = await client.checkNodes(for: try client.makeLock("report", options: options))
@@ -163,10 +153,7 @@ struct LeastPrivilegeTests {
                 "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "~plain-lock",
                 "&redlock:released:*",
             ], on: servers)
-            var configuration = servers[0].configuration()
-            configuration.username = "plain"
-            configuration.password = "pw"
-            let client = try RedlockClient(nodes: [configuration])
+            let client = try RedlockClient(nodes: configurations(servers, user: "plain"))
             let statuses = await client.checkNodes(for: try client.makeLock("plain-lock"))
             #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
             if case let .success(checks) = statuses[0].result {

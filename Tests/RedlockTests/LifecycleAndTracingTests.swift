@@ -38,14 +38,40 @@ struct LifecycleAndTracingTests {
         try await withRedisServers(1) { servers throws in
             let client = try RedlockClient(nodes: servers.map { $0.configuration() })
             let lock = try client.makeLock("lifecycle", options: LockOptions(tries: 1))
-            let group = ServiceGroup(services: [RedlockClientService(client)], logger: Logger(label: "test"))
+            // Listed before the app: the group shuts down in reverse order, so the app can still
+            // lock while it drains.
+            let app = DrainingApp(lock: lock)
+            let group = ServiceGroup(services: [RedlockClientService(client), app], logger: Logger(label: "test"))
             let running = Task { try await group.run() }
             let lease = try await lock.lock()
             try await lock.unlock(lease)
             await group.triggerGracefulShutdown()
             try await running.value
+            #expect(await app.drainedWithLock.value == true)
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             #expect(error?.code == .clientShutDown)
         }
     }
+}
+
+/// An app service that takes the lock once more while it shuts down.
+struct DrainingApp: Service {
+    let lock: DistributedLock
+    let drainedWithLock = Drained()
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        do {
+            let lease = try await lock.lock(timeout: .seconds(2))
+            try await lock.unlock(lease)
+            await drainedWithLock.set(true)
+        } catch {
+            await drainedWithLock.set(false)
+        }
+    }
+}
+
+actor Drained {
+    private(set) var value: Bool?
+    func set(_ newValue: Bool) { value = newValue }
 }

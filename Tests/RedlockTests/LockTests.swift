@@ -329,6 +329,25 @@ struct WaitingByTimeTests {
         }
     }
 
+    @Test("with single-flight, the wait for this process's own holder counts against the timeout")
+    func singleFlightTimeout() async throws {
+        try await withLockNodes(3) { client, _ in
+            var options = testOptions(expiry: .seconds(6), tries: .max)
+            options.singleFlight = true
+            let lock = try client.makeLock("single-timed", options: options)
+            let lease = try await lock.lock()
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(300)) }
+            let waited = started.duration(to: .now)
+            #expect(error?.code == .taken)
+            #expect(waited >= .milliseconds(300) && waited < .seconds(2), "waited \(waited)")
+            try await lock.unlock(lease)
+            // The gate is free again: the next caller gets it at once.
+            let next = try await lock.lock(timeout: .seconds(2))
+            try await lock.unlock(next)
+        }
+    }
+
     @Test("48 tasks on one name holding 20 ms each: with the default options nobody gives up while the lock changes hands")
     func steadyContention() async throws {
         try await withLockNodes(3) { client, _ in

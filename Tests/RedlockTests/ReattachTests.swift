@@ -68,6 +68,11 @@ struct ReattachTests {
             #expect(line.contains("value=\(lease.value) "), "\(line)")
             let token = line.split(separator: " ").first { $0.hasPrefix("token=") }.flatMap { Int64($0.dropFirst(6)) }
             #expect((token ?? 0) > (lease.fencingToken ?? .max), "\(line)")
+            // The worker's unlock returned at its quorum; the last delete may land a moment later.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while try await keyValues("handoff", on: servers).contains(where: { $0 != nil }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
             #expect(try await keyValues("handoff", on: servers).allSatisfy { $0 == nil })
         }
     }

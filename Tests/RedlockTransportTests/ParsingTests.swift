@@ -40,13 +40,15 @@ struct ParsingTests {
         #expect(valkey.username == "u" && valkey.password == "p" && valkey.database == 1)
         #expect(try RedisConnectionConfiguration(parsing: "unix:/run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
         #expect(try RedisConnectionConfiguration(parsing: "unix:///run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
+        #expect(try RedisConnectionConfiguration(parsing: "Redis://H:7").endpoint == .hostname("H", port: 7))
+        #expect(try RedisConnectionConfiguration(parsing: "VALKEY://h").endpoint == .hostname("h", port: 6379))
         let empty = try RedisConnectionConfiguration(parsing: "redis://:@h")
         #expect(empty.username == nil && empty.password == nil)
     }
 
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
-        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative", "h:+80", "[::1]:+80", "REDISS://h",
     ])
     func malformed(text: String) {
         #expect {
