@@ -216,15 +216,20 @@ extension DistributedLock {
         var queued: [Int] = []
         for (index, vote) in votes.enumerated() {
             switch vote {
-            case .granted?, .unsettled?, .refused(.recentlyRestarted)?:
+            case .granted?, .unsettled?:
                 awaited.append(index)
             case .refused(.noAnswer)?:
                 if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case let .refused(.error(error))?:
-                if error.code == .connectionRefused { continue }
-                if error.code == .timeout, !wasCancelled { queued.append(index) } else { awaited.append(index) }
             case .refused(.taken)?, .refused(.missing)?, nil:
                 continue
+            case let .refused(cause)?:
+                // A node that failed (or voted while recently restarted) may hold the key.
+                guard let error = cause.error else {
+                    awaited.append(index)
+                    continue
+                }
+                if error.code == .connectionRefused { continue }
+                if error.code == .timeout, !wasCancelled { queued.append(index) } else { awaited.append(index) }
             }
         }
         let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
@@ -234,8 +239,7 @@ extension DistributedLock {
 
         let failures = client.failures(in: votes)
         let exhausted = failures.filter {
-            if case let .error(error) = $0.cause { return error.message == Scripts.counterExhausted }
-            return false
+            $0.cause.error?.message == Scripts.counterExhausted
         }
         // Exhausted counters alone leave no quorum: no token can be issued until an operator acts.
         if failure == nil, exhausted.count > client.nodes.count - client.quorum {

@@ -42,7 +42,7 @@ final class PreparedFanOut: Sendable {
             case .success: health.answered(index)
             case let .failure(error): health.failed(index, error)
             }
-            if case let .refused(.error(error)) = vote {
+            if case let .refused(cause) = vote, let error = cause.error {
                 health.logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
             }
             if let confirm, vote.isGranted {

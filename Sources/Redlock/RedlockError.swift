@@ -81,8 +81,8 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// ``RedisError/isPermanent``).
     var permanentFailureCount: Int {
         nodes.count { failure in
-            if case let .error(error) = failure.cause { return error.isPermanent || error.message == Scripts.counterExhausted }
-            return false
+            guard let error = failure.cause.error else { return false }
+            return error.isPermanent || error.message == Scripts.counterExhausted
         }
     }
 
@@ -102,23 +102,49 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
 
 /// What one node did instead of granting an operation.
 public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
-    /// Why the node did not grant.
-    public enum Cause: Sendable, Hashable, CustomStringConvertible {
+    /// Why the node did not grant. New causes may be added: compare with the static members,
+    /// and read ``error`` or ``uptime`` for the details of the two that carry them.
+    public struct Cause: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: Sendable, Hashable {
+            case taken
+            case missing
+            case error(RedisError)
+            case noAnswer
+            case recentlyRestarted(uptime: Duration)
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
         /// The key holds another holder's value.
-        case taken
+        public static let taken = Cause(.taken)
         /// The key does not exist (it expired, or was never set).
-        case missing
-        /// The node failed: refused, timed out, closed, answered an error or garbage.
-        case error(RedisError)
+        public static let missing = Cause(.missing)
         /// The node had not answered when the attempt's time ran out (or the caller was cancelled).
-        case noAnswer
+        public static let noAnswer = Cause(.noAnswer)
+
+        /// The node failed: refused, timed out, closed, answered an error or garbage.
+        public static func error(_ error: RedisError) -> Cause { Cause(.error(error)) }
+
         /// The node granted, but it has been up for less than the restart guard, so its vote was
         /// not counted (it may have restarted without its data).
-        case recentlyRestarted(uptime: Duration)
+        public static func recentlyRestarted(uptime: Duration) -> Cause { Cause(.recentlyRestarted(uptime: uptime)) }
+
+        /// The node's error, for a cause made by ``error(_:)``; else nil.
+        public var error: RedisError? {
+            if case let .error(error) = base { return error }
+            return nil
+        }
+
+        /// The node's uptime, for a cause made by ``recentlyRestarted(uptime:)``; else nil.
+        public var uptime: Duration? {
+            if case let .recentlyRestarted(uptime) = base { return uptime }
+            return nil
+        }
 
         /// A short description of the cause.
         public var description: String {
-            switch self {
+            switch base {
             case .taken: "taken by another holder"
             case .missing: "key missing"
             case let .error(error): "\(error.code): \(error.message)"

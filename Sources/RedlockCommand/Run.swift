@@ -140,8 +140,7 @@ struct Run: AsyncParsableCommand {
             }
             let now = ContinuousClock.now
             let permanent = error.nodes.count { failure in
-                if case let .error(redisError) = failure.cause { return redisError.isPermanent }
-                return false
+                failure.cause.error?.isPermanent ?? false
             }
             let nodeCount = lock.client.nodes.count
             if error.code == .cancelled || error.code == .invalidConfiguration || permanent > nodeCount - lock.client.quorum || now >= deadline {
@@ -183,7 +182,7 @@ struct Run: AsyncParsableCommand {
 
     private func refusesPermission(_ error: RedlockError) -> Bool {
         error.nodes.contains { failure in
-            guard case let .error(redisError) = failure.cause else { return false }
+            guard let redisError = failure.cause.error else { return false }
             if redisError.code == .authenticationFailed { return true }
             guard redisError.code == .serverError else { return false }
             let reply = redisError.message.uppercased()

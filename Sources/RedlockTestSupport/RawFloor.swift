@@ -6,7 +6,7 @@ import Synchronization
 public enum RawFloor {
     /// Compare-and-delete, as a release does it: 1 deleted, 0 another holder's value, -1 no key.
     /// Written here, not taken from the library, so the floor depends on nothing internal to it.
-    public static let releaseScript = RedisScript(
+    package static let releaseScript = RedisScript(
         """
         local held = redis.call('GET', KEYS[1])
         if held == ARGV[1] then

@@ -3,32 +3,32 @@
 /// Building a command costs two allocations however many arguments it has; sending it needs no
 /// formatting, only copies of its bytes (with the `*<count>` header) into the connection's
 /// output buffer, so the same command value goes to many nodes for the price of those copies.
-public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
+package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// `$<length>\r\n<argument>\r\n` for every argument, back to back.
     private(set) var body: [UInt8]
     /// Where each argument's frame ends in `body`.
     private(set) var ends: [Int]
 
     /// Creates an empty command; append its name and arguments.
-    public init() {
+    package init() {
         body = []
         ends = []
     }
 
     /// Reserves room for `arguments` arguments of `bytes` bytes in all.
-    public mutating func reserve(arguments: Int, bytes byteCount: Int) {
+    package mutating func reserve(arguments: Int, bytes byteCount: Int) {
         ends.reserveCapacity(arguments)
         body.reserveCapacity(byteCount + arguments * 8)
     }
 
     /// Creates a command from its name and arguments, e.g. `RedisCommand("SET", key, value)`.
-    public init(_ arguments: String...) {
+    package init(_ arguments: String...) {
         self.init(arguments)
     }
 
     /// Creates a command from its name and arguments, framed in one pass into a buffer of the
     /// exact size.
-    public init(_ arguments: [String]) {
+    package init(_ arguments: [String]) {
         let size = arguments.reduce(0) { size, argument in
             let length = argument.utf8.count
             return size + headerSize(length) + length + 2
@@ -62,12 +62,12 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Appends a text argument (sent as its UTF-8 bytes).
-    public mutating func append(_ argument: String) {
+    package mutating func append(_ argument: String) {
         append(bytes: argument.utf8)
     }
 
     /// Appends a binary argument.
-    public mutating func append(bytes argument: some Collection<UInt8>) {
+    package mutating func append(bytes argument: some Collection<UInt8>) {
         let length = argument.count
         let start = body.count
         body.append(contentsOf: repeatElement(0, count: headerSize(length)))
@@ -79,7 +79,7 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Appends an integer argument in decimal.
-    public mutating func append(_ argument: Int) {
+    package mutating func append(_ argument: Int) {
         append(String(argument))
     }
 
@@ -98,10 +98,10 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The number of arguments, the command name included.
-    public var count: Int { ends.count }
+    package var count: Int { ends.count }
 
     /// The arguments as bytes.
-    public var arguments: [ArraySlice<UInt8>] {
+    package var arguments: [ArraySlice<UInt8>] {
         var start = 0
         return ends.map { end in
             defer { start = end }
@@ -113,7 +113,7 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The command name and the number of arguments (argument values may be secrets).
-    public var description: String {
+    package var description: String {
         guard let first = arguments.first else { return "<empty command>" }
         return "\(String(decoding: first, as: UTF8.self)) (\(count - 1) arguments)"
     }

@@ -1,7 +1,8 @@
 /// Where one Redis server listens: a TCP host and port, or a unix domain socket.
 public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
-    /// The two address forms a node can have.
-    public enum Address: Sendable, Hashable {
+    /// The address forms a node can have (more may come, e.g. TLS): reach them through
+    /// ``hostname(_:port:)``, ``unixDomainSocket(path:)``, ``host``, ``port`` and ``socketPath``.
+    package enum Address: Sendable, Hashable {
         /// A host name or IP address and a TCP port.
         case tcp(host: String, port: Int)
         /// The path of a unix domain socket.
@@ -9,11 +10,29 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The address of the server.
-    public var address: Address
+    package var address: Address
 
     /// Creates an endpoint from an address.
-    public init(_ address: Address) {
+    package init(_ address: Address) {
         self.address = address
+    }
+
+    /// The TCP host name or IP address, or nil for a unix domain socket.
+    public var host: String? {
+        if case let .tcp(host, _) = address { return host }
+        return nil
+    }
+
+    /// The TCP port, or nil for a unix domain socket.
+    public var port: Int? {
+        if case let .tcp(_, port) = address { return port }
+        return nil
+    }
+
+    /// The unix domain socket's path, or nil for TCP.
+    public var socketPath: String? {
+        if case let .unixDomainSocket(path) = address { return path }
+        return nil
     }
 
     /// A TCP endpoint. The default port is 6379.

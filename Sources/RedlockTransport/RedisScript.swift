@@ -1,13 +1,13 @@
 /// A Lua script, sent with `EVALSHA` or `EVAL` so that a node runs it in its place among the
 /// commands pipelined with it (see ``RedisConnection/evaluate(_:withdrawOnCancel:)``).
-public struct RedisScript: Sendable, Hashable {
+package struct RedisScript: Sendable, Hashable {
     /// The Lua source.
-    public let source: String
+    package let source: String
     /// The lowercase hex SHA-1 of the source, as Redis names the script.
-    public let sha1: String
+    package let sha1: String
 
     /// Creates a script; its SHA-1 is computed once here.
-    public init(_ source: String) {
+    package init(_ source: String) {
         self.source = source
         sha1 = SHA1.hexDigest(of: Array(source.utf8))
     }
@@ -15,14 +15,14 @@ public struct RedisScript: Sendable, Hashable {
 
 /// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
 /// to many nodes without building it again for each.
-public struct RedisScriptCall: Sendable {
+package struct RedisScriptCall: Sendable {
     /// The script, for the `EVAL` fallback.
-    public let script: RedisScript
+    package let script: RedisScript
     /// `EVALSHA sha1 numkeys keys… arguments…`.
-    public let command: RedisCommand
+    package let command: RedisCommand
 
     /// Builds the call.
-    public init(_ script: RedisScript, keys: [String], arguments: [String]) {
+    package init(_ script: RedisScript, keys: [String], arguments: [String]) {
         self.script = script
         var parts: [String] = []
         parts.reserveCapacity(3 + keys.count + arguments.count)

@@ -1,5 +1,5 @@
 /// A reply from Redis, copied out of hiredis into Swift.
-public enum RedisValue: Sendable, Hashable {
+package enum RedisValue: Sendable, Hashable {
     /// A status reply such as `OK` or `PONG`.
     case simpleString(String)
     /// A bulk string; may hold any bytes.
@@ -14,7 +14,7 @@ public enum RedisValue: Sendable, Hashable {
     case error(String)
 
     /// The text of a status or bulk string reply, decoded as UTF-8.
-    public var string: String? {
+    package var string: String? {
         switch self {
         case let .simpleString(text): text
         case let .bulkString(bytes): String(decoding: bytes, as: UTF8.self)
@@ -23,13 +23,13 @@ public enum RedisValue: Sendable, Hashable {
     }
 
     /// The value of an integer reply.
-    public var integer: Int64? {
+    package var integer: Int64? {
         if case let .integer(value) = self { return value }
         return nil
     }
 
     /// Whether this is the null reply.
-    public var isNull: Bool {
+    package var isNull: Bool {
         if case .null = self { return true }
         return false
     }

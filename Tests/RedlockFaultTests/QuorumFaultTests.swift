@@ -85,7 +85,7 @@ extension FaultTests {
                 let failures = error?.nodes ?? []
                 #expect(failures.map(\.node).sorted() == dead, "exactly the dead nodes fail; the live ones granted")
                 for failure in failures {
-                    guard case let .error(cause) = failure.cause else {
+                    guard let cause = failure.cause.error else {
                         Issue.record("node \(failure.node) should carry its connection error, got \(failure.cause)")
                         continue
                     }

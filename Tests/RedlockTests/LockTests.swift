@@ -232,7 +232,7 @@ struct LockTests {
             let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
             #expect(causes[0] == nil)
             for index in [1, 2] {
-                guard case let .error(redisError)? = causes[index] else {
+                guard let redisError = causes[index]?.error else {
                     Issue.record("node \(index) should carry its connection error, got \(String(describing: causes[index]))")
                     continue
                 }
@@ -267,7 +267,7 @@ struct LockTests {
             #expect(started.duration(to: .now) < .seconds(8))
             #expect(error?.code == .noQuorum)
             let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
-            if case let .error(redisError)? = causes[1] {
+            if let redisError = causes[1]?.error {
                 #expect(redisError.code == .protocolError)
             } else {
                 Issue.record("the garbage node should fail with a protocol error, got \(String(describing: causes[1]))")

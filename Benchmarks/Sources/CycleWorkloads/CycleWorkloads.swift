@@ -51,6 +51,4 @@ public enum CycleWorkload: String, CaseIterable, Sendable {
         }
     }
 
-    /// Compare-and-delete, as a release does it (1 deleted, 0 another holder's value, -1 no key).
-    public static let releaseScript = RawFloor.releaseScript
 }
