@@ -28,26 +28,25 @@ struct Run: AsyncParsableCommand {
         from starting. When the command exits, whatever it left running (in its group, or \
         detached with setsid) is killed.
 
-        If the lease cannot be extended, the group gets SIGTERM when only --grace plus a safety \
-        margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that margin before \
-        the validity ends; redlock exits only once the command is gone. A watchdog process kills \
-        the group by the same instant if redlock itself is stopped (SIGSTOP, starved), and at once \
-        if redlock is killed. A pause of the whole machine is beyond any supervisor: use the \
-        fencing token where the resource can check it; so is stopping redlock and the watchdog \
-        together (pkill -STOP redlock matches both). Ctrl-Z stops the whole job; it renews nothing \
-        while stopped, so past the deadline the command is killed and fg gives 124.
+        If the lease cannot be extended, the group gets SIGTERM when only --grace plus \
+        a safety margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that \
+        margin before the validity ends; redlock exits only once the command is gone. A \
+        watchdog process kills the group by the same instant if redlock is stopped or starved, \
+        and at once if redlock is killed. Ctrl-Z stops the whole job; it renews nothing while \
+        stopped, so past the deadline the command is killed and fg gives 124. Beyond any \
+        supervisor: a pause of the whole machine, or of redlock and the watchdog together \
+        (pkill -STOP redlock matches both); use the fencing token where the resource can check it.
 
         Exit statuses:
-          the command's own   the command ran while the lease held
-          64 (EX_USAGE)       bad arguments or configuration; nothing ran
-          69 (EX_UNAVAILABLE) nodes failed or did not answer, so no quorum; nothing ran
-          71 (EX_OSERR)       the watchdog process could not be started, or died (the command
-                              and everything it left were killed)
-          75 (EX_TEMPFAIL)    another holder had the lock for the whole --wait; nothing ran
-          77 (EX_NOPERM)      a node refused the credentials or a command (AUTH, ACL); nothing ran
-          124                 the lease was lost; the command was stopped (or never started)
-          126 / 127           the command could not be executed / was not found
-          128 + N             redlock got signal N before the command started
+          (the command's)  the command ran while the lease held
+          64               bad arguments or configuration (EX_USAGE); nothing ran
+          69               nodes failed or did not answer: no quorum (EX_UNAVAILABLE)
+          71               the watchdog failed to start or died (EX_OSERR)
+          75               held by another holder for the whole --wait (EX_TEMPFAIL)
+          77               a node refused credentials or a command (EX_NOPERM)
+          124              lease lost: the command was stopped (or never started)
+          126 / 127        the command could not be executed / was not found
+          128 + N          redlock got signal N before the command started
         """
     )
 
