@@ -6,8 +6,9 @@ import Synchronization
 /// logged once at `warning` with the cause, and once at `info` when it answers again, so a lock
 /// that quietly runs on 3 of 5 nodes is visible without debug logs.
 ///
-/// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O
-/// or resolver error); any reply, an error reply or a refused `AUTH` included, means it answers.
+/// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O or
+/// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
+/// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
@@ -35,7 +36,7 @@ final class NodeHealth: Sendable {
     func failed(_ index: Int, _ error: RedisError) {
         guard index < 64 else { return }
         // Replies, refused credentials or database included, mean the node answers.
-        let answers: [RedisError.Code] = [.serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed, .protocolError]
+        let answers: [RedisError.Code] = [.serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed]
         if answers.contains(error.code) { return answered(index) }
         let bit: UInt64 = 1 << UInt64(index)
         guard down.load(ordering: .relaxed) & bit == 0 else { return }

@@ -54,7 +54,8 @@ extension RedlockClient {
     }
 
     /// Checks whether each node is fit for Redlock as `lock`'s options use it: reachable;
-    /// persistence (`appendonly yes` with `appendfsync always`, else a restart can forget a key);
+    /// persistence (`appendonly yes` with `appendfsync always`, else a restart can forget a key;
+    /// only a caveat when `lock`'s ``LockOptions/restartGuard`` is at least its expiry);
     /// eviction (any policy but `noeviction` with a memory limit can evict lock keys, which carry
     /// a TTL); role (a replica answers writes with READONLY; a master with replicas can lose a key
     /// on failover); cluster mode (Redlock wants independent masters); distinct servers (one
@@ -68,7 +69,9 @@ extension RedlockClient {
         let permissions = await checkNodes(for: lock)
         var audits = await withTaskGroup(of: NodeAudit.self) { group in
             for (index, node) in nodes.enumerated() {
-                group.addTask { await Self.audit(node, index: index, restartGuard: lock.options.restartGuard != nil) }
+                // The guard covers a restart without data only when it lasts at least the expiry.
+                let guarded = lock.options.restartGuard.map { $0 >= lock.options.expiry } ?? false
+                group.addTask { await Self.audit(node, index: index, restartGuard: guarded) }
             }
             var audits: [NodeAudit] = []
             for await audit in group { audits.append(audit) }
@@ -123,7 +126,8 @@ extension RedlockClient {
         case ("yes"?, let policy?):
             audit.checks.append(AuditCheck(
                 name: "persistence", verdict: .warn,
-                detail: "appendonly yes, appendfsync \(policy): a crash can lose the last second of keys (use always, or restartGuard)"
+                detail: "appendonly yes, appendfsync \(policy): a crash can lose the last second of keys"
+                    + (restartGuard ? "; the restart guard keeps a restarted node out of votes" : " (use always, or restartGuard)")
             ))
         case ("yes"?, nil):
             audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "appendonly yes; appendfsync unknown (CONFIG refused)"))

@@ -29,7 +29,7 @@ struct Doctor: AsyncParsableCommand {
     @Flag(help: "Check for fencing tokens (INCR on redlock:fence).")
     var fencing = false
 
-    @Flag(help: "Check for the restart guard (INFO).")
+    @Flag(help: "Check for the restart guard (INFO; as long as the default expiry): a node without persistence is then a caveat, not a failure.")
     var restartGuard = false
 
     @Flag(help: "Check without fast handoff (no release channel).")
@@ -39,7 +39,7 @@ struct Doctor: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? .seconds(30) : nil)
+        var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? LockOptions().expiry : nil)
         options.fastHandoff = !noFastHandoff
         let (client, lock) = try makeLock(nodes: nodes, name: name, options: options)
         let audits = await client.audit(for: lock)

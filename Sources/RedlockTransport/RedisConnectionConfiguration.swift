@@ -64,7 +64,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 rest = rest[..<query]
                 for parameter in parameters.split(separator: "&") {
                     let pair = parameter.split(separator: "=", maxSplits: 1)
-                    guard pair.count == 2, pair[0] == "db", let db = Int(pair[1]), db >= 0 else {
+                    guard pair.count == 2, pair[0] == "db", pair[1].allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(pair[1]) else {
                         throw invalid("unknown or bad parameter '\(parameter)' (only db=N is known)")
                     }
                     database = db
@@ -105,7 +105,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 let dbText = rest[rest.index(after: slash)...]
                 rest = rest[..<slash]
                 if !dbText.isEmpty {
-                    guard let db = Int(dbText), db >= 0 else { throw invalid("database '\(dbText)' is not a number ≥ 0") }
+                    guard dbText.allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(dbText) else {
+                        throw invalid("database '\(dbText)' is not a number ≥ 0")
+                    }
                     database = db
                 }
             }

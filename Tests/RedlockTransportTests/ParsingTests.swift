@@ -48,7 +48,7 @@ struct ParsingTests {
 
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
-        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative", "h:+80", "[::1]:+80", "REDISS://h",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative", "h:+80", "[::1]:+80", "REDISS://h", "redis://h/+1", "unix:/tmp/s?db=+2",
     ])
     func malformed(text: String) {
         #expect {
