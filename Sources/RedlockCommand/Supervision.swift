@@ -69,7 +69,6 @@ final class SupervisedCommand: Sendable {
     private let state: Mutex<State>
     /// How the command ended once the watchdog said so, or the task waiting for it.
     private let ending = Mutex<(value: Ending?, waiter: CheckedContinuation<Ending, Never>?)>((nil, nil))
-    private let events = Mutex<[Int32]>([])
 
     /// Starts the watchdog, which starts `command` (looked up in `PATH`) with `environment`; the
     /// command must be gone by `deadline`, unless ``renew(until:)`` moves it.
