@@ -50,7 +50,10 @@ public struct DistributedLock: Sendable {
         try await lock(deadline: ContinuousClock.now.advanced(by: timeout))
     }
 
-    /// Acquires the lock, retrying until `deadline` (on this process's monotonic clock).
+    /// Acquires the lock, retrying until `deadline` (on this process's monotonic clock), as
+    /// ``lock(timeout:)`` does.
+    ///
+    /// - Throws: ``RedlockError`` from the last attempt when the deadline passed, or `.cancelled`.
     public func lock(deadline: ContinuousClock.Instant) async throws(RedlockError) -> Lease {
         try await acquire(tries: options.tries, deadline: deadline)
     }
