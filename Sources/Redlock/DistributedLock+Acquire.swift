@@ -67,8 +67,8 @@ extension DistributedLock {
         // may not have reached every node yet (the first node's message wakes the waiter), or a
         // node that had to load the release script ran the delete after a handed-over attempt.
         var wokenAndFailed = false
-        for attemptNumber in 0..<tries {
-            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
+        trying: for attemptNumber in 0..<tries {
+            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break trying }
             // With fast handoff, a waiter prepares its attempt before it waits, so that a
             // release in this process can send it at once (see `unlock`).
             var prepared: PreparedFanOut?
@@ -113,9 +113,8 @@ extension DistributedLock {
                 // No retry can succeed while nodes refuse for good (credentials, permissions, a
                 // key of the wrong type) and too few others are left for a quorum.
                 if error.permanentFailureCount > client.nodes.count - client.quorum {
-                    if attemptNumber > 0 { lastError.message += " (after \(attemptNumber + 1) attempts)" }
                     lastError.message += "; not retried: nodes refused for good"
-                    throw lastError
+                    break trying
                 }
             }
             if Task.isCancelled { throw cancelled("lock") }
@@ -128,7 +127,7 @@ extension DistributedLock {
     /// script), how a reply becomes a vote, and the restart guard's check of a granted vote.
     private struct AcquireRequest {
         let command: RedisCommand
-        let script: RedisScript?
+        let fallback: RedisCommand?
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
@@ -142,16 +141,17 @@ extension DistributedLock {
         }
         guard options.fencing else {
             if options.value.mayAlreadyBeHeld {
-                let call = RedisScriptCall(Scripts.acquireOrReattach, keys: [name], arguments: [value, expiryMilliseconds])
-                return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofReattach, confirm: confirm)
+                // The extend script with its re-create flag: held → PEXPIRE, missing → SET PX.
+                let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
+                return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofScript, confirm: confirm)
             }
             return AcquireRequest(
-                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
+                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), fallback: nil,
                 classify: Vote.ofSetNX, confirm: confirm
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
-        return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofFencedAcquire, confirm: confirm)
+        return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofFencedAcquire, confirm: confirm)
     }
 
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
@@ -161,7 +161,7 @@ extension DistributedLock {
     private func prepareAttempt(_ request: AcquireRequest) -> PreparedFanOut {
         client.prepareFanOut(
             request.command,
-            script: request.script,
+            fallback: request.fallback,
             classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
@@ -220,7 +220,7 @@ extension DistributedLock {
                 awaited.append(index)
             case .refused(.noAnswer)?:
                 if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case .refused(.taken)?, .refused(.missing)?, nil:
+            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, nil:
                 continue
             case let .refused(cause)?:
                 // A node that failed (or voted while recently restarted) may hold the key.
@@ -238,9 +238,7 @@ extension DistributedLock {
         if !awaited.isEmpty { _ = await release(releaseCall, on: awaited, returnWhenDecided: false) }
 
         let failures = client.failures(in: votes)
-        let exhausted = failures.filter {
-            $0.cause.error?.message == Scripts.counterExhausted
-        }
+        let exhausted = failures.filter { $0.cause == .fencingCounterExhausted }
         // Exhausted counters alone leave no quorum: no token can be issued until an operator acts.
         if failure == nil, exhausted.count > client.nodes.count - client.quorum {
             failure = (

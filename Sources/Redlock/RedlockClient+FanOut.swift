@@ -10,7 +10,7 @@ final class PreparedFanOut: Sendable {
     let round: FanOutRound
     /// The command every node gets, and the script whose `EVALSHA` it is.
     let command: RedisCommand
-    let script: RedisScript?
+    let fallback: RedisCommand?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -19,14 +19,14 @@ final class PreparedFanOut: Sendable {
     private let health: NodeHealth
 
     init(
-        round: FanOutRound, command: RedisCommand, script: RedisScript?, order: [Int], budget: Duration,
+        round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth
     ) {
         self.round = round
         self.command = command
-        self.script = script
+        self.fallback = fallback
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -55,12 +55,12 @@ final class PreparedFanOut: Sendable {
 
     /// The command for node `index`, as a queued command.
     func request(for index: Int) -> QueuedCommand {
-        QueuedCommand(command, script: script, handler: handler(for: index))
+        QueuedCommand(command, fallback: fallback, handler: handler(for: index))
     }
 
     /// Queues the command for node `index` on `node`.
     func send(to node: RedisConnection, index: Int) {
-        node.send(command, script: script, handler: handler(for: index))
+        node.send(command, fallback: fallback, handler: handler(for: index))
     }
 }
 
@@ -80,7 +80,7 @@ extension RedlockClient {
     /// that check runs in a task of its own, bounded by the node's command timeout.
     func prepareFanOut(
         _ command: RedisCommand,
-        script: RedisScript? = nil,
+        fallback: RedisCommand? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -89,7 +89,7 @@ extension RedlockClient {
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
-            command: command, script: script, order: order, budget: budget,
+            command: command, fallback: fallback, order: order, budget: budget,
             classify: classify, confirm: confirm, health: health
         )
     }
@@ -142,7 +142,7 @@ extension RedlockClient {
 
     /// A compare-and-act script call (1 granted, 0 taken, -1 missing) made ready to send.
     func prepareFanOut(_ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool) -> PreparedFanOut {
-        prepareFanOut(call.command, script: call.script, classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
+        prepareFanOut(call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
     }
 
     /// The node order for one fan-out: all nodes, shuffled when asked.

@@ -98,7 +98,6 @@ extension RedlockClient {
             Scripts.permissionProbe, keys: lock.options.fencing ? [lock.name, Scripts.fenceCounterKey] : [lock.name],
             arguments: [randomToken(byteCount: 16), lock.options.fencing ? "1" : "0", channel]
         )
-        let evalCommand = call.command.replacingLeadingArguments(2, with: ["EVAL", call.script.source])
         return await withTaskGroup(of: NodePermissions.self) { group in
             for (index, node) in nodes.enumerated() {
                 group.addTask {
@@ -106,7 +105,7 @@ extension RedlockClient {
                     do {
                         var checks: [NodePermissions.Check] = []
                         // EVAL loads the probe, so the EVALSHA that follows checks only the permission.
-                        for (label, command) in [("EVAL", evalCommand), ("EVALSHA", call.command)] {
+                        for (label, command) in [("EVAL", call.fallback), ("EVALSHA", call.command)] {
                             do {
                                 let reply = try await node.send(command)
                                 checks.append(.init(permission: label, refusal: nil))

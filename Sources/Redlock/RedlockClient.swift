@@ -41,6 +41,8 @@ public final class RedlockClient: Sendable {
     let deadlines: DeadlineTimer
     private let ownsConnections: Bool
     private let subscribers = Mutex<SubscriberState>(SubscriberState())
+    /// Set once ``shutdown()`` begins: read on every call, so an atomic rather than the lock.
+    private let isShutDown = Atomic<Bool>(false)
     /// The nodes that refused a release's announcement (warned about once each).
     private let refusedAnnouncements = Mutex<Set<Int>>([])
 
@@ -166,6 +168,7 @@ public final class RedlockClient: Sendable {
     /// threads. Locks made from the client fail with
     /// ``RedlockError/Code-swift.struct/clientShutDown`` afterwards.
     public func shutdown() async {
+        isShutDown.store(true, ordering: .releasing)
         deadlines.stop()
         let subscribers = subscribers.withLock { state in
             state.shutDown = true
@@ -182,7 +185,7 @@ public final class RedlockClient: Sendable {
 
     /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.
     func checkOpen(lockName: String) throws(RedlockError) {
-        if subscribers.withLock({ $0.shutDown }) {
+        if isShutDown.load(ordering: .acquiring) {
             throw RedlockError(code: .clientShutDown, lockName: lockName, message: "the client was shut down; make a new one")
         }
     }

@@ -81,8 +81,7 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// ``RedisError/isPermanent``).
     var permanentFailureCount: Int {
         nodes.count { failure in
-            guard let error = failure.cause.error else { return false }
-            return error.isPermanent || error.message == Scripts.counterExhausted
+            failure.cause == .fencingCounterExhausted || failure.cause.error?.isPermanent == true
         }
     }
 
@@ -111,6 +110,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case error(RedisError)
             case noAnswer
             case recentlyRestarted(uptime: Duration)
+            case fencingCounterExhausted
         }
 
         private let base: Base
@@ -122,6 +122,9 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         public static let missing = Cause(.missing)
         /// The node had not answered when the attempt's time ran out (or the caller was cancelled).
         public static let noAnswer = Cause(.noAnswer)
+        /// The node's fencing counter (`redlock:fence`) is at `Int64.max`: it can issue no token
+        /// (and set nothing) until an operator acts.
+        public static let fencingCounterExhausted = Cause(.fencingCounterExhausted)
 
         /// The node failed: refused, timed out, closed, answered an error or garbage.
         public static func error(_ error: RedisError) -> Cause { Cause(.error(error)) }
@@ -150,6 +153,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case let .error(error): "\(error.code): \(error.message)"
             case .noAnswer: "no answer within the attempt's time budget"
             case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
+            case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
             }
         }
     }

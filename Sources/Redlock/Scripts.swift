@@ -33,24 +33,6 @@ enum Scripts {
         """
     )
 
-    /// Acquire or re-attach, for values that a node may already hold (``LockValue/fixed(_:)``).
-    /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms. When the key holds the value,
-    /// resets its expiry; when it is missing, sets it. Returns 1 when held now, 0 when another
-    /// holder's value is there. The key is the same as `SET NX PX` would write.
-    static let acquireOrReattach = RedisScript(
-        """
-        local current = redis.call('GET', KEYS[1])
-        if current == ARGV[1] then
-            redis.call('PEXPIRE', KEYS[1], ARGV[2])
-            return 1
-        elseif current == false then
-            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-            return 1
-        end
-        return 0
-        """
-    )
-
     /// The second round of a fenced acquire. `KEYS[1]` lock name, `KEYS[2]` token counter,
     /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
     /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
@@ -86,7 +68,8 @@ enum Scripts {
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` "1" to re-create a
     /// missing key. Returns 1 when extended (or re-created), 0 when another holder's value is
-    /// there, -1 when the key is missing.
+    /// there, -1 when the key is missing. With "1" it is also the acquire of a value a node may
+    /// already hold (a re-attach: `GET == value → PEXPIRE`, else `SET PX`).
     static let extend = compareAndAct(
         held: """
         redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -167,9 +150,6 @@ enum Scripts {
     /// only grows: one key per node, however many names are fenced.
     static let fenceCounterKey = reservedPrefix + "fence"
 
-    /// The message of a node whose fencing counter is at its maximum.
-    static let counterExhausted = "the fencing counter \(fenceCounterKey) is at its maximum"
-
     /// What every release channel's name starts with.
     private static let releaseChannelPrefix = reservedPrefix + "released:"
 
@@ -220,21 +200,12 @@ enum Vote: Sendable, Equatable {
         }
     }
 
-    /// The vote of the re-attaching acquire script: 1 granted, 0 taken.
-    static func ofReattach(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
-        switch reply.integer {
-        case .some(1): .granted(0)
-        case .some(0): .refused(.taken)
-        default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
-        }
-    }
-
     /// The vote of the fenced acquire script: a token ≥ 1 granted, 0 taken, -2 counter exhausted.
     static func ofFencedAcquire(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         switch reply.integer {
         case let .some(token) where token >= 1: .granted(token)
         case .some(0): .refused(.taken)
-        case .some(-2): .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: Scripts.counterExhausted)))
+        case .some(-2): .refused(.fencingCounterExhausted)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }

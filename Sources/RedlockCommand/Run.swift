@@ -102,7 +102,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         _ = signal(SIGPIPE, SIG_IGN)
-        let (client, lock) = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, tries: 1, fencing: true))
+        let (client, lock) = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, fencing: true))
 
         let supervision = Supervision()
         let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT]) { supervision.received($0) }
@@ -126,31 +126,13 @@ struct Run: AsyncParsableCommand {
         throw ExitCode(status)
     }
 
-    /// Attempts until one succeeds, an error is permanent, or --wait has passed; returns the
-    /// last attempt's error.
+    /// One attempt when --wait is zero, else `lock(timeout:)`: it retries (woken by releases)
+    /// until --wait has passed, stops at once on permanent refusals, and keeps the last cause.
     private func acquire(_ lock: DistributedLock) async -> Result<Lease, RedlockError> {
-        let deadline = ContinuousClock.now.advanced(by: wait)
-        while true {
-            let error: RedlockError
-            do {
-                return .success(try await lock.tryLock())
-            } catch let attempt {
-                error = attempt
-            }
-            let now = ContinuousClock.now
-            let permanent = error.nodes.count { failure in
-                failure.cause.error?.isPermanent ?? false
-            }
-            let nodeCount = lock.client.nodes.count
-            if error.code == .cancelled || error.code == .invalidConfiguration || permanent > nodeCount - lock.client.quorum || now >= deadline {
-                return .failure(error)
-            }
-            let pause = min(Duration.milliseconds(Int.random(in: 50...250)), now.duration(to: deadline))
-            do {
-                try await Task.sleep(for: pause)
-            } catch {
-                return .failure(RedlockError(code: .cancelled, lockName: lock.name, message: "the wait was interrupted by a signal"))
-            }
+        do throws(RedlockError) {
+            return .success(wait == .zero ? try await lock.tryLock() : try await lock.lock(timeout: wait))
+        } catch {
+            return .failure(error)
         }
     }
 
@@ -180,13 +162,7 @@ struct Run: AsyncParsableCommand {
     }
 
     private func refusesPermission(_ error: RedlockError) -> Bool {
-        error.nodes.contains { failure in
-            guard let redisError = failure.cause.error else { return false }
-            if redisError.code == .authenticationFailed { return true }
-            guard redisError.code == .serverError else { return false }
-            let reply = redisError.message.uppercased()
-            return ["NOPERM", "WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD"].contains { reply.hasPrefix($0) }
-        }
+        error.nodes.contains { $0.cause.error?.isPermissionRefusal == true }
     }
 
     private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision) async -> Int32 {

@@ -240,8 +240,6 @@ final class HiredisContext {
         return String(decoding: UnsafeRawBufferPointer(start: start, count: reply.pointee.len), as: UTF8.self)
     }
 
-    /// Turns the context's error flags (and the errno saved right after the failing call)
-    /// into a typed error.
     /// What gai_strerror says (glibc, musl) when a name cannot be resolved.
     private static let resolverMessages = [
         "name or service not known", "temporary failure in name resolution", "no address associated with hostname",
@@ -249,6 +247,8 @@ final class HiredisContext {
         "address family for hostname not supported",
     ]
 
+    /// Turns the context's error flags (and the errno saved right after the failing call)
+    /// into a typed error.
     private static func classify(
         _ context: UnsafePointer<redisContext>,
         errno savedErrno: Int32,

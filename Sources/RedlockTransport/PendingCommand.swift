@@ -6,16 +6,16 @@ import Synchronization
 /// the command at once), so it must be quick and must not block.
 package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
 
-/// A command to queue with ``RedisConnection/send(_:)-(_)``: the command, the script whose
-/// `EVALSHA` it is (for the `EVAL` fallback), and what gets its outcome.
+/// A command to queue with ``RedisConnection/send(_:)-(_)``: the command, for a script's
+/// `EVALSHA` its `EVAL` form (``RedisScriptCall/fallback``), and what gets its outcome.
 package struct QueuedCommand: Sendable {
     package let command: RedisCommand
-    package let script: RedisScript?
+    package let fallback: RedisCommand?
     package let handler: RedisReplyHandler
 
-    package init(_ command: RedisCommand, script: RedisScript? = nil, handler: @escaping RedisReplyHandler) {
+    package init(_ command: RedisCommand, fallback: RedisCommand? = nil, handler: @escaping RedisReplyHandler) {
         self.command = command
-        self.script = script
+        self.fallback = fallback
         self.handler = handler
     }
 }
@@ -37,24 +37,25 @@ final class PendingCommand: Sendable {
     }
 
     let command: RedisCommand
-    /// For an `EVALSHA`: the script, sent by `EVAL` in its place when the node answers `NOSCRIPT`.
-    let script: RedisScript?
+    /// For an `EVALSHA`: its `EVAL` form, sent in its place when other commands follow it in a
+    /// batch or the node answers `NOSCRIPT`. Built once per script call, shared by every node.
+    let fallback: RedisCommand?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
 
     /// A command for a caller that will install its continuation.
-    init(command: RedisCommand, script: RedisScript? = nil, withdrawOnCancel: Bool) {
+    init(command: RedisCommand, fallback: RedisCommand? = nil, withdrawOnCancel: Bool) {
         self.command = command
-        self.script = script
+        self.fallback = fallback
         self.withdrawOnCancel = withdrawOnCancel
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
-    init(command: RedisCommand, script: RedisScript?, handler: @escaping RedisReplyHandler) {
+    init(command: RedisCommand, fallback: RedisCommand?, handler: @escaping RedisReplyHandler) {
         self.command = command
-        self.script = script
+        self.fallback = fallback
         withdrawOnCancel = false
         state = Mutex(.handled(handler))
     }
@@ -103,11 +104,6 @@ final class PendingCommand: Sendable {
         case let .resume(continuation): continuation.resume(with: result.mapError { $0 as any Error })
         case let .call(handler): handler(result)
         }
-    }
-
-    /// The `EVAL` that replaces this `EVALSHA` after a `NOSCRIPT` reply.
-    var fallback: RedisCommand? {
-        script.map { command.replacingLeadingArguments(2, with: ["EVAL", $0.source]) }
     }
 
     /// Whether the I/O thread should still write this command.

@@ -72,17 +72,18 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     /// Queues a command without suspending; `handler` gets its outcome exactly once (see
-    /// ``RedisReplyHandler``). The command is always sent. With `script`, the command is that
-    /// script's `EVALSHA` and a `NOSCRIPT` reply sends `EVAL` in its place.
-    package func send(_ command: RedisCommand, script: RedisScript? = nil, handler: @escaping RedisReplyHandler) {
-        core.enqueue(PendingCommand(command: command, script: script, handler: handler))
+    /// ``RedisReplyHandler``). The command is always sent. With `fallback`, the command is a
+    /// script's `EVALSHA` and `fallback` its `EVAL` form, sent in its place when commands follow
+    /// it in the batch or the node answers `NOSCRIPT`.
+    package func send(_ command: RedisCommand, fallback: RedisCommand? = nil, handler: @escaping RedisReplyHandler) {
+        core.enqueue(PendingCommand(command: command, fallback: fallback, handler: handler))
     }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
     /// lands between them, and the I/O thread usually writes them in one batch. Each handler
     /// gets its command's outcome exactly once.
     package func send(_ commands: [QueuedCommand]) {
-        core.enqueue(contentsOf: commands.map { PendingCommand(command: $0.command, script: $0.script, handler: $0.handler) })
+        core.enqueue(contentsOf: commands.map { PendingCommand(command: $0.command, fallback: $0.fallback, handler: $0.handler) })
     }
 
     func send(_ pending: PendingCommand) async throws -> RedisValue {
@@ -359,7 +360,7 @@ final class ConnectionCore: Sendable {
                 command.complete(reply)
             case let .failure(failure) where failure.code == .serverError:
                 // Only the batch's last command can have been sent as `EVALSHA` (see `process`).
-                if retrying != nil, command.script != nil, failure.message.hasPrefix("NOSCRIPT"), index == written.count - 1 {
+                if retrying != nil, command.fallback != nil, failure.message.hasPrefix("NOSCRIPT"), index == written.count - 1 {
                     retrying?.append(command)
                 } else {
                     command.complete(reply)

@@ -87,17 +87,26 @@ extension RedisError {
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
     /// failover) and `TRYAGAIN` are transient.
     public var isPermanent: Bool {
-        if code == .authenticationFailed || code == .databaseSelectionFailed || code == .invalidAddress { return true }
+        if isPermissionRefusal || code == .databaseSelectionFailed || code == .invalidAddress { return true }
         if code == .nameResolutionFailed {
             let text = message.lowercased()
             return !text.contains("temporary") && !text.contains("try again")
         }
-        guard code == .serverError else { return false }
-        let prefixes = [
-            "NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR UNKNOWN COMMAND", "ERR INVALID PASSWORD", "ERR AUTH",
+        return code == .serverError && hasReplyPrefix(["WRONGTYPE", "ERR UNKNOWN COMMAND"])
+    }
+
+    /// Whether the node refused the credentials (`AUTH`: `WRONGPASS`, `NOAUTH`) or a permission
+    /// (ACL: `NOPERM`, or a command a script may not run). Permanent.
+    public var isPermissionRefusal: Bool {
+        if code == .authenticationFailed { return true }
+        return code == .serverError && hasReplyPrefix([
+            "NOPERM", "WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD", "ERR AUTH",
             // An ACL refusal inside a script (Redis 7).
             "ERR THE USER EXECUTING THE SCRIPT CAN'T",
-        ]
+        ])
+    }
+
+    private func hasReplyPrefix(_ prefixes: [String]) -> Bool {
         let reply = message.uppercased()
         return prefixes.contains { reply.hasPrefix($0) }
     }

@@ -13,17 +13,17 @@ package struct RedisScript: Sendable, Hashable {
     }
 }
 
-/// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
-/// to many nodes without building it again for each.
+/// A script with its keys and arguments, its `EVALSHA` and `EVAL` commands built once: send
+/// the same call to many nodes without building either again for each.
 package struct RedisScriptCall: Sendable {
-    /// The script, for the `EVAL` fallback.
-    package let script: RedisScript
     /// `EVALSHA sha1 numkeys keys… arguments…`.
     package let command: RedisCommand
+    /// `EVAL source numkeys keys… arguments…`: what a connection sends when other commands follow
+    /// the call in a batch, or when the node answers `NOSCRIPT`.
+    package let fallback: RedisCommand
 
     /// Builds the call.
     package init(_ script: RedisScript, keys: [String], arguments: [String]) {
-        self.script = script
         var parts: [String] = []
         parts.reserveCapacity(3 + keys.count + arguments.count)
         parts.append("EVALSHA")
@@ -32,6 +32,7 @@ package struct RedisScriptCall: Sendable {
         parts.append(contentsOf: keys)
         parts.append(contentsOf: arguments)
         command = RedisCommand(parts)
+        fallback = command.replacingLeadingArguments(2, with: ["EVAL", script.source])
     }
 }
 
@@ -52,11 +53,11 @@ extension RedisConnection {
 
     /// Runs a prepared script call, with the same `NOSCRIPT` fallback.
     package func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
-        try await send(PendingCommand(command: call.command, script: call.script, withdrawOnCancel: withdrawOnCancel))
+        try await send(PendingCommand(command: call.command, fallback: call.fallback, withdrawOnCancel: withdrawOnCancel))
     }
 
     /// Queues a script call (with the same `NOSCRIPT` fallback) without waiting for its reply.
     package func evaluateAndForget(_ call: RedisScriptCall) {
-        send(call.command, script: call.script) { _ in }
+        send(call.command, fallback: call.fallback) { _ in }
     }
 }

@@ -50,7 +50,7 @@ struct ReleaseBoardTests {
         #expect(board.handOff("name", release: Array("v0".utf8)) == nil)
         #expect(board.generation(of: "name") == 0)
         let attempt = PreparedFanOut(
-            round: FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true), command: RedisCommand("PING"), script: nil, order: [],
+            round: FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true), command: RedisCommand("PING"), fallback: nil, order: [],
             budget: .seconds(1), classify: Vote.ofSetNX, confirm: nil, health: NodeHealth(endpoints: [], logger: Logger(label: "test"))
         )
         let waiting = Task { await board.wait(for: "name", after: 0, timeout: .seconds(30), next: attempt) }

@@ -195,7 +195,7 @@ struct RunSupervisionTests {
                 let (first, second) = (temporaryFile("first"), temporaryFile("second"))
                 defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
                 // The job is a grandchild, behind a shell, as with a wrapper script.
-                let holder = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "300ms", "--",
+                let holder = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "500ms", "--",
                                              "sh", "-c", "\(worker) heartbeat --file \(first) --duration-ms 4000; true"])
                 let pid = holder.process.processIdentifier
                 #expect(await eventually(within: .seconds(20)) { Beats(file: first).beats.count >= 2 })

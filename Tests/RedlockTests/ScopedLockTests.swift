@@ -1,3 +1,4 @@
+import Foundation
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -172,6 +173,28 @@ struct ScopedLockTests {
             } else {
                 #expect(error?.underlyingError == nil)
             }
+        }
+    }
+
+    @Test("a whole process paused past its lease while the body works: withLock reports leaseLost, not the body's result")
+    func processPaused() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withRedisServers(3) { servers throws in
+            let helper = try await HelperProcess.start(
+                executable: worker,
+                arguments: [
+                    "scoped", "--nodes", servers.map { "\($0.endpoint)" }.joined(separator: ","), "--lock", "paused",
+                    "--expiry-ms", "500", "--work-ms", "200", "--parent-pid", String(getpid()),
+                ],
+                readyMarker: "entered"
+            )
+            // The fault: the whole process stops (a GC-like stall, a debugger, a cgroup freeze)
+            // for three lease lengths, body, extender and watcher alike.
+            helper.signal(SIGSTOP)
+            try await Task.sleep(for: .milliseconds(1_500))
+            helper.signal(SIGCONT)
+            #expect(await helper.waitUntilExited() == .exited(0), "\(helper.output)")
+            #expect(helper.output.contains("outcome=leaseLost"), "\(helper.output)")
         }
     }
 

@@ -3,6 +3,11 @@ import RedlockTransport
 import Synchronization
 import Testing
 
+/// A script call queued as a library fan-out queues it: `EVALSHA`, with its `EVAL` form.
+private func queued(_ call: RedisScriptCall, _ handler: @escaping RedisReplyHandler) -> QueuedCommand {
+    QueuedCommand(call.command, fallback: call.fallback, handler: handler)
+}
+
 /// Replies collected by index from handlers on the I/O thread.
 private final class Replies: Sendable {
     private let storage = Mutex<[Int: Result<RedisValue, RedisError>]>([:])
@@ -122,11 +127,9 @@ struct ConnectionTests {
                     }
                 }
                 connection.send([
-                    QueuedCommand(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(round)"]).command,
-                                  script: script, handler: record(0)),
+                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(round)"]), record(0)),
                     QueuedCommand(RedisCommand("SET", "order", "after-\(round)"), handler: record(1)),
-                    QueuedCommand(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(round)"]).command,
-                                  script: script, handler: record(2)),
+                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(round)"]), record(2)),
                     QueuedCommand(RedisCommand("SET", "order", "last-\(round)"), handler: record(3)),
                 ])
                 for await _ in done.stream { break }
