@@ -265,6 +265,16 @@ void redlock_kill_descendants(pid_t group) {
     }
 }
 
+/* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
+   pipe (`kind`), and marks the command killed: later deadlines no longer apply. */
+static void kill_command(pid_t group, int *killed, const char *why, int32_t kind) {
+    *killed = 1;
+    kill(-group, SIGKILL);
+    kill_children();
+    say(why);
+    redlock_watch_send(STATUS_FD, kind, 0, redlock_boottime_ns());
+}
+
 /* Arms `timer` (CLOCK_BOOTTIME) for the absolute instant `deadline_ns`, or disarms it for 0. */
 static int arm(int timer, int64_t deadline_ns) {
     struct itimerspec when;
@@ -464,11 +474,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
             (void)ignored_read;
         }
         if (watched[1].revents != 0 && !killed) {
-            killed = 1;
-            kill(-child, SIGKILL);
-            kill_children();
-            say("redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n");
-            redlock_watch_send(STATUS_FD, REDLOCK_WATCH_DEADLINE_KILL, 0, redlock_boottime_ns());
+            kill_command(child, &killed,
+                         "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
+                         REDLOCK_WATCH_DEADLINE_KILL);
         }
         if (control >= 0 && watched[2].revents != 0) {
             ssize_t read_now = read(control, (char *)&message + have, sizeof message - have);
@@ -480,11 +488,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                 close(control);
                 control = -1;
                 if (!killed) {
-                    killed = 1;
-                    kill(-child, SIGKILL);
-                    kill_children();
-                    say("redlock watchdog: redlock went away while the command ran; killed the command\n");
-                    redlock_watch_send(STATUS_FD, REDLOCK_WATCH_ORPHAN_KILL, 0, redlock_boottime_ns());
+                    kill_command(child, &killed, "redlock watchdog: redlock went away while the command ran; killed the command\n",
+                                 REDLOCK_WATCH_ORPHAN_KILL);
                 }
                 continue;
             }
@@ -494,9 +499,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
             }
             have = 0;
             if (message.kind == REDLOCK_WATCH_DEADLINE && !killed && arm(timer, message.value) != 0) {
-                killed = 1;
-                kill(-child, SIGKILL);
-                kill_children();
+                kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                             REDLOCK_WATCH_DEADLINE_KILL);
             } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
                 kill(-child, message.argument);
             }

@@ -314,16 +314,24 @@ struct LockTests {
 
 @Suite("Waiting by time")
 struct WaitingByTimeTests {
+    /// Expects `lock(timeout: 300 ms)` on a held lock to throw `taken` after its 300 ms, not
+    /// much later; returns the error.
+    @discardableResult
+    private func expectTakenAfterTimeout(_ lock: DistributedLock) async -> RedlockError? {
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(300)) }
+        let waited = started.duration(to: .now)
+        #expect(error?.code == .taken)
+        #expect(waited >= .milliseconds(300) && waited < .seconds(2), "waited \(waited)")
+        return error
+    }
+
     @Test("lock(timeout:) gives up when its time is up, with the holder named")
     func timeout() async throws {
         try await withLockNodes(3) { client, _ in
             let lock = try client.makeLock("timed", options: testOptions(tries: .max))
             let lease = try await lock.lock()
-            let started = ContinuousClock.now
-            let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(300)) }
-            let waited = started.duration(to: .now)
-            #expect(error?.code == .taken)
-            #expect(waited >= .milliseconds(300) && waited < .seconds(2), "waited \(waited)")
+            let error = await expectTakenAfterTimeout(lock)
             #expect(error?.message.contains("attempts in") == true, "\(String(describing: error))")
             try await lock.unlock(lease)
         }
@@ -336,11 +344,7 @@ struct WaitingByTimeTests {
             options.singleFlight = true
             let lock = try client.makeLock("single-timed", options: options)
             let lease = try await lock.lock()
-            let started = ContinuousClock.now
-            let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(300)) }
-            let waited = started.duration(to: .now)
-            #expect(error?.code == .taken)
-            #expect(waited >= .milliseconds(300) && waited < .seconds(2), "waited \(waited)")
+            await expectTakenAfterTimeout(lock)
             try await lock.unlock(lease)
             // The gate is free again: the next caller gets it at once.
             let next = try await lock.lock(timeout: .seconds(2))
