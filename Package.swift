@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
         .executable(name: "redlock", targets: ["RedlockCommand"]),
         .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
+        .executable(name: "redlock-raw-floor", targets: ["RedlockRawFloor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -22,17 +23,16 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
-        // The C library, nothing else. Only RedlockTransport imports it.
-        // The module map links hiredis and the shim includes <hiredis/hiredis.h> from the system's
-        // include path: no pkg-config flags (its -D_FILE_OFFSET_BITS=64 would warn every consumer).
-        .systemLibrary(
-            name: "CHiredis",
-            providers: [.apt(["libhiredis-dev"])]
+        // The transport's C boundary: sockets, TLS (the system's OpenSSL) and the RESP reader of
+        // hiredis, behind one header of opaque types. Only RedlockTransport imports it.
+        .target(
+            name: "CRedisIO",
+            linkerSettings: [.linkedLibrary("hiredis"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
-        // Connections to one Redis node each: a dedicated I/O thread per connection, pipelined.
+        // Connections to Redis nodes: non-blocking sockets driven by one epoll loop per client.
         .target(
             name: "RedlockTransport",
-            dependencies: ["CHiredis"],
+            dependencies: ["CRedisIO"],
             swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         // The Redlock quorum algorithm: configuration, leases, errors, scripts. No C.
@@ -78,9 +78,18 @@ let package = Package(
             name: "RedlockWorker",
             dependencies: [
                 "Redlock",
+                "RedlockTransport",
                 "RedlockTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // The physical floor `redlock bench` measures the library against: one C thread on
+        // blocking hiredis, no Swift (Benchmarks/RawFloor/raw_floor.c).
+        .executableTarget(
+            name: "RedlockRawFloor",
+            path: "Benchmarks/RawFloor",
+            exclude: [],
+            linkerSettings: [.linkedLibrary("hiredis")]
         ),
         .testTarget(
             name: "RedlockTransportTests",

@@ -61,7 +61,7 @@ extension DistributedLock {
         // no subscription. A release that lands before the subscription is active costs one
         // retry delay, the fallback.
         var watching = false
-        defer { if watching { client.unwatch(name) } }
+        defer { if watching { client.unwatch(name, subscribing: options.fastHandoff) } }
         // Whether the last attempt followed a release it heard of and still failed: retry soon
         // rather than wait for another release, as the one heard counts as heard. The release
         // may not have reached every node yet (the first node's message wakes the waiter), or a
@@ -69,13 +69,14 @@ extension DistributedLock {
         var wokenAndFailed = false
         trying: for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break trying }
-            // With fast handoff, a waiter prepares its attempt before it waits, so that a
-            // release in this process can send it at once (see `unlock`).
+            // A waiter prepares its attempt before it waits, so that a release in this process
+            // can send it at once (see `unlock`); with fast handoff it also hears releases
+            // published by other processes.
             var prepared: PreparedFanOut?
             var woken = WaitOutcome(woken: false)
             if attemptNumber > 0 {
-                if options.fastHandoff, !watching {
-                    client.watch(name)
+                if !watching {
+                    client.watch(name, subscribing: options.fastHandoff)
                     watching = true
                 }
                 var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)

@@ -29,8 +29,8 @@ public struct DistributedLock: Sendable {
 
     /// Acquires the lock, retrying for up to ``LockOptions/acquireTimeout`` (30 s by default; and
     /// at most ``LockOptions/tries`` attempts). Between attempts it waits
-    /// for the holder's release to be announced (``LockOptions/fastHandoff``) or for
-    /// ``LockOptions/retryDelay``, whichever comes first.
+    /// for the holder's release (in this client, or announced by another process with
+    /// ``LockOptions/fastHandoff``) or for ``LockOptions/retryDelay``, whichever comes first.
     ///
     /// - Returns: The lease, valid until ``Lease/validUntil``.
     /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum` or `.validityExhausted` (from
@@ -84,7 +84,8 @@ public struct DistributedLock: Sendable {
     }
 
     /// Releases the lease on every node (compare-and-delete: keys holding another value are left
-    /// alone) and, with ``LockOptions/fastHandoff``, announces the release to waiters. Returns
+    /// alone), hands the lock to the longest-waiting `lock()` of this client if there is one, and
+    /// otherwise, with ``LockOptions/fastHandoff``, announces the release to other processes. Returns
     /// once a quorum deleted; the remaining deletes are still sent.
     ///
     /// Runs to completion even when the calling task is cancelled.
@@ -98,13 +99,13 @@ public struct DistributedLock: Sendable {
     private func release(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
         defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
-        // With fast handoff, a waiter in this process gets the lock handed over: its next attempt
-        // is queued right behind the deletes on every connection, so each node runs the delete
-        // first, and the handoff costs no extra round trip. If the release fails, that attempt
-        // fails like any other. A release handed over is not published: the lock has a new
-        // holder, and waiters in other processes would only try in vain; they hear the next
-        // release that finds no waiter here, or retry after their delay.
-        let claimed = options.fastHandoff ? client.releases.handOff(name, release: lease.value.utf8) : nil
+        // A waiter in this process gets the lock handed over: its next attempt is queued right
+        // behind the deletes on every connection, so each node runs the delete first, and the
+        // handoff costs no extra round trip. If the release fails, that attempt fails like any
+        // other. A release handed over is not published: the lock has a new holder, and waiters
+        // in other processes would only try in vain; they hear the next release that finds no
+        // waiter here (with fast handoff), or retry after their delay.
+        let claimed = client.releases.handOff(name, release: lease.value.utf8)
         let handedOver = claimed?.waiter.next
         let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
         let release = client.prepareFanOut(
@@ -124,7 +125,7 @@ public struct DistributedLock: Sendable {
         client.noteRefusedAnnouncements(in: votes)
         // A waiter that began to wait in this process meanwhile need not wait for the published
         // message to come back (it carries the same value and counts once).
-        if options.fastHandoff, claimed == nil, grantedCount(votes) >= client.quorum {
+        if claimed == nil, grantedCount(votes) >= client.quorum {
             client.releases.announce(name, release: lease.value.utf8)
         }
         if grantedCount(votes) >= client.quorum {

@@ -1,8 +1,9 @@
 import RedlockTransport
 import Synchronization
 
-/// One fan-out in flight: collects the nodes' votes as their replies arrive (on the connections'
-/// I/O threads) and resumes the waiting caller exactly once, when every node answered, the
+/// One fan-out in flight: collects the nodes' votes as their replies arrive (on the thread
+/// that read them: the event loop, or a caller writing to that connection) and resumes the
+/// waiting caller exactly once, when every node answered, the
 /// outcome is decided (if asked), the budget ran out or the caller was cancelled.
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is

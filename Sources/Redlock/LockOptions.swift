@@ -43,11 +43,14 @@ public struct LockOptions: Sendable {
     /// holder. Set it to the longest expiry any holder of these nodes uses. The default is `nil`
     /// (every vote counts).
     public var restartGuard: Duration? = nil
-    /// Whether a release is published on a per-name channel and a waiting `lock()` retries as soon
-    /// as it hears one, instead of sleeping out its retry delay (which stays the fallback when a
-    /// message is missed). Within one client the release hands the lock over directly: the
+    /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`
+    /// subscribes to it (one subscriber connection per node and client), so that it retries as
+    /// soon as a release in *another process* is announced instead of sleeping out its retry
+    /// delay (which stays the fallback when a message is missed). The default is `true`.
+    ///
+    /// Within one client a release always hands the lock over, with or without this option: the
     /// longest-waiting `lock()` has its next attempt queued right behind the deletes on each
-    /// node's connection. The default is `true`.
+    /// node's connection (no Redis permission involved).
     public var fastHandoff: Bool = true
     /// Whether concurrent `lock()` calls for this name through one client queue up locally, so
     /// that only one of them at a time contends with other processes. The default is `false`.

@@ -7,7 +7,8 @@ import Tracing
 /// A Redlock client over N independent Redis nodes (masters with no replication between them).
 ///
 /// Create one per process and share it: it holds one pipelined connection per node (and, once a
-/// `lock()` waits with ``LockOptions/fastHandoff``, one subscriber connection per node). Locks
+/// `lock()` waits with ``LockOptions/fastHandoff``, one subscriber connection per node), all
+/// served by one event-loop thread, and one timer thread. Locks
 /// made from it (``makeLock(_:options:)``) fan every operation out to all nodes concurrently and
 /// succeed on a quorum of `N/2 + 1`.
 ///
@@ -74,8 +75,10 @@ public final class RedlockClient: Sendable {
         tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
         try Self.validate(nodes.map(\.endpoint))
+        let loop = RedisEventLoop(name: "redlock-io")
         self.init(
-            validated: nodes.map { RedisConnection(configuration: $0) }, owning: true, logger: logger, metrics: metrics, tracer: tracer
+            validated: nodes.map { RedisConnection(configuration: $0, eventLoop: loop) },
+            owning: true, logger: logger, metrics: metrics, tracer: tracer
         )
     }
 
@@ -132,10 +135,11 @@ public final class RedlockClient: Sendable {
     }
 
     deinit {
-        // Without a shutdown() the subscriber threads would keep running; connections stop by
-        // themselves when their last reference goes.
+        // Without a shutdown() the subscribers and the loop's thread would keep running;
+        // connections close by themselves when their last reference goes.
         for subscriber in subscribers.withLock({ $0.subscribers }) { subscriber.beginShutdown() }
         deadlines.stop()
+        if ownsConnections { nodes.first?.eventLoop.beginShutdown() }
     }
 
     private static func validate(_ endpoints: [RedisEndpoint]) throws(RedlockError) {
@@ -181,6 +185,10 @@ public final class RedlockClient: Sendable {
                 for node in nodes { group.addTask { await node.shutdown() } }
             }
         }
+        if ownsConnections, let loop = nodes.first?.eventLoop {
+            // The client made the loop for its own connections: its thread ends with them.
+            await loop.shutdown()
+        }
     }
 
     /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.
@@ -192,15 +200,23 @@ public final class RedlockClient: Sendable {
 
     // MARK: - Release notifications
 
+    /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
+    package func waitingLockCalls(for name: String) -> Int {
+        releases.waiterCount(of: name)
+    }
+
     /// Starts listening for releases of `name` on every node (counted; pair with ``unwatch(_:)``).
-    func watch(_ name: String) {
+    ///
+    /// With `subscribing` false (a lock without ``LockOptions/fastHandoff``) only releases in
+    /// this process are heard: no subscriber connection, no `SUBSCRIBE`.
+    func watch(_ name: String, subscribing: Bool = true) {
         let channel = Scripts.releaseChannel(name)
         let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
             guard !state.shutDown else { return [] }
-            if state.subscribers.isEmpty {
+            if subscribing, state.subscribers.isEmpty {
                 let board = releases
                 state.subscribers = nodes.map { node in
-                    RedisSubscriber(configuration: node.configuration) { channel, payload in
+                    RedisSubscriber(configuration: node.configuration, eventLoop: node.eventLoop) { channel, payload in
                         if let name = Scripts.lockName(ofReleaseChannel: channel) { board.announce(name, release: payload) }
                     }
                 }
@@ -208,19 +224,19 @@ public final class RedlockClient: Sendable {
             state.watched[LockKey(name), default: 0] += 1
             // Under the same lock as the count, so the board tracks exactly the watched names.
             releases.track(name)
-            return state.subscribers
+            return subscribing ? state.subscribers : []
         }
         for subscriber in subscribers { subscriber.subscribe(channel) }
     }
 
-    /// Stops one ``watch(_:)`` of `name`.
-    func unwatch(_ name: String) {
+    /// Stops one ``watch(_:subscribing:)`` of `name` (with the same `subscribing`).
+    func unwatch(_ name: String, subscribing: Bool = true) {
         let channel = Scripts.releaseChannel(name)
         let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
             guard let count = state.watched[LockKey(name)] else { return [] }
             state.watched[LockKey(name)] = count > 1 ? count - 1 : nil
             if count == 1 { releases.forget(name) }
-            return state.subscribers
+            return subscribing ? state.subscribers : []
         }
         for subscriber in subscribers { subscriber.unsubscribe(channel) }
     }

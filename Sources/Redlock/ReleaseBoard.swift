@@ -40,6 +40,11 @@ final class ReleaseBoard: Sendable {
         self.timer = timer
     }
 
+    /// How many `lock()` calls wait for a release of `name` now.
+    func waiterCount(of name: String) -> Int {
+        entries.withLock { $0[LockKey(name)]?.waiters.count ?? 0 }
+    }
+
     /// The number of releases of `name` heard so far.
     func generation(of name: String) -> UInt64 {
         entries.withLock { $0[LockKey(name)]?.generation ?? 0 }

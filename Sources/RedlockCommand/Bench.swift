@@ -26,14 +26,18 @@ struct Bench: AsyncParsableCommand {
           parallel      64 tasks on independent names, N = 5
           contended     8 tasks on one name, each holding it for each --hold (default 0, then \
         1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
-        With 0 the lock is handed on back to back (the acquisition rate of fast handoff against \
-        polling, undiluted by hold time); with 1 ms every waiter is waiting when the holder \
+        With 0 the lock is handed on back to back (the acquisition rate, undiluted by hold \
+        time); with 1 ms every waiter is waiting when the holder \
         releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
-        Library rows use every LockOptions default, except variant `polling` (cycle on N = 5, \
-        parallel, contended), which turns fast handoff off: no release subscription, waiters \
-        poll with the default retry delay of 50–250 ms. Floor and library rows run interleaved \
+        Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
+        parallel, contended), which turns fast handoff off: no PUBLISH and no release \
+        subscription (waiters in other processes would poll with the retry delay of 50–250 ms; \
+        within the process a release still hands the lock over). raw-floor rows are \
+        redlock-raw-floor (C, one thread, blocking hiredis), run in the same slices; tcp/tls rows \
+        run the cycle on the same nodes' plain and TLS ports; connect rows time a new \
+        connection's first PING. Floor and library rows run interleaved \
         in 1 s slices, so drift hits both alike. ratio_to_floor is p50 / floor p50 on the same \
         nodes, except for the parallel rows: cycles/s / floor cycles/s at the same concurrency. \
         Every node the bench started is stopped when it ends, also on error or Ctrl-C.
@@ -100,7 +104,7 @@ struct BenchSettings: Sendable {
             let configurations = try parseNodeList(nodes)
             let connections = configurations.map { RedisConnection(configuration: $0) }
             do {
-                try await measure(connections, servers: nil, description: "\(configurations.count) given: \(configurations.map(\.description).joined(separator: ", "))")
+                try await measure(connections, servers: nil, tls: nil, description: "\(configurations.count) given: \(configurations.map(\.description).joined(separator: ", "))")
             } catch {
                 await shutdown(connections)
                 throw error
@@ -109,16 +113,66 @@ struct BenchSettings: Sendable {
             return
         }
 
-        progress("Starting \(nodeCount) local redis-server nodes…")
-        let servers = try await RedisServer.start(count: nodeCount)
+        progress("Starting \(nodeCount) local redis-server nodes, each with a TLS port too…")
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let (servers, tlsPorts) = try await Self.startServers(count: nodeCount, certificates: certificates)
         let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
+        let tlsConnections = zip(servers, tlsPorts).map { server, port in
+            RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: .hostname("127.0.0.1", port: port),
+                tls: RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+            ))
+        }
         do {
-            try await measure(connections, servers: servers, description: "\(nodeCount) local redis-server on 127.0.0.1")
+            try await measure(
+                connections, servers: servers, tls: tlsConnections,
+                description: "\(nodeCount) local redis-server on 127.0.0.1 (plain and TLS ports)"
+            )
         } catch {
+            await shutdown(tlsConnections)
             await stop(servers, connections)
             throw error
         }
+        await shutdown(tlsConnections)
         await stop(servers, connections)
+    }
+
+    /// Starts `count` nodes that listen on a plain port and, with the test certificates, on a
+    /// TLS port of their own (returned in order).
+    private static func startServers(count: Int, certificates: TLSCertificates) async throws -> ([RedisServer], [Int]) {
+        try await withThrowingTaskGroup(of: (Int, RedisServer, Int).self) { group in
+            for index in 0..<count {
+                group.addTask {
+                    var lastError: (any Error)?
+                    for _ in 0..<4 {
+                        let port = try freeLoopbackPort()
+                        do {
+                            let server = try await RedisServer.start(arguments: [
+                                "--tls-port", String(port),
+                                "--tls-cert-file", certificates.server.certificate,
+                                "--tls-key-file", certificates.server.key,
+                                "--tls-ca-cert-file", certificates.ca.certificate,
+                                "--tls-auth-clients", "no",
+                            ])
+                            return (index, server, port)
+                        } catch {
+                            lastError = error
+                        }
+                    }
+                    throw lastError ?? BenchmarkError("could not start a node with a TLS port")
+                }
+            }
+            var started: [(Int, RedisServer, Int)] = []
+            do {
+                for try await node in group { started.append(node) }
+            } catch {
+                for (_, server, _) in started { await server.terminate() }
+                throw error
+            }
+            started.sort { $0.0 < $1.0 }
+            return (started.map(\.1), started.map(\.2))
+        }
     }
 
     private func stop(_ servers: [RedisServer], _ connections: [RedisConnection]) async {
@@ -136,7 +190,7 @@ struct BenchSettings: Sendable {
         }
     }
 
-    private func measure(_ connections: [RedisConnection], servers: [RedisServer]?, description: String) async throws {
+    private func measure(_ connections: [RedisConnection], servers: [RedisServer]?, tls tlsConnections: [RedisConnection]?, description: String) async throws {
         let count = connections.count
         let runID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let prefix = "redlock-bench:\(runID)"
@@ -144,9 +198,11 @@ struct BenchSettings: Sendable {
         let redisVersion = try await checkNodes(connections)
         let duration = duration
         var rows: [BenchRow] = []
+        let rawFloor = RawFloorProcess.executable
+        if rawFloor == nil { progress("redlock-raw-floor is not next to redlock: no raw C floor rows (swift build --product redlock-raw-floor)") }
 
-        // The options of the `polling` rows: fast handoff off, so an uncontended lock() does not
-        // subscribe to its release channel, and waiters poll with the retry delay.
+        // The options of the `no-pubsub` rows: fast handoff off, so a release is not published and
+        // a waiter does not subscribe (in-process handoff only).
         let polling = {
             var options = LockOptions()
             options.fastHandoff = false
@@ -162,14 +218,18 @@ struct BenchSettings: Sendable {
             try Task.checkCancellation()
             let subset = Array(connections.prefix(size))
             progress("Measuring floor and cycle on \(size) node\(size == 1 ? "" : "s")…")
+            let rawNodes = rawFloor.flatMap { _ in RawFloorProcess.nodeList(subset) }
             let results = try await withClient(subset) { client in
-                var workloads: [[BenchOperation]] = [
-                    [BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")],
-                    [try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")],
+                var workloads: [BenchWorkload] = [
+                    .operations([BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")]),
+                    .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")]),
                 ]
                 if size == count {
-                    workloads.append([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-polling:\(size)", options: polling)])
-                    workloads.append([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")])
+                    workloads.append(.operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-no-pubsub:\(size)", options: polling)]))
+                    workloads.append(.operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")]))
+                }
+                if let rawFloor, let rawNodes {
+                    workloads.append(RawFloorProcess.workload(executable: rawFloor, nodes: rawNodes, name: "\(prefix):raw-floor:\(size)"))
                 }
                 let measured = workloads
                 return try await watchdog("floor and cycle on \(size) nodes", expected: duration * measured.count) {
@@ -177,20 +237,33 @@ struct BenchSettings: Sendable {
                 }
             }
             try check(results, "floor and cycle on \(size) nodes")
-            let floor = BenchRow(scenario: "floor", nodes: size, concurrency: 1, measurement: results[0], ratioToFloor: 1, ratioBasis: .latency)
+            let raw: BenchRow? = rawNodes == nil ? nil : results.last.map {
+                BenchRow(
+                    scenario: "raw-floor", nodes: size, concurrency: 1, measurement: $0, ratioToFloor: nil, ratioBasis: .latency,
+                    note: "C, one thread, blocking hiredis (redlock-raw-floor)"
+                )
+            }
+            if let raw { rows.append(raw) }
+            let rawP50 = raw?.p50
+            let floor = BenchRow(
+                scenario: "floor", nodes: size, concurrency: 1, measurement: results[0], ratioToFloor: 1, ratioBasis: .latency,
+                ratioToRawFloor: ratio(results[0].microseconds(atPercentile: 50), rawP50)
+            )
             floorP50[size] = floor.p50
             rows.append(floor)
-            for (index, variant) in ["default", "polling"].enumerated() where index + 1 < results.count {
+            let libraryResults = raw == nil ? results : Array(results.dropLast())
+            for (index, variant) in ["default", "no-pubsub"].enumerated() where index + 1 < libraryResults.count {
+                let p50 = libraryResults[index + 1].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
-                    scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: results[index + 1],
-                    ratioToFloor: ratio(results[index + 1].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
-                    note: variant == "polling" ? "fastHandoff off: no release subscription per lock()" : ""
+                    scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index + 1],
+                    ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency, ratioToRawFloor: ratio(p50, rawP50),
+                    note: variant == "no-pubsub" ? "fastHandoff off: no PUBLISH, no release subscription" : ""
                 ))
             }
-            if results.count > 3 {
+            if libraryResults.count > 3 {
                 rows.append(BenchRow(
-                    scenario: "acquire", nodes: size, concurrency: 1, measurement: results[3],
-                    ratioToFloor: ratio(results[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
+                    scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[3],
+                    ratioToFloor: ratio(libraryResults[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
                     note: "uncontended lock() alone (the unlock after it is not timed)"
                 ))
             }
@@ -206,23 +279,23 @@ struct BenchSettings: Sendable {
                 try await BenchRunner.interleave([
                     (0..<tasks).map { BenchWorkloads.floor(nodes: connections, name: "\(prefix):floor\(tasks):\($0)", value: "floor-\(runID)") },
                     try (0..<tasks).map { try BenchWorkloads.cycle(client: client, name: "\(prefix):parallel:\($0)") },
-                    try (0..<tasks).map { try BenchWorkloads.cycle(client: client, name: "\(prefix):parallel-polling:\($0)", options: polling) },
+                    try (0..<tasks).map { try BenchWorkloads.cycle(client: client, name: "\(prefix):parallel-no-pubsub:\($0)", options: polling) },
                 ], each: duration)
             }
             try check(parallel, "floor and parallel with \(tasks) tasks")
             rows.append(BenchRow(scenario: "floor", nodes: count, concurrency: tasks, measurement: parallel[0], ratioToFloor: 1, ratioBasis: .throughput))
-            for (index, variant) in ["default", "polling"].enumerated() {
+            for (index, variant) in ["default", "no-pubsub"].enumerated() {
                 rows.append(BenchRow(
                     scenario: "parallel", variant: variant, nodes: count, concurrency: tasks, measurement: parallel[index + 1],
                     ratioToFloor: ratio(parallel[index + 1].operationsPerSecond, parallel[0].operationsPerSecond), ratioBasis: .throughput,
-                    note: variant == "polling" ? "fastHandoff off: no release subscription per lock()" : ""
+                    note: variant == "no-pubsub" ? "fastHandoff off: no PUBLISH, no release subscription" : ""
                 ))
             }
 
             // 4: contention on one name, with every default (fast handoff: a waiter retries when
-            // it hears the release), then polling only (the retry delay of 50–250 ms).
+            // it hears the release), then without publish/subscribe (in-process handoff only).
             let contendedRuns = hold.flatMap { hold in
-                [("default", LockOptions()), ("polling", polling)].map { name, options in
+                [("default", LockOptions()), ("no-pubsub", polling)].map { name, options in
                     (variant: hold == .zero ? name : "\(name)-hold\(format(hold).replacingOccurrences(of: " ", with: ""))", hold: hold, options: options)
                 }
             }
@@ -231,7 +304,7 @@ struct BenchSettings: Sendable {
                 progress("Measuring \(Bench.contendedTasks) tasks contending for one name on \(count) nodes (\(variant))…")
                 let turns = Turns()
                 var note = "latency = handoff (release → next holder); ops/s = acquisitions; hold \(format(hold))"
-                if variant.hasPrefix("polling") { note += "; fastHandoff off" }
+                if variant.hasPrefix("no-pubsub") { note += "; fastHandoff off (in-process handoff only)" }
                 let contended: BenchMeasurement
                 do {
                     contended = try await watchdog("contended (\(variant))", expected: duration) {
@@ -282,6 +355,56 @@ struct BenchSettings: Sendable {
                     scenario: "stopped-node", nodes: count, concurrency: 1, measurement: results[1],
                     ratioToFloor: ratio(results[1].microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
                     note: ratio(p99, results[0].microseconds(atPercentile: 99)).map { String(format: "node %d stopped; p99 %.2f× baseline p99", count - 1, $0) } ?? ""
+                ))
+            }
+        }
+
+        // 6: the same nodes over TLS and plain TCP, interleaved, and what a connect costs each way.
+        if let tlsConnections {
+            var sizes = [1, count]
+            if count == 1 { sizes = [1] }
+            for size in sizes {
+                try Task.checkCancellation()
+                progress("Measuring cycles over TLS and plain TCP on the same \(size) node\(size == 1 ? "" : "s")…")
+                let plain = Array(connections.prefix(size))
+                let secure = Array(tlsConnections.prefix(size))
+                let results = try await withClient(plain) { plainClient in
+                    try await withClient(secure) { tlsClient in
+                        let workloads = [
+                            [try BenchWorkloads.cycle(client: plainClient, name: "\(prefix):tcp:\(size)")],
+                            [try BenchWorkloads.cycle(client: tlsClient, name: "\(prefix):tls:\(size)")],
+                        ]
+                        return try await watchdog("TLS and TCP on \(size) nodes", expected: duration * 2) {
+                            try await BenchRunner.interleave(workloads, each: duration)
+                        }
+                    }
+                }
+                try check(results, "TLS and TCP on \(size) nodes")
+                let tcpP50 = results[0].microseconds(atPercentile: 50)
+                rows.append(BenchRow(
+                    scenario: "cycle", variant: "tcp", nodes: size, concurrency: 1, measurement: results[0],
+                    ratioToFloor: ratio(tcpP50, floorP50[size]), ratioBasis: .latency, note: "plain TCP, interleaved with the tls row"
+                ))
+                let tlsP50 = results[1].microseconds(atPercentile: 50)
+                rows.append(BenchRow(
+                    scenario: "cycle", variant: "tls", nodes: size, concurrency: 1, measurement: results[1],
+                    ratioToFloor: ratio(tlsP50, floorP50[size]), ratioBasis: .latency,
+                    note: ratio(tlsP50, tcpP50).map { String(format: "TLS on the same nodes: p50 %.2f× tcp", $0) } ?? ""
+                ))
+            }
+            progress("Measuring a connect and one PING, plain and TLS…")
+            let connects = try await watchdog("connects", expected: duration * 2) {
+                try await BenchRunner.interleave([
+                    [BenchWorkloads.connect(connections[0].configuration)],
+                    [BenchWorkloads.connect(tlsConnections[0].configuration)],
+                ], each: duration)
+            }
+            try check(connects, "connects")
+            for (index, variant) in ["tcp", "tls"].enumerated() {
+                rows.append(BenchRow(
+                    scenario: "connect", variant: variant, nodes: 1, concurrency: 1, measurement: connects[index],
+                    ratioToFloor: nil, ratioBasis: .latency,
+                    note: index == 0 ? "new connection + PING + close" : "with the TLS handshake (full, no session resumption)"
                 ))
             }
         }

@@ -85,9 +85,24 @@ enum BenchRunner {
         settle: Duration = .zero,
         prepare: (@Sendable (Int) async throws -> Void)? = nil
     ) async throws -> [BenchMeasurement] {
+        try await interleave(
+            workloads.map(BenchWorkload.operations), each: duration, slice: slice, warmUp: warmUp, settle: settle, prepare: prepare
+        )
+    }
+
+    /// ``interleave(_:each:slice:warmUp:settle:prepare:)-([[BenchOperation]],_,_,_,_,_)`` for
+    /// workloads of any kind (the raw C floor runs as a process).
+    static func interleave(
+        _ workloads: [BenchWorkload],
+        each duration: Duration,
+        slice: Duration = .seconds(1),
+        warmUp: Duration = .milliseconds(300),
+        settle: Duration = .zero,
+        prepare: (@Sendable (Int) async throws -> Void)? = nil
+    ) async throws -> [BenchMeasurement] {
         for index in workloads.indices where !Task.isCancelled {
             try await prepare?(index)
-            _ = await run(workloads[index], for: warmUp)
+            _ = await workloads[index].run(warmUp)
         }
         let sliceCount = max(1, Int((duration.seconds / slice.seconds).rounded()))
         let sliceDuration = duration / sliceCount
@@ -98,9 +113,9 @@ enum BenchRunner {
             for index in order where !Task.isCancelled {
                 if let prepare {
                     try await prepare(index)
-                    if settle > .zero { _ = await run(workloads[index], for: settle) }
+                    if settle > .zero { _ = await workloads[index].run(settle) }
                 }
-                let part = await run(workloads[index], for: sliceDuration)
+                let part = await workloads[index].run(sliceDuration)
                 results[index].merge(part)
                 results[index].elapsed += part.elapsed
             }

@@ -29,6 +29,20 @@ enum BenchWorkloads {
         }
     }
 
+    /// A new connection to one node (connect, TLS handshake if any, `AUTH`/`SELECT` if any),
+    /// one `PING`, then its shutdown: what a reconnect costs.
+    static func connect(_ configuration: RedisConnectionConfiguration) -> BenchOperation {
+        {
+            let connection = RedisConnection(configuration: configuration)
+            let started = ContinuousClock.now
+            let reply = try await connection.send(RedisCommand("PING"))
+            let took = started.duration(to: .now)
+            await connection.shutdown()
+            guard reply == .simpleString("PONG") else { throw BenchmarkError("PING answered \(reply)") }
+            return took
+        }
+    }
+
     /// An uncontended `lock()` on its own: the unlock after it is not measured.
     static func acquire(client: RedlockClient, name: String) throws -> BenchOperation {
         let lock = try client.makeLock(name)

@@ -20,7 +20,7 @@ struct Doctor: AsyncParsableCommand {
         """
     )
 
-    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db] or unix:///path. Default: $REDLOCK_NODES.")
+    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY) or unix:///path. Default: $REDLOCK_NODES.")
     var nodes: String?
 
     @Option(help: "The lock name whose permissions to check.")

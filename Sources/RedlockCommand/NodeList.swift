@@ -3,17 +3,33 @@ import Foundation
 import Redlock
 import RedlockTransport
 
-/// Parses a comma-separated node list: `host:port`, `redis://[user:pass@]host:port[/db]` or
-/// `unix:///path`.
-func parseNodeList(_ text: String) throws -> [RedisConnectionConfiguration] {
+/// Parses a comma-separated node list: `host:port`, `redis://[user:pass@]host:port[/db]`,
+/// `rediss://…` (TLS) or `unix:///path`.
+///
+/// TLS nodes take their files from the environment, as cron jobs and init containers pass
+/// secrets: `REDLOCK_TLS_CA_CERT` (PEM CA bundle; default the system's trust store),
+/// `REDLOCK_TLS_CERT` and `REDLOCK_TLS_KEY` (client certificate and key for mutual TLS) and
+/// `REDLOCK_TLS_SERVER_NAME` (the name to send and verify instead of the host).
+func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [RedisConnectionConfiguration] {
     let items = text.split(separator: ",").map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
     guard !items.isEmpty else { throw ValidationError("the node list is empty") }
+    func setting(_ name: String) -> String? {
+        environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
     return try items.map { item in
+        var configuration: RedisConnectionConfiguration
         do {
-            return try RedisConnectionConfiguration(parsing: item)
+            configuration = try RedisConnectionConfiguration(parsing: item)
         } catch {
             throw ValidationError("\(error)")
         }
+        if configuration.tls != nil {
+            configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
+            configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
+            configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
+            configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")
+        }
+        return configuration
     }
 }
 

@@ -61,7 +61,7 @@ struct Run: AsyncParsableCommand {
         static let leaseLost: Int32 = 124
     }
 
-    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db] or unix:///path. Default: $REDLOCK_NODES.")
+    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY) or unix:///path. Default: $REDLOCK_NODES.")
     var nodes: String?
 
     @Option(help: "The lock name.")

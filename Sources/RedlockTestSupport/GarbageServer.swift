@@ -26,8 +26,13 @@ public final class GarbageServer: Sendable {
         self.listener = listener
     }
 
+    /// How many connections it accepted.
+    public var acceptedCount: Int { connections.withLock { $0.count } }
+
     /// Starts listening; `reply` is written after each read from a client (nil: never answer).
-    public static func start(reply: String?) throws -> GarbageServer {
+    /// With `closeAfterReply`, the first reply is followed at once by the end of the stream (the
+    /// reply and the FIN arrive together), as a server that answers and then exits would do.
+    public static func start(reply: String?, closeAfterReply: Bool = false) throws -> GarbageServer {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
         var address = sockaddr_in()
@@ -45,13 +50,13 @@ public final class GarbageServer: Sendable {
             throw RedisServerError.noFreePort("bind/listen: \(reason)")
         }
         let server = GarbageServer(port: Int(UInt16(bigEndian: address.sin_port)), listener: descriptor)
-        let thread = Thread { server.serve(reply: reply.map { Array($0.utf8) }) }
+        let thread = Thread { server.serve(reply: reply.map { Array($0.utf8) }, closeAfterReply: closeAfterReply) }
         thread.name = "garbage server \(server.port)"
         thread.start()
         return server
     }
 
-    private func serve(reply: [UInt8]?) {
+    private func serve(reply: [UInt8]?, closeAfterReply: Bool) {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
@@ -72,6 +77,10 @@ public final class GarbageServer: Sendable {
                 var buffer = [UInt8](repeating: 0, count: 1024)
                 while buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }) > 0 {
                     _ = reply.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+                    if closeAfterReply {
+                        _ = shutdown(client, Int32(SHUT_WR))
+                        return
+                    }
                 }
             }
             thread.start()

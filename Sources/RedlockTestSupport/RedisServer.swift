@@ -25,17 +25,79 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         case appendOnlyFsyncAlways
     }
 
-    /// The TCP port on 127.0.0.1.
+    /// A server that listens with TLS only: `--port 0` (no plain TCP listener) and
+    /// `--tls-port` on ``RedisServer/port``. Replication and cluster links stay plain. The unix
+    /// socket stays plain too (redis-server has no TLS on it), for tests that need an
+    /// unencrypted side door.
+    public struct TLS: Sendable, Hashable {
+        /// Whether clients must present a certificate signed by the CA (`--tls-auth-clients`).
+        public enum ClientAuthentication: String, Sendable, Hashable {
+            /// `no`: clients need no certificate.
+            case none = "no"
+            /// `optional`: a client may present one; if it does, it must verify.
+            case optional
+            /// `yes`: a client without a certificate signed by the CA is refused (mutual TLS).
+            case required = "yes"
+        }
+
+        /// The server's certificate (`--tls-cert-file`), an absolute path.
+        public var certificateFile: String
+        /// Its private key (`--tls-key-file`), an absolute path.
+        public var keyFile: String
+        /// The CA that client certificates must chain to (`--tls-ca-cert-file`), an absolute
+        /// path. redis-server needs it even when clients present none.
+        public var caCertificateFile: String
+        /// `--tls-auth-clients`.
+        public var clientAuthentication: ClientAuthentication
+
+        /// TLS with these files. Paths must be absolute: redis-server reads them after changing
+        /// to its directory.
+        public init(certificateFile: String, keyFile: String, caCertificateFile: String, clientAuthentication: ClientAuthentication = .none) {
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.caCertificateFile = caCertificateFile
+            self.clientAuthentication = clientAuthentication
+        }
+
+        /// TLS with a certificate from `certificates` (by default its valid ``TLSCertificates/server``;
+        /// pass e.g. ``TLSCertificates/expiredServer`` for a broken one) and its CA for clients.
+        public init(
+            certificates: TLSCertificates,
+            serverCertificate: TLSCertificates.Files? = nil,
+            clientAuthentication: ClientAuthentication = .none
+        ) {
+            let files = serverCertificate ?? certificates.server
+            self.init(
+                certificateFile: files.certificate, keyFile: files.key,
+                caCertificateFile: certificates.ca.certificate, clientAuthentication: clientAuthentication
+            )
+        }
+
+        var arguments: [String] {
+            [
+                "--tls-cert-file", certificateFile,
+                "--tls-key-file", keyFile,
+                "--tls-ca-cert-file", caCertificateFile,
+                "--tls-auth-clients", clientAuthentication.rawValue,
+                "--tls-replication", "no",
+                "--tls-cluster", "no",
+            ]
+        }
+    }
+
+    /// The TCP port on 127.0.0.1 (the TLS port when ``tls`` is set; there is no plain one then).
     public let port: Int
     /// The server's working directory (data, AOF and socket).
     public let directory: String
     /// How the server persists its data.
     public let persistence: Persistence
+    /// The TLS setup when the server listens with TLS only, else nil.
+    public let tls: TLS?
     private let executable: String
     private let extraArguments: [String]
     private let current: Mutex<ServerProcess?>
 
-    /// The TCP endpoint, `127.0.0.1:port`.
+    /// The TCP endpoint, `127.0.0.1:port` (TLS only when ``tls`` is set).
     public var endpoint: RedisEndpoint { .hostname("127.0.0.1", port: port) }
     /// The unix domain socket endpoint.
     public var unixSocketEndpoint: RedisEndpoint { .unixDomainSocket(path: socketPath) }
@@ -49,13 +111,14 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     private var socketPath: String { directory + "/redis.sock" }
 
-    /// `redis-server 127.0.0.1:PORT`.
-    public var description: String { "redis-server \(endpoint)" }
+    /// `redis-server 127.0.0.1:PORT`, with ` (TLS)` for a TLS server.
+    public var description: String { "redis-server \(endpoint)" + (tls == nil ? "" : " (TLS)") }
 
-    private init(port: Int, directory: String, persistence: Persistence, executable: String, extraArguments: [String]) {
+    private init(port: Int, directory: String, persistence: Persistence, tls: TLS?, executable: String, extraArguments: [String]) {
         self.port = port
         self.directory = directory
         self.persistence = persistence
+        self.tls = tls
         self.executable = executable
         self.extraArguments = extraArguments
         current = Mutex(nil)
@@ -65,8 +128,9 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     ///
     /// - Parameters:
     ///   - persistence: How it keeps data across restarts. The default is ``Persistence/none``.
+    ///   - tls: With a value the server listens with TLS only, on ``port``. The default is nil.
     ///   - arguments: Extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
-    public static func start(persistence: Persistence = .none, arguments: [String] = []) async throws -> RedisServer {
+    public static func start(persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = []) async throws -> RedisServer {
         let executable = try findExecutable()
         var lastError: (any Error)?
         for _ in 0..<8 {
@@ -74,7 +138,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
             let directory = try makeTemporaryDirectory()
             liveDirectories.withLock { _ = $0.insert(directory) }
             let server = RedisServer(
-                port: port, directory: directory, persistence: persistence,
+                port: port, directory: directory, persistence: persistence, tls: tls,
                 executable: executable, extraArguments: arguments
             )
             do {
@@ -92,10 +156,10 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     }
 
     /// Starts `count` servers concurrently. If any fails, the others are terminated.
-    public static func start(count: Int, persistence: Persistence = .none, arguments: [String] = []) async throws -> [RedisServer] {
+    public static func start(count: Int, persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = []) async throws -> [RedisServer] {
         try await withThrowingTaskGroup(of: (Int, RedisServer).self) { group in
             for index in 0..<count {
-                group.addTask { (index, try await start(persistence: persistence, arguments: arguments)) }
+                group.addTask { (index, try await start(persistence: persistence, tls: tls, arguments: arguments)) }
             }
             var servers: [RedisServer?] = Array(repeating: nil, count: count)
             do {
@@ -109,8 +173,8 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     }
 
     private var launchArguments: [String] {
-        var arguments = [
-            "--port", String(port),
+        var arguments = tls.map { ["--port", "0", "--tls-port", String(port)] + $0.arguments } ?? ["--port", String(port)]
+        arguments += [
             "--bind", "127.0.0.1",
             "--dir", directory,
             "--unixsocket", socketPath,
@@ -238,10 +302,11 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 public func withRedisServers<Result>(
     _ count: Int,
     persistence: RedisServer.Persistence = .none,
+    tls: RedisServer.TLS? = nil,
     arguments: [String] = [],
     _ body: ([RedisServer]) async throws -> Result
 ) async throws -> Result {
-    let servers = try await RedisServer.start(count: count, persistence: persistence, arguments: arguments)
+    let servers = try await RedisServer.start(count: count, persistence: persistence, tls: tls, arguments: arguments)
     return try await withTeardown {
         try await body(servers)
     } teardown: {

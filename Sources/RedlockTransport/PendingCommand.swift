@@ -2,7 +2,8 @@ import Synchronization
 
 /// What a caller that does not suspend gets for a command: its outcome, exactly once.
 ///
-/// Called on the connection's I/O thread (or on the caller's thread when the connection rejects
+/// Called on the thread that read the reply: the event loop's, or a caller's that was writing
+/// to the connection when the reply came (or on the caller's thread when the connection rejects
 /// the command at once), so it must be quick and must not block.
 package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
 
@@ -106,7 +107,7 @@ final class PendingCommand: Sendable {
         }
     }
 
-    /// Whether the I/O thread should still write this command.
+    /// Whether the command should still be written (not withdrawn by its cancelled caller).
     var shouldSend: Bool {
         guard withdrawOnCancel else { return true }
         return state.withLock { state in

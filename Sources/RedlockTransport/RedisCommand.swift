@@ -118,16 +118,23 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         return "\(String(decoding: first, as: UTF8.self)) (\(count - 1) arguments)"
     }
 
-    /// Calls `use` with the whole command in RESP (`*<count>\r\n` and the framed arguments),
-    /// valid only inside; nil for a command without arguments.
-    func withWireBytes<Result>(_ use: (UnsafeBufferPointer<CChar>) -> Result) -> Result? {
-        guard !ends.isEmpty else { return nil }
+    /// Appends the whole command in RESP (`*<count>\r\n` and the framed arguments) to `output`;
+    /// appends nothing for a command without arguments.
+    func appendWire(to output: inout [UInt8]) {
+        guard !ends.isEmpty else { return }
         let headerCount = headerSize(ends.count)
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount + body.count) { buffer in
-            _ = writeHeader(UInt8(ascii: "*"), ends.count, into: buffer, at: 0)
-            _ = UnsafeMutableBufferPointer(rebasing: buffer[headerCount...]).initialize(fromContentsOf: body)
-            return buffer.withMemoryRebound(to: CChar.self) { use(UnsafeBufferPointer($0)) }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount) { header in
+            _ = writeHeader(UInt8(ascii: "*"), ends.count, into: header, at: 0)
+            output.append(contentsOf: header)
         }
+        output.append(contentsOf: body)
+    }
+
+    /// The whole command in RESP, as ``appendWire(to:)`` writes it.
+    var wireBytes: [UInt8] {
+        var bytes: [UInt8] = []
+        appendWire(to: &bytes)
+        return bytes
     }
 }
 

@@ -12,9 +12,12 @@ import Darwin
 
 /// A connection to one Redis node, safe to share between tasks.
 ///
-/// Each connection owns one dedicated I/O thread that talks to the server with blocking hiredis
-/// calls, so Redis I/O never blocks Swift's cooperative thread pool. Commands from concurrent
-/// callers are pipelined: the thread writes every queued command, then reads the replies in order.
+/// The connection's socket is non-blocking: a caller writes its command to the socket itself
+/// (no other thread is woken to send it), and an event loop thread (``RedisEventLoop``, one per
+/// client, shared by its connections) reads the replies and completes the callers in order.
+/// Commands from concurrent callers are pipelined. Connecting (name resolution, TCP, TLS, `AUTH`,
+/// `SELECT`) runs on a short-lived thread of its own, so neither the cooperative thread pool nor
+/// the event loop ever blocks.
 ///
 /// The connection connects on first use and, after any error, reconnects on the next call.
 /// Every failure is a ``RedisError`` naming the node and the cause, in bounded time: a refused
@@ -26,17 +29,20 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// The configuration the connection was made with.
     public let configuration: RedisConnectionConfiguration
     let core: ConnectionCore
+    /// The loop that reads this connection's replies.
+    package let eventLoop: RedisEventLoop
 
-    /// Creates a connection and starts its I/O thread; the server is contacted on first use.
-    public init(configuration: RedisConnectionConfiguration) {
+    /// Creates a connection served by the process's shared event loop; the server is contacted
+    /// on first use.
+    public convenience init(configuration: RedisConnectionConfiguration) {
+        self.init(configuration: configuration, eventLoop: .shared)
+    }
+
+    /// Creates a connection served by `eventLoop`; the server is contacted on first use.
+    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop) {
         self.configuration = configuration
-        core = ConnectionCore(configuration: configuration)
-        let core = core
-        let thread = Thread { core.run() }
-        // Linux applies thread names of at most 15 bytes.
-        thread.name = "redis-io"
-        thread.stackSize = 256 * 1024
-        thread.start()
+        self.eventLoop = eventLoop
+        core = ConnectionCore(configuration: configuration, loop: eventLoop)
     }
 
     /// Creates a connection to an endpoint with default settings.
@@ -45,7 +51,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     deinit {
-        core.beginShutdown()
+        core.abandon()
     }
 
     /// The node's endpoint.
@@ -80,7 +86,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
-    /// lands between them, and the I/O thread usually writes them in one batch. Each handler
+    /// lands between them, and they go out in one write. Each handler
     /// gets its command's outcome exactly once.
     package func send(_ commands: [QueuedCommand]) {
         core.enqueue(contentsOf: commands.map { PendingCommand(command: $0.command, fallback: $0.fallback, handler: $0.handler) })
@@ -99,11 +105,11 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 
     /// Stops accepting commands (later calls fail with ``RedisError/Code-swift.struct/shutdown``),
     /// sends the commands already queued — so a release issued just before still reaches the
-    /// server — then closes the socket and stops the I/O thread.
+    /// server — waits for their replies, then closes the socket.
     ///
-    /// Returns when the thread has exited. A server that does not answer gets a grace period of
-    /// the command timeout, at most 500 ms; then the socket is shut down under the waiting read
-    /// and the remaining commands fail.
+    /// A server that does not answer gets a grace period of the command timeout, at most 500 ms;
+    /// then the socket is closed and the remaining commands fail. A connect still in progress
+    /// finishes on its own thread (within the connect timeout) and closes what it opened.
     public func shutdown() async {
         core.beginShutdown()
         let grace = min(configuration.commandTimeout, .milliseconds(500))
@@ -123,268 +129,512 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 }
 
-/// The state shared by a connection's callers and its I/O thread.
-final class ConnectionCore: Sendable {
-    private struct Shared {
+/// The state shared by a connection's callers, its event loop and its connector thread.
+///
+/// The lock guards the state and is never held across a system call on the socket. Socket I/O
+/// belongs to one thread at a time, the *owner* (`ioOwned`): a caller that finds the connection
+/// idle writes its command itself; on a busy connection callers only stage their bytes and the
+/// loop, which is woken by the replies anyway, writes them with its next read. The owner writes
+/// whatever was staged meanwhile before it lets go, and only a thread that owns the I/O (or
+/// holds the lock while nobody does) may close the socket: a close wanted meanwhile (a timeout,
+/// a shutdown) is left to the owner.
+final class ConnectionCore: Sendable, EventLoopSource {
+    private struct InFlight {
+        let command: PendingCommand
+        /// Sent as `EVALSHA`: a `NOSCRIPT` answer sends its `EVAL` form next.
+        let sentAsScriptHash: Bool
+    }
+
+    private enum Phase { case idle, connecting, open }
+
+    private struct State {
+        var phase = Phase.idle
+        var socket: NodeSocket?
+        /// The loop's token while the socket is open and watched.
+        var token: UInt64?
+        /// Commands not formatted yet: waiting for a connect, or behind an unanswered `EVALSHA`.
         var queue: [PendingCommand] = []
-        var threadIsIdle = false
+        /// Bytes formatted for the socket and not handed to a writer yet.
+        var output: [UInt8] = []
+        /// Commands formatted and not answered yet, in order from `head`.
+        var inFlight: [InFlight] = []
+        var head = 0
+        /// The last command formatted is an `EVALSHA` not answered yet: later commands wait, so
+        /// that its `EVAL` fallback, if needed, still runs before them.
+        var heldByScriptHash = false
+        /// A thread is reading or writing the socket outside the lock.
+        var ioOwned = false
+        /// The loop reported the socket ready while another thread owned the I/O: the owner
+        /// reads before it lets go (the socket is edge-triggered: the report does not repeat).
+        var readWanted = false
+        /// A failure that must close the connection once the owner lets go of the I/O.
+        var dropRequested: RedisError?
+        var watchingWrites = false
+        /// Since when the oldest unanswered command waits for bytes from the server.
+        var waitingSince: ContinuousClock.Instant?
         var shuttingDown = false
-        /// The open socket, for ``interrupt()``; -1 when none. Changed only under the lock, and
-        /// closed only under it, so `interrupt` never touches a descriptor number reused since.
-        var socket: Int32 = -1
+        var exitSignalled = false
+        /// A host name that failed to resolve, and until when that answer stands.
+        var failedResolution: (RedisError, ContinuousClock.Instant)?
+
+        var unansweredCount: Int { inFlight.count - head }
+        var isDrained: Bool { queue.isEmpty && unansweredCount == 0 && output.isEmpty }
+
+        mutating func popInFlight() -> InFlight? {
+            guard head < inFlight.count else { return nil }
+            let item = inFlight[head]
+            head += 1
+            if head == inFlight.count {
+                inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
+                head = 0
+            }
+            return item
+        }
+
+        /// Hands the staged bytes to the caller, which becomes the I/O owner.
+        mutating func takeOutput() -> [UInt8] {
+            ioOwned = true
+            defer { output = [] }
+            return output
+        }
+    }
+
+    /// What happens once the lock is released.
+    private struct Effects {
+        var completions: [(PendingCommand, Result<RedisValue, RedisError>)] = []
+        var connect = false
+        var exited = false
     }
 
     private let configuration: RedisConnectionConfiguration
-    private let shared = Mutex(Shared())
+    private let loop: RedisEventLoop
+    private let state = Mutex(State())
     private let exited = OneTimeEvent<Void>()
-    /// Incremented by the I/O thread after every successful connect.
+    private let tls = TLSContextCache()
+    /// How often the loop checks this connection's time-out while it has a socket.
+    private let checkInterval: Duration
+    /// Incremented after every successful connect.
     let generation = Atomic<UInt64>(0)
-    /// Signalled once each time the idle thread must wake up.
-    private let wakeup = DispatchSemaphore(value: 0)
 
-    init(configuration: RedisConnectionConfiguration) {
+    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop) {
         self.configuration = configuration
+        self.loop = loop
+        // A quarter of the command timeout between checks (5 ms to 250 ms): a silent server is
+        // detected at most that late when the loop has nothing else to do.
+        checkInterval = min(max(configuration.commandTimeout / 4, .milliseconds(5)), .milliseconds(250))
     }
 
     private func error(_ code: RedisError.Code, _ message: String) -> RedisError {
         RedisError(code: code, endpoint: configuration.endpoint, message: message)
     }
 
-    private enum EnqueueOutcome { case queued, wake, rejected(RedisError) }
+    // MARK: Callers
 
-    /// Queues `command`, waking the thread if it is idle.
+    /// Queues `command`: written at once by the caller when the connection is open and idle.
     func enqueue(_ command: PendingCommand) {
-        let outcome: EnqueueOutcome = shared.withLock { shared in
-            if let refusal = refusal(adding: 1, to: shared) { return .rejected(refusal) }
-            shared.queue.append(command)
-            return wakeIfIdle(&shared)
-        }
-        settle(outcome, [command])
+        enqueue(contentsOf: [command])
     }
 
-    /// Queues `commands` together (all or none, in order), waking the thread if it is idle.
+    /// Queues `commands` together (all or none, in order).
     func enqueue(contentsOf commands: [PendingCommand]) {
-        let outcome: EnqueueOutcome = shared.withLock { shared in
-            if let refusal = refusal(adding: commands.count, to: shared) { return .rejected(refusal) }
-            shared.queue.append(contentsOf: commands)
-            return wakeIfIdle(&shared)
+        var effects = Effects()
+        let write: (NodeSocket, [UInt8])? = state.withLock { state in
+            if let refusal = refusal(adding: commands.count, to: state) {
+                for command in commands { effects.completions.append((command, .failure(refusal))) }
+                return nil
+            }
+            if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
+                let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
+                if idle, socket.peerHasClosed {
+                    // The server closed this idle connection (a restart, an idle timeout): a new
+                    // connection rather than a command that fails.
+                    drop(&state, error(.connectionClosed, "the server closed the connection"), &effects)
+                } else {
+                    for (index, command) in commands.enumerated() {
+                        stage(command, last: index == commands.count - 1, in: &state)
+                    }
+                    // Idle: the caller writes. Busy: a reply is due and the thread that reads it
+                    // writes these bytes too, one write for many callers.
+                    return idle ? (socket, state.takeOutput()) : nil
+                }
+            }
+            if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
+                // The name did not resolve a moment ago: answer with that at once rather than
+                // start another lookup for every command.
+                for command in commands { effects.completions.append((command, .failure(failure))) }
+                return nil
+            }
+            // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
+            // about to be closed (a timeout): the commands go out on the next connection.
+            state.queue.append(contentsOf: commands)
+            if state.phase == .idle {
+                state.phase = .connecting
+                effects.connect = true
+            }
+            return nil
         }
-        settle(outcome, commands)
+        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+            service(socket, &effects)
+        }
+        perform(effects)
     }
 
     /// Why `count` more commands cannot be queued, if they cannot.
-    @inline(__always)
-    private func refusal(adding count: Int, to shared: borrowing Shared) -> RedisError? {
-        if shared.shuttingDown { return error(.shutdown, "") }
-        if shared.queue.count + count > configuration.maximumQueuedCommands {
-            return error(.overloaded, "\(shared.queue.count) commands already queued")
+    private func refusal(adding count: Int, to state: borrowing State) -> RedisError? {
+        if state.shuttingDown { return error(.shutdown, "") }
+        if let failure = loop.startupError {
+            return RedisError(code: failure.code, endpoint: configuration.endpoint, message: "event loop: " + failure.message)
+        }
+        let waiting = state.queue.count + state.unansweredCount
+        if waiting + count > configuration.maximumQueuedCommands {
+            return error(.overloaded, "\(waiting) commands already queued")
         }
         return nil
     }
 
-    private func wakeIfIdle(_ shared: inout Shared) -> EnqueueOutcome {
-        guard shared.threadIsIdle else { return .queued }
-        shared.threadIsIdle = false
-        return .wake
-    }
-
-    private func settle(_ outcome: EnqueueOutcome, _ commands: @autoclosure () -> [PendingCommand]) {
-        switch outcome {
-        case .queued: break
-        case .wake: wakeup.signal()
-        case let .rejected(error): for command in commands() { command.complete(.failure(error)) }
+    /// Formats one command into the output. A script call goes as `EVALSHA` only when it is the
+    /// last of its batch on an otherwise idle connection; commands then wait for its answer (see
+    /// `heldByScriptHash`). Anywhere else it goes as `EVAL` with its body, so that a node that
+    /// answers `NOSCRIPT` (after `SCRIPT FLUSH`, a restart, a failover) can never run the
+    /// fallback after commands queued behind it.
+    private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
+        // Withdrawn (its caller was cancelled before it could be written): never sent.
+        guard command.shouldSend else { return }
+        if state.unansweredCount == 0 { state.waitingSince = .now }
+        if let fallback = command.fallback, !(last && state.unansweredCount == 0) {
+            fallback.appendWire(to: &state.output)
+            state.inFlight.append(InFlight(command: command, sentAsScriptHash: false))
+        } else {
+            command.command.appendWire(to: &state.output)
+            let hashed = command.fallback != nil
+            if hashed { state.heldByScriptHash = true }
+            state.inFlight.append(InFlight(command: command, sentAsScriptHash: hashed))
         }
     }
 
-    /// Stops accepting commands; the thread sends what is already queued, then exits.
+    /// Formats the queued commands still wanted (withdrawn ones are dropped).
+    private func stageQueue(_ state: inout State) {
+        guard state.phase == .open, !state.heldByScriptHash, !state.queue.isEmpty else { return }
+        let wanted = state.queue.filter(\.shouldSend)
+        state.queue.removeAll(keepingCapacity: true)
+        for (index, command) in wanted.enumerated() {
+            stage(command, last: index == wanted.count - 1, in: &state)
+        }
+    }
+
+    /// The I/O owner's last step: writes `first`, then whatever was staged meanwhile, until
+    /// nothing is left or the socket is full (the rest then waits for writability, watched by
+    /// the loop); then lets go of the I/O and carries out a close wanted meanwhile. Returns true,
+    /// still owning the I/O, when the loop reported the socket ready meanwhile: the caller must
+    /// then ``service(_:_:)`` it.
+    private func writeAndRelease(_ first: [UInt8], on socket: NodeSocket, _ effects: inout Effects, wantsWritable: Bool = false) -> Bool {
+        var bytes = first
+        while true {
+            var written = 0
+            var failure: RedisError?
+            writing: while written < bytes.count {
+                switch socket.write(bytes, from: written) {
+                case let .wrote(count, _):
+                    if count == 0 { break writing }
+                    written += count
+                case let .failed(error):
+                    failure = error
+                    break writing
+                }
+            }
+            enum Next { case done, write([UInt8]), read }
+            let next: Next = state.withLock { state in
+                if let failure {
+                    state.ioOwned = false
+                    state.readWanted = false
+                    drop(&state, failure, &effects)
+                    return .done
+                }
+                if written < bytes.count {
+                    // The socket is full: the rest goes first when it drains.
+                    state.output = Array(bytes[written...]) + state.output
+                } else if !state.output.isEmpty, state.dropRequested == nil {
+                    return .write(state.takeOutput())
+                }
+                let watch = !state.output.isEmpty || wantsWritable
+                if watch != state.watchingWrites, let token = state.token {
+                    if let failure = loop.update(token, descriptor: socket.descriptor, writable: watch) {
+                        state.ioOwned = false
+                        state.readWanted = false
+                        drop(&state, failure, &effects)
+                        return .done
+                    }
+                    state.watchingWrites = watch
+                }
+                if state.readWanted, state.dropRequested == nil {
+                    state.readWanted = false
+                    return .read
+                }
+                state.ioOwned = false
+                state.readWanted = false
+                if let requested = state.dropRequested {
+                    state.dropRequested = nil
+                    drop(&state, requested, &effects)
+                }
+                finishShutdownIfDrained(&state, &effects)
+                return .done
+            }
+            switch next {
+            case .done: return false
+            case .read: return true
+            case let .write(more): bytes = more
+            }
+        }
+    }
+
+    /// As the I/O owner: reads what the socket has, delivers the replies, writes what is staged,
+    /// and again while the loop reported the socket meanwhile; then lets go of the I/O.
+    private func service(_ socket: NodeSocket, _ effects: inout Effects) {
+        var again = true
+        while again {
+            let outcome = socket.read()
+            let failure: RedisError? = state.withLock { state in
+                if !outcome.replies.isEmpty { state.waitingSince = .now }
+                for reply in outcome.replies {
+                    guard let item = state.popInFlight() else {
+                        return error(.protocolError, "a reply nobody asked for")
+                    }
+                    if item.sentAsScriptHash {
+                        state.heldByScriptHash = false
+                        if case let .error(text) = reply, text.hasPrefix("NOSCRIPT"), let fallback = item.command.fallback {
+                            // Nothing was formatted after it: its EVAL goes before everything queued.
+                            if state.unansweredCount == 0 { state.waitingSince = .now }
+                            fallback.appendWire(to: &state.output)
+                            state.inFlight.append(InFlight(command: item.command, sentAsScriptHash: false))
+                            continue
+                        }
+                    }
+                    if case let .error(text) = reply {
+                        effects.completions.append((item.command, .failure(error(.serverError, text))))
+                    } else {
+                        effects.completions.append((item.command, .success(reply)))
+                    }
+                }
+                if let failure = outcome.failure { return failure }
+                if state.unansweredCount == 0 { state.waitingSince = nil }
+                stageQueue(&state)
+                return nil
+            }
+            if let failure {
+                state.withLock { state in
+                    state.ioOwned = false
+                    state.readWanted = false
+                    drop(&state, failure, &effects)
+                }
+                return
+            }
+            let staged = state.withLock { state in
+                defer { state.output = [] }
+                return state.output
+            }
+            again = writeAndRelease(staged, on: socket, &effects, wantsWritable: outcome.wantsWritable)
+            if again {
+                // Callers waiting on this round's replies need not wait for the next round.
+                perform(effects)
+                effects = Effects()
+            }
+        }
+    }
+
+    /// Closes the socket and fails every formatted command with `failure`; commands still
+    /// queued get a new connection (or fail when shutting down). While another thread owns the
+    /// I/O, the close is left to it.
+    private func drop(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
+        if state.ioOwned {
+            if state.dropRequested == nil { state.dropRequested = failure }
+            return
+        }
+        closeSocket(&state)
+        state.watchingWrites = false
+        state.heldByScriptHash = false
+        state.waitingSince = nil
+        state.dropRequested = nil
+        state.output = []
+        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+        state.phase = .idle
+        if !state.queue.isEmpty {
+            if state.shuttingDown {
+                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down")))) }
+                state.queue.removeAll()
+            } else {
+                state.phase = .connecting
+                effects.connect = true
+            }
+        }
+        finishShutdownIfDrained(&state, &effects)
+    }
+
+    /// During a shutdown, closes the connection once nothing is left to send or answer.
+    private func finishShutdownIfDrained(_ state: inout State, _ effects: inout Effects) {
+        guard state.shuttingDown, !state.exitSignalled, !state.ioOwned, state.phase != .connecting, state.isDrained else { return }
+        if state.socket != nil {
+            closeSocket(&state)
+            state.phase = .idle
+        }
+        state.exitSignalled = true
+        effects.exited = true
+    }
+
+    /// Stops watching the socket, leaves the loop and closes it (nobody may own its I/O).
+    private func closeSocket(_ state: inout State) {
+        if let socket = state.socket {
+            if let token = state.token {
+                loop.unwatch(token, descriptor: socket.descriptor)
+                loop.deregister(token)
+            }
+            socket.close()
+        }
+        state.socket = nil
+        state.token = nil
+    }
+
+    private func perform(_ effects: Effects) {
+        for (command, result) in effects.completions { command.complete(result) }
+        if effects.connect { startConnect() }
+        if effects.exited { exited.fire() }
+    }
+
+    // MARK: Connector
+
+    private func startConnect() {
+        let started = ContinuousClock.now
+        NodeSocket.connectInBackground(configuration, tls: tls) { [self] outcome in
+            connected(outcome, tookSince: started)
+        }
+    }
+
+    /// Installs a new socket and writes what waited for it, or fails what waited.
+    private func connected(_ outcome: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
+        var effects = Effects()
+        let write: (NodeSocket, [UInt8])? = state.withLock { state in
+            switch outcome {
+            case let .success(socket):
+                guard !state.exitSignalled else {
+                    // Shut down while connecting: the commands were failed then.
+                    socket.close()
+                    return nil
+                }
+                state.failedResolution = nil
+                switch loop.register(self, checkInterval: checkInterval) {
+                case let .success(token):
+                    if let failure = loop.watch(token, descriptor: socket.descriptor, writable: false) {
+                        loop.deregister(token)
+                        socket.close()
+                        failQueue(&state, failure, &effects)
+                        return nil
+                    }
+                    state.token = token
+                case let .failure(failure):
+                    socket.close()
+                    failQueue(&state, failure, &effects)
+                    return nil
+                }
+                state.socket = socket
+                state.phase = .open
+                generation.add(1, ordering: .releasing)
+                stageQueue(&state)
+                if !state.output.isEmpty { return (socket, state.takeOutput()) }
+                finishShutdownIfDrained(&state, &effects)
+                return nil
+            case let .failure(failure):
+                if failure.code == .nameResolutionFailed {
+                    // Kept for as long as the failed lookup took, at least a second.
+                    state.failedResolution = (failure, .now + max(.seconds(1), started.duration(to: .now)))
+                }
+                failQueue(&state, failure, &effects)
+                return nil
+            }
+        }
+        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+            service(socket, &effects)
+        }
+        perform(effects)
+    }
+
+    private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
+        for command in state.queue { effects.completions.append((command, .failure(failure))) }
+        state.queue.removeAll()
+        state.phase = .idle
+        finishShutdownIfDrained(&state, &effects)
+    }
+
+    // MARK: Event loop
+
+    func handle(readable: Bool, writable: Bool, hangUp: Bool) {
+        var effects = Effects()
+        // Take the I/O and the bytes staged since the last write, or, while another thread owns
+        // it, leave the read to that thread.
+        let claimed: NodeSocket? = state.withLock { state in
+            guard state.phase == .open, let socket = state.socket else { return nil }
+            if state.ioOwned {
+                state.readWanted = true
+                return nil
+            }
+            state.ioOwned = true
+            return socket
+        }
+        if let claimed { service(claimed, &effects) }
+        perform(effects)
+    }
+
+    func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        var effects = Effects()
+        let next: ContinuousClock.Instant? = state.withLock { state in
+            guard state.unansweredCount > 0, let since = state.waitingSince else { return nil }
+            let deadline = since + configuration.commandTimeout
+            guard now >= deadline else { return deadline }
+            drop(&state, error(.timeout, "no reply within \(configuration.commandTimeout)"), &effects)
+            return nil
+        }
+        perform(effects)
+        return next
+    }
+
+    // MARK: Shutdown
+
+    /// Stops accepting commands; what is queued is still sent and answered, then the socket closes.
     func beginShutdown() {
-        let wake: Bool = shared.withLock { shared in
-            guard !shared.shuttingDown else { return false }
-            shared.shuttingDown = true
-            defer { shared.threadIsIdle = false }
-            return shared.threadIsIdle
+        var effects = Effects()
+        state.withLock { state in
+            guard !state.shuttingDown else { return }
+            state.shuttingDown = true
+            finishShutdownIfDrained(&state, &effects)
         }
-        if wake { wakeup.signal() }
+        perform(effects)
+    }
+
+    /// Ends the shutdown now: fails what is still queued or unanswered and closes the socket
+    /// (or, while a thread owns the I/O, has it close the socket when it lets go).
+    func interrupt() {
+        var effects = Effects()
+        state.withLock { state in
+            state.shuttingDown = true
+            guard !state.exitSignalled else { return }
+            let failure = error(.shutdown, "the connection was shut down before the server answered")
+            for command in state.queue { effects.completions.append((command, .failure(failure))) }
+            state.queue.removeAll()
+            if state.socket != nil { drop(&state, failure, &effects) }
+            if state.ioOwned {
+                // The owner closes the socket; the commands fail now.
+                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+            }
+            state.exitSignalled = true
+            effects.exited = true
+        }
+        perform(effects)
+    }
+
+    /// The connection object is gone: nothing can wait for replies any more.
+    func abandon() {
+        interrupt()
     }
 
     func waitUntilExited() async {
         await exited.wait()
     }
-
-    /// Shuts the socket down under the I/O thread, failing the read it may be blocked in.
-    func interrupt() {
-        shared.withLock { shared in
-            if shared.socket >= 0 { shutdownSocket(shared.socket) }
-        }
-    }
-
-    /// Closes the context (if any) and forgets its socket, atomically with ``interrupt()``.
-    private func close(_ context: inout HiredisContext?) {
-        shared.withLock { shared in
-            shared.socket = -1
-            context?.close()
-        }
-        context = nil
-    }
-
-    /// The I/O thread's loop: take every queued command, write them all, read their replies.
-    func run() {
-        var context: HiredisContext?
-        var batch: [PendingCommand] = []
-        var written: [PendingCommand] = []
-        var staged: [PendingCommand] = []
-        /// A host name that failed to resolve, and until when that answer stands.
-        var failedResolution: (RedisError, ContinuousClock.Instant)?
-        while true {
-            enum Next { case work, sleep, exit }
-            let next: Next = shared.withLock { shared in
-                if shared.queue.isEmpty {
-                    if shared.shuttingDown { return .exit }
-                    shared.threadIsIdle = true
-                    return .sleep
-                }
-                swap(&shared.queue, &batch)
-                return .work
-            }
-            switch next {
-            case .exit:
-                close(&context)
-                exited.fire()
-                return
-            case .sleep:
-                wakeup.wait()
-                continue
-            case .work:
-                break
-            }
-
-            if let open = context, open.peerHasClosed {
-                close(&context)
-            }
-            let stopping = shared.withLock { $0.shuttingDown }
-            if context == nil, stopping {
-                // Shutting down: no new connection for what is left.
-                for command in batch { command.complete(.failure(error(.shutdown, "the connection was shut down"))) }
-                batch.removeAll(keepingCapacity: true)
-                continue
-            }
-            if context == nil, let (error, until) = failedResolution, ContinuousClock.now < until {
-                // The name did not resolve a moment ago: answer with that at once rather than
-                // block this thread in the resolver again for every command.
-                for command in batch { command.complete(.failure(error)) }
-                batch.removeAll(keepingCapacity: true)
-                continue
-            }
-            if context == nil, batch.contains(where: { $0.shouldSend }) {
-                let connectStarted = ContinuousClock.now
-                let connected = HiredisContext.connect(configuration)
-                failedResolution = nil
-                if case let .failure(error) = connected, error.code == .nameResolutionFailed {
-                    // Cached for as long as the failed lookup took, at least a second.
-                    failedResolution = (error, .now + max(.seconds(1), connectStarted.duration(to: .now)))
-                }
-                switch connected {
-                case let .success(opened):
-                    shared.withLock { $0.socket = opened.fileDescriptor }
-                    context = opened
-                    generation.add(1, ordering: .releasing)
-                case let .failure(error):
-                    for command in batch { command.complete(.failure(error)) }
-                    batch.removeAll(keepingCapacity: true)
-                    continue
-                }
-            }
-            if let open = context, !process(batch, on: open, staged: &staged, written: &written) {
-                close(&context)
-            }
-            batch.removeAll(keepingCapacity: true)
-        }
-    }
-
-    /// Pipelines one batch on an open context: writes every command still wanted, then reads
-    /// the replies in order. Returns false when the context must be dropped.
-    ///
-    /// The node must run the commands in the order they were queued, script fallbacks included.
-    /// A script call with commands behind it in the batch is therefore sent as `EVAL` with its
-    /// body: an `EVALSHA` answered `NOSCRIPT` (after a `SCRIPT FLUSH`, a restart, a failover)
-    /// would have its fallback run after those commands. Only the batch's last command may go
-    /// as `EVALSHA`: its fallback `EVAL` is written before anything queued later.
-    private func process(
-        _ batch: [PendingCommand],
-        on context: HiredisContext,
-        staged: inout [PendingCommand],
-        written: inout [PendingCommand]
-    ) -> Bool {
-        defer {
-            staged.removeAll(keepingCapacity: true)
-            written.removeAll(keepingCapacity: true)
-        }
-        for command in batch where command.shouldSend { staged.append(command) }
-        for (index, command) in staged.enumerated() {
-            if index < staged.count - 1, let fallback = command.fallback {
-                write(command, fallback, on: context, into: &written)
-            } else {
-                write(command, command.command, on: context, into: &written)
-            }
-        }
-        var retried: [PendingCommand]? = []
-        guard read(written, on: context, retrying: &retried) else { return false }
-        guard let retried, !retried.isEmpty else { return true }
-        written.removeAll(keepingCapacity: true)
-        for command in retried {
-            if let fallback = command.fallback { write(command, fallback, on: context, into: &written) }
-        }
-        var none: [PendingCommand]? = nil
-        return read(written, on: context, retrying: &none)
-    }
-
-    private func write(_ pending: PendingCommand, _ command: RedisCommand, on context: HiredisContext, into written: inout [PendingCommand]) {
-        if context.append(command) {
-            written.append(pending)
-        } else {
-            pending.complete(.failure(error(.io, "could not format \(command)")))
-        }
-    }
-
-    /// Reads one reply per written command. With `retrying` non-nil, commands answered
-    /// `NOSCRIPT` that have a fallback are collected there instead of completed.
-    private func read(
-        _ written: [PendingCommand],
-        on context: HiredisContext,
-        retrying: inout [PendingCommand]?
-    ) -> Bool {
-        for (index, command) in written.enumerated() {
-            let reply = context.readReply()
-            switch reply {
-            case .success:
-                command.complete(reply)
-            case let .failure(failure) where failure.code == .serverError:
-                // Only the batch's last command can have been sent as `EVALSHA` (see `process`).
-                if retrying != nil, command.fallback != nil, failure.message.hasPrefix("NOSCRIPT"), index == written.count - 1 {
-                    retrying?.append(command)
-                } else {
-                    command.complete(reply)
-                }
-            case let .failure(failure):
-                // The stream is broken: nothing after this point will be answered.
-                for unanswered in written[index...] { unanswered.complete(.failure(failure)) }
-                if let retried = retrying {
-                    for unanswered in retried { unanswered.complete(.failure(failure)) }
-                }
-                return false
-            }
-        }
-        return true
-    }
-}
-
-/// Shuts a socket down in both directions, waking a thread blocked on it.
-private func shutdownSocket(_ socket: Int32) {
-    #if canImport(Glibc)
-    _ = Glibc.shutdown(socket, Int32(SHUT_RDWR))
-    #elseif canImport(Musl)
-    _ = Musl.shutdown(socket, Int32(SHUT_RDWR))
-    #elseif canImport(Darwin)
-    _ = Darwin.shutdown(socket, SHUT_RDWR)
-    #endif
 }

@@ -18,6 +18,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// The most commands that may wait for one connection; past it a call fails at once with
     /// ``RedisError/Code-swift.struct/overloaded``. The default is 65,536.
     public var maximumQueuedCommands: Int
+    /// TLS for the connection, or `nil` (the default) for plain TCP. `rediss://` addresses set it
+    /// to ``RedisTLSConfiguration/init(trustedCertificatesFile:certificateFile:privateKeyFile:serverName:verifiesCertificate:verifiesHostname:)``'s
+    /// defaults: the system's trust store, hostname verification on.
+    public var tls: RedisTLSConfiguration?
 
     /// Creates a configuration for an endpoint.
     public init(
@@ -27,7 +31,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         database: Int? = nil,
         connectTimeout: Duration = .seconds(1),
         commandTimeout: Duration = .seconds(2),
-        maximumQueuedCommands: Int = 65_536
+        maximumQueuedCommands: Int = 65_536,
+        tls: RedisTLSConfiguration? = nil
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -36,15 +41,16 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
         self.maximumQueuedCommands = maximumQueuedCommands
+        self.tls = tls
     }
 
-    /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike) or
+    /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
+    /// `rediss://…` (`valkeys://` alike: the same over TLS, ``tls`` set to the defaults) or
     /// `unix:///path[?db=N]` (`unix:/path` alike).
     ///
     /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`,
     /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
     /// `@`, `%3A` for `:`); an empty one is not sent (`redis://:@host` authenticates nobody).
-    /// `rediss://` (TLS) is not supported yet and is refused.
     /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong.
     public init(parsing text: String) throws(RedisError) {
         func invalid(_ why: String) -> RedisError {
@@ -80,10 +86,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         var password: String?
         var database: Int?
         // Schemes are case-insensitive (RFC 3986).
-        if lowered.hasPrefix("rediss://") || lowered.hasPrefix("valkeys://") {
-            throw invalid("TLS (rediss://) is not supported yet")
-        }
-        let scheme = ["redis://", "valkey://"].first { lowered.hasPrefix($0) }
+        let scheme = ["redis://", "valkey://", "rediss://", "valkeys://"].first { lowered.hasPrefix($0) }
+        let secure = scheme == "rediss://" || scheme == "valkeys://"
         if let scheme {
             rest = rest.dropFirst(scheme.count)
             if let at = rest.lastIndex(of: "@") {
@@ -112,7 +116,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 }
             }
         } else if rest.contains("://") {
-            throw invalid("unknown scheme (use host:port, redis://…, valkey://… or unix:///path)")
+            throw invalid("unknown scheme (use host:port, redis://…, rediss://…, valkey://… or unix:///path)")
         }
 
         let host: Substring
@@ -145,7 +149,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             endpoint: .hostname(String(host), port: port),
             username: username,
             password: password,
-            database: database
+            database: database,
+            tls: secure ? RedisTLSConfiguration() : nil
         )
     }
 
@@ -174,9 +179,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         }
     }
 
-    /// The endpoint, and the user and database when set; never the password.
+    /// The endpoint (with `tls:` before it for TLS), and the user and database when set; never
+    /// the password.
     public var description: String {
         var text = endpoint.description
+        if tls != nil { text = "tls:" + text }
         if let username { text = "\(username)@\(text)" }
         if let database { text += "/\(database)" }
         return text
@@ -189,5 +196,50 @@ extension StringProtocol {
         while let first = text.first, first.isWhitespace { text.removeFirst() }
         while let last = text.last, last.isWhitespace { text.removeLast() }
         return String(text)
+    }
+}
+
+/// TLS settings for a connection (through the system's OpenSSL, TLS 1.2 or later).
+///
+/// The server's certificate chain is verified against ``trustedCertificatesFile`` (or the
+/// system's trust store) and must name the node: ``serverName``, or the endpoint's host, as a DNS
+/// name or IP address in its subject alternative names. Failures are
+/// ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the certificate) or
+/// ``RedisError/Code-swift.struct/tlsFailed`` (files that do not load, a handshake that fails),
+/// both naming the node and OpenSSL's reason, and both permanent.
+public struct RedisTLSConfiguration: Sendable, Hashable {
+    /// A PEM file of CA certificates to trust, or `nil` (the default) for the system's trust
+    /// store (`/etc/ssl/certs` on Debian).
+    public var trustedCertificatesFile: String?
+    /// The client's certificate chain (PEM) for mutual TLS, or `nil` (the default) for none.
+    public var certificateFile: String?
+    /// The client's private key (PEM) for ``certificateFile``; `nil` reads it from
+    /// ``certificateFile``.
+    public var privateKeyFile: String?
+    /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
+    /// (the default) uses the endpoint's host.
+    public var serverName: String?
+    /// Whether the server's certificate chain must verify. The default is `true`; `false` accepts
+    /// any certificate (encryption without authentication: for tests only).
+    public var verifiesCertificate: Bool
+    /// Whether the certificate must be issued for ``serverName`` (or the host). The default is
+    /// `true`.
+    public var verifiesHostname: Bool
+
+    /// Creates TLS settings; the defaults verify the server against the system's trust store.
+    public init(
+        trustedCertificatesFile: String? = nil,
+        certificateFile: String? = nil,
+        privateKeyFile: String? = nil,
+        serverName: String? = nil,
+        verifiesCertificate: Bool = true,
+        verifiesHostname: Bool = true
+    ) {
+        self.trustedCertificatesFile = trustedCertificatesFile
+        self.certificateFile = certificateFile
+        self.privateKeyFile = privateKeyFile
+        self.serverName = serverName
+        self.verifiesCertificate = verifiesCertificate
+        self.verifiesHostname = verifiesHostname
     }
 }

@@ -17,6 +17,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
             case shutdown
             case overloaded
             case unexpectedReply
+            case tlsFailed
+            case certificateRejected
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -52,6 +54,15 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let overloaded = Code(.overloaded)
         /// The reply has a type or value the caller did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
+        /// TLS could not be set up: a CA, certificate or key file that does not load, a server that
+        /// does not speak TLS on the port (or speaks it where plain RESP was expected: that shows as
+        /// ``connectionClosed`` or ``protocolError``), no shared protocol version or cipher. The
+        /// message holds OpenSSL's reason. Permanent.
+        public static let tlsFailed = Code(.tlsFailed)
+        /// The server's certificate was rejected: not signed by a trusted CA, expired or not yet
+        /// valid, or not issued for the node's name (hostname verification). The message holds
+        /// the verifier's reason, e.g. `certificate has expired`. Permanent.
+        public static let certificateRejected = Code(.certificateRejected)
 
         /// The code's name, as written in Swift (`connectionRefused`, `timeout`, …): stable,
         /// for logs, metrics and scripts.
@@ -82,12 +93,16 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
 extension RedisError {
     /// Whether retrying cannot help: the node refused the credentials (`AUTH`) or a permission
     /// (`NOPERM`), the key holds another type (`WRONGTYPE`), the command or script is not
-    /// available there (`ERR unknown command`, scripting disabled), the address is invalid, or
-    /// the host name does not exist.
+    /// available there (`ERR unknown command`, scripting disabled), the address is invalid, the
+    /// host name does not exist, TLS cannot be set up or the server's certificate is rejected.
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
     /// failover) and `TRYAGAIN` are transient.
     public var isPermanent: Bool {
-        if isPermissionRefusal || code == .databaseSelectionFailed || code == .invalidAddress { return true }
+        if isPermissionRefusal || code == .databaseSelectionFailed || code == .invalidAddress
+            || code == .tlsFailed || code == .certificateRejected
+        {
+            return true
+        }
         if code == .nameResolutionFailed {
             let text = message.lowercased()
             return !text.contains("temporary") && !text.contains("try again")

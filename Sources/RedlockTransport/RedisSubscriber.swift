@@ -1,192 +1,227 @@
-import Dispatch
 import Foundation
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// A pub/sub subscription connection to one Redis node.
 ///
-/// Channels can be added and removed at any time; the subscriber's own I/O thread waits in
-/// `poll` on the socket and a wake-up pipe, delivers each message to `onMessage` (on that
-/// thread: keep the handler short), and after a lost connection reconnects with back-off and
-/// subscribes again. Messages published while disconnected are lost, as with any Redis
-/// subscriber: use it for hints that have a fallback.
+/// Channels can be added and removed at any time. The subscriber is driven by an event loop
+/// (the client's, or the process's shared one): messages are delivered to `onMessage` on the
+/// loop's thread (keep the handler short), and after a lost connection it reconnects with
+/// back-off (50 ms doubling to 1 s) and subscribes again. Messages published while disconnected
+/// are lost, as with any Redis subscriber: use it for hints that have a fallback.
 ///
-/// Call ``shutdown()`` when done: the thread keeps the subscriber alive until then.
-package final class RedisSubscriber: Sendable {
-    private struct Shared {
+/// Call ``shutdown()`` when done.
+package final class RedisSubscriber: Sendable, EventLoopSource {
+    private struct State {
         var channels: [String: Int] = [:]
+        var subscribed = Set<String>()
+        var socket: NodeSocket?
+        var watching = false
+        var connecting = false
+        var retryAt: ContinuousClock.Instant?
+        var backoff = Duration.milliseconds(50)
+        var output: [UInt8] = []
+        var written = 0
+        var watchingWrites = false
         var shuttingDown = false
     }
 
     /// The configuration the subscriber connects with.
     package let configuration: RedisConnectionConfiguration
-    private let shared = Mutex(Shared())
-    private let exited = OneTimeEvent<Void>()
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    private let loop: RedisEventLoop
+    private let state = Mutex(State())
+    private let tls = TLSContextCache()
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
+    /// The loop's token, once registered (on the first subscription).
+    private let token = Mutex<UInt64?>(nil)
 
-    /// Creates a subscriber and starts its thread; it connects once it has a channel.
+    /// Creates a subscriber on `eventLoop`; it connects once it has a channel.
     package init(
         configuration: RedisConnectionConfiguration,
+        eventLoop: RedisEventLoop = .shared,
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
         self.configuration = configuration
+        loop = eventLoop
         self.onMessage = onMessage
-        var fds: [Int32] = [-1, -1]
-        if pipe(&fds) == 0 {
-            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-            _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
-        }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
-        let thread = Thread { [self] in run() }
-        thread.name = "redis-sub"
-        thread.stackSize = 256 * 1024
-        thread.start()
-    }
-
-    deinit {
-        if wakeRead >= 0 { close(wakeRead) }
-        if wakeWrite >= 0 { close(wakeWrite) }
     }
 
     /// Subscribes to `channel` (counted: each call needs one ``unsubscribe(_:)``).
     package func subscribe(_ channel: String) {
-        let changed = shared.withLock { shared in
-            shared.channels[channel, default: 0] += 1
-            return shared.channels[channel] == 1
+        guard let token = registeredToken() else { return }
+        let connect: Bool = state.withLock { state in
+            guard !state.shuttingDown else { return false }
+            state.channels[channel, default: 0] += 1
+            return synchronize(&state, token: token)
         }
-        if changed { wake() }
+        if connect { startConnect() }
     }
 
     /// Drops one ``subscribe(_:)`` of `channel`; the last one unsubscribes.
     package func unsubscribe(_ channel: String) {
-        let changed = shared.withLock { shared in
-            guard let count = shared.channels[channel] else { return false }
-            if count <= 1 {
-                shared.channels[channel] = nil
-                return true
-            }
-            shared.channels[channel] = count - 1
-            return false
+        guard let token = registeredToken() else { return }
+        let connect: Bool = state.withLock { state in
+            guard let count = state.channels[channel] else { return false }
+            state.channels[channel] = count <= 1 ? nil : count - 1
+            return synchronize(&state, token: token)
         }
-        if changed { wake() }
+        if connect { startConnect() }
     }
 
-    /// Closes the connection and stops the thread; returns once it has exited.
+    /// Closes the connection and leaves the loop. A connect in progress closes what it opens.
     package func shutdown() async {
         beginShutdown()
-        await exited.wait()
     }
 
-    /// Asks the thread to close the connection and exit, without waiting for it.
+    /// Closes the connection and leaves the loop, without suspending.
     package func beginShutdown() {
-        shared.withLock { $0.shuttingDown = true }
-        wake()
+        let token = token.withLock { $0 }
+        state.withLock { state in
+            state.shuttingDown = true
+            close(&state, token: token)
+        }
+        if let token { loop.deregister(token) }
     }
 
-    private func wake() {
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+    private func registeredToken() -> UInt64? {
+        token.withLock { token in
+            if let token { return token }
+            guard case let .success(registered) = loop.register(self, checkInterval: .milliseconds(250)) else { return nil }
+            token = registered
+            return registered
+        }
     }
 
-    private func drainWakeups() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while buffer.withUnsafeMutableBytes({ read(wakeRead, $0.baseAddress, $0.count) }) > 0 {}
+    /// Brings the server's subscriptions to the wanted channels; returns whether a connect must
+    /// start.
+    private func synchronize(_ state: inout State, token: UInt64) -> Bool {
+        let wanted = Set(state.channels.keys)
+        guard state.socket != nil else {
+            guard !wanted.isEmpty, !state.connecting, state.retryAt == nil, !state.shuttingDown else { return false }
+            state.connecting = true
+            return true
+        }
+        let added = wanted.subtracting(state.subscribed)
+        let removed = state.subscribed.subtracting(wanted)
+        if !added.isEmpty { RedisCommand(["SUBSCRIBE"] + added.sorted()).appendWire(to: &state.output) }
+        if !removed.isEmpty { RedisCommand(["UNSUBSCRIBE"] + removed.sorted()).appendWire(to: &state.output) }
+        state.subscribed = wanted
+        flush(&state, token: token)
+        return false
     }
 
-    /// The thread: keep the server's subscriptions equal to the wanted channels, deliver messages.
-    private func run() {
-        var context: HiredisContext?
-        var subscribed = Set<String>()
-        var backoff = Duration.milliseconds(50)
-        while true {
-            let (wanted, stop) = shared.withLock { (Set($0.channels.keys), $0.shuttingDown) }
-            if stop { break }
+    private func flush(_ state: inout State, token: UInt64) {
+        guard let socket = state.socket else { return }
+        writing: while state.written < state.output.count {
+            switch socket.write(state.output, from: state.written) {
+            case let .wrote(count, _):
+                if count == 0 { break writing }
+                state.written += count
+            case .failed:
+                lost(&state, token: token)
+                return
+            }
+        }
+        if state.written == state.output.count {
+            state.output.removeAll(keepingCapacity: true)
+            state.written = 0
+        }
+        let pending = state.written < state.output.count
+        if pending != state.watchingWrites {
+            if loop.update(token, descriptor: socket.descriptor, writable: pending) != nil {
+                lost(&state, token: token)
+                return
+            }
+            state.watchingWrites = pending
+        }
+    }
 
-            var failure: RedisError?
-            if context == nil, !wanted.isEmpty {
-                switch HiredisContext.connect(configuration) {
-                case let .success(opened):
-                    context = opened
-                    subscribed = []
-                    backoff = .milliseconds(50)
-                case let .failure(error):
-                    failure = error
+    private func close(_ state: inout State, token: UInt64?) {
+        if let socket = state.socket {
+            if let token, state.watching { loop.unwatch(token, descriptor: socket.descriptor) }
+            socket.close()
+        }
+        state.socket = nil
+        state.watching = false
+        state.watchingWrites = false
+        state.subscribed = []
+        state.output.removeAll()
+        state.written = 0
+    }
+
+    /// The connection broke: close it and try again after the back-off.
+    private func lost(_ state: inout State, token: UInt64) {
+        close(&state, token: token)
+        state.retryAt = .now + state.backoff
+        state.backoff = min(state.backoff * 2, .seconds(1))
+    }
+
+    private func startConnect() {
+        NodeSocket.connectInBackground(configuration, tls: tls) { [self] outcome in
+            connected(outcome)
+        }
+    }
+
+    private func connected(_ outcome: Result<NodeSocket, RedisError>) {
+        guard let token = token.withLock({ $0 }) else { return }
+        state.withLock { state in
+            state.connecting = false
+            switch outcome {
+            case let .success(socket):
+                guard !state.shuttingDown else {
+                    socket.close()
+                    return
                 }
-            }
-            if let open = context, failure == nil {
-                failure = synchronize(open, wanted: wanted, subscribed: &subscribed)
-            }
-            if failure != nil {
-                context?.close()
-                context = nil
-                subscribed = []
-                // Wait out the back-off, waking early for shutdown or new channels.
-                waitForEvents(socket: -1, timeout: backoff)
-                backoff = min(backoff * 2, .seconds(1))
-                continue
-            }
-
-            let socketReadable = waitForEvents(socket: context?.fileDescriptor ?? -1, timeout: nil)
-            if socketReadable, let open = context {
-                switch open.readAvailable() {
-                case let .success(replies):
-                    for reply in replies { deliver(reply) }
-                case .failure:
-                    open.close()
-                    context = nil
-                    subscribed = []
+                if loop.watch(token, descriptor: socket.descriptor, writable: false) != nil {
+                    socket.close()
+                    state.retryAt = .now + state.backoff
+                    return
                 }
+                state.socket = socket
+                state.watching = true
+                state.backoff = .milliseconds(50)
+                _ = synchronize(&state, token: token)
+            case .failure:
+                state.retryAt = .now + state.backoff
+                state.backoff = min(state.backoff * 2, .seconds(1))
             }
         }
-        context?.close()
-        exited.fire()
     }
 
-    /// Sends SUBSCRIBE/UNSUBSCRIBE for the difference between wanted and subscribed channels.
-    private func synchronize(_ context: HiredisContext, wanted: Set<String>, subscribed: inout Set<String>) -> RedisError? {
-        let added = wanted.subtracting(subscribed)
-        let removed = subscribed.subtracting(wanted)
-        guard !added.isEmpty || !removed.isEmpty else { return nil }
-        if !added.isEmpty, !context.append(RedisCommand(["SUBSCRIBE"] + added.sorted())) {
-            return RedisError(code: .io, endpoint: configuration.endpoint, message: "could not format SUBSCRIBE")
+    func handle(readable: Bool, writable: Bool, hangUp: Bool) {
+        guard let token = token.withLock({ $0 }) else { return }
+        let messages: [(String, [UInt8])] = state.withLock { state in
+            guard let socket = state.socket else { return [] }
+            if state.written < state.output.count { flush(&state, token: token) }
+            guard readable || hangUp, state.socket === socket else { return [] }
+            let outcome = socket.read()
+            var messages: [(String, [UInt8])] = []
+            for reply in outcome.replies {
+                guard case let .array(parts) = reply, parts.count == 3, parts[0].string == "message",
+                      let channel = parts[1].string, case let .bulkString(payload) = parts[2]
+                else { continue }
+                messages.append((channel, payload))
+            }
+            if outcome.failure != nil { lost(&state, token: token) }
+            return messages
         }
-        if !removed.isEmpty, !context.append(RedisCommand(["UNSUBSCRIBE"] + removed.sorted())) {
-            return RedisError(code: .io, endpoint: configuration.endpoint, message: "could not format UNSUBSCRIBE")
-        }
-        if case let .failure(error) = context.flush() { return error }
-        subscribed = wanted
-        return nil
+        for (channel, payload) in messages { onMessage(channel, payload) }
     }
 
-    private func deliver(_ reply: RedisValue) {
-        guard case let .array(parts) = reply, parts.count == 3, parts[0].string == "message",
-              let channel = parts[1].string, case let .bulkString(payload) = parts[2]
-        else { return }
-        onMessage(channel, payload)
-    }
-
-    /// Polls the wake-up pipe and `socket` (when ≥ 0). Returns whether the socket is readable.
-    @discardableResult
-    private func waitForEvents(socket: Int32, timeout: Duration?) -> Bool {
-        var descriptors = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-        if socket >= 0 { descriptors.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0)) }
-        let milliseconds = timeout.map { Int32(clamping: $0.components.seconds * 1_000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
-        let count = descriptors.withUnsafeMutableBufferPointer { buffer in
-            poll(buffer.baseAddress, nfds_t(buffer.count), milliseconds)
+    func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        guard let token = token.withLock({ $0 }) else { return nil }
+        enum Next { case nothing, at(ContinuousClock.Instant), connect }
+        let next: Next = state.withLock { state in
+            guard let retryAt = state.retryAt else { return .nothing }
+            guard now >= retryAt else { return .at(retryAt) }
+            state.retryAt = nil
+            return synchronize(&state, token: token) ? .connect : .nothing
         }
-        guard count > 0 else { return false }
-        if descriptors[0].revents != 0 { drainWakeups() }
-        return descriptors.count > 1 && descriptors[1].revents != 0
+        switch next {
+        case .nothing: return nil
+        case let .at(instant): return instant
+        case .connect:
+            startConnect()
+            return nil
+        }
     }
 }

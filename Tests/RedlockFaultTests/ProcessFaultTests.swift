@@ -185,6 +185,32 @@ extension FaultTests {
             #expect(throws: MalformedLog.self) { try Acquisition.parse(log: "1 2 3\n") }
         }
 
+        @Test("with no descriptor left, making a client and locking fail with a typed error in bounded time; with descriptors back, the next client locks")
+        func descriptorsExhausted() async throws {
+            let worker = try workerExecutable()
+            try await withCluster(3) { cluster in
+                let helper = try await HelperProcess.start(
+                    executable: worker,
+                    arguments: workerArguments("exhausted", cluster: cluster, lock: "exhausted", ["--expiry-ms", "2000"]),
+                    readyMarker: "exhausted "
+                )
+                let termination = await waitForExit(helper, within: .seconds(30))
+                #expect(termination == .exited(0), "\(helper.output.suffix(500))")
+                guard let line = helper.output.split(separator: "\n").first(where: { $0.hasPrefix("exhausted ") }) else {
+                    Issue.record("no report: \(helper.output)")
+                    return
+                }
+                print("descriptors exhausted: \(line)")
+                let report = keyValuePairs(line)
+                // The event loop could not get its epoll instance (or a connect its socket).
+                #expect(report["first"] == "noQuorum", "\(line)")
+                #expect(report["message"]?.contains("Too_many_open_files") == true, "\(line)")
+                #expect(report["second"] == "ok", "\(line)")
+                // A loop made then has no epoll instance: its connection's command fails at once.
+                #expect(report["loop"]?.hasPrefix("io:event_loop:_epoll_create1:_Too_many_open_files") == true, "\(line)")
+            }
+        }
+
         @Test("after 1,000 failed acquires against dead nodes, a process's descriptors and threads are back to their starting counts")
         func resourceHygiene() async throws {
             let worker = try workerExecutable()

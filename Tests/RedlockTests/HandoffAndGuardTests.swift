@@ -110,21 +110,43 @@ struct HandoffAndGuardTests {
         }
     }
 
-    @Test("with fast handoff off, the waiter sleeps out its retry delay")
+    @Test("with fast handoff off, a waiter in the same client is still handed the lock; one in another client (as in another process) sleeps out its retry delay")
     func handoffOff() async throws {
-        try await withLockNodes(3) { client, _ in
-            let holder = try client.makeLock("polling", options: testOptions())
-            let lease = try await holder.lock()
-            let waiter = try client.makeLock("polling", options: LockOptions(
-                tries: 100, retryDelay: .constant(.milliseconds(600)), timeoutFactor: 0.2, fastHandoff: false
-            ))
-            let started = ContinuousClock.now
-            let waiting = Task { try await waiter.lock() }
-            try await Task.sleep(for: .milliseconds(100))
+        try await withLockNodes(3) { client, servers in
+            let options = LockOptions(tries: 100, retryDelay: .constant(.milliseconds(600)), timeoutFactor: 0.2, fastHandoff: false)
+            // Same client: the release hands the lock to the waiting lock() (no Redis involved).
+            let holder = try client.makeLock("polling", options: options)
+            var lease = try await holder.lock()
+            let local = try client.makeLock("polling", options: options)
+            let localWaiting = Task { try await local.lock() }
+            #expect(await eventually(within: .seconds(5)) { client.waitingLockCalls(for: "polling") == 1 })
+            var releasedAt = ContinuousClock.now
             try await holder.unlock(lease)
-            let next = try await waiting.value
-            #expect(started.duration(to: .now) >= .milliseconds(550))
-            try await waiter.unlock(next)
+            let handed = try await localWaiting.value
+            #expect(releasedAt.duration(to: .now) < .milliseconds(400), "handed over in \(releasedAt.duration(to: .now))")
+            try await local.unlock(handed)
+
+            // Another client: nothing is published, so it finds out only by retrying.
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                lease = try await holder.lock()
+                let remote = try other.makeLock("polling", options: options)
+                let started = ContinuousClock.now
+                let remoteWaiting = Task { try await remote.lock() }
+                #expect(await eventually(within: .seconds(5)) { other.waitingLockCalls(for: "polling") == 1 })
+                releasedAt = .now
+                try await holder.unlock(lease)
+                let next = try await remoteWaiting.value
+                #expect(started.duration(to: .now) >= .milliseconds(550))
+                try await remote.unlock(next)
+                // And no subscriber connection was made for it.
+                let admin = RedisConnection(configuration: servers[0].configuration())
+                let subscribers = try await admin.send(RedisCommand("PUBSUB", "NUMSUB", "redlock:released:polling"))
+                #expect(subscribers == .array([.bulkString(Array("redlock:released:polling".utf8)), .integer(0)]))
+                await admin.shutdown()
+            } teardown: {
+                await other.shutdown()
+            }
         }
     }
 

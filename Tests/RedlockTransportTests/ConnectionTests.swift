@@ -258,15 +258,17 @@ struct ConnectionTests {
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             try await server.pause()
-            // Occupy the I/O thread with a read that hangs, so the next command waits in the queue.
-            let blocker = Task { try await connection.send(RedisCommand("PING")) }
+            // An EVALSHA on an idle connection holds the commands queued after it until it is
+            // answered (its EVAL fallback must run before them): the next command waits unwritten.
+            let call = RedisScriptCall(RedisScript("return 1"), keys: [], arguments: [])
+            let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
+            connection.send(call.command, fallback: call.fallback) { answered.fire($0) }
             let queued = Task { try await connection.send(RedisCommand("SET", "withdrawn", "1")) }
             queued.cancel()
             let error = await #expect(throws: RedisError.self) { try await queued.value }
             #expect(error?.code == .cancelled)
-            blocker.cancel()
-            _ = await blocker.result
             try server.resume()
+            #expect(try await answered.wait().get() == .integer(1))
             #expect(try await connection.send(RedisCommand("EXISTS", "withdrawn")) == .integer(0))
             await connection.shutdown()
         }
@@ -299,6 +301,97 @@ struct ConnectionTests {
             await connection.shutdown()
             let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
             #expect(error?.code == .shutdown)
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; returns whether it held.
+private func becomes(within limit: Duration, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+@Suite("End of stream and withdrawn commands")
+struct EndOfStreamTests {
+    @Test("a reply and the server's FIN arriving together: the command after it fails at once as closed, not after the command timeout")
+    func replyThenFIN() async throws {
+        let server = try GarbageServer.start(reply: "+PONG\r\n", closeAfterReply: true)
+        defer { server.stop() }
+        for _ in 0..<10 {
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
+            let first = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let second = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let started = ContinuousClock.now
+            connection.send([
+                QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
+                QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
+            ])
+            #expect(try await first.wait().get() == .simpleString("PONG"))
+            let failure = await second.wait()
+            #expect(started.duration(to: .now) < .seconds(1))
+            guard case let .failure(error) = failure else {
+                Issue.record("the second PING was answered: \(failure)")
+                return
+            }
+            #expect(error.code == .connectionClosed, "\(error)")
+            await connection.shutdown()
+        }
+    }
+
+    @Test("QUIT pipelined before a PING on a real node: the PING fails at once")
+    func quitPipelined() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)))
+            for _ in 0..<10 {
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                let after = OneTimeEvent<Result<RedisValue, RedisError>>()
+                let started = ContinuousClock.now
+                connection.send([
+                    QueuedCommand(RedisCommand("QUIT"), handler: { _ in }),
+                    QueuedCommand(RedisCommand("PING"), handler: { after.fire($0) }),
+                ])
+                if case .success = await after.wait() { Issue.record("a PING after QUIT was answered") }
+                #expect(started.duration(to: .now) < .seconds(1))
+            }
+            await connection.shutdown()
+        }
+    }
+
+    @Test("a subscriber whose server sends a message and closes at once notices and reconnects")
+    func subscriberSeesEndOfStream() async throws {
+        let server = try GarbageServer.start(
+            reply: "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+            closeAfterReply: true
+        )
+        defer { server.stop() }
+        let messages = Mutex(0)
+        let subscriber = RedisSubscriber(configuration: RedisConnectionConfiguration(endpoint: server.endpoint)) { _, _ in
+            messages.withLock { $0 += 1 }
+        }
+        subscriber.subscribe("ch")
+        // The back-off starts at 50 ms: three connections within 3 s means it saw each close.
+        #expect(await becomes(within: .seconds(3)) { server.acceptedCount >= 3 }, "accepted \(server.acceptedCount)")
+        #expect(messages.withLock { $0 } >= 1)
+        await subscriber.shutdown()
+    }
+
+    @Test("a command from a task cancelled before the call is never written, even on an idle open connection")
+    func withdrawnOnIdleConnection() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let cancelled = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await connection.send(RedisCommand("SET", "withdrawn", "1"))
+            }
+            let error = await #expect(throws: RedisError.self) { try await cancelled.value }
+            #expect(error?.code == .cancelled)
+            #expect(try await connection.send(RedisCommand("EXISTS", "withdrawn")) == .integer(0))
+            await connection.shutdown()
         }
     }
 }

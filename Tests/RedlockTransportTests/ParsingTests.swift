@@ -46,9 +46,24 @@ struct ParsingTests {
         #expect(empty.username == nil && empty.password == nil)
     }
 
+    @Test("rediss:// and valkeys:// turn TLS on with verification; the others leave it off")
+    func tlsSchemes() throws {
+        let secure = try RedisConnectionConfiguration(parsing: "rediss://app:pw@cache.internal:6380/2")
+        #expect(secure.endpoint == .hostname("cache.internal", port: 6380))
+        #expect(secure.username == "app" && secure.password == "pw" && secure.database == 2)
+        #expect(secure.tls == RedisTLSConfiguration())
+        #expect(secure.tls?.verifiesCertificate == true && secure.tls?.verifiesHostname == true)
+        #expect(secure.description == "app@tls:cache.internal:6380/2")
+        #expect(try RedisConnectionConfiguration(parsing: "REDISS://h").tls != nil)
+        #expect(try RedisConnectionConfiguration(parsing: "valkeys://[::1]:7000").tls != nil)
+        #expect(try RedisConnectionConfiguration(parsing: "redis://h").tls == nil)
+        #expect(try RedisConnectionConfiguration(parsing: "h:1").tls == nil)
+        #expect(try RedisConnectionConfiguration(parsing: "unix:/run/r.sock").tls == nil)
+    }
+
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
-        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://h:6379", "unix:relative", "h:+80", "[::1]:+80", "REDISS://h", "redis://h/+1", "unix:/tmp/s?db=+2",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://", "unix:relative", "h:+80", "[::1]:+80", "rediss://h:0", "redis://h/+1", "unix:/tmp/s?db=+2",
     ])
     func malformed(text: String) {
         #expect {

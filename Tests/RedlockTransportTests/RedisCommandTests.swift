@@ -3,7 +3,8 @@ import Testing
 
 /// The command as it goes on the wire, or nil when it has no bytes to send.
 private func wire(_ command: RedisCommand) -> [UInt8]? {
-    command.withWireBytes { Array(UnsafeRawBufferPointer($0)) }
+    let bytes = command.wireBytes
+    return bytes.isEmpty ? nil : bytes
 }
 
 private func bytes(_ text: String) -> [UInt8] {
@@ -141,6 +142,5 @@ struct RedisCommandTests {
     func emptyCommand() {
         #expect(wire(RedisCommand()) == nil)
         #expect(wire(RedisCommand([])) == nil)
-        #expect(RedisCommand().withWireBytes { _ in true } == nil)
     }
 }

@@ -1,0 +1,142 @@
+#ifndef REDIS_IO_H
+#define REDIS_IO_H
+
+/* The transport's whole C boundary: sockets (TCP, Unix, TLS through the system OpenSSL), the RESP
+   reader of hiredis, and the epoll/eventfd primitives of the event loop. Swift sees only the
+   opaque types and plain values declared here, never a hiredis or OpenSSL structure.
+
+   Every function that can fail returns a status and fills a rio_error; every object created here
+   is freed by exactly one call of its free function. */
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* What went wrong, as the transport's error codes see it. */
+enum {
+    RIO_OK = 0,
+    RIO_E_REFUSED = 1,     /* nothing listens there (ECONNREFUSED, no such socket file) */
+    RIO_E_TIMEOUT = 2,     /* the connect, handshake or round trip ran out of time */
+    RIO_E_RESOLVE = 3,     /* the host name did not resolve */
+    RIO_E_IO = 4,          /* any other system error */
+    RIO_E_CLOSED = 5,      /* the peer closed or reset the connection */
+    RIO_E_PROTOCOL = 6,    /* the bytes are not RESP */
+    RIO_E_TLS = 7,         /* TLS set-up or handshake failed (not a certificate verdict) */
+    RIO_E_CERTIFICATE = 8, /* the server's certificate was rejected */
+    RIO_E_NOMEM = 9,
+    RIO_E_INVALID = 10     /* an argument that cannot work (path too long, port out of range) */
+};
+
+typedef struct rio_error {
+    int code;
+    int sys_errno;
+    char message[256];
+} rio_error;
+
+/* ---- TLS client configuration (an SSL_CTX) ---- */
+
+typedef struct rio_tls rio_tls;
+
+/* ca_file: PEM bundle of trusted CAs, or NULL for the system's default trust store.
+   cert_file/key_file: the client's certificate chain and key for mutual TLS, or NULL.
+   verify_peer: 0 accepts any certificate (testing only). Returns NULL with err set. */
+rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *key_file, int verify_peer, rio_error *err);
+void rio_tls_free(rio_tls *tls);
+
+/* ---- Connections ---- */
+
+typedef struct rio_conn rio_conn;
+
+/* Connects within timeout_ms (resolution, TCP connect and TLS handshake together), blocking the
+   calling thread. With tls, server_name (may be NULL) is sent as SNI when it is a DNS name and,
+   with verify_host, must match the certificate (DNS name or IP address). The returned
+   connection's socket is non-blocking, close-on-exec, TCP_NODELAY and keep-alive. */
+int rio_connect_tcp(const char *host, int port, int timeout_ms, const rio_tls *tls, const char *server_name,
+                    int verify_host, rio_conn **out, rio_error *err);
+int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error *err);
+
+/* The socket (for epoll); the connection keeps owning it. */
+int rio_conn_fd(const rio_conn *conn);
+
+/* Writes what the socket accepts now. Returns the bytes written (0 when it would block), or -1
+   with err set. A TLS connection may need the socket readable before it can write: *wants_read
+   is then set to 1. */
+ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wants_read, rio_error *err);
+
+/* Reads what the socket has now into the reply reader, until the socket is drained (so an
+   edge-triggered poller reports the next bytes), or about 1 MiB (rio_conn_more then says so).
+   Returns the bytes read; sets *failed with err on EOF (RIO_E_CLOSED), a socket error or bytes
+   that are not RESP. Replies read before a failure are still taken with rio_conn_next_reply. */
+size_t rio_conn_read(rio_conn *conn, int *failed, int *wants_write, rio_error *err);
+
+/* Whether the last rio_conn_read stopped before the socket was drained (its size limit), or
+   the TLS layer holds bytes not yet read: read again before waiting. */
+int rio_conn_pending(const rio_conn *conn);
+
+typedef struct rio_reply rio_reply;
+
+/* Takes the next complete reply from the reader: 1 with *out set (free it with rio_reply_free),
+   0 when none is complete, -1 with err set when the stream is not RESP. */
+int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err);
+
+/* Writes all of bytes, then waits for one reply, within timeout_ms (for the connect handshake:
+   AUTH, SELECT). Returns RIO_OK with *out set, or an error code with err set. */
+int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int timeout_ms, rio_reply **out, rio_error *err);
+
+/* Whether an idle connection's peer has closed it (EOF, an error waiting on the socket, or a
+   TLS close_notify). */
+int rio_conn_peer_closed(rio_conn *conn);
+
+/* Shuts the socket down in both directions (wakes anything waiting on it); keeps it open. */
+void rio_conn_shutdown(rio_conn *conn);
+
+/* Closes the socket and frees the connection, its TLS session and its reader. */
+void rio_conn_free(rio_conn *conn);
+
+/* ---- Replies ---- */
+
+enum {
+    RIO_REPLY_STRING = 1,
+    RIO_REPLY_ARRAY = 2,
+    RIO_REPLY_INTEGER = 3,
+    RIO_REPLY_NIL = 4,
+    RIO_REPLY_STATUS = 5,
+    RIO_REPLY_ERROR = 6
+};
+
+int rio_reply_type(const rio_reply *reply);
+long long rio_reply_integer(const rio_reply *reply);
+/* The bytes of a string, status or error reply (NULL with *length 0 for others). */
+const char *rio_reply_bytes(const rio_reply *reply, size_t *length);
+size_t rio_reply_count(const rio_reply *reply);
+/* Element index of an array reply, or NULL when out of range. */
+const rio_reply *rio_reply_element(const rio_reply *reply, size_t index);
+void rio_reply_free(rio_reply *reply);
+
+/* ---- Event loop primitives ---- */
+
+typedef struct rio_event {
+    uint64_t token;
+    int readable;
+    int writable;
+    int hangup;
+} rio_event;
+
+/* An epoll instance, close-on-exec. Returns the descriptor or -1 with err set. */
+int rio_poller_create(rio_error *err);
+/* Adds (op 0), changes (1) or removes (2) a descriptor, watching reads and hang-ups, and
+   writes when want_write; edge-triggered when edge (a reader must then read until the socket is
+   drained). Returns 0 or -1 with err set. */
+int rio_poller_control(int poller, int op, int fd, int want_write, int edge, uint64_t token, rio_error *err);
+/* Waits up to timeout_ms (-1: no limit) and fills at most capacity events. Returns the count, 0
+   on timeout or a signal, -1 with err set on failure. */
+int rio_poller_wait(int poller, rio_event *events, int capacity, int timeout_ms, rio_error *err);
+
+/* An eventfd for wake-ups, non-blocking and close-on-exec; -1 with err set on failure. */
+int rio_waker_create(rio_error *err);
+void rio_waker_signal(int waker);
+void rio_waker_drain(int waker);
+
+void rio_close_descriptor(int fd);
+
+#endif

@@ -1,0 +1,979 @@
+#define _GNU_SOURCE
+#include "redis_io.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct rio_tls {
+    SSL_CTX *context;
+};
+
+struct rio_conn {
+    int fd;
+    SSL *ssl;
+    redisReader *reader;
+    int undrained; /* the last read stopped at its size limit */
+};
+
+/* ---- errors ---- */
+
+static int fail(rio_error *err, int code, int sys_errno, const char *format, ...) {
+    if (err != NULL) {
+        err->code = code;
+        err->sys_errno = sys_errno;
+        va_list arguments;
+        va_start(arguments, format);
+        vsnprintf(err->message, sizeof err->message, format, arguments);
+        va_end(arguments);
+    }
+    return code;
+}
+
+static int fail_errno(rio_error *err, const char *what, int saved) {
+    int code = RIO_E_IO;
+    if (saved == ECONNREFUSED || saved == ENOENT) {
+        code = RIO_E_REFUSED;
+    } else if (saved == ETIMEDOUT) {
+        code = RIO_E_TIMEOUT;
+    } else if (saved == ECONNRESET || saved == EPIPE || saved == ECONNABORTED) {
+        code = RIO_E_CLOSED;
+    }
+    return fail(err, code, saved, "%s: %s", what, strerror(saved));
+}
+
+/* The oldest OpenSSL error on this thread's queue as text (the queue is then cleared). */
+static void openssl_reason(char *buffer, size_t size) {
+    unsigned long code = ERR_get_error();
+    if (code == 0) {
+        snprintf(buffer, size, "no further detail");
+    } else {
+        ERR_error_string_n(code, buffer, size);
+    }
+    ERR_clear_error();
+}
+
+/* ---- SIGPIPE ----
+   OpenSSL writes to its socket with write(2), which raises SIGPIPE when the peer has gone, and
+   SIGPIPE's default action ends the process. Around every OpenSSL call that may write, the
+   calling thread blocks SIGPIPE and afterwards takes back a SIGPIPE that the call raised (one
+   that was already pending stays pending), so the failure comes back as EPIPE instead. */
+
+typedef struct sigpipe_guard {
+    sigset_t saved;
+    int was_pending;
+    int active;
+} sigpipe_guard;
+
+static void sigpipe_block(sigpipe_guard *guard) {
+    sigset_t pipe_only, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    guard->active = pthread_sigmask(SIG_BLOCK, &pipe_only, &guard->saved) == 0;
+    guard->was_pending = 0;
+    if (guard->active && sigpending(&pending) == 0) {
+        guard->was_pending = sigismember(&pending, SIGPIPE) == 1;
+    }
+}
+
+static void sigpipe_restore(sigpipe_guard *guard) {
+    if (!guard->active) {
+        return;
+    }
+    sigset_t pipe_only, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (!guard->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        struct timespec none = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &none) < 0 && errno == EINTR) {
+        }
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &guard->saved, NULL);
+}
+
+/* ---- time ---- */
+
+static long long now_ms(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) {
+        return 0;
+    }
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static int remaining_ms(long long deadline) {
+    long long left = deadline - now_ms();
+    if (left <= 0) {
+        return 0;
+    }
+    return left > 0x7fffffff ? 0x7fffffff : (int)left;
+}
+
+/* Waits until fd is ready for events or the deadline passes: 1 ready, 0 timed out, -1 error. */
+static int wait_for(int fd, short events, long long deadline, rio_error *err) {
+    for (;;) {
+        int left = remaining_ms(deadline);
+        if (left == 0) {
+            return 0;
+        }
+        struct pollfd entry = {.fd = fd, .events = events, .revents = 0};
+        int ready = poll(&entry, 1, left);
+        if (ready > 0) {
+            return 1;
+        }
+        if (ready == 0) {
+            return 0;
+        }
+        if (errno != EINTR) {
+            fail_errno(err, "poll", errno);
+            return -1;
+        }
+    }
+}
+
+/* ---- TLS configuration ---- */
+
+rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *key_file, int verify_peer, rio_error *err) {
+    char reason[200];
+    ERR_clear_error();
+    SSL_CTX *context = SSL_CTX_new(TLS_client_method());
+    if (context == NULL) {
+        openssl_reason(reason, sizeof reason);
+        fail(err, RIO_E_TLS, 0, "could not create a TLS context: %s", reason);
+        return NULL;
+    }
+    if (SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) != 1) {
+        openssl_reason(reason, sizeof reason);
+        fail(err, RIO_E_TLS, 0, "could not require TLS 1.2: %s", reason);
+        SSL_CTX_free(context);
+        return NULL;
+    }
+    SSL_CTX_set_mode(context, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Read whatever the socket has in one system call, not one record header and body at a time. */
+    SSL_CTX_set_read_ahead(context, 1);
+    /* A server that dies (or restarts) sends no close_notify: that is a closed connection, as
+       with plain TCP, not a TLS failure (which would count as permanent). */
+    SSL_CTX_set_options(context, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (verify_peer) {
+        SSL_CTX_set_verify(context, SSL_VERIFY_PEER, NULL);
+        int loaded = ca_file != NULL ? SSL_CTX_load_verify_locations(context, ca_file, NULL)
+                                     : SSL_CTX_set_default_verify_paths(context);
+        if (loaded != 1) {
+            openssl_reason(reason, sizeof reason);
+            fail(err, RIO_E_TLS, 0, "could not load the CA certificates from %s: %s",
+                 ca_file != NULL ? ca_file : "the system's default locations", reason);
+            SSL_CTX_free(context);
+            return NULL;
+        }
+    } else {
+        SSL_CTX_set_verify(context, SSL_VERIFY_NONE, NULL);
+    }
+    if (cert_file != NULL) {
+        if (SSL_CTX_use_certificate_chain_file(context, cert_file) != 1) {
+            openssl_reason(reason, sizeof reason);
+            fail(err, RIO_E_TLS, 0, "could not load the client certificate %s: %s", cert_file, reason);
+            SSL_CTX_free(context);
+            return NULL;
+        }
+        const char *key = key_file != NULL ? key_file : cert_file;
+        if (SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) != 1) {
+            openssl_reason(reason, sizeof reason);
+            fail(err, RIO_E_TLS, 0, "could not load the client key %s: %s", key, reason);
+            SSL_CTX_free(context);
+            return NULL;
+        }
+        if (SSL_CTX_check_private_key(context) != 1) {
+            openssl_reason(reason, sizeof reason);
+            fail(err, RIO_E_TLS, 0, "the client key %s does not match the certificate %s: %s", key, cert_file, reason);
+            SSL_CTX_free(context);
+            return NULL;
+        }
+    } else if (key_file != NULL) {
+        fail(err, RIO_E_TLS, 0, "a client key (%s) needs a client certificate", key_file);
+        SSL_CTX_free(context);
+        return NULL;
+    }
+    rio_tls *tls = malloc(sizeof *tls);
+    if (tls == NULL) {
+        fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
+        SSL_CTX_free(context);
+        return NULL;
+    }
+    tls->context = context;
+    return tls;
+}
+
+void rio_tls_free(rio_tls *tls) {
+    if (tls == NULL) {
+        return;
+    }
+    SSL_CTX_free(tls->context);
+    free(tls);
+}
+
+/* ---- connections ---- */
+
+static void conn_release(rio_conn *conn) {
+    if (conn->ssl != NULL) {
+        SSL_free(conn->ssl);
+    }
+    if (conn->reader != NULL) {
+        redisReaderFree(conn->reader);
+    }
+    if (conn->fd >= 0) {
+        close(conn->fd);
+    }
+    free(conn);
+}
+
+static int is_ip_literal(const char *name) {
+    unsigned char address[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
+}
+
+/* Runs the TLS handshake on a connected non-blocking socket until the deadline. */
+static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name, int verify_host, long long deadline, rio_error *err) {
+    char reason[200];
+    ERR_clear_error();
+    conn->ssl = SSL_new(tls->context);
+    if (conn->ssl == NULL) {
+        openssl_reason(reason, sizeof reason);
+        return fail(err, RIO_E_TLS, 0, "could not create a TLS session: %s", reason);
+    }
+    if (SSL_set_fd(conn->ssl, conn->fd) != 1) {
+        openssl_reason(reason, sizeof reason);
+        return fail(err, RIO_E_TLS, 0, "could not attach the TLS session: %s", reason);
+    }
+    if (server_name != NULL && server_name[0] != '\0') {
+        int literal = is_ip_literal(server_name);
+        if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
+            openssl_reason(reason, sizeof reason);
+            return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
+        }
+        if (verify_host) {
+            int set = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn->ssl), server_name)
+                              : SSL_set1_host(conn->ssl, server_name);
+            if (set != 1) {
+                openssl_reason(reason, sizeof reason);
+                return fail(err, RIO_E_TLS, 0, "could not require the name %s: %s", server_name, reason);
+            }
+        }
+    }
+    for (;;) {
+        ERR_clear_error();
+        sigpipe_guard guard;
+        sigpipe_block(&guard);
+        int result = SSL_connect(conn->ssl);
+        int saved = errno;
+        sigpipe_restore(&guard);
+        if (result == 1) {
+            return RIO_OK;
+        }
+        int reason_code = SSL_get_error(conn->ssl, result);
+        short events;
+        if (reason_code == SSL_ERROR_WANT_READ) {
+            events = POLLIN;
+        } else if (reason_code == SSL_ERROR_WANT_WRITE) {
+            events = POLLOUT;
+        } else {
+            long verdict = SSL_get_verify_result(conn->ssl);
+            if (verdict != X509_V_OK) {
+                ERR_clear_error();
+                return fail(err, RIO_E_CERTIFICATE, 0, "certificate rejected: %s",
+                            X509_verify_cert_error_string(verdict));
+            }
+            if (reason_code == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+                ERR_clear_error();
+                if (saved == 0 || result == 0) {
+                    return fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)");
+                }
+                return fail_errno(err, "TLS handshake", saved);
+            }
+            openssl_reason(reason, sizeof reason);
+            return fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
+        }
+        int ready = wait_for(conn->fd, events, deadline, err);
+        if (ready == 0) {
+            return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "TLS handshake timed out (does the port speak TLS?)");
+        }
+        if (ready < 0) {
+            return err != NULL ? err->code : RIO_E_IO;
+        }
+    }
+}
+
+/* Wraps a connected socket: the reader, TLS when asked. Frees everything on failure. */
+static int finish(int fd, const rio_tls *tls, const char *server_name, int verify_host, long long deadline, rio_conn **out, rio_error *err) {
+    rio_conn *conn = calloc(1, sizeof *conn);
+    if (conn == NULL) {
+        close(fd);
+        return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
+    }
+    conn->fd = fd;
+    conn->reader = redisReaderCreate();
+    if (conn->reader == NULL) {
+        conn_release(conn);
+        return fail(err, RIO_E_NOMEM, ENOMEM, "could not create a reply reader");
+    }
+    if (tls != NULL) {
+        int status = handshake(conn, tls, server_name, verify_host, deadline, err);
+        if (status != RIO_OK) {
+            conn_release(conn);
+            return status;
+        }
+    }
+    *out = conn;
+    return RIO_OK;
+}
+
+/* Completes a non-blocking connect: RIO_OK, or an error code with err set. */
+static int await_connect(int fd, long long deadline, rio_error *err) {
+    int ready = wait_for(fd, POLLOUT, deadline, err);
+    if (ready == 0) {
+        return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "connect timed out");
+    }
+    if (ready < 0) {
+        return err != NULL ? err->code : RIO_E_IO;
+    }
+    int problem = 0;
+    socklen_t size = sizeof problem;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &problem, &size) != 0) {
+        return fail_errno(err, "getsockopt", errno);
+    }
+    if (problem != 0) {
+        return fail_errno(err, "connect", problem);
+    }
+    return RIO_OK;
+}
+
+/* ---- name resolution within a deadline ----
+   getaddrinfo(3) cannot be given a timeout, and a resolver that does not answer blocks it for
+   as long as resolv.conf's timeouts and attempts allow. A host name is therefore resolved on a
+   detached thread of its own; the connecting thread waits for it until the connect deadline
+   and, if it runs out, returns a timeout and leaves the thread to free what it finds. IP
+   literals are converted at once, without a thread. */
+
+typedef struct resolution {
+    pthread_mutex_t lock;
+    pthread_cond_t finished;
+    int done;
+    int references;
+    int status;
+    int saved_errno;
+    struct addrinfo *result;
+    char *host;
+    char service[8];
+} resolution;
+
+static void resolution_release(resolution *job) {
+    pthread_mutex_lock(&job->lock);
+    int left = --job->references;
+    pthread_mutex_unlock(&job->lock);
+    if (left > 0) {
+        return;
+    }
+    if (job->result != NULL) {
+        freeaddrinfo(job->result);
+    }
+    free(job->host);
+    pthread_cond_destroy(&job->finished);
+    pthread_mutex_destroy(&job->lock);
+    free(job);
+}
+
+static void *resolve_on_thread(void *argument) {
+    resolution *job = argument;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    struct addrinfo *result = NULL;
+    int status = getaddrinfo(job->host, job->service, &hints, &result);
+    int saved = errno;
+    pthread_mutex_lock(&job->lock);
+    job->status = status;
+    job->saved_errno = saved;
+    job->result = result;
+    job->done = 1;
+    pthread_cond_signal(&job->finished);
+    pthread_mutex_unlock(&job->lock);
+    resolution_release(job);
+    return NULL;
+}
+
+/* Resolves host:service before deadline. Returns 0 with *out set (free with freeaddrinfo), or
+   an error code with err set. */
+static int resolve(const char *host, const char *service, long long deadline, struct addrinfo **out, rio_error *err) {
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    if (is_ip_literal(host)) {
+        hints.ai_flags |= AI_NUMERICHOST;
+        int status = getaddrinfo(host, service, &hints, out);
+        if (status != 0) {
+            return fail(err, RIO_E_RESOLVE, 0, "could not resolve %s: %s", host, gai_strerror(status));
+        }
+        return RIO_OK;
+    }
+    resolution *job = calloc(1, sizeof *job);
+    if (job == NULL) {
+        return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
+    }
+    job->host = strdup(host);
+    if (job->host == NULL) {
+        free(job);
+        return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
+    }
+    snprintf(job->service, sizeof job->service, "%s", service);
+    pthread_condattr_t attributes;
+    if (pthread_mutex_init(&job->lock, NULL) != 0) {
+        free(job->host);
+        free(job);
+        return fail(err, RIO_E_IO, 0, "could not create a lock for name resolution");
+    }
+    if (pthread_condattr_init(&attributes) != 0 || pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&job->finished, &attributes) != 0) {
+        pthread_mutex_destroy(&job->lock);
+        free(job->host);
+        free(job);
+        return fail(err, RIO_E_IO, 0, "could not create a condition for name resolution");
+    }
+    pthread_condattr_destroy(&attributes);
+    job->references = 2;
+    pthread_t thread;
+    pthread_attr_t thread_attributes;
+    int started = pthread_attr_init(&thread_attributes);
+    if (started == 0) {
+        (void)pthread_attr_setdetachstate(&thread_attributes, PTHREAD_CREATE_DETACHED);
+        (void)pthread_attr_setstacksize(&thread_attributes, 256 * 1024);
+        started = pthread_create(&thread, &thread_attributes, resolve_on_thread, job);
+        pthread_attr_destroy(&thread_attributes);
+    }
+    if (started != 0) {
+        job->references = 1;
+        resolution_release(job);
+        return fail(err, RIO_E_IO, started, "could not start name resolution: %s", strerror(started));
+    }
+    struct timespec until;
+    until.tv_sec = (time_t)(deadline / 1000);
+    until.tv_nsec = (long)(deadline % 1000) * 1000000L;
+    pthread_mutex_lock(&job->lock);
+    while (!job->done) {
+        if (pthread_cond_timedwait(&job->finished, &job->lock, &until) == ETIMEDOUT) {
+            break;
+        }
+    }
+    int done = job->done;
+    int status = job->status;
+    int saved = job->saved_errno;
+    struct addrinfo *result = job->result;
+    if (done) {
+        job->result = NULL; /* now the caller's */
+    }
+    pthread_mutex_unlock(&job->lock);
+    resolution_release(job);
+    if (!done) {
+        return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "resolving %s timed out", host);
+    }
+    if (status != 0) {
+        if (result != NULL) {
+            freeaddrinfo(result);
+        }
+        if (status == EAI_SYSTEM) {
+            return fail(err, RIO_E_RESOLVE, saved, "could not resolve %s: %s", host, strerror(saved));
+        }
+        return fail(err, RIO_E_RESOLVE, 0, "could not resolve %s: %s", host, gai_strerror(status));
+    }
+    *out = result;
+    return RIO_OK;
+}
+
+int rio_connect_tcp(const char *host, int port, int timeout_ms, const rio_tls *tls, const char *server_name,
+                    int verify_host, rio_conn **out, rio_error *err) {
+    if (out == NULL || host == NULL) {
+        return fail(err, RIO_E_INVALID, EINVAL, "no host");
+    }
+    *out = NULL;
+    if (port < 1 || port > 65535) {
+        return fail(err, RIO_E_INVALID, EINVAL, "port %d out of range", port);
+    }
+    long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    char service[8];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo *addresses = NULL;
+    int resolved = resolve(host, service, deadline, &addresses, err);
+    if (resolved != RIO_OK) {
+        return resolved;
+    }
+    int status = fail(err, RIO_E_RESOLVE, 0, "%s has no address", host);
+    int fd = -1;
+    for (struct addrinfo *address = addresses; address != NULL; address = address->ai_next) {
+        if (remaining_ms(deadline) == 0) {
+            status = fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "connect timed out");
+            break;
+        }
+        fd = socket(address->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            status = fail_errno(err, "socket", errno);
+            continue;
+        }
+        if (connect(fd, address->ai_addr, address->ai_addrlen) == 0) {
+            status = RIO_OK;
+        } else if (errno == EINPROGRESS) {
+            status = await_connect(fd, deadline, err);
+        } else {
+            status = fail_errno(err, "connect", errno);
+        }
+        if (status == RIO_OK) {
+            break;
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(addresses);
+    if (status != RIO_OK) {
+        return status;
+    }
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0) {
+        int saved = errno;
+        close(fd);
+        return fail_errno(err, "setsockopt", saved);
+    }
+    int idle = 15, interval = 5, count = 3;
+    /* Keep-alive timings are advisory: a kernel without them still has SO_KEEPALIVE. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    return finish(fd, tls, server_name != NULL ? server_name : host, verify_host, deadline, out, err);
+}
+
+int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error *err) {
+    if (out == NULL || path == NULL) {
+        return fail(err, RIO_E_INVALID, EINVAL, "no path");
+    }
+    *out = NULL;
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof address);
+    address.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof address.sun_path) {
+        return fail(err, RIO_E_INVALID, ENAMETOOLONG, "socket path longer than %zu bytes", sizeof address.sun_path - 1);
+    }
+    strcpy(address.sun_path, path);
+    long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return fail_errno(err, "socket", errno);
+    }
+    int status = RIO_OK;
+    if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0) {
+        if (errno == EINPROGRESS) {
+            status = await_connect(fd, deadline, err);
+        } else if (errno == EAGAIN) {
+            /* A Unix socket's backlog is full: nothing is in progress. */
+            status = fail(err, RIO_E_REFUSED, EAGAIN, "connect: the server's listen backlog is full");
+        } else {
+            status = fail_errno(err, "connect", errno);
+        }
+    }
+    if (status != RIO_OK) {
+        close(fd);
+        return status;
+    }
+    return finish(fd, NULL, NULL, 0, deadline, out, err);
+}
+
+int rio_conn_fd(const rio_conn *conn) {
+    return conn != NULL ? conn->fd : -1;
+}
+
+/* Classifies a failed SSL_read/SSL_write; 0 when it only has to wait (sets *wants). */
+static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, int *wants_write, const char *what, rio_error *err) {
+    int reason_code = SSL_get_error(conn->ssl, result);
+    switch (reason_code) {
+    case SSL_ERROR_WANT_READ:
+        if (wants_read != NULL) {
+            *wants_read = 1;
+        }
+        return 0;
+    case SSL_ERROR_WANT_WRITE:
+        if (wants_write != NULL) {
+            *wants_write = 1;
+        }
+        return 0;
+    case SSL_ERROR_ZERO_RETURN:
+        ERR_clear_error();
+        return fail(err, RIO_E_CLOSED, 0, "the server closed the TLS session");
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0) {
+            ERR_clear_error();
+            if (saved == 0 || result == 0) {
+                return fail(err, RIO_E_CLOSED, 0, "the server closed the connection");
+            }
+            return fail_errno(err, what, saved);
+        }
+        /* OpenSSL has the detail */
+        __attribute__((fallthrough));
+    default: {
+        /* After the handshake a TLS error breaks this connection; a new one may well work (a
+           restarted server), so it is not reported as a (permanent) TLS set-up failure. */
+        char reason[200];
+        openssl_reason(reason, sizeof reason);
+        return fail(err, RIO_E_CLOSED, 0, "TLS %s failed: %s", what, reason);
+    }
+    }
+}
+
+ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wants_read, rio_error *err) {
+    if (conn == NULL || bytes == NULL) {
+        fail(err, RIO_E_INVALID, EINVAL, "no connection");
+        return -1;
+    }
+    if (length == 0) {
+        return 0;
+    }
+    if (conn->ssl != NULL) {
+        ERR_clear_error();
+        int chunk = length > 0x7fffffff ? 0x7fffffff : (int)length;
+        sigpipe_guard guard;
+        sigpipe_block(&guard);
+        int written = SSL_write(conn->ssl, bytes, chunk);
+        int saved = errno;
+        sigpipe_restore(&guard);
+        if (written > 0) {
+            return written;
+        }
+        if (tls_failure(conn, written, saved, wants_read, NULL, "write", err) == 0) {
+            return 0;
+        }
+        return -1;
+    }
+    for (;;) {
+        ssize_t written = send(conn->fd, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (written >= 0) {
+            return written;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return 0;
+        }
+        fail_errno(err, "write", errno);
+        return -1;
+    }
+}
+
+static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err) {
+    if (redisReaderFeed(conn->reader, buffer, count) != REDIS_OK) {
+        return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
+    }
+    return RIO_OK;
+}
+
+size_t rio_conn_read(rio_conn *conn, int *failed, int *wants_write, rio_error *err) {
+    *failed = 0;
+    if (conn == NULL) {
+        *failed = 1;
+        fail(err, RIO_E_INVALID, EINVAL, "no connection");
+        return 0;
+    }
+    char buffer[16384];
+    size_t total = 0;
+    conn->undrained = 0;
+    while (total < (1u << 20)) {
+        ssize_t count;
+        if (conn->ssl != NULL) {
+            ERR_clear_error();
+            sigpipe_guard guard;
+            sigpipe_block(&guard);
+            int result = SSL_read(conn->ssl, buffer, (int)sizeof buffer);
+            int saved = errno;
+            sigpipe_restore(&guard);
+            if (result <= 0) {
+                if (tls_failure(conn, result, saved, NULL, wants_write, "read", err) != 0) {
+                    *failed = 1;
+                }
+                return total;
+            }
+            count = result;
+        } else {
+            count = recv(conn->fd, buffer, sizeof buffer, MSG_DONTWAIT);
+            if (count < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                    *failed = 1;
+                    fail_errno(err, "read", errno);
+                }
+                return total;
+            }
+            if (count == 0) {
+                *failed = 1;
+                fail(err, RIO_E_CLOSED, 0, "the server closed the connection");
+                return total;
+            }
+        }
+        if (feed(conn, buffer, (size_t)count, err) != RIO_OK) {
+            *failed = 1;
+            return total;
+        }
+        total += (size_t)count;
+        /* No early return on a short read: a FIN that came with the last bytes raises no new
+           edge-triggered event, so only reading on to EAGAIN (or EOF) sees it. */
+    }
+    conn->undrained = 1;
+    return total;
+}
+
+int rio_conn_pending(const rio_conn *conn) {
+    if (conn == NULL) {
+        return 0;
+    }
+    return conn->undrained || (conn->ssl != NULL && SSL_pending(conn->ssl) > 0);
+}
+
+int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err) {
+    *out = NULL;
+    void *reply = NULL;
+    if (redisReaderGetReply(conn->reader, &reply) != REDIS_OK) {
+        if (reply != NULL) {
+            freeReplyObject(reply);
+        }
+        fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
+        return -1;
+    }
+    if (reply == NULL) {
+        return 0;
+    }
+    *out = (rio_reply *)reply;
+    return 1;
+}
+
+int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int timeout_ms, rio_reply **out, rio_error *err) {
+    *out = NULL;
+    long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    const char *cursor = bytes;
+    size_t left = length;
+    while (left > 0) {
+        int wants_read = 0;
+        ssize_t written = rio_conn_write(conn, cursor, left, &wants_read, err);
+        if (written < 0) {
+            return err != NULL ? err->code : RIO_E_IO;
+        }
+        cursor += written;
+        left -= (size_t)written;
+        if (left > 0) {
+            int ready = wait_for(conn->fd, wants_read ? POLLIN : POLLOUT, deadline, err);
+            if (ready == 0) {
+                return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "timed out writing to the server");
+            }
+            if (ready < 0) {
+                return err != NULL ? err->code : RIO_E_IO;
+            }
+        }
+    }
+    for (;;) {
+        int got = rio_conn_next_reply(conn, out, err);
+        if (got != 0) {
+            return got > 0 ? RIO_OK : RIO_E_PROTOCOL;
+        }
+        int failed = 0, wants_write = 0;
+        size_t read = rio_conn_read(conn, &failed, &wants_write, err);
+        if (failed) {
+            got = rio_conn_next_reply(conn, out, NULL);
+            return got > 0 ? RIO_OK : (err != NULL ? err->code : RIO_E_IO);
+        }
+        if (read == 0 && !rio_conn_pending(conn)) {
+            int ready = wait_for(conn->fd, wants_write ? POLLOUT : POLLIN, deadline, err);
+            if (ready == 0) {
+                return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "timed out waiting for the server's reply");
+            }
+            if (ready < 0) {
+                return err != NULL ? err->code : RIO_E_IO;
+            }
+        }
+    }
+}
+
+int rio_conn_peer_closed(rio_conn *conn) {
+    if (conn == NULL || conn->fd < 0) {
+        return 1;
+    }
+    char byte;
+    ssize_t peeked = recv(conn->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (peeked == 0) {
+        return 1;
+    }
+    if (peeked < 0) {
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    }
+    if (conn->ssl == NULL) {
+        return 0;
+    }
+    /* Bytes on an idle TLS connection: a session ticket, or the server's close_notify. Let
+       OpenSSL process the records without taking application data. */
+    ERR_clear_error();
+    sigpipe_guard guard;
+    sigpipe_block(&guard);
+    int result = SSL_peek(conn->ssl, &byte, 1);
+    sigpipe_restore(&guard);
+    if (result > 0) {
+        return 0;
+    }
+    int reason_code = SSL_get_error(conn->ssl, result);
+    ERR_clear_error();
+    return reason_code != SSL_ERROR_WANT_READ && reason_code != SSL_ERROR_WANT_WRITE;
+}
+
+void rio_conn_shutdown(rio_conn *conn) {
+    if (conn != NULL && conn->fd >= 0) {
+        (void)shutdown(conn->fd, SHUT_RDWR);
+    }
+}
+
+void rio_conn_free(rio_conn *conn) {
+    if (conn != NULL) {
+        conn_release(conn);
+    }
+}
+
+/* ---- replies ---- */
+
+int rio_reply_type(const rio_reply *reply) {
+    return reply != NULL ? ((const redisReply *)reply)->type : 0;
+}
+
+long long rio_reply_integer(const rio_reply *reply) {
+    return reply != NULL ? ((const redisReply *)reply)->integer : 0;
+}
+
+const char *rio_reply_bytes(const rio_reply *reply, size_t *length) {
+    *length = 0;
+    if (reply == NULL) {
+        return NULL;
+    }
+    const redisReply *r = (const redisReply *)reply;
+    if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_ERROR) {
+        return NULL;
+    }
+    if (r->str == NULL) {
+        return NULL;
+    }
+    *length = r->len;
+    return r->str;
+}
+
+size_t rio_reply_count(const rio_reply *reply) {
+    const redisReply *r = (const redisReply *)reply;
+    return r != NULL && r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+}
+
+const rio_reply *rio_reply_element(const rio_reply *reply, size_t index) {
+    const redisReply *r = (const redisReply *)reply;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->element == NULL || index >= r->elements) {
+        return NULL;
+    }
+    return (const rio_reply *)r->element[index];
+}
+
+void rio_reply_free(rio_reply *reply) {
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+}
+
+/* ---- event loop primitives ---- */
+
+int rio_poller_create(rio_error *err) {
+    int poller = epoll_create1(EPOLL_CLOEXEC);
+    if (poller < 0) {
+        fail_errno(err, "epoll_create1", errno);
+    }
+    return poller;
+}
+
+int rio_poller_control(int poller, int op, int fd, int want_write, int edge, uint64_t token, rio_error *err) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof event);
+    event.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0) | (edge ? EPOLLET : 0);
+    event.data.u64 = token;
+    int operation = op == 0 ? EPOLL_CTL_ADD : op == 1 ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
+    if (epoll_ctl(poller, operation, fd, &event) != 0) {
+        fail_errno(err, "epoll_ctl", errno);
+        return -1;
+    }
+    return 0;
+}
+
+int rio_poller_wait(int poller, rio_event *events, int capacity, int timeout_ms, rio_error *err) {
+    struct epoll_event ready[64];
+    int limit = capacity < 64 ? capacity : 64;
+    int count = epoll_wait(poller, ready, limit, timeout_ms);
+    if (count < 0) {
+        if (errno == EINTR) {
+            return 0;
+        }
+        fail_errno(err, "epoll_wait", errno);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        events[i].token = ready[i].data.u64;
+        events[i].readable = (ready[i].events & (EPOLLIN | EPOLLPRI)) != 0;
+        events[i].writable = (ready[i].events & EPOLLOUT) != 0;
+        events[i].hangup = (ready[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0;
+    }
+    return count;
+}
+
+int rio_waker_create(rio_error *err) {
+    int waker = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (waker < 0) {
+        fail_errno(err, "eventfd", errno);
+    }
+    return waker;
+}
+
+void rio_waker_signal(int waker) {
+    uint64_t one = 1;
+    /* A full counter (EAGAIN) still leaves the waker readable: the wake-up is not lost. */
+    while (write(waker, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+}
+
+void rio_waker_drain(int waker) {
+    uint64_t count;
+    while (read(waker, &count, sizeof count) < 0 && errno == EINTR) {
+    }
+}
+
+void rio_close_descriptor(int fd) {
+    if (fd >= 0) {
+        close(fd);
+    }
+}

@@ -1,0 +1,443 @@
+import CRedisIO
+import Foundation
+import Synchronization
+
+/// The transport's only file that calls C: sockets, TLS sessions and the RESP reader (through
+/// the `CRedisIO` module), and the event loop's epoll and eventfd primitives.
+///
+/// Every C object has one Swift owner that frees it exactly once (in `close()` or `deinit`), and
+/// every C return is checked; errors come back as ``RedisError`` naming the node.
+
+/// A client TLS configuration loaded into OpenSSL (an `SSL_CTX`): trust anchors, the client's
+/// certificate for mutual TLS, the verification mode.
+///
+/// `@unchecked Sendable`: the context pointer is set once in `init`, never changed, and freed
+/// only in `deinit`, when no connection can use it any more; OpenSSL documents a configured
+/// `SSL_CTX` as safe to share between threads that each create their own `SSL` from it, which is
+/// all the connector threads do.
+final class TLSContext: @unchecked Sendable {
+    private let pointer: OpaquePointer
+
+    /// Loads the files named by `configuration`.
+    /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason.
+    init(_ configuration: RedisTLSConfiguration, endpoint: RedisEndpoint) throws(RedisError) {
+        var error = rio_error()
+        let created = rio_tls_create(
+            configuration.trustedCertificatesFile, configuration.certificateFile, configuration.privateKeyFile,
+            configuration.verifiesCertificate ? 1 : 0, &error
+        )
+        guard let created else { throw RedisError(error, endpoint: endpoint, connecting: true) }
+        pointer = created
+    }
+
+    deinit {
+        rio_tls_free(pointer)
+    }
+
+    fileprivate func withPointer<T>(_ body: (OpaquePointer) -> T) -> T {
+        body(pointer)
+    }
+}
+
+/// The TLS context of one connection or subscriber, loaded on first connect (file I/O: on the
+/// connector thread) and kept for later connects.
+final class TLSContextCache: Sendable {
+    private let loaded = Mutex<TLSContext?>(nil)
+
+    init() {}
+
+    /// The context for `configuration` (nil without TLS), loading it if needed.
+    func context(for configuration: RedisConnectionConfiguration) -> Result<TLSContext?, RedisError> {
+        guard let settings = configuration.tls else { return .success(nil) }
+        if let context = loaded.withLock({ $0 }) { return .success(context) }
+        do {
+            let context = try TLSContext(settings, endpoint: configuration.endpoint)
+            loaded.withLock { $0 = context }
+            return .success(context)
+        } catch {
+            return .failure(error)
+        }
+    }
+}
+
+/// One open connection to a node: a non-blocking socket, its TLS session if any, and the reader
+/// that turns its bytes into replies.
+///
+/// `@unchecked Sendable`: the C connection is not thread-safe, and is used by one thread at a
+/// time. The connector thread that creates it (``connect(_:tls:)``) uses it until it hands it to
+/// its owner, which stores it in its mutex-guarded state (`ConnectionCore.state`,
+/// `RedisSubscriber.state`); from then on every call, `close()` included, is made with that lock
+/// held, and the socket never leaves the state.
+final class NodeSocket: @unchecked Sendable {
+    private var pointer: OpaquePointer?
+    private let endpoint: RedisEndpoint
+
+    private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
+        self.pointer = pointer
+        self.endpoint = endpoint
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Frees the connection (closing its socket). Safe to call more than once.
+    func close() {
+        if let pointer {
+            rio_conn_free(pointer)
+            self.pointer = nil
+        }
+    }
+
+    /// The socket descriptor, or -1 once closed.
+    var descriptor: Int32 {
+        pointer.map { rio_conn_fd($0) } ?? -1
+    }
+
+    /// Connects (resolution, TCP or Unix connect, TLS handshake), then authenticates and selects
+    /// the database, all within the configuration's connect timeout. Blocks the calling thread:
+    /// call it from a connector thread, never from the event loop or the cooperative pool.
+    static func connect(_ configuration: RedisConnectionConfiguration, tls: TLSContext?) -> Result<NodeSocket, RedisError> {
+        let endpoint = configuration.endpoint
+        let started = ContinuousClock.now
+        let budget = configuration.connectTimeout
+        func milliseconds(_ duration: Duration) -> Int32 {
+            Int32(clamping: max(1, duration.wholeNanoseconds / 1_000_000))
+        }
+        var error = rio_error()
+        var opened: OpaquePointer?
+        let status: Int32
+        switch endpoint.address {
+        case let .tcp(host, port):
+            guard let cPort = Int32(exactly: port) else {
+                return .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "port \(port) out of range"))
+            }
+            let tlsSettings = configuration.tls
+            let serverName = tlsSettings?.serverName ?? host
+            let verifyHost: Int32 = (tlsSettings?.verifiesHostname ?? false) && (tlsSettings?.verifiesCertificate ?? false) ? 1 : 0
+            if let tls {
+                status = tls.withPointer { context in
+                    rio_connect_tcp(host, cPort, milliseconds(budget), context, serverName, verifyHost, &opened, &error)
+                }
+            } else {
+                status = rio_connect_tcp(host, cPort, milliseconds(budget), nil, nil, 0, &opened, &error)
+            }
+        case let .unixDomainSocket(path):
+            if configuration.tls != nil {
+                return .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "TLS over a Unix domain socket is not supported"))
+            }
+            status = rio_connect_unix(path, milliseconds(budget), &opened, &error)
+        }
+        guard status == Int32(RIO_OK), let opened else {
+            return .failure(RedisError(error, endpoint: endpoint, connecting: true))
+        }
+        let socket = NodeSocket(pointer: opened, endpoint: endpoint)
+
+        var handshake: [RedisCommand] = []
+        if let password = configuration.password {
+            if let username = configuration.username {
+                handshake.append(RedisCommand("AUTH", username, password))
+            } else {
+                handshake.append(RedisCommand("AUTH", password))
+            }
+        }
+        if let database = configuration.database, database != 0 {
+            handshake.append(RedisCommand("SELECT", String(database)))
+        }
+        for command in handshake {
+            let left = budget - started.duration(to: .now)
+            guard left > .zero else {
+                socket.close()
+                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect: timed out during AUTH/SELECT"))
+            }
+            switch socket.roundTrip(command, timeout: milliseconds(left)) {
+            case let .success(reply):
+                guard case let .error(text) = reply else { continue }
+                socket.close()
+                let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
+                let code: RedisError.Code = name == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
+                return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name): \(text)"))
+            case let .failure(failure):
+                socket.close()
+                return .failure(failure)
+            }
+        }
+        return .success(socket)
+    }
+
+    /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
+    /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
+    /// then calls `completion` on that thread. The thread ends with the connect, within the
+    /// connect timeout.
+    static func connectInBackground(
+        _ configuration: RedisConnectionConfiguration,
+        tls: TLSContextCache,
+        completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
+    ) {
+        let thread = Thread {
+            switch tls.context(for: configuration) {
+            case let .success(context): completion(connect(configuration, tls: context))
+            case let .failure(failure): completion(.failure(failure))
+            }
+        }
+        thread.name = "redis-connect"
+        thread.stackSize = 256 * 1024
+        thread.start()
+    }
+
+    /// Writes `command` and waits for its reply (an error reply comes back as `.error`).
+    private func roundTrip(_ command: RedisCommand, timeout milliseconds: Int32) -> Result<RedisValue, RedisError> {
+        guard let pointer else { return .failure(closedError) }
+        let bytes = command.wireBytes
+        var error = rio_error()
+        var reply: OpaquePointer?
+        let status = bytes.withUnsafeBytes { raw in
+            rio_conn_roundtrip(pointer, raw.baseAddress, raw.count, milliseconds, &reply, &error)
+        }
+        guard status == Int32(RIO_OK), let reply else {
+            return .failure(RedisError(error, endpoint: endpoint, connecting: true))
+        }
+        defer { rio_reply_free(reply) }
+        return Self.value(reply, endpoint: endpoint)
+    }
+
+    private var closedError: RedisError {
+        RedisError(code: .connectionClosed, endpoint: endpoint, message: "connection already closed")
+    }
+
+    /// What a non-blocking write achieved.
+    enum WriteOutcome {
+        /// This many bytes went out (0: the socket is full); with `wantsReadable`, TLS must read
+        /// before it can write again.
+        case wrote(Int, wantsReadable: Bool)
+        case failed(RedisError)
+    }
+
+    /// Writes as much of `bytes[offset...]` as the socket accepts now.
+    func write(_ bytes: [UInt8], from offset: Int) -> WriteOutcome {
+        guard let pointer else { return .failed(closedError) }
+        var error = rio_error()
+        var wantsRead: Int32 = 0
+        let written = bytes.withUnsafeBytes { raw -> Int in
+            guard offset < raw.count, let base = raw.baseAddress else { return 0 }
+            return rio_conn_write(pointer, base + offset, raw.count - offset, &wantsRead, &error)
+        }
+        if written < 0 { return .failed(RedisError(error, endpoint: endpoint, connecting: false)) }
+        return .wrote(written, wantsReadable: wantsRead != 0)
+    }
+
+    /// What a non-blocking read produced.
+    struct ReadOutcome {
+        /// Every complete reply read, in order; error replies are `.error`.
+        var replies: [RedisValue] = []
+        /// Set when the stream broke (EOF, socket error, not RESP): the connection is unusable.
+        var failure: RedisError?
+        /// TLS must write before it can read on.
+        var wantsWritable = false
+    }
+
+    /// Reads what the socket has and returns the complete replies.
+    func read() -> ReadOutcome {
+        var outcome = ReadOutcome()
+        guard let pointer else {
+            outcome.failure = closedError
+            return outcome
+        }
+        var error = rio_error()
+        var failed: Int32 = 0
+        var wantsWrite: Int32 = 0
+        repeat {
+            _ = rio_conn_read(pointer, &failed, &wantsWrite, &error)
+            // Replies that arrived before a failure are still answers.
+            while true {
+                var reply: OpaquePointer?
+                var parseError = rio_error()
+                let got = rio_conn_next_reply(pointer, &reply, &parseError)
+                if got < 0 {
+                    outcome.failure = RedisError(parseError, endpoint: endpoint, connecting: false)
+                    return outcome
+                }
+                guard got > 0, let reply else { break }
+                let value = Self.value(reply, endpoint: endpoint)
+                rio_reply_free(reply)
+                switch value {
+                case let .success(value): outcome.replies.append(value)
+                case let .failure(failure):
+                    outcome.failure = failure
+                    return outcome
+                }
+            }
+        } while failed == 0 && rio_conn_pending(pointer) != 0
+        if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint, connecting: false) }
+        outcome.wantsWritable = wantsWrite != 0
+        return outcome
+    }
+
+    /// Whether the peer has closed this idle connection (checked without blocking before a
+    /// command goes out on a connection that was idle, so a restarted server costs a reconnect
+    /// rather than a failed command).
+    var peerHasClosed: Bool {
+        guard let pointer else { return true }
+        return rio_conn_peer_closed(pointer) != 0
+    }
+
+    private static func value(_ reply: OpaquePointer, endpoint: RedisEndpoint) -> Result<RedisValue, RedisError> {
+        switch Int(rio_reply_type(reply)) {
+        case Int(RIO_REPLY_STATUS):
+            return .success(.simpleString(text(reply)))
+        case Int(RIO_REPLY_STRING):
+            return .success(.bulkString(bytes(reply)))
+        case Int(RIO_REPLY_INTEGER):
+            return .success(.integer(Int64(rio_reply_integer(reply))))
+        case Int(RIO_REPLY_NIL):
+            return .success(.null)
+        case Int(RIO_REPLY_ERROR):
+            return .success(.error(text(reply)))
+        case Int(RIO_REPLY_ARRAY):
+            let count = rio_reply_count(reply)
+            var elements: [RedisValue] = []
+            elements.reserveCapacity(count)
+            for index in 0..<count {
+                guard let element = rio_reply_element(reply, index) else {
+                    return .failure(RedisError(code: .protocolError, endpoint: endpoint, message: "array element \(index) missing"))
+                }
+                switch value(element, endpoint: endpoint) {
+                case let .success(value): elements.append(value)
+                case let .failure(error): return .failure(error)
+                }
+            }
+            return .success(.array(elements))
+        default:
+            return .failure(RedisError(code: .protocolError, endpoint: endpoint, message: "unknown reply type \(rio_reply_type(reply))"))
+        }
+    }
+
+    private static func bytes(_ reply: OpaquePointer) -> [UInt8] {
+        var length = 0
+        guard let start = rio_reply_bytes(reply, &length), length > 0 else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: length))
+    }
+
+    private static func text(_ reply: OpaquePointer) -> String {
+        String(decoding: bytes(reply), as: UTF8.self)
+    }
+}
+
+/// An epoll instance and an eventfd to wake it: the event loop's system side.
+///
+/// Closed by the loop's thread as it exits (``close()``); every call after that is refused, so a
+/// descriptor number reused since is never touched.
+final class Poller: Sendable {
+    private let poller: Int32
+    private let waker: Int32
+    private let closed = Mutex(false)
+    /// The token the waker's events carry.
+    static let wakerToken: UInt64 = 0
+
+    init() throws(RedisError) {
+        var error = rio_error()
+        let poller = rio_poller_create(&error)
+        guard poller >= 0 else { throw RedisError(error, endpoint: nil, connecting: false) }
+        let waker = rio_waker_create(&error)
+        guard waker >= 0 else {
+            rio_close_descriptor(poller)
+            throw RedisError(error, endpoint: nil, connecting: false)
+        }
+        if rio_poller_control(poller, 0, waker, 0, 0, Self.wakerToken, &error) != 0 {
+            rio_close_descriptor(waker)
+            rio_close_descriptor(poller)
+            throw RedisError(error, endpoint: nil, connecting: false)
+        }
+        self.poller = poller
+        self.waker = waker
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Closes both descriptors (once).
+    func close() {
+        closed.withLock { closed in
+            guard !closed else { return }
+            closed = true
+            rio_close_descriptor(waker)
+            rio_close_descriptor(poller)
+        }
+    }
+
+    /// What epoll reported for one descriptor.
+    struct Event {
+        var token: UInt64
+        var readable: Bool
+        var writable: Bool
+        var hangUp: Bool
+    }
+
+    enum Change: Int32 { case add = 0, modify = 1, remove = 2 }
+
+    /// Adds, changes or removes a socket, edge-triggered (reads and hang-ups always watched;
+    /// writes with `writable`): whoever handles an event reads until the socket is drained.
+    /// Safe from any thread.
+    func control(_ change: Change, descriptor: Int32, writable: Bool, token: UInt64) -> RedisError? {
+        closed.withLock { closed in
+            guard !closed else { return RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down") }
+            var error = rio_error()
+            if rio_poller_control(poller, change.rawValue, descriptor, writable ? 1 : 0, 1, token, &error) != 0 {
+                return RedisError(error, endpoint: nil, connecting: false)
+            }
+            return nil
+        }
+    }
+
+    /// Waits for events up to `timeout` (nil: no limit) into `events`.
+    func wait(into events: inout [Event], timeout: Duration?) -> RedisError? {
+        let milliseconds: Int32 = timeout.map { Int32(clamping: max(0, ($0.wholeNanoseconds + 999_999) / 1_000_000)) } ?? -1
+        var error = rio_error()
+        events.removeAll(keepingCapacity: true)
+        return withUnsafeTemporaryAllocation(of: rio_event.self, capacity: 64) { buffer -> RedisError? in
+            let count = rio_poller_wait(poller, buffer.baseAddress, Int32(buffer.count), milliseconds, &error)
+            guard count >= 0 else { return RedisError(error, endpoint: nil, connecting: false) }
+            for event in buffer.prefix(Int(count)) {
+                events.append(Event(token: event.token, readable: event.readable != 0, writable: event.writable != 0, hangUp: event.hangup != 0))
+            }
+            return nil
+        }
+    }
+
+    /// Wakes a thread waiting in ``wait(into:timeout:)``. Safe from any thread.
+    func wake() {
+        closed.withLock { closed in
+            if !closed { rio_waker_signal(waker) }
+        }
+    }
+
+    /// Consumes the pending wake-ups (on the loop thread, after the waker's event).
+    func drainWakeups() {
+        rio_waker_drain(waker)
+    }
+}
+
+extension RedisError {
+    /// A typed error from the C layer's error record.
+    init(_ error: rio_error, endpoint: RedisEndpoint?, connecting: Bool) {
+        var record = error
+        let text = withUnsafeBytes(of: &record.message) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        let code: Code
+        switch Int(error.code) {
+        case Int(RIO_E_REFUSED): code = .connectionRefused
+        case Int(RIO_E_TIMEOUT): code = .timeout
+        case Int(RIO_E_RESOLVE): code = .nameResolutionFailed
+        case Int(RIO_E_CLOSED): code = .connectionClosed
+        case Int(RIO_E_PROTOCOL): code = .protocolError
+        case Int(RIO_E_TLS): code = .tlsFailed
+        case Int(RIO_E_CERTIFICATE): code = .certificateRejected
+        case Int(RIO_E_INVALID): code = .invalidAddress
+        default: code = .io
+        }
+        let phase = connecting && code != .nameResolutionFailed ? "connect: " : ""
+        self.init(code: code, endpoint: endpoint, message: phase + text)
+    }
+}

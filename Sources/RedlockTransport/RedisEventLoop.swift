@@ -1,0 +1,164 @@
+import Foundation
+import Synchronization
+
+/// Something the event loop drives: a connection or a subscriber. Its methods run on the loop's
+/// thread, must be quick and must never block.
+protocol EventLoopSource: AnyObject, Sendable {
+    /// The socket registered with ``RedisEventLoop/watch(_:descriptor:writable:)`` is ready.
+    func handle(readable: Bool, writable: Bool, hangUp: Bool)
+    /// Acts on whatever came due by `now` (a command timeout, a reconnect) and returns the next
+    /// instant it needs to be asked again, if any.
+    func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant?
+}
+
+/// One thread that waits in `epoll` on the sockets of many connections and delivers their
+/// replies: a client's connections share one, so a fan-out to five nodes wakes one thread, not
+/// five, and callers write their commands to the socket themselves.
+///
+/// Deadlines are checked on every wake-up and at least every `checkInterval` of the
+/// registered sources, so a command written by a caller while the loop sleeps is timed out at most
+/// one interval late.
+package final class RedisEventLoop: Sendable {
+    private struct Registry {
+        var sources: [UInt64: any EventLoopSource] = [:]
+        /// The sources in registration order, for deadline checks (rebuilt on change only).
+        var ordered: [any EventLoopSource] = []
+        var intervals: [UInt64: Duration] = [:]
+        var checkInterval: Duration?
+        var nextToken: UInt64 = 1
+        var stopping = false
+    }
+
+    private let poller: Poller?
+    /// Why the loop has no thread (no epoll instance or eventfd could be made), if so.
+    let startupError: RedisError?
+    private let registry = Mutex(Registry())
+    private let exited = OneTimeEvent<Void>()
+
+    /// The loop that connections made without one share: started on first use, never stopped.
+    package static let shared = RedisEventLoop(name: "redis-loop")
+
+    /// Creates a loop and starts its thread. If the system refuses the `epoll` instance or the
+    /// eventfd, the loop has no thread and every connection using it fails with that error.
+    package init(name: String = "redis-loop") {
+        do {
+            poller = try Poller()
+            startupError = nil
+        } catch {
+            poller = nil
+            startupError = error
+            exited.fire()
+            return
+        }
+        let thread = Thread { [self] in run() }
+        thread.name = name
+        thread.stackSize = 512 * 1024
+        thread.start()
+    }
+
+    /// Registers a source for deadline checks; `checkInterval` bounds how long the loop sleeps
+    /// between checks while it is registered. Returns its token, or the loop's startup error.
+    func register(_ source: any EventLoopSource, checkInterval: Duration) -> Result<UInt64, RedisError> {
+        if let startupError { return .failure(startupError) }
+        defer {
+            // The thread may sleep with a longer timeout, or none, computed before this source
+            // came: it recomputes when woken. A registration is rare (one per connect).
+            poller?.wake()
+        }
+        return registry.withLock { registry in
+            if registry.stopping {
+                return .failure(RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down"))
+            }
+            let token = registry.nextToken
+            registry.nextToken += 1
+            registry.sources[token] = source
+            registry.ordered.append(source)
+            registry.intervals[token] = checkInterval
+            registry.checkInterval = registry.intervals.values.min()
+            return .success(token)
+        }
+    }
+
+    /// Forgets a source (call after its socket is no longer watched).
+    func deregister(_ token: UInt64) {
+        registry.withLock { registry in
+            guard let source = registry.sources.removeValue(forKey: token) else { return }
+            registry.ordered.removeAll { $0 === source }
+            registry.intervals[token] = nil
+            registry.checkInterval = registry.intervals.values.min()
+        }
+    }
+
+    /// Starts watching `descriptor` for the source with `token` (reads and hang-ups, and writes
+    /// when `writable`). Safe from any thread.
+    func watch(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
+        guard let poller else { return startupError }
+        return poller.control(.add, descriptor: descriptor, writable: writable, token: token)
+    }
+
+    /// Changes whether writes are watched.
+    func update(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
+        guard let poller else { return startupError }
+        return poller.control(.modify, descriptor: descriptor, writable: writable, token: token)
+    }
+
+    /// Stops watching `descriptor` (call before closing it).
+    func unwatch(_ token: UInt64, descriptor: Int32) {
+        _ = poller?.control(.remove, descriptor: descriptor, writable: false, token: token)
+    }
+
+    /// Stops the thread once its sources are gone and returns when it has exited. Sources still
+    /// registered are no longer served.
+    package func shutdown() async {
+        beginShutdown()
+        await exited.wait()
+    }
+
+    /// Asks the thread to stop, without waiting for it.
+    package func beginShutdown() {
+        let alreadyStopping = registry.withLock { registry in
+            defer { registry.stopping = true }
+            return registry.stopping
+        }
+        if !alreadyStopping { poller?.wake() }
+    }
+
+    private func run() {
+        guard let poller else { return }
+        var events: [Poller.Event] = []
+        events.reserveCapacity(64)
+        // Deadlines are checked when one is due, after a wake-up (a new source), and at least
+        // every check interval; not on every event, which would take every source's lock.
+        var nextCheck = ContinuousClock.now
+        while true {
+            let (sources, interval, stopping) = registry.withLock { ($0.ordered, $0.checkInterval, $0.stopping) }
+            if stopping { break }
+            var now = ContinuousClock.now
+            if now >= nextCheck {
+                var next: ContinuousClock.Instant? = interval.map { now + $0 }
+                for source in sources {
+                    if let due = source.checkDeadlines(now: now), next.map({ due < $0 }) ?? true { next = due }
+                }
+                nextCheck = next ?? .now + .seconds(3_600)
+                now = .now
+            }
+            let timeout: Duration? = sources.isEmpty ? nil : max(.zero, now.duration(to: nextCheck))
+            if poller.wait(into: &events, timeout: timeout) != nil {
+                // epoll_wait failed for a reason other than a signal: back off, then try again.
+                Thread.sleep(forTimeInterval: 0.01)
+                continue
+            }
+            for event in events {
+                if event.token == Poller.wakerToken {
+                    poller.drainWakeups()
+                    nextCheck = .now
+                    continue
+                }
+                let source = registry.withLock { $0.sources[event.token] }
+                source?.handle(readable: event.readable, writable: event.writable, hangUp: event.hangUp)
+            }
+        }
+        poller.close()
+        exited.fire()
+    }
+}
