@@ -1,0 +1,271 @@
+import Foundation
+import RedlockTransport
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A TCP proxy on a free loopback port in front of one node, that injects network faults
+/// between a client and the node while the node keeps running (and expiring keys): added
+/// latency, a direction that stalls (bytes are held, not lost), a connection reset, a stream cut
+/// after a number of bytes. Give each client its own proxy per node to make partitions that
+/// differ per client.
+///
+/// Loopback only: it listens on 127.0.0.1 and connects to the node's 127.0.0.1 port. Threads of
+/// its own (one to accept, two per connection), all ended by ``stop()``.
+public final class FaultProxy: Sendable {
+    /// Which way bytes flow.
+    public enum Direction: Sendable, Hashable {
+        /// From the client to the node (commands).
+        case toNode
+        /// From the node to the client (replies).
+        case toClient
+    }
+
+    /// What the proxy does to the bytes it forwards; changes apply at once to every connection.
+    public enum Fault: Sendable, Hashable {
+        /// Forward everything at once.
+        case none
+        /// Hold each chunk for `delay` plus a random share of `jitter` before forwarding it.
+        case latency(Duration, jitter: Duration = .zero)
+        /// Forward nothing in `direction` (the bytes wait, as behind a black hole; the other
+        /// direction flows). `.stall` of both directions is a partition.
+        case stall(Set<Direction>)
+        /// Forward `bytes` more bytes in `direction`, then nothing more in it (a cut mid-message,
+        /// e.g. half a TLS record).
+        case cut(Direction, afterBytes: Int)
+    }
+
+    /// The port on 127.0.0.1 clients connect to.
+    public let port: Int
+    /// The endpoint clients are pointed at.
+    public var endpoint: RedisEndpoint { .hostname("127.0.0.1", port: port) }
+
+    private struct Link {
+        var client: Int32
+        var node: Int32
+    }
+
+    private struct State {
+        var fault = Fault.none
+        /// Bytes still allowed through per direction under `.cut`.
+        var allowance: [Direction: Int] = [:]
+        /// Open connections by the client's socket.
+        var links: [Int32: Link] = [:]
+        /// Connections to end with an RST (by the client's socket).
+        var resetting = Set<Int32>()
+        var stopped = false
+        var accepted = 0
+    }
+
+    private let listener: Int32
+    private let nodePort: Int
+    private let state = Mutex(State())
+
+    private init(port: Int, listener: Int32, nodePort: Int) {
+        self.port = port
+        self.listener = listener
+        self.nodePort = nodePort
+    }
+
+    /// Starts a proxy to `node`, which must be `127.0.0.1:port`.
+    public static func start(to node: RedisEndpoint) throws -> FaultProxy {
+        guard node.host == "127.0.0.1", let nodePort = node.port else {
+            throw RedisServerError.noFreePort("a fault proxy forwards to 127.0.0.1 only, not \(node)")
+        }
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
+        var address = loopback(port: 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(descriptor, raw, length) == 0 && listen(descriptor, 64) == 0 && getsockname(descriptor, raw, &length) == 0
+            }
+        }
+        guard bound else {
+            let reason = String(cString: strerror(errno))
+            close(descriptor)
+            throw RedisServerError.noFreePort("bind/listen: \(reason)")
+        }
+        let proxy = FaultProxy(port: Int(UInt16(bigEndian: address.sin_port)), listener: descriptor, nodePort: nodePort)
+        let thread = Thread { proxy.acceptLoop() }
+        thread.name = "fault proxy \(proxy.port)"
+        thread.start()
+        return proxy
+    }
+
+    /// How many client connections it accepted.
+    public var acceptedCount: Int { state.withLock { $0.accepted } }
+
+    /// Applies `fault` from now on.
+    public func set(_ fault: Fault) {
+        state.withLock { state in
+            state.fault = fault
+            state.allowance = [:]
+            if case let .cut(direction, bytes) = fault { state.allowance[direction] = bytes }
+        }
+    }
+
+    /// Resets every open connection (RST to the client, close to the node); new ones are
+    /// accepted as before.
+    public func resetConnections() {
+        state.withLock { state in state.resetting.formUnion(state.links.keys) }
+    }
+
+    /// Stops accepting, resets every connection and ends the proxy's threads (within 20 ms).
+    public func stop() {
+        let first: Bool = state.withLock { state in
+            guard !state.stopped else { return false }
+            state.stopped = true
+            state.resetting.formUnion(state.links.keys)
+            return true
+        }
+        if first { _ = shutdown(listener, Int32(SHUT_RDWR)) }
+    }
+
+    deinit {
+        close(listener)
+    }
+
+    private static func loopback(port: Int) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return address
+    }
+
+    /// Closes a connection's sockets; the client's with an RST (SO_LINGER 0) when it was reset.
+    private static func closeLink(_ link: Link, reset: Bool) {
+        if reset {
+            var lingering = linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(link.client, SOL_SOCKET, SO_LINGER, &lingering, socklen_t(MemoryLayout<linger>.size))
+        }
+        _ = close(link.client)
+        _ = close(link.node)
+    }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            let node = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            var address = Self.loopback(port: nodePort)
+            let connected = node >= 0 && withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(node, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            let link = Link(client: client, node: node)
+            let keep = connected && state.withLock { state in
+                guard !state.stopped else { return false }
+                state.links[client] = link
+                state.accepted += 1
+                return true
+            }
+            guard keep else {
+                if node >= 0 {
+                    Self.closeLink(link, reset: true)
+                } else {
+                    _ = close(client)
+                }
+                continue
+            }
+            let pumps = Pumps()
+            for (from, to, direction) in [(client, node, Direction.toNode), (node, client, Direction.toClient)] {
+                let thread = Thread { [self] in
+                    pump(from: from, to: to, direction, link: link)
+                    // The second pump to end closes both sockets.
+                    guard pumps.finish() else { return }
+                    let reset = state.withLock { state in
+                        state.links[link.client] = nil
+                        return state.resetting.remove(link.client) != nil
+                    }
+                    Self.closeLink(link, reset: reset)
+                }
+                thread.start()
+            }
+        }
+    }
+
+    /// Forwards bytes `from` → `to` under the current fault until either side closes.
+    private func pump(from: Int32, to: Int32, _ direction: Direction, link: Link) {
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        var held: [UInt8] = []
+        while true {
+            // Whether this direction may flow now, and how much of it.
+            let (fault, allowance, ending): (Fault, Int?, Bool) = state.withLock {
+                ($0.fault, $0.allowance[direction], $0.resetting.contains(link.client))
+            }
+            if ending { return }
+            var blocked = false
+            if case let .stall(directions) = fault, directions.contains(direction) { blocked = true }
+            if case .cut(direction, _) = fault, allowance == 0 { blocked = true }
+            if !blocked, !held.isEmpty {
+                var count = held.count
+                if let allowance, case .cut(direction, _) = fault { count = min(count, allowance) }
+                if !writeAll(held, count: count, to: to) { return }
+                held.removeFirst(count)
+                state.withLock { state in
+                    if let left = state.allowance[direction] { state.allowance[direction] = left - count }
+                }
+                continue
+            }
+            var ready = pollfd(fd: from, events: Int16(POLLIN), revents: 0)
+            let polled = poll(&ready, 1, 20)
+            if polled < 0, errno != EINTR { return }
+            guard polled > 0 else { continue }
+            let count = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
+            if count <= 0 {
+                _ = shutdown(to, Int32(SHUT_WR))
+                return
+            }
+            // The fault as it is now, not as it was when the wait began.
+            if case let .latency(delay, jitter) = state.withLock({ $0.fault }) {
+                let extra = jitter > .zero ? Duration.nanoseconds(Int64.random(in: 0...max(0, jitter.nanosecondsValue))) : .zero
+                Thread.sleep(forTimeInterval: Double((delay + extra).nanosecondsValue) / 1e9)
+            }
+            held.append(contentsOf: buffer[0..<count])
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8], count: Int, to descriptor: Int32) -> Bool {
+        var written = 0
+        while written < count {
+            let result = bytes.withUnsafeBytes { raw in
+                write(descriptor, raw.baseAddress.map { $0 + written }, count - written)
+            }
+            if result < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            written += result
+        }
+        return true
+    }
+
+    /// Counts the pumps of one connection that ended.
+    private final class Pumps: Sendable {
+        private let ended = Mutex(0)
+
+        /// Records one pump's end; true for the second.
+        func finish() -> Bool {
+            ended.withLock { ended in
+                ended += 1
+                return ended == 2
+            }
+        }
+    }
+}
+
+private extension Duration {
+    var nanosecondsValue: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

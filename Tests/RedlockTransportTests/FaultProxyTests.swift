@@ -1,0 +1,134 @@
+import Foundation
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+/// Sends PING and returns how long it took and its outcome.
+private func timedPing(_ connection: RedisConnection) async -> (Duration, Result<RedisValue, RedisError>) {
+    let started = ContinuousClock.now
+    do {
+        let reply = try await connection.send(RedisCommand("PING"))
+        return (started.duration(to: .now), .success(reply))
+    } catch let error as RedisError {
+        return (started.duration(to: .now), .failure(error))
+    } catch {
+        return (started.duration(to: .now), .failure(RedisError(code: .io, endpoint: nil, message: "\(error)")))
+    }
+}
+
+/// `timedPing`, given up (cancelled) after `limit`: a wedged loop must fail the test, not hang it.
+private func timedPing(_ connection: RedisConnection, within limit: Duration) async -> (Duration, Result<RedisValue, RedisError>) {
+    await withTaskGroup(of: (Duration, Result<RedisValue, RedisError>)?.self) { group in
+        group.addTask { await timedPing(connection) }
+        group.addTask {
+            try? await Task.sleep(for: limit)
+            return nil
+        }
+        var outcome: (Duration, Result<RedisValue, RedisError>)?
+        for await finished in group {
+            if let finished {
+                outcome = finished
+                break
+            }
+            group.cancelAll()
+        }
+        group.cancelAll()
+        return outcome ?? (limit, .failure(RedisError(code: .timeout, endpoint: connection.configuration.endpoint, message: "no outcome within \(limit)")))
+    }
+}
+
+@Suite("Network faults through the loopback proxy")
+struct FaultProxyTests {
+    @Test("latency is added; a stalled reply direction times out while the node runs on; a reset is a closed connection; each heals")
+    func faults() async throws {
+        try await withRedisServers(1) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: proxy.endpoint, commandTimeout: .milliseconds(300)))
+            let direct = RedisConnection(configuration: servers[0].configuration())
+
+            let (quick, first) = await timedPing(connection)
+            #expect(try first.get() == .simpleString("PONG"))
+
+            proxy.set(.latency(.milliseconds(40)))
+            let (slow, delayed) = await timedPing(connection)
+            #expect(try delayed.get() == .simpleString("PONG"))
+            #expect(slow >= .milliseconds(70) && slow > quick, "took \(slow)")
+
+            // Replies held: the command times out, yet the node ran it (and runs on).
+            proxy.set(.stall([.toClient]))
+            let started = ContinuousClock.now
+            let stalled = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "through-stall", "1")) }
+            #expect(stalled?.code == .timeout)
+            #expect(started.duration(to: .now) < .seconds(2))
+            #expect(try await direct.send(RedisCommand("GET", "through-stall")) == .bulkString(Array("1".utf8)))
+
+            proxy.set(.none)
+            let (_, healed) = await timedPing(connection)
+            #expect(try healed.get() == .simpleString("PONG"))
+
+            let acceptedBefore = proxy.acceptedCount
+            proxy.resetConnections()
+            let reset = await #expect(throws: RedisError.self) {
+                // The reset reaches the client within the proxy's 20 ms poll: a few tries at most.
+                for _ in 0..<50 {
+                    _ = try await connection.send(RedisCommand("PING"))
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            #expect(reset?.code == .connectionClosed, "\(String(describing: reset))")
+            let (_, reconnected) = await timedPing(connection)
+            #expect(try reconnected.get() == .simpleString("PONG"))
+            #expect(proxy.acceptedCount == acceptedBefore + 1)
+            await connection.shutdown()
+            await direct.shutdown()
+        }
+    }
+
+    @Test("half a TLS record, then silence: that command times out in bounded time and the loop keeps serving other connections")
+    func partialTLSRecord() async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let tlsServer = try await RedisServer.start(tls: .init(certificates: certificates))
+        try await withTeardown {
+            try await withRedisServers(1) { plainServers throws in
+                let proxy = try FaultProxy.start(to: tlsServer.endpoint)
+                defer { proxy.stop() }
+                let loop = RedisEventLoop(name: "partial-record")
+                let secure = RedisConnection(
+                    configuration: RedisConnectionConfiguration(
+                        endpoint: proxy.endpoint, commandTimeout: .milliseconds(500),
+                        tls: RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+                    ),
+                    eventLoop: loop
+                )
+                let plain = RedisConnection(configuration: plainServers[0].configuration(), eventLoop: loop)
+                #expect(try await secure.send(RedisCommand("PING")) == .simpleString("PONG"))
+                #expect(try await plain.send(RedisCommand("PING")) == .simpleString("PONG"))
+
+                proxy.set(.cut(.toClient, afterBytes: 10))
+                let waiting = Task { await timedPing(secure, within: .seconds(5)) }
+                // Meanwhile the same loop serves the other connection promptly.
+                for _ in 0..<20 {
+                    let (took, reply) = await timedPing(plain, within: .seconds(2))
+                    #expect(try reply.get() == .simpleString("PONG"))
+                    #expect(took < .milliseconds(250), "the loop stalled for \(took)")
+                    try await Task.sleep(for: .milliseconds(25))
+                }
+                let (took, outcome) = await waiting.value
+                guard case let .failure(error) = outcome else {
+                    Issue.record("a reply came through a cut stream: \(outcome)")
+                    return
+                }
+                #expect(error.code == .timeout, "\(error)")
+                #expect(took < .seconds(2), "took \(took)")
+                #expect(!error.message.hasPrefix("no outcome"), "the connection never failed: the loop is wedged")
+                await secure.shutdown()
+                await plain.shutdown()
+                await loop.shutdown()
+            }
+        } teardown: {
+            await tlsServer.terminate()
+        }
+    }
+}
