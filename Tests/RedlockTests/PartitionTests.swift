@@ -1,0 +1,96 @@
+import Foundation
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Synchronization
+import Testing
+
+@Suite("Network partitions through fault proxies")
+struct PartitionTests {
+    @Test("a holder cut off from every node (which run on and expire its keys) stops its body before a client that sees every node gets the lock")
+    func blackHoledHolder() async throws {
+        try await withRedisServers(3) { servers throws in
+            let proxies = try servers.map { try FaultProxy.start(to: $0.endpoint) }
+            defer { for proxy in proxies { proxy.stop() } }
+            let cutOff = try RedlockClient(nodes: proxies.map {
+                RedisConnectionConfiguration(endpoint: $0.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300))
+            })
+            let other = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
+            try await withTeardown {
+                let lock = try cutOff.makeLock("partitioned", options: testOptions(expiry: .seconds(1), timeoutFactor: 0.05))
+                let lastBeat = Locked<ContinuousClock.Instant?>(nil)
+                let started = OneTimeEvent<Void>()
+                let holder = Task {
+                    try await lock.withLock { _ -> Void in
+                        started.fire()
+                        while true {
+                            lastBeat.update { $0 = .now }
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                    }
+                }
+                await started.wait()
+                // Black hole both ways: the holder hears nothing, its extensions never arrive.
+                for proxy in proxies { proxy.set(.stall([.toNode, .toClient])) }
+                let next = try await other.makeLock("partitioned", options: testOptions(expiry: .seconds(5), tries: 100_000)).lock()
+                let error = await #expect(throws: RedlockError.self) { try await holder.value }
+                #expect(error?.code == .leaseLost)
+                let beat = try #require(lastBeat.value)
+                print("black-holed holder: last beat \(beat.duration(to: next.acquiredAt)) before the next holder's lease")
+                #expect(beat < next.acquiredAt, "the cut-off body ran \(next.acquiredAt.duration(to: beat)) into the next lease")
+                try await other.makeLock("partitioned", options: testOptions()).unlock(next)
+            } teardown: {
+                for proxy in proxies { proxy.set(.none) }
+                await cutOff.shutdown()
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("two clients that each see a different majority (sharing one node) never hold the lock at once, and both get it")
+    func differentMajorities() async throws {
+        try await withRedisServers(5) { servers throws in
+            func client(cutOffFrom hidden: Set<Int>) throws -> (RedlockClient, [FaultProxy]) {
+                let proxies = try servers.map { try FaultProxy.start(to: $0.endpoint) }
+                for index in hidden { proxies[index].set(.stall([.toNode, .toClient])) }
+                let client = try RedlockClient(nodes: proxies.map {
+                    RedisConnectionConfiguration(endpoint: $0.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300))
+                })
+                return (client, proxies)
+            }
+            // A sees nodes 0, 1, 2; B sees 2, 3, 4.
+            let (a, aProxies) = try client(cutOffFrom: [3, 4])
+            let (b, bProxies) = try client(cutOffFrom: [0, 1])
+            defer { for proxy in aProxies + bProxies { proxy.stop() } }
+            try await withTeardown {
+                let intervals = Locked<[(String, ContinuousClock.Instant, ContinuousClock.Instant)]>([])
+                let stop = ContinuousClock.now + .seconds(2)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (label, client) in [("A", a), ("B", b)] {
+                        group.addTask {
+                            let lock = try client.makeLock("majorities", options: testOptions(expiry: .seconds(1), timeoutFactor: 0.1))
+                            while ContinuousClock.now < stop {
+                                guard let lease = try? await lock.lock(timeout: .seconds(2)) else { continue }
+                                let entered = ContinuousClock.now
+                                try await Task.sleep(for: .milliseconds(3))
+                                let left = ContinuousClock.now
+                                intervals.update { $0.append((label, entered, left)) }
+                                try? await lock.unlock(lease)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let all = intervals.value.sorted { $0.1 < $1.1 }
+                print("different majorities: \(all.filter { $0.0 == "A" }.count) holds by A, \(all.filter { $0.0 == "B" }.count) by B")
+                #expect(all.contains { $0.0 == "A" } && all.contains { $0.0 == "B" })
+                for (earlier, later) in zip(all, all.dropFirst()) {
+                    #expect(earlier.2 <= later.1, "\(earlier.0) and \(later.0) held the lock at once")
+                }
+            } teardown: {
+                await a.shutdown()
+                await b.shutdown()
+            }
+        }
+    }
+}
