@@ -15,13 +15,13 @@ protocol EventLoopSource: AnyObject, Sendable {
 /// replies: a client's connections share one, so a fan-out to five nodes wakes one thread, not
 /// five, and callers write their commands to the socket themselves.
 ///
-/// Deadlines are checked on every wake-up and at least every `checkInterval` of the
-/// registered sources, so a command written by a caller while the loop sleeps is timed out at most
-/// one interval late.
+/// Deadlines (command timeouts, reconnect back-offs) are checked when one is due, when a source
+/// registers, and at least every check interval of the registered sources (the shortest), so a
+/// command written by a caller while the loop sleeps is timed out at most one interval late.
 package final class RedisEventLoop: Sendable {
     private struct Registry {
         var sources: [UInt64: any EventLoopSource] = [:]
-        /// The sources in registration order, for deadline checks (rebuilt on change only).
+        /// The sources in registration order, for deadline checks (changed on registration only).
         var ordered: [any EventLoopSource] = []
         var intervals: [UInt64: Duration] = [:]
         var checkInterval: Duration?
