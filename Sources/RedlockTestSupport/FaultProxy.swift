@@ -76,21 +76,8 @@ public final class FaultProxy: Sendable {
         guard node.host == "127.0.0.1", let nodePort = node.port else {
             throw RedisServerError.noFreePort("a fault proxy forwards to 127.0.0.1 only, not \(node)")
         }
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
-        var address = loopback(port: 0)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                bind(descriptor, raw, length) == 0 && listen(descriptor, 64) == 0 && getsockname(descriptor, raw, &length) == 0
-            }
-        }
-        guard bound else {
-            let reason = String(cString: strerror(errno))
-            close(descriptor)
-            throw RedisServerError.noFreePort("bind/listen: \(reason)")
-        }
-        let proxy = FaultProxy(port: Int(UInt16(bigEndian: address.sin_port)), listener: descriptor, nodePort: nodePort)
+        let (descriptor, port) = try loopbackListener(backlog: 64)
+        let proxy = FaultProxy(port: port, listener: descriptor, nodePort: nodePort)
         let thread = Thread { proxy.acceptLoop() }
         thread.name = "fault proxy \(proxy.port)"
         thread.start()

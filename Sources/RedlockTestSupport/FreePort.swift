@@ -29,3 +29,25 @@ public func freeLoopbackPort() throws -> Int {
     guard named == 0 else { throw RedisServerError.noFreePort("getsockname: \(String(cString: strerror(errno)))") }
     return Int(UInt16(bigEndian: actual.sin_port))
 }
+
+/// A listening TCP socket on a free port of 127.0.0.1 (close-on-exec), for the test servers that
+/// are not Redis: its descriptor and port.
+func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+    guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            bind(descriptor, raw, length) == 0 && listen(descriptor, backlog) == 0 && getsockname(descriptor, raw, &length) == 0
+        }
+    }
+    guard bound else {
+        let reason = String(cString: strerror(errno))
+        close(descriptor)
+        throw RedisServerError.noFreePort("bind/listen: \(reason)")
+    }
+    return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
+}

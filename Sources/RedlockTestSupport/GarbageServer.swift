@@ -33,23 +33,8 @@ public final class GarbageServer: Sendable {
     /// With `closeAfterReply`, the first reply is followed at once by the end of the stream (the
     /// reply and the FIN arrive together), as a server that answers and then exits would do.
     public static func start(reply: String?, closeAfterReply: Bool = false) throws -> GarbageServer {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                bind(descriptor, raw, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, raw, &length) == 0
-            }
-        }
-        guard bound else {
-            let reason = String(cString: strerror(errno))
-            close(descriptor)
-            throw RedisServerError.noFreePort("bind/listen: \(reason)")
-        }
-        let server = GarbageServer(port: Int(UInt16(bigEndian: address.sin_port)), listener: descriptor)
+        let (descriptor, port) = try loopbackListener(backlog: 16)
+        let server = GarbageServer(port: port, listener: descriptor)
         let thread = Thread { server.serve(reply: reply.map { Array($0.utf8) }, closeAfterReply: closeAfterReply) }
         thread.name = "garbage server \(server.port)"
         thread.start()
