@@ -437,7 +437,7 @@ extension RedisError {
         case Int(RIO_E_INVALID): code = .invalidAddress
         default: code = .io
         }
-        let phase = connecting && code != .nameResolutionFailed ? "connect: " : ""
+        let phase = connecting && code != .nameResolutionFailed && !text.hasPrefix("connect") ? "connect: " : ""
         self.init(code: code, endpoint: endpoint, message: phase + text)
     }
 }
