@@ -123,12 +123,10 @@ public struct DistributedLock: Sendable {
         }
         let votes = await client.votes(of: release, cancellable: false)
         client.noteRefusedAnnouncements(in: votes)
-        // A waiter that began to wait in this process meanwhile need not wait for the published
-        // message to come back (it carries the same value and counts once).
-        if claimed == nil, grantedCount(votes) >= client.quorum {
-            client.releases.announce(name, release: lease.value.utf8)
-        }
         if grantedCount(votes) >= client.quorum {
+            // A waiter that began to wait in this process meanwhile need not wait for the
+            // published message to come back (it carries the same value and counts once).
+            if claimed == nil { client.releases.announce(name, release: lease.value.utf8) }
             client.metrics.released(failure: nil)
             return
         }

@@ -36,8 +36,12 @@ final class NodeHealth: Sendable {
     func failed(_ index: Int, _ error: RedisError) {
         guard index < 64 else { return }
         // Replies, refused credentials or database included, mean the node answers.
-        let answers: [RedisError.Code] = [.serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed]
-        if answers.contains(error.code) { return answered(index) }
+        switch error.code {
+        case .serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed:
+            return answered(index)
+        default:
+            break
+        }
         let bit: UInt64 = 1 << UInt64(index)
         guard down.load(ordering: .relaxed) & bit == 0 else { return }
         let (before, _) = down.bitwiseOr(bit, ordering: .relaxed)

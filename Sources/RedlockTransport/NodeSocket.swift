@@ -26,7 +26,7 @@ final class TLSContext: @unchecked Sendable {
             configuration.trustedCertificatesFile, configuration.certificateFile, configuration.privateKeyFile,
             configuration.verifiesCertificate ? 1 : 0, &error
         )
-        guard let created else { throw RedisError(error, endpoint: endpoint, connecting: true) }
+        guard let created else { throw RedisError(error, endpoint: endpoint) }
         pointer = created
     }
 
@@ -129,7 +129,7 @@ final class NodeSocket: @unchecked Sendable {
             status = rio_connect_unix(path, milliseconds(budget), &opened, &error)
         }
         guard status == Int32(RIO_OK), let opened else {
-            return .failure(RedisError(error, endpoint: endpoint, connecting: true))
+            return .failure(RedisError(error, endpoint: endpoint))
         }
         let socket = NodeSocket(pointer: opened, endpoint: endpoint)
 
@@ -148,18 +148,18 @@ final class NodeSocket: @unchecked Sendable {
             let left = budget - started.duration(to: .now)
             guard left > .zero else {
                 socket.close()
-                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect: timed out during AUTH/SELECT"))
+                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect timed out before AUTH/SELECT"))
             }
+            let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
             switch socket.roundTrip(command, timeout: milliseconds(left)) {
             case let .success(reply):
                 guard case let .error(text) = reply else { continue }
                 socket.close()
-                let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
                 let code: RedisError.Code = name == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
                 return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name): \(text)"))
             case let .failure(failure):
                 socket.close()
-                return .failure(failure)
+                return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(name) after connecting: \(failure.message)"))
             }
         }
         return .success(socket)
@@ -195,7 +195,7 @@ final class NodeSocket: @unchecked Sendable {
             rio_conn_roundtrip(pointer, raw.baseAddress, raw.count, milliseconds, &reply, &error)
         }
         guard status == Int32(RIO_OK), let reply else {
-            return .failure(RedisError(error, endpoint: endpoint, connecting: true))
+            return .failure(RedisError(error, endpoint: endpoint))
         }
         defer { rio_reply_free(reply) }
         return Self.value(reply, endpoint: endpoint)
@@ -205,25 +205,25 @@ final class NodeSocket: @unchecked Sendable {
         RedisError(code: .connectionClosed, endpoint: endpoint, message: "connection already closed")
     }
 
-    /// What a non-blocking write achieved.
-    enum WriteOutcome {
-        /// This many bytes went out (0: the socket is full); with `wantsReadable`, TLS must read
-        /// before it can write again.
-        case wrote(Int, wantsReadable: Bool)
-        case failed(RedisError)
-    }
-
-    /// Writes as much of `bytes[offset...]` as the socket accepts now.
-    func write(_ bytes: [UInt8], from offset: Int) -> WriteOutcome {
-        guard let pointer else { return .failed(closedError) }
+    /// Writes as much of `bytes[offset...]` as the socket accepts now, in as many calls as it
+    /// takes. Returns how many bytes went out (fewer than asked: the socket is full; the rest
+    /// waits for writability), or why the connection broke.
+    func write(_ bytes: [UInt8], from offset: Int = 0) -> Result<Int, RedisError> {
+        guard let pointer else { return .failure(closedError) }
         var error = rio_error()
+        // TLS may need to read before it can write again; the loop watches reads anyway.
         var wantsRead: Int32 = 0
-        let written = bytes.withUnsafeBytes { raw -> Int in
-            guard offset < raw.count, let base = raw.baseAddress else { return 0 }
-            return rio_conn_write(pointer, base + offset, raw.count - offset, &wantsRead, &error)
+        return bytes.withUnsafeBytes { raw -> Result<Int, RedisError> in
+            guard let base = raw.baseAddress else { return .success(0) }
+            var position = offset
+            while position < raw.count {
+                let written = rio_conn_write(pointer, base + position, raw.count - position, &wantsRead, &error)
+                if written < 0 { return .failure(RedisError(error, endpoint: endpoint)) }
+                if written == 0 { break }
+                position += written
+            }
+            return .success(position - offset)
         }
-        if written < 0 { return .failed(RedisError(error, endpoint: endpoint, connecting: false)) }
-        return .wrote(written, wantsReadable: wantsRead != 0)
     }
 
     /// What a non-blocking read produced.
@@ -254,7 +254,7 @@ final class NodeSocket: @unchecked Sendable {
                 var parseError = rio_error()
                 let got = rio_conn_next_reply(pointer, &reply, &parseError)
                 if got < 0 {
-                    outcome.failure = RedisError(parseError, endpoint: endpoint, connecting: false)
+                    outcome.failure = RedisError(parseError, endpoint: endpoint)
                     return outcome
                 }
                 guard got > 0, let reply else { break }
@@ -268,7 +268,7 @@ final class NodeSocket: @unchecked Sendable {
                 }
             }
         } while failed == 0 && rio_conn_pending(pointer) != 0
-        if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint, connecting: false) }
+        if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint) }
         outcome.wantsWritable = wantsWrite != 0
         return outcome
     }
@@ -337,16 +337,16 @@ final class Poller: Sendable {
     init() throws(RedisError) {
         var error = rio_error()
         let poller = rio_poller_create(&error)
-        guard poller >= 0 else { throw RedisError(error, endpoint: nil, connecting: false) }
+        guard poller >= 0 else { throw RedisError(error, endpoint: nil) }
         let waker = rio_waker_create(&error)
         guard waker >= 0 else {
             rio_close_descriptor(poller)
-            throw RedisError(error, endpoint: nil, connecting: false)
+            throw RedisError(error, endpoint: nil)
         }
         if rio_poller_control(poller, 0, waker, 0, 0, Self.wakerToken, &error) != 0 {
             rio_close_descriptor(waker)
             rio_close_descriptor(poller)
-            throw RedisError(error, endpoint: nil, connecting: false)
+            throw RedisError(error, endpoint: nil)
         }
         self.poller = poller
         self.waker = waker
@@ -384,7 +384,7 @@ final class Poller: Sendable {
             guard !closed else { return RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down") }
             var error = rio_error()
             if rio_poller_control(poller, change.rawValue, descriptor, writable ? 1 : 0, 1, token, &error) != 0 {
-                return RedisError(error, endpoint: nil, connecting: false)
+                return RedisError(error, endpoint: nil)
             }
             return nil
         }
@@ -397,7 +397,7 @@ final class Poller: Sendable {
         events.removeAll(keepingCapacity: true)
         return withUnsafeTemporaryAllocation(of: rio_event.self, capacity: 64) { buffer -> RedisError? in
             let count = rio_poller_wait(poller, buffer.baseAddress, Int32(buffer.count), milliseconds, &error)
-            guard count >= 0 else { return RedisError(error, endpoint: nil, connecting: false) }
+            guard count >= 0 else { return RedisError(error, endpoint: nil) }
             for event in buffer.prefix(Int(count)) {
                 events.append(Event(token: event.token, readable: event.readable != 0, writable: event.writable != 0, hangUp: event.hangup != 0))
             }
@@ -419,8 +419,9 @@ final class Poller: Sendable {
 }
 
 extension RedisError {
-    /// A typed error from the C layer's error record.
-    init(_ error: rio_error, endpoint: RedisEndpoint?, connecting: Bool) {
+    /// A typed error from the C layer's error record; its text names the step that failed
+    /// (`connect: Connection refused`, `TLS handshake failed: …`, `resolving h timed out`).
+    init(_ error: rio_error, endpoint: RedisEndpoint?) {
         var record = error
         let text = withUnsafeBytes(of: &record.message) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
@@ -437,7 +438,6 @@ extension RedisError {
         case Int(RIO_E_INVALID): code = .invalidAddress
         default: code = .io
         }
-        let phase = connecting && code != .nameResolutionFailed && !text.hasPrefix("connect") ? "connect: " : ""
-        self.init(code: code, endpoint: endpoint, message: phase + text)
+        self.init(code: code, endpoint: endpoint, message: text)
     }
 }

@@ -51,7 +51,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     deinit {
-        core.abandon()
+        core.interrupt()
     }
 
     /// The node's endpoint.
@@ -332,15 +332,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         while true {
             var written = 0
             var failure: RedisError?
-            writing: while written < bytes.count {
-                switch socket.write(bytes, from: written) {
-                case let .wrote(count, _):
-                    if count == 0 { break writing }
-                    written += count
-                case let .failed(error):
-                    failure = error
-                    break writing
-                }
+            switch socket.write(bytes) {
+            case let .success(count): written = count
+            case let .failure(error): failure = error
             }
             enum Next { case done, write([UInt8]), read }
             let next: Next = state.withLock { state in
@@ -393,11 +387,15 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var again = true
         while again {
             let outcome = socket.read()
-            let failure: RedisError? = state.withLock { state in
+            // One lock per read: the replies matched to their commands, then what was staged
+            // meanwhile and what the replies let through is taken for writing.
+            let processed: Result<[UInt8], RedisError> = state.withLock { state in
                 if !outcome.replies.isEmpty { state.waitingSince = .now }
+                var failure = outcome.failure
                 for reply in outcome.replies {
                     guard let item = state.popInFlight() else {
-                        return error(.protocolError, "a reply nobody asked for")
+                        failure = error(.protocolError, "a reply nobody asked for")
+                        break
                     }
                     if item.sentAsScriptHash {
                         state.heldByScriptHash = false
@@ -415,23 +413,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         effects.completions.append((item.command, .success(reply)))
                     }
                 }
-                if let failure = outcome.failure { return failure }
-                if state.unansweredCount == 0 { state.waitingSince = nil }
-                stageQueue(&state)
-                return nil
-            }
-            if let failure {
-                state.withLock { state in
+                if let failure {
                     state.ioOwned = false
                     state.readWanted = false
                     drop(&state, failure, &effects)
+                    return .failure(failure)
                 }
-                return
-            }
-            let staged = state.withLock { state in
+                if state.unansweredCount == 0 { state.waitingSince = nil }
+                stageQueue(&state)
                 defer { state.output = [] }
-                return state.output
+                return .success(state.output)
             }
+            guard case let .success(staged) = processed else { break }
             again = writeAndRelease(staged, on: socket, &effects, wantsWritable: outcome.wantsWritable)
             if again {
                 // Callers waiting on this round's replies need not wait for the next round.
@@ -567,7 +560,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     func handle(readable: Bool, writable: Bool, hangUp: Bool) {
         var effects = Effects()
-        // Take the I/O and the bytes staged since the last write, or, while another thread owns
+        // Take the I/O (the read, then the bytes staged meanwhile), or, while another thread owns
         // it, leave the read to that thread.
         let claimed: NodeSocket? = state.withLock { state in
             guard state.phase == .open, let socket = state.socket else { return nil }
@@ -608,8 +601,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         perform(effects)
     }
 
-    /// Ends the shutdown now: fails what is still queued or unanswered and closes the socket
-    /// (or, while a thread owns the I/O, has it close the socket when it lets go).
+    /// Ends the shutdown now (after the grace period, or when the connection object is gone):
+    /// fails what is still queued or unanswered and closes the socket (or, while a thread owns
+    /// the I/O, has it close the socket when it lets go).
     func interrupt() {
         var effects = Effects()
         state.withLock { state in
@@ -627,11 +621,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
             effects.exited = true
         }
         perform(effects)
-    }
-
-    /// The connection object is gone: nothing can wait for replies any more.
-    func abandon() {
-        interrupt()
     }
 
     func waitUntilExited() async {

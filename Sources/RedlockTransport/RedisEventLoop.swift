@@ -20,13 +20,16 @@ protocol EventLoopSource: AnyObject, Sendable {
 /// command written by a caller while the loop sleeps is timed out at most one interval late.
 package final class RedisEventLoop: Sendable {
     private struct Registry {
-        var sources: [UInt64: any EventLoopSource] = [:]
-        /// The sources in registration order, for deadline checks (changed on registration only).
-        var ordered: [any EventLoopSource] = []
-        var intervals: [UInt64: Duration] = [:]
-        var checkInterval: Duration?
+        var sources: [UInt64: (source: any EventLoopSource, interval: Duration)] = [:]
+        /// What the loop reads on every turn, derived from `sources` when they change (rarely:
+        /// once per connect): the sources, and the shortest check interval.
+        var snapshot: (sources: [any EventLoopSource], interval: Duration?) = ([], nil)
         var nextToken: UInt64 = 1
         var stopping = false
+
+        mutating func takeSnapshot() {
+            snapshot = (sources.values.map(\.source), sources.values.map(\.interval).min())
+        }
     }
 
     private let poller: Poller?
@@ -71,10 +74,8 @@ package final class RedisEventLoop: Sendable {
             }
             let token = registry.nextToken
             registry.nextToken += 1
-            registry.sources[token] = source
-            registry.ordered.append(source)
-            registry.intervals[token] = checkInterval
-            registry.checkInterval = registry.intervals.values.min()
+            registry.sources[token] = (source, checkInterval)
+            registry.takeSnapshot()
             return .success(token)
         }
     }
@@ -82,10 +83,8 @@ package final class RedisEventLoop: Sendable {
     /// Forgets a source (call after its socket is no longer watched).
     func deregister(_ token: UInt64) {
         registry.withLock { registry in
-            guard let source = registry.sources.removeValue(forKey: token) else { return }
-            registry.ordered.removeAll { $0 === source }
-            registry.intervals[token] = nil
-            registry.checkInterval = registry.intervals.values.min()
+            guard registry.sources.removeValue(forKey: token) != nil else { return }
+            registry.takeSnapshot()
         }
     }
 
@@ -131,7 +130,8 @@ package final class RedisEventLoop: Sendable {
         // every check interval; not on every event, which would take every source's lock.
         var nextCheck = ContinuousClock.now
         while true {
-            let (sources, interval, stopping) = registry.withLock { ($0.ordered, $0.checkInterval, $0.stopping) }
+            let (snapshot, stopping) = registry.withLock { ($0.snapshot, $0.stopping) }
+            let (sources, interval) = snapshot
             if stopping { break }
             var now = ContinuousClock.now
             if now >= nextCheck {
@@ -154,7 +154,7 @@ package final class RedisEventLoop: Sendable {
                     nextCheck = .now
                     continue
                 }
-                let source = registry.withLock { $0.sources[event.token] }
+                let source = registry.withLock { $0.sources[event.token]?.source }
                 source?.handle(readable: event.readable, writable: event.writable, hangUp: event.hangUp)
             }
         }

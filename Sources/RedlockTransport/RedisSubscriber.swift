@@ -111,15 +111,11 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
 
     private func flush(_ state: inout State, token: UInt64) {
         guard let socket = state.socket else { return }
-        writing: while state.written < state.output.count {
-            switch socket.write(state.output, from: state.written) {
-            case let .wrote(count, _):
-                if count == 0 { break writing }
-                state.written += count
-            case .failed:
-                lost(&state, token: token)
-                return
-            }
+        switch socket.write(state.output, from: state.written) {
+        case let .success(count): state.written += count
+        case .failure:
+            lost(&state, token: token)
+            return
         }
         if state.written == state.output.count {
             state.output.removeAll(keepingCapacity: true)

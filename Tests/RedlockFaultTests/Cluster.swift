@@ -175,3 +175,21 @@ func keyValuePairs(_ line: Substring) -> [String: String] {
     }
     return pairs
 }
+
+/// Runs `redlock-worker <mode>` on the cluster (lock named after the mode) until it exits, which
+/// must be with status 0 within `limit`, and returns its one-line `<mode> key=value …` report, or
+/// nil (with the issue recorded) when there is none.
+func workerReport(
+    _ worker: String, _ mode: String, cluster: Cluster, _ arguments: [String], within limit: Duration
+) async throws -> (line: Substring, report: [String: String])? {
+    let helper = try await HelperProcess.start(
+        executable: worker, arguments: workerArguments(mode, cluster: cluster, lock: mode, arguments), readyMarker: "\(mode) "
+    )
+    let termination = await waitForExit(helper, within: limit)
+    #expect(termination == .exited(0), "\(helper.output.suffix(500))")
+    guard let line = helper.output.split(separator: "\n").first(where: { $0.hasPrefix("\(mode) ") }) else {
+        Issue.record("no report: \(helper.output)")
+        return nil
+    }
+    return (line, keyValuePairs(line))
+}

@@ -189,19 +189,10 @@ extension FaultTests {
         func descriptorsExhausted() async throws {
             let worker = try workerExecutable()
             try await withCluster(3) { cluster in
-                let helper = try await HelperProcess.start(
-                    executable: worker,
-                    arguments: workerArguments("exhausted", cluster: cluster, lock: "exhausted", ["--expiry-ms", "2000"]),
-                    readyMarker: "exhausted "
-                )
-                let termination = await waitForExit(helper, within: .seconds(30))
-                #expect(termination == .exited(0), "\(helper.output.suffix(500))")
-                guard let line = helper.output.split(separator: "\n").first(where: { $0.hasPrefix("exhausted ") }) else {
-                    Issue.record("no report: \(helper.output)")
-                    return
-                }
+                guard let (line, report) = try await workerReport(
+                    worker, "exhausted", cluster: cluster, ["--expiry-ms", "2000"], within: .seconds(30)
+                ) else { return }
                 print("descriptors exhausted: \(line)")
-                let report = keyValuePairs(line)
                 // The event loop could not get its epoll instance (or a connect its socket).
                 #expect(report["first"] == "noQuorum", "\(line)")
                 #expect(report["message"]?.contains("Too_many_open_files") == true, "\(line)")
@@ -218,22 +209,11 @@ extension FaultTests {
                 for index in [0, 2, 4] { await cluster.servers[index].kill() }
 
                 // In a process of its own, where nothing else opens descriptors or threads.
-                let helper = try await HelperProcess.start(
-                    executable: worker,
-                    arguments: workerArguments("hygiene", cluster: cluster, lock: "hygiene", [
-                        "--acquires", "1000", "--expiry-ms", "1000", "--timeout-factor", "0.1",
-                        "--connect-timeout-ms", "200", "--command-timeout-ms", "500",
-                    ]),
-                    readyMarker: "hygiene "
-                )
-                let termination = await waitForExit(helper, within: .seconds(60))
-                #expect(termination == .exited(0), "\(helper.output.suffix(500))")
-                guard let line = helper.output.split(separator: "\n").first(where: { $0.hasPrefix("hygiene ") }) else {
-                    Issue.record("no report: \(helper.output)")
-                    return
-                }
+                guard let (line, report) = try await workerReport(worker, "hygiene", cluster: cluster, [
+                    "--acquires", "1000", "--expiry-ms", "1000", "--timeout-factor", "0.1",
+                    "--connect-timeout-ms", "200", "--command-timeout-ms", "500",
+                ], within: .seconds(60)) else { return }
                 print("resource hygiene: \(line)")
-                let report = keyValuePairs(line)
                 func number(_ key: String) -> Int? { report[key].flatMap { Int($0) } }
                 #expect(report["succeeded"] == "0")
                 #expect(report["failures"] == "noQuorum:1000")

@@ -344,6 +344,37 @@ struct RunSupervisionTests {
         }
     }
 
+    @Test("a resolver that never answers costs the connect timeout, not the resolver's own timeouts (a mount namespace of its own points resolv.conf at a silent loopback socket)")
+    func silentResolver() async throws {
+        let redlock = try builtExecutable("redlock")
+        // A UDP socket on 127.0.0.77:53 that takes queries and never answers.
+        let silent = socket(AF_INET, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        try #require(silent >= 0)
+        defer { close(silent) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.77")
+        address.sin_port = in_port_t(UInt16(53).bigEndian)
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(bound == 0, "could not bind 127.0.0.77:53: \(String(cString: strerror(errno)))")
+        let resolvConf = temporaryFile("resolv.conf")
+        defer { try? FileManager.default.removeItem(atPath: resolvConf) }
+        try "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n".write(toFile: resolvConf, atomically: true, encoding: .utf8)
+        let started = ContinuousClock.now
+        let (status, stderr) = try await runToEnd("/usr/bin/unshare", [
+            "-m", "/bin/sh", "-c", "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"", resolvConf,
+            redlock.path, "run", "--nodes", "stalls.example:6379", "--name", "x", "--wait", "1s", "--", "true",
+        ])
+        let took = started.duration(to: .now)
+        try #require(!stderr.contains("unshare:") && !stderr.contains("mount:"), "this machine cannot make a mount namespace: \(stderr)")
+        #expect(status == 69, "\(stderr)")
+        #expect(stderr.contains("resolving stalls.example timed out"), "\(stderr)")
+        // The resolver alone would take 2 × 5 s per lookup.
+        #expect(took < .seconds(6), "took \(took)")
+    }
+
     @Test("an unknown host is reported as the resolver's error, exit 69, not as taken (in a network namespace of its own: no packet leaves)")
     func unknownHost() async throws {
         let redlock = try builtExecutable("redlock")
