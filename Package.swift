@@ -10,15 +10,10 @@ let package = Package(
         .library(name: "Redlock", targets: ["Redlock"]),
         .library(name: "RedlockServiceLifecycle", targets: ["RedlockServiceLifecycle"]),
         .library(name: "RedlockTestSupport", targets: ["RedlockTestSupport"]),
-        .executable(name: "redlock", targets: ["RedlockCommand"]),
-        .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
-        .executable(name: "redlock-raw-floor", targets: ["RedlockRawFloor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
@@ -55,41 +50,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        // posix_spawn with a log pipe and no inherited descriptors (test support), and the watchdog
-        // process that `redlock run` supervises its command through.
+        // posix_spawn with a log pipe and no inherited descriptors, for the test support.
         .target(name: "CProcessSpawn"),
-        // Real redis-server processes for tests, benchmarks and the demo.
+        // Real redis-server processes and lock clients over them, for tests, benchmarks and the demo.
         .target(
             name: "RedlockTestSupport",
-            dependencies: ["RedlockTransport", "CProcessSpawn"]
-        ),
-        .executableTarget(
-            name: "RedlockCommand",
-            dependencies: [
-                "Redlock",
-                "RedlockTestSupport",
-                "CProcessSpawn",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ]
-        ),
-        // A lock client process for cross-process tests: runs critical sections and logs them.
-        .executableTarget(
-            name: "RedlockWorker",
-            dependencies: [
-                "Redlock",
-                "RedlockTransport",
-                "RedlockTestSupport",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
-        ),
-        // The physical floor `redlock bench` measures the library against: one C thread on
-        // blocking hiredis, no Swift (Benchmarks/RawFloor/raw_floor.c).
-        .executableTarget(
-            name: "RedlockRawFloor",
-            path: "Benchmarks/RawFloor",
-            exclude: [],
-            linkerSettings: [.linkedLibrary("hiredis")]
+            dependencies: ["Redlock", "RedlockTransport", "CProcessSpawn"]
         ),
         .testTarget(
             name: "RedlockTransportTests",
@@ -110,11 +76,6 @@ let package = Package(
             name: "ReadmeExampleTests",
             dependencies: ["Redlock", "RedlockTestSupport"],
             swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
-        ),
-        // Kill, pause and restart real nodes; cross-process exclusion under a nemesis.
-        .testTarget(
-            name: "RedlockFaultTests",
-            dependencies: ["Redlock", "RedlockTransport", "RedlockTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

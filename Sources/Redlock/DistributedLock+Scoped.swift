@@ -58,27 +58,29 @@ extension DistributedLock {
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
     /// ``RedlockError/Code-swift.struct/leaseExpired``.
+    ///
+    /// - Parameters:
+    ///   - lease: A lease of this lock, from ``lock()``, ``tryLock()`` or a re-attach.
+    ///   - extendWhenRemaining: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///     default 1/3.
+    ///   - maximumHoldTime: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///     default `nil`.
+    ///   - safetyMargin: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///     default `nil` (5 % of the expiry, 5–250 ms).
+    ///   - onExtended: Called with each confirmed extension, before `body` can see it, e.g. to
+    ///     move a deadline kept outside this process (as `redlock run` tells its watchdog). It
+    ///     runs on the extending task and should return quickly. The default does nothing.
+    ///   - body: The work to do while holding the lock.
+    /// - Returns: What `body` returned.
+    /// - Throws: What `body` threw (while protected), or a ``RedlockError`` from losing the
+    ///   lease, for a lease with no validity left (`leaseExpired`) or of another lock, or for
+    ///   invalid parameters (`invalidConfiguration`).
     public func withLease<T: Sendable>(
         _ lease: Lease,
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
-        _ body: sending @escaping (HeldLease) async throws -> T
-    ) async throws -> T {
-        try await withLease(
-            lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
-            safetyMargin: safetyMargin, onExtended: { _ in }, body
-        )
-    }
-
-    /// ``withLease(_:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` that also reports
-    /// each confirmed extension to `onExtended` (before `body` can see it).
-    package func withLease<T: Sendable>(
-        _ lease: Lease,
-        extendWhenRemaining: Double,
-        maximumHoldTime: Duration?,
-        safetyMargin: Duration?,
-        onExtended: @escaping @Sendable (Lease) -> Void,
+        onExtended: @escaping @Sendable (Lease) -> Void = { _ in },
         _ body: sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         let margin: Duration

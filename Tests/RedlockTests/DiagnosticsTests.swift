@@ -51,8 +51,8 @@ struct DiagnosticsTests {
             let first = try await client.makeLock(composed, options: options).tryLock()
             // A different key in Redis: the single-flight gate of the first must not hold it back.
             let second = try await client.makeLock(decomposed, options: options).tryLock()
-            #expect(try await keyValues(composed, on: servers) == [first.value])
-            #expect(try await keyValues(decomposed, on: servers) == [second.value])
+            #expect(try await values(of: composed, on: servers) == [first.value])
+            #expect(try await values(of: decomposed, on: servers) == [second.value])
             try await client.makeLock(composed, options: options).unlock(first)
             try await client.makeLock(decomposed, options: options).unlock(second)
         }

@@ -1,4 +1,5 @@
 @testable import Redlock
+import RedlockTestSupport
 import Synchronization
 import Testing
 
@@ -9,17 +10,6 @@ private func collectVotes(of round: FanOutRound, whileWaiting: () -> Void = {}) 
         round.install(continuation)
         whileWaiting()
     }
-}
-
-/// Polls `condition` every few milliseconds until it holds or `limit` passes; only for states
-/// that signal nothing when they change. Returns whether it held.
-func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
-    let giveUp = ContinuousClock.now + limit
-    while !condition() {
-        guard ContinuousClock.now < giveUp else { return false }
-        try? await Task.sleep(for: .milliseconds(2))
-    }
-    return true
 }
 
 /// How long `operation` took.

@@ -105,7 +105,7 @@ struct FencingTests {
             let error = await #expect(throws: RedlockError.self) { try await client.makeLock("last", options: options).lock() }
             #expect(error?.code == .fencingCounterExhausted, "\(String(describing: error))")
             #expect(started.duration(to: .now) < .milliseconds(1_500))
-            #expect(try await keyValues("last", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "last", on: servers).allSatisfy { $0 == nil })
         }
     }
 

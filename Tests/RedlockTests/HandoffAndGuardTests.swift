@@ -70,7 +70,7 @@ struct HandoffAndGuardTests {
             let unlocking = Task { try await holder.unlock(lease) }
             // The waiter's value on a node that answers shows the attempt was handed over.
             let giveUp = ContinuousClock.now + .seconds(5)
-            while try await keyValues("claimed", on: Array(servers.suffix(2))).contains(where: { $0 == nil || $0 == lease.value }) {
+            while try await values(of: "claimed", on: Array(servers.suffix(2))).contains(where: { $0 == nil || $0 == lease.value }) {
                 try #require(ContinuousClock.now < giveUp, "the attempt was never handed over")
                 try await Task.sleep(for: .milliseconds(2))
             }
@@ -80,7 +80,7 @@ struct HandoffAndGuardTests {
             #expect((result.failure as? RedlockError)?.code == .cancelled)
             try await unlocking.value
             for stall in stalls { await stall.waitUntilOver() }
-            #expect(try await keyValues("claimed", on: servers) == Array(repeating: nil, count: 5))
+            #expect(try await values(of: "claimed", on: servers) == Array(repeating: nil, count: 5))
         }
     }
 

@@ -43,7 +43,7 @@ struct LeastPrivilegeTests {
             for _ in 0..<3 {
                 let lease = try await lock.lock()
                 try await lock.unlock(lease)
-                #expect(try await keyValues("no-channels", on: servers).allSatisfy { $0 == nil })
+                #expect(try await values(of: "no-channels", on: servers).allSatisfy { $0 == nil })
             }
             let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("release announcements") }
             #expect(warnings.count == 3, "\(records.value)")
@@ -132,7 +132,7 @@ struct LeastPrivilegeTests {
             #expect(Set(statuses[1].refused.map(\.permission)) == ["PUBLISH redlock:released:report", "SUBSCRIBE redlock:released:report"], "\(statuses[1].result)")
             #expect(Set(statuses[2].refused.map(\.permission)) == ["INCR redlock:fence", "INFO"], "\(statuses[2].result)")
             #expect(statuses[2].refused.allSatisfy { ["perm", "can't"].contains(where: ($0.refusal ?? "").lowercased().contains) }, "\(statuses[2].refused)")
-            #expect(try await keyValues("report", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "report", on: servers).allSatisfy { $0 == nil })
 
             // While the lock is held, PEXPIRE and DEL are reported as not checked, not as refused.
             let lease = try await client.makeLock("report", options: LockOptions(tries: 1)).lock()

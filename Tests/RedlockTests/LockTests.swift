@@ -42,7 +42,7 @@ struct LockTests {
                 do {
                     let lease = try await lock.tryLock()
                     #expect(free >= 3, "acquired with only \(free) free nodes (mask \(mask))")
-                    let values = try await keyValues(name, on: servers)
+                    let values = try await values(of: name, on: servers)
                     for index in 0..<5 {
                         #expect(values[index] == (takenIndices.contains(index) ? "someone-else" : lease.value))
                     }
@@ -54,7 +54,7 @@ struct LockTests {
                     #expect(error.nodes.count >= 3)
                     #expect(error.nodes.allSatisfy { $0.cause == .taken && takenIndices.contains($0.node) })
                     // A failed attempt leaves none of its keys behind.
-                    let values = try await keyValues(name, on: servers)
+                    let values = try await values(of: name, on: servers)
                     #expect(values.allSatisfy { $0 == nil || $0 == "someone-else" })
                 }
             }
@@ -116,17 +116,16 @@ struct LockTests {
             }
             #expect(lease.validUntil > firstDeadline.advanced(by: .milliseconds(500)))
             #expect(ContinuousClock.now > firstDeadline)
-            let values = try await keyValues("extended", on: servers)
-            #expect(values.allSatisfy { $0 == lease.value })
+            #expect(try await values(of: "extended", on: servers).allSatisfy { $0 == lease.value })
             let other = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
             #expect(other?.code == .taken)
 
             // Let the keys expire on every node; extend must not revive them.
             try await Task.sleep(until: lease.validUntil.advanced(by: .milliseconds(200)), clock: .continuous)
-            #expect(try await keyValues("extended", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "extended", on: servers).allSatisfy { $0 == nil })
             let error = await #expect(throws: RedlockError.self) { try await lock.extend(lease) }
             #expect(error?.code == .leaseExpired)
-            #expect(try await keyValues("extended", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "extended", on: servers).allSatisfy { $0 == nil })
             let unlockError = await #expect(throws: RedlockError.self) { try await lock.unlock(lease) }
             #expect(unlockError?.code == .leaseExpired)
         }
@@ -143,7 +142,7 @@ struct LockTests {
             _ = try await admin.send(RedisCommand("DEL", "recreated"))
             await admin.shutdown()
             _ = try await lock.extend(lease)
-            #expect(try await keyValues("recreated", on: servers).allSatisfy { $0 == lease.value })
+            #expect(try await values(of: "recreated", on: servers).allSatisfy { $0 == lease.value })
             try await lock.unlock(lease)
         }
     }
@@ -159,9 +158,9 @@ struct LockTests {
             )
             let error = await #expect(throws: RedlockError.self) { try await lock.unlock(impostor) }
             #expect(error?.code == .leaseTakenOver)
-            #expect(try await keyValues("owned", on: servers).allSatisfy { $0 == lease.value })
+            #expect(try await values(of: "owned", on: servers).allSatisfy { $0 == lease.value })
             try await lock.unlock(lease)
-            #expect(try await keyValues("owned", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "owned", on: servers).allSatisfy { $0 == nil })
         }
     }
 
@@ -202,7 +201,7 @@ struct LockTests {
             }
             #expect((error as? RedlockError)?.code == .cancelled)
             try await holder.unlock(held)
-            #expect(try await keyValues("contended", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "contended", on: servers).allSatisfy { $0 == nil })
 
             // Cancelled before it starts: no attempt, no key.
             let early = Task {
@@ -211,7 +210,7 @@ struct LockTests {
             }
             let earlyResult = await early.result
             if case .success = earlyResult { Issue.record("a cancelled lock() acquired") }
-            #expect(try await keyValues("contended", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "contended", on: servers).allSatisfy { $0 == nil })
         }
     }
 
@@ -239,7 +238,7 @@ struct LockTests {
                 #expect(redisError.code == .connectionRefused)
                 #expect(redisError.endpoint == servers[index].endpoint)
             }
-            #expect(try await keyValues("partial", on: [servers[0]]) == [nil])
+            #expect(try await values(of: "partial", on: [servers[0]]) == [nil])
         }
     }
 
@@ -273,7 +272,7 @@ struct LockTests {
                 Issue.record("the garbage node should fail with a protocol error, got \(String(describing: causes[1]))")
             }
             #expect(causes[2] == .noAnswer)
-            #expect(try await keyValues("garbled", on: servers) == [nil])
+            #expect(try await values(of: "garbled", on: servers) == [nil])
             await client.shutdown()
         }
     }

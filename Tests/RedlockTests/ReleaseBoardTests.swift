@@ -1,5 +1,6 @@
 @testable import Redlock
 import Logging
+import RedlockTestSupport
 import RedlockTransport
 import Testing
 

@@ -1,4 +1,4 @@
-import CProcessSpawn
+import CSupervise
 import Dispatch
 import Foundation
 import Synchronization

@@ -46,10 +46,10 @@
  * Bad command-line usage prints `raw-floor: usage: ...` and exits 2. A failure
  * mid-cycle may leave the key held until it expires (--expiry-ms).
  *
- * Build: `swift build -c release --product redlock-raw-floor` (next to `redlock`,
+ * Build: `swift build -c release --package-path Tools` (next to `redlock`,
  * where `redlock bench` finds it), or by hand (Debian libhiredis-dev 0.14.1):
  *   gcc -O2 -std=c11 -Wall -Wextra -Werror -o /tmp/raw-floor \
- *       Benchmarks/RawFloor/raw_floor.c -lhiredis
+ *       Tools/Sources/RedlockRawFloor/raw_floor.c -lhiredis
  *
  * Example:
  *   /tmp/raw-floor --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \

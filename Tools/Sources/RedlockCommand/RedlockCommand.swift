@@ -1,5 +1,5 @@
 import ArgumentParser
-import CProcessSpawn
+import CSupervise
 
 /// The `redlock` command-line tool (started by ``Entry``).
 struct RedlockCommand: AsyncParsableCommand {

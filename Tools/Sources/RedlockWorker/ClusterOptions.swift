@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Redlock
-import RedlockTransport
 
 #if canImport(Glibc)
 import Glibc

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,6 +1,5 @@
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Testing
 
 extension FaultTests {
@@ -33,7 +32,7 @@ extension FaultTests {
 
                 try await servers[2].restart(keepingData: false)
                 try await servers[1].restart(keepingData: false)
-                #expect(try await value(of: "hazard", on: servers[1]) == nil, "node 1 forgot A's key")
+                #expect(try await servers[1].value(of: "hazard") == nil, "node 1 forgot A's key")
 
                 let lockB = try clientB.makeLock("hazard", options: Self.longLease)
                 let leaseB = try await lockB.tryLock()
@@ -58,7 +57,7 @@ extension FaultTests {
 
                 try await servers[2].restart(keepingData: true)
                 try await servers[1].restart(keepingData: true)
-                #expect(try await value(of: "durable", on: servers[1]) == leaseA.value, "node 1 reloaded A's key from its AOF")
+                #expect(try await servers[1].value(of: "durable") == leaseA.value, "node 1 reloaded A's key from its AOF")
 
                 let lockB = try clientB.makeLock("durable", options: Self.longLease)
                 let error = await #expect(throws: RedlockError.self) { try await lockB.tryLock() }
@@ -86,8 +85,8 @@ extension FaultTests {
                 try await servers[1].restart(keepingData: false)
                 await servers[0].kill()
                 let second = try await lock.tryLock()
-                #expect(try await value(of: "reconnect", on: servers[1]) == second.value, "node 1 granted through the same client")
-                #expect(try await value(of: "reconnect", on: servers[2]) == second.value)
+                #expect(try await servers[1].value(of: "reconnect") == second.value, "node 1 granted through the same client")
+                #expect(try await servers[2].value(of: "reconnect") == second.value)
                 try await lock.unlock(second)
 
                 // Node 2 restarts while the client's connection to it sits idle and open: the old

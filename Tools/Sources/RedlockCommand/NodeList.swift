@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Redlock
-import RedlockTransport
 
 /// Parses a comma-separated node list: `host:port`, `redis://[user:pass@]host:port[/db]`,
 /// `rediss://…` (TLS) or `unix:///path`.

@@ -1,7 +1,6 @@
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Testing
 
 #if canImport(Glibc)
@@ -111,7 +110,7 @@ struct RunSupervisionTests {
             #expect(status == 128 + SIGTERM, "stderr: \(stderr)")
             #expect(started.duration(to: .now) < .seconds(5))
             #expect(await eventually { !isAlive(grandchild) }, "the grandchild \(grandchild) survived")
-            #expect(try await keyValues("group", on: servers) == [nil])
+            #expect(try await values(of: "group", on: servers) == [nil])
         }
     }
 
@@ -135,7 +134,7 @@ struct RunSupervisionTests {
             run.process.terminate()
             let (status, _, stderr) = await run.finish()
             #expect(status == 128 + SIGTERM, "stderr: \(stderr)")
-            #expect(try await keyValues("stopped", on: servers) == [nil])
+            #expect(try await values(of: "stopped", on: servers) == [nil])
         }
     }
 
@@ -312,7 +311,7 @@ struct RunSupervisionTests {
                 let (missingStatus, _, missingErrors) = await missing.finish()
                 #expect(missingStatus == 127, "\(missingErrors)")
                 #expect(missingErrors.contains("could not start"))
-                #expect(try await keyValues("missing", on: servers) == [nil])
+                #expect(try await values(of: "missing", on: servers) == [nil])
             }
         }
     }
@@ -340,7 +339,7 @@ struct RunSupervisionTests {
                 #expect(text.contains("got=hello"), "\(text)")
                 #expect(text.contains("done=0"), "\(text)")
             }
-            #expect(try await keyValues("job-control", on: servers) == [nil])
+            #expect(try await values(of: "job-control", on: servers) == [nil])
         }
     }
 

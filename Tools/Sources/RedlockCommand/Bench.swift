@@ -3,7 +3,6 @@ import Dispatch
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Synchronization
 
 #if canImport(Glibc)
@@ -209,7 +208,7 @@ struct BenchSettings: Sendable {
         let duration = duration
         var rows: [BenchRow] = []
         let rawFloor = RawFloorProcess.executable
-        if rawFloor == nil { progress("redlock-raw-floor is not next to redlock: no raw C floor rows (swift build --product redlock-raw-floor)") }
+        if rawFloor == nil { progress("redlock-raw-floor is not next to redlock: no raw C floor rows (swift build --package-path Tools --product redlock-raw-floor)") }
 
         // The options of the `no-pubsub` rows: fast handoff off, so a release is not published and
         // a waiter does not subscribe (in-process handoff only).
@@ -445,39 +444,30 @@ struct BenchSettings: Sendable {
     ) async throws -> T {
         let limit = expected + .seconds(30)
         let work = Task { try await body() }
-        // The first of: the phase's result, the watchdog's verdict, or the caller's cancellation.
-        let outcome = OneTimeEvent<Result<T, any Error>>()
+        // The first of: the phase's result, the watchdog's verdict, or the caller's cancellation
+        // (which ends the iteration); later ones are dropped.
+        let (outcomes, outcome) = AsyncStream.makeStream(of: Result<T, any Error>.self, bufferingPolicy: .bufferingOldest(1))
         let timer = Task {
             try await Task.sleep(for: limit)
             work.cancel()
             try await Task.sleep(for: .seconds(5))
-            outcome.fire(.failure(BenchmarkError("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
+            outcome.yield(.failure(BenchmarkError("\(label): did not finish within \(limit) (a lock call hung); abandoned")))
         }
         defer { timer.cancel() }
-        Task { outcome.fire(await work.result) }
+        Task { outcome.yield(await work.result) }
         return try await withTaskCancellationHandler {
-            try await outcome.wait().get()
+            for await first in outcomes { return try first.get() }
+            throw CancellationError()
         } onCancel: {
             work.cancel()
-            Task {
-                try await Task.sleep(for: .seconds(5))
-                outcome.fire(.failure(CancellationError()))
-            }
         }
     }
 
     /// PINGs every node (connecting them) and returns the first node's redis_version.
     private func checkNodes(_ connections: [RedisConnection]) async throws -> String {
         var version = "unknown"
-        for connection in connections {
-            let reply = try await connection.send(RedisCommand("PING"))
-            guard reply == .simpleString("PONG") else { throw BenchmarkError("\(connection) answered PING with \(reply)") }
-        }
-        if let first = connections.first, let info = try? await first.send(RedisCommand("INFO", "server")).string {
-            for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("redis_version:") {
-                version = String(line.dropFirst("redis_version:".count))
-            }
-        }
+        for connection in connections { try await connection.ping() }
+        if let first = connections.first, let reported = try? await first.serverVersion() { version = reported }
         return version
     }
 

@@ -1,7 +1,6 @@
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Testing
 
 /// The `redlock` executable built next to the test bundle.
@@ -81,7 +80,7 @@ struct CommandTests {
             #expect(status == 3)
             let token = stdout.split(separator: "=").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             #expect((token ?? 0) >= 1, "stdout: \(stdout)")
-            #expect(try await keyValues("cron", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "cron", on: servers).allSatisfy { $0 == nil })
         }
     }
 
@@ -132,7 +131,7 @@ struct CommandTests {
             run.process.terminate()
             let (status, _, _) = await run.finish()
             #expect(status == 42)
-            #expect(try await keyValues("long", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "long", on: servers).allSatisfy { $0 == nil })
         }
     }
 

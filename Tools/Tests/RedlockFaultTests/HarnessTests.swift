@@ -1,6 +1,6 @@
 import Foundation
+import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Testing
 
 #if canImport(Glibc)
@@ -18,25 +18,25 @@ extension FaultTests {
             try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { durable throws in
                 try await withRedisServers(1) { volatile throws in
                     let servers = [durable[0], volatile[0]]
-                    for server in servers { try await set("k", "v", on: server) }
+                    for server in servers { try await server.set("k", to: "v") }
                     let ports = servers.map(\.port)
 
                     for server in servers { await server.kill() }
                     for server in servers {
                         #expect(!server.isRunning)
                         #expect(server.processIdentifier == nil)
-                        let error = await #expect(throws: RedisError.self) { try await value(of: "k", on: server) }
+                        let error = await #expect(throws: RedisError.self) { try await server.value(of: "k") }
                         #expect(error?.code == .connectionRefused)
                     }
 
                     for server in servers { try await server.heal() }
                     #expect(servers.map(\.port) == ports)
-                    #expect(try await value(of: "k", on: durable[0]) == "v", "appendfsync always keeps an acknowledged write")
-                    #expect(try await value(of: "k", on: volatile[0]) == nil, "no persistence: a restart starts empty")
+                    #expect(try await durable[0].value(of: "k") == "v", "appendfsync always keeps an acknowledged write")
+                    #expect(try await volatile[0].value(of: "k") == nil, "no persistence: a restart starts empty")
 
                     try await durable[0].restart(keepingData: false)
                     #expect(durable[0].port == ports[0])
-                    #expect(try await value(of: "k", on: durable[0]) == nil, "restart(keepingData: false) wipes the AOF")
+                    #expect(try await durable[0].value(of: "k") == nil, "restart(keepingData: false) wipes the AOF")
                 }
             }
         }
@@ -49,14 +49,14 @@ extension FaultTests {
                     connectTimeout: .milliseconds(200), commandTimeout: .milliseconds(200)
                 ))
                 do {
-                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    try await connection.ping()
                     try await server.pause()
                     #expect(server.isPaused)
-                    let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+                    let error = await #expect(throws: RedisError.self) { try await connection.ping() }
                     #expect(error?.code == .timeout)
                     try server.resume()
                     #expect(!server.isPaused)
-                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    try await connection.ping()
 
                     try await server.pause()
                     await server.kill()
@@ -65,7 +65,7 @@ extension FaultTests {
                     #expect(server.isRunning)
                     // A fresh connection: the old one's socket died with the killed process.
                     let fresh = RedisConnection(configuration: server.configuration())
-                    #expect(try await fresh.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    try await fresh.ping()
                     await fresh.shutdown()
                     await connection.shutdown()
                 } catch {
@@ -82,17 +82,17 @@ extension FaultTests {
                 let server = servers[0]
                 let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
                 do {
-                    _ = try await connection.send(RedisCommand("PING"))
+                    try await connection.ping()
                     let stall = try await server.stall(for: .milliseconds(400))
                     #expect(!stall.isOver)
-                    _ = try await connection.send(RedisCommand("PING"))
+                    try await connection.ping()
                     let answered = ContinuousClock.now
                     // The server read DEBUG SLEEP before `stall(for:)` returned, and answers
                     // nothing for 400 ms from then (5 ms for the clock reads around the send).
                     #expect(answered >= stall.startedAt.advanced(by: .milliseconds(395)))
                     await stall.waitUntilOver()
                     #expect(stall.isOver)
-                    let (_, quick) = try await measure { try await connection.send(RedisCommand("PING")) }
+                    let (_, quick) = try await measure { try await connection.ping() }
                     #expect(quick < .milliseconds(300))
                     await connection.shutdown()
                 } catch {
@@ -117,17 +117,5 @@ extension FaultTests {
             // Both are CLOCK_BOOTTIME: the conversion lands between the two raw reads.
             #expect(converted >= before - 1_000_000 && converted <= after + 1_000_000)
         }
-    }
-}
-
-/// `SET key value` over a connection of its own.
-func set(_ key: String, _ value: String, on server: RedisServer) async throws {
-    let connection = RedisConnection(configuration: server.configuration())
-    do {
-        _ = try await connection.send(RedisCommand("SET", key, value))
-        await connection.shutdown()
-    } catch {
-        await connection.shutdown()
-        throw error
     }
 }

@@ -1,7 +1,6 @@
 import Histogram
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Synchronization
 
 /// The workloads `redlock bench` measures.
@@ -35,10 +34,14 @@ enum BenchWorkloads {
         {
             let connection = RedisConnection(configuration: configuration)
             let started = ContinuousClock.now
-            let reply = try await connection.send(RedisCommand("PING"))
+            do {
+                try await connection.ping()
+            } catch {
+                await connection.shutdown()
+                throw error
+            }
             let took = started.duration(to: .now)
             await connection.shutdown()
-            guard reply == .simpleString("PONG") else { throw BenchmarkError("PING answered \(reply)") }
             return took
         }
     }

@@ -1,6 +1,6 @@
 import ArgumentParser
 
-/// `redlock-worker`: a lock client process for cross-process tests (Tests/RedlockFaultTests):
+/// `redlock-worker`: a lock client process for cross-process tests (Tools/Tests):
 /// separate processes that contend for one lock and log their critical sections on the
 /// machine-wide clock.
 @main

@@ -15,7 +15,7 @@ struct BenchWorkload: Sendable {
 }
 
 /// The physical floor of a lock+unlock cycle on this machine: `redlock-raw-floor`
-/// (Benchmarks/RawFloor/raw_floor.c), one C thread on blocking hiredis connections, `SET NX PX`
+/// (Tools/Sources/RedlockRawFloor/raw_floor.c), one C thread on blocking hiredis connections, `SET NX PX`
 /// to all nodes pipelined, then the compare-and-delete to all nodes, no Swift at all.
 ///
 /// Each slice runs the program for the slice's duration; its per-cycle latencies (nanoseconds,

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 
 /// `redlock demo`: mutual exclusion under contention, surviving a minority of dead nodes, and
 /// the clear error once the majority is gone.

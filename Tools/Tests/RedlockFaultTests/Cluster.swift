@@ -1,7 +1,6 @@
 import Foundation
 import Redlock
 import RedlockTestSupport
-import RedlockTransport
 import Synchronization
 import Testing
 
@@ -38,7 +37,7 @@ final class Cluster: Sendable {
             for node in client.nodes where servers.contains(where: {
                 $0.endpoint == node.configuration.endpoint && $0.isRunning && !$0.isPaused
             }) {
-                _ = try await node.send(RedisCommand("PING"))
+                try await node.ping()
             }
         }
         return client
@@ -74,26 +73,6 @@ func withCluster<T>(
             await cluster.tearDown()
         }
     }
-}
-
-/// The value of `key` on one server (nil when missing), read over a connection of its own.
-func value(of key: String, on server: RedisServer) async throws -> String? {
-    let connection = RedisConnection(configuration: server.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)))
-    do {
-        let reply = try await connection.send(RedisCommand("GET", key))
-        await connection.shutdown()
-        return reply.string
-    } catch {
-        await connection.shutdown()
-        throw error
-    }
-}
-
-/// The value of `key` on each of `servers`.
-func values(of key: String, on servers: [RedisServer]) async throws -> [String?] {
-    var values: [String?] = []
-    for server in servers { values.append(try await value(of: key, on: server)) }
-    return values
 }
 
 /// How long `body` takes, and its result.

@@ -1,0 +1,122 @@
+import Redlock
+import RedlockTransport
+
+/// Starts `count` real nodes (``RedisServer``) and a ``RedlockClient`` over them (connect timeout
+/// 500 ms, command timeout 1 s), connects every node, runs `body`, then shuts the client down and
+/// kills the servers — also when `body` throws.
+///
+/// Connecting first means that short leases in a test measure the lock, not connects.
+/// - Throws: what starting a server or connecting a node throws (``RedisServerError``,
+///   `RedisError`), or what `body` throws.
+public func withLockNodes<T>(
+    _ count: Int,
+    _ body: (RedlockClient, [RedisServer]) async throws -> T
+) async throws -> T {
+    try await withRedisServers(count) { servers throws in
+        let client = try RedlockClient(nodes: servers.map {
+            $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1))
+        })
+        return try await withTeardown {
+            for status in await client.checkNodes() { _ = try status.result.get() }
+            return try await body(client, servers)
+        } teardown: {
+            await client.shutdown()
+        }
+    }
+}
+
+/// Lock options for tests: retry delays of 1–5 ms and, by default, every operation waiting for
+/// every node (`failFast: false`), so a test can read each node's key as soon as a call returns.
+///
+/// - Parameters:
+///   - expiry: the lease's time to live; default 5 s.
+///   - tries: acquire attempts; default 32.
+///   - timeoutFactor: each node's share of the expiry for one command; default 0.2.
+///   - failFast: return as soon as the quorum is decided; default false.
+public func testOptions(
+    expiry: Duration = .seconds(5), tries: Int = 32, timeoutFactor: Double = 0.2, failFast: Bool = false
+) -> LockOptions {
+    LockOptions(
+        expiry: expiry, tries: tries, retryDelay: .random(in: .milliseconds(1)...(.milliseconds(5))),
+        timeoutFactor: timeoutFactor, failFast: failFast
+    )
+}
+
+/// Polls `condition` every 2 ms until it holds or `limit` (default 5 s) passes; only for states
+/// that signal nothing when they change. Returns whether it held.
+public func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+    let giveUp = ContinuousClock.now + limit
+    while !condition() {
+        guard ContinuousClock.now < giveUp else { return false }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return true
+}
+
+/// The value of `key` on each server, in order (nil where the key is missing), each read with
+/// `GET` over a connection of its own.
+/// - Throws: `RedisError` when a server does not answer within 2 s.
+public func values(of key: String, on servers: [RedisServer]) async throws -> [String?] {
+    var values: [String?] = []
+    for server in servers { values.append(try await server.value(of: key)) }
+    return values
+}
+
+extension RedisServer {
+    /// The value of `key` (nil when it is missing), read with `GET` over a connection of its own
+    /// (connect timeout 500 ms, command timeout 2 s).
+    /// - Throws: `RedisError` naming this node when it does not answer or answers an error.
+    public func value(of key: String) async throws -> String? {
+        try await send(RedisCommand("GET", key)).string
+    }
+
+    /// Sets `key` to `value` with `SET` over a connection of its own, with an expiry when one is
+    /// given (`PX`, whole milliseconds), e.g. to stand for another holder of a lock.
+    /// - Throws: `RedisError` naming this node when it does not answer or answers an error.
+    public func set(_ key: String, to value: String, expiry: Duration? = nil) async throws {
+        var arguments = ["SET", key, value]
+        if let expiry { arguments += ["PX", String(expiry.wholeNanoseconds / 1_000_000)] }
+        _ = try await send(RedisCommand(arguments))
+    }
+
+    /// Sends `PING` over a connection of its own; returns when the node answered.
+    /// - Throws: `RedisError` naming this node when it does not answer within `timeout`.
+    public func ping(timeout: Duration = .seconds(2)) async throws {
+        _ = try await send(RedisCommand("PING"), commandTimeout: timeout)
+    }
+
+    private func send(_ command: RedisCommand, commandTimeout: Duration = .seconds(2)) async throws -> RedisValue {
+        let connection = RedisConnection(configuration: configuration(connectTimeout: .milliseconds(500), commandTimeout: commandTimeout))
+        do {
+            let reply = try await connection.send(command)
+            await connection.shutdown()
+            return reply
+        } catch {
+            await connection.shutdown()
+            throw error
+        }
+    }
+}
+
+extension RedisConnection {
+    /// Sends `PING` on this connection (connecting it first if needed), e.g. to connect a
+    /// client's node before a test's short leases start.
+    /// - Throws: `RedisError` naming the node when it does not answer within the connection's
+    ///   timeouts.
+    public func ping() async throws {
+        let reply = try await send(RedisCommand("PING"))
+        guard reply == .simpleString("PONG") else {
+            throw RedisError(code: .protocolError, endpoint: configuration.endpoint, message: "PING answered \(reply)")
+        }
+    }
+
+    /// The `redis_version` line of `INFO server` (e.g. `7.0.15`), or nil when the reply has none.
+    /// - Throws: `RedisError` naming the node when it does not answer or refuses `INFO`.
+    public func serverVersion() async throws -> String? {
+        guard let info = try await send(RedisCommand("INFO", "server")).string else { return nil }
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("redis_version:") {
+            return String(line.dropFirst("redis_version:".count))
+        }
+        return nil
+    }
+}

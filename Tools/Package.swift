@@ -1,0 +1,68 @@
+// swift-tools-version: 6.0
+// The command-line tools and the tests that run them, in a package of their own so that an app
+// depending on swift-redlock resolves and builds only the library's dependencies:
+// `swift build -c release --package-path Tools` builds `redlock`, `redlock-worker` and
+// `redlock-raw-floor` into Tools/.build/release.
+import PackageDescription
+
+let package = Package(
+    name: "swift-redlock-tools",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "redlock", targets: ["RedlockCommand"]),
+        .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
+        .executable(name: "redlock-raw-floor", targets: ["RedlockRawFloor"]),
+    ],
+    dependencies: [
+        .package(name: "swift-redlock", path: ".."),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        // The watchdog process that `redlock run` supervises its command through.
+        .target(name: "CSupervise"),
+        .executableTarget(
+            name: "RedlockCommand",
+            dependencies: [
+                "CSupervise",
+                .product(name: "Redlock", package: "swift-redlock"),
+                .product(name: "RedlockTestSupport", package: "swift-redlock"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // A lock client process for cross-process tests: runs critical sections and logs them.
+        .executableTarget(
+            name: "RedlockWorker",
+            dependencies: [
+                .product(name: "Redlock", package: "swift-redlock"),
+                .product(name: "RedlockTestSupport", package: "swift-redlock"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The physical floor `redlock bench` measures the library against: one C thread on
+        // blocking hiredis, no Swift.
+        .executableTarget(
+            name: "RedlockRawFloor",
+            linkerSettings: [.linkedLibrary("hiredis")]
+        ),
+        // The CLI and the worker, run as processes: `redlock run` supervision, re-attaching across
+        // processes, a whole process paused past its lease.
+        .testTarget(
+            name: "RedlockToolTests",
+            dependencies: [
+                .product(name: "Redlock", package: "swift-redlock"),
+                .product(name: "RedlockTestSupport", package: "swift-redlock"),
+            ]
+        ),
+        // Kill, pause and restart real nodes; cross-process exclusion under a nemesis.
+        .testTarget(
+            name: "RedlockFaultTests",
+            dependencies: [
+                .product(name: "Redlock", package: "swift-redlock"),
+                .product(name: "RedlockTestSupport", package: "swift-redlock"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,83 @@
+import Foundation
+import Redlock
+import RedlockTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The library's guarantees seen from other processes: a paused process, a lease handed over as
+/// JSON, `redlock doctor`'s exit status.
+@Suite("Locks across processes")
+struct ProcessTests {
+    @Test("a whole process paused past its lease while the body works: withLock reports leaseLost, not the body's result")
+    func processPaused() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withRedisServers(3) { servers throws in
+            let helper = try await HelperProcess.start(
+                executable: worker,
+                arguments: [
+                    "scoped", "--nodes", servers.map { "\($0.endpoint)" }.joined(separator: ","), "--lock", "paused",
+                    "--expiry-ms", "500", "--work-ms", "200", "--parent-pid", String(getpid()),
+                ],
+                readyMarker: "entered"
+            )
+            // The fault: the whole process stops (a GC-like stall, a debugger, a cgroup freeze)
+            // for three lease lengths, body, extender and watcher alike.
+            helper.signal(SIGSTOP)
+            try await Task.sleep(for: .milliseconds(1_500))
+            helper.signal(SIGCONT)
+            #expect(await helper.waitUntilExited() == .exited(0), "\(helper.output)")
+            #expect(helper.output.contains("outcome=leaseLost"), "\(helper.output)")
+        }
+    }
+
+    @Test("a lease handed to another process as JSON is re-attached there with a new token, then released")
+    func handoffAcrossProcesses() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions(expiry: .seconds(5))
+            options.fencing = true
+            let lease = try await client.makeLock("handoff", options: options).lock()
+            let json = String(decoding: try JSONEncoder().encode(lease.handoff), as: UTF8.self)
+            let nodes = servers.map { "\($0.endpoint)" }.joined(separator: ",")
+            let other = try await HelperProcess.start(
+                executable: worker,
+                arguments: ["reattach", "--nodes", nodes, "--handoff", json, "--expiry-ms", "5000", "--fencing"],
+                readyMarker: "released"
+            )
+            #expect(await other.waitUntilExited() == .exited(0), "\(other.output)")
+            let line = try #require(other.output.split(separator: "\n").first { $0.hasPrefix("reattached ") })
+            #expect(line.contains("value=\(lease.value) "), "\(line)")
+            let token = line.split(separator: " ").first { $0.hasPrefix("token=") }.flatMap { Int64($0.dropFirst(6)) }
+            #expect((token ?? 0) > (lease.fencingToken ?? .max), "\(line)")
+            // The worker's unlock returned at its quorum; the last delete may land a moment later.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while try await values(of: "handoff", on: servers).contains(where: { $0 != nil }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(try await values(of: "handoff", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json")
+    func command() async throws {
+        try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { safe throws in
+            try await withRedisServers(1) { plain throws in
+                let healthy = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint)"])
+                let (status, stdout, stderr) = await healthy.finish()
+                #expect(status == 0, "\(stdout)\(stderr)")
+                #expect(stdout.contains("pass    persistence"), "\(stdout)")
+                let unsafe = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(plain[0].endpoint)", "--json"])
+                let (unsafeStatus, json, _) = await unsafe.finish()
+                #expect(unsafeStatus == 1)
+                let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
+                let checks = decoded?[1]["checks"] as? [[String: Any]]
+                #expect(checks?.contains { $0["name"] as? String == "persistence" && $0["verdict"] as? String == "fail" } == true, "\(json)")
+            }
+        }
+    }
+}
