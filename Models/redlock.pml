@@ -15,6 +15,13 @@
  *                                   fsync always) or comes back empty
  *   RESTART_GUARD=0|1               a node up for less than the maximum
  *                                   lease expiry does not vote
+ *   DATA_LOSS_FLUSH=0|1             a node may lose its data without a
+ *                                   restart (FLUSHALL); counts as a crash
+ *   EPOCH_GUARD=0|1                 the acquire script's data-epoch check:
+ *                                   a node without its marker makes one,
+ *                                   seeds its counter above every earlier
+ *                                   token, and refuses until the marker is
+ *                                   the maximum lease expiry old
  *   NODE_FAST_TICKS                 how early a node clock may expire a key
  *                                   (default driftTicks: within the bound)
  *   NODE_SLOW_TICKS                 how late (default 0, see README)
@@ -88,6 +95,15 @@
 #define RESTART_GUARD 0
 #endif
 #define restartGuardTicks expiry    /* the maximum lease expiry             */
+#ifndef DATA_LOSS_FLUSH
+#define DATA_LOSS_FLUSH 0
+#endif
+#ifndef EPOCH_GUARD
+#define EPOCH_GUARD 0
+#endif
+#ifndef epochGuardTicks
+#define epochGuardTicks expiry      /* options.epochGuard: the max expiry    */
+#endif
 #ifndef REPLY_LOSS
 #define REPLY_LOSS 1                /* a reply may miss the budget          */
 #endif
@@ -108,7 +124,10 @@
 
 /* Counters never steer the protocol (only the RAISE script's compare on
  * the key does), so a run that does not check fencing leaves them at 0. */
-#ifdef CHECK_FENCE
+#if defined(CHECK_FENCE) && EPOCH_GUARD
+/* the ghost maxFence records the highest counter any node ever reached */
+#define fenceIncr(x) fence[x]++; if :: fence[x] > maxFence -> maxFence = fence[x] :: else -> skip fi
+#elif defined(CHECK_FENCE)
 #define fenceIncr(x) fence[x]++
 #else
 #define fenceIncr(x) skip
@@ -121,6 +140,13 @@ byte fence[N];        /* the name's fencing counter; survives key expiry   */
 byte px[N];           /* true ticks a node-clock `expiry` lasts (its rate) */
 #if RESTART_GUARD
 byte up[N];           /* ticks since the node (re)started, saturating      */
+#endif
+#if EPOCH_GUARD
+byte epoch[N];        /* 0: no marker; else 1 + the marker's age in ticks,
+                       * saturating at 1 + epochGuardTicks                  */
+byte maxFence;        /* ghost: the highest counter any node ever reached;
+                       * a new marker's seed (the node's time in us) is
+                       * assumed to exceed it (Models/README.md)            */
 #endif
 byte crashes;
 
@@ -184,13 +210,34 @@ end:
        if
        :: net[slot(c, x)] == SET ->
             if
+#if EPOCH_GUARD
+            /* the data-epoch check comes first and, when young, touches
+             * nothing but the marker (and, when it makes one, the counter) */
+            :: epoch[x] == 0 ->
+                 epoch[x] = 1;
+#ifdef CHECK_FENCE
+                 fence[x] = maxFence + 1; maxFence = fence[x];
+#endif
+                 printf("MSC: node %d: no epoch marker: made, vote refused\n", x);
+                 reply(c, x, slot(c, x), false, 0)
+            :: epoch[x] > 0 && epoch[x] <= epochGuardTicks ->
+                 printf("MSC: node %d: epoch marker too young, vote refused\n", x);
+                 reply(c, x, slot(c, x), false, 0)
+            :: epoch[x] > epochGuardTicks && key[x] == 0 ->
+#else
             :: key[x] == 0 ->
+#endif
                  key[x] = val[c]; ttl[x] = px[x]; fenceIncr(x);
                  printf("MSC: node %d: SET v%d ok (fence %d, expires in %d)\n", x, val[c], fence[x], ttl[x]);
                  /* restart guard: the acquire vote of a node up for less
                   * than restartGuard is refused (only the acquire round) */
                  reply(c, x, slot(c, x), votes(x), fence[x])
-            :: else -> printf("MSC: node %d: SET v%d taken\n", x, val[c]);
+#if EPOCH_GUARD
+            :: epoch[x] > epochGuardTicks && key[x] != 0 ->
+#else
+            :: else ->
+#endif
+                       printf("MSC: node %d: SET v%d taken\n", x, val[c]);
                        reply(c, x, slot(c, x), false, 0)
             fi
        :: net[slot(c, x)] == RAISE ->
@@ -386,6 +433,12 @@ end:
          :: else -> skip
          fi;
 #endif
+#if EPOCH_GUARD
+         if
+         :: epoch[x] > 0 && epoch[x] <= epochGuardTicks -> epoch[x]++
+         :: else -> skip
+         fi;
+#endif
        }
        x = 0;
        for (c : 0 .. NC - 1) {
@@ -406,6 +459,21 @@ end:
 #endif
 #if RESTART_GUARD
        up[x] = 0;
+#endif
+#if EPOCH_GUARD && RESTART_LOSES_DATA
+       epoch[x] = 0;
+#endif
+       x = 0 }
+#endif
+#if DATA_LOSS_FLUSH
+  :: atomic {      /* a node loses its data and keeps running (FLUSHALL) */
+       crashes < MAX_CRASHES ->
+       crashes++;
+       select(x : 0 .. N - 1);
+       printf("MSC: node %d: FLUSHALL\n", x);
+       key[x] = 0; ttl[x] = 0; fence[x] = 0;
+#if EPOCH_GUARD
+       epoch[x] = 0;
 #endif
        x = 0 }
 #endif
@@ -428,6 +496,9 @@ init {
       px[x] = c;
 #if RESTART_GUARD
       up[x] = restartGuardTicks;
+#endif
+#if EPOCH_GUARD
+      epoch[x] = epochGuardTicks + 1;   /* every marker is old at the start */
 #endif
     }
     run Environment();

@@ -9,14 +9,15 @@
 # Prints one `model: ...` line per configuration, then `N passed, N failed`.
 # Exits non-zero if any configuration differs from its expectation.
 #
-# Environment: JOBS (parallel verifiers, default 2), PAN_MEMLIM_MB (per verifier,
-# default 2048), KEEP_TRAILS=<dir> (copy counterexample trails there).
+# Environment: JOBS (parallel verifiers, default 2), PAN_MEMLIM_MB (per verifier, default
+# 6144: the fenced epoch-guard searches need about 5 GiB), KEEP_TRAILS=<dir> (copy
+# counterexample trails there).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 model="$here/redlock.pml"
 jobs=${JOBS:-2}
-memlim=${PAN_MEMLIM_MB:-2048}
+memlim=${PAN_MEMLIM_MB:-6144}
 
 command -v spin >/dev/null || { apt-get update && apt-get install -y spin; }
 command -v gcc >/dev/null || { apt-get update && apt-get install -y gcc; }
@@ -31,6 +32,8 @@ small="-DTRIES=1 -DMAX_EXTENDS=0 -DREPLY_LOSS=0"    # a counterexample here is o
 fast="-DNODE_FAST_TICKS=3"                          # driftTicks + fixedDriftAllowance + 1
 no_data="-DRESTART_LOSES_DATA=1"
 guard="-DRESTART_LOSES_DATA=1 -DRESTART_GUARD=1"
+flush="-DDATA_LOSS_FLUSH=1"
+epoch="-DEPOCH_GUARD=1 -DTRIES_OTHERS=2"   # a second try, so a refused vote can come back
 
 # name | property | expect | -D macros   (longest first, so two jobs finish together)
 configs=(
@@ -38,6 +41,14 @@ configs=(
   "restart-guard-n3|mutex|holds|-DN=3 $guard $small"
   "safe-n3|fence|holds|-DN=3 $fence_full"
   "restart-guard-n3|fence|violated|-DN=3 $guard $small"
+  "restart-epoch-guard-n3|mutex|holds|-DN=3 $no_data $epoch $small"
+  "restart-epoch-guard-n3|fence|holds|-DN=3 $no_data $epoch $small"
+  "flush-epoch-guard-n3|mutex|holds|-DN=3 $flush $epoch $small"
+  "flush-epoch-guard-n3|fence|holds|-DN=3 $flush $epoch $small"
+  "flush-short-epoch-guard-n3|mutex|violated|-DN=3 $flush $epoch -DepochGuardTicks=1 $small"
+  "flush-restart-guard-n3|mutex|violated|-DN=3 $flush -DRESTART_GUARD=1 $small"
+  "flush-no-guard-n3|mutex|violated|-DN=3 $flush $small"
+  "flush-no-guard-n3|fence|violated|-DN=3 $flush $small"
   "restart-no-data-n3|mutex|violated|-DN=3 $no_data $small"
   "restart-no-data-n3|fence|violated|-DN=3 $no_data $small"
   "fast-clock-n3|mutex|violated|-DN=3 $fast $full"

@@ -12,11 +12,15 @@ let package = Package(
         .executable(name: "redlock", targets: ["RedlockCommand"]),
         .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
         .executable(name: "redlock-raw-floor", targets: ["RedlockRawFloor"]),
+        // Preloaded into a test redis-server to make its wall clock run fast or step
+        // (RedisServer.setClock(rate:offset:)).
+        .library(name: "RedlockClockShim", type: .dynamic, targets: ["CClockShim"]),
     ],
     dependencies: [
         .package(name: "swift-redlock", path: ".."),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
         // The watchdog process that `redlock run` supervises its command through.
@@ -46,6 +50,9 @@ let package = Package(
             name: "RedlockRawFloor",
             linkerSettings: [.linkedLibrary("hiredis")]
         ),
+        // A node clock fault: a shim that scales or offsets CLOCK_REALTIME and gettimeofday
+        // for one redis-server (see clock_shim.c).
+        .target(name: "CClockShim"),
         // The CLI and the worker, run as processes: `redlock run` supervision, re-attaching across
         // processes, a whole process paused past its lease.
         .testTarget(
@@ -61,6 +68,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Redlock", package: "swift-redlock"),
                 .product(name: "RedlockTestSupport", package: "swift-redlock"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
     ],

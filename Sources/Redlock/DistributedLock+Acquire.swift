@@ -1,4 +1,5 @@
 import CoreMetrics
+import Logging
 import RedlockTransport
 import Tracing
 
@@ -140,6 +141,18 @@ extension DistributedLock {
             let client = client
             confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
         }
+        if options.epochGuard != nil || options.clockGuard {
+            let call = RedisScriptCall(
+                Scripts.acquireGuarded,
+                keys: [name, Scripts.epochKey] + (options.fencing ? [Scripts.fenceCounterKey] : []),
+                arguments: [
+                    value, expiryMilliseconds, options.epochGuard.map { String($0.millisecondsRoundedUp) } ?? "",
+                    options.fencing || options.value.mayAlreadyBeHeld ? "1" : "0",
+                    options.clockGuard ? "1" : "0",
+                ]
+            )
+            return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
+        }
         guard options.fencing else {
             if options.value.mayAlreadyBeHeld {
                 // The extend script with its re-create flag: held → PEXPIRE, missing → SET PX.
@@ -152,7 +165,7 @@ extension DistributedLock {
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
-        return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofFencedAcquire, confirm: confirm)
+        return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
     }
 
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
@@ -167,7 +180,8 @@ extension DistributedLock {
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast,
-            confirm: request.confirm
+            confirm: request.confirm,
+            readsClocks: options.clockGuard
         )
     }
 
@@ -178,6 +192,7 @@ extension DistributedLock {
     private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
         let fencing = options.fencing
         var votes = await client.votes(of: attempt, cancellable: true)
+        if let readings = attempt.clockReadings { refuseRanAheadClocks(in: &votes, readings: readings, sentAt: start) }
 
         var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?
@@ -221,7 +236,7 @@ extension DistributedLock {
                 awaited.append(index)
             case .refused(.noAnswer)?:
                 if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, nil:
+            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, .refused(.epochTooYoung)?, nil:
                 continue
             case let .refused(cause)?:
                 // A node that failed (or voted while recently restarted) may hold the key.
@@ -262,6 +277,26 @@ extension DistributedLock {
             code: .noQuorum, lockName: name,
             message: "\(granted) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
         ))
+    }
+
+    /// The clock guard: records each node's `TIME` reading and turns the grant of a node whose
+    /// clock ran ahead into a refusal (its key is released with the attempt's clean-up).
+    private func refuseRanAheadClocks(in votes: inout [Vote?], readings: ClockReadings, sentAt: ContinuousClock.Instant) {
+        let holdOff = options.epochGuard ?? options.expiry
+        for index in votes.indices {
+            guard let reading = readings.reading(of: index) else { continue }
+            let observation = ClockObservation(nodeMicroseconds: reading.nodeMicroseconds, sentAt: sentAt, receivedAt: reading.receivedAt)
+            guard let (excess, newlySeen) = client.clocks.observe(
+                observation, node: index, driftFactor: options.driftFactor, holdOff: holdOff
+            ) else { continue }
+            if newlySeen {
+                client.metrics.clockRanAhead(node: index, by: excess)
+                client.logger.warning("redlock node clock ran ahead; its votes are refused", metadata: [
+                    "node": "\(index)", "endpoint": "\(client.endpoints[index])", "excess": "\(excess)", "for": "\(holdOff)",
+                ])
+            }
+            if votes[index]?.isGranted == true { votes[index] = .refused(.clockRanAhead(by: excess)) }
+        }
     }
 
     /// The second round of a fenced acquire: on the nodes that granted, raise the counter to the

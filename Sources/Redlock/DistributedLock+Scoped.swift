@@ -35,8 +35,9 @@ extension DistributedLock {
     ///     most 250 ms.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
-    /// - Throws: What `body` threw (while protected), or a ``RedlockError`` from acquiring, from
-    ///   losing the lease, or for invalid parameters (`invalidConfiguration`).
+    /// - Throws: What `body` threw (while protected), or a ``RedlockError``: from acquiring;
+    ///   `leaseLost` when the lease was lost while `body` ran; `holdTimeExceeded`; `cancelled`
+    ///   when the caller was cancelled; `invalidConfiguration` for invalid parameters.
     public func withLock<T: Sendable>(
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
@@ -57,7 +58,8 @@ extension DistributedLock {
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
-    /// ``RedlockError/Code-swift.struct/leaseExpired``.
+    /// ``RedlockError/Code-swift.struct/leaseExpired``. On every error before `body` runs (invalid
+    /// parameters, a lease of another lock) the lease is released too: the call owns it.
     ///
     /// - Parameters:
     ///   - lease: A lease of this lock, from ``lock()``, ``tryLock()`` or a re-attach.
@@ -72,9 +74,10 @@ extension DistributedLock {
     ///     runs on the extending task and should return quickly. The default does nothing.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
-    /// - Throws: What `body` threw (while protected), or a ``RedlockError`` from losing the
-    ///   lease, for a lease with no validity left (`leaseExpired`) or of another lock, or for
-    ///   invalid parameters (`invalidConfiguration`).
+    /// - Throws: What `body` threw (while protected), or a ``RedlockError``: `leaseLost` when the
+    ///   lease was lost while `body` ran; `holdTimeExceeded`; `cancelled` when the caller was
+    ///   cancelled; `leaseExpired` for a lease with no validity left; `invalidConfiguration` for
+    ///   invalid parameters or a lease of another lock.
     public func withLease<T: Sendable>(
         _ lease: Lease,
         extendWhenRemaining: Double = 1.0 / 3.0,

@@ -13,6 +13,9 @@ import Synchronization
 /// - `redlock_leases_lost_total`: scoped locks whose lease ran out while the body ran.
 /// - `redlock_release_announcements_refused_total`: releases whose announcement a node refused
 ///   (the user may not publish on `redlock:released:*`); the key was deleted all the same.
+/// - `redlock_node_clock_ahead_seconds{node}`: with ``LockOptions/clockGuard``, how far a node's
+///   clock ran ahead of the client's (beyond the allowance) each time that was seen; `node` is
+///   the node's index.
 struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter
@@ -24,6 +27,8 @@ struct LockMetrics: Sendable {
     private let releasedOK: Counter
     /// Counters with a code dimension, made once each, by label and code.
     private let byCode = CounterCache()
+    /// The clock guard's recorders, made once each, by node index.
+    private let clockAhead = RecorderCache()
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -34,6 +39,18 @@ struct LockMetrics: Sendable {
         announcementsRefused = Counter(label: "redlock_release_announcements_refused_total", factory: factory)
         extendedOK = Counter(label: "redlock_extensions_total", dimensions: [("result", "ok")], factory: factory)
         releasedOK = Counter(label: "redlock_releases_total", dimensions: [("result", "ok")], factory: factory)
+    }
+
+    /// Records that node `index`'s clock ran `excess` ahead (``LockOptions/clockGuard``).
+    func clockRanAhead(node index: Int, by excess: Duration) {
+        let recorder = clockAhead.recorders.withLock { recorders in
+            if let recorder = recorders[index] { return recorder }
+            let recorder = Recorder(label: "redlock_node_clock_ahead_seconds", dimensions: [("node", "\(index)")], factory: factory)
+            recorders[index] = recorder
+            return recorder
+        }
+        let components = excess.components
+        recorder.record(Double(components.seconds) + Double(components.attoseconds) / 1e18)
     }
 
     func acquireFailed(_ code: RedlockError.Code) {
@@ -51,6 +68,11 @@ struct LockMetrics: Sendable {
         guard let code else { return releasedOK.increment() }
         byCode.counter("redlock_releases_total", "result", code, factory: factory).increment()
     }
+}
+
+/// Recorders with a dimension per node, made on first use and kept.
+final class RecorderCache: Sendable {
+    let recorders = Mutex<[Int: Recorder]>([:])
 }
 
 /// Counters with a dimension per error code, made on first use and kept: one per label and code.

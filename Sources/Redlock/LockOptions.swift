@@ -36,13 +36,45 @@ public struct LockOptions: Sendable {
     public var setNXOnExtend: Bool = false
     /// Whether each acquire also yields a fencing token (``Lease/fencingToken``) that is strictly
     /// greater than the token of every earlier acquisition of the same name, as long as no node
-    /// loses its data. Costs a second round trip per acquire. The default is `false`.
+    /// loses its data (with ``epochGuard``, also across a loss that takes the node's epoch marker).
+    /// Costs a second round trip per acquire. The default is `false`.
     public var fencing: Bool = false
     /// When set, a node's vote counts only once the node has been up for at least this long, so a
     /// node that restarted without its data (and forgot the lock) cannot grant it to a second
     /// holder. Set it to the longest expiry any holder of these nodes uses. The default is `nil`
     /// (every vote counts).
     public var restartGuard: Duration? = nil
+    /// When set, each acquire also checks the node's **data epoch**: a marker key
+    /// (`redlock:epoch`) holding the node's own `TIME`, in milliseconds, from when the marker was
+    /// made. A node without the marker — it lost its data (`FLUSHALL`, a restart without
+    /// persistence, an empty replacement) or is new — makes one and refuses its vote
+    /// (``NodeFailure/Cause/epochTooYoung``) until the marker is this old, so that no lease the
+    /// node might have held before the loss can still be valid when it votes again. With
+    /// ``fencing``, a new marker also raises the node's fencing counter to the node's time in
+    /// microseconds, so tokens keep increasing across the loss.
+    ///
+    /// The check runs inside the acquire script: no extra round trip and no `INFO` permission;
+    /// the acquire becomes a script (`EVALSHA`) instead of `SET NX`. It does not catch a loss that
+    /// keeps the marker: one key evicted or deleted by hand, the last writes before a crash lost
+    /// by `appendfsync everysec` (``restartGuard`` catches that one), or a replica promoted with
+    /// the marker but without the lock key. Set it to at least the longest expiry any holder of
+    /// these nodes uses; it must be at least ``expiry``. A node's first acquire waits this long.
+    /// The default is `nil` (no check).
+    public var epochGuard: Duration? = nil
+    /// Whether each acquire also reads the node's wall clock (`TIME`, inside the acquire script)
+    /// and refuses the vote of a node whose clock ran ahead of this client's monotonic clock since
+    /// the client last saw it — by more than ``driftFactor`` × the time between plus 2 ms, after
+    /// allowing for both round trips — because such a node (a clock running fast, or stepped
+    /// forward) may have expired another holder's key early. The node stays refused
+    /// (``NodeFailure/Cause/clockRanAhead(by:)``) for ``epochGuard`` (or, without it,
+    /// ``expiry``) after the reading that showed it, and for as long as its clock keeps running
+    /// fast.
+    ///
+    /// A client judges a node only from its second reading on: a node whose clock jumped before
+    /// this client first talked to it, or between two acquires of a client that then crashed, is
+    /// outside its reach; fencing tokens are the complete answer. The acquire becomes a script
+    /// (`EVALSHA`) instead of `SET NX`, and needs `+time`. The default is `false`.
+    public var clockGuard: Bool = false
     /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`
     /// subscribes to it (one subscriber connection per node and client), so that it retries as
     /// soon as a release in *another process* is announced instead of sleeping out its retry
@@ -73,6 +105,8 @@ public struct LockOptions: Sendable {
         setNXOnExtend: Bool = false,
         fencing: Bool = false,
         restartGuard: Duration? = nil,
+        epochGuard: Duration? = nil,
+        clockGuard: Bool = false,
         fastHandoff: Bool = true,
         singleFlight: Bool = false
     ) {
@@ -88,6 +122,8 @@ public struct LockOptions: Sendable {
         self.setNXOnExtend = setNXOnExtend
         self.fencing = fencing
         self.restartGuard = restartGuard
+        self.epochGuard = epochGuard
+        self.clockGuard = clockGuard
         self.fastHandoff = fastHandoff
         self.singleFlight = singleFlight
     }
@@ -112,6 +148,12 @@ public struct LockOptions: Sendable {
         }
         if let restartGuard, restartGuard <= .zero {
             throw fail("restartGuard must be positive when set, got \(restartGuard)")
+        }
+        if let epochGuard, epochGuard < expiry {
+            throw fail("epochGuard must be at least the expiry (\(expiry)) when set, got \(epochGuard)")
+        }
+        if let epochGuard, epochGuard.millisecondsRoundedUp > Int64(Int32.max) {
+            throw fail("epochGuard \(epochGuard) is too long")
         }
         guard Timing.validity(expiry: expiry, elapsed: .zero, driftFactor: driftFactor) > .zero else {
             throw fail("expiry \(expiry) leaves no validity after the drift allowance")

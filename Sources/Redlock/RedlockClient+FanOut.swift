@@ -17,12 +17,15 @@ final class PreparedFanOut: Sendable {
     private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
     private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
     private let health: NodeHealth
+    /// The nodes' `TIME` readings from their replies, when the command returns them.
+    let clockReadings: ClockReadings?
 
     init(
         round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
-        health: NodeHealth
+        health: NodeHealth,
+        clockReadings: ClockReadings? = nil
     ) {
         self.round = round
         self.command = command
@@ -32,6 +35,7 @@ final class PreparedFanOut: Sendable {
         self.classify = classify
         self.confirm = confirm
         self.health = health
+        self.clockReadings = clockReadings
     }
 
     /// What takes node `index`'s reply: its vote, recorded in the round.
@@ -39,7 +43,9 @@ final class PreparedFanOut: Sendable {
         { [self] result in
             let vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
             switch result {
-            case .success: health.answered(index)
+            case let .success(reply):
+                clockReadings?.record(reply, from: index)
+                health.answered(index)
             case let .failure(error): health.failed(index, error)
             }
             if case let .refused(cause) = vote, let error = cause.error {
@@ -85,12 +91,13 @@ extension RedlockClient {
         order: [Int],
         budget: Duration,
         returnWhenDecided: Bool,
-        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil
+        confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
+        readsClocks: Bool = false
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
             command: command, fallback: fallback, order: order, budget: budget,
-            classify: classify, confirm: confirm, health: health
+            classify: classify, confirm: confirm, health: health, clockReadings: readsClocks ? ClockReadings() : nil
         )
     }
 

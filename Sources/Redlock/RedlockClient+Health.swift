@@ -81,8 +81,10 @@ extension RedlockClient {
     /// Checks, on every node concurrently, every permission `lock`'s options need: the scripts
     /// (`EVAL`, `EVALSHA`), the lock key (`GET`, `SET`, `PEXPIRE`, `DEL`), with
     /// ``LockOptions/fencing`` the counter (`INCR redlock:fence`), with
-    /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), and with
-    /// ``LockOptions/restartGuard`` `INFO`. Run it at start-up to find a least-privilege user's
+    /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), with
+    /// ``LockOptions/restartGuard`` `INFO`, with ``LockOptions/epochGuard`` or
+    /// ``LockOptions/clockGuard`` `TIME` and the epoch marker (`GET`, and `SET` when the marker
+    /// exists; the acquire script declares the marker either way). Run it at start-up to find a least-privilege user's
     /// missing rule before the first lock does.
     ///
     /// It writes nothing that outlives it: inside one script it sets the lock key with a
@@ -93,10 +95,14 @@ extension RedlockClient {
     /// (a waiter wakes and tries once).
     public func checkNodes(for lock: DistributedLock) async -> [NodePermissions] {
         let channel = lock.options.fastHandoff ? Scripts.releaseChannel(lock.name) : ""
-        // Redis checks every declared key against the user's patterns: the counter only with fencing.
+        // Redis checks every declared key against the user's patterns: the counter only with
+        // fencing, the epoch marker only with the epoch guard.
+        let fencing = lock.options.fencing
+        let epoch = lock.options.epochGuard != nil || lock.options.clockGuard
         let call = RedisScriptCall(
-            Scripts.permissionProbe, keys: lock.options.fencing ? [lock.name, Scripts.fenceCounterKey] : [lock.name],
-            arguments: [randomToken(byteCount: 16), lock.options.fencing ? "1" : "0", channel]
+            Scripts.permissionProbe,
+            keys: [lock.name] + (fencing ? [Scripts.fenceCounterKey] : []) + (epoch ? [Scripts.epochKey] : []),
+            arguments: [randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0"]
         )
         return await withTaskGroup(of: NodePermissions.self) { group in
             for (index, node) in nodes.enumerated() {

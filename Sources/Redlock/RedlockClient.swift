@@ -36,6 +36,8 @@ public final class RedlockClient: Sendable {
     /// Where spans go; nil when tracing is off.
     let tracer: (any Tracer)?
     let uptimes: NodeUptimes
+    /// What this client has seen of each node's wall clock (``LockOptions/clockGuard``).
+    let clocks: NodeClocks
     let releases: ReleaseBoard
     let gates: LocalGates
     /// Keeps the budget of every fan-out and the retry delay of every wait for a release.
@@ -114,6 +116,7 @@ public final class RedlockClient: Sendable {
         let global = InstrumentationSystem.tracer
         self.tracer = tracer ?? (global is NoOpTracer ? nil : global)
         uptimes = NodeUptimes(nodeCount: nodes.count)
+        clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         releases = ReleaseBoard(timer: deadlines)
         gates = LocalGates(timer: deadlines)

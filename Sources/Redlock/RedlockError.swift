@@ -111,6 +111,8 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case noAnswer
             case recentlyRestarted(uptime: Duration)
             case fencingCounterExhausted
+            case epochTooYoung
+            case clockRanAhead(Duration)
         }
 
         private let base: Base
@@ -125,6 +127,16 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         /// The node's fencing counter (`redlock:fence`) is at `Int64.max`: it can issue no token
         /// (and set nothing) until an operator acts.
         public static let fencingCounterExhausted = Cause(.fencingCounterExhausted)
+        /// The node's data epoch (`redlock:epoch`) is younger than ``LockOptions/epochGuard``:
+        /// the node lost its data, or is new, so its vote was refused (it may have forgotten a
+        /// lease that is still valid).
+        public static let epochTooYoung = Cause(.epochTooYoung)
+
+        /// The node's wall clock ran ahead of this client's monotonic clock by `excess` (beyond
+        /// the drift allowance) since the client last read it (``LockOptions/clockGuard``): it
+        /// runs fast or stepped forward, and may have expired another holder's key early, so its
+        /// vote was refused.
+        public static func clockRanAhead(by excess: Duration) -> Cause { Cause(.clockRanAhead(excess)) }
 
         /// The node failed: refused, timed out, closed, answered an error or garbage.
         public static func error(_ error: RedisError) -> Cause { Cause(.error(error)) }
@@ -136,6 +148,12 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         /// The node's error, for a cause made by ``error(_:)``; else nil.
         public var error: RedisError? {
             if case let .error(error) = base { return error }
+            return nil
+        }
+
+        /// How far the node's clock ran ahead, for a cause made by ``clockRanAhead(by:)``; else nil.
+        public var clockExcess: Duration? {
+            if case let .clockRanAhead(excess) = base { return excess }
             return nil
         }
 
@@ -154,6 +172,8 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .noAnswer: "no answer within the attempt's time budget"
             case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
+            case let .clockRanAhead(excess): "its clock ran \(excess) ahead of this client's since it was last read (fast or stepped); vote refused"
+            case .epochTooYoung: "its data epoch (redlock:epoch) is younger than the epoch guard: the node lost its data or is new; vote refused"
             }
         }
     }

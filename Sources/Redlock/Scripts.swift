@@ -33,6 +33,71 @@ enum Scripts {
         """
     )
 
+    /// Acquire with the guards (``LockOptions/epochGuard``, ``LockOptions/clockGuard``).
+    /// `KEYS[1]` lock name, `KEYS[2]` the node's epoch marker (``epochKey``), `KEYS[3]` the token
+    /// counter (only when fenced), `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` the epoch
+    /// guard in ms or empty (no epoch check), `ARGV[4]` "1" when a key that already holds the
+    /// value counts as granted (a re-attach), `ARGV[5]` "1" to reply `{code, seconds,
+    /// microseconds}` with the node's `TIME` instead of the code alone.
+    ///
+    /// The marker holds the node's `TIME` in ms from when it was made. Without a (numeric)
+    /// marker the script makes one — with a counter, it also raises the counter to the node's
+    /// time in µs — and returns -3 (young); while the marker is younger than the guard (or in
+    /// the future: the clock stepped back) it returns -3 too, touching nothing. Otherwise it is
+    /// the acquire: 0 when taken; granted is the new token when fenced (-2 when the counter is at
+    /// its maximum, an error reply when the increment is refused), else 1.
+    /// Needs Redis ≥ 5 (scripts replicate their effects, so `TIME` may precede writes).
+    static let acquireGuarded = RedisScript(
+        """
+        local time = redis.call('TIME')
+        local function reply(code)
+            if ARGV[5] == '1' then
+                return {code, tonumber(time[1]), tonumber(time[2])}
+            end
+            return code
+        end
+        if ARGV[3] ~= '' then
+            local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+            local epoch = tonumber(redis.call('GET', KEYS[2]))
+            if epoch == nil then
+                redis.call('SET', KEYS[2], string.format('%.0f', now))
+                if KEYS[3] then
+                    local seed = tonumber(time[1]) * 1000000 + tonumber(time[2])
+                    local counter = tonumber(redis.call('GET', KEYS[3]))
+                    if counter == nil or counter < seed then
+                        redis.call('SET', KEYS[3], string.format('%.0f', seed))
+                    end
+                end
+                return reply(-3)
+            end
+            local age = now - epoch
+            if age < 0 or age < tonumber(ARGV[3]) then
+                return reply(-3)
+            end
+        end
+        local current = redis.call('GET', KEYS[1])
+        if current ~= false and (current ~= ARGV[1] or ARGV[4] ~= '1') then
+            return reply(0)
+        end
+        local token = 1
+        if KEYS[3] then
+            token = redis.pcall('INCR', KEYS[3])
+            if type(token) == 'table' then
+                if string.find(token.err, 'overflow', 1, true) then
+                    return reply(-2)
+                end
+                return token
+            end
+        end
+        if current == ARGV[1] then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        else
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        end
+        return reply(token)
+        """
+    )
+
     /// The second round of a fenced acquire. `KEYS[1]` lock name, `KEYS[2]` token counter,
     /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
     /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
@@ -85,9 +150,12 @@ enum Scripts {
     )
 
     /// ``RedlockClient/checkNodes(for:)``'s probe. `KEYS[1]` lock name, `KEYS[2]` fencing
-    /// counter, `ARGV[1]` a random value, `ARGV[2]` "1" to check the counter, `ARGV[3]` the release
-    /// channel or empty. Runs each command the lock needs under `pcall` (so a refusal is reported,
-    /// not raised), leaving nothing behind: the key is set only if free and deleted at once.
+    /// counter (when checked), the last key the epoch marker (when checked), `ARGV[1]` a random
+    /// value, `ARGV[2]` "1" to check the counter, `ARGV[3]` the release channel or empty,
+    /// `ARGV[4]` "1" to check the epoch marker (`TIME`, `GET`, and `SET … XX` of its own value,
+    /// which changes nothing; not checked when there is no marker yet). Runs each command the
+    /// lock needs under `pcall` (so a refusal is reported, not raised), leaving nothing behind:
+    /// the key is set only if free and deleted at once.
     /// Returns `{permission, refusal or '' (allowed) or '?' (not checked)}` pairs.
     static let permissionProbe = RedisScript(
         """
@@ -117,6 +185,17 @@ enum Scripts {
         end
         if ARGV[3] ~= '' then
             probe('PUBLISH ' .. ARGV[3], 'PUBLISH', ARGV[3], '')
+        end
+        if ARGV[4] == '1' then
+            local marker = KEYS[#KEYS]
+            probe('TIME', 'TIME')
+            local epoch = probe('GET ' .. marker, 'GET', marker)
+            if epoch then
+                probe('SET ' .. marker, 'SET', marker, epoch, 'XX')
+            elseif epoch == false then
+                table.insert(checks, 'SET ' .. marker)
+                table.insert(checks, '?')
+            end
         end
         return checks
         """
@@ -149,6 +228,10 @@ enum Scripts {
     /// The node's one fencing-token counter, shared by every lock name. It never expires and
     /// only grows: one key per node, however many names are fenced.
     static let fenceCounterKey = reservedPrefix + "fence"
+
+    /// The node's data-epoch marker (``acquireGuarded``): the node's `TIME` in ms when it was
+    /// made. It never expires; it disappears only with the node's data.
+    static let epochKey = reservedPrefix + "epoch"
 
     /// What every release channel's name starts with.
     private static let releaseChannelPrefix = reservedPrefix + "released:"
@@ -200,12 +283,18 @@ enum Vote: Sendable, Equatable {
         }
     }
 
-    /// The vote of the fenced acquire script: a token ≥ 1 granted, 0 taken, -2 counter exhausted.
-    static func ofFencedAcquire(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
-        switch reply.integer {
+    /// The vote of an acquire script (``Scripts/acquireFenced``, ``Scripts/acquireGuarded``): a
+    /// token ≥ 1 granted (1 when not fenced), 0 taken, -2 counter exhausted, -3 data epoch too
+    /// young.
+    /// A reply with the node's `TIME` (`{code, seconds, microseconds}`) is read by its code.
+    static func ofAcquireScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
+        var code = reply.integer
+        if case let .array(items) = reply, items.count == 3 { code = items[0].integer }
+        return switch code {
         case let .some(token) where token >= 1: .granted(token)
         case .some(0): .refused(.taken)
         case .some(-2): .refused(.fencingCounterExhausted)
+        case .some(-3): .refused(.epochTooYoung)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }

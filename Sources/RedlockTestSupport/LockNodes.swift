@@ -1,13 +1,17 @@
 import Redlock
 import RedlockTransport
 
-/// Starts `count` real nodes (``RedisServer``) and a ``RedlockClient`` over them (connect timeout
+/// Starts `count` real nodes (``RedisServer``) and a `RedlockClient` over them (connect timeout
 /// 500 ms, command timeout 1 s), connects every node, runs `body`, then shuts the client down and
 /// kills the servers — also when `body` throws.
 ///
 /// Connecting first means that short leases in a test measure the lock, not connects.
-/// - Throws: what starting a server or connecting a node throws (``RedisServerError``,
-///   `RedisError`), or what `body` throws.
+/// - Parameters:
+///   - count: How many nodes; at least 1.
+///   - body: The test, given the client and the servers in the client's node order.
+/// - Throws: What starting a server or connecting a node throws (``RedisServerError``,
+///   `RedisError`), `RedlockError` (`invalidConfiguration`) for a `count` below 1, or what
+///   `body` throws.
 public func withLockNodes<T>(
     _ count: Int,
     _ body: (RedlockClient, [RedisServer]) async throws -> T
@@ -31,7 +35,7 @@ public func withLockNodes<T>(
 /// - Parameters:
 ///   - expiry: the lease's time to live; default 5 s.
 ///   - tries: acquire attempts; default 32.
-///   - timeoutFactor: each node's share of the expiry for one command; default 0.2.
+///   - timeoutFactor: the share of the expiry one attempt may take across all nodes; default 0.2.
 ///   - failFast: return as soon as the quorum is decided; default false.
 public func testOptions(
     expiry: Duration = .seconds(5), tries: Int = 32, timeoutFactor: Double = 0.2, failFast: Bool = false
@@ -43,19 +47,25 @@ public func testOptions(
 }
 
 /// Polls `condition` every 2 ms until it holds or `limit` (default 5 s) passes; only for states
-/// that signal nothing when they change. Returns whether it held.
+/// that signal nothing when they change. Returns whether it held; a cancelled caller gets the
+/// condition's value at once.
 public func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
     let giveUp = ContinuousClock.now + limit
     while !condition() {
         guard ContinuousClock.now < giveUp else { return false }
-        try? await Task.sleep(for: .milliseconds(2))
+        do {
+            try await Task.sleep(for: .milliseconds(2))
+        } catch {
+            return condition()
+        }
     }
     return true
 }
 
 /// The value of `key` on each server, in order (nil where the key is missing), each read with
-/// `GET` over a connection of its own.
-/// - Throws: `RedisError` when a server does not answer within 2 s.
+/// ``RedisServer/value(of:)``.
+/// - Throws: `RedisError` naming the first server that does not connect within 500 ms, answer
+///   within 2 s, or answers an error.
 public func values(of key: String, on servers: [RedisServer]) async throws -> [String?] {
     var values: [String?] = []
     for server in servers { values.append(try await server.value(of: key)) }
@@ -70,19 +80,34 @@ extension RedisServer {
         try await send(RedisCommand("GET", key)).string
     }
 
-    /// Sets `key` to `value` with `SET` over a connection of its own, with an expiry when one is
-    /// given (`PX`, whole milliseconds), e.g. to stand for another holder of a lock.
-    /// - Throws: `RedisError` naming this node when it does not answer or answers an error.
+    /// Sets `key` to `value` with `SET` over a connection of its own (connect timeout 500 ms,
+    /// command timeout 2 s), with an expiry when one is given (`PX`, in milliseconds rounded up;
+    /// it must be positive), e.g. to stand for another holder of a lock.
+    /// - Throws: `RedisError` naming this node when it does not answer or answers an error
+    ///   (`serverError` for an expiry that is not positive).
     public func set(_ key: String, to value: String, expiry: Duration? = nil) async throws {
         var arguments = ["SET", key, value]
-        if let expiry { arguments += ["PX", String(expiry.wholeNanoseconds / 1_000_000)] }
+        if let expiry { arguments += ["PX", String((expiry.wholeNanoseconds + 999_999) / 1_000_000)] }
         _ = try await send(RedisCommand(arguments))
     }
 
-    /// Sends `PING` over a connection of its own; returns when the node answered.
-    /// - Throws: `RedisError` naming this node when it does not answer within `timeout`.
+    /// Deletes every key of every database with `FLUSHALL` over a connection of its own: the
+    /// data loss of an operator's mistake, without a restart.
+    /// - Throws: `RedisError` naming this node when it does not answer or refuses.
+    public func flushAll() async throws {
+        _ = try await send(RedisCommand("FLUSHALL"))
+    }
+
+    /// Sends `PING` over a connection of its own (connect timeout 500 ms); returns when the node
+    /// answered `PONG`.
+    /// - Parameter timeout: How long the answer may take; default 2 s.
+    /// - Throws: `RedisError` naming this node when it does not answer within `timeout`, answers
+    ///   an error, or answers something else than `PONG` (`protocolError`).
     public func ping(timeout: Duration = .seconds(2)) async throws {
-        _ = try await send(RedisCommand("PING"), commandTimeout: timeout)
+        let reply = try await send(RedisCommand("PING"), commandTimeout: timeout)
+        guard reply == .simpleString("PONG") else {
+            throw RedisError(code: .protocolError, endpoint: endpoint, message: "PING answered \(reply)")
+        }
     }
 
     private func send(_ command: RedisCommand, commandTimeout: Duration = .seconds(2)) async throws -> RedisValue {
@@ -102,7 +127,7 @@ extension RedisConnection {
     /// Sends `PING` on this connection (connecting it first if needed), e.g. to connect a
     /// client's node before a test's short leases start.
     /// - Throws: `RedisError` naming the node when it does not answer within the connection's
-    ///   timeouts.
+    ///   timeouts, answers an error, or answers something else than `PONG` (`protocolError`).
     public func ping() async throws {
         let reply = try await send(RedisCommand("PING"))
         guard reply == .simpleString("PONG") else {

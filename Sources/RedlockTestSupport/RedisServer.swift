@@ -95,6 +95,8 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     public let tls: TLS?
     private let executable: String
     private let extraArguments: [String]
+    /// The clock shim preloaded into the server (``setClock(rate:offset:)``), if any.
+    public let clockShim: String?
     private let current: Mutex<ServerProcess?>
 
     /// The TCP endpoint, `127.0.0.1:port` (TLS only when ``tls`` is set).
@@ -114,13 +116,17 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     /// `redis-server 127.0.0.1:PORT`, with ` (TLS)` for a TLS server.
     public var description: String { "redis-server \(endpoint)" + (tls == nil ? "" : " (TLS)") }
 
-    private init(port: Int, directory: String, persistence: Persistence, tls: TLS?, executable: String, extraArguments: [String]) {
+    private init(
+        port: Int, directory: String, persistence: Persistence, tls: TLS?, executable: String, extraArguments: [String],
+        clockShim: String?
+    ) {
         self.port = port
         self.directory = directory
         self.persistence = persistence
         self.tls = tls
         self.executable = executable
         self.extraArguments = extraArguments
+        self.clockShim = clockShim
         current = Mutex(nil)
     }
 
@@ -130,7 +136,12 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     ///   - persistence: How it keeps data across restarts. The default is ``Persistence/none``.
     ///   - tls: With a value the server listens with TLS only, on ``port``. The default is nil.
     ///   - arguments: Extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
-    public static func start(persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = []) async throws -> RedisServer {
+    ///   - clockShim: The path of the clock shim (`libRedlockClockShim.so`, built by the Tools
+    ///     package) to preload into the server, so that ``setClock(rate:offset:)`` can make its
+    ///     wall clock run fast or step. The default is nil (the real clock).
+    public static func start(
+        persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = [], clockShim: String? = nil
+    ) async throws -> RedisServer {
         let executable = try findExecutable()
         var lastError: (any Error)?
         for _ in 0..<8 {
@@ -139,7 +150,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
             liveDirectories.withLock { _ = $0.insert(directory) }
             let server = RedisServer(
                 port: port, directory: directory, persistence: persistence, tls: tls,
-                executable: executable, extraArguments: arguments
+                executable: executable, extraArguments: arguments, clockShim: clockShim
             )
             do {
                 try await server.launch()
@@ -155,11 +166,16 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         throw lastError ?? RedisServerError.noFreePort("gave up after 8 ports")
     }
 
-    /// Starts `count` servers concurrently. If any fails, the others are terminated.
-    public static func start(count: Int, persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = []) async throws -> [RedisServer] {
+    /// Starts `count` servers concurrently (see ``start(persistence:tls:arguments:clockShim:)``).
+    /// If any fails, the others are terminated.
+    public static func start(
+        count: Int, persistence: Persistence = .none, tls: TLS? = nil, arguments: [String] = [], clockShim: String? = nil
+    ) async throws -> [RedisServer] {
         try await withThrowingTaskGroup(of: (Int, RedisServer).self) { group in
             for index in 0..<count {
-                group.addTask { (index, try await start(persistence: persistence, tls: tls, arguments: arguments)) }
+                group.addTask {
+                    (index, try await start(persistence: persistence, tls: tls, arguments: arguments, clockShim: clockShim))
+                }
             }
             var servers: [RedisServer?] = Array(repeating: nil, count: count)
             do {
@@ -195,7 +211,17 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     }
 
     private func launch() async throws {
-        let process = try ServerProcess.spawn(executable: executable, arguments: launchArguments)
+        let process: ServerProcess
+        if let clockShim {
+            // A restart without data removed the directory: the clock starts honest again.
+            if !FileManager.default.fileExists(atPath: clockControlPath) { try setClock() }
+            process = try ServerProcess.spawn(
+                executable: "/usr/bin/env",
+                arguments: ["LD_PRELOAD=\(clockShim)", "REDLOCK_CLOCK_CONTROL=\(clockControlPath)", executable] + launchArguments
+            )
+        } else {
+            process = try ServerProcess.spawn(executable: executable, arguments: launchArguments)
+        }
         current.withLock { $0 = process }
         switch await process.waitUntilReady() {
         case .ready:
@@ -203,6 +229,32 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         case let .failed(log):
             await process.waitUntilExited()
             throw RedisServerError.exitedDuringStartup(port: port, log: log)
+        }
+    }
+
+    /// The file the clock shim reads its rate and offset from.
+    private var clockControlPath: String { "\(directory)/clock" }
+
+    /// Sets the server's wall clock (a node clock fault): from now on it runs `rate` wall
+    /// seconds per real second, `offset` ahead of where that rate takes it. The shim reads the
+    /// change within 1 ms; a rate change is continuous, an offset change is a step. Key expiry
+    /// (`PX`) and `TIME` follow this clock; monotonic clocks do not change.
+    ///
+    /// - Parameters:
+    ///   - rate: Wall seconds per real second; positive. The default is 1.
+    ///   - offset: The step ahead (or back, when negative). The default is zero.
+    /// - Throws: ``RedisServerError/clockShimMissing`` when the server was started without a
+    ///   shim, ``RedisServerError/invalidClockRate(_:)`` for a rate that is not positive, a file
+    ///   error when the control file cannot be written.
+    public func setClock(rate: Double = 1, offset: Duration = .zero) throws {
+        guard clockShim != nil else { throw RedisServerError.clockShimMissing }
+        guard rate > 0, rate.isFinite else { throw RedisServerError.invalidClockRate(rate) }
+        let line = String(format: "%.6f %lld\n", rate, Int64(offset.wholeNanoseconds))
+        // Written whole and renamed into place, so the shim never reads half a line.
+        let temporary = clockControlPath + ".new"
+        try line.write(toFile: temporary, atomically: false, encoding: .utf8)
+        guard rename(temporary, clockControlPath) == 0 else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: clockControlPath])
         }
     }
 
@@ -274,7 +326,8 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     // MARK: - Process-wide bookkeeping
 
-    /// The directories of servers not yet terminated, removed by ``cleanUpOnTermination()``.
+    /// The directories of servers not yet terminated, removed by ``TerminationCleanup/install()``'s
+    /// handler when the process is interrupted.
     static let liveDirectories = Mutex<Set<String>>([])
 
     private static func findExecutable() throws -> String {
@@ -304,9 +357,10 @@ public func withRedisServers<Result>(
     persistence: RedisServer.Persistence = .none,
     tls: RedisServer.TLS? = nil,
     arguments: [String] = [],
+    clockShim: String? = nil,
     _ body: ([RedisServer]) async throws -> Result
 ) async throws -> Result {
-    let servers = try await RedisServer.start(count: count, persistence: persistence, tls: tls, arguments: arguments)
+    let servers = try await RedisServer.start(count: count, persistence: persistence, tls: tls, arguments: arguments, clockShim: clockShim)
     return try await withTeardown {
         try await body(servers)
     } teardown: {

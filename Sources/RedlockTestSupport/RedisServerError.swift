@@ -10,6 +10,10 @@ public enum RedisServerError: Error, Sendable, CustomStringConvertible {
     case noFreePort(String)
     /// The operation needs a running server, and it is not running.
     case notRunning(port: Int)
+    /// ``RedisServer/setClock(rate:offset:)`` on a server started without a clock shim.
+    case clockShimMissing
+    /// ``RedisServer/setClock(rate:offset:)`` with a rate that is not positive.
+    case invalidClockRate(Double)
 
     /// A message naming the cause and, for a failed start, the tail of the server's log.
     public var description: String {
@@ -25,6 +29,10 @@ public enum RedisServerError: Error, Sendable, CustomStringConvertible {
             return "no free loopback port: \(reason)"
         case let .notRunning(port):
             return "redis-server on port \(port) is not running"
+        case .clockShimMissing:
+            return "the server was started without a clock shim (RedisServer.start(clockShim:)); its clock cannot be set"
+        case let .invalidClockRate(rate):
+            return "a clock rate must be positive, got \(rate)"
         }
     }
 }

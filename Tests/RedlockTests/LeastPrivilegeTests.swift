@@ -146,6 +146,44 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("the epoch guard under least privilege: README's rule suffices; without +time or the marker's key the refusal is named, permanent, and not retried")
+    func epochGuardPermissions() async throws {
+        try await withRedisServers(3) { servers throws in
+            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded", "~redlock:epoch"]
+            try await createUser("guarded", rules: rule, on: [servers[0]])
+            try await createUser("guarded", rules: rule.filter { $0 != "+time" }, on: [servers[1]])
+            try await createUser("guarded", rules: rule.filter { $0 != "~redlock:epoch" }, on: [servers[2]])
+            let client = try RedlockClient(nodes: configurations(servers, user: "guarded"))
+            var options = LockOptions(expiry: .milliseconds(300), acquireTimeout: .seconds(5), epochGuard: .milliseconds(300))
+            options.fastHandoff = false
+            let lock = try client.makeLock("guarded", options: options)
+
+            let statuses = await client.checkNodes(for: lock)
+            #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
+            #expect(statuses[1].refused.map(\.permission) == ["TIME"], "\(statuses[1].result)")
+            // A key outside the user's patterns refuses the whole script.
+            #expect(statuses[2].refused.map(\.permission).contains("EVAL"), "\(statuses[2].result)")
+
+            // Node 0 votes young until its marker is 300 ms old; the refusals of nodes 1 and 2
+            // are permanent, so once node 0 grants, lock() stops rather than retry them.
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            let took = started.duration(to: .now)
+            #expect(error?.code == .noQuorum)
+            #expect(error?.nodes.map(\.node) == [1, 2], "\(String(describing: error))")
+            #expect(error?.nodes.allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
+            #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
+            #expect(took < .milliseconds(1_300), "retried a permanent refusal for \(took)")
+            #expect(try await values(of: "guarded", on: servers).allSatisfy { $0 == nil })
+
+            // With the rule on a majority, the lock works.
+            try await createUser("guarded", rules: rule, on: [servers[1]])
+            let lease = try await lock.lock()
+            try await lock.unlock(lease)
+            await client.shutdown()
+        }
+    }
+
     @Test("checkNodes(for:) finds nothing missing for an unfenced lock under the README's default rule")
     func auditDefaultRule() async throws {
         try await withRedisServers(1) { servers throws in

@@ -21,7 +21,7 @@ struct Bench: AsyncParsableCommand {
           floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
         nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
-          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed)
+          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch
           parallel      64 tasks on independent names, N = 5
           contended     8 tasks on one name, each holding it for each --hold (default 0, then \
         1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
@@ -218,6 +218,10 @@ struct BenchSettings: Sendable {
             return options
         }()
 
+        // The options of the `epoch-guard` acquire row. Its expiry is 1 s so that making the nodes'
+        // markers (their first acquire waits the guard out) costs 1 s, not 8.
+        let epochGuarded = LockOptions(expiry: .seconds(1), epochGuard: .seconds(1))
+
         // 1 + 2: the sequential floor and uncontended cycles, interleaved, per node count; on all
         // the nodes also the cycle with fast handoff off.
         var sizes = [1, 3, 5].filter { $0 <= count }
@@ -236,6 +240,12 @@ struct BenchSettings: Sendable {
                 if size == count {
                     workloads.append(.operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-no-pubsub:\(size)", options: polling)]))
                     workloads.append(.operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")]))
+                    // The markers exist before the measurement: the first guarded acquire waits.
+                    let marking = try client.makeLock("\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded)
+                    try await marking.unlock(try await marking.lock())
+                    workloads.append(.operations([
+                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded),
+                    ]))
                 }
                 if let rawFloor, let rawNodes {
                     workloads.append(RawFloorProcess.workload(executable: rawFloor, nodes: rawNodes, name: "\(prefix):raw-floor:\(size)"))
@@ -274,6 +284,15 @@ struct BenchSettings: Sendable {
                     scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[3],
                     ratioToFloor: ratio(libraryResults[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
                     note: "uncontended lock() alone (the unlock after it is not timed)"
+                ))
+            }
+            if libraryResults.count > 4 {
+                let p50 = libraryResults[4].microseconds(atPercentile: 50)
+                rows.append(BenchRow(
+                    scenario: "acquire", variant: "epoch-guard", nodes: size, concurrency: 1, measurement: libraryResults[4],
+                    ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency,
+                    note: "epochGuard 1 s: a script checks redlock:epoch"
+                        + (ratio(p50, libraryResults[3].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
                 ))
             }
         }

@@ -47,8 +47,8 @@ enum BenchWorkloads {
     }
 
     /// An uncontended `lock()` on its own: the unlock after it is not measured.
-    static func acquire(client: RedlockClient, name: String) throws -> BenchOperation {
-        let lock = try client.makeLock(name)
+    static func acquire(client: RedlockClient, name: String, options: LockOptions = LockOptions()) throws -> BenchOperation {
+        let lock = try client.makeLock(name, options: options)
         return {
             let start = ContinuousClock.now
             let lease = try await lock.lock()

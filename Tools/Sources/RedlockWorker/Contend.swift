@@ -45,12 +45,15 @@ struct Contend: AsyncParsableCommand {
     @Flag(help: "Acquire with fencing tokens and log them.")
     var fencing = false
 
+    @Option(name: .customLong("epoch-guard-ms"), help: "Turn the epoch guard on with this many milliseconds (at least --expiry-ms).")
+    var epochGuardMilliseconds: Int?
+
     @Flag(name: .customLong("no-fast-handoff"), help: "Wait out the retry delay instead of listening for releases.")
     var noFastHandoff = false
 
     func validate() throws {
         guard holdMaxMilliseconds >= 0, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
-              extendEvery >= 0, acquisitions >= 0
+              extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0
         else { throw ValidationError("bad timing or count options") }
     }
 
@@ -84,6 +87,7 @@ struct Contend: AsyncParsableCommand {
             retryDelay: .random(in: .milliseconds(retryMinimumMilliseconds)...(.milliseconds(retryMaximumMilliseconds))),
             timeoutFactor: cluster.timeoutFactor,
             fencing: fencing,
+            epochGuard: epochGuardMilliseconds.map { .milliseconds($0) },
             fastHandoff: !noFastHandoff
         )
         let lock = try client.makeLock(cluster.lock, options: options)

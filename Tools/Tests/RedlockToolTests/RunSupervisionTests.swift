@@ -288,7 +288,7 @@ struct RunSupervisionTests {
             try await withRedisServers(1) { servers throws in
                 let down = try await RedisServer.start()
                 let downList = "\(down.endpoint)"
-                await down.kill()
+                await down.terminate()
 
                 let refused = try CommandRun(["run", "--nodes", downList, "--name", "x", "--wait", "500ms", "--", "true"])
                 let (refusedStatus, _, refusedErrors) = await refused.finish()

@@ -1,0 +1,115 @@
+import RedlockTransport
+import Synchronization
+
+/// One reading of a node's wall clock: the node's `TIME` (in µs) from an acquire's reply, and
+/// when, on this client's monotonic clock, the request was sent and the reply received. The node
+/// read its clock somewhere between the two.
+struct ClockObservation: Sendable, Equatable {
+    var nodeMicroseconds: Int64
+    var sentAt: ContinuousClock.Instant
+    var receivedAt: ContinuousClock.Instant
+}
+
+/// What two readings of one node's clock say about it (``LockOptions/clockGuard``).
+enum ClockVerdict: Sendable, Equatable {
+    /// The node's clock advanced by no more than this client's did (within the allowance).
+    case consistent
+    /// The node's clock advanced by more than this client's could have, by `excess`: it runs
+    /// fast or stepped forward, so it may have expired keys early.
+    case ranAhead(excess: Duration)
+    /// The node's clock advanced by less than this client's must have: it stepped back (or runs
+    /// slow). Keys then live longer, which costs availability, not safety.
+    case wentBack
+
+    /// Compares `later` with `earlier`, two readings of one node's clock.
+    ///
+    /// The client's elapsed time between the node's two reads lies between
+    /// `later.sentAt − earlier.receivedAt` and `later.receivedAt − earlier.sentAt`; the node's is
+    /// the difference of its readings. Beyond that uncertainty the node may differ by
+    /// `driftFactor` × the elapsed time plus 2 ms (the same allowance validity subtracts, and
+    /// `TIME`'s granularity).
+    static func of(earlier: ClockObservation, later: ClockObservation, driftFactor: Double) -> ClockVerdict {
+        let node = Duration.microseconds(later.nodeMicroseconds - earlier.nodeMicroseconds)
+        let longest = earlier.sentAt.duration(to: later.receivedAt)
+        let shortest = max(.zero, earlier.receivedAt.duration(to: later.sentAt))
+        let allowance = longest * driftFactor + Timing.fixedDriftAllowance
+        if node > longest + allowance { return .ranAhead(excess: node - longest) }
+        if node < shortest - allowance { return .wentBack }
+        return .consistent
+    }
+}
+
+/// What a client knows of each node's wall clock, to refuse the votes of a node whose clock ran
+/// ahead (``LockOptions/clockGuard``).
+///
+/// Each node keeps a baseline reading, the oldest consistent one, so that a clock running a
+/// little fast shows up as time passes. A reading that ran ahead of the baseline makes the node
+/// untrusted for `holdOff` (every lease it might have expired early has ended by then) and
+/// becomes the new baseline; a clock that keeps running fast keeps it untrusted. A reading that
+/// went back becomes the new baseline too, so that a later step forward is measured from it.
+/// A client's first reading of a node judges nothing: a node that jumped before a client first
+/// saw it is outside its reach.
+final class NodeClocks: Sendable {
+    private struct Entry {
+        var baseline: ClockObservation
+        var untrustedUntil: ContinuousClock.Instant?
+        var excess: Duration = .zero
+    }
+
+    private let entries: Mutex<[Entry?]>
+
+    init(nodeCount: Int) {
+        entries = Mutex(Array(repeating: nil, count: nodeCount))
+    }
+
+    /// Records `observation` of node `index`; returns how far its clock ran ahead when the node
+    /// is not to be trusted now, else nil.
+    func observe(
+        _ observation: ClockObservation, node index: Int, driftFactor: Double, holdOff: Duration
+    ) -> (excess: Duration, newlySeen: Bool)? {
+        entries.withLock { entries -> (excess: Duration, newlySeen: Bool)? in
+            guard var entry = entries[index] else {
+                entries[index] = Entry(baseline: observation)
+                return nil
+            }
+            var newlySeen = false
+            switch ClockVerdict.of(earlier: entry.baseline, later: observation, driftFactor: driftFactor) {
+            case let .ranAhead(excess):
+                entry.baseline = observation
+                entry.untrustedUntil = observation.receivedAt + holdOff
+                entry.excess = excess
+                newlySeen = true
+            case .wentBack:
+                entry.baseline = observation
+            case .consistent:
+                break
+            }
+            entries[index] = entry
+            if let until = entry.untrustedUntil, observation.receivedAt < until {
+                return (entry.excess, newlySeen)
+            }
+            return nil
+        }
+    }
+}
+
+/// The clock readings of one acquire attempt's replies, by node, for ``NodeClocks``.
+final class ClockReadings: Sendable {
+    private let readings: Mutex<[Int: (nodeMicroseconds: Int64, receivedAt: ContinuousClock.Instant)]> = Mutex([:])
+
+    /// Records node `index`'s reply when it carries `TIME` (`{code, seconds, microseconds}`).
+    func record(_ reply: RedisValue, from index: Int) {
+        guard case let .array(items) = reply, items.count >= 3,
+              let seconds = items[1].integer, let microseconds = items[2].integer
+        else { return }
+        let receivedAt = ContinuousClock.now
+        let (total, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000)
+        guard !overflow else { return }
+        readings.withLock { $0[index] = (total &+ microseconds, receivedAt) }
+    }
+
+    /// Node `index`'s reading, when its reply carried one.
+    func reading(of index: Int) -> (nodeMicroseconds: Int64, receivedAt: ContinuousClock.Instant)? {
+        readings.withLock { $0[index] }
+    }
+}

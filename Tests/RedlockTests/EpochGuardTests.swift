@@ -1,0 +1,129 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Epoch guard: a node that lost its data does not vote until every lease it held is over")
+struct EpochGuardTests {
+    /// Options with the epoch guard on (and a client-side acquire timeout long enough to wait
+    /// it out).
+    private func guarded(expiry: Duration, guard epochGuard: Duration, fencing: Bool = false) -> LockOptions {
+        var options = testOptions(expiry: expiry, tries: .max)
+        options.acquireTimeout = epochGuard * 4
+        options.epochGuard = epochGuard
+        options.fencing = fencing
+        return options
+    }
+
+    /// The marker's value on each server.
+    private func epochs(on servers: [RedisServer]) async throws -> [Int64?] {
+        try await values(of: "redlock:epoch", on: servers).map { $0.flatMap { Int64($0) } }
+    }
+
+    @Test("a node without a marker makes one and votes young; once the marker is as old as the guard, the lock is granted")
+    func newNodeWaitsOutTheGuard() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("fresh", options: guarded(expiry: .milliseconds(300), guard: .milliseconds(400)))
+            let first = ContinuousClock.now
+            let young = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(young?.code == .noQuorum)
+            #expect(young?.nodes.map(\.cause) == [.epochTooYoung, .epochTooYoung, .epochTooYoung], "\(String(describing: young))")
+            // Young votes set nothing: no lock key, but a marker on every node.
+            #expect(try await values(of: "fresh", on: servers) == [nil, nil, nil])
+            #expect(try await epochs(on: servers).allSatisfy { $0 != nil })
+
+            let lease = try await lock.lock()
+            let waited = first.duration(to: .now)
+            print("epoch guard: a new node's first lease after \(waited) (guard 400 ms)")
+            #expect(waited >= .milliseconds(390), "granted after \(waited), before the 400 ms guard")
+            #expect(try await values(of: "fresh", on: servers) == [lease.value, lease.value, lease.value])
+            try await lock.unlock(lease)
+            // The marker stays: the next acquire is immediate, also when the node has to be
+            // sent the script again (NOSCRIPT, then EVAL).
+            for server in servers {
+                let admin = RedisConnection(configuration: server.configuration())
+                _ = try await admin.send(RedisCommand("SCRIPT", "FLUSH"))
+                await admin.shutdown()
+            }
+            let again = try await lock.tryLock()
+            try await lock.unlock(again)
+        }
+    }
+
+    @Test("FLUSHALL while a lease is held: without the guard a second holder gets in at once; with it, only after the first lease ended, with a greater token", arguments: [false, true])
+    func flushWhileHeld(guardOn: Bool) async throws {
+        try await withLockNodes(3) { client, servers in
+            let expiry = Duration.milliseconds(600)
+            let options = guardOn ? guarded(expiry: expiry, guard: expiry, fencing: true) : {
+                var options = testOptions(expiry: expiry, tries: .max)
+                options.acquireTimeout = .seconds(3)
+                options.fencing = true
+                return options
+            }()
+            let lock = try client.makeLock("flushed", options: options)
+            let first = try await lock.lock()
+            for server in servers { try await server.flushAll() }
+            let second = try await lock.lock()
+            let firstToken = try #require(first.fencingToken)
+            let secondToken = try #require(second.fencingToken)
+            let overlap = first.validUntil > .now
+            print("epoch guard \(guardOn ? "on" : "off"): after FLUSHALL, tokens \(firstToken) → \(secondToken); first lease still valid at the second's grant: \(overlap)")
+            if guardOn {
+                #expect(!overlap, "a second holder while the first lease was valid")
+                #expect(secondToken > firstToken, "the token went backwards across the flush")
+            } else {
+                // The hazard the guard closes, reproduced.
+                #expect(overlap, "no second holder during the first lease: the fault did not take")
+                #expect(secondToken <= firstToken)
+            }
+            try await lock.unlock(second)
+        }
+    }
+
+    @Test("a majority restarted without persistence while a lease is held: with the guard, nobody gets in before that lease ended")
+    func restartWithoutData() async throws {
+        try await withLockNodes(3) { client, servers in
+            let expiry = Duration.milliseconds(600)
+            let lock = try client.makeLock("restarted", options: guarded(expiry: expiry, guard: expiry))
+            let first = try await lock.lock()
+            try await servers[0].restart(keepingData: false)
+            try await servers[1].restart(keepingData: false)
+            let second = try await lock.lock()
+            #expect(first.validUntil <= .now, "a second holder while the first lease was valid")
+            try await lock.unlock(second)
+        }
+    }
+
+    @Test("a marker that is not a number, or lies in the future (the node's clock stepped back), counts as young")
+    func garbageOrFutureMarker() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("odd", options: guarded(expiry: .milliseconds(200), guard: .milliseconds(200)))
+            // Settle every node's marker first.
+            let settled = try await lock.lock()
+            try await lock.unlock(settled)
+            try await servers[0].set("redlock:epoch", to: "not a number")
+            try await servers[1].set("redlock:epoch", to: "99999999999999")
+            let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(error?.code == .noQuorum)
+            #expect(error?.nodes.map(\.node) == [0, 1])
+            #expect(error?.nodes.allSatisfy { $0.cause == .epochTooYoung } == true, "\(String(describing: error))")
+            // The unparseable marker was replaced by a fresh one; the future one is kept.
+            #expect(try await epochs(on: [servers[0]]).first??.description.count == 13)
+            #expect(try await servers[1].value(of: "redlock:epoch") == "99999999999999")
+            #expect(try await values(of: "odd", on: servers) == [nil, nil, nil], "a refused attempt is released")
+        }
+    }
+
+    @Test("an epoch guard shorter than the expiry, or not positive, is rejected before any node is asked")
+    func validation() async throws {
+        try await withLockNodes(1) { client, _ in
+            for epochGuard in [Duration.milliseconds(100), .zero, .milliseconds(-1)] {
+                var options = LockOptions(expiry: .milliseconds(500))
+                options.epochGuard = epochGuard
+                let error = #expect(throws: RedlockError.self) { try client.makeLock("bad", options: options) }
+                #expect(error?.code == .invalidConfiguration)
+                #expect(error?.message.contains("epochGuard") == true)
+            }
+        }
+    }
+}
