@@ -236,7 +236,8 @@ extension DistributedLock {
                 awaited.append(index)
             case .refused(.noAnswer)?:
                 if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, .refused(.epochTooYoung)?, nil:
+            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, .refused(.epochTooYoung)?,
+                 .refused(.clockWentBack)?, nil:
                 continue
             case let .refused(cause)?:
                 // A node that failed (or voted while recently restarted) may hold the key.
@@ -287,10 +288,10 @@ extension DistributedLock {
             guard let reading = readings.reading(of: index) else { continue }
             let observation = ClockObservation(nodeMicroseconds: reading.nodeMicroseconds, sentAt: sentAt, receivedAt: reading.receivedAt)
             guard let (excess, newlySeen) = client.clocks.observe(
-                observation, node: index, driftFactor: options.driftFactor, holdOff: holdOff
+                observation, node: index, driftFactor: options.driftFactor, holdOff: holdOff, window: holdOff
             ) else { continue }
+            client.metrics.clockRanAhead(node: index, by: excess)
             if newlySeen {
-                client.metrics.clockRanAhead(node: index, by: excess)
                 client.logger.warning("redlock node clock ran ahead; its votes are refused", metadata: [
                     "node": "\(index)", "endpoint": "\(client.endpoints[index])", "excess": "\(excess)", "for": "\(holdOff)",
                 ])

@@ -14,8 +14,8 @@ import Synchronization
 /// - `redlock_release_announcements_refused_total`: releases whose announcement a node refused
 ///   (the user may not publish on `redlock:released:*`); the key was deleted all the same.
 /// - `redlock_node_clock_ahead_seconds{node}`: with ``LockOptions/clockGuard``, how far a node's
-///   clock ran ahead of the client's (beyond the allowance) each time that was seen; `node` is
-///   the node's index.
+///   clock had run ahead of the client's at each reading while the node was refused for it;
+///   `node` is the node's index.
 struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter

@@ -46,15 +46,20 @@ public struct LockOptions: Sendable {
     public var restartGuard: Duration? = nil
     /// When set, each acquire also checks the node's **data epoch**: a marker key
     /// (`redlock:epoch`) holding the node's own `TIME`, in milliseconds, from when the marker was
-    /// made. A node without the marker — it lost its data (`FLUSHALL`, a restart without
-    /// persistence, an empty replacement) or is new — makes one and refuses its vote
-    /// (``NodeFailure/Cause/epochTooYoung``) until the marker is this old, so that no lease the
-    /// node might have held before the loss can still be valid when it votes again. With
-    /// ``fencing``, a new marker also raises the node's fencing counter to the node's time in
-    /// microseconds, so tokens keep increasing across the loss.
+    /// made (and the latest time an acquire saw). A node without the marker — it lost its data
+    /// (`FLUSHALL`, a restart without persistence, an empty replacement) or is new — makes one
+    /// and refuses its vote (``NodeFailure/Cause/epochTooYoung``) until the marker is this old, so
+    /// that no lease the node might have held before the loss can still be valid when it votes
+    /// again. With ``fencing``, a new marker also raises the node's fencing counter to the node's
+    /// time in microseconds, so tokens keep increasing across the loss — as long as no node's
+    /// clock was ahead of the one that seeds by more than the tokens issued since (a node clock
+    /// set back, or nodes whose clocks disagree, can seed below an earlier token). A node whose
+    /// clock is behind the latest time it showed refuses (``NodeFailure/Cause/clockWentBack``).
     ///
     /// The check runs inside the acquire script: no extra round trip and no `INFO` permission;
-    /// the acquire becomes a script (`EVALSHA`) instead of `SET NX`. It does not catch a loss that
+    /// the acquire becomes a script (`EVALSHA`) instead of `SET NX`. Every client of a lock must
+    /// turn it on: a client without it counts a node that lost its data at once. The wait is
+    /// measured by the node's clock, which ``clockGuard`` watches. It does not catch a loss that
     /// keeps the marker: one key evicted or deleted by hand, the last writes before a crash lost
     /// by `appendfsync everysec` (``restartGuard`` catches that one), or a replica promoted with
     /// the marker but without the lock key. Set it to at least the longest expiry any holder of
@@ -62,18 +67,23 @@ public struct LockOptions: Sendable {
     /// The default is `nil` (no check).
     public var epochGuard: Duration? = nil
     /// Whether each acquire also reads the node's wall clock (`TIME`, inside the acquire script)
-    /// and refuses the vote of a node whose clock ran ahead of this client's monotonic clock since
-    /// the client last saw it — by more than ``driftFactor`` × the time between plus 2 ms, after
-    /// allowing for both round trips — because such a node (a clock running fast, or stepped
-    /// forward) may have expired another holder's key early. The node stays refused
+    /// and refuses the vote of a node whose clock ran ahead of this client's monotonic clock —
+    /// against the client's previous reading of that node and against a baseline at most
+    /// ``epochGuard`` (or ``expiry``) old, by more than ``driftFactor`` × the time between plus
+    /// 2 ms, after allowing for both round trips — because such a node (a clock running fast, or
+    /// stepped forward) may have expired another holder's key early. The node stays refused
     /// (``NodeFailure/Cause/clockRanAhead(by:)``) for ``epochGuard`` (or, without it,
-    /// ``expiry``) after the reading that showed it, and for as long as its clock keeps running
-    /// fast.
+    /// ``expiry``) after the last reading that showed it, and for as long as its clock keeps
+    /// running fast. The script itself refuses while the node's clock is behind the latest time
+    /// it showed (``NodeFailure/Cause/clockWentBack``): a key set then would expire early once the
+    /// clock is put right.
     ///
     /// A client judges a node only from its second reading on: a node whose clock jumped before
     /// this client first talked to it, or between two acquires of a client that then crashed, is
-    /// outside its reach; fencing tokens are the complete answer. The acquire becomes a script
-    /// (`EVALSHA`) instead of `SET NX`, and needs `+time`. The default is `false`.
+    /// outside its reach; fencing tokens are the complete answer. Only acquires read the clock,
+    /// not extends. Every client of a lock should turn it on. The acquire becomes a script
+    /// (`EVALSHA`) instead of `SET NX`, and needs `+time` and `~redlock:epoch`. The default is
+    /// `false`.
     public var clockGuard: Bool = false
     /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`
     /// subscribes to it (one subscriber connection per node and client), so that it retries as

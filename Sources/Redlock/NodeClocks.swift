@@ -42,17 +42,24 @@ enum ClockVerdict: Sendable, Equatable {
 /// What a client knows of each node's wall clock, to refuse the votes of a node whose clock ran
 /// ahead (``LockOptions/clockGuard``).
 ///
-/// Each node keeps a baseline reading, the oldest consistent one, so that a clock running a
-/// little fast shows up as time passes. A reading that ran ahead of the baseline makes the node
-/// untrusted for `holdOff` (every lease it might have expired early has ended by then) and
-/// becomes the new baseline; a clock that keeps running fast keeps it untrusted. A reading that
-/// went back becomes the new baseline too, so that a later step forward is measured from it.
+/// Each reading is judged against the node's previous reading (a step shows at once, with the
+/// allowance of a short interval) and against a baseline no older than the window (a clock a
+/// little fast shows as time passes; the allowance grows with the interval, so the baseline
+/// moves on once it is older than the window). A reading that ran ahead makes the node
+/// untrusted from then on for whatever hold-off the asking lock uses (every lease the node may
+/// have cut short has ended by then), and becomes the new reference; a clock that keeps running
+/// fast keeps it untrusted. A reading that went back becomes the new reference too. Readings
+/// that finish out of order (concurrent attempts) are judged only against older ones.
+///
 /// A client's first reading of a node judges nothing: a node that jumped before a client first
-/// saw it is outside its reach.
+/// saw it is outside its reach. (A clock set back is the node's own check: the acquire script
+/// refuses while its clock is behind the latest time it showed.)
 final class NodeClocks: Sendable {
     private struct Entry {
+        var previous: ClockObservation
         var baseline: ClockObservation
-        var untrustedUntil: ContinuousClock.Instant?
+        /// When a reading last showed the clock running ahead, and by how much.
+        var ranAheadAt: ContinuousClock.Instant?
         var excess: Duration = .zero
     }
 
@@ -63,29 +70,47 @@ final class NodeClocks: Sendable {
     }
 
     /// Records `observation` of node `index`; returns how far its clock ran ahead when the node
-    /// is not to be trusted now, else nil.
+    /// is not to be trusted now by a lock whose hold-off is `holdOff` (and whether this reading
+    /// showed it newly), else nil.
+    ///
+    /// - Parameters:
+    ///   - driftFactor: The allowed rate difference (``LockOptions/driftFactor``).
+    ///   - holdOff: How long after a reading that ran ahead the node stays refused for the asking
+    ///     lock: its ``LockOptions/epochGuard``, or its expiry.
+    ///   - window: The oldest a baseline may be; the longest hold-off is a good value.
     func observe(
-        _ observation: ClockObservation, node index: Int, driftFactor: Double, holdOff: Duration
+        _ observation: ClockObservation, node index: Int, driftFactor: Double, holdOff: Duration, window: Duration
     ) -> (excess: Duration, newlySeen: Bool)? {
         entries.withLock { entries -> (excess: Duration, newlySeen: Bool)? in
             guard var entry = entries[index] else {
-                entries[index] = Entry(baseline: observation)
+                entries[index] = Entry(previous: observation, baseline: observation)
                 return nil
             }
             var newlySeen = false
-            switch ClockVerdict.of(earlier: entry.baseline, later: observation, driftFactor: driftFactor) {
-            case let .ranAhead(excess):
-                entry.baseline = observation
-                entry.untrustedUntil = observation.receivedAt + holdOff
+            var ranAhead: Duration?
+            var wentBack = false
+            for reference in [entry.previous, entry.baseline] where reference.sentAt <= observation.sentAt {
+                switch ClockVerdict.of(earlier: reference, later: observation, driftFactor: driftFactor) {
+                case let .ranAhead(excess): ranAhead = max(ranAhead ?? .zero, excess)
+                case .wentBack: wentBack = true
+                case .consistent: break
+                }
+            }
+            if let excess = ranAhead {
+                newlySeen = entry.ranAheadAt.map { observation.receivedAt >= $0 + holdOff } ?? true
+                entry.ranAheadAt = max(entry.ranAheadAt ?? observation.receivedAt, observation.receivedAt)
                 entry.excess = excess
-                newlySeen = true
-            case .wentBack:
+                entry.previous = observation
                 entry.baseline = observation
-            case .consistent:
-                break
+            } else if wentBack {
+                entry.previous = observation
+                entry.baseline = observation
+            } else if observation.sentAt >= entry.previous.sentAt {
+                entry.previous = observation
+                if entry.baseline.receivedAt.duration(to: observation.sentAt) > window { entry.baseline = observation }
             }
             entries[index] = entry
-            if let until = entry.untrustedUntil, observation.receivedAt < until {
+            if let ranAheadAt = entry.ranAheadAt, observation.receivedAt < ranAheadAt + holdOff {
                 return (entry.excess, newlySeen)
             }
             return nil

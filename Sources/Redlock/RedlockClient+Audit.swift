@@ -24,7 +24,7 @@ extension RedlockClient {
         }
 
         /// What was checked: `reachable`, `persistence`, `eviction`, `role`, `cluster`,
-        /// `distinct`, `version`, `permissions` or `clock`.
+        /// `distinct`, `version`, `permissions`, `clock`, `clock rate` or `epoch`.
         public var name: String
         /// The verdict.
         public var verdict: Verdict
@@ -217,7 +217,72 @@ extension RedlockClient {
         } else {
             audit.checks.append(AuditCheck(name: "clock", verdict: .unknown, detail: "TIME did not answer"))
         }
+        audit.checks.append(await clockRate(of: node))
+        audit.checks.append(await epoch(of: node))
         return audit
+    }
+
+    /// Two `TIME` readings 250 ms apart against this machine's monotonic clock (the clock
+    /// guard's comparison, ``LockOptions/clockGuard``, with a drift factor of 0.01): a node whose
+    /// clock runs fast or steps fails.
+    private static func clockRate(of node: RedisConnection) async -> AuditCheck {
+        func reading() async -> ClockObservation? {
+            let sentAt = ContinuousClock.now
+            guard let reply = try? await node.send(RedisCommand("TIME")), case let .array(parts) = reply, parts.count == 2,
+                  let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) })
+            else { return nil }
+            return ClockObservation(nodeMicroseconds: seconds * 1_000_000 + micros, sentAt: sentAt, receivedAt: .now)
+        }
+        guard let first = await reading() else {
+            return AuditCheck(name: "clock rate", verdict: .unknown, detail: "TIME did not answer")
+        }
+        try? await Task.sleep(for: .milliseconds(250))
+        guard let second = await reading() else {
+            return AuditCheck(name: "clock rate", verdict: .unknown, detail: "TIME did not answer")
+        }
+        let node = Duration.microseconds(second.nodeMicroseconds - first.nodeMicroseconds)
+        let local = first.receivedAt.duration(to: second.receivedAt)
+        let text = "\(Double(node.wholeNanoseconds / 1_000) / 1_000) ms of node time in \(Double(local.wholeNanoseconds / 1_000) / 1_000) ms here"
+        switch ClockVerdict.of(earlier: first, later: second, driftFactor: 0.01) {
+        case .consistent:
+            return AuditCheck(name: "clock rate", verdict: .pass, detail: text)
+        case let .ranAhead(excess):
+            return AuditCheck(
+                name: "clock rate", verdict: .fail,
+                detail: text + ": ran \(excess) ahead, so keys expire early (clockGuard refuses such a node)"
+            )
+        case .wentBack:
+            return AuditCheck(name: "clock rate", verdict: .warn, detail: text + ": ran slow or was set back")
+        }
+    }
+
+    /// The node's marker (`redlock:epoch`, ``LockOptions/epochGuard``): its age, and whether the
+    /// node's clock is behind the latest time it showed (the guarded acquire then refuses).
+    private static func epoch(of node: RedisConnection) async -> AuditCheck {
+        guard let reply = try? await node.send(RedisCommand("GET", "redlock:epoch")),
+              let time = try? await node.send(RedisCommand("TIME")), case let .array(parts) = time, parts.count == 2,
+              let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) })
+        else {
+            return AuditCheck(name: "epoch", verdict: .unknown, detail: "GET redlock:epoch or TIME was refused")
+        }
+        let now = seconds * 1_000 + micros / 1_000
+        guard let marker = reply.string else {
+            return AuditCheck(
+                name: "epoch", verdict: .pass,
+                detail: "no marker yet: with epochGuard the node's first acquire makes one and waits the guard out"
+            )
+        }
+        let fields = marker.split(separator: " ").compactMap { Int64($0) }
+        guard fields.count == 2 else {
+            return AuditCheck(name: "epoch", verdict: .warn, detail: "marker \"\(marker)\" is not the library's: the next guarded acquire replaces it (the node is young)")
+        }
+        if fields[1] > now {
+            return AuditCheck(
+                name: "epoch", verdict: .fail,
+                detail: "the node's clock is \(Double(fields[1] - now) / 1_000) s behind the latest time it showed: guarded acquires are refused until it has passed it (delete redlock:epoch if that time was wrong)"
+            )
+        }
+        return AuditCheck(name: "epoch", verdict: .pass, detail: "marker made \(Double(now - fields[0]) / 1_000) s ago by the node's clock")
     }
 
     /// `CONFIG GET name`'s value, or nil when refused or missing.

@@ -113,6 +113,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case fencingCounterExhausted
             case epochTooYoung
             case clockRanAhead(Duration)
+            case clockWentBack
         }
 
         private let base: Base
@@ -131,6 +132,13 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         /// the node lost its data, or is new, so its vote was refused (it may have forgotten a
         /// lease that is still valid).
         public static let epochTooYoung = Cause(.epochTooYoung)
+
+        /// The node's wall clock is behind the latest time it showed an acquire (it was set back):
+        /// a key set now would expire early once the clock is put right, so the node refused
+        /// (``LockOptions/epochGuard`` or ``LockOptions/clockGuard``). It grants again once its
+        /// clock has passed that time; an operator who knows the earlier time was wrong can
+        /// delete `redlock:epoch` (the node is then young for the epoch guard).
+        public static let clockWentBack = Cause(.clockWentBack)
 
         /// The node's wall clock ran ahead of this client's monotonic clock by `excess` (beyond
         /// the drift allowance) since the client last read it (``LockOptions/clockGuard``): it
@@ -172,6 +180,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .noAnswer: "no answer within the attempt's time budget"
             case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
+            case .clockWentBack: "its clock is behind the latest time it showed (it was set back); vote refused until it has passed that time"
             case let .clockRanAhead(excess): "its clock ran \(excess) ahead of this client's since it was last read (fast or stepped); vote refused"
             case .epochTooYoung: "its data epoch (redlock:epoch) is younger than the epoch guard: the node lost its data or is new; vote refused"
             }

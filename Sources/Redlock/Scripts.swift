@@ -34,18 +34,21 @@ enum Scripts {
     )
 
     /// Acquire with the guards (``LockOptions/epochGuard``, ``LockOptions/clockGuard``).
-    /// `KEYS[1]` lock name, `KEYS[2]` the node's epoch marker (``epochKey``), `KEYS[3]` the token
+    /// `KEYS[1]` lock name, `KEYS[2]` the node's marker (``epochKey``), `KEYS[3]` the token
     /// counter (only when fenced), `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` the epoch
     /// guard in ms or empty (no epoch check), `ARGV[4]` "1" when a key that already holds the
     /// value counts as granted (a re-attach), `ARGV[5]` "1" to reply `{code, seconds,
     /// microseconds}` with the node's `TIME` instead of the code alone.
     ///
-    /// The marker holds the node's `TIME` in ms from when it was made. Without a (numeric)
-    /// marker the script makes one — with a counter, it also raises the counter to the node's
-    /// time in µs — and returns -3 (young); while the marker is younger than the guard (or in
-    /// the future: the clock stepped back) it returns -3 too, touching nothing. Otherwise it is
-    /// the acquire: 0 when taken; granted is the new token when fenced (-2 when the counter is at
-    /// its maximum, an error reply when the increment is refused), else 1.
+    /// The marker is `EPOCH HIGHEST`, both the node's `TIME` in ms: when the marker was made, and
+    /// the latest time any acquire saw. Without a well-formed marker the script makes one; with
+    /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
+    /// counter to the node's time in µs. When `TIME` is below `HIGHEST` the node's clock went
+    /// back: it returns -4 and sets nothing, until the clock is past `HIGHEST` again (a key set
+    /// while the clock is behind would expire early once it is put right). While the marker is
+    /// younger than the epoch guard it returns -3, touching nothing but `HIGHEST`. Otherwise it
+    /// is the acquire: 0 when taken; granted is the new token when fenced (-2 when the counter
+    /// is at its maximum, an error reply when the increment is refused), else 1.
     /// Needs Redis ≥ 5 (scripts replicate their effects, so `TIME` may precede writes).
     static let acquireGuarded = RedisScript(
         """
@@ -56,11 +59,16 @@ enum Scripts {
             end
             return code
         end
-        if ARGV[3] ~= '' then
-            local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-            local epoch = tonumber(redis.call('GET', KEYS[2]))
-            if epoch == nil then
-                redis.call('SET', KEYS[2], string.format('%.0f', now))
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        local marker = redis.call('GET', KEYS[2])
+        local epoch, highest
+        if marker then
+            local madeAt, seen = string.match(marker, '^(%d+) (%d+)$')
+            epoch, highest = tonumber(madeAt), tonumber(seen)
+        end
+        if epoch == nil or highest == nil then
+            redis.call('SET', KEYS[2], string.format('%.0f %.0f', now, now))
+            if ARGV[3] ~= '' then
                 if KEYS[3] then
                     local seed = tonumber(time[1]) * 1000000 + tonumber(time[2])
                     local counter = tonumber(redis.call('GET', KEYS[3]))
@@ -70,10 +78,16 @@ enum Scripts {
                 end
                 return reply(-3)
             end
-            local age = now - epoch
-            if age < 0 or age < tonumber(ARGV[3]) then
-                return reply(-3)
-            end
+            epoch, highest = now, now
+        end
+        if now < highest then
+            return reply(-4)
+        end
+        if now > highest then
+            redis.call('SET', KEYS[2], string.format('%.0f %.0f', epoch, now))
+        end
+        if ARGV[3] ~= '' and not (now - epoch >= tonumber(ARGV[3])) then
+            return reply(-3)
         end
         local current = redis.call('GET', KEYS[1])
         if current ~= false and (current ~= ARGV[1] or ARGV[4] ~= '1') then
@@ -229,8 +243,10 @@ enum Scripts {
     /// only grows: one key per node, however many names are fenced.
     static let fenceCounterKey = reservedPrefix + "fence"
 
-    /// The node's data-epoch marker (``acquireGuarded``): the node's `TIME` in ms when it was
-    /// made. It never expires; it disappears only with the node's data.
+    /// The node's marker (``acquireGuarded``): `EPOCH HIGHEST`, the node's `TIME` in ms when it
+    /// was made and the latest an acquire saw. It never expires; it disappears only with the
+    /// node's data (or when an operator deletes it, e.g. after setting a clock that ran far
+    /// ahead back).
     static let epochKey = reservedPrefix + "epoch"
 
     /// What every release channel's name starts with.
@@ -286,6 +302,7 @@ enum Vote: Sendable, Equatable {
     /// The vote of an acquire script (``Scripts/acquireFenced``, ``Scripts/acquireGuarded``): a
     /// token ≥ 1 granted (1 when not fenced), 0 taken, -2 counter exhausted, -3 data epoch too
     /// young.
+    /// -4 the node's clock is behind the latest time it showed.
     /// A reply with the node's `TIME` (`{code, seconds, microseconds}`) is read by its code.
     static func ofAcquireScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         var code = reply.integer
@@ -295,6 +312,7 @@ enum Vote: Sendable, Equatable {
         case .some(0): .refused(.taken)
         case .some(-2): .refused(.fencingCounterExhausted)
         case .some(-3): .refused(.epochTooYoung)
+        case .some(-4): .refused(.clockWentBack)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }

@@ -224,8 +224,10 @@ public final class FaultProxy: Sendable {
     private func writeAll(_ bytes: [UInt8], count: Int, to descriptor: Int32) -> Bool {
         var written = 0
         while written < count {
+            // MSG_NOSIGNAL: a peer that reset the connection is an error here, not a SIGPIPE
+            // that ends the whole process.
             let result = bytes.withUnsafeBytes { raw in
-                write(descriptor, raw.baseAddress.map { $0 + written }, count - written)
+                send(descriptor, raw.baseAddress.map { $0 + written }, count - written, Int32(MSG_NOSIGNAL))
             }
             if result < 0 {
                 if errno == EINTR { continue }

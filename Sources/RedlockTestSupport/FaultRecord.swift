@@ -8,6 +8,33 @@ public enum NodeFault: String, Sendable, Hashable, CaseIterable, CustomStringCon
     case stall
     /// SIGKILL and an immediate restart that keeps the data: a crash and a quick recovery.
     case restart
+    /// `FLUSHALL`: the node loses every key and keeps running; heals itself.
+    case flush
+    /// SIGKILL and a restart without its data (directory wiped): a node replaced by an empty one.
+    case restartWithoutData
+    /// The node's wall clock steps 5 s forward for good (``RedisServer/setClock(rate:offset:)``;
+    /// needs a server started with a clock shim).
+    case clockStep
+    /// The node's wall clock runs 3× fast for the fault's length, then at the normal rate again
+    /// (needs a clock shim).
+    case clockFast
+    /// 2–20 ms of latency (with jitter) through the node's ``FaultProxy`` for the fault's length.
+    case networkDelay
+    /// Both directions through the node's ``FaultProxy`` held for the fault's length: the node
+    /// keeps running and expiring keys while its clients hear nothing.
+    case networkStall
+    /// Every connection through the node's ``FaultProxy`` reset at once.
+    case networkReset
+
+    /// The faults of a process: kill, pause, stall, restart. The data survives them (with
+    /// ``RedisServer/Persistence/appendOnlyFsyncAlways``), which Redlock needs without guards.
+    public static let processFaults: [NodeFault] = [.kill, .pause, .stall, .restart]
+
+    /// Whether the fault needs the node's ``FaultProxy``.
+    public var needsProxy: Bool { [.networkDelay, .networkStall, .networkReset].contains(self) }
+
+    /// Whether the fault needs a server started with a clock shim.
+    public var needsClockShim: Bool { [.clockStep, .clockFast].contains(self) }
 
     /// The fault's name.
     public var description: String { rawValue }

@@ -61,7 +61,7 @@ public final class GarbageServer: Sendable {
             let thread = Thread {
                 var buffer = [UInt8](repeating: 0, count: 1024)
                 while buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }) > 0 {
-                    _ = reply.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+                    _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     if closeAfterReply {
                         _ = shutdown(client, Int32(SHUT_WR))
                         return

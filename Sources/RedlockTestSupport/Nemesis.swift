@@ -9,10 +9,15 @@ import Synchronization
 /// `.kill` and `.restart` keep a node's data only with
 /// ``RedisServer/Persistence/appendOnlyFsyncAlways``; with ``RedisServer/Persistence/none``
 /// they wipe it: that is the restart hazard (documented with ``RedisServer/heal()``), not a
-/// fault Redlock claims to survive.
+/// fault Redlock survives without ``LockOptions``' `epochGuard`. The data and clock faults
+/// (``NodeFault/flush``, ``NodeFault/restartWithoutData``, ``NodeFault/clockStep``,
+/// ``NodeFault/clockFast``) are survived only with the guards on; the network faults need a
+/// ``FaultProxy`` per node, and clients that connect through it.
 public struct Nemesis: Sendable {
     /// The nodes it attacks.
     public let servers: [RedisServer]
+    /// The proxy in front of each node (same order), for the network faults; nil without.
+    public let proxies: [FaultProxy]?
     /// The most nodes faulty at once. For Redlock's guarantees, at most a minority.
     public let maximumFaulty: Int
     /// The faults it picks from, uniformly.
@@ -25,20 +30,26 @@ public struct Nemesis: Sendable {
     /// Creates a nemesis over `servers`.
     ///
     /// - Parameters:
+    ///   - proxies: The proxy in front of each node, in the order of `servers`; needed for the
+    ///     network faults. The default is nil.
     ///   - maximumFaulty: The default is a minority: `(servers.count − 1) / 2`.
-    ///   - faults: The default is every fault.
+    ///   - faults: The default is ``NodeFault/processFaults``.
     ///   - faultLength: The default is 100–600 ms.
     ///   - gap: The default is 50–300 ms.
     public init(
         servers: [RedisServer],
+        proxies: [FaultProxy]? = nil,
         maximumFaulty: Int? = nil,
-        faults: [NodeFault] = NodeFault.allCases,
+        faults: [NodeFault] = NodeFault.processFaults,
         faultLength: ClosedRange<Duration> = .milliseconds(100)...(.milliseconds(600)),
         gap: ClosedRange<Duration> = .milliseconds(50)...(.milliseconds(300))
     ) {
+        precondition(proxies == nil || proxies?.count == servers.count, "one proxy per server")
+        precondition(proxies != nil || !faults.contains(where: \.needsProxy), "network faults need a proxy per server")
         self.servers = servers
+        self.proxies = proxies
         self.maximumFaulty = maximumFaulty ?? (servers.count - 1) / 2
-        self.faults = faults.isEmpty ? NodeFault.allCases : faults
+        self.faults = faults.isEmpty ? NodeFault.processFaults : faults
         self.faultLength = faultLength
         self.gap = gap
     }
@@ -65,10 +76,11 @@ public struct Nemesis: Sendable {
                 guard let node = healthy, let fault = faults.randomElement() else { continue }
                 let length = Self.random(in: faultLength)
                 let server = servers[node]
+                let proxy = proxies?[node]
                 group.addTask {
                     defer { faulty.nodes.withLock { _ = $0.remove(node) } }
                     do {
-                        return .success(try await Self.inflict(fault, on: server, node: node, for: length))
+                        return .success(try await Self.inflict(fault, on: server, proxy: proxy, node: node, for: length))
                     } catch {
                         return .failure(error)
                     }
@@ -92,19 +104,25 @@ public struct Nemesis: Sendable {
 
     /// Inflicts one fault, holds it for `length` (not cancellable: healing must happen), heals it;
     /// on any error the node is healed too.
-    private static func inflict(_ fault: NodeFault, on server: RedisServer, node: Int, for length: Duration) async throws -> FaultRecord {
+    private static func inflict(
+        _ fault: NodeFault, on server: RedisServer, proxy: FaultProxy?, node: Int, for length: Duration
+    ) async throws -> FaultRecord {
         let start = ContinuousClock.now
         do {
-            try await hold(fault, on: server, from: start, for: length)
+            try await hold(fault, on: server, proxy: proxy, from: start, for: length)
         } catch {
-            // Whatever went wrong, leave the node running and unfrozen.
+            // Whatever went wrong, leave the node running and unfrozen, its proxy forwarding.
             try? await server.heal()
+            proxy?.set(.none)
             throw error
         }
         return FaultRecord(node: node, fault: fault, start: start, end: .now)
     }
 
-    private static func hold(_ fault: NodeFault, on server: RedisServer, from start: ContinuousClock.Instant, for length: Duration) async throws {
+    private static func hold(
+        _ fault: NodeFault, on server: RedisServer, proxy: FaultProxy?, from start: ContinuousClock.Instant, for length: Duration
+    ) async throws {
+        let until = start.advanced(by: length)
         switch fault {
         case .kill:
             await server.kill()
@@ -119,6 +137,26 @@ public struct Nemesis: Sendable {
             await stall.waitUntilOver()
         case .restart:
             try await server.restart(keepingData: true)
+        case .flush:
+            try await server.flushAll()
+        case .restartWithoutData:
+            try await server.restart(keepingData: false)
+        case .clockStep:
+            try server.stepClock(by: .seconds(5))
+        case .clockFast:
+            try server.setClock(rate: 3, offset: server.clockOffset)
+            await sleepIgnoringCancellation(until: until)
+            try server.setClock(rate: 1, offset: server.clockOffset)
+        case .networkDelay:
+            proxy?.set(.latency(.milliseconds(Int64.random(in: 2...10)), jitter: .milliseconds(10)))
+            await sleepIgnoringCancellation(until: until)
+            proxy?.set(.none)
+        case .networkStall:
+            proxy?.set(.stall([.toNode, .toClient]))
+            await sleepIgnoringCancellation(until: until)
+            proxy?.set(.none)
+        case .networkReset:
+            proxy?.resetConnections()
         }
     }
 

@@ -97,6 +97,8 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     private let extraArguments: [String]
     /// The clock shim preloaded into the server (``setClock(rate:offset:)``), if any.
     public let clockShim: String?
+    /// The rate and offset last given to the shim.
+    private let clock = Mutex<(rate: Double, offset: Duration)>((1, .zero))
     private let current: Mutex<ServerProcess?>
 
     /// The TCP endpoint, `127.0.0.1:port` (TLS only when ``tls`` is set).
@@ -213,8 +215,12 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     private func launch() async throws {
         let process: ServerProcess
         if let clockShim {
-            // A restart without data removed the directory: the clock starts honest again.
-            if !FileManager.default.fileExists(atPath: clockControlPath) { try setClock() }
+            // A restart without data removed the directory: the control file is written again
+            // (the clock keeps its rate and offset).
+            if !FileManager.default.fileExists(atPath: clockControlPath) {
+                let (rate, offset) = clock.withLock { $0 }
+                try setClock(rate: rate, offset: offset)
+            }
             process = try ServerProcess.spawn(
                 executable: "/usr/bin/env",
                 arguments: ["LD_PRELOAD=\(clockShim)", "REDLOCK_CLOCK_CONTROL=\(clockControlPath)", executable] + launchArguments
@@ -249,6 +255,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     public func setClock(rate: Double = 1, offset: Duration = .zero) throws {
         guard clockShim != nil else { throw RedisServerError.clockShimMissing }
         guard rate > 0, rate.isFinite else { throw RedisServerError.invalidClockRate(rate) }
+        clock.withLock { $0 = (rate, offset) }
         let line = String(format: "%.6f %lld\n", rate, Int64(offset.wholeNanoseconds))
         // Written whole and renamed into place, so the shim never reads half a line.
         let temporary = clockControlPath + ".new"
@@ -256,6 +263,16 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         guard rename(temporary, clockControlPath) == 0 else {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: clockControlPath])
         }
+    }
+
+    /// The clock's current step ahead (``setClock(rate:offset:)``); zero for a real clock.
+    public var clockOffset: Duration { clock.withLock { $0.offset } }
+
+    /// Steps the server's wall clock by `step` more (forward when positive), keeping its rate.
+    /// - Throws: As ``setClock(rate:offset:)``.
+    public func stepClock(by step: Duration) throws {
+        let (rate, offset) = clock.withLock { $0 }
+        try setClock(rate: rate, offset: offset + step)
     }
 
     /// Whether the server process is alive (possibly paused).

@@ -48,15 +48,17 @@ struct ClockGuardTests {
         let clocks = NodeClocks(nodeCount: 1)
         let holdOff = Duration.seconds(2)
         func observe(_ observation: ClockObservation) -> Duration? {
-            clocks.observe(observation, node: 0, driftFactor: 0.01, holdOff: holdOff)?.excess
+            clocks.observe(observation, node: 0, driftFactor: 0.01, holdOff: holdOff, window: holdOff)?.excess
         }
         // A first reading that is already 20 s ahead cannot be told from an honest one.
         #expect(observe(reading(1_020_000, sent: 0, received: 1)) == nil)
         #expect(observe(reading(1_020_100, sent: 100, received: 101)) == nil)
         // A step of 10 s: refused (10.2 s of node time against at most 0.201 s of the client's,
         // from the first reading), and still refused 1 s later though the clock keeps time now.
-        #expect(observe(reading(1_030_200, sent: 200, received: 201)) == .milliseconds(9_999))
-        #expect(observe(reading(1_031_200, sent: 1_200, received: 1_201)) == .milliseconds(9_999))
+        #expect(clocks.observe(reading(1_030_200, sent: 200, received: 201), node: 0, driftFactor: 0.01, holdOff: holdOff, window: holdOff)
+            .map { [$0.excess == .milliseconds(9_999), $0.newlySeen] } == [true, true])
+        #expect(clocks.observe(reading(1_031_200, sent: 1_200, received: 1_201), node: 0, driftFactor: 0.01, holdOff: holdOff, window: holdOff)
+            .map { [$0.excess == .milliseconds(9_999), $0.newlySeen] } == [true, false], "seen once, not at every reading")
         // Trusted again once the hold-off has passed.
         #expect(observe(reading(1_032_300, sent: 2_300, received: 2_301)) == nil)
         // The baseline moved to the step: a clock that stepped back and then forward again by the
@@ -72,11 +74,49 @@ struct ClockGuardTests {
         for step in Int64(0)...40 {
             let clientMilliseconds = step * 100
             let observation = reading(1_000_000 + clientMilliseconds * 3 / 2, sent: clientMilliseconds, received: clientMilliseconds + 1)
-            if clocks.observe(observation, node: 1, driftFactor: 0.01, holdOff: .milliseconds(500)) != nil { refusedAt.append(clientMilliseconds) }
+            if clocks.observe(observation, node: 1, driftFactor: 0.01, holdOff: .milliseconds(500), window: .milliseconds(500)) != nil { refusedAt.append(clientMilliseconds) }
         }
         // Refused from the first reading that shows it (the second) to the end, without a gap.
         #expect(refusedAt.first == 100)
         #expect(refusedAt.count == 40, "\(refusedAt)")
+    }
+
+    @Test("a node refused by one lock's short hold-off stays refused for a lock with a longer one")
+    func holdOffPerLock() {
+        let clocks = NodeClocks(nodeCount: 1)
+        _ = clocks.observe(reading(1_000_000, sent: 0, received: 1), node: 0, driftFactor: 0.01, holdOff: .milliseconds(500), window: .seconds(6))
+        // A step of 20 s, seen by a lock whose hold-off is 500 ms.
+        #expect(clocks.observe(reading(1_020_100, sent: 100, received: 101), node: 0, driftFactor: 0.01, holdOff: .milliseconds(500), window: .seconds(6)) != nil)
+        // 600 ms later the clock keeps time: the short lock trusts the node again, the long one
+        // (hold-off 6 s) does not.
+        #expect(clocks.observe(reading(1_020_700, sent: 700, received: 701), node: 0, driftFactor: 0.01, holdOff: .milliseconds(500), window: .seconds(6)) == nil)
+        #expect(clocks.observe(reading(1_020_800, sent: 800, received: 801), node: 0, driftFactor: 0.01, holdOff: .seconds(6), window: .seconds(6)) != nil)
+    }
+
+    @Test("a small step after a long quiet time is judged against the previous reading, not only against an old baseline")
+    func stepAfterLongQuiet() {
+        let clocks = NodeClocks(nodeCount: 1)
+        var refused = false
+        // 30 s of readings every 200 ms, all honest.
+        for step in Int64(0)...150 {
+            let at = step * 200
+            refused = refused || clocks.observe(
+                reading(1_000_000 + at, sent: at, received: at + 1), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)
+            ) != nil
+        }
+        #expect(!refused)
+        // Then a step of 250 ms: 1 % of 30 s would hide it; 1 % of 200 ms does not.
+        #expect(clocks.observe(reading(1_030_450, sent: 30_200, received: 30_201), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)) != nil)
+    }
+
+    @Test("readings that finish out of order are judged against older ones only: no false alarm")
+    func outOfOrder() {
+        let clocks = NodeClocks(nodeCount: 1)
+        _ = clocks.observe(reading(1_000_000, sent: 0, received: 1), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1))
+        // Two concurrent attempts: the later-sent one is recorded first.
+        #expect(clocks.observe(reading(1_000_105, sent: 100, received: 110), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)) == nil)
+        #expect(clocks.observe(reading(1_000_052, sent: 50, received: 112), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)) == nil)
+        #expect(clocks.observe(reading(1_000_200, sent: 199, received: 201), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)) == nil)
     }
 
     @Test("an acquire reply with TIME is read by its code; its TIME is recorded as the node's reading")
@@ -86,6 +126,7 @@ struct ClockGuardTests {
         #expect(Vote.ofAcquireScript(withTime, endpoint: endpoint) == .granted(7))
         #expect(Vote.ofAcquireScript(.array([.integer(-3), .integer(1), .integer(2)]), endpoint: endpoint) == .refused(.epochTooYoung))
         #expect(Vote.ofAcquireScript(.integer(0), endpoint: endpoint) == .refused(.taken))
+        #expect(Vote.ofAcquireScript(.integer(-4), endpoint: endpoint) == .refused(.clockWentBack))
         let readings = ClockReadings()
         readings.record(withTime, from: 2)
         readings.record(.integer(1), from: 3)

@@ -21,7 +21,8 @@ struct Bench: AsyncParsableCommand {
           floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
         nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
-          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch
+          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch; variant `guards` with the clock guard too (the reply \
+        carries the node's TIME, checked against the client's clock)
           parallel      64 tasks on independent names, N = 5
           contended     8 tasks on one name, each holding it for each --hold (default 0, then \
         1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
@@ -221,6 +222,7 @@ struct BenchSettings: Sendable {
         // The options of the `epoch-guard` acquire row. Its expiry is 1 s so that making the nodes'
         // markers (their first acquire waits the guard out) costs 1 s, not 8.
         let epochGuarded = LockOptions(expiry: .seconds(1), epochGuard: .seconds(1))
+        let bothGuards = LockOptions(expiry: .seconds(1), epochGuard: .seconds(1), clockGuard: true)
 
         // 1 + 2: the sequential floor and uncontended cycles, interleaved, per node count; on all
         // the nodes also the cycle with fast handoff off.
@@ -245,6 +247,9 @@ struct BenchSettings: Sendable {
                     try await marking.unlock(try await marking.lock())
                     workloads.append(.operations([
                         try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded),
+                    ]))
+                    workloads.append(.operations([
+                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-guards:\(size)", options: bothGuards),
                     ]))
                 }
                 if let rawFloor, let rawNodes {
@@ -286,13 +291,15 @@ struct BenchSettings: Sendable {
                     note: "uncontended lock() alone (the unlock after it is not timed)"
                 ))
             }
-            if libraryResults.count > 4 {
-                let p50 = libraryResults[4].microseconds(atPercentile: 50)
+            for (index, variant, note) in [
+                (4, "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
+                (5, "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
+            ] where libraryResults.count > index {
+                let p50 = libraryResults[index].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
-                    scenario: "acquire", variant: "epoch-guard", nodes: size, concurrency: 1, measurement: libraryResults[4],
+                    scenario: "acquire", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index],
                     ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency,
-                    note: "epochGuard 1 s: a script checks redlock:epoch"
-                        + (ratio(p50, libraryResults[3].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
+                    note: note + (ratio(p50, libraryResults[3].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
                 ))
             }
         }

@@ -48,6 +48,9 @@ struct Contend: AsyncParsableCommand {
     @Option(name: .customLong("epoch-guard-ms"), help: "Turn the epoch guard on with this many milliseconds (at least --expiry-ms).")
     var epochGuardMilliseconds: Int?
 
+    @Flag(name: .customLong("clock-guard"), help: "Turn the clock guard on.")
+    var clockGuard = false
+
     @Flag(name: .customLong("no-fast-handoff"), help: "Wait out the retry delay instead of listening for releases.")
     var noFastHandoff = false
 
@@ -88,6 +91,7 @@ struct Contend: AsyncParsableCommand {
             timeoutFactor: cluster.timeoutFactor,
             fencing: fencing,
             epochGuard: epochGuardMilliseconds.map { .milliseconds($0) },
+            clockGuard: clockGuard,
             fastHandoff: !noFastHandoff
         )
         let lock = try client.makeLock(cluster.lock, options: options)

@@ -52,6 +52,142 @@ extension FaultTests {
             }
         }
 
+        @Test("redlock doctor's audit fails a node whose clock runs fast, and one whose clock is behind the latest time its marker shows")
+        func auditSeesClocks() async throws {
+            let shim = try shim()
+            try await withRedisServers(3, clockShim: shim) { servers throws in
+                let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+                do {
+                    let lock = try client.makeLock("audited", options: LockOptions(expiry: .milliseconds(300), epochGuard: .milliseconds(300)))
+                    // Markers on every node (the first acquire waits the guard out).
+                    try await lock.unlock(try await lock.lock())
+                    try servers[0].setClock(rate: 2)
+                    try servers[1].setClock(offset: .seconds(-30))
+                    let audits = await client.audit(for: lock)
+                    func verdict(_ node: Int, _ name: String) -> RedlockClient.AuditCheck? { audits[node].checks.first { $0.name == name } }
+                    #expect(verdict(0, "clock rate")?.verdict == .fail, "\(String(describing: verdict(0, "clock rate")))")
+                    #expect(verdict(1, "epoch")?.verdict == .fail, "\(String(describing: verdict(1, "epoch")))")
+                    #expect(verdict(1, "epoch")?.detail.contains("behind") == true)
+                    #expect(verdict(2, "clock rate")?.verdict == .pass, "\(String(describing: verdict(2, "clock rate")))")
+                    #expect(verdict(2, "epoch")?.verdict == .pass, "\(String(describing: verdict(2, "epoch")))")
+                } catch {
+                    await client.shutdown()
+                    throw error
+                }
+                await client.shutdown()
+            }
+        }
+
+        @Test(
+            "two of three node clocks set back 10 s, a holder locks, the clocks are put right: without a guard its keys there expire at once and a second holder gets in; with the clock guard the nodes refuse while behind, and nobody gets in beside the holder after",
+            arguments: [false, true]
+        )
+        func clockSetBackThenRight(guardOn: Bool) async throws {
+            let shim = try shim()
+            try await withRedisServers(3, clockShim: shim) { servers throws in
+                let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+                let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+                do {
+                    var options = testOptions(expiry: .seconds(1), tries: .max)
+                    options.acquireTimeout = .seconds(3)
+                    options.clockGuard = guardOn
+                    let lock = try client.makeLock("setback", options: options)
+                    let otherLock = try other.makeLock("setback", options: options)
+                    // Both clients have read the nodes' clocks before.
+                    try await lock.unlock(try await lock.lock())
+                    try await otherLock.unlock(try await otherLock.lock())
+                    for server in servers.prefix(2) { try server.setClock(offset: .seconds(-10)) }
+                    try await Task.sleep(for: .milliseconds(5))
+                    if guardOn {
+                        let refused = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+                        #expect(refused?.nodes.filter { $0.cause == .clockWentBack }.map(\.node) == [0, 1], "\(String(describing: refused))")
+                        // Put right, the clocks step forward 10 s from what this client last read:
+                        // it refuses them for its hold-off (1 s), then locks.
+                        for server in servers.prefix(2) { try server.setClock(offset: .zero) }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    let first = try await lock.lock()
+                    if !guardOn {
+                        for server in servers.prefix(2) { try server.setClock(offset: .zero) }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    let outcome: Result<Lease, RedlockError>
+                    do {
+                        outcome = .success(try await otherLock.lock())
+                    } catch let error as RedlockError {
+                        outcome = .failure(error)
+                    }
+                    let left = ContinuousClock.now.duration(to: first.validUntil)
+                    switch outcome {
+                    case let .success(second):
+                        print("clock set back (guard \(guardOn ? "on" : "off")): second holder with \(left) of the first lease left")
+                        if guardOn {
+                            #expect(left <= .zero, "a second holder while the first lease was valid (\(left) left)")
+                        } else {
+                            #expect(left > .zero, "no second holder during the first lease: the fault did not take")
+                        }
+                        try await otherLock.unlock(second)
+                    case let .failure(error):
+                        print("clock set back (guard \(guardOn ? "on" : "off")): no second holder: \(error.code)")
+                        #expect(guardOn, "without the guard the second holder should get in: \(error)")
+                    }
+                    try? await lock.unlock(first)
+                } catch {
+                    await client.shutdown()
+                    await other.shutdown()
+                    throw error
+                }
+                await client.shutdown()
+                await other.shutdown()
+            }
+        }
+
+        @Test(
+            "4 worker processes on one lock while two of three node clocks step +20 s, or run 4× fast for 1.5 s, under a holder: clock guard off shows overlapping leases, on shows none",
+            arguments: ["step", "fast"], [false, true]
+        )
+        func clockFaultsUnderContention(fault: String, guardOn: Bool) async throws {
+            let shim = try shim()
+            let expiryMilliseconds = 1_000
+            try await withCluster(3, clockShim: shim) { cluster in
+                let run = try await contendUnderFault(
+                    cluster: cluster, lock: "clocks",
+                    arguments: [
+                        "--expiry-ms", String(expiryMilliseconds), "--timeout-factor", "0.1",
+                        "--connect-timeout-ms", "100", "--command-timeout-ms", "200",
+                        // Holds long enough to outlive a key that a fast clock expires early; no
+                        // extend, which would set the key's expiry again.
+                        "--hold-max-ms", "900", "--retry-min-ms", "2", "--retry-max-ms", "10", "--extend-every", "0",
+                        "--fencing",
+                    ] + (guardOn ? ["--clock-guard"] : []),
+                    rounds: guardOn ? 3 : 8, stopAtFirstOverlap: !guardOn, settle: .milliseconds(3_000)
+                ) { round in
+                    for server in cluster.servers.prefix(2) {
+                        if fault == "step" { try server.setClock(offset: .seconds(20 * Int64(round + 1))) } else { try server.setClock(rate: 4) }
+                    }
+                    if fault == "fast" {
+                        try await Task.sleep(for: .milliseconds(1_500))
+                        for server in cluster.servers.prefix(2) { try server.setClock(rate: 1) }
+                    }
+                }
+                print("""
+                    clock fault under contention (\(fault), clock guard \(guardOn ? "on" : "off")): \(run.rounds) rounds, \
+                    \(run.acquisitions.count) acquisitions (\(run.afterLastFault) after the last fault), \
+                    overlaps \(run.overlaps.count), token regressions \(run.regressions.count)
+                    """)
+                if guardOn {
+                    for (first, second) in run.overlaps.prefix(5) {
+                        Issue.record("overlapping critical sections: \(first) and \(second)")
+                    }
+                    #expect(run.overlaps.isEmpty)
+                    #expect(run.regressions.isEmpty)
+                    #expect(run.afterLastFault > 0, "the lock did not recover after the last fault")
+                } else {
+                    #expect(!run.overlaps.isEmpty, "no overlap in \(run.rounds) rounds: the fault did not reproduce the hazard")
+                }
+            }
+        }
+
         @Test(
             "two of three node clocks run 1.5× fast (or step +20 s) under a holder: without the clock guard a second holder gets in while the first lease is valid; with it, never",
             arguments: ["fast", "step"], [false, true]

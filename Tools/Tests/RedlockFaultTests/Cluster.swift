@@ -63,9 +63,10 @@ final class Cluster: Sendable {
 func withCluster<T>(
     _ count: Int,
     persistence: RedisServer.Persistence = .none,
+    clockShim: String? = nil,
     _ body: (Cluster) async throws -> T
 ) async throws -> T {
-    try await withRedisServers(count, persistence: persistence) { servers throws in
+    try await withRedisServers(count, persistence: persistence, clockShim: clockShim) { servers throws in
         let cluster = Cluster(servers: servers)
         return try await withTeardown {
             try await body(cluster)

@@ -132,7 +132,7 @@ extension FaultTests {
             #expect(maximumFaulty <= 2)
             #expect(servers.allSatisfy { $0.isRunning && !$0.isPaused })
             let kinds = Dictionary(grouping: faults, by: \.fault).mapValues(\.count)
-            for kind in NodeFault.allCases { #expect(kinds[kind, default: 0] > 0, "no \(kind) fault was injected") }
+            for kind in NodeFault.processFaults { #expect(kinds[kind, default: 0] > 0, "no \(kind) fault was injected") }
 
             let faultPeriods = faults.map { (MachineClock.nanoseconds($0.start), MachineClock.nanoseconds($0.end)) }
             let duringFaults = acquisitions.filter { acquisition in
@@ -142,7 +142,7 @@ extension FaultTests {
             let violations = ExclusionChecker.overlaps(in: acquisitions)
             let regressions = ExclusionChecker.fencingRegressions(in: acquisitions)
             let perWorker = Dictionary(grouping: acquisitions, by: \.process).mapValues(\.count).values.sorted()
-            let kindText = NodeFault.allCases.map { "\($0) \(kinds[$0, default: 0])" }.joined(separator: ", ")
+            let kindText = NodeFault.processFaults.map { "\($0) \(kinds[$0, default: 0])" }.joined(separator: ", ")
             print("""
                 nemesis: acquisitions checked \(acquisitions.count) (per worker \(perWorker), \(duringFaults) during faults, \
                 \(empty) expired before use); faults injected \(faults.count) (\(kindText)), at most \(maximumFaulty) nodes at once; \

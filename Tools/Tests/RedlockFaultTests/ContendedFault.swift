@@ -1,0 +1,84 @@
+import Foundation
+import Redlock
+import RedlockTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What ``contendUnderFault(cluster:workerArguments:rounds:stopAtFirstOverlap:settle:inflict:)``
+/// saw: every acquisition the workers logged, how many rounds ran, and when the last fault was
+/// inflicted (CLOCK_BOOTTIME ns).
+struct ContendedFaultRun {
+    var acquisitions: [Acquisition]
+    var rounds: Int
+    var lastFaultAt: Int64
+
+    var overlaps: [(Acquisition, Acquisition)] { ExclusionChecker.overlaps(in: acquisitions) }
+    var regressions: [Acquisition] { ExclusionChecker.fencingRegressions(in: acquisitions) ?? [] }
+    var afterLastFault: Int { acquisitions.filter { $0.acquired > lastFaultAt }.count }
+}
+
+/// Four `redlock-worker contend` processes on the lock `lock` (with `arguments` on top of the
+/// nodes and the log); `rounds` times: waits for a holder (the key on node 0), `inflict`s the
+/// fault under it, and waits `settle` for the lock to change hands. With `stopAtFirstOverlap`,
+/// stops at the first round after which the logs show overlapping critical sections. Ends the
+/// workers with SIGTERM and checks that each exited cleanly.
+func contendUnderFault(
+    cluster: Cluster, lock: String, arguments: [String], rounds: Int, stopAtFirstOverlap: Bool, settle: Duration,
+    inflict: (Int) async throws -> Void
+) async throws -> ContendedFaultRun {
+    let worker = try workerExecutable()
+    return try await withTemporaryDirectory { directory in
+        let logs = (0..<4).map { "\(directory)/worker-\($0).log" }
+        func read() throws -> [Acquisition] {
+            try logs.flatMap { try Acquisition.parse(log: String(contentsOfFile: $0, encoding: .utf8)) }
+        }
+        var workers: [HelperProcess] = []
+        do {
+            for log in logs {
+                workers.append(try await HelperProcess.start(
+                    executable: worker,
+                    arguments: workerArguments("contend", cluster: cluster, lock: lock, ["--log", log] + arguments),
+                    readyMarker: "ready pid="
+                ))
+            }
+            var run = ContendedFaultRun(acquisitions: [], rounds: 0, lastFaultAt: 0)
+            while run.rounds < rounds {
+                let held = await waitForHolder(of: lock, on: cluster.servers[0], within: .seconds(10))
+                #expect(held, "nobody held the lock for 10 s")
+                guard held else { break }
+                try await inflict(run.rounds)
+                run.lastFaultAt = MachineClock.nowNanoseconds()
+                run.rounds += 1
+                try await Task.sleep(for: settle)
+                run.acquisitions = try read()
+                if stopAtFirstOverlap, !run.overlaps.isEmpty { break }
+            }
+            for worker in workers { worker.signal(SIGTERM) }
+            for worker in workers {
+                let termination = await waitForExit(worker, within: .seconds(20))
+                #expect(termination == .exited(0), "\(worker) ended with \(termination): \(worker.output.suffix(500))")
+            }
+            run.acquisitions = try read()
+            for worker in workers { await worker.kill() }
+            return run
+        } catch {
+            for worker in workers { await worker.kill() }
+            throw error
+        }
+    }
+}
+
+/// Polls (every 1 ms) until `name` exists on `server`: a holder is in its critical section.
+private func waitForHolder(of name: String, on server: RedisServer, within limit: Duration) async -> Bool {
+    let giveUp = ContinuousClock.now + limit
+    while ContinuousClock.now < giveUp {
+        if (try? await server.value(of: name)) != nil { return true }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return false
+}
