@@ -41,6 +41,9 @@ struct Soak: AsyncParsableCommand {
     @Option(help: "Also write the report to this file.")
     var report: String?
 
+    @Option(help: "Comma-separated fault kinds to inject (default: every kind).")
+    var faults: String?
+
     @Flag(name: .customLong("no-guards"), help: "Run the workers without the epoch and clock guards (the data and clock faults then break exclusion).")
     var noGuards = false
 
@@ -48,6 +51,7 @@ struct Soak: AsyncParsableCommand {
         guard acquisitions > 0, processes >= 2, nodes >= 3, maximumMinutes > 0 else {
             throw ValidationError("need acquisitions > 0, at least 2 processes and 3 nodes, and a positive time limit")
         }
+        _ = try chosenFaults()
     }
 
     func run() async throws {
@@ -97,7 +101,7 @@ struct Soak: AsyncParsableCommand {
                 readyMarker: "ready pid="
             ))
         }
-        let faults = NodeFault.allCases.filter { shim || !$0.needsClockShim }
+        let faults = try chosenFaults().filter { shim || !$0.needsClockShim }
         let nemesis = Nemesis(servers: servers, proxies: proxies, maximumFaulty: (servers.count - 1) / 2, faults: faults)
         var records: [FaultRecord] = []
         var logged = 0
@@ -130,6 +134,17 @@ struct Soak: AsyncParsableCommand {
         return passed
     }
 
+    /// The fault kinds `--faults` names, or every kind.
+    private func chosenFaults() throws -> [NodeFault] {
+        guard let faults else { return NodeFault.allCases }
+        return try faults.split(separator: ",").map { name in
+            guard let fault = NodeFault(rawValue: String(name)) else {
+                throw ValidationError("unknown fault \"\(name)\"; known: \(NodeFault.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return fault
+        }
+    }
+
     private func read(_ logs: [String]) throws -> [Acquisition] {
         try logs.flatMap { try Acquisition.parse(log: (try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") }
     }
@@ -150,7 +165,7 @@ struct Soak: AsyncParsableCommand {
             "| acquisitions | \(acquisitions.count) (per process \(perProcess.map(String.init).joined(separator: ", "))), \(String(format: "%.0f", Double(acquisitions.count) / max(seconds, 1)))/s |",
             "| empty (lease ran out before use) | \(acquisitions.filter(\.isEmpty).count) |",
             "| faults | \(records.count), at most \((nodes - 1) / 2) nodes at once: "
-                + NodeFault.allCases.map { "\($0) \(kinds[$0, default: 0])" }.joined(separator: ", ")
+                + ((try? chosenFaults()) ?? NodeFault.allCases).map { "\($0) \(kinds[$0, default: 0])" }.joined(separator: ", ")
                 + (shim ? "" : " (no clock shim: no clock faults)") + " |",
             "| overlapping critical sections | \(overlaps.count) |",
             "| fencing-token regressions | \(regressions.count) |",
