@@ -257,7 +257,9 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         guard rate > 0, rate.isFinite else { throw RedisServerError.invalidClockRate(rate) }
         clock.withLock { $0 = (rate, offset) }
         let line = String(format: "%.6f %lld\n", rate, Int64(offset.wholeNanoseconds))
-        // Written whole and renamed into place, so the shim never reads half a line.
+        // Written whole and renamed into place, so the shim never reads half a line. (The
+        // directory is made again if a restart without data is between removing and making it.)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let temporary = clockControlPath + ".new"
         try line.write(toFile: temporary, atomically: false, encoding: .utf8)
         guard rename(temporary, clockControlPath) == 0 else {

@@ -104,10 +104,17 @@ struct Soak: AsyncParsableCommand {
         let faults = try chosenFaults().filter { shim || !$0.needsClockShim }
         let nemesis = Nemesis(servers: servers, proxies: proxies, maximumFaulty: (servers.count - 1) / 2, faults: faults)
         var records: [FaultRecord] = []
+        var nemesisErrors: [String] = []
         var logged = 0
         let deadline = started + .seconds(maximumMinutes * 60)
         while logged < acquisitions, ContinuousClock.now < deadline {
-            records += try await nemesis.run(for: .seconds(5))
+            // A fault that could not be inflicted or healed is reported, not the end of the run.
+            do {
+                records += try await nemesis.run(for: .seconds(5))
+            } catch {
+                nemesisErrors.append("\(error)")
+                say("soak: nemesis error: \(error)")
+            }
             logged = try read(logs).count
             let elapsed = started.duration(to: .now)
             say("soak: \(logged) acquisitions, \(records.count) faults, \(elapsed.components.seconds) s")
@@ -127,7 +134,8 @@ struct Soak: AsyncParsableCommand {
         let passed = acquisitions.count >= self.acquisitions && overlaps.isEmpty && regressions.isEmpty
         let text = reportText(
             acquisitions: acquisitions, records: records, overlaps: overlaps, regressions: regressions,
-            summaries: summaries, duration: started.duration(to: .now), shim: shim, passed: passed
+            summaries: summaries, duration: started.duration(to: .now), shim: shim, passed: passed,
+            nemesisErrors: nemesisErrors
         )
         print(text)
         if let report { try text.write(toFile: report, atomically: true, encoding: .utf8) }
@@ -151,7 +159,7 @@ struct Soak: AsyncParsableCommand {
 
     private func reportText(
         acquisitions: [Acquisition], records: [FaultRecord], overlaps: [(Acquisition, Acquisition)], regressions: [Acquisition],
-        summaries: [String], duration: Duration, shim: Bool, passed: Bool
+        summaries: [String], duration: Duration, shim: Bool, passed: Bool, nemesisErrors: [String]
     ) -> String {
         let kinds = Dictionary(grouping: records, by: \.fault).mapValues(\.count)
         let perProcess = Dictionary(grouping: acquisitions, by: \.process).mapValues(\.count).values.sorted()
@@ -170,6 +178,8 @@ struct Soak: AsyncParsableCommand {
             "| overlapping critical sections | \(overlaps.count) |",
             "| fencing-token regressions | \(regressions.count) |",
             "| duration | \(String(format: "%.0f", seconds)) s |",
+            "| nemesis errors (a fault not inflicted or healed) | \(nemesisErrors.count)"
+                + (nemesisErrors.first.map { ", first: \($0.replacingOccurrences(of: "|", with: "/").prefix(200))" } ?? "") + " |",
         ]
         for summary in summaries { lines.append("| worker | \(summary.replacingOccurrences(of: "|", with: "/")) |") }
         for (first, second) in overlaps.prefix(5) { lines.append("| overlap | \(first) and \(second) |") }

@@ -25,11 +25,13 @@ struct ContendedFaultRun {
 /// Four `redlock-worker contend` processes on the lock `lock` (with `arguments` on top of the
 /// nodes and the log); `rounds` times: waits for a holder (the key on node 0), `inflict`s the
 /// fault under it, and waits `settle` for the lock to change hands. With `stopAtFirstOverlap`,
-/// stops at the first round after which the logs show overlapping critical sections. Ends the
-/// workers with SIGTERM and checks that each exited cleanly.
+/// stops at the first round after which the logs show overlapping critical sections. With
+/// `warmUp`, the first round waits until every worker has acquired once (so each has read every
+/// node: what the clock guard judges from). Ends the workers with SIGTERM and checks that each
+/// exited cleanly.
 func contendUnderFault(
     cluster: Cluster, lock: String, arguments: [String], rounds: Int, stopAtFirstOverlap: Bool, settle: Duration,
-    inflict: (Int) async throws -> Void
+    warmUp: Bool = false, inflict: (Int) async throws -> Void
 ) async throws -> ContendedFaultRun {
     let worker = try workerExecutable()
     return try await withTemporaryDirectory { directory in
@@ -47,6 +49,13 @@ func contendUnderFault(
                 ))
             }
             var run = ContendedFaultRun(acquisitions: [], rounds: 0, lastFaultAt: 0)
+            if warmUp {
+                let giveUp = ContinuousClock.now + .seconds(30)
+                while Set(try read().map(\.process)).count < logs.count, ContinuousClock.now < giveUp {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(Set(try read().map(\.process)).count == logs.count, "not every worker acquired within 30 s")
+            }
             while run.rounds < rounds {
                 let held = await waitForHolder(of: lock, on: cluster.servers[0], within: .seconds(10))
                 #expect(held, "nobody held the lock for 10 s")
