@@ -181,7 +181,7 @@ extension DistributedLock {
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast,
             confirm: request.confirm,
-            readsClocks: options.clockGuard
+            clockCheck: options.clockGuard ? clockCheck() : nil
         )
     }
 
@@ -192,7 +192,6 @@ extension DistributedLock {
     private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
         let fencing = options.fencing
         var votes = await client.votes(of: attempt, cancellable: true)
-        if let readings = attempt.clockReadings { refuseRanAheadClocks(in: &votes, readings: readings, sentAt: start) }
 
         var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?
@@ -280,23 +279,23 @@ extension DistributedLock {
         ))
     }
 
-    /// The clock guard: records each node's `TIME` reading and turns the grant of a node whose
-    /// clock ran ahead into a refusal (its key is released with the attempt's clean-up).
-    private func refuseRanAheadClocks(in votes: inout [Vote?], readings: ClockReadings, sentAt: ContinuousClock.Instant) {
+    /// The clock guard's check for one attempt: each node's reading goes to the client's
+    /// ``NodeClocks``; a node that turns untrusted is logged once, and its excess recorded.
+    private func clockCheck() -> ClockCheck {
+        let client = client
         let holdOff = options.epochGuard ?? options.expiry
-        for index in votes.indices {
-            guard let reading = readings.reading(of: index) else { continue }
-            let observation = ClockObservation(nodeMicroseconds: reading.nodeMicroseconds, sentAt: sentAt, receivedAt: reading.receivedAt)
+        let driftFactor = options.driftFactor
+        return ClockCheck { index, observation in
             guard let (excess, newlySeen) = client.clocks.observe(
-                observation, node: index, driftFactor: options.driftFactor, holdOff: holdOff, window: holdOff
-            ) else { continue }
+                observation, node: index, driftFactor: driftFactor, holdOff: holdOff, window: holdOff
+            ) else { return nil }
             client.metrics.clockRanAhead(node: index, by: excess)
             if newlySeen {
                 client.logger.warning("redlock node clock ran ahead; its votes are refused", metadata: [
                     "node": "\(index)", "endpoint": "\(client.endpoints[index])", "excess": "\(excess)", "for": "\(holdOff)",
                 ])
             }
-            if votes[index]?.isGranted == true { votes[index] = .refused(.clockRanAhead(by: excess)) }
+            return excess
         }
     }
 

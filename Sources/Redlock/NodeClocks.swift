@@ -63,10 +63,17 @@ final class NodeClocks: Sendable {
         var excess: Duration = .zero
     }
 
-    private let entries: Mutex<[Entry?]>
+    private struct State {
+        var entries: [Entry?]
+        /// The oldest a baseline may be: the longest window any lock asked for, so that a lock
+        /// with a short hold-off does not keep the baseline too young for a long one.
+        var window: Duration = .zero
+    }
+
+    private let state: Mutex<State>
 
     init(nodeCount: Int) {
-        entries = Mutex(Array(repeating: nil, count: nodeCount))
+        state = Mutex(State(entries: Array(repeating: nil, count: nodeCount)))
     }
 
     /// Records `observation` of node `index`; returns how far its clock ran ahead when the node
@@ -77,13 +84,16 @@ final class NodeClocks: Sendable {
     ///   - driftFactor: The allowed rate difference (``LockOptions/driftFactor``).
     ///   - holdOff: How long after a reading that ran ahead the node stays refused for the asking
     ///     lock: its ``LockOptions/epochGuard``, or its expiry.
-    ///   - window: The oldest a baseline may be; the longest hold-off is a good value.
+    ///   - window: The asking lock's longest useful baseline age (its hold-off); the baseline
+    ///     moves on only once it is older than the longest window any lock has given.
     func observe(
         _ observation: ClockObservation, node index: Int, driftFactor: Double, holdOff: Duration, window: Duration
     ) -> (excess: Duration, newlySeen: Bool)? {
-        entries.withLock { entries -> (excess: Duration, newlySeen: Bool)? in
-            guard var entry = entries[index] else {
-                entries[index] = Entry(previous: observation, baseline: observation)
+        state.withLock { state -> (excess: Duration, newlySeen: Bool)? in
+            state.window = max(state.window, window)
+            let window = state.window
+            guard var entry = state.entries[index] else {
+                state.entries[index] = Entry(previous: observation, baseline: observation)
                 return nil
             }
             var newlySeen = false
@@ -109,7 +119,7 @@ final class NodeClocks: Sendable {
                 entry.previous = observation
                 if entry.baseline.receivedAt.duration(to: observation.sentAt) > window { entry.baseline = observation }
             }
-            entries[index] = entry
+            state.entries[index] = entry
             if let ranAheadAt = entry.ranAheadAt, observation.receivedAt < ranAheadAt + holdOff {
                 return (entry.excess, newlySeen)
             }
@@ -118,23 +128,43 @@ final class NodeClocks: Sendable {
     }
 }
 
-/// The clock readings of one acquire attempt's replies, by node, for ``NodeClocks``.
-final class ClockReadings: Sendable {
-    private let readings: Mutex<[Int: (nodeMicroseconds: Int64, receivedAt: ContinuousClock.Instant)]> = Mutex([:])
+/// The clock guard's check of one acquire attempt's replies, made in each reply's handler so
+/// that the round is decided on votes already judged: when the attempt was sent, and how a node's
+/// reading is judged (``NodeClocks/observe(_:node:driftFactor:holdOff:window:)``, logging).
+final class ClockCheck: Sendable {
+    private let sent = Mutex<ContinuousClock.Instant?>(nil)
+    /// Judges node `index`'s reading; returns the excess when the node is not to be trusted.
+    let judge: @Sendable (_ index: Int, _ observation: ClockObservation) -> Duration?
 
-    /// Records node `index`'s reply when it carries `TIME` (`{code, seconds, microseconds}`).
-    func record(_ reply: RedisValue, from index: Int) {
-        guard case let .array(items) = reply, items.count >= 3,
-              let seconds = items[1].integer, let microseconds = items[2].integer
-        else { return }
-        let receivedAt = ContinuousClock.now
-        let (total, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000)
-        guard !overflow else { return }
-        readings.withLock { $0[index] = (total &+ microseconds, receivedAt) }
+    init(judge: @escaping @Sendable (_ index: Int, _ observation: ClockObservation) -> Duration?) {
+        self.judge = judge
     }
 
-    /// Node `index`'s reading, when its reply carried one.
-    func reading(of index: Int) -> (nodeMicroseconds: Int64, receivedAt: ContinuousClock.Instant)? {
-        readings.withLock { $0[index] }
+    /// Notes that the attempt is being sent now (the first time only).
+    func markSent() {
+        let now = ContinuousClock.now
+        sent.withLock { if $0 == nil { $0 = now } }
+    }
+
+    /// Node `index`'s vote once its reading is judged: a grant from a node whose clock ran ahead
+    /// becomes a refusal (its key is released with the attempt's clean-up when the attempt fails;
+    /// when it succeeds, the key stays until the unlock, uncounted).
+    func vote(_ vote: Vote, reply: RedisValue, from index: Int) -> Vote {
+        guard let micros = Self.nodeMicroseconds(in: reply), let sentAt = sent.withLock({ $0 }) else { return vote }
+        let observation = ClockObservation(nodeMicroseconds: micros, sentAt: sentAt, receivedAt: .now)
+        guard let excess = judge(index, observation), vote.isGranted else { return vote }
+        return .refused(.clockRanAhead(by: excess))
+    }
+
+    /// The node's `TIME` in µs from a reply `{code, seconds, microseconds}`; nil for any other
+    /// reply or one that overflows.
+    static func nodeMicroseconds(in reply: RedisValue) -> Int64? {
+        guard case let .array(items) = reply, items.count >= 3,
+              let seconds = items[1].integer, let microseconds = items[2].integer
+        else { return nil }
+        let (total, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000)
+        guard !overflow else { return nil }
+        let (sum, sumOverflow) = total.addingReportingOverflow(microseconds)
+        return sumOverflow ? nil : sum
     }
 }

@@ -229,9 +229,10 @@ extension RedlockClient {
         func reading() async -> ClockObservation? {
             let sentAt = ContinuousClock.now
             guard let reply = try? await node.send(RedisCommand("TIME")), case let .array(parts) = reply, parts.count == 2,
-                  let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) })
+                  let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) }),
+                  let total = ClockCheck.nodeMicroseconds(in: .array([.integer(0), .integer(seconds), .integer(micros)]))
             else { return nil }
-            return ClockObservation(nodeMicroseconds: seconds * 1_000_000 + micros, sentAt: sentAt, receivedAt: .now)
+            return ClockObservation(nodeMicroseconds: total, sentAt: sentAt, receivedAt: .now)
         }
         guard let first = await reading() else {
             return AuditCheck(name: "clock rate", verdict: .unknown, detail: "TIME did not answer")
@@ -259,21 +260,24 @@ extension RedlockClient {
     /// The node's marker (`redlock:epoch`, ``LockOptions/epochGuard``): its age, and whether the
     /// node's clock is behind the latest time it showed (the guarded acquire then refuses).
     private static func epoch(of node: RedisConnection) async -> AuditCheck {
-        guard let reply = try? await node.send(RedisCommand("GET", "redlock:epoch")),
+        guard let reply = try? await node.send(RedisCommand("GET", Scripts.epochKey)),
               let time = try? await node.send(RedisCommand("TIME")), case let .array(parts) = time, parts.count == 2,
               let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) })
         else {
             return AuditCheck(name: "epoch", verdict: .unknown, detail: "GET redlock:epoch or TIME was refused")
         }
-        let now = seconds * 1_000 + micros / 1_000
+        let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1_000)
+        guard !overflow else { return AuditCheck(name: "epoch", verdict: .unknown, detail: "TIME answered \(seconds) s") }
+        let now = milliseconds + micros / 1_000
         guard let marker = reply.string else {
             return AuditCheck(
                 name: "epoch", verdict: .pass,
                 detail: "no marker yet: with epochGuard the node's first acquire makes one and waits the guard out"
             )
         }
-        let fields = marker.split(separator: " ").compactMap { Int64($0) }
-        guard fields.count == 2 else {
+        let words = marker.split(separator: " ", omittingEmptySubsequences: false)
+        let fields = words.compactMap { word in word.allSatisfy(\.isASCII) && word.allSatisfy(\.isNumber) ? Int64(word) : nil }
+        guard words.count == 2, fields.count == 2, fields[0] <= fields[1] else {
             return AuditCheck(name: "epoch", verdict: .warn, detail: "marker \"\(marker)\" is not the library's: the next guarded acquire replaces it (the node is young)")
         }
         if fields[1] > now {

@@ -17,15 +17,15 @@ final class PreparedFanOut: Sendable {
     private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
     private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
     private let health: NodeHealth
-    /// The nodes' `TIME` readings from their replies, when the command returns them.
-    let clockReadings: ClockReadings?
+    /// The clock guard's check of each reply, when the command returns the node's `TIME`.
+    let clockCheck: ClockCheck?
 
     init(
         round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
-        clockReadings: ClockReadings? = nil
+        clockCheck: ClockCheck? = nil
     ) {
         self.round = round
         self.command = command
@@ -35,16 +35,16 @@ final class PreparedFanOut: Sendable {
         self.classify = classify
         self.confirm = confirm
         self.health = health
-        self.clockReadings = clockReadings
+        self.clockCheck = clockCheck
     }
 
     /// What takes node `index`'s reply: its vote, recorded in the round.
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
-            let vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
+            var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
             switch result {
             case let .success(reply):
-                clockReadings?.record(reply, from: index)
+                if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
                 health.answered(index)
             case let .failure(error): health.failed(index, error)
             }
@@ -61,11 +61,13 @@ final class PreparedFanOut: Sendable {
 
     /// The command for node `index`, as a queued command.
     func request(for index: Int) -> QueuedCommand {
-        QueuedCommand(command, fallback: fallback, handler: handler(for: index))
+        clockCheck?.markSent()
+        return QueuedCommand(command, fallback: fallback, handler: handler(for: index))
     }
 
     /// Queues the command for node `index` on `node`.
     func send(to node: RedisConnection, index: Int) {
+        clockCheck?.markSent()
         node.send(command, fallback: fallback, handler: handler(for: index))
     }
 }
@@ -92,12 +94,12 @@ extension RedlockClient {
         budget: Duration,
         returnWhenDecided: Bool,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
-        readsClocks: Bool = false
+        clockCheck: ClockCheck? = nil
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
             command: command, fallback: fallback, order: order, budget: budget,
-            classify: classify, confirm: confirm, health: health, clockReadings: readsClocks ? ClockReadings() : nil
+            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck
         )
     }
 

@@ -41,7 +41,8 @@ enum Scripts {
     /// microseconds}` with the node's `TIME` instead of the code alone.
     ///
     /// The marker is `EPOCH HIGHEST`, both the node's `TIME` in ms: when the marker was made, and
-    /// the latest time any acquire saw. Without a well-formed marker the script makes one; with
+    /// the latest time any acquire saw; every acquire writes `HIGHEST` when its time is later (one
+    /// more write per acquire). Without a well-formed marker the script makes one; with
     /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
     /// counter to the node's time in µs. When `TIME` is below `HIGHEST` the node's clock went
     /// back: it returns -4 and sets nothing, until the clock is past `HIGHEST` again (a key set
@@ -66,7 +67,7 @@ enum Scripts {
             local madeAt, seen = string.match(marker, '^(%d+) (%d+)$')
             epoch, highest = tonumber(madeAt), tonumber(seen)
         end
-        if epoch == nil or highest == nil then
+        if epoch == nil or highest == nil or epoch > highest then
             redis.call('SET', KEYS[2], string.format('%.0f %.0f', now, now))
             if ARGV[3] ~= '' then
                 if KEYS[3] then

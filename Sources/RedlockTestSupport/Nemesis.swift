@@ -4,7 +4,11 @@ import Synchronization
 /// Injects random faults into a minority of nodes: at random moments it picks a healthy node
 /// and a fault, holds the fault for a random length, then heals it — never more than
 /// `maximumFaulty` nodes faulty at once. Every fault is healed before ``run(for:)`` returns,
-/// also when it throws or its task is cancelled.
+/// also when it throws or its task is cancelled — except what cannot be undone: a
+/// ``NodeFault/clockStep`` stays, a ``NodeFault/clockFast`` leaves the clock ahead by what it
+/// gained (and a later restart of that node loses the gain: the shim starts from the real clock
+/// plus the offset), data flushed or wiped stays gone. For those, a record's `end` is the moment
+/// after the action.
 ///
 /// `.kill` and `.restart` keep a node's data only with
 /// ``RedisServer/Persistence/appendOnlyFsyncAlways``; with ``RedisServer/Persistence/none``
@@ -111,8 +115,10 @@ public struct Nemesis: Sendable {
         do {
             try await hold(fault, on: server, proxy: proxy, from: start, for: length)
         } catch {
-            // Whatever went wrong, leave the node running and unfrozen, its proxy forwarding.
+            // Whatever went wrong, leave the node running and unfrozen, its clock at the normal
+            // rate, its proxy forwarding.
             try? await server.heal()
+            if server.clockShim != nil { try? server.setClock(rate: 1, offset: server.clockOffset) }
             proxy?.set(.none)
             throw error
         }

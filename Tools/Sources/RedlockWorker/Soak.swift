@@ -71,7 +71,8 @@ struct Soak: AsyncParsableCommand {
             let outcome = try await soak(worker: worker, servers: servers, proxies: proxies, shim: shim != nil, directory: directory)
             for proxy in proxies { proxy.stop() }
             for server in servers { await server.terminate() }
-            try? FileManager.default.removeItem(atPath: directory)
+            // A failed run keeps the workers' logs for a look.
+            if outcome { try? FileManager.default.removeItem(atPath: directory) } else { say("soak: the workers' logs are in \(directory)") }
             if !outcome { throw ExitCode(1) }
         } catch {
             for proxy in proxies { proxy.stop() }

@@ -52,6 +52,41 @@ extension FaultTests {
             }
         }
 
+        @Test("one of three node clocks runs 1.5× fast: with the clock guard and failFast (the default), the lock is granted by the other two, attempt after attempt")
+        func oneFastNodeDoesNotBlock() async throws {
+            let shim = try shim()
+            try await withRedisServers(3, clockShim: shim) { servers throws in
+                let metrics = TestMetrics()
+                let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+                do {
+                    let lock = try client.makeLock("one-fast", options: LockOptions(expiry: .seconds(2), clockGuard: true))
+                    try await lock.unlock(try await lock.tryLock())
+                    try servers[0].setClock(rate: 1.5)
+                    try await Task.sleep(for: .milliseconds(50))
+                    var granted = 0
+                    for _ in 0..<40 {
+                        do {
+                            let lease = try await lock.tryLock()
+                            granted += 1
+                            try await lock.unlock(lease)
+                        } catch {
+                            Issue.record("tryLock failed: \(error)")
+                        }
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                    print("one fast node: \(granted) of 40 tryLock granted")
+                    #expect(granted == 40)
+                    // Node 0 was judged running ahead (and its votes refused) all along.
+                    let recorded = metrics.recorders(label: "redlock_node_clock_ahead_seconds")
+                    #expect(Set(recorded.flatMap { $0.dimensions.filter { $0.0 == "node" }.map(\.1) }) == ["0"])
+                } catch {
+                    await client.shutdown()
+                    throw error
+                }
+                await client.shutdown()
+            }
+        }
+
         @Test("redlock doctor's audit fails a node whose clock runs fast, and one whose clock is behind the latest time its marker shows")
         func auditSeesClocks() async throws {
             let shim = try shim()
