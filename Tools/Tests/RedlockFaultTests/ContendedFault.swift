@@ -20,6 +20,27 @@ struct ContendedFaultRun {
     var overlaps: [(Acquisition, Acquisition)] { ExclusionChecker.overlaps(in: acquisitions) }
     var regressions: [Acquisition] { ExclusionChecker.fencingRegressions(in: acquisitions) ?? [] }
     var afterLastFault: Int { acquisitions.filter { $0.acquired > lastFaultAt }.count }
+
+    /// Prints the run as `label` and checks it: with the guard on, no overlap, no token
+    /// regression, every round run and the lock working after the last fault; with it off, an
+    /// overlap (the fault reproduced the hazard).
+    func check(guardOn: Bool, rounds: Int, label: String) {
+        print("""
+            \(label) (guard \(guardOn ? "on" : "off")): \(self.rounds) rounds, \(acquisitions.count) acquisitions \
+            (\(afterLastFault) after the last fault), overlaps \(overlaps.count), token regressions \(regressions.count)
+            """)
+        if guardOn {
+            for (first, second) in overlaps.prefix(5) {
+                Issue.record("overlapping critical sections: \(first) and \(second)")
+            }
+            #expect(overlaps.isEmpty)
+            #expect(regressions.isEmpty, "fencing tokens went backwards: \(regressions.prefix(5))")
+            #expect(afterLastFault > 0, "the lock did not recover after the last fault")
+            #expect(self.rounds == rounds)
+        } else {
+            #expect(!overlaps.isEmpty, "no overlap in \(self.rounds) rounds: the fault did not reproduce the hazard")
+        }
+    }
 }
 
 /// Four `redlock-worker contend` processes on the lock `lock` (with `arguments` on top of the

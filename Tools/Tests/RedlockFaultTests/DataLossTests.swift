@@ -46,22 +46,7 @@ extension FaultTests {
                         _ = try await (first, second)
                     }
                 }
-                print("""
-                    data loss (\(loss.rawValue), epoch guard \(guardOn ? "on" : "off")): \(run.rounds) rounds, \
-                    \(run.acquisitions.count) acquisitions (\(run.afterLastFault) after the last loss), \
-                    overlaps \(run.overlaps.count), token regressions \(run.regressions.count)
-                    """)
-                if guardOn {
-                    for (first, second) in run.overlaps.prefix(5) {
-                        Issue.record("overlapping critical sections: \(first) and \(second)")
-                    }
-                    #expect(run.overlaps.isEmpty)
-                    #expect(run.regressions.isEmpty, "fencing tokens went backwards: \(run.regressions.prefix(5))")
-                    #expect(run.afterLastFault > 0, "the lock did not recover after the last loss")
-                    #expect(run.rounds == 4)
-                } else {
-                    #expect(!run.overlaps.isEmpty, "no overlap in \(run.rounds) rounds: the fault did not reproduce the hazard")
-                }
+                run.check(guardOn: guardOn, rounds: 4, label: "data loss (\(loss.rawValue))")
             }
         }
     }
