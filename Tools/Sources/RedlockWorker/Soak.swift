@@ -65,21 +65,25 @@ struct Soak: AsyncParsableCommand {
         var proxies: [FaultProxy] = []
         // Not in a server's directory: a restart without data wipes that.
         let directory = FileManager.default.temporaryDirectory.path + "/swift-redlock-soak-\(getpid())"
+        let outcome: Bool
         do {
             for server in servers { proxies.append(try FaultProxy.start(to: server.endpoint)) }
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let outcome = try await soak(worker: worker, servers: servers, proxies: proxies, shim: shim != nil, directory: directory)
-            for proxy in proxies { proxy.stop() }
-            for server in servers { await server.terminate() }
-            // A failed run keeps the workers' logs for a look.
-            if outcome { try? FileManager.default.removeItem(atPath: directory) } else { say("soak: the workers' logs are in \(directory)") }
-            if !outcome { throw ExitCode(1) }
+            outcome = try await soak(worker: worker, servers: servers, proxies: proxies, shim: shim != nil, directory: directory)
         } catch {
             for proxy in proxies { proxy.stop() }
             for server in servers { await server.terminate() }
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
+        for proxy in proxies { proxy.stop() }
+        for server in servers { await server.terminate() }
+        // A failed run keeps the workers' logs for a look.
+        guard outcome else {
+            say("soak: the workers' logs are in \(directory)")
+            throw ExitCode(1)
+        }
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     /// Runs the workers under the nemesis and checks their logs; returns whether the run passed.
