@@ -235,8 +235,9 @@ extension DistributedLock {
                 awaited.append(index)
             case .refused(.noAnswer)?:
                 if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case .refused(.taken)?, .refused(.missing)?, .refused(.fencingCounterExhausted)?, .refused(.epochTooYoung)?,
-                 .refused(.clockWentBack)?, nil:
+            case let .refused(cause)? where cause.setNothing:
+                continue
+            case nil:
                 continue
             case let .refused(cause)?:
                 // A node that failed (or voted while recently restarted) may hold the key.

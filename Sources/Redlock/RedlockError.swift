@@ -159,6 +159,15 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             return nil
         }
 
+        /// Whether the node answered that it set nothing (taken, missing, a refusal by the acquire
+        /// script's own checks): its key needs no release.
+        var setNothing: Bool {
+            switch base {
+            case .taken, .missing, .fencingCounterExhausted, .epochTooYoung, .clockWentBack: true
+            case .error, .noAnswer, .recentlyRestarted, .clockRanAhead: false
+            }
+        }
+
         /// How far the node's clock ran ahead, for a cause made by ``clockRanAhead(by:)``; else nil.
         public var clockExcess: Duration? {
             if case let .clockRanAhead(excess) = base { return excess }

@@ -13,25 +13,40 @@ enum Scripts {
     /// and the counter incremented like for a new acquisition.
     static let acquireFenced = RedisScript(
         """
+        local function reply(code)
+            return code
+        end
+        local counter = KEYS[2]
         local current = redis.call('GET', KEYS[1])
         if current ~= ARGV[1] and current ~= false then
             return 0
         end
-        local token = redis.pcall('INCR', KEYS[2])
-        if type(token) == 'table' then
-            if string.find(token.err, 'overflow', 1, true) then
-                return -2
+        \(grant)
+        """
+    )
+
+    /// The grant both acquire scripts end with, once the key is free or holds `ARGV[1]`: with a
+    /// `counter` key, `INCR` it (-2 when at its maximum; a refused increment is the script's error
+    /// reply), then set the key (`PEXPIRE` when it already holds the value, else `SET … PX`) and
+    /// `reply` the token (1 without a counter). Expects `current`, `counter` and `reply` in scope.
+    private static let grant = """
+        local token = 1
+        if counter then
+            token = redis.pcall('INCR', counter)
+            if type(token) == 'table' then
+                if string.find(token.err, 'overflow', 1, true) then
+                    return reply(-2)
+                end
+                return token
             end
-            return token
         end
         if current == ARGV[1] then
             redis.call('PEXPIRE', KEYS[1], ARGV[2])
         else
             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
         end
-        return token
+        return reply(token)
         """
-    )
 
     /// Acquire with the guards (``LockOptions/epochGuard``, ``LockOptions/clockGuard``).
     /// `KEYS[1]` lock name, `KEYS[2]` the node's marker (``epochKey``), `KEYS[3]` the token
@@ -94,22 +109,8 @@ enum Scripts {
         if current ~= false and (current ~= ARGV[1] or ARGV[4] ~= '1') then
             return reply(0)
         end
-        local token = 1
-        if KEYS[3] then
-            token = redis.pcall('INCR', KEYS[3])
-            if type(token) == 'table' then
-                if string.find(token.err, 'overflow', 1, true) then
-                    return reply(-2)
-                end
-                return token
-            end
-        end
-        if current == ARGV[1] then
-            redis.call('PEXPIRE', KEYS[1], ARGV[2])
-        else
-            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        end
-        return reply(token)
+        local counter = KEYS[3]
+        \(grant)
         """
     )
 

@@ -184,6 +184,32 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("the marker made read-only after it exists (%R~redlock:epoch): the probe names the refused scripts, and the guarded acquire's refusal is permanent, not retried, and leaves no key")
+    func epochMarkerReadOnly() async throws {
+        try await withRedisServers(3) { servers throws in
+            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded"]
+            try await createUser("marker", rules: rule + ["~redlock:epoch"], on: servers)
+            let client = try RedlockClient(nodes: configurations(servers, user: "marker"))
+            var options = LockOptions(expiry: .milliseconds(200), acquireTimeout: .seconds(5), epochGuard: .milliseconds(200))
+            options.fastHandoff = false
+            let lock = try client.makeLock("guarded", options: options)
+            // Every node gets its marker.
+            try await lock.unlock(try await lock.lock())
+            // Then the user may only read it on two nodes.
+            try await createUser("marker", rules: rule + ["%R~redlock:epoch"], on: [servers[1], servers[2]])
+            let statuses = await client.checkNodes(for: lock)
+            #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
+            // Script keys are declared for writing: Redis refuses the whole script.
+            #expect(statuses[1].refused.map(\.permission).contains("EVAL"), "\(statuses[1].result)")
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(error?.code == .noQuorum)
+            #expect(error?.nodes.filter { $0.cause.error?.isPermanent == true }.map(\.node) == [1, 2], "\(String(describing: error))")
+            #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
+            #expect(try await values(of: "guarded", on: servers).allSatisfy { $0 == nil })
+            await client.shutdown()
+        }
+    }
+
     @Test("checkNodes(for:) finds nothing missing for an unfenced lock under the README's default rule")
     func auditDefaultRule() async throws {
         try await withRedisServers(1) { servers throws in

@@ -81,7 +81,7 @@ extension FaultTests {
             try await withRedisServers(3, clockShim: shim) { servers throws in
                 let metrics = TestMetrics()
                 let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-                do {
+                try await withTeardown {
                     let lock = try client.makeLock("one-fast", options: LockOptions(expiry: .seconds(2), clockGuard: true))
                     try await lock.unlock(try await lock.tryLock())
                     try servers[0].setClock(rate: 1.5)
@@ -102,11 +102,9 @@ extension FaultTests {
                     // Node 0 was judged running ahead (and its votes refused) all along.
                     let recorded = metrics.recorders(label: "redlock_node_clock_ahead_seconds")
                     #expect(Set(recorded.flatMap { $0.dimensions.filter { $0.0 == "node" }.map(\.1) }) == ["0"])
-                } catch {
+                } teardown: {
                     await client.shutdown()
-                    throw error
                 }
-                await client.shutdown()
             }
         }
 
@@ -115,7 +113,7 @@ extension FaultTests {
             let shim = try shim()
             try await withRedisServers(3, clockShim: shim) { servers throws in
                 let client = try RedlockClient(nodes: servers.map { $0.configuration() })
-                do {
+                try await withTeardown {
                     let lock = try client.makeLock("audited", options: LockOptions(expiry: .milliseconds(300), epochGuard: .milliseconds(300)))
                     // Markers on every node (the first acquire waits the guard out).
                     try await lock.unlock(try await lock.lock())
@@ -128,11 +126,9 @@ extension FaultTests {
                     #expect(verdict(1, "epoch")?.detail.contains("behind") == true)
                     #expect(verdict(2, "clock rate")?.verdict == .pass, "\(String(describing: verdict(2, "clock rate")))")
                     #expect(verdict(2, "epoch")?.verdict == .pass, "\(String(describing: verdict(2, "epoch")))")
-                } catch {
+                } teardown: {
                     await client.shutdown()
-                    throw error
                 }
-                await client.shutdown()
             }
         }
 
@@ -145,7 +141,7 @@ extension FaultTests {
             try await withRedisServers(3, clockShim: shim) { servers throws in
                 let client = try RedlockClient(nodes: servers.map { $0.configuration() })
                 let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-                do {
+                try await withTeardown {
                     var options = testOptions(expiry: .seconds(1), tries: .max)
                     options.acquireTimeout = .seconds(3)
                     options.clockGuard = guardOn
@@ -171,13 +167,10 @@ extension FaultTests {
                     }
                     _ = try await secondHolder(otherLock, beside: first, guardOn: guardOn, fault: "set back")
                     try? await lock.unlock(first)
-                } catch {
+                } teardown: {
                     await client.shutdown()
                     await other.shutdown()
-                    throw error
                 }
-                await client.shutdown()
-                await other.shutdown()
             }
         }
 
@@ -225,7 +218,7 @@ extension FaultTests {
                 let client = try RedlockClient(nodes: servers.map { $0.configuration() })
                 let metrics = TestMetrics()
                 let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-                do {
+                try await withTeardown {
                     let expiry = Duration.seconds(2)
                     var options = testOptions(expiry: expiry, tries: .max)
                     options.acquireTimeout = .seconds(4)
@@ -254,13 +247,10 @@ extension FaultTests {
                             return
                         }
                     }
-                } catch {
+                } teardown: {
                     await client.shutdown()
                     await other.shutdown()
-                    throw error
                 }
-                await client.shutdown()
-                await other.shutdown()
             }
         }
     }
