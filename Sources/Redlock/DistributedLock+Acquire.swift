@@ -18,14 +18,14 @@ extension DistributedLock {
         guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
         if options.singleFlight {
             if tries == 1 {
-                guard client.gates.tryEnter(name) else {
+                guard client.coordination.tryEnterGate(name) else {
                     client.metrics.acquireFailed(.taken)
                     throw RedlockError(code: .taken, lockName: name, message: "held by another caller in this process (single-flight)")
                 }
             } else {
                 let entered: Bool
                 do {
-                    entered = try await client.gates.enter(name, giveUpAt: deadline)
+                    entered = try await client.coordination.enterGate(name, giveUpAt: deadline)
                 } catch {
                     client.metrics.acquireFailed(.cancelled)
                     throw cancelled("lock")
@@ -40,89 +40,84 @@ extension DistributedLock {
         }
         do {
             let lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
-            if options.singleFlight { client.gates.held(lease) }
+            if options.singleFlight { client.coordination.gateHolder(lease) }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
             return lease
         } catch {
-            if options.singleFlight { client.gates.leave(name) }
+            if options.singleFlight { client.coordination.leaveGate(name) }
             client.metrics.acquireFailed(error.code)
             throw error
         }
     }
 
+    /// The attempts of one `lock()`: attempt, decide, release on failure (in ``finish``), wait
+    /// for the next chance — a release heard, or the retry delay — and again, until one wins,
+    /// the deadline passes, the tries run out, or nodes refuse for good.
     private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
         let startedAt = ContinuousClock.now
         var made = 0
         defer { span?.attributes["redlock.attempts"] = made }
         let request = acquireRequest(value: value)
+        let coordination = client.coordination
+        // Releases are counted from the first attempt on (an uncontended lock() subscribes to
+        // nothing); see LocalCoordination.
+        if tries > 1 { coordination.beginAcquiring(name) }
+        defer { if tries > 1 { coordination.endAcquiring(name) } }
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
-        var releasesHeard = client.releases.generation(of: name)
-        // Releases are listened for only once an attempt has failed: an uncontended lock() costs
-        // no subscription. A release that lands before the subscription is active costs one
-        // retry delay, the fallback.
-        var watching = false
-        defer { if watching { client.unwatch(name, subscribing: options.fastHandoff) } }
-        // Whether the last attempt followed a release it heard of and still failed: retry soon
-        // rather than wait for another release, as the one heard counts as heard. The release
-        // may not have reached every node yet (the first node's message wakes the waiter), or a
-        // node that had to load the release script ran the delete after a handed-over attempt.
-        var wokenAndFailed = false
-        trying: for attemptNumber in 0..<tries {
-            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break trying }
-            // A waiter prepares its attempt before it waits, so that a release in this process
-            // can send it at once (see `unlock`); with fast handoff it also hears releases
-            // published by other processes.
-            var prepared: PreparedFanOut?
-            var woken = WaitOutcome(woken: false)
+        var releasesHeard = coordination.generation(of: name)
+        var chance = WaitOutcome(woken: false)
+        for attemptNumber in 0..<tries {
+            let next = prepareAttempt(request)
             if attemptNumber > 0 {
-                if !watching {
-                    client.watch(name, subscribing: options.fastHandoff)
-                    watching = true
-                }
-                var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                // A split vote (nobody holds a quorum) is contention, not a holder: retry soon.
-                let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
-                if (lastError.code == .taken && takenCount < client.quorum) || wokenAndFailed {
-                    delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
-                }
-                // The last attempt starts at the deadline, not a delay past it.
-                if let deadline { delay = max(.zero, min(delay, ContinuousClock.now.duration(to: deadline))) }
-                if watching {
-                    let next = prepareAttempt(request)
-                    prepared = next
-                    woken = await client.releases.wait(for: name, after: releasesHeard, timeout: delay, next: next)
-                } else {
-                    try? await Task.sleep(for: delay)
-                }
+                if let deadline, ContinuousClock.now >= deadline { break }
+                // Only a holder's release is worth hearing: not after nodes failed.
+                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) { coordination.listen(name) }
+                // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
+                let delay = retryDelay(after: lastError, attemptNumber, woken: chance.woken, deadline: deadline)
+                chance = await coordination.waitForRelease(of: name, after: releasesHeard, timeout: delay, next: next)
             }
-            // An attempt a releaser already sent must run to its end (its clean-up included),
-            // even when cancelled.
-            let sentAt = woken.handedOverAt
-            if sentAt == nil, Task.isCancelled { throw cancelled("lock") }
-            releasesHeard = client.releases.generation(of: name)
-            client.metrics.attempts.increment()
+            // An attempt sent for this task must run to its end (clean-up included), even when
+            // the task is cancelled.
+            if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }
             made += 1
-            let attempt = prepared ?? prepareAttempt(request)
-            let start = sentAt ?? ContinuousClock.now
-            if sentAt == nil { client.send(attempt) }
-            switch await finish(attempt, startedAt: start, value: value) {
-            case let .success(lease):
-                return lease
-            case let .failure(error):
-                lastError = error
-                wokenAndFailed = woken.woken
-                // No retry can succeed while nodes refuse for good (credentials, permissions, a
-                // key of the wrong type) and too few others are left for a quorum.
-                if error.permanentFailureCount > client.nodes.count - client.quorum {
-                    lastError.message += "; not retried: nodes refused for good"
-                    break trying
-                }
+            releasesHeard = coordination.generation(of: name)
+            switch await attempt(next, sentAt: chance.handedOverAt, value: value) {
+            case let .success(lease): return lease
+            case let .failure(error): lastError = error
+            }
+            // No retry can succeed while nodes refuse for good (credentials, permissions, a key
+            // of the wrong type) and too few others are left for a quorum.
+            if lastError.permanentFailureCount > client.nodes.count - client.quorum {
+                lastError.message += "; not retried: nodes refused for good"
+                break
             }
             if Task.isCancelled { throw cancelled("lock") }
         }
         if made > 1 { lastError.message += " (after \(made) attempts in \(startedAt.duration(to: .now)))" }
         throw lastError
+    }
+
+    /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it.
+    private func attempt(_ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, value: String) async -> Result<Lease, RedlockError> {
+        client.metrics.attempts.increment()
+        let start = sentAt ?? ContinuousClock.now
+        if sentAt == nil { client.send(prepared) }
+        return await finish(prepared, startedAt: start, value: value)
+    }
+
+    /// How long to wait for a release before attempt number `attemptNumber` (≥ 1) at most: the
+    /// retry delay, but soon after a split vote (contention, not a holder) or after an attempt a
+    /// release woke failed (the release may not have reached every node yet); never past the
+    /// deadline (the last attempt starts at the deadline).
+    private func retryDelay(after lastError: RedlockError, _ attemptNumber: Int, woken: Bool, deadline: ContinuousClock.Instant?) -> Duration {
+        var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
+        let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
+        if (lastError.code == .taken && takenCount < client.quorum) || woken {
+            delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
+        }
+        if let deadline { delay = max(.zero, min(delay, ContinuousClock.now.duration(to: deadline))) }
+        return delay
     }
 
     /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or the fenced acquire
@@ -185,99 +180,56 @@ extension DistributedLock {
         )
     }
 
-    /// The rest of an attempt sent at `start`: count the quorum, raise the fence, compute
-    /// validity from `start`; on failure release wherever the attempt may have set the key.
+    /// The rest of an attempt sent at `start`: await its votes, raise the fence, decide
+    /// (``AcquireDecision``); on failure release wherever the attempt may have set the key.
     /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
     /// runs to its end) may have won it, and it is released like a failed one.
     private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
-        let fencing = options.fencing
         var votes = await client.votes(of: attempt, cancellable: true)
-
-        var failure: (code: RedlockError.Code, message: String)?
         var fencingToken: Int64?
-        var granted = grantedCount(votes)
-        if granted >= client.quorum, fencing {
-            let token = votes.compactMap { vote -> Int64? in
-                if case let .granted(token)? = vote { return token }
-                return nil
-            }.max() ?? 0
-            let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
-            if grantedCount(raised) >= client.quorum {
-                fencingToken = token
-            } else {
-                failure = (.noQuorum, "the fencing round reached \(grantedCount(raised)) of \(client.nodes.count) nodes, \(client.quorum) needed")
-                for index in votes.indices where raised[index].map({ !$0.isGranted }) ?? false { votes[index] = raised[index] }
-                granted = grantedCount(votes)
-            }
+        var fenceShortfall: String?
+        if options.fencing, grantedCount(votes) >= client.quorum {
+            (fencingToken, fenceShortfall) = await fence(&votes, value: value)
         }
-        let end = ContinuousClock.now
-
-        if failure == nil, granted >= client.quorum {
-            if Task.isCancelled {
-                failure = (.cancelled, "lock was cancelled; what it won was released")
-            } else if let lease = lease(value: value, fencingToken: fencingToken, from: start, to: end) {
-                return .success(lease)
-            } else {
-                failure = (.validityExhausted, "a quorum granted after \(start.duration(to: end)), leaving no validity of \(options.expiry); released")
-            }
-        }
-
-        // Release wherever our key may have landed: granted, silent, or failed mid-flight. Nodes
-        // that stayed silent through the budget get their release queued without waiting: a
-        // frozen node must not make a failed attempt cost twice its budget. (After a cancellation
-        // "silent" only means not awaited, so every release is awaited.)
-        let wasCancelled = Task.isCancelled
-        var awaited: [Int] = []
-        var queued: [Int] = []
-        for (index, vote) in votes.enumerated() {
-            switch vote {
-            case .granted?, .unsettled?:
-                awaited.append(index)
-            case .refused(.noAnswer)?:
-                if wasCancelled { awaited.append(index) } else { queued.append(index) }
-            case let .refused(cause)? where cause.setNothing:
-                continue
-            case nil:
-                continue
-            case let .refused(cause)?:
-                // A node that failed (or voted while recently restarted) may hold the key.
-                guard let error = cause.error else {
-                    awaited.append(index)
-                    continue
-                }
-                if error.code == .connectionRefused { continue }
-                if error.code == .timeout, !wasCancelled { queued.append(index) } else { awaited.append(index) }
-            }
-        }
-        let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
-        for index in queued { client.nodes[index].evaluateAndForget(releaseCall) }
-        // Not announced: nobody got to use the lock.
-        if !awaited.isEmpty { _ = await release(releaseCall, on: awaited, returnWhenDecided: false) }
-
-        let failures = client.failures(in: votes)
-        let exhausted = failures.filter { $0.cause == .fencingCounterExhausted }
-        // Exhausted counters alone leave no quorum: no token can be issued until an operator acts.
-        if failure == nil, exhausted.count > client.nodes.count - client.quorum {
-            failure = (
-                .fencingCounterExhausted,
-                "the fencing counter \(Scripts.fenceCounterKey) is at its maximum on \(exhausted.count) of \(client.nodes.count) nodes; no token can be issued"
-            )
-        }
-        if let failure {
-            return .failure(RedlockError(code: failure.code, lockName: name, message: failure.message, nodes: failures))
-        }
-        if Task.isCancelled { return .failure(cancelled("lock")) }
-        let taken = failures.filter { $0.cause == .taken }
-        if taken.count >= client.quorum || taken.count == failures.count {
-            return .failure(RedlockError(
-                code: .taken, lockName: name,
-                message: "held by another holder on \(taken.count) of \(client.nodes.count) nodes", nodes: taken
+        let decision = AcquireDecision.decide(
+            votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
+            cancelled: Task.isCancelled, fenceShortfall: fenceShortfall
+        )
+        guard case let .failed(code, message) = decision.outcome else {
+            guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }
+            return .success(Lease(
+                name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
             ))
         }
-        return .failure(RedlockError(
-            code: .noQuorum, lockName: name,
-            message: "\(granted) of \(client.nodes.count) nodes granted, \(client.quorum) needed", nodes: failures
-        ))
+        // Not announced: nobody got to use the lock.
+        let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
+        if !decision.releaseQueued.isEmpty {
+            client.send(client.prepareFanOut(releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false))
+        }
+        if !decision.releaseAwaited.isEmpty { _ = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false) }
+
+        let failures = client.failures(in: votes)
+        switch code {
+        case .taken, .noQuorum where fenceShortfall == nil:
+            if Task.isCancelled { return .failure(cancelled("lock")) }
+            return .failure(RedlockError(code: code, lockName: name, message: message, nodes: code == .taken ? failures.filter { $0.cause == .taken } : failures))
+        default:
+            return .failure(RedlockError(code: code, lockName: name, message: message, nodes: failures))
+        }
+    }
+
+    /// The fencing round of an attempt a quorum granted: the token is the largest granted, and
+    /// the counters are raised to it (``raiseFence(to:value:on:)``). Nodes that refuse the round
+    /// replace their votes; returns the token, or what to say when too few nodes took it.
+    private func fence(_ votes: inout [Vote?], value: String) async -> (token: Int64?, shortfall: String?) {
+        let token = votes.compactMap { vote -> Int64? in
+            if case let .granted(token)? = vote { return token }
+            return nil
+        }.max() ?? 0
+        let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
+        if grantedCount(raised) >= client.quorum { return (token, nil) }
+        for index in votes.indices where raised[index].map({ !$0.isGranted }) ?? false { votes[index] = raised[index] }
+        return (nil, "the fencing round reached \(grantedCount(raised)) of \(client.nodes.count) nodes, \(client.quorum) needed")
     }
 
     /// The clock guard's check for one attempt: each node's reading goes to the client's
@@ -305,17 +257,5 @@ extension DistributedLock {
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
         return await client.fanOut(call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast)
-    }
-}
-
-extension RedlockClient {
-    /// A granted vote, or a refusal when the node has been up for less than `restartGuard`.
-    func guarded(_ granted: Vote, node index: Int, restartGuard: Duration) async -> Vote {
-        do {
-            let uptime = try await uptimes.uptime(of: index, node: nodes[index])
-            return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
-        } catch {
-            return .refused(failure: error, endpoint: endpoints[index])
-        }
     }
 }

@@ -98,15 +98,15 @@ public struct DistributedLock: Sendable {
 
     private func release(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
-        defer { if options.singleFlight { client.gates.leave(name, value: lease.value) } }
+        defer { if options.singleFlight { client.coordination.leaveGate(name, value: lease.value) } }
         // A waiter in this process gets the lock handed over: its next attempt is queued right
         // behind the deletes on every connection, so each node runs the delete first, and the
         // handoff costs no extra round trip. If the release fails, that attempt fails like any
         // other. A release handed over is not published: the lock has a new holder, and waiters
         // in other processes would only try in vain; they hear the next release that finds no
         // waiter here (with fast handoff), or retry after their delay.
-        let claimed = client.releases.handOff(name, release: lease.value.utf8)
-        let handedOver = claimed?.waiter.next
+        let claimed = client.coordination.handOff(name, release: lease.value.utf8)
+        let handedOver = claimed?.next
         let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
@@ -126,7 +126,7 @@ public struct DistributedLock: Sendable {
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published message to come back (it carries the same value and counts once).
-            if claimed == nil { client.releases.announce(name, release: lease.value.utf8) }
+            if claimed == nil { client.coordination.announce(name, release: lease.value.utf8) }
             client.metrics.released(failure: nil)
             return
         }
@@ -148,7 +148,7 @@ public struct DistributedLock: Sendable {
         do {
             let extended = try await extendOnce(lease)
             client.metrics.extended(failure: nil)
-            if options.singleFlight { client.gates.held(extended) }
+            if options.singleFlight { client.coordination.gateHolder(extended) }
             return extended
         } catch {
             client.metrics.extended(failure: error.code)

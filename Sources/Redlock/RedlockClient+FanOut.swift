@@ -103,22 +103,9 @@ extension RedlockClient {
         )
     }
 
-    /// Sends `first` and, when given, `second` right behind it: on each node's connection the
-    /// two commands are queued together, so the node runs `first`'s before `second`'s. Starts
-    /// each round's budget. Send a prepared fan-out once.
+    /// Sends `first` and, when given, `second` right behind it (see ``FanOutSender/send(_:then:)``).
     func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
-        for index in first.order {
-            if let second, second.order.contains(index) {
-                nodes[index].send([first.request(for: index), second.request(for: index)])
-            } else {
-                first.send(to: nodes[index], index: index)
-            }
-        }
-        if let second {
-            for index in second.order where !first.order.contains(index) { second.send(to: nodes[index], index: index) }
-        }
-        if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
-        if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
+        sender.send(first, then: second)
     }
 
     /// The votes of a sent fan-out, once it finished (or, when `cancellable`, once the calling
@@ -168,30 +155,28 @@ extension RedlockClient {
     }
 }
 
-extension Vote {
-    /// The vote for one node's outcome: `classify` for a reply, else the node's error.
-    static func of(
-        _ result: Result<RedisValue, RedisError>,
-        endpoint: RedisEndpoint,
-        classify: (RedisValue, RedisEndpoint) -> Vote
-    ) -> Vote {
-        switch result {
-        case let .success(reply): classify(reply, endpoint)
-        case let .failure(error): .refused(failure: error, endpoint: endpoint)
-        }
-    }
+/// Sends prepared fan-outs on a client's connections and starts their budgets: the client's
+/// own sends, and the attempts its ``LocalCoordination`` sends for waiters when it hears a
+/// release (without a reference back to the client).
+struct FanOutSender: Sendable {
+    let nodes: [RedisConnection]
+    let deadlines: DeadlineTimer
 
-    /// The vote of a node whose call failed: no answer when the caller was cancelled, else the
-    /// node's error.
-    static func refused(failure error: any Error, endpoint: RedisEndpoint) -> Vote {
-        guard let error = error as? RedisError else {
-            return .refused(.error(RedisError(code: .io, endpoint: endpoint, message: "\(error)")))
+    /// Sends `first` and, when given, `second` right behind it: on each node's connection the
+    /// two commands are queued together, so the node runs `first`'s before `second`'s. Starts
+    /// each round's budget. Send a prepared fan-out once.
+    func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
+        for index in first.order {
+            if let second, second.order.contains(index) {
+                nodes[index].send([first.request(for: index), second.request(for: index)])
+            } else {
+                first.send(to: nodes[index], index: index)
+            }
         }
-        return error.code == .cancelled ? .refused(.noAnswer) : .refused(.error(error))
+        if let second {
+            for index in second.order where !first.order.contains(index) { second.send(to: nodes[index], index: index) }
+        }
+        if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
+        if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
     }
-}
-
-/// The number of granted votes.
-func grantedCount(_ votes: [Vote?]) -> Int {
-    votes.reduce(0) { $0 + (($1?.isGranted ?? false) ? 1 : 0) }
 }

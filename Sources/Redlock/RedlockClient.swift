@@ -38,22 +38,17 @@ public final class RedlockClient: Sendable {
     let uptimes: NodeUptimes
     /// What this client has seen of each node's wall clock (``LockOptions/clockGuard``).
     let clocks: NodeClocks
-    let releases: ReleaseBoard
-    let gates: LocalGates
+    /// Releases heard, waiters, subscriptions and single-flight gates: when to try again.
+    let coordination: LocalCoordination
     /// Keeps the budget of every fan-out and the retry delay of every wait for a release.
     let deadlines: DeadlineTimer
+    /// Sends fan-outs on ``nodes`` and starts their budgets.
+    let sender: FanOutSender
     private let ownsConnections: Bool
-    private let subscribers = Mutex<SubscriberState>(SubscriberState())
     /// Set once ``shutdown()`` begins: read on every call, so an atomic rather than the lock.
     private let isShutDown = Atomic<Bool>(false)
     /// The nodes that refused a release's announcement (warned about once each).
     private let refusedAnnouncements = Mutex<Set<Int>>([])
-
-    private struct SubscriberState {
-        var subscribers: [RedisSubscriber] = []
-        var watched: [LockKey: Int] = [:]
-        var shutDown = false
-    }
 
     /// Creates a client that opens one connection per node configuration.
     ///
@@ -118,8 +113,8 @@ public final class RedlockClient: Sendable {
         uptimes = NodeUptimes(nodeCount: nodes.count)
         clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
-        releases = ReleaseBoard(timer: deadlines)
-        gates = LocalGates(timer: deadlines)
+        sender = FanOutSender(nodes: nodes, deadlines: deadlines)
+        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning
     }
 
@@ -140,7 +135,7 @@ public final class RedlockClient: Sendable {
     deinit {
         // Without a shutdown() the subscribers and the loop's thread would keep running;
         // connections close by themselves when their last reference goes.
-        for subscriber in subscribers.withLock({ $0.subscribers }) { subscriber.beginShutdown() }
+        coordination.beginShutdown()
         deadlines.stop()
         if ownsConnections { nodes.first?.eventLoop.beginShutdown() }
     }
@@ -177,13 +172,8 @@ public final class RedlockClient: Sendable {
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
         deadlines.stop()
-        let subscribers = subscribers.withLock { state in
-            state.shutDown = true
-            defer { state.subscribers = [] }
-            return state.subscribers
-        }
         await withTaskGroup(of: Void.self) { group in
-            for subscriber in subscribers { group.addTask { await subscriber.shutdown() } }
+            group.addTask { await self.coordination.shutdown() }
             if ownsConnections {
                 for node in nodes { group.addTask { await node.shutdown() } }
             }
@@ -201,47 +191,9 @@ public final class RedlockClient: Sendable {
         }
     }
 
-    // MARK: - Release notifications
-
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {
-        releases.waiterCount(of: name)
-    }
-
-    /// Starts listening for releases of `name` on every node (counted; pair with ``unwatch(_:)``).
-    ///
-    /// With `subscribing` false (a lock without ``LockOptions/fastHandoff``) only releases in
-    /// this process are heard: no subscriber connection, no `SUBSCRIBE`.
-    func watch(_ name: String, subscribing: Bool = true) {
-        let channel = Scripts.releaseChannel(name)
-        let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
-            guard !state.shutDown else { return [] }
-            if subscribing, state.subscribers.isEmpty {
-                let board = releases
-                state.subscribers = nodes.map { node in
-                    RedisSubscriber(configuration: node.configuration, eventLoop: node.eventLoop) { channel, payload in
-                        if let name = Scripts.lockName(ofReleaseChannel: channel) { board.announce(name, release: payload) }
-                    }
-                }
-            }
-            state.watched[LockKey(name), default: 0] += 1
-            // Under the same lock as the count, so the board tracks exactly the watched names.
-            releases.track(name)
-            return subscribing ? state.subscribers : []
-        }
-        for subscriber in subscribers { subscriber.subscribe(channel) }
-    }
-
-    /// Stops one ``watch(_:subscribing:)`` of `name` (with the same `subscribing`).
-    func unwatch(_ name: String, subscribing: Bool = true) {
-        let channel = Scripts.releaseChannel(name)
-        let subscribers: [RedisSubscriber] = self.subscribers.withLock { state in
-            guard let count = state.watched[LockKey(name)] else { return [] }
-            state.watched[LockKey(name)] = count > 1 ? count - 1 : nil
-            if count == 1 { releases.forget(name) }
-            return subscribing ? state.subscribers : []
-        }
-        for subscriber in subscribers { subscriber.unsubscribe(channel) }
+        coordination.waiterCount(of: name)
     }
 }
 

@@ -4,7 +4,8 @@ import Synchronization
 struct WaitOutcome: Sendable, Equatable {
     /// Whether what it waited for ended it (rather than its timeout or cancellation).
     var woken: Bool
-    /// When a releaser in this process sent the waiter's prepared attempt for it; nil otherwise.
+    /// When whoever heard the release (a releaser in this process, or the subscriber's thread)
+    /// sent the waiter's prepared attempt for it; nil otherwise.
     var handedOverAt: ContinuousClock.Instant?
 }
 
@@ -18,14 +19,8 @@ final class Waiter: Expiring {
         var outcome = WaitOutcome(woken: false)
     }
 
-    /// The waiter's next attempt, for a releaser in this process to send (release waits only).
-    let next: PreparedFanOut?
     private let state = Mutex(State())
     private let finishedFlag = Atomic<Bool>(false)
-
-    init(next: PreparedFanOut? = nil) {
-        self.next = next
-    }
 
     var isFinished: Bool { finishedFlag.load(ordering: .acquiring) }
 

@@ -55,9 +55,4 @@ extension RedisConnection {
     package func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
         try await send(PendingCommand(command: call.command, fallback: call.fallback, withdrawOnCancel: withdrawOnCancel))
     }
-
-    /// Queues a script call (with the same `NOSCRIPT` fallback) without waiting for its reply.
-    package func evaluateAndForget(_ call: RedisScriptCall) {
-        send(call.command, fallback: call.fallback) { _ in }
-    }
 }

@@ -31,18 +31,25 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private let state = Mutex(State())
     private let tls = TLSContextCache()
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
+    private let onSubscribed: @Sendable (_ channel: String) -> Void
     /// The loop's token, once registered (on the first subscription).
     private let token = Mutex<UInt64?>(nil)
 
     /// Creates a subscriber on `eventLoop`; it connects once it has a channel.
+    ///
+    /// `onMessage` gets each message; `onSubscribed` each channel the server confirmed (also
+    /// again after a reconnect), from which point on no message of that channel is missed while
+    /// the connection lasts. Both run on the loop's thread.
     package init(
         configuration: RedisConnectionConfiguration,
         eventLoop: RedisEventLoop = .shared,
+        onSubscribed: @escaping @Sendable (_ channel: String) -> Void = { _ in },
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
         self.configuration = configuration
         loop = eventLoop
         self.onMessage = onMessage
+        self.onSubscribed = onSubscribed
     }
 
     /// Subscribes to `channel` (counted: each call needs one ``unsubscribe(_:)``).
@@ -185,22 +192,30 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
 
     func handle(readable: Bool, writable: Bool, hangUp: Bool) {
         guard let token = token.withLock({ $0 }) else { return }
-        let messages: [(String, [UInt8])] = state.withLock { state in
+        /// A message (with its payload) or a confirmed subscription (payload nil), in order.
+        let events: [(channel: String, payload: [UInt8]?)] = state.withLock { state in
             guard let socket = state.socket else { return [] }
             if state.written < state.output.count { flush(&state, token: token) }
             guard readable || hangUp, state.socket === socket else { return [] }
             let outcome = socket.read()
-            var messages: [(String, [UInt8])] = []
+            var events: [(channel: String, payload: [UInt8]?)] = []
             for reply in outcome.replies {
-                guard case let .array(parts) = reply, parts.count == 3, parts[0].string == "message",
-                      let channel = parts[1].string, case let .bulkString(payload) = parts[2]
-                else { continue }
-                messages.append((channel, payload))
+                guard case let .array(parts) = reply, parts.count == 3, let channel = parts[1].string else { continue }
+                switch parts[0].string {
+                case "message":
+                    if case let .bulkString(payload) = parts[2] { events.append((channel, payload)) }
+                case "subscribe":
+                    events.append((channel, nil))
+                default:
+                    continue
+                }
             }
             if outcome.failure != nil { lost(&state, token: token) }
-            return messages
+            return events
         }
-        for (channel, payload) in messages { onMessage(channel, payload) }
+        for (channel, payload) in events {
+            if let payload { onMessage(channel, payload) } else { onSubscribed(channel) }
+        }
     }
 
     func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {

@@ -392,19 +392,19 @@ struct DeadlineTimerTests {
 }
 
 @Suite("Release announcements wake waiters", .timeLimit(.minutes(1)))
-struct ReleaseBoardWakingTests {
-    // Each waiter still waiting has its timeout scheduled on the board's timer, so the timer's
-    // count tells when a waiter is in line.
+struct ReleaseWakingTests {
+    // Each waiter still waiting has its timeout scheduled on the coordination's timer, so the
+    // timer's count tells when a waiter is in line.
 
     @Test("one release wakes only the longest-waiting of two waiters; the other waits out its timeout")
     func oneReleaseWakesOne() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = ReleaseBoard(timer: timer)
-        board.track("name")
-        let longer = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        board.beginAcquiring("name")
+        let longer = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let shorter = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(1)) } }
+        let shorter = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(1), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         board.announce("name", release: Array("v1".utf8))
@@ -417,11 +417,11 @@ struct ReleaseBoardWakingTests {
     func releasesWakeInTurn() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = ReleaseBoard(timer: timer)
-        board.track("name")
-        let first = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        board.beginAcquiring("name")
+        let first = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let second = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        let second = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         board.announce("name", release: Array("v1".utf8))
@@ -435,11 +435,11 @@ struct ReleaseBoardWakingTests {
     func cancelledWaiterReturns() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = ReleaseBoard(timer: timer)
-        board.track("name")
-        let cancelled = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        board.beginAcquiring("name")
+        let cancelled = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let live = Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+        let live = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         cancelled.cancel()
@@ -449,21 +449,29 @@ struct ReleaseBoardWakingTests {
         #expect(await live.value < .seconds(10))
     }
 
-    @Test("forgetting a name wakes every waiter on it")
-    func forgetWakesAll() async {
+    @Test("the first confirmation of the subscription wakes every waiter (not as a release), for one more attempt")
+    func confirmationWakesAll() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = ReleaseBoard(timer: timer)
-        board.track("name")
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        board.beginAcquiring("name")
+        board.listen("name")
         let waiters = (0..<3).map { _ in
-            Task { await timed { await board.wait(for: "name", after: 0, timeout: .seconds(20)) } }
+            Task { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) }
         }
         #expect(await eventually { timer.count == 3 })
 
-        board.forget("name")
+        board.confirmed("name")
         for waiter in waiters {
-            #expect(await waiter.value < .seconds(10))
+            #expect(await waiter.value == WaitOutcome(woken: false))
         }
-        #expect(board.generation(of: "name") == 0)
+        // A lock() whose attempt went out before the confirmation does not wait at all.
+        #expect(board.generation(of: "name") == 1)
+        #expect(await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) == WaitOutcome(woken: true))
+        // Later confirmations (a reconnect) wake nobody.
+        let later = Task { await timed { await board.waitForRelease(of: "name", after: 1, timeout: .milliseconds(100), next: nil) } }
+        #expect(await eventually { timer.count >= 1 && board.waiterCount(of: "name") == 1 })
+        board.confirmed("name")
+        #expect(await later.value >= .milliseconds(100))
     }
 }

@@ -51,6 +51,37 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("a lock() in another client (as in another process) that starts within a millisecond before a release is not left sleeping out its 20 s retry delay, subscribed or not")
+    func noMissedRelease() async throws {
+        try await withLockNodes(5) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
+            try await withTeardown {
+                let waiterOptions = LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2)
+                // Fresh names: the waiter subscribes after its first failed attempt, and a release
+                // published before a node confirmed the subscription goes unheard. The same name
+                // again: the subscription lingers from the last round, so the waiter listens
+                // before its first attempt.
+                for round in 0..<40 {
+                    let name = round < 20 ? "missed-\(round)" : "missed-again"
+                    let holder = try client.makeLock(name, options: testOptions())
+                    let lease = try await holder.lock()
+                    let waiter = try other.makeLock(name, options: waiterOptions)
+                    let started = ContinuousClock.now
+                    let waiting = Task { try await waiter.lock() }
+                    try await Task.sleep(for: .microseconds(Int64.random(in: 0...1_000)))
+                    try await holder.unlock(lease)
+                    let next = try await waiting.value
+                    // A release missed costs the 20 s delay; heard (or found by the retry that
+                    // follows the subscription's confirmation) it takes milliseconds.
+                    #expect(started.duration(to: .now) < .seconds(10), "round \(round): \(started.duration(to: .now))")
+                    try await waiter.unlock(next)
+                }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
     @Test("a waiter cancelled while an unlock hands it the lock ends cancelled, and releases what the handed-over attempt set")
     func cancelledDuringHandOff() async throws {
         try await withLockNodes(5) { client, servers in

@@ -29,6 +29,10 @@ struct Bench: AsyncParsableCommand {
         With 0 the lock is handed on back to back (the acquisition rate, undiluted by hold \
         time); with 1 ms every waiter is waiting when the holder \
         releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
+          cross-process 4 redlock-worker processes, one lock() loop each, on one name, for each \
+        --hold; latencies are handoffs between processes (one holder's release to another \
+        process's acquire), ops/s the handoffs per second; the note compares the median with \
+        the uncontended acquire
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
@@ -229,6 +233,8 @@ struct BenchSettings: Sendable {
         var sizes = [1, 3, 5].filter { $0 <= count }
         if !sizes.contains(count) { sizes.append(count) }
         var floorP50: [Int: Double] = [:]
+        /// The uncontended acquire on all the nodes: what the cross-process handoffs compare with.
+        var acquireP50: Double?
         for size in sizes {
             try Task.checkCancellation()
             let subset = Array(connections.prefix(size))
@@ -285,6 +291,7 @@ struct BenchSettings: Sendable {
                 ))
             }
             if libraryResults.count > 3 {
+                acquireP50 = libraryResults[3].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
                     scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[3],
                     ratioToFloor: ratio(libraryResults[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
@@ -363,6 +370,32 @@ struct BenchSettings: Sendable {
                     ratioToFloor: ratio(contended.microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
                     note: note
                 ))
+            }
+
+            // 4b: the same contention between processes, one lock() loop per worker process.
+            if let worker = CrossProcessContention.worker, let nodeList = RawFloorProcess.nodeList(connections) {
+                for hold in hold {
+                    try Task.checkCancellation()
+                    let processes = CrossProcessContention.processes
+                    progress("Measuring \(processes) worker processes contending for one name on \(count) nodes (hold \(format(hold)))…")
+                    let variant = hold == .zero ? "default" : "default-hold\(format(hold).replacingOccurrences(of: " ", with: ""))"
+                    let result = try await watchdog("cross-process (\(variant))", expected: duration + .seconds(10)) {
+                        try await CrossProcessContention.measure(
+                            worker: worker, nodes: nodeList, name: "\(prefix):cross-process-\(variant)", hold: hold, duration: duration
+                        )
+                    }
+                    let p50 = result.handoffs.microseconds(atPercentile: 50)
+                    var note = "latency = handoff between processes (release → other process's acquire); ops/s = handoffs; "
+                        + String(format: "%.0f acquisitions/s; hold %@", Double(result.acquisitions) / result.handoffs.elapsed.seconds, format(hold))
+                    if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
+                    if result.overlaps > 0 { note += "; OVERLAPS: \(result.overlaps)" }
+                    rows.append(BenchRow(
+                        scenario: "cross-process", variant: variant, nodes: count, concurrency: processes, measurement: result.handoffs,
+                        ratioToFloor: ratio(p50, floorP50[count]), ratioBasis: .latency, note: note
+                    ))
+                }
+            } else {
+                progress("no cross-process rows: redlock-worker is not next to redlock, or a node needs TLS or a password")
             }
 
             // 5: one node frozen, in slices alternating with all nodes up (the baseline), each
@@ -517,7 +550,7 @@ struct BenchSettings: Sendable {
 
     /// Floors first, then the library rows, in the order of the scenarios.
     private func ordered(_ rows: [BenchRow]) -> [BenchRow] {
-        let scenarios = ["floor", "cycle", "acquire", "parallel", "contended", "stopped-node"]
+        let scenarios = ["floor", "cycle", "acquire", "parallel", "contended", "cross-process", "stopped-node"]
         return rows.enumerated().sorted { left, right in
             let l = (scenarios.firstIndex(of: left.element.scenario) ?? 99, left.element.concurrency, left.element.nodes, left.offset)
             let r = (scenarios.firstIndex(of: right.element.scenario) ?? 99, right.element.concurrency, right.element.nodes, right.offset)

@@ -27,7 +27,10 @@ struct Contend: AsyncParsableCommand {
     @Option(help: "The log file; one line per acquisition is appended.")
     var log: String
 
-    @Option(name: .customLong("hold-max-ms"), help: "Each critical section lasts a random 0…N ms.")
+    @Option(name: .customLong("hold-min-ms"), help: "Each critical section lasts at least this many ms.")
+    var holdMinMilliseconds: Int = 0
+
+    @Option(name: .customLong("hold-max-ms"), help: "Each critical section lasts a random --hold-min-ms…N ms.")
     var holdMaxMilliseconds: Int = 5
 
     @Option(name: .customLong("retry-min-ms"), help: "The shortest retry delay in milliseconds.")
@@ -55,7 +58,7 @@ struct Contend: AsyncParsableCommand {
     var noFastHandoff = false
 
     func validate() throws {
-        guard holdMaxMilliseconds >= 0, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
+        guard holdMinMilliseconds >= 0, holdMaxMilliseconds >= holdMinMilliseconds, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
               extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0
         else { throw ValidationError("bad timing or count options") }
     }
@@ -130,7 +133,7 @@ struct Contend: AsyncParsableCommand {
                     summary.extendFailures += 1
                 }
             }
-            let hold = Int.random(in: 0...holdMaxMilliseconds)
+            let hold = Int.random(in: holdMinMilliseconds...holdMaxMilliseconds)
             if hold > 0 { try? await Task.sleep(for: .milliseconds(hold)) }
             let released = ContinuousClock.now
             do {

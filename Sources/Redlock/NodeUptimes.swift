@@ -63,3 +63,15 @@ final class NodeUptimes: Sendable {
         return (runID, uptime)
     }
 }
+
+extension RedlockClient {
+    /// A granted vote, or a refusal when the node has been up for less than `restartGuard`.
+    func guarded(_ granted: Vote, node index: Int, restartGuard: Duration) async -> Vote {
+        do {
+            let uptime = try await uptimes.uptime(of: index, node: nodes[index])
+            return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
+        } catch {
+            return .refused(failure: error, endpoint: endpoints[index])
+        }
+    }
+}

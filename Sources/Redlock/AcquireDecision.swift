@@ -1,0 +1,101 @@
+/// What one acquire attempt's votes and timing decide: a lease valid until an instant, or the
+/// error — and, for a failed attempt, where to release what it may have set.
+///
+/// Pure: the clock readings (`start`, `end`) and the cancellation are inputs, so the rule is
+/// unit-tested without Redis or a clock. The rule is Redlock's (Kleppmann and Sanfilippo,
+/// redis.io/docs/manual/patterns/distributed-locks): granted on at least `quorum` nodes and time
+/// left once the elapsed time and the drift allowance are taken from the expiry
+/// (``Timing/validUntil(start:end:expiry:driftFactor:)``).
+struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Duration == Duration {
+    enum Outcome: Equatable {
+        /// The lease is valid until this instant.
+        case acquired(validUntil: Instant)
+        case failed(RedlockError.Code, message: String)
+    }
+
+    var outcome: Outcome
+    /// Nodes to release on, awaiting their answers: granted, unsettled, or failed in a way that
+    /// may have set the key.
+    var releaseAwaited: [Int] = []
+    /// Nodes that stayed silent through the budget: their release is sent without waiting, so a
+    /// frozen node does not make a failed attempt cost twice its budget.
+    var releaseQueued: [Int] = []
+
+    /// Decides an attempt.
+    ///
+    /// - Parameters:
+    ///   - votes: One per node (nil: not asked), after any fencing round.
+    ///   - quorum: Grants needed (`N/2 + 1`).
+    ///   - start: When the attempt was sent; validity is measured from it.
+    ///   - end: When its votes were in.
+    ///   - cancelled: Whether the caller was cancelled by then: no lease, and "silent" then only
+    ///     means not awaited, so every release is awaited.
+    ///   - fenceShortfall: When the fencing round failed, what to say (the votes already carry
+    ///     the nodes that refused it).
+    static func decide(
+        votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
+        cancelled: Bool, fenceShortfall: String? = nil
+    ) -> AcquireDecision {
+        let granted = grantedCount(votes)
+        if fenceShortfall == nil, granted >= quorum, !cancelled,
+           let validUntil = Timing.validUntil(start: start, end: end, expiry: expiry, driftFactor: driftFactor) {
+            return AcquireDecision(outcome: .acquired(validUntil: validUntil))
+        }
+        var decision = AcquireDecision(outcome: failure(
+            votes: votes, granted: granted, quorum: quorum, elapsed: start.duration(to: end), expiry: expiry,
+            cancelled: cancelled, fenceShortfall: fenceShortfall
+        ))
+        for (index, vote) in votes.enumerated() {
+            switch vote {
+            case .granted?, .unsettled?:
+                decision.releaseAwaited.append(index)
+            case .refused(.noAnswer)?:
+                if cancelled { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
+            case let .refused(cause)? where cause.setNothing:
+                continue
+            case nil:
+                continue
+            case let .refused(cause)?:
+                // A node that failed (or voted while recently restarted) may hold the key.
+                guard let error = cause.error else {
+                    decision.releaseAwaited.append(index)
+                    continue
+                }
+                if error.code == .connectionRefused { continue }
+                if error.code == .timeout, !cancelled { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
+            }
+        }
+        return decision
+    }
+
+    /// Why an attempt failed: the fencing round, cancellation, no time left, exhausted
+    /// counters, a holder (taken on a quorum, or every refusal a taken), else no quorum.
+    private static func failure(
+        votes: [Vote?], granted: Int, quorum: Int, elapsed: Duration, expiry: Duration, cancelled: Bool, fenceShortfall: String?
+    ) -> Outcome {
+        let nodeCount = votes.count
+        if let fenceShortfall { return .failed(.noQuorum, message: fenceShortfall) }
+        if granted >= quorum {
+            if cancelled { return .failed(.cancelled, message: "lock was cancelled; what it won was released") }
+            return .failed(.validityExhausted, message: "a quorum granted after \(elapsed), leaving no validity of \(expiry); released")
+        }
+        let causes: [NodeFailure.Cause] = votes.compactMap { vote in
+            if case let .refused(cause)? = vote { return cause }
+            return nil
+        }
+        let exhausted = causes.filter { $0 == .fencingCounterExhausted }.count
+        // Exhausted counters alone leave no quorum: no token can be issued until an operator acts.
+        if exhausted > nodeCount - quorum {
+            return .failed(
+                .fencingCounterExhausted,
+                message: "the fencing counter \(Scripts.fenceCounterKey) is at its maximum on \(exhausted) of \(nodeCount) nodes; no token can be issued"
+            )
+        }
+        if cancelled { return .failed(.cancelled, message: "lock was cancelled") }
+        let taken = causes.filter { $0 == .taken }.count
+        if taken >= quorum || taken == causes.count {
+            return .failed(.taken, message: "held by another holder on \(taken) of \(nodeCount) nodes")
+        }
+        return .failed(.noQuorum, message: "\(granted) of \(nodeCount) nodes granted, \(quorum) needed")
+    }
+}

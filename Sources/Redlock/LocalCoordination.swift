@@ -1,0 +1,425 @@
+import RedlockTransport
+import Synchronization
+
+/// What a client coordinates in its own process, per lock name: releases heard (and who waits
+/// for them), the release subscriptions on the nodes, and the single-flight gates.
+///
+/// None of it decides an acquisition — `SET NX` (or the acquire script) on a quorum does, every
+/// time. It decides only *when* a `lock()` makes its next attempt, and lets whoever hears a
+/// release send that attempt at once:
+///
+/// - A `lock()` that makes more than one attempt is *acquiring* from its first attempt on
+///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
+///   (its *generation*), so a release in this process that lands while an attempt is in flight
+///   is never missed.
+/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:)``) with its next
+///   attempt prepared. The release wakes the longest-waiting waiter only: in this process the
+///   releaser sends that attempt right behind its deletes (``handOff(_:release:)``); from
+///   another process the subscriber's thread sends it as the message is read
+///   (``announce(_:release:)``). Either way the waiter is resumed once, when its votes are in.
+/// - With fast handoff a waiting name is subscribed to on every node (``listen(_:)``). Until a
+///   node confirmed the subscription a release elsewhere could go unheard, so the first
+///   confirmation counts as a release heard and wakes every waiter for one more attempt. The subscription outlives the last waiter by
+///   ``subscriptionLinger``: a process that contends again soon listens before its first attempt.
+/// - ``enterGate(_:giveUpAt:)``/``tryEnterGate(_:)`` queue single-flight callers first come,
+///   first served; the gate passes on at ``leaveGate(_:value:)`` or when its holder's lease ran
+///   out (``gateHolder(_:)``).
+final class LocalCoordination: Sendable {
+    /// How long a name stays subscribed after its last waiting `lock()` returned.
+    static let subscriptionLinger: Duration = .seconds(2)
+
+    /// A `lock()` waiting for a release, and the attempt to send for it.
+    private struct ReleaseWaiter {
+        let waiter: Waiter
+        let next: PreparedFanOut?
+    }
+
+    /// A single-flight caller waiting for the gate.
+    private struct GateWaiter {
+        let id: Int
+        let waiter: Waiter
+    }
+
+    private struct Gate {
+        /// The caller that has the gate.
+        var owner: Int
+        /// The value of the lease the owner acquired, once it has one.
+        var holderValue: String?
+        /// When the owner's lease runs out; nil while it is still acquiring.
+        var holderValidUntil: ContinuousClock.Instant?
+        /// First come first; may hold waiters that already ended (they remove themselves).
+        var waiters: [GateWaiter] = []
+
+        /// Whether the owner's lease ran out without an unlock.
+        var ownerExpired: Bool { holderValidUntil.map { $0 <= .now } ?? false }
+
+        /// Makes `id` the owner, still acquiring; the waiters keep their places.
+        mutating func takeOver(by id: Int) {
+            owner = id
+            holderValue = nil
+            holderValidUntil = nil
+        }
+    }
+
+    /// Everything known locally of one name; dropped once nothing needs it.
+    private struct Name {
+        /// Releases heard since the name was first needed.
+        var generation: UInt64 = 0
+        /// The value of the last release counted (the same release heard from several nodes
+        /// counts once).
+        var lastRelease: [UInt8] = []
+        /// Longest waiting first; may hold waiters that already ended (they remove themselves).
+        var waiters: [ReleaseWaiter] = []
+        /// `lock()` calls between their first attempt and their return.
+        var acquiring = 0
+        /// Whether the name's release channel is subscribed on the nodes.
+        var subscribed = false
+        /// Whether a node confirmed the subscription.
+        var confirmed = false
+        /// When the subscription ends if nobody acquires meanwhile.
+        var lingerUntil: ContinuousClock.Instant?
+        var gate: Gate?
+
+        var isUnused: Bool { acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil }
+
+        /// Counts a release of the lease whose value is `release`.
+        mutating func count(_ release: some Collection<UInt8>) {
+            lastRelease = Array(release)
+            generation &+= 1
+        }
+
+        /// Takes the longest-waiting waiter still waiting out of the line and claims it.
+        mutating func claimLongestWaiting() -> Claimed? {
+            while !waiters.isEmpty {
+                let first = waiters.removeFirst()
+                if let continuation = first.waiter.claim(byRelease: true) {
+                    return Claimed(waiter: first.waiter, continuation: continuation, next: first.next)
+                }
+            }
+            return nil
+        }
+    }
+
+    /// A waiter claimed for a release: resume it with ``Waiter/resume(_:handedOverAt:)`` once
+    /// its prepared attempt, if any, is sent.
+    struct Claimed {
+        let waiter: Waiter
+        let continuation: UnsafeContinuation<Void, Never>
+        /// The waiter's next attempt, to send for it.
+        let next: PreparedFanOut?
+    }
+
+    private struct State {
+        var names: [LockKey: Name] = [:]
+        var nextGateID = 0
+        /// One per node, made with the first subscription.
+        var subscribers: [RedisSubscriber] = []
+        var shutDown = false
+    }
+
+    private let state = Mutex(State())
+    private let nodes: [RedisConnection]
+    private let sender: FanOutSender
+    /// Ends waits whose time is up, and subscriptions whose linger is over.
+    private let timer: DeadlineTimer
+
+    init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
+        self.nodes = nodes
+        self.sender = sender
+        self.timer = timer
+    }
+
+    // MARK: - Releases
+
+    /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``):
+    /// from now on its releases are counted.
+    func beginAcquiring(_ name: String) {
+        state.withLock { $0.names[LockKey(name), default: Name()].acquiring += 1 }
+    }
+
+    /// Ends one ``beginAcquiring(_:)``. The last one drops the name, or starts its subscription's
+    /// linger.
+    func endAcquiring(_ name: String) {
+        let key = LockKey(name)
+        let linger: ContinuousClock.Instant? = state.withLock { state in
+            guard var entry = state.names[key] else { return nil }
+            entry.acquiring -= 1
+            var linger: ContinuousClock.Instant?
+            if entry.acquiring == 0, entry.subscribed {
+                linger = .now + Self.subscriptionLinger
+                entry.lingerUntil = linger
+            }
+            state.names[key] = entry.isUnused ? nil : entry
+            return linger
+        }
+        if let linger {
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger)
+        }
+    }
+
+    /// The number of releases of `name` heard so far.
+    func generation(of name: String) -> UInt64 {
+        state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
+    }
+
+    /// How many `lock()` calls wait for a release of `name` now.
+    func waiterCount(of name: String) -> Int {
+        state.withLock { $0.names[LockKey(name)]?.waiters.count ?? 0 }
+    }
+
+    /// Subscribes to `name`'s release channel on every node, once per name (a no-op when it is
+    /// subscribed, or after shutdown). Call while acquiring.
+    func listen(_ name: String) {
+        let key = LockKey(name)
+        let subscribers: [RedisSubscriber] = state.withLock { state in
+            guard !state.shutDown, state.names[key] != nil, state.names[key]?.subscribed == false else { return [] }
+            if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
+            state.names[key]?.subscribed = true
+            return state.subscribers
+        }
+        let channel = Scripts.releaseChannel(name)
+        for subscriber in subscribers { subscriber.subscribe(channel) }
+    }
+
+    private func makeSubscribers() -> [RedisSubscriber] {
+        nodes.map { node in
+            RedisSubscriber(
+                configuration: node.configuration, eventLoop: node.eventLoop,
+                onSubscribed: { [weak self] channel in
+                    if let name = Scripts.lockName(ofReleaseChannel: channel) { self?.confirmed(name) }
+                },
+                onMessage: { [weak self] channel, payload in
+                    if let name = Scripts.lockName(ofReleaseChannel: channel) { self?.announce(name, release: payload) }
+                }
+            )
+        }
+    }
+
+    /// A node confirmed the subscription of `name`. A release published before the first
+    /// confirmation may have gone unheard, so that one counts as a release heard (a `lock()`
+    /// whose attempt went out before it tries again at once) and wakes every waiter.
+    func confirmed(_ name: String) {
+        let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
+            guard state.names[LockKey(name)]?.subscribed == true, state.names[LockKey(name)]?.confirmed == false else { return [] }
+            state.names[LockKey(name)]?.confirmed = true
+            state.names[LockKey(name)]?.generation &+= 1
+            let waiters = state.names[LockKey(name)]?.waiters ?? []
+            state.names[LockKey(name)]?.waiters = []
+            return waiters.compactMap { $0.waiter.claim(byRelease: false) }
+        }
+        for continuation in woken { continuation.resume() }
+    }
+
+    /// The linger of `key`'s subscription may be over: unsubscribe when nobody acquired since.
+    private func lingerEnded(_ key: LockKey) {
+        let subscribers: [RedisSubscriber] = state.withLock { state in
+            guard var entry = state.names[key], entry.acquiring == 0, entry.subscribed,
+                  let until = entry.lingerUntil, until <= .now
+            else { return [] }
+            entry.subscribed = false
+            entry.confirmed = false
+            entry.lingerUntil = nil
+            state.names[key] = entry.isUnused ? nil : entry
+            return state.subscribers
+        }
+        let channel = Scripts.releaseChannel(key.name)
+        for subscriber in subscribers { subscriber.unsubscribe(channel) }
+    }
+
+    /// Returns when a release of `name` after `generation` is heard (and this caller is the one
+    /// woken), the subscription is first confirmed, `timeout` passes, or the task is cancelled,
+    /// whichever comes first. Call while acquiring.
+    ///
+    /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
+    /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``).
+    func waitForRelease(of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?) async -> WaitOutcome {
+        let key = LockKey(name)
+        let waiter = Waiter()
+        await waiter.wait(timer: timer, deadline: .now + timeout) {
+            state.withLock { state in
+                // A release heard since `generation` is as good as one heard now.
+                guard state.names[key]?.generation == generation else { return false }
+                state.names[key]?.waiters.append(ReleaseWaiter(waiter: waiter, next: next))
+                return true
+            }
+        }
+        state.withLock { state in
+            state.names[key]?.waiters.removeAll { $0.waiter === waiter }
+        }
+        return waiter.outcome
+    }
+
+    /// For a release being made in this process: counts it and claims the longest-waiting
+    /// waiter of `name`, for the releaser to send the waiter's attempt right behind its deletes
+    /// and then resume it. Returns nil (counting nothing) when nobody waits: the releaser then
+    /// announces its release once made.
+    func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
+        state.withLock { state in
+            guard let claimed = state.names[LockKey(name)]?.claimLongestWaiting() else { return nil }
+            state.names[LockKey(name)]?.count(release)
+            return claimed
+        }
+    }
+
+    /// Records the release `release` (the released lease's value) of `name`, heard from a node or
+    /// made in this process, and wakes the longest-waiting waiter, sending its prepared attempt
+    /// first. Releases of names nobody acquires are ignored; each release counts once.
+    func announce(_ name: String, release: some Collection<UInt8>) {
+        let claimed: Claimed? = state.withLock { state in
+            guard var entry = state.names[LockKey(name)] else { return nil }
+            guard release.isEmpty || !entry.lastRelease.elementsEqual(release) else { return nil }
+            entry.count(release)
+            let claimed = entry.claimLongestWaiting()
+            state.names[LockKey(name)] = entry
+            return claimed
+        }
+        guard let claimed else { return }
+        guard let next = claimed.next else {
+            claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
+            return
+        }
+        let sentAt = ContinuousClock.now
+        sender.send(next)
+        next.round.whenFinished { claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt) }
+    }
+
+    // MARK: - Single-flight gates
+
+    /// Waits for the gate of `name`, then owns it and returns true; returns false when `giveUp`
+    /// passes first (owning nothing). Throws `CancellationError` when cancelled (owning nothing).
+    func enterGate(_ name: String, giveUpAt giveUp: ContinuousClock.Instant?) async throws -> Bool {
+        let key = LockKey(name)
+        let id = state.withLock { state in
+            defer { state.nextGateID += 1 }
+            return state.nextGateID
+        }
+        while true {
+            enum Step { case entered, wait(ContinuousClock.Instant?) }
+            let step: Step = state.withLock { state in
+                guard let gate = state.names[key]?.gate else {
+                    state.names[key, default: Name()].gate = Gate(owner: id)
+                    return .entered
+                }
+                if gate.owner == id { return .entered }
+                guard gate.ownerExpired else { return .wait(gate.holderValidUntil) }
+                state.names[key]?.gate?.takeOver(by: id)
+                return .entered
+            }
+            guard case let .wait(holderEnd) = step else { return true }
+            if Task.isCancelled { throw CancellationError() }
+            if let giveUp, giveUp <= .now { return false }
+            let wakeAt: ContinuousClock.Instant? = switch (holderEnd, giveUp) {
+            case let (end?, giveUp?): min(end, giveUp)
+            case let (end, giveUp): end ?? giveUp
+            }
+            await waitForGate(key, id: id, deadline: wakeAt)
+            if Task.isCancelled {
+                // If the gate was handed over just now, pass it on.
+                if state.withLock({ $0.names[key]?.gate?.owner == id }) { leaveGate(name) }
+                throw CancellationError()
+            }
+        }
+    }
+
+    /// Takes the gate of `name` if nobody has it (or its owner's lease ran out); never waits.
+    func tryEnterGate(_ name: String) -> Bool {
+        state.withLock { state in
+            let id = state.nextGateID
+            state.nextGateID += 1
+            guard let gate = state.names[LockKey(name)]?.gate else {
+                state.names[LockKey(name), default: Name()].gate = Gate(owner: id)
+                return true
+            }
+            guard gate.ownerExpired else { return false }
+            state.names[LockKey(name)]?.gate?.takeOver(by: id)
+            return true
+        }
+    }
+
+    /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
+    private func waitForGate(_ key: LockKey, id: Int, deadline: ContinuousClock.Instant?) async {
+        let waiter = Waiter()
+        await waiter.wait(timer: timer, deadline: deadline) {
+            state.withLock { state in
+                guard let gate = state.names[key]?.gate, gate.owner != id else { return false }
+                state.names[key]?.gate?.waiters.append(GateWaiter(id: id, waiter: waiter))
+                return true
+            }
+        }
+        state.withLock { state in
+            state.names[key]?.gate?.waiters.removeAll { $0.waiter === waiter }
+        }
+    }
+
+    /// How many callers wait for `name`'s gate, nil when nobody has it (for tests).
+    func gateQueueLength(of name: String) -> Int? {
+        state.withLock { $0.names[LockKey(name)]?.gate?.waiters.count }
+    }
+
+    /// Records that the owner of `lease.name`'s gate acquired (or extended) `lease`.
+    func gateHolder(_ lease: Lease) {
+        state.withLock { state in
+            guard state.names[LockKey(lease.name)]?.gate != nil else { return }
+            state.names[LockKey(lease.name)]?.gate?.holderValue = lease.value
+            state.names[LockKey(lease.name)]?.gate?.holderValidUntil = lease.validUntil
+        }
+    }
+
+    /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
+    func leaveGate(_ name: String, value: String? = nil) {
+        let key = LockKey(name)
+        let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
+            guard var entry = state.names[key], var gate = entry.gate else { return nil }
+            if let value, gate.holderValue != value { return nil }
+            defer { state.names[key] = entry.isUnused ? nil : entry }
+            // Waiters that timed out or were cancelled meanwhile are skipped.
+            while !gate.waiters.isEmpty {
+                let first = gate.waiters.removeFirst()
+                guard let continuation = first.waiter.claim(byRelease: true) else { continue }
+                gate.takeOver(by: first.id)
+                entry.gate = gate
+                return continuation
+            }
+            entry.gate = nil
+            return nil
+        }
+        next?.resume()
+    }
+
+    // MARK: - Shutdown
+
+    /// Closes the subscriber connections; later subscriptions are not made.
+    func shutdown() async {
+        for subscriber in stopSubscribing() { await subscriber.shutdown() }
+    }
+
+    /// Closes the subscriber connections without suspending (for the client's `deinit`).
+    func beginShutdown() {
+        for subscriber in stopSubscribing() { subscriber.beginShutdown() }
+    }
+
+    private func stopSubscribing() -> [RedisSubscriber] {
+        state.withLock { state in
+            state.shutDown = true
+            defer { state.subscribers = [] }
+            return state.subscribers
+        }
+    }
+}
+
+/// A deadline-timer entry that runs `action` once, when its time comes.
+private final class TimerAction: Expiring {
+    private let action: @Sendable () -> Void
+    private let done = Atomic<Bool>(false)
+
+    init(_ action: @escaping @Sendable () -> Void) {
+        self.action = action
+    }
+
+    var isFinished: Bool { done.load(ordering: .acquiring) }
+
+    func expire() {
+        guard done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        action()
+    }
+}

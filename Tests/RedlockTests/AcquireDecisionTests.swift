@@ -1,0 +1,79 @@
+@testable import Redlock
+import RedlockTransport
+import Testing
+
+@Suite("The decision of an acquire attempt (no Redis, no clock)")
+struct AcquireDecisionTests {
+    private let start = ContinuousClock.now
+    private let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 6379)
+
+    private func decide(_ votes: [Vote?], after elapsed: Duration = .milliseconds(10), cancelled: Bool = false, fenceShortfall: String? = nil) -> AcquireDecision<ContinuousClock.Instant> {
+        AcquireDecision.decide(
+            votes: votes, quorum: Timing.quorum(nodeCount: votes.count), start: start, end: start + elapsed,
+            expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall
+        )
+    }
+
+    private func code(_ decision: AcquireDecision<ContinuousClock.Instant>) -> RedlockError.Code? {
+        if case let .failed(code, _) = decision.outcome { return code }
+        return nil
+    }
+
+    @Test("a quorum with time left is a lease valid until start + expiry − drift − 2 ms, counted from the attempt's start")
+    func acquired() {
+        let decision = decide([.granted(0), .granted(0), .granted(0), .refused(.taken), .refused(.noAnswer)])
+        // 10 s − 10 ms elapsed − 100 ms drift − 2 ms, after the end at 10 ms.
+        #expect(decision.outcome == .acquired(validUntil: start + .seconds(10) - .milliseconds(102)))
+        #expect(decision.releaseAwaited.isEmpty && decision.releaseQueued.isEmpty)
+    }
+
+    @Test("a quorum that took longer than the expiry allows is validityExhausted, released where granted")
+    func exhausted() {
+        let decision = decide([.granted(0), .granted(0), .granted(0)], after: .seconds(10))
+        #expect(code(decision) == .validityExhausted)
+        #expect(decision.releaseAwaited == [0, 1, 2])
+    }
+
+    @Test("taken on a quorum is taken; a split vote is noQuorum; both release where granted and queue the silent nodes' releases")
+    func failures() {
+        let taken = decide([.granted(0), .refused(.taken), .refused(.taken), .refused(.taken), .refused(.noAnswer)])
+        #expect(code(taken) == .taken)
+        #expect(taken.releaseAwaited == [0])
+        #expect(taken.releaseQueued == [4])
+        let split = decide([.granted(0), .granted(0), .refused(.taken), .refused(.noAnswer), .refused(.noAnswer)])
+        #expect(code(split) == .noQuorum)
+        #expect(split.releaseAwaited == [0, 1])
+        #expect(split.releaseQueued == [3, 4])
+        // Every refusal a holder's: taken, even below a quorum of refusals.
+        #expect(code(decide([.granted(0), .granted(0), .refused(.taken), nil, nil])) == .taken)
+    }
+
+    @Test("refusals that set nothing are not released; a refused connection neither; a node error that may have set the key is")
+    func releasePlan() {
+        let errors: [Vote?] = [
+            .refused(.epochTooYoung), .refused(.error(RedisError(code: .connectionRefused, endpoint: endpoint, message: "refused"))),
+            .refused(.error(RedisError(code: .timeout, endpoint: endpoint, message: "slow"))),
+            .refused(.error(RedisError(code: .io, endpoint: endpoint, message: "reset"))), .unsettled,
+        ]
+        let decision = decide(errors)
+        #expect(code(decision) == .noQuorum)
+        #expect(decision.releaseAwaited == [3, 4])
+        #expect(decision.releaseQueued == [2])
+        // Cancelled: nothing counts as silent, every release is awaited.
+        let cancelled = decide(errors, cancelled: true)
+        #expect(code(cancelled) == .cancelled)
+        #expect(cancelled.releaseAwaited == [2, 3, 4])
+        #expect(cancelled.releaseQueued.isEmpty)
+    }
+
+    @Test("a cancelled caller gets no lease even with a quorum; a failed fencing round is noQuorum; exhausted counters on a blocking minority are named")
+    func overrides() {
+        let quorum: [Vote?] = [.granted(3), .granted(4), .granted(5)]
+        #expect(code(decide(quorum, cancelled: true)) == .cancelled)
+        #expect(decide(quorum, cancelled: true).releaseAwaited == [0, 1, 2])
+        #expect(code(decide(quorum, fenceShortfall: "the fencing round reached 1 of 3 nodes, 2 needed")) == .noQuorum)
+        let counters = decide([.granted(7), .refused(.fencingCounterExhausted), .refused(.fencingCounterExhausted)])
+        #expect(code(counters) == .fencingCounterExhausted)
+        #expect(counters.releaseAwaited == [0])
+    }
+}

@@ -1,0 +1,116 @@
+@testable import Redlock
+import Logging
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Local coordination")
+struct LocalCoordinationTests {
+    /// A coordination with no nodes (nothing to subscribe to or send on), and its timer.
+    private func coordination() -> (LocalCoordination, DeadlineTimer) {
+        let timer = DeadlineTimer()
+        return (LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer), timer)
+    }
+
+    /// An attempt that asks no node: sending it finishes it at once.
+    private func emptyAttempt() -> PreparedFanOut {
+        PreparedFanOut(
+            round: FanOutRound(nodeCount: 0, order: [], returnWhenDecided: true), command: RedisCommand("PING"), fallback: nil, order: [],
+            budget: .seconds(1), classify: Vote.ofSetNX, confirm: nil, health: NodeHealth(endpoints: [], logger: Logger(label: "test"))
+        )
+    }
+
+    @Test("only names being acquired are counted, one release heard from several nodes counts once, and the last acquirer drops the name")
+    func counting() {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.announce("idle", release: Array("v1".utf8))
+        #expect(coordination.generation(of: "idle") == 0)
+
+        coordination.beginAcquiring("busy")
+        coordination.beginAcquiring("busy")
+        coordination.announce("busy", release: Array("v1".utf8))
+        coordination.announce("busy", release: Array("v1".utf8))
+        #expect(coordination.generation(of: "busy") == 1)
+        coordination.announce("busy", release: Array("v2".utf8))
+        #expect(coordination.generation(of: "busy") == 2)
+
+        coordination.endAcquiring("busy")
+        #expect(coordination.generation(of: "busy") == 2)
+        coordination.endAcquiring("busy")
+        #expect(coordination.generation(of: "busy") == 0)
+        coordination.announce("busy", release: Array("v3".utf8))
+        #expect(coordination.generation(of: "busy") == 0)
+    }
+
+    @Test("a waiter returns at once for a release it missed, and at its timeout without one")
+    func waiting() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        coordination.announce("name", release: Array("v1".utf8))
+        let started = ContinuousClock.now
+        #expect(await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) == WaitOutcome(woken: true))
+        #expect(started.duration(to: .now) < .seconds(5))
+        let quiet = ContinuousClock.now
+        #expect(await coordination.waitForRelease(of: "name", after: 1, timeout: .milliseconds(50), next: nil) == WaitOutcome(woken: false))
+        #expect(quiet.duration(to: .now) >= .milliseconds(50))
+    }
+
+    @Test("a release made in this process hands the waiter's prepared attempt to the releaser; one heard from a node is sent by whoever heard it")
+    func handOff() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        // With nobody waiting nothing is handed over, and nothing counted: the releaser
+        // announces its release once it is made.
+        #expect(coordination.handOff("name", release: Array("v0".utf8)) == nil)
+        #expect(coordination.generation(of: "name") == 0)
+        let attempt = emptyAttempt()
+        let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: attempt) }
+        // The waiter is in line once its timeout is scheduled (nothing else signals it).
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let claimed = try #require(coordination.handOff("name", release: Array("v1".utf8)))
+        #expect(claimed.next?.round === attempt.round)
+        let sentAt = ContinuousClock.now
+        claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt)
+        #expect(await waiting.value == WaitOutcome(woken: true, handedOverAt: sentAt))
+        #expect(coordination.generation(of: "name") == 1)
+
+        // Heard from a node instead: the coordination sends the attempt itself and resumes the
+        // waiter once its votes are in.
+        let second = emptyAttempt()
+        let heard = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(31), next: second) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let before = ContinuousClock.now
+        coordination.announce("name", release: Array("v2".utf8))
+        let outcome = await heard.value
+        #expect(outcome.woken)
+        #expect(second.round.isFinished)
+        #expect(try #require(outcome.handedOverAt) >= before)
+
+        // Without a prepared attempt a release only wakes.
+        let plain = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(32), next: nil) }
+        coordination.announce("name", release: Array("v3".utf8))
+        #expect(await plain.value == WaitOutcome(woken: true, handedOverAt: nil))
+    }
+
+    @Test("single-flight gates pass first come first served, skip waiters that gave up, and drop the name when empty")
+    func gates() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        #expect(coordination.tryEnterGate("g"))
+        #expect(!coordination.tryEnterGate("g"))
+        #expect(try await coordination.enterGate("g", giveUpAt: .now + .milliseconds(20)) == false)
+        let second = Task { try await coordination.enterGate("g", giveUpAt: nil) }
+        try #require(await eventually { coordination.gateQueueLength(of: "g") == 1 })
+        coordination.leaveGate("g")
+        #expect(try await second.value)
+        coordination.leaveGate("g")
+        #expect(coordination.gateQueueLength(of: "g") == nil)
+        #expect(coordination.tryEnterGate("g"))
+        coordination.leaveGate("g")
+    }
+}
