@@ -27,6 +27,15 @@
  *   NODE_SLOW_TICKS                 how late (default 0, see README)
  *   VALIDITY_ALLOWANCE=0|1          1: validity subtracts the drift
  *                                   allowance, as the code does
+ *   HANDOFF_QUEUE=0|1               a fair lock (LockOptions.fair): a release
+ *                                   may hand the key to another client's
+ *                                   value (the first in line, whichever the
+ *                                   node's queue says), and an acquire on a
+ *                                   key that holds the caller's value is
+ *                                   granted (the claim)
+ *   HANDOFF_CLAIM_RESETS=0|1        1: the claim resets the expiry (PEXPIRE),
+ *                                   as the script does; 0: it counts the
+ *                                   handed key as it stands
  */
 
 /* ------------------------------------------------------------------ sizes */
@@ -106,6 +115,19 @@
 #endif
 #ifndef REPLY_LOSS
 #define REPLY_LOSS 1                /* a reply may miss the budget          */
+#endif
+#ifndef HANDOFF_QUEUE
+#define HANDOFF_QUEUE 0
+#endif
+#ifndef HANDOFF_CLAIM_RESETS
+#define HANDOFF_CLAIM_RESETS 1
+#endif
+/* may client c's acquire take node x's key?  A fair lock's also when a
+ * release handed it to c (or c's own earlier attempt left it there) */
+#if HANDOFF_QUEUE
+#define claimable(x, c) (key[x] == 0 || key[x] == val[c])
+#else
+#define claimable(x, c) (key[x] == 0)
 #endif
 
 /* --------------------------------------------------------------- messages */
@@ -197,11 +219,34 @@ inline reply(c, x, i, success, counter) {
   fi
 }
 
+/* The release script's delete: a fair lock's may hand the key to any other
+ * client that has begun a lock() call -- the first in line, waiting, given
+ * up or even holding with an entry left on this node: the queue's order and
+ * entries are not modelled, so every choice is explored -- for as long as a
+ * node-clock expiry lasts (the code: twice the attempt budget), or delete it. */
+inline handOver(x, c) {
+  key[x] = 0; ttl[x] = 0;
+#if HANDOFF_QUEUE
+  for (h : 0 .. NC - 1) {
+    if
+    :: h != c && val[h] != 0 && key[x] == 0 ->
+         key[x] = val[h]; ttl[x] = px[x];
+         printf("MSC: node %d: release hands the key to v%d\n", x, val[h])
+    :: true -> skip
+    fi
+  }
+  h = 0
+#endif
+}
+
 /* One connection.  Delivers client c's request to node x, runs the Lua
  * script atomically there and hands back the reply.  A request is
  * delivered while its round's budget lasts, or not at all (endRound
  * drops it); a reply that misses the budget is the REPLY_LOSS case.      */
 proctype Link(byte c; byte x) {
+#if HANDOFF_QUEUE
+  byte h;
+#endif
 end:
   do
   :: atomic {
@@ -223,17 +268,25 @@ end:
             :: epoch[x] > 0 && epoch[x] <= epochGuardTicks ->
                  printf("MSC: node %d: epoch marker too young, vote refused\n", x);
                  reply(c, x, slot(c, x), false, 0)
-            :: epoch[x] > epochGuardTicks && key[x] == 0 ->
+            :: epoch[x] > epochGuardTicks && claimable(x, c) ->
 #else
-            :: key[x] == 0 ->
+            :: claimable(x, c) ->
 #endif
+#if HANDOFF_QUEUE && !HANDOFF_CLAIM_RESETS
+                 if
+                 :: key[x] == val[c] -> skip     /* counted as it stands */
+                 :: else -> key[x] = val[c]; ttl[x] = px[x]
+                 fi;
+                 fenceIncr(x);
+#else
                  key[x] = val[c]; ttl[x] = px[x]; fenceIncr(x);
+#endif
                  printf("MSC: node %d: SET v%d ok (fence %d, expires in %d)\n", x, val[c], fence[x], ttl[x]);
                  /* restart guard: the acquire vote of a node up for less
                   * than restartGuard is refused (only the acquire round) */
                  reply(c, x, slot(c, x), votes(x), fence[x])
 #if EPOCH_GUARD
-            :: epoch[x] > epochGuardTicks && key[x] != 0 ->
+            :: epoch[x] > epochGuardTicks && !claimable(x, c) ->
 #else
             :: else ->
 #endif
@@ -259,7 +312,7 @@ end:
             fi
        :: net[slot(c, x)] == DEL ->
             if
-            :: key[x] == val[c] -> key[x] = 0; ttl[x] = 0
+            :: key[x] == val[c] -> handOver(x, c)
             :: else -> skip
             fi
        fi;
@@ -306,7 +359,7 @@ inline releaseAll(c) {
   for (x : 0 .. N - 1) {
     net[slot(c, x)] = NONE; rsp[slot(c, x)] = IDLE;
     if
-    :: key[x] == val[c] -> key[x] = 0; ttl[x] = 0
+    :: key[x] == val[c] -> handOver(x, c)
     :: else -> skip
     fi
   }
@@ -315,6 +368,9 @@ inline releaseAll(c) {
 
 proctype Client(byte c) {
   byte call, try, ext, x, o;
+#if HANDOFF_QUEUE
+  byte h;
+#endif
 
 nextCall:
   if

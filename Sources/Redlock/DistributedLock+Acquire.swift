@@ -1,4 +1,5 @@
 import CoreMetrics
+import Foundation
 import Logging
 import RedlockTransport
 import Tracing
@@ -46,9 +47,20 @@ extension DistributedLock {
             return lease
         } catch {
             if options.singleFlight { client.coordination.leaveGate(name) }
+            if options.fair, tries > 1 {
+                // Leave the queue on every node (passing on a key handed over meanwhile), without
+                // waiting: the entries would expire anyway.
+                let leave = client.prepareFanOut(releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: options.attemptBudget, returnWhenDecided: false)
+                client.send(leave)
+            }
             client.metrics.acquireFailed(error.code)
             throw error
         }
+    }
+
+    /// A caller's place in a fair lock's queue: this machine's wall clock in µs.
+    static func ticket() -> Int64 {
+        Int64((Date().timeIntervalSince1970 * 1_000_000).rounded())
     }
 
     /// The attempts of one `lock()`: attempt, decide, release on failure (in ``finish``), wait
@@ -58,7 +70,6 @@ extension DistributedLock {
         let startedAt = ContinuousClock.now
         var made = 0
         defer { span?.attributes["redlock.attempts"] = made }
-        let request = acquireRequest(value: value)
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
@@ -67,16 +78,29 @@ extension DistributedLock {
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = coordination.generation(of: name)
         var chance = WaitOutcome(woken: false)
+        // A fair lock's attempts carry the caller's place in line and keep its entry alive until
+        // the attempt after the next wait; other locks send the same request every time.
+        let ticket = options.fair ? Self.ticket() : 0
+        let request = options.fair ? nil : acquireRequest(value: value, queueEntry: nil)
+        var plannedDelay = Duration.zero
         for attemptNumber in 0..<tries {
-            let next = prepareAttempt(request)
+            let delayAfter = options.retryDelay.delay(afterFailedAttempts: attemptNumber + 1)
+            let next = prepareAttempt(request ?? acquireRequest(
+                value: value, queueEntry: (ticket, life: delayAfter + options.attemptBudget * 2 + .milliseconds(100))
+            ))
             if attemptNumber > 0 {
                 if let deadline, ContinuousClock.now >= deadline { break }
                 // Only a holder's release is worth hearing: not after nodes failed.
-                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) { coordination.listen(name) }
+                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
+                    coordination.listen(name, handoffs: options.fair)
+                }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
-                let delay = retryDelay(after: lastError, attemptNumber, woken: chance.woken, deadline: deadline)
-                chance = await coordination.waitForRelease(of: name, after: releasesHeard, timeout: delay, next: next)
+                let delay = retryDelay(plannedDelay, after: lastError, woken: chance.woken, deadline: deadline)
+                chance = await coordination.waitForRelease(
+                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil
+                )
             }
+            plannedDelay = delayAfter
             // An attempt sent for this task must run to its end (clean-up included), even when
             // the task is cancelled.
             if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }
@@ -106,12 +130,12 @@ extension DistributedLock {
         return await finish(prepared, startedAt: start, value: value)
     }
 
-    /// How long to wait for a release before attempt number `attemptNumber` (≥ 1) at most: the
-    /// retry delay, but soon after a split vote (contention, not a holder) or after an attempt a
-    /// release woke failed (the release may not have reached every node yet); never past the
-    /// deadline (the last attempt starts at the deadline).
-    private func retryDelay(after lastError: RedlockError, _ attemptNumber: Int, woken: Bool, deadline: ContinuousClock.Instant?) -> Duration {
-        var delay = options.retryDelay.delay(afterFailedAttempts: attemptNumber)
+    /// How long to wait for a release before the next attempt at most: the retry delay drawn
+    /// for it (`planned`), but soon after a split vote (contention, not a holder) or after an
+    /// attempt a release woke failed (the release may not have reached every node yet); never
+    /// past the deadline (the last attempt starts at the deadline).
+    private func retryDelay(_ planned: Duration, after lastError: RedlockError, woken: Bool, deadline: ContinuousClock.Instant?) -> Duration {
+        var delay = planned
         let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
         if (lastError.code == .taken && takenCount < client.quorum) || woken {
             delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
@@ -129,12 +153,22 @@ extension DistributedLock {
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
 
-    private func acquireRequest(value: String) -> AcquireRequest {
+    /// The request of one attempt; a fair lock's carries the caller's queue entry (its ticket,
+    /// and how long the entry lives without another attempt).
+    private func acquireRequest(value: String, queueEntry: (ticket: Int64, life: Duration)?) -> AcquireRequest {
         let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
         if let restartGuard = options.restartGuard {
             let client = client
             confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
+        }
+        if let queueEntry {
+            let call = RedisScriptCall(
+                Scripts.acquireFair,
+                keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)] + (options.fencing ? [Scripts.fenceCounterKey] : []),
+                arguments: [value, expiryMilliseconds, String(queueEntry.ticket), String(queueEntry.life.millisecondsRoundedUp)]
+            )
+            return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
         }
         if options.epochGuard != nil || options.clockGuard {
             let call = RedisScriptCall(
@@ -201,8 +235,9 @@ extension DistributedLock {
                 name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
             ))
         }
-        // Not announced: nobody got to use the lock.
-        let releaseCall = RedisScriptCall(Scripts.release, keys: [name], arguments: [value, ""])
+        // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
+        // and the nodes are left free, where only the first in line is granted.
+        let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair)
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false))
         }

@@ -105,9 +105,10 @@ public struct DistributedLock: Sendable {
         // other. A release handed over is not published: the lock has a new holder, and waiters
         // in other processes would only try in vain; they hear the next release that finds no
         // waiter here (with fast handoff), or retry after their delay.
-        let claimed = client.coordination.handOff(name, release: lease.value.utf8)
+        // A fair lock's release hands the lock to the first in line on the nodes instead.
+        let claimed = options.fair ? nil : client.coordination.handOff(name, release: lease.value.utf8)
         let handedOver = claimed?.next
-        let call = RedisScriptCall(Scripts.release, keys: [lease.name], arguments: [lease.value, handedOver == nil ? announcedOn : ""])
+        let call = releaseCall(value: lease.value, announcing: handedOver == nil)
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
         )
@@ -126,7 +127,7 @@ public struct DistributedLock: Sendable {
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published message to come back (it carries the same value and counts once).
-            if claimed == nil { client.coordination.announce(name, release: lease.value.utf8) }
+            if claimed == nil, !options.fair { client.coordination.announce(name, release: lease.value.utf8) }
             client.metrics.released(failure: nil)
             return
         }
@@ -189,6 +190,23 @@ public struct DistributedLock: Sendable {
         Timing.validUntil(start: start, end: end, expiry: options.expiry, driftFactor: options.driftFactor).map { validUntil in
             Lease(name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken)
         }
+    }
+
+    /// The compare-and-delete of the lease whose value is `value`: published on the release
+    /// channel when `announcing` (with fast handoff). A fair lock's also takes the caller out of
+    /// the queue and hands the key to the first in line (``Scripts/releaseFair``), unless the
+    /// caller `staysInLine` (a failed attempt's clean-up: it tries again from its place).
+    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
+        let channel = announcing ? announcedOn : ""
+        guard options.fair else { return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel]) }
+        return RedisScriptCall(
+            Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
+            arguments: [
+                value, channel, options.fastHandoff ? Scripts.handoffChannel(name) : "",
+                String(Swift.max(options.attemptBudget * 2, .milliseconds(10)).millisecondsRoundedUp),
+                staysInLine ? "0" : "1",
+            ]
+        )
     }
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to

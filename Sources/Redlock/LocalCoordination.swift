@@ -32,6 +32,8 @@ final class LocalCoordination: Sendable {
     private struct ReleaseWaiter {
         let waiter: Waiter
         let next: PreparedFanOut?
+        /// A fair lock's value: a release on the nodes that hands the lock to it names it.
+        let value: [UInt8]?
     }
 
     /// A single-flight caller waiting for the gate.
@@ -74,6 +76,11 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
+        /// Whether its handoff channel is too (a fair lock's).
+        var handoffsSubscribed = false
+        /// The last few values a fair release handed the lock to, for a waiter whose wait begins
+        /// after the message came.
+        var handedTo: [[UInt8]] = []
         /// Whether a node confirmed the subscription.
         var confirmed = false
         /// When the subscription ends if nobody acquires meanwhile.
@@ -167,18 +174,26 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.waiters.count ?? 0 }
     }
 
-    /// Subscribes to `name`'s release channel on every node, once per name (a no-op when it is
-    /// subscribed, or after shutdown). Call while acquiring.
-    func listen(_ name: String) {
+    /// Subscribes to `name`'s release channel on every node — with `handoffs`, a fair lock's,
+    /// also to its handoff channel — once per name (a no-op when subscribed, or after shutdown).
+    /// Call while acquiring.
+    func listen(_ name: String, handoffs: Bool = false) {
         let key = LockKey(name)
-        let subscribers: [RedisSubscriber] = state.withLock { state in
-            guard !state.shutDown, state.names[key] != nil, state.names[key]?.subscribed == false else { return [] }
+        let (subscribers, channels): ([RedisSubscriber], [String]) = state.withLock { state in
+            guard !state.shutDown, var entry = state.names[key] else { return ([], []) }
+            var channels: [String] = []
+            if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
+            if handoffs, !entry.handoffsSubscribed { channels.append(Scripts.handoffChannel(name)) }
+            guard !channels.isEmpty else { return ([], []) }
             if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
-            state.names[key]?.subscribed = true
-            return state.subscribers
+            entry.subscribed = true
+            entry.handoffsSubscribed = entry.handoffsSubscribed || handoffs
+            state.names[key] = entry
+            return (state.subscribers, channels)
         }
-        let channel = Scripts.releaseChannel(name)
-        for subscriber in subscribers { subscriber.subscribe(channel) }
+        for subscriber in subscribers {
+            for channel in channels { subscriber.subscribe(channel) }
+        }
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {
@@ -189,7 +204,11 @@ final class LocalCoordination: Sendable {
                     if let name = Scripts.lockName(ofReleaseChannel: channel) { self?.confirmed(name) }
                 },
                 onMessage: { [weak self] channel, payload in
-                    if let name = Scripts.lockName(ofReleaseChannel: channel) { self?.announce(name, release: payload) }
+                    if let name = Scripts.lockName(ofReleaseChannel: channel) {
+                        self?.announce(name, release: payload)
+                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                        self?.handedOff(name, to: payload)
+                    }
                 }
             )
         }
@@ -212,18 +231,22 @@ final class LocalCoordination: Sendable {
 
     /// The linger of `key`'s subscription may be over: unsubscribe when nobody acquired since.
     private func lingerEnded(_ key: LockKey) {
-        let subscribers: [RedisSubscriber] = state.withLock { state in
+        let subscribers: [(RedisSubscriber, [String])] = state.withLock { state in
             guard var entry = state.names[key], entry.acquiring == 0, entry.subscribed,
                   let until = entry.lingerUntil, until <= .now
             else { return [] }
+            let channels = [Scripts.releaseChannel(key.name)] + (entry.handoffsSubscribed ? [Scripts.handoffChannel(key.name)] : [])
             entry.subscribed = false
+            entry.handoffsSubscribed = false
             entry.confirmed = false
             entry.lingerUntil = nil
+            entry.handedTo = []
             state.names[key] = entry.isUnused ? nil : entry
-            return state.subscribers
+            return state.subscribers.map { ($0, channels) }
         }
-        let channel = Scripts.releaseChannel(key.name)
-        for subscriber in subscribers { subscriber.unsubscribe(channel) }
+        for (subscriber, channels) in subscribers {
+            for channel in channels { subscriber.unsubscribe(channel) }
+        }
     }
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
@@ -232,14 +255,20 @@ final class LocalCoordination: Sendable {
     ///
     /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
     /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``).
-    func waitForRelease(of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?) async -> WaitOutcome {
+    ///
+    /// A fair lock's waiter passes its `value`: it is woken only by the release that hands the
+    /// lock to it (``handedOff(_:to:)``) or by one that found nobody in line.
+    func waitForRelease(of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
+        let bytes = value.map { Array($0.utf8) }
         await waiter.wait(timer: timer, deadline: .now + timeout) {
             state.withLock { state in
-                // A release heard since `generation` is as good as one heard now.
-                guard state.names[key]?.generation == generation else { return false }
-                state.names[key]?.waiters.append(ReleaseWaiter(waiter: waiter, next: next))
+                // A release heard since `generation` is as good as one heard now, and so is a
+                // handoff to this caller heard before it began to wait.
+                guard let entry = state.names[key], entry.generation == generation else { return false }
+                if let bytes, entry.handedTo.contains(bytes) { return false }
+                state.names[key]?.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes))
                 return true
             }
         }
@@ -273,7 +302,35 @@ final class LocalCoordination: Sendable {
             state.names[LockKey(name)] = entry
             return claimed
         }
-        guard let claimed else { return }
+        if let claimed { send(claimed) }
+    }
+
+    /// A fair lock's release on a node handed the lock to the waiter whose value is `value`:
+    /// wakes that waiter, sending its prepared attempt (its claim) first. The same handoff heard
+    /// from several nodes wakes it once; one heard before the waiter waits is remembered.
+    func handedOff(_ name: String, to value: [UInt8]) {
+        let claimed: Claimed? = state.withLock { state in
+            guard var entry = state.names[LockKey(name)] else { return nil }
+            defer { state.names[LockKey(name)] = entry }
+            if let index = entry.waiters.firstIndex(where: { $0.value == value }) {
+                let found = entry.waiters.remove(at: index)
+                if let continuation = found.waiter.claim(byRelease: true) {
+                    return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
+                }
+                return nil
+            }
+            if !entry.handedTo.contains(value) {
+                entry.handedTo.append(value)
+                if entry.handedTo.count > 8 { entry.handedTo.removeFirst() }
+            }
+            return nil
+        }
+        if let claimed { send(claimed) }
+    }
+
+    /// Sends a claimed waiter's prepared attempt, if any, and resumes it once its votes are in
+    /// (at once without one).
+    private func send(_ claimed: Claimed) {
         guard let next = claimed.next else {
             claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
             return

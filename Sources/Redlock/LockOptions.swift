@@ -96,6 +96,24 @@ public struct LockOptions: Sendable {
     /// longest-waiting `lock()` has its next attempt queued right behind the deletes on each
     /// node's connection (no Redis permission involved).
     public var fastHandoff: Bool = true
+    /// Whether the lock is *fair*: first come, first served across processes. The default is
+    /// `false` (whoever's attempt lands first after a release wins, as in Redsync).
+    ///
+    /// A fair lock's waiters queue on each node, in the order of a ticket taken when their
+    /// `lock()` began (the client's wall clock in µs: across machines, fairness is only as good
+    /// as their clocks agree; safety does not depend on it). A release hands the lock to the
+    /// first live waiter on each node — it sets the key to that waiter's value for twice the
+    /// attempt budget and publishes the value on `redlock:handoff:NAME` — and that waiter claims
+    /// it with an ordinary attempt: a quorum of grants, validity from the claim's own start. A
+    /// free node grants only the first in line. An entry lives for the waiter's retry delay
+    /// plus twice the attempt budget and is renewed by each attempt, so a waiter that died
+    /// delays the others by at most that plus the unclaimed key's life; one that gives up leaves
+    /// the queue. Acquire and release become scripts (`EVALSHA`) on the keys
+    /// `redlock:queue:NAME` and `redlock:queue-deadlines:NAME` (which expire with their last
+    /// entry), and need `+time` and the `redlock:handoff:*` channels (see README's ACL row).
+    /// Within one client, an unlock does not hand the lock to a local waiter ahead of the queue.
+    /// Not combined with ``epochGuard`` or ``clockGuard``.
+    public var fair: Bool = false
     /// Whether concurrent `lock()` calls for this name through one client queue up locally, so
     /// that only one of them at a time contends with other processes. The default is `false`.
     public var singleFlight: Bool = false
@@ -120,7 +138,8 @@ public struct LockOptions: Sendable {
         epochGuard: Duration? = nil,
         clockGuard: Bool = false,
         fastHandoff: Bool = true,
-        singleFlight: Bool = false
+        singleFlight: Bool = false,
+        fair: Bool = false
     ) {
         self.expiry = expiry
         self.acquireTimeout = acquireTimeout
@@ -138,6 +157,7 @@ public struct LockOptions: Sendable {
         self.clockGuard = clockGuard
         self.fastHandoff = fastHandoff
         self.singleFlight = singleFlight
+        self.fair = fair
     }
 
     /// The time budget of one attempt: ``expiry`` × ``timeoutFactor``.
@@ -166,6 +186,9 @@ public struct LockOptions: Sendable {
         }
         if let epochGuard, epochGuard.millisecondsRoundedUp > Int64(Int32.max) {
             throw fail("epochGuard \(epochGuard) is too long")
+        }
+        if fair, epochGuard != nil || clockGuard {
+            throw fail("a fair lock is not combined with epochGuard or clockGuard")
         }
         guard Timing.validity(expiry: expiry, elapsed: .zero, driftFactor: driftFactor) > .zero else {
             throw fail("expiry \(expiry) leaves no validity after the drift allowance")

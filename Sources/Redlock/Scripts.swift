@@ -114,6 +114,117 @@ enum Scripts {
         """
     )
 
+    /// Acquire in a fair lock (``LockOptions/fair``): first come, first served across processes.
+    /// `KEYS[1]` lock name, `KEYS[2]` the name's queue (``queueKey(_:)``), `KEYS[3]` its entries'
+    /// deadlines (``queueDeadlinesKey(_:)``), `KEYS[4]` the token counter (only when fenced),
+    /// `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` the caller's ticket (its place in line:
+    /// its wall clock in µs when its `lock()` began), `ARGV[4]` how long its entry lives in ms.
+    ///
+    /// The queue is a sorted set of waiting values by ticket; the deadlines, a sorted set of the
+    /// same values by the node's `TIME` in ms past which an entry is dropped (a waiter that died).
+    /// Grants when the key holds the value (handed over by ``releaseFair``: `PEXPIRE`), or when
+    /// it is free and no live entry is ahead of the caller's ticket (`SET … PX`); either way the
+    /// caller leaves the queue. Otherwise it enters the queue (keeping its place when already
+    /// there), sets its entry's deadline, and returns 0. Granted is the new token when fenced
+    /// (-2 when the counter is at its maximum), else 1. Both queue keys expire once their last
+    /// entry would have: nothing is left behind. Needs Redis ≥ 5 (`TIME` before writes).
+    static let acquireFair = RedisScript(
+        """
+        local function reply(code)
+            return code
+        end
+        local queue, deadlines, counter = KEYS[2], KEYS[3], KEYS[4]
+        local current = redis.call('GET', KEYS[1])
+        if current ~= ARGV[1] then
+            \(dropExpiredEntries)
+            local ahead = false
+            if current == false then
+                local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+                if head[1] and head[1] ~= ARGV[1] then
+                    local score, mine = tonumber(head[2]), tonumber(ARGV[3])
+                    ahead = score < mine or (score == mine and head[1] < ARGV[1])
+                end
+            end
+            if current ~= false or ahead then
+                local ttl = tonumber(ARGV[4])
+                redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
+                redis.call('ZADD', deadlines, now + ttl, ARGV[1])
+                for _, key in ipairs({queue, deadlines}) do
+                    if redis.call('PTTL', key) < ttl then
+                        redis.call('PEXPIRE', key, ttl)
+                    end
+                end
+                return 0
+            end
+        end
+        redis.call('ZREM', queue, ARGV[1])
+        redis.call('ZREM', deadlines, ARGV[1])
+        \(grant)
+        """
+    )
+
+    /// Release in a fair lock. `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines,
+    /// `ARGV[1]` value, `ARGV[2]` the release channel or empty, `ARGV[3]` the handoff channel or
+    /// empty (``handoffChannel(_:)``), `ARGV[4]` how long a handed-over key lives unclaimed, in ms,
+    /// `ARGV[5]` "1" to leave the line and hand over, "0" to stay in line and only delete (the
+    /// clean-up of a failed attempt, whose caller tries again from its place).
+    ///
+    /// With "0", a compare-and-delete that publishes nothing. With "1", takes the caller out of
+    /// the queue (a `lock()` that gives up leaves this way) and, when the key
+    /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
+    /// that waiter's value for `ARGV[4]` ms (its next acquire, a claim, resets the full expiry and
+    /// counts like any grant), takes it out of the queue and publishes its value on the handoff
+    /// channel; with nobody queued, publishes the release on the release channel as
+    /// ``release`` does. Returns 1 when deleted, 2 when deleted but the message was refused, 0
+    /// when another value is there, -1 when the key is missing.
+    static let releaseFair = RedisScript(
+        """
+        local queue, deadlines = KEYS[2], KEYS[3]
+        if ARGV[5] == '1' then
+            redis.call('ZREM', queue, ARGV[1])
+            redis.call('ZREM', deadlines, ARGV[1])
+        end
+        local current = redis.call('GET', KEYS[1])
+        if current ~= ARGV[1] then
+            if current == false then
+                return -1
+            end
+            return 0
+        end
+        redis.call('DEL', KEYS[1])
+        if ARGV[5] ~= '1' then
+            return 1
+        end
+        \(dropExpiredEntries)
+        local head = redis.call('ZRANGE', queue, 0, 0)
+        local channel, message = ARGV[2], ARGV[1]
+        if head[1] then
+            redis.call('SET', KEYS[1], head[1], 'PX', ARGV[4])
+            redis.call('ZREM', queue, head[1])
+            redis.call('ZREM', deadlines, head[1])
+            channel, message = ARGV[3], head[1]
+        end
+        if channel ~= '' then
+            local announced = redis.pcall('PUBLISH', channel, message)
+            if type(announced) == 'table' and announced.err then
+                return 2
+            end
+        end
+        return 1
+        """
+    )
+
+    /// Reads the node's `TIME` into `now` (ms) and drops the queue entries whose deadline passed
+    /// (waiters that died or gave up without leaving). Expects `queue` and `deadlines` in scope.
+    private static let dropExpiredEntries = """
+        local time = redis.call('TIME')
+            local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+            for _, expired in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now)) do
+                redis.call('ZREM', queue, expired)
+                redis.call('ZREM', deadlines, expired)
+            end
+        """
+
     /// The second round of a fenced acquire. `KEYS[1]` lock name, `KEYS[2]` token counter,
     /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
     /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
@@ -251,15 +362,32 @@ enum Scripts {
     /// ahead back).
     static let epochKey = reservedPrefix + "epoch"
 
+    /// The queue of a fair lock's waiters (``acquireFair``): `redlock:queue:NAME`.
+    static func queueKey(_ name: String) -> String { reservedPrefix + "queue:" + name }
+
+    /// The deadlines of a fair lock's queue entries: `redlock:queue-deadlines:NAME`.
+    static func queueDeadlinesKey(_ name: String) -> String { reservedPrefix + "queue-deadlines:" + name }
+
     /// What every release channel's name starts with.
     private static let releaseChannelPrefix = reservedPrefix + "released:"
+    /// What every handoff channel's name starts with.
+    private static let handoffChannelPrefix = reservedPrefix + "handoff:"
 
     /// The channel a release of `name` is published on.
     static func releaseChannel(_ name: String) -> String { releaseChannelPrefix + name }
+
+    /// The channel a fair lock's release publishes the value of the waiter it handed the lock to.
+    static func handoffChannel(_ name: String) -> String { handoffChannelPrefix + name }
 
     /// The lock name of a release channel, or nil for another channel.
     static func lockName(ofReleaseChannel channel: String) -> String? {
         guard channel.hasPrefix(releaseChannelPrefix) else { return nil }
         return String(channel.dropFirst(releaseChannelPrefix.count))
+    }
+
+    /// The lock name of a handoff channel, or nil for another channel.
+    static func lockName(ofHandoffChannel channel: String) -> String? {
+        guard channel.hasPrefix(handoffChannelPrefix) else { return nil }
+        return String(channel.dropFirst(handoffChannelPrefix.count))
     }
 }

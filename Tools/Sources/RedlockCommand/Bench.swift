@@ -30,7 +30,7 @@ struct Bench: AsyncParsableCommand {
         time); with 1 ms every waiter is waiting when the holder \
         releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
           cross-process 4 redlock-worker processes, one lock() loop each, on one name, for each \
-        --hold; latencies are handoffs between processes (one holder's release to another \
+        --hold, also with a fair lock (variant `fair`); latencies are handoffs between processes (one holder's release to another \
         process's acquire), ops/s the handoffs per second; the note compares the median with \
         the uncontended acquire
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
@@ -374,14 +374,15 @@ struct BenchSettings: Sendable {
 
             // 4b: the same contention between processes, one lock() loop per worker process.
             if let worker = CrossProcessContention.worker, let nodeList = RawFloorProcess.nodeList(connections) {
-                for hold in hold {
+                for (hold, fair) in hold.flatMap({ hold in [(hold, false), (hold, true)] }) {
                     try Task.checkCancellation()
                     let processes = CrossProcessContention.processes
-                    progress("Measuring \(processes) worker processes contending for one name on \(count) nodes (hold \(format(hold)))…")
-                    let variant = hold == .zero ? "default" : "default-hold\(format(hold).replacingOccurrences(of: " ", with: ""))"
+                    progress("Measuring \(processes) worker processes contending for one name on \(count) nodes (hold \(format(hold))\(fair ? ", fair" : ""))…")
+                    let base = fair ? "fair" : "default"
+                    let variant = hold == .zero ? base : "\(base)-hold\(format(hold).replacingOccurrences(of: " ", with: ""))"
                     let result = try await watchdog("cross-process (\(variant))", expected: duration + .seconds(10)) {
                         try await CrossProcessContention.measure(
-                            worker: worker, nodes: nodeList, name: "\(prefix):cross-process-\(variant)", hold: hold, duration: duration
+                            worker: worker, nodes: nodeList, name: "\(prefix):cross-process-\(variant)", hold: hold, fair: fair, duration: duration
                         )
                     }
                     let p50 = result.handoffs.microseconds(atPercentile: 50)
@@ -389,6 +390,7 @@ struct BenchSettings: Sendable {
                         + String(format: "%.0f acquisitions/s; hold %@", Double(result.acquisitions) / result.handoffs.elapsed.seconds, format(hold))
                     if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
                     if result.overlaps > 0 { note += "; OVERLAPS: \(result.overlaps)" }
+                    if fair { note += "; fair: queued on the nodes, each release hands the lock to the first in line" }
                     rows.append(BenchRow(
                         scenario: "cross-process", variant: variant, nodes: count, concurrency: processes, measurement: result.handoffs,
                         ratioToFloor: ratio(p50, floorP50[count]), ratioBasis: .latency, note: note

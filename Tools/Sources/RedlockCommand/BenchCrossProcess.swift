@@ -10,7 +10,7 @@ import Musl
 
 /// Contention between processes, the way replicas contend: ``processes`` `redlock-worker
 /// contend` processes, one `lock()` loop each, on one name, every lock with the retry delay of
-/// the defaults (50–250 ms) and fast handoff on. Each worker logs its critical sections on
+/// the defaults (50–250 ms) and fast handoff on; variant `fair` with ``LockOptions/fair``. Each worker logs its critical sections on
 /// `CLOCK_BOOTTIME` (see `redlock-worker contend`); after the run the log is read in order of
 /// acquisition.
 ///
@@ -37,8 +37,9 @@ enum CrossProcessContention {
     static var worker: String? { HelperProcess.siblingExecutable(named: "redlock-worker") }
 
     /// Runs ``processes`` workers on `nodes` (a worker `--nodes` list) for `duration` after the
-    /// warm-up, each holding the lock for `hold` (whole milliseconds).
-    static func measure(worker: String, nodes: String, name: String, hold: Duration, duration: Duration) async throws -> Result {
+    /// warm-up, each holding the lock for `hold` (whole milliseconds), with a fair lock when
+    /// `fair` (``LockOptions/fair``).
+    static func measure(worker: String, nodes: String, name: String, hold: Duration, fair: Bool, duration: Duration) async throws -> Result {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swift-redlock-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -50,7 +51,7 @@ enum CrossProcessContention {
             "--hold-min-ms", holdMilliseconds, "--hold-max-ms", holdMilliseconds, "--extend-every", "0",
             "--retry-min-ms", "50", "--retry-max-ms", "250",
             "--parent-pid", String(getpid()), "--max-seconds", String(seconds),
-        ]
+        ] + (fair ? ["--fair"] : [])
         var workers: [HelperProcess] = []
         do {
             for _ in 0..<processes {

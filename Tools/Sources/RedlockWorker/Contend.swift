@@ -57,6 +57,9 @@ struct Contend: AsyncParsableCommand {
     @Flag(name: .customLong("no-fast-handoff"), help: "Wait out the retry delay instead of listening for releases.")
     var noFastHandoff = false
 
+    @Flag(help: "Make the lock fair: first come, first served across processes.")
+    var fair = false
+
     func validate() throws {
         guard holdMinMilliseconds >= 0, holdMaxMilliseconds >= holdMinMilliseconds, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
               extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0
@@ -95,7 +98,8 @@ struct Contend: AsyncParsableCommand {
             fencing: fencing,
             epochGuard: epochGuardMilliseconds.map { .milliseconds($0) },
             clockGuard: clockGuard,
-            fastHandoff: !noFastHandoff
+            fastHandoff: !noFastHandoff,
+            fair: fair
         )
         let lock = try client.makeLock(cluster.lock, options: options)
 

@@ -70,6 +70,16 @@ extension FaultTests {
             arguments: [false, true]
         )
         func exclusionUnderNemesis(fencing: Bool) async throws {
+            try await contendUnderNemesis(fencing: fencing, fair: false)
+        }
+
+        @Test("the same with a fair lock: waiters queued on the nodes, each release handing the lock to the first in line")
+        func fairExclusionUnderNemesis() async throws {
+            try await contendUnderNemesis(fencing: false, fair: true)
+        }
+
+        /// 4 workers contend on one lock while the nemesis runs, then the logs are checked.
+        private func contendUnderNemesis(fencing: Bool, fair: Bool) async throws {
             let worker = try workerExecutable()
             let workerCount = 4
             try await withCluster(5, persistence: .appendOnlyFsyncAlways) { cluster in
@@ -84,7 +94,7 @@ extension FaultTests {
                                     "--log", log, "--expiry-ms", "600", "--timeout-factor", "0.2",
                                     "--connect-timeout-ms", "100", "--command-timeout-ms", "300",
                                     "--hold-max-ms", "5", "--retry-min-ms", "2", "--retry-max-ms", "25", "--extend-every", "4",
-                                ] + (fencing ? ["--fencing"] : [])),
+                                ] + (fencing ? ["--fencing"] : []) + (fair ? ["--fair"] : [])),
                                 readyMarker: "ready pid="
                             ))
                         }
@@ -108,7 +118,7 @@ extension FaultTests {
             }
         }
 
-        /// The checks and report of ``exclusionUnderNemesis(fencing:)``.
+        /// The checks and report of ``contendUnderNemesis(fencing:fair:)``.
         private func check(
             logs: [String], faults: [FaultRecord], workers: [HelperProcess],
             terminations: [HelperProcess.Termination], servers: [RedisServer], fencing: Bool

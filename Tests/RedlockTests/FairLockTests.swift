@@ -1,0 +1,138 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Fair locks: first come, first served across clients", .timeLimit(.minutes(2)))
+struct FairLockTests {
+    /// Fair options with a retry delay long enough that only a handoff can wake a waiter in time.
+    private func patient(_ delay: Duration = .seconds(10)) -> LockOptions {
+        LockOptions(expiry: .seconds(5), tries: 100, retryDelay: .constant(delay), timeoutFactor: 0.2, fair: true)
+    }
+
+    /// The library's keys left on `servers` (the queue's keys go with their last entry).
+    private func leftovers(on servers: [RedisServer]) async throws -> [String] {
+        var keys: [String] = []
+        for server in servers {
+            let connection = RedisConnection(configuration: server.configuration())
+            let reply = try await connection.send(RedisCommand("KEYS", "*"))
+            await connection.shutdown()
+            if case let .array(items) = reply { keys += items.compactMap(\.string) }
+        }
+        return keys
+    }
+
+    @Test("waiters in three other clients get the lock in the order their lock() began, each from the release that hands it over, and nothing is left behind")
+    func order() async throws {
+        try await withLockNodes(5) { client, servers in
+            let others = try (0..<3).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
+            try await withTeardown {
+                let holder = try client.makeLock("fair", options: patient())
+                var lease = try await holder.lock()
+                var waiting: [Task<ContinuousClock.Instant, any Error>] = []
+                for other in others {
+                    let lock = try other.makeLock("fair", options: patient())
+                    waiting.append(Task {
+                        let lease = try await lock.lock()
+                        let acquiredAt = ContinuousClock.now
+                        try await Task.sleep(for: .milliseconds(20))
+                        try await lock.unlock(lease)
+                        return acquiredAt
+                    })
+                    // In line (and its ticket taken) before the next one starts.
+                    #expect(await eventually(within: .seconds(5)) { other.waitingLockCalls(for: "fair") == 1 })
+                }
+                let started = ContinuousClock.now
+                try await holder.unlock(lease)
+                var acquired: [ContinuousClock.Instant] = []
+                for task in waiting { acquired.append(try await task.value) }
+                // A waiter missed would sleep out 10 s.
+                #expect(started.duration(to: .now) < .seconds(5))
+                #expect(acquired == acquired.sorted(), "acquired out of line: \(acquired.map { started.duration(to: $0) })")
+                // The holder is no exception: it queues behind nobody now, and the queue is gone.
+                lease = try await holder.lock()
+                try await holder.unlock(lease)
+                #expect(try await leftovers(on: servers) == [])
+            } teardown: {
+                for other in others { await other.shutdown() }
+            }
+        }
+    }
+
+    @Test("a waiter that gives up leaves the line: the next one gets the release, not the key handed to a caller that is gone")
+    func giveUp() async throws {
+        try await withLockNodes(5) { client, servers in
+            let others = try (0..<2).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
+            try await withTeardown {
+                let holder = try client.makeLock("fair-leave", options: patient())
+                let lease = try await holder.lock()
+                let quitter = try others[0].makeLock("fair-leave", options: patient())
+                let quitting = Task { try await quitter.lock(timeout: .milliseconds(300)) }
+                #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: "fair-leave") == 1 })
+                let patientLock = try others[1].makeLock("fair-leave", options: patient())
+                let next = Task { try await patientLock.lock() }
+                #expect(await eventually(within: .seconds(5)) { others[1].waitingLockCalls(for: "fair-leave") == 1 })
+                await #expect(throws: RedlockError.self) { try await quitting.value }
+                // The first in line gave up; its leaving went out without waiting, so give it a
+                // moment to land before the release.
+                try await Task.sleep(for: .milliseconds(50))
+                let released = ContinuousClock.now
+                try await holder.unlock(lease)
+                let handed = try await next.value
+                // Handed to the quitter instead, the key would sit for 2 s, then wait out 10 s.
+                #expect(released.duration(to: .now) < .seconds(1), "took \(released.duration(to: .now))")
+                try await patientLock.unlock(handed)
+                #expect(try await leftovers(on: servers) == [])
+            } teardown: {
+                for other in others { await other.shutdown() }
+            }
+        }
+    }
+
+    @Test("48 contenders in 4 clients, 20 ms holds, default retry delays: nobody gives up, and the longest wait is at most twice the mean")
+    func fairness() async throws {
+        try await withLockNodes(5) { client, servers in
+            let others = try (0..<3).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
+            try await withTeardown {
+                let clients = [client] + others
+                let until = ContinuousClock.now + .seconds(3)
+                let locks = try (0..<48).map { try clients[$0 % clients.count].makeLock("fair-48", options: LockOptions(fair: true)) }
+                let (all, failures) = await withTaskGroup(of: ([Duration], String?).self) { group in
+                    for lock in locks {
+                        group.addTask {
+                            var waits: [Duration] = []
+                            while ContinuousClock.now < until {
+                                let asked = ContinuousClock.now
+                                do {
+                                    let lease = try await lock.lock()
+                                    waits.append(asked.duration(to: .now))
+                                    try await Task.sleep(for: .milliseconds(20))
+                                    try await lock.unlock(lease)
+                                } catch {
+                                    return (waits, "\(error)")
+                                }
+                            }
+                            return (waits, nil)
+                        }
+                    }
+                    var all: [Duration] = []
+                    var failures: [String] = []
+                    for await (waits, failure) in group {
+                        all += waits
+                        if let failure { failures.append(failure) }
+                    }
+                    return (all, failures)
+                }
+                #expect(failures == [])
+                let mean = all.reduce(Duration.zero, +) / all.count
+                let longest = all.max() ?? .zero
+                print("fair, 48 contenders: \(all.count) acquisitions, mean wait \(mean), longest \(longest)")
+                #expect(all.count >= 48)
+                #expect(longest <= mean * 2, "longest wait \(longest), mean \(mean)")
+                #expect(try await leftovers(on: servers) == [])
+            } teardown: {
+                for other in others { await other.shutdown() }
+            }
+        }
+    }
+}
