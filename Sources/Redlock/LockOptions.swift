@@ -110,7 +110,8 @@ public struct LockOptions: Sendable {
     /// delays the others by at most that plus the unclaimed key's life; one that gives up leaves
     /// the queue. Acquire and release become scripts (`EVALSHA`) on the keys
     /// `redlock:queue:NAME` and `redlock:queue-deadlines:NAME` (which expire with their last
-    /// entry), and need `+time` and the `redlock:handoff:*` channels (see README's ACL row).
+    /// entry), and need `+time`, the sorted-set commands and the `redlock:handoff:*` channels
+    /// (README's ACL rules; ``RedlockClient/checkNodes(for:)`` checks them).
     /// Within one client, an unlock does not hand the lock to a local waiter ahead of the queue.
     /// Not combined with ``epochGuard`` or ``clockGuard``.
     public var fair: Bool = false

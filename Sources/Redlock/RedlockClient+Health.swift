@@ -96,13 +96,18 @@ extension RedlockClient {
     public func checkNodes(for lock: DistributedLock) async -> [NodePermissions] {
         let channel = lock.options.fastHandoff ? Scripts.releaseChannel(lock.name) : ""
         // Redis checks every declared key against the user's patterns: the counter only with
-        // fencing, the epoch marker only with the epoch guard.
+        // fencing, the epoch marker only with the epoch guard, the queue's keys only when fair.
         let fencing = lock.options.fencing
         let epoch = lock.options.epochGuard != nil || lock.options.clockGuard
+        let fair = lock.options.fair
         let call = RedisScriptCall(
             Scripts.permissionProbe,
-            keys: [lock.name] + (fencing ? [Scripts.fenceCounterKey] : []) + (epoch ? [Scripts.epochKey] : []),
-            arguments: [randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0"]
+            keys: [lock.name] + (fencing ? [Scripts.fenceCounterKey] : []) + (epoch ? [Scripts.epochKey] : [])
+                + (fair ? [Scripts.queueKey(lock.name), Scripts.queueDeadlinesKey(lock.name)] : []),
+            arguments: [
+                randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0",
+                fair ? Scripts.handoffChannel(lock.name) : "",
+            ]
         )
         return await withTaskGroup(of: NodePermissions.self) { group in
             for (index, node) in nodes.enumerated() {

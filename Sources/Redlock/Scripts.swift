@@ -121,7 +121,8 @@ enum Scripts {
     /// its wall clock in µs when its `lock()` began), `ARGV[4]` how long its entry lives in ms.
     ///
     /// The queue is a sorted set of waiting values by ticket; the deadlines, a sorted set of the
-    /// same values by the node's `TIME` in ms past which an entry is dropped (a waiter that died).
+    /// same values by the node's `TIME` in ms past which an entry is dropped (a waiter that died);
+    /// an entry without a deadline counts as dropped.
     /// Grants when the key holds the value (handed over by ``releaseFair``: `PEXPIRE`), or when
     /// it is free and no live entry is ahead of the caller's ticket (`SET … PX`); either way the
     /// caller leaves the queue. Otherwise it enters the queue (keeping its place when already
@@ -136,11 +137,11 @@ enum Scripts {
         local queue, deadlines, counter = KEYS[2], KEYS[3], KEYS[4]
         local current = redis.call('GET', KEYS[1])
         if current ~= ARGV[1] then
-            \(dropExpiredEntries)
+            \(firstInLine)
             local ahead = false
             if current == false then
-                local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-                if head[1] and head[1] ~= ARGV[1] then
+                local head = firstInLine()
+                if head and head[1] ~= ARGV[1] then
                     local score, mine = tonumber(head[2]), tonumber(ARGV[3])
                     ahead = score < mine or (score == mine and head[1] < ARGV[1])
                 end
@@ -195,10 +196,10 @@ enum Scripts {
         if ARGV[5] ~= '1' then
             return 1
         end
-        \(dropExpiredEntries)
-        local head = redis.call('ZRANGE', queue, 0, 0)
+        \(firstInLine)
+        local head = firstInLine()
         local channel, message = ARGV[2], ARGV[1]
-        if head[1] then
+        if head then
             redis.call('SET', KEYS[1], head[1], 'PX', ARGV[4])
             redis.call('ZREM', queue, head[1])
             redis.call('ZREM', deadlines, head[1])
@@ -214,14 +215,26 @@ enum Scripts {
         """
     )
 
-    /// Reads the node's `TIME` into `now` (ms) and drops the queue entries whose deadline passed
-    /// (waiters that died or gave up without leaving). Expects `queue` and `deadlines` in scope.
-    private static let dropExpiredEntries = """
+    /// Reads the node's `TIME` into `now` (ms) and defines `firstInLine()`: the queue's first
+    /// entry whose deadline has not passed, as `{value, ticket}`, or nil; entries ahead of it
+    /// whose deadline passed or is missing (waiters that died or gave up without leaving) are
+    /// dropped on the way. Expects `queue` and `deadlines` in scope.
+    private static let firstInLine = """
         local time = redis.call('TIME')
             local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-            for _, expired in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now)) do
-                redis.call('ZREM', queue, expired)
-                redis.call('ZREM', deadlines, expired)
+            local function firstInLine()
+                while true do
+                    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+                    if not head[1] then
+                        return nil
+                    end
+                    local deadline = redis.call('ZSCORE', deadlines, head[1])
+                    if deadline and tonumber(deadline) >= now then
+                        return head
+                    end
+                    redis.call('ZREM', queue, head[1])
+                    redis.call('ZREM', deadlines, head[1])
+                end
             end
         """
 
@@ -277,10 +290,14 @@ enum Scripts {
     )
 
     /// ``RedlockClient/checkNodes(for:)``'s probe. `KEYS[1]` lock name, `KEYS[2]` fencing
-    /// counter (when checked), the last key the epoch marker (when checked), `ARGV[1]` a random
-    /// value, `ARGV[2]` "1" to check the counter, `ARGV[3]` the release channel or empty,
-    /// `ARGV[4]` "1" to check the epoch marker (`TIME`, `GET`, and `SET … XX` of its own value,
-    /// which changes nothing; not checked when there is no marker yet). Runs each command the
+    /// counter (when checked), the last key the epoch marker (when checked) or the last two a
+    /// fair lock's queue and deadlines (when checked), `ARGV[1]` a random value, `ARGV[2]` "1" to
+    /// check the counter, `ARGV[3]` the release channel or empty, `ARGV[4]` "1" to check the
+    /// epoch marker (`TIME`, `GET`, and `SET … XX` of its own value, which changes nothing; not
+    /// checked when there is no marker yet), `ARGV[5]` a fair lock's handoff channel to check the
+    /// queue's commands (`TIME`, `ZRANGE`, `ZSCORE`, `ZADD`/`ZREM` of the random value, `PTTL`,
+    /// `PUBLISH`), or empty. An entry the probe could not remove has no deadline: the first
+    /// script that finds it first in line drops it. Runs each command the
     /// lock needs under `pcall` (so a refusal is reported, not raised), leaving nothing behind:
     /// the key is set only if free and deleted at once.
     /// Returns `{permission, refusal or '' (allowed) or '?' (not checked)}` pairs.
@@ -312,6 +329,20 @@ enum Scripts {
         end
         if ARGV[3] ~= '' then
             probe('PUBLISH ' .. ARGV[3], 'PUBLISH', ARGV[3], '')
+        end
+        if ARGV[5] and ARGV[5] ~= '' then
+            local queue, deadlines = KEYS[#KEYS - 1], KEYS[#KEYS]
+            probe('TIME', 'TIME')
+            probe('ZRANGE ' .. queue, 'ZRANGE', queue, 0, 0, 'WITHSCORES')
+            probe('ZSCORE ' .. deadlines, 'ZSCORE', deadlines, ARGV[1])
+            if probe('ZADD ' .. queue, 'ZADD', queue, 'NX', 0, ARGV[1]) then
+                probe('ZREM ' .. queue, 'ZREM', queue, ARGV[1])
+            end
+            if probe('ZADD ' .. deadlines, 'ZADD', deadlines, 'NX', 0, ARGV[1]) then
+                probe('ZREM ' .. deadlines, 'ZREM', deadlines, ARGV[1])
+            end
+            probe('PTTL ' .. queue, 'PTTL', queue)
+            probe('PUBLISH ' .. ARGV[5], 'PUBLISH', ARGV[5], '')
         end
         if ARGV[4] == '1' then
             local marker = KEYS[#KEYS]

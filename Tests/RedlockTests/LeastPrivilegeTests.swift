@@ -114,6 +114,54 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a fair lock under least privilege: README's rule suffices (the waiter is handed the lock, no key left); without +zadd the probe names it and lock() fails at once")
+    func fairLockRule() async throws {
+        try await withRedisServers(3) { servers throws in
+            let rule = [
+                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl",
+                "~queued", "~redlock:queue:queued", "~redlock:queue-deadlines:queued", "&redlock:released:*", "&redlock:handoff:*",
+            ]
+            try await createUser("queuer", rules: rule, on: servers)
+            let (holder, waiter) = (try RedlockClient(nodes: configurations(servers, user: "queuer")), try RedlockClient(nodes: configurations(servers, user: "queuer")))
+            let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.seconds(5)), fair: true)
+            let lock = try holder.makeLock("queued", options: options)
+            for status in await holder.checkNodes(for: lock) {
+                #expect(status.refused.isEmpty, "\(status.result)")
+            }
+            let lease = try await lock.lock()
+            let waiting = Task { try await waiter.makeLock("queued", options: options).lock() }
+            #expect(await eventually(within: .seconds(5)) { waiter.waitingLockCalls(for: "queued") == 1 })
+            let released = ContinuousClock.now
+            try await lock.unlock(lease)
+            let next = try await waiting.value
+            // Handed over and claimed, not found by the 5 s retry delay.
+            #expect(released.duration(to: .now) < .seconds(2))
+            try await waiter.makeLock("queued", options: options).unlock(next)
+            for server in servers {
+                let admin = RedisConnection(configuration: server.configuration())
+                #expect(try await admin.send(RedisCommand("KEYS", "*")) == .array([]))
+                await admin.shutdown()
+            }
+            await holder.shutdown()
+            await waiter.shutdown()
+
+            try await createUser("queuer", rules: rule.filter { $0 != "+zadd" }, on: servers)
+            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer"))
+            let refused = try limited.makeLock("queued", options: options)
+            for status in await limited.checkNodes(for: refused) {
+                #expect(Set(status.refused.map(\.permission)) == ["ZADD redlock:queue:queued", "ZADD redlock:queue-deadlines:queued"], "\(status.result)")
+            }
+            // Free, the lock is granted without queueing; held, the script's ZADD is refused for good.
+            let first = try await refused.lock()
+            let started = ContinuousClock.now
+            await #expect(throws: RedlockError.self) { try await limited.makeLock("queued", options: options).lock() }
+            #expect(started.duration(to: .now) < .seconds(2), "a refused permission is not retried")
+            try await refused.unlock(first)
+            await limited.shutdown()
+        }
+    }
+
     @Test("checkNodes(for:) names each permission a lock's options need that a node refuses, and leaves nothing behind")
     func permissionAudit() async throws {
         try await withRedisServers(3) { servers throws in
