@@ -23,6 +23,10 @@ extension DistributedLock {
     /// No task outlives the call: the extender stops before it returns.
     ///
     /// - Parameters:
+    ///   - isolation: Where `body` runs: the caller's actor (the default, `#isolation`), so a
+    ///     main-actor caller's body runs on the main actor and may use its state; with no actor,
+    ///     on the global executor. The extender and the deadline watch run off it, so a busy
+    ///     actor does not delay them (it delays only the body's reaction to cancellation).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -39,20 +43,22 @@ extension DistributedLock {
     ///   `leaseLost` when the lease was lost while `body` ran; `holdTimeExceeded`; `cancelled`
     ///   when the caller was cancelled; `invalidConfiguration` for invalid parameters.
     public func withLock<T: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
-        _ body: sending @escaping (HeldLease) async throws -> T
+        _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
         return try await withLease(
+            isolation: isolation,
             try await lock(), extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
             safetyMargin: safetyMargin, body
         )
     }
 
     /// Runs `body` while keeping an already acquired `lease` alive, then releases it: what
-    /// ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` does after acquiring,
+    /// ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` does after acquiring,
     /// with the same guarantees. Use it when the acquire needs its own policy (a deadline,
     /// ``tryLock()``).
     ///
@@ -62,12 +68,14 @@ extension DistributedLock {
     /// parameters, a lease of another lock) the lease is released too: the call owns it.
     ///
     /// - Parameters:
+    ///   - isolation: Where `body` runs, as for
+    ///     ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``.
     ///   - lease: A lease of this lock, from ``lock()``, ``tryLock()`` or a re-attach.
-    ///   - extendWhenRemaining: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///   - extendWhenRemaining: As for ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
     ///     default 1/3.
-    ///   - maximumHoldTime: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///   - maximumHoldTime: As for ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
     ///     default `nil`.
-    ///   - safetyMargin: As for ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
+    ///   - safetyMargin: As for ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
     ///     default `nil` (5 % of the expiry, 5–250 ms).
     ///   - onExtended: Called with each confirmed extension, before `body` can see it, e.g. to
     ///     move a deadline kept outside this process (as `redlock run` tells its watchdog). It
@@ -79,12 +87,13 @@ extension DistributedLock {
     ///   cancelled; `leaseExpired` for a lease with no validity left; `invalidConfiguration` for
     ///   invalid parameters or a lease of another lock.
     public func withLease<T: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
         _ lease: Lease,
         extendWhenRemaining: Double = 1.0 / 3.0,
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
         onExtended: @escaping @Sendable (Lease) -> Void = { _ in },
-        _ body: sending @escaping (HeldLease) async throws -> T
+        _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         let margin: Duration
         do {
@@ -108,8 +117,12 @@ extension DistributedLock {
         // The body runs in a task of its own, so that it can be cancelled alone when the lease is
         // lost; it is awaited before this call returns, and cancelled with the caller. (A task
         // rather than a child of the group below: the body is `sending`, so it may capture
-        // non-Sendable state, and only a task's operation can take it over.)
+        // non-Sendable state, and only a task's operation can take it over; and a task, unlike a
+        // child, can be isolated to the caller's actor.)
         let bodyTask = Task { () -> ScopeOutcome<T> in
+            // Capturing the isolated parameter isolates the task to the caller's actor, and the
+            // body (`nonisolated(nonsending)`) runs where its caller does.
+            _ = isolation
             do {
                 let value = try await body(held)
                 return .finished(.success(value), at: .now)

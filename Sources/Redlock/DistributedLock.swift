@@ -4,7 +4,7 @@ import RedlockTransport
 ///
 /// An immutable value: copy it and share it freely. Each successful ``lock()`` or
 /// ``tryLock()`` returns a ``Lease``; pass it to ``unlock(_:)`` or ``extend(_:)``, or use
-/// ``withLock(extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` to have all of that done for you.
+/// ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` to have all of that done for you.
 ///
 /// Cancelling the task that waits in ``lock()`` stops it promptly — also during a retry delay —
 /// with ``RedlockError/Code-swift.struct/cancelled``, after releasing whatever the interrupted

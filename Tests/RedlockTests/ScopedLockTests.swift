@@ -7,6 +7,29 @@ import Testing
 
 @Suite("Scoped locks with auto-extension")
 struct ScopedLockTests {
+    @Test("withLock's body runs where the caller runs: on the main actor for a main-actor caller, mutating its state; elsewhere off it")
+    func bodyRunsWithTheCaller() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("isolation", options: testOptions())
+            #expect(try await Self.onMainActor(lock) == 2)
+            // A caller on no actor: the body runs on no actor either.
+            let isolated = try await lock.withLock { _ in #isolation != nil }
+            #expect(!isolated)
+        }
+    }
+
+    /// Runs two scoped locks from the main actor; their bodies touch main-actor state unguarded.
+    @MainActor private static func onMainActor(_ lock: DistributedLock) async throws -> Int {
+        var counter = 0
+        for _ in 0..<2 {
+            try await lock.withLock { _ in
+                #expect(#isolation === MainActor.shared, "the body left the caller's actor")
+                counter += 1
+            }
+        }
+        return counter
+    }
+
     @Test("withLock keeps the lease alive past several expiries and releases it when the body returns")
     func extendsAndReleases() async throws {
         try await withLockNodes(3) { client, servers in
