@@ -85,9 +85,9 @@ extension DistributedLock {
         var plannedDelay = Duration.zero
         for attemptNumber in 0..<tries {
             let delayAfter = options.retryDelay.delay(afterFailedAttempts: attemptNumber + 1)
-            let next = prepareAttempt(request ?? acquireRequest(
-                value: value, queueEntry: (ticket, life: delayAfter + options.attemptBudget * 2 + .milliseconds(100))
-            ))
+            // A single attempt never enters the line (life 0): nothing would renew or leave it.
+            let entryLife = tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero
+            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: (ticket, life: entryLife)))
             if attemptNumber > 0 {
                 if let deadline, ContinuousClock.now >= deadline { break }
                 // Only a holder's release is worth hearing: not after nodes failed.
@@ -166,7 +166,10 @@ extension DistributedLock {
             let call = RedisScriptCall(
                 Scripts.acquireFair,
                 keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)] + (options.fencing ? [Scripts.fenceCounterKey] : []),
-                arguments: [value, expiryMilliseconds, String(queueEntry.ticket), String(queueEntry.life.millisecondsRoundedUp)]
+                arguments: [
+                    value, expiryMilliseconds, String(queueEntry.ticket),
+                    queueEntry.life > .zero ? String(queueEntry.life.millisecondsRoundedUp) : "0",
+                ]
             )
             return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
         }
@@ -225,9 +228,10 @@ extension DistributedLock {
         if options.fencing, grantedCount(votes) >= client.quorum {
             (fencingToken, fenceShortfall) = await fence(&votes, value: value)
         }
+        let wasCancelled = Task.isCancelled
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: Task.isCancelled, fenceShortfall: fenceShortfall
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }
@@ -237,7 +241,8 @@ extension DistributedLock {
         }
         // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
         // and the nodes are left free, where only the first in line is granted.
-        let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair)
+        // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
+        let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false))
         }
@@ -247,7 +252,9 @@ extension DistributedLock {
         switch code {
         case .taken, .noQuorum where fenceShortfall == nil:
             if Task.isCancelled { return .failure(cancelled("lock")) }
-            return .failure(RedlockError(code: code, lockName: name, message: message, nodes: code == .taken ? failures.filter { $0.cause == .taken } : failures))
+            // A fair lock's free node refuses too, all but the first in line.
+            let said = code == .taken && options.fair ? message + " (or kept for callers ahead in line)" : message
+            return .failure(RedlockError(code: code, lockName: name, message: said, nodes: code == .taken ? failures.filter { $0.cause == .taken } : failures))
         default:
             return .failure(RedlockError(code: code, lockName: name, message: message, nodes: failures))
         }

@@ -76,8 +76,9 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
-        /// Whether its handoff channel is too (a fair lock's).
+        /// Whether its handoff channel is too (a fair lock's), and whether a node confirmed that.
         var handoffsSubscribed = false
+        var handoffsConfirmed = false
         /// The last few values a fair release handed the lock to, for a waiter whose wait begins
         /// after the message came.
         var handedTo: [[UInt8]] = []
@@ -201,7 +202,11 @@ final class LocalCoordination: Sendable {
             RedisSubscriber(
                 configuration: node.configuration, eventLoop: node.eventLoop,
                 onSubscribed: { [weak self] channel in
-                    if let name = Scripts.lockName(ofReleaseChannel: channel) { self?.confirmed(name) }
+                    if let name = Scripts.lockName(ofReleaseChannel: channel) {
+                        self?.confirmed(name)
+                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                        self?.confirmed(name, handoffs: true)
+                    }
                 },
                 onMessage: { [weak self] channel, payload in
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
@@ -217,11 +222,21 @@ final class LocalCoordination: Sendable {
     /// A node confirmed the subscription of `name`. A release published before the first
     /// confirmation may have gone unheard, so that one counts as a release heard (a `lock()`
     /// whose attempt went out before it tries again at once) and wakes every waiter.
-    func confirmed(_ name: String) {
+    ///
+    /// The same holds for a fair lock's handoff channel (`handoffs`): a handoff published before
+    /// its first confirmation may have gone unheard.
+    func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
-            guard state.names[LockKey(name)]?.subscribed == true, state.names[LockKey(name)]?.confirmed == false else { return [] }
-            state.names[LockKey(name)]?.confirmed = true
-            state.names[LockKey(name)]?.generation &+= 1
+            guard var entry = state.names[LockKey(name)] else { return [] }
+            if handoffs {
+                guard entry.handoffsSubscribed, !entry.handoffsConfirmed else { return [] }
+                entry.handoffsConfirmed = true
+            } else {
+                guard entry.subscribed, !entry.confirmed else { return [] }
+                entry.confirmed = true
+            }
+            entry.generation &+= 1
+            state.names[LockKey(name)] = entry
             let waiters = state.names[LockKey(name)]?.waiters ?? []
             state.names[LockKey(name)]?.waiters = []
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
@@ -238,6 +253,7 @@ final class LocalCoordination: Sendable {
             let channels = [Scripts.releaseChannel(key.name)] + (entry.handoffsSubscribed ? [Scripts.handoffChannel(key.name)] : [])
             entry.subscribed = false
             entry.handoffsSubscribed = false
+            entry.handoffsConfirmed = false
             entry.confirmed = false
             entry.lingerUntil = nil
             entry.handedTo = []
@@ -267,7 +283,12 @@ final class LocalCoordination: Sendable {
                 // A release heard since `generation` is as good as one heard now, and so is a
                 // handoff to this caller heard before it began to wait.
                 guard let entry = state.names[key], entry.generation == generation else { return false }
-                if let bytes, entry.handedTo.contains(bytes) { return false }
+                // Used up: the same handoff heard from the other nodes, while this caller's
+                // claim was in flight, wakes it once more at most.
+                if let bytes, let index = entry.handedTo.firstIndex(of: bytes) {
+                    state.names[key]?.handedTo.remove(at: index)
+                    return false
+                }
                 state.names[key]?.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes))
                 return true
             }

@@ -118,15 +118,17 @@ enum Scripts {
     /// `KEYS[1]` lock name, `KEYS[2]` the name's queue (``queueKey(_:)``), `KEYS[3]` its entries'
     /// deadlines (``queueDeadlinesKey(_:)``), `KEYS[4]` the token counter (only when fenced),
     /// `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` the caller's ticket (its place in line:
-    /// its wall clock in µs when its `lock()` began), `ARGV[4]` how long its entry lives in ms.
+    /// its wall clock in µs when its `lock()` began), `ARGV[4]` how long its entry lives in ms, 0
+    /// for a single attempt (`tryLock()`), which never enters the line.
     ///
     /// The queue is a sorted set of waiting values by ticket; the deadlines, a sorted set of the
     /// same values by the node's `TIME` in ms past which an entry is dropped (a waiter that died);
     /// an entry without a deadline counts as dropped.
     /// Grants when the key holds the value (handed over by ``releaseFair``: `PEXPIRE`), or when
-    /// it is free and no live entry is ahead of the caller's ticket (`SET … PX`); either way the
-    /// caller leaves the queue. Otherwise it enters the queue (keeping its place when already
-    /// there), sets its entry's deadline, and returns 0. Granted is the new token when fenced
+    /// it is free and the caller is first in line, by the sorted set's order (ticket, then the
+    /// value's bytes) among live entries (`SET … PX`); either way the caller leaves the queue.
+    /// Otherwise it enters the queue (keeping its place when already there), sets its entry's
+    /// deadline, and returns 0. Granted is the new token when fenced
     /// (-2 when the counter is at its maximum), else 1. Both queue keys expire once their last
     /// entry would have: nothing is left behind. Needs Redis ≥ 5 (`TIME` before writes).
     static let acquireFair = RedisScript(
@@ -138,22 +140,23 @@ enum Scripts {
         local current = redis.call('GET', KEYS[1])
         if current ~= ARGV[1] then
             \(firstInLine)
-            local ahead = false
-            if current == false then
-                local head = firstInLine()
-                if head and head[1] ~= ARGV[1] then
-                    local score, mine = tonumber(head[2]), tonumber(ARGV[3])
-                    ahead = score < mine or (score == mine and head[1] < ARGV[1])
-                end
-            end
-            if current ~= false or ahead then
-                local ttl = tonumber(ARGV[4])
-                redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
-                redis.call('ZADD', deadlines, now + ttl, ARGV[1])
-                for _, key in ipairs({queue, deadlines}) do
-                    if redis.call('PTTL', key) < ttl then
-                        redis.call('PEXPIRE', key, ttl)
+            -- In line for this check (the sorted set decides the order, ties by value bytes);
+            -- a single attempt (no entry life) leaves again unless it was already in line.
+            local ttl = tonumber(ARGV[4])
+            local wasInLine = redis.call('ZSCORE', queue, ARGV[1])
+            redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
+            redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
+            local head = current == false and firstInLine()
+            if not (head and head[1] == ARGV[1]) then
+                if ttl > 0 then
+                    for _, key in ipairs({queue, deadlines}) do
+                        if redis.call('PTTL', key) < ttl then
+                            redis.call('PEXPIRE', key, ttl)
+                        end
                     end
+                elseif not wasInLine then
+                    redis.call('ZREM', queue, ARGV[1])
+                    redis.call('ZREM', deadlines, ARGV[1])
                 end
                 return 0
             end

@@ -89,6 +89,110 @@ struct FairLockTests {
         }
     }
 
+    /// One command on `server`, on a connection of its own.
+    private func send(_ arguments: String..., to server: RedisServer) async throws -> RedisValue {
+        let connection = RedisConnection(configuration: server.configuration())
+        defer { Task { await connection.shutdown() } }
+        return try await connection.send(RedisCommand(arguments))
+    }
+
+    /// How many `EVALSHA` calls `server` has run.
+    private func scriptCalls(on server: RedisServer) async throws -> Int {
+        let info = try await send("INFO", "commandstats", to: server).string ?? ""
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_evalsha:calls=") {
+            return Int(line.dropFirst("cmdstat_evalsha:calls=".count).prefix { $0.isNumber }) ?? 0
+        }
+        return 0
+    }
+
+    @Test("tryLock() never enters the line: a failed one leaves no entry behind, a waiter after it gets the release, and a tryLock() loop succeeds once the lock is free")
+    func tryLockDoesNotQueue() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let holder = try client.makeLock("fair-try", options: patient())
+                let lease = try await holder.lock()
+                let trying = try other.makeLock("fair-try", options: patient())
+                for _ in 0..<5 { await #expect(throws: RedlockError.self) { try await trying.tryLock() } }
+                for server in servers {
+                    let entries = try await send("ZRANGE", "redlock:queue:fair-try", "0", "-1", "WITHSCORES", to: server)
+                    #expect(entries == .array([]), "\(entries)")
+                }
+                let waiter = try other.makeLock("fair-try", options: patient())
+                let waiting = Task { try await waiter.lock() }
+                #expect(await eventually(within: .seconds(5)) { other.waitingLockCalls(for: "fair-try") == 1 })
+                let released = ContinuousClock.now
+                try await holder.unlock(lease)
+                let next = try await waiting.value
+                #expect(released.duration(to: .now) < .seconds(2), "handed to a tryLock() that was gone")
+                try await waiter.unlock(next)
+                // Free now: the first tryLock() gets it.
+                try await trying.unlock(try await trying.tryLock())
+                #expect(try await leftovers(on: servers) == [])
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a handoff heard from every node while the claim is in flight wakes the waiter once more at most: it does not spin when the claim fails")
+    func handoffHeardOnce() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let holder = try client.makeLock("fair-spin", options: patient())
+                let lease = try await holder.lock()
+                var options = patient(.milliseconds(500))
+                options.value = .fixed("W")
+                let waiter = try other.makeLock("fair-spin", options: options)
+                let waiting = Task { try await waiter.lock(timeout: .seconds(30)) }
+                #expect(await eventually(within: .seconds(5)) { other.waitingLockCalls(for: "fair-spin") == 1 })
+                // A handoff that did not happen (the holder still holds): each claim fails.
+                let before = try await scriptCalls(on: servers[0])
+                for server in servers { _ = try await send("PUBLISH", "redlock:handoff:fair-spin", "W", to: server) }
+                try await Task.sleep(for: .milliseconds(1_500))
+                let calls = try await scriptCalls(on: servers[0]) - before
+                // About one attempt per 500 ms retry delay, a few more for the wake-ups; spinning
+                // makes thousands.
+                #expect(calls < 20, "\(calls) scripts in 1.5 s")
+                try await holder.unlock(lease)
+                try await waiter.unlock(try await waiting.value)
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a waiter cancelled while its claim is in flight passes the lock on to the next in line")
+    func cancelledClaimPassesOn() async throws {
+        try await withLockNodes(3) { client, servers in
+            let others = try (0..<2).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
+            try await withTeardown {
+                for round in 0..<6 {
+                    let name = "fair-cancel-\(round)"
+                    let holder = try client.makeLock(name, options: patient())
+                    let lease = try await holder.lock()
+                    let first = try others[0].makeLock(name, options: patient())
+                    let cancelled = Task { try await first.lock() }
+                    #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: name) == 1 })
+                    let second = try others[1].makeLock(name, options: patient())
+                    let next = Task { try await second.lock() }
+                    #expect(await eventually(within: .seconds(5)) { others[1].waitingLockCalls(for: name) == 1 })
+                    let released = ContinuousClock.now
+                    try await holder.unlock(lease)
+                    cancelled.cancel()
+                    if let won = try? await cancelled.value { try await first.unlock(won) }
+                    let lease2 = try await next.value
+                    #expect(released.duration(to: .now) < .seconds(3), "round \(round): the lock sat \(released.duration(to: .now))")
+                    try await second.unlock(lease2)
+                }
+                #expect(try await leftovers(on: servers) == [])
+            } teardown: {
+                for other in others { await other.shutdown() }
+            }
+        }
+    }
+
     @Test("48 contenders in 4 clients, 20 ms holds, default retry delays: nobody gives up, and the longest wait is at most twice the mean")
     func fairness() async throws {
         try await withLockNodes(5) { client, servers in
