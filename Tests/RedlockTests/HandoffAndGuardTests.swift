@@ -61,6 +61,7 @@ struct HandoffAndGuardTests {
                 // published before a node confirmed the subscription goes unheard. The same name
                 // again: the subscription lingers from the last round, so the waiter listens
                 // before its first attempt.
+                var afterRelease: [Duration] = []
                 for round in 0..<40 {
                     let name = round < 20 ? "missed-\(round)" : "missed-again"
                     let holder = try client.makeLock(name, options: testOptions())
@@ -69,13 +70,17 @@ struct HandoffAndGuardTests {
                     let started = ContinuousClock.now
                     let waiting = Task { try await waiter.lock() }
                     try await Task.sleep(for: .microseconds(Int64.random(in: 0...1_000)))
+                    let releasing = ContinuousClock.now
                     try await holder.unlock(lease)
                     let next = try await waiting.value
+                    afterRelease.append(releasing.duration(to: .now))
                     // A release missed costs the 20 s delay; heard (or found by the retry that
                     // follows the subscription's confirmation) it takes milliseconds.
                     #expect(started.duration(to: .now) < .seconds(10), "round \(round): \(started.duration(to: .now))")
                     try await waiter.unlock(next)
                 }
+                afterRelease.sort()
+                print("missed-release rounds: from the release to the waiter's lock() returning, median \(afterRelease[20]), max \(afterRelease[39])")
             } teardown: {
                 await other.shutdown()
             }
