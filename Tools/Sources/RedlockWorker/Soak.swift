@@ -47,6 +47,9 @@ struct Soak: AsyncParsableCommand {
     @Flag(name: .customLong("no-guards"), help: "Run the workers without the epoch and clock guards (the data and clock faults then break exclusion).")
     var noGuards = false
 
+    @Flag(help: "Run the workers with a fair lock (no guards: only process and network faults).")
+    var fair = false
+
     func validate() throws {
         guard acquisitions > 0, processes >= 2, nodes >= 3, maximumMinutes > 0 else {
             throw ValidationError("need acquisitions > 0, at least 2 processes and 3 nodes, and a positive time limit")
@@ -102,7 +105,7 @@ struct Soak: AsyncParsableCommand {
                     "--connect-timeout-ms", "100", "--command-timeout-ms", "300",
                     "--hold-max-ms", "2", "--retry-min-ms", "2", "--retry-max-ms", "20", "--extend-every", "4", "--fencing",
                     "--parent-pid", String(getpid()), "--max-seconds", String(maximumMinutes * 60 + 60),
-                ] + (noGuards ? [] : ["--epoch-guard-ms", String(expiryMilliseconds), "--clock-guard"]),
+                ] + (noGuards || fair ? [] : ["--epoch-guard-ms", String(expiryMilliseconds), "--clock-guard"]) + (fair ? ["--fair"] : []),
                 readyMarker: "ready pid="
             ))
         }
@@ -148,14 +151,21 @@ struct Soak: AsyncParsableCommand {
     }
 
     /// The fault kinds `--faults` names, or every kind.
+    /// The faults a fair lock (which runs without the guards) is expected to withstand.
+    private static let faultsWithoutGuards: [NodeFault] = NodeFault.processFaults + [.networkDelay, .networkStall, .networkReset]
+
     private func chosenFaults() throws -> [NodeFault] {
-        guard let faults else { return NodeFault.allCases }
-        return try faults.split(separator: ",").map { name in
+        guard let faults else { return fair ? Self.faultsWithoutGuards : NodeFault.allCases }
+        let chosen = try faults.split(separator: ",").map { name in
             guard let fault = NodeFault(rawValue: String(name)) else {
                 throw ValidationError("unknown fault \"\(name)\"; known: \(NodeFault.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return fault
         }
+        if fair, let guarded = chosen.first(where: { !Self.faultsWithoutGuards.contains($0) }) {
+            throw ValidationError("a fair lock runs without the guards: \(guarded.rawValue) would break exclusion; choose among \(Self.faultsWithoutGuards.map(\.rawValue).joined(separator: ", "))")
+        }
+        return chosen
     }
 
     private func read(_ logs: [String]) throws -> [Acquisition] {
@@ -173,7 +183,7 @@ struct Soak: AsyncParsableCommand {
             "| | |",
             "| --- | --- |",
             "| result | \(passed ? "passed" : "FAILED") |",
-            "| guards | \(noGuards ? "off" : "epochGuard 1 s, clockGuard") |",
+            "| guards | \(noGuards || fair ? "off" : "epochGuard 1 s, clockGuard")\(fair ? "; a fair lock" : "") |",
             "| nodes, processes | \(nodes) nodes (append-only, fsync always, each behind a fault proxy), \(processes) worker processes, one lock, fencing, expiry 1 s |",
             "| acquisitions | \(acquisitions.count) (per process \(perProcess.map(String.init).joined(separator: ", "))), \(String(format: "%.0f", Double(acquisitions.count) / max(seconds, 1)))/s |",
             "| empty (lease ran out before use) | \(acquisitions.filter(\.isEmpty).count) |",
