@@ -317,12 +317,19 @@ public final class RedisServer: Sendable, CustomStringConvertible {
     /// - Parameter keepingData: With `false` the directory is emptied first, so even an AOF
     ///   server starts with no keys. With `true` an ``Persistence/appendOnlyFsyncAlways`` server
     ///   reloads every acknowledged write; a ``Persistence/none`` server has nothing to reload.
+    ///   Either way a server with the clock shim keeps its clock (``setClock(rate:offset:)``).
     public func restart(keepingData: Bool) async throws {
         await kill()
         if !keepingData {
             removeDirectory()
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             Self.liveDirectories.withLock { _ = $0.insert(directory) }
+            // The data goes, the clock stays where it was: its control file went with the
+            // directory, and without it the shim would run the clock back to the real one.
+            if clockShim != nil {
+                let (rate, offset) = clock.withLock { $0 }
+                try setClock(rate: rate, offset: offset)
+            }
         }
         try await launch()
     }

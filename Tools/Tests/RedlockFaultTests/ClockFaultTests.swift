@@ -72,6 +72,14 @@ extension FaultTests {
                 try await Task.sleep(for: .milliseconds(5))
                 #expect(try await fast.value(of: "j") == nil, "a step of 20 s expires a 10 s key")
                 #expect(try await honest.value(of: "j") == "v")
+
+                // A restart without data takes the data, not the clock: still 40 s ahead.
+                try await fast.restart(keepingData: false)
+                let restarted = try RedlockClient(nodes: [fast.configuration()])
+                let after = await restarted.audit(for: try restarted.makeLock("k")).first?.clockOffset
+                await restarted.shutdown()
+                let afterSeconds = after.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                #expect(afterSeconds.map { abs($0 - 40) < 1 } == true, "TIME offset after the restart \(String(describing: after)), expected about +40 s")
             }
         }
 
