@@ -84,7 +84,7 @@ public final class HelperProcess: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Everything the helper wrote to stdout and stderr so far (its first 64 KiB).
+    /// Everything the helper wrote to stdout and stderr so far (its first and its last 32 KiB).
     public var output: String { process.log }
 
     /// Whether the helper has exited and been reaped.

@@ -340,7 +340,7 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         removeDirectory()
     }
 
-    /// The server's log so far (its first 64 KiB).
+    /// The server's log so far (its first and its last 32 KiB).
     public var log: String {
         current.withLock { $0?.log ?? "" }
     }

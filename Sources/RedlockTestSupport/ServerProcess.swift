@@ -19,9 +19,33 @@ final class ServerProcess: Sendable {
     }
 
     private struct State {
-        var log = ""
+        /// The output's first 32 KiB (what explains a failed start), and its last 32 KiB after
+        /// that (how it ended), with the count of bytes left out between them.
+        var head = ""
+        var tail: [UInt8] = []
+        var omitted = 0
         /// The raw `waitpid` status once reaped; signals are only sent before.
         var exitStatus: Int32?
+
+        static let part = 32 * 1024
+
+        mutating func append(_ bytes: ArraySlice<UInt8>) {
+            if head.utf8.count < Self.part {
+                head += String(decoding: bytes, as: UTF8.self)
+                return
+            }
+            tail += bytes
+            if tail.count > Self.part {
+                let excess = tail.count - Self.part
+                tail.removeFirst(excess)
+                omitted += excess
+            }
+        }
+
+        var log: String {
+            let end = String(decoding: tail, as: UTF8.self)
+            return omitted == 0 ? head + end : head + "\n[… \(omitted) bytes left out …]\n" + end
+        }
     }
 
     let pid: pid_t
@@ -77,11 +101,9 @@ final class ServerProcess: Sendable {
             }
             if count < 0, errno == EINTR { continue }
             if count <= 0 { break }
-            let text = String(decoding: buffer[0..<count], as: UTF8.self)
             let ready: Bool = state.withLock { state in
-                // Keep the log bounded: the start is what explains a failed start.
-                if state.log.utf8.count < 64 * 1024 { state.log += text }
-                return state.log.contains(readyMarker)
+                state.append(buffer[0..<count])
+                return state.head.contains(readyMarker)
             }
             if ready { readiness.fire(.ready) }
         }
@@ -113,7 +135,7 @@ final class ServerProcess: Sendable {
     /// The raw `waitpid` status once the process has been reaped, else nil.
     var exitStatus: Int32? { state.withLock { $0.exitStatus } }
 
-    /// The log collected so far (bounded to its first 64 KiB).
+    /// The log collected so far: its first 32 KiB and its last 32 KiB.
     var log: String { state.withLock { $0.log } }
 
     /// Sends a signal unless the process has already been reaped (so a reused pid is never hit).

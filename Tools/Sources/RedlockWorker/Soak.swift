@@ -133,7 +133,7 @@ struct Soak: AsyncParsableCommand {
             _ = await worker.waitUntilExited()
             summaries.append(
                 worker.output.split(separator: "\n").last { $0.contains("done acquisitions=") }.map(String.init)
-                    ?? "its summary line is not in the first 64 KiB of its output"
+                    ?? "its summary line is not in the last 32 KiB of its output"
             )
         }
         let acquisitions = try read(logs)
