@@ -85,8 +85,9 @@ public struct DistributedLock: Sendable {
 
     /// Releases the lease on every node (compare-and-delete: keys holding another value are left
     /// alone), hands the lock to the longest-waiting `lock()` of this client if there is one, and
-    /// otherwise, with ``LockOptions/fastHandoff``, announces the release to other processes. Returns
-    /// once a quorum deleted; the remaining deletes are still sent.
+    /// otherwise, with ``LockOptions/fastHandoff``, announces the release to other processes. A
+    /// fair lock's (``LockOptions/fair``) hands it on each node to the first in line, in whatever
+    /// process. Returns once a quorum deleted; the remaining deletes are still sent.
     ///
     /// Runs to completion even when the calling task is cancelled.
     ///

@@ -12,15 +12,18 @@ import Synchronization
 ///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
 ///   (its *generation*), so a release in this process that lands while an attempt is in flight
 ///   is never missed.
-/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:)``) with its next
-///   attempt prepared. The release wakes the longest-waiting waiter only: in this process the
-///   releaser sends that attempt right behind its deletes (``handOff(_:release:)``); from
+/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:)``) with its
+///   next attempt prepared. The release wakes the longest-waiting waiter only: in this process
+///   the releaser sends that attempt right behind its deletes (``handOff(_:release:)``); from
 ///   another process the subscriber's thread sends it as the message is read
 ///   (``announce(_:release:)``). Either way the waiter is resumed once, when its votes are in.
-/// - With fast handoff a waiting name is subscribed to on every node (``listen(_:)``). Until a
-///   node confirmed the subscription a release elsewhere could go unheard, so the first
-///   confirmation counts as a release heard and wakes every waiter for one more attempt. The subscription outlives the last waiter by
-///   ``subscriptionLinger``: a process that contends again soon listens before its first attempt.
+/// - A fair lock's release names the waiter it handed the lock to; only that waiter wakes
+///   (``handedOff(_:to:)``).
+/// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffs:)``).
+///   Until a node confirmed the subscription a release elsewhere could go unheard, so the first
+///   confirmation counts as a release heard and wakes every waiter for one more attempt. The
+///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
+///   again soon listens before its first attempt.
 /// - ``enterGate(_:giveUpAt:)``/``tryEnterGate(_:)`` queue single-flight callers first come,
 ///   first served; the gate passes on at ``leaveGate(_:value:)`` or when its holder's lease ran
 ///   out (``gateHolder(_:)``).
