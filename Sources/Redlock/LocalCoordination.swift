@@ -20,7 +20,7 @@ import Synchronization
 /// - A fair lock's release names the waiter it handed the lock to; only that waiter wakes
 ///   (``handedOff(_:to:)``).
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffs:)``).
-///   Until a node confirmed the subscription a release elsewhere could go unheard, so the first
+///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation counts as a release heard and wakes every waiter for one more attempt. The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
@@ -79,14 +79,11 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
-        /// Whether its handoff channel is too (a fair lock's), and whether a node confirmed that.
+        /// Whether its handoff channel is too (a fair lock's).
         var handoffsSubscribed = false
-        var handoffsConfirmed = false
         /// The last few values a fair release handed the lock to, for a waiter whose wait begins
         /// after the message came.
         var handedTo: [[UInt8]] = []
-        /// Whether a node confirmed the subscription.
-        var confirmed = false
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
         var gate: Gate?
@@ -222,26 +219,22 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// A node confirmed the subscription of `name`. A release published before the first
-    /// confirmation may have gone unheard, so that one counts as a release heard (a `lock()`
-    /// whose attempt went out before it tries again at once) and wakes every waiter.
-    ///
-    /// The same holds for a fair lock's handoff channel (`handoffs`): a handoff published before
-    /// its first confirmation may have gone unheard.
+    /// A node confirmed the subscription of `name` (its release channel, or with `handoffs` a
+    /// fair lock's handoff channel). Until a node has processed the `SUBSCRIBE`, a release there
+    /// goes unheard — and a node may process it after a release that came in on another
+    /// connection, or subscribe again after a lost connection. So every confirmation counts as
+    /// a release heard: a `lock()` whose last attempt went out before it tries again at once
+    /// (every waiter is woken). Then, for each node where that attempt found the lock taken,
+    /// either the node's confirmation came before the attempt was sent — its `SUBSCRIBE` was
+    /// processed before the attempt, so the release that frees it comes after and is heard — or
+    /// the confirmation came after and triggers another attempt.
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
-            guard var entry = state.names[LockKey(name)] else { return [] }
-            if handoffs {
-                guard entry.handoffsSubscribed, !entry.handoffsConfirmed else { return [] }
-                entry.handoffsConfirmed = true
-            } else {
-                guard entry.subscribed, !entry.confirmed else { return [] }
-                entry.confirmed = true
-            }
+            guard var entry = state.names[LockKey(name)], handoffs ? entry.handoffsSubscribed : entry.subscribed else { return [] }
             entry.generation &+= 1
+            let waiters = entry.waiters
+            entry.waiters = []
             state.names[LockKey(name)] = entry
-            let waiters = state.names[LockKey(name)]?.waiters ?? []
-            state.names[LockKey(name)]?.waiters = []
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
@@ -256,8 +249,6 @@ final class LocalCoordination: Sendable {
             let channels = [Scripts.releaseChannel(key.name)] + (entry.handoffsSubscribed ? [Scripts.handoffChannel(key.name)] : [])
             entry.subscribed = false
             entry.handoffsSubscribed = false
-            entry.handoffsConfirmed = false
-            entry.confirmed = false
             entry.lingerUntil = nil
             entry.handedTo = []
             state.names[key] = entry.isUnused ? nil : entry
@@ -269,7 +260,7 @@ final class LocalCoordination: Sendable {
     }
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
-    /// woken), the subscription is first confirmed, `timeout` passes, or the task is cancelled,
+    /// woken), a node confirms the subscription, `timeout` passes, or the task is cancelled,
     /// whichever comes first. Call while acquiring.
     ///
     /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
