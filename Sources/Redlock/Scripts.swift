@@ -145,7 +145,9 @@ enum Scripts {
             local ttl = tonumber(ARGV[4])
             local wasInLine = redis.call('ZSCORE', queue, ARGV[1])
             redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
-            redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
+            if ttl > 0 or not wasInLine then
+                redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
+            end
             local head = current == false and firstInLine()
             if not (head and head[1] == ARGV[1]) then
                 if ttl > 0 then
