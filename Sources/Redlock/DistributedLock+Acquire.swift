@@ -82,25 +82,33 @@ extension DistributedLock {
         // the attempt after the next wait; other locks send the same request every time.
         let ticket = options.fair ? Self.ticket() : 0
         let request = options.fair ? nil : acquireRequest(value: value, queueEntry: nil)
-        var plannedDelay = Duration.zero
+        // The delay drawn for the wait after the last attempt; a fair lock draws it before the
+        // attempt (its entry must outlive that wait), other locks only when they wait.
+        var plannedDelay: Duration?
         for attemptNumber in 0..<tries {
-            let delayAfter = options.retryDelay.delay(afterFailedAttempts: attemptNumber + 1)
-            // A single attempt never enters the line (life 0): nothing would renew or leave it.
-            let entryLife = tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero
-            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: (ticket, life: entryLife)))
+            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
+            var drawn: Duration?
+            var queueEntry: (ticket: Int64, life: Duration)?
+            if options.fair {
+                let delayAfter = options.retryDelay.delay(afterFailedAttempts: attemptNumber + 1)
+                drawn = delayAfter
+                // A single attempt never enters the line (life 0): nothing would renew or leave it.
+                queueEntry = (ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
+            }
+            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry))
             if attemptNumber > 0 {
-                if let deadline, ContinuousClock.now >= deadline { break }
                 // Only a holder's release is worth hearing: not after nodes failed.
                 if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
                     coordination.listen(name, handoffs: options.fair)
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
-                let delay = retryDelay(plannedDelay, after: lastError, woken: chance.woken, deadline: deadline)
+                let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
+                let delay = retryDelay(planned, after: lastError, woken: chance.woken, deadline: deadline)
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil
                 )
             }
-            plannedDelay = delayAfter
+            plannedDelay = drawn
             // An attempt sent for this task must run to its end (clean-up included), even when
             // the task is cancelled.
             if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }

@@ -115,14 +115,7 @@ public struct DistributedLock: Sendable {
         )
         let sentAt = ContinuousClock.now
         client.send(release, then: handedOver)
-        if let claimed {
-            if let round = handedOver?.round {
-                // The waiter wakes once its attempt has its votes: one task hop, not two.
-                round.whenFinished { claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt) }
-            } else {
-                claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
-            }
-        }
+        claimed?.resume(sentAt: sentAt)
         let votes = await client.votes(of: release, cancellable: false)
         client.noteRefusedAnnouncements(in: votes)
         if grantedCount(votes) >= client.quorum {

@@ -115,6 +115,16 @@ final class LocalCoordination: Sendable {
         let continuation: UnsafeContinuation<Void, Never>
         /// The waiter's next attempt, to send for it.
         let next: PreparedFanOut?
+
+        /// Resumes the waiter: once its votes are in when its attempt was sent at `sentAt`
+        /// (one task hop, not two), at once when it has none to send.
+        func resume(sentAt: ContinuousClock.Instant) {
+            guard let round = next?.round else {
+                waiter.resume(continuation, handedOverAt: nil)
+                return
+            }
+            round.whenFinished { waiter.resume(continuation, handedOverAt: sentAt) }
+        }
     }
 
     private struct State {
@@ -346,13 +356,9 @@ final class LocalCoordination: Sendable {
     /// Sends a claimed waiter's prepared attempt, if any, and resumes it once its votes are in
     /// (at once without one).
     private func send(_ claimed: Claimed) {
-        guard let next = claimed.next else {
-            claimed.waiter.resume(claimed.continuation, handedOverAt: nil)
-            return
-        }
         let sentAt = ContinuousClock.now
-        sender.send(next)
-        next.round.whenFinished { claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt) }
+        if let next = claimed.next { sender.send(next) }
+        claimed.resume(sentAt: sentAt)
     }
 
     // MARK: - Single-flight gates

@@ -77,7 +77,7 @@ extension RedisServer {
     /// (connect timeout 500 ms, command timeout 2 s).
     /// - Throws: `RedisError` naming this node when it does not answer or answers an error.
     public func value(of key: String) async throws -> String? {
-        try await send(RedisCommand("GET", key)).string
+        try await run(RedisCommand("GET", key)).string
     }
 
     /// Sets `key` to `value` with `SET` over a connection of its own (connect timeout 500 ms,
@@ -88,14 +88,14 @@ extension RedisServer {
     public func set(_ key: String, to value: String, expiry: Duration? = nil) async throws {
         var arguments = ["SET", key, value]
         if let expiry { arguments += ["PX", String((expiry.wholeNanoseconds + 999_999) / 1_000_000)] }
-        _ = try await send(RedisCommand(arguments))
+        _ = try await run(RedisCommand(arguments))
     }
 
     /// Deletes every key of every database with `FLUSHALL` over a connection of its own: the
     /// data loss of an operator's mistake, without a restart.
     /// - Throws: `RedisError` naming this node when it does not answer or refuses.
     public func flushAll() async throws {
-        _ = try await send(RedisCommand("FLUSHALL"))
+        _ = try await run(RedisCommand("FLUSHALL"))
     }
 
     /// Sends `PING` over a connection of its own (connect timeout 500 ms); returns when the node
@@ -104,13 +104,18 @@ extension RedisServer {
     /// - Throws: `RedisError` naming this node when it does not answer within `timeout`, answers
     ///   an error, or answers something else than `PONG` (`protocolError`).
     public func ping(timeout: Duration = .seconds(2)) async throws {
-        let reply = try await send(RedisCommand("PING"), commandTimeout: timeout)
+        let reply = try await run(RedisCommand("PING"), commandTimeout: timeout)
         guard reply == .simpleString("PONG") else {
             throw RedisError(code: .protocolError, endpoint: endpoint, message: "PING answered \(reply)")
         }
     }
 
-    private func send(_ command: RedisCommand, commandTimeout: Duration = .seconds(2)) async throws -> RedisValue {
+    /// Sends `command` over a connection of its own (connect timeout 500 ms, closed after the
+    /// reply), e.g. to read or seed the library's own keys in a test.
+    /// - Parameter commandTimeout: How long the reply may take; default 2 s.
+    /// - Returns: The node's reply.
+    /// - Throws: `RedisError` naming this node when it does not answer or answers an error.
+    package func run(_ command: RedisCommand, commandTimeout: Duration = .seconds(2)) async throws -> RedisValue {
         let connection = RedisConnection(configuration: configuration(connectTimeout: .milliseconds(500), commandTimeout: commandTimeout))
         do {
             let reply = try await connection.send(command)

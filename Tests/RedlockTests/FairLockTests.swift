@@ -14,10 +14,7 @@ struct FairLockTests {
     private func leftovers(on servers: [RedisServer]) async throws -> [String] {
         var keys: [String] = []
         for server in servers {
-            let connection = RedisConnection(configuration: server.configuration())
-            let reply = try await connection.send(RedisCommand("KEYS", "*"))
-            await connection.shutdown()
-            if case let .array(items) = reply { keys += items.compactMap(\.string) }
+            if case let .array(items) = try await server.run(RedisCommand("KEYS", "*")) { keys += items.compactMap(\.string) }
         }
         return keys
     }
@@ -91,9 +88,7 @@ struct FairLockTests {
 
     /// One command on `server`, on a connection of its own.
     private func send(_ arguments: String..., to server: RedisServer) async throws -> RedisValue {
-        let connection = RedisConnection(configuration: server.configuration())
-        defer { Task { await connection.shutdown() } }
-        return try await connection.send(RedisCommand(arguments))
+        try await server.run(RedisCommand(arguments))
     }
 
     /// How many `EVALSHA` calls `server` has run.
