@@ -36,6 +36,17 @@
  *   HANDOFF_CLAIM_RESETS=0|1        1: the claim resets the expiry (PEXPIRE),
  *                                   as the script does; 0: it counts the
  *                                   handed key as it stands
+ *   CLOCK_GAIN                      ticks by which node clocks may run ahead
+ *                                   of true time beyond the drift bound in a
+ *                                   run, one tick at a time, at any moment
+ *                                   (a fast clock or a step; default 0)
+ *   CLOCK_GUARD=0|1                 the clock guard (LockOptions.clockGuard):
+ *                                   an acquire reply carries the node's
+ *                                   clock; a client that read the node before
+ *                                   and sees it ran ahead since refuses the
+ *                                   node's votes for clockHoldOffTicks
+ *   CLOCK_HISTORY=0|1               1 (default): every client has read every
+ *                                   node before the run; 0: client 1 has not
  */
 
 /* ------------------------------------------------------------------ sizes */
@@ -122,6 +133,18 @@
 #ifndef HANDOFF_CLAIM_RESETS
 #define HANDOFF_CLAIM_RESETS 1
 #endif
+#ifndef CLOCK_GAIN
+#define CLOCK_GAIN 0
+#endif
+#ifndef CLOCK_GUARD
+#define CLOCK_GUARD 0
+#endif
+#ifndef clockHoldOffTicks
+#define clockHoldOffTicks expiry    /* epochGuard, else expiry: the max expiry */
+#endif
+#ifndef CLOCK_HISTORY
+#define CLOCK_HISTORY 1
+#endif
 /* may client c's acquire take node x's key?  A fair lock's also when a
  * release handed it to c (or c's own earlier attempt left it there) */
 #if HANDOFF_QUEUE
@@ -171,6 +194,9 @@ byte maxFence;        /* ghost: the highest counter any node ever reached;
                        * assumed to exceed it (Models/README.md)            */
 #endif
 byte crashes;
+#if CLOCK_GAIN
+byte gains;           /* ticks the node clocks have gained so far          */
+#endif
 
 /* ------------------------------------------------------------ client state */
 byte net[NC * N];     /* request in flight, client c -> node x             */
@@ -186,6 +212,12 @@ bool holds[NC];       /* acquired and not yet released                     */
 #ifdef CHECK_FENCE
 byte maxToken;        /* highest token of any successful acquisition       */
 #endif
+#if CLOCK_GUARD
+byte clk[NC * N];     /* client c's readings of node x's clock: 0 = none;
+                       * 1 = read, no gain since; 2 = the node's clock has
+                       * gained since c's last reading                      */
+byte refused[NC * N]; /* ticks left during which c refuses x's votes        */
+#endif
 
 #define inBudget(c)  (rt[c] <= attemptBudget + 1)   /* elapsed <= budget   */
 #define timedOut(c)  (rt[c] >  attemptBudget + 1)
@@ -197,17 +229,62 @@ byte maxToken;        /* highest token of any successful acquisition       */
 #define votes(x) true
 #endif
 
+/* slot i's reply counts as a success */
+inline granted(c, i, counter) {
+  rsp[i] = OK; okc[c]++; pnd[c]--;
+  if    /* token = max of the counters the ok nodes returned */
+  :: counter > tok[c] -> tok[c] = counter
+  :: else -> skip
+  fi
+}
+
+#if CLOCK_GUARD
+/* Client c reads node x's clock in an acquire reply (slot i).  A gain
+ * since c's previous reading shows (the assumption: a gain beyond the drift
+ * bound exceeds the guard's allowance, README); the node is then refused
+ * for clockHoldOffTicks from this reading on.  A first reading judges
+ * nothing.                                                                */
+inline readClock(i) {
+  if
+  :: clk[i] == 2 -> refused[i] = clockHoldOffTicks;
+       printf("MSC: client %d: node %d's clock ran ahead: refused\n", i / N, i % N)
+  :: else -> skip
+  fi;
+  clk[i] = 1
+}
+#define trusted(i) (refused[i] == 0)
+#endif
+
+/* the reply of node x to an acquire of client c: with the clock guard,
+ * the reply's reading is judged first, and a node not trusted refuses */
+inline acquireReply(c, x, i, success, counter) {
+#if CLOCK_GUARD
+  if
+  :: rsp[i] == PEND ->
+       if
+       :: true ->
+            readClock(i);
+            if
+            :: (success) && trusted(i) -> granted(c, i, counter)
+            :: else -> rsp[i] = FAIL; pnd[c]--
+            fi
+#if REPLY_LOSS
+       :: (success) -> rsp[i] = FAIL; pnd[c]--    /* no reply, no reading */
+#endif
+       fi
+  :: else -> skip
+  fi
+#else
+  reply(c, x, i, success, counter)
+#endif
+}
+
 /* the reply of node x to client c's current round */
 inline reply(c, x, i, success, counter) {
   if
   :: rsp[i] == PEND ->
        if
-       :: (success) ->
-            rsp[i] = OK; okc[c]++; pnd[c]--;
-            if    /* token = max of the counters the ok nodes returned */
-            :: counter > tok[c] -> tok[c] = counter
-            :: else -> skip
-            fi
+       :: (success) -> granted(c, i, counter)
        :: else -> rsp[i] = FAIL; pnd[c]--
 #if REPLY_LOSS
        /* executed, but the reply misses the budget or is lost: the
@@ -264,10 +341,10 @@ end:
                  fence[x] = maxFence + 1; maxFence = fence[x];
 #endif
                  printf("MSC: node %d: no epoch marker: made, vote refused\n", x);
-                 reply(c, x, slot(c, x), false, 0)
+                 acquireReply(c, x, slot(c, x), false, 0)
             :: epoch[x] > 0 && epoch[x] <= epochGuardTicks ->
                  printf("MSC: node %d: epoch marker too young, vote refused\n", x);
-                 reply(c, x, slot(c, x), false, 0)
+                 acquireReply(c, x, slot(c, x), false, 0)
             :: epoch[x] > epochGuardTicks && claimable(x, c) ->
 #else
             :: claimable(x, c) ->
@@ -284,14 +361,14 @@ end:
                  printf("MSC: node %d: SET v%d ok (fence %d, expires in %d)\n", x, val[c], fence[x], ttl[x]);
                  /* restart guard: the acquire vote of a node up for less
                   * than restartGuard is refused (only the acquire round) */
-                 reply(c, x, slot(c, x), votes(x), fence[x])
+                 acquireReply(c, x, slot(c, x), votes(x), fence[x])
 #if EPOCH_GUARD
             :: epoch[x] > epochGuardTicks && !claimable(x, c) ->
 #else
             :: else ->
 #endif
                        printf("MSC: node %d: SET v%d taken\n", x, val[c]);
-                       reply(c, x, slot(c, x), false, 0)
+                       acquireReply(c, x, slot(c, x), false, 0)
             fi
        :: net[slot(c, x)] == RAISE ->
             if
@@ -500,10 +577,43 @@ end:
        for (c : 0 .. NC - 1) {
          if :: rem[c] > 0 -> rem[c]-- :: else -> skip fi;
          if :: erem[c] > 0 -> erem[c]-- :: else -> skip fi;
-         if :: rt[c] > 0 && rt[c] <= attemptBudget + 1 -> rt[c]++ :: else -> skip fi
+         if :: rt[c] > 0 && rt[c] <= attemptBudget + 1 -> rt[c]++ :: else -> skip fi;
+#if CLOCK_GUARD
+         for (x : 0 .. N - 1) {
+           if :: refused[slot(c, x)] > 0 -> refused[slot(c, x)]-- :: else -> skip fi
+         }
+         x = 0;
+#endif
        }
        c = 0
      }
+#if CLOCK_GAIN
+  :: atomic {      /* a node's clock gains a tick on true time (runs fast or
+                    * steps forward): its key expires a tick sooner        */
+       gains < CLOCK_GAIN ->
+       gains++;
+       select(x : 0 .. N - 1);
+       printf("MSC: node %d: clock gains a tick\n", x);
+       if
+       :: ttl[x] > 1 -> ttl[x]--
+       :: ttl[x] == 1 -> ttl[x] = 0; key[x] = 0;
+          printf("MSC: node %d: key expired\n", x)
+       :: else -> skip
+       fi;
+#if EPOCH_GUARD
+       if   /* the marker's age is the node's clock too */
+       :: epoch[x] > 0 && epoch[x] <= epochGuardTicks -> epoch[x]++
+       :: else -> skip
+       fi;
+#endif
+#if CLOCK_GUARD
+       for (c : 0 .. NC - 1) {
+         if :: clk[slot(c, x)] == 1 -> clk[slot(c, x)] = 2 :: else -> skip fi
+       }
+       c = 0;
+#endif
+       x = 0 }
+#endif
 #if RESTART_LOSES_DATA || RESTART_GUARD
   :: atomic {      /* a node crashes and restarts */
        crashes < MAX_CRASHES ->
@@ -555,6 +665,14 @@ init {
 #endif
 #if EPOCH_GUARD
       epoch[x] = epochGuardTicks + 1;   /* every marker is old at the start */
+#endif
+#if CLOCK_GUARD
+      /* the clients have read every node before (client 1 has not, when
+       * CLOCK_HISTORY is 0) */
+      for (c : 0 .. NC - 1) {
+        clk[slot(c, x)] = ((CLOCK_HISTORY || c != 1) -> 1 : 0)
+      }
+      c = 0;
 #endif
     }
     run Environment();

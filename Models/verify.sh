@@ -11,7 +11,7 @@
 #
 # Environment: JOBS (parallel verifiers, default 2), PAN_MEMLIM_MB (per verifier, default
 # 6144: the fenced epoch-guard searches need about 5 GiB), KEEP_TRAILS=<dir> (copy
-# counterexample trails there).
+# counterexample trails there), ONLY=<regex> (only the configurations whose name matches).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,9 +34,15 @@ no_data="-DRESTART_LOSES_DATA=1"
 guard="-DRESTART_LOSES_DATA=1 -DRESTART_GUARD=1"
 flush="-DDATA_LOSS_FLUSH=1"
 epoch="-DEPOCH_GUARD=1 -DTRIES_OTHERS=2"   # a second try, so a refused vote can come back
+gain="-DCLOCK_GAIN=2"                      # node clocks gain 2 ticks beyond the drift bound
+retry="-DTRIES=2 -DMAX_EXTENDS=0 -DREPLY_LOSS=0"  # a refused vote can come back on the retry
+extend="-DTRIES=1 -DMAX_EXTENDS=1 -DREPLY_LOSS=0" # an extend, which does not read the clock
+clock_guard="-DCLOCK_GUARD=1"
 
 # name | property | expect | -D macros   (longest first, so two jobs finish together)
 configs=(
+  "clock-gain-guard-retry-n3|mutex|holds|-DN=3 $gain $clock_guard $retry -DCOLLAPSE"
+  "clock-gain-guard-extend-n3|mutex|holds|-DN=3 $gain $clock_guard $extend -DCOLLAPSE"
   "safe-n3|mutex|holds|-DN=3 $full"
   "restart-guard-n3|mutex|holds|-DN=3 $guard $small"
   "safe-n3|fence|holds|-DN=3 $fence_full"
@@ -59,6 +65,12 @@ configs=(
   "no-drift-allowance-n3|mutex|violated|-DN=3 -DVALIDITY_ALLOWANCE=0 $full"
   "fast-clock-n5|mutex|violated|-DN=5 $fast $small"
   "fast-clock-n5|fence|violated|-DN=5 $fast $small"
+  "clock-gain-guard-n3|fence|holds|-DN=3 $gain $clock_guard $small"
+  "clock-gain-guard-n3|mutex|holds|-DN=3 $gain $clock_guard $small"
+  "clock-gain-no-guard-n3|mutex|violated|-DN=3 $gain $small"
+  "clock-gain-no-guard-n3|fence|violated|-DN=3 $gain $small"
+  "clock-gain-guard-new-client-n3|mutex|violated|-DN=3 $gain $clock_guard -DCLOCK_HISTORY=0 $small"
+  "clock-gain-short-guard-n3|mutex|violated|-DN=3 $gain $clock_guard -DclockHoldOffTicks=1 $retry"
 )
 
 # run_one <index> <name> <property> <expect> <macros>: writes $work/<index>.line
@@ -75,7 +87,10 @@ run_one() {
     cd "$dir"
     # shellcheck disable=SC2086  # macros are a word list on purpose
     spin -a $check $macros redlock.pml >spin.out 2>&1
-    gcc -O2 -w -DSAFETY -DMEMLIM="$memlim" -o pan pan.c >gcc.out 2>&1
+    # -DCOLLAPSE among the macros also compresses pan's state store (lossless: still exhaustive)
+    collapse=""
+    [[ " $macros " == *" -DCOLLAPSE "* ]] && collapse=-DCOLLAPSE
+    gcc -O2 -w -DSAFETY -DMEMLIM="$memlim" ${collapse:+"$collapse"} -o pan pan.c >gcc.out 2>&1
     ./pan -m20000 -w25 >pan.out 2>&1 || true
   ) || { echo "model: $name property=$prop expect=$expect result=build-error states=0 depth=0 time=0" >"$work/$idx.line"; echo fail >"$work/$idx.status"; return 0; }
 
@@ -119,6 +134,7 @@ start=$(date +%s)
 running=0
 for i in "${!configs[@]}"; do
   IFS='|' read -r name prop expect macros <<<"${configs[$i]}"
+  if [[ -n ${ONLY:-} && ! $name =~ $ONLY ]]; then continue; fi
   run_one "$i" "$name" "$prop" "$expect" "$macros" &
   running=$((running + 1))
   if ((running >= jobs)); then
@@ -131,6 +147,8 @@ wait || true
 passed=0
 failed=0
 for i in "${!configs[@]}"; do
+  IFS='|' read -r name _ <<<"${configs[$i]}"
+  if [[ -n ${ONLY:-} && ! $name =~ $ONLY ]]; then continue; fi
   cat "$work/$i.line"
   if [[ $(cat "$work/$i.status" 2>/dev/null) == pass ]]; then
     passed=$((passed + 1))
