@@ -221,7 +221,8 @@ extension DistributedLock {
             budget: options.attemptBudget,
             returnWhenDecided: options.failFast,
             confirm: request.confirm,
-            clockCheck: options.clockGuard ? clockCheck() : nil
+            clockCheck: options.clockGuard ? clockCheck() : nil,
+            replicaWait: replicaWait
         )
     }
 
@@ -271,11 +272,22 @@ extension DistributedLock {
     /// The fencing round of an attempt a quorum granted: the token is the largest granted, and
     /// the counters are raised to it (``raiseFence(to:value:on:)``). Nodes that refuse the round
     /// replace their votes; returns the token, or what to say when too few nodes took it.
+    ///
+    /// The nodes that did not grant get the token as a floor at the same time, without waiting
+    /// for them (``Scripts/raiseFloor``): a node that was young, taken or slow then no longer
+    /// holds a counter below a token a quorum issued. So when a node of this round's quorum
+    /// later loses its data and seeds its counter from a clock behind the one that issued the
+    /// token, a quorum that includes any node reached here still issues a larger token.
     private func fence(_ votes: inout [Vote?], value: String) async -> (token: Int64?, shortfall: String?) {
         let token = votes.compactMap { vote -> Int64? in
             if case let .granted(token)? = vote { return token }
             return nil
         }.max() ?? 0
+        let others = votes.indices.filter { votes[$0]?.isGranted != true }
+        if !others.isEmpty {
+            let floor = RedisScriptCall(Scripts.raiseFloor, keys: [Scripts.fenceCounterKey], arguments: [String(token)])
+            client.send(client.prepareFanOut(floor, order: others, budget: options.attemptBudget, returnWhenDecided: false))
+        }
         let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
         if grantedCount(raised) >= client.quorum { return (token, nil) }
         for index in votes.indices where raised[index].map({ !$0.isGranted }) ?? false { votes[index] = raised[index] }
@@ -306,6 +318,8 @@ extension DistributedLock {
     /// token while the key is still ours, so every later acquire's INCR on a shared node exceeds it.
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
-        return await client.fanOut(call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast)
+        return await client.fanOut(
+            call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait
+        )
     }
 }

@@ -160,7 +160,8 @@ public struct DistributedLock: Sendable {
         )
         let start = ContinuousClock.now
         let votes = await client.fanOut(
-            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
+            replicaWait: replicaWait
         )
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
@@ -177,6 +178,12 @@ public struct DistributedLock: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// The `WAIT` behind each acquire, fencing raise and extend
+    /// (``LockOptions/replicaAcknowledgements``); nil when the lock does not wait for replicas.
+    var replicaWait: ReplicaWait? {
+        ReplicaWait(count: options.replicaAcknowledgements, budget: options.attemptBudget)
+    }
 
     /// The lease an operation from `start` to `end` that reached a quorum yields, or nil when
     /// the elapsed time and drift allowance leave no validity.

@@ -37,7 +37,9 @@ public struct LockOptions: Sendable {
     /// Whether each acquire also yields a fencing token (``Lease/fencingToken``) that is strictly
     /// greater than the token of every earlier acquisition of the same name, as long as no node
     /// loses its data (with ``epochGuard``, also across a loss that takes the node's epoch marker).
-    /// Costs a second round trip per acquire. The default is `false`.
+    /// Costs a second round trip per acquire: it raises the nodes that granted to the token and
+    /// checks the key is still ours there; the nodes that answered but did not grant get the token
+    /// as a floor in the same moment, unawaited. The default is `false`.
     public var fencing: Bool = false
     /// When set, a node's vote counts only once the node has been up for at least this long, so a
     /// node that restarted without its data (and forgot the lock) cannot grant it to a second
@@ -51,9 +53,11 @@ public struct LockOptions: Sendable {
     /// and refuses its vote (``NodeFailure/Cause/epochTooYoung``) until the marker is this old, so
     /// that no lease the node might have held before the loss can still be valid when it votes
     /// again. With ``fencing``, a new marker also raises the node's fencing counter to the node's
-    /// time in microseconds, so tokens keep increasing across the loss — as long as no node's
-    /// clock was ahead of the one that seeds by more than the tokens issued since (a node clock
-    /// set back, or nodes whose clocks disagree, can seed below an earlier token). A node whose
+    /// time in microseconds, so tokens keep increasing across the loss. A seed can be below an
+    /// earlier token (a node clock set back, or nodes whose clocks disagree); the fencing round
+    /// raises every node that answered to the token, the ones that did not grant too, so that
+    /// matters only when the later quorum's other nodes were all out of reach when that token
+    /// was issued. A node whose
     /// clock is behind the latest time it showed refuses (``NodeFailure/Cause/clockWentBack``).
     ///
     /// The check runs inside the acquire script: no extra round trip and no `INFO` permission;
@@ -62,7 +66,7 @@ public struct LockOptions: Sendable {
     /// measured by the node's clock, which ``clockGuard`` watches. It does not catch a loss that
     /// keeps the marker: one key evicted or deleted by hand, the last writes before a crash lost
     /// by `appendfsync everysec` (``restartGuard`` catches that one), or a replica promoted with
-    /// the marker but without the lock key. Set it to at least the longest expiry any holder of
+    /// the marker but without the lock key (``replicaAcknowledgements`` catches that one). Set it to at least the longest expiry any holder of
     /// these nodes uses; it must be at least ``expiry``. A node's first acquire waits this long.
     /// The default is `nil` (no check).
     public var epochGuard: Duration? = nil
@@ -87,6 +91,26 @@ public struct LockOptions: Sendable {
     /// (`EVALSHA`) instead of `SET NX`, and needs `+time` and `~redlock:epoch`. The default is
     /// `false`.
     public var clockGuard: Bool = false
+    /// How many replicas of each node must acknowledge an acquire's or an extend's write before
+    /// the node's vote counts. The default is 0 (no wait).
+    ///
+    /// For nodes that are masters with replicas behind a failover (Sentinel, a managed service):
+    /// replication is asynchronous, so a replica promoted in its master's place may not have the
+    /// lock key, forget the lease and grant the lock to a second holder. With `n` here, each
+    /// acquire and extend is followed on the same connection by `WAIT n timeout` (the timeout:
+    /// half of the ``attemptBudget``, at least 1 ms), and a node's grant counts only
+    /// when `n` replicas acknowledged it — the key, its expiry, and the fencing counter and epoch
+    /// marker written by the same script. A failover to one of those replicas keeps the lease.
+    ///
+    /// It does not make replication synchronous (Redis's `WAIT` documentation says the same): a
+    /// failover that promotes a replica that did not acknowledge — one of more replicas than
+    /// `n`, or one that lost the write in a restart of its own — can still lose the key. Set it
+    /// to the number of replicas the failover may choose from. A node with fewer replicas
+    /// connected refuses every vote after the timeout
+    /// (``NodeFailure/Cause/notReplicated(acknowledged:required:)``); a replica answering in the
+    /// master's place refuses with `WAIT`'s error. Needs `+wait`. The script then goes as `EVAL`
+    /// with its body, since a command follows it on the connection.
+    public var replicaAcknowledgements: Int = 0
     /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`
     /// subscribes to it (one subscriber connection per node and client), so that it retries as
     /// soon as a release in *another process* is announced instead of sleeping out its retry
@@ -140,7 +164,8 @@ public struct LockOptions: Sendable {
         clockGuard: Bool = false,
         fastHandoff: Bool = true,
         singleFlight: Bool = false,
-        fair: Bool = false
+        fair: Bool = false,
+        replicaAcknowledgements: Int = 0
     ) {
         self.expiry = expiry
         self.acquireTimeout = acquireTimeout
@@ -159,6 +184,7 @@ public struct LockOptions: Sendable {
         self.fastHandoff = fastHandoff
         self.singleFlight = singleFlight
         self.fair = fair
+        self.replicaAcknowledgements = replicaAcknowledgements
     }
 
     /// The time budget of one attempt: ``expiry`` × ``timeoutFactor``.
@@ -187,6 +213,9 @@ public struct LockOptions: Sendable {
         }
         if let epochGuard, epochGuard.millisecondsRoundedUp > Int64(Int32.max) {
             throw fail("epochGuard \(epochGuard) is too long")
+        }
+        guard replicaAcknowledgements >= 0 else {
+            throw fail("replicaAcknowledgements must not be negative, got \(replicaAcknowledgements)")
         }
         if fair, epochGuard != nil || clockGuard {
             throw fail("a fair lock is not combined with epochGuard or clockGuard")

@@ -58,7 +58,7 @@ extension RedlockClient {
     /// only a caveat when `lock`'s ``LockOptions/restartGuard`` is at least its expiry);
     /// eviction (any policy but `noeviction` with a memory limit can evict lock keys, which carry
     /// a TTL); role (a replica answers writes with READONLY; a master with replicas can lose a key
-    /// on failover); cluster mode (Redlock wants independent masters); distinct servers (one
+    /// on failover, unless ``LockOptions/replicaAcknowledgements`` covers every replica); cluster mode (Redlock wants independent masters); distinct servers (one
     /// server listed twice, under two addresses, has the same `run_id` and would vote twice);
     /// version; the permissions `lock` needs (``checkNodes(for:)``); and the node's clock offset
     /// from this machine (`TIME`).
@@ -71,7 +71,8 @@ extension RedlockClient {
             for (index, node) in nodes.enumerated() {
                 // The guard covers a restart without data only when it lasts at least the expiry.
                 let guarded = lock.options.restartGuard.map { $0 >= lock.options.expiry } ?? false
-                group.addTask { await Self.audit(node, index: index, restartGuard: guarded) }
+                let acknowledgements = lock.options.replicaAcknowledgements
+                group.addTask { await Self.audit(node, index: index, restartGuard: guarded, acknowledgements: acknowledgements) }
             }
             var audits: [NodeAudit] = []
             for await audit in group { audits.append(audit) }
@@ -101,7 +102,7 @@ extension RedlockClient {
         return audits
     }
 
-    private static func audit(_ node: RedisConnection, index: Int, restartGuard: Bool) async -> NodeAudit {
+    private static func audit(_ node: RedisConnection, index: Int, restartGuard: Bool, acknowledgements: Int) async -> NodeAudit {
         let endpoint = node.configuration.endpoint
         var audit = NodeAudit(node: index, endpoint: endpoint, checks: [])
         let info: [String: String]
@@ -164,10 +165,16 @@ extension RedlockClient {
 
         // Role.
         switch (info["role"], info["connected_slaves"].flatMap { Int($0) }) {
+        case ("master"?, let replicas?) where replicas > 0 && acknowledgements >= replicas:
+            audit.checks.append(AuditCheck(
+                name: "role", verdict: .pass,
+                detail: "master with \(replicas) replicas; a grant counts once \(acknowledgements) acknowledged it (replicaAcknowledgements)"
+            ))
         case ("master"?, let replicas?) where replicas > 0:
             audit.checks.append(AuditCheck(
                 name: "role", verdict: .warn,
                 detail: "master with \(replicas) replicas: a failover can promote one that lacks a lock key"
+                    + " (replicaAcknowledgements is \(acknowledgements); set it to the replicas a failover may promote)"
             ))
         case ("master"?, _):
             audit.checks.append(AuditCheck(name: "role", verdict: .pass, detail: "independent master"))

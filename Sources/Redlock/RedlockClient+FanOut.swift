@@ -1,5 +1,36 @@
 import Logging
 import RedlockTransport
+import Synchronization
+
+/// The `WAIT` that follows each node's command when a grant counts only once replicas
+/// acknowledged it (``LockOptions/replicaAcknowledgements``).
+struct ReplicaWait: Sendable, Equatable {
+    /// How many replicas must acknowledge.
+    let count: Int
+    /// How long the node waits for them: half of `budget`, at least 1 ms (Redis notices a
+    /// blocked client's timeout up to a server tick — 100 ms at the default `hz` — late).
+    let timeoutMilliseconds: Int64
+
+    /// The wait for `count` replicas within an attempt of `budget`; nil when `count` is 0.
+    init?(count: Int, budget: Duration) {
+        guard count > 0 else { return nil }
+        self.count = count
+        timeoutMilliseconds = max(1, (budget / 2).millisecondsRoundedUp)
+    }
+
+    var command: RedisCommand { RedisCommand("WAIT", String(count), String(timeoutMilliseconds)) }
+
+    /// The vote of a node whose command granted `granted`, once its `WAIT` answered `result`.
+    func vote(after granted: Vote, _ result: Result<RedisValue, RedisError>, endpoint: RedisEndpoint) -> Vote {
+        switch result {
+        case let .success(.integer(acknowledged)) where acknowledged >= count: granted
+        case let .success(.integer(acknowledged)): .refused(.notReplicated(acknowledged: Int(acknowledged), required: count))
+        case let .success(reply):
+            .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "WAIT returned \(reply)")))
+        case let .failure(error): .refused(failure: error, endpoint: endpoint)
+        }
+    }
+}
 
 /// A fan-out made ready but not sent yet: its round and the command for each node it asks,
 /// whose replies become votes in the round. Send it once with ``RedlockClient/send(_:then:)``,
@@ -19,13 +50,18 @@ final class PreparedFanOut: Sendable {
     private let health: NodeHealth
     /// The clock guard's check of each reply, when the command returns the node's `TIME`.
     let clockCheck: ClockCheck?
+    /// The `WAIT` behind each node's command, when grants count only once replicated.
+    let replicaWait: ReplicaWait?
+    /// Grants held until their node's `WAIT` answers, by node.
+    private let awaitingReplicas = Mutex<[Int: Vote]>([:])
 
     init(
         round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
-        clockCheck: ClockCheck? = nil
+        clockCheck: ClockCheck? = nil,
+        replicaWait: ReplicaWait? = nil
     ) {
         self.round = round
         self.command = command
@@ -36,9 +72,11 @@ final class PreparedFanOut: Sendable {
         self.confirm = confirm
         self.health = health
         self.clockCheck = clockCheck
+        self.replicaWait = replicaWait
     }
 
-    /// What takes node `index`'s reply: its vote, recorded in the round.
+    /// What takes node `index`'s reply: its vote, recorded in the round (a grant, when it waits
+    /// for replicas, once its `WAIT` answered).
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
             var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
@@ -48,25 +86,48 @@ final class PreparedFanOut: Sendable {
                 health.answered(index)
             case let .failure(error): health.failed(index, error)
             }
-            if case let .refused(cause) = vote, let error = cause.error {
-                health.logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
-            }
-            if let confirm, vote.isGranted {
-                Task { round.record(await confirm(index, vote), from: index) }
+            if replicaWait != nil, vote.isGranted {
+                awaitingReplicas.withLock { $0[index] = vote }
             } else {
-                round.record(vote, from: index)
+                count(vote, from: index)
             }
         }
     }
 
-    /// The command for node `index`, as a queued command.
-    func request(for index: Int) -> QueuedCommand {
-        clockCheck?.markSent()
-        return QueuedCommand(command, fallback: fallback, handler: handler(for: index))
+    /// What takes node `index`'s `WAIT` reply: the grant held for it counts, or becomes a
+    /// refusal. Nothing is held when the command did not grant.
+    private func replicationHandler(for index: Int, _ wait: ReplicaWait) -> RedisReplyHandler {
+        { [self] result in
+            guard let granted = awaitingReplicas.withLock({ $0.removeValue(forKey: index) }) else { return }
+            if case let .failure(error) = result { health.failed(index, error) }
+            count(wait.vote(after: granted, result, endpoint: health.endpoints[index]), from: index)
+        }
     }
 
-    /// Queues the command for node `index` on `node`.
+    /// Records node `index`'s final vote in the round (a grant through `confirm` first).
+    private func count(_ vote: Vote, from index: Int) {
+        if case let .refused(cause) = vote, let error = cause.error {
+            health.logger.debug("redlock node failed", metadata: ["node": "\(index)", "error": "\(error)"])
+        }
+        if let confirm, vote.isGranted {
+            Task { round.record(await confirm(index, vote), from: index) }
+        } else {
+            round.record(vote, from: index)
+        }
+    }
+
+    /// The commands for node `index`, as queued commands: the command, and its `WAIT` when
+    /// grants wait for replicas.
+    func requests(for index: Int) -> [QueuedCommand] {
+        clockCheck?.markSent()
+        let first = QueuedCommand(command, fallback: fallback, handler: handler(for: index))
+        guard let replicaWait else { return [first] }
+        return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
+    }
+
+    /// Queues the command (and its `WAIT`) for node `index` on `node`.
     func send(to node: RedisConnection, index: Int) {
+        guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
         node.send(command, fallback: fallback, handler: handler(for: index))
     }
@@ -94,12 +155,13 @@ extension RedlockClient {
         budget: Duration,
         returnWhenDecided: Bool,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
-        clockCheck: ClockCheck? = nil
+        clockCheck: ClockCheck? = nil,
+        replicaWait: ReplicaWait? = nil
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
             command: command, fallback: fallback, order: order, budget: budget,
-            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck
+            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait
         )
     }
 
@@ -129,9 +191,13 @@ extension RedlockClient {
         order: [Int],
         budget: Duration,
         returnWhenDecided: Bool,
-        cancellable: Bool = true
+        cancellable: Bool = true,
+        replicaWait: ReplicaWait? = nil
     ) async -> [Vote?] {
-        let prepared = prepareFanOut(call, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
+        let prepared = prepareFanOut(
+            call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget,
+            returnWhenDecided: returnWhenDecided, replicaWait: replicaWait
+        )
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)
     }
@@ -168,7 +234,7 @@ struct FanOutSender: Sendable {
     func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
         for index in first.order {
             if let second, second.order.contains(index) {
-                nodes[index].send([first.request(for: index), second.request(for: index)])
+                nodes[index].send(first.requests(for: index) + second.requests(for: index))
             } else {
                 first.send(to: nodes[index], index: index)
             }

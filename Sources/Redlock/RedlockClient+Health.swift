@@ -84,8 +84,11 @@ extension RedlockClient {
     /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), with
     /// ``LockOptions/restartGuard`` `INFO`, with ``LockOptions/epochGuard`` or
     /// ``LockOptions/clockGuard`` `TIME` and the epoch marker (`GET`, and `SET` when the marker
-    /// exists; the acquire script declares the marker either way). Run it at start-up to find a least-privilege user's
-    /// missing rule before the first lock does.
+    /// exists; the acquire script declares the marker either way), with
+    /// ``LockOptions/replicaAcknowledgements`` the lock's `WAIT` — reported as refused too when
+    /// fewer replicas than it asks for acknowledge the probe's writes in time, or the node is a
+    /// replica. Run it at start-up to
+    /// find a least-privilege user's missing rule before the first lock does.
     ///
     /// It writes nothing that outlives it: inside one script it sets the lock key with a
     /// random value only if the key is free (for 10 ms) and deletes it at once (when the lock is
@@ -127,6 +130,9 @@ extension RedlockClient {
                         }
                         if lock.options.restartGuard != nil {
                             checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node))
+                        }
+                        if let wait = lock.replicaWait {
+                            checks.append(await Self.checkReplicas(wait, on: node))
                         }
                         if !channel.isEmpty {
                             // A connection of its own: once subscribed it can do nothing else.
@@ -171,11 +177,24 @@ extension RedlockClient {
         return checks
     }
 
-    /// Sends `command`; a server error reply is the refusal, other errors are thrown.
-    private static func check(_ permission: String, _ command: RedisCommand, on node: RedisConnection) async -> NodePermissions.Check {
+    /// The lock's own `WAIT` after the probe's writes: fewer replicas acknowledging them in time
+    /// than it asks for is a refusal, as is `WAIT`'s error.
+    private static func checkReplicas(_ wait: ReplicaWait, on node: RedisConnection) async -> NodePermissions.Check {
+        await check("WAIT", wait.command, on: node) { reply in
+            let acknowledged = reply.integer ?? 0
+            guard acknowledged < wait.count else { return nil }
+            return "\(acknowledged) replicas acknowledged within \(wait.timeoutMilliseconds) ms, \(wait.count) required (replicaAcknowledgements)"
+        }
+    }
+
+    /// Sends `command`; a server error reply is the refusal (and any other error); with
+    /// `judge`, so is what it says of the reply.
+    private static func check(
+        _ permission: String, _ command: RedisCommand, on node: RedisConnection, judge: (RedisValue) -> String? = { _ in nil }
+    ) async -> NodePermissions.Check {
         do {
-            _ = try await node.send(command)
-            return .init(permission: permission, refusal: nil)
+            let reply = try await node.send(command)
+            return .init(permission: permission, refusal: judge(reply))
         } catch let error as RedisError where error.code == .serverError {
             return .init(permission: permission, refusal: error.message)
         } catch {

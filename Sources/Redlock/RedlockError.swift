@@ -114,6 +114,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case epochTooYoung
             case clockRanAhead(Duration)
             case clockWentBack
+            case notReplicated(acknowledged: Int, required: Int)
         }
 
         private let base: Base
@@ -146,6 +147,13 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         /// vote was refused.
         public static func clockRanAhead(by excess: Duration) -> Cause { Cause(.clockRanAhead(excess)) }
 
+        /// The node granted, but fewer of its replicas than ``LockOptions/replicaAcknowledgements``
+        /// acknowledged the write within the attempt's time (`WAIT`): a failover to a replica
+        /// without the key would forget the lease, so the vote was not counted.
+        public static func notReplicated(acknowledged: Int, required: Int) -> Cause {
+            Cause(.notReplicated(acknowledged: acknowledged, required: required))
+        }
+
         /// The node failed: refused, timed out, closed, answered an error or garbage.
         public static func error(_ error: RedisError) -> Cause { Cause(.error(error)) }
 
@@ -164,13 +172,20 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         var setNothing: Bool {
             switch base {
             case .taken, .missing, .fencingCounterExhausted, .epochTooYoung, .clockWentBack: true
-            case .error, .noAnswer, .recentlyRestarted, .clockRanAhead: false
+            case .error, .noAnswer, .recentlyRestarted, .clockRanAhead, .notReplicated: false
             }
         }
 
         /// How far the node's clock ran ahead, for a cause made by ``clockRanAhead(by:)``; else nil.
         public var clockExcess: Duration? {
             if case let .clockRanAhead(excess) = base { return excess }
+            return nil
+        }
+
+        /// How many of the node's replicas acknowledged the write, for a cause made by
+        /// ``notReplicated(acknowledged:required:)``; else nil.
+        public var replicasAcknowledged: Int? {
+            if case let .notReplicated(acknowledged, _) = base { return acknowledged }
             return nil
         }
 
@@ -191,6 +206,8 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
             case .clockWentBack: "its clock is behind the latest time it showed (it was set back); vote refused until it has passed that time"
             case let .clockRanAhead(excess): "its clock ran \(excess) ahead of this client's since it was last read (fast or stepped); vote refused"
+            case let .notReplicated(acknowledged, required):
+                "\(acknowledged) of its replicas acknowledged the write in time, \(required) required (WAIT); vote not counted"
             case .epochTooYoung: "its data epoch (redlock:epoch) is younger than the epoch guard: the node lost its data or is new; vote refused"
             }
         }

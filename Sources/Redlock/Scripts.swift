@@ -257,6 +257,19 @@ enum Scripts {
         """
     )
 
+    /// The fencing round's floor, for the nodes that did not grant. `KEYS[1]` the token counter,
+    /// `ARGV[1]` the token. Raises the counter to at least the token, whoever holds the lock
+    /// key: a counter only grows, so a higher one never breaks fencing. Returns 1.
+    static let raiseFloor = RedisScript(
+        """
+        local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if counter < tonumber(ARGV[1]) then
+            redis.call('SET', KEYS[1], ARGV[1])
+        end
+        return 1
+        """
+    )
+
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
     /// the value as the message, so that listeners count one release once), or empty. Returns 1
     /// when deleted, 2 when deleted but the announcement was refused (a user without channel

@@ -59,16 +59,17 @@ public final class FaultProxy: Sendable {
         var resetting = Set<Int32>()
         var stopped = false
         var accepted = 0
+        /// The node's port on 127.0.0.1.
+        var nodePort: Int
     }
 
     private let listener: Int32
-    private let nodePort: Int
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     private init(port: Int, listener: Int32, nodePort: Int) {
         self.port = port
         self.listener = listener
-        self.nodePort = nodePort
+        state = Mutex(State(nodePort: nodePort))
     }
 
     /// Starts a proxy to `node`, which must be `127.0.0.1:port`.
@@ -93,6 +94,20 @@ public final class FaultProxy: Sendable {
             state.fault = fault
             state.allowance = [:]
             if case let .cut(direction, bytes) = fault { state.allowance[direction] = bytes }
+        }
+    }
+
+    /// Points the proxy at another node from now on, as a failover moves a virtual address to
+    /// the promoted replica: every open connection is reset, new ones go to `node`, which must be
+    /// `127.0.0.1:port`.
+    /// - Throws: ``RedisServerError/noFreePort(_:)`` for a node that is not on 127.0.0.1.
+    public func retarget(to node: RedisEndpoint) throws {
+        guard node.host == "127.0.0.1", let nodePort = node.port else {
+            throw RedisServerError.noFreePort("a fault proxy forwards to 127.0.0.1 only, not \(node)")
+        }
+        state.withLock { state in
+            state.nodePort = nodePort
+            state.resetting.formUnion(state.links.keys)
         }
     }
 
@@ -144,7 +159,7 @@ public final class FaultProxy: Sendable {
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let node = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-            var address = Self.loopback(port: nodePort)
+            var address = Self.loopback(port: state.withLock { $0.nodePort })
             let connected = node >= 0 && withUnsafeMutablePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(node, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
             }

@@ -91,6 +91,32 @@ extension RedisServer {
         _ = try await run(RedisCommand(arguments))
     }
 
+    /// Starts a replica of this server and returns once it has synchronised: it acknowledged a
+    /// write (`WAIT`). Sets `repl-diskless-sync-delay` to 0 here first (by default a master waits
+    /// 5 s for more replicas before a full synchronisation). Terminate the replica when done.
+    ///
+    /// - Parameter port: The port on 127.0.0.1 the replica connects to for its master: a proxy's
+    ///   in front of this server (``FaultProxy``), to hold the replication stream back; the
+    ///   default is this server's own.
+    /// - Throws: What ``start(persistence:tls:arguments:clockShim:)`` throws, `RedisError` naming
+    ///   this node when it does not answer, ``RedisServerError/replicaNotSynchronised(masterPort:)``
+    ///   when the replica has not acknowledged within 10 s.
+    public func startReplica(through port: Int? = nil) async throws -> RedisServer {
+        _ = try await run(RedisCommand("CONFIG", "SET", "repl-diskless-sync-delay", "0"))
+        let replica = try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", String(port ?? self.port)])
+        do {
+            for _ in 0..<10 {
+                try await set("redlock-test:synchronised", to: "1", expiry: .seconds(60))
+                let acknowledged = try await run(RedisCommand("WAIT", "1", "1000"), commandTimeout: .seconds(2)).integer ?? 0
+                if acknowledged >= 1 { return replica }
+            }
+            throw RedisServerError.replicaNotSynchronised(masterPort: self.port)
+        } catch {
+            await replica.terminate()
+            throw error
+        }
+    }
+
     /// Deletes every key of every database with `FLUSHALL` over a connection of its own: the
     /// data loss of an operator's mistake, without a restart.
     /// - Throws: `RedisError` naming this node when it does not answer or refuses.

@@ -14,6 +14,9 @@ public enum RedisServerError: Error, Sendable, CustomStringConvertible {
     case clockShimMissing
     /// ``RedisServer/setClock(rate:offset:)`` with a rate that is not positive.
     case invalidClockRate(Double)
+    /// A replica (``RedisServer/startReplica(through:)``) did not acknowledge a write of its
+    /// master's within the time given.
+    case replicaNotSynchronised(masterPort: Int)
 
     /// A message naming the cause and, for a failed start, the tail of the server's log.
     public var description: String {
@@ -33,6 +36,8 @@ public enum RedisServerError: Error, Sendable, CustomStringConvertible {
             return "the server was started without a clock shim (RedisServer.start(clockShim:)); its clock cannot be set"
         case let .invalidClockRate(rate):
             return "a clock rate must be positive, got \(rate)"
+        case let .replicaNotSynchronised(masterPort):
+            return "a replica of redis-server on port \(masterPort) did not acknowledge a write within 10 s"
         }
     }
 }

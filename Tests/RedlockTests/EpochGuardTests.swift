@@ -96,6 +96,35 @@ struct EpochGuardTests {
         }
     }
 
+    @Test("a node that loses its data seeds its counter from a clock behind the one that issued the last token: a quorum with a node that refused that acquire still issues a larger token")
+    func seedBehindAnEarlierToken() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("floor", options: guarded(expiry: .milliseconds(300), guard: .milliseconds(300), fencing: true))
+            let settled = try await lock.lock()
+            try await lock.unlock(settled)
+            // Node 0's counter far ahead of the others', as after tokens issued from a clock
+            // that ran 10,000 s ahead; node 2 taken by someone else, so it does not grant.
+            let high = try #require(settled.fencingToken) + 10_000_000_000
+            try await servers[0].set("redlock:fence", to: String(high))
+            try await servers[2].set("floor", to: "someone else")
+            let first = try await lock.lock()
+            let firstToken = try #require(first.fencingToken)
+            #expect(firstToken > high)
+            try await lock.unlock(first)
+            _ = try await servers[2].run(RedisCommand("DEL", "floor"))
+            // Node 1, of that quorum, loses its data (its clock's seed is below the token), and
+            // node 0, the other one, is taken: the next quorum is {1, 2}.
+            try await servers[1].flushAll()
+            try await servers[0].set("floor", to: "someone else")
+            let second = try await lock.lock()
+            let secondToken = try #require(second.fencingToken)
+            print("fencing floor: tokens \(firstToken) → \(secondToken) across a data loss with a seed behind")
+            #expect(secondToken > firstToken, "the token went backwards: node 2 was not raised to the token it did not grant")
+            try await lock.unlock(second)
+            _ = try await servers[0].run(RedisCommand("DEL", "floor"))
+        }
+    }
+
     @Test(
         "a marker that is not two whole numbers (text, nan, inf, a float, a negative) is replaced and the node is young; a latest time in the future (the clock was set back) refuses until the clock passes it",
         arguments: ["not a number", "nan", "nan nan", "inf inf", "-5 -5", "1e3 1e3", "1700000000000"]

@@ -231,6 +231,36 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("replica acknowledgements under least privilege: without +wait the probe names WAIT and lock() fails at once, not retried, leaving no key; with it, a node without replicas is named by the probe")
+    func replicaAcknowledgementPermissions() async throws {
+        try await withRedisServers(3) { servers throws in
+            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "~acked"]
+            try await createUser("acked", rules: rule, on: servers)
+            let client = try RedlockClient(nodes: configurations(servers, user: "acked"))
+            var options = LockOptions(expiry: .milliseconds(500), acquireTimeout: .seconds(5), fastHandoff: false, replicaAcknowledgements: 1)
+            options.retryDelay = .constant(.milliseconds(5))
+            let lock = try client.makeLock("acked", options: options)
+
+            let refused = await client.checkNodes(for: lock)
+            #expect(refused.allSatisfy { $0.refused.map(\.permission) == ["WAIT"] }, "\(refused.map(\.result))")
+            #expect(refused.allSatisfy { $0.refused.first?.refusal?.contains("NOPERM") == true }, "\(refused.map(\.result))")
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            let took = started.duration(to: .now)
+            // Decided once two nodes refused for good (failFast): the third may be left out.
+            #expect((error?.nodes.count ?? 0) >= 2, "\(String(describing: error))")
+            #expect(error?.nodes.allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
+            #expect(took < .milliseconds(500), "retried a permanent refusal for \(took)")
+            // The script ran before WAIT was refused: its keys were released.
+            #expect(try await values(of: "acked", on: servers).allSatisfy { $0 == nil })
+
+            try await createUser("acked", rules: rule + ["+wait"], on: servers)
+            let noReplicas = await client.checkNodes(for: lock)
+            #expect(noReplicas.allSatisfy { $0.refused.first?.refusal?.hasPrefix("0 replicas acknowledged within") == true }, "\(noReplicas.map(\.result))")
+            await client.shutdown()
+        }
+    }
+
     @Test("the marker made read-only after it exists (%R~redlock:epoch): the probe names the refused scripts, and the guarded acquire's refusal is permanent, not retried, and leaves no key")
     func epochMarkerReadOnly() async throws {
         try await withRedisServers(3) { servers throws in

@@ -479,9 +479,56 @@ struct BenchSettings: Sendable {
             }
         }
 
+        // 7: acquires that wait for a replica's acknowledgement, against plain acquires on the same
+        // nodes with a replica each (started now: they would load every earlier phase's writes).
+        if let servers {
+            try Task.checkCancellation()
+            progress("Measuring acquires with a replica per node, with and without replicaAcknowledgements 1…")
+            rows += try await measureReplicated(connections, servers: servers, prefix: prefix)
+        }
+
         rows = ordered(rows)
         let machine = BenchMachine.current(redisServer: redisVersion, nodes: description, duration: duration, loadAverage: loadAverage)
         say(json ? BenchReport.json(rows: rows, machine: machine) : BenchReport.text(rows: rows, machine: machine, nodeCount: count))
+    }
+
+    /// The `replicated` acquire rows: a replica per node (started here, stopped afterwards), and
+    /// an uncontended acquire on all the nodes with and without ``LockOptions/replicaAcknowledgements``
+    /// 1, interleaved.
+    private func measureReplicated(_ connections: [RedisConnection], servers: [RedisServer], prefix: String) async throws -> [BenchRow] {
+        var replicas: [RedisServer] = []
+        return try await withTeardown {
+            for server in servers { replicas.append(try await server.startReplica()) }
+            let count = connections.count
+            let results = try await withClient(connections) { client in
+                let workloads = [
+                    [try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-replicated-base:\(count)")],
+                    [try BenchWorkloads.acquire(
+                        client: client, name: "\(prefix):acquire-replicated:\(count)", options: LockOptions(replicaAcknowledgements: 1)
+                    )],
+                ]
+                return try await watchdog("replicated acquires", expected: duration * 2) {
+                    try await BenchRunner.interleave(workloads, each: duration)
+                }
+            }
+            try check(results, "replicated acquires")
+            let base = results[0].microseconds(atPercentile: 50)
+            let acknowledged = results[1].microseconds(atPercentile: 50)
+            return [
+                BenchRow(
+                    scenario: "acquire", variant: "replicated-base", nodes: count, concurrency: 1, measurement: results[0],
+                    ratioToFloor: nil, ratioBasis: .latency, note: "a replica per node, no wait; interleaved with the replicated row"
+                ),
+                BenchRow(
+                    scenario: "acquire", variant: "replicated", nodes: count, concurrency: 1, measurement: results[1],
+                    ratioToFloor: nil, ratioBasis: .latency,
+                    note: "replicaAcknowledgements 1: WAIT behind each acquire"
+                        + (ratio(acknowledged, base).map { String(format: "; %.2f× replicated-base", $0) } ?? "")
+                ),
+            ]
+        } teardown: {
+            for replica in replicas { await replica.terminate() }
+        }
     }
 
     /// Runs `body` with a client over `connections` (which it does not own), then shuts the

@@ -11,7 +11,8 @@ struct Doctor: AsyncParsableCommand {
         (noeviction, or no memory limit); role (an independent master: a replica answers READONLY, \
         a master with replicas can lose a key on failover); cluster mode (off); distinct (the same \
         server listed twice under two addresses would vote twice); version; the permissions the \
-        lock's options need (scripts, the lock key, the fencing counter, the release channel, INFO); \
+        lock's options need (scripts, the lock key, the fencing counter, the release channel, INFO, \
+        WAIT); \
         and the node's clock offset from this machine.
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
@@ -35,12 +36,16 @@ struct Doctor: AsyncParsableCommand {
     @Flag(help: "Check without fast handoff (no release channel).")
     var noFastHandoff = false
 
+    @Option(help: "Check for grants that wait for this many replica acknowledgements (WAIT): the permission, the replicas connected, and a master's replicas are then covered.")
+    var replicaAcknowledgements = 0
+
     @Flag(help: "Print JSON: one object per node with its checks.")
     var json = false
 
     func run() async throws {
         var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? LockOptions().expiry : nil)
         options.fastHandoff = !noFastHandoff
+        options.replicaAcknowledgements = replicaAcknowledgements
         let (client, lock) = try makeLock(nodes: nodes, name: name, options: options)
         let audits = await client.audit(for: lock)
         await client.shutdown()
