@@ -117,6 +117,13 @@ extension RedisServer {
         }
     }
 
+    /// Makes this replica a master (`REPLICAOF NO ONE`), as a failover promotes it: it keeps
+    /// what it had received and nothing more.
+    /// - Throws: `RedisError` naming this node when it does not answer or refuses.
+    public func promote() async throws {
+        _ = try await run(RedisCommand("REPLICAOF", "NO", "ONE"))
+    }
+
     /// Deletes every key of every database with `FLUSHALL` over a connection of its own: the
     /// data loss of an operator's mistake, without a restart.
     /// - Throws: `RedisError` naming this node when it does not answer or refuses.

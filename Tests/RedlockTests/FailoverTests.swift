@@ -28,7 +28,7 @@ private struct ReplicatedNodes {
     func failOver(_ index: Int) async throws {
         await masters[index].kill()
         links[index].stop()   // what it held back is lost with the master
-        _ = try await replicas[index].run(RedisCommand("REPLICAOF", "NO", "ONE"))
+        try await replicas[index].promote()
         try proxies[index].retarget(to: replicas[index].endpoint)
     }
 }

@@ -60,9 +60,12 @@ struct Contend: AsyncParsableCommand {
     @Flag(help: "Make the lock fair: first come, first served across processes.")
     var fair = false
 
+    @Option(help: "Count a node's grant only once this many of its replicas acknowledged it (WAIT).")
+    var replicaAcknowledgements: Int = 0
+
     func validate() throws {
         guard holdMinMilliseconds >= 0, holdMaxMilliseconds >= holdMinMilliseconds, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
-              extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0
+              extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0, replicaAcknowledgements >= 0
         else { throw ValidationError("bad timing or count options") }
     }
 
@@ -99,7 +102,8 @@ struct Contend: AsyncParsableCommand {
             epochGuard: epochGuardMilliseconds.map { .milliseconds($0) },
             clockGuard: clockGuard,
             fastHandoff: !noFastHandoff,
-            fair: fair
+            fair: fair,
+            replicaAcknowledgements: replicaAcknowledgements
         )
         let lock = try client.makeLock(cluster.lock, options: options)
 

@@ -15,10 +15,13 @@ import Musl
 /// down, servers are killed and their directories removed — also when the test fails.
 final class Cluster: Sendable {
     let servers: [RedisServer]
+    /// `host:port,host:port,…` for the worker's `--nodes`: the servers', unless given.
+    let nodeList: String
     private let clients = Mutex<[RedlockClient]>([])
 
-    init(servers: [RedisServer]) {
+    init(servers: [RedisServer], nodeList: String? = nil) {
         self.servers = servers
+        self.nodeList = nodeList ?? servers.map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
     }
 
     /// A client over every node, connected already (unless `connect` is false) to the nodes
@@ -41,11 +44,6 @@ final class Cluster: Sendable {
             }
         }
         return client
-    }
-
-    /// `host:port,host:port,…` for the worker's `--nodes`.
-    var nodeList: String {
-        servers.map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
     }
 
     /// Resumes paused nodes and shuts every client down.
@@ -117,8 +115,8 @@ struct WorkerNotFound: Error, CustomStringConvertible {
 }
 
 /// Arguments every worker gets: the nodes, and the parent watch that ends it if we die.
-func workerArguments(_ mode: String, cluster: Cluster, lock: String, _ more: [String]) -> [String] {
-    [mode, "--nodes", cluster.nodeList, "--lock", lock, "--parent-pid", String(getpid()), "--max-seconds", "120"] + more
+func workerArguments(_ mode: String, cluster: Cluster, nodes: String? = nil, lock: String, _ more: [String]) -> [String] {
+    [mode, "--nodes", nodes ?? cluster.nodeList, "--lock", lock, "--parent-pid", String(getpid()), "--max-seconds", "120"] + more
 }
 
 /// Waits for a helper to exit, killing it if it takes longer than `limit`.

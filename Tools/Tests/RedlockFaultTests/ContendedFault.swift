@@ -44,7 +44,7 @@ struct ContendedFaultRun {
 }
 
 /// Four `redlock-worker contend` processes on the lock `lock` (with `arguments` on top of the
-/// nodes and the log); `rounds` times: waits for a holder (the key on node 0), `inflict`s the
+/// nodes and the log); `rounds` times: waits for a holder (the key on node `watched`), `inflict`s the
 /// fault under it, and waits `settle` for the lock to change hands. With `stopAtFirstOverlap`,
 /// stops at the first round after which the logs show overlapping critical sections. With
 /// `warmUp`, the first round waits until every worker has acquired once (so each has read every
@@ -52,7 +52,7 @@ struct ContendedFaultRun {
 /// exited cleanly.
 func contendUnderFault(
     cluster: Cluster, lock: String, arguments: [String], rounds: Int, stopAtFirstOverlap: Bool, settle: Duration,
-    warmUp: Bool = false, inflict: (Int) async throws -> Void
+    warmUp: Bool = false, watched: Int = 0, inflict: (Int) async throws -> Void
 ) async throws -> ContendedFaultRun {
     let worker = try workerExecutable()
     return try await withTemporaryDirectory { directory in
@@ -78,7 +78,7 @@ func contendUnderFault(
                 #expect(Set(try read().map(\.process)).count == logs.count, "not every worker acquired within 30 s")
             }
             while run.rounds < rounds {
-                let held = await waitForHolder(of: lock, on: cluster.servers[0], within: .seconds(10))
+                let held = await waitForHolder(of: lock, on: cluster.servers[watched], within: .seconds(10))
                 #expect(held, "nobody held the lock for 10 s")
                 guard held else { break }
                 try await inflict(run.rounds)
