@@ -79,8 +79,8 @@ public struct LockOptions: Sendable {
     /// (``NodeFailure/Cause/clockRanAhead(by:)``) for ``epochGuard`` (or, without it,
     /// ``expiry``) after the last reading that showed it, and for as long as its clock keeps
     /// running fast. The script itself refuses while the node's clock is behind the latest time
-    /// it showed (``NodeFailure/Cause/clockWentBack``): a key set then would expire early once the
-    /// clock is put right. A clock set back and left behind for longer than the step grants again
+    /// it showed (``NodeFailure/Cause/clockWentBack(by:)``, naming how far): a key set then
+    /// would expire early once the clock is put right. A clock set back and left behind for longer than the step grants again
     /// once it passes that time; its later correction forward is seen only by clients that read
     /// the node while it was behind.
     ///

@@ -101,8 +101,10 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
 
 /// What one node did instead of granting an operation.
 public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
-    /// Why the node did not grant. New causes may be added: compare with the static members,
-    /// and read ``error`` or ``uptime`` for the details of the two that carry them.
+    /// Why the node did not grant. New causes may be added: compare with the static members;
+    /// the causes that carry details are told by their accessors (``error``, ``uptime``,
+    /// ``clockExcess``, ``clockBehind``, ``replicasAcknowledged``), which are nil for every other
+    /// cause.
     public struct Cause: Sendable, Hashable, CustomStringConvertible {
         private enum Base: Sendable, Hashable {
             case taken
@@ -113,7 +115,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case fencingCounterExhausted
             case epochTooYoung
             case clockRanAhead(Duration)
-            case clockWentBack
+            case clockWentBack(Duration?)
             case notReplicated(acknowledged: Int, required: Int)
         }
 
@@ -139,7 +141,11 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         /// (``LockOptions/epochGuard`` or ``LockOptions/clockGuard``). It grants again once its
         /// clock has passed that time; an operator who knows the earlier time was wrong can
         /// delete `redlock:epoch` (the node is then young for the epoch guard).
-        public static let clockWentBack = Cause(.clockWentBack)
+        public static let clockWentBack = Cause(.clockWentBack(nil))
+
+        /// The same as ``clockWentBack``, with how far the node's clock is behind the latest time
+        /// it showed: the least time the refusal lasts (``clockBehind``).
+        public static func clockWentBack(by behind: Duration) -> Cause { Cause(.clockWentBack(behind)) }
 
         /// The node's wall clock ran ahead of this client's monotonic clock by `excess` (beyond
         /// the drift allowance) since the client last read it (``LockOptions/clockGuard``): it
@@ -176,6 +182,14 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             }
         }
 
+        /// How far the node's clock is behind the latest time it showed, for a cause made by
+        /// ``clockWentBack(by:)``; else nil. Every such refusal the library reports carries
+        /// the amount (the acquire script measures it), so this tells the cause.
+        public var clockBehind: Duration? {
+            if case let .clockWentBack(behind) = base { return behind }
+            return nil
+        }
+
         /// How far the node's clock ran ahead, for a cause made by ``clockRanAhead(by:)``; else nil.
         public var clockExcess: Duration? {
             if case let .clockRanAhead(excess) = base { return excess }
@@ -204,7 +218,8 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .noAnswer: "no answer within the attempt's time budget"
             case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
-            case .clockWentBack: "its clock is behind the latest time it showed (it was set back); vote refused until it has passed that time"
+            case let .clockWentBack(behind):
+                "its clock is \(behind.map { "\($0) " } ?? "")behind the latest time it showed (it was set back); vote refused until it has passed that time"
             case let .clockRanAhead(excess): "its clock ran \(excess) ahead of this client's since it was last read (fast or stepped); vote refused"
             case let .notReplicated(acknowledged, required):
                 "\(acknowledged) of its replicas acknowledged the write in time, \(required) required (WAIT); vote not counted"

@@ -60,7 +60,8 @@ enum Scripts {
     /// more write per acquire). Without a well-formed marker the script makes one; with
     /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
     /// counter to the node's time in µs. When `TIME` is below `HIGHEST` the node's clock went
-    /// back: it returns -4 and sets nothing, until the clock is past `HIGHEST` again (a key set
+    /// back: it returns -4 with how far behind, in ms (`{-4, ms}`, or the time reply with the ms
+    /// as a fourth element) and sets nothing, until the clock is past `HIGHEST` again (a key set
     /// while the clock is behind would expire early once it is put right). While the marker is
     /// younger than the epoch guard it returns -3, touching nothing but `HIGHEST`. Otherwise it
     /// is the acquire: 0 when taken; granted is the new token when fenced (-2 when the counter
@@ -69,9 +70,12 @@ enum Scripts {
     static let acquireGuarded = RedisScript(
         """
         local time = redis.call('TIME')
-        local function reply(code)
+        local function reply(code, behind)
             if ARGV[5] == '1' then
-                return {code, tonumber(time[1]), tonumber(time[2])}
+                return {code, tonumber(time[1]), tonumber(time[2]), behind}
+            end
+            if behind then
+                return {code, behind}
             end
             return code
         end
@@ -97,7 +101,7 @@ enum Scripts {
             epoch, highest = now, now
         end
         if now < highest then
-            return reply(-4)
+            return reply(-4, highest - now)
         end
         if now > highest then
             redis.call('SET', KEYS[2], string.format('%.0f %.0f', epoch, now))

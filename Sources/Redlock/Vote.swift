@@ -40,17 +40,22 @@ enum Vote: Sendable, Equatable {
     /// The vote of an acquire script (``Scripts/acquireFenced``, ``Scripts/acquireGuarded``): a
     /// token ≥ 1 granted (1 when not fenced), 0 taken, -2 counter exhausted, -3 data epoch too
     /// young.
-    /// -4 the node's clock is behind the latest time it showed.
+    /// -4 the node's clock is behind the latest time it showed, by the ms that follow the code
+    /// (`{-4, ms}`, or `{-4, seconds, microseconds, ms}` with the node's `TIME`).
     /// A reply with the node's `TIME` (`{code, seconds, microseconds}`) is read by its code.
     static func ofAcquireScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
         var code = reply.integer
-        if case let .array(items) = reply, items.count == 3 { code = items[0].integer }
+        var behind: Int64?
+        if case let .array(items) = reply, (2...4).contains(items.count) {
+            code = items[0].integer
+            if items.count == 2 || items.count == 4 { behind = items[items.count - 1].integer }
+        }
         return switch code {
         case let .some(token) where token >= 1: .granted(token)
         case .some(0): .refused(.taken)
         case .some(-2): .refused(.fencingCounterExhausted)
         case .some(-3): .refused(.epochTooYoung)
-        case .some(-4): .refused(.clockWentBack)
+        case .some(-4): .refused(behind.map { .clockWentBack(by: .milliseconds($0)) } ?? .clockWentBack)
         default: .refused(.error(RedisError(code: .unexpectedReply, endpoint: endpoint, message: "acquire script returned \(reply)")))
         }
     }

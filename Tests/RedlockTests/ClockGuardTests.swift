@@ -143,6 +143,11 @@ struct ClockGuardTests {
         #expect(Vote.ofAcquireScript(.array([.integer(-3), .integer(1), .integer(2)]), endpoint: endpoint) == .refused(.epochTooYoung))
         #expect(Vote.ofAcquireScript(.integer(0), endpoint: endpoint) == .refused(.taken))
         #expect(Vote.ofAcquireScript(.integer(-4), endpoint: endpoint) == .refused(.clockWentBack))
+        #expect(Vote.ofAcquireScript(.array([.integer(-4), .integer(1_500)]), endpoint: endpoint) == .refused(.clockWentBack(by: .milliseconds(1_500))))
+        #expect(
+            Vote.ofAcquireScript(.array([.integer(-4), .integer(1_700_000_000), .integer(5), .integer(20)]), endpoint: endpoint)
+                == .refused(.clockWentBack(by: .milliseconds(20)))
+        )
         #expect(ClockCheck.nodeMicroseconds(in: withTime) == 1_700_000_000_250_000)
         #expect(ClockCheck.nodeMicroseconds(in: .integer(1)) == nil)
         #expect(ClockCheck.nodeMicroseconds(in: .array([.integer(1), .integer(Int64.max), .integer(0)])) == nil, "an overflowing TIME is ignored")
