@@ -50,7 +50,10 @@ extension DistributedLock {
             if options.fair, tries > 1 {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.
-                let leave = client.prepareFanOut(releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: options.attemptBudget, returnWhenDecided: false)
+                let leave = client.prepareFanOut(
+                    releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: options.attemptBudget,
+                    returnWhenDecided: false, lane: lane
+                )
                 client.send(leave)
             }
             client.metrics.acquireFailed(error.code)
@@ -125,6 +128,8 @@ extension DistributedLock {
                 break
             }
             if Task.isCancelled { throw cancelled("lock") }
+            // A client shut down meanwhile answers nothing more: no retry.
+            try client.checkOpen(lockName: name)
         }
         if made > 1 { lastError.message += " (after \(made) attempts in \(startedAt.duration(to: .now)))" }
         throw lastError
@@ -222,7 +227,8 @@ extension DistributedLock {
             returnWhenDecided: options.failFast,
             confirm: request.confirm,
             clockCheck: options.clockGuard ? clockCheck() : nil,
-            replicaWait: replicaWait
+            replicaWait: replicaWait,
+            lane: lane
         )
     }
 
@@ -253,7 +259,9 @@ extension DistributedLock {
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
         let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
         if !decision.releaseQueued.isEmpty {
-            client.send(client.prepareFanOut(releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false))
+            client.send(client.prepareFanOut(
+                releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane
+            ))
         }
         if !decision.releaseAwaited.isEmpty { _ = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false) }
 
@@ -286,7 +294,7 @@ extension DistributedLock {
         let others = votes.indices.filter { votes[$0]?.isGranted != true }
         if !others.isEmpty {
             let floor = RedisScriptCall(Scripts.raiseFloor, keys: [Scripts.fenceCounterKey], arguments: [String(token)])
-            client.send(client.prepareFanOut(floor, order: others, budget: options.attemptBudget, returnWhenDecided: false))
+            client.send(client.prepareFanOut(floor, order: others, budget: options.attemptBudget, returnWhenDecided: false, lane: lane))
         }
         let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
         if grantedCount(raised) >= client.quorum { return (token, nil) }
@@ -319,7 +327,7 @@ extension DistributedLock {
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
         return await client.fanOut(
-            call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait
+            call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait, lane: lane
         )
     }
 }

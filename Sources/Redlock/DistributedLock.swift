@@ -111,7 +111,8 @@ public struct DistributedLock: Sendable {
         let handedOver = claimed?.next
         let call = releaseCall(value: lease.value, announcing: handedOver == nil)
         let release = client.prepareFanOut(
-            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
+            lane: lane
         )
         let sentAt = ContinuousClock.now
         client.send(release, then: handedOver)
@@ -161,7 +162,7 @@ public struct DistributedLock: Sendable {
         let start = ContinuousClock.now
         let votes = await client.fanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
-            replicaWait: replicaWait
+            replicaWait: replicaWait, lane: lane
         )
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
@@ -182,7 +183,13 @@ public struct DistributedLock: Sendable {
     /// The `WAIT` behind each acquire, fencing raise and extend
     /// (``LockOptions/replicaAcknowledgements``); nil when the lock does not wait for replicas.
     var replicaWait: ReplicaWait? {
-        ReplicaWait(count: options.replicaAcknowledgements, budget: options.attemptBudget)
+        ReplicaWait(count: options.replicaAcknowledgements, budget: options.attemptBudget, commandTimeout: client.shortestCommandTimeout)
+    }
+
+    /// The connections every command of this lock goes on: a lock that waits for replicas has
+    /// its own, so that its `WAIT`s hold up no other lock.
+    var lane: ConnectionLane {
+        options.replicaAcknowledgements > 0 ? .acknowledged : .shared
     }
 
     /// The lease an operation from `start` to `end` that reached a quorum yields, or nil when
@@ -213,7 +220,9 @@ public struct DistributedLock: Sendable {
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to
     /// the caller's cancellation: a release always runs to its end.
     func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool) async -> [Vote?] {
-        await client.fanOut(call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false)
+        await client.fanOut(
+            call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false, lane: lane
+        )
     }
 
     private func check(_ lease: Lease) throws(RedlockError) {

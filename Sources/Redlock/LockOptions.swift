@@ -55,9 +55,9 @@ public struct LockOptions: Sendable {
     /// again. With ``fencing``, a new marker also raises the node's fencing counter to the node's
     /// time in microseconds, so tokens keep increasing across the loss. A seed can be below an
     /// earlier token (a node clock set back, or nodes whose clocks disagree); the fencing round
-    /// raises every node that answered to the token, the ones that did not grant too, so that
-    /// matters only when the later quorum's other nodes were all out of reach when that token
-    /// was issued. A node whose
+    /// raises to the token the nodes that granted and, unawaited, those that answered without
+    /// granting, so that matters only when the later quorum's other nodes were all out of reach
+    /// when that token was issued. A node whose
     /// clock is behind the latest time it showed refuses (``NodeFailure/Cause/clockWentBack``).
     ///
     /// The check runs inside the acquire script: no extra round trip and no `INFO` permission;
@@ -66,7 +66,8 @@ public struct LockOptions: Sendable {
     /// measured by the node's clock, which ``clockGuard`` watches. It does not catch a loss that
     /// keeps the marker: one key evicted or deleted by hand, the last writes before a crash lost
     /// by `appendfsync everysec` (``restartGuard`` catches that one), or a replica promoted with
-    /// the marker but without the lock key (``replicaAcknowledgements`` catches that one). Set it to at least the longest expiry any holder of
+    /// the marker but without the lock key (``replicaAcknowledgements`` prevents that one, for
+    /// the replicas that acknowledged). Set it to at least the longest expiry any holder of
     /// these nodes uses; it must be at least ``expiry``. A node's first acquire waits this long.
     /// The default is `nil` (no check).
     public var epochGuard: Duration? = nil
@@ -97,10 +98,13 @@ public struct LockOptions: Sendable {
     /// For nodes that are masters with replicas behind a failover (Sentinel, a managed service):
     /// replication is asynchronous, so a replica promoted in its master's place may not have the
     /// lock key, forget the lease and grant the lock to a second holder. With `n` here, each
-    /// acquire and extend is followed on the same connection by `WAIT n timeout` (the timeout:
-    /// half of the ``attemptBudget``, at least 1 ms), and a node's grant counts only
-    /// when `n` replicas acknowledged it — the key, its expiry, and the fencing counter and epoch
-    /// marker written by the same script. A failover to one of those replicas keeps the lease.
+    /// acquire, fencing raise and extend is followed on the same connection by `WAIT n timeout`
+    /// (the timeout: half of the ``attemptBudget`` or of the shortest command timeout, whichever
+    /// is less, at least 1 ms), and a node's grant counts only when `n` replicas acknowledged it
+    /// — the key, its expiry, and the fencing counter and epoch marker written by the same
+    /// script. A failover to one of those replicas keeps the lease. A `WAIT` holds its connection
+    /// until it answers, so the client sends every command of such a lock on a second connection
+    /// per node, kept for these locks: they hold up no other lock.
     ///
     /// It does not make replication synchronous (Redis's `WAIT` documentation says the same): a
     /// failover that promotes a replica that did not acknowledge — one of more replicas than
@@ -108,7 +112,7 @@ public struct LockOptions: Sendable {
     /// to the number of replicas the failover may choose from. A node with fewer replicas
     /// connected refuses every vote after the timeout
     /// (``NodeFailure/Cause/notReplicated(acknowledged:required:)``); a replica answering in the
-    /// master's place refuses with `WAIT`'s error. Needs `+wait`. The script then goes as `EVAL`
+    /// master's place refuses the script (`READONLY`), or, when writable, the `WAIT`. Needs `+wait`. The script then goes as `EVAL`
     /// with its body, since a command follows it on the connection.
     public var replicaAcknowledgements: Int = 0
     /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`

@@ -165,10 +165,15 @@ extension RedlockClient {
 
         // Role.
         switch (info["role"], info["connected_slaves"].flatMap { Int($0) }) {
-        case ("master"?, let replicas?) where replicas > 0 && acknowledgements >= replicas:
+        case ("master"?, let replicas?) where acknowledgements > replicas:
+            audit.checks.append(AuditCheck(
+                name: "role", verdict: .fail,
+                detail: "master with \(replicas) replicas connected: it refuses every grant, replicaAcknowledgements asks for \(acknowledgements)"
+            ))
+        case ("master"?, let replicas?) where replicas > 0 && acknowledgements == replicas:
             audit.checks.append(AuditCheck(
                 name: "role", verdict: .pass,
-                detail: "master with \(replicas) replicas; a grant counts once \(acknowledgements) acknowledged it (replicaAcknowledgements)"
+                detail: "master with \(replicas) replicas; a grant counts once all of them acknowledged it (replicaAcknowledgements)"
             ))
         case ("master"?, let replicas?) where replicas > 0:
             audit.checks.append(AuditCheck(

@@ -2,6 +2,15 @@ import Logging
 import RedlockTransport
 import Synchronization
 
+/// Which of a client's two connections per node a fan-out goes on: the shared one, or the one
+/// of the locks whose grants wait for replicas (``LockOptions/replicaAcknowledgements``), whose
+/// `WAIT`s hold up only each other. All of one lock's commands go on one lane, so a command
+/// queued behind another on a node runs after it.
+enum ConnectionLane: Sendable {
+    case shared
+    case acknowledged
+}
+
 /// The `WAIT` that follows each node's command when a grant counts only once replicas
 /// acknowledged it (``LockOptions/replicaAcknowledgements``).
 struct ReplicaWait: Sendable, Equatable {
@@ -11,11 +20,13 @@ struct ReplicaWait: Sendable, Equatable {
     /// blocked client's timeout up to a server tick — 100 ms at the default `hz` — late).
     let timeoutMilliseconds: Int64
 
-    /// The wait for `count` replicas within an attempt of `budget`; nil when `count` is 0.
-    init?(count: Int, budget: Duration) {
+    /// The wait for `count` replicas within an attempt of `budget`, on connections whose
+    /// shortest command timeout is `commandTimeout` (a `WAIT` longer than half of it would make
+    /// the connection look silent); nil when `count` is 0.
+    init?(count: Int, budget: Duration, commandTimeout: Duration) {
         guard count > 0 else { return nil }
         self.count = count
-        timeoutMilliseconds = max(1, (budget / 2).millisecondsRoundedUp)
+        timeoutMilliseconds = max(1, (min(budget, commandTimeout) / 2).millisecondsRoundedUp)
     }
 
     var command: RedisCommand { RedisCommand("WAIT", String(count), String(timeoutMilliseconds)) }
@@ -52,8 +63,16 @@ final class PreparedFanOut: Sendable {
     let clockCheck: ClockCheck?
     /// The `WAIT` behind each node's command, when grants count only once replicated.
     let replicaWait: ReplicaWait?
-    /// Grants held until their node's `WAIT` answers, by node.
-    private let awaitingReplicas = Mutex<[Int: Vote]>([:])
+    /// The connections it goes on.
+    let lane: ConnectionLane
+    /// Per node, whichever of the command's vote and its `WAIT`'s outcome came first, until the
+    /// other comes (the two replies' handlers may run in either order).
+    private let awaitingReplicas = Mutex<[Int: ReplicaPair]>([:])
+
+    private enum ReplicaPair {
+        case vote(Vote)
+        case wait(Result<RedisValue, RedisError>)
+    }
 
     init(
         round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
@@ -61,7 +80,8 @@ final class PreparedFanOut: Sendable {
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
         clockCheck: ClockCheck? = nil,
-        replicaWait: ReplicaWait? = nil
+        replicaWait: ReplicaWait? = nil,
+        lane: ConnectionLane = .shared
     ) {
         self.round = round
         self.command = command
@@ -73,6 +93,7 @@ final class PreparedFanOut: Sendable {
         self.health = health
         self.clockCheck = clockCheck
         self.replicaWait = replicaWait
+        self.lane = lane
     }
 
     /// What takes node `index`'s reply: its vote, recorded in the round (a grant, when it waits
@@ -86,21 +107,35 @@ final class PreparedFanOut: Sendable {
                 health.answered(index)
             case let .failure(error): health.failed(index, error)
             }
-            if replicaWait != nil, vote.isGranted {
-                awaitingReplicas.withLock { $0[index] = vote }
-            } else {
+            guard let replicaWait else { return count(vote, from: index) }
+            // A refusal counts at once; a grant once its WAIT answered, whichever comes first.
+            let waited: Result<RedisValue, RedisError>? = awaitingReplicas.withLock { pairs in
+                if case let .wait(result)? = pairs.removeValue(forKey: index) { return result }
+                pairs[index] = .vote(vote)
+                return nil
+            }
+            if !vote.isGranted {
                 count(vote, from: index)
+            } else if let waited {
+                count(replicaWait.vote(after: vote, waited, endpoint: health.endpoints[index]), from: index)
             }
         }
     }
 
-    /// What takes node `index`'s `WAIT` reply: the grant held for it counts, or becomes a
-    /// refusal. Nothing is held when the command did not grant.
+    /// What takes node `index`'s `WAIT` reply: with the command's grant in, the grant counts or
+    /// becomes a refusal; before it, the outcome waits for it; after a refusal, nothing.
     private func replicationHandler(for index: Int, _ wait: ReplicaWait) -> RedisReplyHandler {
         { [self] result in
-            guard let granted = awaitingReplicas.withLock({ $0.removeValue(forKey: index) }) else { return }
             if case let .failure(error) = result { health.failed(index, error) }
-            count(wait.vote(after: granted, result, endpoint: health.endpoints[index]), from: index)
+            let first: Vote? = awaitingReplicas.withLock { pairs in
+                if case let .vote(vote)? = pairs.removeValue(forKey: index) { return vote }
+                pairs[index] = .wait(result)
+                return nil
+            }
+            guard let first else { return }
+            if first.isGranted {
+                count(wait.vote(after: first, result, endpoint: health.endpoints[index]), from: index)
+            }
         }
     }
 
@@ -156,12 +191,13 @@ extension RedlockClient {
         returnWhenDecided: Bool,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
         clockCheck: ClockCheck? = nil,
-        replicaWait: ReplicaWait? = nil
+        replicaWait: ReplicaWait? = nil,
+        lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
             command: command, fallback: fallback, order: order, budget: budget,
-            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait
+            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
 
@@ -192,19 +228,25 @@ extension RedlockClient {
         budget: Duration,
         returnWhenDecided: Bool,
         cancellable: Bool = true,
-        replicaWait: ReplicaWait? = nil
+        replicaWait: ReplicaWait? = nil,
+        lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
             call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget,
-            returnWhenDecided: returnWhenDecided, replicaWait: replicaWait
+            returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)
     }
 
     /// A compare-and-act script call (1 granted, 0 taken, -1 missing) made ready to send.
-    func prepareFanOut(_ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool) -> PreparedFanOut {
-        prepareFanOut(call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided)
+    func prepareFanOut(
+        _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
+    ) -> PreparedFanOut {
+        prepareFanOut(
+            call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget,
+            returnWhenDecided: returnWhenDecided, lane: lane
+        )
     }
 
     /// The node order for one fan-out: all nodes, shuffled when asked.
@@ -226,21 +268,36 @@ extension RedlockClient {
 /// release (without a reference back to the client).
 struct FanOutSender: Sendable {
     let nodes: [RedisConnection]
+    /// The connections of the ``ConnectionLane/acknowledged`` lane, one per node.
+    let acknowledgedNodes: [RedisConnection]
     let deadlines: DeadlineTimer
 
+    func connections(_ lane: ConnectionLane) -> [RedisConnection] {
+        switch lane {
+        case .shared: nodes
+        case .acknowledged: acknowledgedNodes
+        }
+    }
+
     /// Sends `first` and, when given, `second` right behind it: on each node's connection the
-    /// two commands are queued together, so the node runs `first`'s before `second`'s. Starts
-    /// each round's budget. Send a prepared fan-out once.
+    /// two commands are queued together, so the node runs `first`'s before `second`'s (when the
+    /// two go on one lane; across lanes there is no order). Starts each round's budget. Send a
+    /// prepared fan-out once.
     func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
+        let firstNodes = connections(first.lane)
+        let together = second.map { $0.lane == first.lane } ?? false
         for index in first.order {
-            if let second, second.order.contains(index) {
-                nodes[index].send(first.requests(for: index) + second.requests(for: index))
+            if let second, together, second.order.contains(index) {
+                firstNodes[index].send(first.requests(for: index) + second.requests(for: index))
             } else {
-                first.send(to: nodes[index], index: index)
+                first.send(to: firstNodes[index], index: index)
             }
         }
         if let second {
-            for index in second.order where !first.order.contains(index) { second.send(to: nodes[index], index: index) }
+            let secondNodes = connections(second.lane)
+            for index in second.order where !together || !first.order.contains(index) {
+                second.send(to: secondNodes[index], index: index)
+            }
         }
         if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
         if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }

@@ -23,6 +23,12 @@ import Tracing
 public final class RedlockClient: Sendable {
     /// The connections, one per node, in the order given.
     public let nodes: [RedisConnection]
+    /// A second connection per node, made by the client and used only by locks whose grants
+    /// wait for replicas (``LockOptions/replicaAcknowledgements``), so their `WAIT`s hold up no
+    /// other lock's commands. It connects on first use.
+    let acknowledgedNodes: [RedisConnection]
+    /// The shortest command timeout of the nodes' connections.
+    let shortestCommandTimeout: Duration
     /// How many nodes must grant an operation: `nodes.count / 2 + 1`.
     public let quorum: Int
     /// `0..<nodes.count`, built once: the order of every unshuffled fan-out.
@@ -113,7 +119,9 @@ public final class RedlockClient: Sendable {
         uptimes = NodeUptimes(nodeCount: nodes.count)
         clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
-        sender = FanOutSender(nodes: nodes, deadlines: deadlines)
+        shortestCommandTimeout = nodes.map(\.configuration.commandTimeout).min() ?? .seconds(1)
+        acknowledgedNodes = nodes.map { RedisConnection(configuration: $0.configuration, eventLoop: $0.eventLoop) }
+        sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning
     }
@@ -174,6 +182,8 @@ public final class RedlockClient: Sendable {
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.coordination.shutdown() }
+            // The client made these whoever owns the others.
+            for node in acknowledgedNodes { group.addTask { await node.shutdown() } }
             if ownsConnections {
                 for node in nodes { group.addTask { await node.shutdown() } }
             }

@@ -40,6 +40,26 @@ struct DiagnosticsTests {
         }
     }
 
+    @Test("a lock() that waits for a held lock ends with clientShutDown soon after the client shuts down, not after its tries")
+    func shutdownWhileRetrying() async throws {
+        try await withRedisServers(1) { servers throws in
+            try await servers[0].set("busy", to: "someone else", expiry: .seconds(30))
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            var options = testOptions(tries: 1_000)
+            options.retryDelay = .constant(.milliseconds(20))
+            options.acquireTimeout = nil
+            let lock = try client.makeLock("busy", options: options)
+            let waiting = Task { try await lock.lock() }
+            #expect(await eventually { client.waitingLockCalls(for: "busy") > 0 })
+            let shutdownAt = ContinuousClock.now
+            await client.shutdown()
+            let error = await #expect(throws: RedlockError.self) { try await waiting.value }
+            let took = shutdownAt.duration(to: .now)
+            #expect(error?.code == .clientShutDown, "\(String(describing: error))")
+            #expect(took < .seconds(1), "lock() went on for \(took) after the shutdown")
+        }
+    }
+
     @Test("names that are different keys never share local state, even when Swift calls them equal")
     func canonicallyEquivalentNames() async throws {
         try await withLockNodes(1) { client, servers in

@@ -115,6 +115,32 @@ struct FailoverTests {
         }
     }
 
+    @Test("a lock that waits for replicas holds up no other lock of its client: while its WAIT blocks, another lock acquires, extends and releases within a 100 ms budget")
+    func waitHoldsUpNoOtherLock() async throws {
+        try await withLockNodes(3) { client, servers in
+            // No replicas: each of the waiting lock's WAITs blocks its connection for 200 ms.
+            let waiting = try client.makeLock("waiting", options: options(acknowledgements: 1))
+            let attempt = Task { try await waiting.tryLock() }
+            func blockedInWait() async -> Bool {
+                let clients = (try? await servers[0].run(RedisCommand("CLIENT", "LIST")).string) ?? ""
+                return clients.contains("cmd=wait")
+            }
+            var blocked = false
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while !blocked, ContinuousClock.now < giveUp { blocked = await blockedInWait() }
+            #expect(blocked, "the waiting lock's WAIT never showed up")
+            var quick = testOptions(expiry: .seconds(1), tries: 1, timeoutFactor: 0.1)
+            quick.failFast = true
+            let other = try client.makeLock("other", options: quick)
+            let lease = try await other.lock()
+            let extended = try await other.extend(lease)
+            try await other.unlock(extended)
+            #expect(await blockedInWait(), "the other lock's work was not done while the WAIT blocked")
+            let refused = await #expect(throws: RedlockError.self) { try await attempt.value }
+            #expect(refused?.nodes.allSatisfy { $0.cause.replicasAcknowledged == 0 } == true, "\(String(describing: refused))")
+        }
+    }
+
     @Test("the audit: a master with replicas is a caveat unless replicaAcknowledgements covers them; checkNodes names a node without enough replicas, and a replica")
     func audit() async throws {
         try await withReplicatedNodes { nodes in
@@ -127,7 +153,10 @@ struct FailoverTests {
                 #expect(unguarded.map(\.verdict) == [.warn, .warn, .pass], "\(unguarded)")
                 #expect(unguarded.first?.detail.contains("replicaAcknowledgements is 0") == true, "\(unguarded)")
                 let guarded = try await roles(1)
-                #expect(guarded.map(\.verdict) == [.pass, .pass, .pass], "\(guarded)")
+                // Node 2 has no replica: it can never grant.
+                #expect(guarded.map(\.verdict) == [.pass, .pass, .fail], "\(guarded)")
+                let tooMany = try await roles(2)
+                #expect(tooMany.map(\.verdict) == [.fail, .fail, .fail], "\(tooMany)")
                 let permissions = await client.checkNodes(for: try client.makeLock("audited", options: options(acknowledgements: 1)))
                 #expect(permissions.map { $0.refused.map(\.permission) } == [[], [], ["WAIT"]], "\(permissions.map(\.refused))")
             }

@@ -70,6 +70,32 @@ struct FanOutRoundTests {
         #expect(grantedCount(votes) == 3)
     }
 
+    @Test("a grant that waits for replicas counts once both replies are in, in either order; a refusal counts at once; too few acknowledgements refuse")
+    func replicaWaitInEitherOrder() async throws {
+        let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1), .hostname("127.0.0.1", port: 2), .hostname("127.0.0.1", port: 3)])
+        let wait = try #require(ReplicaWait(count: 1, budget: .milliseconds(400), commandTimeout: .seconds(1)))
+        #expect(wait.timeoutMilliseconds == 200)
+        #expect(ReplicaWait(count: 1, budget: .seconds(6), commandTimeout: .seconds(1))?.timeoutMilliseconds == 500)
+        #expect(ReplicaWait(count: 0, budget: .seconds(6), commandTimeout: .seconds(1)) == nil)
+        let fanOut = client.prepareFanOut(
+            RedisCommand("SET"), classify: { reply, _ in reply == .simpleString("OK") ? .granted(1) : .refused(.taken) },
+            order: [0, 1, 2], budget: .seconds(5), returnWhenDecided: false, replicaWait: wait, lane: .acknowledged
+        )
+        let requests = (0..<3).map { fanOut.requests(for: $0) }
+        #expect(requests.allSatisfy { $0.count == 2 && $0[1].command == wait.command })
+        // Node 0: WAIT first, then the grant. Node 1: the grant, then too few acknowledgements.
+        // Node 2: refused; its WAIT comes later and changes nothing.
+        requests[0][1].handler(.success(.integer(1)))
+        requests[1][0].handler(.success(.simpleString("OK")))
+        requests[2][0].handler(.success(.null))
+        requests[0][0].handler(.success(.simpleString("OK")))
+        requests[1][1].handler(.success(.integer(0)))
+        requests[2][1].handler(.success(.integer(1)))
+        let votes = await client.votes(of: fanOut, cancellable: false)
+        #expect(votes == [.granted(1), .refused(.notReplicated(acknowledged: 0, required: 1)), .refused(.taken)])
+        await client.shutdown()
+    }
+
     @Test("deciding early: three refusals of five finish the round as well")
     func threeRefusalsDecide() async {
         let round = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
@@ -400,7 +426,7 @@ struct ReleaseWakingTests {
     func oneReleaseWakesOne() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
         let longer = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
@@ -417,7 +443,7 @@ struct ReleaseWakingTests {
     func releasesWakeInTurn() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
         let first = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
@@ -435,7 +461,7 @@ struct ReleaseWakingTests {
     func cancelledWaiterReturns() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
         let cancelled = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
@@ -453,7 +479,7 @@ struct ReleaseWakingTests {
     func confirmationWakesAll() async {
         let timer = DeadlineTimer()
         defer { timer.stop() }
-        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer)
+        let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
         board.listen("name")
         let waiters = (0..<3).map { _ in

@@ -9,7 +9,7 @@ struct LocalCoordinationTests {
     /// A coordination with no nodes (nothing to subscribe to or send on), and its timer.
     private func coordination() -> (LocalCoordination, DeadlineTimer) {
         let timer = DeadlineTimer()
-        return (LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], deadlines: timer), timer: timer), timer)
+        return (LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer), timer)
     }
 
     /// An attempt that asks no node: sending it finishes it at once.
