@@ -173,7 +173,8 @@ extension DistributedLock {
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
         if let restartGuard = options.restartGuard {
             let client = client
-            confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard) }
+            let lane = lane
+            confirm = { index, granted in await client.guarded(granted, node: index, restartGuard: restartGuard, lane: lane) }
         }
         if let queueEntry {
             let call = RedisScriptCall(

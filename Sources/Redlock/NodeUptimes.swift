@@ -66,9 +66,12 @@ final class NodeUptimes: Sendable {
 
 extension RedlockClient {
     /// A granted vote, or a refusal when the node has been up for less than `restartGuard`.
-    func guarded(_ granted: Vote, node index: Int, restartGuard: Duration) async -> Vote {
+    /// Asked on the connection of `lane`, the one the vote came on: a restart shows there as a
+    /// new connection.
+    func guarded(_ granted: Vote, node index: Int, restartGuard: Duration, lane: ConnectionLane) async -> Vote {
         do {
-            let uptime = try await uptimes.uptime(of: index, node: nodes[index])
+            let known = lane == .shared ? uptimes : acknowledgedUptimes
+            let uptime = try await known.uptime(of: index, node: sender.connections(lane)[index])
             return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
         } catch {
             return .refused(failure: error, endpoint: endpoints[index])

@@ -41,7 +41,10 @@ public final class RedlockClient: Sendable {
     let health: NodeHealth
     /// Where spans go; nil when tracing is off.
     let tracer: (any Tracer)?
+    /// What this client knows of each node's uptime (``LockOptions/restartGuard``), from its
+    /// shared connections, and from those of the locks that wait for replicas.
     let uptimes: NodeUptimes
+    let acknowledgedUptimes: NodeUptimes
     /// What this client has seen of each node's wall clock (``LockOptions/clockGuard``).
     let clocks: NodeClocks
     /// Releases heard, waiters, subscriptions and single-flight gates: when to try again.
@@ -117,6 +120,7 @@ public final class RedlockClient: Sendable {
         let global = InstrumentationSystem.tracer
         self.tracer = tracer ?? (global is NoOpTracer ? nil : global)
         uptimes = NodeUptimes(nodeCount: nodes.count)
+        acknowledgedUptimes = NodeUptimes(nodeCount: nodes.count)
         clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         shortestCommandTimeout = nodes.map(\.configuration.commandTimeout).min() ?? .seconds(1)

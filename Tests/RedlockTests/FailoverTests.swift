@@ -141,6 +141,60 @@ struct FailoverTests {
         }
     }
 
+    @Test("with restartGuard, a lock that waits for replicas asks a restarted node's uptime on its own connection: the restart is seen even when the shared connection has been idle since")
+    func restartGuardOnTheOwnConnection() async throws {
+        try await withRedisServers(1) { masters in
+            let replica = try await masters[0].startReplica()
+            try await withTeardown {
+                let client = try RedlockClient(nodes: [masters[0].configuration(commandTimeout: .seconds(1))])
+                try await withTeardown {
+                    var guarded = options(acknowledgements: 1)
+                    guarded.restartGuard = .seconds(5)
+                    let replicated = try client.makeLock("guarded", options: guarded)
+                    var plain = testOptions(expiry: .seconds(2), tries: 1)
+                    plain.restartGuard = .seconds(5)
+                    let shared = try client.makeLock("shared", options: plain)
+                    // Both connections learn the uptime once the node has been up for 5 s (the
+                    // replica then synchronises again within that guard after the restart).
+                    var granted = false
+                    let giveUp = ContinuousClock.now + .seconds(10)
+                    while !granted, ContinuousClock.now < giveUp {
+                        if let lease = try? await shared.tryLock(), let other = try? await replicated.tryLock() {
+                            try await shared.unlock(lease)
+                            try await replicated.unlock(other)
+                            granted = true
+                        } else {
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                    try #require(granted, "the node never passed the 5 s restart guard")
+                    // The node restarts empty; its replica synchronises again. Only the lock
+                    // that waits for replicas talks to it afterwards.
+                    try await masters[0].restart(keepingData: false)
+                    _ = try await masters[0].run(RedisCommand("CONFIG", "SET", "repl-diskless-sync-delay", "0"))
+                    var acknowledged: Int64 = 0
+                    for _ in 0..<4 where acknowledged < 1 {
+                        try await masters[0].set("synchronised-again", to: "1")
+                        acknowledged = try await masters[0].run(RedisCommand("WAIT", "1", "1000"), commandTimeout: .seconds(2)).integer ?? 0
+                    }
+                    try #require(acknowledged == 1, "the replica did not synchronise again")
+                    // The guard is asked once the replica acknowledged (a WAIT refusal comes
+                    // first): tried again while the replica catches up, well within the guard.
+                    var error: RedlockError?
+                    let catchUp = ContinuousClock.now + .seconds(2)
+                    repeat {
+                        error = await #expect(throws: RedlockError.self) { try await replicated.tryLock() }
+                    } while error?.nodes.first?.cause.replicasAcknowledged != nil && ContinuousClock.now < catchUp
+                    #expect(error?.nodes.first?.cause.uptime != nil, "\(String(describing: error))")
+                } teardown: {
+                    await client.shutdown()
+                }
+            } teardown: {
+                await replica.terminate()
+            }
+        }
+    }
+
     @Test("the audit: a master with replicas is a caveat unless replicaAcknowledgements covers them; checkNodes names a node without enough replicas, and a replica")
     func audit() async throws {
         try await withReplicatedNodes { nodes in
