@@ -187,7 +187,7 @@ public struct DistributedLock: Sendable {
     }
 
     /// The connections every command of this lock goes on: a lock that waits for replicas has
-    /// its own, so that its `WAIT`s hold up no other lock.
+    /// its own, so that its `WAIT`s hold up no lock that does not wait.
     var lane: ConnectionLane {
         options.replicaAcknowledgements > 0 ? .acknowledged : .shared
     }

@@ -104,7 +104,8 @@ public struct LockOptions: Sendable {
     /// — the key, its expiry, and the fencing counter and epoch marker written by the same
     /// script. A failover to one of those replicas keeps the lease. A `WAIT` holds its connection
     /// until it answers, so the client sends every command of such a lock on a second connection
-    /// per node, kept for these locks: they hold up no other lock.
+    /// per node, kept for these locks: they hold up no lock that does not wait (they can hold up
+    /// each other). Give every lock object of one name the same setting.
     ///
     /// It does not make replication synchronous (Redis's `WAIT` documentation says the same): a
     /// failover that promotes a replica that did not acknowledge — one of more replicas than

@@ -16,7 +16,8 @@ enum ConnectionLane: Sendable {
 struct ReplicaWait: Sendable, Equatable {
     /// How many replicas must acknowledge.
     let count: Int
-    /// How long the node waits for them: half of `budget`, at least 1 ms (Redis notices a
+    /// How long the node waits for them: half of `budget` or of the command timeout, whichever
+    /// is less, at least 1 ms (Redis notices a
     /// blocked client's timeout up to a server tick — 100 ms at the default `hz` — late).
     let timeoutMilliseconds: Int64
 

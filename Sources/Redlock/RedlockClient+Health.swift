@@ -113,7 +113,8 @@ extension RedlockClient {
             ]
         )
         return await withTaskGroup(of: NodePermissions.self) { group in
-            for (index, node) in nodes.enumerated() {
+            // On the lock's own connections: its WAIT counts their writes, and blocks them.
+            for (index, node) in sender.connections(lock.lane).enumerated() {
                 group.addTask {
                     let endpoint = node.configuration.endpoint
                     do {
