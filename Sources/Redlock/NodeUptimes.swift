@@ -70,7 +70,10 @@ extension RedlockClient {
     /// new connection.
     func guarded(_ granted: Vote, node index: Int, restartGuard: Duration, lane: ConnectionLane) async -> Vote {
         do {
-            let known = lane == .shared ? uptimes : acknowledgedUptimes
+            let known = switch lane {
+            case .shared: uptimes
+            case .acknowledged: acknowledgedUptimes
+            }
             let uptime = try await known.uptime(of: index, node: sender.connections(lane)[index])
             return uptime >= restartGuard ? granted : .refused(.recentlyRestarted(uptime: uptime))
         } catch {

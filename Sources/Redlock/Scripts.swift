@@ -251,28 +251,24 @@ enum Scripts {
     /// `ARGV[1]` value, `ARGV[2]` token. Only while the key still holds the value, raises the
     /// counter to at least the token. Returns 1 when held (raised or already higher), 0 when
     /// another holder's value is there, -1 when the key is missing.
-    static let raiseFence = compareAndAct(
-        held: """
-        local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
-        if counter < tonumber(ARGV[2]) then
-            redis.call('SET', KEYS[2], ARGV[2])
-        end
-        return 1
-        """
-    )
+    static let raiseFence = compareAndAct(held: raise(counter: "KEYS[2]", to: "ARGV[2]"))
 
     /// The fencing round's floor, for the nodes that did not grant. `KEYS[1]` the token counter,
     /// `ARGV[1]` the token. Raises the counter to at least the token, whoever holds the lock
     /// key: a counter only grows, so a higher one never breaks fencing. Returns 1.
-    static let raiseFloor = RedisScript(
+    static let raiseFloor = RedisScript(raise(counter: "KEYS[1]", to: "ARGV[1]"))
+
+    /// Lua that raises the counter at key `counter` to at least the token in `token` (both Lua
+    /// expressions), then returns 1: the fencing round's raise and its floor.
+    private static func raise(counter: String, to token: String) -> String {
         """
-        local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
-        if counter < tonumber(ARGV[1]) then
-            redis.call('SET', KEYS[1], ARGV[1])
+        local counter = tonumber(redis.call('GET', \(counter)) or '0')
+        if counter < tonumber(\(token)) then
+            redis.call('SET', \(counter), \(token))
         end
         return 1
         """
-    )
+    }
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
     /// the value as the message, so that listeners count one release once), or empty. Returns 1
