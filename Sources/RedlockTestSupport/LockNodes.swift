@@ -105,16 +105,26 @@ extension RedisServer {
         _ = try await run(RedisCommand("CONFIG", "SET", "repl-diskless-sync-delay", "0"))
         let replica = try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", String(port ?? self.port)])
         do {
-            for _ in 0..<10 {
-                try await set("redlock-test:synchronised", to: "1", expiry: .seconds(60))
-                let acknowledged = try await run(RedisCommand("WAIT", "1", "1000"), commandTimeout: .seconds(2)).integer ?? 0
-                if acknowledged >= 1 { return replica }
-            }
-            throw RedisServerError.replicaNotSynchronised(masterPort: self.port)
+            try await waitForReplica()
+            return replica
         } catch {
             await replica.terminate()
             throw error
         }
+    }
+
+    /// Returns once a replica of this server has acknowledged a write (`WAIT 1`), trying for up
+    /// to 10 s: after ``startReplica(through:)``, or after a restart of this server (call
+    /// `CONFIG SET repl-diskless-sync-delay 0` first, or the replica's new synchronisation waits 5 s).
+    /// - Throws: `RedisError` naming this node when it does not answer,
+    ///   ``RedisServerError/replicaNotSynchronised(masterPort:)`` when no replica acknowledged.
+    public func waitForReplica() async throws {
+        for _ in 0..<10 {
+            try await set("redlock-test:synchronised", to: "1", expiry: .seconds(60))
+            let acknowledged = try await run(RedisCommand("WAIT", "1", "1000"), commandTimeout: .seconds(2)).integer ?? 0
+            if acknowledged >= 1 { return }
+        }
+        throw RedisServerError.replicaNotSynchronised(masterPort: port)
     }
 
     /// Makes this replica a master (`REPLICAOF NO ONE`), as a failover promotes it: it keeps

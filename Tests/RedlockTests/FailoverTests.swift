@@ -172,12 +172,7 @@ struct FailoverTests {
                     // that waits for replicas talks to it afterwards.
                     try await masters[0].restart(keepingData: false)
                     _ = try await masters[0].run(RedisCommand("CONFIG", "SET", "repl-diskless-sync-delay", "0"))
-                    var acknowledged: Int64 = 0
-                    for _ in 0..<4 where acknowledged < 1 {
-                        try await masters[0].set("synchronised-again", to: "1")
-                        acknowledged = try await masters[0].run(RedisCommand("WAIT", "1", "1000"), commandTimeout: .seconds(2)).integer ?? 0
-                    }
-                    try #require(acknowledged == 1, "the replica did not synchronise again")
+                    try await masters[0].waitForReplica()
                     // The guard is asked once the replica acknowledged (a WAIT refusal comes
                     // first): tried again while the replica catches up, well within the guard.
                     var error: RedlockError?
