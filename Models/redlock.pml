@@ -36,6 +36,18 @@
  *   HANDOFF_CLAIM_RESETS=0|1        1: the claim resets the expiry (PEXPIRE),
  *                                   as the script does; 0: it counts the
  *                                   handed key as it stands
+ *   HANDOFF_GRANT=0|1               (with HANDOFF_QUEUE) a handoff is also a
+ *                                   grant: the node tells the waiter (a
+ *                                   message that arrives any time later, or
+ *                                   never); messages from a quorum of nodes
+ *                                   where none of the call's clean-ups is
+ *                                   on its way or deleted anything are a
+ *                                   lease valid from the call's first attempt
+ *   HANDOFF_GRANT_ANY_NODE=0|1      (a mutant) also counts nodes where a
+ *                                   clean-up of the call deleted the key
+ *   HANDOFF_GRANT_LATE_START=0|1    (a mutant) counts the validity from
+ *                                   the quorum of messages, not from the
+ *                                   call's first attempt
  *   CLOCK_GAIN                      ticks by which node clocks may run ahead
  *                                   of true time beyond the drift bound in a
  *                                   run, one tick at a time, at any moment
@@ -57,8 +69,14 @@
 #define NC 2              /* clients locking the same name                  */
 #endif
 #ifndef CALLS
-#define CALLS 1           /* lock() calls per client                        */
+#define CALLS 1           /* lock() calls of client 0 ...                   */
 #endif
+#ifndef CALLS_OTHERS
+#define CALLS_OTHERS CALLS /* ... and of each other client                 */
+#endif
+#define callsOf(c) ((c) == 0 -> CALLS : CALLS_OTHERS)
+/* values per client: distinct over every call of every client */
+#define valuesPerClient (CALLS > CALLS_OTHERS -> CALLS : CALLS_OTHERS)
 #ifndef TRIES
 #define TRIES 2           /* options.tries: attempts per lock() call ...    */
 #endif
@@ -133,6 +151,15 @@
 #ifndef HANDOFF_CLAIM_RESETS
 #define HANDOFF_CLAIM_RESETS 1
 #endif
+#ifndef HANDOFF_GRANT
+#define HANDOFF_GRANT 0
+#endif
+#ifndef HANDOFF_GRANT_ANY_NODE
+#define HANDOFF_GRANT_ANY_NODE 0
+#endif
+#ifndef HANDOFF_GRANT_LATE_START
+#define HANDOFF_GRANT_LATE_START 0
+#endif
 #ifndef CLOCK_GAIN
 #define CLOCK_GAIN 0
 #endif
@@ -164,8 +191,13 @@
 #define PEND   1   /* request sent, no reply counted yet                     */
 #define OK     2
 #define FAIL   3
+#define LOST   4   /* ran, but the reply missed the budget: counts as FAIL   */
 
 #define slot(c, x) ((c) * N + (x))
+/* no request of client c on its way (up to five nodes) */
+#define netIdle(c) (net[slot(c, 0)] == NONE && (N < 2 || net[slot(c, 1)] == NONE) && \
+  (N < 3 || net[slot(c, 2)] == NONE) && (N < 4 || net[slot(c, 3)] == NONE) && \
+  (N < 5 || net[slot(c, 4)] == NONE))
 
 /* Counters never steer the protocol (only the RAISE script's compare on
  * the key does), so a run that does not check fencing leaves them at 0. */
@@ -211,6 +243,15 @@ byte erem[NC];        /* the same for the extend in progress               */
 bool holds[NC];       /* acquired and not yet released                     */
 #ifdef CHECK_FENCE
 byte maxToken;        /* highest token of any successful acquisition       */
+#endif
+#if HANDOFF_GRANT
+bool hmsg[NC * N];    /* node x handed the key to client c's current value
+                       * (the message: read whenever the client looks, or
+                       * never)                                            */
+bool dirty[NC * N];   /* a clean-up of client c's current call deleted the
+                       * key on node x                                     */
+byte hrem[NC];        /* validity left counted from the start of the
+                       * call's first attempt, as rem[c] would be          */
 #endif
 #if CLOCK_GUARD
 byte clk[NC * N];     /* client c's readings of node x's clock: 0 = none;
@@ -269,7 +310,7 @@ inline acquireReply(c, x, i, success, counter) {
             :: else -> rsp[i] = FAIL; pnd[c]--
             fi
 #if REPLY_LOSS
-       :: (success) -> rsp[i] = FAIL; pnd[c]--    /* no reply, no reading */
+       :: (success) -> rsp[i] = LOST; pnd[c]--    /* no reply, no reading */
 #endif
        fi
   :: else -> skip
@@ -289,7 +330,7 @@ inline reply(c, x, i, success, counter) {
 #if REPLY_LOSS
        /* executed, but the reply misses the budget or is lost: the
         * client counts a failure (it could only decide the same, later) */
-       :: (success) -> rsp[i] = FAIL; pnd[c]--
+       :: (success) -> rsp[i] = LOST; pnd[c]--
 #endif
        fi
   :: else -> skip             /* (defensive: no round is listening)        */
@@ -308,6 +349,9 @@ inline handOver(x, c) {
     if
     :: h != c && val[h] != 0 && key[x] == 0 ->
          key[x] = val[h]; ttl[x] = px[x];
+#if HANDOFF_GRANT
+         hmsg[slot(h, x)] = true;
+#endif
          printf("MSC: node %d: release hands the key to v%d\n", x, val[h])
     :: true -> skip
     fi
@@ -358,6 +402,7 @@ end:
 #else
                  key[x] = val[c]; ttl[x] = px[x]; fenceIncr(x);
 #endif
+
                  printf("MSC: node %d: SET v%d ok (fence %d, expires in %d)\n", x, val[c], fence[x], ttl[x]);
                  /* restart guard: the acquire vote of a node up for less
                   * than restartGuard is refused (only the acquire round) */
@@ -389,7 +434,12 @@ end:
             fi
        :: net[slot(c, x)] == DEL ->
             if
-            :: key[x] == val[c] -> handOver(x, c)
+            :: key[x] == val[c] -> handOver(x, c);
+#if HANDOFF_GRANT
+                 dirty[slot(c, x)] = true      /* the clean-up deleted */
+#else
+                 skip
+#endif
             :: else -> skip
             fi
        fi;
@@ -451,16 +501,28 @@ proctype Client(byte c) {
 
 nextCall:
   if
-  :: call < CALLS -> skip
+  :: call < callsOf(c) -> skip
   :: else -> goto done
   fi;
   /* lock(): a fresh value, reused by every retry of this call */
-  atomic { call++; try = 0; ext = 0; val[c] = c * CALLS + call }
+  atomic { call++; try = 0; ext = 0; val[c] = c * valuesPerClient + call }
 
 attempt:
   /* 1. start = now.  2. the acquire script on every node, concurrently */
   atomic {
+#if HANDOFF_GRANT
+    netIdle(c) ->       /* the clean-up went first on each connection */
+#endif
     try++; tok[c] = 0; rem[c] = leaseTicks; startRound(c, SET);
+#if HANDOFF_GRANT
+    if
+    :: try == 1 ->      /* the call's first attempt */
+         hrem[c] = leaseTicks;
+         for (x : 0 .. N - 1) { hmsg[slot(c, x)] = false; dirty[slot(c, x)] = false }
+         x = 0
+    :: else -> skip
+    fi;
+#endif
     printf("MSC: client %d: attempt %d, start, SET NX v%d to all\n", c, try, val[c]) }
 
   /* 3. decided once ok >= quorum, or ok + pending < quorum, or once the
@@ -536,11 +598,57 @@ holding:
 failed:
   atomic {
     printf("MSC: client %d: attempt %d failed, release v%d\n", c, try, val[c]);
-    rem[c] = 0; tok[c] = 0; releaseAll(c);
+    rem[c] = 0; tok[c] = 0;
+#if HANDOFF_GRANT
+    /* the clean-up, a compare-and-delete on its way (it lands before the
+     * next attempt: same connection), goes where the attempt may have set
+     * the key: not to the nodes that refused it */
+    okc[c] = 0; pnd[c] = 0; rt[c] = 0;
+    for (x : 0 .. N - 1) {
+      if
+      :: rsp[slot(c, x)] == OK || rsp[slot(c, x)] == PEND || rsp[slot(c, x)] == LOST ->
+           net[slot(c, x)] = DEL
+      :: else -> net[slot(c, x)] = NONE
+      fi;
+      rsp[slot(c, x)] = IDLE
+    }
+    x = 0;
+#else
+    releaseAll(c);
+#endif
     if
-    :: try < triesOf(c) -> goto attempt     /* after the retry delay */
+    :: try < triesOf(c) -> goto waiting     /* for a release, or the retry delay */
     :: else -> goto nextCall
     fi }
+
+waiting:
+#if HANDOFF_GRANT
+  /* a quorum of handoff messages from nodes where no clean-up of this call
+   * is on its way or deleted anything is a lease from the call's first
+   * attempt; or try again */
+  do
+  :: atomic {
+       (HANDOFF_GRANT_LATE_START || hrem[c] > 0) ->
+       o = 0;
+       for (x : 0 .. N - 1) {
+         if
+         :: (HANDOFF_GRANT_ANY_NODE || (!dirty[slot(c, x)] && net[slot(c, x)] != DEL)) && hmsg[slot(c, x)] -> o++
+         :: else -> skip
+         fi
+       }
+       x = 0;
+       if
+       :: o >= quorum ->
+            o = 0; rem[c] = (HANDOFF_GRANT_LATE_START -> leaseTicks : hrem[c]);
+            printf("MSC: client %d: ACQUIRED v%d by handoff messages, validity %d\n", c, val[c], rem[c]);
+            becomeHolder(c);
+            goto holding
+       :: else -> o = 0
+       fi }
+  :: goto attempt
+  od;
+#endif
+  goto attempt;
 
 done:
   skip
@@ -576,6 +684,9 @@ end:
        x = 0;
        for (c : 0 .. NC - 1) {
          if :: rem[c] > 0 -> rem[c]-- :: else -> skip fi;
+#if HANDOFF_GRANT
+         if :: hrem[c] > 0 -> hrem[c]-- :: else -> skip fi;
+#endif
          if :: erem[c] > 0 -> erem[c]-- :: else -> skip fi;
          if :: rt[c] > 0 && rt[c] <= attemptBudget + 1 -> rt[c]++ :: else -> skip fi;
 #if CLOCK_GUARD

@@ -38,9 +38,12 @@ gain="-DCLOCK_GAIN=2"                      # node clocks gain 2 ticks beyond the
 retry="-DTRIES=2 -DMAX_EXTENDS=0 -DREPLY_LOSS=0"  # a refused vote can come back on the retry
 extend="-DTRIES=1 -DMAX_EXTENDS=1 -DREPLY_LOSS=0" # an extend, which does not read the clock
 clock_guard="-DCLOCK_GUARD=1"
+grant="-DHANDOFF_QUEUE=1 -DHANDOFF_GRANT=1"   # a fair lock whose handoff messages are grants
+grant_tries="-DTRIES=2 -DMAX_EXTENDS=0 -DREPLY_LOSS=0 -DCOLLAPSE"  # client 0 waits once
 
 # name | property | expect | -D macros   (longest first, so two jobs finish together)
 configs=(
+  "handoff-grant-n3|mutex|holds|-DN=3 $grant $grant_tries"
   "clock-gain-guard-retry-n3|mutex|holds|-DN=3 $gain $clock_guard $retry -DCOLLAPSE"
   "clock-gain-guard-extend-n3|mutex|holds|-DN=3 $gain $clock_guard $extend -DCOLLAPSE"
   "safe-n3|mutex|holds|-DN=3 $full"
@@ -60,6 +63,8 @@ configs=(
   "handoff-queue-n3|mutex|holds|-DN=3 -DHANDOFF_QUEUE=1 $full"
   "handoff-queue-n3|fence|holds|-DN=3 -DHANDOFF_QUEUE=1 $fence_full"
   "handoff-no-claim-reset-n3|mutex|violated|-DN=3 -DHANDOFF_QUEUE=1 -DHANDOFF_CLAIM_RESETS=0 $full"
+  "handoff-grant-any-node-n3|mutex|violated|-DN=3 $grant -DHANDOFF_GRANT_ANY_NODE=1 $grant_tries -DCALLS_OTHERS=2"
+  "handoff-grant-late-start-n3|mutex|violated|-DN=3 $grant -DHANDOFF_GRANT_LATE_START=1 $grant_tries -DCALLS_OTHERS=2"
   "fast-clock-n3|mutex|violated|-DN=3 $fast $full"
   "fast-clock-n3|fence|violated|-DN=3 $fast $fence_full"
   "no-drift-allowance-n3|mutex|violated|-DN=3 -DVALIDITY_ALLOWANCE=0 $full"

@@ -88,6 +88,11 @@ extension DistributedLock {
         // The delay drawn for the wait after the last attempt; a fair lock draws it before the
         // attempt (its entry must outlive that wait), other locks only when they wait.
         var plannedDelay: Duration?
+        // A fair lock's waiter may count handoffs as grants: from nodes no clean-up of this call
+        // went to, valid from the call's first attempt (see LocalCoordination.HandoffWatch).
+        let countsHandoffs = tries > 1 && handoffsCountAsGrants
+        var firstStart: ContinuousClock.Instant?
+        var cleanedUp = Set<Int>()
         for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?
@@ -107,9 +112,16 @@ extension DistributedLock {
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 let delay = retryDelay(planned, after: lastError, woken: chance.woken, deadline: deadline)
+                var watch: LocalCoordination.HandoffWatch?
+                if countsHandoffs, client.nodes.count - cleanedUp.count >= client.quorum {
+                    watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
+                }
                 chance = await coordination.waitForRelease(
-                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil
+                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch
                 )
+                if let handoff = chance.handoff, let firstStart, let lease = handedLease(handoff, since: firstStart, value: value) {
+                    return lease
+                }
             }
             plannedDelay = drawn
             // An attempt sent for this task must run to its end (clean-up included), even when
@@ -117,7 +129,9 @@ extension DistributedLock {
             if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }
             made += 1
             releasesHeard = coordination.generation(of: name)
-            switch await attempt(next, sentAt: chance.handedOverAt, value: value) {
+            let start = chance.handedOverAt ?? .now
+            if firstStart == nil { firstStart = start }
+            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, cleanedUp: &cleanedUp) {
             case let .success(lease): return lease
             case let .failure(error): lastError = error
             }
@@ -135,12 +149,41 @@ extension DistributedLock {
         throw lastError
     }
 
-    /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it.
-    private func attempt(_ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, value: String) async -> Result<Lease, RedlockError> {
+    /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it; `start`
+    /// is `sentAt`, else a moment before the send. Adds the nodes its clean-up went to to
+    /// `cleanedUp`.
+    private func attempt(
+        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>
+    ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
-        let start = sentAt ?? ContinuousClock.now
         if sentAt == nil { client.send(prepared) }
-        return await finish(prepared, startedAt: start, value: value)
+        return await finish(prepared, startedAt: start, value: value, cleanedUp: &cleanedUp)
+    }
+
+    /// How long a waiter that heard its first handoff waits for a quorum of them before it
+    /// claims (at most the attempt budget).
+    static let handoffClaimAfter: Duration = .milliseconds(2)
+
+    /// Whether this lock's waiters count a fair release's handoffs as grants: a fair lock with
+    /// fast handoff, random values (one per `lock()`), and nothing a grant must also pass
+    /// (fencing, the restart guard, replicas).
+    var handoffsCountAsGrants: Bool {
+        options.fair && options.fastHandoff && !options.fencing && options.restartGuard == nil
+            && options.replicaAcknowledgements == 0 && !options.value.mayAlreadyBeHeld
+    }
+
+    /// The lease a quorum of handoffs gave: valid from `start`, the `lock()`'s first attempt
+    /// (every handoff to its value came after it), with the shortest key life they said. Nil
+    /// when that leaves less than half the validity a new attempt would: the caller then
+    /// claims, which resets the keys' expiry.
+    private func handedLease(_ handoff: HandoffGrant, since start: ContinuousClock.Instant, value: String) -> Lease? {
+        let expiry = Swift.min(options.expiry, handoff.expiry)
+        let now = ContinuousClock.now
+        guard let validUntil = Timing.validUntil(start: start, end: now, expiry: expiry, driftFactor: options.driftFactor),
+              now.duration(to: validUntil) * 2 >= Timing.validity(expiry: options.expiry, elapsed: .zero, driftFactor: options.driftFactor)
+        else { return nil }
+        client.metrics.handoffGrants.increment()
+        return Lease(name: name, value: value, expiry: expiry, acquiredAt: start, validUntil: validUntil, fencingToken: nil)
     }
 
     /// How long to wait for a release before the next attempt at most: the retry delay drawn
@@ -237,7 +280,9 @@ extension DistributedLock {
     /// (``AcquireDecision``); on failure release wherever the attempt may have set the key.
     /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
     /// runs to its end) may have won it, and it is released like a failed one.
-    private func finish(_ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String) async -> Result<Lease, RedlockError> {
+    private func finish(
+        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>
+    ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
         var fencingToken: Int64?
         var fenceShortfall: String?
@@ -259,12 +304,18 @@ extension DistributedLock {
         // and the nodes are left free, where only the first in line is granted.
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
         let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
+        // A clean-up not known to have deleted nothing may have deleted a key handed over since:
+        // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
+        cleanedUp.formUnion(decision.releaseQueued)
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(
                 releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane
             ))
         }
-        if !decision.releaseAwaited.isEmpty { _ = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false) }
+        if !decision.releaseAwaited.isEmpty {
+            let released = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false)
+            for index in decision.releaseAwaited where !(released[index].map(\.deletedNothing) ?? false) { cleanedUp.insert(index) }
+        }
 
         let failures = client.failures(in: votes)
         switch code {

@@ -213,7 +213,7 @@ public struct DistributedLock: Sendable {
                 value, channel, options.fastHandoff ? Scripts.handoffChannel(name) : "",
                 String(Swift.max(options.attemptBudget * 2, .milliseconds(10)).millisecondsRoundedUp),
                 staysInLine ? "0" : "1",
-            ]
+            ] + (handoffsCountAsGrants ? [String(options.expiry.millisecondsRoundedUp)] : [])
         )
     }
 

@@ -18,7 +18,10 @@ import Synchronization
 ///   another process the subscriber's thread sends it as the message is read
 ///   (``announce(_:release:)``). Either way the waiter is resumed once, when its votes are in.
 /// - A fair lock's release names the waiter it handed the lock to; only that waiter wakes
-///   (``handedOff(_:to:)``).
+///   (``handedOff(_:message:node:)``). A waiter that watches for handoffs (``HandoffWatch``)
+///   counts each node's message as that node's grant and, once a quorum handed it the lock,
+///   resumes with them and sends nothing; until then it waits a moment for more before it
+///   claims.
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffs:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation counts as a release heard and wakes every waiter for one more attempt. The
@@ -37,6 +40,41 @@ final class LocalCoordination: Sendable {
         let next: PreparedFanOut?
         /// A fair lock's value: a release on the nodes that hands the lock to it names it.
         let value: [UInt8]?
+        /// The handoffs it counts as grants, and those heard so far.
+        var watch: HandoffWatch?
+    }
+
+    /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
+    /// clean-up of its `lock()` may have deleted anything — none went there, or its answer said
+    /// it deleted nothing (so nothing of the caller's deletes a key a handoff set); and every
+    /// handoff to its value came after its first attempt began. See the `handoff-grant`
+    /// configurations of `Models/`.
+    struct HandoffWatch {
+        /// Nodes whose messages do not count: a clean-up of this `lock()` went there.
+        let excluded: Set<Int>
+        let quorum: Int
+        /// How long after the first counted message to wait for a quorum before claiming.
+        let claimAfter: Duration
+        /// Nodes heard so far, in order.
+        var counted: [Int] = []
+        /// The shortest key life among their messages.
+        var expiry: Duration?
+
+        init(excluded: Set<Int>, quorum: Int, claimAfter: Duration) {
+            self.excluded = excluded
+            self.quorum = quorum
+            self.claimAfter = claimAfter
+        }
+
+        /// Counts node `node`'s handoff, whose key lives `life`; returns the grant once a
+        /// quorum handed over, or nil.
+        mutating func count(node: Int, life: Duration) -> HandoffGrant? {
+            guard !excluded.contains(node), !counted.contains(node) else { return nil }
+            counted.append(node)
+            expiry = Swift.min(expiry ?? life, life)
+            guard counted.count >= quorum, let expiry else { return nil }
+            return HandoffGrant(nodes: counted, expiry: expiry)
+        }
     }
 
     /// A single-flight caller waiting for the gate.
@@ -81,9 +119,11 @@ final class LocalCoordination: Sendable {
         var subscribed = false
         /// Whether its handoff channel is too (a fair lock's).
         var handoffsSubscribed = false
-        /// The last few values a fair release handed the lock to, for a waiter whose wait begins
-        /// after the message came.
-        var handedTo: [[UInt8]] = []
+        /// Subscriptions the nodes confirmed so far (for tests).
+        var confirmations = 0
+        /// The last few handoff messages of a fair release, for a waiter whose wait begins after
+        /// the message came.
+        var handedTo: [(message: HandoffMessage, node: Int)] = []
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
         var gate: Gate?
@@ -115,10 +155,16 @@ final class LocalCoordination: Sendable {
         let continuation: UnsafeContinuation<Void, Never>
         /// The waiter's next attempt, to send for it.
         let next: PreparedFanOut?
+        /// The handoffs that gave the waiter the lock (then nothing is sent).
+        var handoff: HandoffGrant?
 
         /// Resumes the waiter: once its votes are in when its attempt was sent at `sentAt`
-        /// (one task hop, not two), at once when it has none to send.
+        /// (one task hop, not two), at once when it has none to send or was handed the lock.
         func resume(sentAt: ContinuousClock.Instant) {
+            if let handoff {
+                waiter.resume(continuation, handedOverAt: nil, handoff: handoff)
+                return
+            }
             guard let round = next?.round else {
                 waiter.resume(continuation, handedOverAt: nil)
                 return
@@ -180,6 +226,11 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
     }
 
+    /// How many subscriptions of `name`'s channels the nodes confirmed (for tests).
+    func confirmations(of name: String) -> Int {
+        state.withLock { $0.names[LockKey(name)]?.confirmations ?? 0 }
+    }
+
     /// How many `lock()` calls wait for a release of `name` now.
     func waiterCount(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.waiters.count ?? 0 }
@@ -208,7 +259,7 @@ final class LocalCoordination: Sendable {
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {
-        nodes.map { node in
+        nodes.enumerated().map { index, node in
             RedisSubscriber(
                 configuration: node.configuration, eventLoop: node.eventLoop,
                 onSubscribed: { [weak self] channel in
@@ -222,7 +273,7 @@ final class LocalCoordination: Sendable {
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
                         self?.announce(name, release: payload)
                     } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
-                        self?.handedOff(name, to: payload)
+                        self?.handedOff(name, message: HandoffMessage(payload), node: index)
                     }
                 }
             )
@@ -242,6 +293,7 @@ final class LocalCoordination: Sendable {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             guard var entry = state.names[LockKey(name)], handoffs ? entry.handoffsSubscribed : entry.subscribed else { return [] }
             entry.generation &+= 1
+            entry.confirmations += 1
             let waiters = entry.waiters
             entry.waiters = []
             state.names[LockKey(name)] = entry
@@ -277,25 +329,47 @@ final class LocalCoordination: Sendable {
     /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``).
     ///
     /// A fair lock's waiter passes its `value`: it is woken only by the release that hands the
-    /// lock to it (``handedOff(_:to:)``) or by one that found nobody in line.
-    func waitForRelease(of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil) async -> WaitOutcome {
+    /// lock to it (``handedOff(_:message:node:)``) or by one that found nobody in line. With
+    /// `watch`, the handoffs it hears count as grants (``WaitOutcome/handoff``).
+    func waitForRelease(
+        of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil, watch: HandoffWatch? = nil
+    ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
         let bytes = value.map { Array($0.utf8) }
         await waiter.wait(timer: timer, deadline: .now + timeout) {
-            state.withLock { state in
+            var claimAfter: Duration?
+            let waits = state.withLock { state in
                 // A release heard since `generation` is as good as one heard now, and so is a
                 // handoff to this caller heard before it began to wait.
-                guard let entry = state.names[key], entry.generation == generation else { return false }
-                // Used up: the same handoff heard from the other nodes, while this caller's
-                // claim was in flight, wakes it once more at most.
-                if let bytes, let index = entry.handedTo.firstIndex(of: bytes) {
-                    state.names[key]?.handedTo.remove(at: index)
-                    return false
+                guard var entry = state.names[key], entry.generation == generation else { return false }
+                defer { state.names[key] = entry }
+                var watch = watch
+                if let bytes {
+                    // Used up: the same handoff heard from the other nodes, while this caller's
+                    // claim was in flight, wakes it once more at most.
+                    let heard = entry.handedTo.filter { $0.message.handsOver(to: bytes) }
+                    entry.handedTo.removeAll { $0.message.handsOver(to: bytes) }
+                    if !heard.isEmpty {
+                        guard var counting = watch else { return false }
+                        for (message, node) in heard {
+                            guard let life = message.life(for: bytes), let grant = counting.count(node: node, life: life) else { continue }
+                            waiter.noteHandoff(grant)
+                            return false
+                        }
+                        // None counted: claim now. Some: wait a moment for the rest.
+                        guard !counting.counted.isEmpty else { return false }
+                        claimAfter = counting.claimAfter
+                        watch = counting
+                    }
                 }
-                state.names[key]?.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes))
+                entry.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes, watch: watch))
                 return true
             }
+            if let claimAfter {
+                timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + claimAfter)
+            }
+            return waits
         }
         state.withLock { state in
             state.names[key]?.waiters.removeAll { $0.waiter === waiter }
@@ -330,25 +404,53 @@ final class LocalCoordination: Sendable {
         if let claimed { send(claimed) }
     }
 
-    /// A fair lock's release on a node handed the lock to the waiter whose value is `value`:
-    /// wakes that waiter, sending its prepared attempt (its claim) first. The same handoff heard
-    /// from several nodes wakes it once; one heard before the waiter waits is remembered.
-    func handedOff(_ name: String, to value: [UInt8]) {
+    /// A fair lock's release on node `node` handed the lock to the waiter the message names.
+    /// A waiter that watches for handoffs counts it and resumes, sending nothing, once a quorum
+    /// handed over; after its first counted message it claims (sends its prepared attempt) when
+    /// no quorum came within ``HandoffWatch/claimAfter``. Any other waiter is woken, sending its
+    /// prepared attempt (its claim) first. The same handoff heard from several nodes wakes a
+    /// waiter once; one heard before the waiter waits is remembered.
+    func handedOff(_ name: String, message: HandoffMessage, node: Int) {
+        let key = LockKey(name)
+        var claimLater: (Waiter, Duration)?
         let claimed: Claimed? = state.withLock { state in
-            guard var entry = state.names[LockKey(name)] else { return nil }
-            defer { state.names[LockKey(name)] = entry }
-            if let index = entry.waiters.firstIndex(where: { $0.value == value }) {
-                let found = entry.waiters.remove(at: index)
-                if let continuation = found.waiter.claim(byRelease: true) {
-                    return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
-                }
+            guard var entry = state.names[key] else { return nil }
+            defer { state.names[key] = entry }
+            guard let index = entry.waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
+                entry.handedTo.append((message, node))
+                if entry.handedTo.count > 16 { entry.handedTo.removeFirst() }
                 return nil
             }
-            if !entry.handedTo.contains(value) {
-                entry.handedTo.append(value)
-                if entry.handedTo.count > 8 { entry.handedTo.removeFirst() }
+            if let value = entry.waiters[index].value, let life = message.life(for: value), var watch = entry.waiters[index].watch {
+                let grant = watch.count(node: node, life: life)
+                entry.waiters[index].watch = watch
+                if let grant {
+                    let found = entry.waiters.remove(at: index)
+                    guard let continuation = found.waiter.claim(byRelease: true) else { return nil }
+                    return Claimed(waiter: found.waiter, continuation: continuation, next: nil, handoff: grant)
+                }
+                if watch.counted == [node] { claimLater = (entry.waiters[index].waiter, watch.claimAfter) }
+                if !watch.counted.isEmpty { return nil }
             }
-            return nil
+            let found = entry.waiters.remove(at: index)
+            guard let continuation = found.waiter.claim(byRelease: true) else { return nil }
+            return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
+        }
+        if let (waiter, delay) = claimLater {
+            timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + delay)
+        }
+        if let claimed { send(claimed) }
+    }
+
+    /// A watching waiter heard too few handoffs in time: it claims what it was handed with its
+    /// prepared attempt (a no-op once it was resumed otherwise).
+    private func claimNow(_ key: LockKey, waiter: Waiter) {
+        let claimed: Claimed? = state.withLock { state in
+            guard let index = state.names[key]?.waiters.firstIndex(where: { $0.waiter === waiter }),
+                  let found = state.names[key]?.waiters.remove(at: index),
+                  let continuation = found.waiter.claim(byRelease: true)
+            else { return nil }
+            return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
         }
         if let claimed { send(claimed) }
     }
@@ -482,6 +584,40 @@ final class LocalCoordination: Sendable {
             defer { state.subscribers = [] }
             return state.subscribers
         }
+    }
+}
+
+/// A fair lock's handoff message (``Scripts/releaseFair``): `LIFE VALUE` — how long the
+/// handed key lives, in ms, and the value of the waiter it was handed to — or, from a release
+/// of an earlier version, the value alone.
+struct HandoffMessage: Sendable {
+    /// The handed key's life; nil for a message of the value alone.
+    private let life: Duration?
+    /// The waiter's value, when the message carries a life.
+    private let value: [UInt8]
+    private let payload: [UInt8]
+
+    init(_ payload: [UInt8]) {
+        self.payload = payload
+        if let space = payload.firstIndex(of: UInt8(ascii: " ")), space > 0, space <= 10,
+           payload[..<space].allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+           let milliseconds = Int64(String(decoding: payload[..<space], as: UTF8.self)), milliseconds > 0 {
+            life = .milliseconds(milliseconds)
+            value = Array(payload[(space + 1)...])
+        } else {
+            life = nil
+            value = payload
+        }
+    }
+
+    /// Whether it hands the lock to the waiter whose value is `waiter`.
+    func handsOver(to waiter: [UInt8]) -> Bool {
+        value == waiter || payload == waiter
+    }
+
+    /// The handed key's life when the message hands the lock to `waiter` and says it.
+    func life(for waiter: [UInt8]) -> Duration? {
+        value == waiter ? life : nil
     }
 }
 

@@ -6,6 +6,8 @@ import Synchronization
 ///
 /// - `redlock_acquire_attempts_total`: attempts (each try of `lock()`, or one `tryLock()`).
 /// - `redlock_acquired_total`: successful acquires.
+/// - `redlock_acquire_handoff_grants_total`: acquires of a fair lock that a quorum of nodes
+///   handed over, with no attempt of their own (``LockOptions/fair``).
 /// - `redlock_acquire_failures_total{cause}`: `lock()`/`tryLock()` calls that failed, by error code.
 /// - `redlock_acquire_duration_seconds`: from the call to the lease, for successful acquires.
 /// - `redlock_extensions_total{result}`: `extend()` calls, `ok` or the error code.
@@ -20,6 +22,7 @@ struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter
     let acquired: Counter
+    let handoffGrants: Counter
     let acquireDuration: Timer
     let leasesLost: Counter
     let announcementsRefused: Counter
@@ -34,6 +37,7 @@ struct LockMetrics: Sendable {
         self.factory = factory
         attempts = Counter(label: "redlock_acquire_attempts_total", factory: factory)
         acquired = Counter(label: "redlock_acquired_total", factory: factory)
+        handoffGrants = Counter(label: "redlock_acquire_handoff_grants_total", factory: factory)
         acquireDuration = Timer(label: "redlock_acquire_duration_seconds", factory: factory)
         leasesLost = Counter(label: "redlock_leases_lost_total", factory: factory)
         announcementsRefused = Counter(label: "redlock_release_announcements_refused_total", factory: factory)

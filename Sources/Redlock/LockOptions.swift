@@ -131,13 +131,22 @@ public struct LockOptions: Sendable {
     /// A fair lock's waiters queue on each node, in the order of a ticket taken when their
     /// `lock()` began (the client's wall clock in µs: across machines, fairness is only as good
     /// as their clocks agree; safety does not depend on it). A release hands the lock to the
-    /// first live waiter on each node — it sets the key to that waiter's value for twice the
-    /// attempt budget and publishes the value on `redlock:handoff:NAME` — and that waiter claims
-    /// it with an ordinary attempt: a quorum of grants, validity from the claim's own start. A
-    /// free node grants only the first in line. An entry lives for the waiter's retry delay
-    /// plus twice the attempt budget and is renewed by each attempt, so a waiter that died
-    /// delays the others by at most that plus the unclaimed key's life; one that gives up leaves
-    /// the queue. Acquire and release become scripts (`EVALSHA`) on the keys
+    /// first live waiter on each node: it sets the key to that waiter's value and publishes
+    /// `LIFE VALUE` on `redlock:handoff:NAME`. The waiter counts each node's message as that
+    /// node's grant and, once a quorum handed it the lock, holds a lease with no round trip of
+    /// its own, valid from the start of its `lock()`'s first attempt — every handoff to its value
+    /// came after that — minus the drift allowance, the Redlock rule with that start. It counts
+    /// no node where a clean-up of one of its failed attempts may have deleted something (the
+    /// rule and its mutants are model-checked: `handoff-grant` in `Models/`). Without a quorum of
+    /// messages within 2 ms of the first, or when less than half the validity would be left, it
+    /// claims instead with an ordinary attempt, which resets the keys' expiry and counts from
+    /// its own start. With fencing, the restart guard, replica acknowledgements, fast handoff off
+    /// or a value generator of its own, a waiter always claims. A handed key lives the releaser's
+    /// expiry when some subscriber heard the message, else twice the attempt budget. A free node
+    /// grants only the first in line. An entry lives for the waiter's retry delay plus twice the
+    /// attempt budget and is renewed by each attempt; one that gives up leaves the queue. So a
+    /// waiter that died holds up the others by at most that plus one expiry, as a holder that
+    /// dies does. Every lock object of one name should use the same options. Acquire and release become scripts (`EVALSHA`) on the keys
     /// `redlock:queue:NAME` and `redlock:queue-deadlines:NAME` (which expire with their last
     /// entry), and need `+time`, the sorted-set commands and the `redlock:handoff:*` channels
     /// (README's ACL rules; ``RedlockClient/checkNodes(for:)`` checks them).

@@ -205,6 +205,12 @@ public final class RedlockClient: Sendable {
         }
     }
 
+    /// How many subscriptions of `name`'s release and handoff channels the nodes confirmed
+    /// since this client began to listen for them (for tests).
+    package func subscriptionConfirmations(for name: String) -> Int {
+        coordination.confirmations(of: name)
+    }
+
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {
         coordination.waiterCount(of: name)

@@ -177,16 +177,20 @@ enum Scripts {
     /// `ARGV[1]` value, `ARGV[2]` the release channel or empty, `ARGV[3]` the handoff channel or
     /// empty (``handoffChannel(_:)``), `ARGV[4]` how long a handed-over key lives unclaimed, in ms,
     /// `ARGV[5]` "1" to leave the line and hand over, "0" to stay in line and only delete (the
-    /// clean-up of a failed attempt, whose caller tries again from its place).
+    /// clean-up of a failed attempt, whose caller tries again from its place), `ARGV[6]` (may be
+    /// missing) the releaser's expiry in ms: how long a handed-over key lives when someone hears
+    /// the handoff.
     ///
     /// With "0", a compare-and-delete that publishes nothing. With "1", takes the caller out of
     /// the queue (a `lock()` that gives up leaves this way) and, when the key
     /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
-    /// that waiter's value for `ARGV[4]` ms (its next acquire, a claim, resets the full expiry and
-    /// counts like any grant), takes it out of the queue and publishes its value on the handoff
-    /// channel; with nobody queued, publishes the release on the release channel as
-    /// ``release`` does. Returns 1 when deleted, 2 when deleted but the message was refused, 0
-    /// when another value is there, -1 when the key is missing.
+    /// that waiter's value, takes it out of the queue and publishes `EXPIRY VALUE` (the key's
+    /// life in ms, a space, the waiter's value) on the handoff channel. The key lives `ARGV[6]`
+    /// ms when a subscriber received the message — the waiter may count it as this node's grant
+    /// (``LocalCoordination``) — else `ARGV[4]` ms, until the waiter's next acquire (a claim)
+    /// resets the full expiry. With nobody queued, publishes the release on the release channel
+    /// as ``release`` does. Returns 1 when deleted, 2 when deleted but the message was refused,
+    /// 0 when another value is there, -1 when the key is missing.
     static let releaseFair = RedisScript(
         """
         local queue, deadlines = KEYS[2], KEYS[3]
@@ -207,15 +211,30 @@ enum Scripts {
         end
         \(firstInLine)
         local head = firstInLine()
-        local channel, message = ARGV[2], ARGV[1]
         if head then
-            redis.call('SET', KEYS[1], head[1], 'PX', ARGV[4])
+            local life = ARGV[6] or ARGV[4]
+            redis.call('SET', KEYS[1], head[1], 'PX', life)
             redis.call('ZREM', queue, head[1])
             redis.call('ZREM', deadlines, head[1])
-            channel, message = ARGV[3], head[1]
+            local heard, refused = 0, false
+            if ARGV[3] ~= '' then
+                local announced = redis.pcall('PUBLISH', ARGV[3], life .. ' ' .. head[1])
+                if type(announced) == 'table' and announced.err then
+                    refused = true
+                else
+                    heard = announced
+                end
+            end
+            if heard == 0 and life ~= ARGV[4] then
+                redis.call('PEXPIRE', KEYS[1], ARGV[4])
+            end
+            if refused then
+                return 2
+            end
+            return 1
         end
-        if channel ~= '' then
-            local announced = redis.pcall('PUBLISH', channel, message)
+        if ARGV[2] ~= '' then
+            local announced = redis.pcall('PUBLISH', ARGV[2], ARGV[1])
             if type(announced) == 'table' and announced.err then
                 return 2
             end

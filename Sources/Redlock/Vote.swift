@@ -16,6 +16,11 @@ enum Vote: Sendable, Equatable {
         return false
     }
 
+    /// Whether a compare-and-delete's vote says it deleted nothing: another value, or no key.
+    var deletedNothing: Bool {
+        self == .refused(.taken) || self == .refused(.missing)
+    }
+
     /// The vote of a compare-and-act script: 1 granted, 0 taken, -1 missing; 2 granted with the
     /// release's announcement refused (``Scripts/release``).
     static func ofScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {

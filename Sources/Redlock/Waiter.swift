@@ -7,6 +7,17 @@ struct WaitOutcome: Sendable, Equatable {
     /// When whoever heard the release (a releaser in this process, or the subscriber's thread)
     /// sent the waiter's prepared attempt for it; nil otherwise.
     var handedOverAt: ContinuousClock.Instant?
+    /// A fair lock's handoff heard from a quorum of nodes, counted as their grants (nil
+    /// otherwise; no attempt was sent then).
+    var handoff: HandoffGrant?
+}
+
+/// The nodes that handed a fair lock to a waiter, heard from their messages: each node's key
+/// holds the waiter's value and lives for `expiry` from the moment it was handed (the shortest
+/// life of those messages).
+struct HandoffGrant: Sendable, Equatable {
+    var nodes: [Int]
+    var expiry: Duration
 }
 
 /// One task waiting for something (a release, a single-flight gate): resumed exactly once, by
@@ -69,9 +80,18 @@ final class Waiter: Expiring {
         }
     }
 
-    /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent).
-    func resume(_ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?) {
-        state.withLock { $0.outcome.handedOverAt = handedOverAt }
+    /// Notes the handoff that gives the waiter the lock, for a wait that ends as it begins.
+    func noteHandoff(_ grant: HandoffGrant) {
+        state.withLock { $0.outcome.handoff = grant }
+    }
+
+    /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent), or
+    /// the handoff that gave it the lock.
+    func resume(_ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?, handoff: HandoffGrant? = nil) {
+        state.withLock { state in
+            state.outcome.handedOverAt = handedOverAt
+            state.outcome.handoff = handoff
+        }
         continuation.resume()
     }
 

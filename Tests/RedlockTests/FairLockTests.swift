@@ -1,3 +1,4 @@
+import MetricsTestKit
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -49,7 +50,7 @@ struct FairLockTests {
                 // The holder is no exception: it queues behind nobody now, and the queue is gone.
                 lease = try await holder.lock()
                 try await holder.unlock(lease)
-                #expect(try await leftovers(on: servers) == [])
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
             } teardown: {
                 for other in others { await other.shutdown() }
             }
@@ -79,7 +80,7 @@ struct FairLockTests {
                 // Handed to the quitter instead, the key would sit for 2 s, then wait out 10 s.
                 #expect(released.duration(to: .now) < .seconds(1), "took \(released.duration(to: .now))")
                 try await patientLock.unlock(handed)
-                #expect(try await leftovers(on: servers) == [])
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
             } teardown: {
                 for other in others { await other.shutdown() }
             }
@@ -91,13 +92,112 @@ struct FairLockTests {
         try await server.run(RedisCommand(arguments))
     }
 
-    /// How many `EVALSHA` calls `server` has run.
+    /// How many scripts (`EVALSHA` and `EVAL` calls) `server` has run.
     private func scriptCalls(on server: RedisServer) async throws -> Int {
         let info = try await send("INFO", "commandstats", to: server).string ?? ""
-        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_evalsha:calls=") {
-            return Int(line.dropFirst("cmdstat_evalsha:calls=".count).prefix { $0.isNumber }) ?? 0
+        var calls = 0
+        for line in info.split(whereSeparator: \.isNewline) {
+            for command in ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="] where line.hasPrefix(command) {
+                calls += Int(line.dropFirst(command.count).prefix { $0.isNumber }) ?? 0
+            }
         }
-        return 0
+        return calls
+    }
+
+    /// A waiter in `other` for `name` with `options`, in line once this returns: with fast
+    /// handoff, waiting again after every node confirmed both its subscriptions (each
+    /// confirmation wakes it for one more attempt).
+    private func waiter(
+        in other: RedlockClient, for name: String, options: LockOptions, nodes: Int
+    ) async throws -> (DistributedLock, Task<Lease, any Error>) {
+        let lock = try other.makeLock(name, options: options)
+        let waiting = Task { try await lock.lock() }
+        let confirmations = options.fastHandoff ? 2 * nodes : 0
+        #expect(await eventually(within: .seconds(5)) {
+            other.subscriptionConfirmations(for: name) == confirmations && other.waitingLockCalls(for: name) == 1
+        })
+        return (lock, waiting)
+    }
+
+    @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind")
+    func handoffIsAGrant() async throws {
+        try await withLockNodes(5) { client, servers in
+            let metrics = TestMetrics()
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            try await withTeardown {
+                let holder = try client.makeLock("fair-grant", options: patient())
+                let lease = try await holder.lock()
+                let lockedAt = ContinuousClock.now
+                let (lock, waiting) = try await waiter(in: other, for: "fair-grant", options: patient(), nodes: servers.count)
+                let released = ContinuousClock.now
+                try await holder.unlock(lease)
+                let handed = try await waiting.value
+                // A claim's lease would count from the claim, after the release began.
+                #expect(handed.acquiredAt > lockedAt && handed.acquiredAt < released, "dated from its first attempt")
+                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1)
+                #expect(handed.validUntil <= handed.acquiredAt + .seconds(5))
+                #expect(handed.validUntil > .now + .seconds(3))
+                // It holds: nobody else gets it, and its unlock frees it for the next.
+                await #expect(throws: RedlockError.self) { try await holder.tryLock() }
+                try await lock.unlock(handed)
+                try await holder.unlock(try await holder.tryLock())
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a waiter handed the lock after more than half its validity claims it instead: its lease counts from the claim")
+    func longWaitClaims() async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            try await withTeardown {
+                let options = LockOptions(expiry: .seconds(2), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+                let holder = try client.makeLock("fair-late", options: options)
+                let lease = try await holder.lock()
+                let (lock, waiting) = try await waiter(in: other, for: "fair-late", options: options, nodes: servers.count)
+                // Its first attempt is over 1.1 s old at the handoff: less than half of 2 s left.
+                try await Task.sleep(for: .milliseconds(1_100))
+                let released = ContinuousClock.now
+                try await holder.unlock(lease)
+                let handed = try await waiting.value
+                #expect(handed.acquiredAt >= released, "dated from the claim")
+                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0)
+                #expect(handed.validUntil > .now + .seconds(1))
+                try await lock.unlock(handed)
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a handoff nobody hears lives twice the attempt budget, not a whole expiry, until the waiter claims it at its retry")
+    func unheardHandoffIsShort() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let holder = try client.makeLock("fair-deaf", options: patient())
+                let lease = try await holder.lock()
+                // This waiter does not listen (no subscription anywhere): it claims at its retry.
+                var deaf = patient(.seconds(3))
+                deaf.fastHandoff = false
+                let (lock, waiting) = try await waiter(in: other, for: "fair-deaf", options: deaf, nodes: servers.count)
+                try await holder.unlock(lease)
+                for server in servers {
+                    let life = try await send("PTTL", "fair-deaf", to: server).integer ?? -1
+                    // Budget 1 s (5 s × 0.2): 2 s, not 5 s.
+                    #expect(life > 0 && life <= 2_000, "\(life) ms")
+                }
+                let handed = try await waiting.value
+                try await lock.unlock(handed)
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
     }
 
     @Test("tryLock() never enters the line: a failed one leaves no entry behind, a waiter after it gets the release, and a tryLock() loop succeeds once the lock is free")
@@ -123,7 +223,7 @@ struct FairLockTests {
                 try await waiter.unlock(next)
                 // Free now: the first tryLock() gets it.
                 try await trying.unlock(try await trying.tryLock())
-                #expect(try await leftovers(on: servers) == [])
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
             } teardown: {
                 await other.shutdown()
             }
@@ -181,7 +281,7 @@ struct FairLockTests {
                     #expect(released.duration(to: .now) < .seconds(3), "round \(round): the lock sat \(released.duration(to: .now))")
                     try await second.unlock(lease2)
                 }
-                #expect(try await leftovers(on: servers) == [])
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
             } teardown: {
                 for other in others { await other.shutdown() }
             }
@@ -228,7 +328,7 @@ struct FairLockTests {
                 print("fair, 48 contenders: \(all.count) acquisitions, mean wait \(mean), longest \(longest)")
                 #expect(all.count >= 48)
                 #expect(longest <= mean * 2, "longest wait \(longest), mean \(mean)")
-                #expect(try await leftovers(on: servers) == [])
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
             } teardown: {
                 for other in others { await other.shutdown() }
             }

@@ -97,6 +97,70 @@ struct LocalCoordinationTests {
         #expect(await plain.value == WaitOutcome(woken: true, handedOverAt: nil))
     }
 
+    @Test("a handoff message says the key's life and the waiter's value; one of the value alone (an earlier release) or a value with spaces reads as before")
+    func handoffMessages() {
+        let waiter = Array("abc".utf8)
+        let current = HandoffMessage(Array("8000 abc".utf8))
+        #expect(current.handsOver(to: waiter))
+        #expect(current.life(for: waiter) == .milliseconds(8_000))
+        #expect(!current.handsOver(to: Array("ab".utf8)))
+        let alone = HandoffMessage(waiter)
+        #expect(alone.handsOver(to: waiter))
+        #expect(alone.life(for: waiter) == nil)
+        // An earlier release's message of a value that starts like a life: the value, no life.
+        let spaced = Array("12 monkeys".utf8)
+        #expect(HandoffMessage(spaced).handsOver(to: spaced))
+        #expect(HandoffMessage(spaced).life(for: spaced) == nil)
+        for odd in ["", " abc", "0 abc", "-5 abc", "12345678901 abc", "x1 abc"] {
+            #expect(HandoffMessage(Array(odd.utf8)).life(for: waiter) == nil, "\(odd)")
+        }
+    }
+
+    @Test("handoffs count as grants once from each node a clean-up never went to, a quorum gives the shortest life")
+    func handoffCounting() {
+        var watch = LocalCoordination.HandoffWatch(excluded: [1], quorum: 3, claimAfter: .milliseconds(2))
+        #expect(watch.count(node: 1, life: .seconds(8)) == nil)
+        #expect(watch.count(node: 0, life: .seconds(8)) == nil)
+        #expect(watch.count(node: 0, life: .seconds(8)) == nil)
+        #expect(watch.count(node: 2, life: .seconds(5)) == nil)
+        #expect(watch.counted == [0, 2])
+        #expect(watch.count(node: 4, life: .seconds(9)) == HandoffGrant(nodes: [0, 2, 4], expiry: .seconds(5)))
+    }
+
+    @Test("a waiter that counts handoffs resumes with the grant once a quorum handed over, sending nothing; short of a quorum it claims after claimAfter")
+    func handoffWaiter() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("fair")
+        defer { coordination.endAcquiring("fair") }
+        let watch = LocalCoordination.HandoffWatch(excluded: [3], quorum: 3, claimAfter: .seconds(30))
+        let waiting = Task {
+            await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "w1", watch: watch)
+        }
+        #expect(await eventually(within: .seconds(5)) { coordination.waiterCount(of: "fair") == 1 })
+        for node in [0, 3, 1] { coordination.handedOff("fair", message: HandoffMessage(Array("8000 w1".utf8)), node: node) }
+        // Two counted, node 3 excluded: still waiting.
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(coordination.waiterCount(of: "fair") == 1)
+        coordination.handedOff("fair", message: HandoffMessage(Array("7000 w1".utf8)), node: 4)
+        let outcome = await waiting.value
+        #expect(outcome.woken)
+        #expect(outcome.handedOverAt == nil)
+        #expect(outcome.handoff == HandoffGrant(nodes: [0, 1, 4], expiry: .seconds(7)))
+
+        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20))
+        let claiming = Task {
+            await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "w2", watch: impatient)
+        }
+        #expect(await eventually(within: .seconds(5)) { coordination.waiterCount(of: "fair") == 1 })
+        let heard = ContinuousClock.now
+        coordination.handedOff("fair", message: HandoffMessage(Array("8000 w2".utf8)), node: 0)
+        let claimed = await claiming.value
+        #expect(claimed.woken && claimed.handoff == nil && claimed.handedOverAt != nil)
+        #expect(heard.duration(to: .now) >= .milliseconds(20))
+        #expect(heard.duration(to: .now) < .seconds(10))
+    }
+
     @Test("single-flight gates pass first come first served, skip waiters that gave up, and drop the name when empty")
     func gates() async throws {
         let (coordination, timer) = coordination()
