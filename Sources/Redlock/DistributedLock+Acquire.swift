@@ -119,8 +119,11 @@ extension DistributedLock {
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch
                 )
-                if let handoff = chance.handoff, let firstStart, let lease = handedLease(handoff, since: firstStart, value: value) {
-                    return lease
+                if let handoff = chance.handoff, let firstStart {
+                    // A cancelled caller gets no lease: lock() leaves the line on every node,
+                    // passing on what was handed to it (acquire's clean-up).
+                    if Task.isCancelled { throw cancelled("lock") }
+                    if let lease = handedLease(handoff, since: firstStart, value: value) { return lease }
                 }
             }
             plannedDelay = drawn
@@ -166,7 +169,9 @@ extension DistributedLock {
 
     /// Whether this lock's waiters count a fair release's handoffs as grants: a fair lock with
     /// fast handoff, random values (one per `lock()`), and nothing a grant must also pass
-    /// (fencing, the restart guard, replicas).
+    /// (fencing, the restart guard, replicas). Each node's message stands for that node because
+    /// the nodes are distinct servers (the client refuses an address listed twice; `audit`
+    /// flags two names of one server): Redis publishes to every database of a server.
     var handoffsCountAsGrants: Bool {
         options.fair && options.fastHandoff && !options.fencing && options.restartGuard == nil
             && options.replicaAcknowledgements == 0 && !options.value.mayAlreadyBeHeld
@@ -306,7 +311,7 @@ extension DistributedLock {
         let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
-        cleanedUp.formUnion(decision.releaseQueued)
+        cleanedUp.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued, answers: [:]))
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(
                 releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane
@@ -314,7 +319,8 @@ extension DistributedLock {
         }
         if !decision.releaseAwaited.isEmpty {
             let released = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false)
-            for index in decision.releaseAwaited where !(released[index].map(\.deletedNothing) ?? false) { cleanedUp.insert(index) }
+            let answers = Dictionary(uniqueKeysWithValues: decision.releaseAwaited.compactMap { index in released[index].map { (index, $0) } })
+            cleanedUp.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseAwaited, answers: answers))
         }
 
         let failures = client.failures(in: votes)

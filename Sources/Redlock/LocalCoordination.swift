@@ -66,6 +66,13 @@ final class LocalCoordination: Sendable {
             self.claimAfter = claimAfter
         }
 
+        /// The nodes a clean-up sent to `nodes` excludes: all but those whose answer (in
+        /// `answers`, by node) says it deleted nothing. Unawaited, unanswered or failed, it may
+        /// have deleted a key handed over before it landed.
+        static func excluded(byCleanUpOn nodes: [Int], answers: [Int: Vote]) -> Set<Int> {
+            Set(nodes.filter { !(answers[$0]?.deletedNothing ?? false) })
+        }
+
         /// Counts node `node`'s handoff, whose key lives `life`; returns the grant once a
         /// quorum handed over, or nil.
         mutating func count(node: Int, life: Duration) -> HandoffGrant? {

@@ -137,12 +137,16 @@ public struct LockOptions: Sendable {
     /// its own, valid from the start of its `lock()`'s first attempt — every handoff to its value
     /// came after that — minus the drift allowance, the Redlock rule with that start. It counts
     /// no node where a clean-up of one of its failed attempts may have deleted something (the
-    /// rule and its mutants are model-checked: `handoff-grant` in `Models/`). Without a quorum of
-    /// messages within 2 ms of the first, or when less than half the validity would be left, it
-    /// claims instead with an ordinary attempt, which resets the keys' expiry and counts from
-    /// its own start. With fencing, the restart guard, replica acknowledgements, fast handoff off
-    /// or a value generator of its own, a waiter always claims. A handed key lives the releaser's
-    /// expiry when some subscriber heard the message, else twice the attempt budget. A free node
+    /// rule and its mutants are model-checked: `handoff-grant` in `Models/`). It claims instead,
+    /// with an ordinary attempt that resets the keys' expiry and counts from its own start, when
+    /// no quorum of messages came within 2 ms (at most the attempt budget) of the first one it
+    /// counted, at once when the first message cannot count, and when less than half the
+    /// validity would be left. With fencing, the restart guard, replica acknowledgements, fast
+    /// handoff off or a value generator of its own, a waiter always claims. A handed key lives
+    /// the releaser's expiry when the releaser's lock counts handoffs as grants and some
+    /// subscriber heard the message, else twice the attempt budget. Waiters of a version before
+    /// this rule do not read the new message and claim at their retry delay: upgrade every
+    /// process of a fair lock together. A free node
     /// grants only the first in line. An entry lives for the waiter's retry delay plus twice the
     /// attempt budget and is renewed by each attempt; one that gives up leaves the queue. So a
     /// waiter that died holds up the others by at most that plus one expiry, as a holder that

@@ -184,7 +184,7 @@ enum Scripts {
     /// With "0", a compare-and-delete that publishes nothing. With "1", takes the caller out of
     /// the queue (a `lock()` that gives up leaves this way) and, when the key
     /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
-    /// that waiter's value, takes it out of the queue and publishes `EXPIRY VALUE` (the key's
+    /// that waiter's value, takes it out of the queue and publishes `LIFE VALUE` (the key's
     /// life in ms, a space, the waiter's value) on the handoff channel. The key lives `ARGV[6]`
     /// ms when a subscriber received the message — the waiter may count it as this node's grant
     /// (``LocalCoordination``) — else `ARGV[4]` ms, until the waiter's next acquire (a claim)

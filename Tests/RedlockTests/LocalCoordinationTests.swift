@@ -127,6 +127,39 @@ struct LocalCoordinationTests {
         #expect(watch.count(node: 4, life: .seconds(9)) == HandoffGrant(nodes: [0, 2, 4], expiry: .seconds(5)))
     }
 
+    @Test("a clean-up excludes every node it went to but those that answered it deleted nothing")
+    func cleanUpExclusions() {
+        let answers: [Int: Vote] = [0: .refused(.taken), 1: .refused(.missing), 2: .granted(1), 3: .refused(.noAnswer)]
+        #expect(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: [0, 1, 2, 3, 4], answers: answers) == [2, 3, 4])
+        #expect(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: [0, 1], answers: [:]) == [0, 1])
+    }
+
+    @Test("handoffs heard before the waiter waits count too: a quorum ends the wait at once, fewer make it claim after claimAfter, an excluded node's at once")
+    func rememberedHandoffs() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("fair")
+        defer { coordination.endAcquiring("fair") }
+        for node in [0, 1, 2] { coordination.handedOff("fair", message: HandoffMessage(Array("6000 early".utf8)), node: node) }
+        let watch = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .seconds(30))
+        let early = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "early", watch: watch)
+        #expect(early.woken && early.handoff == HandoffGrant(nodes: [0, 1, 2], expiry: .seconds(6)))
+
+        coordination.handedOff("fair", message: HandoffMessage(Array("6000 some".utf8)), node: 1)
+        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20))
+        let started = ContinuousClock.now
+        let some = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "some", watch: impatient)
+        #expect(some.woken && some.handoff == nil && some.handedOverAt != nil)
+        #expect(started.duration(to: .now) >= .milliseconds(20) && started.duration(to: .now) < .seconds(10))
+
+        coordination.handedOff("fair", message: HandoffMessage(Array("6000 cleaned".utf8)), node: 2)
+        let excluded = LocalCoordination.HandoffWatch(excluded: [2], quorum: 3, claimAfter: .seconds(30))
+        let cleaned = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "cleaned", watch: excluded)
+        // Woken to claim at once (its task sends the attempt): the node cannot count.
+        #expect(cleaned.woken && cleaned.handoff == nil && cleaned.handedOverAt == nil)
+        #expect(coordination.waiterCount(of: "fair") == 0)
+    }
+
     @Test("a waiter that counts handoffs resumes with the grant once a quorum handed over, sending nothing; short of a quorum it claims after claimAfter")
     func handoffWaiter() async {
         let (coordination, timer) = coordination()
