@@ -50,6 +50,9 @@ struct Soak: AsyncParsableCommand {
     @Flag(help: "Run the workers with a fair lock (no guards: only process and network faults).")
     var fair = false
 
+    @Flag(name: .customLong("no-fencing"), help: "Run the workers without fencing tokens (a fair lock's waiters then take handoffs as grants).")
+    var noFencing = false
+
     func validate() throws {
         guard acquisitions > 0, processes >= 2, nodes >= 3, maximumMinutes > 0 else {
             throw ValidationError("need acquisitions > 0, at least 2 processes and 3 nodes, and a positive time limit")
@@ -92,6 +95,7 @@ struct Soak: AsyncParsableCommand {
     /// Runs the workers under the nemesis and checks their logs; returns whether the run passed.
     private func soak(worker: String, servers: [RedisServer], proxies: [FaultProxy], shim: Bool, directory: String) async throws -> Bool {
         let expiryMilliseconds = 1_000
+        let fencingArguments = noFencing ? [] : ["--fencing"]
         let logs = (0..<processes).map { "\(directory)/worker-\($0).log" }
         var workers: [HelperProcess] = []
         let started = ContinuousClock.now
@@ -103,9 +107,9 @@ struct Soak: AsyncParsableCommand {
                     "contend", "--nodes", proxies.map { "127.0.0.1:\($0.port)" }.joined(separator: ","), "--lock", "soak",
                     "--log", log, "--expiry-ms", String(expiryMilliseconds), "--timeout-factor", "0.2",
                     "--connect-timeout-ms", "100", "--command-timeout-ms", "300",
-                    "--hold-max-ms", "2", "--retry-min-ms", "2", "--retry-max-ms", "20", "--extend-every", "4", "--fencing",
+                    "--hold-max-ms", "2", "--retry-min-ms", "2", "--retry-max-ms", "20", "--extend-every", "4",
                     "--parent-pid", String(getpid()), "--max-seconds", String(maximumMinutes * 60 + 60),
-                ] + (noGuards || fair ? [] : ["--epoch-guard-ms", String(expiryMilliseconds), "--clock-guard"]) + (fair ? ["--fair"] : []),
+                ] + fencingArguments + (noGuards || fair ? [] : ["--epoch-guard-ms", String(expiryMilliseconds), "--clock-guard"]) + (fair ? ["--fair"] : []),
                 readyMarker: "ready pid="
             ))
         }
@@ -184,14 +188,14 @@ struct Soak: AsyncParsableCommand {
             "| --- | --- |",
             "| result | \(passed ? "passed" : "FAILED") |",
             "| guards | \(noGuards || fair ? "off" : "epochGuard 1 s, clockGuard")\(fair ? "; a fair lock" : "") |",
-            "| nodes, processes | \(nodes) nodes (append-only, fsync always, each behind a fault proxy), \(processes) worker processes, one lock, fencing, expiry 1 s |",
+            "| nodes, processes | \(nodes) nodes (append-only, fsync always, each behind a fault proxy), \(processes) worker processes, one lock, \(noFencing ? "no fencing" : "fencing"), expiry 1 s |",
             "| acquisitions | \(acquisitions.count) (per process \(perProcess.map(String.init).joined(separator: ", "))), \(String(format: "%.0f", Double(acquisitions.count) / max(seconds, 1)))/s |",
             "| empty (lease ran out before use) | \(acquisitions.filter(\.isEmpty).count) |",
             "| faults | \(records.count), at most \((nodes - 1) / 2) nodes at once: "
                 + ((try? chosenFaults()) ?? NodeFault.allCases).map { "\($0) \(kinds[$0, default: 0])" }.joined(separator: ", ")
                 + (shim ? "" : " (no clock shim: no clock faults)") + " |",
             "| overlapping critical sections | \(overlaps.count) |",
-            "| fencing-token regressions | \(regressions.count) |",
+            "| fencing-token regressions | \(noFencing ? "not logged (no fencing)" : String(regressions.count)) |",
             "| duration | \(String(format: "%.0f", seconds)) s |",
             "| nemesis errors (a fault not inflicted or healed) | \(nemesisErrors.count)"
                 + (nemesisErrors.first.map { ", first: \($0.replacingOccurrences(of: "|", with: "/").prefix(200))" } ?? "") + " |",
