@@ -92,7 +92,7 @@ extension DistributedLock {
         // went to, valid from the call's first attempt (see LocalCoordination.HandoffWatch).
         let countsHandoffs = tries > 1 && handoffsCountAsGrants
         var firstStart: ContinuousClock.Instant?
-        var cleanedUp = Set<Int>()
+        var cleanedUp: Set<Int>? = countsHandoffs ? [] : nil
         for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?
@@ -113,7 +113,7 @@ extension DistributedLock {
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 let delay = retryDelay(planned, after: lastError, woken: chance.woken, deadline: deadline)
                 var watch: LocalCoordination.HandoffWatch?
-                if countsHandoffs, client.nodes.count - cleanedUp.count >= client.quorum {
+                if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
                     watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
                 }
                 chance = await coordination.waitForRelease(
@@ -153,10 +153,10 @@ extension DistributedLock {
     }
 
     /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it; `start`
-    /// is `sentAt`, else a moment before the send. Adds the nodes its clean-up went to to
-    /// `cleanedUp`.
+    /// is `sentAt`, else a moment before the send. Adds the nodes where its clean-up may have
+    /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil).
     private func attempt(
-        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>
+        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
         if sentAt == nil { client.send(prepared) }
@@ -286,7 +286,7 @@ extension DistributedLock {
     /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
     /// runs to its end) may have won it, and it is released like a failed one.
     private func finish(
-        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>
+        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
         var fencingToken: Int64?
@@ -311,7 +311,7 @@ extension DistributedLock {
         let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
-        cleanedUp.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued, answers: [:]))
+        cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued))
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(
                 releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane
@@ -319,8 +319,7 @@ extension DistributedLock {
         }
         if !decision.releaseAwaited.isEmpty {
             let released = await release(releaseCall, on: decision.releaseAwaited, returnWhenDecided: false)
-            let answers = Dictionary(uniqueKeysWithValues: decision.releaseAwaited.compactMap { index in released[index].map { (index, $0) } })
-            cleanedUp.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseAwaited, answers: answers))
+            cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseAwaited, answers: released))
         }
 
         let failures = client.failures(in: votes)

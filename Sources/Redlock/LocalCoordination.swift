@@ -67,10 +67,10 @@ final class LocalCoordination: Sendable {
         }
 
         /// The nodes a clean-up sent to `nodes` excludes: all but those whose answer (in
-        /// `answers`, by node) says it deleted nothing. Unawaited, unanswered or failed, it may
-        /// have deleted a key handed over before it landed.
-        static func excluded(byCleanUpOn nodes: [Int], answers: [Int: Vote]) -> Set<Int> {
-            Set(nodes.filter { !(answers[$0]?.deletedNothing ?? false) })
+        /// `answers`, one per node; empty when not awaited) says it deleted nothing. Unawaited,
+        /// unanswered or failed, it may have deleted a key handed over before it landed.
+        static func excluded(byCleanUpOn nodes: [Int], answers: [Vote?] = []) -> [Int] {
+            nodes.filter { !(answers.indices.contains($0) && answers[$0]?.deletedNothing == true) }
         }
 
         /// Counts node `node`'s handoff, whose key lives `life`; returns the grant once a

@@ -146,11 +146,11 @@ public struct LockOptions: Sendable {
     /// the releaser's expiry when the releaser's lock counts handoffs as grants and some
     /// subscriber heard the message, else twice the attempt budget. Waiters of a version before
     /// this rule do not read the new message and claim at their retry delay: upgrade every
-    /// process of a fair lock together. A free node
-    /// grants only the first in line. An entry lives for the waiter's retry delay plus twice the
-    /// attempt budget and is renewed by each attempt; one that gives up leaves the queue. So a
-    /// waiter that died holds up the others by at most that plus one expiry, as a holder that
-    /// dies does. Every lock object of one name should use the same options. Acquire and release become scripts (`EVALSHA`) on the keys
+    /// process of a fair lock together. A free node grants only the first in line. An entry
+    /// lives for the waiter's retry delay plus twice the attempt budget and is renewed by each
+    /// attempt; one that gives up leaves the queue. So a waiter that died holds up the others by
+    /// at most that plus one expiry, as a holder that dies does. Every lock object of one name
+    /// should use the same options. Acquire and release become scripts (`EVALSHA`) on the keys
     /// `redlock:queue:NAME` and `redlock:queue-deadlines:NAME` (which expire with their last
     /// entry), and need `+time`, the sorted-set commands and the `redlock:handoff:*` channels
     /// (README's ACL rules; ``RedlockClient/checkNodes(for:)`` checks them).

@@ -129,9 +129,9 @@ struct LocalCoordinationTests {
 
     @Test("a clean-up excludes every node it went to but those that answered it deleted nothing")
     func cleanUpExclusions() {
-        let answers: [Int: Vote] = [0: .refused(.taken), 1: .refused(.missing), 2: .granted(1), 3: .refused(.noAnswer)]
+        let answers: [Vote?] = [.refused(.taken), .refused(.missing), .granted(1), .refused(.noAnswer), nil]
         #expect(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: [0, 1, 2, 3, 4], answers: answers) == [2, 3, 4])
-        #expect(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: [0, 1], answers: [:]) == [0, 1])
+        #expect(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: [0, 1], answers: []) == [0, 1])
     }
 
     @Test("handoffs heard before the waiter waits count too: a quorum ends the wait at once, fewer make it claim after claimAfter, an excluded node's at once")
