@@ -15,8 +15,11 @@ extension DistributedLock {
     private func acquire(tries: Int, deadline: ContinuousClock.Instant?, span: (any Span)?) async throws(RedlockError) -> Lease {
         try client.checkOpen(lockName: name)
         let calledAt = ContinuousClock.now
-        let value = options.value.next()
-        guard !value.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
+        let made = options.value.next()
+        guard !made.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
+        // A fair lock's random value carries the client's tag: a handoff to it is published on
+        // the client's own channel (Scripts.handoffChannel(_:value:)).
+        let value = options.fair && !options.value.mayAlreadyBeHeld ? client.coordination.taggedValue(made) : made
         if options.singleFlight {
             if tries == 1 {
                 guard client.coordination.tryEnterGate(name) else {
@@ -107,7 +110,7 @@ extension DistributedLock {
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed.
                 if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
-                    coordination.listen(name, handoffs: options.fair)
+                    coordination.listen(name, handoffChannel: options.fair ? Scripts.handoffChannel(name, value: value) : nil)
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
@@ -324,7 +327,7 @@ extension DistributedLock {
 
         let failures = client.failures(in: votes)
         switch code {
-        case .taken, .noQuorum where fenceShortfall == nil:
+        case .noQuorum where fenceShortfall == nil, .taken:
             if Task.isCancelled { return .failure(cancelled("lock")) }
             // A fair lock's free node refuses too, all but the first in line.
             let said = code == .taken && options.fair ? message + " (or kept for callers ahead in line)" : message

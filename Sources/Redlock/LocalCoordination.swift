@@ -17,12 +17,13 @@ import Synchronization
 ///   the releaser sends that attempt right behind its deletes (``handOff(_:release:)``); from
 ///   another process the subscriber's thread sends it as the message is read
 ///   (``announce(_:release:)``). Either way the waiter is resumed once, when its votes are in.
-/// - A fair lock's release names the waiter it handed the lock to; only that waiter wakes
+/// - A fair lock's release names the waiter it handed the lock to, on a channel of the waiter's
+///   client (``handoffTag``), so only that waiter's process hears it and only that waiter wakes
 ///   (``handedOff(_:message:node:)``). A waiter that watches for handoffs (``HandoffWatch``)
 ///   counts each node's message as that node's grant and, once a quorum handed it the lock,
 ///   resumes with them and sends nothing; until then it waits a moment for more before it
 ///   claims.
-/// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffs:)``).
+/// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation counts as a release heard and wakes every waiter for one more attempt. The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
@@ -124,10 +125,13 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
-        /// Whether its handoff channel is too (a fair lock's).
-        var handoffsSubscribed = false
+        /// The fair lock handoff channels subscribed for it (``Scripts/handoffChannel(_:value:)``):
+        /// usually one, this client's own.
+        var handoffChannels: [String] = []
         /// Subscriptions the nodes confirmed so far (for tests).
         var confirmations = 0
+        /// Handoff messages heard so far, for any waiter (for tests).
+        var handoffMessages = 0
         /// The last few handoff messages of a fair release, for a waiter whose wait begins after
         /// the message came.
         var handedTo: [(message: HandoffMessage, node: Int)] = []
@@ -185,6 +189,8 @@ final class LocalCoordination: Sendable {
         var nextGateID = 0
         /// One per node, made with the first subscription.
         var subscribers: [RedisSubscriber] = []
+        /// The name each subscribed handoff channel belongs to.
+        var handoffChannelNames: [String: LockKey] = [:]
         var shutDown = false
     }
 
@@ -194,7 +200,13 @@ final class LocalCoordination: Sendable {
     /// Ends waits whose time is up, and subscriptions whose linger is over.
     private let timer: DeadlineTimer
 
+    /// This client's tag in its fair locks' values (``taggedValue(_:)``): 16 random lowercase hex
+    /// digits. A release hands such a value the lock on this client's own channel, so a handoff
+    /// wakes only the waiter's process.
+    let handoffTag: String
+
     init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
+        handoffTag = randomHexTag()
         self.nodes = nodes
         self.sender = sender
         self.timer = timer
@@ -233,6 +245,11 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
     }
 
+    /// How many handoff messages of `name` this client's subscribers read (for tests).
+    func handoffMessages(of name: String) -> Int {
+        state.withLock { $0.names[LockKey(name)]?.handoffMessages ?? 0 }
+    }
+
     /// How many subscriptions of `name`'s channels the nodes confirmed (for tests).
     func confirmations(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.confirmations ?? 0 }
@@ -243,26 +260,42 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.waiters.count ?? 0 }
     }
 
-    /// Subscribes to `name`'s release channel on every node — with `handoffs`, a fair lock's,
-    /// also to its handoff channel — once per name (a no-op when subscribed, or after shutdown).
+    /// A fair lock's value made by ``LockValue/random``, tagged with this client's
+    /// ``handoffTag``: `TAG~VALUE`.
+    func taggedValue(_ value: String) -> String { handoffTag + Scripts.handoffTagSeparator + value }
+
+    /// Subscribes to `name`'s release channel on every node — with `handoffChannel`, a fair
+    /// lock's, also to that handoff channel (``Scripts/handoffChannel(_:value:)`` of the
+    /// waiter's value) — once per name and channel (a no-op when subscribed, or after shutdown).
     /// Call while acquiring.
-    func listen(_ name: String, handoffs: Bool = false) {
+    func listen(_ name: String, handoffChannel: String? = nil) {
         let key = LockKey(name)
         let (subscribers, channels): ([RedisSubscriber], [String]) = state.withLock { state in
             guard !state.shutDown, var entry = state.names[key] else { return ([], []) }
             var channels: [String] = []
             if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
-            if handoffs, !entry.handoffsSubscribed { channels.append(Scripts.handoffChannel(name)) }
+            // A channel belongs to one name. Two names share one only when one name is the other
+            // plus `~` and a tag; the later one's waiters then claim at their retry delay.
+            if let handoffChannel, !entry.handoffChannels.contains(handoffChannel),
+               state.handoffChannelNames[handoffChannel].map({ $0 == key }) ?? true {
+                channels.append(handoffChannel)
+                entry.handoffChannels.append(handoffChannel)
+                state.handoffChannelNames[handoffChannel] = key
+            }
             guard !channels.isEmpty else { return ([], []) }
             if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
             entry.subscribed = true
-            entry.handoffsSubscribed = entry.handoffsSubscribed || handoffs
             state.names[key] = entry
             return (state.subscribers, channels)
         }
         for subscriber in subscribers {
             for channel in channels { subscriber.subscribe(channel) }
         }
+    }
+
+    /// The lock name a subscribed handoff channel belongs to.
+    private func name(ofHandoffChannel channel: String) -> String? {
+        state.withLock { $0.handoffChannelNames[channel]?.name }
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {
@@ -272,14 +305,14 @@ final class LocalCoordination: Sendable {
                 onSubscribed: { [weak self] channel in
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
                         self?.confirmed(name)
-                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                    } else if let name = self?.name(ofHandoffChannel: channel) {
                         self?.confirmed(name, handoffs: true)
                     }
                 },
                 onMessage: { [weak self] channel, payload in
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
                         self?.announce(name, release: payload)
-                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                    } else if let name = self?.name(ofHandoffChannel: channel) {
                         self?.handedOff(name, message: HandoffMessage(payload), node: index)
                     }
                 }
@@ -298,7 +331,7 @@ final class LocalCoordination: Sendable {
     /// the confirmation came after and triggers another attempt.
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
-            guard var entry = state.names[LockKey(name)], handoffs ? entry.handoffsSubscribed : entry.subscribed else { return [] }
+            guard var entry = state.names[LockKey(name)], handoffs ? !entry.handoffChannels.isEmpty : entry.subscribed else { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
             let waiters = entry.waiters
@@ -315,9 +348,10 @@ final class LocalCoordination: Sendable {
             guard var entry = state.names[key], entry.acquiring == 0, entry.subscribed,
                   let until = entry.lingerUntil, until <= .now
             else { return [] }
-            let channels = [Scripts.releaseChannel(key.name)] + (entry.handoffsSubscribed ? [Scripts.handoffChannel(key.name)] : [])
+            let channels = [Scripts.releaseChannel(key.name)] + entry.handoffChannels
+            for channel in entry.handoffChannels { state.handoffChannelNames[channel] = nil }
             entry.subscribed = false
-            entry.handoffsSubscribed = false
+            entry.handoffChannels = []
             entry.lingerUntil = nil
             entry.handedTo = []
             state.names[key] = entry.isUnused ? nil : entry
@@ -423,6 +457,7 @@ final class LocalCoordination: Sendable {
         let claimed: Claimed? = state.withLock { state in
             guard var entry = state.names[key] else { return nil }
             defer { state.names[key] = entry }
+            entry.handoffMessages += 1
             guard let index = entry.waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
                 entry.handedTo.append((message, node))
                 if entry.handedTo.count > 16 { entry.handedTo.removeFirst() }

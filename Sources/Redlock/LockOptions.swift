@@ -132,7 +132,10 @@ public struct LockOptions: Sendable {
     /// `lock()` began (the client's wall clock in µs: across machines, fairness is only as good
     /// as their clocks agree; safety does not depend on it). A release hands the lock to the
     /// first live waiter on each node: it sets the key to that waiter's value and publishes
-    /// `LIFE VALUE` on `redlock:handoff:NAME`. The waiter counts each node's message as that
+    /// `LIFE VALUE` on the waiter's client's channel, `redlock:handoff:NAME~TAG` (the client's
+    /// tag leads its fair locks' random values: ``LockValue/random``; a value of the caller's own
+    /// goes to `redlock:handoff:NAME` unless it starts with a tag), so no other process wakes
+    /// for it. The waiter counts each node's message as that
     /// node's grant and, once a quorum handed it the lock, holds a lease with no round trip of
     /// its own, valid from the start of its `lock()`'s first attempt — every handoff to its value
     /// came after that — minus the drift allowance, the Redlock rule with that start. It counts
@@ -145,8 +148,9 @@ public struct LockOptions: Sendable {
     /// handoff off or a value generator of its own, a waiter always claims. A handed key lives
     /// the releaser's expiry when the releaser's lock counts handoffs as grants and some
     /// subscriber heard the message, else twice the attempt budget. Waiters of a version before
-    /// this rule do not read the new message and claim at their retry delay: upgrade every
-    /// process of a fair lock together. A free node grants only the first in line. An entry
+    /// this rule do not read the new message, and its releasers publish where tagged waiters do
+    /// not listen; either way the waiter claims at its retry delay: upgrade every process of a
+    /// fair lock together. A free node grants only the first in line. An entry
     /// lives for the waiter's retry delay plus twice the attempt budget and is renewed by each
     /// attempt; one that gives up leaves the queue. So a waiter that died holds up the others by
     /// at most that plus one expiry, as a holder that dies does. Every lock object of one name

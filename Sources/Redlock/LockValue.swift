@@ -21,7 +21,10 @@ public struct LockValue: Sendable {
         mayAlreadyBeHeld = false
     }
 
-    /// 16 random bytes from the system's secure generator, base64-encoded. The default.
+    /// 16 random bytes from the system's secure generator, base64-encoded. The default. A fair
+    /// lock (``LockOptions/fair``) puts its client's handoff tag in front — 16 lowercase hex
+    /// digits and `~` — so that a release tells the waiter's process alone that it was handed the
+    /// lock (on `redlock:handoff:NAME~TAG`, not the channel every waiting process listens on).
     public static let random = LockValue(random: { randomToken(byteCount: 16) })
 
     /// The same value every time, e.g. to re-attach to a lease held by another process that
@@ -36,6 +39,15 @@ public struct LockValue: Sendable {
     }
 
     func next() -> String { make() }
+}
+
+/// 16 lowercase hex digits (8 random bytes from the system's secure generator): a client's
+/// handoff tag (``LocalCoordination/handoffTag``).
+func randomHexTag() -> String {
+    var generator = SystemRandomNumberGenerator()
+    let word: UInt64 = generator.next()
+    let digits = String(word, radix: 16)
+    return String(repeating: "0", count: 16 - digits.count) + digits
 }
 
 /// `byteCount` random bytes, base64-encoded (standard alphabet, padded). The bytes come eight

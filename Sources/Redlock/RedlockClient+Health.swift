@@ -109,7 +109,8 @@ extension RedlockClient {
                 + (fair ? [Scripts.queueKey(lock.name), Scripts.queueDeadlinesKey(lock.name)] : []),
             arguments: [
                 randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0",
-                fair ? Scripts.handoffChannel(lock.name) : "",
+                // The channel this client's waiters listen on (Scripts.handoffChannel(_:value:)).
+                fair ? Scripts.handoffChannel(lock.name, value: coordination.taggedValue("")) : "",
             ]
         )
         return await withTaskGroup(of: NodePermissions.self) { group in

@@ -211,6 +211,12 @@ public final class RedlockClient: Sendable {
         coordination.confirmations(of: name)
     }
 
+    /// How many fair lock handoff messages of `name` this client's subscribers read since it
+    /// began to listen for them (for tests).
+    package func handoffMessagesHeard(for name: String) -> Int {
+        coordination.handoffMessages(of: name)
+    }
+
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {
         coordination.waiterCount(of: name)

@@ -175,7 +175,7 @@ enum Scripts {
 
     /// Release in a fair lock. `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines,
     /// `ARGV[1]` value, `ARGV[2]` the release channel or empty, `ARGV[3]` the handoff channel or
-    /// empty (``handoffChannel(_:)``), `ARGV[4]` how long a handed-over key lives unclaimed, in ms,
+    /// empty (``handoffChannel(_:)``; a tagged waiter's goes to ``handoffChannel(_:value:)``), `ARGV[4]` how long a handed-over key lives unclaimed, in ms,
     /// `ARGV[5]` "1" to leave the line and hand over, "0" to stay in line and only delete (the
     /// clean-up of a failed attempt, whose caller tries again from its place), `ARGV[6]` (may be
     /// missing) the releaser's expiry in ms: how long a handed-over key lives when someone hears
@@ -185,7 +185,8 @@ enum Scripts {
     /// the queue (a `lock()` that gives up leaves this way) and, when the key
     /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
     /// that waiter's value, takes it out of the queue and publishes `LIFE VALUE` (the key's
-    /// life in ms, a space, the waiter's value) on the handoff channel. The key lives `ARGV[6]`
+    /// life in ms, a space, the waiter's value) on the handoff channel — `ARGV[3]~TAG` when the
+    /// value starts with a tag (``handoffChannel(_:value:)``). The key lives `ARGV[6]`
     /// ms when a subscriber received the message — the waiter may count it as this node's grant
     /// (``LocalCoordination``) — else `ARGV[4]` ms, until the waiter's next acquire (a claim)
     /// resets the full expiry. With nobody queued, publishes the release on the release channel
@@ -218,7 +219,12 @@ enum Scripts {
             redis.call('ZREM', deadlines, head[1])
             local heard, refused = 0, false
             if ARGV[3] ~= '' then
-                local announced = redis.pcall('PUBLISH', ARGV[3], life .. ' ' .. head[1])
+                local channel = ARGV[3]
+                local tag = string.match(head[1], '\(handoffTagPattern)')
+                if tag then
+                    channel = channel .. '\(handoffTagSeparator)' .. tag
+                end
+                local announced = redis.pcall('PUBLISH', channel, life .. ' ' .. head[1])
                 if type(announced) == 'table' and announced.err then
                     refused = true
                 else
@@ -444,8 +450,34 @@ enum Scripts {
     /// The channel a release of `name` is published on.
     static func releaseChannel(_ name: String) -> String { releaseChannelPrefix + name }
 
-    /// The channel a fair lock's release publishes the value of the waiter it handed the lock to.
+    /// The channel a fair lock's release publishes the value of the waiter it handed the lock to,
+    /// when that value carries no tag: `redlock:handoff:NAME`.
     static func handoffChannel(_ name: String) -> String { handoffChannelPrefix + name }
+
+    /// What separates a value's tag from the rest: `TAG~REST`.
+    static let handoffTagSeparator = "~"
+
+    /// The Lua pattern of a tagged value: lowercase hex digits, then the separator. The class is
+    /// spelled out, not `%x`, so that no server locale can change it.
+    private static let handoffTagPattern = "^([0-9a-f]+)" + handoffTagSeparator
+
+    /// The channel a fair release of `name` publishes the handoff to `value` on (mirrors
+    /// ``releaseFair``): `redlock:handoff:NAME~TAG` when the value starts with a tag (one or
+    /// more lowercase hex digits, then `~`; ``LocalCoordination/handoffTag``), else
+    /// `redlock:handoff:NAME`. Each client tags its fair locks' random values with its own tag,
+    /// so a handoff reaches only the waiter's process, not every process that waits for the name.
+    static func handoffChannel(_ name: String, value: String) -> String {
+        guard let tag = handoffTag(of: value) else { return handoffChannel(name) }
+        return handoffChannel(name) + handoffTagSeparator + tag
+    }
+
+    /// The tag `value` starts with (``handoffChannel(_:value:)``), or nil.
+    static func handoffTag(of value: String) -> Substring? {
+        let utf8 = value.utf8
+        guard let end = utf8.firstIndex(of: UInt8(ascii: "~")), end > utf8.startIndex else { return nil }
+        let isTag = utf8[..<end].allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+        return isTag ? value[..<end] : nil
+    }
 
     /// The lock name of a release channel, or nil for another channel.
     static func lockName(ofReleaseChannel channel: String) -> String? {
@@ -453,9 +485,4 @@ enum Scripts {
         return String(channel.dropFirst(releaseChannelPrefix.count))
     }
 
-    /// The lock name of a handoff channel, or nil for another channel.
-    static func lockName(ofHandoffChannel channel: String) -> String? {
-        guard channel.hasPrefix(handoffChannelPrefix) else { return nil }
-        return String(channel.dropFirst(handoffChannelPrefix.count))
-    }
 }

@@ -154,6 +154,70 @@ struct FairLockTests {
         }
     }
 
+    @Test("a handoff is published on the waiter's client's channel alone: another client waiting for the name reads none of it")
+    func handoffReachesItsWaiterOnly() async throws {
+        try await withLockNodes(5) { client, servers in
+            let others = try (0..<2).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
+            try await withTeardown {
+                let name = "fair-direct"
+                let holder = try client.makeLock(name, options: patient())
+                let lease = try await holder.lock()
+                let (first, firstWaiting) = try await waiter(in: others[0], for: name, options: patient(), nodes: servers.count)
+                let (second, secondWaiting) = try await waiter(in: others[1], for: name, options: patient(), nodes: servers.count)
+                // Each client listens on its own channel; nobody on the shared one.
+                for server in servers {
+                    let shared = try await send("PUBSUB", "NUMSUB", "redlock:handoff:\(name)", to: server)
+                    #expect(shared == .array([.bulkString(Array("redlock:handoff:\(name)".utf8)), .integer(0)]))
+                    let own = try await send("PUBSUB", "CHANNELS", "redlock:handoff:\(name)~*", to: server)
+                    guard case let .array(channels) = own else { Issue.record("\(own)"); continue }
+                    #expect(channels.count == 2)
+                }
+                try await holder.unlock(lease)
+                let firstLease = try await firstWaiting.value
+                try await first.unlock(firstLease)
+                let secondLease = try await secondWaiting.value
+                // On each node the first handoff came before the second on the same connection: on
+                // a shared channel the second client would have read the first one's message on
+                // every node it heard the second on (a quorum, or one when it claims after 2 ms),
+                // not at most one message per node.
+                let heard = others[1].handoffMessagesHeard(for: name)
+                #expect(heard >= 1 && heard <= servers.count, "\(heard) messages")
+                #expect(others[0].handoffMessagesHeard(for: name) <= servers.count)
+                try await second.unlock(secondLease)
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                for other in others { await other.shutdown() }
+            }
+        }
+    }
+
+    @Test("a value of the caller's own goes to the channel its tag picks, in the script and in the client alike: its waiter hears the handoff")
+    func customValueChannels() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                for (index, value) in ["0a1b~mine", "ABC~mine", "plain"].enumerated() {
+                    let name = "fair-custom-\(index)"
+                    let holder = try client.makeLock(name, options: patient())
+                    let lease = try await holder.lock()
+                    var options = patient()
+                    options.value = .fixed(value)
+                    let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
+                    let released = ContinuousClock.now
+                    try await holder.unlock(lease)
+                    let handed = try await waiting.value
+                    // Unheard, the waiter would sleep out its 10 s retry delay.
+                    #expect(released.duration(to: .now) < .seconds(5), "\(value): took \(released.duration(to: .now))")
+                    #expect(other.handoffMessagesHeard(for: name) >= 1, "\(value)")
+                    try await lock.unlock(handed)
+                }
+                do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
     @Test("a waiter handed the lock after more than half its validity claims it instead: its lease counts from the claim")
     func longWaitClaims() async throws {
         try await withLockNodes(3) { client, servers in

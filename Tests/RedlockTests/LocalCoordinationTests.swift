@@ -116,6 +116,25 @@ struct LocalCoordinationTests {
         }
     }
 
+    @Test("a fair value's tag (lowercase hex digits, then ~) picks the client's own handoff channel; any other value the shared one")
+    func handoffChannels() {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        let tag = coordination.handoffTag
+        #expect(tag.utf8.count == 16 && Scripts.handoffTag(of: tag + "~x").map(String.init) == tag)
+        let tagged = coordination.taggedValue("c2VjcmV0")
+        #expect(tagged == tag + "~c2VjcmV0")
+        #expect(Scripts.handoffChannel("jobs", value: tagged) == "redlock:handoff:jobs~" + tag)
+        #expect(Scripts.handoffChannel("a~b", value: "0~") == "redlock:handoff:a~b~0")
+        for untagged in ["plain", "~x", "ABC~x", "12g~x", "ab c~x", "é~x", ""] {
+            #expect(Scripts.handoffChannel("jobs", value: untagged) == "redlock:handoff:jobs", "\(untagged)")
+        }
+        // Two clients, two tags.
+        let (other, otherTimer) = self.coordination()
+        defer { otherTimer.stop() }
+        #expect(other.handoffTag != tag)
+    }
+
     @Test("handoffs count as grants once from each node a clean-up never went to, a quorum gives the shortest life")
     func handoffCounting() {
         var watch = LocalCoordination.HandoffWatch(excluded: [1], quorum: 3, claimAfter: .milliseconds(2))
