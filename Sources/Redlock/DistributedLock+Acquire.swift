@@ -96,6 +96,11 @@ extension DistributedLock {
         let countsHandoffs = tries > 1 && handoffsCountAsGrants
         var firstStart: ContinuousClock.Instant?
         var cleanedUp: Set<Int>? = countsHandoffs ? [] : nil
+        // A fair lock's handoffs come on the channel its value picks; one of another tag than the
+        // client's (a value of the caller's own) is listened on while this call lasts.
+        let handoffChannel = options.fair ? Scripts.handoffChannel(name, value: value) : nil
+        var countedChannel: String?
+        defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?
@@ -110,7 +115,9 @@ extension DistributedLock {
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed.
                 if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
-                    coordination.listen(name, handoffChannel: options.fair ? Scripts.handoffChannel(name, value: value) : nil)
+                    if coordination.listen(name, handoffChannel: countedChannel == nil ? handoffChannel : nil) {
+                        countedChannel = handoffChannel
+                    }
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)

@@ -125,8 +125,8 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
-        /// The fair lock handoff channels subscribed for it (``Scripts/handoffChannel(_:value:)``):
-        /// usually one, this client's own.
+        /// The fair lock handoff channels subscribed for it that last as long as its release
+        /// channel: this client's own (``handoffTag``) and the shared one.
         var handoffChannels: [String] = []
         /// Subscriptions the nodes confirmed so far (for tests).
         var confirmations = 0
@@ -189,8 +189,10 @@ final class LocalCoordination: Sendable {
         var nextGateID = 0
         /// One per node, made with the first subscription.
         var subscribers: [RedisSubscriber] = []
-        /// The name each subscribed handoff channel belongs to.
-        var handoffChannelNames: [String: LockKey] = [:]
+        /// Handoff channels of values of the caller's own that carry another tag, by their bytes:
+        /// the name each belongs to and how many `lock()` calls listen on it. Subscribed while one
+        /// does (values of a generator may each pick a channel of their own).
+        var countedHandoffChannels: [[UInt8]: (key: LockKey, users: Int)] = [:]
         var shutDown = false
     }
 
@@ -267,35 +269,81 @@ final class LocalCoordination: Sendable {
     /// Subscribes to `name`'s release channel on every node — with `handoffChannel`, a fair
     /// lock's, also to that handoff channel (``Scripts/handoffChannel(_:value:)`` of the
     /// waiter's value) — once per name and channel (a no-op when subscribed, or after shutdown).
-    /// Call while acquiring.
-    func listen(_ name: String, handoffChannel: String? = nil) {
+    /// Call while acquiring. This client's own handoff channel and the shared one stay
+    /// subscribed as long as the release channel; any other (a value of the caller's own with
+    /// another tag) is counted: returns true when this call counted a use of it, to be ended by
+    /// ``stopListening(_:handoffChannel:)`` when that `lock()` returns.
+    @discardableResult
+    func listen(_ name: String, handoffChannel: String? = nil) -> Bool {
         let key = LockKey(name)
-        let (subscribers, channels): ([RedisSubscriber], [String]) = state.withLock { state in
-            guard !state.shutDown, var entry = state.names[key] else { return ([], []) }
+        let lingers = handoffChannel.map { channel in
+            [Scripts.handoffChannel(name), ownHandoffChannel(name)].contains { channel.utf8.elementsEqual($0.utf8) }
+        } ?? true
+        let (subscribers, channels, counted): ([RedisSubscriber], [String], Bool) = state.withLock { state in
+            guard !state.shutDown, var entry = state.names[key] else { return ([], [], false) }
             var channels: [String] = []
+            var counted = false
             if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
-            // A channel belongs to one name. Two names share one only when one name is the other
-            // plus `~` and a tag; the later one's waiters then claim at their retry delay.
-            if let handoffChannel, !entry.handoffChannels.contains(handoffChannel),
-               state.handoffChannelNames[handoffChannel].map({ $0 == key }) ?? true {
+            if let handoffChannel, lingers, !entry.handoffChannels.contains(handoffChannel) {
                 channels.append(handoffChannel)
                 entry.handoffChannels.append(handoffChannel)
-                state.handoffChannelNames[handoffChannel] = key
+            } else if let handoffChannel, !lingers {
+                let bytes = Array(handoffChannel.utf8)
+                // A channel belongs to one name (two share one only when one name is the other
+                // plus `~` and a tag); the later one's waiters then claim at their retry delay.
+                if let use = state.countedHandoffChannels[bytes] {
+                    if use.key == key {
+                        state.countedHandoffChannels[bytes] = (key, use.users + 1)
+                        counted = true
+                    }
+                } else {
+                    state.countedHandoffChannels[bytes] = (key, 1)
+                    channels.append(handoffChannel)
+                    counted = true
+                }
             }
-            guard !channels.isEmpty else { return ([], []) }
+            guard !channels.isEmpty else { return ([], [], counted) }
             if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
             entry.subscribed = true
             state.names[key] = entry
-            return (state.subscribers, channels)
+            return (state.subscribers, channels, counted)
         }
         for subscriber in subscribers {
             for channel in channels { subscriber.subscribe(channel) }
         }
+        return counted
     }
 
-    /// The lock name a subscribed handoff channel belongs to.
+    /// Ends a use of a counted handoff channel (``listen(_:handoffChannel:)`` returned true); the
+    /// last one unsubscribes it.
+    func stopListening(_ name: String, handoffChannel channel: String) {
+        let bytes = Array(channel.utf8)
+        let subscribers: [RedisSubscriber] = state.withLock { state in
+            guard let use = state.countedHandoffChannels[bytes], use.key == LockKey(name) else { return [] }
+            guard use.users <= 1 else {
+                state.countedHandoffChannels[bytes] = (use.key, use.users - 1)
+                return []
+            }
+            state.countedHandoffChannels[bytes] = nil
+            return state.subscribers
+        }
+        for subscriber in subscribers { subscriber.unsubscribe(channel) }
+    }
+
+    /// This client's handoff channel for `name`: `redlock:handoff:NAME~TAG`.
+    private func ownHandoffChannel(_ name: String) -> String {
+        Scripts.handoffChannel(name) + Scripts.handoffTagSeparator + handoffTag
+    }
+
+    /// The lock name of a handoff channel: a counted one's, else the name in a channel of this
+    /// client's tag or in the shared one. (Read from the channel, so that a message that comes
+    /// while a lingering subscription is being ended and made again still reaches the name.)
     private func name(ofHandoffChannel channel: String) -> String? {
-        state.withLock { $0.handoffChannelNames[channel]?.name }
+        if let use = state.withLock({ $0.countedHandoffChannels[Array(channel.utf8)] }) { return use.key.name }
+        guard let rest = Scripts.lockName(ofHandoffChannel: channel) else { return nil }
+        let suffix = Scripts.handoffTagSeparator + handoffTag
+        guard rest.utf8.count > suffix.utf8.count, rest.utf8.suffix(suffix.utf8.count).elementsEqual(suffix.utf8) else { return rest }
+        return String(decoding: rest.utf8.dropLast(suffix.utf8.count), as: UTF8.self)
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {
@@ -331,12 +379,15 @@ final class LocalCoordination: Sendable {
     /// the confirmation came after and triggers another attempt.
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
-            guard var entry = state.names[LockKey(name)], handoffs ? !entry.handoffChannels.isEmpty : entry.subscribed else { return [] }
+            let key = LockKey(name)
+            guard var entry = state.names[key], entry.subscribed else { return [] }
+            // A handoff channel's confirmation counts only while the name has one.
+            if handoffs, entry.handoffChannels.isEmpty, !state.countedHandoffChannels.values.contains(where: { $0.key == key }) { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
             let waiters = entry.waiters
             entry.waiters = []
-            state.names[LockKey(name)] = entry
+            state.names[key] = entry
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
@@ -349,7 +400,6 @@ final class LocalCoordination: Sendable {
                   let until = entry.lingerUntil, until <= .now
             else { return [] }
             let channels = [Scripts.releaseChannel(key.name)] + entry.handoffChannels
-            for channel in entry.handoffChannels { state.handoffChannelNames[channel] = nil }
             entry.subscribed = false
             entry.handoffChannels = []
             entry.lingerUntil = nil

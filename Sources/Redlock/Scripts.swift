@@ -454,12 +454,25 @@ enum Scripts {
     /// when that value carries no tag: `redlock:handoff:NAME`.
     static func handoffChannel(_ name: String) -> String { handoffChannelPrefix + name }
 
+    /// The rest of a handoff channel's name after `redlock:handoff:` (`NAME` or `NAME~TAG`), or
+    /// nil for another channel.
+    static func lockName(ofHandoffChannel channel: String) -> String? {
+        rest(of: channel, after: handoffChannelPrefix)
+    }
+
+    /// `channel` after `prefix`, compared and cut as bytes (a name that begins with a combining
+    /// mark would otherwise join the prefix's last character), or nil without the prefix.
+    private static func rest(of channel: String, after prefix: String) -> String? {
+        guard channel.utf8.starts(with: prefix.utf8) else { return nil }
+        return String(decoding: channel.utf8.dropFirst(prefix.utf8.count), as: UTF8.self)
+    }
+
     /// What separates a value's tag from the rest: `TAG~REST`.
     static let handoffTagSeparator = "~"
 
     /// The Lua pattern of a tagged value: lowercase hex digits, then the separator. The class is
     /// spelled out, not `%x`, so that no server locale can change it.
-    private static let handoffTagPattern = "^([0-9a-f]+)" + handoffTagSeparator
+    static let handoffTagPattern = "^([0-9a-f]+)" + handoffTagSeparator
 
     /// The channel a fair release of `name` publishes the handoff to `value` on (mirrors
     /// ``releaseFair``): `redlock:handoff:NAME~TAG` when the value starts with a tag (one or
@@ -481,8 +494,7 @@ enum Scripts {
 
     /// The lock name of a release channel, or nil for another channel.
     static func lockName(ofReleaseChannel channel: String) -> String? {
-        guard channel.hasPrefix(releaseChannelPrefix) else { return nil }
-        return String(channel.dropFirst(releaseChannelPrefix.count))
+        rest(of: channel, after: releaseChannelPrefix)
     }
 
 }

@@ -12,8 +12,10 @@ import Synchronization
 /// Call ``shutdown()`` when done.
 package final class RedisSubscriber: Sendable, EventLoopSource {
     private struct State {
-        var channels: [String: Int] = [:]
-        var subscribed = Set<String>()
+        /// Channels by their bytes, as the server compares them: Swift's `String` equality would
+        /// merge canonically equivalent names (`"caf\u{E9}"`, `"cafe\u{301}"`), two channels there.
+        var channels: [[UInt8]: Int] = [:]
+        var subscribed = Set<[UInt8]>()
         var socket: NodeSocket?
         var watching = false
         var connecting = false
@@ -57,8 +59,9 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         guard let token = registeredToken() else { return }
         let connect: Bool = state.withLock { state in
             guard !state.shuttingDown else { return false }
-            state.channels[channel, default: 0] += 1
-            return synchronize(&state, token: token)
+            let key = Array(channel.utf8)
+            state.channels[key, default: 0] += 1
+            return synchronize(&state, token: token, changed: key)
         }
         if connect { startConnect() }
     }
@@ -67,9 +70,10 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     package func unsubscribe(_ channel: String) {
         guard let token = registeredToken() else { return }
         let connect: Bool = state.withLock { state in
-            guard let count = state.channels[channel] else { return false }
-            state.channels[channel] = count <= 1 ? nil : count - 1
-            return synchronize(&state, token: token)
+            let key = Array(channel.utf8)
+            guard let count = state.channels[key] else { return false }
+            state.channels[key] = count <= 1 ? nil : count - 1
+            return synchronize(&state, token: token, changed: key)
         }
         if connect { startConnect() }
     }
@@ -99,8 +103,22 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     }
 
     /// Brings the server's subscriptions to the wanted channels; returns whether a connect must
-    /// start.
-    private func synchronize(_ state: inout State, token: UInt64) -> Bool {
+    /// start. With `changed`, only that channel's count changed: on a connection, it alone is
+    /// compared (a client subscribed to many names pays nothing per name for the others).
+    private func synchronize(_ state: inout State, token: UInt64, changed: [UInt8]? = nil) -> Bool {
+        if let changed, state.socket != nil {
+            let wanted = state.channels[changed] != nil
+            guard wanted != state.subscribed.contains(changed) else { return false }
+            if wanted {
+                state.subscribed.insert(changed)
+                RedisCommand("SUBSCRIBE", String(decoding: changed, as: UTF8.self)).appendWire(to: &state.output)
+            } else {
+                state.subscribed.remove(changed)
+                RedisCommand("UNSUBSCRIBE", String(decoding: changed, as: UTF8.self)).appendWire(to: &state.output)
+            }
+            flush(&state, token: token)
+            return false
+        }
         let wanted = Set(state.channels.keys)
         guard state.socket != nil else {
             guard !wanted.isEmpty, !state.connecting, state.retryAt == nil, !state.shuttingDown else { return false }
@@ -109,8 +127,11 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         }
         let added = wanted.subtracting(state.subscribed)
         let removed = state.subscribed.subtracting(wanted)
-        if !added.isEmpty { RedisCommand(["SUBSCRIBE"] + added.sorted()).appendWire(to: &state.output) }
-        if !removed.isEmpty { RedisCommand(["UNSUBSCRIBE"] + removed.sorted()).appendWire(to: &state.output) }
+        func names(_ channels: Set<[UInt8]>) -> [String] {
+            channels.sorted { $0.lexicographicallyPrecedes($1) }.map { String(decoding: $0, as: UTF8.self) }
+        }
+        if !added.isEmpty { RedisCommand(["SUBSCRIBE"] + names(added)).appendWire(to: &state.output) }
+        if !removed.isEmpty { RedisCommand(["UNSUBSCRIBE"] + names(removed)).appendWire(to: &state.output) }
         state.subscribed = wanted
         flush(&state, token: token)
         return false

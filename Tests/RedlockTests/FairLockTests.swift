@@ -2,6 +2,7 @@ import MetricsTestKit
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
 
 @Suite("Fair locks: first come, first served across clients", .timeLimit(.minutes(2)))
@@ -112,7 +113,7 @@ struct FairLockTests {
     ) async throws -> (DistributedLock, Task<Lease, any Error>) {
         let lock = try other.makeLock(name, options: options)
         let waiting = Task { try await lock.lock() }
-        let confirmations = options.fastHandoff ? 2 * nodes : 0
+        let confirmations = options.fastHandoff ? (options.fair ? 2 : 1) * nodes : 0
         #expect(await eventually(within: .seconds(5)) {
             other.subscriptionConfirmations(for: name) >= confirmations && other.waitingLockCalls(for: name) == 1
         })
@@ -212,6 +213,76 @@ struct FairLockTests {
                     try await lock.unlock(handed)
                 }
                 do { let left = try await leftovers(on: servers); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("values of a generator of the caller's own, each with a tag of its own, hear their handoffs, and each call's channel is unsubscribed when it returns")
+    func generatorChannelsDoNotGrow() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let name = "fair-generated"
+                let counter = Counter()
+                var options = patient()
+                options.value = LockValue { String(counter.next(), radix: 16) + "~worker" }
+                let holder = try client.makeLock(name, options: patient())
+                for round in 0..<8 {
+                    let lease = try await holder.lock()
+                    let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
+                    let released = ContinuousClock.now
+                    try await holder.unlock(lease)
+                    let handed = try await waiting.value
+                    // Unheard, the waiter would sleep out its 10 s retry delay.
+                    #expect(released.duration(to: .now) < .seconds(5), "round \(round): took \(released.duration(to: .now))")
+                    try await lock.unlock(handed)
+                }
+                // Each call's channel went with it, well before the name's subscriptions linger out
+                // (2 s after its last lock() returned; they would take every channel with them).
+                let lingerNotOver = ContinuousClock.now + .seconds(1)
+                for server in servers {
+                    let stillThere = lingerNotOver
+                    var channels: [String] = []
+                    repeat {
+                        guard case let .array(items) = try await send("PUBSUB", "CHANNELS", "redlock:handoff:\(name)~*", to: server) else { break }
+                        channels = items.compactMap(\.string)
+                        if channels.isEmpty { break }
+                        try await Task.sleep(for: .milliseconds(5))
+                    } while ContinuousClock.now < stillThere
+                    #expect(channels == [], "\(channels)")
+                }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("two names that are one text in two Unicode forms are two locks with their own channels: each waiter hears its own handoff")
+    func equivalentNames() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                for fair in [true, false] {
+                    var options = patient()
+                    options.fair = fair
+                    let names = ["caf\u{E9}-\(fair)", "cafe\u{301}-\(fair)"]
+                    var leases: [(DistributedLock, Lease)] = []
+                    var waiting: [(DistributedLock, Task<Lease, any Error>)] = []
+                    for name in names {
+                        let holder = try client.makeLock(name, options: options)
+                        leases.append((holder, try await holder.lock()))
+                        waiting.append(try await waiter(in: other, for: name, options: options, nodes: servers.count))
+                    }
+                    for (index, (holder, lease)) in leases.enumerated() {
+                        let released = ContinuousClock.now
+                        try await holder.unlock(lease)
+                        let handed = try await waiting[index].1.value
+                        #expect(released.duration(to: .now) < .seconds(5), "\(names[index].unicodeScalars.map(\.value)): took \(released.duration(to: .now))")
+                        try await waiting[index].0.unlock(handed)
+                    }
+                }
             } teardown: {
                 await other.shutdown()
             }
@@ -404,4 +475,10 @@ struct FairLockTests {
             }
         }
     }
+}
+
+/// A thread-safe counter for value generators.
+private final class Counter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { $0 += 1; return $0 } }
 }

@@ -135,6 +135,23 @@ struct LocalCoordinationTests {
         #expect(other.handoffTag != tag)
     }
 
+    @Test("the release script's tag pattern, run by a real server, reads the same tag as the client for every kind of value")
+    func tagPatternAgrees() async throws {
+        try await withRedisServers(1) { servers in
+            let values = [
+                "0123456789abcdef~x", "0~", "ab~~", "a~b~c", "~x", "ABC~x", "aBc~x", "12g~x", "ab c~x", "é~x", "x",
+                "", "ab", "ab\u{0}~x", "\u{0}ab~x", "abc~é", "f" + String(repeating: "0", count: 200) + "~",
+            ]
+            for value in values {
+                let reply = try await servers[0].run(RedisCommand(
+                    "EVAL", "return string.match(ARGV[1], ARGV[2]) or false", "0", value, Scripts.handoffTagPattern
+                ))
+                let lua: String? = reply.isNull ? nil : reply.string
+                #expect(lua == Scripts.handoffTag(of: value).map(String.init), "\(value.debugDescription): Lua \(String(describing: lua))")
+            }
+        }
+    }
+
     @Test("handoffs count as grants once from each node a clean-up never went to, a quorum gives the shortest life")
     func handoffCounting() {
         var watch = LocalCoordination.HandoffWatch(excluded: [1], quorum: 3, claimAfter: .milliseconds(2))

@@ -379,6 +379,51 @@ struct EndOfStreamTests {
         await subscriber.shutdown()
     }
 
+    @Test("a subscriber subscribes and unsubscribes channel by channel (counted), confirms each, and after a restart subscribes to exactly the channels still wanted")
+    func subscriptionsByChannel() async throws {
+        try await withRedisServers(1) { servers in
+            let server = servers[0]
+            let confirmed = Mutex<[String]>([])
+            let heard = Mutex<[String]>([])
+            let subscriber = RedisSubscriber(
+                configuration: server.configuration(),
+                onSubscribed: { channel in confirmed.withLock { $0.append(channel) } },
+                onMessage: { channel, _ in heard.withLock { $0.append(channel) } }
+            )
+            /// The channels the server has subscribers for, sorted.
+            func serverChannels() async throws -> [String] {
+                guard case let .array(items) = try await server.run(RedisCommand("PUBSUB", "CHANNELS")) else { return [] }
+                return items.compactMap(\.string).sorted()
+            }
+            for channel in ["a", "b", "c", "a"] { subscriber.subscribe(channel) }
+            #expect(await becomes(within: .seconds(5)) { confirmed.withLock { Set($0) } == ["a", "b", "c"] })
+            #expect(try await serverChannels() == ["a", "b", "c"])
+            subscriber.unsubscribe("b")
+            subscriber.unsubscribe("a")
+            // "a" was subscribed twice: one unsubscribe keeps it.
+            let stillA = ContinuousClock.now + .seconds(5)
+            while try await serverChannels() != ["a", "c"], ContinuousClock.now < stillA {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(try await serverChannels() == ["a", "c"])
+            #expect(try await server.run(RedisCommand("PUBLISH", "c", "x")) == .integer(1))
+            #expect(await becomes(within: .seconds(5)) { heard.withLock { $0 } == ["c"] })
+            // A restart drops every subscription; the subscriber makes the wanted ones again.
+            confirmed.withLock { $0 = [] }
+            try await server.restart(keepingData: false)
+            #expect(await becomes(within: .seconds(10)) { confirmed.withLock { Set($0) } == ["a", "c"] })
+            #expect(try await serverChannels() == ["a", "c"])
+            subscriber.unsubscribe("a")
+            subscriber.unsubscribe("c")
+            let none = ContinuousClock.now + .seconds(5)
+            while try await serverChannels() != [], ContinuousClock.now < none {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(try await serverChannels() == [])
+            await subscriber.shutdown()
+        }
+    }
+
     @Test("a command from a task cancelled before the call is never written, even on an idle open connection")
     func withdrawnOnIdleConnection() async throws {
         try await withRedisServers(1) { servers throws in

@@ -33,6 +33,11 @@ struct Bench: AsyncParsableCommand {
         --hold, also with a fair lock (variant `fair`); latencies are handoffs between processes (one holder's release to another \
         process's acquire), ops/s the handoffs per second; the note compares the median with \
         the uncontended acquire
+          missed-release  a lock() of a second client (its own connections, as in another \
+        process) begins 0–1 ms before the holder's release; latency from the release to its \
+        return; variant fresh: a new name each round (it subscribes after its first attempt), \
+        subscribed: one name (the subscription lingers); fair-…: both locks fair; a missed \
+        release would cost its 1 s retry delay
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
@@ -400,6 +405,28 @@ struct BenchSettings: Sendable {
                 progress("no cross-process rows: redlock-worker is not next to redlock, or a node needs TLS or a password")
             }
 
+            // 4c: a waiter in a second client that begins 0–1 ms before the release.
+            for (fresh, fair) in [(true, false), (false, false), (true, true), (false, true)] {
+                try Task.checkCancellation()
+                let variant = (fair ? "fair-" : "") + (fresh ? "fresh" : "subscribed")
+                progress("Measuring a waiter that begins just before a release, on \(count) nodes (\(variant))…")
+                let result = try await watchdog("missed-release (\(variant))", expected: duration) {
+                    try await MissedRelease.measure(
+                        holderClient: client, configurations: connections.map(\.configuration), name: "\(prefix):missed-release-\(variant)",
+                        freshNames: fresh, fair: fair, duration: duration
+                    )
+                }
+                let p50 = result.microseconds(atPercentile: 50)
+                var note = "latency = release → the waiter's lock() returning; the waiter began 0–1 ms before the release, in another client"
+                note += fresh ? "; a new name each round (subscribes after its first attempt)" : "; one name (the subscription lingers)"
+                if fair { note += "; fair locks: the handoff is the waiter's grant" }
+                if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
+                rows.append(BenchRow(
+                    scenario: "missed-release", variant: variant, nodes: count, concurrency: 2, measurement: result,
+                    ratioToFloor: ratio(p50, floorP50[count]), ratioBasis: .latency, note: note
+                ))
+            }
+
             // 5: one node frozen, in slices alternating with all nodes up (the baseline), each
             // slice after 200 ms of unmeasured settling: stopping and resuming have transients.
             try Task.checkCancellation()
@@ -599,7 +626,7 @@ struct BenchSettings: Sendable {
 
     /// Floors first, then the library rows, in the order of the scenarios.
     private func ordered(_ rows: [BenchRow]) -> [BenchRow] {
-        let scenarios = ["floor", "cycle", "acquire", "parallel", "contended", "cross-process", "stopped-node"]
+        let scenarios = ["floor", "cycle", "acquire", "parallel", "contended", "cross-process", "missed-release", "stopped-node"]
         return rows.enumerated().sorted { left, right in
             let l = (scenarios.firstIndex(of: left.element.scenario) ?? 99, left.element.concurrency, left.element.nodes, left.offset)
             let r = (scenarios.firstIndex(of: right.element.scenario) ?? 99, right.element.concurrency, right.element.nodes, right.offset)

@@ -1,0 +1,51 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+
+/// A waiter that begins just before a release, in another client (as in another process): each
+/// round the bench's client takes the lock, a `lock()` of a second client (its own connections
+/// and subscriptions) begins, 0–1 ms later (uniform) the holder releases, and the latency runs
+/// from the start of that release to the waiter's `lock()` returning. The waiter's retry delay is
+/// 1 s, so a release it missed shows as a second, not as a few hundred µs.
+///
+/// Variant `fresh`: a new name every round, so the waiter subscribes only after its first failed
+/// attempt and every node's confirmation counts as a release (the retry that follows). Variant
+/// `subscribed`: one name for every round, so the subscription lingers from the round before
+/// and the release itself is heard. With `fair`, both locks are fair (``LockOptions/fair``): the
+/// release hands the lock to the waiter, whose quorum of handoff messages is its grant.
+enum MissedRelease {
+    /// Rounds of `duration` (wall time) on `holderClient`'s nodes, the waiter's client over
+    /// `configurations` (the same nodes); names start with `name`.
+    static func measure(
+        holderClient: RedlockClient, configurations: [RedisConnectionConfiguration], name: String, freshNames: Bool, fair: Bool,
+        duration: Duration
+    ) async throws -> BenchMeasurement {
+        let waiterClient = try RedlockClient(nodes: configurations)
+        return try await withTeardown {
+            let waiterOptions = LockOptions(tries: 1_000, retryDelay: .constant(.seconds(1)), fair: fair)
+            let holderOptions = LockOptions(fair: fair)
+            var measurement = BenchMeasurement()
+            let started = ContinuousClock.now
+            var round = 0
+            while started.duration(to: .now) < duration {
+                try Task.checkCancellation()
+                let lockName = freshNames ? "\(name):\(round)" : name
+                round += 1
+                let holder = try holderClient.makeLock(lockName, options: holderOptions)
+                let waiter = try waiterClient.makeLock(lockName, options: waiterOptions)
+                let lease = try await holder.lock()
+                let waiting = Task { try await waiter.lock() }
+                try await Task.sleep(for: .microseconds(Int64.random(in: 0...1_000)))
+                let releasing = ContinuousClock.now
+                try await holder.unlock(lease)
+                let handed = try await waiting.value
+                measurement.record(releasing.duration(to: .now))
+                try await waiter.unlock(handed)
+            }
+            measurement.elapsed = started.duration(to: .now)
+            return measurement
+        } teardown: {
+            await waiterClient.shutdown()
+        }
+    }
+}
