@@ -117,6 +117,11 @@ struct FairLockTests {
         #expect(await eventually(within: .seconds(5)) {
             other.subscriptionConfirmations(for: name) >= confirmations && other.waitingLockCalls(for: name) == 1
         })
+        // A waiter woken by a confirmation whose attempt still failed tries once more within
+        // 0.5–5 ms (no event marks it); after that it waits out its retry delay. An attempt of
+        // its own racing the release would take the handed key as a claim.
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(await eventually(within: .seconds(5)) { other.waitingLockCalls(for: name) == 1 })
         return (lock, waiting)
     }
 
