@@ -98,7 +98,7 @@ extension DistributedLock {
         var cleanedUp: Set<Int>? = countsHandoffs ? [] : nil
         // A fair lock's handoffs come on the channel its value picks; one of another tag than the
         // client's (a value of the caller's own) is listened on while this call lasts.
-        let handoffChannel = options.fair ? Scripts.handoffChannel(name, value: value) : nil
+        let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
         var countedChannel: String?
         defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         for attemptNumber in 0..<tries {

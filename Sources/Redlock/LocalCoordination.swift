@@ -207,8 +207,12 @@ final class LocalCoordination: Sendable {
     /// wakes only the waiter's process.
     let handoffTag: String
 
+    /// `~TAG`: what ends this client's handoff channels.
+    private let ownTagSuffix: String
+
     init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
         handoffTag = randomHexTag()
+        ownTagSuffix = Scripts.handoffTagSeparator + handoffTag
         self.nodes = nodes
         self.sender = sender
         self.timer = timer
@@ -332,18 +336,20 @@ final class LocalCoordination: Sendable {
 
     /// This client's handoff channel for `name`: `redlock:handoff:NAME~TAG`.
     private func ownHandoffChannel(_ name: String) -> String {
-        Scripts.handoffChannel(name) + Scripts.handoffTagSeparator + handoffTag
+        Scripts.handoffChannel(name) + ownTagSuffix
     }
 
-    /// The lock name of a handoff channel: a counted one's, else the name in a channel of this
-    /// client's tag or in the shared one. (Read from the channel, so that a message that comes
-    /// while a lingering subscription is being ended and made again still reaches the name.)
+    /// The lock name of a handoff channel: the name in a channel of this client's tag (every
+    /// message of a random value: no lock taken), else a counted channel's, else the name in the
+    /// shared one. (Read from the channel, so that a message that comes while a lingering
+    /// subscription is being ended and made again still reaches the name.)
     private func name(ofHandoffChannel channel: String) -> String? {
-        if let use = state.withLock({ $0.countedHandoffChannels[Array(channel.utf8)] }) { return use.key.name }
         guard let rest = Scripts.lockName(ofHandoffChannel: channel) else { return nil }
-        let suffix = Scripts.handoffTagSeparator + handoffTag
-        guard rest.utf8.count > suffix.utf8.count, rest.utf8.suffix(suffix.utf8.count).elementsEqual(suffix.utf8) else { return rest }
-        return String(decoding: rest.utf8.dropLast(suffix.utf8.count), as: UTF8.self)
+        let suffix = ownTagSuffix.utf8
+        if rest.utf8.count > suffix.count, rest.utf8.suffix(suffix.count).elementsEqual(suffix) {
+            return String(decoding: rest.utf8.dropLast(suffix.count), as: UTF8.self)
+        }
+        return state.withLock({ $0.countedHandoffChannels[Array(channel.utf8)] })?.key.name ?? rest
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {

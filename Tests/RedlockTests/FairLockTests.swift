@@ -125,6 +125,16 @@ struct FairLockTests {
         return (lock, waiting)
     }
 
+    /// Releases `lease` through `holder` and returns what `waiting` (a patient waiter) got: within
+    /// 5 s, as a waiter that missed the handoff would sleep out its 10 s retry delay.
+    private func handOver(_ lease: Lease, by holder: DistributedLock, to waiting: Task<Lease, any Error>, _ label: String) async throws -> Lease {
+        let released = ContinuousClock.now
+        try await holder.unlock(lease)
+        let handed = try await waiting.value
+        #expect(released.duration(to: .now) < .seconds(5), "\(label): took \(released.duration(to: .now))")
+        return handed
+    }
+
     @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind")
     func handoffIsAGrant() async throws {
         try await withLockNodes(5) { client, servers in
@@ -209,11 +219,7 @@ struct FairLockTests {
                     var options = patient()
                     options.value = .fixed(value)
                     let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
-                    let released = ContinuousClock.now
-                    try await holder.unlock(lease)
-                    let handed = try await waiting.value
-                    // Unheard, the waiter would sleep out its 10 s retry delay.
-                    #expect(released.duration(to: .now) < .seconds(5), "\(value): took \(released.duration(to: .now))")
+                    let handed = try await handOver(lease, by: holder, to: waiting, value)
                     #expect(other.handoffMessagesHeard(for: name) >= 1, "\(value)")
                     try await lock.unlock(handed)
                 }
@@ -237,11 +243,7 @@ struct FairLockTests {
                 for round in 0..<8 {
                     let lease = try await holder.lock()
                     let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
-                    let released = ContinuousClock.now
-                    try await holder.unlock(lease)
-                    let handed = try await waiting.value
-                    // Unheard, the waiter would sleep out its 10 s retry delay.
-                    #expect(released.duration(to: .now) < .seconds(5), "round \(round): took \(released.duration(to: .now))")
+                    let handed = try await handOver(lease, by: holder, to: waiting, "round \(round)")
                     try await lock.unlock(handed)
                 }
                 // Each call's channel went with it, well before the name's subscriptions linger out
@@ -281,10 +283,7 @@ struct FairLockTests {
                         waiting.append(try await waiter(in: other, for: name, options: options, nodes: servers.count))
                     }
                     for (index, (holder, lease)) in leases.enumerated() {
-                        let released = ContinuousClock.now
-                        try await holder.unlock(lease)
-                        let handed = try await waiting[index].1.value
-                        #expect(released.duration(to: .now) < .seconds(5), "\(names[index].unicodeScalars.map(\.value)): took \(released.duration(to: .now))")
+                        let handed = try await handOver(lease, by: holder, to: waiting[index].1, "\(names[index].unicodeScalars.map(\.value))")
                         try await waiting[index].0.unlock(handed)
                     }
                 }

@@ -158,6 +158,16 @@ struct LeastPrivilegeTests {
             #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
             #expect(started.duration(to: .now) < .seconds(2), "a refused permission is not retried")
             await limited.shutdown()
+
+            // The shared handoff channel alone is not enough: a release publishes on the waiter's
+            // client's own channel, and the probe checks that one.
+            try await createUser("queuer", rules: rule.filter { $0 != "&redlock:handoff:*" } + ["&redlock:handoff:queued"], on: servers)
+            let shared = try RedlockClient(nodes: configurations(servers, user: "queuer"))
+            for status in await shared.checkNodes(for: try shared.makeLock("queued", options: options)) {
+                let refused = status.refused.map(\.permission)
+                #expect(refused.count == 1 && refused.allSatisfy { $0.hasPrefix("PUBLISH redlock:handoff:queued~") }, "\(status.result)")
+            }
+            await shared.shutdown()
         }
     }
 
