@@ -25,7 +25,8 @@ import Synchronization
 ///   claims.
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
-///   confirmation counts as a release heard and wakes every waiter for one more attempt. The
+///   confirmation advances the generation like a release and wakes every waiter for one more
+///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - ``enterGate(_:giveUpAt:)``/``tryEnterGate(_:)`` queue single-flight callers first come,
@@ -114,8 +115,13 @@ final class LocalCoordination: Sendable {
 
     /// Everything known locally of one name; dropped once nothing needs it.
     private struct Name {
-        /// Releases heard since the name was first needed.
+        /// Releases heard and subscriptions confirmed since the name was first needed: a waiter
+        /// that began to wait after one of them came tries again at once.
         var generation: UInt64 = 0
+        /// The generation the last release counted brought (0: none yet). A wait that ends as it
+        /// begins ends woken only when a release came since (a confirmation alone is no sign the
+        /// lock is free, so the attempt after it keeps the planned retry delay).
+        var releaseGeneration: UInt64 = 0
         /// The value of the last release counted (the same release heard from several nodes
         /// counts once).
         var lastRelease: [UInt8] = []
@@ -145,6 +151,12 @@ final class LocalCoordination: Sendable {
         mutating func count(_ release: some Collection<UInt8>) {
             lastRelease = Array(release)
             generation &+= 1
+            releaseGeneration = generation
+        }
+
+        /// Whether a release was counted after `earlier`, a generation this name had.
+        func releasedSince(_ earlier: UInt64) -> Bool {
+            releaseGeneration != 0 && generation &- releaseGeneration < generation &- earlier
         }
 
         /// Takes the longest-waiting waiter still waiting out of the line and claims it.
@@ -246,7 +258,7 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// The number of releases of `name` heard so far.
+    /// The number of releases of `name` heard, and of its subscription's confirmations, so far.
     func generation(of name: String) -> UInt64 {
         state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
     }
@@ -255,7 +267,6 @@ final class LocalCoordination: Sendable {
     func handoffMessages(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.handoffMessages ?? 0 }
     }
-
     /// How many subscriptions of `name`'s channels the nodes confirmed (for tests).
     func confirmations(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.confirmations ?? 0 }
@@ -377,12 +388,14 @@ final class LocalCoordination: Sendable {
     /// A node confirmed the subscription of `name` (its release channel, or with `handoffs` a
     /// fair lock's handoff channel). Until a node has processed the `SUBSCRIBE`, a release there
     /// goes unheard — and a node may process it after a release that came in on another
-    /// connection, or subscribe again after a lost connection. So every confirmation counts as
-    /// a release heard: a `lock()` whose last attempt went out before it tries again at once
-    /// (every waiter is woken). Then, for each node where that attempt found the lock taken,
-    /// either the node's confirmation came before the attempt was sent — its `SUBSCRIBE` was
-    /// processed before the attempt, so the release that frees it comes after and is heard — or
-    /// the confirmation came after and triggers another attempt.
+    /// connection, or subscribe again after a lost connection. So every confirmation advances
+    /// the generation as a release does: a `lock()` whose last attempt went out before it tries
+    /// again at once (every waiter is woken). Then, for each node where that attempt found the
+    /// lock taken, either the node's confirmation came before the attempt was sent — its
+    /// `SUBSCRIBE` was processed before the attempt, so the release that frees it comes after
+    /// and is heard — or the confirmation came after and triggers another attempt. A wait it ends
+    /// is not ``WaitOutcome/woken``: the attempt after it that fails waits its full retry delay
+    /// (or for a release), not the short one after a release whose attempt lost a race.
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             let key = LockKey(name)
@@ -420,7 +433,8 @@ final class LocalCoordination: Sendable {
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
     /// woken), a node confirms the subscription, `timeout` passes, or the task is cancelled,
-    /// whichever comes first. Call while acquiring.
+    /// whichever comes first; only a release (or a handoff) returns ``WaitOutcome/woken``. A
+    /// release or confirmation since `generation` ends the wait at once. Call while acquiring.
     ///
     /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
     /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``).
@@ -436,10 +450,12 @@ final class LocalCoordination: Sendable {
         let bytes = value.map { Array($0.utf8) }
         await waiter.wait(timer: timer, deadline: .now + timeout) {
             var claimAfter: Duration?
-            let waits = state.withLock { state in
+            let registration = state.withLock { state -> Waiter.Registration in
                 // A release heard since `generation` is as good as one heard now, and so is a
-                // handoff to this caller heard before it began to wait.
-                guard var entry = state.names[key], entry.generation == generation else { return false }
+                // handoff to this caller heard before it began to wait. A confirmation since
+                // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
+                guard var entry = state.names[key] else { return .ended(woken: true) }
+                guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
                 defer { state.names[key] = entry }
                 var watch = watch
                 if let bytes {
@@ -448,25 +464,25 @@ final class LocalCoordination: Sendable {
                     let heard = entry.handedTo.filter { $0.message.handsOver(to: bytes) }
                     entry.handedTo.removeAll { $0.message.handsOver(to: bytes) }
                     if !heard.isEmpty {
-                        guard var counting = watch else { return false }
+                        guard var counting = watch else { return .ended(woken: true) }
                         for (message, node) in heard {
                             guard let life = message.life(for: bytes), let grant = counting.count(node: node, life: life) else { continue }
                             waiter.noteHandoff(grant)
-                            return false
+                            return .ended(woken: true)
                         }
                         // None counted: claim now. Some: wait a moment for the rest.
-                        guard !counting.counted.isEmpty else { return false }
+                        guard !counting.counted.isEmpty else { return .ended(woken: true) }
                         claimAfter = counting.claimAfter
                         watch = counting
                     }
                 }
                 entry.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes, watch: watch))
-                return true
+                return .waiting
             }
             if let claimAfter {
                 timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + claimAfter)
             }
-            return waits
+            return registration
         }
         state.withLock { state in
             state.names[key]?.waiters.removeAll { $0.waiter === waiter }
@@ -618,10 +634,10 @@ final class LocalCoordination: Sendable {
     private func waitForGate(_ key: LockKey, id: Int, deadline: ContinuousClock.Instant?) async {
         let waiter = Waiter()
         await waiter.wait(timer: timer, deadline: deadline) {
-            state.withLock { state in
-                guard let gate = state.names[key]?.gate, gate.owner != id else { return false }
+            state.withLock { state -> Waiter.Registration in
+                guard let gate = state.names[key]?.gate, gate.owner != id else { return .ended(woken: true) }
                 state.names[key]?.gate?.waiters.append(GateWaiter(id: id, waiter: waiter))
-                return true
+                return .waiting
             }
         }
         state.withLock { state in

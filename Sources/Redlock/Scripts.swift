@@ -131,6 +131,8 @@ enum Scripts {
     /// Grants when the key holds the value (handed over by ``releaseFair``: `PEXPIRE`), or when
     /// it is free and the caller is first in line, by the sorted set's order (ticket, then the
     /// value's bytes) among live entries (`SET … PX`); either way the caller leaves the queue.
+    /// A free key with nobody in line is granted at once, the queue untouched (what entering it
+    /// and leaving again would come to, in three commands rather than ten).
     /// Otherwise it enters the queue (keeping its place when already there), sets its entry's
     /// deadline, and returns 0. Granted is the new token when fenced
     /// (-2 when the counter is at its maximum), else 1. Both queue keys expire once their last
@@ -142,33 +144,35 @@ enum Scripts {
         end
         local queue, deadlines, counter = KEYS[2], KEYS[3], KEYS[4]
         local current = redis.call('GET', KEYS[1])
-        if current ~= ARGV[1] then
-            \(firstInLine)
-            -- In line for this check (the sorted set decides the order, ties by value bytes);
-            -- a single attempt (no entry life) leaves again unless it was already in line.
-            local ttl = tonumber(ARGV[4])
-            local wasInLine = redis.call('ZSCORE', queue, ARGV[1])
-            redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
-            if ttl > 0 or not wasInLine then
-                redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
-            end
-            local head = current == false and firstInLine()
-            if not (head and head[1] == ARGV[1]) then
-                if ttl > 0 then
-                    for _, key in ipairs({queue, deadlines}) do
-                        if redis.call('PTTL', key) < ttl then
-                            redis.call('PEXPIRE', key, ttl)
-                        end
-                    end
-                elseif not wasInLine then
-                    redis.call('ZREM', queue, ARGV[1])
-                    redis.call('ZREM', deadlines, ARGV[1])
+        if current ~= false or redis.call('ZRANGE', queue, 0, 0)[1] then
+            if current ~= ARGV[1] then
+                \(firstInLine)
+                -- In line for this check (the sorted set decides the order, ties by value bytes);
+                -- a single attempt (no entry life) leaves again unless it was already in line.
+                local ttl = tonumber(ARGV[4])
+                local wasInLine = redis.call('ZSCORE', queue, ARGV[1])
+                redis.call('ZADD', queue, 'NX', ARGV[3], ARGV[1])
+                if ttl > 0 or not wasInLine then
+                    redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
                 end
-                return 0
+                local head = current == false and firstInLine()
+                if not (head and head[1] == ARGV[1]) then
+                    if ttl > 0 then
+                        for _, key in ipairs({queue, deadlines}) do
+                            if redis.call('PTTL', key) < ttl then
+                                redis.call('PEXPIRE', key, ttl)
+                            end
+                        end
+                    elseif not wasInLine then
+                        redis.call('ZREM', queue, ARGV[1])
+                        redis.call('ZREM', deadlines, ARGV[1])
+                    end
+                    return 0
+                end
             end
+            redis.call('ZREM', queue, ARGV[1])
+            redis.call('ZREM', deadlines, ARGV[1])
         end
-        redis.call('ZREM', queue, ARGV[1])
-        redis.call('ZREM', deadlines, ARGV[1])
         \(grant)
         """
     )
@@ -182,7 +186,8 @@ enum Scripts {
     /// the handoff.
     ///
     /// With "0", a compare-and-delete that publishes nothing. With "1", takes the caller out of
-    /// the queue (a `lock()` that gives up leaves this way) and, when the key
+    /// the queue (a `lock()` that gives up leaves this way; with nobody in line the queue is not
+    /// touched) and, when the key
     /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
     /// that waiter's value, takes it out of the queue and publishes `LIFE VALUE` (the key's
     /// life in ms, a space, the waiter's value) on the handoff channel — `ARGV[3]~TAG` when the
@@ -195,7 +200,8 @@ enum Scripts {
     static let releaseFair = RedisScript(
         """
         local queue, deadlines = KEYS[2], KEYS[3]
-        if ARGV[5] == '1' then
+        local queued = ARGV[5] == '1' and redis.call('ZRANGE', queue, 0, 0)[1]
+        if queued then
             redis.call('ZREM', queue, ARGV[1])
             redis.call('ZREM', deadlines, ARGV[1])
         end
@@ -210,8 +216,11 @@ enum Scripts {
         if ARGV[5] ~= '1' then
             return 1
         end
-        \(firstInLine)
-        local head = firstInLine()
+        local head = nil
+        if queued then
+            \(firstInLine)
+            head = firstInLine()
+        end
         if head then
             local life = ARGV[6] or ARGV[4]
             redis.call('SET', KEYS[1], head[1], 'PX', life)

@@ -2,7 +2,9 @@ import Synchronization
 
 /// How a wait for a release (or for a single-flight gate) ended.
 struct WaitOutcome: Sendable, Equatable {
-    /// Whether what it waited for ended it (rather than its timeout or cancellation).
+    /// Whether what it waited for ended it (a release, a handoff, the gate), rather than its
+    /// timeout, cancellation, or a confirmation of the subscription (which calls for one more
+    /// attempt but says nothing of the lock being free).
     var woken: Bool
     /// When whoever heard the release (a releaser in this process, or the subscriber's thread)
     /// sent the waiter's prepared attempt for it; nil otherwise.
@@ -38,17 +40,27 @@ final class Waiter: Expiring {
     /// How the wait ended (read once it has).
     var outcome: WaitOutcome { state.withLock { $0.outcome } }
 
+    /// What a wait's registration found.
+    enum Registration {
+        /// The waiter is where the event will find it.
+        case waiting
+        /// The wait is over before it began: the event it waits for came already (`woken`), or
+        /// something that only calls for another look did (a subscription's confirmation).
+        case ended(woken: Bool)
+    }
+
     /// Suspends until the waiter is claimed. `register` puts it where the event will find it,
-    /// under the caller's lock; it returns false when the event already happened, which then
-    /// counts as being woken. Without a `deadline` only the event or cancellation end the wait.
-    func wait(timer: DeadlineTimer, deadline: ContinuousClock.Instant?, register: () -> Bool) async {
+    /// under the caller's lock, or says why the wait is over already. Without a `deadline` only
+    /// the event or cancellation end the wait.
+    func wait(timer: DeadlineTimer, deadline: ContinuousClock.Instant?, register: () -> Registration) async {
         await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 install(continuation)
-                if !register() {
-                    claim(byRelease: true)?.resume()
-                } else if let deadline {
-                    timer.schedule(self, at: deadline)
+                switch register() {
+                case let .ended(woken):
+                    claim(byRelease: woken)?.resume()
+                case .waiting:
+                    if let deadline { timer.schedule(self, at: deadline) }
                 }
             }
         } onCancel: {

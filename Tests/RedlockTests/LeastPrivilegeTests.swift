@@ -114,7 +114,7 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("a fair lock under least privilege: README's rule suffices (the waiter is handed the lock, no key left); without +zadd the probe names it and lock() fails at once, not retried")
+    @Test("a fair lock under least privilege: README's rule suffices (the waiter is handed the lock, no key left); without +zadd the probe names it and a lock() that must queue fails at once, not retried")
     func fairLockRule() async throws {
         try await withRedisServers(3) { servers throws in
             let rule = [
@@ -152,11 +152,17 @@ struct LeastPrivilegeTests {
             for status in await limited.checkNodes(for: refused) {
                 #expect(Set(status.refused.map(\.permission)) == ["ZADD redlock:queue:queued", "ZADD redlock:queue-deadlines:queued"], "\(status.result)")
             }
-            // The script's ZADD (every fair acquire takes its place in line) is refused for good.
+            // While another holds the lock, the script's ZADD (a fair acquire takes its place in
+            // line) is refused for good. (With nobody holding it and nobody in line, the lock is
+            // granted without touching the line: only the probe names the missing permission then.)
+            let admin = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let held = try await admin.makeLock("queued", options: options).lock()
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await refused.lock() }
             #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
             #expect(started.duration(to: .now) < .seconds(2), "a refused permission is not retried")
+            try await admin.makeLock("queued", options: options).unlock(held)
+            await admin.shutdown()
             await limited.shutdown()
 
             // The shared handoff channel alone is not enough: a release publishes on the waiter's

@@ -22,7 +22,8 @@ struct Bench: AsyncParsableCommand {
         nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
           cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
           acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch; variant `guards` with the clock guard too (the reply \
-        carries the node's TIME, checked against the client's clock)
+        carries the node's TIME, checked against the client's clock); variant `fair` with a \
+        fair lock (free, nobody in line)
           parallel      64 tasks on independent names, N = 5
           contended     8 tasks on one name, each holding it for each --hold (default 0, then \
         1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
@@ -262,6 +263,9 @@ struct BenchSettings: Sendable {
                     workloads.append(.operations([
                         try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-guards:\(size)", options: bothGuards),
                     ]))
+                    workloads.append(.operations([
+                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-fair:\(size)", options: LockOptions(fair: true)),
+                    ]))
                 }
                 if let rawFloor, let rawNodes {
                     workloads.append(RawFloorProcess.workload(executable: rawFloor, nodes: rawNodes, name: "\(prefix):raw-floor:\(size)"))
@@ -306,6 +310,7 @@ struct BenchSettings: Sendable {
             for (index, variant, note) in [
                 (4, "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
                 (5, "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
+                (6, "fair", "fair: nobody in line, so the script grants without the queue's commands"),
             ] where libraryResults.count > index {
                 let p50 = libraryResults[index].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
