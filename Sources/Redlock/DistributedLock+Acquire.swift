@@ -84,6 +84,9 @@ extension DistributedLock {
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = coordination.generation(of: name)
         var chance = WaitOutcome(woken: false)
+        // Whether a release came between the start of the wait before the last attempt and that
+        // attempt's end: it may have reached some nodes after the attempt did.
+        var releaseSeen = false
         // A fair lock's attempts carry the caller's place in line and keep its entry alive until
         // the attempt after the next wait; other locks send the same request every time.
         let ticket = options.fair ? Self.ticket() : 0
@@ -121,7 +124,7 @@ extension DistributedLock {
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                let delay = retryDelay(planned, after: lastError, woken: chance.woken, deadline: deadline)
+                let delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
                 var watch: LocalCoordination.HandoffWatch?
                 if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
                     watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
@@ -141,6 +144,7 @@ extension DistributedLock {
             // the task is cancelled.
             if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }
             made += 1
+            let heardBefore = releasesHeard
             releasesHeard = coordination.generation(of: name)
             let start = chance.handedOverAt ?? .now
             if firstStart == nil { firstStart = start }
@@ -148,6 +152,9 @@ extension DistributedLock {
             case let .success(lease): return lease
             case let .failure(error): lastError = error
             }
+            // Woken by a release, or one counted after a confirmation ended the wait (its other
+            // nodes' messages count as heard already): the retry after it is the short one.
+            releaseSeen = chance.woken || (tries > 1 && coordination.released(name, since: heardBefore))
             // No retry can succeed while nodes refuse for good (credentials, permissions, a key
             // of the wrong type) and too few others are left for a quorum.
             if lastError.permanentFailureCount > client.nodes.count - client.quorum {
@@ -203,12 +210,13 @@ extension DistributedLock {
 
     /// How long to wait for a release before the next attempt at most: the retry delay drawn
     /// for it (`planned`), but soon after a split vote (contention, not a holder) or after an
-    /// attempt a release woke failed (the release may not have reached every node yet); never
-    /// past the deadline (the last attempt starts at the deadline).
-    private func retryDelay(_ planned: Duration, after lastError: RedlockError, woken: Bool, deadline: ContinuousClock.Instant?) -> Duration {
+    /// attempt that followed a release failed (`afterRelease`: the release may not have reached
+    /// every node yet); never past the deadline (the last attempt starts at the deadline). A
+    /// subscription's confirmation is no release: the attempt it prompts waits in full after it.
+    private func retryDelay(_ planned: Duration, after lastError: RedlockError, afterRelease: Bool, deadline: ContinuousClock.Instant?) -> Duration {
         var delay = planned
         let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
-        if (lastError.code == .taken && takenCount < client.quorum) || woken {
+        if (lastError.code == .taken && takenCount < client.quorum) || afterRelease {
             delay = min(delay, .microseconds(Int64.random(in: 500...5_000)))
         }
         if let deadline { delay = max(.zero, min(delay, ContinuousClock.now.duration(to: deadline))) }

@@ -263,10 +263,17 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
     }
 
+    /// Whether a release of `name` was counted after `generation` (one this name had; see
+    /// ``generation(of:)``), rather than only confirmations of its subscription.
+    func released(_ name: String, since generation: UInt64) -> Bool {
+        state.withLock { $0.names[LockKey(name)]?.releasedSince(generation) ?? false }
+    }
+
     /// How many handoff messages of `name` this client's subscribers read (for tests).
     func handoffMessages(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.handoffMessages ?? 0 }
     }
+
     /// How many subscriptions of `name`'s channels the nodes confirmed (for tests).
     func confirmations(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.confirmations ?? 0 }

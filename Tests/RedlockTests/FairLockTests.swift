@@ -12,14 +12,20 @@ struct FairLockTests {
         LockOptions(expiry: .seconds(5), tries: 100, retryDelay: .constant(delay), timeoutFactor: 0.2, fair: true)
     }
 
-    /// The library's keys left on `servers` (the queue's keys go with their last entry), once
-    /// the commands `clients` sent are done: a PING behind them on each connection is answered
-    /// (an unlock returns once a quorum released; the other nodes' releases may still be on
-    /// their way).
-    private func leftovers(on servers: [RedisServer], after clients: [RedlockClient]) async throws -> [String] {
+    /// Returns once every node has run what `clients` sent it so far: a PING behind it on each
+    /// client's connection to the node (the connections every lock of these tests uses) is
+    /// answered. A `lock()` or `unlock()` returns once a quorum answered; its commands to the
+    /// other nodes may still be on their way.
+    private func settle(_ clients: [RedlockClient]) async throws {
         for client in clients {
             for node in client.nodes { _ = try await node.send(RedisCommand("PING")) }
         }
+    }
+
+    /// The library's keys left on `servers` (the queue's keys go with their last entry), once
+    /// `clients`' commands are done.
+    private func leftovers(on servers: [RedisServer], after clients: [RedlockClient]) async throws -> [String] {
+        try await settle(clients)
         var keys: [String] = []
         for server in servers {
             if case let .array(items) = try await server.run(RedisCommand("KEYS", "*")) { keys += items.compactMap(\.string) }
@@ -112,10 +118,15 @@ struct FairLockTests {
 
     /// How many scripts (`EVALSHA` and `EVAL` calls) `server` has run.
     private func scriptCalls(on server: RedisServer) async throws -> Int {
+        try await calls(of: ["evalsha", "eval"], on: server)
+    }
+
+    /// How many calls of `commands` (lowercase names) `server` has run, those of scripts included.
+    private func calls(of commands: [String], on server: RedisServer) async throws -> Int {
         let info = try await send("INFO", "commandstats", to: server).string ?? ""
         var calls = 0
         for line in info.split(whereSeparator: \.isNewline) {
-            for command in ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="] where line.hasPrefix(command) {
+            for command in commands.map({ "cmdstat_\($0):calls=" }) where line.hasPrefix(command) {
                 calls += Int(line.dropFirst(command.count).prefix { $0.isNumber }) ?? 0
             }
         }
@@ -137,9 +148,9 @@ struct FairLockTests {
         // Waiting after every confirmation: it waits out its retry delay (a confirmation's wake
         // is no release's, so no short retry follows its failed attempt to race the release).
         // Its attempts' last commands (a node that answered after the quorum, and the clean-up
-        // behind it) are done once a PING behind them is answered on each of its connections:
-        // else a release could pass over a node where it is not in line yet.
-        for node in other.nodes { _ = try await node.send(RedisCommand("PING")) }
+        // behind it) are done too: else a release could pass over a node where it is not in
+        // line yet.
+        try await settle([other])
         #expect(other.waitingLockCalls(for: name) == 1)
         return (lock, waiting)
     }
@@ -162,6 +173,10 @@ struct FairLockTests {
             try await withTeardown {
                 let holder = try client.makeLock("fair-grant", options: patient())
                 let lease = try await holder.lock()
+                // Its SET on the nodes that answered after the quorum is done too: else the
+                // waiter's first attempt could get a node first, and its clean-up leave that
+                // node without a key to hand over.
+                try await settle([client])
                 let lockedAt = ContinuousClock.now
                 let (lock, waiting) = try await waiter(in: other, for: "fair-grant", options: patient(), nodes: servers.count)
                 let released = ContinuousClock.now
@@ -172,11 +187,10 @@ struct FairLockTests {
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1)
                 #expect(handed.validUntil <= handed.acquiredAt + .seconds(5))
                 #expect(handed.validUntil > .now + .seconds(2))
-                // A quorum of keys lives at least as long as the lease says: each was handed for
-                // the releaser's expiry (5 s) since the release, after the lease's start. (Not
-                // every node: a node whose handoff came after a clean-up of the waiter's went
-                // there may have lost it to that clean-up, and did not count.)
-                #expect(try await holding(handed, on: servers) >= 3)
+                // Each node's key lives at least as long as the lease says: it was handed for the
+                // releaser's expiry (5 s) since the release, after the lease's start.
+                try await settle([client])
+                #expect(try await holding(handed, on: servers) == servers.count)
                 // It holds: nobody else gets it, and its unlock frees it for the next.
                 await #expect(throws: RedlockError.self) { try await holder.tryLock() }
                 try await lock.unlock(handed)
@@ -188,11 +202,10 @@ struct FairLockTests {
         }
     }
 
-    @Test("handoffs to nodes a waiter's clean-up went to do not count: the clean-up lands after the handoff and deletes the key, and the waiter claims instead")
+    @Test("handoffs from nodes a waiter's clean-up went to do not count: that clean-up lands after the handoff and deletes the key, and the waiter claims instead of taking the handoffs as grants")
     func cleanUpExcludesHandoffs() async throws {
         try await withLockNodes(3) { client, servers in
-            // The waiter reaches every node through a proxy that can hold its commands and the
-            // messages to it.
+            // The waiter reaches every node through a proxy that can hold its commands back.
             let proxies = try servers.map { try FaultProxy.start(to: $0.endpoint) }
             defer { for proxy in proxies { proxy.stop() } }
             let metrics = TestMetrics()
@@ -201,6 +214,7 @@ struct FairLockTests {
                 let name = "fair-clean-up"
                 let holder = try client.makeLock(name, options: patient())
                 let lease = try await holder.lock()
+                try await settle([client])
                 // Attempts every 300 ms, each at most 1 s (its budget); a place in line lives
                 // 2.4 s past each attempt.
                 let lock = try other.makeLock(name, options: patient(.milliseconds(300)))
@@ -208,25 +222,64 @@ struct FairLockTests {
                 #expect(await eventually(within: .seconds(5)) {
                     other.subscriptionConfirmations(for: name) >= 2 * servers.count && other.waitingLockCalls(for: name) == 1
                 })
-                let attempts = metrics.counterTotal(label: "redlock_acquire_attempts_total")
-                // The next attempt reaches no node in time: its clean-up goes to every node and
-                // is held behind it (so a handoff counts from none of them).
-                for proxy in proxies { proxy.set(.stall([.toNode, .toClient])) }
-                #expect(await eventually(within: .seconds(5)) {
-                    metrics.counterTotal(label: "redlock_acquire_attempts_total") > attempts && other.waitingLockCalls(for: name) == 1
-                })
-                // The release hands the lock to the waiter on every node (still in line from the
-                // attempt before); then the held attempt and clean-up land and delete the keys
-                // while the handoff messages reach the waiter.
+                try await settle([other])
+                func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
+                let before = attempts()
+                // The waiter's next attempt reaches no node (its commands are held; replies and
+                // messages still flow): at its budget it fails, and its clean-up goes to every
+                // node, held behind it.
+                for proxy in proxies { proxy.set(.stall([.toNode])) }
+                #expect(await eventually(within: .seconds(5)) { attempts() > before })
+                // Meanwhile the release hands the lock to the waiter on every node (in line from
+                // the attempt before); the messages come while that attempt is out, all at once.
                 try await holder.unlock(lease)
+                try await settle([client])
+                #expect(await eventually(within: .seconds(5)) { other.handoffMessagesHeard(for: name) >= servers.count })
+                // Every node had a clean-up of this lock() sent its way, so no handoff counts: the
+                // waiter claims (an attempt of its own, held too). Counting them as grants, it
+                // would return now with a lease whose keys its clean-ups are about to delete.
+                #expect(await eventually(within: .seconds(5)) { attempts() >= before + 2 }, "no claim")
                 for proxy in proxies { proxy.set(.none) }
                 let handed = try await waiting.value
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0, "it claimed")
+                try await settle([other])
                 #expect(try await holding(handed, on: servers) >= 2, "a quorum holds the lease's key")
                 try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
             } teardown: {
                 for proxy in proxies { proxy.set(.none) }
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a free fair lock with nobody in line is granted and released without the line's commands; a caller that must queue uses them")
+    func freeLockSkipsTheLine() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let line = ["zadd", "zrem", "zscore", "time", "pttl"]
+                func lineCalls() async throws -> Int {
+                    var total = 0
+                    for server in servers { total += try await calls(of: line, on: server) }
+                    return total
+                }
+                for server in servers { _ = try await send("CONFIG", "RESETSTAT", to: server) }
+                let lock = try client.makeLock("fair-free", options: patient())
+                let lease = try await lock.lock()
+                try await lock.unlock(lease)
+                try await settle([client])
+                #expect(try await lineCalls() == 0)
+                #expect(try await calls(of: ["set"], on: servers[0]) == 1)
+                #expect(try await calls(of: ["del"], on: servers[0]) == 1)
+                // Taken: the attempt enters the line (and a single one leaves it again).
+                let held = try await lock.lock()
+                await #expect(throws: RedlockError.self) { try await other.makeLock("fair-free", options: patient()).tryLock() }
+                try await settle([other])
+                #expect(try await lineCalls() > 0)
+                try await lock.unlock(held)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            } teardown: {
                 await other.shutdown()
             }
         }

@@ -501,6 +501,10 @@ struct ReleaseWakingTests {
         #expect(await board.waitForRelease(of: "name", after: 1, timeout: .seconds(20), next: nil) == WaitOutcome(woken: true))
         #expect(await board.waitForRelease(of: "name", after: 2, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false))
         #expect(board.generation(of: "name") == 3)
+        // What a lock() asks after an attempt that a confirmation's wake let through: was there a
+        // release since the wait began (the short retry), or only confirmations?
+        #expect(board.released("name", since: 0) && board.released("name", since: 1))
+        #expect(!board.released("name", since: 2) && !board.released("name", since: 3))
         // Another node's confirmation (or the same node's after a reconnect) counts again.
         let later = Task { await board.waitForRelease(of: "name", after: 3, timeout: .seconds(20), next: nil) }
         #expect(await eventually { board.waiterCount(of: "name") == 1 })
