@@ -368,9 +368,18 @@ public final class RedisServer: Sendable, CustomStringConvertible {
         throw RedisServerError.executableNotFound(searched: candidates)
     }
 
+    /// How the servers' directories begin: `swift-redlock-PID-…`, PID the starting process's
+    /// (what ``OrphanServers`` reaps by).
+    static let directoryPrefix = "swift-redlock-"
+
+    /// Reaps the servers of processes that died without stopping them (``OrphanServers``):
+    /// once per process, before its first server.
+    private static let orphansReaped: Void = { OrphanServers.reap() }()
+
     private static func makeTemporaryDirectory() throws -> String {
+        _ = orphansReaped
         let base = FileManager.default.temporaryDirectory.path
-        let path = "\(base)/swift-redlock-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        let path = "\(base)/\(directoryPrefix)\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }

@@ -102,6 +102,34 @@ extension FaultTests {
             }
         }
 
+        @Test("a server whose starter died without stopping it (as after SIGKILL) is killed and its directory removed; a live starter's server is left alone")
+        func orphansReaped() async throws {
+            // Directories of a starter that cannot be alive (a PID above any pid_max), one with a
+            // server working in it: what a killed test run leaves behind. (The server is a child
+            // of this process here, so that it is reaped; the reaper goes by the directory.)
+            let base = FileManager.default.temporaryDirectory.path
+            let directory = "\(base)/swift-redlock-\(Int32.max)-orphan"
+            let empty = "\(base)/swift-redlock-\(Int32.max)-empty"
+            for path in [directory, empty] { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+            let orphan = try await HelperProcess.start(
+                executable: "/usr/bin/redis-server",
+                arguments: ["--port", String(try freeLoopbackPort()), "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--appendonly", "no"],
+                readyMarker: "Ready to accept connections"
+            )
+            let reaped = OrphanServers.reap()
+            #expect(reaped.killed.contains(orphan.processIdentifier))
+            #expect(Set(reaped.removed).isSuperset(of: [directory, empty]))
+            #expect(await orphan.waitUntilExited() == .signalled(SIGKILL))
+            #expect(!FileManager.default.fileExists(atPath: directory) && !FileManager.default.fileExists(atPath: empty))
+
+            // This process's own server is left alone.
+            try await withRedisServers(1) { live throws in
+                #expect(OrphanServers.reap().killed.isEmpty)
+                #expect(live[0].isRunning && FileManager.default.fileExists(atPath: live[0].directory))
+                try await live[0].ping()
+            }
+        }
+
         @Test("terminate removes the directory; the machine clock agrees with ContinuousClock")
         func terminateAndClock() async throws {
             let server = try await RedisServer.start()
