@@ -13,7 +13,15 @@ import Musl
 /// that a failed `epoll_create1` (the client's event loop) is an error, not a hang; then frees
 /// the descriptors and locks again on a new client.
 ///
-/// Prints one line: `exhausted first=<code> message=<…> second=<ok|code>`.
+/// The process is out of descriptors for as short a time as it can be (the fill and one
+/// attempt, no sleep; a few milliseconds): on Linux, libdispatch's worker-pool monitor opens
+/// `/proc/<tid>/stat` once a second while jobs are queued and traps (SIGILL, "workq:
+/// registered worker exited prematurely") when that `open` fails, so any Swift process out of
+/// descriptors may crash there, whatever its libraries do. The lines `exhausted starving` and
+/// `exhausted fed` bracket that time, so a test can tell such a crash from one of its own.
+///
+/// Prints, last: `exhausted first=<code> second=<ok|code> window_us=<µs out of descriptors>
+/// message=<…>`.
 struct Exhausted: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Lock with no descriptor left, then again with descriptors back; report both outcomes."
@@ -29,37 +37,42 @@ struct Exhausted: AsyncParsableCommand {
         lowered.rlim_cur = 256
         guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw ValidationError("setrlimit failed") }
         var fillers: [Int32] = []
-        // The runtime may close a descriptor of its own meanwhile: fill until none comes free.
-        for _ in 0..<5 {
-            while true {
-                let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if descriptor < 0 { break }
-                fillers.append(descriptor)
-            }
-            try? await Task.sleep(for: .milliseconds(20))
+        fillers.reserveCapacity(256)
+        say("exhausted starving")
+        let start = ContinuousClock.now
+        while true {
+            let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if descriptor < 0 { break }
+            fillers.append(descriptor)
         }
         let first = await attempt()
         for descriptor in fillers { close(descriptor) }
+        let window = ContinuousClock.now - start
+        say("exhausted fed")
         _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         let second = await attempt()
-        print("exhausted first=\(first.code) second=\(second.code) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
+        let microseconds = window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000
+        say("exhausted first=\(first.code) second=\(second.code) window_us=\(microseconds) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
     }
 
-    /// One `tryLock()` (and unlock) on a new client; its outcome.
+    /// One `tryLock()` (and unlock) on a new client, shut down before it returns; its outcome.
     private func attempt() async -> (code: String, message: String) {
+        let client: RedlockClient
+        let lock: DistributedLock
         do {
-            let client = try cluster.makeClient()
-            defer { Task { await client.shutdown() } }
-            let lock = try client.makeLock(cluster.lock, options: LockOptions(expiry: cluster.expiry, tries: 1))
-            do {
-                let lease = try await lock.tryLock()
-                try await lock.unlock(lease)
-                return ("ok", "")
-            } catch {
-                return ("\(error.code)", error.nodes.first.map { "\($0.cause)" } ?? error.message)
-            }
+            client = try cluster.makeClient()
+            lock = try client.makeLock(cluster.lock, options: LockOptions(expiry: cluster.expiry, tries: 1))
         } catch {
             return ("client", "\(error)")
+        }
+        do {
+            let lease = try await lock.tryLock()
+            try await lock.unlock(lease)
+            await client.shutdown()
+            return ("ok", "")
+        } catch {
+            await client.shutdown()
+            return ("\(error.code)", error.nodes.first.map { "\($0.cause)" } ?? error.message)
         }
     }
 }
