@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import RedlockTransport
 import Synchronization
@@ -17,6 +18,10 @@ public final class GarbageServer: Sendable {
     private let listener: Int32
     private let connections = Mutex<[Int32]>([])
     private let stopped = Mutex(false)
+    /// The accepting thread and every replying one, while they run: ``stop()`` closes the
+    /// descriptors only once they are done with them, so none of them can read or write a
+    /// descriptor number the process already gave to something else.
+    private let threads = DispatchGroup()
 
     /// The endpoint to point a client at.
     public var endpoint: RedisEndpoint { .hostname("127.0.0.1", port: port) }
@@ -35,7 +40,11 @@ public final class GarbageServer: Sendable {
     public static func start(reply: String?, closeAfterReply: Bool = false) throws -> GarbageServer {
         let (descriptor, port) = try loopbackListener(backlog: 16)
         let server = GarbageServer(port: port, listener: descriptor)
-        let thread = Thread { server.serve(reply: reply.map { Array($0.utf8) }, closeAfterReply: closeAfterReply) }
+        server.threads.enter()
+        let thread = Thread {
+            server.serve(reply: reply.map { Array($0.utf8) }, closeAfterReply: closeAfterReply)
+            server.threads.leave()
+        }
         thread.name = "garbage server \(server.port)"
         thread.start()
         return server
@@ -58,7 +67,9 @@ public final class GarbageServer: Sendable {
                 return
             }
             guard let reply else { continue }
-            let thread = Thread {
+            threads.enter()
+            let thread = Thread { [threads] in
+                defer { threads.leave() }
                 var buffer = [UInt8](repeating: 0, count: 1024)
                 while buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }) > 0 {
                     _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -72,7 +83,9 @@ public final class GarbageServer: Sendable {
         }
     }
 
-    /// Stops listening and closes every accepted connection.
+    /// Stops listening and closes every accepted connection: shuts the sockets down, which ends
+    /// the threads' `accept`, `read` and `send` at once, waits for the threads (1 s at most),
+    /// then closes the descriptors.
     public func stop() {
         let first = stopped.withLock { stopped in
             defer { stopped = true }
@@ -80,10 +93,12 @@ public final class GarbageServer: Sendable {
         }
         guard first else { return }
         Glibc.shutdown(listener, Int32(SHUT_RDWR))
+        let clients = connections.withLock { $0 }
+        for client in clients { Glibc.shutdown(client, Int32(SHUT_RDWR)) }
+        // A thread still running after that is stuck elsewhere: its descriptors stay open
+        // (a leak in a test process) rather than be closed under it.
+        guard threads.wait(timeout: .now() + 1) == .success else { return }
         close(listener)
-        for client in connections.withLock({ $0 }) {
-            Glibc.shutdown(client, Int32(SHUT_RDWR))
-            close(client)
-        }
+        for client in clients { close(client) }
     }
 }
