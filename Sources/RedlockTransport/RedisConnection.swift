@@ -282,7 +282,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Why `count` more commands cannot be queued, if they cannot.
     private func refusal(adding count: Int, to state: borrowing State) -> RedisError? {
         if state.shuttingDown { return error(.shutdown, "") }
-        if let failure = loop.startupError {
+        if let failure = loop.startIfNeeded() {
             return RedisError(code: failure.code, endpoint: configuration.endpoint, message: "event loop: " + failure.message)
         }
         let waiting = state.queue.count + state.unansweredCount

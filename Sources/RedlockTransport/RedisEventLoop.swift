@@ -32,9 +32,12 @@ package final class RedisEventLoop: Sendable {
         }
     }
 
-    private let poller: Poller?
-    /// Why the loop has no thread (no epoll instance or eventfd could be made), if so.
-    let startupError: RedisError?
+    /// The `epoll` instance and waker, once made; the thread runs from then on.
+    private let started = AtomicLazyReference<Poller>()
+    /// Whether the loop was shut down (then it is never started); taken while starting or
+    /// stopping, so neither misses the other.
+    private let startup = Mutex(false)
+    private let name: String
     private let registry = Mutex(Registry())
     private let exited = OneTimeEvent<Void>()
 
@@ -42,36 +45,58 @@ package final class RedisEventLoop: Sendable {
     package static let shared = RedisEventLoop(name: "redis-loop")
 
     /// Creates a loop and starts its thread. If the system refuses the `epoll` instance or the
-    /// eventfd, the loop has no thread and every connection using it fails with that error.
+    /// eventfd (no descriptor left: `EMFILE`), the loop has no thread yet: each command sent
+    /// through it tries again (``startIfNeeded()``), and fails with that error until one succeeds.
     package init(name: String = "redis-loop") {
-        do {
-            poller = try Poller()
-            startupError = nil
-        } catch {
-            poller = nil
-            startupError = error
-            exited.fire()
-            return
-        }
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.stackSize = 512 * 1024
-        thread.start()
+        self.name = name
+        _ = startIfNeeded()
     }
+
+    /// Nil once the loop runs; else tries to start it now (an `epoll_create1` and an `eventfd`)
+    /// and returns why that failed, or a shutdown error once the loop was shut down unstarted.
+    /// An atomic load once started.
+    func startIfNeeded() -> RedisError? {
+        if started.load() != nil { return nil }
+        return startup.withLock { stopping -> RedisError? in
+            if started.load() != nil { return nil }
+            if stopping { return Self.shutDown }
+            let poller: Poller
+            do throws(RedisError) {
+                poller = try Poller()
+            } catch {
+                return error
+            }
+            let running = started.storeIfNil(poller)
+            let thread = Thread { [self] in run(running) }
+            thread.name = name
+            thread.stackSize = 512 * 1024
+            thread.start()
+            return nil
+        }
+    }
+
+    private var poller: Poller? { started.load() }
+
+    /// The running loop's poller, started now if need be; or why there is none.
+    private func running() -> Result<Poller, RedisError> {
+        if let poller { return .success(poller) }
+        if let error = startIfNeeded() { return .failure(error) }
+        return poller.map { .success($0) } ?? .failure(Self.shutDown)
+    }
+
+    private static let shutDown = RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down")
 
     /// Registers a source for deadline checks; `checkInterval` bounds how long the loop sleeps
     /// between checks while it is registered. Returns its token, or the loop's startup error.
     func register(_ source: any EventLoopSource, checkInterval: Duration) -> Result<UInt64, RedisError> {
-        if let startupError { return .failure(startupError) }
+        if let error = startIfNeeded() { return .failure(error) }
         defer {
             // The thread may sleep with a longer timeout, or none, computed before this source
             // came: it recomputes when woken. A registration is rare (one per connect).
             poller?.wake()
         }
         return registry.withLock { registry in
-            if registry.stopping {
-                return .failure(RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down"))
-            }
+            if registry.stopping { return .failure(Self.shutDown) }
             let token = registry.nextToken
             registry.nextToken += 1
             registry.sources[token] = (source, checkInterval)
@@ -91,13 +116,21 @@ package final class RedisEventLoop: Sendable {
     /// Starts watching `descriptor` for the source with `token` (reads and hang-ups, and writes
     /// when `writable`). Safe from any thread.
     func watch(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
-        guard let poller else { return startupError }
+        let poller: Poller
+        switch running() {
+        case .success(let running): poller = running
+        case .failure(let error): return error
+        }
         return poller.control(.add, descriptor: descriptor, writable: writable, token: token)
     }
 
     /// Changes whether writes are watched.
     func update(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
-        guard let poller else { return startupError }
+        let poller: Poller
+        switch running() {
+        case .success(let running): poller = running
+        case .failure(let error): return error
+        }
         return poller.control(.modify, descriptor: descriptor, writable: writable, token: token)
     }
 
@@ -119,11 +152,16 @@ package final class RedisEventLoop: Sendable {
             defer { registry.stopping = true }
             return registry.stopping
         }
-        if !alreadyStopping { poller?.wake() }
+        guard !alreadyStopping else { return }
+        // Never started: it never will be, and there is no thread to wait for.
+        let unstarted = startup.withLock { stopping in
+            stopping = true
+            return started.load() == nil
+        }
+        if unstarted { exited.fire() } else { poller?.wake() }
     }
 
-    private func run() {
-        guard let poller else { return }
+    private func run(_ poller: Poller) {
         var events: [Poller.Event] = []
         events.reserveCapacity(64)
         // Deadlines are checked when one is due, after a wake-up (a new source), and at least

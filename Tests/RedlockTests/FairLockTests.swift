@@ -40,6 +40,7 @@ struct FairLockTests {
             try await withTeardown {
                 let holder = try client.makeLock("fair", options: patient())
                 var lease = try await holder.lock()
+                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
                 var waiting: [Task<ContinuousClock.Instant, any Error>] = []
                 for other in others {
                     let lock = try other.makeLock("fair", options: patient())
@@ -77,6 +78,7 @@ struct FairLockTests {
             try await withTeardown {
                 let holder = try client.makeLock("fair-leave", options: patient())
                 let lease = try await holder.lock()
+                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
                 let quitter = try others[0].makeLock("fair-leave", options: patient())
                 let quitting = Task { try await quitter.lock(timeout: .milliseconds(300)) }
                 #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: "fair-leave") == 1 })
@@ -506,6 +508,7 @@ struct FairLockTests {
             try await withTeardown {
                 let holder = try client.makeLock("fair-spin", options: patient())
                 let lease = try await holder.lock()
+                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
                 var options = patient(.milliseconds(500))
                 options.value = .fixed("W")
                 let waiter = try other.makeLock("fair-spin", options: options)
@@ -536,6 +539,7 @@ struct FairLockTests {
                     let name = "fair-cancel-\(round)"
                     let holder = try client.makeLock(name, options: patient())
                     let lease = try await holder.lock()
+                    try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
                     let first = try others[0].makeLock(name, options: patient())
                     let cancelled = Task { try await first.lock() }
                     #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: name) == 1 })

@@ -11,7 +11,8 @@ import Musl
 /// `redlock-worker exhausted`: uses up this process's descriptors (a lowered `RLIMIT_NOFILE`,
 /// then `/dev/null` opened until `EMFILE`), then makes a client and locks, so the test can see
 /// that a failed `epoll_create1` (the client's event loop) is an error, not a hang; then frees
-/// the descriptors and locks again on a new client.
+/// the descriptors and locks again on the same client (its event loop starts then) and on a new
+/// one.
 ///
 /// The process is out of descriptors for as short a time as it can be (the fill and one
 /// attempt, no sleep; a few milliseconds): on Linux, libdispatch's worker-pool monitor opens
@@ -20,8 +21,8 @@ import Musl
 /// descriptors may crash there, whatever its libraries do. The lines `exhausted starving` and
 /// `exhausted fed` bracket that time, so a test can tell such a crash from one of its own.
 ///
-/// Prints, last: `exhausted first=<code> second=<ok|code> window_us=<µs out of descriptors>
-/// message=<…>`.
+/// Prints, last: `exhausted first=<code> again=<ok|code> second=<ok|code> window_us=<µs out of
+/// descriptors> message=<first's cause>`.
 struct Exhausted: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Lock with no descriptor left, then again with descriptors back; report both outcomes."
@@ -45,33 +46,30 @@ struct Exhausted: AsyncParsableCommand {
             if descriptor < 0 { break }
             fillers.append(descriptor)
         }
-        let first = await attempt()
+        let starved = try cluster.makeClient()
+        let first = await attempt(on: starved)
         for descriptor in fillers { close(descriptor) }
         let window = ContinuousClock.now - start
         say("exhausted fed")
         _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        let second = await attempt()
+        // The client made without descriptors works once they are back; so does a new one.
+        let again = await attempt(on: starved)
+        await starved.shutdown()
+        let fresh = try cluster.makeClient()
+        let second = await attempt(on: fresh)
+        await fresh.shutdown()
         let microseconds = window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000
-        say("exhausted first=\(first.code) second=\(second.code) window_us=\(microseconds) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
+        say("exhausted first=\(first.code) again=\(again.code) second=\(second.code) window_us=\(microseconds) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
     }
 
-    /// One `tryLock()` (and unlock) on a new client, shut down before it returns; its outcome.
-    private func attempt() async -> (code: String, message: String) {
-        let client: RedlockClient
-        let lock: DistributedLock
+    /// One `tryLock()` (and unlock) on `client`; its outcome.
+    private func attempt(on client: RedlockClient) async -> (code: String, message: String) {
         do {
-            client = try cluster.makeClient()
-            lock = try client.makeLock(cluster.lock, options: LockOptions(expiry: cluster.expiry, tries: 1))
-        } catch {
-            return ("client", "\(error)")
-        }
-        do {
+            let lock = try client.makeLock(cluster.lock, options: LockOptions(expiry: cluster.expiry, tries: 1))
             let lease = try await lock.tryLock()
             try await lock.unlock(lease)
-            await client.shutdown()
             return ("ok", "")
         } catch {
-            await client.shutdown()
             return ("\(error.code)", error.nodes.first.map { "\($0.cause)" } ?? error.message)
         }
     }
