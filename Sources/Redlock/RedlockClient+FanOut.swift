@@ -17,8 +17,9 @@ struct ReplicaWait: Sendable, Equatable {
     /// How many replicas must acknowledge.
     let count: Int
     /// How long the node waits for them: half of `budget` or of the command timeout, whichever
-    /// is less, at least 1 ms (Redis notices a
-    /// blocked client's timeout up to a server tick — 100 ms at the default `hz` — late).
+    /// is less, at least 1 ms. Redis notices a blocked client's timeout up to a server tick
+    /// (100 ms at the default `hz`) late; the connections these go on allow for that
+    /// (``lateAnswerAllowance``).
     let timeoutMilliseconds: Int64
 
     /// The wait for `count` replicas within an attempt of `budget`, on connections whose
@@ -31,6 +32,12 @@ struct ReplicaWait: Sendable, Equatable {
     }
 
     var command: RedisCommand { RedisCommand("WAIT", String(count), String(timeoutMilliseconds)) }
+
+    /// How much longer than the node's command timeout a command on the connections of locks
+    /// that wait for replicas may take before the node counts as silent: Redis answers a timed-out
+    /// `WAIT` at its next server tick (up to 100 ms late at the default `hz` of 10), and 50 ms
+    /// for the reply to come through on a loaded machine.
+    static let lateAnswerAllowance: Duration = .milliseconds(150)
 
     /// The vote of a node whose command granted `granted`, once its `WAIT` answered `result`.
     func vote(after granted: Vote, _ result: Result<RedisValue, RedisError>, endpoint: RedisEndpoint) -> Vote {

@@ -124,7 +124,11 @@ public final class RedlockClient: Sendable {
         clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer()
         shortestCommandTimeout = nodes.map(\.configuration.commandTimeout).min() ?? .seconds(1)
-        acknowledgedNodes = nodes.map { RedisConnection(configuration: $0.configuration, eventLoop: $0.eventLoop) }
+        acknowledgedNodes = nodes.map { node in
+            var configuration = node.configuration
+            configuration.commandTimeout += ReplicaWait.lateAnswerAllowance
+            return RedisConnection(configuration: configuration, eventLoop: node.eventLoop)
+        }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning

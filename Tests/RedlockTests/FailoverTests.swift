@@ -115,6 +115,27 @@ struct FailoverTests {
         }
     }
 
+    @Test("a WAIT answered a server tick late is the node's answer, not silence: with a 50 ms command timeout, each node without replicas refuses as not replicated, ten tries in a row")
+    func lateWaitIsAnAnswer() async throws {
+        try await withRedisServers(3) { servers in
+            // WAIT 1 25 (half the command timeout): Redis answers it 25–125 ms after it began.
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .milliseconds(50)) })
+            try await withTeardown {
+                let lock = try client.makeLock("late-wait", options: options(acknowledgements: 1))
+                for attempt in 0..<10 {
+                    let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+                    let causes = error?.nodes.map(\.cause) ?? []
+                    #expect(
+                        causes.count == 3 && causes.allSatisfy { $0 == .notReplicated(acknowledged: 0, required: 1) },
+                        "try \(attempt): \(String(describing: error))"
+                    )
+                }
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
     @Test("a lock that waits for replicas holds up no other lock of its client: while its WAIT blocks, another lock acquires, extends and releases within a 100 ms budget")
     func waitHoldsUpNoOtherLock() async throws {
         try await withLockNodes(3) { client, servers in
