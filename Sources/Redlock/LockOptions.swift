@@ -106,9 +106,11 @@ public struct LockOptions: Sendable {
     /// until it answers, so the client sends every command of such a lock on a second connection
     /// per node, kept for these locks: they hold up no lock that does not wait (they can hold up
     /// each other). Redis notices a `WAIT`'s timeout at its next server tick, up to 100 ms late at
-    /// the default `hz` of 10, so those connections allow each command 150 ms beyond the node's
-    /// command timeout before they count the node as silent. Give every lock object of one name
-    /// the same setting.
+    /// the default `hz` of 10 (1 s at `hz 1`), so those connections allow each command 150 ms
+    /// beyond the node's command timeout before they count the node as silent; with an
+    /// ``attemptBudget`` under about 250 ms, a node whose replicas do not acknowledge may still
+    /// answer after the attempt is decided and count as silent (`noAnswer`) rather than
+    /// `notReplicated`. Give every lock object of one name the same setting.
     ///
     /// It does not make replication synchronous (Redis's `WAIT` documentation says the same): a
     /// failover that promotes a replica that did not acknowledge — one of more replicas than

@@ -19,12 +19,13 @@ struct ReplicaWait: Sendable, Equatable {
     /// How long the node waits for them: half of `budget` or of the command timeout, whichever
     /// is less, at least 1 ms. Redis notices a blocked client's timeout up to a server tick
     /// (100 ms at the default `hz`) late; the connections these go on allow for that
-    /// (``lateAnswerAllowance``).
+    /// (``lateAnswerAllowance``), and an attempt budget of about 250 ms or more leaves room for
+    /// it too (below that, a node whose replicas do not acknowledge may count as silent).
     let timeoutMilliseconds: Int64
 
-    /// The wait for `count` replicas within an attempt of `budget`, on connections whose
-    /// shortest command timeout is `commandTimeout` (a `WAIT` longer than half of it would make
-    /// the connection look silent); nil when `count` is 0.
+    /// The wait for `count` replicas within an attempt of `budget`, on nodes whose shortest
+    /// command timeout is `commandTimeout` (half of either leaves the other half for the
+    /// server's late answer and the round trip); nil when `count` is 0.
     init?(count: Int, budget: Duration, commandTimeout: Duration) {
         guard count > 0 else { return nil }
         self.count = count
@@ -189,7 +190,7 @@ extension RedlockClient {
     /// node either way: once sent, a lock command is never withdrawn.
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
-    /// that check runs in a task of its own, bounded by the node's command timeout.
+    /// that check runs in a task of its own, bounded by its connection's command timeout.
     func prepareFanOut(
         _ command: RedisCommand,
         fallback: RedisCommand? = nil,

@@ -118,7 +118,9 @@ struct FailoverTests {
     @Test("a WAIT answered a server tick late is the node's answer, not silence: with a 50 ms command timeout, each node without replicas refuses as not replicated, ten tries in a row")
     func lateWaitIsAnAnswer() async throws {
         try await withRedisServers(3) { servers in
-            // WAIT 1 25 (half the command timeout): Redis answers it 25–125 ms after it began.
+            // WAIT 1 25 (half the command timeout): Redis answers it 25–125 ms after it began,
+            // past the 50 ms command timeout, within the connection's 200 ms and the attempt's
+            // 400 ms budget.
             let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .milliseconds(50)) })
             try await withTeardown {
                 let lock = try client.makeLock("late-wait", options: options(acknowledgements: 1))
