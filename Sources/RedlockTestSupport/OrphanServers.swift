@@ -40,7 +40,7 @@ public enum OrphanServers {
             guard let pid = pid_t(entry), pid != getpid(),
                   let directory = workingDirectory(of: pid), directory.hasPrefix(prefix),
                   let owner = owner(of: directory, prefix: prefix), !isAlive(owner),
-                  procFile("/proc/\(pid)/comm") == "redis-server"
+                  (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == "redis-server\n"
             else { continue }
             if kill(pid, SIGKILL) == 0 { reaped.killed.append(pid) }
             orphaned.insert(directory)
@@ -59,25 +59,9 @@ public enum OrphanServers {
     /// The process's working directory, if it can be read (without the ` (deleted)` that marks
     /// one removed meanwhile).
     private static func workingDirectory(of pid: pid_t) -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/\(pid)/cwd", &buffer, buffer.count - 1)
-        guard count > 0 else { return nil }
-        let path = String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd") else { return nil }
         let deleted = " (deleted)"
         return path.hasSuffix(deleted) ? String(path.dropLast(deleted.count)) : path
-    }
-
-    /// A small file of `/proc` (whose size reads as 0), without its final newline.
-    private static func procFile(_ path: String) -> String? {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let count = read(descriptor, &buffer, buffer.count)
-        guard count > 0 else { return nil }
-        var text = String(decoding: buffer[..<count], as: UTF8.self)
-        if text.hasSuffix("\n") { text.removeLast() }
-        return text
     }
 
     /// The starter's PID in `directory` (`prefix` + PID + `-…`).

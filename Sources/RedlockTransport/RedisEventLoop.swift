@@ -77,11 +77,11 @@ package final class RedisEventLoop: Sendable {
 
     private var poller: Poller? { started.load() }
 
-    /// The running loop's poller, started now if need be; or why there is none.
-    private func running() -> Result<Poller, RedisError> {
-        if let poller { return .success(poller) }
-        if let error = startIfNeeded() { return .failure(error) }
-        return poller.map { .success($0) } ?? .failure(Self.shutDown)
+    /// Changes the running loop's watch of a descriptor (`change`), starting the loop first if
+    /// need be; returns why that failed.
+    private func control(_ change: Poller.Change, descriptor: Int32, writable: Bool, token: UInt64) -> RedisError? {
+        if let error = startIfNeeded() { return error }
+        return poller?.control(change, descriptor: descriptor, writable: writable, token: token)
     }
 
     private static let shutDown = RedisError(code: .shutdown, endpoint: nil, message: "the event loop was shut down")
@@ -116,22 +116,12 @@ package final class RedisEventLoop: Sendable {
     /// Starts watching `descriptor` for the source with `token` (reads and hang-ups, and writes
     /// when `writable`). Safe from any thread.
     func watch(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
-        let poller: Poller
-        switch running() {
-        case .success(let running): poller = running
-        case .failure(let error): return error
-        }
-        return poller.control(.add, descriptor: descriptor, writable: writable, token: token)
+        control(.add, descriptor: descriptor, writable: writable, token: token)
     }
 
     /// Changes whether writes are watched.
     func update(_ token: UInt64, descriptor: Int32, writable: Bool) -> RedisError? {
-        let poller: Poller
-        switch running() {
-        case .success(let running): poller = running
-        case .failure(let error): return error
-        }
-        return poller.control(.modify, descriptor: descriptor, writable: writable, token: token)
+        control(.modify, descriptor: descriptor, writable: writable, token: token)
     }
 
     /// Stops watching `descriptor` (call before closing it).

@@ -22,6 +22,15 @@ struct FairLockTests {
         }
     }
 
+    /// `lock`'s `lock()`, once its commands reached every node (``settle(_:)`` of `client`): its
+    /// `SET` on a node that answered after the quorum could otherwise land after a waiter's first
+    /// attempt there, and queue the holder or be taken by that attempt's clean-up.
+    private func locked(_ lock: DistributedLock, in client: RedlockClient) async throws -> Lease {
+        let lease = try await lock.lock()
+        try await settle([client])
+        return lease
+    }
+
     /// The library's keys left on `servers` (the queue's keys go with their last entry), once
     /// `clients`' commands are done.
     private func leftovers(on servers: [RedisServer], after clients: [RedlockClient]) async throws -> [String] {
@@ -39,8 +48,7 @@ struct FairLockTests {
             let others = try (0..<3).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
             try await withTeardown {
                 let holder = try client.makeLock("fair", options: patient())
-                var lease = try await holder.lock()
-                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
+                var lease = try await locked(holder, in: client)
                 var waiting: [Task<ContinuousClock.Instant, any Error>] = []
                 for other in others {
                     let lock = try other.makeLock("fair", options: patient())
@@ -77,8 +85,7 @@ struct FairLockTests {
             let others = try (0..<2).map { _ in try RedlockClient(nodes: servers.map { $0.configuration() }) }
             try await withTeardown {
                 let holder = try client.makeLock("fair-leave", options: patient())
-                let lease = try await holder.lock()
-                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
+                let lease = try await locked(holder, in: client)
                 let quitter = try others[0].makeLock("fair-leave", options: patient())
                 let quitting = Task { try await quitter.lock(timeout: .milliseconds(300)) }
                 #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: "fair-leave") == 1 })
@@ -176,11 +183,7 @@ struct FairLockTests {
             let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
             try await withTeardown {
                 let holder = try client.makeLock("fair-grant", options: patient())
-                let lease = try await holder.lock()
-                // Its SET on the nodes that answered after the quorum is done too: else the
-                // waiter's first attempt could get a node first, and its clean-up leave that
-                // node without a key to hand over.
-                try await settle([client])
+                let lease = try await locked(holder, in: client)
                 let lockedAt = ContinuousClock.now
                 let (lock, waiting) = try await waiter(in: other, for: "fair-grant", options: patient(), nodes: servers.count)
                 let released = ContinuousClock.now
@@ -217,16 +220,10 @@ struct FairLockTests {
             try await withTeardown {
                 let name = "fair-clean-up"
                 let holder = try client.makeLock(name, options: patient())
-                let lease = try await holder.lock()
-                try await settle([client])
+                let lease = try await locked(holder, in: client)
                 // Attempts every 300 ms, each at most 1 s (its budget); a place in line lives
                 // 2.4 s past each attempt.
-                let lock = try other.makeLock(name, options: patient(.milliseconds(300)))
-                let waiting = Task { try await lock.lock() }
-                #expect(await eventually(within: .seconds(5)) {
-                    other.subscriptionConfirmations(for: name) >= 2 * servers.count && other.waitingLockCalls(for: name) == 1
-                })
-                try await settle([other])
+                let (lock, waiting) = try await waiter(in: other, for: name, options: patient(.milliseconds(300)), nodes: servers.count)
                 func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
                 let before = attempts()
                 // The waiter's next attempt reaches no node (its commands are held; replies and
@@ -474,10 +471,7 @@ struct FairLockTests {
             let other = try RedlockClient(nodes: servers.map { $0.configuration() })
             try await withTeardown {
                 let holder = try client.makeLock("fair-try", options: patient())
-                let lease = try await holder.lock()
-                // Its SET on the node that answered after the quorum is done too: else a
-                // tryLock() could get that node first, and the holder's SET there queue it.
-                try await settle([client])
+                let lease = try await locked(holder, in: client)
                 let trying = try other.makeLock("fair-try", options: patient())
                 for _ in 0..<5 { await #expect(throws: RedlockError.self) { try await trying.tryLock() } }
                 for server in servers {
@@ -507,8 +501,7 @@ struct FairLockTests {
             let other = try RedlockClient(nodes: servers.map { $0.configuration() })
             try await withTeardown {
                 let holder = try client.makeLock("fair-spin", options: patient())
-                let lease = try await holder.lock()
-                try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
+                let lease = try await locked(holder, in: client)
                 var options = patient(.milliseconds(500))
                 options.value = .fixed("W")
                 let waiter = try other.makeLock("fair-spin", options: options)
@@ -538,8 +531,7 @@ struct FairLockTests {
                 for round in 0..<6 {
                     let name = "fair-cancel-\(round)"
                     let holder = try client.makeLock(name, options: patient())
-                    let lease = try await holder.lock()
-                    try await settle([client])  // its SETs on the late nodes landed: no waiter gets one first
+                    let lease = try await locked(holder, in: client)
                     let first = try others[0].makeLock(name, options: patient())
                     let cancelled = Task { try await first.lock() }
                     #expect(await eventually(within: .seconds(5)) { others[0].waitingLockCalls(for: name) == 1 })

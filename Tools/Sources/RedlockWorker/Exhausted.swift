@@ -12,7 +12,8 @@ import Musl
 /// then `/dev/null` opened until `EMFILE`), then makes a client and locks, so the test can see
 /// that a failed `epoll_create1` (the client's event loop) is an error, not a hang; then frees
 /// the descriptors and locks again on the same client (its event loop starts then) and on a new
-/// one.
+/// one. Another client made without descriptors is shut down before they are back: a loop that
+/// never started must not be waited for.
 ///
 /// The process is out of descriptors for as short a time as it can be (the fill and one
 /// attempt, no sleep; a few milliseconds): on Linux, libdispatch's worker-pool monitor opens
@@ -48,6 +49,8 @@ struct Exhausted: AsyncParsableCommand {
         }
         let starved = try cluster.makeClient()
         let first = await attempt(on: starved)
+        // A client whose event loop never started shuts down at once (no thread to wait for).
+        await (try cluster.makeClient()).shutdown()
         for descriptor in fillers { close(descriptor) }
         let window = ContinuousClock.now - start
         say("exhausted fed")

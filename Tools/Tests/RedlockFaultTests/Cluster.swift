@@ -155,19 +155,33 @@ func keyValuePairs(_ line: Substring) -> [String: String] {
 }
 
 /// Runs `redlock-worker <mode>` on the cluster (lock named after the mode) until it exits, which
-/// must be with status 0 within `limit`, and returns its one-line `<mode> key=value …` report, or
-/// nil (with the issue recorded) when there is none.
+/// must be with status 0 within `limit`, and returns its last `<mode> key=value …` line (its
+/// report), or nil (with the issue recorded) when there is none.
+///
+/// With `rerunTrapsBefore`, a run that a trap (SIGILL, SIGTRAP) ended before the worker printed
+/// that line is run again, twice at most: libdispatch's worker-pool monitor may trap in a process
+/// out of descriptors (see `redlock-worker exhausted`). A trap of the library's own there would
+/// come back run after run; a hang ends in SIGKILL and is never run again.
 func workerReport(
-    _ worker: String, _ mode: String, cluster: Cluster, _ arguments: [String], within limit: Duration
+    _ worker: String, _ mode: String, cluster: Cluster, _ arguments: [String], within limit: Duration,
+    rerunTrapsBefore marker: String? = nil
 ) async throws -> (line: Substring, report: [String: String])? {
-    let helper = try await HelperProcess.start(
-        executable: worker, arguments: workerArguments(mode, cluster: cluster, lock: mode, arguments), readyMarker: "\(mode) "
-    )
-    let termination = await waitForExit(helper, within: limit)
-    #expect(termination == .exited(0), "\(helper.output.suffix(500))")
-    guard let line = helper.output.split(separator: "\n").first(where: { $0.hasPrefix("\(mode) ") }) else {
-        Issue.record("no report: \(helper.output)")
-        return nil
+    for run in 1...3 {
+        let helper = try await HelperProcess.start(
+            executable: worker, arguments: workerArguments(mode, cluster: cluster, lock: mode, arguments), readyMarker: "\(mode) "
+        )
+        let termination = await waitForExit(helper, within: limit)
+        let output = helper.output
+        if let marker, run < 3, case .signalled(let signal) = termination, [SIGILL, SIGTRAP].contains(signal), !output.contains(marker) {
+            print("\(mode): run \(run) ended by signal \(signal) before \"\(marker)\"; again")
+            continue
+        }
+        #expect(termination == .exited(0), "\(output.suffix(500))")
+        guard let line = output.split(separator: "\n").last(where: { $0.hasPrefix("\(mode) ") }) else {
+            Issue.record("no report: \(output)")
+            return nil
+        }
+        return (line, keyValuePairs(line))
     }
-    return (line, keyValuePairs(line))
+    return nil
 }

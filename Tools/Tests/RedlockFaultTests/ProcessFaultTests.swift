@@ -208,40 +208,18 @@ extension FaultTests {
         func descriptorsExhausted() async throws {
             let worker = try workerExecutable()
             try await withCluster(3) { cluster in
-                // libdispatch's worker-pool monitor may trap in a process out of descriptors (see
-                // `redlock-worker exhausted`); a run that died of a trap (SIGILL, SIGTRAP) between
-                // `starving` and `fed` is run again, twice at most. A trap of this library's own
-                // there would come back run after run; a hang ends in SIGKILL, never run again.
-                for run in 1...3 {
-                    let helper = try await HelperProcess.start(
-                        executable: worker,
-                        arguments: workerArguments("exhausted", cluster: cluster, lock: "exhausted-\(run)", ["--expiry-ms", "2000"]),
-                        readyMarker: "exhausted starving"
-                    )
-                    let termination = await waitForExit(helper, within: .seconds(30))
-                    let output = helper.output
-                    if case .signalled(let signal) = termination, [SIGILL, SIGTRAP].contains(signal), run < 3,
-                       !output.contains("exhausted fed") {
-                        print("descriptors exhausted: run \(run) ended by signal \(signal) while out of descriptors; again")
-                        continue
-                    }
-                    #expect(termination == .exited(0), "\(output.suffix(500))")
-                    guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("exhausted first=") }) else {
-                        Issue.record("no report: \(output.suffix(500))")
-                        return
-                    }
-                    let report = keyValuePairs(line)
-                    print("descriptors exhausted: \(line)")
-                    // The client's event loop could not get its epoll instance: every node's command
-                    // fails at once with that cause.
-                    #expect(report["first"] == "noQuorum", "\(line)")
-                    #expect(report["message"]?.hasPrefix("io:_event_loop:_epoll_create1:_Too_many_open_files") == true, "\(line)")
-                    // With descriptors back, the client made without them locks (its event loop
-                    // starts at its next command), and so does a new one.
-                    #expect(report["again"] == "ok", "\(line)")
-                    #expect(report["second"] == "ok", "\(line)")
-                    return
-                }
+                guard let (line, report) = try await workerReport(
+                    worker, "exhausted", cluster: cluster, ["--expiry-ms", "2000"], within: .seconds(30), rerunTrapsBefore: "exhausted fed"
+                ) else { return }
+                print("descriptors exhausted: \(line)")
+                // The client's event loop could not get its epoll instance: every node's command
+                // fails at once with that cause.
+                #expect(report["first"] == "noQuorum", "\(line)")
+                #expect(report["message"]?.hasPrefix("io:_event_loop:_epoll_create1:_Too_many_open_files") == true, "\(line)")
+                // With descriptors back, the client made without them locks (its event loop
+                // starts at its next command), and so does a new one.
+                #expect(report["again"] == "ok", "\(line)")
+                #expect(report["second"] == "ok", "\(line)")
             }
         }
 
