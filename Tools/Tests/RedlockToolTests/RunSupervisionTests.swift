@@ -242,7 +242,9 @@ struct RunSupervisionTests {
             let (first, second) = (temporaryFile("detached"), temporaryFile("after"))
             defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached", "--",
-                                      "sh", "-c", "setsid \(worker) heartbeat --file \(first) --duration-ms 4000 & sleep 0.3"])
+                                      // Returns once the detached job's first beat is written (5 s at most).
+                                      "sh", "-c", "setsid \(worker) heartbeat --file \(first) --duration-ms 4000 & "
+                                        + "i=0; while [ ! -s \(first) ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done"])
             let (status, _, stderr) = await run.finish()
             #expect(status == 0, "stderr: \(stderr)")
             let next = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached", "--",
