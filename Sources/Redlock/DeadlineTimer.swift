@@ -165,10 +165,7 @@ final class DeadlineTimer: Sendable {
         case .none: break
         case .signal: wakeup.signal()
         case .start:
-            let thread = Thread { [self] in run() }
-            thread.name = "redlock-timer"
-            thread.stackSize = 128 * 1024
-            thread.start()
+            startNamedThread("redlock-timer", stackSize: 128 * 1024) { [self] in run() }
         }
     }
 

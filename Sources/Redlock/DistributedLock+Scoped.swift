@@ -119,15 +119,19 @@ extension DistributedLock {
         // rather than a child of the group below: the body is `sending`, so it may capture
         // non-Sendable state, and only a task's operation can take it over; and a task, unlike a
         // child, can be isolated to the caller's actor.)
-        let bodyTask = Task { () -> ScopeOutcome<T> in
-            // Capturing the isolated parameter isolates the task to the caller's actor, and the
-            // body (`nonisolated(nonsending)`) runs where its caller does.
-            _ = isolation
-            do {
-                let value = try await body(held)
-                return .finished(.success(value), at: .now)
-            } catch {
-                return .finished(.failure(error), at: .now)
+        // A caller on no actor whose task prefers the client's executor (see
+        // RedlockClient.executor) gets the body run there too: a task does not inherit a
+        // preference, so it is passed on.
+        let preferred = withUnsafeCurrentTask { $0?.unownedTaskExecutor }
+        let bodyTask: Task<ScopeOutcome<T>, Never>
+        if isolation == nil, let preferred, preferred == client.executor.asUnownedTaskExecutor() {
+            bodyTask = Task(executorPreference: client.executor) { await Self.outcome(of: body, held) }
+        } else {
+            bodyTask = Task { () -> ScopeOutcome<T> in
+                // Capturing the isolated parameter isolates the task to the caller's actor, and
+                // the body (`nonisolated(nonsending)`) runs where its caller does.
+                _ = isolation
+                return await Self.outcome(of: body, held)
             }
         }
         let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
@@ -192,6 +196,18 @@ extension DistributedLock {
         case let .interrupted(error):
             if error.code == .leaseLost { client.metrics.leasesLost.increment() }
             throw error
+        }
+    }
+
+    /// Runs a scope's body and says how and when it ended.
+    nonisolated(nonsending) private static func outcome<T>(
+        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease
+    ) async -> ScopeOutcome<T> {
+        do {
+            let value = try await body(held)
+            return .finished(.success(value), at: .now)
+        } catch {
+            return .finished(.failure(error), at: .now)
         }
     }
 

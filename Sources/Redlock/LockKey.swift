@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A lock name as the bytes Redis sees, for the client's per-name tables (release watching,
 /// single-flight gates).
 ///
@@ -13,7 +21,20 @@ struct LockKey: Hashable, Sendable {
     }
 
     static func == (lhs: LockKey, rhs: LockKey) -> Bool {
-        lhs.name.utf8.elementsEqual(rhs.name.utf8)
+        let left = lhs.name.utf8
+        let right = rhs.name.utf8
+        guard left.count == right.count else { return false }
+        // Native strings keep their UTF-8 contiguous: one comparison of two buffers. Walking the
+        // two views through their iterators cost about 1,100 instructions for a 15-byte name
+        // (callgrind), and a lock() and unlock() look their name up four times.
+        let compared: Bool?? = left.withContiguousStorageIfAvailable { leftBytes in
+            right.withContiguousStorageIfAvailable { rightBytes in
+                guard let leftStart = leftBytes.baseAddress, let rightStart = rightBytes.baseAddress else { return true }
+                return memcmp(leftStart, rightStart, leftBytes.count) == 0
+            }
+        }
+        if let compared, let compared { return compared }
+        return left.elementsEqual(right)
     }
 
     func hash(into hasher: inout Hasher) {

@@ -202,6 +202,26 @@ public final class RedlockClient: Sendable {
         }
     }
 
+    /// The executor of the client's I/O thread, for a task executor preference (SE-0417):
+    /// code of a task that prefers it runs on the thread that reads the nodes' replies, so each
+    /// decided fan-out resumes the caller where the reply was read, without waking a thread of
+    /// the global pool (one thread wake-up per round trip instead of two; see README's
+    /// Performance section).
+    ///
+    /// ```swift
+    /// try await withTaskExecutorPreference(client.executor) {
+    ///     for job in jobs { try await lock.withLock { _ in try await enqueueOnce(job) } }
+    /// }
+    /// ```
+    ///
+    /// Only for short, non-blocking work: while code runs on this thread, no reply of any node
+    /// is read and no command timeout is checked, for every lock of the client. Entering and
+    /// leaving the preference each cost a hop, so it pays for a sequence of lock operations,
+    /// not for one. Over connections you own (``init(connections:logger:metrics:tracer:)``)
+    /// it is the first node's event loop. After ``shutdown()``, or while the loop cannot start
+    /// (no file descriptor left), tasks that prefer it run on the global executor.
+    public var executor: any TaskExecutor { nodes[0].eventLoop }
+
     /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.
     func checkOpen(lockName: String) throws(RedlockError) {
         if isShutDown.load(ordering: .acquiring) {

@@ -174,15 +174,12 @@ final class NodeSocket: @unchecked Sendable {
         tls: TLSContextCache,
         completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
     ) {
-        let thread = Thread {
+        startNamedThread("redis-connect", stackSize: 256 * 1024) {
             switch tls.context(for: configuration) {
             case let .success(context): completion(connect(configuration, tls: context))
             case let .failure(failure): completion(.failure(failure))
             }
         }
-        thread.name = "redis-connect"
-        thread.stackSize = 256 * 1024
-        thread.start()
     }
 
     /// Writes `command` and waits for its reply (an error reply comes back as `.error`).

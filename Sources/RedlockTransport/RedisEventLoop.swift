@@ -15,6 +15,10 @@ protocol EventLoopSource: AnyObject, Sendable {
 /// replies: a client's connections share one, so a fan-out to five nodes wakes one thread, not
 /// five, and callers write their commands to the socket themselves.
 ///
+/// It is also a `TaskExecutor` (SE-0417, task executor preference): a task that prefers it runs
+/// on the loop's thread between turns, so a reply that completes what the task awaits resumes it
+/// on the thread that read the reply, with no wake-up of a thread of the global pool.
+///
 /// Deadlines (command timeouts, reconnect back-offs) are checked when one is due, when a source
 /// registers, and at least every check interval of the registered sources (the shortest), so a
 /// command written by a caller while the loop sleeps is timed out at most one interval late.
@@ -40,6 +44,18 @@ package final class RedisEventLoop: Sendable {
     private let name: String
     private let registry = Mutex(Registry())
     private let exited = OneTimeEvent<Void>()
+    private let jobs = Mutex(Jobs())
+
+    /// The jobs of tasks that prefer this loop as their executor, run on the loop's thread after
+    /// each turn's events.
+    private struct Jobs {
+        var queue: [UnownedJob] = []
+        /// The thread is about to wait, or waits, in `epoll` with no job queued: the next
+        /// enqueue wakes it.
+        var sleeping = false
+        /// The thread has exited, or never will start: jobs go to the global executor.
+        var closed = false
+    }
 
     /// The loop that connections made without one share: started on first use, never stopped.
     package static let shared = RedisEventLoop(name: "redis-loop")
@@ -67,10 +83,7 @@ package final class RedisEventLoop: Sendable {
                 return error
             }
             let running = started.storeIfNil(poller)
-            let thread = Thread { [self] in run(running) }
-            thread.name = name
-            thread.stackSize = 512 * 1024
-            thread.start()
+            startNamedThread(name, stackSize: 512 * 1024) { [self] in run(running) }
             return nil
         }
     }
@@ -148,12 +161,20 @@ package final class RedisEventLoop: Sendable {
             stopping = true
             return started.load() == nil
         }
-        if unstarted { exited.fire() } else { poller?.wake() }
+        if unstarted {
+            jobs.withLock { $0.closed = true }
+            exited.fire()
+        } else {
+            poller?.wake()
+        }
     }
 
     private func run(_ poller: Poller) {
         var events: [Poller.Event] = []
         events.reserveCapacity(64)
+        var running: [UnownedJob] = []
+        running.reserveCapacity(16)
+        let executor = asUnownedTaskExecutor()
         // Deadlines are checked when one is due, after a wake-up (a new source), and at least
         // every check interval; not on every event, which would take every source's lock.
         var nextCheck = ContinuousClock.now
@@ -170,8 +191,14 @@ package final class RedisEventLoop: Sendable {
                 nextCheck = next ?? .now + .seconds(3_600)
                 now = .now
             }
-            let timeout: Duration? = sources.isEmpty ? nil : max(.zero, now.duration(to: nextCheck))
-            if poller.wait(into: &events, timeout: timeout) != nil {
+            let idle = jobs.withLock { jobs in
+                jobs.sleeping = jobs.queue.isEmpty
+                return jobs.sleeping
+            }
+            let timeout: Duration? = !idle ? .zero : sources.isEmpty ? nil : max(.zero, now.duration(to: nextCheck))
+            let failed = poller.wait(into: &events, timeout: timeout) != nil
+            jobs.withLock { $0.sleeping = false }
+            if failed {
                 // epoll_wait failed for a reason other than a signal: back off, then try again.
                 Thread.sleep(forTimeInterval: 0.01)
                 continue
@@ -185,8 +212,46 @@ package final class RedisEventLoop: Sendable {
                 let source = registry.withLock { $0.sources[event.token]?.source }
                 source?.handle(readable: event.readable, writable: event.writable, hangUp: event.hangUp)
             }
+            // The jobs queued until now (those they queue wait for the next turn, so a task that
+            // keeps yielding cannot starve the sockets).
+            jobs.withLock { swap(&$0.queue, &running) }
+            for job in running { job.runSynchronously(on: executor) }
+            running.removeAll(keepingCapacity: true)
         }
+        let left = jobs.withLock { jobs in
+            jobs.closed = true
+            defer { jobs.queue = [] }
+            return jobs.queue
+        }
+        for job in left { Self.runElsewhere(job) }
         poller.close()
         exited.fire()
+    }
+
+    /// Hands a job the loop will not run to the global executor: its task keeps its preference,
+    /// so each later resumption comes back here and is passed on again.
+    private static func runElsewhere(_ job: UnownedJob) {
+        globalConcurrentExecutor.enqueue(ExecutorJob(job))
+    }
+}
+
+extension RedisEventLoop: TaskExecutor {
+    /// Queues `job` to run on the loop's thread after the current turn's events (waking the
+    /// thread when it waits). A loop that cannot start (no descriptor for `epoll`) or was shut
+    /// down passes the job to the global executor, so a task that prefers it never hangs.
+    package func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        guard startIfNeeded() == nil else { return Self.runElsewhere(job) }
+        let (accepted, wake) = jobs.withLock { jobs -> (Bool, Bool) in
+            if jobs.closed { return (false, false) }
+            jobs.queue.append(job)
+            defer { jobs.sleeping = false }
+            return (true, jobs.sleeping)
+        }
+        if !accepted {
+            Self.runElsewhere(job)
+        } else if wake {
+            poller?.wake()
+        }
     }
 }

@@ -7,7 +7,8 @@
 //
 // With TASKS=n in the environment, n tasks each run ITERATIONS cycles on names of their own, and
 // the wall time and cycles per second of the measured part are printed (natively: a quick
-// throughput probe for one workload against another).
+// throughput probe for one workload against another). With EXECUTOR=1 the measured tasks prefer
+// the client's executor (RedlockClient.executor): they run on its I/O thread.
 //
 // Two things valgrind 3.19 needs here: the main thread must not park in dispatch_main (as it does
 // under an async `main`: valgrind then crashes when the first pool thread starts), so this main
@@ -37,7 +38,7 @@ else {
 
 /// Warms up (connects, loads the scripts, grows the buffers), then runs `iterations` cycles.
 /// Returns an error message, or nil.
-func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int]) async -> String? {
+func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int], onExecutor: Bool) async -> String? {
     let connections = ports.map {
         RedisConnection(configuration: RedisConnectionConfiguration(
             endpoint: .hostname("127.0.0.1", port: $0), connectTimeout: .seconds(5), commandTimeout: .seconds(10)
@@ -58,9 +59,10 @@ func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int
                 try await group.waitForAll()
             }
             let start = ContinuousClock.now
+            let preference: (any TaskExecutor)? = onExecutor ? client.executor : nil
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for cycle in cycles {
-                    group.addTask { for _ in 0..<iterations { try await cycle() } }
+                    group.addTask(executorPreference: preference) { for _ in 0..<iterations { try await cycle() } }
                 }
                 try await group.waitForAll()
             }
@@ -89,8 +91,9 @@ let outcome = Outcome()
 let done = DispatchSemaphore(value: 0)
 // Detached: top-level code runs on the main actor, whose thread waits on the semaphore below.
 let tasks = max(1, min(1_000, Int(ProcessInfo.processInfo.environment["TASKS"] ?? "") ?? 1))
-Task.detached { [workload, iterations, tasks, ports, outcome, done] in
-    outcome.failure = await profile(workload, iterations: iterations, tasks: tasks, ports: ports)
+let onExecutor = ProcessInfo.processInfo.environment["EXECUTOR"] == "1"
+Task.detached { [workload, iterations, tasks, ports, onExecutor, outcome, done] in
+    outcome.failure = await profile(workload, iterations: iterations, tasks: tasks, ports: ports, onExecutor: onExecutor)
     done.signal()
 }
 done.wait()

@@ -250,6 +250,7 @@ struct BenchSettings: Sendable {
                 var workloads: [BenchWorkload] = [
                     .operations([BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")]),
                     .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")]),
+                    .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-executor:\(size)")], on: client.executor),
                 ]
                 if size == count {
                     workloads.append(.operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-no-pubsub:\(size)", options: polling)]))
@@ -291,32 +292,36 @@ struct BenchSettings: Sendable {
             floorP50[size] = floor.p50
             rows.append(floor)
             let libraryResults = raw == nil ? results : Array(results.dropLast())
-            for (index, variant) in ["default", "no-pubsub"].enumerated() where index + 1 < libraryResults.count {
+            let cycleNotes = [
+                "default": "", "executor": "the task prefers client.executor: it runs on the I/O thread",
+                "no-pubsub": "fastHandoff off: no PUBLISH, no release subscription",
+            ]
+            for (index, variant) in ["default", "executor", "no-pubsub"].enumerated() where index + 1 < libraryResults.count {
                 let p50 = libraryResults[index + 1].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
                     scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index + 1],
                     ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency, ratioToRawFloor: ratio(p50, rawP50),
-                    note: variant == "no-pubsub" ? "fastHandoff off: no PUBLISH, no release subscription" : ""
+                    note: cycleNotes[variant] ?? ""
                 ))
             }
-            if libraryResults.count > 3 {
-                acquireP50 = libraryResults[3].microseconds(atPercentile: 50)
+            if libraryResults.count > 4 {
+                acquireP50 = libraryResults[4].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
-                    scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[3],
-                    ratioToFloor: ratio(libraryResults[3].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
+                    scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[4],
+                    ratioToFloor: ratio(libraryResults[4].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
                     note: "uncontended lock() alone (the unlock after it is not timed)"
                 ))
             }
             for (index, variant, note) in [
-                (4, "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
-                (5, "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
-                (6, "fair", "fair: nobody in line, so the script grants without the queue's commands"),
+                (5, "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
+                (6, "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
+                (7, "fair", "fair: nobody in line, so the script grants without the queue's commands"),
             ] where libraryResults.count > index {
                 let p50 = libraryResults[index].microseconds(atPercentile: 50)
                 rows.append(BenchRow(
                     scenario: "acquire", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index],
                     ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency,
-                    note: note + (ratio(p50, libraryResults[3].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
+                    note: note + (ratio(p50, libraryResults[4].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
                 ))
             }
         }

@@ -12,6 +12,14 @@ struct BenchWorkload: Sendable {
     static func operations(_ operations: [BenchOperation]) -> BenchWorkload {
         BenchWorkload { await BenchRunner.run(operations, for: $0) }
     }
+
+    /// Operations looped by one task each, all preferring `executor` (a client's
+    /// ``RedlockClient/executor``): they run on its I/O thread.
+    static func operations(_ operations: [BenchOperation], on executor: any TaskExecutor) -> BenchWorkload {
+        BenchWorkload { duration in
+            await withTaskExecutorPreference(executor) { await BenchRunner.run(operations, for: duration) }
+        }
+    }
 }
 
 /// The physical floor of a lock+unlock cycle on this machine: `redlock-raw-floor`

@@ -13,7 +13,8 @@ import Musl
 /// that a failed `epoll_create1` (the client's event loop) is an error, not a hang; then frees
 /// the descriptors and locks again on the same client (its event loop starts then) and on a new
 /// one. Another client made without descriptors is shut down before they are back: a loop that
-/// never started must not be waited for.
+/// never started must not be waited for. A task that prefers the starved client's executor
+/// must still run (a hang ends in the watchdog's kill).
 ///
 /// The process is out of descriptors for as short a time as it can be (the fill and one
 /// attempt, no sleep; a few milliseconds): on Linux, libdispatch's worker-pool monitor opens
@@ -22,7 +23,7 @@ import Musl
 /// descriptors may crash there, whatever its libraries do. The lines `exhausted starving` and
 /// `exhausted fed` bracket that time, so a test can tell such a crash from one of its own.
 ///
-/// Prints, last: `exhausted first=<code> again=<ok|code> second=<ok|code> window_us=<µs out of
+/// Prints, last: `exhausted first=<code> executor=ok again=<ok|code> second=<ok|code> window_us=<µs out of
 /// descriptors> message=<first's cause>`.
 struct Exhausted: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -49,6 +50,8 @@ struct Exhausted: AsyncParsableCommand {
         }
         let starved = try cluster.makeClient()
         let first = await attempt(on: starved)
+        // A task that prefers the executor of a loop that cannot start runs on the global one.
+        let hopped = await withTaskExecutorPreference(starved.executor) { "ok" }
         // A client whose event loop never started shuts down at once (no thread to wait for).
         await (try cluster.makeClient()).shutdown()
         for descriptor in fillers { close(descriptor) }
@@ -62,7 +65,7 @@ struct Exhausted: AsyncParsableCommand {
         let second = await attempt(on: fresh)
         await fresh.shutdown()
         let microseconds = window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000
-        say("exhausted first=\(first.code) again=\(again.code) second=\(second.code) window_us=\(microseconds) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
+        say("exhausted first=\(first.code) executor=\(hopped) again=\(again.code) second=\(second.code) window_us=\(microseconds) message=\(first.message.replacingOccurrences(of: " ", with: "_"))")
     }
 
     /// One `tryLock()` (and unlock) on `client`; its outcome.

@@ -216,6 +216,8 @@ extension FaultTests {
                 // fails at once with that cause.
                 #expect(report["first"] == "noQuorum", "\(line)")
                 #expect(report["message"]?.hasPrefix("io:_event_loop:_epoll_create1:_Too_many_open_files") == true, "\(line)")
+                // A task that prefers that client's executor ran (on the global executor).
+                #expect(report["executor"] == "ok", "\(line)")
                 // With descriptors back, the client made without them locks (its event loop
                 // starts at its next command), and so does a new one.
                 #expect(report["again"] == "ok", "\(line)")

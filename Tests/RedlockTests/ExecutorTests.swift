@@ -1,0 +1,110 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("Locks on the client's executor")
+struct ExecutorTests {
+    @Test("lock, extend, unlock and withLock run on the client's I/O thread when the task prefers client.executor")
+    func operationsStayOnTheLoop() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("executor-thread", options: testOptions())
+            let threads = try await withTaskExecutorPreference(client.executor) {
+                var seen = [currentThreadName()]
+                let lease = try await lock.lock()
+                seen.append(currentThreadName())
+                let extended = try await lock.extend(lease)
+                seen.append(currentThreadName())
+                try await lock.unlock(extended)
+                seen.append(currentThreadName())
+                seen.append(try await lock.withLock { _ in currentThreadName() })
+                seen.append(currentThreadName())
+                return seen
+            }
+            #expect(threads == Array(repeating: "redlock-io", count: 6))
+        }
+    }
+
+    @Test("200 tasks on the executor increment a plain counter under the lock: exactly 200, never two inside")
+    func mutualExclusionOnTheLoop() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("executor-counter", options: testOptions(tries: 10_000, failFast: true))
+            let counter = UnsafeCounter()
+            try await withTaskExecutorPreference(client.executor) {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<200 {
+                        group.addTask {
+                            let lease = try await lock.lock()
+                            await counter.enter()
+                            let seen = await counter.read()
+                            await Task.yield()
+                            await counter.write(seen + 1)
+                            await counter.leave()
+                            try await lock.unlock(lease)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            #expect(await counter.read() == 200)
+            #expect(await counter.maximumInside == 1)
+        }
+    }
+
+    @Test("with a majority of nodes frozen, a lock() on the executor fails within its attempt budgets (the timer wakes the loop)")
+    func frozenMajorityOnTheLoop() async throws {
+        try await withLockNodes(3) { client, servers in
+            try await servers[0].pause()
+            try await servers[1].pause()
+            defer {
+                try? servers[0].resume()
+                try? servers[1].resume()
+            }
+            // Two attempts of 100 ms each (expiry 1 s × 0.1), and a few ms between them.
+            let lock = try client.makeLock("executor-frozen", options: testOptions(expiry: .seconds(1), tries: 2, timeoutFactor: 0.1))
+            let outcome = await finished(within: .seconds(5)) { () -> (RedlockError.Code?, String) in
+                await withTaskExecutorPreference(client.executor) {
+                    do throws(RedlockError) {
+                        let lease = try await lock.lock()
+                        try? await lock.unlock(lease)
+                        return (nil, currentThreadName())
+                    } catch {
+                        return (error.code, currentThreadName())
+                    }
+                }
+            }
+            guard let (code, thread) = outcome else {
+                Issue.record("lock() on the executor never returned with two of three nodes frozen")
+                return
+            }
+            #expect(code == .noQuorum)
+            #expect(thread == "redlock-io")
+        }
+    }
+
+    @Test("after shutdown a task that prefers the client's executor still runs, on the global executor")
+    func afterShutdown() async throws {
+        try await withRedisServers(1) { servers throws in
+            let client = try RedlockClient(nodes: [servers[0].configuration()])
+            let lock = try client.makeLock("executor-shutdown", options: testOptions())
+            let before = try await withTaskExecutorPreference(client.executor) {
+                try await lock.unlock(try await lock.lock())
+                return currentThreadName()
+            }
+            #expect(before == "redlock-io")
+            await client.shutdown()
+            let after = await finished(within: .seconds(5)) {
+                await withTaskExecutorPreference(client.executor) { () -> (RedlockError.Code?, String) in
+                    do throws(RedlockError) {
+                        _ = try await lock.lock()
+                        return (nil, currentThreadName())
+                    } catch {
+                        return (error.code, currentThreadName())
+                    }
+                }
+            }
+            #expect(after?.0 == .clientShutDown)
+            #expect(after.map { $0.1 != "redlock-io" } == true)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import RedlockTestSupport
+import RedlockTransport
+import Synchronization
+import Testing
+
+@Suite("The event loop as a task executor")
+struct EventLoopExecutorTests {
+    @Test("a task that prefers the loop runs on its thread, and each reply resumes it there")
+    func repliesResumeOnTheLoop() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "executor-test")
+            // With no connection the loop sleeps in epoll with no timeout between hops: each hop
+            // onto it must wake it (without the wake, one of these hangs).
+            let hops = await finished(within: .seconds(10)) {
+                var names: [String] = []
+                for _ in 0..<20 {
+                    names.append(await withTaskExecutorPreference(loop) { currentThreadName() })
+                    names.append(currentThreadName())
+                }
+                return names
+            }
+            #expect(hops != nil, "a hop onto the sleeping loop never ran")
+            for (index, name) in (hops ?? []).enumerated() {
+                #expect((name == "executor-test") == index.isMultiple(of: 2), "hop \(index / 2): \(name)")
+            }
+            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            let threads = await finished(within: .seconds(10)) {
+                await withTaskExecutorPreference(loop) {
+                    var seen = [currentThreadName()]
+                    for index in 0..<50 {
+                        let reply = try? await connection.send(RedisCommand("SET", "executor:\(index)", "\(index)"))
+                        #expect(reply == .simpleString("OK"))
+                        seen.append(currentThreadName())
+                    }
+                    return seen
+                }
+            }
+            #expect(threads != nil, "the task never finished on the loop")
+            #expect(Set(threads ?? []) == ["executor-test"])
+            // Outside the preference the caller is back on the global executor.
+            #expect(currentThreadName() != "executor-test")
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
+    @Test("a task on the loop that keeps yielding does not hold up the replies of another connection on it")
+    func yieldingTaskDoesNotStarveSockets() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "executor-yield")
+            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let stop = Atomic<Bool>(false)
+            let spinner = Task(executorPreference: loop) {
+                var turns = 0
+                while !stop.load(ordering: .relaxed) {
+                    turns += 1
+                    await Task.yield()
+                }
+                return turns
+            }
+            // Each PING is answered while the spinner is queued again on every turn; jobs that
+            // jobs queue run at the next turn, after the sockets were read.
+            for _ in 0..<20 {
+                let reply = await finished(within: .seconds(5)) { try? await connection.send(RedisCommand("PING")) }
+                guard reply == .simpleString("PONG") else {
+                    Issue.record("a reply was held up behind a task on the loop: \(String(describing: reply))")
+                    break
+                }
+            }
+            stop.store(true, ordering: .relaxed)
+            #expect(await spinner.value > 0)
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
+    @Test("a loop that was shut down passes the jobs of tasks that prefer it to the global executor")
+    func shutDownLoopPassesJobsOn() async throws {
+        let loop = RedisEventLoop(name: "executor-stop")
+        await loop.shutdown()
+        let threads = await finished(within: .seconds(5)) {
+            await withTaskExecutorPreference(loop) {
+                var seen = [currentThreadName()]
+                try? await Task.sleep(for: .milliseconds(1))
+                seen.append(currentThreadName())
+                return seen
+            }
+        }
+        #expect(threads != nil, "a task that prefers a stopped loop hung")
+        #expect(!(threads ?? []).contains("executor-stop"))
+    }
+
+    @Test("a task suspended on the loop when its thread ends resumes on the global executor")
+    func shutdownWhileWaiting() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "executor-mid")
+            let connection = RedisConnection(
+                configuration: servers[0].configuration(commandTimeout: .seconds(30)), eventLoop: loop
+            )
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try await servers[0].pause()
+            defer { try? servers[0].resume() }
+            let started = OneTimeEvent<Void>()
+            let waiting = Task(executorPreference: loop) { () -> (Result<RedisValue, RedisError>, String) in
+                // On the loop's thread: the loop cannot see its stop before this job suspends.
+                started.fire()
+                let result: Result<RedisValue, RedisError>
+                do {
+                    result = .success(try await connection.send(RedisCommand("PING")))
+                } catch let error as RedisError {
+                    result = .failure(error)
+                } catch {
+                    result = .failure(RedisError(code: .unexpectedReply, endpoint: nil, message: "not a RedisError: \(error)"))
+                }
+                return (result, currentThreadName())
+            }
+            await started.wait()
+            // The loop's thread ends first, with the task suspended on it; the connection's
+            // shutdown then fails the command from this thread, and the task resumes elsewhere.
+            await loop.shutdown()
+            await connection.shutdown()
+            let outcome = await finished(within: .seconds(5)) { await waiting.value }
+            guard let (result, thread) = outcome else {
+                Issue.record("the task waiting on the loop never resumed")
+                return
+            }
+            guard case let .failure(error) = result else {
+                Issue.record("a paused node answered: \(result)")
+                return
+            }
+            #expect(error.code == .shutdown, "\(error)")
+            #expect(thread != "executor-mid")
+        }
+    }
+}
