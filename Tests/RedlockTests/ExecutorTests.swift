@@ -29,22 +29,10 @@ struct ExecutorTests {
     func mutualExclusionOnTheLoop() async throws {
         try await withLockNodes(3) { client, _ in
             let lock = try client.makeLock("executor-counter", options: testOptions(tries: 10_000, failFast: true))
-            let counter = UnsafeCounter()
-            try await withTaskExecutorPreference(client.executor) {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for _ in 0..<200 {
-                        group.addTask {
-                            let lease = try await lock.lock()
-                            await counter.enter()
-                            let seen = await counter.read()
-                            await Task.yield()
-                            await counter.write(seen + 1)
-                            await counter.leave()
-                            try await lock.unlock(lease)
-                        }
-                    }
-                    try await group.waitForAll()
-                }
+            // The group's tasks run on the I/O thread, and so does the counter (a default actor
+            // runs on the executor its caller prefers).
+            let counter = try await withTaskExecutorPreference(client.executor) {
+                try await UnsafeCounter.incremented(under: lock, tasks: 200)
             }
             #expect(await counter.read() == 200)
             #expect(await counter.maximumInside == 1)

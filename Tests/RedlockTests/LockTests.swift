@@ -10,21 +10,7 @@ struct LockTests {
         try await withLockNodes(nodeCount) { client, _ in
             // The default, early-returning path.
             let lock = try client.makeLock("counter", options: testOptions(tries: 10_000, failFast: true))
-            let counter = UnsafeCounter()
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 0..<200 {
-                    group.addTask {
-                        let lease = try await lock.lock()
-                        await counter.enter()
-                        let seen = await counter.read()
-                        await Task.yield()
-                        await counter.write(seen + 1)
-                        await counter.leave()
-                        try await lock.unlock(lease)
-                    }
-                }
-                try await group.waitForAll()
-            }
+            let counter = try await UnsafeCounter.incremented(under: lock, tasks: 200)
             #expect(await counter.read() == 200)
             #expect(await counter.maximumInside == 1)
         }

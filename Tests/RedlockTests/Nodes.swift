@@ -18,6 +18,28 @@ actor UnsafeCounter {
     func leave() { inside -= 1 }
     func read() -> Int { value }
     func write(_ newValue: Int) { value = newValue }
+
+    /// Runs `tasks` concurrent tasks that each lock `lock`, read the counter, yield, write it
+    /// back plus one, and unlock: without exclusion, increments are lost and `maximumInside`
+    /// exceeds 1.
+    static func incremented(under lock: DistributedLock, tasks: Int) async throws -> UnsafeCounter {
+        let counter = UnsafeCounter()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<tasks {
+                group.addTask {
+                    let lease = try await lock.lock()
+                    await counter.enter()
+                    let seen = await counter.read()
+                    await Task.yield()
+                    await counter.write(seen + 1)
+                    await counter.leave()
+                    try await lock.unlock(lease)
+                }
+            }
+            try await group.waitForAll()
+        }
+        return counter
+    }
 }
 
 /// A value shared between tasks of a test.

@@ -31,7 +31,8 @@ struct Bench: AsyncParsableCommand {
         time); with 1 ms every waiter is waiting when the holder \
         releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
           cross-process 4 redlock-worker processes, one lock() loop each, on one name, for each \
-        --hold, also with a fair lock (variant `fair`); latencies are handoffs between processes (one holder's release to another \
+        --hold, also with a fair lock (variant `fair`), and each with every worker's loop on its \
+        client's executor (variants `…-executor`); latencies are handoffs between processes (one holder's release to another \
         process's acquire), ops/s the handoffs per second; the note compares the median with \
         the uncontended acquire
           missed-release  a lock() of a second client (its own connections, as in another \
@@ -389,15 +390,17 @@ struct BenchSettings: Sendable {
 
             // 4b: the same contention between processes, one lock() loop per worker process.
             if let worker = CrossProcessContention.worker, let nodeList = RawFloorProcess.nodeList(connections) {
-                for (hold, fair) in hold.flatMap({ hold in [(hold, false), (hold, true)] }) {
+                let shapes = [(false, false), (true, false), (false, true), (true, true)]
+                for (hold, (fair, onExecutor)) in hold.flatMap({ hold in shapes.map { (hold, $0) } }) {
                     try Task.checkCancellation()
                     let processes = CrossProcessContention.processes
-                    progress("Measuring \(processes) worker processes contending for one name on \(count) nodes (hold \(format(hold))\(fair ? ", fair" : ""))…")
-                    let base = fair ? "fair" : "default"
+                    progress("Measuring \(processes) worker processes contending for one name on \(count) nodes (hold \(format(hold))\(fair ? ", fair" : "")\(onExecutor ? ", on the executor" : ""))…")
+                    let base = (fair ? "fair" : "default") + (onExecutor ? "-executor" : "")
                     let variant = hold == .zero ? base : "\(base)-hold\(format(hold).replacingOccurrences(of: " ", with: ""))"
                     let result = try await watchdog("cross-process (\(variant))", expected: duration + .seconds(10)) {
                         try await CrossProcessContention.measure(
-                            worker: worker, nodes: nodeList, name: "\(prefix):cross-process-\(variant)", hold: hold, fair: fair, duration: duration
+                            worker: worker, nodes: nodeList, name: "\(prefix):cross-process-\(variant)", hold: hold, fair: fair,
+                            onExecutor: onExecutor, duration: duration
                         )
                     }
                     let p50 = result.handoffs.microseconds(atPercentile: 50)
@@ -406,6 +409,7 @@ struct BenchSettings: Sendable {
                     if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
                     if result.overlaps > 0 { note += "; OVERLAPS: \(result.overlaps)" }
                     if fair { note += "; fair: queued on the nodes, each release hands the lock to the first in line" }
+                    if onExecutor { note += "; each worker's loop prefers client.executor" }
                     rows.append(BenchRow(
                         scenario: "cross-process", variant: variant, nodes: count, concurrency: processes, measurement: result.handoffs,
                         ratioToFloor: ratio(p50, floorP50[count]), ratioBasis: .latency, note: note

@@ -10,7 +10,8 @@ import Musl
 
 /// Contention between processes, the way replicas contend: ``processes`` `redlock-worker
 /// contend` processes, one `lock()` loop each, on one name, every lock with the retry delay of
-/// the defaults (50–250 ms) and fast handoff on; variant `fair` with ``LockOptions/fair``. Each worker logs its critical sections on
+/// the defaults (50–250 ms) and fast handoff on; variant `fair` with ``LockOptions/fair``,
+/// variants `…-executor` with each worker's loop on its client's executor. Each worker logs its critical sections on
 /// `CLOCK_BOOTTIME` (see `redlock-worker contend`); after the run the log is read in order of
 /// acquisition.
 ///
@@ -38,8 +39,11 @@ enum CrossProcessContention {
 
     /// Runs ``processes`` workers on `nodes` (a worker `--nodes` list) for `duration` after the
     /// warm-up, each holding the lock for `hold` (whole milliseconds), with a fair lock when
-    /// `fair` (``LockOptions/fair``).
-    static func measure(worker: String, nodes: String, name: String, hold: Duration, fair: Bool, duration: Duration) async throws -> Result {
+    /// `fair` (``LockOptions/fair``), each worker's loop on its client's executor when
+    /// `onExecutor` (``RedlockClient/executor``).
+    static func measure(
+        worker: String, nodes: String, name: String, hold: Duration, fair: Bool, onExecutor: Bool, duration: Duration
+    ) async throws -> Result {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swift-redlock-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -51,7 +55,7 @@ enum CrossProcessContention {
             "--hold-min-ms", holdMilliseconds, "--hold-max-ms", holdMilliseconds, "--extend-every", "0",
             "--retry-min-ms", "50", "--retry-max-ms", "250",
             "--parent-pid", String(getpid()), "--max-seconds", String(seconds),
-        ] + (fair ? ["--fair"] : [])
+        ] + (fair ? ["--fair"] : []) + (onExecutor ? ["--executor"] : [])
         var workers: [HelperProcess] = []
         do {
             for _ in 0..<processes {

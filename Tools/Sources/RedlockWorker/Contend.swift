@@ -63,6 +63,9 @@ struct Contend: AsyncParsableCommand {
     @Option(help: "Count a node's grant only once this many of its replicas acknowledged it (WAIT).")
     var replicaAcknowledgements: Int = 0
 
+    @Flag(help: "Run the critical-section loop on the client's executor (its I/O thread).")
+    var executor = false
+
     func validate() throws {
         guard holdMinMilliseconds >= 0, holdMaxMilliseconds >= holdMinMilliseconds, retryMinimumMilliseconds >= 0, retryMaximumMilliseconds >= retryMinimumMilliseconds,
               extendEvery >= 0, acquisitions >= 0, (epochGuardMilliseconds ?? 1) > 0, replicaAcknowledgements >= 0
@@ -107,7 +110,7 @@ struct Contend: AsyncParsableCommand {
         )
         let lock = try client.makeLock(cluster.lock, options: options)
 
-        let work = Task { await criticalSections(lock: lock, log: descriptor) }
+        let work = Task(executorPreference: executor ? client.executor : nil) { await criticalSections(lock: lock, log: descriptor) }
         // SIGTERM ends the loop gracefully: the section in progress is finished and logged.
         let termination = SignalHandlers([SIGTERM]) { _ in work.cancel() }
 
