@@ -25,8 +25,10 @@ extension DistributedLock {
     /// - Parameters:
     ///   - isolation: Where `body` runs: the caller's actor (the default, `#isolation`), so a
     ///     main-actor caller's body runs on the main actor and may use its state; with no actor,
-    ///     on the global executor. The extender and the deadline watch run off it, so a busy
-    ///     actor does not delay them (it delays only the body's reaction to cancellation).
+    ///     on the global executor, or on the client's I/O thread when the caller's task prefers
+    ///     ``RedlockClient/executor``. The extender and the deadline watch run on the global
+    ///     executor and cancel the body themselves, so a busy actor or I/O thread does not delay
+    ///     them (it delays only the body's reaction to cancellation).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -119,40 +121,42 @@ extension DistributedLock {
         // rather than a child of the group below: the body is `sending`, so it may capture
         // non-Sendable state, and only a task's operation can take it over; and a task, unlike a
         // child, can be isolated to the caller's actor.)
-        // A caller on no actor whose task prefers the client's executor (see
-        // RedlockClient.executor) gets the body run there too: a task does not inherit a
-        // preference, so it is passed on.
+        // The body runs on the caller's actor (`outcome` hops to it), or, for a caller on no
+        // actor whose task prefers the client's executor (RedlockClient.executor), there: a
+        // task does not inherit a preference, so it is passed on.
         let preferred = withUnsafeCurrentTask { $0?.unownedTaskExecutor }
-        let bodyTask: Task<ScopeOutcome<T>, Never>
-        if isolation == nil, let preferred, preferred == client.executor.asUnownedTaskExecutor() {
-            bodyTask = Task(executorPreference: client.executor) { await Self.outcome(of: body, held) }
-        } else {
-            bodyTask = Task { () -> ScopeOutcome<T> in
-                // Capturing the isolated parameter isolates the task to the caller's actor, and
-                // the body (`nonisolated(nonsending)`) runs where its caller does.
-                _ = isolation
-                return await Self.outcome(of: body, held)
-            }
+        let onClientExecutor = isolation == nil && preferred.map { $0 == client.executor.asUnownedTaskExecutor() } == true
+        let bodyTask = Task(executorPreference: onClientExecutor ? client.executor : nil) {
+            await Self.outcome(of: body, held, isolation: isolation)
+        }
+        // The extender and the watches run on the global executor whatever the caller prefers,
+        // and cancel the body themselves when they end it: a body busy on the caller's actor or
+        // on the client's I/O thread holds up the caller's task (which reads the group), not
+        // them. (It still delays the body's reaction to cancellation.)
+        let offBody = globalConcurrentExecutor
+        @Sendable func interrupting(_ outcome: ScopeOutcome<T>?) -> ScopeOutcome<T>? {
+            if outcome != nil { bodyTask.cancel() }
+            return outcome
         }
         let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
             await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
                 group.addTask { await bodyTask.value }
-                group.addTask { await watchDeadline(held) }
-                group.addTask {
-                    await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) }
+                group.addTask(executorPreference: offBody) { interrupting(await watchDeadline(held)) }
+                group.addTask(executorPreference: offBody) {
+                    interrupting(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
                 }
                 if let maximumHoldTime {
                     let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
-                    group.addTask {
+                    group.addTask(executorPreference: offBody) {
                         do {
                             try await Task.sleep(until: capAt, clock: .continuous)
                         } catch {
                             return nil
                         }
-                        return .interrupted(RedlockError(
+                        return interrupting(.interrupted(RedlockError(
                             code: .holdTimeExceeded, lockName: name,
                             message: "the body ran past the maximum hold time of \(maximumHoldTime) and was cancelled"
-                        ))
+                        )))
                     }
                 }
                 var first: ScopeOutcome<T>?
@@ -199,10 +203,15 @@ extension DistributedLock {
         }
     }
 
-    /// Runs a scope's body and says how and when it ended.
-    nonisolated(nonsending) private static func outcome<T>(
-        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease
+    /// Runs a scope's body on `isolation` (the caller's actor, or none) and says how and when
+    /// it ended.
+    private static func outcome<T>(
+        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, isolation: isolated (any Actor)?
     ) async -> ScopeOutcome<T> {
+        // Holds by the language; it also makes the hop to `isolation` happen here. Without a
+        // use of the actor before the call, the hop was left out and an actor instance's body
+        // ran on the global executor (ScopedLockTests.bodyRunsWithTheCaller).
+        isolation?.preconditionIsolated()
         do {
             let value = try await body(held)
             return .finished(.success(value), at: .now)

@@ -215,11 +215,20 @@ public final class RedlockClient: Sendable {
     /// ```
     ///
     /// Only for short, non-blocking work: while code runs on this thread, no reply of any node
-    /// is read and no command timeout is checked, for every lock of the client. Entering and
-    /// leaving the preference each cost a hop, so it pays for a sequence of lock operations,
-    /// not for one. Over connections you own (``init(connections:logger:metrics:tracer:)``)
-    /// it is the first node's event loop. After ``shutdown()``, or while the loop cannot start
-    /// (no file descriptor left), tasks that prefer it run on the global executor.
+    /// is read and no command timeout is checked, for every lock of the client. A `withLock`
+    /// body called from such a task runs there too (its lease extender and deadline watch run
+    /// on the global executor): a body that computes for long without suspending keeps the
+    /// extensions' replies unread, so its scope ends in ``RedlockError/Code-swift.struct/leaseLost``
+    /// at the lease's deadline. An actor called from such a task runs on this thread as well
+    /// (SE-0417: a default actor runs on its caller's preferred executor), jobs of other tasks
+    /// included. Entering and leaving the preference each cost a hop, so it pays for a sequence
+    /// of lock operations, not for one.
+    ///
+    /// After ``shutdown()``, or while the loop cannot start (no file descriptor left), tasks
+    /// that prefer it run on the global executor. Over connections you own
+    /// (``init(connections:logger:metrics:tracer:)``) it is the first node's event loop: for
+    /// connections made with `RedisConnection(configuration:)` that is the loop every such
+    /// connection in the process shares, which never stops, so blocking it stalls all of them.
     public var executor: any TaskExecutor { nodes[0].eventLoop }
 
     /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.

@@ -27,15 +27,15 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Creates a command from its name and arguments, framed in one pass into a buffer of the
-    /// exact size.
-    package init(_ arguments: [String]) {
+    /// exact size, plus room for `extraBytes` bytes of `extraArguments` more framed arguments.
+    package init(_ arguments: [String], extraArguments: Int = 0, extraBytes: Int = 0) {
         let size = arguments.reduce(0) { size, argument in
             let length = argument.utf8.count
             return size + headerSize(length) + length + 2
         }
         var ends: [Int] = []
-        ends.reserveCapacity(arguments.count)
-        body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+        ends.reserveCapacity(arguments.count + extraArguments)
+        body = [UInt8](unsafeUninitializedCapacity: size + extraBytes) { buffer, initialized in
             var position = 0
             for argument in arguments {
                 let utf8 = argument.utf8
@@ -85,9 +85,9 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
 
     /// The command with its first `count` arguments replaced by `replacements`.
     package func replacingLeadingArguments(_ count: Int, with replacements: [String]) -> RedisCommand {
-        var result = RedisCommand(replacements)
         // Replacing more arguments than there are replaces them all.
         let start = count > 0 && !ends.isEmpty ? ends[min(count, ends.count) - 1] : 0
+        var result = RedisCommand(replacements, extraArguments: ends.count - min(count, ends.count), extraBytes: body.count - start)
         result.body.append(contentsOf: body[start...])
         var previous = start
         for end in ends.dropFirst(count) {
@@ -123,6 +123,9 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     func appendWire(to output: inout [UInt8]) {
         guard !ends.isEmpty else { return }
         let headerCount = headerSize(ends.count)
+        // An empty buffer (the usual case: each write takes the buffer) gets the exact size at
+        // once, rather than growing twice; a busy connection's buffer grows as arrays do.
+        if output.isEmpty { output.reserveCapacity(headerCount + body.count) }
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount) { header in
             _ = writeHeader(UInt8(ascii: "*"), ends.count, into: header, at: 0)
             output.append(contentsOf: header)

@@ -30,6 +30,8 @@ package final class RedisEventLoop: Sendable {
         var snapshot: (sources: [any EventLoopSource], interval: Duration?) = ([], nil)
         var nextToken: UInt64 = 1
         var stopping = false
+        /// A source registered since the loop last looked: check deadlines on the next turn.
+        var registered = false
 
         mutating func takeSnapshot() {
             snapshot = (sources.values.map(\.source), sources.values.map(\.interval).min())
@@ -114,6 +116,7 @@ package final class RedisEventLoop: Sendable {
             registry.nextToken += 1
             registry.sources[token] = (source, checkInterval)
             registry.takeSnapshot()
+            registry.registered = true
             return .success(token)
         }
     }
@@ -175,14 +178,18 @@ package final class RedisEventLoop: Sendable {
         var running: [UnownedJob] = []
         running.reserveCapacity(16)
         let executor = asUnownedTaskExecutor()
-        // Deadlines are checked when one is due, after a wake-up (a new source), and at least
-        // every check interval; not on every event, which would take every source's lock.
+        // Deadlines are checked when one is due, when a source registered, and at least every
+        // check interval; not on every event or job, which would take every source's lock.
         var nextCheck = ContinuousClock.now
         while true {
-            let (snapshot, stopping) = registry.withLock { ($0.snapshot, $0.stopping) }
+            let (snapshot, stopping, registered) = registry.withLock { registry in
+                defer { registry.registered = false }
+                return (registry.snapshot, registry.stopping, registry.registered)
+            }
             let (sources, interval) = snapshot
             if stopping { break }
             var now = ContinuousClock.now
+            if registered { nextCheck = now }
             if now >= nextCheck {
                 var next: ContinuousClock.Instant? = interval.map { now + $0 }
                 for source in sources {
@@ -205,8 +212,8 @@ package final class RedisEventLoop: Sendable {
             }
             for event in events {
                 if event.token == Poller.wakerToken {
+                    // A registration, a stop or a job: each is looked at on the next turn.
                     poller.drainWakeups()
-                    nextCheck = .now
                     continue
                 }
                 let source = registry.withLock { $0.sources[event.token]?.source }

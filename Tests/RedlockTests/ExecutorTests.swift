@@ -39,6 +39,38 @@ struct ExecutorTests {
         }
     }
 
+    @Test("a body busy on the I/O thread is still cancelled at its lease's deadline: the deadline watch runs off that thread")
+    func busyBodyOnTheLoopIsCancelled() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("executor-busy", options: testOptions(expiry: .milliseconds(600)))
+            let outcome = await finished(within: .seconds(15)) { () -> (String, Duration) in
+                await withTaskExecutorPreference(client.executor) {
+                    let start = ContinuousClock.now
+                    do {
+                        // Never suspends: the I/O thread reads no reply while it spins, so no
+                        // extension is confirmed, and only a watch elsewhere can stop it.
+                        try await lock.withLock { _ in
+                            while !Task.isCancelled, start.duration(to: .now) < .seconds(5) {}
+                        }
+                        return ("ok", start.duration(to: .now))
+                    } catch let error as RedlockError {
+                        return ("\(error.code)", start.duration(to: .now))
+                    } catch {
+                        return ("\(error)", start.duration(to: .now))
+                    }
+                }
+            }
+            guard let (code, took) = outcome else {
+                Issue.record("withLock with a busy body never returned")
+                return
+            }
+            #expect(code == "leaseLost")
+            // The deadline is 600 ms minus the safety margin after the acquire; a watch held up
+            // behind the body would let it spin its whole 5 s.
+            #expect(took < .seconds(3), "the body ran \(took)")
+        }
+    }
+
     @Test("with a majority of nodes frozen, a lock() on the executor fails within its attempt budgets (the timer wakes the loop)")
     func frozenMajorityOnTheLoop() async throws {
         try await withLockNodes(3) { client, servers in

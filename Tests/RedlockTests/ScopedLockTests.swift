@@ -7,14 +7,39 @@ import Testing
 
 @Suite("Scoped locks with auto-extension")
 struct ScopedLockTests {
-    @Test("withLock's body runs where the caller runs: on the main actor for a main-actor caller, mutating its state; elsewhere off it")
+    @Test("withLock's body runs where the caller runs: on the main actor for a main-actor caller, mutating its state; on an actor instance for its method; elsewhere off it")
     func bodyRunsWithTheCaller() async throws {
         try await withLockNodes(3) { client, _ in
             let lock = try client.makeLock("isolation", options: testOptions())
             #expect(try await Self.onMainActor(lock) == 2)
+            // An actor that is not a global actor: its method's body runs on that actor's executor.
+            #expect(try await Ledger().queueOfBody(lock) == "ledger")
             // A caller on no actor: the body runs on no actor either.
             let isolated = try await lock.withLock { _ in #isolation != nil }
             #expect(!isolated)
+        }
+    }
+
+    /// An actor instance on a serial queue of its own (so code can tell it runs there) that runs
+    /// a scoped lock from one of its methods.
+    private actor Ledger {
+        static let queueName = DispatchSpecificKey<String>()
+
+        final class QueueExecutor: SerialExecutor {
+            let queue = DispatchQueue(label: "ledger")
+            init() { queue.setSpecific(key: Ledger.queueName, value: "ledger") }
+            func enqueue(_ job: consuming ExecutorJob) {
+                let job = UnownedJob(job)
+                queue.async { job.runSynchronously(on: self.asUnownedSerialExecutor()) }
+            }
+        }
+
+        let executor = QueueExecutor()
+        nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+        /// The name of the queue the body of a `withLock` called here runs on.
+        func queueOfBody(_ lock: DistributedLock) async throws -> String? {
+            try await lock.withLock { _ in DispatchQueue.getSpecific(key: Ledger.queueName) }
         }
     }
 

@@ -134,3 +134,26 @@ struct EventLoopExecutorTests {
         }
     }
 }
+
+@Suite("Threads of the library")
+struct NamedThreadTests {
+    @Test("every thread the library starts carries its system name before its work begins")
+    func threadsAreNamedFromTheStart() async {
+        let count = 200
+        let names = Mutex<[String]>([])
+        let done = OneTimeEvent<Void>()
+        for index in 0..<count {
+            startNamedThread("named-\(index % 10)", stackSize: 128 * 1024) {
+                let name = currentThreadName()
+                let all = names.withLock { names in
+                    names.append(name == "named-\(index % 10)" ? "ok" : name)
+                    return names.count
+                }
+                if all == count { done.fire() }
+            }
+        }
+        await done.wait()
+        let wrong = names.withLock { $0.filter { $0 != "ok" } }
+        #expect(wrong.isEmpty, "\(wrong.count) of \(count) threads had another name: \(Set(wrong))")
+    }
+}

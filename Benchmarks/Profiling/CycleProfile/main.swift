@@ -59,10 +59,13 @@ func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int
                 try await group.waitForAll()
             }
             let start = ContinuousClock.now
-            let preference: (any TaskExecutor)? = onExecutor ? client.executor : nil
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for cycle in cycles {
-                    group.addTask(executorPreference: preference) { for _ in 0..<iterations { try await cycle() } }
+                    if onExecutor {
+                        group.addTask(executorPreference: client.executor) { for _ in 0..<iterations { try await cycle() } }
+                    } else {
+                        group.addTask { for _ in 0..<iterations { try await cycle() } }
+                    }
                 }
                 try await group.waitForAll()
             }
