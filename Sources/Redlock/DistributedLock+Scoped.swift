@@ -1,5 +1,6 @@
 import CoreMetrics
 import Logging
+import Synchronization
 
 extension DistributedLock {
     /// Acquires the lock, runs `body` while keeping the lease alive, and releases it when `body`
@@ -132,18 +133,22 @@ extension DistributedLock {
         // The extender and the watches run on the global executor whatever the caller prefers,
         // and cancel the body themselves when they end it: a body busy on the caller's actor or
         // on the client's I/O thread holds up the caller's task (which reads the group), not
-        // them. (It still delays the body's reaction to cancellation.)
+        // them. (It still delays the body's reaction to cancellation.) So the outcome is the
+        // first one claimed, not the first the group hands back: a body that ends because it
+        // was cancelled must not overtake the interruption that cancelled it.
         let offBody = globalConcurrentExecutor
-        @Sendable func interrupting(_ outcome: ScopeOutcome<T>?) -> ScopeOutcome<T>? {
-            if outcome != nil { bodyTask.cancel() }
+        let claimed = FirstOutcome<T>()
+        @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> ScopeOutcome<T>? {
+            guard let outcome else { return nil }
+            if claimed.claim(outcome), case .interrupted = outcome { bodyTask.cancel() }
             return outcome
         }
         let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
             await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
-                group.addTask { await bodyTask.value }
-                group.addTask(executorPreference: offBody) { interrupting(await watchDeadline(held)) }
+                group.addTask { claim(await bodyTask.value) }
+                group.addTask(executorPreference: offBody) { claim(await watchDeadline(held)) }
                 group.addTask(executorPreference: offBody) {
-                    interrupting(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
+                    claim(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
                 }
                 if let maximumHoldTime {
                     let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
@@ -153,24 +158,20 @@ extension DistributedLock {
                         } catch {
                             return nil
                         }
-                        return interrupting(.interrupted(RedlockError(
+                        return claim(.interrupted(RedlockError(
                             code: .holdTimeExceeded, lockName: name,
                             message: "the body ran past the maximum hold time of \(maximumHoldTime) and was cancelled"
                         )))
                     }
                 }
-                var first: ScopeOutcome<T>?
                 var bodyEnded: ScopeOutcome<T>?
                 for await next in group {
                     guard let next else { continue }
                     if case .finished = next { bodyEnded = next }
-                    if first == nil {
-                        first = next
-                        bodyTask.cancel()
-                        group.cancelAll()
-                    }
+                    bodyTask.cancel()
+                    group.cancelAll()
                 }
-                switch (first, bodyEnded) {
+                switch (claimed.value, bodyEnded) {
                 case let (.interrupted(error)?, .finished(.failure(bodyError), _)?):
                     var error = error
                     if !(bodyError is CancellationError) { error.underlyingError = bodyError }
@@ -315,6 +316,23 @@ extension HeldLease {
     public static func defaultSafetyMargin(expiry: Duration) -> Duration {
         Swift.min(Swift.max(expiry / 20, .milliseconds(5)), .milliseconds(250))
     }
+}
+
+/// The first outcome of a scope claimed by its body or by one of its watches.
+final class FirstOutcome<T: Sendable>: Sendable {
+    private let state = Mutex<ScopeOutcome<T>?>(nil)
+
+    /// Records `outcome` unless one was recorded before; returns whether it was.
+    func claim(_ outcome: ScopeOutcome<T>) -> Bool {
+        state.withLock { state in
+            guard state == nil else { return false }
+            state = outcome
+            return true
+        }
+    }
+
+    /// The outcome claimed first, if any.
+    var value: ScopeOutcome<T>? { state.withLock { $0 } }
 }
 
 /// How the body of a scoped lock ended: on its own (and when), or interrupted by the lock.
