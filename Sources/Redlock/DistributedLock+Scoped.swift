@@ -1,6 +1,5 @@
 import CoreMetrics
 import Logging
-import Synchronization
 
 extension DistributedLock {
     /// Acquires the lock, runs `body` while keeping the lease alive, and releases it when `body`
@@ -118,13 +117,10 @@ extension DistributedLock {
         let held = HeldLease(lease, safetyMargin: margin)
 
         // The body runs in a task of its own, so that it can be cancelled alone when the lease is
-        // lost; it is awaited before this call returns, and cancelled with the caller. (A task
-        // rather than a child of the group below: the body is `sending`, so it may capture
-        // non-Sendable state, and only a task's operation can take it over; and a task, unlike a
-        // child, can be isolated to the caller's actor.)
-        // The body runs on the caller's actor (`outcome` hops to it), or, for a caller on no
-        // actor whose task prefers the client's executor (RedlockClient.executor), there: a
-        // task does not inherit a preference, so it is passed on.
+        // lost; it is awaited before this call returns, and cancelled with the caller. It runs
+        // on the caller's actor (`outcome` hops to it), or, for a caller on no actor whose task
+        // prefers the client's executor (RedlockClient.executor), there: a task does not inherit
+        // a preference, so that one is passed on.
         let preferred = withUnsafeCurrentTask { $0?.unownedTaskExecutor }
         let onClientExecutor = isolation == nil && preferred.map { $0 == client.executor.asUnownedTaskExecutor() } == true
         let bodyTask = Task(executorPreference: onClientExecutor ? client.executor : nil) {
@@ -137,10 +133,11 @@ extension DistributedLock {
         // first one claimed, not the first the group hands back: a body that ends because it
         // was cancelled must not overtake the interruption that cancelled it.
         let offBody = globalConcurrentExecutor
-        let claimed = FirstOutcome<T>()
+        let claimed = OneTimeEvent<ScopeOutcome<T>>()
         @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> ScopeOutcome<T>? {
             guard let outcome else { return nil }
-            if claimed.claim(outcome), case .interrupted = outcome { bodyTask.cancel() }
+            claimed.fire(outcome)
+            if case .interrupted? = claimed.value { bodyTask.cancel() }
             return outcome
         }
         let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
@@ -164,15 +161,11 @@ extension DistributedLock {
                         )))
                     }
                 }
-                var bodyEnded: ScopeOutcome<T>?
-                for await next in group {
-                    guard let next else { continue }
-                    if case .finished = next { bodyEnded = next }
-                    bodyTask.cancel()
-                    group.cancelAll()
-                }
-                switch (claimed.value, bodyEnded) {
-                case let (.interrupted(error)?, .finished(.failure(bodyError), _)?):
+                // The first outcome ends the others (the body's task, by claim(), if it is not
+                // the body's own); the group ends once the body has.
+                for await next in group where next != nil { group.cancelAll() }
+                switch (claimed.value, await bodyTask.value) {
+                case let (.interrupted(error)?, .finished(.failure(bodyError), _)):
                     var error = error
                     if !(bodyError is CancellationError) { error.underlyingError = bodyError }
                     return .interrupted(error)
@@ -316,23 +309,6 @@ extension HeldLease {
     public static func defaultSafetyMargin(expiry: Duration) -> Duration {
         Swift.min(Swift.max(expiry / 20, .milliseconds(5)), .milliseconds(250))
     }
-}
-
-/// The first outcome of a scope claimed by its body or by one of its watches.
-final class FirstOutcome<T: Sendable>: Sendable {
-    private let state = Mutex<ScopeOutcome<T>?>(nil)
-
-    /// Records `outcome` unless one was recorded before; returns whether it was.
-    func claim(_ outcome: ScopeOutcome<T>) -> Bool {
-        state.withLock { state in
-            guard state == nil else { return false }
-            state = outcome
-            return true
-        }
-    }
-
-    /// The outcome claimed first, if any.
-    var value: ScopeOutcome<T>? { state.withLock { $0 } }
 }
 
 /// How the body of a scoped lock ended: on its own (and when), or interrupted by the lock.

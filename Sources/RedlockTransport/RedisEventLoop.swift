@@ -55,7 +55,7 @@ package final class RedisEventLoop: Sendable {
         /// The thread is about to wait, or waits, in `epoll` with no job queued: the next
         /// enqueue wakes it.
         var sleeping = false
-        /// The thread has exited, or never will start: jobs go to the global executor.
+        /// The thread has exited: jobs go to the global executor.
         var closed = false
     }
 
@@ -159,17 +159,13 @@ package final class RedisEventLoop: Sendable {
             return registry.stopping
         }
         guard !alreadyStopping else { return }
-        // Never started: it never will be, and there is no thread to wait for.
+        // Never started: it never will be, and there is no thread to wait for (jobs enqueued
+        // from now on find startIfNeeded() refusing, and go to the global executor).
         let unstarted = startup.withLock { stopping in
             stopping = true
             return started.load() == nil
         }
-        if unstarted {
-            jobs.withLock { $0.closed = true }
-            exited.fire()
-        } else {
-            poller?.wake()
-        }
+        if unstarted { exited.fire() } else { poller?.wake() }
     }
 
     private func run(_ poller: Poller) {

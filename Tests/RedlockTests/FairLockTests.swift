@@ -293,7 +293,7 @@ struct FairLockTests {
             try await withTeardown {
                 let name = "fair-direct"
                 let holder = try client.makeLock(name, options: patient())
-                let lease = try await holder.lock()
+                let lease = try await locked(holder, in: client)
                 let (first, firstWaiting) = try await waiter(in: others[0], for: name, options: patient(), nodes: servers.count)
                 let (second, secondWaiting) = try await waiter(in: others[1], for: name, options: patient(), nodes: servers.count)
                 // Each client listens on its own channel; nobody on the shared one.
@@ -331,7 +331,7 @@ struct FairLockTests {
                 for (index, value) in ["0a1b~mine", "ABC~mine", "plain"].enumerated() {
                     let name = "fair-custom-\(index)"
                     let holder = try client.makeLock(name, options: patient())
-                    let lease = try await holder.lock()
+                    let lease = try await locked(holder, in: client)
                     var options = patient()
                     options.value = .fixed(value)
                     let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
@@ -357,7 +357,7 @@ struct FairLockTests {
                 options.value = LockValue { String(counter.next(), radix: 16) + "~worker" }
                 let holder = try client.makeLock(name, options: patient())
                 for round in 0..<8 {
-                    let lease = try await holder.lock()
+                    let lease = try await locked(holder, in: client)
                     // Later rounds subscribe the new value's handoff channel only: the release
                     // channel stays subscribed while the name is in use.
                     let (lock, waiting) = try await waiter(
@@ -399,7 +399,7 @@ struct FairLockTests {
                     var waiting: [(DistributedLock, Task<Lease, any Error>)] = []
                     for name in names {
                         let holder = try client.makeLock(name, options: options)
-                        leases.append((holder, try await holder.lock()))
+                        leases.append((holder, try await locked(holder, in: client)))
                         waiting.append(try await waiter(in: other, for: name, options: options, nodes: servers.count))
                     }
                     for (index, (holder, lease)) in leases.enumerated() {
@@ -421,7 +421,7 @@ struct FairLockTests {
             try await withTeardown {
                 let options = LockOptions(expiry: .seconds(2), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
                 let holder = try client.makeLock("fair-late", options: options)
-                let lease = try await holder.lock()
+                let lease = try await locked(holder, in: client)
                 let (lock, waiting) = try await waiter(in: other, for: "fair-late", options: options, nodes: servers.count)
                 // Its first attempt is over 1.1 s old at the handoff: less than half of 2 s left.
                 try await Task.sleep(for: .milliseconds(1_100))
@@ -445,7 +445,7 @@ struct FairLockTests {
             let other = try RedlockClient(nodes: servers.map { $0.configuration() })
             try await withTeardown {
                 let holder = try client.makeLock("fair-deaf", options: patient())
-                let lease = try await holder.lock()
+                let lease = try await locked(holder, in: client)
                 // This waiter does not listen (no subscription anywhere): it claims at its retry.
                 var deaf = patient(.seconds(3))
                 deaf.fastHandoff = false

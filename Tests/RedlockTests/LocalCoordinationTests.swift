@@ -20,6 +20,21 @@ struct LocalCoordinationTests {
         )
     }
 
+    @Test("local tables key names by their bytes: equal bytes are one key; canonically equivalent names of the same length, or different names of one length, are two")
+    func keysCompareBytes() {
+        // Both are d with a dot below and a dot above, 5 bytes each, composed differently.
+        let first = "\u{1E0B}\u{323}"
+        let second = "\u{1E0D}\u{307}"
+        #expect(first == second, "Swift compares by canonical equivalence")
+        #expect(first.utf8.count == second.utf8.count)
+        #expect(LockKey(first) != LockKey(second))
+        #expect(LockKey("lock-a") != LockKey("lock-b"))
+        #expect(LockKey("lock-a") != LockKey("lock-ab"))
+        #expect(LockKey(String("lock-" + "a")) == LockKey("lock-a"))
+        #expect(LockKey("") == LockKey(""))
+        #expect(Set([LockKey(first), LockKey(second), LockKey(first)]).count == 2)
+    }
+
     @Test("only names being acquired are counted, one release heard from several nodes counts once, and the last acquirer drops the name")
     func counting() {
         let (coordination, timer) = coordination()

@@ -61,11 +61,7 @@ func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int
             let start = ContinuousClock.now
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for cycle in cycles {
-                    if onExecutor {
-                        group.addTask(executorPreference: client.executor) { for _ in 0..<iterations { try await cycle() } }
-                    } else {
-                        group.addTask { for _ in 0..<iterations { try await cycle() } }
-                    }
+                    group.addTask(executorPreference: onExecutor ? client.executor : nil) { for _ in 0..<iterations { try await cycle() } }
                 }
                 try await group.waitForAll()
             }
