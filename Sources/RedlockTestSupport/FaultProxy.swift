@@ -200,22 +200,28 @@ public final class FaultProxy: Sendable {
         var buffer = [UInt8](repeating: 0, count: 16_384)
         var held: [UInt8] = []
         while true {
-            // Whether this direction may flow now, and how much of it.
-            let (fault, allowance, ending): (Fault, Int?, Bool) = state.withLock {
-                ($0.fault, $0.allowance[direction], $0.resetting.contains(link.client))
+            // How much of what is held may flow now: none while this direction is stalled, what
+            // is left of a cut's allowance (claimed here: every connection of this direction
+            // shares it, so reading it and spending it apart let two links overspend it), else
+            // all of it.
+            let heldCount = held.count
+            let (flowing, ending): (Int, Bool) = state.withLock { state in
+                if state.resetting.contains(link.client) { return (0, true) }
+                switch state.fault {
+                case let .stall(directions) where directions.contains(direction):
+                    return (0, false)
+                case .cut(direction, _):
+                    let granted = min(heldCount, max(0, state.allowance[direction] ?? 0))
+                    state.allowance[direction, default: 0] -= granted
+                    return (granted, false)
+                default:
+                    return (heldCount, false)
+                }
             }
             if ending { return }
-            var blocked = false
-            if case let .stall(directions) = fault, directions.contains(direction) { blocked = true }
-            if case .cut(direction, _) = fault, allowance == 0 { blocked = true }
-            if !blocked, !held.isEmpty {
-                var count = held.count
-                if let allowance, case .cut(direction, _) = fault { count = min(count, allowance) }
-                if !writeAll(held, count: count, to: to) { return }
-                held.removeFirst(count)
-                state.withLock { state in
-                    if let left = state.allowance[direction] { state.allowance[direction] = left - count }
-                }
+            if flowing > 0 {
+                if !writeAll(held, count: flowing, to: to) { return }
+                held.removeFirst(flowing)
                 continue
             }
             var ready = pollfd(fd: from, events: Int16(POLLIN), revents: 0)
