@@ -20,15 +20,18 @@ extension DistributedLock {
     /// for it keeps running until it returns, and its work past the deadline is unprotected —
     /// only fencing tokens (``LockOptions/fencing``) checked by the resource close that gap.
     ///
-    /// No task outlives the call: the extender stops before it returns.
+    /// Cancelling the caller cancels `body`; the lease is still extended until `body` returns,
+    /// so the clean-up it does after noticing stays protected. No task outlives the call: the
+    /// extender stops before it returns.
     ///
     /// - Parameters:
     ///   - isolation: Where `body` runs: the caller's actor (the default, `#isolation`), so a
     ///     main-actor caller's body runs on the main actor and may use its state; with no actor,
-    ///     on the global executor, or on the client's I/O thread when the caller's task prefers
-    ///     ``RedlockClient/executor``. The extender and the deadline watch run on the global
-    ///     executor and cancel the body themselves, so a busy actor or I/O thread does not delay
-    ///     them (it delays only the body's reaction to cancellation).
+    ///     on the executor the caller's task prefers (SE-0417: `body` runs in a child task, which
+    ///     inherits the preference), such as ``RedlockClient/executor``, else on the global
+    ///     executor. The extender and the deadline watch run on the global executor and cancel
+    ///     the body themselves, so a busy actor or executor does not delay them (it delays only
+    ///     the body's reaction to cancellation).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -116,44 +119,34 @@ extension DistributedLock {
         }
         let held = HeldLease(lease, safetyMargin: margin)
 
-        // The body runs in a task of its own, so that it can be cancelled alone when the lease is
-        // lost; it is awaited before this call returns, and cancelled with the caller. It runs
-        // on the caller's actor (`outcome` hops to it), or, for a caller on no actor whose task
-        // prefers the client's executor (RedlockClient.executor), there: a task does not inherit
-        // a preference, so that one is passed on.
-        let preferred = withUnsafeCurrentTask { $0?.unownedTaskExecutor }
-        let onClientExecutor = isolation == nil && preferred.map { $0 == client.executor.asUnownedTaskExecutor() } == true
-        let bodyTask = Task(executorPreference: onClientExecutor ? client.executor : nil) {
-            await Self.outcome(of: body, held, isolation: isolation)
-        }
-        // The extender and the watches run on the global executor whatever the caller prefers,
-        // and cancel the body themselves when they end it: a body busy on the caller's actor or
-        // on the client's I/O thread holds up the caller's task (which reads the group), not
-        // them. (It still delays the body's reaction to cancellation.) So the outcome is the
-        // first one claimed, not the first the group hands back: a body that ends because it
-        // was cancelled must not overtake the interruption that cancelled it.
-        let offBody = globalConcurrentExecutor
+        // The extender and the watches run in a task of their own on the global executor,
+        // whatever the caller prefers, and stop the body themselves when they end it: a body busy
+        // on the caller's actor or on the client's I/O thread then holds up neither them nor
+        // their cancel (it still delays the body's reaction to it). They are not cancelled with
+        // the caller: a cancelled body stays protected while it winds down. So the outcome is the
+        // first one claimed, not the first seen: a body that ends because it was cancelled must
+        // not overtake the interruption that cancelled it.
+        let stopBody = ChildCanceller()
         let claimed = OneTimeEvent<ScopeOutcome<T>>()
-        @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> ScopeOutcome<T>? {
-            guard let outcome else { return nil }
+        @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> Bool {
+            guard let outcome else { return false }
             claimed.fire(outcome)
-            if case .interrupted? = claimed.value { bodyTask.cancel() }
-            return outcome
+            if case .interrupted? = claimed.value { stopBody.cancel() }
+            return true
         }
-        let outcome: ScopeOutcome<T> = await withTaskCancellationHandler {
-            await withTaskGroup(of: ScopeOutcome<T>?.self) { group in
-                group.addTask { claim(await bodyTask.value) }
-                group.addTask(executorPreference: offBody) { claim(await watchDeadline(held)) }
-                group.addTask(executorPreference: offBody) {
+        let watches = Task(executorPreference: globalConcurrentExecutor) {
+            await withTaskGroup(of: Bool.self) { group in
+                group.addTask { claim(await watchDeadline(held)) }
+                group.addTask {
                     claim(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
                 }
                 if let maximumHoldTime {
                     let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
-                    group.addTask(executorPreference: offBody) {
+                    group.addTask {
                         do {
                             try await Task.sleep(until: capAt, clock: .continuous)
                         } catch {
-                            return nil
+                            return false
                         }
                         return claim(.interrupted(RedlockError(
                             code: .holdTimeExceeded, lockName: name,
@@ -161,22 +154,27 @@ extension DistributedLock {
                         )))
                     }
                 }
-                // The first outcome ends the others (the body's task, by claim(), if it is not
-                // the body's own); the group ends once the body has.
-                for await next in group where next != nil { group.cancelAll() }
-                switch (claimed.value, await bodyTask.value) {
-                case let (.interrupted(error)?, .finished(.failure(bodyError), _)):
-                    var error = error
-                    if !(bodyError is CancellationError) { error.underlyingError = bodyError }
-                    return .interrupted(error)
-                case let (first?, _):
-                    return first
-                case (nil, _):
-                    return .interrupted(cancelled("withLock"))
-                }
+                // The first claim ends the others.
+                for await done in group where done { group.cancelAll() }
             }
-        } onCancel: {
-            bodyTask.cancel()
+        }
+        // The body runs in a child task of the caller's: it can be stopped alone, it is cancelled
+        // with the caller, and it runs where the caller runs: on the caller's actor (`outcome`
+        // hops to it), else on the executor the caller's task prefers (a child task inherits a
+        // task executor preference, SE-0417), else on the global executor.
+        async let ran = stopBody.run { await Self.outcome(of: body, held, isolation: isolation) }
+        let bodyOutcome = await ran
+        _ = claim(bodyOutcome)
+        watches.cancel()
+        await watches.value
+        let outcome: ScopeOutcome<T>
+        switch (claimed.value ?? bodyOutcome, bodyOutcome) {
+        case let (.interrupted(error), .finished(.failure(bodyError), _)):
+            var error = error
+            if !(bodyError is CancellationError) { error.underlyingError = bodyError }
+            outcome = .interrupted(error)
+        case let (first, _):
+            outcome = first
         }
 
         do {

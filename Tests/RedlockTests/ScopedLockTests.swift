@@ -129,6 +129,49 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a cancelled caller's body stays protected while it winds down: the lease is still extended, and nobody else gets the lock")
+    func cancelledBodyWindsDownProtected() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("winding-down", options: testOptions(expiry: .milliseconds(600)))
+            let other = try client.makeLock("winding-down", options: testOptions())
+            let entered = OneTimeEvent<Void>()
+            let windingDown = OneTimeEvent<Void>()
+            let cleanedUp = OneTimeEvent<Void>()
+            let task = Task {
+                try await lock.withLock { held in
+                    entered.fire()
+                    do {
+                        try await Task.sleep(for: .seconds(60))
+                    } catch {}
+                    // Cancelled: cleaning up until told, which takes two expiries (a wait that
+                    // ignores cancellation); only extensions keep the keys ours meanwhile.
+                    windingDown.fire()
+                    await cleanedUp.wait()
+                    return held.isValid
+                }
+            }
+            await entered.wait()
+            task.cancel()
+            await windingDown.wait()
+            var refusals: [RedlockError.Code] = []
+            let until = ContinuousClock.now.advanced(by: .milliseconds(1_200))
+            while ContinuousClock.now < until {
+                do throws(RedlockError) {
+                    try await other.unlock(try await other.tryLock())
+                    refusals.append(.invalidConfiguration)
+                } catch {
+                    refusals.append(error.code)
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            cleanedUp.fire()
+            #expect(try await task.value, "the body's lease was not valid when it ended")
+            #expect(refusals.count > 10)
+            #expect(refusals.allSatisfy { $0 == .taken }, "\(refusals)")
+            #expect(try await values(of: "winding-down", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
     @Test("when the lease is taken over, the body is cancelled promptly and withLock throws leaseLost")
     func leaseLost() async throws {
         try await withLockNodes(3) { client, servers in
