@@ -247,38 +247,51 @@ struct BenchSettings: Sendable {
             let subset = Array(connections.prefix(size))
             progress("Measuring floor and cycle on \(size) node\(size == 1 ? "" : "s")…")
             let rawNodes = rawFloor.flatMap { _ in RawFloorProcess.nodeList(subset) }
-            let results = try await withClient(subset) { client in
-                var workloads: [BenchWorkload] = [
-                    .operations([BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")]),
-                    .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")]),
-                    .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-executor:\(size)")], on: client.executor),
+            // Each workload under a key, so that the rows below read their results by name.
+            let results: [String: BenchMeasurement] = try await withClient(subset) { client in
+                var workloads: [(key: String, workload: BenchWorkload)] = [
+                    ("floor", .operations([BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")])),
+                    ("cycle", .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")])),
+                    ("cycle-executor", .operations(
+                        [try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-executor:\(size)")], on: client.executor
+                    )),
                 ]
                 if size == count {
-                    workloads.append(.operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-no-pubsub:\(size)", options: polling)]))
-                    workloads.append(.operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")]))
+                    workloads.append((
+                        "cycle-no-pubsub",
+                        .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-no-pubsub:\(size)", options: polling)])
+                    ))
+                    workloads.append(("acquire", .operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire:\(size)")])))
                     // The markers exist before the measurement: the first guarded acquire waits.
                     let marking = try client.makeLock("\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded)
                     try await marking.unlock(try await marking.lock())
-                    workloads.append(.operations([
-                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded),
-                    ]))
-                    workloads.append(.operations([
-                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-guards:\(size)", options: bothGuards),
-                    ]))
-                    workloads.append(.operations([
-                        try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-fair:\(size)", options: LockOptions(fair: true)),
-                    ]))
+                    workloads.append((
+                        "acquire-epoch-guard",
+                        .operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-epoch-guard:\(size)", options: epochGuarded)])
+                    ))
+                    workloads.append((
+                        "acquire-guards",
+                        .operations([try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-guards:\(size)", options: bothGuards)])
+                    ))
+                    workloads.append((
+                        "acquire-fair",
+                        .operations([
+                            try BenchWorkloads.acquire(client: client, name: "\(prefix):acquire-fair:\(size)", options: LockOptions(fair: true)),
+                        ])
+                    ))
                 }
                 if let rawFloor, let rawNodes {
-                    workloads.append(RawFloorProcess.workload(executable: rawFloor, nodes: rawNodes, name: "\(prefix):raw-floor:\(size)"))
+                    workloads.append(("raw-floor", RawFloorProcess.workload(executable: rawFloor, nodes: rawNodes, name: "\(prefix):raw-floor:\(size)")))
                 }
                 let measured = workloads
-                return try await watchdog("floor and cycle on \(size) nodes", expected: duration * measured.count) {
-                    try await BenchRunner.interleave(measured, each: duration)
+                let results = try await watchdog("floor and cycle on \(size) nodes", expected: duration * measured.count) {
+                    try await BenchRunner.interleave(measured.map(\.workload), each: duration)
                 }
+                try check(results, "floor and cycle on \(size) nodes")
+                return Dictionary(uniqueKeysWithValues: zip(measured.map(\.key), results))
             }
-            try check(results, "floor and cycle on \(size) nodes")
-            let raw: BenchRow? = rawNodes == nil ? nil : results.last.map {
+            guard let floorResult = results["floor"] else { throw BenchmarkError("floor and cycle on \(size) nodes: no floor measured") }
+            let raw = results["raw-floor"].map {
                 BenchRow(
                     scenario: "raw-floor", nodes: size, concurrency: 1, measurement: $0, ratioToFloor: nil, ratioBasis: .latency,
                     note: "C, one thread, blocking hiredis (redlock-raw-floor)"
@@ -287,43 +300,44 @@ struct BenchSettings: Sendable {
             if let raw { rows.append(raw) }
             let rawP50 = raw?.p50
             let floor = BenchRow(
-                scenario: "floor", nodes: size, concurrency: 1, measurement: results[0], ratioToFloor: 1, ratioBasis: .latency,
-                ratioToRawFloor: ratio(results[0].microseconds(atPercentile: 50), rawP50)
+                scenario: "floor", nodes: size, concurrency: 1, measurement: floorResult, ratioToFloor: 1, ratioBasis: .latency,
+                ratioToRawFloor: ratio(floorResult.microseconds(atPercentile: 50), rawP50)
             )
             floorP50[size] = floor.p50
             rows.append(floor)
-            let libraryResults = raw == nil ? results : Array(results.dropLast())
-            let cycleNotes = [
-                "default": "", "executor": "the task prefers client.executor: it runs on the I/O thread",
-                "no-pubsub": "fastHandoff off: no PUBLISH, no release subscription",
-            ]
-            for (index, variant) in ["default", "executor", "no-pubsub"].enumerated() where index + 1 < libraryResults.count {
-                let p50 = libraryResults[index + 1].microseconds(atPercentile: 50)
+            for (key, variant, note) in [
+                ("cycle", "default", ""),
+                ("cycle-executor", "executor", "the task prefers client.executor: it runs on the I/O thread"),
+                ("cycle-no-pubsub", "no-pubsub", "fastHandoff off: no PUBLISH, no release subscription"),
+            ] {
+                guard let measured = results[key] else { continue }
+                let p50 = measured.microseconds(atPercentile: 50)
                 rows.append(BenchRow(
-                    scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index + 1],
-                    ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency, ratioToRawFloor: ratio(p50, rawP50),
-                    note: cycleNotes[variant] ?? ""
+                    scenario: "cycle", variant: variant, nodes: size, concurrency: 1, measurement: measured,
+                    ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency, ratioToRawFloor: ratio(p50, rawP50), note: note
                 ))
             }
-            if libraryResults.count > 4 {
-                acquireP50 = libraryResults[4].microseconds(atPercentile: 50)
+            if let acquire = results["acquire"] {
+                let defaultP50 = acquire.microseconds(atPercentile: 50)
+                acquireP50 = defaultP50
                 rows.append(BenchRow(
-                    scenario: "acquire", nodes: size, concurrency: 1, measurement: libraryResults[4],
-                    ratioToFloor: ratio(libraryResults[4].microseconds(atPercentile: 50), floor.p50), ratioBasis: .latency,
+                    scenario: "acquire", nodes: size, concurrency: 1, measurement: acquire,
+                    ratioToFloor: ratio(defaultP50, floor.p50), ratioBasis: .latency,
                     note: "uncontended lock() alone (the unlock after it is not timed)"
                 ))
-            }
-            for (index, variant, note) in [
-                (5, "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
-                (6, "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
-                (7, "fair", "fair: nobody in line, so the script grants without the queue's commands"),
-            ] where libraryResults.count > index {
-                let p50 = libraryResults[index].microseconds(atPercentile: 50)
-                rows.append(BenchRow(
-                    scenario: "acquire", variant: variant, nodes: size, concurrency: 1, measurement: libraryResults[index],
-                    ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency,
-                    note: note + (ratio(p50, libraryResults[4].microseconds(atPercentile: 50)).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
-                ))
+                for (key, variant, note) in [
+                    ("acquire-epoch-guard", "epoch-guard", "epochGuard 1 s: a script checks redlock:epoch"),
+                    ("acquire-guards", "guards", "epochGuard 1 s and clockGuard: the reply carries TIME, checked against the client's clock"),
+                    ("acquire-fair", "fair", "fair: nobody in line, so the script grants without the queue's commands"),
+                ] {
+                    guard let measured = results[key] else { continue }
+                    let p50 = measured.microseconds(atPercentile: 50)
+                    rows.append(BenchRow(
+                        scenario: "acquire", variant: variant, nodes: size, concurrency: 1, measurement: measured,
+                        ratioToFloor: ratio(p50, floor.p50), ratioBasis: .latency,
+                        note: note + (ratio(p50, defaultP50).map { String(format: "; %.2f× the default acquire", $0) } ?? "")
+                    ))
+                }
             }
         }
 
