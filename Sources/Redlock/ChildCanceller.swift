@@ -13,12 +13,17 @@ final class ChildCanceller: Sendable {
         var requested = false
     }
 
-    /// The running child. `UnsafeCurrentTask` is not `Sendable` because it is valid only while
-    /// its task runs; this one is: it is stored by the child itself at the start of
+    /// The running child. `UnsafeCurrentTask` is not `Sendable`, and its documentation calls
+    /// any use outside `withUnsafeCurrentTask` undefined, because a reference may outlive its
+    /// task. This one cannot: it is stored by the child itself at the start of
     /// ``ChildCanceller/run(_:)``, removed by it, under the same lock, before that call
-    /// returns, and used (``ChildCanceller/cancel()``) only under that lock while stored. So it
-    /// is never used after its task finished, and `UnsafeCurrentTask.cancel()` may be called
-    /// from any thread (it is `Task.cancel()`'s runtime call).
+    /// returns, and used (``ChildCanceller/cancel()``) only under that lock while stored. A
+    /// task that has not returned from an async function is still running, and the runtime
+    /// frees no running task (a child task lives at least until its parent collects it), so the
+    /// reference is never used after its task ended. `UnsafeCurrentTask.cancel()` may be called
+    /// from any thread: it is `Task.cancel()`'s runtime call. It runs the child's cancellation
+    /// handlers at once, on the cancelling thread, with the lock held: the lock is private to
+    /// this type, so no handler can take it again.
     private struct TaskReference: @unchecked Sendable {
         let task: UnsafeCurrentTask
     }

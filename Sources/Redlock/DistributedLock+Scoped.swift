@@ -29,9 +29,11 @@ extension DistributedLock {
     ///     main-actor caller's body runs on the main actor and may use its state; with no actor,
     ///     on the executor the caller's task prefers (SE-0417: `body` runs in a child task, which
     ///     inherits the preference), such as ``RedlockClient/executor``, else on the global
-    ///     executor. The extender and the deadline watch run on the global executor and cancel
-    ///     the body themselves, so a busy actor or executor does not delay them (it delays only
-    ///     the body's reaction to cancellation).
+    ///     executor. The extender, the deadline watch and the hold-time cap run on the global
+    ///     executor and cancel the body themselves, and the body's end is recorded where it ends:
+    ///     an actor or executor busy with other work delays neither (only the body's reaction to
+    ///     cancellation). On ``RedlockClient/executor`` a body that computes without suspending
+    ///     also keeps the extensions' replies unread, and so ends in `leaseLost` at the deadline.
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -44,9 +46,10 @@ extension DistributedLock {
     ///     most 250 ms.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
-    /// - Throws: What `body` threw (while protected), or a ``RedlockError``: from acquiring;
-    ///   `leaseLost` when the lease was lost while `body` ran; `holdTimeExceeded`; `cancelled`
-    ///   when the caller was cancelled; `invalidConfiguration` for invalid parameters.
+    /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
+    ///   usually `CancellationError`), or a ``RedlockError``: from acquiring (`cancelled` for a
+    ///   caller cancelled before it held the lock); `leaseLost` when the lease was lost while
+    ///   `body` ran; `holdTimeExceeded`; `invalidConfiguration` for invalid parameters.
     public func withLock<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         extendWhenRemaining: Double = 1.0 / 3.0,
@@ -69,8 +72,10 @@ extension DistributedLock {
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
-    /// ``RedlockError/Code-swift.struct/leaseExpired``. On every error before `body` runs (invalid
-    /// parameters, a lease of another lock) the lease is released too: the call owns it.
+    /// ``RedlockError/Code-swift.struct/leaseExpired``. A caller already cancelled gets
+    /// ``RedlockError/Code-swift.struct/cancelled`` without `body` running. On every error before
+    /// `body` runs (invalid parameters, a lease of another lock) the lease is released too: the
+    /// call owns it.
     ///
     /// - Parameters:
     ///   - isolation: Where `body` runs, as for
@@ -87,9 +92,10 @@ extension DistributedLock {
     ///     runs on the extending task and should return quickly. The default does nothing.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
-    /// - Throws: What `body` threw (while protected), or a ``RedlockError``: `leaseLost` when the
-    ///   lease was lost while `body` ran; `holdTimeExceeded`; `cancelled` when the caller was
-    ///   cancelled; `leaseExpired` for a lease with no validity left; `invalidConfiguration` for
+    /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
+    ///   usually `CancellationError`), or a ``RedlockError``: `leaseLost` when the lease was lost
+    ///   while `body` ran; `holdTimeExceeded`; `cancelled` for a caller cancelled before `body`
+    ///   ran; `leaseExpired` for a lease with no validity left; `invalidConfiguration` for
     ///   invalid parameters or a lease of another lock.
     public func withLease<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
@@ -113,6 +119,8 @@ extension DistributedLock {
                     message: "the lease has \(Swift.max(remaining, .zero)) of validity left, no more than the safety margin of \(margin); the body did not run"
                 )
             }
+            // No protected work starts for a caller that no longer wants it.
+            if Task.isCancelled { throw cancelled("withLease") }
         } catch {
             try? await unlock(lease)
             throw error
@@ -125,7 +133,8 @@ extension DistributedLock {
         // their cancel (it still delays the body's reaction to it). They are not cancelled with
         // the caller: a cancelled body stays protected while it winds down. So the outcome is the
         // first one claimed, not the first seen: a body that ends because it was cancelled must
-        // not overtake the interruption that cancelled it.
+        // not overtake the interruption that cancelled it. The body claims its end where it
+        // ends, before any hop: back on a busy actor, a watch would claim first.
         let stopBody = ChildCanceller()
         let claimed = OneTimeEvent<ScopeOutcome<T>>()
         @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> Bool {
@@ -162,9 +171,8 @@ extension DistributedLock {
         // with the caller, and it runs where the caller runs: on the caller's actor (`outcome`
         // hops to it), else on the executor the caller's task prefers (a child task inherits a
         // task executor preference, SE-0417), else on the global executor.
-        async let ran = stopBody.run { await Self.outcome(of: body, held, isolation: isolation) }
+        async let ran = stopBody.run { await Self.outcome(of: body, held, isolation: isolation, claim: claim) }
         let bodyOutcome = await ran
-        _ = claim(bodyOutcome)
         watches.cancel()
         await watches.value
         let outcome: ScopeOutcome<T>
@@ -195,21 +203,25 @@ extension DistributedLock {
         }
     }
 
-    /// Runs a scope's body on `isolation` (the caller's actor, or none) and says how and when
-    /// it ended.
+    /// Runs a scope's body on `isolation` (the caller's actor, or none), claims how and when it
+    /// ended the moment it does (with `claim`), and returns that.
     private static func outcome<T>(
-        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, isolation: isolated (any Actor)?
+        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, isolation: isolated (any Actor)?,
+        claim: @Sendable (ScopeOutcome<T>?) -> Bool
     ) async -> ScopeOutcome<T> {
         // Holds by the language; it also makes the hop to `isolation` happen here. Without a
         // use of the actor before the call, the hop was left out and an actor instance's body
         // ran on the global executor (ScopedLockTests.bodyRunsWithTheCaller).
         isolation?.preconditionIsolated()
+        let ended: ScopeOutcome<T>
         do {
             let value = try await body(held)
-            return .finished(.success(value), at: .now)
+            ended = .finished(.success(value), at: .now)
         } catch {
-            return .finished(.failure(error), at: .now)
+            ended = .finished(.failure(error), at: .now)
         }
+        _ = claim(ended)
+        return ended
     }
 
     /// Checks the scope's parameters; returns the safety margin to use.

@@ -139,9 +139,13 @@ struct EpochGuardTests {
             try await servers[1].set("redlock:epoch", to: "1000 99999999999999")
             let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
             #expect(error?.code == .noQuorum)
-            #expect(error?.nodes.map(\.node) == [0, 1])
-            #expect(error?.nodes.first?.cause == .epochTooYoung, "\(String(describing: error))")
-            #expect(error?.nodes.last?.cause.clockBehind ?? .zero > .seconds(1_000_000), "\(String(describing: error))")
+            // Nodes 0 and 1 refuse; node 2 grants, or on a loaded machine may miss the 40 ms
+            // budget, which is no part of what is tested here.
+            let failed = error?.nodes ?? []
+            #expect(failed.filter { $0.node != 2 }.map(\.node) == [0, 1], "\(String(describing: error))")
+            #expect(failed.allSatisfy { $0.node != 2 || $0.cause == .noAnswer }, "\(String(describing: error))")
+            #expect(failed.first { $0.node == 0 }?.cause == .epochTooYoung, "\(String(describing: error))")
+            #expect(failed.first { $0.node == 1 }?.cause.clockBehind ?? .zero > .seconds(1_000_000), "\(String(describing: error))")
             // The odd marker was replaced by a fresh one (made now); the one whose latest time
             // lies ahead is kept.
             let fresh = try #require(try await epochs(on: [servers[0]]).first ?? nil)

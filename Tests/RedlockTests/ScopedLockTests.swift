@@ -305,6 +305,47 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a body that ends in time counts as ended in time while its actor is busy: a main-actor caller whose actor is held up past the hold-time cap and the deadline still gets the body's result")
+    func bodyEndsInTimeOnABusyActor() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("busy-actor", options: testOptions(expiry: .milliseconds(600)))
+            #expect(try await Self.returnsWhileTheMainActorIsHeldUp(lock, servers: servers) == 42)
+            #expect(try await values(of: "busy-actor", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    /// A main-actor `withLock` whose body returns at once, leaving the main actor busy with other
+    /// work (a job that blocks it) and every node frozen, for longer than the hold-time cap and
+    /// the lease: the scope must see the body's end as it was, not when the actor came free.
+    @MainActor private static func returnsWhileTheMainActorIsHeldUp(_ lock: DistributedLock, servers: [RedisServer]) async throws -> Int {
+        try await lock.withLock(maximumHoldTime: .milliseconds(300)) { held in
+            for server in servers { try await server.pause() }
+            let heldUpUntil = held.lease.validUntil.advanced(by: .milliseconds(200))
+            Task { @MainActor in
+                while ContinuousClock.now < heldUpUntil { usleep(1_000) }
+                for server in servers { try? server.resume() }
+            }
+            return 42
+        }
+    }
+
+    @Test("withLease in a task already cancelled throws cancelled without running the body, and releases the lease")
+    func withLeaseWhenCancelled() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("cancelled-before", options: testOptions())
+            let lease = try await lock.lock()
+            let ran = Locked(false)
+            let task = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await lock.withLease(lease) { _ in ran.update { $0 = true } }
+            }
+            let error = await #expect(throws: RedlockError.self) { try await task.value }
+            #expect(error?.code == .cancelled)
+            #expect(!ran.value)
+            #expect(try await values(of: "cancelled-before", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
     @Test("bad scope parameters are rejected before acquiring")
     func invalidScope() async throws {
         try await withLockNodes(1) { client, servers in
