@@ -162,6 +162,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// The last command formatted is an `EVALSHA` not answered yet: later commands wait, so
         /// that its `EVAL` fallback, if needed, still runs before them.
         var heldByScriptHash = false
+        /// The scripts (``RedisCommand/scriptDigestPrefix``) this socket's node has run since it
+        /// connected: only these go as `EVALSHA`. A script the node has not confirmed goes as
+        /// `EVAL`, so nothing waits behind it: behind an `EVALSHA` that a frozen node runs only
+        /// later (the script cached there by another client), a release would wait unwritten,
+        /// and be lost with the connection while the acquire still runs.
+        var confirmedScripts: [UInt64] = []
         /// A thread is reading or writing the socket outside the lock.
         var ioOwned = false
         /// The loop reported the socket ready while another thread owned the I/O: the owner
@@ -230,6 +236,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     // MARK: Callers
 
+    /// How long a command written behind unanswered ones may wait for the thread that reads
+    /// their replies to write it: about ten loopback round trips.
+    static let coalescingWindow: Duration = .milliseconds(1)
+
     /// Queues `command`: written at once by the caller when the connection is open and idle.
     func enqueue(_ command: PendingCommand) {
         enqueue(contentsOf: [command])
@@ -254,8 +264,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         stage(command, last: index == commands.count - 1, in: &state)
                     }
                     // Idle: the caller writes. Busy: a reply is due and the thread that reads it
-                    // writes these bytes too, one write for many callers.
-                    return idle ? (socket, state.takeOutput()) : nil
+                    // writes these bytes too, one write for many callers. But not behind a node
+                    // that has kept its answer for longer than a reply takes (stopped, stalled):
+                    // the bytes would wait for a reply that may never come, and a release staged
+                    // behind an acquire the node runs once it wakes would be lost with the
+                    // connection. Then the caller writes, unless a thread is doing I/O on it.
+                    let stalled = !idle && !state.ioOwned
+                        && state.waitingSince.map { $0.duration(to: .now) > Self.coalescingWindow } == true
+                    return idle || stalled ? (socket, state.takeOutput()) : nil
                 }
             }
             if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
@@ -293,15 +309,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     /// Formats one command into the output. A script call goes as `EVALSHA` only when it is the
-    /// last of its batch on an otherwise idle connection; commands then wait for its answer (see
-    /// `heldByScriptHash`). Anywhere else it goes as `EVAL` with its body, so that a node that
-    /// answers `NOSCRIPT` (after `SCRIPT FLUSH`, a restart, a failover) can never run the
-    /// fallback after commands queued behind it.
+    /// last of its batch on an otherwise idle connection and the node has run the script on this
+    /// socket before; commands then wait for its answer (see `heldByScriptHash`). Anywhere else
+    /// it goes as `EVAL` with its body, so that a node that answers `NOSCRIPT` (after
+    /// `SCRIPT FLUSH`, a restart, a failover) can never run the fallback after commands queued
+    /// behind it.
     private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
         if state.unansweredCount == 0 { state.waitingSince = .now }
-        if let fallback = command.fallback, !(last && state.unansweredCount == 0) {
+        if let fallback = command.fallback,
+           !(last && state.unansweredCount == 0 && command.command.scriptDigestPrefix.map(state.confirmedScripts.contains) == true)
+        {
             fallback.appendWire(to: &state.output)
             state.inFlight.append(InFlight(command: command, sentAsScriptHash: false))
         } else {
@@ -310,6 +329,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if hashed { state.heldByScriptHash = true }
             state.inFlight.append(InFlight(command: command, sentAsScriptHash: hashed))
         }
+    }
+
+    /// Records that the node holds `call`'s script when it answered it without an error.
+    private static func noteScriptRan(_ call: RedisCommand, reply: RedisValue, in state: inout State) {
+        if case .error = reply { return }
+        guard let digest = call.scriptDigestPrefix, !state.confirmedScripts.contains(digest) else { return }
+        state.confirmedScripts.append(digest)
     }
 
     /// Formats the queued commands still wanted (withdrawn ones are dropped).
@@ -400,6 +426,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     if item.sentAsScriptHash {
                         state.heldByScriptHash = false
                         if case let .error(text) = reply, text.hasPrefix("NOSCRIPT"), let fallback = item.command.fallback {
+                            // Forgotten (SCRIPT FLUSH): confirmed again by the EVAL's answer.
+                            if let digest = item.command.command.scriptDigestPrefix { state.confirmedScripts.removeAll { $0 == digest } }
                             // Nothing was formatted after it: its EVAL goes before everything queued.
                             if state.unansweredCount == 0 { state.waitingSince = .now }
                             fallback.appendWire(to: &state.output)
@@ -407,8 +435,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
                             continue
                         }
                     }
+                    if item.command.fallback != nil { Self.noteScriptRan(item.command.command, reply: reply, in: &state) }
                     if case let .error(text) = reply {
-                        effects.completions.append((item.command, .failure(error(.serverError, text))))
+                        // A node that wants credentials none were given for: an authentication
+                        // failure like a refused AUTH, not an answer to the command.
+                        let code: RedisError.Code = text.hasPrefix("NOAUTH") ? .authenticationFailed : .serverError
+                        effects.completions.append((item.command, .failure(error(code, text))))
                     } else {
                         effects.completions.append((item.command, .success(reply)))
                     }
@@ -528,6 +560,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     return nil
                 }
                 state.socket = socket
+                // A new socket may reach a restarted node: it has confirmed no script yet.
+                state.confirmedScripts.removeAll()
                 state.phase = .open
                 generation.add(1, ordering: .releasing)
                 stageQueue(&state)

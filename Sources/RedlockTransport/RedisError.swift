@@ -33,7 +33,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let serverError = Code(.serverError)
         /// The bytes from the server are not valid RESP.
         public static let protocolError = Code(.protocolError)
-        /// `AUTH` after connecting was refused (wrong password, unknown user).
+        /// `AUTH` after connecting was refused (wrong password, unknown user), or the node
+        /// answered `NOAUTH`: it wants credentials and none were configured.
         public static let authenticationFailed = Code(.authenticationFailed)
         /// `SELECT` of the configured database after connecting was refused: no such database, or
         /// the user may not run `SELECT` (ACL); the message holds the node's text.

@@ -48,6 +48,19 @@ struct AcquireDecisionTests {
         #expect(code(decide([.granted(0), .granted(0), .refused(.taken), nil, nil])) == .taken)
     }
 
+    @Test("a noQuorum decided before some nodes answered says how many had not: they are in no node list")
+    func unsettledNodesAreNamed() {
+        let refused = Vote.refused(.error(RedisError(code: .connectionRefused, endpoint: endpoint, message: "refused")))
+        guard case let .failed(code, message) = decide([.unsettled, refused, refused]).outcome else {
+            Issue.record("decided as acquired")
+            return
+        }
+        #expect(code == .noQuorum)
+        #expect(message == "0 of 3 nodes granted (1 more had not answered when the refusals made a quorum impossible), 2 needed")
+        guard case let .failed(_, settled) = decide([refused, refused, refused]).outcome else { return }
+        #expect(settled == "0 of 3 nodes granted, 2 needed")
+    }
+
     @Test("refusals that set nothing are not released; a refused connection neither; a node error that may have set the key is")
     func releasePlan() {
         let errors: [Vote?] = [

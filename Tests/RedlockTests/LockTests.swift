@@ -200,6 +200,34 @@ struct LockTests {
         }
     }
 
+    @Test("attempts that frozen nodes run only after the caller gave up are released there too: a release is written behind its acquire at once, not held for a reply that never comes", arguments: ["fencing", "fair", "plain"])
+    func frozenNodesRunTheReleaseToo(acquire: String) async throws {
+        try await withLockNodes(3) { client, servers in
+            // Attempts of 300 ms for 600 ms: two or three, each released behind its acquire.
+            var options = testOptions(expiry: .seconds(30), tries: .max, timeoutFactor: 0.01)
+            options.acquireTimeout = .milliseconds(600)
+            options.fencing = acquire == "fencing"
+            options.fair = acquire == "fair"
+            let name = "late-acquire-\(acquire)"
+            // The nodes know the acquire script (another client ran it): an EVALSHA would run
+            // there once they wake.
+            let warm = try client.makeLock(name, options: options)
+            try await warm.unlock(try await warm.lock())
+            try await servers[1].pause()
+            try await servers[2].pause()
+            // No command times out meanwhile: every attempt and release stays on one connection.
+            let fresh = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            let error = await #expect(throws: RedlockError.self) { try await fresh.makeLock(name, options: options).lock() }
+            #expect(error?.code == .noQuorum)
+            await fresh.shutdown()
+            try servers[1].resume()
+            try servers[2].resume()
+            // Each node runs what it had read from the closed connection before this command.
+            for server in servers { _ = try await server.run(RedisCommand("PING")) }
+            #expect(try await values(of: name, on: servers) == [nil, nil, nil], "an acquire ran after its release, or without one")
+        }
+    }
+
     @Test("a lock acquired while one of three nodes refuses connections lists that node when the majority fails")
     func refusingNode() async throws {
         try await withLockNodes(3) { client, servers in

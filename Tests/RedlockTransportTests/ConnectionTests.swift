@@ -92,9 +92,11 @@ struct ConnectionTests {
     func fallbackWithoutCaller() async throws {
         try await withRedisServers(1) { servers throws in
             let connection = RedisConnection(configuration: servers[0].configuration())
+            let script = RedisScript("return redis.call('DEL', KEYS[1])")
+            // Run once on this connection (so the next call goes as EVALSHA), then forgotten.
+            _ = try await connection.evaluate(script, keys: ["warm"], arguments: [])
             _ = try await connection.send(RedisCommand("SCRIPT", "FLUSH"))
             _ = try await connection.send(RedisCommand("SET", "victim", "1"))
-            let script = RedisScript("return redis.call('DEL', KEYS[1])")
             let task = Task {
                 withUnsafeCurrentTask { $0?.cancel() }
                 return try await connection.evaluate(script, keys: ["victim"], arguments: [], withdrawOnCancel: false)
@@ -225,8 +227,10 @@ struct ConnectionTests {
 
             let anonymous = RedisConnection(endpoint: endpoint)
             let denied = await #expect(throws: RedisError.self) { try await anonymous.send(RedisCommand("GET", "where")) }
-            #expect(denied?.code == .serverError)
+            // No credentials given to a node that wants them: an authentication failure too.
+            #expect(denied?.code == .authenticationFailed)
             #expect(denied?.message.hasPrefix("NOAUTH") == true)
+            #expect(denied?.isPermanent == true)
             for connection in [admin, user, wrong, anonymous] { await connection.shutdown() }
         }
     }
@@ -256,11 +260,12 @@ struct ConnectionTests {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let call = RedisScriptCall(RedisScript("return 1"), keys: [], arguments: [])
+            // Once the node ran the script on this connection, it goes as EVALSHA.
+            #expect(try await connection.evaluate(call) == .integer(1))
             try await server.pause()
             // An EVALSHA on an idle connection holds the commands queued after it until it is
             // answered (its EVAL fallback must run before them): the next command waits unwritten.
-            let call = RedisScriptCall(RedisScript("return 1"), keys: [], arguments: [])
             let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
             connection.send(call.command, fallback: call.fallback) { answered.fire($0) }
             let queued = Task { try await connection.send(RedisCommand("SET", "withdrawn", "1")) }
