@@ -15,10 +15,14 @@ extension DistributedLock {
     ///
     /// The call returns `body`'s result only for protected work: if `body` returns or throws
     /// after the deadline (it ignored cancellation for a while, or the whole process was paused),
-    /// the call throws `leaseLost` instead, with `body`'s own error as
-    /// ``RedlockError/underlyingError``. Cancellation is cooperative: a body that never checks
-    /// for it keeps running until it returns, and its work past the deadline is unprotected —
-    /// only fencing tokens (``LockOptions/fencing``) checked by the resource close that gap.
+    /// or the release after it finds the keys gone or another holder's on a quorum while the
+    /// lease was still valid (deleted or overwritten from outside the lock, or a node lost its
+    /// data: the loss came at a moment the scope cannot know), the call throws `leaseLost`
+    /// instead, with `body`'s own error as ``RedlockError/underlyingError``. So do not unlock
+    /// the lease inside `body`: the scope releases it. Cancellation is cooperative: a body that
+    /// never checks for it keeps running until it returns, and its work past the deadline is
+    /// unprotected — only fencing tokens (``LockOptions/fencing``) checked by the resource
+    /// close that gap.
     ///
     /// Cancelling the caller cancels `body`; the lease is still extended until `body` returns,
     /// so the clean-up it does after noticing stays protected. No task outlives the call: the
@@ -185,15 +189,33 @@ extension DistributedLock {
             outcome = first
         }
 
+        // A quorum that says, before the lease's validity ended, that its keys are gone or
+        // another's: they were deleted or overwritten from outside the lock, or a node lost its
+        // data, at some moment the scope cannot know; the body's work may have overlapped
+        // another holder's.
+        var goneAtRelease: RedlockError?
         do {
             try await unlock(held.lease)
         } catch {
+            if error.code == .leaseExpired || error.code == .leaseTakenOver, ContinuousClock.now < held.lease.validUntil {
+                goneAtRelease = error
+            }
             client.logger.debug("redlock scoped unlock failed", metadata: ["lock": "\(name)", "error": "\(error)"])
         }
         switch outcome {
         case let .finished(result, at: finishedAt):
-            if held.protects(until: finishedAt) { return try result.get() }
-            var error = lost(held, detail: "the body ended after the lease's deadline, so its work was not protected")
+            var error: RedlockError
+            if let goneAtRelease {
+                error = RedlockError(
+                    code: .leaseLost, lockName: name,
+                    message: "the body ended, but its release found the keys \(goneAtRelease.code == .leaseTakenOver ? "another holder's" : "gone") on a quorum before the lease's validity ended (deleted or overwritten from outside the lock, or a node lost its data): the body's work may have overlapped another holder's",
+                    nodes: goneAtRelease.nodes
+                )
+            } else if held.protects(until: finishedAt) {
+                return try result.get()
+            } else {
+                error = lost(held, detail: "the body ended after the lease's deadline, so its work was not protected")
+            }
             if case let .failure(bodyError) = result { error.underlyingError = bodyError }
             client.metrics.leasesLost.increment()
             throw error

@@ -200,6 +200,24 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a body that returns before any extension, while its keys were taken over meanwhile, gets leaseLost at the release, not its result")
+    func takenOverBeforeTheRelease() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("stolen", options: testOptions())
+            let error = await #expect(throws: RedlockError.self) {
+                try await lock.withLock { _ in
+                    // Overwritten from outside the lock: no extension is due for seconds, so
+                    // only the release can tell.
+                    try await occupy("stolen", on: servers)
+                    return 1
+                }
+            }
+            #expect(error?.code == .leaseLost, "\(String(describing: error))")
+            #expect(error?.nodes.count == 3)
+            #expect(try await values(of: "stolen", on: servers).allSatisfy { $0 == "someone-else" })
+        }
+    }
+
     @Test(
         "when every node freezes, the body is cancelled before validUntil and nobody else holds the lock while it runs",
         arguments: [2, 8]

@@ -27,7 +27,7 @@ struct Doctor: AsyncParsableCommand {
     @Option(help: "The lock name whose permissions to check.")
     var name = "redlock-doctor"
 
-    @Flag(help: "Check for fencing tokens (INCR on redlock:fence).")
+    @Flag(help: "Check for fencing tokens (INCR on redlock:fence), as `redlock run` uses them: check with this flag for nodes that `redlock run` will use.")
     var fencing = false
 
     @Flag(help: "Check for the restart guard (INFO; as long as the default expiry): a node without persistence is then a caveat, not a failure.")

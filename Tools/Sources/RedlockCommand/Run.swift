@@ -43,7 +43,8 @@ struct Run: AsyncParsableCommand {
           71               the watchdog failed to start or died (EX_OSERR)
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
           77               a node refused credentials or a command (EX_NOPERM)
-          124              lease lost: the command was stopped (or never started)
+          124              lease lost: the command was stopped (or never started), or the \
+                           release found the keys taken from it while it ran
           126 / 127        the command could not be executed / was not found
           128 + N          redlock got signal N before the command started
         """
@@ -66,13 +67,13 @@ struct Run: AsyncParsableCommand {
     @Option(help: "The lock name.")
     var name: String
 
-    @Option(help: "Lease time, extended while the command runs (e.g. 250ms, 10s, 1m).", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "Lease time, extended while the command runs (e.g. 250ms, 10s, 1m). Default: 10s.", transform: parseDuration)
     var ttl: Duration = .seconds(10)
 
-    @Option(help: "How long to wait for the lock before giving up with exit 75 (0: one attempt).", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "How long to wait for the lock before giving up with exit 75. Default: 0 (one attempt).", transform: parseDuration)
     var wait: Duration = .zero
 
-    @Option(help: "Time between SIGTERM and SIGKILL when the lease is about to be lost; it comes out of the lease, so it must leave room (at most half of --ttl, less the safety margin). Default: a quarter of --ttl, at most 10s.", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "Time between SIGTERM and SIGKILL when the lease is about to be lost; it comes out of the lease, so it must leave room (at most half of --ttl, less the safety margin). Default: a quarter of --ttl, at most 10s.", transform: parseDuration)
     var grace: Duration?
 
     @Flag(help: "Report acquire, extensions and loss on stderr (instants as CLOCK_BOOTTIME nanoseconds).")
@@ -101,7 +102,15 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         _ = signal(SIGPIPE, SIG_IGN)
-        let (client, lock) = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, fencing: true))
+        let made: (RedlockClient, DistributedLock)
+        do {
+            made = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, fencing: true))
+        } catch {
+            // Pointing at this command's help, not the top-level usage.
+            printError("Error: \(error)\nSee 'redlock run --help' for more information.")
+            throw ExitCode(Status.usage)
+        }
+        let (client, lock) = made
 
         let supervision = Supervision()
         let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT]) { supervision.received($0) }
@@ -215,7 +224,7 @@ struct Run: AsyncParsableCommand {
                         + "the lease's validity ended (was redlock or the watchdog stopped?): \(error)"
                 )
             case .exited?:
-                printError("redlock: lost the lease on \"\(name)\"; the command was stopped before the lease's validity ended: \(error)")
+                printError("redlock: lost the lease on \"\(name)\"; the command was gone before the lease's validity ended: \(error)")
             case .notStarted?, .tooLate?, .watchdogLost?, nil:
                 printError("redlock: lost the lease on \"\(name)\" before the command ran: \(error)")
             }
