@@ -80,7 +80,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// Queues a command without suspending; `handler` gets its outcome exactly once (see
     /// ``RedisReplyHandler``). The command is always sent. With `fallback`, the command is a
     /// script's `EVALSHA` and `fallback` its `EVAL` form, sent in its place when commands follow
-    /// it in the batch or the node answers `NOSCRIPT`.
+    /// it in the batch, when the node has not run the script on this connection yet, or when
+    /// the node answers `NOSCRIPT` with nothing written behind it.
     package func send(_ command: RedisCommand, fallback: RedisCommand? = nil, handler: @escaping RedisReplyHandler) {
         core.enqueue(PendingCommand(command: command, fallback: fallback, handler: handler))
     }
@@ -134,14 +135,17 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 /// The lock guards the state and is never held across a system call on the socket. Socket I/O
 /// belongs to one thread at a time, the *owner* (`ioOwned`): a caller that finds the connection
 /// idle writes its command itself; on a busy connection callers only stage their bytes and the
-/// loop, which is woken by the replies anyway, writes them with its next read. The owner writes
+/// loop, which is woken by the replies anyway, writes them with its next read, unless the node
+/// has kept its answer past ``coalescingWindow`` (then the caller, or the loop at its next look,
+/// writes them; see `takeStalledOutput`). The owner writes
 /// whatever was staged meanwhile before it lets go, and only a thread that owns the I/O (or
 /// holds the lock while nobody does) may close the socket: a close wanted meanwhile (a timeout,
 /// a shutdown) is left to the owner.
 final class ConnectionCore: Sendable, EventLoopSource {
     private struct InFlight {
         let command: PendingCommand
-        /// Sent as `EVALSHA`: a `NOSCRIPT` answer sends its `EVAL` form next.
+        /// Sent as `EVALSHA`: a `NOSCRIPT` answer sends its `EVAL` form next, unless commands
+        /// were written behind it meanwhile (then the call fails with that answer).
         let sentAsScriptHash: Bool
     }
 
@@ -160,7 +164,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var inFlight: [InFlight] = []
         var head = 0
         /// The last command formatted is an `EVALSHA` not answered yet: later commands wait, so
-        /// that its `EVAL` fallback, if needed, still runs before them.
+        /// that its `EVAL` fallback, if needed, still runs before them; but not past
+        /// ``coalescingWindow`` (see `takeStalledOutput`).
         var heldByScriptHash = false
         /// The scripts (``RedisCommand/scriptDigestPrefix``) this socket's node has run since it
         /// connected: only these go as `EVALSHA`. A script the node has not confirmed goes as
@@ -236,8 +241,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     // MARK: Callers
 
-    /// How long a command written behind unanswered ones may wait for the thread that reads
-    /// their replies to write it: about ten loopback round trips.
+    /// How long a node may keep its answer before the commands behind it stop waiting to be
+    /// written with the next batch (see ``takeStalledOutput(_:force:)``): tens of loopback
+    /// round trips. A caller that queues one past it writes them at once; else the loop does at
+    /// its next look at the connection (``checkDeadlines(now:)``, at least every quarter of the
+    /// command timeout, at most 250 ms apart), well before the connection times out.
     static let coalescingWindow: Duration = .milliseconds(1)
 
     /// Queues `command`: written at once by the caller when the connection is open and idle.
@@ -264,14 +272,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         stage(command, last: index == commands.count - 1, in: &state)
                     }
                     // Idle: the caller writes. Busy: a reply is due and the thread that reads it
-                    // writes these bytes too, one write for many callers. But not behind a node
-                    // that has kept its answer for longer than a reply takes (stopped, stalled):
-                    // the bytes would wait for a reply that may never come, and a release staged
-                    // behind an acquire the node runs once it wakes would be lost with the
-                    // connection. Then the caller writes, unless a thread is doing I/O on it.
-                    let stalled = !idle && !state.ioOwned
-                        && state.waitingSince.map { $0.duration(to: .now) > Self.coalescingWindow } == true
-                    return idle || stalled ? (socket, state.takeOutput()) : nil
+                    // writes these bytes too, one write for many callers; behind a stalled node,
+                    // the caller writes them (see takeStalledOutput).
+                    return idle ? (socket, state.takeOutput()) : takeStalledOutput(&state, force: false)
                 }
             }
             if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
@@ -287,7 +290,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.phase = .connecting
                 effects.connect = true
             }
-            return nil
+            return takeStalledOutput(&state, force: false)
         }
         if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
@@ -329,6 +332,26 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if hashed { state.heldByScriptHash = true }
             state.inFlight.append(InFlight(command: command, sentAsScriptHash: hashed))
         }
+    }
+
+    /// Hands what waits for the node's next answer to the caller to write, when that answer is
+    /// overdue (`force`: at shutdown, at once): the bytes staged for the thread that reads the
+    /// next reply, and the commands an unanswered `EVALSHA` holds back (see `heldByScriptHash`),
+    /// which then go out behind it. A node that never answers again (stopped, stalled) would
+    /// otherwise keep them unwritten until the connection is dropped, and a release queued
+    /// behind an acquire it runs once it wakes would be lost with it. Writing past a held
+    /// `EVALSHA` keeps the order all the same: a `NOSCRIPT` answer then falls back to nothing
+    /// (the call fails with it) since commands were written behind it. Nil while a thread does
+    /// I/O on the socket (it writes them before it lets go) or nothing waits.
+    private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
+        guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,
+              force || state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
+        else { return nil }
+        if state.heldByScriptHash, !state.queue.isEmpty {
+            state.heldByScriptHash = false
+            stageQueue(&state)
+        }
+        return state.output.isEmpty ? nil : (socket, state.takeOutput())
     }
 
     /// Records that the node holds `call`'s script when it answered it without an error.
@@ -425,10 +448,15 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     }
                     if item.sentAsScriptHash {
                         state.heldByScriptHash = false
-                        if case let .error(text) = reply, text.hasPrefix("NOSCRIPT"), let fallback = item.command.fallback {
-                            // Forgotten (SCRIPT FLUSH): confirmed again by the EVAL's answer.
+                        if case let .error(text) = reply, text.hasPrefix("NOSCRIPT") {
+                            // Forgotten (SCRIPT FLUSH): confirmed again by an EVAL's answer.
                             if let digest = item.command.command.scriptDigestPrefix { state.confirmedScripts.removeAll { $0 == digest } }
-                            // Nothing was formatted after it: its EVAL goes before everything queued.
+                        }
+                        // Only while nothing was written behind it (takeStalledOutput may have):
+                        // its EVAL then goes before everything queued. Else it fails with NOSCRIPT.
+                        if case let .error(text) = reply, text.hasPrefix("NOSCRIPT"), let fallback = item.command.fallback,
+                           state.unansweredCount == 0, state.output.isEmpty
+                        {
                             if state.unansweredCount == 0 { state.waitingSince = .now }
                             fallback.appendWire(to: &state.output)
                             state.inFlight.append(InFlight(command: item.command, sentAsScriptHash: false))
@@ -611,12 +639,22 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         var effects = Effects()
-        let next: ContinuousClock.Instant? = state.withLock { state in
-            guard state.unansweredCount > 0, let since = state.waitingSince else { return nil }
+        let (next, write): (ContinuousClock.Instant?, (NodeSocket, [UInt8])?) = state.withLock { state in
+            guard state.unansweredCount > 0, let since = state.waitingSince else { return (nil, nil) }
             let deadline = since + configuration.commandTimeout
-            guard now >= deadline else { return deadline }
+            guard now >= deadline else {
+                // Bytes that wait for the node's next answer go out once it is overdue; until
+                // then, wake when it will be.
+                let write = takeStalledOutput(&state, force: false)
+                let waiting = !state.ioOwned && (!state.output.isEmpty || (state.heldByScriptHash && !state.queue.isEmpty))
+                let flushAt = since + Self.coalescingWindow
+                return (waiting && flushAt > now ? min(deadline, flushAt) : deadline, write)
+            }
             drop(&state, error(.timeout, "no reply within \(configuration.commandTimeout)"), &effects)
-            return nil
+            return (nil, nil)
+        }
+        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+            service(socket, &effects)
         }
         perform(effects)
         return next
@@ -627,10 +665,17 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Stops accepting commands; what is queued is still sent and answered, then the socket closes.
     func beginShutdown() {
         var effects = Effects()
-        state.withLock { state in
-            guard !state.shuttingDown else { return }
+        let write: (NodeSocket, [UInt8])? = state.withLock { state in
+            guard !state.shuttingDown else { return nil }
             state.shuttingDown = true
+            // Everything queued goes out now, also what waited for an answer (see
+            // takeStalledOutput): the grace period may end before the node answers.
+            if let write = takeStalledOutput(&state, force: true) { return write }
             finishShutdownIfDrained(&state, &effects)
+            return nil
+        }
+        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+            service(socket, &effects)
         }
         perform(effects)
     }

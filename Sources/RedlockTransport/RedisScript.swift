@@ -19,7 +19,8 @@ package struct RedisScriptCall: Sendable {
     /// `EVALSHA sha1 numkeys keys… arguments…`.
     package let command: RedisCommand
     /// `EVAL source numkeys keys… arguments…`: what a connection sends when other commands follow
-    /// the call in a batch, or when the node answers `NOSCRIPT`.
+    /// the call in a batch, when the node has not run the script on that connection yet, or when
+    /// the node answers `NOSCRIPT` with nothing written behind the call.
     package let fallback: RedisCommand
 
     /// Builds the call.
@@ -38,10 +39,12 @@ package struct RedisScriptCall: Sendable {
 
 extension RedisConnection {
     /// Runs a script, in its place among the commands pipelined on the connection: by `EVALSHA`
-    /// when nothing is written behind it (a `NOSCRIPT` reply then sends `EVAL` before anything
-    /// queued later), else by `EVAL` with its body. The fallback happens on the connection
-    /// itself, so the script runs even if the caller was cancelled after the command was
-    /// written.
+    /// when nothing is written behind it and the node has run the script on this connection (a
+    /// `NOSCRIPT` reply then sends `EVAL` before anything queued later), else by `EVAL` with its
+    /// body. The fallback happens on the connection itself, so the script runs even if the
+    /// caller was cancelled after the command was written. Behind a node that keeps its answer
+    /// past the connection's coalescing window the commands queued later are written anyway,
+    /// and a `NOSCRIPT` then fails the call (`serverError`) rather than run it after them.
     package func evaluate(
         _ script: RedisScript,
         keys: [String],

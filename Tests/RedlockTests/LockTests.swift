@@ -200,31 +200,54 @@ struct LockTests {
         }
     }
 
-    @Test("attempts that frozen nodes run only after the caller gave up are released there too: a release is written behind its acquire at once, not held for a reply that never comes", arguments: ["fencing", "fair", "plain"])
-    func frozenNodesRunTheReleaseToo(acquire: String) async throws {
+    @Test(
+        "attempts that frozen nodes run only after the caller gave up are released there too: a release goes out behind its acquire, not held for a reply that never comes (a new client, and one that already ran the scripts on its connections)",
+        arguments: ["fencing", "fair", "plain"], [false, true]
+    )
+    func frozenNodesRunTheReleaseToo(acquire: String, warmConnections: Bool) async throws {
         try await withLockNodes(3) { client, servers in
             // Attempts of 300 ms for 600 ms: two or three, each released behind its acquire.
             var options = testOptions(expiry: .seconds(30), tries: .max, timeoutFactor: 0.01)
             options.acquireTimeout = .milliseconds(600)
             options.fencing = acquire == "fencing"
             options.fair = acquire == "fair"
-            let name = "late-acquire-\(acquire)"
-            // The nodes know the acquire script (another client ran it): an EVALSHA would run
-            // there once they wake.
-            let warm = try client.makeLock(name, options: options)
+            let name = "late-acquire-\(acquire)-\(warmConnections)"
+            // No command times out meanwhile: every attempt and release stays on one connection.
+            let tested = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            // The nodes know the acquire script: an EVALSHA would run there once they wake.
+            // Warm connections have run it themselves, so they send it as EVALSHA.
+            let warm = try (warmConnections ? tested : client).makeLock(name, options: options)
             try await warm.unlock(try await warm.lock())
             try await servers[1].pause()
             try await servers[2].pause()
-            // No command times out meanwhile: every attempt and release stays on one connection.
-            let fresh = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
-            let error = await #expect(throws: RedlockError.self) { try await fresh.makeLock(name, options: options).lock() }
+            let error = await #expect(throws: RedlockError.self) { try await tested.makeLock(name, options: options).lock() }
             #expect(error?.code == .noQuorum)
-            await fresh.shutdown()
+            await tested.shutdown()
             try servers[1].resume()
             try servers[2].resume()
             // Each node runs what it had read from the closed connection before this command.
             for server in servers { _ = try await server.run(RedisCommand("PING")) }
             #expect(try await values(of: name, on: servers) == [nil, nil, nil], "an acquire ran after its release, or without one")
+        }
+    }
+
+    @Test("a release decided at once, while a frozen node has not answered the acquire, still reaches that node")
+    func immediateReleaseReachesAFrozenNode() async throws {
+        try await withLockNodes(3) { client, servers in
+            let name = "refused-at-once"
+            // Two nodes refuse at once (another holder), so the attempt is decided, and its
+            // release queued, within a millisecond of the acquire the frozen node holds.
+            try await occupy(name, on: Array(servers.prefix(2)))
+            try await servers[2].pause()
+            let tested = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            let error = await #expect(throws: RedlockError.self) {
+                try await tested.makeLock(name, options: testOptions(expiry: .seconds(30), tries: 1, failFast: true)).lock()
+            }
+            #expect(error?.code == .taken)
+            await tested.shutdown()
+            try servers[2].resume()
+            _ = try await servers[2].run(RedisCommand("PING"))
+            #expect(try await servers[2].value(of: name) == nil, "the acquire ran on waking, without its release")
         }
     }
 

@@ -255,6 +255,58 @@ struct ConnectionTests {
         await connection.shutdown()
     }
 
+    @Test("commands queued behind a frozen node go out once its answer is overdue, even with nothing after them: it runs them all when it wakes, after the connection timed out")
+    func overdueCommandsAreWritten() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(300)))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try await server.pause()
+            let replies = Replies()
+            let ended = OneTimeEvent<Void>()
+            // An acquire, and its release right behind it (within the coalescing window).
+            for (index, command) in [RedisCommand("SET", "late", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "late")].enumerated() {
+                connection.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
+            }
+            // Both fail once the connection times out; the node has read them by then.
+            await ended.wait()
+            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            try server.resume()
+            _ = try await server.run(RedisCommand("PING"))
+            #expect(try await server.run(RedisCommand("EXISTS", "late")) == .integer(0), "the SET ran on waking, without the DEL")
+            await connection.shutdown()
+        }
+    }
+
+    @Test("behind an EVALSHA a frozen node holds, queued commands go out once it is overdue; a NOSCRIPT then fails the call rather than run its EVAL after them")
+    func overdueScriptHashKeepsOrder() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            // The loop looks at the connection every 250 ms (a quarter of the timeout, at most
+            // 250 ms): the held command goes out at the first look past the window.
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(1)))
+            let other = RedisConnection(configuration: server.configuration())
+            let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
+            // Run on this connection: the next call goes as EVALSHA. Then the node forgets it.
+            _ = try await connection.evaluate(script, keys: ["order"], arguments: ["warm"])
+            _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+            try await server.pause()
+            let scripted = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let call = RedisScriptCall(script, keys: ["order"], arguments: ["script"])
+            connection.send(call.command, fallback: call.fallback) { scripted.fire($0) }
+            let after = Task { try await connection.send(RedisCommand("SET", "order", "after"), withdrawOnCancel: false) }
+            // Nothing signals that the held SET was written: two looks of the loop, well within
+            // the command timeout.
+            try await Task.sleep(for: .milliseconds(600))
+            try server.resume()
+            let outcome = await scripted.wait()
+            #expect(throws: RedisError.self) { try outcome.get() }
+            #expect(try await after.value == .simpleString("OK"))
+            #expect(try await other.send(RedisCommand("GET", "order")).string == "after", "the script's fallback ran after the command behind it")
+            for each in [connection, other] { await each.shutdown() }
+        }
+    }
+
     @Test("a cancelled call returns at once; a withdrawn command is never sent")
     func cancellation() async throws {
         try await withRedisServers(1) { servers throws in
