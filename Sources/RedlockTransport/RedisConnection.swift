@@ -189,6 +189,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var failedResolution: (RedisError, ContinuousClock.Instant)?
 
         var unansweredCount: Int { inFlight.count - head }
+        /// Bytes staged for the thread that reads the next reply, or commands an unanswered
+        /// `EVALSHA` holds back: what waits for the node's next answer to be written.
+        var waitsForAnswer: Bool { !output.isEmpty || (heldByScriptHash && !queue.isEmpty) }
         var isDrained: Bool { queue.isEmpty && unansweredCount == 0 && output.isEmpty }
 
         mutating func popInFlight() -> InFlight? {
@@ -345,7 +348,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// I/O on the socket (it writes them before it lets go) or nothing waits.
     private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
         guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,
-              force || state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
+              state.waitsForAnswer, force || state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
         else { return nil }
         if state.heldByScriptHash, !state.queue.isEmpty {
             state.heldByScriptHash = false
@@ -646,9 +649,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 // Bytes that wait for the node's next answer go out once it is overdue; until
                 // then, wake when it will be.
                 let write = takeStalledOutput(&state, force: false)
-                let waiting = !state.ioOwned && (!state.output.isEmpty || (state.heldByScriptHash && !state.queue.isEmpty))
                 let flushAt = since + Self.coalescingWindow
-                return (waiting && flushAt > now ? min(deadline, flushAt) : deadline, write)
+                return (!state.ioOwned && state.waitsForAnswer && flushAt > now ? min(deadline, flushAt) : deadline, write)
             }
             drop(&state, error(.timeout, "no reply within \(configuration.commandTimeout)"), &effects)
             return (nil, nil)

@@ -1,4 +1,3 @@
-import Dispatch
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -30,10 +29,10 @@ struct ExecutorTests {
     func bodyFollowsAnyPreference() async throws {
         try await withLockNodes(3) { client, _ in
             let lock = try client.makeLock("executor-any", options: testOptions())
-            let executor = QueueTaskExecutor()
+            let executor = QueueExecutor(label: "custom")
             let queues = try await withTaskExecutorPreference(executor) {
-                let scoped = try await lock.withLock { _ in DispatchQueue.getSpecific(key: QueueTaskExecutor.key) }
-                let leased = try await lock.withLease(try await lock.lock()) { _ in DispatchQueue.getSpecific(key: QueueTaskExecutor.key) }
+                let scoped = try await lock.withLock { _ in QueueExecutor.current }
+                let leased = try await lock.withLease(try await lock.lock()) { _ in QueueExecutor.current }
                 return [scoped, leased]
             }
             #expect(queues == ["custom", "custom"])
@@ -141,19 +140,5 @@ struct ExecutorTests {
             #expect(after?.0 == .clientShutDown)
             #expect(after.map { $0.1 != "redlock-io" } == true)
         }
-    }
-}
-
-/// A task executor of the test's own: jobs run on a serial dispatch queue that code can
-/// recognise by a queue-specific value.
-private final class QueueTaskExecutor: TaskExecutor {
-    static let key = DispatchSpecificKey<String>()
-    private let queue = DispatchQueue(label: "custom-executor")
-
-    init() { queue.setSpecific(key: Self.key, value: "custom") }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

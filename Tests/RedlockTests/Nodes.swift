@@ -1,3 +1,4 @@
+import Dispatch
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -49,3 +50,24 @@ final class Locked<Value: Sendable>: Sendable {
     var value: Value { storage.withLock { $0 } }
     func update<R>(_ body: (inout Value) -> R) -> R { storage.withLock { body(&$0) } }
 }
+
+/// An executor of the tests' own on a serial dispatch queue that code can recognise
+/// (``current``): an actor's serial executor, or a task executor preference.
+final class QueueExecutor: SerialExecutor, TaskExecutor {
+    private static let key = DispatchSpecificKey<String>()
+    private let queue: DispatchQueue
+
+    init(label: String) {
+        queue = DispatchQueue(label: label)
+        queue.setSpecific(key: Self.key, value: label)
+    }
+
+    /// The label of the queue executor the calling code runs on, if any.
+    static var current: String? { DispatchQueue.getSpecific(key: key) }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(isolatedTo: self.asUnownedSerialExecutor(), taskExecutor: self.asUnownedTaskExecutor()) }
+    }
+}
+

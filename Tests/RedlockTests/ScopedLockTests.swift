@@ -23,23 +23,12 @@ struct ScopedLockTests {
     /// An actor instance on a serial queue of its own (so code can tell it runs there) that runs
     /// a scoped lock from one of its methods.
     private actor Ledger {
-        static let queueName = DispatchSpecificKey<String>()
-
-        final class QueueExecutor: SerialExecutor {
-            let queue = DispatchQueue(label: "ledger")
-            init() { queue.setSpecific(key: Ledger.queueName, value: "ledger") }
-            func enqueue(_ job: consuming ExecutorJob) {
-                let job = UnownedJob(job)
-                queue.async { job.runSynchronously(on: self.asUnownedSerialExecutor()) }
-            }
-        }
-
-        let executor = QueueExecutor()
+        let executor = QueueExecutor(label: "ledger")
         nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-        /// The name of the queue the body of a `withLock` called here runs on.
+        /// The label of the queue the body of a `withLock` called here runs on.
         func queueOfBody(_ lock: DistributedLock) async throws -> String? {
-            try await lock.withLock { _ in DispatchQueue.getSpecific(key: Ledger.queueName) }
+            try await lock.withLock { _ in QueueExecutor.current }
         }
     }
 
