@@ -34,15 +34,20 @@ public final class GarbageServer: Sendable {
     /// How many connections it accepted.
     public var acceptedCount: Int { connections.withLock { $0.count } }
 
+    /// How many bytes each accepted connection sent, in the order they were accepted.
+    public var bytesReceived: [Int] { received.withLock { $0 } }
+    private let received = Mutex<[Int]>([])
+
     /// Starts listening; `reply` is written after each read from a client (nil: never answer).
-    /// With `closeAfterReply`, the first reply is followed at once by the end of the stream (the
-    /// reply and the FIN arrive together), as a server that answers and then exits would do.
-    public static func start(reply: String?, closeAfterReply: Bool = false) throws -> GarbageServer {
+    /// With `closeAfterReply`, reply number `repliesBeforeClose` (default: the first) on each
+    /// connection is followed at once by the end of the stream (the reply and the FIN arrive
+    /// together, in one TCP segment), as a server that answers and then exits would do.
+    public static func start(reply: String?, closeAfterReply: Bool = false, repliesBeforeClose: Int = 1) throws -> GarbageServer {
         let (descriptor, port) = try loopbackListener(backlog: 16)
         let server = GarbageServer(port: port, listener: descriptor)
         server.threads.enter()
         let thread = Thread {
-            server.serve(reply: reply.map { Array($0.utf8) }, closeAfterReply: closeAfterReply)
+            server.serve(reply: reply.map { Array($0.utf8) }, closeAfter: closeAfterReply ? max(1, repliesBeforeClose) : nil)
             server.threads.leave()
         }
         thread.name = "garbage server \(server.port)"
@@ -50,7 +55,7 @@ public final class GarbageServer: Sendable {
         return server
     }
 
-    private func serve(reply: [UInt8]?, closeAfterReply: Bool) {
+    private func serve(reply: [UInt8]?, closeAfter: Int?) {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
@@ -62,18 +67,32 @@ public final class GarbageServer: Sendable {
                 connections.withLock { $0.append(client) }
                 return true
             }
+            let index = received.withLock { received in
+                received.append(0)
+                return received.count - 1
+            }
             guard keep else {
                 close(client)
                 return
             }
             guard let reply else { continue }
             threads.enter()
-            let thread = Thread { [threads] in
+            let thread = Thread { [threads, self] in
                 defer { threads.leave() }
                 var buffer = [UInt8](repeating: 0, count: 1024)
-                while buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }) > 0 {
+                var replies = 0
+                while case let count = buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }), count > 0 {
+                    received.withLock { $0[index] += count }
+                    replies += 1
+                    let closing = closeAfter.map { replies >= $0 } ?? false
+                    var corked: Int32 = 1
+                    if closing {
+                        // Corked, the reply waits in the socket for the FIN and leaves with it
+                        // in one segment: the client reads both at once, never the reply alone.
+                        _ = setsockopt(client, Int32(IPPROTO_TCP), TCP_CORK, &corked, socklen_t(MemoryLayout<Int32>.size))
+                    }
                     _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    if closeAfterReply {
+                    if closing {
                         _ = shutdown(client, Int32(SHUT_WR))
                         return
                     }

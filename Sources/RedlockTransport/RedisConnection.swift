@@ -51,6 +51,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     deinit {
+        // Nobody is left to await an answer, but what was queued still goes out: a release
+        // queued behind an unanswered acquire reaches a frozen node before the close, so the
+        // node runs both when it wakes. Then the socket closes at once.
+        core.beginShutdown()
         core.interrupt()
     }
 
@@ -111,6 +115,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// A server that does not answer gets a grace period of the command timeout, at most 500 ms;
     /// then the socket is closed and the remaining commands fail. A connect still in progress
     /// finishes on its own thread (within the connect timeout) and closes what it opened.
+    /// A connection released without `shutdown()` writes what is queued on its open socket and
+    /// closes it at once; its commands fail with ``RedisError/Code-swift.struct/shutdown``.
     public func shutdown() async {
         core.beginShutdown()
         let grace = min(configuration.commandTimeout, .milliseconds(500))
@@ -163,6 +169,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// Commands formatted and not answered yet, in order from `head`.
         var inFlight: [InFlight] = []
         var head = 0
+        /// How many of the last commands in `inFlight` are only staged: their bytes are all in
+        /// `output`, none written. A dropped connection sends them on the next one.
+        var stagedCount = 0
         /// The last command formatted is an `EVALSHA` not answered yet: later commands wait, so
         /// that its `EVAL` fallback, if needed, still runs before them; but not past
         /// ``coalescingWindow`` (see `takeStalledOutput`).
@@ -198,6 +207,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             guard head < inFlight.count else { return nil }
             let item = inFlight[head]
             head += 1
+            stagedCount = min(stagedCount, inFlight.count - head)
             if head == inFlight.count {
                 inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
                 head = 0
@@ -208,8 +218,21 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// Hands the staged bytes to the caller, which becomes the I/O owner.
         mutating func takeOutput() -> [UInt8] {
             ioOwned = true
+            stagedCount = 0
             defer { output = [] }
             return output
+        }
+
+        /// Takes the commands only staged out of `inFlight` (see `stagedCount`), in order.
+        mutating func takeStaged() -> [PendingCommand] {
+            let staged = inFlight.suffix(stagedCount).map(\.command)
+            inFlight.removeLast(stagedCount)
+            stagedCount = 0
+            if head == inFlight.count {
+                inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
+                head = 0
+            }
+            return staged
         }
     }
 
@@ -335,6 +358,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if hashed { state.heldByScriptHash = true }
             state.inFlight.append(InFlight(command: command, sentAsScriptHash: hashed))
         }
+        state.stagedCount += 1
     }
 
     /// Hands what waits for the node's next answer to the caller to write, when that answer is
@@ -463,6 +487,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                             if state.unansweredCount == 0 { state.waitingSince = .now }
                             fallback.appendWire(to: &state.output)
                             state.inFlight.append(InFlight(command: item.command, sentAsScriptHash: false))
+                            state.stagedCount += 1
                             continue
                         }
                     }
@@ -484,8 +509,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 }
                 if state.unansweredCount == 0 { state.waitingSince = nil }
                 stageQueue(&state)
-                defer { state.output = [] }
-                return .success(state.output)
+                return .success(state.takeOutput())
             }
             guard case let .success(staged) = processed else { break }
             again = writeAndRelease(staged, on: socket, &effects, wantsWritable: outcome.wantsWritable)
@@ -497,9 +521,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
     }
 
-    /// Closes the socket and fails every formatted command with `failure`; commands still
-    /// queued get a new connection (or fail when shutting down). While another thread owns the
-    /// I/O, the close is left to it.
+    /// Closes the socket and fails every command written (wholly or in part) with `failure`;
+    /// commands still queued, or only staged (none of their bytes written: a caller that came
+    /// while the owner read the server's close), get a new connection (or fail when shutting
+    /// down). While another thread owns the I/O, the close is left to it.
     private func drop(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         if state.ioOwned {
             if state.dropRequested == nil { state.dropRequested = failure }
@@ -511,6 +536,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         state.waitingSince = nil
         state.dropRequested = nil
         state.output = []
+        state.queue.insert(contentsOf: state.takeStaged(), at: 0)
         while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {

@@ -278,6 +278,81 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a connection dropped without shutdown() still writes what it queued: a frozen node runs the DEL behind its SET when it wakes")
+    func droppedConnectionWritesItsQueue() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            var connection: RedisConnection? = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(10)))
+            #expect(try await connection?.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try await server.pause()
+            let replies = Replies()
+            let ended = OneTimeEvent<Void>()
+            // An acquire, and its release right behind it (within the coalescing window, so
+            // the release waits for the acquire's answer); then the last reference goes.
+            for (index, command) in [RedisCommand("SET", "dropped", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "dropped")].enumerated() {
+                connection?.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
+            }
+            connection = nil
+            // Both fail at once: nobody is left to read their answers.
+            await ended.wait()
+            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            try server.resume()
+            _ = try await server.run(RedisCommand("PING"))
+            #expect(try await server.run(RedisCommand("EXISTS", "dropped")) == .integer(0), "the SET ran on waking, without the DEL")
+        }
+    }
+
+    @Test("a command staged while the event loop reads the server's close goes out on a new connection: none of it was written")
+    func commandStagedAsTheServerCloses() async throws {
+        // Each connection gets two answers, the end of the stream right behind the second.
+        let server = try GarbageServer.start(reply: "+OK\r\n", closeAfterReply: true, repliesBeforeClose: 2)
+        defer { server.stop() }
+        var failures: [String] = []
+        for _ in 0..<50 {
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("OK"))
+            // On the open connection the first command is written at once; the second waits
+            // behind it (the connection is busy) and is still unwritten when the loop reads the
+            // answer and the close, which come together.
+            let first = OneTimeEvent<Result<RedisValue, RedisError>>()
+            connection.send(RedisCommand("PING")) { first.fire($0) }
+            do {
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("OK"))
+            } catch {
+                failures.append("\(error)")
+            }
+            #expect(try await first.wait().get() == .simpleString("OK"))
+            await connection.shutdown()
+        }
+        // A third command fails only when it was written on the first connection (a server
+        // slower to answer than the coalescing window lets it go out): 3 × 14 bytes there.
+        let written = server.bytesReceived.filter { $0 == 42 }.count
+        #expect(failures.count == written, "\(failures.count) of 50 failed, \(written) of them written: \(failures.first ?? "")")
+        #expect(written <= 10, "the server answered late in \(written) of 50 rounds: the test no longer tests the staged case")
+        #expect(server.acceptedCount == 100 - written, "one connection for the first two commands, one for the third")
+    }
+
+    @Test("a write to a socket that can no longer send fails with a typed error, and raises no SIGPIPE (which would end the process); the next command reconnects")
+    func writeAfterTheSocketClosedForSending() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration())
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // Frozen, the server cannot answer the end of stream that comes with the shutdown by
+            // closing its side: the connection still looks open when the next command is sent.
+            try await server.pause()
+            #expect(shutDownWrites(ofSocketsConnectedTo: server.port) == 1)
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(error?.isPermanent == false, "\(String(describing: error))")
+            try server.resume()
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(connection.connectionGeneration == 2)
+            await connection.shutdown()
+        }
+    }
+
     @Test("behind an EVALSHA a frozen node holds, queued commands go out once it is overdue; a NOSCRIPT then fails the call rather than run its EVAL after them")
     func overdueScriptHashKeepsOrder() async throws {
         try await withRedisServers(1) { servers throws in

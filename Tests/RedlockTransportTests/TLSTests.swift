@@ -125,6 +125,27 @@ struct TLSTests {
         }
     }
 
+    @Test("a TLS write to a socket that can no longer send fails with a typed error, and raises no SIGPIPE (which would end the process); the next command reconnects")
+    func writeAfterTheSocketClosedForSending() async throws {
+        try await withCertificates { certificates throws in
+            try await withTLSServer(certificates) { server throws in
+                let connection = RedisConnection(configuration: configuration(server, certificates))
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                // Frozen, the server cannot answer the end of stream that comes with the shutdown by
+                // closing its side: the connection still looks open when the next command is sent.
+                try await server.pause()
+                #expect(shutDownWrites(ofSocketsConnectedTo: server.port) == 1)
+                // The command is written at once, and the write fails with EPIPE.
+                let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+                #expect(error?.isPermanent == false, "\(String(describing: error))")
+                try server.resume()
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                #expect(connection.connectionGeneration == 2)
+                await connection.shutdown()
+            }
+        }
+    }
+
     @Test("a TLS node killed while a command waits fails it as closed (transient, as with TCP), not as a permanent TLS failure")
     func killedWhileWaiting() async throws {
         try await withCertificates { certificates throws in
