@@ -14,11 +14,13 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     }
 
     var outcome: Outcome
-    /// Nodes to release on, awaiting their answers: granted, unsettled, or failed in a way that
-    /// may have set the key.
+    /// Nodes to release on, awaiting their answers: granted, or failed in a way that may have
+    /// set the key.
     var releaseAwaited: [Int] = []
-    /// Nodes that stayed silent through the budget: their release is sent without waiting, so a
-    /// frozen node does not make a failed attempt cost twice its budget.
+    /// Nodes that had not answered (silent through the budget, or not yet when refusals decided
+    /// the attempt, unless the caller counts handoffs): their release is sent without waiting,
+    /// behind the acquire on the same connection, so a frozen node does not make a failed
+    /// attempt cost its budget (again).
     var releaseQueued: [Int] = []
 
     /// Decides an attempt.
@@ -32,9 +34,12 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     ///     means not awaited, so every release is awaited.
     ///   - fenceShortfall: When the fencing round failed, what to say (the votes already carry
     ///     the nodes that refused it).
+    ///   - countsHandoffs: Whether the caller counts a fair release's handoffs as grants: then
+    ///     the release to a node that had not answered yet is awaited, since its answer says
+    ///     whether that node still counts (`LocalCoordination.HandoffWatch`).
     static func decide(
         votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
-        cancelled: Bool, fenceShortfall: String? = nil
+        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false
     ) -> AcquireDecision {
         let granted = grantedCount(votes)
         if fenceShortfall == nil, granted >= quorum, !cancelled,
@@ -47,8 +52,10 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         ))
         for (index, vote) in votes.enumerated() {
             switch vote {
-            case .granted?, .unsettled?:
+            case .granted?:
                 decision.releaseAwaited.append(index)
+            case .unsettled?:
+                if cancelled || countsHandoffs { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
             case .refused(.noAnswer)?:
                 if cancelled { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
             case let .refused(cause)? where cause.setNothing:

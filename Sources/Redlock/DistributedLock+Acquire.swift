@@ -315,7 +315,7 @@ extension DistributedLock {
         let wasCancelled = Task.isCancelled
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: wasCancelled, fenceShortfall: fenceShortfall
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

@@ -24,7 +24,10 @@ public struct LockOptions: Sendable {
     /// Where the lock value comes from. The default is 16 random bytes, base64-encoded.
     public var value: LockValue = .random
     /// Whether an attempt returns as soon as its outcome is decided (a quorum granted, or a
-    /// quorum became impossible) without waiting for the remaining nodes. With `false`, an
+    /// quorum became impossible) without waiting for the remaining nodes. A failed attempt's
+    /// release to those nodes is then sent without waiting for them either (a frozen node costs
+    /// nothing), except for a fair lock's waiter, whose later handoffs count only from nodes
+    /// whose clean-up answered. With `false`, an
     /// attempt waits for every node until its time budget runs out, so the keys land on as many
     /// nodes as possible. The default is `true`.
     public var failFast: Bool = true

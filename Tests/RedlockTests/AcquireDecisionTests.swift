@@ -7,10 +7,13 @@ struct AcquireDecisionTests {
     private let start = ContinuousClock.now
     private let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 6379)
 
-    private func decide(_ votes: [Vote?], after elapsed: Duration = .milliseconds(10), cancelled: Bool = false, fenceShortfall: String? = nil) -> AcquireDecision<ContinuousClock.Instant> {
+    private func decide(
+        _ votes: [Vote?], after elapsed: Duration = .milliseconds(10), cancelled: Bool = false, fenceShortfall: String? = nil,
+        countsHandoffs: Bool = false
+    ) -> AcquireDecision<ContinuousClock.Instant> {
         AcquireDecision.decide(
             votes: votes, quorum: Timing.quorum(nodeCount: votes.count), start: start, end: start + elapsed,
-            expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall
+            expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall, countsHandoffs: countsHandoffs
         )
     }
 
@@ -70,8 +73,13 @@ struct AcquireDecisionTests {
         ]
         let decision = decide(errors)
         #expect(code(decision) == .noQuorum)
-        #expect(decision.releaseAwaited == [3, 4])
-        #expect(decision.releaseQueued == [2])
+        #expect(decision.releaseAwaited == [3])
+        // Not answered yet when the refusals decided it: released without waiting, as silent ones,
+        // unless the caller counts handoffs (the answer says whether the node still counts).
+        #expect(decision.releaseQueued == [2, 4])
+        let counting = decide(errors, countsHandoffs: true)
+        #expect(counting.releaseAwaited == [3, 4])
+        #expect(counting.releaseQueued == [2])
         // Cancelled: nothing counts as silent, every release is awaited.
         let cancelled = decide(errors, cancelled: true)
         #expect(code(cancelled) == .cancelled)
