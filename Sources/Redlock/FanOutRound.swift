@@ -26,7 +26,11 @@ final class FanOutRound: Expiring {
 
     /// A round asking the nodes in `order`; every other node's vote stays nil and counts as refused.
     init(nodeCount: Int, order: [Int], returnWhenDecided: Bool) {
-        var votes = [Vote?](repeating: nil, count: nodeCount)
+        // Appended rather than `init(repeating:count:)`, whose unspecialized allocation looks
+        // up the array's generic metadata on every call.
+        var votes: [Vote?] = []
+        votes.reserveCapacity(nodeCount)
+        for _ in 0..<nodeCount { votes.append(nil) }
         var tally = Tally(nodeCount: nodeCount)
         for _ in 0..<(nodeCount - order.count) { tally.record(granted: false) }
         for index in order { votes[index] = .refused(.noAnswer) }

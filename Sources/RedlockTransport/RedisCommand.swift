@@ -33,31 +33,22 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
             let length = argument.utf8.count
             return size + headerSize(length) + length + 2
         }
+        // Reserved and appended (specialized here), rather than `init(unsafeUninitializedCapacity:)`,
+        // whose allocation looks up the array's generic metadata on every call.
+        var body: [UInt8] = []
+        body.reserveCapacity(size + extraBytes)
         var ends: [Int] = []
         ends.reserveCapacity(arguments.count + extraArguments)
-        body = [UInt8](unsafeUninitializedCapacity: size + extraBytes) { buffer, initialized in
-            var position = 0
-            for argument in arguments {
-                let utf8 = argument.utf8
-                position = writeHeader(UInt8(ascii: "$"), utf8.count, into: buffer, at: position)
-                let copied = utf8.withContiguousStorageIfAvailable { bytes in
-                    UnsafeMutableBufferPointer(rebasing: buffer[position...]).initialize(fromContentsOf: bytes)
-                }
-                if let copied {
-                    position += copied
-                } else {
-                    for byte in utf8 {
-                        buffer[position] = byte
-                        position += 1
-                    }
-                }
-                buffer[position] = 13
-                buffer[position + 1] = 10
-                position += 2
-                ends.append(position)
-            }
-            initialized = position
+        for argument in arguments {
+            appendHeader(UInt8(ascii: "$"), argument.utf8.count, to: &body)
+            // A native string's bytes go in one copy.
+            let copied: Void? = argument.utf8.withContiguousStorageIfAvailable { body.append(contentsOf: $0) }
+            if copied == nil { body.append(contentsOf: argument.utf8) }
+            body.append(13)
+            body.append(10)
+            ends.append(body.count)
         }
+        self.body = body
         self.ends = ends
     }
 
@@ -68,10 +59,7 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
 
     /// Appends a binary argument.
     package mutating func append(bytes argument: some Collection<UInt8>) {
-        let length = argument.count
-        let start = body.count
-        body.append(contentsOf: repeatElement(0, count: headerSize(length)))
-        body.withUnsafeMutableBufferPointer { _ = writeHeader(UInt8(ascii: "$"), length, into: $0, at: start) }
+        appendHeader(UInt8(ascii: "$"), argument.count, to: &body)
         body.append(contentsOf: argument)
         body.append(13)
         body.append(10)
@@ -145,10 +133,7 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         // An empty buffer (the usual case: each write takes the buffer) gets the exact size at
         // once, rather than growing twice; a busy connection's buffer grows as arrays do.
         if output.isEmpty { output.reserveCapacity(headerCount + body.count) }
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: headerCount) { header in
-            _ = writeHeader(UInt8(ascii: "*"), ends.count, into: header, at: 0)
-            output.append(contentsOf: header)
-        }
+        appendHeader(UInt8(ascii: "*"), ends.count, to: &output)
         output.append(contentsOf: body)
     }
 
@@ -171,20 +156,19 @@ private func headerSize(_ value: Int) -> Int {
     return 1 + digits + 2
 }
 
-/// Writes `<marker><value>\r\n` (`$` before a bulk string's length, `*` before an array's
-/// count) at `position`, which must leave ``headerSize(_:)`` bytes; returns the position after.
-private func writeHeader(_ marker: UInt8, _ value: Int, into buffer: UnsafeMutableBufferPointer<UInt8>, at position: Int) -> Int {
+/// Appends `<marker><value>\r\n` to `output`: `$` before a bulk string's length, `*` before
+/// an array's count (`value` ≥ 0).
+private func appendHeader(_ marker: UInt8, _ value: Int, to output: inout [UInt8]) {
     precondition(value >= 0, "a RESP length is never negative")
-    let end = position + headerSize(value)
-    buffer[position] = marker
+    output.append(marker)
+    var divisor = 1
+    while divisor <= value / 10 { divisor *= 10 }
     var rest = value
-    var digit = end - 3
     repeat {
-        buffer[digit] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
-        rest /= 10
-        digit -= 1
-    } while digit > position
-    buffer[end - 2] = 13
-    buffer[end - 1] = 10
-    return end
+        output.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest / divisor))
+        rest %= divisor
+        divisor /= 10
+    } while divisor > 0
+    output.append(13)
+    output.append(10)
 }

@@ -40,6 +40,9 @@ package final class RedisEventLoop: Sendable {
 
     /// The `epoll` instance and waker, once made; the thread runs from then on.
     private let started = AtomicLazyReference<Poller>()
+    /// Set once `started` holds the poller: the check every command makes (a load of
+    /// `started` costs hundreds of instructions, its generic code being unspecialized).
+    private let running = Atomic<Bool>(false)
     /// Whether the loop was shut down (then it is never started); taken while starting or
     /// stopping, so neither misses the other.
     private let startup = Mutex(false)
@@ -74,7 +77,7 @@ package final class RedisEventLoop: Sendable {
     /// and returns why that failed, or a shutdown error once the loop was shut down unstarted.
     /// An atomic load once started.
     func startIfNeeded() -> RedisError? {
-        if started.load() != nil { return nil }
+        if running.load(ordering: .acquiring) { return nil }
         return startup.withLock { stopping -> RedisError? in
             if started.load() != nil { return nil }
             if stopping { return Self.shutDown }
@@ -84,8 +87,9 @@ package final class RedisEventLoop: Sendable {
             } catch {
                 return error
             }
-            let running = started.storeIfNil(poller)
-            startNamedThread(name, stackSize: 512 * 1024) { [self] in run(running) }
+            let stored = started.storeIfNil(poller)
+            running.store(true, ordering: .releasing)
+            startNamedThread(name, stackSize: 512 * 1024) { [self] in run(stored) }
             return nil
         }
     }

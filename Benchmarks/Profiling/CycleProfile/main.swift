@@ -8,7 +8,8 @@
 // With TASKS=n in the environment, n tasks each run ITERATIONS cycles on names of their own, and
 // the wall time and cycles per second of the measured part are printed (natively: a quick
 // throughput probe for one workload against another). With EXECUTOR=1 the measured tasks prefer
-// the client's executor (RedlockClient.executor): they run on its I/O thread.
+// the client's executor (RedlockClient.executor): they run on its I/O thread. With TLS_CA=FILE the
+// ports are TLS ports whose certificates chain to FILE.
 //
 // Two things valgrind 3.19 needs here: the main thread must not park in dispatch_main (as it does
 // under an async `main`: valgrind then crashes when the first pool thread starts), so this main
@@ -39,9 +40,11 @@ else {
 /// Warms up (connects, loads the scripts, grows the buffers), then runs `iterations` cycles.
 /// Returns an error message, or nil.
 func profile(_ workload: CycleWorkload, iterations: Int, tasks: Int, ports: [Int], onExecutor: Bool) async -> String? {
+    // With TLS_CA=FILE (a PEM the nodes' certificates chain to), the ports are TLS ports.
+    let tls = ProcessInfo.processInfo.environment["TLS_CA"].map { RedisTLSConfiguration(trustedCertificatesFile: $0) }
     let connections = ports.map {
         RedisConnection(configuration: RedisConnectionConfiguration(
-            endpoint: .hostname("127.0.0.1", port: $0), connectTimeout: .seconds(5), commandTimeout: .seconds(10)
+            endpoint: .hostname("127.0.0.1", port: $0), connectTimeout: .seconds(5), commandTimeout: .seconds(10), tls: tls
         ))
     }
     var failure: String?
