@@ -34,7 +34,8 @@ public final class GarbageServer: Sendable {
     /// How many connections it accepted.
     public var acceptedCount: Int { connections.withLock { $0.count } }
 
-    /// How many bytes each accepted connection sent, in the order they were accepted.
+    /// How many bytes each accepted connection sent, in the order they were accepted (also
+    /// after a closing reply: until the client closes its side).
     public var bytesReceived: [Int] { received.withLock { $0 } }
     private let received = Mutex<[Int]>([])
 
@@ -81,8 +82,11 @@ public final class GarbageServer: Sendable {
                 defer { threads.leave() }
                 var buffer = [UInt8](repeating: 0, count: 1024)
                 var replies = 0
+                var closed = false
                 while case let count = buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }), count > 0 {
                     received.withLock { $0[index] += count }
+                    // After the end of its stream it only counts what the client still sends.
+                    if closed { continue }
                     replies += 1
                     let closing = closeAfter.map { replies >= $0 } ?? false
                     var corked: Int32 = 1
@@ -94,7 +98,7 @@ public final class GarbageServer: Sendable {
                     _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     if closing {
                         _ = shutdown(client, Int32(SHUT_WR))
-                        return
+                        closed = true
                     }
                 }
             }
