@@ -337,19 +337,7 @@ struct ConnectionTests {
     @Test("a write to a socket that can no longer send fails with a typed error, and raises no SIGPIPE (which would end the process); the next command reconnects")
     func writeAfterTheSocketClosedForSending() async throws {
         try await withRedisServers(1) { servers throws in
-            let server = servers[0]
-            let connection = RedisConnection(configuration: server.configuration())
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            // Frozen, the server cannot answer the end of stream that comes with the shutdown by
-            // closing its side: the connection still looks open when the next command is sent.
-            try await server.pause()
-            #expect(shutDownWrites(ofSocketsConnectedTo: server.port) == 1)
-            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
-            #expect(error?.isPermanent == false, "\(String(describing: error))")
-            try server.resume()
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            #expect(connection.connectionGeneration == 2)
-            await connection.shutdown()
+            try await expectWriteFailsAfterSendingShutDown(on: servers[0], servers[0].configuration())
         }
     }
 

@@ -1,3 +1,7 @@
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -22,4 +26,22 @@ func shutDownWrites(ofSocketsConnectedTo port: Int) -> Int {
         if shutdown(descriptor, Int32(SHUT_WR)) == 0 { found += 1 }
     }
     return found
+}
+
+/// Connects to `server` with `configuration`, then, with the server frozen (so it cannot answer
+/// the end of stream by closing its side, and the connection still looks open), shuts the
+/// socket's sending side down and sends a command: the write fails with `EPIPE`, which must come
+/// back as a transient typed error rather than a SIGPIPE; once the server runs again, the next
+/// command reconnects.
+func expectWriteFailsAfterSendingShutDown(on server: RedisServer, _ configuration: RedisConnectionConfiguration) async throws {
+    let connection = RedisConnection(configuration: configuration)
+    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+    try await server.pause()
+    #expect(shutDownWrites(ofSocketsConnectedTo: server.port) == 1)
+    let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+    #expect(error?.isPermanent == false, "\(String(describing: error))")
+    try server.resume()
+    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+    #expect(connection.connectionGeneration == 2)
+    await connection.shutdown()
 }

@@ -129,19 +129,7 @@ struct TLSTests {
     func writeAfterTheSocketClosedForSending() async throws {
         try await withCertificates { certificates throws in
             try await withTLSServer(certificates) { server throws in
-                let connection = RedisConnection(configuration: configuration(server, certificates))
-                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-                // Frozen, the server cannot answer the end of stream that comes with the shutdown by
-                // closing its side: the connection still looks open when the next command is sent.
-                try await server.pause()
-                #expect(shutDownWrites(ofSocketsConnectedTo: server.port) == 1)
-                // The command is written at once, and the write fails with EPIPE.
-                let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
-                #expect(error?.isPermanent == false, "\(String(describing: error))")
-                try server.resume()
-                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-                #expect(connection.connectionGeneration == 2)
-                await connection.shutdown()
+                try await expectWriteFailsAfterSendingShutDown(on: server, configuration(server, certificates))
             }
         }
     }
