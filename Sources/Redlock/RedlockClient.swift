@@ -188,9 +188,9 @@ public final class RedlockClient: Sendable {
     ///
     /// Commands still queued (a release behind an acquire a stalled node has not answered) are
     /// written first, and answers are awaited for at most the command timeout, capped at 500 ms.
-    /// A client released without `shutdown()` writes them too, but closes its sockets without
-    /// waiting for answers; a command still waiting for its connection to open is dropped then
-    /// (its key, if any, expires with the lock's expiry).
+    /// A client released without `shutdown()` writes them too (unless a socket refuses the
+    /// write), but closes its sockets without waiting for answers; a command still waiting for
+    /// its connection to open is dropped then (its key, if any, expires with the lock's expiry).
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
         deadlines.stop()

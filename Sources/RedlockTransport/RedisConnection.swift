@@ -115,8 +115,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// A server that does not answer gets a grace period of the command timeout, at most 500 ms;
     /// then the socket is closed and the remaining commands fail. A connect still in progress
     /// finishes on its own thread (within the connect timeout) and closes what it opened.
-    /// A connection released without `shutdown()` writes what is queued on its open socket and
-    /// closes it at once; its commands fail with ``RedisError/Code-swift.struct/shutdown``.
+    /// A connection released without `shutdown()` writes what is queued on its open socket (a
+    /// write the socket refuses fails those commands with that error) and closes it at once;
+    /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``.
     public func shutdown() async {
         core.beginShutdown()
         let grace = min(configuration.commandTimeout, .milliseconds(500))
@@ -423,7 +424,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 if written < bytes.count {
                     // The socket is full: the rest goes first when it drains.
                     state.output = Array(bytes[written...]) + state.output
-                } else if !state.output.isEmpty, state.dropRequested == nil {
+                } else if !state.output.isEmpty, state.dropRequested == nil || state.dropRequested?.code == .shutdown {
+                    // Closing for a shutdown (or a connection released), what was staged still
+                    // goes out first: a release behind an unanswered acquire.
                     return .write(state.takeOutput())
                 }
                 let watch = !state.output.isEmpty || wantsWritable
@@ -523,8 +526,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// Closes the socket and fails every command written (wholly or in part) with `failure`;
     /// commands still queued, or only staged (none of their bytes written: a caller that came
-    /// while the owner read the server's close), get a new connection (or fail when shutting
-    /// down). While another thread owns the I/O, the close is left to it.
+    /// while the owner read the server's close; not after a timeout), get a new connection (or
+    /// fail when shutting down). While another thread owns the I/O, the close is left to it.
     private func drop(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         if state.ioOwned {
             if state.dropRequested == nil { state.dropRequested = failure }
@@ -536,7 +539,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         state.waitingSince = nil
         state.dropRequested = nil
         state.output = []
-        state.queue.insert(contentsOf: state.takeStaged(), at: 0)
+        // Not after a timeout: the node may still run what went before them on this socket
+        // (it is alive, only slow), and they would run after it on another, beyond their own
+        // timeout. Else this socket can deliver nothing more.
+        if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {

@@ -182,16 +182,26 @@ struct FairLockTests {
             let metrics = TestMetrics()
             let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
             try await withTeardown {
-                let holder = try client.makeLock("fair-grant", options: patient())
-                let lease = try await locked(holder, in: client)
-                let lockedAt = ContinuousClock.now
-                let (lock, waiting) = try await waiter(in: other, for: "fair-grant", options: patient(), nodes: servers.count)
-                let released = ContinuousClock.now
-                try await holder.unlock(lease)
-                let handed = try await waiting.value
+                // The waiter takes the handoffs as its grant when a quorum of them comes within
+                // 2 ms of the first (else it claims by an attempt, as it should): on a loaded
+                // machine the releaser's five writes can spread wider, so up to three rounds.
+                var outcome: (holder: DistributedLock, lock: DistributedLock, handed: Lease, lockedAt: ContinuousClock.Instant, released: ContinuousClock.Instant, round: Int)?
+                for round in 1...3 {
+                    let holder = try client.makeLock("fair-grant-\(round)", options: patient())
+                    let lease = try await locked(holder, in: client)
+                    let lockedAt = ContinuousClock.now
+                    let (lock, waiting) = try await waiter(in: other, for: "fair-grant-\(round)", options: patient(), nodes: servers.count)
+                    let released = ContinuousClock.now
+                    try await holder.unlock(lease)
+                    let handed = try await waiting.value
+                    outcome = (holder, lock, handed, lockedAt, released, round)
+                    if metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") > 0 { break }
+                    try await lock.unlock(handed)
+                }
+                guard let (holder, lock, handed, lockedAt, released, round) = outcome else { return }
                 // A claim's lease would count from the claim, after the release began.
                 #expect(handed.acquiredAt > lockedAt && handed.acquiredAt < released, "dated from its first attempt")
-                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1)
+                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1, "no handoff grant in \(round) rounds")
                 #expect(handed.validUntil <= handed.acquiredAt + .seconds(5))
                 #expect(handed.validUntil > .now + .seconds(2))
                 // Each node's key lives at least as long as the lease says: it was handed for the

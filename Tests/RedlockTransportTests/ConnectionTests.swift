@@ -334,6 +334,35 @@ struct ConnectionTests {
         #expect(server.acceptedCount == 100 - written, "one connection for the first two commands, one for the third")
     }
 
+    @Test("a command staged behind a frozen node when the command timeout drops the connection fails with it: it does not go out on a second connection, after its timeout and after what the node may still run")
+    func commandStagedAtATimeoutFails() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            // The timeout drops the connection when the commands behind the first one are still
+            // staged (the loop writes such commands only once they are a millisecond old).
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(1)))
+            // Open: a PING answered within the millisecond (one that times out drops the
+            // connection, and the next opens another).
+            var answered = false
+            for _ in 0..<500 where !answered {
+                answered = (try? await connection.send(RedisCommand("PING"))) == .simpleString("PONG")
+            }
+            try #require(answered)
+            let generation = connection.connectionGeneration
+            try await server.pause()
+            let replies = Replies()
+            let ended = OneTimeEvent<Void>()
+            for (index, command) in [RedisCommand("SET", "order", "first"), RedisCommand("SET", "order", "second")].enumerated() {
+                connection.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
+            }
+            await ended.wait()
+            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            #expect(connection.connectionGeneration == generation, "a command went out again on a new connection")
+            try server.resume()
+            await connection.shutdown()
+        }
+    }
+
     @Test("a write to a socket that can no longer send fails with a typed error, and raises no SIGPIPE (which would end the process); the next command reconnects")
     func writeAfterTheSocketClosedForSending() async throws {
         try await withRedisServers(1) { servers throws in
