@@ -193,8 +193,10 @@ struct RunSupervisionTests {
                 let name = "orphan-\(trial)-\(fault.filter(\.isLetter))"
                 let (first, second) = (temporaryFile("first"), temporaryFile("second"))
                 defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
-                // The job is a grandchild, behind a shell, as with a wrapper script.
-                let holder = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "500ms", "--",
+                // The job is a grandchild, behind a shell, as with a wrapper script. A 500 ms TTL
+                // gives each attempt 25 ms, which a fresh process's first connects can overrun on
+                // a loaded machine: the holder may retry (--wait), what is tested comes after.
+                let holder = try CommandRun(["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "500ms", "--wait", "5s", "--",
                                              "sh", "-c", "\(worker) heartbeat --file \(first) --duration-ms 4000; true"])
                 let pid = holder.process.processIdentifier
                 #expect(await eventually(within: .seconds(20)) { Beats(file: first).beats.count >= 2 })
