@@ -89,8 +89,8 @@ public final class GarbageServer: Sendable {
                     if closed { continue }
                     replies += 1
                     let closing = closeAfter.map { replies >= $0 } ?? false
-                    var corked: Int32 = 1
                     if closing {
+                        var corked: Int32 = 1
                         // Corked, the reply waits in the socket for the FIN and leaves with it
                         // in one segment: the client reads both at once, never the reply alone.
                         _ = setsockopt(client, Int32(IPPROTO_TCP), TCP_CORK, &corked, socklen_t(MemoryLayout<Int32>.size))

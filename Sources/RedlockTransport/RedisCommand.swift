@@ -39,28 +39,37 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         body.reserveCapacity(size + extraBytes)
         var ends: [Int] = []
         ends.reserveCapacity(arguments.count + extraArguments)
-        for argument in arguments {
-            appendHeader(UInt8(ascii: "$"), argument.utf8.count, to: &body)
-            // A native string's bytes go in one copy.
-            let copied: Void? = argument.utf8.withContiguousStorageIfAvailable { body.append(contentsOf: $0) }
-            if copied == nil { body.append(contentsOf: argument.utf8) }
-            body.append(13)
-            body.append(10)
-            ends.append(body.count)
-        }
+        for argument in arguments { Self.frame(argument, into: &body, ends: &ends) }
         self.body = body
         self.ends = ends
     }
 
     /// Appends a text argument (sent as its UTF-8 bytes).
     package mutating func append(_ argument: String) {
-        append(bytes: argument.utf8)
+        Self.frame(argument, into: &body, ends: &ends)
     }
 
     /// Appends a binary argument.
     package mutating func append(bytes argument: some Collection<UInt8>) {
         appendHeader(UInt8(ascii: "$"), argument.count, to: &body)
         body.append(contentsOf: argument)
+        Self.endArgument(&body, &ends)
+    }
+
+    /// Appends `argument` framed to `body`, and where it ends to `ends` (on locals, in `init`:
+    /// no uniqueness check of the command's own arrays per argument).
+    @inline(__always)
+    private static func frame(_ argument: String, into body: inout [UInt8], ends: inout [Int]) {
+        appendHeader(UInt8(ascii: "$"), argument.utf8.count, to: &body)
+        // A native string's bytes go in one copy.
+        let copied: Void? = argument.utf8.withContiguousStorageIfAvailable { body.append(contentsOf: $0) }
+        if copied == nil { body.append(contentsOf: argument.utf8) }
+        endArgument(&body, &ends)
+    }
+
+    /// Closes the argument whose bytes were just appended: `\r\n`, and where it ends.
+    @inline(__always)
+    private static func endArgument(_ body: inout [UInt8], _ ends: inout [Int]) {
         body.append(13)
         body.append(10)
         ends.append(body.count)

@@ -209,11 +209,15 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let item = inFlight[head]
             head += 1
             stagedCount = min(stagedCount, inFlight.count - head)
-            if head == inFlight.count {
-                inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
-                head = 0
-            }
+            compactInFlight()
             return item
+        }
+
+        /// Empties `inFlight` once every entry is answered, rather than let it grow.
+        private mutating func compactInFlight() {
+            guard head == inFlight.count else { return }
+            inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
+            head = 0
         }
 
         /// Hands the staged bytes to the caller, which becomes the I/O owner.
@@ -229,10 +233,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let staged = inFlight.suffix(stagedCount).map(\.command)
             inFlight.removeLast(stagedCount)
             stagedCount = 0
-            if head == inFlight.count {
-                inFlight.removeAll(keepingCapacity: inFlight.count <= 1_024)
-                head = 0
-            }
+            compactInFlight()
             return staged
         }
     }
@@ -347,18 +348,21 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
-        if state.unansweredCount == 0 { state.waitingSince = .now }
         if let fallback = command.fallback,
            !(last && state.unansweredCount == 0 && command.command.scriptDigestPrefix.map(state.confirmedScripts.contains) == true)
         {
-            fallback.appendWire(to: &state.output)
-            state.inFlight.append(InFlight(command: command, sentAsScriptHash: false))
+            Self.format(fallback, of: command, asScriptHash: false, in: &state)
         } else {
-            command.command.appendWire(to: &state.output)
-            let hashed = command.fallback != nil
-            if hashed { state.heldByScriptHash = true }
-            state.inFlight.append(InFlight(command: command, sentAsScriptHash: hashed))
+            Self.format(command.command, of: command, asScriptHash: command.fallback != nil, in: &state)
         }
+    }
+
+    /// Puts `wire` (`command`'s command, or its `EVAL` form) in the output, as `command`'s.
+    private static func format(_ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, in state: inout State) {
+        if state.unansweredCount == 0 { state.waitingSince = .now }
+        wire.appendWire(to: &state.output)
+        if asScriptHash { state.heldByScriptHash = true }
+        state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash))
         state.stagedCount += 1
     }
 
@@ -481,17 +485,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         if case let .error(text) = reply, text.hasPrefix("NOSCRIPT") {
                             // Forgotten (SCRIPT FLUSH): confirmed again by an EVAL's answer.
                             if let digest = item.command.command.scriptDigestPrefix { state.confirmedScripts.removeAll { $0 == digest } }
-                        }
-                        // Only while nothing was written behind it (takeStalledOutput may have):
-                        // its EVAL then goes before everything queued. Else it fails with NOSCRIPT.
-                        if case let .error(text) = reply, text.hasPrefix("NOSCRIPT"), let fallback = item.command.fallback,
-                           state.unansweredCount == 0, state.output.isEmpty
-                        {
-                            if state.unansweredCount == 0 { state.waitingSince = .now }
-                            fallback.appendWire(to: &state.output)
-                            state.inFlight.append(InFlight(command: item.command, sentAsScriptHash: false))
-                            state.stagedCount += 1
-                            continue
+                            // Only while nothing was written behind it (takeStalledOutput may
+                            // have): its EVAL then goes before everything queued. Else the call
+                            // fails with NOSCRIPT.
+                            if let fallback = item.command.fallback, state.unansweredCount == 0, state.output.isEmpty {
+                                Self.format(fallback, of: item.command, asScriptHash: false, in: &state)
+                                continue
+                            }
                         }
                     }
                     if item.command.fallback != nil { Self.noteScriptRan(item.command.command, reply: reply, in: &state) }

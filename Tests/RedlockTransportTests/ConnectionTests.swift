@@ -18,6 +18,21 @@ private final class Replies: Sendable {
     }
 }
 
+/// Queues `commands` on `connection` at once, each with a handler (nobody awaits them); the
+/// returned closure waits until every one has its outcome and returns the outcomes in order.
+private func queueUnawaited(_ commands: [RedisCommand], on connection: RedisConnection) -> () async -> [Result<RedisValue, RedisError>] {
+    let replies = Replies()
+    let ended = OneTimeEvent<Void>()
+    for (index, command) in commands.enumerated() {
+        connection.send(command) { if replies.record(index, $0) == commands.count { ended.fire() } }
+    }
+    return {
+        await ended.wait()
+        let outcomes = replies.value
+        return commands.indices.compactMap { outcomes[$0] }
+    }
+}
+
 @Suite("Connection to one real node")
 struct ConnectionTests {
     @Test("answers PING, stores and reads back binary values")
@@ -262,15 +277,10 @@ struct ConnectionTests {
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(300)))
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             try await server.pause()
-            let replies = Replies()
-            let ended = OneTimeEvent<Void>()
             // An acquire, and its release right behind it (within the coalescing window).
-            for (index, command) in [RedisCommand("SET", "late", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "late")].enumerated() {
-                connection.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
-            }
+            let outcomes = queueUnawaited([RedisCommand("SET", "late", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "late")], on: connection)
             // Both fail once the connection times out; the node has read them by then.
-            await ended.wait()
-            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            #expect(await outcomes().allSatisfy { (try? $0.get()) == nil })
             try server.resume()
             _ = try await server.run(RedisCommand("PING"))
             #expect(try await server.run(RedisCommand("EXISTS", "late")) == .integer(0), "the SET ran on waking, without the DEL")
@@ -285,17 +295,14 @@ struct ConnectionTests {
             var connection: RedisConnection? = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(10)))
             #expect(try await connection?.send(RedisCommand("PING")) == .simpleString("PONG"))
             try await server.pause()
-            let replies = Replies()
-            let ended = OneTimeEvent<Void>()
             // An acquire, and its release right behind it (within the coalescing window, so
             // the release waits for the acquire's answer); then the last reference goes.
-            for (index, command) in [RedisCommand("SET", "dropped", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "dropped")].enumerated() {
-                connection?.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
-            }
+            let outcomes = try queueUnawaited(
+                [RedisCommand("SET", "dropped", "mine", "NX", "PX", "30000"), RedisCommand("DEL", "dropped")], on: #require(connection)
+            )
             connection = nil
             // Both fail at once: nobody is left to read their answers.
-            await ended.wait()
-            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            #expect(await outcomes().allSatisfy { (try? $0.get()) == nil })
             try server.resume()
             _ = try await server.run(RedisCommand("PING"))
             #expect(try await server.run(RedisCommand("EXISTS", "dropped")) == .integer(0), "the SET ran on waking, without the DEL")
@@ -350,16 +357,29 @@ struct ConnectionTests {
             try #require(answered)
             let generation = connection.connectionGeneration
             try await server.pause()
-            let replies = Replies()
-            let ended = OneTimeEvent<Void>()
-            for (index, command) in [RedisCommand("SET", "order", "first"), RedisCommand("SET", "order", "second")].enumerated() {
-                connection.send(command) { if replies.record(index, $0) == 2 { ended.fire() } }
-            }
-            await ended.wait()
-            #expect(replies.value.values.allSatisfy { (try? $0.get()) == nil })
+            let outcomes = queueUnawaited([RedisCommand("SET", "order", "first"), RedisCommand("SET", "order", "second")], on: connection)
+            #expect(await outcomes().allSatisfy { (try? $0.get()) == nil })
             #expect(connection.connectionGeneration == generation, "a command went out again on a new connection")
             try server.resume()
             await connection.shutdown()
+        }
+    }
+
+    @Test("one event loop serves more sockets ready at once than a turn reports (32): every connection's answer is read")
+    func moreReadySocketsThanOneTurn() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "many-ready")
+            let connections = (0..<80).map { _ in
+                RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)), eventLoop: loop)
+            }
+            for connection in connections { #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG")) }
+            // Each round: 80 commands written, then 80 answers ready on one loop.
+            for _ in 0..<5 {
+                let outcomes = connections.map { queueUnawaited([RedisCommand("PING")], on: $0) }
+                for outcome in outcomes { #expect(await outcome().allSatisfy { (try? $0.get()) == .simpleString("PONG") }) }
+            }
+            for connection in connections { await connection.shutdown() }
+            await loop.shutdown()
         }
     }
 
