@@ -121,7 +121,7 @@ public struct DistributedLock: Sendable {
         client.noteRefusedAnnouncements(in: votes)
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
-            // published message to come back (it carries the same value and counts once).
+            // published messages to come back (they carry the same value: the same release).
             if claimed == nil, !options.fair { client.coordination.announce(name, release: lease.value.utf8) }
             client.metrics.released(failure: nil)
             return

@@ -10,13 +10,14 @@ import Synchronization
 ///
 /// - A `lock()` that makes more than one attempt is *acquiring* from its first attempt on
 ///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
-///   (its *generation*), so a release in this process that lands while an attempt is in flight
-///   is never missed.
-/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:)``) with its
-///   next attempt prepared. The release wakes the longest-waiting waiter only: in this process
-///   the releaser sends that attempt right behind its deletes (``handOff(_:release:)``); from
-///   another process the subscriber's thread sends it as the message is read
-///   (``announce(_:release:)``). Either way the waiter is resumed once, when its votes are in.
+///   (its *generation*), so a release that lands while an attempt is in flight is never
+///   missed; a release from another process advances it once per node heard, since the attempt
+///   may have reached a node before the release did there.
+/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:watch:)``)
+///   with its next attempt prepared. The release wakes the longest-waiting waiter only: in this
+///   process the releaser sends that attempt right behind its deletes (``handOff(_:release:)``);
+///   from another process the subscriber's thread sends it as the message is read
+///   (``announce(_:release:node:)``). Either way the waiter is resumed once, when its votes are in.
 /// - A fair lock's release names the waiter it handed the lock to, on a channel of the waiter's
 ///   client (``handoffTag``), so only that waiter's process hears it and only that waiter wakes
 ///   (``handedOff(_:message:node:)``). A waiter that watches for handoffs (``HandoffWatch``)
@@ -39,6 +40,8 @@ final class LocalCoordination: Sendable {
     /// A `lock()` waiting for a release, and the attempt to send for it.
     private struct ReleaseWaiter {
         let waiter: Waiter
+        /// The generation before its last attempt went out.
+        let after: UInt64
         let next: PreparedFanOut?
         /// A fair lock's value: a release on the nodes that hands the lock to it names it.
         let value: [UInt8]?
@@ -123,8 +126,14 @@ final class LocalCoordination: Sendable {
         /// lock is free, so the attempt after it keeps the planned retry delay).
         var releaseGeneration: UInt64 = 0
         /// The value of the last release counted (the same release heard from several nodes
-        /// counts once).
+        /// wakes one waiter of those waiting before it; see ``LocalCoordination/announce(_:release:node:)``).
         var lastRelease: [UInt8] = []
+        /// The generation the last release brought when first counted.
+        var lastReleaseGeneration: UInt64 = 0
+        /// The nodes whose message of the last release was heard; the same value again from one
+        /// of them is a new release. All of them after a release handed over in this process
+        /// (it is not published).
+        var lastReleaseNodes: Set<Int> = []
         /// Longest waiting first; may hold waiters that already ended (they remove themselves).
         var waiters: [ReleaseWaiter] = []
         /// `lock()` calls between their first attempt and their return.
@@ -147,11 +156,13 @@ final class LocalCoordination: Sendable {
 
         var isUnused: Bool { acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil }
 
-        /// Counts a release of the lease whose value is `release`.
-        mutating func count(_ release: some Collection<UInt8>) {
+        /// Counts a release of the lease whose value is `release`, heard from `nodes`.
+        mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>) {
             lastRelease = Array(release)
             generation &+= 1
             releaseGeneration = generation
+            lastReleaseGeneration = generation
+            lastReleaseNodes = nodes
         }
 
         /// Whether a release was counted after `earlier`, a generation this name had.
@@ -159,10 +170,11 @@ final class LocalCoordination: Sendable {
             releaseGeneration != 0 && generation &- releaseGeneration < generation &- earlier
         }
 
-        /// Takes the longest-waiting waiter still waiting out of the line and claims it.
-        mutating func claimLongestWaiting() -> Claimed? {
-            while !waiters.isEmpty {
-                let first = waiters.removeFirst()
+        /// Takes the longest-waiting waiter still waiting whose last attempt went out at
+        /// generation `since` or later out of the line, and claims it.
+        mutating func claimLongestWaiting(since: UInt64 = 0) -> Claimed? {
+            while let index = waiters.firstIndex(where: { $0.after >= since }) {
+                let first = waiters.remove(at: index)
                 if let continuation = first.waiter.claim(byRelease: true) {
                     return Claimed(waiter: first.waiter, continuation: continuation, next: first.next)
                 }
@@ -267,6 +279,11 @@ final class LocalCoordination: Sendable {
     /// ``generation(of:)``), rather than only confirmations of its subscription.
     func released(_ name: String, since generation: UInt64) -> Bool {
         state.withLock { $0.names[LockKey(name)]?.releasedSince(generation) ?? false }
+    }
+
+    /// The value of the last release of `name` counted, empty for none (for tests).
+    func lastRelease(of name: String) -> [UInt8] {
+        state.withLock { $0.names[LockKey(name)]?.lastRelease ?? [] }
     }
 
     /// How many handoff messages of `name` this client's subscribers read (for tests).
@@ -383,7 +400,7 @@ final class LocalCoordination: Sendable {
                 },
                 onMessage: { [weak self] channel, payload in
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
-                        self?.announce(name, release: payload)
+                        self?.announce(name, release: payload, node: index)
                     } else if let name = self?.name(ofHandoffChannel: channel) {
                         self?.handedOff(name, message: HandoffMessage(payload), node: index)
                     }
@@ -483,7 +500,7 @@ final class LocalCoordination: Sendable {
                         watch = counting
                     }
                 }
-                entry.waiters.append(ReleaseWaiter(waiter: waiter, next: next, value: bytes, watch: watch))
+                entry.waiters.append(ReleaseWaiter(waiter: waiter, after: generation, next: next, value: bytes, watch: watch))
                 return .waiting
             }
             if let claimAfter {
@@ -504,22 +521,39 @@ final class LocalCoordination: Sendable {
     func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         state.withLock { state in
             guard let claimed = state.names[LockKey(name)]?.claimLongestWaiting() else { return nil }
-            state.names[LockKey(name)]?.count(release)
+            // Not published: any message of this value to come is of another release.
+            state.names[LockKey(name)]?.count(release, from: Set(nodes.indices))
             return claimed
         }
     }
 
-    /// Records the release `release` (the released lease's value) of `name`, heard from a node or
-    /// made in this process, and wakes the longest-waiting waiter, sending its prepared attempt
-    /// first. Releases of names nobody acquires are ignored; each release counts once.
-    func announce(_ name: String, release: some Collection<UInt8>) {
+    /// Records the release `release` (the released lease's value) of `name`, heard from node
+    /// `node` or (nil) made in this process, and wakes the longest-waiting waiter, sending its
+    /// prepared attempt first. Releases of names nobody acquires are ignored.
+    ///
+    /// One release is heard from every node it deleted a key on, each message in its own time.
+    /// The first wakes one waiter; each later one advances the generation and wakes the longest
+    /// waiting of those whose last attempt went out after the first: such an attempt may have
+    /// reached a node before the release did there and found it taken, and no other message
+    /// would come to say that node is free now. Waiters that waited before the first message
+    /// stay in line: the waiter it woke is trying. A message of the same value from a node
+    /// already heard is a new release (a value of the caller's own, released again); the
+    /// releaser's own report of a value already counted is not.
+    func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil) {
         let claimed: Claimed? = state.withLock { state in
             guard var entry = state.names[LockKey(name)] else { return nil }
-            guard release.isEmpty || !entry.lastRelease.elementsEqual(release) else { return nil }
-            entry.count(release)
-            let claimed = entry.claimLongestWaiting()
-            state.names[LockKey(name)] = entry
-            return claimed
+            defer { state.names[LockKey(name)] = entry }
+            if !release.isEmpty, entry.lastRelease.elementsEqual(release) {
+                guard let node else { return nil }
+                if !entry.lastReleaseNodes.contains(node) {
+                    entry.lastReleaseNodes.insert(node)
+                    entry.generation &+= 1
+                    entry.releaseGeneration = entry.generation
+                    return entry.claimLongestWaiting(since: entry.lastReleaseGeneration)
+                }
+            }
+            entry.count(release, from: node.map { [$0] } ?? [])
+            return entry.claimLongestWaiting()
         }
         if let claimed { send(claimed) }
     }

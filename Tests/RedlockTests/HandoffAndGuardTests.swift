@@ -1,6 +1,6 @@
 import Logging
 import MetricsTestKit
-import Redlock
+@testable import Redlock
 import RedlockTestSupport
 import RedlockTransport
 import Testing
@@ -83,6 +83,47 @@ struct HandoffAndGuardTests {
                 print("missed-release rounds: from the release to the waiter's lock() returning, median \(afterRelease[20]), max \(afterRelease[39])")
             } teardown: {
                 await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a lock() in another client that starts after the release was heard from one node, while it is still on its way to the others, is woken by their messages, not left sleeping out its 20 s retry delay")
+    func releaseHeardNodeByNode() async throws {
+        try await withLockNodes(5) { waiterClient, servers in
+            // The holder reaches nodes 1–4 through proxies that hold its release back.
+            let proxies = try servers.dropFirst().map { try FaultProxy.start(to: $0.endpoint) }
+            defer { for proxy in proxies { proxy.stop() } }
+            let holderClient = try RedlockClient(nodes: [servers[0].configuration(commandTimeout: .seconds(10))] + proxies.map {
+                RedisConnectionConfiguration(endpoint: $0.endpoint, commandTimeout: .seconds(10))
+            })
+            try await withTeardown {
+                let name = "node-by-node"
+                let holder = try holderClient.makeLock(name, options: LockOptions(expiry: .seconds(30), timeoutFactor: 0.5))
+                let waiter = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+                // A first round subscribes the waiter's client; the subscription lingers for the second.
+                let first = try await holder.lock()
+                let subscribing = Task { try await waiter.lock() }
+                try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
+                try await holder.unlock(first)
+                try await waiter.unlock(subscribing.value)
+
+                let lease = try await holder.lock()
+                for proxy in proxies { proxy.set(.stall([.toNode])) }
+                let releasing = Task { try await holder.unlock(lease) }
+                // Node 0 released and published; nodes 1–4 still hold the key.
+                try #require(await eventually { waiterClient.coordination.lastRelease(of: name) == Array(lease.value.utf8) })
+                let waiting = Task { try await waiter.lock() }
+                // Its attempt found nodes 1–4 taken, after the release it heard.
+                try #require(await eventually { waiterClient.coordination.waiterCount(of: name) == 1 })
+                let freed = ContinuousClock.now
+                for proxy in proxies { proxy.set(.none) }
+                let next = try await waiting.value
+                #expect(freed.duration(to: .now) < .seconds(10), "\(freed.duration(to: .now))")
+                try await releasing.value
+                try await waiter.unlock(next)
+            } teardown: {
+                for proxy in proxies { proxy.set(.none) }
+                await holderClient.shutdown()
             }
         }
     }

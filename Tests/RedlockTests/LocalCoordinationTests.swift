@@ -35,7 +35,7 @@ struct LocalCoordinationTests {
         #expect(Set([LockKey(first), LockKey(second), LockKey(first)]).count == 2)
     }
 
-    @Test("only names being acquired are counted, one release heard from several nodes counts once, and the last acquirer drops the name")
+    @Test("only names being acquired are counted, the releaser's own report of a release heard counts nothing, and the last acquirer drops the name")
     func counting() {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
@@ -44,7 +44,7 @@ struct LocalCoordinationTests {
 
         coordination.beginAcquiring("busy")
         coordination.beginAcquiring("busy")
-        coordination.announce("busy", release: Array("v1".utf8))
+        coordination.announce("busy", release: Array("v1".utf8), node: 3)
         coordination.announce("busy", release: Array("v1".utf8))
         #expect(coordination.generation(of: "busy") == 1)
         coordination.announce("busy", release: Array("v2".utf8))
@@ -56,6 +56,70 @@ struct LocalCoordinationTests {
         #expect(coordination.generation(of: "busy") == 0)
         coordination.announce("busy", release: Array("v3".utf8))
         #expect(coordination.generation(of: "busy") == 0)
+    }
+
+    @Test("a release heard from several nodes: the first message wakes the longest waiting, each later one a waiter whose attempt went out after the first (it may have found that node still taken), never one that waited before; the same value again from a node already heard is a new release")
+    func releaseHeardFromSeveralNodes() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let released = Array("v1".utf8)
+        let first = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let second = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(31), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
+
+        coordination.announce("name", release: released, node: 0)
+        #expect(await first.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 1)
+        // Node 1's message advances the generation, and wakes nobody: `second` waited before
+        // the release, and the waiter woken for it is trying.
+        coordination.announce("name", release: released, node: 1)
+        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.waiterCount(of: "name") == 1)
+        #expect(coordination.released("name", since: 1))
+
+        // A waiter whose attempt went out after the first message (generation 2): node 2's
+        // message wakes it, ahead of `second`.
+        let late = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(32), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
+        coordination.announce("name", release: released, node: 2)
+        #expect(await late.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 3)
+        #expect(coordination.waiterCount(of: "name") == 1)
+
+        // The releaser's report of the same release counts nothing; the same value from node 0
+        // again is another release (a value of the caller's own), which wakes `second`.
+        coordination.announce("name", release: released)
+        #expect(coordination.generation(of: "name") == 3)
+        coordination.announce("name", release: released, node: 0)
+        #expect(await second.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 4)
+    }
+
+    @Test("a release handed over in this process is not published: a message of its value from a node is another release")
+    func handedOverReleaseIsNotEchoed() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        // One node (never connected to: the waiters have no attempt to send).
+        let nodes = [RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .hostname("127.0.0.1", port: 1)))]
+        let coordination = LocalCoordination(nodes: nodes, sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let handed = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let next = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(31), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
+        let claimed = try #require(coordination.handOff("name", release: Array("v1".utf8)))
+        claimed.resume(sentAt: .now)
+        #expect(await handed.value.woken)
+        #expect(coordination.waiterCount(of: "name") == 1)
+        // Heard as a later node's message of the same release, it would wake only waiters whose
+        // attempt went out after the handoff: not `next`, which waited before.
+        coordination.announce("name", release: Array("v1".utf8), node: 0)
+        #expect(await next.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 2)
     }
 
     @Test("a waiter returns at once for a release it missed, and at its timeout without one")
