@@ -190,7 +190,8 @@ public final class RedlockClient: Sendable {
     /// written first, and answers are awaited for at most the command timeout, capped at 500 ms.
     /// A client released without `shutdown()` writes them too (unless a socket refuses the
     /// write), but closes its sockets without waiting for answers; a command still waiting for
-    /// its connection to open is dropped then (its key, if any, expires with the lock's expiry).
+    /// its connection to open is written once it opens (within the connect timeout), then that
+    /// socket closes.
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
         deadlines.stop()

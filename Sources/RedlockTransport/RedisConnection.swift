@@ -53,9 +53,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     deinit {
         // Nobody is left to await an answer, but what was queued still goes out: a release
         // queued behind an unanswered acquire reaches a frozen node before the close, so the
-        // node runs both when it wakes. Then the socket closes at once.
-        core.beginShutdown()
-        core.interrupt()
+        // node runs both when it wakes; one queued while the connection is being made goes out
+        // once it is made (within the connect timeout). Then the socket closes at once.
+        core.abandon()
     }
 
     /// The node's endpoint.
@@ -117,7 +117,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// finishes on its own thread (within the connect timeout) and closes what it opened.
     /// A connection released without `shutdown()` writes what is queued on its open socket (a
     /// write the socket refuses fails those commands with that error) and closes it at once;
-    /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``.
+    /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``. Commands queued
+    /// while it connects are written once it is connected (within the connect timeout), and the
+    /// socket closes at once.
     public func shutdown() async {
         core.beginShutdown()
         let grace = min(configuration.commandTimeout, .milliseconds(500))
@@ -194,6 +196,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// Since when the oldest unanswered command waits for bytes from the server.
         var waitingSince: ContinuousClock.Instant?
         var shuttingDown = false
+        /// The connection object went while connecting with commands queued: they are written
+        /// once the connection is made, then it closes (``ConnectionCore/abandon()``).
+        var closeOnceWritten = false
         var exitSignalled = false
         /// A host name that failed to resolve, and until when that answer stands.
         var failedResolution: (RedisError, ContinuousClock.Instant)?
@@ -599,12 +604,30 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Installs a new socket and writes what waited for it, or fails what waited.
     private func connected(_ outcome: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
         var effects = Effects()
+        var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             switch outcome {
             case let .success(socket):
                 guard !state.exitSignalled else {
                     // Shut down while connecting: the commands were failed then.
                     socket.close()
+                    return nil
+                }
+                if state.closeOnceWritten {
+                    // Nobody is left to read an answer, and the event loop may be stopping with
+                    // the client: the queue goes out as far as the socket takes it now, then
+                    // the socket closes. A new socket has run no script: each goes as `EVAL`.
+                    var bytes: [UInt8] = []
+                    for command in state.queue where command.shouldSend {
+                        (command.fallback ?? command.command).appendWire(to: &bytes)
+                    }
+                    let failure = error(.shutdown, "the connection was shut down before the server answered")
+                    for command in state.queue { effects.completions.append((command, .failure(failure))) }
+                    state.queue.removeAll()
+                    state.phase = .idle
+                    state.exitSignalled = true
+                    effects.exited = true
+                    lastWrite = (socket, bytes)
                     return nil
                 }
                 state.failedResolution = nil
@@ -642,6 +665,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
         if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
+        }
+        if let (socket, bytes) = lastWrite {
+            _ = socket.write(bytes)
+            socket.close()
         }
         perform(effects)
     }
@@ -695,6 +722,22 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     // MARK: Shutdown
+
+    /// The connection object is gone: writes what is queued and closes the socket at once
+    /// (``beginShutdown()``, then ``interrupt()``). While a connection is being made for queued
+    /// commands, they wait for it (within the connect timeout): once made, they are written as
+    /// far as the socket takes them at once, and it closes; if it fails, they fail with it.
+    func abandon() {
+        let waitsForConnect = state.withLock { state in
+            guard state.phase == .connecting, !state.queue.isEmpty, !state.exitSignalled else { return false }
+            state.shuttingDown = true
+            state.closeOnceWritten = true
+            return true
+        }
+        guard !waitsForConnect else { return }
+        beginShutdown()
+        interrupt()
+    }
 
     /// Stops accepting commands; what is queued is still sent and answered, then the socket closes.
     func beginShutdown() {

@@ -309,6 +309,35 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a command queued while the connection is being made still goes out when the connection object goes first: it is written once the connection is made, then the socket closes")
+    func droppedWhileConnectingWritesItsQueue() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            // Database 1: the connection is made only once the node answered its SELECT.
+            let configuration = RedisConnectionConfiguration(
+                endpoint: server.endpoint, database: 1, connectTimeout: .seconds(10), commandTimeout: .seconds(10)
+            )
+            let observer = RedisConnection(configuration: configuration)
+            #expect(try await observer.send(RedisCommand("SET", "abandoned", "held", "PX", "30000")) == .simpleString("OK"))
+            // Frozen, the node's kernel still accepts the connection; its SELECT waits.
+            try await server.pause()
+            var connection: RedisConnection? = RedisConnection(configuration: configuration)
+            let outcomes = try queueUnawaited([RedisCommand("DEL", "abandoned")], on: #require(connection))
+            connection = nil
+            try server.resume()
+            // It completes: answered if the answer came before the close, else failed.
+            #expect(await outcomes().count == 1)
+            // It runs once the node read it, which the observer's connection cannot tell: within 5 s.
+            var exists = try await observer.send(RedisCommand("EXISTS", "abandoned"))
+            for _ in 0..<500 where exists != .integer(0) {
+                try await Task.sleep(for: .milliseconds(10))
+                exists = try await observer.send(RedisCommand("EXISTS", "abandoned"))
+            }
+            #expect(exists == .integer(0), "the DEL was not sent")
+            await observer.shutdown()
+        }
+    }
+
     @Test("a command staged while the event loop reads the server's close goes out on a new connection: none of it was written")
     func commandStagedAsTheServerCloses() async throws {
         // Each connection gets two answers, the end of the stream right behind the second.
