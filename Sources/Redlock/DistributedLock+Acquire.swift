@@ -130,7 +130,8 @@ extension DistributedLock {
                     watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
                 }
                 chance = await coordination.waitForRelease(
-                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch
+                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch,
+                    handedBy: chance.release
                 )
                 if let handoff = chance.handoff, let firstStart {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,

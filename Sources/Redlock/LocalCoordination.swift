@@ -11,13 +11,16 @@ import Synchronization
 /// - A `lock()` that makes more than one attempt is *acquiring* from its first attempt on
 ///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
 ///   (its *generation*), so a release that lands while an attempt is in flight is never
-///   missed; a release from another process advances it once per node heard, since the attempt
-///   may have reached a node before the release did there.
+///   missed; a published release advances it once per node heard (but for the nodes where this
+///   process's releaser saw its delete first), since an attempt may have reached a node before
+///   the release did there.
 /// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:watch:)``)
-///   with its next attempt prepared. The release wakes the longest-waiting waiter only: in this
+///   with its next attempt prepared. A release wakes the longest-waiting waiter (a later node's
+///   message of it, the longest waiting of those whose wait began after its first): in this
 ///   process the releaser sends that attempt right behind its deletes (``handOff(_:release:)``);
 ///   from another process the subscriber's thread sends it as the message is read
-///   (``announce(_:release:node:)``). Either way the waiter is resumed once, when its votes are in.
+///   (``announce(_:release:node:)``). Either way the waiter is resumed once, when its
+///   votes are in.
 /// - A fair lock's release names the waiter it handed the lock to, on a channel of the waiter's
 ///   client (``handoffTag``), so only that waiter's process hears it and only that waiter wakes
 ///   (``handedOff(_:message:node:)``). A waiter that watches for handoffs (``HandoffWatch``)
@@ -40,8 +43,13 @@ final class LocalCoordination: Sendable {
     /// A `lock()` waiting for a release, and the attempt to send for it.
     private struct ReleaseWaiter {
         let waiter: Waiter
-        /// The generation before its last attempt went out.
+        /// The generation its wait began from: read before its last attempt went out, or, for
+        /// an attempt sent for it by whoever heard a release, once that attempt's votes were in
+        /// (a node's message that came meanwhile is then not news to it: the short retry delay
+        /// after a release covers it).
         let after: UInt64
+        /// The release (``Name/lastReleaseGeneration``) whose hearer sent its last attempt.
+        let handedBy: UInt64?
         let next: PreparedFanOut?
         /// A fair lock's value: a release on the nodes that hands the lock to it names it.
         let value: [UInt8]?
@@ -134,6 +142,11 @@ final class LocalCoordination: Sendable {
         /// of them is a new release. All of them after a release handed over in this process
         /// (it is not published).
         var lastReleaseNodes: Set<Int> = []
+        /// Nodes whose message of the last release says nothing new: the release was made in
+        /// this process.
+        var lastReleaseEchoes: Set<Int> = []
+        /// The value of the last release this process published.
+        var ownRelease: [UInt8] = []
         /// Longest waiting first; may hold waiters that already ended (they remove themselves).
         var waiters: [ReleaseWaiter] = []
         /// `lock()` calls between their first attempt and their return.
@@ -156,27 +169,37 @@ final class LocalCoordination: Sendable {
 
         var isUnused: Bool { acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil }
 
-        /// Counts a release of the lease whose value is `release`, heard from `nodes`.
-        mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>) {
+        /// Counts a release of the lease whose value is `release`, heard from `nodes`; the
+        /// messages of `echoes` say nothing new.
+        mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>, echoes: Set<Int> = []) {
             lastRelease = Array(release)
             generation &+= 1
             releaseGeneration = generation
             lastReleaseGeneration = generation
             lastReleaseNodes = nodes
+            lastReleaseEchoes = echoes.subtracting(nodes)
+        }
+
+        /// Whether generation `earlier` came before generation `later` (both ones this name had).
+        func isBefore(_ earlier: UInt64, _ later: UInt64) -> Bool {
+            generation &- later < generation &- earlier
         }
 
         /// Whether a release was counted after `earlier`, a generation this name had.
         func releasedSince(_ earlier: UInt64) -> Bool {
-            releaseGeneration != 0 && generation &- releaseGeneration < generation &- earlier
+            releaseGeneration != 0 && isBefore(earlier, releaseGeneration)
         }
 
-        /// Takes the longest-waiting waiter still waiting whose last attempt went out at
-        /// generation `since` or later out of the line, and claims it.
-        mutating func claimLongestWaiting(since: UInt64 = 0) -> Claimed? {
-            while let index = waiters.firstIndex(where: { $0.after >= since }) {
+        /// Takes the longest-waiting waiter still waiting out of the line and claims it for the
+        /// last release; with `laterMessage`, only one whose wait began at or after the release's
+        /// first message, and whose last attempt was not sent for that release (it retries soon,
+        /// with the short delay after a release).
+        mutating func claimLongestWaiting(laterMessage: Bool = false) -> Claimed? {
+            let release = lastReleaseGeneration
+            while let index = waiters.firstIndex(where: { !laterMessage || (!isBefore($0.after, release) && $0.handedBy != release) }) {
                 let first = waiters.remove(at: index)
                 if let continuation = first.waiter.claim(byRelease: true) {
-                    return Claimed(waiter: first.waiter, continuation: continuation, next: first.next)
+                    return Claimed(waiter: first.waiter, continuation: continuation, next: first.next, release: release)
                 }
             }
             return nil
@@ -192,6 +215,8 @@ final class LocalCoordination: Sendable {
         let next: PreparedFanOut?
         /// The handoffs that gave the waiter the lock (then nothing is sent).
         var handoff: HandoffGrant?
+        /// The release (its ``Name/lastReleaseGeneration``) the attempt is sent for, if any.
+        var release: UInt64?
 
         /// Resumes the waiter: once its votes are in when its attempt was sent at `sentAt`
         /// (one task hop, not two), at once when it has none to send or was handed the lock.
@@ -204,7 +229,8 @@ final class LocalCoordination: Sendable {
                 waiter.resume(continuation, handedOverAt: nil)
                 return
             }
-            round.whenFinished { waiter.resume(continuation, handedOverAt: sentAt) }
+            let release = release
+            round.whenFinished { waiter.resume(continuation, handedOverAt: sentAt, release: release) }
         }
     }
 
@@ -467,7 +493,8 @@ final class LocalCoordination: Sendable {
     /// lock to it (``handedOff(_:message:node:)``) or by one that found nobody in line. With
     /// `watch`, the handoffs it hears count as grants (``WaitOutcome/handoff``).
     func waitForRelease(
-        of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil, watch: HandoffWatch? = nil
+        of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil, watch: HandoffWatch? = nil,
+        handedBy: UInt64? = nil
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
@@ -500,7 +527,7 @@ final class LocalCoordination: Sendable {
                         watch = counting
                     }
                 }
-                entry.waiters.append(ReleaseWaiter(waiter: waiter, after: generation, next: next, value: bytes, watch: watch))
+                entry.waiters.append(ReleaseWaiter(waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch))
                 return .waiting
             }
             if let claimAfter {
@@ -517,42 +544,62 @@ final class LocalCoordination: Sendable {
     /// For a release being made in this process: counts it and claims the longest-waiting
     /// waiter of `name`, for the releaser to send the waiter's attempt right behind its deletes
     /// and then resume it. Returns nil (counting nothing) when nobody waits: the releaser then
-    /// announces its release once made.
+    /// publishes its release, and announces it once made.
     func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
         state.withLock { state in
-            guard let claimed = state.names[LockKey(name)]?.claimLongestWaiting() else { return nil }
+            let key = LockKey(name)
+            guard state.names[key] != nil else { return nil }
+            guard var claimed = state.names[key]?.claimLongestWaiting() else {
+                // Published: of its messages, only the first to come (or the releaser's report)
+                // is news here (see announce(_:release:node:)).
+                state.names[key]?.ownRelease = Array(release)
+                return nil
+            }
             // Not published: any message of this value to come is of another release.
-            state.names[LockKey(name)]?.count(release, from: Set(nodes.indices))
+            state.names[key]?.count(release, from: Set(nodes.indices))
+            claimed.release = state.names[key]?.lastReleaseGeneration
             return claimed
         }
     }
 
     /// Records the release `release` (the released lease's value) of `name`, heard from node
-    /// `node` or (nil) made in this process, and wakes the longest-waiting waiter, sending its
+    /// `node`, or (nil) made in this process; wakes the longest-waiting waiter, sending its
     /// prepared attempt first. Releases of names nobody acquires are ignored.
     ///
-    /// One release is heard from every node it deleted a key on, each message in its own time.
-    /// The first wakes one waiter; each later one advances the generation and wakes the longest
-    /// waiting of those whose last attempt went out after the first: such an attempt may have
-    /// reached a node before the release did there and found it taken, and no other message
-    /// would come to say that node is free now. Waiters that waited before the first message
-    /// stay in line: the waiter it woke is trying. A message of the same value from a node
-    /// already heard is a new release (a value of the caller's own, released again); the
-    /// releaser's own report of a value already counted is not.
+    /// A published release is heard from every node it deleted the key on, each message in its
+    /// own time. The first wakes one waiter; each later one advances the generation and wakes
+    /// the longest waiting of those whose wait began after the first, but for one whose last
+    /// attempt was sent for this release (it retries with the short delay after a release):
+    /// such a waiter's attempt may have reached a node before the release did there and found
+    /// it taken, and no other message would come to say that node is free now. Waiters that
+    /// waited before the first message stay in line: the waiter it woke is trying. A release
+    /// made in this process went out on each node's connection before any attempt this process
+    /// sends after it, so of its messages and the releaser's report only the first is news
+    /// here. A message of the same value from a node already heard is a new release (a value of
+    /// the caller's own, released again).
     func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil) {
         let claimed: Claimed? = state.withLock { state in
             guard var entry = state.names[LockKey(name)] else { return nil }
             defer { state.names[LockKey(name)] = entry }
             if !release.isEmpty, entry.lastRelease.elementsEqual(release) {
-                guard let node else { return nil }
+                guard let node else {
+                    // The releaser's own report, after a node's message: the rest are echoes.
+                    entry.lastReleaseEchoes.formUnion(Set(nodes.indices).subtracting(entry.lastReleaseNodes))
+                    return nil
+                }
+                if entry.lastReleaseEchoes.remove(node) != nil {
+                    entry.lastReleaseNodes.insert(node)
+                    return nil
+                }
                 if !entry.lastReleaseNodes.contains(node) {
                     entry.lastReleaseNodes.insert(node)
                     entry.generation &+= 1
                     entry.releaseGeneration = entry.generation
-                    return entry.claimLongestWaiting(since: entry.lastReleaseGeneration)
+                    return entry.claimLongestWaiting(laterMessage: true)
                 }
             }
-            entry.count(release, from: node.map { [$0] } ?? [])
+            let own = node == nil || (!release.isEmpty && entry.ownRelease.elementsEqual(release))
+            entry.count(release, from: node.map { [$0] } ?? [], echoes: own ? Set(nodes.indices) : [])
             return entry.claimLongestWaiting()
         }
         if let claimed { send(claimed) }

@@ -305,7 +305,8 @@ enum Scripts {
     }
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` a channel to publish the release on (with
-    /// the value as the message, so that listeners count one release once), or empty. Returns 1
+    /// the value as the message, so that listeners tell one release's messages from the nodes
+    /// apart from another release's), or empty. Returns 1
     /// when deleted, 2 when deleted but the announcement was refused (a user without channel
     /// permissions: Redis 7's `acl-pubsub-default` is `resetchannels`), 0 when another holder's
     /// value is there, -1 when the key is missing. The announcement is a hint: `pcall` keeps a

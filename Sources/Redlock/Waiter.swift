@@ -12,6 +12,9 @@ struct WaitOutcome: Sendable, Equatable {
     /// A fair lock's handoff heard from a quorum of nodes, counted as their grants (nil
     /// otherwise; no attempt was sent then).
     var handoff: HandoffGrant?
+    /// The release whose hearer sent the attempt (see ``handedOverAt``), as
+    /// ``LocalCoordination`` numbers them; nil otherwise.
+    var release: UInt64?
 }
 
 /// The nodes that handed a fair lock to a waiter, heard from their messages: each node's key
@@ -99,10 +102,13 @@ final class Waiter: Expiring {
 
     /// Resumes a claimed waiter, noting when its next attempt was sent for it (nil: not sent), or
     /// the handoff that gave it the lock.
-    func resume(_ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?, handoff: HandoffGrant? = nil) {
+    func resume(
+        _ continuation: UnsafeContinuation<Void, Never>, handedOverAt: ContinuousClock.Instant?, handoff: HandoffGrant? = nil, release: UInt64? = nil
+    ) {
         state.withLock { state in
             state.outcome.handedOverAt = handedOverAt
             state.outcome.handoff = handoff
+            state.outcome.release = release
         }
         continuation.resume()
     }

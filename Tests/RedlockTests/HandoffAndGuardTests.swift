@@ -106,8 +106,15 @@ struct HandoffAndGuardTests {
                 try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
                 try await holder.unlock(first)
                 try await waiter.unlock(subscribing.value)
+                // unlock() returns once a quorum deleted: the next lock() must find every node free.
+                let giveUp = ContinuousClock.now + .seconds(5)
+                while try await values(of: name, on: servers).contains(where: { $0 != nil }) {
+                    try #require(ContinuousClock.now < giveUp, "the waiter's keys stay")
+                    try await Task.sleep(for: .milliseconds(1))
+                }
 
                 let lease = try await holder.lock()
+                try #require(try await values(of: name, on: servers).allSatisfy { $0 == lease.value })
                 for proxy in proxies { proxy.set(.stall([.toNode])) }
                 let releasing = Task { try await holder.unlock(lease) }
                 // Node 0 released and published; nodes 1–4 still hold the key.

@@ -6,10 +6,14 @@ import Testing
 
 @Suite("Local coordination")
 struct LocalCoordinationTests {
-    /// A coordination with no nodes (nothing to subscribe to or send on), and its timer.
-    private func coordination() -> (LocalCoordination, DeadlineTimer) {
+    /// A coordination of `nodes` nodes never connected to (nothing is subscribed to or sent),
+    /// and its timer.
+    private func coordination(nodes: Int = 0) -> (LocalCoordination, DeadlineTimer) {
         let timer = DeadlineTimer()
-        return (LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer), timer)
+        let connections = (0..<nodes).map { _ in
+            RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .hostname("127.0.0.1", port: 1)))
+        }
+        return (LocalCoordination(nodes: connections, sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer), timer)
     }
 
     /// An attempt that asks no node: sending it finishes it at once.
@@ -98,13 +102,86 @@ struct LocalCoordinationTests {
         #expect(coordination.generation(of: "name") == 4)
     }
 
+    @Test("a release made in this process is not news when its nodes' messages come, before or after the releaser's report")
+    func releaserEchoes() async throws {
+        let (coordination, timer) = coordination(nodes: 5)
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let first = Array("v1".utf8)
+        coordination.announce("name", release: first)
+        #expect(coordination.generation(of: "name") == 1)
+        let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        for node in 0..<5 { coordination.announce("name", release: first, node: node) }
+        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.waiterCount(of: "name") == 1)
+
+        // Heard from a node before the releaser's report: the other nodes' messages are echoes.
+        let second = Array("v2".utf8)
+        coordination.announce("name", release: second, node: 4)
+        #expect(await late.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 2)
+        let later = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(31), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.announce("name", release: second)
+        for node in 0..<4 { coordination.announce("name", release: second, node: node) }
+        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.waiterCount(of: "name") == 1)
+        // Once heard, node 4's message of the same value is another release.
+        coordination.announce("name", release: second, node: 4)
+        #expect(await later.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 3)
+    }
+
+    @Test("a release this process publishes is news at its first node's message, before the releaser's report; its other nodes' messages are not")
+    func ownReleaseHeardFirst() async throws {
+        let (coordination, timer) = coordination(nodes: 5)
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let released = Array("v1".utf8)
+        // Nobody waits: the releaser publishes.
+        #expect(coordination.handOff("name", release: released) == nil)
+        let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.announce("name", release: released, node: 2)
+        #expect(await waiting.value == WaitOutcome(woken: true))
+        let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(31), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        for node in [0, 1, 3, 4] { coordination.announce("name", release: released, node: node) }
+        coordination.announce("name", release: released)
+        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.waiterCount(of: "name") == 1)
+        late.cancel()
+        #expect(await late.value == WaitOutcome(woken: false))
+    }
+
+    @Test("a later node's message of a release passes over a waiter whose last attempt was sent for that release: it retries with the short delay after a release")
+    func laterMessagePassesOverItsOwnClaim() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let released = Array("v1".utf8)
+        coordination.announce("name", release: released, node: 0)
+        let claimedBefore = Task {
+            await coordination.waitForRelease(of: "name", after: 1, timeout: .milliseconds(300), next: nil, handedBy: 1)
+        }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let other = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
+        coordination.announce("name", release: released, node: 1)
+        #expect(await other.value == WaitOutcome(woken: true))
+        coordination.announce("name", release: released, node: 2)
+        #expect(coordination.generation(of: "name") == 3)
+        #expect(await claimedBefore.value == WaitOutcome(woken: false), "its timeout ends it")
+    }
+
     @Test("a release handed over in this process is not published: a message of its value from a node is another release")
     func handedOverReleaseIsNotEchoed() async throws {
-        let timer = DeadlineTimer()
+        let (coordination, timer) = coordination(nodes: 1)
         defer { timer.stop() }
-        // One node (never connected to: the waiters have no attempt to send).
-        let nodes = [RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .hostname("127.0.0.1", port: 1)))]
-        let coordination = LocalCoordination(nodes: nodes, sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         coordination.beginAcquiring("name")
         defer { coordination.endAcquiring("name") }
         let handed = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
