@@ -114,7 +114,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///
     /// A server that does not answer gets a grace period of the command timeout, at most 500 ms;
     /// then the socket is closed and the remaining commands fail. A connect still in progress
-    /// finishes on its own thread (within the connect timeout) and closes what it opened.
+    /// finishes on its own thread (within the connect timeout): the commands that waited for it
+    /// fail at the grace period's end but are still written once it is made, then it closes.
     /// A connection released without `shutdown()` writes what is queued on its open socket (a
     /// write the socket refuses fails those commands with that error) and closes it at once;
     /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``. Commands queued
@@ -608,11 +609,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             switch outcome {
             case let .success(socket):
-                guard !state.exitSignalled else {
-                    // Shut down while connecting: the commands were failed then.
-                    socket.close()
-                    return nil
-                }
                 if state.closeOnceWritten {
                     // Nobody is left to read an answer, and the event loop may be stopping with
                     // the client: the queue goes out as far as the socket takes it now, then
@@ -625,9 +621,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     for command in state.queue { effects.completions.append((command, .failure(failure))) }
                     state.queue.removeAll()
                     state.phase = .idle
-                    state.exitSignalled = true
-                    effects.exited = true
+                    if !state.exitSignalled {
+                        state.exitSignalled = true
+                        effects.exited = true
+                    }
                     lastWrite = (socket, bytes)
+                    return nil
+                }
+                guard !state.exitSignalled else {
+                    // Shut down while connecting, with nothing queued: nothing to write.
+                    socket.close()
                     return nil
                 }
                 state.failedResolution = nil
@@ -726,7 +729,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// The connection object is gone: writes what is queued and closes the socket at once
     /// (``beginShutdown()``, then ``interrupt()``). While a connection is being made for queued
     /// commands, they wait for it (within the connect timeout): once made, they are written as
-    /// far as the socket takes them at once, and it closes; if it fails, they fail with it.
+    /// far as the socket takes them at once, and it closes; if it fails, they fail with it
+    /// (``interrupt()`` does the same, answering their callers at once).
     func abandon() {
         let waitsForConnect = state.withLock { state in
             guard state.phase == .connecting, !state.queue.isEmpty, !state.exitSignalled else { return false }
@@ -767,7 +771,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
             guard !state.exitSignalled else { return }
             let failure = error(.shutdown, "the connection was shut down before the server answered")
             for command in state.queue { effects.completions.append((command, .failure(failure))) }
-            state.queue.removeAll()
+            if state.phase == .connecting, !state.queue.isEmpty {
+                // Still written once connected (a release must reach the node), then closed:
+                // see connected(_:tookSince:). Their callers have their answer now.
+                state.closeOnceWritten = true
+            } else {
+                state.queue.removeAll()
+            }
             if state.socket != nil { drop(&state, failure, &effects) }
             if state.ioOwned {
                 // The owner closes the socket; the commands fail now.
