@@ -79,11 +79,14 @@ extension DistributedLock {
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
-        if tries > 1 { coordination.beginAcquiring(name) }
+        if tries > 1 { coordination.beginAcquiring(name, lane: lane) }
         defer { if tries > 1 { coordination.endAcquiring(name) } }
         var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
         var releasesHeard = coordination.generation(of: name)
         var chance = WaitOutcome(woken: false)
+        var acquired = false
+        // Woken by a release and ending without the lock: the next waiter gets the wake.
+        defer { if !acquired, chance.release != nil { coordination.passOn(name) } }
         // Whether a release came between the start of the wait before the last attempt and that
         // attempt's end: it may have reached some nodes after the attempt did.
         var releaseSeen = false
@@ -137,7 +140,10 @@ extension DistributedLock {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,
                     // passing on what was handed to it (acquire's clean-up).
                     if Task.isCancelled { throw cancelled("lock") }
-                    if let lease = handedLease(handoff, since: firstStart, value: value) { return lease }
+                    if let lease = handedLease(handoff, since: firstStart, value: value) {
+                        acquired = true
+                        return lease
+                    }
                 }
             }
             plannedDelay = drawn
@@ -150,7 +156,9 @@ extension DistributedLock {
             let start = chance.handedOverAt ?? .now
             if firstStart == nil { firstStart = start }
             switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, cleanedUp: &cleanedUp) {
-            case let .success(lease): return lease
+            case let .success(lease):
+                acquired = true
+                return lease
             case let .failure(error): lastError = error
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other

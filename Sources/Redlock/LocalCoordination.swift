@@ -11,12 +11,14 @@ import Synchronization
 /// - A `lock()` that makes more than one attempt is *acquiring* from its first attempt on
 ///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
 ///   (its *generation*), so a release that lands while an attempt is in flight is never
-///   missed; a published release advances it once per node heard (but for the nodes where this
-///   process's releaser saw its delete first), since an attempt may have reached a node before
-///   the release did there.
+///   missed; a release published by another process advances it once per node heard, since an
+///   attempt may have reached a node before the release did there (of a release made in this
+///   process only the first message or the releaser's report counts).
 /// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:watch:)``)
 ///   with its next attempt prepared. A release wakes the longest-waiting waiter (a later node's
-///   message of it, the longest waiting of those whose wait began after its first): in this
+///   message of it, the longest waiting of those whose wait began after its first and whose
+///   last attempt was not sent for it; a woken waiter that gives up passes the wake on with
+///   ``passOn(_:)``): in this
 ///   process the releaser sends that attempt right behind its deletes (``handOff(_:release:)``);
 ///   from another process the subscriber's thread sends it as the message is read
 ///   (``announce(_:release:node:)``). Either way the waiter is resumed once, when its
@@ -145,8 +147,12 @@ final class LocalCoordination: Sendable {
         /// Nodes whose message of the last release says nothing new: the release was made in
         /// this process.
         var lastReleaseEchoes: Set<Int> = []
-        /// The value of the last release this process published.
+        /// The value of the last release this process published, until its first message or
+        /// report is counted.
         var ownRelease: [UInt8] = []
+        /// The connection lanes of this name's `lock()` and `unlock()` calls in this process: a
+        /// release went out on each node's connection before a later attempt only on one lane.
+        var lanes: Set<ConnectionLane> = []
         /// Longest waiting first; may hold waiters that already ended (they remove themselves).
         var waiters: [ReleaseWaiter] = []
         /// `lock()` calls between their first attempt and their return.
@@ -272,8 +278,11 @@ final class LocalCoordination: Sendable {
 
     /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``):
     /// from now on its releases are counted.
-    func beginAcquiring(_ name: String) {
-        state.withLock { $0.names[LockKey(name), default: Name()].acquiring += 1 }
+    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) {
+        state.withLock { state in
+            state.names[LockKey(name), default: Name()].acquiring += 1
+            state.names[LockKey(name)]?.lanes.insert(lane)
+        }
     }
 
     /// Ends one ``beginAcquiring(_:)``. The last one drops the name, or starts its subscription's
@@ -545,14 +554,16 @@ final class LocalCoordination: Sendable {
     /// waiter of `name`, for the releaser to send the waiter's attempt right behind its deletes
     /// and then resume it. Returns nil (counting nothing) when nobody waits: the releaser then
     /// publishes its release, and announces it once made.
-    func handOff(_ name: String, release: some Collection<UInt8>) -> Claimed? {
+    func handOff(_ name: String, release: some Collection<UInt8>, lane: ConnectionLane = .shared) -> Claimed? {
         state.withLock { state in
             let key = LockKey(name)
             guard state.names[key] != nil else { return nil }
+            state.names[key]?.lanes.insert(lane)
             guard var claimed = state.names[key]?.claimLongestWaiting() else {
                 // Published: of its messages, only the first to come (or the releaser's report)
-                // is news here (see announce(_:release:node:)).
-                state.names[key]?.ownRelease = Array(release)
+                // is news here (see announce(_:release:node:)), unless the name's calls use two
+                // lanes.
+                if state.names[key]?.lanes.count == 1 { state.names[key]?.ownRelease = Array(release) }
                 return nil
             }
             // Not published: any message of this value to come is of another release.
@@ -560,6 +571,16 @@ final class LocalCoordination: Sendable {
             claimed.release = state.names[key]?.lastReleaseGeneration
             return claimed
         }
+    }
+
+    /// A `lock()` whose last attempt was sent for a release ends without the lock (its last try,
+    /// its deadline, its cancellation, nodes that refuse for good): the longest-waiting waiter
+    /// left is woken in its place, with its prepared attempt. The waiters that waited before
+    /// that release are passed over by its later messages (the woken one was trying), so else
+    /// they could sleep out their delay while the lock is free.
+    func passOn(_ name: String) {
+        let claimed: Claimed? = state.withLock { $0.names[LockKey(name)]?.claimLongestWaiting() }
+        if let claimed { send(claimed) }
     }
 
     /// Records the release `release` (the released lease's value) of `name`, heard from node
@@ -584,7 +605,7 @@ final class LocalCoordination: Sendable {
             if !release.isEmpty, entry.lastRelease.elementsEqual(release) {
                 guard let node else {
                     // The releaser's own report, after a node's message: the rest are echoes.
-                    entry.lastReleaseEchoes.formUnion(Set(nodes.indices).subtracting(entry.lastReleaseNodes))
+                    if entry.lanes.count <= 1 { entry.lastReleaseEchoes.formUnion(Set(nodes.indices).subtracting(entry.lastReleaseNodes)) }
                     return nil
                 }
                 if entry.lastReleaseEchoes.remove(node) != nil {
@@ -598,7 +619,8 @@ final class LocalCoordination: Sendable {
                     return entry.claimLongestWaiting(laterMessage: true)
                 }
             }
-            let own = node == nil || (!release.isEmpty && entry.ownRelease.elementsEqual(release))
+            let own = entry.lanes.count <= 1 && (node == nil || (!release.isEmpty && entry.ownRelease.elementsEqual(release)))
+            entry.ownRelease = []
             entry.count(release, from: node.map { [$0] } ?? [], echoes: own ? Set(nodes.indices) : [])
             return entry.claimLongestWaiting()
         }

@@ -107,14 +107,11 @@ struct HandoffAndGuardTests {
                 try await holder.unlock(first)
                 try await waiter.unlock(subscribing.value)
                 // unlock() returns once a quorum deleted: the next lock() must find every node free.
-                let giveUp = ContinuousClock.now + .seconds(5)
-                while try await values(of: name, on: servers).contains(where: { $0 != nil }) {
-                    try #require(ContinuousClock.now < giveUp, "the waiter's keys stay")
-                    try await Task.sleep(for: .milliseconds(1))
-                }
+                try await untilEveryNode(of: servers, holds: nil, at: name)
 
                 let lease = try await holder.lock()
-                try #require(try await values(of: name, on: servers).allSatisfy { $0 == lease.value })
+                // lock() returns once a quorum granted: the holder's last SETs may still be on their way.
+                try await untilEveryNode(of: servers, holds: lease.value, at: name)
                 for proxy in proxies { proxy.set(.stall([.toNode])) }
                 let releasing = Task { try await holder.unlock(lease) }
                 // Node 0 released and published; nodes 1–4 still hold the key.
@@ -128,6 +125,54 @@ struct HandoffAndGuardTests {
                 #expect(freed.duration(to: .now) < .seconds(10), "\(freed.duration(to: .now))")
                 try await releasing.value
                 try await waiter.unlock(next)
+            } teardown: {
+                for proxy in proxies { proxy.set(.none) }
+                await holderClient.shutdown()
+            }
+        }
+    }
+
+    @Test("a waiter woken by a release that then gives up without the lock passes the wake on: one that waited since before the release is not left sleeping out its 20 s retry delay")
+    func wokenWaiterPassesOn() async throws {
+        try await withLockNodes(5) { waiterClient, servers in
+            // The holder reaches nodes 1–4 through proxies that hold its release back.
+            let proxies = try servers.dropFirst().map { try FaultProxy.start(to: $0.endpoint) }
+            defer { for proxy in proxies { proxy.stop() } }
+            let holderClient = try RedlockClient(nodes: [servers[0].configuration(commandTimeout: .seconds(10))] + proxies.map {
+                RedisConnectionConfiguration(endpoint: $0.endpoint, commandTimeout: .seconds(10))
+            })
+            try await withTeardown {
+                let name = "passed-on"
+                let holder = try holderClient.makeLock(name, options: LockOptions(expiry: .seconds(30), timeoutFactor: 0.5))
+                // `first` gives up after its second attempt; `second` retries every 20 s.
+                let first = try waiterClient.makeLock(name, options: LockOptions(tries: 2, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+                let second = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+                // A first round subscribes the waiters' client (a confirmation would cost `first` its second try).
+                let warmUp = try await holder.lock()
+                let subscribing = Task { try await second.lock() }
+                try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
+                try await holder.unlock(warmUp)
+                try await second.unlock(subscribing.value)
+                try await untilEveryNode(of: servers, holds: nil, at: name)
+
+                let lease = try await holder.lock()
+                // lock() returns once a quorum granted: the holder's last SETs may still be on their way.
+                try await untilEveryNode(of: servers, holds: lease.value, at: name)
+                let giving = Task { try await first.lock() }
+                try #require(await eventually { waiterClient.coordination.waiterCount(of: name) == 1 })
+                let waiting = Task { try await second.lock() }
+                try #require(await eventually { waiterClient.coordination.waiterCount(of: name) == 2 })
+                for proxy in proxies { proxy.set(.stall([.toNode])) }
+                let releasing = Task { try await holder.unlock(lease) }
+                // Node 0's message wakes `first` (the longest waiting), whose attempt finds nodes
+                // 1–4 taken: its last. Nodes 1–4's messages pass over `second`, which waited before.
+                await #expect(throws: RedlockError.self) { try await giving.value }
+                let freed = ContinuousClock.now
+                for proxy in proxies { proxy.set(.none) }
+                let next = try await waiting.value
+                #expect(freed.duration(to: .now) < .seconds(10), "\(freed.duration(to: .now))")
+                try await releasing.value
+                try await second.unlock(next)
             } teardown: {
                 for proxy in proxies { proxy.set(.none) }
                 await holderClient.shutdown()
@@ -409,6 +454,17 @@ func subscriberCounts(_ channel: String, on servers: [RedisServer]) async throws
 
 /// Returns once `channel` has a subscriber on every server: a waiting `lock()` subscribes once
 /// its first attempt failed, right after it starts waiting for a release.
+/// Returns once every node of `servers` holds `value` (nil: nothing) at `key`; fails after 5 s.
+func untilEveryNode(of servers: [RedisServer], holds value: String?, at key: String) async throws {
+    let giveUp = ContinuousClock.now + .seconds(5)
+    var found = try await values(of: key, on: servers)
+    while found.contains(where: { $0 != value }) {
+        try #require(ContinuousClock.now < giveUp, "\(key) is not \(value ?? "free") on every node: \(found)")
+        try await Task.sleep(for: .milliseconds(1))
+        found = try await values(of: key, on: servers)
+    }
+}
+
 func untilSubscribed(_ channel: String, on servers: [RedisServer]) async throws {
     let giveUp = ContinuousClock.now + .seconds(10)
     while try await subscriberCounts(channel, on: servers).contains(0) {

@@ -157,6 +157,37 @@ struct LocalCoordinationTests {
         #expect(await late.value == WaitOutcome(woken: false))
     }
 
+    @Test("with calls of a name on two connection lanes, the messages of a release made in this process count like another process's: an attempt on the other lane may reach a node before the release")
+    func twoLanesCountEveryMessage() async throws {
+        let (coordination, timer) = coordination(nodes: 5)
+        defer { timer.stop() }
+        coordination.beginAcquiring("name", lane: .acknowledged)
+        defer { coordination.endAcquiring("name") }
+        let released = Array("v1".utf8)
+        #expect(coordination.handOff("name", release: released, lane: .shared) == nil)
+        coordination.announce("name", release: released, node: 2)
+        let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.announce("name", release: released)
+        coordination.announce("name", release: released, node: 0)
+        #expect(await late.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 2)
+    }
+
+    @Test("a woken waiter that gives up passes the wake on to the longest waiting left")
+    func passOn() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.passOn("name")
+        #expect(await waiting.value == WaitOutcome(woken: true))
+        coordination.passOn("name")
+        coordination.passOn("unknown")
+    }
+
     @Test("a later node's message of a release passes over a waiter whose last attempt was sent for that release: it retries with the short delay after a release")
     func laterMessagePassesOverItsOwnClaim() async throws {
         let (coordination, timer) = coordination()
