@@ -9,20 +9,20 @@ import Synchronization
 /// release send that attempt at once:
 ///
 /// - A `lock()` that makes more than one attempt is *acquiring* from its first attempt on
-///   (``beginAcquiring(_:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
+///   (``beginAcquiring(_:lane:)``, ``endAcquiring(_:)``). Releases of an acquiring name are counted
 ///   (its *generation*), so a release that lands while an attempt is in flight is never
 ///   missed; a release published by another process advances it once per node heard, since an
 ///   attempt may have reached a node before the release did there (of a release made in this
 ///   process only the first message or the releaser's report counts).
-/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:watch:)``)
-///   with its next attempt prepared. A release wakes the longest-waiting waiter (a later node's
-///   message of it, the longest waiting of those whose wait began after its first and whose
-///   last attempt was not sent for it; a woken waiter that gives up passes the wake on with
-///   ``passOn(_:)``): in this
-///   process the releaser sends that attempt right behind its deletes (``handOff(_:release:)``);
-///   from another process the subscriber's thread sends it as the message is read
-///   (``announce(_:release:node:)``). Either way the waiter is resumed once, when its
-///   votes are in.
+/// - After a failed attempt it waits (``waitForRelease(of:after:timeout:next:value:watch:handedBy:)``)
+///   with its next attempt prepared. A release wakes the longest-waiting waiter: in this
+///   process the releaser sends that attempt right behind its deletes
+///   (``handOff(_:release:lane:)``); from another process the subscriber's thread sends it as
+///   the message is read (``announce(_:release:node:)``). Either way the waiter is resumed
+///   once, when its votes are in. A later node's message of the same release wakes the longest
+///   waiting of those whose wait began after its first message and whose last attempt was not
+///   sent for it; a woken waiter that gives up without the lock passes the wake on
+///   (``passOn(_:)``).
 /// - A fair lock's release names the waiter it handed the lock to, on a channel of the waiter's
 ///   client (``handoffTag``), so only that waiter's process hears it and only that waiter wakes
 ///   (``handedOff(_:message:node:)``). A waiter that watches for handoffs (``HandoffWatch``)
@@ -276,8 +276,8 @@ final class LocalCoordination: Sendable {
 
     // MARK: - Releases
 
-    /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``):
-    /// from now on its releases are counted.
+    /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``),
+    /// whose commands go on `lane`: from now on its releases are counted.
     func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) {
         state.withLock { state in
             state.names[LockKey(name), default: Name()].acquiring += 1
@@ -285,7 +285,7 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// Ends one ``beginAcquiring(_:)``. The last one drops the name, or starts its subscription's
+    /// Ends one ``beginAcquiring(_:lane:)``. The last one drops the name, or starts its subscription's
     /// linger.
     func endAcquiring(_ name: String) {
         let key = LockKey(name)
@@ -496,7 +496,9 @@ final class LocalCoordination: Sendable {
     /// release or confirmation since `generation` ends the wait at once. Call while acquiring.
     ///
     /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
-    /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``).
+    /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``,
+    /// ``WaitOutcome/release``). `handedBy` is the ``WaitOutcome/release`` of the caller's last
+    /// wait, if any: that release's later messages pass the caller over.
     ///
     /// A fair lock's waiter passes its `value`: it is woken only by the release that hands the
     /// lock to it (``handedOff(_:message:node:)``) or by one that found nobody in line. With
@@ -550,10 +552,10 @@ final class LocalCoordination: Sendable {
         return waiter.outcome
     }
 
-    /// For a release being made in this process: counts it and claims the longest-waiting
-    /// waiter of `name`, for the releaser to send the waiter's attempt right behind its deletes
-    /// and then resume it. Returns nil (counting nothing) when nobody waits: the releaser then
-    /// publishes its release, and announces it once made.
+    /// For a release being made in this process on `lane`: counts it and claims the
+    /// longest-waiting waiter of `name`, for the releaser to send the waiter's attempt right
+    /// behind its deletes and then resume it. Returns nil (counting nothing) when nobody waits:
+    /// the releaser then publishes its release, and announces it once made.
     func handOff(_ name: String, release: some Collection<UInt8>, lane: ConnectionLane = .shared) -> Claimed? {
         state.withLock { state in
             let key = LockKey(name)
