@@ -90,28 +90,9 @@ struct HandoffAndGuardTests {
     @Test("a lock() in another client that starts after the release was heard from one node, while it is still on its way to the others, is woken by their messages, not left sleeping out its 20 s retry delay")
     func releaseHeardNodeByNode() async throws {
         try await withLockNodes(5) { waiterClient, servers in
-            // The holder reaches nodes 1–4 through proxies that hold its release back.
-            let proxies = try servers.dropFirst().map { try FaultProxy.start(to: $0.endpoint) }
-            defer { for proxy in proxies { proxy.stop() } }
-            let holderClient = try RedlockClient(nodes: [servers[0].configuration(commandTimeout: .seconds(10))] + proxies.map {
-                RedisConnectionConfiguration(endpoint: $0.endpoint, commandTimeout: .seconds(10))
-            })
-            try await withTeardown {
-                let name = "node-by-node"
-                let holder = try holderClient.makeLock(name, options: LockOptions(expiry: .seconds(30), timeoutFactor: 0.5))
-                let waiter = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
-                // A first round subscribes the waiter's client; the subscription lingers for the second.
-                let first = try await holder.lock()
-                let subscribing = Task { try await waiter.lock() }
-                try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
-                try await holder.unlock(first)
-                try await waiter.unlock(subscribing.value)
-                // unlock() returns once a quorum deleted: the next lock() must find every node free.
-                try await untilEveryNode(of: servers, holds: nil, at: name)
-
-                let lease = try await holder.lock()
-                // lock() returns once a quorum granted: the holder's last SETs may still be on their way.
-                try await untilEveryNode(of: servers, holds: lease.value, at: name)
+            let name = "node-by-node"
+            let waiter = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+            try await withHeldBackRelease(of: name, on: servers, subscribing: waiter) { holder, lease, proxies in
                 for proxy in proxies { proxy.set(.stall([.toNode])) }
                 let releasing = Task { try await holder.unlock(lease) }
                 // Node 0 released and published; nodes 1–4 still hold the key.
@@ -125,9 +106,6 @@ struct HandoffAndGuardTests {
                 #expect(freed.duration(to: .now) < .seconds(10), "\(freed.duration(to: .now))")
                 try await releasing.value
                 try await waiter.unlock(next)
-            } teardown: {
-                for proxy in proxies { proxy.set(.none) }
-                await holderClient.shutdown()
             }
         }
     }
@@ -135,29 +113,12 @@ struct HandoffAndGuardTests {
     @Test("a waiter woken by a release that then gives up without the lock passes the wake on: one that waited since before the release is not left sleeping out its 20 s retry delay")
     func wokenWaiterPassesOn() async throws {
         try await withLockNodes(5) { waiterClient, servers in
-            // The holder reaches nodes 1–4 through proxies that hold its release back.
-            let proxies = try servers.dropFirst().map { try FaultProxy.start(to: $0.endpoint) }
-            defer { for proxy in proxies { proxy.stop() } }
-            let holderClient = try RedlockClient(nodes: [servers[0].configuration(commandTimeout: .seconds(10))] + proxies.map {
-                RedisConnectionConfiguration(endpoint: $0.endpoint, commandTimeout: .seconds(10))
-            })
-            try await withTeardown {
-                let name = "passed-on"
-                let holder = try holderClient.makeLock(name, options: LockOptions(expiry: .seconds(30), timeoutFactor: 0.5))
-                // `first` gives up after its second attempt; `second` retries every 20 s.
-                let first = try waiterClient.makeLock(name, options: LockOptions(tries: 2, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
-                let second = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
-                // A first round subscribes the waiters' client (a confirmation would cost `first` its second try).
-                let warmUp = try await holder.lock()
-                let subscribing = Task { try await second.lock() }
-                try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
-                try await holder.unlock(warmUp)
-                try await second.unlock(subscribing.value)
-                try await untilEveryNode(of: servers, holds: nil, at: name)
-
-                let lease = try await holder.lock()
-                // lock() returns once a quorum granted: the holder's last SETs may still be on their way.
-                try await untilEveryNode(of: servers, holds: lease.value, at: name)
+            let name = "passed-on"
+            // `first` gives up after its second attempt; `second` retries every 20 s. The warm-up
+            // uses `second` (a confirmation would cost `first` its second try).
+            let first = try waiterClient.makeLock(name, options: LockOptions(tries: 2, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+            let second = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+            try await withHeldBackRelease(of: name, on: servers, subscribing: second) { holder, lease, proxies in
                 let giving = Task { try await first.lock() }
                 try #require(await eventually { waiterClient.coordination.waiterCount(of: name) == 1 })
                 let waiting = Task { try await second.lock() }
@@ -173,9 +134,6 @@ struct HandoffAndGuardTests {
                 #expect(freed.duration(to: .now) < .seconds(10), "\(freed.duration(to: .now))")
                 try await releasing.value
                 try await second.unlock(next)
-            } teardown: {
-                for proxy in proxies { proxy.set(.none) }
-                await holderClient.shutdown()
             }
         }
     }
@@ -454,6 +412,38 @@ func subscriberCounts(_ channel: String, on servers: [RedisServer]) async throws
 
 /// Returns once `channel` has a subscriber on every server: a waiting `lock()` subscribes once
 /// its first attempt failed, right after it starts waiting for a release.
+/// Runs `body` with a holder of `name` in a client of its own, which reaches nodes 1–4 of
+/// `servers` through proxies (to hold its release back): its lease, on every node, and the
+/// proxies. A first round of `subscribing` (a lock of the waiters' client) subscribes that client
+/// to the name's releases; the subscription lingers through `body`.
+func withHeldBackRelease(
+    of name: String, on servers: [RedisServer], subscribing: DistributedLock,
+    _ body: (DistributedLock, Lease, [FaultProxy]) async throws -> Void
+) async throws {
+    let proxies = try servers.dropFirst().map { try FaultProxy.start(to: $0.endpoint) }
+    defer { for proxy in proxies { proxy.stop() } }
+    let holderClient = try RedlockClient(nodes: [servers[0].configuration(commandTimeout: .seconds(10))] + proxies.map {
+        RedisConnectionConfiguration(endpoint: $0.endpoint, commandTimeout: .seconds(10))
+    })
+    try await withTeardown {
+        let holder = try holderClient.makeLock(name, options: LockOptions(expiry: .seconds(30), timeoutFactor: 0.5))
+        let warmUp = try await holder.lock()
+        let subscribed = Task { try await subscribing.lock() }
+        try await untilSubscribed(Scripts.releaseChannel(name), on: servers)
+        try await holder.unlock(warmUp)
+        try await subscribing.unlock(subscribed.value)
+        // unlock() returns once a quorum deleted: the next lock() must find every node free.
+        try await untilEveryNode(of: servers, holds: nil, at: name)
+        let lease = try await holder.lock()
+        // lock() returns once a quorum granted: the holder's last SETs may still be on their way.
+        try await untilEveryNode(of: servers, holds: lease.value, at: name)
+        try await body(holder, lease, proxies)
+    } teardown: {
+        for proxy in proxies { proxy.set(.none) }
+        await holderClient.shutdown()
+    }
+}
+
 /// Returns once every node of `servers` holds `value` (nil: nothing) at `key`; fails after 5 s.
 func untilEveryNode(of servers: [RedisServer], holds value: String?, at key: String) async throws {
     let giveUp = ContinuousClock.now + .seconds(5)
