@@ -202,7 +202,7 @@ extension FaultTests {
                     ] + (guardOn ? ["--clock-guard"] : []),
                     // Every worker has read the nodes before the first fault: a client's first reading
                     // of a node cannot be judged.
-                    rounds: guardOn ? 3 : 8, stopAtFirstOverlap: !guardOn, settle: .milliseconds(3_000), warmUp: true
+                    rounds: guardOn ? 3 : 8, stopAtFirstViolation: !guardOn, settle: .milliseconds(3_000), warmUp: true
                 ) { round in
                     for server in cluster.servers.prefix(2) {
                         if fault == "step" { try server.setClock(offset: .seconds(20 * Int64(round + 1))) } else { try server.setClock(rate: 4) }

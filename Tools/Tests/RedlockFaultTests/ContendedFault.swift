@@ -9,7 +9,7 @@ import Glibc
 import Musl
 #endif
 
-/// What ``contendUnderFault(cluster:workerArguments:rounds:stopAtFirstOverlap:settle:inflict:)``
+/// What ``contendUnderFault(cluster:lock:arguments:rounds:stopAtFirstViolation:settle:warmUp:watched:inflict:)``
 /// saw: every acquisition the workers logged, how many rounds ran, and when the last fault was
 /// inflicted (CLOCK_BOOTTIME ns).
 struct ContendedFaultRun {
@@ -21,9 +21,13 @@ struct ContendedFaultRun {
     var regressions: [Acquisition] { ExclusionChecker.fencingRegressions(in: acquisitions) ?? [] }
     var afterLastFault: Int { acquisitions.filter { $0.acquired > lastFaultAt }.count }
 
+    /// Whether the logs show what the guards exist to prevent: overlapping critical sections or a
+    /// fencing token that went back.
+    var violated: Bool { !overlaps.isEmpty || !regressions.isEmpty }
+
     /// Prints the run as `label` and checks it: with the guard on, no overlap, no token
     /// regression, every round run and the lock working after the last fault; with it off, an
-    /// overlap (the fault reproduced the hazard).
+    /// overlap or a token regression (the fault reproduced the hazard).
     func check(guardOn: Bool, rounds: Int, label: String) {
         print("""
             \(label) (guard \(guardOn ? "on" : "off")): \(self.rounds) rounds, \(acquisitions.count) acquisitions \
@@ -38,20 +42,21 @@ struct ContendedFaultRun {
             #expect(afterLastFault > 0, "the lock did not recover after the last fault")
             #expect(self.rounds == rounds)
         } else {
-            #expect(!overlaps.isEmpty, "no overlap in \(self.rounds) rounds: the fault did not reproduce the hazard")
+            #expect(violated, "no overlap and no token regression in \(self.rounds) rounds: the fault did not reproduce the hazard")
         }
     }
 }
 
 /// Four `redlock-worker contend` processes on the lock `lock` (with `arguments` on top of the
 /// nodes and the log); `rounds` times: waits for a holder (the key on node `watched`), `inflict`s the
-/// fault under it, and waits `settle` for the lock to change hands. With `stopAtFirstOverlap`,
-/// stops at the first round after which the logs show overlapping critical sections. With
+/// fault under it, and waits `settle` for the lock to change hands. With `stopAtFirstViolation`,
+/// stops at the first round after which the logs show overlapping critical sections or a fencing
+/// token that went back (``ContendedFaultRun/violated``). With
 /// `warmUp`, the first round waits until every worker has acquired once (so each has read every
 /// node: what the clock guard judges from). Ends the workers with SIGTERM and checks that each
 /// exited cleanly.
 func contendUnderFault(
-    cluster: Cluster, lock: String, arguments: [String], rounds: Int, stopAtFirstOverlap: Bool, settle: Duration,
+    cluster: Cluster, lock: String, arguments: [String], rounds: Int, stopAtFirstViolation: Bool, settle: Duration,
     warmUp: Bool = false, watched: Int = 0, inflict: (Int) async throws -> Void
 ) async throws -> ContendedFaultRun {
     let worker = try workerExecutable()
@@ -86,7 +91,7 @@ func contendUnderFault(
                 run.rounds += 1
                 try await Task.sleep(for: settle)
                 run.acquisitions = try read()
-                if stopAtFirstOverlap, !run.overlaps.isEmpty { break }
+                if stopAtFirstViolation, run.violated { break }
             }
             for worker in workers { worker.signal(SIGTERM) }
             for worker in workers {

@@ -5,8 +5,8 @@ import Testing
 
 extension FaultTests {
     /// Nodes that lose their data while a lease is held, seen by separate lock processes: without
-    /// the epoch guard a second holder gets in during the first one's lease (the hazard, shown to
-    /// be reproduced); with it, never.
+    /// the epoch guard a second holder gets in during the first one's lease, or with a fencing
+    /// token lower than one already handed out (the hazard, shown to be reproduced); with it, never.
     @Suite("Data loss")
     struct DataLoss {
         /// How the nodes lose their data.
@@ -20,7 +20,7 @@ extension FaultTests {
         }
 
         @Test(
-            "4 worker processes on one lock while the nodes lose their data under a holder: epoch guard off shows overlapping leases, on shows none and no fencing token going back",
+            "4 worker processes on one lock while the nodes lose their data under a holder: epoch guard off shows overlapping leases or fencing tokens going back, on shows neither",
             arguments: [Loss.flushAll, .restartMajority], [false, true]
         )
         func dataLossUnderContention(loss: Loss, guardOn: Bool) async throws {
@@ -35,7 +35,7 @@ extension FaultTests {
                         "--fencing",
                     ] + (guardOn ? ["--epoch-guard-ms", String(expiryMilliseconds)] : []),
                     // Past the guard, so that the lock changes hands between rounds.
-                    rounds: guardOn ? 4 : 8, stopAtFirstOverlap: !guardOn, settle: .milliseconds(expiryMilliseconds + 500)
+                    rounds: guardOn ? 4 : 8, stopAtFirstViolation: !guardOn, settle: .milliseconds(expiryMilliseconds + 500)
                 ) { _ in
                     switch loss {
                     case .flushAll:
