@@ -129,6 +129,14 @@ struct BenchTargets: Sendable {
     /// The handoff and rate ratios of the contended rows the targets are not judged on.
     var otherContendedRatios: [String] = []
 
+    /// Each `cross-process` row: with a hold (a variant ending in `-hold…`), its median handoff
+    /// against the uncontended acquire (target ≤ 3); at hold 0, its handoffs per second (target
+    /// ≥ 1,500).
+    var crossProcess: [(variant: String, median: Double, ratio: Double?, rate: Double?)] = []
+    /// Each `missed-release` row: its p50 against the uncontended acquire (target ≤ 2) and, for
+    /// a fair variant, against the fair lock's own uncontended acquire (row `acquire`/`fair`).
+    var missedRelease: [(variant: String, p50: Double, ratio: Double, ratioToFairAcquire: Double?)] = []
+
     init(rows: [BenchRow], nodeCount: Int) {
         func row(_ scenario: String, nodes: Int, concurrency: Int = 1, variant: String = "default") -> BenchRow? {
             rows.first { $0.scenario == scenario && $0.variant == variant && $0.nodes == nodes && $0.concurrency == concurrency }
@@ -179,6 +187,20 @@ struct BenchTargets: Sendable {
                 parts.append(String(format: "rate %.0f/s = %.1f × no-pubsub", rate, rate / slow))
             }
             if !parts.isEmpty { otherContendedRatios.append("contended \(fast.variant): " + parts.joined(separator: "; ")) }
+        }
+        let fairAcquire = row("acquire", nodes: nodeCount, variant: "fair")?.p50
+        for cross in rows where cross.scenario == "cross-process" {
+            guard let median = cross.p50 else { continue }
+            if cross.variant.contains("-hold") {
+                crossProcess.append((cross.variant, median, acquire.flatMap { $0 > 0 ? median / $0 : nil }, nil))
+            } else {
+                crossProcess.append((cross.variant, median, nil, cross.operationsPerSecond))
+            }
+        }
+        for missed in rows where missed.scenario == "missed-release" {
+            guard let p50 = missed.p50, let acquire, acquire > 0 else { continue }
+            let fair = missed.variant.hasPrefix("fair") ? fairAcquire.flatMap { $0 > 0 ? p50 / $0 : nil } : nil
+            missedRelease.append((missed.variant, p50, p50 / acquire, fair))
         }
         if let parallel = rows.first(where: { $0.scenario == "parallel" && $0.variant == "default" }),
            let cycles = parallel.operationsPerSecond,
@@ -250,6 +272,17 @@ enum BenchReport {
 
         for line in targets.otherContendedRatios {
             lines.append("  (info) \(line)")
+        }
+        for cross in targets.crossProcess {
+            if let ratio = cross.ratio {
+                lines.append(verdict(ratio <= 3, String(format: "cross-process handoff (%@): median %@ = %.2f × uncontended acquire (target ≤ 3)", cross.variant, microseconds(cross.median), ratio)))
+            } else if let rate = cross.rate {
+                lines.append(verdict(rate >= 1_500, String(format: "cross-process rate (%@): %.0f handoffs/s, median %@ (target ≥ 1500/s)", cross.variant, rate, microseconds(cross.median))))
+            }
+        }
+        for missed in targets.missedRelease {
+            let fair = missed.ratioToFairAcquire.map { String(format: "; %.2f × the fair lock's uncontended acquire", $0) } ?? ""
+            lines.append(verdict(missed.ratio <= 2, String(format: "missed release (%@): p50 %@ = %.2f × uncontended acquire%@ (target ≤ 2)", missed.variant, microseconds(missed.p50), missed.ratio, fair)))
         }
         if targets.pollingOverhead != nil || targets.pollingParallel != nil {
             let overhead = targets.pollingOverhead.map { String(format: "cycle p50 %.2f × floor", $0) } ?? "–"
