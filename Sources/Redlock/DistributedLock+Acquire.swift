@@ -85,8 +85,12 @@ extension DistributedLock {
         var releasesHeard = coordination.generation(of: name)
         var chance = WaitOutcome(woken: false)
         var acquired = false
-        // Woken by a release and ending without the lock: the next waiter gets the wake.
-        defer { if !acquired, chance.release != nil { coordination.passOn(name) } }
+        // Woken by a release (an attempt sent for it) and ending without the lock, also after
+        // attempts of its own since: the next waiter gets the wake. Until that release reached
+        // every node, its later messages pass over the waiters from before it, counting on this
+        // caller to try for them.
+        var wokenByRelease = false
+        defer { if !acquired, wokenByRelease { coordination.passOn(name) } }
         // Whether a release came between the start of the wait before the last attempt and that
         // attempt's end: it may have reached some nodes after the attempt did.
         var releaseSeen = false
@@ -136,6 +140,7 @@ extension DistributedLock {
                     of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch,
                     handedBy: chance.release
                 )
+                if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,
                     // passing on what was handed to it (acquire's clean-up).

@@ -122,7 +122,7 @@ public struct DistributedLock: Sendable {
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published messages to come back (they carry the same value: the same release).
-            if claimed == nil, !options.fair { client.coordination.announce(name, release: lease.value.utf8) }
+            if claimed == nil, !options.fair { client.coordination.announce(name, release: lease.value.utf8, lane: lane) }
             client.metrics.released(failure: nil)
             return
         }

@@ -18,7 +18,7 @@ import Synchronization
 ///   with its next attempt prepared. A release wakes the longest-waiting waiter: in this
 ///   process the releaser sends that attempt right behind its deletes
 ///   (``handOff(_:release:lane:)``); from another process the subscriber's thread sends it as
-///   the message is read (``announce(_:release:node:)``). Either way the waiter is resumed
+///   the message is read (``announce(_:release:node:lane:)``). Either way the waiter is resumed
 ///   once, when its votes are in. A later node's message of the same release wakes the longest
 ///   waiting of those whose wait began after its first message and whose last attempt was not
 ///   sent for it; a woken waiter that gives up without the lock passes the wake on
@@ -136,7 +136,7 @@ final class LocalCoordination: Sendable {
         /// lock is free, so the attempt after it keeps the planned retry delay).
         var releaseGeneration: UInt64 = 0
         /// The value of the last release counted (the same release heard from several nodes
-        /// wakes one waiter of those waiting before it; see ``LocalCoordination/announce(_:release:node:)``).
+        /// wakes one waiter of those waiting before it; see ``LocalCoordination/announce(_:release:node:lane:)``).
         var lastRelease: [UInt8] = []
         /// The generation the last release brought when first counted.
         var lastReleaseGeneration: UInt64 = 0
@@ -563,9 +563,9 @@ final class LocalCoordination: Sendable {
             state.names[key]?.lanes.insert(lane)
             guard var claimed = state.names[key]?.claimLongestWaiting() else {
                 // Published: of its messages, only the first to come (or the releaser's report)
-                // is news here (see announce(_:release:node:)), unless the name's calls use two
-                // lanes.
-                if state.names[key]?.lanes.count == 1 { state.names[key]?.ownRelease = Array(release) }
+                // is news here (see announce(_:release:node:lane:)), unless the name's calls use
+                // two lanes.
+                state.names[key]?.ownRelease = Array(release)
                 return nil
             }
             // Not published: any message of this value to come is of another release.
@@ -575,11 +575,12 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// A `lock()` whose last attempt was sent for a release ends without the lock (its last try,
-    /// its deadline, its cancellation, nodes that refuse for good): the longest-waiting waiter
-    /// left is woken in its place, with its prepared attempt. The waiters that waited before
-    /// that release are passed over by its later messages (the woken one was trying), so else
-    /// they could sleep out their delay while the lock is free.
+    /// A `lock()` that had an attempt sent for a release ends without the lock (its last try,
+    /// its deadline, its cancellation, nodes that refuse for good), also after attempts of its
+    /// own since: the longest-waiting waiter left is woken in its place, with its prepared
+    /// attempt. The waiters that waited before that release are passed over by its later
+    /// messages (the woken one was trying), so else they could sleep out their delay while the
+    /// lock is free.
     func passOn(_ name: String) {
         let claimed: Claimed? = state.withLock { $0.names[LockKey(name)]?.claimLongestWaiting() }
         if let claimed { send(claimed) }
@@ -599,26 +600,31 @@ final class LocalCoordination: Sendable {
     /// made in this process went out on each node's connection before any attempt this process
     /// sends after it, so of its messages and the releaser's report only the first is news
     /// here. A message of the same value from a node already heard is a new release (a value of
-    /// the caller's own, released again).
-    func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil) {
+    /// the caller's own, released again), and so is the releaser's report of a value released
+    /// again. The releaser passes the `lane` its release went on.
+    func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil, lane: ConnectionLane? = nil) {
         let claimed: Claimed? = state.withLock { state in
             guard var entry = state.names[LockKey(name)] else { return nil }
             defer { state.names[LockKey(name)] = entry }
+            // A release made before the name's first `lock()` here began left no lane.
+            if let lane { entry.lanes.insert(lane) }
             if !release.isEmpty, entry.lastRelease.elementsEqual(release) {
-                guard let node else {
-                    // The releaser's own report, after a node's message: the rest are echoes.
+                if let node {
+                    if entry.lastReleaseEchoes.remove(node) != nil {
+                        entry.lastReleaseNodes.insert(node)
+                        return nil
+                    }
+                    if !entry.lastReleaseNodes.contains(node) {
+                        entry.lastReleaseNodes.insert(node)
+                        entry.generation &+= 1
+                        entry.releaseGeneration = entry.generation
+                        return entry.claimLongestWaiting(laterMessage: true)
+                    }
+                } else if !entry.ownRelease.elementsEqual(release) {
+                    // The releaser's own report, after a node's message of this release counted
+                    // it (and forgot it as `ownRelease`): the rest are echoes.
                     if entry.lanes.count <= 1 { entry.lastReleaseEchoes.formUnion(Set(nodes.indices).subtracting(entry.lastReleaseNodes)) }
                     return nil
-                }
-                if entry.lastReleaseEchoes.remove(node) != nil {
-                    entry.lastReleaseNodes.insert(node)
-                    return nil
-                }
-                if !entry.lastReleaseNodes.contains(node) {
-                    entry.lastReleaseNodes.insert(node)
-                    entry.generation &+= 1
-                    entry.releaseGeneration = entry.generation
-                    return entry.claimLongestWaiting(laterMessage: true)
                 }
             }
             let own = entry.lanes.count <= 1 && (node == nil || (!release.isEmpty && entry.ownRelease.elementsEqual(release)))
@@ -762,13 +768,18 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.gate?.waiters.count }
     }
 
-    /// Records that the owner of `lease.name`'s gate acquired (or extended) `lease`.
+    /// Records that the owner of `lease.name`'s gate acquired (or extended) `lease`. The callers
+    /// waiting for the gate look again when the lease runs out: one whose wait began while the
+    /// owner was still acquiring knew no end to wait for, and an owner that lets its lease run
+    /// out without an unlock passes the gate on then.
     func gateHolder(_ lease: Lease) {
-        state.withLock { state in
-            guard state.names[LockKey(lease.name)]?.gate != nil else { return }
+        let waiting: [Waiter] = state.withLock { state in
+            guard state.names[LockKey(lease.name)]?.gate != nil else { return [] }
             state.names[LockKey(lease.name)]?.gate?.holderValue = lease.value
             state.names[LockKey(lease.name)]?.gate?.holderValidUntil = lease.validUntil
+            return state.names[LockKey(lease.name)]?.gate?.waiters.map(\.waiter) ?? []
         }
+        for waiter in waiting { timer.schedule(waiter, at: lease.validUntil) }
     }
 
     /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.

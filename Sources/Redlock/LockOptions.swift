@@ -172,7 +172,9 @@ public struct LockOptions: Sendable {
     /// Not combined with ``epochGuard`` or ``clockGuard``.
     public var fair: Bool = false
     /// Whether concurrent `lock()` calls for this name through one client queue up locally, so
-    /// that only one of them at a time contends with other processes. The default is `false`.
+    /// that only one of them at a time contends with other processes: first come, first served;
+    /// a holder that never unlocks is passed over when its lease's validity ends. The local wait
+    /// counts against ``acquireTimeout``. The default is `false`.
     public var singleFlight: Bool = false
 
     /// Options with every default.

@@ -110,13 +110,17 @@ struct HandoffAndGuardTests {
         }
     }
 
-    @Test("a waiter woken by a release that then gives up without the lock passes the wake on: one that waited since before the release is not left sleeping out its 20 s retry delay")
-    func wokenWaiterPassesOn() async throws {
+    @Test(
+        "a waiter woken by a release that then gives up without the lock passes the wake on, also after attempts of its own since: one that waited since before the release is not left sleeping out its 20 s retry delay",
+        arguments: [2, 3]
+    )
+    func wokenWaiterPassesOn(firstTries: Int) async throws {
         try await withLockNodes(5) { waiterClient, servers in
-            let name = "passed-on"
-            // `first` gives up after its second attempt; `second` retries every 20 s. The warm-up
-            // uses `second` (a confirmation would cost `first` its second try).
-            let first = try waiterClient.makeLock(name, options: LockOptions(tries: 2, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
+            let name = "passed-on-\(firstTries)"
+            // `first` gives up after its attempt sent for the release (with 3 tries, after one
+            // more of its own, made 0.5–5 ms later); `second` retries every 20 s. The warm-up
+            // uses `second` (a confirmation would cost `first` a try).
+            let first = try waiterClient.makeLock(name, options: LockOptions(tries: firstTries, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
             let second = try waiterClient.makeLock(name, options: LockOptions(tries: 100, retryDelay: .constant(.seconds(20)), timeoutFactor: 0.2))
             try await withHeldBackRelease(of: name, on: servers, subscribing: second) { holder, lease, proxies in
                 let giving = Task { try await first.lock() }
@@ -126,7 +130,8 @@ struct HandoffAndGuardTests {
                 for proxy in proxies { proxy.set(.stall([.toNode])) }
                 let releasing = Task { try await holder.unlock(lease) }
                 // Node 0's message wakes `first` (the longest waiting), whose attempt finds nodes
-                // 1–4 taken: its last. Nodes 1–4's messages pass over `second`, which waited before.
+                // 1–4 taken (with 3 tries, so does its next): its last. Nodes 1–4's messages pass
+                // over `second`, which waited before.
                 await #expect(throws: RedlockError.self) { try await giving.value }
                 let freed = ContinuousClock.now
                 for proxy in proxies { proxy.set(.none) }
@@ -307,6 +312,39 @@ struct HandoffAndGuardTests {
             let next = try await lock.tryLock()
             try await lock.unlock(next)
             await client.shutdown()
+        }
+    }
+
+    @Test("single-flight: a caller that began to wait while the gate's owner was still acquiring enters once the owner's lease runs out without an unlock, not at its own deadline")
+    func singleFlightOwnerLeaseRunsOut() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                // Another process holds the lock, so the gate's owner here is still acquiring when
+                // the second caller comes.
+                let held = try await other.makeLock("gated").lock()
+                var options = LockOptions(
+                    expiry: .milliseconds(600), acquireTimeout: .seconds(20), retryDelay: .random(in: .milliseconds(5)...(.milliseconds(20)))
+                )
+                options.singleFlight = true
+                let lock = try client.makeLock("gated", options: options)
+                let owner = Task { try await lock.lock() }
+                try #require(await eventually { client.coordination.gateQueueLength(of: "gated") == 0 })
+                let second = Task { () throws -> (Lease, ContinuousClock.Instant) in
+                    let lease = try await lock.lock()
+                    return (lease, .now)
+                }
+                try #require(await eventually { client.coordination.gateQueueLength(of: "gated") == 1 })
+                try await other.makeLock("gated").unlock(held)
+                // The owner acquires and drops its lease: no unlock, so only its end passes the gate.
+                let dropped = try await owner.value
+                let (lease, acquiredAt) = try await second.value
+                #expect(acquiredAt >= dropped.validUntil, "the gate passed on before the owner's lease ran out")
+                #expect(dropped.validUntil.duration(to: acquiredAt) < .seconds(5), "waited \(dropped.validUntil.duration(to: acquiredAt)) past the owner's lease")
+                try await lock.unlock(lease)
+            } teardown: {
+                await other.shutdown()
+            }
         }
     }
 

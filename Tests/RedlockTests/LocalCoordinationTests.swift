@@ -174,6 +174,49 @@ struct LocalCoordinationTests {
         #expect(coordination.generation(of: "name") == 2)
     }
 
+    @Test("a value released again in this process: the releaser's report of the second release is news, though the first had that value")
+    func repeatedValueReportCounts() async throws {
+        let (coordination, timer) = coordination(nodes: 3)
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        let value = Array("fixed".utf8)
+        #expect(coordination.handOff("name", release: value) == nil)
+        coordination.announce("name", release: value)
+        for node in 0..<3 { coordination.announce("name", release: value, node: node) }
+        #expect(coordination.generation(of: "name") == 1)
+        // The same value acquired and released again while a caller's attempt is out (nobody
+        // waits yet: published); the caller then waits, and the releaser's report says the
+        // lock is free (with fast handoff off, nothing else would).
+        #expect(coordination.handOff("name", release: value) == nil)
+        let waiting = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.announce("name", release: value)
+        #expect(await waiting.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 2)
+        // Its report again (or its nodes' messages, echoes) is not news.
+        coordination.announce("name", release: value)
+        #expect(coordination.generation(of: "name") == 2)
+    }
+
+    @Test("a release made before the name's first lock() here began counts its lane from the releaser's report: with a lock() on the other lane, its later messages are news")
+    func reportCarriesTheLane() async throws {
+        let (coordination, timer) = coordination(nodes: 5)
+        defer { timer.stop() }
+        let released = Array("v1".utf8)
+        // Nobody acquires the name yet: the releaser publishes, and no lane is recorded.
+        #expect(coordination.handOff("name", release: released, lane: .shared) == nil)
+        coordination.beginAcquiring("name", lane: .acknowledged)
+        defer { coordination.endAcquiring("name") }
+        coordination.announce("name", release: released, lane: .shared)
+        #expect(coordination.generation(of: "name") == 1)
+        let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
+        try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
+        coordination.announce("name", release: released, node: 3)
+        #expect(await late.value == WaitOutcome(woken: true))
+        #expect(coordination.generation(of: "name") == 2)
+    }
+
     @Test("a woken waiter that gives up passes the wake on to the longest waiting left")
     func passOn() async throws {
         let (coordination, timer) = coordination()
