@@ -144,7 +144,7 @@ public struct DistributedLock: Sendable {
         do {
             let extended = try await extendOnce(lease)
             client.metrics.extended(failure: nil)
-            if options.singleFlight { client.coordination.gateHolder(extended) }
+            if options.singleFlight { client.coordination.gateHolder(extended, extended: true) }
             return extended
         } catch {
             client.metrics.extended(failure: error.code)

@@ -112,7 +112,10 @@ final class LocalCoordination: Sendable {
         var holderValue: String?
         /// When the owner's lease runs out; nil while it is still acquiring.
         var holderValidUntil: ContinuousClock.Instant?
-        /// First come first; may hold waiters that already ended (they remove themselves).
+        /// Passes the gate on at ``holderValidUntil`` unless the owner left it or extended first.
+        var leaseEnd: TimerAction?
+        /// First come first (by id: a waiter whose wait timed out queues again in its place);
+        /// may hold waiters that already ended (they remove themselves).
         var waiters: [GateWaiter] = []
 
         /// Whether the owner's lease ran out without an unlock.
@@ -123,6 +126,8 @@ final class LocalCoordination: Sendable {
             owner = id
             holderValue = nil
             holderValidUntil = nil
+            leaseEnd?.cancel()
+            leaseEnd = nil
         }
     }
 
@@ -706,25 +711,21 @@ final class LocalCoordination: Sendable {
             return state.nextGateID
         }
         while true {
-            enum Step { case entered, wait(ContinuousClock.Instant?) }
-            let step: Step = state.withLock { state in
+            let entered: Bool = state.withLock { state in
                 guard let gate = state.names[key]?.gate else {
                     state.names[key, default: Name()].gate = Gate(owner: id)
-                    return .entered
+                    return true
                 }
-                if gate.owner == id { return .entered }
-                guard gate.ownerExpired else { return .wait(gate.holderValidUntil) }
+                if gate.owner == id { return true }
+                guard gate.ownerExpired else { return false }
                 state.names[key]?.gate?.takeOver(by: id)
-                return .entered
+                return true
             }
-            guard case let .wait(holderEnd) = step else { return true }
+            if entered { return true }
             if Task.isCancelled { throw CancellationError() }
             if let giveUp, giveUp <= .now { return false }
-            let wakeAt: ContinuousClock.Instant? = switch (holderEnd, giveUp) {
-            case let (end?, giveUp?): min(end, giveUp)
-            case let (end, giveUp): end ?? giveUp
-            }
-            await waitForGate(key, id: id, deadline: wakeAt)
+            // The owner's unlock, or the end of its lease (gateHolder(_:)), hands the gate on.
+            await waitForGate(key, id: id, deadline: giveUp)
             if Task.isCancelled {
                 // If the gate was handed over just now, pass it on.
                 if state.withLock({ $0.names[key]?.gate?.owner == id }) { leaveGate(name) }
@@ -754,7 +755,8 @@ final class LocalCoordination: Sendable {
         await waiter.wait(timer: timer, deadline: deadline) {
             state.withLock { state -> Waiter.Registration in
                 guard let gate = state.names[key]?.gate, gate.owner != id else { return .ended(woken: true) }
-                state.names[key]?.gate?.waiters.append(GateWaiter(id: id, waiter: waiter))
+                let place = gate.waiters.firstIndex { $0.id > id } ?? gate.waiters.count
+                state.names[key]?.gate?.waiters.insert(GateWaiter(id: id, waiter: waiter), at: place)
                 return .waiting
             }
         }
@@ -768,39 +770,65 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.gate?.waiters.count }
     }
 
-    /// Records that the owner of `lease.name`'s gate acquired (or extended) `lease`. The callers
-    /// waiting for the gate look again when the lease runs out: one whose wait began while the
-    /// owner was still acquiring knew no end to wait for, and an owner that lets its lease run
-    /// out without an unlock passes the gate on then.
-    func gateHolder(_ lease: Lease) {
-        let waiting: [Waiter] = state.withLock { state in
-            guard state.names[LockKey(lease.name)]?.gate != nil else { return [] }
-            state.names[LockKey(lease.name)]?.gate?.holderValue = lease.value
-            state.names[LockKey(lease.name)]?.gate?.holderValidUntil = lease.validUntil
-            return state.names[LockKey(lease.name)]?.gate?.waiters.map(\.waiter) ?? []
+    /// Records that the owner of `lease.name`'s gate acquired (with `extended`, extended) `lease`:
+    /// when its validity ends without an unlock or a later extension, the gate passes to the
+    /// longest-waiting caller. An extension of a lease the gate's owner no longer holds (its
+    /// validity ended while it was being extended, and the gate passed on) changes nothing.
+    func gateHolder(_ lease: Lease, extended: Bool = false) {
+        let key = LockKey(lease.name)
+        let action: TimerAction? = state.withLock { state in
+            guard var gate = state.names[key]?.gate else { return nil }
+            if extended, gate.holderValue != lease.value { return nil }
+            gate.holderValue = lease.value
+            gate.holderValidUntil = lease.validUntil
+            gate.leaseEnd?.cancel()
+            let validUntil = lease.validUntil
+            let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, value: lease.value, validUntil: validUntil) }
+            gate.leaseEnd = action
+            state.names[key]?.gate = gate
+            return action
         }
-        for waiter in waiting { timer.schedule(waiter, at: lease.validUntil) }
+        if let action { timer.schedule(action, at: lease.validUntil) }
+    }
+
+    /// The validity of the gate owner's lease `value` ended at `validUntil`: unless the owner
+    /// left the gate or extended meanwhile, the longest-waiting caller gets it.
+    private func gateLeaseEnded(_ key: LockKey, value: String, validUntil: ContinuousClock.Instant) {
+        let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
+            guard let gate = state.names[key]?.gate, gate.holderValue == value, gate.holderValidUntil == validUntil, gate.ownerExpired
+            else { return nil }
+            return passGate(key, in: &state)
+        }
+        next?.resume()
     }
 
     /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
     func leaveGate(_ name: String, value: String? = nil) {
         let key = LockKey(name)
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard var entry = state.names[key], var gate = entry.gate else { return nil }
+            guard let gate = state.names[key]?.gate else { return nil }
             if let value, gate.holderValue != value { return nil }
-            defer { state.names[key] = entry.isUnused ? nil : entry }
-            // Waiters that timed out or were cancelled meanwhile are skipped.
-            while !gate.waiters.isEmpty {
-                let first = gate.waiters.removeFirst()
-                guard let continuation = first.waiter.claim(byRelease: true) else { continue }
-                gate.takeOver(by: first.id)
-                entry.gate = gate
-                return continuation
-            }
-            entry.gate = nil
-            return nil
+            return passGate(key, in: &state)
         }
         next?.resume()
+    }
+
+    /// Hands `key`'s gate to its longest-waiting caller (skipping waiters that timed out or were
+    /// cancelled meanwhile), or removes it when nobody waits; returns the continuation to resume
+    /// outside the lock.
+    private func passGate(_ key: LockKey, in state: inout State) -> UnsafeContinuation<Void, Never>? {
+        guard var entry = state.names[key], var gate = entry.gate else { return nil }
+        defer { state.names[key] = entry.isUnused ? nil : entry }
+        while !gate.waiters.isEmpty {
+            let first = gate.waiters.removeFirst()
+            guard let continuation = first.waiter.claim(byRelease: true) else { continue }
+            gate.takeOver(by: first.id)
+            entry.gate = gate
+            return continuation
+        }
+        gate.leaseEnd?.cancel()
+        entry.gate = nil
+        return nil
     }
 
     // MARK: - Shutdown
@@ -818,6 +846,9 @@ final class LocalCoordination: Sendable {
     private func stopSubscribing() -> [RedisSubscriber] {
         state.withLock { state in
             state.shutDown = true
+            // A lease still held at shutdown passes its gate on to nobody: the timer need not
+            // wait for its end.
+            for key in state.names.keys { state.names[key]?.gate?.leaseEnd?.cancel() }
             defer { state.subscribers = [] }
             return state.subscribers
         }
@@ -872,5 +903,10 @@ private final class TimerAction: Expiring {
     func expire() {
         guard done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
         action()
+    }
+
+    /// The action will not run; the timer drops it.
+    func cancel() {
+        done.store(true, ordering: .releasing)
     }
 }

@@ -348,6 +348,43 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("single-flight: callers that queued while the gate's owner was still acquiring keep their places when owners unlock before their leases end, past the end of the first owner's lease")
+    func singleFlightOrderKept() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let held = try await other.makeLock("ordered").lock()
+                var options = LockOptions(expiry: .seconds(2), retryDelay: .random(in: .milliseconds(5)...(.milliseconds(20))))
+                options.singleFlight = true
+                let lock = try client.makeLock("ordered", options: options)
+                let order = Locked<[String]>([])
+                func take(_ label: String, holding hold: Duration) -> Task<Void, any Error> {
+                    Task {
+                        let lease = try await lock.lock()
+                        order.update { $0.append(label) }
+                        try await Task.sleep(for: hold)
+                        try await lock.unlock(lease)
+                    }
+                }
+                let owner = take("O", holding: .milliseconds(300))
+                try #require(await eventually { client.coordination.gateQueueLength(of: "ordered") == 0 })
+                let first = take("W1", holding: .milliseconds(1_900))
+                try #require(await eventually { client.coordination.gateQueueLength(of: "ordered") == 1 })
+                let second = take("W2", holding: .zero)
+                try #require(await eventually { client.coordination.gateQueueLength(of: "ordered") == 2 })
+                try await other.makeLock("ordered").unlock(held)
+                // W1 holds past the end of O's lease (about 2 s after O acquired); W3 comes meanwhile.
+                try #require(await eventually { order.value == ["O", "W1"] })
+                let third = take("W3", holding: .zero)
+                try #require(await eventually { client.coordination.gateQueueLength(of: "ordered") == 2 })
+                for task in [owner, first, second, third] { try await task.value }
+                #expect(order.value == ["O", "W1", "W2", "W3"])
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
     @Test("metrics count attempts, successes, failures by cause, extensions, releases and latency")
     func metrics() async throws {
         try await withRedisServers(3) { servers throws in
