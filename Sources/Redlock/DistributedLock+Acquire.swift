@@ -23,6 +23,7 @@ extension DistributedLock {
         if options.singleFlight {
             if tries == 1 {
                 guard client.coordination.tryEnterGate(name) else {
+                    try client.checkOpen(lockName: name)
                     client.metrics.acquireFailed(.taken)
                     throw RedlockError(code: .taken, lockName: name, message: "held by another caller in this process (single-flight)")
                 }
@@ -35,6 +36,8 @@ extension DistributedLock {
                     throw cancelled("lock")
                 }
                 guard entered else {
+                    // A client shut down meanwhile says so.
+                    try client.checkOpen(lockName: name)
                     client.metrics.acquireFailed(.taken)
                     throw RedlockError(
                         code: .taken, lockName: name, message: "held by another caller in this process (single-flight) until the deadline"

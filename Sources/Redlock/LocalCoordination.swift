@@ -703,7 +703,8 @@ final class LocalCoordination: Sendable {
     // MARK: - Single-flight gates
 
     /// Waits for the gate of `name`, then owns it and returns true; returns false when `giveUp`
-    /// passes first (owning nothing). Throws `CancellationError` when cancelled (owning nothing).
+    /// passes first or the client shuts down (owning nothing). Throws `CancellationError` when
+    /// cancelled (owning nothing).
     func enterGate(_ name: String, giveUpAt giveUp: ContinuousClock.Instant?) async throws -> Bool {
         let key = LockKey(name)
         let id = state.withLock { state in
@@ -711,17 +712,14 @@ final class LocalCoordination: Sendable {
             return state.nextGateID
         }
         while true {
-            let entered: Bool = state.withLock { state in
-                guard let gate = state.names[key]?.gate else {
-                    state.names[key, default: Name()].gate = Gate(owner: id)
-                    return true
-                }
-                if gate.owner == id { return true }
-                guard gate.ownerExpired else { return false }
-                state.names[key]?.gate?.takeOver(by: id)
-                return true
+            let (entered, next, shutDown) = state.withLock { state -> (Bool, UnsafeContinuation<Void, Never>?, Bool) in
+                guard !state.shutDown else { return (false, nil, true) }
+                let (entered, next) = admit(key, id: id, in: &state)
+                return (entered, next, false)
             }
+            next?.resume()
             if entered { return true }
+            if shutDown { return false }
             if Task.isCancelled { throw CancellationError() }
             if let giveUp, giveUp <= .now { return false }
             // The owner's unlock, or the end of its lease (gateHolder(_:)), hands the gate on.
@@ -734,19 +732,34 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// Takes the gate of `name` if nobody has it (or its owner's lease ran out); never waits.
+    /// Takes the gate of `name` if nobody has it (or its owner's lease ran out and nobody waits
+    /// for it); never waits. False after shutdown.
     func tryEnterGate(_ name: String) -> Bool {
-        state.withLock { state in
+        let (entered, next) = state.withLock { state -> (Bool, UnsafeContinuation<Void, Never>?) in
+            guard !state.shutDown else { return (false, nil) }
             let id = state.nextGateID
             state.nextGateID += 1
-            guard let gate = state.names[LockKey(name)]?.gate else {
-                state.names[LockKey(name), default: Name()].gate = Gate(owner: id)
-                return true
-            }
-            guard gate.ownerExpired else { return false }
-            state.names[LockKey(name)]?.gate?.takeOver(by: id)
-            return true
+            return admit(LockKey(name), id: id, in: &state)
         }
+        next?.resume()
+        return entered
+    }
+
+    /// Whether caller `id` has `key`'s gate now, taking it if so: nobody has it, `id` has it, or
+    /// its owner's lease ran out and nobody waits for it. When the lease ran out before its
+    /// lease-end action ran, the longest-waiting caller gets the gate first: returned to resume
+    /// outside the lock.
+    private func admit(_ key: LockKey, id: Int, in state: inout State) -> (Bool, UnsafeContinuation<Void, Never>?) {
+        guard let gate = state.names[key]?.gate else {
+            state.names[key, default: Name()].gate = Gate(owner: id)
+            return (true, nil)
+        }
+        if gate.owner == id { return (true, nil) }
+        guard gate.ownerExpired else { return (false, nil) }
+        if let next = passGate(key, in: &state) { return (false, next) }
+        // Nobody waited: passGate removed the gate.
+        state.names[key, default: Name()].gate = Gate(owner: id)
+        return (true, nil)
     }
 
     /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
@@ -777,7 +790,7 @@ final class LocalCoordination: Sendable {
     func gateHolder(_ lease: Lease, extended: Bool = false) {
         let key = LockKey(lease.name)
         let action: TimerAction? = state.withLock { state in
-            guard var gate = state.names[key]?.gate else { return nil }
+            guard !state.shutDown, var gate = state.names[key]?.gate else { return nil }
             if extended, gate.holderValue != lease.value { return nil }
             gate.holderValue = lease.value
             gate.holderValidUntil = lease.validUntil
@@ -843,12 +856,30 @@ final class LocalCoordination: Sendable {
         for subscriber in stopSubscribing() { subscriber.beginShutdown() }
     }
 
-    private func stopSubscribing() -> [RedisSubscriber] {
-        state.withLock { state in
+    /// At shutdown: no gate passes on any more (its lease-end action is cancelled, so the timer
+    /// need not wait for it), and every caller waiting for one returns without it
+    /// (``enterGate(_:giveUpAt:)`` returns false). Later subscriptions are not made.
+    func closeGates() {
+        let waiting: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             state.shutDown = true
-            // A lease still held at shutdown passes its gate on to nobody: the timer need not
-            // wait for its end.
-            for key in state.names.keys { state.names[key]?.gate?.leaseEnd?.cancel() }
+            var woken: [UnsafeContinuation<Void, Never>] = []
+            for key in Array(state.names.keys) {
+                guard var gate = state.names[key]?.gate else { continue }
+                gate.leaseEnd?.cancel()
+                gate.leaseEnd = nil
+                woken += gate.waiters.compactMap { $0.waiter.claim(byRelease: false) }
+                gate.waiters = []
+                state.names[key]?.gate = gate
+            }
+            return woken
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+
+    private func stopSubscribing() -> [RedisSubscriber] {
+        closeGates()
+        return state.withLock { state in
+            state.shutDown = true
             defer { state.subscribers = [] }
             return state.subscribers
         }

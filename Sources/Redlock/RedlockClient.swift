@@ -194,6 +194,8 @@ public final class RedlockClient: Sendable {
     /// the write), but closes its sockets without waiting for answers.
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
+        // Before the timer stops: a gate's lease-end action would keep it running.
+        coordination.closeGates()
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.coordination.shutdown() }

@@ -385,6 +385,26 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("single-flight: client.shutdown() ends a caller waiting for the gate at once with clientShutDown, and the timer's thread does not wait for the owner's lease to end")
+    func singleFlightShutdown() async throws {
+        try await withRedisServers(3) { servers in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            var options = LockOptions(expiry: .seconds(20), acquireTimeout: .seconds(20))
+            options.singleFlight = true
+            let lock = try client.makeLock("closing", options: options)
+            let held = try await lock.lock()
+            let waiting = Task { try await lock.lock() }
+            try #require(await eventually { client.coordination.gateQueueLength(of: "closing") == 1 })
+            let shutDownAt = ContinuousClock.now
+            await client.shutdown()
+            let outcome = await waiting.result
+            #expect((outcome.failure as? RedlockError)?.code == .clientShutDown, "\(outcome)")
+            #expect(shutDownAt.duration(to: .now) < .seconds(5), "the waiter ended \(shutDownAt.duration(to: .now)) after the shutdown")
+            #expect(await eventually(within: .seconds(3)) { !client.deadlines.isRunning }, "the timer's thread waits for the lease's end")
+            _ = held
+        }
+    }
+
     @Test("metrics count attempts, successes, failures by cause, extensions, releases and latency")
     func metrics() async throws {
         try await withRedisServers(3) { servers throws in
