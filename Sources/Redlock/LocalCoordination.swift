@@ -180,6 +180,29 @@ final class LocalCoordination: Sendable {
 
         var isUnused: Bool { acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil }
 
+        /// One more `lock()` acquiring, on `lane`.
+        mutating func beginAcquiring(lane: ConnectionLane) {
+            acquiring += 1
+            lanes.insert(lane)
+        }
+
+        /// ``LocalCoordination/handOff(_:release:lane:)`` for this name, whose nodes are
+        /// `allNodes`.
+        mutating func handOff(_ release: some Collection<UInt8>, lane: ConnectionLane, allNodes: Range<Int>) -> Claimed? {
+            lanes.insert(lane)
+            guard var claimed = claimLongestWaiting() else {
+                // Published: of its messages, only the first to come (or the releaser's report)
+                // is news here (see announce(_:release:node:lane:)), unless the name's calls use
+                // two lanes.
+                ownRelease = Array(release)
+                return nil
+            }
+            // Not published: any message of this value to come is of another release.
+            count(release, from: Set(allNodes))
+            claimed.release = lastReleaseGeneration
+            return claimed
+        }
+
         /// Counts a release of the lease whose value is `release`, heard from `nodes`; the
         /// messages of `echoes` say nothing new.
         mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>, echoes: Set<Int> = []) {
@@ -285,8 +308,8 @@ final class LocalCoordination: Sendable {
     /// whose commands go on `lane`: from now on its releases are counted.
     func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) {
         state.withLock { state in
-            state.names[LockKey(name), default: Name()].acquiring += 1
-            state.names[LockKey(name)]?.lanes.insert(lane)
+            // One lookup, changed in place.
+            state.names[LockKey(name), default: Name()].beginAcquiring(lane: lane)
         }
     }
 
@@ -562,22 +585,9 @@ final class LocalCoordination: Sendable {
     /// behind its deletes and then resume it. Returns nil (counting nothing) when nobody waits:
     /// the releaser then publishes its release, and announces it once made.
     func handOff(_ name: String, release: some Collection<UInt8>, lane: ConnectionLane = .shared) -> Claimed? {
-        state.withLock { state in
-            let key = LockKey(name)
-            guard state.names[key] != nil else { return nil }
-            state.names[key]?.lanes.insert(lane)
-            guard var claimed = state.names[key]?.claimLongestWaiting() else {
-                // Published: of its messages, only the first to come (or the releaser's report)
-                // is news here (see announce(_:release:node:lane:)), unless the name's calls use
-                // two lanes.
-                state.names[key]?.ownRelease = Array(release)
-                return nil
-            }
-            // Not published: any message of this value to come is of another release.
-            state.names[key]?.count(release, from: Set(nodes.indices))
-            claimed.release = state.names[key]?.lastReleaseGeneration
-            return claimed
-        }
+        let allNodes = nodes.indices
+        // One lookup, changed in place: the name's waiters are not copied on an unlock's path.
+        return state.withLock { $0.names[LockKey(name)]?.handOff(release, lane: lane, allNodes: allNodes) ?? nil }
     }
 
     /// A `lock()` that had an attempt sent for a release ends without the lock (its last try,
