@@ -20,22 +20,23 @@ extension DistributedLock {
         // A fair lock's random value carries the client's tag: a handoff to it is published on
         // the client's own channel (Scripts.handoffChannel(_:value:)).
         let value = options.fair && !options.value.mayAlreadyBeHeld ? client.coordination.taggedValue(made) : made
+        var ticket: Int?
         if options.singleFlight {
             if tries == 1 {
-                guard client.coordination.tryEnterGate(name) else {
+                ticket = client.coordination.tryEnterGate(name, value: value)
+                guard ticket != nil else {
                     try client.checkOpen(lockName: name)
                     client.metrics.acquireFailed(.taken)
                     throw RedlockError(code: .taken, lockName: name, message: "held by another caller in this process (single-flight)")
                 }
             } else {
-                let entered: Bool
                 do {
-                    entered = try await client.coordination.enterGate(name, giveUpAt: deadline)
+                    ticket = try await client.coordination.enterGate(name, value: value, giveUpAt: deadline)
                 } catch {
                     client.metrics.acquireFailed(.cancelled)
                     throw cancelled("lock")
                 }
-                guard entered else {
+                guard ticket != nil else {
                     // A client shut down meanwhile says so.
                     try client.checkOpen(lockName: name)
                     client.metrics.acquireFailed(.taken)
@@ -46,13 +47,16 @@ extension DistributedLock {
             }
         }
         do {
-            let lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
-            if options.singleFlight { client.coordination.gateHolder(lease) }
+            var lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
+            if let ticket {
+                lease.gateTicket = ticket
+                client.coordination.gateHolder(lease)
+            }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
             return lease
         } catch {
-            if options.singleFlight { client.coordination.leaveGate(name) }
+            if let ticket { client.coordination.leaveGate(name, ticket: ticket) }
             if options.fair, tries > 1 {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.

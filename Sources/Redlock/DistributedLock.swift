@@ -91,15 +91,18 @@ public struct DistributedLock: Sendable {
     ///
     /// Runs to completion even when the calling task is cancelled.
     ///
-    /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone), `.leaseTakenOver`
-    ///   (another holder's keys are there) or `.noQuorum` (nodes failed).
+    /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone; or, with
+    ///   ``LockOptions/singleFlight`` and a fixed ``LockOptions/value``, the lease's validity ended
+    ///   and another caller of this client acquires with the same value: nothing is sent),
+    ///   `.leaseTakenOver` (another holder's keys are there) or `.noQuorum` (nodes failed).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
     }
 
     private func release(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
-        defer { if options.singleFlight { client.coordination.leaveGate(name, value: lease.value) } }
+        if options.singleFlight, client.coordination.gatePassedToSameValue(lease) { throw gatePassedOn(operation: "unlock") }
+        defer { if options.singleFlight { client.coordination.leaveGate(lease) } }
         // A waiter in this process gets the lock handed over: its next attempt is queued right
         // behind the deletes on every connection, so each node runs the delete first, and the
         // handoff costs no extra round trip. If the release fails, that attempt fails like any
@@ -134,17 +137,23 @@ public struct DistributedLock: Sendable {
     /// Resets the keys' expiry to ``LockOptions/expiry`` on every node that still holds the
     /// lease, and returns the lease with its new validity (and the same fencing token).
     ///
-    /// - Throws: ``RedlockError`` with code `.leaseExpired`, `.leaseTakenOver`, `.noQuorum`,
-    ///   `.validityExhausted` or `.cancelled`.
+    /// - Throws: ``RedlockError`` with code `.leaseExpired` (also with ``LockOptions/singleFlight``
+    ///   and a fixed ``LockOptions/value`` when the lease's validity ended, before or while it
+    ///   was extended, and another caller of this client acquires with the same value),
+    ///   `.leaseTakenOver`, `.noQuorum`, `.validityExhausted` or `.cancelled`.
     public func extend(_ lease: Lease) async throws(RedlockError) -> Lease {
         try await client.traced("redlock.extend", lock: name) { _ throws(RedlockError) in try await extendCounted(lease) }
     }
 
     private func extendCounted(_ lease: Lease) async throws(RedlockError) -> Lease {
-        do {
+        do throws(RedlockError) {
             let extended = try await extendOnce(lease)
+            // The gate may have passed on while the extension was out (the lease's validity
+            // ended): with another value the nodes decided, and the successor waits for them.
+            if options.singleFlight, !client.coordination.gateHolder(extended), client.coordination.gatePassedToSameValue(extended) {
+                throw gatePassedOn(operation: "extend")
+            }
             client.metrics.extended(failure: nil)
-            if options.singleFlight { client.coordination.gateHolder(extended, extended: true) }
             return extended
         } catch {
             client.metrics.extended(failure: error.code)
@@ -154,6 +163,7 @@ public struct DistributedLock: Sendable {
 
     private func extendOnce(_ lease: Lease) async throws(RedlockError) -> Lease {
         try check(lease)
+        if options.singleFlight, client.coordination.gatePassedToSameValue(lease) { throw gatePassedOn(operation: "extend") }
         if Task.isCancelled { throw cancelled("extend") }
         let call = RedisScriptCall(
             Scripts.extend, keys: [lease.name],
@@ -166,12 +176,13 @@ public struct DistributedLock: Sendable {
         )
         let end = ContinuousClock.now
         if grantedCount(votes) >= client.quorum {
-            guard let extended = self.lease(value: lease.value, fencingToken: lease.fencingToken, from: start, to: end) else {
+            guard var extended = self.lease(value: lease.value, fencingToken: lease.fencingToken, from: start, to: end) else {
                 throw RedlockError(
                     code: .validityExhausted, lockName: name,
                     message: "extend took \(start.duration(to: end)), leaving no validity of \(options.expiry)"
                 )
             }
+            extended.gateTicket = lease.gateTicket
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
@@ -230,6 +241,16 @@ public struct DistributedLock: Sendable {
         guard lease.name == name else {
             throw .invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
         }
+    }
+
+    /// With single-flight and a fixed value: the lease's validity ended, and the gate passed to
+    /// another caller of this process acquiring with the same value, whose keys the nodes cannot
+    /// tell apart from this lease's.
+    private func gatePassedOn(operation: String) -> RedlockError {
+        RedlockError(
+            code: .leaseExpired, lockName: name,
+            message: "\(operation) refused: the lease's validity ended and single-flight passed the lock to another caller in this process with the same value, which the keys on the nodes now belong to"
+        )
     }
 
     func cancelled(_ operation: String) -> RedlockError {

@@ -19,6 +19,10 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// resource reject writes carrying a token lower than the highest it has seen: that stops a
     /// holder whose lease ran out during a pause from overwriting its successor's work.
     public let fencingToken: Int64?
+    /// With ``LockOptions/singleFlight``, the ticket of the local caller that acquired the lease
+    /// (kept by its extensions): an unlock or extension of a lease whose gate already passed to
+    /// another local caller is told apart from that caller's, even when both hold one fixed value.
+    var gateTicket: Int?
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(

@@ -36,8 +36,9 @@ import Synchronization
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - ``enterGate(_:giveUpAt:)``/``tryEnterGate(_:)`` queue single-flight callers first come,
-///   first served; the gate passes on at ``leaveGate(_:value:)`` or when its holder's lease ran
-///   out (``gateHolder(_:)``).
+///   first served; the gate passes on at ``leaveGate(_:)`` or when its holder's lease ran out
+///   (``gateHolder(_:)``). Each caller that enters gets a ticket, carried in its lease, so that
+///   a lease whose gate passed on is told apart from its successor's even with one fixed value.
 final class LocalCoordination: Sendable {
     /// How long a name stays subscribed after its last waiting `lock()` returned.
     static let subscriptionLinger: Duration = .seconds(2)
@@ -102,14 +103,15 @@ final class LocalCoordination: Sendable {
     /// A single-flight caller waiting for the gate.
     private struct GateWaiter {
         let id: Int
+        let value: String
         let waiter: Waiter
     }
 
     private struct Gate {
-        /// The caller that has the gate.
+        /// The caller that has the gate (its ticket).
         var owner: Int
-        /// The value of the lease the owner acquired, once it has one.
-        var holderValue: String?
+        /// The value the owner acquires (or acquired) with.
+        var ownerValue: String
         /// When the owner's lease runs out; nil while it is still acquiring.
         var holderValidUntil: ContinuousClock.Instant?
         /// Passes the gate on at ``holderValidUntil`` unless the owner left it or extended first.
@@ -121,10 +123,10 @@ final class LocalCoordination: Sendable {
         /// Whether the owner's lease ran out without an unlock.
         var ownerExpired: Bool { holderValidUntil.map { $0 <= .now } ?? false }
 
-        /// Makes `id` the owner, still acquiring; the waiters keep their places.
-        mutating func takeOver(by id: Int) {
+        /// Makes `id`, acquiring with `value`, the owner; the waiters keep their places.
+        mutating func takeOver(by id: Int, value: String) {
             owner = id
-            holderValue = nil
+            ownerValue = value
             holderValidUntil = nil
             leaseEnd?.cancel()
             leaseEnd = nil
@@ -712,10 +714,10 @@ final class LocalCoordination: Sendable {
 
     // MARK: - Single-flight gates
 
-    /// Waits for the gate of `name`, then owns it and returns true; returns false when `giveUp`
-    /// passes first or the client shuts down (owning nothing). Throws `CancellationError` when
-    /// cancelled (owning nothing).
-    func enterGate(_ name: String, giveUpAt giveUp: ContinuousClock.Instant?) async throws -> Bool {
+    /// Waits for the gate of `name`, then owns it and returns the caller's ticket (carried in
+    /// its lease as ``Lease/gateTicket``); returns nil when `giveUp` passes first or the client
+    /// shuts down (owning nothing). Throws `CancellationError` when cancelled (owning nothing).
+    func enterGate(_ name: String, value: String, giveUpAt giveUp: ContinuousClock.Instant?) async throws -> Int? {
         let key = LockKey(name)
         let id = state.withLock { state in
             defer { state.nextGateID += 1 }
@@ -724,62 +726,65 @@ final class LocalCoordination: Sendable {
         while true {
             let (entered, next, shutDown) = state.withLock { state -> (Bool, UnsafeContinuation<Void, Never>?, Bool) in
                 guard !state.shutDown else { return (false, nil, true) }
-                let (entered, next) = admit(key, id: id, in: &state)
+                let (entered, next) = admit(key, id: id, value: value, in: &state)
                 return (entered, next, false)
             }
             next?.resume()
-            if entered { return true }
-            if shutDown { return false }
+            if entered { return id }
+            if shutDown { return nil }
             if Task.isCancelled { throw CancellationError() }
-            if let giveUp, giveUp <= .now { return false }
+            if let giveUp, giveUp <= .now { return nil }
             // The owner's unlock, or the end of its lease (gateHolder(_:)), hands the gate on.
-            await waitForGate(key, id: id, deadline: giveUp)
+            await waitForGate(key, id: id, value: value, deadline: giveUp)
             if Task.isCancelled {
                 // If the gate was handed over just now, pass it on.
-                if state.withLock({ $0.names[key]?.gate?.owner == id }) { leaveGate(name) }
+                leaveGate(name, ticket: id)
                 throw CancellationError()
             }
         }
     }
 
     /// Takes the gate of `name` if nobody has it (or its owner's lease ran out and nobody waits
-    /// for it); never waits. False after shutdown.
-    func tryEnterGate(_ name: String) -> Bool {
-        let (entered, next) = state.withLock { state -> (Bool, UnsafeContinuation<Void, Never>?) in
-            guard !state.shutDown else { return (false, nil) }
+    /// for it) and returns the caller's ticket; never waits. Nil when it is taken, or after
+    /// shutdown.
+    func tryEnterGate(_ name: String, value: String) -> Int? {
+        let (id, entered, next) = state.withLock { state -> (Int, Bool, UnsafeContinuation<Void, Never>?) in
+            guard !state.shutDown else { return (0, false, nil) }
             let id = state.nextGateID
             state.nextGateID += 1
-            return admit(LockKey(name), id: id, in: &state)
+            let (entered, next) = admit(LockKey(name), id: id, value: value, in: &state)
+            return (id, entered, next)
         }
         next?.resume()
-        return entered
+        return entered ? id : nil
     }
 
     /// Whether caller `id` has `key`'s gate now, taking it if so: nobody has it, `id` has it, or
     /// its owner's lease ran out and nobody waits for it. When the lease ran out before its
     /// lease-end action ran, the longest-waiting caller gets the gate first: returned to resume
     /// outside the lock.
-    private func admit(_ key: LockKey, id: Int, in state: inout State) -> (Bool, UnsafeContinuation<Void, Never>?) {
+    private func admit(_ key: LockKey, id: Int, value: String, in state: inout State) -> (Bool, UnsafeContinuation<Void, Never>?) {
         guard let gate = state.names[key]?.gate else {
-            state.names[key, default: Name()].gate = Gate(owner: id)
+            state.names[key, default: Name()].gate = Gate(owner: id, ownerValue: value)
             return (true, nil)
         }
         if gate.owner == id { return (true, nil) }
         guard gate.ownerExpired else { return (false, nil) }
         if let next = passGate(key, in: &state) { return (false, next) }
         // Nobody waited: passGate removed the gate.
-        state.names[key, default: Name()].gate = Gate(owner: id)
+        state.names[key, default: Name()].gate = Gate(owner: id, ownerValue: value)
         return (true, nil)
     }
 
-    /// Queues `id` until it is handed the gate, `deadline` passes, or the task is cancelled.
-    private func waitForGate(_ key: LockKey, id: Int, deadline: ContinuousClock.Instant?) async {
+    /// Queues `id` (acquiring with `value`) until it is handed the gate, `deadline` passes, or
+    /// the task is cancelled.
+    private func waitForGate(_ key: LockKey, id: Int, value: String, deadline: ContinuousClock.Instant?) async {
         let waiter = Waiter()
         await waiter.wait(timer: timer, deadline: deadline) {
             state.withLock { state -> Waiter.Registration in
                 guard let gate = state.names[key]?.gate, gate.owner != id else { return .ended(woken: true) }
                 let place = gate.waiters.firstIndex { $0.id > id } ?? gate.waiters.count
-                state.names[key]?.gate?.waiters.insert(GateWaiter(id: id, waiter: waiter), at: place)
+                state.names[key]?.gate?.waiters.insert(GateWaiter(id: id, value: value, waiter: waiter), at: place)
                 return .waiting
             }
         }
@@ -793,44 +798,75 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.gate?.waiters.count }
     }
 
-    /// Records that the owner of `lease.name`'s gate acquired (with `extended`, extended) `lease`:
-    /// when its validity ends without an unlock or a later extension, the gate passes to the
-    /// longest-waiting caller. An extension of a lease the gate's owner no longer holds (its
-    /// validity ended while it was being extended, and the gate passed on) changes nothing.
-    func gateHolder(_ lease: Lease, extended: Bool = false) {
+    /// Records that the owner of `lease.name`'s gate (the caller whose ticket `lease` carries)
+    /// acquired or extended `lease`: when its validity ends without an unlock or a later
+    /// extension, the gate passes to the longest-waiting caller. Returns false, changing
+    /// nothing, when the lease's caller no longer has the gate (its validity ended while it was
+    /// being extended, and the gate passed on).
+    @discardableResult
+    func gateHolder(_ lease: Lease) -> Bool {
         let key = LockKey(lease.name)
-        let action: TimerAction? = state.withLock { state in
-            guard !state.shutDown, var gate = state.names[key]?.gate else { return nil }
-            if extended, gate.holderValue != lease.value { return nil }
-            gate.holderValue = lease.value
-            gate.holderValidUntil = lease.validUntil
-            gate.leaseEnd?.cancel()
-            let validUntil = lease.validUntil
-            let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, value: lease.value, validUntil: validUntil) }
-            gate.leaseEnd = action
-            state.names[key]?.gate = gate
-            return action
+        let (owns, action): (Bool, TimerAction?) = state.withLock { state in
+            guard let gate = state.names[key]?.gate, Self.owns(gate, lease) else { return (false, nil) }
+            guard !state.shutDown else { return (true, nil) }
+            var held = gate
+            held.holderValidUntil = lease.validUntil
+            held.leaseEnd?.cancel()
+            let (owner, validUntil) = (gate.owner, lease.validUntil)
+            let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, owner: owner, validUntil: validUntil) }
+            held.leaseEnd = action
+            state.names[key]?.gate = held
+            return (true, action)
         }
         if let action { timer.schedule(action, at: lease.validUntil) }
+        return owns
     }
 
-    /// The validity of the gate owner's lease `value` ended at `validUntil`: unless the owner
-    /// left the gate or extended meanwhile, the longest-waiting caller gets it.
-    private func gateLeaseEnded(_ key: LockKey, value: String, validUntil: ContinuousClock.Instant) {
+    private static func owns(_ gate: Gate, _ lease: Lease) -> Bool {
+        if let ticket = lease.gateTicket { return gate.owner == ticket }
+        return gate.holderValidUntil != nil && gate.ownerValue == lease.value
+    }
+
+    /// Whether `lease`'s caller lost its name's gate (its validity ended) to a caller that
+    /// acquires with the same value (a fixed ``LockOptions/value``): the nodes cannot tell the
+    /// two apart, so releasing or extending `lease` there would act on the successor's keys.
+    func gatePassedToSameValue(_ lease: Lease) -> Bool {
+        guard let ticket = lease.gateTicket else { return false }
+        return state.withLock { state in
+            guard let gate = state.names[LockKey(lease.name)]?.gate else { return false }
+            return gate.owner != ticket && gate.ownerValue == lease.value
+        }
+    }
+
+    /// The validity of gate owner `owner`'s lease ended at `validUntil`: unless the owner left
+    /// the gate or extended meanwhile, the longest-waiting caller gets it.
+    private func gateLeaseEnded(_ key: LockKey, owner: Int, validUntil: ContinuousClock.Instant) {
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard let gate = state.names[key]?.gate, gate.holderValue == value, gate.holderValidUntil == validUntil, gate.ownerExpired
+            guard let gate = state.names[key]?.gate, gate.owner == owner, gate.holderValidUntil == validUntil, gate.ownerExpired
             else { return nil }
             return passGate(key, in: &state)
         }
         next?.resume()
     }
 
-    /// Passes the gate of `name` to the next waiter. With `value`, only if that lease owns it.
-    func leaveGate(_ name: String, value: String? = nil) {
+    /// Passes the gate of `name` to the next waiter if caller `ticket` has it.
+    func leaveGate(_ name: String, ticket: Int) {
         let key = LockKey(name)
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard let gate = state.names[key]?.gate else { return nil }
-            if let value, gate.holderValue != value { return nil }
+            guard state.names[key]?.gate?.owner == ticket else { return nil }
+            return passGate(key, in: &state)
+        }
+        next?.resume()
+    }
+
+    /// Passes the gate of `lease`'s name to the next waiter if the caller that acquired `lease`
+    /// has it. A lease that carries no ticket (made by
+    /// ``Lease/init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``) has it when the
+    /// gate's owner acquired with its value.
+    func leaveGate(_ lease: Lease) {
+        let key = LockKey(lease.name)
+        let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
+            guard let gate = state.names[key]?.gate, Self.owns(gate, lease) else { return nil }
             return passGate(key, in: &state)
         }
         next?.resume()
@@ -845,7 +881,7 @@ final class LocalCoordination: Sendable {
         while !gate.waiters.isEmpty {
             let first = gate.waiters.removeFirst()
             guard let continuation = first.waiter.claim(byRelease: true) else { continue }
-            gate.takeOver(by: first.id)
+            gate.takeOver(by: first.id, value: first.value)
             entry.gate = gate
             return continuation
         }
@@ -868,7 +904,7 @@ final class LocalCoordination: Sendable {
 
     /// At shutdown: no gate passes on any more (its lease-end action is cancelled, so the timer
     /// need not wait for it), and every caller waiting for one returns without it
-    /// (``enterGate(_:giveUpAt:)`` returns false). Later subscriptions are not made.
+    /// (``enterGate(_:giveUpAt:)`` returns nil). Later subscriptions are not made.
     func closeGates() {
         let waiting: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             state.shutDown = true

@@ -385,6 +385,62 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("single-flight with a fixed value: once a holder's validity ended and the gate passed on, its unlock and extend are refused without touching the nodes (the successor holds keys with the same value) and do not pass on the successor's gate")
+    func singleFlightFixedValueLateUnlock() async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = LockOptions(expiry: .milliseconds(400), acquireTimeout: .seconds(20), value: .fixed("one-value"))
+            options.singleFlight = true
+            let lock = try client.makeLock("fixed-flight", options: options)
+            let dropped = try await lock.lock()
+            let successor = Task { try await lock.lock() }
+            try #require(await eventually { client.coordination.gateQueueLength(of: "fixed-flight") == 1 })
+            // The holder never unlocks in time: its lease's end passes the gate on.
+            let lease = try await successor.value
+            let third = Task { try await lock.lock() }
+            try #require(await eventually { client.coordination.gateQueueLength(of: "fixed-flight") == 1 })
+
+            let unlockError = await #expect(throws: RedlockError.self) { try await lock.unlock(dropped) }
+            #expect(unlockError?.code == .leaseExpired && unlockError?.message.contains("single-flight") == true, "\(String(describing: unlockError))")
+            let extendError = await #expect(throws: RedlockError.self) { _ = try await lock.extend(dropped) }
+            #expect(extendError?.code == .leaseExpired, "\(String(describing: extendError))")
+            #expect(try await values(of: "fixed-flight", on: servers) == Array(repeating: "one-value", count: 3), "the successor's keys were touched")
+            #expect(client.coordination.gateQueueLength(of: "fixed-flight") == 1, "the old holder passed on its successor's gate")
+
+            try await lock.unlock(lease)
+            let last = try await third.value
+            try await lock.unlock(last)
+            #expect(try await values(of: "fixed-flight", on: servers) == [nil, nil, nil])
+        }
+    }
+
+    @Test("single-flight with a fixed value: an extension sent before the holder's validity ended and answered after the gate passed on fails, so two callers of one process never both hold")
+    func singleFlightFixedValueLateExtension() async throws {
+        try await withLockNodes(3) { client, servers in
+            // Validity ends 30 % of the expiry before the keys do: the extension is answered after
+            // the first and before the second, while a majority of nodes is stalled.
+            var options = LockOptions(
+                expiry: .seconds(2), acquireTimeout: .seconds(20), driftFactor: 0.3, timeoutFactor: 0.6, value: .fixed("one-value")
+            )
+            options.singleFlight = true
+            let lock = try client.makeLock("late-extension", options: options)
+            let lease = try await lock.lock()
+            let successor = Task { try await lock.lock() }
+            try #require(await eventually { client.coordination.gateQueueLength(of: "late-extension") == 1 })
+            try await Task.sleep(until: lease.validUntil - .milliseconds(250))
+            let stalls = [try await servers[0].stall(for: .milliseconds(600)), try await servers[1].stall(for: .milliseconds(600))]
+            let extended: Result<Lease, RedlockError>
+            do throws(RedlockError) { extended = .success(try await lock.extend(lease)) } catch { extended = .failure(error) }
+            let answeredAt = ContinuousClock.now
+            try #require(answeredAt > lease.validUntil, "the extension was answered before the validity ended: the test proves nothing")
+            #expect(answeredAt < lease.acquiredAt + .seconds(2), "the keys expired before the extension came: the test proves nothing")
+            #expect(extended.failure?.code == .leaseExpired, "both the old holder and its successor hold: \(extended)")
+            for stall in stalls { await stall.waitUntilOver() }
+            let next = try await successor.value
+            #expect(next.isValid)
+            try await lock.unlock(next)
+        }
+    }
+
     @Test("single-flight: client.shutdown() ends a caller waiting for the gate at once with clientShutDown, and the timer's thread does not wait for the owner's lease to end")
     func singleFlightShutdown() async throws {
         try await withRedisServers(3) { servers in

@@ -464,16 +464,20 @@ struct LocalCoordinationTests {
     func gates() async throws {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        #expect(coordination.tryEnterGate("g"))
-        #expect(!coordination.tryEnterGate("g"))
-        #expect(try await coordination.enterGate("g", giveUpAt: .now + .milliseconds(20)) == false)
-        let second = Task { try await coordination.enterGate("g", giveUpAt: nil) }
+        let first = try #require(coordination.tryEnterGate("g", value: "v"))
+        #expect(coordination.tryEnterGate("g", value: "v") == nil)
+        #expect(try await coordination.enterGate("g", value: "v", giveUpAt: .now + .milliseconds(20)) == nil)
+        let second = Task { try await coordination.enterGate("g", value: "v", giveUpAt: nil) }
         try #require(await eventually { coordination.gateQueueLength(of: "g") == 1 })
-        coordination.leaveGate("g")
-        #expect(try await second.value)
-        coordination.leaveGate("g")
+        coordination.leaveGate("g", ticket: first + 1_000)
+        #expect(coordination.gateQueueLength(of: "g") == 1, "a caller without the gate passed it on")
+        coordination.leaveGate("g", ticket: first)
+        let secondTicket = try #require(try await second.value)
+        coordination.leaveGate("g", ticket: first)
+        #expect(coordination.gateQueueLength(of: "g") == 0, "the first caller passed on its successor's gate")
+        coordination.leaveGate("g", ticket: secondTicket)
         #expect(coordination.gateQueueLength(of: "g") == nil)
-        #expect(coordination.tryEnterGate("g"))
-        coordination.leaveGate("g")
+        let third = try #require(coordination.tryEnterGate("g", value: "v"))
+        coordination.leaveGate("g", ticket: third)
     }
 }
