@@ -50,7 +50,7 @@ extension DistributedLock {
             var lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
             if let ticket {
                 lease.gateTicket = ticket
-                client.coordination.gateHolder(lease)
+                client.coordination.gateHolder(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld)
             }
             client.metrics.acquired.increment()
             client.metrics.acquireDuration.recordNanoseconds(calledAt.duration(to: .now).wholeNanoseconds)
@@ -113,11 +113,17 @@ extension DistributedLock {
         let countsHandoffs = tries > 1 && handoffsCountAsGrants
         var firstStart: ContinuousClock.Instant?
         var cleanedUp: Set<Int>? = countsHandoffs ? [] : nil
-        // A fair lock's handoffs come on the channel its value picks; one of another tag than the
-        // client's (a value of the caller's own) is listened on while this call lasts.
+        // A fair lock's handoffs come on the channel its value picks: the client's own for its
+        // random values; one of another tag (a value of the caller's own) is listened on while
+        // this call lasts.
         let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
         var countedChannel: String?
-        defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
+        defer { if let countedChannel { coordination.stopListening(handoffChannel: countedChannel) } }
+        // This client's handoff channel is listened on before the first attempt: the release that
+        // hands this caller the lock may come before it could subscribe after a failed attempt.
+        if let handoffChannel, options.fastHandoff, handoffChannel.utf8.elementsEqual(coordination.ownHandoffChannel.utf8) {
+            coordination.listenForOwnHandoffs()
+        }
         for attemptNumber in 0..<tries {
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?

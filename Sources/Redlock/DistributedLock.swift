@@ -101,8 +101,10 @@ public struct DistributedLock: Sendable {
 
     private func release(_ lease: Lease) async throws(RedlockError) {
         try check(lease)
-        if options.singleFlight, client.coordination.gatePassedToSameValue(lease) { throw gatePassedOn(operation: "unlock") }
-        defer { if options.singleFlight { client.coordination.leaveGate(lease) } }
+        if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
+            throw gatePassedOn(operation: "unlock")
+        }
+        defer { if options.singleFlight { client.coordination.leaveGate(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) } }
         // A waiter in this process gets the lock handed over: its next attempt is queued right
         // behind the deletes on every connection, so each node runs the delete first, and the
         // handoff costs no extra round trip. If the release fails, that attempt fails like any
@@ -150,7 +152,9 @@ public struct DistributedLock: Sendable {
             let extended = try await extendOnce(lease)
             // The gate may have passed on while the extension was out (the lease's validity
             // ended): with another value the nodes decided, and the successor waits for them.
-            if options.singleFlight, !client.coordination.gateHolder(extended), client.coordination.gatePassedToSameValue(extended) {
+            let repeats = options.value.mayAlreadyBeHeld
+            if options.singleFlight, !client.coordination.gateHolder(extended, valuesMayRepeat: repeats),
+               client.coordination.gatePassedToSameValue(extended, valuesMayRepeat: repeats) {
                 throw gatePassedOn(operation: "extend")
             }
             client.metrics.extended(failure: nil)
@@ -163,7 +167,9 @@ public struct DistributedLock: Sendable {
 
     private func extendOnce(_ lease: Lease) async throws(RedlockError) -> Lease {
         try check(lease)
-        if options.singleFlight, client.coordination.gatePassedToSameValue(lease) { throw gatePassedOn(operation: "extend") }
+        if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
+            throw gatePassedOn(operation: "extend")
+        }
         if Task.isCancelled { throw cancelled("extend") }
         let call = RedisScriptCall(
             Scripts.extend, keys: [lease.name],

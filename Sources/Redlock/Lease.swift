@@ -41,6 +41,24 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
         self.fencingToken = fencingToken
     }
 
+    /// Leases are equal when their public fields are (the local gate ticket is left out, so a
+    /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)`` from
+    /// another's fields equals it).
+    public static func == (lhs: Lease, rhs: Lease) -> Bool {
+        lhs.name == rhs.name && lhs.value == rhs.value && lhs.expiry == rhs.expiry && lhs.acquiredAt == rhs.acquiredAt
+            && lhs.validUntil == rhs.validUntil && lhs.fencingToken == rhs.fencingToken
+    }
+
+    /// Hashes the fields ``==(_:_:)`` compares.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(value)
+        hasher.combine(expiry)
+        hasher.combine(acquiredAt)
+        hasher.combine(validUntil)
+        hasher.combine(fencingToken)
+    }
+
     /// How much validity is left now; zero once it has run out.
     public var remainingValidity: Duration {
         Swift.max(.zero, ContinuousClock.now.duration(to: validUntil))

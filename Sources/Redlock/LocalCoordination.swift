@@ -35,7 +35,7 @@ import Synchronization
 ///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
-/// - ``enterGate(_:giveUpAt:)``/``tryEnterGate(_:)`` queue single-flight callers first come,
+/// - ``enterGate(_:value:giveUpAt:)``/``tryEnterGate(_:value:)`` queue single-flight callers first come,
 ///   first served; the gate passes on at ``leaveGate(_:)`` or when its holder's lease ran out
 ///   (``gateHolder(_:)``). Each caller that enters gets a ticket, carried in its lease, so that
 ///   a lease whose gate passed on is told apart from its successor's even with one fixed value.
@@ -114,6 +114,8 @@ final class LocalCoordination: Sendable {
         var ownerValue: String
         /// When the owner's lease runs out; nil while it is still acquiring.
         var holderValidUntil: ContinuousClock.Instant?
+        /// When the owner's latest acquire or extension began; nil while it is still acquiring.
+        var holderAcquiredAt: ContinuousClock.Instant?
         /// Passes the gate on at ``holderValidUntil`` unless the owner left it or extended first.
         var leaseEnd: TimerAction?
         /// First come first (by id: a waiter whose wait timed out queues again in its place);
@@ -128,6 +130,7 @@ final class LocalCoordination: Sendable {
             owner = id
             ownerValue = value
             holderValidUntil = nil
+            holderAcquiredAt = nil
             leaseEnd?.cancel()
             leaseEnd = nil
         }
@@ -166,8 +169,9 @@ final class LocalCoordination: Sendable {
         var acquiring = 0
         /// Whether the name's release channel is subscribed on the nodes.
         var subscribed = false
-        /// The fair lock handoff channels subscribed for it that last as long as its release
-        /// channel: this client's own (``handoffTag``) and the shared one.
+        /// The fair lock handoff channel shared by every client waiting for this name
+        /// (``Scripts/handoffChannel(_:)``, for values without a tag), when subscribed: it lasts
+        /// as long as the release channel.
         var handoffChannels: [String] = []
         /// Subscriptions the nodes confirmed so far (for tests).
         var confirmations = 0
@@ -272,13 +276,15 @@ final class LocalCoordination: Sendable {
 
     private struct State {
         var names: [LockKey: Name] = [:]
-        var nextGateID = 0
         /// One per node, made with the first subscription.
         var subscribers: [RedisSubscriber] = []
-        /// Handoff channels of values of the caller's own that carry another tag, by their bytes:
-        /// the name each belongs to and how many `lock()` calls listen on it. Subscribed while one
-        /// does (values of a generator may each pick a channel of their own).
-        var countedHandoffChannels: [[UInt8]: (key: LockKey, users: Int)] = [:]
+        /// Whether this client's own handoff channel (``LocalCoordination/ownHandoffChannel``) is
+        /// subscribed: from the first fair `lock()` that may wait until shutdown.
+        var ownChannelSubscribed = false
+        /// Client channels of values of the caller's own that carry another tag, by their bytes:
+        /// how many `lock()` calls listen on each. Subscribed while one does (values of a
+        /// generator may each pick a channel of their own).
+        var countedHandoffChannels: [[UInt8]: Int] = [:]
         var shutDown = false
     }
 
@@ -293,12 +299,13 @@ final class LocalCoordination: Sendable {
     /// wakes only the waiter's process.
     let handoffTag: String
 
-    /// `~TAG`: what ends this client's handoff channels.
-    private let ownTagSuffix: String
+    /// The channel a fair release hands this client's waiters the lock on, whatever the name:
+    /// `redlock:handoff:~TAG` (``Scripts/clientHandoffChannel(tag:)``).
+    let ownHandoffChannel: String
 
     init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
         handoffTag = randomHexTag()
-        ownTagSuffix = Scripts.handoffTagSeparator + handoffTag
+        ownHandoffChannel = Scripts.clientHandoffChannel(tag: handoffTag)
         self.nodes = nodes
         self.sender = sender
         self.timer = timer
@@ -370,41 +377,50 @@ final class LocalCoordination: Sendable {
     /// ``handoffTag``: `TAG~VALUE`.
     func taggedValue(_ value: String) -> String { handoffTag + Scripts.handoffTagSeparator + value }
 
+    /// Subscribes to this client's own handoff channel on every node, once (a no-op when
+    /// subscribed, or after shutdown): a fair `lock()` that may wait calls it before its first
+    /// attempt, so that a handoff to it is heard even on a name it never waited for. Stays
+    /// subscribed until shutdown.
+    func listenForOwnHandoffs() {
+        let subscribers: [RedisSubscriber] = state.withLock { state in
+            guard !state.shutDown, !state.ownChannelSubscribed else { return [] }
+            state.ownChannelSubscribed = true
+            if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
+            return state.subscribers
+        }
+        for subscriber in subscribers { subscriber.subscribe(ownHandoffChannel) }
+    }
+
     /// Subscribes to `name`'s release channel on every node — with `handoffChannel`, a fair
     /// lock's, also to that handoff channel (``Scripts/handoffChannel(_:value:)`` of the
     /// waiter's value) — once per name and channel (a no-op when subscribed, or after shutdown).
-    /// Call while acquiring. This client's own handoff channel and the shared one stay
-    /// subscribed as long as the release channel; any other (a value of the caller's own with
-    /// another tag) is counted: returns true when this call counted a use of it, to be ended by
-    /// ``stopListening(_:handoffChannel:)`` when that `lock()` returns.
+    /// Call while acquiring. The shared handoff channel of the name stays subscribed as long as
+    /// the release channel, and this client's own as long as the client
+    /// (``listenForOwnHandoffs()``); any other (a value of the caller's own with another tag) is
+    /// counted: returns true when this call counted a use of it, to be ended by
+    /// ``stopListening(handoffChannel:)`` when that `lock()` returns.
     @discardableResult
     func listen(_ name: String, handoffChannel: String? = nil) -> Bool {
         let key = LockKey(name)
-        let lingers = handoffChannel.map { channel in
-            [Scripts.handoffChannel(name), ownHandoffChannel(name)].contains { channel.utf8.elementsEqual($0.utf8) }
-        } ?? true
+        if let handoffChannel, handoffChannel.utf8.elementsEqual(ownHandoffChannel.utf8) { listenForOwnHandoffs() }
+        let shared = Scripts.handoffChannel(name)
+        let own = ownHandoffChannel
         let (subscribers, channels, counted): ([RedisSubscriber], [String], Bool) = state.withLock { state in
             guard !state.shutDown, var entry = state.names[key] else { return ([], [], false) }
             var channels: [String] = []
             var counted = false
             if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
-            if let handoffChannel, lingers, !entry.handoffChannels.contains(handoffChannel) {
-                channels.append(handoffChannel)
-                entry.handoffChannels.append(handoffChannel)
-            } else if let handoffChannel, !lingers {
-                let bytes = Array(handoffChannel.utf8)
-                // A channel belongs to one name (two share one only when one name is the other
-                // plus `~` and a tag); the later one's waiters then claim at their retry delay.
-                if let use = state.countedHandoffChannels[bytes] {
-                    if use.key == key {
-                        state.countedHandoffChannels[bytes] = (key, use.users + 1)
-                        counted = true
-                    }
-                } else {
-                    state.countedHandoffChannels[bytes] = (key, 1)
+            if let handoffChannel, handoffChannel.utf8.elementsEqual(shared.utf8) {
+                if !entry.handoffChannels.contains(handoffChannel) {
                     channels.append(handoffChannel)
-                    counted = true
+                    entry.handoffChannels.append(handoffChannel)
                 }
+            } else if let handoffChannel, !handoffChannel.utf8.elementsEqual(own.utf8) {
+                let bytes = Array(handoffChannel.utf8)
+                let users = state.countedHandoffChannels[bytes] ?? 0
+                state.countedHandoffChannels[bytes] = users + 1
+                if users == 0 { channels.append(handoffChannel) }
+                counted = true
             }
             guard !channels.isEmpty else { return ([], [], counted) }
             if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
@@ -420,12 +436,12 @@ final class LocalCoordination: Sendable {
 
     /// Ends a use of a counted handoff channel (``listen(_:handoffChannel:)`` returned true); the
     /// last one unsubscribes it.
-    func stopListening(_ name: String, handoffChannel channel: String) {
+    func stopListening(handoffChannel channel: String) {
         let bytes = Array(channel.utf8)
         let subscribers: [RedisSubscriber] = state.withLock { state in
-            guard let use = state.countedHandoffChannels[bytes], use.key == LockKey(name) else { return [] }
-            guard use.users <= 1 else {
-                state.countedHandoffChannels[bytes] = (use.key, use.users - 1)
+            guard let users = state.countedHandoffChannels[bytes] else { return [] }
+            guard users <= 1 else {
+                state.countedHandoffChannels[bytes] = users - 1
                 return []
             }
             state.countedHandoffChannels[bytes] = nil
@@ -434,22 +450,12 @@ final class LocalCoordination: Sendable {
         for subscriber in subscribers { subscriber.unsubscribe(channel) }
     }
 
-    /// This client's handoff channel for `name`: `redlock:handoff:NAME~TAG`.
-    private func ownHandoffChannel(_ name: String) -> String {
-        Scripts.handoffChannel(name) + ownTagSuffix
-    }
-
-    /// The lock name of a handoff channel: the name in a channel of this client's tag (every
-    /// message of a random value: no lock taken), else a counted channel's, else the name in the
-    /// shared one. (Read from the channel, so that a message that comes while a lingering
-    /// subscription is being ended and made again still reaches the name.)
-    private func name(ofHandoffChannel channel: String) -> String? {
-        guard let rest = Scripts.lockName(ofHandoffChannel: channel) else { return nil }
-        let suffix = ownTagSuffix.utf8
-        if rest.utf8.count > suffix.count, rest.utf8.suffix(suffix.count).elementsEqual(suffix) {
-            return String(decoding: rest.utf8.dropLast(suffix.count), as: UTF8.self)
-        }
-        return state.withLock({ $0.countedHandoffChannels[Array(channel.utf8)] })?.key.name ?? rest
+    /// Whether `channel` is a client's handoff channel this client listens on: its own, or a
+    /// counted one.
+    private func isListenedClientChannel(_ channel: String) -> Bool {
+        if channel.utf8.elementsEqual(ownHandoffChannel.utf8) { return true }
+        guard let rest = Scripts.lockName(ofHandoffChannel: channel), rest.utf8.first == UInt8(ascii: "~") else { return false }
+        return state.withLock { $0.countedHandoffChannels[Array(channel.utf8)] != nil }
     }
 
     private func makeSubscribers() -> [RedisSubscriber] {
@@ -457,17 +463,26 @@ final class LocalCoordination: Sendable {
             RedisSubscriber(
                 configuration: node.configuration, eventLoop: node.eventLoop,
                 onSubscribed: { [weak self] channel in
+                    guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
-                        self?.confirmed(name)
-                    } else if let name = self?.name(ofHandoffChannel: channel) {
-                        self?.confirmed(name, handoffs: true)
+                        confirmed(name)
+                    } else if isListenedClientChannel(channel) {
+                        confirmedClientChannel()
+                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                        confirmed(name, handoffs: true)
                     }
                 },
                 onMessage: { [weak self] channel, payload in
+                    guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
-                        self?.announce(name, release: payload, node: index)
-                    } else if let name = self?.name(ofHandoffChannel: channel) {
-                        self?.handedOff(name, message: HandoffMessage(payload), node: index)
+                        announce(name, release: payload, node: index)
+                    } else if isListenedClientChannel(channel) {
+                        // A message that does not parse is not a handoff to anyone here.
+                        if let addressed = AddressedHandoff(payload) {
+                            handedOff(addressed.name, message: addressed.message, node: index)
+                        }
+                    } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                        handedOff(name, message: HandoffMessage(payload), node: index)
                     }
                 }
             )
@@ -490,13 +505,32 @@ final class LocalCoordination: Sendable {
             let key = LockKey(name)
             guard var entry = state.names[key], entry.subscribed else { return [] }
             // A handoff channel's confirmation counts only while the name has one.
-            if handoffs, entry.handoffChannels.isEmpty, !state.countedHandoffChannels.values.contains(where: { $0.key == key }) { return [] }
+            if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
             let waiters = entry.waiters
             entry.waiters = []
             state.names[key] = entry
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
+        }
+        for continuation in woken { continuation.resume() }
+    }
+
+    /// A node confirmed a client handoff channel (this client's own, or a counted one): a handoff
+    /// published there before may have gone unheard, so every name being acquired counts it as
+    /// ``confirmed(_:handoffs:)`` counts a confirmation of its own channels.
+    private func confirmedClientChannel() {
+        let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
+            var woken: [UnsafeContinuation<Void, Never>] = []
+            for key in Array(state.names.keys) {
+                guard var entry = state.names[key], entry.acquiring > 0 else { continue }
+                entry.generation &+= 1
+                entry.confirmations += 1
+                woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
+                entry.waiters = []
+                state.names[key] = entry
+            }
+            return woken
         }
         for continuation in woken { continuation.resume() }
     }
@@ -719,10 +753,7 @@ final class LocalCoordination: Sendable {
     /// shuts down (owning nothing). Throws `CancellationError` when cancelled (owning nothing).
     func enterGate(_ name: String, value: String, giveUpAt giveUp: ContinuousClock.Instant?) async throws -> Int? {
         let key = LockKey(name)
-        let id = state.withLock { state in
-            defer { state.nextGateID += 1 }
-            return state.nextGateID
-        }
+        let id = Self.nextTicket()
         while true {
             let (entered, next, shutDown) = state.withLock { state -> (Bool, UnsafeContinuation<Void, Never>?, Bool) in
                 guard !state.shutDown else { return (false, nil, true) }
@@ -750,13 +781,20 @@ final class LocalCoordination: Sendable {
     func tryEnterGate(_ name: String, value: String) -> Int? {
         let (id, entered, next) = state.withLock { state -> (Int, Bool, UnsafeContinuation<Void, Never>?) in
             guard !state.shutDown else { return (0, false, nil) }
-            let id = state.nextGateID
-            state.nextGateID += 1
+            let id = Self.nextTicket()
             let (entered, next) = admit(LockKey(name), id: id, value: value, in: &state)
             return (id, entered, next)
         }
         next?.resume()
         return entered ? id : nil
+    }
+
+    /// Tickets are unique in the process, not only in one client: a lease unlocked through
+    /// another client's lock object never matches that client's gate owner.
+    private static let tickets = Atomic<Int>(0)
+
+    private static func nextTicket() -> Int {
+        tickets.wrappingAdd(1, ordering: .relaxed).newValue
     }
 
     /// Whether caller `id` has `key`'s gate now, taking it if so: nobody has it, `id` has it, or
@@ -800,41 +838,58 @@ final class LocalCoordination: Sendable {
 
     /// Records that the owner of `lease.name`'s gate (the caller whose ticket `lease` carries)
     /// acquired or extended `lease`: when its validity ends without an unlock or a later
-    /// extension, the gate passes to the longest-waiting caller. Returns false, changing
-    /// nothing, when the lease's caller no longer has the gate (its validity ended while it was
-    /// being extended, and the gate passed on).
+    /// extension, the gate passes to the longest-waiting caller. A lease whose gate went away
+    /// meanwhile (its validity ended while it was being extended, and nobody waited) takes it
+    /// again. Returns false, changing nothing, when another caller has the gate now (the lease's
+    /// validity ended, and the gate passed on).
     @discardableResult
-    func gateHolder(_ lease: Lease) -> Bool {
+    func gateHolder(_ lease: Lease, valuesMayRepeat: Bool) -> Bool {
         let key = LockKey(lease.name)
         let (owns, action): (Bool, TimerAction?) = state.withLock { state in
-            guard let gate = state.names[key]?.gate, Self.owns(gate, lease) else { return (false, nil) }
-            guard !state.shutDown else { return (true, nil) }
-            var held = gate
+            let gate = state.names[key]?.gate
+            guard !state.shutDown else { return (gate.map { Self.owns($0, lease, valuesMayRepeat: valuesMayRepeat) } ?? false, nil) }
+            var held: Gate
+            if let gate {
+                guard Self.owns(gate, lease, valuesMayRepeat: valuesMayRepeat) else { return (false, nil) }
+                held = gate
+            } else {
+                guard let ticket = lease.gateTicket else { return (false, nil) }
+                held = Gate(owner: ticket, ownerValue: lease.value)
+            }
             held.holderValidUntil = lease.validUntil
+            held.holderAcquiredAt = lease.acquiredAt
             held.leaseEnd?.cancel()
-            let (owner, validUntil) = (gate.owner, lease.validUntil)
+            let (owner, validUntil) = (held.owner, lease.validUntil)
             let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, owner: owner, validUntil: validUntil) }
             held.leaseEnd = action
-            state.names[key]?.gate = held
+            state.names[key, default: Name()].gate = held
             return (true, action)
         }
         if let action { timer.schedule(action, at: lease.validUntil) }
         return owns
     }
 
-    private static func owns(_ gate: Gate, _ lease: Lease) -> Bool {
+    /// Whether the caller that acquired `lease` has `gate`: by its ticket. A lease that carries
+    /// none (made by ``Lease/init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``) has
+    /// it when the owner holds a lease of its value — with `valuesMayRepeat` (a fixed or
+    /// caller-made ``LockOptions/value``), one begun no later than it (the owner's latest
+    /// acquire or extension, or a copy of it): an older lease of that value may be a caller's
+    /// whose validity ended.
+    private static func owns(_ gate: Gate, _ lease: Lease, valuesMayRepeat: Bool) -> Bool {
         if let ticket = lease.gateTicket { return gate.owner == ticket }
-        return gate.holderValidUntil != nil && gate.ownerValue == lease.value
+        guard let since = gate.holderAcquiredAt, gate.ownerValue == lease.value else { return false }
+        return !valuesMayRepeat || lease.acquiredAt >= since
     }
 
     /// Whether `lease`'s caller lost its name's gate (its validity ended) to a caller that
     /// acquires with the same value (a fixed ``LockOptions/value``): the nodes cannot tell the
-    /// two apart, so releasing or extending `lease` there would act on the successor's keys.
-    func gatePassedToSameValue(_ lease: Lease) -> Bool {
-        guard let ticket = lease.gateTicket else { return false }
-        return state.withLock { state in
-            guard let gate = state.names[LockKey(lease.name)]?.gate else { return false }
-            return gate.owner != ticket && gate.ownerValue == lease.value
+    /// two apart, so releasing or extending `lease` there would act on the successor's keys. A
+    /// lease without a ticket lost it unless it is the owner's (see
+    /// ``owns(_:_:valuesMayRepeat:)``).
+    func gatePassedToSameValue(_ lease: Lease, valuesMayRepeat: Bool) -> Bool {
+        state.withLock { state in
+            guard let gate = state.names[LockKey(lease.name)]?.gate, gate.ownerValue == lease.value else { return false }
+            return !Self.owns(gate, lease, valuesMayRepeat: valuesMayRepeat)
         }
     }
 
@@ -860,13 +915,11 @@ final class LocalCoordination: Sendable {
     }
 
     /// Passes the gate of `lease`'s name to the next waiter if the caller that acquired `lease`
-    /// has it. A lease that carries no ticket (made by
-    /// ``Lease/init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``) has it when the
-    /// gate's owner acquired with its value.
-    func leaveGate(_ lease: Lease) {
+    /// has it (see ``owns(_:_:valuesMayRepeat:)``).
+    func leaveGate(_ lease: Lease, valuesMayRepeat: Bool) {
         let key = LockKey(lease.name)
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard let gate = state.names[key]?.gate, Self.owns(gate, lease) else { return nil }
+            guard let gate = state.names[key]?.gate, Self.owns(gate, lease, valuesMayRepeat: valuesMayRepeat) else { return nil }
             return passGate(key, in: &state)
         }
         next?.resume()
@@ -904,7 +957,7 @@ final class LocalCoordination: Sendable {
 
     /// At shutdown: no gate passes on any more (its lease-end action is cancelled, so the timer
     /// need not wait for it), and every caller waiting for one returns without it
-    /// (``enterGate(_:giveUpAt:)`` returns nil). Later subscriptions are not made.
+    /// (``enterGate(_:value:giveUpAt:)`` returns nil). Later subscriptions are not made.
     func closeGates() {
         let waiting: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             state.shutDown = true
@@ -963,6 +1016,34 @@ struct HandoffMessage: Sendable {
     /// The handed key's life when the message hands the lock to `waiter` and says it.
     func life(for waiter: [UInt8]) -> Duration? {
         value == waiter ? life : nil
+    }
+}
+
+/// A fair release's handoff on a client channel (``Scripts/releaseFair``,
+/// ``Scripts/clientHandoffChannel(tag:)``): `LIFE LENGTH NAME VALUE` — the handed key's life in
+/// ms, the name's length in bytes, the name, and the waiter's value, each followed by one space
+/// but the last. The length lets both the name and the value hold spaces.
+struct AddressedHandoff: Sendable {
+    /// The lock's name.
+    let name: String
+    /// The handoff itself, as it reads on a name's own channel (`LIFE VALUE`).
+    let message: HandoffMessage
+
+    /// Nil when `payload` does not read as one.
+    init?(_ payload: [UInt8]) {
+        let space = UInt8(ascii: " ")
+        let isDigit = { (byte: UInt8) in (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) }
+        guard let lifeEnd = payload.firstIndex(of: space), lifeEnd > 0, payload[..<lifeEnd].allSatisfy(isDigit) else { return nil }
+        let lengthStart = lifeEnd + 1
+        guard let lengthEnd = payload[lengthStart...].firstIndex(of: space), lengthEnd > lengthStart, lengthEnd - lengthStart <= 9,
+              payload[lengthStart..<lengthEnd].allSatisfy(isDigit),
+              let length = Int(String(decoding: payload[lengthStart..<lengthEnd], as: UTF8.self))
+        else { return nil }
+        let nameStart = lengthEnd + 1
+        // The name, a space, and a value of at least one byte.
+        guard length < payload.count - nameStart - 1, payload[nameStart + length] == space else { return nil }
+        name = String(decoding: payload[nameStart..<(nameStart + length)], as: UTF8.self)
+        message = HandoffMessage(Array(payload[...lifeEnd]) + payload[(nameStart + length + 1)...])
     }
 }
 

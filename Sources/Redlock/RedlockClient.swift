@@ -253,6 +253,10 @@ public final class RedlockClient: Sendable {
         coordination.confirmations(of: name)
     }
 
+    /// The channel fair releases hand this client's waiters the lock on: `redlock:handoff:~TAG`
+    /// (for tests).
+    package var ownHandoffChannel: String { coordination.ownHandoffChannel }
+
     /// How many fair lock handoff messages of `name` this client's subscribers read since it
     /// began to listen for them (for tests).
     package func handoffMessagesHeard(for name: String) -> Int {

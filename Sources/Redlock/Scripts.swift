@@ -178,8 +178,9 @@ enum Scripts {
     )
 
     /// Release in a fair lock. `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines,
-    /// `ARGV[1]` value, `ARGV[2]` the release channel or empty, `ARGV[3]` the handoff channel or
-    /// empty (``handoffChannel(_:)``; a tagged waiter's goes to ``handoffChannel(_:value:)``), `ARGV[4]` how long a handed-over key lives unclaimed, in ms,
+    /// `ARGV[1]` value, `ARGV[2]` the release channel or empty, `ARGV[3]` the name's handoff
+    /// channel (``handoffChannel(_:)``), or empty to publish no handoff, `ARGV[4]` how long a
+    /// handed-over key lives unclaimed, in ms,
     /// `ARGV[5]` "1" to leave the line and hand over, "0" to stay in line and only delete (the
     /// clean-up of a failed attempt, whose caller tries again from its place), `ARGV[6]` (may be
     /// missing) the releaser's expiry in ms: how long a handed-over key lives when someone hears
@@ -190,8 +191,9 @@ enum Scripts {
     /// touched) and, when the key
     /// holds the value, deletes it and hands the lock to the first live entry: sets the key to
     /// that waiter's value, takes it out of the queue and publishes `LIFE VALUE` (the key's
-    /// life in ms, a space, the waiter's value) on the handoff channel — `ARGV[3]~TAG` when the
-    /// value starts with a tag (``handoffChannel(_:value:)``). The key lives `ARGV[6]`
+    /// life in ms, a space, the waiter's value) on `ARGV[3]` — or, when the value starts with a
+    /// tag, `LIFE LENGTH NAME VALUE` (``AddressedHandoff``) on the tag's client channel,
+    /// `redlock:handoff:~TAG` (``handoffChannel(_:value:)``). The key lives `ARGV[6]`
     /// ms when a subscriber received the message — the waiter may count it as this node's grant
     /// (``LocalCoordination``) — else `ARGV[4]` ms, until the waiter's next acquire (a claim)
     /// resets the full expiry. With nobody queued, publishes the release on the release channel
@@ -228,12 +230,13 @@ enum Scripts {
             redis.call('ZREM', deadlines, head[1])
             local heard, refused = 0, false
             if ARGV[3] ~= '' then
-                local channel = ARGV[3]
+                local channel, message = ARGV[3], life .. ' ' .. head[1]
                 local tag = string.match(head[1], '\(handoffTagPattern)')
                 if tag then
-                    channel = channel .. '\(handoffTagSeparator)' .. tag
+                    channel = '\(handoffChannelPrefix + handoffTagSeparator)' .. tag
+                    message = life .. ' ' .. #KEYS[1] .. ' ' .. KEYS[1] .. ' ' .. head[1]
                 end
-                local announced = redis.pcall('PUBLISH', channel, life .. ' ' .. head[1])
+                local announced = redis.pcall('PUBLISH', channel, message)
                 if type(announced) == 'table' and announced.err then
                     refused = true
                 else
@@ -455,7 +458,7 @@ enum Scripts {
     /// What every release channel's name starts with.
     private static let releaseChannelPrefix = reservedPrefix + "released:"
     /// What every handoff channel's name starts with.
-    private static let handoffChannelPrefix = reservedPrefix + "handoff:"
+    static let handoffChannelPrefix = reservedPrefix + "handoff:"
 
     /// The channel a release of `name` is published on.
     static func releaseChannel(_ name: String) -> String { releaseChannelPrefix + name }
@@ -464,8 +467,8 @@ enum Scripts {
     /// when that value carries no tag: `redlock:handoff:NAME`.
     static func handoffChannel(_ name: String) -> String { handoffChannelPrefix + name }
 
-    /// The rest of a handoff channel's name after `redlock:handoff:` (`NAME` or `NAME~TAG`), or
-    /// nil for another channel.
+    /// The rest of a handoff channel's name after `redlock:handoff:` (`NAME`, or `~TAG` for a
+    /// client's channel), or nil for another channel.
     static func lockName(ofHandoffChannel channel: String) -> String? {
         rest(of: channel, after: handoffChannelPrefix)
     }
@@ -485,13 +488,20 @@ enum Scripts {
     static let handoffTagPattern = "^([0-9a-f]+)" + handoffTagSeparator
 
     /// The channel a fair release of `name` publishes the handoff to `value` on (mirrors
-    /// ``releaseFair``): `redlock:handoff:NAME~TAG` when the value starts with a tag (one or
-    /// more lowercase hex digits, then `~`; ``LocalCoordination/handoffTag``), else
+    /// ``releaseFair``): the client channel `redlock:handoff:~TAG` when the value starts with a
+    /// tag (one or more lowercase hex digits, then `~`; ``LocalCoordination/handoffTag``), else
     /// `redlock:handoff:NAME`. Each client tags its fair locks' random values with its own tag,
-    /// so a handoff reaches only the waiter's process, not every process that waits for the name.
+    /// so a handoff reaches only the waiter's process, not every process that waits for the name;
+    /// and one channel serves every name, so a client listens on it before its first attempt on
+    /// a name it never waited for.
     static func handoffChannel(_ name: String, value: String) -> String {
         guard let tag = handoffTag(of: value) else { return handoffChannel(name) }
-        return handoffChannel(name) + handoffTagSeparator + tag
+        return clientHandoffChannel(tag: tag)
+    }
+
+    /// The channel of the client whose tag is `tag`: `redlock:handoff:~TAG`.
+    static func clientHandoffChannel(tag: some StringProtocol) -> String {
+        handoffChannelPrefix + handoffTagSeparator + tag
     }
 
     /// The tag `value` starts with (``handoffChannel(_:value:)``), or nil.

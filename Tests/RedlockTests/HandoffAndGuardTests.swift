@@ -388,7 +388,8 @@ struct HandoffAndGuardTests {
     @Test("single-flight with a fixed value: once a holder's validity ended and the gate passed on, its unlock and extend are refused without touching the nodes (the successor holds keys with the same value) and do not pass on the successor's gate")
     func singleFlightFixedValueLateUnlock() async throws {
         try await withLockNodes(3) { client, servers in
-            var options = LockOptions(expiry: .milliseconds(400), acquireTimeout: .seconds(20), value: .fixed("one-value"))
+            // The successor's lease must outlast the checks below (a few round trips) on a loaded machine.
+            var options = LockOptions(expiry: .milliseconds(1_500), acquireTimeout: .seconds(20), value: .fixed("one-value"))
             options.singleFlight = true
             let lock = try client.makeLock("fixed-flight", options: options)
             let dropped = try await lock.lock()
@@ -405,6 +406,15 @@ struct HandoffAndGuardTests {
             #expect(extendError?.code == .leaseExpired, "\(String(describing: extendError))")
             #expect(try await values(of: "fixed-flight", on: servers) == Array(repeating: "one-value", count: 3), "the successor's keys were touched")
             #expect(client.coordination.gateQueueLength(of: "fixed-flight") == 1, "the old holder passed on its successor's gate")
+            // A copy made with Lease.init carries no ticket: it is told apart by its age.
+            let copy = Lease(
+                name: dropped.name, value: dropped.value, expiry: dropped.expiry, acquiredAt: dropped.acquiredAt, validUntil: dropped.validUntil
+            )
+            #expect(copy == dropped)
+            let copyError = await #expect(throws: RedlockError.self) { try await lock.unlock(copy) }
+            #expect(copyError?.code == .leaseExpired, "\(String(describing: copyError))")
+            #expect(try await values(of: "fixed-flight", on: servers) == Array(repeating: "one-value", count: 3), "the successor's keys were touched")
+            #expect(client.coordination.gateQueueLength(of: "fixed-flight") == 1, "a copy of the old lease passed on its successor's gate")
 
             try await lock.unlock(lease)
             let last = try await third.value
@@ -416,10 +426,10 @@ struct HandoffAndGuardTests {
     @Test("single-flight with a fixed value: an extension sent before the holder's validity ended and answered after the gate passed on fails, so two callers of one process never both hold")
     func singleFlightFixedValueLateExtension() async throws {
         try await withLockNodes(3) { client, servers in
-            // Validity ends 30 % of the expiry before the keys do: the extension is answered after
+            // Validity ends 40 % of the expiry before the keys do: the extension is answered after
             // the first and before the second, while a majority of nodes is stalled.
             var options = LockOptions(
-                expiry: .seconds(2), acquireTimeout: .seconds(20), driftFactor: 0.3, timeoutFactor: 0.6, value: .fixed("one-value")
+                expiry: .seconds(2), acquireTimeout: .seconds(20), driftFactor: 0.4, timeoutFactor: 0.6, value: .fixed("one-value")
             )
             options.singleFlight = true
             let lock = try client.makeLock("late-extension", options: options)
@@ -432,12 +442,57 @@ struct HandoffAndGuardTests {
             do throws(RedlockError) { extended = .success(try await lock.extend(lease)) } catch { extended = .failure(error) }
             let answeredAt = ContinuousClock.now
             try #require(answeredAt > lease.validUntil, "the extension was answered before the validity ended: the test proves nothing")
-            #expect(answeredAt < lease.acquiredAt + .seconds(2), "the keys expired before the extension came: the test proves nothing")
+            try #require(answeredAt < lease.acquiredAt + .seconds(2), "the keys expired before the extension came: the test proves nothing")
             #expect(extended.failure?.code == .leaseExpired, "both the old holder and its successor hold: \(extended)")
             for stall in stalls { await stall.waitUntilOver() }
             let next = try await successor.value
             #expect(next.isValid)
             try await lock.unlock(next)
+        }
+    }
+
+    @Test("single-flight with a fixed value: an extension answered after the holder's validity ended, with nobody waiting, takes the gate again, so a later local caller waits for it instead of re-attaching beside it")
+    func singleFlightFixedValueExtensionRetakesGate() async throws {
+        try await withLockNodes(3) { client, _ in
+            // Validity ends 30 % of the expiry before the keys do: the extension finds them.
+            var options = LockOptions(expiry: .seconds(2), acquireTimeout: .seconds(20), driftFactor: 0.3, value: .fixed("one-value"))
+            options.singleFlight = true
+            let lock = try client.makeLock("retaken", options: options)
+            let lease = try await lock.lock()
+            try await Task.sleep(until: lease.validUntil + .milliseconds(50))
+            // Nobody waited: the gate went away at the lease's end.
+            try #require(await eventually { client.coordination.gateQueueLength(of: "retaken") == nil })
+            let extended = try await lock.extend(lease)
+            try #require(ContinuousClock.now < lease.acquiredAt + .seconds(2), "the keys expired first: the test proves nothing")
+            #expect(client.coordination.gateQueueLength(of: "retaken") == 0, "the extension did not take the gate again")
+            let error = await #expect(throws: RedlockError.self) { _ = try await lock.tryLock() }
+            #expect(error?.code == .taken && error?.message.contains("single-flight") == true, "\(String(describing: error))")
+            try await lock.unlock(extended)
+            #expect(client.coordination.gateQueueLength(of: "retaken") == nil)
+        }
+    }
+
+    @Test("single-flight tickets are unique in the process: a lease of one client unlocked through another client's lock object does not pass that client's gate on")
+    func singleFlightTicketsAcrossClients() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                var options = LockOptions(expiry: .seconds(5), acquireTimeout: .seconds(20))
+                options.singleFlight = true
+                // Each client's first gate: with a count per client, both tickets would be the same.
+                let mine = try await client.makeLock("tickets-a", options: options).lock()
+                let foreign = try other.makeLock(mine.name, options: options)
+                let waiting = Task { try await foreign.lock() }
+                try #require(await eventually { other.coordination.gateQueueLength(of: mine.name) == 0 })
+                // Releasing `mine` through the other client's lock object: the other client's
+                // gate owner (still acquiring) keeps its gate.
+                try await foreign.unlock(mine)
+                #expect(other.coordination.gateQueueLength(of: mine.name) != nil)
+                let next = try await waiting.value
+                try await foreign.unlock(next)
+            } teardown: {
+                await other.shutdown()
+            }
         }
     }
 

@@ -114,6 +114,39 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a fair waiter hears its handoffs on its client's channel alone: with channel rights only for the client channels (&redlock:handoff:~*), each name new to the waiter's client is handed over, not found by the retry delay")
+    func fairHandoffOnClientChannel() async throws {
+        try await withRedisServers(3) { servers throws in
+            let rule = [
+                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl", "~*", "&redlock:released:*", "&redlock:handoff:~*",
+            ]
+            try await createUser("clients", rules: rule, on: servers)
+            let holder = try RedlockClient(nodes: configurations(servers, user: "clients"))
+            let waiter = try RedlockClient(nodes: configurations(servers, user: "clients"))
+            let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.seconds(5)), fair: true)
+            for round in 0..<3 {
+                let name = "client-channel-\(round)"
+                let lock = try holder.makeLock(name, options: options)
+                for status in await waiter.checkNodes(for: try waiter.makeLock(name, options: options)) {
+                    #expect(status.refused.isEmpty, "\(status.result)")
+                }
+                let lease = try await lock.lock()
+                let waiting = Task { try await waiter.makeLock(name, options: options).lock() }
+                #expect(await eventually(within: .seconds(5)) { waiter.waitingLockCalls(for: name) == 1 })
+                let released = ContinuousClock.now
+                try await lock.unlock(lease)
+                let next = try await waiting.value
+                // Handed over, not found by the 5 s retry delay.
+                #expect(released.duration(to: .now) < .seconds(2), "round \(round): \(released.duration(to: .now))")
+                #expect(waiter.handoffMessagesHeard(for: name) >= 1, "round \(round)")
+                try await waiter.makeLock(name, options: options).unlock(next)
+            }
+            await holder.shutdown()
+            await waiter.shutdown()
+        }
+    }
+
     @Test("a fair lock under least privilege: README's rule suffices (the waiter is handed the lock, no key left); without +zadd the probe names it and a lock() that must queue fails at once, not retried")
     func fairLockRule() async throws {
         try await withRedisServers(3) { servers throws in
@@ -171,7 +204,7 @@ struct LeastPrivilegeTests {
             let shared = try RedlockClient(nodes: configurations(servers, user: "queuer"))
             for status in await shared.checkNodes(for: try shared.makeLock("queued", options: options)) {
                 let refused = status.refused.map(\.permission)
-                #expect(refused.count == 1 && refused.allSatisfy { $0.hasPrefix("PUBLISH redlock:handoff:queued~") }, "\(status.result)")
+                #expect(refused.count == 1 && refused.allSatisfy { $0.hasPrefix("PUBLISH redlock:handoff:~") }, "\(status.result)")
             }
             await shared.shutdown()
         }

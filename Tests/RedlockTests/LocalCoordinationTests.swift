@@ -346,6 +346,21 @@ struct LocalCoordinationTests {
         }
     }
 
+    @Test("a handoff on a client channel names its lock by length, so names and values may hold spaces; anything else is not one")
+    func addressedHandoffs() throws {
+        let parsed = try #require(AddressedHandoff(Array("8000 9 a b ~ c d ab~x y".utf8)))
+        #expect(parsed.name == "a b ~ c d")
+        #expect(parsed.message.life(for: Array("ab~x y".utf8)) == .milliseconds(8000))
+        let empty = try #require(AddressedHandoff(Array("5 0  v".utf8)))
+        #expect(empty.name == "" && empty.message.life(for: Array("v".utf8)) == .milliseconds(5))
+        let unicode = try #require(AddressedHandoff(Array("7 2 é v".utf8)))
+        #expect(unicode.name == "é")
+        for odd in ["", "8000", "8000 ", "8000 3 abc", "8000 3 abc ", "8000 4 abc v", "8000 2 abc v", "x 3 abc v", "8000 -3 abc v",
+                    "8000 3x abc v", "8000 99999999999 abc v", " 3 abc v", "8000  abc v"] {
+            #expect(AddressedHandoff(Array(odd.utf8)) == nil, "\(odd.debugDescription)")
+        }
+    }
+
     @Test("a fair value's tag (lowercase hex digits, then ~) picks the client's own handoff channel; any other value the shared one")
     func handoffChannels() {
         let (coordination, timer) = coordination()
@@ -354,8 +369,9 @@ struct LocalCoordinationTests {
         #expect(tag.utf8.count == 16 && Scripts.handoffTag(of: tag + "~x").map(String.init) == tag)
         let tagged = coordination.taggedValue("c2VjcmV0")
         #expect(tagged == tag + "~c2VjcmV0")
-        #expect(Scripts.handoffChannel("jobs", value: tagged) == "redlock:handoff:jobs~" + tag)
-        #expect(Scripts.handoffChannel("a~b", value: "0~") == "redlock:handoff:a~b~0")
+        #expect(Scripts.handoffChannel("jobs", value: tagged) == "redlock:handoff:~" + tag)
+        #expect(coordination.ownHandoffChannel == "redlock:handoff:~" + tag)
+        #expect(Scripts.handoffChannel("a~b", value: "0~") == "redlock:handoff:~0")
         for untagged in ["plain", "~x", "ABC~x", "12g~x", "ab c~x", "é~x", ""] {
             #expect(Scripts.handoffChannel("jobs", value: untagged) == "redlock:handoff:jobs", "\(untagged)")
         }
