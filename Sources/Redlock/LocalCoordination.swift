@@ -209,6 +209,62 @@ final class LocalCoordination: Sendable {
             return claimed
         }
 
+        /// ``LocalCoordination/announce(_:release:node:lane:)`` for this name, whose nodes are
+        /// `allNodes`.
+        mutating func announce(_ release: some Collection<UInt8>, node: Int?, lane: ConnectionLane?, allNodes: Range<Int>) -> Claimed? {
+            // A release made before the name's first `lock()` here began left no lane.
+            if let lane { lanes.insert(lane) }
+            if !release.isEmpty, lastRelease.elementsEqual(release) {
+                if let node {
+                    if lastReleaseEchoes.remove(node) != nil {
+                        lastReleaseNodes.insert(node)
+                        return nil
+                    }
+                    if !lastReleaseNodes.contains(node) {
+                        lastReleaseNodes.insert(node)
+                        generation &+= 1
+                        releaseGeneration = generation
+                        return claimLongestWaiting(laterMessage: true)
+                    }
+                } else if !ownRelease.elementsEqual(release) {
+                    // The releaser's own report, after a node's message of this release counted
+                    // it (and forgot it as `ownRelease`): the rest are echoes.
+                    if lanes.count <= 1 { lastReleaseEchoes.formUnion(Set(allNodes).subtracting(lastReleaseNodes)) }
+                    return nil
+                }
+            }
+            let own = lanes.count <= 1 && (node == nil || (!release.isEmpty && ownRelease.elementsEqual(release)))
+            ownRelease = []
+            count(release, from: node.map { [$0] } ?? [], echoes: own ? Set(allNodes) : [])
+            return claimLongestWaiting()
+        }
+
+        /// ``LocalCoordination/handedOff(_:message:node:)`` for this name: the waiter to resume,
+        /// and one that heard its first handoff, to claim after a while unless a quorum came.
+        mutating func handedOff(_ message: HandoffMessage, node: Int) -> (Claimed?, claimLater: (Waiter, Duration)?) {
+            handoffMessages += 1
+            guard let index = waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
+                handedTo.append((message, node))
+                if handedTo.count > 16 { handedTo.removeFirst() }
+                return (nil, nil)
+            }
+            var claimLater: (Waiter, Duration)?
+            if let value = waiters[index].value, let life = message.life(for: value), var watch = waiters[index].watch {
+                let grant = watch.count(node: node, life: life)
+                waiters[index].watch = watch
+                if let grant {
+                    let found = waiters.remove(at: index)
+                    guard let continuation = found.waiter.claim(byRelease: true) else { return (nil, nil) }
+                    return (Claimed(waiter: found.waiter, continuation: continuation, next: nil, handoff: grant), nil)
+                }
+                if watch.counted == [node] { claimLater = (waiters[index].waiter, watch.claimAfter) }
+                if !watch.counted.isEmpty { return (nil, claimLater) }
+            }
+            let found = waiters.remove(at: index)
+            guard let continuation = found.waiter.claim(byRelease: true) else { return (nil, claimLater) }
+            return (Claimed(waiter: found.waiter, continuation: continuation, next: found.next), claimLater)
+        }
+
         /// Counts a release of the lease whose value is `release`, heard from `nodes`; the
         /// messages of `echoes` say nothing new.
         mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>, echoes: Set<Int> = []) {
@@ -654,34 +710,10 @@ final class LocalCoordination: Sendable {
     /// the caller's own, released again), and so is the releaser's report of a value released
     /// again. The releaser passes the `lane` its release went on.
     func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil, lane: ConnectionLane? = nil) {
+        let allNodes = nodes.indices
+        // The name's entry is changed in place (one lookup, no copy of its waiters).
         let claimed: Claimed? = state.withLock { state in
-            guard var entry = state.names[LockKey(name)] else { return nil }
-            defer { state.names[LockKey(name)] = entry }
-            // A release made before the name's first `lock()` here began left no lane.
-            if let lane { entry.lanes.insert(lane) }
-            if !release.isEmpty, entry.lastRelease.elementsEqual(release) {
-                if let node {
-                    if entry.lastReleaseEchoes.remove(node) != nil {
-                        entry.lastReleaseNodes.insert(node)
-                        return nil
-                    }
-                    if !entry.lastReleaseNodes.contains(node) {
-                        entry.lastReleaseNodes.insert(node)
-                        entry.generation &+= 1
-                        entry.releaseGeneration = entry.generation
-                        return entry.claimLongestWaiting(laterMessage: true)
-                    }
-                } else if !entry.ownRelease.elementsEqual(release) {
-                    // The releaser's own report, after a node's message of this release counted
-                    // it (and forgot it as `ownRelease`): the rest are echoes.
-                    if entry.lanes.count <= 1 { entry.lastReleaseEchoes.formUnion(Set(nodes.indices).subtracting(entry.lastReleaseNodes)) }
-                    return nil
-                }
-            }
-            let own = entry.lanes.count <= 1 && (node == nil || (!release.isEmpty && entry.ownRelease.elementsEqual(release)))
-            entry.ownRelease = []
-            entry.count(release, from: node.map { [$0] } ?? [], echoes: own ? Set(nodes.indices) : [])
-            return entry.claimLongestWaiting()
+            state.names[LockKey(name)]?.announce(release, node: node, lane: lane, allNodes: allNodes)
         }
         if let claimed { send(claimed) }
     }
@@ -694,30 +726,9 @@ final class LocalCoordination: Sendable {
     /// waiter once; one heard before the waiter waits is remembered.
     func handedOff(_ name: String, message: HandoffMessage, node: Int) {
         let key = LockKey(name)
-        var claimLater: (Waiter, Duration)?
-        let claimed: Claimed? = state.withLock { state in
-            guard var entry = state.names[key] else { return nil }
-            defer { state.names[key] = entry }
-            entry.handoffMessages += 1
-            guard let index = entry.waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
-                entry.handedTo.append((message, node))
-                if entry.handedTo.count > 16 { entry.handedTo.removeFirst() }
-                return nil
-            }
-            if let value = entry.waiters[index].value, let life = message.life(for: value), var watch = entry.waiters[index].watch {
-                let grant = watch.count(node: node, life: life)
-                entry.waiters[index].watch = watch
-                if let grant {
-                    let found = entry.waiters.remove(at: index)
-                    guard let continuation = found.waiter.claim(byRelease: true) else { return nil }
-                    return Claimed(waiter: found.waiter, continuation: continuation, next: nil, handoff: grant)
-                }
-                if watch.counted == [node] { claimLater = (entry.waiters[index].waiter, watch.claimAfter) }
-                if !watch.counted.isEmpty { return nil }
-            }
-            let found = entry.waiters.remove(at: index)
-            guard let continuation = found.waiter.claim(byRelease: true) else { return nil }
-            return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
+        // The name's entry is changed in place (one lookup, no copy of its waiters).
+        let (claimed, claimLater) = state.withLock { state in
+            state.names[key]?.handedOff(message, node: node) ?? (nil, nil)
         }
         if let (waiter, delay) = claimLater {
             timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + delay)

@@ -37,9 +37,10 @@ struct Bench: AsyncParsableCommand {
         the uncontended acquire
           missed-release  a lock() of a second client (its own connections, as in another \
         process) begins 0–1 ms before the holder's release; latency from the release to its \
-        return; variant fresh: a new name each round (it subscribes after its first attempt), \
-        subscribed: one name (the subscription lingers); fair-…: both locks fair; a missed \
-        release would cost its 1 s retry delay
+        return; variant fresh: a new name each round (it subscribes the name's channels after \
+        its first attempt; a fair waiter hears its handoff on its client's channel, subscribed \
+        from the first round on), subscribed: one name (the subscription lingers); fair-…: \
+        both locks fair; a missed release would cost its 1 s retry delay
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
@@ -446,7 +447,9 @@ struct BenchSettings: Sendable {
                 }
                 let p50 = result.microseconds(atPercentile: 50)
                 var note = "latency = release → the waiter's lock() returning; the waiter began 0–1 ms before the release, in another client"
-                note += fresh ? "; a new name each round (subscribes after its first attempt)" : "; one name (the subscription lingers)"
+                note += fresh
+                    ? (fair ? "; a new name each round (the handoff comes on the client's channel)" : "; a new name each round (subscribes after its first attempt)")
+                    : "; one name (the subscription lingers)"
                 if fair { note += "; fair locks: the handoff is the waiter's grant" }
                 if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
                 rows.append(BenchRow(

@@ -12,7 +12,9 @@ import RedlockTransport
 /// attempt and every node's confirmation counts as a release (the retry that follows). Variant
 /// `subscribed`: one name for every round, so the subscription lingers from the round before
 /// and the release itself is heard. With `fair`, both locks are fair (``LockOptions/fair``): the
-/// release hands the lock to the waiter, whose quorum of handoff messages is its grant.
+/// release hands the lock to the waiter, whose quorum of handoff messages is its grant; they come
+/// on the waiter's client's own channel, subscribed from its first `lock()` on, so a fresh name
+/// needs no subscription of its own for them.
 enum MissedRelease {
     /// Rounds of `duration` (wall time) on `holderClient`'s nodes, the waiter's client over
     /// `configurations` (the same nodes); names start with `name`.
