@@ -118,7 +118,7 @@ extension DistributedLock {
         // this call lasts.
         let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
         var countedChannel: String?
-        defer { if let countedChannel { coordination.stopListening(handoffChannel: countedChannel) } }
+        defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
         if let handoffChannel, options.fastHandoff, handoffChannel.utf8.elementsEqual(coordination.ownHandoffChannel.utf8) {

@@ -338,9 +338,9 @@ final class LocalCoordination: Sendable {
         /// subscribed: from the first fair `lock()` that may wait until shutdown.
         var ownChannelSubscribed = false
         /// Client channels of values of the caller's own that carry another tag, by their bytes:
-        /// how many `lock()` calls listen on each. Subscribed while one does (values of a
+        /// how many `lock()` calls of each name listen on each. Subscribed while one does (values of a
         /// generator may each pick a channel of their own).
-        var countedHandoffChannels: [[UInt8]: Int] = [:]
+        var countedHandoffChannels: [[UInt8]: [LockKey: Int]] = [:]
         var shutDown = false
     }
 
@@ -454,7 +454,7 @@ final class LocalCoordination: Sendable {
     /// the release channel, and this client's own as long as the client
     /// (``listenForOwnHandoffs()``); any other (a value of the caller's own with another tag) is
     /// counted: returns true when this call counted a use of it, to be ended by
-    /// ``stopListening(handoffChannel:)`` when that `lock()` returns.
+    /// ``stopListening(_:handoffChannel:)`` when that `lock()` returns.
     @discardableResult
     func listen(_ name: String, handoffChannel: String? = nil) -> Bool {
         let key = LockKey(name)
@@ -473,9 +473,8 @@ final class LocalCoordination: Sendable {
                 }
             } else if let handoffChannel, !handoffChannel.utf8.elementsEqual(own.utf8) {
                 let bytes = Array(handoffChannel.utf8)
-                let users = state.countedHandoffChannels[bytes] ?? 0
-                state.countedHandoffChannels[bytes] = users + 1
-                if users == 0 { channels.append(handoffChannel) }
+                if state.countedHandoffChannels[bytes] == nil { channels.append(handoffChannel) }
+                state.countedHandoffChannels[bytes, default: [:]][key, default: 0] += 1
                 counted = true
             }
             guard !channels.isEmpty else { return ([], [], counted) }
@@ -492,12 +491,13 @@ final class LocalCoordination: Sendable {
 
     /// Ends a use of a counted handoff channel (``listen(_:handoffChannel:)`` returned true); the
     /// last one unsubscribes it.
-    func stopListening(handoffChannel channel: String) {
-        let bytes = Array(channel.utf8)
+    func stopListening(_ name: String, handoffChannel channel: String) {
+        let (bytes, key) = (Array(channel.utf8), LockKey(name))
         let subscribers: [RedisSubscriber] = state.withLock { state in
-            guard let users = state.countedHandoffChannels[bytes] else { return [] }
-            guard users <= 1 else {
-                state.countedHandoffChannels[bytes] = users - 1
+            guard var users = state.countedHandoffChannels[bytes], let count = users[key] else { return [] }
+            users[key] = count > 1 ? count - 1 : nil
+            guard users.isEmpty else {
+                state.countedHandoffChannels[bytes] = users
                 return []
             }
             state.countedHandoffChannels[bytes] = nil
@@ -523,7 +523,7 @@ final class LocalCoordination: Sendable {
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
                         confirmed(name)
                     } else if isListenedClientChannel(channel) {
-                        confirmedClientChannel()
+                        confirmedClientChannel(channel)
                     } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
                         confirmed(name, handoffs: true)
                     }
@@ -532,12 +532,11 @@ final class LocalCoordination: Sendable {
                     guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
                         announce(name, release: payload, node: index)
-                    } else if isListenedClientChannel(channel) {
-                        // A message that does not parse is not a handoff to anyone here.
-                        if let addressed = AddressedHandoff(payload) {
-                            handedOff(addressed.name, message: addressed.message, node: index)
-                        }
+                    } else if isListenedClientChannel(channel), let addressed = AddressedHandoff(payload) {
+                        handedOff(addressed.name, message: addressed.message, node: index)
                     } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
+                        // Also a message that does not read as addressed on a channel that is
+                        // both a client's and the shared one of a name `~TAG`.
                         handedOff(name, message: HandoffMessage(payload), node: index)
                     }
                 }
@@ -572,13 +571,16 @@ final class LocalCoordination: Sendable {
         for continuation in woken { continuation.resume() }
     }
 
-    /// A node confirmed a client handoff channel (this client's own, or a counted one): a handoff
-    /// published there before may have gone unheard, so every name being acquired counts it as
-    /// ``confirmed(_:handoffs:)`` counts a confirmation of its own channels.
-    private func confirmedClientChannel() {
+    /// A node confirmed a client handoff channel: a handoff published there before may have gone
+    /// unheard, so the names that listen on it — every name being acquired for this client's own,
+    /// the names whose calls counted it for another — count it as ``confirmed(_:handoffs:)``
+    /// counts a confirmation of a name's own channels.
+    private func confirmedClientChannel(_ channel: String) {
+        let own = channel.utf8.elementsEqual(ownHandoffChannel.utf8)
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             var woken: [UnsafeContinuation<Void, Never>] = []
-            for key in Array(state.names.keys) {
+            let keys = own ? Array(state.names.keys) : Array(state.countedHandoffChannels[Array(channel.utf8)]?.keys ?? [:].keys)
+            for key in keys {
                 guard var entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
                 entry.confirmations += 1

@@ -142,10 +142,10 @@ public struct LockOptions: Sendable {
     /// `lock()` began (the client's wall clock in µs: across machines, fairness is only as good
     /// as their clocks agree; safety does not depend on it). A release hands the lock to the
     /// first live waiter on each node: it sets the key to that waiter's value and publishes
-    /// `LIFE VALUE` on the waiter's client's channel, `redlock:handoff:NAME~TAG` (the client's
-    /// tag leads its fair locks' random values: ``LockValue/random``; a value of the caller's own
-    /// goes to `redlock:handoff:NAME` unless it starts with a tag), so no other process wakes
-    /// for it. The waiter counts each node's message as that
+    /// `LIFE LENGTH NAME VALUE` on the waiter's client's channel, `redlock:handoff:~TAG`, one
+    /// for every name (the client's tag leads its fair locks' random values: ``LockValue/random``;
+    /// a value of the caller's own goes to `redlock:handoff:NAME` as `LIFE VALUE` unless it starts
+    /// with a tag), so no other process wakes for it. The waiter counts each node's message as that
     /// node's grant and, once a quorum handed it the lock, holds a lease with no round trip of
     /// its own, valid from the start of its `lock()`'s first attempt — every handoff to its value
     /// came after that — minus the drift allowance, the Redlock rule with that start. It counts

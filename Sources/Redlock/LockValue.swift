@@ -24,7 +24,8 @@ public struct LockValue: Sendable {
     /// 16 random bytes from the system's secure generator, base64-encoded. The default. A fair
     /// lock (``LockOptions/fair``) puts its client's handoff tag in front — 16 lowercase hex
     /// digits and `~` — so that a release tells the waiter's process alone that it was handed the
-    /// lock (on `redlock:handoff:NAME~TAG`, not the channel every waiting process listens on).
+    /// lock (on its client's channel `redlock:handoff:~TAG`, not the channel every waiting
+    /// process listens on).
     public static let random = LockValue(random: { randomToken(byteCount: 16) })
 
     /// The same value every time, e.g. to re-attach to a lease held by another process that

@@ -109,8 +109,11 @@ extension RedlockClient {
                 + (fair ? [Scripts.queueKey(lock.name), Scripts.queueDeadlinesKey(lock.name)] : []),
             arguments: [
                 randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0",
-                // The channel this client's waiters listen on (Scripts.handoffChannel(_:value:)).
-                fair ? Scripts.handoffChannel(lock.name, value: coordination.taggedValue("")) : "",
+                // The channel a handoff to this lock's waiters goes to (Scripts.handoffChannel(_:value:)):
+                // the client's own for random values, the name's shared one for a value of the
+                // caller's own (one that starts with a tag goes to that tag's, unknown here).
+                fair ? (lock.options.value.mayAlreadyBeHeld ? Scripts.handoffChannel(lock.name)
+                    : Scripts.handoffChannel(lock.name, value: coordination.taggedValue(""))) : "",
             ]
         )
         return await withTaskGroup(of: NodePermissions.self) { group in

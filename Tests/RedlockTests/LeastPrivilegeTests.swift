@@ -133,7 +133,11 @@ struct LeastPrivilegeTests {
                 }
                 let lease = try await lock.lock()
                 let waiting = Task { try await waiter.makeLock(name, options: options).lock() }
-                #expect(await eventually(within: .seconds(5)) { waiter.waitingLockCalls(for: name) == 1 })
+                // The client's channel is subscribed at its first lock(): in round 0, wait for it to
+                // be confirmed (with the name's release channel) on every node.
+                #expect(await eventually(within: .seconds(5)) {
+                    waiter.waitingLockCalls(for: name) == 1 && (round > 0 || waiter.subscriptionConfirmations(for: name) >= 2 * servers.count)
+                })
                 let released = ContinuousClock.now
                 try await lock.unlock(lease)
                 let next = try await waiting.value

@@ -1,7 +1,9 @@
 @testable import Redlock
+import Dispatch
 import Logging
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
 
 @Suite("Local coordination")
@@ -361,6 +363,33 @@ struct LocalCoordinationTests {
         }
     }
 
+    @Test("single-flight: a caller that finds the owner's lease over before its lease-end action ran (the timer's thread busy) does not jump the line: the longest-waiting caller gets the gate, and a tryLock fails")
+    func gateAtExpiryKeepsOrder() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        // The timer's thread is held up, so the lease-end action cannot run.
+        let busy = BusyTimerEntry()
+        timer.schedule(busy, at: .now)
+        try #require(await eventually { busy.running.load(ordering: .acquiring) })
+        defer { busy.release() }
+        let owner = try #require(coordination.tryEnterGate("g", value: "a"))
+        var lease = Lease(name: "g", value: "a", expiry: .seconds(1), acquiredAt: .now, validUntil: .now + .milliseconds(20))
+        lease.gateTicket = owner
+        #expect(coordination.gateHolder(lease, valuesMayRepeat: false))
+        let waiting = Task { try await coordination.enterGate("g", value: "b", giveUpAt: nil) }
+        try #require(await eventually { coordination.gateQueueLength(of: "g") == 1 })
+        try await Task.sleep(until: lease.validUntil + .milliseconds(5))
+        // The newcomer hands the gate to the waiter instead of taking it.
+        let newcomer = coordination.tryEnterGate("g", value: "c")
+        #expect(newcomer == nil, "the newcomer jumped the line")
+        // (Should it have, it passes the gate on, so the waiter ends.)
+        if let newcomer { coordination.leaveGate("g", ticket: newcomer) }
+        let waiter = try #require(try await waiting.value)
+        #expect(coordination.gateQueueLength(of: "g") == 0)
+        coordination.leaveGate("g", ticket: waiter)
+        #expect(coordination.gateQueueLength(of: "g") == nil)
+    }
+
     @Test("a fair value's tag (lowercase hex digits, then ~) picks the client's own handoff channel; any other value the shared one")
     func handoffChannels() {
         let (coordination, timer) = coordination()
@@ -496,4 +525,22 @@ struct LocalCoordinationTests {
         let third = try #require(coordination.tryEnterGate("g", value: "v"))
         coordination.leaveGate("g", ticket: third)
     }
+}
+
+/// A timer entry that holds the timer's thread until released (to keep other entries from
+/// running).
+private final class BusyTimerEntry: Expiring {
+    let running = Atomic<Bool>(false)
+    private let gate = DispatchSemaphore(value: 0)
+    private let done = Atomic<Bool>(false)
+
+    var isFinished: Bool { done.load(ordering: .acquiring) }
+
+    func expire() {
+        running.store(true, ordering: .releasing)
+        gate.wait()
+        done.store(true, ordering: .releasing)
+    }
+
+    func release() { gate.signal() }
 }
