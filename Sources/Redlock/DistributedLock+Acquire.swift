@@ -121,7 +121,8 @@ extension DistributedLock {
         defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
-        if let handoffChannel, options.fastHandoff, handoffChannel.utf8.elementsEqual(coordination.ownHandoffChannel.utf8) {
+        // (A random value carries this client's tag: its channel is the client's own.)
+        if handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
             coordination.listenForOwnHandoffs()
         }
         for attemptNumber in 0..<tries {

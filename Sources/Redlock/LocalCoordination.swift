@@ -112,25 +112,23 @@ final class LocalCoordination: Sendable {
         var owner: Int
         /// The value the owner acquires (or acquired) with.
         var ownerValue: String
-        /// When the owner's lease runs out; nil while it is still acquiring.
-        var holderValidUntil: ContinuousClock.Instant?
-        /// When the owner's latest acquire or extension began; nil while it is still acquiring.
-        var holderAcquiredAt: ContinuousClock.Instant?
-        /// Passes the gate on at ``holderValidUntil`` unless the owner left it or extended first.
+        /// When the owner's latest acquire or extension began and when its lease runs out; nil
+        /// while it is still acquiring.
+        var held: (acquiredAt: ContinuousClock.Instant, validUntil: ContinuousClock.Instant)?
+        /// Passes the gate on at `held.validUntil` unless the owner left it or extended first.
         var leaseEnd: TimerAction?
         /// First come first (by id: a waiter whose wait timed out queues again in its place);
         /// may hold waiters that already ended (they remove themselves).
         var waiters: [GateWaiter] = []
 
         /// Whether the owner's lease ran out without an unlock.
-        var ownerExpired: Bool { holderValidUntil.map { $0 <= .now } ?? false }
+        var ownerExpired: Bool { held.map { $0.validUntil <= .now } ?? false }
 
         /// Makes `id`, acquiring with `value`, the owner; the waiters keep their places.
         mutating func takeOver(by id: Int, value: String) {
             owner = id
             ownerValue = value
-            holderValidUntil = nil
-            holderAcquiredAt = nil
+            held = nil
             leaseEnd?.cancel()
             leaseEnd = nil
         }
@@ -424,6 +422,11 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.confirmations ?? 0 }
     }
 
+    /// Whether this client subscribed its own handoff channel (``listenForOwnHandoffs()``).
+    var listensForOwnHandoffs: Bool {
+        state.withLock { $0.ownChannelSubscribed }
+    }
+
     /// How many `lock()` calls wait for a release of `name` now.
     func waiterCount(of name: String) -> Int {
         state.withLock { $0.names[LockKey(name)]?.waiters.count ?? 0 }
@@ -458,20 +461,22 @@ final class LocalCoordination: Sendable {
     @discardableResult
     func listen(_ name: String, handoffChannel: String? = nil) -> Bool {
         let key = LockKey(name)
-        if let handoffChannel, handoffChannel.utf8.elementsEqual(ownHandoffChannel.utf8) { listenForOwnHandoffs() }
-        let shared = Scripts.handoffChannel(name)
-        let own = ownHandoffChannel
+        // Which handoff channel, told once: this client's own, the name's shared one, or another
+        // client's (counted).
+        let isOwn = handoffChannel.map { $0.utf8.elementsEqual(ownHandoffChannel.utf8) } ?? false
+        let isShared = !isOwn && handoffChannel.map { $0.utf8.elementsEqual(Scripts.handoffChannel(name).utf8) } ?? false
+        if isOwn { listenForOwnHandoffs() }
         let (subscribers, channels, counted): ([RedisSubscriber], [String], Bool) = state.withLock { state in
             guard !state.shutDown, var entry = state.names[key] else { return ([], [], false) }
             var channels: [String] = []
             var counted = false
             if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
-            if let handoffChannel, handoffChannel.utf8.elementsEqual(shared.utf8) {
+            if let handoffChannel, isShared {
                 if !entry.handoffChannels.contains(handoffChannel) {
                     channels.append(handoffChannel)
                     entry.handoffChannels.append(handoffChannel)
                 }
-            } else if let handoffChannel, !handoffChannel.utf8.elementsEqual(own.utf8) {
+            } else if let handoffChannel, !isOwn {
                 let bytes = Array(handoffChannel.utf8)
                 if state.countedHandoffChannels[bytes] == nil { channels.append(handoffChannel) }
                 state.countedHandoffChannels[bytes, default: [:]][key, default: 0] += 1
@@ -579,7 +584,7 @@ final class LocalCoordination: Sendable {
         let own = channel.utf8.elementsEqual(ownHandoffChannel.utf8)
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             var woken: [UnsafeContinuation<Void, Never>] = []
-            let keys = own ? Array(state.names.keys) : Array(state.countedHandoffChannels[Array(channel.utf8)]?.keys ?? [:].keys)
+            let keys = own ? Array(state.names.keys) : state.countedHandoffChannels[Array(channel.utf8)].map { Array($0.keys) } ?? []
             for key in keys {
                 guard var entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
@@ -861,21 +866,20 @@ final class LocalCoordination: Sendable {
         let (owns, action): (Bool, TimerAction?) = state.withLock { state in
             let gate = state.names[key]?.gate
             guard !state.shutDown else { return (gate.map { Self.owns($0, lease, valuesMayRepeat: valuesMayRepeat) } ?? false, nil) }
-            var held: Gate
+            var owned: Gate
             if let gate {
                 guard Self.owns(gate, lease, valuesMayRepeat: valuesMayRepeat) else { return (false, nil) }
-                held = gate
+                owned = gate
             } else {
                 guard let ticket = lease.gateTicket else { return (false, nil) }
-                held = Gate(owner: ticket, ownerValue: lease.value)
+                owned = Gate(owner: ticket, ownerValue: lease.value)
             }
-            held.holderValidUntil = lease.validUntil
-            held.holderAcquiredAt = lease.acquiredAt
-            held.leaseEnd?.cancel()
-            let (owner, validUntil) = (held.owner, lease.validUntil)
+            owned.held = (lease.acquiredAt, lease.validUntil)
+            owned.leaseEnd?.cancel()
+            let (owner, validUntil) = (owned.owner, lease.validUntil)
             let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, owner: owner, validUntil: validUntil) }
-            held.leaseEnd = action
-            state.names[key, default: Name()].gate = held
+            owned.leaseEnd = action
+            state.names[key, default: Name()].gate = owned
             return (true, action)
         }
         if let action { timer.schedule(action, at: lease.validUntil) }
@@ -890,7 +894,7 @@ final class LocalCoordination: Sendable {
     /// whose validity ended.
     private static func owns(_ gate: Gate, _ lease: Lease, valuesMayRepeat: Bool) -> Bool {
         if let ticket = lease.gateTicket { return gate.owner == ticket }
-        guard let since = gate.holderAcquiredAt, gate.ownerValue == lease.value else { return false }
+        guard let since = gate.held?.acquiredAt, gate.ownerValue == lease.value else { return false }
         return !valuesMayRepeat || lease.acquiredAt >= since
     }
 
@@ -910,7 +914,7 @@ final class LocalCoordination: Sendable {
     /// the gate or extended meanwhile, the longest-waiting caller gets it.
     private func gateLeaseEnded(_ key: LockKey, owner: Int, validUntil: ContinuousClock.Instant) {
         let next: UnsafeContinuation<Void, Never>? = state.withLock { state in
-            guard let gate = state.names[key]?.gate, gate.owner == owner, gate.holderValidUntil == validUntil, gate.ownerExpired
+            guard let gate = state.names[key]?.gate, gate.owner == owner, gate.held?.validUntil == validUntil, gate.ownerExpired
             else { return nil }
             return passGate(key, in: &state)
         }

@@ -257,6 +257,10 @@ public final class RedlockClient: Sendable {
     /// (for tests).
     package var ownHandoffChannel: String { coordination.ownHandoffChannel }
 
+    /// Whether this client listens on its own handoff channel already: from its first fair
+    /// `lock()` that may wait on (for tests).
+    package var listensForOwnHandoffs: Bool { coordination.listensForOwnHandoffs }
+
     /// How many fair lock handoff messages of `name` this client's subscribers read since it
     /// began to listen for them (for tests).
     package func handoffMessagesHeard(for name: String) -> Int {
