@@ -117,6 +117,9 @@ extension DistributedLock {
         // random values; one of another tag (a value of the caller's own) is listened on while
         // this call lasts.
         let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
+        // A lock that is not fair waits for a lease held in this process to be released (handed
+        // to the longest-waiting waiter here) rather than polling the nodes while it lasts.
+        let waitsForHolderHere = !options.fair && tries > 1
         var countedChannel: String?
         defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         // This client's handoff channel is listened on before the first attempt: the release that
@@ -145,7 +148,10 @@ extension DistributedLock {
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                let delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                if waitsForHolderHere, lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
+                    delay = Swift.max(delay, ContinuousClock.now.duration(to: deadline.map { Swift.min($0, holdEnd) } ?? holdEnd))
+                }
                 var watch: LocalCoordination.HandoffWatch?
                 if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
                     watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
@@ -167,8 +173,11 @@ extension DistributedLock {
             }
             plannedDelay = drawn
             // An attempt sent for this task must run to its end (clean-up included), even when
-            // the task is cancelled.
-            if chance.handedOverAt == nil, Task.isCancelled { throw cancelled("lock") }
+            // the task is cancelled. A client shut down during the wait sends nothing more.
+            if chance.handedOverAt == nil {
+                if Task.isCancelled { throw cancelled("lock") }
+                try client.checkOpen(lockName: name)
+            }
             made += 1
             let heardBefore = releasesHeard
             releasesHeard = coordination.generation(of: name)
@@ -177,8 +186,11 @@ extension DistributedLock {
             switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, cleanedUp: &cleanedUp) {
             case let .success(lease):
                 acquired = true
+                if !options.fair { coordination.attemptEnded(name, value: value, acquired: lease.validUntil, handedFor: chance.release) }
                 return lease
-            case let .failure(error): lastError = error
+            case let .failure(error):
+                lastError = error
+                if waitsForHolderHere, chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
             // nodes' messages count as heard already): the retry after it is the short one.

@@ -157,6 +157,7 @@ public struct DistributedLock: Sendable {
                client.coordination.gatePassedToSameValue(extended, valuesMayRepeat: repeats) {
                 throw gatePassedOn(operation: "extend")
             }
+            if !options.fair { client.coordination.holding(name, value: extended.value, until: extended.validUntil) }
             client.metrics.extended(failure: nil)
             return extended
         } catch {

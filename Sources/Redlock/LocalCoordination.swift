@@ -35,6 +35,11 @@ import Synchronization
 ///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
+/// - Leases acquired or extended through the client are recorded until released
+///   (``holding(_:value:until:)``, ``attemptEnded(_:value:acquired:handedFor:)``): a waiter that
+///   found the name taken while one is held waits for its release, or its validity end
+///   (``holdEnd(of:)``), rather than for its retry delay. A release handed to a waiter here
+///   counts as held until that waiter's attempt ended, so the other waiters stay waiting.
 /// - ``enterGate(_:value:giveUpAt:)``/``tryEnterGate(_:value:)`` queue single-flight callers first come,
 ///   first served; the gate passes on at ``leaveGate(_:)`` or when its holder's lease ran out
 ///   (``gateHolder(_:)``). Each caller that enters gets a ticket, carried in its lease, so that
@@ -135,6 +140,15 @@ final class LocalCoordination: Sendable {
     }
 
     /// Everything known locally of one name; dropped once nothing needs it.
+    /// A lease of a name held through this client.
+    private struct HeldHere {
+        let value: [UInt8]
+        var validUntil: ContinuousClock.Instant
+        /// Released, and handed to a waiter here by the release counted as this generation:
+        /// still counted as held until the attempt sent for that waiter ended.
+        var handedFor: UInt64?
+    }
+
     private struct Name {
         /// Releases heard and subscriptions confirmed since the name was first needed: a waiter
         /// that began to wait after one of them came tries again at once.
@@ -181,8 +195,15 @@ final class LocalCoordination: Sendable {
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
         var gate: Gate?
+        /// Leases of this name acquired or extended through this client, until released or
+        /// their validity ended: a waiter of a name held here waits for that lease's release
+        /// instead of polling (``holdEnd()``).
+        var heldHere: [HeldHere] = []
 
-        var isUnused: Bool { acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil }
+        var isUnused: Bool {
+            acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil
+                && (heldHere.isEmpty || heldHere.allSatisfy { $0.validUntil <= .now })
+        }
 
         /// One more `lock()` acquiring, on `lane`.
         mutating func beginAcquiring(lane: ConnectionLane) {
@@ -194,7 +215,9 @@ final class LocalCoordination: Sendable {
         /// `allNodes`.
         mutating func handOff(_ release: some Collection<UInt8>, lane: ConnectionLane, allNodes: Range<Int>) -> Claimed? {
             lanes.insert(lane)
+            let held = heldHere.firstIndex { $0.value.elementsEqual(release) && $0.handedFor == nil }
             guard var claimed = claimLongestWaiting() else {
+                if let held { heldHere.remove(at: held) }
                 // Published: of its messages, only the first to come (or the releaser's report)
                 // is news here (see announce(_:release:node:lane:)), unless the name's calls use
                 // two lanes.
@@ -204,6 +227,8 @@ final class LocalCoordination: Sendable {
             // Not published: any message of this value to come is of another release.
             count(release, from: Set(allNodes))
             claimed.release = lastReleaseGeneration
+            // Until the attempt sent for the waiter ends, the lease counts as held here.
+            if let held { heldHere[held].handedFor = lastReleaseGeneration }
             return claimed
         }
 
@@ -274,6 +299,31 @@ final class LocalCoordination: Sendable {
             lastReleaseEchoes = echoes.subtracting(nodes)
         }
 
+        /// Records the lease of `value` as held here until `validUntil` (replacing the record of
+        /// the same value: an extension).
+        mutating func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
+            if let index = heldHere.firstIndex(where: { $0.value.elementsEqual(value) && $0.handedFor == nil }) {
+                heldHere[index].validUntil = validUntil
+            } else {
+                heldHere.append(HeldHere(value: Array(value), validUntil: validUntil))
+            }
+        }
+
+        /// ``LocalCoordination/attemptEnded(_:value:acquired:handedFor:)`` for this name.
+        mutating func attemptEnded(value: some Collection<UInt8>, acquired validUntil: ContinuousClock.Instant?, handedFor release: UInt64?) {
+            if let validUntil { hold(value, until: validUntil) }
+            if let release { heldHere.removeAll { $0.handedFor == release } }
+        }
+
+        /// The latest validity end of the leases held here, forgetting those that ended; nil
+        /// when none is left.
+        mutating func holdEnd() -> ContinuousClock.Instant? {
+            guard !heldHere.isEmpty else { return nil }
+            let now = ContinuousClock.now
+            heldHere.removeAll { $0.validUntil <= now }
+            return heldHere.map(\.validUntil).max()
+        }
+
         /// Whether generation `earlier` came before generation `later` (both ones this name had).
         func isBefore(_ earlier: UInt64, _ later: UInt64) -> Bool {
             generation &- later < generation &- earlier
@@ -340,6 +390,18 @@ final class LocalCoordination: Sendable {
         /// generator may each pick a channel of their own).
         var countedHandoffChannels: [[UInt8]: [LockKey: Int]] = [:]
         var shutDown = false
+        /// The number of names at which ``sweepUnused()`` next looks for unused entries.
+        var sweepAt = State.minimumSweep
+        static let minimumSweep = 1_024
+
+        /// Drops the unused entries (kept only for leases whose validity ended, never released)
+        /// once the names reach ``sweepAt``, then sets it to twice the names left: amortised
+        /// O(1) per name added.
+        mutating func sweepUnused() {
+            guard names.count >= sweepAt else { return }
+            names = names.filter { !$0.value.isUnused }
+            sweepAt = Swift.max(State.minimumSweep, names.count * 2)
+        }
     }
 
     private let state = Mutex(State())
@@ -426,6 +488,9 @@ final class LocalCoordination: Sendable {
     var listensForOwnHandoffs: Bool {
         state.withLock { $0.ownChannelSubscribed }
     }
+
+    /// How many names have an entry.
+    var nameCount: Int { state.withLock { $0.names.count } }
 
     /// How many `lock()` calls wait for a release of `name` now.
     func waiterCount(of name: String) -> Int {
@@ -685,8 +750,57 @@ final class LocalCoordination: Sendable {
     /// the releaser then publishes its release, and announces it once made.
     func handOff(_ name: String, release: some Collection<UInt8>, lane: ConnectionLane = .shared) -> Claimed? {
         let allNodes = nodes.indices
-        // One lookup, changed in place: the name's waiters are not copied on an unlock's path.
-        return state.withLock { $0.names[LockKey(name)]?.handOff(release, lane: lane, allNodes: allNodes) ?? nil }
+        let key = LockKey(name)
+        return state.withLock { state in
+            // One lookup, changed in place: the name's waiters are not copied on an unlock's path.
+            guard let claimed = state.names[key]?.handOff(release, lane: lane, allNodes: allNodes) else {
+                // The entry may have been kept for the lease alone.
+                if state.names[key]?.isUnused == true { state.names[key] = nil }
+                return nil
+            }
+            return claimed
+        }
+    }
+
+    /// Records that this client holds the lease of `name` with `value` until `validUntil`, after
+    /// an acquire or an extension, until its ``handOff(_:release:lane:)`` (every unlock of a lock
+    /// that is not fair makes one) or its validity end; a release handed to a waiter here counts
+    /// as held until the attempt sent for it ended. A name's entry is kept for its record;
+    /// entries whose leases were never released are dropped once their validity ended, by a
+    /// sweep each time the names double (``State/sweepUnused()``).
+    func holding(_ name: String, value: String, until validUntil: ContinuousClock.Instant) {
+        state.withLock { state in
+            state.names[LockKey(name), default: Name()].hold(value.utf8, until: validUntil)
+            state.sweepUnused()
+        }
+    }
+
+    /// An attempt of a `lock()` of `name` (that is not fair) with `value` ended: it acquired a
+    /// lease valid until `acquired` (recorded, as with ``holding(_:value:until:)``), or failed
+    /// (nil). `handedFor` is the release the attempt was sent for (``WaitOutcome/release``):
+    /// the lease that release ended no longer counts as held here. When the attempt failed (the
+    /// lock went to another process meanwhile), its `lock()` retries at its retry delay, and
+    /// the other waiters here, still waiting for a release, get the lock from it in turn (or
+    /// through ``passOn(_:)`` when it gives up).
+    func attemptEnded(_ name: String, value: String, acquired: ContinuousClock.Instant?, handedFor: UInt64?) {
+        let key = LockKey(name)
+        state.withLock { state in
+            guard acquired != nil else {
+                state.names[key]?.attemptEnded(value: value.utf8, acquired: nil, handedFor: handedFor)
+                return
+            }
+            state.names[key, default: Name()].attemptEnded(value: value.utf8, acquired: acquired, handedFor: handedFor)
+            state.sweepUnused()
+        }
+    }
+
+    /// The latest validity end of the leases of `name` this client holds (``holding(_:value:until:)``),
+    /// nil when it holds none. While one is held, no attempt of another `lock()` here can win
+    /// (the nodes decide: a quorum holds it), so a waiter waits for its release — which this
+    /// process hands to its longest-waiting waiter, with its attempt right behind the deletes —
+    /// or for its validity end, instead of polling the nodes at its retry delay.
+    func holdEnd(of name: String) -> ContinuousClock.Instant? {
+        state.withLock { $0.names[LockKey(name)]?.holdEnd() ?? nil }
     }
 
     /// A `lock()` that had an attempt sent for a release ends without the lock (its last try,
@@ -974,12 +1088,17 @@ final class LocalCoordination: Sendable {
 
     /// At shutdown: no gate passes on any more (its lease-end action is cancelled, so the timer
     /// need not wait for it), and every caller waiting for one returns without it
-    /// (``enterGate(_:value:giveUpAt:)`` returns nil). Later subscriptions are not made.
+    /// (``enterGate(_:value:giveUpAt:)`` returns nil). Callers waiting for a release end their
+    /// wait too (their next attempt finds the client shut down). Later subscriptions are not made.
     func closeGates() {
         let waiting: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             state.shutDown = true
             var woken: [UnsafeContinuation<Void, Never>] = []
             for key in Array(state.names.keys) {
+                if let waiters = state.names[key]?.waiters, !waiters.isEmpty {
+                    woken += waiters.compactMap { $0.waiter.claim(byRelease: false) }
+                    state.names[key]?.waiters = []
+                }
                 guard var gate = state.names[key]?.gate else { continue }
                 gate.leaseEnd?.cancel()
                 gate.leaseEnd = nil

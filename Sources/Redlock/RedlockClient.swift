@@ -267,6 +267,9 @@ public final class RedlockClient: Sendable {
         coordination.handoffMessages(of: name)
     }
 
+    /// How many lock names this client keeps local state for (for tests).
+    package var coordinatedNameCount: Int { coordination.nameCount }
+
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {
         coordination.waiterCount(of: name)
