@@ -125,7 +125,8 @@ extension DistributedLock {
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
         // (A random value carries this client's tag: its channel is the client's own.)
-        if handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
+        let ownChannelOnly = handoffChannel != nil && !options.value.mayAlreadyBeHeld
+        if ownChannelOnly, options.fastHandoff {
             coordination.listenForOwnHandoffs()
         }
         for attemptNumber in 0..<tries {
@@ -140,8 +141,12 @@ extension DistributedLock {
             }
             let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry))
             if attemptNumber > 0 {
-                // Only a holder's release is worth hearing: not after nodes failed.
-                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
+                // Only a holder's release is worth hearing: not after nodes failed. A fair waiter
+                // whose handoffs come on its client's channel (subscribed before its first
+                // attempt) needs no release channel: on each node its attempt left it in line
+                // before any release there, which hands it the lock or finds someone ahead;
+                // a release that came first found the node free for that attempt.
+                if options.fastHandoff, !ownChannelOnly, lastError.nodes.contains(where: { $0.cause == .taken }) {
                     if coordination.listen(name, handoffChannel: countedChannel == nil ? handoffChannel : nil) {
                         countedChannel = handoffChannel
                     }

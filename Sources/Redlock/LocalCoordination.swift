@@ -187,8 +187,6 @@ final class LocalCoordination: Sendable {
         var handoffChannels: [String] = []
         /// Subscriptions the nodes confirmed so far (for tests).
         var confirmations = 0
-        /// Handoff messages heard so far, for any waiter (for tests).
-        var handoffMessages = 0
         /// The last few handoff messages of a fair release, for a waiter whose wait begins after
         /// the message came.
         var handedTo: [(message: HandoffMessage, node: Int)] = []
@@ -265,7 +263,6 @@ final class LocalCoordination: Sendable {
         /// ``LocalCoordination/handedOff(_:message:node:)`` for this name: the waiter to resume,
         /// and one that heard its first handoff, to claim after a while unless a quorum came.
         mutating func handedOff(_ message: HandoffMessage, node: Int) -> (Claimed?, claimLater: (Waiter, Duration)?) {
-            handoffMessages += 1
             guard let index = waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
                 handedTo.append((message, node))
                 if handedTo.count > 16 { handedTo.removeFirst() }
@@ -405,6 +402,8 @@ final class LocalCoordination: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Handoff messages read so far (``handoffMessages``).
+    private let handoffMessagesRead = Atomic<Int>(0)
     private let nodes: [RedisConnection]
     private let sender: FanOutSender
     /// Ends waits whose time is up, and subscriptions whose linger is over.
@@ -474,10 +473,8 @@ final class LocalCoordination: Sendable {
         state.withLock { $0.names[LockKey(name)]?.lastRelease ?? [] }
     }
 
-    /// How many handoff messages of `name` this client's subscribers read (for tests).
-    func handoffMessages(of name: String) -> Int {
-        state.withLock { $0.names[LockKey(name)]?.handoffMessages ?? 0 }
-    }
+    /// How many handoff messages this client's subscribers read, of any name (for tests).
+    var handoffMessages: Int { handoffMessagesRead.load(ordering: .relaxed) }
 
     /// How many subscriptions of `name`'s channels the nodes confirmed (for tests).
     func confirmations(of name: String) -> Int {
@@ -846,6 +843,7 @@ final class LocalCoordination: Sendable {
     /// prepared attempt (its claim) first. The same handoff heard from several nodes wakes a
     /// waiter once; one heard before the waiter waits is remembered.
     func handedOff(_ name: String, message: HandoffMessage, node: Int) {
+        handoffMessagesRead.wrappingAdd(1, ordering: .relaxed)
         let key = LockKey(name)
         // The name's entry is changed in place (one lookup, no copy of its waiters).
         let (claimed, claimLater) = state.withLock { state in

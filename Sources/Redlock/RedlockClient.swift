@@ -261,11 +261,9 @@ public final class RedlockClient: Sendable {
     /// `lock()` that may wait on (for tests).
     package var listensForOwnHandoffs: Bool { coordination.listensForOwnHandoffs }
 
-    /// How many fair lock handoff messages of `name` this client's subscribers read since it
-    /// began to listen for them (for tests).
-    package func handoffMessagesHeard(for name: String) -> Int {
-        coordination.handoffMessages(of: name)
-    }
+    /// How many fair lock handoff messages this client's subscribers read so far, of any name
+    /// (for tests).
+    package var handoffMessagesHeard: Int { coordination.handoffMessages }
 
     /// How many lock names this client keeps local state for (for tests).
     package var coordinatedNameCount: Int { coordination.nameCount }

@@ -147,16 +147,17 @@ struct FairLockTests {
     /// (`channels`: by default both of a fair lock's, the release channel and the handoff one;
     /// each confirmation wakes it for one more attempt).
     private func waiter(
-        in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil
+        in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil, ownValue: Bool = false
     ) async throws -> (DistributedLock, Task<Lease, any Error>) {
         let before = other.subscriptionConfirmations(for: name)
-        // A fair waiter's handoff channel is confirmed with the name's release channel, except
-        // its client's own once that is subscribed (tests that mix random and own values in one
-        // client pass `channels`).
-        let newHandoffChannel = options.fair && !other.listensForOwnHandoffs
+        // A fair waiter with a random value listens on its client's channel only (confirmed once
+        // per client); one with a value of the caller's own (`ownValue`) on the name's release
+        // channel and its value's handoff channel; a lock that is not fair on the release
+        // channel. Tests whose calls share a channel pass `channels`.
+        let perNode = channels ?? (options.fair ? (ownValue ? 2 : (other.listensForOwnHandoffs ? 0 : 1)) : 1)
         let lock = try other.makeLock(name, options: options)
         let waiting = Task { try await lock.lock() }
-        let confirmations = options.fastHandoff ? (channels ?? (newHandoffChannel ? 2 : 1)) * nodes : 0
+        let confirmations = options.fastHandoff ? perNode * nodes : 0
         #expect(await eventually(within: .seconds(5)) {
             other.subscriptionConfirmations(for: name) >= before + confirmations && other.waitingLockCalls(for: name) == 1
         })
@@ -247,9 +248,10 @@ struct FairLockTests {
                 #expect(await eventually(within: .seconds(5)) { attempts() > before })
                 // Meanwhile the release hands the lock to the waiter on every node (in line from
                 // the attempt before); the messages come while that attempt is out, all at once.
+                let heardBefore = other.handoffMessagesHeard
                 try await holder.unlock(lease)
                 try await settle([client])
-                #expect(await eventually(within: .seconds(5)) { other.handoffMessagesHeard(for: name) >= servers.count })
+                #expect(await eventually(within: .seconds(5)) { other.handoffMessagesHeard - heardBefore >= servers.count })
                 // Every node had a clean-up of this lock() sent its way, so no handoff counts: the
                 // waiter claims (an attempt of its own, held too). Counting them as grants, it
                 // would return now with a lease whose keys its clean-ups are about to delete.
@@ -319,6 +321,7 @@ struct FairLockTests {
                     let listened = Set(channels.compactMap(\.string))
                     #expect(others.allSatisfy { listened.contains($0.ownHandoffChannel) }, "\(listened)")
                 }
+                let heardBefore = others.map(\.handoffMessagesHeard)
                 try await holder.unlock(lease)
                 let firstLease = try await firstWaiting.value
                 try await first.unlock(firstLease)
@@ -327,9 +330,9 @@ struct FairLockTests {
                 // a shared channel the second client would have read the first one's message on
                 // every node it heard the second on (a quorum, or one when it claims after 2 ms),
                 // not at most one message per node.
-                let heard = others[1].handoffMessagesHeard(for: name)
+                let heard = others[1].handoffMessagesHeard - heardBefore[1]
                 #expect(heard >= 1 && heard <= servers.count, "\(heard) messages")
-                #expect(others[0].handoffMessagesHeard(for: name) <= servers.count)
+                #expect(others[0].handoffMessagesHeard - heardBefore[0] <= servers.count)
                 try await second.unlock(secondLease)
                 do { let left = try await leftovers(on: servers, after: [client] + others); #expect(left == [], "\(left)") }
             } teardown: {
@@ -349,9 +352,10 @@ struct FairLockTests {
                     let lease = try await locked(holder, in: client)
                     var options = patient()
                     options.value = .fixed(value)
-                    let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count)
+                    let (lock, waiting) = try await waiter(in: other, for: name, options: options, nodes: servers.count, ownValue: true)
+                    let heardBefore = other.handoffMessagesHeard
                     let handed = try await handOver(lease, by: holder, to: waiting, value)
-                    #expect(other.handoffMessagesHeard(for: name) >= 1, "\(value)")
+                    #expect(other.handoffMessagesHeard - heardBefore >= 1, "\(value)")
                     try await lock.unlock(handed)
                 }
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
