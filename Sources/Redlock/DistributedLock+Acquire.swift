@@ -117,9 +117,10 @@ extension DistributedLock {
         // random values; one of another tag (a value of the caller's own) is listened on while
         // this call lasts.
         let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
-        // A lock that is not fair waits for a lease held in this process to be released (handed
-        // to the longest-waiting waiter here) rather than polling the nodes while it lasts.
-        let waitsForHolderHere = !options.fair && tries > 1
+        // A lock that is not fair, waiting by time rather than by a count of tries, waits for a
+        // lease held in this process to be released (handed to the longest-waiting waiter here)
+        // rather than polling the nodes while it lasts; one waiter per name still polls.
+        let waitsForHolderHere = !options.fair && tries == .max
         var countedChannel: String?
         defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
         // This client's handoff channel is listened on before the first attempt: the release that
@@ -153,9 +154,11 @@ extension DistributedLock {
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                let delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                var holderHereUntil: ContinuousClock.Instant?
                 if waitsForHolderHere, lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
-                    delay = Swift.max(delay, ContinuousClock.now.duration(to: deadline.map { Swift.min($0, holdEnd) } ?? holdEnd))
+                    let until = deadline.map { Swift.min($0, holdEnd) } ?? holdEnd
+                    if until > .now + delay { holderHereUntil = until }
                 }
                 var watch: LocalCoordination.HandoffWatch?
                 if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
@@ -163,7 +166,7 @@ extension DistributedLock {
                 }
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch,
-                    handedBy: chance.release
+                    handedBy: chance.release, holderHereUntil: holderHereUntil
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {
@@ -191,11 +194,13 @@ extension DistributedLock {
             switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, cleanedUp: &cleanedUp) {
             case let .success(lease):
                 acquired = true
-                if !options.fair { coordination.attemptEnded(name, value: value, acquired: lease.validUntil, handedFor: chance.release) }
+                if !options.fair || chance.release != nil {
+                    coordination.attemptEnded(name, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: chance.release)
+                }
                 return lease
             case let .failure(error):
                 lastError = error
-                if waitsForHolderHere, chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
+                if chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
             // nodes' messages count as heard already): the retry after it is the short one.

@@ -112,6 +112,7 @@ public struct DistributedLock: Sendable {
         // in other processes would only try in vain; they hear the next release that finds no
         // waiter here (with fast handoff), or retry after their delay.
         // A fair lock's release hands the lock to the first in line on the nodes instead.
+        if options.fair { client.coordination.released(name, value: lease.value) }
         let claimed = options.fair ? nil : client.coordination.handOff(name, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
         let call = releaseCall(value: lease.value, announcing: handedOver == nil)

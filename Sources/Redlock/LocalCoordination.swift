@@ -35,11 +35,13 @@ import Synchronization
 ///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
-/// - Leases acquired or extended through the client are recorded until released
-///   (``holding(_:value:until:)``, ``attemptEnded(_:value:acquired:handedFor:)``): a waiter that
-///   found the name taken while one is held waits for its release, or its validity end
-///   (``holdEnd(of:)``), rather than for its retry delay. A release handed to a waiter here
-///   counts as held until that waiter's attempt ended, so the other waiters stay waiting.
+/// - Leases acquired or extended through the client (by locks that are not fair) are recorded
+///   until released (``holding(_:value:until:)``, ``attemptEnded(_:value:acquired:handedFor:)``):
+///   a `lock()` that waits by time and found the name taken while one is held waits for its
+///   release, or its validity end (``holdEnd(of:)``), rather than for its retry delay — all
+///   but one waiter per name, which keeps polling in case the keys are gone. A release handed
+///   to a waiter here counts as held until that waiter's attempt ended, so the others stay
+///   waiting.
 /// - ``enterGate(_:value:giveUpAt:)``/``tryEnterGate(_:value:)`` queue single-flight callers first come,
 ///   first served; the gate passes on at ``leaveGate(_:)`` or when its holder's lease ran out
 ///   (``gateHolder(_:)``). Each caller that enters gets a ticket, carried in its lease, so that
@@ -63,6 +65,9 @@ final class LocalCoordination: Sendable {
         let value: [UInt8]?
         /// The handoffs it counts as grants, and those heard so far.
         var watch: HandoffWatch?
+        /// Whether it waits for a lease held here (until that lease's validity end), not for
+        /// its retry delay (see ``LocalCoordination/waitForRelease(of:after:timeout:next:value:watch:handedBy:holderHereUntil:)``).
+        var parked = false
     }
 
     /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
@@ -302,6 +307,9 @@ final class LocalCoordination: Sendable {
             if let index = heldHere.firstIndex(where: { $0.value.elementsEqual(value) && $0.handedFor == nil }) {
                 heldHere[index].validUntil = validUntil
             } else {
+                // Leases never released (left to expire) are forgotten here at the latest.
+                let now = ContinuousClock.now
+                heldHere.removeAll { $0.validUntil <= now }
                 heldHere.append(HeldHere(value: Array(value), validUntil: validUntil))
             }
         }
@@ -692,9 +700,15 @@ final class LocalCoordination: Sendable {
     /// A fair lock's waiter passes its `value`: it is woken only by the release that hands the
     /// lock to it (``handedOff(_:message:node:)``) or by one that found nobody in line. With
     /// `watch`, the handoffs it hears count as grants (``WaitOutcome/handoff``).
+    ///
+    /// With `holderHereUntil` (a lease of the name is held in this process until then, see
+    /// ``holdEnd(of:)``), the caller waits until then instead of `timeout`, for that lease's
+    /// release — unless no other waiter of the name polls: then it polls, waiting its `timeout`,
+    /// so that one waiter per name still looks at the nodes at its retry delay (the keys of a
+    /// lease held here may be gone: a node lost its data, or they were deleted).
     func waitForRelease(
         of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil, watch: HandoffWatch? = nil,
-        handedBy: UInt64? = nil
+        handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
@@ -707,6 +721,8 @@ final class LocalCoordination: Sendable {
                 // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
                 guard var entry = state.names[key] else { return .ended(woken: true) }
                 guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
+                // A client shut down wakes nobody later (see closeGates()).
+                guard !state.shutDown else { return .ended(woken: false) }
                 defer { state.names[key] = entry }
                 var watch = watch
                 if let bytes {
@@ -727,7 +743,13 @@ final class LocalCoordination: Sendable {
                         watch = counting
                     }
                 }
-                entry.waiters.append(ReleaseWaiter(waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch))
+                var waiting = ReleaseWaiter(waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch)
+                if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) {
+                    waiting.parked = true
+                    entry.waiters.append(waiting)
+                    return .waitingUntil(holderHereUntil)
+                }
+                entry.waiters.append(waiting)
                 return .waiting
             }
             if let claimAfter {
@@ -772,9 +794,9 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// An attempt of a `lock()` of `name` (that is not fair) with `value` ended: it acquired a
-    /// lease valid until `acquired` (recorded, as with ``holding(_:value:until:)``), or failed
-    /// (nil). `handedFor` is the release the attempt was sent for (``WaitOutcome/release``):
+    /// An attempt of a `lock()` of `name` with `value` ended: it acquired a lease valid until
+    /// `acquired` (recorded, as with ``holding(_:value:until:)``), or failed, or it was a fair
+    /// lock's (nil: a fair lease is not recorded). `handedFor` is the release the attempt was sent for (``WaitOutcome/release``):
     /// the lease that release ended no longer counts as held here. When the attempt failed (the
     /// lock went to another process meanwhile), its `lock()` retries at its retry delay, and
     /// the other waiters here, still waiting for a release, get the lock from it in turn (or
@@ -789,6 +811,21 @@ final class LocalCoordination: Sendable {
             state.names[key, default: Name()].attemptEnded(value: value.utf8, acquired: acquired, handedFor: handedFor)
             state.sweepUnused()
         }
+    }
+
+    /// A lease of `name` with `value` was released through a fair lock (which hands nothing
+    /// over here): it no longer counts as held here.
+    func released(_ name: String, value: String) {
+        let key = LockKey(name)
+        state.withLock { state in
+            state.names[key]?.heldHere.removeAll { $0.value.elementsEqual(value.utf8) && $0.handedFor == nil }
+            if state.names[key]?.isUnused == true { state.names[key] = nil }
+        }
+    }
+
+    /// How many leases of `name` count as held here (for tests).
+    func heldCount(of name: String) -> Int {
+        state.withLock { $0.names[LockKey(name)]?.heldHere.count ?? 0 }
     }
 
     /// The latest validity end of the leases of `name` this client holds (``holding(_:value:until:)``),

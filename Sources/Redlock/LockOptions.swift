@@ -13,10 +13,12 @@ public struct LockOptions: Sendable {
     public var tries: Int = .max
     /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no
     /// holder has a quorum) or an attempt that followed a release it heard of, the next retry
-    /// waits at most a random 0.5–5 ms instead. A lock that is not ``fair``, finding the name
-    /// taken while a lease of it acquired through the same client is held, waits longer: for
-    /// that lease's release (handed to the client's longest-waiting `lock()`) or, at the
-    /// latest, its validity end — the nodes are not polled for a lock this process holds.
+    /// waits at most a random 0.5–5 ms instead. A `lock()` of a lock that is not ``fair``, with
+    /// ``tries`` at `Int.max` (waiting by time), that finds the name taken while a lease of it
+    /// acquired through the same client is held waits longer: for that lease's release (handed
+    /// to the client's longest-waiting `lock()`) or, at the latest, its validity end — but for
+    /// one waiter per name and client, which keeps to this delay (the keys of a lease held here
+    /// may be gone). So a process does not poll the nodes for a lock it holds itself.
     public var retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250)))
     /// The share of the expiry set aside for clock drift between client and nodes.
     /// The default is 0.01; it must be in [0, 1).

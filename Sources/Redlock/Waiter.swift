@@ -47,6 +47,9 @@ final class Waiter: Expiring {
     enum Registration {
         /// The waiter is where the event will find it.
         case waiting
+        /// The waiter is where the event will find it, until this deadline rather than the one
+        /// the wait began with.
+        case waitingUntil(ContinuousClock.Instant)
         /// The wait is over before it began: the event it waits for came already (`woken`), or
         /// something that only calls for another look did (a subscription's confirmation).
         case ended(woken: Bool)
@@ -64,6 +67,8 @@ final class Waiter: Expiring {
                     claim(byRelease: woken)?.resume()
                 case .waiting:
                     if let deadline { timer.schedule(self, at: deadline) }
+                case let .waitingUntil(until):
+                    timer.schedule(self, at: until)
                 }
             }
         } onCancel: {

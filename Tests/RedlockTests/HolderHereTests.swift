@@ -3,27 +3,30 @@ import MetricsTestKit
 import RedlockTestSupport
 import Testing
 
-/// A `lock()` whose name is held by a lease of its own client waits for that lease's release
-/// (handed to the longest-waiting waiter) or its validity end, instead of polling the nodes at
-/// its retry delay; once the lock went to another process, the waiters here poll again.
+/// A `lock()` that waits by time, whose name is held by a lease of its own client, waits for
+/// that lease's release (handed to the longest-waiting waiter) or its validity end instead of
+/// polling the nodes at its retry delay — all but one waiter per name, which polls in case the
+/// keys are gone; once the lock went to another process, the waiters here poll again.
 @Suite("Waiting for a holder in this process")
 struct HolderHereTests {
-    @Test("waiters of a lease held (and extended) here make no attempts while it lasts, then all get it in turn")
+    @Test("waiters of a lease held (and extended) here make no attempts while it lasts, but for one, then all get it in turn")
     func waitersDoNotPoll() async throws {
         try await withRedisServers(3) { servers throws in
             let metrics = TestMetrics()
             let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
             try await withTeardown {
                 func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
-                // Retries every 1–5 ms: a waiter that polled would make hundreds of attempts
-                // while the lease lasts. Validity 1 s, so the waiters outlive the first lease's
-                // validity end and wait for the extended one's.
-                let lock = try client.makeLock("held-here", options: testOptions(expiry: .seconds(1), tries: 1_000_000))
+                // Retries every 50 ms: each waiter that polled would make 30 attempts while the
+                // lease lasts. Validity 1 s, so the waiters outlive the first lease's validity end
+                // and wait for the extended one's.
+                var options = testOptions(expiry: .seconds(1), tries: .max)
+                options.retryDelay = .constant(.milliseconds(50))
+                let lock = try client.makeLock("held-here", options: options)
                 var lease = try await lock.lock()
                 let acquired = Locked(0)
                 let waiters = Task {
                     try await withThrowingTaskGroup(of: Void.self) { group in
-                        for _ in 0..<8 {
+                        for _ in 0..<16 {
                             group.addTask {
                                 let lease = try await lock.lock(timeout: .seconds(30))
                                 acquired.update { $0 += 1 }
@@ -33,7 +36,7 @@ struct HolderHereTests {
                         try await group.waitForAll()
                     }
                 }
-                #expect(await eventually { client.waitingLockCalls(for: "held-here") == 8 })
+                #expect(await eventually { client.waitingLockCalls(for: "held-here") == 16 })
                 let before = attempts()
                 // 1.5 s of holding, extended every 250 ms: past the first validity end.
                 for _ in 0..<6 {
@@ -41,13 +44,14 @@ struct HolderHereTests {
                     lease = try await lock.extend(lease)
                 }
                 let during = attempts() - before
-                // Each waiter's first attempt came before `before` (it waits after it); the old
-                // validity end brings at most one more each (the first extension's end, two).
-                #expect(during <= 8 * 3, "\(during) attempts while the lease was held here")
+                // One waiter polls: 30 attempts. The others' first attempts came before `before`
+                // (each waits after it); the old validity end brings at most one more each (the
+                // first extension's end, two). Sixteen pollers would make 480.
+                #expect(during <= 30 + 15 * 3 + 30, "\(during) attempts while the lease was held here")
                 #expect(acquired.value == 0)
                 try await lock.unlock(lease)
                 try await waiters.value
-                #expect(acquired.value == 8)
+                #expect(acquired.value == 16)
             } teardown: {
                 await client.shutdown()
             }
@@ -60,7 +64,7 @@ struct HolderHereTests {
             let client = try RedlockClient(nodes: servers.map { $0.configuration() })
             try await withTeardown {
                 // Valid for about 30 s: a waiter left waiting for it would outlast the bound below.
-                let lock = try client.makeLock("taken-over", options: testOptions(expiry: .seconds(30), tries: 1_000_000))
+                let lock = try client.makeLock("taken-over", options: testOptions(expiry: .seconds(30), tries: .max))
                 let lease = try await lock.lock()
                 let waiters = Task {
                     await finished(within: .seconds(15)) {
@@ -95,7 +99,7 @@ struct HolderHereTests {
     func shutdownEndsTheWait() async throws {
         try await withRedisServers(3) { servers throws in
             let client = try RedlockClient(nodes: servers.map { $0.configuration() })
-            let lock = try client.makeLock("held-at-shutdown", options: testOptions(expiry: .seconds(30), tries: 1_000_000))
+            let lock = try client.makeLock("held-at-shutdown", options: testOptions(expiry: .seconds(30), tries: .max))
             _ = try await lock.lock()
             let waiter = Task {
                 await finished(within: .seconds(10)) { () -> RedlockError.Code? in
@@ -133,6 +137,100 @@ struct HolderHereTests {
             // Swept each time the names doubled: never more than the first sweep's threshold
             // and a batch, not all 3,000.
             #expect(client.coordinatedNameCount <= 1_024 + 500, "\(client.coordinatedNameCount) names kept")
+        }
+    }
+
+    @Test("when the keys of a lease held here are gone, the waiters get the free lock soon, not at the lease's validity end")
+    func lostKeysFreeWaiters() async throws {
+        try await withLockNodes(1) { client, servers in
+            let lock = try client.makeLock("keys-lost", options: testOptions(expiry: .seconds(30), tries: .max))
+            _ = try await lock.lock()
+            let waiters = Task {
+                await finished(within: .seconds(10)) {
+                    await withTaskGroup(of: Bool.self) { group in
+                        for _ in 0..<3 {
+                            group.addTask {
+                                guard let lease = try? await lock.lock(timeout: .seconds(25)) else { return false }
+                                try? await lock.unlock(lease)
+                                return true
+                            }
+                        }
+                        return await group.reduce(true) { $0 && $1 }
+                    }
+                }
+            }
+            #expect(await eventually { client.waitingLockCalls(for: "keys-lost") == 3 })
+            // The node lost its data: the lock is free, and nothing announces it.
+            try await servers[0].flushAll()
+            let outcome = await waiters.value
+            #expect(outcome == true, "the waiters did not all get the lock within 10 s (nil: still waiting)")
+        }
+    }
+
+    @Test("a lock() with a count of tries keeps its retry delay while a lease is held here: the count still bounds its time")
+    func triesStillBoundTime() async throws {
+        try await withLockNodes(1) { client, _ in
+            let holder = try client.makeLock("counted", options: testOptions(expiry: .seconds(30), tries: .max))
+            let lease = try await holder.lock()
+            // A waiter by time polls for the name (one per client does), so the counted one below
+            // would wait for the holder if it waited like it.
+            let timed = Task { try await holder.unlock(try await holder.lock(timeout: .seconds(25))) }
+            #expect(await eventually { client.waitingLockCalls(for: "counted") == 1 })
+            // Three tries 50–250 ms apart: well under a second, where a wait for the holder would
+            // last its validity (about 30 s).
+            let counted = try client.makeLock("counted", options: LockOptions(expiry: .seconds(30), tries: 3))
+            let code = await finished(within: .seconds(5)) { () -> RedlockError.Code? in
+                do throws(RedlockError) {
+                    _ = try await counted.lock()
+                    return nil
+                } catch {
+                    return error.code
+                }
+            }
+            #expect(code == .taken, "\(String(describing: code)) (nil: no return within 5 s, or acquired)")
+            try await holder.unlock(lease)
+            try await timed.value
+        }
+    }
+
+    @Test("fair and plain lock objects of one name leave no lease counted as held here once released")
+    func fairAndPlainLeaveNoRecord() async throws {
+        try await withLockNodes(1) { client, servers in
+            let plain = try client.makeLock("mixed", options: testOptions(expiry: .seconds(30), tries: .max))
+            var fairOptions = testOptions(expiry: .seconds(30), tries: .max)
+            fairOptions.fair = true
+            let fair = try client.makeLock("mixed", options: fairOptions)
+            // A plain lease released through the fair object.
+            try await fair.unlock(try await plain.lock())
+            #expect(client.coordination.heldCount(of: "mixed") == 0)
+            // A plain release handed to a fair waiter here.
+            let lease = try await plain.lock()
+            let fairWaiter = Task { try await fair.unlock(try await fair.lock(timeout: .seconds(10))) }
+            #expect(await eventually { client.waitingLockCalls(for: "mixed") == 1 })
+            try await plain.unlock(lease)
+            try await fairWaiter.value
+            #expect(client.coordination.heldCount(of: "mixed") == 0)
+            // So a plain waiter does not wait for a lease no longer held: another process holds
+            // the lock for 300 ms, and the waiter gets it soon after.
+            try await servers[0].set("mixed", to: "another-process", expiry: .milliseconds(300))
+            let took = await finished(within: .seconds(10)) { () -> Bool in
+                guard let lease = try? await plain.lock(timeout: .seconds(25)) else { return false }
+                try? await plain.unlock(lease)
+                return true
+            }
+            #expect(took == true, "nil: no lock within 10 s")
+        }
+    }
+
+    @Test("leases of one name left to expire are not kept: at most the live one is counted as held here")
+    func expiredLeasesOfOneName() async throws {
+        try await withLockNodes(1) { client, _ in
+            let lock = try client.makeLock("rate-limited", options: testOptions(expiry: .milliseconds(10)))
+            for _ in 0..<50 {
+                _ = try? await lock.tryLock()
+                try await Task.sleep(for: .milliseconds(12))
+            }
+            #expect(client.coordination.heldCount(of: "rate-limited") <= 1)
         }
     }
 }

@@ -9,7 +9,7 @@ struct LockTests {
     func mutualExclusion(nodeCount: Int) async throws {
         try await withLockNodes(nodeCount) { client, _ in
             // The default, early-returning path.
-            let lock = try client.makeLock("counter", options: testOptions(tries: 10_000, failFast: true))
+            let lock = try client.makeLock("counter", options: testOptions(tries: .max, failFast: true))
             let counter = try await UnsafeCounter.incremented(under: lock, tasks: 200)
             #expect(await counter.read() == 200)
             #expect(await counter.maximumInside == 1)
