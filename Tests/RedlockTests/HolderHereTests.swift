@@ -9,6 +9,23 @@ import Testing
 /// keys are gone; once the lock went to another process, the waiters here poll again.
 @Suite("Waiting for a holder in this process")
 struct HolderHereTests {
+    /// Whether `callers` concurrent `lock()` calls (each giving up after 25 s) all got the lock and
+    /// unlocked it within `limit`; nil when they had not all returned by then.
+    static func allLockAndUnlock(_ lock: DistributedLock, callers: Int, within limit: Duration) async -> Bool? {
+        await finished(within: limit) {
+            await withTaskGroup(of: Bool.self) { group in
+                for _ in 0..<callers {
+                    group.addTask {
+                        guard let lease = try? await lock.lock(timeout: .seconds(25)) else { return false }
+                        try? await lock.unlock(lease)
+                        return true
+                    }
+                }
+                return await group.reduce(true) { $0 && $1 }
+            }
+        }
+    }
+
     @Test("waiters of a lease held (and extended) here make no attempts while it lasts, but for one, then all get it in turn")
     func waitersDoNotPoll() async throws {
         try await withRedisServers(3) { servers throws in
@@ -66,20 +83,7 @@ struct HolderHereTests {
                 // Valid for about 30 s: a waiter left waiting for it would outlast the bound below.
                 let lock = try client.makeLock("taken-over", options: testOptions(expiry: .seconds(30), tries: .max))
                 let lease = try await lock.lock()
-                let waiters = Task {
-                    await finished(within: .seconds(15)) {
-                        await withTaskGroup(of: Bool.self) { group in
-                            for _ in 0..<2 {
-                                group.addTask {
-                                    guard let lease = try? await lock.lock(timeout: .seconds(25)) else { return false }
-                                    try? await lock.unlock(lease)
-                                    return true
-                                }
-                            }
-                            return await group.reduce(true) { $0 && $1 }
-                        }
-                    }
-                }
+                let waiters = Task { await Self.allLockAndUnlock(lock, callers: 2, within: .seconds(15)) }
                 #expect(await eventually { client.waitingLockCalls(for: "taken-over") == 2 })
                 // Another process took the lock over (the keys were lost, say) for 300 ms.
                 for server in servers { try await server.set("taken-over", to: "someone-else", expiry: .milliseconds(300)) }
@@ -145,20 +149,7 @@ struct HolderHereTests {
         try await withLockNodes(1) { client, servers in
             let lock = try client.makeLock("keys-lost", options: testOptions(expiry: .seconds(30), tries: .max))
             _ = try await lock.lock()
-            let waiters = Task {
-                await finished(within: .seconds(10)) {
-                    await withTaskGroup(of: Bool.self) { group in
-                        for _ in 0..<3 {
-                            group.addTask {
-                                guard let lease = try? await lock.lock(timeout: .seconds(25)) else { return false }
-                                try? await lock.unlock(lease)
-                                return true
-                            }
-                        }
-                        return await group.reduce(true) { $0 && $1 }
-                    }
-                }
-            }
+            let waiters = Task { await Self.allLockAndUnlock(lock, callers: 3, within: .seconds(10)) }
             #expect(await eventually { client.waitingLockCalls(for: "keys-lost") == 3 })
             // The node lost its data: the lock is free, and nothing announces it.
             try await servers[0].flushAll()
