@@ -144,10 +144,12 @@ extension DistributedLock {
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed. A fair waiter
                 // whose handoffs come on its client's channel (subscribed before its first
-                // attempt) needs no release channel: on each node its attempt left it in line
-                // before any release there, which hands it the lock or finds someone ahead;
-                // a release that came first found the node free for that attempt.
-                if options.fastHandoff, !ownChannelOnly, lastError.nodes.contains(where: { $0.cause == .taken }) {
+                // attempt) hears releases of fair locks there: on each node its attempt left it
+                // in line before any release there, which hands it the lock or finds someone
+                // ahead, and a release that came first found the node free for that attempt.
+                // The release channel is for releases of a lock object that is not fair: its
+                // confirmations do not call for another attempt (`ignoresNameConfirmations`).
+                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
                     if coordination.listen(name, handoffChannel: countedChannel == nil ? handoffChannel : nil) {
                         countedChannel = handoffChannel
                     }
@@ -165,8 +167,8 @@ extension DistributedLock {
                     watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
                 }
                 chance = await coordination.waitForRelease(
-                    of: name, after: releasesHeard, timeout: delay, next: next, value: options.fair ? value : nil, watch: watch,
-                    handedBy: chance.release, holderHereUntil: holderHereUntil
+                    of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
+                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil, ignoresNameConfirmations: ownChannelOnly
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {

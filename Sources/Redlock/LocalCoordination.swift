@@ -66,8 +66,13 @@ final class LocalCoordination: Sendable {
         /// The handoffs it counts as grants, and those heard so far.
         var watch: HandoffWatch?
         /// Whether it waits for a lease held here (until that lease's validity end), not for
-        /// its retry delay (see ``LocalCoordination/waitForRelease(of:after:timeout:next:value:watch:handedBy:holderHereUntil:)``).
+        /// its retry delay (see ``LocalCoordination/waitForRelease(of:after:timeout:waitingSince:next:value:watch:handedBy:holderHereUntil:ignoresNameConfirmations:)``).
         var parked = false
+        /// When its `lock()` began: releases go to the one that has waited longest.
+        let since: ContinuousClock.Instant
+        /// A fair waiter that hears its handoffs on its client's channel: confirmations of the
+        /// name's own channels do not wake it (see ``LocalCoordination/confirmed(_:handoffs:)``).
+        let ignoresNameConfirmations: Bool
     }
 
     /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
@@ -195,6 +200,9 @@ final class LocalCoordination: Sendable {
         /// The last few handoff messages of a fair release, for a waiter whose wait begins after
         /// the message came.
         var handedTo: [(message: HandoffMessage, node: Int)] = []
+        /// The generation the last confirmation of a client handoff channel this name listens on
+        /// brought (0: none yet).
+        var clientConfirmation: UInt64 = 0
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
         var gate: Gate?
@@ -339,13 +347,38 @@ final class LocalCoordination: Sendable {
             releaseGeneration != 0 && isBefore(earlier, releaseGeneration)
         }
 
+        /// Whether a client handoff channel this name listens on was confirmed after `earlier`.
+        func clientConfirmedSince(_ earlier: UInt64) -> Bool {
+            clientConfirmation != 0 && isBefore(earlier, clientConfirmation)
+        }
+
+        /// If no waiter that polls is left but some wait for a lease held here, the one of them
+        /// that has waited longest is woken (not as by a release) to poll in its place.
+        mutating func keepOnePolling() -> UnsafeContinuation<Void, Never>? {
+            guard waiters.contains(where: \.parked), !waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) else { return nil }
+            while let index = longestWaiting(where: \.parked) {
+                if let continuation = waiters.remove(at: index).waiter.claim(byRelease: false) { return continuation }
+            }
+            return nil
+        }
+
+        /// The index of the waiter that has waited longest (its `lock()` began first) of those
+        /// that `include`.
+        func longestWaiting(where include: (ReleaseWaiter) -> Bool) -> Int? {
+            var found: (index: Int, since: ContinuousClock.Instant)?
+            for index in waiters.indices where include(waiters[index]) {
+                if found.map({ waiters[index].since < $0.since }) ?? true { found = (index, waiters[index].since) }
+            }
+            return found?.index
+        }
+
         /// Takes the longest-waiting waiter still waiting out of the line and claims it for the
         /// last release; with `laterMessage`, only one whose wait began at or after the release's
         /// first message, and whose last attempt was not sent for that release (it retries soon,
         /// with the short delay after a release).
         mutating func claimLongestWaiting(laterMessage: Bool = false) -> Claimed? {
             let release = lastReleaseGeneration
-            while let index = waiters.firstIndex(where: { !laterMessage || (!isBefore($0.after, release) && $0.handedBy != release) }) {
+            while let index = longestWaiting(where: { !laterMessage || (!isBefore($0.after, release) && $0.handedBy != release) }) {
                 let first = waiters.remove(at: index)
                 if let continuation = first.waiter.claim(byRelease: true) {
                     return Claimed(waiter: first.waiter, continuation: continuation, next: first.next, release: release)
@@ -447,11 +480,16 @@ final class LocalCoordination: Sendable {
 
     /// Ends one ``beginAcquiring(_:lane:)``. The last one drops the name, or starts its subscription's
     /// linger.
+    /// A waiter for a lease held here left without a poller: the longest waiting of them polls
+    /// in its place (``Name/keepOnePolling()``).
     func endAcquiring(_ name: String) {
         let key = LockKey(name)
+        var poller: UnsafeContinuation<Void, Never>?
+        defer { poller?.resume() }
         let linger: ContinuousClock.Instant? = state.withLock { state in
             guard var entry = state.names[key] else { return nil }
             entry.acquiring -= 1
+            poller = entry.keepOnePolling()
             var linger: ContinuousClock.Instant?
             if entry.acquiring == 0, entry.subscribed {
                 linger = .now + Self.subscriptionLinger
@@ -638,10 +676,13 @@ final class LocalCoordination: Sendable {
             if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
+            // A fair waiter on its client's channel is told of its handoffs there; this channel
+            // only carries releases of locks that are not fair (or that found nobody in line),
+            // for which its retry delay is the fallback.
             let waiters = entry.waiters
-            entry.waiters = []
+            entry.waiters = waiters.filter(\.ignoresNameConfirmations)
             state.names[key] = entry
-            return waiters.compactMap { $0.waiter.claim(byRelease: false) }
+            return waiters.filter { !$0.ignoresNameConfirmations }.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
     }
@@ -658,6 +699,7 @@ final class LocalCoordination: Sendable {
             for key in keys {
                 guard var entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
+                entry.clientConfirmation = entry.generation
                 entry.confirmations += 1
                 woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
                 entry.waiters = []
@@ -706,9 +748,15 @@ final class LocalCoordination: Sendable {
     /// release — unless no other waiter of the name polls: then it polls, waiting its `timeout`,
     /// so that one waiter per name still looks at the nodes at its retry delay (the keys of a
     /// lease held here may be gone: a node lost its data, or they were deleted).
+    ///
+    /// `waitingSince` is when the caller's `lock()` began (by default, now): a release goes to
+    /// the caller that has waited longest. With `ignoresNameConfirmations` (a fair waiter that hears its
+    /// handoffs on its client's channel), confirmations of the name's own channels neither end
+    /// the wait nor a wait that begins after them; its client channel's do.
     func waitForRelease(
-        of name: String, after generation: UInt64, timeout: Duration, next: PreparedFanOut?, value: String? = nil, watch: HandoffWatch? = nil,
-        handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil
+        of name: String, after generation: UInt64, timeout: Duration, waitingSince: ContinuousClock.Instant = .now, next: PreparedFanOut?,
+        value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil,
+        ignoresNameConfirmations: Bool = false
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
@@ -720,7 +768,11 @@ final class LocalCoordination: Sendable {
                 // handoff to this caller heard before it began to wait. A confirmation since
                 // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
                 guard var entry = state.names[key] else { return .ended(woken: true) }
-                guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
+                if entry.generation != generation {
+                    // Only confirmations came since: a fair waiter on its client's channel waits on.
+                    let woken = entry.releasedSince(generation)
+                    if !ignoresNameConfirmations || woken || entry.clientConfirmedSince(generation) { return .ended(woken: woken) }
+                }
                 // A client shut down wakes nobody later (see closeGates()).
                 guard !state.shutDown else { return .ended(woken: false) }
                 defer { state.names[key] = entry }
@@ -743,7 +795,10 @@ final class LocalCoordination: Sendable {
                         watch = counting
                     }
                 }
-                var waiting = ReleaseWaiter(waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch)
+                var waiting = ReleaseWaiter(
+                    waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince,
+                    ignoresNameConfirmations: ignoresNameConfirmations
+                )
                 if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) {
                     waiting.parked = true
                     entry.waiters.append(waiting)

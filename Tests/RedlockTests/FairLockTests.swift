@@ -150,11 +150,11 @@ struct FairLockTests {
         in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil, ownValue: Bool = false
     ) async throws -> (DistributedLock, Task<Lease, any Error>) {
         let before = other.subscriptionConfirmations(for: name)
-        // A fair waiter with a random value listens on its client's channel only (confirmed once
-        // per client); one with a value of the caller's own (`ownValue`) on the name's release
-        // channel and its value's handoff channel; a lock that is not fair on the release
-        // channel. Tests whose calls share a channel pass `channels`.
-        let perNode = channels ?? (options.fair ? (ownValue ? 2 : (other.listensForOwnHandoffs ? 0 : 1)) : 1)
+        // Every waiter listens on the name's release channel; a fair one with a random value also
+        // on its client's channel (confirmed once per client), one with a value of the caller's
+        // own (`ownValue`) on its value's handoff channel. Tests whose calls share a channel
+        // pass `channels`.
+        let perNode = channels ?? (options.fair ? (ownValue || !other.listensForOwnHandoffs ? 2 : 1) : 1)
         let lock = try other.makeLock(name, options: options)
         let waiting = Task { try await lock.lock() }
         let confirmations = options.fastHandoff ? perNode * nodes : 0
@@ -179,6 +179,53 @@ struct FairLockTests {
         let handed = try await waiting.value
         #expect(released.duration(to: .now) < .seconds(5), "\(label): took \(released.duration(to: .now))")
         return handed
+    }
+
+    @Test("a fair waiter hears the release of a lock object of the name that is not fair, in another client, rather than sleeping out its retry delay")
+    func fairWaiterHearsPlainRelease() async throws {
+        try await withLockNodes(3) { client, servers in
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let name = "fair-after-plain"
+                let plain = try client.makeLock(name, options: testOptions(expiry: .seconds(10)))
+                let lease = try await locked(plain, in: client)
+                // A plain release hands nothing over: it deletes and publishes on the release
+                // channel only. The waiter's retry delay is 10 s.
+                let (fair, waiting) = try await waiter(in: other, for: name, options: patient(), nodes: servers.count)
+                let handed = try await handOver(lease, by: plain, to: waiting, "plain release")
+                try await fair.unlock(handed)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a fair waiter with a random value makes no attempt for the confirmations of the release channel: its handoffs come on its client's channel")
+    func releaseChannelConfirmationsCallForNoAttempt() async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            try await withTeardown {
+                func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
+                // The client's channel subscribed and confirmed, by a first waiter on another name.
+                let warm = try client.makeLock("fair-warm", options: patient())
+                let warmLease = try await locked(warm, in: client)
+                let (warmWaiter, warmWaiting) = try await waiter(in: other, for: "fair-warm", options: patient(), nodes: servers.count)
+                try await warmWaiter.unlock(try await handOver(warmLease, by: warm, to: warmWaiting, "warm"))
+                // A new name: its release channel is subscribed after the first attempt, and each
+                // node's confirmation comes while the waiter waits (the helper waits for them).
+                let holder = try client.makeLock("fair-cold", options: patient())
+                let lease = try await locked(holder, in: client)
+                let before = attempts()
+                let (lock, waiting) = try await waiter(in: other, for: "fair-cold", options: patient(), nodes: servers.count)
+                #expect(attempts() - before == 1, "\(attempts() - before) attempts for one failed try and \(servers.count) confirmations")
+                try await lock.unlock(try await handOver(lease, by: holder, to: waiting, "cold"))
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
     }
 
     @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind")

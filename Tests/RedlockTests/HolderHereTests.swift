@@ -224,4 +224,63 @@ struct HolderHereTests {
             #expect(client.coordination.heldCount(of: "rate-limited") <= 1)
         }
     }
+
+    @Test("when the waiter that polls gives up, a waiter for the holder here polls in its place: a lock freed meanwhile is found at its retry delay")
+    func pollerLeavesAnotherPolls() async throws {
+        try await withLockNodes(1) { client, servers in
+            let name = "poller-leaves"
+            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+            _ = try await holder.lock()
+            // The poller: a 5 s retry delay, and it gives up after 0.8 s (one attempt, no poll).
+            var slow = testOptions(expiry: .seconds(30), tries: .max)
+            slow.retryDelay = .constant(.seconds(5))
+            let leaving = Task { try await client.makeLock(name, options: slow).lock(timeout: .milliseconds(800)) }
+            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+            // This one waits for the holder (someone polls), with 100 ms between its own polls.
+            var quick = testOptions(expiry: .seconds(30), tries: .max)
+            quick.retryDelay = .constant(.milliseconds(100))
+            let staying = try client.makeLock(name, options: quick)
+            let got = Task { await finished(within: .seconds(10)) { () -> Bool in
+                guard let lease = try? await staying.lock(timeout: .seconds(25)) else { return false }
+                try? await staying.unlock(lease)
+                return true
+            } }
+            #expect(await eventually { client.waitingLockCalls(for: name) == 2 })
+            _ = try? await leaving.value
+            // The node lost its data: the lock is free, and nothing announces it.
+            try await servers[0].flushAll()
+            let outcome = await got.value
+            #expect(outcome == true, "nil: the waiter slept on (to the holder's validity end, 30 s)")
+        }
+    }
+
+    @Test("tasks of one process taking turns get the lock in the order they asked: nobody waits much longer than a round")
+    func turnsAreFirstComeFirstServed() async throws {
+        try await withLockNodes(1) { client, _ in
+            // Default delays: one waiter polls every 50–250 ms, the others wait for the holder.
+            let lock = try client.makeLock("turns", options: LockOptions(expiry: .seconds(5), timeoutFactor: 0.2))
+            let tasks = 8
+            let hold = Duration.milliseconds(40)
+            let end = ContinuousClock.now + .seconds(5)
+            let longest = try await withThrowingTaskGroup(of: Duration.self) { group in
+                for _ in 0..<tasks {
+                    group.addTask {
+                        var longest = Duration.zero
+                        while ContinuousClock.now < end {
+                            let asked = ContinuousClock.now
+                            let lease = try await lock.lock()
+                            longest = max(longest, asked.duration(to: .now))
+                            try await Task.sleep(for: hold)
+                            try await lock.unlock(lease)
+                        }
+                        return longest
+                    }
+                }
+                return try await group.reduce(Duration.zero) { max($0, $1) }
+            }
+            // First come, first served: about 7 holds (0.3 s) per wait. A waiter passed over at
+            // every release (the one polling, say) would wait seconds.
+            #expect(longest < .seconds(2), "longest wait \(longest)")
+        }
+    }
 }

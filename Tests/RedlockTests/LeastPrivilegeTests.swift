@@ -133,11 +133,10 @@ struct LeastPrivilegeTests {
                 }
                 let lease = try await lock.lock()
                 let waiting = Task { try await waiter.makeLock(name, options: options).lock() }
-                // The client's channel is subscribed at its first lock() (and no other: a fair
-                // waiter with a random value needs no release channel): in round 0, wait for it to
-                // be confirmed on every node.
+                // The client's channel is subscribed at its first lock(): in round 0, wait for it to
+                // be confirmed (with the name's release channel) on every node.
                 #expect(await eventually(within: .seconds(5)) {
-                    waiter.waitingLockCalls(for: name) == 1 && (round > 0 || waiter.subscriptionConfirmations(for: name) >= servers.count)
+                    waiter.waitingLockCalls(for: name) == 1 && (round > 0 || waiter.subscriptionConfirmations(for: name) >= 2 * servers.count)
                 })
                 let heardBefore = waiter.handoffMessagesHeard
                 let released = ContinuousClock.now
