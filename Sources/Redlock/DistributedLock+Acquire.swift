@@ -126,8 +126,8 @@ extension DistributedLock {
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
         // (A random value carries this client's tag: its channel is the client's own.)
-        let ownChannelOnly = handoffChannel != nil && !options.value.mayAlreadyBeHeld
-        if ownChannelOnly, options.fastHandoff {
+        let handoffsOnOwnChannel = handoffChannel != nil && !options.value.mayAlreadyBeHeld
+        if handoffsOnOwnChannel, options.fastHandoff {
             coordination.listenForOwnHandoffs()
         }
         for attemptNumber in 0..<tries {
@@ -168,7 +168,7 @@ extension DistributedLock {
                 }
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
-                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil, ignoresNameConfirmations: ownChannelOnly
+                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil, ignoresNameConfirmations: handoffsOnOwnChannel
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {

@@ -32,7 +32,9 @@ import Synchronization
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation advances the generation like a release and wakes every waiter for one more
-///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
+///   attempt (not as a release: when that attempt fails, the next wait is the full one) — but
+///   a fair waiter that hears its handoffs on its client's channel, which only that channel's
+///   confirmations wake. The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - Leases acquired or extended through the client (by locks that are not fair) are recorded
@@ -149,7 +151,6 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// Everything known locally of one name; dropped once nothing needs it.
     /// A lease of a name held through this client.
     private struct HeldHere {
         let value: [UInt8]
@@ -159,6 +160,7 @@ final class LocalCoordination: Sendable {
         var handedFor: UInt64?
     }
 
+    /// Everything known locally of one name; dropped once nothing needs it.
     private struct Name {
         /// Releases heard and subscriptions confirmed since the name was first needed: a waiter
         /// that began to wait after one of them came tries again at once.
@@ -323,7 +325,9 @@ final class LocalCoordination: Sendable {
         }
 
         /// ``LocalCoordination/attemptEnded(_:value:acquired:handedFor:)`` for this name.
-        mutating func attemptEnded(value: some Collection<UInt8>, acquired validUntil: ContinuousClock.Instant?, handedFor release: UInt64?) {
+        mutating func attemptEnded(
+            value: some Collection<UInt8>, acquired validUntil: ContinuousClock.Instant?, handedFor release: UInt64?
+        ) {
             if let validUntil { hold(value, until: validUntil) }
             if let release { heldHere.removeAll { $0.handedFor == release } }
         }
@@ -479,9 +483,8 @@ final class LocalCoordination: Sendable {
     }
 
     /// Ends one ``beginAcquiring(_:lane:)``. The last one drops the name, or starts its subscription's
-    /// linger.
-    /// A waiter for a lease held here left without a poller: the longest waiting of them polls
-    /// in its place (``Name/keepOnePolling()``).
+    /// linger. If the waiters left all wait for a lease held here, the longest waiting of them
+    /// polls in place of the one that ended (``Name/keepOnePolling()``).
     func endAcquiring(_ name: String) {
         let key = LockKey(name)
         var poller: UnsafeContinuation<Void, Never>?
@@ -750,9 +753,9 @@ final class LocalCoordination: Sendable {
     /// lease held here may be gone: a node lost its data, or they were deleted).
     ///
     /// `waitingSince` is when the caller's `lock()` began (by default, now): a release goes to
-    /// the caller that has waited longest. With `ignoresNameConfirmations` (a fair waiter that hears its
-    /// handoffs on its client's channel), confirmations of the name's own channels neither end
-    /// the wait nor a wait that begins after them; its client channel's do.
+    /// the caller that has waited longest. With `ignoresNameConfirmations` (a fair waiter that
+    /// hears its handoffs on its client's channel), confirmations of the name's own channels
+    /// neither end the wait nor a wait that begins after them; its client channel's do.
     func waitForRelease(
         of name: String, after generation: UInt64, timeout: Duration, waitingSince: ContinuousClock.Instant = .now, next: PreparedFanOut?,
         value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil,
@@ -851,8 +854,9 @@ final class LocalCoordination: Sendable {
 
     /// An attempt of a `lock()` of `name` with `value` ended: it acquired a lease valid until
     /// `acquired` (recorded, as with ``holding(_:value:until:)``), or failed, or it was a fair
-    /// lock's (nil: a fair lease is not recorded). `handedFor` is the release the attempt was sent for (``WaitOutcome/release``):
-    /// the lease that release ended no longer counts as held here. When the attempt failed (the
+    /// lock's (nil: a fair lease is not recorded). `handedFor` is the release the attempt was
+    /// sent for (``WaitOutcome/release``): the lease that release ended no longer counts as
+    /// held here. When the attempt failed (the
     /// lock went to another process meanwhile), its `lock()` retries at its retry delay, and
     /// the other waiters here, still waiting for a release, get the lock from it in turn (or
     /// through ``passOn(_:)`` when it gives up).
