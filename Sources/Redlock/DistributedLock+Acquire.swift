@@ -126,8 +126,7 @@ extension DistributedLock {
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
         // (A random value carries this client's tag: its channel is the client's own.)
-        let handoffsOnOwnChannel = handoffChannel != nil && !options.value.mayAlreadyBeHeld
-        if handoffsOnOwnChannel, options.fastHandoff {
+        if handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
             coordination.listenForOwnHandoffs()
         }
         for attemptNumber in 0..<tries {
@@ -142,13 +141,10 @@ extension DistributedLock {
             }
             let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry))
             if attemptNumber > 0 {
-                // Only a holder's release is worth hearing: not after nodes failed. A fair waiter
-                // whose handoffs come on its client's channel (subscribed before its first
-                // attempt) hears releases of fair locks there: on each node its attempt left it
-                // in line before any release there, which hands it the lock or finds someone
-                // ahead, and a release that came first found the node free for that attempt.
-                // The release channel is for releases of a lock object that is not fair: its
-                // confirmations do not call for another attempt (`ignoresNameConfirmations`).
+                // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
+                // hears a fair release's handoff on its client's channel; the release channel
+                // carries the releases of lock objects of the name that are not fair, and of fair
+                // ones that found nobody in line.)
                 if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
                     if coordination.listen(name, handoffChannel: countedChannel == nil ? handoffChannel : nil) {
                         countedChannel = handoffChannel
@@ -168,7 +164,7 @@ extension DistributedLock {
                 }
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
-                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil, ignoresNameConfirmations: handoffsOnOwnChannel
+                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {

@@ -32,9 +32,7 @@ import Synchronization
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation advances the generation like a release and wakes every waiter for one more
-///   attempt (not as a release: when that attempt fails, the next wait is the full one) — but
-///   a fair waiter that hears its handoffs on its client's channel, which only that channel's
-///   confirmations wake. The
+///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - Leases acquired or extended through the client (by locks that are not fair) are recorded
@@ -68,13 +66,10 @@ final class LocalCoordination: Sendable {
         /// The handoffs it counts as grants, and those heard so far.
         var watch: HandoffWatch?
         /// Whether it waits for a lease held here (until that lease's validity end), not for
-        /// its retry delay (see ``LocalCoordination/waitForRelease(of:after:timeout:waitingSince:next:value:watch:handedBy:holderHereUntil:ignoresNameConfirmations:)``).
+        /// its retry delay (see ``LocalCoordination/waitForRelease(of:after:timeout:waitingSince:next:value:watch:handedBy:holderHereUntil:)``).
         var parked = false
         /// When its `lock()` began: releases go to the one that has waited longest.
         let since: ContinuousClock.Instant
-        /// A fair waiter that hears its handoffs on its client's channel: confirmations of the
-        /// name's own channels do not wake it (see ``LocalCoordination/confirmed(_:handoffs:)``).
-        let ignoresNameConfirmations: Bool
     }
 
     /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
@@ -202,9 +197,6 @@ final class LocalCoordination: Sendable {
         /// The last few handoff messages of a fair release, for a waiter whose wait begins after
         /// the message came.
         var handedTo: [(message: HandoffMessage, node: Int)] = []
-        /// The generation the last confirmation of a client handoff channel this name listens on
-        /// brought (0: none yet).
-        var clientConfirmation: UInt64 = 0
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
         var gate: Gate?
@@ -349,11 +341,6 @@ final class LocalCoordination: Sendable {
         /// Whether a release was counted after `earlier`, a generation this name had.
         func releasedSince(_ earlier: UInt64) -> Bool {
             releaseGeneration != 0 && isBefore(earlier, releaseGeneration)
-        }
-
-        /// Whether a client handoff channel this name listens on was confirmed after `earlier`.
-        func clientConfirmedSince(_ earlier: UInt64) -> Bool {
-            clientConfirmation != 0 && isBefore(earlier, clientConfirmation)
         }
 
         /// If no waiter that polls is left but some wait for a lease held here, the one of them
@@ -679,13 +666,10 @@ final class LocalCoordination: Sendable {
             if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
-            // A fair waiter on its client's channel is told of its handoffs there; this channel
-            // only carries releases of locks that are not fair (or that found nobody in line),
-            // for which its retry delay is the fallback.
             let waiters = entry.waiters
-            entry.waiters = waiters.filter(\.ignoresNameConfirmations)
+            entry.waiters = []
             state.names[key] = entry
-            return waiters.filter { !$0.ignoresNameConfirmations }.compactMap { $0.waiter.claim(byRelease: false) }
+            return waiters.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
     }
@@ -702,7 +686,6 @@ final class LocalCoordination: Sendable {
             for key in keys {
                 guard var entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
-                entry.clientConfirmation = entry.generation
                 entry.confirmations += 1
                 woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
                 entry.waiters = []
@@ -753,13 +736,10 @@ final class LocalCoordination: Sendable {
     /// lease held here may be gone: a node lost its data, or they were deleted).
     ///
     /// `waitingSince` is when the caller's `lock()` began (by default, now): a release goes to
-    /// the caller that has waited longest. With `ignoresNameConfirmations` (a fair waiter that
-    /// hears its handoffs on its client's channel), confirmations of the name's own channels
-    /// neither end the wait nor a wait that begins after them; its client channel's do.
+    /// the caller that has waited longest.
     func waitForRelease(
         of name: String, after generation: UInt64, timeout: Duration, waitingSince: ContinuousClock.Instant = .now, next: PreparedFanOut?,
-        value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil,
-        ignoresNameConfirmations: Bool = false
+        value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
@@ -771,11 +751,7 @@ final class LocalCoordination: Sendable {
                 // handoff to this caller heard before it began to wait. A confirmation since
                 // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
                 guard var entry = state.names[key] else { return .ended(woken: true) }
-                if entry.generation != generation {
-                    // Only confirmations came since: a fair waiter on its client's channel waits on.
-                    let woken = entry.releasedSince(generation)
-                    if !ignoresNameConfirmations || woken || entry.clientConfirmedSince(generation) { return .ended(woken: woken) }
-                }
+                guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
                 // A client shut down wakes nobody later (see closeGates()).
                 guard !state.shutDown else { return .ended(woken: false) }
                 defer { state.names[key] = entry }
@@ -799,8 +775,7 @@ final class LocalCoordination: Sendable {
                     }
                 }
                 var waiting = ReleaseWaiter(
-                    waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince,
-                    ignoresNameConfirmations: ignoresNameConfirmations
+                    waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince
                 )
                 if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) {
                     waiting.parked = true

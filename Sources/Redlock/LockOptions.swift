@@ -150,9 +150,7 @@ public struct LockOptions: Sendable {
     /// `LIFE LENGTH NAME VALUE` on the waiter's client's channel, `redlock:handoff:~TAG`, one
     /// for every name (the client's tag leads its fair locks' random values: ``LockValue/random``;
     /// a value of the caller's own goes to `redlock:handoff:NAME` as `LIFE VALUE` unless it starts
-    /// with a tag), so no other process wakes for it (a waiter with a random value still hears
-    /// the release channel, for lock objects of the name that are not fair, but makes no attempt
-    /// for its subscription's confirmations). The waiter counts each node's message as that
+    /// with a tag), so no other process wakes for it. The waiter counts each node's message as that
     /// node's grant and, once a quorum handed it the lock, holds a lease with no round trip of
     /// its own, valid from the start of its `lock()`'s first attempt — every handoff to its value
     /// came after that — minus the drift allowance, the Redlock rule with that start. It counts

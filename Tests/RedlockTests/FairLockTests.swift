@@ -201,33 +201,6 @@ struct FairLockTests {
         }
     }
 
-    @Test("a fair waiter with a random value makes no attempt for the confirmations of the release channel: its handoffs come on its client's channel")
-    func releaseChannelConfirmationsCallForNoAttempt() async throws {
-        try await withLockNodes(3) { client, servers in
-            let metrics = TestMetrics()
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-            try await withTeardown {
-                func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
-                // The client's channel subscribed and confirmed, by a first waiter on another name.
-                let warm = try client.makeLock("fair-warm", options: patient())
-                let warmLease = try await locked(warm, in: client)
-                let (warmWaiter, warmWaiting) = try await waiter(in: other, for: "fair-warm", options: patient(), nodes: servers.count)
-                try await warmWaiter.unlock(try await handOver(warmLease, by: warm, to: warmWaiting, "warm"))
-                // A new name: its release channel is subscribed after the first attempt, and each
-                // node's confirmation comes while the waiter waits (the helper waits for them).
-                let holder = try client.makeLock("fair-cold", options: patient())
-                let lease = try await locked(holder, in: client)
-                let before = attempts()
-                let (lock, waiting) = try await waiter(in: other, for: "fair-cold", options: patient(), nodes: servers.count)
-                #expect(attempts() - before == 1, "\(attempts() - before) attempts for one failed try and \(servers.count) confirmations")
-                try await lock.unlock(try await handOver(lease, by: holder, to: waiting, "cold"))
-                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
-            }
-        }
-    }
-
     @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind")
     func handoffIsAGrant() async throws {
         try await withLockNodes(5) { client, servers in
