@@ -9,7 +9,9 @@ public struct LockOptions: Sendable {
     /// for as long as ``tries`` allows. The default is 30 s. `lock(timeout:)` overrides it.
     public var acquireTimeout: Duration? = .seconds(30)
     /// How many attempts `lock()` makes at most (`tryLock()` makes one). The default is
-    /// `Int.max`: ``acquireTimeout`` decides. (Redsync's is 32 tries, about 5 s with its delays.)
+    /// `Int.max`: ``acquireTimeout`` decides, and a lock that is not ``fair`` waits for a holder
+    /// in the same process instead of polling (see ``retryDelay``). With a count, every retry
+    /// keeps ``retryDelay``. (Redsync's is 32 tries, about 5 s with its delays.)
     public var tries: Int = .max
     /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no
     /// holder has a quorum) or an attempt that followed a release it heard of, the next retry
