@@ -220,7 +220,7 @@ final class LocalCoordination: Sendable {
         /// `allNodes`.
         mutating func handOff(_ release: some Collection<UInt8>, lane: ConnectionLane, allNodes: Range<Int>) -> Claimed? {
             lanes.insert(lane)
-            let held = heldHere.firstIndex { $0.value.elementsEqual(release) && $0.handedFor == nil }
+            let held = heldRecord(of: release)
             guard var claimed = claimLongestWaiting() else {
                 if let held { heldHere.remove(at: held) }
                 // Published: of its messages, only the first to come (or the releaser's report)
@@ -303,10 +303,15 @@ final class LocalCoordination: Sendable {
             lastReleaseEchoes = echoes.subtracting(nodes)
         }
 
+        /// The record of the lease of `value` held here and not yet released, if any.
+        func heldRecord(of value: some Collection<UInt8>) -> Int? {
+            heldHere.firstIndex { $0.value.elementsEqual(value) && $0.handedFor == nil }
+        }
+
         /// Records the lease of `value` as held here until `validUntil` (replacing the record of
         /// the same value: an extension).
         mutating func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
-            if let index = heldHere.firstIndex(where: { $0.value.elementsEqual(value) && $0.handedFor == nil }) {
+            if let index = heldRecord(of: value) {
                 heldHere[index].validUntil = validUntil
             } else {
                 // Leases never released (left to expire) are forgotten here at the latest.
@@ -852,7 +857,7 @@ final class LocalCoordination: Sendable {
     func released(_ name: String, value: String) {
         let key = LockKey(name)
         state.withLock { state in
-            state.names[key]?.heldHere.removeAll { $0.value.elementsEqual(value.utf8) && $0.handedFor == nil }
+            if let held = state.names[key]?.heldRecord(of: value.utf8) { state.names[key]?.heldHere.remove(at: held) }
             if state.names[key]?.isUnused == true { state.names[key] = nil }
         }
     }
