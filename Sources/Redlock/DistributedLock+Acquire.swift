@@ -119,7 +119,8 @@ extension DistributedLock {
         let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
         // A lock that is not fair, waiting by time rather than by a count of tries, waits for a
         // lease held in this process to be released (handed to the longest-waiting waiter here)
-        // rather than polling the nodes while it lasts; one waiter per name still polls.
+        // rather than polling the nodes while it lasts, when another waiter here polls at least
+        // as often as it would.
         let waitsForHolderHere = !options.fair && tries == .max
         var countedChannel: String?
         defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
@@ -164,7 +165,8 @@ extension DistributedLock {
                 }
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
-                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil
+                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil,
+                    pace: options.retryDelay.pace(afterFailedAttempts: attemptNumber, drawn: planned)
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {

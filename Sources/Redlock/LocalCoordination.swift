@@ -38,10 +38,11 @@ import Synchronization
 /// - Leases acquired or extended through the client (by locks that are not fair) are recorded
 ///   until released (``holding(_:value:until:)``, ``attemptEnded(_:value:acquired:handedFor:)``):
 ///   a `lock()` that waits by time and found the name taken while one is held waits for its
-///   release, or its validity end (``holdEnd(of:)``), rather than for its retry delay — all
-///   but one waiter per name, which keeps polling in case the keys are gone. A release handed
-///   to a waiter here counts as held until that waiter's attempt ended, so the others stay
-///   waiting.
+///   release, or its validity end (``holdEnd(of:)``), rather than for its retry delay — unless
+///   no other waiter of the name polls at least as often as it would (its retry delay's
+///   ``RetryDelay/pace(afterFailedAttempts:drawn:)``): the keys may be gone. Waiters with one
+///   retry delay leave one of them polling. A release handed to a waiter here counts as held
+///   until that waiter's attempt ended, so the others stay waiting.
 /// - ``enterGate(_:value:giveUpAt:)``/``tryEnterGate(_:value:)`` queue single-flight callers first come,
 ///   first served; the gate passes on at ``leaveGate(_:)`` or when its holder's lease ran out
 ///   (``gateHolder(_:)``). Each caller that enters gets a ticket, carried in its lease, so that
@@ -70,6 +71,18 @@ final class LocalCoordination: Sendable {
         var parked = false
         /// When its `lock()` began: releases go to the one that has waited longest.
         let since: ContinuousClock.Instant
+        /// How often it looks at the nodes (``RetryDelay/pace(afterFailedAttempts:drawn:)``): a
+        /// waiter parks only behind one that polls at least as often.
+        let pace: Duration
+        /// When it would look at the nodes again if it did not park: the end of its retry delay.
+        let pollAt: ContinuousClock.Instant
+    }
+
+    /// A parked waiter that polls again: its own retry delay's end is when the timer ends its
+    /// wait (at once when that passed already).
+    struct Unparked {
+        let waiter: Waiter
+        let pollAt: ContinuousClock.Instant
     }
 
     /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
@@ -348,14 +361,27 @@ final class LocalCoordination: Sendable {
             releaseGeneration != 0 && isBefore(earlier, releaseGeneration)
         }
 
-        /// If no waiter that polls is left but some wait for a lease held here, the one of them
-        /// that has waited longest is woken (not as by a release) to poll in its place.
-        mutating func keepOnePolling() -> UnsafeContinuation<Void, Never>? {
-            guard waiters.contains(where: \.parked), !waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) else { return nil }
-            while let index = longestWaiting(where: \.parked) {
-                if let continuation = waiters.remove(at: index).waiter.claim(byRelease: false) { return continuation }
+        /// Keeps the nodes looked at as often as each parked waiter would look itself: when no
+        /// waiter that polls is left, or none polls at least as often as the parked waiter with
+        /// the shortest pace (of those, the one that has waited longest), that one polls again,
+        /// from its own retry delay's end. One is enough: it polls at least as often as every
+        /// other parked waiter.
+        mutating func keepPolling() -> Unparked? {
+            var fastest: Int?
+            var cover: Duration?
+            for index in waiters.indices where !waiters[index].waiter.isFinished {
+                let waiting = waiters[index]
+                if !waiting.parked {
+                    cover = cover.map { Swift.min($0, waiting.pace) } ?? waiting.pace
+                } else if let found = fastest.map({ waiters[$0] }) {
+                    if waiting.pace < found.pace || (waiting.pace == found.pace && waiting.since < found.since) { fastest = index }
+                } else {
+                    fastest = index
+                }
             }
-            return nil
+            guard let fastest, cover.map({ waiters[fastest].pace < $0 }) ?? true else { return nil }
+            waiters[fastest].parked = false
+            return Unparked(waiter: waiters[fastest].waiter, pollAt: waiters[fastest].pollAt)
         }
 
         /// The index of the waiter that has waited longest (its `lock()` began first) of those
@@ -475,16 +501,16 @@ final class LocalCoordination: Sendable {
     }
 
     /// Ends one ``beginAcquiring(_:lane:)``. The last one drops the name, or starts its subscription's
-    /// linger. If the waiters left all wait for a lease held here, the longest waiting of them
-    /// polls in place of the one that ended (``Name/keepOnePolling()``).
+    /// linger. If the waiters left wait for a lease held here and none of those that poll does
+    /// so as often as they would, one of them polls again (``Name/keepPolling()``).
     func endAcquiring(_ name: String) {
         let key = LockKey(name)
-        var poller: UnsafeContinuation<Void, Never>?
-        defer { poller?.resume() }
+        var unparked: Unparked?
+        defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
         let linger: ContinuousClock.Instant? = state.withLock { state in
             guard var entry = state.names[key] else { return nil }
             entry.acquiring -= 1
-            poller = entry.keepOnePolling()
+            unparked = entry.keepPolling()
             var linger: ContinuousClock.Instant?
             if entry.acquiring == 0, entry.subscribed {
                 linger = .now + Self.subscriptionLinger
@@ -736,21 +762,28 @@ final class LocalCoordination: Sendable {
     ///
     /// With `holderHereUntil` (a lease of the name is held in this process until then, see
     /// ``holdEnd(of:)``), the caller waits until then instead of `timeout`, for that lease's
-    /// release — unless no other waiter of the name polls: then it polls, waiting its `timeout`,
-    /// so that one waiter per name still looks at the nodes at its retry delay (the keys of a
-    /// lease held here may be gone: a node lost its data, or they were deleted).
+    /// release — unless no other waiter of the name polls at least as often (`pace`, by default
+    /// `timeout`; ``RetryDelay/pace(afterFailedAttempts:drawn:)``): then it polls, waiting its
+    /// `timeout`, so that the nodes are still looked at as often as each waiter would look (the
+    /// keys of a lease held here may be gone: a node lost its data, or they were deleted). A
+    /// waiter that polls less often than one that waits for the lease does not take its place:
+    /// that one polls again (``Name/keepPolling()``).
     ///
     /// `waitingSince` is when the caller's `lock()` began (by default, now): a release goes to
     /// the caller that has waited longest.
     func waitForRelease(
         of name: String, after generation: UInt64, timeout: Duration, waitingSince: ContinuousClock.Instant = .now, next: PreparedFanOut?,
-        value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil
+        value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil,
+        pace: Duration? = nil
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
         let bytes = value.map { Array($0.utf8) }
-        await waiter.wait(timer: timer, deadline: .now + timeout) {
+        let deadline = ContinuousClock.now + timeout
+        let pace = pace ?? timeout
+        await waiter.wait(timer: timer, deadline: deadline) {
             var claimAfter: Duration?
+            var unparked: Unparked?
             let registration = state.withLock { state -> Waiter.Registration in
                 // A release heard since `generation` is as good as one heard now, and so is a
                 // handoff to this caller heard before it began to wait. A confirmation since
@@ -780,16 +813,19 @@ final class LocalCoordination: Sendable {
                     }
                 }
                 var waiting = ReleaseWaiter(
-                    waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince
+                    waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince,
+                    pace: pace, pollAt: deadline
                 )
-                if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished }) {
+                if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished && $0.pace <= pace }) {
                     waiting.parked = true
                     entry.waiters.append(waiting)
                     return .waitingUntil(holderHereUntil)
                 }
                 entry.waiters.append(waiting)
+                unparked = entry.keepPolling()
                 return .waiting
             }
+            if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) }
             if let claimAfter {
                 timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + claimAfter)
             }

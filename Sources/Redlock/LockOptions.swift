@@ -18,9 +18,11 @@ public struct LockOptions: Sendable {
     /// waits at most a random 0.5–5 ms instead. A `lock()` of a lock that is not ``fair``, with
     /// ``tries`` at `Int.max` (waiting by time), that finds the name taken while a lease of it
     /// acquired through the same client is held waits longer: for that lease's release (handed
-    /// to the client's longest-waiting `lock()`) or, at the latest, its validity end — but for
-    /// one waiter per name and client, which keeps to this delay (the keys of a lease held here
-    /// may be gone). So a process does not poll the nodes for a lock it holds itself.
+    /// to the client's longest-waiting `lock()`) or, at the latest, its validity end — while
+    /// another waiter of the name in the client polls the nodes at least as often as this delay
+    /// would (the keys of a lease held here may be gone; a random delay counts as its longest,
+    /// an exponential one as its cap before jitter). So a process does not poll the nodes for a
+    /// lock it holds itself, and a waiter finds lost keys as soon as its own delay would.
     public var retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250)))
     /// The share of the expiry set aside for clock drift between client and nodes.
     /// The default is 0.01; it must be in [0, 1).

@@ -233,15 +233,16 @@ struct HolderHereTests {
             let name = "poller-leaves"
             let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
             _ = try await holder.lock()
-            // The poller: a 5 s retry delay, and it gives up after 0.8 s (one attempt, no poll).
-            var slow = testOptions(expiry: .seconds(30), tries: .max)
-            slow.retryDelay = .constant(.seconds(5))
-            let leaving = Task { try await client.makeLock(name, options: slow).lock(timeout: .milliseconds(800)) }
-            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
-            // This one waits for the holder (someone polls), with 100 ms between its own polls.
+            // The poller: a 100 ms retry delay, and it gives up after 0.8 s.
             var quick = testOptions(expiry: .seconds(30), tries: .max)
             quick.retryDelay = .constant(.milliseconds(100))
-            let staying = try client.makeLock(name, options: quick)
+            let leaving = Task { try await client.makeLock(name, options: quick).lock(timeout: .milliseconds(800)) }
+            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+            // This one waits for the holder (someone polls more often than it would), with 1 s
+            // between its own polls.
+            var slow = testOptions(expiry: .seconds(30), tries: .max)
+            slow.retryDelay = .constant(.seconds(1))
+            let staying = try client.makeLock(name, options: slow)
             let got = Task { await finished(within: .seconds(10)) { () -> Bool in
                 guard let lease = try? await staying.lock(timeout: .seconds(25)) else { return false }
                 try? await staying.unlock(lease)
@@ -283,6 +284,105 @@ struct HolderHereTests {
             // First come, first served: about 7 holds (0.3 s) per wait. A waiter passed over at
             // every release (the one polling, say) would wait seconds.
             #expect(longest < .seconds(2), "longest wait \(longest)")
+        }
+    }
+
+    /// Starts a `lock()` of each of `waiters`, flushes `servers[0]` `after` later, and returns
+    /// the time from the flush until the first of them got the lock, and whether they all got it
+    /// and unlocked it (each within 10 s).
+    private static func firstAfterFlush(
+        _ waiters: [DistributedLock], servers: [RedisServer], after: Duration
+    ) async throws -> (first: Duration?, all: Bool) {
+        let acquiredAt = Locked<[ContinuousClock.Instant]>([])
+        let tasks = waiters.map { lock in
+            Task { () -> Bool in
+                guard let lease = try? await lock.lock(timeout: .seconds(10)) else { return false }
+                acquiredAt.update { $0.append(.now) }
+                try? await lock.unlock(lease)
+                return true
+            }
+        }
+        try await Task.sleep(for: after)
+        // The node lost its data: the lock is free, and nothing announces it.
+        try await servers[0].flushAll()
+        let flushedAt = ContinuousClock.now
+        var all = true
+        for task in tasks { all = await task.value && all }
+        return (acquiredAt.value.min().map { flushedAt.duration(to: $0) }, all)
+    }
+
+    @Test("a waiter whose retry delay is shorter than the poller's polls itself: it finds lost keys at its own delay, not the poller's")
+    func shorterDelayPollsItself() async throws {
+        try await withLockNodes(1) { client, servers in
+            let name = "shorter-delay"
+            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+            _ = try await holder.lock()
+            var slow = testOptions(expiry: .seconds(30), tries: .max)
+            slow.retryDelay = .constant(.seconds(4))
+            var quick = slow
+            quick.retryDelay = .constant(.milliseconds(50))
+            let slowLock = try client.makeLock(name, options: slow)
+            let first = Task {
+                if let lease = try? await slowLock.lock(timeout: .seconds(10)) { try? await slowLock.unlock(lease) }
+            }
+            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+            // Parked behind the 4 s poller, it would find the keys gone at the poller's next poll.
+            let (found, all) = try await Self.firstAfterFlush(
+                [try client.makeLock(name, options: quick)], servers: servers, after: .milliseconds(300)
+            )
+            _ = await first.value
+            #expect(all)
+            #expect(found.map { $0 < .seconds(1) } == true, "the 50 ms waiter got the free lock \(String(describing: found)) after the keys were lost")
+        }
+    }
+
+    @Test("with exponential backoff, a newer waiter polls at its own (shorter) delay, not behind the first waiter's grown one")
+    func newerWaiterKeepsItsBackoff() async throws {
+        try await withLockNodes(1) { client, servers in
+            let name = "backoff"
+            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+            _ = try await holder.lock()
+            var options = testOptions(expiry: .seconds(30), tries: .max)
+            options.retryDelay = .exponential(initial: .milliseconds(10), maximum: .seconds(2), jitter: false)
+            let lock = try client.makeLock(name, options: options)
+            // The first waiter backs off to 2 s (10 + 20 + … + 1,280 ms: 2.55 s).
+            let first = Task {
+                if let lease = try? await lock.lock(timeout: .seconds(10)) { try? await lock.unlock(lease) }
+            }
+            try await Task.sleep(for: .seconds(3))
+            // The newer one's delays are 10, 20, 40, 80, 160 ms: it looks again within 0.2 s.
+            let (found, all) = try await Self.firstAfterFlush([lock], servers: servers, after: .milliseconds(100))
+            _ = await first.value
+            #expect(all)
+            #expect(found.map { $0 < .milliseconds(700) } == true, "the free lock was found \(String(describing: found)) after the keys were lost")
+        }
+    }
+
+    @Test("a waiter parked behind a poller polls again once that poller backs off past its own delay")
+    func parkedPollsWhenPollerSlowsDown() async throws {
+        try await withLockNodes(1) { client, servers in
+            let name = "poller-slows"
+            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+            _ = try await holder.lock()
+            // The poller's delays double from 10 ms: 1,280 ms from 1.27 s on, 2,560 ms from 2.55 s.
+            var backingOff = testOptions(expiry: .seconds(30), tries: .max)
+            backingOff.retryDelay = .exponential(initial: .milliseconds(10), maximum: .seconds(4), jitter: false)
+            let poller = try client.makeLock(name, options: backingOff)
+            let first = Task {
+                if let lease = try? await poller.lock(timeout: .seconds(10)) { try? await poller.unlock(lease) }
+            }
+            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+            // Parked at first (the poller looks more often), with 1 s between its own polls.
+            var steady = testOptions(expiry: .seconds(30), tries: .max)
+            steady.retryDelay = .constant(.seconds(1))
+            // Flushed at 2.6 s: the poller would look again at 5.1 s; this one, polling again since
+            // the poller's delay passed 1 s, within 1 s.
+            let (found, all) = try await Self.firstAfterFlush(
+                [try client.makeLock(name, options: steady)], servers: servers, after: .milliseconds(2_600)
+            )
+            _ = await first.value
+            #expect(all)
+            #expect(found.map { $0 < .milliseconds(1_800) } == true, "the free lock was found \(String(describing: found)) after the keys were lost")
         }
     }
 }

@@ -65,6 +65,19 @@ struct TimingTests {
         #expect(RetryDelay { _ in .seconds(-1) }.delay(afterFailedAttempts: 1) == .zero)
     }
 
+    @Test("a delay's pace is the longest it can draw: a range's upper bound, an exponential's cap before jitter; the draw for a delay of the caller's own")
+    func paces() {
+        let random = RetryDelay.random(in: .milliseconds(50)...(.milliseconds(250)))
+        #expect(random.pace(afterFailedAttempts: 3, drawn: .milliseconds(60)) == .milliseconds(250))
+        #expect(RetryDelay.constant(.milliseconds(7)).pace(afterFailedAttempts: 9, drawn: .milliseconds(7)) == .milliseconds(7))
+        for jitter in [false, true] {
+            let exponential = RetryDelay.exponential(initial: .milliseconds(10), maximum: .milliseconds(100), jitter: jitter)
+            #expect((1...6).map { exponential.pace(afterFailedAttempts: $0, drawn: .zero) } == [10, 20, 40, 80, 100, 100].map { .milliseconds($0) })
+        }
+        #expect(RetryDelay { _ in .seconds(1) }.pace(afterFailedAttempts: 1, drawn: .milliseconds(3)) == .milliseconds(3))
+        #expect(RetryDelay.exponential(initial: .seconds(-1), maximum: .seconds(1)).pace(afterFailedAttempts: 2, drawn: .seconds(1)) == .zero)
+    }
+
     @Test("lock values are 16 random bytes in base64, different each time")
     func values() {
         let values = (0..<1_000).map { _ in LockValue.random.next() }
