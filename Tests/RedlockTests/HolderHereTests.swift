@@ -287,50 +287,51 @@ struct HolderHereTests {
         }
     }
 
-    /// Starts a `lock()` of each of `waiters`, flushes `servers[0]` `after` later, and returns
-    /// the time from the flush until the first of them got the lock, and whether they all got it
-    /// and unlocked it (each within 10 s).
-    private static func firstAfterFlush(
-        _ waiters: [DistributedLock], servers: [RedisServer], after: Duration
+    /// Holds `name` here (30 s validity), starts a `lock()` with the retry delay `first` and,
+    /// once it waits (or after `gap`), one with `second`; flushes the node `flushAfter` later
+    /// (the lock is free, and nothing announces it). Returns the time from the flush until the
+    /// first of them got the lock, and whether both got it and unlocked it (each within 10 s).
+    private static func lostKeysFound(
+        client: RedlockClient, servers: [RedisServer], name: String,
+        first: RetryDelay, gap: Duration? = nil, second: RetryDelay, flushAfter: Duration
     ) async throws -> (first: Duration?, all: Bool) {
+        let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+        _ = try await holder.lock()
         let acquiredAt = Locked<[ContinuousClock.Instant]>([])
-        let tasks = waiters.map { lock in
-            Task { () -> Bool in
+        func start(_ delay: RetryDelay) throws -> Task<Bool, Never> {
+            var options = testOptions(expiry: .seconds(30), tries: .max)
+            options.retryDelay = delay
+            let lock = try client.makeLock(name, options: options)
+            return Task {
                 guard let lease = try? await lock.lock(timeout: .seconds(10)) else { return false }
                 acquiredAt.update { $0.append(.now) }
                 try? await lock.unlock(lease)
                 return true
             }
         }
-        try await Task.sleep(for: after)
-        // The node lost its data: the lock is free, and nothing announces it.
+        let tasks = [try start(first)]
+        if let gap {
+            try await Task.sleep(for: gap)
+        } else {
+            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+        }
+        let all = tasks + [try start(second)]
+        try await Task.sleep(for: flushAfter)
         try await servers[0].flushAll()
         let flushedAt = ContinuousClock.now
-        var all = true
-        for task in tasks { all = await task.value && all }
-        return (acquiredAt.value.min().map { flushedAt.duration(to: $0) }, all)
+        var got = true
+        for task in all { got = await task.value && got }
+        return (acquiredAt.value.min().map { flushedAt.duration(to: $0) }, got)
     }
 
     @Test("a waiter whose retry delay is shorter than the poller's polls itself: it finds lost keys at its own delay, not the poller's")
     func shorterDelayPollsItself() async throws {
         try await withLockNodes(1) { client, servers in
-            let name = "shorter-delay"
-            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
-            _ = try await holder.lock()
-            var slow = testOptions(expiry: .seconds(30), tries: .max)
-            slow.retryDelay = .constant(.seconds(4))
-            var quick = slow
-            quick.retryDelay = .constant(.milliseconds(50))
-            let slowLock = try client.makeLock(name, options: slow)
-            let first = Task {
-                if let lease = try? await slowLock.lock(timeout: .seconds(10)) { try? await slowLock.unlock(lease) }
-            }
-            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
             // Parked behind the 4 s poller, it would find the keys gone at the poller's next poll.
-            let (found, all) = try await Self.firstAfterFlush(
-                [try client.makeLock(name, options: quick)], servers: servers, after: .milliseconds(300)
+            let (found, all) = try await Self.lostKeysFound(
+                client: client, servers: servers, name: "shorter-delay",
+                first: .constant(.seconds(4)), second: .constant(.milliseconds(50)), flushAfter: .milliseconds(300)
             )
-            _ = await first.value
             #expect(all)
             #expect(found.map { $0 < .seconds(1) } == true, "the 50 ms waiter got the free lock \(String(describing: found)) after the keys were lost")
         }
@@ -339,20 +340,12 @@ struct HolderHereTests {
     @Test("with exponential backoff, a newer waiter polls at its own (shorter) delay, not behind the first waiter's grown one")
     func newerWaiterKeepsItsBackoff() async throws {
         try await withLockNodes(1) { client, servers in
-            let name = "backoff"
-            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
-            _ = try await holder.lock()
-            var options = testOptions(expiry: .seconds(30), tries: .max)
-            options.retryDelay = .exponential(initial: .milliseconds(10), maximum: .seconds(2), jitter: false)
-            let lock = try client.makeLock(name, options: options)
-            // The first waiter backs off to 2 s (10 + 20 + … + 1,280 ms: 2.55 s).
-            let first = Task {
-                if let lease = try? await lock.lock(timeout: .seconds(10)) { try? await lock.unlock(lease) }
-            }
-            try await Task.sleep(for: .seconds(3))
-            // The newer one's delays are 10, 20, 40, 80, 160 ms: it looks again within 0.2 s.
-            let (found, all) = try await Self.firstAfterFlush([lock], servers: servers, after: .milliseconds(100))
-            _ = await first.value
+            // The first waiter backs off to 2 s (10 + 20 + … + 1,280 ms: 2.55 s); the newer one's
+            // delays are 10, 20, 40, 80, 160 ms: it looks again within 0.2 s of the flush.
+            let backoff = RetryDelay.exponential(initial: .milliseconds(10), maximum: .seconds(2), jitter: false)
+            let (found, all) = try await Self.lostKeysFound(
+                client: client, servers: servers, name: "backoff", first: backoff, gap: .seconds(3), second: backoff, flushAfter: .milliseconds(100)
+            )
             #expect(all)
             #expect(found.map { $0 < .milliseconds(700) } == true, "the free lock was found \(String(describing: found)) after the keys were lost")
         }
@@ -361,26 +354,15 @@ struct HolderHereTests {
     @Test("a waiter parked behind a poller polls again once that poller backs off past its own delay")
     func parkedPollsWhenPollerSlowsDown() async throws {
         try await withLockNodes(1) { client, servers in
-            let name = "poller-slows"
-            let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
-            _ = try await holder.lock()
             // The poller's delays double from 10 ms: 1,280 ms from 1.27 s on, 2,560 ms from 2.55 s.
-            var backingOff = testOptions(expiry: .seconds(30), tries: .max)
-            backingOff.retryDelay = .exponential(initial: .milliseconds(10), maximum: .seconds(4), jitter: false)
-            let poller = try client.makeLock(name, options: backingOff)
-            let first = Task {
-                if let lease = try? await poller.lock(timeout: .seconds(10)) { try? await poller.unlock(lease) }
-            }
-            #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
-            // Parked at first (the poller looks more often), with 1 s between its own polls.
-            var steady = testOptions(expiry: .seconds(30), tries: .max)
-            steady.retryDelay = .constant(.seconds(1))
-            // Flushed at 2.6 s: the poller would look again at 5.1 s; this one, polling again since
-            // the poller's delay passed 1 s, within 1 s.
-            let (found, all) = try await Self.firstAfterFlush(
-                [try client.makeLock(name, options: steady)], servers: servers, after: .milliseconds(2_600)
+            // The other, 1 s between its own polls, parks at first (the poller looks more often).
+            // Flushed at 2.6 s: the poller would look again at 5.1 s; the other, polling again
+            // since the poller's delay passed 1 s, within 1 s.
+            let (found, all) = try await Self.lostKeysFound(
+                client: client, servers: servers, name: "poller-slows",
+                first: .exponential(initial: .milliseconds(10), maximum: .seconds(4), jitter: false), second: .constant(.seconds(1)),
+                flushAfter: .milliseconds(2_600)
             )
-            _ = await first.value
             #expect(all)
             #expect(found.map { $0 < .milliseconds(1_800) } == true, "the free lock was found \(String(describing: found)) after the keys were lost")
         }
