@@ -166,7 +166,8 @@ extension DistributedLock {
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
                     watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil,
-                    pace: options.retryDelay.pace(afterFailedAttempts: attemptNumber, drawn: planned)
+                    pace: options.retryDelay.pace(afterFailedAttempts: attemptNumber, drawn: planned),
+                    paceIsFixed: options.retryDelay.hasFixedPace
                 )
                 if chance.release != nil { wokenByRelease = true }
                 if let handoff = chance.handoff, let firstStart {

@@ -74,6 +74,9 @@ final class LocalCoordination: Sendable {
         /// How often it looks at the nodes (``RetryDelay/pace(afterFailedAttempts:drawn:)``): a
         /// waiter parks only behind one that polls at least as often.
         let pace: Duration
+        /// Whether that pace holds while it waits (``RetryDelay/hasFixedPace``); one that would
+        /// back off with each attempt of its own is not compared again once parked.
+        let fixedPace: Bool
         /// When it would look at the nodes again if it did not park: the end of its retry delay.
         let pollAt: ContinuousClock.Instant
     }
@@ -361,27 +364,39 @@ final class LocalCoordination: Sendable {
             releaseGeneration != 0 && isBefore(earlier, releaseGeneration)
         }
 
-        /// Keeps the nodes looked at as often as each parked waiter would look itself: when no
-        /// waiter that polls is left, or none polls at least as often as the parked waiter with
-        /// the shortest pace (of those, the one that has waited longest), that one polls again,
-        /// from its own retry delay's end. One is enough: it polls at least as often as every
-        /// other parked waiter.
+        /// Keeps the nodes looked at: when no waiter that polls is left, the parked waiter with the
+        /// shortest pace (of those, the one that has waited longest) polls again, from its own
+        /// retry delay's end; so does the fastest parked waiter of a fixed pace when every waiter
+        /// that polls is slower than it (a poller that backed off). Parked waiters whose delay
+        /// backs off are not compared again: they would have backed off too, and one unparked
+        /// would start its backoff over. One is enough: it polls at least as often as every other
+        /// parked waiter it is compared with.
         mutating func keepPolling() -> Unparked? {
-            var fastest: Int?
+            var fastest: (any: Int?, fixed: Int?) = (nil, nil)
             var cover: Duration?
+            func faster(_ index: Int, than found: Int?) -> Bool {
+                guard let found else { return true }
+                let (candidate, other) = (waiters[index], waiters[found])
+                return candidate.pace < other.pace || (candidate.pace == other.pace && candidate.since < other.since)
+            }
             for index in waiters.indices where !waiters[index].waiter.isFinished {
                 let waiting = waiters[index]
                 if !waiting.parked {
                     cover = cover.map { Swift.min($0, waiting.pace) } ?? waiting.pace
-                } else if let found = fastest.map({ waiters[$0] }) {
-                    if waiting.pace < found.pace || (waiting.pace == found.pace && waiting.since < found.since) { fastest = index }
-                } else {
-                    fastest = index
+                    continue
                 }
+                if faster(index, than: fastest.any) { fastest.any = index }
+                if waiting.fixedPace, faster(index, than: fastest.fixed) { fastest.fixed = index }
             }
-            guard let fastest, cover.map({ waiters[fastest].pace < $0 }) ?? true else { return nil }
-            waiters[fastest].parked = false
-            return Unparked(waiter: waiters[fastest].waiter, pollAt: waiters[fastest].pollAt)
+            let chosen: Int?
+            if let cover {
+                chosen = fastest.fixed.flatMap { waiters[$0].pace < cover ? $0 : nil }
+            } else {
+                chosen = fastest.any
+            }
+            guard let chosen else { return nil }
+            waiters[chosen].parked = false
+            return Unparked(waiter: waiters[chosen].waiter, pollAt: waiters[chosen].pollAt)
         }
 
         /// The index of the waiter that has waited longest (its `lock()` began first) of those
@@ -766,15 +781,15 @@ final class LocalCoordination: Sendable {
     /// `timeout`; ``RetryDelay/pace(afterFailedAttempts:drawn:)``): then it polls, waiting its
     /// `timeout`, so that the nodes are still looked at as often as each waiter would look (the
     /// keys of a lease held here may be gone: a node lost its data, or they were deleted). A
-    /// waiter that polls less often than one that waits for the lease does not take its place:
-    /// that one polls again (``Name/keepPolling()``).
+    /// waiter that polls less often than a parked one whose pace is fixed (`paceIsFixed`) does
+    /// not take its place: that one polls again (``Name/keepPolling()``).
     ///
     /// `waitingSince` is when the caller's `lock()` began (by default, now): a release goes to
     /// the caller that has waited longest.
     func waitForRelease(
         of name: String, after generation: UInt64, timeout: Duration, waitingSince: ContinuousClock.Instant = .now, next: PreparedFanOut?,
         value: String? = nil, watch: HandoffWatch? = nil, handedBy: UInt64? = nil, holderHereUntil: ContinuousClock.Instant? = nil,
-        pace: Duration? = nil
+        pace: Duration? = nil, paceIsFixed: Bool = false
     ) async -> WaitOutcome {
         let key = LockKey(name)
         let waiter = Waiter()
@@ -814,7 +829,7 @@ final class LocalCoordination: Sendable {
                 }
                 var waiting = ReleaseWaiter(
                     waiter: waiter, after: generation, handedBy: handedBy, next: next, value: bytes, watch: watch, since: waitingSince,
-                    pace: pace, pollAt: deadline
+                    pace: pace, fixedPace: paceIsFixed, pollAt: deadline
                 )
                 if let holderHereUntil, entry.waiters.contains(where: { !$0.parked && !$0.waiter.isFinished && $0.pace <= pace }) {
                     waiting.parked = true

@@ -6,19 +6,25 @@ public struct RetryDelay: Sendable {
     /// The longest delay `delay` can give after so many failed attempts (its range's upper bound,
     /// the cap before jitter); nil for a delay of the caller's own, whose bound is unknown.
     private let bound: (@Sendable (_ failedAttempts: Int) -> Duration)?
+    /// Whether `bound` is the same after any number of failed attempts (a random range, a
+    /// constant): then a caller's pace does not change while it waits.
+    let hasFixedPace: Bool
 
     /// A delay computed by `delay`, called with the number of failed attempts so far
     /// (1 before the second attempt). Negative results count as zero.
     public init(_ delay: @escaping @Sendable (_ failedAttempts: Int) -> Duration) {
         self.delay = delay
         bound = nil
+        hasFixedPace = false
     }
 
     private init(
-        _ delay: @escaping @Sendable (_ failedAttempts: Int) -> Duration, bound: @escaping @Sendable (_ failedAttempts: Int) -> Duration
+        _ delay: @escaping @Sendable (_ failedAttempts: Int) -> Duration, bound: @escaping @Sendable (_ failedAttempts: Int) -> Duration,
+        fixed: Bool
     ) {
         self.delay = delay
         self.bound = bound
+        hasFixedPace = fixed
     }
 
     /// The delay before the attempt that follows `failedAttempts` failed ones.
@@ -30,7 +36,8 @@ public struct RetryDelay: Sendable {
     /// attempts, as one figure that does not vary from draw to draw: the longest delay it can
     /// draw (a random range's upper bound, an exponential delay's cap before jitter), or `drawn`
     /// for a delay of the caller's own. Waiters of one name compare it to decide which of them
-    /// polls for the others (``LocalCoordination``).
+    /// polls for the others (``LocalCoordination``); only a fixed pace (``hasFixedPace``) is
+    /// compared again later, since a waiter that does not poll does not back off.
     func pace(afterFailedAttempts failedAttempts: Int, drawn: Duration) -> Duration {
         bound.map { Swift.max(.zero, $0(failedAttempts)) } ?? drawn
     }
@@ -39,12 +46,12 @@ public struct RetryDelay: Sendable {
     public static func random(in range: ClosedRange<Duration>) -> RetryDelay {
         let low = range.lowerBound.wholeNanoseconds
         let high = range.upperBound.wholeNanoseconds
-        return RetryDelay({ _ in .nanoseconds(Int64.random(in: low...high)) }, bound: { _ in range.upperBound })
+        return RetryDelay({ _ in .nanoseconds(Int64.random(in: low...high)) }, bound: { _ in range.upperBound }, fixed: true)
     }
 
     /// The same delay every time.
     public static func constant(_ delay: Duration) -> RetryDelay {
-        RetryDelay({ _ in delay }, bound: { _ in delay })
+        RetryDelay({ _ in delay }, bound: { _ in delay }, fixed: true)
     }
 
     /// `initial × 2^(failedAttempts − 1)`, capped at `maximum`, with full jitter when `jitter` is
@@ -60,6 +67,6 @@ public struct RetryDelay: Sendable {
             let cap = capped(failedAttempts)
             guard cap > 0 else { return .zero }
             return .nanoseconds(jitter ? Int64.random(in: 0...cap) : cap)
-        }, bound: { .nanoseconds(capped($0)) })
+        }, bound: { .nanoseconds(capped($0)) }, fixed: false)
     }
 }

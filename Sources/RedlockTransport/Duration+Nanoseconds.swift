@@ -4,6 +4,8 @@ extension Duration {
         let (seconds, attoseconds) = components
         let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return seconds < 0 ? .min : .max }
-        return scaled.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
+        let (total, carried) = scaled.addingReportingOverflow(attoseconds / 1_000_000_000)
+        if carried { return seconds < 0 ? .min : .max }
+        return total
     }
 }

@@ -367,4 +367,52 @@ struct HolderHereTests {
             #expect(found.map { $0 < .milliseconds(1_800) } == true, "the free lock was found \(String(describing: found)) after the keys were lost")
         }
     }
+
+    /// The attempts that 200 `lock()` calls with the retry delay `delay` make in 2 s while a
+    /// lease of their name is held here (30 s), from 0.5 s after they all wait.
+    private static func attemptsOf200Waiters(_ delay: RetryDelay) async throws -> Int64 {
+        try await withRedisServers(1) { servers throws in
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            return try await withTeardown {
+                func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
+                let name = "many-waiters"
+                let holder = try client.makeLock(name, options: testOptions(expiry: .seconds(30), tries: .max))
+                let lease = try await holder.lock()
+                var options = testOptions(expiry: .seconds(30), tries: .max)
+                options.retryDelay = delay
+                let lock = try client.makeLock(name, options: options)
+                let tasks = (0..<200).map { _ in
+                    Task { if let lease = try? await lock.lock(timeout: .seconds(20)) { try? await lock.unlock(lease) } }
+                }
+                #expect(await eventually(within: .seconds(10)) { client.waitingLockCalls(for: name) == 200 })
+                try await Task.sleep(for: .milliseconds(500))
+                let before = attempts()
+                try await Task.sleep(for: .seconds(2))
+                let during = attempts() - before
+                for task in tasks { task.cancel() }
+                for task in tasks { await task.value }
+                try await holder.unlock(lease)
+                return during
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
+    @Test("200 waiters whose delays back off (exponential, jitter) leave one of them polling: none starts its backoff over")
+    func backingOffWaitersDoNotChurn() async throws {
+        // One poller at 100 ms (50 ms on average with jitter) makes about 40 attempts in 2 s;
+        // waiters unparked as it backed off past them made 464–584.
+        let during = try await Self.attemptsOf200Waiters(.exponential(initial: .milliseconds(1), maximum: .milliseconds(100)))
+        #expect(during <= 200, "\(during) attempts in 2 s")
+    }
+
+    @Test("200 waiters with a delay closure of their own (random 50–250 ms) leave one of them polling")
+    func ownDelayWaitersDoNotChurn() async throws {
+        // One poller at 150 ms on average makes about 13 attempts in 2 s; waiters unparked by
+        // each slower draw made 31–62.
+        let during = try await Self.attemptsOf200Waiters(RetryDelay { _ in .milliseconds(Int64.random(in: 50...250)) })
+        #expect(during <= 25, "\(during) attempts in 2 s")
+    }
 }

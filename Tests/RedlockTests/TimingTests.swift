@@ -76,6 +76,16 @@ struct TimingTests {
         }
         #expect(RetryDelay { _ in .seconds(1) }.pace(afterFailedAttempts: 1, drawn: .milliseconds(3)) == .milliseconds(3))
         #expect(RetryDelay.exponential(initial: .seconds(-1), maximum: .seconds(1)).pace(afterFailedAttempts: 2, drawn: .seconds(1)) == .zero)
+        #expect(random.hasFixedPace && RetryDelay.constant(.seconds(1)).hasFixedPace)
+        #expect(!RetryDelay.exponential(initial: .seconds(1), maximum: .seconds(1)).hasFixedPace && !RetryDelay { _ in .zero }.hasFixedPace)
+    }
+
+    @Test("durations beyond Int64 nanoseconds saturate: a huge maximum or range bound neither wraps to zero nor traps")
+    func hugeDelays() {
+        let huge = Duration.seconds(9_223_372_036) + .milliseconds(900)
+        #expect(huge.wholeNanoseconds == .max && (.zero - huge).wholeNanoseconds == .min)
+        #expect(RetryDelay.exponential(initial: .seconds(1), maximum: huge, jitter: false).delay(afterFailedAttempts: 3) == .seconds(4))
+        #expect(RetryDelay.random(in: .zero...huge).delay(afterFailedAttempts: 1) >= .zero)
     }
 
     @Test("lock values are 16 random bytes in base64, different each time")
