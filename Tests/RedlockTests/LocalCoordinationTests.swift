@@ -290,6 +290,50 @@ struct LocalCoordinationTests {
         #expect(quiet.duration(to: .now) >= .milliseconds(50))
     }
 
+    @Test("a wait that registers after shutdown ends at once: nothing would wake it later")
+    func waitAfterShutdown() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        defer { coordination.endAcquiring("name") }
+        coordination.closeGates()
+        let started = ContinuousClock.now
+        let outcome = await coordination.waitForRelease(
+            of: "name", after: 0, timeout: .seconds(30), next: nil, holderHereUntil: .now + .seconds(30)
+        )
+        #expect(outcome == WaitOutcome(woken: false))
+        #expect(started.duration(to: .now) < .seconds(5), "waited \(started.duration(to: .now)) after shutdown")
+    }
+
+    @Test("a lease released here and handed to a waiter counts as held until the attempt sent for that waiter ends, so the other waiters stay parked meanwhile")
+    func handedLeaseHeldUntilItsAttemptEnds() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        coordination.beginAcquiring("name")
+        coordination.beginAcquiring("name")
+        defer {
+            coordination.endAcquiring("name")
+            coordination.endAcquiring("name")
+        }
+        let validUntil = ContinuousClock.now + .seconds(30)
+        coordination.holding("name", value: "held", until: validUntil)
+        let first = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        #expect(await eventually { coordination.waiterCount(of: "name") == 1 })
+        // The holder's unlock hands the release to the waiter (its attempt goes out behind it).
+        let claimed = coordination.handOff("name", release: Array("held".utf8))
+        let release = claimed?.release
+        #expect(release != nil)
+        claimed?.resume(sentAt: .now)
+        #expect(await first.value.woken)
+        // While the attempt sent for it is out, the lease still counts (a waiter now would park).
+        #expect(coordination.holdEnd(of: "name") == validUntil)
+        #expect(coordination.heldCount(of: "name") == 1)
+        // The attempt failed (another process got the lock): nothing is held here any more.
+        coordination.attemptEnded("name", value: "other", acquired: nil, handedFor: release)
+        #expect(coordination.holdEnd(of: "name") == nil)
+        #expect(coordination.heldCount(of: "name") == 0)
+    }
+
     @Test("a release made in this process hands the waiter's prepared attempt to the releaser; one heard from a node is sent by whoever heard it")
     func handOff() async throws {
         let (coordination, timer) = coordination()
