@@ -22,7 +22,8 @@ public struct LockOptions: Sendable {
     /// another waiter of the name in the client polls the nodes at least as often as this delay
     /// would (the keys of a lease held here may be gone; a random delay counts as its longest,
     /// an exponential one as its cap before jitter). So a process does not poll the nodes for a
-    /// lock it holds itself, and a waiter finds lost keys as soon as its own delay would.
+    /// lock it holds itself, and a waiter finds lost keys about as soon as its own delay would
+    /// (a parked waiter whose delay backs off is not compared again: it stays parked).
     public var retryDelay: RetryDelay = .random(in: .milliseconds(50)...(.milliseconds(250)))
     /// The share of the expiry set aside for clock drift between client and nodes.
     /// The default is 0.01; it must be in [0, 1).
