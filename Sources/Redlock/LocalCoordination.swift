@@ -372,27 +372,19 @@ final class LocalCoordination: Sendable {
         /// would start its backoff over. One is enough: it polls at least as often as every other
         /// parked waiter it is compared with.
         mutating func keepPolling() -> Unparked? {
-            var fastest: (any: Int?, fixed: Int?) = (nil, nil)
+            // The shortest pace of the waiters that poll (nil: none polls); nothing to do
+            // without a parked waiter, the common case.
             var cover: Duration?
-            func faster(_ index: Int, than found: Int?) -> Bool {
-                guard let found else { return true }
-                let (candidate, other) = (waiters[index], waiters[found])
-                return candidate.pace < other.pace || (candidate.pace == other.pace && candidate.since < other.since)
+            var anyParked = false
+            for waiting in waiters where !waiting.waiter.isFinished {
+                if waiting.parked { anyParked = true } else { cover = Swift.min(cover ?? waiting.pace, waiting.pace) }
             }
-            for index in waiters.indices where !waiters[index].waiter.isFinished {
+            guard anyParked else { return nil }
+            var chosen: Int?
+            for index in waiters.indices {
                 let waiting = waiters[index]
-                if !waiting.parked {
-                    cover = cover.map { Swift.min($0, waiting.pace) } ?? waiting.pace
-                    continue
-                }
-                if faster(index, than: fastest.any) { fastest.any = index }
-                if waiting.fixedPace, faster(index, than: fastest.fixed) { fastest.fixed = index }
-            }
-            let chosen: Int?
-            if let cover {
-                chosen = fastest.fixed.flatMap { waiters[$0].pace < cover ? $0 : nil }
-            } else {
-                chosen = fastest.any
+                guard waiting.parked, !waiting.waiter.isFinished, cover.map({ waiting.fixedPace && waiting.pace < $0 }) ?? true else { continue }
+                if chosen.map({ (waiting.pace, waiting.since) < (waiters[$0].pace, waiters[$0].since) }) ?? true { chosen = index }
             }
             guard let chosen else { return nil }
             waiters[chosen].parked = false
