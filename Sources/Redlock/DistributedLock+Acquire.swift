@@ -278,7 +278,7 @@ extension DistributedLock {
     /// script), how a reply becomes a vote, and the restart guard's check of a granted vote.
     private struct AcquireRequest {
         let command: RedisCommand
-        let fallback: RedisCommand?
+        let script: RedisScript?
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
@@ -302,7 +302,7 @@ extension DistributedLock {
                     queueEntry.life > .zero ? String(queueEntry.life.millisecondsRoundedUp) : "0",
                 ]
             )
-            return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
+            return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofAcquireScript, confirm: confirm)
         }
         if options.epochGuard != nil || options.clockGuard {
             let call = RedisScriptCall(
@@ -314,21 +314,21 @@ extension DistributedLock {
                     options.clockGuard ? "1" : "0",
                 ]
             )
-            return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
+            return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofAcquireScript, confirm: confirm)
         }
         guard options.fencing else {
             if options.value.mayAlreadyBeHeld {
                 // The extend script with its re-create flag: held → PEXPIRE, missing → SET PX.
                 let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
-                return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofScript, confirm: confirm)
+                return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
             }
             return AcquireRequest(
-                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), fallback: nil,
+                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
                 classify: Vote.ofSetNX, confirm: confirm
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
-        return AcquireRequest(command: call.command, fallback: call.fallback, classify: Vote.ofAcquireScript, confirm: confirm)
+        return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofAcquireScript, confirm: confirm)
     }
 
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
@@ -338,7 +338,7 @@ extension DistributedLock {
     private func prepareAttempt(_ request: AcquireRequest) -> PreparedFanOut {
         client.prepareFanOut(
             request.command,
-            fallback: request.fallback,
+            script: request.script,
             classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,

@@ -225,7 +225,13 @@ public struct DistributedLock: Sendable {
     /// caller `staysInLine` (a failed attempt's clean-up: it tries again from its place).
     func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
         let channel = announcing ? announcedOn : ""
-        guard options.fair else { return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel]) }
+        // A compare-and-delete of a value only this lease's holder has may run after what this
+        // connection sends behind it: forgotten by a node (SCRIPT FLUSH) on a busy connection,
+        // its EVAL goes out then rather than the release fail and the key stay until it expires.
+        // (A fair release also hands the key to the first in line: it fails instead.)
+        guard options.fair else {
+            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], fallbackRunsLate: true)
+        }
         return RedisScriptCall(
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
             arguments: [

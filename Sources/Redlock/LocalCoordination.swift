@@ -226,6 +226,29 @@ final class LocalCoordination: Sendable {
                 && (heldHere.isEmpty || heldHere.allSatisfy { $0.validUntil <= .now })
         }
 
+        // Reads through `names[key]?.…` of these mutating forms reach the entry in place (the
+        // dictionary's modify accessor): its getter would copy the whole entry, retaining each
+        // of its arrays, on every lock() and unlock().
+
+        /// ``isUnused``, read in place.
+        mutating func checkUnused() -> Bool { isUnused }
+
+        /// ``generation``, read in place.
+        mutating func currentGeneration() -> UInt64 { generation }
+
+        /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
+        /// subscription's linger ends (when it starts one), and whether the entry is unused now.
+        mutating func endAcquiring() -> (unparked: Unparked?, linger: ContinuousClock.Instant?, unused: Bool) {
+            acquiring -= 1
+            let unparked = keepPolling()
+            var linger: ContinuousClock.Instant?
+            if acquiring == 0, subscribed {
+                linger = .now + LocalCoordination.subscriptionLinger
+                lingerUntil = linger
+            }
+            return (unparked, linger, isUnused)
+        }
+
         /// One more `lock()` acquiring, on `lane`.
         mutating func beginAcquiring(lane: ConnectionLane) {
             acquiring += 1
@@ -515,16 +538,10 @@ final class LocalCoordination: Sendable {
         var unparked: Unparked?
         defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
         let linger: ContinuousClock.Instant? = state.withLock { state in
-            guard var entry = state.names[key] else { return nil }
-            entry.acquiring -= 1
-            unparked = entry.keepPolling()
-            var linger: ContinuousClock.Instant?
-            if entry.acquiring == 0, entry.subscribed {
-                linger = .now + Self.subscriptionLinger
-                entry.lingerUntil = linger
-            }
-            state.names[key] = entry.isUnused ? nil : entry
-            return linger
+            guard let ended = state.names[key]?.endAcquiring() else { return nil }
+            unparked = ended.unparked
+            if ended.unused { state.names[key] = nil }
+            return ended.linger
         }
         if let linger {
             timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger)
@@ -533,7 +550,7 @@ final class LocalCoordination: Sendable {
 
     /// The number of releases of `name` heard, and of its subscription's confirmations, so far.
     func generation(of name: String) -> UInt64 {
-        state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
+        state.withLock { $0.names[LockKey(name)]?.currentGeneration() ?? 0 }
     }
 
     /// Whether a release of `name` was counted after `generation` (one this name had; see
@@ -855,7 +872,7 @@ final class LocalCoordination: Sendable {
             // One lookup, changed in place: the name's waiters are not copied on an unlock's path.
             guard let claimed = state.names[key]?.handOff(release, lane: lane, allNodes: allNodes) else {
                 // The entry may have been kept for the lease alone.
-                if state.names[key]?.isUnused == true { state.names[key] = nil }
+                if state.names[key]?.checkUnused() == true { state.names[key] = nil }
                 return nil
             }
             return claimed
@@ -901,7 +918,7 @@ final class LocalCoordination: Sendable {
         let key = LockKey(name)
         state.withLock { state in
             if let held = state.names[key]?.heldRecord(of: value.utf8) { state.names[key]?.heldHere.remove(at: held) }
-            if state.names[key]?.isUnused == true { state.names[key] = nil }
+            if state.names[key]?.checkUnused() == true { state.names[key] = nil }
         }
     }
 

@@ -61,7 +61,9 @@ final class PreparedFanOut: Sendable {
     let round: FanOutRound
     /// The command every node gets, and the script whose `EVALSHA` it is.
     let command: RedisCommand
-    let fallback: RedisCommand?
+    let script: RedisScript?
+    /// Whether the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/fallbackRunsLate``).
+    let fallbackRunsLate: Bool
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -84,7 +86,7 @@ final class PreparedFanOut: Sendable {
     }
 
     init(
-        round: FanOutRound, command: RedisCommand, fallback: RedisCommand?, order: [Int], budget: Duration,
+        round: FanOutRound, command: RedisCommand, script: RedisScript?, fallbackRunsLate: Bool = false, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -94,7 +96,8 @@ final class PreparedFanOut: Sendable {
     ) {
         self.round = round
         self.command = command
-        self.fallback = fallback
+        self.script = script
+        self.fallbackRunsLate = fallbackRunsLate
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -164,7 +167,7 @@ final class PreparedFanOut: Sendable {
     /// grants wait for replicas.
     func requests(for index: Int) -> [QueuedCommand] {
         clockCheck?.markSent()
-        let first = QueuedCommand(command, fallback: fallback, handler: handler(for: index))
+        let first = QueuedCommand(command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler(for: index))
         guard let replicaWait else { return [first] }
         return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
     }
@@ -173,7 +176,7 @@ final class PreparedFanOut: Sendable {
     func send(to node: RedisConnection, index: Int) {
         guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
-        node.send(command, fallback: fallback, handler: handler(for: index))
+        node.send(command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler(for: index))
     }
 }
 
@@ -193,7 +196,8 @@ extension RedlockClient {
     /// that check runs in a task of its own, bounded by its connection's command timeout.
     func prepareFanOut(
         _ command: RedisCommand,
-        fallback: RedisCommand? = nil,
+        script: RedisScript? = nil,
+        fallbackRunsLate: Bool = false,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -205,7 +209,7 @@ extension RedlockClient {
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
-            command: command, fallback: fallback, order: order, budget: budget,
+            command: command, script: script, fallbackRunsLate: fallbackRunsLate, order: order, budget: budget,
             classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
@@ -241,7 +245,8 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
-            call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget,
+            call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, classify: Vote.ofScript, order: order,
+            budget: budget,
             returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
         send(prepared)
@@ -253,7 +258,8 @@ extension RedlockClient {
         _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         prepareFanOut(
-            call.command, fallback: call.fallback, classify: Vote.ofScript, order: order, budget: budget,
+            call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, classify: Vote.ofScript, order: order,
+            budget: budget,
             returnWhenDecided: returnWhenDecided, lane: lane
         )
     }

@@ -124,7 +124,7 @@ extension RedlockClient {
                     do {
                         var checks: [NodePermissions.Check] = []
                         // EVAL loads the probe, so the EVALSHA that follows checks only the permission.
-                        for (label, command) in [("EVAL", call.fallback), ("EVALSHA", call.command)] {
+                        for (label, command) in [("EVAL", call.evalForm), ("EVALSHA", call.command)] {
                             do {
                                 let reply = try await node.send(command)
                                 checks.append(.init(permission: label, refusal: nil))

@@ -29,8 +29,8 @@ public enum RawFloor {
         let set = RedisCommand("SET", name, value, "NX", "PX", milliseconds)
         let release = RedisScriptCall(releaseScript, keys: [name], arguments: [value])
         return {
-            try await fanOut(nodes, set, fallback: nil, expecting: .simpleString("OK"), what: "SET NX")
-            try await fanOut(nodes, release.command, fallback: release.fallback, expecting: .integer(1), what: "release")
+            try await fanOut(nodes, set, script: nil, expecting: .simpleString("OK"), what: "SET NX")
+            try await fanOut(nodes, release.command, script: release.script, expecting: .integer(1), what: "release")
         }
     }
 
@@ -85,7 +85,7 @@ public enum RawFloor {
     static func fanOut(
         _ nodes: [RedisConnection],
         _ command: RedisCommand,
-        fallback: RedisCommand?,
+        script: RedisScript?,
         expecting expected: RedisValue,
         what: String
     ) async throws {
@@ -93,7 +93,7 @@ public enum RawFloor {
         try await withUnsafeThrowingContinuation { continuation in
             replies.install(continuation)
             for node in nodes {
-                node.send(command, fallback: fallback) { result in
+                node.send(command, script: script) { result in
                     switch result {
                     case let .success(reply) where reply == expected: replies.answered(failure: nil)
                     case let .success(reply): replies.answered(failure: BenchmarkError("\(what) on \(node) returned \(reply)"))

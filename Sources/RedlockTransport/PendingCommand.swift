@@ -8,15 +8,20 @@ import Synchronization
 package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
 
 /// A command to queue with ``RedisConnection/send(_:)-(_)``: the command, for a script's
-/// `EVALSHA` its `EVAL` form (``RedisScriptCall/fallback``), and what gets its outcome.
+/// `EVALSHA` the script (for its `EVAL` form) and whether that may run late
+/// (``RedisScriptCall/fallbackRunsLate``), and what gets its outcome.
 package struct QueuedCommand: Sendable {
     package let command: RedisCommand
-    package let fallback: RedisCommand?
+    package let script: RedisScript?
+    package let fallbackRunsLate: Bool
     package let handler: RedisReplyHandler
 
-    package init(_ command: RedisCommand, fallback: RedisCommand? = nil, handler: @escaping RedisReplyHandler) {
+    package init(
+        _ command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler
+    ) {
         self.command = command
-        self.fallback = fallback
+        self.script = script
+        self.fallbackRunsLate = fallbackRunsLate
         self.handler = handler
     }
 }
@@ -38,28 +43,37 @@ final class PendingCommand: Sendable {
     }
 
     let command: RedisCommand
-    /// For an `EVALSHA`: its `EVAL` form, sent in its place when other commands follow it in a
-    /// batch or the node answers `NOSCRIPT`. Built once per script call, shared by every node.
-    let fallback: RedisCommand?
+    /// For an `EVALSHA`: the script, whose `EVAL` form (``fallback``) is sent in its place when
+    /// the node has not run the script on the connection or answers `NOSCRIPT` with nothing
+    /// written behind it.
+    let script: RedisScript?
+    /// Whether a `NOSCRIPT` answer with commands written behind the call sends ``fallback`` then,
+    /// to run after them, rather than fail the call (``RedisScriptCall/fallbackRunsLate``).
+    let fallbackRunsLate: Bool
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
 
     /// A command for a caller that will install its continuation.
-    init(command: RedisCommand, fallback: RedisCommand? = nil, withdrawOnCancel: Bool) {
+    init(command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, withdrawOnCancel: Bool) {
         self.command = command
-        self.fallback = fallback
+        self.script = script
+        self.fallbackRunsLate = fallbackRunsLate
         self.withdrawOnCancel = withdrawOnCancel
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
-    init(command: RedisCommand, fallback: RedisCommand?, handler: @escaping RedisReplyHandler) {
+    init(command: RedisCommand, script: RedisScript?, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler) {
         self.command = command
-        self.fallback = fallback
+        self.script = script
+        self.fallbackRunsLate = fallbackRunsLate
         withdrawOnCancel = false
         state = Mutex(.handled(handler))
     }
+
+    /// For an `EVALSHA`: its `EVAL` form, built anew (a connection needs it rarely).
+    var fallback: RedisCommand? { script?.evalForm(of: command) }
 
     /// Hands over the caller's continuation; resumes it at once if the outcome is already known.
     func install(_ continuation: UnsafeContinuation<RedisValue, any Error>) {

@@ -97,25 +97,6 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// The number of arguments, the command name included.
     package var count: Int { ends.count }
 
-    /// For `EVALSHA <40 hex digits> …`: the first 16 digits as a number, which names the
-    /// script well enough among the few a connection runs (see ``RedisScriptCall``); nil for
-    /// any other command.
-    var scriptDigestPrefix: UInt64? {
-        // `$7\r\nEVALSHA\r\n`, then `$40\r\n` and the digest.
-        guard ends.count >= 2, ends[0] == 13, ends[1] - ends[0] == 47 else { return nil }
-        var value: UInt64 = 0
-        for byte in body[(ends[0] + 5)..<(ends[0] + 21)] {
-            let digit: UInt8
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
-            default: return nil
-            }
-            value = value << 4 | UInt64(digit)
-        }
-        return value
-    }
-
     /// The arguments as bytes.
     package var arguments: [ArraySlice<UInt8>] {
         var start = 0

@@ -82,19 +82,25 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     /// Queues a command without suspending; `handler` gets its outcome exactly once (see
-    /// ``RedisReplyHandler``). The command is always sent. With `fallback`, the command is a
-    /// script's `EVALSHA` and `fallback` its `EVAL` form, sent in its place when commands follow
-    /// it in the batch, when the node has not run the script on this connection yet, or when
-    /// the node answers `NOSCRIPT` with nothing written behind it.
-    package func send(_ command: RedisCommand, fallback: RedisCommand? = nil, handler: @escaping RedisReplyHandler) {
-        core.enqueue(PendingCommand(command: command, fallback: fallback, handler: handler))
+    /// ``RedisReplyHandler``). The command is always sent. With `script`, the command is that
+    /// script's `EVALSHA`, and its `EVAL` form goes in its place when the node has not run the
+    /// script on this connection yet, or when the node answers `NOSCRIPT` with nothing written
+    /// behind it. With something written behind it, the call fails with that answer, unless
+    /// `fallbackRunsLate` (see ``RedisScriptCall/fallbackRunsLate``): then the `EVAL` goes out at
+    /// once, to run after what was written.
+    package func send(
+        _ command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler
+    ) {
+        core.enqueue(PendingCommand(command: command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler))
     }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
     /// lands between them, and they go out in one write. Each handler
     /// gets its command's outcome exactly once.
     package func send(_ commands: [QueuedCommand]) {
-        core.enqueue(contentsOf: commands.map { PendingCommand(command: $0.command, fallback: $0.fallback, handler: $0.handler) })
+        core.enqueue(contentsOf: commands.map {
+            PendingCommand(command: $0.command, script: $0.script, fallbackRunsLate: $0.fallbackRunsLate, handler: $0.handler)
+        })
     }
 
     func send(_ pending: PendingCommand) async throws -> RedisValue {
@@ -180,7 +186,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// that its `EVAL` fallback, if needed, still runs before them; but not past
         /// ``coalescingWindow`` (see `takeStalledOutput`).
         var heldByScriptHash = false
-        /// The scripts (``RedisCommand/scriptDigestPrefix``) this socket's node has run since it
+        /// The scripts (``RedisScript/digestPrefix``) this socket's node has run since it
         /// connected: only these go as `EVALSHA`. A script the node has not confirmed goes as
         /// `EVAL`, so nothing waits behind it: behind an `EVALSHA` that a frozen node runs only
         /// later (the script cached there by another client), a release would wait unwritten,
@@ -345,29 +351,35 @@ final class ConnectionCore: Sendable, EventLoopSource {
         return nil
     }
 
-    /// Formats one command into the output. A script call goes as `EVALSHA` only when it is the
-    /// last of its batch on an otherwise idle connection and the node has run the script on this
-    /// socket before; commands then wait for its answer (see `heldByScriptHash`). Anywhere else
-    /// it goes as `EVAL` with its body, so that a node that answers `NOSCRIPT` (after
-    /// `SCRIPT FLUSH`, a restart, a failover) can never run the fallback after commands queued
-    /// behind it.
+    /// Formats one command into the output. A script call goes as `EVALSHA` once the node has
+    /// run the script on this socket, else as `EVAL` with its body (which confirms it). As the
+    /// last of its batch on an otherwise idle connection, the commands queued after an `EVALSHA`
+    /// wait for its answer (see `heldByScriptHash`), so that a `NOSCRIPT` (after `SCRIPT FLUSH`)
+    /// sends its `EVAL` before them. Anywhere else they are written behind it, and a `NOSCRIPT`
+    /// then fails the call: the node never runs a script after commands queued behind it.
     private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
-        if let fallback = command.fallback,
-           !(last && state.unansweredCount == 0 && command.command.scriptDigestPrefix.map(state.confirmedScripts.contains) == true)
-        {
-            Self.format(fallback, of: command, asScriptHash: false, in: &state)
+        guard let script = command.script else {
+            Self.format(command.command, of: command, asScriptHash: false, in: &state)
+            return
+        }
+        if state.confirmedScripts.contains(script.digestPrefix) {
+            let holds = last && state.unansweredCount == 0
+            Self.format(command.command, of: command, asScriptHash: true, holdingLater: holds, in: &state)
         } else {
-            Self.format(command.command, of: command, asScriptHash: command.fallback != nil, in: &state)
+            Self.format(script.evalForm(of: command.command), of: command, asScriptHash: false, in: &state)
         }
     }
 
-    /// Puts `wire` (`command`'s command, or its `EVAL` form) in the output, as `command`'s.
-    private static func format(_ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, in state: inout State) {
+    /// Puts `wire` (`command`'s command, or its `EVAL` form) in the output, as `command`'s;
+    /// `holdingLater`: commands queued later wait for its answer (`heldByScriptHash`).
+    private static func format(
+        _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, holdingLater: Bool = false, in state: inout State
+    ) {
         if state.unansweredCount == 0 { state.waitingSince = .now }
         wire.appendWire(to: &state.output)
-        if asScriptHash { state.heldByScriptHash = true }
+        if holdingLater { state.heldByScriptHash = true }
         state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash))
         state.stagedCount += 1
     }
@@ -392,11 +404,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         return state.output.isEmpty ? nil : (socket, state.takeOutput())
     }
 
-    /// Records that the node holds `call`'s script when it answered it without an error.
-    private static func noteScriptRan(_ call: RedisCommand, reply: RedisValue, in state: inout State) {
+    /// Records that the node holds `script` when it answered a call of it without an error.
+    private static func noteScriptRan(_ script: RedisScript, reply: RedisValue, in state: inout State) {
         if case .error = reply { return }
-        guard let digest = call.scriptDigestPrefix, !state.confirmedScripts.contains(digest) else { return }
-        state.confirmedScripts.append(digest)
+        guard !state.confirmedScripts.contains(script.digestPrefix) else { return }
+        state.confirmedScripts.append(script.digestPrefix)
     }
 
     /// Formats the queued commands still wanted (withdrawn ones are dropped).
@@ -487,20 +499,24 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         break
                     }
                     if item.sentAsScriptHash {
+                        // A held EVALSHA is the only command unanswered (nothing is written
+                        // behind it while it holds): this is its answer, or none is held.
                         state.heldByScriptHash = false
                         if case let .error(text) = reply, text.hasPrefix("NOSCRIPT") {
                             // Forgotten (SCRIPT FLUSH): confirmed again by an EVAL's answer.
-                            if let digest = item.command.command.scriptDigestPrefix { state.confirmedScripts.removeAll { $0 == digest } }
-                            // Only while nothing was written behind it (takeStalledOutput may
-                            // have): its EVAL then goes before everything queued. Else the call
-                            // fails with NOSCRIPT.
-                            if let fallback = item.command.fallback, state.unansweredCount == 0, state.output.isEmpty {
+                            if let digest = item.command.script?.digestPrefix { state.confirmedScripts.removeAll { $0 == digest } }
+                            // While nothing was written behind it (takeStalledOutput may have),
+                            // its EVAL goes before everything queued. Else the call fails with
+                            // NOSCRIPT, unless its EVAL may run after what was written.
+                            if let fallback = item.command.fallback,
+                               item.command.fallbackRunsLate || (state.unansweredCount == 0 && state.output.isEmpty)
+                            {
                                 Self.format(fallback, of: item.command, asScriptHash: false, in: &state)
                                 continue
                             }
                         }
                     }
-                    if item.command.fallback != nil { Self.noteScriptRan(item.command.command, reply: reply, in: &state) }
+                    if let script = item.command.script { Self.noteScriptRan(script, reply: reply, in: &state) }
                     if case let .error(text) = reply {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.

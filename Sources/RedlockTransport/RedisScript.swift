@@ -5,26 +5,46 @@ package struct RedisScript: Sendable, Hashable {
     package let source: String
     /// The lowercase hex SHA-1 of the source, as Redis names the script.
     package let sha1: String
+    /// The first 16 hex digits of ``sha1`` as a number: names the script well enough among the
+    /// few a connection runs (its list of the scripts the node confirmed).
+    package let digestPrefix: UInt64
 
     /// Creates a script; its SHA-1 is computed once here.
     package init(_ source: String) {
         self.source = source
         sha1 = SHA1.hexDigest(of: Array(source.utf8))
+        digestPrefix = sha1.utf8.prefix(16).reduce(0) { value, byte in
+            value << 4 | UInt64(byte <= UInt8(ascii: "9") ? byte - UInt8(ascii: "0") : byte - UInt8(ascii: "a") + 10)
+        }
+    }
+
+    /// `call` (this script's `EVALSHA`) as `EVAL` with the source: built only when a connection
+    /// needs it (the node has not run the script there, or forgot it).
+    func evalForm(of call: RedisCommand) -> RedisCommand {
+        call.replacingLeadingArguments(2, with: ["EVAL", source])
     }
 }
 
-/// A script with its keys and arguments, its `EVALSHA` and `EVAL` commands built once: send
-/// the same call to many nodes without building either again for each.
+/// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
+/// to many nodes without building it again for each. Its `EVAL` form is built by a connection
+/// that needs it.
 package struct RedisScriptCall: Sendable {
     /// `EVALSHA sha1 numkeys keys… arguments…`.
     package let command: RedisCommand
-    /// `EVAL source numkeys keys… arguments…`: what a connection sends when other commands follow
-    /// the call in a batch, when the node has not run the script on that connection yet, or when
-    /// the node answers `NOSCRIPT` with nothing written behind the call.
-    package let fallback: RedisCommand
+    /// The script, whose `EVAL source numkeys keys… arguments…` a connection sends when the node
+    /// has not run the script on that connection yet, or when the node answers `NOSCRIPT` with
+    /// nothing written behind the call.
+    package let script: RedisScript
+    /// Whether the script may run after commands queued behind it on the connection: when the
+    /// node answers `NOSCRIPT` with commands written behind the call, its `EVAL` goes out then
+    /// instead of the call failing. For a script whose outcome no later command of the same
+    /// connection can change, and that changes none of theirs in a way that matters, such as
+    /// a compare-and-delete of a value only its caller holds. Default false.
+    package let fallbackRunsLate: Bool
 
     /// Builds the call.
-    package init(_ script: RedisScript, keys: [String], arguments: [String]) {
+    package init(_ script: RedisScript, keys: [String], arguments: [String], fallbackRunsLate: Bool = false) {
+        self.fallbackRunsLate = fallbackRunsLate
         var parts: [String] = []
         parts.reserveCapacity(3 + keys.count + arguments.count)
         parts.append("EVALSHA")
@@ -33,18 +53,22 @@ package struct RedisScriptCall: Sendable {
         parts.append(contentsOf: keys)
         parts.append(contentsOf: arguments)
         command = RedisCommand(parts)
-        fallback = command.replacingLeadingArguments(2, with: ["EVAL", script.source])
+        self.script = script
     }
+
+    /// The call as `EVAL source numkeys keys… arguments…`, built anew on each use.
+    package var evalForm: RedisCommand { script.evalForm(of: command) }
 }
 
 extension RedisConnection {
     /// Runs a script, in its place among the commands pipelined on the connection: by `EVALSHA`
-    /// when nothing is written behind it and the node has run the script on this connection (a
-    /// `NOSCRIPT` reply then sends `EVAL` before anything queued later), else by `EVAL` with its
-    /// body. The fallback happens on the connection itself, so the script runs even if the
-    /// caller was cancelled after the command was written. Behind a node that keeps its answer
-    /// past the connection's coalescing window the commands queued later are written anyway,
-    /// and a `NOSCRIPT` then fails the call (`serverError`) rather than run it after them.
+    /// once the node has run the script on this connection, else by `EVAL` with its body. On an
+    /// idle connection, commands queued after an `EVALSHA` wait for its answer, so a `NOSCRIPT`
+    /// (after `SCRIPT FLUSH`) sends `EVAL` before them; the fallback happens on the connection
+    /// itself, so the script runs even if the caller was cancelled after the command was
+    /// written. When commands were written behind the `EVALSHA` (a busy connection, a batch, a
+    /// node that kept its answer past the coalescing window), a `NOSCRIPT` fails the call
+    /// (`serverError`, the script did not run) rather than run it after them.
     package func evaluate(
         _ script: RedisScript,
         keys: [String],
@@ -56,6 +80,8 @@ extension RedisConnection {
 
     /// Runs a prepared script call, with the same `NOSCRIPT` fallback.
     package func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
-        try await send(PendingCommand(command: call.command, fallback: call.fallback, withdrawOnCancel: withdrawOnCancel))
+        try await send(PendingCommand(
+            command: call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, withdrawOnCancel: withdrawOnCancel
+        ))
     }
 }

@@ -21,7 +21,7 @@ struct LocalCoordinationTests {
     /// An attempt that asks no node: sending it finishes it at once.
     private func emptyAttempt() -> PreparedFanOut {
         PreparedFanOut(
-            round: FanOutRound(nodeCount: 0, order: [], returnWhenDecided: true), command: RedisCommand("PING"), fallback: nil, order: [],
+            round: FanOutRound(nodeCount: 0, order: [], returnWhenDecided: true), command: RedisCommand("PING"), script: nil, order: [],
             budget: .seconds(1), classify: Vote.ofSetNX, confirm: nil, health: NodeHealth(endpoints: [], logger: Logger(label: "test"))
         )
     }

@@ -1,6 +1,7 @@
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
 
 @Suite("Redlock on real nodes")
@@ -412,4 +413,55 @@ struct WaitingByTimeTests {
             #expect(failures.value.isEmpty, "\(failures.value)")
         }
     }
+
+    @Test("SCRIPT FLUSH on every node while 32 tasks lock and unlock: a release written behind other commands still runs (its EVAL after them), so nothing fails, the locks work at once afterwards and no key is left")
+    func scriptFlushUnderLoad() async throws {
+        try await withLockNodes(3) { client, servers in
+            let options = testOptions(expiry: .milliseconds(400), tries: 4)
+            let locks = try (0..<32).map { try client.makeLock("flushed-\($0)", options: options) }
+            let counts = FlushCounts()
+            let failures = Locked<[String]>([])
+            await withTaskGroup(of: Void.self) { group in
+                for lock in locks {
+                    group.addTask {
+                        while !counts.stop.load(ordering: .relaxed) {
+                            do {
+                                let lease = try await lock.lock()
+                                try await lock.unlock(lease)
+                            } catch {
+                                // A release that failed on a node that forgot its script left
+                                // the key: the task's next lock() finds it taken.
+                                failures.update { $0.append("\(error)") }
+                            }
+                            counts.cycles.add(1, ordering: .relaxed)
+                        }
+                    }
+                }
+                // Three flushes of every node, each once the tasks ran 200 more cycles, and 200
+                // more after the last.
+                for round in 0..<4 {
+                    let target = counts.cycles.load(ordering: .relaxed) + 200
+                    #expect(await eventually(within: .seconds(20)) { counts.cycles.load(ordering: .relaxed) >= target })
+                    if round < 3 {
+                        for server in servers { _ = try? await server.run(RedisCommand("SCRIPT", "FLUSH")) }
+                    }
+                }
+                counts.stop.store(true, ordering: .relaxed)
+            }
+            print("script flush under load: \(counts.cycles.load(ordering: .relaxed)) cycles, \(failures.value.count) failed")
+            #expect(failures.value.isEmpty, "\(failures.value)")
+            // The connections forgot the script with the answer: every lock works again at once.
+            for lock in locks {
+                let lease = try await lock.tryLock()
+                try await lock.unlock(lease)
+            }
+            for server in servers { #expect(try await server.run(RedisCommand("KEYS", "flushed-*")) == .array([])) }
+        }
+    }
+}
+
+/// What the tasks of ``LockTests/scriptFlushUnderLoad()`` count, and when they stop.
+private final class FlushCounts: Sendable {
+    let cycles = Atomic<Int>(0)
+    let stop = Atomic<Bool>(false)
 }

@@ -5,7 +5,7 @@ import Testing
 
 /// A script call queued as a library fan-out queues it: `EVALSHA`, with its `EVAL` form.
 private func queued(_ call: RedisScriptCall, _ handler: @escaping RedisReplyHandler) -> QueuedCommand {
-    QueuedCommand(call.command, fallback: call.fallback, handler: handler)
+    QueuedCommand(call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, handler: handler)
 }
 
 /// Replies collected by index from handlers on the I/O thread.
@@ -93,6 +93,7 @@ struct ConnectionTests {
             let connection = RedisConnection(configuration: servers[0].configuration())
             let script = RedisScript("return {KEYS[1], ARGV[1]}")
             #expect(script.sha1.count == 40)
+            #expect(script.digestPrefix == UInt64(script.sha1.prefix(16), radix: 16))
             let expected = RedisValue.array([.bulkString(Array("k".utf8)), .bulkString(Array("v".utf8))])
             #expect(try await connection.evaluate(script, keys: ["k"], arguments: ["v"]) == expected)
             let loaded = try await connection.send(RedisCommand("SCRIPT", "EXISTS", script.sha1))
@@ -126,16 +127,13 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a script fallback in the middle of a pipelined batch keeps the order in which commands were queued")
+    @Test("a script the node forgot in the middle of a pipelined batch fails with NOSCRIPT rather than run after the commands queued behind it; the next batch sends it as EVAL")
     func fallbackKeepsOrder() async throws {
         try await withRedisServers(1) { servers throws in
             let connection = RedisConnection(configuration: servers[0].configuration())
             let other = RedisConnection(configuration: servers[0].configuration())
             let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
-            for round in 0..<20 {
-                // The connection has run the script, then the node forgets it (as after a restart).
-                _ = try await connection.evaluate(script, keys: ["order"], arguments: ["warm"])
-                _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+            func batch(_ label: String) async -> [Int: Result<RedisValue, RedisError>] {
                 let replies = Replies()
                 let done = AsyncStream<Void>.makeStream()
                 func record(_ index: Int) -> RedisReplyHandler {
@@ -144,16 +142,63 @@ struct ConnectionTests {
                     }
                 }
                 connection.send([
-                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(round)"]), record(0)),
-                    QueuedCommand(RedisCommand("SET", "order", "after-\(round)"), handler: record(1)),
-                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(round)"]), record(2)),
-                    QueuedCommand(RedisCommand("SET", "order", "last-\(round)"), handler: record(3)),
+                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(label)"]), record(0)),
+                    QueuedCommand(RedisCommand("SET", "order", "after-\(label)"), handler: record(1)),
+                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(label)"]), record(2)),
+                    QueuedCommand(RedisCommand("SET", "order", "last-\(label)"), handler: record(3)),
                 ])
                 for await _ in done.stream { break }
-                #expect(replies.value.values.allSatisfy { (try? $0.get()) != nil }, "\(replies.value)")
-                let value = try await other.send(RedisCommand("GET", "order"))
-                #expect(value.string == "last-\(round)", "round \(round): the node ran the commands out of order")
+                return replies.value
             }
+            for round in 0..<20 {
+                // The connection has run the script (its calls go as EVALSHA), then the node
+                // forgets it (as after SCRIPT FLUSH).
+                _ = try await connection.evaluate(script, keys: ["order"], arguments: ["warm"])
+                _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+                let forgotten = await batch("\(round)")
+                #expect((try? forgotten[1]?.get()) == .simpleString("OK") && (try? forgotten[3]?.get()) == .simpleString("OK"))
+                for index in [0, 2] {
+                    guard case let .failure(error) = forgotten[index] else {
+                        Issue.record("round \(round): the script call \(index) written before others succeeded on a node that forgot it")
+                        continue
+                    }
+                    #expect(error.code == .serverError && error.message.hasPrefix("NOSCRIPT"), "\(error)")
+                }
+                #expect(try await other.send(RedisCommand("GET", "order")).string == "last-\(round)", "round \(round): the node ran a script after the commands queued behind it")
+                // The node's answer made the connection forget the script: the next batch goes as
+                // EVAL, in order.
+                let again = await batch("again-\(round)")
+                #expect(again.values.allSatisfy { (try? $0.get()) != nil }, "\(again)")
+                #expect(try await other.send(RedisCommand("GET", "order")).string == "last-again-\(round)")
+            }
+            await connection.shutdown()
+            await other.shutdown()
+        }
+    }
+
+    @Test("a script that may run late, forgotten in the middle of a pipelined batch, runs by EVAL after the commands written behind it")
+    func lateFallback() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let other = RedisConnection(configuration: servers[0].configuration())
+            let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
+            _ = try await connection.evaluate(script, keys: ["late"], arguments: ["warm"])
+            _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+            let replies = Replies()
+            let done = AsyncStream<Void>.makeStream()
+            func record(_ index: Int) -> RedisReplyHandler {
+                { result in
+                    if replies.record(index, result) == 2 { done.continuation.yield() }
+                }
+            }
+            let call = RedisScriptCall(script, keys: ["late"], arguments: ["script"], fallbackRunsLate: true)
+            connection.send([
+                queued(call, record(0)),
+                QueuedCommand(RedisCommand("SET", "late", "behind"), handler: record(1)),
+            ])
+            for await _ in done.stream { break }
+            #expect(replies.value.values.allSatisfy { (try? $0.get()) == .simpleString("OK") }, "\(replies.value)")
+            #expect(try await other.send(RedisCommand("GET", "late")).string == "script", "the EVAL did not run after the command behind it")
             await connection.shutdown()
             await other.shutdown()
         }
@@ -443,7 +488,7 @@ struct ConnectionTests {
             try await server.pause()
             let scripted = OneTimeEvent<Result<RedisValue, RedisError>>()
             let call = RedisScriptCall(script, keys: ["order"], arguments: ["script"])
-            connection.send(call.command, fallback: call.fallback) { scripted.fire($0) }
+            connection.send(call.command, script: call.script) { scripted.fire($0) }
             let after = Task { try await connection.send(RedisCommand("SET", "order", "after"), withdrawOnCancel: false) }
             // Nothing signals that the held SET was written: two looks of the loop, well within
             // the command timeout.
@@ -469,7 +514,7 @@ struct ConnectionTests {
             // An EVALSHA on an idle connection holds the commands queued after it until it is
             // answered (its EVAL fallback must run before them): the next command waits unwritten.
             let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
-            connection.send(call.command, fallback: call.fallback) { answered.fire($0) }
+            connection.send(call.command, script: call.script) { answered.fire($0) }
             let queued = Task { try await connection.send(RedisCommand("SET", "withdrawn", "1")) }
             queued.cancel()
             let error = await #expect(throws: RedisError.self) { try await queued.value }

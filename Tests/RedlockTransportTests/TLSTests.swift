@@ -80,7 +80,7 @@ struct TLSTests {
                 }
                 let script = RedisScriptCall(RedisScript("return ARGV[1]"), keys: [], arguments: ["tls"])
                 let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
-                connection.send(script.command, fallback: script.fallback) { answered.fire($0) }
+                connection.send(script.command, script: script.script) { answered.fire($0) }
                 #expect(try await answered.wait().get() == .bulkString(Array("tls".utf8)))
                 let admin = RedisConnection(configuration: parsed)
                 #expect(try await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")) == .integer(1))
