@@ -106,8 +106,9 @@ public struct DistributedLock: Sendable {
         }
         defer { if options.singleFlight { client.coordination.leaveGate(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) } }
         // A waiter in this process gets the lock handed over: its next attempt is queued right
-        // behind the deletes on every connection, so each node runs the delete first, and the
-        // handoff costs no extra round trip. If the release fails, that attempt fails like any
+        // behind the deletes on every connection, so each node runs the delete first (unless
+        // the node forgot the script: then that node refuses the attempt), and the handoff costs
+        // no extra round trip. If the release fails, that attempt fails like any
         // other. A release handed over is not published: the lock has a new holder, and waiters
         // in other processes would only try in vain; they hear the next release that finds no
         // waiter here (with fast handoff), or retry after their delay.
@@ -115,7 +116,13 @@ public struct DistributedLock: Sendable {
         if options.fair { client.coordination.released(name, value: lease.value) }
         let claimed = options.fair ? nil : client.coordination.handOff(name, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
-        let call = releaseCall(value: lease.value, announcing: handedOver == nil)
+        // Forgotten by a node (SCRIPT FLUSH) with commands written behind it, the release's EVAL
+        // runs after them rather than the release fail there and the key stay until it expires:
+        // nothing this client sends later can be granted with a value used once (a retry of a
+        // lock() call reuses its value, and a fixed or generated value repeats, so a failed
+        // attempt's clean-up and those values fail instead: their EVAL, run after a re-attaching
+        // acquire's grant, would delete the key of the lease it returned).
+        let call = releaseCall(value: lease.value, announcing: handedOver == nil, runsLate: !options.value.mayAlreadyBeHeld)
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
@@ -223,14 +230,12 @@ public struct DistributedLock: Sendable {
     /// channel when `announcing` (with fast handoff). A fair lock's also takes the caller out of
     /// the queue and hands the key to the first in line (``Scripts/releaseFair``), unless the
     /// caller `staysInLine` (a failed attempt's clean-up: it tries again from its place).
-    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
+    /// `runsLate`: a plain release may run after commands sent behind it
+    /// (``RedisScriptCall/fallbackRunsLate``); a fair one never does (it also hands the key on).
+    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false, runsLate: Bool = false) -> RedisScriptCall {
         let channel = announcing ? announcedOn : ""
-        // A compare-and-delete of a value only this lease's holder has may run after what this
-        // connection sends behind it: forgotten by a node (SCRIPT FLUSH) on a busy connection,
-        // its EVAL goes out then rather than the release fail and the key stay until it expires.
-        // (A fair release also hands the key to the first in line: it fails instead.)
         guard options.fair else {
-            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], fallbackRunsLate: true)
+            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], fallbackRunsLate: runsLate)
         }
         return RedisScriptCall(
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],

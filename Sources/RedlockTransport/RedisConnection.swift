@@ -161,7 +161,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private struct InFlight {
         let command: PendingCommand
         /// Sent as `EVALSHA`: a `NOSCRIPT` answer sends its `EVAL` form next, unless commands
-        /// were written behind it meanwhile (then the call fails with that answer).
+        /// were written behind it meanwhile (then the call fails with that answer, or, when its
+        /// command's `fallbackRunsLate`, the `EVAL` runs after them).
         let sentAsScriptHash: Bool
     }
 
@@ -356,7 +357,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// last of its batch on an otherwise idle connection, the commands queued after an `EVALSHA`
     /// wait for its answer (see `heldByScriptHash`), so that a `NOSCRIPT` (after `SCRIPT FLUSH`)
     /// sends its `EVAL` before them. Anywhere else they are written behind it, and a `NOSCRIPT`
-    /// then fails the call: the node never runs a script after commands queued behind it.
+    /// then fails the call: the node never runs a script after commands queued behind it,
+    /// unless the call says it may (``RedisScriptCall/fallbackRunsLate``).
     private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
@@ -391,7 +393,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// otherwise keep them unwritten until the connection is dropped, and a release queued
     /// behind an acquire it runs once it wakes would be lost with it. Writing past a held
     /// `EVALSHA` keeps the order all the same: a `NOSCRIPT` answer then falls back to nothing
-    /// (the call fails with it) since commands were written behind it. Nil while a thread does
+    /// (the call fails with it) since commands were written behind it, unless the call may run
+    /// late (``RedisScriptCall/fallbackRunsLate``). Nil while a thread does
     /// I/O on the socket (it writes them before it lets go) or nothing waits.
     private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
         guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,

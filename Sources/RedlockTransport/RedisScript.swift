@@ -33,7 +33,7 @@ package struct RedisScriptCall: Sendable {
     package let command: RedisCommand
     /// The script, whose `EVAL source numkeys keys… arguments…` a connection sends when the node
     /// has not run the script on that connection yet, or when the node answers `NOSCRIPT` with
-    /// nothing written behind the call.
+    /// nothing written behind the call (or anything, with ``fallbackRunsLate``).
     package let script: RedisScript
     /// Whether the script may run after commands queued behind it on the connection: when the
     /// node answers `NOSCRIPT` with commands written behind the call, its `EVAL` goes out then
@@ -68,7 +68,8 @@ extension RedisConnection {
     /// itself, so the script runs even if the caller was cancelled after the command was
     /// written. When commands were written behind the `EVALSHA` (a busy connection, a batch, a
     /// node that kept its answer past the coalescing window), a `NOSCRIPT` fails the call
-    /// (`serverError`, the script did not run) rather than run it after them.
+    /// (`serverError`, the script did not run) rather than run it after them, unless the call's
+    /// ``RedisScriptCall/fallbackRunsLate``.
     package func evaluate(
         _ script: RedisScript,
         keys: [String],

@@ -49,6 +49,39 @@ struct ReattachTests {
         }
     }
 
+    @Test("a node that forgot the release script while frozen: a failed attempt's clean-up never runs after the retry, so a re-attaching lock()'s lease keeps its key and excludes others")
+    func cleanUpNeverRunsLate() async throws {
+        try await withLockNodes(1) { client, servers in
+            let name = "clean-up-order"
+            // The connection has run the release script: its releases go as EVALSHA.
+            let warm = try client.makeLock(name, options: testOptions())
+            try await warm.unlock(try await warm.lock())
+            _ = try await servers[0].run(RedisCommand("SCRIPT", "FLUSH"))
+            // An attempt budget of 100 ms: the first attempt gets no answer from the frozen node,
+            // its clean-up release is queued behind it, and the retry (the same fixed value, a
+            // re-attaching acquire) behind that; the node wakes during the retry.
+            var options = testOptions(expiry: .seconds(5), tries: 3, timeoutFactor: 0.02)
+            options.value = .fixed("one-value")
+            let lock = try client.makeLock(name, options: options)
+            try await servers[0].pause()
+            let started = ContinuousClock.now
+            let acquiring = Task { try await lock.lock() }
+            // No event tells when the first attempt gave up: 150 ms is past its 100 ms budget.
+            try await Task.sleep(for: .milliseconds(150))
+            try servers[0].resume()
+            let lease = try await acquiring.value
+            #expect(started.duration(to: .now) >= .milliseconds(150))
+            // A lock of another name, on the same connection: once it answers, whatever the
+            // connection wrote before (a late release) has run.
+            let probe = try client.makeLock("\(name)-probe", options: testOptions())
+            try await probe.unlock(try await probe.lock())
+            #expect(try await servers[0].value(of: name) == "one-value", "the lease lock() returned has no key: the clean-up ran after the retry")
+            let other = try client.makeLock(name, options: testOptions(tries: 1))
+            await #expect(throws: RedlockError.self, "a second holder while the first lease is valid") { try await other.tryLock() }
+            try await lock.unlock(lease)
+        }
+    }
+
     @Test("a handoff for another lock, or whose lease was taken over, is refused")
     func handoffRefused() async throws {
         try await withLockNodes(3) { client, _ in
