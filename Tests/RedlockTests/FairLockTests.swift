@@ -111,13 +111,20 @@ struct FairLockTests {
 
     /// How many of `servers` hold `lease`'s value with a life that reaches its `validUntil`.
     private func holding(_ lease: Lease, on servers: [RedisServer]) async throws -> Int {
-        var count = 0
+        try await holdingReport(lease, on: servers).count
+    }
+
+    /// Per node: nil where `lease` is held as ``holding(_:on:)`` counts it, else what is there
+    /// (the value and its time to live, for a failure's message).
+    private func holdingReport(_ lease: Lease, on servers: [RedisServer]) async throws -> (count: Int, nodes: [String?]) {
+        var nodes: [String?] = []
         for server in servers {
             let value = try await send("GET", lease.name, to: server).string
             let life = try await send("PTTL", lease.name, to: server).integer ?? -1
-            if value == lease.value, .now + .milliseconds(life) >= lease.validUntil { count += 1 }
+            let remaining = ContinuousClock.now.duration(to: lease.validUntil)
+            nodes.append(value == lease.value && .milliseconds(life) >= remaining ? nil : "\(value ?? "nil") PTTL \(life) ms, lease \(remaining)")
         }
-        return count
+        return (nodes.filter { $0 == nil }.count, nodes)
     }
 
     /// One command on `server`, on a connection of its own.
@@ -232,7 +239,8 @@ struct FairLockTests {
                 // Each node's key lives at least as long as the lease says: it was handed for the
                 // releaser's expiry (5 s) since the release, after the lease's start.
                 try await settle([client])
-                #expect(try await holding(handed, on: servers) == servers.count)
+                let report = try await holdingReport(handed, on: servers)
+                #expect(report.count == servers.count, "\(report.nodes) (lease \(handed.value), round \(round))")
                 // It holds: nobody else gets it, and its unlock frees it for the next.
                 await #expect(throws: RedlockError.self) { try await holder.tryLock() }
                 try await lock.unlock(handed)
