@@ -60,7 +60,7 @@ struct ReattachTests {
             // An attempt budget of 100 ms: the first attempt gets no answer from the frozen node,
             // its clean-up release is queued behind it, and the retry (the same fixed value, a
             // re-attaching acquire) behind that; the node wakes during the retry.
-            var options = testOptions(expiry: .seconds(5), tries: 3, timeoutFactor: 0.02)
+            var options = testOptions(expiry: .seconds(5), tries: 20, timeoutFactor: 0.02)
             options.value = .fixed("one-value")
             let lock = try client.makeLock(name, options: options)
             try await servers[0].pause()
