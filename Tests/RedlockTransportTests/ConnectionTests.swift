@@ -33,6 +33,29 @@ private func queueUnawaited(_ commands: [RedisCommand], on connection: RedisConn
     }
 }
 
+/// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
+private enum Batched {
+    case command(RedisCommand)
+    case script(RedisScriptCall)
+}
+
+/// Queues `batch` on `connection` at once (nothing lands between its commands; a script call as
+/// a library fan-out queues it) and returns the outcomes in order, once every one came.
+private func sendTogether(_ batch: [Batched], on connection: RedisConnection) async -> [Result<RedisValue, RedisError>] {
+    let replies = Replies()
+    let ended = OneTimeEvent<Void>()
+    connection.send(batch.enumerated().map { index, item in
+        let handler: RedisReplyHandler = { if replies.record(index, $0) == batch.count { ended.fire() } }
+        switch item {
+        case let .command(command): return QueuedCommand(command, handler: handler)
+        case let .script(call): return queued(call, handler)
+        }
+    })
+    await ended.wait()
+    let outcomes = replies.value
+    return batch.indices.compactMap { outcomes[$0] }
+}
+
 @Suite("Connection to one real node")
 struct ConnectionTests {
     @Test("answers PING, stores and reads back binary values")
@@ -133,22 +156,13 @@ struct ConnectionTests {
             let connection = RedisConnection(configuration: servers[0].configuration())
             let other = RedisConnection(configuration: servers[0].configuration())
             let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
-            func batch(_ label: String) async -> [Int: Result<RedisValue, RedisError>] {
-                let replies = Replies()
-                let done = AsyncStream<Void>.makeStream()
-                func record(_ index: Int) -> RedisReplyHandler {
-                    { result in
-                        if replies.record(index, result) == 4 { done.continuation.yield() }
-                    }
-                }
-                connection.send([
-                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(label)"]), record(0)),
-                    QueuedCommand(RedisCommand("SET", "order", "after-\(label)"), handler: record(1)),
-                    queued(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(label)"]), record(2)),
-                    QueuedCommand(RedisCommand("SET", "order", "last-\(label)"), handler: record(3)),
-                ])
-                for await _ in done.stream { break }
-                return replies.value
+            func batch(_ label: String) async -> [Result<RedisValue, RedisError>] {
+                await sendTogether([
+                    .script(RedisScriptCall(script, keys: ["order"], arguments: ["script-\(label)"])),
+                    .command(RedisCommand("SET", "order", "after-\(label)")),
+                    .script(RedisScriptCall(script, keys: ["order"], arguments: ["script-again-\(label)"])),
+                    .command(RedisCommand("SET", "order", "last-\(label)")),
+                ], on: connection)
             }
             for round in 0..<20 {
                 // The connection has run the script (its calls go as EVALSHA), then the node
@@ -156,7 +170,7 @@ struct ConnectionTests {
                 _ = try await connection.evaluate(script, keys: ["order"], arguments: ["warm"])
                 _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
                 let forgotten = await batch("\(round)")
-                #expect((try? forgotten[1]?.get()) == .simpleString("OK") && (try? forgotten[3]?.get()) == .simpleString("OK"))
+                #expect((try? forgotten[1].get()) == .simpleString("OK") && (try? forgotten[3].get()) == .simpleString("OK"))
                 for index in [0, 2] {
                     guard case let .failure(error) = forgotten[index] else {
                         Issue.record("round \(round): the script call \(index) written before others succeeded on a node that forgot it")
@@ -168,7 +182,7 @@ struct ConnectionTests {
                 // The node's answer made the connection forget the script: the next batch goes as
                 // EVAL, in order.
                 let again = await batch("again-\(round)")
-                #expect(again.values.allSatisfy { (try? $0.get()) != nil }, "\(again)")
+                #expect(again.allSatisfy { (try? $0.get()) != nil }, "\(again)")
                 #expect(try await other.send(RedisCommand("GET", "order")).string == "last-again-\(round)")
             }
             await connection.shutdown()
@@ -184,20 +198,11 @@ struct ConnectionTests {
             let script = RedisScript("return redis.call('SET', KEYS[1], ARGV[1])")
             _ = try await connection.evaluate(script, keys: ["late"], arguments: ["warm"])
             _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
-            let replies = Replies()
-            let done = AsyncStream<Void>.makeStream()
-            func record(_ index: Int) -> RedisReplyHandler {
-                { result in
-                    if replies.record(index, result) == 2 { done.continuation.yield() }
-                }
-            }
-            let call = RedisScriptCall(script, keys: ["late"], arguments: ["script"], fallbackRunsLate: true)
-            connection.send([
-                queued(call, record(0)),
-                QueuedCommand(RedisCommand("SET", "late", "behind"), handler: record(1)),
-            ])
-            for await _ in done.stream { break }
-            #expect(replies.value.values.allSatisfy { (try? $0.get()) == .simpleString("OK") }, "\(replies.value)")
+            let replies = await sendTogether([
+                .script(RedisScriptCall(script, keys: ["late"], arguments: ["script"], fallbackRunsLate: true)),
+                .command(RedisCommand("SET", "late", "behind")),
+            ], on: connection)
+            #expect(replies.allSatisfy { (try? $0.get()) == .simpleString("OK") }, "\(replies)")
             #expect(try await other.send(RedisCommand("GET", "late")).string == "script", "the EVAL did not run after the command behind it")
             await connection.shutdown()
             await other.shutdown()
