@@ -116,13 +116,7 @@ public struct DistributedLock: Sendable {
         if options.fair { client.coordination.released(name, value: lease.value) }
         let claimed = options.fair ? nil : client.coordination.handOff(name, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
-        // Forgotten by a node (SCRIPT FLUSH) with commands written behind it, the release's EVAL
-        // runs after them rather than the release fail there and the key stay until it expires:
-        // nothing this client sends later can be granted with a value used once (a retry of a
-        // lock() call reuses its value, and a fixed or generated value repeats, so a failed
-        // attempt's clean-up and those values fail instead: their EVAL, run after a re-attaching
-        // acquire's grant, would delete the key of the lease it returned).
-        let call = releaseCall(value: lease.value, announcing: handedOver == nil, runsLate: !options.value.mayAlreadyBeHeld)
+        let call = releaseCall(value: lease.value, announcing: handedOver == nil)
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
@@ -230,12 +224,16 @@ public struct DistributedLock: Sendable {
     /// channel when `announcing` (with fast handoff). A fair lock's also takes the caller out of
     /// the queue and hands the key to the first in line (``Scripts/releaseFair``), unless the
     /// caller `staysInLine` (a failed attempt's clean-up: it tries again from its place).
-    /// `runsLate`: a plain release may run after commands sent behind it
-    /// (``RedisScriptCall/fallbackRunsLate``); a fair one never does (it also hands the key on).
-    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false, runsLate: Bool = false) -> RedisScriptCall {
+    ///
+    /// Forgotten by a node (`SCRIPT FLUSH`) with commands written behind it, a plain release's
+    /// `EVAL` runs after them rather than the release fail there and the key stay until it
+    /// expires, unless one of them carries the same value (a retry of the same `lock()`, a
+    /// re-attaching acquire, an extension): the delete would undo what that command was
+    /// granted. A fair release never runs late: it also hands the key to the first in line.
+    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
         let channel = announcing ? announcedOn : ""
         guard options.fair else {
-            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], fallbackRunsLate: runsLate)
+            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], runsLateUnlessBehind: value)
         }
         return RedisScriptCall(
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],

@@ -62,8 +62,8 @@ final class PreparedFanOut: Sendable {
     /// The command every node gets, and the script whose `EVALSHA` it is.
     let command: RedisCommand
     let script: RedisScript?
-    /// Whether the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/fallbackRunsLate``).
-    let fallbackRunsLate: Bool
+    /// When the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/runsLateUnlessBehind``).
+    let runsLateUnlessBehind: String?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -86,7 +86,7 @@ final class PreparedFanOut: Sendable {
     }
 
     init(
-        round: FanOutRound, command: RedisCommand, script: RedisScript?, fallbackRunsLate: Bool = false, order: [Int], budget: Duration,
+        round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -97,7 +97,7 @@ final class PreparedFanOut: Sendable {
         self.round = round
         self.command = command
         self.script = script
-        self.fallbackRunsLate = fallbackRunsLate
+        self.runsLateUnlessBehind = runsLateUnlessBehind
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -167,7 +167,7 @@ final class PreparedFanOut: Sendable {
     /// grants wait for replicas.
     func requests(for index: Int) -> [QueuedCommand] {
         clockCheck?.markSent()
-        let first = QueuedCommand(command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler(for: index))
+        let first = QueuedCommand(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler(for: index))
         guard let replicaWait else { return [first] }
         return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
     }
@@ -176,7 +176,7 @@ final class PreparedFanOut: Sendable {
     func send(to node: RedisConnection, index: Int) {
         guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
-        node.send(command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler(for: index))
+        node.send(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler(for: index))
     }
 }
 
@@ -197,7 +197,7 @@ extension RedlockClient {
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
-        fallbackRunsLate: Bool = false,
+        runsLateUnlessBehind: String? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -209,7 +209,7 @@ extension RedlockClient {
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
-            command: command, script: script, fallbackRunsLate: fallbackRunsLate, order: order, budget: budget,
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, order: order, budget: budget,
             classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
@@ -245,7 +245,7 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
-            call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, classify: Vote.ofScript, order: order,
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript, order: order,
             budget: budget,
             returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
@@ -258,7 +258,7 @@ extension RedlockClient {
         _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         prepareFanOut(
-            call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, classify: Vote.ofScript, order: order,
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript, order: order,
             budget: budget,
             returnWhenDecided: returnWhenDecided, lane: lane
         )

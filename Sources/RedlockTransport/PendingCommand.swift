@@ -8,20 +8,20 @@ import Synchronization
 package typealias RedisReplyHandler = @Sendable (Result<RedisValue, RedisError>) -> Void
 
 /// A command to queue with ``RedisConnection/send(_:)-(_)``: the command, for a script's
-/// `EVALSHA` the script (for its `EVAL` form) and whether that may run late
-/// (``RedisScriptCall/fallbackRunsLate``), and what gets its outcome.
+/// `EVALSHA` the script (for its `EVAL` form) and when that may run late
+/// (``RedisScriptCall/runsLateUnlessBehind``), and what gets its outcome.
 package struct QueuedCommand: Sendable {
     package let command: RedisCommand
     package let script: RedisScript?
-    package let fallbackRunsLate: Bool
+    package let runsLateUnlessBehind: String?
     package let handler: RedisReplyHandler
 
     package init(
-        _ command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
-        self.fallbackRunsLate = fallbackRunsLate
+        self.runsLateUnlessBehind = runsLateUnlessBehind
         self.handler = handler
     }
 }
@@ -47,27 +47,28 @@ final class PendingCommand: Sendable {
     /// the node has not run the script on the connection or answers `NOSCRIPT` with nothing
     /// written behind it.
     let script: RedisScript?
-    /// Whether a `NOSCRIPT` answer with commands written behind the call sends ``fallback`` then,
-    /// to run after them, rather than fail the call (``RedisScriptCall/fallbackRunsLate``).
-    let fallbackRunsLate: Bool
+    /// When set, a `NOSCRIPT` answer with commands written behind the call sends ``fallback``
+    /// then, to run after them, rather than fail the call, unless one of them has this argument
+    /// (``RedisScriptCall/runsLateUnlessBehind``).
+    let runsLateUnlessBehind: String?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
 
     /// A command for a caller that will install its continuation.
-    init(command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, withdrawOnCancel: Bool) {
+    init(command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, withdrawOnCancel: Bool) {
         self.command = command
         self.script = script
-        self.fallbackRunsLate = fallbackRunsLate
+        self.runsLateUnlessBehind = runsLateUnlessBehind
         self.withdrawOnCancel = withdrawOnCancel
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
-    init(command: RedisCommand, script: RedisScript?, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler) {
+    init(command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler) {
         self.command = command
         self.script = script
-        self.fallbackRunsLate = fallbackRunsLate
+        self.runsLateUnlessBehind = runsLateUnlessBehind
         withdrawOnCancel = false
         state = Mutex(.handled(handler))
     }

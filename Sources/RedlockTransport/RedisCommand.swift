@@ -97,6 +97,11 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// The number of arguments, the command name included.
     package var count: Int { ends.count }
 
+    /// Whether one of the arguments (the command name included) is `bytes`.
+    func hasArgument(_ bytes: [UInt8]) -> Bool {
+        arguments.contains { $0.elementsEqual(bytes) }
+    }
+
     /// The arguments as bytes.
     package var arguments: [ArraySlice<UInt8>] {
         var start = 0

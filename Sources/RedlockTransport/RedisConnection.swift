@@ -86,12 +86,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// script's `EVALSHA`, and its `EVAL` form goes in its place when the node has not run the
     /// script on this connection yet, or when the node answers `NOSCRIPT` with nothing written
     /// behind it. With something written behind it, the call fails with that answer, unless
-    /// `fallbackRunsLate` (see ``RedisScriptCall/fallbackRunsLate``): then the `EVAL` goes out at
-    /// once, to run after what was written.
+    /// `runsLateUnlessBehind` is set and none of what was written has that argument (see
+    /// ``RedisScriptCall/runsLateUnlessBehind``): then the `EVAL` goes out at once, to run after
+    /// what was written.
     package func send(
-        _ command: RedisCommand, script: RedisScript? = nil, fallbackRunsLate: Bool = false, handler: @escaping RedisReplyHandler
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler
     ) {
-        core.enqueue(PendingCommand(command: command, script: script, fallbackRunsLate: fallbackRunsLate, handler: handler))
+        core.enqueue(PendingCommand(command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler))
     }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
@@ -99,7 +100,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// gets its command's outcome exactly once.
     package func send(_ commands: [QueuedCommand]) {
         core.enqueue(contentsOf: commands.map {
-            PendingCommand(command: $0.command, script: $0.script, fallbackRunsLate: $0.fallbackRunsLate, handler: $0.handler)
+            PendingCommand(command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, handler: $0.handler)
         })
     }
 
@@ -161,8 +162,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private struct InFlight {
         let command: PendingCommand
         /// Sent as `EVALSHA`: a `NOSCRIPT` answer sends its `EVAL` form next, unless commands
-        /// were written behind it meanwhile (then the call fails with that answer, or, when its
-        /// command's `fallbackRunsLate`, the `EVAL` runs after them).
+        /// were written behind it meanwhile (then the call fails with that answer, or, see its
+        /// command's `runsLateUnlessBehind`, the `EVAL` runs after them).
         let sentAsScriptHash: Bool
     }
 
@@ -358,7 +359,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// wait for its answer (see `heldByScriptHash`), so that a `NOSCRIPT` (after `SCRIPT FLUSH`)
     /// sends its `EVAL` before them. Anywhere else they are written behind it, and a `NOSCRIPT`
     /// then fails the call: the node never runs a script after commands queued behind it,
-    /// unless the call says it may (``RedisScriptCall/fallbackRunsLate``).
+    /// unless the call says it may (``RedisScriptCall/runsLateUnlessBehind``).
     private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
@@ -394,7 +395,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// behind an acquire it runs once it wakes would be lost with it. Writing past a held
     /// `EVALSHA` keeps the order all the same: a `NOSCRIPT` answer then falls back to nothing
     /// (the call fails with it) since commands were written behind it, unless the call may run
-    /// late (``RedisScriptCall/fallbackRunsLate``). Nil while a thread does
+    /// late (``RedisScriptCall/runsLateUnlessBehind``). Nil while a thread does
     /// I/O on the socket (it writes them before it lets go) or nothing waits.
     private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
         guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,
@@ -405,6 +406,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
             stageQueue(&state)
         }
         return state.output.isEmpty ? nil : (socket, state.takeOutput())
+    }
+
+    /// Whether a command written (or staged) behind the one just answered has `argument` among
+    /// its arguments: a late `EVAL` would run after it (``RedisScriptCall/runsLateUnlessBehind``).
+    private static func isBehind(_ argument: String, in state: State) -> Bool {
+        let bytes = Array(argument.utf8)
+        return state.inFlight[state.head...].contains { $0.command.command.hasArgument(bytes) }
     }
 
     /// Records that the node holds `script` when it answered a call of it without an error.
@@ -512,7 +520,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                             // its EVAL goes before everything queued. Else the call fails with
                             // NOSCRIPT, unless its EVAL may run after what was written.
                             if let fallback = item.command.fallback,
-                               item.command.fallbackRunsLate || (state.unansweredCount == 0 && state.output.isEmpty)
+                               (state.unansweredCount == 0 && state.output.isEmpty)
+                                   || item.command.runsLateUnlessBehind.map { !Self.isBehind($0, in: state) } == true
                             {
                                 Self.format(fallback, of: item.command, asScriptHash: false, in: &state)
                                 continue

@@ -33,18 +33,19 @@ package struct RedisScriptCall: Sendable {
     package let command: RedisCommand
     /// The script, whose `EVAL source numkeys keys… arguments…` a connection sends when the node
     /// has not run the script on that connection yet, or when the node answers `NOSCRIPT` with
-    /// nothing written behind the call (or anything, with ``fallbackRunsLate``).
+    /// nothing written behind the call (see also ``runsLateUnlessBehind``).
     package let script: RedisScript
-    /// Whether the script may run after commands queued behind it on the connection: when the
-    /// node answers `NOSCRIPT` with commands written behind the call, its `EVAL` goes out then
-    /// instead of the call failing. For a script whose outcome no later command of the same
-    /// connection can change, and that changes none of theirs in a way that matters, such as
-    /// a compare-and-delete of a value only its caller holds. Default false.
-    package let fallbackRunsLate: Bool
+    /// When the node answers `NOSCRIPT` with commands written behind the call: with this set,
+    /// its `EVAL` goes out then, to run after them, unless one of them has this argument (the
+    /// value the script acts on: a command of the same value must see its effect first); nil,
+    /// the default, fails the call. For a script that a later command of another value cannot
+    /// change the outcome of, and whose own effect on those commands does not matter, such as
+    /// a compare-and-delete of a lease's value.
+    package let runsLateUnlessBehind: String?
 
     /// Builds the call.
-    package init(_ script: RedisScript, keys: [String], arguments: [String], fallbackRunsLate: Bool = false) {
-        self.fallbackRunsLate = fallbackRunsLate
+    package init(_ script: RedisScript, keys: [String], arguments: [String], runsLateUnlessBehind: String? = nil) {
+        self.runsLateUnlessBehind = runsLateUnlessBehind
         var parts: [String] = []
         parts.reserveCapacity(3 + keys.count + arguments.count)
         parts.append("EVALSHA")
@@ -69,7 +70,7 @@ extension RedisConnection {
     /// written. When commands were written behind the `EVALSHA` (a busy connection, a batch, a
     /// node that kept its answer past the coalescing window), a `NOSCRIPT` fails the call
     /// (`serverError`, the script did not run) rather than run it after them, unless the call's
-    /// ``RedisScriptCall/fallbackRunsLate``.
+    /// ``RedisScriptCall/runsLateUnlessBehind``.
     package func evaluate(
         _ script: RedisScript,
         keys: [String],
@@ -82,7 +83,7 @@ extension RedisConnection {
     /// Runs a prepared script call, with the same `NOSCRIPT` fallback.
     package func evaluate(_ call: RedisScriptCall, withdrawOnCancel: Bool = true) async throws -> RedisValue {
         try await send(PendingCommand(
-            command: call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, withdrawOnCancel: withdrawOnCancel
+            command: call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, withdrawOnCancel: withdrawOnCancel
         ))
     }
 }

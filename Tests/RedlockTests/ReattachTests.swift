@@ -82,6 +82,37 @@ struct ReattachTests {
         }
     }
 
+    @Test("nodes that forgot the release script while frozen: an unlock never runs after a re-attach of the same value written behind it, so the re-attached lease keeps its keys")
+    func releaseNeverRunsAfterReattach() async throws {
+        try await withLockNodes(3) { client, servers in
+            let name = "unlock-then-reattach"
+            let lock = try client.makeLock(name, options: testOptions(expiry: .seconds(5), tries: 1, timeoutFactor: 0.1))
+            // The connections have run the release script (its calls go as EVALSHA), not the
+            // extend script a re-attach uses (it goes as EVAL).
+            try await lock.unlock(try await lock.lock())
+            let lease = try await lock.lock()
+            for server in servers { _ = try await server.run(RedisCommand("SCRIPT", "FLUSH")) }
+            for server in servers { try await server.pause() }
+            // The holder unlocks while the lease's value, handed over, is re-attached here: the
+            // re-attach is written behind the unanswered releases once they are overdue (1 ms).
+            let unlocking = Task { try? await lock.unlock(lease) }
+            try await Task.sleep(for: .milliseconds(20))
+            let reattaching = Task { try await lock.reattach(lease.handoff) }
+            try await Task.sleep(for: .milliseconds(30))
+            for server in servers { try server.resume() }
+            _ = await unlocking.value
+            let reattached = try await reattaching.value
+            // Once a lock of another name answers, whatever the connections wrote before has run.
+            let probe = try client.makeLock("\(name)-probe", options: testOptions())
+            try await probe.unlock(try await probe.lock())
+            let held = try await values(of: name, on: servers)
+            #expect(held.filter { $0 == lease.value }.count >= 2, "the re-attached lease's keys are gone: \(held)")
+            let other = try client.makeLock(name, options: testOptions(tries: 1))
+            await #expect(throws: RedlockError.self, "a second holder while the re-attached lease is valid") { try await other.tryLock() }
+            try? await lock.unlock(reattached)
+        }
+    }
+
     @Test("a handoff for another lock, or whose lease was taken over, is refused")
     func handoffRefused() async throws {
         try await withLockNodes(3) { client, _ in

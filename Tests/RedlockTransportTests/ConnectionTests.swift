@@ -5,7 +5,7 @@ import Testing
 
 /// A script call queued as a library fan-out queues it: `EVALSHA`, with its `EVAL` form.
 private func queued(_ call: RedisScriptCall, _ handler: @escaping RedisReplyHandler) -> QueuedCommand {
-    QueuedCommand(call.command, script: call.script, fallbackRunsLate: call.fallbackRunsLate, handler: handler)
+    QueuedCommand(call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, handler: handler)
 }
 
 /// Replies collected by index from handlers on the I/O thread.
@@ -190,7 +190,7 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a script that may run late, forgotten in the middle of a pipelined batch, runs by EVAL after the commands written behind it")
+    @Test("a script that may run late, forgotten in the middle of a pipelined batch, runs by EVAL after the commands written behind it, unless one of them has its guarding argument")
     func lateFallback() async throws {
         try await withRedisServers(1) { servers throws in
             let connection = RedisConnection(configuration: servers[0].configuration())
@@ -199,11 +199,27 @@ struct ConnectionTests {
             _ = try await connection.evaluate(script, keys: ["late"], arguments: ["warm"])
             _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
             let replies = await sendTogether([
-                .script(RedisScriptCall(script, keys: ["late"], arguments: ["script"], fallbackRunsLate: true)),
+                .script(RedisScriptCall(script, keys: ["late"], arguments: ["script"], runsLateUnlessBehind: "script")),
                 .command(RedisCommand("SET", "late", "behind")),
             ], on: connection)
             #expect(replies.allSatisfy { (try? $0.get()) == .simpleString("OK") }, "\(replies)")
             #expect(try await other.send(RedisCommand("GET", "late")).string == "script", "the EVAL did not run after the command behind it")
+            // A command behind it with the guarding argument: the call (a delete) fails rather
+            // than run after it.
+            let delete = RedisScript("return redis.call('DEL', KEYS[1])")
+            _ = try await connection.evaluate(delete, keys: ["late"], arguments: [])
+            _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+            let guarded = await sendTogether([
+                .script(RedisScriptCall(delete, keys: ["late"], arguments: ["mine"], runsLateUnlessBehind: "mine")),
+                .command(RedisCommand("SET", "late", "mine")),
+            ], on: connection)
+            guard case let .failure(error) = guarded[0] else {
+                Issue.record("the script ran although a command behind it has its argument: \(guarded)")
+                return
+            }
+            #expect(error.message.hasPrefix("NOSCRIPT"), "\(error)")
+            _ = try await connection.send(RedisCommand("PING"))
+            #expect(try await other.send(RedisCommand("GET", "late")).string == "mine", "the delete ran after the SET behind it")
             await connection.shutdown()
             await other.shutdown()
         }
