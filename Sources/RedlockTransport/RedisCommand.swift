@@ -97,9 +97,19 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     /// The number of arguments, the command name included.
     package var count: Int { ends.count }
 
-    /// Whether one of the arguments (the command name included) is `bytes`.
+    /// Whether one of the arguments (the command name included) is `bytes`; compares in place.
     func hasArgument(_ bytes: [UInt8]) -> Bool {
-        arguments.contains { $0.elementsEqual(bytes) }
+        var start = 0
+        for end in ends {
+            defer { start = end }
+            // Skip `$<digits>\r\n`; the closing `\r\n` is not part of the argument.
+            var payloadStart = start
+            while payloadStart < end, body[payloadStart] != 10 { payloadStart += 1 }
+            payloadStart += 1
+            let payloadEnd = end - 2
+            if payloadEnd - payloadStart == bytes.count, body[payloadStart..<payloadEnd].elementsEqual(bytes) { return true }
+        }
+        return false
     }
 
     /// The arguments as bytes.

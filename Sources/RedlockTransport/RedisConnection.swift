@@ -408,11 +408,20 @@ final class ConnectionCore: Sendable, EventLoopSource {
         return state.output.isEmpty ? nil : (socket, state.takeOutput())
     }
 
-    /// Whether a command written (or staged) behind the one just answered has `argument` among
-    /// its arguments: a late `EVAL` would run after it (``RedisScriptCall/runsLateUnlessBehind``).
-    private static func isBehind(_ argument: String, in state: State) -> Bool {
+    /// How many commands written behind a call that may run late (``RedisScriptCall/runsLateUnlessBehind``)
+    /// are looked through for its argument when the node answers `NOSCRIPT`; behind more, the
+    /// call fails. It bounds the look, done under the connection's lock for every such call in
+    /// flight (after `SCRIPT FLUSH` on a deep pipeline: quadratic without it).
+    static let lateFallbackLookBehind = 64
+
+    /// Whether `command`'s `EVAL` may go now, its `EVALSHA` just answered `NOSCRIPT`: nothing is
+    /// written behind it, or it may run late and none of the commands behind it (at most
+    /// ``lateFallbackLookBehind``) has its argument (``RedisScriptCall/runsLateUnlessBehind``).
+    private static func mayFallBack(_ command: PendingCommand, in state: State) -> Bool {
+        if state.unansweredCount == 0, state.output.isEmpty { return true }
+        guard let argument = command.runsLateUnlessBehind, state.unansweredCount <= lateFallbackLookBehind else { return false }
         let bytes = Array(argument.utf8)
-        return state.inFlight[state.head...].contains { $0.command.command.hasArgument(bytes) }
+        return !state.inFlight[state.head...].contains { $0.command.command.hasArgument(bytes) }
     }
 
     /// Records that the node holds `script` when it answered a call of it without an error.
@@ -519,10 +528,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                             // While nothing was written behind it (takeStalledOutput may have),
                             // its EVAL goes before everything queued. Else the call fails with
                             // NOSCRIPT, unless its EVAL may run after what was written.
-                            if let fallback = item.command.fallback,
-                               (state.unansweredCount == 0 && state.output.isEmpty)
-                                   || item.command.runsLateUnlessBehind.map { !Self.isBehind($0, in: state) } == true
-                            {
+                            if let fallback = item.command.fallback, Self.mayFallBack(item.command, in: state) {
                                 Self.format(fallback, of: item.command, asScriptHash: false, in: &state)
                                 continue
                             }

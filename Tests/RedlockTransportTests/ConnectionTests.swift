@@ -225,6 +225,29 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a script that may run late looks through at most 64 commands behind it: with more, it fails with NOSCRIPT")
+    func lateFallbackLooksBehindAFew() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            let other = RedisConnection(configuration: servers[0].configuration())
+            let delete = RedisScript("return redis.call('DEL', KEYS[1])")
+            for (behind, runs) in [(64, true), (65, false)] {
+                _ = try await connection.evaluate(delete, keys: ["few"], arguments: [])
+                _ = try await other.send(RedisCommand("SCRIPT", "FLUSH"))
+                _ = try await other.send(RedisCommand("SET", "few", "1"))
+                let replies = await sendTogether(
+                    [.script(RedisScriptCall(delete, keys: ["few"], arguments: ["v"], runsLateUnlessBehind: "v"))]
+                        + Array(repeating: .command(RedisCommand("PING")), count: behind),
+                    on: connection
+                )
+                #expect(((try? replies[0].get()) != nil) == runs, "\(behind) behind: \(replies[0])")
+                #expect(try await other.send(RedisCommand("EXISTS", "few")) == .integer(runs ? 0 : 1))
+            }
+            await connection.shutdown()
+            await other.shutdown()
+        }
+    }
+
     @Test("a refused connect fails at once with connectionRefused naming the node")
     func refused() async throws {
         let server = try await RedisServer.start()
