@@ -133,8 +133,9 @@ public struct LockOptions: Sendable {
     /// to the number of replicas the failover may choose from. A node with fewer replicas
     /// connected refuses every vote after the timeout
     /// (``NodeFailure/Cause/notReplicated(acknowledged:required:)``); a replica answering in the
-    /// master's place refuses the script (`READONLY`), or, when writable, the `WAIT`. Needs `+wait`. Since a command follows the script on
-    /// the connection, a node that forgot the script (`SCRIPT FLUSH`) refuses that vote once.
+    /// master's place refuses the script (`READONLY`), or, when writable, the `WAIT`. Needs
+    /// `+wait`. Since a command follows the script on the connection, a node that forgot the
+    /// script (`SCRIPT FLUSH`) refuses that vote once.
     public var replicaAcknowledgements: Int = 0
     /// Whether a release is published on a per-name channel (`PUBLISH`) and a waiting `lock()`
     /// subscribes to it (one subscriber connection per node and client), so that it retries as

@@ -86,7 +86,8 @@ final class PreparedFanOut: Sendable {
     }
 
     init(
-        round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, order: [Int], budget: Duration,
+        round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, order: [Int],
+        budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -245,9 +246,8 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript, order: order,
-            budget: budget,
-            returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript,
+            order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)
@@ -258,9 +258,8 @@ extension RedlockClient {
         _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript, order: order,
-            budget: budget,
-            returnWhenDecided: returnWhenDecided, lane: lane
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript,
+            order: order, budget: budget, returnWhenDecided: returnWhenDecided, lane: lane
         )
     }
 

@@ -38,9 +38,10 @@ package struct RedisScriptCall: Sendable {
     /// When the node answers `NOSCRIPT` with commands written behind the call: with this set,
     /// its `EVAL` goes out then, to run after them, unless one of them has this argument (the
     /// value the script acts on: a command of the same value must see its effect first) or
-    /// more than 64 are behind it (the look is bounded); nil, the default, fails the call. For a script that a later command of another value cannot
-    /// change the outcome of, and whose own effect on those commands does not matter, such as
-    /// a compare-and-delete of a lease's value.
+    /// more than 64 are behind it (the look is bounded); nil, the default, fails the call. For
+    /// a script that a later command of another value cannot change the outcome of, and whose
+    /// own effect on those commands does not matter, such as a compare-and-delete of a lease's
+    /// value.
     package let runsLateUnlessBehind: String?
 
     /// Builds the call.
