@@ -172,7 +172,13 @@ final class LocalCoordination: Sendable {
     }
 
     /// Everything known locally of one name; dropped once nothing needs it.
-    private struct Name {
+    ///
+    /// A class, touched only under the coordination's lock and never handed out of it: a
+    /// lookup yields the entry itself, to read or change in place. A struct this size would be
+    /// copied by every read, and changed in place only through the dictionary's modify accessor,
+    /// whose frame is then allocated on the heap (three allocations per access; a `lock()` and
+    /// `unlock()` make about a dozen).
+    private final class Name {
         /// Releases heard and subscriptions confirmed since the name was first needed: a waiter
         /// that began to wait after one of them came tries again at once.
         var generation: UInt64 = 0
@@ -226,19 +232,9 @@ final class LocalCoordination: Sendable {
                 && (heldHere.isEmpty || heldHere.allSatisfy { $0.validUntil <= .now })
         }
 
-        // Reads through `names[key]?.…` of these mutating forms reach the entry in place (the
-        // dictionary's modify accessor): its getter would copy the whole entry, retaining each
-        // of its arrays, on every lock() and unlock().
-
-        /// ``isUnused``, read in place.
-        mutating func checkUnused() -> Bool { isUnused }
-
-        /// ``generation``, read in place.
-        mutating func currentGeneration() -> UInt64 { generation }
-
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
         /// subscription's linger ends (when it starts one), and whether the entry is unused now.
-        mutating func endAcquiring() -> (unparked: Unparked?, linger: ContinuousClock.Instant?, unused: Bool) {
+        func endAcquiring() -> (unparked: Unparked?, linger: ContinuousClock.Instant?, unused: Bool) {
             acquiring -= 1
             let unparked = keepPolling()
             var linger: ContinuousClock.Instant?
@@ -250,14 +246,14 @@ final class LocalCoordination: Sendable {
         }
 
         /// One more `lock()` acquiring, on `lane`.
-        mutating func beginAcquiring(lane: ConnectionLane) {
+        func beginAcquiring(lane: ConnectionLane) {
             acquiring += 1
             lanes.insert(lane)
         }
 
         /// ``LocalCoordination/handOff(_:release:lane:)`` for this name, whose nodes are
         /// `allNodes`.
-        mutating func handOff(_ release: some Collection<UInt8>, lane: ConnectionLane, allNodes: Range<Int>) -> Claimed? {
+        func handOff(_ release: some Collection<UInt8>, lane: ConnectionLane, allNodes: Range<Int>) -> Claimed? {
             lanes.insert(lane)
             let held = heldRecord(of: release)
             guard var claimed = claimLongestWaiting() else {
@@ -278,7 +274,7 @@ final class LocalCoordination: Sendable {
 
         /// ``LocalCoordination/announce(_:release:node:lane:)`` for this name, whose nodes are
         /// `allNodes`.
-        mutating func announce(_ release: some Collection<UInt8>, node: Int?, lane: ConnectionLane?, allNodes: Range<Int>) -> Claimed? {
+        func announce(_ release: some Collection<UInt8>, node: Int?, lane: ConnectionLane?, allNodes: Range<Int>) -> Claimed? {
             // A release made before the name's first `lock()` here began left no lane.
             if let lane { lanes.insert(lane) }
             if !release.isEmpty, lastRelease.elementsEqual(release) {
@@ -308,7 +304,7 @@ final class LocalCoordination: Sendable {
 
         /// ``LocalCoordination/handedOff(_:message:node:)`` for this name: the waiter to resume,
         /// and one that heard its first handoff, to claim after a while unless a quorum came.
-        mutating func handedOff(_ message: HandoffMessage, node: Int) -> (Claimed?, claimLater: (Waiter, Duration)?) {
+        func handedOff(_ message: HandoffMessage, node: Int) -> (Claimed?, claimLater: (Waiter, Duration)?) {
             guard let index = waiters.firstIndex(where: { $0.value.map(message.handsOver(to:)) ?? false }) else {
                 handedTo.append((message, node))
                 if handedTo.count > 16 { handedTo.removeFirst() }
@@ -333,7 +329,7 @@ final class LocalCoordination: Sendable {
 
         /// Counts a release of the lease whose value is `release`, heard from `nodes`; the
         /// messages of `echoes` say nothing new.
-        mutating func count(_ release: some Collection<UInt8>, from nodes: Set<Int>, echoes: Set<Int> = []) {
+        func count(_ release: some Collection<UInt8>, from nodes: Set<Int>, echoes: Set<Int> = []) {
             lastRelease = Array(release)
             generation &+= 1
             releaseGeneration = generation
@@ -349,7 +345,7 @@ final class LocalCoordination: Sendable {
 
         /// Records the lease of `value` as held here until `validUntil` (replacing the record of
         /// the same value: an extension).
-        mutating func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
+        func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
             if let index = heldRecord(of: value) {
                 heldHere[index].validUntil = validUntil
             } else {
@@ -361,7 +357,7 @@ final class LocalCoordination: Sendable {
         }
 
         /// ``LocalCoordination/attemptEnded(_:value:acquired:handedFor:)`` for this name.
-        mutating func attemptEnded(
+        func attemptEnded(
             value: some Collection<UInt8>, acquired validUntil: ContinuousClock.Instant?, handedFor release: UInt64?
         ) {
             if let validUntil { hold(value, until: validUntil) }
@@ -370,7 +366,7 @@ final class LocalCoordination: Sendable {
 
         /// The latest validity end of the leases held here, forgetting those that ended; nil
         /// when none is left.
-        mutating func holdEnd() -> ContinuousClock.Instant? {
+        func holdEnd() -> ContinuousClock.Instant? {
             guard !heldHere.isEmpty else { return nil }
             let now = ContinuousClock.now
             heldHere.removeAll { $0.validUntil <= now }
@@ -394,7 +390,7 @@ final class LocalCoordination: Sendable {
         /// backs off are not compared again: they would have backed off too, and one unparked
         /// would start its backoff over. One is enough: it polls at least as often as every other
         /// parked waiter it is compared with.
-        mutating func keepPolling() -> Unparked? {
+        func keepPolling() -> Unparked? {
             // The shortest pace of the waiters that poll (nil: none polls); nothing to do
             // without a parked waiter, the common case.
             var cover: Duration?
@@ -428,7 +424,7 @@ final class LocalCoordination: Sendable {
         /// last release; with `laterMessage`, only one whose wait began at or after the release's
         /// first message, and whose last attempt was not sent for that release (it retries soon,
         /// with the short delay after a release).
-        mutating func claimLongestWaiting(laterMessage: Bool = false) -> Claimed? {
+        func claimLongestWaiting(laterMessage: Bool = false) -> Claimed? {
             let release = lastReleaseGeneration
             while let index = longestWaiting(where: { !laterMessage || (!isBefore($0.after, release) && $0.handedBy != release) }) {
                 let first = waiters.remove(at: index)
@@ -484,6 +480,14 @@ final class LocalCoordination: Sendable {
         var sweepAt = State.minimumSweep
         static let minimumSweep = 1_024
 
+        /// The entry of `key`, made when it has none.
+        mutating func entry(_ key: LockKey) -> Name {
+            if let entry = names[key] { return entry }
+            let entry = Name()
+            names[key] = entry
+            return entry
+        }
+
         /// Drops the unused entries (kept only for leases whose validity ended, never released)
         /// once the names reach ``sweepAt``, then sets it to twice the names left: amortised
         /// O(1) per name added.
@@ -525,8 +529,7 @@ final class LocalCoordination: Sendable {
     /// whose commands go on `lane`: from now on its releases are counted.
     func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) {
         state.withLock { state in
-            // One lookup, changed in place.
-            state.names[LockKey(name), default: Name()].beginAcquiring(lane: lane)
+            state.entry(LockKey(name)).beginAcquiring(lane: lane)
         }
     }
 
@@ -550,7 +553,7 @@ final class LocalCoordination: Sendable {
 
     /// The number of releases of `name` heard, and of its subscription's confirmations, so far.
     func generation(of name: String) -> UInt64 {
-        state.withLock { $0.names[LockKey(name)]?.currentGeneration() ?? 0 }
+        state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
     }
 
     /// Whether a release of `name` was counted after `generation` (one this name had; see
@@ -620,7 +623,7 @@ final class LocalCoordination: Sendable {
         let isShared = !isOwn && handoffChannel.map { $0.utf8.elementsEqual(Scripts.handoffChannel(name).utf8) } ?? false
         if isOwn { listenForOwnHandoffs() }
         let (subscribers, channels, counted): ([RedisSubscriber], [String], Bool) = state.withLock { state in
-            guard !state.shutDown, var entry = state.names[key] else { return ([], [], false) }
+            guard !state.shutDown, let entry = state.names[key] else { return ([], [], false) }
             var channels: [String] = []
             var counted = false
             if !entry.subscribed { channels.append(Scripts.releaseChannel(name)) }
@@ -638,7 +641,6 @@ final class LocalCoordination: Sendable {
             guard !channels.isEmpty else { return ([], [], counted) }
             if state.subscribers.isEmpty { state.subscribers = makeSubscribers() }
             entry.subscribed = true
-            state.names[key] = entry
             return (state.subscribers, channels, counted)
         }
         for subscriber in subscribers {
@@ -716,14 +718,13 @@ final class LocalCoordination: Sendable {
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             let key = LockKey(name)
-            guard var entry = state.names[key], entry.subscribed else { return [] }
+            guard let entry = state.names[key], entry.subscribed else { return [] }
             // A handoff channel's confirmation counts only while the name has one.
             if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
             let waiters = entry.waiters
             entry.waiters = []
-            state.names[key] = entry
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
@@ -739,12 +740,11 @@ final class LocalCoordination: Sendable {
             var woken: [UnsafeContinuation<Void, Never>] = []
             let keys = own ? Array(state.names.keys) : state.countedHandoffChannels[Array(channel.utf8)].map { Array($0.keys) } ?? []
             for key in keys {
-                guard var entry = state.names[key], entry.acquiring > 0 else { continue }
+                guard let entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
                 entry.confirmations += 1
                 woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
                 entry.waiters = []
-                state.names[key] = entry
             }
             return woken
         }
@@ -754,7 +754,7 @@ final class LocalCoordination: Sendable {
     /// The linger of `key`'s subscription may be over: unsubscribe when nobody acquired since.
     private func lingerEnded(_ key: LockKey) {
         let subscribers: [(RedisSubscriber, [String])] = state.withLock { state in
-            guard var entry = state.names[key], entry.acquiring == 0, entry.subscribed,
+            guard let entry = state.names[key], entry.acquiring == 0, entry.subscribed,
                   let until = entry.lingerUntil, until <= .now
             else { return [] }
             let channels = [Scripts.releaseChannel(key.name)] + entry.handoffChannels
@@ -762,7 +762,7 @@ final class LocalCoordination: Sendable {
             entry.handoffChannels = []
             entry.lingerUntil = nil
             entry.handedTo = []
-            state.names[key] = entry.isUnused ? nil : entry
+            if entry.isUnused { state.names[key] = nil }
             return state.subscribers.map { ($0, channels) }
         }
         for (subscriber, channels) in subscribers {
@@ -812,11 +812,10 @@ final class LocalCoordination: Sendable {
                 // A release heard since `generation` is as good as one heard now, and so is a
                 // handoff to this caller heard before it began to wait. A confirmation since
                 // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
-                guard var entry = state.names[key] else { return .ended(woken: true) }
+                guard let entry = state.names[key] else { return .ended(woken: true) }
                 guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
                 // A client shut down wakes nobody later (see closeGates()).
                 guard !state.shutDown else { return .ended(woken: false) }
-                defer { state.names[key] = entry }
                 var watch = watch
                 if let bytes {
                     // Used up: the same handoff heard from the other nodes, while this caller's
@@ -856,7 +855,7 @@ final class LocalCoordination: Sendable {
             return registration
         }
         state.withLock { state in
-            state.names[key]?.waiters.removeAll { $0.waiter === waiter }
+            if let entry = state.names[key] { entry.waiters.removeAll { $0.waiter === waiter } }
         }
         return waiter.outcome
     }
@@ -865,14 +864,14 @@ final class LocalCoordination: Sendable {
     /// longest-waiting waiter of `name`, for the releaser to send the waiter's attempt right
     /// behind its deletes and then resume it. Returns nil (counting nothing) when nobody waits:
     /// the releaser then publishes its release, and announces it once made.
-    func handOff(_ name: String, release: some Collection<UInt8>, lane: ConnectionLane = .shared) -> Claimed? {
+    func handOff(_ name: String, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
         let allNodes = nodes.indices
         let key = LockKey(name)
         return state.withLock { state in
-            // One lookup, changed in place: the name's waiters are not copied on an unlock's path.
-            guard let claimed = state.names[key]?.handOff(release, lane: lane, allNodes: allNodes) else {
+            guard let entry = state.names[key] else { return nil }
+            guard let claimed = entry.handOff(release, lane: lane, allNodes: allNodes) else {
                 // The entry may have been kept for the lease alone.
-                if state.names[key]?.checkUnused() == true { state.names[key] = nil }
+                if entry.isUnused { state.names[key] = nil }
                 return nil
             }
             return claimed
@@ -887,7 +886,7 @@ final class LocalCoordination: Sendable {
     /// sweep each time the names double (``State/sweepUnused()``).
     func holding(_ name: String, value: String, until validUntil: ContinuousClock.Instant) {
         state.withLock { state in
-            state.names[LockKey(name), default: Name()].hold(value.utf8, until: validUntil)
+            state.entry(LockKey(name)).hold(value.utf8, until: validUntil)
             state.sweepUnused()
         }
     }
@@ -907,7 +906,7 @@ final class LocalCoordination: Sendable {
                 state.names[key]?.attemptEnded(value: value.utf8, acquired: nil, handedFor: handedFor)
                 return
             }
-            state.names[key, default: Name()].attemptEnded(value: value.utf8, acquired: acquired, handedFor: handedFor)
+            state.entry(key).attemptEnded(value: value.utf8, acquired: acquired, handedFor: handedFor)
             state.sweepUnused()
         }
     }
@@ -917,8 +916,9 @@ final class LocalCoordination: Sendable {
     func released(_ name: String, value: String) {
         let key = LockKey(name)
         state.withLock { state in
-            if let held = state.names[key]?.heldRecord(of: value.utf8) { state.names[key]?.heldHere.remove(at: held) }
-            if state.names[key]?.checkUnused() == true { state.names[key] = nil }
+            guard let entry = state.names[key] else { return }
+            if let held = entry.heldRecord(of: value.utf8) { entry.heldHere.remove(at: held) }
+            if entry.isUnused { state.names[key] = nil }
         }
     }
 
@@ -963,9 +963,8 @@ final class LocalCoordination: Sendable {
     /// here. A message of the same value from a node already heard is a new release (a value of
     /// the caller's own, released again), and so is the releaser's report of a value released
     /// again. The releaser passes the `lane` its release went on.
-    func announce(_ name: String, release: some Collection<UInt8>, node: Int? = nil, lane: ConnectionLane? = nil) {
+    func announce(_ name: String, release: some Collection<UInt8> & Sendable, node: Int? = nil, lane: ConnectionLane? = nil) {
         let allNodes = nodes.indices
-        // The name's entry is changed in place (one lookup, no copy of its waiters).
         let claimed: Claimed? = state.withLock { state in
             state.names[LockKey(name)]?.announce(release, node: node, lane: lane, allNodes: allNodes)
         }
@@ -981,7 +980,6 @@ final class LocalCoordination: Sendable {
     func handedOff(_ name: String, message: HandoffMessage, node: Int) {
         handoffMessagesRead.wrappingAdd(1, ordering: .relaxed)
         let key = LockKey(name)
-        // The name's entry is changed in place (one lookup, no copy of its waiters).
         let (claimed, claimLater) = state.withLock { state in
             state.names[key]?.handedOff(message, node: node) ?? (nil, nil)
         }
@@ -995,8 +993,8 @@ final class LocalCoordination: Sendable {
     /// prepared attempt (a no-op once it was resumed otherwise).
     private func claimNow(_ key: LockKey, waiter: Waiter) {
         let claimed: Claimed? = state.withLock { state in
-            guard let index = state.names[key]?.waiters.firstIndex(where: { $0.waiter === waiter }),
-                  let found = state.names[key]?.waiters.remove(at: index),
+            guard let entry = state.names[key], let index = entry.waiters.firstIndex(where: { $0.waiter === waiter }),
+                  case let found = entry.waiters.remove(at: index),
                   let continuation = found.waiter.claim(byRelease: true)
             else { return nil }
             return Claimed(waiter: found.waiter, continuation: continuation, next: found.next)
@@ -1069,14 +1067,14 @@ final class LocalCoordination: Sendable {
     /// outside the lock.
     private func admit(_ key: LockKey, id: Int, value: String, in state: inout State) -> (Bool, UnsafeContinuation<Void, Never>?) {
         guard let gate = state.names[key]?.gate else {
-            state.names[key, default: Name()].gate = Gate(owner: id, ownerValue: value)
+            state.entry(key).gate = Gate(owner: id, ownerValue: value)
             return (true, nil)
         }
         if gate.owner == id { return (true, nil) }
         guard gate.ownerExpired else { return (false, nil) }
         if let next = passGate(key, in: &state) { return (false, next) }
         // Nobody waited: passGate removed the gate.
-        state.names[key, default: Name()].gate = Gate(owner: id, ownerValue: value)
+        state.entry(key).gate = Gate(owner: id, ownerValue: value)
         return (true, nil)
     }
 
@@ -1127,7 +1125,7 @@ final class LocalCoordination: Sendable {
             let (owner, validUntil) = (owned.owner, lease.validUntil)
             let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, owner: owner, validUntil: validUntil) }
             owned.leaseEnd = action
-            state.names[key, default: Name()].gate = owned
+            state.entry(key).gate = owned
             return (true, action)
         }
         if let action { timer.schedule(action, at: lease.validUntil) }
@@ -1194,8 +1192,8 @@ final class LocalCoordination: Sendable {
     /// cancelled meanwhile), or removes it when nobody waits; returns the continuation to resume
     /// outside the lock.
     private func passGate(_ key: LockKey, in state: inout State) -> UnsafeContinuation<Void, Never>? {
-        guard var entry = state.names[key], var gate = entry.gate else { return nil }
-        defer { state.names[key] = entry.isUnused ? nil : entry }
+        guard let entry = state.names[key], var gate = entry.gate else { return nil }
+        defer { if entry.isUnused { state.names[key] = nil } }
         while !gate.waiters.isEmpty {
             let first = gate.waiters.removeFirst()
             guard let continuation = first.waiter.claim(byRelease: true) else { continue }
@@ -1228,17 +1226,15 @@ final class LocalCoordination: Sendable {
         let waiting: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             state.shutDown = true
             var woken: [UnsafeContinuation<Void, Never>] = []
-            for key in Array(state.names.keys) {
-                if let waiters = state.names[key]?.waiters, !waiters.isEmpty {
-                    woken += waiters.compactMap { $0.waiter.claim(byRelease: false) }
-                    state.names[key]?.waiters = []
-                }
-                guard var gate = state.names[key]?.gate else { continue }
+            for entry in state.names.values {
+                woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
+                entry.waiters = []
+                guard var gate = entry.gate else { continue }
                 gate.leaseEnd?.cancel()
                 gate.leaseEnd = nil
                 woken += gate.waiters.compactMap { $0.waiter.claim(byRelease: false) }
                 gate.waiters = []
-                state.names[key]?.gate = gate
+                entry.gate = gate
             }
             return woken
         }

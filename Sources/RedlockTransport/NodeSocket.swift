@@ -63,14 +63,21 @@ final class TLSContextCache: Sendable {
 /// One open connection to a node: a non-blocking socket, its TLS session if any, and the reader
 /// that turns its bytes into replies.
 ///
-/// `@unchecked Sendable`: the C connection is not thread-safe, and is used by one thread at a
-/// time. The connector thread that creates it (``connect(_:tls:)``) uses it until it hands it to
-/// its owner, which stores it in its mutex-guarded state (`ConnectionCore.state`,
-/// `RedisSubscriber.state`); from then on every call, `close()` included, is made with that lock
-/// held, and the socket never leaves the state.
+/// `@unchecked Sendable`: the C connection (and the reply buffer) is not thread-safe, and is
+/// used by one thread at a time. The connector thread that creates it (``connect(_:tls:)``) uses
+/// it until it hands it to its owner, which stores it in its mutex-guarded state
+/// (`ConnectionCore.state`, `RedisSubscriber.state`). From then on a subscriber makes every
+/// call with that lock held. A connection's calls are made with its lock held too, except for
+/// ``read()`` and ``write(_:from:)`` by the thread that owns its I/O: it takes the ownership
+/// (`ioOwned`) under the lock, while no other thread has it, and gives it up under the lock;
+/// nothing else touches the socket meanwhile (`close()` waits for the owner: `dropRequested`).
 final class NodeSocket: @unchecked Sendable {
     private var pointer: OpaquePointer?
     private let endpoint: RedisEndpoint
+    /// The replies of the last ``read()``, kept for their storage (at most 64 of them): the next
+    /// read reuses it once its caller let go of the last outcome. They stay referenced until
+    /// then, which costs little: a lock's replies are a few bytes each.
+    private var replies: [RedisValue] = []
 
     private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
         self.pointer = pointer
@@ -233,13 +240,15 @@ final class NodeSocket: @unchecked Sendable {
         var wantsWritable = false
     }
 
-    /// Reads what the socket has and returns the complete replies.
+    /// Reads what the socket has and returns the complete replies. Their array is the socket's
+    /// buffer: a caller that lets go of it before the next read lets that read reuse it.
     func read() -> ReadOutcome {
         var outcome = ReadOutcome()
         guard let pointer else {
             outcome.failure = closedError
             return outcome
         }
+        replies.removeAll(keepingCapacity: replies.capacity <= 64)
         var error = rio_error()
         var failed: Int32 = 0
         var wantsWrite: Int32 = 0
@@ -252,21 +261,24 @@ final class NodeSocket: @unchecked Sendable {
                 let got = rio_conn_next_reply(pointer, &reply, &parseError)
                 if got < 0 {
                     outcome.failure = RedisError(parseError, endpoint: endpoint)
+                    outcome.replies = replies
                     return outcome
                 }
                 guard got > 0, let reply else { break }
                 let value = Self.value(reply, endpoint: endpoint)
                 rio_reply_free(reply)
                 switch value {
-                case let .success(value): outcome.replies.append(value)
+                case let .success(value): replies.append(value)
                 case let .failure(failure):
                     outcome.failure = failure
+                    outcome.replies = replies
                     return outcome
                 }
             }
         } while failed == 0 && rio_conn_pending(pointer) != 0
         if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint) }
         outcome.wantsWritable = wantsWrite != 0
+        outcome.replies = replies
         return outcome
     }
 
@@ -316,7 +328,10 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     private static func text(_ reply: OpaquePointer) -> String {
-        String(decoding: bytes(reply), as: UTF8.self)
+        var length = 0
+        guard let start = rio_reply_bytes(reply, &length), length > 0 else { return "" }
+        // Decoded in place: a short status such as `OK` needs no allocation at all.
+        return String(decoding: UnsafeRawBufferPointer(start: start, count: length), as: UTF8.self)
     }
 }
 

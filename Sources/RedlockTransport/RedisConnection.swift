@@ -178,6 +178,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var queue: [PendingCommand] = []
         /// Bytes formatted for the socket and not handed to a writer yet.
         var output: [UInt8] = []
+        /// An empty buffer a writer gave back (``giveBack(_:)``): the next output, so that a
+        /// connection writing batch after batch reuses two buffers rather than allocating one
+        /// per write.
+        var spareOutput: [UInt8] = []
         /// Commands formatted and not answered yet, in order from `head`.
         var inFlight: [InFlight] = []
         var head = 0
@@ -238,8 +242,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
         mutating func takeOutput() -> [UInt8] {
             ioOwned = true
             stagedCount = 0
-            defer { output = [] }
-            return output
+            var taken = spareOutput
+            spareOutput = []
+            swap(&taken, &output)
+            return taken
+        }
+
+        /// Keeps `written`, a buffer wholly written, as the next output's storage (emptied, when
+        /// none is kept and it is not outsized); leaves an empty array in its place.
+        mutating func giveBack(_ written: inout [UInt8]) {
+            guard spareOutput.capacity == 0, written.capacity <= 64 * 1_024 else { return }
+            swap(&spareOutput, &written)
+            spareOutput.removeAll(keepingCapacity: true)
         }
 
         /// Takes the commands only staged out of `inFlight` (see `stagedCount`), in order.
@@ -334,7 +348,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             return takeStalledOutput(&state, force: false)
         }
-        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)
@@ -441,13 +455,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
     }
 
-    /// The I/O owner's last step: writes `first`, then whatever was staged meanwhile, until
+    /// The I/O owner's last step: writes `bytes`, then whatever was staged meanwhile, until
     /// nothing is left or the socket is full (the rest then waits for writability, watched by
     /// the loop); then lets go of the I/O and carries out a close wanted meanwhile. Returns true,
     /// still owning the I/O, when the loop reported the socket ready meanwhile: the caller must
-    /// then ``service(_:_:)`` it.
-    private func writeAndRelease(_ first: [UInt8], on socket: NodeSocket, _ effects: inout Effects, wantsWritable: Bool = false) -> Bool {
-        var bytes = first
+    /// then ``service(_:_:)`` it. `bytes` is consumed (callers pass it with `consume`): once
+    /// written, its storage becomes the next output's (``State/giveBack(_:)``), which reuses it
+    /// only while it is the sole reference.
+    private func writeAndRelease(_ bytes: consuming [UInt8], on socket: NodeSocket, _ effects: inout Effects, wantsWritable: Bool = false) -> Bool {
         while true {
             var written = 0
             var failure: RedisError?
@@ -463,10 +478,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     drop(&state, failure, &effects)
                     return .done
                 }
-                if written < bytes.count {
+                let wroteAll = written == bytes.count
+                if wroteAll {
+                    state.giveBack(&bytes)
+                } else {
                     // The socket is full: the rest goes first when it drains.
                     state.output = Array(bytes[written...]) + state.output
-                } else if !state.output.isEmpty, state.dropRequested == nil || state.dropRequested?.code == .shutdown {
+                }
+                if wroteAll, !state.output.isEmpty, state.dropRequested == nil || state.dropRequested?.code == .shutdown {
                     // Closing for a shutdown (or a connection released), what was staged still
                     // goes out first: a release behind an unanswered acquire.
                     return .write(state.takeOutput())
@@ -554,8 +573,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 stageQueue(&state)
                 return .success(state.takeOutput())
             }
-            guard case let .success(staged) = processed else { break }
-            again = writeAndRelease(staged, on: socket, &effects, wantsWritable: outcome.wantsWritable)
+            guard case let .success(staged) = consume processed else { break }
+            again = writeAndRelease(consume staged, on: socket, &effects, wantsWritable: outcome.wantsWritable)
             if again {
                 // Callers waiting on this round's replies need not wait for the next round.
                 perform(effects)
@@ -700,7 +719,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 return nil
             }
         }
-        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         if let (socket, bytes) = lastWrite {
@@ -751,7 +770,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             drop(&state, error(.timeout, "no reply within \(configuration.commandTimeout)"), &effects)
             return (nil, nil)
         }
-        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)
@@ -789,7 +808,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             finishShutdownIfDrained(&state, &effects)
             return nil
         }
-        if let (socket, bytes) = write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)

@@ -110,6 +110,34 @@ struct ConnectionTests {
         }
     }
 
+
+    @Test("values from 1 byte to 512 KiB written and read back by concurrent callers come back whole: writes the socket takes only in part, and the buffers a connection reuses between writes and reads, never mix two commands' bytes")
+    func reusedBuffersKeepValuesApart() async throws {
+        try await withRedisServers(1) { servers throws in
+            let connection = RedisConnection(configuration: servers[0].configuration())
+            // Sizes cycle from tiny to larger than a loopback socket takes in one write.
+            let sizes = [1, 17, 4_096, 65_537, 524_288, 3, 250_000, 40]
+            let value: @Sendable (Int) -> [UInt8] = { index in
+                [UInt8](repeating: UInt8(truncatingIfNeeded: index &* 31 &+ 7), count: sizes[index % sizes.count])
+            }
+            for round in 0..<3 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<96 {
+                        group.addTask {
+                            var set = RedisCommand("SET", "reuse:\(round):\(index)")
+                            set.append(bytes: value(index))
+                            let stored = try await connection.send(set)
+                            #expect(stored == .simpleString("OK"))
+                            let read = try await connection.send(RedisCommand("GET", "reuse:\(round):\(index)"))
+                            #expect(read == .bulkString(value(index)), "value \(index) of round \(round) came back changed")
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            await connection.shutdown()
+        }
+    }
     @Test("scripts run by EVALSHA and fall back to EVAL after SCRIPT FLUSH")
     func scripts() async throws {
         try await withRedisServers(1) { servers throws in
