@@ -277,7 +277,7 @@ final class LocalCoordination: Sendable {
         func announce(_ release: some Collection<UInt8>, node: Int?, lane: ConnectionLane?, allNodes: Range<Int>) -> Claimed? {
             // A release made before the name's first `lock()` here began left no lane.
             if let lane { lanes.insert(lane) }
-            if !release.isEmpty, lastRelease.elementsEqual(release) {
+            if !release.isEmpty, lastRelease.hasSameBytes(as: release) {
                 if let node {
                     if lastReleaseEchoes.remove(node) != nil {
                         lastReleaseNodes.insert(node)
@@ -289,14 +289,14 @@ final class LocalCoordination: Sendable {
                         releaseGeneration = generation
                         return claimLongestWaiting(laterMessage: true)
                     }
-                } else if !ownRelease.elementsEqual(release) {
+                } else if !ownRelease.hasSameBytes(as: release) {
                     // The releaser's own report, after a node's message of this release counted
                     // it (and forgot it as `ownRelease`): the rest are echoes.
                     if lanes.count <= 1 { lastReleaseEchoes.formUnion(Set(allNodes).subtracting(lastReleaseNodes)) }
                     return nil
                 }
             }
-            let own = lanes.count <= 1 && (node == nil || (!release.isEmpty && ownRelease.elementsEqual(release)))
+            let own = lanes.count <= 1 && (node == nil || (!release.isEmpty && ownRelease.hasSameBytes(as: release)))
             ownRelease = []
             count(release, from: node.map { [$0] } ?? [], echoes: own ? Set(allNodes) : [])
             return claimLongestWaiting()
@@ -340,7 +340,7 @@ final class LocalCoordination: Sendable {
 
         /// The record of the lease of `value` held here and not yet released, if any.
         func heldRecord(of value: some Collection<UInt8>) -> Int? {
-            heldHere.firstIndex { $0.value.elementsEqual(value) && $0.handedFor == nil }
+            heldHere.firstIndex { $0.value.hasSameBytes(as: value) && $0.handedFor == nil }
         }
 
         /// Records the lease of `value` as held here until `validUntil` (replacing the record of

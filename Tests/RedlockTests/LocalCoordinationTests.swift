@@ -41,6 +41,21 @@ struct LocalCoordinationTests {
         #expect(Set([LockKey(first), LockKey(second), LockKey(first)]).count == 2)
     }
 
+    @Test("a value's bytes compare equal only to the same bytes, from a string, an array or a collection that is not contiguous")
+    func sameBytes() {
+        let value = Array("v-\u{1E0B}\u{323}-42".utf8)
+        #expect(value.hasSameBytes(as: "v-\u{1E0B}\u{323}-42".utf8))
+        #expect(!value.hasSameBytes(as: "v-\u{1E0D}\u{307}-42".utf8), "canonically equivalent, other bytes")
+        #expect(value.hasSameBytes(as: value))
+        #expect(!value.hasSameBytes(as: value.dropLast()))
+        #expect(!value.hasSameBytes(as: value + [0]))
+        #expect(value.hasSameBytes(as: value.lazy.map { $0 }), "not contiguous: compared element by element")
+        #expect(!value.hasSameBytes(as: value.lazy.map { $0 ^ 1 }))
+        #expect([UInt8]().hasSameBytes(as: "".utf8))
+        #expect(![UInt8]().hasSameBytes(as: "x".utf8))
+        #expect(!Array("x".utf8).hasSameBytes(as: [UInt8]()))
+    }
+
     @Test("only names being acquired are counted, the releaser's own report of a release heard counts nothing, and the last acquirer drops the name")
     func counting() {
         let (coordination, timer) = coordination()
