@@ -74,9 +74,9 @@ final class TLSContextCache: Sendable {
 final class NodeSocket: @unchecked Sendable {
     private var pointer: OpaquePointer?
     private let endpoint: RedisEndpoint
-    /// The replies of the last ``read()``, kept for their storage (at most 64 of them): the next
-    /// read reuses it once its caller let go of the last outcome. They stay referenced until
-    /// then, which costs little: a lock's replies are a few bytes each.
+    /// The replies of the last ``read()``, kept for their storage: the next read reuses it once
+    /// its caller let go of the last outcome. Kept only when they are few and small (see
+    /// ``isSmall(_:)``), so an idle connection never holds a large value alive.
     private var replies: [RedisValue] = []
 
     private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
@@ -279,7 +279,22 @@ final class NodeSocket: @unchecked Sendable {
         if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint) }
         outcome.wantsWritable = wantsWrite != 0
         outcome.replies = replies
+        if replies.count > 64 || !replies.allSatisfy(Self.isSmall) { replies = [] }
         return outcome
+    }
+
+    /// Whether keeping `value` referenced until the next read costs next to nothing: a lock's
+    /// replies (a status, an integer, a short string, a short array of such).
+    private static func isSmall(_ value: RedisValue) -> Bool {
+        switch value {
+        case .integer, .null: true
+        case let .simpleString(text), let .error(text): text.utf8.count <= 256
+        case let .bulkString(bytes): bytes.count <= 256
+        case let .array(elements): elements.count <= 8 && elements.allSatisfy { element in
+            if case .array = element { return false }
+            return isSmall(element)
+        }
+        }
     }
 
     /// Whether the peer has closed this idle connection (checked without blocking before a

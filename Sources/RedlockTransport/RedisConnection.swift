@@ -348,7 +348,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             return takeStalledOutput(&state, force: false)
         }
-        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)
@@ -719,7 +719,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 return nil
             }
         }
-        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         if let (socket, bytes) = lastWrite {
@@ -770,7 +770,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             drop(&state, error(.timeout, "no reply within \(configuration.commandTimeout)"), &effects)
             return (nil, nil)
         }
-        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)
@@ -808,7 +808,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             finishShutdownIfDrained(&state, &effects)
             return nil
         }
-        if case let (socket, bytes)? = consume write, writeAndRelease(bytes, on: socket, &effects) {
+        if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
         perform(effects)

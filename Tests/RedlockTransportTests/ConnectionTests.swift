@@ -110,7 +110,6 @@ struct ConnectionTests {
         }
     }
 
-
     @Test("values from 1 byte to 512 KiB written and read back by concurrent callers come back whole: writes the socket takes only in part, and the buffers a connection reuses between writes and reads, never mix two commands' bytes")
     func reusedBuffersKeepValuesApart() async throws {
         try await withRedisServers(1) { servers throws in
@@ -138,6 +137,7 @@ struct ConnectionTests {
             await connection.shutdown()
         }
     }
+
     @Test("scripts run by EVALSHA and fall back to EVAL after SCRIPT FLUSH")
     func scripts() async throws {
         try await withRedisServers(1) { servers throws in
