@@ -32,7 +32,8 @@ import Synchronization
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation advances the generation like a release and wakes every waiter for one more
-///   attempt (not as a release: when that attempt fails, the next wait is the full one). The
+///   attempt (not as a release: when that attempt fails, the next wait is the full one), but
+///   a fair waiter in line that hears its handoffs on this client's own channel. The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - Leases acquired or extended through the client (by locks that are not fair) are recorded
@@ -186,6 +187,10 @@ final class LocalCoordination: Sendable {
         /// begins ends woken only when a release came since (a confirmation alone is no sign the
         /// lock is free, so the attempt after it keeps the planned retry delay).
         var releaseGeneration: UInt64 = 0
+        /// The generation the last event other than a confirmation of the release channel
+        /// brought: all that a fair waiter hearing its handoffs on its client's channel heeds
+        /// (see ``LocalCoordination/confirmed(_:handoffs:)``).
+        var heededGeneration: UInt64 = 0
         /// The value of the last release counted (the same release heard from several nodes
         /// wakes one waiter of those waiting before it; see ``LocalCoordination/announce(_:release:node:lane:)``).
         var lastRelease: [UInt8] = []
@@ -287,6 +292,7 @@ final class LocalCoordination: Sendable {
                         lastReleaseNodes.insert(node)
                         generation &+= 1
                         releaseGeneration = generation
+                        heededGeneration = generation
                         return claimLongestWaiting(laterMessage: true)
                     }
                 } else if !ownRelease.hasSameBytes(as: release) {
@@ -333,6 +339,7 @@ final class LocalCoordination: Sendable {
             lastRelease = Array(release)
             generation &+= 1
             releaseGeneration = generation
+            heededGeneration = generation
             lastReleaseGeneration = generation
             lastReleaseNodes = nodes
             lastReleaseEchoes = echoes.subtracting(nodes)
@@ -515,9 +522,13 @@ final class LocalCoordination: Sendable {
     /// `redlock:handoff:~TAG` (``Scripts/clientHandoffChannel(tag:)``).
     let ownHandoffChannel: String
 
+    /// What this client's tagged values begin with (``taggedValue(_:)``), as bytes.
+    private let ownTagPrefix: [UInt8]
+
     init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
         handoffTag = randomHexTag()
         ownHandoffChannel = Scripts.clientHandoffChannel(tag: handoffTag)
+        ownTagPrefix = Array((handoffTag + Scripts.handoffTagSeparator).utf8)
         self.nodes = nodes
         self.sender = sender
         self.timer = timer
@@ -715,6 +726,16 @@ final class LocalCoordination: Sendable {
     /// and is heard — or the confirmation came after and triggers another attempt. A wait it ends
     /// is not ``WaitOutcome/woken``: the attempt after it that fails waits its full retry delay
     /// (or for a release), not the short one after a release whose attempt lost a race.
+    ///
+    /// A confirmation of the release channel wakes no fair waiter that hears its handoffs on
+    /// this client's own channel (``hearsHandoffsOnOwnChannel(_:)``): each node that refused
+    /// its attempt put it in line, so a fair release there hands the lock to the line and says
+    /// so on that channel, subscribed before the attempt. The release channel adds only the
+    /// releases of lock objects of the name that are not fair (every lock object of a name
+    /// should use the same options) and of fair ones that found nobody in line (a node that
+    /// did not answer the attempt, or lost its data): one of those that came before the
+    /// subscription costs such a waiter its retry delay. The attempt a wake would send races
+    /// the handoff instead, and delays it (`Benchmarks/RESULTS.md`, the `fair-fresh` rows).
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
             let key = LockKey(name)
@@ -723,11 +744,26 @@ final class LocalCoordination: Sendable {
             if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
-            let waiters = entry.waiters
-            entry.waiters = []
+            let waiters: [ReleaseWaiter]
+            if handoffs {
+                entry.heededGeneration = entry.generation
+                waiters = entry.waiters
+                entry.waiters = []
+            } else {
+                waiters = entry.waiters.filter { !hearsHandoffsOnOwnChannel($0.value) }
+                entry.waiters.removeAll { !hearsHandoffsOnOwnChannel($0.value) }
+            }
             return waiters.compactMap { $0.waiter.claim(byRelease: false) }
         }
         for continuation in woken { continuation.resume() }
+    }
+
+    /// Whether a waiter with `value` (a fair lock's; nil for others) hears its handoffs on this
+    /// client's own channel (``ownHandoffChannel``), subscribed before its first attempt: the
+    /// value carries this client's tag.
+    private func hearsHandoffsOnOwnChannel(_ value: [UInt8]?) -> Bool {
+        guard let value else { return false }
+        return value.starts(with: ownTagPrefix)
     }
 
     /// A node confirmed a client handoff channel: a handoff published there before may have gone
@@ -742,6 +778,7 @@ final class LocalCoordination: Sendable {
             for key in keys {
                 guard let entry = state.names[key], entry.acquiring > 0 else { continue }
                 entry.generation &+= 1
+                entry.heededGeneration = entry.generation
                 entry.confirmations += 1
                 woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
                 entry.waiters = []
@@ -773,7 +810,9 @@ final class LocalCoordination: Sendable {
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
     /// woken), a node confirms the subscription, `timeout` passes, or the task is cancelled,
     /// whichever comes first; only a release (or a handoff) returns ``WaitOutcome/woken``. A
-    /// release or confirmation since `generation` ends the wait at once. Call while acquiring.
+    /// release or confirmation since `generation` ends the wait at once (but a confirmation of
+    /// the release channel, for a fair waiter that hears its handoffs on this client's channel:
+    /// see ``confirmed(_:handoffs:)``). Call while acquiring.
     ///
     /// With `next`, the caller's next attempt, whoever hears the release sends it at once, and
     /// the caller is resumed when its votes are in (``WaitOutcome/handedOverAt``,
@@ -813,7 +852,10 @@ final class LocalCoordination: Sendable {
                 // handoff to this caller heard before it began to wait. A confirmation since
                 // calls for one more attempt, not woken by a release (see confirmed(_:handoffs:)).
                 guard let entry = state.names[key] else { return .ended(woken: true) }
-                guard entry.generation == generation else { return .ended(woken: entry.releasedSince(generation)) }
+                // A fair waiter that hears its handoffs on this client's channel heeds no
+                // confirmation of the release channel (see confirmed(_:handoffs:)).
+                let heeded = hearsHandoffsOnOwnChannel(bytes) ? entry.isBefore(generation, entry.heededGeneration) : entry.generation != generation
+                guard !heeded else { return .ended(woken: entry.releasedSince(generation)) }
                 // A client shut down wakes nobody later (see closeGates()).
                 guard !state.shutDown else { return .ended(woken: false) }
                 var watch = watch

@@ -152,7 +152,8 @@ struct FairLockTests {
     /// A waiter in `other` for `name` with `options`, in line once this returns: with fast
     /// handoff, waiting again after every node confirmed each subscription its call makes
     /// (`channels`: by default both of a fair lock's, the release channel and the handoff one;
-    /// each confirmation wakes it for one more attempt).
+    /// a confirmation wakes it for one more attempt, but a fair waiter with a random value is
+    /// not woken by its release channel's).
     private func waiter(
         in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil, ownValue: Bool = false
     ) async throws -> (DistributedLock, Task<Lease, any Error>) {
@@ -201,6 +202,38 @@ struct FairLockTests {
                 let (fair, waiting) = try await waiter(in: other, for: name, options: patient(), nodes: servers.count)
                 let handed = try await handOver(lease, by: plain, to: waiting, "plain release")
                 try await fair.unlock(handed)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            } teardown: {
+                await other.shutdown()
+            }
+        }
+    }
+
+    @Test("a fair waiter in line is not woken for another attempt when the nodes confirm its name's subscription: it waits after its one attempt, and the release's handoff reaches it")
+    func inLineWaiterIgnoresConfirmations() async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            try await withTeardown {
+                func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
+                // A first wait subscribes the client's own channel; its confirmations wake every
+                // waiter of the client, as they must (a handoff sent before them went unheard).
+                let warmHolder = try client.makeLock("fair-confirm-warm", options: patient())
+                let warmLease = try await locked(warmHolder, in: client)
+                let (warm, warmWaiting) = try await waiter(in: other, for: "fair-confirm-warm", options: patient(), nodes: servers.count)
+                try await warm.unlock(try await handOver(warmLease, by: warmHolder, to: warmWaiting, "warm-up"))
+                #expect(other.listensForOwnHandoffs)
+
+                let name = "fair-confirm"
+                let holder = try client.makeLock(name, options: patient())
+                let lease = try await locked(holder, in: client)
+                let before = attempts()
+                // Waiting once every node confirmed the name's release channel (the handoffs come
+                // on the client's channel, confirmed already).
+                let (lock, waiting) = try await waiter(in: other, for: name, options: patient(), nodes: servers.count)
+                #expect(attempts() - before == 1, "woken for another attempt by the subscription's confirmations")
+                let handed = try await handOver(lease, by: holder, to: waiting, "release")
+                try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
             } teardown: {
                 await other.shutdown()
