@@ -32,8 +32,9 @@ import Synchronization
 /// - With fast handoff a waiting name is subscribed to on every node (``listen(_:handoffChannel:)``).
 ///   Until a node confirmed the subscription a release there could go unheard, so every
 ///   confirmation advances the generation like a release and wakes every waiter for one more
-///   attempt (not as a release: when that attempt fails, the next wait is the full one), but
-///   a fair waiter in line that hears its handoffs on this client's own channel. The
+///   attempt (not as a release: when that attempt fails, the next wait is the full one);
+///   a fair waiter whose value carries this client's tag ignores the release channel's
+///   confirmations (``confirmed(_:handoffs:)``). The
 ///   subscription outlives the last waiter by ``subscriptionLinger``: a process that contends
 ///   again soon listens before its first attempt.
 /// - Leases acquired or extended through the client (by locks that are not fair) are recorded
@@ -181,7 +182,8 @@ final class LocalCoordination: Sendable {
     /// `unlock()` make about a dozen).
     private final class Name {
         /// Releases heard and subscriptions confirmed since the name was first needed: a waiter
-        /// that began to wait after one of them came tries again at once.
+        /// that began to wait after one of them came tries again at once (a fair waiter with this
+        /// client's tag only after one counted in ``heededGeneration``).
         var generation: UInt64 = 0
         /// The generation the last release counted brought (0: none yet). A wait that ends as it
         /// begins ends woken only when a release came since (a confirmation alone is no sign the
@@ -730,11 +732,13 @@ final class LocalCoordination: Sendable {
     /// A confirmation of the release channel wakes no fair waiter that hears its handoffs on
     /// this client's own channel (``hearsHandoffsOnOwnChannel(_:)``): each node that refused
     /// its attempt put it in line, so a fair release there hands the lock to the line and says
-    /// so on that channel, subscribed before the attempt. The release channel adds only the
-    /// releases of lock objects of the name that are not fair (every lock object of a name
-    /// should use the same options) and of fair ones that found nobody in line (a node that
-    /// did not answer the attempt, or lost its data): one of those that came before the
-    /// subscription costs such a waiter its retry delay. The attempt a wake would send races
+    /// so on that channel. The release channel adds only the releases of lock objects of the
+    /// name that are not fair (every lock object of a name should use the same options) and of
+    /// fair ones that found nobody in line: on a node where the waiter's attempt failed (it was
+    /// never put in line there), or that lost part of its data (a replica promoted with the
+    /// holder's key but not the waiter's place in line; a node that lost all of it publishes
+    /// nothing). One of those that came before the subscription took effect costs such a
+    /// waiter up to its retry delay. The attempt a wake would send races
     /// the handoff instead, and delays it (`Benchmarks/RESULTS.md`, the `fair-fresh` rows).
     func confirmed(_ name: String, handoffs: Bool = false) {
         let woken: [UnsafeContinuation<Void, Never>] = state.withLock { state in
@@ -759,8 +763,10 @@ final class LocalCoordination: Sendable {
     }
 
     /// Whether a waiter with `value` (a fair lock's; nil for others) hears its handoffs on this
-    /// client's own channel (``ownHandoffChannel``), subscribed before its first attempt: the
-    /// value carries this client's tag.
+    /// client's own channel (``ownHandoffChannel``): the value carries this client's tag (a
+    /// random value; also a value of the caller's own that starts with it). The channel is
+    /// subscribed before a random value's first attempt; for one of the caller's own, after it,
+    /// and that channel's confirmations wake the waiter (``confirmedClientChannel(_:)``).
     private func hearsHandoffsOnOwnChannel(_ value: [UInt8]?) -> Bool {
         guard let value else { return false }
         return value.starts(with: ownTagPrefix)
@@ -808,7 +814,8 @@ final class LocalCoordination: Sendable {
     }
 
     /// Returns when a release of `name` after `generation` is heard (and this caller is the one
-    /// woken), a node confirms the subscription, `timeout` passes, or the task is cancelled,
+    /// woken), a node confirms a subscription (but see ``confirmed(_:handoffs:)``), `timeout`
+    /// passes, or the task is cancelled,
     /// whichever comes first; only a release (or a handoff) returns ``WaitOutcome/woken``. A
     /// release or confirmation since `generation` ends the wait at once (but a confirmation of
     /// the release channel, for a fair waiter that hears its handoffs on this client's channel:

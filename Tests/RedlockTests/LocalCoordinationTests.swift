@@ -41,6 +41,38 @@ struct LocalCoordinationTests {
         #expect(Set([LockKey(first), LockKey(second), LockKey(first)]).count == 2)
     }
 
+    @Test("a confirmation of the release channel neither wakes a fair waiter with this client's tag nor ends its wait when it came first; it wakes an untagged one, and a handoff channel's confirmation wakes both")
+    func taggedFairWaiterIgnoresReleaseChannelConfirmations() async throws {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        let name = "confirm"
+        coordination.beginAcquiring(name)
+        defer { coordination.endAcquiring(name) }
+        coordination.listen(name)
+        let tagged = coordination.taggedValue("v")
+        // A confirmation that came after the waiter read the generation, before it waits.
+        let read = coordination.generation(of: name)
+        coordination.confirmed(name)
+        let waiting = Task { await coordination.waitForRelease(of: name, after: read, timeout: .seconds(30), next: nil, value: tagged) }
+        try #require(await eventually { coordination.waiterCount(of: name) == 1 }, "it waits")
+        // Waiting, it is not woken by another (the wake is done under the lock, before this returns).
+        coordination.confirmed(name)
+        #expect(coordination.waiterCount(of: name) == 1)
+        // A waiter without the tag is woken by the same confirmation, and ends at once after one.
+        let untagged = Task { await coordination.waitForRelease(of: name, after: coordination.generation(of: name), timeout: .seconds(30), next: nil, value: "v") }
+        try #require(await eventually { coordination.waiterCount(of: name) == 2 })
+        let beforeUntagged = coordination.generation(of: name)
+        coordination.confirmed(name)
+        #expect(await untagged.value == WaitOutcome(woken: false))
+        #expect(await coordination.waitForRelease(of: name, after: beforeUntagged, timeout: .seconds(30), next: nil, value: "v") == WaitOutcome(woken: false))
+        #expect(coordination.waiterCount(of: name) == 1)
+        // A handoff channel's confirmation is heeded by every waiter.
+        coordination.listen(name, handoffChannel: Scripts.handoffChannel(name))
+        coordination.confirmed(name, handoffs: true)
+        #expect(await waiting.value == WaitOutcome(woken: false))
+        #expect(await coordination.waitForRelease(of: name, after: read, timeout: .seconds(30), next: nil, value: tagged) == WaitOutcome(woken: false))
+    }
+
     @Test("a value's bytes compare equal only to the same bytes, from a string, an array or a collection that is not contiguous")
     func sameBytes() {
         let value = Array("v-\u{1E0B}\u{323}-42".utf8)
