@@ -336,17 +336,21 @@ final class NodeSocket: @unchecked Sendable {
         }
     }
 
-    private static func bytes(_ reply: OpaquePointer) -> [UInt8] {
+    /// The reply's string bytes in place, in hiredis's buffer (empty when it has none): valid
+    /// until the reply is freed.
+    private static func buffer(_ reply: OpaquePointer) -> UnsafeRawBufferPointer {
         var length = 0
-        guard let start = rio_reply_bytes(reply, &length), length > 0 else { return [] }
-        return Array(UnsafeRawBufferPointer(start: start, count: length))
+        guard let start = rio_reply_bytes(reply, &length), length > 0 else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: start, count: length)
     }
 
+    private static func bytes(_ reply: OpaquePointer) -> [UInt8] {
+        Array(buffer(reply))
+    }
+
+    /// Decoded in place: a short status such as `OK` needs no allocation at all.
     private static func text(_ reply: OpaquePointer) -> String {
-        var length = 0
-        guard let start = rio_reply_bytes(reply, &length), length > 0 else { return "" }
-        // Decoded in place: a short status such as `OK` needs no allocation at all.
-        return String(decoding: UnsafeRawBufferPointer(start: start, count: length), as: UTF8.self)
+        String(decoding: buffer(reply), as: UTF8.self)
     }
 }
 
