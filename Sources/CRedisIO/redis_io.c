@@ -758,7 +758,7 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
     return RIO_OK;
 }
 
-size_t rio_conn_read(rio_conn *conn, int *failed, int *wants_write, rio_error *err) {
+size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err) {
     *failed = 0;
     if (conn == NULL) {
         *failed = 1;
@@ -804,8 +804,12 @@ size_t rio_conn_read(rio_conn *conn, int *failed, int *wants_write, rio_error *e
             return total;
         }
         total += (size_t)count;
-        /* No early return on a short read: a FIN that came with the last bytes raises no new
-           edge-triggered event, so only reading on to EAGAIN (or EOF) sees it. */
+        /* A short plain read drained the socket: what comes later (bytes, a FIN) raises a new
+           edge-triggered event. A FIN that came with these bytes raised none of its own; the
+           event that reported it says hang-up, and then to_eof reads on to see it. */
+        if (!to_eof && conn->ssl == NULL && (size_t)count < sizeof buffer) {
+            return total;
+        }
     }
     conn->undrained = 1;
     return total;
@@ -864,7 +868,7 @@ int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int tim
             return got > 0 ? RIO_OK : RIO_E_PROTOCOL;
         }
         int failed = 0, wants_write = 0;
-        size_t read = rio_conn_read(conn, &failed, &wants_write, err);
+        size_t read = rio_conn_read(conn, 1, &failed, &wants_write, err);
         if (failed) {
             got = rio_conn_next_reply(conn, out, NULL);
             return got > 0 ? RIO_OK : (err != NULL ? err->code : RIO_E_IO);
@@ -978,7 +982,7 @@ int rio_poller_create(rio_error *err) {
 int rio_poller_control(int poller, int op, int fd, int want_write, int edge, uint64_t token, rio_error *err) {
     struct epoll_event event;
     memset(&event, 0, sizeof event);
-    event.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0) | (edge ? EPOLLET : 0);
+    event.events = EPOLLIN | EPOLLPRI | EPOLLRDHUP | (want_write ? EPOLLOUT : 0) | (edge ? EPOLLET : 0);
     event.data.u64 = token;
     int operation = op == 0 ? EPOLL_CTL_ADD : op == 1 ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
     if (epoll_ctl(poller, operation, fd, &event) != 0) {
@@ -1004,6 +1008,7 @@ int rio_poller_wait(int poller, rio_event *events, int capacity, int timeout_ms,
         events[i].readable = (ready[i].events & (EPOLLIN | EPOLLPRI)) != 0;
         events[i].writable = (ready[i].events & EPOLLOUT) != 0;
         events[i].hangup = (ready[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0;
+        events[i].urgent = (ready[i].events & EPOLLPRI) != 0;
     }
     return count;
 }

@@ -10,8 +10,9 @@ import Musl
 #endif
 
 /// A TCP listener on a free loopback port that is not Redis: it answers every request with
-/// fixed bytes that are not RESP, or (with `reply: nil`) accepts and never answers.
-/// For tests of how clients treat a node that answers garbage or stops answering.
+/// fixed bytes that are not RESP, or (with `reply: nil`) accepts and never answers, or lets a
+/// handler write what it likes (``start(responding:)``). For tests of how clients treat a node
+/// that answers garbage, stops answering, or sends well-formed replies in unusual ways.
 public final class GarbageServer: Sendable {
     /// The port on 127.0.0.1.
     public let port: Int
@@ -44,11 +45,30 @@ public final class GarbageServer: Sendable {
     /// connection is followed at once by the end of the stream (the reply and the FIN arrive
     /// together, in one TCP segment), as a server that answers and then exits would do.
     public static func start(reply: String?, closeAfterReply: Bool = false, repliesBeforeClose: Int = 1) throws -> GarbageServer {
+        guard let reply = reply.map({ Array($0.utf8) }) else { return try start(responding: nil) }
+        let closeAfter = closeAfterReply ? max(1, repliesBeforeClose) : nil
+        return try start { peer, read in
+            let closing = closeAfter.map { read + 1 >= $0 } ?? false
+            // Corked, the reply waits in the socket for the FIN and leaves with it in one
+            // segment: the client reads both at once, never the reply alone.
+            if closing { peer.cork() }
+            peer.send(reply)
+            if closing { peer.endStream() }
+            return !closing
+        }
+    }
+
+    /// Starts listening; after each read from a client, `respond` writes what it likes to that
+    /// client through the ``Peer`` (pieces with pauses between them, urgent data, the end of
+    /// the stream), given the read's number on its connection (from 0). Once it returns false
+    /// the connection gets nothing more (what the client sends is still read and counted).
+    /// With `respond` nil it accepts and never answers.
+    public static func start(responding respond: (@Sendable (_ peer: Peer, _ read: Int) -> Bool)?) throws -> GarbageServer {
         let (descriptor, port) = try loopbackListener(backlog: 16)
         let server = GarbageServer(port: port, listener: descriptor)
         server.threads.enter()
         let thread = Thread {
-            server.serve(reply: reply.map { Array($0.utf8) }, closeAfter: closeAfterReply ? max(1, repliesBeforeClose) : nil)
+            server.serve(respond)
             server.threads.leave()
         }
         thread.name = "garbage server \(server.port)"
@@ -56,7 +76,43 @@ public final class GarbageServer: Sendable {
         return server
     }
 
-    private func serve(reply: [UInt8]?, closeAfter: Int?) {
+    /// One accepted connection, as ``start(responding:)``'s handler writes to it (on that
+    /// connection's thread).
+    public struct Peer: Sendable {
+        fileprivate let descriptor: Int32
+
+        /// Writes all of `bytes` (less if the client is gone).
+        public func send(_ bytes: [UInt8]) {
+            var offset = 0
+            while offset < bytes.count {
+                let sent = bytes[offset...].withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                guard sent > 0 else { return }
+                offset += sent
+            }
+        }
+
+        /// Writes `text` as UTF-8.
+        public func send(_ text: String) { send(Array(text.utf8)) }
+
+        /// Writes one byte as TCP urgent data (`MSG_OOB`): it is taken out of the stream, and a
+        /// read stops at its place.
+        public func sendUrgent(_ byte: UInt8) {
+            _ = withUnsafeBytes(of: byte) { Glibc.send(descriptor, $0.baseAddress, 1, Int32(MSG_OOB | MSG_NOSIGNAL)) }
+        }
+
+        /// Holds what is written next in the socket until the end of the stream (`TCP_CORK`).
+        public func cork() {
+            var corked: Int32 = 1
+            _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_CORK, &corked, socklen_t(MemoryLayout<Int32>.size))
+        }
+
+        /// Ends the stream to the client (a FIN): `shutdown(SHUT_WR)`.
+        public func endStream() {
+            _ = shutdown(descriptor, Int32(SHUT_WR))
+        }
+    }
+
+    private func serve(_ respond: (@Sendable (Peer, Int) -> Bool)?) {
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
@@ -76,30 +132,19 @@ public final class GarbageServer: Sendable {
                 close(client)
                 return
             }
-            guard let reply else { continue }
+            guard let respond else { continue }
             threads.enter()
             let thread = Thread { [threads, self] in
                 defer { threads.leave() }
                 var buffer = [UInt8](repeating: 0, count: 1024)
-                var replies = 0
-                var closed = false
+                var reads = 0
+                var answering = true
                 while case let count = buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }), count > 0 {
                     received.withLock { $0[index] += count }
-                    // After the end of its stream it only counts what the client still sends.
-                    if closed { continue }
-                    replies += 1
-                    let closing = closeAfter.map { replies >= $0 } ?? false
-                    if closing {
-                        var corked: Int32 = 1
-                        // Corked, the reply waits in the socket for the FIN and leaves with it
-                        // in one segment: the client reads both at once, never the reply alone.
-                        _ = setsockopt(client, Int32(IPPROTO_TCP), TCP_CORK, &corked, socklen_t(MemoryLayout<Int32>.size))
-                    }
-                    _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    if closing {
-                        _ = shutdown(client, Int32(SHUT_WR))
-                        closed = true
-                    }
+                    // Once done answering it only counts what the client still sends.
+                    guard answering else { continue }
+                    answering = respond(Peer(descriptor: client), reads)
+                    reads += 1
                 }
             }
             thread.start()

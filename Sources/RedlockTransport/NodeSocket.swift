@@ -242,7 +242,14 @@ final class NodeSocket: @unchecked Sendable {
 
     /// Reads what the socket has and returns the complete replies. Their array is the socket's
     /// buffer: a caller that lets go of it before the next read lets that read reuse it.
-    func read() -> ReadOutcome {
+    ///
+    /// Over plain TCP or a Unix socket, a read that returns less than asked for drained the
+    /// socket, and reading stops there (one `recv` per event rather than two: the one that would
+    /// return `EAGAIN` is saved), unless `toEndOfStream`: then it reads on to `EAGAIN` or the end
+    /// of the stream. Pass true for an event that reported a hang-up (a FIN that came with the
+    /// last bytes raises no event of its own) or urgent data (a read stops short at its mark),
+    /// and whenever the event's flags are not known.
+    func read(toEndOfStream: Bool = true) -> ReadOutcome {
         var outcome = ReadOutcome()
         guard let pointer else {
             outcome.failure = closedError
@@ -253,7 +260,7 @@ final class NodeSocket: @unchecked Sendable {
         var failed: Int32 = 0
         var wantsWrite: Int32 = 0
         repeat {
-            _ = rio_conn_read(pointer, &failed, &wantsWrite, &error)
+            _ = rio_conn_read(pointer, toEndOfStream ? 1 : 0, &failed, &wantsWrite, &error)
             // Replies that arrived before a failure are still answers.
             while true {
                 var reply: OpaquePointer?
@@ -402,13 +409,16 @@ final class Poller: Sendable {
         var token: UInt64
         var readable: Bool
         var writable: Bool
-        var hangUp: Bool
+        /// A hang-up or error, or urgent data: a short read does not show the socket drained
+        /// (see ``NodeSocket/read(toEndOfStream:)``).
+        var readToEnd: Bool
     }
 
     enum Change: Int32 { case add = 0, modify = 1, remove = 2 }
 
-    /// Adds, changes or removes a socket, edge-triggered (reads and hang-ups always watched;
-    /// writes with `writable`): whoever handles an event reads until the socket is drained.
+    /// Adds, changes or removes a socket, edge-triggered (reads, urgent data and hang-ups always
+    /// watched; writes with `writable`): whoever handles an event reads until the socket is
+    /// drained (a short read shows it, unless the event says ``Event/readToEnd``).
     /// Safe from any thread.
     func control(_ change: Change, descriptor: Int32, writable: Bool, token: UInt64) -> RedisError? {
         closed.withLock { closed in
@@ -432,7 +442,7 @@ final class Poller: Sendable {
             let count = rio_poller_wait(poller, buffer.baseAddress, Int32(buffer.count), milliseconds, &error)
             guard count >= 0 else { return RedisError(error, endpoint: nil) }
             for event in buffer.prefix(Int(count)) {
-                events.append(Event(token: event.token, readable: event.readable != 0, writable: event.writable != 0, hangUp: event.hangup != 0))
+                events.append(Event(token: event.token, readable: event.readable != 0, writable: event.writable != 0, readToEnd: event.hangup != 0 || event.urgent != 0))
             }
             return nil
         }

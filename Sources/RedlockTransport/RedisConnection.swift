@@ -68,6 +68,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// its uptime) can tell when to refresh them: a restarted server always means a reconnect.
     package var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
 
+    /// How long a connection must have been idle before a command first looks whether the
+    /// server closed it (see ``ConnectionCore/peekAfterIdle``).
+    package static var peekAfterIdle: Duration { ConnectionCore.peekAfterIdle }
+
     /// Sends a command and returns its reply.
     ///
     /// - Parameters:
@@ -208,6 +212,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var watchingWrites = false
         /// Since when the oldest unanswered command waits for bytes from the server.
         var waitingSince: ContinuousClock.Instant?
+        /// When a command last went out on an idle connection (the start of its last busy
+        /// spell): a connection busy within ``ConnectionCore/peekAfterIdle`` skips the check for
+        /// a close by the server before a command.
+        var busySince: ContinuousClock.Instant?
         var shuttingDown = false
         /// The connection object went while connecting with commands queued: they are written
         /// once the connection is made, then it closes (``ConnectionCore/abandon()``).
@@ -304,6 +312,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// command timeout, at most 250 ms apart), well before the connection times out.
     static let coalescingWindow: Duration = .milliseconds(1)
 
+    /// How long a connection must have been idle before a command on it first looks whether
+    /// the server closed it meanwhile (a `recv` with `MSG_PEEK`: one system call). The event
+    /// loop sees a close on its own (the socket is watched for hang-ups) and drops the
+    /// connection, so the next command reconnects; the look only covers a close the loop has
+    /// not handled yet, e.g. while a task on its executor keeps it busy. A connection in steady
+    /// use skips it: at N = 5 it was a third of an uncontended cycle's `recv` calls. A close
+    /// that lands in the moment before a command (looked for or not) fails that command as
+    /// closed, a transient failure.
+    static let peekAfterIdle: Duration = .milliseconds(100)
+
     /// Queues `command`: written at once by the caller when the connection is open and idle.
     func enqueue(_ command: PendingCommand) {
         enqueue(contentsOf: [command])
@@ -319,7 +337,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
                 let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
-                if idle, socket.peerHasClosed {
+                if idle, state.busySince.map({ $0.duration(to: .now) >= Self.peekAfterIdle }) ?? true, socket.peerHasClosed {
                     // The server closed this idle connection (a restart, an idle timeout): a new
                     // connection rather than a command that fails.
                     drop(&state, error(.connectionClosed, "the server closed the connection"), &effects)
@@ -394,7 +412,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private static func format(
         _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, holdingLater: Bool = false, in state: inout State
     ) {
-        if state.unansweredCount == 0 { state.waitingSince = .now }
+        if state.unansweredCount == 0 {
+            let now = ContinuousClock.now
+            state.waitingSince = now
+            if state.output.isEmpty { state.busySince = now }
+        }
         wire.appendWire(to: &state.output)
         if holdingLater { state.heldByScriptHash = true }
         state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash))
@@ -522,11 +544,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     /// As the I/O owner: reads what the socket has, delivers the replies, writes what is staged,
-    /// and again while the loop reported the socket meanwhile; then lets go of the I/O.
-    private func service(_ socket: NodeSocket, _ effects: inout Effects) {
+    /// and again while the loop reported the socket meanwhile; then lets go of the I/O. The first
+    /// read stops at a short read unless `readToEnd` (the loop's event said so: see
+    /// ``NodeSocket/read(toEndOfStream:)``); a read for an event reported while another thread
+    /// owned the I/O, whose flags are not kept, reads on to the end.
+    private func service(_ socket: NodeSocket, _ effects: inout Effects, readToEnd: Bool = true) {
         var again = true
+        var toEndOfStream = readToEnd
         while again {
-            let outcome = socket.read()
+            let outcome = socket.read(toEndOfStream: toEndOfStream)
+            toEndOfStream = true
             // One lock per read: the replies matched to their commands, then what was staged
             // meanwhile and what the replies let through is taken for writing.
             let processed: Result<[UInt8], RedisError> = state.withLock { state in
@@ -738,7 +765,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     // MARK: Event loop
 
-    func handle(readable: Bool, writable: Bool, hangUp: Bool) {
+    func handle(readable: Bool, writable: Bool, readToEnd: Bool) {
         var effects = Effects()
         // Take the I/O (the read, then the bytes staged meanwhile), or, while another thread owns
         // it, leave the read to that thread.
@@ -751,7 +778,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             state.ioOwned = true
             return socket
         }
-        if let claimed { service(claimed, &effects) }
+        if let claimed { service(claimed, &effects, readToEnd: readToEnd) }
         perform(effects)
     }
 

@@ -4,8 +4,10 @@ import Synchronization
 /// Something the event loop drives: a connection or a subscriber. Its methods run on the loop's
 /// thread, must be quick and must never block.
 protocol EventLoopSource: AnyObject, Sendable {
-    /// The socket registered with ``RedisEventLoop/watch(_:descriptor:writable:)`` is ready.
-    func handle(readable: Bool, writable: Bool, hangUp: Bool)
+    /// The socket registered with ``RedisEventLoop/watch(_:descriptor:writable:)`` is ready;
+    /// with `readToEnd` (a hang-up, an error or urgent data) a short read does not show it
+    /// drained (see ``NodeSocket/read(toEndOfStream:)``).
+    func handle(readable: Bool, writable: Bool, readToEnd: Bool)
     /// Acts on whatever came due by `now` (a command timeout, a reconnect) and returns the next
     /// instant it needs to be asked again, if any.
     func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant?
@@ -217,7 +219,7 @@ package final class RedisEventLoop: Sendable {
                     continue
                 }
                 let source = registry.withLock { $0.sources[event.token]?.source }
-                source?.handle(readable: event.readable, writable: event.writable, hangUp: event.hangUp)
+                source?.handle(readable: event.readable, writable: event.writable, readToEnd: event.readToEnd)
             }
             // The jobs queued until now (those they queue wait for the next turn, so a task that
             // keeps yielding cannot starve the sockets).

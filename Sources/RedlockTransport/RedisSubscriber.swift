@@ -211,14 +211,14 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         }
     }
 
-    func handle(readable: Bool, writable: Bool, hangUp: Bool) {
+    func handle(readable: Bool, writable: Bool, readToEnd: Bool) {
         guard let token = token.withLock({ $0 }) else { return }
         /// A message (with its payload) or a confirmed subscription (payload nil), in order.
         let events: [(channel: String, payload: [UInt8]?)] = state.withLock { state in
             guard let socket = state.socket else { return [] }
             if state.written < state.output.count { flush(&state, token: token) }
-            guard readable || hangUp, state.socket === socket else { return [] }
-            let outcome = socket.read()
+            guard readable || readToEnd, state.socket === socket else { return [] }
+            let outcome = socket.read(toEndOfStream: readToEnd)
             var events: [(channel: String, payload: [UInt8]?)] = []
             for reply in outcome.replies {
                 guard case let .array(parts) = reply, parts.count == 3, let channel = parts[1].string else { continue }

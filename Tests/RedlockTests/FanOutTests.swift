@@ -428,9 +428,9 @@ struct ReleaseWakingTests {
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
-        let longer = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
+        let longer = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let shorter = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(1), next: nil) } }
+        let shorter = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(1), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         board.announce("name", release: Array("v1".utf8))
@@ -445,9 +445,9 @@ struct ReleaseWakingTests {
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
-        let first = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
+        let first = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let second = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
+        let second = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         board.announce("name", release: Array("v1".utf8))
@@ -463,9 +463,9 @@ struct ReleaseWakingTests {
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
         board.beginAcquiring("name")
-        let cancelled = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
+        let cancelled = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
-        let live = Task { await timed { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
+        let live = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
         cancelled.cancel()

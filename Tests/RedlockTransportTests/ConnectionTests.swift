@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import RedlockTestSupport
 import RedlockTransport
 import Synchronization
@@ -322,6 +325,41 @@ struct ConnectionTests {
             try await server.restart(keepingData: false)
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             await connection.shutdown()
+        }
+    }
+
+    @Test("a command on a connection idle for a while, which the server closed while the event loop could not look, reconnects rather than fail: it looks for the close first")
+    func idleCloseSeenBeforeCommand() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "held-loop")
+            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let generation = connection.connectionGeneration
+            // A task on the loop's thread keeps it from handling the close below (blocking that
+            // thread on purpose: what a task that never suspends does).
+            let holding = Atomic<Bool>(false)
+            let release = Atomic<Bool>(false)
+            let holder = Task(executorPreference: loop) {
+                holding.store(true, ordering: .releasing)
+                while !release.load(ordering: .acquiring) { usleep(1_000) }
+            }
+            #expect(await eventually { holding.load(ordering: .acquiring) })
+            let admin = RedisConnection(configuration: servers[0].configuration())
+            #expect(try await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")) == .integer(1))
+            await admin.shutdown()
+            // Idle long enough that the next command looks first.
+            try await Task.sleep(for: RedisConnection.peekAfterIdle)
+            let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
+            connection.send([QueuedCommand(RedisCommand("PING"), handler: { answered.fire($0) })])
+            release.store(true, ordering: .releasing)
+            await holder.value
+            // Written to the closed socket instead, the PING would fail as closed once the loop
+            // read the end of the stream.
+            let reply = await answered.wait()
+            #expect((try? reply.get()) == .simpleString("PONG"), "\(reply)")
+            #expect(connection.connectionGeneration > generation)
+            await connection.shutdown()
+            await loop.shutdown()
         }
     }
 
@@ -664,6 +702,101 @@ struct EndOfStreamTests {
             #expect(error.code == .connectionClosed, "\(error)")
             await connection.shutdown()
         }
+    }
+
+    @Test("a reply, then the server's FIN in a segment of its own a moment later: the pipelined command after it fails at once as closed (the read that stopped at the reply hears the FIN's own event)")
+    func replyThenSeparateFIN() async throws {
+        let delay = Atomic<Int>(0)
+        let server = try GarbageServer.start { peer, _ in
+            peer.send("+PONG\r\n")
+            let microseconds = delay.load(ordering: .relaxed)
+            if microseconds > 0 { usleep(UInt32(microseconds)) }
+            peer.endStream()
+            return false
+        }
+        defer { server.stop() }
+        for microseconds in [0, 20, 100, 500, 2_000] {
+            delay.store(microseconds, ordering: .relaxed)
+            for _ in 0..<4 {
+                let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
+                let first = OneTimeEvent<Result<RedisValue, RedisError>>()
+                let second = OneTimeEvent<Result<RedisValue, RedisError>>()
+                let started = ContinuousClock.now
+                connection.send([
+                    QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
+                    QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
+                ])
+                #expect(try await first.wait().get() == .simpleString("PONG"))
+                let failure = await second.wait()
+                #expect(started.duration(to: .now) < .seconds(1), "FIN \(microseconds) µs after the reply")
+                guard case let .failure(error) = failure else {
+                    Issue.record("the second PING was answered: \(failure)")
+                    return
+                }
+                #expect(error.code == .connectionClosed, "\(error)")
+                await connection.shutdown()
+            }
+        }
+    }
+
+    @Test("a reply larger than one read (16 KiB), then small replies shortly after it: each arrives")
+    func largeReplyThenMore() async throws {
+        let payload = [UInt8](repeating: 0x61, count: 100_000)
+        let server = try GarbageServer.start { peer, _ in
+            peer.send(Array("$\(payload.count)\r\n".utf8) + payload + Array("\r\n".utf8))
+            usleep(UInt32.random(in: 0...300))
+            peer.send("+ONE\r\n")
+            usleep(UInt32.random(in: 0...3_000))
+            peer.send("+TWO\r\n")
+            return true
+        }
+        defer { server.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
+        for _ in 0..<10 {
+            // Three commands in one write: the server reads them at once and answers all three.
+            let answers = (0..<3).map { _ in OneTimeEvent<Result<RedisValue, RedisError>>() }
+            connection.send(answers.map { answer in QueuedCommand(RedisCommand("PING"), handler: { answer.fire($0) }) })
+            #expect(try await answers[0].wait().get() == .bulkString(payload))
+            #expect(try await answers[1].wait().get() == .simpleString("ONE"))
+            #expect(try await answers[2].wait().get() == .simpleString("TWO"))
+        }
+        await connection.shutdown()
+    }
+
+    @Test("a byte of TCP urgent data between two replies (a read stops short at its mark): the reply behind it still arrives at once, whether the bytes come one by one or all before the loop looks", arguments: [false, true])
+    func urgentDataBetweenReplies(loopHeld: Bool) async throws {
+        let sent = Atomic<Bool>(false)
+        let server = try GarbageServer.start { peer, _ in
+            // The client waits in epoll by then: the three arrive as new data.
+            usleep(20_000)
+            peer.send("+ONE\r\n")
+            peer.sendUrgent(UInt8(ascii: "Z"))
+            peer.send("+TWO\r\n")
+            sent.store(true, ordering: .releasing)
+            return false
+        }
+        defer { server.stop() }
+        let loop = RedisEventLoop(name: "urgent-data")
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)), eventLoop: loop)
+        let first = OneTimeEvent<Result<RedisValue, RedisError>>()
+        let second = OneTimeEvent<Result<RedisValue, RedisError>>()
+        let started = ContinuousClock.now
+        connection.send([
+            QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
+            QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
+        ])
+        if loopHeld {
+            // A task on the loop's thread keeps it from looking until everything was sent: one
+            // event then reports the bytes and the urgent data together.
+            await Task(executorPreference: loop) {
+                while !sent.load(ordering: .acquiring) { usleep(1_000) }
+            }.value
+        }
+        #expect(try await first.wait().get() == .simpleString("ONE"))
+        #expect(try await second.wait().get() == .simpleString("TWO"))
+        #expect(started.duration(to: .now) < .seconds(2), "the second reply waited for the command timeout")
+        await connection.shutdown()
+        await loop.shutdown()
     }
 
     @Test("QUIT pipelined before a PING on a real node: the PING fails at once")

@@ -65,9 +65,15 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
 
 /* Reads what the socket has now into the reply reader, until the socket is drained (so an
    edge-triggered poller reports the next bytes), or about 1 MiB (rio_conn_more then says so).
+   Over plain TCP or a Unix socket a read that returns less than asked for shows the socket
+   drained: with to_eof 0 reading stops there, saving the read that would return EAGAIN (bytes
+   or a FIN that come later raise a new edge-triggered event). With to_eof 1 it reads on to
+   EAGAIN or EOF: for an event that reported a hang-up (the FIN may have come with the last
+   bytes) or urgent data (a read stops short at its mark, with more bytes queued behind it). A
+   TLS connection always reads to EAGAIN (a short read there is one record).
    Returns the bytes read; sets *failed with err on EOF (RIO_E_CLOSED), a socket error or bytes
    that are not RESP. Replies read before a failure are still taken with rio_conn_next_reply. */
-size_t rio_conn_read(rio_conn *conn, int *failed, int *wants_write, rio_error *err);
+size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err);
 
 /* Whether the last rio_conn_read stopped before the socket was drained (its size limit), or
    the TLS layer holds bytes not yet read: read again before waiting. */
@@ -119,14 +125,17 @@ typedef struct rio_event {
     uint64_t token;
     int readable;
     int writable;
+    /* A hang-up or an error (EPOLLHUP, EPOLLERR, EPOLLRDHUP). */
     int hangup;
+    /* Urgent data pending (EPOLLPRI): a read stops short at its mark. */
+    int urgent;
 } rio_event;
 
 /* An epoll instance, close-on-exec. Returns the descriptor or -1 with err set. */
 int rio_poller_create(rio_error *err);
-/* Adds (op 0), changes (1) or removes (2) a descriptor, watching reads and hang-ups, and
-   writes when want_write; edge-triggered when edge (a reader must then read until the socket is
-   drained). Returns 0 or -1 with err set. */
+/* Adds (op 0), changes (1) or removes (2) a descriptor, watching reads, urgent data and
+   hang-ups, and writes when want_write; edge-triggered when edge (a reader must then read until
+   the socket is drained: see rio_conn_read). Returns 0 or -1 with err set. */
 int rio_poller_control(int poller, int op, int fd, int want_write, int edge, uint64_t token, rio_error *err);
 /* Waits up to timeout_ms (-1: no limit) and fills at most capacity events. Returns the count, 0
    on timeout or a signal, -1 with err set on failure. */
