@@ -77,7 +77,8 @@ public final class GarbageServer: Sendable {
     }
 
     /// One accepted connection, as ``start(responding:)``'s handler writes to it (on that
-    /// connection's thread).
+    /// connection's thread). Use it only inside the handler's call: it holds the raw
+    /// descriptor, which ``GarbageServer/stop()`` closes once the handlers returned.
     public struct Peer: Sendable {
         fileprivate let descriptor: Int32
 

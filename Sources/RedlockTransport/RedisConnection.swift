@@ -212,9 +212,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var watchingWrites = false
         /// Since when the oldest unanswered command waits for bytes from the server.
         var waitingSince: ContinuousClock.Instant?
-        /// When a command last went out on an idle connection (the start of its last busy
-        /// spell): a connection busy within ``ConnectionCore/peekAfterIdle`` skips the check for
-        /// a close by the server before a command.
+        /// When a command last went out on an idle connection: the start of its last busy
+        /// spell (so at or before the moment it went idle). See ``ConnectionCore/peekAfterIdle``.
         var busySince: ContinuousClock.Instant?
         var shuttingDown = false
         /// The connection object went while connecting with commands queued: they are written
@@ -312,14 +311,17 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// command timeout, at most 250 ms apart), well before the connection times out.
     static let coalescingWindow: Duration = .milliseconds(1)
 
-    /// How long a connection must have been idle before a command on it first looks whether
-    /// the server closed it meanwhile (a `recv` with `MSG_PEEK`: one system call). The event
-    /// loop sees a close on its own (the socket is watched for hang-ups) and drops the
-    /// connection, so the next command reconnects; the look only covers a close the loop has
-    /// not handled yet, e.g. while a task on its executor keeps it busy. A connection in steady
-    /// use skips it: at N = 5 it was a third of an uncontended cycle's `recv` calls. A close
-    /// that lands in the moment before a command (looked for or not) fails that command as
-    /// closed, a transient failure.
+    /// Before a command on an idle connection, the sender looks whether the server closed it
+    /// meanwhile (a `recv` with `MSG_PEEK`: one system call), so that a close (a restart, an
+    /// idle timeout, `CLIENT KILL` in a failover) costs a reconnect rather than a failed
+    /// command. The event loop sees a close on its own (the socket is watched for hang-ups) and
+    /// drops the connection, so the look only covers a close the loop has not handled yet. It
+    /// is always made on the loop's own thread (a task on its executor: the loop handles nothing
+    /// until it suspends), and from other threads when the connection's last busy spell began
+    /// at least this long ago. A connection in steady use from the cooperative pool skips it
+    /// (at N = 5 it was a third of an uncontended cycle's `recv` calls): a close that lands
+    /// within the loop's wake-up latency before such a command fails that command as closed, a
+    /// transient failure (the node never ran it), as one landing just after a look does.
     static let peekAfterIdle: Duration = .milliseconds(100)
 
     /// Queues `command`: written at once by the caller when the connection is open and idle.
@@ -337,7 +339,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
                 let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
-                if idle, state.busySince.map({ $0.duration(to: .now) >= Self.peekAfterIdle }) ?? true, socket.peerHasClosed {
+                if idle, state.busySince.map({ $0.duration(to: .now) >= Self.peekAfterIdle }) ?? true || loop.isCurrentThread,
+                   socket.peerHasClosed {
                     // The server closed this idle connection (a restart, an idle timeout): a new
                     // connection rather than a command that fails.
                     drop(&state, error(.connectionClosed, "the server closed the connection"), &effects)
@@ -415,7 +418,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if state.unansweredCount == 0 {
             let now = ContinuousClock.now
             state.waitingSince = now
-            if state.output.isEmpty { state.busySince = now }
+            state.busySince = now
         }
         wire.appendWire(to: &state.output)
         if holdingLater { state.heldByScriptHash = true }

@@ -51,6 +51,8 @@ package final class RedisEventLoop: Sendable {
     private let name: String
     private let registry = Mutex(Registry())
     private let exited = OneTimeEvent<Void>()
+    /// The loop thread's `pthread_self()` once it runs (0 before).
+    private let thread = Atomic<UInt>(0)
     private let jobs = Mutex(Jobs())
 
     /// The jobs of tasks that prefer this loop as their executor, run on the loop's thread after
@@ -174,7 +176,14 @@ package final class RedisEventLoop: Sendable {
         if unstarted { exited.fire() } else { poller?.wake() }
     }
 
+    /// Whether the caller runs on the loop's thread (in a source's handler, or a task that
+    /// prefers the loop as its executor): the loop then handles no event until it returns.
+    package var isCurrentThread: Bool {
+        thread.load(ordering: .relaxed) == UInt(pthread_self())
+    }
+
     private func run(_ poller: Poller) {
+        thread.store(UInt(pthread_self()), ordering: .relaxed)
         var events: [Poller.Event] = []
         events.reserveCapacity(64)
         var running: [UnownedJob] = []
