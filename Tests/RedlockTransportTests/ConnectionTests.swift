@@ -686,31 +686,42 @@ private func becomes(within limit: Duration, _ condition: () -> Bool) async -> B
     return condition()
 }
 
+/// Sends two PINGs on `connection` in one write; their answers.
+private func twoPings(on connection: RedisConnection) -> (OneTimeEvent<Result<RedisValue, RedisError>>, OneTimeEvent<Result<RedisValue, RedisError>>) {
+    let first = OneTimeEvent<Result<RedisValue, RedisError>>()
+    let second = OneTimeEvent<Result<RedisValue, RedisError>>()
+    connection.send([
+        QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
+        QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
+    ])
+    return (first, second)
+}
+
+/// Sends two PINGs in one write to a server that answers the first and ends the stream:
+/// the second must fail as closed, well under the command timeout (5 s) that a missed FIN
+/// would wait for.
+private func expectPipelinedPingFailsClosed(on endpoint: RedisEndpoint, _ label: String = "") async {
+    let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, commandTimeout: .seconds(5)))
+    let started = ContinuousClock.now
+    let (first, second) = twoPings(on: connection)
+    #expect((try? await first.wait().get()) == .simpleString("PONG"), "\(label)")
+    let failure = await second.wait()
+    #expect(started.duration(to: .now) < .milliseconds(2_500), "\(label)")
+    if case let .failure(error) = failure {
+        #expect(error.code == .connectionClosed, "\(error) \(label)")
+    } else {
+        Issue.record("the second PING was answered: \(failure) \(label)")
+    }
+    await connection.shutdown()
+}
+
 @Suite("End of stream and withdrawn commands")
 struct EndOfStreamTests {
     @Test("a reply and the server's FIN arriving together: the command after it fails at once as closed, not after the command timeout")
     func replyThenFIN() async throws {
         let server = try GarbageServer.start(reply: "+PONG\r\n", closeAfterReply: true)
         defer { server.stop() }
-        for _ in 0..<10 {
-            let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
-            let first = OneTimeEvent<Result<RedisValue, RedisError>>()
-            let second = OneTimeEvent<Result<RedisValue, RedisError>>()
-            let started = ContinuousClock.now
-            connection.send([
-                QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
-                QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
-            ])
-            #expect(try await first.wait().get() == .simpleString("PONG"))
-            let failure = await second.wait()
-            #expect(started.duration(to: .now) < .seconds(1))
-            guard case let .failure(error) = failure else {
-                Issue.record("the second PING was answered: \(failure)")
-                return
-            }
-            #expect(error.code == .connectionClosed, "\(error)")
-            await connection.shutdown()
-        }
+        for _ in 0..<10 { await expectPipelinedPingFailsClosed(on: server.endpoint) }
     }
 
     @Test("a reply, then the server's FIN in a segment of its own a moment later: the pipelined command after it fails at once as closed (the read that stopped at the reply hears the FIN's own event)")
@@ -726,26 +737,7 @@ struct EndOfStreamTests {
         defer { server.stop() }
         for microseconds in [0, 20, 100, 500, 2_000] {
             delay.store(microseconds, ordering: .relaxed)
-            for _ in 0..<4 {
-                let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
-                let first = OneTimeEvent<Result<RedisValue, RedisError>>()
-                let second = OneTimeEvent<Result<RedisValue, RedisError>>()
-                let started = ContinuousClock.now
-                connection.send([
-                    QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
-                    QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
-                ])
-                #expect(try await first.wait().get() == .simpleString("PONG"))
-                let failure = await second.wait()
-                // Well under the command timeout (5 s), which a missed FIN would wait for.
-                #expect(started.duration(to: .now) < .milliseconds(2_500), "FIN \(microseconds) µs after the reply")
-                if case let .failure(error) = failure {
-                    #expect(error.code == .connectionClosed, "\(error)")
-                } else {
-                    Issue.record("the second PING was answered: \(failure)")
-                }
-                await connection.shutdown()
-            }
+            for _ in 0..<4 { await expectPipelinedPingFailsClosed(on: server.endpoint, "FIN \(microseconds) µs after the reply") }
         }
     }
 
@@ -788,13 +780,8 @@ struct EndOfStreamTests {
         defer { server.stop() }
         let loop = RedisEventLoop(name: "urgent-data")
         let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)), eventLoop: loop)
-        let first = OneTimeEvent<Result<RedisValue, RedisError>>()
-        let second = OneTimeEvent<Result<RedisValue, RedisError>>()
         let started = ContinuousClock.now
-        connection.send([
-            QueuedCommand(RedisCommand("PING"), handler: { first.fire($0) }),
-            QueuedCommand(RedisCommand("PING"), handler: { second.fire($0) }),
-        ])
+        let (first, second) = twoPings(on: connection)
         if loopHeld {
             // A task on the loop's thread keeps it from looking until everything was sent: one
             // event then reports the bytes and the urgent data together.
