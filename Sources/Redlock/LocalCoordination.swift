@@ -748,16 +748,14 @@ final class LocalCoordination: Sendable {
             if handoffs, entry.handoffChannels.isEmpty { return [] }
             entry.generation &+= 1
             entry.confirmations += 1
-            let waiters: [ReleaseWaiter]
-            if handoffs {
-                entry.heededGeneration = entry.generation
-                waiters = entry.waiters
-                entry.waiters = []
-            } else {
-                waiters = entry.waiters.filter { !hearsHandoffsOnOwnChannel($0.value) }
-                entry.waiters.removeAll { !hearsHandoffsOnOwnChannel($0.value) }
+            if handoffs { entry.heededGeneration = entry.generation }
+            var woken: [UnsafeContinuation<Void, Never>] = []
+            entry.waiters.removeAll { waiting in
+                guard handoffs || !hearsHandoffsOnOwnChannel(waiting.value) else { return false }
+                if let continuation = waiting.waiter.claim(byRelease: false) { woken.append(continuation) }
+                return true
             }
-            return waiters.compactMap { $0.waiter.claim(byRelease: false) }
+            return woken
         }
         for continuation in woken { continuation.resume() }
     }
@@ -768,8 +766,8 @@ final class LocalCoordination: Sendable {
     /// subscribed before a random value's first attempt; for one of the caller's own, after it,
     /// and that channel's confirmations wake the waiter (``confirmedClientChannel(_:)``).
     private func hearsHandoffsOnOwnChannel(_ value: [UInt8]?) -> Bool {
-        guard let value else { return false }
-        return value.starts(with: ownTagPrefix)
+        guard let value, value.count >= ownTagPrefix.count else { return false }
+        return ownTagPrefix.hasSameBytes(as: value.prefix(ownTagPrefix.count))
     }
 
     /// A node confirmed a client handoff channel: a handoff published there before may have gone

@@ -210,11 +210,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// A failure that must close the connection once the owner lets go of the I/O.
         var dropRequested: RedisError?
         var watchingWrites = false
-        /// Since when the oldest unanswered command waits for bytes from the server.
+        /// Since when the oldest unanswered command waits for bytes from the server; with none
+        /// unanswered, when the last answer came (since when the connection is idle: see
+        /// ``ConnectionCore/peekAfterIdle``); nil on a new connection.
         var waitingSince: ContinuousClock.Instant?
-        /// When a command last went out on an idle connection: the start of its last busy
-        /// spell (so at or before the moment it went idle). See ``ConnectionCore/peekAfterIdle``.
-        var busySince: ContinuousClock.Instant?
         var shuttingDown = false
         /// The connection object went while connecting with commands queued: they are written
         /// once the connection is made, then it closes (``ConnectionCore/abandon()``).
@@ -317,8 +316,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// command. The event loop sees a close on its own (the socket is watched for hang-ups) and
     /// drops the connection, so the look only covers a close the loop has not handled yet. It
     /// is always made on the loop's own thread (a task on its executor: the loop handles nothing
-    /// until it suspends), and from other threads when the connection's last busy spell began
-    /// at least this long ago. A connection in steady use from the cooperative pool skips it
+    /// until it suspends), and from other threads when the connection has been idle at least
+    /// this long (its last answer came this long ago). A connection in steady use from the cooperative pool skips it
     /// (at N = 5 it was a third of an uncontended cycle's `recv` calls): a close that lands
     /// within the loop's wake-up latency before such a command fails that command as closed, a
     /// transient failure (the node never ran it), as one landing just after a look does.
@@ -339,14 +338,17 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
                 let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
-                if idle, state.busySince.map({ $0.duration(to: .now) >= Self.peekAfterIdle }) ?? true || loop.isCurrentThread,
+                // Idle, one clock reading serves the look's gate and dates the wait that the
+                // commands staged below begin.
+                let now: ContinuousClock.Instant? = idle ? .now : nil
+                if let now, state.waitingSince.map({ $0.duration(to: now) >= Self.peekAfterIdle }) ?? true || loop.isCurrentThread,
                    socket.peerHasClosed {
                     // The server closed this idle connection (a restart, an idle timeout): a new
                     // connection rather than a command that fails.
                     drop(&state, error(.connectionClosed, "the server closed the connection"), &effects)
                 } else {
                     for (index, command) in commands.enumerated() {
-                        stage(command, last: index == commands.count - 1, in: &state)
+                        stage(command, last: index == commands.count - 1, at: now, in: &state)
                     }
                     // Idle: the caller writes. Busy: a reply is due and the thread that reads it
                     // writes these bytes too, one write for many callers; behind a stalled node,
@@ -395,31 +397,29 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// sends its `EVAL` before them. Anywhere else they are written behind it, and a `NOSCRIPT`
     /// then fails the call: the node never runs a script after commands queued behind it,
     /// unless the call says it may (``RedisScriptCall/runsLateUnlessBehind``).
-    private func stage(_ command: PendingCommand, last: Bool, in state: inout State) {
+    private func stage(_ command: PendingCommand, last: Bool, at now: ContinuousClock.Instant? = nil, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
         guard let script = command.script else {
-            Self.format(command.command, of: command, asScriptHash: false, in: &state)
+            Self.format(command.command, of: command, asScriptHash: false, at: now, in: &state)
             return
         }
         if state.confirmedScripts.contains(script.digestPrefix) {
             let holds = last && state.unansweredCount == 0
-            Self.format(command.command, of: command, asScriptHash: true, holdingLater: holds, in: &state)
+            Self.format(command.command, of: command, asScriptHash: true, holdingLater: holds, at: now, in: &state)
         } else {
-            Self.format(script.evalForm(of: command.command), of: command, asScriptHash: false, in: &state)
+            Self.format(script.evalForm(of: command.command), of: command, asScriptHash: false, at: now, in: &state)
         }
     }
 
     /// Puts `wire` (`command`'s command, or its `EVAL` form) in the output, as `command`'s;
-    /// `holdingLater`: commands queued later wait for its answer (`heldByScriptHash`).
+    /// `holdingLater`: commands queued later wait for its answer (`heldByScriptHash`). `now`,
+    /// when the caller read the clock already, dates the wait it may begin.
     private static func format(
-        _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, holdingLater: Bool = false, in state: inout State
+        _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, holdingLater: Bool = false,
+        at now: ContinuousClock.Instant? = nil, in state: inout State
     ) {
-        if state.unansweredCount == 0 {
-            let now = ContinuousClock.now
-            state.waitingSince = now
-            state.busySince = now
-        }
+        if state.unansweredCount == 0 { state.waitingSince = now ?? .now }
         wire.appendWire(to: &state.output)
         if holdingLater { state.heldByScriptHash = true }
         state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash))
@@ -599,7 +599,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     drop(&state, failure, &effects)
                     return .failure(failure)
                 }
-                if state.unansweredCount == 0 { state.waitingSince = nil }
                 stageQueue(&state)
                 return .success(state.takeOutput())
             }

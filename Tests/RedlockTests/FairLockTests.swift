@@ -192,8 +192,7 @@ struct FairLockTests {
     @Test("a fair waiter hears the release of a lock object of the name that is not fair, in another client, rather than sleeping out its retry delay")
     func fairWaiterHearsPlainRelease() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let name = "fair-after-plain"
                 let plain = try client.makeLock(name, options: testOptions(expiry: .seconds(10)))
                 let lease = try await locked(plain, in: client)
@@ -203,8 +202,6 @@ struct FairLockTests {
                 let handed = try await handOver(lease, by: plain, to: waiting, "plain release")
                 try await fair.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -213,8 +210,7 @@ struct FairLockTests {
     func inLineWaiterIgnoresConfirmations() async throws {
         try await withLockNodes(3) { client, servers in
             let metrics = TestMetrics()
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-            try await withTeardown {
+            try await withSecondClient(on: servers, metrics: metrics) { other in
                 func attempts() -> Int64 { metrics.counterTotal(label: "redlock_acquire_attempts_total") }
                 // A first wait subscribes the client's own channel; its confirmations wake every
                 // waiter of the client, as they must (a handoff sent before them went unheard).
@@ -235,8 +231,6 @@ struct FairLockTests {
                 let handed = try await handOver(lease, by: holder, to: waiting, "release")
                 try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -245,8 +239,7 @@ struct FairLockTests {
     func handoffIsAGrant() async throws {
         try await withLockNodes(5) { client, servers in
             let metrics = TestMetrics()
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-            try await withTeardown {
+            try await withSecondClient(on: servers, metrics: metrics) { other in
                 // The waiter takes the handoffs as its grant when a quorum of them comes within
                 // 2 ms of the first (else it claims by an attempt, as it should): on a loaded
                 // machine the releaser's five writes can spread wider, so up to three rounds.
@@ -279,8 +272,6 @@ struct FairLockTests {
                 try await lock.unlock(handed)
                 try await holder.unlock(try await holder.tryLock())
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -334,8 +325,7 @@ struct FairLockTests {
     @Test("a free fair lock with nobody in line is granted and released without the line's commands; a caller that must queue uses them")
     func freeLockSkipsTheLine() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let line = ["zadd", "zrem", "zscore", "time", "pttl"]
                 func lineCalls() async throws -> Int {
                     var total = 0
@@ -357,8 +347,6 @@ struct FairLockTests {
                 #expect(try await lineCalls() > 0)
                 try await lock.unlock(held)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -405,8 +393,7 @@ struct FairLockTests {
     @Test("a value of the caller's own goes to the channel its tag picks, in the script and in the client alike: its waiter hears the handoff")
     func customValueChannels() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 for (index, value) in ["0a1b~mine", "ABC~mine", "plain"].enumerated() {
                     let name = "fair-custom-\(index)"
                     let holder = try client.makeLock(name, options: patient())
@@ -420,8 +407,6 @@ struct FairLockTests {
                     try await lock.unlock(handed)
                 }
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -429,8 +414,7 @@ struct FairLockTests {
     @Test("values of a generator of the caller's own, each with a tag of its own, hear their handoffs, and each call's channel is unsubscribed when it returns")
     func generatorChannelsDoNotGrow() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let name = "fair-generated"
                 let counter = Counter()
                 var options = patient()
@@ -461,8 +445,6 @@ struct FairLockTests {
                     } while ContinuousClock.now < stillThere
                     #expect(channels == [], "\(channels)")
                 }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -470,8 +452,7 @@ struct FairLockTests {
     @Test("two names that are one text in two Unicode forms are two locks with their own channels: each waiter hears its own handoff")
     func equivalentNames() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 for fair in [true, false] {
                     var options = patient()
                     options.fair = fair
@@ -488,8 +469,6 @@ struct FairLockTests {
                         try await waiting[index].0.unlock(handed)
                     }
                 }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -498,8 +477,7 @@ struct FairLockTests {
     func longWaitClaims() async throws {
         try await withLockNodes(3) { client, servers in
             let metrics = TestMetrics()
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
-            try await withTeardown {
+            try await withSecondClient(on: servers, metrics: metrics) { other in
                 let options = LockOptions(expiry: .seconds(2), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
                 let holder = try client.makeLock("fair-late", options: options)
                 let lease = try await locked(holder, in: client)
@@ -514,8 +492,6 @@ struct FairLockTests {
                 #expect(handed.validUntil > .now + .seconds(1))
                 try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -523,8 +499,7 @@ struct FairLockTests {
     @Test("a handoff nobody hears lives twice the attempt budget, not a whole expiry, until the waiter claims it at its retry")
     func unheardHandoffIsShort() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let holder = try client.makeLock("fair-deaf", options: patient())
                 let lease = try await locked(holder, in: client)
                 // This waiter does not listen (no subscription anywhere): it claims at its retry.
@@ -546,8 +521,6 @@ struct FairLockTests {
                 let handed = try await waiting.value
                 try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -555,8 +528,7 @@ struct FairLockTests {
     @Test("tryLock() never enters the line: a failed one leaves no entry behind, a waiter after it gets the release, and a tryLock() loop succeeds once the lock is free")
     func tryLockDoesNotQueue() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let holder = try client.makeLock("fair-try", options: patient())
                 let lease = try await locked(holder, in: client)
                 let trying = try other.makeLock("fair-try", options: patient())
@@ -576,8 +548,6 @@ struct FairLockTests {
                 // Free now: the first tryLock() gets it.
                 try await trying.unlock(try await trying.tryLock())
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -585,8 +555,7 @@ struct FairLockTests {
     @Test("a handoff heard from every node while the claim is in flight wakes the waiter once more at most: it does not spin when the claim fails")
     func handoffHeardOnce() async throws {
         try await withLockNodes(3) { client, servers in
-            let other = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { other in
                 let holder = try client.makeLock("fair-spin", options: patient())
                 let lease = try await locked(holder, in: client)
                 var options = patient(.milliseconds(500))
@@ -604,8 +573,6 @@ struct FairLockTests {
                 #expect(calls < 20, "\(calls) scripts in 1.5 s")
                 try await holder.unlock(lease)
                 try await waiter.unlock(try await waiting.value)
-            } teardown: {
-                await other.shutdown()
             }
         }
     }
@@ -692,4 +659,18 @@ struct FairLockTests {
 private final class Counter: Sendable {
     private let value = Mutex(0)
     func next() -> Int { value.withLock { $0 += 1; return $0 } }
+}
+
+/// Runs `body` with a second client on `servers` (as another process would have), with
+/// `metrics` when given, and shuts it down after.
+private func withSecondClient<T>(
+    on servers: [RedisServer], metrics: TestMetrics? = nil, _ body: (RedlockClient) async throws -> T
+) async throws -> T {
+    let other = try metrics.map { try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: $0) }
+        ?? RedlockClient(nodes: servers.map { $0.configuration() })
+    return try await withTeardown {
+        try await body(other)
+    } teardown: {
+        await other.shutdown()
+    }
 }
