@@ -372,6 +372,56 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a command sent from the pool within moments of a close the event loop has not handled fails as closed, in bounded time, and the next command reconnects")
+    func closeUnhandledBeforeCommand() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "held-loop")
+            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let answeredAt = ContinuousClock.now
+            let generation = connection.connectionGeneration
+            // A task on the loop's thread keeps it from handling the close (blocking that thread
+            // on purpose, at most 10 s) until the PING below was sent.
+            let holding = Atomic<Bool>(false)
+            let sent = Atomic<Bool>(false)
+            let holder = Task(executorPreference: loop) {
+                holding.store(true, ordering: .releasing)
+                let giveUp = ContinuousClock.now + .seconds(10)
+                while !sent.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(500) }
+            }
+            defer { sent.store(true, ordering: .releasing) }
+            #expect(await eventually { holding.load(ordering: .acquiring) })
+            let admin = RedisConnection(configuration: servers[0].configuration())
+            let killedCount = try await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            await admin.shutdown()
+            #expect(killedCount == .integer(1))
+            let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let sentAt = ContinuousClock.now
+            connection.send([QueuedCommand(RedisCommand("PING"), handler: { answered.fire($0) })])
+            sent.store(true, ordering: .releasing)
+            await holder.value
+            let reply = await answered.wait()
+            let waited = sentAt.duration(to: .now)
+            if answeredAt.duration(to: sentAt) < RedisConnection.peekAfterIdle {
+                // Idle for less than the threshold, sent from the pool: written without a look,
+                // to the closed socket. The loop then reads the end of the stream.
+                guard case let .failure(error) = reply else {
+                    Issue.record("a command written to a closed connection answered: \(reply)")
+                    return
+                }
+                #expect(error.code == .connectionClosed, "\(error)")
+                #expect(waited < .seconds(2), "failed at the close, not at the 5 s command timeout")
+            } else {
+                // The machine took the threshold's time to get here: the look found the close.
+                #expect((try? reply.get()) == .simpleString("PONG"), "\(reply)")
+            }
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(connection.connectionGeneration > generation)
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
     @Test("connects over a unix domain socket")
     func unixSocket() async throws {
         try await withRedisServers(1) { servers throws in
