@@ -332,6 +332,7 @@ struct ConnectionTests {
     func idleCloseSeenBeforeCommand(fromLoopThread: Bool) async throws {
         try await withRedisServers(1) { servers throws in
             let loop = RedisEventLoop(name: "held-loop")
+            defer { loop.beginShutdown() }
             let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)), eventLoop: loop)
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             let generation = connection.connectionGeneration
@@ -374,9 +375,17 @@ struct ConnectionTests {
 
     @Test("a command sent from the pool within moments of a close the event loop has not handled fails as closed, in bounded time, and the next command reconnects")
     func closeUnhandledBeforeCommand() async throws {
+        // This pins the trade-off `ConnectionCore.peekAfterIdle` documents (and README's "A
+        // connection the server closed"): from the pool, a connection idle less than the
+        // threshold is written without a look. Making the look unconditional fails this test;
+        // change the documentation with it.
         try await withRedisServers(1) { servers throws in
             let loop = RedisEventLoop(name: "held-loop")
+            defer { loop.beginShutdown() }
             let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .seconds(5)), eventLoop: loop)
+            // The connection's idle time starts when the loop reads this answer: between the two
+            // readings around the call.
+            let beforeAnswer = ContinuousClock.now
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             let answeredAt = ContinuousClock.now
             let generation = connection.connectionGeneration
@@ -398,22 +407,26 @@ struct ConnectionTests {
             let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
             let sentAt = ContinuousClock.now
             connection.send([QueuedCommand(RedisCommand("PING"), handler: { answered.fire($0) })])
+            let afterSend = ContinuousClock.now
             sent.store(true, ordering: .releasing)
             await holder.value
             let reply = await answered.wait()
             let waited = sentAt.duration(to: .now)
-            if answeredAt.duration(to: sentAt) < RedisConnection.peekAfterIdle {
+            if beforeAnswer.duration(to: afterSend) < RedisConnection.peekAfterIdle {
                 // Idle for less than the threshold, sent from the pool: written without a look,
                 // to the closed socket. The loop then reads the end of the stream.
-                guard case let .failure(error) = reply else {
+                if case let .failure(error) = reply {
+                    #expect(error.code == .connectionClosed, "\(error)")
+                    #expect(waited < .seconds(2), "failed at the close, not at the 5 s command timeout")
+                } else {
                     Issue.record("a command written to a closed connection answered: \(reply)")
-                    return
                 }
-                #expect(error.code == .connectionClosed, "\(error)")
-                #expect(waited < .seconds(2), "failed at the close, not at the 5 s command timeout")
-            } else {
+            } else if answeredAt.duration(to: sentAt) >= RedisConnection.peekAfterIdle {
                 // The machine took the threshold's time to get here: the look found the close.
                 #expect((try? reply.get()) == .simpleString("PONG"), "\(reply)")
+            } else if case let .failure(error) = reply {
+                // Too close to the threshold to say which: either outcome, typed and in time.
+                #expect(error.code == .connectionClosed && waited < .seconds(2), "\(error)")
             }
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             #expect(connection.connectionGeneration > generation)
