@@ -317,10 +317,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// drops the connection, so the look only covers a close the loop has not handled yet. It
     /// is always made on the loop's own thread (a task on its executor: the loop handles nothing
     /// until it suspends), and from other threads when the connection has been idle at least
-    /// this long (its last answer came this long ago). A connection in steady use from the cooperative pool skips it
-    /// (at N = 5 it was a third of an uncontended cycle's `recv` calls): a close that lands
-    /// within the loop's wake-up latency before such a command fails that command as closed, a
-    /// transient failure (the node never ran it), as one landing just after a look does.
+    /// this long (its last answer came this long ago). A connection in steady use from the
+    /// cooperative pool skips it (at N = 5 it was a third of an uncontended cycle's `recv`
+    /// calls): a close that lands within the loop's wake-up latency before such a command fails
+    /// that command as closed, a transient failure (the node never ran it), as one landing just
+    /// after a look does.
     static let peekAfterIdle: Duration = .milliseconds(100)
 
     /// Queues `command`: written at once by the caller when the connection is open and idle.

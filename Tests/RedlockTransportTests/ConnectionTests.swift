@@ -342,16 +342,11 @@ struct ConnectionTests {
             // thread on purpose: what a task that never suspends does), at most 10 s. With
             // `fromLoopThread` it sends the PING itself once the close happened: within
             // moments of the last command, so only its being on the loop's thread makes it look.
-            let holding = Atomic<Bool>(false)
             let killed = Atomic<Bool>(false)
-            let holder = Task(executorPreference: loop) {
-                holding.store(true, ordering: .releasing)
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while !killed.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(500) }
+            defer { killed.store(true, ordering: .releasing) }
+            let holder = await holdThread(of: loop, until: { killed.load(ordering: .acquiring) }) {
                 if fromLoopThread { connection.send([ping]) }
             }
-            defer { killed.store(true, ordering: .releasing) }
-            #expect(await eventually { holding.load(ordering: .acquiring) })
             let admin = RedisConnection(configuration: servers[0].configuration())
             let killedCount = try await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
             await admin.shutdown()
@@ -391,15 +386,9 @@ struct ConnectionTests {
             let generation = connection.connectionGeneration
             // A task on the loop's thread keeps it from handling the close (blocking that thread
             // on purpose, at most 10 s) until the PING below was sent.
-            let holding = Atomic<Bool>(false)
             let sent = Atomic<Bool>(false)
-            let holder = Task(executorPreference: loop) {
-                holding.store(true, ordering: .releasing)
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while !sent.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(500) }
-            }
             defer { sent.store(true, ordering: .releasing) }
-            #expect(await eventually { holding.load(ordering: .acquiring) })
+            let holder = await holdThread(of: loop, until: { sent.load(ordering: .acquiring) })
             let admin = RedisConnection(configuration: servers[0].configuration())
             let killedCount = try await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
             await admin.shutdown()
@@ -749,6 +738,25 @@ private func becomes(within limit: Duration, _ condition: () -> Bool) async -> B
     return condition()
 }
 
+/// Blocks `loop`'s thread from a task on its executor (on purpose: what a task that never
+/// suspends does), so the loop handles no event, until `released` returns true or `limit`
+/// passed; then runs `last` on that thread. Returns the task once it holds the thread (at most
+/// 5 s later).
+private func holdThread(
+    of loop: RedisEventLoop, until released: @escaping @Sendable () -> Bool, atMost limit: Duration = .seconds(10),
+    then last: @escaping @Sendable () -> Void = {}
+) async -> Task<Void, Never> {
+    let holding = Atomic<Bool>(false)
+    let task = Task(executorPreference: loop) {
+        holding.store(true, ordering: .releasing)
+        let giveUp = ContinuousClock.now + limit
+        while !released(), ContinuousClock.now < giveUp { usleep(500) }
+        last()
+    }
+    #expect(await eventually { holding.load(ordering: .acquiring) })
+    return task
+}
+
 /// Sends two PINGs on `connection` in one write; their answers.
 private func twoPings(on connection: RedisConnection) -> (OneTimeEvent<Result<RedisValue, RedisError>>, OneTimeEvent<Result<RedisValue, RedisError>>) {
     let first = OneTimeEvent<Result<RedisValue, RedisError>>()
@@ -848,10 +856,7 @@ struct EndOfStreamTests {
         if loopHeld {
             // A task on the loop's thread keeps it from looking until everything was sent: one
             // event then reports the bytes and the urgent data together.
-            await Task(executorPreference: loop) {
-                let giveUp = ContinuousClock.now + .seconds(5)
-                while !sent.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(500) }
-            }.value
+            await holdThread(of: loop, until: { sent.load(ordering: .acquiring) }, atMost: .seconds(5)).value
         }
         #expect(try await first.wait().get() == .simpleString("ONE"))
         #expect(try await second.wait().get() == .simpleString("TWO"))
