@@ -24,7 +24,12 @@ protocol Expiring: AnyObject, Sendable {
 /// the waits started since the oldest one still running.
 ///
 /// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
-/// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for.
+/// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for. Such a
+/// deadline set on the thread of the client's event loop (a handoff message's claim delay, an
+/// attempt sent from a reply's handler or by a task on ``RedlockClient/executor``) signals
+/// nobody at once: the loop keeps it (``RedisEventLoop/remind(_:at:)``) and signals the thread
+/// only if the deadline passes with the wait still on. Such waits mostly end first, within
+/// the exchange they guard, where waking another thread would take a core from it.
 ///
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.
@@ -118,20 +123,34 @@ final class DeadlineTimer: Sendable {
     private let stopRequested = Atomic<Bool>(false)
     /// Signalled when the sleeping thread must look again.
     private let wakeup = DispatchSemaphore(value: 0)
+    /// The client's event loop, which keeps early deadlines set on its thread.
+    private let loop: RedisEventLoop?
+    /// How often the thread was signalled for an earlier deadline, in all and from the loop's
+    /// thread (for tests).
+    private let signals = Atomic<Int>(0)
+    private let signalsFromLoop = Atomic<Int>(0)
+
+    /// A timer whose early deadlines set on `loop`'s thread wait there (see the type's notes);
+    /// without a loop, each signals the thread at once.
+    init(loop: RedisEventLoop? = nil) {
+        self.loop = loop
+    }
 
     /// Expires `waiter` at `deadline` unless it finished before.
     func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant) {
+        let onLoop = loop?.isCurrentThread ?? false
         let action = state.withLock { state in
             state.dropFinishedOnTop()
             state.push(Entry(deadline: deadline, waiter: waiter))
-            return Self.action(after: deadline, in: &state)
+            return Self.action(after: deadline, in: &state, onLoop: onLoop)
         }
-        perform(action)
+        perform(action, for: waiter, at: deadline)
     }
 
     /// Expires `waiter` once `timeout` has passed from now, unless it finished before.
     func schedule(_ waiter: any Expiring, after timeout: Duration) {
-        let action = state.withLock { state in
+        let onLoop = loop?.isCurrentThread ?? false
+        let (action, deadline) = state.withLock { state in
             let deadline = ContinuousClock.now + timeout
             if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
                 state.lanes[index].dropFinishedAtFront()
@@ -142,31 +161,70 @@ final class DeadlineTimer: Sendable {
                 state.dropFinishedOnTop()
                 state.push(Entry(deadline: deadline, waiter: waiter))
             }
-            return Self.action(after: deadline, in: &state)
+            return (Self.action(after: deadline, in: &state, onLoop: onLoop), deadline)
         }
-        perform(action)
+        perform(action, for: waiter, at: deadline)
     }
 
-    private enum Action { case none, signal, start }
+    private enum Action { case none, signal, remind, start }
 
-    /// What the thread needs after a wait with `deadline` was added.
-    private static func action(after deadline: ContinuousClock.Instant, in state: inout State) -> Action {
+    /// What the thread needs after a wait with `deadline` was added; `onLoop`: the caller runs
+    /// on the loop's thread, which can keep the deadline (the thread then sleeps on as it was).
+    private static func action(after deadline: ContinuousClock.Instant, in state: inout State, onLoop: Bool) -> Action {
         if !state.threadRunning {
             state.threadRunning = true
             return .start
         }
         guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return .none }
+        if onLoop { return .remind }
         state.wakeAt = deadline
         return .signal
     }
 
-    private func perform(_ action: Action) {
+    private func perform(_ action: Action, for waiter: any Expiring, at deadline: ContinuousClock.Instant) {
         switch action {
         case .none: break
-        case .signal: wakeup.signal()
+        case .signal: signal()
+        case .remind:
+            // Refused only off the loop's thread, or once it exited: signal as anywhere else.
+            if loop?.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: deadline) != true { wake(dueBy: deadline) }
         case .start:
             startNamedThread("redlock-timer", stackSize: 128 * 1024) { [self] in run() }
         }
+    }
+
+    private func signal() {
+        signals.wrappingAdd(1, ordering: .relaxed)
+        if loop?.isCurrentThread == true { signalsFromLoop.wrappingAdd(1, ordering: .relaxed) }
+        wakeup.signal()
+    }
+
+    /// Signals the thread when it sleeps past `deadline` (a deadline the loop kept came due).
+    private func wake(dueBy deadline: ContinuousClock.Instant) {
+        let needed = state.withLock { state in
+            guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return false }
+            state.wakeAt = deadline
+            return true
+        }
+        if needed { signal() }
+    }
+
+    /// A deadline the loop keeps for the timer: settled with its wait, due with the thread
+    /// signalled.
+    private final class Reminder: LoopReminder {
+        let timer: DeadlineTimer
+        let waiter: any Expiring
+        let deadline: ContinuousClock.Instant
+
+        init(timer: DeadlineTimer, waiter: any Expiring, deadline: ContinuousClock.Instant) {
+            self.timer = timer
+            self.waiter = waiter
+            self.deadline = deadline
+        }
+
+        var isSettled: Bool { waiter.isFinished }
+
+        func remind() { timer.wake(dueBy: deadline) }
     }
 
     /// Lets the thread end once the waits it holds are finished or expired.
@@ -183,6 +241,13 @@ final class DeadlineTimer: Sendable {
 
     /// Whether the thread is running (for tests).
     var isRunning: Bool { state.withLock { $0.threadRunning } }
+
+    /// How often the thread was signalled for an earlier deadline (for tests).
+    var signalCount: Int { signals.load(ordering: .relaxed) }
+
+    /// How often it was signalled from the loop's thread: for a deadline set there the moment
+    /// it was set, or when it came due unsettled (for tests).
+    var signalsFromLoopCount: Int { signalsFromLoop.load(ordering: .relaxed) }
 
     private func run() {
         enum Next { case sleep(until: ContinuousClock.Instant), sleepUntilSignalled, exit }

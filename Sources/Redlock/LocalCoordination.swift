@@ -897,7 +897,7 @@ final class LocalCoordination: Sendable {
             }
             if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) }
             if let claimAfter {
-                timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + claimAfter)
+                timer.schedule(TimerAction(until: waiter) { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + claimAfter)
             }
             return registration
         }
@@ -1031,7 +1031,7 @@ final class LocalCoordination: Sendable {
             state.names[key]?.handedOff(message, node: node) ?? (nil, nil)
         }
         if let (waiter, delay) = claimLater {
-            timer.schedule(TimerAction { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + delay)
+            timer.schedule(TimerAction(until: waiter) { [weak self] in self?.claimNow(key, waiter: waiter) }, at: .now + delay)
         }
         if let claimed { send(claimed) }
     }
@@ -1360,16 +1360,20 @@ struct AddressedHandoff: Sendable {
     }
 }
 
-/// A deadline-timer entry that runs `action` once, when its time comes.
+/// A deadline-timer entry that runs `action` once, when its time comes: unless, for one made
+/// `until` a waiter, that waiter's wait ended first (its action would find nothing to do), so
+/// the timer, and the event loop that may keep the deadline, drop it unrun.
 private final class TimerAction: Expiring {
     private let action: @Sendable () -> Void
     private let done = Atomic<Bool>(false)
+    private let waiter: Waiter?
 
-    init(_ action: @escaping @Sendable () -> Void) {
+    init(until waiter: Waiter? = nil, _ action: @escaping @Sendable () -> Void) {
+        self.waiter = waiter
         self.action = action
     }
 
-    var isFinished: Bool { done.load(ordering: .acquiring) }
+    var isFinished: Bool { done.load(ordering: .acquiring) || waiter?.isFinished == true }
 
     func expire() {
         guard done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }

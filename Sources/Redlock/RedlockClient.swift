@@ -122,7 +122,7 @@ public final class RedlockClient: Sendable {
         uptimes = NodeUptimes(nodeCount: nodes.count)
         acknowledgedUptimes = NodeUptimes(nodeCount: nodes.count)
         clocks = NodeClocks(nodeCount: nodes.count)
-        deadlines = DeadlineTimer()
+        deadlines = DeadlineTimer(loop: nodes.first?.eventLoop)
         shortestCommandTimeout = nodes.map(\.configuration.commandTimeout).min() ?? .seconds(1)
         acknowledgedNodes = nodes.map { node in
             var configuration = node.configuration
@@ -267,6 +267,10 @@ public final class RedlockClient: Sendable {
 
     /// How many lock names this client keeps local state for (for tests).
     package var coordinatedNameCount: Int { coordination.nameCount }
+
+    /// How often the client's timer thread was woken for an earlier deadline by its event
+    /// loop's thread (for tests).
+    package var timerSignalsFromLoop: Int { deadlines.signalsFromLoopCount }
 
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {

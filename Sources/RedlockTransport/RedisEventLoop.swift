@@ -13,6 +13,18 @@ protocol EventLoopSource: AnyObject, Sendable {
     func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant?
 }
 
+/// A deadline that a thread sleeping elsewhere must hear of, unless it is settled first: the
+/// event loop keeps it for a caller on its own thread (``RedisEventLoop/remind(_:at:)``), so
+/// that a deadline set while handling a reply or a message wakes nobody when the wait it
+/// guards ends before it, as such waits mostly do.
+package protocol LoopReminder: AnyObject, Sendable {
+    /// Whether the wait it stands for has ended: the loop then drops it without a word.
+    var isSettled: Bool { get }
+    /// Its deadline passed with the wait still on (or the loop is exiting): tell whoever
+    /// must act. Runs on the loop's thread; must be quick and must never block.
+    func remind()
+}
+
 /// One thread that waits in `epoll` on the sockets of many connections and delivers their
 /// replies: a client's connections share one, so a fan-out to five nodes wakes one thread, not
 /// five, and callers write their commands to the socket themselves.
@@ -54,6 +66,9 @@ package final class RedisEventLoop: Sendable {
     /// The loop thread's `pthread_self()` once it runs (0 before).
     private let thread = Atomic<UInt>(0)
     private let jobs = Mutex(Jobs())
+    /// Deadlines kept for callers on the loop's thread (``remind(_:at:)``), unordered (a few at
+    /// a time); nil once the thread has exited (a later thread may reuse its `pthread_t`).
+    private let reminders = Mutex<[(deadline: ContinuousClock.Instant, reminder: any LoopReminder)]?>([])
 
     /// The jobs of tasks that prefer this loop as their executor, run on the loop's thread after
     /// each turn's events.
@@ -182,6 +197,47 @@ package final class RedisEventLoop: Sendable {
         thread.load(ordering: .relaxed) == UInt(pthread_self())
     }
 
+    /// Keeps `reminder` until `deadline`: the loop calls its ``LoopReminder/remind()`` once the
+    /// deadline has passed with it unsettled (waking for it if it sleeps), or when the loop
+    /// exits, and drops it, settled, at its next turn. Only for a caller on the loop's own
+    /// thread, which recomputes its sleep before it waits again; returns false (keeping
+    /// nothing) for any other caller.
+    ///
+    /// What it saves: a deadline set while handling a reply or a message no longer wakes a
+    /// timer's thread at once, during the very exchange the wait is for, and not at all when
+    /// the wait ends first. The cost: the reminder is as late as the loop, which also reads
+    /// the replies that would settle it.
+    package func remind(_ reminder: any LoopReminder, at deadline: ContinuousClock.Instant) -> Bool {
+        guard isCurrentThread else { return false }
+        return reminders.withLock { list in
+            guard list != nil else { return false }
+            list?.append((deadline, reminder))
+            return true
+        }
+    }
+
+    /// Reminds the reminders due by `now` and drops the settled ones; returns the earliest
+    /// deadline left.
+    private func remindDue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        var due: [any LoopReminder] = []
+        let earliest = reminders.withLock { list -> ContinuousClock.Instant? in
+            guard list?.isEmpty == false else { return nil }
+            var earliest: ContinuousClock.Instant?
+            list?.removeAll { entry in
+                if entry.reminder.isSettled { return true }
+                if entry.deadline <= now {
+                    due.append(entry.reminder)
+                    return true
+                }
+                if earliest.map({ entry.deadline < $0 }) ?? true { earliest = entry.deadline }
+                return false
+            }
+            return earliest
+        }
+        for reminder in due { reminder.remind() }
+        return earliest
+    }
+
     private func run(_ poller: Poller) {
         thread.store(UInt(pthread_self()), ordering: .relaxed)
         var events: [Poller.Event] = []
@@ -209,11 +265,13 @@ package final class RedisEventLoop: Sendable {
                 nextCheck = next ?? .now + .seconds(3_600)
                 now = .now
             }
+            let reminderDue = remindDue(now: now)
             let idle = jobs.withLock { jobs in
                 jobs.sleeping = jobs.queue.isEmpty
                 return jobs.sleeping
             }
-            let timeout: Duration? = !idle ? .zero : sources.isEmpty ? nil : max(.zero, now.duration(to: nextCheck))
+            let wakeAt = reminderDue.map { sources.isEmpty ? $0 : min($0, nextCheck) } ?? (sources.isEmpty ? nil : nextCheck)
+            let timeout: Duration? = !idle ? .zero : wakeAt.map { max(.zero, now.duration(to: $0)) }
             let failed = poller.wait(into: &events, timeout: timeout) != nil
             jobs.withLock { $0.sleeping = false }
             if failed {
@@ -242,6 +300,10 @@ package final class RedisEventLoop: Sendable {
             return jobs.queue
         }
         for job in left { Self.runElsewhere(job) }
+        // Nobody will look at the reminders kept: tell each now (a remind early is only a look).
+        for entry in reminders.withLock({ list in defer { list = nil }; return list ?? [] }) where !entry.reminder.isSettled {
+            entry.reminder.remind()
+        }
         poller.close()
         exited.fire()
     }

@@ -235,7 +235,7 @@ struct FairLockTests {
         }
     }
 
-    @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind")
+    @Test("a waiter that a quorum handed the lock to holds it without an attempt of its own, valid from its first attempt, and leaves nothing behind; its claim delay, set on the event loop's thread, never wakes the timer's")
     func handoffIsAGrant() async throws {
         try await withLockNodes(5) { client, servers in
             let metrics = TestMetrics()
@@ -244,19 +244,28 @@ struct FairLockTests {
                 // 2 ms of the first (else it claims by an attempt, as it should): on a loaded
                 // machine the releaser's five writes can spread wider, so up to three rounds.
                 var outcome: (holder: DistributedLock, lock: DistributedLock, handed: Lease, lockedAt: ContinuousClock.Instant, released: ContinuousClock.Instant, round: Int)?
+                var timerSignals = 0
                 for round in 1...3 {
                     let holder = try client.makeLock("fair-grant-\(round)", options: patient())
                     let lease = try await locked(holder, in: client)
                     let lockedAt = ContinuousClock.now
                     let (lock, waiting) = try await waiter(in: other, for: "fair-grant-\(round)", options: patient(), nodes: servers.count)
+                    let signalsBefore = other.timerSignalsFromLoop
                     let released = ContinuousClock.now
                     try await holder.unlock(lease)
                     let handed = try await waiting.value
+                    // Past the 2 ms claim delay the first message set, and a turn of the loop.
+                    try await Task.sleep(for: .milliseconds(20))
+                    try await settle([other])
+                    timerSignals = other.timerSignalsFromLoop - signalsBefore
                     outcome = (holder, lock, handed, lockedAt, released, round)
                     if metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") > 0 { break }
                     try await lock.unlock(handed)
                 }
                 guard let (holder, lock, handed, lockedAt, released, round) = outcome else { return }
+                // The claim delay was set on the event loop's thread (the messages' handler) and
+                // ended with the wait: the loop never woke the waiter's timer thread for it.
+                #expect(timerSignals == 0, "the loop signalled the timer's thread \(timerSignals) times")
                 // A claim's lease would count from the claim, after the release began.
                 #expect(handed.acquiredAt > lockedAt && handed.acquiredAt < released, "dated from its first attempt")
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1, "no handoff grant in \(round) rounds")

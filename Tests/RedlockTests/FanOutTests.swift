@@ -1,5 +1,6 @@
 @testable import Redlock
 import RedlockTestSupport
+import RedlockTransport
 import Synchronization
 import Testing
 
@@ -414,6 +415,94 @@ struct DeadlineTimerTests {
         #expect(start.duration(to: end) < .seconds(5))
         // Still stopped: with nothing pending, the restarted thread ends on its own.
         #expect(await eventually { !timer.isRunning })
+    }
+    /// A timer with `loop` whose thread sleeps toward a far deadline (20 s out, past each
+    /// test's 5 s bound), and that far wait; expire it to let the thread end.
+    private func timerSleepingFar(loop: RedisEventLoop) async -> (DeadlineTimer, FanOutRound) {
+        let timer = DeadlineTimer(loop: loop)
+        let far = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let watched = WatchedWait(far)
+        timer.schedule(watched, at: ContinuousClock.now + .seconds(20))
+        // It looked at the far wait under its lock, and sleeps toward it since that look.
+        #expect(await eventually { watched.looks >= 1 })
+        return (timer, far)
+    }
+
+    @Test("an earlier deadline set on the event loop's thread that is settled before it comes wakes the timer's thread not at all; set elsewhere, it does")
+    func settledOnLoopWakesNobody() async {
+        let loop = RedisEventLoop(name: "timer-test")
+        let (timer, far) = await timerSleepingFar(loop: loop)
+        let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let deadline = ContinuousClock.now + .milliseconds(80)
+        await Task(executorPreference: loop) {
+            #expect(loop.isCurrentThread)
+            timer.schedule(near, at: deadline)
+            near.record(.granted(1), from: 0)
+        }.value
+        #expect(await collectVotes(of: near) == [.granted(1)])
+        // Past the deadline, and past a turn of the loop after it (a reminder that was due would
+        // have gone at that turn's start).
+        try? await Task.sleep(until: deadline + .milliseconds(100), clock: .continuous)
+        await Task(executorPreference: loop) {}.value
+        #expect(timer.signalCount == 0)
+
+        // The same from a thread of the pool signals it.
+        let elsewhere = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        timer.schedule(elsewhere, at: ContinuousClock.now + .milliseconds(80))
+        #expect(timer.signalCount == 1)
+        elsewhere.record(.granted(1), from: 0)
+        far.expire()
+        timer.stop()
+        await loop.shutdown()
+    }
+
+    @Test("an earlier deadline set on the event loop's thread and still unsettled when it comes expires its wait: the loop signals the timer's thread then, not before")
+    func unsettledOnLoopExpires() async throws {
+        let loop = RedisEventLoop(name: "timer-test")
+        let (timer, far) = await timerSleepingFar(loop: loop)
+        let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let watched = WatchedWait(near)
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(50)
+        let votes = await collectVotes(of: near) {
+            Task(executorPreference: loop) {
+                timer.schedule(watched, at: deadline)
+                #expect(timer.signalCount == 0, "the loop keeps it")
+            }
+        }
+        #expect(votes == [.refused(.noAnswer)])
+        let expiredAt = try #require(watched.expiredAt)
+        #expect(expiredAt >= deadline)
+        #expect(start.duration(to: expiredAt) < .seconds(5))
+        #expect(timer.signalCount == 1)
+        #expect(watched.expiries == 1)
+        far.expire()
+        timer.stop()
+        await loop.shutdown()
+    }
+
+    @Test("a loop that shuts down passes the deadlines it keeps on to the timer: their waits still expire at their own time, not at the timer's far one")
+    func loopShutdownHandsDeadlinesOver() async throws {
+        let loop = RedisEventLoop(name: "timer-test")
+        let (timer, far) = await timerSleepingFar(loop: loop)
+        let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let watched = WatchedWait(near)
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(150)
+        await Task(executorPreference: loop) { timer.schedule(watched, at: deadline) }.value
+        await loop.shutdown()
+        #expect(await collectVotes(of: near) == [.refused(.noAnswer)])
+        let expiredAt = try #require(watched.expiredAt)
+        #expect(expiredAt >= deadline)
+        #expect(start.duration(to: expiredAt) < .seconds(5))
+        // A deadline set after the loop exited is the timer's own again (the task ran elsewhere).
+        let late = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let lateVotes = await collectVotes(of: late) {
+            Task(executorPreference: loop) { timer.schedule(late, at: .now + .milliseconds(30)) }
+        }
+        #expect(lateVotes == [.refused(.noAnswer)])
+        far.expire()
+        timer.stop()
     }
 }
 
