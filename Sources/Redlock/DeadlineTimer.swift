@@ -25,11 +25,14 @@ protocol Expiring: AnyObject, Sendable {
 ///
 /// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
 /// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for. Such a
-/// deadline set on the thread of the client's event loop (a handoff message's claim delay, an
-/// attempt sent from a reply's handler or by a task on ``RedlockClient/executor``) signals
-/// nobody at once: the loop keeps it (``RedisEventLoop/remind(_:at:)``) and signals the thread
-/// only if the deadline passes with the wait still on. Such waits mostly end first, within
-/// the exchange they guard, where waking another thread would take a core from it.
+/// deadline set on the thread of the client's event loop (the loop of its first node's
+/// connection: a handoff message's claim delay, an attempt sent from a reply's handler or by a
+/// task on ``RedlockClient/executor``) signals nobody at once: the loop keeps it
+/// (``RedisEventLoop/remind(_:at:)``) and signals the thread only if the deadline passes with
+/// the wait still on, or when the loop exits. Such waits mostly end first, within the exchange
+/// they guard, where waking another thread would take a core from it. One that does not ends
+/// up to about a millisecond late (the loop sleeps in whole milliseconds), and as late as the
+/// loop when a task on it runs without suspending.
 ///
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.

@@ -68,7 +68,15 @@ package final class RedisEventLoop: Sendable {
     private let jobs = Mutex(Jobs())
     /// Deadlines kept for callers on the loop's thread (``remind(_:at:)``), unordered (a few at
     /// a time); nil once the thread has exited (a later thread may reuse its `pthread_t`).
-    private let reminders = Mutex<[(deadline: ContinuousClock.Instant, reminder: any LoopReminder)]?>([])
+    private let reminders = Mutex<[KeptReminder]?>([])
+
+    private struct KeptReminder {
+        let deadline: ContinuousClock.Instant
+        let reminder: any LoopReminder
+        /// Found due at the start of a turn: reminded at the next, unless the events that turn
+        /// polls settle it.
+        var due = false
+    }
 
     /// The jobs of tasks that prefer this loop as their executor, run on the loop's thread after
     /// each turn's events.
@@ -199,43 +207,53 @@ package final class RedisEventLoop: Sendable {
 
     /// Keeps `reminder` until `deadline`: the loop calls its ``LoopReminder/remind()`` once the
     /// deadline has passed with it unsettled (waking for it if it sleeps), or when the loop
-    /// exits, and drops it, settled, at its next turn. Only for a caller on the loop's own
+    /// exits, and drops it once settled (at its next turn). Only for a caller on the loop's own
     /// thread, which recomputes its sleep before it waits again; returns false (keeping
-    /// nothing) for any other caller.
+    /// nothing) for any other caller, and once the loop has exited.
     ///
     /// What it saves: a deadline set while handling a reply or a message no longer wakes a
     /// timer's thread at once, during the very exchange the wait is for, and not at all when
-    /// the wait ends first. The cost: the reminder is as late as the loop, which also reads
-    /// the replies that would settle it.
+    /// the wait ends first. Before it reminds a reminder come due, the loop reads the events
+    /// ready by then (a turn with a zero timeout), so a reply already in a socket settles it
+    /// first. The cost: a reminder comes up to about a millisecond late (`epoll_wait` sleeps
+    /// in whole milliseconds), and as late as the loop when a task on it runs without
+    /// suspending.
     package func remind(_ reminder: any LoopReminder, at deadline: ContinuousClock.Instant) -> Bool {
         guard isCurrentThread else { return false }
         return reminders.withLock { list in
             guard list != nil else { return false }
-            list?.append((deadline, reminder))
+            list?.append(KeptReminder(deadline: deadline, reminder: reminder))
             return true
         }
     }
 
-    /// Reminds the reminders due by `now` and drops the settled ones; returns the earliest
-    /// deadline left.
+    /// Drops the settled reminders, reminds those found due at the start of the turn before
+    /// (the events polled since did not settle them), and marks those due by `now`; returns
+    /// when the loop must look again: `now` when some were just found due (poll the events
+    /// ready, then remind), else the earliest deadline left.
     private func remindDue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         var due: [any LoopReminder] = []
-        let earliest = reminders.withLock { list -> ContinuousClock.Instant? in
-            guard list?.isEmpty == false else { return nil }
-            var earliest: ContinuousClock.Instant?
-            list?.removeAll { entry in
+        let next = reminders.withLock { list -> ContinuousClock.Instant? in
+            guard var kept = list, !kept.isEmpty else { return nil }
+            var next: ContinuousClock.Instant?
+            kept.removeAll { entry in
                 if entry.reminder.isSettled { return true }
-                if entry.deadline <= now {
+                if entry.due {
                     due.append(entry.reminder)
                     return true
                 }
-                if earliest.map({ entry.deadline < $0 }) ?? true { earliest = entry.deadline }
                 return false
             }
-            return earliest
+            for index in kept.indices {
+                let deadline = kept[index].deadline <= now ? now : kept[index].deadline
+                kept[index].due = deadline == now
+                if next.map({ deadline < $0 }) ?? true { next = deadline }
+            }
+            list = kept
+            return next
         }
         for reminder in due { reminder.remind() }
-        return earliest
+        return next
     }
 
     private func run(_ poller: Poller) {

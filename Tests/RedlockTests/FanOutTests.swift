@@ -434,15 +434,21 @@ struct DeadlineTimerTests {
         let (timer, far) = await timerSleepingFar(loop: loop)
         let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
         let deadline = ContinuousClock.now + .milliseconds(80)
+        // The same through a lane (a fan-out's budget).
+        let budgeted = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
         await Task(executorPreference: loop) {
             #expect(loop.isCurrentThread)
             timer.schedule(near, at: deadline)
             near.record(.granted(1), from: 0)
+            timer.schedule(budgeted, after: .milliseconds(80))
+            budgeted.record(.granted(1), from: 0)
         }.value
         #expect(await collectVotes(of: near) == [.granted(1)])
-        // Past the deadline, and past a turn of the loop after it (a reminder that was due would
-        // have gone at that turn's start).
+        #expect(await collectVotes(of: budgeted) == [.granted(1)])
+        // Past the deadlines, and past two turns of the loop after them (a reminder found due is
+        // reminded at the next turn's start).
         try? await Task.sleep(until: deadline + .milliseconds(100), clock: .continuous)
+        await Task(executorPreference: loop) {}.value
         await Task(executorPreference: loop) {}.value
         #expect(timer.signalCount == 0)
 
@@ -495,12 +501,15 @@ struct DeadlineTimerTests {
         let expiredAt = try #require(watched.expiredAt)
         #expect(expiredAt >= deadline)
         #expect(start.duration(to: expiredAt) < .seconds(5))
-        // A deadline set after the loop exited is the timer's own again (the task ran elsewhere).
+        // A deadline set after the loop exited is the timer's own again (the task ran elsewhere):
+        // it expires at its time, not at the far one.
         let late = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let lateStart = ContinuousClock.now
         let lateVotes = await collectVotes(of: late) {
             Task(executorPreference: loop) { timer.schedule(late, at: .now + .milliseconds(30)) }
         }
         #expect(lateVotes == [.refused(.noAnswer)])
+        #expect(lateStart.duration(to: .now) < .seconds(5))
         far.expire()
         timer.stop()
     }

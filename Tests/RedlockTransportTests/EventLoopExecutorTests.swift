@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import RedlockTestSupport
 import RedlockTransport
 import Synchronization
@@ -133,6 +138,49 @@ struct EventLoopExecutorTests {
             #expect(thread != "executor-mid")
         }
     }
+
+    @Test("a reminder come due while the loop was held is settled by the reply already in its socket, not reminded; one left unsettled is reminded once; callers elsewhere are refused")
+    func reminderSettledByReadyReply() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "reminder-test")
+            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let settledByReply = CountingReminder()
+            let unsettled = CountingReminder()
+            #expect(!loop.remind(unsettled, at: .now), "kept for a caller off the loop's thread")
+            // On the loop's thread, which then handles no event until the task ends: both due in
+            // 20 ms, a PING whose answer settles the first, and the thread held well past the
+            // deadline, so that the answer is in the socket, unread, when the loop looks again.
+            await Task(executorPreference: loop) {
+                let sentAt = ContinuousClock.now
+                #expect(loop.remind(settledByReply, at: sentAt + .milliseconds(20)))
+                #expect(loop.remind(unsettled, at: sentAt + .milliseconds(20)))
+                connection.send(RedisCommand("PING")) { _ in settledByReply.settle() }
+                while ContinuousClock.now < sentAt + .milliseconds(300) { usleep(500) }
+            }.value
+            #expect(await eventually { unsettled.reminders == 1 })
+            #expect(await eventually { settledByReply.isSettled })
+            // Two more turns of the loop: nothing more is reminded.
+            await Task(executorPreference: loop) {}.value
+            await Task(executorPreference: loop) {}.value
+            #expect(settledByReply.reminders == 0, "reminded before the ready answer was read")
+            #expect(unsettled.reminders == 1)
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+}
+
+/// A reminder that counts how often the loop reminded it; settled by ``settle()``.
+private final class CountingReminder: LoopReminder {
+    private let settled = Atomic<Bool>(false)
+    private let count = Atomic<Int>(0)
+
+    var isSettled: Bool { settled.load(ordering: .acquiring) }
+    var reminders: Int { count.load(ordering: .acquiring) }
+
+    func settle() { settled.store(true, ordering: .releasing) }
+    func remind() { count.wrappingAdd(1, ordering: .acquiringAndReleasing) }
 }
 
 @Suite("Threads of the library")
