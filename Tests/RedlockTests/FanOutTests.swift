@@ -416,22 +416,36 @@ struct DeadlineTimerTests {
         // Still stopped: with nothing pending, the restarted thread ends on its own.
         #expect(await eventually { !timer.isRunning })
     }
-    /// A timer with `loop` whose thread sleeps toward a far deadline (20 s out, past each
-    /// test's 5 s bound), and that far wait; expire it to let the thread end.
-    private func timerSleepingFar(loop: RedisEventLoop) async -> (DeadlineTimer, FanOutRound) {
+    /// A new event loop, and a timer with it whose thread sleeps toward a far deadline (20 s
+    /// out, past each test's 5 s bound), and that far wait; expire it to let the thread end.
+    private func timerSleepingFar() async -> (RedisEventLoop, DeadlineTimer, FanOutRound) {
+        let loop = RedisEventLoop(name: "timer-test")
         let timer = DeadlineTimer(loop: loop)
         let far = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
         let watched = WatchedWait(far)
         timer.schedule(watched, at: ContinuousClock.now + .seconds(20))
         // It looked at the far wait under its lock, and sleeps toward it since that look.
         #expect(await eventually { watched.looks >= 1 })
-        return (timer, far)
+        return (loop, timer, far)
+    }
+
+    /// A one-node round, watched.
+    private func watchedRound() -> (FanOutRound, WatchedWait) {
+        let round = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        return (round, WatchedWait(round))
+    }
+
+    /// `watched` was expired at or after `deadline`, and within 5 s of `start` (not at the
+    /// far deadline the timer slept toward).
+    private func expectExpiredOnTime(_ watched: WatchedWait, deadline: ContinuousClock.Instant, since start: ContinuousClock.Instant) throws {
+        let expiredAt = try #require(watched.expiredAt)
+        #expect(expiredAt >= deadline)
+        #expect(start.duration(to: expiredAt) < .seconds(5))
     }
 
     @Test("an earlier deadline set on the event loop's thread that is settled before it comes wakes the timer's thread not at all; set elsewhere, it does")
     func settledOnLoopWakesNobody() async {
-        let loop = RedisEventLoop(name: "timer-test")
-        let (timer, far) = await timerSleepingFar(loop: loop)
+        let (loop, timer, far) = await timerSleepingFar()
         let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
         let deadline = ContinuousClock.now + .milliseconds(80)
         // The same through a lane (a fan-out's budget).
@@ -464,10 +478,8 @@ struct DeadlineTimerTests {
 
     @Test("an earlier deadline set on the event loop's thread and still unsettled when it comes expires its wait: the loop signals the timer's thread then, not before")
     func unsettledOnLoopExpires() async throws {
-        let loop = RedisEventLoop(name: "timer-test")
-        let (timer, far) = await timerSleepingFar(loop: loop)
-        let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
-        let watched = WatchedWait(near)
+        let (loop, timer, far) = await timerSleepingFar()
+        let (near, watched) = watchedRound()
         let start = ContinuousClock.now
         let deadline = start + .milliseconds(50)
         let votes = await collectVotes(of: near) {
@@ -477,9 +489,7 @@ struct DeadlineTimerTests {
             }
         }
         #expect(votes == [.refused(.noAnswer)])
-        let expiredAt = try #require(watched.expiredAt)
-        #expect(expiredAt >= deadline)
-        #expect(start.duration(to: expiredAt) < .seconds(5))
+        try expectExpiredOnTime(watched, deadline: deadline, since: start)
         #expect(timer.signalCount == 1)
         #expect(watched.expiries == 1)
         far.expire()
@@ -489,18 +499,14 @@ struct DeadlineTimerTests {
 
     @Test("a loop that shuts down passes the deadlines it keeps on to the timer: their waits still expire at their own time, not at the timer's far one")
     func loopShutdownHandsDeadlinesOver() async throws {
-        let loop = RedisEventLoop(name: "timer-test")
-        let (timer, far) = await timerSleepingFar(loop: loop)
-        let near = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
-        let watched = WatchedWait(near)
+        let (loop, timer, far) = await timerSleepingFar()
+        let (near, watched) = watchedRound()
         let start = ContinuousClock.now
         let deadline = start + .milliseconds(150)
         await Task(executorPreference: loop) { timer.schedule(watched, at: deadline) }.value
         await loop.shutdown()
         #expect(await collectVotes(of: near) == [.refused(.noAnswer)])
-        let expiredAt = try #require(watched.expiredAt)
-        #expect(expiredAt >= deadline)
-        #expect(start.duration(to: expiredAt) < .seconds(5))
+        try expectExpiredOnTime(watched, deadline: deadline, since: start)
         // A deadline set after the loop exited is the timer's own again (the task ran elsewhere):
         // it expires at its time, not at the far one.
         let late = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
