@@ -224,7 +224,9 @@ public final class RedlockClient: Sendable {
     /// ```
     ///
     /// Only for short, non-blocking work: while code runs on this thread, no reply of any node
-    /// is read and no command timeout is checked, for every lock of the client. A `withLock`
+    /// is read and no command timeout is checked, and a wait whose deadline was set on this
+    /// thread (a fan-out's budget, a retry delay, a fair waiter's claim delay) may end only once
+    /// that code returns, for every lock of the client. A `withLock`
     /// body called from such a task runs there too (its lease extender and deadline watch run
     /// on the global executor): a body that computes for long without suspending keeps the
     /// extensions' replies unread, so its scope ends in ``RedlockError/Code-swift.struct/leaseLost``
