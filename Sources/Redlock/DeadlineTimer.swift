@@ -141,18 +141,16 @@ final class DeadlineTimer: Sendable {
 
     /// Expires `waiter` at `deadline` unless it finished before.
     func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant) {
-        let onLoop = loop?.isCurrentThread ?? false
         let action = state.withLock { state in
             state.dropFinishedOnTop()
             state.push(Entry(deadline: deadline, waiter: waiter))
-            return Self.action(after: deadline, in: &state, onLoop: onLoop)
+            return Self.action(after: deadline, in: &state)
         }
         perform(action, for: waiter, at: deadline)
     }
 
     /// Expires `waiter` once `timeout` has passed from now, unless it finished before.
     func schedule(_ waiter: any Expiring, after timeout: Duration) {
-        let onLoop = loop?.isCurrentThread ?? false
         let (action, deadline) = state.withLock { state in
             let deadline = ContinuousClock.now + timeout
             if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
@@ -164,52 +162,55 @@ final class DeadlineTimer: Sendable {
                 state.dropFinishedOnTop()
                 state.push(Entry(deadline: deadline, waiter: waiter))
             }
-            return (Self.action(after: deadline, in: &state, onLoop: onLoop), deadline)
+            return (Self.action(after: deadline, in: &state), deadline)
         }
         perform(action, for: waiter, at: deadline)
     }
 
-    private enum Action { case none, signal, remind, start }
+    private enum Action { case none, earlier, start }
 
-    /// What the thread needs after a wait with `deadline` was added; `onLoop`: the caller runs
-    /// on the loop's thread, which can keep the deadline (the thread then sleeps on as it was).
-    private static func action(after deadline: ContinuousClock.Instant, in state: inout State, onLoop: Bool) -> Action {
+    /// What the thread needs after a wait with `deadline` was added: `.earlier` when it sleeps
+    /// past it (nothing changed yet: the loop may keep the deadline, see ``perform(_:for:at:)``).
+    private static func action(after deadline: ContinuousClock.Instant, in state: inout State) -> Action {
         if !state.threadRunning {
             state.threadRunning = true
             return .start
         }
-        guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return .none }
-        if onLoop { return .remind }
-        state.wakeAt = deadline
-        return .signal
+        return sleepsPast(deadline, state) ? .earlier : .none
     }
 
+    /// Whether the thread sleeps (or is about to) beyond `deadline`.
+    private static func sleepsPast(_ deadline: ContinuousClock.Instant, _ state: State) -> Bool {
+        state.sleeping && (state.wakeAt.map { deadline < $0 } ?? true)
+    }
+
+    /// Acts on `action` outside the lock. An earlier deadline set on the loop's thread is kept
+    /// there (the loop refuses once it has exited); any other signals the thread, which is
+    /// looked at again under the lock: it may have woken meanwhile. Only this rarer path asks
+    /// which thread the caller is on.
     private func perform(_ action: Action, for waiter: any Expiring, at deadline: ContinuousClock.Instant) {
         switch action {
         case .none: break
-        case .signal: signal()
-        case .remind:
-            // Refused only off the loop's thread, or once it exited: signal as anywhere else.
-            if loop?.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: deadline) != true { wake(dueBy: deadline) }
+        case .earlier:
+            if let loop, loop.isCurrentThread, loop.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: deadline) { return }
+            wake(dueBy: deadline)
         case .start:
             startNamedThread("redlock-timer", stackSize: 128 * 1024) { [self] in run() }
         }
     }
 
-    private func signal() {
-        signals.wrappingAdd(1, ordering: .relaxed)
-        if loop?.isCurrentThread == true { signalsFromLoop.wrappingAdd(1, ordering: .relaxed) }
-        wakeup.signal()
-    }
-
-    /// Signals the thread when it sleeps past `deadline` (a deadline the loop kept came due).
+    /// Signals the thread when it sleeps past `deadline` (an earlier deadline was set, or one
+    /// the loop kept came due).
     private func wake(dueBy deadline: ContinuousClock.Instant) {
         let needed = state.withLock { state in
-            guard state.sleeping, state.wakeAt.map({ deadline < $0 }) ?? true else { return false }
+            guard Self.sleepsPast(deadline, state) else { return false }
             state.wakeAt = deadline
             return true
         }
-        if needed { signal() }
+        guard needed else { return }
+        signals.wrappingAdd(1, ordering: .relaxed)
+        if loop?.isCurrentThread == true { signalsFromLoop.wrappingAdd(1, ordering: .relaxed) }
+        wakeup.signal()
     }
 
     /// A deadline the loop keeps for the timer: settled with its wait, due with the thread

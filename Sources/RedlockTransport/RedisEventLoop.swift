@@ -66,9 +66,6 @@ package final class RedisEventLoop: Sendable {
     /// The loop thread's `pthread_self()` once it runs (0 before).
     private let thread = Atomic<UInt>(0)
     private let jobs = Mutex(Jobs())
-    /// Deadlines kept for callers on the loop's thread (``remind(_:at:)``), unordered (a few at
-    /// a time); nil once the thread has exited (a later thread may reuse its `pthread_t`).
-    private let reminders = Mutex<[KeptReminder]?>([])
 
     private struct KeptReminder {
         let deadline: ContinuousClock.Instant
@@ -79,14 +76,38 @@ package final class RedisEventLoop: Sendable {
     }
 
     /// The jobs of tasks that prefer this loop as their executor, run on the loop's thread after
-    /// each turn's events.
+    /// each turn's events, and the deadlines it keeps (``remind(_:at:)``): both looked at once
+    /// per turn, under one lock.
     private struct Jobs {
         var queue: [UnownedJob] = []
         /// The thread is about to wait, or waits, in `epoll` with no job queued: the next
         /// enqueue wakes it.
         var sleeping = false
-        /// The thread has exited: jobs go to the global executor.
+        /// The thread has exited: jobs go to the global executor, reminders are refused (a
+        /// later thread may reuse its `pthread_t`).
         var closed = false
+        /// Unordered: a few at a time.
+        var reminders: [KeptReminder] = []
+
+        /// Drops the settled reminders, moves those found due at the start of the turn before
+        /// (the events polled since did not settle them) to `due`, and marks those due by
+        /// `now`; returns when the loop must look again: `now` when some were just found due
+        /// (poll the events ready, then remind), else the earliest deadline left.
+        mutating func sweepReminders(now: ContinuousClock.Instant, due: inout [any LoopReminder]) -> ContinuousClock.Instant? {
+            guard !reminders.isEmpty else { return nil }
+            reminders.removeAll { entry in
+                if entry.reminder.isSettled { return true }
+                if entry.due { due.append(entry.reminder) }
+                return entry.due
+            }
+            var next: ContinuousClock.Instant?
+            for index in reminders.indices {
+                let deadline = max(reminders[index].deadline, now)
+                reminders[index].due = deadline == now
+                next = earliest(next, deadline)
+            }
+            return next
+        }
     }
 
     /// The loop that connections made without one share: started on first use, never stopped.
@@ -220,40 +241,11 @@ package final class RedisEventLoop: Sendable {
     /// suspending.
     package func remind(_ reminder: any LoopReminder, at deadline: ContinuousClock.Instant) -> Bool {
         guard isCurrentThread else { return false }
-        return reminders.withLock { list in
-            guard list != nil else { return false }
-            list?.append(KeptReminder(deadline: deadline, reminder: reminder))
+        return jobs.withLock { jobs in
+            guard !jobs.closed else { return false }
+            jobs.reminders.append(KeptReminder(deadline: deadline, reminder: reminder))
             return true
         }
-    }
-
-    /// Drops the settled reminders, reminds those found due at the start of the turn before
-    /// (the events polled since did not settle them), and marks those due by `now`; returns
-    /// when the loop must look again: `now` when some were just found due (poll the events
-    /// ready, then remind), else the earliest deadline left.
-    private func remindDue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
-        var due: [any LoopReminder] = []
-        let next = reminders.withLock { list -> ContinuousClock.Instant? in
-            guard var kept = list, !kept.isEmpty else { return nil }
-            var next: ContinuousClock.Instant?
-            kept.removeAll { entry in
-                if entry.reminder.isSettled { return true }
-                if entry.due {
-                    due.append(entry.reminder)
-                    return true
-                }
-                return false
-            }
-            for index in kept.indices {
-                let deadline = kept[index].deadline <= now ? now : kept[index].deadline
-                kept[index].due = deadline == now
-                if next.map({ deadline < $0 }) ?? true { next = deadline }
-            }
-            list = kept
-            return next
-        }
-        for reminder in due { reminder.remind() }
-        return next
     }
 
     private func run(_ poller: Poller) {
@@ -262,6 +254,7 @@ package final class RedisEventLoop: Sendable {
         events.reserveCapacity(64)
         var running: [UnownedJob] = []
         running.reserveCapacity(16)
+        var due: [any LoopReminder] = []
         let executor = asUnownedTaskExecutor()
         // Deadlines are checked when one is due, when a source registered, and at least every
         // check interval; not on every event or job, which would take every source's lock.
@@ -283,12 +276,14 @@ package final class RedisEventLoop: Sendable {
                 nextCheck = next ?? .now + .seconds(3_600)
                 now = .now
             }
-            let reminderDue = remindDue(now: now)
-            let idle = jobs.withLock { jobs in
+            let (idle, reminderAt) = jobs.withLock { jobs in
+                let reminderAt = jobs.sweepReminders(now: now, due: &due)
                 jobs.sleeping = jobs.queue.isEmpty
-                return jobs.sleeping
+                return (jobs.sleeping, reminderAt)
             }
-            let wakeAt = reminderDue.map { sources.isEmpty ? $0 : min($0, nextCheck) } ?? (sources.isEmpty ? nil : nextCheck)
+            for reminder in due { reminder.remind() }
+            due.removeAll(keepingCapacity: true)
+            let wakeAt = earliest(reminderAt, sources.isEmpty ? nil : nextCheck)
             let timeout: Duration? = !idle ? .zero : wakeAt.map { max(.zero, now.duration(to: $0)) }
             let failed = poller.wait(into: &events, timeout: timeout) != nil
             jobs.withLock { $0.sleeping = false }
@@ -312,16 +307,14 @@ package final class RedisEventLoop: Sendable {
             for job in running { job.runSynchronously(on: executor) }
             running.removeAll(keepingCapacity: true)
         }
-        let left = jobs.withLock { jobs in
+        let (left, kept) = jobs.withLock { jobs in
             jobs.closed = true
-            defer { jobs.queue = [] }
-            return jobs.queue
+            defer { (jobs.queue, jobs.reminders) = ([], []) }
+            return (jobs.queue, jobs.reminders)
         }
         for job in left { Self.runElsewhere(job) }
         // Nobody will look at the reminders kept: tell each now (a remind early is only a look).
-        for entry in reminders.withLock({ list in defer { list = nil }; return list ?? [] }) where !entry.reminder.isSettled {
-            entry.reminder.remind()
-        }
+        for entry in kept where !entry.reminder.isSettled { entry.reminder.remind() }
         poller.close()
         exited.fire()
     }
@@ -352,4 +345,11 @@ extension RedisEventLoop: TaskExecutor {
             poller?.wake()
         }
     }
+}
+
+/// The earlier of two instants, either of which may be missing.
+private func earliest(_ first: ContinuousClock.Instant?, _ second: ContinuousClock.Instant?) -> ContinuousClock.Instant? {
+    guard let first else { return second }
+    guard let second else { return first }
+    return min(first, second)
 }

@@ -85,7 +85,7 @@ struct ExecutorTests {
         }
     }
 
-    @Test("with a majority of nodes frozen, a lock() on the executor fails within its attempt budgets (the timer wakes the loop)")
+    @Test("with a majority of nodes frozen, a lock() on the executor fails within its attempt budgets (budgets set on the loop: the loop keeps them, then wakes the timer)")
     func frozenMajorityOnTheLoop() async throws {
         try await withLockNodes(3) { client, servers in
             try await servers[0].pause()

@@ -429,6 +429,13 @@ struct DeadlineTimerTests {
         return (loop, timer, far)
     }
 
+    /// Lets the far wait go, stops the timer and (unless it exited already) the loop.
+    private func tearDown(_ loop: RedisEventLoop, _ timer: DeadlineTimer, _ far: FanOutRound) async {
+        far.expire()
+        timer.stop()
+        await loop.shutdown()
+    }
+
     /// A one-node round, watched.
     private func watchedRound() -> (FanOutRound, WatchedWait) {
         let round = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
@@ -471,9 +478,7 @@ struct DeadlineTimerTests {
         timer.schedule(elsewhere, at: ContinuousClock.now + .milliseconds(80))
         #expect(timer.signalCount == 1)
         elsewhere.record(.granted(1), from: 0)
-        far.expire()
-        timer.stop()
-        await loop.shutdown()
+        await tearDown(loop, timer, far)
     }
 
     @Test("an earlier deadline set on the event loop's thread and still unsettled when it comes expires its wait: the loop signals the timer's thread then, not before")
@@ -492,9 +497,7 @@ struct DeadlineTimerTests {
         try expectExpiredOnTime(watched, deadline: deadline, since: start)
         #expect(timer.signalCount == 1)
         #expect(watched.expiries == 1)
-        far.expire()
-        timer.stop()
-        await loop.shutdown()
+        await tearDown(loop, timer, far)
     }
 
     @Test("a loop that shuts down passes the deadlines it keeps on to the timer: their waits still expire at their own time, not at the timer's far one")
@@ -516,8 +519,7 @@ struct DeadlineTimerTests {
         }
         #expect(lateVotes == [.refused(.noAnswer)])
         #expect(lateStart.duration(to: .now) < .seconds(5))
-        far.expire()
-        timer.stop()
+        await tearDown(loop, timer, far)
     }
 }
 
