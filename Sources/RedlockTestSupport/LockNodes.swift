@@ -8,18 +8,21 @@ import RedlockTransport
 /// Connecting first means that short leases in a test measure the lock, not connects.
 /// - Parameters:
 ///   - count: How many nodes; at least 1.
+///   - busyPoll: The client's busy poll (``RedlockClient/init(nodes:logger:metrics:tracer:busyPoll:)``);
+///     default zero.
 ///   - body: The test, given the client and the servers in the client's node order.
 /// - Throws: What starting a server or connecting a node throws (``RedisServerError``,
 ///   `RedisError`), `RedlockError` (`invalidConfiguration`) for a `count` below 1, or what
 ///   `body` throws.
 public func withLockNodes<T>(
     _ count: Int,
+    busyPoll: Duration = .zero,
     _ body: (RedlockClient, [RedisServer]) async throws -> T
 ) async throws -> T {
     try await withRedisServers(count) { servers throws in
-        let client = try RedlockClient(nodes: servers.map {
-            $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1))
-        })
+        let client = try RedlockClient(
+            nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) }, busyPoll: busyPoll
+        )
         return try await withTeardown {
             for status in await client.checkNodes() { _ = try status.result.get() }
             return try await body(client, servers)

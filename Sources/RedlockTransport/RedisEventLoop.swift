@@ -36,6 +36,11 @@ package protocol LoopReminder: AnyObject, Sendable {
 /// Deadlines (command timeouts, reconnect back-offs) are checked when one is due, when a source
 /// registers, and at least every check interval of the registered sources (the shortest), so a
 /// command written by a caller while the loop sleeps is timed out at most one interval late.
+///
+/// With a ``busyPoll`` budget the thread, for that long after a turn that handled an event or ran
+/// a job, polls its sockets without blocking (yielding its CPU between polls to any other thread
+/// that wants it) rather than block in `epoll_wait`: an event that comes meanwhile is read by a
+/// running thread. An idle loop sleeps.
 package final class RedisEventLoop: Sendable {
     private struct Registry {
         var sources: [UInt64: (source: any EventLoopSource, interval: Duration)] = [:]
@@ -66,6 +71,12 @@ package final class RedisEventLoop: Sendable {
     /// The loop thread's `pthread_self()` once it runs (0 before).
     private let thread = Atomic<UInt>(0)
     private let jobs = Mutex(Jobs())
+    /// How long the thread polls without blocking after a turn that did something (zero: it
+    /// blocks at once). See the type's documentation.
+    package let busyPoll: Duration
+    /// How many times the thread blocked in `epoll_wait` with a timeout other than zero (for
+    /// tests: a reply read while polling busily costs none).
+    private let blockingWaits = Atomic<Int>(0)
 
     private struct KeptReminder {
         let deadline: ContinuousClock.Instant
@@ -116,8 +127,10 @@ package final class RedisEventLoop: Sendable {
     /// Creates a loop and starts its thread. If the system refuses the `epoll` instance or the
     /// eventfd (no descriptor left: `EMFILE`), the loop has no thread yet: each command sent
     /// through it tries again (``startIfNeeded()``), and fails with that error until one succeeds.
-    package init(name: String = "redis-loop") {
+    /// `busyPoll`: see the type's documentation; negative counts as zero.
+    package init(name: String = "redis-loop", busyPoll: Duration = .zero) {
         self.name = name
+        self.busyPoll = max(.zero, busyPoll)
         _ = startIfNeeded()
     }
 
@@ -248,6 +261,33 @@ package final class RedisEventLoop: Sendable {
         }
     }
 
+    /// How many times the thread has blocked in `epoll_wait` (with a timeout other than zero).
+    package var blockingWaitCount: Int { blockingWaits.load(ordering: .relaxed) }
+
+    /// Waits for events as the turn asks: at once when `timeout` is zero; else, until
+    /// `pollUntil` (the end of the busy poll, if any), polls without blocking until an event or
+    /// `wakeAt`, yielding the CPU between polls; then blocks until an event or `wakeAt` (nil: no
+    /// timeout). Returns whether `epoll_wait` failed.
+    private func wait(
+        _ poller: Poller, into events: inout [Poller.Event], timeout: Duration?, wakeAt: ContinuousClock.Instant?,
+        pollUntil: ContinuousClock.Instant?
+    ) -> Bool {
+        if timeout == .zero { return poller.wait(into: &events, timeout: .zero) != nil }
+        var now = ContinuousClock.now
+        if let end = earliest(pollUntil, wakeAt), let pollUntil, pollUntil > now {
+            while true {
+                if poller.wait(into: &events, timeout: .zero) != nil { return true }
+                if !events.isEmpty { return false }
+                now = .now
+                if now >= end { break }
+                sched_yield()
+            }
+        }
+        let remaining = wakeAt.map { max(.zero, now.duration(to: $0)) }
+        if remaining != .zero { blockingWaits.add(1, ordering: .relaxed) }
+        return poller.wait(into: &events, timeout: remaining) != nil
+    }
+
     private func run(_ poller: Poller) {
         thread.store(UInt(pthread_self()), ordering: .relaxed)
         var events: [Poller.Event] = []
@@ -259,6 +299,9 @@ package final class RedisEventLoop: Sendable {
         // Deadlines are checked when one is due, when a source registered, and at least every
         // check interval; not on every event or job, which would take every source's lock.
         var nextCheck = ContinuousClock.now
+        // The end of the busy poll: `busyPoll` after the last turn that handled an event or ran
+        // a job (an idle loop sleeps).
+        var pollUntil: ContinuousClock.Instant?
         while true {
             let (snapshot, stopping, registered) = registry.withLock { registry in
                 defer { registry.registered = false }
@@ -285,7 +328,7 @@ package final class RedisEventLoop: Sendable {
             due.removeAll(keepingCapacity: true)
             let wakeAt = earliest(reminderAt, sources.isEmpty ? nil : nextCheck)
             let timeout: Duration? = !idle ? .zero : wakeAt.map { max(.zero, now.duration(to: $0)) }
-            let failed = poller.wait(into: &events, timeout: timeout) != nil
+            let failed = wait(poller, into: &events, timeout: timeout, wakeAt: wakeAt, pollUntil: pollUntil)
             jobs.withLock { $0.sleeping = false }
             if failed {
                 // epoll_wait failed for a reason other than a signal: back off, then try again.
@@ -304,6 +347,7 @@ package final class RedisEventLoop: Sendable {
             // The jobs queued until now (those they queue wait for the next turn, so a task that
             // keeps yielding cannot starve the sockets).
             jobs.withLock { swap(&$0.queue, &running) }
+            if busyPoll > .zero, !events.isEmpty || !running.isEmpty { pollUntil = .now + busyPoll }
             for job in running { job.runSynchronously(on: executor) }
             running.removeAll(keepingCapacity: true)
         }

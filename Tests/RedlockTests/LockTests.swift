@@ -17,6 +17,21 @@ struct LockTests {
         }
     }
 
+    @Test("with busy polling on, 200 tasks on the pool and 200 on the client's executor still count to exactly 200 each")
+    func mutualExclusionWhilePolling() async throws {
+        try await withLockNodes(3, busyPoll: .milliseconds(1)) { client, _ in
+            let lock = try client.makeLock("counter", options: testOptions(tries: .max, failFast: true))
+            let counter = try await UnsafeCounter.incremented(under: lock, tasks: 200)
+            #expect(await counter.read() == 200)
+            #expect(await counter.maximumInside == 1)
+            let onLoop = try await withTaskExecutorPreference(client.executor) {
+                try await UnsafeCounter.incremented(under: lock, tasks: 200)
+            }
+            #expect(await onLoop.read() == 200)
+            #expect(await onLoop.maximumInside == 1)
+        }
+    }
+
     @Test("on 5 nodes, every subset of taken nodes gives acquire iff the free nodes reach quorum")
     func everySubset() async throws {
         try await withLockNodes(5) { client, servers in
@@ -324,6 +339,12 @@ struct LockTests {
         #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1), .hostname("127.0.0.1", port: 1)]) } throws: {
             ($0 as? RedlockError)?.message.contains("twice") == true
         }
+        for busyPoll in [Duration.microseconds(-1), .milliseconds(10) + .nanoseconds(1)] {
+            #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)], busyPoll: busyPoll) } throws: {
+                ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains("busyPoll") == true
+            }
+        }
+        await (try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)], busyPoll: .milliseconds(10))).shutdown()
         let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)])
         let invalid: [(String, LockOptions, String)] = [
             ("", LockOptions(), "name"),

@@ -20,7 +20,9 @@ struct Bench: AsyncParsableCommand {
         --duration:
           floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
         nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
-          cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5
+          cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5; variant \
+        `executor` on the client's executor, variants `busy-poll` and `executor-busy-poll` on a \
+        client of their own with --busy-poll
           acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch; variant `guards` with the clock guard too (the reply \
         carries the node's TIME, checked against the client's clock); variant `fair` with a \
         fair lock (free, nobody in line)
@@ -78,18 +80,26 @@ struct Bench: AsyncParsableCommand {
     )
     var hold: [Duration] = [.zero, .milliseconds(1)]
 
+    @Option(
+        name: .customLong("busy-poll"),
+        help: "The busyPoll of the client of the cycle rows' busy-poll variants (RedlockClient(nodes:busyPoll:); 0 leaves them out).",
+        transform: parseDuration
+    )
+    var busyPoll: Duration = .microseconds(100)
+
     func validate() throws {
         guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
         guard duration >= 0.1, duration <= 600 else { throw ValidationError("--duration must be in 0.1...600 seconds") }
         guard (1...4).contains(hold.count), hold.allSatisfy({ $0 >= .zero && $0 <= .seconds(10) }) else {
             throw ValidationError("--hold takes one to four durations in 0...10s")
         }
+        guard busyPoll >= .zero, busyPoll <= .milliseconds(10) else { throw ValidationError("--busy-poll must be in 0...10ms") }
     }
 
     func run() async throws {
         let settings = BenchSettings(
             nodes: nodes, nodeCount: nodeCount,
-            duration: .milliseconds(Int64((duration * 1_000).rounded())), json: json, hold: hold
+            duration: .milliseconds(Int64((duration * 1_000).rounded())), json: json, hold: hold, busyPoll: busyPoll
         )
         let work = Task { try await settings.run() }
         let interrupts = BenchInterrupts { work.cancel() }
@@ -110,6 +120,8 @@ struct BenchSettings: Sendable {
     let json: Bool
     /// How long each holder keeps the lock in the contended rows, one pair of rows per value.
     let hold: [Duration]
+    /// The busy poll of the cycle rows' `busy-poll` variants; zero leaves them out.
+    let busyPoll: Duration
 
     func run() async throws {
         if let nodes {
@@ -249,7 +261,7 @@ struct BenchSettings: Sendable {
             progress("Measuring floor and cycle on \(size) node\(size == 1 ? "" : "s")…")
             let rawNodes = rawFloor.flatMap { _ in RawFloorProcess.nodeList(subset) }
             // Each workload under a key, so that the rows below read their results by name.
-            let results: [String: BenchMeasurement] = try await withClient(subset) { client in
+            let results: [String: BenchMeasurement] = try await withClient(subset) { client in try await withPollingClient(subset) { busyPolling in
                 var workloads: [(key: String, workload: BenchWorkload)] = [
                     ("floor", .operations([BenchWorkloads.floor(nodes: subset, name: "\(prefix):floor:\(size)", value: "floor-\(runID)")])),
                     ("cycle", .operations([try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle:\(size)")])),
@@ -257,6 +269,14 @@ struct BenchSettings: Sendable {
                         [try BenchWorkloads.cycle(client: client, name: "\(prefix):cycle-executor:\(size)")], on: client.executor
                     )),
                 ]
+                if let busyPolling {
+                    // A client of its own (its loop polls busily), in the same slices.
+                    workloads.append(("cycle-busy-poll", .operations([try BenchWorkloads.cycle(client: busyPolling, name: "\(prefix):cycle-busy-poll:\(size)")])))
+                    workloads.append((
+                        "cycle-executor-busy-poll",
+                        .operations([try BenchWorkloads.cycle(client: busyPolling, name: "\(prefix):cycle-executor-busy-poll:\(size)")], on: busyPolling.executor)
+                    ))
+                }
                 if size == count {
                     workloads.append((
                         "cycle-no-pubsub",
@@ -290,7 +310,7 @@ struct BenchSettings: Sendable {
                 }
                 try check(results, "floor and cycle on \(size) nodes")
                 return Dictionary(uniqueKeysWithValues: zip(measured.map(\.key), results))
-            }
+            } }
             guard let floorResult = results["floor"] else { throw BenchmarkError("floor and cycle on \(size) nodes: no floor measured") }
             let raw = results["raw-floor"].map {
                 BenchRow(
@@ -309,6 +329,8 @@ struct BenchSettings: Sendable {
             for (key, variant, note) in [
                 ("cycle", "default", ""),
                 ("cycle-executor", "executor", "the task prefers client.executor: it runs on the I/O thread"),
+                ("cycle-busy-poll", "busy-poll", "a client with busyPoll \(format(busyPoll)): its loop polls without blocking that long after a reply"),
+                ("cycle-executor-busy-poll", "executor-busy-poll", "busyPoll \(format(busyPoll)), the task on that client's executor"),
                 ("cycle-no-pubsub", "no-pubsub", "fastHandoff off: no PUBLISH, no release subscription"),
             ] {
                 guard let measured = results[key] else { continue }
@@ -591,6 +613,19 @@ struct BenchSettings: Sendable {
 
     /// Runs `body` with a client over `connections` (which it does not own), then shuts the
     /// client down (its subscriber connections), also when `body` throws.
+    /// Runs `body` with a client of its own over the nodes of `connections` whose loop polls
+    /// busily for ``busyPoll``, connected first; with nil when ``busyPoll`` is zero.
+    private func withPollingClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient?) async throws -> T) async throws -> T {
+        guard busyPoll > .zero else { return try await body(nil) }
+        let client = try RedlockClient(nodes: connections.map(\.configuration), busyPoll: busyPoll)
+        return try await withTeardown {
+            for status in await client.checkNodes() { _ = try status.result.get() }
+            return try await body(client)
+        } teardown: {
+            await client.shutdown()
+        }
+    }
+
     private func withClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient) async throws -> T) async throws -> T {
         let client = try RedlockClient(connections: connections)
         return try await withTeardown {

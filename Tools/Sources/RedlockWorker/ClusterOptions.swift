@@ -29,6 +29,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(name: .customLong("command-timeout-ms"), help: "Each node's command timeout in milliseconds.")
     var commandTimeoutMilliseconds: Int = 500
 
+    @Option(name: .customLong("busy-poll-us"), help: "The client's busy poll in microseconds (RedlockClient busyPoll; 0: none).")
+    var busyPollMicroseconds: Int = 0
+
     @Option(help: "Exit as soon as this process is no longer our parent (the test process died).")
     var parentPid: Int32?
 
@@ -39,6 +42,7 @@ struct ClusterOptions: ParsableArguments {
         guard expiryMilliseconds > 0, connectTimeoutMilliseconds > 0, commandTimeoutMilliseconds > 0, maximumSeconds > 0 else {
             throw ValidationError("durations must be positive")
         }
+        guard (0...10_000).contains(busyPollMicroseconds) else { throw ValidationError("--busy-poll-us must be in 0...10000") }
         _ = try configurations()
     }
 
@@ -55,7 +59,7 @@ struct ClusterOptions: ParsableArguments {
     var expiry: Duration { .milliseconds(expiryMilliseconds) }
 
     func makeClient() throws -> RedlockClient {
-        try RedlockClient(nodes: configurations())
+        try RedlockClient(nodes: configurations(), busyPoll: .microseconds(busyPollMicroseconds))
     }
 
     /// Ends the process when its parent is gone or its time is up, so a crashed test never
