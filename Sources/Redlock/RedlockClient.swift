@@ -73,14 +73,16 @@ public final class RedlockClient: Sendable {
     ///     bootstrapped `InstrumentationSystem.tracer`, read once here; with none bootstrapped no
     ///     span is made (no cost).
     ///   - busyPoll: How long the client's event-loop thread keeps polling its sockets without
-    ///     blocking after it handled a reply or ran a task, before it sleeps in `epoll_wait`;
-    ///     between polls it yields its CPU to any other thread that wants it. Default `.zero`:
-    ///     it sleeps at once. From `.zero` to 10 ms. A budget near the round trip to the nodes
-    ///     lets the next reply be read by a thread that is already running, which saves the
-    ///     wake-up of a sleeping CPU (tens of µs on virtual machines) per round trip, at the
-    ///     price of up to that much CPU time after every reply; the kernel's `SO_BUSY_POLL`
-    ///     (socket(7)) makes the same trade for network devices. Figures in README's
-    ///     Performance section.
+    ///     blocking after a turn in which it handled a reply (or message) or ran a task of
+    ///     ``executor``, counted from the end of that turn, before it sleeps in `epoll_wait`;
+    ///     between polls it calls `sched_yield()`, which lets other threads runnable on the same
+    ///     CPU go first. Default `.zero`: it sleeps at once. From `.zero` to 10 ms. A budget near
+    ///     the round trip to the nodes lets the next reply be read by a thread that is already
+    ///     running, which saves the wake-up of a sleeping CPU (tens of µs on virtual machines)
+    ///     per round trip. The price: up to `busyPoll` of CPU time after every such turn, per
+    ///     client (each has its own thread); under steady traffic the thread never sleeps and
+    ///     takes up to a whole CPU. The kernel's `SO_BUSY_POLL` (socket(7)) makes the same trade
+    ///     for network devices. Figures in README's Performance section.
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty
     ///   or names one endpoint twice (its votes would count twice), or `busyPoll` is outside
     ///   `.zero...10 ms`.
@@ -93,7 +95,7 @@ public final class RedlockClient: Sendable {
     ) throws(RedlockError) {
         try Self.validate(nodes.map(\.endpoint))
         guard busyPoll >= .zero, busyPoll <= Self.longestBusyPoll else {
-            throw .invalid("busyPoll must be from zero to \(Self.longestBusyPoll), not \(busyPoll)")
+            throw .invalid("busyPoll must be from zero to 10 ms, got \(busyPoll)")
         }
         let loop = RedisEventLoop(name: "redlock-io", busyPoll: busyPoll)
         self.init(
@@ -119,7 +121,10 @@ public final class RedlockClient: Sendable {
     /// The longest `busyPoll` a client accepts.
     static let longestBusyPoll: Duration = .milliseconds(10)
 
-    /// Creates a client over connections you own; ``shutdown()`` leaves them open.
+    /// Creates a client over connections you own; ``shutdown()`` leaves them open. Their event
+    /// loop is the one they were made with (for `RedisConnection(configuration:)`, the loop they
+    /// all share, which never polls busily): a client that should poll busily makes its own
+    /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``).
     public convenience init(
         connections: [RedisConnection],
         logger: Logger = Logger(label: "swift-redlock"),

@@ -74,9 +74,11 @@ package final class RedisEventLoop: Sendable {
     /// How long the thread polls without blocking after a turn that did something (zero: it
     /// blocks at once). See the type's documentation.
     package let busyPoll: Duration
-    /// How many times the thread blocked in `epoll_wait` with a timeout other than zero (for
-    /// tests: a reply read while polling busily costs none).
+    /// How many times the thread called `epoll_wait` with a timeout other than zero, a wait that
+    /// could block (for tests: a reply read while polling busily costs none).
     private let blockingWaits = Atomic<Int>(0)
+    /// How many busy polls the thread began (for tests).
+    private let busyPolls = Atomic<Int>(0)
 
     private struct KeptReminder {
         let deadline: ContinuousClock.Instant
@@ -261,31 +263,36 @@ package final class RedisEventLoop: Sendable {
         }
     }
 
-    /// How many times the thread has blocked in `epoll_wait` (with a timeout other than zero).
+    /// How many times the thread has called `epoll_wait` with a timeout other than zero.
     package var blockingWaitCount: Int { blockingWaits.load(ordering: .relaxed) }
+    /// How many busy polls the thread has begun.
+    package var busyPollCount: Int { busyPolls.load(ordering: .relaxed) }
 
-    /// Waits for events as the turn asks: at once when `timeout` is zero; else, until
-    /// `pollUntil` (the end of the busy poll, if any), polls without blocking until an event or
-    /// `wakeAt`, yielding the CPU between polls; then blocks until an event or `wakeAt` (nil: no
-    /// timeout). Returns whether `epoll_wait` failed.
+    /// Waits for events for at most `timeout` (nil: until one comes; zero: only a look). Until
+    /// `pollUntil` (the end of the busy poll, if any) it polls without blocking, yielding the CPU
+    /// between polls, until an event or `wakeAt` (the instant `timeout` ends); then it blocks for
+    /// what is left. Returns whether `epoll_wait` failed.
     private func wait(
         _ poller: Poller, into events: inout [Poller.Event], timeout: Duration?, wakeAt: ContinuousClock.Instant?,
         pollUntil: ContinuousClock.Instant?
     ) -> Bool {
-        if timeout == .zero { return poller.wait(into: &events, timeout: .zero) != nil }
-        var now = ContinuousClock.now
-        if let end = earliest(pollUntil, wakeAt), let pollUntil, pollUntil > now {
+        var timeout = timeout
+        if timeout != .zero, let pollUntil, case let now = ContinuousClock.now, pollUntil > now {
+            busyPolls.add(1, ordering: .relaxed)
+            let end = earliest(pollUntil, wakeAt) ?? pollUntil
             while true {
                 if poller.wait(into: &events, timeout: .zero) != nil { return true }
                 if !events.isEmpty { return false }
-                now = .now
-                if now >= end { break }
+                let polled = ContinuousClock.now
+                if polled >= end {
+                    timeout = wakeAt.map { max(.zero, polled.duration(to: $0)) }
+                    break
+                }
                 sched_yield()
             }
         }
-        let remaining = wakeAt.map { max(.zero, now.duration(to: $0)) }
-        if remaining != .zero { blockingWaits.add(1, ordering: .relaxed) }
-        return poller.wait(into: &events, timeout: remaining) != nil
+        if timeout != .zero { blockingWaits.add(1, ordering: .relaxed) }
+        return poller.wait(into: &events, timeout: timeout) != nil
     }
 
     private func run(_ poller: Poller) {
@@ -347,9 +354,11 @@ package final class RedisEventLoop: Sendable {
             // The jobs queued until now (those they queue wait for the next turn, so a task that
             // keeps yielding cannot starve the sockets).
             jobs.withLock { swap(&$0.queue, &running) }
-            if busyPoll > .zero, !events.isEmpty || !running.isEmpty { pollUntil = .now + busyPoll }
+            let worked = !events.isEmpty || !running.isEmpty
             for job in running { job.runSynchronously(on: executor) }
             running.removeAll(keepingCapacity: true)
+            // Counted from the end of the turn: a job that sent a command then waits its reply.
+            if busyPoll > .zero, worked { pollUntil = .now + busyPoll }
         }
         let (left, kept) = jobs.withLock { jobs in
             jobs.closed = true

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import RedlockTestSupport
 import RedlockTransport
 import Testing
@@ -39,40 +34,76 @@ struct BusyPollTests {
         }
     }
 
-    @Test("an idle loop sleeps: it polls busily only for its budget after the last event or job, not after the turns that only check deadlines")
+    @Test("an idle loop sleeps: it polls busily only after an event or a job, not after the turns that only check deadlines")
     func idleLoopSleeps() async throws {
         try await withRedisServers(1) { servers throws in
-            let loop = RedisEventLoop(name: "busy-idle", busyPoll: .milliseconds(20))
+            let loop = RedisEventLoop(name: "busy-idle", busyPoll: .milliseconds(5))
             // A command timeout of 100 ms: the loop turns every 25 ms to check the deadlines.
             let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .milliseconds(100)), eventLoop: loop)
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            // The loop thread's own CPU time, read on it (each read is a job: a busy poll follows).
-            func cpuTime() async -> Duration? {
-                await finished(within: .seconds(10)) {
-                    await withTaskExecutorPreference(loop) {
-                        var spent = timespec()
-                        guard clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spent) == 0 else { return Duration.zero }
-                        return .seconds(spent.tv_sec) + .nanoseconds(spent.tv_nsec)
-                    }
-                }
-            }
-            let first = try #require(await cpuTime())
+            try await Task.sleep(for: .milliseconds(50))
+            let before = loop.busyPollCount
             try await Task.sleep(for: .milliseconds(500))
-            let second = try #require(await cpuTime())
-            // One busy poll of 20 ms and 20 short turns: far below the 400 ms that polling after
-            // each turn (20 ms of every 25) would spend.
-            #expect(second - first < .milliseconds(100), "the loop spent \(second - first) of CPU in 500 ms idle")
+            // About 20 deadline turns: none of them starts a poll.
+            #expect(loop.busyPollCount - before <= 2, "busy polls in 500 ms idle: \(loop.busyPollCount - before)")
             await connection.shutdown()
             await loop.shutdown()
         }
     }
 
+    @Test("the busy poll counts from the end of the turn: a task that computes longer than the poll before each command still has its replies read while polling")
+    func pollStartsAfterTheJobs() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "busy-job", busyPoll: .milliseconds(100))
+            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            let blocked = await finished(within: .seconds(20)) {
+                await withTaskExecutorPreference(loop) {
+                    _ = try? await connection.send(RedisCommand("PING"))
+                    let before = loop.blockingWaitCount
+                    for index in 0..<10 {
+                        // Longer than the poll: a poll counted from the turn's start would be over.
+                        let busyUntil = ContinuousClock.now + .milliseconds(120)
+                        while ContinuousClock.now < busyUntil {}
+                        let reply = try? await connection.send(RedisCommand("SET", "busy-job:\(index)", "1"))
+                        #expect(reply == .simpleString("OK"))
+                    }
+                    return loop.blockingWaitCount - before
+                }
+            }
+            #expect((blocked ?? .max) <= 3, "blocking waits: \(String(describing: blocked))")
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
+    @Test("a job enqueued from another thread while the loop polls runs at once")
+    func jobsFromElsewhereEndThePoll() async throws {
+        let loop = RedisEventLoop(name: "busy-hops", busyPoll: .seconds(15))
+        // Each hop onto the loop is a job queued from the pool while the loop polls (after the
+        // hop before); without its wake-up noticed the poll would last 15 s.
+        let hops = await finished(within: .seconds(10)) {
+            for _ in 0..<20 {
+                await withTaskExecutorPreference(loop) { await Task.yield() }
+            }
+            return true
+        }
+        #expect(hops == true, "a job queued during a poll waited for its end")
+        #expect(loop.busyPollCount > 0, "the loop never polled")
+        await loop.shutdown()
+    }
+
     @Test("a loop in the middle of a long busy poll stops when shut down")
     func shutdownEndsThePoll() async throws {
-        let loop = RedisEventLoop(name: "busy-stop", busyPoll: .seconds(60))
-        // A job makes the loop poll busily for a minute from the end of its turn.
-        let ran = await finished(within: .seconds(10)) { await withTaskExecutorPreference(loop) { true } }
+        let loop = RedisEventLoop(name: "busy-stop", busyPoll: .seconds(15))
+        // A job makes the loop poll busily for 15 s from the end of its turn.
+        let ran = await finished(within: .seconds(10)) {
+            await withTaskExecutorPreference(loop) {
+                await Task.yield()
+                return true
+            }
+        }
         #expect(ran == true)
+        #expect(await eventually { loop.busyPollCount > 0 }, "the loop never began to poll")
         let stopped = await finished(within: .seconds(10)) {
             await loop.shutdown()
             return true

@@ -611,8 +611,6 @@ struct BenchSettings: Sendable {
         }
     }
 
-    /// Runs `body` with a client over `connections` (which it does not own), then shuts the
-    /// client down (its subscriber connections), also when `body` throws.
     /// Runs `body` with a client of its own over the nodes of `connections` whose loop polls
     /// busily for ``busyPoll``, connected first; with nil when ``busyPoll`` is zero.
     private func withPollingClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient?) async throws -> T) async throws -> T {
@@ -626,6 +624,8 @@ struct BenchSettings: Sendable {
         }
     }
 
+    /// Runs `body` with a client over `connections` (which it does not own), then shuts the
+    /// client down (its subscriber connections), also when `body` throws.
     private func withClient<T>(_ connections: [RedisConnection], _ body: (RedlockClient) async throws -> T) async throws -> T {
         let client = try RedlockClient(connections: connections)
         return try await withTeardown {
