@@ -1,6 +1,7 @@
 // Command redsync-bench times Go's Redsync (github.com/go-redsync/redsync/v4, redigo pools,
 // its default options) in the shapes of `redlock bench`: the sequential lock + unlock cycle on
-// N = 1, 3, 5 nodes, and 8 goroutines contending for one name. Build it with build.sh.
+// N = 1, 3, 5 nodes, and 8 goroutines taking turns on one name (stepping aside after each
+// unlock until another has acquired). Build it with build.sh.
 package main
 
 import (
@@ -9,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -101,6 +101,10 @@ func cycle(nodes []string, d time.Duration) error {
 	return nil
 }
 
+// contend runs 8 goroutines on one name, 5 nodes, with Redsync's defaults, in the shape of
+// `redlock bench`'s contended row at hold 0: each locks, unlocks, then steps aside until another
+// goroutine has acquired, so every acquisition is a handoff (without that, the goroutine that
+// just unlocked takes the free lock again at once while the others sleep out their retry delay).
 func contend(nodes []string, d time.Duration) error {
 	const workers = 8
 	if len(nodes) < 5 {
@@ -110,9 +114,20 @@ func contend(nodes []string, d time.Duration) error {
 	defer closeAll(rp)
 	name := randName("redsync-bench-contend")
 	var acquired, lockErrs, unlockErrs int64
+	var mu sync.Mutex
+	turned := sync.NewCond(&mu)
+	generation := 0
+	done := false
 	var wg sync.WaitGroup
 	start := time.Now()
 	end := start.Add(d)
+	timer := time.AfterFunc(d, func() {
+		mu.Lock()
+		done = true
+		turned.Broadcast()
+		mu.Unlock()
+	})
+	defer timer.Stop()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -123,13 +138,22 @@ func contend(nodes []string, d time.Duration) error {
 					atomic.AddInt64(&lockErrs, 1)
 					continue
 				}
+				mu.Lock()
+				generation++
+				mine := generation
+				turned.Broadcast()
+				mu.Unlock()
 				if time.Now().Before(end) {
 					atomic.AddInt64(&acquired, 1)
 				}
 				if _, err := m.Unlock(); err != nil {
 					atomic.AddInt64(&unlockErrs, 1)
 				}
-				runtime.Gosched()
+				mu.Lock()
+				for generation == mine && !done {
+					turned.Wait()
+				}
+				mu.Unlock()
 			}
 		}()
 	}
