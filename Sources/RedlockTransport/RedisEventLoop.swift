@@ -38,9 +38,9 @@ package protocol LoopReminder: AnyObject, Sendable {
 /// command written by a caller while the loop sleeps is timed out at most one interval late.
 ///
 /// With a ``busyPoll`` budget the thread, for that long after a turn that handled an event or ran
-/// a job, polls its sockets without blocking (yielding its CPU between polls to any other thread
-/// that wants it) rather than block in `epoll_wait`: an event that comes meanwhile is read by a
-/// running thread. An idle loop sleeps.
+/// a job, polls its sockets without blocking (calling `sched_yield()` between polls, so other
+/// threads runnable on its CPU go first) rather than block in `epoll_wait`: an event that comes
+/// meanwhile is read by a running thread. An idle loop sleeps.
 package final class RedisEventLoop: Sendable {
     private struct Registry {
         var sources: [UInt64: (source: any EventLoopSource, interval: Duration)] = [:]
