@@ -279,7 +279,7 @@ package final class RedisEventLoop: Sendable {
         var timeout = timeout
         if timeout != .zero, let pollUntil, case let now = ContinuousClock.now, pollUntil > now {
             busyPolls.add(1, ordering: .relaxed)
-            let end = earliest(pollUntil, wakeAt) ?? pollUntil
+            let end = wakeAt.map { min($0, pollUntil) } ?? pollUntil
             while true {
                 if poller.wait(into: &events, timeout: .zero) != nil { return true }
                 if !events.isEmpty { return false }

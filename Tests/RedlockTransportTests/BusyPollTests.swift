@@ -10,17 +10,7 @@ struct BusyPollTests {
             for busyPoll in [Duration.zero, .milliseconds(200)] {
                 let loop = RedisEventLoop(name: "busy-poll", busyPoll: busyPoll)
                 let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
-                let blocked = await finished(within: .seconds(20)) {
-                    await withTaskExecutorPreference(loop) {
-                        _ = try? await connection.send(RedisCommand("PING"))
-                        let before = loop.blockingWaitCount
-                        for index in 0..<20 {
-                            let reply = try? await connection.send(RedisCommand("SET", "busy-poll:\(index)", "1"))
-                            #expect(reply == .simpleString("OK"))
-                        }
-                        return loop.blockingWaitCount - before
-                    }
-                }
+                let blocked = await blockingWaits(of: loop, sending: 20, on: connection, key: "busy-poll")
                 if busyPoll == .zero {
                     // The control: each reply comes while the loop sleeps.
                     #expect((blocked ?? 0) >= 15, "blocking waits without a busy poll: \(String(describing: blocked))")
@@ -56,21 +46,39 @@ struct BusyPollTests {
         try await withRedisServers(1) { servers throws in
             let loop = RedisEventLoop(name: "busy-job", busyPoll: .milliseconds(100))
             let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
-            let blocked = await finished(within: .seconds(20)) {
-                await withTaskExecutorPreference(loop) {
-                    _ = try? await connection.send(RedisCommand("PING"))
-                    let before = loop.blockingWaitCount
-                    for index in 0..<10 {
-                        // Longer than the poll: a poll counted from the turn's start would be over.
-                        let busyUntil = ContinuousClock.now + .milliseconds(120)
-                        while ContinuousClock.now < busyUntil {}
-                        let reply = try? await connection.send(RedisCommand("SET", "busy-job:\(index)", "1"))
-                        #expect(reply == .simpleString("OK"))
-                    }
-                    return loop.blockingWaitCount - before
-                }
+            // Longer than the poll before each command: a poll counted from the turn's start would
+            // be over.
+            let blocked = await blockingWaits(of: loop, sending: 10, on: connection, key: "busy-job") {
+                let busyUntil = ContinuousClock.now + .milliseconds(120)
+                while ContinuousClock.now < busyUntil {}
             }
             #expect((blocked ?? .max) <= 3, "blocking waits: \(String(describing: blocked))")
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
+    @Test("a command to a frozen node times out on time while the loop polls: the poll ends at the loop's next deadline check")
+    func deadlinesEndThePoll() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "busy-frozen", busyPoll: .seconds(10))
+            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .milliseconds(200)), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try await servers[0].pause()
+            defer { try? servers[0].resume() }
+            // Sent from the loop: the job's turn begins a 10 s poll with the command out.
+            let outcome = await finished(within: .seconds(5)) {
+                await withTaskExecutorPreference(loop) { () -> RedisError? in
+                    do {
+                        _ = try await connection.send(RedisCommand("PING"))
+                        return nil
+                    } catch {
+                        return error as? RedisError
+                    }
+                }
+            }
+            #expect(outcome??.code == .timeout, "\(String(describing: outcome))")
+            #expect(loop.busyPollCount > 0, "the loop never polled")
             await connection.shutdown()
             await loop.shutdown()
         }
@@ -109,5 +117,25 @@ struct BusyPollTests {
             return true
         }
         #expect(stopped == true, "the shutdown waited for the busy poll to end")
+    }
+}
+
+/// Sends `count` SETs of keys starting with `key` on `connection` from a task on `loop`, each
+/// after `before()`, and returns how many waits that could block the loop made meanwhile (nil:
+/// not done within 20 s).
+private func blockingWaits(
+    of loop: RedisEventLoop, sending count: Int, on connection: RedisConnection, key: String, before: @escaping @Sendable () -> Void = {}
+) async -> Int? {
+    await finished(within: .seconds(20)) {
+        await withTaskExecutorPreference(loop) {
+            _ = try? await connection.send(RedisCommand("PING"))
+            let start = loop.blockingWaitCount
+            for index in 0..<count {
+                before()
+                let reply = try? await connection.send(RedisCommand("SET", "\(key):\(index)", "1"))
+                #expect(reply == .simpleString("OK"))
+            }
+            return loop.blockingWaitCount - start
+        }
     }
 }
