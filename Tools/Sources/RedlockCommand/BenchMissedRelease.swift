@@ -36,12 +36,15 @@ enum MissedRelease {
                 let holder = try holderClient.makeLock(lockName, options: holderOptions)
                 let waiter = try waiterClient.makeLock(lockName, options: waiterOptions)
                 let lease = try await holder.lock()
-                let waiting = Task { try await waiter.lock() }
+                let waiting = Task {
+                    let lease = try await waiter.lock()
+                    return (lease, acquiredAt: ContinuousClock.now)
+                }
                 try await Task.sleep(for: .microseconds(Int64.random(in: 0...1_000)))
                 let releasing = ContinuousClock.now
                 try await holder.unlock(lease)
-                let handed = try await waiting.value
-                measurement.record(releasing.duration(to: .now))
+                let (handed, acquiredAt) = try await waiting.value
+                measurement.record(releasing.duration(to: acquiredAt))
                 try await waiter.unlock(handed)
             }
             measurement.elapsed = started.duration(to: .now)
