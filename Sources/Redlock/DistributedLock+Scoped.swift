@@ -37,7 +37,8 @@ extension DistributedLock {
     ///     executor and cancel the body themselves, and the body's end is recorded where it ends:
     ///     an actor or executor busy with other work delays neither (only the body's reaction to
     ///     cancellation). On ``RedlockClient/executor`` a body that computes without suspending
-    ///     also keeps the extensions' replies unread, and so ends in `leaseLost` at the deadline.
+    ///     also keeps the extensions' replies unread, and so ends in `leaseLost` at the deadline
+    ///     (whose message says that tasks there held the client's event loop).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -324,14 +325,21 @@ extension DistributedLock {
         }
     }
 
+    /// The lease-lost error: `detail`, the last extension's failure if any, and, when tasks on
+    /// the client's executor hold its event loop right now (for ``loopHoldWorthSaying`` or
+    /// more), that they do: the likeliest reason no extension's reply was read.
     private func lost(_ held: HeldLease, detail: String) -> RedlockError {
         let last = held.lastExtensionError
-        return RedlockError(
-            code: .leaseLost, lockName: name,
-            message: detail + (last.map { " (last extension: \($0.code): \($0.message))" } ?? ""),
-            nodes: last?.nodes ?? []
-        )
+        var message = detail + (last.map { " (last extension: \($0.code): \($0.message))" } ?? "")
+        if let hold = client.nodes.first?.eventLoop.heldByJobs, hold >= Self.loopHoldWorthSaying {
+            message += "; tasks on the client's executor have held its event loop for \(hold) without suspending, so no reply was read meanwhile"
+        }
+        return RedlockError(code: .leaseLost, lockName: name, message: message, nodes: last?.nodes ?? [])
     }
+
+    /// How long tasks on the client's executor must have held its event loop for a lease-lost
+    /// error to name it: 10 ms, far longer than a healthy turn.
+    static let loopHoldWorthSaying: Duration = .milliseconds(10)
 }
 
 extension HeldLease {

@@ -18,6 +18,9 @@ import Synchronization
 /// - `redlock_node_clock_ahead_seconds{node}`: with ``LockOptions/clockGuard``, how far a node's
 ///   clock had run ahead of the client's at each reading while the node was refused for it;
 ///   `node` is the node's index.
+/// - `redlock_event_loop_held_seconds`: for a client that made its connections, each time tasks
+///   on ``RedlockClient/executor`` held its event loop's thread for 100 ms or more without
+///   suspending (the thread read no reply meanwhile), how long.
 struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter
@@ -26,6 +29,7 @@ struct LockMetrics: Sendable {
     let acquireDuration: Timer
     let leasesLost: Counter
     let announcementsRefused: Counter
+    let eventLoopHeld: Timer
     private let extendedOK: Counter
     private let releasedOK: Counter
     /// Counters with a code dimension, made once each, by label and code.
@@ -41,6 +45,7 @@ struct LockMetrics: Sendable {
         acquireDuration = Timer(label: "redlock_acquire_duration_seconds", factory: factory)
         leasesLost = Counter(label: "redlock_leases_lost_total", factory: factory)
         announcementsRefused = Counter(label: "redlock_release_announcements_refused_total", factory: factory)
+        eventLoopHeld = Timer(label: "redlock_event_loop_held_seconds", factory: factory)
         extendedOK = Counter(label: "redlock_extensions_total", dimensions: [("result", "ok")], factory: factory)
         releasedOK = Counter(label: "redlock_releases_total", dimensions: [("result", "ok")], factory: factory)
     }

@@ -56,6 +56,8 @@ public final class RedlockClient: Sendable {
     private let ownsConnections: Bool
     /// Set once ``shutdown()`` begins: read on every call, so an atomic rather than the lock.
     private let isShutDown = Atomic<Bool>(false)
+    /// Whether a long hold of the event loop was logged at warning level (``noteLongHold(_:)``).
+    private let warnedOfLongHold = Atomic<Bool>(false)
     /// The nodes that refused a release's announcement (warned about once each).
     private let refusedAnnouncements = Mutex<Set<Int>>([])
 
@@ -158,6 +160,22 @@ public final class RedlockClient: Sendable {
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning
+        // Weakly: the loop lives as long as the connections, which the client owns.
+        if owning { nodes.first?.eventLoop.reportLongHolds { [weak self] held in self?.noteLongHold(held) } }
+    }
+
+    /// Records that tasks on ``executor`` held the event loop's thread for `held` without
+    /// suspending: a warning the first time, then at debug level (a task that holds it often
+    /// would flood the log otherwise).
+    private func noteLongHold(_ held: Duration) {
+        metrics.eventLoopHeld.recordNanoseconds(held.wholeNanoseconds)
+        let message: Logger.Message = "redlock client's event loop was held by tasks on its executor without suspending; no reply was read meanwhile"
+        let metadata: Logger.Metadata = ["held": "\(held)"]
+        if warnedOfLongHold.exchange(true, ordering: .relaxed) {
+            logger.debug(message, metadata: metadata)
+        } else {
+            logger.warning(message, metadata: metadata)
+        }
     }
 
     /// Warns once per node that refuses release announcements (fast handoff then degrades to
@@ -256,7 +274,10 @@ public final class RedlockClient: Sendable {
     /// body called from such a task runs there too (its lease extender and deadline watch run
     /// on the global executor): a body that computes for long without suspending keeps the
     /// extensions' replies unread, so its scope ends in ``RedlockError/Code-swift.struct/leaseLost``
-    /// at the lease's deadline. An actor called from such a task runs on this thread as well
+    /// at the lease's deadline; the error's message then says that tasks here held the thread,
+    /// and for how long. A client that made its connections records each time tasks here held
+    /// the thread 100 ms or more in `redlock_event_loop_held_seconds`, and logs it (a warning the
+    /// first time, then at debug level). An actor called from such a task runs on this thread as well
     /// (SE-0417: a default actor runs on its caller's preferred executor), jobs of other tasks
     /// included. Entering and leaving the preference each cost a hop, so it pays for a sequence
     /// of lock operations, not for one.

@@ -79,6 +79,13 @@ package final class RedisEventLoop: Sendable {
     private let blockingWaits = Atomic<Int>(0)
     /// How many busy polls the thread began (for tests).
     private let busyPolls = Atomic<Int>(0)
+    /// The instant `jobsRunningSince` counts from.
+    private let origin = ContinuousClock.now
+    /// While the thread runs a turn's jobs: when it began them, in nanoseconds since `origin`
+    /// plus one; zero otherwise (``heldByJobs``).
+    private let jobsRunningSince = Atomic<Int64>(0)
+    /// Told, on the loop's thread, of each turn whose jobs held the thread ``longHold`` or more.
+    private let longHoldReport = Mutex<(@Sendable (Duration) -> Void)?>(nil)
 
     private struct KeptReminder {
         let deadline: ContinuousClock.Instant
@@ -263,6 +270,27 @@ package final class RedisEventLoop: Sendable {
         }
     }
 
+    /// How long the jobs of tasks that prefer this loop as their executor have held its thread
+    /// in the turn now under way, or nil while it runs none (it handles events, or waits). The
+    /// thread reads no socket and checks no deadline meanwhile: a task there that computes for
+    /// long without suspending leaves every reply of the loop's connections unread.
+    package var heldByJobs: Duration? {
+        let since = jobsRunningSince.load(ordering: .relaxed)
+        guard since != 0 else { return nil }
+        return max(.zero, origin.duration(to: .now) - .nanoseconds(since - 1))
+    }
+
+    /// How long a turn's jobs must hold the thread for ``reportLongHolds(_:)``'s closure to hear
+    /// of it: 100 ms, a thousand round trips on a local network.
+    package static let longHold: Duration = .milliseconds(100)
+
+    /// Has `report` called, on the loop's thread, with how long the jobs held it after each turn
+    /// whose jobs held it ``longHold`` or more (replacing any closure given before). It must be
+    /// quick and must never block.
+    package func reportLongHolds(_ report: @escaping @Sendable (Duration) -> Void) {
+        longHoldReport.withLock { $0 = report }
+    }
+
     /// How many times the thread has called `epoll_wait` with a timeout other than zero.
     package var blockingWaitCount: Int { blockingWaits.load(ordering: .relaxed) }
     /// How many busy polls the thread has begun.
@@ -355,8 +383,15 @@ package final class RedisEventLoop: Sendable {
             // keeps yielding cannot starve the sockets).
             jobs.withLock { swap(&$0.queue, &running) }
             let worked = !events.isEmpty || !running.isEmpty
-            for job in running { job.runSynchronously(on: executor) }
-            running.removeAll(keepingCapacity: true)
+            if !running.isEmpty {
+                let began = ContinuousClock.now
+                jobsRunningSince.store(origin.duration(to: began).wholeNanoseconds + 1, ordering: .relaxed)
+                for job in running { job.runSynchronously(on: executor) }
+                jobsRunningSince.store(0, ordering: .relaxed)
+                running.removeAll(keepingCapacity: true)
+                let held = began.duration(to: .now)
+                if held >= Self.longHold, let report = longHoldReport.withLock({ $0 }) { report(held) }
+            }
             // Counted from the end of the turn: a job that sent a command then waits its reply.
             if busyPoll > .zero, worked { pollUntil = .now + busyPoll }
         }

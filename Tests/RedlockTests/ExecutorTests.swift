@@ -1,3 +1,5 @@
+import Logging
+import MetricsTestKit
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -53,35 +55,85 @@ struct ExecutorTests {
         }
     }
 
-    @Test("a body busy on the I/O thread is still cancelled at its lease's deadline: the deadline watch runs off that thread")
+    @Test("a body busy on the I/O thread is still cancelled at its lease's deadline (the deadline watch runs off that thread); the error says the loop was held, which is logged once as a warning and measured")
     func busyBodyOnTheLoopIsCancelled() async throws {
-        try await withLockNodes(3) { client, _ in
-            let lock = try client.makeLock("executor-busy", options: testOptions(expiry: .milliseconds(600)))
-            let outcome = await finished(within: .seconds(15)) { () -> (String, Duration) in
-                await withTaskExecutorPreference(client.executor) {
-                    let start = ContinuousClock.now
-                    do {
-                        // Never suspends: the I/O thread reads no reply while it spins, so no
-                        // extension is confirmed, and only a watch elsewhere can stop it.
-                        try await lock.withLock { _ in
-                            while !Task.isCancelled, start.duration(to: .now) < .seconds(5) {}
+        try await withRedisServers(3) { servers throws in
+            let records = Locked<[String]>([])
+            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+            logger.logLevel = .trace
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: logger, metrics: metrics)
+            try await withTeardown {
+                let lock = try client.makeLock("executor-busy", options: testOptions(expiry: .milliseconds(600)))
+                let outcome = await finished(within: .seconds(15)) { () -> (String, String, Duration) in
+                    await withTaskExecutorPreference(client.executor) {
+                        let start = ContinuousClock.now
+                        do {
+                            // Never suspends: the I/O thread reads no reply while it spins, so no
+                            // extension is confirmed, and only a watch elsewhere can stop it.
+                            try await lock.withLock { _ in
+                                while !Task.isCancelled, start.duration(to: .now) < .seconds(5) {}
+                            }
+                            return ("ok", "", start.duration(to: .now))
+                        } catch let error as RedlockError {
+                            return ("\(error.code)", error.message, start.duration(to: .now))
+                        } catch {
+                            return ("\(error)", "", start.duration(to: .now))
                         }
-                        return ("ok", start.duration(to: .now))
-                    } catch let error as RedlockError {
-                        return ("\(error.code)", start.duration(to: .now))
-                    } catch {
-                        return ("\(error)", start.duration(to: .now))
                     }
                 }
+                guard let (code, message, took) = outcome else {
+                    Issue.record("withLock with a busy body never returned")
+                    return
+                }
+                #expect(code == "leaseLost")
+                // The deadline is 600 ms minus the safety margin after the acquire; a watch held up
+                // behind the body would let it spin its whole 5 s.
+                #expect(took < .seconds(3), "the body ran \(took)")
+                #expect(message.contains("tasks on the client's executor have held its event loop for"), "\(message)")
+                // A second hold, shorter but over 100 ms, is logged at debug level only.
+                await withTaskExecutorPreference(client.executor) {
+                    let start = ContinuousClock.now
+                    while start.duration(to: .now) < .milliseconds(150) {}
+                }
+                #expect(await eventually { (try? metrics.expectTimer("redlock_event_loop_held_seconds").values.count) == 2 })
+                let holds = try metrics.expectTimer("redlock_event_loop_held_seconds").values
+                #expect(holds.first.map { $0 >= 400_000_000 } == true, "\(holds)")
+                #expect(holds.last.map { $0 >= 150_000_000 } == true, "\(holds)")
+                let lines = records.value.filter { $0.contains("event loop was held") }
+                #expect(lines.map { $0.prefix(while: { $0 != " " }) } == ["warning", "debug"], "\(lines)")
+            } teardown: {
+                await client.shutdown()
             }
-            guard let (code, took) = outcome else {
-                Issue.record("withLock with a busy body never returned")
-                return
+        }
+    }
+
+    @Test("a lease lost for another reason while the body suspends on the executor: the error does not blame the loop, and no hold is measured")
+    func lostLeaseWithoutHold() async throws {
+        try await withRedisServers(3) { servers throws in
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            try await withTeardown {
+                let lock = try client.makeLock("executor-flushed", options: testOptions(expiry: .milliseconds(600)))
+                let message = await withTaskExecutorPreference(client.executor) { () -> String in
+                    do {
+                        try await lock.withLock { _ in
+                            for server in servers { try await server.flushAll() }
+                            try await Task.sleep(for: .seconds(5))
+                        }
+                        return "no error"
+                    } catch let error as RedlockError {
+                        return "\(error.code): \(error.message)"
+                    } catch {
+                        return "\(error)"
+                    }
+                }
+                #expect(message.hasPrefix("leaseLost"), "\(message)")
+                #expect(!message.contains("event loop"), "\(message)")
+                #expect((try? metrics.expectTimer("redlock_event_loop_held_seconds").values) ?? [] == [])
+            } teardown: {
+                await client.shutdown()
             }
-            #expect(code == "leaseLost")
-            // The deadline is 600 ms minus the safety margin after the acquire; a watch held up
-            // behind the body would let it spin its whole 5 s.
-            #expect(took < .seconds(3), "the body ran \(took)")
         }
     }
 

@@ -49,6 +49,41 @@ struct EventLoopExecutorTests {
         }
     }
 
+    @Test("a task on the loop that computes without suspending shows as a hold while it runs, and one that held it 100 ms or more is reported once it returns; short ones are not")
+    func longHoldsAreSeenAndReported() async throws {
+        let loop = RedisEventLoop(name: "executor-hold")
+        let reported = Mutex<[Duration]>([])
+        loop.reportLongHolds { held in reported.withLock { $0.append(held) } }
+        #expect(loop.heldByJobs == nil)
+        for _ in 0..<20 { await withTaskExecutorPreference(loop) {} }
+        let spinning = Atomic<Bool>(false)
+        let stop = Atomic<Bool>(false)
+        let spinner = Task(executorPreference: loop) {
+            let start = ContinuousClock.now
+            spinning.store(true, ordering: .releasing)
+            // Never suspends: the loop's thread is held until `stop`.
+            while !stop.load(ordering: .acquiring) {}
+            return start.duration(to: .now)
+        }
+        #expect(await eventually { spinning.load(ordering: .acquiring) })
+        let early = loop.heldByJobs
+        try await Task.sleep(for: .milliseconds(200))
+        let late = loop.heldByJobs
+        stop.store(true, ordering: .releasing)
+        let spun = await spinner.value
+        #expect(early != nil)
+        #expect((late ?? .zero) >= .milliseconds(200), "held \(String(describing: late)) after 200 ms")
+        #expect(await eventually { !reported.withLock { $0.isEmpty } })
+        let holds = reported.withLock { $0 }
+        #expect(holds.count == 1, "\(holds)")
+        #expect(holds.allSatisfy { $0 >= .milliseconds(200) && $0 <= spun + .milliseconds(50) }, "\(holds), spun \(spun)")
+        #expect(loop.heldByJobs == nil)
+        // Short hops after it: nothing more.
+        for _ in 0..<20 { await withTaskExecutorPreference(loop) {} }
+        #expect(reported.withLock { $0.count } == 1)
+        await loop.shutdown()
+    }
+
     @Test("a task on the loop that keeps yielding does not hold up the replies of another connection on it")
     func yieldingTaskDoesNotStarveSockets() async throws {
         try await withRedisServers(1) { servers throws in
