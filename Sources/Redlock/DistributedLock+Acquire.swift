@@ -130,7 +130,21 @@ extension DistributedLock {
         if handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
             coordination.listenForOwnHandoffs()
         }
-        for attemptNumber in 0..<tries {
+        // A subscription's confirmation ends a wait for one more look (a release there may
+        // have gone unheard before it took effect): not a try of the count, and the wait after
+        // it ends when the one it cut short would have, so `tries` bounds the time as Redsync's
+        // count does. At most one look per node's confirmation beyond the count.
+        var looks = 0
+        var cutShortWaitEnds: ContinuousClock.Instant?
+        var attemptNumber = -1
+        while true {
+            if chance.confirmed, tries != .max, looks < client.nodes.count {
+                looks += 1
+            } else {
+                attemptNumber += 1
+                cutShortWaitEnds = nil
+            }
+            guard attemptNumber < tries else { break }
             if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?
             var queueEntry: (ticket: Int64, life: Duration)?
@@ -153,7 +167,9 @@ extension DistributedLock {
                 }
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                let delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                let waitBegins = ContinuousClock.now
+                if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
                 var holderHereUntil: ContinuousClock.Instant?
                 if waitsForHolderHere, lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
                     let until = deadline.map { Swift.min($0, holdEnd) } ?? holdEnd
@@ -170,6 +186,7 @@ extension DistributedLock {
                     paceIsFixed: options.retryDelay.hasFixedPace
                 )
                 if chance.release != nil { wokenByRelease = true }
+                if chance.confirmed, cutShortWaitEnds == nil { cutShortWaitEnds = waitBegins + delay }
                 if let handoff = chance.handoff, let firstStart {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,
                     // passing on what was handed to it (acquire's clean-up).

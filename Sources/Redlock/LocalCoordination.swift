@@ -752,7 +752,7 @@ final class LocalCoordination: Sendable {
             var woken: [UnsafeContinuation<Void, Never>] = []
             entry.waiters.removeAll { waiting in
                 guard handoffs || !hearsHandoffsOnOwnChannel(waiting.value) else { return false }
-                if let continuation = waiting.waiter.claim(byRelease: false) { woken.append(continuation) }
+                if let continuation = waiting.waiter.claim(byRelease: false, byConfirmation: true) { woken.append(continuation) }
                 return true
             }
             return woken
@@ -784,7 +784,7 @@ final class LocalCoordination: Sendable {
                 entry.generation &+= 1
                 entry.heededGeneration = entry.generation
                 entry.confirmations += 1
-                woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false) }
+                woken += entry.waiters.compactMap { $0.waiter.claim(byRelease: false, byConfirmation: true) }
                 entry.waiters = []
             }
             return woken
@@ -860,7 +860,10 @@ final class LocalCoordination: Sendable {
                 // A fair waiter that hears its handoffs on this client's channel heeds no
                 // confirmation of the release channel (see confirmed(_:handoffs:)).
                 let heeded = hearsHandoffsOnOwnChannel(bytes) ? entry.isBefore(generation, entry.heededGeneration) : entry.generation != generation
-                guard !heeded else { return .ended(woken: entry.releasedSince(generation)) }
+                guard !heeded else {
+                    let released = entry.releasedSince(generation)
+                    return .ended(woken: released, confirmed: !released)
+                }
                 // A client shut down wakes nobody later (see closeGates()).
                 guard !state.shutDown else { return .ended(woken: false) }
                 var watch = watch

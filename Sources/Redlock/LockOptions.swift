@@ -11,7 +11,11 @@ public struct LockOptions: Sendable {
     /// How many attempts `lock()` makes at most (`tryLock()` makes one). The default is
     /// `Int.max`: ``acquireTimeout`` decides, and a lock that is not ``fair`` waits for a holder
     /// in the same process instead of polling (see ``retryDelay``). With a count, every retry
-    /// keeps ``retryDelay``. (Redsync's is 32 tries, about 5 s with its delays.)
+    /// keeps ``retryDelay``, so the count bounds the time. With ``fastHandoff``, a node's
+    /// confirmation of the release subscription calls for one more look at once, which is not a
+    /// try (at most one per node; the wait it cuts short then ends when it would have): such a
+    /// `lock()` may make up to the node count more attempts than `tries`. (Redsync's is 32 tries,
+    /// about 5 s with its delays.)
     public var tries: Int = .max
     /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no
     /// holder has a quorum) or an attempt that followed a release it heard of, the next retry

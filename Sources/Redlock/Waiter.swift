@@ -15,6 +15,10 @@ struct WaitOutcome: Sendable, Equatable {
     /// The release whose hearer sent the attempt (see ``handedOverAt``), as
     /// ``LocalCoordination`` numbers them; nil otherwise.
     var release: UInt64?
+    /// Whether a subscription's confirmation ended it: the attempt after it is one more look
+    /// (a release may have gone unheard before the subscription took effect), not a try of
+    /// the caller's count.
+    var confirmed = false
 }
 
 /// The nodes that handed a fair lock to a waiter, heard from their messages: each node's key
@@ -51,8 +55,9 @@ final class Waiter: Expiring {
         /// the wait began with.
         case waitingUntil(ContinuousClock.Instant)
         /// The wait is over before it began: the event it waits for came already (`woken`), or
-        /// something that only calls for another look did (a subscription's confirmation).
-        case ended(woken: Bool)
+        /// something that only calls for another look did (a subscription's confirmation:
+        /// `confirmed`).
+        case ended(woken: Bool, confirmed: Bool = false)
     }
 
     /// Suspends until the waiter is claimed. `register` puts it where the event will find it,
@@ -63,8 +68,8 @@ final class Waiter: Expiring {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 install(continuation)
                 switch register() {
-                case let .ended(woken):
-                    claim(byRelease: woken)?.resume()
+                case let .ended(woken, confirmed):
+                    claim(byRelease: woken, byConfirmation: confirmed)?.resume()
                 case .waiting:
                     if let deadline { timer.schedule(self, at: deadline) }
                 case let .waitingUntil(until):
@@ -89,11 +94,12 @@ final class Waiter: Expiring {
     /// Ends the wait, by the event it waits for or not; returns the continuation to resume
     /// (outside any lock), or nil when the wait had already ended or its continuation is not
     /// installed yet (then the wait resumes at once when it installs it).
-    func claim(byRelease: Bool) -> UnsafeContinuation<Void, Never>? {
+    func claim(byRelease: Bool, byConfirmation: Bool = false) -> UnsafeContinuation<Void, Never>? {
         state.withLock { state in
             guard !state.finished else { return nil }
             state.finished = true
             state.outcome.woken = byRelease
+            state.outcome.confirmed = byConfirmation
             finishedFlag.store(true, ordering: .releasing)
             defer { state.continuation = nil }
             return state.continuation

@@ -595,17 +595,17 @@ struct ReleaseWakingTests {
 
         board.confirmed("name")
         for waiter in waiters {
-            #expect(await waiter.value == WaitOutcome(woken: false))
+            #expect(await waiter.value == WaitOutcome(woken: false, confirmed: true))
         }
         // A lock() whose attempt went out before the confirmation does not wait at all, and is
         // not woken as by a release (its next failed attempt waits in full, not briefly).
         #expect(board.generation(of: "name") == 1)
-        #expect(await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false))
+        #expect(await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false, confirmed: true))
         // A release since then, with or without confirmations after it, does wake.
         board.announce("name", release: Array("v1".utf8))
         board.confirmed("name")
         #expect(await board.waitForRelease(of: "name", after: 1, timeout: .seconds(20), next: nil) == WaitOutcome(woken: true))
-        #expect(await board.waitForRelease(of: "name", after: 2, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false))
+        #expect(await board.waitForRelease(of: "name", after: 2, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false, confirmed: true))
         #expect(board.generation(of: "name") == 3)
         // What a lock() asks after an attempt that a confirmation's wake let through: was there a
         // release since the wait began (the short retry), or only confirmations?
@@ -615,7 +615,7 @@ struct ReleaseWakingTests {
         let later = Task { await board.waitForRelease(of: "name", after: 3, timeout: .seconds(20), next: nil) }
         #expect(await eventually { board.waiterCount(of: "name") == 1 })
         board.confirmed("name")
-        #expect(await later.value == WaitOutcome(woken: false))
+        #expect(await later.value == WaitOutcome(woken: false, confirmed: true))
         #expect(board.generation(of: "name") == 4)
         // A name that is not subscribed (or its handoff channel, not subscribed) counts nothing.
         board.confirmed("name", handoffs: true)

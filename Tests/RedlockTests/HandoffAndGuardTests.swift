@@ -242,6 +242,76 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test(
+        "a count of tries bounds the time of a lock() in a new client, whose subscriptions' confirmations each call for one more look: tries × the retry delay, as in Redsync",
+        arguments: [false, true]
+    )
+    func triesBoundTimeInANewClient(fair: Bool) async throws {
+        try await withLockNodes(3) { client, servers in
+            let holder = try client.makeLock("counted-fresh", options: LockOptions(expiry: .seconds(30), fair: fair))
+            let lease = try await holder.lock()
+            for tries in [2, 3] {
+                // A new client each round: its subscriptions are confirmed after the first attempt.
+                let metrics = TestMetrics()
+                let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+                try await withTeardown {
+                    let counted = try other.makeLock(
+                        "counted-fresh", options: LockOptions(expiry: .seconds(30), tries: tries, retryDelay: .constant(.milliseconds(300)), fair: fair)
+                    )
+                    let started = ContinuousClock.now
+                    var code: RedlockError.Code?
+                    do throws(RedlockError) {
+                        _ = try await counted.lock()
+                    } catch {
+                        code = error.code
+                    }
+                    let took = started.duration(to: .now)
+                    #expect(code == .taken)
+                    // (tries − 1) waits of 300 ms; the confirmations' looks cut none short.
+                    #expect(took >= .milliseconds(300 * (tries - 1) - 20), "\(tries) tries took \(took)")
+                    #expect(took < .milliseconds(300 * tries + 500), "\(tries) tries took \(took)")
+                    let attempts = metrics.counterTotal(label: "redlock_acquire_attempts_total")
+                    #expect(attempts >= tries && attempts <= tries + 3, "\(attempts) attempts for \(tries) tries")
+                } teardown: {
+                    await other.shutdown()
+                }
+            }
+            try await holder.unlock(lease)
+        }
+    }
+
+    @Test("a confirmation that comes late in a wait (one node 100 ms away) calls for a look, and the wait after it ends when the one it cut short would have: the count still bounds the time")
+    func lateConfirmationKeepsTheSchedule() async throws {
+        try await withLockNodes(3) { client, servers in
+            let holder = try client.makeLock("counted-late", options: LockOptions(expiry: .seconds(30)))
+            let lease = try await holder.lock()
+            let proxy = try FaultProxy.start(to: servers[2].endpoint)
+            proxy.set(.latency(.milliseconds(100)))
+            let nodes = [servers[0].configuration(), servers[1].configuration(), RedisConnectionConfiguration(endpoint: proxy.endpoint)]
+            let other = try RedlockClient(nodes: nodes)
+            try await withTeardown {
+                let counted = try other.makeLock("counted-late", options: LockOptions(expiry: .seconds(30), tries: 2, retryDelay: .constant(.milliseconds(400))))
+                let started = ContinuousClock.now
+                var code: RedlockError.Code?
+                do throws(RedlockError) {
+                    _ = try await counted.lock()
+                } catch {
+                    code = error.code
+                }
+                let took = started.duration(to: .now)
+                #expect(code == .taken)
+                // Node 2 confirms about 200 ms into the 400 ms wait; a full wait after the look
+                // it calls for would end the second try at about 600 ms.
+                #expect(took >= .milliseconds(380) && took < .milliseconds(520), "two tries took \(took)")
+                #expect(other.subscriptionConfirmations(for: "counted-late") == 3)
+            } teardown: {
+                await other.shutdown()
+                proxy.stop()
+            }
+            try await holder.unlock(lease)
+        }
+    }
+
     @Test("the restart guard ignores a node that restarted empty, so a held lock is not granted twice")
     func restartGuard() async throws {
         try await withLockNodes(3) { client, servers in

@@ -63,14 +63,14 @@ struct LocalCoordinationTests {
         try #require(await eventually { coordination.waiterCount(of: name) == 2 })
         let beforeUntagged = coordination.generation(of: name)
         coordination.confirmed(name)
-        #expect(await untagged.value == WaitOutcome(woken: false))
-        #expect(await coordination.waitForRelease(of: name, after: beforeUntagged, timeout: .seconds(30), next: nil, value: "v") == WaitOutcome(woken: false))
+        #expect(await untagged.value == WaitOutcome(woken: false, confirmed: true))
+        #expect(await coordination.waitForRelease(of: name, after: beforeUntagged, timeout: .seconds(30), next: nil, value: "v") == WaitOutcome(woken: false, confirmed: true))
         #expect(coordination.waiterCount(of: name) == 1)
         // A handoff channel's confirmation is heeded by every waiter.
         coordination.listen(name, handoffChannel: Scripts.handoffChannel(name))
         coordination.confirmed(name, handoffs: true)
-        #expect(await waiting.value == WaitOutcome(woken: false))
-        #expect(await coordination.waitForRelease(of: name, after: read, timeout: .seconds(30), next: nil, value: tagged) == WaitOutcome(woken: false))
+        #expect(await waiting.value == WaitOutcome(woken: false, confirmed: true))
+        #expect(await coordination.waitForRelease(of: name, after: read, timeout: .seconds(30), next: nil, value: tagged) == WaitOutcome(woken: false, confirmed: true))
     }
 
     @Test("a value's bytes compare equal only to the same bytes, from a string, an array or a collection that is not contiguous")
