@@ -43,7 +43,7 @@ extension DistributedLock {
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
     ///     ``RedlockError/Code-swift.struct/holdTimeExceeded`` once the lock has been held this
-    ///     long. The default is `nil` (no cap).
+    ///     long; at most 100 years of 365 days. The default is `nil` (no cap).
     ///   - safetyMargin: How long before ``Lease/validUntil`` `body` is cancelled when no
     ///     extension has been confirmed: time for it to notice and stop. Must be less than
     ///     `extendWhenRemaining` × expiry. The default, `nil`, is
@@ -252,8 +252,8 @@ extension DistributedLock {
         guard extendWhenRemaining > 0, extendWhenRemaining < 1 else {
             throw .invalid("extendWhenRemaining must be in (0, 1), got \(extendWhenRemaining)", lockName: name)
         }
-        if let maximumHoldTime, maximumHoldTime <= .zero {
-            throw .invalid("maximumHoldTime must be positive, got \(maximumHoldTime)", lockName: name)
+        if let maximumHoldTime, maximumHoldTime <= .zero || maximumHoldTime > Self.longestHoldTimeCap {
+            throw .invalid("maximumHoldTime must be positive and at most 100 years of 365 days when set (nil: no cap), got \(maximumHoldTime)", lockName: name)
         }
         let margin = safetyMargin ?? HeldLease.defaultSafetyMargin(expiry: options.expiry)
         let extendAhead = options.expiry * extendWhenRemaining
@@ -265,6 +265,10 @@ extension DistributedLock {
         }
         return margin
     }
+
+    /// The longest `maximumHoldTime` a scope accepts: 100 years of 365 days (a sleep until an
+    /// instant much further away cannot be expressed).
+    static let longestHoldTimeCap: Duration = .seconds(100 * 365 * 86_400)
 
     /// Sleeps until the held lease's deadline, again after each confirmed extension moved it;
     /// returns the lease-lost outcome once a deadline passes unprotected, or nil when cancelled.

@@ -85,9 +85,11 @@ public final class RedlockClient: Sendable {
     ///     client (each has its own thread); under steady traffic the thread never sleeps and
     ///     takes up to a whole CPU. The kernel's `SO_BUSY_POLL` (socket(7)) makes the same trade
     ///     for network devices. Figures in README's Performance section.
-    /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty
-    ///   or names one endpoint twice (its votes would count twice), or `busyPoll` is outside
-    ///   `.zero...10 ms`.
+    /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty,
+    ///   names one endpoint twice (its votes would count twice; host names compared without
+    ///   regard to case), or has a node whose settings no connection could work with (a connect
+    ///   or command timeout that is not positive, `maximumQueuedCommands` below 1, a user name
+    ///   without a password, a negative database), or `busyPoll` is outside `.zero...10 ms`.
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),
@@ -95,7 +97,7 @@ public final class RedlockClient: Sendable {
         tracer: (any Tracer)? = nil,
         busyPoll: Duration = .zero
     ) throws(RedlockError) {
-        try Self.validate(nodes.map(\.endpoint))
+        try Self.validate(nodes)
         guard busyPoll >= .zero, busyPoll <= Self.longestBusyPoll else {
             throw .invalid("busyPoll must be from zero to 10 ms, got \(busyPoll)")
         }
@@ -127,13 +129,17 @@ public final class RedlockClient: Sendable {
     /// loop is the one they were made with (for `RedisConnection(configuration:)`, the loop they
     /// all share, which never polls busily): a client that should poll busily makes its own
     /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``).
+    ///
+    /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` as
+    ///   ``init(nodes:logger:metrics:tracer:busyPoll:)`` does, for the connections'
+    ///   configurations.
     public convenience init(
         connections: [RedisConnection],
         logger: Logger = Logger(label: "swift-redlock"),
         metrics: any MetricsFactory = MetricsSystem.factory,
         tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
-        try Self.validate(connections.map(\.configuration.endpoint))
+        try Self.validate(connections.map(\.configuration))
         self.init(validated: connections, owning: false, logger: logger, metrics: metrics, tracer: tracer)
     }
 
@@ -200,11 +206,33 @@ public final class RedlockClient: Sendable {
         if ownsConnections { nodes.first?.eventLoop.beginShutdown() }
     }
 
-    private static func validate(_ endpoints: [RedisEndpoint]) throws(RedlockError) {
-        guard !endpoints.isEmpty else { throw .invalid("a client needs at least one node") }
-        var seen = Set<RedisEndpoint>()
-        for endpoint in endpoints where !seen.insert(endpoint).inserted {
-            throw .invalid("node \(endpoint) is listed twice; each node must be an independent server")
+    /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` for no nodes, a node
+    /// listed twice (host names compared without regard to case, as DNS compares them; two
+    /// names of one server are caught by ``audit(for:)``, which compares the servers' run ids), or
+    /// a setting no connection could work with.
+    private static func validate(_ configurations: [RedisConnectionConfiguration]) throws(RedlockError) {
+        guard !configurations.isEmpty else { throw .invalid("a client needs at least one node") }
+        var seen = Set<String>()
+        for configuration in configurations {
+            let endpoint = configuration.endpoint
+            let key = endpoint.host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
+            guard seen.insert(key).inserted else {
+                throw .invalid("node \(endpoint) is listed twice; each node must be an independent server")
+            }
+            guard configuration.connectTimeout > .zero, configuration.commandTimeout > .zero else {
+                throw .invalid(
+                    "node \(endpoint): connectTimeout and commandTimeout must be positive, got \(configuration.connectTimeout) and \(configuration.commandTimeout)"
+                )
+            }
+            guard configuration.maximumQueuedCommands >= 1 else {
+                throw .invalid("node \(endpoint): maximumQueuedCommands must be at least 1, got \(configuration.maximumQueuedCommands)")
+            }
+            if configuration.username != nil, configuration.password == nil {
+                throw .invalid("node \(endpoint): a user name needs a password (AUTH user password); without one the connection would be the default user's")
+            }
+            if let database = configuration.database, database < 0 {
+                throw .invalid("node \(endpoint): database must not be negative, got \(database)")
+            }
         }
     }
 

@@ -33,9 +33,10 @@ enum Timing {
 }
 
 extension Duration {
-    /// The duration in whole milliseconds, rounded up, at least 1.
+    /// The duration in whole milliseconds, rounded up, at least 1 (saturating: the longest
+    /// durations give `Int64.max / 1_000_000` or one more, never a trap).
     var millisecondsRoundedUp: Int64 {
         let nanos = wholeNanoseconds
-        return Swift.max(1, (nanos + 999_999) / 1_000_000)
+        return Swift.max(1, nanos / 1_000_000 + (nanos % 1_000_000 > 0 ? 1 : 0))
     }
 }

@@ -345,6 +345,28 @@ struct LockTests {
             }
         }
         await (try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)], busyPoll: .milliseconds(10))).shutdown()
+        // Host names are compared as DNS compares them.
+        #expect { try RedlockClient(endpoints: [.hostname("LocalHost", port: 1), .hostname("localhost", port: 1)]) } throws: {
+            ($0 as? RedlockError)?.message.contains("twice") == true
+        }
+        // Node settings no connection could work with.
+        let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)
+        let badNodes: [(RedisConnectionConfiguration, String)] = [
+            (RedisConnectionConfiguration(endpoint: endpoint, commandTimeout: .zero), "commandTimeout"),
+            (RedisConnectionConfiguration(endpoint: endpoint, commandTimeout: .seconds(-1)), "commandTimeout"),
+            (RedisConnectionConfiguration(endpoint: endpoint, connectTimeout: .zero), "connectTimeout"),
+            (RedisConnectionConfiguration(endpoint: endpoint, maximumQueuedCommands: 0), "maximumQueuedCommands"),
+            (RedisConnectionConfiguration(endpoint: endpoint, username: "app"), "user name needs a password"),
+            (RedisConnectionConfiguration(endpoint: endpoint, database: -1), "database"),
+        ]
+        for (configuration, word) in badNodes {
+            #expect { try RedlockClient(nodes: [configuration]) } throws: {
+                ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains(word) == true
+            }
+            #expect { try RedlockClient(connections: [RedisConnection(configuration: configuration)]) } throws: {
+                ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains(word) == true
+            }
+        }
         let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)])
         let invalid: [(String, LockOptions, String)] = [
             ("", LockOptions(), "name"),
@@ -355,6 +377,10 @@ struct LockTests {
             ("x", LockOptions(driftFactor: -0.1), "driftFactor"),
             ("x", LockOptions(timeoutFactor: 0), "timeoutFactor"),
             ("x", LockOptions(expiry: .milliseconds(2)), "validity"),
+            // The longest durations are refused, not a trap.
+            ("x", LockOptions(expiry: .seconds(Int64.max)), "too long"),
+            ("x", LockOptions(expiry: .nanoseconds(Int64.max - 10)), "too long"),
+            ("x", LockOptions(epochGuard: .seconds(Int64.max)), "too long"),
         ]
         for (name, options, word) in invalid {
             #expect {
@@ -362,6 +388,13 @@ struct LockTests {
             } throws: { error in
                 guard let error = error as? RedlockError else { return false }
                 return error.code == .invalidConfiguration && error.message.contains(word)
+            }
+        }
+        // A hold-time cap no sleep could reach is refused before acquiring (no node answers here).
+        let scoped = try client.makeLock("x")
+        for cap in [Duration.seconds(Int64.max), .seconds(100 * 365 * 86_400) + .nanoseconds(1), .zero] {
+            await #expect { try await scoped.withLock(maximumHoldTime: cap) { _ in } } throws: {
+                ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains("maximumHoldTime") == true
             }
         }
         var empty = LockOptions()
