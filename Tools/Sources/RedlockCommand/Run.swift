@@ -43,8 +43,8 @@ struct Run: AsyncParsableCommand {
           71               the watchdog failed to start or died (EX_OSERR)
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
           77               a node refused credentials or a command (EX_NOPERM)
-          124              lease lost: the command was stopped (or never started), or the \
-                           release found the keys taken from it while it ran
+          124              lease lost: the command was stopped (or never started),
+                           or the release found the keys taken from it while it ran
           126 / 127        the command could not be executed / was not found
           128 + N          redlock got signal N before the command started
         """
