@@ -131,14 +131,15 @@ extension DistributedLock {
             coordination.listenForOwnHandoffs()
         }
         // A subscription's confirmation ends a wait for one more look (a release there may
-        // have gone unheard before it took effect): not a try of the count, and the wait after
-        // it ends when the one it cut short would have, so `tries` bounds the time as Redsync's
-        // count does. At most one look per node's confirmation beyond the count.
+        // have gone unheard before it took effect): not a try of the count, nor a step of the
+        // retry delay's backoff, and the wait after it ends when the one it cut short would
+        // have, so `tries` bounds the time as Redsync's count does. At most one look per node
+        // in a call; confirmations beyond that (a node reconnecting) count as tries.
         var looks = 0
         var cutShortWaitEnds: ContinuousClock.Instant?
         var attemptNumber = -1
         while true {
-            if chance.confirmed, tries != .max, looks < client.nodes.count {
+            if chance.confirmed, looks < client.nodes.count {
                 looks += 1
             } else {
                 attemptNumber += 1
@@ -280,7 +281,8 @@ extension DistributedLock {
     /// for it (`planned`), but soon after a split vote (contention, not a holder) or after an
     /// attempt that followed a release failed (`afterRelease`: the release may not have reached
     /// every node yet); never past the deadline (the last attempt starts at the deadline). A
-    /// subscription's confirmation is no release: the attempt it prompts waits in full after it.
+    /// subscription's confirmation is no release: the look it prompts is followed by the rest
+    /// of the wait it cut short (see ``attempts(tries:deadline:value:span:)``), not a short one.
     private func retryDelay(_ planned: Duration, after lastError: RedlockError, afterRelease: Bool, deadline: ContinuousClock.Instant?) -> Duration {
         var delay = planned
         let takenCount = lastError.nodes.filter { $0.cause == .taken }.count

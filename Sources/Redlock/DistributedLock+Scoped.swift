@@ -336,7 +336,7 @@ extension DistributedLock {
         let last = held.lastExtensionError
         var message = detail + (last.map { " (last extension: \($0.code): \($0.message))" } ?? "")
         if let hold = client.nodes.first?.eventLoop.heldByJobs, hold >= Self.loopHoldWorthSaying {
-            message += "; tasks on the client's executor have held its event loop for \(hold) without suspending, so no reply was read meanwhile"
+            message += "; the client's event loop has been running tasks on its executor for \(hold) without a turn back to its sockets (or was paused by the system while it ran them), so no reply was read meanwhile"
         }
         return RedlockError(code: .leaseLost, lockName: name, message: message, nodes: last?.nodes ?? [])
     }

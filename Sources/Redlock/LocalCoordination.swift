@@ -726,8 +726,9 @@ final class LocalCoordination: Sendable {
     /// lock taken, either the node's confirmation came before the attempt was sent — its
     /// `SUBSCRIBE` was processed before the attempt, so the release that frees it comes after
     /// and is heard — or the confirmation came after and triggers another attempt. A wait it ends
-    /// is not ``WaitOutcome/woken``: the attempt after it that fails waits its full retry delay
-    /// (or for a release), not the short one after a release whose attempt lost a race.
+    /// is not ``WaitOutcome/woken`` but ``WaitOutcome/confirmed``: when the look after it fails,
+    /// the `lock()` waits out the rest of the wait it cut short (or for a release), not the short
+    /// wait after a release whose attempt lost a race, and the look is not one of its tries.
     ///
     /// A confirmation of the release channel wakes no fair waiter that hears its handoffs on
     /// this client's own channel (``hearsHandoffsOnOwnChannel(_:)``): each node that refused

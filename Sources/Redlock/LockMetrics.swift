@@ -20,7 +20,8 @@ import Synchronization
 ///   `node` is the node's index.
 /// - `redlock_event_loop_held_seconds`: for a client that made its connections, each time tasks
 ///   on ``RedlockClient/executor`` held its event loop's thread for 100 ms or more without
-///   suspending (the thread read no reply meanwhile), how long.
+///   suspending (the thread read no reply meanwhile), how long: wall time, so a pause of the
+///   thread by the system (a CPU quota's throttling) while it ran them counts too.
 struct LockMetrics: Sendable {
     let factory: any MetricsFactory
     let attempts: Counter

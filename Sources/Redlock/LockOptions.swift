@@ -12,8 +12,9 @@ public struct LockOptions: Sendable {
     /// `Int.max`: ``acquireTimeout`` decides, and a lock that is not ``fair`` waits for a holder
     /// in the same process instead of polling (see ``retryDelay``). With a count, every retry
     /// keeps ``retryDelay``, so the count bounds the time. With ``fastHandoff``, a node's
-    /// confirmation of the release subscription calls for one more look at once, which is not a
-    /// try (at most one per node; the wait it cuts short then ends when it would have): such a
+    /// confirmation of a subscription the waiter listens on (the name's release channel; for a
+    /// fair lock, its handoff channel) calls for one more look at once, which is not a try (at
+    /// most one per node and call; the wait it cuts short then ends when it would have): such a
     /// `lock()` may make up to the node count more attempts than `tries`. (Redsync's is 32 tries,
     /// about 5 s with its delays.)
     public var tries: Int = .max

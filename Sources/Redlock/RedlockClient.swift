@@ -167,7 +167,13 @@ public final class RedlockClient: Sendable {
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning
         // Weakly: the loop lives as long as the connections, which the client owns.
-        if owning { nodes.first?.eventLoop.reportLongHolds { [weak self] held in self?.noteLongHold(held) } }
+        // Told on the loop's thread; the log handler and the metrics backend may block, so they
+        // are called from the global executor.
+        if owning {
+            nodes.first?.eventLoop.reportLongHolds { [weak self] held in
+                Task(executorPreference: globalConcurrentExecutor) { self?.noteLongHold(held) }
+            }
+        }
     }
 
     /// Records that tasks on ``executor`` held the event loop's thread for `held` without
@@ -175,7 +181,7 @@ public final class RedlockClient: Sendable {
     /// would flood the log otherwise).
     private func noteLongHold(_ held: Duration) {
         metrics.eventLoopHeld.recordNanoseconds(held.wholeNanoseconds)
-        let message: Logger.Message = "redlock client's event loop was held by tasks on its executor without suspending; no reply was read meanwhile"
+        let message: Logger.Message = "redlock client's event loop ran tasks on its executor without suspending (or was paused by the system while it ran them); no reply was read meanwhile"
         let metadata: Logger.Metadata = ["held": "\(held)"]
         if warnedOfLongHold.exchange(true, ordering: .relaxed) {
             logger.debug(message, metadata: metadata)

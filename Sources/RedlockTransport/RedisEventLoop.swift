@@ -273,7 +273,8 @@ package final class RedisEventLoop: Sendable {
     /// How long the jobs of tasks that prefer this loop as their executor have held its thread
     /// in the turn now under way, or nil while it runs none (it handles events, or waits). The
     /// thread reads no socket and checks no deadline meanwhile: a task there that computes for
-    /// long without suspending leaves every reply of the loop's connections unread.
+    /// long without suspending leaves every reply of the loop's connections unread. Wall time:
+    /// a pause of the thread by the system while it runs them counts too.
     package var heldByJobs: Duration? {
         let since = jobsRunningSince.load(ordering: .relaxed)
         guard since != 0 else { return nil }

@@ -333,6 +333,34 @@ struct LockTests {
         }
     }
 
+    @Test("a retry delay of 'forever' (Int64.max seconds, or more) waits, and ends by cancellation, plain and fair; nothing traps")
+    func foreverRetryDelay() async throws {
+        try await withLockNodes(3) { client, _ in
+            let holder = try client.makeLock("forever", options: LockOptions(expiry: .seconds(30)))
+            let lease = try await holder.lock()
+            let delays: [(Duration, Bool)] = [
+                (.seconds(Int64.max), true), (.seconds(Int64.max), false), (.seconds(Int64.max) + .seconds(Int64.max), false),
+            ]
+            for (delay, fair) in delays {
+                let waiter = try client.makeLock(
+                    "forever", options: LockOptions(expiry: .seconds(30), acquireTimeout: nil, tries: 3, retryDelay: .constant(delay), fair: fair)
+                )
+                let waiting = Task { () -> RedlockError.Code? in
+                    do throws(RedlockError) {
+                        _ = try await waiter.lock()
+                        return nil
+                    } catch {
+                        return error.code
+                    }
+                }
+                #expect(await eventually { client.waitingLockCalls(for: "forever") == 1 })
+                waiting.cancel()
+                #expect(await finished(within: .seconds(5)) { await waiting.value } == .some(.cancelled), "fair: \(fair)")
+            }
+            try await holder.unlock(lease)
+        }
+    }
+
     @Test("invalid configuration is rejected with a clear error")
     func configurationErrors() async throws {
         #expect { try RedlockClient(nodes: []) } throws: { ($0 as? RedlockError)?.code == .invalidConfiguration }

@@ -84,6 +84,15 @@ struct TimingTests {
     func hugeDelays() {
         let huge = Duration.seconds(9_223_372_036) + .milliseconds(900)
         #expect(huge.wholeNanoseconds == .max && (.zero - huge).wholeNanoseconds == .min)
+        // Past Int64.max seconds (where `components` traps) too, and exactly at the ends.
+        let vast = Duration.seconds(Int64.max) + .seconds(Int64.max)
+        #expect(vast.wholeNanoseconds == .max && (.zero - vast).wholeNanoseconds == .min)
+        #expect(Duration.seconds(Int64.max).millisecondsRoundedUp == Int64.max / 1_000_000 + 1)
+        #expect(Duration.nanoseconds(Int64.max).wholeNanoseconds == .max)
+        #expect(Duration.nanoseconds(Int64.max - 1).wholeNanoseconds == .max - 1)
+        #expect(Duration.nanoseconds(Int64.min + 1).wholeNanoseconds == .min + 1)
+        #expect(Duration.milliseconds(-1_500).wholeNanoseconds == -1_500_000_000)
+        #expect(Duration.nanoseconds(1).millisecondsRoundedUp == 1 && Duration.milliseconds(2).millisecondsRoundedUp == 2)
         #expect(RetryDelay.exponential(initial: .seconds(1), maximum: huge, jitter: false).delay(afterFailedAttempts: 3) == .seconds(4))
         #expect(RetryDelay.random(in: .zero...huge).delay(afterFailedAttempts: 1) >= .zero)
     }

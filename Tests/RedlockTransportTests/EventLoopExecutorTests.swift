@@ -76,7 +76,7 @@ struct EventLoopExecutorTests {
         #expect(await eventually { !reported.withLock { $0.isEmpty } })
         let holds = reported.withLock { $0 }
         #expect(holds.count == 1, "\(holds)")
-        #expect(holds.allSatisfy { $0 >= .milliseconds(200) && $0 <= spun + .milliseconds(50) }, "\(holds), spun \(spun)")
+        #expect(holds.allSatisfy { $0 >= .milliseconds(200) && $0 <= spun + .milliseconds(500) }, "\(holds), spun \(spun)")
         #expect(loop.heldByJobs == nil)
         // Short hops after it: nothing more.
         for _ in 0..<20 { await withTaskExecutorPreference(loop) {} }
