@@ -258,14 +258,7 @@ struct HandoffAndGuardTests {
                     let counted = try other.makeLock(
                         "counted-fresh", options: LockOptions(expiry: .seconds(30), tries: tries, retryDelay: .constant(.milliseconds(300)), fair: fair)
                     )
-                    let started = ContinuousClock.now
-                    var code: RedlockError.Code?
-                    do throws(RedlockError) {
-                        _ = try await counted.lock()
-                    } catch {
-                        code = error.code
-                    }
-                    let took = started.duration(to: .now)
+                    let (code, took) = await failureAndTime(of: counted)
                     #expect(code == .taken)
                     // (tries − 1) waits of 300 ms; the confirmations' looks cut none short.
                     #expect(took >= .milliseconds(300 * (tries - 1) - 20), "\(tries) tries took \(took)")
@@ -291,14 +284,7 @@ struct HandoffAndGuardTests {
             let other = try RedlockClient(nodes: nodes)
             try await withTeardown {
                 let counted = try other.makeLock("counted-late", options: LockOptions(expiry: .seconds(30), tries: 2, retryDelay: .constant(.milliseconds(400))))
-                let started = ContinuousClock.now
-                var code: RedlockError.Code?
-                do throws(RedlockError) {
-                    _ = try await counted.lock()
-                } catch {
-                    code = error.code
-                }
-                let took = started.duration(to: .now)
+                let (code, took) = await failureAndTime(of: counted)
                 #expect(code == .taken)
                 // Node 2 confirms about 200 ms into the 400 ms wait; a full wait after the look
                 // it calls for would end the second try at about 600 ms.
@@ -653,6 +639,18 @@ struct HandoffAndGuardTests {
             #expect(infos.count == 1 && infos[0].contains("answers again"), "\(infos)")
             await client.shutdown()
         }
+    }
+}
+
+/// What `lock.lock()` failed with (nil: it acquired, and the lease is left to expire) and how
+/// long the call took.
+func failureAndTime(of lock: DistributedLock) async -> (RedlockError.Code?, Duration) {
+    let started = ContinuousClock.now
+    do throws(RedlockError) {
+        _ = try await lock.lock()
+        return (nil, started.duration(to: .now))
+    } catch {
+        return (error.code, started.duration(to: .now))
     }
 }
 
