@@ -166,8 +166,8 @@ public final class RedlockClient: Sendable {
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
         ownsConnections = owning
-        // Weakly: the loop lives as long as the connections, which the client owns.
-        // Told on the loop's thread; the log handler and the metrics backend may block, so they
+        // Weakly: the loop lives as long as the connections, which the client owns. The loop
+        // tells on its own thread; the log handler and the metrics backend may block, so they
         // are called from the global executor.
         if owning {
             nodes.first?.eventLoop.reportLongHolds { [weak self] held in
