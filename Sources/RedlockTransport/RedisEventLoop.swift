@@ -384,17 +384,21 @@ package final class RedisEventLoop: Sendable {
             // keeps yielding cannot starve the sockets).
             jobs.withLock { swap(&$0.queue, &running) }
             let worked = !events.isEmpty || !running.isEmpty
+            // The turn's end, when jobs ran (one clock reading for the hold and the poll).
+            var ended: ContinuousClock.Instant?
             if !running.isEmpty {
                 let began = ContinuousClock.now
                 jobsRunningSince.store(origin.duration(to: began).wholeNanoseconds + 1, ordering: .relaxed)
                 for job in running { job.runSynchronously(on: executor) }
                 jobsRunningSince.store(0, ordering: .relaxed)
                 running.removeAll(keepingCapacity: true)
-                let held = began.duration(to: .now)
+                let now = ContinuousClock.now
+                ended = now
+                let held = began.duration(to: now)
                 if held >= Self.longHold, let report = longHoldReport.withLock({ $0 }) { report(held) }
             }
             // Counted from the end of the turn: a job that sent a command then waits its reply.
-            if busyPoll > .zero, worked { pollUntil = .now + busyPoll }
+            if busyPoll > .zero, worked { pollUntil = (ended ?? .now) + busyPoll }
         }
         let (left, kept) = jobs.withLock { jobs in
             jobs.closed = true

@@ -8,18 +8,16 @@ struct BusyPollTests {
     func repliesReadWhilePolling() async throws {
         try await withRedisServers(1) { servers throws in
             for busyPoll in [Duration.zero, .milliseconds(200)] {
-                let loop = RedisEventLoop(name: "busy-poll", busyPoll: busyPoll)
-                let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
-                let blocked = await blockingWaits(of: loop, sending: 20, on: connection, key: "busy-poll")
-                if busyPoll == .zero {
-                    // The control: each reply comes while the loop sleeps.
-                    #expect((blocked ?? 0) >= 15, "blocking waits without a busy poll: \(String(describing: blocked))")
-                } else {
-                    // A deadline check or a slow moment may end a poll now and then; not 20 times.
-                    #expect((blocked ?? .max) <= 5, "blocking waits with a busy poll of \(busyPoll): \(String(describing: blocked))")
+                try await withPollingConnection(to: servers[0], name: "busy-poll", busyPoll: busyPoll) { loop, connection in
+                    let blocked = await blockingWaits(of: loop, sending: 20, on: connection, key: "busy-poll")
+                    if busyPoll == .zero {
+                        // The control: each reply comes while the loop sleeps.
+                        #expect((blocked ?? 0) >= 15, "blocking waits without a busy poll: \(String(describing: blocked))")
+                    } else {
+                        // A deadline check or a slow moment may end a poll now and then; not 20 times.
+                        #expect((blocked ?? .max) <= 5, "blocking waits with a busy poll of \(busyPoll): \(String(describing: blocked))")
+                    }
                 }
-                await connection.shutdown()
-                await loop.shutdown()
             }
         }
     }
@@ -27,60 +25,54 @@ struct BusyPollTests {
     @Test("an idle loop sleeps: it polls busily only after an event or a job, not after the turns that only check deadlines")
     func idleLoopSleeps() async throws {
         try await withRedisServers(1) { servers throws in
-            let loop = RedisEventLoop(name: "busy-idle", busyPoll: .milliseconds(5))
             // A command timeout of 100 ms: the loop turns every 25 ms to check the deadlines.
-            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .milliseconds(100)), eventLoop: loop)
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            try await Task.sleep(for: .milliseconds(50))
-            let before = loop.busyPollCount
-            try await Task.sleep(for: .milliseconds(500))
-            // About 20 deadline turns: none of them starts a poll.
-            #expect(loop.busyPollCount - before <= 2, "busy polls in 500 ms idle: \(loop.busyPollCount - before)")
-            await connection.shutdown()
-            await loop.shutdown()
+            try await withPollingConnection(to: servers[0], name: "busy-idle", busyPoll: .milliseconds(5), commandTimeout: .milliseconds(100)) { loop, connection in
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                try await Task.sleep(for: .milliseconds(50))
+                let before = loop.busyPollCount
+                try await Task.sleep(for: .milliseconds(500))
+                // About 20 deadline turns: none of them starts a poll.
+                #expect(loop.busyPollCount - before <= 2, "busy polls in 500 ms idle: \(loop.busyPollCount - before)")
+            }
         }
     }
 
     @Test("the busy poll counts from the end of the turn: a task that computes longer than the poll before each command still has its replies read while polling")
     func pollStartsAfterTheJobs() async throws {
         try await withRedisServers(1) { servers throws in
-            let loop = RedisEventLoop(name: "busy-job", busyPoll: .milliseconds(100))
-            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
-            // Longer than the poll before each command: a poll counted from the turn's start would
-            // be over.
-            let blocked = await blockingWaits(of: loop, sending: 10, on: connection, key: "busy-job") {
-                let busyUntil = ContinuousClock.now + .milliseconds(120)
-                while ContinuousClock.now < busyUntil {}
+            try await withPollingConnection(to: servers[0], name: "busy-job", busyPoll: .milliseconds(100)) { loop, connection in
+                // Longer than the poll before each command: a poll counted from the turn's start would
+                // be over.
+                let blocked = await blockingWaits(of: loop, sending: 10, on: connection, key: "busy-job") {
+                    let busyUntil = ContinuousClock.now + .milliseconds(120)
+                    while ContinuousClock.now < busyUntil {}
+                }
+                #expect((blocked ?? .max) <= 3, "blocking waits: \(String(describing: blocked))")
             }
-            #expect((blocked ?? .max) <= 3, "blocking waits: \(String(describing: blocked))")
-            await connection.shutdown()
-            await loop.shutdown()
         }
     }
 
     @Test("a command to a frozen node times out on time while the loop polls: the poll ends at the loop's next deadline check")
     func deadlinesEndThePoll() async throws {
         try await withRedisServers(1) { servers throws in
-            let loop = RedisEventLoop(name: "busy-frozen", busyPoll: .seconds(10))
-            let connection = RedisConnection(configuration: servers[0].configuration(commandTimeout: .milliseconds(200)), eventLoop: loop)
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            try await servers[0].pause()
-            defer { try? servers[0].resume() }
-            // Sent from the loop: the job's turn begins a 10 s poll with the command out.
-            let outcome = await finished(within: .seconds(5)) {
-                await withTaskExecutorPreference(loop) { () -> RedisError? in
-                    do {
-                        _ = try await connection.send(RedisCommand("PING"))
-                        return nil
-                    } catch {
-                        return error as? RedisError
+            try await withPollingConnection(to: servers[0], name: "busy-frozen", busyPoll: .seconds(10), commandTimeout: .milliseconds(200)) { loop, connection in
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                try await servers[0].pause()
+                defer { try? servers[0].resume() }
+                // Sent from the loop: the job's turn begins a 10 s poll with the command out.
+                let outcome = await finished(within: .seconds(5)) {
+                    await withTaskExecutorPreference(loop) { () -> RedisError? in
+                        do {
+                            _ = try await connection.send(RedisCommand("PING"))
+                            return nil
+                        } catch {
+                            return error as? RedisError
+                        }
                     }
                 }
+                #expect(outcome??.code == .timeout, "\(String(describing: outcome))")
+                #expect(loop.busyPollCount > 0, "the loop never polled")
             }
-            #expect(outcome??.code == .timeout, "\(String(describing: outcome))")
-            #expect(loop.busyPollCount > 0, "the loop never polled")
-            await connection.shutdown()
-            await loop.shutdown()
         }
     }
 
@@ -117,6 +109,22 @@ struct BusyPollTests {
             return true
         }
         #expect(stopped == true, "the shutdown waited for the busy poll to end")
+    }
+}
+
+/// Runs `body` with a connection to `server` on a loop of its own named `name` with `busyPoll`
+/// (and the connection's `commandTimeout`); shuts both down after it, also when it throws.
+private func withPollingConnection<T>(
+    to server: RedisServer, name: String, busyPoll: Duration, commandTimeout: Duration = .seconds(1),
+    _ body: (RedisEventLoop, RedisConnection) async throws -> T
+) async throws -> T {
+    let loop = RedisEventLoop(name: name, busyPoll: busyPoll)
+    let connection = RedisConnection(configuration: server.configuration(commandTimeout: commandTimeout), eventLoop: loop)
+    return try await withTeardown {
+        try await body(loop, connection)
+    } teardown: {
+        await connection.shutdown()
+        await loop.shutdown()
     }
 }
 
