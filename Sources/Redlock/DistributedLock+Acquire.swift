@@ -133,15 +133,12 @@ extension DistributedLock {
         // A subscription's confirmation ends a wait for one more look (a release there may
         // have gone unheard before it took effect): not a try of the count, nor a step of the
         // retry delay's backoff, and the wait after it ends when the one it cut short would
-        // have, so `tries` bounds the time as Redsync's count does. At most one look per node
-        // in a call; confirmations beyond that (a node reconnecting) count as tries.
-        var looks = 0
+        // have, so `tries` bounds the time as Redsync's count does. One look per confirmation:
+        // a node's first, and one after each reconnect of its subscriber.
         var cutShortWaitEnds: ContinuousClock.Instant?
         var attemptNumber = -1
         while true {
-            if chance.confirmed, looks < client.nodes.count {
-                looks += 1
-            } else {
+            if !chance.confirmed {
                 attemptNumber += 1
                 cutShortWaitEnds = nil
             }

@@ -13,9 +13,10 @@ public struct LockOptions: Sendable {
     /// in the same process instead of polling (see ``retryDelay``). With a count, every retry
     /// keeps ``retryDelay``, so the count bounds the time. With ``fastHandoff``, a node's
     /// confirmation of a subscription the waiter listens on (the name's release channel; for a
-    /// fair lock, its handoff channel) calls for one more look at once, which is not a try (at
-    /// most one per node and call; the wait it cuts short then ends when it would have): such a
-    /// `lock()` may make up to the node count more attempts than `tries`. (Redsync's is 32 tries,
+    /// fair lock, its handoff channel) calls for one more look at once, which is not a try (the
+    /// wait it cuts short then ends when it would have): such a `lock()` makes one more attempt
+    /// than `tries` per confirmation, one per node and one after each reconnect of a node's
+    /// subscriber. (Redsync's is 32 tries,
     /// about 5 s with its delays.)
     public var tries: Int = .max
     /// The wait before each retry. The default is a random 50–250 ms. After a split vote (no

@@ -298,6 +298,39 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("a node whose subscriber connection is killed over and over confirms again each time, and each confirmation is a look, not a try: a lock() with a count still takes the time its tries bound")
+    func reconnectingNodeCannotStretchTheCount() async throws {
+        try await withLockNodes(3) { client, servers in
+            let holder = try client.makeLock("counted-flapping", options: LockOptions(expiry: .seconds(30)))
+            let lease = try await holder.lock()
+            let metrics = TestMetrics()
+            let other = try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: metrics)
+            let admin = RedisConnection(configuration: servers[0].configuration())
+            try await withTeardown {
+                let counted = try other.makeLock("counted-flapping", options: LockOptions(expiry: .seconds(30), tries: 2, retryDelay: .constant(.milliseconds(600))))
+                let killing = Task {
+                    while !Task.isCancelled {
+                        _ = try? await admin.send(RedisCommand("CLIENT", "KILL", "TYPE", "pubsub"))
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+                let (code, took) = await failureAndTime(of: counted)
+                killing.cancel()
+                await killing.value
+                #expect(code == .taken)
+                let confirmations = other.subscriptionConfirmations(for: "counted-flapping")
+                let attempts = metrics.counterTotal(label: "redlock_acquire_attempts_total")
+                #expect(confirmations > 4, "the node confirmed only \(confirmations) times: the test did not make it flap")
+                #expect(attempts <= 2 + confirmations, "\(attempts) attempts for 2 tries and \(confirmations) confirmations")
+                #expect(took >= .milliseconds(580) && took < .milliseconds(1_500), "two tries took \(took)")
+            } teardown: {
+                await admin.shutdown()
+                await other.shutdown()
+            }
+            try await holder.unlock(lease)
+        }
+    }
+
     @Test("the restart guard ignores a node that restarted empty, so a held lock is not granted twice")
     func restartGuard() async throws {
         try await withLockNodes(3) { client, servers in
