@@ -677,6 +677,41 @@ int rio_conn_fd(const rio_conn *conn) {
     return conn != NULL ? conn->fd : -1;
 }
 
+int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *err) {
+    if (conn == NULL || buffer == NULL || size == 0) {
+        return fail(err, RIO_E_INVALID, 0, "no connection or buffer");
+    }
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    memset(&address, 0, sizeof address);
+    if (getpeername(conn->fd, (struct sockaddr *)&address, &length) != 0) {
+        return fail_errno(err, "getpeername", errno);
+    }
+    int written;
+    if (address.ss_family == AF_UNIX) {
+        const struct sockaddr_un *unix_address = (const struct sockaddr_un *)&address;
+        size_t offset = offsetof(struct sockaddr_un, sun_path);
+        size_t path_length = length > offset ? (size_t)length - offset : 0;
+        path_length = strnlen(unix_address->sun_path, path_length);
+        written = snprintf(buffer, size, "unix:%.*s", (int)path_length, unix_address->sun_path);
+    } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
+        char host[NI_MAXHOST];
+        char service[NI_MAXSERV];
+        int status = getnameinfo((const struct sockaddr *)&address, length, host, sizeof host, service, sizeof service,
+                                 NI_NUMERICHOST | NI_NUMERICSERV);
+        if (status != 0) {
+            return fail(err, RIO_E_IO, 0, "getnameinfo: %s", gai_strerror(status));
+        }
+        written = snprintf(buffer, size, address.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, service);
+    } else {
+        return fail(err, RIO_E_INVALID, 0, "address family %d", (int)address.ss_family);
+    }
+    if (written < 0 || (size_t)written >= size) {
+        return fail(err, RIO_E_INVALID, 0, "peer address longer than %zu bytes", size);
+    }
+    return RIO_OK;
+}
+
 /* Classifies a failed SSL_read/SSL_write; 0 when it only has to wait (sets *wants). */
 static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, int *wants_write, const char *what, rio_error *err) {
     int reason_code = SSL_get_error(conn->ssl, result);

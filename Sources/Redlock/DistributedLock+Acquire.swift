@@ -290,8 +290,9 @@ extension DistributedLock {
         return delay
     }
 
-    /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or the fenced acquire
-    /// script), how a reply becomes a vote, and the restart guard's check of a granted vote.
+    /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or an acquire script:
+    /// fenced, guarded, fair, a re-attach, or before every node ran a script), how a reply
+    /// becomes a vote, and the restart guard's check of a granted vote.
     private struct AcquireRequest {
         let command: RedisCommand
         let script: RedisScript?
@@ -336,6 +337,13 @@ extension DistributedLock {
             if options.value.mayAlreadyBeHeld {
                 // The extend script with its re-create flag: held → PEXPIRE, missing → SET PX.
                 let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
+                return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
+            }
+            // Until every node has run one of the client's scripts, `SET NX PX` goes as a script:
+            // a user who may `SET` but not `EVAL` is refused here rather than left with a key it
+            // can neither extend nor release (``NodeHealth/runsScriptsEverywhere``).
+            guard client.health.runsScriptsEverywhere else {
+                let call = RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds])
                 return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
             }
             return AcquireRequest(

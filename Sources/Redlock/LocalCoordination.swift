@@ -512,6 +512,9 @@ final class LocalCoordination: Sendable {
     private let handoffMessagesRead = Atomic<Int>(0)
     private let nodes: [RedisConnection]
     private let sender: FanOutSender
+    /// Vets the address each subscriber connects to (``NodeHealth/vet(_:peer:)``): one server
+    /// listed under two names would deliver each release message twice.
+    private let vet: @Sendable (_ node: Int, _ peer: String) -> RedisError?
     /// Ends waits whose time is up, and subscriptions whose linger is over.
     private let timer: DeadlineTimer
 
@@ -527,7 +530,11 @@ final class LocalCoordination: Sendable {
     /// What this client's tagged values begin with (``taggedValue(_:)``), as bytes.
     private let ownTagPrefix: [UInt8]
 
-    init(nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer) {
+    init(
+        nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer,
+        vet: @escaping @Sendable (_ node: Int, _ peer: String) -> RedisError? = { _, _ in nil }
+    ) {
+        self.vet = vet
         handoffTag = randomHexTag()
         ownHandoffChannel = Scripts.clientHandoffChannel(tag: handoffTag)
         ownTagPrefix = Array((handoffTag + Scripts.handoffTagSeparator).utf8)
@@ -691,6 +698,7 @@ final class LocalCoordination: Sendable {
         nodes.enumerated().map { index, node in
             RedisSubscriber(
                 configuration: node.configuration, eventLoop: node.eventLoop,
+                vet: { [vet] peer in vet(index, peer) },
                 onSubscribed: { [weak self] channel in
                     guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {

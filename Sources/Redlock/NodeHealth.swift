@@ -10,15 +10,84 @@ import Synchronization
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
+///
+/// It also keeps which nodes run this client's scripts (``scriptAnswered(_:_:)``): a plain
+/// `SET NX` acquire is sent only when every node is known to allow the scripts that extend and
+/// release it (``runsScriptsEverywhere``).
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
+    /// Nodes whose latest script reply was not a permission refusal, one bit each.
+    private let scriptsAllowed = Atomic<UInt64>(0)
+    /// The mask with a bit for every node; 0 with more than 64 nodes (never all known).
+    private let everyNode: UInt64
+    /// The address each node's connections reached last (``vet(_:peer:)``), and the pairs of
+    /// nodes already logged as one server.
+    private let peers: Mutex<(addresses: [String?], logged: Set<[Int]>)>
 
     init(endpoints: [RedisEndpoint], logger: Logger) {
         self.endpoints = endpoints
         self.logger = logger
+        peers = Mutex((addresses: Array(repeating: nil, count: endpoints.count), logged: []))
+        everyNode = endpoints.count == 64 ? ~0 : endpoints.count < 64 ? (1 << UInt64(endpoints.count)) - 1 : 0
+    }
+
+    /// Vets a new connection of node `index` that reached `peer` (a numeric address): refused
+    /// when another node's connections reach the same address, so that a server listed under two
+    /// names (`localhost:6379` and `127.0.0.1:6379`) votes once, not twice. Whichever node
+    /// connects first keeps the address; the other's connects fail with
+    /// ``RedisError/Code-swift.struct/invalidAddress`` (permanent) naming both, and it counts as
+    /// a node that refuses every command. Logged at `error` once per pair.
+    func vet(_ index: Int, peer: String) -> RedisError? {
+        let found: (node: Int, isNew: Bool)? = peers.withLock { peers in
+            guard let other = peers.addresses.indices.first(where: { $0 != index && peers.addresses[$0] == peer }) else {
+                peers.addresses[index] = peer
+                return nil
+            }
+            return (other, peers.logged.insert([other, index]).inserted)
+        }
+        guard let found else { return nil }
+        let refusal = RedisError(
+            code: .invalidAddress, endpoint: endpoints[index],
+            message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(peer), and a server votes once; list each server once"
+        )
+        if found.isNew {
+            logger.error(
+                "redlock nodes are one server listed twice; the second does not vote",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "same-as-node": "\(found.node)", "address": "\(peer)"]
+            )
+        }
+        return refusal
+    }
+
+    /// Whether every node answered a script of this client (`EVALSHA`/`EVAL`) without refusing
+    /// it, and has not refused one since. Until then, and again after a node refuses one (a
+    /// user whose `+eval` was revoked), acquires go as a script too (``Scripts/extend``, which
+    /// sets a missing key like `SET NX PX`): a user without `+eval`/`+evalsha` could set the key
+    /// with `SET NX` but neither extend nor release it, and the key would stay until it expires.
+    /// With the script, such an acquire is refused (`NOPERM`, permanent) and sets nothing.
+    /// Always false with more than 64 nodes.
+    var runsScriptsEverywhere: Bool {
+        everyNode != 0 && scriptsAllowed.load(ordering: .relaxed) == everyNode
+    }
+
+    /// Node `index` answered a script with `result`: any reply but a permission refusal means it
+    /// runs the client's scripts; a refusal (`NOPERM`, or a command the script may not run)
+    /// means acquires go as scripts until one is allowed again. Other failures tell nothing.
+    func scriptAnswered(_ index: Int, _ result: Result<RedisValue, RedisError>) {
+        guard index < 64 else { return }
+        let bit: UInt64 = 1 << UInt64(index)
+        switch result {
+        case .success:
+            guard scriptsAllowed.load(ordering: .relaxed) & bit == 0 else { return }
+            scriptsAllowed.bitwiseOr(bit, ordering: .relaxed)
+        case let .failure(error) where error.isPermissionRefusal:
+            scriptsAllowed.bitwiseAnd(~bit, ordering: .relaxed)
+        case .failure:
+            break
+        }
     }
 
     /// Node `index` answered.

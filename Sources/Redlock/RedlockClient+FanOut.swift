@@ -114,6 +114,7 @@ final class PreparedFanOut: Sendable {
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
             var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
+            if script != nil { health.scriptAnswered(index, result) }
             switch result {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }

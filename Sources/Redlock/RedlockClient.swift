@@ -90,6 +90,14 @@ public final class RedlockClient: Sendable {
     ///   regard to case), or has a node whose settings no connection could work with (a connect
     ///   or command timeout that is not positive, `maximumQueuedCommands` below 1, a user name
     ///   without a password, a negative database), or `busyPoll` is outside `.zero...10 ms`.
+    ///
+    /// Two names of one server (`localhost:6379` and `127.0.0.1:6379`) pass that check, and are
+    /// caught when they connect: a connection that reaches a numeric address (or Unix socket)
+    /// that another node's connections already reach is refused, with
+    /// ``RedisError/Code-swift.struct/invalidAddress`` naming both nodes (permanent; logged once
+    /// at `error`), so that server votes once: the second name counts as a node that refuses
+    /// every command. One server at two addresses (its IPv4 and IPv6 address, or behind a proxy)
+    /// is only caught by ``audit(for:)``, which compares run ids.
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),
@@ -128,7 +136,9 @@ public final class RedlockClient: Sendable {
     /// Creates a client over connections you own; ``shutdown()`` leaves them open. Their event
     /// loop is the one they were made with (for `RedisConnection(configuration:)`, the loop they
     /// all share, which never polls busily): a client that should poll busily makes its own
-    /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``).
+    /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``). Your connections are not
+    /// vetted for two names of one server (only those the client makes for locks that wait for
+    /// replicas are): run ``audit(for:)`` once to check.
     ///
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` as
     ///   ``init(nodes:logger:metrics:tracer:busyPoll:)`` does, for the connections'
@@ -164,8 +174,14 @@ public final class RedlockClient: Sendable {
             return RedisConnection(configuration: configuration, eventLoop: node.eventLoop)
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
-        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines)
+        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines) { [health] node, peer in health.vet(node, peer: peer) }
         ownsConnections = owning
+        // One server listed under two names would vote twice: the second connection to an
+        // address another node reaches is refused (connections the caller made are theirs;
+        // subscribers are vetted through `coordination`).
+        for (index, node) in Array((owning ? nodes : []).enumerated()) + Array(acknowledgedNodes.enumerated()) {
+            node.vetConnects { [health] peer in health.vet(index, peer: peer) }
+        }
         // Weakly: the loop lives as long as the connections, which the client owns. The loop
         // tells on its own thread; the log handler and the metrics backend may block, so they
         // are called from the global executor.
@@ -214,8 +230,9 @@ public final class RedlockClient: Sendable {
 
     /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` for no nodes, a node
     /// listed twice (host names compared without regard to case, as DNS compares them; two
-    /// names of one server are caught by ``audit(for:)``, which compares the servers' run ids), or
-    /// a setting no connection could work with.
+    /// names of one address are refused when they connect, see ``NodeHealth/vet(_:peer:)``, and
+    /// other aliases are caught by ``audit(for:)``, which compares the servers' run ids), or a
+    /// setting no connection could work with.
     private static func validate(_ configurations: [RedisConnectionConfiguration]) throws(RedlockError) {
         guard !configurations.isEmpty else { throw .invalid("a client needs at least one node") }
         var seen = Set<String>()

@@ -327,6 +327,19 @@ enum Scripts {
         """
     )
 
+    /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` as a script: returns 1 when set, 0 when the key exists
+    /// (whatever its value). The acquire of a client that does not know yet whether every node
+    /// lets its user run scripts (``NodeHealth/runsScriptsEverywhere``): a user who may not is
+    /// refused here, before any key is set, rather than at the release.
+    static let acquirePlain = RedisScript(
+        """
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+            return 1
+        end
+        return 0
+        """
+    )
+
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` "1" to re-create a
     /// missing key. Returns 1 when extended (or re-created), 0 when another holder's value is
     /// there, -1 when the key is missing. With "1" it is also the acquire of a value a node may

@@ -79,9 +79,27 @@ final class NodeSocket: @unchecked Sendable {
     /// ``isSmall(_:)``), so an idle connection never holds a large value alive.
     private var replies: [RedisValue] = []
 
+    /// The address the socket is connected to, numeric (`192.0.2.7:6379`, `[::1]:6379`, or
+    /// `unix:PATH`), or nil when the system would not tell. Two endpoints of one server by two
+    /// names (`localhost` and `127.0.0.1`) connect to the same address.
+    let peer: String?
+
     private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
         self.pointer = pointer
         self.endpoint = endpoint
+        peer = Self.peerAddress(of: pointer)
+    }
+
+    private static func peerAddress(of pointer: OpaquePointer) -> String? {
+        // Room for a Unix socket's path (108 bytes) or a numeric IPv6 address and port.
+        var buffer = [CChar](repeating: 0, count: 160)
+        var error = rio_error()
+        let status = buffer.withUnsafeMutableBufferPointer { storage -> Int32 in
+            guard let base = storage.baseAddress else { return Int32(RIO_E_INVALID) }
+            return rio_conn_peer(pointer, base, storage.count, &error)
+        }
+        guard status == Int32(RIO_OK) else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     deinit {

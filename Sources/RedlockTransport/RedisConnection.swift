@@ -45,6 +45,16 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core = ConnectionCore(configuration: configuration, loop: eventLoop)
     }
 
+    /// Has `vet` look at the address of each socket this connection makes (``NodeSocket/peer``),
+    /// on the connector thread, before anything is written on it: an error it returns fails the
+    /// connect (and the commands that waited for it) with that error, the socket closes, and
+    /// commands fail with it at once for a second before the next connect. Replaces an earlier
+    /// `vet`. A client uses it to refuse a second connection to a server it already reaches by
+    /// another name.
+    package func vetConnects(_ vet: @escaping @Sendable (_ peer: String) -> RedisError?) {
+        core.vetConnects(vet)
+    }
+
     /// Creates a connection to an endpoint with default settings.
     public convenience init(endpoint: RedisEndpoint) {
         self.init(configuration: RedisConnectionConfiguration(endpoint: endpoint))
@@ -219,7 +229,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// once the connection is made, then it closes (``ConnectionCore/abandon()``).
         var closeOnceWritten = false
         var exitSignalled = false
-        /// A host name that failed to resolve, and until when that answer stands.
+        /// A host name that failed to resolve (or an address the vet refused), and until when
+        /// that answer stands.
         var failedResolution: (RedisError, ContinuousClock.Instant)?
 
         var unansweredCount: Int { inFlight.count - head }
@@ -288,6 +299,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private let checkInterval: Duration
     /// Incremented after every successful connect.
     let generation = Atomic<UInt64>(0)
+    /// Looks at each new socket's address before it is used (``RedisConnection/vetConnects(_:)``).
+    private let vet = Mutex<(@Sendable (String) -> RedisError?)?>(nil)
+
+    func vetConnects(_ vet: @escaping @Sendable (String) -> RedisError?) {
+        self.vet.withLock { $0 = vet }
+    }
 
     init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop) {
         self.configuration = configuration
@@ -358,8 +375,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 }
             }
             if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
-                // The name did not resolve a moment ago: answer with that at once rather than
-                // start another lookup for every command.
+                // The name did not resolve (or its address was refused) a moment ago: answer
+                // with that at once rather than start another connect for every command.
                 for command in commands { effects.completions.append((command, .failure(failure))) }
                 return nil
             }
@@ -687,6 +704,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
     private func connected(_ outcome: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
+        var outcome = outcome
+        var refused = false
+        if case let .success(socket) = outcome, let peer = socket.peer, let vet = vet.withLock({ $0 }), let refusal = vet(peer) {
+            socket.close()
+            outcome = .failure(refusal)
+            refused = true
+        }
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
@@ -741,8 +765,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 finishShutdownIfDrained(&state, &effects)
                 return nil
             case let .failure(failure):
-                if failure.code == .nameResolutionFailed {
-                    // Kept for as long as the failed lookup took, at least a second.
+                if failure.code == .nameResolutionFailed || refused {
+                    // Kept for as long as the failed lookup took, at least a second (a refused
+                    // address: a second).
                     state.failedResolution = (failure, .now + max(.seconds(1), started.duration(to: .now)))
                 }
                 failQueue(&state, failure, &effects)

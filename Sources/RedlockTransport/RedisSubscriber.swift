@@ -34,6 +34,10 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private let tls = TLSContextCache()
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     private let onSubscribed: @Sendable (_ channel: String) -> Void
+    /// Looks at each new socket's address before it subscribes (as
+    /// ``RedisConnection/vetConnects(_:)`` does): a refused one closes, and the subscriber tries
+    /// again later as after a failed connect.
+    private let vet: (@Sendable (_ peer: String) -> RedisError?)?
     /// The loop's token, once registered (on the first subscription).
     private let token = Mutex<UInt64?>(nil)
 
@@ -41,15 +45,18 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     ///
     /// `onMessage` gets each message; `onSubscribed` each channel the server confirmed (also
     /// again after a reconnect), from which point on no message of that channel is missed while
-    /// the connection lasts. Both run on the loop's thread.
+    /// the connection lasts. Both run on the loop's thread. `vet`, when given, looks at each new
+    /// socket's address first, on the connector thread: an error refuses that socket.
     package init(
         configuration: RedisConnectionConfiguration,
         eventLoop: RedisEventLoop = .shared,
+        vet: (@Sendable (_ peer: String) -> RedisError?)? = nil,
         onSubscribed: @escaping @Sendable (_ channel: String) -> Void = { _ in },
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
         self.configuration = configuration
         loop = eventLoop
+        self.vet = vet
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
     }
@@ -186,6 +193,11 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     }
 
     private func connected(_ outcome: Result<NodeSocket, RedisError>) {
+        var outcome = outcome
+        if case let .success(socket) = outcome, let vet, let peer = socket.peer, let refusal = vet(peer) {
+            socket.close()
+            outcome = .failure(refusal)
+        }
         guard let token = token.withLock({ $0 }) else { return }
         state.withLock { state in
             state.connecting = false

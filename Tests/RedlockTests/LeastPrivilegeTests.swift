@@ -78,6 +78,65 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a user who may SET but not run scripts gets no key it cannot release: lock() and tryLock() are refused at once (NOPERM, not retried) and set nothing; with the scripts revoked while held, unlock() names the refusal and later acquires set nothing, until the scripts are allowed again")
+    func acquireWithoutScripts() async throws {
+        try await withRedisServers(3) { servers throws in
+            let scriptless = ["~*", "+@all", "-eval", "-evalsha", "&*"]
+            try await createUser("setter", rules: scriptless, on: servers)
+            let client = try RedlockClient(nodes: configurations(servers, user: "setter"))
+            let options = LockOptions(expiry: .milliseconds(500), tries: 32, retryDelay: .constant(.milliseconds(200)))
+            let lock = try client.makeLock("scriptless", options: options)
+            func expectRefused(_ acquire: () async throws -> Lease?, _ label: String) async throws {
+                let started = ContinuousClock.now
+                let error = await #expect(throws: RedlockError.self, "\(label)") { _ = try await acquire() }
+                #expect(started.duration(to: .now) < .milliseconds(1_500), "\(label): retried a permanent refusal")
+                #expect(error?.code == .noQuorum, "\(label)")
+                let causes = error?.nodes ?? []
+                #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM") }, "\(label): \(causes)")
+                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil }, "\(label): a key was left behind")
+            }
+            for round in 0..<2 {
+                try await expectRefused({ try await lock.lock() }, "lock() \(round)")
+                try await expectRefused({ try await lock.tryLock() }, "tryLock() \(round)")
+            }
+
+            // Allowed: the first acquire is a script, and once every node ran one, a plain SET NX.
+            try await createUser("setter", rules: ["~*", "+@all", "&*"], on: servers)
+            try await lock.unlock(try await lock.lock())
+            let setsBefore = try await setCalls(on: servers)
+            let lease = try await lock.lock()
+            #expect(try await setCalls(on: servers) == setsBefore.map { $0 + 1 }, "the acquire was not a plain SET NX on every node")
+
+            // Revoked while held: the release is refused, and the key stays until it expires.
+            try await createUser("setter", rules: scriptless, on: servers)
+            let error = await #expect(throws: RedlockError.self) { try await lock.unlock(lease) }
+            #expect(error.map { "\($0)" }?.contains("NOPERM") == true, "\(String(describing: error))")
+            try await untilEveryNode(of: servers, holds: nil, at: lock.name)
+            // The next acquire is a script again: refused, nothing set.
+            try await expectRefused({ try await lock.lock() }, "lock() after the revocation")
+
+            try await createUser("setter", rules: ["~*", "+@all", "&*"], on: servers)
+            try await lock.unlock(try await lock.lock())
+            await client.shutdown()
+        }
+    }
+
+    /// How many times each server ran `SET` (`INFO commandstats`).
+    private func setCalls(on servers: [RedisServer]) async throws -> [Int] {
+        var calls: [Int] = []
+        for server in servers {
+            let admin = RedisConnection(configuration: server.configuration())
+            let info: Result<RedisValue, any Error>
+            do { info = .success(try await admin.send(RedisCommand("INFO", "commandstats"))) } catch { info = .failure(error) }
+            await admin.shutdown()
+            let text = try info.get().string ?? ""
+            let line = text.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix("cmdstat_set:") } ?? ""
+            let count = line.split(separator: ",").first?.split(separator: "=").last.flatMap { Int($0) } ?? 0
+            calls.append(count)
+        }
+        return calls
+    }
+
     @Test("the README's least-privilege rule is enough for everything: fenced lock, extend, a waiter woken by the release, unlock")
     func minimalRule() async throws {
         try await withRedisServers(3) { servers throws in

@@ -956,6 +956,72 @@ struct EndOfStreamTests {
         }
     }
 
+    @Test("a vetted connection shows each new socket's numeric address (TCP, or the Unix socket's path) before writing on it; a refusal fails the commands that waited with its error, writes nothing and stands for a second; a refused subscriber never subscribes and tries again after its back-off")
+    func vettedConnects() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let byName = RedisEndpoint.hostname("localhost", port: server.port)
+            var configuration = server.configuration()
+            configuration.endpoint = byName
+            let address = "127.0.0.1:\(server.port)"
+            let seen = Mutex<[String]>([])
+            let refusing = Mutex(true)
+            let connection = RedisConnection(configuration: configuration)
+            connection.vetConnects { peer in
+                seen.withLock { $0.append(peer) }
+                return refusing.withLock { $0 } ? RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)") : nil
+            }
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "vetted", "1")) }
+            #expect(error?.code == .invalidAddress && error?.message == "refused \(address)", "\(String(describing: error))")
+            #expect(seen.withLock { $0 } == [address])
+            #expect(try await server.run(RedisCommand("EXISTS", "vetted")) == .integer(0))
+            // Within the second, the refusal answers at once: no new connect.
+            let again = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "vetted", "2")) }
+            #expect(again?.code == .invalidAddress)
+            if started.duration(to: .now) < .milliseconds(900) { #expect(seen.withLock { $0.count } == 1) }
+            refusing.withLock { $0 = false }
+            var reply: RedisValue?
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while reply == nil, ContinuousClock.now < giveUp {
+                reply = try? await connection.send(RedisCommand("SET", "vetted", "3"))
+                if reply == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(reply == .simpleString("OK"))
+            #expect(seen.withLock { $0.count } == 2)
+            await connection.shutdown()
+
+            let overUnix = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.unixSocketEndpoint))
+            let unixPeer = Mutex<String?>(nil)
+            overUnix.vetConnects { peer in
+                unixPeer.withLock { $0 = peer }
+                return nil
+            }
+            #expect(try await overUnix.send(RedisCommand("PING")) == .simpleString("PONG"))
+            if case let .unixDomainSocket(path) = server.unixSocketEndpoint.address {
+                #expect(unixPeer.withLock { $0 } == "unix:" + path)
+            }
+            await overUnix.shutdown()
+
+            let vetted = Mutex(0)
+            let confirmed = Mutex(0)
+            let subscriber = RedisSubscriber(
+                configuration: configuration,
+                vet: { peer in
+                    vetted.withLock { $0 += 1 }
+                    return RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")
+                },
+                onSubscribed: { _ in confirmed.withLock { $0 += 1 } },
+                onMessage: { _, _ in }
+            )
+            subscriber.subscribe("vetted")
+            #expect(await becomes(within: .seconds(5)) { vetted.withLock { $0 } >= 2 })
+            #expect(confirmed.withLock { $0 } == 0)
+            #expect(try await server.run(RedisCommand("PUBSUB", "NUMSUB", "vetted")) == .array([.bulkString(Array("vetted".utf8)), .integer(0)]))
+            await subscriber.shutdown()
+        }
+    }
+
     @Test("a command from a task cancelled before the call is never written, even on an idle open connection")
     func withdrawnOnIdleConnection() async throws {
         try await withRedisServers(1) { servers throws in

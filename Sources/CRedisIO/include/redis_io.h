@@ -58,6 +58,10 @@ int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error
 /* The socket (for epoll); the connection keeps owning it. */
 int rio_conn_fd(const rio_conn *conn);
 
+/* The address the socket is connected to, numeric: "192.0.2.7:6379", "[::1]:6379", or a Unix
+   socket's path ("unix:/run/redis.sock"), NUL-terminated in buffer (size bytes). */
+int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *err);
+
 /* Writes what the socket accepts now. Returns the bytes written (0 when it would block), or -1
    with err set. A TLS connection may need the socket readable before it can write: *wants_read
    is then set to 1. */
