@@ -19,7 +19,7 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// Nodes whose latest script reply was not a permission refusal, one bit each.
+    /// Nodes that answered a script, with no permanent failure of one since, one bit each.
     private let scriptsAllowed = Atomic<UInt64>(0)
     /// The mask with a bit for every node; 0 with more than 64 nodes (never all known).
     private let everyNode: UInt64
@@ -62,20 +62,21 @@ final class NodeHealth: Sendable {
         return refusal
     }
 
-    /// Whether every node answered a script of this client (`EVALSHA`/`EVAL`) without refusing
-    /// it, and has not refused one since. Until then, and again after a node refuses one (a
-    /// user whose `+eval` was revoked), acquires go as a script too (``Scripts/extend``, which
-    /// sets a missing key like `SET NX PX`): a user without `+eval`/`+evalsha` could set the key
-    /// with `SET NX` but neither extend nor release it, and the key would stay until it expires.
-    /// With the script, such an acquire is refused (`NOPERM`, permanent) and sets nothing.
-    /// Always false with more than 64 nodes.
+    /// Whether every node answered a script of this client (`EVALSHA`/`EVAL`), with no permanent
+    /// failure of one since. Until then, and again after such a failure (a user whose `+eval`
+    /// was revoked), acquires go as a script too (``Scripts/acquirePlain``, `SET NX PX` in a
+    /// script): a user without `+eval`/`+evalsha` could set the key with `SET NX` but neither
+    /// extend nor release it, and the key would stay until it expires. With the script, such an
+    /// acquire is refused (`NOPERM`, permanent) and sets nothing. Always false with more than 64
+    /// nodes.
     var runsScriptsEverywhere: Bool {
         everyNode != 0 && scriptsAllowed.load(ordering: .relaxed) == everyNode
     }
 
-    /// Node `index` answered a script with `result`: any reply but a permission refusal means it
-    /// runs the client's scripts; a refusal (`NOPERM`, or a command the script may not run)
-    /// means acquires go as scripts until one is allowed again. Other failures tell nothing.
+    /// Node `index` answered a script with `result`: a reply means it runs the client's scripts;
+    /// a permanent failure (`NOPERM`, a command the script may not run, scripting renamed away:
+    /// `ERR unknown command`) means acquires go as scripts until one runs again. Transient
+    /// failures (timeouts, closed connections, `BUSY`) tell nothing.
     func scriptAnswered(_ index: Int, _ result: Result<RedisValue, RedisError>) {
         guard index < 64 else { return }
         let bit: UInt64 = 1 << UInt64(index)
@@ -83,7 +84,7 @@ final class NodeHealth: Sendable {
         case .success:
             guard scriptsAllowed.load(ordering: .relaxed) & bit == 0 else { return }
             scriptsAllowed.bitwiseOr(bit, ordering: .relaxed)
-        case let .failure(error) where error.isPermissionRefusal:
+        case let .failure(error) where error.isPermanent:
             scriptsAllowed.bitwiseAnd(~bit, ordering: .relaxed)
         case .failure:
             break

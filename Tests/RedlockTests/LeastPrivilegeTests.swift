@@ -121,6 +121,23 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("nodes with scripting renamed away (rename-command EVAL and EVALSHA to nothing): lock() is refused at once with the nodes' 'unknown command', not retried, and sets no key")
+    func acquireWithScriptingDisabled() async throws {
+        try await withRedisServers(3, arguments: ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("no-scripting", options: LockOptions(tries: 32, retryDelay: .constant(.milliseconds(200))))
+            for _ in 0..<2 {
+                let started = ContinuousClock.now
+                let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+                #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
+                let causes = error?.nodes ?? []
+                #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".lowercased().contains("unknown command") }, "\(causes)")
+                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+            }
+            await client.shutdown()
+        }
+    }
+
     /// How many times each server ran `SET` (`INFO commandstats`).
     private func setCalls(on servers: [RedisServer]) async throws -> [Int] {
         var calls: [Int] = []
