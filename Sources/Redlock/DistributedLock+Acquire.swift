@@ -290,12 +290,15 @@ extension DistributedLock {
         return delay
     }
 
-    /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or an acquire script:
-    /// fenced, guarded, fair, a re-attach, or before every node ran a script), how a reply
-    /// becomes a vote, and the restart guard's check of a granted vote.
+    /// What every attempt of one `lock()` sends, built once: `SET NX PX` (or the fenced acquire
+    /// script), how a reply becomes a vote, and the restart guard's check of a granted vote.
     private struct AcquireRequest {
         let command: RedisCommand
         let script: RedisScript?
+        /// For `SET NX PX`: the same in a script (``Scripts/acquirePlain``, its `EVAL`), sent in
+        /// its place on a connection that has not run a script yet (see
+        /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+        var untilScriptsRun: RedisCommand? = nil
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
@@ -339,16 +342,13 @@ extension DistributedLock {
                 let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
                 return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
             }
-            // Until every node has run one of the client's scripts, `SET NX PX` goes as a script:
-            // a user who may `SET` but not `EVAL` is refused here rather than left with a key it
-            // can neither extend nor release (``NodeHealth/runsScriptsEverywhere``).
-            guard client.health.runsScriptsEverywhere else {
-                let call = RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds])
-                return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
-            }
+            // On a connection that has not run a script, `SET NX PX` goes inside one: a user who
+            // may `SET` but not `EVAL` is refused there rather than left with a key it can
+            // neither extend nor release.
+            let scripted = RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds])
             return AcquireRequest(
                 command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
-                classify: Vote.ofSetNX, confirm: confirm
+                untilScriptsRun: scripted.evalForm, classify: Vote.ofSetNX, confirm: confirm
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
@@ -363,6 +363,7 @@ extension DistributedLock {
         client.prepareFanOut(
             request.command,
             script: request.script,
+            untilScriptsRun: request.untilScriptsRun,
             classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: options.attemptBudget,

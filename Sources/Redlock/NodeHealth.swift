@@ -11,18 +11,13 @@ import Synchronization
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
 ///
-/// It also keeps which nodes run this client's scripts (``scriptAnswered(_:_:)``): a plain
-/// `SET NX` acquire is sent only when every node is known to allow the scripts that extend and
-/// release it (``runsScriptsEverywhere``).
+/// It also vets the address each new connection reaches (``vet(_:peer:)``): one server listed
+/// under two names votes once.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// Nodes that answered a script, with no permanent failure of one since, one bit each.
-    private let scriptsAllowed = Atomic<UInt64>(0)
-    /// The mask with a bit for every node; 0 with more than 64 nodes (never all known).
-    private let everyNode: UInt64
     /// The address each node's connections reached last (``vet(_:peer:)``), and the pairs of
     /// nodes already logged as one server.
     private let peers: Mutex<(addresses: [String?], logged: Set<[Int]>)>
@@ -31,7 +26,6 @@ final class NodeHealth: Sendable {
         self.endpoints = endpoints
         self.logger = logger
         peers = Mutex((addresses: Array(repeating: nil, count: endpoints.count), logged: []))
-        everyNode = endpoints.count == 64 ? ~0 : endpoints.count < 64 ? (1 << UInt64(endpoints.count)) - 1 : 0
     }
 
     /// Vets a new connection of node `index` that reached `peer` (a numeric address): refused
@@ -60,35 +54,6 @@ final class NodeHealth: Sendable {
             )
         }
         return refusal
-    }
-
-    /// Whether every node answered a script of this client (`EVALSHA`/`EVAL`), with no permanent
-    /// failure of one since. Until then, and again after such a failure (a user whose `+eval`
-    /// was revoked), acquires go as a script too (``Scripts/acquirePlain``, `SET NX PX` in a
-    /// script): a user without `+eval`/`+evalsha` could set the key with `SET NX` but neither
-    /// extend nor release it, and the key would stay until it expires. With the script, such an
-    /// acquire is refused (`NOPERM`, permanent) and sets nothing. Always false with more than 64
-    /// nodes.
-    var runsScriptsEverywhere: Bool {
-        everyNode != 0 && scriptsAllowed.load(ordering: .relaxed) == everyNode
-    }
-
-    /// Node `index` answered a script with `result`: a reply means it runs the client's scripts;
-    /// a permanent failure (`NOPERM`, a command the script may not run, scripting renamed away:
-    /// `ERR unknown command`) means acquires go as scripts until one runs again. Transient
-    /// failures (timeouts, closed connections, `BUSY`) tell nothing.
-    func scriptAnswered(_ index: Int, _ result: Result<RedisValue, RedisError>) {
-        guard index < 64 else { return }
-        let bit: UInt64 = 1 << UInt64(index)
-        switch result {
-        case .success:
-            guard scriptsAllowed.load(ordering: .relaxed) & bit == 0 else { return }
-            scriptsAllowed.bitwiseOr(bit, ordering: .relaxed)
-        case let .failure(error) where error.isPermanent:
-            scriptsAllowed.bitwiseAnd(~bit, ordering: .relaxed)
-        case .failure:
-            break
-        }
     }
 
     /// Node `index` answered.

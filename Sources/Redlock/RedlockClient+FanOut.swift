@@ -64,6 +64,9 @@ final class PreparedFanOut: Sendable {
     let script: RedisScript?
     /// When the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
+    /// For a command that is not a script: what goes in its place on a connection that has not
+    /// run a script yet (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+    let untilScriptsRun: RedisCommand?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -86,8 +89,8 @@ final class PreparedFanOut: Sendable {
     }
 
     init(
-        round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, order: [Int],
-        budget: Duration,
+        round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
+        untilScriptsRun: RedisCommand? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -99,6 +102,7 @@ final class PreparedFanOut: Sendable {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
+        self.untilScriptsRun = untilScriptsRun
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -114,7 +118,6 @@ final class PreparedFanOut: Sendable {
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
             var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
-            if script != nil { health.scriptAnswered(index, result) }
             switch result {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
@@ -169,7 +172,9 @@ final class PreparedFanOut: Sendable {
     /// grants wait for replicas.
     func requests(for index: Int) -> [QueuedCommand] {
         clockCheck?.markSent()
-        let first = QueuedCommand(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler(for: index))
+        let first = QueuedCommand(
+            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler(for: index)
+        )
         guard let replicaWait else { return [first] }
         return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
     }
@@ -178,7 +183,7 @@ final class PreparedFanOut: Sendable {
     func send(to node: RedisConnection, index: Int) {
         guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
-        node.send(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler(for: index))
+        node.send(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler(for: index))
     }
 }
 
@@ -200,6 +205,7 @@ extension RedlockClient {
         _ command: RedisCommand,
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
+        untilScriptsRun: RedisCommand? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -211,8 +217,8 @@ extension RedlockClient {
     ) -> PreparedFanOut {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
-            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, order: order, budget: budget,
-            classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
+            order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
 

@@ -327,16 +327,13 @@ enum Scripts {
         """
     )
 
-    /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` as a script: returns 1 when set, 0 when the key exists
-    /// (whatever its value). The acquire of a client that does not know yet whether every node
-    /// lets its user run scripts (``NodeHealth/runsScriptsEverywhere``): a user who may not is
-    /// refused here, before any key is set, rather than at the release.
+    /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` in a script, with the same reply (`OK`, or null when
+    /// the key exists). The acquire on a connection that has not run a script yet: a user who
+    /// may not run scripts (or a node with scripting renamed away) is refused here, before any
+    /// key is set, rather than at the release.
     static let acquirePlain = RedisScript(
         """
-        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-            return 1
-        end
-        return 0
+        return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
         """
     )
 

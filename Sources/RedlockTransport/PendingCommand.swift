@@ -14,14 +14,19 @@ package struct QueuedCommand: Sendable {
     package let command: RedisCommand
     package let script: RedisScript?
     package let runsLateUnlessBehind: String?
+    /// What goes in the command's place on a socket that has not run a script yet
+    /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+    package let untilScriptsRun: RedisCommand?
     package let handler: RedisReplyHandler
 
     package init(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
+        self.untilScriptsRun = untilScriptsRun
         self.handler = handler
     }
 }
@@ -51,6 +56,10 @@ final class PendingCommand: Sendable {
     /// then, to run after them, rather than fail the call, unless one of them has this argument
     /// (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
+    /// For a command that is not a script: a script call (its `EVAL` form) that goes in its
+    /// place on a socket whose node has not run a script since it connected, or whose last
+    /// script failed for good. Its reply must read like the command's.
+    let untilScriptsRun: RedisCommand?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
@@ -60,15 +69,20 @@ final class PendingCommand: Sendable {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
+        untilScriptsRun = nil
         self.withdrawOnCancel = withdrawOnCancel
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
-    init(command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler) {
+    init(
+        command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        handler: @escaping RedisReplyHandler
+    ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
+        self.untilScriptsRun = script == nil ? untilScriptsRun : nil
         withdrawOnCancel = false
         state = Mutex(.handled(handler))
     }

@@ -103,10 +103,19 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// `runsLateUnlessBehind` is set and none of what was written has that argument (see
     /// ``RedisScriptCall/runsLateUnlessBehind``): then the `EVAL` goes out at once, to run after
     /// what was written.
+    ///
+    /// Without `script`, `untilScriptsRun` (a script's `EVAL`, whose reply reads like the
+    /// command's) goes in the command's place on a socket whose node has not run a script since
+    /// it connected, or whose last script call failed for good (``RedisError/isPermanent``: a
+    /// revoked `+eval`): a command that must not take effect where the user could not run the
+    /// scripts that undo it (a lock's `SET NX`, released by a script).
     package func send(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, handler: @escaping RedisReplyHandler
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        handler: @escaping RedisReplyHandler
     ) {
-        core.enqueue(PendingCommand(command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, handler: handler))
+        core.enqueue(PendingCommand(
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler
+        ))
     }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
@@ -114,7 +123,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// gets its command's outcome exactly once.
     package func send(_ commands: [QueuedCommand]) {
         core.enqueue(contentsOf: commands.map {
-            PendingCommand(command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, handler: $0.handler)
+            PendingCommand(
+                command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, untilScriptsRun: $0.untilScriptsRun,
+                handler: $0.handler
+            )
         })
     }
 
@@ -179,6 +191,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// were written behind it meanwhile (then the call fails with that answer, or, see its
         /// command's `runsLateUnlessBehind`, the `EVAL` runs after them).
         let sentAsScriptHash: Bool
+        /// Sent as its command's script form (``PendingCommand/untilScriptsRun``).
+        let sentInScriptForm: Bool
     }
 
     private enum Phase { case idle, connecting, open }
@@ -212,6 +226,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// later (the script cached there by another client), a release would wait unwritten,
         /// and be lost with the connection while the acquire still runs.
         var confirmedScripts: [UInt64] = []
+        /// Whether this socket's node answered a script call, with no permanent failure of one
+        /// since: until then commands with a script form go in it (``PendingCommand/untilScriptsRun``).
+        var scriptsRun = false
         /// A thread is reading or writing the socket outside the lock.
         var ioOwned = false
         /// The loop reported the socket ready while another thread owned the I/O: the owner
@@ -419,7 +436,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
         guard let script = command.script else {
-            Self.format(command.command, of: command, asScriptHash: false, at: now, in: &state)
+            if let scripted = command.untilScriptsRun, !state.scriptsRun {
+                Self.format(scripted, of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
+            } else {
+                Self.format(command.command, of: command, asScriptHash: false, at: now, in: &state)
+            }
             return
         }
         if state.confirmedScripts.contains(script.digestPrefix) {
@@ -434,13 +455,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// `holdingLater`: commands queued later wait for its answer (`heldByScriptHash`). `now`,
     /// when the caller read the clock already, dates the wait it may begin.
     private static func format(
-        _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, holdingLater: Bool = false,
+        _ wire: RedisCommand, of command: PendingCommand, asScriptHash: Bool, inScriptForm: Bool = false, holdingLater: Bool = false,
         at now: ContinuousClock.Instant? = nil, in state: inout State
     ) {
         if state.unansweredCount == 0 { state.waitingSince = now ?? .now }
         wire.appendWire(to: &state.output)
         if holdingLater { state.heldByScriptHash = true }
-        state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash))
+        state.inFlight.append(InFlight(command: command, sentAsScriptHash: asScriptHash, sentInScriptForm: inScriptForm))
         state.stagedCount += 1
     }
 
@@ -486,6 +507,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if case .error = reply { return }
         guard !state.confirmedScripts.contains(script.digestPrefix) else { return }
         state.confirmedScripts.append(script.digestPrefix)
+    }
+
+    /// Records whether the node runs scripts on this socket (``State/scriptsRun``) from a script
+    /// call's `reply`: any but an error says it does; an error that is permanent
+    /// (``RedisError/isPermanent``: `NOPERM`, scripting renamed away) says it does not; others
+    /// (`BUSY`, a script's own error) tell nothing.
+    private static func noteScriptOutcome(_ reply: RedisValue, in state: inout State) {
+        guard case let .error(text) = reply else {
+            state.scriptsRun = true
+            return
+        }
+        if RedisError(code: .serverError, endpoint: nil, message: text).isPermanent { state.scriptsRun = false }
     }
 
     /// Formats the queued commands still wanted (withdrawn ones are dropped).
@@ -602,6 +635,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         }
                     }
                     if let script = item.command.script { Self.noteScriptRan(script, reply: reply, in: &state) }
+                    if item.command.script != nil || item.sentInScriptForm { Self.noteScriptOutcome(reply, in: &state) }
                     if case let .error(text) = reply {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.
@@ -722,7 +756,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // the socket closes. A new socket has run no script: each goes as `EVAL`.
                     var bytes: [UInt8] = []
                     for command in state.queue where command.shouldSend {
-                        (command.fallback ?? command.command).appendWire(to: &bytes)
+                        (command.fallback ?? command.untilScriptsRun ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
                     for command in state.queue { effects.completions.append((command, .failure(failure))) }
@@ -756,8 +790,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     return nil
                 }
                 state.socket = socket
-                // A new socket may reach a restarted node: it has confirmed no script yet.
+                // A new socket may reach a restarted node: it has confirmed no script yet, and
+                // may not run any (another ACL, scripting renamed away).
                 state.confirmedScripts.removeAll()
+                state.scriptsRun = false
                 state.phase = .open
                 generation.add(1, ordering: .releasing)
                 stageQueue(&state)

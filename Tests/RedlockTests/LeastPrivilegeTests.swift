@@ -117,6 +117,12 @@ struct LeastPrivilegeTests {
 
             try await createUser("setter", rules: ["~*", "+@all", "&*"], on: servers)
             try await lock.unlock(try await lock.lock())
+
+            // Revoked with the client's connections closed (as by a restart with other
+            // settings): on new connections the acquire is a script again, refused, nothing set.
+            try await createUser("setter", rules: scriptless, on: servers)
+            for server in servers { _ = try await server.run(RedisCommand("CLIENT", "KILL", "USER", "setter")) }
+            try await expectRefused({ try await lock.lock() }, "lock() on new connections")
             await client.shutdown()
         }
     }
