@@ -21,6 +21,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +35,10 @@ struct rio_conn {
     SSL *ssl;
     redisReader *reader;
     int undrained; /* the last read stopped at its size limit */
+    /* A Unix socket's file, as stat saw it right after the connect (has_file: it could). */
+    int has_file;
+    dev_t file_device;
+    ino_t file_inode;
 };
 
 /* ---- errors ---- */
@@ -670,7 +675,17 @@ int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error
         close(fd);
         return status;
     }
-    return finish(fd, NULL, NULL, 0, deadline, out, err);
+    /* The socket file names the server (the path it bound, as getpeername tells, does not: two
+       servers may bind the same relative path, or one path later moved). */
+    struct stat file;
+    int has_file = stat(path, &file) == 0;
+    status = finish(fd, NULL, NULL, 0, deadline, out, err);
+    if (status == RIO_OK && has_file) {
+        (*out)->has_file = 1;
+        (*out)->file_device = file.st_dev;
+        (*out)->file_inode = file.st_ino;
+    }
+    return status;
 }
 
 int rio_conn_fd(const rio_conn *conn) {
@@ -689,11 +704,10 @@ int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *er
     }
     int written;
     if (address.ss_family == AF_UNIX) {
-        const struct sockaddr_un *unix_address = (const struct sockaddr_un *)&address;
-        size_t offset = offsetof(struct sockaddr_un, sun_path);
-        size_t path_length = length > offset ? (size_t)length - offset : 0;
-        path_length = strnlen(unix_address->sun_path, path_length);
-        written = snprintf(buffer, size, "unix:%.*s", (int)path_length, unix_address->sun_path);
+        if (!conn->has_file) {
+            return fail(err, RIO_E_INVALID, 0, "the socket file could not be looked at");
+        }
+        written = snprintf(buffer, size, "unix:%llu:%llu", (unsigned long long)conn->file_device, (unsigned long long)conn->file_inode);
     } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
         char host[NI_MAXHOST];
         char service[NI_MAXSERV];

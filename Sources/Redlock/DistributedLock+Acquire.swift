@@ -295,8 +295,9 @@ extension DistributedLock {
     private struct AcquireRequest {
         let command: RedisCommand
         let script: RedisScript?
-        /// For `SET NX PX`: the same in a script (``Scripts/acquirePlain``, its `EVAL`), sent in
-        /// its place on a connection that has not run a script yet (see
+        /// For `SET NX PX`: the same in a script that first checks the user's permissions
+        /// (``Scripts/acquirePlain``, its `EVAL`), sent in its place on a connection until it
+        /// succeeded there (see
         /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
         var untilScriptsRun: RedisCommand? = nil
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
@@ -342,9 +343,10 @@ extension DistributedLock {
                 let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
                 return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
             }
-            // On a connection that has not run a script, `SET NX PX` goes inside one: a user who
-            // may `SET` but not `EVAL` is refused there rather than left with a key it can
-            // neither extend nor release.
+            // On a connection where it has not succeeded yet, `SET NX PX` goes inside a script
+            // that checks the release's permissions: a user who may `SET` but not `EVAL` (or
+            // `EVALSHA`, `DEL`) is refused there rather than left with a key it can neither
+            // extend nor release.
             let scripted = RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds])
             return AcquireRequest(
                 command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,

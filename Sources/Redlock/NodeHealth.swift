@@ -28,16 +28,24 @@ final class NodeHealth: Sendable {
         peers = Mutex((addresses: Array(repeating: nil, count: endpoints.count), logged: []))
     }
 
-    /// Vets a new connection of node `index` that reached `peer` (a numeric address): refused
-    /// when another node's connections reach the same address, so that a server listed under two
-    /// names (`localhost:6379` and `127.0.0.1:6379`) votes once, not twice. Whichever node
-    /// connects first keeps the address; the other's connects fail with
+    /// Vets a new connection of node `index` that reached `peer` (``NodeSocket``'s peer: a
+    /// numeric address with the TLS server name, or a Unix socket's file): refused when another
+    /// node's connections reach the same, so that a server listed under two names
+    /// (`localhost:6379` and `127.0.0.1:6379`) votes once, not twice. Whichever node connects
+    /// first keeps the address; the other's connects fail with
     /// ``RedisError/Code-swift.struct/invalidAddress`` (permanent) naming both, and it counts as
-    /// a node that refuses every command. Logged at `error` once per pair.
+    /// a node that refuses every command. Logged at `error` once per pair. A node that does not
+    /// answer (``failed(_:_:)``) keeps no address: a server that now answers there, under
+    /// another node's name (a name moved to a new address), is that node's.
     func vet(_ index: Int, peer: String) -> RedisError? {
         let found: (node: Int, isNew: Bool)? = peers.withLock { peers in
-            guard let other = peers.addresses.indices.first(where: { $0 != index && peers.addresses[$0] == peer }) else {
+            let other = peers.addresses.indices.first { $0 != index && peers.addresses[$0] == peer }
+            guard let other, !isDown(other) else {
+                if let other { peers.addresses[other] = nil }
                 peers.addresses[index] = peer
+                // It answers (AUTH and SELECT went through), and must count so before another
+                // node's connect to the same address is vetted: a node marked down gives it up.
+                answered(index)
                 return nil
             }
             return (other, peers.logged.insert([other, index]).inserted)
@@ -54,6 +62,11 @@ final class NodeHealth: Sendable {
             )
         }
         return refusal
+    }
+
+    /// Whether node `index` counts as not answering (always false past the first 64 nodes).
+    private func isDown(_ index: Int) -> Bool {
+        index < 64 && down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0
     }
 
     /// Node `index` answered.

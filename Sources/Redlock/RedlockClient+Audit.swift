@@ -86,11 +86,19 @@ extension RedlockClient {
         }
         for index in audits.indices {
             guard audits[index].checks.first?.verdict == .pass else { continue }
-            if let runID = audits[index].runID {
-                let others = audits.filter { $0.runID == runID && $0.node != audits[index].node }.map { "node \($0.node) (\($0.endpoint))" }
-                audits[index].checks.append(others.isEmpty
-                    ? AuditCheck(name: "distinct", verdict: .pass, detail: "run_id \(runID.prefix(12))… is listed once")
-                    : AuditCheck(name: "distinct", verdict: .fail, detail: "the same server as \(others.joined(separator: ", ")): its vote would count twice"))
+            // A node this client refused as a second name of this one (NodeHealth.vet) could not
+            // be asked for its run id: its refusal names this node.
+            let refusedAliases = audits.filter { other in
+                other.checks.first.map { $0.verdict == .fail && $0.detail.contains("the same server as node \(audits[index].node) (") } ?? false
+            }
+            let sameRunID = audits[index].runID.map { runID in audits.filter { $0.runID == runID && $0.node != audits[index].node } } ?? []
+            let others = (sameRunID + refusedAliases).map { "node \($0.node) (\($0.endpoint))" }
+            if !others.isEmpty {
+                audits[index].checks.append(AuditCheck(
+                    name: "distinct", verdict: .fail, detail: "the same server as \(others.joined(separator: ", ")): its vote would count twice"
+                ))
+            } else if let runID = audits[index].runID {
+                audits[index].checks.append(AuditCheck(name: "distinct", verdict: .pass, detail: "run_id \(runID.prefix(12))… is listed once"))
             } else {
                 audits[index].checks.append(AuditCheck(name: "distinct", verdict: .unknown, detail: "INFO did not give a run_id"))
             }

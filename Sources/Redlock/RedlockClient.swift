@@ -92,12 +92,13 @@ public final class RedlockClient: Sendable {
     ///   without a password, a negative database), or `busyPoll` is outside `.zero...10 ms`.
     ///
     /// Two names of one server (`localhost:6379` and `127.0.0.1:6379`) pass that check, and are
-    /// caught when they connect: a connection that reaches a numeric address (or Unix socket)
-    /// that another node's connections already reach is refused, with
-    /// ``RedisError/Code-swift.struct/invalidAddress`` naming both nodes (permanent; logged once
-    /// at `error`), so that server votes once: the second name counts as a node that refuses
-    /// every command. One server at two addresses (its IPv4 and IPv6 address, or behind a proxy)
-    /// is only caught by ``audit(for:)``, which compares run ids.
+    /// caught when they connect: a connection that reaches the numeric address (with the same
+    /// TLS server name), or the Unix socket file, that another node's connections reach is
+    /// refused, with ``RedisError/Code-swift.struct/invalidAddress`` naming both nodes
+    /// (permanent; logged once at `error`), so that server votes once: the second name counts
+    /// as a node that refuses every command. A node that does not answer gives its address up.
+    /// One server at two addresses (IPv4 and IPv6: `localhost` may resolve to `::1` first, a
+    /// second interface, a proxy) is only caught by ``audit(for:)``, which compares run ids.
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),
@@ -136,9 +137,9 @@ public final class RedlockClient: Sendable {
     /// Creates a client over connections you own; ``shutdown()`` leaves them open. Their event
     /// loop is the one they were made with (for `RedisConnection(configuration:)`, the loop they
     /// all share, which never polls busily): a client that should poll busily makes its own
-    /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``). Your connections are not
-    /// vetted for two names of one server (only those the client makes for locks that wait for
-    /// replicas are): run ``audit(for:)`` once to check.
+    /// connections (``init(nodes:logger:metrics:tracer:busyPoll:)``). No connection of such a
+    /// client is vetted for two names of one server (see
+    /// ``init(nodes:logger:metrics:tracer:busyPoll:)``): run ``audit(for:)`` once to check.
     ///
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` as
     ///   ``init(nodes:logger:metrics:tracer:busyPoll:)`` does, for the connections'
@@ -174,13 +175,22 @@ public final class RedlockClient: Sendable {
             return RedisConnection(configuration: configuration, eventLoop: node.eventLoop)
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
-        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines) { [health] node, peer in health.vet(node, peer: peer) }
-        ownsConnections = owning
         // One server listed under two names would vote twice: the second connection to an
-        // address another node reaches is refused (connections the caller made are theirs;
-        // subscribers are vetted through `coordination`).
-        for (index, node) in Array((owning ? nodes : []).enumerated()) + Array(acknowledgedNodes.enumerated()) {
-            node.vetConnects { [health] peer in health.vet(index, peer: peer) }
+        // address another node reaches is refused, on the client's own connections (those of
+        // init(connections:) are the caller's, and its votes go on them: nothing is vetted).
+        let nodeHealth = health
+        let vet: @Sendable (Int, String) -> RedisError?
+        if owning {
+            vet = { node, peer in nodeHealth.vet(node, peer: peer) }
+        } else {
+            vet = { _, _ in nil }
+        }
+        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: vet)
+        ownsConnections = owning
+        if owning {
+            for (index, node) in Array(nodes.enumerated()) + Array(acknowledgedNodes.enumerated()) {
+                node.vetConnects { peer in vet(index, peer) }
+            }
         }
         // Weakly: the loop lives as long as the connections, which the client owns. The loop
         // tells on its own thread; the log handler and the metrics backend may block, so they

@@ -328,11 +328,27 @@ enum Scripts {
     )
 
     /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` in a script, with the same reply (`OK`, or null when
-    /// the key exists). The acquire on a connection that has not run a script yet: a user who
-    /// may not run scripts (or a node with scripting renamed away) is refused here, before any
-    /// key is set, rather than at the release.
+    /// the key exists), once the user is found to be allowed what the lease will need: `EVALSHA`
+    /// on the key (the release and the extension go by hash), and `GET`, `DEL` and `PEXPIRE` on
+    /// it (inside them); else a `NOPERM` error reply naming what is refused, and nothing is set.
+    /// The checks use `redis.acl_check_cmd` (Redis ≥ 7; older servers check nothing but the
+    /// script's own run). The acquire on a connection until this form succeeded there (see
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``): a user
+    /// who may set the key but not release it is refused before anything is set.
     static let acquirePlain = RedisScript(
         """
+        if redis.acl_check_cmd then
+            local needs = {
+                {'EVALSHA', '\(String(repeating: "0", count: 40))', '1', KEYS[1]},
+                {'GET', KEYS[1]}, {'DEL', KEYS[1]}, {'PEXPIRE', KEYS[1], '1'},
+            }
+            for _, command in ipairs(needs) do
+                local checked, allowed = pcall(redis.acl_check_cmd, unpack(command))
+                if not (checked and allowed) then
+                    return redis.error_reply('NOPERM this user may not run ' .. command[1] .. ' on ' .. KEYS[1] .. ', which releasing or extending the lock needs; nothing was set')
+                end
+            end
+        end
         return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
         """
     )

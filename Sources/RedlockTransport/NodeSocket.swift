@@ -79,15 +79,17 @@ final class NodeSocket: @unchecked Sendable {
     /// ``isSmall(_:)``), so an idle connection never holds a large value alive.
     private var replies: [RedisValue] = []
 
-    /// The address the socket is connected to, numeric (`192.0.2.7:6379`, `[::1]:6379`, or
-    /// `unix:PATH`), or nil when the system would not tell. Two endpoints of one server by two
-    /// names (`localhost` and `127.0.0.1`) connect to the same address.
+    /// What the socket reached, as far as the client can tell: the numeric address
+    /// (`192.0.2.7:6379`, `[::1]:6379`), with the server name sent over TLS (` sni=NAME`: a
+    /// gateway on one address may route each name to another server), or a Unix socket's file
+    /// (`unix:DEVICE:INODE`); nil when the system would not tell. Two names of one server
+    /// (`localhost` and `127.0.0.1`, a symbolic link to a socket) reach the same.
     let peer: String?
 
-    private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
+    private init(pointer: OpaquePointer, endpoint: RedisEndpoint, serverName: String?) {
         self.pointer = pointer
         self.endpoint = endpoint
-        peer = Self.peerAddress(of: pointer)
+        peer = Self.peerAddress(of: pointer).map { address in serverName.map { "\(address) sni=\($0)" } ?? address }
     }
 
     private static func peerAddress(of pointer: OpaquePointer) -> String? {
@@ -132,6 +134,7 @@ final class NodeSocket: @unchecked Sendable {
         var error = rio_error()
         var opened: OpaquePointer?
         let status: Int32
+        var sentServerName: String?
         switch endpoint.address {
         case let .tcp(host, port):
             guard let cPort = Int32(exactly: port) else {
@@ -141,6 +144,7 @@ final class NodeSocket: @unchecked Sendable {
             let serverName = tlsSettings?.serverName ?? host
             let verifyHost: Int32 = (tlsSettings?.verifiesHostname ?? false) && (tlsSettings?.verifiesCertificate ?? false) ? 1 : 0
             if let tls {
+                sentServerName = serverName
                 status = tls.withPointer { context in
                     rio_connect_tcp(host, cPort, milliseconds(budget), context, serverName, verifyHost, &opened, &error)
                 }
@@ -156,7 +160,7 @@ final class NodeSocket: @unchecked Sendable {
         guard status == Int32(RIO_OK), let opened else {
             return .failure(RedisError(error, endpoint: endpoint))
         }
-        let socket = NodeSocket(pointer: opened, endpoint: endpoint)
+        let socket = NodeSocket(pointer: opened, endpoint: endpoint, serverName: sentServerName)
 
         var handshake: [RedisCommand] = []
         if let password = configuration.password {

@@ -14,7 +14,7 @@ package struct QueuedCommand: Sendable {
     package let command: RedisCommand
     package let script: RedisScript?
     package let runsLateUnlessBehind: String?
-    /// What goes in the command's place on a socket that has not run a script yet
+    /// What goes in the command's place until such a script form succeeded on the socket
     /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     package let untilScriptsRun: RedisCommand?
     package let handler: RedisReplyHandler
@@ -57,8 +57,8 @@ final class PendingCommand: Sendable {
     /// (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
     /// For a command that is not a script: a script call (its `EVAL` form) that goes in its
-    /// place on a socket whose node has not run a script since it connected, or whose last
-    /// script failed for good. Its reply must read like the command's.
+    /// place until such a script form succeeded on the socket, and again after a script call on
+    /// it failed for good. Its reply must read like the command's.
     let untilScriptsRun: RedisCommand?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool

@@ -45,8 +45,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core = ConnectionCore(configuration: configuration, loop: eventLoop)
     }
 
-    /// Has `vet` look at the address of each socket this connection makes (``NodeSocket/peer``),
-    /// on the connector thread, before anything is written on it: an error it returns fails the
+    /// Has `vet` look at what each socket this connection makes reached (``NodeSocket/peer``),
+    /// on the connector thread, once connected, authenticated and with its database selected,
+    /// before any of the callers' commands is written on it: an error it returns fails the
     /// connect (and the commands that waited for it) with that error, the socket closes, and
     /// commands fail with it at once for a second before the next connect. Replaces an earlier
     /// `vet`. A client uses it to refuse a second connection to a server it already reaches by
@@ -105,10 +106,11 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// what was written.
     ///
     /// Without `script`, `untilScriptsRun` (a script's `EVAL`, whose reply reads like the
-    /// command's) goes in the command's place on a socket whose node has not run a script since
-    /// it connected, or whose last script call failed for good (``RedisError/isPermanent``: a
-    /// revoked `+eval`): a command that must not take effect where the user could not run the
-    /// scripts that undo it (a lock's `SET NX`, released by a script).
+    /// command's) goes in the command's place until such a script form has succeeded on the
+    /// socket, and again after any script call on it failed for good (``RedisError/isPermanent``:
+    /// a revoked `+eval`): for a command that must not take effect where the user could not run
+    /// the scripts that undo it (a lock's `SET NX`, released by a script), with a script form that
+    /// checks that they may run.
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
         handler: @escaping RedisReplyHandler
@@ -226,8 +228,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// later (the script cached there by another client), a release would wait unwritten,
         /// and be lost with the connection while the acquire still runs.
         var confirmedScripts: [UInt64] = []
-        /// Whether this socket's node answered a script call, with no permanent failure of one
-        /// since: until then commands with a script form go in it (``PendingCommand/untilScriptsRun``).
+        /// Whether a command's script form (``PendingCommand/untilScriptsRun``) succeeded on this
+        /// socket, with no script call failing for good since: until then such commands go in
+        /// their script form.
         var scriptsRun = false
         /// A thread is reading or writing the socket outside the lock.
         var ioOwned = false
@@ -509,13 +512,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
         state.confirmedScripts.append(script.digestPrefix)
     }
 
-    /// Records whether the node runs scripts on this socket (``State/scriptsRun``) from a script
-    /// call's `reply`: any but an error says it does; an error that is permanent
-    /// (``RedisError/isPermanent``: `NOPERM`, scripting renamed away) says it does not; others
-    /// (`BUSY`, a script's own error) tell nothing.
-    private static func noteScriptOutcome(_ reply: RedisValue, in state: inout State) {
+    /// Records from a script call's `reply` whether commands with a script form may go plain
+    /// on this socket (``State/scriptsRun``): the script form's own success says they may (it
+    /// checks what the plain command needs); any script call's permanent failure
+    /// (``RedisError/isPermanent``: `NOPERM`, scripting renamed away) says they may not; other
+    /// replies (another script's success, `BUSY`, a script's own error) tell nothing.
+    private static func noteScriptOutcome(_ reply: RedisValue, confirmsScriptForm: Bool, in state: inout State) {
         guard case let .error(text) = reply else {
-            state.scriptsRun = true
+            if confirmsScriptForm { state.scriptsRun = true }
             return
         }
         if RedisError(code: .serverError, endpoint: nil, message: text).isPermanent { state.scriptsRun = false }
@@ -635,7 +639,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         }
                     }
                     if let script = item.command.script { Self.noteScriptRan(script, reply: reply, in: &state) }
-                    if item.command.script != nil || item.sentInScriptForm { Self.noteScriptOutcome(reply, in: &state) }
+                    if item.command.script != nil || item.sentInScriptForm {
+                        Self.noteScriptOutcome(reply, confirmsScriptForm: item.sentInScriptForm, in: &state)
+                    }
                     if case let .error(text) = reply {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.

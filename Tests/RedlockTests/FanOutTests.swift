@@ -1,4 +1,5 @@
 @testable import Redlock
+import Logging
 import RedlockTestSupport
 import RedlockTransport
 import Synchronization
@@ -621,5 +622,32 @@ struct ReleaseWakingTests {
         board.confirmed("name", handoffs: true)
         board.confirmed("other")
         #expect(board.generation(of: "name") == 4)
+    }
+}
+
+@Suite("Vetting the nodes' addresses")
+struct NodeAddressVettingTests {
+    @Test("the first node to reach an address keeps it and a second is refused, naming both; a node that does not answer gives it up to one that now answers there, which then keeps it")
+    func firstKeepsAnAddressWhileItAnswers() {
+        let endpoints: [RedisEndpoint] = [.hostname("a.example", port: 6379), .hostname("b.example", port: 6379), .hostname("c.example", port: 6379)]
+        let health = NodeHealth(endpoints: endpoints, logger: Logger(label: "test"))
+        #expect(health.vet(0, peer: "192.0.2.7:6379") == nil)
+        #expect(health.vet(0, peer: "192.0.2.7:6379") == nil, "a node's own second connection")
+        #expect(health.vet(2, peer: "192.0.2.9:6379") == nil)
+        let refused = health.vet(1, peer: "192.0.2.7:6379")
+        #expect(refused?.code == .invalidAddress && refused?.isPermanent == true)
+        #expect(refused?.message.hasPrefix("the same server as node 0 (a.example:6379): both reach 192.0.2.7:6379") == true, "\(String(describing: refused))")
+        // Node 0 stops answering (its server gone, the address given to another server, which
+        // node 1's name now leads to): node 1 takes the address over, and node 0 coming back
+        // there is the one refused.
+        health.failed(0, RedisError(code: .connectionRefused, endpoint: endpoints[0], message: "connect: Connection refused"))
+        #expect(health.vet(1, peer: "192.0.2.7:6379") == nil)
+        #expect(health.vet(0, peer: "192.0.2.7:6379")?.message.hasPrefix("the same server as node 1") == true)
+        // Refused connects make node 0 count as not answering; it never takes the address back
+        // from node 1, which answers.
+        health.failed(0, RedisError(code: .invalidAddress, endpoint: endpoints[0], message: "refused"))
+        #expect(health.vet(0, peer: "192.0.2.7:6379") != nil)
+        // Addresses with another TLS server name are other servers (a gateway routes by name).
+        #expect(health.vet(0, peer: "192.0.2.7:6379 sni=a.example") == nil)
     }
 }

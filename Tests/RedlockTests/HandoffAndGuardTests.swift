@@ -704,6 +704,24 @@ struct HandoffAndGuardTests {
             let errors = records.value.filter { $0.hasPrefix("error") }
             #expect(errors.count == 1 && errors.allSatisfy { $0.contains("listed twice") && $0.contains("127.0.0.1:\(servers[0].port)") }, "\(errors)")
             #expect(try await values(of: lock.name, on: [servers[0]]) == [nil])
+            // The audit names the pair although it could not ask the refused name for its run id.
+            let audits = await client.audit(for: lock)
+            let distinct = audits.compactMap { audit in audit.checks.first { $0.name == "distinct" }.map { (audit.node, $0) } }
+            #expect(distinct.contains { [0, 1].contains($0.0) && $0.1.verdict == .fail && $0.1.detail.contains("the same server as node") }, "\(audits)")
+            await client.shutdown()
+        }
+    }
+
+    @Test("distinct servers are never refused as one: three servers that each bind the same relative socket path (redis.sock in their own directory), reached by their absolute paths, all vote")
+    func sameBoundPathIsNotOneServer() async throws {
+        try await withRedisServers(3, arguments: ["--unixsocket", "redis.sock"]) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { RedisConnectionConfiguration(endpoint: $0.unixSocketEndpoint) })
+            let lock = try client.makeLock("bound-alike", options: LockOptions(expiry: .seconds(5), tries: 1, failFast: false))
+            for _ in 0..<3 {
+                let lease = try await lock.lock()
+                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == lease.value })
+                try await lock.unlock(lease)
+            }
             await client.shutdown()
         }
     }

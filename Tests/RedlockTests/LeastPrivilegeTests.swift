@@ -127,6 +127,25 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a user who may run scripts but not a command the release or extension needs on the key (EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire, naming it, not retried, and no key is set", arguments: ["evalsha", "del", "pexpire"])
+    func acquireWithoutReleasePermissions(refused command: String) async throws {
+        try await withRedisServers(3) { servers throws in
+            try await createUser("partial", rules: ["~*", "+@all", "-\(command)", "&*"], on: servers)
+            let client = try RedlockClient(nodes: configurations(servers, user: "partial"))
+            let lock = try client.makeLock("partial", options: LockOptions(expiry: .seconds(30), tries: 32, retryDelay: .constant(.milliseconds(200))))
+            // Checked on every acquire: the connection never sees its script form succeed.
+            for round in 0..<3 {
+                let started = ContinuousClock.now
+                let error = await #expect(throws: RedlockError.self, "round \(round)") { try await lock.lock() }
+                #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
+                let causes = error?.nodes ?? []
+                #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM this user may not run \(command.uppercased())") }, "\(causes)")
+                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+            }
+            await client.shutdown()
+        }
+    }
+
     @Test("nodes with scripting renamed away (rename-command EVAL and EVALSHA to nothing): lock() is refused at once with the nodes' 'unknown command', not retried, and sets no key")
     func acquireWithScriptingDisabled() async throws {
         try await withRedisServers(3, arguments: ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]) { servers throws in

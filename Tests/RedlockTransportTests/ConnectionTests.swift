@@ -956,7 +956,7 @@ struct EndOfStreamTests {
         }
     }
 
-    @Test("a vetted connection shows each new socket's numeric address (TCP, or the Unix socket's path) before writing on it; a refusal fails the commands that waited with its error, writes nothing and stands for a second; a refused subscriber never subscribes and tries again after its back-off")
+    @Test("a vetted connection shows what each new socket reached (TCP: the numeric address; a Unix socket: its file, by path or link alike) before writing on it; a refusal fails the commands that waited with its error, writes nothing and stands for a second; a refused subscriber never subscribes and tries again after its back-off")
     func vettedConnects() async throws {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
@@ -991,17 +991,24 @@ struct EndOfStreamTests {
             #expect(seen.withLock { $0.count } == 2)
             await connection.shutdown()
 
-            let overUnix = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.unixSocketEndpoint))
-            let unixPeer = Mutex<String?>(nil)
-            overUnix.vetConnects { peer in
-                unixPeer.withLock { $0 = peer }
-                return nil
+            // A Unix socket is known by its file, however it is reached: by its path or a link.
+            guard case let .unixDomainSocket(path) = server.unixSocketEndpoint.address else { return }
+            let link = path + ".link"
+            #expect(symlink(path, link) == 0)
+            defer { unlink(link) }
+            var file = stat()
+            #expect(stat(path, &file) == 0)
+            for reached in [path, link] {
+                let overUnix = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .unixDomainSocket(path: reached)))
+                let unixPeer = Mutex<String?>(nil)
+                overUnix.vetConnects { peer in
+                    unixPeer.withLock { $0 = peer }
+                    return nil
+                }
+                #expect(try await overUnix.send(RedisCommand("PING")) == .simpleString("PONG"))
+                #expect(unixPeer.withLock { $0 } == "unix:\(file.st_dev):\(file.st_ino)", "\(reached)")
+                await overUnix.shutdown()
             }
-            #expect(try await overUnix.send(RedisCommand("PING")) == .simpleString("PONG"))
-            if case let .unixDomainSocket(path) = server.unixSocketEndpoint.address {
-                #expect(unixPeer.withLock { $0 } == "unix:" + path)
-            }
-            await overUnix.shutdown()
 
             let vetted = Mutex(0)
             let confirmed = Mutex(0)

@@ -97,6 +97,32 @@ struct TLSTests {
         }
     }
 
+    @Test("over TLS, a socket's peer carries the server name it sent: one address reached under two names counts as two (a gateway may route each name to another server)")
+    func peerCarriesServerName() async throws {
+        try await withCertificates { certificates throws in
+            try await withTLSServer(certificates) { server throws in
+                var peers: [String?] = []
+                for name in [nil, "gateway-routed.example"] {
+                    let connection = RedisConnection(configuration: configuration(server, certificates) { tls in
+                        if let name {
+                            tls.serverName = name
+                            tls.verifiesHostname = false
+                        }
+                    })
+                    let seen = OneTimeEvent<String>()
+                    connection.vetConnects { peer in
+                        seen.fire(peer)
+                        return nil
+                    }
+                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                    peers.append(await seen.wait())
+                    await connection.shutdown()
+                }
+                #expect(peers == ["127.0.0.1:\(server.port) sni=127.0.0.1", "127.0.0.1:\(server.port) sni=gateway-routed.example"])
+            }
+        }
+    }
+
     @Test("a TLS node killed under a stream of writes gives typed errors (no SIGPIPE ends the process); after its restart the connection works again")
     func killedUnderWrites() async throws {
         try await withCertificates { certificates in

@@ -58,8 +58,10 @@ int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error
 /* The socket (for epoll); the connection keeps owning it. */
 int rio_conn_fd(const rio_conn *conn);
 
-/* The address the socket is connected to, numeric: "192.0.2.7:6379", "[::1]:6379", or a Unix
-   socket's path ("unix:/run/redis.sock"), NUL-terminated in buffer (size bytes). */
+/* What the socket is connected to, NUL-terminated in buffer (size bytes): a numeric address
+   ("192.0.2.7:6379", "[::1]:6379"), or for a Unix socket its file's device and inode as stat
+   saw them right after the connect ("unix:64769:1234": one file however many paths or links
+   lead to it). */
 int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *err);
 
 /* Writes what the socket accepts now. Returns the bytes written (0 when it would block), or -1

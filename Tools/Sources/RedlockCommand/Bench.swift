@@ -42,7 +42,8 @@ struct Bench: AsyncParsableCommand {
         return; variant fresh: a new name each round (it subscribes the name's channels after \
         its first attempt; a fair waiter hears its handoff on its client's channel, subscribed \
         from the first round on), subscribed: one name (the subscription lingers); fair-…: \
-        both locks fair; a missed release would cost its 1 s retry delay
+        both locks fair; …-executor: holder and waiter on their clients' executors; a missed \
+        release would cost its 1 s retry delay
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`)
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
@@ -457,14 +458,16 @@ struct BenchSettings: Sendable {
             }
 
             // 4c: a waiter in a second client that begins 0–1 ms before the release.
-            for (fresh, fair) in [(true, false), (false, false), (true, true), (false, true)] {
+            for (fresh, fair, onExecutors) in [
+                (true, false, false), (false, false, false), (true, true, false), (false, true, false), (false, false, true), (false, true, true),
+            ] {
                 try Task.checkCancellation()
-                let variant = (fair ? "fair-" : "") + (fresh ? "fresh" : "subscribed")
+                let variant = (fair ? "fair-" : "") + (fresh ? "fresh" : "subscribed") + (onExecutors ? "-executor" : "")
                 progress("Measuring a waiter that begins just before a release, on \(count) nodes (\(variant))…")
                 let result = try await watchdog("missed-release (\(variant))", expected: duration) {
                     try await MissedRelease.measure(
                         holderClient: client, configurations: connections.map(\.configuration), name: "\(prefix):missed-release-\(variant)",
-                        freshNames: fresh, fair: fair, duration: duration
+                        freshNames: fresh, fair: fair, onExecutors: onExecutors, duration: duration
                     )
                 }
                 let p50 = result.microseconds(atPercentile: 50)
@@ -473,6 +476,7 @@ struct BenchSettings: Sendable {
                     ? (fair ? "; a new name each round (the handoff comes on the client's channel)" : "; a new name each round (subscribes after its first attempt)")
                     : "; one name (the subscription lingers)"
                 if fair { note += "; fair locks: the handoff is the waiter's grant" }
+                if onExecutors { note += "; holder and waiter on their clients' executors" }
                 if let times = ratio(p50, acquireP50) { note += String(format: "; %.2f× the uncontended acquire", times) }
                 rows.append(BenchRow(
                     scenario: "missed-release", variant: variant, nodes: count, concurrency: 2, measurement: result,

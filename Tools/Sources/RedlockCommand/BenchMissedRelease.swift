@@ -14,13 +14,27 @@ import RedlockTransport
 /// and the release itself is heard. With `fair`, both locks are fair (``LockOptions/fair``): the
 /// release hands the lock to the waiter, whose quorum of handoff messages is its grant; they come
 /// on the waiter's client's own channel, subscribed from its first `lock()` on, so a fresh name
-/// needs no subscription of its own for them.
+/// needs no subscription of its own for them. With `onExecutors`, the rounds run on the holder's
+/// client's executor and the waiter's `lock()` on its own client's (``RedlockClient/executor``):
+/// the message that wakes the waiter is read on the thread its task resumes on.
 enum MissedRelease {
     /// Rounds of `duration` (wall time) on `holderClient`'s nodes, the waiter's client over
     /// `configurations` (the same nodes); names start with `name`.
     static func measure(
         holderClient: RedlockClient, configurations: [RedisConnectionConfiguration], name: String, freshNames: Bool, fair: Bool,
-        duration: Duration
+        onExecutors: Bool = false, duration: Duration
+    ) async throws -> BenchMeasurement {
+        guard onExecutors else {
+            return try await rounds(holderClient: holderClient, configurations: configurations, name: name, freshNames: freshNames, fair: fair, onExecutors: false, duration: duration)
+        }
+        return try await withTaskExecutorPreference(holderClient.executor) {
+            try await rounds(holderClient: holderClient, configurations: configurations, name: name, freshNames: freshNames, fair: fair, onExecutors: true, duration: duration)
+        }
+    }
+
+    private static func rounds(
+        holderClient: RedlockClient, configurations: [RedisConnectionConfiguration], name: String, freshNames: Bool, fair: Bool,
+        onExecutors: Bool, duration: Duration
     ) async throws -> BenchMeasurement {
         let waiterClient = try RedlockClient(nodes: configurations)
         return try await withTeardown {
@@ -36,7 +50,7 @@ enum MissedRelease {
                 let holder = try holderClient.makeLock(lockName, options: holderOptions)
                 let waiter = try waiterClient.makeLock(lockName, options: waiterOptions)
                 let lease = try await holder.lock()
-                let waiting = Task {
+                let waiting = Task(executorPreference: onExecutors ? waiterClient.executor : nil) {
                     let lease = try await waiter.lock()
                     return (lease, acquiredAt: ContinuousClock.now)
                 }
