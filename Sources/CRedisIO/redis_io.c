@@ -709,6 +709,20 @@ int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *er
         }
         written = snprintf(buffer, size, "unix:%llu:%llu", (unsigned long long)conn->file_device, (unsigned long long)conn->file_inode);
     } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
+        if (address.ss_family == AF_INET6) {
+            /* ::ffff:a.b.c.d is a.b.c.d: one server, however the address was written. */
+            const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&address;
+            if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) {
+                struct sockaddr_in v4;
+                memset(&v4, 0, sizeof v4);
+                v4.sin_family = AF_INET;
+                v4.sin_port = v6->sin6_port;
+                memcpy(&v4.sin_addr, &v6->sin6_addr.s6_addr[12], sizeof v4.sin_addr);
+                memset(&address, 0, sizeof address);
+                memcpy(&address, &v4, sizeof v4);
+                length = sizeof v4;
+            }
+        }
         char host[NI_MAXHOST];
         char service[NI_MAXSERV];
         int status = getnameinfo((const struct sockaddr *)&address, length, host, sizeof host, service, sizeof service,

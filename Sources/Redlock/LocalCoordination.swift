@@ -514,7 +514,7 @@ final class LocalCoordination: Sendable {
     private let sender: FanOutSender
     /// Vets the address each subscriber connects to (``NodeHealth/vet(_:peer:)``): one server
     /// listed under two names would deliver each release message twice.
-    private let vet: @Sendable (_ node: Int, _ peer: String) -> RedisError?
+    private let vet: @Sendable (_ node: Int, _ peer: String) -> Result<@Sendable () -> Void, RedisError>
     /// Ends waits whose time is up, and subscriptions whose linger is over.
     private let timer: DeadlineTimer
 
@@ -532,7 +532,7 @@ final class LocalCoordination: Sendable {
 
     init(
         nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer,
-        vet: @escaping @Sendable (_ node: Int, _ peer: String) -> RedisError? = { _, _ in nil }
+        vet: @escaping @Sendable (_ node: Int, _ peer: String) -> Result<@Sendable () -> Void, RedisError> = { _, _ in .success {} }
     ) {
         self.vet = vet
         handoffTag = randomHexTag()

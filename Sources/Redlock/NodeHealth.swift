@@ -18,55 +18,55 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// The address each node's connections reached last (``vet(_:peer:)``), and the pairs of
-    /// nodes already logged as one server.
-    private let peers: Mutex<(addresses: [String?], logged: Set<[Int]>)>
+    /// Each address the nodes' open sockets reach (``vet(_:peer:)``): the node, and how many of
+    /// its sockets are open there; and the pairs of nodes already logged as one server.
+    private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
 
     init(endpoints: [RedisEndpoint], logger: Logger) {
         self.endpoints = endpoints
         self.logger = logger
-        peers = Mutex((addresses: Array(repeating: nil, count: endpoints.count), logged: []))
+        peers = Mutex((holders: [:], logged: []))
     }
 
-    /// Vets a new connection of node `index` that reached `peer` (``NodeSocket``'s peer: a
-    /// numeric address with the TLS server name, or a Unix socket's file): refused when another
-    /// node's connections reach the same, so that a server listed under two names
-    /// (`localhost:6379` and `127.0.0.1:6379`) votes once, not twice. Whichever node connects
-    /// first keeps the address; the other's connects fail with
+    /// Vets a new socket of node `index` that reached `peer` (``NodeSocket``'s peer: a numeric
+    /// address with the TLS server name, or a Unix socket's file): refused while another node's
+    /// sockets (any of them: either lane's connection, its subscriber) are open there, so that a
+    /// server listed under two names (`localhost:6379` and `127.0.0.1:6379`) votes once, not
+    /// twice. Whichever node's socket gets there first holds the address until its last socket
+    /// there closes; the other's connects fail meanwhile with
     /// ``RedisError/Code-swift.struct/invalidAddress`` (permanent) naming both, and it counts as
-    /// a node that refuses every command. Logged at `error` once per pair. A node that does not
-    /// answer (``failed(_:_:)``) keeps no address: a server that now answers there, under
-    /// another node's name (a name moved to a new address), is that node's.
-    func vet(_ index: Int, peer: String) -> RedisError? {
+    /// a node that refuses every command. Logged at `error` once per pair. A success carries
+    /// what to call when the socket closes.
+    func vet(_ index: Int, peer: String) -> Result<@Sendable () -> Void, RedisError> {
         let found: (node: Int, isNew: Bool)? = peers.withLock { peers in
-            let other = peers.addresses.indices.first { $0 != index && peers.addresses[$0] == peer }
-            guard let other, !isDown(other) else {
-                if let other { peers.addresses[other] = nil }
-                peers.addresses[index] = peer
-                // It answers (AUTH and SELECT went through), and must count so before another
-                // node's connect to the same address is vetted: a node marked down gives it up.
-                answered(index)
-                return nil
+            if let holder = peers.holders[peer], holder.node != index {
+                return (holder.node, peers.logged.insert([holder.node, index]).inserted)
             }
-            return (other, peers.logged.insert([other, index]).inserted)
+            peers.holders[peer, default: (index, 0)].sockets += 1
+            return nil
         }
-        guard let found else { return nil }
-        let refusal = RedisError(
-            code: .invalidAddress, endpoint: endpoints[index],
-            message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(peer), and a server votes once; list each server once"
-        )
+        guard let found else {
+            return .success { [self] in
+                peers.withLock { peers in
+                    guard let holder = peers.holders[peer] else { return }
+                    if holder.sockets > 1 {
+                        peers.holders[peer] = (holder.node, holder.sockets - 1)
+                    } else {
+                        peers.holders[peer] = nil
+                    }
+                }
+            }
+        }
         if found.isNew {
             logger.error(
                 "redlock nodes are one server listed twice; the second does not vote",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "same-as-node": "\(found.node)", "address": "\(peer)"]
             )
         }
-        return refusal
-    }
-
-    /// Whether node `index` counts as not answering (always false past the first 64 nodes).
-    private func isDown(_ index: Int) -> Bool {
-        index < 64 && down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0
+        return .failure(RedisError(
+            code: .invalidAddress, endpoint: endpoints[index],
+            message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(peer), and a server votes once; list each server once"
+        ))
     }
 
     /// Node `index` answered.

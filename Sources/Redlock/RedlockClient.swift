@@ -93,10 +93,11 @@ public final class RedlockClient: Sendable {
     ///
     /// Two names of one server (`localhost:6379` and `127.0.0.1:6379`) pass that check, and are
     /// caught when they connect: a connection that reaches the numeric address (with the same
-    /// TLS server name), or the Unix socket file, that another node's connections reach is
+    /// TLS server name), or the Unix socket file, that another node's open connections reach is
     /// refused, with ``RedisError/Code-swift.struct/invalidAddress`` naming both nodes
-    /// (permanent; logged once at `error`), so that server votes once: the second name counts
-    /// as a node that refuses every command. A node that does not answer gives its address up.
+    /// (permanent; logged once at `error`), so that server votes once: the name that connects
+    /// later counts as a node that refuses every command, for as long as any connection of the
+    /// other (either lane, its subscriber) is open there.
     /// One server at two addresses (IPv4 and IPv6: `localhost` may resolve to `::1` first, a
     /// second interface, a proxy) is only caught by ``audit(for:)``, which compares run ids.
     public convenience init(
@@ -179,11 +180,11 @@ public final class RedlockClient: Sendable {
         // address another node reaches is refused, on the client's own connections (those of
         // init(connections:) are the caller's, and its votes go on them: nothing is vetted).
         let nodeHealth = health
-        let vet: @Sendable (Int, String) -> RedisError?
+        let vet: @Sendable (Int, String) -> Result<@Sendable () -> Void, RedisError>
         if owning {
             vet = { node, peer in nodeHealth.vet(node, peer: peer) }
         } else {
-            vet = { _, _ in nil }
+            vet = { _, _ in .success {} }
         }
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: vet)
         ownsConnections = owning

@@ -63,8 +63,8 @@ final class TLSContextCache: Sendable {
 /// One open connection to a node: a non-blocking socket, its TLS session if any, and the reader
 /// that turns its bytes into replies.
 ///
-/// `@unchecked Sendable`: the C connection (and the reply buffer) is not thread-safe, and is
-/// used by one thread at a time. The connector thread that creates it (``connect(_:tls:)``) uses
+/// `@unchecked Sendable`: the C connection (and the reply buffer, and the close hook set by
+/// ``whenClosed(_:)``) is not thread-safe, and is used by one thread at a time. The connector thread that creates it (``connect(_:tls:)``) uses
 /// it until it hands it to its owner, which stores it in its mutex-guarded state
 /// (`ConnectionCore.state`, `RedisSubscriber.state`). From then on a subscriber makes every
 /// call with that lock held. A connection's calls are made with its lock held too, except for
@@ -113,7 +113,21 @@ final class NodeSocket: @unchecked Sendable {
         if let pointer {
             rio_conn_free(pointer)
             self.pointer = nil
+            let hook = onClose
+            onClose = nil
+            hook?()
         }
+    }
+
+    /// Called once when the socket closes (``close()``, or the socket's end): what a vet that
+    /// let it through (``RedisConnection/vetConnects(_:)``) counts on.
+    private var onClose: (@Sendable () -> Void)?
+
+    /// Sets what ``close()`` calls; on a closed socket, calls it at once. Called by the thread
+    /// that made the socket, before it hands it over.
+    func whenClosed(_ hook: @escaping @Sendable () -> Void) {
+        guard pointer != nil else { return hook() }
+        onClose = hook
     }
 
     /// The socket descriptor, or -1 once closed.

@@ -47,12 +47,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 
     /// Has `vet` look at what each socket this connection makes reached (``NodeSocket/peer``),
     /// on the connector thread, once connected, authenticated and with its database selected,
-    /// before any of the callers' commands is written on it: an error it returns fails the
-    /// connect (and the commands that waited for it) with that error, the socket closes, and
+    /// before any of the callers' commands is written on it. A success carries what to call
+    /// when that socket closes (exactly once, on whichever thread closes it); a failure fails the
+    /// connect (and the commands that waited for it) with its error, the socket closes, and
     /// commands fail with it at once for a second before the next connect. Replaces an earlier
-    /// `vet`. A client uses it to refuse a second connection to a server it already reaches by
-    /// another name.
-    package func vetConnects(_ vet: @escaping @Sendable (_ peer: String) -> RedisError?) {
+    /// `vet`. A client uses it to refuse a connection to a server it already reaches under
+    /// another node's name, for as long as it does.
+    package func vetConnects(_ vet: @escaping @Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>) {
         core.vetConnects(vet)
     }
 
@@ -320,9 +321,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Incremented after every successful connect.
     let generation = Atomic<UInt64>(0)
     /// Looks at each new socket's address before it is used (``RedisConnection/vetConnects(_:)``).
-    private let vet = Mutex<(@Sendable (String) -> RedisError?)?>(nil)
+    private let vet = Mutex<(@Sendable (String) -> Result<@Sendable () -> Void, RedisError>)?>(nil)
 
-    func vetConnects(_ vet: @escaping @Sendable (String) -> RedisError?) {
+    func vetConnects(_ vet: @escaping @Sendable (String) -> Result<@Sendable () -> Void, RedisError>) {
         self.vet.withLock { $0 = vet }
     }
 
@@ -746,10 +747,15 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func connected(_ outcome: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
         var outcome = outcome
         var refused = false
-        if case let .success(socket) = outcome, let peer = socket.peer, let vet = vet.withLock({ $0 }), let refusal = vet(peer) {
-            socket.close()
-            outcome = .failure(refusal)
-            refused = true
+        if case let .success(socket) = outcome, let peer = socket.peer, let vet = vet.withLock({ $0 }) {
+            switch vet(peer) {
+            case let .success(released):
+                socket.whenClosed(released)
+            case let .failure(refusal):
+                socket.close()
+                outcome = .failure(refusal)
+                refused = true
+            }
         }
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?

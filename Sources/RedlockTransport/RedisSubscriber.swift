@@ -35,9 +35,10 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     private let onSubscribed: @Sendable (_ channel: String) -> Void
     /// Looks at each new socket's address before it subscribes (as
-    /// ``RedisConnection/vetConnects(_:)`` does): a refused one closes, and the subscriber tries
-    /// again later as after a failed connect.
-    private let vet: (@Sendable (_ peer: String) -> RedisError?)?
+    /// ``RedisConnection/vetConnects(_:)`` does: a success says what to call when the socket
+    /// closes): a refused one closes, and the subscriber tries again later as after a failed
+    /// connect.
+    private let vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)?
     /// The loop's token, once registered (on the first subscription).
     private let token = Mutex<UInt64?>(nil)
 
@@ -50,7 +51,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     package init(
         configuration: RedisConnectionConfiguration,
         eventLoop: RedisEventLoop = .shared,
-        vet: (@Sendable (_ peer: String) -> RedisError?)? = nil,
+        vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)? = nil,
         onSubscribed: @escaping @Sendable (_ channel: String) -> Void = { _ in },
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
@@ -194,9 +195,14 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
 
     private func connected(_ outcome: Result<NodeSocket, RedisError>) {
         var outcome = outcome
-        if case let .success(socket) = outcome, let vet, let peer = socket.peer, let refusal = vet(peer) {
-            socket.close()
-            outcome = .failure(refusal)
+        if case let .success(socket) = outcome, let vet, let peer = socket.peer {
+            switch vet(peer) {
+            case let .success(released):
+                socket.whenClosed(released)
+            case let .failure(refusal):
+                socket.close()
+                outcome = .failure(refusal)
+            }
         }
         guard let token = token.withLock({ $0 }) else { return }
         state.withLock { state in

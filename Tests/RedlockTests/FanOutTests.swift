@@ -627,27 +627,40 @@ struct ReleaseWakingTests {
 
 @Suite("Vetting the nodes' addresses")
 struct NodeAddressVettingTests {
-    @Test("the first node to reach an address keeps it and a second is refused, naming both; a node that does not answer gives it up to one that now answers there, which then keeps it")
-    func firstKeepsAnAddressWhileItAnswers() {
+    /// The refusal of `outcome`, nil when it let the socket through.
+    private func refusal(_ outcome: Result<@Sendable () -> Void, RedisError>) -> RedisError? {
+        if case let .failure(error) = outcome { return error }
+        return nil
+    }
+
+    /// The close hook of `outcome`, which must let the socket through.
+    private func admitted(_ outcome: Result<@Sendable () -> Void, RedisError>) -> (@Sendable () -> Void)? {
+        if case let .success(closed) = outcome { return closed }
+        Issue.record("refused: \(String(describing: refusal(outcome)))")
+        return nil
+    }
+
+    @Test("an address is held by the node whose sockets reach it, for as long as any of them (either lane, its subscriber) is open, whether or not the node answers; a second node is refused meanwhile, naming both, and takes it once the last of them closed")
+    func heldWhileAnySocketIsOpen() {
         let endpoints: [RedisEndpoint] = [.hostname("a.example", port: 6379), .hostname("b.example", port: 6379), .hostname("c.example", port: 6379)]
         let health = NodeHealth(endpoints: endpoints, logger: Logger(label: "test"))
-        #expect(health.vet(0, peer: "192.0.2.7:6379") == nil)
-        #expect(health.vet(0, peer: "192.0.2.7:6379") == nil, "a node's own second connection")
-        #expect(health.vet(2, peer: "192.0.2.9:6379") == nil)
-        let refused = health.vet(1, peer: "192.0.2.7:6379")
+        let address = "192.0.2.7:6379"
+        let shared = admitted(health.vet(0, peer: address))
+        let subscriber = admitted(health.vet(0, peer: address))
+        _ = admitted(health.vet(2, peer: "192.0.2.9:6379"))
+        let refused = refusal(health.vet(1, peer: address))
         #expect(refused?.code == .invalidAddress && refused?.isPermanent == true)
         #expect(refused?.message.hasPrefix("the same server as node 0 (a.example:6379): both reach 192.0.2.7:6379") == true, "\(String(describing: refused))")
-        // Node 0 stops answering (its server gone, the address given to another server, which
-        // node 1's name now leads to): node 1 takes the address over, and node 0 coming back
-        // there is the one refused.
-        health.failed(0, RedisError(code: .connectionRefused, endpoint: endpoints[0], message: "connect: Connection refused"))
-        #expect(health.vet(1, peer: "192.0.2.7:6379") == nil)
-        #expect(health.vet(0, peer: "192.0.2.7:6379")?.message.hasPrefix("the same server as node 1") == true)
-        // Refused connects make node 0 count as not answering; it never takes the address back
-        // from node 1, which answers.
-        health.failed(0, RedisError(code: .invalidAddress, endpoint: endpoints[0], message: "refused"))
-        #expect(health.vet(0, peer: "192.0.2.7:6379") != nil)
-        // Addresses with another TLS server name are other servers (a gateway routes by name).
-        #expect(health.vet(0, peer: "192.0.2.7:6379 sni=a.example") == nil)
+        // Node 0 stops answering: its open subscriber still reaches the server, so node 1 may not.
+        health.failed(0, RedisError(code: .timeout, endpoint: endpoints[0], message: "no answer"))
+        shared?()
+        #expect(refusal(health.vet(1, peer: address)) != nil)
+        // Its last socket there closed: the address is free, node 1 takes it, node 0 is refused.
+        subscriber?()
+        let taken = admitted(health.vet(1, peer: address))
+        #expect(refusal(health.vet(0, peer: address))?.message.hasPrefix("the same server as node 1") == true)
+        taken?()
+        // Another TLS server name is another server (a gateway routes by name).
+        #expect(refusal(health.vet(0, peer: address + " sni=a.example")) == nil)
     }
 }

@@ -712,6 +712,40 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("a node that stops answering keeps its server's address while any of its sockets is open there: the second name is still refused, and with the third node down a fenced lock() gets no quorum from one server (before: the second name took the address over while the first name's idle connection still voted)")
+    func secondNameWaitsForEverySocketOfTheFirst() async throws {
+        try await withRedisServers(2) { servers throws in
+            // Command timeout 1 s (the default), longer than a lock()'s attempt (400 ms here).
+            var alias = servers[0].configuration()
+            alias.endpoint = .hostname("localhost", port: servers[0].port)
+            let client = try RedlockClient(nodes: [servers[0].configuration(), alias, servers[1].configuration()])
+            let fenced = LockOptions(expiry: .seconds(5), tries: 1, fencing: true)
+            let lock = try client.makeLock("held-while-open", options: fenced)
+            try await lock.unlock(try await lock.lock())
+            // The name that connected first now also has a connection on the lane of locks that
+            // wait for replicas (refused for want of replicas, which does not matter here).
+            // (Its attempt, 5 % of a 30 s expiry, outlasts the node's 1 s command timeout.)
+            let acknowledged = try client.makeLock(
+                "acknowledged", options: LockOptions(expiry: .seconds(30), tries: 1, failFast: false, replicaAcknowledgements: 1)
+            )
+            _ = await failureAndTime(of: acknowledged)
+            try await servers[0].pause()
+            // That lane times out: its name counts as not answering, while its idle shared
+            // connection stays open. (This takes over a second: the second name's last refusal,
+            // which stands for a second, has lapsed by then.)
+            _ = await failureAndTime(of: acknowledged)
+            // A lock() on the shared lane: the second name connects (through the listen backlog)
+            // and must be refused. The first name's command waits on its open connection, past
+            // the lock()'s end, and is answered once the server resumes.
+            _ = await failureAndTime(of: try client.makeLock("meanwhile", options: LockOptions(tries: 1)))
+            try servers[0].resume()
+            await servers[1].kill()
+            let (code, _) = await failureAndTime(of: lock)
+            #expect(code == .noQuorum, "one server voted twice")
+            await client.shutdown()
+        }
+    }
+
     @Test("distinct servers are never refused as one: three servers that each bind the same relative socket path (redis.sock in their own directory), reached by their absolute paths, all vote")
     func sameBoundPathIsNotOneServer() async throws {
         try await withRedisServers(3, arguments: ["--unixsocket", "redis.sock"]) { servers throws in

@@ -956,7 +956,7 @@ struct EndOfStreamTests {
         }
     }
 
-    @Test("a vetted connection shows what each new socket reached (TCP: the numeric address; a Unix socket: its file, by path or link alike) before writing on it; a refusal fails the commands that waited with its error, writes nothing and stands for a second; a refused subscriber never subscribes and tries again after its back-off")
+    @Test("a vetted connection shows what each new socket reached (TCP: the numeric address; a Unix socket: its file, by path or link alike) before writing on it; a refusal fails the commands that waited with its error, writes nothing and stands for a second; a socket let through reports its close once; a refused subscriber never subscribes and tries again after its back-off")
     func vettedConnects() async throws {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
@@ -966,10 +966,12 @@ struct EndOfStreamTests {
             let address = "127.0.0.1:\(server.port)"
             let seen = Mutex<[String]>([])
             let refusing = Mutex(true)
+            let closed = Mutex(0)
             let connection = RedisConnection(configuration: configuration)
             connection.vetConnects { peer in
                 seen.withLock { $0.append(peer) }
-                return refusing.withLock { $0 } ? RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)") : nil
+                guard !refusing.withLock({ $0 }) else { return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")) }
+                return .success { closed.withLock { $0 += 1 } }
             }
             let started = ContinuousClock.now
             let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "vetted", "1")) }
@@ -989,7 +991,29 @@ struct EndOfStreamTests {
             }
             #expect(reply == .simpleString("OK"))
             #expect(seen.withLock { $0.count } == 2)
+            // The socket let through says when it closes, once: here after the server dropped
+            // it, and the reconnect is vetted again.
+            #expect(closed.withLock { $0 } == 0)
+            _ = try await server.run(RedisCommand("CLIENT", "KILL", "TYPE", "normal"))
+            #expect(await becomes(within: .seconds(5)) { closed.withLock { $0 } == 1 })
+            try await Task.sleep(for: RedisConnection.peekAfterIdle)
+            #expect(try await connection.send(RedisCommand("GET", "vetted")) == .bulkString(Array("3".utf8)))
+            #expect(seen.withLock { $0.count } == 3)
             await connection.shutdown()
+            #expect(closed.withLock { $0 } == 2)
+
+            // An IPv4 address written as IPv4-mapped IPv6 is that IPv4 address (where the system
+            // has IPv6 sockets at all).
+            let mapped = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .hostname("::ffff:127.0.0.1", port: server.port)))
+            let mappedPeer = Mutex<String?>(nil)
+            mapped.vetConnects { peer in
+                mappedPeer.withLock { $0 = peer }
+                return .success {}
+            }
+            if (try? await mapped.send(RedisCommand("PING"))) != nil {
+                #expect(mappedPeer.withLock { $0 } == address)
+            }
+            await mapped.shutdown()
 
             // A Unix socket is known by its file, however it is reached: by its path or a link.
             guard case let .unixDomainSocket(path) = server.unixSocketEndpoint.address else { return }
@@ -1003,7 +1027,7 @@ struct EndOfStreamTests {
                 let unixPeer = Mutex<String?>(nil)
                 overUnix.vetConnects { peer in
                     unixPeer.withLock { $0 = peer }
-                    return nil
+                    return .success {}
                 }
                 #expect(try await overUnix.send(RedisCommand("PING")) == .simpleString("PONG"))
                 #expect(unixPeer.withLock { $0 } == "unix:\(file.st_dev):\(file.st_ino)", "\(reached)")
@@ -1016,7 +1040,7 @@ struct EndOfStreamTests {
                 configuration: configuration,
                 vet: { peer in
                     vetted.withLock { $0 += 1 }
-                    return RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")
+                    return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)"))
                 },
                 onSubscribed: { _ in confirmed.withLock { $0 += 1 } },
                 onMessage: { _, _ in }

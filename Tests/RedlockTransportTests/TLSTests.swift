@@ -112,7 +112,7 @@ struct TLSTests {
                     let seen = OneTimeEvent<String>()
                     connection.vetConnects { peer in
                         seen.fire(peer)
-                        return nil
+                        return .success {}
                     }
                     #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
                     peers.append(await seen.wait())
