@@ -64,8 +64,8 @@ final class PreparedFanOut: Sendable {
     let script: RedisScript?
     /// When the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
-    /// For a command that is not a script: what goes in its place on a connection that has not
-    /// run a script yet (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+    /// For a command that is not a script: what goes in its place on a connection until that
+    /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     let untilScriptsRun: RedisCommand?
     /// The nodes asked, in the order to send to.
     let order: [Int]
