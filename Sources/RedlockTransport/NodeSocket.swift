@@ -130,6 +130,23 @@ final class NodeSocket: @unchecked Sendable {
         onClose = hook
     }
 
+    /// `outcome`, a connect's, once `vet` (``RedisConnection/vetConnects(_:)``) looked at what
+    /// its socket reached: a socket let through closes with the vet's hook; a refused one is
+    /// closed, and the refusal is the outcome (`refused` true). Without a vet or a peer, as is.
+    static func vetted(
+        _ outcome: Result<NodeSocket, RedisError>, by vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)?
+    ) -> (outcome: Result<NodeSocket, RedisError>, refused: Bool) {
+        guard case let .success(socket) = outcome, let vet, let peer = socket.peer else { return (outcome, false) }
+        switch vet(peer) {
+        case let .success(released):
+            socket.whenClosed(released)
+            return (outcome, false)
+        case let .failure(refusal):
+            socket.close()
+            return (.failure(refusal), true)
+        }
+    }
+
     /// The socket descriptor, or -1 once closed.
     var descriptor: Int32 {
         pointer.map { rio_conn_fd($0) } ?? -1

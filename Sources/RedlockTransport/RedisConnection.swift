@@ -744,19 +744,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
-    private func connected(_ outcome: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
-        var outcome = outcome
-        var refused = false
-        if case let .success(socket) = outcome, let peer = socket.peer, let vet = vet.withLock({ $0 }) {
-            switch vet(peer) {
-            case let .success(released):
-                socket.whenClosed(released)
-            case let .failure(refusal):
-                socket.close()
-                outcome = .failure(refusal)
-                refused = true
-            }
-        }
+    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
+        let (outcome, refused) = NodeSocket.vetted(connect, by: vet.withLock { $0 })
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in

@@ -193,17 +193,8 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         }
     }
 
-    private func connected(_ outcome: Result<NodeSocket, RedisError>) {
-        var outcome = outcome
-        if case let .success(socket) = outcome, let vet, let peer = socket.peer {
-            switch vet(peer) {
-            case let .success(released):
-                socket.whenClosed(released)
-            case let .failure(refusal):
-                socket.close()
-                outcome = .failure(refusal)
-            }
-        }
+    private func connected(_ connect: Result<NodeSocket, RedisError>) {
+        let outcome = NodeSocket.vetted(connect, by: vet).outcome
         guard let token = token.withLock({ $0 }) else { return }
         state.withLock { state in
             state.connecting = false
