@@ -35,6 +35,8 @@ struct rio_conn {
     SSL *ssl;
     redisReader *reader;
     int undrained; /* the last read stopped at its size limit */
+    /* The server name the TLS handshake sent (SNI), or NULL: none is sent for an IP address. */
+    char *sent_server_name;
     /* A Unix socket's file, as stat saw it right after the connect (has_file: it could). */
     int has_file;
     dev_t file_device;
@@ -305,6 +307,7 @@ void rio_tls_free(rio_tls *tls) {
 /* ---- connections ---- */
 
 static void conn_release(rio_conn *conn) {
+    free(conn->sent_server_name);
     if (conn->ssl != NULL) {
         SSL_free(conn->ssl);
     }
@@ -343,6 +346,12 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
         if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
             openssl_reason(reason, sizeof reason);
             return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
+        }
+        if (!literal) {
+            conn->sent_server_name = strdup(server_name);
+            if (conn->sent_server_name == NULL) {
+                return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
+            }
         }
         if (verify_host) {
             int set = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn->ssl), server_name)
@@ -730,7 +739,10 @@ int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *er
         if (status != 0) {
             return fail(err, RIO_E_IO, 0, "getnameinfo: %s", gai_strerror(status));
         }
-        written = snprintf(buffer, size, address.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, service);
+        /* A gateway on one address may route each server name to another server. */
+        const char *sni = conn->sent_server_name;
+        written = snprintf(buffer, size, address.ss_family == AF_INET6 ? "[%s]:%s%s%s" : "%s:%s%s%s", host, service,
+                           sni != NULL ? " sni=" : "", sni != NULL ? sni : "");
     } else {
         return fail(err, RIO_E_INVALID, 0, "address family %d", (int)address.ss_family);
     }

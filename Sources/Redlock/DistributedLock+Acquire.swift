@@ -296,10 +296,10 @@ extension DistributedLock {
         let command: RedisCommand
         let script: RedisScript?
         /// For `SET NX PX`: the same in a script that first checks the user's permissions
-        /// (``Scripts/acquirePlain``, its `EVAL`), sent in its place on a connection until it
+        /// (``Scripts/acquirePlain``), sent in its place (as its `EVAL`) on a connection until it
         /// succeeded there (see
         /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-        var untilScriptsRun: RedisCommand? = nil
+        var untilScriptsRun: RedisScriptCall? = nil
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
@@ -347,10 +347,9 @@ extension DistributedLock {
             // that checks the release's permissions: a user who may `SET` but not `EVAL` (or
             // `EVALSHA`, `DEL`) is refused there rather than left with a key it can neither
             // extend nor release.
-            let scripted = RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds])
             return AcquireRequest(
                 command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
-                untilScriptsRun: scripted.evalForm, classify: Vote.ofSetNX, confirm: confirm
+                untilScriptsRun: RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds]), classify: Vote.ofSetNX, confirm: confirm
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])

@@ -512,9 +512,9 @@ final class LocalCoordination: Sendable {
     private let handoffMessagesRead = Atomic<Int>(0)
     private let nodes: [RedisConnection]
     private let sender: FanOutSender
-    /// Vets the address each subscriber connects to (``NodeHealth/vet(_:peer:)``): one server
+    /// What vets the sockets of node `index`'s subscriber (``NodeHealth/vet(for:)``): one server
     /// listed under two names would deliver each release message twice.
-    private let vet: @Sendable (_ node: Int, _ peer: String) -> Result<@Sendable () -> Void, RedisError>
+    private let vet: @Sendable (_ index: Int) -> ConnectVet?
     /// Ends waits whose time is up, and subscriptions whose linger is over.
     private let timer: DeadlineTimer
 
@@ -532,7 +532,7 @@ final class LocalCoordination: Sendable {
 
     init(
         nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer,
-        vet: @escaping @Sendable (_ node: Int, _ peer: String) -> Result<@Sendable () -> Void, RedisError> = { _, _ in .success {} }
+        vet: @escaping @Sendable (_ index: Int) -> ConnectVet? = { _ in nil }
     ) {
         self.vet = vet
         handoffTag = randomHexTag()
@@ -698,7 +698,7 @@ final class LocalCoordination: Sendable {
         nodes.enumerated().map { index, node in
             RedisSubscriber(
                 configuration: node.configuration, eventLoop: node.eventLoop,
-                vet: { [vet] peer in vet(index, peer) },
+                vet: vet(index),
                 onSubscribed: { [weak self] channel in
                     guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {

@@ -22,10 +22,21 @@ final class NodeHealth: Sendable {
     /// its sockets are open there; and the pairs of nodes already logged as one server.
     private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
 
-    init(endpoints: [RedisEndpoint], logger: Logger) {
+    /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
+    private let vetsConnections: Bool
+
+    init(endpoints: [RedisEndpoint], logger: Logger, vetsConnections: Bool = false) {
         self.endpoints = endpoints
         self.logger = logger
+        self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: []))
+    }
+
+    /// What vets the sockets of node `index` (``vet(_:peer:)``), for its connections and its
+    /// subscriber; nil when this client vets nothing.
+    func vet(for index: Int) -> ConnectVet? {
+        guard vetsConnections else { return nil }
+        return { [self] peer in vet(index, peer: peer) }
     }
 
     /// Vets a new socket of node `index` that reached `peer` (``NodeSocket``'s peer: a numeric
@@ -67,6 +78,12 @@ final class NodeHealth: Sendable {
             code: .invalidAddress, endpoint: endpoints[index],
             message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(peer), and a server votes once; list each server once"
         ))
+    }
+
+    /// The pairs of nodes seen to reach one server (each logged once by ``vet(_:peer:)``): the
+    /// node that held the address, and the node refused there.
+    var sameServerPairs: Set<[Int]> {
+        peers.withLock { $0.logged }
     }
 
     /// Node `index` answered.

@@ -78,21 +78,17 @@ extension RedlockClient {
             for await audit in group { audits.append(audit) }
             return audits.sorted { $0.node < $1.node }
         }
-        // One server under two addresses.
-        var seen: [String: Int] = [:]
-        for audit in audits {
-            guard let runID = audit.runID else { continue }
-            seen[runID, default: 0] += 1
-        }
+        // One server under two addresses: the same run id, or refused by this client's vet.
+        let sameServer = health.sameServerPairs
         for index in audits.indices {
             guard audits[index].checks.first?.verdict == .pass else { continue }
-            // A node this client refused as a second name of this one (NodeHealth.vet) could not
-            // be asked for its run id: its refusal names this node.
-            let refusedAliases = audits.filter { other in
-                other.checks.first.map { $0.verdict == .fail && $0.detail.contains("the same server as node \(audits[index].node) (") } ?? false
-            }
-            let sameRunID = audits[index].runID.map { runID in audits.filter { $0.runID == runID && $0.node != audits[index].node } } ?? []
-            let others = (sameRunID + refusedAliases).map { "node \($0.node) (\($0.endpoint))" }
+            // A node this client refused as another name of this one (NodeHealth.vet) could not
+            // be asked for its run id.
+            let node = audits[index].node
+            let refusedAliases = sameServer.compactMap { pair in pair.first == node ? pair.last : nil }
+            let others = audits.filter { other in
+                other.node != node && ((audits[index].runID != nil && other.runID == audits[index].runID) || refusedAliases.contains(other.node))
+            }.map { "node \($0.node) (\($0.endpoint))" }
             if !others.isEmpty {
                 audits[index].checks.append(AuditCheck(
                     name: "distinct", verdict: .fail, detail: "the same server as \(others.joined(separator: ", ")): its vote would count twice"

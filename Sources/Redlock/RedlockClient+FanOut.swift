@@ -66,7 +66,7 @@ final class PreparedFanOut: Sendable {
     let runsLateUnlessBehind: String?
     /// For a command that is not a script: what goes in its place on a connection until that
     /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-    let untilScriptsRun: RedisCommand?
+    let untilScriptsRun: RedisScriptCall?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -90,7 +90,7 @@ final class PreparedFanOut: Sendable {
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisCommand? = nil, order: [Int], budget: Duration,
+        untilScriptsRun: RedisScriptCall? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -205,7 +205,7 @@ extension RedlockClient {
         _ command: RedisCommand,
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisCommand? = nil,
+        untilScriptsRun: RedisScriptCall? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,

@@ -112,9 +112,10 @@ public final class RedlockClient: Sendable {
             throw .invalid("busyPoll must be from zero to 10 ms, got \(busyPoll)")
         }
         let loop = RedisEventLoop(name: "redlock-io", busyPoll: busyPoll)
+        let health = NodeHealth(endpoints: nodes.map(\.endpoint), logger: logger, vetsConnections: true)
         self.init(
-            validated: nodes.map { RedisConnection(configuration: $0, eventLoop: loop) },
-            owning: true, logger: logger, metrics: metrics, tracer: tracer
+            validated: nodes.enumerated().map { index, node in RedisConnection(configuration: node, eventLoop: loop, vet: health.vet(for: index)) },
+            health: health, owning: true, logger: logger, metrics: metrics, tracer: tracer
         )
     }
 
@@ -152,17 +153,21 @@ public final class RedlockClient: Sendable {
         tracer: (any Tracer)? = nil
     ) throws(RedlockError) {
         try Self.validate(connections.map(\.configuration))
-        self.init(validated: connections, owning: false, logger: logger, metrics: metrics, tracer: tracer)
+        // The caller's connections, and so the votes, go unvetted: so does everything else.
+        let health = NodeHealth(endpoints: connections.map(\.configuration.endpoint), logger: logger, vetsConnections: false)
+        self.init(validated: connections, health: health, owning: false, logger: logger, metrics: metrics, tracer: tracer)
     }
 
-    private init(validated nodes: [RedisConnection], owning: Bool, logger: Logger, metrics: any MetricsFactory, tracer: (any Tracer)?) {
+    private init(
+        validated nodes: [RedisConnection], health: NodeHealth, owning: Bool, logger: Logger, metrics: any MetricsFactory, tracer: (any Tracer)?
+    ) {
         self.nodes = nodes
         quorum = Timing.quorum(nodeCount: nodes.count)
         nodeIndices = Array(nodes.indices)
         endpoints = nodes.map(\.configuration.endpoint)
         self.logger = logger
         self.metrics = LockMetrics(factory: metrics)
-        health = NodeHealth(endpoints: endpoints, logger: logger)
+        self.health = health
         let global = InstrumentationSystem.tracer
         self.tracer = tracer ?? (global is NoOpTracer ? nil : global)
         uptimes = NodeUptimes(nodeCount: nodes.count)
@@ -170,29 +175,16 @@ public final class RedlockClient: Sendable {
         clocks = NodeClocks(nodeCount: nodes.count)
         deadlines = DeadlineTimer(loop: nodes.first?.eventLoop)
         shortestCommandTimeout = nodes.map(\.configuration.commandTimeout).min() ?? .seconds(1)
-        acknowledgedNodes = nodes.map { node in
+        // One server listed under two names would vote twice: every connection the client makes
+        // is vetted (NodeHealth.vet(for:)).
+        acknowledgedNodes = nodes.enumerated().map { index, node in
             var configuration = node.configuration
             configuration.commandTimeout += ReplicaWait.lateAnswerAllowance
-            return RedisConnection(configuration: configuration, eventLoop: node.eventLoop)
+            return RedisConnection(configuration: configuration, eventLoop: node.eventLoop, vet: health.vet(for: index))
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
-        // One server listed under two names would vote twice: the second connection to an
-        // address another node reaches is refused, on the client's own connections (those of
-        // init(connections:) are the caller's, and its votes go on them: nothing is vetted).
-        let nodeHealth = health
-        let vet: @Sendable (Int, String) -> Result<@Sendable () -> Void, RedisError>
-        if owning {
-            vet = { node, peer in nodeHealth.vet(node, peer: peer) }
-        } else {
-            vet = { _, _ in .success {} }
-        }
-        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: vet)
+        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: health.vet(for:))
         ownsConnections = owning
-        if owning {
-            for (index, node) in Array(nodes.enumerated()) + Array(acknowledgedNodes.enumerated()) {
-                node.vetConnects { peer in vet(index, peer) }
-            }
-        }
         // Weakly: the loop lives as long as the connections, which the client owns. The loop
         // tells on its own thread; the log handler and the metrics backend may block, so they
         // are called from the global executor.

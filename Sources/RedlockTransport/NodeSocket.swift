@@ -79,22 +79,23 @@ final class NodeSocket: @unchecked Sendable {
     /// ``isSmall(_:)``), so an idle connection never holds a large value alive.
     private var replies: [RedisValue] = []
 
-    /// What the socket reached, as far as the client can tell: the numeric address
-    /// (`192.0.2.7:6379`, `[::1]:6379`), with the server name sent over TLS (` sni=NAME`: a
-    /// gateway on one address may route each name to another server), or a Unix socket's file
-    /// (`unix:DEVICE:INODE`); nil when the system would not tell. Two names of one server
-    /// (`localhost` and `127.0.0.1`, a symbolic link to a socket) reach the same.
+    /// What the socket reached, as far as the client can tell (`rio_conn_peer`): the numeric
+    /// address (`192.0.2.7:6379`, `[::1]:6379`), with the server name the TLS handshake sent
+    /// (` sni=NAME`: a gateway on one address may route each name to another server; none is
+    /// sent for an IP address), or a Unix socket's file (`unix:DEVICE:INODE`); nil when the
+    /// system would not tell. Two names of one server (`localhost` and `127.0.0.1`, a symbolic
+    /// link to a socket) reach the same.
     let peer: String?
 
-    private init(pointer: OpaquePointer, endpoint: RedisEndpoint, serverName: String?) {
+    private init(pointer: OpaquePointer, endpoint: RedisEndpoint) {
         self.pointer = pointer
         self.endpoint = endpoint
-        peer = Self.peerAddress(of: pointer).map { address in serverName.map { "\(address) sni=\($0)" } ?? address }
+        peer = Self.peerAddress(of: pointer)
     }
 
     private static func peerAddress(of pointer: OpaquePointer) -> String? {
-        // Room for a Unix socket's path (108 bytes) or a numeric IPv6 address and port.
-        var buffer = [CChar](repeating: 0, count: 160)
+        // Room for a numeric IPv6 address, its port and a server name of 255 bytes.
+        var buffer = [CChar](repeating: 0, count: 320)
         var error = rio_error()
         let status = buffer.withUnsafeMutableBufferPointer { storage -> Int32 in
             guard let base = storage.baseAddress else { return Int32(RIO_E_INVALID) }
@@ -120,7 +121,7 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// Called once when the socket closes (``close()``, or the socket's end): what a vet that
-    /// let it through (``RedisConnection/vetConnects(_:)``) counts on.
+    /// let it through (``ConnectVet``) counts on.
     private var onClose: (@Sendable () -> Void)?
 
     /// Sets what ``close()`` calls; on a closed socket, calls it at once. Called by the thread
@@ -130,11 +131,11 @@ final class NodeSocket: @unchecked Sendable {
         onClose = hook
     }
 
-    /// `outcome`, a connect's, once `vet` (``RedisConnection/vetConnects(_:)``) looked at what
-    /// its socket reached: a socket let through closes with the vet's hook; a refused one is
-    /// closed, and the refusal is the outcome (`refused` true). Without a vet or a peer, as is.
+    /// `outcome`, a connect's, once `vet` looked at what its socket reached: a socket let
+    /// through closes with the vet's hook; a refused one is closed, and the refusal is the
+    /// outcome (`refused` true). Without a vet or a peer, as is.
     static func vetted(
-        _ outcome: Result<NodeSocket, RedisError>, by vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)?
+        _ outcome: Result<NodeSocket, RedisError>, by vet: ConnectVet?
     ) -> (outcome: Result<NodeSocket, RedisError>, refused: Bool) {
         guard case let .success(socket) = outcome, let vet, let peer = socket.peer else { return (outcome, false) }
         switch vet(peer) {
@@ -165,7 +166,6 @@ final class NodeSocket: @unchecked Sendable {
         var error = rio_error()
         var opened: OpaquePointer?
         let status: Int32
-        var sentServerName: String?
         switch endpoint.address {
         case let .tcp(host, port):
             guard let cPort = Int32(exactly: port) else {
@@ -175,7 +175,6 @@ final class NodeSocket: @unchecked Sendable {
             let serverName = tlsSettings?.serverName ?? host
             let verifyHost: Int32 = (tlsSettings?.verifiesHostname ?? false) && (tlsSettings?.verifiesCertificate ?? false) ? 1 : 0
             if let tls {
-                sentServerName = serverName
                 status = tls.withPointer { context in
                     rio_connect_tcp(host, cPort, milliseconds(budget), context, serverName, verifyHost, &opened, &error)
                 }
@@ -191,7 +190,7 @@ final class NodeSocket: @unchecked Sendable {
         guard status == Int32(RIO_OK), let opened else {
             return .failure(RedisError(error, endpoint: endpoint))
         }
-        let socket = NodeSocket(pointer: opened, endpoint: endpoint, serverName: sentServerName)
+        let socket = NodeSocket(pointer: opened, endpoint: endpoint)
 
         var handshake: [RedisCommand] = []
         if let password = configuration.password {
@@ -537,3 +536,8 @@ extension RedisError {
         self.init(code: code, endpoint: endpoint, message: text)
     }
 }
+
+/// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``),
+/// before it is used: a success lets the socket through and carries what to call once it closes
+/// (exactly once, on whichever thread closes it); a failure refuses it with that error.
+package typealias ConnectVet = @Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>

@@ -16,11 +16,11 @@ package struct QueuedCommand: Sendable {
     package let runsLateUnlessBehind: String?
     /// What goes in the command's place until such a script form succeeded on the socket
     /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-    package let untilScriptsRun: RedisCommand?
+    package let untilScriptsRun: RedisScriptCall?
     package let handler: RedisReplyHandler
 
     package init(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         self.command = command
@@ -56,10 +56,10 @@ final class PendingCommand: Sendable {
     /// then, to run after them, rather than fail the call, unless one of them has this argument
     /// (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
-    /// For a command that is not a script: a script call (its `EVAL` form) that goes in its
-    /// place until such a script form succeeded on the socket, and again after a script call on
-    /// it failed for good. Its reply must read like the command's.
-    let untilScriptsRun: RedisCommand?
+    /// For a command that is not a script: a script call that goes in its place (as its `EVAL`,
+    /// built only when sent) until such a script form succeeded on the socket, and again after a
+    /// script call on it failed for good. Its reply must read like the command's.
+    let untilScriptsRun: RedisScriptCall?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
@@ -76,7 +76,7 @@ final class PendingCommand: Sendable {
 
     /// A command whose outcome goes to `handler`; it is always sent.
     init(
-        command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         self.command = command

@@ -39,22 +39,18 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     }
 
     /// Creates a connection served by `eventLoop`; the server is contacted on first use.
-    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop) {
+    ///
+    /// With `vet`, each socket the connection makes is shown to it (what the socket reached,
+    /// ``NodeSocket/peer``), on the connector thread, once connected, authenticated and with its
+    /// database selected, before any of the callers' commands is written on it; see
+    /// ``ConnectVet``. A refusal fails the connect (and the commands that waited for it) with its
+    /// error, the socket closes, and commands fail with it at once for a second before the next
+    /// connect. A client uses it to refuse a connection to a server it already reaches under
+    /// another node's name, for as long as it does.
+    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop, vet: ConnectVet? = nil) {
         self.configuration = configuration
         self.eventLoop = eventLoop
-        core = ConnectionCore(configuration: configuration, loop: eventLoop)
-    }
-
-    /// Has `vet` look at what each socket this connection makes reached (``NodeSocket/peer``),
-    /// on the connector thread, once connected, authenticated and with its database selected,
-    /// before any of the callers' commands is written on it. A success carries what to call
-    /// when that socket closes (exactly once, on whichever thread closes it); a failure fails the
-    /// connect (and the commands that waited for it) with its error, the socket closes, and
-    /// commands fail with it at once for a second before the next connect. Replaces an earlier
-    /// `vet`. A client uses it to refuse a connection to a server it already reaches under
-    /// another node's name, for as long as it does.
-    package func vetConnects(_ vet: @escaping @Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>) {
-        core.vetConnects(vet)
+        core = ConnectionCore(configuration: configuration, loop: eventLoop, vet: vet)
     }
 
     /// Creates a connection to an endpoint with default settings.
@@ -106,14 +102,14 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// ``RedisScriptCall/runsLateUnlessBehind``): then the `EVAL` goes out at once, to run after
     /// what was written.
     ///
-    /// Without `script`, `untilScriptsRun` (a script's `EVAL`, whose reply reads like the
-    /// command's) goes in the command's place until such a script form has succeeded on the
+    /// Without `script`, `untilScriptsRun` (a script call whose reply reads like the command's;
+    /// sent as its `EVAL`, built only then) goes in the command's place until such a script form has succeeded on the
     /// socket, and again after any script call on it failed for good (``RedisError/isPermanent``:
     /// a revoked `+eval`): for a command that must not take effect where the user could not run
     /// the scripts that undo it (a lock's `SET NX`, released by a script), with a script form that
     /// checks that they may run.
     package func send(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisCommand? = nil,
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         core.enqueue(PendingCommand(
@@ -320,16 +316,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private let checkInterval: Duration
     /// Incremented after every successful connect.
     let generation = Atomic<UInt64>(0)
-    /// Looks at each new socket's address before it is used (``RedisConnection/vetConnects(_:)``).
-    private let vet = Mutex<(@Sendable (String) -> Result<@Sendable () -> Void, RedisError>)?>(nil)
+    /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:)``).
+    private let vet: ConnectVet?
 
-    func vetConnects(_ vet: @escaping @Sendable (String) -> Result<@Sendable () -> Void, RedisError>) {
-        self.vet.withLock { $0 = vet }
-    }
-
-    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop) {
+    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop, vet: ConnectVet? = nil) {
         self.configuration = configuration
         self.loop = loop
+        self.vet = vet
         // A quarter of the command timeout between checks (5 ms to 250 ms): a silent server is
         // detected at most that late when the loop has nothing else to do.
         checkInterval = min(max(configuration.commandTimeout / 4, .milliseconds(5)), .milliseconds(250))
@@ -441,7 +434,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         guard command.shouldSend else { return }
         guard let script = command.script else {
             if let scripted = command.untilScriptsRun, !state.scriptsRun {
-                Self.format(scripted, of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
+                Self.format(scripted.evalForm, of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
             } else {
                 Self.format(command.command, of: command, asScriptHash: false, at: now, in: &state)
             }
@@ -745,7 +738,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
     private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
-        let (outcome, refused) = NodeSocket.vetted(connect, by: vet.withLock { $0 })
+        let (outcome, refused) = NodeSocket.vetted(connect, by: vet)
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
@@ -757,7 +750,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // the socket closes. A new socket has run no script: each goes as `EVAL`.
                     var bytes: [UInt8] = []
                     for command in state.queue where command.shouldSend {
-                        (command.fallback ?? command.untilScriptsRun ?? command.command).appendWire(to: &bytes)
+                        (command.fallback ?? command.untilScriptsRun?.evalForm ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
                     for command in state.queue { effects.completions.append((command, .failure(failure))) }

@@ -34,11 +34,9 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private let tls = TLSContextCache()
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     private let onSubscribed: @Sendable (_ channel: String) -> Void
-    /// Looks at each new socket's address before it subscribes (as
-    /// ``RedisConnection/vetConnects(_:)`` does: a success says what to call when the socket
-    /// closes): a refused one closes, and the subscriber tries again later as after a failed
-    /// connect.
-    private let vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)?
+    /// Looks at each new socket before it subscribes (``ConnectVet``): a refused one closes, and
+    /// the subscriber tries again later as after a failed connect.
+    private let vet: ConnectVet?
     /// The loop's token, once registered (on the first subscription).
     private let token = Mutex<UInt64?>(nil)
 
@@ -51,7 +49,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     package init(
         configuration: RedisConnectionConfiguration,
         eventLoop: RedisEventLoop = .shared,
-        vet: (@Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>)? = nil,
+        vet: ConnectVet? = nil,
         onSubscribed: @escaping @Sendable (_ channel: String) -> Void = { _ in },
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {

@@ -679,8 +679,7 @@ struct HandoffAndGuardTests {
     @Test("one server listed under two names (127.0.0.1 and localhost) votes once: with the third node down, a fenced lock() gets no quorum from the pair; the second name's connection is refused with invalidAddress naming both, logged once at error; with the third up, locks work and leave no key")
     func serverListedTwice() async throws {
         try await withRedisServers(2) { servers throws in
-            var alias = servers[0].configuration()
-            alias.endpoint = .hostname("localhost", port: servers[0].port)
+            let alias = secondName(of: servers[0])
             let records = Locked<[String]>([])
             var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
             logger.logLevel = .info
@@ -716,8 +715,7 @@ struct HandoffAndGuardTests {
     func secondNameWaitsForEverySocketOfTheFirst() async throws {
         try await withRedisServers(2) { servers throws in
             // Command timeout 1 s (the default), longer than a lock()'s attempt (400 ms here).
-            var alias = servers[0].configuration()
-            alias.endpoint = .hostname("localhost", port: servers[0].port)
+            let alias = secondName(of: servers[0])
             let client = try RedlockClient(nodes: [servers[0].configuration(), alias, servers[1].configuration()])
             let fenced = LockOptions(expiry: .seconds(5), tries: 1, fencing: true)
             let lock = try client.makeLock("held-while-open", options: fenced)
@@ -759,6 +757,13 @@ struct HandoffAndGuardTests {
             await client.shutdown()
         }
     }
+}
+
+/// `server`'s configuration under another name of it: `localhost` rather than 127.0.0.1.
+func secondName(of server: RedisServer) -> RedisConnectionConfiguration {
+    var configuration = server.configuration()
+    configuration.endpoint = .hostname("localhost", port: server.port)
+    return configuration
 }
 
 /// What `lock.lock()` failed with (nil: it acquired, and the lease is left to expire) and how

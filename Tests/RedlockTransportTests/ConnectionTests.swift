@@ -967,8 +967,7 @@ struct EndOfStreamTests {
             let seen = Mutex<[String]>([])
             let refusing = Mutex(true)
             let closed = Mutex(0)
-            let connection = RedisConnection(configuration: configuration)
-            connection.vetConnects { peer in
+            let connection = RedisConnection(configuration: configuration, eventLoop: .shared) { peer in
                 seen.withLock { $0.append(peer) }
                 guard !refusing.withLock({ $0 }) else { return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")) }
                 return .success { closed.withLock { $0 += 1 } }
@@ -1004,9 +1003,10 @@ struct EndOfStreamTests {
 
             // An IPv4 address written as IPv4-mapped IPv6 is that IPv4 address (where the system
             // has IPv6 sockets at all).
-            let mapped = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .hostname("::ffff:127.0.0.1", port: server.port)))
             let mappedPeer = Mutex<String?>(nil)
-            mapped.vetConnects { peer in
+            let mapped = RedisConnection(
+                configuration: RedisConnectionConfiguration(endpoint: .hostname("::ffff:127.0.0.1", port: server.port)), eventLoop: .shared
+            ) { peer in
                 mappedPeer.withLock { $0 = peer }
                 return .success {}
             }
@@ -1023,9 +1023,10 @@ struct EndOfStreamTests {
             var file = stat()
             #expect(stat(path, &file) == 0)
             for reached in [path, link] {
-                let overUnix = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: .unixDomainSocket(path: reached)))
                 let unixPeer = Mutex<String?>(nil)
-                overUnix.vetConnects { peer in
+                let overUnix = RedisConnection(
+                    configuration: RedisConnectionConfiguration(endpoint: .unixDomainSocket(path: reached)), eventLoop: .shared
+                ) { peer in
                     unixPeer.withLock { $0 = peer }
                     return .success {}
                 }
@@ -1050,6 +1051,29 @@ struct EndOfStreamTests {
             #expect(confirmed.withLock { $0 } == 0)
             #expect(try await server.run(RedisCommand("PUBSUB", "NUMSUB", "vetted")) == .array([.bulkString(Array("vetted".utf8)), .integer(0)]))
             await subscriber.shutdown()
+        }
+    }
+
+    @Test("a vetted connection to a node that was down for thousands of connect attempts connects, and is vetted, once the node is back (the vet is read on the connector thread each time: nothing about it may grow per attempt)")
+    func vettedAfterManyFailedConnects() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let vetted = Mutex(0)
+            let connection = RedisConnection(configuration: server.configuration(), eventLoop: .shared) { _ in
+                vetted.withLock { $0 += 1 }
+                return .success {}
+            }
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await server.kill()
+            var failures = 0
+            for _ in 0..<2_000 where (try? await connection.send(RedisCommand("PING"))) == nil {
+                failures += 1
+            }
+            #expect(failures == 2_000)
+            try await server.restart(keepingData: false)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(vetted.withLock { $0 } == 2)
+            await connection.shutdown()
         }
     }
 

@@ -97,28 +97,30 @@ struct TLSTests {
         }
     }
 
-    @Test("over TLS, a socket's peer carries the server name it sent: one address reached under two names counts as two (a gateway may route each name to another server)")
+    @Test("over TLS, a socket's peer carries the server name the handshake sent: one address reached under two names counts as two (a gateway may route each name to another server); an IP address sends none, so 127.0.0.1 and ::ffff:127.0.0.1 are one")
     func peerCarriesServerName() async throws {
         try await withCertificates { certificates throws in
             try await withTLSServer(certificates) { server throws in
                 var peers: [String?] = []
-                for name in [nil, "gateway-routed.example"] {
-                    let connection = RedisConnection(configuration: configuration(server, certificates) { tls in
-                        if let name {
-                            tls.serverName = name
-                            tls.verifiesHostname = false
-                        }
-                    })
+                for (host, name) in [("127.0.0.1", nil), ("127.0.0.1", "gateway-routed.example"), ("::ffff:127.0.0.1", nil)] {
                     let seen = OneTimeEvent<String>()
-                    connection.vetConnects { peer in
+                    let settings = configuration(server, certificates, host: host) { tls in
+                        if let name { tls.serverName = name }
+                        if name != nil || host.contains(":") { tls.verifiesHostname = false }
+                    }
+                    let connection = RedisConnection(configuration: settings, eventLoop: .shared) { peer in
                         seen.fire(peer)
                         return .success {}
                     }
-                    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-                    peers.append(await seen.wait())
+                    let answered = (try? await connection.send(RedisCommand("PING"))) == .simpleString("PONG")
+                    // The IPv4-mapped address needs IPv6 sockets, which a system may lack.
+                    #expect(answered || host.contains(":"), "PING over TLS to \(host)")
+                    if answered { peers.append(await seen.wait()) }
                     await connection.shutdown()
                 }
-                #expect(peers == ["127.0.0.1:\(server.port) sni=127.0.0.1", "127.0.0.1:\(server.port) sni=gateway-routed.example"])
+                let address = "127.0.0.1:\(server.port)"
+                #expect(Array(peers.prefix(2)) == [address, address + " sni=gateway-routed.example"])
+                #expect(peers.dropFirst(2).allSatisfy { $0 == address }, "\(peers)")
             }
         }
     }

@@ -59,8 +59,9 @@ int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error
 int rio_conn_fd(const rio_conn *conn);
 
 /* What the socket is connected to, NUL-terminated in buffer (size bytes): a numeric address
-   ("192.0.2.7:6379", "[::1]:6379"; an IPv4-mapped IPv6 address as its IPv4 address), or for
-   a Unix socket its file's device and inode as stat saw them right after the connect
+   ("192.0.2.7:6379", "[::1]:6379"; an IPv4-mapped IPv6 address as its IPv4 address), with the
+   server name the TLS handshake sent, if it sent one (" sni=redis.example"), or for a Unix
+   socket its file's device and inode as stat saw them right after the connect
    ("unix:64769:1234": one file however many paths or links lead to it). */
 int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *err);
 
