@@ -830,6 +830,14 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
     if (redisReaderFeed(conn->reader, buffer, count) != REDIS_OK) {
         return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
     }
+    /* hiredis 0.14 keeps a reply's bytes until the whole reply came, with no limit of its own:
+       a peer that announces a huge bulk string would make it buffer without end. */
+    size_t unparsed = conn->reader->len - conn->reader->pos;
+    if (conn->reader->len >= conn->reader->pos && unparsed > RIO_MAX_UNPARSED_BYTES) {
+        return fail(err, RIO_E_PROTOCOL, 0,
+                    "protocol error: %zu bytes received without a complete reply (at most %d; the replies this library reads are small)",
+                    unparsed, RIO_MAX_UNPARSED_BYTES);
+    }
     return RIO_OK;
 }
 

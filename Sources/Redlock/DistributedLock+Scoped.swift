@@ -63,10 +63,10 @@ extension DistributedLock {
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
-        return try await withLease(
+        return try await scope(
             isolation: isolation,
-            try await lock(), extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
-            safetyMargin: safetyMargin, body
+            try await lock(), confirm: false, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            safetyMargin: safetyMargin, onExtended: { _ in }, body
         )
     }
 
@@ -74,6 +74,17 @@ extension DistributedLock {
     /// ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)`` does after acquiring,
     /// with the same guarantees. Use it when the acquire needs its own policy (a deadline,
     /// ``tryLock()``).
+    ///
+    /// A `Lease` is a value: a copy may have been released, or its keys expired and taken,
+    /// while its ``Lease/validUntil`` still lies ahead. So before `body` runs, the call confirms
+    /// the lease on the nodes with one extension (``extend(_:)``, one round trip), which also
+    /// renews its validity; when the nodes no longer hold it, `body` does not run and the call
+    /// throws what the extension threw (``RedlockError/Code-swift.struct/leaseExpired``: the keys
+    /// are gone; ``RedlockError/Code-swift.struct/leaseTakenOver``: another holder's are there).
+    /// A lease has one scope at a time: a lease that a running scope of this client holds is
+    /// refused with ``RedlockError/Code-swift.struct/invalidConfiguration`` (and left to that
+    /// scope), and ``unlock(_:)`` of a scope's lease from outside it cancels its body at once
+    /// (the scope throws ``RedlockError/Code-swift.struct/leaseLost``).
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
@@ -100,8 +111,11 @@ extension DistributedLock {
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
     ///   usually `CancellationError`), or a ``RedlockError``: `leaseLost` when the lease was lost
     ///   while `body` ran; `holdTimeExceeded`; `cancelled` for a caller cancelled before `body`
-    ///   ran; `leaseExpired` for a lease with no validity left; `invalidConfiguration` for
-    ///   invalid parameters or a lease of another lock.
+    ///   ran; `leaseExpired` for a lease with no validity left or whose keys are gone;
+    ///   `leaseTakenOver` for a lease whose keys another holder has; what ``extend(_:)``
+    ///   throws otherwise (`noQuorum`, …); `clientShutDown` when the client shuts down while
+    ///   `body` runs; `invalidConfiguration` for invalid parameters, a lease of another lock or
+    ///   a lease a running scope holds.
     public func withLease<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         _ lease: Lease,
@@ -109,6 +123,26 @@ extension DistributedLock {
         maximumHoldTime: Duration? = nil,
         safetyMargin: Duration? = nil,
         onExtended: @escaping @Sendable (Lease) -> Void = { _ in },
+        _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
+    ) async throws -> T {
+        try await scope(
+            isolation: isolation, lease, confirm: true, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            safetyMargin: safetyMargin, onExtended: onExtended, body
+        )
+    }
+
+    /// A scope on `lease`: ``withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``,
+    /// which confirms the lease on the nodes first (`confirm`), and
+    /// ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``, whose lease
+    /// was acquired just before.
+    private func scope<T: Sendable>(
+        isolation: isolated (any Actor)?,
+        _ lease: Lease,
+        confirm: Bool,
+        extendWhenRemaining: Double,
+        maximumHoldTime: Duration?,
+        safetyMargin: Duration?,
+        onExtended: @escaping @Sendable (Lease) -> Void,
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         let margin: Duration
@@ -130,6 +164,22 @@ extension DistributedLock {
             try? await unlock(lease)
             throw error
         }
+        guard let ticket = client.scopes.enter(lease) else {
+            // Not released: it is that scope's.
+            throw RedlockError.invalid(
+                "a running scope of this client holds this lease already; a lease has one scope at a time, which extends and releases it",
+                lockName: name
+            )
+        }
+        var lease = lease
+        do {
+            if confirm { lease = try await extend(lease) }
+            if let interruption = ticket.pending { throw interruption }
+        } catch {
+            try? await unlockScoped(lease)
+            client.scopes.leave(lease, ticket)
+            throw error
+        }
         let held = HeldLease(lease, safetyMargin: margin)
 
         // The extender and the watches run in a task of their own on the global executor,
@@ -148,6 +198,7 @@ extension DistributedLock {
             if case .interrupted? = claimed.value { stopBody.cancel() }
             return true
         }
+        ticket.onInterrupt { error in _ = claim(.interrupted(error)) }
         let watches = Task(executorPreference: globalConcurrentExecutor) {
             await withTaskGroup(of: Bool.self) { group in
                 group.addTask { claim(await watchDeadline(held)) }
@@ -194,15 +245,17 @@ extension DistributedLock {
         // another's: they were deleted or overwritten from outside the lock, or a node lost its
         // data, at some moment the scope cannot know; the body's work may have overlapped
         // another holder's.
+        // The scope leaves the registry once its release is done: shutdown waits for that.
         var goneAtRelease: RedlockError?
         do {
-            try await unlock(held.lease)
+            try await unlockScoped(held.lease)
         } catch {
             if error.code == .leaseExpired || error.code == .leaseTakenOver, ContinuousClock.now < held.lease.validUntil {
                 goneAtRelease = error
             }
             client.logger.debug("redlock scoped unlock failed", metadata: ["lock": "\(name)", "error": "\(error)"])
         }
+        client.scopes.leave(lease, ticket)
         switch outcome {
         case let .finished(result, at: finishedAt):
             var error: RedlockError

@@ -89,18 +89,35 @@ public struct DistributedLock: Sendable {
     /// fair lock's (``LockOptions/fair``) hands it on each node to the first in line, in whatever
     /// process. Returns once a quorum deleted; the remaining deletes are still sent.
     ///
-    /// Runs to completion even when the calling task is cancelled.
+    /// Runs to completion even when the calling task is cancelled. A running scope of this
+    /// client that holds the lease (``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``,
+    /// ``withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``)
+    /// has its body cancelled at once and throws ``RedlockError/Code-swift.struct/leaseLost``.
     ///
     /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone; or, with
     ///   ``LockOptions/singleFlight`` and a fixed ``LockOptions/value``, the lease's validity ended
     ///   and another caller of this client acquires with the same value: nothing is sent),
     ///   `.leaseTakenOver` (another holder's keys are there) or `.noQuorum` (nodes failed).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
+        // A scope holding this lease (its copy released from outside it) must not run on.
+        client.scopes.interrupt(
+            lease,
+            RedlockError(
+                code: .leaseLost, lockName: name,
+                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
+            )
+        )
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
     }
 
-    private func release(_ lease: Lease) async throws(RedlockError) {
-        try check(lease)
+    /// A scope's own release at its end: as ``unlock(_:)``, also while the client shuts down
+    /// (``RedlockClient/shutdown()`` waits for interrupted scopes to release their leases).
+    func unlockScoped(_ lease: Lease) async throws(RedlockError) {
+        try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease, whileShuttingDown: true) }
+    }
+
+    private func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
+        if whileShuttingDown { try checkName(of: lease) } else { try check(lease) }
         if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
             throw gatePassedOn(operation: "unlock")
         }
@@ -255,6 +272,10 @@ public struct DistributedLock: Sendable {
 
     private func check(_ lease: Lease) throws(RedlockError) {
         try client.checkOpen(lockName: name)
+        try checkName(of: lease)
+    }
+
+    private func checkName(of lease: Lease) throws(RedlockError) {
         guard lease.name == name else {
             throw .invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
         }

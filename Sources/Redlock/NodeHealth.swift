@@ -24,12 +24,22 @@ final class NodeHealth: Sendable {
 
     /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
     private let vetsConnections: Bool
+    /// The connection-level failure that marked each node down, while it is down.
+    private let downBecause: Mutex<[RedisError?]>
 
     init(endpoints: [RedisEndpoint], logger: Logger, vetsConnections: Bool = false) {
         self.endpoints = endpoints
         self.logger = logger
         self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: []))
+        downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
+    }
+
+    /// The connection-level failure of node `index` since which it has not answered (refused,
+    /// timed out, a TLS handshake with a plain port, …), or nil when it answers.
+    func failure(of index: Int) -> RedisError? {
+        guard index < 64, down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0 else { return nil }
+        return downBecause.withLock { $0[index] }
     }
 
     /// What vets the sockets of node `index` (``vet(_:peer:)``), for its connections and its
@@ -108,6 +118,7 @@ final class NodeHealth: Sendable {
             break
         }
         let bit: UInt64 = 1 << UInt64(index)
+        downBecause.withLock { $0[index] = error }
         guard down.load(ordering: .relaxed) & bit == 0 else { return }
         let (before, _) = down.bitwiseOr(bit, ordering: .relaxed)
         if before & bit == 0 {

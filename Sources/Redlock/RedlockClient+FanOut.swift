@@ -279,7 +279,10 @@ extension RedlockClient {
     func failures(in votes: [Vote?]) -> [NodeFailure] {
         votes.enumerated().compactMap { index, vote in
             guard case let .refused(cause)? = vote else { return nil }
-            return NodeFailure(node: index, endpoint: endpoints[index], cause: cause)
+            var failure = NodeFailure(node: index, endpoint: endpoints[index], cause: cause)
+            // A node silent within the budget: what its connection last failed with says why.
+            if cause == .noAnswer { failure.connectionFailure = health.failure(of: index) }
+            return failure
         }
     }
 }

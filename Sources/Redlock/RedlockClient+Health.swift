@@ -119,6 +119,7 @@ extension RedlockClient {
         return await withTaskGroup(of: NodePermissions.self) { group in
             // On the lock's own connections: its WAIT counts their writes, and blocks them.
             for (index, node) in sender.connections(lock.lane).enumerated() {
+                let vet = health.vet(for: index)
                 group.addTask {
                     let endpoint = node.configuration.endpoint
                     do {
@@ -141,7 +142,9 @@ extension RedlockClient {
                         }
                         if !channel.isEmpty {
                             // A connection of its own: once subscribed it can do nothing else.
-                            let subscriber = RedisConnection(configuration: node.configuration)
+                            // On the client's loop and vetted like its others: no thread or
+                            // loop outlives the client, and an alias of another node is refused.
+                            let subscriber = RedisConnection(configuration: node.configuration, eventLoop: node.eventLoop, vet: vet)
                             let subscribe = await Self.check("SUBSCRIBE \(channel)", RedisCommand("SUBSCRIBE", channel), on: subscriber)
                             checks.append(subscribe)
                             if subscribe.refusal == nil {

@@ -51,6 +51,9 @@ public final class RedlockClient: Sendable {
     let coordination: LocalCoordination
     /// Keeps the budget of every fan-out and the retry delay of every wait for a release.
     let deadlines: DeadlineTimer
+    /// The leases running scopes hold: one scope per lease; interrupted by an outside unlock
+    /// or by ``shutdown()``.
+    let scopes = ScopeRegistry()
     /// Sends fan-outs on ``nodes`` and starts their budgets.
     let sender: FanOutSender
     private let ownsConnections: Bool
@@ -135,6 +138,10 @@ public final class RedlockClient: Sendable {
 
     /// The longest `busyPoll` a client accepts.
     static let longestBusyPoll: Duration = .milliseconds(10)
+
+    /// How long ``shutdown()`` waits for interrupted scopes to end and release their leases:
+    /// 500 ms.
+    public static let scopeReleaseWait: Duration = .milliseconds(500)
 
     /// Creates a client over connections you own; ``shutdown()`` leaves them open. Their event
     /// loop is the one they were made with (for `RedisConnection(configuration:)`, the loop they
@@ -290,10 +297,26 @@ public final class RedlockClient: Sendable {
     /// connect timeout, also after `shutdown()` returned), then that socket closes. A client
     /// released without `shutdown()` writes its queued commands too (unless a socket refuses
     /// the write), but closes its sockets without waiting for answers.
+    ///
+    /// Scopes still running (``DistributedLock/withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``,
+    /// ``DistributedLock/withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``)
+    /// are interrupted first: their bodies are cancelled, they throw
+    /// ``RedlockError/Code-swift.struct/clientShutDown``, and their leases are released before
+    /// the connections close, if the bodies end within ``scopeReleaseWait``; a lease whose
+    /// body ends later stays on the nodes until it expires.
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
-        // Before the timer stops: a gate's lease-end action would keep it running.
+        // Before the timer stops: a gate's lease-end action would keep it running. Waiters
+        // return now (their next attempt finds the client shut down), so no release below
+        // hands them the lock.
         coordination.closeGates()
+        // Running scopes stop their bodies now and release their leases while the connections
+        // are open, for at most `scopeReleaseWait`: a body that ignores cancellation longer
+        // leaves its keys until they expire.
+        scopes.interruptAll { name in
+            RedlockError(code: .clientShutDown, lockName: name, message: "the client is shutting down; the body was cancelled and the lease released")
+        }
+        await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait)
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.coordination.shutdown() }

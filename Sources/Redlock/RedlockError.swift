@@ -234,6 +234,11 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
     public var endpoint: RedisEndpoint
     /// Why it did not grant.
     public var cause: Cause
+    /// For a node that gave no answer in time (``Cause/noAnswer``): the connection-level
+    /// failure since which it has not answered, if any — refused, timed out, a TLS handshake
+    /// with a port that speaks plain RESP (or the reverse), … — as the node's connection last
+    /// reported it; nil otherwise, and while the first connect is still under way.
+    public var connectionFailure: RedisError?
 
     /// Creates a node failure.
     public init(node: Int, endpoint: RedisEndpoint, cause: Cause) {
@@ -242,6 +247,9 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         self.cause = cause
     }
 
-    /// `node INDEX (ENDPOINT): CAUSE`.
-    public var description: String { "node \(node) (\(endpoint)): \(cause)" }
+    /// `node INDEX (ENDPOINT): CAUSE`, then `; its connection failed: ERROR` when
+    /// ``connectionFailure`` is set.
+    public var description: String {
+        "node \(node) (\(endpoint)): \(cause)" + (connectionFailure.map { "; its connection failed: \($0)" } ?? "")
+    }
 }

@@ -23,6 +23,28 @@ struct DiagnosticsTests {
         }
     }
 
+    @Test("a node that gives no answer within the budget because its connection keeps failing (a TLS handshake with a port that never completes it, longer than the budget) has that failure in the error, not only in the log")
+    func silentNodeSaysWhy() async throws {
+        let stalled = try GarbageServer.start(reply: nil)
+        defer { stalled.stop() }
+        var tls = RedisTLSConfiguration()
+        tls.verifiesCertificate = false
+        let client = try RedlockClient(nodes: [RedisConnectionConfiguration(endpoint: stalled.endpoint, connectTimeout: .milliseconds(300), tls: tls)])
+        try await withTeardown {
+            // Budget 100 ms, shorter than the connect timeout: the first attempts end while
+            // the handshake is under way, later ones after it timed out at least once.
+            let lock = try client.makeLock("silent-why", options: LockOptions(expiry: .milliseconds(500), tries: 1_000, retryDelay: .constant(.milliseconds(20))))
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .seconds(1)) }
+            let failure = try #require(error?.nodes.first, "\(String(describing: error))")
+            #expect(failure.cause == .noAnswer, "\(failure)")
+            #expect(failure.connectionFailure?.code == .timeout, "\(failure)")
+            #expect(failure.connectionFailure?.message.contains("does the port speak TLS?") == true, "\(failure)")
+            #expect("\(failure)".contains("its connection failed"), "\(failure)")
+        } teardown: {
+            await client.shutdown()
+        }
+    }
+
     @Test("a client used after shutdown says so")
     func afterShutdown() async throws {
         try await withRedisServers(1) { servers throws in

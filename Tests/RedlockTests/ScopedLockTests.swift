@@ -296,6 +296,112 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("withLease confirms a copy of a lease on the nodes before its body runs: a released copy whose validity lies ahead is refused, taken over or gone, without running the body")
+    func withLeaseConfirmsOnTheNodes() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("confirmed", options: testOptions(expiry: .seconds(5)))
+            let ran = Locked(0)
+            // Released, then taken by another holder while the copy's validity lies ahead.
+            let copy = try await lock.lock()
+            try await lock.unlock(copy)
+            let successor = try await lock.lock()
+            let takenOver = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(copy) { _ in ran.update { $0 += 1 } }
+            }
+            #expect(takenOver?.code == .leaseTakenOver, "\(String(describing: takenOver))")
+            #expect(try await values(of: "confirmed", on: servers).allSatisfy { $0 == successor.value })
+            try await lock.unlock(successor)
+            // Released, and nobody took it.
+            let gone = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(successor) { _ in ran.update { $0 += 1 } }
+            }
+            #expect(gone?.code == .leaseExpired, "\(String(describing: gone))")
+            #expect(ran.value == 0)
+            #expect(try await values(of: "confirmed", on: servers).allSatisfy { $0 == nil })
+            // A lease still held runs, with its validity renewed by the confirmation.
+            let held = try await lock.lock()
+            let renewed = try await lock.withLease(held) { held in held.lease.validUntil }
+            #expect(renewed > held.validUntil)
+            #expect(try await values(of: "confirmed", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("a lease has one scope at a time: a second withLease on a lease a scope holds is refused and leaves it to that scope; unlock of a scope's lease from outside cancels its body at once")
+    func oneScopePerLease() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("one-scope", options: testOptions(expiry: .seconds(5)))
+            let lease = try await lock.lock()
+            let entered = OneTimeEvent<Lease>()
+            let finish = OneTimeEvent<Void>()
+            let first = Task {
+                try await lock.withLease(lease) { held in
+                    entered.fire(held.lease)
+                    await finish.wait()
+                    return held.isValid
+                }
+            }
+            let current = await entered.wait()
+            let secondRan = Locked(false)
+            let second = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(lease) { _ in secondRan.update { $0 = true } }
+            }
+            #expect(second?.code == .invalidConfiguration, "\(String(describing: second))")
+            #expect(!secondRan.value)
+            #expect(try await values(of: "one-scope", on: servers).allSatisfy { $0 == lease.value }, "the refused scope released the lease")
+            finish.fire()
+            #expect(try await first.value)
+            #expect(try await values(of: "one-scope", on: servers).allSatisfy { $0 == nil })
+            _ = current
+
+            // An outside unlock of the scope's lease: the body is cancelled then, not at the
+            // next extension seconds later.
+            let started = OneTimeEvent<Lease>()
+            let scoped = Task {
+                try await lock.withLock { held in
+                    started.fire(held.lease)
+                    try await Task.sleep(for: .seconds(30))
+                }
+            }
+            let scopedLease = await started.wait()
+            let unlockedAt = ContinuousClock.now
+            try await lock.unlock(scopedLease)
+            let lost = await #expect(throws: RedlockError.self) { try await scoped.value }
+            #expect(lost?.code == .leaseLost, "\(String(describing: lost))")
+            #expect(unlockedAt.duration(to: .now) < .seconds(2))
+            #expect(try await values(of: "one-scope", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("shutdown interrupts a running scope and releases its lease before the connections close, and ends a lock() of the same client waiting behind it")
+    func shutdownInterruptsScopes() async throws {
+        try await withRedisServers(3) { servers in
+            let client = try RedlockClient(
+                nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) }
+            )
+            let lock = try client.makeLock("shut-scope", options: testOptions(expiry: .seconds(10)))
+            let waiter = try client.makeLock("shut-scope", options: LockOptions(expiry: .seconds(10), tries: 1_000, retryDelay: .constant(.seconds(5))))
+            let entered = OneTimeEvent<Void>()
+            let scoped = Task {
+                try await lock.withLock { _ in
+                    entered.fire()
+                    try await Task.sleep(for: .seconds(30))
+                }
+            }
+            await entered.wait()
+            let waiting = Task { try await waiter.lock(timeout: .seconds(20)) }
+            #expect(await eventually { client.waitingLockCalls(for: "shut-scope") == 1 })
+            let began = ContinuousClock.now
+            await client.shutdown()
+            let shutdownTook = began.duration(to: .now)
+            let scopeError = await #expect(throws: RedlockError.self) { try await scoped.value }
+            #expect(scopeError?.code == .clientShutDown, "\(String(describing: scopeError))")
+            let waiterError = await #expect(throws: RedlockError.self) { try await waiting.value }
+            #expect(waiterError?.code == .clientShutDown, "\(String(describing: waiterError))")
+            #expect(began.duration(to: .now) < .seconds(2), "shutdown \(shutdownTook), the scope and the waiter \(began.duration(to: .now))")
+            #expect(try await values(of: "shut-scope", on: servers).allSatisfy { $0 == nil }, "the scope's lease was left on the nodes")
+        }
+    }
+
     @Test("maximumHoldTime cancels a body that runs too long")
     func holdTimeCap() async throws {
         try await withLockNodes(3) { client, servers in

@@ -484,6 +484,25 @@ struct ConnectionTests {
         await connection.shutdown()
     }
 
+    @Test("a peer that announces a huge reply and streams it is dropped with a protocol error once 64 MiB wait unparsed, long before the command timeout; the bytes are not buffered without end")
+    func hugeReplyIsRefused() async throws {
+        let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
+        let flooding = try GarbageServer.start { peer, _ in
+            peer.send("$1000000000\r\n")
+            // 200 MiB, then silence: without a limit the client holds them all and times out.
+            for _ in 0..<200 { peer.send(chunk) }
+            return false
+        }
+        defer { flooding.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: flooding.endpoint, commandTimeout: .seconds(5)))
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .protocolError, "\(String(describing: error))")
+        #expect(error?.message.contains("without a complete reply") == true, "\(String(describing: error))")
+        #expect(started.duration(to: .now) < .seconds(4))
+        await connection.shutdown()
+    }
+
     @Test("a peer that accepts and never answers fails with a timeout")
     func silentPeer() async throws {
         let silent = try GarbageServer.start(reply: nil)

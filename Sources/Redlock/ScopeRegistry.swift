@@ -1,0 +1,121 @@
+import Synchronization
+
+/// The leases that running scopes of one client hold (``DistributedLock/withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``
+/// and ``DistributedLock/withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``),
+/// by lock name and value.
+///
+/// A scope owns its lease: it extends it and releases it at its end. So the registry refuses a
+/// second scope on a lease a scope already holds (two bodies would each believe the lease theirs
+/// after the first one's release), and interrupts a scope whose lease is released from outside
+/// it (``DistributedLock/unlock(_:)`` on a copy of the lease) or whose client shuts down: its
+/// body is cancelled at once rather than at the next extension or at the deadline.
+final class ScopeRegistry: Sendable {
+    private struct Key: Hashable {
+        let name: String
+        let value: String
+    }
+
+    private struct State {
+        var scopes: [Key: ScopeTicket] = [:]
+        /// Callers of ``waitUntilEmpty(until:)``, resumed when the last scope leaves.
+        var emptied: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Registers a scope for `lease`; nil when a running scope of this client holds it already.
+    func enter(_ lease: Lease) -> ScopeTicket? {
+        let key = Key(name: lease.name, value: lease.value)
+        return state.withLock { state in
+            guard state.scopes[key] == nil else { return nil }
+            let ticket = ScopeTicket()
+            state.scopes[key] = ticket
+            return ticket
+        }
+    }
+
+    /// Removes the scope of `ticket` (a scope leaves before its own release).
+    func leave(_ lease: Lease, _ ticket: ScopeTicket) {
+        let key = Key(name: lease.name, value: lease.value)
+        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
+            guard state.scopes[key] === ticket else { return [] }
+            state.scopes[key] = nil
+            guard state.scopes.isEmpty else { return [] }
+            defer { state.emptied = [:] }
+            return Array(state.emptied.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Interrupts the scope holding `lease`, if any, with `error`.
+    func interrupt(_ lease: Lease, _ error: @autoclosure () -> RedlockError) {
+        let key = Key(name: lease.name, value: lease.value)
+        guard let ticket = state.withLock({ $0.scopes[key] }) else { return }
+        ticket.interrupt(error())
+    }
+
+    /// Interrupts every running scope with `error`.
+    func interruptAll(_ error: (String) -> RedlockError) {
+        let scopes = state.withLock { $0.scopes }
+        for (key, ticket) in scopes { ticket.interrupt(error(key.name)) }
+    }
+
+    /// Returns once no scope runs, or at `deadline`, whichever comes first.
+    func waitUntilEmpty(until deadline: ContinuousClock.Instant) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                let id = state.withLock { state in
+                    defer { state.nextWaiter += 1 }
+                    return state.nextWaiter
+                }
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let resumeNow: Bool = state.withLock { state in
+                            if state.scopes.isEmpty || Task.isCancelled { return true }
+                            state.emptied[id] = continuation
+                            return false
+                        }
+                        if resumeNow { continuation.resume() }
+                    }
+                } onCancel: {
+                    state.withLock { $0.emptied.removeValue(forKey: id) }?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// One running scope's link to the registry: what interrupts it. An interruption that comes
+/// before the scope listens is kept and delivered when it does.
+final class ScopeTicket: Sendable {
+    private struct State {
+        var handler: (@Sendable (RedlockError) -> Void)?
+        var pending: RedlockError?
+    }
+
+    private let state = Mutex(State())
+
+    /// The interruption that came before ``onInterrupt(_:)``, if any.
+    var pending: RedlockError? { state.withLock { $0.pending } }
+
+    /// Calls `handler` on the (first) interruption; at once if one came already.
+    func onInterrupt(_ handler: @escaping @Sendable (RedlockError) -> Void) {
+        let pending: RedlockError? = state.withLock { state in
+            state.handler = handler
+            return state.pending
+        }
+        if let pending { handler(pending) }
+    }
+
+    func interrupt(_ error: RedlockError) {
+        let handler: (@Sendable (RedlockError) -> Void)? = state.withLock { state in
+            if state.pending == nil { state.pending = error }
+            return state.handler
+        }
+        handler?(error)
+    }
+}
