@@ -84,7 +84,10 @@ extension DistributedLock {
     /// A lease has one scope at a time: a lease that a running scope of this client holds is
     /// refused with ``RedlockError/Code-swift.struct/invalidConfiguration`` (and left to that
     /// scope), and ``unlock(_:)`` of a scope's lease from outside it cancels its body at once
-    /// (the scope throws ``RedlockError/Code-swift.struct/leaseLost``).
+    /// (the scope throws ``RedlockError/Code-swift.struct/leaseLost``). A lease is told by its
+    /// name and value, as the nodes tell it: with a value of your own (``LockValue/fixed(_:)``,
+    /// a generator) two scopes of one client on one name at once hold one lease, and the second
+    /// is refused; ``LockOptions/singleFlight`` lets them in one after another.
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
@@ -176,6 +179,7 @@ extension DistributedLock {
             if confirm { lease = try await extend(lease) }
             if let interruption = ticket.pending { throw interruption }
         } catch {
+            client.scopes.releasing(lease, ticket)
             try? await unlockScoped(lease)
             client.scopes.leave(lease, ticket)
             throw error
@@ -247,6 +251,7 @@ extension DistributedLock {
         // another holder's.
         // The scope leaves the registry once its release is done: shutdown waits for that.
         var goneAtRelease: RedlockError?
+        client.scopes.releasing(lease, ticket)
         do {
             try await unlockScoped(held.lease)
         } catch {

@@ -17,6 +17,9 @@ final class ScopeRegistry: Sendable {
 
     private struct State {
         var scopes: [Key: ScopeTicket] = [:]
+        /// Scopes entered and not yet ended: those in ``scopes`` and those releasing their
+        /// leases (which left it, so that a successor on the same value can enter).
+        var running = 0
         /// Callers of ``waitUntilEmpty(until:)``, resumed when the last scope leaves.
         var emptied: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
@@ -31,17 +34,28 @@ final class ScopeRegistry: Sendable {
             guard state.scopes[key] == nil else { return nil }
             let ticket = ScopeTicket()
             state.scopes[key] = ticket
+            state.running += 1
             return ticket
         }
     }
 
-    /// Removes the scope of `ticket` (a scope leaves before its own release).
-    func leave(_ lease: Lease, _ ticket: ScopeTicket) {
+    /// The scope of `ticket` no longer holds `lease` for itself: it is about to release it.
+    /// Another scope may enter on the same name and value from now on (a successor that
+    /// single-flight lets in as the release passes the gate on, with a fixed value).
+    func releasing(_ lease: Lease, _ ticket: ScopeTicket) {
         let key = Key(name: lease.name, value: lease.value)
+        state.withLock { state in
+            if state.scopes[key] === ticket { state.scopes[key] = nil }
+        }
+    }
+
+    /// The scope of `ticket` ended: its release is done (``waitUntilEmpty(until:)`` waits for
+    /// that).
+    func leave(_ lease: Lease, _ ticket: ScopeTicket) {
+        releasing(lease, ticket)
         let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
-            guard state.scopes[key] === ticket else { return [] }
-            state.scopes[key] = nil
-            guard state.scopes.isEmpty else { return [] }
+            state.running -= 1
+            guard state.running == 0 else { return [] }
             defer { state.emptied = [:] }
             return Array(state.emptied.values)
         }
@@ -61,7 +75,8 @@ final class ScopeRegistry: Sendable {
         for (key, ticket) in scopes { ticket.interrupt(error(key.name)) }
     }
 
-    /// Returns once no scope runs, or at `deadline`, whichever comes first.
+    /// Returns once no scope runs (its release included), or at `deadline`, whichever comes
+    /// first.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
@@ -72,7 +87,7 @@ final class ScopeRegistry: Sendable {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                         let resumeNow: Bool = state.withLock { state in
-                            if state.scopes.isEmpty || Task.isCancelled { return true }
+                            if state.running == 0 || Task.isCancelled { return true }
                             state.emptied[id] = continuation
                             return false
                         }

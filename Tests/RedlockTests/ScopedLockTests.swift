@@ -372,6 +372,31 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("single-flight with a fixed value: scopes one after another on the same name and value all run, one at a time (each successor enters as its predecessor's release passes the gate on)")
+    func singleFlightScopesWithOneValue() async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions(expiry: .seconds(5), tries: 1_000)
+            options.value = .fixed("one-value")
+            options.singleFlight = true
+            let lock = try client.makeLock("sf-scopes", options: options)
+            let counts = Locked((inside: 0, overlaps: 0))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<12 {
+                    group.addTask {
+                        try await lock.withLock { _ in
+                            counts.update { $0.inside += 1; if $0.inside > 1 { $0.overlaps += 1 } }
+                            try await Task.sleep(for: .milliseconds(2))
+                            counts.update { $0.inside -= 1 }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(counts.value.overlaps == 0)
+            #expect(try await values(of: "sf-scopes", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
     @Test("shutdown interrupts a running scope and releases its lease before the connections close, and ends a lock() of the same client waiting behind it")
     func shutdownInterruptsScopes() async throws {
         try await withRedisServers(3) { servers in
