@@ -35,6 +35,7 @@ struct rio_conn {
     SSL *ssl;
     redisReader *reader;
     int undrained; /* the last read stopped at its size limit */
+    int received;  /* any byte came from the server */
     /* The server name the TLS handshake sent (SNI), or NULL: none is sent for an IP address. */
     char *sent_server_name;
     /* A Unix socket's file, as stat saw it right after the connect (has_file: it could). */
@@ -827,6 +828,7 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
 }
 
 static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err) {
+    conn->received = 1;
     if (redisReaderFeed(conn->reader, buffer, count) != REDIS_OK) {
         return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
     }
@@ -839,6 +841,17 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
                     unparsed, RIO_MAX_UNPARSED_BYTES);
     }
     return RIO_OK;
+}
+
+/* A plain connection that the server closed or reset before it sent a single byte: a TLS port
+   does that with bytes that are not a handshake. Says so in err's message. */
+static void closed_before_reply(const rio_conn *conn, rio_error *err) {
+    if (err == NULL || conn->ssl != NULL || conn->received || err->code != RIO_E_CLOSED) {
+        return;
+    }
+    size_t used = strlen(err->message);
+    snprintf(err->message + used, sizeof err->message - used,
+             " before any reply (a TLS port spoken to in plain RESP does that: use rediss://)");
 }
 
 size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err) {
@@ -873,12 +886,14 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
                 if (errno != EAGAIN && errno != EWOULDBLOCK) {
                     *failed = 1;
                     fail_errno(err, "read", errno);
+                    closed_before_reply(conn, err);
                 }
                 return total;
             }
             if (count == 0) {
                 *failed = 1;
                 fail(err, RIO_E_CLOSED, 0, "the server closed the connection");
+                closed_before_reply(conn, err);
                 return total;
             }
         }

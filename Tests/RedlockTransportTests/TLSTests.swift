@@ -236,6 +236,7 @@ struct TLSTests {
                 let plain = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(1)))
                 let code = try #require(plain?.code)
                 #expect([.connectionClosed, .protocolError].contains(code), "\(String(describing: plain))")
+                #expect(plain?.message.contains("rediss://") == true, "\(String(describing: plain))")
                 #expect(started.duration(to: .now) < .seconds(3))
             }
             try await withRedisServers(1) { servers in
