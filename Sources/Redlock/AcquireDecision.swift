@@ -37,9 +37,10 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     ///   - countsHandoffs: Whether the caller counts a fair release's handoffs as grants: then
     ///     the release to a node that had not answered yet is awaited, since its answer says
     ///     whether that node still counts (`LocalCoordination.HandoffWatch`).
+    ///   - budget: The attempt's time budget, named when no node answered within it.
     static func decide(
         votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
-        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false
+        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, budget: Duration? = nil
     ) -> AcquireDecision {
         let granted = grantedCount(votes)
         if fenceShortfall == nil, granted >= quorum, !cancelled,
@@ -48,7 +49,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         }
         var decision = AcquireDecision(outcome: failure(
             votes: votes, granted: granted, quorum: quorum, elapsed: start.duration(to: end), expiry: expiry,
-            cancelled: cancelled, fenceShortfall: fenceShortfall
+            cancelled: cancelled, fenceShortfall: fenceShortfall, budget: budget
         ))
         for (index, vote) in votes.enumerated() {
             switch vote {
@@ -78,7 +79,8 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     /// Why an attempt failed: the fencing round, cancellation, no time left, exhausted
     /// counters, a holder (taken on a quorum, or every refusal a taken), else no quorum.
     private static func failure(
-        votes: [Vote?], granted: Int, quorum: Int, elapsed: Duration, expiry: Duration, cancelled: Bool, fenceShortfall: String?
+        votes: [Vote?], granted: Int, quorum: Int, elapsed: Duration, expiry: Duration, cancelled: Bool, fenceShortfall: String?,
+        budget: Duration?
     ) -> Outcome {
         let nodeCount = votes.count
         if let fenceShortfall { return .failed(.noQuorum, message: fenceShortfall) }
@@ -107,6 +109,9 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         // they are not in the error's node list, and "0 granted" alone reads as if they refused.
         let unsettled = votes.filter { $0 == .unsettled }.count
         let pending = unsettled == 0 ? "" : " (\(unsettled) more had not answered when the refusals made a quorum impossible)"
-        return .failed(.noQuorum, message: "\(granted) of \(nodeCount) nodes granted\(pending), \(quorum) needed")
+        // Every node silent: the budget may be what is wrong (a tiny expiry), not the nodes.
+        let silentAll = !causes.isEmpty && causes.allSatisfy { $0 == .noAnswer }
+        let silence = silentAll ? " (no node answered within the attempt's time budget\(budget.map { " of \($0)" } ?? ""): expiry × timeoutFactor; the nodes, or the budget, are too slow)" : ""
+        return .failed(.noQuorum, message: "\(granted) of \(nodeCount) nodes granted\(pending), \(quorum) needed\(silence)")
     }
 }

@@ -392,7 +392,7 @@ extension DistributedLock {
         let wasCancelled = Task.isCancelled
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, budget: options.attemptBudget
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

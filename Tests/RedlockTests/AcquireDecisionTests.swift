@@ -37,6 +37,23 @@ struct AcquireDecisionTests {
         #expect(decision.releaseAwaited == [0, 1, 2])
     }
 
+    @Test("when no node answered within the budget, the error names the budget (a tiny expiry makes it too short); one that answered leaves it out")
+    func silentNodesNameTheBudget() {
+        let silent = AcquireDecision.decide(
+            votes: [.refused(.noAnswer), .refused(.noAnswer), .refused(.noAnswer)], quorum: 2, start: start, end: start + .microseconds(600),
+            expiry: .milliseconds(10), driftFactor: 0.01, cancelled: false, budget: .microseconds(500)
+        )
+        guard case let .failed(code, message) = silent.outcome else { Issue.record("acquired"); return }
+        #expect(code == .noQuorum)
+        #expect(message.contains("no node answered within the attempt's time budget of 0.0005 seconds"), "\(message)")
+        let answered = AcquireDecision.decide(
+            votes: [.refused(.noAnswer), .refused(.noAnswer), .refused(.error(RedisError(code: .timeout, endpoint: endpoint, message: "x")))],
+            quorum: 2, start: start, end: start + .milliseconds(1), expiry: .seconds(10), driftFactor: 0.01, cancelled: false, budget: .milliseconds(500)
+        )
+        guard case let .failed(_, other) = answered.outcome else { Issue.record("acquired"); return }
+        #expect(!other.contains("no node answered"), "\(other)")
+    }
+
     @Test("taken on a quorum is taken; a split vote is noQuorum; both release where granted and queue the silent nodes' releases")
     func failures() {
         let taken = decide([.granted(0), .refused(.taken), .refused(.taken), .refused(.taken), .refused(.noAnswer)])
