@@ -36,6 +36,7 @@ struct rio_conn {
     redisReader *reader;
     int undrained; /* the last read stopped at its size limit */
     int received;  /* any byte came from the server */
+    size_t since_reply; /* bytes fed since the reader last gave a complete reply */
     /* The server name the TLS handshake sent (SNI), or NULL: none is sent for an IP address. */
     char *sent_server_name;
     /* A Unix socket's file, as stat saw it right after the connect (has_file: it could). */
@@ -832,13 +833,16 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
     if (redisReaderFeed(conn->reader, buffer, count) != REDIS_OK) {
         return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
     }
-    /* hiredis 0.14 keeps a reply's bytes until the whole reply came, with no limit of its own:
-       a peer that announces a huge bulk string would make it buffer without end. */
-    size_t unparsed = conn->reader->len - conn->reader->pos;
-    if (conn->reader->len >= conn->reader->pos && unparsed > RIO_MAX_UNPARSED_BYTES) {
+    /* hiredis 0.14 keeps a reply until the whole of it came, with no limit of its own: a peer
+       that announces a huge bulk string, or an array of many or large elements (parsed one by
+       one, so its bytes leave the buffer while its elements pile up), would make it hold memory
+       without end. So the bytes since the last complete reply are counted (replies complete
+       but not yet taken are among them: at most one read's worth). */
+    conn->since_reply += count;
+    if (conn->since_reply > RIO_MAX_UNPARSED_BYTES) {
         return fail(err, RIO_E_PROTOCOL, 0,
                     "protocol error: %zu bytes received without a complete reply (at most %d; the replies this library reads are small)",
-                    unparsed, RIO_MAX_UNPARSED_BYTES);
+                    conn->since_reply, RIO_MAX_UNPARSED_BYTES);
     }
     return RIO_OK;
 }
@@ -933,6 +937,7 @@ int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err) {
     if (reply == NULL) {
         return 0;
     }
+    conn->since_reply = 0;
     *out = (rio_reply *)reply;
     return 1;
 }

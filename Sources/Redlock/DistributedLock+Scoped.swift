@@ -54,7 +54,10 @@ extension DistributedLock {
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
     ///   usually `CancellationError`), or a ``RedlockError``: from acquiring (`cancelled` for a
     ///   caller cancelled before it held the lock); `leaseLost` when the lease was lost while
-    ///   `body` ran; `holdTimeExceeded`; `invalidConfiguration` for invalid parameters.
+    ///   `body` ran (also when ``unlock(_:)`` released it from outside); `holdTimeExceeded`;
+    ///   `clientShutDown` when the client shuts down meanwhile (``RedlockClient/shutdown()``);
+    ///   `invalidConfiguration` for invalid parameters, or when a running scope of this client
+    ///   holds the same name and value (a value of your own, ``LockValue/fixed(_:)``).
     public func withLock<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         extendWhenRemaining: Double = 1.0 / 3.0,
@@ -63,9 +66,20 @@ extension DistributedLock {
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
+        // Counted as running while it acquires: a shutdown meanwhile waits for its release.
+        guard client.scopes.reserve() else {
+            throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
+        }
+        let lease: Lease
+        do {
+            lease = try await lock()
+        } catch {
+            client.scopes.leave()
+            throw error
+        }
         return try await scope(
             isolation: isolation,
-            try await lock(), confirm: false, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            lease, confirm: false, reserved: true, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
             safetyMargin: safetyMargin, onExtended: { _ in }, body
         )
     }
@@ -129,7 +143,7 @@ extension DistributedLock {
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         try await scope(
-            isolation: isolation, lease, confirm: true, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
+            isolation: isolation, lease, confirm: true, reserved: false, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime,
             safetyMargin: safetyMargin, onExtended: onExtended, body
         )
     }
@@ -142,18 +156,43 @@ extension DistributedLock {
         isolation: isolated (any Actor)?,
         _ lease: Lease,
         confirm: Bool,
+        reserved: Bool,
         extendWhenRemaining: Double,
         maximumHoldTime: Duration?,
         safetyMargin: Duration?,
         onExtended: @escaping @Sendable (Lease) -> Void,
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
+        guard lease.name == name else {
+            // Not this lock's (only withLease can be given one): nothing of it is released here,
+            // as an unlock would refuse it too.
+            throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
+        }
+        // The lease's slot first: a lease that a running scope holds is that scope's, and no
+        // check below may release it.
+        let ticket: ScopeTicket
+        switch client.scopes.enter(lease, reserved: reserved) {
+        case let .entered(entered):
+            ticket = entered
+        case .held:
+            if reserved { client.scopes.leave() }
+            throw RedlockError.invalid(
+                "a running scope of this client holds this lease already; a lease has one scope at a time, which extends and releases it",
+                lockName: name
+            )
+        case .closed:
+            // Acquired while the client shut down: released while its connections are open
+            // when the scope was counted from its acquire on (withLock), else if they still are.
+            try? await unlockScoped(lease)
+            if reserved { client.scopes.leave() }
+            throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; the body did not run, and the lease was released")
+        }
         let margin: Duration
+        // The hold-time cap counts from the acquire, not from the confirming extension.
+        let acquiredAt = lease.acquiredAt
+        var lease = lease
         do {
             margin = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
-            guard lease.name == name else {
-                throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
-            }
             let remaining = ContinuousClock.now.duration(to: lease.validUntil)
             guard remaining > margin else {
                 throw RedlockError(
@@ -163,20 +202,10 @@ extension DistributedLock {
             }
             // No protected work starts for a caller that no longer wants it.
             if Task.isCancelled { throw cancelled("withLease") }
-        } catch {
-            try? await unlock(lease)
-            throw error
-        }
-        guard let ticket = client.scopes.enter(lease) else {
-            // Not released: it is that scope's.
-            throw RedlockError.invalid(
-                "a running scope of this client holds this lease already; a lease has one scope at a time, which extends and releases it",
-                lockName: name
-            )
-        }
-        var lease = lease
-        do {
-            if confirm { lease = try await extend(lease) }
+            if confirm {
+                lease = try await extend(lease)
+                onExtended(lease)
+            }
             if let interruption = ticket.pending { throw interruption }
         } catch {
             client.scopes.releasing(lease, ticket)
@@ -210,7 +239,7 @@ extension DistributedLock {
                     claim(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
                 }
                 if let maximumHoldTime {
-                    let capAt = held.lease.acquiredAt.advanced(by: maximumHoldTime)
+                    let capAt = acquiredAt.advanced(by: maximumHoldTime)
                     group.addTask {
                         do {
                             try await Task.sleep(until: capAt, clock: .continuous)

@@ -99,14 +99,6 @@ public struct DistributedLock: Sendable {
     ///   and another caller of this client acquires with the same value: nothing is sent),
     ///   `.leaseTakenOver` (another holder's keys are there) or `.noQuorum` (nodes failed).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
-        // A scope holding this lease (its copy released from outside it) must not run on.
-        client.scopes.interrupt(
-            lease,
-            RedlockError(
-                code: .leaseLost, lockName: name,
-                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
-            )
-        )
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
     }
 
@@ -122,6 +114,15 @@ public struct DistributedLock: Sendable {
             throw gatePassedOn(operation: "unlock")
         }
         defer { if options.singleFlight { client.coordination.leaveGate(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) } }
+        // The release goes out: a scope holding this lease (a copy released from outside it)
+        // must not run on. (A scope's own release left its slot first.)
+        client.scopes.interrupt(
+            lease,
+            RedlockError(
+                code: .leaseLost, lockName: name,
+                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
+            )
+        )
         // A waiter in this process gets the lock handed over: its next attempt is queued right
         // behind the deletes on every connection, so each node runs the delete first (unless
         // the node forgot the script: then that node refuses the attempt), and the handoff costs

@@ -9,8 +9,10 @@ public struct LockValue: Sendable {
     /// Values made by `generator`, called once per `lock()`/`tryLock()` call (the value is
     /// reused across that call's retries). It must return a non-empty, unique string. A node
     /// that already holds the generated value for the name counts as granted (re-attach), so a
-    /// generator that returns the same value twice (one per process, say) makes the lock
-    /// re-entrant for every caller with that value: they cannot tell each other apart.
+    /// generator that returns the same value twice (one per process, say) makes `lock()` and
+    /// `tryLock()` re-entrant for every caller with that value: they cannot tell each other
+    /// apart. Scopes can: while one of them holds the value, another scope of the same client on
+    /// the name is refused (see ``DistributedLock/withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``).
     public init(generator: @escaping @Sendable () -> String) {
         make = generator
         mayAlreadyBeHeld = true

@@ -303,7 +303,8 @@ public final class RedlockClient: Sendable {
     /// are interrupted first: their bodies are cancelled, they throw
     /// ``RedlockError/Code-swift.struct/clientShutDown``, and their leases are released before
     /// the connections close, if the bodies end within ``scopeReleaseWait``; a lease whose
-    /// body ends later stays on the nodes until it expires.
+    /// body ends later stays on the nodes until it expires. A `withLock` still acquiring is
+    /// waited for the same way: its body does not run, and the lease it gets is released.
     public func shutdown() async {
         isShutDown.store(true, ordering: .releasing)
         // Before the timer stops: a gate's lease-end action would keep it running. Waiters
@@ -313,8 +314,12 @@ public final class RedlockClient: Sendable {
         // Running scopes stop their bodies now and release their leases while the connections
         // are open, for at most `scopeReleaseWait`: a body that ignores cancellation longer
         // leaves its keys until they expire.
+        scopes.close()
         scopes.interruptAll { name in
-            RedlockError(code: .clientShutDown, lockName: name, message: "the client is shutting down; the body was cancelled and the lease released")
+            RedlockError(
+                code: .clientShutDown, lockName: name,
+                message: "the client shut down while the body ran; the body was cancelled, and its lease released if the body ended within \(Self.scopeReleaseWait)"
+            )
         }
         await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait)
         deadlines.stop()
@@ -397,6 +402,10 @@ public final class RedlockClient: Sendable {
     /// How often the client's timer thread was woken for an earlier deadline by its event
     /// loop's thread (for tests).
     package var timerSignalsFromLoop: Int { deadlines.signalsFromLoopCount }
+
+    /// How many scopes of this client run now, those still acquiring their lease included (for
+    /// tests).
+    package var runningScopes: Int { scopes.running }
 
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {

@@ -20,6 +20,8 @@ final class ScopeRegistry: Sendable {
         /// Scopes entered and not yet ended: those in ``scopes`` and those releasing their
         /// leases (which left it, so that a successor on the same value can enter).
         var running = 0
+        /// Set by ``close()``.
+        var closed = false
         /// Callers of ``waitUntilEmpty(until:)``, resumed when the last scope leaves.
         var emptied: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
@@ -27,16 +29,48 @@ final class ScopeRegistry: Sendable {
 
     private let state = Mutex(State())
 
-    /// Registers a scope for `lease`; nil when a running scope of this client holds it already.
-    func enter(_ lease: Lease) -> ScopeTicket? {
+    /// What ``enter(_:)`` found.
+    enum Entry {
+        /// The scope runs, interrupted through this ticket.
+        case entered(ScopeTicket)
+        /// A running scope of this client holds the lease.
+        case held
+        /// The client shuts down (``close()``): no scope starts.
+        case closed
+    }
+
+    /// Counts a scope that is still acquiring its lease (``DistributedLock/withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``)
+    /// as running, so that shutdown waits for it to enter and release; false once closed.
+    /// Its ``enter(_:reserved:)`` then passes `reserved: true`, and every way out of it that
+    /// does not enter calls ``leave()``.
+    func reserve() -> Bool {
+        state.withLock { state in
+            guard !state.closed else { return false }
+            state.running += 1
+            return true
+        }
+    }
+
+    /// Registers a scope for `lease`; `reserved`: it was counted by ``reserve()`` already.
+    /// When it does not enter, a reservation stays counted until ``leave()``.
+    func enter(_ lease: Lease, reserved: Bool) -> Entry {
         let key = Key(name: lease.name, value: lease.value)
         return state.withLock { state in
-            guard state.scopes[key] == nil else { return nil }
+            guard !state.closed else { return .closed }
+            guard state.scopes[key] == nil else { return .held }
             let ticket = ScopeTicket()
             state.scopes[key] = ticket
-            state.running += 1
-            return ticket
+            if !reserved { state.running += 1 }
+            return .entered(ticket)
         }
+    }
+
+    /// How many scopes run (those acquiring, entered or releasing).
+    var running: Int { state.withLock { $0.running } }
+
+    /// At shutdown: no scope enters any more.
+    func close() {
+        state.withLock { $0.closed = true }
     }
 
     /// The scope of `ticket` no longer holds `lease` for itself: it is about to release it.
@@ -53,6 +87,11 @@ final class ScopeRegistry: Sendable {
     /// that).
     func leave(_ lease: Lease, _ ticket: ScopeTicket) {
         releasing(lease, ticket)
+        leave()
+    }
+
+    /// A scope counted as running ended (one that did not enter: a reservation).
+    func leave() {
         let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
             state.running -= 1
             guard state.running == 0 else { return [] }

@@ -372,6 +372,88 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a withLease refused for any reason while a scope holds the lease (bad parameters, a cancelled caller, the slot taken) leaves that scope and its keys alone, and so does an unlock that sends nothing (another lock's)")
+    func refusalsLeaveTheRunningScopeAlone() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("refusals", options: testOptions(expiry: .seconds(5)))
+            let lease = try await lock.lock()
+            let entered = OneTimeEvent<Void>()
+            let finish = OneTimeEvent<Void>()
+            let first = Task {
+                try await lock.withLease(lease) { held in
+                    entered.fire()
+                    await finish.wait()
+                    return held.isValid
+                }
+            }
+            await entered.wait()
+            let badParameters = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(lease, extendWhenRemaining: 2) { _ in }
+            }
+            #expect(badParameters?.code == .invalidConfiguration)
+            let fromCancelled = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await lock.withLease(lease) { _ in }
+            }
+            await #expect(throws: RedlockError.self) { try await fromCancelled.value }
+            let otherLock = try client.makeLock("refusals-other", options: testOptions())
+            let wrongLock = await #expect(throws: RedlockError.self) { try await otherLock.unlock(lease) }
+            #expect(wrongLock?.code == .invalidConfiguration)
+            #expect(try await values(of: "refusals", on: servers).allSatisfy { $0 == lease.value }, "a refusal released the running scope's lease")
+            finish.fire()
+            #expect(try await first.value, "the running scope was interrupted")
+            #expect(try await values(of: "refusals", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("withLease's maximumHoldTime counts from the lease's acquire, not from its confirmation; the confirmation is reported to onExtended")
+    func holdTimeCountsFromTheAcquire() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("hold-from-acquire", options: testOptions(expiry: .seconds(5)))
+            let lease = try await lock.lock()
+            try await Task.sleep(until: lease.acquiredAt.advanced(by: .milliseconds(600)), clock: .continuous)
+            let extensions = Locked(0)
+            let called = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(lease, maximumHoldTime: .milliseconds(800), onExtended: { _ in extensions.update { $0 += 1 } }) { _ in
+                    try await Task.sleep(for: .seconds(10))
+                }
+            }
+            #expect(error?.code == .holdTimeExceeded)
+            // The cap is 200 ms after the call; counted from the confirmation it would be 800 ms.
+            #expect(called.duration(to: .now) < .milliseconds(600), "\(called.duration(to: .now))")
+            #expect(extensions.value == 1)
+            #expect(try await values(of: "hold-from-acquire", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("a withLock whose acquire is still out when shutdown begins never runs its body; shutdown waits for it and its lease is released before the connections close")
+    func shutdownDuringAcquire() async throws {
+        try await withRedisServers(3) { servers in
+            let client = try RedlockClient(
+                nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)) }
+            )
+            for status in await client.checkNodes() { _ = try status.result.get() }
+            let lock = try client.makeLock("shut-acquiring", options: testOptions(expiry: .seconds(10)))
+            var stalls: [RedisServerStall] = []
+            for server in servers { stalls.append(try await server.stall(for: .milliseconds(300))) }
+            let ran = Locked(false)
+            let scoped = Task {
+                try await lock.withLock { _ in
+                    ran.update { $0 = true }
+                    try await Task.sleep(for: .seconds(30))
+                }
+            }
+            #expect(await eventually { client.runningScopes == 1 })
+            await client.shutdown()
+            let error = await #expect(throws: RedlockError.self) { try await scoped.value }
+            #expect(error?.code == .clientShutDown, "\(String(describing: error))")
+            #expect(!ran.value, "the body ran on a client that was shutting down")
+            for stall in stalls { await stall.waitUntilOver() }
+            #expect(try await values(of: "shut-acquiring", on: servers).allSatisfy { $0 == nil }, "the lease was left on the nodes")
+        }
+    }
+
     @Test("single-flight with a fixed value: scopes one after another on the same name and value all run, one at a time (each successor enters as its predecessor's release passes the gate on)")
     func singleFlightScopesWithOneValue() async throws {
         try await withLockNodes(3) { client, servers in

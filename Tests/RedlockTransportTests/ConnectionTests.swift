@@ -484,7 +484,7 @@ struct ConnectionTests {
         await connection.shutdown()
     }
 
-    @Test("a peer that announces a huge reply and streams it is dropped with a protocol error once 64 MiB wait unparsed, long before the command timeout; the bytes are not buffered without end")
+    @Test("a peer that announces a huge reply (a bulk string, or an array of large elements) and streams it is dropped with a protocol error once 64 MiB came without a complete reply, long before the command timeout")
     func hugeReplyIsRefused() async throws {
         let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
         let flooding = try GarbageServer.start { peer, _ in
@@ -501,6 +501,25 @@ struct ConnectionTests {
         #expect(error?.message.contains("without a complete reply") == true, "\(String(describing: error))")
         #expect(started.duration(to: .now) < .seconds(4))
         await connection.shutdown()
+
+        // An array whose elements come one by one: hiredis parses each as it comes, so the
+        // bytes it holds unparsed stay small while the elements pile up.
+        let arrayFlood = try GarbageServer.start { peer, _ in
+            peer.send("*1000\r\n")
+            for _ in 0..<100 {
+                peer.send("$\(chunk.count)\r\n")
+                peer.send(chunk)
+                peer.send("\r\n")
+            }
+            return false
+        }
+        defer { arrayFlood.stop() }
+        let second = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: arrayFlood.endpoint, commandTimeout: .seconds(5)))
+        let arrayStarted = ContinuousClock.now
+        let arrayError = await #expect(throws: RedisError.self) { try await second.send(RedisCommand("PING")) }
+        #expect(arrayError?.code == .protocolError, "\(String(describing: arrayError))")
+        #expect(arrayStarted.duration(to: .now) < .seconds(4))
+        await second.shutdown()
     }
 
     @Test("a peer that accepts and never answers fails with a timeout")

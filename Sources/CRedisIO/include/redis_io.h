@@ -27,8 +27,8 @@ enum {
     RIO_E_INVALID = 10     /* an argument that cannot work (path too long, port out of range) */
 };
 
-/* The most bytes a connection holds without a complete reply among them (64 MiB): past that
-   the read fails with RIO_E_PROTOCOL and the connection is dropped. Lock replies are a few
+/* The most bytes a connection receives without a complete reply among them (64 MiB): past
+   that the read fails with RIO_E_PROTOCOL and the connection is dropped. Lock replies are a few
    bytes; INFO and script replies a few kilobytes. */
 #define RIO_MAX_UNPARSED_BYTES (64 * 1024 * 1024)
 
