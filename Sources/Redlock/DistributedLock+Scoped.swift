@@ -97,11 +97,12 @@ extension DistributedLock {
     /// are gone; ``RedlockError/Code-swift.struct/leaseTakenOver``: another holder's are there).
     /// A lease has one scope at a time: a lease that a running scope of this client holds is
     /// refused with ``RedlockError/Code-swift.struct/invalidConfiguration`` (and left to that
-    /// scope), and ``unlock(_:)`` of a scope's lease from outside it cancels its body at once
-    /// (the scope throws ``RedlockError/Code-swift.struct/leaseLost``). A lease is told by its
-    /// name and value, as the nodes tell it: with a value of your own (``LockValue/fixed(_:)``,
-    /// a generator) two scopes of one client on one name at once hold one lease, and the second
-    /// is refused; ``LockOptions/singleFlight`` lets them in one after another.
+    /// scope), and ``unlock(_:)`` of a scope's lease from outside it cancels its body once that
+    /// release is decided (the scope throws ``RedlockError/Code-swift.struct/leaseLost``). A
+    /// lease is told by its name and value, as the nodes tell it: with a value of your own
+    /// (``LockValue/fixed(_:)``, a generator) two scopes of one client on one name at once hold
+    /// one lease, and the second is refused; ``LockOptions/singleFlight`` lets them in one after
+    /// another.
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws

@@ -92,7 +92,8 @@ public struct DistributedLock: Sendable {
     /// Runs to completion even when the calling task is cancelled. A running scope of this
     /// client that holds the lease (``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``,
     /// ``withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``)
-    /// has its body cancelled at once and throws ``RedlockError/Code-swift.struct/leaseLost``.
+    /// has its body cancelled once the release is decided (sent and answered), and throws
+    /// ``RedlockError/Code-swift.struct/leaseLost``.
     ///
     /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone; or, with
     ///   ``LockOptions/singleFlight`` and a fixed ``LockOptions/value``, the lease's validity ended
@@ -114,15 +115,6 @@ public struct DistributedLock: Sendable {
             throw gatePassedOn(operation: "unlock")
         }
         defer { if options.singleFlight { client.coordination.leaveGate(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) } }
-        // The release goes out: a scope holding this lease (a copy released from outside it)
-        // must not run on. (A scope's own release left its slot first.)
-        client.scopes.interrupt(
-            lease,
-            RedlockError(
-                code: .leaseLost, lockName: name,
-                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
-            )
-        )
         // A waiter in this process gets the lock handed over: its next attempt is queued right
         // behind the deletes on every connection, so each node runs the delete first (unless
         // the node forgot the script: then that node refuses the attempt), and the handoff costs
@@ -143,6 +135,16 @@ public struct DistributedLock: Sendable {
         client.send(release, then: handedOver)
         claimed?.resume(sentAt: sentAt)
         let votes = await client.votes(of: release, cancellable: false)
+        // The release went out: a scope holding this lease (a copy released from outside it)
+        // must not run on, whatever the nodes said. (A scope's own release left its slot
+        // first.) Not before its votes are in: the scope's own release would race this one.
+        client.scopes.interrupt(
+            lease,
+            RedlockError(
+                code: .leaseLost, lockName: name,
+                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
+            )
+        )
         client.noteRefusedAnnouncements(in: votes)
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the

@@ -331,16 +331,8 @@ struct ScopedLockTests {
         try await withLockNodes(3) { client, servers in
             let lock = try client.makeLock("one-scope", options: testOptions(expiry: .seconds(5)))
             let lease = try await lock.lock()
-            let entered = OneTimeEvent<Lease>()
             let finish = OneTimeEvent<Void>()
-            let first = Task {
-                try await lock.withLease(lease) { held in
-                    entered.fire(held.lease)
-                    await finish.wait()
-                    return held.isValid
-                }
-            }
-            let current = await entered.wait()
+            let first = await Self.runningScope(lock, lease, until: finish)
             let secondRan = Locked(false)
             let second = await #expect(throws: RedlockError.self) {
                 try await lock.withLease(lease) { _ in secondRan.update { $0 = true } }
@@ -351,7 +343,6 @@ struct ScopedLockTests {
             finish.fire()
             #expect(try await first.value)
             #expect(try await values(of: "one-scope", on: servers).allSatisfy { $0 == nil })
-            _ = current
 
             // An outside unlock of the scope's lease: the body is cancelled then, not at the
             // next extension seconds later.
@@ -377,16 +368,8 @@ struct ScopedLockTests {
         try await withLockNodes(3) { client, servers in
             let lock = try client.makeLock("refusals", options: testOptions(expiry: .seconds(5)))
             let lease = try await lock.lock()
-            let entered = OneTimeEvent<Void>()
             let finish = OneTimeEvent<Void>()
-            let first = Task {
-                try await lock.withLease(lease) { held in
-                    entered.fire()
-                    await finish.wait()
-                    return held.isValid
-                }
-            }
-            await entered.wait()
+            let first = await Self.runningScope(lock, lease, until: finish)
             let badParameters = await #expect(throws: RedlockError.self) {
                 try await lock.withLease(lease, extendWhenRemaining: 2) { _ in }
             }
@@ -404,6 +387,21 @@ struct ScopedLockTests {
             #expect(try await first.value, "the running scope was interrupted")
             #expect(try await values(of: "refusals", on: servers).allSatisfy { $0 == nil })
         }
+    }
+
+    /// A `withLease` on `lease` whose body runs until `finish` fires, once its body runs; its
+    /// task returns whether the lease was valid when the body ended.
+    private static func runningScope(_ lock: DistributedLock, _ lease: Lease, until finish: OneTimeEvent<Void>) async -> Task<Bool, any Error> {
+        let entered = OneTimeEvent<Void>()
+        let task = Task {
+            try await lock.withLease(lease) { held in
+                entered.fire()
+                await finish.wait()
+                return held.isValid
+            }
+        }
+        await entered.wait()
+        return task
     }
 
     @Test("withLease's maximumHoldTime counts from the lease's acquire, not from its confirmation; the confirmation is reported to onExtended")

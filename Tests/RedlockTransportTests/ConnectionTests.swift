@@ -487,39 +487,40 @@ struct ConnectionTests {
     @Test("a peer that announces a huge reply (a bulk string, or an array of large elements) and streams it is dropped with a protocol error once 64 MiB came without a complete reply, long before the command timeout")
     func hugeReplyIsRefused() async throws {
         let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
-        let flooding = try GarbageServer.start { peer, _ in
+        // 200 MiB of one bulk string, then silence: without a limit the client holds them all
+        // and times out.
+        try await Self.expectDropped { peer in
             peer.send("$1000000000\r\n")
-            // 200 MiB, then silence: without a limit the client holds them all and times out.
             for _ in 0..<200 { peer.send(chunk) }
-            return false
         }
-        defer { flooding.stop() }
-        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: flooding.endpoint, commandTimeout: .seconds(5)))
-        let started = ContinuousClock.now
-        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
-        #expect(error?.code == .protocolError, "\(String(describing: error))")
-        #expect(error?.message.contains("without a complete reply") == true, "\(String(describing: error))")
-        #expect(started.duration(to: .now) < .seconds(4))
-        await connection.shutdown()
-
         // An array whose elements come one by one: hiredis parses each as it comes, so the
         // bytes it holds unparsed stay small while the elements pile up.
-        let arrayFlood = try GarbageServer.start { peer, _ in
+        try await Self.expectDropped { peer in
             peer.send("*1000\r\n")
             for _ in 0..<100 {
                 peer.send("$\(chunk.count)\r\n")
                 peer.send(chunk)
                 peer.send("\r\n")
             }
+        }
+    }
+
+    /// Sends a `PING` to a peer that answers it with `flood`, and expects the connection to
+    /// fail with a protocol error about the missing complete reply well within its 5 s command
+    /// timeout.
+    private static func expectDropped(_ flood: @escaping @Sendable (GarbageServer.Peer) -> Void) async throws {
+        let server = try GarbageServer.start { peer, _ in
+            flood(peer)
             return false
         }
-        defer { arrayFlood.stop() }
-        let second = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: arrayFlood.endpoint, commandTimeout: .seconds(5)))
-        let arrayStarted = ContinuousClock.now
-        let arrayError = await #expect(throws: RedisError.self) { try await second.send(RedisCommand("PING")) }
-        #expect(arrayError?.code == .protocolError, "\(String(describing: arrayError))")
-        #expect(arrayStarted.duration(to: .now) < .seconds(4))
-        await second.shutdown()
+        defer { server.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .protocolError, "\(String(describing: error))")
+        #expect(error?.message.contains("without a complete reply") == true, "\(String(describing: error))")
+        #expect(started.duration(to: .now) < .seconds(4))
+        await connection.shutdown()
     }
 
     @Test("a peer that accepts and never answers fails with a timeout")
