@@ -407,6 +407,18 @@ extension DistributedLock {
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
         cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued))
+        // With a value that may already be held (re-attach), the clean-up deletes it wherever it
+        // was granted, keys a running scope of this client holds included: that scope must not
+        // run on.
+        if options.value.mayAlreadyBeHeld, !decision.releaseQueued.isEmpty || !decision.releaseAwaited.isEmpty {
+            client.scopes.interrupt(
+                name: name, value: value,
+                RedlockError(
+                    code: .leaseLost, lockName: name,
+                    message: "a failed acquire with the same value released it wherever it was granted (a value of your own is one lease); the body was cancelled"
+                )
+            )
+        }
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(
                 releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane

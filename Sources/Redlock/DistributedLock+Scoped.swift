@@ -66,6 +66,14 @@ extension DistributedLock {
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
+        // A fixed value a running scope holds is that scope's lease: an acquire with it would
+        // re-attach to its keys, and a failed one would delete them.
+        if let value = options.value.fixedValue, client.scopes.holds(name: name, value: value) {
+            throw RedlockError.invalid(
+                "a running scope of this client holds this lock with the same fixed value; a lease has one scope at a time",
+                lockName: name
+            )
+        }
         // Counted as running while it acquires: a shutdown meanwhile waits for its release.
         guard client.scopes.reserve() else {
             throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
@@ -102,7 +110,9 @@ extension DistributedLock {
     /// lease is told by its name and value, as the nodes tell it: with a value of your own
     /// (``LockValue/fixed(_:)``, a generator) two scopes of one client on one name at once hold
     /// one lease, and the second is refused; ``LockOptions/singleFlight`` lets them in one after
-    /// another.
+    /// another. An acquire with that value that fails deletes it where it was granted: the
+    /// scope holding it is cancelled then. After ``RedlockClient/shutdown()`` the call throws
+    /// ``RedlockError/Code-swift.struct/clientShutDown`` and sends nothing.
     ///
     /// A lease whose deadline (``Lease/validUntil`` minus the safety margin) has already passed
     /// is refused without running `body`: the call releases whatever of it is left and throws
@@ -128,7 +138,8 @@ extension DistributedLock {
     /// - Returns: What `body` returned.
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
     ///   usually `CancellationError`), or a ``RedlockError``: `leaseLost` when the lease was lost
-    ///   while `body` ran; `holdTimeExceeded`; `cancelled` for a caller cancelled before `body`
+    ///   while `body` ran; `holdTimeExceeded` (without running `body` for a lease acquired
+    ///   longer than `maximumHoldTime` ago); `cancelled` for a caller cancelled before `body`
     ///   ran; `leaseExpired` for a lease with no validity left or whose keys are gone;
     ///   `leaseTakenOver` for a lease whose keys another holder has; what ``extend(_:)``
     ///   throws otherwise (`noQuorum`, …); `clientShutDown` when the client shuts down while
@@ -182,10 +193,13 @@ extension DistributedLock {
                 lockName: name
             )
         case .closed:
-            // Acquired while the client shut down: released while its connections are open
-            // when the scope was counted from its acquire on (withLock), else if they still are.
+            // A withLock that acquired while the client shut down releases what it got (shutdown
+            // waits for it); a withLease after shutdown sends nothing, as an unlock would not.
+            guard reserved else {
+                throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
+            }
             try? await unlockScoped(lease)
-            if reserved { client.scopes.leave() }
+            client.scopes.leave()
             throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; the body did not run, and the lease was released")
         }
         let margin: Duration
@@ -199,6 +213,12 @@ extension DistributedLock {
                 throw RedlockError(
                     code: .leaseExpired, lockName: name,
                     message: "the lease has \(Swift.max(remaining, .zero)) of validity left, no more than the safety margin of \(margin); the body did not run"
+                )
+            }
+            if let maximumHoldTime, acquiredAt.advanced(by: maximumHoldTime) <= .now {
+                throw RedlockError(
+                    code: .holdTimeExceeded, lockName: name,
+                    message: "the lease was acquired \(acquiredAt.duration(to: .now)) ago, past the maximum hold time of \(maximumHoldTime); the body did not run"
                 )
             }
             // No protected work starts for a caller that no longer wants it.

@@ -38,8 +38,13 @@ public struct LockValue: Sendable {
     /// apart: an attempt that fails releases the value wherever it was set, the handed-over
     /// lease's keys included.
     public static func fixed(_ value: String) -> LockValue {
-        LockValue(generator: { value })
+        var fixed = LockValue(generator: { value })
+        fixed.fixedValue = value
+        return fixed
     }
+
+    /// The value of ``fixed(_:)``; nil for other sources.
+    private(set) var fixedValue: String?
 
     func next() -> String { make() }
 }

@@ -103,9 +103,18 @@ final class ScopeRegistry: Sendable {
 
     /// Interrupts the scope holding `lease`, if any, with `error`.
     func interrupt(_ lease: Lease, _ error: @autoclosure () -> RedlockError) {
-        let key = Key(name: lease.name, value: lease.value)
-        guard let ticket = state.withLock({ $0.scopes[key] }) else { return }
+        interrupt(name: lease.name, value: lease.value, error())
+    }
+
+    /// Interrupts the scope holding `name` with `value`, if any, with `error`.
+    func interrupt(name: String, value: String, _ error: @autoclosure () -> RedlockError) {
+        guard let ticket = state.withLock({ $0.scopes[Key(name: name, value: value)] }) else { return }
         ticket.interrupt(error())
+    }
+
+    /// Whether a running scope holds `name` with `value`.
+    func holds(name: String, value: String) -> Bool {
+        state.withLock { $0.scopes[Key(name: name, value: value)] != nil }
     }
 
     /// Interrupts every running scope with `error`.

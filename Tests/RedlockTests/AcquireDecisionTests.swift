@@ -52,6 +52,12 @@ struct AcquireDecisionTests {
         )
         guard case let .failed(_, other) = answered.outcome else { Issue.record("acquired"); return }
         #expect(!other.contains("no node answered"), "\(other)")
+        let oneGranted = AcquireDecision.decide(
+            votes: [.granted(0), .refused(.noAnswer), .refused(.noAnswer)], quorum: 2, start: start, end: start + .milliseconds(1),
+            expiry: .seconds(10), driftFactor: 0.01, cancelled: false, budget: .milliseconds(100)
+        )
+        guard case let .failed(_, granted) = oneGranted.outcome else { Issue.record("acquired"); return }
+        #expect(!granted.contains("no node answered"), "\(granted)")
     }
 
     @Test("taken on a quorum is taken; a split vote is noQuorum; both release where granted and queue the silent nodes' releases")
