@@ -326,7 +326,7 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("a lease has one scope at a time: a second withLease on a lease a scope holds is refused and leaves it to that scope; unlock of a scope's lease from outside cancels its body at once")
+    @Test("a lease has one scope at a time: a second withLease on a lease a scope holds is refused and leaves it and its keys to that scope (whatever else is wrong with it), as does an unlock that sends nothing; unlock of a scope's lease from outside cancels its body")
     func oneScopePerLease() async throws {
         try await withLockNodes(3) { client, servers in
             let lock = try client.makeLock("one-scope", options: testOptions(expiry: .seconds(5)))
@@ -338,6 +338,20 @@ struct ScopedLockTests {
                 try await lock.withLease(lease) { _ in secondRan.update { $0 = true } }
             }
             #expect(second?.code == .invalidConfiguration, "\(String(describing: second))")
+            // Refused for other reasons too, and an unlock that sends nothing (another lock's):
+            // none of them touches the running scope or its keys.
+            let badParameters = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(lease, extendWhenRemaining: 2) { _ in }
+            }
+            #expect(badParameters?.code == .invalidConfiguration)
+            let fromCancelled = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await lock.withLease(lease) { _ in }
+            }
+            await #expect(throws: RedlockError.self) { try await fromCancelled.value }
+            let otherLock = try client.makeLock("one-scope-other", options: testOptions())
+            let wrongLock = await #expect(throws: RedlockError.self) { try await otherLock.unlock(lease) }
+            #expect(wrongLock?.code == .invalidConfiguration)
             #expect(!secondRan.value)
             #expect(try await values(of: "one-scope", on: servers).allSatisfy { $0 == lease.value }, "the refused scope released the lease")
             finish.fire()
@@ -363,96 +377,13 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("a withLease refused for any reason while a scope holds the lease (bad parameters, a cancelled caller, the slot taken) leaves that scope and its keys alone, and so does an unlock that sends nothing (another lock's)")
-    func refusalsLeaveTheRunningScopeAlone() async throws {
-        try await withLockNodes(3) { client, servers in
-            let lock = try client.makeLock("refusals", options: testOptions(expiry: .seconds(5)))
-            let lease = try await lock.lock()
-            let finish = OneTimeEvent<Void>()
-            let first = await Self.runningScope(lock, lease, until: finish)
-            let badParameters = await #expect(throws: RedlockError.self) {
-                try await lock.withLease(lease, extendWhenRemaining: 2) { _ in }
-            }
-            #expect(badParameters?.code == .invalidConfiguration)
-            let fromCancelled = Task {
-                withUnsafeCurrentTask { $0?.cancel() }
-                return try await lock.withLease(lease) { _ in }
-            }
-            await #expect(throws: RedlockError.self) { try await fromCancelled.value }
-            let otherLock = try client.makeLock("refusals-other", options: testOptions())
-            let wrongLock = await #expect(throws: RedlockError.self) { try await otherLock.unlock(lease) }
-            #expect(wrongLock?.code == .invalidConfiguration)
-            #expect(try await values(of: "refusals", on: servers).allSatisfy { $0 == lease.value }, "a refusal released the running scope's lease")
-            finish.fire()
-            #expect(try await first.value, "the running scope was interrupted")
-            #expect(try await values(of: "refusals", on: servers).allSatisfy { $0 == nil })
-        }
-    }
-
-    @Test("a value of your own is one lease: withLock with the fixed value a running scope holds is refused before it acquires, and a failed acquire with that value (which deletes it where granted) interrupts the scope")
-    func ownValueIsOneLease() async throws {
-        try await withLockNodes(3) { client, servers in
-            var options = testOptions(expiry: .seconds(5))
-            options.value = .fixed("shared")
-            let lock = try client.makeLock("own-value", options: options)
-            let entered = OneTimeEvent<Void>()
-            let first = Task {
-                try await lock.withLock { _ in
-                    entered.fire()
-                    try await Task.sleep(for: .seconds(30))
-                }
-            }
-            await entered.wait()
-            // An attempt with the value would fail here (two nodes stalled past its budget), and
-            // its clean-up would delete the value where it was granted.
-            let quick = try client.makeLock(
-                "own-value", options: LockOptions(expiry: .seconds(10), tries: 1, timeoutFactor: 0.01, value: .fixed("shared"))
-            )
-            var stalls: [RedisServerStall] = []
-            for server in servers.dropFirst() { stalls.append(try await server.stall(for: .milliseconds(400))) }
-            let refused = await #expect(throws: RedlockError.self) { try await quick.withLock { _ in } }
-            #expect(refused?.code == .invalidConfiguration, "\(String(describing: refused))")
-            for stall in stalls { await stall.waitUntilOver() }
-            #expect(try await values(of: "own-value", on: servers).allSatisfy { $0 == "shared" }, "the running scope's keys were deleted")
-            // The same value from a generator fails that way: the scope hears of it at once.
-            let generated = try client.makeLock(
-                "own-value", options: LockOptions(expiry: .seconds(10), tries: 1, timeoutFactor: 0.01, value: LockValue(generator: { "shared" }))
-            )
-            stalls = []
-            for server in servers.dropFirst() { stalls.append(try await server.stall(for: .milliseconds(400))) }
-            await #expect(throws: RedlockError.self) { try await generated.tryLock() }
-            let failedAt = ContinuousClock.now
-            let lost = await #expect(throws: RedlockError.self) { try await first.value }
-            #expect(lost?.code == .leaseLost, "\(String(describing: lost))")
-            #expect(failedAt.duration(to: .now) < .seconds(5), "the scope ran on after its keys were deleted")
-            for stall in stalls { await stall.waitUntilOver() }
-        }
-    }
-
-    @Test("withLease refuses, without running the body, a lease held past its maximumHoldTime; after shutdown it sends nothing, as unlock does")
-    func withLeaseRefusalsSendNothingLate() async throws {
-        try await withRedisServers(3) { servers in
-            let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
-            let client = try RedlockClient(connections: connections)
-            let lock = try client.makeLock("late", options: testOptions(expiry: .seconds(5)))
-            let lease = try await lock.lock()
-            try await Task.sleep(until: lease.acquiredAt.advanced(by: .milliseconds(150)), clock: .continuous)
-            let ran = Locked(false)
-            let capped = await #expect(throws: RedlockError.self) {
-                try await lock.withLease(lease, maximumHoldTime: .milliseconds(100)) { _ in ran.update { $0 = true } }
-            }
-            #expect(capped?.code == .holdTimeExceeded, "\(String(describing: capped))")
-            #expect(!ran.value)
-            let second = try await lock.lock()
-            await client.shutdown()
-            let afterShutdown = await #expect(throws: RedlockError.self) {
-                try await lock.withLease(second) { _ in ran.update { $0 = true } }
-            }
-            #expect(afterShutdown?.code == .clientShutDown)
-            #expect(!ran.value)
-            #expect(try await values(of: "late", on: servers).allSatisfy { $0 == second.value }, "a release went out after shutdown")
-            for connection in connections { await connection.shutdown() }
-        }
+    /// A client over `servers` that the test shuts down itself, once every node answered.
+    private static func clientToShutDown(_ servers: [RedisServer]) async throws -> RedlockClient {
+        let client = try RedlockClient(
+            nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)) }
+        )
+        for status in await client.checkNodes() { _ = try status.result.get() }
+        return client
     }
 
     /// A `withLease` on `lease` whose body runs until `finish` fires, once its body runs; its
@@ -494,10 +425,7 @@ struct ScopedLockTests {
     @Test("a withLock whose acquire is still out when shutdown begins never runs its body; shutdown waits for it and its lease is released before the connections close")
     func shutdownDuringAcquire() async throws {
         try await withRedisServers(3) { servers in
-            let client = try RedlockClient(
-                nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(2)) }
-            )
-            for status in await client.checkNodes() { _ = try status.result.get() }
+            let client = try await Self.clientToShutDown(servers)
             let lock = try client.makeLock("shut-acquiring", options: testOptions(expiry: .seconds(10)))
             var stalls: [RedisServerStall] = []
             for server in servers { stalls.append(try await server.stall(for: .milliseconds(300))) }
@@ -546,9 +474,7 @@ struct ScopedLockTests {
     @Test("shutdown interrupts a running scope and releases its lease before the connections close, and ends a lock() of the same client waiting behind it")
     func shutdownInterruptsScopes() async throws {
         try await withRedisServers(3) { servers in
-            let client = try RedlockClient(
-                nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) }
-            )
+            let client = try await Self.clientToShutDown(servers)
             let lock = try client.makeLock("shut-scope", options: testOptions(expiry: .seconds(10)))
             let waiter = try client.makeLock("shut-scope", options: LockOptions(expiry: .seconds(10), tries: 1_000, retryDelay: .constant(.seconds(5))))
             let entered = OneTimeEvent<Void>()
