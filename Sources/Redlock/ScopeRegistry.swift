@@ -7,8 +7,11 @@ import Synchronization
 /// A scope owns its lease: it extends it and releases it at its end. So the registry refuses a
 /// second scope on a lease a scope already holds (two bodies would each believe the lease theirs
 /// after the first one's release), and interrupts a scope whose lease is released from outside
-/// it (``DistributedLock/unlock(_:)`` on a copy of the lease) or whose client shuts down: its
-/// body is cancelled at once rather than at the next extension or at the deadline.
+/// it (``DistributedLock/unlock(_:)`` on a copy of the lease, once that release is decided; a
+/// failed acquire with the same value of the caller's own, whose clean-up deletes it) or whose
+/// client shuts down: its body is cancelled then rather than at the next extension or at the
+/// deadline. It also counts the scopes running, those still acquiring included, for
+/// ``RedlockClient/shutdown()`` to wait for their releases.
 final class ScopeRegistry: Sendable {
     private struct Key: Hashable {
         let name: String
@@ -29,7 +32,7 @@ final class ScopeRegistry: Sendable {
 
     private let state = Mutex(State())
 
-    /// What ``enter(_:)`` found.
+    /// What ``enter(_:reserved:)`` found.
     enum Entry {
         /// The scope runs, interrupted through this ticket.
         case entered(ScopeTicket)
