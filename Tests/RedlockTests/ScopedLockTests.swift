@@ -377,6 +377,72 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a value of your own is one lease: withLock with the fixed value a running scope holds is refused before it acquires, and a failed acquire with that value (which deletes it where granted) interrupts the scope")
+    func ownValueIsOneLease() async throws {
+        try await withLockNodes(3) { client, servers in
+            var options = testOptions(expiry: .seconds(5))
+            options.value = .fixed("shared")
+            let lock = try client.makeLock("own-value", options: options)
+            let entered = OneTimeEvent<Void>()
+            let first = Task {
+                try await lock.withLock { _ in
+                    entered.fire()
+                    try await Task.sleep(for: .seconds(30))
+                }
+            }
+            await entered.wait()
+            // An attempt with the value would fail here (two nodes stalled past its budget), and
+            // its clean-up would delete the value where it was granted.
+            let quick = try client.makeLock(
+                "own-value", options: LockOptions(expiry: .seconds(10), tries: 1, timeoutFactor: 0.01, value: .fixed("shared"))
+            )
+            var stalls: [RedisServerStall] = []
+            for server in servers.dropFirst() { stalls.append(try await server.stall(for: .milliseconds(400))) }
+            let refused = await #expect(throws: RedlockError.self) { try await quick.withLock { _ in } }
+            #expect(refused?.code == .invalidConfiguration, "\(String(describing: refused))")
+            for stall in stalls { await stall.waitUntilOver() }
+            #expect(try await values(of: "own-value", on: servers).allSatisfy { $0 == "shared" }, "the running scope's keys were deleted")
+            // The same value from a generator fails that way: the scope hears of it at once.
+            let generated = try client.makeLock(
+                "own-value", options: LockOptions(expiry: .seconds(10), tries: 1, timeoutFactor: 0.01, value: LockValue(generator: { "shared" }))
+            )
+            stalls = []
+            for server in servers.dropFirst() { stalls.append(try await server.stall(for: .milliseconds(400))) }
+            await #expect(throws: RedlockError.self) { try await generated.tryLock() }
+            let failedAt = ContinuousClock.now
+            let lost = await #expect(throws: RedlockError.self) { try await first.value }
+            #expect(lost?.code == .leaseLost, "\(String(describing: lost))")
+            #expect(failedAt.duration(to: .now) < .seconds(5), "the scope ran on after its keys were deleted")
+            for stall in stalls { await stall.waitUntilOver() }
+        }
+    }
+
+    @Test("withLease refuses, without running the body, a lease held past its maximumHoldTime; after shutdown it sends nothing, as unlock does")
+    func withLeaseRefusalsSendNothingLate() async throws {
+        try await withRedisServers(3) { servers in
+            let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
+            let client = try RedlockClient(connections: connections)
+            let lock = try client.makeLock("late", options: testOptions(expiry: .seconds(5)))
+            let lease = try await lock.lock()
+            try await Task.sleep(until: lease.acquiredAt.advanced(by: .milliseconds(150)), clock: .continuous)
+            let ran = Locked(false)
+            let capped = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(lease, maximumHoldTime: .milliseconds(100)) { _ in ran.update { $0 = true } }
+            }
+            #expect(capped?.code == .holdTimeExceeded, "\(String(describing: capped))")
+            #expect(!ran.value)
+            let second = try await lock.lock()
+            await client.shutdown()
+            let afterShutdown = await #expect(throws: RedlockError.self) {
+                try await lock.withLease(second) { _ in ran.update { $0 = true } }
+            }
+            #expect(afterShutdown?.code == .clientShutDown)
+            #expect(!ran.value)
+            #expect(try await values(of: "late", on: servers).allSatisfy { $0 == second.value }, "a release went out after shutdown")
+            for connection in connections { await connection.shutdown() }
+        }
+    }
+
     /// A client over `servers` that the test shuts down itself, once every node answered.
     private static func clientToShutDown(_ servers: [RedisServer]) async throws -> RedlockClient {
         let client = try RedlockClient(
