@@ -111,7 +111,8 @@ final class ScopeRegistry: Sendable {
 
     /// Interrupts the scope holding `name` with `value`, if any, with `error`.
     func interrupt(name: String, value: String, _ error: @autoclosure () -> RedlockError) {
-        guard let ticket = state.withLock({ $0.scopes[Key(name: name, value: value)] }) else { return }
+        // On every unlock: with no scope running, no key is built or hashed.
+        guard let ticket = state.withLock({ $0.scopes.isEmpty ? nil : $0.scopes[Key(name: name, value: value)] }) else { return }
         ticket.interrupt(error())
     }
 
