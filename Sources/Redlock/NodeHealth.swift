@@ -24,7 +24,7 @@ final class NodeHealth: Sendable {
 
     /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
     private let vetsConnections: Bool
-    /// The connection-level failure that marked each node down, while it is down.
+    /// Each node's latest connection-level failure (read only while the node is down).
     private let downBecause: Mutex<[RedisError?]>
 
     init(endpoints: [RedisEndpoint], logger: Logger, vetsConnections: Bool = false) {
@@ -35,7 +35,7 @@ final class NodeHealth: Sendable {
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
     }
 
-    /// The connection-level failure of node `index` since which it has not answered (refused,
+    /// The latest connection-level failure of node `index` while it has not answered (refused,
     /// timed out, a TLS handshake with a plain port, …), or nil when it answers.
     func failure(of index: Int) -> RedisError? {
         guard index < 64, down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0 else { return nil }
