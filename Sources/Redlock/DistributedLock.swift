@@ -145,7 +145,7 @@ public struct DistributedLock: Sendable {
                 message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
             )
         )
-        client.noteRefusedAnnouncements(in: votes)
+        client.noteRefusedAnnouncements(in: votes, fair: options.fair)
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published messages to come back (they carry the same value: the same release).

@@ -217,13 +217,18 @@ public final class RedlockClient: Sendable {
     }
 
     /// Warns once per node that refuses release announcements (fast handoff then degrades to
-    /// polling for waiters elsewhere) and counts every refusal.
-    func noteRefusedAnnouncements(in votes: [Vote?]) {
+    /// polling for waiters elsewhere) and counts every refusal. `fair`: the votes are a fair
+    /// lock's release, which publishes on a handoff channel when someone is in line (the vote
+    /// does not say which channel was refused, so the warning names both patterns).
+    func noteRefusedAnnouncements(in votes: [Vote?], fair: Bool) {
         for (node, vote) in votes.enumerated() where vote == .granted(Vote.announcementRefused) {
             metrics.announcementsRefused.increment()
             if refusedAnnouncements.withLock({ $0.insert(node).inserted }) {
+                let patterns = fair
+                    ? "the channel patterns \"\(Scripts.releaseChannel("*"))\" and \"\(Scripts.handoffChannel("*"))\""
+                    : "the channel pattern \"\(Scripts.releaseChannel("*"))\""
                 logger.warning(
-                    "redlock node refuses release announcements; waiters elsewhere fall back to polling (grant the user the channel pattern \"redlock:released:*\")",
+                    "redlock node refuses release announcements; waiters elsewhere fall back to polling (grant the user \(patterns))",
                     metadata: ["node": "\(node)", "endpoint": "\(endpoints[node])"]
                 )
             }

@@ -53,6 +53,32 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a fair release refused its handoff channel warns with the handoff pattern, not only the release channel's the user already has")
+    func fairHandoffRefusedNamesItsChannel() async throws {
+        try await withRedisServers(3) { servers throws in
+            try await createUser("app", rules: ["~*", "+@all", "&redlock:released:*"], on: servers)
+            let records = Locked<[String]>([])
+            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+            logger.logLevel = .trace
+            let holder = try RedlockClient(nodes: configurations(servers, user: "app"), logger: logger)
+            let waiter = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.milliseconds(100)), fair: true)
+            let lease = try await holder.makeLock("refused-handoff", options: options).lock()
+            let waiting = Task { try await waiter.makeLock("refused-handoff", options: options).lock() }
+            #expect(await eventually(within: .seconds(5)) { waiter.waitingLockCalls(for: "refused-handoff") == 1 })
+            // In line on the nodes that refused it (a quorum at least), so the release hands
+            // over there and publishes on a handoff channel.
+            try await holder.makeLock("refused-handoff", options: options).unlock(lease)
+            let next = try await waiting.value
+            try await waiter.makeLock("refused-handoff", options: options).unlock(next)
+            let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("release announcements") }
+            #expect(!warnings.isEmpty, "\(records.value)")
+            #expect(warnings.allSatisfy { $0.contains("redlock:handoff:*") }, "\(warnings)")
+            await holder.shutdown()
+            await waiter.shutdown()
+        }
+    }
+
     @Test("permanent refusals fail lock() at once instead of retrying: a wrong password, a key outside the user's patterns, a command a script may not run", arguments: ["wrong-password", "no-key-permission", "no-counter-permission"])
     func permanentErrorsFailFast(kind: String) async throws {
         try await withRedisServers(3) { servers throws in
