@@ -175,7 +175,10 @@ extension DistributedLock {
                 }
                 var watch: LocalCoordination.HandoffWatch?
                 if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
-                    watch = .init(excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter))
+                    watch = .init(
+                        excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter),
+                        longestLife: options.expiry
+                    )
                 }
                 chance = await coordination.waitForRelease(
                     of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,

@@ -101,15 +101,20 @@ final class LocalCoordination: Sendable {
         let quorum: Int
         /// How long after the first counted message to wait for a quorum before claiming.
         let claimAfter: Duration
+        /// The waiter's own expiry: a message whose key lives longer does not count, so the
+        /// waiter claims, which sets the key's life to this (a releaser with a longer expiry
+        /// would otherwise leave the name held for its expiry after the waiter died).
+        let longestLife: Duration
         /// Nodes heard so far, in order.
         var counted: [Int] = []
         /// The shortest key life among their messages.
         var expiry: Duration?
 
-        init(excluded: Set<Int>, quorum: Int, claimAfter: Duration) {
+        init(excluded: Set<Int>, quorum: Int, claimAfter: Duration, longestLife: Duration) {
             self.excluded = excluded
             self.quorum = quorum
             self.claimAfter = claimAfter
+            self.longestLife = longestLife
         }
 
         /// The nodes a clean-up sent to `nodes` excludes: all but those whose answer (in
@@ -120,9 +125,10 @@ final class LocalCoordination: Sendable {
         }
 
         /// Counts node `node`'s handoff, whose key lives `life`; returns the grant once a
-        /// quorum handed over, or nil.
+        /// quorum handed over, or nil. A message of an excluded node, or whose key outlives
+        /// ``longestLife``, is not counted.
         mutating func count(node: Int, life: Duration) -> HandoffGrant? {
-            guard !excluded.contains(node), !counted.contains(node) else { return nil }
+            guard !excluded.contains(node), !counted.contains(node), life <= longestLife else { return nil }
             counted.append(node)
             expiry = Swift.min(expiry ?? life, life)
             guard counted.count >= quorum, let expiry else { return nil }

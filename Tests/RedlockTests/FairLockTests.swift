@@ -511,6 +511,31 @@ struct FairLockTests {
         }
     }
 
+    @Test("a waiter whose expiry is shorter than the releaser's claims what it is handed: the keys live its own expiry, so a waiter that dies holds the name no longer than that")
+    func shortExpiryWaiterClaims() async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            try await withSecondClient(on: servers, metrics: metrics) { other in
+                let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
+                let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+                let holder = try client.makeLock("fair-short", options: long)
+                let lease = try await locked(holder, in: client)
+                let (lock, waiting) = try await waiter(in: other, for: "fair-short", options: short, nodes: servers.count)
+                try await holder.unlock(lease)
+                let handed = try await waiting.value
+                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0, "counted a 20 s key as a grant")
+                // Each node's key lives the waiter's expiry (1 s), not the releaser's 20 s.
+                try await settle([client, other])
+                for server in servers {
+                    let life = try await server.run(RedisCommand("PTTL", "fair-short")).integer ?? -1
+                    #expect(life > 0 && life <= 1_000, "PTTL \(life) ms on \(server.port)")
+                }
+                try await lock.unlock(handed)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            }
+        }
+    }
+
     @Test("a handoff nobody hears lives twice the attempt budget, not a whole expiry, until the waiter claims it at its retry")
     func unheardHandoffIsShort() async throws {
         try await withLockNodes(3) { client, servers in

@@ -518,15 +518,21 @@ struct LocalCoordinationTests {
         }
     }
 
-    @Test("handoffs count as grants once from each node a clean-up never went to, a quorum gives the shortest life")
+    @Test("handoffs count as grants once from each node a clean-up never went to and only when the key lives no longer than the waiter's expiry; a quorum gives the shortest life")
     func handoffCounting() {
-        var watch = LocalCoordination.HandoffWatch(excluded: [1], quorum: 3, claimAfter: .milliseconds(2))
+        var watch = LocalCoordination.HandoffWatch(excluded: [1], quorum: 3, claimAfter: .milliseconds(2), longestLife: .seconds(10))
         #expect(watch.count(node: 1, life: .seconds(8)) == nil)
         #expect(watch.count(node: 0, life: .seconds(8)) == nil)
         #expect(watch.count(node: 0, life: .seconds(8)) == nil)
         #expect(watch.count(node: 2, life: .seconds(5)) == nil)
         #expect(watch.counted == [0, 2])
         #expect(watch.count(node: 4, life: .seconds(9)) == HandoffGrant(nodes: [0, 2, 4], expiry: .seconds(5)))
+        // A key that outlives the waiter's own expiry is not counted: the waiter claims instead.
+        var short = LocalCoordination.HandoffWatch(excluded: [], quorum: 2, claimAfter: .milliseconds(2), longestLife: .seconds(1))
+        #expect(short.count(node: 0, life: .milliseconds(1_001)) == nil)
+        #expect(short.counted.isEmpty)
+        #expect(short.count(node: 1, life: .seconds(1)) == nil)
+        #expect(short.count(node: 2, life: .milliseconds(800)) == HandoffGrant(nodes: [1, 2], expiry: .milliseconds(800)))
     }
 
     @Test("a clean-up excludes every node it went to but those that answered it deleted nothing")
@@ -543,19 +549,19 @@ struct LocalCoordinationTests {
         coordination.beginAcquiring("fair")
         defer { coordination.endAcquiring("fair") }
         for node in [0, 1, 2] { coordination.handedOff("fair", message: HandoffMessage(Array("6000 early".utf8)), node: node) }
-        let watch = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .seconds(30))
+        let watch = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .seconds(30), longestLife: .seconds(10))
         let early = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "early", watch: watch)
         #expect(early.woken && early.handoff == HandoffGrant(nodes: [0, 1, 2], expiry: .seconds(6)))
 
         coordination.handedOff("fair", message: HandoffMessage(Array("6000 some".utf8)), node: 1)
-        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20))
+        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20), longestLife: .seconds(10))
         let started = ContinuousClock.now
         let some = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "some", watch: impatient)
         #expect(some.woken && some.handoff == nil && some.handedOverAt != nil)
         #expect(started.duration(to: .now) >= .milliseconds(20) && started.duration(to: .now) < .seconds(10))
 
         coordination.handedOff("fair", message: HandoffMessage(Array("6000 cleaned".utf8)), node: 2)
-        let excluded = LocalCoordination.HandoffWatch(excluded: [2], quorum: 3, claimAfter: .seconds(30))
+        let excluded = LocalCoordination.HandoffWatch(excluded: [2], quorum: 3, claimAfter: .seconds(30), longestLife: .seconds(10))
         let cleaned = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "cleaned", watch: excluded)
         // Woken to claim at once (its task sends the attempt): the node cannot count.
         #expect(cleaned.woken && cleaned.handoff == nil && cleaned.handedOverAt == nil)
@@ -568,7 +574,7 @@ struct LocalCoordinationTests {
         defer { timer.stop() }
         coordination.beginAcquiring("fair")
         defer { coordination.endAcquiring("fair") }
-        let watch = LocalCoordination.HandoffWatch(excluded: [3], quorum: 3, claimAfter: .seconds(30))
+        let watch = LocalCoordination.HandoffWatch(excluded: [3], quorum: 3, claimAfter: .seconds(30), longestLife: .seconds(10))
         let waiting = Task {
             await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "w1", watch: watch)
         }
@@ -583,7 +589,7 @@ struct LocalCoordinationTests {
         #expect(outcome.handedOverAt == nil)
         #expect(outcome.handoff == HandoffGrant(nodes: [0, 1, 4], expiry: .seconds(7)))
 
-        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20))
+        let impatient = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .milliseconds(20), longestLife: .seconds(10))
         let claiming = Task {
             await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "w2", watch: impatient)
         }
