@@ -105,6 +105,10 @@ extension DistributedLock {
         // the attempt after the next wait; other locks send the same request every time.
         let ticket = options.fair ? Self.ticket() : 0
         let request = options.fair ? nil : acquireRequest(value: value, queueEntry: nil)
+        // When a fair waiter's attempt finds it first in line behind a holder, the nodes say
+        // how long the holder's key lives: no release is published when a key expires (a holder
+        // that died), so the waiter looks again then rather than after a longer retry delay.
+        let keyLives = options.fair && tries > 1 ? KeyLifeReports() : nil
         // The delay drawn for the wait after the last attempt; a fair lock draws it before the
         // attempt (its entry must outlive that wait), other locks only when they wait.
         var plannedDelay: Duration?
@@ -152,7 +156,7 @@ extension DistributedLock {
                 // A single attempt never enters the line (life 0): nothing would renew or leave it.
                 queueEntry = (ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
             }
-            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry))
+            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: keyLives))
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
                 // hears a fair release's handoff on its client's channel; the release channel
@@ -166,6 +170,9 @@ extension DistributedLock {
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                if let keyGone = keyLives?.take(), lastError.code == .taken {
+                    delay = max(.zero, min(delay, ContinuousClock.now.duration(to: keyGone) + .milliseconds(1)))
+                }
                 let waitBegins = ContinuousClock.now
                 if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
                 var holderHereUntil: ContinuousClock.Instant?
@@ -308,8 +315,9 @@ extension DistributedLock {
     }
 
     /// The request of one attempt; a fair lock's carries the caller's queue entry (its ticket,
-    /// and how long the entry lives without another attempt).
-    private func acquireRequest(value: String, queueEntry: (ticket: Int64, life: Duration)?) -> AcquireRequest {
+    /// and how long the entry lives without another attempt), and records in `keyLives` the
+    /// holder's key life that nodes where the caller is first in line report.
+    private func acquireRequest(value: String, queueEntry: (ticket: Int64, life: Duration)?, keyLives: KeyLifeReports? = nil) -> AcquireRequest {
         let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
         if let restartGuard = options.restartGuard {
@@ -326,7 +334,13 @@ extension DistributedLock {
                     queueEntry.life > .zero ? String(queueEntry.life.millisecondsRoundedUp) : "0",
                 ]
             )
-            return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofAcquireScript, confirm: confirm)
+            let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote = { reply, endpoint in
+                if let keyLives, case let .array(items) = reply, items.count == 2, items[0].integer == 0, let life = items[1].integer, life > 0 {
+                    keyLives.record(.milliseconds(life))
+                }
+                return Vote.ofAcquireScript(reply, endpoint: endpoint)
+            }
+            return AcquireRequest(command: call.command, script: call.script, classify: classify, confirm: confirm)
         }
         if options.epochGuard != nil || options.clockGuard {
             let call = RedisScriptCall(

@@ -134,7 +134,9 @@ enum Scripts {
     /// A free key with nobody in line is granted at once, the queue untouched (what entering it
     /// and leaving again would come to, in three commands rather than ten).
     /// Otherwise it enters the queue (keeping its place when already there), sets its entry's
-    /// deadline, and returns 0. Granted is the new token when fenced
+    /// deadline, and returns 0 — or `{0, PTTL}` when another value holds the key and the caller
+    /// is first in line (the key's life in ms: nothing is published when it expires, so the
+    /// caller looks again then). Granted is the new token when fenced
     /// (-2 when the counter is at its maximum), else 1. Both queue keys expire once their last
     /// entry would have: nothing is left behind. Needs Redis ≥ 5 (`TIME` before writes).
     static let acquireFair = RedisScript(
@@ -155,13 +157,17 @@ enum Scripts {
                 if ttl > 0 or not wasInLine then
                     redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
                 end
-                local head = current == false and firstInLine()
+                local first = firstInLine()
+                local head = current == false and first
                 if not (head and head[1] == ARGV[1]) then
                     if ttl > 0 then
                         for _, key in ipairs({queue, deadlines}) do
                             if redis.call('PTTL', key) < ttl then
                                 redis.call('PEXPIRE', key, ttl)
                             end
+                        end
+                        if current ~= false and first and first[1] == ARGV[1] then
+                            return {0, redis.call('PTTL', KEYS[1])}
                         end
                     elseif not wasInLine then
                         redis.call('ZREM', queue, ARGV[1])

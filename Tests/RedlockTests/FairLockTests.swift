@@ -536,6 +536,28 @@ struct FairLockTests {
         }
     }
 
+    @Test("a holder that died hands nothing over: the first in line, told how long its key lives, gets the lock when the key expires, not at its 10 s retry delay; the one behind it keeps waiting")
+    func deadHolderFirstInLine() async throws {
+        try await withLockNodes(3) { client, servers in
+            try await withSecondClient(on: servers) { other in
+                // The dead holder: its key, on every node, with 1.5 s to live.
+                for server in servers { _ = try await server.run(RedisCommand("SET", "fair-dead", "gone", "PX", "1500")) }
+                let started = ContinuousClock.now
+                let (lock, waiting) = try await waiter(in: client, for: "fair-dead", options: patient(), nodes: servers.count)
+                let (_, behind) = try await waiter(in: other, for: "fair-dead", options: patient(), nodes: servers.count)
+                let lease = try await waiting.value
+                let took = started.duration(to: .now)
+                #expect(took >= .milliseconds(1_400) && took < .seconds(5), "got it after \(took)")
+                // Second in line: refused while the first's entry lives, it was told nothing and sleeps on.
+                #expect(other.waitingLockCalls(for: "fair-dead") == 1)
+                try await lock.unlock(lease)
+                let next = try await behind.value
+                try await other.makeLock("fair-dead", options: patient()).unlock(next)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            }
+        }
+    }
+
     @Test("a handoff nobody hears lives twice the attempt budget, not a whole expiry, until the waiter claims it at its retry")
     func unheardHandoffIsShort() async throws {
         try await withLockNodes(3) { client, servers in
