@@ -4,7 +4,10 @@ import Synchronization
 /// One fan-out in flight: collects the nodes' votes as their replies arrive (on the thread
 /// that read them: the event loop, or a caller writing to that connection) and resumes the
 /// waiting caller exactly once, when every node answered, the
-/// outcome is decided (if asked), the budget ran out or the caller was cancelled.
+/// outcome is decided (if asked), the budget ran out or the caller was cancelled. A failure
+/// decided while a node refused for good (``Vote/isPermanentRefusal``) waits for the other
+/// answers (within the budget): whether too few nodes are left for any retry to succeed must
+/// not depend on which of them answered first.
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is
 /// kept by the client's ``DeadlineTimer``.
@@ -60,7 +63,8 @@ final class FanOutRound: Expiring {
             state.unanswered -= 1
             state.tally.record(granted: vote.isGranted)
             if state.unanswered == 0 { return finish(&state) }
-            if returnWhenDecided, state.tally.isDecided {
+            if returnWhenDecided, state.tally.isDecided,
+               state.tally.succeeded || !state.votes.contains(where: { $0?.isPermanentRefusal == true }) {
                 // Nodes still silent did not matter: unsettled, not failed.
                 for index in state.votes.indices {
                     if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }

@@ -80,9 +80,7 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// How many nodes failed with an error that no retry cures (see
     /// ``RedisError/isPermanent``).
     var permanentFailureCount: Int {
-        nodes.count { failure in
-            failure.cause == .fencingCounterExhausted || failure.cause.error?.isPermanent == true
-        }
+        nodes.count { $0.cause.isPermanent }
     }
 
     static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
@@ -171,6 +169,12 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         public var error: RedisError? {
             if case let .error(error) = base { return error }
             return nil
+        }
+
+        /// Whether no retry cures it: the node refused the credentials, a permission or a key of
+        /// the wrong type (``RedisError/isPermanent``), or its fencing counter is exhausted.
+        var isPermanent: Bool {
+            self == .fencingCounterExhausted || error?.isPermanent == true
         }
 
         /// Whether the node answered that it set nothing (taken, missing, a refusal by the acquire

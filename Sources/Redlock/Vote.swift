@@ -16,6 +16,12 @@ enum Vote: Sendable, Equatable {
         return false
     }
 
+    /// Whether the node refused in a way no retry cures (``NodeFailure/Cause/isPermanent``).
+    var isPermanentRefusal: Bool {
+        if case let .refused(cause) = self { return cause.isPermanent }
+        return false
+    }
+
     /// Whether a compare-and-delete's vote says it deleted nothing: another value, or no key.
     var deletedNothing: Bool {
         self == .refused(.taken) || self == .refused(.missing)

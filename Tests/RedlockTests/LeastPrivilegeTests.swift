@@ -342,6 +342,35 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a quorum of nodes that refuse for good fails lock() at once whichever node answers first: with the third node stalled past the decision, the attempt waits for its refusal rather than retrying")
+    func refusalsForGoodAwaitTheRest() async throws {
+        try await withRedisServers(3) { servers throws in
+            try await createUser("queuer", rules: ["~*", "+@all", "&*"], on: [servers[0]])
+            try await createUser("queuer", rules: ["~*", "+@all", "-zadd", "&*"], on: Array(servers[1...]))
+            let admin = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer"))
+            // A 2.5 s budget, longer than the stall: node 2's refusal comes within it.
+            let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.milliseconds(50)), timeoutFactor: 0.5, fair: true)
+            let held = try await admin.makeLock("partly-refused", options: options).lock()
+            // Connected (and authenticated) before the stall, which would time out a connect.
+            for status in await limited.checkNodes() { #expect((try? status.result.get()) != nil, "\(status.result)") }
+            // Node 0 says taken and node 1 refuses its ZADD at once: no quorum is left, but only
+            // node 2's refusal, a second later, shows that none will be.
+            let stall = try await servers[2].stall(for: .seconds(1))
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await limited.makeLock("partly-refused", options: options).lock() }
+            let took = started.duration(to: .now)
+            await stall.waitUntilOver()
+            #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("attempts in") == false, "one attempt, not retries: \(String(describing: error))")
+            #expect(error?.nodes.filter { $0.cause.error?.isPermanent == true }.count == 2, "\(String(describing: error))")
+            #expect(took < .milliseconds(2_400), "\(took)")
+            try await admin.makeLock("partly-refused", options: options).unlock(held)
+            await admin.shutdown()
+            await limited.shutdown()
+        }
+    }
+
     @Test("checkNodes(for:) names each permission a lock's options need that a node refuses, and leaves nothing behind")
     func permissionAudit() async throws {
         try await withRedisServers(3) { servers throws in
@@ -392,14 +421,16 @@ struct LeastPrivilegeTests {
             // A key outside the user's patterns refuses the whole script.
             #expect(statuses[2].refused.map(\.permission).contains("EVAL"), "\(statuses[2].result)")
 
-            // Node 0 votes young until its marker is 300 ms old; the refusals of nodes 1 and 2
-            // are permanent, so once node 0 grants, lock() stops rather than retry them.
+            // The refusals of nodes 1 and 2 are permanent, so lock() stops after its first
+            // attempt rather than retry them; that attempt waited for node 0's vote too (young:
+            // its marker is new), since a node refused for good.
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             let took = started.duration(to: .now)
             #expect(error?.code == .noQuorum)
-            #expect(error?.nodes.map(\.node) == [1, 2], "\(String(describing: error))")
-            #expect(error?.nodes.allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
+            #expect(error?.nodes.map(\.node) == [0, 1, 2], "\(String(describing: error))")
+            #expect(error?.nodes.first?.cause == .epochTooYoung, "\(String(describing: error))")
+            #expect(error?.nodes.dropFirst().allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
             #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
             #expect(took < .milliseconds(1_300), "retried a permanent refusal for \(took)")
             #expect(try await values(of: "guarded", on: servers).allSatisfy { $0 == nil })
