@@ -36,11 +36,16 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     ///     the nodes that refused it).
     ///   - countsHandoffs: Whether the caller counts a fair release's handoffs as grants: then
     ///     the release to a node that had not answered yet is awaited, since its answer says
-    ///     whether that node still counts (`LocalCoordination.HandoffWatch`).
+    ///     whether that node still counts (`LocalCoordination.HandoffWatch`) — unless the node
+    ///     is in `down`.
+    ///   - down: Nodes known not to answer (``NodeHealth``): their release is queued, never
+    ///     awaited, so a stopped node does not hold up every failed attempt of a waiter that
+    ///     counts handoffs for a whole budget; such a node no longer counts its handoffs for
+    ///     the call.
     ///   - budget: The attempt's time budget, named when no node answered within it.
     static func decide(
         votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
-        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, budget: Duration? = nil
+        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, down: Set<Int> = [], budget: Duration? = nil
     ) -> AcquireDecision {
         let granted = grantedCount(votes)
         if fenceShortfall == nil, granted >= quorum, !cancelled,
@@ -56,7 +61,11 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
             case .granted?:
                 decision.releaseAwaited.append(index)
             case .unsettled?:
-                if cancelled || countsHandoffs { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
+                if cancelled || (countsHandoffs && !down.contains(index)) {
+                    decision.releaseAwaited.append(index)
+                } else {
+                    decision.releaseQueued.append(index)
+                }
             case .refused(.noAnswer)?:
                 if cancelled { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
             case let .refused(cause)? where cause.setNothing:

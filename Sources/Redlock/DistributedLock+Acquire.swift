@@ -407,9 +407,15 @@ extension DistributedLock {
             (fencingToken, fenceShortfall) = await fence(&votes, value: value)
         }
         let wasCancelled = Task.isCancelled
+        // Only a caller that counts handoffs awaits the clean-up of nodes that had not answered:
+        // not of those known down.
+        var down: Set<Int> = []
+        if cleanedUp != nil {
+            for (index, vote) in votes.enumerated() where vote == .unsettled && client.health.failure(of: index) != nil { down.insert(index) }
+        }
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, budget: options.attemptBudget
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: options.attemptBudget
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

@@ -413,6 +413,8 @@ public final class RedlockClient: Sendable {
     package var runningScopes: Int { scopes.running }
 
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
+    package func nodeIsDown(_ index: Int) -> Bool { health.failure(of: index) != nil }
+
     package func waitingLockCalls(for name: String) -> Int {
         coordination.waiterCount(of: name)
     }

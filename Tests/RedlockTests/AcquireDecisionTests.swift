@@ -9,11 +9,12 @@ struct AcquireDecisionTests {
 
     private func decide(
         _ votes: [Vote?], after elapsed: Duration = .milliseconds(10), cancelled: Bool = false, fenceShortfall: String? = nil,
-        countsHandoffs: Bool = false
+        countsHandoffs: Bool = false, down: Set<Int> = []
     ) -> AcquireDecision<ContinuousClock.Instant> {
         AcquireDecision.decide(
             votes: votes, quorum: Timing.quorum(nodeCount: votes.count), start: start, end: start + elapsed,
-            expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall, countsHandoffs: countsHandoffs
+            expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall, countsHandoffs: countsHandoffs,
+            down: down
         )
     }
 
@@ -87,7 +88,7 @@ struct AcquireDecisionTests {
         #expect(settled == "0 of 3 nodes granted, 2 needed")
     }
 
-    @Test("refusals that set nothing are not released; a refused connection neither; a node error that may have set the key is")
+    @Test("refusals that set nothing are not released; a refused connection neither; a node error that may have set the key is; a node known down is never awaited")
     func releasePlan() {
         let errors: [Vote?] = [
             .refused(.epochTooYoung), .refused(.error(RedisError(code: .connectionRefused, endpoint: endpoint, message: "refused"))),
@@ -103,6 +104,10 @@ struct AcquireDecisionTests {
         let counting = decide(errors, countsHandoffs: true)
         #expect(counting.releaseAwaited == [3, 4])
         #expect(counting.releaseQueued == [2])
+        // A node known down is not awaited even then: it would hold up the caller for the budget.
+        let down = decide(errors, countsHandoffs: true, down: [4])
+        #expect(down.releaseAwaited == [3])
+        #expect(down.releaseQueued == [2, 4])
         // Cancelled: nothing counts as silent, every release is awaited.
         let cancelled = decide(errors, cancelled: true)
         #expect(code(cancelled) == .cancelled)

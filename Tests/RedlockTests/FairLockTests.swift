@@ -558,6 +558,44 @@ struct FairLockTests {
         }
     }
 
+    @Test("a stopped node known down does not hold up a fair waiter's failed attempt for a budget: the handoff of the nodes that answer reaches it at once")
+    func stoppedNodeDoesNotHoldUpTheWaiter() async throws {
+        try await withLockNodes(3) { client, servers in
+            try await withSecondClient(on: servers) { other in
+                // A 2 s attempt budget.
+                let options = LockOptions(expiry: .seconds(5), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.4, fair: true)
+                let holder = try client.makeLock("fair-stopped", options: options)
+                let lease = try await locked(holder, in: client)
+                try await servers[2].pause()
+                // The waiter's client learns that node 2 does not answer: a command there times out.
+                _ = try? await other.makeLock("fair-stopped-probe", options: LockOptions(expiry: .seconds(5), timeoutFactor: 0.4)).tryLock()
+                #expect(await eventually(within: .seconds(10)) { other.nodeIsDown(2) })
+                let waiting = Task { try await other.makeLock("fair-stopped", options: options).lock() }
+                // In line on the two nodes that answer, once its first attempt failed there, and
+                // subscribed there (its client's channel and the name's release channel).
+                var inLine = false
+                let giveUp = ContinuousClock.now + .seconds(5)
+                while !inLine, ContinuousClock.now < giveUp {
+                    var count = 0
+                    for server in servers.prefix(2) where try await server.run(RedisCommand("ZCARD", "redlock:queue:fair-stopped")).integer == 1 {
+                        count += 1
+                    }
+                    inLine = count == 2 && other.subscriptionConfirmations(for: "fair-stopped") >= 4
+                    if !inLine { try await Task.sleep(for: .milliseconds(5)) }
+                }
+                #expect(inLine)
+                let released = ContinuousClock.now
+                try await holder.unlock(lease)
+                let handed = try await waiting.value
+                // Awaiting the clean-up of its failed attempt on node 2 would have held it up for
+                // the budget, or the connection's 1 s reply timeout, whichever ends first.
+                #expect(released.duration(to: .now) < .milliseconds(500), "\(released.duration(to: .now))")
+                try await other.makeLock("fair-stopped", options: options).unlock(handed)
+                try servers[2].resume()
+            }
+        }
+    }
+
     @Test("a handoff nobody hears lives twice the attempt budget, not a whole expiry, until the waiter claims it at its retry")
     func unheardHandoffIsShort() async throws {
         try await withLockNodes(3) { client, servers in
