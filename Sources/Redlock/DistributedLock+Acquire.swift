@@ -170,11 +170,19 @@ extension DistributedLock {
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
-                if let keyGone = keyLives?.take(), lastError.code == .taken {
-                    delay = max(.zero, min(delay, ContinuousClock.now.duration(to: keyGone) + .milliseconds(1)))
-                }
+                // First in line behind a holder: one more look when its key expires, if that comes
+                // first. Like a confirmation's, that look is no try of the count, and the wait
+                // after it ends when the one it cut short would have.
                 let waitBegins = ContinuousClock.now
                 if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
+                var keyLookCutsShort: ContinuousClock.Instant?
+                if let keyGone = keyLives?.take(), lastError.code == .taken {
+                    let untilGone = max(.milliseconds(1), waitBegins.duration(to: keyGone) + .milliseconds(1))
+                    if untilGone < delay {
+                        keyLookCutsShort = waitBegins + delay
+                        delay = untilGone
+                    }
+                }
                 var holderHereUntil: ContinuousClock.Instant?
                 if waitsForHolderHere, lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
                     let until = deadline.map { Swift.min($0, holdEnd) } ?? holdEnd
@@ -184,7 +192,7 @@ extension DistributedLock {
                 if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
                     watch = .init(
                         excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter),
-                        longestLife: options.expiry
+                        longestLife: .milliseconds(options.expiry.millisecondsRoundedUp)
                     )
                 }
                 chance = await coordination.waitForRelease(
@@ -194,7 +202,12 @@ extension DistributedLock {
                     paceIsFixed: options.retryDelay.hasFixedPace
                 )
                 if chance.release != nil { wokenByRelease = true }
-                if chance.confirmed, cutShortWaitEnds == nil { cutShortWaitEnds = waitBegins + delay }
+                // The wait a look cuts short: the whole one, not the part up to the key's end.
+                if chance.confirmed, cutShortWaitEnds == nil { cutShortWaitEnds = keyLookCutsShort ?? waitBegins + delay }
+                if let keyLookCutsShort, !chance.woken, !chance.confirmed, chance.handedOverAt == nil, chance.handoff == nil {
+                    chance.confirmed = true
+                    cutShortWaitEnds = keyLookCutsShort
+                }
                 if let handoff = chance.handoff, let firstStart {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,
                     // passing on what was handed to it (acquire's clean-up).

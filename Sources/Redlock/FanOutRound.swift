@@ -5,9 +5,9 @@ import Synchronization
 /// that read them: the event loop, or a caller writing to that connection) and resumes the
 /// waiting caller exactly once, when every node answered, the
 /// outcome is decided (if asked), the budget ran out or the caller was cancelled. A failure
-/// decided while a node refused for good (``Vote/isPermanentRefusal``) waits for the other
-/// answers (within the budget): whether too few nodes are left for any retry to succeed must
-/// not depend on which of them answered first.
+/// decided while a node refused for good (``Vote/isPermanentRefusal``) waits for the answers
+/// still out (within the budget) when they decide whether too few nodes are left for any retry
+/// to succeed: that must not depend on which node answered first.
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is
 /// kept by the client's ``DeadlineTimer``.
@@ -63,8 +63,7 @@ final class FanOutRound: Expiring {
             state.unanswered -= 1
             state.tally.record(granted: vote.isGranted)
             if state.unanswered == 0 { return finish(&state) }
-            if returnWhenDecided, state.tally.isDecided,
-               state.tally.succeeded || !state.votes.contains(where: { $0?.isPermanentRefusal == true }) {
+            if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state) {
                 // Nodes still silent did not matter: unsettled, not failed.
                 for index in state.votes.indices {
                     if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
@@ -95,6 +94,17 @@ final class FanOutRound: Expiring {
             return state.unanswered == 0 ? finish(&state) : nil
         }
         finishing?.deliver()
+    }
+
+    /// Whether a failure decided now waits for the answers still out: some node refused for
+    /// good, and only those answers tell whether more than `N − quorum` nodes do (then no retry
+    /// can succeed). Not when no refusal for good came yet, nor when the answers still out
+    /// could not tip it either way: a silent node then costs nothing.
+    private static func awaitsPermanentRefusals(_ state: State) -> Bool {
+        guard state.tally.cannotSucceed else { return false }
+        let permanent = state.votes.count { $0?.isPermanentRefusal == true }
+        let spare = state.votes.count - state.tally.quorum
+        return permanent > 0 && permanent <= spare && permanent + state.unanswered > spare
     }
 
     /// What finishing hands out, to be delivered outside the lock.

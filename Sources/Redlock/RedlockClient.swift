@@ -223,7 +223,8 @@ public final class RedlockClient: Sendable {
     func noteRefusedAnnouncements(in votes: [Vote?], fair: Bool) {
         for (node, vote) in votes.enumerated() where vote == .granted(Vote.announcementRefused) {
             metrics.announcementsRefused.increment()
-            if refusedAnnouncements.withLock({ $0.insert(node).inserted }) {
+            // Once per node and kind of lock: a fair one's refusal names a pattern the other's does not.
+            if refusedAnnouncements.withLock({ $0.insert(node * 2 + (fair ? 1 : 0)).inserted }) {
                 let patterns = fair
                     ? "the channel patterns \"\(Scripts.releaseChannel("*"))\" and \"\(Scripts.handoffChannel("*"))\""
                     : "the channel pattern \"\(Scripts.releaseChannel("*"))\""

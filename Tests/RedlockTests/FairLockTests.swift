@@ -558,6 +558,34 @@ struct FairLockTests {
         }
     }
 
+    @Test("behind a live holder that extends, the first in line looks at each end of the key's life, but those looks are no tries: tries × retry delay still bounds its lock()")
+    func keyLooksAreNoTries() async throws {
+        try await withLockNodes(3) { client, servers in
+            try await withSecondClient(on: servers) { other in
+                let holder = try client.makeLock("fair-live", options: LockOptions(expiry: .milliseconds(300), timeoutFactor: 0.2, fair: true))
+                let lease = try await locked(holder, in: client)
+                let extending = Task {
+                    var current = lease
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .milliseconds(100))
+                        current = try await holder.extend(current)
+                    }
+                    return current
+                }
+                let started = ContinuousClock.now
+                let options = LockOptions(expiry: .seconds(5), tries: 3, retryDelay: .constant(.milliseconds(500)), timeoutFactor: 0.2, fair: true)
+                let error = await #expect(throws: RedlockError.self) { try await other.makeLock("fair-live", options: options).lock() }
+                let took = started.duration(to: .now)
+                #expect(error?.code == .taken, "\(String(describing: error))")
+                // Three tries, two waits of 500 ms between them: the looks every ≤ 300 ms in those
+                // waits did not use the tries up.
+                #expect(took >= .milliseconds(950), "gave up after \(took)")
+                extending.cancel()
+                if let current = try? await extending.value { try? await holder.unlock(current) }
+            }
+        }
+    }
+
     @Test("a stopped node known down does not hold up a fair waiter's failed attempt for a budget: the handoff of the nodes that answer reaches it at once")
     func stoppedNodeDoesNotHoldUpTheWaiter() async throws {
         try await withLockNodes(3) { client, servers in

@@ -111,6 +111,33 @@ struct FanOutRoundTests {
         #expect(votes == [.unsettled, .refused(.taken), .granted(1), .refused(.missing), .refused(.taken)])
     }
 
+    @Test("a failure decided with a refusal for good waits for the answers that tell whether too few nodes are left, and only for those")
+    func permanentRefusalsWaitOnlyWhenTheyCanTip() async {
+        let refusal = Vote.refused(.error(RedisError(code: .invalidAddress, endpoint: .hostname("127.0.0.1", port: 1), message: "refused for good")))
+        #expect(refusal.isPermanentRefusal)
+        // Three nodes: a refusal for good and a taken decide it, but the third answer tells
+        // whether two of three refuse for good (no retry can succeed then).
+        let three = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let votes = await collectVotes(of: three) {
+            three.record(refusal, from: 0)
+            three.record(.refused(.taken), from: 1)
+            #expect(!three.isFinished)
+            three.record(refusal, from: 2)
+        }
+        #expect(votes == [refusal, .refused(.taken), refusal])
+        // Five nodes, one refusal for good: once the answers still out cannot make it three, a
+        // silent node is not waited for.
+        let five = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
+        let fiveVotes = await collectVotes(of: five) {
+            five.record(refusal, from: 0)
+            five.record(.refused(.taken), from: 1)
+            five.record(.refused(.taken), from: 2)
+            #expect(!five.isFinished)
+            five.record(.refused(.taken), from: 3)
+        }
+        #expect(fiveVotes == [refusal, .refused(.taken), .refused(.taken), .refused(.taken), .unsettled])
+    }
+
     @Test("without deciding early, the round waits for all five nodes even after a quorum granted")
     func waitsForAll() async {
         let round = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: false)
