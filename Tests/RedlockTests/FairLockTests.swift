@@ -524,6 +524,18 @@ struct FairLockTests {
                 try await holder.unlock(lease)
                 let handed = try await waiting.value
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0, "counted a 20 s key as a grant")
+                // Equal expiries that are no whole number of ms (the message says whole ms,
+                // rounded up) still count as grants. (A quorum of messages must come within 2 ms:
+                // on a loaded machine that may take a few rounds, as in handoffIsAGrant.)
+                let odd = LockOptions(expiry: .microseconds(5_000_500), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+                for round in 1...3 where metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0 {
+                    let oddHolder = try client.makeLock("fair-odd-\(round)", options: odd)
+                    let oddLease = try await locked(oddHolder, in: client)
+                    let (oddLock, oddWaiting) = try await waiter(in: other, for: "fair-odd-\(round)", options: odd, nodes: servers.count)
+                    try await oddHolder.unlock(oddLease)
+                    try await oddLock.unlock(try await oddWaiting.value)
+                }
+                #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1, "equal expiries counted no grant in 3 rounds")
                 // Each node's key lives the waiter's expiry (1 s), not the releaser's 20 s.
                 try await settle([client, other])
                 for server in servers {
