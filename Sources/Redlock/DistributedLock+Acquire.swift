@@ -170,11 +170,11 @@ extension DistributedLock {
                 // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
                 let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
                 var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
+                let waitBegins = ContinuousClock.now
+                if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
                 // First in line behind a holder: one more look when its key expires, if that comes
                 // first. Like a confirmation's, that look is no try of the count, and the wait
                 // after it ends when the one it cut short would have.
-                let waitBegins = ContinuousClock.now
-                if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
                 var keyLookCutsShort: ContinuousClock.Instant?
                 if let keyGone = keyLives?.take(), lastError.code == .taken {
                     let untilGone = max(.milliseconds(1), waitBegins.duration(to: keyGone) + .milliseconds(1))

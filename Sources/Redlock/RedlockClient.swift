@@ -413,9 +413,11 @@ public final class RedlockClient: Sendable {
     /// tests).
     package var runningScopes: Int { scopes.running }
 
-    /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
+    /// Whether node `index` counts as down now: its last connection-level failure came after
+    /// its last answer (``NodeHealth``; for tests).
     package func nodeIsDown(_ index: Int) -> Bool { health.failure(of: index) != nil }
 
+    /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {
         coordination.waiterCount(of: name)
     }
