@@ -135,14 +135,16 @@ extension DistributedLock {
             coordination.listenForOwnHandoffs()
         }
         // A subscription's confirmation ends a wait for one more look (a release there may
-        // have gone unheard before it took effect): not a try of the count, nor a step of the
+        // have gone unheard before it took effect), and so does the end of the holder's key for
+        // a fair waiter first in line (`keyLives`): not a try of the count, nor a step of the
         // retry delay's backoff, and the wait after it ends when the one it cut short would
-        // have, so `tries` bounds the time as Redsync's count does. One look per confirmation:
-        // a node's first, and one after each reconnect of its subscriber.
+        // have, so `tries` bounds the time as Redsync's count does. One look per confirmation
+        // (a node's first, and one after each reconnect of its subscriber), and per key end.
         var cutShortWaitEnds: ContinuousClock.Instant?
+        var isLook = false
         var attemptNumber = -1
         while true {
-            if !chance.confirmed {
+            if !isLook {
                 attemptNumber += 1
                 cutShortWaitEnds = nil
             }
@@ -173,8 +175,7 @@ extension DistributedLock {
                 let waitBegins = ContinuousClock.now
                 if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
                 // First in line behind a holder: one more look when its key expires, if that comes
-                // first. Like a confirmation's, that look is no try of the count, and the wait
-                // after it ends when the one it cut short would have.
+                // before this wait would end (`keyLookCutsShort`: when it would have).
                 var keyLookCutsShort: ContinuousClock.Instant?
                 if let keyGone = keyLives?.take(), lastError.code == .taken {
                     let untilGone = max(.milliseconds(1), waitBegins.duration(to: keyGone) + .milliseconds(1))
@@ -202,12 +203,10 @@ extension DistributedLock {
                     paceIsFixed: options.retryDelay.hasFixedPace
                 )
                 if chance.release != nil { wokenByRelease = true }
-                // The wait a look cuts short: the whole one, not the part up to the key's end.
-                if chance.confirmed, cutShortWaitEnds == nil { cutShortWaitEnds = keyLookCutsShort ?? waitBegins + delay }
-                if let keyLookCutsShort, !chance.woken, !chance.confirmed, chance.handedOverAt == nil, chance.handoff == nil {
-                    chance.confirmed = true
-                    cutShortWaitEnds = keyLookCutsShort
-                }
+                // Ended by a confirmation, or by its timeout at the key's end: a look. The wait it
+                // cut short is the whole one, not the part up to the key's end.
+                isLook = chance.confirmed || (keyLookCutsShort != nil && !chance.woken)
+                if isLook, cutShortWaitEnds == nil { cutShortWaitEnds = keyLookCutsShort ?? waitBegins + delay }
                 if let handoff = chance.handoff, let firstStart {
                     // A cancelled caller gets no lease: lock() leaves the line on every node,
                     // passing on what was handed to it (acquire's clean-up).
@@ -424,7 +423,7 @@ extension DistributedLock {
         // not of those known down.
         var down: Set<Int> = []
         if cleanedUp != nil {
-            for (index, vote) in votes.enumerated() where vote == .unsettled && client.health.failure(of: index) != nil { down.insert(index) }
+            for (index, vote) in votes.enumerated() where vote == .unsettled && client.health.isDown(index) { down.insert(index) }
         }
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,

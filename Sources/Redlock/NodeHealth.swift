@@ -35,10 +35,16 @@ final class NodeHealth: Sendable {
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
     }
 
+    /// Whether node `index` has not answered since its latest connection-level failure: one
+    /// atomic load.
+    func isDown(_ index: Int) -> Bool {
+        index < 64 && down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0
+    }
+
     /// The latest connection-level failure of node `index` while it has not answered (refused,
     /// timed out, a TLS handshake with a plain port, …), or nil when it answers.
     func failure(of index: Int) -> RedisError? {
-        guard index < 64, down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0 else { return nil }
+        guard isDown(index) else { return nil }
         return downBecause.withLock { $0[index] }
     }
 

@@ -415,7 +415,7 @@ public final class RedlockClient: Sendable {
 
     /// Whether node `index` counts as down now: its last connection-level failure came after
     /// its last answer (``NodeHealth``; for tests).
-    package func nodeIsDown(_ index: Int) -> Bool { health.failure(of: index) != nil }
+    package func nodeIsDown(_ index: Int) -> Bool { health.isDown(index) }
 
     /// How many `lock()` calls of this client wait for a release of `name` now (for tests).
     package func waitingLockCalls(for name: String) -> Int {

@@ -157,8 +157,7 @@ enum Scripts {
                 if ttl > 0 or not wasInLine then
                     redis.call('ZADD', deadlines, now + math.max(ttl, 1), ARGV[1])
                 end
-                local first = firstInLine()
-                local head = current == false and first
+                local head = current == false and firstInLine()
                 if not (head and head[1] == ARGV[1]) then
                     if ttl > 0 then
                         for _, key in ipairs({queue, deadlines}) do
@@ -166,7 +165,9 @@ enum Scripts {
                                 redis.call('PEXPIRE', key, ttl)
                             end
                         end
-                        if current ~= false and first and first[1] == ARGV[1] then
+                        -- Behind a holder: the first in line is told when its key expires.
+                        local first = current ~= false and firstInLine()
+                        if first and first[1] == ARGV[1] then
                             return {0, redis.call('PTTL', KEYS[1])}
                         end
                     elseif not wasInLine then

@@ -59,8 +59,7 @@ struct ExecutorTests {
     func busyBodyOnTheLoopIsCancelled() async throws {
         try await withRedisServers(3) { servers throws in
             let records = Locked<[String]>([])
-            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
-            logger.logLevel = .trace
+            let logger = capturingLogger(into: records)
             let metrics = TestMetrics()
             let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: logger, metrics: metrics)
             try await withTeardown {

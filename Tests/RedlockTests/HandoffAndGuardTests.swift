@@ -681,8 +681,7 @@ struct HandoffAndGuardTests {
         try await withRedisServers(2) { servers throws in
             let alias = secondName(of: servers[0])
             let records = Locked<[String]>([])
-            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
-            logger.logLevel = .info
+            let logger = capturingLogger(into: records, level: .info)
             let client = try RedlockClient(nodes: [servers[0].configuration(), alias, servers[1].configuration()], logger: logger)
             // Fenced: its acquire script counts a node that already holds the value as granted,
             // so the second name of a server that granted would grant again.
@@ -778,8 +777,16 @@ func failureAndTime(of lock: DistributedLock) async -> (RedlockError.Code?, Dura
     }
 }
 
+/// A logger at `level` whose lines go to `records` (``CapturingLogHandler``).
+func capturingLogger(into records: Locked<[String]>, level: Logger.Level = .trace) -> Logger {
+    var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
+    logger.logLevel = level
+    return logger
+}
+
 /// Records every log line as "LEVEL MESSAGE METADATA".
 struct CapturingLogHandler: LogHandler {
+
     let records: Locked<[String]>
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace

@@ -32,8 +32,7 @@ struct LeastPrivilegeTests {
             // Redis 7 default: a user made without `&pattern` may publish on no channel.
             try await createUser("app", rules: ["~*", "+@all"], on: servers)
             let records = Locked<[String]>([])
-            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
-            logger.logLevel = .trace
+            let logger = capturingLogger(into: records)
             let metrics = TestMetrics()
             let client = try RedlockClient(
                 nodes: configurations(servers, user: "app"),
@@ -58,8 +57,7 @@ struct LeastPrivilegeTests {
         try await withRedisServers(3) { servers throws in
             try await createUser("app", rules: ["~*", "+@all"], on: servers)
             let records = Locked<[String]>([])
-            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
-            logger.logLevel = .trace
+            let logger = capturingLogger(into: records)
             let holder = try RedlockClient(nodes: configurations(servers, user: "app"), logger: logger)
             let waiter = try RedlockClient(nodes: servers.map { $0.configuration() })
             let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.milliseconds(100)), fair: true)
@@ -218,8 +216,7 @@ struct LeastPrivilegeTests {
                 "+incr", "~report", "~redlock:fence", "&redlock:released:*",
             ], on: servers)
             let records = Locked<[String]>([])
-            var logger = Logger(label: "test") { _ in CapturingLogHandler(records: records) }
-            logger.logLevel = .debug
+            let logger = capturingLogger(into: records, level: .debug)
             func makeClient() throws -> RedlockClient {
                 try RedlockClient(
                     nodes: configurations(servers, user: "locker"),
