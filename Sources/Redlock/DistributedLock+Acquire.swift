@@ -142,6 +142,8 @@ extension DistributedLock {
         // (a node's first, and one after each reconnect of its subscriber), and per key end.
         var cutShortWaitEnds: ContinuousClock.Instant?
         var isLook = false
+        // Whether an attempt of this call was refused as taken (a fair lock's caller is in line there).
+        var lineEntered = false
         var attemptNumber = -1
         while true {
             if !isLook {
@@ -229,7 +231,9 @@ extension DistributedLock {
             releasesHeard = coordination.generation(of: name)
             let start = chance.handedOverAt ?? .now
             if firstStart == nil { firstStart = start }
-            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, cleanedUp: &cleanedUp) {
+            // In line where an attempt of this call was refused: a fair lock's attempt that queues.
+            let inLine = (queueEntry.map { $0.life > .zero } ?? false) ? lineEntered : nil
+            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, inLine: inLine, cleanedUp: &cleanedUp) {
             case let .success(lease):
                 acquired = true
                 if !options.fair || chance.release != nil {
@@ -238,6 +242,7 @@ extension DistributedLock {
                 return lease
             case let .failure(error):
                 lastError = error
+                if error.nodes.contains(where: { $0.cause == .taken }) { lineEntered = true }
                 if chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
@@ -259,13 +264,16 @@ extension DistributedLock {
 
     /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it; `start`
     /// is `sentAt`, else a moment before the send. Adds the nodes where its clean-up may have
-    /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil).
+    /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil). `inLine`:
+    /// nil unless the attempt enters a fair lock's line where it is refused; then whether an
+    /// earlier attempt of the call was refused (see ``finish(_:startedAt:value:inLine:cleanedUp:)``).
     private func attempt(
-        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>?
+        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, inLine: Bool?,
+        cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
         if sentAt == nil { client.send(prepared) }
-        return await finish(prepared, startedAt: start, value: value, cleanedUp: &cleanedUp)
+        return await finish(prepared, startedAt: start, value: value, inLine: inLine, cleanedUp: &cleanedUp)
     }
 
     /// How long a waiter that heard its first handoff waits for a quorum of them before it
@@ -388,7 +396,7 @@ extension DistributedLock {
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
     /// decided (or cancelled) before a node answers: once decided, a straggler's key is either
     /// part of the lease, released with it, or released by the clean-up in
-    /// ``finish(_:startedAt:value:)``; it never outlives its expiry.
+    /// ``finish(_:startedAt:value:inLine:cleanedUp:)``; it never outlives its expiry.
     private func prepareAttempt(_ request: AcquireRequest) -> PreparedFanOut {
         client.prepareFanOut(
             request.command,
@@ -401,6 +409,7 @@ extension DistributedLock {
             confirm: request.confirm,
             clockCheck: options.clockGuard ? clockCheck() : nil,
             replicaWait: replicaWait,
+            presumingSilentRefuse: true,
             lane: lane
         )
     }
@@ -408,9 +417,11 @@ extension DistributedLock {
     /// The rest of an attempt sent at `start`: await its votes, raise the fence, decide
     /// (``AcquireDecision``); on failure release wherever the attempt may have set the key.
     /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
-    /// runs to its end) may have won it, and it is released like a failed one.
+    /// runs to its end) may have won it, and it is released like a failed one. A fair lock's
+    /// caller that got the lock after being refused (`inLine` true, or this attempt refused
+    /// somewhere) leaves the line wherever this attempt did not grant (``Scripts/leaveLineHolding``).
     private func finish(
-        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, cleanedUp: inout Set<Int>?
+        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, inLine: Bool?, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
         var fencingToken: Int64?
@@ -431,6 +442,20 @@ extension DistributedLock {
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }
+            if let inLine, inLine || votes.contains(.refused(.taken)) {
+                // Out of the line wherever this attempt did not grant (a node that has not
+                // answered may queue it yet), behind it on each connection: a release there would
+                // hand over a key living the releaser's expiry. Only once the call was refused
+                // somewhere: an uncontended lock() never enters the line, and pays nothing.
+                let refused = votes.indices.filter { votes[$0]?.isGranted == false }
+                if !refused.isEmpty {
+                    let leave = RedisScriptCall(
+                        Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
+                        arguments: [value, String(options.expiry.millisecondsRoundedUp)]
+                    )
+                    client.send(client.prepareFanOut(leave, order: refused, budget: options.attemptBudget, returnWhenDecided: false, lane: lane))
+                }
+            }
             return .success(Lease(
                 name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
             ))

@@ -201,6 +201,10 @@ extension RedlockClient {
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
     /// that check runs in a task of its own, bounded by its connection's command timeout.
+    /// With `presumingSilentRefuse` (and `returnWhenDecided`), nodes known down now because
+    /// their latest command or connect timed out (``NodeHealth/silentMask``) count as refusing
+    /// for a failure until they answer: an acquire attempt that only they could still make
+    /// succeed fails without waiting for their reply timeout.
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
@@ -213,10 +217,14 @@ extension RedlockClient {
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
         clockCheck: ClockCheck? = nil,
         replicaWait: ReplicaWait? = nil,
+        presumingSilentRefuse: Bool = false,
         lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         PreparedFanOut(
-            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided),
+            round: FanOutRound(
+                nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided,
+                presumedDown: presumingSilentRefuse ? health.silentMask : 0
+            ),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
             order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )

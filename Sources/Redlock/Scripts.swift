@@ -268,6 +268,27 @@ enum Scripts {
         """
     )
 
+    /// A fair lock's caller that got the lock leaves the line where its attempt did not grant.
+    /// `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines, `ARGV[1]` value, `ARGV[2]` its
+    /// expiry in ms. Removes the caller's entry; when a release handed the key over meanwhile
+    /// (it holds the value), shortens the key's life to the caller's expiry if it is longer (a
+    /// releaser with a longer expiry set it). Otherwise a release reaching this node after the
+    /// attempt would hand the caller a key that outlives its lease by the releaser's expiry.
+    /// Returns 1 when the key holds the value, else 0.
+    static let leaveLineHolding = RedisScript(
+        """
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('ZREM', KEYS[3], ARGV[1])
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+            return 0
+        end
+        if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[2]) then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        end
+        return 1
+        """
+    )
+
     /// Reads the node's `TIME` into `now` (ms) and defines `firstInLine()`: the queue's first
     /// entry whose deadline has not passed, as `{value, ticket}`, or nil; entries ahead of it
     /// whose deadline passed or is missing (waiters that died or gave up without leaving) are

@@ -250,6 +250,11 @@ struct FailoverTests {
                 try await withClients(nodes) { first, second in
                     var fenced = options(acknowledgements: 1)
                     fenced.fencing = true
+                    // A 5 s expiry: its WAIT allows the replicas 500 ms (200 ms at 2 s, which a
+                    // loaded machine's replica missed), and the lock retries a node whose replica
+                    // was late.
+                    fenced.expiry = .seconds(5)
+                    fenced.tries = 3
                     let lock = try first.makeLock("kept", options: fenced)
                     let acquired = try await lock.lock()
                     let token = try #require(acquired.fencingToken)

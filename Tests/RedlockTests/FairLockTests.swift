@@ -536,14 +536,52 @@ struct FairLockTests {
                     try await oddLock.unlock(try await oddWaiting.value)
                 }
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 1, "equal expiries counted no grant in 3 rounds")
-                // Each node's key lives the waiter's expiry (1 s), not the releaser's 20 s.
+                // Each node's key lives the waiter's expiry (1 s), not the releaser's 20 s; a node
+                // the release reached after the waiter's claim has none (the waiter left the line
+                // there: lateHandoffIsTrimmed).
                 try await settle([client, other])
                 for server in servers {
                     let life = try await server.run(RedisCommand("PTTL", "fair-short")).integer ?? -1
-                    #expect(life > 0 && life <= 1_000, "PTTL \(life) ms on \(server.port)")
+                    #expect(life == -2 || (life > 0 && life <= 1_000), "PTTL \(life) ms on \(server.port)")
                 }
                 try await lock.unlock(handed)
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            }
+        }
+    }
+
+    @Test("a waiter that got the lock leaves the line where its claim was refused: a release reaching such a node later hands it no key that outlives the waiter's expiry")
+    func lateHandoffIsTrimmed() async throws {
+        try await withLockNodes(3) { client, servers in
+            let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
+            let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+            // Two holders with a 20 s expiry: one on nodes 0 and 1, one on node 2 alone.
+            let pair = try RedlockClient(nodes: servers.prefix(2).map { $0.configuration() })
+            let single = try RedlockClient(nodes: [servers[2].configuration()])
+            try await withTeardown {
+                try await withSecondClient(on: servers) { other in
+                    let first = try pair.makeLock("fair-late", options: long)
+                    let firstLease = try await locked(first, in: pair)
+                    let second = try single.makeLock("fair-late", options: long)
+                    let secondLease = try await locked(second, in: single)
+                    let (lock, waiting) = try await waiter(in: other, for: "fair-late", options: short, nodes: servers.count)
+                    // Nodes 0 and 1 hand over a 20 s key, which the waiter claims (1 s); node 2
+                    // refuses the claim: the lock is the waiter's on two of three.
+                    try await first.unlock(firstLease)
+                    let handed = try await waiting.value
+                    try await settle([other])
+                    // Node 2's holder releases afterwards: the waiter is no longer in line there.
+                    try await second.unlock(secondLease)
+                    try await settle([single])
+                    let value = try await servers[2].run(RedisCommand("GET", "fair-late")).string
+                    let life = try await servers[2].run(RedisCommand("PTTL", "fair-late")).integer ?? -1
+                    #expect(value == nil || (value == handed.value && life <= 1_000), "\(value ?? "nil"), PTTL \(life) ms on node 2")
+                    try await lock.unlock(handed)
+                    do { let left = try await leftovers(on: servers, after: [client, other, pair, single]); #expect(left == [], "\(left)") }
+                }
+            } teardown: {
+                await pair.shutdown()
+                await single.shutdown()
             }
         }
     }
