@@ -17,8 +17,9 @@ struct Run: AsyncParsableCommand {
         abstract: "Run a command while holding a lock (auto-extended); the command never outlives the lease.",
         discussion: """
         Acquires the lock NAME on the nodes, runs the command with REDLOCK_FENCING_TOKEN set to the \
-        acquisition's fencing token, extends the lease while it runs, releases the lock when it \
-        exits, and exits with its status (128 + N when killed by signal N).
+        acquisition's fencing token (and without REDLOCK_NODES, whose URLs may carry passwords), \
+        extends the lease while it runs, releases the lock when it exits, and exits with its \
+        status (128 + N when killed by signal N).
 
         The command runs in a process group of its own (in a terminal, it gets the foreground), \
         with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
@@ -179,9 +180,12 @@ struct Run: AsyncParsableCommand {
         // Extend early enough that a failing extension still has time for retries before the
         // group must get SIGTERM (grace + margin before the validity ends).
         let extendWhenRemaining = min(0.9, (grace + margin) / ttl + 1.0 / 3.0)
-        let environment = ProcessInfo.processInfo.environment.merging(
+        // The command gets redlock's environment with its fencing token, but not the node list:
+        // its URLs may carry passwords, which the command does not need to be protected.
+        var environment = ProcessInfo.processInfo.environment.merging(
             ["REDLOCK_FENCING_TOKEN": lease.fencingToken.map(String.init) ?? ""]
         ) { $1 }
+        environment["REDLOCK_NODES"] = nil
         let command = command
         // What the body saw, for the message after a lost lease: how the command ended, and the
         // last validity it ran under (CLOCK_BOOTTIME nanoseconds).

@@ -84,6 +84,21 @@ struct CommandTests {
         }
     }
 
+    @Test("run takes its nodes from REDLOCK_NODES and does not pass them on: the command's environment has no node list (its URLs may carry passwords)")
+    func nodesStayWithRedlock() async throws {
+        try await withRedisServers(3) { servers throws in
+            let list = servers.map { "redis://default:secret@\($0.endpoint)" }.joined(separator: ",")
+            let run = try CommandRun(
+                ["run", "--name", "env", "--", "sh", "-c", "echo nodes=${REDLOCK_NODES-unset} token=${REDLOCK_FENCING_TOKEN-unset}"],
+                environment: ["REDLOCK_NODES": list]
+            )
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 0, "\(stderr)")
+            #expect(stdout.contains("nodes=unset"), "stdout: \(stdout)")
+            #expect(!stdout.contains("secret") && !stdout.contains("token=unset"), "stdout: \(stdout)")
+        }
+    }
+
     @Test("run exits 75 without running the command when the lock is held past --wait", .timeLimit(.minutes(1)))
     func lockUnavailable() async throws {
         try await withLockNodes(3) { client, servers in
