@@ -142,8 +142,6 @@ extension DistributedLock {
         // (a node's first, and one after each reconnect of its subscriber), and per key end.
         var cutShortWaitEnds: ContinuousClock.Instant?
         var isLook = false
-        // Whether an attempt of this call was refused as taken (a fair lock's caller is in line there).
-        var lineEntered = false
         var attemptNumber = -1
         while true {
             if !isLook {
@@ -160,7 +158,9 @@ extension DistributedLock {
                 // A single attempt never enters the line (life 0): nothing would renew or leave it.
                 queueEntry = (ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
             }
-            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: keyLives))
+            // A fair attempt that queues leaves the line once it got the lock.
+            let lineLeave = (queueEntry.map { $0.life > .zero } ?? false) ? self.lineLeave(value: value) : nil
+            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: keyLives), lineLeave: lineLeave)
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
                 // hears a fair release's handoff on its client's channel; the release channel
@@ -231,9 +231,7 @@ extension DistributedLock {
             releasesHeard = coordination.generation(of: name)
             let start = chance.handedOverAt ?? .now
             if firstStart == nil { firstStart = start }
-            // In line where an attempt of this call was refused: a fair lock's attempt that queues.
-            let inLine = (queueEntry.map { $0.life > .zero } ?? false) ? lineEntered : nil
-            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, inLine: inLine, cleanedUp: &cleanedUp) {
+            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &cleanedUp) {
             case let .success(lease):
                 acquired = true
                 if !options.fair || chance.release != nil {
@@ -242,7 +240,6 @@ extension DistributedLock {
                 return lease
             case let .failure(error):
                 lastError = error
-                if error.nodes.contains(where: { $0.cause == .taken }) { lineEntered = true }
                 if chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
@@ -264,16 +261,15 @@ extension DistributedLock {
 
     /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it; `start`
     /// is `sentAt`, else a moment before the send. Adds the nodes where its clean-up may have
-    /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil). `inLine`:
-    /// nil unless the attempt enters a fair lock's line where it is refused; then whether an
-    /// earlier attempt of the call was refused (see ``finish(_:startedAt:value:inLine:cleanedUp:)``).
+    /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil).
+    /// `lineLeave`: the one `prepared` was made with, told the outcome.
     private func attempt(
-        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, inLine: Bool?,
+        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?,
         cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
         if sentAt == nil { client.send(prepared) }
-        return await finish(prepared, startedAt: start, value: value, inLine: inLine, cleanedUp: &cleanedUp)
+        return await finish(prepared, startedAt: start, value: value, lineLeave: lineLeave, cleanedUp: &cleanedUp)
     }
 
     /// How long a waiter that heard its first handoff waits for a quorum of them before it
@@ -329,7 +325,7 @@ extension DistributedLock {
         /// (``Scripts/acquirePlain``), sent in its place (as its `EVAL`) on a connection until it
         /// succeeded there (see
         /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-        var untilScriptsRun: RedisScriptCall? = nil
+        var untilScriptsRun: RedisScriptForm? = nil
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
     }
@@ -383,10 +379,12 @@ extension DistributedLock {
             // On a connection where it has not succeeded yet, `SET NX PX` goes inside a script
             // that checks the release's permissions: a user who may `SET` but not `EVAL` (or
             // `EVALSHA`, `DEL`) is refused there rather than left with a key it can neither
-            // extend nor release.
+            // extend nor release. (Built only then: a connection in steady use never needs it.)
+            let name = name
             return AcquireRequest(
                 command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
-                untilScriptsRun: RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds]), classify: Vote.ofSetNX, confirm: confirm
+                untilScriptsRun: { RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds]).evalForm },
+                classify: Vote.ofSetNX, confirm: confirm
             )
         }
         let call = RedisScriptCall(Scripts.acquireFenced, keys: [name, Scripts.fenceCounterKey], arguments: [value, expiryMilliseconds])
@@ -396,9 +394,12 @@ extension DistributedLock {
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
     /// decided (or cancelled) before a node answers: once decided, a straggler's key is either
     /// part of the lease, released with it, or released by the clean-up in
-    /// ``finish(_:startedAt:value:inLine:cleanedUp:)``; it never outlives its expiry.
-    private func prepareAttempt(_ request: AcquireRequest) -> PreparedFanOut {
-        client.prepareFanOut(
+    /// ``finish(_:startedAt:value:lineLeave:cleanedUp:)``; it never outlives its expiry. A
+    /// fair attempt that queues hands the votes that come after its decision to `lineLeave`.
+    private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave? = nil) -> PreparedFanOut {
+        var lateVotes: (@Sendable (Int, Vote) -> Void)?
+        if let lineLeave { lateVotes = { index, vote in lineLeave.late(index, vote) } }
+        return client.prepareFanOut(
             request.command,
             script: request.script,
             untilScriptsRun: request.untilScriptsRun,
@@ -409,19 +410,34 @@ extension DistributedLock {
             confirm: request.confirm,
             clockCheck: options.clockGuard ? clockCheck() : nil,
             replicaWait: replicaWait,
-            presumingSilentRefuse: true,
+            lateVotes: lateVotes,
             lane: lane
         )
+    }
+
+    /// What sends ``Scripts/leaveLineHolding`` for `value` to some nodes, for a fair attempt
+    /// that queues (``LineLeave``).
+    private func lineLeave(value: String) -> LineLeave {
+        let (client, lane, name) = (client, lane, name)
+        let (budget, expiry) = (options.attemptBudget, options.expiry.millisecondsRoundedUp)
+        // The call is made only when needed: most attempts leave no line.
+        return LineLeave { nodes in
+            let call = RedisScriptCall(
+                Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
+                arguments: [value, String(expiry)]
+            )
+            client.send(client.prepareFanOut(call, order: nodes, budget: budget, returnWhenDecided: false, lane: lane))
+        }
     }
 
     /// The rest of an attempt sent at `start`: await its votes, raise the fence, decide
     /// (``AcquireDecision``); on failure release wherever the attempt may have set the key.
     /// A task cancelled by then gets no lease: an attempt sent on its behalf by a release (which
-    /// runs to its end) may have won it, and it is released like a failed one. A fair lock's
-    /// caller that got the lock after being refused (`inLine` true, or this attempt refused
-    /// somewhere) leaves the line wherever this attempt did not grant (``Scripts/leaveLineHolding``).
+    /// runs to its end) may have won it, and it is released like a failed one. A fair attempt
+    /// that queues tells `lineLeave` its outcome: one that got the lock leaves the line where it
+    /// was refused (``LineLeave``).
     private func finish(
-        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, inLine: Bool?, cleanedUp: inout Set<Int>?
+        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
         var fencingToken: Int64?
@@ -442,24 +458,12 @@ extension DistributedLock {
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }
-            if let inLine, inLine || votes.contains(.refused(.taken)) {
-                // Out of the line wherever this attempt did not grant (a node that has not
-                // answered may queue it yet), behind it on each connection: a release there would
-                // hand over a key living the releaser's expiry. Only once the call was refused
-                // somewhere: an uncontended lock() never enters the line, and pays nothing.
-                let refused = votes.indices.filter { votes[$0]?.isGranted == false }
-                if !refused.isEmpty {
-                    let leave = RedisScriptCall(
-                        Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
-                        arguments: [value, String(options.expiry.millisecondsRoundedUp)]
-                    )
-                    client.send(client.prepareFanOut(leave, order: refused, budget: options.attemptBudget, returnWhenDecided: false, lane: lane))
-                }
-            }
+            lineLeave?.decided(acquired: true, votes: votes)
             return .success(Lease(
                 name: name, value: value, expiry: options.expiry, acquiredAt: start, validUntil: validUntil, fencingToken: fencingToken
             ))
         }
+        lineLeave?.decided(acquired: false, votes: votes)
         // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
         // and the nodes are left free, where only the first in line is granted.
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.

@@ -7,10 +7,7 @@ import Synchronization
 /// outcome is decided (if asked), the budget ran out or the caller was cancelled. A failure
 /// decided while a node refused for good (``Vote/isPermanentRefusal``) waits for the answers
 /// still out (within the budget) when they decide whether too few nodes are left for any retry
-/// to succeed: that must not depend on which node answered first. Nodes known silent when the
-/// round was made (``NodeHealth/silentMask``; an attempt's round) count as refusing for a failure: once
-/// the other nodes' answers leave no quorum without them, the round does not wait out the
-/// budget for them (they keep `.refused(.noAnswer)`); such a node that answers counts as usual.
+/// to succeed: that must not depend on which node answered first.
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is
 /// kept by the client's ``DeadlineTimer``.
@@ -23,24 +20,18 @@ final class FanOutRound: Expiring {
         var finished = false
         /// Called once when the round finishes (see ``whenFinished(_:)``).
         var onFinish: (@Sendable () -> Void)?
-        /// The nodes presumed to refuse that have not answered yet (bit `i`: node `i`).
-        var presumedDown: UInt64
-
-        /// Whether the answers still out from nodes not presumed down cannot make a quorum.
-        var failsWithoutPresumedDown: Bool {
-            presumedDown != 0 && tally.granted + tally.pending - presumedDown.nonzeroBitCount < tally.quorum
-        }
     }
 
     private let state: Mutex<State>
     /// Mirrors `State.finished` so the deadline timer can drop finished rounds without the lock.
     private let finishedFlag = Atomic<Bool>(false)
     private let returnWhenDecided: Bool
+    /// Called (outside the lock) with each vote that comes after the round finished.
+    private let lateVotes: (@Sendable (Int, Vote) -> Void)?
 
     /// A round asking the nodes in `order`; every other node's vote stays nil and counts as refused.
-    /// `presumedDown` (bit `i`: node `i`, of the first 64) are nodes known not to answer: with
-    /// `returnWhenDecided`, a failure is decided without waiting for them.
-    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, presumedDown: UInt64 = 0) {
+    /// `lateVotes` is given each vote that comes after the round finished.
+    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (@Sendable (Int, Vote) -> Void)? = nil) {
         // Appended rather than `init(repeating:count:)`, whose unspecialized allocation looks
         // up the array's generic metadata on every call.
         var votes: [Vote?] = []
@@ -48,13 +39,10 @@ final class FanOutRound: Expiring {
         for _ in 0..<nodeCount { votes.append(nil) }
         var tally = Tally(nodeCount: nodeCount)
         for _ in 0..<(nodeCount - order.count) { tally.record(granted: false) }
-        var asked: UInt64 = 0
-        for index in order {
-            votes[index] = .refused(.noAnswer)
-            if index < 64 { asked |= 1 << UInt64(index) }
-        }
-        state = Mutex(State(votes: votes, tally: tally, unanswered: order.count, presumedDown: returnWhenDecided ? presumedDown & asked : 0))
+        for index in order { votes[index] = .refused(.noAnswer) }
+        state = Mutex(State(votes: votes, tally: tally, unanswered: order.count))
         self.returnWhenDecided = returnWhenDecided
+        self.lateVotes = lateVotes
     }
 
     /// Whether the caller has its votes (or will get them the moment it installs its continuation).
@@ -65,46 +53,35 @@ final class FanOutRound: Expiring {
         let finishing: Finishing? = state.withLock { state in
             if state.finished { return Finishing(continuation: continuation, votes: state.votes, onFinish: nil) }
             state.continuation = continuation
-            // A round that asks nobody has nothing to wait for; one that asks only nodes
-            // presumed down, nothing to decide by.
-            return state.unanswered == 0 ? finish(&state) : decidedEarly(&state)
+            // A round that asks nobody has nothing to wait for.
+            return state.unanswered == 0 ? finish(&state) : nil
         }
         finishing?.deliver()
     }
 
-    /// Records node `index`'s vote; ignored once the round finished.
+    /// Records node `index`'s vote; once the round finished, passes it to `lateVotes`.
     func record(_ vote: Vote, from index: Int) {
+        var late = false
         let resume = state.withLock { state -> Finishing? in
-            guard !state.finished else { return nil }
+            guard !state.finished else {
+                late = true
+                return nil
+            }
             state.votes[index] = vote
             state.unanswered -= 1
             state.tally.record(granted: vote.isGranted)
-            if index < 64 { state.presumedDown &= ~(1 << UInt64(index)) }
             if state.unanswered == 0 { return finish(&state) }
-            return decidedEarly(&state)
+            if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state) {
+                // Nodes still silent did not matter: unsettled, not failed.
+                for index in state.votes.indices {
+                    if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
+                }
+                return finish(&state)
+            }
+            return nil
         }
         resume?.deliver()
-    }
-
-    /// Finishes the round when its outcome is decided before every node answered (with
-    /// `returnWhenDecided`), or its failure is, counting the nodes presumed down as refusing.
-    private func decidedEarly(_ state: inout State) -> Finishing? {
-        guard returnWhenDecided else { return nil }
-        if state.tally.isDecided {
-            guard !Self.awaitsPermanentRefusals(state) else { return nil }
-            // Nodes still silent did not matter: unsettled, not failed.
-            for index in state.votes.indices {
-                if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
-            }
-            return finish(&state)
-        }
-        guard state.failsWithoutPresumedDown else { return nil }
-        // Decided by the nodes presumed down: they stay not answering; the others still
-        // silent did not matter.
-        for index in state.votes.indices where index >= 64 || state.presumedDown & (1 << UInt64(index)) == 0 {
-            if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
-        }
-        return finish(&state)
+        if late, let lateVotes { lateVotes(index, vote) }
     }
 
     /// Ends the round now: the budget ran out or the caller was cancelled. Nodes still silent

@@ -18,8 +18,6 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// Of the nodes down, those whose latest failure was a timeout (read with `down`).
-    private let silent = Atomic<UInt64>(0)
     /// Each address the nodes' open sockets reach (``vet(_:peer:)``): the node, and how many of
     /// its sockets are open there; and the pairs of nodes already logged as one server.
     private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
@@ -42,10 +40,6 @@ final class NodeHealth: Sendable {
     func isDown(_ index: Int) -> Bool {
         index < 64 && down.load(ordering: .relaxed) & (1 << UInt64(index)) != 0
     }
-
-    /// The nodes down because their latest command or connect timed out (a frozen or
-    /// partitioned server, not one that refuses at once), of the first 64 (bit `i`: node `i`).
-    var silentMask: UInt64 { silent.load(ordering: .relaxed) & down.load(ordering: .relaxed) }
 
     /// The latest connection-level failure of node `index` while it has not answered (refused,
     /// timed out, a TLS handshake with a plain port, …), or nil when it answers.
@@ -131,11 +125,6 @@ final class NodeHealth: Sendable {
         }
         let bit: UInt64 = 1 << UInt64(index)
         downBecause.withLock { $0[index] = error }
-        if error.code == .timeout {
-            if silent.load(ordering: .relaxed) & bit == 0 { silent.bitwiseOr(bit, ordering: .relaxed) }
-        } else if silent.load(ordering: .relaxed) & bit != 0 {
-            silent.bitwiseAnd(~bit, ordering: .relaxed)
-        }
         guard down.load(ordering: .relaxed) & bit == 0 else { return }
         let (before, _) = down.bitwiseOr(bit, ordering: .relaxed)
         if before & bit == 0 {

@@ -66,7 +66,7 @@ final class PreparedFanOut: Sendable {
     let runsLateUnlessBehind: String?
     /// For a command that is not a script: what goes in its place on a connection until that
     /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-    let untilScriptsRun: RedisScriptCall?
+    let untilScriptsRun: RedisScriptForm?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -90,7 +90,7 @@ final class PreparedFanOut: Sendable {
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisScriptCall? = nil, order: [Int], budget: Duration,
+        untilScriptsRun: RedisScriptForm? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -201,15 +201,12 @@ extension RedlockClient {
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
     /// that check runs in a task of its own, bounded by its connection's command timeout.
-    /// With `presumingSilentRefuse` (and `returnWhenDecided`), nodes known down now because
-    /// their latest command or connect timed out (``NodeHealth/silentMask``) count as refusing
-    /// for a failure until they answer: an acquire attempt that only they could still make
-    /// succeed fails without waiting for their reply timeout.
+    /// `lateVotes` is given each vote that comes after the votes were complete.
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisScriptCall? = nil,
+        untilScriptsRun: RedisScriptForm? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -217,14 +214,11 @@ extension RedlockClient {
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
         clockCheck: ClockCheck? = nil,
         replicaWait: ReplicaWait? = nil,
-        presumingSilentRefuse: Bool = false,
+        lateVotes: (@Sendable (Int, Vote) -> Void)? = nil,
         lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         PreparedFanOut(
-            round: FanOutRound(
-                nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided,
-                presumedDown: presumingSilentRefuse ? health.silentMask : 0
-            ),
+            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
             order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )

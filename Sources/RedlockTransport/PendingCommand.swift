@@ -16,11 +16,11 @@ package struct QueuedCommand: Sendable {
     package let runsLateUnlessBehind: String?
     /// What goes in the command's place until such a script form succeeded on the socket
     /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
-    package let untilScriptsRun: RedisScriptCall?
+    package let untilScriptsRun: RedisScriptForm?
     package let handler: RedisReplyHandler
 
     package init(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         self.command = command
@@ -59,7 +59,7 @@ final class PendingCommand: Sendable {
     /// For a command that is not a script: a script call that goes in its place (as its `EVAL`,
     /// built only when sent) until such a script form succeeded on the socket, and again after a
     /// script call on it failed for good. Its reply must read like the command's.
-    let untilScriptsRun: RedisScriptCall?
+    let untilScriptsRun: RedisScriptForm?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
     private let state: Mutex<State>
@@ -76,7 +76,7 @@ final class PendingCommand: Sendable {
 
     /// A command whose outcome goes to `handler`; it is always sent.
     init(
-        command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
+        command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         self.command = command

@@ -102,14 +102,14 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// ``RedisScriptCall/runsLateUnlessBehind``): then the `EVAL` goes out at once, to run after
     /// what was written.
     ///
-    /// Without `script`, `untilScriptsRun` (a script call whose reply reads like the command's;
-    /// sent as its `EVAL`, built only then) goes in the command's place until such a script form has succeeded on the
+    /// Without `script`, `untilScriptsRun` (builds the `EVAL` form of a script call whose reply
+    /// reads like the command's, only when it is sent) goes in the command's place until such a script form has succeeded on the
     /// socket, and again after any script call on it failed for good (``RedisError/isPermanent``:
     /// a revoked `+eval`): for a command that must not take effect where the user could not run
     /// the scripts that undo it (a lock's `SET NX`, released by a script), with a script form that
     /// checks that they may run.
     package func send(
-        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptCall? = nil,
+        _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
         handler: @escaping RedisReplyHandler
     ) {
         core.enqueue(PendingCommand(
@@ -434,7 +434,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         guard command.shouldSend else { return }
         guard let script = command.script else {
             if let scripted = command.untilScriptsRun, !state.scriptsRun {
-                Self.format(scripted.evalForm, of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
+                Self.format(scripted(), of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
             } else {
                 Self.format(command.command, of: command, asScriptHash: false, at: now, in: &state)
             }
@@ -750,7 +750,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // the socket closes. A new socket has run no script: each goes as `EVAL`.
                     var bytes: [UInt8] = []
                     for command in state.queue where command.shouldSend {
-                        (command.fallback ?? command.untilScriptsRun?.evalForm ?? command.command).appendWire(to: &bytes)
+                        (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
                     for command in state.queue { effects.completions.append((command, .failure(failure))) }

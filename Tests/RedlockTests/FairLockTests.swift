@@ -586,6 +586,39 @@ struct FairLockTests {
         }
     }
 
+    @Test("a fair lock() that gets the lock at its first attempt leaves the line where that attempt was refused, whether those nodes answered before the quorum or after: a holder's release there hands it nothing")
+    func firstAttemptLeavesTheLine() async throws {
+        try await withLockNodes(5) { client, servers in
+            let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
+            let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+            // A holder with a 20 s expiry on nodes 3 and 4 only; nodes 0 to 2 are free.
+            let pair = try RedlockClient(nodes: servers.suffix(2).map { $0.configuration() })
+            try await withTeardown {
+                try await withSecondClient(on: servers) { other in
+                    let holder = try pair.makeLock("fair-first", options: long)
+                    let holderLease = try await locked(holder, in: pair)
+                    let lock = try other.makeLock("fair-first", options: short)
+                    let lease = try await lock.lock()
+                    // Its leave goes out when nodes 3 and 4 answer, which may be after lock()
+                    // returned: once all its commands so far are done, those it sent then are too.
+                    try await settle([other])
+                    try await settle([other])
+                    try await holder.unlock(holderLease)
+                    try await settle([pair])
+                    for server in servers.suffix(2) {
+                        let value = try await server.run(RedisCommand("GET", "fair-first")).string
+                        let life = try await server.run(RedisCommand("PTTL", "fair-first")).integer ?? -1
+                        #expect(value == nil, "\(value ?? "nil"), PTTL \(life) ms on \(server.port): handed to a caller that holds the lock")
+                    }
+                    try await lock.unlock(lease)
+                    do { let left = try await leftovers(on: servers, after: [client, other, pair]); #expect(left == [], "\(left)") }
+                }
+            } teardown: {
+                await pair.shutdown()
+            }
+        }
+    }
+
     @Test("a holder that died hands nothing over: the first in line, told how long its key lives, gets the lock when the key expires, not at its 10 s retry delay; the one behind it keeps waiting")
     func deadHolderFirstInLine() async throws {
         try await withLockNodes(3) { client, servers in
@@ -639,7 +672,8 @@ struct FairLockTests {
     @Test("a stopped node known down does not hold up a fair waiter's failed attempt for a budget: the handoff of the nodes that answer reaches it at once")
     func stoppedNodeDoesNotHoldUpTheWaiter() async throws {
         try await withLockNodes(3) { client, servers in
-            try await withSecondClient(on: servers) { other in
+            let metrics = TestMetrics()
+            try await withSecondClient(on: servers, metrics: metrics) { other in
                 // A 2 s attempt budget.
                 let options = LockOptions(expiry: .seconds(5), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.4, fair: true)
                 let holder = try client.makeLock("fair-stopped", options: options)
@@ -662,6 +696,18 @@ struct FairLockTests {
                     if !inLine { try await Task.sleep(for: .milliseconds(5)) }
                 }
                 #expect(inLine)
+                // No attempt in flight (each confirmation prompts a look): one the release met on
+                // its way would be granted by one node and refused by the other, and such a split
+                // waits for node 2's answer (its 1 s reply timeout). Quiet: the waiter is back in
+                // its wait, and no attempt began across a round trip to the nodes that answer.
+                var quiet = false
+                while !quiet, ContinuousClock.now < giveUp {
+                    let attempts = metrics.counterTotal(label: "redlock_acquire_attempts_total")
+                    for node in other.nodes.prefix(2) { _ = try await node.send(RedisCommand("PING")) }
+                    quiet = other.waitingLockCalls(for: "fair-stopped") == 1
+                        && metrics.counterTotal(label: "redlock_acquire_attempts_total") == attempts
+                }
+                #expect(quiet)
                 let released = ContinuousClock.now
                 try await holder.unlock(lease)
                 let handed = try await waiting.value

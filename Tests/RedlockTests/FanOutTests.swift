@@ -138,46 +138,45 @@ struct FanOutRoundTests {
         #expect(fiveVotes == [refusal, .refused(.taken), .refused(.taken), .refused(.taken), .unsettled])
     }
 
-    @Test("nodes known down count as refusing for a failure: an attempt only they could still carry fails without waiting for them; a success needs real grants, and a known-down node that answers counts")
-    func presumedDownDecideFailures() async {
-        // Three nodes, node 2 known down: a grant and a taken decide it; node 2 stays silent.
-        let three = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, presumedDown: 0b100)
-        let votes = await collectVotes(of: three) {
-            three.record(.granted(1), from: 0)
-            #expect(!three.isFinished)
-            three.record(.refused(.taken), from: 1)
+    @Test("a vote that comes after the round finished goes to its late-vote hook, once; none before")
+    func lateVotesReachTheHook() async {
+        let late = Locked<[Int]>([])
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true) { index, _ in late.update { $0.append(index) } }
+        let votes = await collectVotes(of: round) {
+            round.record(.granted(1), from: 0)
+            round.record(.granted(1), from: 1)
         }
-        #expect(votes == [.granted(1), .refused(.taken), .refused(.noAnswer)])
-        // The known-down node answers first: counted, and nothing is presumed of it any more.
-        let answers = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, presumedDown: 0b100)
-        let answered = await collectVotes(of: answers) {
-            answers.record(.granted(1), from: 2)
-            answers.record(.refused(.taken), from: 1)
-            #expect(!answers.isFinished)
-            answers.record(.granted(1), from: 0)
-        }
-        #expect(answered == [.granted(1), .refused(.taken), .granted(1)])
-        // Five nodes, 3 and 4 known down: a grant and a taken leave no quorum; node 2, silent
-        // and not known down, did not matter.
-        let five = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true, presumedDown: 0b11000)
-        let fiveVotes = await collectVotes(of: five) {
-            five.record(.granted(1), from: 0)
-            #expect(!five.isFinished)
-            five.record(.refused(.taken), from: 1)
-        }
-        #expect(fiveVotes == [.granted(1), .refused(.taken), .unsettled, .refused(.noAnswer), .refused(.noAnswer)])
-        // Asking only a node known down: decided at once.
-        let alone = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true, presumedDown: 1)
-        #expect(await collectVotes(of: alone) == [.refused(.noAnswer)])
-        // Without deciding early (fail-fast off), nothing is presumed.
-        let patient = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: false, presumedDown: 0b100)
-        let patientVotes = await collectVotes(of: patient) {
-            patient.record(.granted(1), from: 0)
-            patient.record(.refused(.taken), from: 1)
-            #expect(!patient.isFinished)
-            patient.record(.granted(1), from: 2)
-        }
-        #expect(patientVotes == [.granted(1), .refused(.taken), .granted(1)])
+        #expect(votes == [.granted(1), .granted(1), .unsettled])
+        #expect(late.value == [])
+        round.record(.refused(.taken), from: 2)
+        #expect(late.value == [2])
+    }
+
+    @Test("a fair attempt leaves the line where it was refused as taken, before or after its decision, and only once it got the lock")
+    func lineLeaveSendsWhereRefused() {
+        let sent = Locked<[[Int]]>([])
+        let acquired = LineLeave { nodes in sent.update { $0.append(nodes) } }
+        acquired.late(4, .refused(.taken))
+        acquired.late(3, .granted(1))
+        #expect(sent.value == [], "nothing before the decision")
+        acquired.decided(acquired: true, votes: [.granted(1), .refused(.taken), .granted(1), .unsettled, .unsettled])
+        #expect(sent.value == [[1, 4]])
+        acquired.late(3, .refused(.taken))
+        acquired.late(2, .refused(.missing))
+        #expect(sent.value == [[1, 4], [3]], "a late refusal after the decision goes at once; other votes never")
+        acquired.decided(acquired: true, votes: [.refused(.taken)])
+        #expect(sent.value.count == 2, "decided once")
+        // A failed attempt leaves nothing: its caller stays in line.
+        let failed = LineLeave { nodes in sent.update { $0.append(nodes) } }
+        failed.late(0, .refused(.taken))
+        failed.decided(acquired: false, votes: [.refused(.taken), .refused(.taken), .granted(1)])
+        failed.late(1, .refused(.taken))
+        #expect(sent.value.count == 2)
+        // No refusal, no leave: the uncontended lock().
+        let free = LineLeave { nodes in sent.update { $0.append(nodes) } }
+        free.decided(acquired: true, votes: [.granted(1), .granted(1), .unsettled])
+        free.late(2, .granted(1))
+        #expect(sent.value.count == 2)
     }
 
     @Test("without deciding early, the round waits for all five nodes even after a quorum granted")
