@@ -268,8 +268,8 @@ enum Scripts {
         """
     )
 
-    /// A fair lock's caller that got the lock leaves the line where its attempt did not grant.
-    /// `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines, `ARGV[1]` value, `ARGV[2]` its
+    /// A fair lock's caller that got the lock leaves the line on a node that refused its attempt
+    /// as taken (``LineLeave``). `KEYS[1]` lock name, `KEYS[2]` queue, `KEYS[3]` deadlines, `ARGV[1]` value, `ARGV[2]` its
     /// expiry in ms. Removes the caller's entry; when a release handed the key over meanwhile
     /// (it holds the value), shortens the key's life to the caller's expiry if it is longer (a
     /// releaser with a longer expiry set it). Otherwise a release reaching this node after the
