@@ -12,6 +12,11 @@ struct FairLockTests {
         LockOptions(expiry: .seconds(5), tries: 100, retryDelay: .constant(delay), timeoutFactor: 0.2, fair: true)
     }
 
+    /// A releaser's and a waiter's options, 20 s and 1 s expiries: a key handed over lives the
+    /// releaser's expiry, longer than the waiter's lease.
+    private let longerExpiry = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
+    private let shorterExpiry = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+
     /// Returns once every node has run what `clients` sent it so far: a PING behind it on each
     /// client's connection to the node (the connections every lock of these tests uses) is
     /// answered. A `lock()` or `unlock()` returns once a quorum answered; its commands to the
@@ -516,8 +521,7 @@ struct FairLockTests {
         try await withLockNodes(3) { client, servers in
             let metrics = TestMetrics()
             try await withSecondClient(on: servers, metrics: metrics) { other in
-                let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
-                let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+                let (long, short) = (longerExpiry, shorterExpiry)
                 let holder = try client.makeLock("fair-short", options: long)
                 let lease = try await locked(holder, in: client)
                 let (lock, waiting) = try await waiter(in: other, for: "fair-short", options: short, nodes: servers.count)
@@ -553,8 +557,7 @@ struct FairLockTests {
     @Test("a waiter that got the lock leaves the line where its claim was refused: a release reaching such a node later hands it no key that outlives the waiter's expiry")
     func lateHandoffIsTrimmed() async throws {
         try await withLockNodes(3) { client, servers in
-            let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
-            let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+            let (long, short) = (longerExpiry, shorterExpiry)
             // Two holders with a 20 s expiry: one on nodes 0 and 1, one on node 2 alone.
             let pair = try RedlockClient(nodes: servers.prefix(2).map { $0.configuration() })
             let single = try RedlockClient(nodes: [servers[2].configuration()])
@@ -589,8 +592,7 @@ struct FairLockTests {
     @Test("a fair lock() that gets the lock at its first attempt leaves the line where that attempt was refused, whether those nodes answered before the quorum or after: a holder's release there hands it nothing")
     func firstAttemptLeavesTheLine() async throws {
         try await withLockNodes(5) { client, servers in
-            let long = LockOptions(expiry: .seconds(20), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.02, fair: true)
-            let short = LockOptions(expiry: .seconds(1), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+            let (long, short) = (longerExpiry, shorterExpiry)
             // A holder with a 20 s expiry on nodes 3 and 4 only; nodes 0 to 2 are free.
             let pair = try RedlockClient(nodes: servers.suffix(2).map { $0.configuration() })
             try await withTeardown {
