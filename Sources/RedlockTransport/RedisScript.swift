@@ -25,15 +25,15 @@ package struct RedisScript: Sendable, Hashable {
     }
 }
 
-/// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
-/// to many nodes without building it again for each. Its `EVAL` form is built by a connection
-/// that needs it.
 /// Builds a script call's `EVAL` form (``RedisScriptCall/evalForm``) when a connection needs
 /// it: what goes in a command's place until a script form ran on the socket
 /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``). Built
 /// only then, so a command in steady use pays nothing for it.
 package typealias RedisScriptForm = @Sendable () -> RedisCommand
 
+/// A script with its keys and arguments, its `EVALSHA` command built once: send the same call
+/// to many nodes without building it again for each. Its `EVAL` form is built by a connection
+/// that needs it.
 package struct RedisScriptCall: Sendable {
     /// `EVALSHA sha1 numkeys keys… arguments…`.
     package let command: RedisCommand

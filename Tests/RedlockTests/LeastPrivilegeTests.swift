@@ -8,9 +8,11 @@ import Testing
 @Suite("Least-privilege ACL users")
 struct LeastPrivilegeTests {
     /// Configurations for `servers` that log in as `user` with `password`.
-    private func configurations(_ servers: [RedisServer], user: String, password: String = "pw") -> [RedisConnectionConfiguration] {
+    private func configurations(
+        _ servers: [RedisServer], user: String, password: String = "pw", commandTimeout: Duration = .seconds(1)
+    ) -> [RedisConnectionConfiguration] {
         servers.map {
-            var configuration = $0.configuration()
+            var configuration = $0.configuration(commandTimeout: commandTimeout)
             configuration.username = user
             configuration.password = password
             return configuration
@@ -314,7 +316,8 @@ struct LeastPrivilegeTests {
             await waiter.shutdown()
 
             try await createUser("queuer", rules: rule.filter { $0 != "+zadd" }, on: servers)
-            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer"))
+            // A 2 s reply timeout: node 2's refusal after the 1 s stall must not race it.
+            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer", commandTimeout: .seconds(2)))
             let refused = try limited.makeLock("queued", options: options)
             for status in await limited.checkNodes(for: refused) {
                 #expect(Set(status.refused.map(\.permission)) == ["ZADD redlock:queue:queued", "ZADD redlock:queue-deadlines:queued"], "\(status.result)")
@@ -350,7 +353,8 @@ struct LeastPrivilegeTests {
             try await createUser("queuer", rules: ["~*", "+@all", "&*"], on: [servers[0]])
             try await createUser("queuer", rules: ["~*", "+@all", "-zadd", "&*"], on: Array(servers[1...]))
             let admin = try RedlockClient(nodes: servers.map { $0.configuration() })
-            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer"))
+            // A 2 s reply timeout: node 2's refusal after the 1 s stall must not race it.
+            let limited = try RedlockClient(nodes: configurations(servers, user: "queuer", commandTimeout: .seconds(2)))
             // A 2.5 s budget, longer than the stall: node 2's refusal comes within it.
             let options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.milliseconds(50)), timeoutFactor: 0.5, fair: true)
             let held = try await admin.makeLock("partly-refused", options: options).lock()
