@@ -141,6 +141,8 @@ extension DistributedLock {
         // have, so `tries` bounds the time as Redsync's count does. One look per confirmation
         // (a node's first, and one after each reconnect of its subscriber), and per key end.
         var cutShortWaitEnds: ContinuousClock.Instant?
+        // A fair lock()'s attempts queue where refused unless it is a single one (tryLock()).
+        let leaveLine = options.fair && tries > 1 ? leaveLine(value: value) : nil
         var isLook = false
         var attemptNumber = -1
         while true {
@@ -159,7 +161,7 @@ extension DistributedLock {
                 queueEntry = (ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
             }
             // A fair attempt that queues leaves the line once it got the lock.
-            let lineLeave = (queueEntry.map { $0.life > .zero } ?? false) ? self.lineLeave(value: value) : nil
+            let lineLeave = leaveLine.map(LineLeave.init(leave:))
             let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: keyLives), lineLeave: lineLeave)
             if attemptNumber > 0 {
                 // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
@@ -396,10 +398,8 @@ extension DistributedLock {
     /// part of the lease, released with it, or released by the clean-up in
     /// ``finish(_:startedAt:value:lineLeave:cleanedUp:)``; it never outlives its expiry. A
     /// fair attempt that queues hands the votes that come after its decision to `lineLeave`.
-    private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave? = nil) -> PreparedFanOut {
-        var lateVotes: (@Sendable (Int, Vote) -> Void)?
-        if let lineLeave { lateVotes = { index, vote in lineLeave.late(index, vote) } }
-        return client.prepareFanOut(
+    private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave?) -> PreparedFanOut {
+        client.prepareFanOut(
             request.command,
             script: request.script,
             untilScriptsRun: request.untilScriptsRun,
@@ -410,18 +410,18 @@ extension DistributedLock {
             confirm: request.confirm,
             clockCheck: options.clockGuard ? clockCheck() : nil,
             replicaWait: replicaWait,
-            lateVotes: lateVotes,
+            lateVotes: lineLeave,
             lane: lane
         )
     }
 
-    /// What sends ``Scripts/leaveLineHolding`` for `value` to some nodes, for a fair attempt
-    /// that queues (``LineLeave``).
-    private func lineLeave(value: String) -> LineLeave {
+    /// What sends ``Scripts/leaveLineHolding`` for `value` to some nodes: made once per `lock()`
+    /// whose attempts queue, for each attempt's ``LineLeave``.
+    private func leaveLine(value: String) -> @Sendable ([Int]) -> Void {
         let (client, lane, name) = (client, lane, name)
         let (budget, expiry) = (options.attemptBudget, options.expiry.millisecondsRoundedUp)
         // The call is made only when needed: most attempts leave no line.
-        return LineLeave { nodes in
+        return { nodes in
             let call = RedisScriptCall(
                 Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
                 arguments: [value, String(expiry)]

@@ -26,12 +26,12 @@ final class FanOutRound: Expiring {
     /// Mirrors `State.finished` so the deadline timer can drop finished rounds without the lock.
     private let finishedFlag = Atomic<Bool>(false)
     private let returnWhenDecided: Bool
-    /// Called (outside the lock) with each vote that comes after the round finished.
-    private let lateVotes: (@Sendable (Int, Vote) -> Void)?
+    /// Given (outside the lock) each vote that comes after the round finished.
+    private let lateVotes: (any LateVotes)?
 
     /// A round asking the nodes in `order`; every other node's vote stays nil and counts as refused.
     /// `lateVotes` is given each vote that comes after the round finished.
-    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (@Sendable (Int, Vote) -> Void)? = nil) {
+    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (any LateVotes)? = nil) {
         // Appended rather than `init(repeating:count:)`, whose unspecialized allocation looks
         // up the array's generic metadata on every call.
         var votes: [Vote?] = []
@@ -81,7 +81,7 @@ final class FanOutRound: Expiring {
             return nil
         }
         resume?.deliver()
-        if late, let lateVotes { lateVotes(index, vote) }
+        if late, let lateVotes { lateVotes.late(index, vote) }
     }
 
     /// Ends the round now: the budget ran out or the caller was cancelled. Nodes still silent
@@ -138,4 +138,10 @@ final class FanOutRound: Expiring {
         }
         return Finishing(continuation: state.continuation, votes: state.votes, onFinish: state.onFinish)
     }
+}
+
+/// What takes the votes that come after a ``FanOutRound`` finished (``LineLeave``): called on the
+/// thread that read the reply, outside the round's lock; it must be quick.
+protocol LateVotes: AnyObject, Sendable {
+    func late(_ index: Int, _ vote: Vote)
 }

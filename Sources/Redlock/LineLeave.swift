@@ -14,7 +14,7 @@ import Synchronization
 /// hook, on whichever thread read the reply); the decision through ``decided(acquired:votes:)``,
 /// once. Nothing is sent for an attempt every node granted: an uncontended `lock()` pays
 /// nothing.
-final class LineLeave: Sendable {
+final class LineLeave: LateVotes {
     private enum Outcome {
         /// Not decided yet: the nodes that refused late so far.
         case pending([Int])

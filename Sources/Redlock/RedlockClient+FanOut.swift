@@ -214,7 +214,7 @@ extension RedlockClient {
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)? = nil,
         clockCheck: ClockCheck? = nil,
         replicaWait: ReplicaWait? = nil,
-        lateVotes: (@Sendable (Int, Vote) -> Void)? = nil,
+        lateVotes: (any LateVotes)? = nil,
         lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         PreparedFanOut(

@@ -621,6 +621,54 @@ struct FairLockTests {
         }
     }
 
+    @Test("a fair lock() leaves the line also where its winning attempt ran but the reply never came (held by the network past the reply timeout): a release there later hands it nothing")
+    func timedOutNodeLeavesTheLine() async throws {
+        try await withLockNodes(3) { client, servers in
+            // The waiter reaches node 2 through a proxy that can hold the node's replies back
+            // while its commands still get through (they run on the node at once).
+            let proxy = try FaultProxy.start(to: servers[2].endpoint)
+            defer { proxy.stop() }
+            let nodes = servers.prefix(2).map { $0.configuration() } + [RedisConnectionConfiguration(endpoint: proxy.endpoint)]
+            let other = try RedlockClient(nodes: nodes)
+            let single = try RedlockClient(nodes: [servers[2].configuration()])
+            try await withTeardown {
+                // A holder with a 20 s expiry on node 2 alone.
+                let holder = try single.makeLock("fair-timed-out", options: longerExpiry)
+                let holderLease = try await locked(holder, in: single)
+                _ = try await other.nodes[2].send(RedisCommand("PING"))
+                proxy.set(.stall([.toClient]))
+                // Nodes 0 and 1 grant; node 2 runs the attempt (which puts the caller in line) but
+                // its answer is held until the reply timeout (1 s) ends the connection.
+                // (A 3 s lease: it outlasts the wait for that timeout.)
+                var waiterOptions = shorterExpiry
+                waiterOptions.expiry = .seconds(3)
+                let lock = try other.makeLock("fair-timed-out", options: waiterOptions)
+                let lease = try await lock.lock()
+                func inLine() async throws -> Bool {
+                    try await servers[2].run(RedisCommand("ZSCORE", "redlock:queue:fair-timed-out", lease.value)).string != nil
+                }
+                #expect(try await inLine(), "the attempt queued on node 2")
+                // The leave goes out once the timeout counts as node 2's late answer (no event
+                // tells the test: it looks every 5 ms).
+                let giveUp = ContinuousClock.now + .seconds(5)
+                while try await inLine(), ContinuousClock.now < giveUp { try await Task.sleep(for: .milliseconds(5)) }
+                #expect(try await !inLine(), "still in line on node 2 (the entry lives 11 s)")
+                try await holder.unlock(holderLease)
+                try await settle([single])
+                let value = try await servers[2].run(RedisCommand("GET", "fair-timed-out")).string
+                let life = try await servers[2].run(RedisCommand("PTTL", "fair-timed-out")).integer ?? -1
+                #expect(value == nil, "\(value ?? "nil"), PTTL \(life) ms on node 2: handed to a caller that holds the lock")
+                proxy.set(.none)
+                try await lock.unlock(lease)
+                do { let left = try await leftovers(on: servers, after: [client, other, single]); #expect(left == [], "\(left)") }
+            } teardown: {
+                proxy.set(.none)
+                await other.shutdown()
+                await single.shutdown()
+            }
+        }
+    }
+
     @Test("a holder that died hands nothing over: the first in line, told how long its key lives, gets the lock when the key expires, not at its 10 s retry delay; the one behind it keeps waiting")
     func deadHolderFirstInLine() async throws {
         try await withLockNodes(3) { client, servers in

@@ -14,6 +14,13 @@ private func collectVotes(of round: FanOutRound, whileWaiting: () -> Void = {}) 
     }
 }
 
+/// The nodes whose votes came after their round finished, in order.
+private final class LateNodes: LateVotes {
+    private let nodes = Locked<[Int]>([])
+    var value: [Int] { nodes.value }
+    func late(_ index: Int, _ vote: Vote) { nodes.update { $0.append(index) } }
+}
+
 /// How long `operation` took.
 private func timed(_ operation: () async -> Void) async -> Duration {
     let start = ContinuousClock.now
@@ -140,8 +147,8 @@ struct FanOutRoundTests {
 
     @Test("a vote that comes after the round finished goes to its late-vote hook, once; none before")
     func lateVotesReachTheHook() async {
-        let late = Locked<[Int]>([])
-        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true) { index, _ in late.update { $0.append(index) } }
+        let late = LateNodes()
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, lateVotes: late)
         let votes = await collectVotes(of: round) {
             round.record(.granted(1), from: 0)
             round.record(.granted(1), from: 1)
