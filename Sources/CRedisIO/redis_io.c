@@ -35,6 +35,9 @@ struct rio_conn {
     SSL *ssl;
     redisReader *reader;
     int undrained; /* the last read stopped at its size limit */
+    /* The TLS session's last read from the socket got fewer bytes than it asked for (the
+       socket was drained then); cleared by rio_conn_read before it reads. */
+    int tls_short_read;
     int received;  /* any byte came from the server */
     size_t since_reply; /* bytes fed since the reader last gave a complete reply */
     /* The server name the TLS handshake sent (SNI), or NULL: none is sent for an IP address. */
@@ -87,11 +90,14 @@ static void openssl_reason(char *buffer, size_t size) {
    and SIGPIPE's default action ends the process. The session's BIO here writes with
    send(MSG_NOSIGNAL), so that failure comes back as EPIPE, at no cost per call (blocking and
    restoring the signal mask around every OpenSSL call took four system calls). The BIO does not
-   own the descriptor. Its method table is made once and kept for the life of the process, as
-   OpenSSL keeps its built-in ones. */
+   own the descriptor. Its data is the connection (which outlives its session: conn_release frees
+   the session first), so that a read can note a short read (rio_conn_read stops there, as over
+   plain TCP). Its method table is made once and kept for the life of the process, as OpenSSL
+   keeps its built-in ones. */
 
 static int socket_bio_write(BIO *bio, const char *data, int length) {
-    int fd = (int)(intptr_t)BIO_get_data(bio);
+    const rio_conn *conn = BIO_get_data(bio);
+    int fd = conn != NULL ? conn->fd : -1;
     BIO_clear_retry_flags(bio);
     ssize_t written = send(fd, data, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (written < 0) {
@@ -104,9 +110,13 @@ static int socket_bio_write(BIO *bio, const char *data, int length) {
 }
 
 static int socket_bio_read(BIO *bio, char *buffer, int capacity) {
-    int fd = (int)(intptr_t)BIO_get_data(bio);
+    rio_conn *conn = BIO_get_data(bio);
+    int fd = conn != NULL ? conn->fd : -1;
     BIO_clear_retry_flags(bio);
     ssize_t count = recv(fd, buffer, (size_t)capacity, MSG_DONTWAIT);
+    if (conn != NULL) {
+        conn->tls_short_read = count > 0 && count < capacity;
+    }
     if (count < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             BIO_set_retry_read(bio);
@@ -129,7 +139,8 @@ static long socket_bio_ctrl(BIO *bio, int command, long number, void *pointer) {
         return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0;
     case BIO_C_GET_FD: {
         /* As the socket BIO answers it (SSL_get_fd). */
-        int fd = BIO_get_init(bio) ? (int)(intptr_t)BIO_get_data(bio) : -1;
+        const rio_conn *conn = BIO_get_init(bio) ? BIO_get_data(bio) : NULL;
+        int fd = conn != NULL ? conn->fd : -1;
         if (pointer != NULL) {
             *(int *)pointer = fd;
         }
@@ -171,8 +182,8 @@ static void make_socket_bio_method(void) {
     socket_bio_method_made = method;
 }
 
-/* A BIO over fd for a TLS session, or NULL when OpenSSL could not make one. */
-static BIO *socket_bio_new(int fd) {
+/* A BIO over conn's socket for its TLS session, or NULL when OpenSSL could not make one. */
+static BIO *socket_bio_new(rio_conn *conn) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     if (pthread_once(&once, make_socket_bio_method) != 0 || socket_bio_method_made == NULL) {
         return NULL;
@@ -181,7 +192,7 @@ static BIO *socket_bio_new(int fd) {
     if (bio == NULL) {
         return NULL;
     }
-    BIO_set_data(bio, (void *)(intptr_t)fd);
+    BIO_set_data(bio, conn);
     BIO_set_init(bio, 1);
     return bio;
 }
@@ -336,7 +347,7 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
         openssl_reason(reason, sizeof reason);
         return fail(err, RIO_E_TLS, 0, "could not create a TLS session: %s", reason);
     }
-    BIO *bio = socket_bio_new(conn->fd);
+    BIO *bio = socket_bio_new(conn);
     if (bio == NULL) {
         openssl_reason(reason, sizeof reason);
         return fail(err, RIO_E_TLS, 0, "could not attach the TLS session: %s", reason);
@@ -868,6 +879,7 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
     char buffer[16384];
     size_t total = 0;
     conn->undrained = 0;
+    conn->tls_short_read = 0;
     while (total < (1u << 20)) {
         ssize_t count;
         if (conn->ssl != NULL) {
@@ -908,8 +920,12 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
         total += (size_t)count;
         /* A short plain read drained the socket: what comes later (bytes, a FIN) raises a new
            edge-triggered event. A FIN that came with these bytes raised none of its own; the
-           event that reported it says hang-up, and then to_eof reads on to see it. */
-        if (!to_eof && conn->ssl == NULL && (size_t)count < sizeof buffer) {
+           event that reported it says hang-up, and then to_eof reads on to see it. Over TLS, a
+           short read of the socket by this call drained it likewise once the session holds no
+           bytes of its own (read ahead: a whole record or more, not yet returned): else the
+           next SSL_read returns them, or reads the rest of a record. */
+        if (!to_eof && (conn->ssl == NULL ? (size_t)count < sizeof buffer
+                                          : conn->tls_short_read && !SSL_has_pending(conn->ssl))) {
             return total;
         }
     }

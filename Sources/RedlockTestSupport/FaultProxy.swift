@@ -37,6 +37,10 @@ public final class FaultProxy: Sendable {
         /// Forward `bytes` more bytes in `direction`, then nothing more in it (a cut mid-message,
         /// e.g. half a TLS record).
         case cut(Direction, afterBytes: Int)
+        /// Forward what comes in `direction` in pieces of 1 to `maxBytes` bytes (at random), with
+        /// a pause of `pause` after each: messages and TLS records cut at every possible point,
+        /// several arriving in one read.
+        case fragment(Direction, maxBytes: Int, pause: Duration)
     }
 
     /// The port on 127.0.0.1 clients connect to.
@@ -163,6 +167,12 @@ public final class FaultProxy: Sendable {
             let connected = node >= 0 && withUnsafeMutablePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(node, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
             }
+            // Each write goes out as its own segment (no Nagle wait for an ACK): the proxy adds
+            // only the delays its fault asks for, and `.fragment`'s pieces stay apart.
+            var noDelay: Int32 = 1
+            for descriptor in [client, node] where descriptor >= 0 {
+                _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
+            }
             let link = Link(client: client, node: node)
             let keep = connected && state.withLock { state in
                 guard !state.stopped else { return false }
@@ -205,23 +215,26 @@ public final class FaultProxy: Sendable {
             // shares it, so reading it and spending it apart let two links overspend it), else
             // all of it.
             let heldCount = held.count
-            let (flowing, ending): (Int, Bool) = state.withLock { state in
-                if state.resetting.contains(link.client) { return (0, true) }
+            let (flowing, pause, ending): (Int, Duration?, Bool) = state.withLock { state in
+                if state.resetting.contains(link.client) { return (0, nil, true) }
                 switch state.fault {
                 case let .stall(directions) where directions.contains(direction):
-                    return (0, false)
+                    return (0, nil, false)
                 case .cut(direction, _):
                     let granted = min(heldCount, max(0, state.allowance[direction] ?? 0))
                     state.allowance[direction, default: 0] -= granted
-                    return (granted, false)
+                    return (granted, nil, false)
+                case let .fragment(fragmented, maxBytes, pause) where fragmented == direction && heldCount > 0:
+                    return (min(heldCount, Int.random(in: 1...max(1, maxBytes))), pause, false)
                 default:
-                    return (heldCount, false)
+                    return (heldCount, nil, false)
                 }
             }
             if ending { return }
             if flowing > 0 {
                 if !writeAll(held, count: flowing, to: to) { return }
                 held.removeFirst(flowing)
+                if let pause { Thread.sleep(forTimeInterval: Double(pause.nanosecondsValue) / 1e9) }
                 continue
             }
             var ready = pollfd(fd: from, events: Int16(POLLIN), revents: 0)

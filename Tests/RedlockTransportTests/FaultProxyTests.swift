@@ -131,4 +131,46 @@ struct FaultProxyTests {
             await tlsServer.terminate()
         }
     }
+
+    @Test("replies cut at random points, several records or replies in one read, arrive whole and in order, over TLS and plain TCP, from many callers at once: a read that stops at a short read leaves nothing behind that no event announces", arguments: [true, false])
+    func fragmentedReplies(overTLS: Bool) async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let server = try await overTLS ? RedisServer.start(tls: .init(certificates: certificates)) : RedisServer.start()
+        try await withTeardown {
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            // A stuck reply would wait for the command timeout, then fail: 5 s is far beyond
+            // what the whole exchange takes (about a second).
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, connectTimeout: .seconds(5), commandTimeout: .seconds(5),
+                tls: overTLS ? RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate) : nil
+            ))
+            let value = String((0..<30_000).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
+            #expect(try await connection.send(RedisCommand("SET", "fragmented", value)) == .simpleString("OK"))
+            proxy.set(.fragment(.toClient, maxBytes: 300, pause: .microseconds(20)))
+            // Large replies among many (each large one many records, cut anywhere), then small
+            // batches: the last read of a batch often holds the ends of two replies, and nothing
+            // comes after it to raise another event.
+            for batch in 0..<202 {
+                let (callers, large) = batch < 2 ? (48, 12) : (3, 0)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<callers {
+                        group.addTask { () async throws -> Void in
+                            if large > 0, index % large == 0 {
+                                #expect(try await connection.send(RedisCommand("GET", "fragmented")) == .bulkString(Array(value.utf8)))
+                            } else {
+                                #expect(try await connection.send(RedisCommand("ECHO", "reply \(index)")) == .bulkString(Array("reply \(index)".utf8)))
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            #expect(connection.connectionGeneration == 1, "no reconnect: every reply came on the first connection")
+            await connection.shutdown()
+        } teardown: {
+            await server.terminate()
+        }
+    }
 }

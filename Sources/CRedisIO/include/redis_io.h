@@ -81,8 +81,9 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
    drained: with to_eof 0 reading stops there, saving the read that would return EAGAIN (bytes
    or a FIN that come later raise a new edge-triggered event). With to_eof 1 it reads on to
    EAGAIN or EOF: for an event that reported a hang-up (the FIN may have come with the last
-   bytes) or urgent data (a read stops short at its mark, with more bytes queued behind it). A
-   TLS connection always reads to EAGAIN (a short read there is one record).
+   bytes) or urgent data (a read stops short at its mark, with more bytes queued behind it). Over
+   TLS the same holds for the session's reads of the socket, once the session holds no bytes of
+   its own (a record or part of one read ahead): SSL_read returns one record at a time.
    Returns the bytes read; sets *failed with err on EOF (RIO_E_CLOSED), a socket error or bytes
    that are not RESP. Replies read before a failure are still taken with rio_conn_next_reply. */
 size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err);
