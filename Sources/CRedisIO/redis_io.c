@@ -74,6 +74,16 @@ static int fail_errno(rio_error *err, const char *what, int saved) {
     return fail(err, code, saved, "%s: %s", what, strerror(saved));
 }
 
+/* Empties this thread's OpenSSL error queue, as SSL_get_error needs before an SSL_read,
+   SSL_write or SSL_peek. It is nearly always empty already (every failure here clears it), and
+   looking costs a fraction of clearing all of its slots: on every record, that was about a
+   twentieth of a TLS cycle's instructions. */
+static void empty_error_queue(void) {
+    if (ERR_peek_error() != 0) {
+        ERR_clear_error();
+    }
+}
+
 /* The oldest OpenSSL error on this thread's queue as text (the queue is then cleared). */
 static void openssl_reason(char *buffer, size_t size) {
     unsigned long code = ERR_get_error();
@@ -811,7 +821,7 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
         return 0;
     }
     if (conn->ssl != NULL) {
-        ERR_clear_error();
+        empty_error_queue();
         int chunk = length > 0x7fffffff ? 0x7fffffff : (int)length;
         int written = SSL_write(conn->ssl, bytes, chunk);
         int saved = errno;
@@ -883,7 +893,7 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
     while (total < (1u << 20)) {
         ssize_t count;
         if (conn->ssl != NULL) {
-            ERR_clear_error();
+            empty_error_queue();
             int result = SSL_read(conn->ssl, buffer, (int)sizeof buffer);
             int saved = errno;
             if (result <= 0) {
