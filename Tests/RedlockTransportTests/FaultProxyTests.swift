@@ -173,4 +173,64 @@ struct FaultProxyTests {
             await server.terminate()
         }
     }
+
+    @Test("a command queued while the connection is being made (its TLS handshake stalled) still reaches the node once it is made, after shutdown() returned or after the connection object was dropped, exactly once; its caller has its answer (after shutdown(), at once), and the socket then closes", arguments: [false, true])
+    func queuedWhileConnectingReachesTheNode(dropped: Bool) async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let server = try await RedisServer.start(tls: .init(certificates: certificates))
+        try await withTeardown {
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let tls = RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+            let admin = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, tls: tls))
+            #expect(try await admin.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // The server's replies are held: the handshake cannot finish until the stall ends.
+            proxy.set(.stall([.toClient]))
+            let answered = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let started = ContinuousClock.now
+            do {
+                let connection = RedisConnection(
+                    configuration: RedisConnectionConfiguration(endpoint: proxy.endpoint, connectTimeout: .seconds(10), commandTimeout: .seconds(2), tls: tls)
+                )
+                connection.send([QueuedCommand(RedisCommand("INCR", "queued-while-connecting"), handler: { answered.fire($0) })])
+                if !dropped { await connection.shutdown() }
+            }
+            if dropped {
+                // Nobody can shut it down: its caller is answered once the command was written.
+                #expect(try await admin.send(RedisCommand("GET", "queued-while-connecting")) == .null, "written before the connection was made")
+                proxy.set(.none)
+            }
+            // After shutdown(), the caller's answer comes without waiting for the connect, at
+            // the grace period's end (500 ms).
+            let reply = await answered.wait()
+            let waited = started.duration(to: .now)
+            guard case let .failure(error) = reply else {
+                Issue.record("the command was answered by a connection shut down or dropped before it was made: \(reply)")
+                return
+            }
+            #expect(error.code == .shutdown, "\(error)")
+            #expect(waited < .seconds(5), "answered after \(waited), not at once")
+            if !dropped {
+                #expect(try await admin.send(RedisCommand("GET", "queued-while-connecting")) == .null, "written before the connection was made")
+                proxy.set(.none)
+            }
+            // Once the handshake finishes the command goes out, then the socket closes: wait
+            // (at most 10 s) for both, as the node sees them.
+            var count: RedisValue = .null
+            var clients = 0
+            for _ in 0..<500 {
+                count = try await admin.send(RedisCommand("GET", "queued-while-connecting"))
+                guard case let .bulkString(list) = try await admin.send(RedisCommand("CLIENT", "LIST")) else { break }
+                clients = String(decoding: list, as: UTF8.self).split(separator: "\n").count
+                if count != .null, clients == 1 { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(count == .bulkString(Array("1".utf8)), "the queued INCR reached the node once")
+            #expect(clients == 1, "the connection's socket was closed once written (clients left: \(clients))")
+            await admin.shutdown()
+        } teardown: {
+            await server.terminate()
+        }
+    }
 }
