@@ -264,7 +264,13 @@ rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *
         SSL_CTX_free(context);
         return NULL;
     }
-    SSL_CTX_set_mode(context, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* AUTO_RETRY (OpenSSL 3's default, set here all the same): an SSL_read that processed a
+       record carrying no application data (a session ticket, a TLS 1.3 KeyUpdate) goes on to
+       the next record rather than returning WANT_READ with bytes still held, which
+       rio_conn_read's stop at a short read relies on. No renegotiation: a TLS 1.2 server that
+       asked for one would have SSL_write read. */
+    SSL_CTX_set_mode(context, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    SSL_CTX_set_options(context, SSL_OP_NO_RENEGOTIATION);
     /* Read whatever the socket has in one system call, not one record header and body at a time. */
     SSL_CTX_set_read_ahead(context, 1);
     /* A server that dies (or restarts) sends no close_notify: that is a closed connection, as

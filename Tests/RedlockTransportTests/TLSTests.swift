@@ -1,6 +1,7 @@
 import Foundation
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
 
 /// Runs `body` with certificates generated for this test and removes them afterwards.
@@ -50,6 +51,16 @@ private func pingError(_ configuration: RedisConnectionConfiguration) async -> R
         Issue.record("not a RedisError: \(error)")
         return nil
     }
+}
+
+/// A TLS-only server that speaks only TLS 1.2 or only TLS 1.3.
+private func tlsServer(_ certificates: TLSCertificates, tls12: Bool) async throws -> RedisServer {
+    try await RedisServer.start(tls: .init(certificates: certificates), arguments: ["--tls-protocols", tls12 ? "TLSv1.2" : "TLSv1.3"])
+}
+
+/// `size` bytes of lowercase letters, different for each `seed`.
+private func letters(_ size: Int, seed: Int) -> [UInt8] {
+    (0..<size).map { UInt8(97 + ($0 &+ seed) % 26) }
 }
 
 @Suite("TLS to real nodes")
@@ -270,6 +281,108 @@ struct TLSTests {
         #expect(failure?.code == .tlsFailed)
         #expect(failure?.message.contains("/nonexistent/ca.pem") == true, "\(String(describing: failure))")
         #expect(failure?.isPermanent == true)
+    }
+
+    @Test("over TLS 1.2 and 1.3, replies of sizes around the 16 KiB record boundaries, many at once and then one alone, arrive whole on one connection, directly and cut into pieces of 1 to 40 bytes: a read that stops at a short read of the socket leaves no record behind", arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func recordBoundaries(tls12: Bool, fragmented: Bool) async throws {
+        try await withCertificates { certificates in
+            let server = try await tlsServer(certificates, tls12: tls12)
+            try await withTeardown {
+                let proxy = try FaultProxy.start(to: server.endpoint)
+                defer { proxy.stop() }
+                // A reply left behind would fail at the 3 s command timeout.
+                let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                    endpoint: fragmented ? proxy.endpoint : server.endpoint, connectTimeout: .seconds(3), commandTimeout: .seconds(3),
+                    tls: RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+                ))
+                let sizes = [0, 1, 16_370, 16_377, 16_379, 16_384, 16_385, 16_400, 32_752, 32_768, 49_152, 100_000]
+                for size in sizes {
+                    #expect(try await connection.send(RedisCommand("SET", "k\(size)", String(decoding: letters(size, seed: size), as: UTF8.self))) == .simpleString("OK"))
+                }
+                if fragmented { proxy.set(.fragment(.toClient, maxBytes: 40, pause: .zero)) }
+                for round in 0..<(fragmented ? 3 : 12) {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for (index, size) in sizes.enumerated() where (index + round) % 3 != 0 || round % 2 == 0 {
+                            group.addTask { () async throws -> Void in
+                                #expect(try await connection.send(RedisCommand("GET", "k\(size)")) == .bulkString(letters(size, seed: size)), "\(size) bytes")
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    // One reply alone, nothing after it.
+                    let size = sizes[round % sizes.count]
+                    #expect(try await connection.send(RedisCommand("GET", "k\(size)")) == .bulkString(letters(size, seed: size)), "\(size) bytes, alone")
+                }
+                #expect(connection.connectionGeneration == 1, "no reconnect")
+                await connection.shutdown()
+            } teardown: {
+                await server.terminate()
+            }
+        }
+    }
+
+    @Test("over TLS 1.2 and 1.3, bursts of pub/sub messages (one script publishes each, back to back, of sizes around the record boundaries) reach the subscriber whole and in order, directly and cut into pieces, with nothing sent after a burst to raise another event", arguments: [(false, false), (true, false), (false, true)])
+    func pubSubBursts(tls12: Bool, fragmented: Bool) async throws {
+        try await withCertificates { certificates in
+            let server = try await tlsServer(certificates, tls12: tls12)
+            try await withTeardown {
+                let proxy = try FaultProxy.start(to: server.endpoint)
+                defer { proxy.stop() }
+                if fragmented { proxy.set(.fragment(.toClient, maxBytes: 2_000, pause: .microseconds(10))) }
+                let tls = RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+                // The messages heard, and the event of the current burst's last one arriving.
+                let heard = Mutex<(messages: [[UInt8]], target: Int, reached: OneTimeEvent<Bool>?)>(([], 0, nil))
+                let subscribed = OneTimeEvent<Void>()
+                let subscriber = RedisSubscriber(
+                    configuration: RedisConnectionConfiguration(endpoint: fragmented ? proxy.endpoint : server.endpoint, connectTimeout: .seconds(3), tls: tls),
+                    onSubscribed: { _ in subscribed.fire() },
+                    onMessage: { _, payload in
+                        let reached = heard.withLock { heard -> OneTimeEvent<Bool>? in
+                            heard.messages.append(payload)
+                            guard heard.messages.count >= heard.target, let reached = heard.reached else { return nil }
+                            heard.reached = nil
+                            return reached
+                        }
+                        reached?.fire(true)
+                    }
+                )
+                subscriber.subscribe("burst")
+                await subscribed.wait()
+                let publisher = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, tls: tls))
+                let sizes = [1, 5, 100, 16_300, 16_350, 16_384, 16_400, 20_000, 32_768, 3, 8_000]
+                var expected: [[UInt8]] = []
+                for burst in 0..<30 {
+                    let burstSizes = (0..<(burst % 7 + 1) * 3).map { index in
+                        burst % 3 == 0 ? sizes[(burst + index) % sizes.count] : Int.random(in: 1...20_000)
+                    }
+                    let messages = burstSizes.enumerated().map { letters($0.element, seed: burst * 31 + $0.offset) }
+                    expected += messages
+                    let reached = OneTimeEvent<Bool>()
+                    heard.withLock { heard in
+                        heard.target = expected.count
+                        heard.reached = reached
+                    }
+                    let script = "for i = 1, #ARGV do redis.call('PUBLISH', 'burst', ARGV[i]) end return #ARGV"
+                    let published = try await publisher.send(RedisCommand(["EVAL", script, "0"] + messages.map { String(decoding: $0, as: UTF8.self) }))
+                    #expect(published == .integer(Int64(messages.count)))
+                    // The burst's last message within 5 s: one left behind never comes.
+                    let timer = Task {
+                        try? await Task.sleep(for: .seconds(5))
+                        reached.fire(false)
+                    }
+                    let arrived = await reached.wait()
+                    timer.cancel()
+                    let count = heard.withLock { $0.messages.count }
+                    #expect(arrived, "burst \(burst): \(count) of \(expected.count) messages within 5 s")
+                    if !arrived { break }
+                }
+                #expect(heard.withLock { $0.messages } == expected, "messages out of order or cut")
+                await subscriber.shutdown()
+                await publisher.shutdown()
+            } teardown: {
+                await server.terminate()
+            }
+        }
     }
 }
 

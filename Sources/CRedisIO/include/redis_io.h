@@ -89,7 +89,8 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
 size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err);
 
 /* Whether the last rio_conn_read stopped before the socket was drained (its size limit), or
-   the TLS layer holds bytes not yet read: read again before waiting. */
+   the TLS layer holds decrypted bytes not yet read: read again before waiting. (Not bytes of a
+   record still incomplete: reading again could not finish it, and the rest raises an event.) */
 int rio_conn_pending(const rio_conn *conn);
 
 typedef struct rio_reply rio_reply;
