@@ -589,6 +589,51 @@ struct FairLockTests {
         }
     }
 
+    @Test("a waiter that a quorum handed the lock to (no attempt of its own) leaves the line on the nodes that did not hand over: a holder's release there later hands it no key that outlives its lease")
+    func handoffGrantLeavesTheLine() async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            // A holder with the waiter's 5 s expiry on nodes 0 and 1 (its handoffs count as
+            // grants), one with 20 s on node 2 alone.
+            let pair = try RedlockClient(nodes: servers.prefix(2).map { $0.configuration() })
+            let single = try RedlockClient(nodes: [servers[2].configuration()])
+            try await withTeardown {
+                try await withSecondClient(on: servers, metrics: metrics) { other in
+                    // The handoffs are a grant when both come within 2 ms of the first (else the
+                    // waiter claims by an attempt, which leaves the line as well): on a loaded
+                    // machine the two writes can spread wider, so up to three rounds.
+                    var granted = false
+                    for round in 1...3 {
+                        let name = "fair-granted-\(round)"
+                        let grantsBefore = metrics.counterTotal(label: "redlock_acquire_handoff_grants_total")
+                        let first = try pair.makeLock(name, options: patient())
+                        let firstLease = try await locked(first, in: pair)
+                        let second = try single.makeLock(name, options: longerExpiry)
+                        let secondLease = try await locked(second, in: single)
+                        let (lock, waiting) = try await waiter(in: other, for: name, options: patient(), nodes: servers.count)
+                        try await first.unlock(firstLease)
+                        let handed = try await waiting.value
+                        try await settle([other])
+                        granted = metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") > grantsBefore
+                        // Node 2's holder releases afterwards: the waiter is no longer in line there.
+                        try await second.unlock(secondLease)
+                        try await settle([single])
+                        let value = try await servers[2].run(RedisCommand("GET", name)).string
+                        let life = try await servers[2].run(RedisCommand("PTTL", name)).integer ?? -1
+                        #expect(value == nil, "\(value ?? "nil"), PTTL \(life) ms on node 2 (round \(round), granted: \(granted))")
+                        try await lock.unlock(handed)
+                        do { let left = try await leftovers(on: servers, after: [client, other, pair, single]); #expect(left == [], "\(left)") }
+                        if granted { break }
+                    }
+                    #expect(granted, "no round's handoffs made a grant")
+                }
+            } teardown: {
+                await pair.shutdown()
+                await single.shutdown()
+            }
+        }
+    }
+
     @Test("a fair lock() that gets the lock at its first attempt leaves the line where that attempt was refused, whether those nodes answered before the quorum or after: a holder's release there hands it nothing")
     func firstAttemptLeavesTheLine() async throws {
         try await withLockNodes(5) { client, servers in
