@@ -75,9 +75,10 @@ static int fail_errno(rio_error *err, const char *what, int saved) {
 }
 
 /* Empties this thread's OpenSSL error queue, as SSL_get_error needs before an SSL_read,
-   SSL_write or SSL_peek. It is nearly always empty already (every failure here clears it), and
-   looking costs a fraction of clearing all of its slots: on every record, that was about a
-   twentieth of a TLS cycle's instructions. */
+   SSL_write or SSL_peek. It is nearly always empty already (every failure here clears what it
+   raised; code of the caller's on the same thread may leave errors, and those are cleared
+   here), and looking costs a fraction of clearing all of its slots: on every record, that was
+   about a twentieth of a TLS cycle's instructions. */
 static void empty_error_queue(void) {
     if (ERR_peek_error() != 0) {
         ERR_clear_error();

@@ -692,6 +692,12 @@ struct FairLockTests {
                 func inLine() async throws -> Bool {
                     try await servers[2].run(RedisCommand("ZSCORE", "redlock:queue:fair-timed-out", lease.value)).string != nil
                 }
+                // The attempt reaches node 2 through the proxy's thread, maybe after lock()
+                // returned (on a loaded machine it did): the test looks every 5 ms, for at most
+                // 5 s, well within the 1 s reply timeout before the leave unless the machine
+                // stalls that long.
+                let queuedBy = ContinuousClock.now + .seconds(5)
+                while try await !inLine(), ContinuousClock.now < queuedBy { try await Task.sleep(for: .milliseconds(5)) }
                 #expect(try await inLine(), "the attempt queued on node 2")
                 // The leave goes out once the timeout counts as node 2's late answer (no event
                 // tells the test: it looks every 5 ms).
