@@ -295,9 +295,10 @@ final class NodeSocket: @unchecked Sendable {
     /// Reads what the socket has and returns the complete replies. Their array is the socket's
     /// buffer: a caller that lets go of it before the next read lets that read reuse it.
     ///
-    /// Over plain TCP or a Unix socket, a read that returns less than asked for drained the
-    /// socket, and reading stops there (one `recv` per event rather than two: the one that would
-    /// return `EAGAIN` is saved), unless `toEndOfStream`: then it reads on to `EAGAIN` or the end
+    /// A read of the socket that returns less than asked for drained it, and reading stops there
+    /// (one `recv` per event rather than two: the one that would return `EAGAIN` is saved; over
+    /// TLS once OpenSSL holds no bytes of a record not yet returned), unless `toEndOfStream`:
+    /// then it reads on to `EAGAIN` or the end
     /// of the stream. Pass true for an event that reported a hang-up (a FIN that came with the
     /// last bytes raises no event of its own) or urgent data (a read stops short at its mark),
     /// and whenever the event's flags are not known.
