@@ -217,12 +217,6 @@ extension DistributedLock {
                     if Task.isCancelled { throw cancelled("lock") }
                     if let lease = handedLease(handoff, since: firstStart, value: value) {
                         acquired = true
-                        // Its attempts queued it where they were refused: it leaves the line on
-                        // the nodes whose handoff it did not count, as a won attempt does
-                        // (LineLeave), or a holder's release there would hand it a key with the
-                        // holder's expiry.
-                        let others = client.nodes.indices.filter { !handoff.nodes.contains($0) }
-                        if let leaveLine, !others.isEmpty { leaveLine(others) }
                         return lease
                     }
                 }

@@ -307,6 +307,11 @@ struct LeastPrivilegeTests {
             // Handed over and claimed, not found by the 5 s retry delay.
             #expect(released.duration(to: .now) < .seconds(2))
             try await waiter.makeLock("queued", options: options).unlock(next)
+            // unlock() returns once a quorum answered: the release may still be on its way to
+            // the third node (and the holder's to any). Once a PING behind each is answered:
+            for client in [holder, waiter] {
+                for node in client.nodes { _ = try await node.send(RedisCommand("PING")) }
+            }
             for server in servers {
                 let admin = RedisConnection(configuration: server.configuration())
                 #expect(try await admin.send(RedisCommand("KEYS", "*")) == .array([]))
