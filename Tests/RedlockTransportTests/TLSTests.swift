@@ -16,9 +16,12 @@ private func withTLSServer(
     _ certificates: TLSCertificates,
     certificate: TLSCertificates.Files? = nil,
     clients: RedisServer.TLS.ClientAuthentication = .none,
+    arguments: [String] = [],
     _ body: (RedisServer) async throws -> Void
 ) async throws {
-    let server = try await RedisServer.start(tls: .init(certificates: certificates, serverCertificate: certificate, clientAuthentication: clients))
+    let server = try await RedisServer.start(
+        tls: .init(certificates: certificates, serverCertificate: certificate, clientAuthentication: clients), arguments: arguments
+    )
     try await withTeardown {
         try await body(server)
     } teardown: {
@@ -53,9 +56,9 @@ private func pingError(_ configuration: RedisConnectionConfiguration) async -> R
     }
 }
 
-/// A TLS-only server that speaks only TLS 1.2 or only TLS 1.3.
-private func tlsServer(_ certificates: TLSCertificates, tls12: Bool) async throws -> RedisServer {
-    try await RedisServer.start(tls: .init(certificates: certificates), arguments: ["--tls-protocols", tls12 ? "TLSv1.2" : "TLSv1.3"])
+/// `redis-server` arguments that let it speak only TLS 1.2, or only TLS 1.3.
+private func onlyTLS(_ tls12: Bool) -> [String] {
+    ["--tls-protocols", tls12 ? "TLSv1.2" : "TLSv1.3"]
 }
 
 /// `size` bytes of lowercase letters, different for each `seed`.
@@ -286,8 +289,7 @@ struct TLSTests {
     @Test("over TLS 1.2 and 1.3, replies of sizes around the 16 KiB record boundaries, many at once and then one alone, arrive whole on one connection, directly and cut into pieces of 1 to 40 bytes: a read that stops at a short read of the socket leaves no record behind", arguments: [(false, false), (true, false), (false, true), (true, true)])
     func recordBoundaries(tls12: Bool, fragmented: Bool) async throws {
         try await withCertificates { certificates in
-            let server = try await tlsServer(certificates, tls12: tls12)
-            try await withTeardown {
+            try await withTLSServer(certificates, arguments: onlyTLS(tls12)) { server in
                 let proxy = try FaultProxy.start(to: server.endpoint)
                 defer { proxy.stop() }
                 // A reply left behind would fail at the 3 s command timeout.
@@ -315,8 +317,6 @@ struct TLSTests {
                 }
                 #expect(connection.connectionGeneration == 1, "no reconnect")
                 await connection.shutdown()
-            } teardown: {
-                await server.terminate()
             }
         }
     }
@@ -324,8 +324,7 @@ struct TLSTests {
     @Test("over TLS 1.2 and 1.3, bursts of pub/sub messages (one script publishes each, back to back, of sizes around the record boundaries) reach the subscriber whole and in order, directly and cut into pieces, with nothing sent after a burst to raise another event", arguments: [(false, false), (true, false), (false, true)])
     func pubSubBursts(tls12: Bool, fragmented: Bool) async throws {
         try await withCertificates { certificates in
-            let server = try await tlsServer(certificates, tls12: tls12)
-            try await withTeardown {
+            try await withTLSServer(certificates, arguments: onlyTLS(tls12)) { server in
                 let proxy = try FaultProxy.start(to: server.endpoint)
                 defer { proxy.stop() }
                 if fragmented { proxy.set(.fragment(.toClient, maxBytes: 2_000, pause: .microseconds(10))) }
@@ -379,8 +378,6 @@ struct TLSTests {
                 #expect(heard.withLock { $0.messages } == expected, "messages out of order or cut")
                 await subscriber.shutdown()
                 await publisher.shutdown()
-            } teardown: {
-                await server.terminate()
             }
         }
     }
