@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1174,4 +1175,15 @@ void rio_close_descriptor(int fd) {
     if (fd >= 0) {
         close(fd);
     }
+}
+
+size_t rio_random_bytes(void *buffer, size_t length) {
+    if (buffer == NULL || length == 0) {
+        return 0;
+    }
+    ssize_t got = getrandom(buffer, length, 0);
+    if (got <= 0) {
+        return 0;
+    }
+    return (size_t)got < length ? (size_t)got : length;
 }

@@ -3,6 +3,12 @@ import Foundation
 import RedlockTransport
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Something waiting that a ``DeadlineTimer`` ends when its time is up: a fan-out round (its
 /// budget) or a waiter for a release (its retry delay).
 protocol Expiring: AnyObject, Sendable {
@@ -37,14 +43,23 @@ protocol Expiring: AnyObject, Sendable {
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.
 final class DeadlineTimer: Sendable {
+    /// Instants as nanoseconds on `CLOCK_BOOTTIME`, the clock of `ContinuousClock` on Linux
+    /// (``now()``). `ContinuousClock.Instant`'s layout is opaque outside the standard library:
+    /// each copy, comparison or destruction of one (or of an entry holding one) goes through its
+    /// type's value witnesses, an array of such entries through unspecialized code, and turning
+    /// one into a number divides 128-bit integers.
+    private typealias Nanoseconds = Int64
+
     private struct Entry {
-        let deadline: ContinuousClock.Instant
+        let deadline: Nanoseconds
         let waiter: any Expiring
     }
 
     /// Waits of one timeout, in the order of their deadlines.
     private struct Lane {
         let timeout: Duration
+        /// ``timeout`` in nanoseconds.
+        let timeoutNanoseconds: Nanoseconds
         var entries: [Entry] = []
         /// Entries before it are gone (finished or expired).
         var head = 0
@@ -63,6 +78,17 @@ final class DeadlineTimer: Sendable {
             }
         }
 
+        init(timeout: Duration) {
+            self.timeout = timeout
+            timeoutNanoseconds = timeout.wholeNanoseconds
+        }
+
+        /// The deadline of a wait of this lane that starts at `now`.
+        func deadline(from now: Nanoseconds) -> Nanoseconds {
+            let (sum, overflow) = now.addingReportingOverflow(timeoutNanoseconds)
+            return overflow ? .max : sum
+        }
+
         mutating func dropFinishedAtFront() {
             while let first, first.waiter.isFinished { removeFirst() }
         }
@@ -77,7 +103,7 @@ final class DeadlineTimer: Sendable {
         var threadRunning = false
         /// Whether the thread sleeps (or is about to), and until when; nil: until signalled.
         var sleeping = false
-        var wakeAt: ContinuousClock.Instant?
+        var wakeAt: Nanoseconds?
 
         mutating func push(_ entry: Entry) {
             heap.append(entry)
@@ -113,7 +139,7 @@ final class DeadlineTimer: Sendable {
         }
 
         /// The earliest deadline held, finished waits included.
-        var earliest: ContinuousClock.Instant? {
+        var earliest: Nanoseconds? {
             var earliest = heap.first?.deadline
             for lane in lanes {
                 if let first = lane.first, earliest.map({ first.deadline < $0 }) ?? true { earliest = first.deadline }
@@ -123,6 +149,12 @@ final class DeadlineTimer: Sendable {
     }
 
     private let state = Mutex(State())
+    /// An instant and its reading in ``Nanoseconds``, for instants given as
+    /// `ContinuousClock.Instant` (``nanoseconds(_:)``). The reading is taken just after the
+    /// instant, so a converted deadline is never earlier than the instant it stands for (it may
+    /// be later by the time between the two readings, well under a microsecond).
+    private let origin: ContinuousClock.Instant
+    private let originReading: Nanoseconds
     private let stopRequested = Atomic<Bool>(false)
     /// Signalled when the sleeping thread must look again.
     private let wakeup = DispatchSemaphore(value: 0)
@@ -137,28 +169,67 @@ final class DeadlineTimer: Sendable {
     /// without a loop, each signals the thread at once.
     init(loop: RedisEventLoop? = nil) {
         self.loop = loop
+        origin = .now
+        originReading = Self.reading() ?? 0
+    }
+
+    /// `CLOCK_BOOTTIME` in nanoseconds, nil if it cannot be read.
+    private static func reading() -> Nanoseconds? {
+        #if os(Linux)
+        var time = timespec()
+        guard clock_gettime(CLOCK_BOOTTIME, &time) == 0 else { return nil }
+        return Nanoseconds(time.tv_sec) * 1_000_000_000 + Nanoseconds(time.tv_nsec)
+        #else
+        return nil
+        #endif
+    }
+
+    /// Now in ``Nanoseconds``: a reading of the clock, or (where that fails) ``ContinuousClock``
+    /// converted.
+    private func now() -> Nanoseconds {
+        Self.reading() ?? nanoseconds(.now)
     }
 
     /// Expires `waiter` at `deadline` unless it finished before.
     func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant) {
+        let at = nanoseconds(deadline)
         let action = state.withLock { state in
             state.dropFinishedOnTop()
-            state.push(Entry(deadline: deadline, waiter: waiter))
-            return Self.action(after: deadline, in: &state)
+            state.push(Entry(deadline: at, waiter: waiter))
+            return Self.action(after: at, in: &state)
         }
-        perform(action, for: waiter, at: deadline)
+        perform(action, for: waiter, at: at)
+    }
+
+    /// `instant` in ``Nanoseconds``, saturating.
+    private func nanoseconds(_ instant: ContinuousClock.Instant) -> Nanoseconds {
+        let (sum, overflow) = originReading.addingReportingOverflow(origin.duration(to: instant).wholeNanoseconds)
+        return overflow ? (instant > origin ? .max : .min) : sum
+    }
+
+    /// The instant of ``Nanoseconds`` `nanoseconds`.
+    private func instant(_ nanoseconds: Nanoseconds) -> ContinuousClock.Instant {
+        let (sinceOrigin, overflow) = nanoseconds.subtractingReportingOverflow(originReading)
+        return origin + .nanoseconds(overflow ? (nanoseconds < 0 ? .min : .max) : sinceOrigin)
     }
 
     /// Expires `waiter` once `timeout` has passed from now, unless it finished before.
     func schedule(_ waiter: any Expiring, after timeout: Duration) {
         let (action, deadline) = state.withLock { state in
-            let deadline = ContinuousClock.now + timeout
+            // Read under the lock: a lane's deadlines only grow.
+            let now = now()
+            let deadline: Nanoseconds
             if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
+                deadline = state.lanes[index].deadline(from: now)
                 state.lanes[index].dropFinishedAtFront()
                 state.lanes[index].entries.append(Entry(deadline: deadline, waiter: waiter))
             } else if state.lanes.count < Self.maximumLanes {
-                state.lanes.append(Lane(timeout: timeout, entries: [Entry(deadline: deadline, waiter: waiter)]))
+                let lane = Lane(timeout: timeout)
+                deadline = lane.deadline(from: now)
+                state.lanes.append(lane)
+                state.lanes[state.lanes.count - 1].entries.append(Entry(deadline: deadline, waiter: waiter))
             } else {
+                deadline = Lane(timeout: timeout).deadline(from: now)
                 state.dropFinishedOnTop()
                 state.push(Entry(deadline: deadline, waiter: waiter))
             }
@@ -171,7 +242,7 @@ final class DeadlineTimer: Sendable {
 
     /// What the thread needs after a wait with `deadline` was added: `.earlier` when it sleeps
     /// past it (nothing changed yet: the loop may keep the deadline, see ``perform(_:for:at:)``).
-    private static func action(after deadline: ContinuousClock.Instant, in state: inout State) -> Action {
+    private static func action(after deadline: Nanoseconds, in state: inout State) -> Action {
         if !state.threadRunning {
             state.threadRunning = true
             return .start
@@ -180,7 +251,7 @@ final class DeadlineTimer: Sendable {
     }
 
     /// Whether the thread sleeps (or is about to) beyond `deadline`.
-    private static func sleepsPast(_ deadline: ContinuousClock.Instant, _ state: State) -> Bool {
+    private static func sleepsPast(_ deadline: Nanoseconds, _ state: State) -> Bool {
         state.sleeping && (state.wakeAt.map { deadline < $0 } ?? true)
     }
 
@@ -188,11 +259,13 @@ final class DeadlineTimer: Sendable {
     /// there (the loop refuses once it has exited); any other signals the thread, which is
     /// looked at again under the lock: it may have woken meanwhile. Only this rarer path asks
     /// which thread the caller is on.
-    private func perform(_ action: Action, for waiter: any Expiring, at deadline: ContinuousClock.Instant) {
+    private func perform(_ action: Action, for waiter: any Expiring, at deadline: Nanoseconds) {
         switch action {
         case .none: break
         case .earlier:
-            if let loop, loop.isCurrentThread, loop.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: deadline) { return }
+            if let loop, loop.isCurrentThread, loop.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: instant(deadline)) {
+                return
+            }
             wake(dueBy: deadline)
         case .start:
             startNamedThread("redlock-timer", stackSize: 128 * 1024) { [self] in run() }
@@ -201,7 +274,7 @@ final class DeadlineTimer: Sendable {
 
     /// Signals the thread when it sleeps past `deadline` (an earlier deadline was set, or one
     /// the loop kept came due).
-    private func wake(dueBy deadline: ContinuousClock.Instant) {
+    private func wake(dueBy deadline: Nanoseconds) {
         let needed = state.withLock { state in
             guard Self.sleepsPast(deadline, state) else { return false }
             state.wakeAt = deadline
@@ -218,9 +291,9 @@ final class DeadlineTimer: Sendable {
     private final class Reminder: LoopReminder {
         let timer: DeadlineTimer
         let waiter: any Expiring
-        let deadline: ContinuousClock.Instant
+        let deadline: Nanoseconds
 
-        init(timer: DeadlineTimer, waiter: any Expiring, deadline: ContinuousClock.Instant) {
+        init(timer: DeadlineTimer, waiter: any Expiring, deadline: Nanoseconds) {
             self.timer = timer
             self.waiter = waiter
             self.deadline = deadline
@@ -254,12 +327,12 @@ final class DeadlineTimer: Sendable {
     var signalsFromLoopCount: Int { signalsFromLoop.load(ordering: .relaxed) }
 
     private func run() {
-        enum Next { case sleep(until: ContinuousClock.Instant), sleepUntilSignalled, exit }
+        enum Next { case sleep(until: Nanoseconds), sleepUntilSignalled, exit }
         var due: [any Expiring] = []
         while true {
             let next: Next = state.withLock { state in
                 state.sleeping = false
-                let now = ContinuousClock.now
+                let now = now()
                 while let top = state.heap.first, top.waiter.isFinished || top.deadline <= now {
                     if let entry = state.popMin(), !entry.waiter.isFinished { due.append(entry.waiter) }
                 }
@@ -293,8 +366,9 @@ final class DeadlineTimer: Sendable {
             case let .sleep(until: deadline):
                 // The loop checks the deadline against the clock again, so an early wake-up
                 // never expires a wait early.
-                let nanoseconds = max(0, ContinuousClock.now.duration(to: deadline).wholeNanoseconds)
-                _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(clamping: nanoseconds)))
+                let now = now()
+                let left = deadline > now ? deadline - now : 0
+                _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(clamping: left)))
             }
         }
     }

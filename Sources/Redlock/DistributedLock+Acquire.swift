@@ -79,186 +79,224 @@ extension DistributedLock {
     /// The attempts of one `lock()`: attempt, decide, release on failure (in ``finish``), wait
     /// for the next chance — a release heard, or the retry delay — and again, until one wins,
     /// the deadline passes, the tries run out, or nodes refuse for good.
+    ///
+    /// What lasts from attempt to attempt is one ``AttemptRun``, and the wait between attempts
+    /// is ``waitForChance(_:tries:deadline:value:next:)``: an async function's locals each cost
+    /// an allocation on the task per call, so a `lock()` whose first attempt wins pays only for
+    /// those of the path it takes.
     private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
-        let startedAt = ContinuousClock.now
-        var made = 0
-        defer { span?.attributes["redlock.attempts"] = made }
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
-        if tries > 1 { coordination.beginAcquiring(name, lane: lane) }
-        defer { if tries > 1 { coordination.endAcquiring(name) } }
-        var lastError = RedlockError(code: .noQuorum, lockName: name, message: "no attempt was made")
-        var releasesHeard = coordination.generation(of: name)
-        var chance = WaitOutcome(woken: false)
-        var acquired = false
-        // Woken by a release (an attempt sent for it) and ending without the lock, also after
-        // attempts of its own since: the next waiter gets the wake. Until that release reached
-        // every node, its later messages pass over the waiters from before it, counting on this
-        // caller to try for them.
-        var wokenByRelease = false
-        defer { if !acquired, wokenByRelease { coordination.passOn(name) } }
-        // Whether a release came between the start of the wait before the last attempt and that
-        // attempt's end: it may have reached some nodes after the attempt did.
-        var releaseSeen = false
-        // A fair lock's attempts carry the caller's place in line and keep its entry alive until
-        // the attempt after the next wait; other locks send the same request every time.
-        let ticket = options.fair ? Self.ticket() : 0
-        let request = options.fair ? nil : acquireRequest(value: value, queueEntry: nil)
-        // When a fair waiter's attempt finds it first in line behind a holder, the nodes say
-        // how long the holder's key lives: no release is published when a key expires (a holder
-        // that died), so the waiter looks again then rather than after a longer retry delay.
-        let keyLives = options.fair && tries > 1 ? KeyLifeReports() : nil
-        // The delay drawn for the wait after the last attempt; a fair lock draws it before the
-        // attempt (its entry must outlive that wait), other locks only when they wait.
-        var plannedDelay: Duration?
-        // A fair lock's waiter may count handoffs as grants: from nodes no clean-up of this call
-        // went to, valid from the call's first attempt (see LocalCoordination.HandoffWatch).
-        let countsHandoffs = tries > 1 && handoffsCountAsGrants
-        var firstStart: ContinuousClock.Instant?
-        var cleanedUp: Set<Int>? = countsHandoffs ? [] : nil
-        // A fair lock's handoffs come on the channel its value picks: the client's own for its
-        // random values; one of another tag (a value of the caller's own) is listened on while
-        // this call lasts.
-        let handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(name, value: value) : nil
-        // A lock that is not fair, waiting by time rather than by a count of tries, waits for a
-        // lease held in this process to be released (handed to the longest-waiting waiter here)
-        // rather than polling the nodes while it lasts, when another waiter here polls at least
-        // as often as it would.
-        let waitsForHolderHere = !options.fair && tries == .max
-        var countedChannel: String?
-        defer { if let countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) } }
+        let releasesHeard = tries > 1 ? coordination.beginAcquiring(name, lane: lane) : coordination.generation(of: name)
+        var run = AttemptRun(lock: self, tries: tries, value: value, startedAt: .now, releasesHeard: releasesHeard)
+        defer {
+            if let countedChannel = run.countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) }
+            if !run.acquired, run.wokenByRelease { coordination.passOn(name) }
+            if tries > 1 { coordination.endAcquiring(name) }
+            span?.attributes["redlock.attempts"] = run.made
+        }
         // This client's handoff channel is listened on before the first attempt: the release that
         // hands this caller the lock may come before it could subscribe after a failed attempt.
         // (A random value carries this client's tag: its channel is the client's own.)
-        if handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
+        if run.handoffChannel != nil, options.fastHandoff, !options.value.mayAlreadyBeHeld {
             coordination.listenForOwnHandoffs()
         }
-        // A subscription's confirmation ends a wait for one more look (a release there may
-        // have gone unheard before it took effect), and so does the end of the holder's key for
-        // a fair waiter first in line (`keyLives`): not a try of the count, nor a step of the
-        // retry delay's backoff, and the wait after it ends when the one it cut short would
-        // have, so `tries` bounds the time as Redsync's count does. One look per confirmation
-        // (a node's first, and one after each reconnect of its subscriber), and per key end.
-        var cutShortWaitEnds: ContinuousClock.Instant?
-        // A fair lock()'s attempts queue where refused unless it is a single one (tryLock()).
-        let leaveLine = options.fair && tries > 1 ? leaveLine(value: value) : nil
-        var isLook = false
-        var attemptNumber = -1
         while true {
-            if !isLook {
-                attemptNumber += 1
-                cutShortWaitEnds = nil
+            if !run.isLook {
+                run.attemptNumber += 1
+                run.cutShortWaitEnds = nil
             }
-            guard attemptNumber < tries else { break }
-            if attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
+            guard run.attemptNumber < tries else { break }
+            if run.attemptNumber > 0, let deadline, ContinuousClock.now >= deadline { break }
             var drawn: Duration?
             var queueEntry: (ticket: Int64, life: Duration)?
             if options.fair {
-                let delayAfter = options.retryDelay.delay(afterFailedAttempts: attemptNumber + 1)
+                let delayAfter = options.retryDelay.delay(afterFailedAttempts: run.attemptNumber + 1)
                 drawn = delayAfter
                 // A single attempt never enters the line (life 0): nothing would renew or leave it.
-                queueEntry = (ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
+                queueEntry = (run.ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
             }
             // A fair attempt that queues leaves the line once it got the lock.
-            let lineLeave = leaveLine.map(LineLeave.init(leave:))
-            let next = prepareAttempt(request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: keyLives), lineLeave: lineLeave)
-            if attemptNumber > 0 {
-                // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
-                // hears a fair release's handoff on its client's channel; the release channel
-                // carries the releases of lock objects of the name that are not fair, and of fair
-                // ones that found nobody in line.)
-                if options.fastHandoff, lastError.nodes.contains(where: { $0.cause == .taken }) {
-                    if coordination.listen(name, handoffChannel: countedChannel == nil ? handoffChannel : nil) {
-                        countedChannel = handoffChannel
-                    }
-                }
-                // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
-                let planned = plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: attemptNumber)
-                var delay = retryDelay(planned, after: lastError, afterRelease: releaseSeen, deadline: deadline)
-                let waitBegins = ContinuousClock.now
-                if let cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
-                // First in line behind a holder: one more look when its key expires, if that comes
-                // before this wait would end (`keyLookCutsShort`: when it would have).
-                var keyLookCutsShort: ContinuousClock.Instant?
-                if let keyGone = keyLives?.take(), lastError.code == .taken {
-                    let untilGone = max(.milliseconds(1), waitBegins.duration(to: keyGone) + .milliseconds(1))
-                    if untilGone < delay {
-                        keyLookCutsShort = waitBegins + delay
-                        delay = untilGone
-                    }
-                }
-                var holderHereUntil: ContinuousClock.Instant?
-                if waitsForHolderHere, lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
-                    let until = deadline.map { Swift.min($0, holdEnd) } ?? holdEnd
-                    if until > .now + delay { holderHereUntil = until }
-                }
-                var watch: LocalCoordination.HandoffWatch?
-                if let cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
-                    watch = .init(
-                        excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter),
-                        longestLife: .milliseconds(options.expiry.millisecondsRoundedUp)
-                    )
-                }
-                chance = await coordination.waitForRelease(
-                    of: name, after: releasesHeard, timeout: delay, waitingSince: startedAt, next: next, value: options.fair ? value : nil,
-                    watch: watch, handedBy: chance.release, holderHereUntil: holderHereUntil,
-                    pace: options.retryDelay.pace(afterFailedAttempts: attemptNumber, drawn: planned),
-                    paceIsFixed: options.retryDelay.hasFixedPace
-                )
-                if chance.release != nil { wokenByRelease = true }
-                // Ended by a confirmation, or by its timeout at the key's end: a look. The wait it
-                // cut short is the whole one, not the part up to the key's end.
-                isLook = chance.confirmed || (keyLookCutsShort != nil && !chance.woken)
-                if isLook, cutShortWaitEnds == nil { cutShortWaitEnds = keyLookCutsShort ?? waitBegins + delay }
-                if let handoff = chance.handoff, let firstStart {
-                    // A cancelled caller gets no lease: lock() leaves the line on every node,
-                    // passing on what was handed to it (acquire's clean-up).
-                    if Task.isCancelled { throw cancelled("lock") }
-                    if let lease = handedLease(handoff, since: firstStart, value: value) {
-                        acquired = true
-                        return lease
-                    }
-                }
+            let lineLeave = run.leaveLine.map(LineLeave.init(leave:))
+            let next = prepareAttempt(
+                run.request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: run.keyLives), lineLeave: lineLeave
+            )
+            if run.attemptNumber > 0, let lease = try await waitForChance(&run, tries: tries, deadline: deadline, value: value, next: next) {
+                run.acquired = true
+                return lease
             }
-            plannedDelay = drawn
+            run.plannedDelay = drawn
             // An attempt sent for this task must run to its end (clean-up included), even when
             // the task is cancelled. A client shut down during the wait sends nothing more.
-            if chance.handedOverAt == nil {
+            if run.chance.handedOverAt == nil {
                 if Task.isCancelled { throw cancelled("lock") }
                 try client.checkOpen(lockName: name)
             }
-            made += 1
-            let heardBefore = releasesHeard
-            releasesHeard = coordination.generation(of: name)
-            let start = chance.handedOverAt ?? .now
-            if firstStart == nil { firstStart = start }
-            switch await attempt(next, sentAt: chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &cleanedUp) {
+            run.made += 1
+            let heardBefore = run.releasesHeard
+            run.releasesHeard = coordination.generation(of: name)
+            let start = run.chance.handedOverAt ?? .now
+            if run.firstStart == nil { run.firstStart = start }
+            switch await attempt(next, sentAt: run.chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &run.cleanedUp) {
             case let .success(lease):
-                acquired = true
-                if !options.fair || chance.release != nil {
-                    coordination.attemptEnded(name, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: chance.release)
+                run.acquired = true
+                if !options.fair || run.chance.release != nil {
+                    coordination.attemptEnded(name, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: run.chance.release)
                 }
                 return lease
             case let .failure(error):
-                lastError = error
-                if chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: chance.release) }
+                run.lastError = error
+                if run.chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: run.chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
             // nodes' messages count as heard already): the retry after it is the short one.
-            releaseSeen = chance.woken || (tries > 1 && coordination.released(name, since: heardBefore))
+            run.releaseSeen = run.chance.woken || (tries > 1 && coordination.released(name, since: heardBefore))
             // No retry can succeed while nodes refuse for good (credentials, permissions, a key
             // of the wrong type) and too few others are left for a quorum.
-            if lastError.permanentFailureCount > client.nodes.count - client.quorum {
-                lastError.message += "; not retried: nodes refused for good"
+            if run.lastError.permanentFailureCount > client.nodes.count - client.quorum {
+                run.lastError.message += "; not retried: nodes refused for good"
                 break
             }
             if Task.isCancelled { throw cancelled("lock") }
             // A client shut down meanwhile answers nothing more: no retry.
             try client.checkOpen(lockName: name)
         }
-        if made > 1 { lastError.message += " (after \(made) attempts in \(startedAt.duration(to: .now)))" }
-        throw lastError
+        if run.made > 1 { run.lastError.message += " (after \(run.made) attempts in \(run.startedAt.duration(to: .now)))" }
+        throw run.lastError
+    }
+
+    /// What one `lock()`'s attempts keep from attempt to attempt (see
+    /// ``attempts(tries:deadline:value:span:)``).
+    private struct AttemptRun {
+        let startedAt: ContinuousClock.Instant
+        var made = 0
+        var lastError: RedlockError
+        var releasesHeard: UInt64
+        var chance = WaitOutcome(woken: false)
+        var acquired = false
+        /// Woken by a release (an attempt sent for it) and ending without the lock, also after
+        /// attempts of its own since: the next waiter gets the wake. Until that release reached
+        /// every node, its later messages pass over the waiters from before it, counting on this
+        /// caller to try for them.
+        var wokenByRelease = false
+        /// Whether a release came between the start of the wait before the last attempt and that
+        /// attempt's end: it may have reached some nodes after the attempt did.
+        var releaseSeen = false
+        /// A fair lock's attempts carry the caller's place in line and keep its entry alive until
+        /// the attempt after the next wait; other locks send the same request every time.
+        let ticket: Int64
+        let request: AcquireRequest?
+        /// When a fair waiter's attempt finds it first in line behind a holder, the nodes say
+        /// how long the holder's key lives: no release is published when a key expires (a holder
+        /// that died), so the waiter looks again then rather than after a longer retry delay.
+        let keyLives: KeyLifeReports?
+        /// The delay drawn for the wait after the last attempt; a fair lock draws it before the
+        /// attempt (its entry must outlive that wait), other locks only when they wait.
+        var plannedDelay: Duration?
+        var firstStart: ContinuousClock.Instant?
+        /// A fair lock's waiter may count handoffs as grants: from nodes no clean-up of this call
+        /// went to, valid from the call's first attempt (see LocalCoordination.HandoffWatch).
+        var cleanedUp: Set<Int>?
+        /// A fair lock's handoffs come on the channel its value picks: the client's own for its
+        /// random values; one of another tag (a value of the caller's own) is listened on while
+        /// this call lasts.
+        let handoffChannel: String?
+        /// A lock that is not fair, waiting by time rather than by a count of tries, waits for a
+        /// lease held in this process to be released (handed to the longest-waiting waiter here)
+        /// rather than polling the nodes while it lasts, when another waiter here polls at least
+        /// as often as it would.
+        let waitsForHolderHere: Bool
+        var countedChannel: String?
+        /// A subscription's confirmation ends a wait for one more look (a release there may
+        /// have gone unheard before it took effect), and so does the end of the holder's key for
+        /// a fair waiter first in line (`keyLives`): not a try of the count, nor a step of the
+        /// retry delay's backoff, and the wait after it ends when the one it cut short would
+        /// have, so `tries` bounds the time as Redsync's count does. One look per confirmation
+        /// (a node's first, and one after each reconnect of its subscriber), and per key end.
+        var cutShortWaitEnds: ContinuousClock.Instant?
+        /// A fair lock()'s attempts queue where refused unless it is a single one (tryLock()).
+        let leaveLine: (@Sendable ([Int]) -> Void)?
+        var isLook = false
+        var attemptNumber = -1
+
+        init(lock: DistributedLock, tries: Int, value: String, startedAt: ContinuousClock.Instant, releasesHeard: UInt64) {
+            let options = lock.options
+            self.startedAt = startedAt
+            self.releasesHeard = releasesHeard
+            lastError = RedlockError(code: .noQuorum, lockName: lock.name, message: "no attempt was made")
+            ticket = options.fair ? DistributedLock.ticket() : 0
+            request = options.fair ? nil : lock.acquireRequest(value: value, queueEntry: nil)
+            keyLives = options.fair && tries > 1 ? KeyLifeReports() : nil
+            cleanedUp = tries > 1 && lock.handoffsCountAsGrants ? [] : nil
+            handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(lock.name, value: value) : nil
+            waitsForHolderHere = !options.fair && tries == .max
+            leaveLine = options.fair && tries > 1 ? lock.leaveLine(value: value) : nil
+        }
+    }
+
+    /// The wait before a retry (`run.attemptNumber` > 0): listens for the holder's release, waits
+    /// for it or the retry delay (`next` is sent at once by whoever hears the release), and
+    /// notes what ended the wait in `run`. Returns the lease when a quorum of a fair lock's
+    /// handoffs gave it, else nil: then the attempt follows.
+    private func waitForChance(
+        _ run: inout AttemptRun, tries: Int, deadline: ContinuousClock.Instant?, value: String, next: PreparedFanOut
+    ) async throws(RedlockError) -> Lease? {
+        let coordination = client.coordination
+        // Only a holder's release is worth hearing: not after nodes failed. (A fair waiter
+        // hears a fair release's handoff on its client's channel; the release channel
+        // carries the releases of lock objects of the name that are not fair, and of fair
+        // ones that found nobody in line.)
+        if options.fastHandoff, run.lastError.nodes.contains(where: { $0.cause == .taken }) {
+            if coordination.listen(name, handoffChannel: run.countedChannel == nil ? run.handoffChannel : nil) {
+                run.countedChannel = run.handoffChannel
+            }
+        }
+        // Whoever hears the release sends `next` at once (`chance.handedOverAt`).
+        let planned = run.plannedDelay ?? options.retryDelay.delay(afterFailedAttempts: run.attemptNumber)
+        var delay = retryDelay(planned, after: run.lastError, afterRelease: run.releaseSeen, deadline: deadline)
+        let waitBegins = ContinuousClock.now
+        if let cutShortWaitEnds = run.cutShortWaitEnds { delay = max(.zero, min(delay, waitBegins.duration(to: cutShortWaitEnds))) }
+        // First in line behind a holder: one more look when its key expires, if that comes
+        // before this wait would end (`keyLookCutsShort`: when it would have).
+        var keyLookCutsShort: ContinuousClock.Instant?
+        if let keyGone = run.keyLives?.take(), run.lastError.code == .taken {
+            let untilGone = max(.milliseconds(1), waitBegins.duration(to: keyGone) + .milliseconds(1))
+            if untilGone < delay {
+                keyLookCutsShort = waitBegins + delay
+                delay = untilGone
+            }
+        }
+        var holderHereUntil: ContinuousClock.Instant?
+        if run.waitsForHolderHere, run.lastError.code == .taken, let holdEnd = coordination.holdEnd(of: name) {
+            let until = deadline.map { Swift.min($0, holdEnd) } ?? holdEnd
+            if until > .now + delay { holderHereUntil = until }
+        }
+        var watch: LocalCoordination.HandoffWatch?
+        if let cleanedUp = run.cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
+            watch = .init(
+                excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter),
+                longestLife: .milliseconds(options.expiry.millisecondsRoundedUp)
+            )
+        }
+        run.chance = await coordination.waitForRelease(
+            of: name, after: run.releasesHeard, timeout: delay, waitingSince: run.startedAt, next: next, value: options.fair ? value : nil,
+            watch: watch, handedBy: run.chance.release, holderHereUntil: holderHereUntil,
+            pace: options.retryDelay.pace(afterFailedAttempts: run.attemptNumber, drawn: planned),
+            paceIsFixed: options.retryDelay.hasFixedPace
+        )
+        if run.chance.release != nil { run.wokenByRelease = true }
+        // Ended by a confirmation, or by its timeout at the key's end: a look. The wait it
+        // cut short is the whole one, not the part up to the key's end.
+        run.isLook = run.chance.confirmed || (keyLookCutsShort != nil && !run.chance.woken)
+        if run.isLook, run.cutShortWaitEnds == nil { run.cutShortWaitEnds = keyLookCutsShort ?? waitBegins + delay }
+        if let handoff = run.chance.handoff, let firstStart = run.firstStart {
+            // A cancelled caller gets no lease: lock() leaves the line on every node,
+            // passing on what was handed to it (acquire's clean-up).
+            if Task.isCancelled { throw cancelled("lock") }
+            return handedLease(handoff, since: firstStart, value: value)
+        }
+        return nil
     }
 
     /// Sends `prepared` (unless a releaser already sent it at `sentAt`) and finishes it; `start`
@@ -336,7 +374,7 @@ extension DistributedLock {
     /// and how long the entry lives without another attempt), and records in `keyLives` the
     /// holder's key life that nodes where the caller is first in line report.
     private func acquireRequest(value: String, queueEntry: (ticket: Int64, life: Duration)?, keyLives: KeyLifeReports? = nil) -> AcquireRequest {
-        let expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
+        let expiryMilliseconds = expiryMilliseconds
         var confirm: (@Sendable (Int, Vote) async -> Vote)?
         if let restartGuard = options.restartGuard {
             let client = client
@@ -384,7 +422,7 @@ extension DistributedLock {
             // extend nor release. (Built only then: a connection in steady use never needs it.)
             let name = name
             return AcquireRequest(
-                command: RedisCommand("SET", name, value, "NX", "PX", expiryMilliseconds), script: nil,
+                command: setPrefix.appending(value, then: setSuffix), script: nil,
                 untilScriptsRun: { RedisScriptCall(Scripts.acquirePlain, keys: [name], arguments: [value, expiryMilliseconds]).evalForm },
                 classify: Vote.ofSetNX, confirm: confirm
             )

@@ -19,12 +19,28 @@ public struct DistributedLock: Sendable {
     public let client: RedlockClient
     /// Where a release is announced: the release channel with fast handoff, else empty.
     let announcedOn: String
+    /// The parts of the default commands that stay the same from call to call, built once
+    /// around the value: `SET <name>` and `NX PX <ms>` (an acquire), the release script's
+    /// `EVALSHA <sha1> 1 <name>` and its channel argument (announced, or empty).
+    let setPrefix: RedisCommand
+    let setSuffix: RedisCommand
+    let releasePrefix: RedisScriptCall
+    let releaseSuffixAnnounced: RedisCommand
+    let releaseSuffixSilent: RedisCommand
+    /// ``LockOptions/expiry`` in whole milliseconds (rounded up), as sent.
+    let expiryMilliseconds: String
 
     init(name: String, options: LockOptions, client: RedlockClient) {
         self.name = name
         self.options = options
         self.client = client
         announcedOn = options.fastHandoff ? Scripts.releaseChannel(name) : ""
+        expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
+        setPrefix = RedisCommand("SET", name)
+        setSuffix = RedisCommand("NX", "PX", expiryMilliseconds)
+        releasePrefix = RedisScriptCall(Scripts.release, keys: [name])
+        releaseSuffixAnnounced = RedisCommand(announcedOn)
+        releaseSuffixSilent = RedisCommand("")
     }
 
     /// Acquires the lock, retrying for up to ``LockOptions/acquireTimeout`` (30 s by default; and
@@ -253,7 +269,7 @@ public struct DistributedLock: Sendable {
     func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
         let channel = announcing ? announcedOn : ""
         guard options.fair else {
-            return RedisScriptCall(Scripts.release, keys: [name], arguments: [value, channel], runsLateUnlessBehind: value)
+            return releasePrefix.appending(value, then: announcing ? releaseSuffixAnnounced : releaseSuffixSilent, runsLateUnlessBehind: value)
         }
         return RedisScriptCall(
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],

@@ -143,6 +143,20 @@ final class LocalCoordination: Sendable {
         let waiter: Waiter
     }
 
+    /// When a gate owner's latest acquire or extension began and when its lease runs out. A
+    /// class, so that a ``Gate`` (and the check for one in ``Name/isUnused``) holds no value of
+    /// `ContinuousClock.Instant`, whose layout is opaque outside the standard library: each copy
+    /// of such a value goes through its type's value witnesses.
+    private final class GateHold: Sendable {
+        let acquiredAt: ContinuousClock.Instant
+        let validUntil: ContinuousClock.Instant
+
+        init(acquiredAt: ContinuousClock.Instant, validUntil: ContinuousClock.Instant) {
+            self.acquiredAt = acquiredAt
+            self.validUntil = validUntil
+        }
+    }
+
     private struct Gate {
         /// The caller that has the gate (its ticket).
         var owner: Int
@@ -150,7 +164,7 @@ final class LocalCoordination: Sendable {
         var ownerValue: String
         /// When the owner's latest acquire or extension began and when its lease runs out; nil
         /// while it is still acquiring.
-        var held: (acquiredAt: ContinuousClock.Instant, validUntil: ContinuousClock.Instant)?
+        var held: GateHold?
         /// Passes the gate on at `held.validUntil` unless the owner left it or extended first.
         var leaseEnd: TimerAction?
         /// First come first (by id: a waiter whose wait timed out queues again in its place);
@@ -241,8 +255,9 @@ final class LocalCoordination: Sendable {
         var heldHere: [HeldHere] = []
 
         var isUnused: Bool {
-            acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil
-                && (heldHere.isEmpty || heldHere.allSatisfy { $0.validUntil <= .now })
+            // The held-here leases first: after an acquire they decide, before the rest is read.
+            (heldHere.isEmpty || heldHere.allSatisfy { $0.validUntil <= .now })
+                && acquiring == 0 && waiters.isEmpty && !subscribed && gate == nil
         }
 
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
@@ -553,9 +568,14 @@ final class LocalCoordination: Sendable {
 
     /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``),
     /// whose commands go on `lane`: from now on its releases are counted.
-    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) {
+    ///
+    /// - Returns: The name's ``generation(of:)`` at that moment.
+    @discardableResult
+    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) -> UInt64 {
         state.withLock { state in
-            state.entry(LockKey(name)).beginAcquiring(lane: lane)
+            let entry = state.entry(LockKey(name))
+            entry.beginAcquiring(lane: lane)
+            return entry.generation
         }
     }
 
@@ -1185,7 +1205,7 @@ final class LocalCoordination: Sendable {
                 guard let ticket = lease.gateTicket else { return (false, nil) }
                 owned = Gate(owner: ticket, ownerValue: lease.value)
             }
-            owned.held = (lease.acquiredAt, lease.validUntil)
+            owned.held = GateHold(acquiredAt: lease.acquiredAt, validUntil: lease.validUntil)
             owned.leaseEnd?.cancel()
             let (owner, validUntil) = (owned.owner, lease.validUntil)
             let action = TimerAction { [weak self] in self?.gateLeaseEnded(key, owner: owner, validUntil: validUntil) }

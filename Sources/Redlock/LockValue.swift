@@ -1,3 +1,5 @@
+import RedlockTransport
+
 /// Where a lock call gets the value it writes to the nodes: proof of ownership for unlock
 /// and extend, so it must be unique to the caller.
 public struct LockValue: Sendable {
@@ -58,18 +60,9 @@ func randomHexTag() -> String {
     return String(repeating: "0", count: 16 - digits.count) + digits
 }
 
-/// `byteCount` random bytes, base64-encoded (standard alphabet, padded). The bytes come eight
-/// at a time from the system's secure generator (one `getrandom` per eight bytes).
+/// `byteCount` random bytes, base64-encoded (standard alphabet, padded).
 func randomToken(byteCount: Int) -> String {
-    var generator = SystemRandomNumberGenerator()
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(byteCount + 7)
-    while bytes.count < byteCount {
-        let word = generator.next()
-        for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
-    }
-    bytes.removeLast(bytes.count - byteCount)
-    return base64(bytes)
+    base64(secureRandomBytes(byteCount))
 }
 
 private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)

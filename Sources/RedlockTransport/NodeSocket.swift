@@ -542,3 +542,26 @@ extension RedisError {
 /// before it is used: a success lets the socket through and carries what to call once it closes
 /// (exactly once, on whichever thread closes it); a failure refuses it with that error.
 package typealias ConnectVet = @Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>
+
+/// `count` bytes from the system's secure generator: one `getrandom(2)` call for them all
+/// (`SystemRandomNumberGenerator` makes one per eight bytes); what that call leaves unfilled
+/// comes from `SystemRandomNumberGenerator`. For lock values: 16 bytes per `lock()`.
+package func secureRandomBytes(_ count: Int) -> [UInt8] {
+    guard count > 0 else { return [] }
+    var bytes = [UInt8](repeating: 0, count: count)
+    var filled = bytes.withUnsafeMutableBytes { buffer -> Int in
+        guard let start = buffer.baseAddress else { return 0 }
+        return min(rio_random_bytes(start, buffer.count), buffer.count)
+    }
+    if filled < count {
+        var generator = SystemRandomNumberGenerator()
+        while filled < count {
+            let word = generator.next()
+            for shift in stride(from: 0, to: 64, by: 8) where filled < count {
+                bytes[filled] = UInt8(truncatingIfNeeded: word >> UInt64(shift))
+                filled += 1
+            }
+        }
+    }
+    return bytes
+}

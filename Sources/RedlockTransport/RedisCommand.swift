@@ -44,6 +44,28 @@ package struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         self.ends = ends
     }
 
+    /// This command, then `argument`, then the arguments of `suffix`, framed into buffers of
+    /// the exact size in two allocations: a command whose parts stay the same from call to call
+    /// (a lock's `SET <name>` and `NX PX <ms>`) kept framed, made whole around the one argument
+    /// that changes (the value).
+    package func appending(_ argument: String, then suffix: RedisCommand = RedisCommand()) -> RedisCommand {
+        let length = argument.utf8.count
+        var body: [UInt8] = []
+        body.reserveCapacity(self.body.count + headerSize(length) + length + 2 + suffix.body.count)
+        body.append(contentsOf: self.body)
+        var ends: [Int] = []
+        ends.reserveCapacity(self.ends.count + 1 + suffix.ends.count)
+        ends.append(contentsOf: self.ends)
+        Self.frame(argument, into: &body, ends: &ends)
+        let offset = body.count
+        body.append(contentsOf: suffix.body)
+        for end in suffix.ends { ends.append(offset + end) }
+        var result = RedisCommand()
+        result.body = body
+        result.ends = ends
+        return result
+    }
+
     /// Appends a text argument (sent as its UTF-8 bytes).
     package mutating func append(_ argument: String) {
         Self.frame(argument, into: &body, ends: &ends)

@@ -64,6 +64,25 @@ package struct RedisScriptCall: Sendable {
         self.script = script
     }
 
+    /// A call with no arguments yet, to complete with
+    /// ``appending(_:then:runsLateUnlessBehind:)``: the part of a call that stays the same from
+    /// call to call (a lock's script and name), built once.
+    package init(_ script: RedisScript, keys: [String]) {
+        self.init(script, keys: keys, arguments: [])
+    }
+
+    private init(command: RedisCommand, script: RedisScript, runsLateUnlessBehind: String?) {
+        self.command = command
+        self.script = script
+        self.runsLateUnlessBehind = runsLateUnlessBehind
+    }
+
+    /// This call with `argument`, then `suffix`'s arguments, appended after its keys and
+    /// arguments (see ``RedisCommand/appending(_:then:)``).
+    package func appending(_ argument: String, then suffix: RedisCommand, runsLateUnlessBehind: String? = nil) -> RedisScriptCall {
+        RedisScriptCall(command: command.appending(argument, then: suffix), script: script, runsLateUnlessBehind: runsLateUnlessBehind)
+    }
+
     /// The call as `EVAL source numkeys keys… arguments…`, built anew on each use.
     package var evalForm: RedisCommand { script.evalForm(of: command) }
 }

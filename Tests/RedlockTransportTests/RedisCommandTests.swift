@@ -24,6 +24,25 @@ struct RedisCommandTests {
         #expect(wire(RedisCommand("PING")) == bytes("*1\r\n$4\r\nPING\r\n"))
     }
 
+    @Test("a prefix, one argument and a suffix make the same command as all the arguments at once",
+          arguments: [0, 1, 9, 10, 99, 100, 12_345])
+    func prefixArgumentSuffix(length: Int) {
+        let value = letters(length)
+        let whole = RedisCommand("SET", "name:\(length)", value, "NX", "PX", "8000")
+        let made = RedisCommand("SET", "name:\(length)").appending(value, then: RedisCommand("NX", "PX", "8000"))
+        #expect(made == whole)
+        #expect(wire(made) == wire(whole))
+        #expect(made.arguments.map(Array.init) == whole.arguments.map(Array.init))
+        // Without a suffix, onto an empty command, and with an empty one.
+        #expect(RedisCommand("ECHO").appending(value) == RedisCommand("ECHO", value))
+        #expect(RedisCommand().appending(value, then: RedisCommand("")) == RedisCommand(value, ""))
+        // A script call completed from its prefix is the call built at once.
+        let script = RedisScript("return 1")
+        let call = RedisScriptCall(script, keys: ["k"]).appending(value, then: RedisCommand("channel"), runsLateUnlessBehind: value)
+        #expect(call.command == RedisScriptCall(script, keys: ["k"], arguments: [value, "channel"]).command)
+        #expect(call.runsLateUnlessBehind == value)
+    }
+
     @Test("arguments whose lengths have one to five digits are framed exactly",
           arguments: [0, 1, 9, 10, 11, 99, 100, 101, 999, 1_000, 12_345])
     func argumentLengths(length: Int) {

@@ -162,4 +162,10 @@ void rio_waker_drain(int waker);
 
 void rio_close_descriptor(int fd);
 
+/* Fills up to `length` bytes at `buffer` from the kernel's secure generator with one
+   getrandom(2) call (flags 0: blocks only until the pool is first initialised; a request of
+   up to 256 bytes is then filled whole and not interrupted by signals). Returns how many bytes
+   it filled: 0 when the call failed. */
+size_t rio_random_bytes(void *buffer, size_t length);
+
 #endif
