@@ -6,13 +6,13 @@ import Tracing
 
 extension DistributedLock {
     /// `lock()` and `tryLock()`: the local gate, release watching, metrics, then the attempts.
-    func acquire(tries: Int, deadline: ContinuousClock.Instant?) async throws(RedlockError) -> Lease {
+    nonisolated(nonsending) func acquire(tries: Int, deadline: ContinuousClock.Instant?) async throws(RedlockError) -> Lease {
         try await client.traced("redlock.acquire", lock: name) { span throws(RedlockError) in
             try await acquire(tries: tries, deadline: deadline, span: span)
         }
     }
 
-    private func acquire(tries: Int, deadline: ContinuousClock.Instant?, span: (any Span)?) async throws(RedlockError) -> Lease {
+    private nonisolated(nonsending) func acquire(tries: Int, deadline: ContinuousClock.Instant?, span: (any Span)?) async throws(RedlockError) -> Lease {
         try client.checkOpen(lockName: name)
         let calledAt = ContinuousClock.now
         let made = options.value.next()
@@ -84,7 +84,7 @@ extension DistributedLock {
     /// is ``waitForChance(_:tries:deadline:value:next:)``: an async function's locals each cost
     /// an allocation on the task per call, so a `lock()` whose first attempt wins pays only for
     /// those of the path it takes.
-    private func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
+    private nonisolated(nonsending) func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
@@ -239,7 +239,7 @@ extension DistributedLock {
     /// for it or the retry delay (`next` is sent at once by whoever hears the release), and
     /// notes what ended the wait in `run`. Returns the lease when a quorum of a fair lock's
     /// handoffs gave it, else nil: then the attempt follows.
-    private func waitForChance(
+    private nonisolated(nonsending) func waitForChance(
         _ run: inout AttemptRun, tries: Int, deadline: ContinuousClock.Instant?, value: String, next: PreparedFanOut
     ) async throws(RedlockError) -> Lease? {
         let coordination = client.coordination
@@ -303,7 +303,7 @@ extension DistributedLock {
     /// is `sentAt`, else a moment before the send. Adds the nodes where its clean-up may have
     /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil).
     /// `lineLeave`: the one `prepared` was made with, told the outcome.
-    private func attempt(
+    private nonisolated(nonsending) func attempt(
         _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?,
         cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
@@ -474,7 +474,7 @@ extension DistributedLock {
     /// runs to its end) may have won it, and it is released like a failed one. A fair attempt
     /// that queues tells `lineLeave` its outcome: one that got the lock leaves the line where it
     /// was refused (``LineLeave``).
-    private func finish(
+    private nonisolated(nonsending) func finish(
         _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)

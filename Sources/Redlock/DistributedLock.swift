@@ -125,7 +125,7 @@ public struct DistributedLock: Sendable {
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease, whileShuttingDown: true) }
     }
 
-    private func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
+    private nonisolated(nonsending) func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
         if whileShuttingDown { try checkName(of: lease) } else { try check(lease) }
         if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
             throw gatePassedOn(operation: "unlock")

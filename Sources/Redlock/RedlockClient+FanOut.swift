@@ -232,7 +232,7 @@ extension RedlockClient {
     /// The votes of a sent fan-out, once it finished (or, when `cancellable`, once the calling
     /// task is cancelled: nodes still silent then count as not answering).
     @inline(__always)
-    func votes(of fanOut: PreparedFanOut, cancellable: Bool) async -> [Vote?] {
+    nonisolated(nonsending) func votes(of fanOut: PreparedFanOut, cancellable: Bool) async -> [Vote?] {
         let round = fanOut.round
         guard cancellable else { return await withUnsafeContinuation { round.install($0) } }
         return await withTaskCancellationHandler {
@@ -245,7 +245,7 @@ extension RedlockClient {
     /// Runs a compare-and-act script (1 granted, 0 taken, -1 missing) on every node in `order`
     /// (see ``prepareFanOut(_:script:classify:order:budget:returnWhenDecided:confirm:)``) and
     /// returns its votes.
-    func fanOut(
+    nonisolated(nonsending) func fanOut(
         _ call: RedisScriptCall,
         order: [Int],
         budget: Duration,

@@ -426,8 +426,8 @@ public final class RedlockClient: Sendable {
 extension RedlockClient {
     /// Runs `operation` in a span named `name` (when tracing is on) with the lock's name, the node
     /// count and the quorum; records `redlock.outcome` (`ok` or the error's code) and the error.
-    func traced<T>(
-        _ name: String, lock: String, _ operation: (_ span: (any Span)?) async throws(RedlockError) -> T
+    nonisolated(nonsending) func traced<T>(
+        _ name: String, lock: String, _ operation: nonisolated(nonsending) (_ span: (any Span)?) async throws(RedlockError) -> T
     ) async throws(RedlockError) -> T {
         guard let tracer else { return try await operation(nil) }
         let span = tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: .client)
