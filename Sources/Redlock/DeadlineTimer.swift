@@ -80,7 +80,7 @@ final class DeadlineTimer: Sendable {
 
         init(timeout: Duration) {
             self.timeout = timeout
-            timeoutNanoseconds = timeout.wholeNanoseconds
+            timeoutNanoseconds = DeadlineTimer.nanosecondsRoundedUp(timeout)
         }
 
         /// The deadline of a wait of this lane that starts at `now`.
@@ -151,10 +151,13 @@ final class DeadlineTimer: Sendable {
     private let state = Mutex(State())
     /// An instant and its reading in ``Nanoseconds``, for instants given as
     /// `ContinuousClock.Instant` (``nanoseconds(_:)``). The reading is taken just after the
-    /// instant, so a converted deadline is never earlier than the instant it stands for (it may
-    /// be later by the time between the two readings, well under a microsecond).
+    /// instant, and conversions round up, so a converted deadline is never earlier than the
+    /// instant it stands for (it may be later by the time between the two readings, well under a
+    /// microsecond). When the clock could not be read then, ``origin`` is 0 and every reading
+    /// is ``ContinuousClock`` converted (``readsClock``).
     private let origin: ContinuousClock.Instant
     private let originReading: Nanoseconds
+    private let readsClock: Bool
     private let stopRequested = Atomic<Bool>(false)
     /// Signalled when the sleeping thread must look again.
     private let wakeup = DispatchSemaphore(value: 0)
@@ -170,7 +173,16 @@ final class DeadlineTimer: Sendable {
     init(loop: RedisEventLoop? = nil) {
         self.loop = loop
         origin = .now
-        originReading = Self.reading() ?? 0
+        let reading = Self.reading()
+        originReading = reading ?? 0
+        readsClock = reading != nil
+    }
+
+    /// `duration` in whole nanoseconds, rounded up (toward the future), saturating.
+    static func nanosecondsRoundedUp(_ duration: Duration) -> Int64 {
+        // `wholeNanoseconds` truncates toward zero: one more when a fraction was cut off above.
+        let whole = duration.wholeNanoseconds
+        return whole < .max && duration > .nanoseconds(whole) ? whole + 1 : whole
     }
 
     /// `CLOCK_BOOTTIME` in nanoseconds, nil if it cannot be read.
@@ -187,7 +199,7 @@ final class DeadlineTimer: Sendable {
     /// Now in ``Nanoseconds``: a reading of the clock, or (where that fails) ``ContinuousClock``
     /// converted.
     private func now() -> Nanoseconds {
-        Self.reading() ?? nanoseconds(.now)
+        (readsClock ? Self.reading() : nil) ?? nanoseconds(.now)
     }
 
     /// Expires `waiter` at `deadline` unless it finished before.
@@ -203,7 +215,7 @@ final class DeadlineTimer: Sendable {
 
     /// `instant` in ``Nanoseconds``, saturating.
     private func nanoseconds(_ instant: ContinuousClock.Instant) -> Nanoseconds {
-        let (sum, overflow) = originReading.addingReportingOverflow(origin.duration(to: instant).wholeNanoseconds)
+        let (sum, overflow) = originReading.addingReportingOverflow(Self.nanosecondsRoundedUp(origin.duration(to: instant)))
         return overflow ? (instant > origin ? .max : .min) : sum
     }
 

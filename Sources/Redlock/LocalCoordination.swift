@@ -85,9 +85,28 @@ final class LocalCoordination: Sendable {
 
     /// A parked waiter that polls again: its own retry delay's end is when the timer ends its
     /// wait (at once when that passed already).
-    struct Unparked {
+    ///
+    /// This and ``LingerStart`` are classes so that what ``Name/endAcquiring()`` returns holds
+    /// no value of `ContinuousClock.Instant`, whose layout is opaque outside the standard
+    /// library (each copy of one goes through its type's value witnesses); every `lock()` ends
+    /// with that call, and both are nil then but for a waiter parked or a name subscribed.
+    final class Unparked: Sendable {
         let waiter: Waiter
         let pollAt: ContinuousClock.Instant
+
+        init(waiter: Waiter, pollAt: ContinuousClock.Instant) {
+            self.waiter = waiter
+            self.pollAt = pollAt
+        }
+    }
+
+    /// When a name's subscription ends if nobody acquires meanwhile (see ``Unparked``).
+    final class LingerStart: Sendable {
+        let until: ContinuousClock.Instant
+
+        init(until: ContinuousClock.Instant) {
+            self.until = until
+        }
     }
 
     /// What a fair lock's waiter may count as grants: the handoff messages of the nodes where no
@@ -184,6 +203,25 @@ final class LocalCoordination: Sendable {
         }
     }
 
+    /// A set of ``ConnectionLane``s, one bit each: a `Set` would allocate its storage and hash
+    /// on the first insert, which every name's first `lock()` makes.
+    struct LaneSet {
+        private var bits: UInt8 = 0
+
+        mutating func insert(_ lane: ConnectionLane) {
+            bits |= Self.bit(lane)
+        }
+
+        var count: Int { bits.nonzeroBitCount }
+
+        private static func bit(_ lane: ConnectionLane) -> UInt8 {
+            switch lane {
+            case .shared: 1
+            case .acknowledged: 2
+            }
+        }
+    }
+
     /// A lease of a name held through this client.
     private struct HeldHere {
         let value: [UInt8]
@@ -230,7 +268,7 @@ final class LocalCoordination: Sendable {
         var ownRelease: [UInt8] = []
         /// The connection lanes of this name's `lock()` and `unlock()` calls in this process: a
         /// release went out on each node's connection before a later attempt only on one lane.
-        var lanes: Set<ConnectionLane> = []
+        var lanes = LaneSet()
         /// Longest waiting first; may hold waiters that already ended (they remove themselves).
         var waiters: [ReleaseWaiter] = []
         /// `lock()` calls between their first attempt and their return.
@@ -262,13 +300,14 @@ final class LocalCoordination: Sendable {
 
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
         /// subscription's linger ends (when it starts one), and whether the entry is unused now.
-        func endAcquiring() -> (unparked: Unparked?, linger: ContinuousClock.Instant?, unused: Bool) {
+        func endAcquiring() -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
             acquiring -= 1
             let unparked = keepPolling()
-            var linger: ContinuousClock.Instant?
+            var linger: LingerStart?
             if acquiring == 0, subscribed {
-                linger = .now + LocalCoordination.subscriptionLinger
-                lingerUntil = linger
+                let until = ContinuousClock.now + LocalCoordination.subscriptionLinger
+                linger = LingerStart(until: until)
+                lingerUntil = until
             }
             return (unparked, linger, isUnused)
         }
@@ -586,14 +625,14 @@ final class LocalCoordination: Sendable {
         let key = LockKey(name)
         var unparked: Unparked?
         defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
-        let linger: ContinuousClock.Instant? = state.withLock { state in
+        let linger: LingerStart? = state.withLock { state in
             guard let ended = state.names[key]?.endAcquiring() else { return nil }
             unparked = ended.unparked
             if ended.unused { state.names[key] = nil }
             return ended.linger
         }
         if let linger {
-            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger)
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger.until)
         }
     }
 

@@ -340,6 +340,20 @@ struct DeadlineTimerTests {
         #expect(await collectVotes(of: round) == [.granted(1), .unsettled, .granted(1)])
     }
 
+    @Test("deadlines become whole nanoseconds rounded toward the future: a wait never expires before its instant")
+    func deadlinesRoundUp() {
+        let fraction = Duration(secondsComponent: 0, attosecondsComponent: 999_999_999)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5)) == 5)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5) + fraction) == 6)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5) + .init(secondsComponent: 0, attosecondsComponent: 1)) == 6)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.milliseconds(20) * 1.000_000_000_1) == 20_000_001)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.zero) == 0)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(-5) - fraction) == -5)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(-5)) == -5)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.seconds(Int64.max)) == .max)
+        #expect(DeadlineTimer.nanosecondsRoundedUp(.seconds(Int64.min)) == .min)
+    }
+
     @Test("a finished round is dropped from the heap by the next schedule")
     func finishedRoundDropped() async {
         let timer = DeadlineTimer()

@@ -41,6 +41,20 @@ struct LocalCoordinationTests {
         #expect(Set([LockKey(first), LockKey(second), LockKey(first)]).count == 2)
     }
 
+    @Test("a name's set of connection lanes counts each lane once")
+    func laneSet() {
+        var lanes = LocalCoordination.LaneSet()
+        #expect(lanes.count == 0)
+        lanes.insert(.shared)
+        lanes.insert(.shared)
+        #expect(lanes.count == 1)
+        lanes.insert(.acknowledged)
+        #expect(lanes.count == 2)
+        var other = LocalCoordination.LaneSet()
+        other.insert(.acknowledged)
+        #expect(other.count == 1)
+    }
+
     @Test("a confirmation of the release channel neither wakes a fair waiter with this client's tag nor ends its wait when it came first; it wakes an untagged one, and a handoff channel's confirmation wakes both")
     func taggedFairWaiterIgnoresReleaseChannelConfirmations() async throws {
         let (coordination, timer) = coordination()
