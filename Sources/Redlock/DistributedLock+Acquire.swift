@@ -61,7 +61,7 @@ extension DistributedLock {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.
                 let leave = client.prepareFanOut(
-                    releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: options.attemptBudget,
+                    releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: attemptBudget,
                     returnWhenDecided: false, lane: lane
                 )
                 client.send(leave)
@@ -88,12 +88,12 @@ extension DistributedLock {
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
-        let releasesHeard = tries > 1 ? coordination.beginAcquiring(name, lane: lane) : coordination.generation(of: name)
+        let releasesHeard = tries > 1 ? coordination.beginAcquiring(key, lane: lane) : coordination.generation(of: key)
         var run = AttemptRun(lock: self, tries: tries, value: value, startedAt: .now, releasesHeard: releasesHeard)
         defer {
             if let countedChannel = run.countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) }
             if !run.acquired, run.wokenByRelease { coordination.passOn(name) }
-            if tries > 1 { coordination.endAcquiring(name) }
+            if tries > 1 { coordination.endAcquiring(key) }
             span?.attributes["redlock.attempts"] = run.made
         }
         // This client's handoff channel is listened on before the first attempt: the release that
@@ -115,7 +115,7 @@ extension DistributedLock {
                 let delayAfter = options.retryDelay.delay(afterFailedAttempts: run.attemptNumber + 1)
                 drawn = delayAfter
                 // A single attempt never enters the line (life 0): nothing would renew or leave it.
-                queueEntry = (run.ticket, life: tries > 1 ? delayAfter + options.attemptBudget * 2 + .milliseconds(100) : .zero)
+                queueEntry = (run.ticket, life: tries > 1 ? delayAfter + attemptBudget * 2 + .milliseconds(100) : .zero)
             }
             // A fair attempt that queues leaves the line once it got the lock.
             let lineLeave = run.leaveLine.map(LineLeave.init(leave:))
@@ -135,23 +135,23 @@ extension DistributedLock {
             }
             run.made += 1
             let heardBefore = run.releasesHeard
-            run.releasesHeard = coordination.generation(of: name)
+            run.releasesHeard = coordination.generation(of: key)
             let start = run.chance.handedOverAt ?? .now
             if run.firstStart == nil { run.firstStart = start }
             switch await attempt(next, sentAt: run.chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &run.cleanedUp) {
             case let .success(lease):
                 run.acquired = true
                 if !options.fair || run.chance.release != nil {
-                    coordination.attemptEnded(name, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: run.chance.release)
+                    coordination.attemptEnded(key, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: run.chance.release)
                 }
                 return lease
             case let .failure(error):
                 run.lastError = error
-                if run.chance.release != nil { coordination.attemptEnded(name, value: value, acquired: nil, handedFor: run.chance.release) }
+                if run.chance.release != nil { coordination.attemptEnded(key, value: value, acquired: nil, handedFor: run.chance.release) }
             }
             // Woken by a release, or one counted after a confirmation ended the wait (its other
             // nodes' messages count as heard already): the retry after it is the short one.
-            run.releaseSeen = run.chance.woken || (tries > 1 && coordination.released(name, since: heardBefore))
+            run.releaseSeen = run.chance.woken || (tries > 1 && coordination.released(key, since: heardBefore))
             // No retry can succeed while nodes refuse for good (credentials, permissions, a key
             // of the wrong type) and too few others are left for a quorum.
             if run.lastError.permanentFailureCount > client.nodes.count - client.quorum {
@@ -275,7 +275,7 @@ extension DistributedLock {
         var watch: LocalCoordination.HandoffWatch?
         if let cleanedUp = run.cleanedUp, client.nodes.count - cleanedUp.count >= client.quorum {
             watch = .init(
-                excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(options.attemptBudget, Self.handoffClaimAfter),
+                excluded: cleanedUp, quorum: client.quorum, claimAfter: Swift.min(attemptBudget, Self.handoffClaimAfter),
                 longestLife: .milliseconds(options.expiry.millisecondsRoundedUp)
             )
         }
@@ -443,7 +443,7 @@ extension DistributedLock {
             untilScriptsRun: request.untilScriptsRun,
             classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
-            budget: options.attemptBudget,
+            budget: attemptBudget,
             returnWhenDecided: options.failFast,
             confirm: request.confirm,
             clockCheck: options.clockGuard ? clockCheck() : nil,
@@ -457,7 +457,7 @@ extension DistributedLock {
     /// whose attempts queue, for each attempt's ``LineLeave``.
     private func leaveLine(value: String) -> @Sendable ([Int]) -> Void {
         let (client, lane, name) = (client, lane, name)
-        let (budget, expiry) = (options.attemptBudget, options.expiry.millisecondsRoundedUp)
+        let (budget, expiry) = (attemptBudget, options.expiry.millisecondsRoundedUp)
         // The call is made only when needed: most attempts leave no line.
         return { nodes in
             let call = RedisScriptCall(
@@ -492,7 +492,7 @@ extension DistributedLock {
         }
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: options.attemptBudget
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: attemptBudget
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }
@@ -523,7 +523,7 @@ extension DistributedLock {
         }
         if !decision.releaseQueued.isEmpty {
             client.send(client.prepareFanOut(
-                releaseCall, order: decision.releaseQueued, budget: options.attemptBudget, returnWhenDecided: false, lane: lane
+                releaseCall, order: decision.releaseQueued, budget: attemptBudget, returnWhenDecided: false, lane: lane
             ))
         }
         if !decision.releaseAwaited.isEmpty {
@@ -560,7 +560,7 @@ extension DistributedLock {
         let others = votes.indices.filter { votes[$0]?.isGranted != true }
         if !others.isEmpty {
             let floor = RedisScriptCall(Scripts.raiseFloor, keys: [Scripts.fenceCounterKey], arguments: [String(token)])
-            client.send(client.prepareFanOut(floor, order: others, budget: options.attemptBudget, returnWhenDecided: false, lane: lane))
+            client.send(client.prepareFanOut(floor, order: others, budget: attemptBudget, returnWhenDecided: false, lane: lane))
         }
         let raised = await raiseFence(to: token, value: value, on: votes.indices.filter { votes[$0]?.isGranted == true })
         if grantedCount(raised) >= client.quorum { return (token, nil) }
@@ -593,7 +593,7 @@ extension DistributedLock {
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
         return await client.fanOut(
-            call, order: indices, budget: options.attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait, lane: lane
+            call, order: indices, budget: attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait, lane: lane
         )
     }
 }

@@ -19,6 +19,8 @@ public struct DistributedLock: Sendable {
     public let client: RedlockClient
     /// Where a release is announced: the release channel with fast handoff, else empty.
     let announcedOn: String
+    /// ``name`` as the key of the client's per-name tables, made once.
+    let key: LockKey
     /// The parts of the default commands that stay the same from call to call, built once
     /// around the value: `SET <name>` and `NX PX <ms>` (an acquire), the release script's
     /// `EVALSHA <sha1> 1 <name>` and its channel argument (announced, or empty).
@@ -29,13 +31,17 @@ public struct DistributedLock: Sendable {
     let releaseSuffixSilent: RedisCommand
     /// ``LockOptions/expiry`` in whole milliseconds (rounded up), as sent.
     let expiryMilliseconds: String
+    /// ``LockOptions/attemptBudget``, computed once (a `Duration` times a `Double`).
+    let attemptBudget: Duration
 
     init(name: String, options: LockOptions, client: RedlockClient) {
         self.name = name
         self.options = options
         self.client = client
         announcedOn = options.fastHandoff ? Scripts.releaseChannel(name) : ""
+        key = LockKey(name)
         expiryMilliseconds = String(options.expiry.millisecondsRoundedUp)
+        attemptBudget = options.attemptBudget
         setPrefix = RedisCommand("SET", name)
         setSuffix = RedisCommand("NX", "PX", expiryMilliseconds)
         releasePrefix = RedisScriptCall(Scripts.release, keys: [name])
@@ -140,11 +146,11 @@ public struct DistributedLock: Sendable {
         // waiter here (with fast handoff), or retry after their delay.
         // A fair lock's release hands the lock to the first in line on the nodes instead.
         if options.fair { client.coordination.released(name, value: lease.value) }
-        let claimed = options.fair ? nil : client.coordination.handOff(name, release: lease.value.utf8, lane: lane)
+        let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
         let call = releaseCall(value: lease.value, announcing: handedOver == nil)
         let release = client.prepareFanOut(
-            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
         )
         let sentAt = ContinuousClock.now
@@ -216,7 +222,7 @@ public struct DistributedLock: Sendable {
         )
         let start = ContinuousClock.now
         let votes = await client.fanOut(
-            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: options.attemptBudget, returnWhenDecided: options.failFast,
+            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             replicaWait: replicaWait, lane: lane
         )
         let end = ContinuousClock.now
@@ -239,7 +245,8 @@ public struct DistributedLock: Sendable {
     /// The `WAIT` behind each acquire, fencing raise and extend
     /// (``LockOptions/replicaAcknowledgements``); nil when the lock does not wait for replicas.
     var replicaWait: ReplicaWait? {
-        ReplicaWait(count: options.replicaAcknowledgements, budget: options.attemptBudget, commandTimeout: client.shortestCommandTimeout)
+        options.replicaAcknowledgements > 0
+            ? ReplicaWait(count: options.replicaAcknowledgements, budget: attemptBudget, commandTimeout: client.shortestCommandTimeout) : nil
     }
 
     /// The connections every command of this lock goes on: a lock that waits for replicas has
@@ -275,7 +282,7 @@ public struct DistributedLock: Sendable {
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
             arguments: [
                 value, channel, options.fastHandoff ? Scripts.handoffChannel(name) : "",
-                String(Swift.max(options.attemptBudget * 2, .milliseconds(10)).millisecondsRoundedUp),
+                String(Swift.max(attemptBudget * 2, .milliseconds(10)).millisecondsRoundedUp),
                 staysInLine ? "0" : "1",
             ] + (handoffsCountAsGrants ? [String(options.expiry.millisecondsRoundedUp)] : [])
         )
@@ -285,7 +292,7 @@ public struct DistributedLock: Sendable {
     /// the caller's cancellation: a release always runs to its end.
     func release(_ call: RedisScriptCall, on order: [Int], returnWhenDecided: Bool) async -> [Vote?] {
         await client.fanOut(
-            call, order: order, budget: options.attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false, lane: lane
+            call, order: order, budget: attemptBudget, returnWhenDecided: returnWhenDecided, cancellable: false, lane: lane
         )
     }
 

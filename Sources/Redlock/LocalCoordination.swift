@@ -610,9 +610,9 @@ final class LocalCoordination: Sendable {
     ///
     /// - Returns: The name's ``generation(of:)`` at that moment.
     @discardableResult
-    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) -> UInt64 {
+    func beginAcquiring(_ key: LockKey, lane: ConnectionLane = .shared) -> UInt64 {
         state.withLock { state in
-            let entry = state.entry(LockKey(name))
+            let entry = state.entry(key)
             entry.beginAcquiring(lane: lane)
             return entry.generation
         }
@@ -621,8 +621,7 @@ final class LocalCoordination: Sendable {
     /// Ends one ``beginAcquiring(_:lane:)``. The last one drops the name, or starts its subscription's
     /// linger. If the waiters left wait for a lease held here and none of those that poll does
     /// so as often as they would, one of them polls again (``Name/keepPolling()``).
-    func endAcquiring(_ name: String) {
-        let key = LockKey(name)
+    func endAcquiring(_ key: LockKey) {
         var unparked: Unparked?
         defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
         let linger: LingerStart? = state.withLock { state in
@@ -637,14 +636,14 @@ final class LocalCoordination: Sendable {
     }
 
     /// The number of releases of `name` heard, and of its subscription's confirmations, so far.
-    func generation(of name: String) -> UInt64 {
-        state.withLock { $0.names[LockKey(name)]?.generation ?? 0 }
+    func generation(of key: LockKey) -> UInt64 {
+        state.withLock { $0.names[key]?.generation ?? 0 }
     }
 
     /// Whether a release of `name` was counted after `generation` (one this name had; see
     /// ``generation(of:)``), rather than only confirmations of its subscription.
-    func released(_ name: String, since generation: UInt64) -> Bool {
-        state.withLock { $0.names[LockKey(name)]?.releasedSince(generation) ?? false }
+    func released(_ key: LockKey, since generation: UInt64) -> Bool {
+        state.withLock { $0.names[key]?.releasedSince(generation) ?? false }
     }
 
     /// The value of the last release of `name` counted, empty for none (for tests).
@@ -988,9 +987,8 @@ final class LocalCoordination: Sendable {
     /// longest-waiting waiter of `name`, for the releaser to send the waiter's attempt right
     /// behind its deletes and then resume it. Returns nil (counting nothing) when nobody waits:
     /// the releaser then publishes its release, and announces it once made.
-    func handOff(_ name: String, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
+    func handOff(_ key: LockKey, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
         let allNodes = nodes.indices
-        let key = LockKey(name)
         return state.withLock { state in
             guard let entry = state.names[key] else { return nil }
             guard let claimed = entry.handOff(release, lane: lane, allNodes: allNodes) else {
@@ -1023,8 +1021,7 @@ final class LocalCoordination: Sendable {
     /// lock went to another process meanwhile), its `lock()` retries at its retry delay, and
     /// the other waiters here, still waiting for a release, get the lock from it in turn (or
     /// through ``passOn(_:)`` when it gives up).
-    func attemptEnded(_ name: String, value: String, acquired: ContinuousClock.Instant?, handedFor: UInt64?) {
-        let key = LockKey(name)
+    func attemptEnded(_ key: LockKey, value: String, acquired: ContinuousClock.Instant?, handedFor: UInt64?) {
         state.withLock { state in
             guard acquired != nil else {
                 state.names[key]?.attemptEnded(value: value.utf8, acquired: nil, handedFor: handedFor)
@@ -1460,5 +1457,22 @@ private final class TimerAction: Expiring {
     /// The action will not run; the timer drops it.
     func cancel() {
         done.store(true, ordering: .releasing)
+    }
+}
+
+extension LocalCoordination {
+    // The same calls by the name's text: each makes the name's key (hashing its bytes) first.
+    // A lock makes its key once (``DistributedLock/key``) and passes that.
+
+    @discardableResult
+    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) -> UInt64 { beginAcquiring(LockKey(name), lane: lane) }
+    func endAcquiring(_ name: String) { endAcquiring(LockKey(name)) }
+    func generation(of name: String) -> UInt64 { generation(of: LockKey(name)) }
+    func released(_ name: String, since generation: UInt64) -> Bool { released(LockKey(name), since: generation) }
+    func handOff(_ name: String, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
+        handOff(LockKey(name), release: release, lane: lane)
+    }
+    func attemptEnded(_ name: String, value: String, acquired: ContinuousClock.Instant?, handedFor: UInt64?) {
+        attemptEnded(LockKey(name), value: value, acquired: acquired, handedFor: handedFor)
     }
 }

@@ -13,11 +13,25 @@ import Darwin
 /// `"cafe\u{301}"`), but Redis compares bytes: they are two keys, two locks. Keying local state by
 /// the UTF-8 bytes keeps two different keys from ever sharing it. Comparing and hashing read the
 /// string's UTF-8 view without copying it.
+///
+/// The hash of the bytes is computed once, when the key is made: a lookup combines that word.
+/// A lock makes its key once (``DistributedLock/key``), and a `lock()` and `unlock()` look
+/// their name up about six times.
 struct LockKey: Hashable, Sendable {
     let name: String
+    private let bytesHash: Int
 
     init(_ name: String) {
         self.name = name
+        var hasher = Hasher()
+        let hashed: Void? = name.utf8.withContiguousStorageIfAvailable { bytes in
+            hasher.combine(bytes: UnsafeRawBufferPointer(bytes))
+        }
+        if hashed == nil {
+            for byte in name.utf8 { hasher.combine(byte) }
+        }
+        hasher.combine(name.utf8.count)
+        bytesHash = hasher.finalize()
     }
 
     static func == (lhs: LockKey, rhs: LockKey) -> Bool {
@@ -37,13 +51,7 @@ struct LockKey: Hashable, Sendable {
     }
 
     func hash(into hasher: inout Hasher) {
-        let hashed: Void? = name.utf8.withContiguousStorageIfAvailable { bytes in
-            hasher.combine(bytes: UnsafeRawBufferPointer(bytes))
-        }
-        if hashed == nil {
-            for byte in name.utf8 { hasher.combine(byte) }
-        }
-        hasher.combine(name.utf8.count)
+        hasher.combine(bytesHash)
     }
 }
 
