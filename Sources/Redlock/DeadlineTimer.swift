@@ -3,12 +3,6 @@ import Foundation
 import RedlockTransport
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
 /// Something waiting that a ``DeadlineTimer`` ends when its time is up: a fan-out round (its
 /// budget) or a waiter for a release (its retry delay).
 protocol Expiring: AnyObject, Sendable {
@@ -43,11 +37,10 @@ protocol Expiring: AnyObject, Sendable {
 /// The thread starts with the first wait. After ``stop()`` it ends once the waits it holds are
 /// finished or expired; a wait scheduled later starts it again for as long as it needs.
 final class DeadlineTimer: Sendable {
-    /// Instants as nanoseconds on `CLOCK_BOOTTIME`, the clock of `ContinuousClock` on Linux
-    /// (``now()``). `ContinuousClock.Instant`'s layout is opaque outside the standard library:
-    /// each copy, comparison or destruction of one (or of an entry holding one) goes through its
-    /// type's value witnesses, an array of such entries through unspecialized code, and turning
-    /// one into a number divides 128-bit integers.
+    /// Instants as nanoseconds on `CLOCK_BOOTTIME` (``BootClock``, ``now()``), the clock of
+    /// `ContinuousClock` on Linux. An entry holding a `ContinuousClock.Instant` would be copied,
+    /// compared and destroyed through value witnesses, and an array of them through
+    /// unspecialized code.
     private typealias Nanoseconds = Int64
 
     private struct Entry {
@@ -173,7 +166,7 @@ final class DeadlineTimer: Sendable {
     init(loop: RedisEventLoop? = nil) {
         self.loop = loop
         origin = .now
-        let reading = Self.reading()
+        let reading = BootClock.nanoseconds()
         originReading = reading ?? 0
         readsClock = reading != nil
     }
@@ -185,21 +178,10 @@ final class DeadlineTimer: Sendable {
         return whole < .max && duration > .nanoseconds(whole) ? whole + 1 : whole
     }
 
-    /// `CLOCK_BOOTTIME` in nanoseconds, nil if it cannot be read.
-    private static func reading() -> Nanoseconds? {
-        #if os(Linux)
-        var time = timespec()
-        guard clock_gettime(CLOCK_BOOTTIME, &time) == 0 else { return nil }
-        return Nanoseconds(time.tv_sec) * 1_000_000_000 + Nanoseconds(time.tv_nsec)
-        #else
-        return nil
-        #endif
-    }
-
     /// Now in ``Nanoseconds``: a reading of the clock, or (where that fails) ``ContinuousClock``
     /// converted.
     private func now() -> Nanoseconds {
-        (readsClock ? Self.reading() : nil) ?? nanoseconds(.now)
+        (readsClock ? BootClock.nanoseconds() : nil) ?? nanoseconds(.now)
     }
 
     /// Expires `waiter` at `deadline` unless it finished before.

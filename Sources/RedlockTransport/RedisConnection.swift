@@ -345,15 +345,25 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// meanwhile (a `recv` with `MSG_PEEK`: one system call), so that a close (a restart, an
     /// idle timeout, `CLIENT KILL` in a failover) costs a reconnect rather than a failed
     /// command. The event loop sees a close on its own (the socket is watched for hang-ups) and
-    /// drops the connection, so the look only covers a close the loop has not handled yet. It
-    /// is always made on the loop's own thread (a task on its executor: the loop handles nothing
-    /// until it suspends), and from other threads when the connection has been idle at least
-    /// this long (its last answer came this long ago). A connection in steady use from the
-    /// cooperative pool skips it (at N = 5 it was a third of an uncontended cycle's `recv`
-    /// calls): a close that lands within the loop's wake-up latency before such a command fails
-    /// that command as closed, a transient failure (the node never ran it), as one landing just
-    /// after a look does.
+    /// drops the connection, so the look only covers a close the loop has not handled yet. From
+    /// other threads it is made when the connection has been idle at least this long (its last
+    /// answer came this long ago). A connection in steady use from the cooperative pool skips it
+    /// (at N = 5 it was a third of an uncontended cycle's `recv` calls): a close that lands
+    /// within the loop's wake-up latency before such a command fails that command as closed, a
+    /// transient failure (the node never ran it), as one landing just after a look does. On the
+    /// loop's own thread (a task on its executor, or a handler: the loop handles nothing until
+    /// it returns) see ``loopLookWindow``.
     static let peekAfterIdle: Duration = .milliseconds(100)
+
+    /// On the loop's own thread the look is made unless the loop asked for its sockets' events
+    /// at most this long ago (in nanoseconds: 100 µs). The turn that reads a hang-up handles it
+    /// before its jobs run, so only a close since then can be unknown to a task on the loop's
+    /// executor (and to a handler that sends, also one read in the same turn and not handled
+    /// yet): about the window of the loop's wake-up latency for a sender on another thread, with
+    /// the same outcome. A task that holds the thread longer (it computes, or blocks, without
+    /// suspending) looks before each command; one that sends right after a reply, as a lock's
+    /// attempt and release do, saves a system call per command.
+    static let loopLookWindow: Int64 = 100_000
 
     /// Queues `command`: written at once by the caller when the connection is open and idle.
     func enqueue(_ command: PendingCommand) {
@@ -373,7 +383,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 // Idle, one clock reading serves the look's gate and dates the wait that the
                 // commands staged below begin.
                 let now: ContinuousClock.Instant? = idle ? .now : nil
-                if let now, state.waitingSince.map({ $0.duration(to: now) >= Self.peekAfterIdle }) ?? true || loop.isCurrentThread,
+                if let now,
+                   state.waitingSince.map({ $0.duration(to: now) >= Self.peekAfterIdle }) ?? true
+                   || (loop.isCurrentThread && !loop.lookedAtSockets(within: Self.loopLookWindow)),
                    socket.peerHasClosed {
                     // The server closed this idle connection (a restart, an idle timeout): a new
                     // connection rather than a command that fails.

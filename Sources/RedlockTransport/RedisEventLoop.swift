@@ -84,6 +84,9 @@ package final class RedisEventLoop: Sendable {
     /// While the thread runs a turn's jobs: when it began them, in nanoseconds since `origin`
     /// plus one; zero otherwise (``heldByJobs``).
     private let jobsRunningSince = Atomic<Int64>(0)
+    /// When the thread last asked `epoll_wait` for its sockets' events: a ``BootClock`` reading,
+    /// 0 before the first (``lookedAtSockets(within:)``).
+    private let socketsLookedAt = Atomic<Int64>(0)
     /// Told, on the loop's thread, of each turn whose jobs held the thread ``longHold`` or more.
     private let longHoldReport = Mutex<(@Sendable (Duration) -> Void)?>(nil)
 
@@ -281,6 +284,16 @@ package final class RedisEventLoop: Sendable {
         return max(.zero, origin.duration(to: .now) - .nanoseconds(since - 1))
     }
 
+    /// Whether the thread asked `epoll_wait` for its sockets' events at most `window`
+    /// nanoseconds ago: a close by a server before then is known to the loop (a hang-up is
+    /// handled in the turn that reads it, before the turn's jobs run). False when the clock
+    /// cannot be read. For a caller on the loop's thread, which holds it meanwhile.
+    package func lookedAtSockets(within window: Int64) -> Bool {
+        let lookedAt = socketsLookedAt.load(ordering: .relaxed)
+        guard lookedAt != 0, let now = BootClock.nanoseconds() else { return false }
+        return now - lookedAt <= window
+    }
+
     /// How long a turn's jobs must hold the thread for ``reportLongHolds(_:)``'s closure to hear
     /// of it: 100 ms, a thousand round trips on a local network.
     package static let longHold: Duration = .milliseconds(100)
@@ -365,6 +378,7 @@ package final class RedisEventLoop: Sendable {
             let wakeAt = earliest(reminderAt, sources.isEmpty ? nil : nextCheck)
             let timeout: Duration? = !idle ? .zero : wakeAt.map { max(.zero, now.duration(to: $0)) }
             let failed = wait(poller, into: &events, timeout: timeout, wakeAt: wakeAt, pollUntil: pollUntil)
+            socketsLookedAt.store(BootClock.nanoseconds() ?? 0, ordering: .relaxed)
             jobs.withLock { $0.sleeping = false }
             if failed {
                 // epoll_wait failed for a reason other than a signal: back off, then try again.

@@ -10,6 +10,29 @@ import Testing
 
 @Suite("The event loop as a task executor")
 struct EventLoopExecutorTests {
+    @Test("the loop says when it last looked at its sockets: never before it runs, lately after a reply, not while a task holds its thread")
+    func socketsLookedAt() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "looked-at")
+            defer { loop.beginShutdown() }
+            #expect(!loop.lookedAtSockets(within: .max))
+            let connection = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // The turn that read the reply looked moments ago (well within 10 s).
+            #expect(loop.lookedAtSockets(within: 10_000_000_000))
+            // A task on the loop's thread that holds it 5 ms sees the last look at least that
+            // far back.
+            let held = await withTaskExecutorPreference(loop) { () -> Bool in
+                let start = ContinuousClock.now
+                while start.duration(to: .now) < .milliseconds(5) {}
+                return loop.lookedAtSockets(within: 4_000_000)
+            }
+            #expect(!held)
+            await connection.shutdown()
+            await loop.shutdown()
+        }
+    }
+
     @Test("a task that prefers the loop runs on its thread, and each reply resumes it there")
     func repliesResumeOnTheLoop() async throws {
         try await withRedisServers(1) { servers throws in
