@@ -146,11 +146,9 @@ final class DeadlineTimer: Sendable {
     /// `ContinuousClock.Instant` (``nanoseconds(_:)``). The reading is taken just after the
     /// instant, and conversions round up, so a converted deadline is never earlier than the
     /// instant it stands for (it may be later by the time between the two readings, well under a
-    /// microsecond). When the clock could not be read then, ``origin`` is 0 and every reading
-    /// is ``ContinuousClock`` converted (``readsClock``).
+    /// microsecond).
     private let origin: ContinuousClock.Instant
     private let originReading: Nanoseconds
-    private let readsClock: Bool
     private let stopRequested = Atomic<Bool>(false)
     /// Signalled when the sleeping thread must look again.
     private let wakeup = DispatchSemaphore(value: 0)
@@ -166,9 +164,7 @@ final class DeadlineTimer: Sendable {
     init(loop: RedisEventLoop? = nil) {
         self.loop = loop
         origin = .now
-        let reading = BootClock.nanoseconds()
-        originReading = reading ?? 0
-        readsClock = reading != nil
+        originReading = BootClock.now()
     }
 
     /// `duration` in whole nanoseconds, rounded up (toward the future), saturating.
@@ -178,10 +174,9 @@ final class DeadlineTimer: Sendable {
         return whole < .max && duration > .nanoseconds(whole) ? whole + 1 : whole
     }
 
-    /// Now in ``Nanoseconds``: a reading of the clock, or (where that fails) ``ContinuousClock``
-    /// converted.
+    /// Now in ``Nanoseconds``.
     private func now() -> Nanoseconds {
-        (readsClock ? BootClock.nanoseconds() : nil) ?? nanoseconds(.now)
+        BootClock.now()
     }
 
     /// Expires `waiter` at `deadline` unless it finished before.

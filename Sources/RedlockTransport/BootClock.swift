@@ -8,10 +8,21 @@ import Musl
 /// (`swift_get_time` reads it for the continuous clock), as one `Int64` rather than a
 /// `ContinuousClock.Instant`, whose layout is opaque outside the standard library (each copy or
 /// comparison of one goes through its type's value witnesses, and turning one into a number
-/// divides 128-bit integers). For hot paths that only compare readings with each other.
+/// divides 128-bit integers). For hot paths that compare readings with each other.
 package enum BootClock {
-    /// Now, in nanoseconds since boot; nil where the clock cannot be read.
-    package static func nanoseconds() -> Int64? {
+    /// Whether `CLOCK_BOOTTIME` can be read here, decided at the first reading.
+    private static let readable = reading() != nil
+    /// What readings count from where it cannot be.
+    private static let origin = ContinuousClock.now
+
+    /// Now, in nanoseconds: since boot, or (where `CLOCK_BOOTTIME` cannot be read)
+    /// `ContinuousClock` since this type's first use. Never decreases.
+    package static func now() -> Int64 {
+        if readable, let reading = reading() { return reading }
+        return origin.duration(to: .now).wholeNanoseconds
+    }
+
+    private static func reading() -> Int64? {
         #if os(Linux)
         var time = timespec()
         guard clock_gettime(CLOCK_BOOTTIME, &time) == 0 else { return nil }

@@ -79,13 +79,11 @@ package final class RedisEventLoop: Sendable {
     private let blockingWaits = Atomic<Int>(0)
     /// How many busy polls the thread began (for tests).
     private let busyPolls = Atomic<Int>(0)
-    /// The instant `jobsRunningSince` counts from.
-    private let origin = ContinuousClock.now
-    /// While the thread runs a turn's jobs: when it began them, in nanoseconds since `origin`
-    /// plus one; zero otherwise (``heldByJobs``).
+    /// While the thread runs a turn's jobs: when it began them, a ``BootClock`` reading plus
+    /// one; zero otherwise (``heldByJobs``).
     private let jobsRunningSince = Atomic<Int64>(0)
-    /// When the thread last asked `epoll_wait` for its sockets' events: a ``BootClock`` reading,
-    /// 0 before the first (``lookedAtSockets(within:)``).
+    /// When the thread last asked `epoll_wait` for its sockets' events: a ``BootClock`` reading
+    /// plus one, 0 before the first (``lookedAtSockets(within:)``).
     private let socketsLookedAt = Atomic<Int64>(0)
     /// Told, on the loop's thread, of each turn whose jobs held the thread ``longHold`` or more.
     private let longHoldReport = Mutex<(@Sendable (Duration) -> Void)?>(nil)
@@ -281,17 +279,16 @@ package final class RedisEventLoop: Sendable {
     package var heldByJobs: Duration? {
         let since = jobsRunningSince.load(ordering: .relaxed)
         guard since != 0 else { return nil }
-        return max(.zero, origin.duration(to: .now) - .nanoseconds(since - 1))
+        return .nanoseconds(max(0, BootClock.now() - (since - 1)))
     }
 
     /// Whether the thread asked `epoll_wait` for its sockets' events at most `window`
     /// nanoseconds ago: a close by a server before then is known to the loop (a hang-up is
-    /// handled in the turn that reads it, before the turn's jobs run). False when the clock
-    /// cannot be read. For a caller on the loop's thread, which holds it meanwhile.
+    /// handled in the turn that reads it, before the turn's jobs run). False when the thread
+    /// has never asked. For a caller on the loop's thread, which holds it meanwhile.
     package func lookedAtSockets(within window: Int64) -> Bool {
         let lookedAt = socketsLookedAt.load(ordering: .relaxed)
-        guard lookedAt != 0, let now = BootClock.nanoseconds() else { return false }
-        return now - lookedAt <= window
+        return lookedAt != 0 && BootClock.now() - (lookedAt - 1) <= window
     }
 
     /// How long a turn's jobs must hold the thread for ``reportLongHolds(_:)``'s closure to hear
@@ -378,7 +375,7 @@ package final class RedisEventLoop: Sendable {
             let wakeAt = earliest(reminderAt, sources.isEmpty ? nil : nextCheck)
             let timeout: Duration? = !idle ? .zero : wakeAt.map { max(.zero, now.duration(to: $0)) }
             let failed = wait(poller, into: &events, timeout: timeout, wakeAt: wakeAt, pollUntil: pollUntil)
-            socketsLookedAt.store(BootClock.nanoseconds() ?? 0, ordering: .relaxed)
+            socketsLookedAt.store(BootClock.now() + 1, ordering: .relaxed)
             jobs.withLock { $0.sleeping = false }
             if failed {
                 // epoll_wait failed for a reason other than a signal: back off, then try again.
@@ -398,21 +395,17 @@ package final class RedisEventLoop: Sendable {
             // keeps yielding cannot starve the sockets).
             jobs.withLock { swap(&$0.queue, &running) }
             let worked = !events.isEmpty || !running.isEmpty
-            // The turn's end, when jobs ran (one clock reading for the hold and the poll).
-            var ended: ContinuousClock.Instant?
             if !running.isEmpty {
-                let began = ContinuousClock.now
-                jobsRunningSince.store(origin.duration(to: began).wholeNanoseconds + 1, ordering: .relaxed)
+                let began = BootClock.now()
+                jobsRunningSince.store(began + 1, ordering: .relaxed)
                 for job in running { job.runSynchronously(on: executor) }
                 jobsRunningSince.store(0, ordering: .relaxed)
                 running.removeAll(keepingCapacity: true)
-                let now = ContinuousClock.now
-                ended = now
-                let held = began.duration(to: now)
+                let held = Duration.nanoseconds(max(0, BootClock.now() - began))
                 if held >= Self.longHold, let report = longHoldReport.withLock({ $0 }) { report(held) }
             }
             // Counted from the end of the turn: a job that sent a command then waits its reply.
-            if busyPoll > .zero, worked { pollUntil = (ended ?? .now) + busyPoll }
+            if busyPoll > .zero, worked { pollUntil = .now + busyPoll }
         }
         let (left, kept) = jobs.withLock { jobs in
             jobs.closed = true
