@@ -605,7 +605,7 @@ final class LocalCoordination: Sendable {
 
     // MARK: - Releases
 
-    /// Marks `name` as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``),
+    /// Marks `key`'s name as being acquired by one more `lock()` (pair with ``endAcquiring(_:)``),
     /// whose commands go on `lane`: from now on its releases are counted.
     ///
     /// - Returns: The name's ``generation(of:)`` at that moment.
@@ -635,12 +635,12 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// The number of releases of `name` heard, and of its subscription's confirmations, so far.
+    /// The number of releases of `key`'s name heard, and of its subscription's confirmations, so far.
     func generation(of key: LockKey) -> UInt64 {
         state.withLock { $0.names[key]?.generation ?? 0 }
     }
 
-    /// Whether a release of `name` was counted after `generation` (one this name had; see
+    /// Whether a release of `key`'s name was counted after `generation` (one this name had; see
     /// ``generation(of:)``), rather than only confirmations of its subscription.
     func released(_ key: LockKey, since generation: UInt64) -> Bool {
         state.withLock { $0.names[key]?.releasedSince(generation) ?? false }
@@ -984,7 +984,7 @@ final class LocalCoordination: Sendable {
     }
 
     /// For a release being made in this process on `lane`: counts it and claims the
-    /// longest-waiting waiter of `name`, for the releaser to send the waiter's attempt right
+    /// longest-waiting waiter of `key`'s name, for the releaser to send the waiter's attempt right
     /// behind its deletes and then resume it. Returns nil (counting nothing) when nobody waits:
     /// the releaser then publishes its release, and announces it once made.
     func handOff(_ key: LockKey, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
@@ -1013,7 +1013,7 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// An attempt of a `lock()` of `name` with `value` ended: it acquired a lease valid until
+    /// An attempt of a `lock()` of `key`'s name with `value` ended: it acquired a lease valid until
     /// `acquired` (recorded, as with ``holding(_:value:until:)``), or failed, or it was a fair
     /// lock's (nil: a fair lease is not recorded). `handedFor` is the release the attempt was
     /// sent for (``WaitOutcome/release``): the lease that release ended no longer counts as
