@@ -73,7 +73,7 @@ final class DeadlineTimer: Sendable {
 
         init(timeout: Duration) {
             self.timeout = timeout
-            timeoutNanoseconds = DeadlineTimer.nanosecondsRoundedUp(timeout)
+            timeoutNanoseconds = timeout.nanosecondsRoundedUp
         }
 
         /// The deadline of a wait of this lane that starts at `now`.
@@ -167,13 +167,6 @@ final class DeadlineTimer: Sendable {
         originReading = BootClock.now()
     }
 
-    /// `duration` in whole nanoseconds, rounded up (toward the future), saturating.
-    static func nanosecondsRoundedUp(_ duration: Duration) -> Int64 {
-        // `wholeNanoseconds` truncates toward zero: one more when a fraction was cut off above.
-        let whole = duration.wholeNanoseconds
-        return whole < .max && duration > .nanoseconds(whole) ? whole + 1 : whole
-    }
-
     /// Now in ``Nanoseconds``.
     private func now() -> Nanoseconds {
         BootClock.now()
@@ -192,7 +185,7 @@ final class DeadlineTimer: Sendable {
 
     /// `instant` in ``Nanoseconds``, saturating.
     private func nanoseconds(_ instant: ContinuousClock.Instant) -> Nanoseconds {
-        let (sum, overflow) = originReading.addingReportingOverflow(Self.nanosecondsRoundedUp(origin.duration(to: instant)))
+        let (sum, overflow) = originReading.addingReportingOverflow(origin.duration(to: instant).nanosecondsRoundedUp)
         return overflow ? (instant > origin ? .max : .min) : sum
     }
 

@@ -133,9 +133,10 @@ extension DistributedLock {
                 if Task.isCancelled { throw cancelled("lock") }
                 try client.checkOpen(lockName: name)
             }
-            run.made += 1
+            // The generation read before this attempt (for the first, beginAcquiring's reading).
             let heardBefore = run.releasesHeard
-            run.releasesHeard = coordination.generation(of: key)
+            if run.made > 0 { run.releasesHeard = coordination.generation(of: key) }
+            run.made += 1
             let start = run.chance.handedOverAt ?? .now
             if run.firstStart == nil { run.firstStart = start }
             switch await attempt(next, sentAt: run.chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &run.cleanedUp) {

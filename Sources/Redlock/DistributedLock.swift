@@ -19,7 +19,8 @@ public struct DistributedLock: Sendable {
     public let client: RedlockClient
     /// Where a release is announced: the release channel with fast handoff, else empty.
     let announcedOn: String
-    /// ``name`` as the key of the client's per-name tables, made once.
+    /// ``name`` as the key of the client's per-name tables, made once: the local coordination's
+    /// calls on a lock + unlock cycle take it, rather than hashing the name on each.
     let key: LockKey
     /// The parts of the default commands that stay the same from call to call, built once
     /// around the value: `SET <name>` and `NX PX <ms>` (an acquire), the release script's
@@ -145,7 +146,7 @@ public struct DistributedLock: Sendable {
         // in other processes would only try in vain; they hear the next release that finds no
         // waiter here (with fast handoff), or retry after their delay.
         // A fair lock's release hands the lock to the first in line on the nodes instead.
-        if options.fair { client.coordination.released(name, value: lease.value) }
+        if options.fair { client.coordination.released(key, value: lease.value) }
         let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
         let call = releaseCall(value: lease.value, announcing: handedOver == nil)
@@ -171,7 +172,7 @@ public struct DistributedLock: Sendable {
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published messages to come back (they carry the same value: the same release).
-            if claimed == nil, !options.fair { client.coordination.announce(name, release: lease.value.utf8, lane: lane) }
+            if claimed == nil, !options.fair { client.coordination.announce(key, release: lease.value.utf8, lane: lane) }
             client.metrics.released(failure: nil)
             return
         }

@@ -776,7 +776,7 @@ final class LocalCoordination: Sendable {
                 onMessage: { [weak self] channel, payload in
                     guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {
-                        announce(name, release: payload, node: index)
+                        announce(LockKey(name), release: payload, node: index)
                     } else if isListenedClientChannel(channel), let addressed = AddressedHandoff(payload) {
                         handedOff(addressed.name, message: addressed.message, node: index)
                     } else if let name = Scripts.lockName(ofHandoffChannel: channel) {
@@ -1032,10 +1032,9 @@ final class LocalCoordination: Sendable {
         }
     }
 
-    /// A lease of `name` with `value` was released through a fair lock (which hands nothing
-    /// over here): it no longer counts as held here.
-    func released(_ name: String, value: String) {
-        let key = LockKey(name)
+    /// A lease of `key`'s name with `value` was released through a fair lock (which hands
+    /// nothing over here): it no longer counts as held here.
+    func released(_ key: LockKey, value: String) {
         state.withLock { state in
             guard let entry = state.names[key] else { return }
             if let held = entry.heldRecord(of: value.utf8) { entry.heldHere.remove(at: held) }
@@ -1084,10 +1083,10 @@ final class LocalCoordination: Sendable {
     /// here. A message of the same value from a node already heard is a new release (a value of
     /// the caller's own, released again), and so is the releaser's report of a value released
     /// again. The releaser passes the `lane` its release went on.
-    func announce(_ name: String, release: some Collection<UInt8> & Sendable, node: Int? = nil, lane: ConnectionLane? = nil) {
+    func announce(_ key: LockKey, release: some Collection<UInt8> & Sendable, node: Int? = nil, lane: ConnectionLane? = nil) {
         let allNodes = nodes.indices
         let claimed: Claimed? = state.withLock { state in
-            state.names[LockKey(name)]?.announce(release, node: node, lane: lane, allNodes: allNodes)
+            state.names[key]?.announce(release, node: node, lane: lane, allNodes: allNodes)
         }
         if let claimed { send(claimed) }
     }
@@ -1460,19 +1459,3 @@ private final class TimerAction: Expiring {
     }
 }
 
-extension LocalCoordination {
-    // The same calls by the name's text: each makes the name's key (hashing its bytes) first.
-    // A lock makes its key once (``DistributedLock/key``) and passes that.
-
-    @discardableResult
-    func beginAcquiring(_ name: String, lane: ConnectionLane = .shared) -> UInt64 { beginAcquiring(LockKey(name), lane: lane) }
-    func endAcquiring(_ name: String) { endAcquiring(LockKey(name)) }
-    func generation(of name: String) -> UInt64 { generation(of: LockKey(name)) }
-    func released(_ name: String, since generation: UInt64) -> Bool { released(LockKey(name), since: generation) }
-    func handOff(_ name: String, release: some Collection<UInt8> & Sendable, lane: ConnectionLane = .shared) -> Claimed? {
-        handOff(LockKey(name), release: release, lane: lane)
-    }
-    func attemptEnded(_ name: String, value: String, acquired: ContinuousClock.Instant?, handedFor: UInt64?) {
-        attemptEnded(LockKey(name), value: value, acquired: acquired, handedFor: handedFor)
-    }
-}

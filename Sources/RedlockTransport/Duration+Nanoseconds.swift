@@ -8,4 +8,12 @@ extension Duration {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
+
+    /// The duration in whole nanoseconds rounded up (toward the future), saturating like
+    /// ``wholeNanoseconds``: a deadline made of it never comes before the instant it stands for.
+    package var nanosecondsRoundedUp: Int64 {
+        // `wholeNanoseconds` truncates toward zero: one more when a fraction was cut off above.
+        let whole = wholeNanoseconds
+        return whole < .max && self > .nanoseconds(whole) ? whole + 1 : whole
+    }
 }

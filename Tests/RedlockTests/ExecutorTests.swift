@@ -1,8 +1,10 @@
+import Dispatch
 import Logging
 import MetricsTestKit
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
+import Synchronization
 import Testing
 
 @Suite("Locks on the client's executor")
@@ -24,6 +26,30 @@ struct ExecutorTests {
                 return seen
             }
             #expect(threads == Array(repeating: "redlock-io", count: 6))
+        }
+    }
+
+    @Test("an actor that calls lock, extend and unlock runs none of their work, only its own resumptions; also for a lock() that waits for a release")
+    func actorCallerRunsNoLockWork() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("actor-caller", options: testOptions())
+            let executor = CountingExecutor(label: "actor-caller")
+            let caller = LockCaller(executor: executor)
+            let rounds = 20
+            // lock(), extend(), unlock(): three awaits per round, each resumed on the actor at most
+            // once (the runtime takes the idle actor over without a job where it can: one job a
+            // round, measured). Work of the lock on the actor would add jobs at its suspensions:
+            // with lock() and unlock() made to run on their caller's executor, 58 for 20 rounds.
+            let jobs = try await caller.cycles(lock, rounds: rounds)
+            #expect(jobs <= 2 * rounds, "\(jobs) jobs on the actor for \(rounds) rounds")
+            // A contended lock(): its waits, wakes and attempts run off the actor too.
+            let held = try await lock.lock()
+            let waiting = Task { try await caller.lockAndUnlock(lock) }
+            #expect(await eventually(within: .seconds(5)) { client.waitingLockCalls(for: "actor-caller") == 1 })
+            try await lock.unlock(held)
+            // One job measured (six with lock() and unlock() on their caller's executor).
+            let contended = try await waiting.value
+            #expect(contended <= 2, "\(contended) jobs on the actor")
         }
     }
 
@@ -191,5 +217,52 @@ struct ExecutorTests {
             #expect(after?.0 == .clientShutDown)
             #expect(after.map { $0.1 != "redlock-io" } == true)
         }
+    }
+}
+
+
+/// A serial executor of the tests' own that counts the jobs it runs.
+private final class CountingExecutor: SerialExecutor {
+    private let queue: DispatchQueue
+    private let counted = Mutex(0)
+
+    init(label: String) {
+        queue = DispatchQueue(label: label)
+    }
+
+    var jobs: Int { counted.withLock { $0 } }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        counted.withLock { $0 += 1 }
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedSerialExecutor()) }
+    }
+}
+
+/// An actor on a ``CountingExecutor`` that calls a lock: the jobs its calls cost it.
+private actor LockCaller {
+    private let executor: CountingExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    init(executor: CountingExecutor) {
+        self.executor = executor
+    }
+
+    /// `rounds` of lock, extend and unlock; returns the jobs the actor ran meanwhile (this
+    /// method's own first job not counted).
+    func cycles(_ lock: DistributedLock, rounds: Int) async throws -> Int {
+        let before = executor.jobs
+        for _ in 0..<rounds {
+            let lease = try await lock.lock()
+            try await lock.unlock(try await lock.extend(lease))
+        }
+        return executor.jobs - before
+    }
+
+    /// One lock() (that may wait) and its unlock; returns the jobs the actor ran meanwhile.
+    func lockAndUnlock(_ lock: DistributedLock) async throws -> Int {
+        let before = executor.jobs
+        try await lock.unlock(try await lock.lock())
+        return executor.jobs - before
     }
 }

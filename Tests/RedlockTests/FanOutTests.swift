@@ -343,15 +343,15 @@ struct DeadlineTimerTests {
     @Test("deadlines become whole nanoseconds rounded toward the future: a wait never expires before its instant")
     func deadlinesRoundUp() {
         let fraction = Duration(secondsComponent: 0, attosecondsComponent: 999_999_999)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5)) == 5)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5) + fraction) == 6)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(5) + .init(secondsComponent: 0, attosecondsComponent: 1)) == 6)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.milliseconds(20) * 1.000_000_000_1) == 20_000_001)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.zero) == 0)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(-5) - fraction) == -5)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.nanoseconds(-5)) == -5)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.seconds(Int64.max)) == .max)
-        #expect(DeadlineTimer.nanosecondsRoundedUp(.seconds(Int64.min)) == .min)
+        #expect(Duration.nanoseconds(5).nanosecondsRoundedUp == 5)
+        #expect((Duration.nanoseconds(5) + fraction).nanosecondsRoundedUp == 6)
+        #expect((Duration.nanoseconds(5) + .init(secondsComponent: 0, attosecondsComponent: 1)).nanosecondsRoundedUp == 6)
+        #expect((Duration.milliseconds(20) * 1.000_000_000_1).nanosecondsRoundedUp == 20_000_001)
+        #expect(Duration.zero.nanosecondsRoundedUp == 0)
+        #expect((Duration.nanoseconds(-5) - fraction).nanosecondsRoundedUp == -5)
+        #expect(Duration.nanoseconds(-5).nanosecondsRoundedUp == -5)
+        #expect(Duration.seconds(Int64.max).nanosecondsRoundedUp == .max)
+        #expect(Duration.seconds(Int64.min).nanosecondsRoundedUp == .min)
     }
 
     @Test("a finished round is dropped from the heap by the next schedule")
@@ -624,16 +624,16 @@ struct ReleaseWakingTests {
         let timer = DeadlineTimer()
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
-        board.beginAcquiring("name")
+        board.beginAcquiring(LockKey("name"))
         let longer = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
         let shorter = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(1), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
-        board.announce("name", release: Array("v1".utf8))
+        board.announce(LockKey("name"), release: Array("v1".utf8))
         #expect(await longer.value < .seconds(10))
         #expect(await shorter.value >= .seconds(1))
-        #expect(board.generation(of: "name") == 1)
+        #expect(board.generation(of: LockKey("name")) == 1)
     }
 
     @Test("each release wakes the next waiter in line")
@@ -641,17 +641,17 @@ struct ReleaseWakingTests {
         let timer = DeadlineTimer()
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
-        board.beginAcquiring("name")
+        board.beginAcquiring(LockKey("name"))
         let first = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
         let second = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 2 })
 
-        board.announce("name", release: Array("v1".utf8))
+        board.announce(LockKey("name"), release: Array("v1".utf8))
         #expect(await first.value < .seconds(10))
-        board.announce("name", release: Array("v2".utf8))
+        board.announce(LockKey("name"), release: Array("v2".utf8))
         #expect(await second.value < .seconds(10))
-        #expect(board.generation(of: "name") == 2)
+        #expect(board.generation(of: LockKey("name")) == 2)
     }
 
     @Test("a waiter whose task is cancelled returns promptly, and the next release goes to one still waiting")
@@ -659,7 +659,7 @@ struct ReleaseWakingTests {
         let timer = DeadlineTimer()
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
-        board.beginAcquiring("name")
+        board.beginAcquiring(LockKey("name"))
         let cancelled = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
         #expect(await eventually { timer.count == 1 })
         let live = Task { await timed { _ = await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) } }
@@ -667,8 +667,8 @@ struct ReleaseWakingTests {
 
         cancelled.cancel()
         #expect(await cancelled.value < .seconds(10))
-        #expect(board.generation(of: "name") == 0)
-        board.announce("name", release: Array("v1".utf8))
+        #expect(board.generation(of: LockKey("name")) == 0)
+        board.announce(LockKey("name"), release: Array("v1".utf8))
         #expect(await live.value < .seconds(10))
     }
 
@@ -677,7 +677,7 @@ struct ReleaseWakingTests {
         let timer = DeadlineTimer()
         defer { timer.stop() }
         let board = LocalCoordination(nodes: [], sender: FanOutSender(nodes: [], acknowledgedNodes: [], deadlines: timer), timer: timer)
-        board.beginAcquiring("name")
+        board.beginAcquiring(LockKey("name"))
         board.listen("name")
         let waiters = (0..<3).map { _ in
             Task { await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) }
@@ -690,28 +690,28 @@ struct ReleaseWakingTests {
         }
         // A lock() whose attempt went out before the confirmation does not wait at all, and is
         // not woken as by a release (its next failed attempt waits in full, not briefly).
-        #expect(board.generation(of: "name") == 1)
+        #expect(board.generation(of: LockKey("name")) == 1)
         #expect(await board.waitForRelease(of: "name", after: 0, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false, confirmed: true))
         // A release since then, with or without confirmations after it, does wake.
-        board.announce("name", release: Array("v1".utf8))
+        board.announce(LockKey("name"), release: Array("v1".utf8))
         board.confirmed("name")
         #expect(await board.waitForRelease(of: "name", after: 1, timeout: .seconds(20), next: nil) == WaitOutcome(woken: true))
         #expect(await board.waitForRelease(of: "name", after: 2, timeout: .seconds(20), next: nil) == WaitOutcome(woken: false, confirmed: true))
-        #expect(board.generation(of: "name") == 3)
+        #expect(board.generation(of: LockKey("name")) == 3)
         // What a lock() asks after an attempt that a confirmation's wake let through: was there a
         // release since the wait began (the short retry), or only confirmations?
-        #expect(board.released("name", since: 0) && board.released("name", since: 1))
-        #expect(!board.released("name", since: 2) && !board.released("name", since: 3))
+        #expect(board.released(LockKey("name"), since: 0) && board.released(LockKey("name"), since: 1))
+        #expect(!board.released(LockKey("name"), since: 2) && !board.released(LockKey("name"), since: 3))
         // Another node's confirmation (or the same node's after a reconnect) counts again.
         let later = Task { await board.waitForRelease(of: "name", after: 3, timeout: .seconds(20), next: nil) }
         #expect(await eventually { board.waiterCount(of: "name") == 1 })
         board.confirmed("name")
         #expect(await later.value == WaitOutcome(woken: false, confirmed: true))
-        #expect(board.generation(of: "name") == 4)
+        #expect(board.generation(of: LockKey("name")) == 4)
         // A name that is not subscribed (or its handoff channel, not subscribed) counts nothing.
         board.confirmed("name", handoffs: true)
         board.confirmed("other")
-        #expect(board.generation(of: "name") == 4)
+        #expect(board.generation(of: LockKey("name")) == 4)
     }
 }
 

@@ -60,12 +60,12 @@ struct LocalCoordinationTests {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
         let name = "confirm"
-        coordination.beginAcquiring(name)
-        defer { coordination.endAcquiring(name) }
+        coordination.beginAcquiring(LockKey(name))
+        defer { coordination.endAcquiring(LockKey(name)) }
         coordination.listen(name)
         let tagged = coordination.taggedValue("v")
         // A confirmation that came after the waiter read the generation, before it waits.
-        let read = coordination.generation(of: name)
+        let read = coordination.generation(of: LockKey(name))
         coordination.confirmed(name)
         let waiting = Task { await coordination.waitForRelease(of: name, after: read, timeout: .seconds(30), next: nil, value: tagged) }
         try #require(await eventually { coordination.waiterCount(of: name) == 1 }, "it waits")
@@ -73,9 +73,9 @@ struct LocalCoordinationTests {
         coordination.confirmed(name)
         #expect(coordination.waiterCount(of: name) == 1)
         // A waiter without the tag is woken by the same confirmation, and ends at once after one.
-        let untagged = Task { await coordination.waitForRelease(of: name, after: coordination.generation(of: name), timeout: .seconds(30), next: nil, value: "v") }
+        let untagged = Task { await coordination.waitForRelease(of: name, after: coordination.generation(of: LockKey(name)), timeout: .seconds(30), next: nil, value: "v") }
         try #require(await eventually { coordination.waiterCount(of: name) == 2 })
-        let beforeUntagged = coordination.generation(of: name)
+        let beforeUntagged = coordination.generation(of: LockKey(name))
         coordination.confirmed(name)
         #expect(await untagged.value == WaitOutcome(woken: false, confirmed: true))
         #expect(await coordination.waitForRelease(of: name, after: beforeUntagged, timeout: .seconds(30), next: nil, value: "v") == WaitOutcome(woken: false, confirmed: true))
@@ -106,115 +106,115 @@ struct LocalCoordinationTests {
     func counting() {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.announce("idle", release: Array("v1".utf8))
-        #expect(coordination.generation(of: "idle") == 0)
+        coordination.announce(LockKey("idle"), release: Array("v1".utf8))
+        #expect(coordination.generation(of: LockKey("idle")) == 0)
 
-        coordination.beginAcquiring("busy")
-        coordination.beginAcquiring("busy")
-        coordination.announce("busy", release: Array("v1".utf8), node: 3)
-        coordination.announce("busy", release: Array("v1".utf8))
-        #expect(coordination.generation(of: "busy") == 1)
-        coordination.announce("busy", release: Array("v2".utf8))
-        #expect(coordination.generation(of: "busy") == 2)
+        coordination.beginAcquiring(LockKey("busy"))
+        coordination.beginAcquiring(LockKey("busy"))
+        coordination.announce(LockKey("busy"), release: Array("v1".utf8), node: 3)
+        coordination.announce(LockKey("busy"), release: Array("v1".utf8))
+        #expect(coordination.generation(of: LockKey("busy")) == 1)
+        coordination.announce(LockKey("busy"), release: Array("v2".utf8))
+        #expect(coordination.generation(of: LockKey("busy")) == 2)
 
-        coordination.endAcquiring("busy")
-        #expect(coordination.generation(of: "busy") == 2)
-        coordination.endAcquiring("busy")
-        #expect(coordination.generation(of: "busy") == 0)
-        coordination.announce("busy", release: Array("v3".utf8))
-        #expect(coordination.generation(of: "busy") == 0)
+        coordination.endAcquiring(LockKey("busy"))
+        #expect(coordination.generation(of: LockKey("busy")) == 2)
+        coordination.endAcquiring(LockKey("busy"))
+        #expect(coordination.generation(of: LockKey("busy")) == 0)
+        coordination.announce(LockKey("busy"), release: Array("v3".utf8))
+        #expect(coordination.generation(of: LockKey("busy")) == 0)
     }
 
     @Test("a release heard from several nodes: the first message wakes the longest waiting, each later one a waiter whose attempt went out after the first (it may have found that node still taken), never one that waited before; the same value again from a node already heard is a new release")
     func releaseHeardFromSeveralNodes() async throws {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let released = Array("v1".utf8)
         let first = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
         let second = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(31), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
 
-        coordination.announce("name", release: released, node: 0)
+        coordination.announce(LockKey("name"), release: released, node: 0)
         #expect(await first.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         // Node 1's message advances the generation, and wakes nobody: `second` waited before
         // the release, and the waiter woken for it is trying.
-        coordination.announce("name", release: released, node: 1)
-        #expect(coordination.generation(of: "name") == 2)
+        coordination.announce(LockKey("name"), release: released, node: 1)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
         #expect(coordination.waiterCount(of: "name") == 1)
-        #expect(coordination.released("name", since: 1))
+        #expect(coordination.released(LockKey("name"), since: 1))
 
         // A waiter whose attempt went out after the first message (generation 2): node 2's
         // message wakes it, ahead of `second`.
         let late = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(32), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
-        coordination.announce("name", release: released, node: 2)
+        coordination.announce(LockKey("name"), release: released, node: 2)
         #expect(await late.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 3)
+        #expect(coordination.generation(of: LockKey("name")) == 3)
         #expect(coordination.waiterCount(of: "name") == 1)
 
         // The releaser's report of the same release counts nothing; the same value from node 0
         // again is another release (a value of the caller's own), which wakes `second`.
-        coordination.announce("name", release: released)
-        #expect(coordination.generation(of: "name") == 3)
-        coordination.announce("name", release: released, node: 0)
+        coordination.announce(LockKey("name"), release: released)
+        #expect(coordination.generation(of: LockKey("name")) == 3)
+        coordination.announce(LockKey("name"), release: released, node: 0)
         #expect(await second.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 4)
+        #expect(coordination.generation(of: LockKey("name")) == 4)
     }
 
     @Test("a release made in this process is not news when its nodes' messages come, before or after the releaser's report")
     func releaserEchoes() async throws {
         let (coordination, timer) = coordination(nodes: 5)
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let first = Array("v1".utf8)
-        coordination.announce("name", release: first)
-        #expect(coordination.generation(of: "name") == 1)
+        coordination.announce(LockKey("name"), release: first)
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        for node in 0..<5 { coordination.announce("name", release: first, node: node) }
-        #expect(coordination.generation(of: "name") == 1)
+        for node in 0..<5 { coordination.announce(LockKey("name"), release: first, node: node) }
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         #expect(coordination.waiterCount(of: "name") == 1)
 
         // Heard from a node before the releaser's report: the other nodes' messages are echoes.
         let second = Array("v2".utf8)
-        coordination.announce("name", release: second, node: 4)
+        coordination.announce(LockKey("name"), release: second, node: 4)
         #expect(await late.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
         let later = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(31), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        coordination.announce("name", release: second)
-        for node in 0..<4 { coordination.announce("name", release: second, node: node) }
-        #expect(coordination.generation(of: "name") == 2)
+        coordination.announce(LockKey("name"), release: second)
+        for node in 0..<4 { coordination.announce(LockKey("name"), release: second, node: node) }
+        #expect(coordination.generation(of: LockKey("name")) == 2)
         #expect(coordination.waiterCount(of: "name") == 1)
         // Once heard, node 4's message of the same value is another release.
-        coordination.announce("name", release: second, node: 4)
+        coordination.announce(LockKey("name"), release: second, node: 4)
         #expect(await later.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 3)
+        #expect(coordination.generation(of: LockKey("name")) == 3)
     }
 
     @Test("a release this process publishes is news at its first node's message, before the releaser's report; its other nodes' messages are not")
     func ownReleaseHeardFirst() async throws {
         let (coordination, timer) = coordination(nodes: 5)
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let released = Array("v1".utf8)
         // Nobody waits: the releaser publishes.
-        #expect(coordination.handOff("name", release: released) == nil)
+        #expect(coordination.handOff(LockKey("name"), release: released) == nil)
         let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        coordination.announce("name", release: released, node: 2)
+        coordination.announce(LockKey("name"), release: released, node: 2)
         #expect(await waiting.value == WaitOutcome(woken: true))
         let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(31), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        for node in [0, 1, 3, 4] { coordination.announce("name", release: released, node: node) }
-        coordination.announce("name", release: released)
-        #expect(coordination.generation(of: "name") == 1)
+        for node in [0, 1, 3, 4] { coordination.announce(LockKey("name"), release: released, node: node) }
+        coordination.announce(LockKey("name"), release: released)
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         #expect(coordination.waiterCount(of: "name") == 1)
         late.cancel()
         #expect(await late.value == WaitOutcome(woken: false))
@@ -224,42 +224,42 @@ struct LocalCoordinationTests {
     func twoLanesCountEveryMessage() async throws {
         let (coordination, timer) = coordination(nodes: 5)
         defer { timer.stop() }
-        coordination.beginAcquiring("name", lane: .acknowledged)
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"), lane: .acknowledged)
+        defer { coordination.endAcquiring(LockKey("name")) }
         let released = Array("v1".utf8)
-        #expect(coordination.handOff("name", release: released, lane: .shared) == nil)
-        coordination.announce("name", release: released, node: 2)
+        #expect(coordination.handOff(LockKey("name"), release: released, lane: .shared) == nil)
+        coordination.announce(LockKey("name"), release: released, node: 2)
         let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        coordination.announce("name", release: released)
-        coordination.announce("name", release: released, node: 0)
+        coordination.announce(LockKey("name"), release: released)
+        coordination.announce(LockKey("name"), release: released, node: 0)
         #expect(await late.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
     }
 
     @Test("a value released again in this process: the releaser's report of the second release is news, though the first had that value")
     func repeatedValueReportCounts() async throws {
         let (coordination, timer) = coordination(nodes: 3)
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let value = Array("fixed".utf8)
-        #expect(coordination.handOff("name", release: value) == nil)
-        coordination.announce("name", release: value)
-        for node in 0..<3 { coordination.announce("name", release: value, node: node) }
-        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.handOff(LockKey("name"), release: value) == nil)
+        coordination.announce(LockKey("name"), release: value)
+        for node in 0..<3 { coordination.announce(LockKey("name"), release: value, node: node) }
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         // The same value acquired and released again while a caller's attempt is out (nobody
         // waits yet: published); the caller then waits, and the releaser's report says the
         // lock is free (with fast handoff off, nothing else would).
-        #expect(coordination.handOff("name", release: value) == nil)
+        #expect(coordination.handOff(LockKey("name"), release: value) == nil)
         let waiting = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        coordination.announce("name", release: value)
+        coordination.announce(LockKey("name"), release: value)
         #expect(await waiting.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
         // Its report again (or its nodes' messages, echoes) is not news.
-        coordination.announce("name", release: value)
-        #expect(coordination.generation(of: "name") == 2)
+        coordination.announce(LockKey("name"), release: value)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
     }
 
     @Test("a release made before the name's first lock() here began counts its lane from the releaser's report: with a lock() on the other lane, its later messages are news")
@@ -268,24 +268,24 @@ struct LocalCoordinationTests {
         defer { timer.stop() }
         let released = Array("v1".utf8)
         // Nobody acquires the name yet: the releaser publishes, and no lane is recorded.
-        #expect(coordination.handOff("name", release: released, lane: .shared) == nil)
-        coordination.beginAcquiring("name", lane: .acknowledged)
-        defer { coordination.endAcquiring("name") }
-        coordination.announce("name", release: released, lane: .shared)
-        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.handOff(LockKey("name"), release: released, lane: .shared) == nil)
+        coordination.beginAcquiring(LockKey("name"), lane: .acknowledged)
+        defer { coordination.endAcquiring(LockKey("name")) }
+        coordination.announce(LockKey("name"), release: released, lane: .shared)
+        #expect(coordination.generation(of: LockKey("name")) == 1)
         let late = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        coordination.announce("name", release: released, node: 3)
+        coordination.announce(LockKey("name"), release: released, node: 3)
         #expect(await late.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
     }
 
     @Test("a woken waiter that gives up passes the wake on to the longest waiting left")
     func passOn() async throws {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
         coordination.passOn("name")
@@ -298,20 +298,20 @@ struct LocalCoordinationTests {
     func laterMessagePassesOverItsOwnClaim() async throws {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let released = Array("v1".utf8)
-        coordination.announce("name", release: released, node: 0)
+        coordination.announce(LockKey("name"), release: released, node: 0)
         let claimedBefore = Task {
             await coordination.waitForRelease(of: "name", after: 1, timeout: .milliseconds(300), next: nil, handedBy: 1)
         }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
         let other = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
-        coordination.announce("name", release: released, node: 1)
+        coordination.announce(LockKey("name"), release: released, node: 1)
         #expect(await other.value == WaitOutcome(woken: true))
-        coordination.announce("name", release: released, node: 2)
-        #expect(coordination.generation(of: "name") == 3)
+        coordination.announce(LockKey("name"), release: released, node: 2)
+        #expect(coordination.generation(of: LockKey("name")) == 3)
         #expect(await claimedBefore.value == WaitOutcome(woken: false), "its timeout ends it")
     }
 
@@ -319,30 +319,30 @@ struct LocalCoordinationTests {
     func handedOverReleaseIsNotEchoed() async throws {
         let (coordination, timer) = coordination(nodes: 1)
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         let handed = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
         let next = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(31), next: nil) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 2 })
-        let claimed = try #require(coordination.handOff("name", release: Array("v1".utf8)))
+        let claimed = try #require(coordination.handOff(LockKey("name"), release: Array("v1".utf8)))
         claimed.resume(sentAt: .now)
         #expect(await handed.value.woken)
         #expect(coordination.waiterCount(of: "name") == 1)
         // Heard as a later node's message of the same release, it would wake only waiters whose
         // attempt went out after the handoff: not `next`, which waited before.
-        coordination.announce("name", release: Array("v1".utf8), node: 0)
+        coordination.announce(LockKey("name"), release: Array("v1".utf8), node: 0)
         #expect(await next.value == WaitOutcome(woken: true))
-        #expect(coordination.generation(of: "name") == 2)
+        #expect(coordination.generation(of: LockKey("name")) == 2)
     }
 
     @Test("a waiter returns at once for a release it missed, and at its timeout without one")
     func waiting() async {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
-        coordination.announce("name", release: Array("v1".utf8))
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
+        coordination.announce(LockKey("name"), release: Array("v1".utf8))
         let started = ContinuousClock.now
         #expect(await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) == WaitOutcome(woken: true))
         #expect(started.duration(to: .now) < .seconds(5))
@@ -355,8 +355,8 @@ struct LocalCoordinationTests {
     func waitAfterShutdown() async {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         coordination.closeGates()
         let started = ContinuousClock.now
         let outcome = await coordination.waitForRelease(
@@ -370,18 +370,18 @@ struct LocalCoordinationTests {
     func handedLeaseHeldUntilItsAttemptEnds() async {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        coordination.beginAcquiring("name")
+        coordination.beginAcquiring(LockKey("name"))
+        coordination.beginAcquiring(LockKey("name"))
         defer {
-            coordination.endAcquiring("name")
-            coordination.endAcquiring("name")
+            coordination.endAcquiring(LockKey("name"))
+            coordination.endAcquiring(LockKey("name"))
         }
         let validUntil = ContinuousClock.now + .seconds(30)
         coordination.holding("name", value: "held", until: validUntil)
         let first = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
         #expect(await eventually { coordination.waiterCount(of: "name") == 1 })
         // The holder's unlock hands the release to the waiter (its attempt goes out behind it).
-        let claimed = coordination.handOff("name", release: Array("held".utf8))
+        let claimed = coordination.handOff(LockKey("name"), release: Array("held".utf8))
         let release = claimed?.release
         #expect(release != nil)
         claimed?.resume(sentAt: .now)
@@ -390,7 +390,7 @@ struct LocalCoordinationTests {
         #expect(coordination.holdEnd(of: "name") == validUntil)
         #expect(coordination.heldCount(of: "name") == 1)
         // The attempt failed (another process got the lock): nothing is held here any more.
-        coordination.attemptEnded("name", value: "other", acquired: nil, handedFor: release)
+        coordination.attemptEnded(LockKey("name"), value: "other", acquired: nil, handedFor: release)
         #expect(coordination.holdEnd(of: "name") == nil)
         #expect(coordination.heldCount(of: "name") == 0)
     }
@@ -399,22 +399,22 @@ struct LocalCoordinationTests {
     func handOff() async throws {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("name")
-        defer { coordination.endAcquiring("name") }
+        coordination.beginAcquiring(LockKey("name"))
+        defer { coordination.endAcquiring(LockKey("name")) }
         // With nobody waiting nothing is handed over, and nothing counted: the releaser
         // announces its release once it is made.
-        #expect(coordination.handOff("name", release: Array("v0".utf8)) == nil)
-        #expect(coordination.generation(of: "name") == 0)
+        #expect(coordination.handOff(LockKey("name"), release: Array("v0".utf8)) == nil)
+        #expect(coordination.generation(of: LockKey("name")) == 0)
         let attempt = emptyAttempt()
         let waiting = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: attempt) }
         // The waiter is in line once its timeout is scheduled (nothing else signals it).
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
-        let claimed = try #require(coordination.handOff("name", release: Array("v1".utf8)))
+        let claimed = try #require(coordination.handOff(LockKey("name"), release: Array("v1".utf8)))
         #expect(claimed.next?.round === attempt.round)
         let sentAt = ContinuousClock.now
         claimed.waiter.resume(claimed.continuation, handedOverAt: sentAt)
         #expect(await waiting.value == WaitOutcome(woken: true, handedOverAt: sentAt))
-        #expect(coordination.generation(of: "name") == 1)
+        #expect(coordination.generation(of: LockKey("name")) == 1)
 
         // Heard from a node instead: the coordination sends the attempt itself and resumes the
         // waiter once its votes are in.
@@ -422,7 +422,7 @@ struct LocalCoordinationTests {
         let heard = Task { await coordination.waitForRelease(of: "name", after: 1, timeout: .seconds(31), next: second) }
         try #require(await eventually { coordination.waiterCount(of: "name") == 1 })
         let before = ContinuousClock.now
-        coordination.announce("name", release: Array("v2".utf8))
+        coordination.announce(LockKey("name"), release: Array("v2".utf8))
         let outcome = await heard.value
         #expect(outcome.woken)
         #expect(second.round.isFinished)
@@ -430,7 +430,7 @@ struct LocalCoordinationTests {
 
         // Without a prepared attempt a release only wakes.
         let plain = Task { await coordination.waitForRelease(of: "name", after: 2, timeout: .seconds(32), next: nil) }
-        coordination.announce("name", release: Array("v3".utf8))
+        coordination.announce(LockKey("name"), release: Array("v3".utf8))
         #expect(await plain.value == WaitOutcome(woken: true, handedOverAt: nil))
     }
 
@@ -560,8 +560,8 @@ struct LocalCoordinationTests {
     func rememberedHandoffs() async {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("fair")
-        defer { coordination.endAcquiring("fair") }
+        coordination.beginAcquiring(LockKey("fair"))
+        defer { coordination.endAcquiring(LockKey("fair")) }
         for node in [0, 1, 2] { coordination.handedOff("fair", message: HandoffMessage(Array("6000 early".utf8)), node: node) }
         let watch = LocalCoordination.HandoffWatch(excluded: [], quorum: 3, claimAfter: .seconds(30), longestLife: .seconds(10))
         let early = await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "early", watch: watch)
@@ -586,8 +586,8 @@ struct LocalCoordinationTests {
     func handoffWaiter() async {
         let (coordination, timer) = coordination()
         defer { timer.stop() }
-        coordination.beginAcquiring("fair")
-        defer { coordination.endAcquiring("fair") }
+        coordination.beginAcquiring(LockKey("fair"))
+        defer { coordination.endAcquiring(LockKey("fair")) }
         let watch = LocalCoordination.HandoffWatch(excluded: [3], quorum: 3, claimAfter: .seconds(30), longestLife: .seconds(10))
         let waiting = Task {
             await coordination.waitForRelease(of: "fair", after: 0, timeout: .seconds(30), next: emptyAttempt(), value: "w1", watch: watch)
