@@ -76,6 +76,11 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// its uptime) can tell when to refresh them: a restarted server always means a reconnect.
     package var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
 
+    /// How many writes the socket took only part of, its buffers full (a node that reads
+    /// nothing, a slow link), over every connection this object made. Once the socket is full,
+    /// its event loop writes what is staged when it drains, and no sender tries meanwhile.
+    package var partialWrites: Int { core.partialWrites.load(ordering: .relaxed) }
+
     /// How long a connection must have been idle before a command first looks whether the
     /// server closed it (see ``ConnectionCore/peekAfterIdle``).
     package static var peekAfterIdle: Duration { ConnectionCore.peekAfterIdle }
@@ -316,6 +321,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private let checkInterval: Duration
     /// Incremented after every successful connect.
     let generation = Atomic<UInt64>(0)
+    /// How many writes left bytes behind: the socket's buffers were full (a node that reads
+    /// nothing, a slow link). While the loop waits for the socket to drain, nobody else writes.
+    let partialWrites = Atomic<Int>(0)
     /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:)``).
     private let vet: ConnectVet?
 
@@ -483,10 +491,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// `EVALSHA` keeps the order all the same: a `NOSCRIPT` answer then falls back to nothing
     /// (the call fails with it) since commands were written behind it, unless the call may run
     /// late (``RedisScriptCall/runsLateUnlessBehind``). Nil while a thread does
-    /// I/O on the socket (it writes them before it lets go) or nothing waits.
+    /// I/O on the socket (it writes them before it lets go), while the socket is full (the loop
+    /// writes them when it drains: a write now would take nothing, and each one would handle
+    /// everything staged behind a node that reads nothing), or when nothing waits.
     private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
         guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,
-              state.waitsForAnswer, force || state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
+              state.waitsForAnswer,
+              force || !state.watchingWrites && state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
         else { return nil }
         if state.heldByScriptHash, !state.queue.isEmpty {
             state.heldByScriptHash = false
@@ -568,8 +579,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 if wroteAll {
                     state.giveBack(&bytes)
                 } else {
-                    // The socket is full: the rest goes first when it drains.
-                    state.output = Array(bytes[written...]) + state.output
+                    // The socket is full: the rest goes first when it drains, what was staged
+                    // meanwhile behind it (appended to the rest, not the rest copied before it).
+                    partialWrites.add(1, ordering: .relaxed)
+                    if written > 0 { bytes.removeFirst(written) }
+                    bytes.append(contentsOf: state.output)
+                    swap(&state.output, &bytes)
                 }
                 if wroteAll, !state.output.isEmpty, state.dropRequested == nil || state.dropRequested?.code == .shutdown {
                     // Closing for a shutdown (or a connection released), what was staged still

@@ -36,6 +36,42 @@ private func queueUnawaited(_ commands: [RedisCommand], on connection: RedisConn
     }
 }
 
+/// Freezes `server`, fills the socket of a connection made with `configuration` (its command
+/// timeout must outlast the test: 30 s) with 1 MiB `ECHO`s, then queues 2,000 more commands
+/// from overdue senders: none may try to write while the socket is full (each such write would
+/// take nothing and put everything staged back, under the connection's lock). Once the server
+/// runs again, every command must be answered, in order: the loop writes what was staged when
+/// the socket drains.
+func checkFullSocketIsLeftToTheLoop(_ server: RedisServer, _ configuration: RedisConnectionConfiguration) async throws {
+    let connection = RedisConnection(configuration: configuration)
+    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+    try await server.pause()
+    // 1 MiB ECHOs until a write leaves bytes behind: the kernel's buffers are full. Each ECHO
+    // after the first is written by its sender once the node's answer is overdue.
+    let payload = String(repeating: "x", count: 1 << 20)
+    var outcomes: [() async -> [Result<RedisValue, RedisError>]] = []
+    while connection.partialWrites == 0, outcomes.count < 256 {
+        outcomes.append(queueUnawaited([RedisCommand("ECHO", payload)], on: connection))
+        try await Task.sleep(for: .milliseconds(2))
+    }
+    let echoes = outcomes.count
+    try #require(connection.partialWrites > 0, "\(echoes) MiB written without filling the socket")
+    let before = connection.partialWrites
+    for index in 0..<2_000 {
+        outcomes.append(queueUnawaited([RedisCommand("ECHO", "\(index)")], on: connection))
+        if index % 500 == 0 { try await Task.sleep(for: .milliseconds(2)) }
+    }
+    #expect(connection.partialWrites == before, "writes tried on a full socket: \(connection.partialWrites - before)")
+    try server.resume()
+    var replies: [Result<RedisValue, RedisError>] = []
+    for outcome in outcomes { replies += await outcome() }
+    #expect(replies.prefix(echoes).allSatisfy { (try? $0.get()) == .bulkString(Array(payload.utf8)) })
+    #expect(replies.dropFirst(echoes).enumerated().allSatisfy { index, reply in
+        (try? reply.get()) == .bulkString(Array("\(index)".utf8))
+    }, "every command answered, in order")
+    await connection.shutdown()
+}
+
 /// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
 private enum Batched {
     case command(RedisCommand)
@@ -569,6 +605,13 @@ struct ConnectionTests {
             try server.resume()
             _ = try await server.run(RedisCommand("PING"))
             #expect(try await server.run(RedisCommand("EXISTS", "dropped")) == .integer(0), "the SET ran on waking, without the DEL")
+        }
+    }
+
+    @Test("behind a frozen node whose socket is full, senders stage their commands without writing (each write would handle everything staged); the loop writes them all, in order, once the node reads again")
+    func fullSocketIsLeftToTheLoop() async throws {
+        try await withRedisServers(1) { servers throws in
+            try await checkFullSocketIsLeftToTheLoop(servers[0], servers[0].configuration(commandTimeout: .seconds(30)))
         }
     }
 

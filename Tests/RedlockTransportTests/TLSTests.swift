@@ -139,6 +139,17 @@ struct TLSTests {
         }
     }
 
+    @Test("over TLS too, behind a frozen node whose socket is full, senders stage their commands without writing; the loop writes them all, in order (the same record retried), once the node reads again")
+    func fullSocketIsLeftToTheLoop() async throws {
+        try await withCertificates { certificates in
+            try await withTLSServer(certificates) { server in
+                var slow = configuration(server, certificates)
+                slow.commandTimeout = .seconds(30)
+                try await checkFullSocketIsLeftToTheLoop(server, slow)
+            }
+        }
+    }
+
     @Test("a TLS node killed under a stream of writes gives typed errors (no SIGPIPE ends the process); after its restart the connection works again")
     func killedUnderWrites() async throws {
         try await withCertificates { certificates in
