@@ -45,7 +45,8 @@ struct Bench: AsyncParsableCommand {
         both locks fair; …-executor: holder and waiter on their clients' executors; a missed \
         release would cost its 1 s retry delay
           stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
-        alternating with all nodes up (variant `baseline`)
+        alternating with all nodes up (variant `baseline`); sequential, and 64 tasks on \
+        independent names (their ratio: cycles/s against the baseline's)
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
         parallel, contended), which turns fast handoff off: no PUBLISH and no release \
         subscription (waiters in other processes would poll with the retry delay of 50–250 ms; \
@@ -488,13 +489,17 @@ struct BenchSettings: Sendable {
             // slice after 200 ms of unmeasured settling: stopping and resuming have transients.
             try Task.checkCancellation()
             if let servers, count >= 3, let frozen = servers.last {
-                progress("Measuring cycle with node \(count - 1) stopped (SIGSTOP), alternating with all nodes up…")
-                let results = try await watchdog("stopped-node", expected: duration * 2 + .seconds(5)) {
+                progress("Measuring cycle with node \(count - 1) stopped (SIGSTOP), alternating with all nodes up, 1 and \(Bench.parallelTasks) tasks…")
+                let results = try await watchdog("stopped-node", expected: duration * 4 + .seconds(10)) {
                     let cycle = try BenchWorkloads.cycle(client: client, name: "\(prefix):stopped-node")
+                    let cycles = try (0..<Bench.parallelTasks).map {
+                        try BenchWorkloads.cycle(client: client, name: "\(prefix):stopped-node:\($0)")
+                    }
+                    // Even indices with every node up, odd ones with the last frozen.
                     return try await BenchRunner.interleave(
-                        [[cycle], [cycle]], each: duration, settle: .milliseconds(200)
+                        [[cycle], [cycle], cycles, cycles], each: duration, settle: .milliseconds(200)
                     ) { index in
-                        if index == 0 { try frozen.resume() } else { try await frozen.pause() }
+                        if index.isMultiple(of: 2) { try frozen.resume() } else { try await frozen.pause() }
                     }
                 }
                 try frozen.resume()
@@ -509,6 +514,18 @@ struct BenchSettings: Sendable {
                     scenario: "stopped-node", nodes: count, concurrency: 1, measurement: results[1],
                     ratioToFloor: ratio(results[1].microseconds(atPercentile: 50), floorP50[count]), ratioBasis: .latency,
                     note: ratio(p99, results[0].microseconds(atPercentile: 99)).map { String(format: "node %d stopped; p99 %.2f× baseline p99", count - 1, $0) } ?? ""
+                ))
+                let tasks = Bench.parallelTasks
+                rows.append(BenchRow(
+                    scenario: "stopped-node", variant: "baseline", nodes: count, concurrency: tasks, measurement: results[2],
+                    ratioToFloor: nil, ratioBasis: .throughput, note: "\(tasks) tasks on independent names, all nodes up, interleaved with the stopped slices"
+                ))
+                rows.append(BenchRow(
+                    scenario: "stopped-node", nodes: count, concurrency: tasks, measurement: results[3],
+                    ratioToFloor: nil, ratioBasis: .throughput,
+                    note: ratio(results[3].operationsPerSecond, results[2].operationsPerSecond).map {
+                        String(format: "node %d stopped, %d tasks; %.2f× the baseline's cycles/s", count - 1, tasks, $0)
+                    } ?? ""
                 ))
             }
         }

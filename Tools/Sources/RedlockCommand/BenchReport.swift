@@ -112,6 +112,8 @@ struct BenchMachine: Sendable {
 struct BenchTargets: Sendable {
     var overhead: (ratio: Double, cycle: Double, floor: Double)?
     var stoppedNode: (ratio: Double, stopped: Double, healthy: Double)?
+    /// 64 tasks' cycles per second with one node stopped, against all nodes up in the same slices.
+    var stoppedNodeParallel: (ratio: Double, stopped: Double, healthy: Double, tasks: Int)?
     var parallel: (ratio: Double, cycles: Double, floor: Double)?
     /// The contended median handoff against the uncontended acquire, and the row's variant.
     var handoff: (ratio: Double, handoff: Double, acquire: Double, variant: String)?
@@ -163,6 +165,12 @@ struct BenchTargets: Sendable {
            let healthy = row("stopped-node", nodes: nodeCount, variant: "baseline")?.p99, healthy > 0
         {
             stoppedNode = (stopped / healthy, stopped, healthy)
+        }
+        if let stopped = rows.first(where: { $0.scenario == "stopped-node" && $0.variant == "default" && $0.concurrency > 1 }),
+           let healthy = row("stopped-node", nodes: stopped.nodes, concurrency: stopped.concurrency, variant: "baseline"),
+           let stoppedRate = stopped.operationsPerSecond, let healthyRate = healthy.operationsPerSecond, healthyRate > 0
+        {
+            stoppedNodeParallel = (stoppedRate / healthyRate, stoppedRate, healthyRate, stopped.concurrency)
         }
         if let cycle = row("cycle", nodes: nodeCount, variant: "no-pubsub")?.p50, let floor = row("floor", nodes: nodeCount)?.p50, floor > 0 {
             pollingOverhead = cycle / floor
@@ -269,6 +277,9 @@ enum BenchReport {
             lines.append(verdict(stopped.ratio <= 1.5, String(format: "one node stopped: cycle p99 %@ = %.2f × all-up p99 %@ in the same slices (target ≤ 1.5)", microseconds(stopped.stopped), stopped.ratio, microseconds(stopped.healthy))))
         } else {
             lines.append("  –    one node stopped: not measured (needs ≥ 3 nodes the bench started itself)")
+        }
+        if let stopped = targets.stoppedNodeParallel {
+            lines.append(verdict(stopped.ratio >= 0.75, String(format: "one node stopped, %d tasks: %.0f cycles/s = %.2f × all up %.0f/s in the same slices (target ≥ 0.75)", stopped.tasks, stopped.stopped, stopped.ratio, stopped.healthy)))
         }
         if let parallel = targets.parallel {
             lines.append(verdict(parallel.ratio >= 0.7, String(format: "64 tasks, independent names: %.0f cycles/s = %.2f × floor %.0f/s (target ≥ 0.7)", parallel.cycles, parallel.ratio, parallel.floor)))
