@@ -608,6 +608,77 @@ struct ConnectionTests {
         }
     }
 
+    @Test(
+        "a release queued after a command timeout also goes on the socket the timeout dropped, behind what it holds: the frozen node, once it wakes, runs the attempt's SET before its release, never after it",
+        arguments: [false, true]
+    )
+    func releaseFollowsOnTheTimedOutSocket(released: Bool) async throws {
+        try await checkReleaseFollowsOnTheTimedOutSocket(released: released, fillingTheSocket: false)
+    }
+
+    @Test("the same when the socket is full behind the attempt when the timeout drops it: what was staged for it goes out as it drains, and the release behind that")
+    func releaseFollowsBehindAFullTimedOutSocket() async throws {
+        try await checkReleaseFollowsOnTheTimedOutSocket(released: true, fillingTheSocket: true)
+    }
+
+    /// Freezes a node, queues an attempt (a `SET`) behind 512 KiB of `ECHO`s (more than the node
+    /// reads of one client in a turn, so it would run a newer socket's commands first), and, with
+    /// `fillingTheSocket`, 1 MiB `ECHO`s behind it until the socket is full; waits for the
+    /// command timeout, then, when `released`, queues the attempt's clean-up (a compare-and-delete
+    /// that may run late). Once the node wakes and has run the `SET`, the key must be there only
+    /// when nothing released it.
+    private func checkReleaseFollowsOnTheTimedOutSocket(released: Bool, fillingTheSocket: Bool) async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(300)))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            try await server.pause()
+            let filler = String(repeating: "x", count: 64 << 10)
+            var outcomes = [queueUnawaited(
+                Array(repeating: RedisCommand("ECHO", filler), count: 8) + [RedisCommand("SET", "lingered", "mine", "NX", "PX", "30000")],
+                on: connection
+            )]
+            if fillingTheSocket {
+                let payload = String(repeating: "y", count: 1 << 20)
+                while connection.partialWrites == 0, outcomes.count < 256 {
+                    outcomes.append(queueUnawaited([RedisCommand("ECHO", payload)], on: connection))
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                try #require(connection.partialWrites > 0, "the socket never filled")
+            }
+            for outcome in outcomes {
+                #expect(await outcome().allSatisfy { (try? $0.get()) == nil }, "the command timeout failed them all")
+            }
+            if released {
+                // The attempt's clean-up as the lock sends it: a compare-and-delete that may run late.
+                let delete = RedisScript("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+                let call = RedisScriptCall(delete, keys: ["lingered"], arguments: ["mine"], runsLateUnlessBehind: "mine")
+                connection.send([queued(call) { _ in }])
+            }
+            try server.resume()
+            // Once the node ran the SET (and so what came before it and, on that socket, after
+            // it), the key is there only if nothing released it behind the SET.
+            let observer = RedisConnection(configuration: server.configuration())
+            var ran = false
+            for _ in 0..<500 where !ran {
+                let stats = try await observer.send(RedisCommand("INFO", "commandstats"))
+                guard case let .bulkString(text) = stats else { break }
+                ran = String(decoding: text, as: UTF8.self).contains("cmdstat_set:calls=1,")
+                if !ran { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(ran, "the node never ran the SET")
+            var exists = try await observer.send(RedisCommand("EXISTS", "lingered"))
+            // The release behind it, on the same socket, runs in the node's next turns.
+            for _ in 0..<200 where released && exists != .integer(0) {
+                try await Task.sleep(for: .milliseconds(10))
+                exists = try await observer.send(RedisCommand("EXISTS", "lingered"))
+            }
+            #expect(exists == .integer(released ? 0 : 1), released ? "the SET outlived its release" : "the SET ran")
+            await observer.shutdown()
+            await connection.shutdown()
+        }
+    }
+
     @Test("behind a frozen node whose socket is full, senders stage their commands without writing (each write would handle everything staged); the loop writes them all, in order, once the node reads again")
     func fullSocketIsLeftToTheLoop() async throws {
         try await withRedisServers(1) { servers throws in
