@@ -66,6 +66,7 @@ extension DistributedLock {
                 )
                 client.send(leave)
             }
+            followTimedOutSockets(releasing: value)
             client.metrics.acquireFailed(error.code)
             throw error
         }
