@@ -66,7 +66,6 @@ extension DistributedLock {
                 )
                 client.send(leave)
             }
-            followTimedOutSockets(releasing: value)
             client.metrics.acquireFailed(error.code)
             throw error
         }

@@ -157,7 +157,6 @@ public struct DistributedLock: Sendable {
         let sentAt = ContinuousClock.now
         client.send(release, then: handedOver)
         claimed?.resume(sentAt: sentAt)
-        followTimedOutSockets(releasing: lease.value)
         let votes = await client.votes(of: release, cancellable: false)
         // The release went out: a scope holding this lease (a copy released from outside it)
         // must not run on, whatever the nodes said. (A scope's own release left its slot
@@ -288,21 +287,6 @@ public struct DistributedLock: Sendable {
                 staysInLine ? "0" : "1",
             ] + (handoffsCountAsGrants ? [String(options.expiry.millisecondsRoundedUp)] : [])
         )
-    }
-
-    /// After the last use of `value` (its `lock()` gave up; its lease was unlocked): its release
-    /// also goes to each socket of this lock's connections that a command timeout dropped
-    /// lately and that lingers (``RedisConnection/followLingeringSockets(with:)``), behind what
-    /// the socket holds. A node that was stopped or stalled and wakes may run that socket's
-    /// commands after those of the connection's newer socket: an attempt's `SET` after its
-    /// clean-up, whose key would then live out its expiry. Only for a random value: a fixed or
-    /// generated one may be used again, and this release, run late, would delete its new key.
-    func followTimedOutSockets(releasing value: String) {
-        guard !options.value.mayAlreadyBeHeld else { return }
-        let connections = client.sender.connections(lane)
-        guard connections.contains(where: \.hasLingeringSockets) else { return }
-        let call = releaseCall(value: value, announcing: false)
-        for connection in connections { connection.followLingeringSockets(with: call) }
     }
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to

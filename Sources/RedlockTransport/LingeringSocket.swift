@@ -7,11 +7,14 @@ import Synchronization
 /// it once it wakes. A release sent on the connection's next socket can run before that: the
 /// node reads each client in turns, a bounded amount per turn. An attempt's `SET` held in the
 /// old socket would then run after its clean-up, and its key live out its expiry. So the socket
-/// lingers, and the last release of a value (``RedisConnection/followLingeringSockets(with:)``)
-/// is also written here, as `EVAL`, behind what it holds: on the node it runs after them. Only
-/// the last: a clean-up followed by a retry with the same value on the newer socket could
-/// otherwise run after that retry's grant and delete it. Run twice, a compare-and-delete of one
-/// value is harmless.
+/// lingers:
+/// - what the connection had staged for it and not written yet (the socket was full) is
+///   written here as the socket drains, in order: those commands timed out like the ones
+///   written before them, and may run late like them;
+/// - each release queued on the connection meanwhile (``RedisScriptCall/runsLateUnlessBehind``:
+///   a compare-and-delete of one value) is written here too, as `EVAL`, behind all that. On
+///   the node it runs after those commands; run twice, a compare-and-delete of one value is
+///   harmless.
 ///
 /// Nothing is read from the socket: its replies go with it. It takes at most
 /// ``releaseBytesLimit`` of releases. It closes at ``until`` (what is still unwritten then is
@@ -24,7 +27,7 @@ final class LingeringSocket: EventLoopSource {
         var socket: NodeSocket?
         /// Its token in the loop, once registered.
         var token: UInt64?
-        /// Bytes not written yet, in order (the rest of the last write first).
+        /// Bytes not written yet, in order; the first may be the rest of a command cut short.
         var pending: [UInt8]
         /// The last write left bytes behind: the next goes when the loop reports the socket
         /// writable (a frozen node's socket stays full, and each release would cost a write).
@@ -44,10 +47,10 @@ final class LingeringSocket: EventLoopSource {
     /// When it closes.
     let until: ContinuousClock.Instant
 
-    /// Takes `socket`, which the caller no longer watches nor uses (no command was cut short on
-    /// it), until `until`.
-    init(socket: NodeSocket, until: ContinuousClock.Instant, loop: RedisEventLoop) {
-        state = Mutex(State(socket: socket, token: nil, pending: []))
+    /// Takes `socket`, which the caller no longer watches nor uses, with the bytes `pending`
+    /// for it (the rest of a write cut short first, if any), until `until`.
+    init(socket: NodeSocket, pending: [UInt8], until: ContinuousClock.Instant, loop: RedisEventLoop) {
+        state = Mutex(State(socket: socket, token: nil, pending: pending))
         self.until = until
         self.loop = loop
     }
@@ -63,18 +66,12 @@ final class LingeringSocket: EventLoopSource {
         // be shorter than the time left (the loop takes the shortest of its sources').
         switch loop.register(self, checkInterval: max(ContinuousClock.now.duration(to: until), .milliseconds(5))) {
         case let .success(token):
-            // Watched under the lock: a close in between could let another socket take the
-            // descriptor's number.
-            let watched: Bool? = state.withLock { state in
+            let descriptor: Int32? = state.withLock { state in
                 state.token = token
-                guard let socket = state.socket else { return nil }
-                return loop.watch(token, descriptor: socket.descriptor, writable: true) == nil
+                return state.socket?.descriptor
             }
-            switch watched {
-            case nil: loop.deregister(token)
-            case false?: close()
-            case true?: break
-            }
+            guard let descriptor else { return loop.deregister(token) }
+            if loop.watch(token, descriptor: descriptor, writable: true) != nil { close() }
         case .failure:
             close()
         }

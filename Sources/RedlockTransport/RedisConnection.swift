@@ -81,24 +81,6 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// its event loop writes what is staged when it drains, and no sender tries meanwhile.
     package var partialWrites: Int { core.partialWrites.load(ordering: .relaxed) }
 
-    /// Writes `call` (as `EVAL`) to each socket a command timeout dropped lately and that
-    /// lingers, behind the commands it holds; a no-op when none does (nearly always).
-    ///
-    /// A node that stopped answering (stopped, stalled) runs what such a socket holds once it
-    /// wakes, and may run it after the commands of the connection's newer socket: an attempt's
-    /// `SET` after its clean-up. For the last release of a value, one that nothing with that
-    /// value may follow (its `lock()` gave up; its lease was unlocked): run behind the old
-    /// socket's commands, it removes what they set. A socket lingers 30 s (at most 8 per
-    /// connection; not one a command was cut short on, its buffers full), and takes at most
-    /// 1 MiB of such calls.
-    package func followLingeringSockets(with call: RedisScriptCall) {
-        core.followLingering(with: call)
-    }
-
-    /// Whether a socket a command timeout dropped may still linger
-    /// (``followLingeringSockets(with:)``): one atomic load.
-    package var hasLingeringSockets: Bool { core.hasLingering }
-
     /// How long a connection must have been idle before a command first looks whether the
     /// server closed it (see ``ConnectionCore/peekAfterIdle``).
     package static var peekAfterIdle: Duration { ConnectionCore.peekAfterIdle }
@@ -272,8 +254,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// A host name that failed to resolve (or an address the vet refused), and until when
         /// that answer stands.
         var failedResolution: (RedisError, ContinuousClock.Instant)?
-        /// The sockets command timeouts dropped lately, oldest first, kept open for final
-        /// releases to follow what they hold (``LingeringSocket``).
+        /// The sockets command timeouts dropped lately, oldest first, kept open for what was
+        /// staged for them and for releases to follow what they hold (``LingeringSocket``).
         var lingering: [LingeringSocket] = []
 
         var unansweredCount: Int { inFlight.count - head }
@@ -349,9 +331,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// How many writes left bytes behind: the socket's buffers were full (a node that reads
     /// nothing, a slow link). While the loop waits for the socket to drain, nobody else writes.
     let partialWrites = Atomic<Int>(0)
-    /// How many sockets linger (``State/lingering``, possibly closed since): a connection with
-    /// none, nearly always, skips ``followLingering(with:)`` with one load.
-    private let lingeringCount = Atomic<Int>(0)
     /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:)``).
     private let vet: ConnectVet?
 
@@ -409,11 +388,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Queues `commands` together (all or none, in order).
     func enqueue(contentsOf commands: [PendingCommand]) {
         var effects = Effects()
+        var lingering: [LingeringSocket] = []
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state) {
                 for command in commands { effects.completions.append((command, .failure(refusal))) }
                 return nil
             }
+            lingering = state.lingering
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
                 let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
                 // Idle, one clock reading serves the look's gate and dates the wait that the
@@ -454,24 +435,24 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
+        if !lingering.isEmpty { Self.follow(lingering, with: commands) }
         perform(effects)
     }
 
-    /// Whether a socket may linger (``State/lingering``).
-    var hasLingering: Bool { lingeringCount.load(ordering: .relaxed) > 0 }
-
-    /// Writes `call` as `EVAL` to each socket a command timeout dropped lately, behind what it
-    /// holds (``LingeringSocket``); nothing when none lingers.
-    func followLingering(with call: RedisScriptCall) {
-        guard lingeringCount.load(ordering: .relaxed) > 0 else { return }
-        let sockets = state.withLock { $0.lingering }
+    /// Writes the releases among `commands` (``RedisScriptCall/runsLateUnlessBehind``) to each
+    /// socket a command timeout dropped lately, as `EVAL`, behind what it holds
+    /// (``LingeringSocket``); they also go on the connection as usual.
+    private static func follow(_ lingering: [LingeringSocket], with commands: [PendingCommand]) {
         var bytes: [UInt8] = []
-        call.script.evalForm(of: call.command).appendWire(to: &bytes)
-        for socket in sockets { socket.write(bytes) }
+        for command in commands where command.runsLateUnlessBehind != nil && command.shouldSend {
+            (command.fallback ?? command.command).appendWire(to: &bytes)
+        }
+        guard !bytes.isEmpty else { return }
+        for socket in lingering { socket.write(bytes) }
     }
 
     /// How long a socket dropped at a command timeout lingers (``LingeringSocket``): a node
-    /// frozen for longer may run an attempt it holds after the attempt's final release.
+    /// frozen for longer may run an attempt it holds after the attempt's clean-up.
     static let lingerTime: Duration = .seconds(30)
     /// How many dropped sockets a connection keeps lingering; a newer one closes the oldest.
     static let lingerCount = 8
@@ -748,21 +729,19 @@ final class ConnectionCore: Sendable, EventLoopSource {
             return
         }
         // After a command timeout the node may still run what the socket holds (it is alive,
-        // only stopped or slow): the socket lingers, for final releases to follow (see
-        // LingeringSocket). Not when a command was cut short on it (the socket was full), after
-        // which nothing may be written; what was staged for it is dropped, as before.
-        if failure.code == .timeout, !state.watchingWrites, !state.shuttingDown, let socket = state.socket {
+        // only stopped or slow): the socket lingers, with what was staged for it, for releases
+        // to follow (see LingeringSocket).
+        if failure.code == .timeout, !state.shuttingDown, let socket = state.socket {
             if let token = state.token {
                 loop.unwatch(token, descriptor: socket.descriptor)
                 loop.deregister(token)
             }
             state.socket = nil
             state.token = nil
-            let lingering = LingeringSocket(socket: socket, until: .now + Self.lingerTime, loop: loop)
+            let lingering = LingeringSocket(socket: socket, pending: state.output, until: .now + Self.lingerTime, loop: loop)
             state.lingering.removeAll { !$0.isOpen }
             if state.lingering.count >= Self.lingerCount { effects.lingerClose.append(state.lingering.removeFirst()) }
             state.lingering.append(lingering)
-            lingeringCount.store(state.lingering.count, ordering: .relaxed)
             effects.lingerStart = lingering
         } else {
             closeSocket(&state)
@@ -799,7 +778,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
         effects.lingerClose += state.lingering
         state.lingering = []
-        lingeringCount.store(0, ordering: .relaxed)
         state.exitSignalled = true
         effects.exited = true
     }
@@ -858,9 +836,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         state.exitSignalled = true
                         effects.exited = true
                     }
-                    effects.lingerClose += state.lingering
-                    state.lingering = []
-                    lingeringCount.store(0, ordering: .relaxed)
                     lastWrite = (socket, bytes)
                     return nil
                 }
@@ -1024,7 +999,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
             }
             effects.lingerClose += state.lingering
             state.lingering = []
-            lingeringCount.store(0, ordering: .relaxed)
             state.exitSignalled = true
             effects.exited = true
         }

@@ -609,118 +609,74 @@ struct ConnectionTests {
     }
 
     @Test(
-        "a value's last release, after a command timeout, also goes on the socket the timeout dropped, behind what it holds: the frozen node, once it wakes, runs the attempt's SET before that release, never after it",
+        "a release queued after a command timeout also goes on the socket the timeout dropped, behind what it holds: the frozen node, once it wakes, runs the attempt's SET before its release, never after it",
         arguments: [false, true]
     )
-    func lastReleaseFollowsOnTheTimedOutSocket(released: Bool) async throws {
-        try await withFrozenAttempt { server, connection in
-            if released {
-                // As a lock sends its last release: on the connection, and on its lingering sockets.
-                let call = RedisScriptCall(Self.compareAndDelete, keys: ["lingered"], arguments: ["mine"], runsLateUnlessBehind: "mine")
-                #expect(connection.hasLingeringSockets)
-                connection.send([queued(call) { _ in }])
-                connection.followLingeringSockets(with: call)
-            }
-            try server.resume()
-            #expect(try await Self.keyAfterTheSetRan(on: server, untilGone: released) == (released ? nil : "mine"))
-        }
+    func releaseFollowsOnTheTimedOutSocket(released: Bool) async throws {
+        try await checkReleaseFollowsOnTheTimedOutSocket(released: released, fillingTheSocket: false)
     }
 
-    @Test("a release sent on the connection after a command timeout does not go on the socket the timeout dropped: a retry with the same value on the newer socket keeps the key it was granted")
-    func releaseDoesNotFollowOnTheTimedOutSocket() async throws {
-        try await withFrozenAttempt { server, connection in
-            let call = RedisScriptCall(Self.compareAndDelete, keys: ["lingered"], arguments: ["mine"], runsLateUnlessBehind: "mine")
-            let released = OneTimeEvent<Result<RedisValue, RedisError>>()
-            connection.send([queued(call) { released.fire($0) }])
-            let retry = queueUnawaited([RedisCommand("SET", "lingered", "mine", "NX", "PX", "30000")], on: connection)
-            try server.resume()
-            _ = await released.wait()
-            #expect((try? await retry().first?.get()) == .simpleString("OK"), "the retry was granted")
-            #expect(try await Self.keyAfterTheSetRan(on: server, sets: 2, untilGone: false) == "mine", "the key the retry was granted is gone")
-        }
+    @Test("the same when the socket is full behind the attempt when the timeout drops it: what was staged for it goes out as it drains, and the release behind that")
+    func releaseFollowsBehindAFullTimedOutSocket() async throws {
+        try await checkReleaseFollowsOnTheTimedOutSocket(released: true, fillingTheSocket: true)
     }
 
-    @Test("commands staged behind a full socket when a command timeout drops it are never written: the frozen node, once it wakes, does not run them")
-    func stagedBehindAFullSocketNeverRun() async throws {
-        try await withRedisServers(1) { servers throws in
-            let server = servers[0]
-            let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(300)))
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-            try await server.pause()
-            let payload = String(repeating: "y", count: 1 << 20)
-            var outcomes: [() async -> [Result<RedisValue, RedisError>]] = []
-            while connection.partialWrites == 0, outcomes.count < 256 {
-                outcomes.append(queueUnawaited([RedisCommand("ECHO", payload)], on: connection))
-                try await Task.sleep(for: .milliseconds(2))
-            }
-            try #require(connection.partialWrites > 0, "the socket never filled")
-            outcomes.append(queueUnawaited([RedisCommand("SET", "staged", "mine", "NX", "PX", "30000")], on: connection))
-            for outcome in outcomes {
-                #expect(await outcome().allSatisfy { (try? $0.get()) == nil }, "the command timeout failed them all")
-            }
-            #expect(!connection.hasLingeringSockets, "a socket a command was cut short on lingers")
-            try server.resume()
-            // Once the node freed the old socket's client (it read all it holds, then its end),
-            // the SET would have run.
-            let observer = RedisConnection(configuration: server.configuration())
-            var clients = 0
-            for _ in 0..<500 {
-                guard case let .bulkString(text) = try await observer.send(RedisCommand("INFO", "clients")) else { break }
-                clients = String(decoding: text, as: UTF8.self).split(separator: "\r\n")
-                    .first { $0.hasPrefix("connected_clients:") }.flatMap { Int($0.dropFirst("connected_clients:".count)) } ?? 0
-                if clients <= 1 { break }
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            #expect(clients == 1, "the old socket's client is still there")
-            #expect(try await observer.send(RedisCommand("EXISTS", "staged")) == .integer(0), "a command staged behind the full socket ran")
-            await observer.shutdown()
-            await connection.shutdown()
-        }
-    }
-
-    static let compareAndDelete = RedisScript("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-
-    /// Freezes a node and queues an attempt (`SET lingered mine NX`) behind 512 KiB of `ECHO`s,
-    /// more than the node reads of one client in a turn, so that it would run a newer socket's
-    /// commands first; waits for the command timeout (300 ms) to fail them all and drop the
-    /// socket, then runs `body` with the node still frozen.
-    private func withFrozenAttempt(_ body: (RedisServer, RedisConnection) async throws -> Void) async throws {
+    /// Freezes a node, queues an attempt (a `SET`) behind 512 KiB of `ECHO`s (more than the node
+    /// reads of one client in a turn, so it would run a newer socket's commands first), and, with
+    /// `fillingTheSocket`, 1 MiB `ECHO`s behind it until the socket is full; waits for the
+    /// command timeout, then, when `released`, queues the attempt's clean-up (a compare-and-delete
+    /// that may run late). Once the node wakes and has run the `SET`, the key must be there only
+    /// when nothing released it.
+    private func checkReleaseFollowsOnTheTimedOutSocket(released: Bool, fillingTheSocket: Bool) async throws {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
             let connection = RedisConnection(configuration: server.configuration(commandTimeout: .milliseconds(300)))
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             try await server.pause()
             let filler = String(repeating: "x", count: 64 << 10)
-            let attempt = queueUnawaited(
+            var outcomes = [queueUnawaited(
                 Array(repeating: RedisCommand("ECHO", filler), count: 8) + [RedisCommand("SET", "lingered", "mine", "NX", "PX", "30000")],
                 on: connection
-            )
-            #expect(await attempt().allSatisfy { (try? $0.get()) == nil }, "the command timeout failed them all")
-            try await body(server, connection)
+            )]
+            if fillingTheSocket {
+                let payload = String(repeating: "y", count: 1 << 20)
+                while connection.partialWrites == 0, outcomes.count < 256 {
+                    outcomes.append(queueUnawaited([RedisCommand("ECHO", payload)], on: connection))
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                try #require(connection.partialWrites > 0, "the socket never filled")
+            }
+            for outcome in outcomes {
+                #expect(await outcome().allSatisfy { (try? $0.get()) == nil }, "the command timeout failed them all")
+            }
+            if released {
+                // The attempt's clean-up as the lock sends it: a compare-and-delete that may run late.
+                let delete = RedisScript("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+                let call = RedisScriptCall(delete, keys: ["lingered"], arguments: ["mine"], runsLateUnlessBehind: "mine")
+                connection.send([queued(call) { _ in }])
+            }
+            try server.resume()
+            // Once the node ran the SET (and so what came before it and, on that socket, after
+            // it), the key is there only if nothing released it behind the SET.
+            let observer = RedisConnection(configuration: server.configuration())
+            var ran = false
+            for _ in 0..<500 where !ran {
+                let stats = try await observer.send(RedisCommand("INFO", "commandstats"))
+                guard case let .bulkString(text) = stats else { break }
+                ran = String(decoding: text, as: UTF8.self).contains("cmdstat_set:calls=1,")
+                if !ran { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(ran, "the node never ran the SET")
+            var exists = try await observer.send(RedisCommand("EXISTS", "lingered"))
+            // The release behind it, on the same socket, runs in the node's next turns.
+            for _ in 0..<200 where released && exists != .integer(0) {
+                try await Task.sleep(for: .milliseconds(10))
+                exists = try await observer.send(RedisCommand("EXISTS", "lingered"))
+            }
+            #expect(exists == .integer(released ? 0 : 1), released ? "the SET outlived its release" : "the SET ran")
+            await observer.shutdown()
             await connection.shutdown()
         }
-    }
-
-    /// Waits until `server` ran `sets` `SET`s (`cmdstat_set`), then returns the key `lingered`:
-    /// once it is gone (within 2 s) when `untilGone`, since a release behind the `SET` on its
-    /// socket runs in the node's next turns; else as it is after 200 ms more, or gone before.
-    private static func keyAfterTheSetRan(on server: RedisServer, sets: Int = 1, untilGone: Bool) async throws -> String? {
-        let observer = RedisConnection(configuration: server.configuration())
-        defer { Task { await observer.shutdown() } }
-        var ran = false
-        for _ in 0..<500 where !ran {
-            guard case let .bulkString(text) = try await observer.send(RedisCommand("INFO", "commandstats")) else { break }
-            ran = String(decoding: text, as: UTF8.self).contains("cmdstat_set:calls=\(sets),")
-            if !ran { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        try #require(ran, "the node never ran the SET")
-        var value = try await observer.send(RedisCommand("GET", "lingered"))
-        for _ in 0..<(untilGone ? 200 : 20) where value != .null {
-            try await Task.sleep(for: .milliseconds(10))
-            value = try await observer.send(RedisCommand("GET", "lingered"))
-        }
-        guard case let .bulkString(bytes) = value else { return nil }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     @Test("behind a frozen node whose socket is full, senders stage their commands without writing (each write would handle everything staged); the loop writes them all, in order, once the node reads again")
