@@ -16,10 +16,9 @@ import Synchronization
 ///   the node it runs after those commands; run twice, a compare-and-delete of one value is
 ///   harmless.
 ///
-/// Nothing is read from the socket: its replies go with it. It takes at most
-/// ``releaseBytesLimit`` of releases. It closes at ``until`` (what is still unwritten then is
-/// lost, and a command cut short is discarded by the node), when the connection shuts down or
-/// has too many lingering, or when a write fails.
+/// Nothing is read from the socket: its replies go with it. It closes at ``until`` (what is
+/// still unwritten then is lost, and a command cut short is discarded by the node), when the
+/// connection shuts down or has too many lingering, or when a write fails.
 final class LingeringSocket: EventLoopSource {
     private struct State {
         /// The socket, until it closes. Every call on it is made with this lock held
@@ -29,18 +28,7 @@ final class LingeringSocket: EventLoopSource {
         var token: UInt64?
         /// Bytes not written yet, in order; the first may be the rest of a command cut short.
         var pending: [UInt8]
-        /// The last write left bytes behind: the next goes when the loop reports the socket
-        /// writable (a frozen node's socket stays full, and each release would cost a write).
-        var full = false
-        /// The bytes of releases added since it began lingering (``write(_:)``), at most
-        /// ``releaseBytesLimit``.
-        var releaseBytes = 0
     }
-
-    /// How many bytes of releases a lingering socket takes in all, written or pending: behind a
-    /// frozen node it stays full, and a busy client's releases would pile up for as long as it
-    /// lingers. Past it, releases go on the connection's own socket only.
-    static let releaseBytesLimit = 1 << 20
 
     private let state: Mutex<State>
     private let loop: RedisEventLoop
@@ -81,17 +69,11 @@ final class LingeringSocket: EventLoopSource {
     /// if it is still open and its time is not up.
     func write(_ bytes: [UInt8]) {
         guard ContinuousClock.now < until else { return close() }
-        flush { state in
-            guard state.releaseBytes + bytes.count <= Self.releaseBytesLimit else { return }
-            state.releaseBytes += bytes.count
-            state.pending.append(contentsOf: bytes)
-        }
+        flush { $0.append(contentsOf: bytes) }
     }
 
     func handle(readable: Bool, writable: Bool, readToEnd: Bool) {
-        guard writable else { return }
-        state.withLock { $0.full = false }
-        flush()
+        if writable { flush() }
     }
 
     func checkDeadlines(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
@@ -110,13 +92,12 @@ final class LingeringSocket: EventLoopSource {
 
     /// Adds to what is pending (`adding`), then writes as much of it as the socket takes; a
     /// failed write closes the socket.
-    private func flush(adding: (inout State) -> Void = { _ in }) {
+    private func flush(adding: (inout [UInt8]) -> Void = { _ in }) {
         closeUnless { state in
-            adding(&state)
-            guard let socket = state.socket, !state.pending.isEmpty, !state.full else { return true }
+            adding(&state.pending)
+            guard let socket = state.socket, !state.pending.isEmpty else { return true }
             guard case let .success(count) = socket.write(state.pending) else { return false }
             state.pending.removeFirst(count)
-            state.full = !state.pending.isEmpty
             return true
         }
     }
