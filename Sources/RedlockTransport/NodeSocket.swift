@@ -67,8 +67,7 @@ final class TLSContextCache: Sendable {
 /// ``whenClosed(_:)``) is not thread-safe, and is used by one thread at a time. The connector
 /// thread that creates it (``connect(_:tls:)``) uses it until it hands it to its owner, which
 /// stores it in its mutex-guarded state (`ConnectionCore.state`, `RedisSubscriber.state`).
-/// From then on a subscriber makes every call with that lock held, and so does a
-/// ``LingeringSocket`` with its own. A connection's calls are made with its lock held too, except for
+/// From then on a subscriber makes every call with that lock held. A connection's calls are made with its lock held too, except for
 /// ``read()`` and ``write(_:from:)`` by the thread that owns its I/O: it takes the ownership
 /// (`ioOwned`) under the lock, while no other thread has it, and gives it up under the lock;
 /// nothing else touches the socket meanwhile (`close()` waits for the owner: `dropRequested`).

@@ -254,9 +254,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// A host name that failed to resolve (or an address the vet refused), and until when
         /// that answer stands.
         var failedResolution: (RedisError, ContinuousClock.Instant)?
-        /// The sockets command timeouts dropped lately, oldest first, kept open for what was
-        /// staged for them and for releases to follow what they hold (``LingeringSocket``).
-        var lingering: [LingeringSocket] = []
 
         var unansweredCount: Int { inFlight.count - head }
         /// Bytes staged for the thread that reads the next reply, or commands an unanswered
@@ -313,10 +310,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var completions: [(PendingCommand, Result<RedisValue, RedisError>)] = []
         var connect = false
         var exited = false
-        /// A socket dropped at a command timeout, to start lingering (``LingeringSocket``).
-        var lingerStart: LingeringSocket?
-        /// Lingering sockets to close (too many linger, or the connection shut down).
-        var lingerClose: [LingeringSocket] = []
     }
 
     private let configuration: RedisConnectionConfiguration
@@ -388,13 +381,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Queues `commands` together (all or none, in order).
     func enqueue(contentsOf commands: [PendingCommand]) {
         var effects = Effects()
-        var lingering: [LingeringSocket] = []
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state) {
                 for command in commands { effects.completions.append((command, .failure(refusal))) }
                 return nil
             }
-            lingering = state.lingering
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
                 let idle = state.unansweredCount == 0 && state.output.isEmpty && !state.ioOwned
                 // Idle, one clock reading serves the look's gate and dates the wait that the
@@ -435,27 +426,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if case let (socket, bytes)? = consume write, writeAndRelease(consume bytes, on: socket, &effects) {
             service(socket, &effects)
         }
-        if !lingering.isEmpty { Self.follow(lingering, with: commands) }
         perform(effects)
     }
-
-    /// Writes the releases among `commands` (``RedisScriptCall/runsLateUnlessBehind``) to each
-    /// socket a command timeout dropped lately, as `EVAL`, behind what it holds
-    /// (``LingeringSocket``); they also go on the connection as usual.
-    private static func follow(_ lingering: [LingeringSocket], with commands: [PendingCommand]) {
-        var bytes: [UInt8] = []
-        for command in commands where command.runsLateUnlessBehind != nil && command.shouldSend {
-            (command.fallback ?? command.command).appendWire(to: &bytes)
-        }
-        guard !bytes.isEmpty else { return }
-        for socket in lingering { socket.write(bytes) }
-    }
-
-    /// How long a socket dropped at a command timeout lingers (``LingeringSocket``): a node
-    /// frozen for longer may run an attempt it holds after the attempt's clean-up.
-    static let lingerTime: Duration = .seconds(30)
-    /// How many dropped sockets a connection keeps lingering; a newer one closes the oldest.
-    static let lingerCount = 8
 
     /// Why `count` more commands cannot be queued, if they cannot.
     private func refusal(adding count: Int, to state: borrowing State) -> RedisError? {
@@ -728,24 +700,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.dropRequested == nil { state.dropRequested = failure }
             return
         }
-        // After a command timeout the node may still run what the socket holds (it is alive,
-        // only stopped or slow): the socket lingers, with what was staged for it, for releases
-        // to follow (see LingeringSocket).
-        if failure.code == .timeout, !state.shuttingDown, let socket = state.socket {
-            if let token = state.token {
-                loop.unwatch(token, descriptor: socket.descriptor)
-                loop.deregister(token)
-            }
-            state.socket = nil
-            state.token = nil
-            let lingering = LingeringSocket(socket: socket, pending: state.output, until: .now + Self.lingerTime, loop: loop)
-            state.lingering.removeAll { !$0.isOpen }
-            if state.lingering.count >= Self.lingerCount { effects.lingerClose.append(state.lingering.removeFirst()) }
-            state.lingering.append(lingering)
-            effects.lingerStart = lingering
-        } else {
-            closeSocket(&state)
-        }
+        closeSocket(&state)
         state.watchingWrites = false
         state.heldByScriptHash = false
         state.waitingSince = nil
@@ -776,8 +731,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
             closeSocket(&state)
             state.phase = .idle
         }
-        effects.lingerClose += state.lingering
-        state.lingering = []
         state.exitSignalled = true
         effects.exited = true
     }
@@ -796,8 +749,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func perform(_ effects: Effects) {
-        for lingering in effects.lingerClose { lingering.close() }
-        effects.lingerStart?.start()
         for (command, result) in effects.completions { command.complete(result) }
         if effects.connect { startConnect() }
         if effects.exited { exited.fire() }
@@ -997,8 +948,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 // The owner closes the socket; the commands fail now.
                 while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
             }
-            effects.lingerClose += state.lingering
-            state.lingering = []
             state.exitSignalled = true
             effects.exited = true
         }
