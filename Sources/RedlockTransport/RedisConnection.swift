@@ -497,7 +497,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func takeStalledOutput(_ state: inout State, force: Bool) -> (NodeSocket, [UInt8])? {
         guard state.phase == .open, state.dropRequested == nil, let socket = state.socket, !state.ioOwned,
               state.waitsForAnswer,
-              force || !state.watchingWrites && state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true
+              force || (!state.watchingWrites && state.waitingSince.map({ $0.duration(to: .now) > Self.coalescingWindow }) == true)
         else { return nil }
         if state.heldByScriptHash, !state.queue.isEmpty {
             state.heldByScriptHash = false
