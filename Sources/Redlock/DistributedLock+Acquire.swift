@@ -48,6 +48,7 @@ extension DistributedLock {
         }
         do {
             var lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
+            lease.valueIsOneOff = !options.value.mayAlreadyBeHeld
             if let ticket {
                 lease.gateTicket = ticket
                 client.coordination.gateHolder(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld)
@@ -61,7 +62,7 @@ extension DistributedLock {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.
                 let leave = client.prepareFanOut(
-                    releaseCall(value: value, announcing: false), order: client.nodeIndices, budget: attemptBudget,
+                    cleanUpCall(value: value, announcing: false), order: client.nodeIndices, budget: attemptBudget,
                     returnWhenDecided: false, lane: lane
                 )
                 client.send(leave)
@@ -459,12 +460,15 @@ extension DistributedLock {
     private func leaveLine(value: String) -> @Sendable ([Int]) -> Void {
         let (client, lane, name) = (client, lane, name)
         let (budget, expiry) = (attemptBudget, options.expiry.millisecondsRoundedUp)
-        // The call is made only when needed: most attempts leave no line.
+        let oneOff = !options.value.mayAlreadyBeHeld
+        // The call is made only when needed: most attempts leave no line. A connection that
+        // loses it sends it again (it removes an entry, and shortens a key, of this value only).
         return { nodes in
-            let call = RedisScriptCall(
+            let made = RedisScriptCall(
                 Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
                 arguments: [value, String(expiry)]
             )
+            let call = oneOff ? made.replayable() : made
             client.send(client.prepareFanOut(call, order: nodes, budget: budget, returnWhenDecided: false, lane: lane))
         }
     }
@@ -506,7 +510,7 @@ extension DistributedLock {
         // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
         // and the nodes are left free, where only the first in line is granted.
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
-        let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
+        let releaseCall = cleanUpCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
         cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued))

@@ -149,7 +149,10 @@ public struct DistributedLock: Sendable {
         if options.fair { client.coordination.released(key, value: lease.value) }
         let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
-        let call = releaseCall(value: lease.value, announcing: handedOver == nil)
+        // A release the connection loses is sent again on its next one (a late delete of a
+        // value nobody uses again), unless the value is the caller's own.
+        let announced = releaseCall(value: lease.value, announcing: handedOver == nil)
+        let call = lease.valueIsOneOff ? announced.replayable() : announced
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
@@ -235,6 +238,7 @@ public struct DistributedLock: Sendable {
                 )
             }
             extended.gateTicket = lease.gateTicket
+            extended.valueIsOneOff = lease.valueIsOneOff
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
@@ -287,6 +291,17 @@ public struct DistributedLock: Sendable {
                 staysInLine ? "0" : "1",
             ] + (handoffsCountAsGrants ? [String(options.expiry.millisecondsRoundedUp)] : [])
         )
+    }
+
+    /// ``releaseCall(value:announcing:staysInLine:)`` for a `lock()`'s own value (an attempt's
+    /// clean-up, the leave of a fair lock's line): sent again by a connection that loses it when
+    /// the value was drawn at random for this `lock()`. It then runs before anything sent to
+    /// that node later, this call's next attempts included (their value is the same), and after
+    /// the order barrier ended the lost connection there (see `OrderBarrier` in the transport):
+    /// a late delete of this value can only remove a key nobody counted.
+    func cleanUpCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
+        let call = releaseCall(value: value, announcing: announcing, staysInLine: staysInLine)
+        return options.value.mayAlreadyBeHeld ? call : call.replayable()
     }
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to

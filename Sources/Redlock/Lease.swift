@@ -23,6 +23,11 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// (kept by its extensions): an unlock or extension of a lease whose gate already passed to
     /// another local caller is told apart from that caller's, even when both hold one fixed value.
     var gateTicket: Int?
+    /// The value was drawn at random for this lease's `lock()` (``LockValue/random``-like, not a
+    /// value of the caller's own): nobody uses it again once the lease is released, so its
+    /// release may run late (``RedisScriptCall/replayable()``). False for a lease made with
+    /// ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
+    var valueIsOneOff = false
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(

@@ -67,6 +67,8 @@ final class PreparedFanOut: Sendable {
     /// For a command that is not a script: what goes in its place on a connection until that
     /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     let untilScriptsRun: RedisScriptForm?
+    /// Sent again by a connection that lost it (``RedisScriptCall/isReplayable``).
+    let replayable: Bool
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -90,7 +92,7 @@ final class PreparedFanOut: Sendable {
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisScriptForm? = nil, order: [Int], budget: Duration,
+        untilScriptsRun: RedisScriptForm? = nil, replayable: Bool = false, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -103,6 +105,7 @@ final class PreparedFanOut: Sendable {
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
+        self.replayable = replayable
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -173,7 +176,8 @@ final class PreparedFanOut: Sendable {
     func requests(for index: Int) -> [QueuedCommand] {
         clockCheck?.markSent()
         let first = QueuedCommand(
-            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler(for: index)
+            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: replayable,
+            handler: handler(for: index)
         )
         guard let replicaWait else { return [first] }
         return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
@@ -183,7 +187,10 @@ final class PreparedFanOut: Sendable {
     func send(to node: RedisConnection, index: Int) {
         guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
-        node.send(command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler(for: index))
+        node.send(
+            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: replayable,
+            handler: handler(for: index)
+        )
     }
 }
 
@@ -207,6 +214,7 @@ extension RedlockClient {
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
         untilScriptsRun: RedisScriptForm? = nil,
+        replayable: Bool = false,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -220,7 +228,7 @@ extension RedlockClient {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
-            order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
+            replayable: replayable, order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
 
@@ -255,8 +263,8 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript,
-            order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayable: call.isReplayable,
+            classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)
@@ -267,8 +275,8 @@ extension RedlockClient {
         _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, classify: Vote.ofScript,
-            order: order, budget: budget, returnWhenDecided: returnWhenDecided, lane: lane
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayable: call.isReplayable,
+            classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, lane: lane
         )
     }
 

@@ -87,7 +87,9 @@ extension RedlockClient {
     /// exists; the acquire script declares the marker either way), with
     /// ``LockOptions/replicaAcknowledgements`` the lock's `WAIT` — reported as refused too when
     /// fewer replicas than it asks for acknowledge the probe's writes in time, or the node is a
-    /// replica. Run it at start-up to
+    /// replica — and always `CLIENT INFO` and `CLIENT KILL`, which keep order across a reconnect
+    /// (a refusal there leaves the lock working, without that order; see README, "Order across a
+    /// reconnect"). Run it at start-up to
     /// find a least-privilege user's missing rule before the first lock does.
     ///
     /// It writes nothing that outlives it: inside one script it sets the lock key with a
@@ -137,6 +139,12 @@ extension RedlockClient {
                         if lock.options.restartGuard != nil {
                             checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node))
                         }
+                        // The order barrier's commands. The kill names a client nobody is (no
+                        // connection comes from 0.0.0.0:0): it ends nothing, and answers 0.
+                        checks.append(await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node))
+                        checks.append(await Self.check(
+                            "CLIENT KILL", RedisCommand("CLIENT", "KILL", "ID", "1", "ADDR", "0.0.0.0:0"), on: node
+                        ) { $0.integer == 0 ? nil : "unexpected reply \($0)" })
                         if let wait = lock.replicaWait {
                             checks.append(await Self.checkReplicas(wait, on: node))
                         }

@@ -10,8 +10,9 @@ import Musl
 
 /// A TCP proxy on a free loopback port in front of one node, that injects network faults
 /// between a client and the node while the node keeps running (and expiring keys): added
-/// latency, a direction that stalls (bytes are held, not lost), a connection reset, a stream cut
-/// after a number of bytes. Give each client its own proxy per node to make partitions that
+/// latency, a direction that stalls (bytes are held, not lost: a client that closes behind them
+/// still has them delivered once the stall ends, as TCP retransmits what a closed socket sent),
+/// a connection reset, a stream cut after a number of bytes. Give each client its own proxy per node to make partitions that
 /// differ per client.
 ///
 /// Loopback only: it listens on 127.0.0.1 and connects to the node's 127.0.0.1 port. Threads of
@@ -34,6 +35,10 @@ public final class FaultProxy: Sendable {
         /// Forward nothing in `direction` (the bytes wait, as behind a black hole; the other
         /// direction flows). `.stall` of both directions is a partition.
         case stall(Set<Direction>)
+        /// `.stall` for the connections open when it is set only; those made later flow (the
+        /// path of the old connections broke: their bytes wait for TCP's next retransmission
+        /// while a new connection gets through).
+        case stallOpen(Set<Direction>)
         /// Forward `bytes` more bytes in `direction`, then nothing more in it (a cut mid-message,
         /// e.g. half a TLS record).
         case cut(Direction, afterBytes: Int)
@@ -51,6 +56,8 @@ public final class FaultProxy: Sendable {
     private struct Link {
         var client: Int32
         var node: Int32
+        /// Its number in accept order, from 0.
+        var serial: Int
     }
 
     private struct State {
@@ -63,6 +70,8 @@ public final class FaultProxy: Sendable {
         var resetting = Set<Int32>()
         var stopped = false
         var accepted = 0
+        /// Under `.stallOpen`, the connections with a lower serial stall.
+        var stallBelowSerial = 0
         /// The node's port on 127.0.0.1.
         var nodePort: Int
     }
@@ -92,11 +101,16 @@ public final class FaultProxy: Sendable {
     /// How many client connections it accepted.
     public var acceptedCount: Int { state.withLock { $0.accepted } }
 
+    /// How many connections are open: a client's close ends one once the bytes it sent are
+    /// delivered (or the node closed its side).
+    public var openCount: Int { state.withLock { $0.links.count } }
+
     /// Applies `fault` from now on.
     public func set(_ fault: Fault) {
         state.withLock { state in
             state.fault = fault
             state.allowance = [:]
+            state.stallBelowSerial = state.accepted
             if case let .cut(direction, bytes) = fault { state.allowance[direction] = bytes }
         }
     }
@@ -173,7 +187,7 @@ public final class FaultProxy: Sendable {
             for descriptor in [client, node] where descriptor >= 0 {
                 _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
             }
-            let link = Link(client: client, node: node)
+            let link = Link(client: client, node: node, serial: state.withLock { $0.accepted })
             let keep = connected && state.withLock { state in
                 guard !state.stopped else { return false }
                 state.links[client] = link
@@ -209,6 +223,8 @@ public final class FaultProxy: Sendable {
     private func pump(from: Int32, to: Int32, _ direction: Direction, link: Link) {
         var buffer = [UInt8](repeating: 0, count: 16_384)
         var held: [UInt8] = []
+        // The sender closed: what is held still goes, then the close.
+        var senderClosed = false
         while true {
             // How much of what is held may flow now: none while this direction is stalled, what
             // is left of a cut's allowance (claimed here: every connection of this direction
@@ -219,6 +235,8 @@ public final class FaultProxy: Sendable {
                 if state.resetting.contains(link.client) { return (0, nil, true) }
                 switch state.fault {
                 case let .stall(directions) where directions.contains(direction):
+                    return (0, nil, false)
+                case let .stallOpen(directions) where directions.contains(direction) && link.serial < state.stallBelowSerial:
                     return (0, nil, false)
                 case .cut(direction, _):
                     let granted = min(heldCount, max(0, state.allowance[direction] ?? 0))
@@ -237,14 +255,22 @@ public final class FaultProxy: Sendable {
                 if let pause { Thread.sleep(forTimeInterval: Double(pause.nanosecondsValue) / 1e9) }
                 continue
             }
+            if senderClosed {
+                if held.isEmpty {
+                    _ = shutdown(to, Int32(SHUT_WR))
+                    return
+                }
+                Thread.sleep(forTimeInterval: 0.005)
+                continue
+            }
             var ready = pollfd(fd: from, events: Int16(POLLIN), revents: 0)
             let polled = poll(&ready, 1, 20)
             if polled < 0, errno != EINTR { return }
             guard polled > 0 else { continue }
             let count = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
             if count <= 0 {
-                _ = shutdown(to, Int32(SHUT_WR))
-                return
+                senderClosed = true
+                continue
             }
             // The fault as it is now, not as it was when the wait began.
             if case let .latency(delay, jitter) = state.withLock({ $0.fault }) {

@@ -156,7 +156,12 @@ final class NodeSocket: @unchecked Sendable {
     /// Connects (resolution, TCP or Unix connect, TLS handshake), then authenticates and selects
     /// the database, all within the configuration's connect timeout. Blocks the calling thread:
     /// call it from a connector thread, never from the event loop or the cooperative pool.
-    static func connect(_ configuration: RedisConnectionConfiguration, tls: TLSContext?) -> Result<NodeSocket, RedisError> {
+    /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
+    /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
+    /// ``OrderBarrier``.
+    static func connect(
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil
+    ) -> Result<NodeSocket, RedisError> {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
         let budget = configuration.connectTimeout
@@ -221,8 +226,29 @@ final class NodeSocket: @unchecked Sendable {
                 return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(name) after connecting: \(failure.message)"))
             }
         }
+        if let barrier {
+            // One round trip: the kill (if any), then `CLIENT INFO`, pipelined.
+            let commands = (barrier.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand]
+            let left = budget - started.duration(to: .now)
+            guard left > .zero else {
+                socket.close()
+                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect timed out before CLIENT INFO"))
+            }
+            switch socket.roundTrips(commands, until: ContinuousClock.now + left) {
+            case let .success(replies):
+                socket.barrier = OrderBarrier.Outcome(requested: barrier, replies: replies)
+            case let .failure(failure):
+                socket.close()
+                let name = barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"
+                return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(name) after connecting: \(failure.message)"))
+            }
+        }
         return .success(socket)
     }
+
+    /// What the connect learned for the order barrier (set by the connector thread before it
+    /// hands the socket over); nil without a barrier request.
+    private(set) var barrier: OrderBarrier.Outcome?
 
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
@@ -231,11 +257,12 @@ final class NodeSocket: @unchecked Sendable {
     static func connectInBackground(
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,
+        barrier: OrderBarrier.Request? = nil,
         completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
     ) {
         startNamedThread("redis-connect", stackSize: 256 * 1024) {
             switch tls.context(for: configuration) {
-            case let .success(context): completion(connect(configuration, tls: context))
+            case let .success(context): completion(connect(configuration, tls: context, barrier: barrier))
             case let .failure(failure): completion(.failure(failure))
             }
         }
@@ -243,8 +270,12 @@ final class NodeSocket: @unchecked Sendable {
 
     /// Writes `command` and waits for its reply (an error reply comes back as `.error`).
     private func roundTrip(_ command: RedisCommand, timeout milliseconds: Int32) -> Result<RedisValue, RedisError> {
+        roundTrip(bytes: command.wireBytes, timeout: milliseconds)
+    }
+
+    /// Writes `bytes` (none: only reads) and waits for the next reply.
+    private func roundTrip(bytes: [UInt8], timeout milliseconds: Int32) -> Result<RedisValue, RedisError> {
         guard let pointer else { return .failure(closedError) }
-        let bytes = command.wireBytes
         var error = rio_error()
         var reply: OpaquePointer?
         let status = bytes.withUnsafeBytes { raw in
@@ -255,6 +286,26 @@ final class NodeSocket: @unchecked Sendable {
         }
         defer { rio_reply_free(reply) }
         return Self.value(reply, endpoint: endpoint)
+    }
+
+    /// Writes `commands` at once, then reads one reply for each, all before `deadline`. An
+    /// error reply is a reply (`.error`); a reply that does not come in time is a failure.
+    private func roundTrips(_ commands: [RedisCommand], until deadline: ContinuousClock.Instant) -> Result<[RedisValue], RedisError> {
+        var bytes: [UInt8] = []
+        for command in commands { command.appendWire(to: &bytes) }
+        var replies: [RedisValue] = []
+        for index in commands.indices {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else {
+                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "timed out waiting for the server's reply"))
+            }
+            // The bytes go with the first; the others only read the next reply.
+            switch roundTrip(bytes: index == 0 ? bytes : [], timeout: Int32(clamping: max(1, left.wholeNanoseconds / 1_000_000))) {
+            case let .success(reply): replies.append(reply)
+            case let .failure(failure): return .failure(failure)
+            }
+        }
+        return .success(replies)
     }
 
     private var closedError: RedisError {

@@ -17,16 +17,19 @@ package struct QueuedCommand: Sendable {
     /// What goes in the command's place until such a script form succeeded on the socket
     /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     package let untilScriptsRun: RedisScriptForm?
+    /// Sent again when lost (see ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayable:handler:)``).
+    package let replayable: Bool
     package let handler: RedisReplyHandler
 
     package init(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        handler: @escaping RedisReplyHandler
+        replayable: Bool = false, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
+        self.replayable = replayable
         self.handler = handler
     }
 }
@@ -62,6 +65,9 @@ final class PendingCommand: Sendable {
     let untilScriptsRun: RedisScriptForm?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
+    /// Whether the connection sends it again when it is lost: a connection closed before its
+    /// answer, or a connect that failed while it waited (``replay()``).
+    let replayable: Bool
     private let state: Mutex<State>
 
     /// A command for a caller that will install its continuation.
@@ -71,20 +77,30 @@ final class PendingCommand: Sendable {
         self.runsLateUnlessBehind = runsLateUnlessBehind
         untilScriptsRun = nil
         self.withdrawOnCancel = withdrawOnCancel
+        replayable = false
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
     init(
         command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        handler: @escaping RedisReplyHandler
+        replayable: Bool = false, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = script == nil ? untilScriptsRun : nil
         withdrawOnCancel = false
+        self.replayable = replayable
         state = Mutex(.handled(handler))
+    }
+
+    /// The same command, sent again by the connection for nobody: its caller had its answer.
+    func replay() -> PendingCommand {
+        PendingCommand(
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: true,
+            handler: { _ in }
+        )
     }
 
     /// For an `EVALSHA`: its `EVAL` form, built anew (a connection needs it rarely).

@@ -16,8 +16,9 @@ import Darwin
 /// (no other thread is woken to send it), and an event loop thread (``RedisEventLoop``, one per
 /// client, shared by its connections) reads the replies and completes the callers in order.
 /// Commands from concurrent callers are pipelined. Connecting (name resolution, TCP, TLS, `AUTH`,
-/// `SELECT`) runs on a short-lived thread of its own, so neither the cooperative thread pool nor
-/// the event loop ever blocks.
+/// `SELECT`, and the order barrier's `CLIENT KILL`/`CLIENT INFO`: see ``OrderBarrier``) runs on a
+/// short-lived thread of its own, so neither the cooperative thread pool nor the event loop ever
+/// blocks.
 ///
 /// The connection connects on first use and, after any error, reconnects on the next call.
 /// Every failure is a ``RedisError`` naming the node and the cause, in bounded time: a refused
@@ -47,10 +48,19 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// error, the socket closes, and commands fail with it at once for a second before the next
     /// connect. A client uses it to refuse a connection to a server it already reaches under
     /// another node's name, for as long as it does.
-    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop, vet: ConnectVet? = nil) {
+    ///
+    /// Without `orderBarrier` (for a server scripted byte by byte in a test) the connects send
+    /// no `CLIENT INFO` or `CLIENT KILL`; see ``OrderBarrier``.
+    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true) {
         self.configuration = configuration
         self.eventLoop = eventLoop
-        core = ConnectionCore(configuration: configuration, loop: eventLoop, vet: vet)
+        core = ConnectionCore(configuration: configuration, loop: eventLoop, vet: vet, orderBarrier: orderBarrier)
+    }
+
+    /// A connection on the shared event loop whose connects make no order barrier (see
+    /// ``init(configuration:eventLoop:vet:orderBarrier:)``).
+    package convenience init(configuration: RedisConnectionConfiguration, orderBarrier: Bool) {
+        self.init(configuration: configuration, eventLoop: .shared, orderBarrier: orderBarrier)
     }
 
     /// Creates a connection to an endpoint with default settings.
@@ -80,6 +90,18 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// nothing, a slow link), over every connection this object made. Once the socket is full,
     /// its event loop writes what is staged when it drains, and no sender tries meanwhile.
     package var partialWrites: Int { core.partialWrites.load(ordering: .relaxed) }
+
+    /// Why the node refused the order barrier on the last connect (`CLIENT KILL: NOPERM …`,
+    /// `CLIENT INFO: ERR unknown subcommand …`), or nil when it worked (or no connect was made).
+    /// Without it a command timeout ends order with the next connection; see ``OrderBarrier``.
+    package var orderBarrierRefusal: String? { core.barrierState.refusal }
+
+    /// How the server names the open connection (`CLIENT INFO`'s id), and the connection the
+    /// next connect must end first, if any (``OrderBarrier``).
+    package var orderBarrierClients: (open: UInt64?, pendingKill: UInt64?) {
+        let state = core.barrierState
+        return (state.open?.id, state.pendingKill?.id)
+    }
 
     /// How long a connection must have been idle before a command first looks whether the
     /// server closed it (see ``ConnectionCore/peekAfterIdle``).
@@ -113,14 +135,29 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// a revoked `+eval`): for a command that must not take effect where the user could not run
     /// the scripts that undo it (a lock's `SET NX`, released by a script), with a script form that
     /// checks that they may run.
+    ///
+    /// With `replayable`, a command whose connection is lost before its answer (closed by a
+    /// timeout or an error, or a connect that failed while it waited) is sent again, for
+    /// nobody, at the head of the next connection: its caller had its answer (the failure), and
+    /// the node may or may not have run it. The next connection writes it before anything sent
+    /// later, and after the order barrier ended the old connection on the node (``OrderBarrier``).
+    /// For a command that may run late and twice, such as the release of a value nobody uses
+    /// again. At most ``maximumReplays`` wait; the oldest go first.
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        handler: @escaping RedisReplyHandler
+        replayable: Bool = false, handler: @escaping RedisReplyHandler
     ) {
         core.enqueue(PendingCommand(
-            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, handler: handler
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
+            replayable: replayable, handler: handler
         ))
     }
+
+    /// How many lost replayable commands a connection keeps for its next connect: 4,096.
+    package static let maximumReplays = 4_096
+
+    /// How many lost replayable commands wait for the next connection.
+    package var pendingReplays: Int { core.replayCount }
 
     /// Queues several commands at once, in order, without suspending: no other caller's command
     /// lands between them, and they go out in one write. Each handler
@@ -129,7 +166,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core.enqueue(contentsOf: commands.map {
             PendingCommand(
                 command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, untilScriptsRun: $0.untilScriptsRun,
-                handler: $0.handler
+                replayable: $0.replayable, handler: $0.handler
             )
         })
     }
@@ -254,6 +291,22 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// A host name that failed to resolve (or an address the vet refused), and until when
         /// that answer stands.
         var failedResolution: (RedisError, ContinuousClock.Instant)?
+        /// How the server names the open socket (``OrderBarrier``); nil when it would not tell.
+        var serverClient: ServerClient?
+        /// A connection closed by this side with commands unanswered, which the next connect
+        /// ends on the server before anything is written (``OrderBarrier``).
+        var pendingKill: ServerClient?
+        /// The node's last refusal of the order barrier, nil once it worked.
+        var barrierRefusal: String?
+        /// Replayable commands lost with a connection or a failed connect, oldest first: the
+        /// next connection writes them before its queue.
+        var replays: [PendingCommand] = []
+
+        /// Keeps a copy of each replayable command among `lost` for the next connection.
+        mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost) {
+            for command in lost where command.replayable { replays.append(command.replay()) }
+            if replays.count > RedisConnection.maximumReplays { replays.removeFirst(replays.count - RedisConnection.maximumReplays) }
+        }
 
         var unansweredCount: Int { inFlight.count - head }
         /// Bytes staged for the thread that reads the next reply, or commands an unanswered
@@ -324,13 +377,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// How many writes left bytes behind: the socket's buffers were full (a node that reads
     /// nothing, a slow link). While the loop waits for the socket to drain, nobody else writes.
     let partialWrites = Atomic<Int>(0)
-    /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:)``).
+    /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:orderBarrier:)``).
     private let vet: ConnectVet?
+    /// Whether connects make the order barrier (``OrderBarrier``).
+    private let orderBarrier: Bool
 
-    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop, vet: ConnectVet? = nil) {
+    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true) {
         self.configuration = configuration
         self.loop = loop
         self.vet = vet
+        self.orderBarrier = orderBarrier
         // A quarter of the command timeout between checks (5 ms to 250 ms): a silent server is
         // detected at most that late when the loop has nothing else to do.
         checkInterval = min(max(configuration.commandTimeout / 4, .milliseconds(5)), .milliseconds(250))
@@ -339,6 +395,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func error(_ code: RedisError.Code, _ message: String) -> RedisError {
         RedisError(code: code, endpoint: configuration.endpoint, message: message)
     }
+
+    /// The order barrier's state (``OrderBarrier``): the open socket's name on the server, the
+    /// connection the next connect must end, the node's last refusal.
+    var barrierState: (open: ServerClient?, pendingKill: ServerClient?, refusal: String?) {
+        state.withLock { ($0.serverClient, $0.pendingKill, $0.barrierRefusal) }
+    }
+
+    var replayCount: Int { state.withLock { $0.replays.count } }
 
     // MARK: Callers
 
@@ -700,6 +764,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.dropRequested == nil { state.dropRequested = failure }
             return
         }
+        // Commands written and not answered may still run on the server (it is frozen or slow,
+        // or the bytes were garbage to us only): the next connection ends this one first. A
+        // server that closed it ran all it will run.
+        if let client = state.serverClient, state.unansweredCount > state.stagedCount, failure.code != .connectionClosed {
+            state.pendingKill = client
+        }
+        state.serverClient = nil
         closeSocket(&state)
         state.watchingWrites = false
         state.heldByScriptHash = false
@@ -710,6 +781,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         // (it is alive, only slow), and they would run after it on another, beyond their own
         // timeout. Else this socket can deliver nothing more.
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
+        let lostFrom = state.head
+        state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command))
         while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {
@@ -758,19 +831,25 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        NodeSocket.connectInBackground(configuration, tls: tls) { [self] outcome in
-            connected(outcome, tookSince: started)
+        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }) : nil
+        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier) { [self] outcome in
+            connected(outcome, tookSince: started, barrier: barrier)
         }
     }
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
-    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
+    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant, barrier: OrderBarrier.Request?) {
         let (outcome, refused) = NodeSocket.vetted(connect, by: vet)
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             switch outcome {
             case let .success(socket):
+                // What was lost goes first, before anything sent since (and after the barrier).
+                if !state.replays.isEmpty {
+                    state.queue.insert(contentsOf: state.replays, at: 0)
+                    state.replays.removeAll()
+                }
                 if state.closeOnceWritten {
                     // Nobody is left to read an answer, and the event loop may be stopping with
                     // the client: the queue goes out as far as the socket takes it now, then
@@ -811,6 +890,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     return nil
                 }
                 state.socket = socket
+                if let outcome = socket.barrier {
+                    state.serverClient = outcome.client
+                    state.barrierRefusal = outcome.refusal
+                    // Ended, or the node will not (a refusal): either way nothing more to do.
+                    if state.pendingKill == barrier?.kill { state.pendingKill = nil }
+                }
                 // A new socket may reach a restarted node: it has confirmed no script yet, and
                 // may not run any (another ACL, scripting renamed away).
                 state.confirmedScripts.removeAll()
@@ -842,6 +927,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
+        state.keepReplays(of: state.queue)
         for command in state.queue { effects.completions.append((command, .failure(failure))) }
         state.queue.removeAll()
         state.phase = .idle

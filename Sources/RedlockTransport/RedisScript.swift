@@ -49,6 +49,10 @@ package struct RedisScriptCall: Sendable {
     /// own effect on those commands does not matter, such as a compare-and-delete of a lease's
     /// value.
     package let runsLateUnlessBehind: String?
+    /// Whether the connection sends the call again when it is lost (see
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayable:handler:)``);
+    /// false unless ``replayable()`` made it so.
+    package private(set) var isReplayable = false
 
     /// Builds the call.
     package init(_ script: RedisScript, keys: [String], arguments: [String], runsLateUnlessBehind: String? = nil) {
@@ -81,6 +85,14 @@ package struct RedisScriptCall: Sendable {
     /// arguments (see ``RedisCommand/appending(_:then:)``).
     package func appending(_ argument: String, then suffix: RedisCommand, runsLateUnlessBehind: String? = nil) -> RedisScriptCall {
         RedisScriptCall(command: command.appending(argument, then: suffix), script: script, runsLateUnlessBehind: runsLateUnlessBehind)
+    }
+
+    /// This call, sent again by the connection when it is lost: for a compare-and-delete of a
+    /// value nobody uses again.
+    package func replayable() -> RedisScriptCall {
+        var call = self
+        call.isReplayable = true
+        return call
     }
 
     /// The call as `EVAL source numkeys keys… arguments…`, built anew on each use.

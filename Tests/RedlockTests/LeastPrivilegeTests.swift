@@ -217,7 +217,7 @@ struct LeastPrivilegeTests {
     func minimalRule() async throws {
         try await withRedisServers(3) { servers throws in
             try await createUser("locker", rules: [
-                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
                 "+incr", "~report", "~redlock:fence", "&redlock:released:*",
             ], on: servers)
             let records = Locked<[String]>([])
@@ -252,7 +252,7 @@ struct LeastPrivilegeTests {
     func fairHandoffOnClientChannel() async throws {
         try await withRedisServers(3) { servers throws in
             let rule = [
-                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
                 "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl", "~*", "&redlock:released:*", "&redlock:handoff:~*",
             ]
             try await createUser("clients", rules: rule, on: servers)
@@ -290,7 +290,7 @@ struct LeastPrivilegeTests {
     func fairLockRule() async throws {
         try await withRedisServers(3) { servers throws in
             let rule = [
-                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
                 "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl",
                 "~queued", "~redlock:queue:queued", "~redlock:queue-deadlines:queued", "&redlock:released:*", "&redlock:handoff:*",
             ]
@@ -389,7 +389,7 @@ struct LeastPrivilegeTests {
     func permissionAudit() async throws {
         try await withRedisServers(3) { servers throws in
             // Node 0 has the full rule; node 1 lacks the channel; node 2 lacks INCR and INFO.
-            let full = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping", "+incr", "+info",
+            let full = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping", "+incr", "+info",
                         "~report", "~redlock:fence", "&redlock:released:*"]
             try await createUser("auditor", rules: full, on: [servers[0]])
             try await createUser("auditor", rules: full.filter { !$0.hasPrefix("&") }, on: [servers[1]])
@@ -420,7 +420,7 @@ struct LeastPrivilegeTests {
     @Test("the epoch guard under least privilege: README's rule suffices; without +time or the marker's key the refusal is named, permanent, and not retried")
     func epochGuardPermissions() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded", "~redlock:epoch"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded", "~redlock:epoch"]
             try await createUser("guarded", rules: rule, on: [servers[0]])
             try await createUser("guarded", rules: rule.filter { $0 != "+time" }, on: [servers[1]])
             try await createUser("guarded", rules: rule.filter { $0 != "~redlock:epoch" }, on: [servers[2]])
@@ -457,10 +457,27 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("a user without +client|info and +client|kill: locks work as before, without the order barrier across reconnects; checkNodes(for:) names both refusals, and the connection reports the node's")
+    func withoutOrderBarrier() async throws {
+        try await withRedisServers(1) { servers throws in
+            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "~unordered"]
+            try await createUser("unordered", rules: rule, on: servers)
+            let client = try RedlockClient(nodes: configurations(servers, user: "unordered"))
+            let lock = try client.makeLock("unordered", options: LockOptions(fastHandoff: false))
+            let statuses = await client.checkNodes(for: lock)
+            #expect(statuses.allSatisfy { Set($0.refused.map(\.permission)) == ["CLIENT INFO", "CLIENT KILL"] }, "\(statuses.map(\.result))")
+            #expect(statuses.allSatisfy { $0.refused.allSatisfy { $0.refusal?.contains("NOPERM") == true } }, "\(statuses.map(\.result))")
+            try await lock.unlock(lock.lock())
+            #expect(client.nodes[0].orderBarrierRefusal?.hasPrefix("CLIENT INFO: NOPERM") == true, "\(client.nodes[0].orderBarrierRefusal ?? "nil")")
+            #expect(client.nodes[0].orderBarrierClients.open == nil)
+            await client.shutdown()
+        }
+    }
+
     @Test("replica acknowledgements under least privilege: without +wait the probe names WAIT and lock() fails at once, not retried, leaving no key; with it, a node without replicas is named by the probe")
     func replicaAcknowledgementPermissions() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "~acked"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "~acked"]
             try await createUser("acked", rules: rule, on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "acked"))
             var options = LockOptions(expiry: .milliseconds(500), acquireTimeout: .seconds(5), fastHandoff: false, replicaAcknowledgements: 1)
@@ -492,7 +509,7 @@ struct LeastPrivilegeTests {
     @Test("the marker made read-only after it exists (%R~redlock:epoch): the probe names the refused scripts, and the guarded acquire's refusal is permanent, not retried, and leaves no key")
     func epochMarkerReadOnly() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded"]
             try await createUser("marker", rules: rule + ["~redlock:epoch"], on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "marker"))
             var options = LockOptions(expiry: .milliseconds(200), acquireTimeout: .seconds(5), epochGuard: .milliseconds(200))
@@ -524,7 +541,7 @@ struct LeastPrivilegeTests {
     func auditDefaultRule() async throws {
         try await withRedisServers(1) { servers throws in
             try await createUser("plain", rules: [
-                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "~plain-lock",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "~plain-lock",
                 "&redlock:released:*",
             ], on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "plain"))

@@ -47,6 +47,39 @@ struct PartitionTests {
         }
     }
 
+    @Test(
+        "a failed attempt's clean-up, held in the network when the command timeout closed its connection, cannot delete the grant a retry of the same lock() got on the next connection: the next connection ends the old one on the node first",
+        arguments: [false, true]
+    )
+    func cleanUpBehindBrokenPath(fencing: Bool) async throws {
+        try await withRedisServers(1) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let client = try RedlockClient(nodes: [
+                RedisConnectionConfiguration(endpoint: proxy.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300)),
+            ])
+            try await withTeardown {
+                var options = LockOptions(expiry: .seconds(4), tries: 10, retryDelay: .constant(.milliseconds(250)), timeoutFactor: 0.025)
+                options.fencing = fencing
+                let lock = try client.makeLock("retried", options: options)
+                // The connection is open when its path breaks: the first attempt (100 ms) and its
+                // clean-up are written there and held; the command timeout closes it at 300 ms,
+                // and the next attempt (at 350 ms) goes on a new connection, which gets through.
+                try await lock.unlock(lock.lock())
+                proxy.set(.stallOpen([.toNode, .toClient]))
+                let lease = try await lock.lock()
+                // The path heals: the old connection's bytes reach the node (or find it closed).
+                proxy.set(.none)
+                #expect(await eventually { proxy.openCount <= 1 })
+                #expect(try await servers[0].value(of: "retried") == lease.value, "a clean-up of an earlier attempt deleted the lease's key")
+                try await lock.unlock(lease)
+            } teardown: {
+                proxy.set(.none)
+                await client.shutdown()
+            }
+        }
+    }
+
     @Test("two clients that each see a different majority (sharing one node) never hold the lock at once, and both get it")
     func differentMajorities() async throws {
         try await withRedisServers(5) { servers throws in

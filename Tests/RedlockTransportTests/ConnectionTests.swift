@@ -72,6 +72,32 @@ func checkFullSocketIsLeftToTheLoop(_ server: RedisServer, _ configuration: Redi
     await connection.shutdown()
 }
 
+/// Sends `SET order old` through `proxy` on a connection whose path then breaks (`.stallOpen`):
+/// the command timeout closes it with the `SET` held in the network. `SET order new` goes on the
+/// next connection, then the path heals and the held bytes reach the node (as TCP retransmits
+/// what a closed socket sent). Without the order barrier the node runs the old `SET` last.
+func checkOrderAcrossTimeout(through proxy: FaultProxy, _ server: RedisServer, _ configuration: RedisConnectionConfiguration) async throws {
+    let connection = RedisConnection(configuration: configuration)
+    let observer = RedisConnection(configuration: server.configuration())
+    #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+    let old = try #require(connection.orderBarrierClients.open, "CLIENT INFO named the connection")
+    #expect(connection.orderBarrierRefusal == nil)
+    proxy.set(.stallOpen([.toNode, .toClient]))
+    await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "order", "old")) }
+    #expect(connection.orderBarrierClients.pendingKill == old, "the next connect ends the old connection first")
+    #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
+    #expect(connection.orderBarrierClients.pendingKill == nil)
+    #expect(connection.orderBarrierClients.open.map { $0 != old } == true)
+    proxy.set(.none)
+    // The old connection ends once its held bytes reached the node (or the node closed it).
+    let deadline = ContinuousClock.now + .seconds(10)
+    while proxy.openCount > 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+    #expect(proxy.openCount == 1)
+    #expect(try await observer.send(RedisCommand("GET", "order")) == .bulkString(Array("new".utf8)), "the old connection's SET ran after the new one's")
+    await connection.shutdown()
+    await observer.shutdown()
+}
+
 /// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
 private enum Batched {
     case command(RedisCommand)
@@ -615,6 +641,55 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a command timeout closes a connection whose bytes the network still holds (delivered later, as TCP retransmits them): the next connection ends it on the node (CLIENT KILL) before it writes anything, so none of them runs after the next connection's commands")
+    func orderAcrossTimeout() async throws {
+        try await withRedisServers(1) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let configuration = RedisConnectionConfiguration(endpoint: proxy.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300))
+            try await checkOrderAcrossTimeout(through: proxy, servers[0], configuration)
+        }
+    }
+
+    @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile; a command not marked so is not sent again, and the lost connection's own bytes never run")
+    func replayAfterLoss() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // The open connection's path breaks: both commands are held in the network until
+            // the command timeout closes it.
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            let replayable = OneTimeEvent<Result<RedisValue, RedisError>>()
+            let plain = OneTimeEvent<Result<RedisValue, RedisError>>()
+            connection.send(RedisCommand("RPUSH", "log", "replayed"), replayable: true) { replayable.fire($0) }
+            connection.send(RedisCommand("RPUSH", "log", "not replayable")) { plain.fire($0) }
+            for outcome in [await replayable.wait(), await plain.wait()] {
+                guard case let .failure(error) = outcome else { Issue.record("answered: \(outcome)"); continue }
+                #expect(error.code == .timeout)
+            }
+            #expect(connection.pendingReplays == 1)
+            // A connect that cannot finish its handshake (the node is frozen) keeps it.
+            try await server.pause()
+            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(connection.pendingReplays == 1)
+            try server.resume()
+            // The next connection sends it before anything else.
+            #expect(try await connection.send(RedisCommand("RPUSH", "log", "next")) == .integer(2))
+            #expect(connection.pendingReplays == 0)
+            // The old connection's bytes reach the node once the path heals: it was ended there.
+            proxy.set(.none)
+            #expect(await eventually { proxy.openCount <= 1 })
+            let log = try await server.run(RedisCommand("LRANGE", "log", "0", "-1"))
+            #expect(log == .array([.bulkString(Array("replayed".utf8)), .bulkString(Array("next".utf8))]))
+            await connection.shutdown()
+        }
+    }
+
     @Test(
         "a release queued while the connection is being made still goes out when the connection object goes first, or shutdown() ends before it is made: it is written once the connection is made, then the socket closes",
         arguments: [false, true]
@@ -662,7 +737,7 @@ struct ConnectionTests {
         for _ in 0..<50 {
             let connection = RedisConnection(configuration: RedisConnectionConfiguration(
                 endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)
-            ))
+            ), orderBarrier: false)
             #expect(try await connection.send(RedisCommand("PING")) == .simpleString("OK"))
             // On the open connection the first command is written at once; the second waits
             // behind it (the connection is busy) and is still unwritten when the loop reads the
@@ -862,7 +937,7 @@ private func twoPings(on connection: RedisConnection) -> (OneTimeEvent<Result<Re
 /// the second must fail as closed, well under the command timeout (5 s) that a missed FIN
 /// would wait for.
 private func expectPipelinedPingFailsClosed(on endpoint: RedisEndpoint, _ label: String = "") async {
-    let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, commandTimeout: .seconds(5)))
+    let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, commandTimeout: .seconds(5)), orderBarrier: false)
     let started = ContinuousClock.now
     let (first, second) = twoPings(on: connection)
     #expect((try? await first.wait().get()) == .simpleString("PONG"), "\(label)")
@@ -914,7 +989,7 @@ struct EndOfStreamTests {
             return true
         }
         defer { server.stop() }
-        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)))
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)), orderBarrier: false)
         for _ in 0..<10 {
             // Three commands in one write: the server reads them at once and answers all three.
             let answers = (0..<3).map { _ in OneTimeEvent<Result<RedisValue, RedisError>>() }
@@ -940,7 +1015,7 @@ struct EndOfStreamTests {
         }
         defer { server.stop() }
         let loop = RedisEventLoop(name: "urgent-data")
-        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)), eventLoop: loop)
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(5)), eventLoop: loop, orderBarrier: false)
         let started = ContinuousClock.now
         let (first, second) = twoPings(on: connection)
         if loopHeld {

@@ -1,0 +1,106 @@
+/// Order across a reconnect: a connection closed with commands unanswered is ended on the server
+/// before the next connection to that node sends anything.
+///
+/// Redis runs one connection's commands in order, but two connections' commands in whatever
+/// order it reads them. When the command timeout closes a connection to a node that is frozen
+/// or slow, the commands written on it are still in the node's buffers, and the node runs them
+/// once it reads them: possibly after commands sent later on the next connection (a node reads a
+/// bounded amount of each client per turn). A lock attempt's clean-up could then run after a
+/// retry's grant of the same value and delete it, or an acquire after its own clean-up, leaving
+/// its key.
+///
+/// So each new connection asks the server how it names it (`CLIENT INFO`: the client id and the
+/// address the server sees), and when a connection that had commands unanswered is closed by
+/// the client (not by the server), the next connection to that node first sends
+/// `CLIENT KILL ID <id> ADDR <address>` in its handshake, before any command is written. Redis
+/// frees the old connection with what it has not run yet, so everything the old connection
+/// held either ran before the kill or never runs. The next connection is handed over only once
+/// the node answered the kill: while the node stays frozen, connects fail within the connect
+/// timeout, and nothing is sent. The two filters together name the old connection only: ids
+/// start again after a restart, and the address pins it.
+///
+/// It needs `+client|info` and `+client|kill` (Redis 6.2 or later). A node that refuses either
+/// (an ACL, a proxy in front of it, an older server) works as before without the barrier, and
+/// the refusal is reported (``RedisConnection/orderBarrierRefusal``).
+enum OrderBarrier {
+    /// What a connect is asked to do: learn the new connection's name, and end `kill` first.
+    struct Request: Sendable {
+        /// The connection to end before anything else, if any.
+        var kill: ServerClient?
+    }
+
+    /// What a connect did with a ``Request``.
+    struct Outcome: Sendable {
+        /// How the server names the new connection; nil when it would not tell.
+        var client: ServerClient?
+        /// Whether the node answered the kill: the old connection is gone (or was already).
+        var killed: Bool
+        /// The node's refusal of `CLIENT KILL` or `CLIENT INFO`, or why the answer was of no
+        /// use; nil when both worked.
+        var refusal: String?
+
+        /// Reads the replies to a request's commands: the kill's (when asked), then `CLIENT INFO`'s.
+        init(requested: Request, replies: [RedisValue]) {
+            var replies = replies[...]
+            killed = false
+            refusal = nil
+            if requested.kill != nil, let reply = replies.popFirst() {
+                switch reply {
+                case .integer: killed = true
+                case let .error(text): refusal = "CLIENT KILL: \(text)"
+                default: refusal = "CLIENT KILL: unexpected reply \(reply)"
+                }
+            }
+            client = nil
+            guard let reply = replies.popFirst() else { return }
+            switch reply {
+            case .bulkString, .simpleString:
+                client = reply.string.flatMap(ServerClient.init(clientInfo:))
+                if client == nil { refusal = refusal ?? "CLIENT INFO: no id and addr in its reply" }
+            case let .error(text):
+                refusal = refusal ?? "CLIENT INFO: \(text)"
+            default:
+                refusal = refusal ?? "CLIENT INFO: unexpected reply \(reply)"
+            }
+        }
+    }
+}
+
+/// A connection as its server names it (`CLIENT INFO`): its client id and the address the server
+/// sees it from (`127.0.0.1:50912`; behind a NAT or proxy, not the client's own).
+struct ServerClient: Sendable, Equatable {
+    /// The server's client id (`CLIENT ID`), unique until the server restarts.
+    let id: UInt64
+    /// The `addr` field: the peer address as the server sees it.
+    let address: String
+
+    static let infoCommand = RedisCommand("CLIENT", "INFO")
+
+    init(id: UInt64, address: String) {
+        self.id = id
+        self.address = address
+    }
+
+    /// Parses `CLIENT INFO`'s line (`id=7 addr=127.0.0.1:50912 laddr=… fd=8 name= …`); nil
+    /// when it lacks a numeric `id` or an `addr`.
+    init?(clientInfo line: String) {
+        var id: UInt64?
+        var address: String?
+        for field in line.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\r" }) {
+            if field.hasPrefix("id=") {
+                id = UInt64(field.dropFirst(3))
+            } else if field.hasPrefix("addr="), field.count > 5 {
+                address = String(field.dropFirst(5))
+            }
+        }
+        guard let id, let address else { return nil }
+        self.init(id: id, address: address)
+    }
+
+    /// `CLIENT KILL ID <id> ADDR <address>`: both filters must match, so after a restart (ids
+    /// start again) it cannot end another client that got the same id. Answers how many
+    /// connections it ended (0 or 1).
+    var killCommand: RedisCommand {
+        RedisCommand("CLIENT", "KILL", "ID", String(id), "ADDR", address)
+    }
+}
