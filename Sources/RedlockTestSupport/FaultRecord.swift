@@ -25,13 +25,18 @@ public enum NodeFault: String, Sendable, Hashable, CaseIterable, CustomStringCon
     case networkStall
     /// Every connection through the node's ``FaultProxy`` reset at once.
     case networkReset
+    /// The connections open through the node's ``FaultProxy`` held both ways for the fault's
+    /// length (their bytes delivered after it, also those of connections the client closed
+    /// meanwhile), while new connections get through: an old connection's path broke, TCP
+    /// retransmits its bytes late, a new connection works (``FaultProxy/Fault/stallOpen(_:)``).
+    case networkPathBreak
 
     /// The faults of a process: kill, pause, stall, restart. The data survives them (with
     /// ``RedisServer/Persistence/appendOnlyFsyncAlways``), which Redlock needs without guards.
     public static let processFaults: [NodeFault] = [.kill, .pause, .stall, .restart]
 
     /// Whether the fault needs the node's ``FaultProxy``.
-    public var needsProxy: Bool { [.networkDelay, .networkStall, .networkReset].contains(self) }
+    public var needsProxy: Bool { [.networkDelay, .networkStall, .networkReset, .networkPathBreak].contains(self) }
 
     /// Whether the fault needs a server started with a clock shim.
     public var needsClockShim: Bool { [.clockStep, .clockFast].contains(self) }

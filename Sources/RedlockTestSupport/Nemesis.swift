@@ -163,6 +163,10 @@ public struct Nemesis: Sendable {
             proxy?.set(.none)
         case .networkReset:
             proxy?.resetConnections()
+        case .networkPathBreak:
+            proxy?.set(.stallOpen([.toNode, .toClient]))
+            await sleepIgnoringCancellation(until: until)
+            proxy?.set(.none)
         }
     }
 

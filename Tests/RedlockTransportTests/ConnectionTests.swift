@@ -651,6 +651,25 @@ struct ConnectionTests {
         }
     }
 
+    @Test("nothing is written on a connection before the node answered its handshake: a command queued while the node is frozen fails within the connect timeout, and never runs once the node wakes")
+    func nothingWrittenBeforeTheHandshake() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)))
+            try await server.pause()
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "blind", "1")) }
+            #expect(error?.code == .timeout)
+            #expect(started.duration(to: .now) < .seconds(2))
+            try server.resume()
+            // The next connection's handshake is read after the frozen one's bytes (accepted
+            // first): once it is answered, those ran, if they were ever written.
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(try await server.run(RedisCommand("GET", "blind")) == .null, "a command written before the handshake's answer ran")
+            await connection.shutdown()
+        }
+    }
+
     @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile; a command not marked so is not sent again, and the lost connection's own bytes never run")
     func replayAfterLoss() async throws {
         try await withRedisServers(1) { servers throws in

@@ -156,7 +156,7 @@ struct Soak: AsyncParsableCommand {
 
     /// The fault kinds `--faults` names, or every kind.
     /// The faults a fair lock (which runs without the guards) is expected to withstand.
-    private static let faultsWithoutGuards: [NodeFault] = NodeFault.processFaults + [.networkDelay, .networkStall, .networkReset]
+    private static let faultsWithoutGuards: [NodeFault] = NodeFault.processFaults + [.networkDelay, .networkStall, .networkReset, .networkPathBreak]
 
     private func chosenFaults() throws -> [NodeFault] {
         guard let faults else { return fair ? Self.faultsWithoutGuards : NodeFault.allCases }

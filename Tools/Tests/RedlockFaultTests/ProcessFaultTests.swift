@@ -66,7 +66,7 @@ extension FaultTests {
         }
 
         @Test(
-            "4 worker processes keep mutual exclusion on one lock (and, with fencing, strictly increasing tokens) while a nemesis kills, stops, stalls and restarts 2 of 5 nodes, delays, black-holes and resets their connections",
+            "4 worker processes keep mutual exclusion on one lock (and, with fencing, strictly increasing tokens) while a nemesis kills, stops, stalls and restarts 2 of 5 nodes, delays, black-holes and resets their connections, and breaks the path of the open ones (their bytes delivered late, new connections passing)",
             arguments: [false, true]
         )
         func exclusionUnderNemesis(fencing: Bool) async throws {
@@ -124,7 +124,7 @@ extension FaultTests {
         }
 
         /// What the nemesis draws from: process faults, and network faults through the proxies.
-        private static let drawnFaults = NodeFault.processFaults + [.networkDelay, .networkStall, .networkReset]
+        private static let drawnFaults = NodeFault.processFaults + [.networkDelay, .networkStall, .networkReset, .networkPathBreak]
 
         /// The checks and report of ``contendUnderNemesis(fencing:fair:)``.
         private func check(
@@ -150,7 +150,7 @@ extension FaultTests {
             #expect(maximumFaulty <= 2)
             #expect(servers.allSatisfy { $0.isRunning && !$0.isPaused })
             let kinds = Dictionary(grouping: faults, by: \.fault).mapValues(\.count)
-            // About 50 faults or more over 7 kinds: each process fault is checked to have come up
+            // About 50 faults or more over 8 kinds: each process fault is checked to have come up
             // (a network kind is missing from a run about once in 300).
             for kind in NodeFault.processFaults { #expect(kinds[kind, default: 0] > 0, "no \(kind) fault was injected") }
 
