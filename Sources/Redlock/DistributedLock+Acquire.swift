@@ -20,6 +20,9 @@ extension DistributedLock {
         // A fair lock's random value carries the client's tag: a handoff to it is published on
         // the client's own channel (Scripts.handoffChannel(_:value:)).
         let value = options.fair && !options.value.mayAlreadyBeHeld ? client.coordination.taggedValue(made) : made
+        // A value drawn for this call: its releases lost with a connection go again, until the
+        // lease is handed off (Lease.replayWindow).
+        let window = options.value.mayAlreadyBeHeld ? nil : ReplayWindow()
         var ticket: Int?
         if options.singleFlight {
             if tries == 1 {
@@ -47,8 +50,8 @@ extension DistributedLock {
             }
         }
         do {
-            var lease = try await attempts(tries: tries, deadline: deadline, value: value, span: span)
-            lease.valueIsOneOff = !options.value.mayAlreadyBeHeld
+            var lease = try await attempts(tries: tries, deadline: deadline, value: value, window: window, span: span)
+            lease.replayWindow = window
             if let ticket {
                 lease.gateTicket = ticket
                 client.coordination.gateHolder(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld)
@@ -62,7 +65,7 @@ extension DistributedLock {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.
                 let leave = client.prepareFanOut(
-                    cleanUpCall(value: value, announcing: false), order: client.nodeIndices, budget: attemptBudget,
+                    cleanUpCall(value: value, window: window, announcing: false), order: client.nodeIndices, budget: attemptBudget,
                     returnWhenDecided: false, lane: lane
                 )
                 client.send(leave)
@@ -85,12 +88,14 @@ extension DistributedLock {
     /// is ``waitForChance(_:tries:deadline:value:next:)``: an async function's locals each cost
     /// an allocation on the task per call, so a `lock()` whose first attempt wins pays only for
     /// those of the path it takes.
-    private nonisolated(nonsending) func attempts(tries: Int, deadline: ContinuousClock.Instant?, value: String, span: (any Span)?) async throws(RedlockError) -> Lease {
+    private nonisolated(nonsending) func attempts(
+        tries: Int, deadline: ContinuousClock.Instant?, value: String, window: ReplayWindow?, span: (any Span)?
+    ) async throws(RedlockError) -> Lease {
         let coordination = client.coordination
         // Releases are counted from the first attempt on (an uncontended lock() subscribes to
         // nothing); see LocalCoordination.
         let releasesHeard = tries > 1 ? coordination.beginAcquiring(key, lane: lane) : coordination.generation(of: key)
-        var run = AttemptRun(lock: self, tries: tries, value: value, startedAt: .now, releasesHeard: releasesHeard)
+        var run = AttemptRun(lock: self, tries: tries, value: value, window: window, startedAt: .now, releasesHeard: releasesHeard)
         defer {
             if let countedChannel = run.countedChannel { coordination.stopListening(name, handoffChannel: countedChannel) }
             if !run.acquired, run.wokenByRelease { coordination.passOn(name) }
@@ -140,7 +145,9 @@ extension DistributedLock {
             run.made += 1
             let start = run.chance.handedOverAt ?? .now
             if run.firstStart == nil { run.firstStart = start }
-            switch await attempt(next, sentAt: run.chance.handedOverAt, start: start, value: value, lineLeave: lineLeave, cleanedUp: &run.cleanedUp) {
+            switch await attempt(
+                next, sentAt: run.chance.handedOverAt, start: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &run.cleanedUp
+            ) {
             case let .success(lease):
                 run.acquired = true
                 if !options.fair || run.chance.release != nil {
@@ -169,7 +176,7 @@ extension DistributedLock {
     }
 
     /// What one `lock()`'s attempts keep from attempt to attempt (see
-    /// ``attempts(tries:deadline:value:span:)``).
+    /// ``attempts(tries:deadline:value:window:span:)``).
     private struct AttemptRun {
         let startedAt: ContinuousClock.Instant
         var made = 0
@@ -222,7 +229,7 @@ extension DistributedLock {
         var isLook = false
         var attemptNumber = -1
 
-        init(lock: DistributedLock, tries: Int, value: String, startedAt: ContinuousClock.Instant, releasesHeard: UInt64) {
+        init(lock: DistributedLock, tries: Int, value: String, window: ReplayWindow?, startedAt: ContinuousClock.Instant, releasesHeard: UInt64) {
             let options = lock.options
             self.startedAt = startedAt
             self.releasesHeard = releasesHeard
@@ -233,7 +240,7 @@ extension DistributedLock {
             cleanedUp = tries > 1 && lock.handoffsCountAsGrants ? [] : nil
             handoffChannel = options.fair && tries > 1 ? Scripts.handoffChannel(lock.name, value: value) : nil
             waitsForHolderHere = !options.fair && tries == .max
-            leaveLine = options.fair && tries > 1 ? lock.leaveLine(value: value) : nil
+            leaveLine = options.fair && tries > 1 ? lock.leaveLine(value: value, window: window) : nil
         }
     }
 
@@ -306,12 +313,12 @@ extension DistributedLock {
     /// deleted something to `cleanedUp`, when the caller counts handoffs (else nil).
     /// `lineLeave`: the one `prepared` was made with, told the outcome.
     private nonisolated(nonsending) func attempt(
-        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?,
-        cleanedUp: inout Set<Int>?
+        _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, window: ReplayWindow?,
+        lineLeave: LineLeave?, cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
         if sentAt == nil { client.send(prepared) }
-        return await finish(prepared, startedAt: start, value: value, lineLeave: lineLeave, cleanedUp: &cleanedUp)
+        return await finish(prepared, startedAt: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &cleanedUp)
     }
 
     /// How long a waiter that heard its first handoff waits for a quorum of them before it
@@ -347,7 +354,7 @@ extension DistributedLock {
     /// attempt that followed a release failed (`afterRelease`: the release may not have reached
     /// every node yet); never past the deadline (the last attempt starts at the deadline). A
     /// subscription's confirmation is no release: the look it prompts is followed by the rest
-    /// of the wait it cut short (see ``attempts(tries:deadline:value:span:)``), not a short one.
+    /// of the wait it cut short (see ``attempts(tries:deadline:value:window:span:)``), not a short one.
     private func retryDelay(_ planned: Duration, after lastError: RedlockError, afterRelease: Bool, deadline: ContinuousClock.Instant?) -> Duration {
         var delay = planned
         let takenCount = lastError.nodes.filter { $0.cause == .taken }.count
@@ -436,7 +443,7 @@ extension DistributedLock {
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
     /// decided (or cancelled) before a node answers: once decided, a straggler's key is either
     /// part of the lease, released with it, or released by the clean-up in
-    /// ``finish(_:startedAt:value:lineLeave:cleanedUp:)``; it never outlives its expiry. A
+    /// ``finish(_:startedAt:value:window:lineLeave:cleanedUp:)``; it never outlives its expiry. A
     /// fair attempt that queues hands the votes that come after its decision to `lineLeave`.
     private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave?) -> PreparedFanOut {
         client.prepareFanOut(
@@ -457,18 +464,17 @@ extension DistributedLock {
 
     /// What sends ``Scripts/leaveLineHolding`` for `value` to some nodes: made once per `lock()`
     /// whose attempts queue, for each attempt's ``LineLeave``.
-    private func leaveLine(value: String) -> @Sendable ([Int]) -> Void {
+    private func leaveLine(value: String, window: ReplayWindow?) -> @Sendable ([Int]) -> Void {
         let (client, lane, name) = (client, lane, name)
         let (budget, expiry) = (attemptBudget, options.expiry.millisecondsRoundedUp)
-        let oneOff = !options.value.mayAlreadyBeHeld
         // The call is made only when needed: most attempts leave no line. A connection that
-        // loses it sends it again (it removes an entry, and shortens a key, of this value only).
+        // loses it sends it again while the window is open (it touches this value only).
         return { nodes in
             let made = RedisScriptCall(
                 Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
                 arguments: [value, String(expiry)]
             )
-            let call = oneOff ? made.replayable() : made
+            let call = window.map { made.replayable(within: $0) } ?? made
             client.send(client.prepareFanOut(call, order: nodes, budget: budget, returnWhenDecided: false, lane: lane))
         }
     }
@@ -480,7 +486,8 @@ extension DistributedLock {
     /// that queues tells `lineLeave` its outcome: one that got the lock leaves the line where it
     /// was refused (``LineLeave``).
     private nonisolated(nonsending) func finish(
-        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, lineLeave: LineLeave?, cleanedUp: inout Set<Int>?
+        _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, window: ReplayWindow?, lineLeave: LineLeave?,
+        cleanedUp: inout Set<Int>?
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
         var fencingToken: Int64?
@@ -510,7 +517,7 @@ extension DistributedLock {
         // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
         // and the nodes are left free, where only the first in line is granted.
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
-        let releaseCall = cleanUpCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled)
+        let releaseCall = cleanUpCall(value: value, window: window, announcing: false, staysInLine: options.fair && !wasCancelled)
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
         cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued))

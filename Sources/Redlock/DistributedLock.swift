@@ -150,9 +150,9 @@ public struct DistributedLock: Sendable {
         let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: lane)
         let handedOver = claimed?.next
         // A release the connection loses is sent again on its next one (a late delete of a
-        // value nobody uses again), unless the value is the caller's own.
+        // value nobody uses again), unless the value is the caller's own or was handed off.
         let announced = releaseCall(value: lease.value, announcing: handedOver == nil)
-        let call = lease.valueIsOneOff ? announced.replayable() : announced
+        let call = lease.replayWindow.map { announced.replayable(within: $0) } ?? announced
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
@@ -238,7 +238,7 @@ public struct DistributedLock: Sendable {
                 )
             }
             extended.gateTicket = lease.gateTicket
-            extended.valueIsOneOff = lease.valueIsOneOff
+            extended.replayWindow = lease.replayWindow
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
@@ -294,14 +294,15 @@ public struct DistributedLock: Sendable {
     }
 
     /// ``releaseCall(value:announcing:staysInLine:)`` for a `lock()`'s own value (an attempt's
-    /// clean-up, the leave of a fair lock's line): sent again by a connection that loses it when
-    /// the value was drawn at random for this `lock()`. It then runs before anything sent to
-    /// that node later, this call's next attempts included (their value is the same), and after
-    /// the order barrier ended the lost connection there (see `OrderBarrier` in the transport):
-    /// a late delete of this value can only remove a key nobody counted.
-    func cleanUpCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
+    /// clean-up, the leave of a fair lock's line): with `window` (a value drawn at random for
+    /// this `lock()`), sent again by a connection that loses it while the window is open. It
+    /// then runs before anything sent to that node later, this call's next attempts included
+    /// (their value is the same), and after the order barrier ended the lost connection there
+    /// (see `OrderBarrier` in the transport): a late delete of this value can only remove a key
+    /// nobody counts, until the lease is handed off (``Lease/handoff`` closes the window).
+    func cleanUpCall(value: String, window: ReplayWindow?, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
         let call = releaseCall(value: value, announcing: announcing, staysInLine: staysInLine)
-        return options.value.mayAlreadyBeHeld ? call : call.replayable()
+        return window.map { call.replayable(within: $0) } ?? call
     }
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to

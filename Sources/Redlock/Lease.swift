@@ -1,3 +1,5 @@
+import RedlockTransport
+
 /// Proof that a lock was acquired: its name, the value written to the nodes, and how long it
 /// stays valid. A value, not a handle: pass it to `unlock` and `extend`, or to another process.
 public struct Lease: Sendable, Hashable, CustomStringConvertible {
@@ -23,11 +25,12 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// (kept by its extensions): an unlock or extension of a lease whose gate already passed to
     /// another local caller is told apart from that caller's, even when both hold one fixed value.
     var gateTicket: Int?
-    /// The value was drawn at random for this lease's `lock()` (``LockValue/random``-like, not a
-    /// value of the caller's own): nobody uses it again once the lease is released, so its
-    /// release may run late (``RedisScriptCall/replayable()``). False for a lease made with
-    /// ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
-    var valueIsOneOff = false
+    /// For a value drawn at random for this lease's `lock()` (not a value of the caller's own):
+    /// open while nobody else may use the value, so that releases of it lost with a connection
+    /// are sent again (see `ReplayWindow` in the transport). ``handoff`` closes it: another
+    /// process may then re-attach the value, and a late delete could remove its key. Nil for a
+    /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
+    var replayWindow: ReplayWindow?
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(
@@ -112,8 +115,13 @@ extension Lease {
     }
 
     /// This lease for another process: stop using it once handed over.
+    ///
+    /// Reading it also stops this client from sending the value's releases again when their
+    /// connection is lost (README, "Order across a reconnect"): a late delete could remove the
+    /// key of the process that re-attached it.
     public var handoff: Handoff {
-        Handoff(
+        replayWindow?.close()
+        return Handoff(
             name: name, value: value, expiryMilliseconds: expiry.millisecondsRoundedUp,
             remainingValidityMilliseconds: remainingValidity.millisecondsRoundedUp, fencingToken: fencingToken
         )

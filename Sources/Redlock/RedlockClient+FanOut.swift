@@ -67,8 +67,8 @@ final class PreparedFanOut: Sendable {
     /// For a command that is not a script: what goes in its place on a connection until that
     /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     let untilScriptsRun: RedisScriptForm?
-    /// Sent again by a connection that lost it (``RedisScriptCall/isReplayable``).
-    let replayable: Bool
+    /// While open, sent again by a connection that lost it (``RedisScriptCall/replayWindow``).
+    let replayWindow: ReplayWindow?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -92,7 +92,7 @@ final class PreparedFanOut: Sendable {
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisScriptForm? = nil, replayable: Bool = false, order: [Int], budget: Duration,
+        untilScriptsRun: RedisScriptForm? = nil, replayWindow: ReplayWindow? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -105,7 +105,7 @@ final class PreparedFanOut: Sendable {
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
-        self.replayable = replayable
+        self.replayWindow = replayWindow
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -176,7 +176,7 @@ final class PreparedFanOut: Sendable {
     func requests(for index: Int) -> [QueuedCommand] {
         clockCheck?.markSent()
         let first = QueuedCommand(
-            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: replayable,
+            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayWindow: replayWindow,
             handler: handler(for: index)
         )
         guard let replicaWait else { return [first] }
@@ -188,7 +188,7 @@ final class PreparedFanOut: Sendable {
         guard replicaWait == nil else { return node.send(requests(for: index)) }
         clockCheck?.markSent()
         node.send(
-            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: replayable,
+            command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayWindow: replayWindow,
             handler: handler(for: index)
         )
     }
@@ -214,7 +214,7 @@ extension RedlockClient {
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
         untilScriptsRun: RedisScriptForm? = nil,
-        replayable: Bool = false,
+        replayWindow: ReplayWindow? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -228,7 +228,7 @@ extension RedlockClient {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
-            replayable: replayable, order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
+            replayWindow: replayWindow, order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
 
@@ -263,7 +263,7 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayable: call.isReplayable,
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayWindow: call.replayWindow,
             classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
         )
         send(prepared)
@@ -275,7 +275,7 @@ extension RedlockClient {
         _ call: RedisScriptCall, order: [Int], budget: Duration, returnWhenDecided: Bool, lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         prepareFanOut(
-            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayable: call.isReplayable,
+            call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayWindow: call.replayWindow,
             classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, lane: lane
         )
     }

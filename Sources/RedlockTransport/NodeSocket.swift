@@ -227,14 +227,12 @@ final class NodeSocket: @unchecked Sendable {
             }
         }
         if let barrier {
-            // One round trip: the kill (if any), then `CLIENT INFO`, pipelined.
+            // One round trip: the kill (if any), then `CLIENT INFO`, pipelined. Commands, not
+            // the connect: the node has the command timeout to answer, as it would have for the
+            // first command written, or what is left of the connect timeout when that is longer.
             let commands = (barrier.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand]
-            let left = budget - started.duration(to: .now)
-            guard left > .zero else {
-                socket.close()
-                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect timed out before CLIENT INFO"))
-            }
-            switch socket.roundTrips(commands, until: ContinuousClock.now + left) {
+            let deadline = max(started + budget, .now + configuration.commandTimeout)
+            switch socket.roundTrips(commands, until: deadline) {
             case let .success(replies):
                 socket.barrier = OrderBarrier.Outcome(requested: barrier, replies: replies)
             case let .failure(failure):

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Order across a reconnect: a connection closed with commands unanswered is ended on the server
 /// before the next connection to that node sends anything.
 ///
@@ -10,14 +12,18 @@
 /// its key.
 ///
 /// So each new connection asks the server how it names it (`CLIENT INFO`: the client id and the
-/// address the server sees), and when a connection that had commands unanswered is closed by
-/// the client (not by the server), the next connection to that node first sends
-/// `CLIENT KILL ID <id> ADDR <address>` in its handshake, before any command is written. Redis
-/// frees the old connection with what it has not run yet, so everything the old connection
-/// held either ran before the kill or never runs. The next connection is handed over only once
-/// the node answered the kill: while the node stays frozen, connects fail within the connect
-/// timeout, and nothing is sent. The two filters together name the old connection only: ids
-/// start again after a restart, and the address pins it.
+/// address the server sees) before anything else is written on it, and when a TCP connection
+/// that had commands unanswered is closed by the client (not by the server), the next connection
+/// to that node first sends `CLIENT KILL ID <id> ADDR <address>` in its handshake. Redis frees
+/// the old connection with what it has not run yet, so everything the old connection held
+/// either ran before the kill or never runs. The next connection is handed over only once the
+/// node answered (within the command timeout, or the rest of the connect timeout if longer):
+/// while the node stays frozen, connects fail and nothing is sent, so a frozen node collects no
+/// backlog of connections whose commands it would run in any order. The two filters together
+/// name the old connection only: ids start again after a restart, and the address (the
+/// client's port) pins it. Not over a Unix socket: every client's address there is the
+/// socket's path, so after a restart the kill could end another client with the same id; and
+/// no network holds bytes back there.
 ///
 /// It needs `+client|info` and `+client|kill` (Redis 6.2 or later). A node that refuses either
 /// (an ACL, a proxy in front of it, an older server) works as before without the barrier, and
@@ -102,5 +108,27 @@ struct ServerClient: Sendable, Equatable {
     /// connections it ended (0 or 1).
     var killCommand: RedisCommand {
         RedisCommand("CLIENT", "KILL", "ID", String(id), "ADDR", address)
+    }
+}
+
+/// Whether lost commands may still be sent again (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``):
+/// open until ``close()``, after which a copy not written yet is dropped, and none is made.
+/// A lock closes a `lock()` call's window when its value may be used elsewhere (a lease handed
+/// to another process): a late delete of that value could then remove a key someone counts.
+package final class ReplayWindow: Sendable {
+    private let closed = Atomic<Bool>(false)
+
+    /// An open window.
+    package init() {}
+
+    /// A window nobody closes, for commands that may always run late.
+    package static let always = ReplayWindow()
+
+    /// Whether copies may still be made and written.
+    package var isOpen: Bool { !closed.load(ordering: .acquiring) }
+
+    /// From now on no copy is written or made.
+    package func close() {
+        closed.store(true, ordering: .releasing)
     }
 }

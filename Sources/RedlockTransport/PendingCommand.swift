@@ -17,19 +17,20 @@ package struct QueuedCommand: Sendable {
     /// What goes in the command's place until such a script form succeeded on the socket
     /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
     package let untilScriptsRun: RedisScriptForm?
-    /// Sent again when lost (see ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayable:handler:)``).
-    package let replayable: Bool
+    /// Sent again when lost while it is open (see
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``).
+    package let replayWindow: ReplayWindow?
     package let handler: RedisReplyHandler
 
     package init(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayable: Bool = false, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
-        self.replayable = replayable
+        self.replayWindow = replayWindow
         self.handler = handler
     }
 }
@@ -65,9 +66,11 @@ final class PendingCommand: Sendable {
     let untilScriptsRun: RedisScriptForm?
     /// Whether a cancellation before the command is written also keeps it from being sent.
     let withdrawOnCancel: Bool
-    /// Whether the connection sends it again when it is lost: a connection closed before its
+    /// While open, the connection sends it again when it is lost: a connection closed before its
     /// answer, or a connect that failed while it waited (``replay()``).
-    let replayable: Bool
+    let replayWindow: ReplayWindow?
+    /// A copy made by ``replay()``: written only while its window is open.
+    let isReplay: Bool
     private let state: Mutex<State>
 
     /// A command for a caller that will install its continuation.
@@ -77,29 +80,31 @@ final class PendingCommand: Sendable {
         self.runsLateUnlessBehind = runsLateUnlessBehind
         untilScriptsRun = nil
         self.withdrawOnCancel = withdrawOnCancel
-        replayable = false
+        replayWindow = nil
+        isReplay = false
         state = Mutex(.queued)
     }
 
     /// A command whose outcome goes to `handler`; it is always sent.
     init(
         command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayable: Bool = false, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, isReplay: Bool = false, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = script == nil ? untilScriptsRun : nil
         withdrawOnCancel = false
-        self.replayable = replayable
+        self.replayWindow = replayWindow
+        self.isReplay = isReplay
         state = Mutex(.handled(handler))
     }
 
     /// The same command, sent again by the connection for nobody: its caller had its answer.
     func replay() -> PendingCommand {
         PendingCommand(
-            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayable: true,
-            handler: { _ in }
+            command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
+            replayWindow: replayWindow, isReplay: true, handler: { _ in }
         )
     }
 
@@ -152,8 +157,10 @@ final class PendingCommand: Sendable {
         }
     }
 
-    /// Whether the command should still be written (not withdrawn by its cancelled caller).
+    /// Whether the command should still be written: not withdrawn by its cancelled caller, and,
+    /// for a copy made by ``replay()``, its window still open.
     var shouldSend: Bool {
+        if isReplay { return replayWindow?.isOpen ?? false }
         guard withdrawOnCancel else { return true }
         return state.withLock { state in
             switch state {

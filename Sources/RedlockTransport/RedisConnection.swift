@@ -136,20 +136,22 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// the scripts that undo it (a lock's `SET NX`, released by a script), with a script form that
     /// checks that they may run.
     ///
-    /// With `replayable`, a command whose connection is lost before its answer (closed by a
+    /// With `replayWindow`, a command whose connection is lost before its answer (closed by a
     /// timeout or an error, or a connect that failed while it waited) is sent again, for
-    /// nobody, at the head of the next connection: its caller had its answer (the failure), and
-    /// the node may or may not have run it. The next connection writes it before anything sent
-    /// later, and after the order barrier ended the old connection on the node (``OrderBarrier``).
-    /// For a command that may run late and twice, such as the release of a value nobody uses
-    /// again. At most ``maximumReplays`` wait; the oldest go first.
+    /// nobody, at the head of the next connection, unless the window was closed by then: its
+    /// caller had its answer (the failure), and the node may or may not have run it. The next
+    /// connection writes it before anything sent later, and after the order barrier ended the old
+    /// connection on the node (``OrderBarrier``). For a command that may run late and twice, such
+    /// as the release of a value nobody uses again while the window is open. Identical copies
+    /// are kept once; at most ``maximumReplays`` wait (the oldest go first); `shutdown()` tries
+    /// once to send those still waiting.
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayable: Bool = false, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
     ) {
         core.enqueue(PendingCommand(
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
-            replayable: replayable, handler: handler
+            replayWindow: replayWindow, handler: handler
         ))
     }
 
@@ -166,7 +168,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core.enqueue(contentsOf: commands.map {
             PendingCommand(
                 command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, untilScriptsRun: $0.untilScriptsRun,
-                replayable: $0.replayable, handler: $0.handler
+                replayWindow: $0.replayWindow, handler: $0.handler
             )
         })
     }
@@ -302,10 +304,30 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
 
-        /// Keeps a copy of each replayable command among `lost` for the next connection.
+        /// The commands in `replays`, so that identical ones are kept once (each failed attempt
+        /// of one `lock()` has the same clean-up).
+        var replayed: Set<RedisCommand> = []
+
+        /// Keeps a copy of each command among `lost` whose replay window is open, for the next
+        /// connection, unless an identical one waits already.
         mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost) {
-            for command in lost where command.replayable { replays.append(command.replay()) }
-            if replays.count > RedisConnection.maximumReplays { replays.removeFirst(replays.count - RedisConnection.maximumReplays) }
+            for command in lost where command.replayWindow?.isOpen == true {
+                guard replayed.insert(command.command).inserted else { continue }
+                replays.append(command.isReplay ? command : command.replay())
+            }
+            if replays.count > RedisConnection.maximumReplays {
+                let dropped = replays.count - RedisConnection.maximumReplays
+                for command in replays.prefix(dropped) { replayed.remove(command.command) }
+                replays.removeFirst(dropped)
+            }
+        }
+
+        /// Moves the replays whose window is still open to the head of the queue.
+        mutating func queueReplays() {
+            guard !replays.isEmpty else { return }
+            queue.insert(contentsOf: replays.filter(\.shouldSend), at: 0)
+            replays.removeAll()
+            replayed.removeAll()
         }
 
         var unansweredCount: Int { inFlight.count - head }
@@ -766,8 +788,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
         // Commands written and not answered may still run on the server (it is frozen or slow,
         // or the bytes were garbage to us only): the next connection ends this one first. A
-        // server that closed it ran all it will run.
-        if let client = state.serverClient, state.unansweredCount > state.stagedCount, failure.code != .connectionClosed {
+        // server that closed it ran all it will run. Not over a Unix socket: every client there
+        // has the same `addr` (the path), so after a restart the kill could end another
+        // client that got the same id; and no network holds the bytes back (see OrderBarrier).
+        if let client = state.serverClient, state.unansweredCount > state.stagedCount, failure.code != .connectionClosed,
+           case .tcp = configuration.endpoint.address {
             state.pendingKill = client
         }
         state.serverClient = nil
@@ -846,10 +871,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             switch outcome {
             case let .success(socket):
                 // What was lost goes first, before anything sent since (and after the barrier).
-                if !state.replays.isEmpty {
-                    state.queue.insert(contentsOf: state.replays, at: 0)
-                    state.replays.removeAll()
-                }
+                state.queueReplays()
                 if state.closeOnceWritten {
                     // Nobody is left to read an answer, and the event loop may be stopping with
                     // the client: the queue goes out as far as the socket takes it now, then
@@ -1000,6 +1022,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             guard !state.shuttingDown else { return nil }
             state.shuttingDown = true
+            // Releases lost with an earlier connection get one more connect (within the grace
+            // period), as if a command had come.
+            if state.phase == .idle, !state.replays.isEmpty {
+                state.queueReplays()
+                if !state.queue.isEmpty {
+                    state.phase = .connecting
+                    effects.connect = true
+                    return nil
+                }
+            }
             // Everything queued goes out now, also what waited for an answer (see
             // takeStalledOutput): the grace period may end before the node answers.
             if let write = takeStalledOutput(&state, force: true) { return write }

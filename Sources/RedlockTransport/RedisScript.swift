@@ -49,10 +49,10 @@ package struct RedisScriptCall: Sendable {
     /// own effect on those commands does not matter, such as a compare-and-delete of a lease's
     /// value.
     package let runsLateUnlessBehind: String?
-    /// Whether the connection sends the call again when it is lost (see
-    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayable:handler:)``);
-    /// false unless ``replayable()`` made it so.
-    package private(set) var isReplayable = false
+    /// While open, the connection sends the call again when it is lost (see
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``);
+    /// nil unless ``replayable(within:)`` set one.
+    package private(set) var replayWindow: ReplayWindow?
 
     /// Builds the call.
     package init(_ script: RedisScript, keys: [String], arguments: [String], runsLateUnlessBehind: String? = nil) {
@@ -87,11 +87,11 @@ package struct RedisScriptCall: Sendable {
         RedisScriptCall(command: command.appending(argument, then: suffix), script: script, runsLateUnlessBehind: runsLateUnlessBehind)
     }
 
-    /// This call, sent again by the connection when it is lost: for a compare-and-delete of a
-    /// value nobody uses again.
-    package func replayable() -> RedisScriptCall {
+    /// This call, sent again by the connection when it is lost, while `window` is open: for a
+    /// compare-and-delete of a value nobody uses again until then.
+    package func replayable(within window: ReplayWindow) -> RedisScriptCall {
         var call = self
-        call.isReplayable = true
+        call.replayWindow = window
         return call
     }
 

@@ -80,6 +80,51 @@ struct PartitionTests {
         }
     }
 
+    @Test("a lease handed off stops its client from sending the value's lost clean-ups again: the process that re-attached it keeps its key on the node the clean-ups were lost to")
+    func handoffEndsReplays() async throws {
+        try await withRedisServers(3) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let direct = servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) }
+            let a = try RedlockClient(nodes: [
+                RedisConnectionConfiguration(endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)),
+            ] + direct.dropFirst())
+            let b = try RedlockClient(nodes: direct)
+            try await withTeardown {
+                let options = LockOptions(expiry: .seconds(6), tries: 20, retryDelay: .constant(.milliseconds(250)), timeoutFactor: 0.1, fastHandoff: false)
+                let lockA = try a.makeLock("handed", options: options)
+                try await lockA.unlock(lockA.lock())
+                // Node 1 is held by someone else for a moment, node 0 out of A's reach: A's first
+                // attempts fail, their clean-ups for node 0 are lost, and it wins on nodes 1 and 2.
+                _ = try await servers[1].run(RedisCommand("SET", "handed", "someone else", "PX", "700"))
+                proxy.set(.stall([.toNode, .toClient]))
+                let lease = try await lockA.lock()
+                #expect(await eventually { a.nodes[0].pendingReplays > 0 }, "the clean-ups wait for the next connection")
+                // The old connections go, with the bytes the network held for them.
+                proxy.resetConnections()
+                // A hands the lease over; B re-attaches it, node 0 included.
+                let leaseB = try await b.makeLock("handed", options: options).reattach(lease.handoff)
+                #expect(try await servers[0].value(of: "handed") == lease.value)
+                // A's path heals and A talks to node 0 again (a connect begun before the reset
+                // may still fail).
+                proxy.set(.none)
+                var answered = false
+                for _ in 0..<20 where !answered {
+                    answered = (try? await a.nodes[0].send(RedisCommand("PING"))) == .simpleString("PONG")
+                    if !answered { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                #expect(answered)
+                #expect(a.nodes[0].pendingReplays == 0)
+                #expect(try await servers[0].value(of: "handed") == lease.value, "a clean-up A lost deleted the key B's re-attach counted")
+                try await b.makeLock("handed", options: options).unlock(leaseB)
+            } teardown: {
+                proxy.set(.none)
+                await a.shutdown()
+                await b.shutdown()
+            }
+        }
+    }
+
     @Test("two clients that each see a different majority (sharing one node) never hold the lock at once, and both get it")
     func differentMajorities() async throws {
         try await withRedisServers(5) { servers throws in

@@ -670,7 +670,7 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile; a command not marked so is not sent again, and the lost connection's own bytes never run")
+    @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile, once however often it was lost; not one whose window closed meanwhile, nor a command not marked so; the lost connection's own bytes never run")
     func replayAfterLoss() async throws {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
@@ -683,19 +683,32 @@ struct ConnectionTests {
             // The open connection's path breaks: both commands are held in the network until
             // the command timeout closes it.
             proxy.set(.stallOpen([.toNode, .toClient]))
-            let replayable = OneTimeEvent<Result<RedisValue, RedisError>>()
-            let plain = OneTimeEvent<Result<RedisValue, RedisError>>()
-            connection.send(RedisCommand("RPUSH", "log", "replayed"), replayable: true) { replayable.fire($0) }
-            connection.send(RedisCommand("RPUSH", "log", "not replayable")) { plain.fire($0) }
-            for outcome in [await replayable.wait(), await plain.wait()] {
-                guard case let .failure(error) = outcome else { Issue.record("answered: \(outcome)"); continue }
+            let window = ReplayWindow()
+            let closing = ReplayWindow()
+            let commands: [(RedisCommand, ReplayWindow?)] = [
+                (RedisCommand("RPUSH", "log", "replayed"), window),
+                // Identical: kept once.
+                (RedisCommand("RPUSH", "log", "replayed"), window),
+                // Its window closes before the next connection.
+                (RedisCommand("RPUSH", "log", "window closed"), closing),
+                (RedisCommand("RPUSH", "log", "not replayable"), nil),
+            ]
+            let outcomes = commands.map { command, window in
+                let outcome = OneTimeEvent<Result<RedisValue, RedisError>>()
+                connection.send(command, replayWindow: window) { outcome.fire($0) }
+                return outcome
+            }
+            for outcome in outcomes {
+                let result = await outcome.wait()
+                guard case let .failure(error) = result else { Issue.record("answered: \(result)"); continue }
                 #expect(error.code == .timeout)
             }
-            #expect(connection.pendingReplays == 1)
-            // A connect that cannot finish its handshake (the node is frozen) keeps it.
+            #expect(connection.pendingReplays == 2)
+            closing.close()
+            // A connect that cannot finish its handshake (the node is frozen) keeps them.
             try await server.pause()
             await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
-            #expect(connection.pendingReplays == 1)
+            #expect(connection.pendingReplays == 2)
             try server.resume()
             // The next connection sends it before anything else.
             #expect(try await connection.send(RedisCommand("RPUSH", "log", "next")) == .integer(2))
@@ -706,6 +719,61 @@ struct ConnectionTests {
             let log = try await server.run(RedisCommand("LRANGE", "log", "0", "-1"))
             #expect(log == .array([.bulkString(Array("replayed".utf8)), .bulkString(Array("next".utf8))]))
             await connection.shutdown()
+        }
+    }
+
+    @Test("a node slower to answer than the connect timeout, within the command timeout: the first command on a new connection gets its answer (the handshake's CLIENT INFO has the command timeout)")
+    func slowNodeWithinTheCommandTimeout() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let stall = try await server.stall(for: .milliseconds(900))
+            let connection = RedisConnection(configuration: server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .seconds(5)))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(stall.isOver)
+            await connection.shutdown()
+        }
+    }
+
+    @Test("over a Unix socket a connection closed by a command timeout is not ended by the next one: every client there has the same addr, so after a restart the kill could end another client with the same id")
+    func noKillOverUnixSockets() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: server.unixSocketEndpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(connection.orderBarrierClients.open != nil)
+            try await server.pause()
+            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(connection.orderBarrierClients.pendingKill == nil)
+            try server.resume()
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            await connection.shutdown()
+        }
+    }
+
+    @Test("shutdown() sends the replays still waiting: one more connect, within its grace period")
+    func shutdownSendsReplays() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            let lost = OneTimeEvent<Result<RedisValue, RedisError>>()
+            connection.send(RedisCommand("RPUSH", "log", "replayed"), replayWindow: ReplayWindow()) { lost.fire($0) }
+            if case .success = await lost.wait() { Issue.record("answered through a broken path") }
+            #expect(connection.pendingReplays == 1)
+            await connection.shutdown()
+            // The old connection goes with the bytes the network held for it: only a replay
+            // can have pushed.
+            proxy.resetConnections()
+            proxy.set(.none)
+            #expect(await eventually { proxy.openCount == 0 })
+            #expect(try await server.run(RedisCommand("LRANGE", "log", "0", "-1")) == .array([.bulkString(Array("replayed".utf8))]))
         }
     }
 
