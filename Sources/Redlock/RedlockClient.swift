@@ -300,7 +300,8 @@ public final class RedlockClient: Sendable {
     /// Commands still queued (a release behind an acquire a stalled node has not answered) are
     /// written first, and answers are awaited for at most the command timeout, capped at 500 ms.
     /// A command still waiting for its connection to open is written once it opens (within the
-    /// connect timeout, also after `shutdown()` returned), then that socket closes. A client
+    /// connect's time limit, ``RedisConnectionConfiguration/connectTimeout``, also after
+    /// `shutdown()` returned), then that socket closes. A client
     /// released without `shutdown()` writes its queued commands too (unless a socket refuses
     /// the write), but closes its sockets without waiting for answers.
     ///

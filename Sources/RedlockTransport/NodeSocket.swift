@@ -154,7 +154,8 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// Connects (resolution, TCP or Unix connect, TLS handshake), then authenticates and selects
-    /// the database, all within the configuration's connect timeout. Blocks the calling thread:
+    /// the database, all within the configuration's connect timeout, then makes the order
+    /// barrier (within the later of that and the command timeout). Blocks the calling thread:
     /// call it from a connector thread, never from the event loop or the cooperative pool.
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
@@ -234,7 +235,28 @@ final class NodeSocket: @unchecked Sendable {
             let deadline = max(started + budget, .now + configuration.commandTimeout)
             switch socket.roundTrips(commands, until: deadline) {
             case let .success(replies):
-                socket.barrier = OrderBarrier.Outcome(requested: barrier, replies: replies)
+                let outcome = OrderBarrier.Outcome(requested: barrier, replies: replies)
+                if let (command, text) = outcome.failure {
+                    // Not now (BUSY, LOADING): nothing may be written before the kill, so the
+                    // connect fails, as a command would, and the next one asks again. A node
+                    // that wants credentials none were given for fails as a command would.
+                    socket.close()
+                    if text.hasPrefix("NOAUTH") {
+                        return .failure(RedisError(code: .authenticationFailed, endpoint: endpoint, message: text))
+                    }
+                    return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "\(command) while connecting: \(text)"))
+                }
+                socket.barrier = outcome
+            case let .failure(failure) where failure.code == .connectionClosed || failure.code == .protocolError:
+                // Closed or garbled on CLIENT (a proxy that does not pass it on, or a server
+                // that is not Redis): once more without the barrier, which it cannot give. A
+                // node that really went meanwhile fails that connect too.
+                socket.close()
+                let reason = "\(barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"): \(failure.code): \(failure.message)"
+                return connect(configuration, tls: tls, barrier: nil).map { socket in
+                    socket.barrier = OrderBarrier.Outcome(unsupported: reason)
+                    return socket
+                }
             case let .failure(failure):
                 socket.close()
                 let name = barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"
@@ -251,7 +273,7 @@ final class NodeSocket: @unchecked Sendable {
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
     /// then calls `completion` on that thread. The thread ends with the connect, within the
-    /// connect timeout.
+    /// connect's time limit (``RedisConnectionConfiguration/connectTimeout``).
     static func connectInBackground(
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,

@@ -44,6 +44,28 @@ enum OrderBarrier {
         /// The node's refusal of `CLIENT KILL` or `CLIENT INFO`, or why the answer was of no
         /// use; nil when both worked.
         var refusal: String?
+        /// An error reply that does not refuse the barrier for good: "not now" (`BUSY`,
+        /// `LOADING`, …), or one the node gives every command (`NOAUTH`). The connect fails with
+        /// it, and the next one asks again (with the same kill). The command's name, and the
+        /// node's text.
+        var failure: (command: String, text: String)?
+
+        /// A connect made without the barrier, after the node closed the connection (or
+        /// garbled its answer) on `CLIENT`: a proxy that does not pass it on, say.
+        init(unsupported reason: String) {
+            client = nil
+            killed = false
+            refusal = reason
+        }
+
+        /// Whether an error reply refuses for good: no permission, no such command or
+        /// subcommand, or syntax an older server does not know. Anything else (`BUSY`, `LOADING`,
+        /// `MASTERDOWN`, …) may pass.
+        static func refusesForGood(_ text: String) -> Bool {
+            let upper = text.uppercased()
+            return upper.hasPrefix("NOPERM") || ["UNKNOWN COMMAND", "UNKNOWN SUBCOMMAND", "SYNTAX ERROR", "WRONG NUMBER OF ARGUMENTS"]
+                .contains { upper.contains($0) }
+        }
 
         /// Reads the replies to a request's commands: the kill's (when asked), then `CLIENT INFO`'s.
         init(requested: Request, replies: [RedisValue]) {
@@ -53,7 +75,8 @@ enum OrderBarrier {
             if requested.kill != nil, let reply = replies.popFirst() {
                 switch reply {
                 case .integer: killed = true
-                case let .error(text): refusal = "CLIENT KILL: \(text)"
+                case let .error(text) where Self.refusesForGood(text): refusal = "CLIENT KILL: \(text)"
+                case let .error(text): failure = ("CLIENT KILL", text)
                 default: refusal = "CLIENT KILL: unexpected reply \(reply)"
                 }
             }
@@ -63,8 +86,10 @@ enum OrderBarrier {
             case .bulkString, .simpleString:
                 client = reply.string.flatMap(ServerClient.init(clientInfo:))
                 if client == nil { refusal = refusal ?? "CLIENT INFO: no id and addr in its reply" }
-            case let .error(text):
+            case let .error(text) where Self.refusesForGood(text):
                 refusal = refusal ?? "CLIENT INFO: \(text)"
+            case let .error(text):
+                failure = failure ?? ("CLIENT INFO", text)
             default:
                 refusal = refusal ?? "CLIENT INFO: unexpected reply \(reply)"
             }

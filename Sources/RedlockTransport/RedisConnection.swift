@@ -72,7 +72,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         // Nobody is left to await an answer, but what was queued still goes out: a release
         // queued behind an unanswered acquire reaches a frozen node before the close, so the
         // node runs both when it wakes; one queued while the connection is being made goes out
-        // once it is made (within the connect timeout). Then the socket closes at once.
+        // once it is made (within the connect's time limit: see
+        // RedisConnectionConfiguration.connectTimeout). Then the socket closes at once.
         core.abandon()
     }
 
@@ -190,12 +191,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///
     /// A server that does not answer gets a grace period of the command timeout, at most 500 ms;
     /// then the socket is closed and the remaining commands fail. A connect still in progress
-    /// finishes on its own thread (within the connect timeout): the commands that waited for it
+    /// finishes on its own thread (within the connect's time limit,
+    /// ``RedisConnectionConfiguration/connectTimeout``): the commands that waited for it
     /// fail at the grace period's end but are still written once it is made, then it closes.
     /// A connection released without `shutdown()` writes what is queued on its open socket (a
     /// write the socket refuses fails those commands with that error) and closes it at once;
     /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``. Commands queued
-    /// while it connects are written once it is connected (within the connect timeout), and the
+    /// while it connects are written once it is connected (within that time limit), and the
     /// socket closes at once.
     public func shutdown() async {
         core.beginShutdown()
@@ -1001,7 +1003,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// The connection object is gone: writes what is queued and closes the socket at once
     /// (``beginShutdown()``, then ``interrupt()``). While a connection is being made for queued
-    /// commands, they wait for it (within the connect timeout): once made, they are written as
+    /// commands, they wait for it (within the connect's time limit): once made, they are written as
     /// far as the socket takes them at once, and it closes; if it fails, they fail with it
     /// (``interrupt()`` does the same, answering their callers at once).
     func abandon() {

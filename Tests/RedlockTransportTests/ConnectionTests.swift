@@ -752,6 +752,70 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a server that closes the connection on CLIENT (a proxy that does not pass it on) is still used: the connect tries once more without the order barrier, and says why")
+    func serverClosingOnClient() async throws {
+        // The first connection (its first bytes are CLIENT INFO) is closed; later ones answer
+        // every read with +PONG.
+        let connections = Mutex(0)
+        let server = try GarbageServer.start { peer, read in
+            if read == 0, connections.withLock({ count in defer { count += 1 }; return count == 0 }) {
+                peer.endStream()
+                return false
+            }
+            peer.send("+PONG\r\n")
+            return true
+        }
+        defer { server.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        #expect(server.acceptedCount == 2)
+        #expect(connection.orderBarrierRefusal?.hasPrefix("CLIENT INFO: connectionClosed") == true, "\(connection.orderBarrierRefusal ?? "nil")")
+        await connection.shutdown()
+    }
+
+    @Test("a node busy with a script (BUSY) when the next connection must end the old one: the connect fails and the next one asks again, so the old connection's commands still cannot run after the new one's")
+    func busyNodeKeepsTheKill() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            _ = try await server.run(RedisCommand("CONFIG", "SET", "busy-reply-threshold", "100"))
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let old = try #require(connection.orderBarrierClients.open)
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("RPUSH", "log", "old")) }
+            #expect(connection.orderBarrierClients.pendingKill == old)
+            // A script keeps the node busy for 1.5 s; past 100 ms others are answered BUSY.
+            let busy = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(10)))
+            let script = Task {
+                try await busy.send(RedisCommand("EVAL", "local t = redis.call('TIME') local stop = t[1] * 1000000 + t[2] + 1500000 repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop return 1", "0"))
+            }
+            let probe = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(10)))
+            var busyNow = false
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while !busyNow, ContinuousClock.now < giveUp {
+                busyNow = (try? await probe.send(RedisCommand("PING"))) == nil
+                if !busyNow { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(busyNow, "the node answers BUSY")
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("RPUSH", "log", "new")) }
+            #expect(error?.message.contains("BUSY") == true, "\(String(describing: error))")
+            #expect(connection.orderBarrierClients.pendingKill == old, "the kill is still owed")
+            #expect(try await script.value == .integer(1))
+            #expect(try await connection.send(RedisCommand("RPUSH", "log", "new")) == .integer(1))
+            #expect(connection.orderBarrierClients.pendingKill == nil)
+            proxy.set(.none)
+            #expect(await eventually { proxy.openCount <= 1 })
+            #expect(try await server.run(RedisCommand("LRANGE", "log", "0", "-1")) == .array([.bulkString(Array("new".utf8))]))
+            await connection.shutdown()
+            await busy.shutdown()
+            await probe.shutdown()
+        }
+    }
+
     @Test("shutdown() sends the replays still waiting: one more connect, within its grace period")
     func shutdownSendsReplays() async throws {
         try await withRedisServers(1) { servers throws in
