@@ -98,6 +98,24 @@ func checkOrderAcrossTimeout(through proxy: FaultProxy, _ server: RedisServer, _
     await observer.shutdown()
 }
 
+/// Runs `body` with a node, a fault proxy in front of it, and a connection through the proxy
+/// (`connectTimeout`, a 300 ms command timeout) whose first connection is open (a `PING`
+/// answered); shuts the connection down after `body`.
+private func withProxiedConnection(
+    connectTimeout: Duration = .milliseconds(300), _ body: (RedisServer, FaultProxy, RedisConnection) async throws -> Void
+) async throws {
+    try await withRedisServers(1) { servers throws in
+        let proxy = try FaultProxy.start(to: servers[0].endpoint)
+        defer { proxy.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+            endpoint: proxy.endpoint, connectTimeout: connectTimeout, commandTimeout: .milliseconds(300)
+        ))
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        try await body(servers[0], proxy, connection)
+        await connection.shutdown()
+    }
+}
+
 /// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
 private enum Batched {
     case command(RedisCommand)
@@ -672,14 +690,7 @@ struct ConnectionTests {
 
     @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile, once however often it was lost; not one whose window closed meanwhile, nor a command not marked so; the lost connection's own bytes never run")
     func replayAfterLoss() async throws {
-        try await withRedisServers(1) { servers throws in
-            let server = servers[0]
-            let proxy = try FaultProxy.start(to: server.endpoint)
-            defer { proxy.stop() }
-            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
-                endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)
-            ))
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        try await withProxiedConnection { server, proxy, connection throws in
             // The open connection's path breaks: both commands are held in the network until
             // the command timeout closes it.
             proxy.set(.stallOpen([.toNode, .toClient]))
@@ -718,7 +729,6 @@ struct ConnectionTests {
             #expect(await eventually { proxy.openCount <= 1 })
             let log = try await server.run(RedisCommand("LRANGE", "log", "0", "-1"))
             #expect(log == .array([.bulkString(Array("replayed".utf8)), .bulkString(Array("next".utf8))]))
-            await connection.shutdown()
         }
     }
 
@@ -775,15 +785,8 @@ struct ConnectionTests {
 
     @Test("a node busy with a script (BUSY) when the next connection must end the old one: the connect fails and the next one asks again, so the old connection's commands still cannot run after the new one's")
     func busyNodeKeepsTheKill() async throws {
-        try await withRedisServers(1) { servers throws in
-            let server = servers[0]
+        try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
             _ = try await server.run(RedisCommand("CONFIG", "SET", "busy-reply-threshold", "100"))
-            let proxy = try FaultProxy.start(to: server.endpoint)
-            defer { proxy.stop() }
-            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
-                endpoint: proxy.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300)
-            ))
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
             let old = try #require(connection.orderBarrierClients.open)
             proxy.set(.stallOpen([.toNode, .toClient]))
             await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("RPUSH", "log", "old")) }
@@ -810,7 +813,6 @@ struct ConnectionTests {
             proxy.set(.none)
             #expect(await eventually { proxy.openCount <= 1 })
             #expect(try await server.run(RedisCommand("LRANGE", "log", "0", "-1")) == .array([.bulkString(Array("new".utf8))]))
-            await connection.shutdown()
             await busy.shutdown()
             await probe.shutdown()
         }
@@ -818,14 +820,7 @@ struct ConnectionTests {
 
     @Test("shutdown() sends the replays still waiting: one more connect, within its grace period")
     func shutdownSendsReplays() async throws {
-        try await withRedisServers(1) { servers throws in
-            let server = servers[0]
-            let proxy = try FaultProxy.start(to: server.endpoint)
-            defer { proxy.stop() }
-            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
-                endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)
-            ))
-            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        try await withProxiedConnection { server, proxy, connection throws in
             proxy.set(.stallOpen([.toNode, .toClient]))
             let lost = OneTimeEvent<Result<RedisValue, RedisError>>()
             connection.send(RedisCommand("RPUSH", "log", "replayed"), replayWindow: ReplayWindow()) { lost.fire($0) }
