@@ -247,16 +247,13 @@ final class NodeSocket: @unchecked Sendable {
                     return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "\(command) while connecting: \(text)"))
                 }
                 socket.barrier = outcome
-            case let .failure(failure) where failure.code == .connectionClosed || failure.code == .protocolError:
-                // Closed or garbled on CLIENT (a proxy that does not pass it on, or a server
-                // that is not Redis): once more without the barrier, which it cannot give. A
-                // node that really went meanwhile fails that connect too.
+            case let .failure(failure) where barrier.kill == nil && (failure.code == .connectionClosed || failure.code == .protocolError):
+                // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
+                // server that is not Redis): once more without the barrier, which it cannot
+                // give. Never with a kill owed: that node answered CLIENT INFO before, and the
+                // kill must come first (a node at maxclients closes like this too).
                 socket.close()
-                let reason = "\(barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"): \(failure.code): \(failure.message)"
-                return connect(configuration, tls: tls, barrier: nil).map { socket in
-                    socket.barrier = OrderBarrier.Outcome(unsupported: reason)
-                    return socket
-                }
+                return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             case let .failure(failure):
                 socket.close()
                 let name = barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"
@@ -269,6 +266,31 @@ final class NodeSocket: @unchecked Sendable {
     /// What the connect learned for the order barrier (set by the connector thread before it
     /// hands the socket over); nil without a barrier request.
     private(set) var barrier: OrderBarrier.Outcome?
+
+    /// A connect for a server that closed the connection (or garbled its answer) on
+    /// `CLIENT INFO`: made without the barrier, but still handed over only once the server
+    /// answered something on it (a `PING`; any reply, an error included, within the later of
+    /// the connect deadline and the command timeout), so that nothing is written blind to a
+    /// node that reads nothing. Its outcome says why it has no barrier (`reason`).
+    private static func connectWithoutBarrier(
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, because reason: String
+    ) -> Result<NodeSocket, RedisError> {
+        let started = ContinuousClock.now
+        return connect(configuration, tls: tls, barrier: nil).flatMap { socket in
+            let deadline = max(started + configuration.connectTimeout, .now + configuration.commandTimeout)
+            switch socket.roundTrips([RedisCommand("PING")], until: deadline) {
+            case .success:
+                socket.barrier = OrderBarrier.Outcome(unsupported: reason)
+                return .success(socket)
+            case let .failure(failure):
+                socket.close()
+                return .failure(RedisError(
+                    code: failure.code, endpoint: configuration.endpoint,
+                    message: "PING after connecting (without the order barrier: \(reason)): \(failure.message)"
+                ))
+            }
+        }
+    }
 
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),

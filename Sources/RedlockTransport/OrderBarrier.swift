@@ -26,8 +26,11 @@ import Synchronization
 /// no network holds bytes back there.
 ///
 /// It needs `+client|info` and `+client|kill` (Redis 6.2 or later). A node that refuses either
-/// (an ACL, a proxy in front of it, an older server) works as before without the barrier, and
-/// the refusal is reported (``RedisConnection/orderBarrierRefusal``).
+/// (an ACL, a proxy in front of it, an older server: any error reply but those of a busy or full
+/// node, or `NOAUTH`, which fail the connect) works as before without the barrier, and the
+/// refusal is reported (``RedisConnection/orderBarrierRefusal``). A server that closes the
+/// connection on `CLIENT INFO` gets one more connect without it, handed over once it answered a
+/// `PING`; never while a kill is owed.
 enum OrderBarrier {
     /// What a connect is asked to do: learn the new connection's name, and end `kill` first.
     struct Request: Sendable {
@@ -58,13 +61,15 @@ enum OrderBarrier {
             refusal = reason
         }
 
-        /// Whether an error reply refuses for good: no permission, no such command or
-        /// subcommand, or syntax an older server does not know. Anything else (`BUSY`, `LOADING`,
-        /// `MASTERDOWN`, …) may pass.
+        /// Whether an error reply refuses for good: anything but the replies of a node that
+        /// cannot serve this client now and may later (`BUSY`, `LOADING`, `MASTERDOWN`,
+        /// `TRYAGAIN`, `CLUSTERDOWN`, `ERR max number of clients reached`) or wants credentials
+        /// (`NOAUTH`). So `NOPERM`, an unknown command or subcommand, and a proxy's own text for
+        /// a command it does not pass on (`unsupported command 'CLIENT'`) all are.
         static func refusesForGood(_ text: String) -> Bool {
             let upper = text.uppercased()
-            return upper.hasPrefix("NOPERM") || ["UNKNOWN COMMAND", "UNKNOWN SUBCOMMAND", "SYNTAX ERROR", "WRONG NUMBER OF ARGUMENTS"]
-                .contains { upper.contains($0) }
+            let passing = ["BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH", "ERR MAX NUMBER OF CLIENTS"]
+            return !passing.contains { upper.hasPrefix($0) }
         }
 
         /// Reads the replies to a request's commands: the kill's (when asked), then `CLIENT INFO`'s.

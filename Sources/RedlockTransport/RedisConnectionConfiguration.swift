@@ -11,7 +11,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// How long a connect (including `AUTH` and `SELECT`) may take. The default is 1 s. The
     /// connect's last step, the order barrier's `CLIENT INFO` (and `CLIENT KILL`), is a command:
     /// it may take until the later of this and ``commandTimeout`` after it was sent, so a whole
-    /// connect ends within `connectTimeout + commandTimeout`.
+    /// connect ends within `connectTimeout + commandTimeout`; at most twice that when the server
+    /// closes the connection on `CLIENT INFO` (a proxy) and a connect without the barrier
+    /// follows.
     public var connectTimeout: Duration
     /// How long the connection waits for bytes from the server before it declares a timeout,
     /// drops the connection and fails the commands in flight. The default is 2 s.

@@ -818,6 +818,70 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a node that closes the next connection while a kill is owed (at maxclients: an error, then the close) fails the connect and keeps the kill: no connect without the barrier then, so the old connection's command cannot run after the new one's")
+    func closedWhileAKillIsOwed() async throws {
+        try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
+            let old = try #require(connection.orderBarrierClients.open)
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "order", "old")) }
+            #expect(connection.orderBarrierClients.pendingKill == old)
+            // No room for another client: the node answers an error and closes.
+            let admin = RedisConnection(configuration: server.configuration())
+            let clients = try await admin.send(RedisCommand("INFO", "clients")).string ?? ""
+            let connected = clients.split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_clients:") }.flatMap { Int($0.dropFirst(18)) }
+            let count = try #require(connected)
+            _ = try await admin.send(RedisCommand("CONFIG", "SET", "maxclients", String(count)))
+            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "order", "new")) }
+            #expect(connection.orderBarrierClients.pendingKill == old, "the kill is still owed")
+            _ = try await admin.send(RedisCommand("CONFIG", "SET", "maxclients", "10000"))
+            #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
+            proxy.set(.none)
+            #expect(await eventually { proxy.openCount <= 1 })
+            #expect(try await server.run(RedisCommand("GET", "order")) == .bulkString(Array("new".utf8)))
+            await admin.shutdown()
+        }
+    }
+
+    @Test("a connect made without the barrier (its CLIENT INFO connection was reset) is still handed over only once the node answered on it: nothing is written blind to a node behind a stalled path")
+    func noBlindWritesWithoutTheBarrier() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)
+            ))
+            proxy.set(.stall([.toNode, .toClient]))
+            let old = Task { try await connection.send(RedisCommand("SET", "order", "old")) }
+            // The handshake's connection is reset: the connect is made again without the
+            // barrier, through the stalled path, and its PING is held.
+            #expect(await eventually { proxy.openCount == 1 })
+            proxy.resetConnections()
+            await #expect(throws: RedisError.self) { try await old.value }
+            #expect(proxy.acceptedCount == 2)
+            // The next connection gets through; the held bytes of the second reach the node.
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
+            proxy.set(.none)
+            #expect(await eventually { proxy.openCount <= 1 })
+            #expect(try await server.run(RedisCommand("GET", "order")) == .bulkString(Array("new".utf8)), "a command written blind ran last")
+            await connection.shutdown()
+        }
+    }
+
+    @Test("a proxy's own error for CLIENT (unsupported command 'CLIENT') is a refusal: the node is used without the barrier, and the refusal is reported")
+    func proxyRefusingClient() async throws {
+        let server = try GarbageServer.start { peer, read in
+            peer.send(read == 0 ? "-unsupported command 'CLIENT'\r\n" : "+PONG\r\n")
+            return true
+        }
+        defer { server.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        #expect(connection.orderBarrierRefusal == "CLIENT INFO: unsupported command 'CLIENT'")
+        await connection.shutdown()
+    }
+
     @Test("shutdown() sends the replays still waiting: one more connect, within its grace period")
     func shutdownSendsReplays() async throws {
         try await withProxiedConnection { server, proxy, connection throws in
