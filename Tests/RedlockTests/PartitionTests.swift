@@ -102,8 +102,11 @@ struct PartitionTests {
                 #expect(await eventually { a.nodes[0].pendingReplays > 0 }, "the clean-ups wait for the next connection")
                 // The old connections go, with the bytes the network held for them.
                 proxy.resetConnections()
-                // A hands the lease over; B re-attaches it, node 0 included.
-                let leaseB = try await b.makeLock("handed", options: options).reattach(lease.handoff)
+                // A hands the lease over; B re-attaches it, node 0 included (waiting for every
+                // node's answer).
+                var reattaching = options
+                reattaching.failFast = false
+                let leaseB = try await b.makeLock("handed", options: reattaching).reattach(lease.handoff)
                 #expect(try await servers[0].value(of: "handed") == lease.value)
                 // A's path heals and A talks to node 0 again (a connect begun before the reset
                 // may still fail).
