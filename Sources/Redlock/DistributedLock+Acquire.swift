@@ -65,7 +65,7 @@ extension DistributedLock {
                 // Leave the queue on every node (passing on a key handed over meanwhile), without
                 // waiting: the entries would expire anyway.
                 let leave = client.prepareFanOut(
-                    cleanUpCall(value: value, window: window, announcing: false), order: client.nodeIndices, budget: attemptBudget,
+                    releaseCall(value: value, announcing: false, replayWindow: window), order: client.nodeIndices, budget: attemptBudget,
                     returnWhenDecided: false, lane: lane
                 )
                 client.send(leave)
@@ -470,11 +470,10 @@ extension DistributedLock {
         // The call is made only when needed: most attempts leave no line. A connection that
         // loses it sends it again while the window is open (it touches this value only).
         return { nodes in
-            let made = RedisScriptCall(
+            let call = RedisScriptCall(
                 Scripts.leaveLineHolding, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
                 arguments: [value, String(expiry)]
-            )
-            let call = window.map { made.replayable(within: $0) } ?? made
+            ).replayable(within: window)
             client.send(client.prepareFanOut(call, order: nodes, budget: budget, returnWhenDecided: false, lane: lane))
         }
     }
@@ -517,7 +516,7 @@ extension DistributedLock {
         // Not announced: nobody got to use the lock. A fair lock's caller keeps its place in line
         // and the nodes are left free, where only the first in line is granted.
         // A cancelled caller's lock() ends here: what was handed to it goes to the next in line.
-        let releaseCall = cleanUpCall(value: value, window: window, announcing: false, staysInLine: options.fair && !wasCancelled)
+        let releaseCall = releaseCall(value: value, announcing: false, staysInLine: options.fair && !wasCancelled, replayWindow: window)
         // A clean-up not known to have deleted nothing may have deleted a key handed over since:
         // such nodes no longer count handoffs for this call (see LocalCoordination.HandoffWatch).
         cleanedUp?.formUnion(LocalCoordination.HandoffWatch.excluded(byCleanUpOn: decision.releaseQueued))

@@ -151,8 +151,7 @@ public struct DistributedLock: Sendable {
         let handedOver = claimed?.next
         // A release the connection loses is sent again on its next one (a late delete of a
         // value nobody uses again), unless the value is the caller's own or was handed off.
-        let announced = releaseCall(value: lease.value, announcing: handedOver == nil)
-        let call = lease.replayWindow.map { announced.replayable(within: $0) } ?? announced
+        let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow)
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             lane: lane
@@ -278,10 +277,18 @@ public struct DistributedLock: Sendable {
     /// expires, unless one of them carries the same value (a retry of the same `lock()`, a
     /// re-attaching acquire, an extension): the delete would undo what that command was
     /// granted. A fair release never runs late: it also hands the key to the first in line.
-    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
+    ///
+    /// With `replayWindow` (a value drawn at random for its `lock()`: ``Lease/replayWindow``), a
+    /// connection that loses the call sends it again while the window is open. It then runs
+    /// before anything sent to that node later (that `lock()`'s next attempts included: their
+    /// value is the same), and after the order barrier ended the lost connection there (see
+    /// `OrderBarrier` in the transport): a late delete of this value can only remove a key
+    /// nobody counts, until the lease is handed off (``Lease/handoff`` closes the window).
+    func releaseCall(value: String, announcing: Bool, staysInLine: Bool = false, replayWindow: ReplayWindow? = nil) -> RedisScriptCall {
         let channel = announcing ? announcedOn : ""
         guard options.fair else {
             return releasePrefix.appending(value, then: announcing ? releaseSuffixAnnounced : releaseSuffixSilent, runsLateUnlessBehind: value)
+                .replayable(within: replayWindow)
         }
         return RedisScriptCall(
             Scripts.releaseFair, keys: [name, Scripts.queueKey(name), Scripts.queueDeadlinesKey(name)],
@@ -290,19 +297,7 @@ public struct DistributedLock: Sendable {
                 String(Swift.max(attemptBudget * 2, .milliseconds(10)).millisecondsRoundedUp),
                 staysInLine ? "0" : "1",
             ] + (handoffsCountAsGrants ? [String(options.expiry.millisecondsRoundedUp)] : [])
-        )
-    }
-
-    /// ``releaseCall(value:announcing:staysInLine:)`` for a `lock()`'s own value (an attempt's
-    /// clean-up, the leave of a fair lock's line): with `window` (a value drawn at random for
-    /// this `lock()`), sent again by a connection that loses it while the window is open. It
-    /// then runs before anything sent to that node later, this call's next attempts included
-    /// (their value is the same), and after the order barrier ended the lost connection there
-    /// (see `OrderBarrier` in the transport): a late delete of this value can only remove a key
-    /// nobody counts, until the lease is handed off (``Lease/handoff`` closes the window).
-    func cleanUpCall(value: String, window: ReplayWindow?, announcing: Bool, staysInLine: Bool = false) -> RedisScriptCall {
-        let call = releaseCall(value: value, announcing: announcing, staysInLine: staysInLine)
-        return window.map { call.replayable(within: $0) } ?? call
+        ).replayable(within: replayWindow)
     }
 
     /// Runs a compare-and-delete `call` on `order`, bounded by the attempt budget and deaf to

@@ -12,8 +12,8 @@ import Musl
 /// between a client and the node while the node keeps running (and expiring keys): added
 /// latency, a direction that stalls (bytes are held, not lost: a client that closes behind them
 /// still has them delivered once the stall ends, as TCP retransmits what a closed socket sent),
-/// a connection reset, a stream cut after a number of bytes. Give each client its own proxy per node to make partitions that
-/// differ per client.
+/// a connection reset, a stream cut after a number of bytes. Give each client its own proxy per
+/// node to make partitions that differ per client.
 ///
 /// Loopback only: it listens on 127.0.0.1 and connects to the node's 127.0.0.1 port. Threads of
 /// its own (one to accept, two per connection), all ended by ``stop()``.

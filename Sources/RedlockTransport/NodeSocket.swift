@@ -210,13 +210,8 @@ final class NodeSocket: @unchecked Sendable {
             handshake.append(RedisCommand("SELECT", String(database)))
         }
         for command in handshake {
-            let left = budget - started.duration(to: .now)
-            guard left > .zero else {
-                socket.close()
-                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "connect timed out before AUTH/SELECT"))
-            }
             let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
-            switch socket.roundTrip(command, timeout: milliseconds(left)) {
+            switch socket.roundTrips([command], until: started + budget).map(\.[0]) {
             case let .success(reply):
                 guard case let .error(text) = reply else { continue }
                 socket.close()
@@ -310,12 +305,8 @@ final class NodeSocket: @unchecked Sendable {
         }
     }
 
-    /// Writes `command` and waits for its reply (an error reply comes back as `.error`).
-    private func roundTrip(_ command: RedisCommand, timeout milliseconds: Int32) -> Result<RedisValue, RedisError> {
-        roundTrip(bytes: command.wireBytes, timeout: milliseconds)
-    }
-
-    /// Writes `bytes` (none: only reads) and waits for the next reply.
+    /// Writes `bytes` (none: only reads) and waits for the next reply (an error reply comes back
+    /// as `.error`).
     private func roundTrip(bytes: [UInt8], timeout milliseconds: Int32) -> Result<RedisValue, RedisError> {
         guard let pointer else { return .failure(closedError) }
         var error = rio_error()

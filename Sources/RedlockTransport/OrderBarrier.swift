@@ -42,8 +42,6 @@ enum OrderBarrier {
     struct Outcome: Sendable {
         /// How the server names the new connection; nil when it would not tell.
         var client: ServerClient?
-        /// Whether the node answered the kill: the old connection is gone (or was already).
-        var killed: Bool
         /// The node's refusal of `CLIENT KILL` or `CLIENT INFO`, or why the answer was of no
         /// use; nil when both worked.
         var refusal: String?
@@ -57,7 +55,6 @@ enum OrderBarrier {
         /// garbled its answer) on `CLIENT`: a proxy that does not pass it on, say.
         init(unsupported reason: String) {
             client = nil
-            killed = false
             refusal = reason
         }
 
@@ -75,11 +72,10 @@ enum OrderBarrier {
         /// Reads the replies to a request's commands: the kill's (when asked), then `CLIENT INFO`'s.
         init(requested: Request, replies: [RedisValue]) {
             var replies = replies[...]
-            killed = false
             refusal = nil
             if requested.kill != nil, let reply = replies.popFirst() {
                 switch reply {
-                case .integer: killed = true
+                case .integer: break
                 case let .error(text) where Self.refusesForGood(text): refusal = "CLIENT KILL: \(text)"
                 case let .error(text): failure = ("CLIENT KILL", text)
                 default: refusal = "CLIENT KILL: unexpected reply \(reply)"
@@ -150,9 +146,6 @@ package final class ReplayWindow: Sendable {
 
     /// An open window.
     package init() {}
-
-    /// A window nobody closes, for commands that may always run late.
-    package static let always = ReplayWindow()
 
     /// Whether copies may still be made and written.
     package var isOpen: Bool { !closed.load(ordering: .acquiring) }

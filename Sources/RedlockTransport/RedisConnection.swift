@@ -860,12 +860,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let started = ContinuousClock.now
         let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }) : nil
         NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier) { [self] outcome in
-            connected(outcome, tookSince: started, barrier: barrier)
+            connected(outcome, tookSince: started)
         }
     }
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
-    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant, barrier: OrderBarrier.Request?) {
+    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
         let (outcome, refused) = NodeSocket.vetted(connect, by: vet)
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
@@ -917,8 +917,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 if let outcome = socket.barrier {
                     state.serverClient = outcome.client
                     state.barrierRefusal = outcome.refusal
-                    // Ended, or the node will not (a refusal): either way nothing more to do.
-                    if state.pendingKill == barrier?.kill { state.pendingKill = nil }
+                    // The kill owed when the connect began (none can be added without a socket)
+                    // was answered, or the node will not (a refusal): nothing more to do.
+                    state.pendingKill = nil
                 }
                 // A new socket may reach a restarted node: it has confirmed no script yet, and
                 // may not run any (another ACL, scripting renamed away).

@@ -88,8 +88,8 @@ package struct RedisScriptCall: Sendable {
     }
 
     /// This call, sent again by the connection when it is lost, while `window` is open: for a
-    /// compare-and-delete of a value nobody uses again until then.
-    package func replayable(within window: ReplayWindow) -> RedisScriptCall {
+    /// compare-and-delete of a value nobody uses again until then. Nil: this call as it is.
+    package func replayable(within window: ReplayWindow?) -> RedisScriptCall {
         var call = self
         call.replayWindow = window
         return call

@@ -116,6 +116,16 @@ private func withProxiedConnection(
     }
 }
 
+/// Breaks the path of `connection`'s open connection (`.stallOpen`) and lets `command` time out
+/// there: the next connect owes a kill of that connection. Returns its id.
+private func owingAKill(_ connection: RedisConnection, through proxy: FaultProxy, after command: RedisCommand) async throws -> UInt64 {
+    let old = try #require(connection.orderBarrierClients.open)
+    proxy.set(.stallOpen([.toNode, .toClient]))
+    await #expect(throws: RedisError.self) { try await connection.send(command) }
+    #expect(connection.orderBarrierClients.pendingKill == old)
+    return old
+}
+
 /// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
 private enum Batched {
     case command(RedisCommand)
@@ -787,10 +797,7 @@ struct ConnectionTests {
     func busyNodeKeepsTheKill() async throws {
         try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
             _ = try await server.run(RedisCommand("CONFIG", "SET", "busy-reply-threshold", "100"))
-            let old = try #require(connection.orderBarrierClients.open)
-            proxy.set(.stallOpen([.toNode, .toClient]))
-            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("RPUSH", "log", "old")) }
-            #expect(connection.orderBarrierClients.pendingKill == old)
+            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("RPUSH", "log", "old"))
             // A script keeps the node busy for 1.5 s; past 100 ms others are answered BUSY.
             let busy = RedisConnection(configuration: server.configuration(commandTimeout: .seconds(10)))
             let script = Task {
@@ -821,10 +828,7 @@ struct ConnectionTests {
     @Test("a node that closes the next connection while a kill is owed (at maxclients: an error, then the close) fails the connect and keeps the kill: no connect without the barrier then, so the old connection's command cannot run after the new one's")
     func closedWhileAKillIsOwed() async throws {
         try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
-            let old = try #require(connection.orderBarrierClients.open)
-            proxy.set(.stallOpen([.toNode, .toClient]))
-            await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "order", "old")) }
-            #expect(connection.orderBarrierClients.pendingKill == old)
+            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
             // No room for another client: the node answers an error and closes.
             let admin = RedisConnection(configuration: server.configuration())
             let clients = try await admin.send(RedisCommand("INFO", "clients")).string ?? ""
@@ -880,6 +884,19 @@ struct ConnectionTests {
         #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
         #expect(connection.orderBarrierRefusal == "CLIENT INFO: unsupported command 'CLIENT'")
         await connection.shutdown()
+    }
+
+    @Test("+client|kill revoked while a kill is owed: the next connect is refused the kill, works without it, and reports the refusal")
+    func killRevokedWhileOwed() async throws {
+        try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
+            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
+            _ = try await server.run(RedisCommand("ACL", "SETUSER", "default", "-client|kill"))
+            #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
+            #expect(connection.orderBarrierRefusal?.hasPrefix("CLIENT KILL: NOPERM") == true, "\(connection.orderBarrierRefusal ?? "nil")")
+            #expect(connection.orderBarrierClients.pendingKill == nil)
+            #expect(connection.orderBarrierClients.open != nil, "CLIENT INFO still names the connection")
+            proxy.set(.none)
+        }
     }
 
     @Test("shutdown() sends the replays still waiting: one more connect, within its grace period")
