@@ -153,9 +153,9 @@ final class NodeSocket: @unchecked Sendable {
         pointer.map { rio_conn_fd($0) } ?? -1
     }
 
-    /// Connects (resolution, TCP or Unix connect, TLS handshake), then authenticates and selects
-    /// the database, all within the configuration's connect timeout, then makes the order
-    /// barrier (within the later of that and the command timeout). Blocks the calling thread:
+    /// Connects (resolution, TCP or Unix connect, TLS handshake) within the configuration's
+    /// connect timeout, then, in one round trip within the later of that and the command
+    /// timeout, authenticates, selects the database and makes the order barrier. Blocks the calling thread:
     /// call it from a connector thread, never from the event loop or the cooperative pool.
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
@@ -198,6 +198,10 @@ final class NodeSocket: @unchecked Sendable {
         }
         let socket = NodeSocket(pointer: opened, endpoint: endpoint)
 
+        // One round trip: `AUTH`, `SELECT`, then the order barrier's kill (if any) and
+        // `CLIENT INFO`, pipelined. These are commands, not the connect: the node has the command
+        // timeout to answer them, as it would have for the first command written, or what is
+        // left of the connect timeout when that is longer.
         var handshake: [RedisCommand] = []
         if let password = configuration.password {
             if let username = configuration.username {
@@ -209,52 +213,52 @@ final class NodeSocket: @unchecked Sendable {
         if let database = configuration.database, database != 0 {
             handshake.append(RedisCommand("SELECT", String(database)))
         }
-        for command in handshake {
-            let name = command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
-            switch socket.roundTrips([command], until: started + budget).map(\.[0]) {
-            case let .success(reply):
-                guard case let .error(text) = reply else { continue }
-                socket.close()
-                let code: RedisError.Code = name == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
-                return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name): \(text)"))
-            case let .failure(failure):
-                socket.close()
-                return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(name) after connecting: \(failure.message)"))
-            }
+        let barrierCommands = barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? []
+        guard !handshake.isEmpty || !barrierCommands.isEmpty else { return .success(socket) }
+        let deadline = max(started + budget, .now + configuration.commandTimeout)
+        let exchange = socket.roundTrips(handshake + barrierCommands, until: deadline)
+        func name(_ command: RedisCommand) -> String {
+            command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
         }
-        if let barrier {
-            // One round trip: the kill (if any), then `CLIENT INFO`, pipelined. Commands, not
-            // the connect: the node has the command timeout to answer, as it would have for the
-            // first command written, or what is left of the connect timeout when that is longer.
-            let commands = (barrier.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand]
-            let deadline = max(started + budget, .now + configuration.commandTimeout)
-            switch socket.roundTrips(commands, until: deadline) {
-            case let .success(replies):
-                let outcome = OrderBarrier.Outcome(requested: barrier, replies: replies)
-                if let (command, text) = outcome.failure {
-                    // Not now (BUSY, LOADING): nothing may be written before the kill, so the
-                    // connect fails, as a command would, and the next one asks again. A node
-                    // that wants credentials none were given for fails as a command would.
-                    socket.close()
-                    if text.hasPrefix("NOAUTH") {
-                        return .failure(RedisError(code: .authenticationFailed, endpoint: endpoint, message: text))
-                    }
-                    return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "\(command) while connecting: \(text)"))
-                }
-                socket.barrier = outcome
-            case let .failure(failure) where barrier.kill == nil && (failure.code == .connectionClosed || failure.code == .protocolError):
-                // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
-                // server that is not Redis): once more without the barrier, which it cannot
-                // give. Never with a kill owed: that node answered CLIENT INFO before, and the
-                // kill must come first (a node at maxclients closes like this too).
-                socket.close()
+        for (command, reply) in zip(handshake, exchange.replies) {
+            guard case let .error(text) = reply else { continue }
+            socket.close()
+            let code: RedisError.Code
+            if text.uppercased().hasPrefix("ERR MAX NUMBER OF CLIENTS") {
+                code = .serverError // a full node answers every new connection so, then closes it
+            } else {
+                code = name(command) == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
+            }
+            return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name(command)): \(text)"))
+        }
+        if let failure = exchange.failure {
+            socket.close()
+            if let barrier, barrier.kill == nil, failure.code == .connectionClosed || failure.code == .protocolError {
+                // Closed or garbled with CLIENT INFO in the round trip (a proxy that does not
+                // pass it on, and may drop the replies before it; or a server that is not
+                // Redis): once more without the barrier, which it cannot give. Never with a
+                // kill owed: that node answered CLIENT INFO before, and the kill must come
+                // first (a node at maxclients closes like this too).
                 return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
-            case let .failure(failure):
-                socket.close()
-                let name = barrier.kill == nil ? "CLIENT INFO" : "CLIENT KILL"
-                return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(name) after connecting: \(failure.message)"))
             }
+            let answered = exchange.replies.count
+            let named = answered < handshake.count ? name(handshake[answered])
+                : answered == handshake.count && barrier?.kill != nil ? "CLIENT KILL" : "CLIENT INFO"
+            return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
+        guard let barrier else { return .success(socket) }
+        let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(handshake.count)))
+        if let (command, text) = outcome.failure {
+            // Not now (BUSY, LOADING): nothing may be written before the kill, so the connect
+            // fails, as a command would, and the next one asks again. A node that wants
+            // credentials none were given for fails as a command would.
+            socket.close()
+            if text.hasPrefix("NOAUTH") {
+                return .failure(RedisError(code: .authenticationFailed, endpoint: endpoint, message: text))
+            }
+            return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "\(command) while connecting: \(text)"))
+        }
+        socket.barrier = outcome
         return .success(socket)
     }
 
@@ -273,17 +277,15 @@ final class NodeSocket: @unchecked Sendable {
         let started = ContinuousClock.now
         return connect(configuration, tls: tls, barrier: nil).flatMap { socket in
             let deadline = max(started + configuration.connectTimeout, .now + configuration.commandTimeout)
-            switch socket.roundTrips([RedisCommand("PING")], until: deadline) {
-            case .success:
-                socket.barrier = OrderBarrier.Outcome(unsupported: reason)
-                return .success(socket)
-            case let .failure(failure):
+            if let failure = socket.roundTrips([RedisCommand("PING")], until: deadline).failure {
                 socket.close()
                 return .failure(RedisError(
                     code: failure.code, endpoint: configuration.endpoint,
                     message: "PING after connecting (without the order barrier: \(reason)): \(failure.message)"
                 ))
             }
+            socket.barrier = OrderBarrier.Outcome(unsupported: reason)
+            return .success(socket)
         }
     }
 
@@ -321,24 +323,35 @@ final class NodeSocket: @unchecked Sendable {
         return Self.value(reply, endpoint: endpoint)
     }
 
+    /// What ``roundTrips(_:until:)`` got: the replies in order (error replies are `.error`), and
+    /// why the rest did not come (nil when every command was answered).
+    private struct Exchange {
+        var replies: [RedisValue] = []
+        var failure: RedisError?
+    }
+
     /// Writes `commands` at once, then reads one reply for each, all before `deadline`. An
-    /// error reply is a reply (`.error`); a reply that does not come in time is a failure.
-    private func roundTrips(_ commands: [RedisCommand], until deadline: ContinuousClock.Instant) -> Result<[RedisValue], RedisError> {
+    /// error reply is a reply (`.error`); a reply that does not come in time is a failure, and
+    /// so is a broken stream; the replies read before either are kept.
+    private func roundTrips(_ commands: [RedisCommand], until deadline: ContinuousClock.Instant) -> Exchange {
         var bytes: [UInt8] = []
         for command in commands { command.appendWire(to: &bytes) }
-        var replies: [RedisValue] = []
+        var exchange = Exchange()
         for index in commands.indices {
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else {
-                return .failure(RedisError(code: .timeout, endpoint: endpoint, message: "timed out waiting for the server's reply"))
+                exchange.failure = RedisError(code: .timeout, endpoint: endpoint, message: "timed out waiting for the server's reply")
+                return exchange
             }
             // The bytes go with the first; the others only read the next reply.
             switch roundTrip(bytes: index == 0 ? bytes : [], timeout: Int32(clamping: max(1, left.wholeNanoseconds / 1_000_000))) {
-            case let .success(reply): replies.append(reply)
-            case let .failure(failure): return .failure(failure)
+            case let .success(reply): exchange.replies.append(reply)
+            case let .failure(failure):
+                exchange.failure = failure
+                return exchange
             }
         }
-        return .success(replies)
+        return exchange
     }
 
     private var closedError: RedisError {

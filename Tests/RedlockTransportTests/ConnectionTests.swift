@@ -564,6 +564,82 @@ struct ConnectionTests {
         }
     }
 
+    @Test("AUTH, SELECT and the order barrier's CLIENT INFO go out together: a node that answers only once it has all three gets a working connection")
+    func handshakeIsOneRoundTrip() async throws {
+        // The three commands' size in RESP.
+        let expected = [["AUTH", "locker", "pw"], ["SELECT", "2"], ["CLIENT", "INFO"]].map { arguments in
+            "*\(arguments.count)\r\n" + arguments.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()
+        }.joined().utf8.count
+        let info = "id=7 addr=127.0.0.1:5000 db=2"
+        let answers = "+OK\r\n+OK\r\n$\(info.utf8.count)\r\n\(info)\r\n"
+        let started = Mutex<GarbageServer?>(nil)
+        let answered = Mutex(false)
+        // Answers nothing until the whole handshake came: a client that waits for AUTH's reply
+        // before it sends SELECT waits for good (and times out). The handler runs after the
+        // server counted the read.
+        let server = try GarbageServer.start { peer, _ in
+            guard let received = started.withLock({ $0 })?.bytesReceived.first, received >= expected else { return true }
+            peer.send(answered.withLock { answered in defer { answered = true }; return answered } ? "+PONG\r\n" : answers)
+            return true
+        }
+        defer { server.stop() }
+        started.withLock { $0 = server }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+            endpoint: server.endpoint, username: "locker", password: "pw", database: 2,
+            connectTimeout: .seconds(2), commandTimeout: .seconds(2)
+        ))
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        #expect(connection.orderBarrierClients.open == 7)
+        #expect(server.acceptedCount == 1)
+        await connection.shutdown()
+    }
+
+    @Test("AUTH has the command timeout, like any command: a node slower to answer than the connect timeout still authenticates")
+    func slowAuthWithinTheCommandTimeout() async throws {
+        try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            // Each way 150 ms: a round trip takes 300 ms, three times the connect timeout.
+            proxy.set(.latency(.milliseconds(150)))
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, password: "s3cret", database: 1,
+                connectTimeout: .milliseconds(100), commandTimeout: .seconds(2)
+            ))
+            #expect(try await connection.send(RedisCommand("CLIENT", "INFO")).string?.contains("db=1") == true)
+            // A wrong password is still refused, within the command timeout.
+            let wrong = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, password: "nope", connectTimeout: .milliseconds(100), commandTimeout: .seconds(2)
+            ))
+            let error = await #expect(throws: RedisError.self) { try await wrong.send(RedisCommand("PING")) }
+            #expect(error?.code == .authenticationFailed, "\(String(describing: error))")
+            for connection in [connection, wrong] { await connection.shutdown() }
+        }
+    }
+
+    @Test("a node at maxclients answers AUTH with its refusal of the connection: a server error that is retried, not a permanent authentication failure")
+    func fullNodeIsNotAnAuthenticationFailure() async throws {
+        try await withRedisServers(1, arguments: ["--requirepass", "s3cret", "--maxclients", "1"]) { servers throws in
+            let configuration = RedisConnectionConfiguration(endpoint: servers[0].endpoint, password: "s3cret")
+            let holder = RedisConnection(configuration: configuration)
+            #expect(try await holder.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let late = RedisConnection(configuration: configuration)
+            let error = await #expect(throws: RedisError.self) { try await late.send(RedisCommand("PING")) }
+            #expect(error?.code == .serverError, "\(String(describing: error))")
+            #expect(error?.message.contains("max number of clients") == true, "\(String(describing: error))")
+            #expect(error?.isPermanent == false)
+            // Once the slot is free, the same connection connects. (When the node has read the
+            // holder's close cannot be seen from here without a slot: a few tries, 2 s at most.)
+            await holder.shutdown()
+            var reply: RedisValue?
+            for _ in 0..<40 where reply == nil {
+                reply = try? await late.send(RedisCommand("PING"))
+                if reply == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(reply == .simpleString("PONG"))
+            await late.shutdown()
+        }
+    }
+
     @Test("a peer that answers garbage fails with a protocol error")
     func garbage() async throws {
         let garbage = try GarbageServer.start(reply: "hello, not RESP\r\n")
@@ -889,7 +965,7 @@ struct ConnectionTests {
     @Test("+client|kill revoked while a kill is owed: the next connect is refused the kill, works without it, and reports the refusal")
     func killRevokedWhileOwed() async throws {
         try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
-            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
+            _ = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
             _ = try await server.run(RedisCommand("ACL", "SETUSER", "default", "-client|kill"))
             #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
             #expect(connection.orderBarrierRefusal?.hasPrefix("CLIENT KILL: NOPERM") == true, "\(connection.orderBarrierRefusal ?? "nil")")
