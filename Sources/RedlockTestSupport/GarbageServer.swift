@@ -40,6 +40,11 @@ public final class GarbageServer: Sendable {
     public var bytesReceived: [Int] { received.withLock { $0 } }
     private let received = Mutex<[Int]>([])
 
+    /// What each accepted connection sent, read by read, in the order they were accepted (the
+    /// first 64 reads of each; a handler sees its own read's bytes here).
+    public var reads: [[[UInt8]]] { readBytes.withLock { $0 } }
+    private let readBytes = Mutex<[[[UInt8]]]>([])
+
     /// Starts listening; `reply` is written after each read from a client (nil: never answer).
     /// With `closeAfterReply`, reply number `repliesBeforeClose` (default: the first) on each
     /// connection is followed at once by the end of the stream (the reply and the FIN arrive
@@ -129,6 +134,7 @@ public final class GarbageServer: Sendable {
                 received.append(0)
                 return received.count - 1
             }
+            readBytes.withLock { $0.append([]) }
             guard keep else {
                 close(client)
                 return
@@ -142,6 +148,9 @@ public final class GarbageServer: Sendable {
                 var answering = true
                 while case let count = buffer.withUnsafeMutableBytes({ read(client, $0.baseAddress, $0.count) }), count > 0 {
                     received.withLock { $0[index] += count }
+                    readBytes.withLock { reads in
+                        if reads[index].count < 64 { reads[index].append(Array(buffer[0..<count])) }
+                    }
                     // Once done answering it only counts what the client still sends.
                     guard answering else { continue }
                     answering = respond(Peer(descriptor: client), reads)

@@ -161,7 +161,7 @@ final class NodeSocket: @unchecked Sendable {
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
     /// ``OrderBarrier``.
     static func connect(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, probe: Bool = false
     ) -> Result<NodeSocket, RedisError> {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
@@ -198,34 +198,45 @@ final class NodeSocket: @unchecked Sendable {
         }
         let socket = NodeSocket(pointer: opened, endpoint: endpoint)
 
-        // One round trip: `AUTH`, `SELECT`, then the order barrier's kill (if any) and
-        // `CLIENT INFO`, pipelined. These are commands, not the connect: the node has the command
-        // timeout to answer them, as it would have for the first command written, or what is
-        // left of the connect timeout when that is longer.
-        var handshake: [RedisCommand] = []
+        // The handshake: `AUTH` and `SELECT` (when configured) in one round trip, then the order
+        // barrier's kill (when owed) and `CLIENT INFO` in another: nothing of the barrier runs
+        // before the node accepted the credentials and the database, and a close on `CLIENT
+        // INFO` is told from one before. With `probe` a `PING` goes with the first. These are
+        // commands, not the connect: the node has the command timeout to answer them all, as it
+        // would have for the first command written, or what is left of the connect timeout when
+        // that is longer.
+        var credentials: [RedisCommand] = []
         if let password = configuration.password {
             if let username = configuration.username {
-                handshake.append(RedisCommand("AUTH", username, password))
+                credentials.append(RedisCommand("AUTH", username, password))
             } else {
-                handshake.append(RedisCommand("AUTH", password))
+                credentials.append(RedisCommand("AUTH", password))
             }
         }
         if let database = configuration.database, database != 0 {
-            handshake.append(RedisCommand("SELECT", String(database)))
+            credentials.append(RedisCommand("SELECT", String(database)))
         }
+        if probe { credentials.append(RedisCommand("PING")) }
         let barrierCommands = barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? []
-        guard !handshake.isEmpty || !barrierCommands.isEmpty else { return .success(socket) }
         let deadline = max(started + budget, .now + configuration.commandTimeout)
-        let exchange = socket.roundTrips(handshake + barrierCommands, until: deadline)
+        let separately = !credentials.isEmpty && !barrierCommands.isEmpty
+        var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
+        if separately, exchange.failure == nil, !exchange.replies.contains(where: { if case .error = $0 { true } else { false } }) {
+            let second = socket.roundTrips(barrierCommands, until: deadline)
+            exchange.replies += second.replies
+            exchange.failure = second.failure
+        }
         func name(_ command: RedisCommand) -> String {
             command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
         }
-        for (command, reply) in zip(handshake, exchange.replies) {
-            guard case let .error(text) = reply else { continue }
+        for (command, reply) in zip(credentials, exchange.replies) {
+            guard case let .error(text) = reply, name(command) != "PING" else { continue }
             socket.close()
             let code: RedisError.Code
-            if text.uppercased().hasPrefix("ERR MAX NUMBER OF CLIENTS") {
-                code = .serverError // a full node answers every new connection so, then closes it
+            if text.hasPrefix("NOAUTH") {
+                code = .authenticationFailed
+            } else if !OrderBarrier.Outcome.refusesForGood(text) {
+                code = .serverError // busy or full (BUSY, LOADING, ERR max number of clients): not now
             } else {
                 code = name(command) == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
             }
@@ -233,21 +244,22 @@ final class NodeSocket: @unchecked Sendable {
         }
         if let failure = exchange.failure {
             socket.close()
-            if let barrier, barrier.kill == nil, failure.code == .connectionClosed || failure.code == .protocolError {
-                // Closed or garbled with CLIENT INFO in the round trip (a proxy that does not
-                // pass it on, and may drop the replies before it; or a server that is not
-                // Redis): once more without the barrier, which it cannot give. Never with a
-                // kill owed: that node answered CLIENT INFO before, and the kill must come
-                // first (a node at maxclients closes like this too).
+            let answered = exchange.replies.count
+            if let barrier, barrier.kill == nil, answered >= credentials.count,
+               failure.code == .connectionClosed || failure.code == .protocolError
+            {
+                // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
+                // server that is not Redis): once more without the barrier, which it cannot
+                // give. Never with a kill owed: that node answered CLIENT INFO before, and the
+                // kill must come first (a node at maxclients closes like this too).
                 return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             }
-            let answered = exchange.replies.count
-            let named = answered < handshake.count ? name(handshake[answered])
-                : answered == handshake.count && barrier?.kill != nil ? "CLIENT KILL" : "CLIENT INFO"
+            let named = answered < credentials.count ? name(credentials[answered])
+                : answered == credentials.count && barrier?.kill != nil ? "CLIENT KILL" : "CLIENT INFO"
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
         guard let barrier else { return .success(socket) }
-        let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(handshake.count)))
+        let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
         if let (command, text) = outcome.failure {
             // Not now (BUSY, LOADING): nothing may be written before the kill, so the connect
             // fails, as a command would, and the next one asks again. A node that wants
@@ -274,18 +286,11 @@ final class NodeSocket: @unchecked Sendable {
     private static func connectWithoutBarrier(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, because reason: String
     ) -> Result<NodeSocket, RedisError> {
-        let started = ContinuousClock.now
-        return connect(configuration, tls: tls, barrier: nil).flatMap { socket in
-            let deadline = max(started + configuration.connectTimeout, .now + configuration.commandTimeout)
-            if let failure = socket.roundTrips([RedisCommand("PING")], until: deadline).failure {
-                socket.close()
-                return .failure(RedisError(
-                    code: failure.code, endpoint: configuration.endpoint,
-                    message: "PING after connecting (without the order barrier: \(reason)): \(failure.message)"
-                ))
-            }
+        connect(configuration, tls: tls, barrier: nil, probe: true).map { socket in
             socket.barrier = OrderBarrier.Outcome(unsupported: reason)
-            return .success(socket)
+            return socket
+        }.mapError { failure in
+            RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
         }
     }
 

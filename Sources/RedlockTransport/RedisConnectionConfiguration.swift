@@ -9,10 +9,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// The database selected with `SELECT` after connecting. The default is `nil` (database 0).
     public var database: Int?
     /// How long a connect (name resolution, TCP or Unix connect, TLS handshake) may take. The
-    /// default is 1 s. The connect's last step is one round trip of commands, pipelined: `AUTH`
-    /// and `SELECT` (when configured), then the order barrier's `CLIENT KILL` (when owed) and
-    /// `CLIENT INFO`. Like any command, it may take until the later of this and
-    /// ``commandTimeout`` after it was sent, so a whole connect ends within
+    /// default is 1 s. The connect's last step is its commands: `AUTH` and `SELECT` (when
+    /// configured) in one round trip, then the order barrier's `CLIENT KILL` (when owed) and
+    /// `CLIENT INFO` in another. Like any command, they have until the later of this and
+    /// ``commandTimeout`` after the first was sent, so a whole connect ends within
     /// `connectTimeout + commandTimeout`; at most twice that when the server closes the
     /// connection on `CLIENT INFO` (a proxy) and a connect without the barrier follows.
     public var connectTimeout: Duration

@@ -126,6 +126,11 @@ private func owingAKill(_ connection: RedisConnection, through proxy: FaultProxy
     return old
 }
 
+/// A command's bytes in RESP, as a client writes them.
+private func wire(_ arguments: String...) -> [UInt8] {
+    Array(("*\(arguments.count)\r\n" + arguments.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()).utf8)
+}
+
 /// A command of a batch for ``sendTogether(_:on:)``: plain, or a script call.
 private enum Batched {
     case command(RedisCommand)
@@ -564,22 +569,25 @@ struct ConnectionTests {
         }
     }
 
-    @Test("AUTH, SELECT and the order barrier's CLIENT INFO go out together: a node that answers only once it has all three gets a working connection")
-    func handshakeIsOneRoundTrip() async throws {
-        // The three commands' size in RESP.
-        let expected = [["AUTH", "locker", "pw"], ["SELECT", "2"], ["CLIENT", "INFO"]].map { arguments in
-            "*\(arguments.count)\r\n" + arguments.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()
-        }.joined().utf8.count
+    @Test("AUTH and SELECT go out together, and the order barrier's CLIENT INFO only once the node answered both")
+    func handshakeCredentialsFirst() async throws {
+        let credentials = wire("AUTH", "locker", "pw") + wire("SELECT", "2")
+        let barrier = wire("CLIENT", "INFO")
         let info = "id=7 addr=127.0.0.1:5000 db=2"
-        let answers = "+OK\r\n+OK\r\n$\(info.utf8.count)\r\n\(info)\r\n"
         let started = Mutex<GarbageServer?>(nil)
-        let answered = Mutex(false)
-        // Answers nothing until the whole handshake came: a client that waits for AUTH's reply
-        // before it sends SELECT waits for good (and times out). The handler runs after the
-        // server counted the read.
+        // Answers the credentials only once both came, CLIENT INFO only once it came after
+        // them; anything else gets nothing (the client then times out). A client that sends
+        // SELECT only after AUTH's reply, or CLIENT INFO with the credentials, waits for good.
         let server = try GarbageServer.start { peer, _ in
-            guard let received = started.withLock({ $0 })?.bytesReceived.first, received >= expected else { return true }
-            peer.send(answered.withLock { answered in defer { answered = true }; return answered } ? "+PONG\r\n" : answers)
+            guard let stream = started.withLock({ $0 })?.reads.first?.joined() else { return true }
+            let sent = Array(stream)
+            if sent == credentials {
+                peer.send("+OK\r\n+OK\r\n")
+            } else if sent == credentials + barrier {
+                peer.send("$\(info.utf8.count)\r\n\(info)\r\n")
+            } else if sent.count > credentials.count + barrier.count {
+                peer.send("+PONG\r\n")
+            }
             return true
         }
         defer { server.stop() }
@@ -590,6 +598,7 @@ struct ConnectionTests {
         ))
         #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
         #expect(connection.orderBarrierClients.open == 7)
+        #expect(Array((server.reads.first ?? []).joined()) == credentials + barrier + wire("PING"))
         #expect(server.acceptedCount == 1)
         await connection.shutdown()
     }
@@ -637,6 +646,133 @@ struct ConnectionTests {
             }
             #expect(reply == .simpleString("PONG"))
             await late.shutdown()
+        }
+    }
+
+    @Test("a refused password sends nothing of the order barrier: an owed CLIENT KILL waits for a connect that authenticates")
+    func refusedPasswordRunsNoKill() async throws {
+        try await withRedisServers(1) { servers throws in
+            let server = servers[0]
+            _ = try await server.run(RedisCommand("ACL", "SETUSER", "locker", "on", ">pw", "~*", "+@all"))
+            let proxy = try FaultProxy.start(to: server.endpoint)
+            defer { proxy.stop() }
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, username: "locker", password: "pw", connectTimeout: .seconds(2), commandTimeout: .milliseconds(300)
+            ))
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
+            _ = try await server.run(RedisCommand("ACL", "SETUSER", "locker", "resetpass", ">other"))
+            let refused = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SET", "order", "new")) }
+            #expect(refused?.code == .authenticationFailed, "\(String(describing: refused))")
+            // The default user (no password on this node) would have run them.
+            let stats = try await server.run(RedisCommand("INFO", "commandstats")).string ?? ""
+            #expect(!stats.contains("cmdstat_client|kill"), "\(stats)")
+            #expect(connection.orderBarrierClients.pendingKill == old)
+            // With the password back, the next connect ends the old connection first.
+            _ = try await server.run(RedisCommand("ACL", "SETUSER", "locker", "resetpass", ">pw"))
+            #expect(try await connection.send(RedisCommand("SET", "order", "new")) == .simpleString("OK"))
+            #expect(connection.orderBarrierClients.pendingKill == nil)
+            #expect(try await server.run(RedisCommand("INFO", "commandstats")).string?.contains("cmdstat_client|kill:calls=1") == true)
+            proxy.set(.none)
+            await connection.shutdown()
+        }
+    }
+
+    @Test("a connection reset before AUTH's reply fails that connect; it does not turn the order barrier off")
+    func resetDuringAuthKeepsTheBarrier() async throws {
+        try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            proxy.set(.stall([.toClient]))
+            let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                endpoint: proxy.endpoint, password: "s3cret", connectTimeout: .seconds(2), commandTimeout: .seconds(5)
+            ))
+            let first = Task { () async -> RedisError? in
+                do { _ = try await connection.send(RedisCommand("PING")) } catch { return error as? RedisError }
+                return nil
+            }
+            // The connect's handshake waits behind the stall; then the path is reset.
+            let waited = ContinuousClock.now
+            while proxy.openCount == 0, waited.duration(to: .now) < .seconds(2) { try await Task.sleep(for: .milliseconds(5)) }
+            proxy.resetConnections()
+            proxy.set(.none)
+            if let failure = await first.value {
+                #expect(failure.message.contains("AUTH after connecting"), "\(failure)")
+            }
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(connection.orderBarrierRefusal == nil, "\(connection.orderBarrierRefusal ?? "nil")")
+            #expect(connection.orderBarrierClients.open != nil)
+            await connection.shutdown()
+        }
+    }
+
+    @Test("behind a server that closes on CLIENT INFO, the connect without the order barrier sends its PING with AUTH: the whole connect stays within twice the connect and command timeouts")
+    func fallbackProbeGoesWithAuth() async throws {
+        let started = Mutex<GarbageServer?>(nil)
+        // Each answer takes 0.4 s. The first connection closes on CLIENT INFO; the second
+        // answers only AUTH and PING sent together (in its first read).
+        let server = try GarbageServer.start { peer, read in
+            guard let server = started.withLock({ $0 }) else { return true }
+            let connection = server.reads.count - 1
+            let sent = server.reads[connection][read]
+            usleep(400_000)
+            if connection == 0 {
+                if read == 0 { peer.send("+OK\r\n"); return true }
+                peer.endStream()
+                return false
+            }
+            if read == 0 {
+                if sent == wire("AUTH", "pw") + wire("PING") { peer.send("+OK\r\n+PONG\r\n") }
+            } else {
+                peer.send("+PONG\r\n")
+            }
+            return true
+        }
+        defer { server.stop() }
+        started.withLock { $0 = server }
+        let connectTimeout = Duration.milliseconds(100), commandTimeout = Duration.seconds(1)
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+            endpoint: server.endpoint, password: "pw", connectTimeout: connectTimeout, commandTimeout: commandTimeout
+        ))
+        let began = ContinuousClock.now
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        #expect(began.duration(to: .now) < (connectTimeout + commandTimeout) * 2 + .milliseconds(400))
+        #expect(server.acceptedCount == 2)
+        #expect(connection.orderBarrierRefusal?.hasPrefix("CLIENT INFO: connectionClosed") == true, "\(connection.orderBarrierRefusal ?? "nil")")
+        await connection.shutdown()
+    }
+
+    @Test("a node busy with a long script answers SELECT with BUSY: a server error that is retried, not a permanent refusal of the database")
+    func busyNodeIsNotADatabaseRefusal() async throws {
+        try await withRedisServers(1, arguments: ["--busy-reply-threshold", "50"]) { servers throws in
+            let endpoint = servers[0].endpoint
+            let runner = RedisConnection(endpoint: endpoint)
+            // Runs for 1 s of the node's clock.
+            let script = """
+                local s = redis.call('TIME')
+                while true do
+                    local n = redis.call('TIME')
+                    if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1000000 then return 1 end
+                end
+                """
+            let running = Task { try await runner.send(RedisCommand("EVAL", script, "0")) }
+            // Busy once a probe is told so (its connect's CLIENT INFO gets BUSY).
+            let probe = RedisConnection(endpoint: endpoint)
+            var busy = false
+            let waited = ContinuousClock.now
+            while !busy, waited.duration(to: .now) < .seconds(2) {
+                do { _ = try await probe.send(RedisCommand("PING")) } catch { busy = (error as? RedisError)?.message.contains("BUSY") == true }
+                if !busy { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            #expect(busy)
+            let selecting = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: endpoint, database: 1))
+            let error = await #expect(throws: RedisError.self) { try await selecting.send(RedisCommand("PING")) }
+            #expect(error?.code == .serverError, "\(String(describing: error))")
+            #expect(error?.message.hasPrefix("SELECT: BUSY") == true, "\(String(describing: error))")
+            #expect(error?.isPermanent == false)
+            #expect(try await running.value == .integer(1))
+            #expect(try await selecting.send(RedisCommand("PING")) == .simpleString("PONG"))
+            for connection in [runner, probe, selecting] { await connection.shutdown() }
         }
     }
 
