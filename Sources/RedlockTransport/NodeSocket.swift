@@ -154,8 +154,9 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// Connects (resolution, TCP or Unix connect, TLS handshake) within the configuration's
-    /// connect timeout, then, in one round trip within the later of that and the command
-    /// timeout, authenticates, selects the database and makes the order barrier. Blocks the calling thread:
+    /// connect timeout, then, within the later of that and the command timeout, authenticates
+    /// and selects the database (one round trip), then makes the order barrier (another). With
+    /// `probe`, a `PING` goes with `AUTH`/`SELECT`. Blocks the calling thread:
     /// call it from a connector thread, never from the event loop or the cooperative pool.
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
@@ -230,20 +231,27 @@ final class NodeSocket: @unchecked Sendable {
             command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
         }
         for (command, reply) in zip(credentials, exchange.replies) {
-            guard case let .error(text) = reply, name(command) != "PING" else { continue }
-            socket.close()
+            guard case let .error(text) = reply else { continue }
             let code: RedisError.Code
             if text.hasPrefix("NOAUTH") {
                 code = .authenticationFailed
             } else if !OrderBarrier.Outcome.refusesForGood(text) {
                 code = .serverError // busy or full (BUSY, LOADING, ERR max number of clients): not now
+            } else if name(command) == "PING" {
+                continue // the probe's: any other answer shows the node reads this connection
             } else {
                 code = name(command) == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
             }
+            socket.close()
             return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name(command)): \(text)"))
         }
         if let failure = exchange.failure {
             socket.close()
+            // A busy or full node's answer to the kill, before it closed (a full node closes
+            // every new connection after its refusal): that answer is the cause.
+            for case let .error(text) in exchange.replies.dropFirst(credentials.count) where !OrderBarrier.Outcome.refusesForGood(text) {
+                return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "CLIENT KILL while connecting: \(text)"))
+            }
             let answered = exchange.replies.count
             if let barrier, barrier.kill == nil, answered >= credentials.count,
                failure.code == .connectionClosed || failure.code == .protocolError
@@ -297,7 +305,8 @@ final class NodeSocket: @unchecked Sendable {
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
     /// then calls `completion` on that thread. The thread ends with the connect, within the
-    /// connect's time limit (``RedisConnectionConfiguration/connectTimeout``).
+    /// connect's time limit (`connectTimeout + commandTimeout`, twice that with the connect
+    /// without the order barrier: see ``RedisConnectionConfiguration/connectTimeout``).
     static func connectInBackground(
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,

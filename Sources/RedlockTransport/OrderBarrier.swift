@@ -14,7 +14,8 @@ import Synchronization
 /// So each new connection asks the server how it names it (`CLIENT INFO`: the client id and the
 /// address the server sees) before anything else is written on it, and when a TCP connection
 /// that had commands unanswered is closed by the client (not by the server), the next connection
-/// to that node first sends `CLIENT KILL ID <id> ADDR <address>` in its handshake. Redis frees
+/// to that node first sends `CLIENT KILL ID <id> ADDR <address>` in its handshake (after `AUTH`
+/// and `SELECT`, when configured, were answered: a refused password runs nothing). Redis frees
 /// the old connection with what it has not run yet, so everything the old connection held
 /// either ran before the kill or never runs. The next connection is handed over only once the
 /// node answered (within the command timeout, or the rest of the connect timeout if longer):
@@ -30,7 +31,8 @@ import Synchronization
 /// node, or `NOAUTH`, which fail the connect) works as before without the barrier, and the
 /// refusal is reported (``RedisConnection/orderBarrierRefusal``). A server that closes the
 /// connection on `CLIENT INFO` gets one more connect without it, handed over once it answered a
-/// `PING`; never while a kill is owed.
+/// `PING`; never while a kill is owed. A reset on `CLIENT INFO` cannot be told from such a
+/// server: that connection, too, goes without the barrier (the next connect asks again).
 enum OrderBarrier {
     /// What a connect is asked to do: learn the new connection's name, and end `kill` first.
     struct Request: Sendable {

@@ -776,6 +776,43 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a full node answers an owed CLIENT KILL with its refusal and closes: a server error naming it, retried, with the kill still owed")
+    func fullNodeWithAKillOwed() async throws {
+        try await withProxiedConnection(connectTimeout: .seconds(1)) { server, proxy, connection throws in
+            let old = try await owingAKill(connection, through: proxy, after: RedisCommand("SET", "order", "old"))
+            // The old connection (stalled, still open on the node) holds the only slot.
+            _ = try await server.run(RedisCommand("CONFIG", "SET", "maxclients", "1"))
+            let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+            #expect(error?.code == .serverError, "\(String(describing: error))")
+            #expect(error?.message.contains("max number of clients") == true, "\(String(describing: error))")
+            #expect(error?.isPermanent == false)
+            #expect(connection.orderBarrierClients.pendingKill == old)
+            proxy.set(.none)
+        }
+    }
+
+    @Test("the connect without the order barrier takes a full node's refusal of its PING as a failure: nothing is written on the socket the node closes")
+    func fallbackProbeRefusedByAFullNode() async throws {
+        let connections = Mutex(0)
+        let server = try GarbageServer.start { peer, _ in
+            // The first connection closes on CLIENT INFO; the others are refused as by a full node.
+            peer.cork()
+            if connections.withLock({ count in defer { count += 1 }; return count > 0 }) {
+                peer.send("-ERR max number of clients reached\r\n")
+            }
+            peer.endStream()
+            return false
+        }
+        defer { server.stop() }
+        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+        let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+        #expect(error?.code == .serverError, "\(String(describing: error))")
+        #expect(error?.message.contains("max number of clients") == true, "\(String(describing: error))")
+        #expect(server.acceptedCount == 2)
+        #expect(server.reads.count == 2 && Array(server.reads[1].joined()) == wire("PING"), "\(server.reads)")
+        await connection.shutdown()
+    }
+
     @Test("a peer that answers garbage fails with a protocol error")
     func garbage() async throws {
         let garbage = try GarbageServer.start(reply: "hello, not RESP\r\n")
