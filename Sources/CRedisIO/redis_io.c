@@ -1187,3 +1187,8 @@ size_t rio_random_bytes(void *buffer, size_t length) {
     }
     return (size_t)got < length ? (size_t)got : length;
 }
+
+int rio_openssl_leave_error(void) {
+    ERR_raise(ERR_LIB_SSL, ERR_R_INTERNAL_ERROR);
+    return ERR_peek_error() != 0 ? 1 : 0;
+}

@@ -676,3 +676,11 @@ package func secureRandomBytes(_ count: Int) -> [UInt8] {
     }
     return bytes
 }
+
+/// For tests: leaves an error on the calling thread's OpenSSL error queue, as other code on an
+/// event loop's thread (a task on ``RedisEventLoop`` as its executor) may; the transport empties
+/// the queue before each TLS read and write, so that such an error is not taken for the
+/// connection's. Returns whether the queue holds an error afterwards.
+package func leaveStaleOpenSSLError() -> Bool {
+    rio_openssl_leave_error() == 1
+}

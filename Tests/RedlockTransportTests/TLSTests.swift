@@ -297,6 +297,46 @@ struct TLSTests {
         #expect(failure?.isPermanent == true)
     }
 
+    @Test("an error other code on the event loop's thread left on its OpenSSL error queue is not the connection's: TLS reads that wait for the rest of a record go on")
+    func staleOpenSSLError() async throws {
+        try await withCertificates { certificates in
+            try await withTLSServer(certificates) { server in
+                let proxy = try FaultProxy.start(to: server.endpoint)
+                defer { proxy.stop() }
+                let loop = RedisEventLoop(name: "stale-error")
+                let connection = RedisConnection(configuration: RedisConnectionConfiguration(
+                    endpoint: proxy.endpoint, connectTimeout: .seconds(3), commandTimeout: .seconds(3),
+                    tls: RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+                ), eventLoop: loop)
+                #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+                // Replies come in pieces of 1 to 3 bytes: most reads find part of a record and
+                // end in SSL_ERROR_WANT_READ, which OpenSSL reports as SSL_ERROR_SSL when the
+                // thread's queue holds an error.
+                proxy.set(.fragment(.toClient, maxBytes: 3, pause: .milliseconds(1)))
+                // Between the loop's turns, a task on its thread leaves an error on the queue.
+                let stop = Atomic(false)
+                let left = Atomic(0)
+                let leaver = Task {
+                    await withTaskExecutorPreference(loop) {
+                        while !stop.load(ordering: .relaxed) {
+                            if leaveStaleOpenSSLError() { left.add(1, ordering: .relaxed) }
+                            await Task.yield()
+                        }
+                    }
+                }
+                for index in 0..<10 {
+                    #expect(try await connection.send(RedisCommand("ECHO", "reply \(index)")) == .bulkString(Array("reply \(index)".utf8)))
+                }
+                stop.store(true, ordering: .relaxed)
+                await leaver.value
+                #expect(left.load(ordering: .relaxed) > 10)
+                #expect(connection.connectionGeneration == 1, "no reconnect")
+                await connection.shutdown()
+                await loop.shutdown()
+            }
+        }
+    }
+
     @Test("over TLS 1.2 and 1.3, replies of sizes around the 16 KiB record boundaries, many at once and then one alone, arrive whole on one connection, directly and cut into pieces of 1 to 40 bytes: a read that stops at a short read of the socket leaves no record behind", arguments: [(false, false), (true, false), (false, true), (true, true)])
     func recordBoundaries(tls12: Bool, fragmented: Bool) async throws {
         try await withCertificates { certificates in

@@ -168,4 +168,9 @@ void rio_close_descriptor(int fd);
    it filled: 0 when the call failed. */
 size_t rio_random_bytes(void *buffer, size_t length);
 
+/* For tests: leaves an error on the calling thread's OpenSSL error queue, as code of a caller's
+   running on an event loop's thread may (the transport must not read it as its own), and says
+   whether the queue now holds one (1) or not (0). */
+int rio_openssl_leave_error(void);
+
 #endif
