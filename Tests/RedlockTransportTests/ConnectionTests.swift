@@ -98,20 +98,27 @@ func checkOrderAcrossTimeout(through proxy: FaultProxy, _ server: RedisServer, _
     await observer.shutdown()
 }
 
+/// Runs `body` with one node started with `arguments` and a ``FaultProxy`` in front of it.
+private func withProxiedServer(arguments: [String] = [], _ body: (RedisServer, FaultProxy) async throws -> Void) async throws {
+    try await withRedisServers(1, arguments: arguments) { servers throws in
+        let proxy = try FaultProxy.start(to: servers[0].endpoint)
+        defer { proxy.stop() }
+        try await body(servers[0], proxy)
+    }
+}
+
 /// Runs `body` with a node, a fault proxy in front of it, and a connection through the proxy
 /// (`connectTimeout`, a 300 ms command timeout) whose first connection is open (a `PING`
 /// answered); shuts the connection down after `body`.
 private func withProxiedConnection(
     connectTimeout: Duration = .milliseconds(300), _ body: (RedisServer, FaultProxy, RedisConnection) async throws -> Void
 ) async throws {
-    try await withRedisServers(1) { servers throws in
-        let proxy = try FaultProxy.start(to: servers[0].endpoint)
-        defer { proxy.stop() }
+    try await withProxiedServer { server, proxy throws in
         let connection = RedisConnection(configuration: RedisConnectionConfiguration(
             endpoint: proxy.endpoint, connectTimeout: connectTimeout, commandTimeout: .milliseconds(300)
         ))
         #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
-        try await body(servers[0], proxy, connection)
+        try await body(server, proxy, connection)
         await connection.shutdown()
     }
 }
@@ -605,9 +612,7 @@ struct ConnectionTests {
 
     @Test("AUTH has the command timeout, like any command: a node slower to answer than the connect timeout still authenticates")
     func slowAuthWithinTheCommandTimeout() async throws {
-        try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in
-            let proxy = try FaultProxy.start(to: servers[0].endpoint)
-            defer { proxy.stop() }
+        try await withProxiedServer(arguments: ["--requirepass", "s3cret"]) { _, proxy throws in
             // Each way 150 ms: a round trip takes 300 ms, three times the connect timeout.
             proxy.set(.latency(.milliseconds(150)))
             let connection = RedisConnection(configuration: RedisConnectionConfiguration(
@@ -680,9 +685,7 @@ struct ConnectionTests {
 
     @Test("a connection reset before AUTH's reply fails that connect; it does not turn the order barrier off")
     func resetDuringAuthKeepsTheBarrier() async throws {
-        try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in
-            let proxy = try FaultProxy.start(to: servers[0].endpoint)
-            defer { proxy.stop() }
+        try await withProxiedServer(arguments: ["--requirepass", "s3cret"]) { _, proxy throws in
             proxy.set(.stall([.toClient]))
             let connection = RedisConnection(configuration: RedisConnectionConfiguration(
                 endpoint: proxy.endpoint, password: "s3cret", connectTimeout: .seconds(2), commandTimeout: .seconds(5)
