@@ -29,7 +29,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let timeout = Code(.timeout)
         /// The server closed the connection.
         public static let connectionClosed = Code(.connectionClosed)
-        /// The server answered with an error reply (`-ERR …`); the message holds it.
+        /// The server answered with an error reply (`-ERR …`); the message holds it. A busy or
+        /// full node's answer to a connect's handshake (`BUSY`, `LOADING`, `ERR max number of
+        /// clients reached`, also to `AUTH` or `SELECT`) is one too, and is not permanent.
         public static let serverError = Code(.serverError)
         /// The bytes from the server are not valid RESP.
         public static let protocolError = Code(.protocolError)
