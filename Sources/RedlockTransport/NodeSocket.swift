@@ -227,31 +227,20 @@ final class NodeSocket: @unchecked Sendable {
             exchange.replies += second.replies
             exchange.failure = second.failure
         }
+        let handshake = credentials + barrierCommands
+        // A command's name for errors: `AUTH`, `SELECT`, `PING`, `CLIENT KILL`, `CLIENT INFO`.
         func name(_ command: RedisCommand) -> String {
-            command.arguments.first.map { String(decoding: $0, as: UTF8.self).uppercased() } ?? "handshake"
+            let words = command.arguments.prefix(2).map { String(decoding: $0, as: UTF8.self).uppercased() }
+            return (words.first == "CLIENT" ? words : Array(words.prefix(1))).joined(separator: " ")
         }
-        for (command, reply) in zip(credentials, exchange.replies) {
-            guard case let .error(text) = reply else { continue }
-            let code: RedisError.Code
-            if text.hasPrefix("NOAUTH") {
-                code = .authenticationFailed
-            } else if !OrderBarrier.Outcome.refusesForGood(text) {
-                code = .serverError // busy or full (BUSY, LOADING, ERR max number of clients): not now
-            } else if name(command) == "PING" {
-                continue // the probe's: any other answer shows the node reads this connection
-            } else {
-                code = name(command) == "SELECT" ? .databaseSelectionFailed : .authenticationFailed
-            }
+        // An error answer that fails the connect, whichever handshake command got it.
+        for (command, reply) in zip(handshake, exchange.replies) {
+            guard case let .error(text) = reply, let failure = handshakeFailure(name(command), text, endpoint: endpoint) else { continue }
             socket.close()
-            return .failure(RedisError(code: code, endpoint: endpoint, message: "\(name(command)): \(text)"))
+            return .failure(failure)
         }
         if let failure = exchange.failure {
             socket.close()
-            // A busy or full node's answer to the kill, before it closed (a full node closes
-            // every new connection after its refusal): that answer is the cause.
-            for case let .error(text) in exchange.replies.dropFirst(credentials.count) where !OrderBarrier.Outcome.refusesForGood(text) {
-                return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "CLIENT KILL while connecting: \(text)"))
-            }
             let answered = exchange.replies.count
             if let barrier, barrier.kill == nil, answered >= credentials.count,
                failure.code == .connectionClosed || failure.code == .protocolError
@@ -262,24 +251,36 @@ final class NodeSocket: @unchecked Sendable {
                 // kill must come first (a node at maxclients closes like this too).
                 return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             }
-            let named = answered < credentials.count ? name(credentials[answered])
-                : answered == credentials.count && barrier?.kill != nil ? "CLIENT KILL" : "CLIENT INFO"
+            // The first command unanswered (the round trips stop there).
+            let named = name(handshake[min(answered, handshake.count - 1)])
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
         guard let barrier else { return .success(socket) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
-        if let (command, text) = outcome.failure {
-            // Not now (BUSY, LOADING): nothing may be written before the kill, so the connect
-            // fails, as a command would, and the next one asks again. A node that wants
-            // credentials none were given for fails as a command would.
-            socket.close()
-            if text.hasPrefix("NOAUTH") {
-                return .failure(RedisError(code: .authenticationFailed, endpoint: endpoint, message: text))
-            }
-            return .failure(RedisError(code: .serverError, endpoint: endpoint, message: "\(command) while connecting: \(text)"))
-        }
         socket.barrier = outcome
         return .success(socket)
+    }
+
+    /// The failure of a connect whose handshake `command` got the error answer `text`, or nil
+    /// when the connect goes on: a node that wants credentials (`NOAUTH`) fails it as a command
+    /// would; a busy or full node (`BUSY`, `LOADING`, `ERR max number of clients`, …: see
+    /// ``OrderBarrier/Outcome/refusesForGood(_:)``) fails it for now, whatever the command, and
+    /// the next connect asks again (with the same kill owed); otherwise a refused `AUTH` or
+    /// `SELECT` fails it for good, and a refused `CLIENT KILL`/`CLIENT INFO` (the barrier's
+    /// refusal) or `PING` (any answer shows the node reads the connection) does not.
+    private static func handshakeFailure(_ command: String, _ text: String, endpoint: RedisEndpoint) -> RedisError? {
+        if text.hasPrefix("NOAUTH") { return RedisError(code: .authenticationFailed, endpoint: endpoint, message: text) }
+        let code: RedisError.Code
+        if !OrderBarrier.Outcome.refusesForGood(text) {
+            code = .serverError
+        } else if command == "AUTH" {
+            code = .authenticationFailed
+        } else if command == "SELECT" {
+            code = .databaseSelectionFailed
+        } else {
+            return nil
+        }
+        return RedisError(code: code, endpoint: endpoint, message: "\(command): \(text)")
     }
 
     /// What the connect learned for the order barrier (set by the connector thread before it

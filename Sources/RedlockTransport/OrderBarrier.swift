@@ -47,11 +47,6 @@ enum OrderBarrier {
         /// The node's refusal of `CLIENT KILL` or `CLIENT INFO`, or why the answer was of no
         /// use; nil when both worked.
         var refusal: String?
-        /// An error reply that does not refuse the barrier for good: "not now" (`BUSY`,
-        /// `LOADING`, …), or one the node gives every command (`NOAUTH`). The connect fails with
-        /// it, and the next one asks again (with the same kill). The command's name, and the
-        /// node's text.
-        var failure: (command: String, text: String)?
 
         /// A connect made without the barrier, after the node closed the connection (or
         /// garbled its answer) on `CLIENT`: a proxy that does not pass it on, say.
@@ -72,14 +67,15 @@ enum OrderBarrier {
         }
 
         /// Reads the replies to a request's commands: the kill's (when asked), then `CLIENT INFO`'s.
+        /// An error reply is a refusal: the connect failed on those that are not (see
+        /// ``refusesForGood(_:)``) before it got here.
         init(requested: Request, replies: [RedisValue]) {
             var replies = replies[...]
             refusal = nil
             if requested.kill != nil, let reply = replies.popFirst() {
                 switch reply {
                 case .integer: break
-                case let .error(text) where Self.refusesForGood(text): refusal = "CLIENT KILL: \(text)"
-                case let .error(text): failure = ("CLIENT KILL", text)
+                case let .error(text): refusal = "CLIENT KILL: \(text)"
                 default: refusal = "CLIENT KILL: unexpected reply \(reply)"
                 }
             }
@@ -89,10 +85,8 @@ enum OrderBarrier {
             case .bulkString, .simpleString:
                 client = reply.string.flatMap(ServerClient.init(clientInfo:))
                 if client == nil { refusal = refusal ?? "CLIENT INFO: no id and addr in its reply" }
-            case let .error(text) where Self.refusesForGood(text):
-                refusal = refusal ?? "CLIENT INFO: \(text)"
             case let .error(text):
-                failure = failure ?? ("CLIENT INFO", text)
+                refusal = refusal ?? "CLIENT INFO: \(text)"
             default:
                 refusal = refusal ?? "CLIENT INFO: unexpected reply \(reply)"
             }
