@@ -950,6 +950,31 @@ struct ConnectionTests {
         }
     }
 
+    @Test("replays are bounded: of more lost commands than RedisConnection.maximumReplays, the newest are kept and sent, the oldest dropped")
+    func replaysAreBounded() async throws {
+        try await withProxiedConnection { server, proxy, connection throws in
+            proxy.set(.stallOpen([.toNode, .toClient]))
+            let window = ReplayWindow()
+            let count = RedisConnection.maximumReplays + 4
+            let lost = OneTimeEvent<Void>()
+            let answered = Mutex(0)
+            for index in 0..<count {
+                connection.send(RedisCommand("SADD", "replayed", String(index)), replayWindow: window) { _ in
+                    if answered.withLock({ $0 += 1; return $0 }) == count { lost.fire() }
+                }
+            }
+            await lost.wait()
+            #expect(connection.pendingReplays == RedisConnection.maximumReplays)
+            #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+            #expect(connection.pendingReplays == 0)
+            #expect(try await server.run(RedisCommand("SCARD", "replayed")) == .integer(Int64(RedisConnection.maximumReplays)))
+            for (index, kept) in [(0, Int64(0)), (3, 0), (4, 1), (count - 1, 1)] {
+                #expect(try await server.run(RedisCommand("SISMEMBER", "replayed", String(index))) == .integer(kept), "\(index)")
+            }
+            proxy.set(.none)
+        }
+    }
+
     @Test("a replayable command lost with its connection (a command timeout) goes again, first, on the next connection, also after a connect that failed meanwhile, once however often it was lost; not one whose window closed meanwhile, nor a command not marked so; the lost connection's own bytes never run")
     func replayAfterLoss() async throws {
         try await withProxiedConnection { server, proxy, connection throws in
