@@ -249,7 +249,10 @@ extension DistributedLock {
         @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> Bool {
             guard let outcome else { return false }
             claimed.fire(outcome)
-            if case .interrupted? = claimed.value { stopBody.cancel() }
+            if case .interrupted? = claimed.value {
+                held.end()
+                stopBody.cancel()
+            }
             return true
         }
         ticket.onInterrupt { error in _ = claim(.interrupted(error)) }
@@ -301,6 +304,8 @@ extension DistributedLock {
         // another holder's.
         // The scope leaves the registry once its release is done: shutdown waits for that.
         var goneAtRelease: RedlockError?
+        // A HeldLease the body kept (returned, or captured elsewhere) says so from now on.
+        held.end()
         client.scopes.releasing(lease, ticket)
         do {
             try await unlockScoped(held.lease)

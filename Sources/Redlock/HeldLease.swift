@@ -5,6 +5,11 @@ import Synchronization
 ///
 /// Its deadline (``deadline``) is the lease's ``Lease/validUntil`` minus the scope's safety
 /// margin: the moment the body is cancelled unless an extension has been confirmed by then.
+/// Once the scope has ended the lease for the body (it was lost, unlocked from outside, past its
+/// ``DistributedLock/withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``
+/// hold-time cap, or the client shut down) or released it (the body returned), the lease is
+/// no longer valid here, whatever its deadline says: ``isValid`` is false and
+/// ``remainingValidity`` zero from that moment, before the body is cancelled.
 public final class HeldLease: Sendable, CustomStringConvertible {
     private struct State {
         var lease: Lease
@@ -13,6 +18,9 @@ public final class HeldLease: Sendable, CustomStringConvertible {
         var lapsed = false
         /// The latest failed extension, for the lease-lost error.
         var lastExtensionError: RedlockError?
+        /// Set once the scope interrupted the body or is releasing the lease: the body may no
+        /// longer act, whatever the deadline.
+        var ended = false
     }
 
     private let state: Mutex<State>
@@ -37,16 +45,20 @@ public final class HeldLease: Sendable, CustomStringConvertible {
         state.withLock { Self.deadline(of: $0.lease, margin: safetyMargin) }
     }
 
-    /// How long the body may still act: the time to ``deadline``; zero once it has passed or the
-    /// lease lapsed.
+    /// How long the body may still act: the time to ``deadline``; zero once it has passed, the
+    /// lease lapsed, or the scope ended it (see ``HeldLease``).
     public var remainingValidity: Duration {
-        guard !hasLapsed else { return .zero }
+        let margin = safetyMargin
+        let deadline: ContinuousClock.Instant? = state.withLock { state in
+            state.lapsed || state.ended ? nil : Self.deadline(of: state.lease, margin: margin)
+        }
+        guard let deadline else { return .zero }
         return Swift.max(.zero, ContinuousClock.now.duration(to: deadline))
     }
 
-    /// Whether the body may still act: the deadline has not passed and the lease never lapsed.
-    /// A pause right after this check can outlast it; use the fencing token where the resource
-    /// can check it.
+    /// Whether the body may still act: the deadline has not passed, the lease never lapsed, and
+    /// the scope has not ended it (see ``HeldLease``). A pause right after this check can outlast
+    /// it; use the fencing token where the resource can check it.
     public var isValid: Bool { remainingValidity > .zero }
 
     /// Whether an extension was confirmed only after the previous deadline had passed (for
@@ -65,6 +77,13 @@ public final class HeldLease: Sendable, CustomStringConvertible {
             state.lease = extended
             state.lastExtensionError = nil
         }
+    }
+
+    /// Marks the lease as no longer the body's: the scope interrupted the body, or is about to
+    /// release the lease. Called before the body is cancelled, so that a body that sees its
+    /// cancellation sees this too.
+    func end() {
+        state.withLock { $0.ended = true }
     }
 
     /// Records a failed extension.

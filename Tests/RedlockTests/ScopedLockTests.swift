@@ -565,6 +565,59 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("HeldLease stops saying valid the moment the scope ends the lease, before the body is cancelled: keys deleted, maximumHoldTime passed, unlocked from outside; and once the scope has released it")
+    func heldLeaseEndsWithTheScope() async throws {
+        try await withLockNodes(3) { client, servers in
+            let lock = try client.makeLock("held-ends", options: testOptions(expiry: .seconds(2)))
+            // What the body's HeldLease says when its cancellation reaches it: the scope has
+            // decided by then, so a body that checks `isValid` rather than cancellation stops too.
+            @Sendable func seenAtCancellation(
+                _ interrupt: @escaping @Sendable (Lease) async throws -> Void, maximumHoldTime: Duration? = nil
+            ) async throws -> (error: RedlockError?, valid: Bool, remaining: Duration, deadlineAhead: Bool) {
+                let seen = Locked<(Bool, Duration, Bool)?>(nil)
+                let started = OneTimeEvent<Lease>()
+                let scope = Task {
+                    try await lock.withLock(maximumHoldTime: maximumHoldTime) { held in
+                        let cancelled = OneTimeEvent<Void>()
+                        await withTaskCancellationHandler {
+                            started.fire(held.lease)
+                            await cancelled.wait()
+                        } onCancel: {
+                            seen.update { $0 = (held.isValid, held.remainingValidity, held.deadline > .now) }
+                            cancelled.fire()
+                        }
+                    }
+                }
+                try await interrupt(await started.wait())
+                let error = await #expect(throws: RedlockError.self) { try await scope.value }
+                let (valid, remaining, ahead) = try #require(seen.value)
+                return (error, valid, remaining, ahead)
+            }
+
+            // The keys deleted on every node: the next extension (after 1.33 s) finds them gone.
+            let deleted = try await seenAtCancellation { _ in
+                for server in servers { _ = try await server.run(RedisCommand("DEL", "held-ends")) }
+            }
+            #expect(deleted.error?.code == .leaseLost, "\(String(describing: deleted.error))")
+            #expect(deleted.deadlineAhead, "the deadline still lies ahead, so only the scope's end can say it")
+            #expect(!deleted.valid && deleted.remaining == .zero)
+
+            let capped = try await seenAtCancellation({ _ in }, maximumHoldTime: .milliseconds(100))
+            #expect(capped.error?.code == .holdTimeExceeded, "\(String(describing: capped.error))")
+            #expect(capped.deadlineAhead && !capped.valid && capped.remaining == .zero)
+
+            let unlocked = try await seenAtCancellation { lease in try await lock.unlock(lease) }
+            #expect(unlocked.error?.code == .leaseLost, "\(String(describing: unlocked.error))")
+            #expect(unlocked.deadlineAhead && !unlocked.valid && unlocked.remaining == .zero)
+
+            // A HeldLease kept past its scope: released, so not valid, though its deadline is ahead.
+            let kept = try await lock.withLock { held in held }
+            #expect(kept.deadline > .now)
+            #expect(!kept.isValid && kept.remainingValidity == .zero)
+            #expect(try await values(of: "held-ends", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
     @Test("maximumHoldTime cancels a body that runs too long")
     func holdTimeCap() async throws {
         try await withLockNodes(3) { client, servers in
