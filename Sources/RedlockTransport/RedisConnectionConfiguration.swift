@@ -50,6 +50,16 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         self.tls = tls
     }
 
+    /// `text` with the password of a URL's credentials (what lies between `scheme://` and the
+    /// last `@`, after the user name's `:`) replaced by `***`, as the parser reads them.
+    static func withoutPassword(_ text: String) -> String {
+        guard let schemeEnd = text.firstRange(of: "://"), let at = text[schemeEnd.upperBound...].lastIndex(of: "@") else { return text }
+        let credentials = text[schemeEnd.upperBound..<at]
+        guard !credentials.isEmpty else { return text }
+        let user = credentials.firstIndex(of: ":").map { credentials[..<$0] + ":" } ?? ""
+        return text[..<schemeEnd.upperBound] + user + "***" + text[at...]
+    }
+
     /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
     /// `rediss://…` (`valkeys://` alike: the same over TLS, ``tls`` set to the defaults) or
     /// `unix:///path[?db=N]` (`unix:/path` alike).
@@ -57,10 +67,12 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`,
     /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
     /// `@`, `%3A` for `:`); an empty one is not sent (`redis://:@host` authenticates nobody).
-    /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong.
+    /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong, with the
+    /// address quoted without its password (`redis://user:***@host`): error messages end up in
+    /// logs.
     public init(parsing text: String) throws(RedisError) {
         func invalid(_ why: String) -> RedisError {
-            RedisError(code: .invalidAddress, endpoint: nil, message: "'\(text)': \(why)")
+            RedisError(code: .invalidAddress, endpoint: nil, message: "'\(Self.withoutPassword(text))': \(why)")
         }
         let trimmed = text.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw invalid("empty address") }

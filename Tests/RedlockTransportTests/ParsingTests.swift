@@ -73,6 +73,23 @@ struct ParsingTests {
         }
     }
 
+    @Test("an address refused for any reason is quoted without its password", arguments: [
+        ("redis://locker:hunter2@127.0.0.1:17103:6379", "'redis://locker:***@127.0.0.1:17103:6379'"),
+        ("rediss://:hunter2@h:1/x", "'rediss://:***@h:1/x'"),
+        ("redis://locker:hun%zzter2@h", "'redis://locker:***@h'"),
+        ("redis://hunter2@h:1/+1", "'redis://***@h:1/+1'"),
+        ("redis://u:hun@ter2@h:abc", "'redis://u:***@h:abc'"),
+        ("http://u:hunter2@h:1", "'http://u:***@h:1'"),
+    ])
+    func refusedAddressHidesThePassword(text: String, quoted: String) {
+        #expect {
+            try RedisConnectionConfiguration(parsing: text)
+        } throws: { error in
+            let message = (error as? RedisError)?.message ?? ""
+            return message.hasPrefix(quoted) && !message.contains("hunter2") && !message.contains("ter2")
+        }
+    }
+
     @Test("script SHA-1 matches known digests")
     func sha1() {
         #expect(RedisScript("").sha1 == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
