@@ -144,8 +144,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// connection writes it before anything sent later, and after the order barrier ended the old
     /// connection on the node (``OrderBarrier``). For a command that may run late and twice, such
     /// as the release of a value nobody uses again while the window is open. Identical copies
-    /// are kept once; at most ``maximumReplays`` wait (the oldest go first); `shutdown()` tries
-    /// once to send those still waiting.
+    /// are kept once; at most ``maximumReplays`` wait (the oldest: commands lost beyond that are
+    /// not kept); `shutdown()` tries once to send those still waiting.
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
         replayWindow: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
@@ -311,16 +311,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var replayed: Set<RedisCommand> = []
 
         /// Keeps a copy of each command among `lost` whose replay window is open, for the next
-        /// connection, unless an identical one waits already.
+        /// connection, unless an identical one waits already or ``RedisConnection/maximumReplays``
+        /// wait: then the oldest are kept. While a node cannot be reached, the releases lost
+        /// first are the ones whose acquires may have reached it (written on the connection that
+        /// was open when it stopped answering, and run when it resumes, up to where the order
+        /// barrier ends that connection); those lost later follow acquires that never got there.
         mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost) {
             for command in lost where command.replayWindow?.isOpen == true {
+                guard replays.count < RedisConnection.maximumReplays else { return }
                 guard replayed.insert(command.command).inserted else { continue }
                 replays.append(command.isReplay ? command : command.replay())
-            }
-            if replays.count > RedisConnection.maximumReplays {
-                let dropped = replays.count - RedisConnection.maximumReplays
-                for command in replays.prefix(dropped) { replayed.remove(command.command) }
-                replays.removeFirst(dropped)
             }
         }
 
