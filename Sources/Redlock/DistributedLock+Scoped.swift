@@ -175,7 +175,7 @@ extension DistributedLock {
         onExtended: @escaping @Sendable (Lease) -> Void,
         _ body: nonisolated(nonsending) sending @escaping (HeldLease) async throws -> T
     ) async throws -> T {
-        guard lease.name == name else {
+        guard LockKey.sameBytes(lease.name, name) else {
             // Not this lock's (only withLease can be given one): nothing of it is released here,
             // as an unlock would refuse it too.
             throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)

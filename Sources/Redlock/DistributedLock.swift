@@ -97,7 +97,7 @@ public struct DistributedLock: Sendable {
     ///   another lock, `.taken` when another holder has the lock (the handed-over lease expired
     ///   and was taken), or what ``tryLock()`` throws.
     public func reattach(_ handoff: Lease.Handoff) async throws(RedlockError) -> Lease {
-        guard handoff.name == name else {
+        guard LockKey.sameBytes(handoff.name, name) else {
             throw .invalid("the handoff is for lock \"\(handoff.name)\", not this one", lockName: name)
         }
         guard !handoff.value.isEmpty else { throw .invalid("the handoff has an empty value", lockName: name) }
@@ -314,7 +314,7 @@ public struct DistributedLock: Sendable {
     }
 
     private func checkName(of lease: Lease) throws(RedlockError) {
-        guard lease.name == name else {
+        guard LockKey.sameBytes(lease.name, name) else {
             throw .invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
         }
     }

@@ -51,9 +51,11 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
 
     /// Leases are equal when their public fields are (the local gate ticket is left out, so a
     /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)`` from
-    /// another's fields equals it).
+    /// another's fields equals it). Names and values compare as the nodes see them, by their
+    /// UTF-8 bytes: `"caf\u{E9}"` and `"cafe\u{301}"`, equal as Swift strings, are two keys.
     public static func == (lhs: Lease, rhs: Lease) -> Bool {
-        lhs.name == rhs.name && lhs.value == rhs.value && lhs.expiry == rhs.expiry && lhs.acquiredAt == rhs.acquiredAt
+        LockKey.sameBytes(lhs.name, rhs.name) && LockKey.sameBytes(lhs.value, rhs.value) && lhs.expiry == rhs.expiry
+            && lhs.acquiredAt == rhs.acquiredAt
             && lhs.validUntil == rhs.validUntil && lhs.fencingToken == rhs.fencingToken
     }
 

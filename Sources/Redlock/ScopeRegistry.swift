@@ -13,9 +13,20 @@ import Synchronization
 /// deadline. It also counts the scopes running, those still acquiring included, for
 /// ``RedlockClient/shutdown()`` to wait for their releases.
 final class ScopeRegistry: Sendable {
+    /// A lease's key and value as the nodes see them: their bytes (two canonically equivalent
+    /// names are two keys).
     private struct Key: Hashable {
-        let name: String
-        let value: String
+        let name: LockKey
+        let value: [UInt8]
+
+        init(name: String, value: String) {
+            self.name = LockKey(name)
+            self.value = Array(value.utf8)
+        }
+
+        init(_ lease: Lease) {
+            self.init(name: lease.name, value: lease.value)
+        }
     }
 
     private struct State {
@@ -57,7 +68,7 @@ final class ScopeRegistry: Sendable {
     /// Registers a scope for `lease`; `reserved`: it was counted by ``reserve()`` already.
     /// When it does not enter, a reservation stays counted until ``leave()``.
     func enter(_ lease: Lease, reserved: Bool) -> Entry {
-        let key = Key(name: lease.name, value: lease.value)
+        let key = Key(lease)
         return state.withLock { state in
             guard !state.closed else { return .closed }
             guard state.scopes[key] == nil else { return .held }
@@ -80,7 +91,7 @@ final class ScopeRegistry: Sendable {
     /// Another scope may enter on the same name and value from now on (a successor that
     /// single-flight lets in as the release passes the gate on, with a fixed value).
     func releasing(_ lease: Lease, _ ticket: ScopeTicket) {
-        let key = Key(name: lease.name, value: lease.value)
+        let key = Key(lease)
         state.withLock { state in
             if state.scopes[key] === ticket { state.scopes[key] = nil }
         }
@@ -124,7 +135,7 @@ final class ScopeRegistry: Sendable {
     /// Interrupts every running scope with `error`.
     func interruptAll(_ error: (String) -> RedlockError) {
         let scopes = state.withLock { $0.scopes }
-        for (key, ticket) in scopes { ticket.interrupt(error(key.name)) }
+        for (key, ticket) in scopes { ticket.interrupt(error(key.name.name)) }
     }
 
     /// Returns once no scope runs (its release included), or at `deadline`, whichever comes

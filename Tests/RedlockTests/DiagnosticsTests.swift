@@ -99,4 +99,40 @@ struct DiagnosticsTests {
             try await client.makeLock(decomposed, options: options).unlock(second)
         }
     }
+
+    @Test("a lease or handoff of one of two names Swift calls equal is refused by the other's lock (they are two keys): extend, unlock, withLease and reattach act on no key; leases and scopes of the two are distinct")
+    func canonicallyEquivalentNamesAreTwoLocks() async throws {
+        try await withLockNodes(3) { client, servers in
+            let composed = "caf\u{E9}-lease"
+            let decomposed = "cafe\u{301}-lease"
+            #expect(composed == decomposed)
+            let composedLock = try client.makeLock(composed, options: testOptions(expiry: .seconds(20)))
+            let decomposedLock = try client.makeLock(decomposed, options: testOptions(expiry: .seconds(20)))
+            let lease = try await composedLock.lock()
+            let refusals: [(String, () async throws -> Void)] = [
+                ("extend", { _ = try await decomposedLock.extend(lease) }),
+                ("unlock", { try await decomposedLock.unlock(lease) }),
+                ("withLease", { try await decomposedLock.withLease(lease) { _ in _ = Issue.record("the body ran") } }),
+                ("reattach", { _ = try await decomposedLock.reattach(lease.handoff) }),
+            ]
+            for (call, refused) in refusals {
+                let error = await #expect(throws: RedlockError.self, "\(call)") { try await refused() }
+                #expect(error?.code == .invalidConfiguration, "\(call): \(String(describing: error))")
+            }
+            #expect(try await values(of: composed, on: servers).allSatisfy { $0 == lease.value })
+            #expect(try await values(of: decomposed, on: servers).allSatisfy { $0 == nil })
+            // Same value and times under the other name: another lease, and a scope of its own.
+            let other = Lease(
+                name: decomposed, value: lease.value, expiry: lease.expiry, acquiredAt: lease.acquiredAt, validUntil: lease.validUntil,
+                fencingToken: lease.fencingToken
+            )
+            #expect(other != lease)
+            let fixed = LockValue.fixed("shared-value")
+            let first = try client.makeLock(composed + "-scope", options: LockOptions(expiry: .seconds(20), value: fixed))
+            let second = try client.makeLock(decomposed + "-scope", options: LockOptions(expiry: .seconds(20), value: fixed))
+            let both = try await first.withLock { _ in try await second.withLock { _ in true } }
+            #expect(both)
+            try await composedLock.unlock(lease)
+        }
+    }
 }
