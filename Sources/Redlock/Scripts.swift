@@ -26,8 +26,9 @@ enum Scripts {
     )
 
     /// The grant both acquire scripts end with, once the key is free or holds `ARGV[1]`: with a
-    /// `counter` key, `INCR` it (-2 when at its maximum; a refused increment is the script's error
-    /// reply), then set the key (`PEXPIRE` when it already holds the value, else `SET … PX`) and
+    /// `counter` key, `INCR` it (-2 when at its maximum; a counter that holds no integer is a
+    /// `WRONGTYPE` error naming it, which is permanent; another refused increment is the script's
+    /// error reply), then set the key (`PEXPIRE` when it already holds the value, else `SET … PX`) and
     /// `reply` the token (1 without a counter). Expects `current`, `counter` and `reply` in scope.
     private static let grant = """
         local token = 1
@@ -36,6 +37,9 @@ enum Scripts {
             if type(token) == 'table' then
                 if string.find(token.err, 'overflow', 1, true) then
                     return reply(-2)
+                end
+                if string.find(token.err, 'not an integer', 1, true) or string.sub(token.err, 1, 9) == 'WRONGTYPE' then
+                    return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds no integer (' .. token.err .. ')')
                 end
                 return token
             end
@@ -324,11 +328,16 @@ enum Scripts {
     static let raiseFloor = RedisScript(raise(counter: "KEYS[1]", to: "ARGV[1]"))
 
     /// Lua that raises the counter at key `counter` to at least the token in `token` (both Lua
-    /// expressions), then returns 1: the fencing round's raise and its floor.
+    /// expressions), then returns 1: the fencing round's raise and its floor. A counter that holds
+    /// no integer is a `WRONGTYPE` error naming it (permanent), as in the acquire's grant.
     private static func raise(counter: String, to token: String) -> String {
         """
-        local counter = tonumber(redis.call('GET', \(counter)) or '0')
-        if counter < tonumber(\(token)) then
+        local held = redis.call('GET', \(counter))
+        local current = tonumber(held or '0')
+        if current == nil or current ~= math.floor(current) then
+            return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer')
+        end
+        if current < tonumber(\(token)) then
             redis.call('SET', \(counter), \(token))
         end
         return 1

@@ -109,6 +109,27 @@ struct FencingTests {
         }
     }
 
+    @Test("a counter that holds no integer is a refusal for good naming the counter, not retried; on one node of three, the others grant", arguments: ["abc", "1.5"])
+    func counterHoldsNoInteger(held: String) async throws {
+        try await withLockNodes(3) { client, servers in
+            for server in servers.prefix(2) { _ = try await server.run(RedisCommand("SET", "redlock:fence", held)) }
+            var options = LockOptions(tries: .max, retryDelay: .constant(.milliseconds(50)))
+            options.fencing = true
+            let error = await #expect(throws: RedlockError.self) { try await client.makeLock("garbled", options: options).lock() }
+            #expect(error?.message.contains("not retried: nodes refused for good") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("after") == false, "retried: \(String(describing: error))")
+            let causes = error?.nodes.filter { $0.node < 2 }.compactMap(\.cause.error) ?? []
+            #expect(causes.count == 2 && causes.allSatisfy { $0.isPermanent && $0.message.contains("redlock:fence") }, "\(causes)")
+            #expect(try await values(of: "garbled", on: servers).allSatisfy { $0 == nil })
+
+            _ = try await servers[1].run(RedisCommand("SET", "redlock:fence", "7"))
+            let lock = try client.makeLock("garbled", options: options)
+            let lease = try await lock.lock()
+            #expect(lease.fencingToken == 8)
+            try await lock.unlock(lease)
+        }
+    }
+
     @Test("one exhausted counter beside a node that is only down is an ordinary node failure, retried")
     func oneCounterExhausted() async throws {
         try await withLockNodes(3) { client, servers in
