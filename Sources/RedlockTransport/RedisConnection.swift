@@ -470,7 +470,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     func enqueue(contentsOf commands: [PendingCommand]) {
         var effects = Effects()
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
-            if let refusal = refusal(adding: commands.count, to: state) {
+            if let refusal = refusal(adding: commands.count, to: state, replayable: commands.allSatisfy { $0.replayWindow != nil }) {
                 for command in commands { effects.completions.append((command, .failure(refusal))) }
                 return nil
             }
@@ -517,14 +517,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
         perform(effects)
     }
 
-    /// Why `count` more commands cannot be queued, if they cannot.
-    private func refusal(adding count: Int, to state: borrowing State) -> RedisError? {
+    /// Why `count` more commands cannot be queued, if they cannot. Replayable commands (the
+    /// releases of values drawn for one `lock()`) are never refused for a full queue: one
+    /// refused would leave its key until it expires, as one lost would without its replay.
+    /// They stay bounded: each follows an acquire of its value that was queued before, and
+    /// while the queue is full no acquire is.
+    private func refusal(adding count: Int, to state: borrowing State, replayable: Bool = false) -> RedisError? {
         if state.shuttingDown { return error(.shutdown, "") }
         if let failure = loop.startIfNeeded() {
             return RedisError(code: failure.code, endpoint: configuration.endpoint, message: "event loop: " + failure.message)
         }
         let waiting = state.queue.count + state.unansweredCount
-        if waiting + count > configuration.maximumQueuedCommands {
+        if !replayable, waiting + count > configuration.maximumQueuedCommands {
             return error(.overloaded, "\(waiting) commands already queued")
         }
         return nil

@@ -547,4 +547,47 @@ struct WaitingByTimeTests {
 private final class FlushCounts: Sendable {
     let cycles = Atomic<Int>(0)
     let stop = Atomic<Bool>(false)
+
+    @Test("a full connection queue refuses acquires, not releases: 300 tasks on connections that queue 2 commands each leave no key, whether their lock() or unlock() failed")
+    func fullQueueRefusesNoRelease() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { server in
+                var configuration = server.configuration()
+                configuration.maximumQueuedCommands = 2
+                return configuration
+            })
+            try await withTeardown {
+                let overloaded = Locked(0)
+                await withTaskGroup { group in
+                    for index in 0..<300 {
+                        group.addTask {
+                            do {
+                                let lock = try client.makeLock("queue-full-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1))
+                                try await lock.unlock(try await lock.lock())
+                            } catch {
+                                if (error as? RedlockError)?.nodes.contains(where: { $0.cause.error?.code == .overloaded }) == true { overloaded.update { $0 += 1 } }
+                            }
+                        }
+                    }
+                }
+                #expect(overloaded.value > 0, "no queue was ever full: the test tests nothing")
+                // Each node's next command is answered after every release queued before it.
+                for index in servers.indices {
+                    for attempt in 1... {
+                        do {
+                            _ = try await client.nodes[index].send(RedisCommand("PING"))
+                            break
+                        } catch let error as RedisError where error.code == .overloaded && attempt < 200 {
+                            // No event says a queue has room again.
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                    }
+                    let left = try await servers[index].run(RedisCommand("KEYS", "queue-full-*"))
+                    #expect(left == .array([]), "node \(index): \(left)")
+                }
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
 }
