@@ -249,6 +249,7 @@ public struct LockOptions: Sendable {
         guard expiry > .zero else { throw fail("expiry must be positive, got \(expiry)") }
         guard expiry.millisecondsRoundedUp <= Int64(Int32.max) else { throw fail("expiry \(expiry) is too long") }
         guard tries >= 1 else { throw fail("tries must be at least 1, got \(tries)") }
+        if value.fixedValue?.isEmpty == true { throw fail("a fixed value must not be empty") }
         if let acquireTimeout, acquireTimeout < .zero {
             throw fail("acquireTimeout must not be negative, got \(acquireTimeout)")
         }

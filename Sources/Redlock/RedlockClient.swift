@@ -254,6 +254,12 @@ public final class RedlockClient: Sendable {
         var seen = Set<String>()
         for configuration in configurations {
             let endpoint = configuration.endpoint
+            if let host = endpoint.host, host.isEmpty || host.utf8.contains(0) {
+                throw .invalid("node \(endpoint): the host name must not be empty or contain a NUL byte")
+            }
+            if let path = endpoint.socketPath, path.utf8.contains(0) {
+                throw .invalid("node \(endpoint): the socket path must not contain a NUL byte")
+            }
             let key = endpoint.host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
             guard seen.insert(key).inserted else {
                 throw .invalid("node \(endpoint) is listed twice; each node must be an independent server")

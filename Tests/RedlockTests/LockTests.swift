@@ -386,6 +386,10 @@ struct LockTests {
             (RedisConnectionConfiguration(endpoint: endpoint, maximumQueuedCommands: 0), "maximumQueuedCommands"),
             (RedisConnectionConfiguration(endpoint: endpoint, username: "app"), "user name needs a password"),
             (RedisConnectionConfiguration(endpoint: endpoint, database: -1), "database"),
+            // A host cut short at a NUL byte would be another host; an empty one is none.
+            (RedisConnectionConfiguration(endpoint: .hostname("127.0.0.1\u{0}x", port: 1)), "NUL"),
+            (RedisConnectionConfiguration(endpoint: .hostname("", port: 1)), "empty"),
+            (RedisConnectionConfiguration(endpoint: .unixDomainSocket(path: "/tmp/a\u{0}b")), "NUL"),
         ]
         for (configuration, word) in badNodes {
             #expect { try RedlockClient(nodes: [configuration]) } throws: {
@@ -409,6 +413,7 @@ struct LockTests {
             ("x", LockOptions(expiry: .seconds(Int64.max)), "too long"),
             ("x", LockOptions(expiry: .nanoseconds(Int64.max - 10)), "too long"),
             ("x", LockOptions(epochGuard: .seconds(Int64.max)), "too long"),
+            ("x", LockOptions(value: .fixed("")), "fixed value"),
         ]
         for (name, options, word) in invalid {
             #expect {
@@ -425,8 +430,9 @@ struct LockTests {
                 ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains("maximumHoldTime") == true
             }
         }
+        // A generator is only known to make an empty value when it does.
         var empty = LockOptions()
-        empty.value = .fixed("")
+        empty.value = LockValue(generator: { "" })
         let lock = try client.makeLock("x", options: empty)
         let error = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
         #expect(error?.code == .invalidConfiguration)
