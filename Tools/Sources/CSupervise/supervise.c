@@ -241,6 +241,95 @@ static void kill_children(void) {
     closedir(processes);
 }
 
+/* The parent and state of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read. */
+static int read_parent(long pid, long *parent, char *state) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *stat = fopen(path, "re");
+    if (stat == NULL) {
+        return -1;
+    }
+    char line[512];
+    int result = -1;
+    if (fgets(line, sizeof line, stat) != NULL) {
+        /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
+        char *close = strrchr(line, ')');
+        if (close != NULL && sscanf(close + 1, " %c %ld", state, parent) == 2) {
+            result = 0;
+        }
+    }
+    fclose(stat);
+    return result;
+}
+
+void redlock_kill_tree(pid_t root) {
+    enum { MAXIMUM = 4096 };
+    long *pids = calloc(MAXIMUM, sizeof *pids);
+    long *parents = calloc(MAXIMUM, sizeof *parents);
+    char *states = calloc(MAXIMUM, 1);
+    char *marked = calloc(MAXIMUM, 1);
+    if (pids == NULL || parents == NULL || states == NULL || marked == NULL) {
+        free(pids);
+        free(parents);
+        free(states);
+        free(marked);
+        return;
+    }
+    for (int pass = 0; pass < 64; pass++) {
+        DIR *processes = opendir("/proc");
+        if (processes == NULL) {
+            break;
+        }
+        size_t count = 0;
+        struct dirent *entry;
+        while ((entry = readdir(processes)) != NULL && count < MAXIMUM) {
+            char *end;
+            long pid = strtol(entry->d_name, &end, 10);
+            if (*end != '\0' || pid <= 0) {
+                continue;
+            }
+            if (read_parent(pid, &parents[count], &states[count]) == 0) {
+                pids[count] = pid;
+                marked[count] = 0;
+                count++;
+            }
+        }
+        closedir(processes);
+        /* Mark descendants of root until nothing changes (the listing is in no particular order). */
+        int changed = 1;
+        while (changed) {
+            changed = 0;
+            for (size_t i = 0; i < count; i++) {
+                if (marked[i]) {
+                    continue;
+                }
+                int below = parents[i] == (long)root;
+                for (size_t j = 0; j < count && !below; j++) {
+                    below = marked[j] && pids[j] == parents[i];
+                }
+                if (below) {
+                    marked[i] = 1;
+                    changed = 1;
+                }
+            }
+        }
+        int running = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (marked[i] && states[i] != 'Z' && states[i] != 'X') {
+                kill((pid_t)pids[i], SIGKILL);
+                running = 1;
+            }
+        }
+        if (!running) {
+            break;
+        }
+    }
+    free(pids);
+    free(parents);
+    free(states);
+    free(marked);
+}
+
 int redlock_become_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 ? 0 : errno;
 }
@@ -286,9 +375,42 @@ static int arm(int timer, int64_t deadline_ns) {
     return timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
 }
 
+/* Reads from the supervisor's pipe (non-blocking) until `*message` is whole: 1 when it is, 0
+   when nothing more has come yet (what came stays in `*message`, `*have` bytes), -1 when the
+   supervisor is gone (end of file, or an error). */
+static int read_message(int fd, redlock_watch_message *message, size_t *have) {
+    for (;;) {
+        ssize_t got = read(fd, (char *)message + *have, sizeof *message - *have);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        if (got <= 0) {
+            return -1;
+        }
+        *have += (size_t)got;
+        if (*have == sizeof *message) {
+            *have = 0;
+            return 1;
+        }
+    }
+}
+
+static int is_terminating(int signal_number) {
+    return signal_number == SIGINT || signal_number == SIGTERM || signal_number == SIGHUP || signal_number == SIGQUIT;
+}
+
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
+    }
+    /* The supervisor's messages are read as they come and all at once: a deadline that passed
+       while the watchdog was stopped is judged after the renewals queued meanwhile. */
+    int control_flags = fcntl(CONTROL_FD, F_GETFL);
+    if (control_flags < 0 || fcntl(CONTROL_FD, F_SETFL, control_flags | O_NONBLOCK) != 0) {
+        fail("fcntl(O_NONBLOCK)");
     }
     /* Signals aimed at the supervisor's process group (a terminal's Ctrl-C, a kill of the group)
        must not take the watchdog away: the supervisor forwards what the command should get. */
@@ -345,7 +467,27 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
     pid_t foreground = isatty(STDIN_FILENO) ? tcgetpgrp(STDIN_FILENO) : -1;
     int take_terminal = foreground > 0 && foreground == getpgid(getppid());
 
-    if (deadline_ns > 0 && redlock_boottime_ns() >= deadline_ns) {
+    /* What the supervisor sent while this process started: a later deadline, or a terminating
+       signal it got before the command started, which keeps the command from starting. */
+    int64_t deadline = deadline_ns;
+    redlock_watch_message message;
+    size_t have = 0;
+    for (;;) {
+        int got = read_message(CONTROL_FD, &message, &have);
+        if (got < 0) {
+            _exit(0); /* the supervisor is gone: nobody holds the lease for the command */
+        }
+        if (got == 0) {
+            break;
+        }
+        if (message.kind == REDLOCK_WATCH_DEADLINE) {
+            deadline = message.value;
+        } else if (message.kind == REDLOCK_WATCH_SIGNAL && is_terminating(message.argument)) {
+            redlock_watch_send(STATUS_FD, REDLOCK_WATCH_NOT_STARTED, message.argument, 0);
+            _exit(0);
+        }
+    }
+    if (deadline > 0 && redlock_boottime_ns() >= deadline) {
         redlock_watch_send(STATUS_FD, REDLOCK_WATCH_TOO_LATE, 0, redlock_boottime_ns());
         _exit(0);
     }
@@ -417,12 +559,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
 
     int control = CONTROL_FD;
     int killed = 0;
-    if (arm(timer, deadline_ns) != 0) {
+    if (arm(timer, deadline) != 0) {
         kill(-child, SIGKILL);
         fail("timerfd_settime");
     }
-    redlock_watch_message message;
-    size_t have = 0;
     for (;;) {
         struct pollfd watched[3] = {
             {.fd = child_events, .events = POLLIN},
@@ -468,22 +608,22 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                 _exit(0);
             }
         }
-        if (watched[1].revents != 0) {
-            uint64_t expirations;
-            ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
-            (void)ignored_read;
-        }
-        if (watched[1].revents != 0 && !killed) {
-            kill_command(child, &killed,
-                         "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
-                         REDLOCK_WATCH_DEADLINE_KILL);
-        }
-        if (control >= 0 && watched[2].revents != 0) {
-            ssize_t read_now = read(control, (char *)&message + have, sizeof message - have);
-            if (read_now < 0 && (errno == EINTR || errno == EAGAIN)) {
-                continue;
+        /* Everything the supervisor sent is taken before the timer is judged: after a stop of
+           this process, the renewals queued meanwhile count. */
+        if (control >= 0 && (watched[2].revents != 0 || watched[1].revents != 0)) {
+            int got;
+            while ((got = read_message(control, &message, &have)) == 1) {
+                if (message.kind == REDLOCK_WATCH_DEADLINE && !killed) {
+                    deadline = message.value;
+                    if (arm(timer, deadline) != 0) {
+                        kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                                     REDLOCK_WATCH_DEADLINE_KILL);
+                    }
+                } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
+                    kill(-child, message.argument);
+                }
             }
-            if (read_now <= 0) {
+            if (got < 0) {
                 /* The supervisor is gone (killed, or crashed): nobody renews the lease. */
                 close(control);
                 control = -1;
@@ -491,18 +631,16 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
                     kill_command(child, &killed, "redlock watchdog: redlock went away while the command ran; killed the command\n",
                                  REDLOCK_WATCH_ORPHAN_KILL);
                 }
-                continue;
             }
-            have += (size_t)read_now;
-            if (have < sizeof message) {
-                continue;
-            }
-            have = 0;
-            if (message.kind == REDLOCK_WATCH_DEADLINE && !killed && arm(timer, message.value) != 0) {
-                kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+        }
+        if (watched[1].revents != 0) {
+            uint64_t expirations;
+            ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
+            (void)ignored_read;
+            if (!killed && deadline > 0 && redlock_boottime_ns() >= deadline) {
+                kill_command(child, &killed,
+                             "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
                              REDLOCK_WATCH_DEADLINE_KILL);
-            } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
-                kill(-child, message.argument);
             }
         }
     }

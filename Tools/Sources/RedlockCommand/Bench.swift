@@ -722,7 +722,7 @@ struct BenchSettings: Sendable {
     }
 
     private func progress(_ line: String) {
-        FileHandle.standardError.write(Data((line + "\n").utf8))
+        printError(line)
     }
 }
 
@@ -739,7 +739,7 @@ final class BenchInterrupts: Sendable {
                 return count
             }
             if count == 1 {
-                FileHandle.standardError.write(Data("Interrupted: stopping the nodes…\n".utf8))
+                printError("Interrupted: stopping the nodes…")
                 cancel()
             } else {
                 exit(130)

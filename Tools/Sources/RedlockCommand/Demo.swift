@@ -143,7 +143,7 @@ struct DemoFailure: Error, CustomStringConvertible {
 
 /// Prints a line at once, also when stdout is a pipe.
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    writeLine(line, to: STDOUT_FILENO)
 }
 
 func format(_ duration: Duration) -> String {

@@ -24,13 +24,14 @@ struct Run: AsyncParsableCommand {
         The command runs in a process group of its own (in a terminal, it gets the foreground), \
         with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
         and stderr. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock while the \
-        command runs go to its group once; a terminating one received before it starts keeps it \
-        from starting. When the command exits, whatever it left running (in its group, or \
+        command runs go to its group once; a terminating one received before it starts (also after \
+        the acquire) keeps it from starting. When the command exits, whatever it left running (in its group, or \
         detached with setsid) is killed.
 
         If the lease cannot be extended, the group gets SIGTERM when only --grace plus \
         a safety margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that \
-        margin before the validity ends; redlock exits only once the command is gone. A \
+        margin before the validity ends (with everything below the watchdog, in case it is \
+        stopped); redlock exits only once the command is gone. A \
         watchdog process kills the group by the same instant if redlock is stopped or starved, \
         and at once if redlock is killed. Ctrl-Z stops the whole job; it renews nothing while \
         stopped, so past the deadline the command is killed and fg gives 124. Beyond any \
@@ -45,9 +46,10 @@ struct Run: AsyncParsableCommand {
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
           77               a node refused credentials or a command (EX_NOPERM)
           124              lease lost: the command was stopped (or never started),
-                           or the release found the keys taken from it while it ran
+                           or the release found the keys taken from it while it ran,
+                           or the watchdog killed it: no renewal reached it in time
           126 / 127        the command could not be executed / was not found
-          128 + N          redlock got signal N before the command started
+          128 + N          redlock got signal N before the command started; it did not run
         """
     )
 
@@ -77,6 +79,15 @@ struct Run: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Time between SIGTERM and SIGKILL when the lease is about to be lost; it comes out of the lease, so it must leave room (at most half of --ttl, less the safety margin). Default: a quarter of --ttl, at most 10s.", transform: parseDuration)
     var grace: Duration?
 
+    @Option(parsing: .unconditional, help: "Count a node only once its epoch marker is this old: a node that lost its data (FLUSHALL, a restart without persistence) refuses the lock until then. At least --ttl; every holder of the lock must use it (README, Safety). Default: off.", transform: parseDuration)
+    var epochGuard: Duration?
+
+    @Option(parsing: .unconditional, help: "Count a node only once it has been up this long (uptime from INFO): catches a restart that lost the last writes. Set it to the longest --ttl of any holder. Default: off.", transform: parseDuration)
+    var restartGuard: Duration?
+
+    @Flag(help: "Refuse nodes whose clock ran fast or jumped since this client last read it (every holder should use it; README, Safety).")
+    var clockGuard = false
+
     @Flag(help: "Report acquire, extensions and loss on stderr (instants as CLOCK_BOOTTIME nanoseconds).")
     var verbose = false
 
@@ -105,7 +116,10 @@ struct Run: AsyncParsableCommand {
         _ = signal(SIGPIPE, SIG_IGN)
         let made: (RedlockClient, DistributedLock)
         do {
-            made = try makeLock(nodes: nodes, name: name, options: LockOptions(expiry: ttl, fencing: true))
+            made = try makeLock(
+                nodes: nodes, name: name,
+                options: LockOptions(expiry: ttl, fencing: true, restartGuard: restartGuard, epochGuard: epochGuard, clockGuard: clockGuard)
+            )
         } catch {
             // Pointing at this command's help, not the top-level usage.
             printError("Error: \(error)\nSee 'redlock run --help' for more information.")
@@ -130,8 +144,10 @@ struct Run: AsyncParsableCommand {
                 status = await runHolding(lease, lock: lock, supervision: supervision)
             }
         }
-        handlers.stop()
+        // Signals are taken until the client has shut down (it may wait for a stalled node): the
+        // exit status is the command's, not that of a SIGTERM meanwhile.
         await client.shutdown()
+        handlers.stop()
         throw ExitCode(status)
     }
 
@@ -199,6 +215,10 @@ struct Run: AsyncParsableCommand {
                     report("extended \"\(extended.name)\" \(boottime(extended))")
                 }
             ) { held in
+                // A terminating signal that came while the lease was confirmed keeps the command
+                // from starting; one during the start is forwarded to the watchdog, which does
+                // not start it either if it reads it first.
+                if let signal = supervision.terminatingSignal { return SupervisedCommand.Ending.signalledBeforeStart(signal) }
                 let supervised = try SupervisedCommand(
                     command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin)
                 )
@@ -213,8 +233,15 @@ struct Run: AsyncParsableCommand {
             case .tooLate:
                 printError("redlock: the lease's deadline passed before the command could start; it did not run")
                 return Status.leaseLost
+            case let .signalledBeforeStart(signal):
+                printError("redlock: got signal \(signal) before the command started; it did not run")
             case .watchdogLost:
                 return Status.systemError
+            case .exited(_, killedByWatchdog: true, _):
+                // The lease held, but no renewal reached the watchdog in time (redlock starved or
+                // stopped, the watchdog's pipe full): the command was stopped all the same.
+                printError("redlock: the watchdog killed the command: no renewal reached it before the lease's deadline")
+                return Status.leaseLost
             case .exited:
                 break
             }
@@ -229,7 +256,7 @@ struct Run: AsyncParsableCommand {
                 )
             case .exited?:
                 printError("redlock: lost the lease on \"\(name)\"; the command was gone before the lease's validity ended: \(error)")
-            case .notStarted?, .tooLate?, .watchdogLost?, nil:
+            case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
                 printError("redlock: lost the lease on \"\(name)\" before the command ran: \(error)")
             }
             return Status.leaseLost
@@ -312,6 +339,3 @@ final class Supervision: Sendable {
     }
 }
 
-func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
-}

@@ -30,6 +30,8 @@ final class SupervisedCommand: Sendable {
         case notStarted(errno: Int32)
         /// The deadline had passed before the command could start; it did not run.
         case tooLate
+        /// `redlock` got this terminating signal before the command started; it did not run.
+        case signalledBeforeStart(Int32)
         /// The watchdog went away without reporting (it was killed); the command and everything
         /// it left were killed by `redlock` then.
         case watchdogLost
@@ -43,6 +45,8 @@ final class SupervisedCommand: Sendable {
                 return signal == 0 ? (status >> 8) & 0xff : 128 + signal
             case let .notStarted(errno):
                 return errno == ENOENT ? 127 : 126
+            case let .signalledBeforeStart(signal):
+                return 128 + signal
             case .tooLate, .watchdogLost:
                 return 1
             }
@@ -127,6 +131,9 @@ final class SupervisedCommand: Sendable {
                 case Int32(REDLOCK_WATCH_TOO_LATE):
                     outcome = .tooLate
                     break reading
+                case Int32(REDLOCK_WATCH_NOT_STARTED):
+                    outcome = .signalledBeforeStart(message.argument)
+                    break reading
                 case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = true
                 case Int32(REDLOCK_WATCH_EXITED):
                     outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog, goneAt: message.value)
@@ -135,13 +142,15 @@ final class SupervisedCommand: Sendable {
                 }
             }
             close(statusFd)
-            var status: Int32 = 0
-            while waitpid(watchdog, &status, 0) < 0 && errno == EINTR {}
+            // Ended before the watchdog is reaped: its pid stays its own while a kill of its
+            // descendants (in terminate) may still look for them.
             let group = state.withLock { state in
                 state.ended = true
                 defer { state.group = nil }
                 return state.group
             }
+            var status: Int32 = 0
+            while waitpid(watchdog, &status, 0) < 0 && errno == EINTR {}
             if case .watchdogLost = outcome {
                 // The command died with the watchdog (its parent-death signal); what it left
                 // running was reparented here: kill it all before anyone is told.
@@ -213,9 +222,20 @@ final class SupervisedCommand: Sendable {
         }
         guard let killAfterNanoseconds else { return }
         signal(SIGTERM)
-        // redlock kills at the same instant, in case the watchdog is stopped.
+        // redlock kills at the same instant, in case the watchdog is stopped: the group, and what
+        // left it (setsid) and was reparented to the watchdog, which would kill that itself.
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, killAfterNanoseconds)))) { [self] in
             signal(SIGKILL)
+            killDescendantsOfWatchdog()
+        }
+    }
+
+    /// SIGKILLs every descendant of the watchdog, unless the command has ended (the watchdog
+    /// then killed them; once reaped, its pid may be another process's).
+    private func killDescendantsOfWatchdog() {
+        state.withLock { state in
+            guard !state.ended else { return }
+            redlock_kill_tree(watchdog)
         }
     }
 

@@ -52,6 +52,21 @@ final class CommandRun: Sendable {
         }.value
     }
 
+    /// Reads stderr until a line containing `marker` appears; what was read is not returned by
+    /// ``finish()``.
+    func waitForErrorLine(containing marker: String) async -> String? {
+        let handle = errors.fileHandleForReading
+        return await Task.detached {
+            var text = ""
+            while !text.contains(marker) {
+                let chunk = handle.availableData
+                if chunk.isEmpty { return nil }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            return text
+        }.value
+    }
+
     /// Waits for exit; returns the status and everything printed.
     func finish() async -> (status: Int32, stdout: String, stderr: String) {
         let process = process

@@ -259,6 +259,126 @@ struct RunSupervisionTests {
         }
     }
 
+    @Test("a stopped watchdog leaves nothing running past the lease: redlock's own kill at the deadline reaches what the command detached with setsid too")
+    func stoppedWatchdogDetachedDescendant() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withRedisServers(1) { servers throws in
+            let (detached, own) = (temporaryFile("detached"), temporaryFile("own"))
+            defer { for file in [detached, own] { try? FileManager.default.removeItem(atPath: file) } }
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "stopped-watchdog", "--ttl", "1s", "--grace", "200ms",
+                                      "--verbose", "--", "sh", "-c",
+                                      "setsid \(worker) heartbeat --file \(detached) --duration-ms 30000 & \(worker) heartbeat --file \(own) --duration-ms 30000"])
+            #expect(await eventually(within: .seconds(20)) { Beats(file: detached).beats.count >= 2 && Beats(file: own).beats.count >= 2 })
+            let watchdog = try #require(children(of: run.process.processIdentifier).first)
+            #expect(kill(watchdog, SIGSTOP) == 0)
+            try await servers[0].pause()
+            let detachedPid = try #require(Beats(file: detached).pid)
+            #expect(await eventually(within: .seconds(10)) { !isAlive(detachedPid) }, "the detached job outlived the lease while the watchdog was stopped")
+            try servers[0].resume()
+            _ = kill(watchdog, SIGCONT)
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 124, "stderr: \(stderr)")
+            let validUntil = try #require(lastValidUntil(in: stderr), "stderr: \(stderr)")
+            let lastBeat = try #require(Beats(file: detached).beats.last)
+            #expect(lastBeat < validUntil, "the detached job ran \(Double(lastBeat - validUntil) / 1e6) ms past the lease's validity")
+        }
+    }
+
+    @Test("a watchdog stopped past a deadline that redlock renewed meanwhile reads the renewals before it judges the deadline: the command runs to its end")
+    func stoppedWatchdogCountsRenewals() async throws {
+        try await withRedisServers(1) { servers throws in
+            let ran = temporaryFile("ran")
+            defer { try? FileManager.default.removeItem(atPath: ran) }
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "renewed", "--ttl", "500ms", "--",
+                                      "sh", "-c", "touch \(ran); sleep 2; echo done"])
+            #expect(await eventually(within: .seconds(20)) { FileManager.default.fileExists(atPath: ran) })
+            let watchdog = try #require(children(of: run.process.processIdentifier).first)
+            #expect(kill(watchdog, SIGSTOP) == 0)
+            // Past several deadlines, each renewed by redlock into the stopped watchdog's pipe.
+            try await Task.sleep(for: .milliseconds(1_200))
+            #expect(kill(watchdog, SIGCONT) == 0)
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 0, "stderr: \(stderr)")
+            #expect(stdout.contains("done"))
+        }
+    }
+
+    @Test("a terminating signal that comes after the acquire, while the lease is confirmed, keeps the command from starting: exit 128 + N, the lock released")
+    func signalBeforeStart() async throws {
+        try await withRedisServers(1) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            // Every round trip takes 600 ms (within a 20 s lease's 1 s budget, once connected:
+            // the first attempt may spend it on the connect): the confirmation after "acquired"
+            // leaves the signal time to land before the command could start.
+            proxy.set(.latency(.milliseconds(300)))
+            let marker = temporaryFile("started")
+            defer { try? FileManager.default.removeItem(atPath: marker) }
+            let run = try CommandRun(["run", "--nodes", "\(proxy.endpoint)", "--name", "signalled", "--ttl", "20s", "--wait", "15s", "--verbose", "--",
+                                      "sh", "-c", "touch \(marker)"])
+            #expect(await run.waitForErrorLine(containing: "acquired") != nil)
+            #expect(kill(run.process.processIdentifier, SIGTERM) == 0)
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 128 + SIGTERM, "stderr: \(stderr)")
+            #expect(stderr.contains("before the command started; it did not run"), "stderr: \(stderr)")
+            #expect(!FileManager.default.fileExists(atPath: marker), "the command ran")
+            proxy.set(.none)
+            #expect(try await values(of: "signalled", on: servers) == [nil])
+        }
+    }
+
+    @Test("a SIGTERM while the client shuts down after the command (a node frozen: the release waits for it) leaves the exit status the command's")
+    func signalDuringShutdown() async throws {
+        try await withRedisServers(3) { servers throws in
+            let ended = temporaryFile("ended")
+            defer { try? FileManager.default.removeItem(atPath: ended) }
+            try await servers[2].pause()
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "shutting-down", "--ttl", "10s", "--",
+                                      "sh", "-c", "touch \(ended); exit 3"])
+            #expect(await eventually(within: .seconds(20)) { FileManager.default.fileExists(atPath: ended) })
+            // The release is decided by the two answering nodes at once; the shutdown after it
+            // then waits up to 500 ms for the frozen node's answer: the signal lands there.
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(kill(run.process.processIdentifier, SIGTERM) == 0)
+            let (status, _, stderr) = await run.finish()
+            try servers[2].resume()
+            #expect(status == 3, "stderr: \(stderr)")
+        }
+    }
+
+    @Test("stderr closed (a pipe whose reader is gone): redlock run still runs the command, releases and exits with its status", arguments: [false, true])
+    func closedStderr(verbose: Bool) async throws {
+        try await withRedisServers(1) { servers throws in
+            let process = Process()
+            process.executableURL = try builtExecutable("redlock")
+            process.arguments = ["run", "--nodes", nodeList(servers), "--name", "closed-stderr"] + (verbose ? ["--verbose"] : [])
+                + ["--", "sh", "-c", "exit 3"]
+            let errors = Pipe()
+            process.standardError = errors
+            try errors.fileHandleForReading.close()
+            try process.run()
+            await Task.detached { process.waitUntilExit() }.value
+            #expect(process.terminationReason == .exit && process.terminationStatus == 3, "\(process.terminationReason) \(process.terminationStatus)")
+            #expect(try await values(of: "closed-stderr", on: servers) == [nil])
+        }
+    }
+
+    @Test("the guards of README's Safety section are redlock run options: --epoch-guard makes a node without its marker wait; one shorter than --ttl is a usage error")
+    func guardOptions() async throws {
+        try await withRedisServers(1) { servers throws in
+            let guarded = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "guarded", "--ttl", "300ms", "--epoch-guard", "300ms",
+                                          "--restart-guard", "1ms", "--clock-guard", "--wait", "10s", "--", "true"])
+            let (status, _, stderr) = await guarded.finish()
+            #expect(status == 0, "stderr: \(stderr)")
+            #expect(try await values(of: "redlock:epoch", on: servers).allSatisfy { $0 != nil }, "the epoch guard left no marker")
+
+            let short = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "guarded", "--ttl", "1s", "--epoch-guard", "500ms", "--", "true"])
+            let (shortStatus, _, shortErrors) = await short.finish()
+            #expect(shortStatus == 64, "\(shortErrors)")
+            #expect(shortErrors.contains("epochGuard"), "\(shortErrors)")
+        }
+    }
+
     @Test("a script without a #! line runs under /bin/sh, as a shell would run it")
     func scriptWithoutShebang() async throws {
         try await withRedisServers(1) { servers throws in

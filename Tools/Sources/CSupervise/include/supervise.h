@@ -41,6 +41,8 @@ enum {
     REDLOCK_WATCH_EXITED = 7,        /* argument: the command's wait status; value: CLOCK_BOOTTIME ns when
                                         it and everything it left were gone */
     REDLOCK_WATCH_TOO_LATE = 8,      /* the deadline had passed before the command could start; it did not */
+    REDLOCK_WATCH_NOT_STARTED = 9,   /* argument: a terminating signal the supervisor forwarded before the
+                                        command started; it did not */
 };
 
 /* Spawns the watchdog `path` with `argv` and `envp` (NULL-terminated): an empty signal mask,
@@ -60,6 +62,11 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
 /* SIGKILLs process group `group` (if > 0) and every child of the calling process (descendants that
    were reparented to it as a child subreaper), reaping until none is left. Blocks. */
 void redlock_kill_descendants(pid_t group);
+
+/* SIGKILLs every descendant of process `root` (not `root` itself), found in /proc, again until a
+   pass finds none left running (at most 64 passes): what a stopped watchdog (`root`) cannot kill,
+   including processes that left the command's group with setsid. Blocks. */
+void redlock_kill_tree(pid_t root);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
    Returns 0 or an errno value. */
