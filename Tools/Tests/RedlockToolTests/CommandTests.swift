@@ -40,23 +40,19 @@ final class CommandRun: Sendable {
 
     /// Reads stdout until a line containing `marker` appears (the child says it is ready).
     func waitForLine(containing marker: String) async -> String? {
-        let handle = output.fileHandleForReading
-        return await Task.detached {
-            var text = ""
-            while !text.contains(marker) {
-                let chunk = handle.availableData
-                if chunk.isEmpty { return nil }
-                text += String(decoding: chunk, as: UTF8.self)
-            }
-            return text
-        }.value
+        await Self.read(output.fileHandleForReading, until: marker)
     }
 
     /// Reads stderr until a line containing `marker` appears; what was read is not returned by
     /// ``finish()``.
     func waitForErrorLine(containing marker: String) async -> String? {
-        let handle = errors.fileHandleForReading
-        return await Task.detached {
+        await Self.read(errors.fileHandleForReading, until: marker)
+    }
+
+    /// Reads `handle` on a thread of its own until what was read contains `marker`; nil at end
+    /// of file before it.
+    private static func read(_ handle: FileHandle, until marker: String) async -> String? {
+        await Task.detached {
             var text = ""
             while !text.contains(marker) {
                 let chunk = handle.availableData
