@@ -78,7 +78,8 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
                     decision.releaseAwaited.append(index)
                     continue
                 }
-                if error.code == .connectionRefused { continue }
+                // Never written (no connection, a full queue, shut down): nothing to release.
+                if error.code == .connectionRefused || error.code == .overloaded || error.code == .shutdown { continue }
                 if error.code == .timeout, !cancelled { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
             }
         }

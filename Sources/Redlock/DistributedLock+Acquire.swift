@@ -22,7 +22,9 @@ extension DistributedLock {
         let value = options.fair && !options.value.mayAlreadyBeHeld ? client.coordination.taggedValue(made) : made
         // A value drawn for this call: its releases lost with a connection go again, until the
         // lease is handed off (Lease.replayWindow).
-        let window = options.value.mayAlreadyBeHeld ? nil : ReplayWindow()
+        // (A value of the caller's own is never sent again: its window is closed for good, and
+        // marks its releases as releases all the same.)
+        let window = options.value.mayAlreadyBeHeld ? ReplayWindow.closedForGood : ReplayWindow()
         var ticket: Int?
         if options.singleFlight {
             if tries == 1 {

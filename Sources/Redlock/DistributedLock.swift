@@ -151,7 +151,7 @@ public struct DistributedLock: Sendable {
         let handedOver = claimed?.next
         // A release the connection loses is sent again on its next one (a late delete of a
         // value nobody uses again), unless the value is the caller's own or was handed off.
-        let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow)
+        let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow ?? .closedForGood)
         let release = client.prepareFanOut(
             call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
             lane: lane

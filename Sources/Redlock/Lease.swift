@@ -28,8 +28,9 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// For a value drawn at random for this lease's `lock()` (not a value of the caller's own):
     /// open while nobody else may use the value, so that releases of it lost with a connection
     /// are sent again (see `ReplayWindow` in the transport). ``handoff`` closes it: another
-    /// process may then re-attach the value, and a late delete could remove its key. Nil for a
-    /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
+    /// process may then re-attach the value, and a late delete could remove its key. For a value
+    /// of the caller's own, a window closed for good (its releases are never sent again); nil
+    /// for a lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
     var replayWindow: ReplayWindow?
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.

@@ -137,11 +137,22 @@ struct ServerClient: Sendable, Equatable {
 /// open until ``close()``, after which a copy not written yet is dropped, and none is made.
 /// A lock closes a `lock()` call's window when its value may be used elsewhere (a lease handed
 /// to another process): a late delete of that value could then remove a key someone counts.
+///
+/// A command sent with a window, open or closed, is a release: a connection whose queue is full
+/// still takes it (``RedisConnectionConfiguration/maximumQueuedCommands``).
 package final class ReplayWindow: Sendable {
     private let closed = Atomic<Bool>(false)
 
     /// An open window.
     package init() {}
+
+    /// The window of releases that are never sent again (of a value the caller chose, which
+    /// another holder may use), closed from the start: it marks them as releases all the same.
+    package static let closedForGood: ReplayWindow = {
+        let window = ReplayWindow()
+        window.close()
+        return window
+    }()
 
     /// Whether copies may still be made and written.
     package var isOpen: Bool { !closed.load(ordering: .acquiring) }

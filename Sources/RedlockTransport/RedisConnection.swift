@@ -162,6 +162,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// How many lost replayable commands wait for the next connection.
     package var pendingReplays: Int { core.replayCount }
 
+    /// How many commands wait for an answer or to be written (what
+    /// ``RedisConnectionConfiguration/maximumQueuedCommands`` bounds).
+    package var waitingCommands: Int { core.waitingCount }
+
     /// Queues several commands at once, in order, without suspending: no other caller's command
     /// lands between them, and they go out in one write. Each handler
     /// gets its command's outcome exactly once.
@@ -428,6 +432,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     var replayCount: Int { state.withLock { $0.replays.count } }
 
+    var waitingCount: Int { state.withLock { $0.queue.count + $0.unansweredCount } }
+
     // MARK: Callers
 
     /// How long a node may keep its answer before the commands behind it stop waiting to be
@@ -470,7 +476,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     func enqueue(contentsOf commands: [PendingCommand]) {
         var effects = Effects()
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
-            if let refusal = refusal(adding: commands.count, to: state, replayable: commands.allSatisfy { $0.replayWindow != nil }) {
+            if let refusal = refusal(adding: commands.count, to: state, releases: commands.allSatisfy { $0.replayWindow != nil }) {
                 for command in commands { effects.completions.append((command, .failure(refusal))) }
                 return nil
             }
@@ -517,18 +523,19 @@ final class ConnectionCore: Sendable, EventLoopSource {
         perform(effects)
     }
 
-    /// Why `count` more commands cannot be queued, if they cannot. Replayable commands (the
-    /// releases of values drawn for one `lock()`) are never refused for a full queue: one
-    /// refused would leave its key until it expires, as one lost would without its replay.
-    /// They stay bounded: each follows an acquire of its value that was queued before, and
-    /// while the queue is full no acquire is.
-    private func refusal(adding count: Int, to state: borrowing State, replayable: Bool = false) -> RedisError? {
+    /// Why `count` more commands cannot be queued, if they cannot. Releases (commands with a
+    /// ``ReplayWindow``) may fill as many places again beyond the limit (at least
+    /// ``maximumReplays``): one refused leaves its key until it expires, and releases come after
+    /// the acquires the full queue refuses. Past that they are refused too: a node that answers
+    /// nothing must not make the queue grow without bound.
+    private func refusal(adding count: Int, to state: borrowing State, releases: Bool = false) -> RedisError? {
         if state.shuttingDown { return error(.shutdown, "") }
         if let failure = loop.startIfNeeded() {
             return RedisError(code: failure.code, endpoint: configuration.endpoint, message: "event loop: " + failure.message)
         }
         let waiting = state.queue.count + state.unansweredCount
-        if !replayable, waiting + count > configuration.maximumQueuedCommands {
+        let limit = configuration.maximumQueuedCommands
+        if waiting + count > (releases ? limit + Swift.max(limit, RedisConnection.maximumReplays) : limit) {
             return error(.overloaded, "\(waiting) commands already queued")
         }
         return nil

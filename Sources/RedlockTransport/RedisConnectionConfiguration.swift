@@ -22,9 +22,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// A server stopped with SIGSTOP still accepts TCP connects, so only this timeout detects it.
     public var commandTimeout: Duration
     /// The most commands that may wait for one connection; past it a call fails at once with
-    /// ``RedisError/Code-swift.struct/overloaded``, except the release of a value drawn for one
-    /// `lock()` (queued all the same: refused, its key would stay until it expires). The default
-    /// is 65,536.
+    /// ``RedisError/Code-swift.struct/overloaded``. A lock's releases may wait in as many places
+    /// again beyond it (at least 4,096): refused, a release leaves its key until it expires. The
+    /// default is 65,536.
     public var maximumQueuedCommands: Int
     /// TLS for the connection, or `nil` (the default) for plain TCP. `rediss://` addresses set it
     /// to ``RedisTLSConfiguration/init(trustedCertificatesFile:certificateFile:privateKeyFile:serverName:verifiesCertificate:verifiesHostname:)``'s

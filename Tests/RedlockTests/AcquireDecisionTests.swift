@@ -88,7 +88,7 @@ struct AcquireDecisionTests {
         #expect(settled == "0 of 3 nodes granted, 2 needed")
     }
 
-    @Test("refusals that set nothing are not released; a refused connection neither; a node error that may have set the key is; a node known down is never awaited")
+    @Test("refusals that set nothing are not released; a refused connection neither, nor a command never written; a node error that may have set the key is; a node known down is never awaited")
     func releasePlan() {
         let errors: [Vote?] = [
             .refused(.epochTooYoung), .refused(.error(RedisError(code: .connectionRefused, endpoint: endpoint, message: "refused"))),
@@ -113,6 +113,13 @@ struct AcquireDecisionTests {
         #expect(code(cancelled) == .cancelled)
         #expect(cancelled.releaseAwaited == [2, 3, 4])
         #expect(cancelled.releaseQueued.isEmpty)
+        // Refused before it was written (a full queue, a connection shut down): nothing to release,
+        // which would only add to that queue.
+        let unsent = decide([
+            .refused(.error(RedisError(code: .overloaded, endpoint: endpoint, message: "full"))),
+            .refused(.error(RedisError(code: .shutdown, endpoint: endpoint, message: ""))), .granted(1),
+        ])
+        #expect(unsent.releaseAwaited == [2] && unsent.releaseQueued.isEmpty)
     }
 
     @Test("a cancelled caller gets no lease even with a quorum; a failed fencing round is noQuorum; exhausted counters on a blocking minority are named")

@@ -554,8 +554,8 @@ private final class FlushCounts: Sendable {
     let cycles = Atomic<Int>(0)
     let stop = Atomic<Bool>(false)
 
-    @Test("a full connection queue refuses acquires, not releases: 300 tasks on connections that queue 2 commands each leave no key, whether their lock() or unlock() failed")
-    func fullQueueRefusesNoRelease() async throws {
+    @Test("a full connection queue refuses acquires, not releases: 300 tasks on connections that queue 2 commands each leave no key, whether their lock() or unlock() failed, with random values or their own", arguments: [false, true])
+    func fullQueueRefusesNoRelease(ownValues: Bool) async throws {
         try await withRedisServers(3) { servers throws in
             let client = try RedlockClient(nodes: servers.map { server in
                 var configuration = server.configuration()
@@ -568,7 +568,8 @@ private final class FlushCounts: Sendable {
                     for index in 0..<300 {
                         group.addTask {
                             do {
-                                let lock = try client.makeLock("queue-full-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1))
+                                let value: LockValue = ownValues ? .fixed("own-\(index)") : .random
+                                let lock = try client.makeLock("queue-full-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1, value: value))
                                 try await lock.unlock(try await lock.lock())
                             } catch {
                                 if (error as? RedlockError)?.nodes.contains(where: { $0.cause.error?.code == .overloaded }) == true { overloaded.update { $0 += 1 } }
@@ -591,6 +592,44 @@ private final class FlushCounts: Sendable {
                     let left = try await servers[index].run(RedisCommand("KEYS", "queue-full-*"))
                     #expect(left == .array([]), "node \(index): \(left)")
                 }
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
+    @Test("releases past a full queue are bounded: against a node that answers nothing, a connection that queues 8 commands holds at most 8 + RedisConnection.maximumReplays, however many locks release there")
+    func releasesPastAFullQueueAreBounded() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { server in
+                var configuration = server.configuration(commandTimeout: .seconds(60))
+                configuration.maximumQueuedCommands = 8
+                return configuration
+            })
+            try await withTeardown {
+                try await servers[2].pause()
+                let bound = 8 + RedisConnection.maximumReplays
+                let cycles = Locked(0)
+                // Until the releases sent to the frozen node (one per unlock, none after the
+                // acquires its full queue refused) could have filled the bound twice over.
+                await withTaskGroup { group in
+                    for task in 0..<16 {
+                        group.addTask {
+                            var index = 0
+                            while cycles.value < 2 * bound {
+                                index += 1
+                                guard let lock = try? client.makeLock("bounded-\(task)-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1)),
+                                      let lease = try? await lock.lock() else { continue }
+                                try? await lock.unlock(lease)
+                                cycles.update { $0 += 1 }
+                            }
+                        }
+                    }
+                }
+                let waiting = client.nodes[2].waitingCommands
+                #expect(waiting <= bound, "\(waiting) commands wait after \(cycles.value) cycles")
+                #expect(waiting >= bound - 16, "the releases past the limit were not taken: \(waiting)")
+                try servers[2].resume()
             } teardown: {
                 await client.shutdown()
             }
