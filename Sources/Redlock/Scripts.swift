@@ -26,9 +26,9 @@ enum Scripts {
     )
 
     /// The grant both acquire scripts end with, once the key is free or holds `ARGV[1]`: with a
-    /// `counter` key, `INCR` it (-2 when at its maximum; a counter that holds no integer is a
-    /// `WRONGTYPE` error naming it, which is permanent; another refused increment is the script's
-    /// error reply), then set the key (`PEXPIRE` when it already holds the value, else `SET … PX`) and
+    /// `counter` key, `INCR` it (-2 when at its maximum; a counter that holds no integer, or a
+    /// negative one, is a `WRONGTYPE` error naming it, which is permanent, and a negative one is
+    /// left as it was; another refused increment is the script's error reply), then set the key (`PEXPIRE` when it already holds the value, else `SET … PX`) and
     /// `reply` the token (1 without a counter). Expects `current`, `counter` and `reply` in scope.
     private static let grant = """
         local token = 1
@@ -42,6 +42,10 @@ enum Scripts {
                     return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds no integer (' .. token.err .. ')')
                 end
                 return token
+            end
+            if token < 1 then
+                redis.call('DECR', counter)
+                return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds a negative number (' .. (token - 1) .. ')')
             end
         end
         if current == ARGV[1] then

@@ -52,14 +52,23 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         self.tls = tls
     }
 
-    /// `text` with the password of a URL's credentials (what lies between `scheme://` and the
-    /// last `@`, after the user name's `:`) replaced by `***`, as the parser reads them.
+    /// `text` as an error may quote it, with whatever could be a password replaced by `***`:
+    /// what lies before the last `@` (after `scheme://`, keeping a user name before its `:`),
+    /// and, without an `@`, a port that is not a number (`redis://user:secret` with its host
+    /// left out reads as host `user`, port `secret`).
     static func withoutPassword(_ text: String) -> String {
-        guard let schemeEnd = text.firstRange(of: "://"), let at = text[schemeEnd.upperBound...].lastIndex(of: "@") else { return text }
-        let credentials = text[schemeEnd.upperBound..<at]
-        guard !credentials.isEmpty else { return text }
-        let user = credentials.firstIndex(of: ":").map { credentials[..<$0] + ":" } ?? ""
-        return text[..<schemeEnd.upperBound] + user + "***" + text[at...]
+        let schemeEnd = text.firstRange(of: "://")?.upperBound
+        let start = schemeEnd ?? text.startIndex
+        if let at = text[start...].lastIndex(of: "@") {
+            let credentials = text[start..<at]
+            let user = schemeEnd == nil ? "" : credentials.firstIndex(of: ":").map { String(credentials[..<$0]) + ":" } ?? ""
+            return text[..<start] + user + "***" + text[at...]
+        }
+        let authority = text[start...].prefix { $0 != "/" && $0 != "?" }
+        guard !authority.hasSuffix("]"), let colon = authority.lastIndex(of: ":") else { return text }
+        let port = authority[authority.index(after: colon)...]
+        guard !port.allSatisfy({ $0.isASCII && $0.isNumber }) else { return text }
+        return text[..<authority.index(after: colon)] + "***" + text[authority.endIndex...]
     }
 
     /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
@@ -156,13 +165,15 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             host = rest[..<colon]
             let portText = rest[rest.index(after: colon)...]
             guard portText.allSatisfy(\.isASCII), portText.allSatisfy(\.isNumber), let p = Int(portText) else {
-                throw invalid("port '\(rest[rest.index(after: colon)...])' is not a number")
+                throw invalid("the port is not a number")
             }
             port = p
         } else {
             host = rest
         }
         guard !host.isEmpty else { throw invalid("empty host") }
+        // `user:password@host` without a scheme: credentials go in a URL.
+        if host.contains("@") { throw invalid("a user name or password goes in a redis:// or rediss:// URL") }
         if !rest.hasPrefix("["), host.contains(":") { throw invalid("an IPv6 address goes in brackets: [::1]:6379") }
         guard (1...65_535).contains(port) else { throw invalid("port \(port) is outside 1–65535") }
         self.init(

@@ -109,7 +109,7 @@ struct FencingTests {
         }
     }
 
-    @Test("a counter that holds no integer is a refusal for good naming the counter, not retried; on one node of three, the others grant", arguments: ["abc", "1.5"])
+    @Test("a counter that holds no integer, or a negative one, is a refusal for good naming the counter, not retried, and sets no key; on one node of three, the others grant", arguments: ["abc", "1.5", "-1", "-3", "-100"])
     func counterHoldsNoInteger(held: String) async throws {
         try await withLockNodes(3) { client, servers in
             for server in servers.prefix(2) { _ = try await server.run(RedisCommand("SET", "redlock:fence", held)) }
@@ -121,6 +121,7 @@ struct FencingTests {
             let causes = error?.nodes.filter { $0.node < 2 }.compactMap(\.cause.error) ?? []
             #expect(causes.count == 2 && causes.allSatisfy { $0.isPermanent && $0.message.contains("redlock:fence") }, "\(causes)")
             #expect(try await values(of: "garbled", on: servers).allSatisfy { $0 == nil })
+            #expect(try await values(of: "redlock:fence", on: Array(servers.prefix(2))) == [held, held], "the counter was changed")
 
             _ = try await servers[1].run(RedisCommand("SET", "redlock:fence", "7"))
             let lock = try client.makeLock("garbled", options: options)

@@ -80,6 +80,12 @@ struct ParsingTests {
         ("redis://hunter2@h:1/+1", "'redis://***@h:1/+1'"),
         ("redis://u:hun@ter2@h:abc", "'redis://u:***@h:abc'"),
         ("http://u:hunter2@h:1", "'http://u:***@h:1'"),
+        // Typos: a scheme cut short, none at all, a host left out (the password reads as a port).
+        ("redis:/u:hunter2@127.0.0.1:7101", "'***@127.0.0.1:7101'"),
+        ("u:hunter2@127.0.0.1:7101", "'***@127.0.0.1:7101'"),
+        ("hunter2@127.0.0.1:7101", "'***@127.0.0.1:7101'"),
+        ("redis://locker:hunter2", "'redis://locker:***'"),
+        ("redis://locker:hunter2/2", "'redis://locker:***/2'"),
     ])
     func refusedAddressHidesThePassword(text: String, quoted: String) {
         #expect {

@@ -262,72 +262,121 @@ static int read_parent(long pid, long *parent, char *state) {
     return result;
 }
 
-void redlock_kill_tree(pid_t root) {
-    enum { MAXIMUM = 4096 };
-    long *pids = calloc(MAXIMUM, sizeof *pids);
-    long *parents = calloc(MAXIMUM, sizeof *parents);
-    char *states = calloc(MAXIMUM, 1);
-    char *marked = calloc(MAXIMUM, 1);
-    if (pids == NULL || parents == NULL || states == NULL || marked == NULL) {
-        free(pids);
-        free(parents);
-        free(states);
-        free(marked);
-        return;
+typedef struct {
+    long pid;
+    long parent;
+    char state;
+    signed char below; /* 1 below root, 0 not, -1 not known yet */
+} process_entry;
+
+static int compare_pids(const void *left, const void *right) {
+    long a = ((const process_entry *)left)->pid;
+    long b = ((const process_entry *)right)->pid;
+    return (a > b) - (a < b);
+}
+
+/* Every process in /proc with its parent and state, sorted by pid, into *entries (malloc'd; the
+   caller frees it). Returns the count, or -1 when /proc cannot be read or memory runs out. */
+static long list_processes(process_entry **entries) {
+    DIR *processes = opendir("/proc");
+    if (processes == NULL) {
+        return -1;
     }
-    for (int pass = 0; pass < 64; pass++) {
-        DIR *processes = opendir("/proc");
-        if (processes == NULL) {
+    size_t capacity = 1024;
+    size_t count = 0;
+    process_entry *list = malloc(capacity * sizeof *list);
+    struct dirent *entry;
+    while (list != NULL && (entry = readdir(processes)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (*end != '\0' || pid <= 0) {
+            continue;
+        }
+        if (count == capacity) {
+            process_entry *grown = realloc(list, 2 * capacity * sizeof *list);
+            if (grown == NULL) {
+                free(list);
+                list = NULL;
+                break;
+            }
+            list = grown;
+            capacity *= 2;
+        }
+        if (read_parent(pid, &list[count].parent, &list[count].state) == 0) {
+            list[count].pid = pid;
+            list[count].below = -1;
+            count++;
+        }
+    }
+    closedir(processes);
+    if (list == NULL) {
+        return -1;
+    }
+    qsort(list, count, sizeof *list, compare_pids);
+    *entries = list;
+    return (long)count;
+}
+
+/* Whether entry `index` descends from `root`, walking up its parents (memoized in `below`). */
+static int descends_from(process_entry *list, size_t count, size_t index, long root) {
+    size_t chain[64];
+    size_t length = 0;
+    size_t at = index;
+    int answer = 0;
+    for (size_t steps = 0;; steps++) {
+        if (steps > count) {
+            /* A loop in the snapshot (pids reused while /proc was read): not below. */
+            answer = 0;
             break;
         }
-        size_t count = 0;
-        struct dirent *entry;
-        while ((entry = readdir(processes)) != NULL && count < MAXIMUM) {
-            char *end;
-            long pid = strtol(entry->d_name, &end, 10);
-            if (*end != '\0' || pid <= 0) {
-                continue;
-            }
-            if (read_parent(pid, &parents[count], &states[count]) == 0) {
-                pids[count] = pid;
-                marked[count] = 0;
-                count++;
-            }
+        if (list[at].below >= 0) {
+            answer = list[at].below;
+            break;
         }
-        closedir(processes);
-        /* Mark descendants of root until nothing changes (the listing is in no particular order). */
-        int changed = 1;
-        while (changed) {
-            changed = 0;
-            for (size_t i = 0; i < count; i++) {
-                if (marked[i]) {
-                    continue;
-                }
-                int below = parents[i] == (long)root;
-                for (size_t j = 0; j < count && !below; j++) {
-                    below = marked[j] && pids[j] == parents[i];
-                }
-                if (below) {
-                    marked[i] = 1;
-                    changed = 1;
-                }
-            }
+        if (list[at].parent == root) {
+            answer = 1;
+            list[at].below = 1;
+            break;
+        }
+        process_entry key = {.pid = list[at].parent};
+        process_entry *parent = list[at].parent > 1 ? bsearch(&key, list, count, sizeof *list, compare_pids) : NULL;
+        if (parent == NULL) {
+            list[at].below = 0;
+            answer = 0;
+            break;
+        }
+        /* Deeper chains are walked all the same; only the first 64 steps are remembered. */
+        if (length < sizeof chain / sizeof chain[0]) {
+            chain[length++] = at;
+        }
+        at = (size_t)(parent - list);
+    }
+    for (size_t i = 0; i < length; i++) {
+        list[chain[i]].below = (signed char)answer;
+    }
+    return answer;
+}
+
+int redlock_kill_tree(pid_t root) {
+    for (int pass = 0; pass < 64; pass++) {
+        process_entry *list = NULL;
+        long count = list_processes(&list);
+        if (count < 0) {
+            return -1;
         }
         int running = 0;
-        for (size_t i = 0; i < count; i++) {
-            if (marked[i] && states[i] != 'Z' && states[i] != 'X') {
-                kill((pid_t)pids[i], SIGKILL);
+        for (size_t i = 0; i < (size_t)count; i++) {
+            if (list[i].state != 'Z' && list[i].state != 'X' && descends_from(list, (size_t)count, i, (long)root)) {
+                kill((pid_t)list[i].pid, SIGKILL);
                 running = 1;
             }
         }
+        free(list);
         if (!running) {
-            break;
+            return 0;
         }
     }
-    free(pids);
-    free(parents);
-    free(states);
-    free(marked);
+    return -1;
 }
 
 int redlock_become_subreaper(void) {

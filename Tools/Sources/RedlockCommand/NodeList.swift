@@ -10,7 +10,17 @@ import Redlock
 /// `REDLOCK_TLS_CERT` and `REDLOCK_TLS_KEY` (client certificate and key for mutual TLS) and
 /// `REDLOCK_TLS_SERVER_NAME` (the name to send and verify instead of the host).
 func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [RedisConnectionConfiguration] {
-    let items = text.split(separator: ",").map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+    // A comma may be part of a URL's credentials (RFC 3986 allows it there): a piece with an `@`
+    // and no scheme continues a URL that has a scheme and no `@` yet.
+    var pieces: [String] = []
+    for piece in text.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
+        if let last = pieces.last, last.contains("://"), !last.contains("@"), piece.contains("@"), !piece.contains("://") {
+            pieces[pieces.count - 1] = last + "," + piece
+        } else {
+            pieces.append(piece)
+        }
+    }
+    let items = pieces.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
     guard !items.isEmpty else { throw ValidationError("the node list is empty") }
     func setting(_ name: String) -> String? {
         environment[name].flatMap { $0.isEmpty ? nil : $0 }

@@ -205,7 +205,9 @@ struct Run: AsyncParsableCommand {
         let command = command
         // What the body saw, for the message after a lost lease: how the command ended, and the
         // last validity it ran under (CLOCK_BOOTTIME nanoseconds).
-        let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64)>((nil, SupervisedCommand.boottimeNanoseconds(lease.validUntil)))
+        let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64, killedEverythingAt: Int64?)>(
+            (nil, SupervisedCommand.boottimeNanoseconds(lease.validUntil), nil)
+        )
         do {
             let ending = try await lock.withLease(
                 lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: nil, safetyMargin: grace + margin,
@@ -224,7 +226,10 @@ struct Run: AsyncParsableCommand {
                 )
                 supervision.started(supervised)
                 let ending = await supervised.wait(grace: grace)
-                seen.withLock { $0.ending = ending }
+                seen.withLock { seen in
+                    seen.ending = ending
+                    seen.killedEverythingAt = supervised.killedEverythingAt
+                }
                 return ending
             }
             switch ending {
@@ -247,9 +252,10 @@ struct Run: AsyncParsableCommand {
             }
             return ending.shellStatus
         } catch let error as RedlockError where error.code == .leaseLost || error.code == .leaseExpired {
-            let (ending, validUntil) = seen.withLock { ($0.ending, $0.validUntil) }
+            let (ending, validUntil, killedEverythingAt) = seen.withLock { ($0.ending, $0.validUntil, $0.killedEverythingAt) }
             switch ending {
-            case let .exited(_, _, goneAt)? where goneAt > validUntil:
+            case let .exited(_, _, reportedGoneAt)? where min(reportedGoneAt, killedEverythingAt ?? .max) > validUntil:
+                let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
                     "redlock: lost the lease on \"\(name)\"; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
                         + "the lease's validity ended (was redlock or the watchdog stopped?): \(error)"

@@ -66,6 +66,7 @@ final class SupervisedCommand: Sendable {
         /// Once terminating, the deadline only moves earlier.
         var terminating = false
         var controlOpen = true
+        var killedEverythingAt: Int64?
     }
 
     private let watchdog: pid_t
@@ -231,13 +232,19 @@ final class SupervisedCommand: Sendable {
     }
 
     /// SIGKILLs every descendant of the watchdog, unless the command has ended (the watchdog
-    /// then killed them; once reaped, its pid may be another process's).
+    /// then killed them; once reaped, its pid may be another process's). Notes when none was
+    /// left running (``killedEverythingAt``).
     private func killDescendantsOfWatchdog() {
         state.withLock { state in
             guard !state.ended else { return }
-            redlock_kill_tree(watchdog)
+            if redlock_kill_tree(watchdog) == 0 { state.killedEverythingAt = redlock_boottime_ns() }
         }
     }
+
+    /// When `redlock` itself found nothing below the watchdog left running after its kill at
+    /// the deadline (CLOCK_BOOTTIME nanoseconds): a stopped watchdog reports the command gone
+    /// only once it runs again.
+    var killedEverythingAt: Int64? { state.withLock { $0.killedEverythingAt } }
 
     /// Waits until the command has ended and its watchdog has been reaped; closes the control
     /// pipe. When the calling task is cancelled meanwhile, the group gets SIGTERM, and SIGKILL

@@ -172,4 +172,20 @@ struct CommandTests {
         let badDuration = try CommandRun(["run", "--nodes", "127.0.0.1:1", "--name", "x", "--ttl", "soon", "--", "true"])
         #expect(await badDuration.finish().status == 64)
     }
+
+    @Test("a password with a comma works in REDLOCK_NODES; a mistyped URL is quoted without its password")
+    func passwordsInNodeLists() async throws {
+        try await withRedisServers(1, arguments: ["--requirepass", "s3cr,et"]) { servers throws in
+            let port = servers[0].port
+            let run = try CommandRun(["run", "--name", "comma", "--", "true"], environment: ["REDLOCK_NODES": "redis://:s3cr,et@127.0.0.1:\(port)"])
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 0, "\(stderr)")
+            for typo in ["redis://locker:hunter2", "redis:/locker:hunter2@127.0.0.1:\(port)", "locker:hunter2@127.0.0.1:\(port)", "redis://locker:hun,ter2"] {
+                let mistyped = try CommandRun(["run", "--name", "typo", "--", "true"], environment: ["REDLOCK_NODES": typo])
+                let (typoStatus, stdout, typoErrors) = await mistyped.finish()
+                #expect(typoStatus == 64, "\(typo): \(typoErrors)")
+                #expect(!(stdout + typoErrors).contains("hunter2") && !(stdout + typoErrors).contains("hun"), "\(typo): \(typoErrors)")
+            }
+        }
+    }
 }

@@ -65,8 +65,10 @@ void redlock_kill_descendants(pid_t group);
 
 /* SIGKILLs every descendant of process `root` (not `root` itself), found in /proc, again until a
    pass finds none left running (at most 64 passes): what a stopped watchdog (`root`) cannot kill,
-   including processes that left the command's group with setsid. Blocks. */
-void redlock_kill_tree(pid_t root);
+   including processes that left the command's group with setsid. Returns 0 once none is left
+   running (killed ones may stay zombies until `root` reaps them), -1 when /proc could not be
+   read or some still ran after the last pass. Blocks. */
+int redlock_kill_tree(pid_t root);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
    Returns 0 or an errno value. */
