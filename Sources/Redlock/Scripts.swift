@@ -45,7 +45,12 @@ enum Scripts {
             end
             if token < 1 then
                 redis.call('DECR', counter)
-                return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds a negative number (' .. (token - 1) .. ')')
+                return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds a negative number')
+            end
+            -- INCR's reply reaches Lua as a double, exact only below 2^53: above, the counter's
+            -- own text is the token.
+            if token >= 9007199254740992 then
+                token = redis.call('GET', counter)
             end
         end
         if current == ARGV[1] then
@@ -332,17 +337,24 @@ enum Scripts {
     static let raiseFloor = RedisScript(raise(counter: "KEYS[1]", to: "ARGV[1]"))
 
     /// Lua that raises the counter at key `counter` to at least the token in `token` (both Lua
-    /// expressions), then returns 1: the fencing round's raise and its floor. A counter that holds
-    /// no integer is a `WRONGTYPE` error naming it (permanent), as in the acquire's grant.
+    /// expressions; the token in decimal digits), then returns 1: the fencing round's raise and
+    /// its floor. A counter that holds anything but decimal digits (no sign, as `INCR` writes
+    /// it) is a `WRONGTYPE` error naming it (permanent), as in the acquire's grant. The two are
+    /// compared as digits, not as Lua numbers (doubles, exact only below 2^53).
     private static func raise(counter: String, to token: String) -> String {
         """
-        local held = redis.call('GET', \(counter))
-        local current = tonumber(held or '0')
-        if current == nil or current ~= math.floor(current) then
-            return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer')
+        local held = redis.call('GET', \(counter)) or '0'
+        if not string.match(held, '^%d+$') then
+            return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer of the fencing round')
         end
-        if current < tonumber(\(token)) then
-            redis.call('SET', \(counter), \(token))
+        local function digits(text)
+            local stripped = string.gsub(text, '^0+', '')
+            if stripped == '' then return '0' end
+            return stripped
+        end
+        local have, want = digits(held), digits(\(token))
+        if #have < #want or (#have == #want and have < want) then
+            redis.call('SET', \(counter), want)
         end
         return 1
         """

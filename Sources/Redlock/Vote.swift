@@ -55,10 +55,12 @@ enum Vote: Sendable, Equatable {
     /// (`{-4, ms}`, or `{-4, seconds, microseconds, ms}` with the node's `TIME`).
     /// A reply with the node's `TIME` (`{code, seconds, microseconds}`) is read by its code.
     static func ofAcquireScript(_ reply: RedisValue, endpoint: RedisEndpoint) -> Vote {
-        var code = reply.integer
+        // A token above 2^53 comes as the counter's text (Lua numbers are doubles).
+        func number(_ value: RedisValue) -> Int64? { value.integer ?? value.string.flatMap { Int64($0) } }
+        var code = number(reply)
         var behind: Int64?
         if case let .array(items) = reply, (2...4).contains(items.count) {
-            code = items[0].integer
+            code = number(items[0])
             if items.count == 2 || items.count == 4 { behind = items[items.count - 1].integer }
         }
         return switch code {
