@@ -52,23 +52,13 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         self.tls = tls
     }
 
-    /// `text` as an error may quote it, with whatever could be a password replaced by `***`:
-    /// what lies before the last `@` (after `scheme://`, keeping a user name before its `:`),
-    /// and, without an `@`, a port that is not a number (`redis://user:secret` with its host
-    /// left out reads as host `user`, port `secret`).
-    static func withoutPassword(_ text: String) -> String {
-        let schemeEnd = text.firstRange(of: "://")?.upperBound
-        let start = schemeEnd ?? text.startIndex
-        if let at = text[start...].lastIndex(of: "@") {
-            let credentials = text[start..<at]
-            let user = schemeEnd == nil ? "" : credentials.firstIndex(of: ":").map { String(credentials[..<$0]) + ":" } ?? ""
-            return text[..<start] + user + "***" + text[at...]
-        }
-        let authority = text[start...].prefix { $0 != "/" && $0 != "?" }
-        guard !authority.hasSuffix("]"), let colon = authority.lastIndex(of: ":") else { return text }
-        let port = authority[authority.index(after: colon)...]
-        guard !port.allSatisfy({ $0.isASCII && $0.isNumber }) else { return text }
-        return text[..<authority.index(after: colon)] + "***" + text[authority.endIndex...]
+    /// `text` as an error may quote it: whole when it cannot hold credentials (no `://` and no
+    /// `@`), else only its scheme (`redis://…`), or nothing (`…`). A URL that does not parse
+    /// may hold a password anywhere: cut short, mistyped, or with an unescaped `@`, `/`, `?`
+    /// or `:` in it.
+    static func quotable(_ text: String) -> String {
+        if let schemeEnd = text.firstRange(of: "://") { return text[..<schemeEnd.upperBound] + "…" }
+        return text.contains("@") ? "…" : text
     }
 
     /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
@@ -79,11 +69,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
     /// `@`, `%3A` for `:`); an empty one is not sent (`redis://:@host` authenticates nobody).
     /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong, with the
-    /// address quoted without its password (`redis://user:***@host`): error messages end up in
-    /// logs.
+    /// address quoted only where it cannot hold a password (see ``quotable(_:)``): error
+    /// messages end up in logs.
     public init(parsing text: String) throws(RedisError) {
         func invalid(_ why: String) -> RedisError {
-            RedisError(code: .invalidAddress, endpoint: nil, message: "'\(Self.withoutPassword(text))': \(why)")
+            RedisError(code: .invalidAddress, endpoint: nil, message: "'\(Self.quotable(text))': \(why)")
         }
         let trimmed = text.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw invalid("empty address") }
@@ -139,7 +129,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 rest = rest[..<slash]
                 if !dbText.isEmpty {
                     guard dbText.allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(dbText) else {
-                        throw invalid("database '\(dbText)' is not a number ≥ 0")
+                        throw invalid("the database is not a number ≥ 0")
                     }
                     database = db
                 }
@@ -153,6 +143,14 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         if rest.hasPrefix("[") {
             guard let close = rest.firstIndex(of: "]") else { throw invalid("unclosed '[' in IPv6 address") }
             host = rest[rest.index(after: rest.startIndex)..<close]
+            // Hex digits, `:` and `.` (an IPv4 tail), then an optional `%zone`: not a name to
+            // resolve (`[user:password]` would be looked up, and logged, as one).
+            let zone = host.firstIndex(of: "%")
+            let address = host[..<(zone ?? host.endIndex)]
+            let zoneName = zone.map { host[host.index(after: $0)...] } ?? ""
+            guard !address.isEmpty, address.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }),
+                  zoneName.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") })
+            else { throw invalid("not an IPv6 address in brackets") }
             let after = rest[rest.index(after: close)...]
             if !after.isEmpty {
                 let portText = after.dropFirst()

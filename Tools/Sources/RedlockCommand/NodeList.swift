@@ -10,11 +10,19 @@ import Redlock
 /// `REDLOCK_TLS_CERT` and `REDLOCK_TLS_KEY` (client certificate and key for mutual TLS) and
 /// `REDLOCK_TLS_SERVER_NAME` (the name to send and verify instead of the host).
 func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [RedisConnectionConfiguration] {
-    // A comma may be part of a URL's credentials (RFC 3986 allows it there): a piece with an `@`
-    // and no scheme continues a URL that has a scheme and no `@` yet.
+    // A comma may be part of a URL's credentials (RFC 3986 allows it there): a piece that starts
+    // no address of its own (no scheme) continues a URL with a scheme that is no address alone,
+    // when the two make one.
+    func parses(_ text: String) -> Bool { (try? RedisConnectionConfiguration(parsing: text)) != nil }
+    func hasScheme(_ text: String) -> Bool {
+        guard let colon = text.firstIndex(of: ":") else { return false }
+        let scheme = text[..<colon]
+        return !scheme.isEmpty && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+-.".contains($0)) }
+            && text[text.index(after: colon)...].hasPrefix("/")
+    }
     var pieces: [String] = []
     for piece in text.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
-        if let last = pieces.last, last.contains("://"), !last.contains("@"), piece.contains("@"), !piece.contains("://") {
+        if let last = pieces.last, last.contains("://"), !parses(last), !hasScheme(piece), parses(last + "," + piece) {
             pieces[pieces.count - 1] = last + "," + piece
         } else {
             pieces.append(piece)
