@@ -78,8 +78,9 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
                     decision.releaseAwaited.append(index)
                     continue
                 }
-                // Never written (no connection, a full queue, shut down): nothing to release.
-                if error.code == .connectionRefused || error.code == .overloaded || error.code == .shutdown { continue }
+                // Never written (no connection, a full queue, shut down before the write): nothing
+                // to release.
+                if error.code == .connectionRefused || error.neverWritten { continue }
                 if error.code == .timeout, !cancelled { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
             }
         }

@@ -148,10 +148,14 @@ extension DistributedLock {
             let start = run.chance.handedOverAt ?? .now
             if run.firstStart == nil { run.firstStart = start }
             switch await attempt(
-                next, sentAt: run.chance.handedOverAt, start: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &run.cleanedUp
+                next, sentAt: run.chance.handedOverAt, start: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &run.cleanedUp,
+                mayHoldOn: &run.mayHoldOn
             ) {
-            case let .success(lease):
+            case var .success(lease):
                 run.acquired = true
+                // Where an attempt of this call may have set the key: its release goes there
+                // alone. A value of the caller's own may be held anywhere (another lease of it).
+                lease.mayHoldOn = options.value.mayAlreadyBeHeld ? .all : run.mayHoldOn
                 if !options.fair || run.chance.release != nil {
                     coordination.attemptEnded(key, value: value, acquired: options.fair ? nil : lease.validUntil, handedFor: run.chance.release)
                 }
@@ -194,6 +198,8 @@ extension DistributedLock {
         /// Whether a release came between the start of the wait before the last attempt and that
         /// attempt's end: it may have reached some nodes after the attempt did.
         var releaseSeen = false
+        /// The nodes where an attempt of this call may have run (``Lease/mayHoldOn``).
+        var mayHoldOn = NodeMask.none
         /// A fair lock's attempts carry the caller's place in line and keep its entry alive until
         /// the attempt after the next wait; other locks send the same request every time.
         let ticket: Int64
@@ -316,11 +322,13 @@ extension DistributedLock {
     /// `lineLeave`: the one `prepared` was made with, told the outcome.
     private nonisolated(nonsending) func attempt(
         _ prepared: PreparedFanOut, sentAt: ContinuousClock.Instant?, start: ContinuousClock.Instant, value: String, window: ReplayWindow?,
-        lineLeave: LineLeave?, cleanedUp: inout Set<Int>?
+        lineLeave: LineLeave?, cleanedUp: inout Set<Int>?, mayHoldOn: inout NodeMask
     ) async -> Result<Lease, RedlockError> {
         client.metrics.attempts.increment()
         if sentAt == nil { client.send(prepared) }
-        return await finish(prepared, startedAt: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &cleanedUp)
+        return await finish(
+            prepared, startedAt: start, value: value, window: window, lineLeave: lineLeave, cleanedUp: &cleanedUp, mayHoldOn: &mayHoldOn
+        )
     }
 
     /// How long a waiter that heard its first handoff waits for a quorum of them before it
@@ -445,7 +453,7 @@ extension DistributedLock {
     /// One attempt, ready to send. Once sent, it reaches every node even when the attempt is
     /// decided (or cancelled) before a node answers: once decided, a straggler's key is either
     /// part of the lease, released with it, or released by the clean-up in
-    /// ``finish(_:startedAt:value:window:lineLeave:cleanedUp:)``; it never outlives its expiry. A
+    /// ``finish(_:startedAt:value:window:lineLeave:cleanedUp:mayHoldOn:)``; it never outlives its expiry. A
     /// fair attempt that queues hands the votes that come after its decision to `lineLeave`.
     private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave?) -> PreparedFanOut {
         client.prepareFanOut(
@@ -488,9 +496,10 @@ extension DistributedLock {
     /// was refused (``LineLeave``).
     private nonisolated(nonsending) func finish(
         _ attempt: PreparedFanOut, startedAt start: ContinuousClock.Instant, value: String, window: ReplayWindow?, lineLeave: LineLeave?,
-        cleanedUp: inout Set<Int>?
+        cleanedUp: inout Set<Int>?, mayHoldOn: inout NodeMask
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
+        mayHoldOn = mayHoldOn.union(Vote.mayHaveRun(votes))
         var fencingToken: Int64?
         var fenceShortfall: String?
         if options.fencing, grantedCount(votes) >= client.quorum {

@@ -152,9 +152,12 @@ public struct DistributedLock: Sendable {
         // A release the connection loses is sent again on its next one (a late delete of a
         // value nobody uses again), unless the value is the caller's own or was handed off.
         let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow ?? .closedForGood)
+        // Not to nodes the lease's acquires never reached: nothing of it is there, and a node that
+        // refused them for a full queue would only queue more.
+        let order = client.nodeOrder(shuffled: options.shuffleNodes)
         let release = client.prepareFanOut(
-            call, order: client.nodeOrder(shuffled: options.shuffleNodes), budget: attemptBudget, returnWhenDecided: options.failFast,
-            lane: lane
+            call, order: lease.mayHoldOn == .all ? order : order.filter { lease.mayHoldOn.contains($0) }, budget: attemptBudget,
+            returnWhenDecided: options.failFast, lane: lane
         )
         let sentAt = ContinuousClock.now
         client.send(release, then: handedOver)
@@ -238,6 +241,8 @@ public struct DistributedLock: Sendable {
             }
             extended.gateTicket = lease.gateTicket
             extended.replayWindow = lease.replayWindow
+            // An extension re-creates missing keys only with setNXOnExtend.
+            extended.mayHoldOn = options.setNXOnExtend ? .all : lease.mayHoldOn
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }

@@ -18,6 +18,11 @@ final class FanOutRound: Expiring {
         var unanswered: Int
         var continuation: UnsafeContinuation<[Vote?], Never>?
         var finished = false
+        /// While its commands are being queued (``beginSending()`` to ``sent()``): a command a
+        /// connection refuses at once (a full queue) is answered then, and the round does not
+        /// decide before every node's command was queued or refused, so that such a refusal is
+        /// its node's vote, not `.unsettled` (which would send that node a clean-up).
+        var sending = false
         /// Called once when the round finishes (see ``whenFinished(_:)``).
         var onFinish: (@Sendable () -> Void)?
     }
@@ -31,7 +36,8 @@ final class FanOutRound: Expiring {
 
     /// A round asking the nodes in `order`; every other node's vote stays nil and counts as refused.
     /// `lateVotes` is given each vote that comes after the round finished.
-    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (any LateVotes)? = nil) {
+    /// `sending`: its commands are about to be queued; it decides only after ``sent()``.
+    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (any LateVotes)? = nil, sending: Bool = false) {
         // Appended rather than `init(repeating:count:)`, whose unspecialized allocation looks
         // up the array's generic metadata on every call.
         var votes: [Vote?] = []
@@ -40,7 +46,7 @@ final class FanOutRound: Expiring {
         var tally = Tally(nodeCount: nodeCount)
         for _ in 0..<(nodeCount - order.count) { tally.record(granted: false) }
         for index in order { votes[index] = .refused(.noAnswer) }
-        state = Mutex(State(votes: votes, tally: tally, unanswered: order.count))
+        state = Mutex(State(votes: votes, tally: tally, unanswered: order.count, sending: sending))
         self.returnWhenDecided = returnWhenDecided
         self.lateVotes = lateVotes
     }
@@ -53,8 +59,8 @@ final class FanOutRound: Expiring {
         let finishing: Finishing? = state.withLock { state in
             if state.finished { return Finishing(continuation: continuation, votes: state.votes, onFinish: nil) }
             state.continuation = continuation
-            // A round that asks nobody has nothing to wait for.
-            return state.unanswered == 0 ? finish(&state) : nil
+            // A round that asks nobody has nothing to wait for (once sent).
+            return state.unanswered == 0 && !state.sending ? finish(&state) : nil
         }
         finishing?.deliver()
     }
@@ -70,18 +76,35 @@ final class FanOutRound: Expiring {
             state.votes[index] = vote
             state.unanswered -= 1
             state.tally.record(granted: vote.isGranted)
-            if state.unanswered == 0 { return finish(&state) }
-            if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state) {
-                // Nodes still silent did not matter: unsettled, not failed.
-                for index in state.votes.indices {
-                    if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
-                }
-                return finish(&state)
-            }
-            return nil
+            return finishIfDone(&state)
         }
         resume?.deliver()
         if late, let lateVotes { lateVotes.late(index, vote) }
+    }
+
+    /// Every node's command was queued (or refused): the round may decide now.
+    func sent() {
+        let resume = state.withLock { state -> Finishing? in
+            guard !state.finished, state.sending else { return nil }
+            state.sending = false
+            return finishIfDone(&state)
+        }
+        resume?.deliver()
+    }
+
+    /// Finishes the round when every node answered, or when the outcome is decided and the
+    /// caller asked to return then; not while its commands are being queued.
+    private func finishIfDone(_ state: inout State) -> Finishing? {
+        guard !state.sending else { return nil }
+        if state.unanswered == 0 { return finish(&state) }
+        if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state) {
+            // Nodes still silent did not matter: unsettled, not failed.
+            for index in state.votes.indices {
+                if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
+            }
+            return finish(&state)
+        }
+        return nil
     }
 
     /// Ends the round now: the budget ran out or the caller was cancelled. Nodes still silent

@@ -32,6 +32,12 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// of the caller's own, a window closed for good (its releases are never sent again); nil
     /// for a lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
     var replayWindow: ReplayWindow?
+    /// The nodes where the `lock()` that made it may have set its key (its acquires to the
+    /// others were never written: a full queue, a failed connect): ``DistributedLock/unlock(_:)``
+    /// sends the release to these alone. Every node for a value of the caller's own, a lease
+    /// handed over or extended with ``LockOptions/setNXOnExtend``, and one made with
+    /// ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
+    var mayHoldOn = NodeMask.all
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(

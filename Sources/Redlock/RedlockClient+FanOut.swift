@@ -226,7 +226,7 @@ extension RedlockClient {
         lane: ConnectionLane = .shared
     ) -> PreparedFanOut {
         PreparedFanOut(
-            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes),
+            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes, sending: true),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
             replayWindow: replayWindow, order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
@@ -318,6 +318,11 @@ struct FanOutSender: Sendable {
     /// two go on one lane; across lanes there is no order). Starts each round's budget. Send a
     /// prepared fan-out once.
     func send(_ first: PreparedFanOut, then second: PreparedFanOut? = nil) {
+        // A round decides only once all its commands are queued (FanOutRound.State.sending).
+        defer {
+            first.round.sent()
+            second?.round.sent()
+        }
         let firstNodes = connections(first.lane)
         let together = second.map { $0.lane == first.lane } ?? false
         for index in first.order {

@@ -477,7 +477,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var effects = Effects()
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state, releases: commands.allSatisfy { $0.replayWindow != nil }) {
-                for command in commands { effects.completions.append((command, .failure(refusal))) }
+                for command in commands { effects.completions.append((command, .failure(refusal.unwritten))) }
                 return nil
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
@@ -505,7 +505,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
                 // The name did not resolve (or its address was refused) a moment ago: answer
                 // with that at once rather than start another connect for every command.
-                for command in commands { effects.completions.append((command, .failure(failure))) }
+                for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
                 return nil
             }
             // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
@@ -825,7 +825,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         state.phase = .idle
         if !state.queue.isEmpty {
             if state.shuttingDown {
-                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down")))) }
+                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
                 state.queue.removeAll()
             } else {
                 state.phase = .connecting
@@ -964,7 +964,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         state.keepReplays(of: state.queue)
-        for command in state.queue { effects.completions.append((command, .failure(failure))) }
+        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
         state.queue.removeAll()
         state.phase = .idle
         finishShutdownIfDrained(&state, &effects)
@@ -1067,7 +1067,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
             state.shuttingDown = true
             guard !state.exitSignalled else { return }
             let failure = error(.shutdown, "the connection was shut down before the server answered")
-            for command in state.queue { effects.completions.append((command, .failure(failure))) }
+            // Queued while a connect is under way, they are still written once it opens.
+            let queuedFailure = state.phase == .connecting ? failure : failure.unwritten
+            for command in state.queue { effects.completions.append((command, .failure(queuedFailure))) }
             if state.phase == .connecting, !state.queue.isEmpty {
                 // Still written once connected (a release must reach the node), then closed:
                 // see connected(_:tookSince:). Their callers have their answer now.

@@ -79,11 +79,35 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Details: the server's error reply, the system's error text, or what was expected.
     public var message: String
 
+    /// Whether the command it failed was never written to the node, so the node cannot have run
+    /// it: refused by a full queue or a connection shut down, or failed with a connect while it
+    /// waited. Set by the connection; not part of equality.
+    package var neverWritten = false
+
     /// Creates an error.
     public init(code: Code, endpoint: RedisEndpoint?, message: String) {
         self.code = code
         self.endpoint = endpoint
         self.message = message
+    }
+
+    /// This error, for a command that was never written (``neverWritten``).
+    package var unwritten: RedisError {
+        var error = self
+        error.neverWritten = true
+        return error
+    }
+
+    /// Errors are equal when code, node and message are.
+    public static func == (lhs: RedisError, rhs: RedisError) -> Bool {
+        lhs.code == rhs.code && lhs.endpoint == rhs.endpoint && lhs.message == rhs.message
+    }
+
+    /// Hashes what ``==(_:_:)`` compares.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(endpoint)
+        hasher.combine(message)
     }
 
     /// `NODE: CODE: MESSAGE`.

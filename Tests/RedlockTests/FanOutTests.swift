@@ -100,9 +100,36 @@ struct FanOutRoundTests {
         requests[0][0].handler(.success(.simpleString("OK")))
         requests[1][1].handler(.success(.integer(0)))
         requests[2][1].handler(.success(.integer(1)))
+        // (Queued by hand here: the round decides once told its commands are all queued.)
+        fanOut.round.sent()
         let votes = await client.votes(of: fanOut, cancellable: false)
         #expect(votes == [.granted(1), .refused(.notReplicated(acknowledged: 0, required: 1)), .refused(.taken)])
         await client.shutdown()
+    }
+
+    @Test("a round whose commands are being queued does not decide before they all are: a refusal answered while queuing (a full queue) is its node's vote, not unsettled")
+    func decidesOnceSent() async {
+        let round = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, sending: true)
+        let votes = await collectVotes(of: round) {
+            round.record(.refused(.taken), from: 0)
+            round.record(.refused(.taken), from: 1)
+            #expect(!round.isFinished, "decided while its commands were still being queued")
+            round.record(.refused(.error(RedisError(code: .overloaded, endpoint: nil, message: "full").unwritten)), from: 2)
+            round.sent()
+            #expect(round.isFinished)
+        }
+        #expect(votes[2] != .unsettled)
+        #expect(votes[2]?.mayHaveRun == false)
+        #expect(!Vote.mayHaveRun(votes).contains(2), "node 2 never got it")
+        let early = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, sending: true)
+        let decided = await collectVotes(of: early) {
+            early.record(.granted(1), from: 0)
+            early.record(.granted(1), from: 1)
+            early.sent()
+            #expect(early.isFinished)
+        }
+        #expect(decided == [.granted(1), .granted(1), .unsettled])
+        #expect(Vote.mayHaveRun(decided).contains(2), "a node that may still answer may have run it")
     }
 
     @Test("deciding early: three refusals of five finish the round as well")

@@ -610,15 +610,17 @@ private final class FlushCounts: Sendable {
                 try await servers[2].pause()
                 let bound = 8 + RedisConnection.maximumReplays
                 let cycles = Locked(0)
-                // Until the releases sent to the frozen node (one per unlock, none after the
-                // acquires its full queue refused) could have filled the bound twice over.
+                // Until the releases sent to the frozen node could have filled the bound twice
+                // over: one per unlock, values of the caller's own (a lease of such a value may be
+                // held anywhere, so its unlock goes to every node even where its acquire was refused).
                 await withTaskGroup { group in
                     for task in 0..<16 {
                         group.addTask {
                             var index = 0
                             while cycles.value < 2 * bound {
                                 index += 1
-                                guard let lock = try? client.makeLock("bounded-\(task)-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1)),
+                                let options = LockOptions(expiry: .seconds(30), tries: 1, value: .fixed("own-\(task)-\(index)"))
+                                guard let lock = try? client.makeLock("bounded-\(task)-\(index)", options: options),
                                       let lease = try? await lock.lock() else { continue }
                                 try? await lock.unlock(lease)
                                 cycles.update { $0 += 1 }

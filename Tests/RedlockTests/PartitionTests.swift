@@ -172,6 +172,58 @@ struct PartitionTests {
         }
     }
 
+    @Test("a frozen node whose full queue refused many acquires does not crowd out the releases it needs: those acquires' clean-ups and unlocks skip it, so the room past its limit goes to the leases it holds")
+    func releasesForTheKeysANodeHolds() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { server in
+                var configuration = server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .seconds(60))
+                configuration.maximumQueuedCommands = 8
+                return configuration
+            })
+            try await withTeardown {
+                _ = await client.checkNodes()
+                try await servers[2].pause()
+                // Eight leases whose acquires were written to the frozen node (it will set their
+                // keys when it wakes).
+                var held: [(DistributedLock, Lease)] = []
+                for index in 0..<8 {
+                    let lock = try client.makeLock("held-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1))
+                    held.append((lock, try await lock.lock()))
+                }
+                // More acquires the node never gets than the room past its full queue.
+                let cycles = Locked(0)
+                await withTaskGroup { group in
+                    for task in 0..<16 {
+                        group.addTask {
+                            var index = 0
+                            while cycles.value < RedisConnection.maximumReplays + 500 {
+                                index += 1
+                                guard let lock = try? client.makeLock("never-\(task)-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1)),
+                                      let lease = try? await lock.lock() else { continue }
+                                try? await lock.unlock(lease)
+                                cycles.update { $0 += 1 }
+                            }
+                        }
+                    }
+                }
+                for (lock, lease) in held { try await lock.unlock(lease) }
+                try servers[2].resume()
+                // The node's next answer comes after everything queued or replayed before it
+                // (and, past a full queue, once the queue has room again).
+                var answered = false
+                for _ in 0..<20 where !answered {
+                    _ = await eventually(within: .seconds(5)) { client.nodes[2].waitingCommands == 0 }
+                    answered = (try? await client.checkNodes()[2].result.get()) != nil
+                }
+                #expect(answered)
+                let left = try await servers[2].run(RedisCommand("KEYS", "held-*"))
+                #expect(left == .array([]), "\(left)")
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
     @Test("two clients that each see a different majority (sharing one node) never hold the lock at once, and both get it")
     func differentMajorities() async throws {
         try await withRedisServers(5) { servers throws in
