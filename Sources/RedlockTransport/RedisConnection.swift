@@ -475,8 +475,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// Queues `commands` together (all or none, in order).
     func enqueue(contentsOf commands: [PendingCommand]) {
         var effects = Effects()
+        // (Worked out before the lock: an argument computed in the call that borrows the state
+        // made the compiler copy the whole state.)
+        let releases = commands.allSatisfy { $0.replayWindow != nil }
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
-            if let refusal = refusal(adding: commands.count, to: state, releases: commands.allSatisfy { $0.replayWindow != nil }) {
+            if let refusal = refusal(adding: commands.count, to: state, releases: releases) {
                 for command in commands { effects.completions.append((command, .failure(refusal.unwritten))) }
                 return nil
             }
