@@ -45,7 +45,8 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     ///   - budget: The attempt's time budget, named when no node answered within it.
     static func decide(
         votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
-        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, down: Set<Int> = [], budget: Duration? = nil
+        cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, down: Set<Int> = [], budget: Duration? = nil,
+        neverWritten: NodeMask = .none
     ) -> AcquireDecision {
         let granted = grantedCount(votes)
         if fenceShortfall == nil, granted >= quorum, !cancelled,
@@ -78,9 +79,10 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
                     decision.releaseAwaited.append(index)
                     continue
                 }
-                // Never written (no connection, a full queue, shut down before the write): nothing
-                // to release.
-                if error.code == .connectionRefused || error.neverWritten { continue }
+                // The acquire itself was never written (no connection, a full queue, shut down
+                // before the write): nothing to release. (Not a later command's failure in its
+                // vote's place: the fencing raise or the restart guard's check ran after a grant.)
+                if neverWritten.containsExactly(index) { continue }
                 if error.code == .timeout, !cancelled { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
             }
         }

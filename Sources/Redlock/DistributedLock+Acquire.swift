@@ -499,7 +499,7 @@ extension DistributedLock {
         cleanedUp: inout Set<Int>?, mayHoldOn: inout NodeMask
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
-        mayHoldOn = mayHoldOn.union(Vote.mayHaveRun(votes))
+        mayHoldOn = mayHoldOn.union(attempt.round.mayHaveRun)
         var fencingToken: Int64?
         var fenceShortfall: String?
         if options.fencing, grantedCount(votes) >= client.quorum {
@@ -514,7 +514,8 @@ extension DistributedLock {
         }
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
-            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: attemptBudget
+            cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: attemptBudget,
+            neverWritten: attempt.round.neverWrittenNodes
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

@@ -23,6 +23,10 @@ final class FanOutRound: Expiring {
         /// decide before every node's command was queued or refused, so that such a refusal is
         /// its node's vote, not `.unsettled` (which would send that node a clean-up).
         var sending = false
+        /// The nodes whose command itself was never written (``RedisError/neverWritten``): not a
+        /// later command's failure that replaced a vote (a fencing raise, a restart guard's
+        /// `INFO`, a `WAIT`), which says nothing of whether the command ran.
+        var neverWritten = NodeMask.none
         /// Called once when the round finishes (see ``whenFinished(_:)``).
         var onFinish: (@Sendable () -> Void)?
     }
@@ -81,6 +85,24 @@ final class FanOutRound: Expiring {
         resume?.deliver()
         if late, let lateVotes { lateVotes.late(index, vote) }
     }
+
+    /// Notes that node `index`'s command was never written (its connection refused it or failed
+    /// before writing it): the node cannot have run it.
+    func neverWritten(by index: Int) {
+        state.withLock { $0.neverWritten.insert(index) }
+    }
+
+    /// The nodes asked whose command may have run: all but those it was never written to.
+    var mayHaveRun: NodeMask {
+        state.withLock { state in
+            var mask = NodeMask.none
+            for (index, vote) in state.votes.enumerated() where vote != nil && !state.neverWritten.containsExactly(index) { mask.insert(index) }
+            return mask
+        }
+    }
+
+    /// The nodes whose command was never written.
+    var neverWrittenNodes: NodeMask { state.withLock { $0.neverWritten } }
 
     /// Every node's command was queued (or refused): the round may decide now.
     func sent() {

@@ -13,6 +13,12 @@ struct NodeMask: Sendable, Hashable {
         index >= 64 || bits & (1 << UInt64(index)) != 0
     }
 
+    /// Node `index` is in the set, and only in its word: a node from 64 on is never (a client
+    /// of that many nodes keeps no such detail about them).
+    func containsExactly(_ index: Int) -> Bool {
+        index < 64 && bits & (1 << UInt64(index)) != 0
+    }
+
     /// Adds node `index`.
     mutating func insert(_ index: Int) {
         if index < 64 { bits |= 1 << UInt64(index) }

@@ -125,7 +125,9 @@ final class PreparedFanOut: Sendable {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
                 health.answered(index)
-            case let .failure(error): health.failed(index, error)
+            case let .failure(error):
+                health.failed(index, error)
+                if error.neverWritten || error.code == .connectionRefused { round.neverWritten(by: index) }
             }
             guard let replicaWait else { return count(vote, from: index) }
             // A refusal counts at once; a grant once its WAIT answered, whichever comes first.

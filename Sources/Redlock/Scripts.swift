@@ -338,22 +338,20 @@ enum Scripts {
 
     /// Lua that raises the counter at key `counter` to at least the token in `token` (both Lua
     /// expressions; the token in decimal digits), then returns 1: the fencing round's raise and
-    /// its floor. A counter that holds anything but decimal digits (no sign, as `INCR` writes
-    /// it) is a `WRONGTYPE` error naming it (permanent), as in the acquire's grant. The two are
-    /// compared as digits, not as Lua numbers (doubles, exact only below 2^53).
+    /// its floor. A counter that `INCR` would refuse (anything but decimal digits without a sign
+    /// or a leading zero, up to 2^63 − 1) is a `WRONGTYPE` error naming it (permanent), as in the
+    /// acquire's grant. The two are compared as digits, not as Lua numbers (doubles, exact only
+    /// below 2^53); the token comes in canonical digits.
     private static func raise(counter: String, to token: String) -> String {
         """
         local held = redis.call('GET', \(counter)) or '0'
-        if not string.match(held, '^%d+$') then
+        -- What INCR reads as a counter: digits without a sign or a leading zero, at most 2^63-1.
+        if not string.match(held, '^%d+$') or (#held > 1 and string.sub(held, 1, 1) == '0') or #held > 19
+            or (#held == 19 and held > '9223372036854775807') then
             return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer of the fencing round')
         end
-        local function digits(text)
-            local stripped = string.gsub(text, '^0+', '')
-            if stripped == '' then return '0' end
-            return stripped
-        end
-        local have, want = digits(held), digits(\(token))
-        if #have < #want or (#have == #want and have < want) then
+        local want = \(token)
+        if #held < #want or (#held == #want and held < want) then
             redis.call('SET', \(counter), want)
         end
         return 1

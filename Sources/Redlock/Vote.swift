@@ -75,21 +75,6 @@ enum Vote: Sendable, Equatable {
 }
 
 extension Vote {
-    /// Whether the node may have run the command: anything but a refusal of a command that was
-    /// never written to it (a full queue, a failed connect, a shutdown before the write).
-    var mayHaveRun: Bool {
-        guard case let .refused(cause) = self, let error = cause.error else { return true }
-        return !(error.neverWritten || error.code == .connectionRefused)
-    }
-
-    /// The nodes among `votes` that may have run their command, as a mask (bit `i` for node `i`;
-    /// nodes from 64 on are always in it). A nil vote (the node was not asked) is not.
-    static func mayHaveRun(_ votes: [Vote?]) -> NodeMask {
-        var mask = NodeMask.none
-        for (index, vote) in votes.enumerated() where vote?.mayHaveRun == true { mask.insert(index) }
-        return mask
-    }
-
     /// The vote for one node's outcome: `classify` for a reply, else the node's error.
     static func of(
         _ result: Result<RedisValue, RedisError>,

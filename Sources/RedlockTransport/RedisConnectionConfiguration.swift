@@ -58,7 +58,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// or `:` in it.
     static func quotable(_ text: String) -> String {
         if let schemeEnd = text.firstRange(of: "://") { return text[..<schemeEnd.upperBound] + "…" }
-        return text.contains("@") ? "…" : text
+        if text.contains("@") { return "…" }
+        // A query (`unix:/path?…`) may carry a password (`?password=…`, as other clients write).
+        return text.firstIndex(of: "?").map { text[..<$0] + "?…" } ?? text
     }
 
     /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
@@ -90,7 +92,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 for parameter in parameters.split(separator: "&") {
                     let pair = parameter.split(separator: "=", maxSplits: 1)
                     guard pair.count == 2, pair[0] == "db", pair[1].allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(pair[1]) else {
-                        throw invalid("unknown or bad parameter '\(parameter)' (only db=N is known)")
+                        throw invalid("unknown or bad parameter '\(parameter.prefix { $0 != "=" })' (only db=N is known)")
                     }
                     database = db
                 }
@@ -142,15 +144,18 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         var port = 6379
         if rest.hasPrefix("[") {
             guard let close = rest.firstIndex(of: "]") else { throw invalid("unclosed '[' in IPv6 address") }
-            host = rest[rest.index(after: rest.startIndex)..<close]
+            let bracketed = rest[rest.index(after: rest.startIndex)..<close]
             // Hex digits, `:` and `.` (an IPv4 tail), then an optional `%zone`: not a name to
             // resolve (`[user:password]` would be looked up, and logged, as one).
-            let zone = host.firstIndex(of: "%")
-            let address = host[..<(zone ?? host.endIndex)]
-            let zoneName = zone.map { host[host.index(after: $0)...] } ?? ""
-            guard !address.isEmpty, address.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }),
+            let zone = bracketed.firstIndex(of: "%")
+            let address = bracketed[..<(zone ?? bracketed.endIndex)]
+            var zoneName = zone.map { bracketed[bracketed.index(after: $0)...] } ?? ""
+            // In a URL the `%` before a zone is written `%25` (RFC 6874).
+            if scheme != nil, zoneName.hasPrefix("25") { zoneName = zoneName.dropFirst(2) }
+            guard !address.isEmpty, address.allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == ":" || $0 == ".") }),
                   zoneName.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") })
             else { throw invalid("not an IPv6 address in brackets") }
+            host = zone == nil ? address : Substring(address + "%" + zoneName)
             let after = rest[rest.index(after: close)...]
             if !after.isEmpty {
                 let portText = after.dropFirst()
@@ -173,7 +178,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         // `user:password@host` without a scheme: credentials go in a URL.
         if host.contains("@") { throw invalid("a user name or password goes in a redis:// or rediss:// URL") }
         if !rest.hasPrefix("["), host.contains(":") { throw invalid("an IPv6 address goes in brackets: [::1]:6379") }
-        guard (1...65_535).contains(port) else { throw invalid("port \(port) is outside 1–65535") }
+        guard (1...65_535).contains(port) else { throw invalid("the port is outside 1–65535") }
         self.init(
             endpoint: .hostname(String(host), port: port),
             username: username,

@@ -9,12 +9,14 @@ struct AcquireDecisionTests {
 
     private func decide(
         _ votes: [Vote?], after elapsed: Duration = .milliseconds(10), cancelled: Bool = false, fenceShortfall: String? = nil,
-        countsHandoffs: Bool = false, down: Set<Int> = []
+        countsHandoffs: Bool = false, down: Set<Int> = [], neverWritten: [Int] = []
     ) -> AcquireDecision<ContinuousClock.Instant> {
-        AcquireDecision.decide(
+        var mask = NodeMask.none
+        for index in neverWritten { mask.insert(index) }
+        return AcquireDecision.decide(
             votes: votes, quorum: Timing.quorum(nodeCount: votes.count), start: start, end: start + elapsed,
             expiry: .seconds(10), driftFactor: 0.01, cancelled: cancelled, fenceShortfall: fenceShortfall, countsHandoffs: countsHandoffs,
-            down: down
+            down: down, neverWritten: mask
         )
     }
 
@@ -95,32 +97,39 @@ struct AcquireDecisionTests {
             .refused(.error(RedisError(code: .timeout, endpoint: endpoint, message: "slow"))),
             .refused(.error(RedisError(code: .io, endpoint: endpoint, message: "reset"))), .unsettled,
         ]
-        let decision = decide(errors)
+        // The refused connection's command was never written (the connection says so).
+        let decision = decide(errors, neverWritten: [1])
         #expect(code(decision) == .noQuorum)
         #expect(decision.releaseAwaited == [3])
         // Not answered yet when the refusals decided it: released without waiting, as silent ones,
         // unless the caller counts handoffs (the answer says whether the node still counts).
         #expect(decision.releaseQueued == [2, 4])
-        let counting = decide(errors, countsHandoffs: true)
+        let counting = decide(errors, countsHandoffs: true, neverWritten: [1])
         #expect(counting.releaseAwaited == [3, 4])
         #expect(counting.releaseQueued == [2])
         // A node known down is not awaited even then: it would hold up the caller for the budget.
-        let down = decide(errors, countsHandoffs: true, down: [4])
+        let down = decide(errors, countsHandoffs: true, down: [4], neverWritten: [1])
         #expect(down.releaseAwaited == [3])
         #expect(down.releaseQueued == [2, 4])
         // Cancelled: nothing counts as silent, every release is awaited.
-        let cancelled = decide(errors, cancelled: true)
+        let cancelled = decide(errors, cancelled: true, neverWritten: [1])
         #expect(code(cancelled) == .cancelled)
         #expect(cancelled.releaseAwaited == [2, 3, 4])
         #expect(cancelled.releaseQueued.isEmpty)
         // Refused before it was written (a full queue, a connection shut down): nothing to release,
-        // which would only add to that queue. A shutdown after the write may have let it run.
-        let unsent = decide([
-            .refused(.error(RedisError(code: .overloaded, endpoint: endpoint, message: "full").unwritten)),
-            .refused(.error(RedisError(code: .shutdown, endpoint: endpoint, message: "").unwritten)), .granted(1),
-            .refused(.error(RedisError(code: .shutdown, endpoint: endpoint, message: "before the server answered"))),
-        ])
-        #expect(unsent.releaseAwaited == [2, 3] && unsent.releaseQueued.isEmpty)
+        // which would only add to that queue. A shutdown after the write may have let it run, and
+        // so may a grant whose vote a later command's failure replaced (a fencing raise, a restart
+        // guard's INFO), whatever that failure says of its own command.
+        let unwritten = RedisError(code: .overloaded, endpoint: endpoint, message: "full").unwritten
+        let unsent = decide(
+            [
+                .refused(.error(unwritten)), .refused(.error(unwritten)), .granted(1),
+                .refused(.error(RedisError(code: .shutdown, endpoint: endpoint, message: "before the server answered"))),
+                .refused(.error(RedisError(code: .connectionRefused, endpoint: endpoint, message: "the raise's connect").unwritten)),
+            ],
+            neverWritten: [0, 1]
+        )
+        #expect(unsent.releaseAwaited == [2, 3, 4] && unsent.releaseQueued.isEmpty)
     }
 
     @Test("a cancelled caller gets no lease even with a quorum; a failed fencing round is noQuorum; exhausted counters on a blocking minority are named")

@@ -119,8 +119,6 @@ struct FanOutRoundTests {
             #expect(round.isFinished)
         }
         #expect(votes[2] != .unsettled)
-        #expect(votes[2]?.mayHaveRun == false)
-        #expect(!Vote.mayHaveRun(votes).contains(2), "node 2 never got it")
         let early = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true, sending: true)
         let decided = await collectVotes(of: early) {
             early.record(.granted(1), from: 0)
@@ -129,7 +127,32 @@ struct FanOutRoundTests {
             #expect(early.isFinished)
         }
         #expect(decided == [.granted(1), .granted(1), .unsettled])
-        #expect(Vote.mayHaveRun(decided).contains(2), "a node that may still answer may have run it")
+        #expect(early.mayHaveRun.contains(2), "a node that may still answer may have run it")
+    }
+
+    @Test("which nodes may have run a fan-out's command comes from that command's own outcome: not written there (a full queue) rules a node out; a later command's failure in its vote's place (a WAIT never written) does not")
+    func neverWrittenIsTheCommandsOwn() async throws {
+        let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1), .hostname("127.0.0.1", port: 2), .hostname("127.0.0.1", port: 3)])
+        let wait = try #require(ReplicaWait(count: 1, budget: .milliseconds(400), commandTimeout: .seconds(1)))
+        let fanOut = client.prepareFanOut(
+            RedisCommand("SET"), classify: { reply, _ in reply == .simpleString("OK") ? .granted(1) : .refused(.taken) },
+            order: [0, 1, 2], budget: .seconds(5), returnWhenDecided: false, replicaWait: wait, lane: .acknowledged
+        )
+        let requests = (0..<3).map { fanOut.requests(for: $0) }
+        let unwritten = RedisError(code: .overloaded, endpoint: nil, message: "full").unwritten
+        // Node 0: granted, then its WAIT was never written. Node 1: the SET itself was never
+        // written. Node 2: granted and acknowledged.
+        requests[0][0].handler(.success(.simpleString("OK")))
+        requests[0][1].handler(.failure(unwritten))
+        requests[1][0].handler(.failure(unwritten))
+        requests[1][1].handler(.failure(unwritten))
+        requests[2][0].handler(.success(.simpleString("OK")))
+        requests[2][1].handler(.success(.integer(1)))
+        fanOut.round.sent()
+        let votes = await client.votes(of: fanOut, cancellable: false)
+        #expect(!votes[0]!.isGranted && !votes[1]!.isGranted && votes[2]!.isGranted)
+        #expect(fanOut.round.mayHaveRun.containsExactly(0) && !fanOut.round.mayHaveRun.containsExactly(1) && fanOut.round.mayHaveRun.containsExactly(2))
+        await client.shutdown()
     }
 
     @Test("deciding early: three refusals of five finish the round as well")

@@ -109,7 +109,7 @@ struct FencingTests {
         }
     }
 
-    @Test("a counter that holds no integer, or a negative one, is a refusal for good naming the counter, not retried, and sets no key; on one node of three, the others grant", arguments: ["abc", "1.5", "-1", "-3", "-100", "1e3", " 5"])
+    @Test("a counter that holds no integer, or a negative one, is a refusal for good naming the counter, not retried, and sets no key; on one node of three, the others grant", arguments: ["abc", "1.5", "-1", "-3", "-100", "1e3", " 5", "007", "99999999999999999999"])
     func counterHoldsNoInteger(held: String) async throws {
         try await withLockNodes(3) { client, servers in
             for server in servers.prefix(2) { _ = try await server.run(RedisCommand("SET", "redlock:fence", held)) }

@@ -10,10 +10,9 @@ import Redlock
 /// `REDLOCK_TLS_CERT` and `REDLOCK_TLS_KEY` (client certificate and key for mutual TLS) and
 /// `REDLOCK_TLS_SERVER_NAME` (the name to send and verify instead of the host).
 func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [RedisConnectionConfiguration] {
-    // A comma may be part of a URL's credentials (RFC 3986 allows it there): a piece that starts
-    // no address of its own (no scheme) continues a URL with a scheme that is no address alone,
-    // when the two make one.
-    func parses(_ text: String) -> Bool { (try? RedisConnectionConfiguration(parsing: text)) != nil }
+    // A comma may be part of a URL's credentials (RFC 3986 allows it there): a piece with an `@`
+    // and no scheme (no address alone: a host has no `@`) continues a URL with a scheme and no
+    // `@` yet.
     func hasScheme(_ text: String) -> Bool {
         guard let colon = text.firstIndex(of: ":") else { return false }
         let scheme = text[..<colon]
@@ -22,7 +21,7 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
     }
     var pieces: [String] = []
     for piece in text.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
-        if let last = pieces.last, last.contains("://"), !parses(last), !hasScheme(piece), parses(last + "," + piece) {
+        if let last = pieces.last, last.contains("://"), !last.contains("@"), piece.contains("@"), !hasScheme(piece) {
             pieces[pieces.count - 1] = last + "," + piece
         } else {
             pieces.append(piece)
