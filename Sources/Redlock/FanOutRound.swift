@@ -18,7 +18,8 @@ final class FanOutRound: Expiring {
         var unanswered: Int
         var continuation: UnsafeContinuation<[Vote?], Never>?
         var finished = false
-        /// While its commands are being queued (``beginSending()`` to ``sent()``): a command a
+        /// While its commands are being queued (from its making with `sending: true` until
+        /// ``sent()``; ``FanOutSender`` calls it once it has queued them): a command a
         /// connection refuses at once (a full queue) is answered then, and the round does not
         /// decide before every node's command was queued or refused, so that such a refusal is
         /// its node's vote, not `.unsettled` (which would send that node a clean-up).

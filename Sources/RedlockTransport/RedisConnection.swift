@@ -319,7 +319,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// wait: then the oldest are kept. While a node cannot be reached, the releases lost
         /// first are the ones whose acquires may have reached it (written on the connection that
         /// was open when it stopped answering, and run when it resumes, up to where the order
-        /// barrier ends that connection); those lost later follow acquires that never got there.
+        /// barrier ends that connection); those lost later mostly follow acquires that never got
+        /// there (a release of a lease it holds that comes after more than that many is dropped).
         mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost) {
             for command in lost where command.replayWindow?.isOpen == true {
                 guard replays.count < RedisConnection.maximumReplays else { return }
