@@ -205,42 +205,6 @@ _Noreturn static void fail(const char *what) {
     _exit(1);
 }
 
-/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
-   that left its process group (setsid) and were reparented here (a child subreaper). */
-static void kill_children(void) {
-    pid_t self = getpid();
-    DIR *processes = opendir("/proc");
-    if (processes == NULL) {
-        return;
-    }
-    struct dirent *entry;
-    while ((entry = readdir(processes)) != NULL) {
-        char *end;
-        long pid = strtol(entry->d_name, &end, 10);
-        if (*end != '\0' || pid <= 0) {
-            continue;
-        }
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-        FILE *stat = fopen(path, "re");
-        if (stat == NULL) {
-            continue;
-        }
-        char line[512];
-        if (fgets(line, sizeof line, stat) != NULL) {
-            /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
-            char *close = strrchr(line, ')');
-            char state;
-            long parent;
-            if (close != NULL && sscanf(close + 1, " %c %ld", &state, &parent) == 2 && parent == self) {
-                kill((pid_t)pid, SIGKILL);
-            }
-        }
-        fclose(stat);
-    }
-    closedir(processes);
-}
-
 /* The parent and state of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read. */
 static int read_parent(long pid, long *parent, char *state) {
     char path[64];
@@ -260,6 +224,27 @@ static int read_parent(long pid, long *parent, char *state) {
     }
     fclose(stat);
     return result;
+}
+
+/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
+   that left its process group (setsid) and were reparented here (a child subreaper). */
+static void kill_children(void) {
+    pid_t self = getpid();
+    DIR *processes = opendir("/proc");
+    if (processes == NULL) {
+        return;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(processes)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        long parent;
+        char state;
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state) == 0 && parent == self) {
+            kill((pid_t)pid, SIGKILL);
+        }
+    }
+    closedir(processes);
 }
 
 typedef struct {
