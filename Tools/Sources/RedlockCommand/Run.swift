@@ -85,7 +85,7 @@ struct Run: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Count a node only once it has been up this long (uptime from INFO): catches a restart that lost the last writes. Set it to the longest --ttl of any holder. Default: off.", transform: parseDuration)
     var restartGuard: Duration?
 
-    @Flag(help: "Refuse nodes whose clock ran fast or jumped since this client last read it (every holder should use it; README, Safety).")
+    @Flag(help: "Refuse a node whose clock is behind the latest time it showed any holder (stepped back); a clock running fast is judged only between this run's own acquires, since each run is a new client (README, Safety).")
     var clockGuard = false
 
     @Flag(help: "Report acquire, extensions and loss on stderr (instants as CLOCK_BOOTTIME nanoseconds).")
