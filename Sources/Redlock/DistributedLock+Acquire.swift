@@ -499,7 +499,9 @@ extension DistributedLock {
         cleanedUp: inout Set<Int>?, mayHoldOn: inout NodeMask
     ) async -> Result<Lease, RedlockError> {
         var votes = await client.votes(of: attempt, cancellable: true)
-        mayHoldOn = mayHoldOn.union(attempt.round.mayHaveRun)
+        // Read once: a command found never written later only narrows where it may have run.
+        let neverWritten = attempt.round.neverWrittenNodes
+        mayHoldOn = mayHoldOn.union(FanOutRound.mayHaveRun(votes: votes, neverWritten: neverWritten))
         var fencingToken: Int64?
         var fenceShortfall: String?
         if options.fencing, grantedCount(votes) >= client.quorum {
@@ -515,7 +517,7 @@ extension DistributedLock {
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
             cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: attemptBudget,
-            neverWritten: attempt.round.neverWrittenNodes
+            neverWritten: neverWritten
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

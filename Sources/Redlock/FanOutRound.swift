@@ -93,13 +93,13 @@ final class FanOutRound: Expiring {
         state.withLock { $0.neverWritten.insert(index) }
     }
 
-    /// The nodes asked whose command may have run: all but those it was never written to.
-    var mayHaveRun: NodeMask {
-        state.withLock { state in
-            var mask = NodeMask.none
-            for (index, vote) in state.votes.enumerated() where vote != nil && !state.neverWritten.containsExactly(index) { mask.insert(index) }
-            return mask
-        }
+    /// The nodes a round with `votes` asked (every one with a vote, `.refused(.noAnswer)`
+    /// included) whose command may have run: all but those in `neverWritten`
+    /// (``neverWrittenNodes``).
+    static func mayHaveRun(votes: [Vote?], neverWritten: NodeMask) -> NodeMask {
+        var mask = NodeMask.none
+        for (index, vote) in votes.enumerated() where vote != nil && !neverWritten.containsExactly(index) { mask.insert(index) }
+        return mask
     }
 
     /// The nodes whose command was never written.

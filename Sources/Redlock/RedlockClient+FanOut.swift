@@ -127,7 +127,7 @@ final class PreparedFanOut: Sendable {
                 health.answered(index)
             case let .failure(error):
                 health.failed(index, error)
-                if error.neverWritten || error.code == .connectionRefused { round.neverWritten(by: index) }
+                if error.neverWritten { round.neverWritten(by: index) }
             }
             guard let replicaWait else { return count(vote, from: index) }
             // A refusal counts at once; a grant once its WAIT answered, whichever comes first.

@@ -16,11 +16,14 @@ final class ScopeRegistry: Sendable {
     /// A lease's key and value as the nodes see them: their bytes (two canonically equivalent
     /// names are two keys).
     private struct Key: Hashable {
-        let name: LockKey
+        let nameBytes: LockKey
         let value: [UInt8]
 
+        /// The lock's name, as given.
+        var name: String { nameBytes.name }
+
         init(name: String, value: String) {
-            self.name = LockKey(name)
+            nameBytes = LockKey(name)
             self.value = Array(value.utf8)
         }
 
@@ -135,7 +138,7 @@ final class ScopeRegistry: Sendable {
     /// Interrupts every running scope with `error`.
     func interruptAll(_ error: (String) -> RedlockError) {
         let scopes = state.withLock { $0.scopes }
-        for (key, ticket) in scopes { ticket.interrupt(error(key.name.name)) }
+        for (key, ticket) in scopes { ticket.interrupt(error(key.name)) }
     }
 
     /// Returns once no scope runs (its release included), or at `deadline`, whichever comes
