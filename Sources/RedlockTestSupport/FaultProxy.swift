@@ -46,6 +46,11 @@ public final class FaultProxy: Sendable {
         /// a pause of `pause` after each: messages and TLS records cut at every possible point,
         /// several arriving in one read.
         case fragment(Direction, maxBytes: Int, pause: Duration)
+        /// Forward `bytes` more bytes to the client (commands flow to the node as usual), then
+        /// close every connection (a FIN after those bytes; what the client sends from then on
+        /// is dropped), and close every connection accepted later at once: a node that answered
+        /// and went away, whose reconnects fail (their handshakes see the connection closed).
+        case hangUp(afterBytes: Int)
     }
 
     /// The port on 127.0.0.1 clients connect to.
@@ -68,6 +73,10 @@ public final class FaultProxy: Sendable {
         var links: [Int32: Link] = [:]
         /// Connections to end with an RST (by the client's socket).
         var resetting = Set<Int32>()
+        /// Connections to end with a FIN (by the client's socket): `.hangUp`'s.
+        var hangingUp = Set<Int32>()
+        /// `.hangUp`'s bytes went through: connections are closed as they come.
+        var hungUp = false
         var stopped = false
         var accepted = 0
         /// Under `.stallOpen`, the connections with a lower serial stall.
@@ -111,7 +120,9 @@ public final class FaultProxy: Sendable {
             state.fault = fault
             state.allowance = [:]
             state.stallBelowSerial = state.accepted
+            state.hungUp = false
             if case let .cut(direction, bytes) = fault { state.allowance[direction] = bytes }
+            if case let .hangUp(bytes) = fault { state.allowance[.toClient] = bytes }
         }
     }
 
@@ -189,13 +200,15 @@ public final class FaultProxy: Sendable {
             }
             let link = Link(client: client, node: node, serial: state.withLock { $0.accepted })
             let keep = connected && state.withLock { state in
-                guard !state.stopped else { return false }
+                guard !state.stopped, !state.hungUp else { return false }
                 state.links[client] = link
                 state.accepted += 1
                 return true
             }
             guard keep else {
-                if node >= 0 {
+                if state.withLock({ $0.hungUp }) {
+                    Self.closeLink(link, reset: false)
+                } else if node >= 0 {
                     Self.closeLink(link, reset: true)
                 } else {
                     _ = close(client)
@@ -210,6 +223,7 @@ public final class FaultProxy: Sendable {
                     guard pumps.finish() else { return }
                     let reset = state.withLock { state in
                         state.links[link.client] = nil
+                        state.hangingUp.remove(link.client)
                         return state.resetting.remove(link.client) != nil
                     }
                     Self.closeLink(link, reset: reset)
@@ -231,8 +245,9 @@ public final class FaultProxy: Sendable {
             // shares it, so reading it and spending it apart let two links overspend it), else
             // all of it.
             let heldCount = held.count
+            var hangUpAfter = false
             let (flowing, pause, ending): (Int, Duration?, Bool) = state.withLock { state in
-                if state.resetting.contains(link.client) { return (0, nil, true) }
+                if state.resetting.contains(link.client) || state.hangingUp.contains(link.client) { return (0, nil, true) }
                 switch state.fault {
                 case let .stall(directions) where directions.contains(direction):
                     return (0, nil, false)
@@ -244,11 +259,30 @@ public final class FaultProxy: Sendable {
                     return (granted, nil, false)
                 case let .fragment(fragmented, maxBytes, pause) where fragmented == direction && heldCount > 0:
                     return (min(heldCount, Int.random(in: 1...max(1, maxBytes))), pause, false)
+                case .hangUp where direction == .toClient && heldCount > 0:
+                    let granted = min(heldCount, max(0, state.allowance[direction] ?? 0))
+                    state.allowance[direction, default: 0] -= granted
+                    if state.allowance[direction, default: 0] <= 0 {
+                        // Decided before the bytes go: nothing the client sends after reading
+                        // them reaches the node.
+                        state.hungUp = true
+                        state.hangingUp.formUnion(state.links.keys)
+                        hangUpAfter = true
+                    }
+                    return (granted, nil, false)
                 default:
                     return (heldCount, nil, false)
                 }
             }
             if ending { return }
+            if hangUpAfter {
+                // Corked (MSG_MORE), so that the FIN goes in the bytes' own segment: the client
+                // reads them and the end of the stream together, as from a node that died right
+                // after answering.
+                if flowing > 0 { _ = writeAll(held, count: flowing, to: to, flags: Int32(MSG_MORE)) }
+                _ = shutdown(to, Int32(SHUT_WR))
+                return
+            }
             if flowing > 0 {
                 if !writeAll(held, count: flowing, to: to) { return }
                 held.removeFirst(flowing)
@@ -281,13 +315,13 @@ public final class FaultProxy: Sendable {
         }
     }
 
-    private func writeAll(_ bytes: [UInt8], count: Int, to descriptor: Int32) -> Bool {
+    private func writeAll(_ bytes: [UInt8], count: Int, to descriptor: Int32, flags: Int32 = 0) -> Bool {
         var written = 0
         while written < count {
             // MSG_NOSIGNAL: a peer that reset the connection is an error here, not a SIGPIPE
             // that ends the whole process.
             let result = bytes.withUnsafeBytes { raw in
-                send(descriptor, raw.baseAddress.map { $0 + written }, count - written, Int32(MSG_NOSIGNAL))
+                send(descriptor, raw.baseAddress.map { $0 + written }, count - written, Int32(MSG_NOSIGNAL) | flags)
             }
             if result < 0 {
                 if errno == EINTR { continue }

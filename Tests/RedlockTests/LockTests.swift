@@ -609,27 +609,14 @@ private final class FlushCounts: Sendable {
             try await withTeardown {
                 try await servers[2].pause()
                 let bound = 8 + RedisConnection.maximumReplays
-                let cycles = Locked(0)
                 // Until the releases sent to the frozen node could have filled the bound twice
                 // over: one per unlock, values of the caller's own (a lease of such a value may be
                 // held anywhere, so its unlock goes to every node even where its acquire was refused).
-                await withTaskGroup { group in
-                    for task in 0..<16 {
-                        group.addTask {
-                            var index = 0
-                            while cycles.value < 2 * bound {
-                                index += 1
-                                let options = LockOptions(expiry: .seconds(30), tries: 1, value: .fixed("own-\(task)-\(index)"))
-                                guard let lock = try? client.makeLock("bounded-\(task)-\(index)", options: options),
-                                      let lease = try? await lock.lock() else { continue }
-                                try? await lock.unlock(lease)
-                                cycles.update { $0 += 1 }
-                            }
-                        }
-                    }
+                let cycles = await cycleFreshLocks(on: client, prefix: "bounded", until: 2 * bound) { task, index in
+                    LockOptions(expiry: .seconds(30), tries: 1, value: .fixed("own-\(task)-\(index)"))
                 }
                 let waiting = client.nodes[2].waitingCommands
-                #expect(waiting <= bound, "\(waiting) commands wait after \(cycles.value) cycles")
+                #expect(waiting <= bound, "\(waiting) commands wait after \(cycles) cycles")
                 #expect(waiting >= bound - 16, "the releases past the limit were not taken: \(waiting)")
                 try servers[2].resume()
             } teardown: {

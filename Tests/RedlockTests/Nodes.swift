@@ -43,6 +43,31 @@ actor UnsafeCounter {
     }
 }
 
+/// Runs 16 tasks of lock-and-unlock cycles on names never used before (`prefix-task-index`,
+/// options from `options(task, index)`) until `cycles` of them completed in all; an attempt
+/// that fails is not counted. Returns the number completed (at least `cycles`).
+@discardableResult
+func cycleFreshLocks(
+    on client: RedlockClient, prefix: String, until cycles: Int, options: @escaping @Sendable (_ task: Int, _ index: Int) -> LockOptions
+) async -> Int {
+    let completed = Locked(0)
+    await withTaskGroup { group in
+        for task in 0..<16 {
+            group.addTask {
+                var index = 0
+                while completed.value < cycles {
+                    index += 1
+                    guard let lock = try? client.makeLock("\(prefix)-\(task)-\(index)", options: options(task, index)),
+                          let lease = try? await lock.lock() else { continue }
+                    try? await lock.unlock(lease)
+                    completed.update { $0 += 1 }
+                }
+            }
+        }
+    }
+    return completed.value
+}
+
 /// A value shared between tasks of a test.
 final class Locked<Value: Sendable>: Sendable {
     private let storage: Mutex<Value>

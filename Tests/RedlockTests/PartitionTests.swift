@@ -191,20 +191,8 @@ struct PartitionTests {
                     held.append((lock, try await lock.lock()))
                 }
                 // More acquires the node never gets than the room past its full queue.
-                let cycles = Locked(0)
-                await withTaskGroup { group in
-                    for task in 0..<16 {
-                        group.addTask {
-                            var index = 0
-                            while cycles.value < RedisConnection.maximumReplays + 500 {
-                                index += 1
-                                guard let lock = try? client.makeLock("never-\(task)-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1)),
-                                      let lease = try? await lock.lock() else { continue }
-                                try? await lock.unlock(lease)
-                                cycles.update { $0 += 1 }
-                            }
-                        }
-                    }
+                await cycleFreshLocks(on: client, prefix: "never", until: RedisConnection.maximumReplays + 500) { _, _ in
+                    LockOptions(expiry: .seconds(30), tries: 1)
                 }
                 for (lock, lease) in held { try await lock.unlock(lease) }
                 try servers[2].resume()
@@ -218,6 +206,66 @@ struct PartitionTests {
                 #expect(answered)
                 let left = try await servers[2].run(RedisCommand("KEYS", "held-*"))
                 #expect(left == .array([]), "\(left)")
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
+    @Test(
+        "a node that granted and went away before the command after the grant (the fencing raise, the restart guard's INFO) was written to it still gets the failed acquire's clean-up, or the lease's unlock: that command's failure says nothing of the acquire",
+        // (A fenced acquire that lost a granted node's raise holds only when more nodes granted
+        // than the decision waited for: no lease to unlock here.)
+        arguments: zip(["fencing", "restartGuard", "restartGuard"], [false, false, true])
+    )
+    func grantedThenGone(check: String, acquired: Bool) async throws {
+        try await withRedisServers(3) { servers throws in
+            let proxies = try servers.map { try FaultProxy.start(to: $0.endpoint) }
+            defer { for proxy in proxies { proxy.stop() } }
+            let proxy = proxies[0]
+            let client = try RedlockClient(nodes: proxies.map {
+                RedisConnectionConfiguration(endpoint: $0.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .seconds(2))
+            })
+            try await withTeardown {
+                var options = LockOptions(expiry: .seconds(30), tries: 1)
+                // (A guard the fresh servers pass: nodes 1 and 2 grant.)
+                if check == "fencing" { options.fencing = true } else { options.restartGuard = .nanoseconds(1) }
+                var exercised = 0
+                for trial in 0..<10 where exercised < 3 {
+                    let name = "gone-\(trial)"
+                    // Node 2 refuses: node 0, lost after granting, makes the acquire fail.
+                    if !acquired { try await occupy(name, on: [servers[2]]) }
+                    // Connected (the handshake's bytes are through) before the fault is set.
+                    _ = try await client.nodes[0].send(RedisCommand("PING"))
+                    // The acquire's reply: the counter's next value (the fenced acquire script),
+                    // else SET's OK. The client reads the end of the stream with it.
+                    let counter = try await servers[0].run(RedisCommand("GET", "redlock:fence")).string.flatMap { Int($0) } ?? 0
+                    proxy.set(.hangUp(afterBytes: (check == "fencing" ? ":\(counter + 1)\r\n" : "+OK\r\n").utf8.count))
+                    let lock = try client.makeLock(name, options: options)
+                    if acquired {
+                        // The lease stands on nodes 1 and 2, whose grants come once node 0's
+                        // refusal is in (else it is left unsettled, and may have run anyway);
+                        // its unlock is kept for node 0 too.
+                        for slow in proxies.dropFirst() { slow.set(.latency(.milliseconds(50))) }
+                        let lease = try await lock.lock()
+                        for other in proxies { other.set(.none) }
+                        try await lock.unlock(lease)
+                        exercised += 1
+                    } else {
+                        let error = await #expect(throws: RedlockError.self) { _ = try await lock.lock() }
+                        if error?.nodes.first(where: { $0.node == 0 })?.cause.error?.neverWritten == true { exercised += 1 }
+                        proxy.set(.none)
+                    }
+                    // The node's next answer comes after the release kept for it.
+                    var answered = false
+                    for _ in 0..<50 where !answered {
+                        answered = (try? await client.nodes[0].send(RedisCommand("PING"))) != nil
+                    }
+                    #expect(answered)
+                    let left = try await servers[0].run(RedisCommand("EXISTS", name))
+                    #expect(left == .integer(0), "trial \(trial): node 0 kept the key")
+                }
+                #expect(exercised > 0, "the command after the grant was written every time: the test tests nothing")
             } teardown: {
                 await client.shutdown()
             }

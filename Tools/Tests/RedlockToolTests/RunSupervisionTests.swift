@@ -1,6 +1,7 @@
 import Foundation
 import Redlock
 import RedlockTestSupport
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -69,13 +70,24 @@ private func children(of parent: Int32) -> [Int32] {
 }
 
 @Suite("redlock run supervises its command", .timeLimit(.minutes(3)))
-struct RunSupervisionTests {
+final class RunSupervisionTests: Sendable {
+    /// The files ``temporaryFile(_:)`` named, removed when the test ends (each test has an
+    /// instance of its own).
+    private let files = Mutex<[String]>([])
+
+    deinit {
+        for file in files.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: file) }
+    }
+
     private func nodeList(_ servers: [RedisServer]) -> String {
         servers.map { "\($0.endpoint)" }.joined(separator: ",")
     }
 
+    /// A path in the temporary directory for a file the test makes, removed when the test ends.
     private func temporaryFile(_ label: String) -> String {
-        FileManager.default.temporaryDirectory.appendingPathComponent("swift-redlock-\(label)-\(UUID())").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("swift-redlock-\(label)-\(UUID())").path
+        files.withLock { $0.append(path) }
+        return path
     }
 
     @Test("the command starts with an empty signal mask, default dispositions and only stdin, stdout and stderr")
@@ -160,7 +172,6 @@ struct RunSupervisionTests {
         let worker = try builtExecutable("redlock-worker").path
         try await withRedisServers(3) { servers throws in
             let beats = temporaryFile("beats")
-            defer { try? FileManager.default.removeItem(atPath: beats) }
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "lost", "--ttl", "1s", "--grace", "200ms",
                                       "--verbose", "--", worker, "heartbeat", "--file", beats, "--ignore-term"])
             #expect(await eventually(within: .seconds(20)) { Beats(file: beats).beats.count >= 2 })
@@ -192,7 +203,6 @@ struct RunSupervisionTests {
             for trial in 0..<trials {
                 let name = "orphan-\(trial)-\(fault.filter(\.isLetter))"
                 let (first, second) = (temporaryFile("first"), temporaryFile("second"))
-                defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
                 // The job is a grandchild, behind a shell, as with a wrapper script. A 500 ms TTL
                 // gives each attempt 25 ms, which a fresh process's first connects can overrun on
                 // a loaded machine: the holder may retry (--wait), what is tested comes after.
@@ -242,7 +252,6 @@ struct RunSupervisionTests {
         let worker = try builtExecutable("redlock-worker").path
         try await withRedisServers(1) { servers throws in
             let (first, second) = (temporaryFile("detached"), temporaryFile("after"))
-            defer { for file in [first, second] { try? FileManager.default.removeItem(atPath: file) } }
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached", "--",
                                       // Returns once the detached job's first beat is written (5 s at most).
                                       "sh", "-c", "setsid \(worker) heartbeat --file \(first) --duration-ms 4000 & "
@@ -264,7 +273,6 @@ struct RunSupervisionTests {
         let worker = try builtExecutable("redlock-worker").path
         try await withRedisServers(1) { servers throws in
             let (detached, own) = (temporaryFile("detached"), temporaryFile("own"))
-            defer { for file in [detached, own] { try? FileManager.default.removeItem(atPath: file) } }
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "stopped-watchdog", "--ttl", "1s", "--grace", "200ms",
                                       "--verbose", "--", "sh", "-c",
                                       "setsid \(worker) heartbeat --file \(detached) --duration-ms 30000 & \(worker) heartbeat --file \(own) --duration-ms 30000"])
@@ -293,7 +301,6 @@ struct RunSupervisionTests {
     func stoppedWatchdogCountsRenewals() async throws {
         try await withRedisServers(1) { servers throws in
             let ran = temporaryFile("ran")
-            defer { try? FileManager.default.removeItem(atPath: ran) }
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "renewed", "--ttl", "500ms", "--",
                                       "sh", "-c", "touch \(ran); sleep 2; echo done"])
             #expect(await eventually(within: .seconds(20)) { FileManager.default.fileExists(atPath: ran) })
@@ -318,7 +325,6 @@ struct RunSupervisionTests {
             // leaves the signal time to land before the command could start.
             proxy.set(.latency(.milliseconds(300)))
             let marker = temporaryFile("started")
-            defer { try? FileManager.default.removeItem(atPath: marker) }
             let run = try CommandRun(["run", "--nodes", "\(proxy.endpoint)", "--name", "signalled", "--ttl", "20s", "--wait", "15s", "--verbose", "--",
                                       "sh", "-c", "touch \(marker)"])
             #expect(await run.waitForErrorLine(containing: "acquired") != nil)
@@ -336,7 +342,6 @@ struct RunSupervisionTests {
     func signalDuringShutdown() async throws {
         try await withRedisServers(3) { servers throws in
             let ended = temporaryFile("ended")
-            defer { try? FileManager.default.removeItem(atPath: ended) }
             try await servers[2].pause()
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "shutting-down", "--ttl", "10s", "--",
                                       "sh", "-c", "touch \(ended); exit 3"])
@@ -388,7 +393,6 @@ struct RunSupervisionTests {
     func scriptWithoutShebang() async throws {
         try await withRedisServers(1) { servers throws in
             let script = temporaryFile("script")
-            defer { try? FileManager.default.removeItem(atPath: script) }
             try "echo from-script \"$1\"\n".write(toFile: script, atomically: true, encoding: .utf8)
             #expect(chmod(script, 0o755) == 0)
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "script", "--", script, "argument"])
@@ -488,7 +492,6 @@ struct RunSupervisionTests {
         }
         try #require(bound == 0, "could not bind 127.0.0.77:53: \(String(cString: strerror(errno)))")
         let resolvConf = temporaryFile("resolv.conf")
-        defer { try? FileManager.default.removeItem(atPath: resolvConf) }
         try "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n".write(toFile: resolvConf, atomically: true, encoding: .utf8)
         let started = ContinuousClock.now
         let (status, stderr) = try await runToEnd("/usr/bin/unshare", [
