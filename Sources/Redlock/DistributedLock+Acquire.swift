@@ -24,7 +24,10 @@ extension DistributedLock {
         // lease is handed off (Lease.replayWindow).
         // (A value of the caller's own is never sent again: its window is closed for good, and
         // marks its releases as releases all the same.)
-        let window = options.value.mayAlreadyBeHeld ? ReplayWindow.closedForGood : ReplayWindow()
+        // Only this call's attempts set its value's key, unless a fair lock's release hands it
+        // over or an extend re-creates it: where none was written, no lost release is kept.
+        let window = options.value.mayAlreadyBeHeld
+            ? ReplayWindow.closedForGood : ReplayWindow(tracksWhereSet: !options.fair && !options.setNXOnExtend)
         var ticket: Int?
         if options.singleFlight {
             if tries == 1 {
@@ -128,7 +131,7 @@ extension DistributedLock {
             // A fair attempt that queues leaves the line once it got the lock.
             let lineLeave = run.leaveLine.map(LineLeave.init(leave:))
             let next = prepareAttempt(
-                run.request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: run.keyLives), lineLeave: lineLeave
+                run.request ?? acquireRequest(value: value, queueEntry: queueEntry, keyLives: run.keyLives), window: window, lineLeave: lineLeave
             )
             if run.attemptNumber > 0, let lease = try await waitForChance(&run, tries: tries, deadline: deadline, value: value, next: next) {
                 run.acquired = true
@@ -383,7 +386,7 @@ extension DistributedLock {
         /// For `SET NX PX`: the same in a script that first checks the user's permissions
         /// (``Scripts/acquirePlain``), sent in its place (as its `EVAL`) on a connection until it
         /// succeeded there (see
-        /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+        /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``).
         var untilScriptsRun: RedisScriptForm? = nil
         let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
         let confirm: (@Sendable (Int, Vote) async -> Vote)?
@@ -455,11 +458,12 @@ extension DistributedLock {
     /// part of the lease, released with it, or released by the clean-up in
     /// ``finish(_:startedAt:value:window:lineLeave:cleanedUp:mayHoldOn:)``; it never outlives its expiry. A
     /// fair attempt that queues hands the votes that come after its decision to `lineLeave`.
-    private func prepareAttempt(_ request: AcquireRequest, lineLeave: LineLeave?) -> PreparedFanOut {
+    private func prepareAttempt(_ request: AcquireRequest, window: ReplayWindow?, lineLeave: LineLeave?) -> PreparedFanOut {
         client.prepareFanOut(
             request.command,
             script: request.script,
             untilScriptsRun: request.untilScriptsRun,
+            setting: window,
             classify: request.classify,
             order: client.nodeOrder(shuffled: options.shuffleNodes),
             budget: attemptBudget,

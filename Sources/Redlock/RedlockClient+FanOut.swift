@@ -65,10 +65,13 @@ final class PreparedFanOut: Sendable {
     /// When the script's `EVAL` may run after commands queued behind it (``RedisScriptCall/runsLateUnlessBehind``).
     let runsLateUnlessBehind: String?
     /// For a command that is not a script: what goes in its place on a connection until that
-    /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+    /// succeeded there (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``).
     let untilScriptsRun: RedisScriptForm?
     /// While open, sent again by a connection that lost it (``RedisScriptCall/replayWindow``).
     let replayWindow: ReplayWindow?
+    /// For an acquire: the window of its value's releases, told where the command was staged
+    /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``).
+    let setting: ReplayWindow?
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
@@ -92,7 +95,7 @@ final class PreparedFanOut: Sendable {
 
     init(
         round: FanOutRound, command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil,
-        untilScriptsRun: RedisScriptForm? = nil, replayWindow: ReplayWindow? = nil, order: [Int], budget: Duration,
+        untilScriptsRun: RedisScriptForm? = nil, replayWindow: ReplayWindow? = nil, setting: ReplayWindow? = nil, order: [Int], budget: Duration,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?,
         health: NodeHealth,
@@ -106,6 +109,7 @@ final class PreparedFanOut: Sendable {
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
         self.replayWindow = replayWindow
+        self.setting = setting
         self.order = order
         self.budget = budget
         self.classify = classify
@@ -179,7 +183,7 @@ final class PreparedFanOut: Sendable {
         clockCheck?.markSent()
         let first = QueuedCommand(
             command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayWindow: replayWindow,
-            handler: handler(for: index)
+            setting: setting, handler: handler(for: index)
         )
         guard let replicaWait else { return [first] }
         return [first, QueuedCommand(replicaWait.command, handler: replicationHandler(for: index, replicaWait))]
@@ -191,7 +195,7 @@ final class PreparedFanOut: Sendable {
         clockCheck?.markSent()
         node.send(
             command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun, replayWindow: replayWindow,
-            handler: handler(for: index)
+            setting: setting, handler: handler(for: index)
         )
     }
 }
@@ -210,13 +214,15 @@ extension RedlockClient {
     ///
     /// With `confirm`, a granted vote is passed through it before it counts (the restart guard);
     /// that check runs in a task of its own, bounded by its connection's command timeout.
-    /// `lateVotes` is given each vote that comes after the votes were complete.
+    /// `lateVotes` is given each vote that comes after the votes were complete. `setting`: for
+    /// an acquire, the window of its value's releases (see ``PreparedFanOut/setting``).
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
         runsLateUnlessBehind: String? = nil,
         untilScriptsRun: RedisScriptForm? = nil,
         replayWindow: ReplayWindow? = nil,
+        setting: ReplayWindow? = nil,
         classify: @escaping @Sendable (RedisValue, RedisEndpoint) -> Vote,
         order: [Int],
         budget: Duration,
@@ -230,7 +236,8 @@ extension RedlockClient {
         PreparedFanOut(
             round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes, sending: true),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
-            replayWindow: replayWindow, order: order, budget: budget, classify: classify, confirm: confirm, health: health, clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
+            replayWindow: replayWindow, setting: setting, order: order, budget: budget, classify: classify, confirm: confirm, health: health,
+            clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
         )
     }
 

@@ -384,7 +384,7 @@ enum Scripts {
     /// it (inside them); else a `NOPERM` error reply naming what is refused, and nothing is set.
     /// The checks use `redis.acl_check_cmd` (Redis ≥ 7; older servers check nothing but the
     /// script's own run). The acquire on a connection until this form succeeded there (see
-    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``): a user
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``): a user
     /// who may set the key but not release it is refused before anything is set.
     static let acquirePlain = RedisScript(
         """

@@ -133,18 +133,43 @@ struct ServerClient: Sendable, Equatable {
     }
 }
 
-/// Whether lost commands may still be sent again (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``):
+/// Whether lost commands may still be sent again (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``):
 /// open until ``close()``, after which a copy not written yet is dropped, and none is made.
 /// A lock closes a `lock()` call's window when its value may be used elsewhere (a lease handed
 /// to another process): a late delete of that value could then remove a key someone counts.
 ///
 /// A command sent with a window, open or closed, is a release: a connection whose queue is full
 /// still takes it (``RedisConnectionConfiguration/maximumQueuedCommands``).
+///
+/// A window that tracks where its value is set (``init(tracksWhereSet:)``) keeps a lost release
+/// only for a node (an endpoint, whichever connection to it) for which a command that may set
+/// the key to that value was staged for writing (sent with `setting:` this window): a node never
+/// sent such a command has nothing of the value to release, and a connection's replays are
+/// bounded (``RedisConnection/maximumReplays``), so they go to the releases that may matter.
 package final class ReplayWindow: Sendable {
     private let closed = Atomic<Bool>(false)
+    /// The nodes for which a command that may set the value was staged; nil when the window
+    /// does not track it (every node may hold the value).
+    private let settingOn: Mutex<[RedisEndpoint]>?
 
-    /// An open window.
-    package init() {}
+    /// An open window. `tracksWhereSet`: every command that may set a key to the value is sent
+    /// with this window as its `setting:` (a lock's own acquires of a fresh value, and nothing
+    /// else: no handoff, no `SET NX` on extend); default false.
+    package init(tracksWhereSet: Bool = false) {
+        settingOn = tracksWhereSet ? Mutex([]) : nil
+    }
+
+    /// Notes that a command that may set the value was staged for `node`.
+    func staged(on node: RedisEndpoint) {
+        settingOn?.withLock { nodes in
+            if !nodes.contains(node) { nodes.append(node) }
+        }
+    }
+
+    /// Whether `node` may have set the value: always for a window that does not track it.
+    func mayBeSet(on node: RedisEndpoint) -> Bool {
+        settingOn?.withLock { $0.contains(node) } ?? true
+    }
 
     /// The window of releases that are never sent again (of a value the caller chose, which
     /// another holder may use), closed from the start: it marks them as releases all the same.

@@ -15,22 +15,26 @@ package struct QueuedCommand: Sendable {
     package let script: RedisScript?
     package let runsLateUnlessBehind: String?
     /// What goes in the command's place until such a script form succeeded on the socket
-    /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``).
+    /// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``).
     package let untilScriptsRun: RedisScriptForm?
     /// Sent again when lost while it is open (see
-    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``).
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``).
     package let replayWindow: ReplayWindow?
+    /// For a command that may set a key to a value: the window of that value's releases
+    /// (``ReplayWindow/init(tracksWhereSet:)``).
+    package let setting: ReplayWindow?
     package let handler: RedisReplyHandler
 
     package init(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayWindow: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, setting: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
         self.untilScriptsRun = untilScriptsRun
         self.replayWindow = replayWindow
+        self.setting = setting
         self.handler = handler
     }
 }
@@ -69,6 +73,9 @@ final class PendingCommand: Sendable {
     /// While open, the connection sends it again when it is lost: a connection closed before its
     /// answer, or a connect that failed while it waited (``replay()``).
     let replayWindow: ReplayWindow?
+    /// For a command that may set a key to a value: the window of that value's releases, told
+    /// on which connections it was staged (``ReplayWindow/init(tracksWhereSet:)``).
+    let setting: ReplayWindow?
     /// A copy made by ``replay()``: written only while its window is open.
     let isReplay: Bool
     private let state: Mutex<State>
@@ -81,6 +88,7 @@ final class PendingCommand: Sendable {
         untilScriptsRun = nil
         self.withdrawOnCancel = withdrawOnCancel
         replayWindow = nil
+        setting = nil
         isReplay = false
         state = Mutex(.queued)
     }
@@ -88,7 +96,7 @@ final class PendingCommand: Sendable {
     /// A command whose outcome goes to `handler`; it is always sent.
     init(
         command: RedisCommand, script: RedisScript?, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayWindow: ReplayWindow? = nil, isReplay: Bool = false, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, setting: ReplayWindow? = nil, isReplay: Bool = false, handler: @escaping RedisReplyHandler
     ) {
         self.command = command
         self.script = script
@@ -96,6 +104,7 @@ final class PendingCommand: Sendable {
         self.untilScriptsRun = script == nil ? untilScriptsRun : nil
         withdrawOnCancel = false
         self.replayWindow = replayWindow
+        self.setting = setting
         self.isReplay = isReplay
         state = Mutex(.handled(handler))
     }

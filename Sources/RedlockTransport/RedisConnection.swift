@@ -146,13 +146,17 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// as the release of a value nobody uses again while the window is open. Identical copies
     /// are kept once; at most ``maximumReplays`` wait (the oldest: commands lost beyond that are
     /// not kept); `shutdown()` tries once to send those still waiting.
+    ///
+    /// `setting`: the command may set a key to the value whose releases have that window (an
+    /// acquire); with a window that tracks where its value is set, a lost release of the value is
+    /// kept only for a node such a command was staged for (``ReplayWindow/init(tracksWhereSet:)``).
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
-        replayWindow: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
+        replayWindow: ReplayWindow? = nil, setting: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
     ) {
         core.enqueue(PendingCommand(
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
-            replayWindow: replayWindow, handler: handler
+            replayWindow: replayWindow, setting: setting, handler: handler
         ))
     }
 
@@ -173,7 +177,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
         core.enqueue(contentsOf: commands.map {
             PendingCommand(
                 command: $0.command, script: $0.script, runsLateUnlessBehind: $0.runsLateUnlessBehind, untilScriptsRun: $0.untilScriptsRun,
-                replayWindow: $0.replayWindow, handler: $0.handler
+                replayWindow: $0.replayWindow, setting: $0.setting, handler: $0.handler
             )
         })
     }
@@ -321,8 +325,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// was open when it stopped answering, and run when it resumes, up to where the order
         /// barrier ends that connection); those lost later mostly follow acquires that never got
         /// there (a release of a lease it holds that comes after more than that many is dropped).
-        mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost) {
-            for command in lost where command.replayWindow?.isOpen == true {
+        /// A release whose window tracks where its value is set is kept only when a command that
+        /// may set it was staged for `node`.
+        mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost, to node: RedisEndpoint) {
+            for command in lost {
+                guard let window = command.replayWindow, window.isOpen, window.mayBeSet(on: node) else { continue }
                 guard replays.count < RedisConnection.maximumReplays else { return }
                 guard replayed.insert(command.command).inserted else { continue }
                 replays.append(command.isReplay ? command : command.replay())
@@ -555,6 +562,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func stage(_ command: PendingCommand, last: Bool, at now: ContinuousClock.Instant? = nil, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
+        command.setting?.staged(on: configuration.endpoint)
         guard let script = command.script else {
             if let scripted = command.untilScriptsRun, !state.scriptsRun {
                 Self.format(scripted(), of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
@@ -824,7 +832,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         // timeout. Else this socket can deliver nothing more.
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
-        state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command))
+        state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: configuration.endpoint)
         while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {
@@ -895,6 +903,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // the socket closes. A new socket has run no script: each goes as `EVAL`.
                     var bytes: [UInt8] = []
                     for command in state.queue where command.shouldSend {
+                        command.setting?.staged(on: configuration.endpoint)
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
@@ -967,7 +976,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
-        state.keepReplays(of: state.queue)
+        state.keepReplays(of: state.queue, to: configuration.endpoint)
         for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
         state.queue.removeAll()
         state.phase = .idle

@@ -27,7 +27,7 @@ package struct RedisScript: Sendable, Hashable {
 
 /// Builds a script call's `EVAL` form (``RedisScriptCall/evalForm``) when a connection needs
 /// it: what goes in a command's place until a script form ran on the socket
-/// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:handler:)``). Built
+/// (``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``). Built
 /// only then, so a command in steady use pays nothing for it.
 package typealias RedisScriptForm = @Sendable () -> RedisCommand
 
@@ -50,7 +50,7 @@ package struct RedisScriptCall: Sendable {
     /// value.
     package let runsLateUnlessBehind: String?
     /// While open, the connection sends the call again when it is lost (see
-    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:handler:)``);
+    /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``);
     /// nil unless ``replayable(within:)`` set one.
     package private(set) var replayWindow: ReplayWindow?
 

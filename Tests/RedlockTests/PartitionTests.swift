@@ -172,10 +172,14 @@ struct PartitionTests {
         }
     }
 
-    @Test("a frozen node whose full queue refused many acquires does not crowd out the releases it needs: those acquires' clean-ups and unlocks skip it, so the room past its limit goes to the leases it holds")
-    func releasesForTheKeysANodeHolds() async throws {
+    @Test(
+        "a frozen node that never got many acquires (its full queue refused them, or its lost connection's reconnects failed under them) does not crowd out the releases it needs: those acquires' clean-ups and unlocks are not kept for it, so the room goes to the leases it holds",
+        arguments: ["full queue", "lost connection"]
+    )
+    func releasesForTheKeysANodeHolds(way: String) async throws {
         try await withRedisServers(3) { servers throws in
             let client = try RedlockClient(nodes: servers.map { server in
+                if way == "lost connection" { return server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(500)) }
                 var configuration = server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .seconds(60))
                 configuration.maximumQueuedCommands = 8
                 return configuration
@@ -190,11 +194,19 @@ struct PartitionTests {
                     let lock = try client.makeLock("held-\(index)", options: LockOptions(expiry: .seconds(30), tries: 1))
                     held.append((lock, try await lock.lock()))
                 }
-                // More acquires the node never gets than the room past its full queue.
+                if way == "lost connection" {
+                    // Their connection is lost (the command timeout): what comes next waits for
+                    // reconnects that fail.
+                    #expect(await eventually(within: .seconds(10)) { client.nodes[2].waitingCommands == 0 })
+                }
+                // More acquires the node never gets than the room for releases past them.
                 await cycleFreshLocks(on: client, prefix: "never", until: RedisConnection.maximumReplays + 500) { _, _ in
                     LockOptions(expiry: .seconds(30), tries: 1)
                 }
+                // (Lost: the connect they wait for fails.)
+                if way == "lost connection" { #expect(await eventually(within: .seconds(10)) { client.nodes[2].waitingCommands == 0 }) }
                 for (lock, lease) in held { try await lock.unlock(lease) }
+                if way == "lost connection" { #expect(await eventually(within: .seconds(10)) { client.nodes[2].waitingCommands == 0 }) }
                 try servers[2].resume()
                 // The node's next answer comes after everything queued or replayed before it
                 // (and, past a full queue, once the queue has room again).
