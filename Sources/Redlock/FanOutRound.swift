@@ -98,7 +98,8 @@ final class FanOutRound: Expiring {
     /// (``neverWrittenNodes``).
     static func mayHaveRun(votes: [Vote?], neverWritten: NodeMask) -> NodeMask {
         var mask = NodeMask.none
-        for (index, vote) in votes.enumerated() where vote != nil && !neverWritten.containsExactly(index) { mask.insert(index) }
+        // (By index: an enumeration copies each vote, payload and all.)
+        for index in votes.indices where votes[index] != nil && !neverWritten.containsExactly(index) { mask.insert(index) }
         return mask
     }
 

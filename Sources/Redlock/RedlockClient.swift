@@ -117,7 +117,7 @@ public final class RedlockClient: Sendable {
         let loop = RedisEventLoop(name: "redlock-io", busyPoll: busyPoll)
         let health = NodeHealth(endpoints: nodes.map(\.endpoint), logger: logger, vetsConnections: true)
         self.init(
-            validated: nodes.enumerated().map { index, node in RedisConnection(configuration: node, eventLoop: loop, vet: health.vet(for: index)) },
+            validated: nodes.enumerated().map { index, node in RedisConnection(configuration: node, eventLoop: loop, vet: health.vet(for: index), node: index) },
             health: health, owning: true, logger: logger, metrics: metrics, tracer: tracer
         )
     }
@@ -187,7 +187,9 @@ public final class RedlockClient: Sendable {
         acknowledgedNodes = nodes.enumerated().map { index, node in
             var configuration = node.configuration
             configuration.commandTimeout += ReplicaWait.lateAnswerAllowance
-            return RedisConnection(configuration: configuration, eventLoop: node.eventLoop, vet: health.vet(for: index))
+            // (Its node index only for a client that made its nodes' connections: a connection
+            // given to the client may serve others under other indices.)
+            return RedisConnection(configuration: configuration, eventLoop: node.eventLoop, vet: health.vet(for: index), node: node.nodeIndex)
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
         coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: health.vet(for:))

@@ -142,33 +142,39 @@ struct ServerClient: Sendable, Equatable {
 /// still takes it (``RedisConnectionConfiguration/maximumQueuedCommands``).
 ///
 /// A window that tracks where its value is set (``init(tracksWhereSet:)``) keeps a lost release
-/// only for a node (an endpoint, whichever connection to it) for which a command that may set
-/// the key to that value was staged for writing (sent with `setting:` this window): a node never
-/// sent such a command has nothing of the value to release, and a connection's replays are
-/// bounded (``RedisConnection/maximumReplays``), so they go to the releases that may matter.
+/// only for a node (by its index in its client, whichever connection to it) for which a command
+/// that may set the key to that value was staged for writing (sent with `setting:` this
+/// window): a node never sent such a command has nothing of the value to release, and a
+/// connection's replays are bounded (``RedisConnection/maximumReplays``), so they go to the
+/// releases that may matter. A connection made without a node index
+/// (``RedisConnection/init(configuration:eventLoop:vet:orderBarrier:node:)``), and a node from
+/// the 64th on, may always hold the value.
 package final class ReplayWindow: Sendable {
     private let closed = Atomic<Bool>(false)
-    /// The nodes for which a command that may set the value was staged; nil when the window
-    /// does not track it (every node may hold the value).
-    private let settingOn: Mutex<[RedisEndpoint]>?
+    /// Whether ``settingOn`` says where the value may be set.
+    private let tracksWhereSet: Bool
+    /// Bit `i`: a command that may set the value was staged for node `i`.
+    private let settingOn = Atomic<UInt64>(0)
 
     /// An open window. `tracksWhereSet`: every command that may set a key to the value is sent
     /// with this window as its `setting:` (a lock's own acquires of a fresh value, and nothing
     /// else: no handoff, no `SET NX` on extend); default false.
     package init(tracksWhereSet: Bool = false) {
-        settingOn = tracksWhereSet ? Mutex([]) : nil
+        self.tracksWhereSet = tracksWhereSet
     }
 
-    /// Notes that a command that may set the value was staged for `node`.
-    func staged(on node: RedisEndpoint) {
-        settingOn?.withLock { nodes in
-            if !nodes.contains(node) { nodes.append(node) }
-        }
+    /// Notes that a command that may set the value was staged for `node` (its index in its
+    /// client).
+    func staged(on node: Int?) {
+        guard tracksWhereSet, let node, node < 64 else { return }
+        settingOn.bitwiseOr(1 << UInt64(node), ordering: .releasing)
     }
 
-    /// Whether `node` may have set the value: always for a window that does not track it.
-    func mayBeSet(on node: RedisEndpoint) -> Bool {
-        settingOn?.withLock { $0.contains(node) } ?? true
+    /// Whether `node` may have set the value: always for a window that does not track it, a
+    /// connection without a node index and a node from the 64th on.
+    func mayBeSet(on node: Int?) -> Bool {
+        guard tracksWhereSet, let node, node < 64 else { return true }
+        return settingOn.load(ordering: .acquiring) & (1 << UInt64(node)) != 0
     }
 
     /// The window of releases that are never sent again (of a value the caller chose, which

@@ -51,14 +51,20 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///
     /// Without `orderBarrier` (for a server scripted byte by byte in a test) the connects send
     /// no `CLIENT INFO` or `CLIENT KILL`; see ``OrderBarrier``.
-    package init(configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true) {
+    ///
+    /// `node`: the node's index in the client that made the connection, which a
+    /// ``ReplayWindow`` that tracks where its value is set goes by; nil (the default) for a
+    /// connection made outside a client.
+    package init(
+        configuration: RedisConnectionConfiguration, eventLoop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true, node: Int? = nil
+    ) {
         self.configuration = configuration
         self.eventLoop = eventLoop
-        core = ConnectionCore(configuration: configuration, loop: eventLoop, vet: vet, orderBarrier: orderBarrier)
+        core = ConnectionCore(configuration: configuration, loop: eventLoop, vet: vet, orderBarrier: orderBarrier, node: node)
     }
 
     /// A connection on the shared event loop whose connects make no order barrier (see
-    /// ``init(configuration:eventLoop:vet:orderBarrier:)``).
+    /// ``init(configuration:eventLoop:vet:orderBarrier:node:)``).
     package convenience init(configuration: RedisConnectionConfiguration, orderBarrier: Bool) {
         self.init(configuration: configuration, eventLoop: .shared, orderBarrier: orderBarrier)
     }
@@ -149,7 +155,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     ///
     /// `setting`: the command may set a key to the value whose releases have that window (an
     /// acquire); with a window that tracks where its value is set, a lost release of the value is
-    /// kept only for a node such a command was staged for (``ReplayWindow/init(tracksWhereSet:)``).
+    /// kept only for a node such a command was staged for (``ReplayWindow/init(tracksWhereSet:)``;
+    /// the node is the connection's index in its client, see
+    /// ``init(configuration:eventLoop:vet:orderBarrier:node:)``).
     package func send(
         _ command: RedisCommand, script: RedisScript? = nil, runsLateUnlessBehind: String? = nil, untilScriptsRun: RedisScriptForm? = nil,
         replayWindow: ReplayWindow? = nil, setting: ReplayWindow? = nil, handler: @escaping RedisReplyHandler
@@ -162,6 +170,10 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
 
     /// How many lost replayable commands a connection keeps for its next connect: 4,096.
     package static let maximumReplays = 4_096
+
+    /// The node's index in the client that made the connection, if one did
+    /// (``init(configuration:eventLoop:vet:orderBarrier:node:)``).
+    package var nodeIndex: Int? { core.node }
 
     /// How many lost replayable commands wait for the next connection.
     package var pendingReplays: Int { core.replayCount }
@@ -326,8 +338,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// barrier ends that connection); those lost later mostly follow acquires that never got
         /// there (a release of a lease it holds that comes after more than that many is dropped).
         /// A release whose window tracks where its value is set is kept only when a command that
-        /// may set it was staged for `node`.
-        mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost, to node: RedisEndpoint) {
+        /// may set it was staged for `node` (the connection's node index).
+        mutating func keepReplays<Lost: Sequence<PendingCommand>>(of lost: Lost, to node: Int?) {
             for command in lost {
                 guard let window = command.replayWindow, window.isOpen, window.mayBeSet(on: node) else { continue }
                 guard replays.count < RedisConnection.maximumReplays else { return }
@@ -413,16 +425,19 @@ final class ConnectionCore: Sendable, EventLoopSource {
     /// How many writes left bytes behind: the socket's buffers were full (a node that reads
     /// nothing, a slow link). While the loop waits for the socket to drain, nobody else writes.
     let partialWrites = Atomic<Int>(0)
-    /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:orderBarrier:)``).
+    /// Looks at each new socket before it is used (``RedisConnection/init(configuration:eventLoop:vet:orderBarrier:node:)``).
     private let vet: ConnectVet?
     /// Whether connects make the order barrier (``OrderBarrier``).
     private let orderBarrier: Bool
+    /// The node's index in its client (``RedisConnection/init(configuration:eventLoop:vet:orderBarrier:node:)``).
+    let node: Int?
 
-    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true) {
+    init(configuration: RedisConnectionConfiguration, loop: RedisEventLoop, vet: ConnectVet? = nil, orderBarrier: Bool = true, node: Int? = nil) {
         self.configuration = configuration
         self.loop = loop
         self.vet = vet
         self.orderBarrier = orderBarrier
+        self.node = node
         // A quarter of the command timeout between checks (5 ms to 250 ms): a silent server is
         // detected at most that late when the loop has nothing else to do.
         checkInterval = min(max(configuration.commandTimeout / 4, .milliseconds(5)), .milliseconds(250))
@@ -562,7 +577,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func stage(_ command: PendingCommand, last: Bool, at now: ContinuousClock.Instant? = nil, in state: inout State) {
         // Withdrawn (its caller was cancelled before it could be written): never sent.
         guard command.shouldSend else { return }
-        command.setting?.staged(on: configuration.endpoint)
+        command.setting?.staged(on: node)
         guard let script = command.script else {
             if let scripted = command.untilScriptsRun, !state.scriptsRun {
                 Self.format(scripted(), of: command, asScriptHash: false, inScriptForm: true, at: now, in: &state)
@@ -832,7 +847,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         // timeout. Else this socket can deliver nothing more.
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
-        state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: configuration.endpoint)
+        state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: node)
         while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {
@@ -903,7 +918,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // the socket closes. A new socket has run no script: each goes as `EVAL`.
                     var bytes: [UInt8] = []
                     for command in state.queue where command.shouldSend {
-                        command.setting?.staged(on: configuration.endpoint)
+                        command.setting?.staged(on: node)
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
@@ -976,7 +991,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
-        state.keepReplays(of: state.queue, to: configuration.endpoint)
+        state.keepReplays(of: state.queue, to: node)
         for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
         state.queue.removeAll()
         state.phase = .idle
