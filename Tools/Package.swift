@@ -58,6 +58,7 @@ let package = Package(
         .testTarget(
             name: "RedlockToolTests",
             dependencies: [
+                "CSupervise",
                 .product(name: "Redlock", package: "swift-redlock"),
                 .product(name: "RedlockTestSupport", package: "swift-redlock"),
             ]

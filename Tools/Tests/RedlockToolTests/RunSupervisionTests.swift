@@ -1,4 +1,5 @@
 import Foundation
+import CSupervise
 import Redlock
 import RedlockTestSupport
 import Synchronization
@@ -56,6 +57,30 @@ private func lastValidUntil(in stderr: String) -> Int64? {
         guard let range = line.range(of: "valid_until_boottime_ns=") else { return nil }
         return Int64(line[range.upperBound...].prefix { $0.isNumber })
     }.last
+}
+
+/// The pids of the processes below `root` that are still running (not zombies), from one
+/// reading of `/proc`.
+private func runningDescendants(of root: Int32) -> [Int32] {
+    var parents: [Int32: Int32] = [:]
+    var running: Set<Int32> = []
+    for pid in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap({ Int32($0) }) {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 1, let parent = Int32(fields[1]) else { continue }
+        parents[pid] = parent
+        if fields[0] != "Z", fields[0] != "X" { running.insert(pid) }
+    }
+    return running.filter { pid in
+        var at = pid
+        for _ in 0..<64 {
+            guard let parent = parents[at] else { return false }
+            if parent == root { return true }
+            at = parent
+        }
+        return false
+    }
 }
 
 /// The pids of `parent`'s children.
@@ -266,6 +291,31 @@ final class RunSupervisionTests: Sendable {
             #expect(!isAlive(aPid), "the detached job outlived redlock run")
             #expect(try #require(a.beats.last) < #require(b.beats.first))
         }
+    }
+
+    @Test("the kill at the deadline (redlock_kill_tree) reaches every process below its root, however many: 4,200 of them, two levels down")
+    func killTreeHasNoCap() async throws {
+        // Two levels: a subshell that starts the sleeps, below the root shell; the root waits.
+        let root = try await HelperProcess.start(
+            executable: "/bin/sh",
+            arguments: ["-c", "(i=0; while [ $i -lt 4200 ]; do sleep 600 & i=$((i+1)); done; echo started; wait) & wait"],
+            readyMarker: "started", timeout: .seconds(120)
+        )
+        let below = runningDescendants(of: root.processIdentifier)
+        let count = below.count
+        #expect(count >= 4_201, "\(count) processes below the root")
+        #expect(redlock_kill_tree(root.processIdentifier) == 0)
+        // Each was sent SIGKILL, which nothing can block or catch: it runs no more of its own
+        // code, and is gone once scheduled again (4,200 take a moment on two cores). Looked up
+        // by pid: a sleep whose subshell died first has another parent now.
+        var running = count
+        _ = await eventually(within: .seconds(30)) {
+            running = below.count { isAlive($0) }
+            return running == 0
+        }
+        #expect(running == 0, "\(running) of \(count) processes below the root still run")
+        for pid in below where isAlive(pid) { kill(pid, SIGKILL) }
+        await root.kill()
     }
 
     @Test("a stopped watchdog leaves nothing running past the lease: redlock's own kill at the deadline reaches what the command detached with setsid too")
