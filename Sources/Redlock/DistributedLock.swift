@@ -152,11 +152,16 @@ public struct DistributedLock: Sendable {
         // A release the connection loses is sent again on its next one (a late delete of a
         // value nobody uses again), unless the value is the caller's own or was handed off.
         let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow ?? .closedForGood)
+        // Released on other connections than its acquires went on (a lock with other options):
+        // an acquire still waiting on its own may be written after this release is lost.
+        if let window = lease.replayWindow, lease.lane != lane { window.mayBeSetAnywhere() }
         // Not to nodes the lease's acquires never reached: nothing of it is there, and a node that
-        // refused them for a full queue would only queue more.
+        // refused them for a full queue would only queue more. To every node once the value may
+        // be anywhere (keys re-created by an extend that may have failed).
         let order = client.nodeOrder(shuffled: options.shuffleNodes)
+        let everywhere = lease.mayHoldOn == .all || lease.replayWindow?.isSetAnywhere == true
         let release = client.prepareFanOut(
-            call, order: lease.mayHoldOn == .all ? order : order.filter { lease.mayHoldOn.contains($0) }, budget: attemptBudget,
+            call, order: everywhere ? order : order.filter { lease.mayHoldOn.contains($0) }, budget: attemptBudget,
             returnWhenDecided: options.failFast, lane: lane
         )
         let sentAt = ContinuousClock.now
@@ -222,6 +227,9 @@ public struct DistributedLock: Sendable {
             throw gatePassedOn(operation: "extend")
         }
         if Task.isCancelled { throw cancelled("extend") }
+        // Keys re-created here are not the lock()'s acquires: the value's lost releases are
+        // kept for every node from now on (whether or not this extend succeeds).
+        if options.setNXOnExtend { lease.replayWindow?.mayBeSetAnywhere() }
         let call = RedisScriptCall(
             Scripts.extend, keys: [lease.name],
             arguments: [lease.value, String(options.expiry.millisecondsRoundedUp), options.setNXOnExtend ? "1" : "0"]
@@ -241,6 +249,7 @@ public struct DistributedLock: Sendable {
             }
             extended.gateTicket = lease.gateTicket
             extended.replayWindow = lease.replayWindow
+            extended.lane = lease.lane
             // An extension re-creates missing keys only with setNXOnExtend.
             extended.mayHoldOn = options.setNXOnExtend ? .all : lease.mayHoldOn
             return extended

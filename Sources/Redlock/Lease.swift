@@ -38,6 +38,10 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// handed over or extended with ``LockOptions/setNXOnExtend``, and one made with
     /// ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
     var mayHoldOn = NodeMask.all
+    /// The connections the `lock()` that made it used (``DistributedLock/lane``); nil for a
+    /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``. A
+    /// release on the other lane tells ``replayWindow`` that the value may be anywhere.
+    var lane: ConnectionLane?
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(

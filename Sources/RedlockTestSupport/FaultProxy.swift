@@ -50,6 +50,7 @@ public final class FaultProxy: Sendable {
         /// close every connection (a FIN after those bytes; what the client sends from then on
         /// is dropped), and close every connection accepted later at once: a node that answered
         /// and went away, whose reconnects fail (their handshakes see the connection closed).
+        /// With 0, at once.
         case hangUp(afterBytes: Int)
     }
 
@@ -122,7 +123,14 @@ public final class FaultProxy: Sendable {
             state.stallBelowSerial = state.accepted
             state.hungUp = false
             if case let .cut(direction, bytes) = fault { state.allowance[direction] = bytes }
-            if case let .hangUp(bytes) = fault { state.allowance[.toClient] = bytes }
+            if case let .hangUp(bytes) = fault {
+                state.allowance[.toClient] = bytes
+                if bytes <= 0 {
+                    // Nothing more to let through: now.
+                    state.hungUp = true
+                    state.hangingUp.formUnion(state.links.keys)
+                }
+            }
         }
     }
 
@@ -200,7 +208,12 @@ public final class FaultProxy: Sendable {
             }
             let link = Link(client: client, node: node, serial: state.withLock { $0.accepted })
             let keep = connected && state.withLock { state in
-                guard !state.stopped, !state.hungUp else { return false }
+                guard !state.stopped else { return false }
+                guard !state.hungUp else {
+                    // Accepted, and closed at once.
+                    state.accepted += 1
+                    return false
+                }
                 state.links[client] = link
                 state.accepted += 1
                 return true

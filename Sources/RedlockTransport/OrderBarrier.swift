@@ -155,6 +155,8 @@ package final class ReplayWindow: Sendable {
     private let tracksWhereSet: Bool
     /// Bit `i`: a command that may set the value was staged for node `i`.
     private let settingOn = Atomic<UInt64>(0)
+    /// Set by ``mayBeSetAnywhere()``.
+    private let anywhere = Atomic<Bool>(false)
 
     /// An open window. `tracksWhereSet`: every command that may set a key to the value is sent
     /// with this window as its `setting:` (a lock's own acquires of a fresh value, and nothing
@@ -170,12 +172,24 @@ package final class ReplayWindow: Sendable {
         settingOn.bitwiseOr(1 << UInt64(node), ordering: .releasing)
     }
 
-    /// Whether `node` may have set the value: always for a window that does not track it, a
-    /// connection without a node index and a node from the 64th on.
+    /// Whether `node` may have set the value: always for a window that does not track it (or no
+    /// longer does), a connection without a node index and a node from the 64th on.
     func mayBeSet(on node: Int?) -> Bool {
-        guard tracksWhereSet, let node, node < 64 else { return true }
+        guard tracksWhereSet, !anywhere.load(ordering: .acquiring), let node, node < 64 else { return true }
         return settingOn.load(ordering: .acquiring) & (1 << UInt64(node)) != 0
     }
+
+    /// From now on every node may hold the value, whatever was staged where: a command that
+    /// may set it went without this window (an extend that re-creates missing keys), or a
+    /// release goes on other connections than the acquires, behind which none of them waits
+    /// (an acquire still queued on its own connection may be written after the release is
+    /// lost). Lost releases of the value are then kept for every node.
+    package func mayBeSetAnywhere() {
+        anywhere.store(true, ordering: .releasing)
+    }
+
+    /// Whether ``mayBeSetAnywhere()`` was called.
+    package var isSetAnywhere: Bool { anywhere.load(ordering: .acquiring) }
 
     /// The window of releases that are never sent again (of a value the caller chose, which
     /// another holder may use), closed from the start: it marks them as releases all the same.

@@ -259,10 +259,12 @@ struct PartitionTests {
                         // refusal is in (else it is left unsettled, and may have run anyway);
                         // its unlock is kept for node 0 too.
                         for slow in proxies.dropFirst() { slow.set(.latency(.milliseconds(50))) }
+                        let accepted = proxy.acceptedCount
                         let lease = try await lock.lock()
+                        // Node 0's INFO waited for a connect (the proxy closed it): never written.
+                        if proxy.acceptedCount > accepted { exercised += 1 }
                         for other in proxies { other.set(.none) }
                         try await lock.unlock(lease)
-                        exercised += 1
                     } else {
                         let error = await #expect(throws: RedlockError.self) { _ = try await lock.lock() }
                         if error?.nodes.first(where: { $0.node == 0 })?.cause.error?.neverWritten == true { exercised += 1 }
