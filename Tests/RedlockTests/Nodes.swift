@@ -68,6 +68,14 @@ func cycleFreshLocks(
     return completed.value
 }
 
+/// Sends `PING` on `connection` until one is answered, `tries` times at most (a connect begun
+/// while the node could not be reached may fail first); returns whether one was. Its answer
+/// comes after everything queued or kept for replay on that connection.
+func answersAgain(_ connection: RedisConnection, tries: Int = 50) async -> Bool {
+    for _ in 0..<tries where (try? await connection.send(RedisCommand("PING"))) != nil { return true }
+    return false
+}
+
 /// A value shared between tasks of a test.
 final class Locked<Value: Sendable>: Sendable {
     private let storage: Mutex<Value>

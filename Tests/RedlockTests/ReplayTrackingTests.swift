@@ -43,11 +43,7 @@ struct ReplayTrackingTests {
                 #expect(await eventually { client.nodes[2].waitingCommands == 0 })
                 proxy.set(.none)
                 // The node's next answer comes after what was kept for it.
-                var answered = false
-                for _ in 0..<50 where !answered {
-                    answered = (try? await client.nodes[2].send(RedisCommand("PING"))) != nil
-                }
-                #expect(answered)
+                #expect(await answersAgain(client.nodes[2]))
                 #expect(try await servers[2].value(of: "recreated") == nil, "node 2 kept the unlocked lease's key")
             } teardown: {
                 await client.shutdown()
@@ -81,11 +77,7 @@ struct ReplayTrackingTests {
                 // The acquire is written and run.
                 #expect(await eventually(within: .seconds(10)) { client.nodes[2].waitingCommands == 0 })
                 // The other lane's next command goes after what was kept for it.
-                var answered = false
-                for _ in 0..<50 where !answered {
-                    answered = (try? await client.acknowledgedNodes[2].send(RedisCommand("PING"))) != nil
-                }
-                #expect(answered)
+                #expect(await answersAgain(client.acknowledgedNodes[2]))
                 #expect(try await servers[2].value(of: "lanes") == nil, "node 2 kept the unlocked lease's key")
             } teardown: {
                 await client.shutdown()
