@@ -57,7 +57,7 @@ extension DistributedLock {
         do {
             var lease = try await attempts(tries: tries, deadline: deadline, value: value, window: window, span: span)
             lease.replayWindow = window
-            lease.lane = lane
+            lease.origin = Lease.Origin(client: client.serial, lane: lane)
             if let ticket {
                 lease.gateTicket = ticket
                 client.coordination.gateHolder(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld)

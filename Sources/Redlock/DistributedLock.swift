@@ -112,6 +112,11 @@ public struct DistributedLock: Sendable {
     /// fair lock's (``LockOptions/fair``) hands it on each node to the first in line, in whatever
     /// process. Returns once a quorum deleted; the remaining deletes are still sent.
     ///
+    /// The release goes on the connections the lease's acquires used when this client acquired
+    /// it (behind any of them still waiting for a connect, so each node runs it after them),
+    /// else to every node: release a lease with the client that acquired it, since nothing
+    /// orders two clients' connections to a node.
+    ///
     /// Runs to completion even when the calling task is cancelled. A running scope of this
     /// client that holds the lease (``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``,
     /// ``withLease(isolation:_:extendWhenRemaining:maximumHoldTime:safetyMargin:onExtended:_:)``)
@@ -147,22 +152,27 @@ public struct DistributedLock: Sendable {
         // waiter here (with fast handoff), or retry after their delay.
         // A fair lock's release hands the lock to the first in line on the nodes instead.
         if options.fair { client.coordination.released(key, value: lease.value) }
-        let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: lane)
+        // On the connections the lease's acquires used when this client made it (a lock of the
+        // name with other options may use others): each node then runs the release after any of
+        // them that still waited for a connect. Released by another client, the lease's node
+        // set counts that client's nodes, and nothing orders the two clients' connections: to
+        // every node, and lost releases are kept for every node.
+        let ownLease = lease.origin?.client == client.serial
+        let releaseLane = ownLease ? lease.origin?.lane ?? lane : lane
+        if !ownLease { lease.replayWindow?.mayBeSetAnywhere() }
+        let claimed = options.fair ? nil : client.coordination.handOff(key, release: lease.value.utf8, lane: releaseLane)
         let handedOver = claimed?.next
         // A release the connection loses is sent again on its next one (a late delete of a
         // value nobody uses again), unless the value is the caller's own or was handed off.
         let call = releaseCall(value: lease.value, announcing: handedOver == nil, replayWindow: lease.replayWindow ?? .closedForGood)
-        // Released on other connections than its acquires went on (a lock with other options):
-        // an acquire still waiting on its own may be written after this release is lost.
-        if let window = lease.replayWindow, lease.lane != lane { window.mayBeSetAnywhere() }
         // Not to nodes the lease's acquires never reached: nothing of it is there, and a node that
         // refused them for a full queue would only queue more. To every node once the value may
-        // be anywhere (keys re-created by an extend that may have failed).
+        // be anywhere (keys re-created by an extend that may have failed, another client).
         let order = client.nodeOrder(shuffled: options.shuffleNodes)
-        let everywhere = lease.mayHoldOn == .all || lease.replayWindow?.isSetAnywhere == true
+        let everywhere = !ownLease || lease.mayHoldOn == .all || lease.replayWindow?.isSetAnywhere == true
         let release = client.prepareFanOut(
             call, order: everywhere ? order : order.filter { lease.mayHoldOn.contains($0) }, budget: attemptBudget,
-            returnWhenDecided: options.failFast, lane: lane
+            returnWhenDecided: options.failFast, lane: releaseLane
         )
         let sentAt = ContinuousClock.now
         client.send(release, then: handedOver)
@@ -182,7 +192,7 @@ public struct DistributedLock: Sendable {
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the
             // published messages to come back (they carry the same value: the same release).
-            if claimed == nil, !options.fair { client.coordination.announce(key, release: lease.value.utf8, lane: lane) }
+            if claimed == nil, !options.fair { client.coordination.announce(key, release: lease.value.utf8, lane: releaseLane) }
             client.metrics.released(failure: nil)
             return
         }
@@ -249,7 +259,7 @@ public struct DistributedLock: Sendable {
             }
             extended.gateTicket = lease.gateTicket
             extended.replayWindow = lease.replayWindow
-            extended.lane = lease.lane
+            extended.origin = lease.origin
             // An extension re-creates missing keys only with setNXOnExtend.
             extended.mayHoldOn = options.setNXOnExtend ? .all : lease.mayHoldOn
             return extended

@@ -38,10 +38,18 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// handed over or extended with ``LockOptions/setNXOnExtend``, and one made with
     /// ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
     var mayHoldOn = NodeMask.all
-    /// The connections the `lock()` that made it used (``DistributedLock/lane``); nil for a
-    /// lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``. A
-    /// release on the other lane tells ``replayWindow`` that the value may be anywhere.
-    var lane: ConnectionLane?
+    /// The client and the connections (``DistributedLock/lane``) of the `lock()` that made it;
+    /// nil for a lease made with ``init(name:value:expiry:acquiredAt:validUntil:fencingToken:)``.
+    /// That client releases it on those connections, behind any of its acquires still waiting
+    /// there; ``mayHoldOn`` counts that client's nodes. Another client (or none) releases it on
+    /// every node, and tells ``replayWindow`` that the value may be anywhere.
+    var origin: Origin?
+
+    /// A client (``RedlockClient/serial``) and the connections it used.
+    struct Origin: Sendable, Equatable {
+        let client: UInt64
+        let lane: ConnectionLane
+    }
 
     /// Creates a lease, e.g. to re-attach to one whose value another process handed over.
     public init(

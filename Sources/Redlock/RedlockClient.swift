@@ -23,6 +23,10 @@ import Tracing
 public final class RedlockClient: Sendable {
     /// The connections, one per node, in the order given.
     public let nodes: [RedisConnection]
+    /// This client among the process's clients (from 1, never reused): a lease records the
+    /// client that made it (``Lease/origin``).
+    let serial: UInt64 = RedlockClient.serials.add(1, ordering: .relaxed).newValue
+    private static let serials = Atomic<UInt64>(0)
     /// A second connection per node, made by the client and used only by locks whose grants
     /// wait for replicas (``LockOptions/replicaAcknowledgements``), so their `WAIT`s hold up no
     /// other lock's commands. It connects on first use.
@@ -187,8 +191,9 @@ public final class RedlockClient: Sendable {
         acknowledgedNodes = nodes.enumerated().map { index, node in
             var configuration = node.configuration
             configuration.commandTimeout += ReplicaWait.lateAnswerAllowance
-            // (Its node index only for a client that made its nodes' connections: a connection
-            // given to the client may serve others under other indices.)
+            // The index its shared-lane connection has: the client's own for connections it
+            // made, none for one made outside a client (another client's may collide, which
+            // only keeps more lost releases).
             return RedisConnection(configuration: configuration, eventLoop: node.eventLoop, vet: health.vet(for: index), node: node.nodeIndex)
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)

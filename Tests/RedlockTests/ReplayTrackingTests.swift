@@ -51,10 +51,10 @@ struct ReplayTrackingTests {
         }
     }
 
-    @Test("a lease released through a lock on the other connections (replicaAcknowledgements) while its acquire to a frozen node still waits for a connect: the release, lost, is kept and deletes the key the acquire sets once the node wakes")
+    @Test("a lease released through a lock on the other connections (replicaAcknowledgements) while its acquire to a frozen node still waits for a connect: the release goes on the lease's own connections, behind that acquire, and the node runs it after the acquire")
     func releaseOnTheOtherLane() async throws {
         try await withRedisServers(3) { servers throws in
-            let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .seconds(10), commandTimeout: .milliseconds(300)) })
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .seconds(10), commandTimeout: .seconds(5)) })
             try await withTeardown {
                 let a = try client.makeLock("lanes", options: LockOptions(expiry: .seconds(30), tries: 1))
                 var acknowledged = LockOptions(expiry: .seconds(30), tries: 1)
@@ -65,23 +65,86 @@ struct ReplayTrackingTests {
                 _ = try await client.acknowledgedNodes[2].send(RedisCommand("PING"))
                 // The shared lane's connection to node 2 ends; then node 2 freezes: the acquire
                 // waits for a connect, while the other lane's connection is open.
-                let id = try #require(client.nodes[2].orderBarrierClients.open)
-                _ = try await servers[2].run(RedisCommand("CLIENT", "KILL", "ID", String(id)))
-                #expect(await eventually { client.nodes[2].orderBarrierClients.open == nil })
-                try await servers[2].pause()
+                try await waitForAConnect(client.nodes[2], on: servers[2])
                 let lease = try await a.lock()
                 try await b.unlock(lease)
-                // Lost to the command timeout.
-                #expect(await eventually { client.acknowledgedNodes[2].waitingCommands == 0 })
+                // Node 2's release is queued or written (on one lane or the other).
+                #expect(await eventually { client.nodes[2].waitingCommands + client.acknowledgedNodes[2].waitingCommands >= 2 })
                 try servers[2].resume()
-                // The acquire is written and run.
-                #expect(await eventually(within: .seconds(10)) { client.nodes[2].waitingCommands == 0 })
-                // The other lane's next command goes after what was kept for it.
-                #expect(await answersAgain(client.acknowledgedNodes[2]))
+                #expect(await eventually(within: .seconds(10)) {
+                    client.nodes[2].waitingCommands == 0 && client.acknowledgedNodes[2].waitingCommands == 0
+                })
                 #expect(try await servers[2].value(of: "lanes") == nil, "node 2 kept the unlocked lease's key")
             } teardown: {
                 await client.shutdown()
             }
         }
     }
+
+    @Test("a lease released through another client's lock while its acquire to a frozen node still waits for a connect: the release, lost, is kept and deletes the key the acquire sets once the node wakes")
+    func releaseThroughAnotherClient() async throws {
+        try await withRedisServers(3) { servers throws in
+            let configurations = servers.map { $0.configuration(connectTimeout: .seconds(10), commandTimeout: .milliseconds(300)) }
+            let (acquirer, releaser) = (try RedlockClient(nodes: configurations), try RedlockClient(nodes: configurations))
+            try await withTeardown {
+                let a = try acquirer.makeLock("clients", options: LockOptions(expiry: .seconds(30), tries: 1))
+                let b = try releaser.makeLock("clients", options: LockOptions(expiry: .seconds(30), tries: 1))
+                _ = try await acquirer.nodes[2].send(RedisCommand("PING"))
+                _ = try await releaser.nodes[2].send(RedisCommand("PING"))
+                try await waitForAConnect(acquirer.nodes[2], on: servers[2])
+                let lease = try await a.lock()
+                try await b.unlock(lease)
+                // Lost to the command timeout.
+                #expect(await eventually { releaser.nodes[2].waitingCommands == 0 })
+                try servers[2].resume()
+                // The acquire is written and run.
+                #expect(await eventually(within: .seconds(10)) { acquirer.nodes[2].waitingCommands == 0 })
+                #expect(await answersAgain(releaser.nodes[2]))
+                #expect(try await servers[2].value(of: "clients") == nil, "node 2 kept the unlocked lease's key")
+            } teardown: {
+                await acquirer.shutdown()
+                await releaser.shutdown()
+            }
+        }
+    }
+
+    @Test("a lease released through a client that lists the nodes in another order goes to every node: its node set counts the other client's nodes")
+    func releaseThroughAnotherNodeOrder() async throws {
+        try await withRedisServers(3) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[2].endpoint)
+            defer { proxy.stop() }
+            // The acquirer lists [2 (behind the proxy), 0, 1]; the releaser [0, 1, 2].
+            let acquirer = try RedlockClient(nodes: [
+                RedisConnectionConfiguration(endpoint: proxy.endpoint, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(500)),
+            ] + servers.dropLast().map { $0.configuration() })
+            let releaser = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                _ = await acquirer.checkNodes()
+                // Server 2 (the acquirer's node 0) never gets the acquire: the lease's node set
+                // is the acquirer's nodes 1 and 2 (servers 0 and 1).
+                proxy.set(.hangUp(afterBytes: 0))
+                #expect(await eventually { acquirer.nodes[0].orderBarrierClients.open == nil })
+                var everyAnswer = LockOptions(expiry: .seconds(30), tries: 1)
+                everyAnswer.failFast = false
+                let lease = try await acquirer.makeLock("order", options: everyAnswer).lock()
+                #expect(try await servers[0].value(of: "order") == lease.value)
+                try await releaser.makeLock("order", options: everyAnswer).unlock(lease)
+                for index in servers.indices {
+                    #expect(try await servers[index].value(of: "order") == nil, "server \(index) kept the unlocked lease's key")
+                }
+            } teardown: {
+                await acquirer.shutdown()
+                await releaser.shutdown()
+            }
+        }
+    }
+}
+
+/// Ends `connection`'s current connection (on the server) and freezes the server: the next
+/// command on it waits for a connect, which completes once the server is resumed.
+private func waitForAConnect(_ connection: RedisConnection, on server: RedisServer) async throws {
+    let id = try #require(connection.orderBarrierClients.open)
+    _ = try await server.run(RedisCommand("CLIENT", "KILL", "ID", String(id)))
+    #expect(await eventually { connection.orderBarrierClients.open == nil })
+    try await server.pause()
 }
