@@ -33,6 +33,18 @@ int64_t redlock_boottime_ns(void) {
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
+int redlock_sleep_until_boottime(int64_t deadline_ns) {
+    if (deadline_ns <= 0) {
+        return 0;
+    }
+    struct timespec until = {.tv_sec = (time_t)(deadline_ns / 1000000000), .tv_nsec = (long)(deadline_ns % 1000000000)};
+    int result;
+    do {
+        result = clock_nanosleep(CLOCK_BOOTTIME, TIMER_ABSTIME, &until, NULL);
+    } while (result == EINTR);
+    return result;
+}
+
 int redlock_watch_send(int fd, int32_t kind, int32_t argument, int64_t value) {
     redlock_watch_message message = {.kind = kind, .argument = argument, .value = value};
     ssize_t written;
@@ -205,8 +217,9 @@ _Noreturn static void fail(const char *what) {
     _exit(1);
 }
 
-/* The parent and state of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read. */
-static int read_parent(long pid, long *parent, char *state) {
+/* The parent, state and start time (clock ticks after boot: with the pid, a process's identity)
+   of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read. `started` may be NULL. */
+static int read_parent(long pid, long *parent, char *state, unsigned long long *started) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *stat = fopen(path, "re");
@@ -218,7 +231,14 @@ static int read_parent(long pid, long *parent, char *state) {
     if (fgets(line, sizeof line, stat) != NULL) {
         /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
         char *close = strrchr(line, ')');
-        if (close != NULL && sscanf(close + 1, " %c %ld", state, parent) == 2) {
+        unsigned long long start = 0;
+        /* Fields 3 (state), 4 (ppid) and 22 (starttime); see proc(5). */
+        if (close != NULL
+            && sscanf(close + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", state, parent,
+                      &start) == 3) {
+            if (started != NULL) {
+                *started = start;
+            }
             result = 0;
         }
     }
@@ -240,7 +260,7 @@ static void kill_children(void) {
         long pid = strtol(entry->d_name, &end, 10);
         long parent;
         char state;
-        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state) == 0 && parent == self) {
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL) == 0 && parent == self) {
             kill((pid_t)pid, SIGKILL);
         }
     }
@@ -250,6 +270,7 @@ static void kill_children(void) {
 typedef struct {
     long pid;
     long parent;
+    unsigned long long started;
     char state;
     signed char below; /* 1 below root, 0 not, -1 not known yet */
 } process_entry;
@@ -287,7 +308,7 @@ static long list_processes(process_entry **entries) {
             list = grown;
             capacity *= 2;
         }
-        if (read_parent(pid, &list[count].parent, &list[count].state) == 0) {
+        if (read_parent(pid, &list[count].parent, &list[count].state, &list[count].started) == 0) {
             list[count].pid = pid;
             list[count].below = -1;
             count++;
@@ -342,26 +363,53 @@ static int descends_from(process_entry *list, size_t count, size_t index, long r
     return answer;
 }
 
+/* Whether `list` (sorted by pid, `count` long) holds the process `pid` started at `started`. */
+static int holds(const process_entry *list, size_t count, long pid, unsigned long long started) {
+    process_entry key = {.pid = pid};
+    const process_entry *found = count > 0 ? bsearch(&key, list, count, sizeof *list, compare_pids) : NULL;
+    return found != NULL && found->started == started;
+}
+
 int redlock_kill_tree(pid_t root) {
+    /* The processes sent SIGKILL so far (by pid and start time), sorted by pid. */
+    process_entry *killed = NULL;
+    size_t killed_count = 0;
+    int outcome = -1;
     for (int pass = 0; pass < 64; pass++) {
         process_entry *list = NULL;
         long count = list_processes(&list);
         if (count < 0) {
-            return -1;
+            break;
         }
-        int running = 0;
+        process_entry *grown = realloc(killed, (killed_count + (size_t)count + 1) * sizeof *killed);
+        if (grown == NULL) {
+            free(list);
+            break;
+        }
+        killed = grown;
+        size_t before = killed_count;
         for (size_t i = 0; i < (size_t)count; i++) {
-            if (list[i].state != 'Z' && list[i].state != 'X' && descends_from(list, (size_t)count, i, (long)root)) {
-                kill((pid_t)list[i].pid, SIGKILL);
-                running = 1;
+            if (list[i].state == 'Z' || list[i].state == 'X' || !descends_from(list, (size_t)count, i, (long)root)) {
+                continue;
+            }
+            /* One sent SIGKILL in an earlier pass runs none of its own code again (the signal
+               cannot be blocked or caught) and forks no more: dying, not running. */
+            if (holds(killed, before, list[i].pid, list[i].started)) {
+                continue;
+            }
+            if (kill((pid_t)list[i].pid, SIGKILL) == 0) {
+                killed[killed_count++] = list[i];
             }
         }
         free(list);
-        if (!running) {
-            return 0;
+        if (killed_count == before) {
+            outcome = 0;
+            break;
         }
+        qsort(killed, killed_count, sizeof *killed, compare_pids);
     }
-    return -1;
+    free(killed);
+    return outcome;
 }
 
 int redlock_become_subreaper(void) {

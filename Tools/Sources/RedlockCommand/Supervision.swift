@@ -212,23 +212,28 @@ final class SupervisedCommand: Sendable {
     /// current deadline, if that comes first); later renewals no longer postpone it.
     func terminate(grace: Duration) {
         let killAt = Self.boottimeNanoseconds(ContinuousClock.now.advanced(by: grace))
-        let killAfterNanoseconds = state.withLock { state -> Int64? in
+        let killDeadline = state.withLock { state -> Int64? in
             guard state.controlOpen, !state.terminating else { return nil }
             state.terminating = true
             if killAt < state.deadline {
                 state.deadline = killAt
                 _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_DEADLINE), 0, killAt)
             }
-            return state.deadline - redlock_boottime_ns()
+            return state.deadline
         }
-        guard let killAfterNanoseconds else { return }
+        guard let killDeadline else { return }
         signal(SIGTERM)
         // redlock kills at the same instant, in case the watchdog is stopped: the group, and what
-        // left it (setsid) and was reparented to the watchdog, which would kill that itself.
-        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, killAfterNanoseconds)))) { [self] in
+        // left it (setsid) and was reparented to the watchdog, which would kill that itself. On
+        // a thread of its own sleeping on CLOCK_BOOTTIME to the deadline: no timer leeway (a
+        // dispatch timer may fire a tenth of its delay late) and no queue to wait behind.
+        let killer = Thread { [self] in
+            _ = redlock_sleep_until_boottime(killDeadline)
             signal(SIGKILL)
             killDescendantsOfWatchdog()
         }
+        killer.name = "redlock-kill-at-deadline"
+        killer.start()
     }
 
     /// SIGKILLs every descendant of the watchdog, unless the command has ended (the watchdog

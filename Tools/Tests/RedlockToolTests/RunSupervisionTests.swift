@@ -316,6 +316,9 @@ final class RunSupervisionTests: Sendable {
         #expect(running == 0, "\(running) of \(count) processes below the root still run")
         for pid in below where isAlive(pid) { kill(pid, SIGKILL) }
         await root.kill()
+        // Until init has reaped them: 4,200 zombies make every scan of /proc slow (the next
+        // test's kill at the deadline among them).
+        #expect(await eventually(within: .seconds(30)) { below.allSatisfy { access("/proc/\($0)", F_OK) != 0 } })
     }
 
     @Test("a stopped watchdog leaves nothing running past the lease: redlock's own kill at the deadline reaches what the command detached with setsid too")

@@ -63,11 +63,13 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
    were reparented to it as a child subreaper), reaping until none is left. Blocks. */
 void redlock_kill_descendants(pid_t group);
 
-/* SIGKILLs every descendant of process `root` (not `root` itself), found in /proc, again until a
-   pass finds none left running (at most 64 passes): what a stopped watchdog (`root`) cannot kill,
-   including processes that left the command's group with setsid. Returns 0 once none is left
-   running (killed ones may stay zombies until `root` reaps them), -1 when /proc could not be
-   read or some still ran after the last pass. Blocks. */
+/* SIGKILLs every descendant of process `root` (not `root` itself), found in /proc, in passes
+   until one finds none it has not sent SIGKILL yet (at most 64 passes; a process is told by its
+   pid and start time): what a stopped watchdog (`root`) cannot kill, including processes that
+   left the command's group with setsid. Returns 0 then: every one was sent SIGKILL, which
+   cannot be blocked or caught, so none runs its own code again (each is gone once the kernel
+   schedules it; zombies until `root` reaps them). -1 when /proc could not be read, memory ran
+   out or new ones still appeared in the last pass. Blocks. */
 int redlock_kill_tree(pid_t root);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
@@ -82,5 +84,9 @@ int redlock_watch_receive(int fd, redlock_watch_message *message);
 
 /* CLOCK_BOOTTIME in nanoseconds. */
 int64_t redlock_boottime_ns(void);
+
+/* Sleeps until CLOCK_BOOTTIME reads `deadline_ns` (at once if it has passed), through
+   interrupting signals: 0, or the errno of clock_nanosleep. */
+int redlock_sleep_until_boottime(int64_t deadline_ns);
 
 #endif
