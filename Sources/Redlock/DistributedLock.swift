@@ -174,10 +174,19 @@ public struct DistributedLock: Sendable {
             call, order: everywhere ? order : order.filter { lease.mayHoldOn.contains($0) }, budget: attemptBudget,
             returnWhenDecided: options.failFast, lane: releaseLane
         )
+        // The waiter's attempt goes right behind the deletes when both go on one lane; on the
+        // other (locks of the name with another replicaAcknowledgements), once the release is
+        // decided: sent at once, a node could run it before the delete and refuse it.
+        let behind = handedOver.map { $0.lane == releaseLane } ?? true
         let sentAt = ContinuousClock.now
-        client.send(release, then: handedOver)
-        claimed?.resume(sentAt: sentAt)
+        client.send(release, then: behind ? handedOver : nil)
+        if behind { claimed?.resume(sentAt: sentAt) }
         let votes = await client.votes(of: release, cancellable: false)
+        if !behind, let handedOver {
+            let handedAt = ContinuousClock.now
+            client.send(handedOver)
+            claimed?.resume(sentAt: handedAt)
+        }
         // The release went out: a scope holding this lease (a copy released from outside it)
         // must not run on, whatever the nodes said. (A scope's own release left its slot
         // first.) Not before its votes are in: the scope's own release would race this one.

@@ -131,7 +131,10 @@ public struct LockOptions: Sendable {
     /// beyond the node's command timeout before they count the node as silent; with an
     /// ``attemptBudget`` under about 250 ms, a node whose replicas do not acknowledge may still
     /// answer after the attempt is decided and count as silent (`noAnswer`) rather than
-    /// `notReplicated`. Give every lock object of one name the same setting.
+    /// `notReplicated`. Give every lock object of one name the same setting: commands on the two
+    /// connections to a node run in no set order (an unlock goes on the lease's own connections,
+    /// but an extend with ``setNXOnExtend`` through a lock with the other setting can re-create
+    /// a key after the unlock deleted it).
     ///
     /// It does not make replication synchronous (Redis's `WAIT` documentation says the same): a
     /// failover that promotes a replica that did not acknowledge — one of more replicas than

@@ -81,6 +81,37 @@ struct ReplayTrackingTests {
         }
     }
 
+    @Test("a lease made on the acknowledged connections, released through a lock on the shared ones to a waiter there: the waiter's handed attempt goes once the release is decided, and gets the lock")
+    func handoffToAWaiterOnTheOtherLane() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .seconds(2), commandTimeout: .seconds(5)) })
+            try await withTeardown {
+                let shared = try client.makeLock("hand", options: LockOptions(expiry: .seconds(30), tries: 1))
+                // Two tries: the first is refused (held); the second is the one handed over, and
+                // nothing else would come within the test (a minute's retry delay, no messages).
+                var waiterOptions = LockOptions(expiry: .seconds(30), tries: 2)
+                waiterOptions.retryDelay = RetryDelay { _ in .seconds(60) }
+                waiterOptions.fastHandoff = false
+                let waiterLock = try client.makeLock("hand", options: waiterOptions)
+                // As a lock() on the acknowledged connections makes it (these nodes have no replicas).
+                var lease = try await shared.lock()
+                lease.origin = Lease.Origin(client: client.serial, lane: .acknowledged)
+                let waiter = Task { try await waiterLock.unlock(try await waiterLock.lock()) }
+                #expect(await eventually { client.coordination.waiterCount(of: "hand") == 1 })
+                // The acknowledged connections are busy (another lock's WAIT) when the release
+                // goes there.
+                for node in client.acknowledgedNodes {
+                    _ = try await node.send(RedisCommand("PING"))
+                    node.send(RedisCommand("WAIT", "5", "500")) { _ in }
+                }
+                try await shared.unlock(lease)
+                await #expect(throws: Never.self) { try await waiter.value }
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
     @Test("a lease released through another client's lock while its acquire to a frozen node still waits for a connect: the release, lost, is kept and deletes the key the acquire sets once the node wakes")
     func releaseThroughAnotherClient() async throws {
         try await withRedisServers(3) { servers throws in

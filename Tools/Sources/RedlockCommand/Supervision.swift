@@ -227,8 +227,13 @@ final class SupervisedCommand: Sendable {
         // left it (setsid) and was reparented to the watchdog, which would kill that itself. On
         // a thread of its own sleeping on CLOCK_BOOTTIME to the deadline: no timer leeway (a
         // dispatch timer may fire a tenth of its delay late) and no queue to wait behind.
+        // (If CLOCK_BOOTTIME cannot be slept on, the same instant on the monotonic clock.)
+        let fallback = ContinuousClock.now.advanced(by: .nanoseconds(max(0, killDeadline - redlock_boottime_ns())))
         let killer = Thread { [self] in
-            _ = redlock_sleep_until_boottime(killDeadline)
+            if redlock_sleep_until_boottime(killDeadline) != 0 {
+                let left = ContinuousClock.now.duration(to: fallback)
+                if left > .zero { Thread.sleep(forTimeInterval: Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18) }
+            }
             signal(SIGKILL)
             killDescendantsOfWatchdog()
         }
@@ -246,9 +251,10 @@ final class SupervisedCommand: Sendable {
         }
     }
 
-    /// When `redlock` itself found nothing below the watchdog left running after its kill at
-    /// the deadline (CLOCK_BOOTTIME nanoseconds): a stopped watchdog reports the command gone
-    /// only once it runs again.
+    /// When `redlock` itself had sent SIGKILL to everything below the watchdog at the deadline
+    /// (CLOCK_BOOTTIME nanoseconds; ``redlock_kill_tree``): from then on none of it runs its own
+    /// code again (a write already inside the kernel may still complete). A stopped watchdog
+    /// reports the command gone only once it runs again.
     var killedEverythingAt: Int64? { state.withLock { $0.killedEverythingAt } }
 
     /// Waits until the command has ended and its watchdog has been reaped; closes the control
