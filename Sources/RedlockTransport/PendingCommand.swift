@@ -74,7 +74,7 @@ final class PendingCommand: Sendable {
     /// answer, or a connect that failed while it waited (``replay()``).
     let replayWindow: ReplayWindow?
     /// For a command that may set a key to a value: the window of that value's releases, told
-    /// on which connections it was staged (``ReplayWindow/init(tracksWhereSet:)``).
+    /// for which nodes it was staged (``ReplayWindow/init(tracksWhereSet:)``).
     let setting: ReplayWindow?
     /// A copy made by ``replay()``: written only while its window is open.
     let isReplay: Bool
