@@ -388,6 +388,7 @@ int redlock_kill_tree(pid_t root) {
         }
         killed = grown;
         size_t before = killed_count;
+        int refused = 0;
         for (size_t i = 0; i < (size_t)count; i++) {
             if (list[i].state == 'Z' || list[i].state == 'X' || !descends_from(list, (size_t)count, i, (long)root)) {
                 continue;
@@ -399,11 +400,13 @@ int redlock_kill_tree(pid_t root) {
             }
             if (kill((pid_t)list[i].pid, SIGKILL) == 0) {
                 killed[killed_count++] = list[i];
+            } else if (errno != ESRCH) {
+                refused = 1; /* EPERM: one it may not kill runs on */
             }
         }
         free(list);
         if (killed_count == before) {
-            outcome = 0;
+            outcome = refused ? -1 : 0;
             break;
         }
         qsort(killed, killed_count, sizeof *killed, compare_pids);

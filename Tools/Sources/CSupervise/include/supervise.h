@@ -69,7 +69,7 @@ void redlock_kill_descendants(pid_t group);
    left the command's group with setsid. Returns 0 then: every one was sent SIGKILL, which
    cannot be blocked or caught, so none runs its own code again (each is gone once the kernel
    schedules it; zombies until `root` reaps them). -1 when /proc could not be read, memory ran
-   out or new ones still appeared in the last pass. Blocks. */
+   out, one could not be signalled (EPERM) or new ones still appeared in the last pass. Blocks. */
 int redlock_kill_tree(pid_t root);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
