@@ -25,9 +25,9 @@ extension DistributedLock {
         // (A value of the caller's own is never sent again: its window is closed for good, and
         // marks its releases as releases all the same.)
         // Only this call's attempts set its value's key, unless a fair lock's release hands it
-        // over or an extend re-creates it: where none was written, no lost release is kept.
-        let window = options.value.mayAlreadyBeHeld
-            ? ReplayWindow.closedForGood : ReplayWindow(tracksWhereSet: !options.fair && !options.setNXOnExtend)
+        // over: where none was written, no lost release is kept. (An extend that re-creates keys
+        // ends the record itself: ReplayWindow.mayBeSetAnywhere().)
+        let window = options.value.mayAlreadyBeHeld ? ReplayWindow.closedForGood : ReplayWindow(tracksWhereSet: !options.fair)
         var ticket: Int?
         if options.singleFlight {
             if tries == 1 {
