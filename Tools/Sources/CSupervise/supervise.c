@@ -246,27 +246,6 @@ static int read_parent(long pid, long *parent, char *state, unsigned long long *
     return result;
 }
 
-/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
-   that left its process group (setsid) and were reparented here (a child subreaper). */
-static void kill_children(void) {
-    pid_t self = getpid();
-    DIR *processes = opendir("/proc");
-    if (processes == NULL) {
-        return;
-    }
-    struct dirent *entry;
-    while ((entry = readdir(processes)) != NULL) {
-        char *end;
-        long pid = strtol(entry->d_name, &end, 10);
-        long parent;
-        char state;
-        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL) == 0 && parent == self) {
-            kill((pid_t)pid, SIGKILL);
-        }
-    }
-    closedir(processes);
-}
-
 typedef struct {
     long pid;
     long parent;
@@ -370,49 +349,352 @@ static int holds(const process_entry *list, size_t count, long pid, unsigned lon
     return found != NULL && found->started == started;
 }
 
-int redlock_kill_tree(pid_t root) {
-    /* The processes sent SIGKILL so far (by pid and start time), sorted by pid. */
-    process_entry *killed = NULL;
-    size_t killed_count = 0;
-    int outcome = -1;
-    for (int pass = 0; pass < 64; pass++) {
+/* Whether a process in `state` (of /proc/PID/stat) runs none of its code: stopped (or traced),
+   or a zombie. */
+static int is_still_state(char state) {
+    return state == 'T' || state == 't' || state == 'Z' || state == 'X' || state == 'x';
+}
+
+/* Nanoseconds on the monotonic clock. */
+static int64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* How long a kill of a tree waits for the processes it stopped to stop. */
+enum { STOP_WAIT_NS = 1000000000 };
+
+int redlock_kill_tree_by_scan(pid_t root) {
+    /* The processes sent SIGSTOP so far (by pid and start time), sorted by pid. */
+    process_entry *stopped = NULL;
+    size_t stopped_count = 0;
+    int complete = 0;
+    int failed = 0;
+    int refused = 0;
+    /* Whether the last pass found none new and saw every one found stopped or gone. */
+    int quiet = 0;
+    int64_t started = monotonic_ns();
+    while (!complete && !failed) {
         process_entry *list = NULL;
         long count = list_processes(&list);
         if (count < 0) {
+            failed = 1;
             break;
         }
-        process_entry *grown = realloc(killed, (killed_count + (size_t)count + 1) * sizeof *killed);
+        process_entry *grown = realloc(stopped, (stopped_count + (size_t)count + 1) * sizeof *stopped);
         if (grown == NULL) {
             free(list);
+            failed = 1;
             break;
         }
-        killed = grown;
-        size_t before = killed_count;
-        int refused = 0;
+        stopped = grown;
+        size_t before = stopped_count;
+        int still = 1;
         for (size_t i = 0; i < (size_t)count; i++) {
-            if (list[i].state == 'Z' || list[i].state == 'X' || !descends_from(list, (size_t)count, i, (long)root)) {
+            if (!descends_from(list, (size_t)count, i, (long)root)) {
                 continue;
             }
-            /* One sent SIGKILL in an earlier pass runs none of its own code again (the signal
-               cannot be blocked or caught) and forks no more: dying, not running. */
-            if (holds(killed, before, list[i].pid, list[i].started)) {
+            if (holds(stopped, before, list[i].pid, list[i].started)) {
+                still = still && is_still_state(list[i].state);
                 continue;
             }
-            if (kill((pid_t)list[i].pid, SIGKILL) == 0) {
-                killed[killed_count++] = list[i];
+            if (list[i].state == 'Z' || list[i].state == 'X') {
+                continue;
+            }
+            if (kill((pid_t)list[i].pid, SIGSTOP) == 0) {
+                stopped[stopped_count++] = list[i];
             } else if (errno != ESRCH) {
-                refused = 1; /* EPERM: one it may not kill runs on */
+                refused = 1; /* EPERM: one it may not signal runs on */
             }
         }
         free(list);
-        if (killed_count == before) {
-            outcome = refused ? -1 : 0;
+        if (stopped_count > before) {
+            qsort(stopped, stopped_count, sizeof *stopped, compare_pids);
+            quiet = 0;
+            continue;
+        }
+        /* Two quiet passes in a row: during the second the tree held still (see
+           kill_tree_by_children), so its snapshot holds every process in it. */
+        if (quiet) {
+            complete = 1;
+        } else if (monotonic_ns() - started > STOP_WAIT_NS) {
+            failed = 1;
+        } else {
+            quiet = still;
+            if (!still) {
+                struct timespec pause = {.tv_sec = 0, .tv_nsec = 50000};
+                nanosleep(&pause, NULL);
+            }
+        }
+    }
+    for (size_t i = 0; i < stopped_count; i++) {
+        if (kill((pid_t)stopped[i].pid, SIGKILL) != 0 && errno != ESRCH) {
+            failed = 1;
+        }
+    }
+    free(stopped);
+    return complete && !failed && !refused ? 0 : -1;
+}
+
+/* A growable array of pids. */
+typedef struct {
+    long *items;
+    size_t count;
+    size_t capacity;
+} pid_array;
+
+static int pid_array_append(pid_array *array, long pid) {
+    if (array->count == array->capacity) {
+        size_t capacity = array->capacity == 0 ? 64 : 2 * array->capacity;
+        long *grown = realloc(array->items, capacity * sizeof *grown);
+        if (grown == NULL) {
+            return -1;
+        }
+        array->items = grown;
+        array->capacity = capacity;
+    }
+    array->items[array->count++] = pid;
+    return 0;
+}
+
+/* A set of pids: open addressing with linear probing, 0 marking a free slot, at most half full. */
+typedef struct {
+    long *slots;
+    size_t capacity; /* 0 or a power of two */
+    size_t count;
+} pid_set;
+
+static size_t pid_slot(long pid, size_t capacity) {
+    return ((size_t)pid * 0x9E3779B97F4A7C15ull) & (capacity - 1);
+}
+
+static int pid_set_contains(const pid_set *set, long pid) {
+    if (set->capacity == 0) {
+        return 0;
+    }
+    for (size_t at = pid_slot(pid, set->capacity);; at = (at + 1) & (set->capacity - 1)) {
+        if (set->slots[at] == 0) {
+            return 0;
+        }
+        if (set->slots[at] == pid) {
+            return 1;
+        }
+    }
+}
+
+/* Adds `pid` (> 0, not in the set yet); 0, or -1 when memory ran out. */
+static int pid_set_add(pid_set *set, long pid) {
+    if (2 * (set->count + 1) > set->capacity) {
+        size_t capacity = set->capacity == 0 ? 128 : 2 * set->capacity;
+        long *slots = calloc(capacity, sizeof *slots);
+        if (slots == NULL) {
+            return -1;
+        }
+        for (size_t i = 0; i < set->capacity; i++) {
+            if (set->slots[i] != 0) {
+                size_t at = pid_slot(set->slots[i], capacity);
+                while (slots[at] != 0) {
+                    at = (at + 1) & (capacity - 1);
+                }
+                slots[at] = set->slots[i];
+            }
+        }
+        free(set->slots);
+        set->slots = slots;
+        set->capacity = capacity;
+    }
+    size_t at = pid_slot(pid, set->capacity);
+    while (set->slots[at] != 0) {
+        at = (at + 1) & (set->capacity - 1);
+    }
+    set->slots[at] = pid;
+    set->count++;
+    return 0;
+}
+
+/* Whether this kernel lists each task's children in /proc/PID/task/TID/children
+   (CONFIG_PROC_CHILDREN). */
+static int children_files_exist(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)getpid(), (long)getpid());
+    return access(path, R_OK) == 0;
+}
+
+/* Appends the pids in /proc/PID/task/TID/children (space-separated decimals) to `children`;
+   0, also when the thread is gone; -1 when the file cannot be read or memory ran out. */
+static int read_children_file(long pid, long tid, pid_array *children) {
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    }
+    char buffer[4096];
+    long value = 0;
+    int digits = 0;
+    int result = 0;
+    for (;;) {
+        ssize_t got = read(fd, buffer, sizeof buffer);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0) {
+            result = errno == ESRCH ? 0 : -1;
             break;
         }
-        qsort(killed, killed_count, sizeof *killed, compare_pids);
+        if (got == 0) {
+            break;
+        }
+        for (ssize_t i = 0; i < got && result == 0; i++) {
+            if (buffer[i] >= '0' && buffer[i] <= '9') {
+                value = value * 10 + (buffer[i] - '0');
+                digits = 1;
+            } else if (digits) {
+                result = pid_array_append(children, value);
+                value = 0;
+                digits = 0;
+            }
+        }
+        if (result != 0) {
+            break;
+        }
     }
-    free(killed);
-    return outcome;
+    if (result == 0 && digits) {
+        result = pid_array_append(children, value);
+    }
+    close(fd);
+    return result;
+}
+
+/* Appends the children of process `pid` (those of each of its threads) to `children`. 0, also
+   when the process is gone (its children went to a subreaper above it, or to init); -1 when
+   /proc could not be read or memory ran out. */
+static int read_children(long pid, pid_array *children) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/task", pid);
+    DIR *tasks = opendir(path);
+    if (tasks == NULL) {
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    }
+    int result = 0;
+    struct dirent *entry;
+    while (result == 0 && (entry = readdir(tasks)) != NULL) {
+        char *end;
+        long tid = strtol(entry->d_name, &end, 10);
+        if (*end == '\0' && tid > 0) {
+            result = read_children_file(pid, tid, children);
+        }
+    }
+    closedir(tasks);
+    return result;
+}
+
+/* Whether process `pid` runs none of its code: stopped (or traced), a zombie, or gone. */
+static int is_still(long pid) {
+    long parent;
+    char state;
+    errno = 0;
+    if (read_parent(pid, &parent, &state, NULL) != 0) {
+        return errno == ENOENT || errno == ESRCH;
+    }
+    return is_still_state(state);
+}
+
+/* The descendants of `root` from the children files, stopped as they are found, then killed. A
+   pass reads the children of `root` and of every process found so far (those found in it too),
+   and sends SIGSTOP to each new one. Once a pass that began with every one found stopped (or
+   dead) finds none new, the tree is complete: a stopped process neither forks nor exits nor
+   reaps, so its list of children holds still, and a process not found would be in the list of
+   its parent, found or `root`. (Stopping rather than killing at once: a dying process hands its
+   children to the nearest subreaper above it, or to init, where no walk from `root` finds them.)
+   Then each gets SIGKILL. 0 when the tree was complete and each was signalled; -1 otherwise:
+   /proc or memory failed, one could not be signalled (EPERM), or some still ran (in
+   uninterruptible sleep, say) a second after the walk began; those found get SIGKILL all the
+   same. `root` must not reap children meanwhile (the list of a process with
+   over a page of children is read in several calls, and one reaped between them can hide the
+   next). */
+static int kill_tree_by_children(long root) {
+    pid_set found = {0};
+    pid_array order = {0};
+    pid_array children = {0};
+    int complete = 0;
+    int failed = 0;
+    int refused = 0;
+    /* Whether each one found was seen stopped or dead (it stays so: only SIGCONT from someone
+       else would make it run again). */
+    unsigned char *settled = NULL;
+    int64_t started = monotonic_ns();
+    while (!failed && !complete) {
+        int still = 1;
+        for (size_t i = 0; i < order.count; i++) {
+            if (!settled[i]) {
+                settled[i] = (unsigned char)is_still(order.items[i]);
+                still = still && settled[i];
+            }
+        }
+        size_t before = order.count;
+        /* Index 0 is `root`, i the i-th process found (order grows while the pass reads). */
+        for (size_t i = 0; i <= order.count && !failed; i++) {
+            children.count = 0;
+            if (read_children(i == 0 ? root : order.items[i - 1], &children) != 0) {
+                failed = 1;
+                break;
+            }
+            for (size_t j = 0; j < children.count; j++) {
+                long child = children.items[j];
+                if (child <= 0 || pid_set_contains(&found, child)) {
+                    continue;
+                }
+                if (kill((pid_t)child, SIGSTOP) != 0) {
+                    /* ESRCH: gone meanwhile (its children, if any, are looked for again). EPERM:
+                       one it may not signal runs on; not tried again, nor its children. */
+                    if (errno != ESRCH) {
+                        refused = 1;
+                        failed = pid_set_add(&found, child) != 0;
+                    }
+                    continue;
+                }
+                unsigned char *grown = realloc(settled, order.count + 1);
+                if (grown == NULL) {
+                    failed = 1;
+                    break;
+                }
+                settled = grown;
+                settled[order.count] = 0;
+                if (pid_set_add(&found, child) != 0 || pid_array_append(&order, child) != 0) {
+                    failed = 1;
+                    break;
+                }
+            }
+        }
+        if (failed || order.count > before) {
+            continue;
+        }
+        if (still) {
+            complete = 1;
+        } else if (monotonic_ns() - started > STOP_WAIT_NS) {
+            failed = 1; /* some did not stop within a second */
+        } else {
+            /* Give the stops time to land (the processes must be scheduled to stop). */
+            struct timespec pause = {.tv_sec = 0, .tv_nsec = 50000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    for (size_t i = 0; i < order.count; i++) {
+        if (kill((pid_t)order.items[i], SIGKILL) != 0 && errno != ESRCH) {
+            failed = 1;
+        }
+    }
+    free(settled);
+    free(found.slots);
+    free(order.items);
+    free(children.items);
+    return complete && !failed && !refused ? 0 : -1;
+}
+
+int redlock_kill_tree(pid_t root) {
+    return children_files_exist() ? kill_tree_by_children(root) : redlock_kill_tree_by_scan(root);
 }
 
 int redlock_become_subreaper(void) {
@@ -423,8 +705,12 @@ void redlock_kill_descendants(pid_t group) {
     if (group > 0) {
         kill(-group, SIGKILL);
     }
+    /* Once a walk sent SIGKILL to every descendant, none forks again: what is left is reaping. */
+    int killed_all = 0;
     for (;;) {
-        kill_children();
+        if (!killed_all) {
+            killed_all = redlock_kill_tree(getpid()) == 0;
+        }
         int status;
         pid_t reaped = waitpid(-1, &status, 0);
         if (reaped < 0 && errno == EINTR) {
@@ -444,7 +730,7 @@ void redlock_kill_descendants(pid_t group) {
 static void kill_command(pid_t group, int *killed, const char *why, int32_t kind) {
     *killed = 1;
     kill(-group, SIGKILL);
-    kill_children();
+    redlock_kill_tree(getpid());
     say(why);
     redlock_watch_send(STATUS_FD, kind, 0, redlock_boottime_ns());
 }

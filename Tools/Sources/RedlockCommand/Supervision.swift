@@ -241,9 +241,10 @@ final class SupervisedCommand: Sendable {
         killer.start()
     }
 
-    /// SIGKILLs every descendant of the watchdog, unless the command has ended (the watchdog
-    /// then killed them; once reaped, its pid may be another process's). Notes when none was
-    /// left running (``killedEverythingAt``).
+    /// Stops, then SIGKILLs, every descendant of the watchdog (``redlock_kill_tree``: a walk of
+    /// the command's tree, whose cost grows with its processes, not the host's), unless the
+    /// command has ended (the watchdog then killed them; once reaped, its pid may be another
+    /// process's). Notes when none was left running (``killedEverythingAt``).
     private func killDescendantsOfWatchdog() {
         state.withLock { state in
             guard !state.ended else { return }

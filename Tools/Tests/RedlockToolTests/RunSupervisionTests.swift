@@ -84,6 +84,18 @@ private func runningDescendants(of root: Int32) -> [Int32] {
 }
 
 /// The pids of `parent`'s children.
+/// Running `sleep` processes whose parent is init and whose pid is above `pid` (started after it,
+/// pids not having wrapped meanwhile): what a kill of `pid`'s tree let escape to init.
+private func orphanedSleeps(after pid: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { candidate in
+        guard candidate > pid, let stat = try? String(contentsOfFile: "/proc/\(candidate)/stat", encoding: .utf8),
+              stat.contains("(sleep)"), let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && fields[0] != "Z" && fields[1] == "1"
+    }
+}
+
 private func children(of parent: Int32) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap { Int32($0) }.filter { pid in
@@ -293,32 +305,120 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("the kill at the deadline (redlock_kill_tree) reaches every process below its root, however many: 4,200 of them, two levels down")
-    func killTreeHasNoCap() async throws {
-        // Two levels: a subshell that starts the sleeps, below the root shell; the root waits.
+    /// Runs `body` with `count` sleeping processes two levels below a shell (`root`; `members`
+    /// is every process below it), then kills what is left of them and waits until init has
+    /// reaped them all: thousands of zombies slow down every reader of /proc after the test.
+    private func withProcessCrowd(_ count: Int, _ body: (_ root: Int32, _ members: [Int32]) async throws -> Void) async throws {
         let root = try await HelperProcess.start(
             executable: "/bin/sh",
-            arguments: ["-c", "(i=0; while [ $i -lt 4200 ]; do sleep 600 & i=$((i+1)); done; echo started; wait) & wait"],
+            arguments: ["-c", "(i=0; while [ $i -lt \(count) ]; do sleep 600 & i=$((i+1)); done; echo started; wait) & wait"],
             readyMarker: "started", timeout: .seconds(120)
         )
-        let below = runningDescendants(of: root.processIdentifier)
-        let count = below.count
-        #expect(count >= 4_201, "\(count) processes below the root")
-        #expect(redlock_kill_tree(root.processIdentifier) == 0)
-        // Each was sent SIGKILL, which nothing can block or catch: it runs no more of its own
-        // code, and is gone once scheduled again (4,200 take a moment on two cores). Looked up
-        // by pid: a sleep whose subshell died first has another parent now.
-        var running = count
-        _ = await eventually(within: .seconds(30)) {
-            running = below.count { isAlive($0) }
-            return running == 0
+        let members = runningDescendants(of: root.processIdentifier)
+        do {
+            try await body(root.processIdentifier, members)
+        } catch {
+            for pid in members where isAlive(pid) { kill(pid, SIGKILL) }
+            await root.kill()
+            throw error
         }
-        #expect(running == 0, "\(running) of \(count) processes below the root still run")
-        for pid in below where isAlive(pid) { kill(pid, SIGKILL) }
+        for pid in members where isAlive(pid) { kill(pid, SIGKILL) }
         await root.kill()
-        // Until init has reaped them: 4,200 zombies make every scan of /proc slow (the next
-        // test's kill at the deadline among them).
-        #expect(await eventually(within: .seconds(30)) { below.allSatisfy { access("/proc/\($0)", F_OK) != 0 } })
+        #expect(await eventually(within: .seconds(30)) { members.allSatisfy { access("/proc/\($0)", F_OK) != 0 } })
+    }
+
+    @Test(
+        "the kill at the deadline (redlock_kill_tree) reaches every process below its root, however many: 4,200 of them, two levels down",
+        arguments: ["children files", "scan of /proc"]
+    )
+    func killTreeHasNoCap(way: String) async throws {
+        try await withProcessCrowd(4_200) { root, below in
+            let count = below.count
+            #expect(count >= 4_201, "\(count) processes below the root")
+            #expect((way == "scan of /proc" ? redlock_kill_tree_by_scan(root) : redlock_kill_tree(root)) == 0)
+            // Each was sent SIGKILL, which nothing can block or catch: it runs no more of its own
+            // code, and is gone once scheduled again (4,200 take a moment on two cores). Looked up
+            // by pid: a sleep whose subshell died first has another parent now.
+            var running = count
+            _ = await eventually(within: .seconds(30)) {
+                running = below.count { isAlive($0) }
+                return running == 0
+            }
+            #expect(running == 0, "\(running) of \(count) processes below the root still run")
+        }
+    }
+
+    @Test(
+        "a tree that forks as fast as it can while the kill walks it is killed whole (a process is stopped before its children are read: killed first, it could hand them to init before they are found)",
+        arguments: ["children files", "scan of /proc"]
+    )
+    func killTreeWhileForking(way: String) async throws {
+        // The loop's sleeps are its own children: none is orphaned unless the loop dies first.
+        let root = try await HelperProcess.start(
+            executable: "/bin/sh", arguments: ["-c", "(echo started; while :; do sleep 600 & done) & wait"], readyMarker: "started"
+        )
+        defer { for pid in runningDescendants(of: root.processIdentifier) { kill(pid, SIGKILL) } }
+        #expect(await eventually(within: .seconds(20)) { runningDescendants(of: root.processIdentifier).count >= 300 })
+        #expect((way == "scan of /proc" ? redlock_kill_tree_by_scan(root.processIdentifier) : redlock_kill_tree(root.processIdentifier)) == 0)
+        var below = runningDescendants(of: root.processIdentifier)
+        var escaped: [Int32] = []
+        _ = await eventually(within: .seconds(30)) {
+            below = runningDescendants(of: root.processIdentifier)
+            // A sleep orphaned to init would not be below the root any more: look for any
+            // sleep 600 not below the root that started after the root did.
+            escaped = orphanedSleeps(after: root.processIdentifier)
+            return below.isEmpty && escaped.isEmpty
+        }
+        #expect(below.isEmpty, "\(below.count) processes below the root still run")
+        #expect(escaped.isEmpty, "\(escaped.count) of the tree's processes were handed to init and run on")
+        for pid in escaped { kill(pid, SIGKILL) }
+        await root.kill()
+    }
+
+    @Test(
+        "among 8,000 other processes, the kill at the deadline still lands within the lease's margin (it walks the command's tree, not all of /proc): by the watchdog when redlock is stopped, by redlock when the watchdog is",
+        arguments: ["stop redlock", "stop the watchdog"]
+    )
+    func deadlineKillAmongManyProcesses(fault: String) async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withProcessCrowd(8_000) { _, _ in
+            try await withRedisServers(1) { servers throws in
+                let (detached, own) = (temporaryFile("detached"), temporaryFile("own"))
+                // The detached job is a grandchild whose parent (a subshell in the command's group)
+                // lives until the group is killed: it is not the watchdog's child at the deadline.
+                let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "crowded", "--ttl", "1s", "--grace", "200ms",
+                                          "--verbose", "--", "sh", "-c",
+                                          "(setsid \(worker) heartbeat --file \(detached) --duration-ms 30000 & wait) & "
+                                            + "\(worker) heartbeat --file \(own) --duration-ms 30000"])
+                #expect(await eventually(within: .seconds(20)) { Beats(file: detached).beats.count >= 2 && Beats(file: own).beats.count >= 2 })
+                let supervisor = run.process.processIdentifier
+                let watchdog = try #require(children(of: supervisor).first)
+                if fault == "stop redlock" {
+                    #expect(kill(supervisor, SIGSTOP) == 0)
+                } else {
+                    #expect(kill(watchdog, SIGSTOP) == 0)
+                    try await servers[0].pause()
+                }
+                let detachedPid = try #require(Beats(file: detached).pid)
+                #expect(await eventually(within: .seconds(10)) { !isAlive(detachedPid) }, "the detached job outlived the lease")
+                if fault == "stop redlock" {
+                    _ = kill(supervisor, SIGCONT)
+                } else {
+                    // Past the lease's end (1 s) before the watchdog runs again.
+                    try await Task.sleep(for: .milliseconds(1_200))
+                    try servers[0].resume()
+                    _ = kill(watchdog, SIGCONT)
+                }
+                let (status, _, stderr) = await run.finish()
+                #expect(status == 124, "stderr: \(stderr)")
+                let validUntil = try #require(lastValidUntil(in: stderr), "stderr: \(stderr)")
+                for file in [detached, own] {
+                    let lastBeat = try #require(Beats(file: file).beats.last)
+                    #expect(lastBeat < validUntil, "\(file): ran \(Double(lastBeat - validUntil) / 1e6) ms past the lease's validity")
+                    print("\(fault), 8,000 other processes: the last beat was \(Double(validUntil - lastBeat) / 1e6) ms before validUntil")
+                }
+            }
+        }
     }
 
     @Test("a stopped watchdog leaves nothing running past the lease: redlock's own kill at the deadline reaches what the command detached with setsid too")
