@@ -72,7 +72,8 @@ enum Scripts {
     /// the latest time any acquire saw; every acquire writes `HIGHEST` when its time is later (one
     /// more write per acquire). Without a well-formed marker the script makes one; with
     /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
-    /// counter to the node's time in µs. When `TIME` is below `HIGHEST` the node's clock went
+    /// counter to the node's time in µs (a counter `INCR` would refuse is left as it is and
+    /// refused as the grant refuses it, with a `WRONGTYPE` error naming it). When `TIME` is below `HIGHEST` the node's clock went
     /// back: it returns -4 with how far behind, in ms (`{-4, ms}`, or the time reply with the ms
     /// as a fourth element) and sets nothing, until the clock is past `HIGHEST` again (a key set
     /// while the clock is behind would expire early once it is put right). While the marker is
@@ -103,11 +104,8 @@ enum Scripts {
             redis.call('SET', KEYS[2], string.format('%.0f %.0f', now, now))
             if ARGV[3] ~= '' then
                 if KEYS[3] then
-                    local seed = tonumber(time[1]) * 1000000 + tonumber(time[2])
-                    local counter = tonumber(redis.call('GET', KEYS[3]))
-                    if counter == nil or counter < seed then
-                        redis.call('SET', KEYS[3], string.format('%.0f', seed))
-                    end
+                    local seed = string.format('%.0f', tonumber(time[1]) * 1000000 + tonumber(time[2]))
+                    \(raiseStatements(counter: "KEYS[3]", to: "seed", purpose: "to seed"))
                 end
                 return reply(-3)
             end
@@ -344,17 +342,25 @@ enum Scripts {
     /// below 2^53); the token comes in canonical digits.
     private static func raise(counter: String, to token: String) -> String {
         """
+        \(raiseStatements(counter: counter, to: token, purpose: "of the fencing round"))
+        return 1
+        """
+    }
+
+    /// The statements of ``raise(counter:to:)`` without its reply; a counter `INCR` would refuse
+    /// is an error reply saying it holds no integer `purpose` (a missing one counts as 0).
+    private static func raiseStatements(counter: String, to token: String, purpose: String) -> String {
+        """
         local held = redis.call('GET', \(counter)) or '0'
         -- What INCR reads as a counter: digits without a sign or a leading zero, at most 2^63-1.
         if not string.match(held, '^%d+$') or (#held > 1 and string.sub(held, 1, 1) == '0') or #held > 19
             or (#held == 19 and held > '9223372036854775807') then
-            return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer of the fencing round')
+            return redis.error_reply('WRONGTYPE the fencing counter ' .. \(counter) .. ' holds no integer \(purpose)')
         end
         local want = \(token)
         if #held < #want or (#held == #want and held < want) then
             redis.call('SET', \(counter), want)
         end
-        return 1
         """
     }
 

@@ -126,6 +126,24 @@ struct EpochGuardTests {
     }
 
     @Test(
+        "a node without a marker whose counter holds no integer (or a negative one) refuses for good, naming the counter, as the grant would: the seeding leaves the counter as it was",
+        arguments: ["abc", "-1", " 5", "007", "1e3"]
+    )
+    func seedOverNoInteger(held: String) async throws {
+        try await withLockNodes(3) { client, servers in
+            for server in servers.prefix(2) { try await server.set("redlock:fence", to: held) }
+            var options = guarded(expiry: .milliseconds(300), guard: .milliseconds(300), fencing: true)
+            options.retryDelay = .constant(.milliseconds(50))
+            let error = await #expect(throws: RedlockError.self) { try await client.makeLock("seeded", options: options).lock() }
+            #expect(error?.message.contains("not retried: nodes refused for good") == true, "\(String(describing: error))")
+            let causes = error?.nodes.filter { $0.node < 2 }.compactMap(\.cause.error) ?? []
+            #expect(causes.count == 2 && causes.allSatisfy { $0.isPermanent && $0.message.contains("redlock:fence") }, "\(causes)")
+            #expect(try await values(of: "redlock:fence", on: Array(servers.prefix(2))) == [held, held], "the counter was changed")
+            #expect(try await values(of: "seeded", on: servers) == [nil, nil, nil])
+        }
+    }
+
+    @Test(
         "a marker that is not two whole numbers (text, nan, inf, a float, a negative) is replaced and the node is young; a latest time in the future (the clock was set back) refuses until the clock passes it",
         arguments: ["not a number", "nan", "nan nan", "inf inf", "-5 -5", "1e3 1e3", "1700000000000"]
     )
