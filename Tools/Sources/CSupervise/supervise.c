@@ -246,6 +246,27 @@ static int read_parent(long pid, long *parent, char *state, unsigned long long *
     return result;
 }
 
+/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
+   that left its process group (setsid) and were reparented here (a child subreaper). */
+static void kill_children(void) {
+    pid_t self = getpid();
+    DIR *processes = opendir("/proc");
+    if (processes == NULL) {
+        return;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(processes)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        long parent;
+        char state;
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL) == 0 && parent == self) {
+            kill((pid_t)pid, SIGKILL);
+        }
+    }
+    closedir(processes);
+}
+
 typedef struct {
     long pid;
     long parent;
@@ -347,94 +368,6 @@ static int holds(const process_entry *list, size_t count, long pid, unsigned lon
     process_entry key = {.pid = pid};
     const process_entry *found = count > 0 ? bsearch(&key, list, count, sizeof *list, compare_pids) : NULL;
     return found != NULL && found->started == started;
-}
-
-/* Whether a process in `state` (of /proc/PID/stat) runs none of its code: stopped (or traced),
-   or a zombie. */
-static int is_still_state(char state) {
-    return state == 'T' || state == 't' || state == 'Z' || state == 'X' || state == 'x';
-}
-
-/* Nanoseconds on the monotonic clock. */
-static int64_t monotonic_ns(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-/* How long a kill of a tree waits for the processes it stopped to stop. */
-enum { STOP_WAIT_NS = 1000000000 };
-
-int redlock_kill_tree_by_scan(pid_t root) {
-    /* The processes sent SIGSTOP so far (by pid and start time), sorted by pid. */
-    process_entry *stopped = NULL;
-    size_t stopped_count = 0;
-    int complete = 0;
-    int failed = 0;
-    int refused = 0;
-    /* Whether the last pass found none new and saw every one found stopped or gone. */
-    int quiet = 0;
-    int64_t started = monotonic_ns();
-    while (!complete && !failed) {
-        process_entry *list = NULL;
-        long count = list_processes(&list);
-        if (count < 0) {
-            failed = 1;
-            break;
-        }
-        process_entry *grown = realloc(stopped, (stopped_count + (size_t)count + 1) * sizeof *stopped);
-        if (grown == NULL) {
-            free(list);
-            failed = 1;
-            break;
-        }
-        stopped = grown;
-        size_t before = stopped_count;
-        int still = 1;
-        for (size_t i = 0; i < (size_t)count; i++) {
-            if (!descends_from(list, (size_t)count, i, (long)root)) {
-                continue;
-            }
-            if (holds(stopped, before, list[i].pid, list[i].started)) {
-                still = still && is_still_state(list[i].state);
-                continue;
-            }
-            if (list[i].state == 'Z' || list[i].state == 'X') {
-                continue;
-            }
-            if (kill((pid_t)list[i].pid, SIGSTOP) == 0) {
-                stopped[stopped_count++] = list[i];
-            } else if (errno != ESRCH) {
-                refused = 1; /* EPERM: one it may not signal runs on */
-            }
-        }
-        free(list);
-        if (stopped_count > before) {
-            qsort(stopped, stopped_count, sizeof *stopped, compare_pids);
-            quiet = 0;
-            continue;
-        }
-        /* Two quiet passes in a row: during the second the tree held still (see
-           kill_tree_by_children), so its snapshot holds every process in it. */
-        if (quiet) {
-            complete = 1;
-        } else if (monotonic_ns() - started > STOP_WAIT_NS) {
-            failed = 1;
-        } else {
-            quiet = still;
-            if (!still) {
-                struct timespec pause = {.tv_sec = 0, .tv_nsec = 50000};
-                nanosleep(&pause, NULL);
-            }
-        }
-    }
-    for (size_t i = 0; i < stopped_count; i++) {
-        if (kill((pid_t)stopped[i].pid, SIGKILL) != 0 && errno != ESRCH) {
-            failed = 1;
-        }
-    }
-    free(stopped);
-    return complete && !failed && !refused ? 0 : -1;
 }
 
 /* A growable array of pids. */
@@ -590,127 +523,162 @@ static int read_children(long pid, pid_array *children) {
     return result;
 }
 
-/* Whether process `pid` runs none of its code: stopped (or traced), a zombie, or gone. */
-static int is_still(long pid) {
-    long parent;
-    char state;
-    errno = 0;
-    if (read_parent(pid, &parent, &state, NULL) != 0) {
-        return errno == ENOENT || errno == ESRCH;
+/* The scan: SIGKILLs each descendant of `root` in a snapshot of /proc (every process's
+   /proc/PID/stat, about 10 µs each), in passes until one finds none it has not sent SIGKILL yet
+   (at most 64; a process is told by its pid and start time). Sets *unknown when it signalled a
+   process that is not in `known` (may be NULL). 0 then; -1 when /proc could not be read, memory
+   ran out, one could not be signalled (EPERM) or new ones still appeared in the last pass. */
+static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
+    /* The processes sent SIGKILL so far (by pid and start time), sorted by pid. */
+    process_entry *killed = NULL;
+    size_t killed_count = 0;
+    int outcome = -1;
+    for (int pass = 0; pass < 64; pass++) {
+        process_entry *list = NULL;
+        long count = list_processes(&list);
+        if (count < 0) {
+            break;
+        }
+        process_entry *grown = realloc(killed, (killed_count + (size_t)count + 1) * sizeof *killed);
+        if (grown == NULL) {
+            free(list);
+            break;
+        }
+        killed = grown;
+        size_t before = killed_count;
+        int refused = 0;
+        for (size_t i = 0; i < (size_t)count; i++) {
+            if (list[i].state == 'Z' || list[i].state == 'X' || !descends_from(list, (size_t)count, i, (long)root)) {
+                continue;
+            }
+            /* One sent SIGKILL in an earlier pass runs none of its own code again (the signal
+               cannot be blocked or caught) and forks no more: dying, not running. */
+            if (holds(killed, before, list[i].pid, list[i].started)) {
+                continue;
+            }
+            if (kill((pid_t)list[i].pid, SIGKILL) == 0) {
+                killed[killed_count++] = list[i];
+                if (known == NULL || !pid_set_contains(known, list[i].pid)) {
+                    *unknown = 1;
+                }
+            } else if (errno != ESRCH) {
+                refused = 1; /* EPERM: one it may not kill runs on */
+            }
+        }
+        free(list);
+        if (killed_count == before) {
+            outcome = refused ? -1 : 0;
+            break;
+        }
+        qsort(killed, killed_count, sizeof *killed, compare_pids);
     }
-    return is_still_state(state);
+    free(killed);
+    return outcome;
 }
 
-/* The descendants of `root` from the children files, stopped as they are found, then killed. A
-   pass reads the children of `root` and of every process found so far (those found in it too),
-   and sends SIGSTOP to each new one. Once a pass that began with every one found stopped (or
-   dead) finds none new, the tree is complete: a stopped process neither forks nor exits nor
-   reaps, so its list of children holds still, and a process not found would be in the list of
-   its parent, found or `root`. (Stopping rather than killing at once: a dying process hands its
-   children to the nearest subreaper above it, or to init, where no walk from `root` finds them.)
-   Then each gets SIGKILL. 0 when the tree was complete and each was signalled; -1 otherwise:
-   /proc or memory failed, one could not be signalled (EPERM), or some still ran (in
-   uninterruptible sleep, say) a second after the walk began; those found get SIGKILL all the
-   same. `root` must not reap children meanwhile (the list of a process with
-   over a page of children is read in several calls, and one reaped between them can hide the
-   next). */
-static int kill_tree_by_children(long root) {
+/* Sends SIGKILL to process `pid` unless it is in `found`, which then holds it, and appends it
+   to `work`; its children are read before and after (a process killed first could hand them to
+   init before they are read, one read only before could fork another). 0, or -1 when memory ran
+   out; one it may not signal (EPERM) sets *refused. */
+static int kill_found(long pid, pid_set *found, pid_array *work, int *refused) {
+    if (pid <= 0 || pid_set_contains(found, pid)) {
+        return 0;
+    }
+    if (pid_set_add(found, pid) != 0) {
+        return -1;
+    }
+    size_t before = work->count;
+    if (read_children(pid, work) != 0) {
+        work->count = before; /* read again below, after the kill */
+    }
+    if (kill((pid_t)pid, SIGKILL) != 0) {
+        if (errno != ESRCH) {
+            *refused = 1;
+        }
+        return 0;
+    }
+    /* Killed: no fork of it completes any more (a fatal signal aborts one in progress). A read
+       that fails leaves its children to the scan that follows. */
+    size_t killed_at = work->count;
+    if (read_children(pid, work) != 0) {
+        work->count = killed_at;
+    }
+    return 0;
+}
+
+/* The fast part of redlock_kill_tree: SIGKILLs the descendants of `root` found by walking
+   /proc/PID/task/TID/children from it, each killed on sight, so the cost grows with them, not
+   with the processes on the host. Then reads `root`'s children again, in passes until one finds
+   none new (at most 64): what a dying process handed to `root` (a child subreaper) comes there.
+   Every process it signalled is left in `found`. Best effort: -1 when memory ran out. */
+static int kill_tree_walk(long root, pid_set *found, int *refused) {
+    pid_array work = {0};
+    int result = 0;
+    for (int pass = 0; pass < 64 && result == 0; pass++) {
+        size_t before = found->count;
+        work.count = 0;
+        if (read_children(root, &work) != 0) {
+            break;
+        }
+        /* `work` grows at its end while it is read: children of the killed come after them. */
+        for (size_t i = 0; i < work.count && result == 0; i++) {
+            result = kill_found(work.items[i], found, &work, refused);
+        }
+        if (found->count == before) {
+            break;
+        }
+    }
+    free(work.items);
+    return result;
+}
+
+int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     pid_set found = {0};
-    pid_array order = {0};
-    pid_array children = {0};
-    int complete = 0;
-    int failed = 0;
     int refused = 0;
-    /* Whether each one found was seen stopped or dead (it stays so: only SIGCONT from someone
-       else would make it run again). */
-    unsigned char *settled = NULL;
-    int64_t started = monotonic_ns();
-    while (!failed && !complete) {
-        int still = 1;
-        for (size_t i = 0; i < order.count; i++) {
-            if (!settled[i]) {
-                settled[i] = (unsigned char)is_still(order.items[i]);
-                still = still && settled[i];
-            }
-        }
-        size_t before = order.count;
-        /* Index 0 is `root`, i the i-th process found (order grows while the pass reads). */
-        for (size_t i = 0; i <= order.count && !failed; i++) {
-            children.count = 0;
-            if (read_children(i == 0 ? root : order.items[i - 1], &children) != 0) {
-                failed = 1;
-                break;
-            }
-            for (size_t j = 0; j < children.count; j++) {
-                long child = children.items[j];
-                if (child <= 0 || pid_set_contains(&found, child)) {
-                    continue;
-                }
-                if (kill((pid_t)child, SIGSTOP) != 0) {
-                    /* ESRCH: gone meanwhile (its children, if any, are looked for again). EPERM:
-                       one it may not signal runs on; not tried again, nor its children. */
-                    if (errno != ESRCH) {
-                        refused = 1;
-                        failed = pid_set_add(&found, child) != 0;
-                    }
-                    continue;
-                }
-                unsigned char *grown = realloc(settled, order.count + 1);
-                if (grown == NULL) {
-                    failed = 1;
-                    break;
-                }
-                settled = grown;
-                settled[order.count] = 0;
-                if (pid_set_add(&found, child) != 0 || pid_array_append(&order, child) != 0) {
-                    failed = 1;
-                    break;
-                }
-            }
-        }
-        if (failed || order.count > before) {
-            continue;
-        }
-        if (still) {
-            complete = 1;
-        } else if (monotonic_ns() - started > STOP_WAIT_NS) {
-            failed = 1; /* some did not stop within a second */
-        } else {
-            /* Give the stops time to land (the processes must be scheduled to stop). */
-            struct timespec pause = {.tv_sec = 0, .tv_nsec = 50000};
-            nanosleep(&pause, NULL);
-        }
-    }
-    for (size_t i = 0; i < order.count; i++) {
-        if (kill((pid_t)order.items[i], SIGKILL) != 0 && errno != ESRCH) {
-            failed = 1;
-        }
-    }
-    free(settled);
+    int walked = children_files_exist() && kill_tree_walk(root, &found, &refused) == 0;
+    int64_t walked_at = redlock_boottime_ns();
+    /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
+       one list to another while the lists were read) and says whether it did. */
+    int unknown = 0;
+    int outcome = kill_tree_scan(root, walked ? &found : NULL, &unknown);
     free(found.slots);
-    free(order.items);
-    free(children.items);
-    return complete && !failed && !refused ? 0 : -1;
+    if (outcome != 0 || refused) {
+        return -1;
+    }
+    if (killed_at_ns != NULL) {
+        *killed_at_ns = walked && !unknown ? walked_at : redlock_boottime_ns();
+    }
+    return 0;
 }
 
-int redlock_kill_tree(pid_t root) {
-    return children_files_exist() ? kill_tree_by_children(root) : redlock_kill_tree_by_scan(root);
+int redlock_kill_tree_by_scan(pid_t root) {
+    int unknown = 0;
+    return kill_tree_scan(root, NULL, &unknown);
 }
 
 int redlock_become_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 ? 0 : errno;
 }
 
+/* SIGKILLs every descendant of this process by the walk (kill_tree_walk), without the scan:
+   the quick first step of a kill whose scan (kill_children) follows. */
+static void kill_descendants_fast(void) {
+    if (!children_files_exist()) {
+        return;
+    }
+    pid_set found = {0};
+    int refused = 0;
+    kill_tree_walk(getpid(), &found, &refused);
+    free(found.slots);
+}
+
 void redlock_kill_descendants(pid_t group) {
     if (group > 0) {
         kill(-group, SIGKILL);
     }
-    /* Once a walk sent SIGKILL to every descendant, none forks again: what is left is reaping. */
-    int killed_all = 0;
+    kill_descendants_fast();
     for (;;) {
-        if (!killed_all) {
-            killed_all = redlock_kill_tree(getpid()) == 0;
-        }
+        kill_children();
         int status;
         pid_t reaped = waitpid(-1, &status, 0);
         if (reaped < 0 && errno == EINTR) {
@@ -730,7 +698,8 @@ void redlock_kill_descendants(pid_t group) {
 static void kill_command(pid_t group, int *killed, const char *why, int32_t kind) {
     *killed = 1;
     kill(-group, SIGKILL);
-    redlock_kill_tree(getpid());
+    kill_descendants_fast();
+    kill_children();
     say(why);
     redlock_watch_send(STATUS_FD, kind, 0, redlock_boottime_ns());
 }

@@ -241,14 +241,16 @@ final class SupervisedCommand: Sendable {
         killer.start()
     }
 
-    /// Stops, then SIGKILLs, every descendant of the watchdog (``redlock_kill_tree``: a walk of
-    /// the command's tree, whose cost grows with its processes, not the host's), unless the
-    /// command has ended (the watchdog then killed them; once reaped, its pid may be another
-    /// process's). Notes when none was left running (``killedEverythingAt``).
+    /// SIGKILLs every descendant of the watchdog (``redlock_kill_tree``: a walk of the
+    /// command's tree, whose cost grows with its processes, not the host's, then a scan of
+    /// /proc to check it), unless the command has ended (the watchdog then killed them; once
+    /// reaped, its pid may be another process's). Notes when none was left running
+    /// (``killedEverythingAt``).
     private func killDescendantsOfWatchdog() {
         state.withLock { state in
             guard !state.ended else { return }
-            if redlock_kill_tree(watchdog) == 0 { state.killedEverythingAt = redlock_boottime_ns() }
+            var killedAt: Int64 = 0
+            if redlock_kill_tree(watchdog, &killedAt) == 0 { state.killedEverythingAt = killedAt }
         }
     }
 

@@ -59,33 +59,29 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
    on a setup failure (reported on stderr). Never returns. */
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns);
 
-/* SIGKILLs process group `group` (if > 0) and every descendant of the calling process (those
-   reparented to it as a child subreaper included; redlock_kill_tree), reaping until none is left.
-   Blocks. */
+/* SIGKILLs process group `group` (if > 0) and every descendant of the calling process (first by
+   the walk of redlock_kill_tree, then by scans of /proc for its children: descendants that were
+   reparented to it as a child subreaper), reaping until none is left. Blocks. */
 void redlock_kill_descendants(pid_t group);
 
-/* Stops, then SIGKILLs, every descendant of process `root` (not `root` itself): what a stopped
-   watchdog (`root`) cannot kill, including processes that left the command's group with setsid.
-   Walks the tree from `root` through /proc/PID/task/TID/children, so the cost grows with the
-   descendants, not with the processes on the host: SIGSTOP to each as it is found (a stopped
-   process neither forks nor exits, so its children stay where the walk finds them), again until
-   a pass that began with all of them stopped finds no new one, then SIGKILL to each. Without
-   children files (a kernel built without CONFIG_PROC_CHILDREN), redlock_kill_tree_by_scan.
-   Returns 0 when every descendant was stopped and then sent SIGKILL, which cannot be blocked or
-   caught: none runs its own code again (each is gone once the kernel schedules it; zombies
-   until their parent reaps them). -1 when /proc could not be read, memory ran out, one could
-   not be signalled (EPERM), or some had not stopped a second after the walk began (a process in
-   uninterruptible sleep stops, or dies, only when its call returns); every one found is sent
-   SIGKILL all the same. `root` should not reap children while this runs: a process's
-   list of children longer than a page is read in several calls, and one reaped between them
-   can hide the next from that pass. Blocks. */
-int redlock_kill_tree(pid_t root);
+/* SIGKILLs every descendant of process `root` (not `root` itself), a child subreaper: what a
+   stopped watchdog (`root`) cannot kill, including processes that left the command's group
+   with setsid. First a walk of the tree through /proc/PID/task/TID/children, each process
+   killed on sight (its children read before and after), whose cost grows with the descendants,
+   not with the processes on the host; then `root`'s children again, for what a dying process
+   handed to it. Then, as a check, a scan of every process's /proc/PID/stat (about 10 µs per
+   process on the host, per pass) that SIGKILLs each descendant of `root` it finds, in passes
+   until one finds none it has not sent SIGKILL yet (at most 64; a process is told by its pid
+   and start time). Returns 0 then, and sets *killed_at_ns (if not NULL) to the CLOCK_BOOTTIME
+   instant from which none of them ran: the end of the walk when the scan found none the walk
+   had not killed, else the end of the scan. SIGKILL cannot be blocked or caught, so none runs
+   its own code again (each is gone once the kernel schedules it; zombies until reaped). -1
+   when /proc could not be read, memory ran out, one could not be signalled (EPERM) or new ones
+   still appeared in the scan's last pass. Without children files (a kernel built without
+   CONFIG_PROC_CHILDREN), the scan alone. Blocks. */
+int redlock_kill_tree(pid_t root, int64_t *killed_at_ns);
 
-/* redlock_kill_tree by a scan of every process's /proc/PID/stat (about 10 µs per process on the
-   host, per pass): each descendant of `root` in a snapshot that was not stopped yet gets
-   SIGSTOP (a process is told by its pid and start time), in passes until two in a row find none
-   new, the first with all of them stopped (the second then saw a tree that held still); then
-   SIGKILL to each. Returns as redlock_kill_tree. Blocks. */
+/* The scan of redlock_kill_tree alone (0 or -1 as there): for tests. */
 int redlock_kill_tree_by_scan(pid_t root);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
