@@ -632,11 +632,70 @@ static int kill_tree_walk(long root, pid_set *found, int *refused) {
     return result;
 }
 
+/* Whether process `pid` has exited in full: gone, or a zombie none of whose threads runs (a
+   zombie leader may wait for its other threads, which may still hold children). */
+static int fully_exited(long pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *stat = fopen(path, "re");
+    if (stat == NULL) {
+        return errno == ENOENT || errno == ESRCH;
+    }
+    char line[512];
+    int exited = 0;
+    if (fgets(line, sizeof line, stat) != NULL) {
+        char *close = strrchr(line, ')');
+        char state = 0;
+        long threads = 0;
+        /* Fields 3 (state) and 20 (num_threads); see proc(5). */
+        if (close != NULL
+            && sscanf(close + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld", &state, &threads) == 2) {
+            exited = (state == 'Z' || state == 'X') && threads <= 1;
+        }
+    } else {
+        exited = errno == ESRCH;
+    }
+    fclose(stat);
+    return exited;
+}
+
+/* Waits until every process in `found` has exited in full (each SIGKILLed: at most a few ms
+   unless one is in uninterruptible sleep), checking about every 100 µs; 1 when they all did
+   within `limit_ns`, else 0. */
+static int wait_exited(const pid_set *found, int64_t limit_ns) {
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    size_t next = 0; /* the slots before it are known to have exited */
+    for (;;) {
+        while (next < found->capacity && (found->slots[next] == 0 || fully_exited(found->slots[next]))) {
+            next++;
+        }
+        if (next == found->capacity) {
+            return 1;
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((int64_t)(now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec) > limit_ns) {
+            return 0;
+        }
+        struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     pid_set found = {0};
     int refused = 0;
     int walked = children_files_exist() && kill_tree_walk(root, &found, &refused) == 0;
     int64_t walked_at = redlock_boottime_ns();
+    /* The walk's end is the kill instant only if nothing escaped it: once every process it killed
+       has exited in full (and handed its children, any a sibling made its own with CLONE_PARENT
+       after the walk read its list included, to `root`), `root` has no child the walk has not
+       killed, and the scan below finds none either. */
+    if (walked) {
+        size_t before = found.count;
+        walked = wait_exited(&found, 1000000000) && kill_tree_walk(root, &found, &refused) == 0 && found.count == before;
+    }
     /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
        one list to another while the lists were read) and says whether it did. */
     int unknown = 0;

@@ -73,8 +73,12 @@ void redlock_kill_descendants(pid_t group);
    process on the host, per pass) that SIGKILLs each descendant of `root` it finds, in passes
    until one finds none it has not sent SIGKILL yet (at most 64; a process is told by its pid
    and start time). Returns 0 then, and sets *killed_at_ns (if not NULL) to the CLOCK_BOOTTIME
-   instant from which none of them ran: the end of the walk when the scan found none the walk
-   had not killed, else the end of the scan. SIGKILL cannot be blocked or caught, so none runs
+   instant from which none of them ran: the end of the walk when nothing escaped it (every
+   process it killed exited in full within a second, after which `root` had no child and the
+   scan no descendant the walk had not killed), else the end of the scan. A pid read from a
+   children file is signalled when the walk comes to it, up to the walk's length later: a
+   process reaped meanwhile (by `root`, if it runs) whose pid went to another process would
+   have that one killed. SIGKILL cannot be blocked or caught, so none runs
    its own code again (each is gone once the kernel schedules it; zombies until reaped). -1
    when /proc could not be read, memory ran out, one could not be signalled (EPERM) or new ones
    still appeared in the scan's last pass. Without children files (a kernel built without
