@@ -39,6 +39,7 @@ let package = Package(
         .executableTarget(
             name: "RedlockWorker",
             dependencies: [
+                "CSupervise",
                 .product(name: "Redlock", package: "swift-redlock"),
                 .product(name: "RedlockTestSupport", package: "swift-redlock"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

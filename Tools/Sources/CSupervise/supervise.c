@@ -576,12 +576,21 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
     return outcome;
 }
 
-/* Sends SIGKILL to process `pid` unless it is in `found`, which then holds it, and appends it
-   to `work`; its children are read before and after (a process killed first could hand them to
-   init before they are read, one read only before could fork another). 0, or -1 when memory ran
+/* Sends SIGKILL to process `pid` unless it is in `found`, which then holds it, or its parent
+   is neither `root` nor in `found` (checked just before: a pid read from a list a while ago may
+   have gone to another process); its children are appended to `work`, read before and after
+   the kill (a process killed first could hand them to init before they are read, one read only
+   before could fork another). 0, or -1 when memory ran
    out; one it may not signal (EPERM) sets *refused. */
-static int kill_found(long pid, pid_set *found, pid_array *work, int *refused) {
+static int kill_found(long root, long pid, pid_set *found, pid_array *work, int *refused) {
     if (pid <= 0 || pid_set_contains(found, pid)) {
+        return 0;
+    }
+    /* Read from a list a while ago: still below `root` (its parent `root` or one killed here)?
+       Else it is gone, escaped to init, or its pid went to another process meanwhile. */
+    long parent;
+    char state;
+    if (read_parent(pid, &parent, &state, NULL) != 0 || (parent != root && !pid_set_contains(found, parent))) {
         return 0;
     }
     if (pid_set_add(found, pid) != 0) {
@@ -622,7 +631,7 @@ static int kill_tree_walk(long root, pid_set *found, int *refused) {
         }
         /* `work` grows at its end while it is read: children of the killed come after them. */
         for (size_t i = 0; i < work.count && result == 0; i++) {
-            result = kill_found(work.items[i], found, &work, refused);
+            result = kill_found(root, work.items[i], found, &work, refused);
         }
         if (found->count == before) {
             break;

@@ -12,6 +12,6 @@ struct WorkerCommand: AsyncParsableCommand {
         Every timestamp it prints or logs is CLOCK_BOOTTIME in nanoseconds, the monotonic clock \
         all processes on the machine share, so a checker can compare intervals across processes.
         """,
-        subcommands: [Contend.self, Hold.self, Hygiene.self, Exhausted.self, Heartbeat.self, Reattach.self, Scoped.self, Soak.self]
+        subcommands: [Contend.self, Hold.self, Hygiene.self, Exhausted.self, Heartbeat.self, Reattach.self, Scoped.self, Soak.self, Subreaper.self]
     )
 }

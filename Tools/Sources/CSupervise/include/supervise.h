@@ -76,9 +76,9 @@ void redlock_kill_descendants(pid_t group);
    instant from which none of them ran: the end of the walk when nothing escaped it (every
    process it killed exited in full within a second, after which `root` had no child and the
    scan no descendant the walk had not killed), else the end of the scan. A pid read from a
-   children file is signalled when the walk comes to it, up to the walk's length later: a
-   process reaped meanwhile (by `root`, if it runs) whose pid went to another process would
-   have that one killed. SIGKILL cannot be blocked or caught, so none runs
+   children file is signalled when the walk comes to it, up to the walk's length later, and
+   only if its parent is then `root` or a process the walk killed (read just before the kill,
+   as the scan reads a process's parent just before it kills it). SIGKILL cannot be blocked or caught, so none runs
    its own code again (each is gone once the kernel schedules it; zombies until reaped). -1
    when /proc could not be read, memory ran out, one could not be signalled (EPERM) or new ones
    still appeared in the scan's last pass. Without children files (a kernel built without
