@@ -2,13 +2,13 @@ import RedlockTransport
 import Synchronization
 
 /// Injects random faults into a minority of nodes: at random moments it picks a healthy node
-/// and a fault (every kind once per round of ``faults``), holds the fault for a random length, then heals it — never more than
-/// `maximumFaulty` nodes faulty at once. Every fault is healed before ``run(for:)`` returns,
-/// also when it throws or its task is cancelled — except what cannot be undone: a
-/// ``NodeFault/clockStep`` stays, a ``NodeFault/clockFast`` leaves the clock ahead by what it
-/// gained (and a later restart of that node loses the gain: the shim starts from the real clock
-/// plus the offset), data flushed or wiped stays gone. For those, a record's `end` is the moment
-/// after the action.
+/// and a fault (every kind once per round of ``faults``), holds the fault for a random length,
+/// then heals it — never more than `maximumFaulty` nodes faulty at once. Every fault is healed
+/// before ``run(for:)`` returns, also when it throws or its task is cancelled — except what
+/// cannot be undone: a ``NodeFault/clockStep`` stays, a ``NodeFault/clockFast`` leaves the
+/// clock ahead by what it gained (and a later restart of that node loses the gain: the shim
+/// starts from the real clock plus the offset), data flushed or wiped stays gone. For those, a
+/// record's `end` is the moment after the action.
 ///
 /// `.kill` and `.restart` keep a node's data only with
 /// ``RedisServer/Persistence/appendOnlyFsyncAlways``; with ``RedisServer/Persistence/none``
