@@ -73,9 +73,9 @@ enum Scripts {
     /// more write per acquire). Without a well-formed marker the script makes one; with
     /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
     /// counter to the node's time in µs (a counter `INCR` would refuse is left as it is and
-    /// refused as the grant refuses it, with a `WRONGTYPE` error naming it). When `TIME` is below `HIGHEST` the node's clock went
-    /// back: it returns -4 with how far behind, in ms (`{-4, ms}`, or the time reply with the ms
-    /// as a fourth element) and sets nothing, until the clock is past `HIGHEST` again (a key set
+    /// refused as the grant refuses it, with a `WRONGTYPE` error naming it). When `TIME` is
+    /// below `HIGHEST` the node's clock went back: it returns -4 with how far behind, in ms
+    /// (`{-4, ms}`, or the time reply with the ms as a fourth element) and sets nothing, until the clock is past `HIGHEST` again (a key set
     /// while the clock is behind would expire early once it is put right). While the marker is
     /// younger than the epoch guard it returns -3, touching nothing but `HIGHEST`. Otherwise it
     /// is the acquire: 0 when taken; granted is the new token when fenced (-2 when the counter

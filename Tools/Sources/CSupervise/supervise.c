@@ -217,9 +217,10 @@ _Noreturn static void fail(const char *what) {
     _exit(1);
 }
 
-/* The parent, state and start time (clock ticks after boot: with the pid, a process's identity)
-   of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read. `started` may be NULL. */
-static int read_parent(long pid, long *parent, char *state, unsigned long long *started) {
+/* The parent, state, thread count and start time (clock ticks after boot: with the pid, a
+   process's identity) of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read
+   (errno ENOENT or ESRCH when the process is gone). `threads` and `started` may be NULL. */
+static int read_parent(long pid, long *parent, char *state, long *threads, unsigned long long *started) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *stat = fopen(path, "re");
@@ -228,21 +229,28 @@ static int read_parent(long pid, long *parent, char *state, unsigned long long *
     }
     char line[512];
     int result = -1;
+    errno = 0;
     if (fgets(line, sizeof line, stat) != NULL) {
         /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
         char *close = strrchr(line, ')');
+        long count = 0;
         unsigned long long start = 0;
-        /* Fields 3 (state), 4 (ppid) and 22 (starttime); see proc(5). */
+        /* Fields 3 (state), 4 (ppid), 20 (num_threads) and 22 (starttime); see proc(5). */
         if (close != NULL
-            && sscanf(close + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", state, parent,
-                      &start) == 3) {
+            && sscanf(close + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld %*d %llu", state, parent,
+                      &count, &start) == 4) {
+            if (threads != NULL) {
+                *threads = count;
+            }
             if (started != NULL) {
                 *started = start;
             }
             result = 0;
         }
     }
+    int error = errno;
     fclose(stat);
+    errno = error;
     return result;
 }
 
@@ -260,7 +268,7 @@ static void kill_children(void) {
         long pid = strtol(entry->d_name, &end, 10);
         long parent;
         char state;
-        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL) == 0 && parent == self) {
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL, NULL) == 0 && parent == self) {
             kill((pid_t)pid, SIGKILL);
         }
     }
@@ -308,7 +316,7 @@ static long list_processes(process_entry **entries) {
             list = grown;
             capacity *= 2;
         }
-        if (read_parent(pid, &list[count].parent, &list[count].state, &list[count].started) == 0) {
+        if (read_parent(pid, &list[count].parent, &list[count].state, NULL, &list[count].started) == 0) {
             list[count].pid = pid;
             list[count].below = -1;
             count++;
@@ -580,8 +588,8 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
    is neither `root` nor in `found` (checked just before: a pid read from a list a while ago may
    have gone to another process); its children are appended to `work`, read before and after
    the kill (a process killed first could hand them to init before they are read, one read only
-   before could fork another). 0, or -1 when memory ran
-   out; one it may not signal (EPERM) sets *refused. */
+   before could fork another). 0, or -1 when memory ran out; one it may not signal (EPERM)
+   sets *refused. */
 static int kill_found(long root, long pid, pid_set *found, pid_array *work, int *refused) {
     if (pid <= 0 || pid_set_contains(found, pid)) {
         return 0;
@@ -590,7 +598,7 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
        Else it is gone, escaped to init, or its pid went to another process meanwhile. */
     long parent;
     char state;
-    if (read_parent(pid, &parent, &state, NULL) != 0 || (parent != root && !pid_set_contains(found, parent))) {
+    if (read_parent(pid, &parent, &state, NULL, NULL) != 0 || (parent != root && !pid_set_contains(found, parent))) {
         return 0;
     }
     if (pid_set_add(found, pid) != 0) {
@@ -644,36 +652,20 @@ static int kill_tree_walk(long root, pid_set *found, int *refused) {
 /* Whether process `pid` has exited in full: gone, or a zombie none of whose threads runs (a
    zombie leader may wait for its other threads, which may still hold children). */
 static int fully_exited(long pid) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *stat = fopen(path, "re");
-    if (stat == NULL) {
+    long parent;
+    long threads;
+    char state;
+    if (read_parent(pid, &parent, &state, &threads, NULL) != 0) {
         return errno == ENOENT || errno == ESRCH;
     }
-    char line[512];
-    int exited = 0;
-    if (fgets(line, sizeof line, stat) != NULL) {
-        char *close = strrchr(line, ')');
-        char state = 0;
-        long threads = 0;
-        /* Fields 3 (state) and 20 (num_threads); see proc(5). */
-        if (close != NULL
-            && sscanf(close + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld", &state, &threads) == 2) {
-            exited = (state == 'Z' || state == 'X') && threads <= 1;
-        }
-    } else {
-        exited = errno == ESRCH;
-    }
-    fclose(stat);
-    return exited;
+    return (state == 'Z' || state == 'X') && threads <= 1;
 }
 
 /* Waits until every process in `found` has exited in full (each SIGKILLed: at most a few ms
    unless one is in uninterruptible sleep), checking about every 100 µs; 1 when they all did
    within `limit_ns`, else 0. */
 static int wait_exited(const pid_set *found, int64_t limit_ns) {
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    int64_t give_up = redlock_boottime_ns() + limit_ns;
     size_t next = 0; /* the slots before it are known to have exited */
     for (;;) {
         while (next < found->capacity && (found->slots[next] == 0 || fully_exited(found->slots[next]))) {
@@ -682,9 +674,7 @@ static int wait_exited(const pid_set *found, int64_t limit_ns) {
         if (next == found->capacity) {
             return 1;
         }
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((int64_t)(now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec) > limit_ns) {
+        if (redlock_boottime_ns() > give_up) {
             return 0;
         }
         struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
