@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "redlock", targets: ["RedlockCommand"]),
         .executable(name: "redlock-worker", targets: ["RedlockWorker"]),
         .executable(name: "redlock-raw-floor", targets: ["RedlockRawFloor"]),
+        // Process trees that try to break the kill at a lease's deadline (RunSupervisionTests).
+        .executable(name: "redlock-kill-probe", targets: ["RedlockKillProbe"]),
         // Preloaded into a test redis-server to make its wall clock run fast or step
         // (RedisServer.setClock(rate:offset:)).
         .library(name: "RedlockClockShim", type: .dynamic, targets: ["CClockShim"]),
@@ -50,6 +52,12 @@ let package = Package(
         .executableTarget(
             name: "RedlockRawFloor",
             linkerSettings: [.linkedLibrary("hiredis")]
+        ),
+        // Process trees that try to break redlock_kill_tree: a killed process's sibling adding
+        // children to it, a pid that changes hands, a process that may not be signalled.
+        .executableTarget(
+            name: "RedlockKillProbe",
+            dependencies: ["CSupervise"]
         ),
         // A node clock fault: a shim that scales or offsets CLOCK_REALTIME and gettimeofday
         // for one redis-server (see clock_shim.c).

@@ -399,6 +399,33 @@ static int pid_array_append(pid_array *array, long pid) {
     return 0;
 }
 
+/* A process's identity: its pid and start time (clock ticks after boot). */
+typedef struct {
+    long pid;
+    unsigned long long started;
+} process_identity;
+
+/* A growable array of process identities. */
+typedef struct {
+    process_identity *items;
+    size_t count;
+    size_t capacity;
+} identity_array;
+
+static int identity_array_append(identity_array *array, long pid, unsigned long long started) {
+    if (array->count == array->capacity) {
+        size_t capacity = array->capacity == 0 ? 64 : 2 * array->capacity;
+        process_identity *grown = realloc(array->items, capacity * sizeof *grown);
+        if (grown == NULL) {
+            return -1;
+        }
+        array->items = grown;
+        array->capacity = capacity;
+    }
+    array->items[array->count++] = (process_identity){.pid = pid, .started = started};
+    return 0;
+}
+
 /* A set of pids: open addressing with linear probing, 0 marking a free slot, at most half full. */
 typedef struct {
     long *slots;
@@ -588,9 +615,9 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
    is neither `root` nor in `found` (checked just before: a pid read from a list a while ago may
    have gone to another process); its children are appended to `work`, read before and after
    the kill (a process killed first could hand them to init before they are read, one read only
-   before could fork another). 0, or -1 when memory ran out; one it may not signal (EPERM)
-   sets *refused. */
-static int kill_found(long root, long pid, pid_set *found, pid_array *work, int *refused) {
+   before could fork another), and its identity to `killed` (if not NULL). 0, or -1 when memory
+   ran out; one it may not signal (EPERM) sets *refused. */
+static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused) {
     if (pid <= 0 || pid_set_contains(found, pid)) {
         return 0;
     }
@@ -598,7 +625,8 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
        Else it is gone, escaped to init, or its pid went to another process meanwhile. */
     long parent;
     char state;
-    if (read_parent(pid, &parent, &state, NULL, NULL) != 0 || (parent != root && !pid_set_contains(found, parent))) {
+    unsigned long long started;
+    if (read_parent(pid, &parent, &state, NULL, &started) != 0 || (parent != root && !pid_set_contains(found, parent))) {
         return 0;
     }
     if (pid_set_add(found, pid) != 0) {
@@ -614,6 +642,9 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
         }
         return 0;
     }
+    if (killed != NULL && identity_array_append(killed, pid, started) != 0) {
+        return -1;
+    }
     /* Killed: no fork of it completes any more (a fatal signal aborts one in progress). A read
        that fails leaves its children to the scan that follows. */
     size_t killed_at = work->count;
@@ -627,8 +658,9 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
    /proc/PID/task/TID/children from it, each killed on sight, so the cost grows with them, not
    with the processes on the host. Then reads `root`'s children again, in passes until one finds
    none new (at most 64): what a dying process handed to `root` (a child subreaper) comes there.
-   Every process it signalled is left in `found`. Best effort: -1 when memory ran out. */
-static int kill_tree_walk(long root, pid_set *found, int *refused) {
+   Every process it signalled is left in `found`, and each it killed in `killed` (if not NULL).
+   Best effort: -1 when memory ran out. */
+static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int *refused) {
     pid_array work = {0};
     int result = 0;
     for (int pass = 0; pass < 64 && result == 0; pass++) {
@@ -639,7 +671,7 @@ static int kill_tree_walk(long root, pid_set *found, int *refused) {
         }
         /* `work` grows at its end while it is read: children of the killed come after them. */
         for (size_t i = 0; i < work.count && result == 0; i++) {
-            result = kill_found(root, work.items[i], found, &work, refused);
+            result = kill_found(root, work.items[i], found, killed, &work, refused);
         }
         if (found->count == before) {
             break;
@@ -649,29 +681,31 @@ static int kill_tree_walk(long root, pid_set *found, int *refused) {
     return result;
 }
 
-/* Whether process `pid` has exited in full: gone, or a zombie none of whose threads runs (a
-   zombie leader may wait for its other threads, which may still hold children). */
-static int fully_exited(long pid) {
+/* Whether `process` has exited in full: gone (its pid free, or another process's now), or a
+   zombie none of whose threads runs (a zombie leader may wait for its other threads, which may
+   still hold children). */
+static int fully_exited(process_identity process) {
     long parent;
     long threads;
     char state;
-    if (read_parent(pid, &parent, &state, &threads, NULL) != 0) {
+    unsigned long long started;
+    if (read_parent(process.pid, &parent, &state, &threads, &started) != 0) {
         return errno == ENOENT || errno == ESRCH;
     }
-    return (state == 'Z' || state == 'X') && threads <= 1;
+    return started != process.started || ((state == 'Z' || state == 'X') && threads <= 1);
 }
 
-/* Waits until every process in `found` has exited in full (each SIGKILLed: at most a few ms
+/* Waits until every process in `killed` has exited in full (each SIGKILLed: at most a few ms
    unless one is in uninterruptible sleep), checking about every 100 µs; 1 when they all did
    within `limit_ns`, else 0. */
-static int wait_exited(const pid_set *found, int64_t limit_ns) {
+static int wait_exited(const identity_array *killed, int64_t limit_ns) {
     int64_t give_up = redlock_boottime_ns() + limit_ns;
-    size_t next = 0; /* the slots before it are known to have exited */
+    size_t next = 0; /* the ones before it are known to have exited */
     for (;;) {
-        while (next < found->capacity && (found->slots[next] == 0 || fully_exited(found->slots[next]))) {
+        while (next < killed->count && fully_exited(killed->items[next])) {
             next++;
         }
-        if (next == found->capacity) {
+        if (next == killed->count) {
             return 1;
         }
         if (redlock_boottime_ns() > give_up) {
@@ -684,22 +718,26 @@ static int wait_exited(const pid_set *found, int64_t limit_ns) {
 
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     pid_set found = {0};
+    identity_array killed = {0};
     int refused = 0;
-    int walked = children_files_exist() && kill_tree_walk(root, &found, &refused) == 0;
+    int walked = children_files_exist() && kill_tree_walk(root, &found, &killed, &refused) == 0;
     int64_t walked_at = redlock_boottime_ns();
     /* The walk's end is the kill instant only if nothing escaped it: once every process it killed
        has exited in full (and handed its children, any a sibling made its own with CLONE_PARENT
        after the walk read its list included, to `root`), `root` has no child the walk has not
-       killed, and the scan below finds none either. */
-    if (walked) {
+       killed, and the scan below finds none either. One that may not be signalled fails the
+       kill whatever follows: the scan then comes at once, without waiting. */
+    if (walked && !refused) {
         size_t before = found.count;
-        walked = wait_exited(&found, 1000000000) && kill_tree_walk(root, &found, &refused) == 0 && found.count == before;
+        walked = wait_exited(&killed, 1000000000) && kill_tree_walk(root, &found, &killed, &refused) == 0 &&
+                 found.count == before;
     }
     /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
        one list to another while the lists were read) and says whether it did. */
     int unknown = 0;
     int outcome = kill_tree_scan(root, walked ? &found : NULL, &unknown);
     free(found.slots);
+    free(killed.items);
     if (outcome != 0 || refused) {
         return -1;
     }
@@ -726,7 +764,7 @@ static void kill_descendants_fast(void) {
     }
     pid_set found = {0};
     int refused = 0;
-    kill_tree_walk(getpid(), &found, &refused);
+    kill_tree_walk(getpid(), &found, NULL, &refused);
     free(found.slots);
 }
 

@@ -342,6 +342,66 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    /// The `key=value` fields of each line of `output` that has all of `keys`.
+    private func probeLines(_ output: String, keys: [String]) -> [[String: Int64]] {
+        output.split(separator: "\n").compactMap { line in
+            var fields: [String: Int64] = [:]
+            for word in line.split(separator: " ") {
+                let parts = word.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, let value = Int64(parts[1]) { fields[String(parts[0])] = value }
+            }
+            return keys.allSatisfy { fields[$0] != nil } ? fields : nil
+        }
+    }
+
+    @Test("the kill at the deadline never reports its instant early: children that a killed process's sibling made its own (CLONE_PARENT) after the walk read its list, and that exit on their own before the scan, all stopped before the instant reported (10 rounds)")
+    func killInstantNotEarly() async throws {
+        // redlock-kill-probe: each process of the tree stamps CLOCK_BOOTTIME into shared memory
+        // as it runs; a stamp later than the instant reported is an early report, or a survivor.
+        let (status, output) = try await runToEnd(try builtExecutable("redlock-kill-probe").path, ["late-children", "10"])
+        #expect(status == 0, "\(output)")
+        let rounds = probeLines(output, keys: ["round", "rc", "late", "latest_after_ns", "call_ns"])
+        #expect(rounds.count == 10, "\(output)")
+        for round in rounds {
+            #expect(round["rc"] == 0, "\(output)")
+            #expect(round["late"] == 0, "round \(round["round"] ?? 0): \(round["late"] ?? 0) processes ran after the instant reported, the last \(Double(round["latest_after_ns"] ?? 0) / 1e6) ms after it")
+        }
+        print("late-children: calls took \(rounds.map { String(format: "%.1f", Double($0["call_ns"] ?? 0) / 1e6) }.joined(separator: ", ")) ms")
+    }
+
+    @Test(
+        "the kill at the deadline does not kill a stranger that took the pid of a process below the root after the walk read it (in a pid namespace of its own, the pid forced through ns_last_pid; 5 rounds)",
+        .enabled(if: geteuid() == 0, "a pid namespace and ns_last_pid need root")
+    )
+    func killSparesPidReuser() async throws {
+        let probe = try builtExecutable("redlock-kill-probe").path
+        for attempt in 1...5 {
+            let (status, output) = try await runToEnd("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", probe, "pid-reuse"])
+            #expect(status == 0, "\(output)")
+            let line = try #require(probeLines(output, keys: ["rc", "stranger_pid", "c_pid", "stranger_born_ns", "call_began_ns", "call_ended_ns", "stranger_killed"]).first, "\(output)")
+            #expect(line["rc"] == 0, "\(output)")
+            // The probe's premise: the stranger took the pid while the kill ran.
+            #expect(line["stranger_pid"] == line["c_pid"], "\(output)")
+            #expect(try #require(line["call_began_ns"]) < #require(line["stranger_born_ns"]), "\(output)")
+            #expect(try #require(line["stranger_born_ns"]) < #require(line["call_ended_ns"]), "\(output)")
+            #expect(line["stranger_killed"] == 0, "round \(attempt): the stranger with a reused pid was killed")
+        }
+    }
+
+    @Test(
+        "a process the kill may not signal (EPERM) keeps none of the others alive and makes the kill report failure",
+        .enabled(if: geteuid() == 0, "dropping to another uid needs root")
+    )
+    func killReportsRefusal() async throws {
+        let (status, output) = try await runToEnd(try builtExecutable("redlock-kill-probe").path, ["permission-denied"])
+        #expect(status == 0, "\(output)")
+        let line = try #require(probeLines(output, keys: ["rc", "call_ns", "own_left", "kept_alive"]).first, "\(output)")
+        #expect(line["rc"] == -1, "\(output)")
+        #expect(line["own_left"] == 0, "\(output)")
+        #expect(line["kept_alive"] == 1, "\(output)")
+        print("permission-denied: the call took \(Double(line["call_ns"] ?? 0) / 1e6) ms")
+    }
+
     @Test(
         "a stopped redlock or watchdog leaves nothing running past the lease: the kill at the deadline (the watchdog's, or redlock's own) reaches what the command detached with setsid, also among 8,000 other processes (it walks the command's tree, not all of /proc)",
         arguments: [("stop the watchdog", 0), ("stop redlock", 8_000), ("stop the watchdog", 8_000)]

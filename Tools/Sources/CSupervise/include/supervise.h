@@ -65,24 +65,25 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
 void redlock_kill_descendants(pid_t group);
 
 /* SIGKILLs every descendant of process `root` (not `root` itself), a child subreaper: what a
-   stopped watchdog (`root`) cannot kill, including processes that left the command's group
-   with setsid. First a walk of the tree through /proc/PID/task/TID/children, each process
-   killed on sight (its children read before and after), whose cost grows with the descendants,
-   not with the processes on the host; then `root`'s children again, for what a dying process
-   handed to it. Then, as a check, a scan of every process's /proc/PID/stat (about 10 µs per
-   process on the host, per pass) that SIGKILLs each descendant of `root` it finds, in passes
-   until one finds none it has not sent SIGKILL yet (at most 64; a process is told by its pid
-   and start time). Returns 0 then, and sets *killed_at_ns (if not NULL) to the CLOCK_BOOTTIME
-   instant from which none of them ran: the end of the walk when nothing escaped it (every
-   process it killed exited in full within a second, after which `root` had no child and the
-   scan no descendant the walk had not killed), else the end of the scan. A pid read from a
-   children file is signalled when the walk comes to it, up to the walk's length later, and
-   only if its parent is then `root` or a process the walk killed (read just before the kill,
-   as the scan reads a process's parent just before it kills it). SIGKILL cannot be blocked or caught, so none runs
-   its own code again (each is gone once the kernel schedules it; zombies until reaped). -1
-   when /proc could not be read, memory ran out, one could not be signalled (EPERM) or new ones
-   still appeared in the scan's last pass. Without children files (a kernel built without
-   CONFIG_PROC_CHILDREN), the scan alone. Blocks. */
+   stopped watchdog (`root`) cannot kill, including processes that left the command's group with
+   setsid. First a walk of the tree through /proc/PID/task/TID/children, each process killed on
+   sight (its children read before and after), whose cost grows with the descendants, not with the
+   processes on the host; then `root`'s children again, for what a dying process handed to it.
+   Then, as a check, a scan of every process's /proc/PID/stat (about 10 µs per process on the host,
+   per pass) that SIGKILLs each descendant of `root` it finds, in passes until one finds none it
+   has not sent SIGKILL yet (at most 64; a process is told by its pid and start time). Returns 0
+   then, and sets *killed_at_ns (if not NULL) to the CLOCK_BOOTTIME instant from which none of them
+   ran: the end of the walk when nothing escaped it (every process it killed exited in full within
+   a second, its pid freed or gone to another process meanwhile, told by the start time, after
+   which `root` had no child and the scan no descendant the walk had not killed), else the end of
+   the scan. A pid read from a children file is signalled when the walk comes to it, up to the
+   walk's length later, and only if its parent is then `root` or a process the walk killed (read
+   just before the kill, as the scan reads a process's parent just before it kills it). SIGKILL
+   cannot be blocked or caught, so none runs its own code again (each is gone once the kernel
+   schedules it; zombies until reaped). -1 when /proc could not be read, memory ran out, one could
+   not be signalled (EPERM: the others are killed all the same, and the scan follows the walk
+   without waiting for their exit) or new ones still appeared in the scan's last pass. Without
+   children files (a kernel built without CONFIG_PROC_CHILDREN), the scan alone. Blocks. */
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns);
 
 /* The scan of redlock_kill_tree alone (0 or -1 as there): for tests. */
