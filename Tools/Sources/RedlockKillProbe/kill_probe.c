@@ -64,9 +64,25 @@ static void sleep_ns(int64_t ns) {
     }
 }
 
-/* A child that sleeps until it is killed. -1 on failure. */
-static pid_t sleeper(void) {
+/* fork(), or exits the process (1). */
+static pid_t checked_fork(void) {
     pid_t pid = fork();
+    if (pid < 0) {
+        fail("fork");
+    }
+    return pid;
+}
+
+/* Makes this process a child subreaper, or exits it (1). */
+static void become_subreaper(void) {
+    if (redlock_become_subreaper() != 0) {
+        fail("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
+}
+
+/* A child that sleeps until it is killed. */
+static pid_t sleeper(void) {
+    pid_t pid = checked_fork();
     if (pid == 0) {
         for (;;) {
             pause();
@@ -174,19 +190,12 @@ static _Noreturn void slow_parent(void) {
         memory[i] = 1;
     }
     for (int i = 0; i < 50; i++) {
-        if (sleeper() < 0) {
-            fail("fork");
-        }
+        sleeper();
     }
     for (int i = 0; i < 50; i++) {
-        if (sleeper() < 0) {
-            fail("fork");
-        }
+        sleeper();
     }
-    pid_t c = fork();
-    if (c < 0) {
-        fail("fork");
-    }
+    pid_t c = checked_fork();
     if (c == 0) {
         forker();
     }
@@ -205,18 +214,13 @@ static int late_children(int rounds) {
     if (stamps == MAP_FAILED) {
         fail("mmap");
     }
-    if (redlock_become_subreaper() != 0) {
-        fail("prctl(PR_SET_CHILD_SUBREAPER)");
-    }
+    become_subreaper();
     if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
         fail("pipe2");
     }
     for (int round = 1; round <= rounds; round++) {
         memset(stamps, 0, (size_t)stamp_count * sizeof *stamps);
-        pid_t x = fork();
-        if (x < 0) {
-            fail("fork");
-        }
+        pid_t x = checked_fork();
         if (x == 0) {
             slow_parent();
         }
@@ -294,10 +298,7 @@ static int pid_reuse(void) {
         pipe2(c_pipe, O_CLOEXEC) != 0) {
         fail("pipe2");
     }
-    pid_t s = fork();
-    if (s < 0) {
-        fail("fork");
-    }
+    pid_t s = checked_fork();
     if (s == 0) {
         /* S: not below H. */
         pid_t c;
@@ -313,9 +314,6 @@ static int pid_reuse(void) {
         close(fd);
         pid_t v = sleeper();
         int64_t born = redlock_boottime_ns();
-        if (v < 0) {
-            fail("fork");
-        }
         write_all(from_s[1], &v, sizeof v);
         write_all(from_s[1], &born, sizeof born);
         int status = 0;
@@ -325,29 +323,16 @@ static int pid_reuse(void) {
         write_all(from_s[1], &killed, sizeof killed);
         _exit(0);
     }
-    pid_t h = fork();
-    if (h < 0) {
-        fail("fork");
-    }
+    pid_t h = checked_fork();
     if (h == 0) {
         /* H: the root of the kill. */
-        if (redlock_become_subreaper() != 0) {
-            fail("prctl(PR_SET_CHILD_SUBREAPER)");
-        }
-        pid_t x = fork();
-        if (x < 0) {
-            fail("fork");
-        }
+        become_subreaper();
+        pid_t x = checked_fork();
         if (x == 0) {
             for (int i = 0; i < 400; i++) {
-                if (sleeper() < 0) {
-                    fail("fork");
-                }
+                sleeper();
             }
-            pid_t c = fork();
-            if (c < 0) {
-                fail("fork");
-            }
+            pid_t c = checked_fork();
             if (c == 0) {
                 while (getppid() == x) {
                     sleep_ns(20000);
@@ -444,26 +429,16 @@ static int permission_denied(void) {
         fprintf(stderr, "redlock-kill-probe: permission-denied must run as root\n");
         return 2;
     }
-    if (redlock_become_subreaper() != 0) {
-        fail("prctl(PR_SET_CHILD_SUBREAPER)");
-    }
+    become_subreaper();
     int from_p[2];
     if (pipe2(from_p, O_CLOEXEC) != 0) {
         fail("pipe2");
     }
-    pid_t p = fork();
-    if (p < 0) {
-        fail("fork");
-    }
+    pid_t p = checked_fork();
     if (p == 0) {
         /* The root of the kill is a child subreaper, as the watchdog is. */
-        if (redlock_become_subreaper() != 0) {
-            fail("prctl(PR_SET_CHILD_SUBREAPER)");
-        }
+        become_subreaper();
         pid_t kept = sleeper();
-        if (kept < 0) {
-            fail("fork");
-        }
         if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) {
             fail("drop to uid 65534");
         }
@@ -471,15 +446,9 @@ static int permission_denied(void) {
         if (pipe2(g_pipe, O_CLOEXEC) != 0) {
             fail("pipe2");
         }
-        pid_t own = fork();
-        if (own < 0) {
-            fail("fork");
-        }
+        pid_t own = checked_fork();
         if (own == 0) {
             pid_t grandchild = sleeper();
-            if (grandchild < 0) {
-                fail("fork");
-            }
             write_all(g_pipe[1], &grandchild, sizeof grandchild);
             for (;;) {
                 pause();
