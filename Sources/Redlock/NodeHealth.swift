@@ -11,8 +11,8 @@ import Synchronization
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
 ///
-/// It also vets the address each new connection reaches (``vet(_:peer:)``): one server listed
-/// under two names votes once.
+/// It also vets the address each new connection reaches, and the server by its `run_id` when
+/// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes once.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
     let endpoints: [RedisEndpoint]
@@ -52,34 +52,41 @@ final class NodeHealth: Sendable {
     /// subscriber; nil when this client vets nothing.
     func vet(for index: Int) -> ConnectVet? {
         guard vetsConnections else { return nil }
-        return { [self] peer in vet(index, peer: peer) }
+        return { [self] peer, server in vet(index, peer: peer, server: server) }
     }
 
     /// Vets a new socket of node `index` that reached `peer` (``NodeSocket``'s peer: a numeric
-    /// address with the TLS server name, or a Unix socket's file): refused while another node's
-    /// sockets (any of them: either lane's connection, its subscriber) are open there, so that a
-    /// server listed under two names (`localhost:6379` and `127.0.0.1:6379`) votes once, not
-    /// twice. Whichever node's socket gets there first holds the address until its last socket
-    /// there closes; the other's connects fail meanwhile with
-    /// ``RedisError/Code-swift.struct/invalidAddress`` (permanent) naming both, and it counts as
-    /// a node that refuses every command. Logged at `error` once per pair. A success carries
-    /// what to call when the socket closes.
-    func vet(_ index: Int, peer: String) -> Result<@Sendable () -> Void, RedisError> {
-        let found: (node: Int, isNew: Bool)? = peers.withLock { peers in
-            if let holder = peers.holders[peer], holder.node != index {
-                return (holder.node, peers.logged.insert([holder.node, index]).inserted)
+    /// address with the TLS server name, or a Unix socket's file) on the server whose `run_id`
+    /// is `server` (nil when the handshake did not learn it): refused while another node's
+    /// sockets (any of them: either lane's connection, its subscriber) are open at that address
+    /// or on that server, so that a server listed under two names votes once, not twice:
+    /// `localhost:6379` and `127.0.0.1:6379` by the address, a TCP address and the server's Unix
+    /// socket (or its IPv4 and IPv6 addresses) by the `run_id`. Whichever node's socket gets
+    /// there first holds the address (and the server) until its last socket there closes; the
+    /// other's connects fail meanwhile with ``RedisError/Code-swift.struct/invalidAddress``
+    /// (permanent) naming both, and it counts as a node that refuses every command. Logged at
+    /// `error` once per pair. A success carries what to call when the socket closes.
+    func vet(_ index: Int, peer: String, server: String? = nil) -> Result<@Sendable () -> Void, RedisError> {
+        let keys = [peer] + (server.map { ["the server with run_id \($0)"] } ?? [])
+        let found: (node: Int, key: String, isNew: Bool)? = peers.withLock { peers in
+            for key in keys {
+                if let holder = peers.holders[key], holder.node != index {
+                    return (holder.node, key, peers.logged.insert([holder.node, index]).inserted)
+                }
             }
-            peers.holders[peer, default: (index, 0)].sockets += 1
+            for key in keys { peers.holders[key, default: (index, 0)].sockets += 1 }
             return nil
         }
         guard let found else {
             return .success { [self] in
                 peers.withLock { peers in
-                    guard let holder = peers.holders[peer] else { return }
-                    if holder.sockets > 1 {
-                        peers.holders[peer] = (holder.node, holder.sockets - 1)
-                    } else {
-                        peers.holders[peer] = nil
+                    for key in keys {
+                        guard let holder = peers.holders[key] else { continue }
+                        if holder.sockets > 1 {
+                            peers.holders[key] = (holder.node, holder.sockets - 1)
+                        } else {
+                            peers.holders[key] = nil
+                        }
                     }
                 }
             }
@@ -87,12 +94,12 @@ final class NodeHealth: Sendable {
         if found.isNew {
             logger.error(
                 "redlock nodes are one server listed twice; the second does not vote",
-                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "same-as-node": "\(found.node)", "address": "\(peer)"]
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "same-as-node": "\(found.node)", "address": "\(found.key)"]
             )
         }
         return .failure(RedisError(
             code: .invalidAddress, endpoint: endpoints[index],
-            message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(peer), and a server votes once; list each server once"
+            message: "the same server as node \(found.node) (\(endpoints[found.node])): both reach \(found.key), and a server votes once; list each server once"
         ))
     }
 

@@ -50,16 +50,8 @@ final class NodeUptimes: Sendable {
 
     /// `run_id` and `uptime_in_seconds` from the text of `INFO server`.
     static func parse(_ info: String) -> (runID: String, uptimeSeconds: Int64)? {
-        var runID: String?
-        var uptime: Int64?
-        for line in info.split(whereSeparator: \.isNewline) {
-            if line.hasPrefix("run_id:") {
-                runID = String(line.dropFirst("run_id:".count))
-            } else if line.hasPrefix("uptime_in_seconds:") {
-                uptime = Int64(line.dropFirst("uptime_in_seconds:".count))
-            }
-        }
-        guard let runID, !runID.isEmpty, let uptime else { return nil }
+        let fields = infoFields(info)
+        guard let runID = fields["run_id"], !runID.isEmpty, let uptime = fields["uptime_in_seconds"].flatMap({ Int64($0) }) else { return nil }
         return (runID, uptime)
     }
 }

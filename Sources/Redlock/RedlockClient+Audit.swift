@@ -111,7 +111,7 @@ extension RedlockClient {
         var audit = NodeAudit(node: index, endpoint: endpoint, checks: [])
         let info: [String: String]
         do {
-            info = parseInfo(try await node.send(RedisCommand("INFO")).string ?? "")
+            info = infoFields(try await node.send(RedisCommand("INFO")).string ?? "")
             audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers"))
         } catch let error as RedisError where error.code == .serverError {
             info = [:]
@@ -312,15 +312,6 @@ extension RedlockClient {
         return parts[1].string
     }
 
-    /// `INFO`'s `key:value` lines.
-    private static func parseInfo(_ text: String) -> [String: String] {
-        var fields: [String: String] = [:]
-        for line in text.split(whereSeparator: \.isNewline) where !line.hasPrefix("#") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            fields[String(line[..<colon])] = String(line[line.index(after: colon)...])
-        }
-        return fields
-    }
 }
 
 /// This machine's wall clock (`CLOCK_REALTIME`) in microseconds since the epoch.

@@ -131,14 +131,15 @@ final class NodeSocket: @unchecked Sendable {
         onClose = hook
     }
 
-    /// `outcome`, a connect's, once `vet` looked at what its socket reached: a socket let
-    /// through closes with the vet's hook; a refused one is closed, and the refusal is the
-    /// outcome (`refused` true). Without a vet or a peer, as is.
+    /// `outcome`, a connect's, once `vet` looked at what its socket reached: the address
+    /// (``peer``) and the server's `run_id` when the handshake learned it (``serverRunID``). A
+    /// socket let through closes with the vet's hook; a refused one is closed, and the refusal
+    /// is the outcome (`refused` true). Without a vet or a peer, as is.
     static func vetted(
         _ outcome: Result<NodeSocket, RedisError>, by vet: ConnectVet?
     ) -> (outcome: Result<NodeSocket, RedisError>, refused: Bool) {
         guard case let .success(socket) = outcome, let vet, let peer = socket.peer else { return (outcome, false) }
-        switch vet(peer) {
+        switch vet(peer, socket.serverRunID) {
         case let .success(released):
             socket.whenClosed(released)
             return (outcome, false)
@@ -218,7 +219,9 @@ final class NodeSocket: @unchecked Sendable {
             credentials.append(RedisCommand("SELECT", String(database)))
         }
         if probe { credentials.append(RedisCommand("PING")) }
-        let barrierCommands = barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? []
+        let barrierCommands = barrier.map { request in
+            (request.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] + (request.identifiesServer ? [serverInfoCommand] : [])
+        } ?? []
         let deadline = max(started + budget, .now + configuration.commandTimeout)
         let separately = !credentials.isEmpty && !barrierCommands.isEmpty
         var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
@@ -228,7 +231,7 @@ final class NodeSocket: @unchecked Sendable {
             exchange.failure = second.failure
         }
         let handshake = credentials + barrierCommands
-        // A command's name for errors: `AUTH`, `SELECT`, `PING`, `CLIENT KILL`, `CLIENT INFO`.
+        // A command's name for errors: `AUTH`, `SELECT`, `PING`, `CLIENT KILL`, `CLIENT INFO`, `INFO`.
         func name(_ command: RedisCommand) -> String {
             let words = command.arguments.prefix(2).map { String(decoding: $0, as: UTF8.self).uppercased() }
             return (words.first == "CLIENT" ? words : Array(words.prefix(1))).joined(separator: " ")
@@ -258,8 +261,20 @@ final class NodeSocket: @unchecked Sendable {
         guard let barrier else { return .success(socket) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
         socket.barrier = outcome
+        if barrier.identifiesServer, let info = exchange.replies.last?.string, let runID = infoFields(info)["run_id"], !runID.isEmpty {
+            socket.serverRunID = runID
+        }
         return .success(socket)
     }
+
+    /// `INFO server`: its `run_id` tells one server from another whatever address reaches it.
+    private static let serverInfoCommand = RedisCommand("INFO", "server")
+
+    /// The server's `run_id` (40 hex digits, new at each start), when the handshake asked for it
+    /// (``OrderBarrier/Request/identifiesServer``) and the server told it (an ACL without
+    /// `+info` refuses, and the connect goes on without it). Set by the connector thread before
+    /// it hands the socket over.
+    private(set) var serverRunID: String?
 
     /// The failure of a connect whose handshake `command` got the error answer `text`, or nil
     /// when the connect goes on: a node that wants credentials (`NOAUTH`) fails it as a command
@@ -650,10 +665,12 @@ extension RedisError {
     }
 }
 
-/// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``),
-/// before it is used: a success lets the socket through and carries what to call once it closes
-/// (exactly once, on whichever thread closes it); a failure refuses it with that error.
-package typealias ConnectVet = @Sendable (_ peer: String) -> Result<@Sendable () -> Void, RedisError>
+/// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``), with
+/// the server's `run_id` when the handshake learned it (``NodeSocket/serverRunID``: a
+/// connection's, not a subscriber's), before the socket is used: a success lets the socket
+/// through and carries what to call once it closes (exactly once, on whichever thread closes
+/// it); a failure refuses it with that error.
+package typealias ConnectVet = @Sendable (_ peer: String, _ serverRunID: String?) -> Result<@Sendable () -> Void, RedisError>
 
 /// `count` bytes from the system's secure generator: one `getrandom(2)` call for them all
 /// (`SystemRandomNumberGenerator` makes one per eight bytes); what that call leaves unfilled

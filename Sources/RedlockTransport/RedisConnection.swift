@@ -896,7 +896,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }) : nil
+        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }, identifiesServer: vet != nil) : nil
         NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier) { [self] outcome in
             connected(outcome, tookSince: started)
         }

@@ -804,4 +804,24 @@ struct NodeAddressVettingTests {
         // Another TLS server name is another server (a gateway routes by name).
         #expect(refusal(health.vet(0, peer: address + " sni=a.example")) == nil)
     }
+
+    @Test("a server is held by its run_id too: a second node that reaches it at another address (its Unix socket) is refused naming the run_id, holds nothing after the refusal, and takes it once the first node's sockets closed")
+    func heldByRunID() {
+        let endpoints: [RedisEndpoint] = [.hostname("a.example", port: 6379), .unixDomainSocket(path: "/run/redis.sock"), .hostname("c.example", port: 6379)]
+        let health = NodeHealth(endpoints: endpoints, logger: Logger(label: "test"))
+        let first = admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))
+        let refused = refusal(health.vet(1, peer: "unix:1:2", server: "r1"))
+        #expect(refused?.code == .invalidAddress && refused?.isPermanent == true)
+        #expect(refused?.message.hasPrefix("the same server as node 0 (a.example:6379): both reach the server with run_id r1") == true, "\(String(describing: refused))")
+        // The refused socket's address was not taken: another node may reach it.
+        let other = admitted(health.vet(2, peer: "unix:1:2", server: "r2"))
+        other?()
+        // Without a run_id (a subscriber, a user without +info) only the address counts.
+        let subscriber = admitted(health.vet(1, peer: "unix:1:2", server: nil))
+        subscriber?()
+        first?()
+        let taken = admitted(health.vet(1, peer: "unix:1:2", server: "r1"))
+        #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?.message.hasPrefix("the same server as node 1") == true)
+        taken?()
+    }
 }

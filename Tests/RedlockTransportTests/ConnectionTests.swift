@@ -1628,7 +1628,7 @@ struct EndOfStreamTests {
             let seen = Mutex<[String]>([])
             let refusing = Mutex(true)
             let closed = Mutex(0)
-            let connection = RedisConnection(configuration: configuration, eventLoop: .shared) { peer in
+            let connection = RedisConnection(configuration: configuration, eventLoop: .shared) { peer, _ in
                 seen.withLock { $0.append(peer) }
                 guard !refusing.withLock({ $0 }) else { return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")) }
                 return .success { closed.withLock { $0 += 1 } }
@@ -1667,7 +1667,7 @@ struct EndOfStreamTests {
             let mappedPeer = Mutex<String?>(nil)
             let mapped = RedisConnection(
                 configuration: RedisConnectionConfiguration(endpoint: .hostname("::ffff:127.0.0.1", port: server.port)), eventLoop: .shared
-            ) { peer in
+            ) { peer, _ in
                 mappedPeer.withLock { $0 = peer }
                 return .success {}
             }
@@ -1687,7 +1687,7 @@ struct EndOfStreamTests {
                 let unixPeer = Mutex<String?>(nil)
                 let overUnix = RedisConnection(
                     configuration: RedisConnectionConfiguration(endpoint: .unixDomainSocket(path: reached)), eventLoop: .shared
-                ) { peer in
+                ) { peer, _ in
                     unixPeer.withLock { $0 = peer }
                     return .success {}
                 }
@@ -1700,7 +1700,7 @@ struct EndOfStreamTests {
             let confirmed = Mutex(0)
             let subscriber = RedisSubscriber(
                 configuration: configuration,
-                vet: { peer in
+                vet: { peer, _ in
                     vetted.withLock { $0 += 1 }
                     return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)"))
                 },
@@ -1720,7 +1720,7 @@ struct EndOfStreamTests {
         try await withRedisServers(1) { servers throws in
             let server = servers[0]
             let vetted = Mutex(0)
-            let connection = RedisConnection(configuration: server.configuration(), eventLoop: .shared) { _ in
+            let connection = RedisConnection(configuration: server.configuration(), eventLoop: .shared) { _, _ in
                 vetted.withLock { $0 += 1 }
                 return .success {}
             }

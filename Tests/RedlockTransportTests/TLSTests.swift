@@ -122,7 +122,7 @@ struct TLSTests {
                         if let name { tls.serverName = name }
                         if name != nil || host.contains(":") { tls.verifiesHostname = false }
                     }
-                    let connection = RedisConnection(configuration: settings, eventLoop: .shared) { peer in
+                    let connection = RedisConnection(configuration: settings, eventLoop: .shared) { peer, _ in
                         seen.fire(peer)
                         return .success {}
                     }
