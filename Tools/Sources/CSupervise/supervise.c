@@ -426,43 +426,65 @@ static int identity_array_append(identity_array *array, long pid, unsigned long 
     return 0;
 }
 
-/* A set of pids: open addressing with linear probing, 0 marking a free slot, at most half full. */
+/* A set of processes by pid, each with its start time: open addressing with linear probing,
+   pid 0 marking a free slot, at most half full. */
 typedef struct {
-    long *slots;
+    process_identity *slots;
     size_t capacity; /* 0 or a power of two */
     size_t count;
+    size_t changes; /* pids added, or start times changed (a pid taken by another process) */
 } pid_set;
 
 static size_t pid_slot(long pid, size_t capacity) {
     return ((size_t)pid * 0x9E3779B97F4A7C15ull) & (capacity - 1);
 }
 
-static int pid_set_contains(const pid_set *set, long pid) {
+/* The slot of `pid`, or NULL when the set has none. */
+static process_identity *pid_set_find(const pid_set *set, long pid) {
     if (set->capacity == 0) {
-        return 0;
+        return NULL;
     }
     for (size_t at = pid_slot(pid, set->capacity);; at = (at + 1) & (set->capacity - 1)) {
-        if (set->slots[at] == 0) {
-            return 0;
+        if (set->slots[at].pid == 0) {
+            return NULL;
         }
-        if (set->slots[at] == pid) {
-            return 1;
+        if (set->slots[at].pid == pid) {
+            return &set->slots[at];
         }
     }
 }
 
-/* Adds `pid` (> 0, not in the set yet); 0, or -1 when memory ran out. */
-static int pid_set_add(pid_set *set, long pid) {
+static int pid_set_contains(const pid_set *set, long pid) {
+    return pid_set_find(set, pid) != NULL;
+}
+
+/* Whether the set holds the process `pid` that started at `started`. */
+static int pid_set_holds(const pid_set *set, long pid, unsigned long long started) {
+    const process_identity *slot = pid_set_find(set, pid);
+    return slot != NULL && slot->started == started;
+}
+
+/* Records process `pid` (> 0) started at `started`, in place of another with that pid; 0, or
+   -1 when memory ran out. */
+static int pid_set_put(pid_set *set, long pid, unsigned long long started) {
+    process_identity *known = pid_set_find(set, pid);
+    if (known != NULL) {
+        if (known->started != started) {
+            known->started = started;
+            set->changes++;
+        }
+        return 0;
+    }
     if (2 * (set->count + 1) > set->capacity) {
         size_t capacity = set->capacity == 0 ? 128 : 2 * set->capacity;
-        long *slots = calloc(capacity, sizeof *slots);
+        process_identity *slots = calloc(capacity, sizeof *slots);
         if (slots == NULL) {
             return -1;
         }
         for (size_t i = 0; i < set->capacity; i++) {
-            if (set->slots[i] != 0) {
-                size_t at = pid_slot(set->slots[i], capacity);
-                while (slots[at] != 0) {
+            if (set->slots[i].pid != 0) {
+                size_t at = pid_slot(set->slots[i].pid, capacity);
+                while (slots[at].pid != 0) {
                     at = (at + 1) & (capacity - 1);
                 }
                 slots[at] = set->slots[i];
@@ -473,11 +495,12 @@ static int pid_set_add(pid_set *set, long pid) {
         set->capacity = capacity;
     }
     size_t at = pid_slot(pid, set->capacity);
-    while (set->slots[at] != 0) {
+    while (set->slots[at].pid != 0) {
         at = (at + 1) & (set->capacity - 1);
     }
-    set->slots[at] = pid;
+    set->slots[at] = (process_identity){.pid = pid, .started = started};
     set->count++;
+    set->changes++;
     return 0;
 }
 
@@ -558,11 +581,57 @@ static int read_children(long pid, pid_array *children) {
     return result;
 }
 
+/* A descriptor of process `pid` itself (pidfd_open(2), Linux 5.3): a signal sent through it
+   reaches that process or none, never one that took its pid later. -1 with errno ESRCH when
+   there is no such process; -1 with another errno (ENOSYS on an older kernel, EPERM under a
+   seccomp filter) when there is no descriptor to be had: the caller then signals by pid. */
+static int open_process(long pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Sends `signal` to the process of `descriptor` (from open_process), or by `pid` when that is
+   -1: 0, or -1 with errno (ESRCH: it has been reaped; EPERM: it may not be signalled). */
+static int signal_process(int descriptor, long pid, int signal) {
+#ifdef SYS_pidfd_send_signal
+    if (descriptor >= 0) {
+        return (int)syscall(SYS_pidfd_send_signal, descriptor, signal, NULL, 0);
+    }
+#endif
+    return kill((pid_t)pid, signal);
+}
+
+/* Opens process `pid` (open_process) and reads its parent, state and start time (read_parent),
+   both of the same process: the read comes after the open and before a signal 0 through the
+   descriptor finds the process not yet reaped, so its pid did not change hands in between.
+   0, with *descriptor (to close; -1 without pidfds, when the read is only as good as the pid),
+   or -1 when the process is gone or /proc could not be read. */
+static int open_and_read(long pid, int *descriptor, long *parent, char *state, unsigned long long *started) {
+    int opened = open_process(pid);
+    if (opened < 0 && errno == ESRCH) {
+        return -1;
+    }
+    if (read_parent(pid, parent, state, NULL, started) != 0 ||
+        (opened >= 0 && signal_process(opened, pid, 0) != 0 && errno == ESRCH)) {
+        if (opened >= 0) {
+            close(opened);
+        }
+        return -1;
+    }
+    *descriptor = opened;
+    return 0;
+}
+
 /* The scan: SIGKILLs each descendant of `root` in a snapshot of /proc (every process's
    /proc/PID/stat, about 10 µs each), in passes until one finds none it has not sent SIGKILL yet
    (at most 64; a process is told by its pid and start time). Sets *unknown when it signalled a
-   process that is not in `known` (may be NULL). 0 then; -1 when /proc could not be read, memory
-   ran out, one could not be signalled (EPERM) or new ones still appeared in the last pass. */
+   process that is not in `known` (by pid and start time; `known` may be NULL). 0 then; -1 when
+   /proc could not be read, memory ran out, one could not be signalled (EPERM) or new ones still
+   appeared in the last pass. */
 static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
     /* The processes sent SIGKILL so far (by pid and start time), sorted by pid. */
     process_entry *killed = NULL;
@@ -591,13 +660,33 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
             if (holds(killed, before, list[i].pid, list[i].started)) {
                 continue;
             }
-            if (kill((pid_t)list[i].pid, SIGKILL) == 0) {
+            /* Read a while ago (the snapshot of thousands of processes takes milliseconds): it
+               is signalled through a descriptor of its own, and only if that is the process
+               read (its start time) and still below `root` (its parent unchanged, or `root`,
+               to which a dying parent hands it). */
+            int descriptor;
+            long parent;
+            char state;
+            unsigned long long started;
+            if (open_and_read(list[i].pid, &descriptor, &parent, &state, &started) != 0) {
+                continue;
+            }
+            if (started != list[i].started || (parent != list[i].parent && parent != (long)root)) {
+                if (descriptor >= 0) {
+                    close(descriptor);
+                }
+                continue;
+            }
+            if (signal_process(descriptor, list[i].pid, SIGKILL) == 0) {
                 killed[killed_count++] = list[i];
-                if (known == NULL || !pid_set_contains(known, list[i].pid)) {
+                if (known == NULL || !pid_set_holds(known, list[i].pid, list[i].started)) {
                     *unknown = 1;
                 }
             } else if (errno != ESRCH) {
                 refused = 1; /* EPERM: one it may not kill runs on */
+            }
+            if (descriptor >= 0) {
+                close(descriptor);
             }
         }
         free(list);
@@ -611,39 +700,49 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
     return outcome;
 }
 
-/* Sends SIGKILL to process `pid` unless it is in `found`, which then holds it, or its parent
-   is neither `root` nor in `found` (checked just before: a pid read from a list a while ago may
-   have gone to another process); its children are appended to `work`, read before and after
-   the kill (a process killed first could hand them to init before they are read, one read only
-   before could fork another), and its identity to `killed` (if not NULL). 0, or -1 when memory
-   ran out; one it may not signal (EPERM) sets *refused. */
-static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused) {
-    if (pid <= 0 || pid_set_contains(found, pid)) {
+/* Sends SIGKILL to process `pid` unless `found` holds it already (by pid; with `strict`, by
+   pid and start time: a pid taken by another process since), or its parent is neither `root`
+   nor in `found` (checked just before: a pid read from a list a while ago may have gone to
+   another process); `found` then holds it. Its children are appended to `work`, read before
+   and after the kill (a process killed first could hand them to init before they are read,
+   one read only before could fork another), and its identity to `killed` (if not NULL). The
+   parent is read and the signal sent through a descriptor of the process (open_and_read), so
+   the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out;
+   one it may not signal (EPERM) sets *refused. */
+static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused, int strict) {
+    if (pid <= 0 || (!strict && pid_set_contains(found, pid))) {
         return 0;
     }
     /* Read from a list a while ago: still below `root` (its parent `root` or one killed here)?
        Else it is gone, escaped to init, or its pid went to another process meanwhile. */
+    int descriptor;
     long parent;
     char state;
     unsigned long long started;
-    if (read_parent(pid, &parent, &state, NULL, &started) != 0 || (parent != root && !pid_set_contains(found, parent))) {
+    if (open_and_read(pid, &descriptor, &parent, &state, &started) != 0) {
         return 0;
     }
-    if (pid_set_add(found, pid) != 0) {
-        return -1;
+    int result = 0;
+    if (pid_set_holds(found, pid, started) || (parent != root && !pid_set_contains(found, parent))) {
+        goto done;
+    }
+    if (pid_set_put(found, pid, started) != 0) {
+        result = -1;
+        goto done;
     }
     size_t before = work->count;
     if (read_children(pid, work) != 0) {
         work->count = before; /* read again below, after the kill */
     }
-    if (kill((pid_t)pid, SIGKILL) != 0) {
+    if (signal_process(descriptor, pid, SIGKILL) != 0) {
         if (errno != ESRCH) {
             *refused = 1;
         }
-        return 0;
+        goto done;
     }
     if (killed != NULL && identity_array_append(killed, pid, started) != 0) {
-        return -1;
+        result = -1;
+        goto done;
     }
     /* Killed: no fork of it completes any more (a fatal signal aborts one in progress). A read
        that fails leaves its children to the scan that follows. */
@@ -651,29 +750,33 @@ static int kill_found(long root, long pid, pid_set *found, identity_array *kille
     if (read_children(pid, work) != 0) {
         work->count = killed_at;
     }
-    return 0;
+done:
+    if (descriptor >= 0) {
+        close(descriptor);
+    }
+    return result;
 }
 
 /* The fast part of redlock_kill_tree: SIGKILLs the descendants of `root` found by walking
    /proc/PID/task/TID/children from it, each killed on sight, so the cost grows with them, not
    with the processes on the host. Then reads `root`'s children again, in passes until one finds
    none new (at most 64): what a dying process handed to `root` (a child subreaper) comes there.
-   Every process it signalled is left in `found`, and each it killed in `killed` (if not NULL).
-   Best effort: -1 when memory ran out. */
-static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int *refused) {
+   Every process it signalled is left in `found`, and each it killed in `killed` (if not NULL);
+   `strict` as for kill_found. Best effort: -1 when memory ran out. */
+static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int *refused, int strict) {
     pid_array work = {0};
     int result = 0;
     for (int pass = 0; pass < 64 && result == 0; pass++) {
-        size_t before = found->count;
+        size_t before = found->changes;
         work.count = 0;
         if (read_children(root, &work) != 0) {
             break;
         }
         /* `work` grows at its end while it is read: children of the killed come after them. */
         for (size_t i = 0; i < work.count && result == 0; i++) {
-            result = kill_found(root, work.items[i], found, killed, &work, refused);
+            result = kill_found(root, work.items[i], found, killed, &work, refused, strict);
         }
-        if (found->count == before) {
+        if (found->changes == before) {
             break;
         }
     }
@@ -720,17 +823,19 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     pid_set found = {0};
     identity_array killed = {0};
     int refused = 0;
-    int walked = children_files_exist() && kill_tree_walk(root, &found, &killed, &refused) == 0;
-    int64_t walked_at = redlock_boottime_ns();
+    int walked = children_files_exist() && kill_tree_walk(root, &found, &killed, &refused, 0) == 0;
+    int64_t walked_at = 0;
     /* The walk's end is the kill instant only if nothing escaped it: once every process it killed
        has exited in full (and handed its children, any a sibling made its own with CLONE_PARENT
        after the walk read its list included, to `root`), `root` has no child the walk has not
-       killed, and the scan below finds none either. One that may not be signalled fails the
-       kill whatever follows: the scan then comes at once, without waiting. */
-    if (walked && !refused) {
-        size_t before = found.count;
-        walked = wait_exited(&killed, 1000000000) && kill_tree_walk(root, &found, &killed, &refused) == 0 &&
-                 found.count == before;
+       killed (told by pid and start time: `root` may be reaping, and a pid change hands), and
+       the scan below finds none either. The instant is taken after that last look: one that
+       escaped and ended before it, reaped by then, ran before it. */
+    if (walked) {
+        size_t before = found.changes;
+        walked = wait_exited(&killed, 1000000000) && kill_tree_walk(root, &found, &killed, &refused, 1) == 0 &&
+                 found.changes == before;
+        walked_at = redlock_boottime_ns();
     }
     /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
        one list to another while the lists were read) and says whether it did. */
@@ -764,7 +869,7 @@ static void kill_descendants_fast(void) {
     }
     pid_set found = {0};
     int refused = 0;
-    kill_tree_walk(getpid(), &found, NULL, &refused);
+    kill_tree_walk(getpid(), &found, NULL, &refused, 0);
     free(found.slots);
 }
 

@@ -2,36 +2,47 @@
  * redlock-kill-probe: process trees that try to break redlock_kill_tree (CSupervise), the kill
  * that `redlock run` sends at a lease's deadline. Run by RunSupervisionTests; each scenario
  * prints one line per round and exits 0 when it could run (its verdict is for the test to draw),
- * 1 on a setup failure (named on stderr), 2 on bad usage.
+ * 1 on a setup failure (named on stderr), 2 on bad usage. The scenarios marked "namespace" must
+ * run as init of a pid namespace of their own (`unshare --pid --fork --kill-child --mount-proc`,
+ * as root), whose end takes every process they made with it.
  *
- *   redlock-kill-probe late-children [ROUNDS]
- *       The kill instant is never reported early. This process (a child subreaper, the root)
- *       has a child X whose exit is slow (it holds 256 MiB) and that has 300 sleeping children
+ *   redlock-kill-probe late-children [ROUNDS [reaping]]
+ *       The kill instant is never reported early. This process (a child subreaper, the root;
+ *       with `reaping`, reaping every child in a thread meanwhile, as a running watchdog does)
+ *       has a child X whose exit is slow (it holds 512 MiB) and that has 100 sleeping children
  *       and then C. C forks every 150 µs with CLONE_PARENT: its children are X's, made after the
  *       kill read X's list, each running 0.3-3.3 ms and then exiting on its own. Every process
  *       that runs writes CLOCK_BOOTTIME into a shared slot of its own, every 30 µs. Then
  *       redlock_kill_tree(this process), and 150 ms later one line per round:
- *           round=R rc=RC killed_at_ns=K call_ns=D late=L latest_after_ns=A
+ *           round=R rc=RC killed_at_ns=K call_ns=D instant_before_return_ns=B late=L latest_after_ns=A
  *       L counts the processes whose last stamp is later than the reported instant K (any is an
- *       early report, or a survivor); A is by how much the latest stamp is later (0 if none).
+ *       early report, or a survivor); A is by how much the latest stamp is later (0 if none); B
+ *       is how long before the call returned the instant lies (ms: the walk's; µs: the scan's).
  *
- *   redlock-kill-probe pid-reuse
- *       No stranger is killed when a pid read from a children file changes hands. Must run as
- *       init of a pid namespace of its own (`unshare --pid --fork --mount-proc`). H, the root of
- *       the kill (a child subreaper that reaps in a thread, as a running watchdog does), has a
- *       child X with 400 sleeping children and then C, which exits on its own once X is gone.
- *       When H has reaped C, S (not below H) writes C's pid less one into ns_last_pid and forks
- *       V, which takes C's pid, while the kill still walks X's 400 children towards it. One line:
+ *   redlock-kill-probe pid-reuse (namespace)
+ *       No stranger is killed when a pid read from a children file changes hands. H, the root
+ *       of the kill (a child subreaper that reaps in a thread, as a running watchdog does), has
+ *       a child X with 400 sleeping children and then C, which exits as soon as X is gone. When
+ *       H has reaped C, S (not below H) writes C's pid less one into ns_last_pid and forks V,
+ *       which takes C's pid, while the kill still walks X's 400 children towards it. One line:
  *           rc=RC stranger_pid=V c_pid=C stranger_born_ns=B call_began_ns=T0 call_ended_ns=T1 stranger_killed=0|1
+ *
+ *   redlock-kill-probe reaped-pids [FILL] (namespace)
+ *       No stranger is killed when a process the kill read in its scan of /proc is reaped and
+ *       its pid changes hands before the scan's signal. FILL (3,000) other processes make the
+ *       scan slow; H (as above) has a child X (256 MiB, 50 sleeping children, then C, which
+ *       makes children of X every millisecond, each holding 8 MiB for 100 ms); S gives every
+ *       pid H reaps to a sleeper of its own. One line:
+ *           rc=RC call_ns=D strangers=M took_the_pid=T strangers_killed=K
  *
  *   redlock-kill-probe permission-denied
  *       One process that may not be signalled does not keep the kill from the others, and
  *       makes it report failure. Must run as root. P has a child kept by root (made before P
- *       drops to uid and gid 65534) and, after the drop, a child of its own with a child. P
- *       calls redlock_kill_tree(P). One line:
+ *       drops to uid and gid 65534), which has a child that dropped to 65534 too, and, after
+ *       the drop, a child of its own with a child. P calls redlock_kill_tree(P). One line:
  *           rc=RC call_ns=D own_left=N kept_alive=0|1
- *       N counts P's own descendants that still run 100 ms after the call (they should not);
- *       kept_alive says whether root's child still runs (it should: it may not be killed).
+ *       N counts the descendants P may signal that still run 100 ms after the call (they
+ *       should not); kept_alive says whether root's child still runs (it should).
  */
 #define _GNU_SOURCE
 
@@ -45,17 +56,20 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "supervise.h"
 
-static void fail(const char *what) {
+/* Names the failed step on stderr and ends this process (1); stdout is flushed after every line. */
+static _Noreturn void fail(const char *what) {
     fprintf(stderr, "redlock-kill-probe: %s: %s\n", what, strerror(errno));
-    exit(1);
+    _exit(1);
 }
 
 static void sleep_ns(int64_t ns) {
@@ -178,7 +192,7 @@ static _Noreturn void forker(void) {
     }
 }
 
-/* X: 512 MiB of its own (its exit takes a few ms), 50 sleeping children, then C. */
+/* X: 512 MiB of its own (its exit takes a few ms), 100 sleeping children, then C. */
 static _Noreturn void slow_parent(void) {
     /* Not inherited by its children: only its own exit frees it. */
     size_t size = (size_t)512 << 20;
@@ -189,16 +203,15 @@ static _Noreturn void slow_parent(void) {
     for (size_t i = 0; i < size; i += 4096) {
         memory[i] = 1;
     }
-    for (int i = 0; i < 50; i++) {
-        sleeper();
-    }
-    for (int i = 0; i < 50; i++) {
+    for (int i = 0; i < 100; i++) {
         sleeper();
     }
     pid_t c = checked_fork();
     if (c == 0) {
+        close(ready_pipe[0]);
         forker();
     }
+    close(ready_pipe[1]);
     for (;;) {
         stamp();
         if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD) {
@@ -207,7 +220,19 @@ static _Noreturn void slow_parent(void) {
     }
 }
 
-static int late_children(int rounds) {
+/* The root's reaper in the reaping variant: reaps every child as it ends, as a running
+   watchdog does while redlock_kill_tree runs in redlock. */
+static void *reap_everything(void *unused) {
+    (void)unused;
+    for (;;) {
+        if (waitpid(-1, NULL, __WALL) < 0) {
+            sleep_ns(200000);
+        }
+    }
+    return NULL;
+}
+
+static int late_children(int rounds, int reaping) {
     stamp_count = read_pid_max();
     stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE,
                   MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -215,25 +240,32 @@ static int late_children(int rounds) {
         fail("mmap");
     }
     become_subreaper();
-    if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
-        fail("pipe2");
+    pthread_t thread;
+    if (reaping && pthread_create(&thread, NULL, reap_everything, NULL) != 0) {
+        fail("pthread_create");
     }
     for (int round = 1; round <= rounds; round++) {
         memset(stamps, 0, (size_t)stamp_count * sizeof *stamps);
+        if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
+            fail("pipe2");
+        }
         pid_t x = checked_fork();
         if (x == 0) {
             slow_parent();
         }
-        /* Once C forks, 20 ms for its children to come and go. */
+        close(ready_pipe[1]);
+        /* Once C forks, 20 ms for its children to come and go (end of file: X or C failed). */
         char ready;
         if (read_all(ready_pipe[0], &ready, sizeof ready) != 0) {
-            fail("read from C");
+            fprintf(stderr, "redlock-kill-probe: C did not start\n");
+            _exit(1);
         }
+        close(ready_pipe[0]);
         sleep_ns(20000000);
         int64_t killed_at = 0;
         int64_t began = redlock_boottime_ns();
         int rc = redlock_kill_tree(getpid(), &killed_at);
-        int64_t call = redlock_boottime_ns() - began;
+        int64_t ended = redlock_boottime_ns();
         sleep_ns(150000000);
         long late = 0;
         int64_t latest = 0;
@@ -246,111 +278,240 @@ static int late_children(int rounds) {
                 }
             }
         }
-        printf("round=%d rc=%d killed_at_ns=%lld call_ns=%lld late=%ld latest_after_ns=%lld\n", round, rc,
-               (long long)killed_at, (long long)call, late, (long long)latest);
+        /* instant_before_return_ns: how long before the call returned the instant reported lies
+           (the walk's instant is milliseconds before it, the scan's microseconds). */
+        printf("round=%d rc=%d killed_at_ns=%lld call_ns=%lld instant_before_return_ns=%lld late=%ld latest_after_ns=%lld\n", round, rc,
+               (long long)killed_at, (long long)(ended - began), (long long)(ended - killed_at), late, (long long)latest);
         fflush(stdout);
-        if (rc != 0) {
-            /* Whatever runs on is not left behind. */
-            if (redlock_kill_tree_by_scan(getpid()) != 0) {
-                fprintf(stderr, "redlock-kill-probe: the tree could not be killed\n");
-            }
+        if (rc != 0 && redlock_kill_tree_by_scan(getpid()) != 0) {
+            fprintf(stderr, "redlock-kill-probe: the tree could not be killed\n");
         }
-        /* Everything below was killed: reap it all. */
+        /* Everything below was killed: reap it all (or let the reaper). */
         while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
         }
     }
     return 0;
 }
 
-/* ---- pid-reuse ---- */
+/* ---- pid-reuse, reaped-pids ---- */
 
+static void write_ns_last_pid(long value) {
+    int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    char text[32];
+    int length = snprintf(text, sizeof text, "%ld", value);
+    if (fd < 0 || write(fd, text, (size_t)length) != length) {
+        fail("write /proc/sys/kernel/ns_last_pid");
+    }
+    close(fd);
+}
+
+/* H's reaper: reaps every child, as a running watchdog does, and tells S each pid it reaped
+   (only C's, when `watched_c` is set). */
 static volatile pid_t watched_c;
 static int reaped_pipe[2];
 
-/* H's reaper: reaps every child, as a running watchdog does; tells S when C is reaped. */
-static void *reaper(void *unused) {
+static void *reap_and_tell(void *unused) {
     (void)unused;
     for (;;) {
         pid_t pid = waitpid(-1, NULL, __WALL);
         if (pid < 0) {
-            if (errno == ECHILD) {
-                sleep_ns(1000000);
-            }
-            continue;
-        }
-        if (pid == watched_c) {
+            sleep_ns(200000);
+        } else if (watched_c == 0 || pid == watched_c) {
             write_all(reaped_pipe[1], &pid, sizeof pid);
         }
     }
     return NULL;
 }
 
-static int pid_reuse(void) {
+/* S, outside H: gives each pid H reaped to a sleeper of its own (ns_last_pid), until `ask`
+   has a byte; then reports on `report`: how many it made, how many took the pid asked, how
+   many were killed by SIGKILL, and the first one's pid and birth (CLOCK_BOOTTIME). */
+static _Noreturn void stranger_maker(int ask, int report) {
+    enum { most = 8192 };
+    static pid_t made[most];
+    static pid_t wanted[most];
+    int count = 0;
+    int64_t first_born = 0;
+    int flags = fcntl(reaped_pipe[0], F_GETFL);
+    if (flags < 0 || fcntl(reaped_pipe[0], F_SETFL, flags | O_NONBLOCK) != 0) {
+        fail("fcntl");
+    }
+    struct pollfd inputs[2] = {{.fd = reaped_pipe[0], .events = POLLIN}, {.fd = ask, .events = POLLIN}};
+    for (;;) {
+        pid_t pid;
+        if (read(reaped_pipe[0], &pid, sizeof pid) == (ssize_t)sizeof pid) {
+            if (count < most) {
+                write_ns_last_pid((long)pid - 1);
+                wanted[count] = pid;
+                made[count] = sleeper();
+                if (count == 0) {
+                    first_born = redlock_boottime_ns();
+                }
+                count++;
+            }
+            continue;
+        }
+        if (poll(inputs, 2, -1) < 0 && errno != EINTR) {
+            fail("poll");
+        }
+        if (inputs[1].revents != 0) {
+            break;
+        }
+    }
+    int took = 0;
+    int killed = 0;
+    for (int i = 0; i < count; i++) {
+        took += made[i] == wanted[i];
+        int status = 0;
+        if (waitpid(made[i], &status, WNOHANG) == made[i] && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
+            killed++;
+        }
+    }
+    pid_t first = count > 0 ? made[0] : 0;
+    write_all(report, &count, sizeof count);
+    write_all(report, &took, sizeof took);
+    write_all(report, &killed, sizeof killed);
+    write_all(report, &first, sizeof first);
+    write_all(report, &first_born, sizeof first_born);
+    _exit(0);
+}
+
+/* X in pid-reuse: 400 sleeping children, then C, which exits as soon as X is gone (the end of
+   a pipe only X holds); tells H C's pid. */
+static _Noreturn void reuse_parent(int tell) {
+    for (int i = 0; i < 400; i++) {
+        sleeper();
+    }
+    int gone[2];
+    if (pipe2(gone, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t c = checked_fork();
+    if (c == 0) {
+        close(gone[1]);
+        char byte;
+        while (read(gone[0], &byte, 1) < 0 && errno == EINTR) {
+        }
+        _exit(0);
+    }
+    close(gone[0]);
+    write_all(tell, &c, sizeof c);
+    for (;;) {
+        pause();
+    }
+}
+
+/* X in reaped-pids: 256 MiB of its own, 50 sleeping children, then C, which makes children of
+   X (CLONE_PARENT) every millisecond, each holding 8 MiB for 100 ms: killed, each takes a while
+   to exit, while the scan that follows the walk (slow among the namespace's other processes)
+   reads it; H reaps it, and S gives its pid to a stranger. Tells H once C forks. */
+static _Noreturn void busy_parent(int tell) {
+    size_t size = (size_t)256 << 20;
+    char *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED || madvise(memory, size, MADV_DONTFORK) != 0) {
+        fail("mmap");
+    }
+    for (size_t i = 0; i < size; i += 4096) {
+        memory[i] = 1;
+    }
+    for (int i = 0; i < 50; i++) {
+        sleeper();
+    }
+    pid_t c = checked_fork();
+    if (c == 0) {
+        pid_t self = getpid();
+        write_all(tell, &self, sizeof self);
+        for (;;) {
+            long child = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+            if (child == 0) {
+                size_t held = (size_t)8 << 20;
+                char *block = mmap(NULL, held, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (block == MAP_FAILED) {
+                    _exit(1);
+                }
+                for (size_t i = 0; i < held; i += 4096) {
+                    block[i] = 1;
+                }
+                sleep_ns(100000000);
+                _exit(0);
+            }
+            sleep_ns(1000000);
+        }
+    }
+    for (;;) {
+        if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD) {
+            pause();
+        }
+    }
+}
+
+/* pid-reuse (`fill` 0) and reaped-pids (`fill` other processes first, at pids from 20001). */
+static int strangers(int fill) {
     if (getpid() != 1) {
-        fprintf(stderr, "redlock-kill-probe: pid-reuse must run as init of a pid namespace of its own "
+        fprintf(stderr, "redlock-kill-probe: this scenario must run as init of a pid namespace of its own "
                         "(unshare --pid --fork --mount-proc)\n");
         return 2;
     }
+    if (fill > 0) {
+        write_ns_last_pid(20000);
+        for (int i = 0; i < fill; i++) {
+            sleeper();
+        }
+        write_ns_last_pid(1);
+    }
     int from_h[2];
+    int ask_s[2];
     int from_s[2];
-    int c_pipe[2];
-    if (pipe2(reaped_pipe, O_CLOEXEC) != 0 || pipe2(from_h, O_CLOEXEC) != 0 || pipe2(from_s, O_CLOEXEC) != 0 ||
-        pipe2(c_pipe, O_CLOEXEC) != 0) {
+    if (pipe2(reaped_pipe, O_CLOEXEC) != 0 || pipe2(from_h, O_CLOEXEC) != 0 || pipe2(ask_s, O_CLOEXEC) != 0 ||
+        pipe2(from_s, O_CLOEXEC) != 0) {
         fail("pipe2");
     }
     pid_t s = checked_fork();
     if (s == 0) {
-        /* S: not below H. */
-        pid_t c;
-        if (read_all(reaped_pipe[0], &c, sizeof c) != 0) {
-            _exit(1);
-        }
-        int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
-        char text[32];
-        int length = snprintf(text, sizeof text, "%ld", (long)c - 1);
-        if (fd < 0 || write(fd, text, (size_t)length) != length) {
-            fail("write /proc/sys/kernel/ns_last_pid");
-        }
-        close(fd);
-        pid_t v = sleeper();
-        int64_t born = redlock_boottime_ns();
-        write_all(from_s[1], &v, sizeof v);
-        write_all(from_s[1], &born, sizeof born);
-        int status = 0;
-        while (waitpid(v, &status, 0) < 0 && errno == EINTR) {
-        }
-        int killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-        write_all(from_s[1], &killed, sizeof killed);
-        _exit(0);
+        close(reaped_pipe[1]);
+        close(from_h[0]);
+        close(from_h[1]);
+        close(ask_s[1]);
+        close(from_s[0]);
+        stranger_maker(ask_s[0], from_s[1]);
     }
+    close(reaped_pipe[0]);
+    close(ask_s[0]);
+    close(from_s[1]);
     pid_t h = checked_fork();
     if (h == 0) {
         /* H: the root of the kill. */
+        close(from_h[0]);
+        close(ask_s[1]);
+        close(from_s[0]);
         become_subreaper();
+        int tell[2];
+        if (pipe2(tell, O_CLOEXEC) != 0) {
+            fail("pipe2");
+        }
         pid_t x = checked_fork();
         if (x == 0) {
-            for (int i = 0; i < 400; i++) {
-                sleeper();
+            close(tell[0]);
+            close(from_h[1]);
+            close(reaped_pipe[1]);
+            if (fill > 0) {
+                busy_parent(tell[1]);
             }
-            pid_t c = checked_fork();
-            if (c == 0) {
-                while (getppid() == x) {
-                    sleep_ns(20000);
-                }
-                _exit(0);
-            }
-            write_all(c_pipe[1], &c, sizeof c);
-            for (;;) {
-                pause();
-            }
+            reuse_parent(tell[1]);
         }
+        close(tell[1]);
         pid_t c;
-        if (read_all(c_pipe[0], &c, sizeof c) != 0) {
-            fail("read C's pid");
+        if (read_all(tell[0], &c, sizeof c) != 0) {
+            fprintf(stderr, "redlock-kill-probe: C did not start\n");
+            _exit(1);
         }
-        watched_c = c;
+        if (fill > 0) {
+            sleep_ns(200000000); /* C's children come and go */
+        } else {
+            watched_c = c;
+        }
         pthread_t thread;
-        if (pthread_create(&thread, NULL, reaper, NULL) != 0) {
+        if (pthread_create(&thread, NULL, reap_and_tell, NULL) != 0) {
             fail("pthread_create");
         }
         int64_t killed_at = 0;
@@ -366,8 +527,8 @@ static int pid_reuse(void) {
             pause();
         }
     }
+    close(reaped_pipe[1]);
     close(from_h[1]);
-    close(from_s[1]);
     int rc;
     pid_t c;
     int64_t began;
@@ -377,25 +538,27 @@ static int pid_reuse(void) {
         fprintf(stderr, "redlock-kill-probe: H ended without its report\n");
         return 1;
     }
-    pid_t v;
+    /* Strangers are killed, if at all, before the call returned; S looks 300 ms later. */
+    sleep_ns(300000000);
+    char byte = 1;
+    write_all(ask_s[1], &byte, sizeof byte);
+    int made;
+    int took;
+    int killed;
+    pid_t first;
     int64_t born;
-    if (read_all(from_s[0], &v, sizeof v) != 0 || read_all(from_s[0], &born, sizeof born) != 0) {
+    if (read_all(from_s[0], &made, sizeof made) != 0 || read_all(from_s[0], &took, sizeof took) != 0 ||
+        read_all(from_s[0], &killed, sizeof killed) != 0 || read_all(from_s[0], &first, sizeof first) != 0 ||
+        read_all(from_s[0], &born, sizeof born) != 0) {
         fprintf(stderr, "redlock-kill-probe: S ended without its report\n");
         return 1;
     }
-    /* S reports V's end once V has ended: SIGKILLed by the walk, if at all, before the call
-       returned (a moment more for S to reap it). Later V goes with the rest of the namespace. */
-    sleep_ns(100000000);
-    int flags = fcntl(from_s[0], F_GETFL);
-    if (flags < 0 || fcntl(from_s[0], F_SETFL, flags | O_NONBLOCK) != 0) {
-        fail("fcntl");
+    if (fill > 0) {
+        printf("rc=%d call_ns=%lld strangers=%d took_the_pid=%d strangers_killed=%d\n", rc, (long long)(ended - began), made, took, killed);
+    } else {
+        printf("rc=%d stranger_pid=%ld c_pid=%ld stranger_born_ns=%lld call_began_ns=%lld call_ended_ns=%lld stranger_killed=%d\n", rc,
+               (long)first, (long)c, (long long)born, (long long)began, (long long)ended, killed);
     }
-    int killed = 0;
-    if (read(from_s[0], &killed, sizeof killed) != (ssize_t)sizeof killed) {
-        killed = 0; /* V still runs */
-    }
-    printf("rc=%d stranger_pid=%ld c_pid=%ld stranger_born_ns=%lld call_began_ns=%lld call_ended_ns=%lld stranger_killed=%d\n", rc,
-           (long)v, (long)c, (long long)born, (long long)began, (long long)ended, killed);
     fflush(stdout);
     /* Init of the namespace: clear it, and reap. */
     kill(-1, SIGKILL);
@@ -438,7 +601,42 @@ static int permission_denied(void) {
     if (p == 0) {
         /* The root of the kill is a child subreaper, as the watchdog is. */
         become_subreaper();
-        pid_t kept = sleeper();
+        /* Kept by root; its child drops to 65534 and may be killed. */
+        int k_pipe[2];
+        if (pipe2(k_pipe, O_CLOEXEC) != 0) {
+            fail("pipe2");
+        }
+        pid_t kept = checked_fork();
+        if (kept == 0) {
+            pid_t below = checked_fork();
+            if (below == 0) {
+                if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) {
+                    fail("drop to uid 65534");
+                }
+                for (;;) {
+                    pause();
+                }
+            }
+            write_all(k_pipe[1], &below, sizeof below);
+            for (;;) {
+                pause();
+            }
+        }
+        close(k_pipe[1]);
+        pid_t kept_child;
+        if (read_all(k_pipe[0], &kept_child, sizeof kept_child) != 0) {
+            fail("read the kept process's child");
+        }
+        /* Its uid dropped before the kill begins. */
+        for (int tries = 0; tries < 1000 && kill(kept_child, 0) == 0; tries++) {
+            char path[64];
+            snprintf(path, sizeof path, "/proc/%ld", (long)kept_child);
+            struct stat info;
+            if (stat(path, &info) == 0 && info.st_uid == 65534) {
+                break;
+            }
+            sleep_ns(1000000);
+        }
         if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) {
             fail("drop to uid 65534");
         }
@@ -466,6 +664,7 @@ static int permission_denied(void) {
         write_all(from_p[1], &kept, sizeof kept);
         write_all(from_p[1], &own, sizeof own);
         write_all(from_p[1], &grandchild, sizeof grandchild);
+        write_all(from_p[1], &kept_child, sizeof kept_child);
         for (;;) {
             pause();
         }
@@ -476,14 +675,15 @@ static int permission_denied(void) {
     pid_t kept;
     pid_t own;
     pid_t grandchild;
+    pid_t kept_child;
     if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &call, sizeof call) != 0 ||
         read_all(from_p[0], &kept, sizeof kept) != 0 || read_all(from_p[0], &own, sizeof own) != 0 ||
-        read_all(from_p[0], &grandchild, sizeof grandchild) != 0) {
+        read_all(from_p[0], &grandchild, sizeof grandchild) != 0 || read_all(from_p[0], &kept_child, sizeof kept_child) != 0) {
         fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
         return 1;
     }
     sleep_ns(100000000);
-    int own_left = runs(own) + runs(grandchild);
+    int own_left = runs(own) + runs(grandchild) + runs(kept_child);
     int kept_alive = runs(kept);
     printf("rc=%d call_ns=%lld own_left=%d kept_alive=%d\n", rc, (long long)call, own_left, kept_alive);
     fflush(stdout);
@@ -498,16 +698,20 @@ static int permission_denied(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 3) {
-        int rounds = argc == 3 ? atoi(argv[2]) : 5;
-        return late_children(rounds > 0 ? rounds : 5);
+    if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
+        int rounds = argc >= 3 ? atoi(argv[2]) : 5;
+        return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0);
     }
     if (argc == 2 && strcmp(argv[1], "pid-reuse") == 0) {
-        return pid_reuse();
+        return strangers(0);
+    }
+    if (argc >= 2 && argc <= 3 && strcmp(argv[1], "reaped-pids") == 0) {
+        int fill = argc == 3 ? atoi(argv[2]) : 3000;
+        return strangers(fill > 0 ? fill : 3000);
     }
     if (argc == 2 && strcmp(argv[1], "permission-denied") == 0) {
         return permission_denied();
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS] | pid-reuse | permission-denied\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping]] | pid-reuse | reaped-pids [FILL] | permission-denied\n");
     return 2;
 }

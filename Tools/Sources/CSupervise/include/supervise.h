@@ -75,15 +75,18 @@ void redlock_kill_descendants(pid_t group);
    then, and sets *killed_at_ns (if not NULL) to the CLOCK_BOOTTIME instant from which none of them
    ran: the end of the walk when nothing escaped it (every process it killed exited in full within
    a second, its pid freed or gone to another process meanwhile, told by the start time, after
-   which `root` had no child and the scan no descendant the walk had not killed), else the end of
-   the scan. A pid read from a children file is signalled when the walk comes to it, up to the
-   walk's length later, and only if its parent is then `root` or a process the walk killed (read
-   just before the kill, as the scan reads a process's parent just before it kills it). SIGKILL
-   cannot be blocked or caught, so none runs its own code again (each is gone once the kernel
-   schedules it; zombies until reaped). -1 when /proc could not be read, memory ran out, one could
-   not be signalled (EPERM: the others are killed all the same, and the scan follows the walk
-   without waiting for their exit) or new ones still appeared in the scan's last pass. Without
-   children files (a kernel built without CONFIG_PROC_CHILDREN), the scan alone. Blocks. */
+   which a last look found `root` with no child, and the scan no descendant, the walk had not
+   killed: the instant is taken after that look, so `root` may reap meanwhile), else the end of the
+   scan. A pid read a while ago (from a children file, or in the scan's snapshot) is signalled only
+   if its parent is then `root` or one the walk killed (the scan: its parent then is the one it
+   read, or `root`) and, in the scan, its start time is the one it read; the parent is read and the
+   signal sent through a descriptor of the process itself (pidfd_open(2), Linux 5.3; by pid where
+   the kernel has none), so a process that took the pid meanwhile gets none. SIGKILL cannot be
+   blocked or caught, so none runs its own code again (each is gone once the kernel schedules it;
+   zombies until reaped). -1 when /proc could not be read, memory ran out, one could not be
+   signalled (EPERM: the others are killed all the same) or new ones still appeared in the scan's
+   last pass. Without children files (a kernel built without CONFIG_PROC_CHILDREN), the scan alone.
+   Blocks. */
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns);
 
 /* The scan of redlock_kill_tree alone (0 or -1 as there): for tests. */
