@@ -18,7 +18,7 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// Each address the nodes' open sockets reach (``vet(_:peer:)``): the node, and how many of
+    /// Each address the nodes' open sockets reach (``vet(_:peer:server:)``): the node, and how many of
     /// its sockets are open there; and the pairs of nodes already logged as one server.
     private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
 
@@ -48,7 +48,7 @@ final class NodeHealth: Sendable {
         return downBecause.withLock { $0[index] }
     }
 
-    /// What vets the sockets of node `index` (``vet(_:peer:)``), for its connections and its
+    /// What vets the sockets of node `index` (``vet(_:peer:server:)``), for its connections and its
     /// subscriber; nil when this client vets nothing.
     func vet(for index: Int) -> ConnectVet? {
         guard vetsConnections else { return nil }
@@ -65,7 +65,8 @@ final class NodeHealth: Sendable {
     /// there first holds the address (and the server) until its last socket there closes; the
     /// other's connects fail meanwhile with ``RedisError/Code-swift.struct/invalidAddress``
     /// (permanent) naming both, and it counts as a node that refuses every command. Logged at
-    /// `error` once per pair. A success carries what to call when the socket closes.
+    /// `error` once per pair and order (holder, refused). A success carries what to call when
+    /// the socket closes.
     func vet(_ index: Int, peer: String, server: String? = nil) -> Result<@Sendable () -> Void, RedisError> {
         let keys = [peer] + (server.map { ["the server with run_id \($0)"] } ?? [])
         let found: (node: Int, key: String, isNew: Bool)? = peers.withLock { peers in
@@ -103,7 +104,7 @@ final class NodeHealth: Sendable {
         ))
     }
 
-    /// The pairs of nodes seen to reach one server (each logged once by ``vet(_:peer:)``): the
+    /// The pairs of nodes seen to reach one server (each logged once by ``vet(_:peer:server:)``): the
     /// node that held the address, and the node refused there.
     var sameServerPairs: Set<[Int]> {
         peers.withLock { $0.logged }

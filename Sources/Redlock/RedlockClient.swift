@@ -105,8 +105,11 @@ public final class RedlockClient: Sendable {
     /// (permanent; logged once at `error`), so that server votes once: the name that connects
     /// later counts as a node that refuses every command, for as long as any connection of the
     /// other (either lane, its subscriber) is open there.
-    /// One server at two addresses (IPv4 and IPv6: `localhost` may resolve to `::1` first, a
-    /// second interface, a proxy) is only caught by ``audit(for:)``, which compares run ids.
+    /// One server at two addresses (a TCP address and its Unix socket; IPv4 and IPv6:
+    /// `localhost` may resolve to `::1` first; a second interface) is caught the same way by its
+    /// `run_id`, which each connection's and subscriber's handshake asks (`INFO server`, in the
+    /// round trip of the order barrier's `CLIENT INFO`); where `INFO` is refused (an ACL without
+    /// `+info`) or passed to another server (a proxy), only ``audit(for:)`` can tell.
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),
@@ -253,8 +256,8 @@ public final class RedlockClient: Sendable {
 
     /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` for no nodes, a node
     /// listed twice (host names compared without regard to case, as DNS compares them; two
-    /// names of one address are refused when they connect, see ``NodeHealth/vet(_:peer:)``, and
-    /// other aliases are caught by ``audit(for:)``, which compares the servers' run ids), or a
+    /// names of one address or server are refused when they connect, see
+    /// ``NodeHealth/vet(_:peer:server:)``, and ``audit(for:)`` compares the servers' run ids), or a
     /// setting no connection could work with.
     private static func validate(_ configurations: [RedisConnectionConfiguration]) throws(RedlockError) {
         guard !configurations.isEmpty else { throw .invalid("a client needs at least one node") }

@@ -161,9 +161,14 @@ final class NodeSocket: @unchecked Sendable {
     /// call it from a connector thread, never from the event loop or the cooperative pool.
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
-    /// ``OrderBarrier``.
+    /// ``OrderBarrier``. With `identifiesServer` (a vetted socket's), `INFO server` goes last,
+    /// with the barrier's commands or in a round trip of its own, for the server's `run_id`
+    /// (``serverRunID``); a server that closes the connection on it is connected to once more
+    /// without it. `again`: this is that second connect (or the one without the barrier), which
+    /// makes no further one: a connect takes at most two.
     static func connect(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, probe: Bool = false
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, identifiesServer: Bool = false,
+        probe: Bool = false, again: Bool = false
     ) -> Result<NodeSocket, RedisError> {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
@@ -219,9 +224,8 @@ final class NodeSocket: @unchecked Sendable {
             credentials.append(RedisCommand("SELECT", String(database)))
         }
         if probe { credentials.append(RedisCommand("PING")) }
-        let barrierCommands = barrier.map { request in
-            (request.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] + (request.identifiesServer ? [serverInfoCommand] : [])
-        } ?? []
+        let barrierCommands = (barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? [])
+            + (identifiesServer ? [serverInfoCommand] : [])
         let deadline = max(started + budget, .now + configuration.commandTimeout)
         let separately = !credentials.isEmpty && !barrierCommands.isEmpty
         var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
@@ -245,25 +249,32 @@ final class NodeSocket: @unchecked Sendable {
         if let failure = exchange.failure {
             socket.close()
             let answered = exchange.replies.count
-            if let barrier, barrier.kill == nil, answered >= credentials.count,
+            if !again, identifiesServer, answered == handshake.count - 1, failure.code == .connectionClosed || failure.code == .protocolError {
+                // Closed or garbled on INFO alone (a proxy that passes everything else): once
+                // more without it; a kill owed goes again (it answers 0 the second time).
+                return connect(configuration, tls: tls, barrier: barrier, identifiesServer: false, probe: probe, again: true)
+            }
+            if !again, let barrier, barrier.kill == nil, answered >= credentials.count,
                failure.code == .connectionClosed || failure.code == .protocolError
             {
                 // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
                 // server that is not Redis): once more without the barrier, which it cannot
                 // give. Never with a kill owed: that node answered CLIENT INFO before, and the
                 // kill must come first (a node at maxclients closes like this too).
-                return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
+                return connectWithoutBarrier(
+                    configuration, tls: tls, identifiesServer: identifiesServer, because: "CLIENT INFO: \(failure.code): \(failure.message)"
+                )
             }
             // The first command unanswered (the round trips stop there).
             let named = name(handshake[min(answered, handshake.count - 1)])
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
+        if identifiesServer, let info = exchange.replies.last?.string, let runID = infoFields(info)["run_id"], !runID.isEmpty {
+            socket.serverRunID = runID
+        }
         guard let barrier else { return .success(socket) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
         socket.barrier = outcome
-        if barrier.identifiesServer, let info = exchange.replies.last?.string, let runID = infoFields(info)["run_id"], !runID.isEmpty {
-            socket.serverRunID = runID
-        }
         return .success(socket)
     }
 
@@ -271,7 +282,7 @@ final class NodeSocket: @unchecked Sendable {
     private static let serverInfoCommand = RedisCommand("INFO", "server")
 
     /// The server's `run_id` (40 hex digits, new at each start), when the handshake asked for it
-    /// (``OrderBarrier/Request/identifiesServer``) and the server told it (an ACL without
+    /// (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:)``) and the server told it (an ACL without
     /// `+info` refuses, and the connect goes on without it). Set by the connector thread before
     /// it hands the socket over.
     private(set) var serverRunID: String?
@@ -308,9 +319,9 @@ final class NodeSocket: @unchecked Sendable {
     /// the connect deadline and the command timeout), so that nothing is written blind to a
     /// node that reads nothing. Its outcome says why it has no barrier (`reason`).
     private static func connectWithoutBarrier(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, because reason: String
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, identifiesServer: Bool, because reason: String
     ) -> Result<NodeSocket, RedisError> {
-        connect(configuration, tls: tls, barrier: nil, probe: true).map { socket in
+        connect(configuration, tls: tls, barrier: nil, identifiesServer: identifiesServer, probe: true, again: true).map { socket in
             socket.barrier = OrderBarrier.Outcome(unsupported: reason)
             return socket
         }.mapError { failure in
@@ -327,11 +338,12 @@ final class NodeSocket: @unchecked Sendable {
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,
         barrier: OrderBarrier.Request? = nil,
+        identifiesServer: Bool = false,
         completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
     ) {
         startNamedThread("redis-connect", stackSize: 256 * 1024) {
             switch tls.context(for: configuration) {
-            case let .success(context): completion(connect(configuration, tls: context, barrier: barrier))
+            case let .success(context): completion(connect(configuration, tls: context, barrier: barrier, identifiesServer: identifiesServer))
             case let .failure(failure): completion(.failure(failure))
             }
         }

@@ -38,11 +38,6 @@ enum OrderBarrier {
     struct Request: Sendable {
         /// The connection to end before anything else, if any.
         var kill: ServerClient?
-        /// Whether the handshake also asks `INFO server` (after `CLIENT INFO`, in the same round
-        /// trip) for the server's `run_id` (``NodeSocket/serverRunID``): for a connection whose
-        /// sockets are vetted (``ConnectVet``), so that one server listed under two addresses
-        /// that differ (a TCP address and its Unix socket) votes once.
-        var identifiesServer = false
     }
 
     /// What a connect did with a ``Request``.

@@ -896,8 +896,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }, identifiesServer: vet != nil) : nil
-        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier) { [self] outcome in
+        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }) : nil
+        // A vetted socket is vetted by its server's run_id too (one server under two addresses).
+        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identifiesServer: vet != nil) { [self] outcome in
             connected(outcome, tookSince: started)
         }
     }

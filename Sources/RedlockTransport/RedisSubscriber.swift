@@ -186,7 +186,9 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     }
 
     private func startConnect() {
-        NodeSocket.connectInBackground(configuration, tls: tls) { [self] outcome in
+        // Vetted by its server's run_id too: a subscriber of one server under two addresses
+        // would deliver each release and handoff message twice.
+        NodeSocket.connectInBackground(configuration, tls: tls, identifiesServer: vet != nil) { [self] outcome in
             connected(outcome)
         }
     }

@@ -273,13 +273,13 @@ struct HandoffAndGuardTests {
         }
     }
 
-    @Test("a confirmation that comes late in a wait (one node 100 ms away) calls for a look, and the wait after it ends when the one it cut short would have: the count still bounds the time")
+    @Test("a confirmation that comes late in a wait (one node 50 ms away each way, two round trips for its subscriber: INFO, SUBSCRIBE) calls for a look, and the wait after it ends when the one it cut short would have: the count still bounds the time")
     func lateConfirmationKeepsTheSchedule() async throws {
         try await withLockNodes(3) { client, servers in
             let holder = try client.makeLock("counted-late", options: LockOptions(expiry: .seconds(30)))
             let lease = try await holder.lock()
             let proxy = try FaultProxy.start(to: servers[2].endpoint)
-            proxy.set(.latency(.milliseconds(100)))
+            proxy.set(.latency(.milliseconds(50)))
             let nodes = [servers[0].configuration(), servers[1].configuration(), RedisConnectionConfiguration(endpoint: proxy.endpoint)]
             let other = try RedlockClient(nodes: nodes)
             try await withTeardown {
@@ -714,6 +714,45 @@ struct HandoffAndGuardTests {
             let distinct = audits.compactMap { audit in audit.checks.first { $0.name == "distinct" }.map { (audit.node, $0) } }
             #expect(distinct.contains { [0, 1].contains($0.0) && $0.1.verdict == .fail && $0.1.detail.contains("the same server as node") }, "\(audits)")
             await client.shutdown()
+        }
+    }
+
+    @Test("one server listed over TCP and over its Unix socket subscribes once (its run_id): a fair lock's handoff from it counts once, so with the third node frozen a waiter gets no lease from that server's one message (before: two subscribers, two messages, a lease on one server)")
+    func handoffFromServerListedTwiceCountsOnce() async throws {
+        try await withRedisServers(2) { servers throws in
+            var alias = servers[0].configuration()
+            alias.endpoint = servers[0].unixSocketEndpoint
+            let nodes = [servers[0].configuration(), alias, servers[1].configuration()]
+            let (holder, waiting) = (try RedlockClient(nodes: nodes), try RedlockClient(nodes: nodes))
+            let name = "listed-twice-fair"
+            let options = LockOptions(expiry: .seconds(10), retryDelay: .constant(.seconds(3)), fair: true)
+            let held = try await holder.makeLock(name, options: options).lock()
+            let lock = try waiting.makeLock(name, options: options)
+            let waiter = Task { () async throws(RedlockError) -> Lease in try await lock.lock(timeout: .seconds(4)) }
+            // Queued on the server (and subscribed) before the holder lets go.
+            var queued = false
+            for _ in 0..<500 where !queued {
+                queued = try await servers[0].run(RedisCommand("ZCARD", Scripts.queueKey(name))) == .integer(1)
+                if !queued { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(queued)
+            // As many subscribers on that server as on the other: one per client, not one per listing.
+            var subscribers: [String] = []
+            for server in servers {
+                subscribers.append(try await server.run(RedisCommand("CLIENT", "LIST", "TYPE", "pubsub")).string ?? "")
+            }
+            #expect(subscribers[0].split(separator: "\n").count == subscribers[1].split(separator: "\n").count, "\(subscribers)")
+            #expect(!subscribers[1].isEmpty, "\(subscribers)")
+            try await servers[1].pause()
+            _ = try? await holder.makeLock(name, options: options).unlock(held)
+            let outcome = await waiter.result
+            try servers[1].resume()
+            if case let .success(lease) = outcome {
+                Issue.record("the waiter got a lease from one server's handoff: \(lease)")
+                try? await lock.unlock(lease)
+            }
+            await holder.shutdown()
+            await waiting.shutdown()
         }
     }
 

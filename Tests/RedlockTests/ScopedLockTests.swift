@@ -520,6 +520,11 @@ struct ScopedLockTests {
             options.singleFlight = true
             let lock = try client.makeLock("sf-scopes", options: options)
             let counts = Locked((inside: 0, overlaps: 0))
+            // A withLock that starts while a scope of that value runs is refused (a lease has one
+            // scope): the nodes hold every acquire until all twelve are counted as running, so
+            // none starts late on a loaded machine.
+            var stalls: [RedisServerStall] = []
+            for server in servers { stalls.append(try await server.stall(for: .seconds(2))) }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<12 {
                     group.addTask {
@@ -530,8 +535,10 @@ struct ScopedLockTests {
                         }
                     }
                 }
+                #expect(await eventually(within: .seconds(2)) { client.runningScopes == 12 })
                 try await group.waitForAll()
             }
+            for stall in stalls { await stall.waitUntilOver() }
             #expect(counts.value.overlaps == 0)
             #expect(try await values(of: "sf-scopes", on: servers).allSatisfy { $0 == nil })
         }

@@ -1070,6 +1070,42 @@ struct ConnectionTests {
         await connection.shutdown()
     }
 
+    @Test("a vetted connection behind a server that closes on INFO (a proxy that passes CLIENT but not INFO) connects once more without it, keeps the order barrier, and is vetted without a run_id")
+    func serverClosingOnInfo() async throws {
+        // The first connection answers CLIENT INFO and closes on INFO server (both in its first
+        // read); the next one answers CLIENT INFO, then +PONG.
+        let connections = Mutex(0)
+        let line = "id=7 addr=127.0.0.1:40000 laddr=127.0.0.1:6379 fd=8 name="
+        let server = try GarbageServer.start { peer, read in
+            guard read == 0 else {
+                peer.send("+PONG\r\n")
+                return true
+            }
+            let first = connections.withLock { count in
+                defer { count += 1 }
+                return count == 0
+            }
+            peer.send("$\(line.utf8.count)\r\n\(line)\r\n")
+            if first { peer.endStream() }
+            return !first
+        }
+        defer { server.stop() }
+        let servers = Mutex<[String?]>([])
+        let configuration = RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2))
+        let connection = RedisConnection(configuration: configuration, eventLoop: .shared) { _, runID in
+            servers.withLock { $0.append(runID) }
+            return .success {}
+        }
+        #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
+        #expect(server.acceptedCount == 2)
+        #expect(connection.orderBarrierRefusal == nil, "\(connection.orderBarrierRefusal ?? "nil")")
+        #expect(connection.orderBarrierClients.open == 7)
+        #expect(servers.withLock { $0 } == [nil])
+        let sent = server.reads.map { String(decoding: $0.flatMap { $0 }, as: UTF8.self) }
+        #expect(sent.count == 2 && sent[0].contains("INFO\r\n$6\r\nserver") && !sent[1].contains("server"), "\(sent)")
+        await connection.shutdown()
+    }
+
     @Test("a node busy with a script (BUSY) when the next connection must end the old one: the connect fails and the next one asks again, so the old connection's commands still cannot run after the new one's")
     func busyNodeKeepsTheKill() async throws {
         try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
