@@ -254,6 +254,12 @@ static int read_parent(long pid, long *parent, char *state, long *threads, unsig
     return result;
 }
 
+/* Whether a failed read_parent means the process is gone (ENOENT, ESRCH, or a stat line cut
+   short by its exit) rather than that /proc could not be read (EMFILE, ENFILE, ENOMEM, EACCES). */
+static int vanished(int error) {
+    return error == ENOENT || error == ESRCH || error == 0;
+}
+
 /* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
    that left its process group (setsid) and were reparented here (a child subreaper). */
 static void kill_children(void) {
@@ -320,6 +326,10 @@ static long list_processes(process_entry **entries) {
             list[count].pid = pid;
             list[count].below = -1;
             count++;
+        } else if (!vanished(errno)) {
+            free(list); /* a snapshot with holes would miss processes */
+            list = NULL;
+            break;
         }
     }
     closedir(processes);
@@ -585,13 +595,17 @@ static int read_children(long pid, pid_array *children) {
    reaches that process or none, never one that took its pid later. -1 with errno ESRCH when
    there is no such process; -1 with another errno (ENOSYS on an older kernel, EPERM under a
    seccomp filter) when there is no descriptor to be had: the caller then signals by pid. */
+static _Thread_local int pidfds_usable;
+
 static int open_process(long pid) {
 #ifdef SYS_pidfd_open
-    return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-#else
+    if (pidfds_usable) {
+        return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    }
+#endif
+    (void)pid;
     errno = ENOSYS;
     return -1;
-#endif
 }
 
 /* Sends `signal` to the process of `descriptor` (from open_process), or by `pid` when that is
@@ -605,25 +619,51 @@ static int signal_process(int descriptor, long pid, int signal) {
     return kill((pid_t)pid, signal);
 }
 
+/* Whether signals can go through pidfds here: one of this process, opened and sent signal 0.
+   A kernel without them, or a seccomp filter that refuses pidfd_open or pidfd_send_signal,
+   leaves signalling by pid. Set for the calling thread's next kill (pidfds_usable). */
+static void check_pidfds(void) {
+    pidfds_usable = 1;
+    int self = open_process((long)getpid());
+    pidfds_usable = self >= 0 && signal_process(self, (long)getpid(), 0) == 0;
+    if (self >= 0) {
+        close(self);
+    }
+}
+
 /* Opens process `pid` (open_process) and reads its parent, state and start time (read_parent),
    both of the same process: the read comes after the open and before a signal 0 through the
    descriptor finds the process not yet reaped, so its pid did not change hands in between.
-   0, with *descriptor (to close; -1 without pidfds, when the read is only as good as the pid),
-   or -1 when the process is gone or /proc could not be read. */
+   0, with *descriptor (to close; -1 without pidfds, when the read is only as good as the pid);
+   -1 when the process is gone; -2 when /proc could not be read (errno: EMFILE, …). */
 static int open_and_read(long pid, int *descriptor, long *parent, char *state, unsigned long long *started) {
     int opened = open_process(pid);
-    if (opened < 0 && errno == ESRCH) {
+    if (opened < 0 && (errno == ESRCH || errno == EINVAL)) {
         return -1;
     }
-    if (read_parent(pid, parent, state, NULL, started) != 0 ||
-        (opened >= 0 && signal_process(opened, pid, 0) != 0 && errno == ESRCH)) {
+    int result = 0;
+    if (read_parent(pid, parent, state, NULL, started) != 0) {
+        result = vanished(errno) ? -1 : -2;
+    } else if (opened >= 0 && signal_process(opened, pid, 0) != 0 && errno == ESRCH) {
+        result = -1;
+    }
+    if (result != 0) {
         if (opened >= 0) {
+            int error = errno;
             close(opened);
+            errno = error;
         }
-        return -1;
+        return result;
     }
     *descriptor = opened;
     return 0;
+}
+
+/* Whether process `pid` is in `list` (sorted by pid, `count` long) and below `root` there. */
+static int below_in(process_entry *list, size_t count, long pid, long root) {
+    process_entry key = {.pid = pid};
+    process_entry *found = count > 0 ? bsearch(&key, list, count, sizeof *list, compare_pids) : NULL;
+    return found != NULL && descends_from(list, count, (size_t)(found - list), root);
 }
 
 /* The scan: SIGKILLs each descendant of `root` in a snapshot of /proc (every process's
@@ -668,10 +708,14 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
             long parent;
             char state;
             unsigned long long started;
-            if (open_and_read(list[i].pid, &descriptor, &parent, &state, &started) != 0) {
+            int opened = open_and_read(list[i].pid, &descriptor, &parent, &state, &started);
+            if (opened == -2) {
+                refused = 1; /* /proc could not be read: the kill cannot vouch for it */
+            }
+            if (opened != 0) {
                 continue;
             }
-            if (started != list[i].started || (parent != list[i].parent && parent != (long)root)) {
+            if (started != list[i].started || (parent != list[i].parent && parent != (long)root && !below_in(list, (size_t)count, parent, (long)root))) {
                 if (descriptor >= 0) {
                     close(descriptor);
                 }
@@ -707,11 +751,27 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
    and after the kill (a process killed first could hand them to init before they are read,
    one read only before could fork another), and its identity to `killed` (if not NULL). The
    parent is read and the signal sent through a descriptor of the process (open_and_read), so
-   the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out;
-   one it may not signal (EPERM) sets *refused. */
+   the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out
+   or /proc could not be read; one it may not signal (EPERM) sets *refused. */
 static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused, int strict) {
-    if (pid <= 0 || (!strict && pid_set_contains(found, pid))) {
+    if (pid <= 0) {
         return 0;
+    }
+    const process_identity *known = pid_set_find(found, pid);
+    if (known != NULL) {
+        if (!strict) {
+            return 0;
+        }
+        /* The same process (its start time), killed already: one read, no descriptor. */
+        long was_parent;
+        char was_state;
+        unsigned long long was_started;
+        if (read_parent(pid, &was_parent, &was_state, NULL, &was_started) != 0) {
+            return vanished(errno) ? 0 : -1;
+        }
+        if (was_started == known->started) {
+            return 0;
+        }
     }
     /* Read from a list a while ago: still below `root` (its parent `root` or one killed here)?
        Else it is gone, escaped to init, or its pid went to another process meanwhile. */
@@ -719,8 +779,9 @@ static int kill_found(long root, long pid, pid_set *found, identity_array *kille
     long parent;
     char state;
     unsigned long long started;
-    if (open_and_read(pid, &descriptor, &parent, &state, &started) != 0) {
-        return 0;
+    int opened = open_and_read(pid, &descriptor, &parent, &state, &started);
+    if (opened != 0) {
+        return opened == -2 ? -1 : 0;
     }
     int result = 0;
     if (pid_set_holds(found, pid, started) || (parent != root && !pid_set_contains(found, parent))) {
@@ -757,6 +818,42 @@ done:
     return result;
 }
 
+static int compare_longs(const void *left, const void *right) {
+    long a = *(const long *)left;
+    long b = *(const long *)right;
+    return (a > b) - (a < b);
+}
+
+/* read_children, until two reads in a row give the same pids (at most 8 reads): a children
+   file is read in pieces, and one whose owner reaps meanwhile shifts its later entries under
+   the next piece's offset, which can skip one. -1 when it never held still, or as there. */
+static int read_children_stable(long pid, pid_array *children) {
+    pid_array previous = {0};
+    int result = -1;
+    for (int reads = 0; reads < 8; reads++) {
+        children->count = 0;
+        if (read_children(pid, children) != 0) {
+            break;
+        }
+        qsort(children->items, children->count, sizeof *children->items, compare_longs);
+        if (reads > 0 && previous.count == children->count &&
+            (children->count == 0 || memcmp(previous.items, children->items, children->count * sizeof *children->items) == 0)) {
+            result = 0;
+            break;
+        }
+        previous.count = 0;
+        int copied = 0;
+        for (size_t i = 0; i < children->count && copied == 0; i++) {
+            copied = pid_array_append(&previous, children->items[i]);
+        }
+        if (copied != 0) {
+            break;
+        }
+    }
+    free(previous.items);
+    return result;
+}
+
 /* The fast part of redlock_kill_tree: SIGKILLs the descendants of `root` found by walking
    /proc/PID/task/TID/children from it, each killed on sight, so the cost grows with them, not
    with the processes on the host. Then reads `root`'s children again, in passes until one finds
@@ -769,7 +866,8 @@ static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int
     for (int pass = 0; pass < 64 && result == 0; pass++) {
         size_t before = found->changes;
         work.count = 0;
-        if (read_children(root, &work) != 0) {
+        if ((strict ? read_children_stable(root, &work) : read_children(root, &work)) != 0) {
+            result = -1;
             break;
         }
         /* `work` grows at its end while it is read: children of the killed come after them. */
@@ -820,6 +918,7 @@ static int wait_exited(const identity_array *killed, int64_t limit_ns) {
 }
 
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
+    check_pidfds();
     pid_set found = {0};
     identity_array killed = {0};
     int refused = 0;
@@ -853,6 +952,7 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
 }
 
 int redlock_kill_tree_by_scan(pid_t root) {
+    check_pidfds();
     int unknown = 0;
     return kill_tree_scan(root, NULL, &unknown);
 }
@@ -867,6 +967,7 @@ static void kill_descendants_fast(void) {
     if (!children_files_exist()) {
         return;
     }
+    check_pidfds();
     pid_set found = {0};
     int refused = 0;
     kill_tree_walk(getpid(), &found, NULL, &refused, 0);

@@ -6,9 +6,10 @@
  * run as init of a pid namespace of their own (`unshare --pid --fork --kill-child --mount-proc`,
  * as root), whose end takes every process they made with it.
  *
- *   redlock-kill-probe late-children [ROUNDS [reaping]]
+ *   redlock-kill-probe late-children [ROUNDS [reaping|plain]]
  *       The kill instant is never reported early. This process (a child subreaper, the root;
- *       with `reaping`, reaping every child in a thread meanwhile, as a running watchdog does)
+ *       with `reaping`, reaping every child in a thread meanwhile, as a running watchdog does;
+ *       with `plain`, C makes no children, so the walk misses nothing and its instant counts)
  *       has a child X whose exit is slow (it holds 512 MiB) and that has 100 sleeping children
  *       and then C. C forks every 150 µs with CLONE_PARENT: its children are X's, made after the
  *       kill read X's list, each running 0.3-3.3 ms and then exiting on its own. Every process
@@ -41,8 +42,8 @@
  *       drops to uid and gid 65534), which has a child that dropped to 65534 too, and, after
  *       the drop, a child of its own with a child. P calls redlock_kill_tree(P). One line:
  *           rc=RC call_ns=D own_left=N kept_alive=0|1
- *       N counts the descendants P may signal that still run 100 ms after the call (they
- *       should not); kept_alive says whether root's child still runs (it should).
+ *       N counts the descendants P may signal that still run (looked at for up to 2 s after
+ *       the call; they should not); kept_alive says whether root's child still runs (it should).
  */
 #define _GNU_SOURCE
 
@@ -91,6 +92,19 @@ static pid_t checked_fork(void) {
 static void become_subreaper(void) {
     if (redlock_become_subreaper() != 0) {
         fail("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
+}
+
+/* Touches `mib` MiB of memory of this process's own, not inherited by its children: its exit
+   takes a while (freeing it), theirs does not. */
+static void hold_memory(size_t mib) {
+    size_t size = mib << 20;
+    char *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED || madvise(memory, size, MADV_DONTFORK) != 0) {
+        fail("mmap");
+    }
+    for (size_t i = 0; i < size; i += 4096) {
+        memory[i] = 1;
     }
 }
 
@@ -176,6 +190,9 @@ static _Noreturn void short_lived(unsigned seed) {
 /* Written to by C once it forks, read by the root. */
 static int ready_pipe[2];
 
+/* The plain variant: C makes no children (nothing escapes the walk). */
+static int plain_tree;
+
 /* C: forks a child of its parent (X) every 150 µs until it is killed; says so once it has begun. */
 static _Noreturn void forker(void) {
     unsigned seed = (unsigned)getpid();
@@ -183,6 +200,10 @@ static _Noreturn void forker(void) {
     write_all(ready_pipe[1], &ready, sizeof ready);
     for (;;) {
         stamp();
+        if (plain_tree) {
+            sleep_ns(150000);
+            continue;
+        }
         seed = seed * 1103515245u + 12345u;
         long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
         if (pid == 0) {
@@ -194,15 +215,7 @@ static _Noreturn void forker(void) {
 
 /* X: 512 MiB of its own (its exit takes a few ms), 100 sleeping children, then C. */
 static _Noreturn void slow_parent(void) {
-    /* Not inherited by its children: only its own exit frees it. */
-    size_t size = (size_t)512 << 20;
-    char *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED || madvise(memory, size, MADV_DONTFORK) != 0) {
-        fail("mmap");
-    }
-    for (size_t i = 0; i < size; i += 4096) {
-        memory[i] = 1;
-    }
+    hold_memory(512);
     for (int i = 0; i < 100; i++) {
         sleeper();
     }
@@ -406,14 +419,7 @@ static _Noreturn void reuse_parent(int tell) {
    to exit, while the scan that follows the walk (slow among the namespace's other processes)
    reads it; H reaps it, and S gives its pid to a stranger. Tells H once C forks. */
 static _Noreturn void busy_parent(int tell) {
-    size_t size = (size_t)256 << 20;
-    char *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED || madvise(memory, size, MADV_DONTFORK) != 0) {
-        fail("mmap");
-    }
-    for (size_t i = 0; i < size; i += 4096) {
-        memory[i] = 1;
-    }
+    hold_memory(256);
     for (int i = 0; i < 50; i++) {
         sleeper();
     }
@@ -424,14 +430,7 @@ static _Noreturn void busy_parent(int tell) {
         for (;;) {
             long child = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
             if (child == 0) {
-                size_t held = (size_t)8 << 20;
-                char *block = mmap(NULL, held, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                if (block == MAP_FAILED) {
-                    _exit(1);
-                }
-                for (size_t i = 0; i < held; i += 4096) {
-                    block[i] = 1;
-                }
+                hold_memory(8);
                 sleep_ns(100000000);
                 _exit(0);
             }
@@ -682,8 +681,15 @@ static int permission_denied(void) {
         fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
         return 1;
     }
-    sleep_ns(100000000);
-    int own_left = runs(own) + runs(grandchild) + runs(kept_child);
+    /* Each was sent SIGKILL: gone once scheduled (up to 2 s on a loaded machine). */
+    int own_left = 0;
+    for (int tries = 0; tries < 200; tries++) {
+        own_left = runs(own) + runs(grandchild) + runs(kept_child);
+        if (own_left == 0) {
+            break;
+        }
+        sleep_ns(10000000);
+    }
     int kept_alive = runs(kept);
     printf("rc=%d call_ns=%lld own_left=%d kept_alive=%d\n", rc, (long long)call, own_left, kept_alive);
     fflush(stdout);
@@ -700,6 +706,7 @@ static int permission_denied(void) {
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
+        plain_tree = argc == 4 && strcmp(argv[3], "plain") == 0;
         return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0);
     }
     if (argc == 2 && strcmp(argv[1], "pid-reuse") == 0) {
