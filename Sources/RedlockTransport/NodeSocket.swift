@@ -162,10 +162,11 @@ final class NodeSocket: @unchecked Sendable {
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
     /// ``OrderBarrier``. With `identifiesServer` (a vetted socket's), `INFO server` goes last,
-    /// with the barrier's commands or in a round trip of its own, for the server's `run_id`
-    /// (``serverRunID``); a server that closes the connection on it is connected to once more
-    /// without it. `again`: this is that second connect (or the one without the barrier), which
-    /// makes no further one: a connect takes at most two.
+    /// with the barrier's commands or (after a `PING`) in a round trip of its own, for the
+    /// server's `run_id` (``serverRunID``); a server that closes the connection on it is
+    /// connected to once more without it, as is one that closes on `CLIENT INFO` (without the
+    /// barrier, and without `INFO`). `again`: this is that second connect, which makes no
+    /// further one: a connect takes at most two.
     static func connect(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, identifiesServer: Bool = false,
         probe: Bool = false, again: Bool = false
@@ -224,8 +225,10 @@ final class NodeSocket: @unchecked Sendable {
             credentials.append(RedisCommand("SELECT", String(database)))
         }
         if probe { credentials.append(RedisCommand("PING")) }
+        // Without the barrier (a subscriber) a PING goes before INFO, in the same round trip:
+        // a close after its answer is a close on INFO, not one of the connection.
         let barrierCommands = (barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? [])
-            + (identifiesServer ? [serverInfoCommand] : [])
+            + (identifiesServer ? (barrier == nil && !probe ? [RedisCommand("PING"), serverInfoCommand] : [serverInfoCommand]) : [])
         let deadline = max(started + budget, .now + configuration.commandTimeout)
         let separately = !credentials.isEmpty && !barrierCommands.isEmpty
         var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
@@ -261,9 +264,8 @@ final class NodeSocket: @unchecked Sendable {
                 // server that is not Redis): once more without the barrier, which it cannot
                 // give. Never with a kill owed: that node answered CLIENT INFO before, and the
                 // kill must come first (a node at maxclients closes like this too).
-                return connectWithoutBarrier(
-                    configuration, tls: tls, identifiesServer: identifiesServer, because: "CLIENT INFO: \(failure.code): \(failure.message)"
-                )
+                // (Nor INFO: a proxy that closes on CLIENT likely closes on INFO too.)
+                return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             }
             // The first command unanswered (the round trips stop there).
             let named = name(handshake[min(answered, handshake.count - 1)])
@@ -319,9 +321,9 @@ final class NodeSocket: @unchecked Sendable {
     /// the connect deadline and the command timeout), so that nothing is written blind to a
     /// node that reads nothing. Its outcome says why it has no barrier (`reason`).
     private static func connectWithoutBarrier(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, identifiesServer: Bool, because reason: String
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, because reason: String
     ) -> Result<NodeSocket, RedisError> {
-        connect(configuration, tls: tls, barrier: nil, identifiesServer: identifiesServer, probe: true, again: true).map { socket in
+        connect(configuration, tls: tls, barrier: nil, probe: true, again: true).map { socket in
             socket.barrier = OrderBarrier.Outcome(unsupported: reason)
             return socket
         }.mapError { failure in
@@ -332,8 +334,8 @@ final class NodeSocket: @unchecked Sendable {
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
     /// then calls `completion` on that thread. The thread ends with the connect, within the
-    /// connect's time limit (`connectTimeout + commandTimeout`, twice that with the connect
-    /// without the order barrier: see ``RedisConnectionConfiguration/connectTimeout``).
+    /// connect's time limit (`connectTimeout + commandTimeout`, twice that with a connect
+    /// without the order barrier or `INFO`: see ``RedisConnectionConfiguration/connectTimeout``).
     static func connectInBackground(
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,

@@ -736,10 +736,15 @@ struct HandoffAndGuardTests {
                 if !queued { try await Task.sleep(for: .milliseconds(10)) }
             }
             #expect(queued)
-            // As many subscribers on that server as on the other: one per client, not one per listing.
+            // As many subscribers on that server as on the other: one per client, not one per
+            // listing (looked at once the waiter's have subscribed on both).
             var subscribers: [String] = []
-            for server in servers {
-                subscribers.append(try await server.run(RedisCommand("CLIENT", "LIST", "TYPE", "pubsub")).string ?? "")
+            for _ in 0..<500 where subscribers.count < 2 || subscribers.contains(where: \.isEmpty) {
+                subscribers = []
+                for server in servers {
+                    subscribers.append(try await server.run(RedisCommand("CLIENT", "LIST", "TYPE", "pubsub")).string ?? "")
+                }
+                if subscribers.contains(where: \.isEmpty) { try await Task.sleep(for: .milliseconds(10)) }
             }
             #expect(subscribers[0].split(separator: "\n").count == subscribers[1].split(separator: "\n").count, "\(subscribers)")
             #expect(!subscribers[1].isEmpty, "\(subscribers)")

@@ -1049,8 +1049,11 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a server that closes the connection on CLIENT (a proxy that does not pass it on) is still used: the connect tries once more without the order barrier, and says why")
-    func serverClosingOnClient() async throws {
+    @Test(
+        "a server that closes the connection on CLIENT (a proxy that does not pass it on) is still used: the connect tries once more without the order barrier (and, vetted, without INFO), and says why",
+        arguments: [false, true]
+    )
+    func serverClosingOnClient(vetted: Bool) async throws {
         // The first connection (its first bytes are CLIENT INFO) is closed; later ones answer
         // every read with +PONG.
         let connections = Mutex(0)
@@ -1063,10 +1066,22 @@ struct ConnectionTests {
             return true
         }
         defer { server.stop() }
-        let connection = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+        let configuration = RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2))
+        let runIDs = Mutex<[String?]>([])
+        let connection = vetted
+            ? RedisConnection(configuration: configuration, eventLoop: .shared) { _, runID in
+                runIDs.withLock { $0.append(runID) }
+                return .success {}
+            }
+            : RedisConnection(configuration: configuration)
         #expect(try await connection.send(RedisCommand("PING")) == .simpleString("PONG"))
         #expect(server.acceptedCount == 2)
         #expect(connection.orderBarrierRefusal?.hasPrefix("CLIENT INFO: connectionClosed") == true, "\(connection.orderBarrierRefusal ?? "nil")")
+        if vetted {
+            #expect(runIDs.withLock { $0 } == [nil])
+            let sent = server.reads.map { String(decoding: $0.flatMap { $0 }, as: UTF8.self) }
+            #expect(sent.count == 2 && sent[0].contains("server") && !sent[1].contains("server"), "\(sent)")
+        }
         await connection.shutdown()
     }
 

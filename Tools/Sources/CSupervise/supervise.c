@@ -255,9 +255,11 @@ static int read_parent(long pid, long *parent, char *state, long *threads, unsig
 }
 
 /* Whether a failed read_parent means the process is gone (ENOENT, ESRCH, or a stat line cut
-   short by its exit) rather than that /proc could not be read (EMFILE, ENFILE, ENOMEM, EACCES). */
+   short by its exit) or hidden from this caller (EPERM, EACCES: /proc mounted hidepid, another
+   user's process, which it could not signal either), rather than that /proc could not be read
+   for want of resources (EMFILE, ENFILE, ENOMEM). */
 static int vanished(int error) {
-    return error == ENOENT || error == ESRCH || error == 0;
+    return error == ENOENT || error == ESRCH || error == 0 || error == EPERM || error == EACCES;
 }
 
 /* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
@@ -751,8 +753,8 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
    and after the kill (a process killed first could hand them to init before they are read,
    one read only before could fork another), and its identity to `killed` (if not NULL). The
    parent is read and the signal sent through a descriptor of the process (open_and_read), so
-   the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out
-   or /proc could not be read; one it may not signal (EPERM) sets *refused. */
+   the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out;
+   one it may not signal (EPERM) or read (EMFILE, …) sets *refused. */
 static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused, int strict) {
     if (pid <= 0) {
         return 0;
@@ -767,7 +769,10 @@ static int kill_found(long root, long pid, pid_set *found, identity_array *kille
         char was_state;
         unsigned long long was_started;
         if (read_parent(pid, &was_parent, &was_state, NULL, &was_started) != 0) {
-            return vanished(errno) ? 0 : -1;
+            if (!vanished(errno)) {
+                *refused = 1; /* could not be read: the kill cannot vouch for it */
+            }
+            return 0;
         }
         if (was_started == known->started) {
             return 0;
@@ -781,7 +786,10 @@ static int kill_found(long root, long pid, pid_set *found, identity_array *kille
     unsigned long long started;
     int opened = open_and_read(pid, &descriptor, &parent, &state, &started);
     if (opened != 0) {
-        return opened == -2 ? -1 : 0;
+        if (opened == -2) {
+            *refused = 1; /* could not be read: the walk goes on, the kill fails */
+        }
+        return 0;
     }
     int result = 0;
     if (pid_set_holds(found, pid, started) || (parent != root && !pid_set_contains(found, parent))) {
@@ -835,7 +843,9 @@ static int read_children_stable(long pid, pid_array *children) {
         if (read_children(pid, children) != 0) {
             break;
         }
-        qsort(children->items, children->count, sizeof *children->items, compare_longs);
+        if (children->count > 1) {
+            qsort(children->items, children->count, sizeof *children->items, compare_longs);
+        }
         if (reads > 0 && previous.count == children->count &&
             (children->count == 0 || memcmp(previous.items, children->items, children->count * sizeof *children->items) == 0)) {
             result = 0;

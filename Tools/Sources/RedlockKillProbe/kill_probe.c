@@ -719,6 +719,6 @@ int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "permission-denied") == 0) {
         return permission_denied();
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping]] | pid-reuse | reaped-pids [FILL] | permission-denied\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied\n");
     return 2;
 }

@@ -407,10 +407,11 @@ final class RunSupervisionTests: Sendable {
             #expect(round["rc"] == 0, "\(output)")
             #expect(round["late"] == 0, "round \(round["round"] ?? 0): \(round["late"] ?? 0) processes ran after the instant reported, the last \(Double(round["latest_after_ns"] ?? 0) / 1e6) ms after it")
         }
-        // The walk's instant comes before the scan (a millisecond or more of /proc): this test
-        // checks it, not the scan's. (A round may fall back to the scan on a loaded machine: a
-        // killed process that takes over a second to exit.)
-        let fromWalk = rounds.count { ($0["instant_before_return_ns"] ?? 0) > 100_000 }
+        // The walk's instant comes before the scan (about a millisecond of /proc here; the
+        // scan's is taken as the call returns): this test checks it, not the scan's. (A round
+        // may fall back to the scan on a loaded machine: a killed process that takes over a
+        // second to exit.)
+        let fromWalk = rounds.count { ($0["instant_before_return_ns"] ?? 0) > 500_000 }
         #expect(fromWalk >= 1, "\(output)")
         print("late-children, plain: the walk's instant in \(fromWalk) of \(rounds.count) rounds")
     }

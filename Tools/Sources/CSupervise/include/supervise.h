@@ -79,14 +79,15 @@ void redlock_kill_descendants(pid_t group);
    killed: the instant is taken after that look, so `root` may reap meanwhile), else the end of the
    scan. A pid read a while ago (from a children file, or in the scan's snapshot) is signalled only
    if its parent is then `root` or one the walk killed (the scan: its parent then is the one it
-   read, or `root`) and, in the scan, its start time is the one it read; the parent is read and the
-   signal sent through a descriptor of the process itself (pidfd_open(2), Linux 5.3; by pid where
-   the kernel has none), so a process that took the pid meanwhile gets none. SIGKILL cannot be
-   blocked or caught, so none runs its own code again (each is gone once the kernel schedules it;
-   zombies until reaped). -1 when /proc could not be read, memory ran out, one could not be
-   signalled (EPERM: the others are killed all the same) or new ones still appeared in the scan's
-   last pass. Without children files (a kernel built without CONFIG_PROC_CHILDREN), the scan alone.
-   Blocks. */
+   read, `root`, or another below `root` in its snapshot) and, in the scan, its start time is the
+   one it read; the parent is read and the signal sent through a descriptor of the process itself
+   (pidfd_open(2), Linux 5.3; by pid where the kernel or a seccomp filter allows none), so a
+   process that took the pid meanwhile gets none. SIGKILL cannot be blocked or caught, so none runs
+   its own code again (each is gone once the kernel schedules it; zombies until reaped). -1 when
+   /proc could not be read (EMFILE, ENFILE, ENOMEM; a process hidden from the caller, hidepid, is
+   skipped), memory ran out, one could not be signalled (EPERM: the others are killed all the same)
+   or new ones still appeared in the scan's last pass. Without children files (a kernel built
+   without CONFIG_PROC_CHILDREN), the scan alone. Blocks. */
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns);
 
 /* The scan of redlock_kill_tree alone (0 or -1 as there): for tests. */
