@@ -12,14 +12,16 @@ import Synchronization
 /// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
 ///
 /// It also vets the address each new connection reaches, and the server by its `run_id` when
-/// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes once.
+/// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes
+/// once.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// Each address the nodes' open sockets reach (``vet(_:peer:server:)``): the node, and how many of
-    /// its sockets are open there; and the pairs of nodes already logged as one server.
+    /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
+    /// node, and how many of its sockets are open there; and the pairs of nodes already logged
+    /// as one server.
     private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
 
     /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
@@ -48,8 +50,8 @@ final class NodeHealth: Sendable {
         return downBecause.withLock { $0[index] }
     }
 
-    /// What vets the sockets of node `index` (``vet(_:peer:server:)``), for its connections and its
-    /// subscriber; nil when this client vets nothing.
+    /// What vets the sockets of node `index` (``vet(_:peer:server:)``), for its connections and
+    /// its subscriber; nil when this client vets nothing.
     func vet(for index: Int) -> ConnectVet? {
         guard vetsConnections else { return nil }
         return { [self] peer, server in vet(index, peer: peer, server: server) }
@@ -104,8 +106,8 @@ final class NodeHealth: Sendable {
         ))
     }
 
-    /// The pairs of nodes seen to reach one server (each logged once by ``vet(_:peer:server:)``): the
-    /// node that held the address, and the node refused there.
+    /// The pairs of nodes seen to reach one server (each logged once by
+    /// ``vet(_:peer:server:)``): the node that held the address, and the node refused there.
     var sameServerPairs: Set<[Int]> {
         peers.withLock { $0.logged }
     }
