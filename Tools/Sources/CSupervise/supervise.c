@@ -411,32 +411,13 @@ static int pid_array_append(pid_array *array, long pid) {
     return 0;
 }
 
-/* A process's identity: its pid and start time (clock ticks after boot). */
+/* A process's identity: its pid and start time (clock ticks after boot); `signalled`: the
+   kill sent it SIGKILL (not set for one that may not be signalled). */
 typedef struct {
     long pid;
     unsigned long long started;
+    int signalled;
 } process_identity;
-
-/* A growable array of process identities. */
-typedef struct {
-    process_identity *items;
-    size_t count;
-    size_t capacity;
-} identity_array;
-
-static int identity_array_append(identity_array *array, long pid, unsigned long long started) {
-    if (array->count == array->capacity) {
-        size_t capacity = array->capacity == 0 ? 64 : 2 * array->capacity;
-        process_identity *grown = realloc(array->items, capacity * sizeof *grown);
-        if (grown == NULL) {
-            return -1;
-        }
-        array->items = grown;
-        array->capacity = capacity;
-    }
-    array->items[array->count++] = (process_identity){.pid = pid, .started = started};
-    return 0;
-}
 
 /* A set of processes by pid, each with its start time: open addressing with linear probing,
    pid 0 marking a free slot, at most half full. */
@@ -482,7 +463,7 @@ static int pid_set_put(pid_set *set, long pid, unsigned long long started) {
     process_identity *known = pid_set_find(set, pid);
     if (known != NULL) {
         if (known->started != started) {
-            known->started = started;
+            *known = (process_identity){.pid = pid, .started = started};
             set->changes++;
         }
         return 0;
@@ -751,11 +732,11 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
    nor in `found` (checked just before: a pid read from a list a while ago may have gone to
    another process); `found` then holds it. Its children are appended to `work`, read before
    and after the kill (a process killed first could hand them to init before they are read,
-   one read only before could fork another), and its identity to `killed` (if not NULL). The
+   one read only before could fork another); once killed, `found` marks it signalled. The
    parent is read and the signal sent through a descriptor of the process (open_and_read), so
    the signal cannot reach another that took its pid meanwhile. 0, or -1 when memory ran out;
    one it may not signal (EPERM) or read (EMFILE, …) sets *refused. */
-static int kill_found(long root, long pid, pid_set *found, identity_array *killed, pid_array *work, int *refused, int strict) {
+static int kill_found(long root, long pid, pid_set *found, pid_array *work, int *refused, int strict) {
     if (pid <= 0) {
         return 0;
     }
@@ -809,10 +790,7 @@ static int kill_found(long root, long pid, pid_set *found, identity_array *kille
         }
         goto done;
     }
-    if (killed != NULL && identity_array_append(killed, pid, started) != 0) {
-        result = -1;
-        goto done;
-    }
+    pid_set_find(found, pid)->signalled = 1;
     /* Killed: no fork of it completes any more (a fatal signal aborts one in progress). A read
        that fails leaves its children to the scan that follows. */
     size_t killed_at = work->count;
@@ -868,9 +846,9 @@ static int read_children_stable(long pid, pid_array *children) {
    /proc/PID/task/TID/children from it, each killed on sight, so the cost grows with them, not
    with the processes on the host. Then reads `root`'s children again, in passes until one finds
    none new (at most 64): what a dying process handed to `root` (a child subreaper) comes there.
-   Every process it signalled is left in `found`, and each it killed in `killed` (if not NULL);
-   `strict` as for kill_found. Best effort: -1 when memory ran out. */
-static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int *refused, int strict) {
+   Every process it signalled is left in `found` (marked when killed); `strict` as for
+   kill_found. Best effort: -1 when memory ran out. */
+static int kill_tree_walk(long root, pid_set *found, int *refused, int strict) {
     pid_array work = {0};
     int result = 0;
     for (int pass = 0; pass < 64 && result == 0; pass++) {
@@ -882,7 +860,7 @@ static int kill_tree_walk(long root, pid_set *found, identity_array *killed, int
         }
         /* `work` grows at its end while it is read: children of the killed come after them. */
         for (size_t i = 0; i < work.count && result == 0; i++) {
-            result = kill_found(root, work.items[i], found, killed, &work, refused, strict);
+            result = kill_found(root, work.items[i], found, &work, refused, strict);
         }
         if (found->changes == before) {
             break;
@@ -901,22 +879,23 @@ static int fully_exited(process_identity process) {
     char state;
     unsigned long long started;
     if (read_parent(process.pid, &parent, &state, &threads, &started) != 0) {
-        return errno == ENOENT || errno == ESRCH;
+        return vanished(errno);
     }
     return started != process.started || ((state == 'Z' || state == 'X') && threads <= 1);
 }
 
-/* Waits until every process in `killed` has exited in full (each SIGKILLed: at most a few ms
-   unless one is in uninterruptible sleep), checking about every 100 µs; 1 when they all did
-   within `limit_ns`, else 0. */
-static int wait_exited(const identity_array *killed, int64_t limit_ns) {
+/* Waits until every process `found` marks signalled has exited in full (each SIGKILLed: at
+   most a few ms unless one is in uninterruptible sleep), checking about every 100 µs; 1 when
+   they all did within `limit_ns`, else 0. */
+static int wait_exited(const pid_set *found, int64_t limit_ns) {
     int64_t give_up = redlock_boottime_ns() + limit_ns;
-    size_t next = 0; /* the ones before it are known to have exited */
+    size_t next = 0; /* the slots before it are known to have exited (or not to wait for) */
     for (;;) {
-        while (next < killed->count && fully_exited(killed->items[next])) {
+        while (next < found->capacity &&
+               (found->slots[next].pid == 0 || !found->slots[next].signalled || fully_exited(found->slots[next]))) {
             next++;
         }
-        if (next == killed->count) {
+        if (next == found->capacity) {
             return 1;
         }
         if (redlock_boottime_ns() > give_up) {
@@ -930,9 +909,8 @@ static int wait_exited(const identity_array *killed, int64_t limit_ns) {
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     check_pidfds();
     pid_set found = {0};
-    identity_array killed = {0};
     int refused = 0;
-    int walked = children_files_exist() && kill_tree_walk(root, &found, &killed, &refused, 0) == 0;
+    int walked = children_files_exist() && kill_tree_walk(root, &found, &refused, 0) == 0;
     int64_t walked_at = 0;
     /* The walk's end is the kill instant only if nothing escaped it: once every process it killed
        has exited in full (and handed its children, any a sibling made its own with CLONE_PARENT
@@ -942,7 +920,7 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
        escaped and ended before it, reaped by then, ran before it. */
     if (walked) {
         size_t before = found.changes;
-        walked = wait_exited(&killed, 1000000000) && kill_tree_walk(root, &found, &killed, &refused, 1) == 0 &&
+        walked = wait_exited(&found, 1000000000) && kill_tree_walk(root, &found, &refused, 1) == 0 &&
                  found.changes == before;
         walked_at = redlock_boottime_ns();
     }
@@ -951,7 +929,6 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
     int unknown = 0;
     int outcome = kill_tree_scan(root, walked ? &found : NULL, &unknown);
     free(found.slots);
-    free(killed.items);
     if (outcome != 0 || refused) {
         return -1;
     }
@@ -980,7 +957,7 @@ static void kill_descendants_fast(void) {
     check_pidfds();
     pid_set found = {0};
     int refused = 0;
-    kill_tree_walk(getpid(), &found, NULL, &refused, 0);
+    kill_tree_walk(getpid(), &found, &refused, 0);
     free(found.slots);
 }
 
