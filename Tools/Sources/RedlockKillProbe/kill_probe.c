@@ -44,6 +44,17 @@
  *           rc=RC call_ns=D own_left=N kept_alive=0|1
  *       N counts the descendants P may signal that still run (looked at for up to 2 s after
  *       the call; they should not); kept_alive says whether root's child still runs (it should).
+ *
+ *   redlock-kill-probe confined deny pidfd_open|pidfd_send_signal ERRNO | nofile N
+ *       A policy that refuses part of what the kill uses does not let it report success while
+ *       processes below the root run. P (a child subreaper, the root) has 20 children, each
+ *       with a sleeping child; then it installs a seccomp filter that fails the named system
+ *       call with errno ERRNO (a number: 38 ENOSYS, 1 EPERM, 22 EINVAL), or lowers its
+ *       RLIMIT_NOFILE to N (P holds 0-2 and its report's pipe, 4: with N 3 no descriptor can be
+ *       opened, with 4 one at a time), and calls redlock_kill_tree(P). One line:
+ *           rc=RC call_ns=D left=N
+ *       N counts the 40 descendants that still run (looked at for up to 2 s after the call);
+ *       with RC 0 there must be none.
  */
 #define _GNU_SOURCE
 
@@ -61,6 +72,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/resource.h>
 #include <poll.h>
 #include <time.h>
 #include <unistd.h>
@@ -703,6 +718,103 @@ static int permission_denied(void) {
     return 0;
 }
 
+/* Makes every later `number` system call of this process fail with `error` (a seccomp filter). */
+static void deny_system_call(long number, int error) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)number, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)error & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
+        fail("install the seccomp filter");
+    }
+}
+
+enum { confined_children = 20 };
+
+/* `denied` a system call number and `error` its errno, or `denied` 0 and `nofile` the limit. */
+static int confined(long denied, int error, long nofile) {
+    become_subreaper();
+    int from_p[2];
+    if (pipe2(from_p, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t p = checked_fork();
+    if (p == 0) {
+        close(from_p[0]);
+        become_subreaper();
+        pid_t below[2 * confined_children];
+        for (int i = 0; i < confined_children; i++) {
+            int g_pipe[2];
+            if (pipe2(g_pipe, O_CLOEXEC) != 0) {
+                fail("pipe2");
+            }
+            below[2 * i] = checked_fork();
+            if (below[2 * i] == 0) {
+                pid_t grandchild = sleeper();
+                write_all(g_pipe[1], &grandchild, sizeof grandchild);
+                for (;;) {
+                    pause();
+                }
+            }
+            close(g_pipe[1]);
+            if (read_all(g_pipe[0], &below[2 * i + 1], sizeof below[2 * i + 1]) != 0) {
+                fail("read a grandchild's pid");
+            }
+            close(g_pipe[0]);
+        }
+        if (denied != 0) {
+            deny_system_call(denied, error);
+        } else {
+            struct rlimit limit = {.rlim_cur = (rlim_t)nofile, .rlim_max = (rlim_t)nofile};
+            if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+                fail("setrlimit(RLIMIT_NOFILE)");
+            }
+        }
+        int64_t began = redlock_boottime_ns();
+        int rc = redlock_kill_tree(getpid(), NULL);
+        int64_t call = redlock_boottime_ns() - began;
+        write_all(from_p[1], &rc, sizeof rc);
+        write_all(from_p[1], &call, sizeof call);
+        write_all(from_p[1], below, sizeof below);
+        for (;;) {
+            pause();
+        }
+    }
+    close(from_p[1]);
+    int rc;
+    int64_t call;
+    pid_t below[2 * confined_children];
+    if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &call, sizeof call) != 0 ||
+        read_all(from_p[0], below, sizeof below) != 0) {
+        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+        return 1;
+    }
+    int left = 0;
+    for (int tries = 0; tries < 200; tries++) {
+        left = 0;
+        for (int i = 0; i < 2 * confined_children; i++) {
+            left += runs(below[i]);
+        }
+        if (left == 0 || rc != 0) {
+            break;
+        }
+        sleep_ns(10000000);
+    }
+    printf("rc=%d call_ns=%lld left=%d\n", rc, (long long)call, left);
+    fflush(stdout);
+    /* This process (a child subreaper) clears P and what is left below it, and reaps. */
+    if (redlock_kill_tree_by_scan(getpid()) != 0) {
+        fprintf(stderr, "redlock-kill-probe: what P left could not be killed\n");
+        return 1;
+    }
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
@@ -719,6 +831,16 @@ int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "permission-denied") == 0) {
         return permission_denied();
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied\n");
+    if (argc == 5 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "deny") == 0) {
+        long number = strcmp(argv[3], "pidfd_open") == 0 ? SYS_pidfd_open : strcmp(argv[3], "pidfd_send_signal") == 0 ? SYS_pidfd_send_signal : 0;
+        int error = atoi(argv[4]);
+        if (number != 0 && error > 0) {
+            return confined(number, error, 0);
+        }
+    }
+    if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "nofile") == 0 && atol(argv[3]) > 0) {
+        return confined(0, 0, atol(argv[3]));
+    }
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined nofile N\n");
     return 2;
 }

@@ -469,6 +469,32 @@ final class RunSupervisionTests: Sendable {
     }
 
     @Test(
+        "the kill at the deadline works under a seccomp filter that refuses pidfds (it signals by pid then), and never reports success while processes below the root run when it cannot open what it reads (RLIMIT_NOFILE: none, or one descriptor at a time); 20 children, each with a child",
+        .enabled(if: geteuid() == 0, "a pid namespace needs root"),
+        arguments: [
+            ["deny", "pidfd_send_signal", "\(ENOSYS)"], ["deny", "pidfd_send_signal", "\(EPERM)"], ["deny", "pidfd_send_signal", "\(EINVAL)"],
+            ["deny", "pidfd_open", "\(ENOSYS)"], ["deny", "pidfd_open", "\(EPERM)"], ["nofile", "3"], ["nofile", "4"],
+        ]
+    )
+    func killUnderConfinement(policy: [String]) async throws {
+        let (status, output) = try await runProbe(["confined"] + policy)
+        #expect(status == 0, "\(output)")
+        let line = try #require(probeLines(output, keys: ["rc", "call_ns", "left"]).first, "\(output)")
+        if policy[0] == "deny" {
+            // Signals by pid do the work a filter refuses to pidfds.
+            #expect(line["rc"] == 0, "\(output)")
+        } else if policy[1] == "3" {
+            // Nothing below the root can be found without opening /proc.
+            #expect(line["rc"] == -1, "\(output)")
+        }
+        if line["rc"] == 0 {
+            #expect(line["left"] == 0, "the kill reported success while \(line["left"] ?? 0) of 40 processes below the root still ran: \(output)")
+        } else {
+            #expect(line["rc"] == -1, "\(output)")
+        }
+    }
+
+    @Test(
         "a stopped redlock or watchdog leaves nothing running past the lease: the kill at the deadline (the watchdog's, or redlock's own) reaches what the command detached with setsid, also among 8,000 other processes (it walks the command's tree, not all of /proc)",
         arguments: [("stop the watchdog", 0), ("stop redlock", 8_000), ("stop the watchdog", 8_000)]
     )
