@@ -1121,6 +1121,47 @@ struct ConnectionTests {
         await connection.shutdown()
     }
 
+    @Test("a vetted subscriber whose server (or proxy) closes the connection on INFO server connects once more without it and subscribes: no run_id to vet by, the address still vetted; without that, every connect would ask INFO again and end closed")
+    func subscriberOfServerClosingOnInfo() async throws {
+        // The first connection answers the handshake's PING and closes on INFO server; the next
+        // one confirms the subscription and sends a message.
+        let connections = Mutex(0)
+        let server = try GarbageServer.start { peer, read in
+            let first = connections.withLock { count in
+                defer { if read == 0 { count += 1 } }
+                return count == 0
+            }
+            if first {
+                peer.send("+PONG\r\n")
+                peer.endStream()
+                return false
+            }
+            if read == 0 { peer.send("*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n") }
+            return true
+        }
+        defer { server.stop() }
+        let vetted = Mutex<[String?]>([])
+        let confirmed = Mutex<[String]>([])
+        let heard = Mutex<[String]>([])
+        let subscriber = RedisSubscriber(
+            configuration: RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)),
+            vet: { _, runID in
+                vetted.withLock { $0.append(runID) }
+                return .success {}
+            },
+            onSubscribed: { channel in confirmed.withLock { $0.append(channel) } },
+            onMessage: { _, payload in heard.withLock { $0.append(String(decoding: payload, as: UTF8.self)) } }
+        )
+        subscriber.subscribe("ch")
+        #expect(await becomes(within: .seconds(5)) { heard.withLock { $0 } == ["hi"] })
+        #expect(confirmed.withLock { $0 } == ["ch"])
+        #expect(server.acceptedCount == 2)
+        #expect(vetted.withLock { $0 } == [nil])
+        let sent = server.reads.map { String(decoding: $0.flatMap { $0 }, as: UTF8.self) }
+        #expect(sent.count == 2 && sent[0].contains("INFO\r\n$6\r\nserver") && !sent[1].contains("INFO") && sent[1].contains("SUBSCRIBE"), "\(sent)")
+        await subscriber.shutdown()
+    }
+
     @Test("a node busy with a script (BUSY) when the next connection must end the old one: the connect fails and the next one asks again, so the old connection's commands still cannot run after the new one's")
     func busyNodeKeepsTheKill() async throws {
         try await withProxiedConnection(connectTimeout: .seconds(2)) { server, proxy, connection throws in
