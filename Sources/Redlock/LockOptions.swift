@@ -64,8 +64,11 @@ public struct LockOptions: Sendable {
     public var fencing: Bool = false
     /// When set, a node's vote counts only once the node has been up for at least this long, so a
     /// node that restarted without its data (and forgot the lock) cannot grant it to a second
-    /// holder. Set it to the longest expiry any holder of these nodes uses. The default is `nil`
-    /// (every vote counts).
+    /// holder. Set it to the longest expiry any holder of these nodes uses. The uptime is read
+    /// from `INFO server` (whole seconds, a lower bound) once per connection: for a client made
+    /// with `nodes:`, the answer its connection's handshake got (no round trip more); over
+    /// connections of the caller's own, one `INFO` before the first vote counts. Needs `+info`.
+    /// The default is `nil` (every vote counts).
     public var restartGuard: Duration? = nil
     /// When set, each acquire also checks the node's **data epoch**: a marker key
     /// (`redlock:epoch`) holding the node's own `TIME`, in milliseconds, from when the marker was

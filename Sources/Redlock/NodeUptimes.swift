@@ -5,8 +5,9 @@ import Synchronization
 /// recently (``LockOptions/restartGuard``).
 ///
 /// A node is asked (`INFO server`) only when the client's connection to it is new: a restarted
-/// server always means a new connection. A reconnect to the same server (same `run_id`) keeps
-/// the earlier, more precise estimate.
+/// server always means a new connection. A vetted connection's handshake asked already
+/// (``RedisConnection/handshakeServer``), and that answer is used. A reconnect to the same
+/// server (same `run_id`) keeps the earlier, more precise estimate.
 final class NodeUptimes: Sendable {
     private struct Entry {
         var generation: UInt64
@@ -27,13 +28,22 @@ final class NodeUptimes: Sendable {
         if let known = entries.withLock({ $0[index] }), known.generation == generation {
             return known.uptimeWhenSeen + known.seenAt.duration(to: .now)
         }
-        let seenAt = ContinuousClock.now
-        let reply = try await node.send(RedisCommand("INFO", "server"))
-        guard let text = reply.string, let (runID, seconds) = Self.parse(text) else {
-            throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
+        let runID: String
+        let reported: Duration
+        let seenAt: ContinuousClock.Instant
+        if let handshake = node.handshakeServer, handshake.generation == generation {
+            // The connection's handshake asked (a vetted connection): no round trip of its own.
+            (runID, reported, seenAt) = (handshake.runID, handshake.uptime, handshake.readAt)
+        } else {
+            let reply = try await node.send(RedisCommand("INFO", "server"))
+            // Read once the reply is here: the uptime then was at least the reported one.
+            seenAt = .now
+            guard let text = reply.string, let (id, seconds) = Self.parse(text) else {
+                throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
+            }
+            // Whole seconds, rounded down: a lower bound.
+            (runID, reported) = (id, .seconds(seconds))
         }
-        // Whole seconds, rounded down: a lower bound.
-        let reported = Duration.seconds(seconds)
         let stable = node.connectionGeneration == generation
         return entries.withLock { entries in
             if let known = entries[index], known.runID == runID {

@@ -271,8 +271,15 @@ final class NodeSocket: @unchecked Sendable {
             let named = name(handshake[min(answered, handshake.count - 1)])
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
-        if identifiesServer, let info = exchange.replies.last?.string, let runID = infoFields(info)["run_id"], !runID.isEmpty {
-            socket.serverRunID = runID
+        if identifiesServer, let info = exchange.replies.last?.string {
+            let fields = infoFields(info)
+            if let runID = fields["run_id"], !runID.isEmpty {
+                socket.serverRunID = runID
+                // Read after the reply arrived: the server's uptime then was at least this.
+                if let seconds = fields["uptime_in_seconds"].flatMap({ Int64($0) }), seconds >= 0 {
+                    socket.serverUptime = (.seconds(seconds), .now)
+                }
+            }
         }
         guard let barrier else { return .success(socket) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
@@ -288,6 +295,11 @@ final class NodeSocket: @unchecked Sendable {
     /// `+info` refuses, and the connect goes on without it). Set by the connector thread before
     /// it hands the socket over.
     private(set) var serverRunID: String?
+
+    /// The server's `uptime_in_seconds` from the same reply as ``serverRunID`` (whole seconds,
+    /// rounded down) and the instant the reply had been read: `uptime + readAt.duration(to:
+    /// .now)` is a lower bound of the server's uptime at any later instant (while it runs).
+    private(set) var serverUptime: (uptime: Duration, readAt: ContinuousClock.Instant)?
 
     /// The failure of a connect whose handshake `command` got the error answer `text`, or nil
     /// when the connect goes on: a node that wants credentials (`NOAUTH`) fails it as a command

@@ -93,6 +93,14 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// its uptime) can tell when to refresh them: a restarted server always means a reconnect.
     package var connectionGeneration: UInt64 { core.generation.load(ordering: .acquiring) }
 
+    /// The server's `run_id` and uptime as the handshake of connection number `generation`
+    /// read them (`INFO server`, asked when the connection is vetted: see ``ConnectVet``); nil
+    /// before the first connect, or when that handshake did not ask or the server did not tell
+    /// (an ACL without `+info`). It describes the open connection when `generation` equals
+    /// ``connectionGeneration`` read before it; `uptime + readAt.duration(to: .now)` is then a
+    /// lower bound of the server's uptime, with no round trip of its own.
+    package var handshakeServer: HandshakeServer? { core.handshakeServer }
+
     /// How many writes the socket took only part of, its buffers full (a node that reads
     /// nothing, a slow link), over every connection this object made. Once the socket is full,
     /// its event loop writes what is staged when it drains, and no sender tries meanwhile.
@@ -322,6 +330,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var pendingKill: ServerClient?
         /// The node's last refusal of the order barrier, nil once it worked.
         var barrierRefusal: String?
+        /// What the open socket's handshake learned of the server (``RedisConnection/handshakeServer``).
+        var handshakeServer: HandshakeServer?
         /// Replayable commands lost with a connection or a failed connect, oldest first: the
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
@@ -452,6 +462,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
     var barrierState: (open: ServerClient?, pendingKill: ServerClient?, refusal: String?) {
         state.withLock { ($0.serverClient, $0.pendingKill, $0.barrierRefusal) }
     }
+
+    var handshakeServer: HandshakeServer? { state.withLock { $0.handshakeServer } }
 
     var replayCount: Int { state.withLock { $0.replays.count } }
 
@@ -966,6 +978,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.confirmedScripts.removeAll()
                 state.scriptsRun = false
                 state.phase = .open
+                state.handshakeServer = socket.serverRunID.flatMap { runID in
+                    socket.serverUptime.map { HandshakeServer(generation: generation.load(ordering: .relaxed) + 1, runID: runID, uptime: $0.uptime, readAt: $0.readAt) }
+                }
                 generation.add(1, ordering: .releasing)
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
@@ -1120,4 +1135,16 @@ final class ConnectionCore: Sendable, EventLoopSource {
     func waitUntilExited() async {
         await exited.wait()
     }
+}
+
+/// What a connection's handshake learned of its server (``RedisConnection/handshakeServer``).
+package struct HandshakeServer: Sendable, Equatable {
+    /// The connection's number (``RedisConnection/connectionGeneration``) whose handshake read it.
+    package var generation: UInt64
+    /// The server's `run_id` (new at each start).
+    package var runID: String
+    /// `uptime_in_seconds`, whole seconds rounded down.
+    package var uptime: Duration
+    /// When the reply had been read.
+    package var readAt: ContinuousClock.Instant
 }

@@ -368,6 +368,41 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("the restart guard reads a new connection's uptime from its handshake's INFO server: one INFO per node for a guarded lock and unlock, where asking again cost a round trip; a client over connections that are not vetted (no handshake INFO) asks its own")
+    func restartGuardUsesTheHandshake() async throws {
+        try await withRedisServers(3) { servers throws in
+            /// How many `INFO` commands each server ran since its stats were reset.
+            func infoCalls() async throws -> [Int] {
+                var calls: [Int] = []
+                for server in servers {
+                    let stats = try await server.run(RedisCommand("INFO", "commandstats")).string ?? ""
+                    let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_info:") } ?? ""
+                    calls.append(line.split(separator: ",").first.flatMap { Int($0.dropFirst("cmdstat_info:calls=".count)) } ?? 0)
+                }
+                return calls
+            }
+            var options = testOptions(expiry: .seconds(10))
+            // Any uptime passes: what is counted is how it was learned.
+            options.restartGuard = .nanoseconds(1)
+            for server in servers { _ = try await server.run(RedisCommand("CONFIG", "RESETSTAT")) }
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("guard-handshake", options: options)
+            try await lock.unlock(try await lock.lock())
+            #expect(try await infoCalls() == [1, 1, 1], "the handshake's INFO only")
+            await client.shutdown()
+
+            // Over connections of the caller's own (not vetted): the guard asks.
+            for server in servers { _ = try await server.run(RedisCommand("CONFIG", "RESETSTAT")) }
+            let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
+            let own = try RedlockClient(connections: connections)
+            let ownLock = try own.makeLock("guard-own", options: options)
+            try await ownLock.unlock(try await ownLock.lock())
+            #expect(try await infoCalls() == [1, 1, 1], "the guard's INFO only")
+            await own.shutdown()
+            for connection in connections { await connection.shutdown() }
+        }
+    }
+
     @Test("single-flight: concurrent local lock() calls take turns and never contend with each other")
     func singleFlight() async throws {
         try await withRedisServers(3) { servers throws in
