@@ -65,10 +65,13 @@ public struct LockOptions: Sendable {
     /// When set, a node's vote counts only once the node has been up for at least this long, so a
     /// node that restarted without its data (and forgot the lock) cannot grant it to a second
     /// holder. Set it to the longest expiry any holder of these nodes uses. The uptime is read
-    /// from `INFO server` (whole seconds, a lower bound) once per connection: for a client made
-    /// with `nodes:`, the answer its connection's handshake got (no round trip more); over
-    /// connections of the caller's own, one `INFO` before the first vote counts. Needs `+info`.
-    /// The default is `nil` (every vote counts).
+    /// from `INFO server` once per connection (for a client made with `nodes:`, the answer its
+    /// connection's handshake got, no round trip more; over connections of the caller's own,
+    /// one `INFO` before the first vote counts) and taken a second short: Redis counts its wall
+    /// clock's whole seconds since its start, up to a second more than it ran. So a node whose
+    /// wall clock was stepped forward after it started (NTP stepping at boot) looks up for
+    /// longer by the step. Needs `INFO` answered (`+info`; not a proxy that closes on it). The
+    /// default is `nil` (every vote counts).
     public var restartGuard: Duration? = nil
     /// When set, each acquire also checks the node's **data epoch**: a marker key
     /// (`redlock:epoch`) holding the node's own `TIME`, in milliseconds, from when the marker was

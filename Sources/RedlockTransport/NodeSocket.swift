@@ -275,9 +275,8 @@ final class NodeSocket: @unchecked Sendable {
             let fields = infoFields(info)
             if let runID = fields["run_id"], !runID.isEmpty {
                 socket.serverRunID = runID
-                // Read after the reply arrived: the server's uptime then was at least this.
-                if let seconds = fields["uptime_in_seconds"].flatMap({ Int64($0) }), seconds >= 0 {
-                    socket.serverUptime = (.seconds(seconds), .now)
+                if let seconds = fields["uptime_in_seconds"].flatMap({ Int64($0) }) {
+                    socket.serverUptime = (seconds, .now)
                 }
             }
         }
@@ -296,10 +295,9 @@ final class NodeSocket: @unchecked Sendable {
     /// it hands the socket over.
     private(set) var serverRunID: String?
 
-    /// The server's `uptime_in_seconds` from the same reply as ``serverRunID`` (whole seconds,
-    /// rounded down) and the instant the reply had been read: `uptime + readAt.duration(to:
-    /// .now)` is a lower bound of the server's uptime at any later instant (while it runs).
-    private(set) var serverUptime: (uptime: Duration, readAt: ContinuousClock.Instant)?
+    /// The server's `uptime_in_seconds` from the same reply as ``serverRunID``, as reported,
+    /// and the instant the reply had been read (after it arrived).
+    private(set) var serverUptime: (seconds: Int64, readAt: ContinuousClock.Instant)?
 
     /// The failure of a connect whose handshake `command` got the error answer `text`, or nil
     /// when the connect goes on: a node that wants credentials (`NOAUTH`) fails it as a command

@@ -97,8 +97,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// read them (`INFO server`, asked when the connection is vetted: see ``ConnectVet``); nil
     /// before the first connect, or when that handshake did not ask or the server did not tell
     /// (an ACL without `+info`). It describes the open connection when `generation` equals
-    /// ``connectionGeneration`` read before it; `uptime + readAt.duration(to: .now)` is then a
-    /// lower bound of the server's uptime, with no round trip of its own.
+    /// ``connectionGeneration`` read before it: what the server's uptime was at `readAt`, with
+    /// no round trip of its own.
     package var handshakeServer: HandshakeServer? { core.handshakeServer }
 
     /// How many writes the socket took only part of, its buffers full (a node that reads
@@ -978,10 +978,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.confirmedScripts.removeAll()
                 state.scriptsRun = false
                 state.phase = .open
+                let number = generation.add(1, ordering: .releasing).newValue
                 state.handshakeServer = socket.serverRunID.flatMap { runID in
-                    socket.serverUptime.map { HandshakeServer(generation: generation.load(ordering: .relaxed) + 1, runID: runID, uptime: $0.uptime, readAt: $0.readAt) }
+                    socket.serverUptime.map { HandshakeServer(generation: number, runID: runID, uptimeSeconds: $0.seconds, readAt: $0.readAt) }
                 }
-                generation.add(1, ordering: .releasing)
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
                 finishShutdownIfDrained(&state, &effects)
@@ -1143,8 +1143,9 @@ package struct HandshakeServer: Sendable, Equatable {
     package var generation: UInt64
     /// The server's `run_id` (new at each start).
     package var runID: String
-    /// `uptime_in_seconds`, whole seconds rounded down.
-    package var uptime: Duration
-    /// When the reply had been read.
+    /// `uptime_in_seconds` as reported: the server's wall clock's whole seconds now less those
+    /// at its start, so up to a second more than it has run (or less).
+    package var uptimeSeconds: Int64
+    /// When the reply had been read (after it arrived).
     package var readAt: ContinuousClock.Instant
 }

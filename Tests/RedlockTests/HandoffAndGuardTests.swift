@@ -5,6 +5,17 @@ import RedlockTestSupport
 import RedlockTransport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The fraction of the wall clock's current second, in nanoseconds.
+private func wallClockNanoseconds() -> Int {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return now.tv_nsec
+}
+
 @Suite("Fast handoff, restart guard, single-flight, observability")
 struct HandoffAndGuardTests {
     @Test("a waiter on the same client with a 10 s retry delay gets the lock handed over as soon as the holder unlocks")
@@ -336,12 +347,13 @@ struct HandoffAndGuardTests {
     @Test("the restart guard ignores a node that restarted empty, so a held lock is not granted twice")
     func restartGuard() async throws {
         try await withLockNodes(3) { client, servers in
-            // The guard counts whole seconds of uptime: let every node be up for over 3 s.
+            // The guard counts whole seconds of uptime, less one (a lower bound): let every node
+            // report 3 s, up for 2 s at least.
             try await Task.sleep(for: .milliseconds(3_100))
             var options = testOptions(expiry: .seconds(10))
             // In production the guard is at least the longest expiry; here it only has to tell the
-            // restarted node (up 0 s, and for 3 s after) from the others (up over 3 s).
-            options.restartGuard = .seconds(3)
+            // restarted node (up 0 s, and for 2 s after) from the others (up 2 s at least).
+            options.restartGuard = .seconds(2)
             let holder = try client.makeLock("guarded", options: testOptions(expiry: .seconds(10)))
             let lease = try await holder.lock()
 
@@ -360,11 +372,65 @@ struct HandoffAndGuardTests {
                 Issue.record("node 1 should be ignored as recently restarted, got \(String(describing: causes[1])) in \(String(describing: error))")
                 return
             }
+            #expect(causes[2] == nil, "node 2, up for long enough, should have granted: \(String(describing: error))")
             // The unguarded lock shows the hazard the guard closes.
             let unguarded = try client.makeLock("guarded", options: testOptions(expiry: .seconds(10)))
             let second = try await unguarded.tryLock()
             #expect(lease.isValid && second.isValid, "two valid leases at once: the restart hazard")
             try await unguarded.unlock(second)
+        }
+    }
+
+    @Test("the restart guard takes a second off the reported uptime: Redis counts its wall clock's whole seconds since start, so a node started at x.9 s reports 1 s of uptime 0.1 s later; with a 1 s guard it gets no vote in its first 950 ms (a trial counts once the node reported 1 s before then), and a vote again soon after")
+    func restartGuardRoundsUptimeDown() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                var options = LockOptions(expiry: .seconds(10), tries: 1)
+                options.restartGuard = .seconds(1)
+                let lock = try client.makeLock("uptime-rounded", options: options)
+                // Node 0 is taken: every lease needs node 2's vote.
+                _ = try await servers[0].run(RedisCommand("SET", lock.name, "another holder"))
+                /// What node 2 reports as its uptime now.
+                func reported() async throws -> Int {
+                    let info = try await servers[2].run(RedisCommand("INFO", "server")).string ?? ""
+                    return info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("uptime_in_seconds:") }.flatMap { Int($0.dropFirst("uptime_in_seconds:".count)) } ?? -1
+                }
+                var trials = 0
+                for _ in 0..<6 where trials < 2 {
+                    // A restart just before the wall clock's next whole second.
+                    while !(850_000_000..<900_000_000).contains(wallClockNanoseconds()) {
+                        try await Task.sleep(for: .milliseconds(2))
+                    }
+                    let restarted = ContinuousClock.now
+                    try await servers[2].restart(keepingData: false)
+                    try await Task.sleep(until: restarted + .milliseconds(200), clock: .continuous)
+                    var reportedOne = false
+                    while restarted.duration(to: .now) < .milliseconds(950) {
+                        if let lease = try? await lock.tryLock() {
+                            Issue.record("node 2 voted \(restarted.duration(to: .now)) after its restart began, with a 1 s guard")
+                            try await lock.unlock(lease)
+                        }
+                        let uptime = try await reported()
+                        if uptime >= 1, restarted.duration(to: .now) < .milliseconds(950) { reportedOne = true }
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    if reportedOne { trials += 1 }
+                }
+                #expect(trials == 2, "node 2 never reported a second of uptime within 950 ms of its restart")
+                // Once the client has seen it up for the guard's second (from its first look at
+                // the new server), it votes: within 2.5 s of the restart.
+                var lease: Lease?
+                let giveUp = ContinuousClock.now + .milliseconds(2_500)
+                while lease == nil, ContinuousClock.now < giveUp {
+                    lease = try? await lock.tryLock()
+                    if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                let held = try #require(lease, "node 2 never voted again")
+                try await lock.unlock(held)
+            } teardown: {
+                await client.shutdown()
+            }
         }
     }
 
@@ -386,20 +452,26 @@ struct HandoffAndGuardTests {
             options.restartGuard = .nanoseconds(1)
             for server in servers { _ = try await server.run(RedisCommand("CONFIG", "RESETSTAT")) }
             let client = try RedlockClient(nodes: servers.map { $0.configuration() })
-            let lock = try client.makeLock("guard-handshake", options: options)
-            try await lock.unlock(try await lock.lock())
-            #expect(try await infoCalls() == [1, 1, 1], "the handshake's INFO only")
-            await client.shutdown()
+            try await withTeardown {
+                let lock = try client.makeLock("guard-handshake", options: options)
+                try await lock.unlock(try await lock.lock())
+                #expect(try await infoCalls() == [1, 1, 1], "the handshake's INFO only")
+            } teardown: {
+                await client.shutdown()
+            }
 
             // Over connections of the caller's own (not vetted): the guard asks.
             for server in servers { _ = try await server.run(RedisCommand("CONFIG", "RESETSTAT")) }
             let connections = servers.map { RedisConnection(configuration: $0.configuration()) }
             let own = try RedlockClient(connections: connections)
-            let ownLock = try own.makeLock("guard-own", options: options)
-            try await ownLock.unlock(try await ownLock.lock())
-            #expect(try await infoCalls() == [1, 1, 1], "the guard's INFO only")
-            await own.shutdown()
-            for connection in connections { await connection.shutdown() }
+            try await withTeardown {
+                let ownLock = try own.makeLock("guard-own", options: options)
+                try await ownLock.unlock(try await ownLock.lock())
+                #expect(try await infoCalls() == [1, 1, 1], "the guard's INFO only")
+            } teardown: {
+                await own.shutdown()
+                for connection in connections { await connection.shutdown() }
+            }
         }
     }
 
@@ -766,54 +838,57 @@ struct HandoffAndGuardTests {
             viaFirst.endpoint = first.endpoint
             viaSecond.endpoint = second.endpoint
             let client = try RedlockClient(nodes: [viaFirst, viaSecond, servers[1].configuration()])
-            let lock = try client.makeLock("listed-twice-restart", options: LockOptions(expiry: .seconds(5), tries: 1, fencing: true))
-            /// Attempts (each must fail: the third node is down) until `settled` holds for
-            /// the failures of one, then for four more; how many held.
-            func attempts(until settled: ([NodeFailure]) -> Bool) async -> Int {
-                var held = 0
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while held < 5, ContinuousClock.now < giveUp {
-                    let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-                    #expect(error?.code == .noQuorum, "\(String(describing: error))")
-                    if settled(error?.nodes ?? []) {
-                        held += 1
-                    } else {
-                        #expect(held == 0, "settled, then not: \(String(describing: error))")
-                        try? await Task.sleep(for: .milliseconds(20))
+            try await withTeardown {
+                let lock = try client.makeLock("listed-twice-restart", options: LockOptions(expiry: .seconds(5), tries: 1, fencing: true))
+                /// Attempts (each must fail: the third node is down) until `settled` holds for
+                /// the failures of one, then for four more; how many held.
+                func attempts(until settled: ([NodeFailure]) -> Bool) async -> Int {
+                    var held = 0
+                    let giveUp = ContinuousClock.now + .seconds(10)
+                    while held < 5, ContinuousClock.now < giveUp {
+                        let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+                        #expect(error?.code == .noQuorum, "\(String(describing: error))")
+                        if settled(error?.nodes ?? []) {
+                            held += 1
+                        } else {
+                            #expect(held == 0, "settled, then not: \(String(describing: error))")
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
                     }
+                    return held
                 }
-                return held
-            }
-            /// Node `index`'s failure is a refusal as the same server as another node's.
-            func refused(_ index: Int, in failures: [NodeFailure]) -> Bool {
-                failures.contains { $0.node == index && $0.cause.error?.code == .invalidAddress }
-            }
+                /// Node `index`'s failure is a refusal as the same server as another node's.
+                func refused(_ index: Int, in failures: [NodeFailure]) -> Bool {
+                    failures.contains { $0.node == index && $0.cause.error?.code == .invalidAddress }
+                }
 
-            // The first listing connects first and holds the server's run_id.
-            second.set(.hangUp(afterBytes: 0))
-            try await lock.unlock(try await lock.lock())
-            await servers[1].kill()
-            second.set(.none)
-            #expect(await attempts { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
+                // The first listing connects first and holds the server's run_id.
+                second.set(.hangUp(afterBytes: 0))
+                try await lock.unlock(try await lock.lock())
+                await servers[1].kill()
+                second.set(.none)
+                #expect(await attempts { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
 
-            // A restart (a new run_id) while only the second listing can reach the server: it
-            // holds the new run_id; the first is refused once it reconnects.
-            first.set(.hangUp(afterBytes: 0))
-            try await servers[0].restart(keepingData: false)
-            #expect(await attempts { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
-            first.set(.none)
-            #expect(await attempts { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
+                // A restart (a new run_id) while only the second listing can reach the server: it
+                // holds the new run_id; the first is refused once it reconnects.
+                first.set(.hangUp(afterBytes: 0))
+                try await servers[0].restart(keepingData: false)
+                #expect(await attempts { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
+                first.set(.none)
+                #expect(await attempts { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
 
-            try await servers[1].restart(keepingData: false)
-            var lease: Lease?
-            for _ in 0..<100 where lease == nil {
-                lease = try? await lock.lock()
-                if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
+                try await servers[1].restart(keepingData: false)
+                var lease: Lease?
+                for _ in 0..<100 where lease == nil {
+                    lease = try? await lock.lock()
+                    if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                let held = try #require(lease, "no lock once the third node was back")
+                try await lock.unlock(held)
+                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+            } teardown: {
+                await client.shutdown()
             }
-            let held = try #require(lease, "no lock once the third node was back")
-            try await lock.unlock(held)
-            #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
-            await client.shutdown()
         }
     }
 

@@ -620,10 +620,10 @@ static void check_pidfds(void) {
    0, with *descriptor (to close; -1 without pidfds, when the read is only as good as the pid);
    -1 when the process is gone; -2 when /proc could not be read (errno: EMFILE, …). */
 static int open_and_read(long pid, int *descriptor, long *parent, char *state, unsigned long long *started) {
+    /* A failed open (ESRCH, EINVAL: gone, or refused for this pid alone by a seccomp filter
+       that passed check_pidfds) leaves the read by pid to tell: a process /proc still shows is
+       signalled by pid, as without pidfds. */
     int opened = open_process(pid);
-    if (opened < 0 && (errno == ESRCH || errno == EINVAL)) {
-        return -1;
-    }
     int result = 0;
     if (read_parent(pid, parent, state, NULL, started) != 0) {
         result = vanished(errno) ? -1 : -2;

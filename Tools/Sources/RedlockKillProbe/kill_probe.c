@@ -45,13 +45,17 @@
  *       N counts the descendants P may signal that still run (looked at for up to 2 s after
  *       the call; they should not); kept_alive says whether root's child still runs (it should).
  *
- *   redlock-kill-probe confined deny pidfd_open|pidfd_send_signal ERRNO | nofile N
+ *   redlock-kill-probe confined deny pidfd_open|pidfd_send_signal ERRNO
+ *   redlock-kill-probe confined deny-others pidfd_open ERRNO
+ *   redlock-kill-probe confined descriptors FREE
  *       A policy that refuses part of what the kill uses does not let it report success while
  *       processes below the root run. P (a child subreaper, the root) has 20 children, each
  *       with a sleeping child; then it installs a seccomp filter that fails the named system
- *       call with errno ERRNO (a number: 38 ENOSYS, 1 EPERM, 22 EINVAL), or lowers its
- *       RLIMIT_NOFILE to N (P holds 0-2 and its report's pipe, 4: with N 3 no descriptor can be
- *       opened, with 4 one at a time), and calls redlock_kill_tree(P). One line:
+ *       call with errno ERRNO (a number: 38 ENOSYS, 1 EPERM, 22 EINVAL, 3 ESRCH), for every
+ *       process (deny) or, by its first argument, for every pid but P's (deny-others: the
+ *       kill's own check of pidfds passes), or it keeps only descriptors 0-3 (3: its report's pipe) and lowers its
+ *       RLIMIT_NOFILE so that FREE more can be open at once, and calls redlock_kill_tree(P).
+ *       One line:
  *           rc=RC call_ns=D left=N
  *       N counts the 40 descendants that still run (looked at for up to 2 s after the call);
  *       with RC 0 there must be none.
@@ -72,6 +76,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -718,14 +723,35 @@ static int permission_denied(void) {
     return 0;
 }
 
-/* Makes every later `number` system call of this process fail with `error` (a seccomp filter). */
-static void deny_system_call(long number, int error) {
+#if defined(__x86_64__)
+#define PROBE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define PROBE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/* Makes every later `number` system call of this process (of this architecture) fail with
+   `error` (a seccomp filter); with `spared` > 0, not those whose first argument is `spared`. */
+static void deny_system_call(long number, int error, pid_t spared) {
+#ifdef PROBE_AUDIT_ARCH
     struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROBE_AUDIT_ARCH, 0, 5),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)number, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)number, 0, 3),
+        /* The first argument's low 32 bits (a pid; both architectures are little-endian). */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, spared > 0 ? (unsigned)spared : 0xffffffffu, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)error & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
+#else
+    (void)number;
+    (void)error;
+    (void)spared;
+    errno = ENOSYS;
+    fail("a seccomp filter on this architecture");
+    struct sock_filter filter[1];
+#endif
     struct sock_fprog program = {.len = sizeof filter / sizeof filter[0], .filter = filter};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
         fail("install the seccomp filter");
@@ -734,8 +760,9 @@ static void deny_system_call(long number, int error) {
 
 enum { confined_children = 20 };
 
-/* `denied` a system call number and `error` its errno, or `denied` 0 and `nofile` the limit. */
-static int confined(long denied, int error, long nofile) {
+/* `denied` a system call number and `error` its errno (for every process, or all but P with
+   `others_only`), or `denied` 0 and `free_descriptors` how many P may open at once. */
+static int confined(long denied, int error, int others_only, long free_descriptors) {
     become_subreaper();
     int from_p[2];
     if (pipe2(from_p, O_CLOEXEC) != 0) {
@@ -766,9 +793,21 @@ static int confined(long denied, int error, long nofile) {
             close(g_pipe[0]);
         }
         if (denied != 0) {
-            deny_system_call(denied, error);
+            deny_system_call(denied, error, others_only ? getpid() : 0);
         } else {
-            struct rlimit limit = {.rlim_cur = (rlim_t)nofile, .rlim_max = (rlim_t)nofile};
+            /* Descriptors 0-2 and the report's pipe as 3, nothing else: FREE above them. */
+            if (from_p[1] != 3) {
+                if (dup2(from_p[1], 3) != 3) {
+                    fail("dup2");
+                }
+                close(from_p[1]);
+                from_p[1] = 3;
+            }
+            if (syscall(SYS_close_range, 4U, ~0U, 0) != 0) {
+                fail("close_range");
+            }
+            rlim_t total = (rlim_t)(4 + free_descriptors);
+            struct rlimit limit = {.rlim_cur = total, .rlim_max = total};
             if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
                 fail("setrlimit(RLIMIT_NOFILE)");
             }
@@ -831,16 +870,19 @@ int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "permission-denied") == 0) {
         return permission_denied();
     }
-    if (argc == 5 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "deny") == 0) {
-        long number = strcmp(argv[3], "pidfd_open") == 0 ? SYS_pidfd_open : strcmp(argv[3], "pidfd_send_signal") == 0 ? SYS_pidfd_send_signal : 0;
+    if (argc == 5 && strcmp(argv[1], "confined") == 0 && (strcmp(argv[2], "deny") == 0 || strcmp(argv[2], "deny-others") == 0)) {
+        int others_only = strcmp(argv[2], "deny-others") == 0;
+        long number = strcmp(argv[3], "pidfd_open") == 0 ? SYS_pidfd_open
+                      : strcmp(argv[3], "pidfd_send_signal") == 0 && !others_only ? SYS_pidfd_send_signal
+                                                                                  : 0;
         int error = atoi(argv[4]);
         if (number != 0 && error > 0) {
-            return confined(number, error, 0);
+            return confined(number, error, others_only, 0);
         }
     }
-    if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "nofile") == 0 && atol(argv[3]) > 0) {
-        return confined(0, 0, atol(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "descriptors") == 0 && atol(argv[3]) >= 0) {
+        return confined(0, 0, 0, atol(argv[3]));
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined nofile N\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined descriptors FREE\n");
     return 2;
 }
