@@ -606,6 +606,36 @@ static int runs(pid_t pid) {
     return running;
 }
 
+/* How many of the `count` processes in `pids` still run; with `patient`, looked at again every
+   10 ms for up to 2 s (SIGKILL takes effect once each is scheduled: slow on a loaded machine)
+   until none does. */
+static int still_running(const pid_t *pids, int count, int patient) {
+    int left = 0;
+    for (int tries = 0; tries < 200; tries++) {
+        left = 0;
+        for (int i = 0; i < count; i++) {
+            left += runs(pids[i]);
+        }
+        if (left == 0 || !patient) {
+            break;
+        }
+        sleep_ns(10000000);
+    }
+    return left;
+}
+
+/* Kills what is left below this process (a child subreaper) and reaps it: 0, or 1 (named on
+   stderr) when the kill failed. */
+static int clear_below(void) {
+    if (redlock_kill_tree_by_scan(getpid()) != 0) {
+        fprintf(stderr, "redlock-kill-probe: what was left below the probe could not be killed\n");
+        return 1;
+    }
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
+    }
+    return 0;
+}
+
 static int permission_denied(void) {
     if (geteuid() != 0) {
         fprintf(stderr, "redlock-kill-probe: permission-denied must run as root\n");
@@ -701,26 +731,12 @@ static int permission_denied(void) {
         fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
         return 1;
     }
-    /* Each was sent SIGKILL: gone once scheduled (up to 2 s on a loaded machine). */
-    int own_left = 0;
-    for (int tries = 0; tries < 200; tries++) {
-        own_left = runs(own) + runs(grandchild) + runs(kept_child);
-        if (own_left == 0) {
-            break;
-        }
-        sleep_ns(10000000);
-    }
+    pid_t signalled[] = {own, grandchild, kept_child};
+    int own_left = still_running(signalled, 3, 1);
     int kept_alive = runs(kept);
     printf("rc=%d call_ns=%lld own_left=%d kept_alive=%d\n", rc, (long long)call, own_left, kept_alive);
     fflush(stdout);
-    /* This process (root, a child subreaper) clears what is left below it, and reaps. */
-    if (redlock_kill_tree_by_scan(getpid()) != 0) {
-        fprintf(stderr, "redlock-kill-probe: what P left could not be killed\n");
-        return 1;
-    }
-    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
-    }
-    return 0;
+    return clear_below();
 }
 
 #if defined(__x86_64__)
@@ -831,27 +847,10 @@ static int confined(long denied, int error, int others_only, long free_descripto
         fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
         return 1;
     }
-    int left = 0;
-    for (int tries = 0; tries < 200; tries++) {
-        left = 0;
-        for (int i = 0; i < 2 * confined_children; i++) {
-            left += runs(below[i]);
-        }
-        if (left == 0 || rc != 0) {
-            break;
-        }
-        sleep_ns(10000000);
-    }
+    int left = still_running(below, 2 * confined_children, rc == 0);
     printf("rc=%d call_ns=%lld left=%d\n", rc, (long long)call, left);
     fflush(stdout);
-    /* This process (a child subreaper) clears P and what is left below it, and reaps. */
-    if (redlock_kill_tree_by_scan(getpid()) != 0) {
-        fprintf(stderr, "redlock-kill-probe: what P left could not be killed\n");
-        return 1;
-    }
-    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
-    }
-    return 0;
+    return clear_below();
 }
 
 int main(int argc, char **argv) {
