@@ -67,11 +67,13 @@ public struct LockOptions: Sendable {
     /// holder. Set it to the longest expiry any holder of these nodes uses. The uptime is read
     /// from `INFO server` once per connection (for a client made with `nodes:`, the answer its
     /// connection's handshake got, no round trip more; over connections of the caller's own,
-    /// one `INFO` before the first vote counts) and taken a second short: Redis counts its wall
-    /// clock's whole seconds since its start, up to a second more than it ran. So a node whose
-    /// wall clock was stepped forward after it started (NTP stepping at boot) looks up for
-    /// longer by the step. Needs `INFO` answered (`+info`; not a proxy that closes on it). The
-    /// default is `nil` (every vote counts).
+    /// one `INFO` before the first vote counts). Redis counts it in whole seconds of its wall
+    /// clock since its start, up to a second more than it ran, so the client takes a second
+    /// (and a 10 ms clock tick) off the reported uptime: a restarted node is ignored for
+    /// between `restartGuard` and `restartGuard` + 1 s. Being wall-clock time, the uptime also
+    /// grows by any forward step of the node's clock after its start (NTP stepping it at
+    /// boot): start Redis after the clock is synchronised. Needs `INFO` answered (`+info`; not
+    /// a proxy that closes on it). The default is `nil` (every vote counts).
     public var restartGuard: Duration? = nil
     /// When set, each acquire also checks the node's **data epoch**: a marker key
     /// (`redlock:epoch`) holding the node's own `TIME`, in milliseconds, from when the marker was

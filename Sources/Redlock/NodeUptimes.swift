@@ -33,15 +33,15 @@ final class NodeUptimes: Sendable {
         let seenAt: ContinuousClock.Instant
         if let handshake = node.handshakeServer, handshake.generation == generation {
             // The connection's handshake asked (a vetted connection): no round trip of its own.
-            (runID, reported, seenAt) = (handshake.runID, Self.lowerBound(reportedSeconds: handshake.uptimeSeconds), handshake.readAt)
+            (runID, reported, seenAt) = (handshake.runID, handshake.uptime, handshake.readAt)
         } else {
             let reply = try await node.send(RedisCommand("INFO", "server"))
-            // Read once the reply is here: the uptime then was at least the reported one.
+            // Read once the reply is here: the uptime then was at least the report's lower bound.
             seenAt = .now
             guard let text = reply.string, let (id, seconds) = Self.parse(text) else {
                 throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
             }
-            (runID, reported) = (id, Self.lowerBound(reportedSeconds: seconds))
+            (runID, reported) = (id, uptimeLowerBound(reportedSeconds: seconds))
         }
         let stable = node.connectionGeneration == generation
         return entries.withLock { entries in
@@ -55,14 +55,6 @@ final class NodeUptimes: Sendable {
             }
             return reported + seenAt.duration(to: .now)
         }
-    }
-
-    /// How long a server that reports `uptime_in_seconds` = `reportedSeconds` has been up at
-    /// least: a second less. Redis reports its wall clock's whole seconds now less those at its
-    /// start (`server.unixtime - server.stat_starttime`), so a server started at x.93 s reports
-    /// 1 at (x + 1).0 s, 70 ms later; 0 and below give zero.
-    static func lowerBound(reportedSeconds: Int64) -> Duration {
-        .seconds(max(0, reportedSeconds - 1))
     }
 
     /// `run_id` and `uptime_in_seconds` from the text of `INFO server`.

@@ -980,7 +980,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.phase = .open
                 let number = generation.add(1, ordering: .releasing).newValue
                 state.handshakeServer = socket.serverRunID.flatMap { runID in
-                    socket.serverUptime.map { HandshakeServer(generation: number, runID: runID, uptimeSeconds: $0.seconds, readAt: $0.readAt) }
+                    socket.serverUptime.map { HandshakeServer(generation: number, runID: runID, uptime: uptimeLowerBound(reportedSeconds: $0.seconds), readAt: $0.readAt) }
                 }
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
@@ -1143,9 +1143,9 @@ package struct HandshakeServer: Sendable, Equatable {
     package var generation: UInt64
     /// The server's `run_id` (new at each start).
     package var runID: String
-    /// `uptime_in_seconds` as reported: the server's wall clock's whole seconds now less those
-    /// at its start, so up to a second more than it has run (or less).
-    package var uptimeSeconds: Int64
+    /// How long the server had been up at `readAt` at least (``uptimeLowerBound(reportedSeconds:)``
+    /// of its `uptime_in_seconds`).
+    package var uptime: Duration
     /// When the reply had been read (after it arrived).
     package var readAt: ContinuousClock.Instant
 }

@@ -614,16 +614,52 @@ static void check_pidfds(void) {
     }
 }
 
+/* SIGKILLs process `pid`, read with start time `started`, through `descriptor` (from
+   open_process), or by pid when that is -1. A signal through the descriptor that fails while
+   /proc still shows that process running (same start time, no zombie) goes by pid: a seccomp
+   filter may refuse SIGKILL through pidfds alone (check_pidfds sends signal 0). 0, or -1 with
+   errno: ESRCH when it has exited, EPERM when it may not be signalled, another when /proc
+   could not be read (EMFILE, …). */
+static int kill_process(int descriptor, long pid, unsigned long long started) {
+    if (signal_process(descriptor, pid, SIGKILL) == 0) {
+        return 0;
+    }
+    if (descriptor < 0) {
+        return -1;
+    }
+    long parent;
+    char state;
+    unsigned long long now_started;
+    if (read_parent(pid, &parent, &state, NULL, &now_started) != 0) {
+        if (vanished(errno)) {
+            errno = ESRCH;
+        }
+        return -1;
+    }
+    if (now_started != started || state == 'Z' || state == 'X') {
+        errno = ESRCH;
+        return -1;
+    }
+    return kill((pid_t)pid, SIGKILL);
+}
+
 /* Opens process `pid` (open_process) and reads its parent, state and start time (read_parent),
    both of the same process: the read comes after the open and before a signal 0 through the
    descriptor finds the process not yet reaped, so its pid did not change hands in between.
    0, with *descriptor (to close; -1 without pidfds, when the read is only as good as the pid);
    -1 when the process is gone; -2 when /proc could not be read (errno: EMFILE, …). */
 static int open_and_read(long pid, int *descriptor, long *parent, char *state, unsigned long long *started) {
-    /* A failed open (ESRCH, EINVAL: gone, or refused for this pid alone by a seccomp filter
-       that passed check_pidfds) leaves the read by pid to tell: a process /proc still shows is
-       signalled by pid, as without pidfds. */
     int opened = open_process(pid);
+    if (opened < 0 && (errno == ESRCH || errno == EINVAL)) {
+        /* Gone, or refused for this pid alone (a seccomp filter that passed check_pidfds). When
+           /proc still shows a process there, one more open (a process that took the pid since
+           is told apart by the callers: parent, start time); failing again, the read below is
+           by pid, as without pidfds. */
+        if (read_parent(pid, parent, state, NULL, started) != 0) {
+            return vanished(errno) ? -1 : -2;
+        }
+        opened = open_process(pid);
+    }
     int result = 0;
     if (read_parent(pid, parent, state, NULL, started) != 0) {
         result = vanished(errno) ? -1 : -2;
@@ -704,7 +740,7 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
                 }
                 continue;
             }
-            if (signal_process(descriptor, list[i].pid, SIGKILL) == 0) {
+            if (kill_process(descriptor, list[i].pid, started) == 0) {
                 killed[killed_count++] = list[i];
                 if (known == NULL || !pid_set_holds(known, list[i].pid, list[i].started)) {
                     *unknown = 1;
@@ -784,7 +820,7 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
     if (read_children(pid, work) != 0) {
         work->count = before; /* read again below, after the kill */
     }
-    if (signal_process(descriptor, pid, SIGKILL) != 0) {
+    if (kill_process(descriptor, pid, started) != 0) {
         if (errno != ESRCH) {
             *refused = 1;
         }

@@ -47,15 +47,17 @@
  *
  *   redlock-kill-probe confined deny pidfd_open|pidfd_send_signal ERRNO
  *   redlock-kill-probe confined deny-others pidfd_open ERRNO
+ *   redlock-kill-probe confined deny-signals ERRNO
  *   redlock-kill-probe confined descriptors FREE
  *       A policy that refuses part of what the kill uses does not let it report success while
  *       processes below the root run. P (a child subreaper, the root) has 20 children, each
  *       with a sleeping child; then it installs a seccomp filter that fails the named system
  *       call with errno ERRNO (a number: 38 ENOSYS, 1 EPERM, 22 EINVAL, 3 ESRCH), for every
- *       process (deny) or, by its first argument, for every pid but P's (deny-others: the
- *       kill's own check of pidfds passes), or it keeps only descriptors 0-3 (3: its report's pipe) and lowers its
- *       RLIMIT_NOFILE so that FREE more can be open at once, and calls redlock_kill_tree(P).
- *       One line:
+ *       process (deny), for every pid but P's (deny-others), or for pidfd_send_signal of any
+ *       signal but 0 (deny-signals): the last two pass the kill's own check of pidfds (a
+ *       signal 0 to itself). Or it keeps only descriptors 0-3 (3: its report's pipe) and
+ *       lowers its RLIMIT_NOFILE so that FREE more can be open at once. Then it calls
+ *       redlock_kill_tree(P). One line:
  *           rc=RC call_ns=D left=N
  *       N counts the 40 descendants that still run (looked at for up to 2 s after the call);
  *       with RC 0 there must be none.
@@ -746,23 +748,26 @@ static int permission_denied(void) {
 #endif
 
 /* Makes every later `number` system call of this process (of this architecture) fail with
-   `error` (a seccomp filter); with `spared` > 0, not those whose first argument is `spared`. */
-static void deny_system_call(long number, int error, pid_t spared) {
+   `error` (a seccomp filter); with `argument` 0 or 1, only those whose argument of that index
+   (its low 32 bits) is not `spared`. */
+static void deny_system_call(long number, int error, int argument, unsigned spared) {
 #ifdef PROBE_AUDIT_ARCH
+    /* Both architectures are little-endian: an argument's low 32 bits come first. */
+    unsigned argument_at = (unsigned)offsetof(struct seccomp_data, args) + (unsigned)(argument > 0 ? argument : 0) * 8u;
     struct sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROBE_AUDIT_ARCH, 0, 5),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)number, 0, 3),
-        /* The first argument's low 32 bits (a pid; both architectures are little-endian). */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, spared > 0 ? (unsigned)spared : 0xffffffffu, 1, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, argument_at),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, spared, argument >= 0 ? 1 : 0, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)error & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
 #else
     (void)number;
     (void)error;
+    (void)argument;
     (void)spared;
     errno = ENOSYS;
     fail("a seccomp filter on this architecture");
@@ -774,11 +779,18 @@ static void deny_system_call(long number, int error, pid_t spared) {
     }
 }
 
+/* What the confined scenario's filter refuses. */
+typedef enum {
+    refuse_all,        /* deny: every call */
+    refuse_other_pids, /* deny-others: pidfd_open of any pid but P's */
+    refuse_signals,    /* deny-signals: pidfd_send_signal of any signal but 0 */
+} refusal;
+
 enum { confined_children = 20 };
 
-/* `denied` a system call number and `error` its errno (for every process, or all but P with
-   `others_only`), or `denied` 0 and `free_descriptors` how many P may open at once. */
-static int confined(long denied, int error, int others_only, long free_descriptors) {
+/* `denied` a system call number, `error` its errno and `refused` which calls, or `denied` 0
+   and `free_descriptors` how many descriptors P may open at once. */
+static int confined(long denied, int error, refusal refused, long free_descriptors) {
     become_subreaper();
     int from_p[2];
     if (pipe2(from_p, O_CLOEXEC) != 0) {
@@ -809,7 +821,17 @@ static int confined(long denied, int error, int others_only, long free_descripto
             close(g_pipe[0]);
         }
         if (denied != 0) {
-            deny_system_call(denied, error, others_only ? getpid() : 0);
+            switch (refused) {
+            case refuse_all:
+                deny_system_call(denied, error, -1, 0);
+                break;
+            case refuse_other_pids:
+                deny_system_call(denied, error, 0, (unsigned)getpid());
+                break;
+            case refuse_signals:
+                deny_system_call(denied, error, 1, 0);
+                break;
+            }
         } else {
             /* Descriptors 0-2 and the report's pipe as 3, nothing else: FREE above them. */
             if (from_p[1] != 3) {
@@ -870,18 +892,21 @@ int main(int argc, char **argv) {
         return permission_denied();
     }
     if (argc == 5 && strcmp(argv[1], "confined") == 0 && (strcmp(argv[2], "deny") == 0 || strcmp(argv[2], "deny-others") == 0)) {
-        int others_only = strcmp(argv[2], "deny-others") == 0;
+        int others = strcmp(argv[2], "deny-others") == 0;
         long number = strcmp(argv[3], "pidfd_open") == 0 ? SYS_pidfd_open
-                      : strcmp(argv[3], "pidfd_send_signal") == 0 && !others_only ? SYS_pidfd_send_signal
-                                                                                  : 0;
+                      : strcmp(argv[3], "pidfd_send_signal") == 0 && !others ? SYS_pidfd_send_signal
+                                                                             : 0;
         int error = atoi(argv[4]);
         if (number != 0 && error > 0) {
-            return confined(number, error, others_only, 0);
+            return confined(number, error, others ? refuse_other_pids : refuse_all, 0);
         }
+    }
+    if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "deny-signals") == 0 && atoi(argv[3]) > 0) {
+        return confined(SYS_pidfd_send_signal, atoi(argv[3]), refuse_signals, 0);
     }
     if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "descriptors") == 0 && atol(argv[3]) >= 0) {
         return confined(0, 0, 0, atol(argv[3]));
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined descriptors FREE\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE\n");
     return 2;
 }

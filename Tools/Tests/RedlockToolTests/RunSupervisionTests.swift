@@ -469,12 +469,13 @@ final class RunSupervisionTests: Sendable {
     }
 
     @Test(
-        "the kill at the deadline works under a seccomp filter that refuses pidfds (it signals by pid then), also one that refuses them for every pid but the killer's own with an errno that means \"gone\", and never reports success while processes below the root run when it cannot open what it reads (RLIMIT_NOFILE: no descriptor free, one, two); 20 children, each with a child",
+        "the kill at the deadline works under a seccomp filter that refuses pidfds (it signals by pid then), also one that refuses them for every pid but the killer's own, or refuses every signal through them but 0, with an errno that means \"gone\" or \"not permitted\", and never reports success while processes below the root run when it cannot open what it reads (RLIMIT_NOFILE: no descriptor free, one, two); 20 children, each with a child",
         .enabled(if: geteuid() == 0, "a pid namespace needs root"),
         arguments: [
             ["deny", "pidfd_send_signal", "\(ENOSYS)"], ["deny", "pidfd_send_signal", "\(EPERM)"], ["deny", "pidfd_send_signal", "\(EINVAL)"],
             ["deny", "pidfd_open", "\(ENOSYS)"], ["deny", "pidfd_open", "\(EPERM)"],
             ["deny-others", "pidfd_open", "\(EINVAL)"], ["deny-others", "pidfd_open", "\(ESRCH)"],
+            ["deny-signals", "\(ESRCH)"], ["deny-signals", "\(EPERM)"],
             ["descriptors", "0"], ["descriptors", "1"], ["descriptors", "2"],
         ]
     )
