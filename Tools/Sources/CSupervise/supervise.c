@@ -262,6 +262,13 @@ static int vanished(int error) {
     return error == ENOENT || error == ESRCH || error == 0 || error == EPERM || error == EACCES;
 }
 
+/* Whether a process in `state` with `threads` threads (from read_parent) runs nothing any more:
+   a zombie (or dead) with at most one thread. A zombie leader whose other threads run (it called
+   pthread_exit) shows state Z too. */
+static int exited(char state, long threads) {
+    return (state == 'Z' || state == 'X') && threads <= 1;
+}
+
 /* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
    that left its process group (setsid) and were reparented here (a child subreaper). */
 static void kill_children(void) {
@@ -287,6 +294,7 @@ typedef struct {
     long pid;
     long parent;
     unsigned long long started;
+    long threads;
     char state;
     signed char below; /* 1 below root, 0 not, -1 not known yet */
 } process_entry;
@@ -324,7 +332,7 @@ static long list_processes(process_entry **entries) {
             list = grown;
             capacity *= 2;
         }
-        if (read_parent(pid, &list[count].parent, &list[count].state, NULL, &list[count].started) == 0) {
+        if (read_parent(pid, &list[count].parent, &list[count].state, &list[count].threads, &list[count].started) == 0) {
             list[count].pid = pid;
             list[count].below = -1;
             count++;
@@ -616,8 +624,10 @@ static void check_pidfds(void) {
 
 /* SIGKILLs process `pid`, read with start time `started`, through `descriptor` (from
    open_process), or by pid when that is -1. A signal through the descriptor that fails while
-   /proc still shows that process running (same start time, no zombie) goes by pid: a seccomp
-   filter may refuse SIGKILL through pidfds alone (check_pidfds sends signal 0). 0, or -1 with
+   /proc still shows that process running goes by pid: a seccomp filter may refuse SIGKILL
+   through pidfds alone (check_pidfds sends signal 0). "That process": the start time read,
+   not exited, and a signal 0 through the descriptor after the read that finds it unreaped
+   (else the pid may have gone to another process in the same clock tick). 0, or -1 with
    errno: ESRCH when it has exited, EPERM when it may not be signalled, another when /proc
    could not be read (EMFILE, …). */
 static int kill_process(int descriptor, long pid, unsigned long long started) {
@@ -628,17 +638,21 @@ static int kill_process(int descriptor, long pid, unsigned long long started) {
         return -1;
     }
     long parent;
+    long threads;
     char state;
     unsigned long long now_started;
-    if (read_parent(pid, &parent, &state, NULL, &now_started) != 0) {
+    if (read_parent(pid, &parent, &state, &threads, &now_started) != 0) {
         if (vanished(errno)) {
             errno = ESRCH;
         }
         return -1;
     }
-    if (now_started != started || state == 'Z' || state == 'X') {
+    if (now_started != started || exited(state, threads)) {
         errno = ESRCH;
         return -1;
+    }
+    if (signal_process(descriptor, pid, 0) != 0) {
+        return -1; /* ESRCH: it has exited; another: it cannot be told apart, so refused */
     }
     return kill((pid_t)pid, SIGKILL);
 }
@@ -711,7 +725,7 @@ static int kill_tree_scan(pid_t root, const pid_set *known, int *unknown) {
         size_t before = killed_count;
         int refused = 0;
         for (size_t i = 0; i < (size_t)count; i++) {
-            if (list[i].state == 'Z' || list[i].state == 'X' || !descends_from(list, (size_t)count, i, (long)root)) {
+            if (exited(list[i].state, list[i].threads) || !descends_from(list, (size_t)count, i, (long)root)) {
                 continue;
             }
             /* One sent SIGKILL in an earlier pass runs none of its own code again (the signal
@@ -917,7 +931,7 @@ static int fully_exited(process_identity process) {
     if (read_parent(process.pid, &parent, &state, &threads, &started) != 0) {
         return vanished(errno);
     }
-    return started != process.started || ((state == 'Z' || state == 'X') && threads <= 1);
+    return started != process.started || exited(state, threads);
 }
 
 /* Waits until every process `found` marks signalled has exited in full (each SIGKILLed: at

@@ -61,6 +61,16 @@
  *           rc=RC call_ns=D left=N
  *       N counts the 40 descendants that still run (looked at for up to 2 s after the call);
  *       with RC 0 there must be none.
+ *
+ *   redlock-kill-probe zombie-leader walk|scan [ERRNO]
+ *       A process whose main thread has exited while another of its threads runs (state Z,
+ *       two threads) is killed too. P (a child subreaper, the root) has a child L whose main
+ *       thread calls pthread_exit while a second thread sleeps; with ERRNO, P refuses itself
+ *       every signal through pidfds but 0 with that errno (as deny-signals above). Then P calls
+ *       redlock_kill_tree(P) (walk) or redlock_kill_tree_by_scan(P) (scan). One line:
+ *           rc=RC leader_state=S leader_threads=T left=0|1
+ *       S and T are L's just before the call; left says whether a thread of L still runs
+ *       (looked at for up to 2 s).
  */
 #define _GNU_SOURCE
 
@@ -875,6 +885,102 @@ static int confined(long denied, int error, refusal refused, long free_descripto
     return clear_below();
 }
 
+/* L's second thread in zombie-leader: sleeps until killed. */
+static void *sleep_forever(void *unused) {
+    (void)unused;
+    for (;;) {
+        pause();
+    }
+    return NULL;
+}
+
+/* L's state and thread count from /proc (state '?' when it cannot be read). */
+static void leader_status(pid_t pid, char *state, long *threads) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    *state = '?';
+    *threads = 0;
+    FILE *file = fopen(path, "re");
+    if (file == NULL) {
+        return;
+    }
+    char line[512];
+    if (fgets(line, sizeof line, file) != NULL) {
+        char *close_paren = strrchr(line, ')');
+        if (close_paren == NULL || sscanf(close_paren + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld", state, threads) != 2) {
+            *state = '?';
+        }
+    }
+    fclose(file);
+}
+
+static int zombie_leader(int by_scan, int error) {
+    become_subreaper();
+    int from_p[2];
+    if (pipe2(from_p, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t p = checked_fork();
+    if (p == 0) {
+        close(from_p[0]);
+        become_subreaper();
+        pid_t leader = checked_fork();
+        if (leader == 0) {
+            pthread_t thread;
+            if (pthread_create(&thread, NULL, sleep_forever, NULL) != 0) {
+                fail("pthread_create");
+            }
+            pthread_exit(NULL);
+        }
+        /* Until the main thread has gone: state Z with two threads. */
+        char state = '?';
+        long threads = 0;
+        for (int tries = 0; tries < 2000; tries++) {
+            leader_status(leader, &state, &threads);
+            if (state == 'Z' && threads == 2) {
+                break;
+            }
+            sleep_ns(1000000);
+        }
+        if (error > 0) {
+            deny_system_call(SYS_pidfd_send_signal, error, 1, 0);
+        }
+        int rc = by_scan ? redlock_kill_tree_by_scan(getpid()) : redlock_kill_tree(getpid(), NULL);
+        write_all(from_p[1], &rc, sizeof rc);
+        write_all(from_p[1], &leader, sizeof leader);
+        write_all(from_p[1], &state, sizeof state);
+        write_all(from_p[1], &threads, sizeof threads);
+        for (;;) {
+            pause();
+        }
+    }
+    close(from_p[1]);
+    int rc;
+    pid_t leader;
+    char state;
+    long threads;
+    if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &leader, sizeof leader) != 0 ||
+        read_all(from_p[0], &state, sizeof state) != 0 || read_all(from_p[0], &threads, sizeof threads) != 0) {
+        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+        return 1;
+    }
+    int left = 1;
+    for (int tries = 0; tries < 200 && left; tries++) {
+        char now_state;
+        long now_threads;
+        leader_status(leader, &now_state, &now_threads);
+        left = now_state != '?' && !((now_state == 'Z' || now_state == 'X') && now_threads <= 1);
+        if (left) {
+            sleep_ns(10000000);
+        }
+    }
+    printf("rc=%d leader_state=%c leader_threads=%ld left=%d\n", rc, state, threads, left);
+    fflush(stdout);
+    /* L (this process's, once P is gone) by pid: a kill that missed it would miss it again. */
+    kill(leader, SIGKILL);
+    return clear_below();
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
@@ -901,12 +1007,15 @@ int main(int argc, char **argv) {
             return confined(number, error, others ? refuse_other_pids : refuse_all, 0);
         }
     }
+    if (argc >= 3 && argc <= 4 && strcmp(argv[1], "zombie-leader") == 0 && (strcmp(argv[2], "walk") == 0 || strcmp(argv[2], "scan") == 0)) {
+        return zombie_leader(strcmp(argv[2], "scan") == 0, argc == 4 ? atoi(argv[3]) : 0);
+    }
     if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "deny-signals") == 0 && atoi(argv[3]) > 0) {
         return confined(SYS_pidfd_send_signal, atoi(argv[3]), refuse_signals, 0);
     }
     if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "descriptors") == 0 && atol(argv[3]) >= 0) {
         return confined(0, 0, 0, atol(argv[3]));
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | zombie-leader walk|scan [ERRNO]\n");
     return 2;
 }

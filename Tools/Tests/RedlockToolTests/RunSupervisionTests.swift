@@ -498,6 +498,20 @@ final class RunSupervisionTests: Sendable {
     }
 
     @Test(
+        "the kill at the deadline kills a process whose main thread has exited while another thread runs (state Z, two threads), by the walk and by the scan alone, also when a seccomp filter refuses SIGKILL through pidfds with ESRCH or EPERM",
+        .enabled(if: geteuid() == 0, "a pid namespace needs root"),
+        arguments: [["walk"], ["scan"], ["walk", "\(ESRCH)"], ["walk", "\(EPERM)"], ["scan", "\(ESRCH)"]]
+    )
+    func killReachesZombieLeader(way: [String]) async throws {
+        let (status, output) = try await runProbe(["zombie-leader"] + way)
+        #expect(status == 0, "\(output)")
+        let line = try #require(probeLines(output, keys: ["rc", "leader_threads", "left"]).first, "\(output)")
+        #expect(line["leader_threads"] == 2, "the premise (a zombie leader with a running thread) did not hold: \(output)")
+        #expect(line["rc"] == 0, "\(output)")
+        #expect(line["left"] == 0, "a thread of the zombie leader still runs: \(output)")
+    }
+
+    @Test(
         "a stopped redlock or watchdog leaves nothing running past the lease: the kill at the deadline (the watchdog's, or redlock's own) reaches what the command detached with setsid, also among 8,000 other processes (it walks the command's tree, not all of /proc)",
         arguments: [("stop the watchdog", 0), ("stop redlock", 8_000), ("stop the watchdog", 8_000)]
     )
