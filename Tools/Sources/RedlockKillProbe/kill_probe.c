@@ -62,6 +62,18 @@
  *       N counts the 40 descendants that still run (looked at for up to 2 s after the call);
  *       with RC 0 there must be none.
  *
+ *   redlock-kill-probe paused-signal walk|scan (namespace)
+ *       The kill's fallback by pid (after a SIGKILL through a pidfd failed) never reaches a
+ *       stranger that took the pid of a process reaped meanwhile, in the same clock tick (its
+ *       start time alike). K, the root (a child subreaper that reaps in a thread), has one
+ *       child A, made just after a 10 ms boundary of CLOCK_BOOTTIME; K's filter hands its
+ *       SIGKILLs through pidfds to this process (SECCOMP_RET_USER_NOTIF). At A's, this process
+ *       kills A, waits until K has reaped it, gives A's pid to a child S of its own
+ *       (ns_last_pid), and lets the call go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE), which then
+ *       fails with ESRCH. K calls redlock_kill_tree(K) (walk) or redlock_kill_tree_by_scan(K)
+ *       (scan). One line:
+ *           rc=RC stranger_pid=S a_pid=A same_tick=0|1 stranger_killed=0|1
+ *
  *   redlock-kill-probe zombie-leader walk|scan [ERRNO]
  *       A process whose main thread has exited while another of its threads runs (state Z,
  *       two threads) is killed too. P (a child subreaper, the root) has a child L whose main
@@ -82,6 +94,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -981,6 +994,163 @@ static int zombie_leader(int by_scan, int error) {
     return clear_below();
 }
 
+/* ---- paused-signal ---- */
+
+/* Process `pid`'s start time (clock ticks after boot), or 0 when it cannot be read. */
+static unsigned long long start_time(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *file = fopen(path, "re");
+    if (file == NULL) {
+        return 0;
+    }
+    char line[512];
+    unsigned long long started = 0;
+    if (fgets(line, sizeof line, file) != NULL) {
+        char *close_paren = strrchr(line, ')');
+        if (close_paren == NULL ||
+            sscanf(close_paren + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &started) != 1) {
+            started = 0;
+        }
+    }
+    fclose(file);
+    return started;
+}
+
+/* The pid a pidfd of process `owner` refers to (its fdinfo's "Pid:" line), or -1. */
+static long pidfd_target(pid_t owner, long descriptor) {
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%ld/fdinfo/%ld", (long)owner, descriptor);
+    FILE *file = fopen(path, "re");
+    if (file == NULL) {
+        return -1;
+    }
+    char line[256];
+    long target = -1;
+    while (fgets(line, sizeof line, file) != NULL) {
+        if (strncmp(line, "Pid:", 4) == 0) {
+            target = strtol(line + 4, NULL, 10);
+        }
+    }
+    fclose(file);
+    return target;
+}
+
+static int paused_signal(int by_scan) {
+#if defined(PROBE_AUDIT_ARCH) && defined(SECCOMP_FILTER_FLAG_NEW_LISTENER) && defined(SYS_pidfd_getfd)
+    if (getpid() != 1) {
+        fprintf(stderr, "redlock-kill-probe: this scenario must run as init of a pid namespace of its own "
+                        "(unshare --pid --fork --mount-proc)\n");
+        return 2;
+    }
+    int from_k[2];
+    if (pipe2(from_k, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t k = checked_fork();
+    if (k == 0) {
+        close(from_k[0]);
+        become_subreaper();
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, reap_everything, NULL) != 0) {
+            fail("pthread_create");
+        }
+        struct sock_filter filter[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROBE_AUDIT_ARCH, 0, 5),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_send_signal, 0, 3),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (unsigned)offsetof(struct seccomp_data, args) + 8u),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SIGKILL, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog program = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+            fail("prctl(PR_SET_NO_NEW_PRIVS)");
+        }
+        int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &program);
+        if (listener < 0) {
+            fail("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)");
+        }
+        /* A, just after a boundary of the 10 ms ticks start times are counted in. */
+        while (redlock_boottime_ns() % 10000000 > 300000) {
+        }
+        pid_t a = sleeper();
+        write_all(from_k[1], &listener, sizeof listener);
+        write_all(from_k[1], &a, sizeof a);
+        int rc = by_scan ? redlock_kill_tree_by_scan(getpid()) : redlock_kill_tree(getpid(), NULL);
+        write_all(from_k[1], &rc, sizeof rc);
+        for (;;) {
+            pause();
+        }
+    }
+    close(from_k[1]);
+    int remote;
+    pid_t a;
+    if (read_all(from_k[0], &remote, sizeof remote) != 0 || read_all(from_k[0], &a, sizeof a) != 0) {
+        fprintf(stderr, "redlock-kill-probe: K ended without its listener\n");
+        return 1;
+    }
+    unsigned long long a_started = start_time(a);
+    int k_handle = (int)syscall(SYS_pidfd_open, k, 0);
+    int listener = k_handle < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, k_handle, remote, 0);
+    if (listener < 0) {
+        fail("pidfd_getfd (K's seccomp listener)");
+    }
+    pid_t stranger = 0;
+    int rc = 0;
+    int reported = 0;
+    while (!reported) {
+        struct pollfd waits[2] = {{.fd = listener, .events = POLLIN}, {.fd = from_k[0], .events = POLLIN}};
+        if (poll(waits, 2, 10000) <= 0) {
+            fail("poll (K neither asked nor reported within 10 s)");
+        }
+        if (waits[0].revents & POLLIN) {
+            struct seccomp_notif request;
+            memset(&request, 0, sizeof request);
+            if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &request) == 0) {
+                if (stranger == 0 && pidfd_target(k, (long)(int)request.data.args[0]) == (long)a) {
+                    /* A's SIGKILL waits: A goes another way, K reaps it, S takes its pid. */
+                    kill(a, SIGKILL);
+                    char path[64];
+                    snprintf(path, sizeof path, "/proc/%ld", (long)a);
+                    struct stat info;
+                    while (stat(path, &info) == 0) {
+                    }
+                    write_ns_last_pid((long)a - 1);
+                    stranger = sleeper();
+                }
+                struct seccomp_notif_resp response;
+                memset(&response, 0, sizeof response);
+                response.id = request.id;
+                response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+                if (ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response) != 0 && errno != ENOENT) {
+                    fail("SECCOMP_IOCTL_NOTIF_SEND");
+                }
+            }
+        }
+        if (waits[1].revents & (POLLIN | POLLHUP)) {
+            if (read_all(from_k[0], &rc, sizeof rc) != 0) {
+                fprintf(stderr, "redlock-kill-probe: K ended without its report\n");
+                return 1;
+            }
+            reported = 1;
+        }
+    }
+    int same_tick = stranger != 0 && start_time(stranger) == a_started;
+    int killed = stranger != 0 && !runs(stranger);
+    printf("rc=%d stranger_pid=%ld a_pid=%ld same_tick=%d stranger_killed=%d\n", rc, (long)stranger, (long)a, same_tick, killed);
+    fflush(stdout);
+    /* Init of its namespace: its end takes K and S with it. */
+    return 0;
+#else
+    (void)by_scan;
+    fprintf(stderr, "redlock-kill-probe: paused-signal needs seccomp user notification and pidfd_getfd\n");
+    return 1;
+#endif
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
@@ -1007,6 +1177,9 @@ int main(int argc, char **argv) {
             return confined(number, error, others ? refuse_other_pids : refuse_all, 0);
         }
     }
+    if (argc == 3 && strcmp(argv[1], "paused-signal") == 0 && (strcmp(argv[2], "walk") == 0 || strcmp(argv[2], "scan") == 0)) {
+        return paused_signal(strcmp(argv[2], "scan") == 0);
+    }
     if (argc >= 3 && argc <= 4 && strcmp(argv[1], "zombie-leader") == 0 && (strcmp(argv[2], "walk") == 0 || strcmp(argv[2], "scan") == 0)) {
         return zombie_leader(strcmp(argv[2], "scan") == 0, argc == 4 ? atoi(argv[3]) : 0);
     }
@@ -1016,6 +1189,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "descriptors") == 0 && atol(argv[3]) >= 0) {
         return confined(0, 0, 0, atol(argv[3]));
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | zombie-leader walk|scan [ERRNO]\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO]\n");
     return 2;
 }
