@@ -422,7 +422,7 @@ struct HandoffAndGuardTests {
                 }
                 #expect(trials == 2, "node 2 never reported a second of uptime within 950 ms of its restart")
                 // Once the client has seen it up for the guard's second (from its first look at
-                // the new server), it votes: within 2.5 s of the restart.
+                // the new server, with the report's lower bound), it votes: within 2.5 s more.
                 var lease: Lease?
                 let giveUp = ContinuousClock.now + .milliseconds(2_500)
                 while lease == nil, ContinuousClock.now < giveUp {
