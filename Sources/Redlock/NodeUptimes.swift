@@ -28,21 +28,19 @@ final class NodeUptimes: Sendable {
         if let known = entries.withLock({ $0[index] }), known.generation == generation {
             return known.uptimeWhenSeen + known.seenAt.duration(to: .now)
         }
-        let runID: String
-        let reported: Duration
-        let seenAt: ContinuousClock.Instant
+        let server: ServerIdentity?
         if let handshake = node.handshakeServer, handshake.generation == generation {
             // The connection's handshake asked (a vetted connection): no round trip of its own.
-            (runID, reported, seenAt) = (handshake.runID, handshake.uptime, handshake.readAt)
+            server = handshake.server
         } else {
             let reply = try await node.send(RedisCommand("INFO", "server"))
             // Read once the reply is here: the uptime then was at least the report's lower bound.
-            seenAt = .now
-            guard let text = reply.string, let (id, seconds) = Self.parse(text) else {
-                throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
-            }
-            (runID, reported) = (id, uptimeLowerBound(reportedSeconds: seconds))
+            server = reply.string.flatMap { ServerIdentity(info: $0, readAt: .now) }
         }
+        guard let server, let reported = server.uptime else {
+            throw RedisError(code: .unexpectedReply, endpoint: node.configuration.endpoint, message: "INFO server lacks run_id or uptime_in_seconds")
+        }
+        let (runID, seenAt) = (server.runID, server.readAt)
         let stable = node.connectionGeneration == generation
         return entries.withLock { entries in
             if let known = entries[index], known.runID == runID {
@@ -55,13 +53,6 @@ final class NodeUptimes: Sendable {
             }
             return reported + seenAt.duration(to: .now)
         }
-    }
-
-    /// `run_id` and `uptime_in_seconds` from the text of `INFO server`.
-    static func parse(_ info: String) -> (runID: String, uptimeSeconds: Int64)? {
-        let fields = infoFields(info)
-        guard let runID = fields["run_id"], !runID.isEmpty, let uptime = fields["uptime_in_seconds"].flatMap({ Int64($0) }) else { return nil }
-        return (runID, uptime)
     }
 }
 

@@ -139,7 +139,7 @@ final class NodeSocket: @unchecked Sendable {
         _ outcome: Result<NodeSocket, RedisError>, by vet: ConnectVet?
     ) -> (outcome: Result<NodeSocket, RedisError>, refused: Bool) {
         guard case let .success(socket) = outcome, let vet, let peer = socket.peer else { return (outcome, false) }
-        switch vet(peer, socket.serverRunID) {
+        switch vet(peer, socket.server?.runID) {
         case let .success(released):
             socket.whenClosed(released)
             return (outcome, false)
@@ -272,13 +272,7 @@ final class NodeSocket: @unchecked Sendable {
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
         }
         if identifiesServer, let info = exchange.replies.last?.string {
-            let fields = infoFields(info)
-            if let runID = fields["run_id"], !runID.isEmpty {
-                socket.serverRunID = runID
-                if let seconds = fields["uptime_in_seconds"].flatMap({ Int64($0) }) {
-                    socket.serverUptime = (seconds, .now)
-                }
-            }
+            socket.server = ServerIdentity(info: info, readAt: .now)
         }
         guard let barrier else { return .success(socket) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
@@ -289,15 +283,11 @@ final class NodeSocket: @unchecked Sendable {
     /// `INFO server`: its `run_id` tells one server from another whatever address reaches it.
     private static let serverInfoCommand = RedisCommand("INFO", "server")
 
-    /// The server's `run_id` (40 hex digits, new at each start), when the handshake asked for it
-    /// (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:)``) and the server told it (an ACL without
-    /// `+info` refuses, and the connect goes on without it). Set by the connector thread before
-    /// it hands the socket over.
-    private(set) var serverRunID: String?
-
-    /// The server's `uptime_in_seconds` from the same reply as ``serverRunID``, as reported,
-    /// and the instant the reply had been read (after it arrived).
-    private(set) var serverUptime: (seconds: Int64, readAt: ContinuousClock.Instant)?
+    /// The server's `run_id` (40 hex digits, new at each start) and uptime, when the handshake
+    /// asked for them (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:)``)
+    /// and the server told them (an ACL without `+info` refuses, and the connect goes on
+    /// without). Set by the connector thread before it hands the socket over.
+    private(set) var server: ServerIdentity?
 
     /// The failure of a connect whose handshake `command` got the error answer `text`, or nil
     /// when the connect goes on: a node that wants credentials (`NOAUTH`) fails it as a command

@@ -99,7 +99,7 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// (an ACL without `+info`). It describes the open connection when `generation` equals
     /// ``connectionGeneration`` read before it: what the server's uptime was at `readAt`, with
     /// no round trip of its own.
-    package var handshakeServer: HandshakeServer? { core.handshakeServer }
+    package var handshakeServer: (generation: UInt64, server: ServerIdentity)? { core.handshakeServer }
 
     /// How many writes the socket took only part of, its buffers full (a node that reads
     /// nothing, a slow link), over every connection this object made. Once the socket is full,
@@ -331,7 +331,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// The node's last refusal of the order barrier, nil once it worked.
         var barrierRefusal: String?
         /// What the open socket's handshake learned of the server (``RedisConnection/handshakeServer``).
-        var handshakeServer: HandshakeServer?
+        var handshakeServer: (generation: UInt64, server: ServerIdentity)?
         /// Replayable commands lost with a connection or a failed connect, oldest first: the
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
@@ -463,7 +463,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         state.withLock { ($0.serverClient, $0.pendingKill, $0.barrierRefusal) }
     }
 
-    var handshakeServer: HandshakeServer? { state.withLock { $0.handshakeServer } }
+    var handshakeServer: (generation: UInt64, server: ServerIdentity)? { state.withLock { $0.handshakeServer } }
 
     var replayCount: Int { state.withLock { $0.replays.count } }
 
@@ -979,9 +979,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.scriptsRun = false
                 state.phase = .open
                 let number = generation.add(1, ordering: .releasing).newValue
-                state.handshakeServer = socket.serverRunID.flatMap { runID in
-                    socket.serverUptime.map { HandshakeServer(generation: number, runID: runID, uptime: uptimeLowerBound(reportedSeconds: $0.seconds), readAt: $0.readAt) }
-                }
+                state.handshakeServer = socket.server.map { (number, $0) }
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
                 finishShutdownIfDrained(&state, &effects)
@@ -1135,17 +1133,4 @@ final class ConnectionCore: Sendable, EventLoopSource {
     func waitUntilExited() async {
         await exited.wait()
     }
-}
-
-/// What a connection's handshake learned of its server (``RedisConnection/handshakeServer``).
-package struct HandshakeServer: Sendable, Equatable {
-    /// The connection's number (``RedisConnection/connectionGeneration``) whose handshake read it.
-    package var generation: UInt64
-    /// The server's `run_id` (new at each start).
-    package var runID: String
-    /// How long the server had been up at `readAt` at least (``uptimeLowerBound(reportedSeconds:)``
-    /// of its `uptime_in_seconds`).
-    package var uptime: Duration
-    /// When the reply had been read (after it arrived).
-    package var readAt: ContinuousClock.Instant
 }

@@ -879,14 +879,10 @@ static int read_children_stable(long pid, pid_array *children) {
             result = 0;
             break;
         }
-        previous.count = 0;
-        int copied = 0;
-        for (size_t i = 0; i < children->count && copied == 0; i++) {
-            copied = pid_array_append(&previous, children->items[i]);
-        }
-        if (copied != 0) {
-            break;
-        }
+        /* This read becomes the one to compare with; the next goes into the other buffer. */
+        pid_array swap = previous;
+        previous = *children;
+        *children = swap;
     }
     free(previous.items);
     return result;

@@ -613,22 +613,54 @@ static int strangers(int fill) {
 
 /* ---- permission-denied ---- */
 
-/* Whether `pid` runs: exists and is no zombie. */
-static int runs(pid_t pid) {
+/* Process `pid`'s state, thread count and start time (clock ticks after boot) from
+   /proc/PID/stat: 0, or -1 when it cannot be read (gone). */
+static int proc_status(pid_t pid, char *state, long *threads, unsigned long long *started) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
     FILE *file = fopen(path, "re");
     if (file == NULL) {
-        return 0;
+        return -1;
     }
     char line[512];
-    int running = 0;
+    int result = -1;
     if (fgets(line, sizeof line, file) != NULL) {
         char *close_paren = strrchr(line, ')');
-        running = close_paren != NULL && close_paren[1] == ' ' && close_paren[2] != 'Z' && close_paren[2] != 'X';
+        if (close_paren != NULL &&
+            sscanf(close_paren + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld %*d %llu", state, threads,
+                   started) == 3) {
+            result = 0;
+        }
     }
     fclose(file);
-    return running;
+    return result;
+}
+
+/* Whether `pid` runs: exists, and is no zombie (a zombie leader with a thread still running
+   counts as running). */
+static int runs(pid_t pid) {
+    char state;
+    long threads;
+    unsigned long long started;
+    return proc_status(pid, &state, &threads, &started) == 0 && !((state == 'Z' || state == 'X') && threads <= 1);
+}
+
+/* P's end in the scenarios below: its report (`size` bytes) to `fd` in one write, then it
+   waits to be killed (it may be the root of the kill, which must outlive the call). */
+static _Noreturn void report_and_wait(int fd, const void *report, size_t size) {
+    write_all(fd, report, size);
+    for (;;) {
+        pause();
+    }
+}
+
+/* P's report (`size` bytes) from `fd`: 0, or 1 (named on stderr) when P ended without it. */
+static int read_report(int fd, void *report, size_t size) {
+    if (read_all(fd, report, size) != 0) {
+        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+        return 1;
+    }
+    return 0;
 }
 
 /* How many of the `count` processes in `pids` still run; with `patient`, looked at again every
@@ -660,6 +692,15 @@ static int clear_below(void) {
     }
     return 0;
 }
+
+/* What P tells in permission-denied: the call's outcome and time, root's child, and the three
+   processes P may signal. */
+typedef struct {
+    int rc;
+    int64_t call;
+    pid_t kept;
+    pid_t signalled[3];
+} denied_report;
 
 static int permission_denied(void) {
     if (geteuid() != 0) {
@@ -732,34 +773,17 @@ static int permission_denied(void) {
         }
         int64_t began = redlock_boottime_ns();
         int rc = redlock_kill_tree(getpid(), NULL);
-        int64_t call = redlock_boottime_ns() - began;
-        write_all(from_p[1], &rc, sizeof rc);
-        write_all(from_p[1], &call, sizeof call);
-        write_all(from_p[1], &kept, sizeof kept);
-        write_all(from_p[1], &own, sizeof own);
-        write_all(from_p[1], &grandchild, sizeof grandchild);
-        write_all(from_p[1], &kept_child, sizeof kept_child);
-        for (;;) {
-            pause();
-        }
+        denied_report report = {.rc = rc, .call = redlock_boottime_ns() - began, .kept = kept, .signalled = {own, grandchild, kept_child}};
+        report_and_wait(from_p[1], &report, sizeof report);
     }
     close(from_p[1]);
-    int rc;
-    int64_t call;
-    pid_t kept;
-    pid_t own;
-    pid_t grandchild;
-    pid_t kept_child;
-    if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &call, sizeof call) != 0 ||
-        read_all(from_p[0], &kept, sizeof kept) != 0 || read_all(from_p[0], &own, sizeof own) != 0 ||
-        read_all(from_p[0], &grandchild, sizeof grandchild) != 0 || read_all(from_p[0], &kept_child, sizeof kept_child) != 0) {
-        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+    denied_report report;
+    if (read_report(from_p[0], &report, sizeof report) != 0) {
         return 1;
     }
-    pid_t signalled[] = {own, grandchild, kept_child};
-    int own_left = still_running(signalled, 3, 1);
-    int kept_alive = runs(kept);
-    printf("rc=%d call_ns=%lld own_left=%d kept_alive=%d\n", rc, (long long)call, own_left, kept_alive);
+    int own_left = still_running(report.signalled, 3, 1);
+    int kept_alive = runs(report.kept);
+    printf("rc=%d call_ns=%lld own_left=%d kept_alive=%d\n", report.rc, (long long)report.call, own_left, kept_alive);
     fflush(stdout);
     return clear_below();
 }
@@ -811,6 +835,13 @@ typedef enum {
 
 enum { confined_children = 20 };
 
+/* What P tells in confined: the call's outcome and time, and the processes below it. */
+typedef struct {
+    int rc;
+    int64_t call;
+    pid_t below[2 * confined_children];
+} confined_report;
+
 /* `denied` a system call number, `error` its errno and `refused` which calls, or `denied` 0
    and `free_descriptors` how many descriptors P may open at once. */
 static int confined(long denied, int error, refusal refused, long free_descriptors) {
@@ -823,7 +854,8 @@ static int confined(long denied, int error, refusal refused, long free_descripto
     if (p == 0) {
         close(from_p[0]);
         become_subreaper();
-        pid_t below[2 * confined_children];
+        confined_report report = {0};
+        pid_t *below = report.below;
         for (int i = 0; i < confined_children; i++) {
             int g_pipe[2];
             if (pipe2(g_pipe, O_CLOEXEC) != 0) {
@@ -874,26 +906,17 @@ static int confined(long denied, int error, refusal refused, long free_descripto
             }
         }
         int64_t began = redlock_boottime_ns();
-        int rc = redlock_kill_tree(getpid(), NULL);
-        int64_t call = redlock_boottime_ns() - began;
-        write_all(from_p[1], &rc, sizeof rc);
-        write_all(from_p[1], &call, sizeof call);
-        write_all(from_p[1], below, sizeof below);
-        for (;;) {
-            pause();
-        }
+        report.rc = redlock_kill_tree(getpid(), NULL);
+        report.call = redlock_boottime_ns() - began;
+        report_and_wait(from_p[1], &report, sizeof report);
     }
     close(from_p[1]);
-    int rc;
-    int64_t call;
-    pid_t below[2 * confined_children];
-    if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &call, sizeof call) != 0 ||
-        read_all(from_p[0], below, sizeof below) != 0) {
-        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+    confined_report report;
+    if (read_report(from_p[0], &report, sizeof report) != 0) {
         return 1;
     }
-    int left = still_running(below, 2 * confined_children, rc == 0);
-    printf("rc=%d call_ns=%lld left=%d\n", rc, (long long)call, left);
+    int left = still_running(report.below, 2 * confined_children, report.rc == 0);
+    printf("rc=%d call_ns=%lld left=%d\n", report.rc, (long long)report.call, left);
     fflush(stdout);
     return clear_below();
 }
@@ -907,25 +930,14 @@ static void *sleep_forever(void *unused) {
     return NULL;
 }
 
-/* L's state and thread count from /proc (state '?' when it cannot be read). */
-static void leader_status(pid_t pid, char *state, long *threads) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    *state = '?';
-    *threads = 0;
-    FILE *file = fopen(path, "re");
-    if (file == NULL) {
-        return;
-    }
-    char line[512];
-    if (fgets(line, sizeof line, file) != NULL) {
-        char *close_paren = strrchr(line, ')');
-        if (close_paren == NULL || sscanf(close_paren + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld", state, threads) != 2) {
-            *state = '?';
-        }
-    }
-    fclose(file);
-}
+/* What P tells in zombie-leader: the call's outcome, and L with its state and thread count
+   just before the call. */
+typedef struct {
+    int rc;
+    pid_t leader;
+    char state;
+    long threads;
+} leader_report;
 
 static int zombie_leader(int by_scan, int error) {
     become_subreaper();
@@ -948,9 +960,9 @@ static int zombie_leader(int by_scan, int error) {
         /* Until the main thread has gone: state Z with two threads. */
         char state = '?';
         long threads = 0;
+        unsigned long long started;
         for (int tries = 0; tries < 2000; tries++) {
-            leader_status(leader, &state, &threads);
-            if (state == 'Z' && threads == 2) {
+            if (proc_status(leader, &state, &threads, &started) == 0 && state == 'Z' && threads == 2) {
                 break;
             }
             sleep_ns(1000000);
@@ -958,36 +970,23 @@ static int zombie_leader(int by_scan, int error) {
         if (error > 0) {
             deny_system_call(SYS_pidfd_send_signal, error, 1, 0);
         }
-        int rc = by_scan ? redlock_kill_tree_by_scan(getpid()) : redlock_kill_tree(getpid(), NULL);
-        write_all(from_p[1], &rc, sizeof rc);
-        write_all(from_p[1], &leader, sizeof leader);
-        write_all(from_p[1], &state, sizeof state);
-        write_all(from_p[1], &threads, sizeof threads);
-        for (;;) {
-            pause();
-        }
+        leader_report report = {
+            .rc = by_scan ? redlock_kill_tree_by_scan(getpid()) : redlock_kill_tree(getpid(), NULL),
+            .leader = leader,
+            .state = state,
+            .threads = threads,
+        };
+        report_and_wait(from_p[1], &report, sizeof report);
     }
     close(from_p[1]);
-    int rc;
-    pid_t leader;
-    char state;
-    long threads;
-    if (read_all(from_p[0], &rc, sizeof rc) != 0 || read_all(from_p[0], &leader, sizeof leader) != 0 ||
-        read_all(from_p[0], &state, sizeof state) != 0 || read_all(from_p[0], &threads, sizeof threads) != 0) {
-        fprintf(stderr, "redlock-kill-probe: P ended without its report\n");
+    leader_report report;
+    if (read_report(from_p[0], &report, sizeof report) != 0) {
         return 1;
     }
-    int left = 1;
-    for (int tries = 0; tries < 200 && left; tries++) {
-        char now_state;
-        long now_threads;
-        leader_status(leader, &now_state, &now_threads);
-        left = now_state != '?' && !((now_state == 'Z' || now_state == 'X') && now_threads <= 1);
-        if (left) {
-            sleep_ns(10000000);
-        }
-    }
-    printf("rc=%d leader_state=%c leader_threads=%ld left=%d\n", rc, state, threads, left);
+    pid_t leader = report.leader;
+    /* A thread of L still runs? Looked at for up to 2 s. */
+    int left = still_running(&leader, 1, 1);
+    printf("rc=%d leader_state=%c leader_threads=%ld left=%d\n", report.rc, report.state, report.threads, left);
     fflush(stdout);
     /* L (this process's, once P is gone) by pid: a kill that missed it would miss it again. */
     kill(leader, SIGKILL);
@@ -998,23 +997,10 @@ static int zombie_leader(int by_scan, int error) {
 
 /* Process `pid`'s start time (clock ticks after boot), or 0 when it cannot be read. */
 static unsigned long long start_time(pid_t pid) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    FILE *file = fopen(path, "re");
-    if (file == NULL) {
-        return 0;
-    }
-    char line[512];
-    unsigned long long started = 0;
-    if (fgets(line, sizeof line, file) != NULL) {
-        char *close_paren = strrchr(line, ')');
-        if (close_paren == NULL ||
-            sscanf(close_paren + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &started) != 1) {
-            started = 0;
-        }
-    }
-    fclose(file);
-    return started;
+    char state;
+    long threads;
+    unsigned long long started;
+    return proc_status(pid, &state, &threads, &started) == 0 ? started : 0;
 }
 
 /* The pid a pidfd of process `owner` refers to (its fdinfo's "Pid:" line), or -1. */
