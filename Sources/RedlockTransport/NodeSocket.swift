@@ -132,7 +132,7 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// `outcome`, a connect's, once `vet` looked at what its socket reached: the address
-    /// (``peer``) and the server's `run_id` when the handshake learned it (``serverRunID``). A
+    /// (``peer``) and the server's `run_id` when the handshake learned it (``server``). A
     /// socket let through closes with the vet's hook; a refused one is closed, and the refusal
     /// is the outcome (`refused` true). Without a vet or a peer, as is.
     static func vetted(
@@ -163,7 +163,7 @@ final class NodeSocket: @unchecked Sendable {
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
     /// ``OrderBarrier``. With `identifiesServer` (a vetted socket's), `INFO server` goes last,
     /// with the barrier's commands or (after a `PING`) in a round trip of its own, for the
-    /// server's `run_id` (``serverRunID``); a server that closes the connection on it is
+    /// server's `run_id` (``server``); a server that closes the connection on it is
     /// connected to once more without it, as is one that closes on `CLIENT INFO` (without the
     /// barrier, and without `INFO`). `again`: this is that second connect, which makes no
     /// further one: a connect takes at most two.
@@ -680,7 +680,7 @@ extension RedisError {
 }
 
 /// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``), with
-/// the server's `run_id` when the handshake learned it (``NodeSocket/serverRunID``: a
+/// the server's `run_id` when the handshake learned it (``NodeSocket/server``: a
 /// connection's, not a subscriber's), before the socket is used: a success lets the socket
 /// through and carries what to call once it closes (exactly once, on whichever thread closes
 /// it); a failure refuses it with that error.

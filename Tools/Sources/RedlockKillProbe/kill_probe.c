@@ -645,6 +645,27 @@ static int runs(pid_t pid) {
     return proc_status(pid, &state, &threads, &started) == 0 && !((state == 'Z' || state == 'X') && threads <= 1);
 }
 
+/* Makes this process a child subreaper and forks P, the root of the kill in the scenarios
+   below (a child subreaper too, as the watchdog is). In P: 0, with *report the pipe's end P
+   writes its report to; here: P's pid, with *report the end this process reads it from. */
+static pid_t fork_p(int *report) {
+    become_subreaper();
+    int from_p[2];
+    if (pipe2(from_p, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t p = checked_fork();
+    if (p == 0) {
+        close(from_p[0]);
+        become_subreaper();
+        *report = from_p[1];
+        return 0;
+    }
+    close(from_p[1]);
+    *report = from_p[0];
+    return p;
+}
+
 /* P's end in the scenarios below: its report (`size` bytes) to `fd` in one write, then it
    waits to be killed (it may be the root of the kill, which must outlive the call). */
 static _Noreturn void report_and_wait(int fd, const void *report, size_t size) {
@@ -707,15 +728,8 @@ static int permission_denied(void) {
         fprintf(stderr, "redlock-kill-probe: permission-denied must run as root\n");
         return 2;
     }
-    become_subreaper();
-    int from_p[2];
-    if (pipe2(from_p, O_CLOEXEC) != 0) {
-        fail("pipe2");
-    }
-    pid_t p = checked_fork();
-    if (p == 0) {
-        /* The root of the kill is a child subreaper, as the watchdog is. */
-        become_subreaper();
+    int from_p;
+    if (fork_p(&from_p) == 0) {
         /* Kept by root; its child drops to 65534 and may be killed. */
         int k_pipe[2];
         if (pipe2(k_pipe, O_CLOEXEC) != 0) {
@@ -774,11 +788,10 @@ static int permission_denied(void) {
         int64_t began = redlock_boottime_ns();
         int rc = redlock_kill_tree(getpid(), NULL);
         denied_report report = {.rc = rc, .call = redlock_boottime_ns() - began, .kept = kept, .signalled = {own, grandchild, kept_child}};
-        report_and_wait(from_p[1], &report, sizeof report);
+        report_and_wait(from_p, &report, sizeof report);
     }
-    close(from_p[1]);
     denied_report report;
-    if (read_report(from_p[0], &report, sizeof report) != 0) {
+    if (read_report(from_p, &report, sizeof report) != 0) {
         return 1;
     }
     int own_left = still_running(report.signalled, 3, 1);
@@ -845,15 +858,8 @@ typedef struct {
 /* `denied` a system call number, `error` its errno and `refused` which calls, or `denied` 0
    and `free_descriptors` how many descriptors P may open at once. */
 static int confined(long denied, int error, refusal refused, long free_descriptors) {
-    become_subreaper();
-    int from_p[2];
-    if (pipe2(from_p, O_CLOEXEC) != 0) {
-        fail("pipe2");
-    }
-    pid_t p = checked_fork();
-    if (p == 0) {
-        close(from_p[0]);
-        become_subreaper();
+    int from_p;
+    if (fork_p(&from_p) == 0) {
         confined_report report = {0};
         pid_t *below = report.below;
         for (int i = 0; i < confined_children; i++) {
@@ -889,12 +895,12 @@ static int confined(long denied, int error, refusal refused, long free_descripto
             }
         } else {
             /* Descriptors 0-2 and the report's pipe as 3, nothing else: FREE above them. */
-            if (from_p[1] != 3) {
-                if (dup2(from_p[1], 3) != 3) {
+            if (from_p != 3) {
+                if (dup2(from_p, 3) != 3) {
                     fail("dup2");
                 }
-                close(from_p[1]);
-                from_p[1] = 3;
+                close(from_p);
+                from_p = 3;
             }
             if (syscall(SYS_close_range, 4U, ~0U, 0) != 0) {
                 fail("close_range");
@@ -908,11 +914,10 @@ static int confined(long denied, int error, refusal refused, long free_descripto
         int64_t began = redlock_boottime_ns();
         report.rc = redlock_kill_tree(getpid(), NULL);
         report.call = redlock_boottime_ns() - began;
-        report_and_wait(from_p[1], &report, sizeof report);
+        report_and_wait(from_p, &report, sizeof report);
     }
-    close(from_p[1]);
     confined_report report;
-    if (read_report(from_p[0], &report, sizeof report) != 0) {
+    if (read_report(from_p, &report, sizeof report) != 0) {
         return 1;
     }
     int left = still_running(report.below, 2 * confined_children, report.rc == 0);
@@ -940,15 +945,8 @@ typedef struct {
 } leader_report;
 
 static int zombie_leader(int by_scan, int error) {
-    become_subreaper();
-    int from_p[2];
-    if (pipe2(from_p, O_CLOEXEC) != 0) {
-        fail("pipe2");
-    }
-    pid_t p = checked_fork();
-    if (p == 0) {
-        close(from_p[0]);
-        become_subreaper();
+    int from_p;
+    if (fork_p(&from_p) == 0) {
         pid_t leader = checked_fork();
         if (leader == 0) {
             pthread_t thread;
@@ -976,11 +974,10 @@ static int zombie_leader(int by_scan, int error) {
             .state = state,
             .threads = threads,
         };
-        report_and_wait(from_p[1], &report, sizeof report);
+        report_and_wait(from_p, &report, sizeof report);
     }
-    close(from_p[1]);
     leader_report report;
-    if (read_report(from_p[0], &report, sizeof report) != 0) {
+    if (read_report(from_p, &report, sizeof report) != 0) {
         return 1;
     }
     pid_t leader = report.leader;
