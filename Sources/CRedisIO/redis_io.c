@@ -40,6 +40,11 @@ struct rio_conn {
        socket was drained then); cleared by rio_conn_read before it reads. */
     int tls_short_read;
     int received;  /* any byte came from the server */
+    /* The first bytes the server sent through the TLS session's socket (at most
+       sizeof first_bytes): a handshake that fails on bytes that open a RESP reply met a plain
+       port. */
+    unsigned char first_bytes[24];
+    size_t first_count;
     size_t since_reply; /* bytes fed since the reader last gave a complete reply */
     /* The server name the TLS handshake sent (SNI), or NULL: none is sent for an IP address. */
     char *sent_server_name;
@@ -128,6 +133,14 @@ static int socket_bio_read(BIO *bio, char *buffer, int capacity) {
     ssize_t count = recv(fd, buffer, (size_t)capacity, MSG_DONTWAIT);
     if (conn != NULL) {
         conn->tls_short_read = count > 0 && count < capacity;
+        if (count > 0 && conn->first_count < sizeof conn->first_bytes) {
+            size_t take = sizeof conn->first_bytes - conn->first_count;
+            if ((size_t)count < take) {
+                take = (size_t)count;
+            }
+            memcpy(conn->first_bytes + conn->first_count, buffer, take);
+            conn->first_count += take;
+        }
     }
     if (count < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -356,6 +369,166 @@ static int is_ip_literal(const char *name) {
     return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
 }
 
+/* ---- telling a plain port from a TLS one ----
+   A plain Redis port reads a TLS ClientHello as the start of an inline command and waits for a
+   line end, which the random bytes of the hello may or may not hold: with one, it answers an
+   error reply (RESP) that the handshake then fails on; without, it answers nothing and the
+   handshake times out, as with a TLS server that is only slow. So when half the handshake's
+   time has passed without a byte back, a plain PING goes to the same address on a second
+   connection: a RESP answer to it shows the port speaks plain RESP (a TLS port resets such a
+   connection without a byte), and the handshake fails at once, for good, saying so. Anything
+   else on the second connection (no answer, a reset, a failed connect) leaves the handshake to
+   its deadline. */
+
+/* Whether a byte from the server can open a RESP reply. A TLS record opens with its content
+   type (20 to 24), never one of these. */
+static int opens_resp(unsigned char first) {
+    return first == '+' || first == '-' || first == ':' || first == '$' || first == '*';
+}
+
+/* bytes[0, count) up to the first line end, non-printable bytes as '?', into text. */
+static void printable_line(const unsigned char *bytes, size_t count, char *text, size_t size) {
+    size_t used = 0;
+    for (size_t index = 0; index < count && used + 1 < size; index++) {
+        unsigned char byte = bytes[index];
+        if (byte == '\r' || byte == '\n') {
+            break;
+        }
+        text[used++] = (byte >= 0x20 && byte < 0x7f) ? (char)byte : '?';
+    }
+    text[used] = '\0';
+}
+
+/* The second connection's PING. state: 0 not sent yet, 1 connecting, 2 PING written, 3 over. */
+typedef struct plain_probe {
+    int fd;
+    int state;
+    unsigned char answer[24];
+    size_t answered;
+} plain_probe;
+
+static void probe_end(plain_probe *probe) {
+    if (probe->fd >= 0) {
+        close(probe->fd);
+        probe->fd = -1;
+    }
+    probe->state = 3;
+}
+
+static const char probe_ping[] = "*1\r\n$4\r\nPING\r\n";
+
+/* Writes the PING (14 bytes into an empty socket buffer: all at once, or the probe ends). */
+static void probe_write(plain_probe *probe) {
+    ssize_t written = send(probe->fd, probe_ping, sizeof probe_ping - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (written != (ssize_t)(sizeof probe_ping - 1)) {
+        probe_end(probe);
+        return;
+    }
+    probe->state = 2;
+}
+
+/* Connects the probe to the peer of fd (non-blocking); on any failure the probe is over. */
+static void probe_start(plain_probe *probe, int fd) {
+    probe->state = 3;
+    struct sockaddr_storage peer;
+    socklen_t size = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &size) != 0) {
+        return;
+    }
+    probe->fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (probe->fd < 0) {
+        return;
+    }
+    if (connect(probe->fd, (struct sockaddr *)&peer, size) == 0) {
+        probe_write(probe);
+    } else if (errno == EINPROGRESS) {
+        probe->state = 1;
+    } else {
+        probe_end(probe);
+    }
+}
+
+/* Advances the probe after poll reported revents on it: 1 when its answer opens a RESP reply
+   (then answer holds its first bytes), else 0. */
+static int probe_advance(plain_probe *probe, short revents) {
+    if (probe->state == 1 && (revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
+        int problem = 0;
+        socklen_t size = sizeof problem;
+        if (getsockopt(probe->fd, SOL_SOCKET, SO_ERROR, &problem, &size) != 0 || problem != 0) {
+            probe_end(probe);
+        } else {
+            probe_write(probe);
+        }
+        return 0;
+    }
+    if (probe->state == 2 && (revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
+        ssize_t count = recv(probe->fd, probe->answer, sizeof probe->answer, MSG_DONTWAIT);
+        if (count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            return 0;
+        }
+        probe->answered = count > 0 ? (size_t)count : 0;
+        probe_end(probe);
+        return probe->answered > 0 && opens_resp(probe->answer[0]);
+    }
+    return 0;
+}
+
+/* Waits until the handshake's socket is ready for events, starting the probe at probe_at when
+   no byte came from the server by then: 1 ready, 0 timed out, -1 poll failed (err set), 2 the
+   probe got a RESP answer. */
+static int wait_for_handshake(rio_conn *conn, short events, long long deadline, long long probe_at, plain_probe *probe,
+                              rio_error *err) {
+    for (;;) {
+        int left = remaining_ms(deadline);
+        if (left == 0) {
+            return 0;
+        }
+        int timeout = left;
+        if (probe->state == 0 && conn->first_count == 0) {
+            long long until = probe_at - now_ms();
+            if (until <= 0) {
+                probe_start(probe, conn->fd);
+            } else if (until < timeout) {
+                timeout = (int)until;
+            }
+        }
+        struct pollfd entries[2] = {
+            {.fd = conn->fd, .events = events, .revents = 0},
+            {.fd = probe->fd, .events = probe->state == 1 ? POLLOUT : POLLIN, .revents = 0},
+        };
+        nfds_t watched = (probe->state == 1 || probe->state == 2) ? 2 : 1;
+        int ready = poll(entries, watched, timeout);
+        if (ready < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            fail_errno(err, "poll", errno);
+            return -1;
+        }
+        if (watched == 2 && entries[1].revents != 0 && probe_advance(probe, entries[1].revents)) {
+            return 2;
+        }
+        if (entries[0].revents != 0) {
+            return 1;
+        }
+    }
+}
+
+/* A handshake that failed (status, err) after the server sent bytes that open a RESP reply: a
+   plain port's answer to the hello. Returns the status to report. */
+static int plain_answer(const rio_conn *conn, int status, rio_error *err) {
+    if (conn->first_count == 0 || !opens_resp(conn->first_bytes[0])) {
+        return status;
+    }
+    char answer[sizeof conn->first_bytes + 1];
+    printable_line(conn->first_bytes, conn->first_count, answer, sizeof answer);
+    return fail(err, RIO_E_TLS, 0,
+                "TLS handshake: the server answered in plain RESP (\"%s\"): this port does not speak TLS; use redis://",
+                answer);
+}
+
+static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *probe, rio_error *err);
+
 /* Runs the TLS handshake on a connected non-blocking socket until the deadline. */
 static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name, int verify_host, long long deadline, rio_error *err) {
     char reason[200];
@@ -393,6 +566,16 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
             }
         }
     }
+    plain_probe probe = {.fd = -1, .state = 0, .answered = 0};
+    int status = handshake_steps(conn, deadline, &probe, err);
+    probe_end(&probe);
+    return status;
+}
+
+/* SSL_connect until done, failed or the deadline, with the probe for a plain port (above). */
+static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *probe, rio_error *err) {
+    char reason[200];
+    long long probe_at = now_ms() + remaining_ms(deadline) / 2;
     for (;;) {
         ERR_clear_error();
         int result = SSL_connect(conn->ssl);
@@ -416,14 +599,22 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
             if (reason_code == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
                 ERR_clear_error();
                 if (saved == 0 || result == 0) {
-                    return fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)");
+                    return plain_answer(conn, fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)"), err);
                 }
-                return fail_errno(err, "TLS handshake", saved);
+                return plain_answer(conn, fail_errno(err, "TLS handshake", saved), err);
             }
             openssl_reason(reason, sizeof reason);
-            return fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
+            return plain_answer(conn, fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason), err);
         }
-        int ready = wait_for(conn->fd, events, deadline, err);
+        int ready = wait_for_handshake(conn, events, deadline, probe_at, probe, err);
+        if (ready == 2) {
+            char answer[sizeof probe->answer + 1];
+            printable_line(probe->answer, probe->answered, answer, sizeof answer);
+            return fail(err, RIO_E_TLS, 0,
+                        "TLS handshake: no answer to the hello, and a plain PING on a second connection got \"%s\": "
+                        "this port speaks plain RESP, not TLS; use redis://",
+                        answer);
+        }
         if (ready == 0) {
             return fail(err, RIO_E_TIMEOUT, ETIMEDOUT, "TLS handshake timed out (does the port speak TLS?)");
         }
@@ -730,6 +921,10 @@ int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error
 
 int rio_conn_fd(const rio_conn *conn) {
     return conn != NULL ? conn->fd : -1;
+}
+
+int rio_conn_received(const rio_conn *conn) {
+    return conn != NULL && conn->received ? 1 : 0;
 }
 
 int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *err) {

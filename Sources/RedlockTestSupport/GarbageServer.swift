@@ -86,6 +86,8 @@ public final class GarbageServer: Sendable {
     /// descriptor, which ``GarbageServer/stop()`` closes once the handlers returned.
     public struct Peer: Sendable {
         fileprivate let descriptor: Int32
+        /// What the client sent in the read the handler was called for.
+        public let bytes: [UInt8]
 
         /// Writes all of `bytes` (less if the client is gone).
         public func send(_ bytes: [UInt8]) {
@@ -153,7 +155,7 @@ public final class GarbageServer: Sendable {
                     }
                     // Once done answering it only counts what the client still sends.
                     guard answering else { continue }
-                    answering = respond(Peer(descriptor: client), reads)
+                    answering = respond(Peer(descriptor: client, bytes: Array(buffer[0..<count])), reads)
                     reads += 1
                 }
             }

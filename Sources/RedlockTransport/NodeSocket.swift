@@ -154,6 +154,11 @@ final class NodeSocket: @unchecked Sendable {
         pointer.map { rio_conn_fd($0) } ?? -1
     }
 
+    /// Whether any byte of a reply came from the server (false once closed).
+    private var receivedAnything: Bool {
+        pointer.map { rio_conn_received($0) != 0 } ?? false
+    }
+
     /// Connects (resolution, TCP or Unix connect, TLS handshake) within the configuration's
     /// connect timeout, then, within the later of that and the command timeout, authenticates
     /// and selects the database (one round trip), then makes the order barrier (another). With
@@ -250,6 +255,7 @@ final class NodeSocket: @unchecked Sendable {
             return .failure(failure)
         }
         if let failure = exchange.failure {
+            let silent = failure.code == .connectionClosed && !socket.receivedAnything
             socket.close()
             let answered = exchange.replies.count
             if !again, identifiesServer, answered == handshake.count - 1, failure.code == .connectionClosed || failure.code == .protocolError {
@@ -267,6 +273,9 @@ final class NodeSocket: @unchecked Sendable {
                 // (Nor INFO: a proxy that closes on CLIENT likely closes on INFO too.)
                 return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             }
+            if silent, tls == nil, let tlsPort = tlsPortFailure(configuration, until: started + budget) {
+                return .failure(tlsPort)
+            }
             // The first command unanswered (the round trips stop there).
             let named = name(handshake[min(answered, handshake.count - 1)])
             return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
@@ -278,6 +287,34 @@ final class NodeSocket: @unchecked Sendable {
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
         socket.barrier = outcome
         return .success(socket)
+    }
+
+    /// For a plain connect whose handshake the server closed before sending a byte, as a TLS
+    /// port does with bytes that are not a TLS hello (and as a proxy without a backend, or a
+    /// server that dies, do too): a TLS handshake on a second connection (certificates not
+    /// checked), within what is left until `deadline`. One that completes, or that the server
+    /// ends with a TLS alert (a TLS 1.2 server that wants a client certificate), shows the port
+    /// speaks TLS: the connect's failure is then ``RedisError/Code-swift.struct/tlsFailed``
+    /// (permanent), saying so. Otherwise nil: the close stays what it was (transient).
+    private static func tlsPortFailure(
+        _ configuration: RedisConnectionConfiguration, until deadline: ContinuousClock.Instant
+    ) -> RedisError? {
+        let left = ContinuousClock.now.duration(to: deadline)
+        guard case .tcp = configuration.endpoint.address, left >= .milliseconds(1) else { return nil }
+        let settings = RedisTLSConfiguration(verifiesCertificate: false, verifiesHostname: false)
+        guard let context = try? TLSContext(settings, endpoint: configuration.endpoint) else { return nil }
+        let sniff = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: left, tls: settings)
+        switch connect(sniff, tls: context, again: true) {
+        case let .success(socket):
+            socket.close()
+        case let .failure(failure):
+            guard failure.code == .tlsFailed, failure.message.contains("alert") else { return nil }
+        }
+        return RedisError(
+            code: .tlsFailed, endpoint: configuration.endpoint,
+            message: "the server closed the connection before any reply, and a TLS handshake on a second connection "
+                + "succeeded: this port speaks TLS; use rediss:// (RedisConnectionConfiguration.tls)"
+        )
     }
 
     /// `INFO server`: its `run_id` tells one server from another whatever address reaches it.
@@ -327,7 +364,9 @@ final class NodeSocket: @unchecked Sendable {
             socket.barrier = OrderBarrier.Outcome(unsupported: reason)
             return socket
         }.mapError { failure in
-            RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
+            // A TLS port's failure says all there is to say.
+            failure.code == .tlsFailed ? failure
+                : RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
         }
     }
 

@@ -46,7 +46,8 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// database selected, before any of the callers' commands is written on it; see
     /// ``ConnectVet``. A refusal fails the connect (and the commands that waited for it) with its
     /// error, the socket closes, and commands fail with it at once for a second before the next
-    /// connect. A client uses it to refuse a connection to a server it already reaches under
+    /// connect (as after a connect whose TLS could not be set up, or a name that did not
+    /// resolve: for as long as that connect took, at least a second). A client uses it to refuse a connection to a server it already reaches under
     /// another node's name, for as long as it does.
     ///
     /// Without `orderBarrier` (for a server scripted byte by byte in a test) the connects send
@@ -320,9 +321,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// once the connection is made, then it closes (``ConnectionCore/abandon()``).
         var closeOnceWritten = false
         var exitSignalled = false
-        /// A host name that failed to resolve (or an address the vet refused), and until when
-        /// that answer stands.
-        var failedResolution: (RedisError, ContinuousClock.Instant)?
+        /// A connect's failure that stands a while, and until when: a host name that failed to
+        /// resolve, an address the vet refused, or TLS that cannot be set up (``RedisError/Code-swift.struct/tlsFailed``,
+        /// ``RedisError/Code-swift.struct/certificateRejected``: a port that speaks the other
+        /// protocol among them), which a connect may take long to find (half the connect
+        /// timeout, for a plain port spoken to in TLS) and an immediate retry cannot change.
+        /// Refused credentials are not held: they fail within a round trip, and an operator who
+        /// restores them on the node expects the next command to connect.
+        var heldFailure: (RedisError, ContinuousClock.Instant)?
         /// How the server names the open socket (``OrderBarrier``); nil when it would not tell.
         var serverClient: ServerClient?
         /// A connection closed by this side with commands unanswered, which the next connect
@@ -540,9 +546,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     return idle ? (socket, state.takeOutput()) : takeStalledOutput(&state, force: false)
                 }
             }
-            if state.phase == .idle, let (failure, until) = state.failedResolution, ContinuousClock.now < until {
-                // The name did not resolve (or its address was refused) a moment ago: answer
-                // with that at once rather than start another connect for every command.
+            if state.phase == .idle, let (failure, until) = state.heldFailure, ContinuousClock.now < until {
+                // The name did not resolve (or its address was refused, or the connect failed
+                // for good) a moment ago: answer with that at once rather than start another
+                // connect for every command.
                 for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
                 return nil
             }
@@ -950,7 +957,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     socket.close()
                     return nil
                 }
-                state.failedResolution = nil
+                state.heldFailure = nil
                 switch loop.register(self, checkInterval: checkInterval) {
                 case let .success(token):
                     if let failure = loop.watch(token, descriptor: socket.descriptor, writable: false) {
@@ -985,10 +992,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 finishShutdownIfDrained(&state, &effects)
                 return nil
             case let .failure(failure):
-                if failure.code == .nameResolutionFailed || refused {
-                    // Kept for as long as the failed lookup took, at least a second (a refused
-                    // address: a second).
-                    state.failedResolution = (failure, .now + max(.seconds(1), started.duration(to: .now)))
+                if failure.code == .nameResolutionFailed || refused || failure.code == .tlsFailed || failure.code == .certificateRejected {
+                    // Kept for as long as the failed connect took, at least a second.
+                    state.heldFailure = (failure, .now + max(.seconds(1), started.duration(to: .now)))
                 }
                 failQueue(&state, failure, &effects)
                 return nil

@@ -58,9 +58,16 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The reply has a type or value the caller did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
         /// TLS could not be set up: a CA, certificate or key file that does not load, a server that
-        /// does not speak TLS on the port (or speaks it where plain RESP was expected: that shows as
-        /// ``connectionClosed`` or ``protocolError``), no shared protocol version or cipher. The
-        /// message holds OpenSSL's reason. Permanent.
+        /// does not speak TLS on the port, no shared protocol version or cipher. The message holds
+        /// OpenSSL's reason. Permanent.
+        ///
+        /// A port that speaks the other protocol than configured is this code too, once shown:
+        /// over TLS, a server that answers the hello in RESP, or (when the hello gets no byte
+        /// back for half the connect timeout) answers a plain `PING` on a second connection;
+        /// over plain TCP, a server that closes the connection before any reply and completes a
+        /// TLS handshake on a second connection. The message then says to use `redis://` or
+        /// `rediss://`. A close or a silence that is not shown to be the other protocol stays
+        /// ``connectionClosed`` or ``timeout`` (transient).
         public static let tlsFailed = Code(.tlsFailed)
         /// The server's certificate was rejected: not signed by a trusted CA, expired or not yet
         /// valid, or not issued for the node's name (hostname verification). The message holds

@@ -55,13 +55,20 @@ typedef struct rio_conn rio_conn;
 /* Connects within timeout_ms (resolution, TCP connect and TLS handshake together), blocking the
    calling thread. With tls, server_name (may be NULL) is sent as SNI when it is a DNS name and,
    with verify_host, must match the certificate (DNS name or IP address). The returned
-   connection's socket is non-blocking, close-on-exec, TCP_NODELAY and keep-alive. */
+   connection's socket is non-blocking, close-on-exec, TCP_NODELAY and keep-alive. A handshake
+   that fails on an answer in RESP, or that gets no byte back for half its time while a plain
+   PING on a second connection to the same address (closed before this returns) gets a RESP
+   answer, fails as RIO_E_TLS saying the port speaks plain RESP. */
 int rio_connect_tcp(const char *host, int port, int timeout_ms, const rio_tls *tls, const char *server_name,
                     int verify_host, rio_conn **out, rio_error *err);
 int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error *err);
 
 /* The socket (for epoll); the connection keeps owning it. */
 int rio_conn_fd(const rio_conn *conn);
+
+/* 1 when any byte came from the server on this connection (its replies, not a TLS handshake's
+   records), else 0 (also for NULL). */
+int rio_conn_received(const rio_conn *conn);
 
 /* What the socket is connected to, NUL-terminated in buffer (size bytes): a numeric address
    ("192.0.2.7:6379", "[::1]:6379"; an IPv4-mapped IPv6 address as its IPv4 address), with the

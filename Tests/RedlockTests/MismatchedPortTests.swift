@@ -1,0 +1,55 @@
+import Redlock
+import RedlockTestSupport
+import RedlockTransport
+import Testing
+
+@Suite("A port that speaks the other protocol")
+struct MismatchedPortTests {
+    /// Runs `body` with three TLS-only servers and certificates made for this test.
+    private func withTLSServers(_ body: (TLSCertificates, [RedisServer]) async throws -> Void) async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let servers = try await RedisServer.start(count: 3, tls: .init(certificates: certificates))
+        try await withTeardown {
+            try await body(certificates, servers)
+        } teardown: {
+            for server in servers { await server.terminate() }
+        }
+    }
+
+    /// `lock()` over `nodes` fails within 1.5 s although its options would retry for seconds,
+    /// after one attempt, every node's cause a permanent TLS failure whose message holds `hint`.
+    private func expectFailsAtOnce(_ nodes: [RedisConnectionConfiguration], hint: String) async throws {
+        let client = try RedlockClient(nodes: nodes)
+        let lock = try client.makeLock("mismatched", options: LockOptions(tries: 32, retryDelay: .constant(.milliseconds(200))))
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+        let took = started.duration(to: .now)
+        #expect(took < .milliseconds(1_500), "retried a permanent failure for \(took): \(String(describing: error))")
+        #expect(error?.code == .noQuorum, "\(String(describing: error))")
+        let causes = error?.nodes ?? []
+        #expect(causes.count >= 2, "\(causes)")
+        #expect(causes.allSatisfy { $0.cause.error?.code == .tlsFailed && $0.cause.error?.isPermanent == true }, "\(causes)")
+        #expect(causes.allSatisfy { $0.description.contains(hint) }, "\(causes)")
+        await client.shutdown()
+    }
+
+    @Test("lock() on TLS ports configured as plain fails at once, each node's cause a permanent TLS failure that says to use rediss://, not retried for the lock's timeout")
+    func plainClientOnTLSPorts() async throws {
+        try await withTLSServers { _, servers in
+            try await expectFailsAtOnce(servers.map { $0.configuration(connectTimeout: .seconds(1)) }, hint: "use rediss://")
+        }
+    }
+
+    @Test("lock() on plain ports configured with TLS fails within the connect timeout, each node's cause a permanent TLS failure that says to use redis://, not retried")
+    func tlsClientOnPlainPorts() async throws {
+        try await withRedisServers(3) { servers in
+            let nodes = servers.map {
+                var configuration = $0.configuration(connectTimeout: .seconds(1))
+                configuration.tls = RedisTLSConfiguration()
+                return configuration
+            }
+            try await expectFailsAtOnce(nodes, hint: "use redis://")
+        }
+    }
+}
