@@ -373,12 +373,15 @@ static int is_ip_literal(const char *name) {
    A plain Redis port reads a TLS ClientHello as the start of an inline command and waits for a
    line end, which the random bytes of the hello may or may not hold: with one, it answers an
    error reply (RESP) that the handshake then fails on; without, it answers nothing and the
-   handshake times out, as with a TLS server that is only slow. So when half the handshake's
-   time has passed without a byte back, a plain PING goes to the same address on a second
-   connection: a RESP answer to it shows the port speaks plain RESP (a TLS port resets such a
-   connection without a byte), and the handshake fails at once, for good, saying so. Anything
-   else on the second connection (no answer, a reset, a failed connect) leaves the handshake to
-   its deadline. */
+   handshake times out, as with a TLS server that is only slow. (redis-server looks for the line
+   end with strchr, which stops at the NUL bytes every hello holds near its start: it never
+   answers one.) So when half the handshake's time has passed without a byte back, a plain PING
+   goes to the same address on a second connection. The handshake still has until its deadline
+   (a port that speaks both, as a TLS-sniffing proxy or a managed Redis in a "preferred"
+   transit-encryption mode does, may be slow with TLS only); if it got no byte back by then and
+   the PING got a RESP answer (a TLS port resets such a connection without a byte), it fails for
+   good, saying the port speaks plain RESP. Anything else on the second connection (no answer, a
+   reset, a failed connect) leaves the timeout as it was. */
 
 /* Whether a byte from the server can open a RESP reply. A TLS record opens with its content
    type (20 to 24), never one of these. */
@@ -399,10 +402,12 @@ static void printable_line(const unsigned char *bytes, size_t count, char *text,
     text[used] = '\0';
 }
 
-/* The second connection's PING. state: 0 not sent yet, 1 connecting, 2 PING written, 3 over. */
+/* The second connection's PING. state: 0 not sent yet, 1 connecting, 2 PING written, 3 over;
+   plain: the answer opened a RESP reply (its first bytes in answer). */
 typedef struct plain_probe {
     int fd;
     int state;
+    int plain;
     unsigned char answer[24];
     size_t answered;
 } plain_probe;
@@ -448,9 +453,9 @@ static void probe_start(plain_probe *probe, int fd) {
     }
 }
 
-/* Advances the probe after poll reported revents on it: 1 when its answer opens a RESP reply
-   (then answer holds its first bytes), else 0. */
-static int probe_advance(plain_probe *probe, short revents) {
+/* Advances the probe after poll reported revents on it; sets plain when its answer opens a
+   RESP reply. */
+static void probe_advance(plain_probe *probe, short revents) {
     if (probe->state == 1 && (revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
         int problem = 0;
         socklen_t size = sizeof problem;
@@ -459,23 +464,22 @@ static int probe_advance(plain_probe *probe, short revents) {
         } else {
             probe_write(probe);
         }
-        return 0;
+        return;
     }
     if (probe->state == 2 && (revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
         ssize_t count = recv(probe->fd, probe->answer, sizeof probe->answer, MSG_DONTWAIT);
         if (count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            return 0;
+            return;
         }
         probe->answered = count > 0 ? (size_t)count : 0;
+        probe->plain = probe->answered > 0 && opens_resp(probe->answer[0]);
         probe_end(probe);
-        return probe->answered > 0 && opens_resp(probe->answer[0]);
     }
-    return 0;
 }
 
 /* Waits until the handshake's socket is ready for events, starting the probe at probe_at when
-   no byte came from the server by then: 1 ready, 0 timed out, -1 poll failed (err set), 2 the
-   probe got a RESP answer. */
+   no byte came from the server by then and advancing it meanwhile: 1 ready, 0 timed out, -1
+   poll failed (err set). */
 static int wait_for_handshake(rio_conn *conn, short events, long long deadline, long long probe_at, plain_probe *probe,
                               rio_error *err) {
     for (;;) {
@@ -505,8 +509,8 @@ static int wait_for_handshake(rio_conn *conn, short events, long long deadline, 
             fail_errno(err, "poll", errno);
             return -1;
         }
-        if (watched == 2 && entries[1].revents != 0 && probe_advance(probe, entries[1].revents)) {
-            return 2;
+        if (watched == 2 && entries[1].revents != 0) {
+            probe_advance(probe, entries[1].revents);
         }
         if (entries[0].revents != 0) {
             return 1;
@@ -566,7 +570,7 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
             }
         }
     }
-    plain_probe probe = {.fd = -1, .state = 0, .answered = 0};
+    plain_probe probe = {.fd = -1, .state = 0, .plain = 0, .answered = 0};
     int status = handshake_steps(conn, deadline, &probe, err);
     probe_end(&probe);
     return status;
@@ -589,8 +593,16 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
             events = POLLIN;
         } else if (reason_code == SSL_ERROR_WANT_WRITE) {
             events = POLLOUT;
+        } else if (reason_code == SSL_ERROR_ZERO_RETURN) {
+            /* The server ended the stream cleanly (a FIN: SSL_OP_IGNORE_UNEXPECTED_EOF makes it
+               this) before the handshake was done: a TLS server at maxclients does, as does one
+               going down. Closed, as with plain TCP, not a TLS failure. */
+            ERR_clear_error();
+            return plain_answer(conn, fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)"), err);
         } else {
-            long verdict = SSL_get_verify_result(conn->ssl);
+            /* Only a verification that was asked for rejects: without it OpenSSL still records
+               its verdict on the chain, which says nothing about why the handshake failed. */
+            long verdict = SSL_get_verify_mode(conn->ssl) != SSL_VERIFY_NONE ? SSL_get_verify_result(conn->ssl) : X509_V_OK;
             if (verdict != X509_V_OK) {
                 ERR_clear_error();
                 return fail(err, RIO_E_CERTIFICATE, 0, "certificate rejected: %s",
@@ -607,12 +619,13 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
             return plain_answer(conn, fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason), err);
         }
         int ready = wait_for_handshake(conn, events, deadline, probe_at, probe, err);
-        if (ready == 2) {
+        if (ready == 0 && probe->plain && conn->first_count == 0) {
             char answer[sizeof probe->answer + 1];
             printable_line(probe->answer, probe->answered, answer, sizeof answer);
             return fail(err, RIO_E_TLS, 0,
-                        "TLS handshake: no answer to the hello, and a plain PING on a second connection got \"%s\": "
-                        "this port speaks plain RESP, not TLS; use redis://",
+                        "TLS handshake: no byte back within the connect timeout, while a plain PING on a second "
+                        "connection got \"%s\": this port speaks plain RESP (a port that speaks TLS too does so "
+                        "slower than the connect timeout); use redis://",
                         answer);
         }
         if (ready == 0) {

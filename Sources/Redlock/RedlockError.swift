@@ -78,9 +78,11 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     }
 
     /// How many nodes failed with an error that no retry cures (see
-    /// ``RedisError/isPermanent``).
+    /// ``RedisError/isPermanent``), or gave no answer in time since their connection failed
+    /// with one (``NodeFailure/connectionFailure``: a connect that takes longer to fail than an
+    /// attempt's budget, as one to a plain port over TLS does, fails the same way next time).
     var permanentFailureCount: Int {
-        nodes.count { $0.cause.isPermanent }
+        nodes.count { $0.cause.isPermanent || ($0.cause == .noAnswer && $0.connectionFailure?.isPermanent == true) }
     }
 
     static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
@@ -241,7 +243,9 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
     /// For a node that gave no answer in time (``Cause/noAnswer``): the connection-level
     /// failure since which it has not answered, if any — refused, timed out, a TLS handshake
     /// with a port that speaks plain RESP (or the reverse), … — as the node's connection last
-    /// reported it; nil otherwise, and while the first connect is still under way.
+    /// reported it; nil otherwise, and while the first connect is still under way. A permanent
+    /// one (``RedisError/isPermanent``) counts as the node refusing for good: `lock()` does not
+    /// retry when too few other nodes are left for a quorum.
     public var connectionFailure: RedisError?
 
     /// Creates a node failure.

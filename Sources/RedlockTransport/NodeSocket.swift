@@ -171,10 +171,12 @@ final class NodeSocket: @unchecked Sendable {
     /// server's `run_id` (``server``); a server that closes the connection on it is
     /// connected to once more without it, as is one that closes on `CLIENT INFO` (without the
     /// barrier, and without `INFO`). `again`: this is that second connect, which makes no
-    /// further one: a connect takes at most two.
+    /// further one: a connect takes at most two. A plain connect that the server closes before
+    /// any reply may look for TLS on the port with up to two connections more, unless
+    /// `sniffsTLS` is false (``tlsPortFailure(_:since:until:)``).
     static func connect(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, identifiesServer: Bool = false,
-        probe: Bool = false, again: Bool = false
+        probe: Bool = false, again: Bool = false, sniffsTLS: Bool = true
     ) -> Result<NodeSocket, RedisError> {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
@@ -273,7 +275,7 @@ final class NodeSocket: @unchecked Sendable {
                 // (Nor INFO: a proxy that closes on CLIENT likely closes on INFO too.)
                 return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
             }
-            if silent, tls == nil, let tlsPort = tlsPortFailure(configuration, until: started + budget) {
+            if silent, tls == nil, sniffsTLS, let tlsPort = tlsPortFailure(configuration, since: started, until: started + budget) {
                 return .failure(tlsPort)
             }
             // The first command unanswered (the round trips stop there).
@@ -292,14 +294,20 @@ final class NodeSocket: @unchecked Sendable {
     /// For a plain connect whose handshake the server closed before sending a byte, as a TLS
     /// port does with bytes that are not a TLS hello (and as a proxy without a backend, or a
     /// server that dies, do too): a TLS handshake on a second connection (certificates not
-    /// checked), within what is left until `deadline`. One that completes, or that the server
-    /// ends with a TLS alert (a TLS 1.2 server that wants a client certificate), shows the port
-    /// speaks TLS: the connect's failure is then ``RedisError/Code-swift.struct/tlsFailed``
+    /// checked), within what is left until `deadline` but at most four times what the connect
+    /// took so far (at least 100 ms: a TLS server answers a hello within a round trip and its
+    /// own signing, and a plain server, which never answers one, costs no more than that). One
+    /// that completes, or that the server ends with a TLS alert (a TLS 1.2 server that wants a
+    /// client certificate), shows the port speaks TLS; a plain `PING` on a third connection
+    /// that the server closes too shows it does not also speak plain RESP (a TLS-sniffing proxy,
+    /// or a managed Redis in a "preferred" transit-encryption mode, does, and the first close
+    /// was then a mishap). Then the connect's failure is ``RedisError/Code-swift.struct/tlsFailed``
     /// (permanent), saying so. Otherwise nil: the close stays what it was (transient).
     private static func tlsPortFailure(
-        _ configuration: RedisConnectionConfiguration, until deadline: ContinuousClock.Instant
+        _ configuration: RedisConnectionConfiguration, since started: ContinuousClock.Instant, until deadline: ContinuousClock.Instant
     ) -> RedisError? {
-        let left = ContinuousClock.now.duration(to: deadline)
+        let now = ContinuousClock.now
+        let left = min(now.duration(to: deadline), max(.milliseconds(100), started.duration(to: now) * 4))
         guard case .tcp = configuration.endpoint.address, left >= .milliseconds(1) else { return nil }
         let settings = RedisTLSConfiguration(verifiesCertificate: false, verifiesHostname: false)
         guard let context = try? TLSContext(settings, endpoint: configuration.endpoint) else { return nil }
@@ -310,18 +318,30 @@ final class NodeSocket: @unchecked Sendable {
         case let .failure(failure):
             guard failure.code == .tlsFailed, failure.message.contains("alert") else { return nil }
         }
-        return RedisError(
-            code: .tlsFailed, endpoint: configuration.endpoint,
-            message: "the server closed the connection before any reply, and a TLS handshake on a second connection "
-                + "succeeded: this port speaks TLS; use rediss:// (RedisConnectionConfiguration.tls)"
-        )
+        // Any answer to a plain PING (an error too: NOAUTH) shows the port reads plain RESP.
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining >= .milliseconds(1) else { return nil }
+        let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: remaining)
+        switch connect(plain, tls: nil, probe: true, again: true, sniffsTLS: false) {
+        case let .success(socket):
+            socket.close()
+            return nil
+        case let .failure(failure) where failure.code != .connectionClosed:
+            return nil
+        case .failure:
+            return RedisError(
+                code: .tlsFailed, endpoint: configuration.endpoint,
+                message: "the server closed the connection before any reply, and a TLS handshake on a second connection "
+                    + "succeeded: this port speaks TLS; use rediss:// (RedisConnectionConfiguration.tls)"
+            )
+        }
     }
 
     /// `INFO server`: its `run_id` tells one server from another whatever address reaches it.
     private static let serverInfoCommand = RedisCommand("INFO", "server")
 
     /// The server's `run_id` (40 hex digits, new at each start) and uptime, when the handshake
-    /// asked for them (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:)``)
+    /// asked for them (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:sniffsTLS:)``)
     /// and the server told them (an ACL without `+info` refuses, and the connect goes on
     /// without). Set by the connector thread before it hands the socket over.
     private(set) var server: ServerIdentity?

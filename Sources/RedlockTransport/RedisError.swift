@@ -62,12 +62,14 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// OpenSSL's reason. Permanent.
         ///
         /// A port that speaks the other protocol than configured is this code too, once shown:
-        /// over TLS, a server that answers the hello in RESP, or (when the hello gets no byte
-        /// back for half the connect timeout) answers a plain `PING` on a second connection;
-        /// over plain TCP, a server that closes the connection before any reply and completes a
-        /// TLS handshake on a second connection. The message then says to use `redis://` or
+        /// over TLS, a server that answers the hello in RESP, or that sends no byte back within
+        /// the connect timeout while it answered a plain `PING` on a second connection (sent at
+        /// half of it); over plain TCP, a server that closes the connection before any reply,
+        /// completes a TLS handshake on a second connection (or ends it with a TLS alert) and
+        /// closes a plain `PING`'s third. The message then says to use `redis://` or
         /// `rediss://`. A close or a silence that is not shown to be the other protocol stays
-        /// ``connectionClosed`` or ``timeout`` (transient).
+        /// ``connectionClosed`` or ``timeout`` (transient); so does a clean close before a TLS
+        /// handshake is done (a TLS server at `maxclients` closes so).
         public static let tlsFailed = Code(.tlsFailed)
         /// The server's certificate was rejected: not signed by a trusted CA, expired or not yet
         /// valid, or not issued for the node's name (hostname verification). The message holds

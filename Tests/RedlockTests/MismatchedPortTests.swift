@@ -1,3 +1,4 @@
+import MetricsTestKit
 import Redlock
 import RedlockTestSupport
 import RedlockTransport
@@ -41,15 +42,27 @@ struct MismatchedPortTests {
         }
     }
 
-    @Test("lock() on plain ports configured with TLS fails within the connect timeout, each node's cause a permanent TLS failure that says to use redis://, not retried")
+    @Test("lock() on plain ports configured with TLS fails soon after the connect timeout, each node's cause a permanent TLS failure that says to use redis://, not retried; with a retry delay longer than the failure is held, after its second attempt")
     func tlsClientOnPlainPorts() async throws {
         try await withRedisServers(3) { servers in
             let nodes = servers.map {
-                var configuration = $0.configuration(connectTimeout: .seconds(1))
+                // Longer than an attempt's budget (400 ms): the first attempt ends before the
+                // connects fail.
+                var configuration = $0.configuration(connectTimeout: .milliseconds(600))
                 configuration.tls = RedisTLSConfiguration()
                 return configuration
             }
             try await expectFailsAtOnce(nodes, hint: "use redis://")
+
+            // The second attempt comes after the failure stopped being held (1 s): it connects
+            // again, and ends silent, but its nodes' connections failed for good before it.
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: nodes, metrics: metrics)
+            let lock = try client.makeLock("mismatched", options: LockOptions(tries: 5, retryDelay: .constant(.milliseconds(1_500))))
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 2, "\(String(describing: error))")
+            #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
+            await client.shutdown()
         }
     }
 }
