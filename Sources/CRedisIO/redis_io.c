@@ -379,9 +379,10 @@ static int is_ip_literal(const char *name) {
    goes to the same address on a second connection. The handshake still has until its deadline
    (a port that speaks both, as a TLS-sniffing proxy or a managed Redis in a "preferred"
    transit-encryption mode does, may be slow with TLS only); if it got no byte back by then and
-   the PING got a RESP answer (a TLS port resets such a connection without a byte), it fails for
-   good, saying the port speaks plain RESP. Anything else on the second connection (no answer, a
-   reset, a failed connect) leaves the timeout as it was. */
+   the PING got a RESP answer (a TLS port resets such a connection without a byte), the timeout
+   says the port speaks plain RESP. It stays a timeout: silence is no proof, and a port that
+   speaks both may answer TLS next time. Anything else on the second connection (no answer, a
+   reset, a failed connect) leaves the timeout's message as it was. */
 
 /* Whether a byte from the server can open a RESP reply. A TLS record opens with its content
    type (20 to 24), never one of these. */
@@ -620,12 +621,13 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
         }
         int ready = wait_for_handshake(conn, events, deadline, probe_at, probe, err);
         if (ready == 0 && probe->plain && conn->first_count == 0) {
+            /* A timeout all the same: a port that speaks both protocols may only be slow with
+               TLS this time. The message says what the PING showed. */
             char answer[sizeof probe->answer + 1];
             printable_line(probe->answer, probe->answered, answer, sizeof answer);
-            return fail(err, RIO_E_TLS, 0,
-                        "TLS handshake: no byte back within the connect timeout, while a plain PING on a second "
-                        "connection got \"%s\": this port speaks plain RESP (a port that speaks TLS too does so "
-                        "slower than the connect timeout); use redis://",
+            return fail(err, RIO_E_TIMEOUT, ETIMEDOUT,
+                        "TLS handshake timed out with no byte back, while a plain PING on a second connection got "
+                        "\"%s\": the port speaks plain RESP (if it speaks only that, use redis://)",
                         answer);
         }
         if (ready == 0) {
@@ -1084,15 +1086,16 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
     return RIO_OK;
 }
 
-/* A plain connection that the server closed or reset before it sent a single byte: a TLS port
-   does that with bytes that are not a handshake. Says so in err's message. */
+/* A plain connection that the server closed or reset before it sent a single byte (a TLS port
+   does that with bytes that are not a handshake; the connect looks for TLS then). Says so in
+   err's message. */
 static void closed_before_reply(const rio_conn *conn, rio_error *err) {
     if (err == NULL || conn->ssl != NULL || conn->received || err->code != RIO_E_CLOSED) {
         return;
     }
     size_t used = strlen(err->message);
     snprintf(err->message + used, sizeof err->message - used,
-             " before any reply (a TLS port spoken to in plain RESP does that: use rediss://)");
+             " before any reply");
 }
 
 size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, rio_error *err) {

@@ -293,34 +293,41 @@ final class NodeSocket: @unchecked Sendable {
 
     /// For a plain connect whose handshake the server closed before sending a byte, as a TLS
     /// port does with bytes that are not a TLS hello (and as a proxy without a backend, or a
-    /// server that dies, do too): a TLS handshake on a second connection (certificates not
-    /// checked), within what is left until `deadline` but at most four times what the connect
-    /// took so far (at least 100 ms: a TLS server answers a hello within a round trip and its
-    /// own signing, and a plain server, which never answers one, costs no more than that). One
-    /// that completes, or that the server ends with a TLS alert (a TLS 1.2 server that wants a
-    /// client certificate), shows the port speaks TLS; a plain `PING` on a third connection
-    /// that the server closes too shows it does not also speak plain RESP (a TLS-sniffing proxy,
-    /// or a managed Redis in a "preferred" transit-encryption mode, does, and the first close
-    /// was then a mishap). Then the connect's failure is ``RedisError/Code-swift.struct/tlsFailed``
-    /// (permanent), saying so. Otherwise nil: the close stays what it was (transient).
+    /// server that dies, do too): looks for a TLS-only RESP server on the port, each step
+    /// within what is left until `deadline` but at most four times what the connect took so
+    /// far (at least 100 ms: a server answers within a round trip and its own signing). First,
+    /// on a second connection, a TLS handshake (certificates not checked) and a `PING` over it
+    /// that gets a RESP answer (`NOAUTH` too), or a handshake the server ends with a TLS alert
+    /// (a TLS 1.2 server that wants a client certificate): a RESP server speaks TLS there (a
+    /// TLS-sniffing proxy without its backend completes the handshake itself, then closes).
+    /// Then a plain `PING` on a third connection that the server closes too: it does not also
+    /// speak plain RESP (a proxy that takes both, or a managed Redis in a "preferred"
+    /// transit-encryption mode, does, and the first close was then a mishap). Then the
+    /// connect's failure is ``RedisError/Code-swift.struct/tlsFailed`` (permanent), saying so.
+    /// Otherwise nil: the close stays what it was (transient).
     private static func tlsPortFailure(
         _ configuration: RedisConnectionConfiguration, since started: ContinuousClock.Instant, until deadline: ContinuousClock.Instant
     ) -> RedisError? {
-        let now = ContinuousClock.now
-        let left = min(now.duration(to: deadline), max(.milliseconds(100), started.duration(to: now) * 4))
-        guard case .tcp = configuration.endpoint.address, left >= .milliseconds(1) else { return nil }
+        guard case .tcp = configuration.endpoint.address else { return nil }
+        let bound = max(.milliseconds(100), started.duration(to: .now) * 4)
+        func budget() -> Duration? {
+            let left = min(ContinuousClock.now.duration(to: deadline), bound)
+            return left >= .milliseconds(1) ? left : nil
+        }
         let settings = RedisTLSConfiguration(verifiesCertificate: false, verifiesHostname: false)
-        guard let context = try? TLSContext(settings, endpoint: configuration.endpoint) else { return nil }
+        guard let left = budget(), let context = try? TLSContext(settings, endpoint: configuration.endpoint) else { return nil }
         let sniff = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: left, tls: settings)
-        switch connect(sniff, tls: context, again: true) {
+        switch connect(sniff, tls: context, probe: true, again: true) {
         case let .success(socket):
             socket.close()
         case let .failure(failure):
-            guard failure.code == .tlsFailed, failure.message.contains("alert") else { return nil }
+            // An answer to the PING over TLS that fails the connect (NOAUTH, BUSY, LOADING), or
+            // a TLS alert.
+            let answered = failure.code == .authenticationFailed || failure.code == .serverError
+            guard answered || (failure.code == .tlsFailed && failure.message.contains("alert")) else { return nil }
         }
         // Any answer to a plain PING (an error too: NOAUTH) shows the port reads plain RESP.
-        let remaining = ContinuousClock.now.duration(to: deadline)
-        guard remaining >= .milliseconds(1) else { return nil }
+        guard let remaining = budget() else { return nil }
         let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: remaining)
         switch connect(plain, tls: nil, probe: true, again: true, sniffsTLS: false) {
         case let .success(socket):
@@ -331,8 +338,8 @@ final class NodeSocket: @unchecked Sendable {
         case .failure:
             return RedisError(
                 code: .tlsFailed, endpoint: configuration.endpoint,
-                message: "the server closed the connection before any reply, and a TLS handshake on a second connection "
-                    + "succeeded: this port speaks TLS; use rediss:// (RedisConnectionConfiguration.tls)"
+                message: "the server closed the connection before any reply, and a TLS connection to it answered a PING: "
+                    + "this port speaks TLS; use rediss:// (RedisConnectionConfiguration.tls)"
             )
         }
     }

@@ -323,9 +323,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var exitSignalled = false
         /// A connect's failure that stands a while, and until when: a host name that failed to
         /// resolve, an address the vet refused, or TLS that cannot be set up (``RedisError/Code-swift.struct/tlsFailed``,
-        /// ``RedisError/Code-swift.struct/certificateRejected``: a port that speaks the other
-        /// protocol among them), which a connect may take long to find (half the connect
-        /// timeout, for a plain port spoken to in TLS) and an immediate retry cannot change.
+        /// ``RedisError/Code-swift.struct/certificateRejected``: a TLS-only port spoken to in
+        /// plain RESP among them), which a connect may take long to find (several connections
+        /// and round trips, for that port) and an immediate retry cannot change.
         /// Refused credentials are not held: they fail within a round trip, and an operator who
         /// restores them on the node expects the next command to connect.
         var heldFailure: (RedisError, ContinuousClock.Instant)?

@@ -62,14 +62,15 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// OpenSSL's reason. Permanent.
         ///
         /// A port that speaks the other protocol than configured is this code too, once shown:
-        /// over TLS, a server that answers the hello in RESP, or that sends no byte back within
-        /// the connect timeout while it answered a plain `PING` on a second connection (sent at
-        /// half of it); over plain TCP, a server that closes the connection before any reply,
-        /// completes a TLS handshake on a second connection (or ends it with a TLS alert) and
-        /// closes a plain `PING`'s third. The message then says to use `redis://` or
-        /// `rediss://`. A close or a silence that is not shown to be the other protocol stays
-        /// ``connectionClosed`` or ``timeout`` (transient); so does a clean close before a TLS
-        /// handshake is done (a TLS server at `maxclients` closes so).
+        /// over TLS, a server that answers the hello in RESP ("use redis://"); over plain TCP, a
+        /// server that closes the connection before any reply, answers a `PING` over TLS on
+        /// another connection (or ends its handshake with a TLS alert) and closes a plain `PING`
+        /// on a third ("use rediss://"). A close or a silence that is not shown to be the other
+        /// protocol stays ``connectionClosed`` or ``timeout`` (transient): a TLS handshake that
+        /// gets no byte back is a ``timeout`` even when a plain `PING` on a second connection got
+        /// an answer (its message says so), since a port that speaks both may only be slow with
+        /// TLS; a clean close before a TLS handshake is done (a TLS server at `maxclients`
+        /// closes so) is ``connectionClosed``.
         public static let tlsFailed = Code(.tlsFailed)
         /// The server's certificate was rejected: not signed by a trusted CA, expired or not yet
         /// valid, or not issued for the node's name (hostname verification). The message holds

@@ -42,26 +42,42 @@ struct MismatchedPortTests {
         }
     }
 
-    @Test("lock() on plain ports configured with TLS fails soon after the connect timeout, each node's cause a permanent TLS failure that says to use redis://, not retried; with a retry delay longer than the failure is held, after its second attempt")
+    @Test("lock() on plain ports configured with TLS fails when its tries run out (a silence is no proof: the port may speak both), each node's connection failure a timeout that says to use redis://")
     func tlsClientOnPlainPorts() async throws {
         try await withRedisServers(3) { servers in
             let nodes = servers.map {
-                // Longer than an attempt's budget (400 ms): the first attempt ends before the
-                // connects fail.
                 var configuration = $0.configuration(connectTimeout: .milliseconds(600))
                 configuration.tls = RedisTLSConfiguration()
                 return configuration
             }
-            try await expectFailsAtOnce(nodes, hint: "use redis://")
+            let client = try RedlockClient(nodes: nodes)
+            let lock = try client.makeLock("mismatched", options: LockOptions(tries: 3, retryDelay: .constant(.milliseconds(500))))
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            let failures = error?.nodes.compactMap(\.connectionFailure) ?? []
+            #expect(failures.count == 3, "\(String(describing: error))")
+            #expect(failures.allSatisfy { $0.code == .timeout && $0.message.contains("use redis://") }, "\(failures)")
+            await client.shutdown()
+        }
+    }
 
-            // The second attempt comes after the failure stopped being held (1 s): it connects
-            // again, and ends silent, but its nodes' connections failed for good before it.
+    @Test("a node whose connect fails for good, slower than an attempt's budget, counts as refusing for good once its connection failed: lock() stops after its second attempt even when the retry delay outlasts the failure's hold")
+    func slowPermanentConnectFailure() async throws {
+        try await withTLSServers { _, servers in
+            // 150 ms each way: finding that the port speaks TLS takes several round trips, well
+            // over an attempt's budget (400 ms).
+            let proxies = try servers.map { try FaultProxy.start(to: $0.endpoint) }
+            defer { for proxy in proxies { proxy.stop() } }
+            for proxy in proxies { proxy.set(.latency(.milliseconds(150))) }
+            let nodes = proxies.map { RedisConnectionConfiguration(endpoint: $0.endpoint, connectTimeout: .seconds(3), commandTimeout: .seconds(3)) }
             let metrics = TestMetrics()
             let client = try RedlockClient(nodes: nodes, metrics: metrics)
-            let lock = try client.makeLock("mismatched", options: LockOptions(tries: 5, retryDelay: .constant(.milliseconds(1_500))))
+            let lock = try client.makeLock("slow-mismatch", options: LockOptions(tries: 3, retryDelay: .constant(.seconds(5))))
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 2, "\(String(describing: error))")
             #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
+            // The second attempt connected again (the hold was over) and ended silent.
+            let causes = error?.nodes ?? []
+            #expect(causes.count >= 2 && causes.allSatisfy { $0.cause == .noAnswer && $0.connectionFailure?.code == .tlsFailed }, "\(causes)")
             await client.shutdown()
         }
     }

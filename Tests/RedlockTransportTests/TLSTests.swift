@@ -258,7 +258,7 @@ struct TLSTests {
         }
     }
 
-    @Test("a TLS port spoken to in plain RESP fails at once, and a plain port spoken to in TLS at the connect timeout, as permanent TLS failures that name the scheme to use; so does a TLS 1.2 port that wants a client certificate (it ends the second connection's handshake with an alert)")
+    @Test("a TLS port spoken to in plain RESP fails at once as a permanent TLS failure that names the scheme to use, and so does a TLS 1.2 port that wants a client certificate (it ends the second connection's handshake with an alert); a plain port spoken to in TLS times out (transient) with a message that names the scheme")
     func mismatchedPorts() async throws {
         try await withCertificates { certificates in
             try await withTLSServer(certificates) { server in
@@ -276,14 +276,14 @@ struct TLSTests {
             }
             try await withRedisServers(1) { servers in
                 // redis-server never answers a hello (its line search stops at the hello's NUL
-                // bytes): the PING on a second connection decides, at the connect timeout.
+                // bytes): the PING on a second connection tells the timeout what to say.
                 for attempt in 0..<3 {
                     var settings = configuration(servers[0], certificates)
                     settings.connectTimeout = .milliseconds(600)
                     let started = ContinuousClock.now
                     let tls = await pingError(settings)
                     let took = started.duration(to: .now)
-                    #expect(tls?.code == .tlsFailed && tls?.isPermanent == true, "\(attempt): \(String(describing: tls))")
+                    #expect(tls?.code == .timeout && tls?.isPermanent == false, "\(attempt): \(String(describing: tls))")
                     #expect(tls?.message.contains("use redis://") == true, "\(attempt): \(String(describing: tls))")
                     #expect(took >= .milliseconds(550) && took < .milliseconds(1_500), "\(attempt): took \(took)")
                 }
@@ -314,7 +314,7 @@ struct TLSTests {
         }
     }
 
-    @Test("over TLS, a server that answers the hello in RESP fails the connect at once; one that answers nothing but a plain PING on a second connection (sent at half the connect timeout) fails it at the connect timeout; the second connection is closed either way")
+    @Test("over TLS, a server that answers the hello in RESP fails the connect at once, for good; one that answers nothing but a plain PING on a second connection (sent at half the connect timeout) times out saying so; the second connection is closed either way")
     func plainPortPaths() async throws {
         let erring = try GarbageServer.start(reply: "-ERR unknown command\r\n")
         defer { erring.stop() }
@@ -338,7 +338,7 @@ struct TLSTests {
         started = ContinuousClock.now
         let probed = await pingError(settings)
         let took = started.duration(to: .now)
-        #expect(probed?.code == .tlsFailed, "\(String(describing: probed))")
+        #expect(probed?.code == .timeout, "\(String(describing: probed))")
         #expect(probed?.message.contains("a plain PING on a second connection got \"+PONG\"") == true, "\(String(describing: probed))")
         #expect(took >= .milliseconds(950) && took < .milliseconds(1_800), "took \(took)")
         #expect(pinged.acceptedCount == 2)
@@ -353,7 +353,7 @@ struct TLSTests {
         settings = RedisConnectionConfiguration(endpoint: pingOnly.endpoint, connectTimeout: .milliseconds(200), tls: RedisTLSConfiguration())
         for attempt in 0..<10 {
             let again = await pingError(settings)
-            #expect(again?.code == .tlsFailed && again?.message.contains("+PONG") == true, "\(attempt): \(String(describing: again))")
+            #expect(again?.code == .timeout && again?.message.contains("+PONG") == true, "\(attempt): \(String(describing: again))")
         }
         #expect(pingOnly.acceptedCount == 20, "not every connect sent its PING: the test tests nothing")
         pingOnly.stop()
@@ -377,6 +377,27 @@ struct TLSTests {
         #expect(closed?.code == .connectionClosed && closed?.isPermanent == false, "\(String(describing: closed))")
         #expect(took < .milliseconds(600), "took \(took)")
         #expect(closing.acceptedCount >= 2, "no TLS hello on a second connection: the test tests nothing")
+    }
+
+    @Test("a plain client on a port whose TLS side completes handshakes but answers no PING (a TLS-terminating proxy without its backend) keeps its close transient: the port is not taken for a TLS-only Redis")
+    func tlsWithoutRESPIsNotATLSPort() async throws {
+        try await withCertificates { certificates in
+            let server = try await NonRESPTLSServer.start(certificates)
+            try await withTeardown {
+                let started = ContinuousClock.now
+                let closed = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+                let took = started.duration(to: .now)
+                #expect(closed?.code == .connectionClosed && closed?.isPermanent == false, "\(String(describing: closed))")
+                #expect(took < .milliseconds(900), "took \(took)")
+                // The TLS side does complete a handshake (the premise).
+                var tls = RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300), tls: RedisTLSConfiguration())
+                tls.tls?.verifiesCertificate = false
+                let silent = await pingError(tls)
+                #expect(silent?.code == .timeout, "\(String(describing: silent))")
+            } teardown: {
+                await server.stop()
+            }
+        }
     }
 
     @Test("a TLS server slower than half the connect timeout still connects: the plain PING on a second connection gets no RESP answer from a TLS port, the handshake goes on, and the second connection is closed")

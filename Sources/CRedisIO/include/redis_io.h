@@ -56,10 +56,11 @@ typedef struct rio_conn rio_conn;
    calling thread. With tls, server_name (may be NULL) is sent as SNI when it is a DNS name and,
    with verify_host, must match the certificate (DNS name or IP address). The returned
    connection's socket is non-blocking, close-on-exec, TCP_NODELAY and keep-alive. A handshake
-   that fails on an answer in RESP, or that gets no byte back by the deadline while a plain PING
-   on a second connection to the same address (sent at half the handshake's time, closed before
-   this returns) got a RESP answer, fails as RIO_E_TLS saying the port speaks plain RESP. A
-   clean close before the handshake is done is RIO_E_CLOSED. */
+   that fails on an answer in RESP fails as RIO_E_TLS saying the port speaks plain RESP; one that
+   gets no byte back by the deadline while a plain PING on a second connection to the same
+   address (sent at half the handshake's time, closed before this returns) got a RESP answer
+   times out (RIO_E_TIMEOUT) saying so. A clean close before the handshake is done is
+   RIO_E_CLOSED. */
 int rio_connect_tcp(const char *host, int port, int timeout_ms, const rio_tls *tls, const char *server_name,
                     int verify_host, rio_conn **out, rio_error *err);
 int rio_connect_unix(const char *path, int timeout_ms, rio_conn **out, rio_error *err);
