@@ -583,6 +583,7 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
     long long probe_at = now_ms() + remaining_ms(deadline) / 2;
     for (;;) {
         ERR_clear_error();
+        errno = 0;
         int result = SSL_connect(conn->ssl);
         int saved = errno;
         if (result == 1) {

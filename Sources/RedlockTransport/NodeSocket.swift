@@ -172,8 +172,8 @@ final class NodeSocket: @unchecked Sendable {
     /// connected to once more without it, as is one that closes on `CLIENT INFO` (without the
     /// barrier, and without `INFO`). `again`: this is that second connect, which makes no
     /// further one: a connect takes at most two. A plain connect that the server closes before
-    /// any reply may look for TLS on the port with up to two connections more, unless
-    /// `sniffsTLS` is false (``tlsPortFailure(_:since:until:)``).
+    /// any reply may look for TLS on the port with a few connections more, within its connect
+    /// timeout, unless `sniffsTLS` is false (``tlsPortFailure(_:since:until:)``).
     static func connect(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, identifiesServer: Bool = false,
         probe: Bool = false, again: Bool = false, sniffsTLS: Bool = true
@@ -294,11 +294,13 @@ final class NodeSocket: @unchecked Sendable {
     /// For a plain connect whose handshake the server closed before sending a byte, as a TLS
     /// port does with bytes that are not a TLS hello (and as a proxy without a backend, or a
     /// server that dies, do too): looks for a TLS-only RESP server on the port, each step
-    /// within what is left until `deadline` but at most four times what the connect took so
-    /// far (at least 100 ms: a server answers within a round trip and its own signing). First,
+    /// within what is left until `deadline` but at most eight times what the connect took so
+    /// far, at least a second (a TLS handshake and a `PING` take two round trips and the
+    /// server's signing, on a busy server too; the connect so far took at least one round
+    /// trip). First,
     /// on a second connection, a TLS handshake (certificates not checked) and a `PING` over it
-    /// that gets a RESP answer (`NOAUTH` too), or a handshake the server ends with a TLS alert
-    /// (a TLS 1.2 server that wants a client certificate): a RESP server speaks TLS there (a
+    /// that gets a RESP answer (`NOAUTH` too), or a TLS alert from the server (one that wants a
+    /// client certificate, as Redis does by default): a RESP server speaks TLS there (a
     /// TLS-sniffing proxy without its backend completes the handshake itself, then closes).
     /// Then a plain `PING` on a third connection that the server closes too: it does not also
     /// speak plain RESP (a proxy that takes both, or a managed Redis in a "preferred"
@@ -309,26 +311,33 @@ final class NodeSocket: @unchecked Sendable {
         _ configuration: RedisConnectionConfiguration, since started: ContinuousClock.Instant, until deadline: ContinuousClock.Instant
     ) -> RedisError? {
         guard case .tcp = configuration.endpoint.address else { return nil }
-        let bound = max(.milliseconds(100), started.duration(to: .now) * 4)
+        let bound = max(.seconds(1), started.duration(to: .now) * 8)
         func budget() -> Duration? {
             let left = min(ContinuousClock.now.duration(to: deadline), bound)
             return left >= .milliseconds(1) ? left : nil
         }
         let settings = RedisTLSConfiguration(verifiesCertificate: false, verifiesHostname: false)
         guard let left = budget(), let context = try? TLSContext(settings, endpoint: configuration.endpoint) else { return nil }
-        let sniff = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: left, tls: settings)
+        // A command timeout of a millisecond: the PING has what is left of `left`, not `left`
+        // again (a connect's commands have until the later of its deadline and that).
+        let sniff = RedisConnectionConfiguration(
+            endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: .milliseconds(1), tls: settings
+        )
         switch connect(sniff, tls: context, probe: true, again: true) {
         case let .success(socket):
             socket.close()
         case let .failure(failure):
             // An answer to the PING over TLS that fails the connect (NOAUTH, BUSY, LOADING), or
-            // a TLS alert.
+            // a TLS alert: in the handshake (TLS 1.2), or on the first read after it (TLS 1.3,
+            // whose client finishes the handshake before the server checks its certificate:
+            // Redis's default, `tls-auth-clients yes`).
             let answered = failure.code == .authenticationFailed || failure.code == .serverError
-            guard answered || (failure.code == .tlsFailed && failure.message.contains("alert")) else { return nil }
+            let alert = (failure.code == .tlsFailed || failure.code == .connectionClosed) && failure.message.contains(" alert ")
+            guard answered || alert else { return nil }
         }
         // Any answer to a plain PING (an error too: NOAUTH) shows the port reads plain RESP.
         guard let remaining = budget() else { return nil }
-        let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: remaining)
+        let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: .milliseconds(1))
         switch connect(plain, tls: nil, probe: true, again: true, sniffsTLS: false) {
         case let .success(socket):
             socket.close()

@@ -258,7 +258,7 @@ struct TLSTests {
         }
     }
 
-    @Test("a TLS port spoken to in plain RESP fails at once as a permanent TLS failure that names the scheme to use, and so does a TLS 1.2 port that wants a client certificate (it ends the second connection's handshake with an alert); a plain port spoken to in TLS times out (transient) with a message that names the scheme")
+    @Test("a TLS port spoken to in plain RESP fails at once as a permanent TLS failure that names the scheme to use, and so does one that wants a client certificate (it answers the second connection's TLS with an alert: in the handshake with TLS 1.2, after it with TLS 1.3); a plain port spoken to in TLS times out (transient) with a message that names the scheme")
     func mismatchedPorts() async throws {
         try await withCertificates { certificates in
             try await withTLSServer(certificates) { server in
@@ -270,9 +270,13 @@ struct TLSTests {
                     #expect(started.duration(to: .now) < .milliseconds(900), "\(attempt): waited for a timeout")
                 }
             }
-            try await withTLSServer(certificates, clients: .required, arguments: onlyTLS(true)) { server in
-                let plain = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(1)))
-                #expect(plain?.code == .tlsFailed && plain?.message.contains("use rediss://") == true, "\(String(describing: plain))")
+            // Client certificates required (Redis's default): TLS 1.2 alerts in the handshake,
+            // TLS 1.3 on the first read after it.
+            for tls12 in [true, false] {
+                try await withTLSServer(certificates, clients: .required, arguments: onlyTLS(tls12)) { server in
+                    let plain = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, commandTimeout: .seconds(1)))
+                    #expect(plain?.code == .tlsFailed && plain?.message.contains("use rediss://") == true, "TLS 1.\(tls12 ? 2 : 3): \(String(describing: plain))")
+                }
             }
             try await withRedisServers(1) { servers in
                 // redis-server never answers a hello (its line search stops at the hello's NUL
@@ -345,22 +349,22 @@ struct TLSTests {
         #expect(pinged.reads.count == 2 && pinged.reads[1].first == ping, "\(pinged.reads)")
 
 
-        // The second connection is closed on every path: ten more such connects (with a short
+        // The second connection is closed on every path: five more such connects (with a short
         // connect timeout; a server whose every connection answers PINGs alone) leave no
         // descriptor open once that server has closed its side.
         let before = openDescriptorCount()
         let pingOnly = try GarbageServer.start(responding: answersPings)
-        settings = RedisConnectionConfiguration(endpoint: pingOnly.endpoint, connectTimeout: .milliseconds(200), tls: RedisTLSConfiguration())
-        for attempt in 0..<10 {
+        settings = RedisConnectionConfiguration(endpoint: pingOnly.endpoint, connectTimeout: .milliseconds(400), tls: RedisTLSConfiguration())
+        for attempt in 0..<5 {
             let again = await pingError(settings)
             #expect(again?.code == .timeout && again?.message.contains("+PONG") == true, "\(attempt): \(String(describing: again))")
         }
-        #expect(pingOnly.acceptedCount == 20, "not every connect sent its PING: the test tests nothing")
+        #expect(pingOnly.acceptedCount == 10, "not every connect sent its PING: the test tests nothing")
         pingOnly.stop()
         #expect(await eventually { openDescriptorCount() <= before }, "\(openDescriptorCount()) descriptors open, \(before) before")
     }
 
-    @Test("a plain server that closes a connection before any reply and does not answer a TLS hello either keeps its close transient, and the look for TLS costs at most 100 ms or four times the connect so far, not the connect timeout")
+    @Test("a plain server that closes a connection before any reply and does not answer a TLS hello either keeps its close transient, and the look for TLS costs at most a second or eight times the connect so far, not the connect timeout")
     func silentCloseOfAPlainServer() async throws {
         // Plain bytes get the end of the stream at once; a TLS hello (a record opens with 0x16)
         // gets nothing.
@@ -370,12 +374,12 @@ struct TLSTests {
             return false
         }
         defer { closing.stop() }
-        let settings = RedisConnectionConfiguration(endpoint: closing.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2))
+        let settings = RedisConnectionConfiguration(endpoint: closing.endpoint, connectTimeout: .seconds(5), commandTimeout: .seconds(5))
         let started = ContinuousClock.now
         let closed = await pingError(settings)
         let took = started.duration(to: .now)
         #expect(closed?.code == .connectionClosed && closed?.isPermanent == false, "\(String(describing: closed))")
-        #expect(took < .milliseconds(600), "took \(took)")
+        #expect(took < .milliseconds(2_500), "took \(took)")
         #expect(closing.acceptedCount >= 2, "no TLS hello on a second connection: the test tests nothing")
     }
 
@@ -385,10 +389,11 @@ struct TLSTests {
             let server = try await NonRESPTLSServer.start(certificates)
             try await withTeardown {
                 let started = ContinuousClock.now
-                let closed = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(2)))
+                let closed = await pingError(RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(3), commandTimeout: .seconds(3)))
                 let took = started.duration(to: .now)
                 #expect(closed?.code == .connectionClosed && closed?.isPermanent == false, "\(String(describing: closed))")
-                #expect(took < .milliseconds(900), "took \(took)")
+                // The PING over TLS waits for a second at most, not for the connect timeout.
+                #expect(took < .milliseconds(2_500), "took \(took)")
                 // The TLS side does complete a handshake (the premise).
                 var tls = RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .seconds(2), commandTimeout: .milliseconds(300), tls: RedisTLSConfiguration())
                 tls.tls?.verifiesCertificate = false
