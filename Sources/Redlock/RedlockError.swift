@@ -80,7 +80,8 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// How many nodes failed with an error that no retry cures (see
     /// ``RedisError/isPermanent``), or gave no answer in time since their connection failed
     /// with one (``NodeFailure/connectionFailure``: a connect that takes longer to fail than an
-    /// attempt's budget, as one to a plain port over TLS does, fails the same way next time).
+    /// attempt's budget, as finding a TLS-only port spoken to in plain RESP may, fails the same
+    /// way next time).
     var permanentFailureCount: Int {
         nodes.count { $0.cause.isPermanent || ($0.cause == .noAnswer && $0.connectionFailure?.isPermanent == true) }
     }

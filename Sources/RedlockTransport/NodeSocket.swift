@@ -297,11 +297,11 @@ final class NodeSocket: @unchecked Sendable {
     /// within what is left until `deadline` but at most eight times what the connect took so
     /// far, at least a second (a TLS handshake and a `PING` take two round trips and the
     /// server's signing, on a busy server too; the connect so far took at least one round
-    /// trip). First,
-    /// on a second connection, a TLS handshake (certificates not checked) and a `PING` over it
-    /// that gets a RESP answer (`NOAUTH` too), or a TLS alert from the server (one that wants a
-    /// client certificate, as Redis does by default): a RESP server speaks TLS there (a
-    /// TLS-sniffing proxy without its backend completes the handshake itself, then closes).
+    /// trip). First, on a second connection, a TLS handshake (certificates not checked) and a
+    /// `PING` over it that gets a RESP answer (`NOAUTH` too), or a TLS alert from the server
+    /// (one that wants a client certificate, as Redis does by default): a RESP server speaks
+    /// TLS there (a TLS-sniffing proxy without its backend completes the handshake itself, then
+    /// closes).
     /// Then a plain `PING` on a third connection that the server closes too: it does not also
     /// speak plain RESP (a proxy that takes both, or a managed Redis in a "preferred"
     /// transit-encryption mode, does, and the first close was then a mishap). Then the

@@ -47,8 +47,9 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// ``ConnectVet``. A refusal fails the connect (and the commands that waited for it) with its
     /// error, the socket closes, and commands fail with it at once for a second before the next
     /// connect (as after a connect whose TLS could not be set up, or a name that did not
-    /// resolve: for as long as that connect took, at least a second). A client uses it to refuse a connection to a server it already reaches under
-    /// another node's name, for as long as it does.
+    /// resolve: for as long as that connect took, at least a second). A client uses it to
+    /// refuse a connection to a server it already reaches under another node's name, for as
+    /// long as it does.
     ///
     /// Without `orderBarrier` (for a server scripted byte by byte in a test) the connects send
     /// no `CLIENT INFO` or `CLIENT KILL`; see ``OrderBarrier``.
@@ -547,9 +548,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 }
             }
             if state.phase == .idle, let (failure, until) = state.heldFailure, ContinuousClock.now < until {
-                // The name did not resolve (or its address was refused, or the connect failed
-                // for good) a moment ago: answer with that at once rather than start another
-                // connect for every command.
+                // The name did not resolve (or its address was refused, or TLS could not be set
+                // up) a moment ago: answer with that at once rather than start another connect
+                // for every command.
                 for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
                 return nil
             }
