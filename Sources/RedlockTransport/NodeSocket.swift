@@ -159,6 +159,21 @@ final class NodeSocket: @unchecked Sendable {
         pointer.map { rio_conn_received($0) != 0 } ?? false
     }
 
+    /// Whether a connect asks the server who it is (`INFO server`, for its `run_id`: see
+    /// ``server``), and what a connection closed on that question may do.
+    enum ServerIdentification: Sendable, Equatable {
+        /// Not asked (a socket nobody vets).
+        case none
+        /// Asked; a server (or proxy) that closes the connection on it in two connects in a
+        /// row, each time after answering the command before it, gets a third connect without
+        /// it: one close is no proof (a proxy's hang-up lifted between two connects), and a
+        /// socket without a `run_id` is vetted by its address alone.
+        case asked
+        /// Asked, and a close on it fails the connect (transient): the connection's node told
+        /// its `run_id` before, so the close is a mishap, not what the node does.
+        case required
+    }
+
     /// Connects (resolution, TCP or Unix connect, TLS handshake) within the configuration's
     /// connect timeout, then, within the later of that and the command timeout, authenticates
     /// and selects the database (one round trip), then makes the order barrier (another). With
@@ -166,17 +181,22 @@ final class NodeSocket: @unchecked Sendable {
     /// call it from a connector thread, never from the event loop or the cooperative pool.
     /// With `barrier` (a connection's, not a subscriber's), the socket then learns how the server
     /// names it (``ServerClient``) and, first, ends the connection `barrier.kill` names; see
-    /// ``OrderBarrier``. With `identifiesServer` (a vetted socket's), `INFO server` goes last,
-    /// with the barrier's commands or (after a `PING`) in a round trip of its own, for the
-    /// server's `run_id` (``server``); a server that closes the connection on it is
-    /// connected to once more without it, as is one that closes on `CLIENT INFO` (without the
-    /// barrier, and without `INFO`). `again`: this is that second connect, which makes no
-    /// further one: a connect takes at most two. A plain connect that the server closes before
+    /// ``OrderBarrier``. With `identification` other than `.none` (a vetted socket's), `INFO
+    /// server` goes last, with the barrier's commands or in a round trip of its own, for the
+    /// server's `run_id` (``server``). When nothing goes before them (no `AUTH`, `SELECT` or
+    /// probe), a `PING` leads the barrier's commands, so that a close is placed: one before
+    /// any reply (a proxy without its backend, a hang-up) is the connection's, and fails the
+    /// connect (transient); one after an answer is on the command that followed it. A server
+    /// that closes the connection on `CLIENT INFO` (no kill owed) is connected to once more
+    /// without the barrier, still asking `INFO`; one that closes on `INFO` is asked again,
+    /// and goes without it only as ``ServerIdentification/asked`` says. `fallbacks`: how
+    /// many connects more this one may make (2 for a caller's; 0 for the look for TLS):
+    /// a connect takes at most three. A plain connect that the server closes before
     /// any reply may look for TLS on the port with a few connections more, within its connect
     /// timeout, unless `sniffsTLS` is false (``tlsPortFailure(_:since:until:)``).
     static func connect(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil, identifiesServer: Bool = false,
-        probe: Bool = false, again: Bool = false, sniffsTLS: Bool = true
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil,
+        identification: ServerIdentification = .none, probe: Bool = false, fallbacks: Int = 2, sniffsTLS: Bool = true
     ) -> Result<NodeSocket, RedisError> {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
@@ -232,10 +252,12 @@ final class NodeSocket: @unchecked Sendable {
             credentials.append(RedisCommand("SELECT", String(database)))
         }
         if probe { credentials.append(RedisCommand("PING")) }
-        // Without the barrier (a subscriber) a PING goes before INFO, in the same round trip:
-        // a close after its answer is a close on INFO, not one of the connection.
-        let barrierCommands = (barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? [])
-            + (identifiesServer ? (barrier == nil && !probe ? [RedisCommand("PING"), serverInfoCommand] : [serverInfoCommand]) : [])
+        let identifies = identification != .none
+        // A PING leads when nothing goes before the barrier's commands or INFO: a close after
+        // its answer is a close on what follows it, not one of the connection.
+        let lead = credentials.isEmpty && (barrier != nil || identifies) ? [RedisCommand("PING")] : []
+        let barrierCommands = lead + (barrier.map { ($0.kill.map { [$0.killCommand] } ?? []) + [ServerClient.infoCommand] } ?? [])
+            + (identifies ? [serverInfoCommand] : [])
         let deadline = max(started + budget, .now + configuration.commandTimeout)
         let separately = !credentials.isEmpty && !barrierCommands.isEmpty
         var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
@@ -260,33 +282,42 @@ final class NodeSocket: @unchecked Sendable {
             let silent = failure.code == .connectionClosed && !socket.receivedAnything
             socket.close()
             let answered = exchange.replies.count
-            if !again, identifiesServer, answered == handshake.count - 1, failure.code == .connectionClosed || failure.code == .protocolError {
-                // Closed or garbled on INFO alone (a proxy that passes everything else): once
-                // more without it; a kill owed goes again (it answers 0 the second time).
-                return connect(configuration, tls: tls, barrier: barrier, identifiesServer: false, probe: probe, again: true)
+            // The first command unanswered (the round trips stop there).
+            let named = name(handshake[min(answered, handshake.count - 1)])
+            // Closed (or garbled) on that command after the node answered what went before it:
+            // a proxy that passes everything else. One before any reply proves nothing.
+            let closedOn = answered > 0 && answered >= credentials.count && (failure.code == .connectionClosed || failure.code == .protocolError)
+                ? named : nil
+            let because = "\(named): \(failure.code): \(failure.message)"
+            if fallbacks > 0, closedOn == "INFO", identification == .asked {
+                // On INFO: asked again (the barrier kept, a kill owed going again: it answers 0
+                // the second time); only a second close in a row drops it.
+                let again = connect(
+                    configuration, tls: tls, barrier: barrier, identification: fallbacks > 1 ? .asked : .none, probe: probe,
+                    fallbacks: fallbacks - 1, sniffsTLS: false
+                )
+                guard fallbacks == 1 else { return again }
+                return again.mapError { RedisError(code: $0.code, endpoint: endpoint, message: "\($0.message) (without INFO: \(because))") }
             }
-            if !again, let barrier, barrier.kill == nil, answered >= credentials.count,
-               failure.code == .connectionClosed || failure.code == .protocolError
-            {
+            if fallbacks > 0, closedOn == "CLIENT INFO", let barrier, barrier.kill == nil {
                 // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
                 // server that is not Redis): once more without the barrier, which it cannot
-                // give. Never with a kill owed: that node answered CLIENT INFO before, and the
-                // kill must come first (a node at maxclients closes like this too).
-                // (Nor INFO: a proxy that closes on CLIENT likely closes on INFO too.)
-                return connectWithoutBarrier(configuration, tls: tls, because: "CLIENT INFO: \(failure.code): \(failure.message)")
+                // give, still asking INFO. Never with a kill owed: that node answered CLIENT
+                // INFO before, and the kill must come first.
+                return connectWithoutBarrier(configuration, tls: tls, identification: identification, fallbacks: fallbacks - 1, because: because)
             }
             if silent, tls == nil, sniffsTLS, let tlsPort = tlsPortFailure(configuration, since: started, until: started + budget) {
                 return .failure(tlsPort)
             }
-            // The first command unanswered (the round trips stop there).
-            let named = name(handshake[min(answered, handshake.count - 1)])
-            return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)"))
+            let told = closedOn == "INFO" && identification == .required
+                ? " (this node told its run_id before: a connection to it without one is not vetted)" : ""
+            return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)\(told)"))
         }
-        if identifiesServer, let info = exchange.replies.last?.string {
+        if identifies, let info = exchange.replies.last?.string {
             socket.server = ServerIdentity(info: info, readAt: .now)
         }
         guard let barrier else { return .success(socket) }
-        let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count)))
+        let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count + lead.count)))
         socket.barrier = outcome
         return .success(socket)
     }
@@ -323,7 +354,7 @@ final class NodeSocket: @unchecked Sendable {
         let sniff = RedisConnectionConfiguration(
             endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: .milliseconds(1), tls: settings
         )
-        switch connect(sniff, tls: context, probe: true, again: true) {
+        switch connect(sniff, tls: context, probe: true, fallbacks: 0) {
         case let .success(socket):
             socket.close()
         case let .failure(failure):
@@ -338,7 +369,7 @@ final class NodeSocket: @unchecked Sendable {
         // Any answer to a plain PING (an error too: NOAUTH) shows the port reads plain RESP.
         guard let remaining = budget() else { return nil }
         let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: .milliseconds(1))
-        switch connect(plain, tls: nil, probe: true, again: true, sniffsTLS: false) {
+        switch connect(plain, tls: nil, probe: true, fallbacks: 0, sniffsTLS: false) {
         case let .success(socket):
             socket.close()
             return nil
@@ -357,7 +388,7 @@ final class NodeSocket: @unchecked Sendable {
     private static let serverInfoCommand = RedisCommand("INFO", "server")
 
     /// The server's `run_id` (40 hex digits, new at each start) and uptime, when the handshake
-    /// asked for them (`identifiesServer` of ``connect(_:tls:barrier:identifiesServer:probe:again:sniffsTLS:)``)
+    /// asked for them (`identification` of ``connect(_:tls:barrier:identification:probe:fallbacks:sniffsTLS:)``)
     /// and the server told them (an ACL without `+info` refuses, and the connect goes on
     /// without). Set by the connector thread before it hands the socket over.
     private(set) var server: ServerIdentity?
@@ -394,33 +425,33 @@ final class NodeSocket: @unchecked Sendable {
     /// the connect deadline and the command timeout), so that nothing is written blind to a
     /// node that reads nothing. Its outcome says why it has no barrier (`reason`).
     private static func connectWithoutBarrier(
-        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, because reason: String
+        _ configuration: RedisConnectionConfiguration, tls: TLSContext?, identification: ServerIdentification, fallbacks: Int,
+        because reason: String
     ) -> Result<NodeSocket, RedisError> {
-        connect(configuration, tls: tls, barrier: nil, probe: true, again: true).map { socket in
-            socket.barrier = OrderBarrier.Outcome(unsupported: reason)
-            return socket
-        }.mapError { failure in
-            // A TLS port's failure says all there is to say.
-            failure.code == .tlsFailed ? failure
-                : RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
-        }
+        connect(configuration, tls: tls, barrier: nil, identification: identification, probe: true, fallbacks: fallbacks, sniffsTLS: false)
+            .map { socket in
+                socket.barrier = OrderBarrier.Outcome(unsupported: reason)
+                return socket
+            }.mapError { failure in
+                RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
+            }
     }
 
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
     /// `AUTH`/`SELECT` block, and must block neither an event loop nor the cooperative pool),
     /// then calls `completion` on that thread. The thread ends with the connect, within the
-    /// connect's time limit (`connectTimeout + commandTimeout`, twice that with a connect
-    /// without the order barrier or `INFO`: see ``RedisConnectionConfiguration/connectTimeout``).
+    /// connect's time limit (`connectTimeout + commandTimeout`, up to three times that when the
+    /// server closes on `CLIENT INFO` or `INFO`: see ``RedisConnectionConfiguration/connectTimeout``).
     static func connectInBackground(
         _ configuration: RedisConnectionConfiguration,
         tls: TLSContextCache,
         barrier: OrderBarrier.Request? = nil,
-        identifiesServer: Bool = false,
+        identification: ServerIdentification = .none,
         completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
     ) {
         startNamedThread("redis-connect", stackSize: 256 * 1024) {
             switch tls.context(for: configuration) {
-            case let .success(context): completion(connect(configuration, tls: context, barrier: barrier, identifiesServer: identifiesServer))
+            case let .success(context): completion(connect(configuration, tls: context, barrier: barrier, identification: identification))
             case let .failure(failure): completion(.failure(failure))
             }
         }

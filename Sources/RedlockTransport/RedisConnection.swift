@@ -339,6 +339,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var barrierRefusal: String?
         /// What the open socket's handshake learned of the server (``RedisConnection/handshakeServer``).
         var handshakeServer: (generation: UInt64, server: ServerIdentity)?
+        /// Whether a socket of this connection learned the server's `run_id`: later connects
+        /// require it (``NodeSocket/ServerIdentification/required``).
+        var toldRunID = false
         /// Replayable commands lost with a connection or a failed connect, oldest first: the
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
@@ -916,9 +919,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        let barrier = orderBarrier ? OrderBarrier.Request(kill: state.withLock { $0.pendingKill }) : nil
+        let (kill, toldRunID) = state.withLock { ($0.pendingKill, $0.toldRunID) }
+        let barrier = orderBarrier ? OrderBarrier.Request(kill: kill) : nil
         // A vetted socket is vetted by its server's run_id too (one server under two addresses).
-        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identifiesServer: vet != nil) { [self] outcome in
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : toldRunID ? .required : .asked
+        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identification: identification) { [self] outcome in
             connected(outcome, tookSince: started)
         }
     }
@@ -988,6 +993,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.phase = .open
                 let number = generation.add(1, ordering: .releasing).newValue
                 state.handshakeServer = socket.server.map { (number, $0) }
+                if socket.server != nil { state.toldRunID = true }
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
                 finishShutdownIfDrained(&state, &effects)

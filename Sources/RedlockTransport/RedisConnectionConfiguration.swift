@@ -12,10 +12,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// default is 1 s. The connect's last step is its commands: `AUTH` and `SELECT` (when
     /// configured) in one round trip, then the order barrier's `CLIENT KILL` (when owed) and
     /// `CLIENT INFO` in another, with `INFO server` when the client vets its nodes (a
-    /// subscriber: `PING` and `INFO server`). Like any command, they have until the later of
-    /// this and ``commandTimeout`` after the first was sent, so a whole connect ends within
-    /// `connectTimeout + commandTimeout`; at most twice that when the server closes the
-    /// connection on `CLIENT INFO` or on `INFO` (a proxy) and a connect without it follows.
+    /// subscriber: `INFO server` alone), led by a `PING` when nothing went before. Like any
+    /// command, they have until the later of this and ``commandTimeout`` after the first was
+    /// sent, so a whole connect ends within `connectTimeout + commandTimeout`; at most three
+    /// times that when the server closes the connection on `CLIENT INFO` or on `INFO` (a
+    /// proxy) and connects without them follow.
     public var connectTimeout: Duration
     /// How long the connection waits for bytes from the server before it declares a timeout,
     /// drops the connection and fails the commands in flight. The default is 2 s.

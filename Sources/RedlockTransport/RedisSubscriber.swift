@@ -25,6 +25,9 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         var written = 0
         var watchingWrites = false
         var shuttingDown = false
+        /// Whether a socket learned the server's `run_id`: later connects require it
+        /// (``NodeSocket/ServerIdentification/required``).
+        var toldRunID = false
     }
 
     /// The configuration the subscriber connects with.
@@ -188,7 +191,8 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private func startConnect() {
         // Vetted by its server's run_id too: a subscriber of one server under two addresses
         // would deliver each release and handoff message twice.
-        NodeSocket.connectInBackground(configuration, tls: tls, identifiesServer: vet != nil) { [self] outcome in
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : state.withLock(\.toldRunID) ? .required : .asked
+        NodeSocket.connectInBackground(configuration, tls: tls, identification: identification) { [self] outcome in
             connected(outcome)
         }
     }
@@ -212,6 +216,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
                 state.socket = socket
                 state.watching = true
                 state.backoff = .milliseconds(50)
+                if socket.server != nil { state.toldRunID = true }
                 _ = synchronize(&state, token: token)
             case .failure:
                 state.retryAt = .now + state.backoff
