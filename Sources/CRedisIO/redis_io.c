@@ -519,8 +519,8 @@ static int wait_for_handshake(rio_conn *conn, short events, long long deadline, 
     }
 }
 
-/* A handshake that failed (status, err) after the server sent bytes that open a RESP reply: a
-   plain port's answer to the hello. Returns the status to report. */
+/* A handshake that failed (status, err): when the server's first bytes open a RESP reply, a
+   plain port's answer to the hello, said so as RIO_E_TLS. Returns the status to report. */
 static int plain_answer(const rio_conn *conn, int status, rio_error *err) {
     if (conn->first_count == 0 || !opens_resp(conn->first_bytes[0])) {
         return status;
@@ -574,7 +574,9 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
     plain_probe probe = {.fd = -1, .state = 0, .plain = 0, .answered = 0};
     int status = handshake_steps(conn, deadline, &probe, err);
     probe_end(&probe);
-    return status;
+    /* Whatever failed it, bytes that open a RESP reply came from a plain port (a TLS server's
+       open with a record's content type). */
+    return status == RIO_OK ? status : plain_answer(conn, status, err);
 }
 
 /* SSL_connect until done, failed or the deadline, with the probe for a plain port (above). */
@@ -600,7 +602,7 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
                this) before the handshake was done: a TLS server at maxclients does, as does one
                going down. Closed, as with plain TCP, not a TLS failure. */
             ERR_clear_error();
-            return plain_answer(conn, fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)"), err);
+            return fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)");
         } else {
             /* Only a verification that was asked for rejects: without it OpenSSL still records
                its verdict on the chain, which says nothing about why the handshake failed. */
@@ -613,12 +615,12 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
             if (reason_code == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
                 ERR_clear_error();
                 if (saved == 0 || result == 0) {
-                    return plain_answer(conn, fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)"), err);
+                    return fail(err, RIO_E_CLOSED, 0, "TLS handshake: the server closed the connection (is this a TLS port?)");
                 }
-                return plain_answer(conn, fail_errno(err, "TLS handshake", saved), err);
+                return fail_errno(err, "TLS handshake", saved);
             }
             openssl_reason(reason, sizeof reason);
-            return plain_answer(conn, fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason), err);
+            return fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
         }
         int ready = wait_for_handshake(conn, events, deadline, probe_at, probe, err);
         if (ready == 0 && probe->plain && conn->first_count == 0) {

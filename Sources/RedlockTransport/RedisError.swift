@@ -64,8 +64,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// A port that speaks the other protocol than configured is this code too, once shown:
         /// over TLS, a server that answers the hello in RESP ("use redis://"); over plain TCP, a
         /// server that closes the connection before any reply, answers a `PING` over TLS on
-        /// another connection (or ends its handshake with a TLS alert) and closes a plain `PING`
-        /// on a third ("use rediss://"). A close or a silence that is not shown to be the other
+        /// another connection (or a TLS alert: in the handshake with TLS 1.2, on the first read
+        /// after it with TLS 1.3) and closes a plain `PING` on a third ("use rediss://"). A close or a silence that is not shown to be the other
         /// protocol stays ``connectionClosed`` or ``timeout`` (transient): a TLS handshake that
         /// gets no byte back is a ``timeout`` even when a plain `PING` on a second connection got
         /// an answer (its message says so), since a port that speaks both may only be slow with
