@@ -13,16 +13,16 @@ import Synchronization
 ///
 /// It also vets the address each new connection reaches, and the server by its `run_id` when
 /// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes
-/// once.
+/// once; a node whose server told its `run_id` once is not let through without it.
 final class NodeHealth: Sendable {
     /// The nodes' endpoints, in order, for votes, errors and these logs.
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
-    /// node, and how many of its sockets are open there; and the pairs of nodes already logged
-    /// as one server.
-    private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>)>
+    /// node, and how many of its sockets are open there; the pairs of nodes already logged as
+    /// one server; the nodes whose server told its `run_id`.
+    private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>, told: Set<Int>)>
 
     /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
     private let vetsConnections: Bool
@@ -33,7 +33,7 @@ final class NodeHealth: Sendable {
         self.endpoints = endpoints
         self.logger = logger
         self.vetsConnections = vetsConnections
-        peers = Mutex((holders: [:], logged: []))
+        peers = Mutex((holders: [:], logged: [], told: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
     }
 
@@ -58,8 +58,12 @@ final class NodeHealth: Sendable {
     }
 
     /// Vets a new socket of node `index` that reached `peer` (``NodeSocket``'s peer: a numeric
-    /// address with the TLS server name, or a Unix socket's file) on the server whose `run_id`
-    /// is `server` (nil when the handshake did not learn it): refused while another node's
+    /// address with the TLS server name, or a Unix socket's file; nil when the system would not
+    /// tell) on the server whose `run_id` is `server` (nil when the handshake did not learn it).
+    /// A socket without a `run_id` of a node whose server told one before (through any of its
+    /// sockets) is refused with ``RedisError/Code-swift.struct/unexpectedReply`` (transient):
+    /// its address alone cannot show it is not another node's server (an `INFO` closed on by a
+    /// passing fault, `+info` revoked, a proxy put in front). Otherwise refused while another node's
     /// sockets (any of them: either lane's connection, its subscriber) are open at that address
     /// or on that server, so that a server listed under two names votes once, not twice:
     /// `localhost:6379` and `127.0.0.1:6379` by the address, a TCP address and the server's Unix
@@ -69,9 +73,16 @@ final class NodeHealth: Sendable {
     /// (permanent) naming both, and it counts as a node that refuses every command. Logged at
     /// `error` once per pair and order (holder, refused). A success carries what to call when
     /// the socket closes.
-    func vet(_ index: Int, peer: String, server: String? = nil) -> Result<@Sendable () -> Void, RedisError> {
-        let keys = [peer] + (server.map { ["the server with run_id \($0)"] } ?? [])
+    func vet(_ index: Int, peer: String?, server: String? = nil) -> Result<@Sendable () -> Void, RedisError> {
+        let keys = (peer.map { [$0] } ?? []) + (server.map { ["the server with run_id \($0)"] } ?? [])
+        var unidentified = false
         let found: (node: Int, key: String, isNew: Bool)? = peers.withLock { peers in
+            if server != nil {
+                peers.told.insert(index)
+            } else if peers.told.contains(index) {
+                unidentified = true
+                return nil
+            }
             for key in keys {
                 if let holder = peers.holders[key], holder.node != index {
                     return (holder.node, key, peers.logged.insert([holder.node, index]).inserted)
@@ -79,6 +90,13 @@ final class NodeHealth: Sendable {
             }
             for key in keys { peers.holders[key, default: (index, 0)].sockets += 1 }
             return nil
+        }
+        if unidentified {
+            return .failure(RedisError(
+                code: .unexpectedReply, endpoint: endpoints[index],
+                message: "the connect learned no run_id (INFO server), though this node's server told one before: without it, "
+                    + "the address alone cannot show it is not another node's server; the next connect asks again"
+            ))
         }
         guard let found else {
             return .success { [self] in

@@ -109,7 +109,7 @@ public final class RedlockClient: Sendable {
     /// `localhost` may resolve to `::1` first; a second interface) is caught the same way by its
     /// `run_id`, which each connection's and subscriber's handshake asks (`INFO server`, in the
     /// round trip of the order barrier's `CLIENT INFO`); where `INFO` is refused (an ACL without
-    /// `+info`), closed on in two connects in a row (a proxy that does not pass it) or passed
+    /// `+info`), closed on in three connects in a row (a proxy that does not pass it) or passed
     /// to another server (a proxy), only ``audit(for:)`` can tell.
     public convenience init(
         nodes: [RedisConnectionConfiguration],

@@ -132,14 +132,14 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// `outcome`, a connect's, once `vet` looked at what its socket reached: the address
-    /// (``peer``) and the server's `run_id` when the handshake learned it (``server``). A
-    /// socket let through closes with the vet's hook; a refused one is closed, and the refusal
-    /// is the outcome (`refused` true). Without a vet or a peer, as is.
+    /// (``peer``, when the system told it) and the server's `run_id` when the handshake learned
+    /// it (``server``). A socket let through closes with the vet's hook; a refused one is
+    /// closed, and the refusal is the outcome (`refused` true). Without a vet, as is.
     static func vetted(
         _ outcome: Result<NodeSocket, RedisError>, by vet: ConnectVet?
     ) -> (outcome: Result<NodeSocket, RedisError>, refused: Bool) {
-        guard case let .success(socket) = outcome, let vet, let peer = socket.peer else { return (outcome, false) }
-        switch vet(peer, socket.server?.runID) {
+        guard case let .success(socket) = outcome, let vet else { return (outcome, false) }
+        switch vet(socket.peer, socket.server?.runID) {
         case let .success(released):
             socket.whenClosed(released)
             return (outcome, false)
@@ -160,18 +160,28 @@ final class NodeSocket: @unchecked Sendable {
     }
 
     /// Whether a connect asks the server who it is (`INFO server`, for its `run_id`: see
-    /// ``server``), and what a connection closed on that question may do.
+    /// ``server``), and what a connection closed on that question may do. A socket without a
+    /// `run_id` is told from another node's by its address alone, so one server listed under
+    /// two addresses could vote twice: a close on `INFO` drops the question only when the
+    /// owner saw it before, in separate connects (a proxy that does not pass `INFO`), not for a
+    /// close that a passing fault (a proxy's hang-up lifted between two connects, a restart)
+    /// explains as well.
     enum ServerIdentification: Sendable, Equatable {
         /// Not asked (a socket nobody vets).
         case none
-        /// Asked; a server (or proxy) that closes the connection on it in two connects in a
-        /// row, each time after answering the command before it, gets a third connect without
-        /// it: one close is no proof (a proxy's hang-up lifted between two connects), and a
-        /// socket without a `run_id` is vetted by its address alone.
+        /// Asked; a close on it after the answer to the command before it fails the connect
+        /// (transient), and the connect's ``ConnectResult/closedOnServerInfo`` says so.
         case asked
-        /// Asked, and a close on it fails the connect (transient): the connection's node told
-        /// its `run_id` before, so the close is a mishap, not what the node does.
-        case required
+        /// Asked; on such a close, one more connect without it: the owner's last two connects
+        /// (since `INFO` last gave a `run_id`) closed on it too.
+        case askedElseWithout
+    }
+
+    /// A connect's outcome, and whether the server closed a connection of it on `INFO server`
+    /// right after answering the command before it (``ServerIdentification``).
+    struct ConnectResult {
+        var outcome: Result<NodeSocket, RedisError>
+        var closedOnServerInfo = false
     }
 
     /// Connects (resolution, TCP or Unix connect, TLS handshake) within the configuration's
@@ -188,16 +198,16 @@ final class NodeSocket: @unchecked Sendable {
     /// any reply (a proxy without its backend, a hang-up) is the connection's, and fails the
     /// connect (transient); one after an answer is on the command that followed it. A server
     /// that closes the connection on `CLIENT INFO` (no kill owed) is connected to once more
-    /// without the barrier, still asking `INFO`; one that closes on `INFO` is asked again,
-    /// and goes without it only as ``ServerIdentification/asked`` says. `fallbacks`: how
-    /// many connects more this one may make (2 for a caller's; 0 for the look for TLS):
-    /// a connect takes at most three. A plain connect that the server closes before
-    /// any reply may look for TLS on the port with a few connections more, within its connect
-    /// timeout, unless `sniffsTLS` is false (``tlsPortFailure(_:since:until:)``).
+    /// without the barrier, still asking `INFO`; one that closes on `INFO` fails the connect,
+    /// or gets one more without it, as `identification` says. `fallbacks`: how many connects
+    /// more this one may make (2 for a caller's; 0 for the look for TLS): a connect takes at
+    /// most three. A plain connect that the server closes before any reply may look for TLS on
+    /// the port with a few connections more, within its connect timeout, unless `sniffsTLS` is
+    /// false (``tlsPortFailure(_:since:until:)``).
     static func connect(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, barrier: OrderBarrier.Request? = nil,
         identification: ServerIdentification = .none, probe: Bool = false, fallbacks: Int = 2, sniffsTLS: Bool = true
-    ) -> Result<NodeSocket, RedisError> {
+    ) -> ConnectResult {
         let endpoint = configuration.endpoint
         let started = ContinuousClock.now
         let budget = configuration.connectTimeout
@@ -210,7 +220,7 @@ final class NodeSocket: @unchecked Sendable {
         switch endpoint.address {
         case let .tcp(host, port):
             guard let cPort = Int32(exactly: port) else {
-                return .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "port \(port) out of range"))
+                return ConnectResult(outcome: .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "port \(port) out of range")))
             }
             let tlsSettings = configuration.tls
             let serverName = tlsSettings?.serverName ?? host
@@ -224,12 +234,14 @@ final class NodeSocket: @unchecked Sendable {
             }
         case let .unixDomainSocket(path):
             if configuration.tls != nil {
-                return .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "TLS over a Unix domain socket is not supported"))
+                return ConnectResult(outcome: .failure(RedisError(
+                    code: .invalidAddress, endpoint: endpoint, message: "TLS over a Unix domain socket is not supported"
+                )))
             }
             status = rio_connect_unix(path, milliseconds(budget), &opened, &error)
         }
         guard status == Int32(RIO_OK), let opened else {
-            return .failure(RedisError(error, endpoint: endpoint))
+            return ConnectResult(outcome: .failure(RedisError(error, endpoint: endpoint)))
         }
         let socket = NodeSocket(pointer: opened, endpoint: endpoint)
 
@@ -260,23 +272,29 @@ final class NodeSocket: @unchecked Sendable {
             + (identifies ? [serverInfoCommand] : [])
         let deadline = max(started + budget, .now + configuration.commandTimeout)
         let separately = !credentials.isEmpty && !barrierCommands.isEmpty
-        var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
-        if separately, exchange.failure == nil, !exchange.replies.contains(where: { if case .error = $0 { true } else { false } }) {
-            let second = socket.roundTrips(barrierCommands, until: deadline)
-            exchange.replies += second.replies
-            exchange.failure = second.failure
-        }
         let handshake = credentials + barrierCommands
         // A command's name for errors: `AUTH`, `SELECT`, `PING`, `CLIENT KILL`, `CLIENT INFO`, `INFO`.
         func name(_ command: RedisCommand) -> String {
             let words = command.arguments.prefix(2).map { String(decoding: $0, as: UTF8.self).uppercased() }
             return (words.first == "CLIENT" ? words : Array(words.prefix(1))).joined(separator: " ")
         }
-        // An error answer that fails the connect, whichever handshake command got it.
-        for (command, reply) in zip(handshake, exchange.replies) {
-            guard case let .error(text) = reply, let failure = handshakeFailure(name(command), text, endpoint: endpoint) else { continue }
+        // The first error answer that fails the connect, whichever handshake command got it
+        // (a refused PING does not: any answer shows the node reads the connection).
+        func refusal(_ replies: [RedisValue]) -> RedisError? {
+            for (command, reply) in zip(handshake, replies) {
+                if case let .error(text) = reply, let failure = handshakeFailure(name(command), text, endpoint: endpoint) { return failure }
+            }
+            return nil
+        }
+        var exchange = socket.roundTrips(separately ? credentials : credentials + barrierCommands, until: deadline)
+        if separately, exchange.failure == nil, refusal(exchange.replies) == nil {
+            let second = socket.roundTrips(barrierCommands, until: deadline)
+            exchange.replies += second.replies
+            exchange.failure = second.failure
+        }
+        if let failure = refusal(exchange.replies) {
             socket.close()
-            return .failure(failure)
+            return ConnectResult(outcome: .failure(failure))
         }
         if let failure = exchange.failure {
             let silent = failure.code == .connectionClosed && !socket.receivedAnything
@@ -284,20 +302,25 @@ final class NodeSocket: @unchecked Sendable {
             let answered = exchange.replies.count
             // The first command unanswered (the round trips stop there).
             let named = name(handshake[min(answered, handshake.count - 1)])
-            // Closed (or garbled) on that command after the node answered what went before it:
-            // a proxy that passes everything else. One before any reply proves nothing.
-            let closedOn = answered > 0 && answered >= credentials.count && (failure.code == .connectionClosed || failure.code == .protocolError)
+            // Closed (or garbled) on that command after the node answered all that went before
+            // the barrier's commands and INFO: a proxy that passes everything else, or a passing
+            // fault. One before any reply proves nothing.
+            let closedOn = answered >= credentials.count + lead.count && (failure.code == .connectionClosed || failure.code == .protocolError)
                 ? named : nil
             let because = "\(named): \(failure.code): \(failure.message)"
-            if fallbacks > 0, closedOn == "INFO", identification == .asked {
-                // On INFO: asked again (the barrier kept, a kill owed going again: it answers 0
-                // the second time); only a second close in a row drops it.
-                let again = connect(
-                    configuration, tls: tls, barrier: barrier, identification: fallbacks > 1 ? .asked : .none, probe: probe,
-                    fallbacks: fallbacks - 1, sniffsTLS: false
-                )
-                guard fallbacks == 1 else { return again }
-                return again.mapError { RedisError(code: $0.code, endpoint: endpoint, message: "\($0.message) (without INFO: \(because))") }
+            if closedOn == "INFO", identifies {
+                guard fallbacks > 0, identification == .askedElseWithout else {
+                    let message = "INFO after connecting: \(failure.message) (asked again on the next connect; "
+                        + "from the third that closes on it, one more connect goes without it)"
+                    return ConnectResult(outcome: .failure(RedisError(code: failure.code, endpoint: endpoint, message: message)), closedOnServerInfo: true)
+                }
+                // The barrier kept; a kill owed goes again (it answers 0 the second time).
+                var without = connect(configuration, tls: tls, barrier: barrier, probe: probe, fallbacks: 0, sniffsTLS: false)
+                without.outcome = without.outcome.mapError {
+                    RedisError(code: $0.code, endpoint: endpoint, message: "\($0.message) (without INFO: \(because))")
+                }
+                without.closedOnServerInfo = true
+                return without
             }
             if fallbacks > 0, closedOn == "CLIENT INFO", let barrier, barrier.kill == nil {
                 // Closed or garbled on CLIENT INFO (a proxy that does not pass it on, or a
@@ -307,19 +330,17 @@ final class NodeSocket: @unchecked Sendable {
                 return connectWithoutBarrier(configuration, tls: tls, identification: identification, fallbacks: fallbacks - 1, because: because)
             }
             if silent, tls == nil, sniffsTLS, let tlsPort = tlsPortFailure(configuration, since: started, until: started + budget) {
-                return .failure(tlsPort)
+                return ConnectResult(outcome: .failure(tlsPort))
             }
-            let told = closedOn == "INFO" && identification == .required
-                ? " (this node told its run_id before: a connection to it without one is not vetted)" : ""
-            return .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)\(told)"))
+            return ConnectResult(outcome: .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)")))
         }
         if identifies, let info = exchange.replies.last?.string {
             socket.server = ServerIdentity(info: info, readAt: .now)
         }
-        guard let barrier else { return .success(socket) }
+        guard let barrier else { return ConnectResult(outcome: .success(socket)) }
         let outcome = OrderBarrier.Outcome(requested: barrier, replies: Array(exchange.replies.dropFirst(credentials.count + lead.count)))
         socket.barrier = outcome
-        return .success(socket)
+        return ConnectResult(outcome: .success(socket))
     }
 
     /// For a plain connect whose handshake the server closed before sending a byte, as a TLS
@@ -354,7 +375,7 @@ final class NodeSocket: @unchecked Sendable {
         let sniff = RedisConnectionConfiguration(
             endpoint: configuration.endpoint, connectTimeout: left, commandTimeout: .milliseconds(1), tls: settings
         )
-        switch connect(sniff, tls: context, probe: true, fallbacks: 0) {
+        switch connect(sniff, tls: context, probe: true, fallbacks: 0).outcome {
         case let .success(socket):
             socket.close()
         case let .failure(failure):
@@ -369,7 +390,7 @@ final class NodeSocket: @unchecked Sendable {
         // Any answer to a plain PING (an error too: NOAUTH) shows the port reads plain RESP.
         guard let remaining = budget() else { return nil }
         let plain = RedisConnectionConfiguration(endpoint: configuration.endpoint, connectTimeout: remaining, commandTimeout: .milliseconds(1))
-        switch connect(plain, tls: nil, probe: true, fallbacks: 0, sniffsTLS: false) {
+        switch connect(plain, tls: nil, probe: true, fallbacks: 0, sniffsTLS: false).outcome {
         case let .success(socket):
             socket.close()
             return nil
@@ -427,14 +448,15 @@ final class NodeSocket: @unchecked Sendable {
     private static func connectWithoutBarrier(
         _ configuration: RedisConnectionConfiguration, tls: TLSContext?, identification: ServerIdentification, fallbacks: Int,
         because reason: String
-    ) -> Result<NodeSocket, RedisError> {
-        connect(configuration, tls: tls, barrier: nil, identification: identification, probe: true, fallbacks: fallbacks, sniffsTLS: false)
-            .map { socket in
-                socket.barrier = OrderBarrier.Outcome(unsupported: reason)
-                return socket
-            }.mapError { failure in
-                RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
-            }
+    ) -> ConnectResult {
+        var result = connect(configuration, tls: tls, barrier: nil, identification: identification, probe: true, fallbacks: fallbacks, sniffsTLS: false)
+        result.outcome = result.outcome.map { socket in
+            socket.barrier = OrderBarrier.Outcome(unsupported: reason)
+            return socket
+        }.mapError { failure in
+            RedisError(code: failure.code, endpoint: configuration.endpoint, message: "\(failure.message) (without the order barrier: \(reason))")
+        }
+        return result
     }
 
     /// Connects on a short-lived thread of its own (resolution, connect, TLS handshake and
@@ -447,12 +469,12 @@ final class NodeSocket: @unchecked Sendable {
         tls: TLSContextCache,
         barrier: OrderBarrier.Request? = nil,
         identification: ServerIdentification = .none,
-        completion: @escaping @Sendable (Result<NodeSocket, RedisError>) -> Void
+        completion: @escaping @Sendable (ConnectResult) -> Void
     ) {
         startNamedThread("redis-connect", stackSize: 256 * 1024) {
             switch tls.context(for: configuration) {
             case let .success(context): completion(connect(configuration, tls: context, barrier: barrier, identification: identification))
-            case let .failure(failure): completion(.failure(failure))
+            case let .failure(failure): completion(ConnectResult(outcome: .failure(failure)))
             }
         }
     }
@@ -785,12 +807,12 @@ extension RedisError {
     }
 }
 
-/// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``), with
-/// the server's `run_id` when the handshake learned it (``NodeSocket/server``: a
-/// connection's, not a subscriber's), before the socket is used: a success lets the socket
-/// through and carries what to call once it closes (exactly once, on whichever thread closes
-/// it); a failure refuses it with that error.
-package typealias ConnectVet = @Sendable (_ peer: String, _ serverRunID: String?) -> Result<@Sendable () -> Void, RedisError>
+/// What a connection or subscriber shows each new socket's peer to (``NodeSocket/peer``, nil
+/// when the system would not tell), with the server's `run_id` when the handshake learned it
+/// (``NodeSocket/server``), before the socket is used: a success lets the socket through and
+/// carries what to call once it closes (exactly once, on whichever thread closes it); a
+/// failure refuses it with that error.
+package typealias ConnectVet = @Sendable (_ peer: String?, _ serverRunID: String?) -> Result<@Sendable () -> Void, RedisError>
 
 /// `count` bytes from the system's secure generator: one `getrandom(2)` call for them all
 /// (`SystemRandomNumberGenerator` makes one per eight bytes); what that call leaves unfilled

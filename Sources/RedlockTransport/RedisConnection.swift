@@ -339,9 +339,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var barrierRefusal: String?
         /// What the open socket's handshake learned of the server (``RedisConnection/handshakeServer``).
         var handshakeServer: (generation: UInt64, server: ServerIdentity)?
-        /// Whether a socket of this connection learned the server's `run_id`: later connects
-        /// require it (``NodeSocket/ServerIdentification/required``).
-        var toldRunID = false
+        /// How many connects in a row the server closed on `INFO server` (since one got its
+        /// `run_id`): from two, the next may go without it (``NodeSocket/ServerIdentification``).
+        var serverInfoCloses = 0
         /// Replayable commands lost with a connection or a failed connect, oldest first: the
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
@@ -919,21 +919,27 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        let (kill, toldRunID) = state.withLock { ($0.pendingKill, $0.toldRunID) }
+        let (kill, serverInfoCloses) = state.withLock { ($0.pendingKill, $0.serverInfoCloses) }
         let barrier = orderBarrier ? OrderBarrier.Request(kill: kill) : nil
         // A vetted socket is vetted by its server's run_id too (one server under two addresses).
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : toldRunID ? .required : .asked
-        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identification: identification) { [self] outcome in
-            connected(outcome, tookSince: started)
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfoCloses >= 2 ? .askedElseWithout : .asked
+        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identification: identification) { [self] result in
+            connected(result, tookSince: started)
         }
     }
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
-    private func connected(_ connect: Result<NodeSocket, RedisError>, tookSince started: ContinuousClock.Instant) {
-        let (outcome, refused) = NodeSocket.vetted(connect, by: vet)
+    private func connected(_ connect: NodeSocket.ConnectResult, tookSince started: ContinuousClock.Instant) {
+        let learned = if case let .success(socket) = connect.outcome { socket.server != nil } else { false }
+        let (outcome, refused) = NodeSocket.vetted(connect.outcome, by: vet)
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
+            if learned {
+                state.serverInfoCloses = 0
+            } else if connect.closedOnServerInfo {
+                state.serverInfoCloses += 1
+            }
             switch outcome {
             case let .success(socket):
                 // What was lost goes first, before anything sent since (and after the barrier).
@@ -993,7 +999,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 state.phase = .open
                 let number = generation.add(1, ordering: .releasing).newValue
                 state.handshakeServer = socket.server.map { (number, $0) }
-                if socket.server != nil { state.toldRunID = true }
                 stageQueue(&state)
                 if !state.output.isEmpty { return (socket, state.takeOutput()) }
                 finishShutdownIfDrained(&state, &effects)

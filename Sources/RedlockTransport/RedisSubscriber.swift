@@ -25,9 +25,9 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         var written = 0
         var watchingWrites = false
         var shuttingDown = false
-        /// Whether a socket learned the server's `run_id`: later connects require it
-        /// (``NodeSocket/ServerIdentification/required``).
-        var toldRunID = false
+        /// How many connects in a row the server closed on `INFO server` (since one got its
+        /// `run_id`): from two, the next may go without it (``NodeSocket/ServerIdentification``).
+        var serverInfoCloses = 0
     }
 
     /// The configuration the subscriber connects with.
@@ -191,17 +191,24 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private func startConnect() {
         // Vetted by its server's run_id too: a subscriber of one server under two addresses
         // would deliver each release and handoff message twice.
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : state.withLock(\.toldRunID) ? .required : .asked
-        NodeSocket.connectInBackground(configuration, tls: tls, identification: identification) { [self] outcome in
-            connected(outcome)
+        let closes = state.withLock { $0.serverInfoCloses }
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : closes >= 2 ? .askedElseWithout : .asked
+        NodeSocket.connectInBackground(configuration, tls: tls, identification: identification) { [self] result in
+            connected(result)
         }
     }
 
-    private func connected(_ connect: Result<NodeSocket, RedisError>) {
-        let outcome = NodeSocket.vetted(connect, by: vet).outcome
+    private func connected(_ connect: NodeSocket.ConnectResult) {
+        let learned = if case let .success(socket) = connect.outcome { socket.server != nil } else { false }
+        let outcome = NodeSocket.vetted(connect.outcome, by: vet).outcome
         guard let token = token.withLock({ $0 }) else { return }
         state.withLock { state in
             state.connecting = false
+            if learned {
+                state.serverInfoCloses = 0
+            } else if connect.closedOnServerInfo {
+                state.serverInfoCloses += 1
+            }
             switch outcome {
             case let .success(socket):
                 guard !state.shuttingDown else {
@@ -216,7 +223,6 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
                 state.socket = socket
                 state.watching = true
                 state.backoff = .milliseconds(50)
-                if socket.server != nil { state.toldRunID = true }
                 _ = synchronize(&state, token: token)
             case .failure:
                 state.retryAt = .now + state.backoff

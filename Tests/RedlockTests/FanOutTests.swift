@@ -816,12 +816,35 @@ struct NodeAddressVettingTests {
         // The refused socket's address was not taken: another node may reach it.
         let other = admitted(health.vet(2, peer: "unix:1:2", server: "r2"))
         other?()
-        // Without a run_id (a subscriber, a user without +info) only the address counts.
-        let subscriber = admitted(health.vet(1, peer: "unix:1:2", server: nil))
-        subscriber?()
+        // Node 1's server told its run_id (to the refused socket): a socket of node 1 without
+        // one is refused, for now (INFO closed on by a passing fault, +info revoked).
+        let unidentified = refusal(health.vet(1, peer: "unix:1:2", server: nil))
+        #expect(unidentified?.code == .unexpectedReply && unidentified?.isPermanent == false, "\(String(describing: unidentified))")
+        #expect(unidentified?.message.contains("told one before") == true, "\(String(describing: unidentified))")
         first?()
         let taken = admitted(health.vet(1, peer: "unix:1:2", server: "r1"))
         #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?.message.hasPrefix("the same server as node 1") == true)
         taken?()
+    }
+
+    @Test("a node whose server never told a run_id (a user without +info, a proxy that does not pass INFO) is vetted by its address alone; once it tells one, a socket of it without one is refused (transient) until a socket tells it again")
+    func runIDOnceToldIsRequired() {
+        let endpoints: [RedisEndpoint] = [.hostname("a.example", port: 6379), .hostname("b.example", port: 6379)]
+        let health = NodeHealth(endpoints: endpoints, logger: Logger(label: "test"))
+        let plain = admitted(health.vet(0, peer: "192.0.2.7:6379", server: nil))
+        plain?()
+        // No address either (the system would not tell): nothing to refuse it by.
+        admitted(health.vet(1, peer: nil, server: nil))?()
+        let told = admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))
+        told?()
+        #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))?.code == .unexpectedReply)
+        #expect(refusal(health.vet(0, peer: nil, server: nil))?.code == .unexpectedReply)
+        // Node 1 never told one: unaffected.
+        admitted(health.vet(1, peer: "192.0.2.9:6379", server: nil))?()
+        // Without an address, the run_id alone still tells one server from another.
+        let byRunID = admitted(health.vet(1, peer: nil, server: "r2"))
+        #expect(refusal(health.vet(0, peer: nil, server: "r2"))?.code == .invalidAddress)
+        byRunID?()
+        admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?()
     }
 }

@@ -898,6 +898,54 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("one server listed twice (two proxies) hides its run_id after both listings told it (+info revoked, its connections ended): neither listing is let through without it, so with the third node down lock() gets no quorum from that server (without the rule: two addresses, no run_id to compare, two votes); with +info granted again and the third node back, locks work")
+    func serverListedTwiceHidingItsRunID() async throws {
+        try await withRedisServers(2) { servers throws in
+            let (first, second) = (try FaultProxy.start(to: servers[0].endpoint), try FaultProxy.start(to: servers[0].endpoint))
+            defer {
+                first.stop()
+                second.stop()
+            }
+            var (viaFirst, viaSecond) = (servers[0].configuration(), servers[0].configuration())
+            viaFirst.endpoint = first.endpoint
+            viaSecond.endpoint = second.endpoint
+            let client = try RedlockClient(nodes: [viaFirst, viaSecond, servers[1].configuration()])
+            try await withTeardown {
+                let lock = try client.makeLock("listed-twice-hidden", options: LockOptions(expiry: .seconds(5), tries: 1))
+                // Both listings connect and tell the run_id: one holds the server, the other is refused.
+                let statuses = await client.checkNodes()
+                #expect(statuses.filter { (try? $0.result.get()) == nil }.count == 1, "\(statuses)")
+                _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "-info"))
+                for type in ["normal", "pubsub"] {
+                    _ = try await servers[0].run(RedisCommand("CLIENT", "KILL", "TYPE", type))
+                }
+                await servers[1].kill()
+                for attempt in 0..<5 {
+                    let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+                    #expect(error?.code == .noQuorum, "\(attempt): \(String(describing: error))")
+                    for node in [0, 1] {
+                        let cause = error?.nodes.first { $0.node == node }?.cause.error
+                        #expect(
+                            cause?.code == .unexpectedReply || cause?.code == .invalidAddress,
+                            "\(attempt): listing \(node) voted: \(String(describing: error))"
+                        )
+                    }
+                }
+                _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "+info"))
+                try await servers[1].restart(keepingData: false)
+                var lease: Lease?
+                for _ in 0..<150 where lease == nil {
+                    lease = try? await lock.lock()
+                    if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                let held = try #require(lease, "no lock once +info was granted and the third node was back")
+                try await lock.unlock(held)
+            } teardown: {
+                await client.shutdown()
+            }
+        }
+    }
+
     @Test("one server listed over TCP and over its Unix socket subscribes once (its run_id): a fair lock's handoff from it counts once, so with the third node frozen a waiter gets no lease from that server's one message (before: two subscribers, two messages, a lease on one server)")
     func handoffFromServerListedTwiceCountsOnce() async throws {
         try await withRedisServers(2) { servers throws in

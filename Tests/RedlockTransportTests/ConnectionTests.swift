@@ -1634,8 +1634,8 @@ struct EndOfStreamTests {
             let refusing = Mutex(true)
             let closed = Mutex(0)
             let connection = RedisConnection(configuration: configuration, eventLoop: .shared) { peer, _ in
-                seen.withLock { $0.append(peer) }
-                guard !refusing.withLock({ $0 }) else { return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)")) }
+                seen.withLock { $0.append(peer ?? "none") }
+                guard !refusing.withLock({ $0 }) else { return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer ?? "none")")) }
                 return .success { closed.withLock { $0 += 1 } }
             }
             let started = ContinuousClock.now

@@ -128,7 +128,7 @@ struct TLSTests {
                         if name != nil || host.contains(":") { tls.verifiesHostname = false }
                     }
                     let connection = RedisConnection(configuration: settings, eventLoop: .shared) { peer, _ in
-                        seen.fire(peer)
+                        seen.fire(peer ?? "none")
                         return .success {}
                     }
                     let answered = (try? await connection.send(RedisCommand("PING"))) == .simpleString("PONG")
