@@ -832,9 +832,89 @@ struct HandoffAndGuardTests {
 
     @Test("one server listed under two addresses votes once across its restart, when the listing refused before it gets the new run_id first: with the third node down, no fenced lock() gets a quorum from the pair, the listing that held before the restart is refused once it reconnects; with the third node up again, locks work and leave no key")
     func serverListedTwiceAcrossRestart() async throws {
+        // Each proxy can keep its listing from connecting (hangUp) to choose which listing gets
+        // the server first.
+        try await withServerListedTwice { servers, first, second, client in
+            let lock = try client.makeLock("listed-twice-restart", options: LockOptions(expiry: .seconds(5), tries: 1, fencing: true))
+            /// Attempts (each must fail: the third node is down) until `settled` holds for
+            /// the failures of one, then for four more; how many held.
+            func attempts(until settled: ([NodeFailure]) -> Bool) async -> Int {
+                var held = 0
+                let giveUp = ContinuousClock.now + .seconds(10)
+                while held < 5, ContinuousClock.now < giveUp {
+                    let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+                    #expect(error?.code == .noQuorum, "\(String(describing: error))")
+                    if settled(error?.nodes ?? []) {
+                        held += 1
+                    } else {
+                        #expect(held == 0, "settled, then not: \(String(describing: error))")
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+                return held
+            }
+            /// Node `index`'s failure is a refusal as the same server as another node's.
+            func refused(_ index: Int, in failures: [NodeFailure]) -> Bool {
+                failures.contains { $0.node == index && $0.cause.error?.code == .invalidAddress }
+            }
+
+            // The first listing connects first and holds the server's run_id.
+            second.set(.hangUp(afterBytes: 0))
+            try await lock.unlock(try await lock.lock())
+            await servers[1].kill()
+            second.set(.none)
+            #expect(await attempts { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
+
+            // A restart (a new run_id) while only the second listing can reach the server: it
+            // holds the new run_id; the first is refused once it reconnects.
+            first.set(.hangUp(afterBytes: 0))
+            try await servers[0].restart(keepingData: false)
+            #expect(await attempts { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
+            first.set(.none)
+            #expect(await attempts { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
+
+            try await servers[1].restart(keepingData: false)
+            try await lock.unlock(try await eventuallyLocked(lock, "no lock once the third node was back"))
+            #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("one server listed twice (two proxies) hides its run_id after both listings told it (+info revoked, its connections ended): neither listing is let through without it, so with the third node down lock() gets no quorum from that server (without the rule: two addresses, no run_id to compare, two votes); with +info granted again and the third node back, locks work")
+    func serverListedTwiceHidingItsRunID() async throws {
+        try await withServerListedTwice { servers, _, _, client in
+            let lock = try client.makeLock("listed-twice-hidden", options: LockOptions(expiry: .seconds(5), tries: 1))
+            // Both listings connect and tell the run_id: one holds the server, the other is refused.
+            let statuses = await client.checkNodes()
+            #expect(statuses.filter { (try? $0.result.get()) == nil }.count == 1, "\(statuses)")
+            _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "-info"))
+            for type in ["normal", "pubsub"] {
+                _ = try await servers[0].run(RedisCommand("CLIENT", "KILL", "TYPE", type))
+            }
+            await servers[1].kill()
+            for attempt in 0..<5 {
+                let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+                #expect(error?.code == .noQuorum, "\(attempt): \(String(describing: error))")
+                for node in [0, 1] {
+                    let cause = error?.nodes.first { $0.node == node }?.cause.error
+                    #expect(
+                        cause?.code == .unexpectedReply || cause?.code == .invalidAddress,
+                        "\(attempt): listing \(node) voted: \(String(describing: error))"
+                    )
+                }
+            }
+            _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "+info"))
+            try await servers[1].restart(keepingData: false)
+            try await lock.unlock(try await eventuallyLocked(lock, "no lock once +info was granted and the third node was back"))
+        }
+    }
+
+    /// Runs `body` with two servers and a client whose nodes are the first server through two
+    /// proxies (two addresses, one run_id: `first`, `second`) and the second server; shuts the
+    /// client down and stops the proxies after it.
+    private func withServerListedTwice(
+        _ body: (_ servers: [RedisServer], _ first: FaultProxy, _ second: FaultProxy, _ client: RedlockClient) async throws -> Void
+    ) async throws {
         try await withRedisServers(2) { servers throws in
-            // Two proxies to one server: distinct addresses, one run_id. Each can keep its
-            // listing from connecting (hangUp) to choose which listing gets the server first.
             let (first, second) = (try FaultProxy.start(to: servers[0].endpoint), try FaultProxy.start(to: servers[0].endpoint))
             defer {
                 first.stop()
@@ -845,105 +925,22 @@ struct HandoffAndGuardTests {
             viaSecond.endpoint = second.endpoint
             let client = try RedlockClient(nodes: [viaFirst, viaSecond, servers[1].configuration()])
             try await withTeardown {
-                let lock = try client.makeLock("listed-twice-restart", options: LockOptions(expiry: .seconds(5), tries: 1, fencing: true))
-                /// Attempts (each must fail: the third node is down) until `settled` holds for
-                /// the failures of one, then for four more; how many held.
-                func attempts(until settled: ([NodeFailure]) -> Bool) async -> Int {
-                    var held = 0
-                    let giveUp = ContinuousClock.now + .seconds(10)
-                    while held < 5, ContinuousClock.now < giveUp {
-                        let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-                        #expect(error?.code == .noQuorum, "\(String(describing: error))")
-                        if settled(error?.nodes ?? []) {
-                            held += 1
-                        } else {
-                            #expect(held == 0, "settled, then not: \(String(describing: error))")
-                            try? await Task.sleep(for: .milliseconds(20))
-                        }
-                    }
-                    return held
-                }
-                /// Node `index`'s failure is a refusal as the same server as another node's.
-                func refused(_ index: Int, in failures: [NodeFailure]) -> Bool {
-                    failures.contains { $0.node == index && $0.cause.error?.code == .invalidAddress }
-                }
-
-                // The first listing connects first and holds the server's run_id.
-                second.set(.hangUp(afterBytes: 0))
-                try await lock.unlock(try await lock.lock())
-                await servers[1].kill()
-                second.set(.none)
-                #expect(await attempts { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
-
-                // A restart (a new run_id) while only the second listing can reach the server: it
-                // holds the new run_id; the first is refused once it reconnects.
-                first.set(.hangUp(afterBytes: 0))
-                try await servers[0].restart(keepingData: false)
-                #expect(await attempts { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
-                first.set(.none)
-                #expect(await attempts { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
-
-                try await servers[1].restart(keepingData: false)
-                var lease: Lease?
-                for _ in 0..<100 where lease == nil {
-                    lease = try? await lock.lock()
-                    if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
-                }
-                let held = try #require(lease, "no lock once the third node was back")
-                try await lock.unlock(held)
-                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+                try await body(servers, first, second, client)
             } teardown: {
                 await client.shutdown()
             }
         }
     }
 
-    @Test("one server listed twice (two proxies) hides its run_id after both listings told it (+info revoked, its connections ended): neither listing is let through without it, so with the third node down lock() gets no quorum from that server (without the rule: two addresses, no run_id to compare, two votes); with +info granted again and the third node back, locks work")
-    func serverListedTwiceHidingItsRunID() async throws {
-        try await withRedisServers(2) { servers throws in
-            let (first, second) = (try FaultProxy.start(to: servers[0].endpoint), try FaultProxy.start(to: servers[0].endpoint))
-            defer {
-                first.stop()
-                second.stop()
-            }
-            var (viaFirst, viaSecond) = (servers[0].configuration(), servers[0].configuration())
-            viaFirst.endpoint = first.endpoint
-            viaSecond.endpoint = second.endpoint
-            let client = try RedlockClient(nodes: [viaFirst, viaSecond, servers[1].configuration()])
-            try await withTeardown {
-                let lock = try client.makeLock("listed-twice-hidden", options: LockOptions(expiry: .seconds(5), tries: 1))
-                // Both listings connect and tell the run_id: one holds the server, the other is refused.
-                let statuses = await client.checkNodes()
-                #expect(statuses.filter { (try? $0.result.get()) == nil }.count == 1, "\(statuses)")
-                _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "-info"))
-                for type in ["normal", "pubsub"] {
-                    _ = try await servers[0].run(RedisCommand("CLIENT", "KILL", "TYPE", type))
-                }
-                await servers[1].kill()
-                for attempt in 0..<5 {
-                    let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-                    #expect(error?.code == .noQuorum, "\(attempt): \(String(describing: error))")
-                    for node in [0, 1] {
-                        let cause = error?.nodes.first { $0.node == node }?.cause.error
-                        #expect(
-                            cause?.code == .unexpectedReply || cause?.code == .invalidAddress,
-                            "\(attempt): listing \(node) voted: \(String(describing: error))"
-                        )
-                    }
-                }
-                _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "+info"))
-                try await servers[1].restart(keepingData: false)
-                var lease: Lease?
-                for _ in 0..<150 where lease == nil {
-                    lease = try? await lock.lock()
-                    if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
-                }
-                let held = try #require(lease, "no lock once +info was granted and the third node was back")
-                try await lock.unlock(held)
-            } teardown: {
-                await client.shutdown()
-            }
+    /// A lease of `lock`, tried every 20 ms for up to 3 s; fails the test with `message`
+    /// without one.
+    private func eventuallyLocked(_ lock: DistributedLock, _ message: Comment) async throws -> Lease {
+        var lease: Lease?
+        for _ in 0..<150 where lease == nil {
+            lease = try? await lock.lock()
+            if lease == nil { try await Task.sleep(for: .milliseconds(20)) }
         }
+        return try #require(lease, message)
     }
 
     @Test("one server listed over TCP and over its Unix socket subscribes once (its run_id): a fair lock's handoff from it counts once, so with the third node frozen a waiter gets no lease from that server's one message (before: two subscribers, two messages, a lease on one server)")
