@@ -21,8 +21,9 @@ final class NodeHealth: Sendable {
     private let down = Atomic<UInt64>(0)
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
     /// node, and how many of its sockets are open there; the pairs of nodes already logged as
-    /// one server; the nodes whose server told its `run_id`.
-    private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>, told: Set<Int>)>
+    /// one server; the nodes whose server told its `run_id`, and those of them refused since
+    /// for a socket without one (until one tells it again).
+    private let peers: Mutex<(holders: [String: (node: Int, sockets: Int)], logged: Set<[Int]>, told: Set<Int>, unidentified: Set<Int>)>
 
     /// Whether ``vet(for:)`` gives vets: not for a client over the caller's connections.
     private let vetsConnections: Bool
@@ -33,7 +34,7 @@ final class NodeHealth: Sendable {
         self.endpoints = endpoints
         self.logger = logger
         self.vetsConnections = vetsConnections
-        peers = Mutex((holders: [:], logged: [], told: []))
+        peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
     }
 
@@ -62,8 +63,10 @@ final class NodeHealth: Sendable {
     /// tell) on the server whose `run_id` is `server` (nil when the handshake did not learn it).
     /// A socket without a `run_id` of a node whose server told one before (through any of its
     /// sockets) is refused with ``RedisError/Code-swift.struct/unexpectedReply`` (transient):
-    /// its address alone cannot show it is not another node's server (an `INFO` closed on by a
-    /// passing fault, `+info` revoked, a proxy put in front). Otherwise refused while another node's
+    /// its address alone cannot show it is not another node's server (`+info` revoked, `INFO`
+    /// renamed, a proxy put in front). Logged at `error` when a node is first refused so, and
+    /// at `info` when a socket of it tells the `run_id` again; meanwhile the node counts as not
+    /// answering (``failed(_:_:)``). Otherwise refused while another node's
     /// sockets (any of them: either lane's connection, its subscriber) are open at that address
     /// or on that server, so that a server listed under two names votes once, not twice:
     /// `localhost:6379` and `127.0.0.1:6379` by the address, a TCP address and the server's Unix
@@ -75,12 +78,15 @@ final class NodeHealth: Sendable {
     /// the socket closes.
     func vet(_ index: Int, peer: String?, server: String? = nil) -> Result<@Sendable () -> Void, RedisError> {
         let keys = (peer.map { [$0] } ?? []) + (server.map { ["the server with run_id \($0)"] } ?? [])
-        var unidentified = false
+        // Refused without a run_id (first time: true), or telling it again after that.
+        var unidentified: Bool?
+        var identifiedAgain = false
         let found: (node: Int, key: String, isNew: Bool)? = peers.withLock { peers in
             if server != nil {
                 peers.told.insert(index)
+                identifiedAgain = peers.unidentified.remove(index) != nil
             } else if peers.told.contains(index) {
-                unidentified = true
+                unidentified = peers.unidentified.insert(index).inserted
                 return nil
             }
             for key in keys {
@@ -91,12 +97,23 @@ final class NodeHealth: Sendable {
             for key in keys { peers.holders[key, default: (index, 0)].sockets += 1 }
             return nil
         }
-        if unidentified {
-            return .failure(RedisError(
+        if identifiedAgain {
+            logger.info("redlock node's server tells its run_id again; it votes", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+        }
+        if let unidentified {
+            let refusal = RedisError(
                 code: .unexpectedReply, endpoint: endpoints[index],
-                message: "the connect learned no run_id (INFO server), though this node's server told one before: without it, "
-                    + "the address alone cannot show it is not another node's server; the next connect asks again"
-            ))
+                message: "no run_id from this connect (INFO server refused, closed on, or answered without one), though this node's server "
+                    + "told one before: its address alone cannot show it is not another node's server, so it does not vote until it tells "
+                    + "the run_id again (grant +info); the next connect asks again"
+            )
+            if unidentified {
+                logger.error(
+                    "redlock node's server no longer tells its run_id; it does not vote until it does",
+                    metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(refusal)"]
+                )
+            }
+            return .failure(refusal)
         }
         guard let found else {
             return .success { [self] in
@@ -144,8 +161,11 @@ final class NodeHealth: Sendable {
     /// Node `index` failed with `error`.
     func failed(_ index: Int, _ error: RedisError) {
         guard index < 64 else { return }
-        // Replies, refused credentials or database included, mean the node answers.
+        // Replies, refused credentials or database included, mean the node answers; not the
+        // refusal of a socket without the run_id its server told before (``vet(_:peer:server:)``).
         switch error.code {
+        case .unexpectedReply where peers.withLock({ $0.unidentified.contains(index) }):
+            break
         case .serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed:
             return answered(index)
         default:

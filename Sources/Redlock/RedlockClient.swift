@@ -109,8 +109,10 @@ public final class RedlockClient: Sendable {
     /// `localhost` may resolve to `::1` first; a second interface) is caught the same way by its
     /// `run_id`, which each connection's and subscriber's handshake asks (`INFO server`, in the
     /// round trip of the order barrier's `CLIENT INFO`); where `INFO` is refused (an ACL without
-    /// `+info`), closed on in three connects in a row (a proxy that does not pass it) or passed
-    /// to another server (a proxy), only ``audit(for:)`` can tell.
+    /// `+info`), closed on in connects over a second (a proxy that does not pass it) or passed
+    /// to another server (a proxy), only ``audit(for:)`` can tell. A node whose server told its
+    /// `run_id` once does not vote on a connection that did not get it (refused with
+    /// ``RedisError/Code-swift.struct/unexpectedReply``, transient, logged at `error`).
     public convenience init(
         nodes: [RedisConnectionConfiguration],
         logger: Logger = Logger(label: "swift-redlock"),

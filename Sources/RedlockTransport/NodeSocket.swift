@@ -163,18 +163,51 @@ final class NodeSocket: @unchecked Sendable {
     /// ``server``), and what a connection closed on that question may do. A socket without a
     /// `run_id` is told from another node's by its address alone, so one server listed under
     /// two addresses could vote twice: a close on `INFO` drops the question only when the
-    /// owner saw it before, in separate connects (a proxy that does not pass `INFO`), not for a
-    /// close that a passing fault (a proxy's hang-up lifted between two connects, a restart)
-    /// explains as well.
+    /// owner saw it before, in separate connects over a while (a proxy that does not pass
+    /// `INFO`; ``ServerInfoHistory``), not for a close that a passing fault (a proxy's hang-up
+    /// lifted between two connects, a restart) explains as well.
     enum ServerIdentification: Sendable, Equatable {
         /// Not asked (a socket nobody vets).
         case none
         /// Asked; a close on it after the answer to the command before it fails the connect
         /// (transient), and the connect's ``ConnectResult/closedOnServerInfo`` says so.
         case asked
-        /// Asked; on such a close, one more connect without it: the owner's last two connects
-        /// (since `INFO` last gave a `run_id`) closed on it too.
+        /// Asked; on such a close, one more connect without it (with a `PING`, so that it is
+        /// still handed over only once the node answered).
         case askedElseWithout
+        /// Asked, as `.asked`, of a server that told its `run_id` to an earlier connect: its
+        /// close's message says so.
+        case required
+    }
+
+    /// What the connects of one connection (or subscriber) showed of the server's answers to
+    /// `INFO server`, and so how its next connect asks (``ServerIdentification``): without
+    /// `INFO` only after two connects closed on it (each after answering the command before
+    /// it) and a second since the first of them, with none that got a `run_id` since; never
+    /// once one got a `run_id`.
+    struct ServerInfoHistory: Sendable {
+        /// Whether a connect got the server's `run_id`.
+        private var learned = false
+        /// Connects closed on `INFO` since, and when the first of them ended.
+        private var closes = 0
+        private var firstClose: ContinuousClock.Instant?
+
+        /// How the next connect of a vetted socket asks, at `now`.
+        func identification(at now: ContinuousClock.Instant = .now) -> ServerIdentification {
+            if learned { return .required }
+            guard closes >= 2, let firstClose, firstClose.duration(to: now) >= .seconds(1) else { return .asked }
+            return .askedElseWithout
+        }
+
+        /// Notes what `result`, a connect's, showed.
+        mutating func record(_ result: ConnectResult) {
+            if case let .success(socket) = result.outcome, socket.server != nil {
+                learned = true
+            } else if result.closedOnServerInfo, !learned {
+                closes += 1
+                if firstClose == nil { firstClose = .now }
+            }
+        }
     }
 
     /// A connect's outcome, and whether the server closed a connection of it on `INFO server`
@@ -310,12 +343,15 @@ final class NodeSocket: @unchecked Sendable {
             let because = "\(named): \(failure.code): \(failure.message)"
             if closedOn == "INFO", identifies {
                 guard fallbacks > 0, identification == .askedElseWithout else {
-                    let message = "INFO after connecting: \(failure.message) (asked again on the next connect; "
-                        + "from the third that closes on it, one more connect goes without it)"
+                    let why = identification == .required
+                        ? "this node's server told its run_id before; the next connect asks again"
+                        : "the next connect asks again; a server that closes on it in three connects over a second is connected to without it"
+                    let message = "INFO after connecting: \(failure.message) (\(why))"
                     return ConnectResult(outcome: .failure(RedisError(code: failure.code, endpoint: endpoint, message: message)), closedOnServerInfo: true)
                 }
-                // The barrier kept; a kill owed goes again (it answers 0 the second time).
-                var without = connect(configuration, tls: tls, barrier: barrier, probe: probe, fallbacks: 0, sniffsTLS: false)
+                // The barrier kept; a kill owed goes again (it answers 0 the second time). A
+                // PING goes too: the socket is handed over once the node answered.
+                var without = connect(configuration, tls: tls, barrier: barrier, probe: true, fallbacks: 0, sniffsTLS: false)
                 without.outcome = without.outcome.mapError {
                     RedisError(code: $0.code, endpoint: endpoint, message: "\($0.message) (without INFO: \(because))")
                 }

@@ -339,9 +339,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         var barrierRefusal: String?
         /// What the open socket's handshake learned of the server (``RedisConnection/handshakeServer``).
         var handshakeServer: (generation: UInt64, server: ServerIdentity)?
-        /// How many connects in a row the server closed on `INFO server` (since one got its
-        /// `run_id`): from two, the next may go without it (``NodeSocket/ServerIdentification``).
-        var serverInfoCloses = 0
+        /// What the connects showed of the server's answers to `INFO server`.
+        var serverInfo = NodeSocket.ServerInfoHistory()
         /// Replayable commands lost with a connection or a failed connect, oldest first: the
         /// next connection writes them before its queue.
         var replays: [PendingCommand] = []
@@ -919,10 +918,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func startConnect() {
         let started = ContinuousClock.now
-        let (kill, serverInfoCloses) = state.withLock { ($0.pendingKill, $0.serverInfoCloses) }
+        let (kill, serverInfo) = state.withLock { ($0.pendingKill, $0.serverInfo) }
         let barrier = orderBarrier ? OrderBarrier.Request(kill: kill) : nil
         // A vetted socket is vetted by its server's run_id too (one server under two addresses).
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfoCloses >= 2 ? .askedElseWithout : .asked
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfo.identification()
         NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identification: identification) { [self] result in
             connected(result, tookSince: started)
         }
@@ -930,16 +929,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// Installs a new socket and writes what waited for it, or fails what waited.
     private func connected(_ connect: NodeSocket.ConnectResult, tookSince started: ContinuousClock.Instant) {
-        let learned = if case let .success(socket) = connect.outcome { socket.server != nil } else { false }
         let (outcome, refused) = NodeSocket.vetted(connect.outcome, by: vet)
         var effects = Effects()
         var lastWrite: (NodeSocket, [UInt8])?
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
-            if learned {
-                state.serverInfoCloses = 0
-            } else if connect.closedOnServerInfo {
-                state.serverInfoCloses += 1
-            }
+            state.serverInfo.record(connect)
             switch outcome {
             case let .success(socket):
                 // What was lost goes first, before anything sent since (and after the barrier).

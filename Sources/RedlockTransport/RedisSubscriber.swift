@@ -25,9 +25,8 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         var written = 0
         var watchingWrites = false
         var shuttingDown = false
-        /// How many connects in a row the server closed on `INFO server` (since one got its
-        /// `run_id`): from two, the next may go without it (``NodeSocket/ServerIdentification``).
-        var serverInfoCloses = 0
+        /// What the connects showed of the server's answers to `INFO server`.
+        var serverInfo = NodeSocket.ServerInfoHistory()
     }
 
     /// The configuration the subscriber connects with.
@@ -191,24 +190,19 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private func startConnect() {
         // Vetted by its server's run_id too: a subscriber of one server under two addresses
         // would deliver each release and handoff message twice.
-        let closes = state.withLock { $0.serverInfoCloses }
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : closes >= 2 ? .askedElseWithout : .asked
+        let serverInfo = state.withLock { $0.serverInfo }
+        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfo.identification()
         NodeSocket.connectInBackground(configuration, tls: tls, identification: identification) { [self] result in
             connected(result)
         }
     }
 
     private func connected(_ connect: NodeSocket.ConnectResult) {
-        let learned = if case let .success(socket) = connect.outcome { socket.server != nil } else { false }
         let outcome = NodeSocket.vetted(connect.outcome, by: vet).outcome
         guard let token = token.withLock({ $0 }) else { return }
         state.withLock { state in
             state.connecting = false
-            if learned {
-                state.serverInfoCloses = 0
-            } else if connect.closedOnServerInfo {
-                state.serverInfoCloses += 1
-            }
+            state.serverInfo.record(connect)
             switch outcome {
             case let .success(socket):
                 guard !state.shuttingDown else {

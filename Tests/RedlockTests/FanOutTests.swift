@@ -837,14 +837,24 @@ struct NodeAddressVettingTests {
         admitted(health.vet(1, peer: nil, server: nil))?()
         let told = admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))
         told?()
-        #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))?.code == .unexpectedReply)
+        let refused = refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))
+        #expect(refused?.code == .unexpectedReply)
         #expect(refusal(health.vet(0, peer: nil, server: nil))?.code == .unexpectedReply)
+        // Refused so, the node does not count as answering (another unexpected reply would).
+        if let refused { health.failed(0, refused) }
+        #expect(health.isDown(0))
+        health.failed(1, RedisError(code: .unexpectedReply, endpoint: endpoints[1], message: "odd reply"))
+        #expect(!health.isDown(1))
         // Node 1 never told one: unaffected.
         admitted(health.vet(1, peer: "192.0.2.9:6379", server: nil))?()
         // Without an address, the run_id alone still tells one server from another.
         let byRunID = admitted(health.vet(1, peer: nil, server: "r2"))
         #expect(refusal(health.vet(0, peer: nil, server: "r2"))?.code == .invalidAddress)
         byRunID?()
+        // Told again: let through, and the next failure of another kind is judged as before.
         admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?()
+        health.answered(0)
+        health.failed(0, RedisError(code: .unexpectedReply, endpoint: endpoints[0], message: "odd reply"))
+        #expect(!health.isDown(0))
     }
 }
