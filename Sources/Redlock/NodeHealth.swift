@@ -65,8 +65,9 @@ final class NodeHealth: Sendable {
     /// sockets) is refused with ``RedisError/Code-swift.struct/unexpectedReply`` (transient):
     /// its address alone cannot show it is not another node's server (`+info` revoked, `INFO`
     /// renamed, a proxy put in front). Logged at `error` when a node is first refused so, and
-    /// at `info` when a socket of it tells the `run_id` again; meanwhile the node counts as not
-    /// answering (``failed(_:_:)``). Otherwise refused while another node's
+    /// at `info` when a socket of it that tells the `run_id` again is let through; the refusal
+    /// counts neither as an answer nor as silence (``failed(_:_:)``): the node's sockets let
+    /// through before still vote. Otherwise refused while another node's
     /// sockets (any of them: either lane's connection, its subscriber) are open at that address
     /// or on that server, so that a server listed under two names votes once, not twice:
     /// `localhost:6379` and `127.0.0.1:6379` by the address, a TCP address and the server's Unix
@@ -84,7 +85,6 @@ final class NodeHealth: Sendable {
         let found: (node: Int, key: String, isNew: Bool)? = peers.withLock { peers in
             if server != nil {
                 peers.told.insert(index)
-                identifiedAgain = peers.unidentified.remove(index) != nil
             } else if peers.told.contains(index) {
                 unidentified = peers.unidentified.insert(index).inserted
                 return nil
@@ -95,27 +95,29 @@ final class NodeHealth: Sendable {
                 }
             }
             for key in keys { peers.holders[key, default: (index, 0)].sockets += 1 }
+            // Let through with the run_id: the node is no longer refused for want of it.
+            identifiedAgain = server != nil && peers.unidentified.remove(index) != nil
             return nil
-        }
-        if identifiedAgain {
-            logger.info("redlock node's server tells its run_id again; it votes", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
         }
         if let unidentified {
             let refusal = RedisError(
                 code: .unexpectedReply, endpoint: endpoints[index],
                 message: "no run_id from this connect (INFO server refused, closed on, or answered without one), though this node's server "
-                    + "told one before: its address alone cannot show it is not another node's server, so it does not vote until it tells "
-                    + "the run_id again (grant +info); the next connect asks again"
+                    + "told one before: its address alone cannot show it is not another node's server, so a connection without the run_id "
+                    + "does not vote (grant +info again); the next connect asks again"
             )
             if unidentified {
                 logger.error(
-                    "redlock node's server no longer tells its run_id; it does not vote until it does",
+                    "redlock node's server no longer tells its run_id; its connections without it do not vote",
                     metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(refusal)"]
                 )
             }
             return .failure(refusal)
         }
         guard let found else {
+            if identifiedAgain {
+                logger.info("redlock node's server tells its run_id again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+            }
             return .success { [self] in
                 peers.withLock { peers in
                     for key in keys {
@@ -161,11 +163,12 @@ final class NodeHealth: Sendable {
     /// Node `index` failed with `error`.
     func failed(_ index: Int, _ error: RedisError) {
         guard index < 64 else { return }
-        // Replies, refused credentials or database included, mean the node answers; not the
-        // refusal of a socket without the run_id its server told before (``vet(_:peer:server:)``).
+        // Replies, refused credentials or database included, mean the node answers. The refusal
+        // of a socket without the run_id its server told before (``vet(_:peer:server:)``) means
+        // neither: the vet logged it, and the node's other sockets may still answer.
         switch error.code {
         case .unexpectedReply where peers.withLock({ $0.unidentified.contains(index) }):
-            break
+            return
         case .serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed:
             return answered(index)
         default:

@@ -72,8 +72,10 @@ public final class RedlockClient: Sendable {
     ///
     /// - Parameters:
     ///   - nodes: The nodes; at least one, each a different server.
-    ///   - logger: Where per-node failures are logged (at debug level). The default logs under
-    ///     the label `swift-redlock` through the process's logging backend.
+    ///   - logger: Where per-node failures are logged (at debug level; a node that stops or
+    ///     starts answering at `warning` and `info`, one refused as another node's server or for
+    ///     want of its `run_id` at `error`). The default logs under the label `swift-redlock`
+    ///     through the process's logging backend.
     ///   - metrics: The metrics backend for the counters and timers listed in the documentation.
     ///     The default is the process's bootstrapped `MetricsSystem`.
     ///   - tracer: Where spans go (swift-distributed-tracing): `redlock.acquire`, `redlock.extend`

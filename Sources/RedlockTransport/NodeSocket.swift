@@ -183,8 +183,7 @@ final class NodeSocket: @unchecked Sendable {
     /// What the connects of one connection (or subscriber) showed of the server's answers to
     /// `INFO server`, and so how its next connect asks (``ServerIdentification``): without
     /// `INFO` only after two connects closed on it (each after answering the command before
-    /// it) and a second since the first of them, with none that got a `run_id` since; never
-    /// once one got a `run_id`.
+    /// it) and a second since the first of them; never once one got a `run_id`.
     struct ServerInfoHistory: Sendable {
         /// Whether a connect got the server's `run_id`.
         private var learned = false

@@ -55,7 +55,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let shutdown = Code(.shutdown)
         /// More commands wait for the connection than its configuration allows.
         public static let overloaded = Code(.overloaded)
-        /// The reply has a type or value the caller did not expect.
+        /// The reply has a type or value the caller did not expect; or a new connection to a
+        /// node whose server told its `run_id` before got none (`INFO server` refused or closed
+        /// on): it is not used, for now (see `RedlockClient.init(nodes:)` on one server listed twice).
         public static let unexpectedReply = Code(.unexpectedReply)
         /// TLS could not be set up: a CA, certificate or key file that does not load, a server that
         /// does not speak TLS on the port, no shared protocol version or cipher. The message holds

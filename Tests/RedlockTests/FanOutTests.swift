@@ -830,7 +830,8 @@ struct NodeAddressVettingTests {
     @Test("a node whose server never told a run_id (a user without +info, a proxy that does not pass INFO) is vetted by its address alone; once it tells one, a socket of it without one is refused (transient) until a socket tells it again")
     func runIDOnceToldIsRequired() {
         let endpoints: [RedisEndpoint] = [.hostname("a.example", port: 6379), .hostname("b.example", port: 6379)]
-        let health = NodeHealth(endpoints: endpoints, logger: Logger(label: "test"))
+        let records = Locked<[String]>([])
+        let health = NodeHealth(endpoints: endpoints, logger: capturingLogger(into: records))
         let plain = admitted(health.vet(0, peer: "192.0.2.7:6379", server: nil))
         plain?()
         // No address either (the system would not tell): nothing to refuse it by.
@@ -840,7 +841,11 @@ struct NodeAddressVettingTests {
         let refused = refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))
         #expect(refused?.code == .unexpectedReply)
         #expect(refusal(health.vet(0, peer: nil, server: nil))?.code == .unexpectedReply)
-        // Refused so, the node does not count as answering (another unexpected reply would).
+        // The refusal counts neither as silence nor as an answer (another unexpected reply
+        // would be one): the node's sockets let through before may still vote.
+        if let refused { health.failed(0, refused) }
+        #expect(!health.isDown(0))
+        health.failed(0, RedisError(code: .timeout, endpoint: endpoints[0], message: "no answer"))
         if let refused { health.failed(0, refused) }
         #expect(health.isDown(0))
         health.failed(1, RedisError(code: .unexpectedReply, endpoint: endpoints[1], message: "odd reply"))
@@ -851,8 +856,16 @@ struct NodeAddressVettingTests {
         let byRunID = admitted(health.vet(1, peer: nil, server: "r2"))
         #expect(refusal(health.vet(0, peer: nil, server: "r2"))?.code == .invalidAddress)
         byRunID?()
-        // Told again: let through, and the next failure of another kind is judged as before.
+        // Told again, but of the server node 1 holds (by r2): refused as the same server, with
+        // no line saying node 0 is back.
+        let byR2 = admitted(health.vet(1, peer: "192.0.2.9:6379", server: "r2"))
+        #expect(refusal(health.vet(0, peer: "192.0.2.8:6379", server: "r2"))?.code == .invalidAddress)
+        byR2?()
+        #expect(!records.value.contains { $0.contains("tells its run_id again") }, "\(records.value)")
+        // Told again and let through: logged once; the next failure of another kind is judged as before.
         admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?()
+        #expect(records.value.filter { $0.hasPrefix("error redlock node's server no longer tells its run_id") }.count == 1, "\(records.value)")
+        #expect(records.value.filter { $0.contains("tells its run_id again") }.count == 1, "\(records.value)")
         health.answered(0)
         health.failed(0, RedisError(code: .unexpectedReply, endpoint: endpoints[0], message: "odd reply"))
         #expect(!health.isDown(0))
