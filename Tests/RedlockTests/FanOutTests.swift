@@ -814,13 +814,14 @@ struct NodeAddressVettingTests {
         #expect(refused?.code == .invalidAddress && refused?.isPermanent == true)
         #expect(refused?.message.hasPrefix("the same server as node 0 (a.example:6379): both reach the server with run_id r1") == true, "\(String(describing: refused))")
         // The refused socket's address was not taken: another node may reach it.
-        let other = admitted(health.vet(2, peer: "unix:1:2", server: "r2"))
-        other?()
+        admitted(health.vet(2, peer: "unix:1:2", server: "r2"))?()
         // Node 1's server told its run_id (to the refused socket): a socket of node 1 without
-        // one is refused, for now (INFO closed on by a passing fault, +info revoked).
+        // one is refused, for now (INFO closed on by a passing fault, +info revoked)...
         let unidentified = refusal(health.vet(1, peer: "unix:1:2", server: nil))
         #expect(unidentified?.code == .unexpectedReply && unidentified?.isPermanent == false, "\(String(describing: unidentified))")
         #expect(unidentified?.message.contains("told one before") == true, "\(String(describing: unidentified))")
+        // ...and holds nothing: another node may reach that address.
+        admitted(health.vet(2, peer: "unix:1:2", server: "r2"))?()
         first?()
         let taken = admitted(health.vet(1, peer: "unix:1:2", server: "r1"))
         #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?.message.hasPrefix("the same server as node 1") == true)
@@ -866,8 +867,12 @@ struct NodeAddressVettingTests {
         admitted(health.vet(0, peer: "192.0.2.7:6379", server: "r1"))?()
         #expect(records.value.filter { $0.hasPrefix("error redlock node's server no longer tells its run_id") }.count == 1, "\(records.value)")
         #expect(records.value.filter { $0.contains("tells its run_id again") }.count == 1, "\(records.value)")
-        health.answered(0)
+        // Still down from the timeout; an unexpected reply now is an answer again.
+        #expect(health.isDown(0))
         health.failed(0, RedisError(code: .unexpectedReply, endpoint: endpoints[0], message: "odd reply"))
         #expect(!health.isDown(0))
+        // A second episode is logged again.
+        #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))?.code == .unexpectedReply)
+        #expect(records.value.filter { $0.hasPrefix("error redlock node's server no longer tells its run_id") }.count == 2, "\(records.value)")
     }
 }
