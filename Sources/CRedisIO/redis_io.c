@@ -1037,24 +1037,21 @@ static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, i
    may have said why before it closed, in an alert not read yet. A TLS 1.3 server that refuses
    the client's certificate (Redis's default asks for one) does so after the client's side of
    the handshake ended: it sends the alert and closes, and a write that comes after the close
-   is reset. One SSL_read (the socket is non-blocking) takes what is queued; an alert replaces
-   the write's message. OpenSSL's record layer leaves the session usable after a failed socket
-   write (it raises no fatal alert for one), so the read is valid. */
+   is reset. One SSL_read (the socket is non-blocking) takes what is queued, classified as any
+   read is (tls_failure); a failure that names an alert replaces the write's. OpenSSL's record
+   layer leaves the session usable after a failed socket write (it raises no fatal alert for
+   one), so the read is valid. What else it reads is dropped with the connection. */
 static void alert_before_close(rio_conn *conn, rio_error *err) {
     if (err == NULL || err->code != RIO_E_CLOSED) {
         return;
     }
     char buffer[512];
+    rio_error reading = {0};
     empty_error_queue();
     int result = SSL_read(conn->ssl, buffer, (int)sizeof buffer);
-    if (result > 0 || SSL_get_error(conn->ssl, result) != SSL_ERROR_SSL || ERR_peek_error() == 0) {
-        ERR_clear_error();
-        return;
-    }
-    char reason[200];
-    openssl_reason(reason, sizeof reason);
-    if (strstr(reason, " alert ") != NULL) {
-        fail(err, RIO_E_CLOSED, err->sys_errno, "TLS write failed: the server closed the connection after %s", reason);
+    int saved = errno;
+    if (result <= 0 && tls_failure(conn, result, saved, NULL, NULL, "read", &reading) != 0 && strstr(reading.message, " alert ") != NULL) {
+        fail(err, RIO_E_CLOSED, err->sys_errno, "TLS write failed, and the server closed the connection: %s", reading.message);
     }
 }
 

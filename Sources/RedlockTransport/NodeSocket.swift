@@ -191,8 +191,9 @@ final class NodeSocket: @unchecked Sendable {
         private var closes = 0
         private var firstClose: ContinuousClock.Instant?
 
-        /// How the next connect of a vetted socket asks, at `now`.
-        func identification(at now: ContinuousClock.Instant = .now) -> ServerIdentification {
+        /// How the next connect asks, at `now`: not at all for a socket nobody vets.
+        func identification(vetted: Bool, at now: ContinuousClock.Instant = .now) -> ServerIdentification {
+            guard vetted else { return .none }
             if learned { return .required }
             guard closes >= 2, let firstClose, firstClose.duration(to: now) >= .seconds(1) else { return .asked }
             return .askedElseWithout

@@ -921,8 +921,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let (kill, serverInfo) = state.withLock { ($0.pendingKill, $0.serverInfo) }
         let barrier = orderBarrier ? OrderBarrier.Request(kill: kill) : nil
         // A vetted socket is vetted by its server's run_id too (one server under two addresses).
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfo.identification()
-        NodeSocket.connectInBackground(configuration, tls: tls, barrier: barrier, identification: identification) { [self] result in
+        NodeSocket.connectInBackground(
+            configuration, tls: tls, barrier: barrier, identification: serverInfo.identification(vetted: vet != nil)
+        ) { [self] result in
             connected(result, tookSince: started)
         }
     }

@@ -190,8 +190,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private func startConnect() {
         // Vetted by its server's run_id too: a subscriber of one server under two addresses
         // would deliver each release and handoff message twice.
-        let serverInfo = state.withLock { $0.serverInfo }
-        let identification: NodeSocket.ServerIdentification = vet == nil ? .none : serverInfo.identification()
+        let identification = state.withLock { $0.serverInfo }.identification(vetted: vet != nil)
         NodeSocket.connectInBackground(configuration, tls: tls, identification: identification) { [self] result in
             connected(result)
         }

@@ -836,23 +836,6 @@ struct HandoffAndGuardTests {
         // the server first.
         try await withServerListedTwice { servers, first, second, client in
             let lock = try client.makeLock("listed-twice-restart", options: LockOptions(expiry: .seconds(5), tries: 1, fencing: true))
-            /// Attempts (each must fail: the third node is down) until `settled` holds for
-            /// the failures of one, then for four more; how many held.
-            func attempts(until settled: ([NodeFailure]) -> Bool) async -> Int {
-                var held = 0
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while held < 5, ContinuousClock.now < giveUp {
-                    let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
-                    #expect(error?.code == .noQuorum, "\(String(describing: error))")
-                    if settled(error?.nodes ?? []) {
-                        held += 1
-                    } else {
-                        #expect(held == 0, "settled, then not: \(String(describing: error))")
-                        try? await Task.sleep(for: .milliseconds(20))
-                    }
-                }
-                return held
-            }
             /// Node `index`'s failure is a refusal as the same server as another node's.
             func refused(_ index: Int, in failures: [NodeFailure]) -> Bool {
                 failures.contains { $0.node == index && $0.cause.error?.code == .invalidAddress }
@@ -863,15 +846,15 @@ struct HandoffAndGuardTests {
             try await lock.unlock(try await lock.lock())
             await servers[1].kill()
             second.set(.none)
-            #expect(await attempts { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
+            #expect(await failingAttempts(of: lock) { refused(1, in: $0) && !$0.contains { $0.node == 0 } } == 5, "the second listing is refused")
 
             // A restart (a new run_id) while only the second listing can reach the server: it
             // holds the new run_id; the first is refused once it reconnects.
             first.set(.hangUp(afterBytes: 0))
             try await servers[0].restart(keepingData: false)
-            #expect(await attempts { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
+            #expect(await failingAttempts(of: lock) { !$0.contains { $0.node == 1 } } == 5, "the second listing votes")
             first.set(.none)
-            #expect(await attempts { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
+            #expect(await failingAttempts(of: lock) { refused(0, in: $0) && !$0.contains { $0.node == 1 } } == 5, "the first listing is refused, the second still votes")
 
             try await servers[1].restart(keepingData: false)
             try await lock.unlock(try await eventuallyLocked(lock, "no lock once the third node was back"))
@@ -883,22 +866,6 @@ struct HandoffAndGuardTests {
     func serverListedTwiceHidingItsRunID() async throws {
         try await withServerListedTwice { servers, _, _, client in
             let lock = try client.makeLock("listed-twice-hidden", options: LockOptions(expiry: .seconds(5), tries: 1))
-            /// Attempts, each of which must fail (the third node is down, the pair votes once),
-            /// until `settled` holds for the failures of one, then for four more; how many held.
-            func attempts(until settled: @escaping ([NodeFailure]) -> Bool) async -> Int {
-                var held = 0
-                let giveUp = ContinuousClock.now + .seconds(10)
-                while held < 5, ContinuousClock.now < giveUp {
-                    let error = await #expect(throws: RedlockError.self, "a lease from one server listed twice") { try await lock.lock() }
-                    #expect(error?.code == .noQuorum, "\(String(describing: error))")
-                    if settled(error?.nodes ?? []) {
-                        held += 1
-                    } else {
-                        try? await Task.sleep(for: .milliseconds(50))
-                    }
-                }
-                return held
-            }
             func cause(_ node: Int, _ failures: [NodeFailure]) -> RedisError.Code? {
                 failures.first { $0.node == node }?.cause.error?.code
             }
@@ -912,11 +879,11 @@ struct HandoffAndGuardTests {
             await servers[1].kill()
             // Once the refusal held from checkNodes() has passed: both listings refused for
             // want of a run_id.
-            #expect(await attempts { cause(0, $0) == .unexpectedReply && cause(1, $0) == .unexpectedReply } == 5, "both listings refused")
+            #expect(await failingAttempts(of: lock) { cause(0, $0) == .unexpectedReply && cause(1, $0) == .unexpectedReply } == 5, "both listings refused")
             _ = try await servers[0].run(RedisCommand("ACL", "SETUSER", "default", "+info"))
             // The run_id told again: one listing holds the server, the other is refused as the same.
             #expect(
-                await attempts { [cause(0, $0), cause(1, $0)].filter { $0 == .invalidAddress }.count == 1 } == 5,
+                await failingAttempts(of: lock) { [cause(0, $0), cause(1, $0)].filter { $0 == .invalidAddress }.count == 1 } == 5,
                 "one listing votes, the other is refused as the same server"
             )
             try await servers[1].restart(keepingData: false)
@@ -946,6 +913,25 @@ struct HandoffAndGuardTests {
                 await client.shutdown()
             }
         }
+    }
+
+    /// Attempts of `lock`, each of which must fail with no quorum (one server listed twice
+    /// votes once; the third node is down), every 20 ms until `settled` holds for the failures
+    /// of one, then for four more (and only then), within 10 s; how many held.
+    private func failingAttempts(of lock: DistributedLock, until settled: ([NodeFailure]) -> Bool) async -> Int {
+        var held = 0
+        let giveUp = ContinuousClock.now + .seconds(10)
+        while held < 5, ContinuousClock.now < giveUp {
+            let error = await #expect(throws: RedlockError.self, "a lease from one server listed twice") { try await lock.lock() }
+            #expect(error?.code == .noQuorum, "\(String(describing: error))")
+            if settled(error?.nodes ?? []) {
+                held += 1
+            } else {
+                #expect(held == 0, "settled, then not: \(String(describing: error))")
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        return held
     }
 
     /// A lease of `lock`, tried every 20 ms for up to 3 s; fails the test with `message`
