@@ -81,8 +81,10 @@ extension RedlockClient {
     /// Checks, on every node concurrently, every permission `lock`'s options need: the scripts
     /// (`EVAL`, `EVALSHA`), the lock key (`GET`, `SET`, `PEXPIRE`, `DEL`), with
     /// ``LockOptions/fencing`` the counter (`INCR redlock:fence`), with
-    /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), with
-    /// ``LockOptions/restartGuard`` `INFO`, with ``LockOptions/epochGuard`` or
+    /// ``LockOptions/fastHandoff`` the release channel (`PUBLISH` and `SUBSCRIBE`), `PING`
+    /// (the handshake's first command when there is no password or database) and `INFO server`
+    /// with a `run_id` in its reply (how one server listed under two addresses votes once; with
+    /// ``LockOptions/restartGuard`` also how restarts are seen), with ``LockOptions/epochGuard`` or
     /// ``LockOptions/clockGuard`` `TIME` and the epoch marker (`GET`, and `SET` when the marker
     /// exists; the acquire script declares the marker either way), with
     /// ``LockOptions/replicaAcknowledgements`` the lock's `WAIT` — reported as refused too when
@@ -136,9 +138,12 @@ extension RedlockClient {
                                 checks.append(.init(permission: label, refusal: error.message))
                             }
                         }
-                        if lock.options.restartGuard != nil {
-                            checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node))
-                        }
+                        // The handshake's leading PING, and the run_id that tells one server
+                        // listed twice (with restartGuard, also the uptime).
+                        checks.append(await Self.check("PING", RedisCommand("PING"), on: node) {
+                            $0 == .simpleString("PONG") ? nil : "unexpected reply \($0)"
+                        })
+                        checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node, judge: Self.judgeServerInfo))
                         // The order barrier's commands. The kill names a client nobody is (no
                         // connection comes from 0.0.0.0:0): it ends nothing, and answers 0.
                         checks.append(await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node))
@@ -191,6 +196,15 @@ extension RedlockClient {
             index += 2
         }
         return checks
+    }
+
+    /// `INFO server`'s reply judged: one without a `run_id` (a proxy's, a Redis-compatible
+    /// server's) cannot tell one server listed twice, nor its restarts.
+    static func judgeServerInfo(_ reply: RedisValue) -> String? {
+        guard let text = reply.string else { return "unexpected reply \(reply)" }
+        return ServerIdentity(info: text, readAt: .now) == nil
+            ? "answered without a run_id: one server listed under two addresses is told only by the address, and restartGuard cannot see restarts"
+            : nil
     }
 
     /// The lock's own `WAIT` after the probe's writes: fewer replicas acknowledging them in time

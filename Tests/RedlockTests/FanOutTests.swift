@@ -875,4 +875,13 @@ struct NodeAddressVettingTests {
         #expect(refusal(health.vet(0, peer: "192.0.2.7:6379", server: nil))?.code == .unexpectedReply)
         #expect(records.value.filter { $0.hasPrefix("error redlock node's server no longer tells its run_id") }.count == 2, "\(records.value)")
     }
+
+    @Test("checkNodes(for:) judges INFO server by its run_id: a reply without one is named, as it cannot tell one server listed twice")
+    func serverInfoJudged() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\nuptime_in_seconds:5\r\n"
+        #expect(RedlockClient.judgeServerInfo(.bulkString(Array(info.utf8))) == nil)
+        let withoutRunID = "# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:5\r\n"
+        #expect(RedlockClient.judgeServerInfo(.bulkString(Array(withoutRunID.utf8)))?.contains("without a run_id") == true)
+        #expect(RedlockClient.judgeServerInfo(.integer(1))?.contains("unexpected reply") == true)
+    }
 }

@@ -252,7 +252,7 @@ struct LeastPrivilegeTests {
     func fairHandoffOnClientChannel() async throws {
         try await withRedisServers(3) { servers throws in
             let rule = [
-                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping", "+info",
                 "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl", "~*", "&redlock:released:*", "&redlock:handoff:~*",
             ]
             try await createUser("clients", rules: rule, on: servers)
@@ -290,7 +290,7 @@ struct LeastPrivilegeTests {
     func fairLockRule() async throws {
         try await withRedisServers(3) { servers throws in
             let rule = [
-                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
+                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping", "+info",
                 "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+pttl",
                 "~queued", "~redlock:queue:queued", "~redlock:queue-deadlines:queued", "&redlock:released:*", "&redlock:handoff:*",
             ]
@@ -420,7 +420,7 @@ struct LeastPrivilegeTests {
     @Test("the epoch guard under least privilege: README's rule suffices; without +time or the marker's key the refusal is named, permanent, and not retried")
     func epochGuardPermissions() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded", "~redlock:epoch"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+info", "+time", "~guarded", "~redlock:epoch"]
             try await createUser("guarded", rules: rule, on: [servers[0]])
             try await createUser("guarded", rules: rule.filter { $0 != "+time" }, on: [servers[1]])
             try await createUser("guarded", rules: rule.filter { $0 != "~redlock:epoch" }, on: [servers[2]])
@@ -460,7 +460,7 @@ struct LeastPrivilegeTests {
     @Test("a user without +client|info and +client|kill: locks work as before, without the order barrier across reconnects; checkNodes(for:) names both refusals, and the connection reports the node's")
     func withoutOrderBarrier() async throws {
         try await withRedisServers(1) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "~unordered"]
+            let rule = ["+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+ping", "+info", "~unordered"]
             try await createUser("unordered", rules: rule, on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "unordered"))
             let lock = try client.makeLock("unordered", options: LockOptions(fastHandoff: false))
@@ -477,7 +477,7 @@ struct LeastPrivilegeTests {
     @Test("replica acknowledgements under least privilege: without +wait the probe names WAIT and lock() fails at once, not retried, leaving no key; with it, a node without replicas is named by the probe")
     func replicaAcknowledgementPermissions() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "~acked"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+info", "~acked"]
             try await createUser("acked", rules: rule, on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "acked"))
             var options = LockOptions(expiry: .milliseconds(500), acquireTimeout: .seconds(5), fastHandoff: false, replicaAcknowledgements: 1)
@@ -509,7 +509,7 @@ struct LeastPrivilegeTests {
     @Test("the marker made read-only after it exists (%R~redlock:epoch): the probe names the refused scripts, and the guarded acquire's refusal is permanent, not retried, and leaves no key")
     func epochMarkerReadOnly() async throws {
         try await withRedisServers(3) { servers throws in
-            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+time", "~guarded"]
+            let rule = ["+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+ping", "+info", "+time", "~guarded"]
             try await createUser("marker", rules: rule + ["~redlock:epoch"], on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "marker"))
             var options = LockOptions(expiry: .milliseconds(200), acquireTimeout: .seconds(5), epochGuard: .milliseconds(200))
@@ -537,20 +537,32 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("checkNodes(for:) finds nothing missing for an unfenced lock under the README's default rule")
+    @Test("checkNodes(for:) finds nothing missing for an unfenced lock under the README's default rule, and names +info and +ping when a rule lacks them")
     func auditDefaultRule() async throws {
         try await withRedisServers(1) { servers throws in
-            try await createUser("plain", rules: [
-                "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "~plain-lock",
-                "&redlock:released:*",
-            ], on: servers)
+            let rule = [
+                "+set", "+eval", "+evalsha", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+client|info", "+client|kill",
+                "+info", "+ping", "~plain-lock", "&redlock:released:*",
+            ]
+            try await createUser("plain", rules: rule, on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "plain"))
             let statuses = await client.checkNodes(for: try client.makeLock("plain-lock"))
             #expect(statuses[0].refused.isEmpty, "\(statuses[0].result)")
             if case let .success(checks) = statuses[0].result {
-                #expect(checks.contains { $0.permission == "UNSUBSCRIBE redlock:released:plain-lock" })
+                #expect(Set(["PING", "INFO", "UNSUBSCRIBE redlock:released:plain-lock"]).isSubset(of: checks.map(\.permission)), "\(checks)")
             }
             await client.shutdown()
+
+            // An older rule without +info and +ping: locks work (INFO refused from the start is no
+            // run_id to require), but the probe names both.
+            try await createUser("plain", rules: rule.filter { $0 != "+info" && $0 != "+ping" }, on: servers)
+            let older = try RedlockClient(nodes: configurations(servers, user: "plain"))
+            let lock = try older.makeLock("plain-lock")
+            try await lock.unlock(lock.lock())
+            let refused = await older.checkNodes(for: lock)[0].refused
+            #expect(Set(refused.map(\.permission)) == ["PING", "INFO"], "\(refused)")
+            #expect(refused.allSatisfy { $0.refusal?.contains("NOPERM") == true }, "\(refused)")
+            await older.shutdown()
         }
     }
 }
