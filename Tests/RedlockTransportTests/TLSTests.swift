@@ -1,6 +1,6 @@
 import Foundation
 import RedlockTestSupport
-import RedlockTransport
+@testable import RedlockTransport
 import Synchronization
 import Testing
 
@@ -64,6 +64,24 @@ private func openDescriptorCount() -> Int {
 /// `redis-server` arguments that let it speak only TLS 1.2, or only TLS 1.3.
 private func onlyTLS(_ tls12: Bool) -> [String] {
     ["--tls-protocols", tls12 ? "TLSv1.2" : "TLSv1.3"]
+}
+
+/// `POLLRDHUP` (Linux, `_GNU_SOURCE`, which Swift's Glibc module leaves out): the peer closed
+/// its side of the connection.
+private let pollReadHangUp: Int16 = 0x2000
+
+/// The events of `descriptor` once one of `events` (or a hang-up or error) came, or when
+/// `limit` passed (0).
+private func poll(_ descriptor: Int32, for events: Int16, within limit: Duration) -> Int16 {
+    var watched = pollfd(fd: descriptor, events: events, revents: 0)
+    let deadline = ContinuousClock.now + limit
+    while true {
+        let left = ContinuousClock.now.duration(to: deadline)
+        guard left > .zero else { return 0 }
+        let ready = Glibc.poll(&watched, 1, Int32(clamping: max(1, left.wholeNanoseconds / 1_000_000)))
+        if ready > 0 { return watched.revents }
+        if ready < 0, errno != EINTR { return 0 }
+    }
 }
 
 /// `size` bytes of lowercase letters, different for each `seed`.
@@ -297,6 +315,47 @@ struct TLSTests {
                     #expect(tls?.message.contains("use redis://") == true, "\(attempt): \(String(describing: tls))")
                     #expect(took >= .milliseconds(550) && took < .milliseconds(1_500), "\(attempt): took \(took)")
                 }
+            }
+        }
+    }
+
+    @Test("a TLS write that meets the reset of a server which sent an alert and closed (TLS 1.3, a client certificate required and none sent) fails naming the alert, not the reset: the look for a TLS-only port counts on it")
+    func alertBeforeResetWrite() async throws {
+        try await withCertificates { certificates in
+            try await withTLSServer(certificates, clients: .required, arguments: onlyTLS(false)) { server in
+                let settings = configuration(server, certificates)
+                let tls = try #require(settings.tls)
+                // The handshake alone (no command follows it): a TLS 1.3 client finishes before
+                // the server checks its certificate.
+                let socket = try NodeSocket.connect(settings, tls: try TLSContext(tls, endpoint: settings.endpoint)).outcome.get()
+                defer { socket.close() }
+                var ping: [UInt8] = []
+                RedisCommand("PING").appendWire(to: &ping)
+                // The server's alert and close (its FIN) arrive, unread; its reset may follow (when
+                // it closed with bytes of the client's unread).
+                let events = poll(socket.descriptor, for: pollReadHangUp, within: .seconds(5))
+                #expect(events & pollReadHangUp != 0)
+                var failure: RedisError?
+                if events & Int16(POLLHUP) == 0 {
+                    // No reset yet: a write to the closed server makes its kernel send one (unless
+                    // one came first: then this write meets it).
+                    if case let .failure(error) = socket.write(ping) {
+                        failure = error
+                    } else {
+                        #expect(poll(socket.descriptor, for: 0, within: .seconds(5)) & Int16(POLLHUP) != 0)
+                    }
+                }
+                if failure == nil {
+                    // The reset came: this write meets it.
+                    guard case let .failure(error) = socket.write(ping) else {
+                        Issue.record("a write after the reset succeeded")
+                        return
+                    }
+                    failure = error
+                }
+                let error = try #require(failure)
+                #expect(error.code == .connectionClosed, "\(error)")
+                #expect(error.message.contains(" alert ") && error.message.contains("certificate required"), "\(error)")
             }
         }
     }
