@@ -75,7 +75,9 @@ public final class RedlockClient: Sendable {
     ///   - logger: Where per-node failures are logged (at debug level; a node that stops or
     ///     starts answering at `warning` and `info`, one refused as another node's server or for
     ///     want of its `run_id` at `error`). The default logs under the label `swift-redlock`
-    ///     through the process's logging backend.
+    ///     through the process's logging backend. Lines may be logged on the client's I/O
+    ///     thread: a handler that waits (swift-log's `StreamLogHandler` on a stderr nobody
+    ///     reads) holds up every node's I/O while it does.
     ///   - metrics: The metrics backend for the counters and timers listed in the documentation.
     ///     The default is the process's bootstrapped `MetricsSystem`.
     ///   - tracer: Where spans go (swift-distributed-tracing): `redlock.acquire`, `redlock.extend`

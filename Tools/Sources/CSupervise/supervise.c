@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -205,8 +206,29 @@ static int find_program(const char *name, char *path, size_t size) {
     return result;
 }
 
+/* Writes `text` to stderr without waiting for room: a pipe nobody reads must not keep the
+   watchdog from reporting to its supervisor and ending. A pipe or terminal is opened again
+   (/proc/self/fd/2) as a non-blocking description of the watchdog's own (the command's stderr,
+   the same pipe, stays as it was); a socket is written with MSG_DONTWAIT; a regular file never
+   waits. What finds no room is dropped: redlock reports the same outcome itself. */
 static void say(const char *text) {
-    ssize_t ignored = write(STDERR_FILENO, text, strlen(text));
+    size_t length = strlen(text);
+    struct stat status;
+    ssize_t ignored = 0;
+    if (fstat(STDERR_FILENO, &status) != 0) {
+        return;
+    }
+    if (S_ISSOCK(status.st_mode)) {
+        ignored = send(STDERR_FILENO, text, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else if (S_ISFIFO(status.st_mode) || S_ISCHR(status.st_mode)) {
+        int fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0) {
+            ignored = write(fd, text, length);
+            close(fd);
+        }
+    } else {
+        ignored = write(STDERR_FILENO, text, length);
+    }
     (void)ignored;
 }
 
@@ -1035,8 +1057,10 @@ static void kill_command(pid_t group, int *killed, const char *why, int32_t kind
     kill(-group, SIGKILL);
     kill_descendants_fast();
     kill_children();
-    say(why);
     redlock_watch_send(STATUS_FD, kind, 0, redlock_boottime_ns());
+    if (why != NULL) {
+        say(why);
+    }
 }
 
 /* Arms `timer` (CLOCK_BOOTTIME) for the absolute instant `deadline_ns`, or disarms it for 0. */
@@ -1145,6 +1169,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
     /* What the supervisor sent while this process started: a later deadline, or a terminating
        signal it got before the command started, which keeps the command from starting. */
     int64_t deadline = deadline_ns;
+    /* Whether the deadline is the instant redlock set for its own kill (REDLOCK_WATCH_KILL_AT). */
+    int ordered = 0;
     redlock_watch_message message;
     size_t have = 0;
     for (;;) {
@@ -1155,8 +1181,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         if (got == 0) {
             break;
         }
-        if (message.kind == REDLOCK_WATCH_DEADLINE) {
+        if (message.kind == REDLOCK_WATCH_DEADLINE || message.kind == REDLOCK_WATCH_KILL_AT) {
             deadline = message.value;
+            ordered = ordered || message.kind == REDLOCK_WATCH_KILL_AT;
         } else if (message.kind == REDLOCK_WATCH_SIGNAL && is_terminating(message.argument)) {
             redlock_watch_send(STATUS_FD, REDLOCK_WATCH_NOT_STARTED, message.argument, 0);
             _exit(0);
@@ -1288,8 +1315,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         if (control >= 0 && (watched[2].revents != 0 || watched[1].revents != 0)) {
             int got;
             while ((got = read_message(control, &message, &have)) == 1) {
-                if (message.kind == REDLOCK_WATCH_DEADLINE && !killed) {
+                if (((message.kind == REDLOCK_WATCH_DEADLINE && !ordered) || message.kind == REDLOCK_WATCH_KILL_AT) && !killed) {
                     deadline = message.value;
+                    ordered = ordered || message.kind == REDLOCK_WATCH_KILL_AT;
                     if (arm(timer, deadline) != 0) {
                         kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL);
@@ -1313,8 +1341,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
             ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
             (void)ignored_read;
             if (!killed && deadline > 0 && redlock_boottime_ns() >= deadline) {
+                /* At the instant redlock set for its own kill: redlock reports why. */
                 kill_command(child, &killed,
-                             "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
+                             ordered ? NULL : "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
                              REDLOCK_WATCH_DEADLINE_KILL);
             }
         }

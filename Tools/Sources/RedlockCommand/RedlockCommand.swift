@@ -1,5 +1,6 @@
 import ArgumentParser
 import CSupervise
+import Logging
 
 /// The `redlock` command-line tool (started by ``Entry``).
 struct RedlockCommand: AsyncParsableCommand {
@@ -23,6 +24,8 @@ enum Entry {
            let deadline = Int64(arguments[2]) {
             redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline)
         }
+        // The client's log lines (a node that stops answering) never wait for stderr.
+        LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }
         await RedlockCommand.main()
     }
 }

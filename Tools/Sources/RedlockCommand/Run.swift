@@ -275,8 +275,10 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// A --verbose line: written without waiting (``StandardError``), as it is on the
+    /// extender's path.
     private func report(_ line: String) {
-        if verbose { printError("redlock: " + line) }
+        if verbose { StandardError.shared.write("redlock: " + line) }
     }
 
     private func boottime(_ lease: Lease) -> String {

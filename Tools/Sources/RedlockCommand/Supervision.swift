@@ -209,16 +209,16 @@ final class SupervisedCommand: Sendable {
     }
 
     /// Sends SIGTERM to the group now and has the watchdog SIGKILL it after `grace` (or at the
-    /// current deadline, if that comes first); later renewals no longer postpone it.
+    /// current deadline, if that comes first); later renewals no longer postpone it. The
+    /// watchdog is told that instant is redlock's own kill (`REDLOCK_WATCH_KILL_AT`), so its
+    /// kill then blames no missed renewal: redlock reports why.
     func terminate(grace: Duration) {
         let killAt = Self.boottimeNanoseconds(ContinuousClock.now.advanced(by: grace))
         let killDeadline = state.withLock { state -> Int64? in
             guard state.controlOpen, !state.terminating else { return nil }
             state.terminating = true
-            if killAt < state.deadline {
-                state.deadline = killAt
-                _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_DEADLINE), 0, killAt)
-            }
+            state.deadline = min(killAt, state.deadline)
+            _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_KILL_AT), 0, state.deadline)
             return state.deadline
         }
         guard let killDeadline else { return }

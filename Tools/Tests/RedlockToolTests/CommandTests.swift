@@ -1,6 +1,7 @@
 import Foundation
 import Redlock
 import RedlockTestSupport
+import Synchronization
 import Testing
 
 /// The `redlock` executable built next to the test bundle.
@@ -25,8 +26,9 @@ final class CommandRun: Sendable {
     private let errors: Pipe
 
     /// Starts `redlock` with `arguments`. Foundation starts it in a process group of its own,
-    /// as a terminal starts a foreground job.
-    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// as a terminal starts a foreground job. With `stderrFull`, its stderr pipe is full before
+    /// it starts (and read only once it exited: ``finish()``), as a stalled log shipper's is.
+    init(_ arguments: [String], environment: [String: String] = [:], stderrFull: Bool = false) throws {
         process = Process()
         process.executableURL = try builtExecutable("redlock")
         process.arguments = arguments
@@ -35,7 +37,18 @@ final class CommandRun: Sendable {
         errors = Pipe()
         process.standardOutput = output
         process.standardError = errors
+        if stderrFull { try Self.fill(errors.fileHandleForWriting.fileDescriptor) }
         try process.run()
+    }
+
+    /// Writes to the pipe `fd` until it takes no more, and leaves it blocking again (the
+    /// process inherits the pipe as it was).
+    private static func fill(_ fd: Int32) throws {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else { throw CommandTestError("fcntl: \(errno)") }
+        let chunk = [UInt8](repeating: UInt8(ascii: "."), count: 4_096)
+        while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        guard errno == EAGAIN, fcntl(fd, F_SETFL, flags) == 0 else { throw CommandTestError("filling the pipe: \(errno)") }
     }
 
     /// Reads stdout until a line containing `marker` appears (the child says it is ready).
@@ -61,6 +74,22 @@ final class CommandRun: Sendable {
             }
             return text
         }.value
+    }
+
+    /// ``finish()``, but SIGKILLs redlock when it has not exited within `limit` (its watchdog
+    /// then kills the command): `timedOut` says so.
+    func finish(within limit: Duration) async -> (status: Int32, stdout: String, stderr: String, timedOut: Bool) {
+        let process = process
+        let timedOut = Mutex(false)
+        let timer = Task {
+            try? await Task.sleep(for: limit)
+            guard !Task.isCancelled, process.isRunning else { return }
+            timedOut.withLock { $0 = true }
+            kill(process.processIdentifier, SIGKILL)
+        }
+        let (status, stdout, stderr) = await finish()
+        timer.cancel()
+        return (status, stdout, stderr, timedOut.withLock { $0 })
     }
 
     /// Waits for exit; returns the status and everything printed.
@@ -92,6 +121,34 @@ struct CommandTests {
             let token = stdout.split(separator: "=").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             #expect((token ?? 0) >= 1, "stdout: \(stdout)")
             #expect(try await values(of: "cron", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("run never waits for stderr: with stderr a full pipe nobody reads, its --verbose extension lines and the client's warning of a stopped node (one of three) are dropped, not waited for; the lease holds, the command runs to its end, and its status is redlock's", .timeLimit(.minutes(1)))
+    func stderrNobodyReads() async throws {
+        try await withRedisServers(3) { servers throws in
+            // A minority stopped: the client warns of it (after the connect timeout, a second).
+            try await servers[2].pause()
+            for verbose in [true, false] {
+                let name = "unread-stderr-\(verbose)"
+                let run = try CommandRun(
+                    ["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "300ms"] + (verbose ? ["--verbose"] : [])
+                        + ["--", "sh", "-c", "sleep 2; exit 7"],
+                    stderrFull: true
+                )
+                // Before, a line waited for room and held up the extender or the client's I/O
+                // thread: the lease was lost, and redlock never exited.
+                let (status, _, stderr, timedOut) = await run.finish(within: .seconds(20))
+                #expect(!timedOut && status == 7, "verbose \(verbose): \(stderr.replacingOccurrences(of: ".", with: ""))")
+                #expect(try await values(of: name, on: Array(servers.prefix(2))).allSatisfy { $0 == nil })
+            }
+            // Read, stderr has the client's warning as swift-log's stream handler prints one.
+            let read = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "read-stderr", "--ttl", "300ms", "--", "sleep", "2"])
+            let (status, _, stderr, _) = await read.finish(within: .seconds(20))
+            #expect(status == 0, "\(stderr)")
+            let warning = stderr.split(separator: "\n").first { $0.contains("redlock node does not answer") }
+            #expect(warning?.contains(" warning swift-redlock: ") == true && warning?.contains("endpoint=\(servers[2].endpoint)") == true, "\(stderr)")
+            try servers[2].resume()
         }
     }
 

@@ -33,6 +33,10 @@ enum {
     /* supervisor -> watchdog */
     REDLOCK_WATCH_DEADLINE = 1, /* value: CLOCK_BOOTTIME nanoseconds by which the command must be gone */
     REDLOCK_WATCH_SIGNAL = 2,   /* argument: a signal number for the command's process group */
+    REDLOCK_WATCH_KILL_AT = 10, /* value: CLOCK_BOOTTIME nanoseconds at which the supervisor, which is
+                                   terminating the command, kills its group itself; the watchdog kills
+                                   by then too (in case the supervisor is stopped), without blaming a
+                                   missed renewal, and no later deadline applies */
     /* watchdog -> supervisor */
     REDLOCK_WATCH_STARTED = 3,      /* argument: the command's pid (and process group) */
     REDLOCK_WATCH_EXEC_FAILED = 4,  /* argument: errno of the failed exec */
