@@ -258,7 +258,7 @@ public struct LockOptions: Sendable {
     func validate(lockName: String) throws(RedlockError) {
         func fail(_ message: String) -> RedlockError { .invalid(message, lockName: lockName) }
         guard expiry > .zero else { throw fail("expiry must be positive, got \(expiry)") }
-        guard expiry.millisecondsRoundedUp <= Int64(Int32.max) else { throw fail("expiry \(expiry) is too long") }
+        guard expiry.millisecondsRoundedUp <= Int64(Int32.max) else { throw fail("expiry \(expiry) is too long: at most \(Int32.max) ms (about 24.8 days)") }
         guard tries >= 1 else { throw fail("tries must be at least 1, got \(tries)") }
         if value.fixedValue?.isEmpty == true { throw fail("a fixed value must not be empty") }
         if let acquireTimeout, acquireTimeout < .zero {
@@ -275,7 +275,7 @@ public struct LockOptions: Sendable {
             throw fail("epochGuard must be at least the expiry (\(expiry)) when set, got \(epochGuard)")
         }
         if let epochGuard, epochGuard.millisecondsRoundedUp > Int64(Int32.max) {
-            throw fail("epochGuard \(epochGuard) is too long")
+            throw fail("epochGuard \(epochGuard) is too long: at most \(Int32.max) ms (about 24.8 days)")
         }
         guard replicaAcknowledgements >= 0 else {
             throw fail("replicaAcknowledgements must not be negative, got \(replicaAcknowledgements)")

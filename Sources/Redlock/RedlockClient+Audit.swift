@@ -98,10 +98,12 @@ extension RedlockClient {
             } else {
                 audits[index].checks.append(AuditCheck(name: "distinct", verdict: .unknown, detail: "INFO did not give a run_id"))
             }
+            // Refusals the lock works without (less well) are a caveat; any other fails.
             let refused = permissions[index].refused
+            let verdict: AuditCheck.Verdict = refused.isEmpty ? .pass : refused.allSatisfy(\.isOptional) ? .warn : .fail
             audits[index].checks.append(refused.isEmpty
                 ? AuditCheck(name: "permissions", verdict: .pass, detail: "every command, key and channel the lock's options need is allowed")
-                : AuditCheck(name: "permissions", verdict: .fail, detail: refused.map(\.description).joined(separator: "; ")))
+                : AuditCheck(name: "permissions", verdict: verdict, detail: refused.map(\.description).joined(separator: "; ")))
         }
         return audits
     }
@@ -219,7 +221,8 @@ extension RedlockClient {
         // Clock offset.
         let sent = ContinuousClock.now
         let wallBefore = wallClockMicroseconds()
-        if let reply = try? await node.send(RedisCommand("TIME")), case let .array(parts) = reply, parts.count == 2,
+        let time = await timeReply(of: node)
+        if case let .success(reply) = time, case let .array(parts) = reply, parts.count == 2,
            let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) }) {
             let roundTrip = sent.duration(to: .now)
             let localMidpoint = wallBefore + roundTrip.wholeNanoseconds / 2_000
@@ -231,31 +234,58 @@ extension RedlockClient {
                 ? AuditCheck(name: "clock", verdict: .pass, detail: text)
                 : AuditCheck(name: "clock", verdict: .warn, detail: text + ": check NTP (in slewing mode) on both"))
         } else {
-            audit.checks.append(AuditCheck(name: "clock", verdict: .unknown, detail: "TIME did not answer"))
+            audit.checks.append(AuditCheck(name: "clock", verdict: .unknown, detail: Self.timeFailure(time)))
         }
         audit.checks.append(await clockRate(of: node))
         audit.checks.append(await epoch(of: node))
         return audit
     }
 
+    /// `TIME`'s reply, or why there is none: the node's refusal (`NOPERM`, a renamed command) or
+    /// the failure.
+    private static func timeReply(of node: RedisConnection) async -> Result<RedisValue, RedisError> {
+        do {
+            return .success(try await node.send(RedisCommand("TIME")))
+        } catch let error as RedisError {
+            return .failure(error)
+        } catch {
+            return .failure(RedisError(code: .io, endpoint: node.configuration.endpoint, message: "\(error)"))
+        }
+    }
+
+    /// What a check says of a `TIME` that gave no reading: refused (with the node's text),
+    /// failed, or answered with something else.
+    private static func timeFailure(_ time: Result<RedisValue, RedisError>) -> String {
+        switch time {
+        case let .failure(error) where error.code == .serverError: "TIME was refused: \(error.message)"
+        case let .failure(error): "TIME failed: \(error.code): \(error.message)"
+        case let .success(reply): "TIME answered \(reply)"
+        }
+    }
+
     /// Two `TIME` readings 250 ms apart against this machine's monotonic clock (the clock
     /// guard's comparison, ``LockOptions/clockGuard``, with a drift factor of 0.01): a node whose
     /// clock runs fast or steps fails.
     private static func clockRate(of node: RedisConnection) async -> AuditCheck {
+        var failure = ""
         func reading() async -> ClockObservation? {
             let sentAt = ContinuousClock.now
-            guard let reply = try? await node.send(RedisCommand("TIME")), case let .array(parts) = reply, parts.count == 2,
+            let time = await timeReply(of: node)
+            guard case let .success(reply) = time, case let .array(parts) = reply, parts.count == 2,
                   let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) }),
                   let total = ClockCheck.nodeMicroseconds(in: .array([.integer(0), .integer(seconds), .integer(micros)]))
-            else { return nil }
+            else {
+                failure = timeFailure(time)
+                return nil
+            }
             return ClockObservation(nodeMicroseconds: total, sentAt: sentAt, receivedAt: .now)
         }
         guard let first = await reading() else {
-            return AuditCheck(name: "clock rate", verdict: .unknown, detail: "TIME did not answer")
+            return AuditCheck(name: "clock rate", verdict: .unknown, detail: failure)
         }
         try? await Task.sleep(for: .milliseconds(250))
         guard let second = await reading() else {
-            return AuditCheck(name: "clock rate", verdict: .unknown, detail: "TIME did not answer")
+            return AuditCheck(name: "clock rate", verdict: .unknown, detail: failure)
         }
         let node = Duration.microseconds(second.nodeMicroseconds - first.nodeMicroseconds)
         let local = first.receivedAt.duration(to: second.receivedAt)

@@ -61,15 +61,25 @@ extension RedlockClient {
             /// False when the check could not be made: `PEXPIRE` and `DEL` of the lock key are
             /// checked only while nobody holds the lock.
             public var checked: Bool = true
-            /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (the lock is held)`.
+            /// True when the lock works without it, less well: `PING` (the handshake's first
+            /// command when there is no password or database), `INFO` and its `run_id` without
+            /// ``LockOptions/restartGuard`` (one server listed under two addresses is then told
+            /// only by the address), `CLIENT INFO` and `CLIENT KILL` (order across a reconnect).
+            /// ``RedlockClient/audit(for:)`` counts such a refusal as a caveat (`warn`), any
+            /// other as a failure.
+            public var isOptional: Bool = false
+            /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (the lock is held)`,
+            /// with ` (optional)` after a refusal the lock works without.
             public var description: String {
                 guard checked else { return "\(permission): not checked (the lock is held)" }
-                return "\(permission): \(refusal ?? "allowed")"
+                guard let refusal else { return "\(permission): allowed" }
+                return "\(permission): \(refusal)\(isOptional ? " (optional)" : "")"
             }
         }
 
-        /// The refused permissions; empty when every check passed. A node that could not be
-        /// asked counts as refusing everything (see ``result``).
+        /// The refused permissions, those the lock works without (``Check/isOptional``) too;
+        /// empty when every check passed. A node that could not be asked counts as refusing
+        /// everything (see ``result``).
         public var refused: [Check] {
             switch result {
             case let .success(checks): checks.filter { $0.refusal != nil }
@@ -140,16 +150,21 @@ extension RedlockClient {
                         }
                         // The handshake's leading PING, and the run_id that tells one server
                         // listed twice (with restartGuard, also the uptime).
-                        checks.append(await Self.check("PING", RedisCommand("PING"), on: node) {
+                        var ping = await Self.check("PING", RedisCommand("PING"), on: node) {
                             $0 == .simpleString("PONG") ? nil : "unexpected reply \($0)"
-                        })
-                        checks.append(await Self.check("INFO", RedisCommand("INFO", "server"), on: node, judge: Self.judgeServerInfo))
+                        }
+                        ping.isOptional = true
+                        var info = await Self.check("INFO", RedisCommand("INFO", "server"), on: node, judge: Self.judgeServerInfo)
+                        info.isOptional = lock.options.restartGuard == nil
+                        checks += [ping, info]
                         // The order barrier's commands. The kill names a client nobody is (no
                         // connection comes from 0.0.0.0:0): it ends nothing, and answers 0.
-                        checks.append(await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node))
-                        checks.append(await Self.check(
+                        var clientInfo = await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node)
+                        var clientKill = await Self.check(
                             "CLIENT KILL", RedisCommand("CLIENT", "KILL", "ID", "1", "ADDR", "0.0.0.0:0"), on: node
-                        ) { $0.integer == 0 ? nil : "unexpected reply \($0)" })
+                        ) { $0.integer == 0 ? nil : "unexpected reply \($0)" }
+                        (clientInfo.isOptional, clientKill.isOptional) = (true, true)
+                        checks += [clientInfo, clientKill]
                         if let wait = lock.replicaWait {
                             checks.append(await Self.checkReplicas(wait, on: node))
                         }

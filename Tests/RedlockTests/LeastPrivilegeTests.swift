@@ -213,12 +213,12 @@ struct LeastPrivilegeTests {
         return calls
     }
 
-    @Test("the README's least-privilege rule is enough for everything: fenced lock, extend, a waiter woken by the release, unlock")
+    @Test("the README's least-privilege rule is enough for everything: the probe finds nothing missing; fenced lock, extend, a waiter woken by the release, unlock")
     func minimalRule() async throws {
         try await withRedisServers(3) { servers throws in
             try await createUser("locker", rules: [
                 "+set", "+eval", "+evalsha", "+client|info", "+client|kill", "+get", "+del", "+pexpire", "+publish", "+subscribe", "+unsubscribe", "+ping",
-                "+incr", "~report", "~redlock:fence", "&redlock:released:*",
+                "+info", "+incr", "~report", "~redlock:fence", "&redlock:released:*",
             ], on: servers)
             let records = Locked<[String]>([])
             let logger = capturingLogger(into: records, level: .debug)
@@ -231,6 +231,9 @@ struct LeastPrivilegeTests {
             let (holder, waiter) = (try makeClient(), try makeClient())
             var options = LockOptions(expiry: .seconds(5), tries: 1_000, retryDelay: .constant(.seconds(2)))
             options.fencing = true
+            for status in await holder.checkNodes(for: try holder.makeLock("report", options: options)) {
+                #expect(status.refused.isEmpty, "\(status.result)")
+            }
             let lease = try await holder.makeLock("report", options: options).lock()
             let extended = try await holder.makeLock("report", options: options).extend(lease)
             let waiting = Task { try await waiter.makeLock("report", options: options).lock() }
@@ -561,7 +564,15 @@ struct LeastPrivilegeTests {
             try await lock.unlock(lock.lock())
             let refused = await older.checkNodes(for: lock)[0].refused
             #expect(Set(refused.map(\.permission)) == ["PING", "INFO"], "\(refused)")
-            #expect(refused.allSatisfy { $0.refusal?.contains("NOPERM") == true }, "\(refused)")
+            #expect(refused.allSatisfy { $0.refusal?.contains("NOPERM") == true && $0.isOptional }, "\(refused)")
+            // The lock works without them: the audit's verdict is a caveat, not a failure; with
+            // restartGuard, INFO is needed.
+            let permissions = await older.audit(for: lock)[0].checks.first { $0.name == "permissions" }
+            #expect(permissions?.verdict == .warn && permissions?.detail.contains("(optional)") == true, "\(String(describing: permissions))")
+            let guarded = try older.makeLock("plain-lock", options: LockOptions(restartGuard: .seconds(1)))
+            let required = await older.checkNodes(for: guarded)[0].refused
+            #expect(required.first { $0.permission == "INFO" }?.isOptional == false, "\(required)")
+            #expect(await older.audit(for: guarded)[0].checks.first { $0.name == "permissions" }?.verdict == .fail)
             await older.shutdown()
         }
     }

@@ -11,17 +11,19 @@ struct Doctor: AsyncParsableCommand {
         (noeviction, or no memory limit); role (an independent master: a replica answers READONLY, \
         a master with replicas can lose a key on failover); cluster mode (off); distinct (the same \
         server listed twice under two addresses would vote twice); version; the permissions the \
-        lock's options need (scripts, the lock key, the fencing counter, the release channel, INFO, \
-        WAIT); \
+        lock's options need (scripts, the lock key, the fencing counter, the release channel, \
+        PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a refusal the lock works \
+        without, less well, is a warning); \
         and the node's clock offset from this machine.
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
         check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
-        arguments. Writes nothing that outlives it.
+        arguments. Writes nothing that outlives it, but for the fencing counter (with --fencing), \
+        incremented once: it only ever grows.
         """
     )
 
-    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY) or unix:///path. Default: $REDLOCK_NODES.")
+    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY, the name to verify from $REDLOCK_TLS_SERVER_NAME) or unix:///path. Default: $REDLOCK_NODES.")
     var nodes: String?
 
     @Option(help: "The lock name whose permissions to check.")
@@ -33,6 +35,12 @@ struct Doctor: AsyncParsableCommand {
     @Flag(help: "Check for the restart guard (INFO; as long as the default expiry): a node without persistence is then a caveat, not a failure.")
     var restartGuard = false
 
+    @Option(parsing: .unconditional, help: "Check for the epoch guard, as `redlock run --epoch-guard` uses it (TIME and the key redlock:epoch); the duration, as run's.", transform: parseDuration)
+    var epochGuard: Duration?
+
+    @Flag(help: "Check for the clock guard, as `redlock run --clock-guard` uses it (TIME and the key redlock:epoch).")
+    var clockGuard = false
+
     @Flag(help: "Check without fast handoff (no release channel).")
     var noFastHandoff = false
 
@@ -43,10 +51,20 @@ struct Doctor: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        var options = LockOptions(fencing: fencing, restartGuard: restartGuard ? LockOptions().expiry : nil)
+        var options = LockOptions(
+            fencing: fencing, restartGuard: restartGuard ? LockOptions().expiry : nil, epochGuard: epochGuard, clockGuard: clockGuard
+        )
         options.fastHandoff = !noFastHandoff
         options.replicaAcknowledgements = replicaAcknowledgements
-        let (client, lock) = try makeLock(nodes: nodes, name: name, options: options)
+        let made: (RedlockClient, DistributedLock)
+        do {
+            made = try makeLock(nodes: nodes, name: name, options: options)
+        } catch {
+            // Pointing at this command's help, not the top-level usage.
+            printError("Error: \(error)\nSee 'redlock doctor --help' for more information.")
+            throw ExitCode(64)
+        }
+        let (client, lock) = made
         let audits = await client.audit(for: lock)
         await client.shutdown()
         if json {

@@ -29,6 +29,11 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
     }
     let items = pieces.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
     guard !items.isEmpty else { throw ValidationError("the node list is empty") }
+    // An empty place (a template's missing value, say) is not skipped: the lock would run on
+    // fewer nodes than meant, with a smaller quorum.
+    guard items.count == pieces.count else {
+        throw ValidationError("the node list has an empty place (two commas in a row, or one at an end): \"\(text)\"")
+    }
     func setting(_ name: String) -> String? {
         environment[name].flatMap { $0.isEmpty ? nil : $0 }
     }

@@ -44,7 +44,8 @@ struct Run: AsyncParsableCommand {
           69               nodes failed or did not answer: no quorum (EX_UNAVAILABLE)
           71               the watchdog failed to start or died (EX_OSERR)
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
-          77               a node refused credentials or a command (EX_NOPERM)
+          77               a node refused the credentials, the database or a command
+                           (EX_NOPERM)
           124              lease lost: the command was stopped (or never started),
                            or the release found the keys taken from it while it ran,
                            or the watchdog killed it: no renewal reached it in time
@@ -64,7 +65,7 @@ struct Run: AsyncParsableCommand {
         static let leaseLost: Int32 = 124
     }
 
-    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY) or unix:///path. Default: $REDLOCK_NODES.")
+    @Option(help: "Comma-separated nodes: host:port, redis://[user:pass@]host:port[/db], rediss://… (TLS; files from $REDLOCK_TLS_CA_CERT, $REDLOCK_TLS_CERT, $REDLOCK_TLS_KEY, the name to verify from $REDLOCK_TLS_SERVER_NAME) or unix:///path. Default: $REDLOCK_NODES.")
     var nodes: String?
 
     @Option(help: "The lock name.")
@@ -174,7 +175,11 @@ struct Run: AsyncParsableCommand {
             summary = wait == .zero ? "held by another holder" : "held by another holder for the whole --wait of \(wait)"
         case _ where refusesPermission(error):
             status = Status.permissionDenied
-            summary = "a node refused the credentials or a command"
+            summary = "a node refused the credentials, the database or a command"
+                + (epochGuard != nil || clockGuard
+                    ? " (the epoch and clock guards also need +time and the key redlock:epoch: README, ACL rules; "
+                        + "redlock doctor --epoch-guard or --clock-guard checks them)"
+                    : "")
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
@@ -186,8 +191,13 @@ struct Run: AsyncParsableCommand {
         return status
     }
 
+    /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
+    /// database (`SELECT`), a command or key (`NOPERM`, a command renamed away, `WRONGTYPE`).
     private func refusesPermission(_ error: RedlockError) -> Bool {
-        error.nodes.contains { $0.cause.error?.isPermissionRefusal == true }
+        error.nodes.contains { node in
+            guard let failure = node.cause.error, failure.isPermanent else { return false }
+            return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed || failure.code == .serverError
+        }
     }
 
     private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision) async -> Int32 {

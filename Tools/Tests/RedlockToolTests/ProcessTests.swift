@@ -80,4 +80,26 @@ struct ProcessTests {
             }
         }
     }
+
+    @Test("redlock doctor checks what run's guards need (--epoch-guard, --clock-guard: TIME), and its usage errors, an empty place in the node list among them, point at its own help")
+    func doctorGuardsAndUsage() async throws {
+        try await withRedisServers(1, persistence: .appendOnlyFsyncAlways, arguments: ["--user", "timeless", "on", ">pw", "~*", "&*", "+@all", "-time"]) { servers throws in
+            let node = "redis://timeless:pw@\(servers[0].endpoint)"
+            let plain = try CommandRun(["doctor", "--nodes", node, "--fencing"])
+            let (plainStatus, plainOut, _) = await plain.finish()
+            // TIME is refused: the clock checks say so; no permission of an unguarded lock is missing.
+            #expect(plainStatus == 0 && plainOut.contains("TIME was refused: NOPERM"), "\(plainOut)")
+            for flags in [["--epoch-guard", "10s"], ["--clock-guard"]] {
+                let guarded = try CommandRun(["doctor", "--nodes", node, "--fencing"] + flags)
+                let (status, stdout, _) = await guarded.finish()
+                let permissions = stdout.split(separator: "\n").first { $0.contains(" permissions: ") } ?? ""
+                #expect(status == 1 && permissions.contains("fail") && permissions.contains("TIME"), "\(flags): \(stdout)")
+            }
+            for list in ["\(servers[0].endpoint),,\(servers[0].endpoint)", "\(servers[0].endpoint),"] {
+                let empty = try CommandRun(["doctor", "--nodes", list])
+                let (status, _, stderr) = await empty.finish()
+                #expect(status == 64 && stderr.contains("empty place") && stderr.contains("redlock doctor --help"), "\(list): \(stderr)")
+            }
+        }
+    }
 }

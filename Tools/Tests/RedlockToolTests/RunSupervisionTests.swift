@@ -701,10 +701,11 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("exit statuses say what happened: nodes down 69, credentials refused 77, bad grace 64, command not found 127")
+    @Test("exit statuses say what happened: nodes down 69, credentials, database or a guard's command refused 77 (naming what the guards need), bad grace 64, command not found 127")
     func exitStatuses() async throws {
         try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { guarded throws in
-            try await withRedisServers(1) { servers throws in
+            // A user who may not run TIME, which the epoch guard needs.
+            try await withRedisServers(1, arguments: ["--user", "timeless", "on", ">pw", "~*", "&*", "+@all", "-time"]) { servers throws in
                 let down = try await RedisServer.start()
                 let downList = "\(down.endpoint)"
                 await down.terminate()
@@ -720,6 +721,16 @@ final class RunSupervisionTests: Sendable {
                 let (authStatus, _, authErrors) = await wrongPassword.finish()
                 #expect(authStatus == 77, "\(authErrors)")
                 #expect(started.duration(to: .now) < .seconds(4), "a refused password is not retried for the whole --wait")
+
+                // A database the node does not have, and a guard's command the user may not run.
+                let database = try CommandRun(["run", "--nodes", "redis://\(servers[0].endpoint)/99", "--name", "x", "--", "true"])
+                let (databaseStatus, _, databaseErrors) = await database.finish()
+                #expect(databaseStatus == 77 && databaseErrors.contains("the database"), "\(databaseErrors)")
+                let guarded = try CommandRun([
+                    "run", "--nodes", "redis://timeless:pw@\(servers[0].endpoint)", "--name", "x", "--epoch-guard", "10s", "--", "true",
+                ])
+                let (guardedStatus, _, guardedErrors) = await guarded.finish()
+                #expect(guardedStatus == 77 && guardedErrors.contains("+time and the key redlock:epoch"), "\(guardedErrors)")
 
                 let badGrace = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "x", "--ttl", "1s", "--grace", "600ms", "--", "true"])
                 let (graceStatus, _, graceErrors) = await badGrace.finish()
