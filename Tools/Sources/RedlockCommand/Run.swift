@@ -136,6 +136,7 @@ struct Run: AsyncParsableCommand {
         switch await acquiring.value {
         case let .failure(error):
             status = exitStatus(for: error, signal: supervision.terminatingSignal)
+            if supervision.terminatingSignal == nil { await diagnoseSilentNodes(error, client: client) }
         case let .success(lease):
             if let signal = supervision.terminatingSignal {
                 try? await lock.unlock(lease)
@@ -193,6 +194,21 @@ struct Run: AsyncParsableCommand {
 
     /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
     /// database (`SELECT`), a command or key (`NOPERM`, a command renamed away, `WRONGTYPE`).
+    /// For nodes that gave no answer within the attempt and had no connection failure yet (a
+    /// connect still under way when the attempt's budget, `--ttl` × 0.05, ran out: a TLS
+    /// handshake with a plain port, a silent host, take the connect timeout), what a `PING`
+    /// finds on each, within the node's timeouts (at most 3 s), so that the cause is named.
+    private func diagnoseSilentNodes(_ error: RedlockError, client: RedlockClient) async {
+        let silent = Set(error.nodes.filter { $0.cause == .noAnswer && $0.connectionFailure == nil }.map(\.node))
+        guard !silent.isEmpty else { return }
+        for status in await client.checkNodes() where silent.contains(status.node) {
+            switch status.result {
+            case let .failure(failure): printError("redlock: node \(status.node) (\(status.endpoint)), asked again: \(failure)")
+            case .success: printError("redlock: node \(status.node) (\(status.endpoint)) answers now: it was only slow")
+            }
+        }
+    }
+
     private func refusesPermission(_ error: RedlockError) -> Bool {
         error.nodes.contains { node in
             guard let failure = node.cause.error, failure.isPermanent else { return false }

@@ -152,6 +152,16 @@ struct CommandTests {
         }
     }
 
+    @Test("run with rediss:// to a plain port and no --wait names the cause: the connect outlives the one attempt (its budget is half the connect timeout), so the node is asked again, which says the port speaks plain RESP")
+    func tlsToPlainPortNamed() async throws {
+        try await withRedisServers(1) { servers throws in
+            let run = try CommandRun(["run", "--nodes", "rediss://\(servers[0].endpoint)", "--name", "tls-to-plain", "--", "true"])
+            let (status, _, stderr, timedOut) = await run.finish(within: .seconds(20))
+            #expect(!timedOut && status == 69, "\(stderr)")
+            #expect(stderr.contains("asked again") && stderr.contains("use redis://"), "\(stderr)")
+        }
+    }
+
     @Test("run takes its nodes from REDLOCK_NODES and does not pass them on: the command's environment has no node list (its URLs may carry passwords)")
     func nodesStayWithRedlock() async throws {
         try await withRedisServers(3) { servers throws in
