@@ -1101,7 +1101,15 @@ static int is_terminating(int signal_number) {
     return signal_number == SIGINT || signal_number == SIGTERM || signal_number == SIGHUP || signal_number == SIGQUIT;
 }
 
-_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns) {
+int redlock_signal_is_ignored(int signal_number) {
+    struct sigaction current;
+    if (sigaction(signal_number, NULL, &current) != 0) {
+        return 0;
+    }
+    return (current.sa_flags & SA_SIGINFO) == 0 && current.sa_handler == SIG_IGN;
+}
+
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, int hangups_ignored) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
     }
@@ -1215,6 +1223,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns)
         memset(&default_action, 0, sizeof default_action);
         default_action.sa_handler = SIG_DFL;
         for (int number = 1; number < NSIG; number++) {
+            if (number == SIGHUP && hangups_ignored) {
+                continue; /* ignored here as in the watchdog, as nohup passes it on */
+            }
             if (sigaction(number, &default_action, NULL) != 0) {
                 /* The C library keeps a few real-time signals to itself; reset them in the kernel. */
                 struct {

@@ -14,15 +14,16 @@ struct RedlockCommand: AsyncParsableCommand {
 /// The program's entry point.
 ///
 /// `redlock run` re-executes this program as the watchdog of the command it supervises
-/// (`Supervision.swift`): `redlock __watchdog DEADLINE_NS -- COMMAND…`. That path takes over on
+/// (`Supervision.swift`): `redlock __watchdog DEADLINE_NS -- COMMAND…` (`__watchdog-nohup` when
+/// the command is to start with SIGHUP ignored). That path takes over on
 /// the main thread before anything else starts, and never returns.
 @main
 enum Entry {
     static func main() async {
         let arguments = CommandLine.arguments
-        if arguments.count >= 5, arguments[1] == SupervisedCommand.watchdogArgument, arguments[3] == "--",
-           let deadline = Int64(arguments[2]) {
-            redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline)
+        if arguments.count >= 5, [SupervisedCommand.watchdogArgument, SupervisedCommand.watchdogArgumentHangupsIgnored].contains(arguments[1]),
+           arguments[3] == "--", let deadline = Int64(arguments[2]) {
+            redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline, arguments[1] == SupervisedCommand.watchdogArgumentHangupsIgnored ? 1 : 0)
         }
         // The client's log lines (a node that stops answering) never wait for stderr.
         LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }

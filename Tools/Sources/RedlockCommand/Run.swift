@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSupervise
 import Foundation
 import Redlock
 import RedlockTestSupport
@@ -25,7 +26,8 @@ struct Run: AsyncParsableCommand {
         with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
         and stderr. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock while the \
         command runs go to its group once; a terminating one received before it starts (also after \
-        the acquire) keeps it from starting. When the command exits, whatever it left running (in its group, or \
+        the acquire) keeps it from starting. Started with SIGHUP ignored (nohup), redlock keeps \
+        ignoring it and the command starts with it ignored too. When the command exits, whatever it left running (in its group, or \
         detached with setsid) is killed.
 
         If the lease cannot be extended, the group gets SIGTERM when only --grace plus \
@@ -129,7 +131,11 @@ struct Run: AsyncParsableCommand {
         let (client, lock) = made
 
         let supervision = Supervision()
-        let handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT]) { supervision.received($0) }
+        // Started with SIGHUP ignored (nohup): a hangup stays ignored, by redlock and by the
+        // command, rather than be passed on.
+        let hangupsIgnored = redlock_signal_is_ignored(SIGHUP) != 0
+        let handled = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT].filter { !hangupsIgnored || $0 != SIGHUP }
+        let handlers = SignalHandlers(handled) { supervision.received($0) }
         let status: Int32
         let acquiring = Task { await acquire(lock) }
         supervision.acquiring(cancel: { acquiring.cancel() })
@@ -143,7 +149,7 @@ struct Run: AsyncParsableCommand {
                 status = 128 + signal
             } else {
                 report("acquired \"\(name)\" token=\(lease.fencingToken.map(String.init) ?? "none") \(boottime(lease))")
-                status = await runHolding(lease, lock: lock, supervision: supervision)
+                status = await runHolding(lease, lock: lock, supervision: supervision, hangupsIgnored: hangupsIgnored)
             }
         }
         // Signals are taken until the client has shut down (it may wait for a stalled node): the
@@ -216,7 +222,7 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision) async -> Int32 {
+    private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision, hangupsIgnored: Bool) async -> Int32 {
         let margin = margin
         let grace = effectiveGrace
         // Extend early enough that a failing extension still has time for retries before the
@@ -248,7 +254,8 @@ struct Run: AsyncParsableCommand {
                 // not start it either if it reads it first.
                 if let signal = supervision.terminatingSignal { return SupervisedCommand.Ending.signalledBeforeStart(signal) }
                 let supervised = try SupervisedCommand(
-                    command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin)
+                    command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin),
+                    hangupsIgnored: hangupsIgnored
                 )
                 supervision.started(supervised)
                 let ending = await supervised.wait(grace: grace)

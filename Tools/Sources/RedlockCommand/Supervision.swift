@@ -17,8 +17,11 @@ import Musl
 /// outlives its lease because its supervisor died or froze. `redlock` moves the deadline after
 /// each confirmed extension and sends signals for the group through the watchdog.
 final class SupervisedCommand: Sendable {
-    /// The argument that makes `redlock` run as the watchdog (see `main.swift`).
+    /// The argument that makes `redlock` run as the watchdog (see `RedlockCommand.swift`).
     static let watchdogArgument = "__watchdog"
+    /// The same, for a command that starts with SIGHUP ignored (`redlock` was started so, as
+    /// `nohup` starts a program).
+    static let watchdogArgumentHangupsIgnored = "__watchdog-nohup"
 
     /// How the command ended.
     enum Ending: Sendable, Equatable {
@@ -76,11 +79,14 @@ final class SupervisedCommand: Sendable {
     private let ending = Mutex<(value: Ending?, waiter: CheckedContinuation<Ending, Never>?)>((nil, nil))
 
     /// Starts the watchdog, which starts `command` (looked up in `PATH`) with `environment`; the
-    /// command must be gone by `deadline`, unless ``renew(until:)`` moves it.
-    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant) throws {
+    /// command must be gone by `deadline`, unless ``renew(until:)`` moves it. With
+    /// `hangupsIgnored`, the command starts with SIGHUP ignored (every other signal at its
+    /// default).
+    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant, hangupsIgnored: Bool = false) throws {
         let deadlineNs = Self.boottimeNanoseconds(deadline)
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let arguments = [executable, Self.watchdogArgument, String(deadlineNs), "--"] + command
+        let mode = hangupsIgnored ? Self.watchdogArgumentHangupsIgnored : Self.watchdogArgument
+        let arguments = [executable, mode, String(deadlineNs), "--"] + command
         let environmentLines = environment.map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
         var controlFd: Int32 = -1

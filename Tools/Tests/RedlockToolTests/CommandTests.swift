@@ -28,10 +28,17 @@ final class CommandRun: Sendable {
     /// Starts `redlock` with `arguments`. Foundation starts it in a process group of its own,
     /// as a terminal starts a foreground job. With `stderrFull`, its stderr pipe is full before
     /// it starts (and read only once it exited: ``finish()``), as a stalled log shipper's is.
-    init(_ arguments: [String], environment: [String: String] = [:], stderrFull: Bool = false) throws {
+    /// `launcher`, when given, runs `redlock` (e.g. `["/usr/bin/nohup"]`).
+    init(_ arguments: [String], environment: [String: String] = [:], stderrFull: Bool = false, launcher: [String] = []) throws {
         process = Process()
-        process.executableURL = try builtExecutable("redlock")
-        process.arguments = arguments
+        let redlock = try builtExecutable("redlock")
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [redlock.path] + arguments
+        } else {
+            process.executableURL = redlock
+            process.arguments = arguments
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         output = Pipe()
         errors = Pipe()

@@ -134,6 +134,32 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("started with SIGHUP ignored (nohup), redlock keeps it ignored and the command starts with it ignored: a hangup to redlock and to the command's group ends neither; without nohup, SIGHUP to redlock ends the command (129)")
+    func nohupKeepsHangupsIgnored() async throws {
+        try await withRedisServers(1) { servers throws in
+            for nohup in [true, false] {
+                let run = try CommandRun(
+                    ["run", "--nodes", nodeList(servers), "--name", "hangup", "--",
+                     "sh", "-c", "grep ^SigIgn /proc/self/status; echo ready $$; sleep 1; echo survived"],
+                    launcher: nohup ? ["/usr/bin/nohup"] : []
+                )
+                let before = try #require(await run.waitForLine(containing: "ready"))
+                let group = try #require(before.split(separator: "\n").first { $0.hasPrefix("ready ") }.flatMap { pid_t($0.dropFirst(6)) })
+                #expect(kill(run.process.processIdentifier, SIGHUP) == 0)
+                if nohup { #expect(kill(-group, SIGHUP) == 0) }
+                let (status, stdout, stderr) = await run.finish()
+                if nohup {
+                    // SIGHUP is signal 1: the lowest bit of the ignored set, and no other.
+                    #expect(before.contains("SigIgn:\t0000000000000001"), "\(before)")
+                    #expect(status == 0 && stdout.contains("survived"), "\(status) \(stdout) \(stderr)")
+                } else {
+                    #expect(before.contains("SigIgn:\t0000000000000000"), "\(before)")
+                    #expect(status == 128 + SIGHUP && !stdout.contains("survived"), "\(status) \(stdout) \(stderr)")
+                }
+            }
+        }
+    }
+
     @Test("SIGTERM to redlock stops a command that does not trap it, and what the command started")
     func terminateReachesGroup() async throws {
         try await withRedisServers(1) { servers throws in

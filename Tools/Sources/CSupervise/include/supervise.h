@@ -60,8 +60,14 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
 /* The watchdog's whole life, in the spawned process: runs `command` (argv[0] looked up in PATH)
    with this process's environment, enforces `deadline_ns` (CLOCK_BOOTTIME) and later deadlines from
    descriptor 3, reports on descriptor 4, and exits once the command has exited (status 0), or 1
-   on a setup failure (reported on stderr). Never returns. */
-_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns);
+   on a setup failure (reported on stderr). The command starts with default signal dispositions,
+   but for SIGHUP when `hangups_ignored` (redlock was started with it ignored, as nohup starts a
+   program: the command gets it ignored as nohup would have passed it on). Never returns. */
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, int hangups_ignored);
+
+/* 1 when `signal_number` is ignored (SIG_IGN) in this process, else 0 (also when it cannot be
+   told). */
+int redlock_signal_is_ignored(int signal_number);
 
 /* SIGKILLs process group `group` (if > 0) and every descendant of the calling process (first by
    the walk of redlock_kill_tree, then by scans of /proc for its children: descendants that were
