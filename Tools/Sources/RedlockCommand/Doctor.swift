@@ -32,10 +32,13 @@ struct Doctor: AsyncParsableCommand {
     @Flag(help: "Check for fencing tokens (INCR on redlock:fence), as `redlock run` uses them: check with this flag for nodes that `redlock run` will use.")
     var fencing = false
 
-    @Flag(help: "Check for the restart guard (INFO; as long as the default expiry): a node without persistence is then a caveat, not a failure.")
+    @Flag(help: "Check for the restart guard (INFO; as long as --ttl): a node without persistence is then a caveat, not a failure.")
     var restartGuard = false
 
-    @Option(parsing: .unconditional, help: "Check for the epoch guard, as `redlock run --epoch-guard` uses it (TIME and the key redlock:epoch); the duration, as run's.", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "The lease time the lock is used with, as run's --ttl: --epoch-guard must be at least it, and --restart-guard checks for as long. Default: 10s.", transform: parseDuration)
+    var ttl: Duration = .seconds(10)
+
+    @Option(parsing: .unconditional, help: "Check for the epoch guard, as `redlock run --epoch-guard` uses it (TIME and the key redlock:epoch); the duration, as run's (at least --ttl).", transform: parseDuration)
     var epochGuard: Duration?
 
     @Flag(help: "Check for the clock guard, as `redlock run --clock-guard` uses it (TIME and the key redlock:epoch).")
@@ -52,7 +55,7 @@ struct Doctor: AsyncParsableCommand {
 
     func run() async throws {
         var options = LockOptions(
-            fencing: fencing, restartGuard: restartGuard ? LockOptions().expiry : nil, epochGuard: epochGuard, clockGuard: clockGuard
+            expiry: ttl, fencing: fencing, restartGuard: restartGuard ? ttl : nil, epochGuard: epochGuard, clockGuard: clockGuard
         )
         options.fastHandoff = !noFastHandoff
         options.replicaAcknowledgements = replicaAcknowledgements

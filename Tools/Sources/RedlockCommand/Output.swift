@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Logging
 import Synchronization
 
@@ -7,13 +9,17 @@ import Glibc
 import Musl
 #endif
 
-/// Writes `line` and a newline to descriptor `fd` with `write(2)`, whatever happens to it: a
-/// closed pipe or descriptor (`EPIPE`, `EBADF`) loses the line and nothing else. Foundation's
-/// `FileHandle.write` traps on those, which took `redlock run` down mid-run (its command never
-/// started, or was left to the watchdog) when stderr was a closed pipe.
+/// Writes `line` and a newline to descriptor `fd` (``writeAll(_:to:)``).
 func writeLine(_ line: String, to fd: Int32) {
-    var bytes = Array((line + "\n").utf8)
-    bytes.withUnsafeMutableBytes { buffer in
+    writeAll(Array((line + "\n").utf8), to: fd)
+}
+
+/// Writes `bytes` to descriptor `fd` with `write(2)`, waiting as long as it takes, whatever
+/// happens to it: a closed pipe or descriptor (`EPIPE`, `EBADF`) loses them and nothing else.
+/// Foundation's `FileHandle.write` traps on those, which took `redlock run` down mid-run (its
+/// command never started, or was left to the watchdog) when stderr was a closed pipe.
+func writeAll(_ bytes: [UInt8], to fd: Int32) {
+    bytes.withUnsafeBytes { buffer in
         guard let base = buffer.baseAddress else { return }
         var offset = 0
         while offset < buffer.count {
@@ -25,142 +31,111 @@ func writeLine(_ line: String, to fd: Int32) {
     }
 }
 
-/// A line on stderr that waits at most a second for room (see ``StandardError``): a message
-/// after the work is done, which a reader may still take.
+/// A line on stderr that waits at most a second to be written (see ``StandardError``): a
+/// message after the work is done, which a reader may still take.
 func printError(_ line: String) {
     StandardError.shared.write(line, waitingUpTo: .seconds(1))
 }
 
-/// stderr, written without waiting for a reader: a log shipper that stalls, or a pipe nobody
-/// reads, must not hold up the lease's extensions (a log line written on the extender's path or
-/// on the client's I/O thread would, and the lease would be lost while every node answers).
-///
-/// A pipe or a terminal is opened again (`/proc/self/fd/2`) as an open file description of
-/// redlock's own, non-blocking, so that the command's stderr (the same pipe) stays as it was; a
-/// socket (journald's stream) is written with `MSG_DONTWAIT`; a regular file, which never
-/// makes a writer wait, as it is. A line that finds no room is dropped and counted, and the
-/// next line that gets through says how many were. Lines never interleave: one writes at a
-/// time, and a line that would wait for another's is dropped too.
+/// stderr, written by a thread of its own so that no caller waits for a reader: a log shipper
+/// that stalls, or a pipe nobody reads, must not hold up the lease's extensions (a line written
+/// on the extender's path or on the client's I/O thread would, and the lease would be lost
+/// while every node answers). Whatever stderr is (a pipe, a terminal, a socket, a file, one
+/// owned by another user), callers only queue lines; the thread writes them in order, waiting
+/// as long as stderr makes it. Lines that would take the queue past 64 KiB are dropped and
+/// counted, and the thread says how many after the lines queued before them. A line written
+/// with a wait (``write(_:waitingUpTo:)``) is always queued, and its caller waits until it is
+/// written or the wait is over.
 final class StandardError: Sendable {
     /// The one for this process.
     static let shared = StandardError()
+    /// How many bytes of lines may wait to be written.
+    static let capacity = 64 * 1_024
 
-    private enum Kind {
-        /// A description of redlock's own (`O_NONBLOCK`) of stderr's pipe or device.
-        case reopened(Int32)
-        /// A socket: `send` with `MSG_DONTWAIT` on descriptor 2.
-        case socket
-        /// A regular file, or what could not be opened again: `write` on descriptor 2.
-        case direct
+    private struct State {
+        var lines: [String] = []
+        var bytes = 0
+        /// Lines dropped since the thread last took the queue.
+        var dropped = 0
+        /// How many lines were queued since the start (a line's number).
+        var queued = 0
+        /// Callers waiting for their line (its number) to be written.
+        var waiters: [(line: Int, done: DispatchSemaphore)] = []
+        var writerStarted = false
     }
 
-    private let kind: Kind
-    /// Lines dropped since the last one written (taken under the lock).
-    private let dropped = Mutex(0)
-    /// Held while a line is written, so that lines never interleave.
-    private let writing = Mutex(())
+    private let state = Mutex(State())
+    /// Signalled once per line queued: the writer's wake-up.
+    private let work = DispatchSemaphore(value: 0)
 
-    private init() {
-        var status = stat()
-        guard fstat(STDERR_FILENO, &status) == 0 else {
-            kind = .direct
-            return
-        }
-        switch status.st_mode & S_IFMT {
-        case S_IFSOCK:
-            kind = .socket
-        case S_IFIFO, S_IFCHR:
-            let fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
-            kind = fd >= 0 ? .reopened(fd) : .direct
-        default:
-            kind = .direct
-        }
-    }
+    private init() {}
 
-    /// Writes `line` and a newline, waiting up to `limit` for room (zero: not at all); drops it
-    /// when there is none by then, or when another line is being written and `limit` is zero.
+    /// Queues `line` (a newline follows it) and, with a `limit` above zero, waits until it is
+    /// written or `limit` has passed. Without a wait, a line that finds the queue full is
+    /// dropped (and counted).
     func write(_ line: String, waitingUpTo limit: Duration = .zero) {
-        let written: Bool? = limit == .zero
-            ? writing.withLockIfAvailable { _ in writeWithNotice(line, until: nil) }
-            : writing.withLock { _ in writeWithNotice(line, until: ContinuousClock.now + limit) }
-        if written != true { dropped.withLock { $0 += 1 } }
-    }
-
-    /// Writes the count of lines dropped before (when any), then `line`; false when `line`
-    /// found no room by `deadline` (nil: now).
-    private func writeWithNotice(_ line: String, until deadline: ContinuousClock.Instant?) -> Bool {
-        let lost = dropped.withLock { count in
-            defer { count = 0 }
-            return count
-        }
-        var text = line + "\n"
-        if lost > 0 {
-            text = "redlock: \(lost) line\(lost == 1 ? "" : "s") for stderr dropped: it was not read\n" + text
-        }
-        guard writeAll(Array(text.utf8), until: deadline) else {
-            dropped.withLock { $0 += lost }
-            return false
-        }
-        return true
-    }
-
-    /// Writes `bytes`, waiting for room until `deadline` (nil: not at all); false when some
-    /// found none (a line cut short is ended with a newline, when room for one comes).
-    private func writeAll(_ bytes: [UInt8], until deadline: ContinuousClock.Instant?) -> Bool {
-        bytes.withUnsafeBytes { buffer in
-            guard let base = buffer.baseAddress else { return true }
-            var offset = 0
-            while offset < buffer.count {
-                let written: Int
-                switch kind {
-                case let .reopened(fd): written = Glibc.write(fd, base + offset, buffer.count - offset)
-                case .socket: written = send(STDERR_FILENO, base + offset, buffer.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-                case .direct: written = Glibc.write(STDERR_FILENO, base + offset, buffer.count - offset)
-                }
-                if written > 0 {
-                    offset += written
-                    continue
-                }
-                if written < 0 && errno == EINTR { continue }
-                // A closed pipe or descriptor loses the line and nothing else.
-                guard written < 0, errno == EAGAIN || errno == EWOULDBLOCK, let deadline, waitForRoom(until: deadline) else {
-                    if offset > 0 { endCutLine() }
-                    return offset == buffer.count
-                }
+        let text = line + "\n"
+        let waiting = limit > .zero
+        let done = waiting ? DispatchSemaphore(value: 0) : nil
+        let (accepted, startWriter) = state.withLock { state -> (Bool, Bool) in
+            guard waiting || state.bytes + text.utf8.count <= Self.capacity else {
+                state.dropped += 1
+                return (false, false)
             }
-            return true
+            state.lines.append(text)
+            state.bytes += text.utf8.count
+            state.queued += 1
+            if let done { state.waiters.append((state.queued, done)) }
+            defer { state.writerStarted = true }
+            return (true, !state.writerStarted)
+        }
+        guard accepted else { return }
+        if startWriter {
+            let writer = Thread { [self] in writeForever() }
+            writer.name = "redlock-stderr"
+            writer.start()
+        }
+        work.signal()
+        guard let done else { return }
+        let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+        if done.wait(timeout: .now() + seconds) == .timedOut {
+            state.withLock { $0.waiters.removeAll { $0.done === done } }
         }
     }
 
-    /// Waits until stderr takes bytes again or `deadline` passes; false then.
-    private func waitForRoom(until deadline: ContinuousClock.Instant) -> Bool {
-        let fd: Int32 = if case let .reopened(fd) = kind { fd } else { STDERR_FILENO }
+    /// The writer thread: takes what is queued, writes it (and the count of lines dropped
+    /// meanwhile), wakes the callers waiting for it; for as long as the process runs.
+    private func writeForever() {
         while true {
-            let left = ContinuousClock.now.duration(to: deadline)
-            guard left > .zero else { return false }
-            var watched = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let ready = poll(&watched, 1, Int32(clamping: max(1, left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000)))
-            if ready > 0 { return watched.revents & Int16(POLLOUT) != 0 }
-            if ready < 0 && errno != EINTR { return false }
-        }
-    }
-
-    /// A newline after a line cut short, if stderr takes one now: the next line starts on a
-    /// line of its own.
-    private func endCutLine() {
-        var newline: UInt8 = 10
-        switch kind {
-        case let .reopened(fd): _ = Glibc.write(fd, &newline, 1)
-        case .socket: _ = send(STDERR_FILENO, &newline, 1, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-        case .direct: _ = Glibc.write(STDERR_FILENO, &newline, 1)
+            work.wait()
+            let (lines, dropped, through) = state.withLock { state in
+                defer {
+                    state.lines.removeAll(keepingCapacity: true)
+                    state.bytes = 0
+                    state.dropped = 0
+                }
+                return (state.lines, state.dropped, state.queued)
+            }
+            guard !lines.isEmpty || dropped > 0 else { continue }
+            var text = lines.joined()
+            if dropped > 0 {
+                text += "redlock: \(dropped) line\(dropped == 1 ? "" : "s") for stderr dropped: it was not read fast enough\n"
+            }
+            writeAll(Array(text.utf8), to: STDERR_FILENO)
+            let woken = state.withLock { state in
+                let woken = state.waiters.filter { $0.line <= through }.map(\.done)
+                state.waiters.removeAll { $0.line <= through }
+                return woken
+            }
+            for done in woken { done.signal() }
         }
     }
 }
 
-/// swift-log's handler for `redlock`: lines as swift-log's `StreamLogHandler` prints them
-/// (time, level, label, metadata, message), written through ``StandardError`` without waiting,
-/// since the client logs on its I/O thread (a node that stops answering) and a stalled stderr
-/// must not stop its I/O.
+/// swift-log's handler for `redlock`: time, level, label, metadata and message, as swift-log's
+/// `StreamLogHandler` prints them (without its `[source]`), queued on ``StandardError`` without
+/// waiting, since the client logs on its I/O thread (a node that stops answering) and a stalled
+/// stderr must not stop its I/O.
 struct StandardErrorLogHandler: LogHandler {
     let label: String
     var logLevel: Logger.Level = .info

@@ -198,8 +198,6 @@ struct Run: AsyncParsableCommand {
         return status
     }
 
-    /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
-    /// database (`SELECT`), a command or key (`NOPERM`, a command renamed away, `WRONGTYPE`).
     /// For nodes that gave no answer within the attempt and had no connection failure yet (a
     /// connect still under way when the attempt's budget, `--ttl` × 0.05, ran out: a TLS
     /// handshake with a plain port, a silent host, take the connect timeout), what a `PING`
@@ -215,10 +213,14 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
+    /// database (`SELECT`), a command or key (`NOPERM`, a command renamed away). A key of
+    /// another type (`WRONGTYPE`) is a conflict of data, not a refusal: 69.
     private func refusesPermission(_ error: RedlockError) -> Bool {
         error.nodes.contains { node in
             guard let failure = node.cause.error, failure.isPermanent else { return false }
-            return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed || failure.code == .serverError
+            return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed
+                || (failure.code == .serverError && failure.message.uppercased().hasPrefix("ERR UNKNOWN COMMAND"))
         }
     }
 
