@@ -28,10 +28,16 @@ let package = Package(
     targets: [
         // The watchdog process that `redlock run` supervises its command through.
         .target(name: "CSupervise"),
+        // stderr for `redlock`, written by a thread of its own: no caller waits for a reader.
+        .target(
+            name: "RedlockOutput",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "RedlockCommand",
             dependencies: [
                 "CSupervise",
+                "RedlockOutput",
                 .product(name: "Redlock", package: "swift-redlock"),
                 .product(name: "RedlockTestSupport", package: "swift-redlock"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -70,6 +76,7 @@ let package = Package(
             name: "RedlockToolTests",
             dependencies: [
                 "CSupervise",
+                "RedlockOutput",
                 .product(name: "Redlock", package: "swift-redlock"),
                 .product(name: "RedlockTestSupport", package: "swift-redlock"),
             ]

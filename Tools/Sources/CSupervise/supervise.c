@@ -209,8 +209,9 @@ static int find_program(const char *name, char *path, size_t size) {
 /* Writes `text` to stderr without waiting for room: a pipe nobody reads must not keep the
    watchdog from reporting to its supervisor and ending. A pipe or terminal is opened again
    (/proc/self/fd/2) as a non-blocking description of the watchdog's own (the command's stderr,
-   the same pipe, stays as it was); a socket is written with MSG_DONTWAIT; a regular file never
-   waits. What finds no room is dropped: redlock reports the same outcome itself. */
+   the same pipe, stays as it was), or else written when poll finds room; a socket is written
+   with MSG_DONTWAIT; a regular file never waits. What finds no room is dropped, uncounted:
+   redlock reports the same outcome itself. */
 static void say(const char *text) {
     size_t length = strlen(text);
     struct stat status;
@@ -225,6 +226,13 @@ static void say(const char *text) {
         if (fd >= 0) {
             ignored = write(fd, text, length);
             close(fd);
+        } else {
+            /* Not to be opened again (a pipe of another user: EACCES): written only when poll
+               finds room now, a line of at most PIPE_BUF bytes going whole. */
+            struct pollfd room = {.fd = STDERR_FILENO, .events = POLLOUT, .revents = 0};
+            if (length <= PIPE_BUF && poll(&room, 1, 0) == 1 && (room.revents & POLLOUT) != 0) {
+                ignored = write(STDERR_FILENO, text, length);
+            }
         }
     } else {
         ignored = write(STDERR_FILENO, text, length);

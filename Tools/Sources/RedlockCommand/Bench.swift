@@ -1,4 +1,5 @@
 import ArgumentParser
+import RedlockOutput
 import Dispatch
 import Foundation
 import Redlock

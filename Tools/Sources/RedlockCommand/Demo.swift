@@ -1,4 +1,5 @@
 import ArgumentParser
+import RedlockOutput
 import Foundation
 import Redlock
 import RedlockTestSupport

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RedlockOutput
 import Foundation
 import Redlock
 
@@ -52,6 +53,10 @@ struct Doctor: AsyncParsableCommand {
 
     @Flag(help: "Print JSON: one object per node with its checks.")
     var json = false
+
+    func validate() throws {
+        guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms, as run's") }
+    }
 
     func run() async throws {
         var options = LockOptions(

@@ -1,6 +1,13 @@
 import ArgumentParser
+import RedlockOutput
 import CSupervise
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// The `redlock` command-line tool (started by ``Entry``).
 struct RedlockCommand: AsyncParsableCommand {
@@ -25,8 +32,12 @@ enum Entry {
            arguments[3] == "--", let deadline = Int64(arguments[2]) {
             redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline, arguments[1] == SupervisedCommand.watchdogArgumentHangupsIgnored ? 1 : 0)
         }
-        // The client's log lines (a node that stops answering) never wait for stderr.
+        // The client's log lines (a node that stops answering) never wait for stderr; what is
+        // queued at exit has a second to be written.
         LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }
+        atexit(flushStandardErrorAtExit)
+        // A closed stderr or stdout (a socket: journald's stream) fails a write, not the process.
+        _ = signal(SIGPIPE, SIG_IGN)
         await RedlockCommand.main()
     }
 }

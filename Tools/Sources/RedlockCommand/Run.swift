@@ -1,4 +1,5 @@
 import ArgumentParser
+import RedlockOutput
 import CSupervise
 import Foundation
 import Redlock

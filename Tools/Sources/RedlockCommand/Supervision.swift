@@ -1,6 +1,7 @@
 import CSupervise
 import Dispatch
 import Foundation
+import RedlockOutput
 import Synchronization
 
 #if canImport(Glibc)
