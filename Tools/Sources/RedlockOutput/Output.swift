@@ -14,7 +14,8 @@ public func writeLine(_ line: String, to fd: Int32) {
     writeAll(Array((line + "\n").utf8), to: fd)
 }
 
-/// Writes `bytes` to descriptor `fd` with `write(2)`, waiting as long as it takes, whatever
+/// Writes `bytes` to descriptor `fd` with `write(2)`, waiting as long as it takes, also when
+/// the descriptor was left non-blocking (`EAGAIN`: poll until it takes bytes again), whatever
 /// happens to it: a closed pipe or descriptor (`EPIPE`, `EBADF`) loses them and nothing else.
 /// Foundation's `FileHandle.write` traps on those, which took `redlock run` down mid-run (its
 /// command never started, or was left to the watchdog) when stderr was a closed pipe.
@@ -24,9 +25,16 @@ public func writeAll(_ bytes: [UInt8], to fd: Int32) {
         var offset = 0
         while offset < buffer.count {
             let written = write(fd, base + offset, buffer.count - offset)
-            if written < 0 && errno == EINTR { continue }
-            guard written > 0 else { return }
-            offset += written
+            if written > 0 {
+                offset += written
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                while poll(&room, 1, -1) < 0 && errno == EINTR {}
+            } else {
+                return
+            }
         }
     }
 }
@@ -210,7 +218,7 @@ public final class StandardError: Sendable {
                     }
                     text = "redlock: \(dropped) line\(dropped == 1 ? "" : "s") for stderr dropped: it was not read fast enough\n"
                 }
-                writeWaitingForRoom(Array(text.utf8), to: descriptor)
+                writeAll(Array(text.utf8), to: descriptor)
                 let woken = state.withLock { state in
                     state.writingSince = nil
                     if let number { state.written = max(state.written, number) }
@@ -234,29 +242,6 @@ public final class StandardError: Sendable {
             state.writingSince = .now
             if case .line = entry { return (entry, number) }
             return (entry, nil)
-        }
-    }
-}
-
-/// Writes `bytes` to descriptor `fd`, waiting as long as it takes, also when the descriptor
-/// was left non-blocking (`EAGAIN`: poll until it takes bytes again); a closed pipe or
-/// descriptor (`EPIPE`, `EBADF`) loses them and nothing else.
-private func writeWaitingForRoom(_ bytes: [UInt8], to fd: Int32) {
-    bytes.withUnsafeBytes { buffer in
-        guard let base = buffer.baseAddress else { return }
-        var offset = 0
-        while offset < buffer.count {
-            let written = write(fd, base + offset, buffer.count - offset)
-            if written > 0 {
-                offset += written
-            } else if written < 0 && errno == EINTR {
-                continue
-            } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                while poll(&room, 1, -1) < 0 && errno == EINTR {}
-            } else {
-                return
-            }
         }
     }
 }
