@@ -100,10 +100,12 @@ extension RedlockClient {
             }
             // Refusals the lock works without (less well) are a caveat; any other fails.
             let refused = permissions[index].refused
-            let verdict: AuditCheck.Verdict = refused.isEmpty ? .pass : refused.allSatisfy(\.isOptional) ? .warn : .fail
             audits[index].checks.append(refused.isEmpty
                 ? AuditCheck(name: "permissions", verdict: .pass, detail: "every command, key and channel the lock's options need is allowed")
-                : AuditCheck(name: "permissions", verdict: verdict, detail: refused.map(\.description).joined(separator: "; ")))
+                : AuditCheck(
+                    name: "permissions", verdict: refused.allSatisfy(\.isOptional) ? .warn : .fail,
+                    detail: refused.map(\.description).joined(separator: "; ")
+                ))
         }
         return audits
     }

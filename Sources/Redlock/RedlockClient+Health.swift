@@ -150,21 +150,18 @@ extension RedlockClient {
                         }
                         // The handshake's leading PING, and the run_id that tells one server
                         // listed twice (with restartGuard, also the uptime).
-                        var ping = await Self.check("PING", RedisCommand("PING"), on: node) {
+                        checks.append(await Self.check("PING", RedisCommand("PING"), on: node, isOptional: true) {
                             $0 == .simpleString("PONG") ? nil : "unexpected reply \($0)"
-                        }
-                        ping.isOptional = true
-                        var info = await Self.check("INFO", RedisCommand("INFO", "server"), on: node, judge: Self.judgeServerInfo)
-                        info.isOptional = lock.options.restartGuard == nil
-                        checks += [ping, info]
+                        })
+                        checks.append(await Self.check(
+                            "INFO", RedisCommand("INFO", "server"), on: node, isOptional: lock.options.restartGuard == nil, judge: Self.judgeServerInfo
+                        ))
                         // The order barrier's commands. The kill names a client nobody is (no
                         // connection comes from 0.0.0.0:0): it ends nothing, and answers 0.
-                        var clientInfo = await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node)
-                        var clientKill = await Self.check(
-                            "CLIENT KILL", RedisCommand("CLIENT", "KILL", "ID", "1", "ADDR", "0.0.0.0:0"), on: node
-                        ) { $0.integer == 0 ? nil : "unexpected reply \($0)" }
-                        (clientInfo.isOptional, clientKill.isOptional) = (true, true)
-                        checks += [clientInfo, clientKill]
+                        checks.append(await Self.check("CLIENT INFO", RedisCommand("CLIENT", "INFO"), on: node, isOptional: true))
+                        checks.append(await Self.check(
+                            "CLIENT KILL", RedisCommand("CLIENT", "KILL", "ID", "1", "ADDR", "0.0.0.0:0"), on: node, isOptional: true
+                        ) { $0.integer == 0 ? nil : "unexpected reply \($0)" })
                         if let wait = lock.replicaWait {
                             checks.append(await Self.checkReplicas(wait, on: node))
                         }
@@ -235,15 +232,17 @@ extension RedlockClient {
     /// Sends `command`; a server error reply is the refusal (and any other error); with
     /// `judge`, so is what it says of the reply.
     private static func check(
-        _ permission: String, _ command: RedisCommand, on node: RedisConnection, judge: (RedisValue) -> String? = { _ in nil }
+        _ permission: String, _ command: RedisCommand, on node: RedisConnection, isOptional: Bool = false,
+        judge: (RedisValue) -> String? = { _ in nil }
     ) async -> NodePermissions.Check {
+        let refusal: String?
         do {
-            let reply = try await node.send(command)
-            return .init(permission: permission, refusal: judge(reply))
+            refusal = judge(try await node.send(command))
         } catch let error as RedisError where error.code == .serverError {
-            return .init(permission: permission, refusal: error.message)
+            refusal = error.message
         } catch {
-            return .init(permission: permission, refusal: "\(error)")
+            refusal = "\(error)"
         }
+        return .init(permission: permission, refusal: refusal, isOptional: isOptional)
     }
 }

@@ -1117,6 +1117,19 @@ int redlock_signal_is_ignored(int signal_number) {
     return (current.sa_flags & SA_SIGINFO) == 0 && current.sa_handler == SIG_IGN;
 }
 
+/* Takes a deadline from `message` into `*deadline`: a renewal (REDLOCK_WATCH_DEADLINE) until
+   redlock set the instant of its own kill (REDLOCK_WATCH_KILL_AT, `*ordered` from then on), after
+   which only another such applies. 1 when the deadline was taken. */
+static int take_deadline(const redlock_watch_message *message, int64_t *deadline, int *ordered) {
+    if (message->kind == REDLOCK_WATCH_KILL_AT) {
+        *ordered = 1;
+    } else if (message->kind != REDLOCK_WATCH_DEADLINE || *ordered) {
+        return 0;
+    }
+    *deadline = message->value;
+    return 1;
+}
+
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, int hangups_ignored) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
@@ -1197,10 +1210,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         if (got == 0) {
             break;
         }
-        if (message.kind == REDLOCK_WATCH_DEADLINE || message.kind == REDLOCK_WATCH_KILL_AT) {
-            deadline = message.value;
-            ordered = ordered || message.kind == REDLOCK_WATCH_KILL_AT;
-        } else if (message.kind == REDLOCK_WATCH_SIGNAL && is_terminating(message.argument)) {
+        if (take_deadline(&message, &deadline, &ordered)) {
+            continue;
+        }
+        if (message.kind == REDLOCK_WATCH_SIGNAL && is_terminating(message.argument)) {
             redlock_watch_send(STATUS_FD, REDLOCK_WATCH_NOT_STARTED, message.argument, 0);
             _exit(0);
         }
@@ -1334,10 +1347,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         if (control >= 0 && (watched[2].revents != 0 || watched[1].revents != 0)) {
             int got;
             while ((got = read_message(control, &message, &have)) == 1) {
-                if (((message.kind == REDLOCK_WATCH_DEADLINE && !ordered) || message.kind == REDLOCK_WATCH_KILL_AT) && !killed) {
-                    deadline = message.value;
-                    ordered = ordered || message.kind == REDLOCK_WATCH_KILL_AT;
-                    if (arm(timer, deadline) != 0) {
+                if (take_deadline(&message, &deadline, &ordered)) {
+                    if (!killed && arm(timer, deadline) != 0) {
                         kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL);
                     }

@@ -75,8 +75,9 @@ public final class StandardError: Sendable {
     public static let stuck: Duration = .milliseconds(100)
 
     private enum Entry {
-        /// A line and its newline; `waited` when a caller waits for it to be written.
-        case line(String, waited: Bool)
+        /// A line and its newline, its number (lines queued since the start), and `waited` when
+        /// a caller waits for it to be written.
+        case line(String, number: Int, waited: Bool)
         /// The count of lines dropped in its place (``State/dropped``).
         case droppedNotice
     }
@@ -96,37 +97,21 @@ public final class StandardError: Sendable {
         /// Since when the thread has been in its current write, if it is in one.
         var writingSince: ContinuousClock.Instant?
         var writerStarted = false
-        /// The number of each queued entry's line, in the order of ``entries`` (0 for a notice).
-        var numbers: [Int] = []
 
         /// Drops `entries`' lines that nobody waits for; a notice takes the place of the first.
         mutating func dropUnwaited() {
             var kept: [Entry] = []
-            var keptNumbers: [Int] = []
-            var numbers = self.numbers.makeIterator()
             for entry in entries {
-                switch entry {
-                case let .line(_, waited):
-                    let number = numbers.next() ?? 0
-                    if waited {
-                        kept.append(entry)
-                        keptNumbers.append(number)
-                    } else {
-                        dropped += 1
-                        if !noticeQueued {
-                            noticeQueued = true
-                            kept.append(.droppedNotice)
-                            keptNumbers.append(0)
-                        }
-                    }
-                case .droppedNotice:
-                    _ = numbers.next()
+                if case .line(_, _, waited: false) = entry {
+                    dropped += 1
+                    guard !noticeQueued else { continue }
+                    noticeQueued = true
+                    kept.append(.droppedNotice)
+                } else {
                     kept.append(entry)
-                    keptNumbers.append(0)
                 }
             }
             entries = kept
-            self.numbers = keptNumbers
             bytes = 0
         }
     }
@@ -157,12 +142,10 @@ public final class StandardError: Sendable {
                 guard !state.noticeQueued else { return (nil, false) }
                 state.noticeQueued = true
                 state.entries.append(.droppedNotice)
-                state.numbers.append(0)
                 return (nil, false)
             }
             state.queued += 1
-            state.entries.append(.line(text, waited: waited))
-            state.numbers.append(state.queued)
+            state.entries.append(.line(text, number: state.queued, waited: waited))
             if !waited { state.bytes += text.utf8.count }
             defer { state.writerStarted = true }
             return (state.queued, !state.writerStarted)
@@ -204,10 +187,13 @@ public final class StandardError: Sendable {
     private func writeForever() {
         while true {
             work.wait()
-            while let (entry, number) = nextEntry() {
+            while let entry = nextEntry() {
                 let text: String
+                var number: Int?
                 switch entry {
-                case let .line(line, _): text = line
+                case let .line(line, lineNumber, _):
+                    text = line
+                    number = lineNumber
                 case .droppedNotice:
                     let dropped = state.withLock { state in
                         defer {
@@ -232,16 +218,14 @@ public final class StandardError: Sendable {
         }
     }
 
-    /// Takes the queue's first entry (with its line's number), noting that a write begins.
-    private func nextEntry() -> (Entry, Int?)? {
+    /// Takes the queue's first entry, noting that a write begins.
+    private func nextEntry() -> Entry? {
         state.withLock { state in
             guard !state.entries.isEmpty else { return nil }
             let entry = state.entries.removeFirst()
-            let number = state.numbers.removeFirst()
-            if case let .line(text, waited) = entry, !waited { state.bytes -= text.utf8.count }
+            if case let .line(text, _, waited: false) = entry { state.bytes -= text.utf8.count }
             state.writingSince = .now
-            if case .line = entry { return (entry, number) }
-            return (entry, nil)
+            return entry
         }
     }
 }

@@ -245,6 +245,32 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("redlock stopped once it began stopping the command (SIGTERM sent, its own SIGKILL and the instant told to the watchdog): the watchdog kills a command that ignores SIGTERM before the lease's validity ends")
+    func stoppedWhileTerminating() async throws {
+        let worker = try builtExecutable("redlock-worker").path
+        try await withRedisServers(3) { servers throws in
+            let (beats, termed) = (temporaryFile("beats"), temporaryFile("termed"))
+            // The shell notes the SIGTERM (its wait is interrupted by it); the worker ignores it.
+            let script = "trap 'echo term > \(termed)' TERM; \(worker) heartbeat --file \(beats) --ignore-term & "
+                + "while kill -0 $! 2>/dev/null; do wait $!; done"
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "stopped-terminating", "--ttl", "1s", "--grace", "300ms",
+                                      "--verbose", "--", "sh", "-c", script], killAfter: .seconds(60))
+            #expect(await eventually(within: .seconds(20)) { Beats(file: beats).beats.count >= 2 })
+            for server in servers { try await server.pause() }
+            #expect(await eventually(within: .seconds(10)) { FileManager.default.fileExists(atPath: termed) }, "no SIGTERM reached the command")
+            #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
+            let pid = try #require(Beats(file: beats).pid)
+            #expect(await eventually(within: .seconds(10)) { !isAlive(pid) }, "the watchdog did not kill the command")
+            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
+            let (status, _, stderr) = await run.finish()
+            for server in servers { try server.resume() }
+            #expect(status == 124 && !run.timedOut, "stderr: \(stderr)")
+            let lastBeat = try #require(Beats(file: beats).beats.last)
+            let validUntil = try #require(lastValidUntil(in: stderr), "stderr: \(stderr)")
+            #expect(lastBeat < validUntil, "the command ran \(Double(lastBeat - validUntil) / 1e6) ms past the lease's validity")
+        }
+    }
+
     @Test(
         "a killed or stopped redlock, a stopped process group or a killed watchdog never lets the command overlap the next holder's",
         arguments: ["kill redlock", "stop redlock", "stop redlock's group", "kill the watchdog"]
