@@ -1130,7 +1130,13 @@ static int take_deadline(const redlock_watch_message *message, int64_t *deadline
     return 1;
 }
 
-_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, int hangups_ignored) {
+/* Whether the command is to start with `signal_number` ignored (see redlock_watchdog_main). */
+static int keeps_ignored(uint64_t kept_ignored, int signal_number) {
+    return (signal_number == SIGHUP || signal_number == SIGINT || signal_number == SIGQUIT)
+           && ((kept_ignored >> (signal_number - 1)) & 1) != 0;
+}
+
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, uint64_t kept_ignored) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
     }
@@ -1244,8 +1250,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         memset(&default_action, 0, sizeof default_action);
         default_action.sa_handler = SIG_DFL;
         for (int number = 1; number < NSIG; number++) {
-            if (number == SIGHUP && hangups_ignored) {
-                continue; /* ignored here as in the watchdog, as nohup passes it on */
+            if (keeps_ignored(kept_ignored, number)) {
+                continue; /* ignored here as in the watchdog, as nohup or the shell passed it on */
             }
             if (sigaction(number, &default_action, NULL) != 0) {
                 /* The C library keeps a few real-time signals to itself; reset them in the kernel. */

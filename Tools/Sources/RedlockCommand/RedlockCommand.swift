@@ -21,16 +21,16 @@ struct RedlockCommand: AsyncParsableCommand {
 /// The program's entry point.
 ///
 /// `redlock run` re-executes this program as the watchdog of the command it supervises
-/// (`Supervision.swift`): `redlock __watchdog DEADLINE_NS -- COMMAND…` (`__watchdog-nohup` when
-/// the command is to start with SIGHUP ignored). That path takes over on
-/// the main thread before anything else starts, and never returns.
+/// (`Supervision.swift`): `redlock __watchdog DEADLINE_NS KEPT_IGNORED -- COMMAND…`, where
+/// KEPT_IGNORED has bit n - 1 set for each signal n the command is to start ignored. That path
+/// takes over on the main thread before anything else starts, and never returns.
 @main
 enum Entry {
     static func main() async {
         let arguments = CommandLine.arguments
-        if arguments.count >= 5, [SupervisedCommand.watchdogArgument, SupervisedCommand.watchdogArgumentHangupsIgnored].contains(arguments[1]),
-           arguments[3] == "--", let deadline = Int64(arguments[2]) {
-            redlock_watchdog_main(CommandLine.unsafeArgv + 4, deadline, arguments[1] == SupervisedCommand.watchdogArgumentHangupsIgnored ? 1 : 0)
+        if arguments.count >= 6, arguments[1] == SupervisedCommand.watchdogArgument, arguments[4] == "--",
+           let deadline = Int64(arguments[2]), let keptIgnored = UInt64(arguments[3]) {
+            redlock_watchdog_main(CommandLine.unsafeArgv + 5, deadline, keptIgnored)
         }
         // The client's log lines (a node that stops answering) never wait for stderr; what is
         // queued at exit has a second to be written.

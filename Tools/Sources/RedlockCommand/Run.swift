@@ -27,8 +27,9 @@ struct Run: AsyncParsableCommand {
         with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
         and stderr. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to redlock while the \
         command runs go to its group once; a terminating one received before it starts (also after \
-        the acquire) keeps it from starting. Started with SIGHUP ignored (nohup), redlock keeps \
-        ignoring it and the command starts with it ignored too. When the command exits, whatever it left running (in its group, or \
+        the acquire) keeps it from starting. Of SIGHUP, SIGINT and SIGQUIT, one ignored when redlock \
+        starts (nohup; a shell's `&` without job control) stays ignored, by redlock and by the \
+        command. When the command exits, whatever it left running (in its group, or \
         detached with setsid) is killed.
 
         If the lease cannot be extended, the group gets SIGTERM when only --grace plus \
@@ -132,25 +133,38 @@ struct Run: AsyncParsableCommand {
         let (client, lock) = made
 
         let supervision = Supervision()
-        // Started with SIGHUP ignored (nohup): a hangup stays ignored, by redlock and by the
-        // command, rather than be passed on.
-        let hangupsIgnored = redlock_signal_is_ignored(SIGHUP) != 0
-        let handled = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT].filter { !hangupsIgnored || $0 != SIGHUP }
+        // A signal ignored when redlock starts stays ignored, by redlock and by the command,
+        // rather than be passed on: SIGHUP under nohup, SIGINT and SIGQUIT in an asynchronous
+        // list (`cmd &`) of a shell without job control, which a shell itself may not trap
+        // either (POSIX, Shell Command Language, 2.11 and `trap`). SIGTERM is always handled:
+        // it is how the command is stopped before the lease ends.
+        let keptIgnored = [SIGHUP, SIGINT, SIGQUIT].filter { redlock_signal_is_ignored($0) != 0 }
+        let handled = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT].filter { !keptIgnored.contains($0) }
         let handlers = SignalHandlers(handled) { supervision.received($0) }
-        let status: Int32
+        var status: Int32
         let acquiring = Task { await acquire(lock) }
         supervision.acquiring(cancel: { acquiring.cancel() })
         switch await acquiring.value {
         case let .failure(error):
-            status = exitStatus(for: error, signal: supervision.terminatingSignal)
-            if supervision.terminatingSignal == nil { await diagnoseSilentNodes(error, client: client) }
+            let interrupted = supervision.terminatingSignal
+            status = exitStatus(for: error, signal: interrupted)
+            if interrupted == nil {
+                // Asking the silent nodes again takes up to 3 s: a terminating signal cuts it short
+                // (one that came since the line above, at once).
+                let diagnosis = Task { await diagnoseSilentNodes(error, client: client) }
+                supervision.acquiring(cancel: { diagnosis.cancel() })
+                if await !diagnosis.value, let signal = supervision.terminatingSignal {
+                    printError("redlock: interrupted by signal \(signal) while asking the silent nodes again")
+                    status = 128 + signal
+                }
+            }
         case let .success(lease):
             if let signal = supervision.terminatingSignal {
                 try? await lock.unlock(lease)
                 status = 128 + signal
             } else {
                 report("acquired \"\(name)\" token=\(lease.fencingToken.map(String.init) ?? "none") \(boottime(lease))")
-                status = await runHolding(lease, lock: lock, supervision: supervision, hangupsIgnored: hangupsIgnored)
+                status = await runHolding(lease, lock: lock, supervision: supervision, keptIgnored: keptIgnored)
             }
         }
         // Signals are taken until the client has shut down (it may wait for a stalled node): the
@@ -203,15 +217,21 @@ struct Run: AsyncParsableCommand {
     /// connect still under way when the attempt's budget, `--ttl` × 0.05, ran out: a TLS
     /// handshake with a plain port, a silent host, take the connect timeout), what a `PING`
     /// finds on each, within the node's timeouts (at most 3 s), so that the cause is named.
-    private func diagnoseSilentNodes(_ error: RedlockError, client: RedlockClient) async {
+    /// Returns false when cancelled before the answers were told (a signal cut it short).
+    private func diagnoseSilentNodes(_ error: RedlockError, client: RedlockClient) async -> Bool {
         let silent = Set(error.nodes.filter { $0.cause == .noAnswer && $0.connectionFailure == nil }.map(\.node))
-        guard !silent.isEmpty else { return }
-        for status in await client.checkNodes() where silent.contains(status.node) {
+        guard !silent.isEmpty else { return true }
+        guard !Task.isCancelled else { return false }
+        let statuses = await client.checkNodes()
+        // Cut short by a signal: what was asked has no answer to tell.
+        guard !Task.isCancelled else { return false }
+        for status in statuses where silent.contains(status.node) {
             switch status.result {
             case let .failure(failure): printError("redlock: node \(status.node) (\(status.endpoint)), asked again: \(failure)")
             case .success: printError("redlock: node \(status.node) (\(status.endpoint)) answers now: it was only slow")
             }
         }
+        return true
     }
 
     /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
@@ -225,7 +245,7 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision, hangupsIgnored: Bool) async -> Int32 {
+    private func runHolding(_ lease: Lease, lock: DistributedLock, supervision: Supervision, keptIgnored: [Int32]) async -> Int32 {
         let margin = margin
         let grace = effectiveGrace
         // Extend early enough that a failing extension still has time for retries before the
@@ -258,7 +278,7 @@ struct Run: AsyncParsableCommand {
                 if let signal = supervision.terminatingSignal { return SupervisedCommand.Ending.signalledBeforeStart(signal) }
                 let supervised = try SupervisedCommand(
                     command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin),
-                    hangupsIgnored: hangupsIgnored
+                    keptIgnored: keptIgnored
                 )
                 supervision.started(supervised)
                 let ending = await supervised.wait(grace: grace)
@@ -338,7 +358,8 @@ final class Supervision: Sendable {
     /// The first SIGINT, SIGTERM, SIGHUP or SIGQUIT received before the command started.
     var terminatingSignal: Int32? { state.withLock { $0.terminatingSignal } }
 
-    /// Registers how to stop the acquire.
+    /// Registers how to stop what runs before the command (the acquire, then the diagnosis of
+    /// a failed one); called at once when a terminating signal came already.
     func acquiring(cancel: @escaping @Sendable () -> Void) {
         let cancelNow = state.withLock { state in
             state.cancelAcquire = cancel

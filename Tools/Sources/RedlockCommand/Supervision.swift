@@ -20,9 +20,6 @@ import Musl
 final class SupervisedCommand: Sendable {
     /// The argument that makes `redlock` run as the watchdog (see `RedlockCommand.swift`).
     static let watchdogArgument = "__watchdog"
-    /// The same, for a command that starts with SIGHUP ignored (`redlock` was started so, as
-    /// `nohup` starts a program).
-    static let watchdogArgumentHangupsIgnored = "__watchdog-nohup"
 
     /// How the command ended.
     enum Ending: Sendable, Equatable {
@@ -81,13 +78,13 @@ final class SupervisedCommand: Sendable {
 
     /// Starts the watchdog, which starts `command` (looked up in `PATH`) with `environment`; the
     /// command must be gone by `deadline`, unless ``renew(until:)`` moves it. With
-    /// `hangupsIgnored`, the command starts with SIGHUP ignored (every other signal at its
-    /// default).
-    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant, hangupsIgnored: Bool = false) throws {
+    /// `keptIgnored` (of SIGHUP, SIGINT and SIGQUIT), the command starts with those ignored
+    /// (every other signal at its default).
+    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant, keptIgnored: [Int32] = []) throws {
         let deadlineNs = Self.boottimeNanoseconds(deadline)
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let mode = hangupsIgnored ? Self.watchdogArgumentHangupsIgnored : Self.watchdogArgument
-        let arguments = [executable, mode, String(deadlineNs), "--"] + command
+        let ignoredMask = keptIgnored.reduce(UInt64(0)) { $0 | (1 << UInt64($1 - 1)) }
+        let arguments = [executable, Self.watchdogArgument, String(deadlineNs), String(ignoredMask), "--"] + command
         let environmentLines = environment.map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
         var controlFd: Int32 = -1

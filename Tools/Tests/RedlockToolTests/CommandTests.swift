@@ -31,7 +31,8 @@ final class CommandRun: Sendable {
     /// Starts `redlock` with `arguments`. Foundation starts it in a process group of its own,
     /// as a terminal starts a foreground job. With `stderrFull`, its stderr pipe is full before
     /// it starts (and read only once it exited: ``finish()``), as a stalled log shipper's is.
-    /// `launcher`, when given, runs `redlock` (e.g. `["/usr/bin/nohup"]`). With `killAfter`,
+    /// `launcher`, when given, runs `redlock` (e.g. `["/usr/bin/nohup"]`), after `env` reset
+    /// SIGHUP, SIGINT and SIGQUIT to their defaults. With `killAfter`,
     /// redlock is SIGKILLed when it still runs that long after its start (its watchdog then
     /// kills the command), so that a test waiting for its output cannot hang (``timedOut``).
     init(
@@ -40,13 +41,11 @@ final class CommandRun: Sendable {
     ) throws {
         process = Process()
         let redlock = try builtExecutable("redlock")
-        if let first = launcher.first {
-            process.executableURL = URL(fileURLWithPath: first)
-            process.arguments = Array(launcher.dropFirst()) + [redlock.path] + arguments
-        } else {
-            process.executableURL = redlock
-            process.arguments = arguments
-        }
+        // redlock keeps SIGHUP, SIGINT and SIGQUIT ignored when it starts with them ignored: they
+        // start at their defaults, whatever the test runner was started with (a script's `&`
+        // ignores SIGINT and SIGQUIT), unless `launcher` ignores them.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["--default-signal=HUP,INT,QUIT"] + launcher + [redlock.path] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         output = Pipe()
         errors = Pipe()
@@ -174,6 +173,25 @@ struct CommandTests {
             let (status, _, stderr) = await run.finish()
             #expect(!run.timedOut && status == 69, "\(stderr)")
             #expect(stderr.contains("asked again") && stderr.contains("use redis://"), "\(stderr)")
+        }
+    }
+
+    @Test("a SIGINT while run asks a silent node again, after a failed acquire, cuts that short: exit 130, the failure printed, no answer reported (without the cut, the node is asked for its command timeout and the run exits 69)")
+    func interruptedDiagnosis() async throws {
+        try await withRedisServers(1) { servers throws in
+            try await servers[0].pause()
+            // The shortest lease: the attempt's budget (10 ms) ends long before the connect's
+            // handshake times out (seconds), which the diagnosis waits for.
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "diagnosis", "--ttl", "200ms", "--", "true"], killAfter: .seconds(20))
+            let failed = await run.waitForErrorLine(containing: "could not acquire")
+            #expect(failed != nil)
+            #expect(kill(run.process.processIdentifier, SIGINT) == 0)
+            let (status, _, rest) = await run.finish()
+            try servers[0].resume()
+            let stderr = (failed ?? "") + rest
+            #expect(!run.timedOut && status == 128 + SIGINT, "\(status): \(stderr)")
+            #expect(stderr.contains("interrupted by signal \(SIGINT) while asking the silent nodes again"), "\(stderr)")
+            #expect(!stderr.contains("asked again"), "\(stderr)")
         }
     }
 

@@ -134,27 +134,35 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("started with SIGHUP ignored (nohup), redlock keeps it ignored and the command starts with it ignored: a hangup to redlock and to the command's group ends neither; without nohup, SIGHUP to redlock ends the command (129)")
-    func nohupKeepsHangupsIgnored() async throws {
+    @Test("a signal of SIGHUP, SIGINT and SIGQUIT ignored when redlock starts stays ignored, by redlock and by the command: under nohup a hangup, in a script's `cmd &` a Ctrl-C (SIGINT, SIGQUIT) to redlock and to the command's group ends neither; started with them at their defaults, SIGHUP or SIGINT to redlock ends the command (129, 130)")
+    func ignoredSignalsStayIgnored() async throws {
+        // (launcher, the signals sent, the command's ignored set from /proc: bit n - 1 for signal n)
+        let cases: [(launcher: [String], signals: [Int32], ignored: String)] = [
+            (["/usr/bin/nohup"], [SIGHUP], "0000000000000001"),
+            (["/usr/bin/env", "--ignore-signal=INT,QUIT"], [SIGINT, SIGQUIT], "0000000000000006"),
+            ([], [SIGHUP], "0000000000000000"),
+            ([], [SIGINT], "0000000000000000"),
+        ]
         try await withRedisServers(1) { servers throws in
-            for nohup in [true, false] {
+            for (launcher, signals, ignored) in cases {
+                let kept = !launcher.isEmpty
                 let run = try CommandRun(
-                    ["run", "--nodes", nodeList(servers), "--name", "hangup", "--",
+                    ["run", "--nodes", nodeList(servers), "--name", "ignored", "--",
                      "sh", "-c", "grep ^SigIgn /proc/self/status; echo ready $$; sleep 1; echo survived"],
-                    launcher: nohup ? ["/usr/bin/nohup"] : []
+                    launcher: launcher, killAfter: .seconds(20)
                 )
                 let before = try #require(await run.waitForLine(containing: "ready"))
                 let group = try #require(before.split(separator: "\n").first { $0.hasPrefix("ready ") }.flatMap { pid_t($0.dropFirst(6)) })
-                #expect(kill(run.process.processIdentifier, SIGHUP) == 0)
-                if nohup { #expect(kill(-group, SIGHUP) == 0) }
+                for signal in signals {
+                    #expect(kill(run.process.processIdentifier, signal) == 0)
+                    if kept { #expect(kill(-group, signal) == 0) }
+                }
                 let (status, stdout, stderr) = await run.finish()
-                if nohup {
-                    // SIGHUP is signal 1: the lowest bit of the ignored set, and no other.
-                    #expect(before.contains("SigIgn:\t0000000000000001"), "\(before)")
-                    #expect(status == 0 && stdout.contains("survived"), "\(status) \(stdout) \(stderr)")
+                #expect(before.contains("SigIgn:\t\(ignored)"), "\(launcher): \(before)")
+                if kept {
+                    #expect(!run.timedOut && status == 0 && stdout.contains("survived"), "\(launcher): \(status) \(stdout) \(stderr)")
                 } else {
-                    #expect(before.contains("SigIgn:\t0000000000000000"), "\(before)")
-                    #expect(status == 128 + SIGHUP && !stdout.contains("survived"), "\(status) \(stdout) \(stderr)")
+                    #expect(status == 128 + signals[0] && !stdout.contains("survived"), "\(signals): \(status) \(stdout) \(stderr)")
                 }
             }
         }

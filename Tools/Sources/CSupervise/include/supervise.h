@@ -61,9 +61,10 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
    with this process's environment, enforces `deadline_ns` (CLOCK_BOOTTIME) and later deadlines from
    descriptor 3, reports on descriptor 4, and exits once the command has exited (status 0), or 1
    on a setup failure (reported on stderr). The command starts with default signal dispositions,
-   but for SIGHUP when `hangups_ignored` (redlock was started with it ignored, as nohup starts a
-   program: the command gets it ignored as nohup would have passed it on). Never returns. */
-_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, int hangups_ignored);
+   but for the signals of `kept_ignored` (bit n - 1 for signal n; only SIGHUP, SIGINT and SIGQUIT
+   are taken, the others are ignored): those start ignored, as redlock was started with them
+   ignored (nohup, a shell's `&` without job control). Never returns. */
+_Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, uint64_t kept_ignored);
 
 /* 1 when `signal_number` is ignored (SIG_IGN) in this process, else 0 (also when it cannot be
    told). */
