@@ -240,11 +240,15 @@ static void say(const char *text) {
     (void)ignored;
 }
 
-_Noreturn static void fail(const char *what) {
+_Noreturn static void fail_as(const char *who, const char *what) {
     char line[256];
-    snprintf(line, sizeof line, "redlock watchdog: %s: %s\n", what, strerror(errno));
+    snprintf(line, sizeof line, "%s: %s: %s\n", who, what, strerror(errno));
     say(line);
     _exit(1);
+}
+
+_Noreturn static void fail(const char *what) {
+    fail_as("redlock watchdog", what);
 }
 
 /* The parent, state, thread count and start time (clock ticks after boot: with the pid, a
@@ -1060,12 +1064,12 @@ void redlock_kill_descendants(pid_t group) {
 
 /* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
    pipe (`kind`), and marks the command killed: later deadlines no longer apply. */
-static void kill_command(pid_t group, int *killed, const char *why, int32_t kind) {
+static void kill_command(pid_t group, int *killed, const char *why, int32_t kind, int32_t argument) {
     *killed = 1;
     kill(-group, SIGKILL);
     kill_descendants_fast();
     kill_children();
-    redlock_watch_send(STATUS_FD, kind, 0, redlock_boottime_ns());
+    redlock_watch_send(STATUS_FD, kind, argument, redlock_boottime_ns());
     if (why != NULL) {
         say(why);
     }
@@ -1198,8 +1202,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     /* When redlock runs in the terminal's foreground, the command takes the foreground (so it can
        read the terminal, and a Ctrl-C reaches it straight from the terminal), and gets it back
        to redlock's group when it is gone. */
+    pid_t supervisor_group = getpgid(getppid()); /* 0 or less where it cannot be told (a PID namespace's init) */
     pid_t foreground = isatty(STDIN_FILENO) ? tcgetpgrp(STDIN_FILENO) : -1;
-    int take_terminal = foreground > 0 && foreground == getpgid(getppid());
+    int take_terminal = foreground > 0 && foreground == supervisor_group;
 
     /* What the supervisor sent while this process started: a later deadline, or a terminating
        signal it got before the command started, which keeps the command from starting. */
@@ -1299,6 +1304,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
 
     int control = CONTROL_FD;
     int killed = 0;
+    /* The job-control signal that stopped the command, while it is stopped, and the latest
+       renewal that came meanwhile. */
+    int stopped_by = 0;
+    int64_t held_deadline = 0;
     if (arm(timer, deadline) != 0) {
         kill(-child, SIGKILL);
         fail("timerfd_settime");
@@ -1322,19 +1331,38 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             while (read(child_events, &info, sizeof info) > 0) {
             }
             int status;
-            pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED);
+            pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED | WCONTINUED);
             if (reaped == child && WIFSTOPPED(status)) {
-                /* A job-control stop from the terminal (Ctrl-Z, or reading it while in the
-                   background) stops the whole job: give the terminal back to redlock's group and
-                   stop it too, so the shell sees a stopped job it can resume. While redlock is
-                   stopped it renews nothing, so the command is killed at the deadline as usual. */
+                /* A job-control stop (Ctrl-Z; reading or setting the terminal while not in its
+                   foreground) stops the whole job: the terminal goes back to redlock's group,
+                   which is stopped by the same signal, so the shell sees a stopped job it can
+                   resume (fg, bg). A stopped job renews nothing: until the command continues,
+                   renewals are held back, so that it is killed at the deadline also where
+                   redlock cannot be stopped (an orphaned process group, the init of a PID
+                   namespace) and would go on extending the lease for a command that never
+                   runs again. */
                 int stop = WSTOPSIG(status);
-                if (take_terminal && (stop == SIGTSTP || stop == SIGTTIN || stop == SIGTTOU)) {
-                    if (tcgetpgrp(STDIN_FILENO) == child) {
+                if (stop == SIGTSTP || stop == SIGTTIN || stop == SIGTTOU) {
+                    if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
                         tcsetpgrp(STDIN_FILENO, foreground);
                     }
-                    kill(-foreground, SIGTSTP);
+                    if (supervisor_group > 0) {
+                        kill(-supervisor_group, stop);
+                    }
+                    stopped_by = stop;
                 }
+                continue;
+            }
+            if (reaped == child && WIFCONTINUED(status)) {
+                stopped_by = 0;
+                if (held_deadline > deadline && !ordered && !killed) {
+                    deadline = held_deadline;
+                    if (arm(timer, deadline) != 0) {
+                        kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                                     REDLOCK_WATCH_DEADLINE_KILL, 0);
+                    }
+                }
+                held_deadline = 0;
                 continue;
             }
             if (reaped == child) {
@@ -1353,10 +1381,16 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         if (control >= 0 && (watched[2].revents != 0 || watched[1].revents != 0)) {
             int got;
             while ((got = read_message(control, &message, &have)) == 1) {
+                if (stopped_by != 0 && message.kind == REDLOCK_WATCH_DEADLINE) {
+                    if (message.value > held_deadline) {
+                        held_deadline = message.value;
+                    }
+                    continue;
+                }
                 if (take_deadline(&message, &deadline, &ordered)) {
                     if (!killed && arm(timer, deadline) != 0) {
                         kill_command(child, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
-                                     REDLOCK_WATCH_DEADLINE_KILL);
+                                     REDLOCK_WATCH_DEADLINE_KILL, 0);
                     }
                 } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
                     kill(-child, message.argument);
@@ -1368,7 +1402,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 control = -1;
                 if (!killed) {
                     kill_command(child, &killed, "redlock watchdog: redlock went away while the command ran; killed the command\n",
-                                 REDLOCK_WATCH_ORPHAN_KILL);
+                                 REDLOCK_WATCH_ORPHAN_KILL, 0);
                 }
             }
         }
@@ -1377,10 +1411,108 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             ssize_t ignored_read = read(timer, &expirations, sizeof expirations);
             (void)ignored_read;
             if (!killed && deadline > 0 && redlock_boottime_ns() >= deadline) {
-                /* At the instant redlock set for its own kill: redlock reports why. */
-                kill_command(child, &killed,
-                             ordered ? NULL : "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
-                             REDLOCK_WATCH_DEADLINE_KILL);
+                /* At the instant redlock set for its own kill, or with the command stopped by job
+                   control: redlock reports why. */
+                if (stopped_by != 0 && !ordered) {
+                    kill_command(child, &killed, NULL, REDLOCK_WATCH_STOPPED_KILL, stopped_by);
+                } else {
+                    kill_command(child, &killed,
+                                 ordered ? NULL : "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
+                                 REDLOCK_WATCH_DEADLINE_KILL, 0);
+                }
+            }
+        }
+    }
+}
+
+/* The write end of redlock_init_main's self-pipe: its signal handler's only way out. */
+static int init_wakeup = -1;
+
+static void init_signalled(int signal_number) {
+    int saved = errno;
+    unsigned char number = (unsigned char)signal_number;
+    ssize_t ignored_write = write(init_wakeup, &number, 1); /* full: a wake-up is pending anyway */
+    (void)ignored_write;
+    errno = saved;
+}
+
+_Noreturn void redlock_init_main(const char *path, char *const argv[]) {
+    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGWINCH};
+    int wakeup[2];
+    if (pipe2(wakeup, O_CLOEXEC) != 0) {
+        fail_as("redlock (as init)", "pipe2");
+    }
+    int flags = fcntl(wakeup[1], F_GETFL);
+    if (flags < 0 || fcntl(wakeup[1], F_SETFL, flags | O_NONBLOCK) != 0) {
+        fail_as("redlock (as init)", "fcntl(O_NONBLOCK)");
+    }
+    init_wakeup = wakeup[1];
+    /* A signal is forwarded from its arrival on: one that comes before the child exists waits in
+       the pipe. The init of a PID namespace gets only the signals it has a handler for; one ignored
+       when it started stays ignored, here and in the child (nohup). */
+    struct sigaction handler;
+    memset(&handler, 0, sizeof handler);
+    handler.sa_handler = init_signalled;
+    handler.sa_flags = SA_RESTART;
+    sigemptyset(&handler.sa_mask);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+        if (redlock_signal_is_ignored(forwarded[i])) {
+            continue;
+        }
+        sigaddset(&defaults, forwarded[i]);
+        if (sigaction(forwarded[i], &handler, NULL) != 0) {
+            fail_as("redlock (as init)", "sigaction");
+        }
+    }
+    sigaddset(&defaults, SIGCHLD);
+    if (sigaction(SIGCHLD, &handler, NULL) != 0) {
+        fail_as("redlock (as init)", "sigaction");
+    }
+    /* Blocked where redlock was started (a parent's mask is inherited), they would stay pending. */
+    if (sigprocmask(SIG_UNBLOCK, &defaults, NULL) != 0) {
+        fail_as("redlock (as init)", "sigprocmask");
+    }
+
+    posix_spawnattr_t attributes;
+    if (posix_spawnattr_init(&attributes) != 0) {
+        fail_as("redlock (as init)", "posix_spawnattr_init");
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    if (posix_spawnattr_setsigdefault(&attributes, &defaults) != 0 || posix_spawnattr_setsigmask(&attributes, &none) != 0
+        || posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK) != 0) {
+        fail_as("redlock (as init)", "posix_spawnattr");
+    }
+    pid_t child = 0;
+    int spawned = posix_spawn(&child, path, NULL, &attributes, argv, environ);
+    posix_spawnattr_destroy(&attributes);
+    if (spawned != 0) {
+        errno = spawned;
+        fail_as("redlock (as init)", "posix_spawn");
+    }
+    for (;;) {
+        unsigned char number = 0;
+        ssize_t got = read(wakeup[0], &number, 1);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got != 1) {
+            kill(child, SIGKILL);
+            fail_as("redlock (as init)", "read");
+        }
+        if (number != SIGCHLD) {
+            kill(child, number);
+        }
+        /* Every child that ended is reaped (at every wake-up: a SIGCHLD finding the pipe full
+           left no byte): redlock, and processes orphaned in the namespace (a `docker exec`'s
+           leftovers) that would stay zombies otherwise. */
+        int status = 0;
+        pid_t reaped;
+        while ((reaped = waitpid(-1, &status, WNOHANG)) > 0 || (reaped < 0 && errno == EINTR)) {
+            if (reaped == child) {
+                _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
             }
         }
     }

@@ -55,6 +55,7 @@ struct Doctor: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
+        try RawArguments.requireText()
         guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms, as run's") }
     }
 

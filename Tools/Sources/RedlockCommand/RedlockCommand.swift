@@ -32,6 +32,11 @@ enum Entry {
            let deadline = Int64(arguments[2]), let keptIgnored = UInt64(arguments[3]) {
             redlock_watchdog_main(CommandLine.unsafeArgv + 5, deadline, keptIgnored)
         }
+        // The init of a PID namespace (a container's PID 1) must reap what is orphaned there and
+        // gets only the signals it handles: `redlock run` then runs as its child.
+        if getpid() == 1, arguments.count >= 2, arguments[1] == "run" {
+            redlock_init_main("/proc/self/exe", CommandLine.unsafeArgv)
+        }
         // The client's log lines (a node that stops answering) never wait for stderr; what is
         // queued at exit has a second to be written.
         LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }

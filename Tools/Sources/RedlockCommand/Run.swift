@@ -21,7 +21,8 @@ struct Run: AsyncParsableCommand {
         Acquires the lock NAME on the nodes, runs the command with REDLOCK_FENCING_TOKEN set to the \
         acquisition's fencing token (and without REDLOCK_NODES, whose URLs may carry passwords), \
         extends the lease while it runs, releases the lock when it exits, and exits with its \
-        status (128 + N when killed by signal N).
+        status (128 + N when killed by signal N). The command's arguments and environment are \
+        passed on as the bytes given; redlock's own arguments must be UTF-8.
 
         The command runs in a process group of its own (in a terminal, it gets the foreground), \
         with an empty signal mask, default signal dispositions and no descriptor but stdin, stdout \
@@ -37,7 +38,8 @@ struct Run: AsyncParsableCommand {
         margin before the validity ends (with everything below the watchdog, in case it is \
         stopped); redlock exits only once the command is gone. A \
         watchdog process kills the group by the same instant if redlock is stopped or starved, \
-        and at once if redlock is killed. Ctrl-Z stops the whole job; it renews nothing while \
+        and at once if redlock is killed. Ctrl-Z (or the command reading the terminal from the \
+        background) stops the whole job; it renews nothing while \
         stopped, so past the deadline the command is killed and fg gives 124. Beyond any \
         supervisor: a pause of the whole machine, or of redlock and the watchdog together \
         (pkill -STOP redlock matches both); use the fencing token where the resource can check it.
@@ -52,7 +54,8 @@ struct Run: AsyncParsableCommand {
                            (EX_NOPERM)
           124              lease lost: the command was stopped (or never started),
                            or the release found the keys taken from it while it ran,
-                           or the watchdog killed it: no renewal reached it in time
+                           or the watchdog killed it: no renewal reached it in time,
+                           or it stayed stopped by job control past the deadline
           126 / 127        the command could not be executed / was not found
           128 + N          redlock got signal N before the command started; it did not run
         """
@@ -99,6 +102,10 @@ struct Run: AsyncParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.")
     var command: [String] = []
 
+    /// The command's arguments as given (``command`` has them decoded as UTF-8; `validate()`
+    /// found them).
+    var rawCommand: [[UInt8]] { RawArguments.lastArguments(command) ?? command.map { Array($0.utf8) } }
+
     /// The safety margin: how long before the lease's validity ends the command must be gone.
     var margin: Duration { HeldLease.defaultSafetyMargin(expiry: ttl) }
     /// The grace between SIGTERM and SIGKILL.
@@ -107,6 +114,10 @@ struct Run: AsyncParsableCommand {
     mutating func validate() throws {
         if command.first == "--" { command.removeFirst() }
         guard !command.isEmpty else { throw ValidationError("give the command to run after --") }
+        try RawArguments.requireText(exceptLast: command.count)
+        guard RawArguments.lastArguments(command) != nil else {
+            throw ValidationError("the command's arguments were not found at the end of redlock's arguments")
+        }
         guard !name.isEmpty else { throw ValidationError("--name must not be empty") }
         guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms") }
         guard effectiveGrace + margin <= ttl / 2 else {
@@ -252,12 +263,13 @@ struct Run: AsyncParsableCommand {
         // group must get SIGTERM (grace + margin before the validity ends).
         let extendWhenRemaining = min(0.9, (grace + margin) / ttl + 1.0 / 3.0)
         // The command gets redlock's environment with its fencing token, but not the node list:
-        // its URLs may carry passwords, which the command does not need to be protected.
-        var environment = ProcessInfo.processInfo.environment.merging(
-            ["REDLOCK_FENCING_TOKEN": lease.fencingToken.map(String.init) ?? ""]
-        ) { $1 }
-        environment["REDLOCK_NODES"] = nil
-        let command = command
+        // its URLs may carry passwords, which the command does not need to be protected. Its
+        // arguments and environment go on as the bytes redlock was given (RawArguments).
+        let given = RawArguments.environment() ?? ProcessInfo.processInfo.environment.map { Array("\($0.key)=\($0.value)".utf8) }
+        let environment = given.filter {
+            !RawArguments.entry($0, sets: "REDLOCK_NODES") && !RawArguments.entry($0, sets: "REDLOCK_FENCING_TOKEN")
+        } + [Array("REDLOCK_FENCING_TOKEN=\(lease.fencingToken.map(String.init) ?? "")".utf8)]
+        let command = rawCommand
         // What the body saw, for the message after a lost lease: how the command ended, and the
         // last validity it ran under (CLOCK_BOOTTIME nanoseconds).
         let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64, killedEverythingAt: Int64?)>(
@@ -290,7 +302,7 @@ struct Run: AsyncParsableCommand {
             }
             switch ending {
             case let .notStarted(errno):
-                printError("redlock: could not start \(command[0]): \(String(cString: strerror(errno)))")
+                printError("redlock: could not start \(String(decoding: command[0], as: UTF8.self)): \(String(cString: strerror(errno)))")
             case .tooLate:
                 printError("redlock: the lease's deadline passed before the command could start; it did not run")
                 return Status.leaseLost
@@ -298,10 +310,18 @@ struct Run: AsyncParsableCommand {
                 printError("redlock: got signal \(signal) before the command started; it did not run")
             case .watchdogLost:
                 return Status.systemError
-            case .exited(_, killedByWatchdog: true, _):
+            case .exited(_, killedByWatchdog: .missedRenewal?, _):
                 // The lease held, but no renewal reached the watchdog in time (redlock starved or
                 // stopped, the watchdog's pipe full): the command was stopped all the same.
                 printError("redlock: the watchdog killed the command: no renewal reached it before the lease's deadline")
+                return Status.leaseLost
+            case let .exited(_, killedByWatchdog: .stayedStopped(signal)?, _):
+                // Stopped by job control where redlock could not stop with it (an orphaned
+                // process group, a PID namespace's init): it would have held the lock for good.
+                printError(
+                    "redlock: the command was stopped by job control (signal \(signal)\(signal == SIGTSTP ? "" : ": it used the terminal outside its foreground")) "
+                        + "and stayed stopped past the lease's deadline; a stopped job renews nothing: the watchdog killed it"
+                )
                 return Status.leaseLost
             case .exited:
                 break

@@ -23,10 +23,10 @@ final class SupervisedCommand: Sendable {
 
     /// How the command ended.
     enum Ending: Sendable, Equatable {
-        /// It ran and ended with this wait status; `killedByWatchdog` when the watchdog killed it
-        /// for a missed deadline or a vanished supervisor; `goneAt` is when it and everything it
-        /// left running were gone (CLOCK_BOOTTIME nanoseconds).
-        case exited(status: Int32, killedByWatchdog: Bool, goneAt: Int64)
+        /// It ran and ended with this wait status; `killedByWatchdog` says why when the watchdog
+        /// killed it; `goneAt` is when it and everything it left running were gone
+        /// (CLOCK_BOOTTIME nanoseconds).
+        case exited(status: Int32, killedByWatchdog: WatchdogKill?, goneAt: Int64)
         /// It could not be started (errno of the lookup or exec).
         case notStarted(errno: Int32)
         /// The deadline had passed before the command could start; it did not run.
@@ -54,6 +54,16 @@ final class SupervisedCommand: Sendable {
         }
     }
 
+    /// Why the watchdog killed the command.
+    enum WatchdogKill: Sendable, Equatable {
+        /// No renewal reached it by the deadline (redlock stopped or starved), or redlock went
+        /// away.
+        case missedRenewal
+        /// The command was stopped by this job-control signal (SIGTSTP, SIGTTIN, SIGTTOU) and
+        /// stayed stopped past the deadline: renewals that came meanwhile did not count.
+        case stayedStopped(signal: Int32)
+    }
+
     /// Why the watchdog could not be started.
     struct SpawnError: Error, CustomStringConvertible {
         let description: String
@@ -76,21 +86,20 @@ final class SupervisedCommand: Sendable {
     /// How the command ended once the watchdog said so, or the task waiting for it.
     private let ending = Mutex<(value: Ending?, waiter: CheckedContinuation<Ending, Never>?)>((nil, nil))
 
-    /// Starts the watchdog, which starts `command` (looked up in `PATH`) with `environment`; the
-    /// command must be gone by `deadline`, unless ``renew(until:)`` moves it. With
-    /// `keptIgnored` (of SIGHUP, SIGINT and SIGQUIT), the command starts with those ignored
-    /// (every other signal at its default).
-    init(command: [String], environment: [String: String], deadline: ContinuousClock.Instant, keptIgnored: [Int32] = []) throws {
+    /// Starts the watchdog, which starts `command` (its arguments' bytes; the first looked up in
+    /// `PATH`) with `environment` (`NAME=value` entries' bytes); the command must be gone by
+    /// `deadline`, unless ``renew(until:)`` moves it. With `keptIgnored` (of SIGHUP, SIGINT and
+    /// SIGQUIT), the command starts with those ignored (every other signal at its default).
+    init(command: [[UInt8]], environment: [[UInt8]], deadline: ContinuousClock.Instant, keptIgnored: [Int32] = []) throws {
         let deadlineNs = Self.boottimeNanoseconds(deadline)
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         let ignoredMask = keptIgnored.reduce(UInt64(0)) { $0 | (1 << UInt64($1 - 1)) }
-        let arguments = [executable, Self.watchdogArgument, String(deadlineNs), String(ignoredMask), "--"] + command
-        let environmentLines = environment.map { "\($0.key)=\($0.value)" }
+        let arguments = [executable, Self.watchdogArgument, String(deadlineNs), String(ignoredMask), "--"].map { Array($0.utf8) } + command
         var pid: pid_t = 0
         var controlFd: Int32 = -1
         var statusFd: Int32 = -1
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environmentLines.map { strdup($0) } + [nil]
+        let argv = arguments.map(Self.cString) + [nil]
+        let envp = environment.map(Self.cString) + [nil]
         defer { for pointer in argv + envp { free(pointer) } }
         guard !argv.dropLast().contains(nil), !envp.dropLast().contains(nil) else {
             throw SpawnError(description: "could not start the watchdog process: out of memory")
@@ -123,7 +132,7 @@ final class SupervisedCommand: Sendable {
         // the cooperative pool.
         let thread = Thread { [self, watchdog = pid, statusFd] in
             var message = redlock_watch_message()
-            var killedByWatchdog = false
+            var killedByWatchdog: WatchdogKill?
             var outcome = Ending.watchdogLost
             reading: while redlock_watch_receive(statusFd, &message) == 0 {
                 switch message.kind {
@@ -139,7 +148,8 @@ final class SupervisedCommand: Sendable {
                 case Int32(REDLOCK_WATCH_NOT_STARTED):
                     outcome = .signalledBeforeStart(message.argument)
                     break reading
-                case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = true
+                case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = .missedRenewal
+                case Int32(REDLOCK_WATCH_STOPPED_KILL): killedByWatchdog = .stayedStopped(signal: message.argument)
                 case Int32(REDLOCK_WATCH_EXITED):
                     outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog, goneAt: message.value)
                     break reading
@@ -170,6 +180,18 @@ final class SupervisedCommand: Sendable {
             waiter?.resume(returning: outcome)
         }
         thread.start()
+    }
+
+    /// A C string of `bytes` (which hold no NUL: they came from argv or environ), to be freed;
+    /// nil when out of memory.
+    private static func cString(_ bytes: [UInt8]) -> UnsafeMutablePointer<CChar>? {
+        guard let memory = malloc(bytes.count + 1) else { return nil }
+        let string = memory.bindMemory(to: CChar.self, capacity: bytes.count + 1)
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress { memcpy(string, base, bytes.count) }
+        }
+        string[bytes.count] = 0
+        return string
     }
 
     /// The command's group must now be gone by `deadline` (unless it is terminating).

@@ -195,6 +195,30 @@ struct CommandTests {
         }
     }
 
+    @Test("bytes that are not UTF-8 reach the command as given, in its arguments and its environment; in redlock's own arguments (a lock name) they are a usage error (64), not a name that decodes like another")
+    func bytesNotText() async throws {
+        try await withRedisServers(1) { servers throws in
+            // sh puts the byte 0xE9 (Latin-1 é) in LATIN and after redlock's arguments.
+            let appendingLatin1 = ["/bin/sh", "-c", #"LATIN=$(printf 'caf\351'); export LATIN; exec "$@" "$LATIN""#, "sh"]
+            let passed = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "bytes", "--",
+                 "sh", "-c", #"printf %s "$1" | od -An -tx1; printf %s "$LATIN" | od -An -tx1"#, "sh"],
+                launcher: appendingLatin1
+            )
+            let (status, stdout, stderr) = await passed.finish()
+            #expect(status == 0, "\(stderr)")
+            // Without the bytes passed on: 63 61 66 ef bf bd (U+FFFD) in both.
+            #expect(stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) } == ["63 61 66 e9", "63 61 66 e9"], "\(stdout)")
+
+            let named = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--", "true"],
+                launcher: ["/bin/sh", "-c", #"exec "$1" "$2" "$3" "$4" --name "$(printf 'job-\351')" "$5" "$6""#, "sh"]
+            )
+            let (nameStatus, _, nameErrors) = await named.finish()
+            #expect(nameStatus == 64 && nameErrors.contains("is not valid UTF-8"), "\(nameStatus): \(nameErrors)")
+        }
+    }
+
     @Test("run takes its nodes from REDLOCK_NODES and does not pass them on: the command's environment has no node list (its URLs may carry passwords)")
     func nodesStayWithRedlock() async throws {
         try await withRedisServers(3) { servers throws in

@@ -30,10 +30,15 @@ private struct Beats {
 
 /// Whether a process with `pid` exists and is not a zombie.
 private func isAlive(_ pid: Int32) -> Bool {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return false }
-    let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+    guard let state = processState(pid) else { return false }
     return state != "Z" && state != "X"
+}
+
+/// The state letter of process `pid` in `/proc/PID/stat` (`R`, `S`, `T` when stopped, …), or nil.
+private func processState(_ pid: Int32) -> Character? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return nil }
+    return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
 }
 
 /// Runs `executable` with `arguments` to the end; returns its exit status and everything it
@@ -830,6 +835,77 @@ final class RunSupervisionTests: Sendable {
                 #expect(text.contains("done=0"), "\(text)")
             }
             #expect(try await values(of: "job-control", on: servers) == [nil])
+        }
+    }
+
+    @Test("a background job whose command reads the terminal is a stopped job (jobs says Stopped), and fg gives the command the terminal; before, redlock kept running and extending, and fg hung")
+    func backgroundReadStopsJob() async throws {
+        let redlock = try builtExecutable("redlock")
+        try await withRedisServers(1) { servers throws in
+            // Typed at an interactive shell on a pseudo-terminal (script(1)), paced as in jobControl.
+            let typing = """
+            sleep 1; printf '%s\\n' "\(redlock.path) run --nodes \(nodeList(servers)) --name background-read --ttl 20s -- sh -c 'read x; echo got=\\$x' &"; \
+            sleep 2; printf 'jobs\\n'; sleep 0.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
+            printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
+            """
+            // (Bounded: before, fg hung for good.)
+            let (_, text) = try await runToEnd("/bin/sh", ["-c", "(\(typing)) | timeout -k 5 30 script -qec 'bash --norc --noprofile -i' /dev/null"])
+            #expect(text.contains("Stopped"), "\(text)")
+            #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
+            #expect(try await values(of: "background-read", on: servers) == [nil])
+        }
+    }
+
+    @Test("a command stopped by job control where redlock cannot be stopped with it (an orphaned process group: under setsid) renews nothing: killed at the deadline, 124, the cause named, the lock released; continued before the deadline, it runs on under renewals", arguments: [false, true])
+    func stoppedCommandRenewsNothing(continued: Bool) async throws {
+        try await withRedisServers(1) { servers throws in
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "stopped-\(continued)", "--ttl", "1s", "--",
+                 "sh", "-c", "echo ready $$; kill -TTIN $$; sleep 2; echo finished"],
+                launcher: ["/usr/bin/setsid", "-w"], killAfter: .seconds(20)
+            )
+            let ready = try #require(await run.waitForLine(containing: "ready"))
+            let command = try #require(ready.split(separator: "\n").first { $0.hasPrefix("ready ") }.flatMap { pid_t($0.dropFirst(6)) })
+            #expect(await eventually { processState(command) == "T" }, "the command did not stop")
+            if continued { #expect(kill(-command, SIGCONT) == 0) }
+            let (status, stdout, stderr) = await run.finish()
+            #expect(!run.timedOut, "redlock went on extending for a stopped command: \(stderr)")
+            if continued {
+                // It ran 2 s past its stop on a 1 s lease: the renewals held while it was stopped
+                // and those after count.
+                #expect(status == 0 && stdout.contains("finished"), "\(status) \(stdout) \(stderr)")
+            } else {
+                #expect(status == 124, "\(stderr)")
+                #expect(stderr.contains("stopped by job control (signal \(SIGTTIN)") && !stdout.contains("finished"), "\(stderr)")
+            }
+            #expect(try await values(of: "stopped-\(continued)", on: servers) == [nil])
+        }
+    }
+
+    @Test("as a PID namespace's init (a container's PID 1), redlock runs as its own child under an init that reaps what is orphaned there and passes SIGTERM on: the command gets it, 143, the lock released; before, orphans stayed zombies")
+    func containerInit() async throws {
+        try await withRedisServers(1) { servers throws in
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "container", "--", "sh", "-c", "echo ready; sleep 30"],
+                launcher: ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc"], killAfter: .seconds(30)
+            )
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            // unshare's child is the namespace's init.
+            let initPid = try #require(children(of: run.process.processIdentifier).first, "unshare started no child")
+            // Bounded: the namespace ends with its init (killAfter only reaches unshare).
+            let bound = Task { try await Task.sleep(for: .seconds(25)); kill(initPid, SIGKILL) }
+            defer { bound.cancel() }
+            // Orphaned in the namespace, as what a `docker exec` leaves running is.
+            let (entered, enterOutput) = try await runToEnd("/usr/bin/nsenter", ["-t", String(initPid), "-p", "-m", "sh", "-c", "sleep 0.2 & exit 0"])
+            try #require(entered == 0, "\(enterOutput)")
+            #expect(await eventually(within: .seconds(10)) {
+                let orphans = children(of: initPid).filter { (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n" }
+                return orphans.isEmpty
+            }, "the orphan stayed a zombie of the namespace's init")
+            #expect(kill(initPid, SIGTERM) == 0)
+            let (status, _, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 128 + SIGTERM, "\(status): \(stderr)")
+            #expect(try await values(of: "container", on: servers) == [nil])
         }
     }
 

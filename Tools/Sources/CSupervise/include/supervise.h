@@ -47,6 +47,10 @@ enum {
     REDLOCK_WATCH_TOO_LATE = 8,      /* the deadline had passed before the command could start; it did not */
     REDLOCK_WATCH_NOT_STARTED = 9,   /* argument: a terminating signal the supervisor forwarded before the
                                         command started; it did not */
+    REDLOCK_WATCH_STOPPED_KILL = 11, /* argument: the job-control signal (SIGTSTP, SIGTTIN, SIGTTOU) that
+                                        stopped the command; value: CLOCK_BOOTTIME ns when the group was
+                                        killed: it stayed stopped past the deadline, and renewals that came
+                                        meanwhile did not count (a stopped job renews nothing) */
 };
 
 /* Spawns the watchdog `path` with `argv` and `envp` (NULL-terminated): an empty signal mask,
@@ -65,6 +69,13 @@ int redlock_spawn_watchdog(const char *path, char *const argv[], char *const env
    are taken, the others are ignored): those start ignored, as redlock was started with them
    ignored (nohup, a shell's `&` without job control). Never returns. */
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, uint64_t kept_ignored);
+
+/* `redlock` as the init of a PID namespace (PID 1, as in a container without an init of its own):
+   runs `path` with `argv` (redlock itself, which is then not PID 1) as its only child, passes it
+   SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT and SIGWINCH, reaps every process
+   orphaned in the namespace, and exits with the child's status (128 + N when it was killed by signal
+   N) once it ends. Exits 1 on a setup failure (reported on stderr). Never returns. */
+_Noreturn void redlock_init_main(const char *path, char *const argv[]);
 
 /* 1 when `signal_number` is ignored (SIG_IGN) in this process, else 0 (also when it cannot be
    told). */
