@@ -62,13 +62,15 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
             case .granted?:
                 decision.releaseAwaited.append(index)
             case .unsettled?:
-                if cancelled || (countsHandoffs && !down.contains(index)) {
+                // A cancelled caller returns at once: the release runs behind the acquire on the
+                // node's connection, as for any node that has not answered.
+                if !cancelled, countsHandoffs, !down.contains(index) {
                     decision.releaseAwaited.append(index)
                 } else {
                     decision.releaseQueued.append(index)
                 }
             case .refused(.noAnswer)?:
-                if cancelled { decision.releaseAwaited.append(index) } else { decision.releaseQueued.append(index) }
+                decision.releaseQueued.append(index)
             case let .refused(cause)? where cause.setNothing:
                 continue
             case nil:
@@ -83,7 +85,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
                 // before the write): nothing to release. (Not a later command's failure in its
                 // vote's place: the fencing raise or the restart guard's check ran after a grant.)
                 if neverWritten.containsExactly(index) { continue }
-                if error.code == .timeout, !cancelled { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
+                if error.code == .timeout { decision.releaseQueued.append(index) } else { decision.releaseAwaited.append(index) }
             }
         }
         return decision

@@ -94,6 +94,10 @@ final class DeadlineTimer: Sendable {
         var heap: [Entry] = []
         var lanes: [Lane] = []
         var threadRunning = false
+        /// Callers of ``shutdown()`` waiting for the thread to end.
+        var exitWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Set by ``shutdown()``: every wait held is due now.
+        var expireAll = false
         /// Whether the thread sleeps (or is about to), and until when; nil: until signalled.
         var sleeping = false
         var wakeAt: Nanoseconds?
@@ -295,6 +299,22 @@ final class DeadlineTimer: Sendable {
         wakeup.signal()
     }
 
+    /// For the client's `shutdown()`, once its connections are closed: every wait still held
+    /// is due at once (a subscription's linger, a parked waiter's next poll: nothing is left
+    /// for them to do), and the call returns once the thread has ended.
+    func shutdown() async {
+        stopRequested.store(true, ordering: .releasing)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let running = state.withLock { state in
+                guard state.threadRunning else { return false }
+                state.expireAll = true
+                state.exitWaiters.append(continuation)
+                return true
+            }
+            if running { wakeup.signal() } else { continuation.resume() }
+        }
+    }
+
     /// How many waits the timer holds, finished ones included (for tests).
     var count: Int { state.withLock { state in state.lanes.reduce(state.heap.count) { $0 + $1.count } } }
 
@@ -312,8 +332,15 @@ final class DeadlineTimer: Sendable {
         enum Next { case sleep(until: Nanoseconds), sleepUntilSignalled, exit }
         var due: [any Expiring] = []
         while true {
+            var exitWaiters: [CheckedContinuation<Void, Never>] = []
             let next: Next = state.withLock { state in
                 state.sleeping = false
+                if state.expireAll {
+                    due += state.heap.map(\.waiter).filter { !$0.isFinished }
+                    due += state.lanes.flatMap { $0.entries[$0.head...].map(\.waiter) }.filter { !$0.isFinished }
+                    state.heap.removeAll()
+                    state.lanes.removeAll()
+                }
                 let now = now()
                 while let top = state.heap.first, top.waiter.isFinished || top.deadline <= now {
                     if let entry = state.popMin(), !entry.waiter.isFinished { due.append(entry.waiter) }
@@ -332,6 +359,8 @@ final class DeadlineTimer: Sendable {
                 }
                 if stopRequested.load(ordering: .acquiring) {
                     state.threadRunning = false
+                    state.expireAll = false
+                    swap(&exitWaiters, &state.exitWaiters)
                     return .exit
                 }
                 state.sleeping = true
@@ -342,6 +371,7 @@ final class DeadlineTimer: Sendable {
             due.removeAll(keepingCapacity: true)
             switch next {
             case .exit:
+                for waiter in exitWaiters { waiter.resume() }
                 return
             case .sleepUntilSignalled:
                 wakeup.wait()

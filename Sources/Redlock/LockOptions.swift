@@ -43,7 +43,8 @@ public struct LockOptions: Sendable {
     /// quorum became impossible) without waiting for the remaining nodes. A failed attempt's
     /// release to those nodes is then sent without waiting for them either (a frozen node costs
     /// nothing), except for a fair lock's waiter, whose later handoffs count only from nodes
-    /// whose clean-up answered, and for a cancelled caller. Such a release reaches the node
+    /// whose clean-up answered. (A cancelled caller waits only for the release on nodes that
+    /// answered its acquire: it returns at once also with frozen nodes.) Such a release reaches the node
     /// even if the client is then released or shut down, but not if the process exits first: the
     /// key then stays until it expires. With `false`, an
     /// attempt waits for every node until its time budget runs out, so the keys land on as many

@@ -171,6 +171,9 @@ final class NodeHealth: Sendable {
             return
         case .serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed:
             return answered(index)
+        case .shutdown:
+            // The client (or its event loop) shut the connection down: nothing is known of the node.
+            return
         default:
             break
         }

@@ -59,8 +59,11 @@ extension RedlockClient {
             /// The node's refusal (`NOPERM …`), or nil when allowed or not checked.
             public var refusal: String?
             /// False when the check could not be made: `PEXPIRE` and `DEL` of the lock key are
-            /// checked only while nobody holds the lock.
+            /// checked only while nobody holds the lock, `SET` of the epoch marker only once it
+            /// exists (``reasonNotChecked`` says which).
             public var checked: Bool = true
+            /// Why the check could not be made (e.g. `the lock is held`), when it could not.
+            public var reasonNotChecked: String?
             /// True when the lock works without it, less well: `PING` (the handshake's first
             /// command when there is no password or database), `INFO` and its `run_id` without
             /// ``LockOptions/restartGuard`` (one server listed under two addresses is then told
@@ -68,10 +71,10 @@ extension RedlockClient {
             /// ``RedlockClient/audit(for:)`` counts such a refusal as a caveat (`warn`), any
             /// other as a failure.
             public var isOptional: Bool = false
-            /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (the lock is held)`,
+            /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (REASON)`,
             /// with ` (optional)` after a refusal the lock works without.
             public var description: String {
-                guard checked else { return "\(permission): not checked (the lock is held)" }
+                guard checked else { return "\(permission): not checked (\(reasonNotChecked ?? "unknown"))" }
                 guard let refusal else { return "\(permission): allowed" }
                 return "\(permission): \(refusal)\(isOptional ? " (optional)" : "")"
             }
@@ -117,10 +120,11 @@ extension RedlockClient {
         let fencing = lock.options.fencing
         let epoch = lock.options.epochGuard != nil || lock.options.clockGuard
         let fair = lock.options.fair
+        let keys = [lock.name] + (fencing ? [Scripts.fenceCounterKey] : []) + (epoch ? [Scripts.epochKey] : [])
+            + (fair ? [Scripts.queueKey(lock.name), Scripts.queueDeadlinesKey(lock.name)] : [])
         let call = RedisScriptCall(
             Scripts.permissionProbe,
-            keys: [lock.name] + (fencing ? [Scripts.fenceCounterKey] : []) + (epoch ? [Scripts.epochKey] : [])
-                + (fair ? [Scripts.queueKey(lock.name), Scripts.queueDeadlinesKey(lock.name)] : []),
+            keys: keys,
             arguments: [
                 randomToken(byteCount: 16), fencing ? "1" : "0", channel, epoch ? "1" : "0",
                 // The channel a handoff to this lock's waiters goes to (Scripts.handoffChannel(_:value:)):
@@ -130,6 +134,7 @@ extension RedlockClient {
                     : Scripts.handoffChannel(lock.name, value: coordination.taggedValue(""))) : "",
             ]
         )
+        let declaredOnly = RedisScriptCall(Scripts.permissionProbe, keys: keys, arguments: ["", "0", "", "0", "", "declared only"])
         return await withTaskGroup(of: NodePermissions.self) { group in
             // On the lock's own connections: its WAIT counts their writes, and blocks them.
             for (index, node) in sender.connections(lock.lane).enumerated() {
@@ -138,8 +143,9 @@ extension RedlockClient {
                     let endpoint = node.configuration.endpoint
                     do {
                         var checks: [NodePermissions.Check] = []
-                        // EVAL loads the probe, so the EVALSHA that follows checks only the permission.
-                        for (label, command) in [("EVAL", call.evalForm), ("EVALSHA", call.command)] {
+                        // EVAL loads the probe and runs it; the EVALSHA that follows, with the
+                        // same keys, checks only that permission (its run does nothing).
+                        for (label, command) in [("EVAL", call.evalForm), ("EVALSHA", declaredOnly.command)] {
                             do {
                                 let reply = try await node.send(command)
                                 checks.append(.init(permission: label, refusal: nil))
@@ -199,8 +205,8 @@ extension RedlockClient {
         while index + 1 < items.count {
             if let permission = items[index].string {
                 let refusal = items[index + 1].string ?? ""
-                if refusal == "?" {
-                    checks.append(.init(permission: permission, refusal: nil, checked: false))
+                if refusal.hasPrefix("?") {
+                    checks.append(.init(permission: permission, refusal: nil, checked: false, reasonNotChecked: String(refusal.dropFirst())))
                 } else {
                     checks.append(.init(permission: permission, refusal: refusal.isEmpty ? nil : refusal))
                 }

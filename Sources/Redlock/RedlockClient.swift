@@ -317,7 +317,8 @@ public final class RedlockClient: Sendable {
     }
 
     /// Closes the connections the client opened (and its subscriber connections) and stops their
-    /// threads. Locks made from the client fail with
+    /// threads: when it returns, the client's I/O and timer threads have ended (a thread still
+    /// opening a connection ends within the connect timeout, below). Locks made from the client fail with
     /// ``RedlockError/Code-swift.struct/clientShutDown`` afterwards.
     ///
     /// Commands still queued (a release behind an acquire a stalled node has not answered) are
@@ -365,6 +366,8 @@ public final class RedlockClient: Sendable {
             // The client made the loop for its own connections: its thread ends with them.
             await loop.shutdown()
         }
+        // Last: the timer's thread ends now rather than when a subscription's linger would.
+        await deadlines.shutdown()
     }
 
     /// The executor of the client's I/O thread, for a task executor preference (SE-0417):

@@ -439,10 +439,15 @@ enum Scripts {
     /// script that finds it first in line drops it. Runs each command the
     /// lock needs under `pcall` (so a refusal is reported, not raised), leaving nothing behind:
     /// the key is set only if free and deleted at once.
-    /// Returns `{permission, refusal or '' (allowed) or '?' (not checked)}` pairs.
+    /// With `ARGV[6]` "declared only", it runs nothing: an `EVALSHA` of it checks only that
+    /// command and its declared keys (no second counter increment, announcement or queue entry).
+    /// Returns `{permission, refusal or '' (allowed) or '?' and why (not checked)}` pairs.
     static let permissionProbe = RedisScript(
         """
         local checks = {}
+        if ARGV[6] == 'declared only' then
+            return checks
+        end
         local function probe(permission, ...)
             local reply = redis.pcall(...)
             if type(reply) == 'table' and reply.err then
@@ -461,7 +466,7 @@ enum Scripts {
             probe('DEL ' .. KEYS[1], 'DEL', KEYS[1])
         elseif set == false then
             table.insert(checks, 'PEXPIRE, DEL ' .. KEYS[1])
-            table.insert(checks, '?')
+            table.insert(checks, '?the lock is held')
         end
         if ARGV[2] == '1' then
             probe('INCR ' .. KEYS[2], 'INCR', KEYS[2])
@@ -491,7 +496,7 @@ enum Scripts {
                 probe('SET ' .. marker, 'SET', marker, epoch, 'XX')
             elseif epoch == false then
                 table.insert(checks, 'SET ' .. marker)
-                table.insert(checks, '?')
+                table.insert(checks, '?no epoch marker yet: the first acquire sets it')
             end
         end
         return checks

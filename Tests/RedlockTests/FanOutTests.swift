@@ -528,6 +528,39 @@ struct DeadlineTimerTests {
         #expect(await eventually { !timer.isRunning })
     }
 
+    @Test("shutdown makes every wait held due at once (heap and lanes) and returns once the thread has ended; on a timer never started it returns at once")
+    func shutdownEndsThread() async {
+        let idle = DeadlineTimer()
+        await idle.shutdown()
+        #expect(!idle.isRunning)
+
+        let timer = DeadlineTimer()
+        let far = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        let lane = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+        timer.schedule(far, at: ContinuousClock.now + .seconds(60))
+        timer.schedule(lane, after: .seconds(60))
+        #expect(timer.isRunning)
+        // Without it, the thread sleeps toward the waits' deadline: the bound fails.
+        let ended = await finished(within: .seconds(10)) { await timer.shutdown() }
+        #expect(ended != nil)
+        #expect(!timer.isRunning)
+        #expect(far.isFinished && lane.isFinished)
+    }
+
+    @Test("a client's shutdown ends its timer's thread also while a subscription lingers (a lock() waited on a held name)")
+    func clientShutdownEndsTimer() async throws {
+        try await withLockNodes(3) { client, _ in
+            let lock = try client.makeLock("lingers", options: testOptions())
+            let lease = try await lock.lock()
+            await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .milliseconds(100)) }
+            try await lock.unlock(lease)
+            #expect(client.deadlines.isRunning)
+            await client.shutdown()
+            // The linger is 2 s: before, the thread ran on until then.
+            #expect(!client.deadlines.isRunning)
+        }
+    }
+
     @Test("after stop with nothing pending the thread ends, and a later schedule starts it again")
     func stopsAndRestarts() async {
         let timer = DeadlineTimer()

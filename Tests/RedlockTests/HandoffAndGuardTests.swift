@@ -789,6 +789,31 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("a client shut down with acquires and releases in flight logs no node as not answering: the shutdown says nothing of the nodes")
+    func shutdownLogsNoFailure() async throws {
+        try await withRedisServers(3) { servers throws in
+            for round in 0..<5 {
+                let records = Locked<[String]>([])
+                let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records))
+                let lock = try client.makeLock("shutdown-\(round)", options: testOptions(tries: 1))
+                let started = Locked(0)
+                let cycles = (0..<20).map { _ in
+                    Task {
+                        started.update { $0 += 1 }
+                        for _ in 0..<50 {
+                            guard let lease = try? await lock.lock() else { continue }
+                            try? await lock.unlock(lease)
+                        }
+                    }
+                }
+                while started.value < 20 { await Task.yield() }
+                await client.shutdown()
+                for cycle in cycles { await cycle.value }
+                #expect(!records.value.contains { $0.hasPrefix("warning") || $0.hasPrefix("info") }, "\(records.value)")
+            }
+        }
+    }
+
     @Test(
         "one server listed under two names votes once: with the third node down, a fenced lock() gets no quorum from the pair; the second name's connection is refused with invalidAddress naming both, logged once at error; with the third up, locks work and leave no key",
         arguments: ["localhost", "its Unix socket"]

@@ -407,16 +407,30 @@ struct LeastPrivilegeTests {
             #expect(Set(statuses[2].refused.map(\.permission)) == ["INCR redlock:fence", "INFO"], "\(statuses[2].result)")
             #expect(statuses[2].refused.allSatisfy { ["perm", "can't"].contains(where: ($0.refusal ?? "").lowercased().contains) }, "\(statuses[2].refused)")
             #expect(try await values(of: "report", on: servers).allSatisfy { $0 == nil })
+            // The counter went up once (the EVALSHA's run, which checks only its own permission,
+            // does nothing), where INCR is allowed.
+            #expect(try await values(of: "redlock:fence", on: Array(servers.prefix(2))) == ["1", "1"])
 
             // While the lock is held, PEXPIRE and DEL are reported as not checked, not as refused.
             let lease = try await client.makeLock("report", options: LockOptions(tries: 1)).lock()
             let whileHeld = await client.checkNodes(for: try client.makeLock("report"))
             #expect(whileHeld[0].refused.isEmpty)
             if case let .success(checks) = whileHeld[0].result {
-                #expect(checks.contains { !$0.checked && $0.permission.hasPrefix("PEXPIRE") })
+                #expect(checks.contains { !$0.checked && $0.permission.hasPrefix("PEXPIRE") && $0.reasonNotChecked == "the lock is held" })
             }
             try await client.makeLock("report", options: LockOptions(tries: 1)).unlock(lease)
             await client.shutdown()
+
+            // Before any guarded acquire there is no epoch marker: its SET is not checked, and says why.
+            let admin = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let unmarked = await admin.checkNodes(for: try admin.makeLock("marker", options: LockOptions(epochGuard: .seconds(10))))
+            if case let .success(checks) = unmarked[0].result {
+                let marker = checks.first { $0.permission == "SET redlock:epoch" }
+                #expect(marker?.checked == false && marker?.description == "SET redlock:epoch: not checked (no epoch marker yet: the first acquire sets it)", "\(checks)")
+            } else {
+                Issue.record("\(unmarked[0].result)")
+            }
+            await admin.shutdown()
         }
     }
 

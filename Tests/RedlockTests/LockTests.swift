@@ -216,6 +216,37 @@ struct LockTests {
         }
     }
 
+    @Test("cancelled while a frozen majority has not answered its attempt, lock() returns at once, not after the attempt's budget; the releases run behind the acquires once the nodes wake, leaving no key")
+    func cancelledWithFrozenNodes() async throws {
+        try await withRedisServers(5) { servers throws in
+            // A 3 s budget, and no command timing out meanwhile.
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            let lock = try client.makeLock("cancel-frozen", options: LockOptions(expiry: .seconds(60), tries: .max))
+            for server in servers.prefix(3) { try await server.pause() }
+            let task = Task { try await lock.lock(timeout: .seconds(30)) }
+            // Inside the first attempt: the answering nodes granted, the frozen ones are silent.
+            try await Task.sleep(for: .milliseconds(300))
+            let cancelledAt = ContinuousClock.now
+            task.cancel()
+            let result = await task.result
+            let took = cancelledAt.duration(to: .now)
+            #expect((result.failure as? RedlockError)?.code == .cancelled, "\(result)")
+            // Before, it waited out the budget (about 2.7 s here) for releases the frozen nodes
+            // could not confirm.
+            #expect(took < .seconds(1.5), "took \(took)")
+            for server in servers.prefix(3) { try server.resume() }
+            // Nothing to wait on but the keys themselves: polled.
+            var clean = false
+            let giveUp = ContinuousClock.now + .seconds(10)
+            while !clean, ContinuousClock.now < giveUp {
+                clean = try await values(of: "cancel-frozen", on: servers).allSatisfy { $0 == nil }
+                if !clean { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(clean, "a key was left behind")
+            await client.shutdown()
+        }
+    }
+
     @Test(
         "attempts that frozen nodes run only after the caller gave up are released there too: a release goes out behind its acquire, not held for a reply that never comes (a new client, and one that already ran the scripts on its connections)",
         arguments: ["fencing", "fair", "plain"], [false, true]
