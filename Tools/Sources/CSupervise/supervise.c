@@ -1346,7 +1346,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                     if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
                         tcsetpgrp(STDIN_FILENO, foreground);
                     }
-                    if (supervisor_group > 0) {
+                    /* Not group 1 (nor an unknown one): kill(-1) signals every process there is,
+                       and a container init's group has no shell to resume it anyway. */
+                    if (supervisor_group > 1) {
                         kill(-supervisor_group, stop);
                     }
                     stopped_by = stop;
@@ -1437,7 +1439,7 @@ static void init_signalled(int signal_number) {
 }
 
 _Noreturn void redlock_init_main(const char *path, char *const argv[]) {
-    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGWINCH};
+    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
     int wakeup[2];
     if (pipe2(wakeup, O_CLOEXEC) != 0) {
         fail_as("redlock (as init)", "pipe2");

@@ -1,6 +1,7 @@
 import ArgumentParser
 import RedlockOutput
 import CSupervise
+import Foundation
 import Logging
 
 #if canImport(Glibc)
@@ -35,7 +36,9 @@ enum Entry {
         // The init of a PID namespace (a container's PID 1) must reap what is orphaned there and
         // gets only the signals it handles: `redlock run` then runs as its child.
         if getpid() == 1, arguments.count >= 2, arguments[1] == "run" {
-            redlock_init_main("/proc/self/exe", CommandLine.unsafeArgv)
+            // By its path, not /proc/self/exe: `ps` and `pkill` see the child as redlock.
+            let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
+            redlock_init_main(executable, CommandLine.unsafeArgv)
         }
         // The client's log lines (a node that stops answering) never wait for stderr; what is
         // queued at exit has a second to be written.

@@ -882,6 +882,34 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("renewals held back while the command was stopped count once it continues: continued after two of them came, past the next renewal's time but before the deadline they replaced, it runs on (without them it is killed at that deadline)")
+    func heldRenewalApplies() async throws {
+        try await withRedisServers(1) { servers throws in
+            // A 3 s lease: confirmed by an extension at once, then extended about every 1.07 s,
+            // each moving the watchdog's deadline to 2.85 s after it. Stopped at once (under
+            // setsid redlock cannot stop with it), the command misses the renewals at +1.07 s
+            // and +2.14 s; continued just after the second, it has until +2.85 s by the
+            // confirmation's deadline, and the next renewal comes at +3.2 s.
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "held-renewal", "--ttl", "3s", "--verbose", "--",
+                 "sh", "-c", "echo ready $$; kill -TTIN $$; sleep 2; echo finished"],
+                launcher: ["/usr/bin/setsid", "-w"], killAfter: .seconds(30)
+            )
+            let ready = try #require(await run.waitForLine(containing: "ready"))
+            let command = try #require(ready.split(separator: "\n").first { $0.hasPrefix("ready ") }.flatMap { pid_t($0.dropFirst(6)) })
+            var seen = ""
+            while seen.components(separatedBy: "redlock: extended").count - 1 < 3 {
+                guard let more = await run.waitForErrorLine(containing: "redlock: extended") else { break }
+                seen += more
+            }
+            #expect(processState(command) == "T", "the command was not stopped while the renewals came")
+            #expect(kill(-command, SIGCONT) == 0)
+            let (status, stdout, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 0 && stdout.contains("finished"), "\(status) \(stdout) \(seen) \(stderr)")
+            #expect(try await values(of: "held-renewal", on: servers) == [nil])
+        }
+    }
+
     @Test("as a PID namespace's init (a container's PID 1), redlock runs as its own child under an init that reaps what is orphaned there and passes SIGTERM on: the command gets it, 143, the lock released; before, orphans stayed zombies")
     func containerInit() async throws {
         try await withRedisServers(1) { servers throws in
@@ -906,6 +934,63 @@ final class RunSupervisionTests: Sendable {
             let (status, _, stderr) = await run.finish()
             #expect(!run.timedOut && status == 128 + SIGTERM, "\(status): \(stderr)")
             #expect(try await values(of: "container", on: servers) == [nil])
+        }
+    }
+
+    @Test("in a container whose init leads the process group (pgid 1: setsid as PID 1), a job-control stop of the command stops no other process (kill(-1) would stop them all): the command is killed at the deadline, 124; the init's child shows as redlock")
+    func containerStopSignalsNoOne() async throws {
+        try await withRedisServers(1) { servers throws in
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "group-one", "--ttl", "1s", "--",
+                 "sh", "-c", "echo ready; sleep 2; kill -TSTP $$; echo continued"],
+                launcher: ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "/usr/bin/setsid"], killAfter: .seconds(30)
+            )
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            let initPid = try #require(children(of: run.process.processIdentifier).first, "unshare started no child")
+            let bound = Task { try await Task.sleep(for: .seconds(25)); kill(initPid, SIGKILL) }
+            defer { bound.cancel() }
+            let supervisor = try #require(children(of: initPid).first, "the init started no child")
+            #expect((try? String(contentsOfFile: "/proc/\(supervisor)/comm", encoding: .utf8)) == "redlock\n")
+            // Another process of the namespace, outside the command's tree, in a process group
+            // of its own whose parent is in another group of its session (Foundation starts
+            // nsenter in a session of its own): not orphaned, so a SIGTSTP would stop it.
+            let bystander = Process()
+            bystander.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            bystander.arguments = [
+                "-t", String(initPid), "-p", "-m", "python3", "-c",
+                // (With no signal blocked or ignored: the test runner's mask is inherited.)
+                "import os, signal\npid = os.fork()\nif pid == 0:\n    os.setpgid(0, 0)\n    signal.pthread_sigmask(signal.SIG_SETMASK, [])\n"
+                    + "    signal.signal(signal.SIGTSTP, signal.SIG_DFL)\n    os.execvp('sleep', ['sleep', '30'])\nos.waitpid(pid, 0)",
+            ]
+            try bystander.run()
+            defer { bystander.terminate() }
+            let sleeper = await { () async -> Int32? in
+                for _ in 0..<2500 {
+                    if let python = children(of: bystander.processIdentifier).first, let pid = children(of: python).first,
+                       (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == "sleep\n" {
+                        return pid
+                    }
+                    try? await Task.sleep(for: .milliseconds(2))
+                }
+                return nil
+            }()
+            let bystanderPid = try #require(sleeper, "nsenter started nothing")
+            // The command (the watchdog's child) stops itself 2 s after ready.
+            let watchdog = try #require(children(of: supervisor).first, "no watchdog")
+            let command = try #require(children(of: watchdog).first, "no command")
+            #expect(await eventually { processState(command) == "T" }, "the command did not stop")
+            // The watchdog acts on the stop as it sees it; a kill(-1, SIGTSTP) would have stopped
+            // the bystander within microseconds. Nothing to wait on for a signal that must not
+            // come: watched for 200 ms.
+            var bystanderStopped = false
+            for _ in 0..<100 where !bystanderStopped {
+                bystanderStopped = processState(bystanderPid) == "T"
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            #expect(!bystanderStopped, "a process outside the command's tree was stopped")
+            let (status, stdout, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 124 && !stdout.contains("continued"), "\(status) \(stderr)")
+            #expect(stderr.contains("stopped by job control (signal \(SIGTSTP))"), "\(stderr)")
         }
     }
 

@@ -72,7 +72,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
 
 /* `redlock` as the init of a PID namespace (PID 1, as in a container without an init of its own):
    runs `path` with `argv` (redlock itself, which is then not PID 1) as its only child, passes it
-   SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT and SIGWINCH, reaps every process
+   SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGCONT, reaps every process
    orphaned in the namespace, and exits with the child's status (128 + N when it was killed by signal
    N) once it ends. Exits 1 on a setup failure (reported on stderr). Never returns. */
 _Noreturn void redlock_init_main(const char *path, char *const argv[]);
