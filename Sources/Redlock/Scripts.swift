@@ -385,7 +385,8 @@ enum Scripts {
     )
 
     /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` in a script, with the same reply (`OK`, or null when
-    /// the key exists), once the user is found to be allowed what the lease will need: `EVALSHA`
+    /// the key exists), once the user is found to be allowed what the lease will need: `SET` itself
+    /// (refused inside a script, Redis's own error names neither command nor key), `EVALSHA`
     /// on the key (the release and the extension go by hash), and `GET`, `DEL` and `PEXPIRE` on
     /// it (inside them); else a `NOPERM` error reply naming what is refused, and nothing is set.
     /// The checks use `redis.acl_check_cmd` (Redis ≥ 7; older servers check nothing but the
@@ -396,13 +397,14 @@ enum Scripts {
         """
         if redis.acl_check_cmd then
             local needs = {
+                {'SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]},
                 {'EVALSHA', '\(String(repeating: "0", count: 40))', '1', KEYS[1]},
                 {'GET', KEYS[1]}, {'DEL', KEYS[1]}, {'PEXPIRE', KEYS[1], '1'},
             }
             for _, command in ipairs(needs) do
                 local checked, allowed = pcall(redis.acl_check_cmd, unpack(command))
                 if not (checked and allowed) then
-                    return redis.error_reply('NOPERM this user may not run ' .. command[1] .. ' on ' .. KEYS[1] .. ', which releasing or extending the lock needs; nothing was set')
+                    return redis.error_reply('NOPERM this user may not run ' .. command[1] .. ' on ' .. KEYS[1] .. ', which acquiring, releasing or extending the lock needs; nothing was set')
                 end
             end
         end

@@ -161,7 +161,7 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("a user who may run scripts but not a command the release or extension needs on the key (EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire, naming it, not retried, and no key is set", arguments: ["evalsha", "del", "pexpire"])
+    @Test("a user who may run scripts but not a command the acquire, release or extension needs on the key (SET; EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire, naming it, not retried, and no key is set", arguments: ["set", "evalsha", "del", "pexpire"])
     func acquireWithoutReleasePermissions(refused command: String) async throws {
         try await withRedisServers(3) { servers throws in
             try await createUser("partial", rules: ["~*", "+@all", "-\(command)", "&*"], on: servers)
