@@ -58,12 +58,12 @@ extension RedlockClient {
             public var permission: String
             /// The node's refusal (`NOPERM …`), or nil when allowed or not checked.
             public var refusal: String?
-            /// False when the check could not be made: `PEXPIRE` and `DEL` of the lock key are
-            /// checked only while nobody holds the lock, `SET` of the epoch marker only once it
-            /// exists (``reasonNotChecked`` says which).
-            public var checked: Bool = true
-            /// Why the check could not be made (e.g. `the lock is held`), when it could not.
+            /// Why the check could not be made, or nil when it was: `PEXPIRE` and `DEL` of the
+            /// lock key are checked only while nobody holds the lock (`the lock is held`), `SET`
+            /// of the epoch marker only once it exists.
             public var reasonNotChecked: String?
+            /// False when the check could not be made (``reasonNotChecked`` says why).
+            public var checked: Bool { reasonNotChecked == nil }
             /// True when the lock works without it, less well: `PING` (the handshake's first
             /// command when there is no password or database), `INFO` and its `run_id` without
             /// ``LockOptions/restartGuard`` (one server listed under two addresses is then told
@@ -74,7 +74,7 @@ extension RedlockClient {
             /// `PERMISSION: allowed`, `PERMISSION: REFUSAL` or `PERMISSION: not checked (REASON)`,
             /// with ` (optional)` after a refusal the lock works without.
             public var description: String {
-                guard checked else { return "\(permission): not checked (\(reasonNotChecked ?? "unknown"))" }
+                if let reasonNotChecked { return "\(permission): not checked (\(reasonNotChecked))" }
                 guard let refusal else { return "\(permission): allowed" }
                 return "\(permission): \(refusal)\(isOptional ? " (optional)" : "")"
             }
@@ -206,7 +206,7 @@ extension RedlockClient {
             if let permission = items[index].string {
                 let refusal = items[index + 1].string ?? ""
                 if refusal.hasPrefix("?") {
-                    checks.append(.init(permission: permission, refusal: nil, checked: false, reasonNotChecked: String(refusal.dropFirst())))
+                    checks.append(.init(permission: permission, refusal: nil, reasonNotChecked: String(refusal.dropFirst())))
                 } else {
                     checks.append(.init(permission: permission, refusal: refusal.isEmpty ? nil : refusal))
                 }
