@@ -13,6 +13,7 @@ enum Scripts {
     /// and the counter incremented like for a new acquisition.
     static let acquireFenced = RedisScript(
         """
+        \(leaseNeeds)
         local function reply(code)
             return code
         end
@@ -83,6 +84,7 @@ enum Scripts {
     /// Needs Redis ≥ 5 (scripts replicate their effects, so `TIME` may precede writes).
     static let acquireGuarded = RedisScript(
         """
+        \(leaseNeeds)
         local time = redis.call('TIME')
         local function reply(code, behind)
             if ARGV[5] == '1' then
@@ -152,6 +154,7 @@ enum Scripts {
     /// entry would have: nothing is left behind. Needs Redis ≥ 5 (`TIME` before writes).
     static let acquireFair = RedisScript(
         """
+        \(leaseNeeds)
         local function reply(code)
             return code
         end
@@ -385,32 +388,42 @@ enum Scripts {
     )
 
     /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` in a script, with the same reply (`OK`, or null when
-    /// the key exists), once the user is found to be allowed what the lease will need: `SET` itself
-    /// (refused inside a script, Redis's own error names neither command nor key), `EVALSHA`
-    /// on the key (the release and the extension go by hash), and `GET`, `DEL` and `PEXPIRE` on
-    /// it (inside them); else a `NOPERM` error reply naming what is refused, and nothing is set.
-    /// The checks use `redis.acl_check_cmd` (Redis ≥ 7; older servers check nothing but the
-    /// script's own run). The acquire on a connection until this form succeeded there (see
+    /// the key exists), once the user is found to be allowed what the lease will need
+    /// (``leaseNeeds``; else a `NOPERM` error reply naming what is refused, and nothing is set).
+    /// The acquire on a connection until this form succeeded there (see
     /// ``RedisConnection/send(_:script:runsLateUnlessBehind:untilScriptsRun:replayWindow:setting:handler:)``): a user
     /// who may set the key but not release it is refused before anything is set.
     static let acquirePlain = RedisScript(
         """
-        if redis.acl_check_cmd then
-            local needs = {
-                {'SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]},
-                {'EVALSHA', '\(String(repeating: "0", count: 40))', '1', KEYS[1]},
-                {'GET', KEYS[1]}, {'DEL', KEYS[1]}, {'PEXPIRE', KEYS[1], '1'},
-            }
-            for _, command in ipairs(needs) do
-                local checked, allowed = pcall(redis.acl_check_cmd, unpack(command))
-                if not (checked and allowed) then
-                    return redis.error_reply('NOPERM this user may not run ' .. command[1] .. ' on ' .. KEYS[1] .. ', which acquiring, releasing or extending the lock needs; nothing was set')
-                end
-            end
-        end
+        \(leaseNeeds)
         return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
         """
     )
+
+    /// The check every acquire script begins with, before it writes anything: that the user may
+    /// run what the lease needs on `KEYS[1]` (value `ARGV[1]`, expiry `ARGV[2]` ms): `SET` (refused
+    /// inside a script, Redis's own error names neither command nor key), `EVALSHA` on the key
+    /// (the release and the extension go by hash), and `GET`, `DEL` and `PEXPIRE` (inside them).
+    /// Else a `NOPERM` error reply naming the command and the key, and nothing is written: no
+    /// lock key, counter increment, epoch marker or queue entry. Uses `redis.acl_check_cmd`
+    /// (Redis ≥ 7; older servers check nothing but each command as the script runs it).
+    private static let leaseNeeds = """
+        local acl = redis.acl_check_cmd
+        if acl then
+            local function allowed(...)
+                local checked, yes = pcall(acl, ...)
+                return checked and yes
+            end
+            local key = KEYS[1]
+            local refused = (not allowed('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) and 'SET')
+                or (not allowed('EVALSHA', '\(String(repeating: "0", count: 40))', '1', key) and 'EVALSHA')
+                or (not allowed('GET', key) and 'GET') or (not allowed('DEL', key) and 'DEL')
+                or (not allowed('PEXPIRE', key, '1') and 'PEXPIRE')
+            if refused then
+                return redis.error_reply('NOPERM this user may not run ' .. refused .. ' on ' .. key .. ', which acquiring, releasing or extending the lock needs; nothing was set')
+            end
+        end
+        """
 
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` "1" to re-create a
     /// missing key. Returns 1 when extended (or re-created), 0 when another holder's value is

@@ -161,20 +161,43 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("a user who may run scripts but not a command the acquire, release or extension needs on the key (SET; EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire, naming it, not retried, and no key is set", arguments: ["set", "evalsha", "del", "pexpire"])
-    func acquireWithoutReleasePermissions(refused command: String) async throws {
+    /// The acquire scripts the permission check runs in: each begins with it.
+    enum AcquireForm: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case plain, fenced, guarded, fair
+        var testDescription: String { rawValue }
+        var options: LockOptions {
+            var options = LockOptions(expiry: .seconds(30), tries: 32, retryDelay: .constant(.milliseconds(200)))
+            switch self {
+            case .plain: break
+            case .fenced: options.fencing = true
+            case .guarded: options.clockGuard = true
+            case .fair: options.fair = true
+            }
+            return options
+        }
+    }
+
+    @Test("a user who may run scripts but not a command the acquire, release or extension needs on the key (SET; EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire of every form, naming it, not retried, and nothing is written (no lock key, counter, epoch marker or queue entry)", arguments: ["set", "evalsha", "del", "pexpire"], AcquireForm.allCases)
+    func acquireWithoutReleasePermissions(refused command: String, form: AcquireForm) async throws {
         try await withRedisServers(3) { servers throws in
             try await createUser("partial", rules: ["~*", "+@all", "-\(command)", "&*"], on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "partial"))
-            let lock = try client.makeLock("partial", options: LockOptions(expiry: .seconds(30), tries: 32, retryDelay: .constant(.milliseconds(200))))
+            let lock = try client.makeLock("partial", options: form.options)
             // Checked on every acquire: the connection never sees its script form succeed.
             for round in 0..<3 {
                 let started = ContinuousClock.now
                 let error = await #expect(throws: RedlockError.self, "round \(round)") { try await lock.lock() }
                 #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
                 let causes = error?.nodes ?? []
-                #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM this user may not run \(command.uppercased())") }, "\(causes)")
-                #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
+                #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM this user may not run \(command.uppercased()) on partial") }, "\(causes)")
+                for server in servers {
+                    let admin = RedisConnection(configuration: server.configuration())
+                    let keys: Result<RedisValue, any Error>
+                    do { keys = .success(try await admin.send(RedisCommand("KEYS", "*"))) } catch { keys = .failure(error) }
+                    await admin.shutdown()
+                    let left = try keys.get()
+                    #expect(left == .array([]), "left on \(server.port): \(left)")
+                }
             }
             await client.shutdown()
         }
