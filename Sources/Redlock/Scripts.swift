@@ -42,6 +42,9 @@ enum Scripts {
                 if string.find(token.err, 'not an integer', 1, true) or string.sub(token.err, 1, 9) == 'WRONGTYPE' then
                     return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds no integer (' .. token.err .. ')')
                 end
+                if string.find(token.err, "can't run", 1, true) or string.sub(token.err, 1, 6) == 'NOPERM' then
+                    return redis.error_reply('NOPERM this user may not run INCR on the fencing counter ' .. counter .. ', which a fenced acquire needs; nothing was set (' .. token.err .. ')')
+                end
                 return token
             end
             if token < 1 then

@@ -87,7 +87,7 @@ struct LeastPrivilegeTests {
     @Test("permanent refusals fail lock() at once instead of retrying: a wrong password, a key outside the user's patterns, a command a script may not run", arguments: ["wrong-password", "no-key-permission", "no-counter-permission"])
     func permanentErrorsFailFast(kind: String) async throws {
         try await withRedisServers(3) { servers throws in
-            // The fenced acquire is a script: its refusal comes as the script's error.
+            // The fenced acquire is a script: a refused INCR is named with the counter.
             try await createUser("app", rules: kind == "no-counter-permission" ? ["~*", "+@all", "-incr", "&*"] : ["~other:*", "+@all", "&*"], on: servers)
             let metrics = TestMetrics()
             let client = try RedlockClient(
@@ -103,7 +103,7 @@ struct LeastPrivilegeTests {
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 1)
             #expect(error?.code == .noQuorum)
             let texts = error?.nodes.map(\.description) ?? []
-            let expected = ["wrong-password": "WRONGPASS", "no-key-permission": "NOPERM", "no-counter-permission": "can't"][kind] ?? "?"
+            let expected = ["wrong-password": "WRONGPASS", "no-key-permission": "NOPERM", "no-counter-permission": "NOPERM this user may not run INCR on the fencing counter redlock:fence"][kind] ?? "?"
             #expect(texts.count >= 2 && texts.allSatisfy { $0.contains(expected) }, "\(texts)")
             await client.shutdown()
         }
