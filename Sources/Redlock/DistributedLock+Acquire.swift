@@ -435,8 +435,8 @@ extension DistributedLock {
         }
         guard options.fencing else {
             if options.value.mayAlreadyBeHeld {
-                // The extend script with its re-create flag: held → PEXPIRE, missing → SET PX.
-                let call = RedisScriptCall(Scripts.extend, keys: [name], arguments: [value, expiryMilliseconds, "1"])
+                // Held → PEXPIRE, missing → SET PX, after the lease's permission check.
+                let call = RedisScriptCall(Scripts.acquireReattach, keys: [name], arguments: [value, expiryMilliseconds])
                 return AcquireRequest(command: call.command, script: call.script, classify: Vote.ofScript, confirm: confirm)
             }
             // On a connection where it has not succeeded yet, `SET NX PX` goes inside a script

@@ -42,6 +42,9 @@ enum Scripts {
                 if string.find(token.err, 'not an integer', 1, true) or string.sub(token.err, 1, 9) == 'WRONGTYPE' then
                     return redis.error_reply('WRONGTYPE the fencing counter ' .. counter .. ' holds no integer (' .. token.err .. ')')
                 end
+                if string.find(token.err, 'Unknown Redis command', 1, true) then
+                    return redis.error_reply('ERR unknown command INCR on this node (renamed away?), which a fenced acquire needs on the fencing counter ' .. counter .. '; nothing was set')
+                end
                 if string.find(token.err, "can't run", 1, true) or string.sub(token.err, 1, 6) == 'NOPERM' then
                     return redis.error_reply('NOPERM this user may not run INCR on the fencing counter ' .. counter .. ', which a fenced acquire needs; nothing was set (' .. token.err .. ')')
                 end
@@ -407,31 +410,56 @@ enum Scripts {
     /// run what the lease needs on `KEYS[1]` (value `ARGV[1]`, expiry `ARGV[2]` ms): `SET` (refused
     /// inside a script, Redis's own error names neither command nor key), `EVALSHA` on the key
     /// (the release and the extension go by hash), and `GET`, `DEL` and `PEXPIRE` (inside them).
-    /// Else a `NOPERM` error reply naming the command and the key, and nothing is written: no
-    /// lock key, counter increment, epoch marker or queue entry. Uses `redis.acl_check_cmd`
-    /// (Redis ≥ 7; older servers check nothing but each command as the script runs it).
+    /// Else a `NOPERM` error reply naming the command and the key (or, for a command renamed
+    /// away, `ERR unknown command` naming it), and nothing is written: no lock key, counter
+    /// increment, epoch marker or queue entry. Uses `redis.acl_check_cmd` (Redis ≥ 7; older
+    /// servers check nothing but each command as the script runs it).
     private static let leaseNeeds = """
         local acl = redis.acl_check_cmd
         if acl then
-            local function allowed(...)
-                local checked, yes = pcall(acl, ...)
-                return checked and yes
+            local key, refused, unknown = KEYS[1], nil, false
+            local function need(...)
+                if refused then return end
+                local checked, allowed = pcall(acl, ...)
+                if not (checked and allowed) then
+                    refused, unknown = ..., not checked
+                end
             end
-            local key = KEYS[1]
-            local refused = (not allowed('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) and 'SET')
-                or (not allowed('EVALSHA', '\(String(repeating: "0", count: 40))', '1', key) and 'EVALSHA')
-                or (not allowed('GET', key) and 'GET') or (not allowed('DEL', key) and 'DEL')
-                or (not allowed('PEXPIRE', key, '1') and 'PEXPIRE')
-            if refused then
+            need('SET', key, ARGV[1], 'NX', 'PX', ARGV[2])
+            need('EVALSHA', '\(String(repeating: "0", count: 40))', '1', key)
+            need('GET', key)
+            need('DEL', key)
+            need('PEXPIRE', key, '1')
+            if unknown then
+                return redis.error_reply('ERR unknown command ' .. refused .. ' on this node (renamed away?), which acquiring, releasing or extending the lock ' .. key .. ' needs; nothing was set')
+            elseif refused then
                 return redis.error_reply('NOPERM this user may not run ' .. refused .. ' on ' .. key .. ', which acquiring, releasing or extending the lock needs; nothing was set')
             end
         end
         """
 
+    /// Acquire with a value the nodes may already hold (``LockValue/mayAlreadyBeHeld``: a
+    /// re-attach). `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms. After
+    /// ``leaseNeeds``: `PEXPIRE` when the key holds the value, `SET … PX` when it is missing;
+    /// returns 1 when granted either way, 0 when another value is there.
+    static let acquireReattach = RedisScript(
+        """
+        \(leaseNeeds)
+        local current = redis.call('GET', KEYS[1])
+        if current == ARGV[1] then
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            return 1
+        elseif current == false then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+            return 1
+        end
+        return 0
+        """
+    )
+
     /// `KEYS[1]` lock name, `ARGV[1]` value, `ARGV[2]` expiry in ms, `ARGV[3]` "1" to re-create a
     /// missing key. Returns 1 when extended (or re-created), 0 when another holder's value is
-    /// there, -1 when the key is missing. With "1" it is also the acquire of a value a node may
-    /// already hold (a re-attach: `GET == value → PEXPIRE`, else `SET PX`).
+    /// there, -1 when the key is missing (with "1": ``LockOptions/setNXOnExtend``).
     static let extend = compareAndAct(
         held: """
         redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -132,7 +132,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
 extension RedisError {
     /// Whether retrying cannot help: the node refused the credentials (`AUTH`) or a permission
     /// (`NOPERM`), the key holds another type (`WRONGTYPE`), the command or script is not
-    /// available there (`ERR unknown command`, scripting disabled), the address is invalid, the
+    /// available there (`ERR unknown command`, scripting disabled, a command a script calls
+    /// renamed away: `ERR Unknown Redis command called from script`), the address is invalid, the
     /// host name does not exist, TLS cannot be set up or the server's certificate is rejected.
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
     /// failover) and `TRYAGAIN` are transient.
@@ -146,7 +147,11 @@ extension RedisError {
             let text = message.lowercased()
             return !text.contains("temporary") && !text.contains("try again")
         }
-        return code == .serverError && hasReplyPrefix(["WRONGTYPE", "ERR UNKNOWN COMMAND"])
+        return code == .serverError && hasReplyPrefix([
+            "WRONGTYPE", "ERR UNKNOWN COMMAND",
+            // A command renamed away, called inside a script (Redis 7).
+            "ERR UNKNOWN REDIS COMMAND CALLED FROM SCRIPT",
+        ])
     }
 
     /// Whether the node refused the credentials (`AUTH`: `WRONGPASS`, `NOAUTH`) or a permission

@@ -163,7 +163,7 @@ struct LeastPrivilegeTests {
 
     /// The acquire scripts the permission check runs in: each begins with it.
     enum AcquireForm: String, CaseIterable, CustomTestStringConvertible, Sendable {
-        case plain, fenced, guarded, fair
+        case plain, fenced, guarded, fair, fixedValue
         var testDescription: String { rawValue }
         var options: LockOptions {
             var options = LockOptions(expiry: .seconds(30), tries: 32, retryDelay: .constant(.milliseconds(200)))
@@ -172,12 +172,13 @@ struct LeastPrivilegeTests {
             case .fenced: options.fencing = true
             case .guarded: options.clockGuard = true
             case .fair: options.fair = true
+            case .fixedValue: options.value = .fixed("mine")
             }
             return options
         }
     }
 
-    @Test("a user who may run scripts but not a command the acquire, release or extension needs on the key (SET; EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire of every form, naming it, not retried, and nothing is written (no lock key, counter, epoch marker or queue entry)", arguments: ["set", "evalsha", "del", "pexpire"], AcquireForm.allCases)
+    @Test("a user who may run scripts but not a command the acquire, release or extension needs on the key (SET; EVALSHA: they go by hash; DEL; PEXPIRE) is refused at the first acquire of every form (a fixed value's re-attach too), naming it, not retried, and nothing is written (no lock key, counter, epoch marker or queue entry)", arguments: ["set", "evalsha", "del", "pexpire"], AcquireForm.allCases)
     func acquireWithoutReleasePermissions(refused command: String, form: AcquireForm) async throws {
         try await withRedisServers(3) { servers throws in
             try await createUser("partial", rules: ["~*", "+@all", "-\(command)", "&*"], on: servers)
@@ -199,6 +200,31 @@ struct LeastPrivilegeTests {
                     #expect(left == .array([]), "left on \(server.port): \(left)")
                 }
             }
+            await client.shutdown()
+        }
+    }
+
+    @Test("a command the lock's scripts call, renamed away on the nodes, fails lock() at once as permanent, naming it (INCR fenced, TIME guarded, ZADD for a fair waiter, EVALSHA fenced, DEL for a fixed value); before, Redis's 'Unknown Redis command called from script' was retried until the timeout", arguments: [
+        ("INCR", AcquireForm.fenced), ("TIME", .guarded), ("ZADD", .fair), ("EVALSHA", .fenced), ("DEL", .fixedValue),
+    ])
+    func renamedCommandIsPermanent(renamed command: String, form: AcquireForm) async throws {
+        try await withRedisServers(3, arguments: ["--rename-command", command, ""]) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let options = form.options
+            let lock = try client.makeLock("renamed", options: options)
+            // A fair waiter queues (ZADD) only behind a holder.
+            let holder = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let held = form == .fair ? try await holder.makeLock("renamed", options: options).lock() : nil
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
+            let causes = error?.nodes ?? []
+            // Named where the script can tell (its checks, the counter's increment); a command it
+            // calls outright fails with Redis's own text.
+            let named = !["TIME", "ZADD"].contains(command)
+            #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".lowercased().contains("unknown") && (!named || "\($0)".contains("unknown command \(command) on this node")) }, "\(causes)")
+            if let held { try await holder.makeLock("renamed", options: options).unlock(held) }
+            await holder.shutdown()
             await client.shutdown()
         }
     }

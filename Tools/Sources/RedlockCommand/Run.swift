@@ -252,7 +252,7 @@ struct Run: AsyncParsableCommand {
         error.nodes.contains { node in
             guard let failure = node.cause.error, failure.isPermanent else { return false }
             return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed
-                || (failure.code == .serverError && failure.message.uppercased().hasPrefix("ERR UNKNOWN COMMAND"))
+                || (failure.code == .serverError && ["ERR UNKNOWN COMMAND", "ERR UNKNOWN REDIS COMMAND"].contains { failure.message.uppercased().hasPrefix($0) })
         }
     }
 

@@ -811,6 +811,25 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("a node that could grant the fenced lock but not release it (the user may not DEL), or that renamed INCR away, gives 77 at once: nothing ran, no key is left (before: DEL refused ran the command and left the keys for --ttl; INCR renamed was retried for the whole --wait, 69)", arguments: ["no-del", "renamed-incr"])
+    func unreleasableRefusedAtOnce(kind: String) async throws {
+        let arguments = kind == "no-del"
+            ? ["--user", "nodel", "on", ">pw", "~*", "&*", "+@all", "-del"]
+            : ["--rename-command", "INCR", ""]
+        try await withRedisServers(3, arguments: arguments) { servers throws in
+            let nodes = servers.map { kind == "no-del" ? "redis://nodel:pw@\($0.endpoint)" : "redis://\($0.endpoint)" }.joined(separator: ",")
+            let marker = FileManager.default.temporaryDirectory.appendingPathComponent("ran-\(UUID())").path
+            let run = try CommandRun(["run", "--nodes", nodes, "--name", "unreleasable", "--wait", "5s", "--", "touch", marker])
+            let started = ContinuousClock.now
+            let (status, _, errors) = await run.finish()
+            #expect(status == 77, "\(errors)")
+            #expect(started.duration(to: .now) < .seconds(3), "retried for the whole --wait: \(errors)")
+            #expect(errors.contains(kind == "no-del" ? "may not run DEL" : "unknown command INCR"), "\(errors)")
+            #expect(!FileManager.default.fileExists(atPath: marker), "the command ran")
+            #expect(try await values(of: "unreleasable", on: servers) == [nil, nil, nil])
+        }
+    }
+
     @Test("Ctrl-Z in a terminal stops the whole job, fg resumes the command in the foreground; stopped past its deadline, the command is killed and fg gives 124", arguments: [false, true])
     func jobControl(pastDeadline: Bool) async throws {
         let redlock = try builtExecutable("redlock").path
