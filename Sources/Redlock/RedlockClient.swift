@@ -336,7 +336,20 @@ public final class RedlockClient: Sendable {
     /// the connections close, if the bodies end within ``scopeReleaseWait``; a lease whose
     /// body ends later stays on the nodes until it expires. A `withLock` still acquiring is
     /// waited for the same way: its body does not run, and the lease it gets is released.
+    /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins is waited for too
+    /// (within the same limit); one that begins later throws
+    /// ``RedlockError/Code-swift.struct/clientShutDown``.
+    ///
+    /// The caller's cancellation does not cut these waits short (a cancelled service group, a
+    /// shutdown from a cancelled task): they are what keeps a lease from staying on the nodes
+    /// until it expires, and each is bounded. A scope's body that calls `shutdown()` itself
+    /// cannot end before it returns: that scope's lease stays on the nodes until it expires.
     public func shutdown() async {
+        // In a task of its own, which the caller's cancellation does not reach.
+        await Task { await self.shutDownUncancelled() }.value
+    }
+
+    private func shutDownUncancelled() async {
         isShutDown.store(true, ordering: .releasing)
         // Before the timer stops: a gate's lease-end action would keep it running. Waiters
         // return now (their next attempt finds the client shut down), so no release below

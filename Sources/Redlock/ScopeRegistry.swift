@@ -10,8 +10,9 @@ import Synchronization
 /// it (``DistributedLock/unlock(_:)`` on a copy of the lease, once that release is decided; a
 /// failed acquire with the same value of the caller's own, whose clean-up deletes it) or whose
 /// client shuts down: its body is cancelled then rather than at the next extension or at the
-/// deadline. It also counts the scopes running, those still acquiring included, for
-/// ``RedlockClient/shutdown()`` to wait for their releases.
+/// deadline. It also counts the scopes running, those still acquiring included, and the
+/// ``DistributedLock/unlock(_:)`` calls under way, for ``RedlockClient/shutdown()`` to wait for
+/// their releases.
 final class ScopeRegistry: Sendable {
     /// A lease's key and value as the nodes see them: their bytes (two canonically equivalent
     /// names are two keys).

@@ -229,10 +229,18 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// its other commands fail with ``RedisError/Code-swift.struct/shutdown``. Commands queued
     /// while it connects are written once it is connected (within that time limit), and the
     /// socket closes at once.
+    ///
+    /// The caller's cancellation does not cut the grace period short (nor make it the whole
+    /// command timeout): the wait runs in a task of its own.
     public func shutdown() async {
         core.beginShutdown()
         let grace = min(configuration.commandTimeout, .milliseconds(500))
         let core = core
+        await Task { await Self.drain(core, grace: grace) }.value
+    }
+
+    /// Waits for `core`'s thread to finish the queued commands, interrupting it after `grace`.
+    private static func drain(_ core: ConnectionCore, grace: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await core.waitUntilExited() }
             group.addTask {

@@ -54,6 +54,105 @@ struct LifecycleAndTracingTests {
     }
 }
 
+extension LifecycleAndTracingTests {
+    /// How `shutdown()` is reached in ``cancelledShutdownReleases(_:)``.
+    enum CancelledShutdown: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        /// From a task cancelled before it calls `shutdown()`.
+        case cancelledCaller
+        /// A `ServiceGroup` with the client's service and the scope's, cancelled.
+        case cancelledGroup
+        var testDescription: String { rawValue }
+    }
+
+    @Test("shutdown() from a cancelled task, or a cancelled service group, still waits for a running scope's release: no key is left (before: the waits were skipped and the lease stayed on every node for its expiry)", arguments: CancelledShutdown.allCases)
+    func cancelledShutdownReleases(_ way: CancelledShutdown) async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("cancelled-shutdown", options: LockOptions(expiry: .seconds(30)))
+            let (entered, signal) = AsyncStream<Void>.makeStream()
+            struct Scope: Service {
+                let lock: DistributedLock
+                let signal: AsyncStream<Void>.Continuation
+                func run() async throws {
+                    try await lock.withLock { _ in
+                        signal.yield()
+                        try await Task.sleep(for: .seconds(60))
+                    }
+                }
+            }
+            let scope = Scope(lock: lock, signal: signal)
+            switch way {
+            case .cancelledCaller:
+                let running = Task { try await scope.run() }
+                for await _ in entered { break }
+                let shutter = Task {
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    await client.shutdown()
+                }
+                await shutter.value
+                let error = await #expect(throws: RedlockError.self) { try await running.value }
+                #expect(error?.code == .clientShutDown)
+            case .cancelledGroup:
+                let group = ServiceGroup(services: [RedlockClientService(client), scope], logger: Logger(label: "test"))
+                let running = Task { try await group.run() }
+                for await _ in entered { break }
+                running.cancel()
+                _ = try? await running.value
+            }
+            #expect(try await values(of: "cancelled-shutdown", on: servers) == [nil, nil, nil])
+            await client.shutdown()
+        }
+    }
+
+    @Test("a cancelled shutdown() with a frozen node waits its grace period (500 ms), not the command timeout (10 s)")
+    func cancelledShutdownFrozenNode() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            let lock = try client.makeLock("frozen-shutdown", options: LockOptions(expiry: .seconds(30)))
+            let lease = try await lock.lock()
+            try await servers[0].pause()
+            defer { try? servers[0].resume() }
+            // A release queued behind nothing the frozen node will answer.
+            let releasing = Task { try? await lock.unlock(lease) }
+            let shutter = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                let started = ContinuousClock.now
+                await client.shutdown()
+                return started.duration(to: .now)
+            }
+            let took = await shutter.value
+            #expect(took < .seconds(4), "shutdown took \(took)")
+            await releasing.value
+        }
+    }
+
+    @Test("an unlock() racing shutdown() either completes (the keys are gone) or throws clientShutDown, never a node failure of the connections closing under it (before: noQuorum with 'shutdown' from the nodes and the keys left)")
+    func unlockRacingShutdown() async throws {
+        try await withRedisServers(3) { servers throws in
+            var outcomes: [String: Int] = [:]
+            for round in 0..<60 {
+                let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+                let name = "race-\(round)"
+                let lock = try client.makeLock(name, options: LockOptions(expiry: .seconds(30)))
+                let lease = try await lock.lock()
+                let unlocking = Task { () -> RedlockError? in
+                    do throws(RedlockError) { try await lock.unlock(lease); return nil } catch { return error }
+                }
+                // Spread the shutdown over the unlock's window (a few to a hundred µs).
+                let spin = ContinuousClock.now + .microseconds(round % 6 * 20)
+                while ContinuousClock.now < spin {}
+                await client.shutdown()
+                let error = await unlocking.value
+                let left = try await values(of: name, on: servers).filter { $0 != nil }.count
+                outcomes["\(error?.code.description ?? "ok"), \(left) keys left", default: 0] += 1
+                #expect(error == nil || error?.code == .clientShutDown, "round \(round): \(String(describing: error))")
+                if error == nil { #expect(left == 0, "round \(round): unlocked, yet \(left) keys left") }
+            }
+            #expect(outcomes.keys.contains("ok, 0 keys left"), "\(outcomes)")
+        }
+    }
+}
+
 /// An app service that takes the lock once more while it shuts down.
 struct DrainingApp: Service {
     let lock: DistributedLock
