@@ -310,10 +310,17 @@ extension DistributedLock {
         do {
             try await unlockScoped(held.lease)
         } catch {
-            if error.code == .leaseExpired || error.code == .leaseTakenOver, ContinuousClock.now < held.lease.validUntil {
-                goneAtRelease = error
+            if error.code == .leaseExpired || error.code == .leaseTakenOver {
+                if ContinuousClock.now < held.lease.validUntil { goneAtRelease = error }
+                client.logger.debug("redlock scoped unlock failed", metadata: ["lock": "\(name)", "error": "\(error)"])
+            } else {
+                // Nothing else reports it: the scope's result is the body's. Until the keys
+                // expire nobody, this process included, can take the lock.
+                client.logger.warning(
+                    "could not release the lock at the end of its scope: its keys stay on the nodes that did not delete them until they expire (within \(held.lease.expiry) of the last acquire or extension)",
+                    metadata: ["lock": "\(name)", "error": "\(error)"]
+                )
             }
-            client.logger.debug("redlock scoped unlock failed", metadata: ["lock": "\(name)", "error": "\(error)"])
         }
         client.scopes.leave(lease, ticket)
         switch outcome {

@@ -693,4 +693,33 @@ struct ScopedLockTests {
             #expect(try await values(of: "scope-args", on: servers) == [nil])
         }
     }
+
+    @Test("a scope whose release the nodes refuse (NOREPLICAS on 2 of 3) returns the body's result and warns that the keys stay until they expire (before: a debug line only)")
+    func refusedReleaseWarns() async throws {
+        try await withRedisServers(3) { servers throws in
+            let records = Locked<[String]>([])
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records, level: .info))
+            let lock = try client.makeLock("refused-release", options: LockOptions(expiry: .seconds(30), tries: 1))
+            func setMinReplicas(_ count: Int) async throws {
+                for server in servers.prefix(2) {
+                    let admin = RedisConnection(configuration: server.configuration())
+                    let reply: Result<RedisValue, any Error>
+                    do { reply = .success(try await admin.send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "\(count)"))) } catch { reply = .failure(error) }
+                    await admin.shutdown()
+                    _ = try reply.get()
+                }
+            }
+            let result = try await lock.withLock { _ in
+                try await setMinReplicas(1)
+                return "body ran"
+            }
+            try await setMinReplicas(0)
+            #expect(result == "body ran")
+            let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("could not release the lock at the end of its scope") }
+            #expect(warnings.count == 1 && warnings.allSatisfy { $0.contains("refused-release") && $0.contains("NOREPLICAS") }, "\(records.value)")
+            #expect(try await values(of: "refused-release", on: servers).filter { $0 != nil }.count == 2)
+            await client.shutdown()
+        }
+    }
+
 }
