@@ -4,12 +4,15 @@ import Synchronization
 
 /// Whether each node answers, as the client's fan-outs see it: a node that stops answering is
 /// logged once at `warning` with the cause, and once at `info` when it answers again, so a lock
-/// that quietly runs on 3 of 5 nodes is visible without debug logs.
+/// that quietly runs on 3 of 5 nodes is visible without debug logs. So is a node that answers
+/// the lock's commands with errors (`OOM`, `READONLY`, `NOREPLICAS`, `MISCONF`, `LOADING`,
+/// `BUSY`, a refused permission or credentials, …): `warning` at its first error, `info` at
+/// its next grant.
 ///
 /// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O or
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
-/// The state of the first 64 nodes is one atomic bit mask, so a healthy reply costs one load.
+/// The state of the first 64 nodes is two atomic bit masks, so a healthy reply costs two loads.
 ///
 /// It also vets the address each new connection reaches, and the server by its `run_id` when
 /// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes
@@ -19,6 +22,8 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
+    /// The nodes whose latest answer to a lock's command was an error, not a grant since.
+    private let refusing = Atomic<UInt64>(0)
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
     /// node, and how many of its sockets are open there; the pairs of nodes already logged as
     /// one server; the nodes whose server told its `run_id`, and those of them refused since
@@ -149,14 +154,37 @@ final class NodeHealth: Sendable {
         peers.withLock { $0.logged }
     }
 
-    /// Node `index` answered.
-    func answered(_ index: Int) {
+    /// Node `index` answered; `granted`: with a grant (a key set, extended or deleted), which
+    /// ends its refusing (``failed(_:_:)``). Another answer (taken, missing) does not: a
+    /// read-only node answers those and refuses every write.
+    func answered(_ index: Int, granted: Bool = false) {
         guard index < 64 else { return }
         let bit: UInt64 = 1 << UInt64(index)
-        guard down.load(ordering: .relaxed) & bit != 0 else { return }
-        let (before, _) = down.bitwiseAnd(~bit, ordering: .relaxed)
-        if before & bit != 0 {
-            logger.info("redlock node answers again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+        if down.load(ordering: .relaxed) & bit != 0 {
+            let (before, _) = down.bitwiseAnd(~bit, ordering: .relaxed)
+            if before & bit != 0 {
+                logger.info("redlock node answers again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+            }
+        }
+        if granted, refusing.load(ordering: .relaxed) & bit != 0 {
+            let (before, _) = refusing.bitwiseAnd(~bit, ordering: .relaxed)
+            if before & bit != 0 {
+                logger.info("redlock node grants again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+            }
+        }
+    }
+
+    /// Node `index` answered a lock's command with `error` (an error reply, refused credentials
+    /// or database): logged at `warning` the first time since its last grant.
+    private func refused(_ index: Int, _ error: RedisError) {
+        let bit: UInt64 = 1 << UInt64(index)
+        guard refusing.load(ordering: .relaxed) & bit == 0 else { return }
+        let (before, _) = refusing.bitwiseOr(bit, ordering: .relaxed)
+        if before & bit == 0 {
+            logger.warning(
+                "redlock node answers the lock's commands with errors; locks go on while a quorum does",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]
+            )
         }
     }
 
@@ -169,7 +197,13 @@ final class NodeHealth: Sendable {
         switch error.code {
         case .unexpectedReply where peers.withLock({ $0.unidentified.contains(index) }):
             return
-        case .serverError, .unexpectedReply, .cancelled, .authenticationFailed, .databaseSelectionFailed:
+        case .serverError where error.message.hasPrefix("NOSCRIPT"):
+            // A script the node forgot (a restart, SCRIPT FLUSH): the next call sends it again.
+            return answered(index)
+        case .serverError, .authenticationFailed, .databaseSelectionFailed:
+            answered(index)
+            return refused(index, error)
+        case .unexpectedReply, .cancelled:
             return answered(index)
         case .shutdown:
             // The client (or its event loop) shut the connection down: nothing is known of the node.

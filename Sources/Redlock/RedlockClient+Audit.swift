@@ -24,7 +24,7 @@ extension RedlockClient {
         }
 
         /// What was checked: `reachable`, `persistence`, `eviction`, `role`, `cluster`,
-        /// `distinct`, `version`, `permissions`, `clock`, `clock rate` or `epoch`.
+        /// `distinct`, `version`, `permissions`, `state`, `clock`, `clock rate` or `epoch`.
         public var name: String
         /// The verdict.
         public var verdict: Verdict
@@ -60,8 +60,12 @@ extension RedlockClient {
     /// a TTL); role (a replica answers writes with READONLY; a master with replicas can lose a key
     /// on failover, unless ``LockOptions/replicaAcknowledgements`` covers every replica); cluster mode (Redlock wants independent masters); distinct servers (one
     /// server listed twice, under two addresses, has the same `run_id` and would vote twice);
-    /// version; the permissions `lock` needs (``checkNodes(for:)``); and the node's clock offset
-    /// from this machine (`TIME`).
+    /// version; the permissions `lock` needs (``checkNodes(for:)``); the node's state (`state`:
+    /// whether it refused any of those commands for another reason than a permission, such as
+    /// `OOM`, `READONLY`, `NOREPLICAS`, `MISCONF`, `LOADING` or `BUSY`: it cannot vote until that
+    /// passes); and the node's clock offset from this machine (`TIME`). A node that answers
+    /// `INFO` with such an error is not `reachable` (`fail`); one refused `INFO` by its ACL rules
+    /// is (`pass`, naming the refusal).
     ///
     /// Reads `INFO` and `CONFIG GET` (a check is `unknown` when the user may not run them) and
     /// writes nothing that outlives it. Nodes are asked concurrently, each within its timeouts.
@@ -98,13 +102,28 @@ extension RedlockClient {
             } else {
                 audits[index].checks.append(AuditCheck(name: "distinct", verdict: .unknown, detail: "INFO did not give a run_id"))
             }
-            // Refusals the lock works without (less well) are a caveat; any other fails.
-            let refused = permissions[index].refused
-            audits[index].checks.append(refused.isEmpty
-                ? AuditCheck(name: "permissions", verdict: .pass, detail: "every command, key and channel the lock's options need is allowed")
+            // Refusals the lock works without (less well) are a caveat; any other fails. A
+            // refusal for another reason than a permission (a full or read-only node, one still
+            // loading) is the node's state, and leaves its permissions untold.
+            let all = permissions[index].refused
+            let refused = all.filter { $0.refusal.map(Self.refusesPermission) ?? true }
+            let otherwise = all.filter { !($0.refusal.map(Self.refusesPermission) ?? true) }
+            audits[index].checks.append(
+                !refused.isEmpty
+                    ? AuditCheck(
+                        name: "permissions", verdict: refused.allSatisfy(\.isOptional) ? .warn : .fail,
+                        detail: refused.map(\.description).joined(separator: "; ")
+                    )
+                    : !otherwise.isEmpty
+                    ? AuditCheck(name: "permissions", verdict: .unknown, detail: "not told: the node refused for other reasons (state)")
+                    : AuditCheck(name: "permissions", verdict: .pass, detail: "every command, key and channel the lock's options need is allowed")
+            )
+            audits[index].checks.append(otherwise.isEmpty
+                ? AuditCheck(name: "state", verdict: .pass, detail: "the node runs the lock's commands")
                 : AuditCheck(
-                    name: "permissions", verdict: refused.allSatisfy(\.isOptional) ? .warn : .fail,
-                    detail: refused.map(\.description).joined(separator: "; ")
+                    name: "state", verdict: .fail,
+                    detail: "the node refuses the lock's commands for another reason than a permission, and cannot vote until that passes: "
+                        + otherwise.map(\.description).joined(separator: "; ")
                 ))
         }
         return audits
@@ -117,9 +136,14 @@ extension RedlockClient {
         do {
             info = infoFields(try await node.send(RedisCommand("INFO")).string ?? "")
             audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers"))
-        } catch let error as RedisError where error.code == .serverError {
+        } catch let error as RedisError where error.code == .serverError && refusesPermission(error.message) {
             info = [:]
             audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers (INFO refused: \(error.message))"))
+        } catch let error as RedisError where error.code == .serverError {
+            audit.checks.append(AuditCheck(
+                name: "reachable", verdict: .fail, detail: "answers with an error, and cannot vote until that passes: \(error.message)"
+            ))
+            return audit
         } catch {
             audit.checks.append(AuditCheck(name: "reachable", verdict: .fail, detail: "\(error)"))
             return audit
@@ -335,6 +359,16 @@ extension RedlockClient {
             )
         }
         return AuditCheck(name: "epoch", verdict: .pass, detail: "marker made \(Double(now - fields[0]) / 1_000) s ago by the node's clock")
+    }
+
+    /// Whether a node's error `text` refuses a permission (an ACL rule, credentials) or a
+    /// command it does not have (renamed away), rather than telling the node's state.
+    static func refusesPermission(_ text: String) -> Bool {
+        let error = RedisError(code: .serverError, endpoint: nil, message: text)
+        if error.isPermissionRefusal { return true }
+        let upper = text.uppercased()
+        return ["ERR UNKNOWN COMMAND", "ERR UNKNOWN REDIS COMMAND", "ERR UNKNOWN SUBCOMMAND", "NOSCRIPT"].contains { upper.hasPrefix($0) }
+            || upper.contains("UNKNOWN COMMAND")
     }
 
     /// `CONFIG GET name`'s value, or nil when refused or missing.

@@ -128,7 +128,7 @@ final class PreparedFanOut: Sendable {
             switch result {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
-                health.answered(index)
+                health.answered(index, granted: vote.isGranted)
             case let .failure(error):
                 health.failed(index, error)
                 if error.neverWritten { round.neverWritten(by: index) }

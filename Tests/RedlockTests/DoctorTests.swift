@@ -74,4 +74,41 @@ struct DoctorTests {
             }
         }
     }
+
+    @Test("a node refusing the lock's commands for its state is a failed 'state', not missing permissions (NOREPLICAS); one answering INFO with BUSY is not 'reachable' (before: 'pass' with every permission 'refused')")
+    func stateIsNotPermission() async throws {
+        try await withRedisServers(3) { servers throws in
+            _ = try await send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "1"), to: servers[1])
+            _ = try await send(RedisCommand("CONFIG", "SET", "busy-reply-threshold", "10"), to: servers[2])
+            // A script that never ends keeps node 2 busy until SCRIPT KILL, sent on a connection
+            // made before (a new one's handshake is refused BUSY).
+            let killer = RedisConnection(configuration: servers[2].configuration())
+            _ = try await killer.send(RedisCommand("PING"))
+            let looping = RedisConnection(configuration: servers[2].configuration(commandTimeout: .seconds(60)))
+            let loop = Task { try? await looping.send(RedisCommand("EVAL", "while true do end", "0")) }
+            var busy = false
+            for _ in 0..<200 where !busy {
+                do { _ = try await send(RedisCommand("PING"), to: servers[2]) } catch let error as RedisError {
+                    busy = error.message.contains("BUSY")
+                }
+            }
+            try #require(busy, "node 2 never answered BUSY")
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let audits = await client.audit(for: try client.makeLock("state"))
+            let text = audits.map { "\($0.endpoint): \($0.checks.map(\.description))" }.joined(separator: "\n")
+            _ = try await killer.send(RedisCommand("SCRIPT", "KILL"))
+            _ = await loop.value
+            await looping.shutdown()
+            await killer.shutdown()
+            _ = try await send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "0"), to: servers[1])
+            #expect(verdict("state", in: audits[0]) == .pass && verdict("permissions", in: audits[0]) == .pass, "\(text)")
+            #expect(verdict("state", in: audits[1]) == .fail, "\(text)")
+            #expect(audits[1].checks.first { $0.name == "state" }?.detail.contains("NOREPLICAS") == true, "\(text)")
+            #expect(verdict("permissions", in: audits[1]) == .unknown, "\(text)")
+            #expect(verdict("reachable", in: audits[2]) == .fail, "\(text)")
+            #expect(audits[2].checks.first?.detail.contains("BUSY") == true, "\(text)")
+            await client.shutdown()
+        }
+    }
+
 }

@@ -789,6 +789,47 @@ struct HandoffAndGuardTests {
         }
     }
 
+    @Test("a node answering the lock's commands with errors while a quorum holds is a warning once, naming it and the error, and an info once when it grants again (before: debug lines only)")
+    func refusingNodeLogged() async throws {
+        try await withRedisServers(5) { servers throws in
+            let records = Locked<[String]>([])
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records, level: .info))
+            var options = testOptions(tries: 1)
+            options.failFast = false
+            let lock = try client.makeLock("refusing", options: options)
+            func setMinReplicas(_ count: Int) async throws {
+                for server in servers.suffix(2) {
+                    let admin = RedisConnection(configuration: server.configuration())
+                    let reply: Result<RedisValue, any Error>
+                    do { reply = .success(try await admin.send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "\(count)"))) } catch { reply = .failure(error) }
+                    await admin.shutdown()
+                    _ = try reply.get()
+                }
+            }
+            try await setMinReplicas(1)
+            for _ in 0..<3 {
+                let lease = try await lock.lock()
+                try await lock.unlock(try await lock.extend(lease))
+            }
+            let warnings = records.value.filter { $0.hasPrefix("warning") }
+            #expect(warnings.count == 2, "\(records.value)")
+            for server in servers.suffix(2) {
+                #expect(warnings.contains { $0.contains("answers the lock's commands with errors") && $0.contains("\(server.endpoint)") && $0.contains("NOREPLICAS") }, "\(warnings)")
+            }
+            #expect(!records.value.contains { $0.hasPrefix("info") })
+
+            try await setMinReplicas(0)
+            for _ in 0..<3 {
+                let lease = try await lock.lock()
+                try await lock.unlock(lease)
+            }
+            let infos = records.value.filter { $0.hasPrefix("info") }
+            #expect(infos.count == 2 && infos.allSatisfy { $0.contains("grants again") }, "\(infos)")
+            #expect(records.value.filter { $0.hasPrefix("warning") }.count == 2)
+            await client.shutdown()
+        }
+    }
+
     @Test("a client shut down with acquires and releases in flight logs no node as not answering: the shutdown says nothing of the nodes")
     func shutdownLogsNoFailure() async throws {
         try await withRedisServers(3) { servers throws in
