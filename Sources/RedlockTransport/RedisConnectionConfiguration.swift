@@ -72,6 +72,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`,
     /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
     /// `@`, `%3A` for `:`); an empty one is not sent (`redis://:@host` authenticates nobody).
+    /// Credentials without a `:` (`redis://NAME@host`) are refused: some clients read them as a
+    /// user name, others as a password.
     /// Throws ``RedisError/Code-swift.struct/invalidAddress`` naming what is wrong, with the
     /// address quoted only where it cannot hold a password (see ``quotable(_:)``): error
     /// messages end up in logs.
@@ -123,8 +125,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 if let colon = credentials.firstIndex(of: ":") {
                     username = try decoded(credentials[..<colon], "user name")
                     password = try decoded(credentials[credentials.index(after: colon)...], "password")
-                } else {
-                    password = try decoded(credentials, "password")
+                } else if !credentials.isEmpty {
+                    // `redis://NAME@host` is a user name to some clients (redis-py, go-redis) and
+                    // a password to others: either reading would authenticate someone else.
+                    throw invalid("credentials without ':' are ambiguous (a user name to some clients, a password to others): write redis://:PASSWORD@host, or redis://USER:PASSWORD@host")
                 }
                 if username != nil, password == nil { throw invalid("a user name needs a password") }
             }
@@ -221,7 +225,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         var text = endpoint.description
         if tls != nil { text = "tls:" + text }
         if let username { text = "\(username)@\(text)" }
-        if let database { text += "/\(database)" }
+        if let database {
+            text += endpoint.socketPath == nil ? "/\(database)" : "?db=\(database)"
+        }
         return text
     }
 }

@@ -54,6 +54,7 @@ struct ParsingTests {
         #expect(secure.tls == RedisTLSConfiguration())
         #expect(secure.tls?.verifiesCertificate == true && secure.tls?.verifiesHostname == true)
         #expect(secure.description == "app@tls:cache.internal:6380/2")
+        #expect(try RedisConnectionConfiguration(parsing: "unix:///tmp/x?db=1").description == "unix:/tmp/x?db=1")
         #expect(try RedisConnectionConfiguration(parsing: "REDISS://h").tls != nil)
         #expect(try RedisConnectionConfiguration(parsing: "valkeys://[::1]:7000").tls != nil)
         #expect(try RedisConnectionConfiguration(parsing: "redis://h").tls == nil)
@@ -63,7 +64,7 @@ struct ParsingTests {
 
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
-        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://", "unix:relative", "h:+80", "[::1]:+80", "rediss://h:0", "redis://h/+1", "unix:/tmp/s?db=+2",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://", "unix:relative", "h:+80", "[::1]:+80", "rediss://h:0", "redis://h/+1", "unix:/tmp/s?db=+2", "redis://app@h:1", "rediss://hunter2@h",
     ])
     func malformed(text: String) {
         #expect {
