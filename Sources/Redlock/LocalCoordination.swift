@@ -590,11 +590,16 @@ final class LocalCoordination: Sendable {
     /// What this client's tagged values begin with (``taggedValue(_:)``), as bytes.
     private let ownTagPrefix: [UInt8]
 
+    /// Told of each error reply node `index`'s subscriber gets (a refused `SUBSCRIBE`).
+    private let refused: @Sendable (_ index: Int, _ error: String) -> Void
+
     init(
         nodes: [RedisConnection], sender: FanOutSender, timer: DeadlineTimer,
-        vet: @escaping @Sendable (_ index: Int) -> ConnectVet? = { _ in nil }
+        vet: @escaping @Sendable (_ index: Int) -> ConnectVet? = { _ in nil },
+        refused: @escaping @Sendable (_ index: Int, _ error: String) -> Void = { _, _ in }
     ) {
         self.vet = vet
+        self.refused = refused
         handoffTag = randomHexTag()
         ownHandoffChannel = Scripts.clientHandoffChannel(tag: handoffTag)
         ownTagPrefix = Array((handoffTag + Scripts.handoffTagSeparator).utf8)
@@ -773,6 +778,7 @@ final class LocalCoordination: Sendable {
                         confirmed(name, handoffs: true)
                     }
                 },
+                onRefused: { [weak self] error in self?.refused(index, error) },
                 onMessage: { [weak self] channel, payload in
                     guard let self else { return }
                     if let name = Scripts.lockName(ofReleaseChannel: channel) {

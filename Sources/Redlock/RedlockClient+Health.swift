@@ -151,7 +151,12 @@ extension RedlockClient {
                                 checks.append(.init(permission: label, refusal: nil))
                                 if label == "EVAL" { checks += Self.probeChecks(reply) }
                             } catch let error as RedisError where error.code == .serverError {
-                                checks.append(.init(permission: label, refusal: error.message))
+                                if label == "EVALSHA", error.message.hasPrefix("NOSCRIPT"), checks.last?.refusal != nil {
+                                    // Nothing loaded the probe: EVAL was refused.
+                                    checks.append(.init(permission: label, refusal: nil, reasonNotChecked: "EVAL was refused, so no script is loaded to run by hash"))
+                                } else {
+                                    checks.append(.init(permission: label, refusal: error.message))
+                                }
                             }
                         }
                         // The handshake's leading PING, and the run_id that tells one server

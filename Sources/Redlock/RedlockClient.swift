@@ -207,7 +207,19 @@ public final class RedlockClient: Sendable {
             return RedisConnection(configuration: configuration, eventLoop: node.eventLoop, vet: health.vet(for: index), node: node.nodeIndex)
         }
         sender = FanOutSender(nodes: nodes, acknowledgedNodes: acknowledgedNodes, deadlines: deadlines)
-        coordination = LocalCoordination(nodes: nodes, sender: sender, timer: deadlines, vet: health.vet(for:))
+        let refusedSubscriptions = Mutex(Set<Int>())
+        let endpoints = nodes.map(\.configuration.endpoint)
+        coordination = LocalCoordination(
+            nodes: nodes, sender: sender, timer: deadlines, vet: health.vet(for:),
+            refused: { [logger] node, error in
+                // Once per node: each subscription of a name would repeat it.
+                guard refusedSubscriptions.withLock({ $0.insert(node).inserted }) else { return }
+                logger.warning(
+                    "redlock node refuses SUBSCRIBE, so waiters here hear no releases from it and poll: grant the user the channel patterns \"\(Scripts.releaseChannel("*"))\" and \"\(Scripts.handoffChannel("*"))\" (or \"\(Scripts.handoffChannel("~*"))\"), unless SUBSCRIBE is renamed away there",
+                    metadata: ["node": "\(node)", "endpoint": "\(endpoints[node])", "error": "\(error)"]
+                )
+            }
+        )
         ownsConnections = owning
         // Weakly: the loop lives as long as the connections, which the client owns. The loop
         // tells on its own thread; the log handler and the metrics backend may block, so they
@@ -246,7 +258,7 @@ public final class RedlockClient: Sendable {
                     ? "the channel patterns \"\(Scripts.releaseChannel("*"))\" and \"\(Scripts.handoffChannel("*"))\""
                     : "the channel pattern \"\(Scripts.releaseChannel("*"))\""
                 logger.warning(
-                    "redlock node refuses release announcements; waiters elsewhere fall back to polling (grant the user \(patterns))",
+                    "redlock node refuses release announcements (PUBLISH), so waiters elsewhere fall back to polling: grant the user \(patterns), unless PUBLISH is renamed away there",
                     metadata: ["node": "\(node)", "endpoint": "\(endpoints[node])"]
                 )
             }

@@ -36,6 +36,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     private let tls = TLSContextCache()
     private let onMessage: @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     private let onSubscribed: @Sendable (_ channel: String) -> Void
+    private let onRefused: @Sendable (_ error: String) -> Void
     /// Looks at each new socket before it subscribes (``ConnectVet``): a refused one closes, and
     /// the subscriber tries again later as after a failed connect.
     private let vet: ConnectVet?
@@ -46,13 +47,16 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
     ///
     /// `onMessage` gets each message; `onSubscribed` each channel the server confirmed (also
     /// again after a reconnect), from which point on no message of that channel is missed while
-    /// the connection lasts. Both run on the loop's thread. `vet`, when given, looks at each new
-    /// socket's address first, on the connector thread: an error refuses that socket.
+    /// the connection lasts; `onRefused` each error reply (a `SUBSCRIBE` the user may not run
+    /// on a channel, or renamed away: the channel is then not heard). All run on the loop's
+    /// thread. `vet`, when given, looks at each new socket's address first, on the connector
+    /// thread: an error refuses that socket.
     package init(
         configuration: RedisConnectionConfiguration,
         eventLoop: RedisEventLoop = .shared,
         vet: ConnectVet? = nil,
         onSubscribed: @escaping @Sendable (_ channel: String) -> Void = { _ in },
+        onRefused: @escaping @Sendable (_ error: String) -> Void = { _ in },
         onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void
     ) {
         self.configuration = configuration
@@ -60,6 +64,7 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
         self.vet = vet
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
+        self.onRefused = onRefused
     }
 
     /// Subscribes to `channel` (counted: each call needs one ``unsubscribe(_:)``).
@@ -226,14 +231,19 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
 
     func handle(readable: Bool, writable: Bool, readToEnd: Bool) {
         guard let token = token.withLock({ $0 }) else { return }
-        /// A message (with its payload) or a confirmed subscription (payload nil), in order.
-        let events: [(channel: String, payload: [UInt8]?)] = state.withLock { state in
+        /// A message (with its payload) or a confirmed subscription (payload nil), in order;
+        /// an error reply as a refusal (channel nil).
+        let events: [(channel: String?, payload: [UInt8]?)] = state.withLock { state in
             guard let socket = state.socket else { return [] }
             if state.written < state.output.count { flush(&state, token: token) }
             guard readable || readToEnd, state.socket === socket else { return [] }
             let outcome = socket.read(toEndOfStream: readToEnd)
-            var events: [(channel: String, payload: [UInt8]?)] = []
+            var events: [(channel: String?, payload: [UInt8]?)] = []
             for reply in outcome.replies {
+                if case let .error(text) = reply {
+                    events.append((nil, Array(text.utf8)))
+                    continue
+                }
                 guard case let .array(parts) = reply, parts.count == 3, let channel = parts[1].string else { continue }
                 switch parts[0].string {
                 case "message":
@@ -248,7 +258,11 @@ package final class RedisSubscriber: Sendable, EventLoopSource {
             return events
         }
         for (channel, payload) in events {
-            if let payload { onMessage(channel, payload) } else { onSubscribed(channel) }
+            if let channel {
+                if let payload { onMessage(channel, payload) } else { onSubscribed(channel) }
+            } else {
+                onRefused(String(decoding: payload ?? [], as: UTF8.self))
+            }
         }
     }
 

@@ -19,6 +19,14 @@ struct LeastPrivilegeTests {
         }
     }
 
+    /// Returns once `records` holds `count` warnings containing `text`, or after 4 s.
+    private func waitForWarnings(_ count: Int, containing text: String, in records: Locked<[String]>) async throws {
+        for _ in 0..<400 {
+            if records.value.filter({ $0.hasPrefix("warning") && $0.contains(text) }).count >= count { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     /// Creates `user` with password `pw` and `rules` on every server.
     private func createUser(_ user: String, rules: [String], on servers: [RedisServer]) async throws {
         for server in servers {
@@ -229,6 +237,28 @@ struct LeastPrivilegeTests {
         }
     }
 
+    @Test("nodes that refuse SUBSCRIBE (renamed away) are a warning once per node, naming the channels; the waiter still gets the lock by polling (before: nothing was logged)")
+    func subscribeRefusedWarns() async throws {
+        try await withRedisServers(3, arguments: ["--rename-command", "SUBSCRIBE", ""]) { servers throws in
+            let records = Locked<[String]>([])
+            let holder = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let waiter = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records, level: .info))
+            let options = LockOptions(expiry: .seconds(10), retryDelay: .constant(.milliseconds(50)))
+            let held = try await holder.makeLock("unheard", options: options).lock()
+            let waiting = Task { try await waiter.makeLock("unheard", options: options).lock(timeout: .seconds(10)) }
+            // The waiter's subscriber is refused on every node: then release.
+            try await waitForWarnings(3, containing: "refuses SUBSCRIBE", in: records)
+            try await holder.makeLock("unheard", options: options).unlock(held)
+            let lease = try await waiting.value
+            try await waiter.makeLock("unheard", options: options).unlock(lease)
+            let warnings = records.value.filter { $0.hasPrefix("warning") }
+            #expect(warnings.count == 3 && warnings.allSatisfy { $0.contains("refuses SUBSCRIBE") && $0.contains("redlock:released:*") }, "\(records.value)")
+            for server in servers { #expect(warnings.contains { $0.contains("\(server.endpoint)") }, "\(warnings)") }
+            await holder.shutdown()
+            await waiter.shutdown()
+        }
+    }
+
     @Test("nodes with scripting renamed away (rename-command EVAL and EVALSHA to nothing): lock() is refused at once with the nodes' 'unknown command', not retried, and sets no key")
     func acquireWithScriptingDisabled() async throws {
         try await withRedisServers(3, arguments: ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]) { servers throws in
@@ -242,6 +272,20 @@ struct LeastPrivilegeTests {
                 #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".lowercased().contains("unknown command") }, "\(causes)")
                 #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil })
             }
+            await client.shutdown()
+        }
+    }
+
+    @Test("with EVAL renamed away, checkNodes(for:) names EVAL's refusal and leaves EVALSHA not checked (before: EVALSHA 'refused' with NOSCRIPT, which no permission cures)")
+    func evalRenamedProbe() async throws {
+        try await withRedisServers(1, arguments: ["--rename-command", "EVAL", ""]) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let permissions = await client.checkNodes(for: try client.makeLock("probe"))
+            let checks = try permissions[0].result.get()
+            let eval = checks.first { $0.permission == "EVAL" }
+            let evalsha = checks.first { $0.permission == "EVALSHA" }
+            #expect(eval?.refusal?.lowercased().contains("unknown command") == true, "\(checks)")
+            #expect(evalsha?.refusal == nil && evalsha?.reasonNotChecked?.contains("EVAL was refused") == true, "\(checks)")
             await client.shutdown()
         }
     }
