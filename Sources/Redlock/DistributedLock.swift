@@ -392,9 +392,13 @@ public struct DistributedLock: Sendable {
                 message: "\(operation): another holder has the lock on \(taken.count) nodes", nodes: failures
             )
         }
+        // Nodes that had not answered when the refusals decided it (failFast) may still act on
+        // it: "0 granted" alone reads as if they refused.
+        let unsettled = votes.filter { $0 == .unsettled }.count
+        let pending = unsettled == 0 ? "" : " (\(unsettled) more had not answered when the refusals made a quorum impossible)"
         return RedlockError(
             code: .noQuorum, lockName: name,
-            message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) nodes granted, \(client.quorum) needed",
+            message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) nodes granted\(pending), \(client.quorum) needed",
             nodes: failures
         )
     }
