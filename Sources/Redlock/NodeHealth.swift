@@ -6,8 +6,11 @@ import Synchronization
 /// logged once at `warning` with the cause, and once at `info` when it answers again, so a lock
 /// that quietly runs on 3 of 5 nodes is visible without debug logs. So is a node that answers
 /// the lock's commands with errors (`OOM`, `READONLY`, `NOREPLICAS`, `MISCONF`, `LOADING`,
-/// `BUSY`, a refused permission or credentials, …): `warning` at its first error, `info` at
-/// its next grant.
+/// `BUSY`, a refused permission or credentials, …): `warning` at its first error of each kind
+/// (the reply's first word), `info` at its first grant after ``refusalQuietPeriod`` without
+/// errors. Errors often concern one key or one lock's options (a fenced lock refused its
+/// counter, a name holding another type) while other locks on the node go on: a grant alone
+/// does not end the refusing, or each pair of calls would log twice.
 ///
 /// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O or
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
@@ -22,8 +25,19 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// The nodes whose latest answer to a lock's command was an error, not a grant since.
+    /// The nodes that answered a lock's command with an error within ``refusalQuietPeriod``
+    /// (``refusals`` says when, and which kinds were logged).
     private let refusing = Atomic<UInt64>(0)
+    /// Per node while it is refusing: its latest error's time, the kinds of error logged, and
+    /// how many errors came.
+    private let refusals: Mutex<[(lastAt: ContinuousClock.Instant, kinds: Set<String>, count: Int)?]>
+    /// How long a refusing node must go without errors before a grant ends its refusing
+    /// (logged at `info`): 10 s, unless set (for tests).
+    var refusalQuietPeriod: Duration {
+        get { .nanoseconds(quietNanoseconds.load(ordering: .relaxed)) }
+        set { quietNanoseconds.store(newValue.wholeNanoseconds, ordering: .relaxed) }
+    }
+    private let quietNanoseconds = Atomic<Int64>(10_000_000_000)
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
     /// node, and how many of its sockets are open there; the pairs of nodes already logged as
     /// one server; the nodes whose server told its `run_id`, and those of them refused since
@@ -41,6 +55,7 @@ final class NodeHealth: Sendable {
         self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
+        refusals = Mutex(Array(repeating: nil, count: endpoints.count))
     }
 
     /// Whether node `index` has not answered since its latest connection-level failure: one
@@ -155,8 +170,8 @@ final class NodeHealth: Sendable {
     }
 
     /// Node `index` answered; `granted`: with a grant (a key set, extended or deleted), which
-    /// ends its refusing (``failed(_:_:)``). Another answer (taken, missing) does not: a
-    /// read-only node answers those and refuses every write.
+    /// ends its refusing once it made no error for ``refusalQuietPeriod``. Another answer
+    /// (taken, missing) does not: a read-only node answers those and refuses every write.
     func answered(_ index: Int, granted: Bool = false) {
         guard index < 64 else { return }
         let bit: UInt64 = 1 << UInt64(index)
@@ -167,20 +182,40 @@ final class NodeHealth: Sendable {
             }
         }
         if granted, refusing.load(ordering: .relaxed) & bit != 0 {
-            let (before, _) = refusing.bitwiseAnd(~bit, ordering: .relaxed)
-            if before & bit != 0 {
-                logger.info("redlock node grants again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
+            let now = ContinuousClock.now
+            let ended: Int? = refusals.withLock { refusals in
+                guard let refusal = refusals[index], refusal.lastAt.duration(to: now) >= refusalQuietPeriod else { return nil }
+                refusals[index] = nil
+                refusing.bitwiseAnd(~bit, ordering: .relaxed)
+                return refusal.count
+            }
+            if let ended {
+                logger.info(
+                    "redlock node grants again, without errors for \(refusalQuietPeriod)",
+                    metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "errors": "\(ended)"]
+                )
             }
         }
     }
 
     /// Node `index` answered a lock's command with `error` (an error reply, refused credentials
-    /// or database): logged at `warning` the first time since its last grant.
+    /// or database): logged at `warning` the first time each kind of error (the reply's first
+    /// word) comes while the node is refusing.
     private func refused(_ index: Int, _ error: RedisError) {
         let bit: UInt64 = 1 << UInt64(index)
-        guard refusing.load(ordering: .relaxed) & bit == 0 else { return }
-        let (before, _) = refusing.bitwiseOr(bit, ordering: .relaxed)
-        if before & bit == 0 {
+        let kind = error.code == .serverError
+            ? String(error.message.prefix { $0 != " " }.prefix(32)) : "\(error.code)"
+        let now = ContinuousClock.now
+        let first: Bool = refusals.withLock { refusals in
+            var refusal = refusals[index] ?? (lastAt: now, kinds: [], count: 0)
+            refusal.lastAt = now
+            refusal.count += 1
+            let first = refusal.kinds.insert(kind).inserted
+            refusals[index] = refusal
+            refusing.bitwiseOr(bit, ordering: .relaxed)
+            return first
+        }
+        if first {
             logger.warning(
                 "redlock node answers the lock's commands with errors; locks go on while a quorum does",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]

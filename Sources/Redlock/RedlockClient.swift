@@ -465,6 +465,12 @@ public final class RedlockClient: Sendable {
     /// tests).
     package var runningScopes: Int { scopes.running }
 
+    /// How long a node that answered with errors must go without one before a grant ends its
+    /// refusing (``NodeHealth/refusalQuietPeriod``; for tests).
+    package func setRefusalQuietPeriod(_ period: Duration) {
+        health.refusalQuietPeriod = period
+    }
+
     /// Whether node `index` counts as down now: its last connection-level failure came after
     /// its last answer (``NodeHealth``; for tests).
     package func nodeIsDown(_ index: Int) -> Bool { health.isDown(index) }

@@ -789,24 +789,44 @@ struct HandoffAndGuardTests {
         }
     }
 
-    @Test("a node answering the lock's commands with errors while a quorum holds is a warning once, naming it and the error, and an info once when it grants again (before: debug lines only)")
+    /// Sets `min-replicas-to-write` on `servers` (1 with no replicas: every write is refused
+    /// with NOREPLICAS).
+    private func setMinReplicas(_ count: Int, on servers: [RedisServer]) async throws {
+        for server in servers {
+            let admin = RedisConnection(configuration: server.configuration())
+            let reply: Result<RedisValue, any Error>
+            do { reply = .success(try await admin.send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "\(count)"))) } catch { reply = .failure(error) }
+            await admin.shutdown()
+            _ = try reply.get()
+        }
+    }
+
+    /// Grants within the quiet period after the nodes' last errors do not end their refusing;
+    /// after `quiet`, the first grant does, once per node (two nodes).
+    private func expectGrantsAgain(_ lock: DistributedLock, records: Locked<[String]>, after quiet: Duration) async throws {
+        let early = try await lock.lock()
+        try await lock.unlock(early)
+        #expect(!records.value.contains { $0.hasPrefix("info") }, "\(records.value)")
+        try await Task.sleep(for: quiet)
+        for _ in 0..<3 {
+            let lease = try await lock.lock()
+            try await lock.unlock(lease)
+        }
+        let infos = records.value.filter { $0.hasPrefix("info") }
+        #expect(infos.count == 2 && infos.allSatisfy { $0.contains("grants again") }, "\(infos)")
+        #expect(records.value.filter { $0.hasPrefix("warning") }.count == 2)
+    }
+
+    @Test("a node answering the lock's commands with errors while a quorum holds is a warning once, naming it and the error, and an info once when it grants again after the quiet period (before: debug lines only)")
     func refusingNodeLogged() async throws {
         try await withRedisServers(5) { servers throws in
             let records = Locked<[String]>([])
             let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records, level: .info))
+            client.setRefusalQuietPeriod(.milliseconds(300))
             var options = testOptions(tries: 1)
             options.failFast = false
             let lock = try client.makeLock("refusing", options: options)
-            func setMinReplicas(_ count: Int) async throws {
-                for server in servers.suffix(2) {
-                    let admin = RedisConnection(configuration: server.configuration())
-                    let reply: Result<RedisValue, any Error>
-                    do { reply = .success(try await admin.send(RedisCommand("CONFIG", "SET", "min-replicas-to-write", "\(count)"))) } catch { reply = .failure(error) }
-                    await admin.shutdown()
-                    _ = try reply.get()
-                }
-            }
-            try await setMinReplicas(1)
+            try await setMinReplicas(1, on: Array(servers.suffix(2)))
             for _ in 0..<3 {
                 let lease = try await lock.lock()
                 try await lock.unlock(try await lock.extend(lease))
@@ -818,14 +838,40 @@ struct HandoffAndGuardTests {
             }
             #expect(!records.value.contains { $0.hasPrefix("info") })
 
-            try await setMinReplicas(0)
-            for _ in 0..<3 {
-                let lease = try await lock.lock()
-                try await lock.unlock(lease)
+            try await setMinReplicas(0, on: Array(servers.suffix(2)))
+            try await expectGrantsAgain(lock, records: records, after: .milliseconds(350))
+            await client.shutdown()
+        }
+    }
+
+    @Test("errors that concern one lock while another on the same nodes is granted (a fenced lock whose user may not touch the counter, beside a plain one) are one warning per node, not one per call pair (before: 300 warnings and 300 'grants again' in 100 pairs)")
+    func refusalsDoNotFlap() async throws {
+        try await withRedisServers(3) { servers throws in
+            for server in servers {
+                let admin = RedisConnection(configuration: server.configuration())
+                _ = try await admin.send(RedisCommand("ACL", "SETUSER", "app", "reset", "on", ">pw", "~app:*", "&*", "+@all"))
+                await admin.shutdown()
             }
-            let infos = records.value.filter { $0.hasPrefix("info") }
-            #expect(infos.count == 2 && infos.allSatisfy { $0.contains("grants again") }, "\(infos)")
-            #expect(records.value.filter { $0.hasPrefix("warning") }.count == 2)
+            let records = Locked<[String]>([])
+            let client = try RedlockClient(
+                nodes: servers.map {
+                    var configuration = $0.configuration()
+                    configuration.username = "app"
+                    configuration.password = "pw"
+                    return configuration
+                },
+                logger: capturingLogger(into: records, level: .info)
+            )
+            let fenced = try client.makeLock("app:fenced", options: LockOptions(tries: 1, fencing: true))
+            let plain = try client.makeLock("app:plain", options: LockOptions(tries: 1))
+            for _ in 0..<50 {
+                _ = try? await fenced.tryLock()
+                let lease = try await plain.lock()
+                try await plain.unlock(lease)
+            }
+            let warnings = records.value.filter { $0.hasPrefix("warning") }
+            #expect(warnings.count == 3 && warnings.allSatisfy { $0.contains("NOPERM") }, "\(records.value)")
+            #expect(!records.value.contains { $0.hasPrefix("info") }, "\(records.value)")
             await client.shutdown()
         }
     }
