@@ -106,8 +106,8 @@ extension RedlockClient {
             // refusal for another reason than a permission (a full or read-only node, one still
             // loading) is the node's state, and leaves its permissions untold.
             let all = permissions[index].refused
-            let refused = all.filter { $0.refusal.map(Self.refusesPermission) ?? true }
-            let otherwise = all.filter { !($0.refusal.map(Self.refusesPermission) ?? true) }
+            let otherwise = all.filter { $0.refusal.map(Self.tellsNodeState) ?? false }
+            let refused = all.filter { !($0.refusal.map(Self.tellsNodeState) ?? false) }
             audits[index].checks.append(
                 !refused.isEmpty
                     ? AuditCheck(
@@ -136,14 +136,14 @@ extension RedlockClient {
         do {
             info = infoFields(try await node.send(RedisCommand("INFO")).string ?? "")
             audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers"))
-        } catch let error as RedisError where error.code == .serverError && refusesPermission(error.message) {
-            info = [:]
-            audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers (INFO refused: \(error.message))"))
-        } catch let error as RedisError where error.code == .serverError {
+        } catch let error as RedisError where error.code == .serverError && tellsNodeState(error.message) {
             audit.checks.append(AuditCheck(
                 name: "reachable", verdict: .fail, detail: "answers with an error, and cannot vote until that passes: \(error.message)"
             ))
             return audit
+        } catch let error as RedisError where error.code == .serverError {
+            info = [:]
+            audit.checks.append(AuditCheck(name: "reachable", verdict: .pass, detail: "answers (INFO refused: \(error.message))"))
         } catch {
             audit.checks.append(AuditCheck(name: "reachable", verdict: .fail, detail: "\(error)"))
             return audit
@@ -361,14 +361,16 @@ extension RedlockClient {
         return AuditCheck(name: "epoch", verdict: .pass, detail: "marker made \(Double(now - fields[0]) / 1_000) s ago by the node's clock")
     }
 
-    /// Whether a node's error `text` refuses a permission (an ACL rule, credentials) or a
-    /// command it does not have (renamed away), rather than telling the node's state.
-    static func refusesPermission(_ text: String) -> Bool {
-        let error = RedisError(code: .serverError, endpoint: nil, message: text)
-        if error.isPermissionRefusal { return true }
+    /// Whether a node's error `text` (a reply, or a check's refusal with the command in front,
+    /// `PING: LOADING …`) tells the node's state rather than a permission: full (`OOM`),
+    /// read-only (`READONLY`), short of replicas (`NOREPLICAS`), unable to persist (`MISCONF`),
+    /// loading its data (`LOADING`), running a script (`BUSY`), without its master
+    /// (`MASTERDOWN`), out of connections (`ERR max number of clients`).
+    static func tellsNodeState(_ text: String) -> Bool {
         let upper = text.uppercased()
-        return ["ERR UNKNOWN COMMAND", "ERR UNKNOWN REDIS COMMAND", "ERR UNKNOWN SUBCOMMAND", "NOSCRIPT"].contains { upper.hasPrefix($0) }
-            || upper.contains("UNKNOWN COMMAND")
+        return ["OOM ", "READONLY ", "NOREPLICAS ", "MISCONF ", "LOADING ", "BUSY ", "MASTERDOWN ", "ERR MAX NUMBER OF CLIENTS"].contains { prefix in
+            upper.hasPrefix(prefix) || upper.contains(": " + prefix)
+        }
     }
 
     /// `CONFIG GET name`'s value, or nil when refused or missing.

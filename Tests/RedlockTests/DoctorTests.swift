@@ -107,6 +107,10 @@ struct DoctorTests {
             #expect(verdict("permissions", in: audits[1]) == .unknown, "\(text)")
             #expect(verdict("reachable", in: audits[2]) == .fail, "\(text)")
             #expect(audits[2].checks.first?.detail.contains("BUSY") == true, "\(text)")
+            // A refusal that is no error reply of the node (too few replicas for WAIT) is not its state.
+            let acknowledged = await client.audit(for: try client.makeLock("state", options: LockOptions(replicaAcknowledgements: 1)))
+            #expect(verdict("state", in: acknowledged[0]) == .pass, "\(acknowledged[0].checks)")
+            #expect(acknowledged[0].checks.first { $0.name == "permissions" }?.detail.contains("WAIT") == true, "\(acknowledged[0].checks)")
             await client.shutdown()
         }
     }

@@ -14,8 +14,9 @@ struct Doctor: AsyncParsableCommand {
         server listed twice under two addresses would vote twice); version; the permissions the \
         lock's options need (scripts, the lock key, the fencing counter, the release channel, \
         PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a refusal the lock works \
-        without, less well, is a warning); \
-        and the node's clock offset from this machine.
+        without, less well, is a warning); state (those commands refused for another reason than \
+        a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; the node cannot vote \
+        until that passes); and the node's clock offset from this machine.
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
         check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
