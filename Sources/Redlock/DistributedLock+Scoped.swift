@@ -284,7 +284,8 @@ extension DistributedLock {
         // with the caller, and it runs where the caller runs: on the caller's actor (`outcome`
         // hops to it), else on the executor the caller's task prefers (a child task inherits a
         // task executor preference, SE-0417), else on the global executor.
-        async let ran = stopBody.run { await Self.outcome(of: body, held, isolation: isolation, claim: claim) }
+        let registry = client.scopes
+        async let ran = stopBody.run { await Self.outcome(of: body, held, in: registry, isolation: isolation, claim: claim) }
         let bodyOutcome = await ran
         watches.cancel()
         await watches.value
@@ -349,8 +350,8 @@ extension DistributedLock {
     /// Runs a scope's body on `isolation` (the caller's actor, or none), claims how and when it
     /// ended the moment it does (with `claim`), and returns that.
     private static func outcome<T>(
-        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, isolation: isolated (any Actor)?,
-        claim: @Sendable (ScopeOutcome<T>?) -> Bool
+        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, in registry: ScopeRegistry,
+        isolation: isolated (any Actor)?, claim: @Sendable (ScopeOutcome<T>?) -> Bool
     ) async -> ScopeOutcome<T> {
         // Holds by the language; it also makes the hop to `isolation` happen here. Without a
         // use of the actor before the call, the hop was left out and an actor instance's body
@@ -358,7 +359,17 @@ extension DistributedLock {
         isolation?.preconditionIsolated()
         let ended: ScopeOutcome<T>
         do {
-            let value = try await body(held)
+            // The body knows it runs in a scope of `registry` (ScopeRegistry.enclosing).
+            // The operation uses `isolation`, so it runs isolated to it (SE-0420), and the
+            // body (nonisolated(nonsending)) with it.
+            let value = try await ScopeRegistry.$enclosing.withValue(
+                ScopeRegistry.enclosing + [ObjectIdentifier(registry)],
+                operation: {
+                    isolation?.preconditionIsolated()
+                    return try await body(held)
+                },
+                isolation: isolation
+            )
             ended = .finished(.success(value), at: .now)
         } catch {
             ended = .finished(.failure(error), at: .now)

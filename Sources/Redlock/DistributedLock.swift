@@ -138,16 +138,18 @@ public struct DistributedLock: Sendable {
     }
 
     private nonisolated(nonsending) func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
-        if whileShuttingDown { try checkName(of: lease) } else { try check(lease) }
+        // In the body of a running scope of this client, the scope is counted, and shutdown
+        // waits for it: its clean-up goes on as the scope's own release does.
+        let counted = whileShuttingDown || client.scopes.enclosingHere > 0
+        if counted { try checkName(of: lease) } else { try check(lease) }
         // Counted with the scopes: a shutdown that begins now waits for this release (within
-        // its limit) rather than closing the connections under it. A scope's own release is
-        // counted by its scope.
-        if !whileShuttingDown {
+        // its limit) rather than closing the connections under it.
+        if !counted {
             guard client.scopes.reserve() else {
                 throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
             }
         }
-        defer { if !whileShuttingDown { client.scopes.leave() } }
+        defer { if !counted { client.scopes.leave() } }
         if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
             throw gatePassedOn(operation: "unlock")
         }

@@ -350,18 +350,23 @@ public final class RedlockClient: Sendable {
     /// waited for the same way: its body does not run, and the lease it gets is released.
     /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins is waited for too
     /// (within the same limit); one that begins later throws
-    /// ``RedlockError/Code-swift.struct/clientShutDown``.
+    /// ``RedlockError/Code-swift.struct/clientShutDown``, but in the body of a scope still
+    /// running (its clean-up before it ends: shutdown waits for that scope anyway).
     ///
     /// The caller's cancellation does not cut these waits short (a cancelled service group, a
     /// shutdown from a cancelled task): they are what keeps a lease from staying on the nodes
     /// until it expires, and each is bounded. A scope's body that calls `shutdown()` itself
-    /// cannot end before it returns: that scope's lease stays on the nodes until it expires.
+    /// cannot end before it returns: that scope is not waited for, and its lease stays on the
+    /// nodes until it expires.
     public func shutdown() async {
+        // A scope's body calling it: that scope cannot end before it returns, so it is not
+        // waited for.
+        let ownScopes = scopes.enclosingHere
         // In a task of its own, which the caller's cancellation does not reach.
-        await Task { await self.shutDownUncancelled() }.value
+        await Task { await self.shutDownUncancelled(leavingScopes: ownScopes) }.value
     }
 
-    private func shutDownUncancelled() async {
+    private func shutDownUncancelled(leavingScopes ownScopes: Int) async {
         isShutDown.store(true, ordering: .releasing)
         // Before the timer stops: a gate's lease-end action would keep it running. Waiters
         // return now (their next attempt finds the client shut down), so no release below
@@ -377,7 +382,7 @@ public final class RedlockClient: Sendable {
                 message: "the client shut down while the body ran; the body was cancelled, and its lease released if the body ended within \(Self.scopeReleaseWait)"
             )
         }
-        await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait)
+        await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait, leaving: ownScopes)
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.coordination.shutdown() }
@@ -483,7 +488,8 @@ public final class RedlockClient: Sendable {
 
 extension RedlockClient {
     /// Runs `operation` in a span named `name` (when tracing is on) with the lock's name, the node
-    /// count and the quorum; records `redlock.outcome` (`ok` or the error's code) and the error.
+    /// count and the quorum; records `redlock.outcome` (`ok` or the error's code) and the error
+    /// with an error status, but for `taken` and `cancelled`.
     nonisolated(nonsending) func traced<T>(
         _ name: String, lock: String, _ operation: nonisolated(nonsending) (_ span: (any Span)?) async throws(RedlockError) -> T
     ) async throws(RedlockError) -> T {
@@ -499,8 +505,13 @@ extension RedlockClient {
             return result
         } catch {
             span.attributes["redlock.outcome"] = "\(error.code)"
-            span.recordError(error)
-            span.setStatus(SpanStatus(code: .error, message: "\(error.code)"))
+            // Another holder having the lock, or the caller cancelling, is an outcome the caller
+            // expects, not a failure of the operation: no error status (tracing backends count
+            // those as the operation's error rate).
+            if error.code != .taken && error.code != .cancelled {
+                span.recordError(error)
+                span.setStatus(SpanStatus(code: .error, message: "\(error.code)"))
+            }
             throw error
         }
     }

@@ -40,12 +40,23 @@ final class ScopeRegistry: Sendable {
         var running = 0
         /// Set by ``close()``.
         var closed = false
-        /// Callers of ``waitUntilEmpty(until:)``, resumed when the last scope leaves.
-        var emptied: [Int: CheckedContinuation<Void, Never>] = [:]
+        /// Callers of ``waitUntilEmpty(until:leaving:)``, resumed when no more scopes run than
+        /// each leaves out.
+        var emptied: [Int: (leaving: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
         var nextWaiter = 0
     }
 
     private let state = Mutex(State())
+
+    /// The registries whose scopes' bodies the current task runs in, innermost last (one entry
+    /// per scope: scopes nest).
+    @TaskLocal static var enclosing: [ObjectIdentifier] = []
+
+    /// How many scopes of this registry the current task runs the bodies of.
+    var enclosingHere: Int {
+        let me = ObjectIdentifier(self)
+        return Self.enclosing.reduce(0) { $0 + ($1 == me ? 1 : 0) }
+    }
 
     /// What ``enter(_:reserved:)`` found.
     enum Entry {
@@ -112,9 +123,11 @@ final class ScopeRegistry: Sendable {
     func leave() {
         let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
             state.running -= 1
-            guard state.running == 0 else { return [] }
-            defer { state.emptied = [:] }
-            return Array(state.emptied.values)
+            guard !state.emptied.isEmpty else { return [] }
+            let running = state.running
+            let done = state.emptied.filter { $0.value.leaving >= running }
+            for id in done.keys { state.emptied[id] = nil }
+            return done.values.map(\.continuation)
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -142,9 +155,9 @@ final class ScopeRegistry: Sendable {
         for (key, ticket) in scopes { ticket.interrupt(error(key.name)) }
     }
 
-    /// Returns once no scope runs (its release included), or at `deadline`, whichever comes
-    /// first.
-    func waitUntilEmpty(until deadline: ContinuousClock.Instant) async {
+    /// Returns once no scope runs (its release included) but `leaving` (the caller's own: it
+    /// runs their bodies), or at `deadline`, whichever comes first.
+    func waitUntilEmpty(until deadline: ContinuousClock.Instant, leaving: Int = 0) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
                 let id = state.withLock { state in
@@ -154,14 +167,14 @@ final class ScopeRegistry: Sendable {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                         let resumeNow: Bool = state.withLock { state in
-                            if state.running == 0 || Task.isCancelled { return true }
-                            state.emptied[id] = continuation
+                            if state.running <= leaving || Task.isCancelled { return true }
+                            state.emptied[id] = (leaving, continuation)
                             return false
                         }
                         if resumeNow { continuation.resume() }
                     }
                 } onCancel: {
-                    state.withLock { $0.emptied.removeValue(forKey: id) }?.resume()
+                    state.withLock { $0.emptied.removeValue(forKey: id) }?.continuation.resume()
                 }
             }
             group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }

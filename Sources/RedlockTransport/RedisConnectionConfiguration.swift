@@ -184,6 +184,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         // `user:password@host` without a scheme: credentials go in a URL.
         if host.contains("@") { throw invalid("a user name or password goes in a redis:// or rediss:// URL") }
         if !rest.hasPrefix("["), host.contains(":") { throw invalid("an IPv6 address goes in brackets: [::1]:6379") }
+        // A host name or IPv4 address: a typo (`rediz//h`, `h/0`) is refused here rather than
+        // looked up as a name that does not exist.
+        if !rest.hasPrefix("["), !host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }) {
+            throw invalid("not a host name (ASCII letters, digits, '-', '.' and '_') or an address")
+        }
         guard (1...65_535).contains(port) else { throw invalid("the port is outside 1–65535") }
         self.init(
             endpoint: .hostname(String(host), port: port),

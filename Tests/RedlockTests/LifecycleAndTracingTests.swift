@@ -27,7 +27,8 @@ struct LifecycleAndTracingTests {
             #expect(spans[0].attributes["redlock.attempts"]?.toSpanAttribute() == 1)
             #expect(spans[0].attributes["redlock.outcome"]?.toSpanAttribute() == "ok")
             #expect(spans[1].attributes["redlock.outcome"]?.toSpanAttribute() == "taken")
-            #expect(spans[1].status?.code == .error)
+            // Taken is an outcome, not an error of the operation.
+            #expect(spans[1].status == nil)
             #expect(spans[3].attributes["redlock.outcome"]?.toSpanAttribute() == "ok")
             await client.shutdown()
         }
@@ -149,6 +150,63 @@ extension LifecycleAndTracingTests {
                 if error == nil { #expect(left == 0, "round \(round): unlocked, yet \(left) keys left") }
             }
             #expect(outcomes.keys.contains("ok, 0 keys left"), "\(outcomes)")
+        }
+    }
+}
+
+extension LifecycleAndTracingTests {
+    @Test("shutdown() from a scope's own body does not wait for that scope (it cannot end first: before, the whole 500 ms release wait went by for nothing)")
+    func shutdownFromScopeBody() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("shutdown-inside", options: LockOptions(expiry: .seconds(30)))
+            let took = Locked<Duration?>(nil)
+            let error = await #expect(throws: RedlockError.self) {
+                try await lock.withLock { _ in
+                    let started = ContinuousClock.now
+                    await client.shutdown()
+                    took.update { $0 = started.duration(to: .now) }
+                }
+            }
+            #expect(error?.code == .clientShutDown)
+            let waited = try #require(took.value)
+            #expect(waited < RedlockClient.scopeReleaseWait * 0.9, "shutdown waited \(waited) for the scope that called it")
+        }
+    }
+
+    @Test("a scope's body cleaning up while the client shuts down (cancelled, it unlocks another lease before it ends) gets that unlock through: shutdown waits for the scope anyway (before: clientShutDown, and the keys stayed)")
+    func cleanUpUnlockDuringShutdown() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let scoped = try client.makeLock("scoped", options: LockOptions(expiry: .seconds(30)))
+            let other = try client.makeLock("other", options: LockOptions(expiry: .seconds(30)))
+            let otherLease = try await other.lock()
+            let (entered, signal) = AsyncStream<Void>.makeStream()
+            let cleanUp = Locked<String?>(nil)
+            let scope = Task {
+                try await scoped.withLock { _ in
+                    let (cancelled, fire) = AsyncStream<Void>.makeStream()
+                    await withTaskCancellationHandler {
+                        signal.yield()
+                        for await _ in cancelled { break }
+                    } onCancel: {
+                        fire.yield()
+                    }
+                    // Cancelled by the shutdown: clean up, then end.
+                    do throws(RedlockError) {
+                        try await other.unlock(otherLease)
+                        cleanUp.update { $0 = "ok" }
+                    } catch {
+                        cleanUp.update { $0 = "\(error.code)" }
+                    }
+                }
+            }
+            for await _ in entered { break }
+            await client.shutdown()
+            _ = try? await scope.value
+            #expect(cleanUp.value == "ok")
+            #expect(try await values(of: "other", on: servers) == [nil, nil, nil])
+            #expect(try await values(of: "scoped", on: servers) == [nil, nil, nil])
         }
     }
 }

@@ -64,7 +64,7 @@ struct ParsingTests {
 
     @Test("rejects malformed addresses with invalidAddress", arguments: [
         "", "  ", "host:", "host:abc", "host:70000", ":6379", "http://h:1", "unix://relative", "redis://h/x", "[::1",
-        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://", "unix:relative", "h:+80", "[::1]:+80", "rediss://h:0", "redis://h/+1", "unix:/tmp/s?db=+2", "redis://app@h:1", "rediss://hunter2@h",
+        "::1", "fe80::1:6379", "redis://u:%zz@h", "redis://u:%C3@h", "redis://user:@h", "rediss://", "unix:relative", "h:+80", "[::1]:+80", "rediss://h:0", "redis://h/+1", "unix:/tmp/s?db=+2", "redis://app@h:1", "rediss://hunter2@h", "rediz//h:1", "h/0:1", "redis://h/x", "bad host:1",
     ])
     func malformed(text: String) {
         #expect {
