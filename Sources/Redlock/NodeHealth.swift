@@ -38,6 +38,10 @@ final class NodeHealth: Sendable {
         set { quietNanoseconds.store(newValue.wholeNanoseconds, ordering: .relaxed) }
     }
     private let quietNanoseconds = Atomic<Int64>(10_000_000_000)
+    /// The nodes that answered after their attempt's budget within ``refusalQuietPeriod``
+    /// (``lateSince`` says when last).
+    private let late = Atomic<UInt64>(0)
+    private let lateSince: Mutex<[ContinuousClock.Instant?]>
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
     /// node, and how many of its sockets are open there; the pairs of nodes already logged as
     /// one server; the nodes whose server told its `run_id`, and those of them refused since
@@ -56,6 +60,47 @@ final class NodeHealth: Sendable {
         peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
         refusals = Mutex(Array(repeating: nil, count: endpoints.count))
+        lateSince = Mutex(Array(repeating: nil, count: endpoints.count))
+    }
+
+    /// Node `index` answered `elapsed` after its command was sent, in a fan-out whose budget was
+    /// `budget`. An answer after the budget counts for nothing (the attempt was over): the
+    /// first such answer is logged at `warning` (with its time), and the node's first answer
+    /// within the budget after ``refusalQuietPeriod`` without late ones at `info`. A node that
+    /// is always late leaves the quorum one failure from an outage without another sign.
+    func answered(_ index: Int, after elapsed: Duration, budget: Duration) {
+        guard index < 64 else { return }
+        let bit: UInt64 = 1 << UInt64(index)
+        if elapsed <= budget {
+            guard late.load(ordering: .relaxed) & bit != 0 else { return }
+            let now = ContinuousClock.now
+            let ended: Bool = lateSince.withLock { lateSince in
+                guard let last = lateSince[index], last.duration(to: now) >= refusalQuietPeriod else { return false }
+                lateSince[index] = nil
+                late.bitwiseAnd(~bit, ordering: .relaxed)
+                return true
+            }
+            if ended {
+                logger.info(
+                    "redlock node answers within the attempts' budget again",
+                    metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"]
+                )
+            }
+            return
+        }
+        let now = ContinuousClock.now
+        let first: Bool = lateSince.withLock { lateSince in
+            let first = lateSince[index] == nil
+            lateSince[index] = now
+            late.bitwiseOr(bit, ordering: .relaxed)
+            return first
+        }
+        if first {
+            logger.warning(
+                "redlock node answers after the attempt's time budget, so its votes do not count; locks go on while a quorum does (a slow node or network, or this process too busy to read the reply; the budget is expiry × timeoutFactor)",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "answered-after": "\(elapsed)", "budget": "\(budget)"]
+            )
+        }
     }
 
     /// Whether node `index` has not answered since its latest connection-level failure: one

@@ -75,6 +75,24 @@ final class PreparedFanOut: Sendable {
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
+    /// When ``FanOutSender`` sent it, in ns after ``timeOrigin`` (-1 before): a reply later
+    /// than ``budget`` after it came after the attempt was over
+    /// (``NodeHealth/answered(_:after:budget:)``). (An attempt prepared for a waiter goes out
+    /// only when a release hands it the lock.)
+    private let sentAt = Atomic<Int64>(-1)
+    private static let timeOrigin = ContinuousClock.now
+
+    /// Notes that its commands go out now.
+    func markSent() {
+        sentAt.store(Self.timeOrigin.duration(to: .now).wholeNanoseconds, ordering: .relaxed)
+    }
+
+    /// How long ago it was sent, or nil when not yet.
+    private var sinceSent: Duration? {
+        let sent = sentAt.load(ordering: .relaxed)
+        guard sent >= 0 else { return nil }
+        return Self.timeOrigin.duration(to: .now) - .nanoseconds(sent)
+    }
     private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
     private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
     private let health: NodeHealth
@@ -128,6 +146,9 @@ final class PreparedFanOut: Sendable {
             switch result {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
+                // Not for a node down until now: a reply queued behind its reconnect is late
+                // for that, which its own lines tell.
+                if let elapsed = sinceSent, !health.isDown(index) { health.answered(index, after: elapsed, budget: budget) }
                 health.answered(index, granted: vote.isGranted)
             case let .failure(error):
                 health.failed(index, error)
@@ -332,6 +353,8 @@ struct FanOutSender: Sendable {
             first.round.sent()
             second?.round.sent()
         }
+        first.markSent()
+        second?.markSent()
         let firstNodes = connections(first.lane)
         let together = second.map { $0.lane == first.lane } ?? false
         for index in first.order {
