@@ -141,7 +141,8 @@ final class PreparedFanOut: Sendable {
     /// What takes node `index`'s reply: its vote, recorded in the round (a grant, when it waits
     /// for replicas, once its `WAIT` answered).
     func handler(for index: Int) -> RedisReplyHandler {
-        { [self] result in
+        { [self] given in
+            let result = Self.namingKeys(given, of: command)
             var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
             switch result {
             case let .success(reply):
@@ -167,6 +168,23 @@ final class PreparedFanOut: Sendable {
                 count(replicaWait.vote(after: vote, waited, endpoint: health.endpoints[index]), from: index)
             }
         }
+    }
+
+    /// `result`, with an `EVALSHA` refused on its declared keys (`NOPERM … one of the keys used
+    /// as arguments`: Redis names neither) naming them: a fenced lock's counter, the guards'
+    /// marker and a fair lock's queue are keys of the library's own that a user's rules often
+    /// leave out.
+    private static func namingKeys(_ result: Result<RedisValue, RedisError>, of command: RedisCommand) -> Result<RedisValue, RedisError> {
+        guard case var .failure(error) = result, error.code == .serverError, error.message.hasPrefix("NOPERM"),
+              error.message.contains("keys used as arguments")
+        else { return result }
+        let arguments = command.arguments
+        guard arguments.count >= 3, String(decoding: arguments[0], as: UTF8.self).uppercased().hasPrefix("EVAL"),
+              let count = Int(String(decoding: arguments[2], as: UTF8.self)), count >= 0, arguments.count >= 3 + count
+        else { return result }
+        let keys = arguments[3..<(3 + count)].map { String(decoding: $0, as: UTF8.self) }
+        error.message += " (the call's keys: \(keys.joined(separator: ", ")))"
+        return .failure(error)
     }
 
     /// What takes node `index`'s `WAIT` reply: with the command's grant in, the grant counts or

@@ -864,6 +864,9 @@ struct HandoffAndGuardTests {
             )
             let fenced = try client.makeLock("app:fenced", options: LockOptions(tries: 1, fencing: true))
             let plain = try client.makeLock("app:plain", options: LockOptions(tries: 1))
+            // Redis names no key in its refusal: the error does (the counter is the one missing).
+            let refusal = await #expect(throws: RedlockError.self) { try await fenced.tryLock() }
+            #expect(refusal?.nodes.allSatisfy { "\($0)".contains("the call's keys: app:fenced, redlock:fence") } == true, "\(String(describing: refusal))")
             for _ in 0..<50 {
                 _ = try? await fenced.tryLock()
                 let lease = try await plain.lock()
