@@ -18,6 +18,10 @@ import Synchronization
 /// - `redlock_node_clock_ahead_seconds{node}`: with ``LockOptions/clockGuard``, how far a node's
 ///   clock had run ahead of the client's at each reading while the node was refused for it;
 ///   `node` is the node's index.
+/// - `redlock_node_failures_total{node,kind}`: per node (its index), each reply that did not
+///   count: `noAnswer` (a connection-level failure: refused, timed out, closed), `errorReply`
+///   (an error answer: `OOM`, `READONLY`, `NOPERM`, …), `late` (an answer after its attempt's
+///   budget). Counted by ``NodeHealth``, which logs the first of each.
 /// - `redlock_event_loop_held_seconds`: for a client that made its connections, each time tasks
 ///   on ``RedlockClient/executor`` held its event loop's thread for 100 ms or more without
 ///   suspending (the thread read no reply meanwhile), how long: wall time, so a pause of the

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import RedlockTransport
 import Synchronization
@@ -53,9 +54,19 @@ final class NodeHealth: Sendable {
     /// Each node's latest connection-level failure (read only while the node is down).
     private let downBecause: Mutex<[RedisError?]>
 
-    init(endpoints: [RedisEndpoint], logger: Logger, vetsConnections: Bool = false) {
+    /// `redlock_node_failures_total{node,kind}` per node (``LockMetrics``): no answer, an error
+    /// answer, a late answer.
+    private let failureCounters: [(noAnswer: Counter, errorReply: Counter, late: Counter)]
+
+    init(endpoints: [RedisEndpoint], logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory, vetsConnections: Bool = false) {
         self.endpoints = endpoints
         self.logger = logger
+        failureCounters = endpoints.indices.map { index in
+            func counter(_ kind: String) -> Counter {
+                Counter(label: "redlock_node_failures_total", dimensions: [("node", "\(index)"), ("kind", kind)], factory: metrics)
+            }
+            return (counter("noAnswer"), counter("errorReply"), counter("late"))
+        }
         self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
@@ -88,6 +99,7 @@ final class NodeHealth: Sendable {
             }
             return
         }
+        failureCounters[index].late.increment()
         let now = ContinuousClock.now
         let first: Bool = lateSince.withLock { lateSince in
             let first = lateSince[index] == nil
@@ -247,6 +259,7 @@ final class NodeHealth: Sendable {
     /// or database): logged at `warning` the first time each kind of error (the reply's first
     /// word) comes while the node is refusing.
     private func refused(_ index: Int, _ error: RedisError) {
+        failureCounters[index].errorReply.increment()
         let bit: UInt64 = 1 << UInt64(index)
         let kind = error.code == .serverError
             ? String(error.message.prefix { $0 != " " }.prefix(32)) : "\(error.code)"
@@ -291,6 +304,7 @@ final class NodeHealth: Sendable {
         default:
             break
         }
+        failureCounters[index].noAnswer.increment()
         let bit: UInt64 = 1 << UInt64(index)
         downBecause.withLock { $0[index] = error }
         guard down.load(ordering: .relaxed) & bit == 0 else { return }

@@ -129,7 +129,7 @@ public final class RedlockClient: Sendable {
             throw .invalid("busyPoll must be from zero to 10 ms, got \(busyPoll)")
         }
         let loop = RedisEventLoop(name: "redlock-io", busyPoll: busyPoll)
-        let health = NodeHealth(endpoints: nodes.map(\.endpoint), logger: logger, vetsConnections: true)
+        let health = NodeHealth(endpoints: nodes.map(\.endpoint), logger: logger, metrics: metrics, vetsConnections: true)
         self.init(
             validated: nodes.enumerated().map { index, node in RedisConnection(configuration: node, eventLoop: loop, vet: health.vet(for: index), node: index) },
             health: health, owning: true, logger: logger, metrics: metrics, tracer: tracer
@@ -175,7 +175,7 @@ public final class RedlockClient: Sendable {
     ) throws(RedlockError) {
         try Self.validate(connections.map(\.configuration))
         // The caller's connections, and so the votes, go unvetted: so does everything else.
-        let health = NodeHealth(endpoints: connections.map(\.configuration.endpoint), logger: logger, vetsConnections: false)
+        let health = NodeHealth(endpoints: connections.map(\.configuration.endpoint), logger: logger, metrics: metrics, vetsConnections: false)
         self.init(validated: connections, health: health, owning: false, logger: logger, metrics: metrics, tracer: tracer)
     }
 

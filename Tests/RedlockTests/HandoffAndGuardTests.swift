@@ -853,6 +853,7 @@ struct HandoffAndGuardTests {
                 await admin.shutdown()
             }
             let records = Locked<[String]>([])
+            let metrics = TestMetrics()
             let client = try RedlockClient(
                 nodes: servers.map {
                     var configuration = $0.configuration()
@@ -860,7 +861,8 @@ struct HandoffAndGuardTests {
                     configuration.password = "pw"
                     return configuration
                 },
-                logger: capturingLogger(into: records, level: .info)
+                logger: capturingLogger(into: records, level: .info),
+                metrics: metrics
             )
             let fenced = try client.makeLock("app:fenced", options: LockOptions(tries: 1, fencing: true))
             let plain = try client.makeLock("app:plain", options: LockOptions(tries: 1))
@@ -875,6 +877,8 @@ struct HandoffAndGuardTests {
             let warnings = untimedLines(records).filter { $0.hasPrefix("warning") }
             #expect(warnings.count == 3 && warnings.allSatisfy { $0.contains("NOPERM") }, "\(untimedLines(records))")
             #expect(!untimedLines(records).contains { $0.hasPrefix("info") }, "\(untimedLines(records))")
+            // Logged once, counted every time: the first tryLock and the 50 in the loop.
+            #expect(metrics.counterTotal(label: "redlock_node_failures_total", dimensions: [("node", "0"), ("kind", "errorReply")]) == 51)
             await client.shutdown()
         }
     }
@@ -886,7 +890,8 @@ struct HandoffAndGuardTests {
             defer { proxy.stop() }
             let records = Locked<[String]>([])
             let configurations = servers.prefix(4).map { $0.configuration() } + [RedisConnectionConfiguration(endpoint: proxy.endpoint)]
-            let client = try RedlockClient(nodes: configurations, logger: capturingLogger(into: records, level: .info))
+            let metrics = TestMetrics()
+            let client = try RedlockClient(nodes: configurations, logger: capturingLogger(into: records, level: .info), metrics: metrics)
             client.setRefusalQuietPeriod(.milliseconds(300))
             // A 100 ms budget (2 s × 0.05); the proxied node answers 150 ms late.
             let lock = try client.makeLock("late", options: LockOptions(expiry: .seconds(2), tries: 1))
@@ -897,6 +902,9 @@ struct HandoffAndGuardTests {
             // (Another node's reply may be late too on a loaded machine: only the proxied one's count.)
             let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("\(proxy.endpoint)") }
             #expect(warnings.count == 1 && warnings.allSatisfy { $0.contains("answers after the attempt's time budget") }, "\(records.value)")
+            // Counted per node and kind (the proxy delays replies one after another: how many have
+            // come by now varies).
+            #expect(metrics.counterTotal(label: "redlock_node_failures_total", dimensions: [("node", "4"), ("kind", "late")]) >= 1)
             proxy.set(.none)
             try await cycles(lock, count: 4, spacing: .milliseconds(200))
             let infos = records.value.filter { $0.hasPrefix("info") && $0.contains("\(proxy.endpoint)") }
