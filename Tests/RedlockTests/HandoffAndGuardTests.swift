@@ -893,12 +893,18 @@ struct HandoffAndGuardTests {
             let metrics = TestMetrics()
             let client = try RedlockClient(nodes: configurations, logger: capturingLogger(into: records, level: .info), metrics: metrics)
             client.setRefusalQuietPeriod(.milliseconds(300))
-            // A 100 ms budget (2 s × 0.05); the proxied node answers 150 ms late.
-            let lock = try client.makeLock("late", options: LockOptions(expiry: .seconds(2), tries: 1))
+            // A 200 ms budget (4 s × 0.05); the proxied node's replies come 300 ms late (each
+            // direction is delayed 150 ms).
+            let lock = try client.makeLock("late", options: LockOptions(expiry: .seconds(4), tries: 1))
             // Connected first: a connect through the latency takes several round trips.
             try await cycles(lock, count: 1, spacing: .zero)
             proxy.set(.latency(.milliseconds(150)))
-            try await cycles(lock, count: 6, spacing: .milliseconds(50))
+            // Until the first late reply is in (at most 5 s), then a few more.
+            let warned = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < warned, !records.value.contains(where: { $0.hasPrefix("warning") && $0.contains("\(proxy.endpoint)") }) {
+                try await cycles(lock, count: 1, spacing: .milliseconds(50))
+            }
+            try await cycles(lock, count: 3, spacing: .milliseconds(50))
             // (Another node's reply may be late too on a loaded machine: only the proxied one's count.)
             let warnings = records.value.filter { $0.hasPrefix("warning") && $0.contains("\(proxy.endpoint)") }
             #expect(warnings.count == 1 && warnings.allSatisfy { $0.contains("answers after the attempt's time budget") }, "\(records.value)")
@@ -906,7 +912,12 @@ struct HandoffAndGuardTests {
             // come by now varies).
             #expect(metrics.counterTotal(label: "redlock_node_failures_total", dimensions: [("node", "4"), ("kind", "late")]) >= 1)
             proxy.set(.none)
-            try await cycles(lock, count: 4, spacing: .milliseconds(200))
+            // Until the node's replies have come in time for the quiet period (a loaded machine
+            // may make one late again): at most 5 s.
+            let until = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < until, !records.value.contains(where: { $0.hasPrefix("info") && $0.contains("\(proxy.endpoint)") }) {
+                try await cycles(lock, count: 1, spacing: .milliseconds(100))
+            }
             let infos = records.value.filter { $0.hasPrefix("info") && $0.contains("\(proxy.endpoint)") }
             #expect(infos.count == 1 && infos.allSatisfy { $0.contains("within the attempts' budget again") }, "\(records.value)")
             await client.shutdown()
