@@ -284,8 +284,8 @@ extension DistributedLock {
         // with the caller, and it runs where the caller runs: on the caller's actor (`outcome`
         // hops to it), else on the executor the caller's task prefers (a child task inherits a
         // task executor preference, SE-0417), else on the global executor.
-        let registry = client.scopes
-        async let ran = stopBody.run { await Self.outcome(of: body, held, in: registry, isolation: isolation, claim: claim) }
+        let mark = client.scopes.mark(ticket)
+        async let ran = stopBody.run { await Self.outcome(of: body, held, in: mark, isolation: isolation, claim: claim) }
         let bodyOutcome = await ran
         watches.cancel()
         await watches.value
@@ -350,7 +350,7 @@ extension DistributedLock {
     /// Runs a scope's body on `isolation` (the caller's actor, or none), claims how and when it
     /// ended the moment it does (with `claim`), and returns that.
     private static func outcome<T>(
-        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, in registry: ScopeRegistry,
+        of body: nonisolated(nonsending) (HeldLease) async throws -> T, _ held: HeldLease, in mark: ScopeRegistry.Mark,
         isolation: isolated (any Actor)?, claim: @Sendable (ScopeOutcome<T>?) -> Bool
     ) async -> ScopeOutcome<T> {
         // Holds by the language; it also makes the hop to `isolation` happen here. Without a
@@ -359,11 +359,11 @@ extension DistributedLock {
         isolation?.preconditionIsolated()
         let ended: ScopeOutcome<T>
         do {
-            // The body knows it runs in a scope of `registry` (ScopeRegistry.enclosing).
+            // The body knows it runs in its scope (ScopeRegistry.enclosing).
             // The operation uses `isolation`, so it runs isolated to it (SE-0420), and the
             // body (nonisolated(nonsending)) with it.
             let value = try await ScopeRegistry.$enclosing.withValue(
-                ScopeRegistry.enclosing + [ObjectIdentifier(registry)],
+                ScopeRegistry.enclosing + [mark],
                 operation: {
                     isolation?.preconditionIsolated()
                     return try await body(held)

@@ -16,7 +16,10 @@ import Synchronization
 /// A node counts as down after a connection-level failure (refused, timed out, closed, an I/O or
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
-/// The state of the first 64 nodes is two atomic bit masks, so a healthy reply costs two loads.
+/// A node whose replies come after their attempt's budget, so that its votes never count, is
+/// logged the same way (``answered(_:after:budget:)``). Every such reply is counted per node in
+/// `redlock_node_failures_total{node,kind}`. The state of the first 64 nodes is three atomic
+/// bit masks, so a healthy reply costs three loads and a clock reading.
 ///
 /// It also vets the address each new connection reaches, and the server by its `run_id` when
 /// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes

@@ -48,14 +48,23 @@ final class ScopeRegistry: Sendable {
 
     private let state = Mutex(State())
 
-    /// The registries whose scopes' bodies the current task runs in, innermost last (one entry
-    /// per scope: scopes nest).
-    @TaskLocal static var enclosing: [ObjectIdentifier] = []
+    /// A scope whose body the current task runs in: its registry, and its ticket (which tells
+    /// whether it ended: a task the body started may outlive it, with its task-locals).
+    struct Mark: Sendable {
+        let registry: ObjectIdentifier
+        let ticket: ScopeTicket
+    }
 
-    /// How many scopes of this registry the current task runs the bodies of.
+    /// The scopes whose bodies the current task runs in, innermost last (scopes nest).
+    @TaskLocal static var enclosing: [Mark] = []
+
+    /// The mark of the scope of `ticket` in this registry.
+    func mark(_ ticket: ScopeTicket) -> Mark { Mark(registry: ObjectIdentifier(self), ticket: ticket) }
+
+    /// How many scopes of this registry, still running, the current task runs the bodies of.
     var enclosingHere: Int {
         let me = ObjectIdentifier(self)
-        return Self.enclosing.reduce(0) { $0 + ($1 == me ? 1 : 0) }
+        return Self.enclosing.reduce(0) { $0 + ($1.registry == me && !$1.ticket.hasEnded ? 1 : 0) }
     }
 
     /// What ``enter(_:reserved:)`` found.
@@ -116,6 +125,7 @@ final class ScopeRegistry: Sendable {
     /// that).
     func leave(_ lease: Lease, _ ticket: ScopeTicket) {
         releasing(lease, ticket)
+        ticket.end()
         leave()
     }
 
@@ -193,6 +203,13 @@ final class ScopeTicket: Sendable {
     }
 
     private let state = Mutex(State())
+    private let ended = Atomic<Bool>(false)
+
+    /// Whether its scope ended (left the registry).
+    var hasEnded: Bool { ended.load(ordering: .acquiring) }
+
+    /// Its scope ended.
+    func end() { ended.store(true, ordering: .releasing) }
 
     /// The interruption that came before ``onInterrupt(_:)``, if any.
     var pending: RedlockError? { state.withLock { $0.pending } }

@@ -174,6 +174,27 @@ extension LifecycleAndTracingTests {
         }
     }
 
+    @Test("a task a scope's body started, outliving the scope, is not in it: its unlock() after shutdown() throws clientShutDown (it inherits the task-locals that mark scope bodies)")
+    func taskOutlivingScope() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let scoped = try client.makeLock("outlived", options: LockOptions(expiry: .seconds(30)))
+            let other = try client.makeLock("other-outlived", options: LockOptions(expiry: .seconds(30)))
+            let otherLease = try await other.lock()
+            let (proceed, go) = AsyncStream<Void>.makeStream()
+            let later = try await scoped.withLock { _ in
+                Task { () -> RedlockError? in
+                    for await _ in proceed { break }
+                    do throws(RedlockError) { try await other.unlock(otherLease); return nil } catch { return error }
+                }
+            }
+            await client.shutdown()
+            go.yield()
+            let error = await later.value
+            #expect(error?.code == .clientShutDown, "\(String(describing: error))")
+        }
+    }
+
     @Test("a scope's body cleaning up while the client shuts down (cancelled, it unlocks another lease before it ends) gets that unlock through: shutdown waits for the scope anyway (before: clientShutDown, and the keys stayed)")
     func cleanUpUnlockDuringShutdown() async throws {
         try await withRedisServers(3) { servers throws in
