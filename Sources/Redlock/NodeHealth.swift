@@ -17,7 +17,7 @@ import Synchronization
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// A node whose replies come after their attempt's budget, so that its votes never count, is
-/// logged the same way (``answered(_:after:budget:)``). Every such reply is counted per node in
+/// logged the same way (``answeredLate(_:after:budget:)``). Every such reply is counted per node in
 /// `redlock_node_failures_total{node,kind}`. The state of the first 64 nodes is three atomic
 /// bit masks, so a healthy reply costs three loads and a clock reading.
 ///
@@ -29,23 +29,17 @@ final class NodeHealth: Sendable {
     let endpoints: [RedisEndpoint]
     let logger: Logger
     private let down = Atomic<UInt64>(0)
-    /// The nodes that answered a lock's command with an error within ``refusalQuietPeriod``
-    /// (``refusals`` says when, and which kinds were logged).
-    private let refusing = Atomic<UInt64>(0)
-    /// Per node while it is refusing: its latest error's time, the kinds of error logged, and
-    /// how many errors came.
-    private let refusals: Mutex<[(lastAt: ContinuousClock.Instant, kinds: Set<String>, count: Int)?]>
-    /// How long a refusing node must go without errors before a grant ends its refusing
-    /// (logged at `info`): 10 s, unless set (for tests).
+    /// The nodes answering the lock's commands with errors (``refused(_:_:)``), and those
+    /// answering after their attempts' budget (``answeredLate(_:after:budget:)``).
+    private let refusing: Episodes
+    private let late: Episodes
+    /// How long a node must go without an error (a late answer) before a grant (an answer in
+    /// time) ends its episode, logged at `info`: 10 s, unless set (for tests).
     var refusalQuietPeriod: Duration {
         get { .nanoseconds(quietNanoseconds.load(ordering: .relaxed)) }
         set { quietNanoseconds.store(newValue.wholeNanoseconds, ordering: .relaxed) }
     }
     private let quietNanoseconds = Atomic<Int64>(10_000_000_000)
-    /// The nodes that answered after their attempt's budget within ``refusalQuietPeriod``
-    /// (``lateSince`` says when last).
-    private let late = Atomic<UInt64>(0)
-    private let lateSince: Mutex<[ContinuousClock.Instant?]>
     /// Each address (or server) the nodes' open sockets reach (``vet(_:peer:server:)``): the
     /// node, and how many of its sockets are open there; the pairs of nodes already logged as
     /// one server; the nodes whose server told its `run_id`, and those of them refused since
@@ -73,49 +67,34 @@ final class NodeHealth: Sendable {
         self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
-        refusals = Mutex(Array(repeating: nil, count: endpoints.count))
-        lateSince = Mutex(Array(repeating: nil, count: endpoints.count))
+        refusing = Episodes(nodeCount: endpoints.count)
+        late = Episodes(nodeCount: endpoints.count)
     }
 
     /// Node `index` answered `elapsed` after its command was sent, in a fan-out whose budget was
-    /// `budget`. An answer after the budget counts for nothing (the attempt was over): the
-    /// first such answer is logged at `warning` (with its time), and the node's first answer
-    /// within the budget after ``refusalQuietPeriod`` without late ones at `info`. A node that
-    /// is always late leaves the quorum one failure from an outage without another sign.
-    func answered(_ index: Int, after elapsed: Duration, budget: Duration) {
+    /// `budget`: after it, so the attempt may have been over (its vote counted only if the
+    /// attempt was still waiting for it). The first such answer is logged at `warning` (with
+    /// its time), and the node's first answer in time (``answeredInTime(_:)``) after
+    /// ``refusalQuietPeriod`` without late ones at `info`. A node that is always late leaves
+    /// the quorum one failure from an outage without another sign.
+    func answeredLate(_ index: Int, after elapsed: Duration, budget: Duration) {
         guard index < 64 else { return }
-        let bit: UInt64 = 1 << UInt64(index)
-        if elapsed <= budget {
-            guard late.load(ordering: .relaxed) & bit != 0 else { return }
-            let now = ContinuousClock.now
-            let ended: Bool = lateSince.withLock { lateSince in
-                guard let last = lateSince[index], last.duration(to: now) >= refusalQuietPeriod else { return false }
-                lateSince[index] = nil
-                late.bitwiseAnd(~bit, ordering: .relaxed)
-                return true
-            }
-            if ended {
-                logger.info(
-                    "redlock node answers within the attempts' budget again",
-                    metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"]
-                )
-            }
-            return
-        }
         failureCounters[index].late.increment()
-        let now = ContinuousClock.now
-        let first: Bool = lateSince.withLock { lateSince in
-            let first = lateSince[index] == nil
-            lateSince[index] = now
-            late.bitwiseOr(bit, ordering: .relaxed)
-            return first
-        }
-        if first {
+        if late.note(index, kind: "late") {
             logger.warning(
-                "redlock node answers after the attempt's time budget, so its votes do not count; locks go on while a quorum does (a slow node or network, or this process too busy to read the reply; the budget is expiry × timeoutFactor)",
+                "redlock node answers after the attempt's time budget, so its votes may not count; locks go on while a quorum does (a slow node or network, or this process too busy to read the reply in time; the budget is expiry × timeoutFactor)",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "answered-after": "\(elapsed)", "budget": "\(budget)"]
             )
         }
+    }
+
+    /// Node `index` answered within its attempt's budget (see ``answeredLate(_:after:budget:)``).
+    func answeredInTime(_ index: Int) {
+        guard index < 64, late.endIfQuiet(index, for: refusalQuietPeriod) != nil else { return }
+        logger.info(
+            "redlock node answers within the attempts' budget again",
+            metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"]
+        )
     }
 
     /// Whether node `index` has not answered since its latest connection-level failure: one
@@ -241,20 +220,11 @@ final class NodeHealth: Sendable {
                 logger.info("redlock node answers again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
             }
         }
-        if granted, refusing.load(ordering: .relaxed) & bit != 0 {
-            let now = ContinuousClock.now
-            let ended: Int? = refusals.withLock { refusals in
-                guard let refusal = refusals[index], refusal.lastAt.duration(to: now) >= refusalQuietPeriod else { return nil }
-                refusals[index] = nil
-                refusing.bitwiseAnd(~bit, ordering: .relaxed)
-                return refusal.count
-            }
-            if let ended {
-                logger.info(
-                    "redlock node grants again, without errors for \(refusalQuietPeriod)",
-                    metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "errors": "\(ended)"]
-                )
-            }
+        if granted, let errors = refusing.endIfQuiet(index, for: refusalQuietPeriod) {
+            logger.info(
+                "redlock node grants again, without errors for \(refusalQuietPeriod)",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "errors": "\(errors)"]
+            )
         }
     }
 
@@ -263,20 +233,9 @@ final class NodeHealth: Sendable {
     /// word) comes while the node is refusing.
     private func refused(_ index: Int, _ error: RedisError) {
         failureCounters[index].errorReply.increment()
-        let bit: UInt64 = 1 << UInt64(index)
         let kind = error.code == .serverError
             ? String(error.message.prefix { $0 != " " }.prefix(32)) : "\(error.code)"
-        let now = ContinuousClock.now
-        let first: Bool = refusals.withLock { refusals in
-            var refusal = refusals[index] ?? (lastAt: now, kinds: [], count: 0)
-            refusal.lastAt = now
-            refusal.count += 1
-            let first = refusal.kinds.insert(kind).inserted
-            refusals[index] = refusal
-            refusing.bitwiseOr(bit, ordering: .relaxed)
-            return first
-        }
-        if first {
+        if refusing.note(index, kind: kind) {
             logger.warning(
                 "redlock node answers the lock's commands with errors; locks go on while a quorum does",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]
@@ -317,6 +276,56 @@ final class NodeHealth: Sendable {
                 "redlock node does not answer; locks go on while a quorum does",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]
             )
+        }
+    }
+}
+
+/// Per node, an episode of something going wrong (error answers, late answers) that is logged
+/// once per kind when it begins and once when it ends: it ends only at a good answer after a
+/// quiet period without another bad one, so that a node that alternates (errors for one lock,
+/// grants for another; late now and then) is one episode, not a line per call. The first 64
+/// nodes' episodes are a bit mask: a good answer outside any episode costs one atomic load.
+private final class Episodes: Sendable {
+    /// Per node in an episode: its latest bad answer's time, the kinds seen, and how many.
+    private struct Episode {
+        var lastAt: ContinuousClock.Instant
+        var kinds: Set<String> = []
+        var count = 0
+    }
+
+    private let active = Atomic<UInt64>(0)
+    private let episodes: Mutex<[Episode?]>
+
+    init(nodeCount: Int) {
+        episodes = Mutex(Array(repeating: nil, count: nodeCount))
+    }
+
+    /// A bad answer of `kind` from node `index` (< 64): whether it is the first of its kind in
+    /// the node's episode (begun now, or before).
+    func note(_ index: Int, kind: String) -> Bool {
+        let now = ContinuousClock.now
+        return episodes.withLock { episodes in
+            var episode = episodes[index] ?? Episode(lastAt: now)
+            episode.lastAt = now
+            episode.count += 1
+            let first = episode.kinds.insert(kind).inserted
+            episodes[index] = episode
+            active.bitwiseOr(1 << UInt64(index), ordering: .relaxed)
+            return first
+        }
+    }
+
+    /// A good answer from node `index` (< 64): ends its episode when the last bad answer is at
+    /// least `quiet` ago, returning how many bad answers it had; nil otherwise.
+    func endIfQuiet(_ index: Int, for quiet: Duration) -> Int? {
+        let bit: UInt64 = 1 << UInt64(index)
+        guard active.load(ordering: .relaxed) & bit != 0 else { return nil }
+        let now = ContinuousClock.now
+        return episodes.withLock { episodes in
+            guard let episode = episodes[index], episode.lastAt.duration(to: now) >= quiet else { return nil }
+            episodes[index] = nil
+            active.bitwiseAnd(~bit, ordering: .relaxed)
+            return episode.count
         }
     }
 }

@@ -75,24 +75,18 @@ final class PreparedFanOut: Sendable {
     /// The nodes asked, in the order to send to.
     let order: [Int]
     let budget: Duration
-    /// When ``FanOutSender`` sent it, in ns after ``timeOrigin`` (-1 before): a reply later
-    /// than ``budget`` after it came after the attempt was over
-    /// (``NodeHealth/answered(_:after:budget:)``). (An attempt prepared for a waiter goes out
-    /// only when a release hands it the lock.)
-    private let sentAt = Atomic<Int64>(-1)
-    private static let timeOrigin = ContinuousClock.now
+    /// When ``FanOutSender`` sent it, a ``BootClock`` reading (0 before): a reply later than
+    /// ``budget`` after it came after the attempt was over
+    /// (``NodeHealth/answeredLate(_:after:budget:)``). (An attempt prepared for a waiter goes out
+    /// only when a release hands it the lock.) Raw nanoseconds: read for every reply.
+    private let sentAt = Atomic<Int64>(0)
+    private let budgetNanoseconds: Int64
 
     /// Notes that its commands go out now.
     func markSent() {
-        sentAt.store(Self.timeOrigin.duration(to: .now).wholeNanoseconds, ordering: .relaxed)
+        sentAt.store(BootClock.now(), ordering: .relaxed)
     }
 
-    /// How long ago it was sent, or nil when not yet.
-    private var sinceSent: Duration? {
-        let sent = sentAt.load(ordering: .relaxed)
-        guard sent >= 0 else { return nil }
-        return Self.timeOrigin.duration(to: .now) - .nanoseconds(sent)
-    }
     private let classify: @Sendable (RedisValue, RedisEndpoint) -> Vote
     private let confirm: (@Sendable (_ index: Int, _ granted: Vote) async -> Vote)?
     private let health: NodeHealth
@@ -122,6 +116,7 @@ final class PreparedFanOut: Sendable {
         lane: ConnectionLane = .shared
     ) {
         self.round = round
+        budgetNanoseconds = budget.wholeNanoseconds
         self.command = command
         self.script = script
         self.runsLateUnlessBehind = runsLateUnlessBehind
@@ -142,14 +137,23 @@ final class PreparedFanOut: Sendable {
     /// for replicas, once its `WAIT` answered).
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] given in
-            let result = Self.namingKeys(given, of: command)
+            var result = given
+            if case .failure = given { result = Self.namingKeys(given, of: command) }
             var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
             switch result {
             case let .success(reply):
                 if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
                 // Not for a node down until now: a reply queued behind its reconnect is late
                 // for that, which its own lines tell.
-                if let elapsed = sinceSent, !health.isDown(index) { health.answered(index, after: elapsed, budget: budget) }
+                let sent = sentAt.load(ordering: .relaxed)
+                if sent > 0, !health.isDown(index) {
+                    let elapsed = BootClock.now() - sent
+                    if elapsed > budgetNanoseconds {
+                        health.answeredLate(index, after: .nanoseconds(elapsed), budget: budget)
+                    } else {
+                        health.answeredInTime(index)
+                    }
+                }
                 health.answered(index, granted: vote.isGranted)
             case let .failure(error):
                 health.failed(index, error)
@@ -175,8 +179,9 @@ final class PreparedFanOut: Sendable {
     /// marker and a fair lock's queue are keys of the library's own that a user's rules often
     /// leave out.
     private static func namingKeys(_ result: Result<RedisValue, RedisError>, of command: RedisCommand) -> Result<RedisValue, RedisError> {
+        // Redis 7.0: "… one of the keys used as arguments"; 7.2 on: "No permissions to access a key".
         guard case var .failure(error) = result, error.code == .serverError, error.message.hasPrefix("NOPERM"),
-              error.message.contains("keys used as arguments")
+              error.message.contains("keys used as arguments") || error.message.contains("access a key")
         else { return result }
         let arguments = command.arguments
         guard arguments.count >= 3, String(decoding: arguments[0], as: UTF8.self).uppercased().hasPrefix("EVAL"),
