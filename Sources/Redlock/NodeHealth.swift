@@ -90,7 +90,7 @@ final class NodeHealth: Sendable {
 
     /// Node `index` answered within its attempt's budget (see ``answeredLate(_:after:budget:)``).
     func answeredInTime(_ index: Int) {
-        guard index < 64, late.endIfQuiet(index, for: refusalQuietPeriod) != nil else { return }
+        guard index < 64, late.isActive(index), late.endIfQuiet(index, for: refusalQuietPeriod) != nil else { return }
         logger.info(
             "redlock node answers within the attempts' budget again",
             metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"]
@@ -220,7 +220,7 @@ final class NodeHealth: Sendable {
                 logger.info("redlock node answers again", metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])"])
             }
         }
-        if granted, let errors = refusing.endIfQuiet(index, for: refusalQuietPeriod) {
+        if granted, refusing.isActive(index), let errors = refusing.endIfQuiet(index, for: refusalQuietPeriod) {
             logger.info(
                 "redlock node grants again, without errors for \(refusalQuietPeriod)",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "errors": "\(errors)"]
@@ -313,6 +313,12 @@ private final class Episodes: Sendable {
             active.bitwiseOr(1 << UInt64(index), ordering: .relaxed)
             return first
         }
+    }
+
+    /// Whether node `index` (< 64) is in an episode: one atomic load (check it before
+    /// ``endIfQuiet(_:for:)``, whose quiet period costs more to make).
+    func isActive(_ index: Int) -> Bool {
+        active.load(ordering: .relaxed) & (1 << UInt64(index)) != 0
     }
 
     /// A good answer from node `index` (< 64): ends its episode when the last bad answer is at

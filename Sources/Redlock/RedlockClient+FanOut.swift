@@ -136,41 +136,48 @@ final class PreparedFanOut: Sendable {
     /// What takes node `index`'s reply: its vote, recorded in the round (a grant, when it waits
     /// for replicas, once its `WAIT` answered).
     func handler(for index: Int) -> RedisReplyHandler {
-        { [self] given in
-            var result = given
-            if case .failure = given { result = Self.namingKeys(given, of: command) }
-            var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
-            switch result {
-            case let .success(reply):
-                if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
-                // Not for a node down until now: a reply queued behind its reconnect is late
-                // for that, which its own lines tell.
-                let sent = sentAt.load(ordering: .relaxed)
-                if sent > 0, !health.isDown(index) {
-                    let elapsed = BootClock.now() - sent
-                    if elapsed > budgetNanoseconds {
-                        health.answeredLate(index, after: .nanoseconds(elapsed), budget: budget)
-                    } else {
-                        health.answeredInTime(index)
-                    }
+        { [self] result in
+            if case .failure = result {
+                take(Self.namingKeys(result, of: command), from: index)
+            } else {
+                take(result, from: index)
+            }
+        }
+    }
+
+    /// Node `index`'s reply: its vote, recorded in the round (see ``handler(for:)``).
+    private func take(_ result: Result<RedisValue, RedisError>, from index: Int) {
+        var vote = Vote.of(result, endpoint: health.endpoints[index], classify: classify)
+        switch result {
+        case let .success(reply):
+            if let clockCheck { vote = clockCheck.vote(vote, reply: reply, from: index) }
+            // Not for a node down until now: a reply queued behind its reconnect is late
+            // for that, which its own lines tell.
+            let sent = sentAt.load(ordering: .relaxed)
+            if sent > 0, !health.isDown(index) {
+                let elapsed = BootClock.now() - sent
+                if elapsed > budgetNanoseconds {
+                    health.answeredLate(index, after: .nanoseconds(elapsed), budget: budget)
+                } else {
+                    health.answeredInTime(index)
                 }
-                health.answered(index, granted: vote.isGranted)
-            case let .failure(error):
-                health.failed(index, error)
-                if error.neverWritten { round.neverWritten(by: index) }
             }
-            guard let replicaWait else { return count(vote, from: index) }
-            // A refusal counts at once; a grant once its WAIT answered, whichever comes first.
-            let waited: Result<RedisValue, RedisError>? = awaitingReplicas.withLock { pairs in
-                if case let .wait(result)? = pairs.removeValue(forKey: index) { return result }
-                pairs[index] = .vote(vote)
-                return nil
-            }
-            if !vote.isGranted {
-                count(vote, from: index)
-            } else if let waited {
-                count(replicaWait.vote(after: vote, waited, endpoint: health.endpoints[index]), from: index)
-            }
+            health.answered(index, granted: vote.isGranted)
+        case let .failure(error):
+            health.failed(index, error)
+            if error.neverWritten { round.neverWritten(by: index) }
+        }
+        guard let replicaWait else { return count(vote, from: index) }
+        // A refusal counts at once; a grant once its WAIT answered, whichever comes first.
+        let waited: Result<RedisValue, RedisError>? = awaitingReplicas.withLock { pairs in
+            if case let .wait(result)? = pairs.removeValue(forKey: index) { return result }
+            pairs[index] = .vote(vote)
+            return nil
+        }
+        if !vote.isGranted {
+            count(vote, from: index)
+        } else if let waited {
+            count(replicaWait.vote(after: vote, waited, endpoint: health.endpoints[index]), from: index)
         }
     }
 
