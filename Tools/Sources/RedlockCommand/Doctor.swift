@@ -16,7 +16,9 @@ struct Doctor: AsyncParsableCommand {
         PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a refusal the lock works \
         without, less well, is a warning); state (those commands refused for another reason than \
         a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; the node cannot vote \
-        until that passes); and the node's clock offset from this machine.
+        until that passes); and the node's clock offset from this machine. Then, for the node set as \
+        a whole (text only): its quorum, how many nodes may fail, and whether a quorum can form \
+        from the nodes that answered (fleet: fail when it cannot; warn for 1, 2 or an even count).
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
         check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
@@ -105,7 +107,33 @@ struct Doctor: AsyncParsableCommand {
             }
             let failed = audits.filter(\.failed).count
             print(failed == 0 ? "no check failed" : "\(failed) of \(audits.count) nodes failed a check")
+            print(Self.fleet(nodeCount: audits.count, failed: failed, unreachable: audits.filter { $0.checks.first?.verdict == .fail }.count))
         }
         if audits.contains(where: \.failed) { throw ExitCode(1) }
+    }
+
+    /// The verdict on the node set as a whole: how many nodes a quorum needs (N/2 + 1), how many
+    /// may fail, and whether a quorum can form from the nodes that answered at all.
+    static func fleet(nodeCount: Int, failed: Int, unreachable: Int) -> String {
+        let quorum = nodeCount / 2 + 1
+        let tolerated = nodeCount - quorum
+        let verdict: String
+        var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"
+        if nodeCount - unreachable < quorum {
+            verdict = "fail"
+            detail += "; \(unreachable) did not answer, so no quorum can form now"
+        } else if tolerated == 0 {
+            verdict = "warn"
+            detail += nodeCount == 1
+                ? " (one node: the lock is as available as it is, and a restart without persistence forgets it; Redlock's own case is 3 or 5 independent nodes)"
+                : " (\(nodeCount) nodes tolerate no more failures than one: use 3 or 5)"
+        } else if nodeCount % 2 == 0 {
+            verdict = "warn"
+            detail += " (as many as \(nodeCount - 1) nodes would tolerate: an odd count is as safe with one node fewer)"
+        } else {
+            verdict = failed > tolerated ? "warn" : "pass"
+            if failed > tolerated { detail += "; more nodes failed a check (\(failed)) than may fail" }
+        }
+        return "\(verdict.padding(toLength: 7, withPad: " ", startingAt: 0)) fleet: \(detail)"
     }
 }

@@ -63,7 +63,7 @@ struct ProcessTests {
         }
     }
 
-    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json")
+    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json; it judges the node set as a whole (one node: no failure tolerated; two of three down: no quorum)")
     func command() async throws {
         try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { safe throws in
             try await withRedisServers(1) { plain throws in
@@ -71,12 +71,25 @@ struct ProcessTests {
                 let (status, stdout, stderr) = await healthy.finish()
                 #expect(status == 0, "\(stdout)\(stderr)")
                 #expect(stdout.contains("pass    persistence"), "\(stdout)")
+                // The node set as a whole: one node tolerates no failure.
+                #expect(stdout.contains("warn    fleet: 1 node, a quorum of 1: 0 may fail"), "\(stdout)")
                 let unsafe = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(plain[0].endpoint)", "--json"])
                 let (unsafeStatus, json, _) = await unsafe.finish()
                 #expect(unsafeStatus == 1)
                 let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
                 let checks = decoded?[1]["checks"] as? [[String: Any]]
                 #expect(checks?.contains { $0["name"] as? String == "persistence" && $0["verdict"] as? String == "fail" } == true, "\(json)")
+                // Three nodes, two of them down: no quorum can form.
+                let down = try await RedisServer.start()
+                let downEndpoint = "\(down.endpoint)"
+                await down.terminate()
+                let gone = try await RedisServer.start()
+                let goneEndpoint = "\(gone.endpoint)"
+                await gone.terminate()
+                let quorumless = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(downEndpoint),\(goneEndpoint)"])
+                let (quorumlessStatus, quorumlessOut, _) = await quorumless.finish()
+                #expect(quorumlessStatus == 1)
+                #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 did not answer, so no quorum can form now"), "\(quorumlessOut)")
             }
         }
     }
