@@ -138,18 +138,17 @@ public struct DistributedLock: Sendable {
     }
 
     private nonisolated(nonsending) func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
-        // In the body of a running scope of this client, the scope is counted, and shutdown
-        // waits for it: its clean-up goes on as the scope's own release does.
-        let counted = whileShuttingDown || client.scopes.enclosingHere > 0
-        if counted { try checkName(of: lease) } else { try check(lease) }
         // Counted with the scopes: a shutdown that begins now waits for this release (within
-        // its limit) rather than closing the connections under it.
-        if !counted {
-            guard client.scopes.reserve() else {
-                throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
-            }
+        // its limit) rather than closing the connections under it, so a reservation is what
+        // lets it go on. Once shutdown closed the count, only a scope's own release and a
+        // release in the body of a scope still running (counted by its scope, which shutdown
+        // waits for: its clean-up) go on; the task-local is read only then.
+        let reserved = !whileShuttingDown && client.scopes.reserve()
+        defer { if reserved { client.scopes.leave() } }
+        guard reserved || whileShuttingDown || client.scopes.enclosingHere > 0 else {
+            throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")
         }
-        defer { if !counted { client.scopes.leave() } }
+        try checkName(of: lease)
         if options.singleFlight, client.coordination.gatePassedToSameValue(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) {
             throw gatePassedOn(operation: "unlock")
         }

@@ -147,11 +147,14 @@ extension RedisError {
             let text = message.lowercased()
             return !text.contains("temporary") && !text.contains("try again")
         }
-        return code == .serverError && hasReplyPrefix([
-            "WRONGTYPE", "ERR UNKNOWN COMMAND",
-            // A command renamed away, called inside a script (Redis 7).
-            "ERR UNKNOWN REDIS COMMAND CALLED FROM SCRIPT",
-        ])
+        return isUnknownCommand || (code == .serverError && hasReplyPrefix(["WRONGTYPE"]))
+    }
+
+    /// Whether the node does not have the command (renamed away, or scripting disabled):
+    /// `ERR unknown command`, or inside a script (Redis 7) `ERR Unknown Redis command called
+    /// from script`. Permanent.
+    public var isUnknownCommand: Bool {
+        code == .serverError && hasReplyPrefix(["ERR UNKNOWN COMMAND", "ERR UNKNOWN REDIS COMMAND"])
     }
 
     /// Whether the node refused the credentials (`AUTH`: `WRONGPASS`, `NOAUTH`) or a permission

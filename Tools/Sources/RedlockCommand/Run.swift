@@ -251,8 +251,7 @@ struct Run: AsyncParsableCommand {
     private func refusesPermission(_ error: RedlockError) -> Bool {
         error.nodes.contains { node in
             guard let failure = node.cause.error, failure.isPermanent else { return false }
-            return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed
-                || (failure.code == .serverError && ["ERR UNKNOWN COMMAND", "ERR UNKNOWN REDIS COMMAND"].contains { failure.message.uppercased().hasPrefix($0) })
+            return failure.isPermissionRefusal || failure.code == .databaseSelectionFailed || failure.isUnknownCommand
         }
     }
 
