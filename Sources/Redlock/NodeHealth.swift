@@ -82,7 +82,7 @@ final class NodeHealth: Sendable {
         failureCounters[index].late.increment()
         if late.note(index, kind: "late") {
             logger.warning(
-                "redlock node answers after the attempt's time budget, so its votes may not count; locks go on while a quorum does (a slow node or network, or this process too busy to read the reply in time; the budget is expiry × timeoutFactor)",
+                "redlock node answers after the attempt's time budget, so its votes may not count; a lock is granted only where a quorum of nodes answers in time (a slow node or network, or this process too busy to read the reply in time; the budget is expiry × timeoutFactor)",
                 metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "answered-after": "\(elapsed)", "budget": "\(budget)"]
             )
         }
@@ -237,8 +237,8 @@ final class NodeHealth: Sendable {
             ? String(error.message.prefix { $0 != " " }.prefix(32)) : "\(error.code)"
         if refusing.note(index, kind: kind) {
             logger.warning(
-                "redlock node answers the lock's commands with errors; locks go on while a quorum does",
-                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]
+                "redlock node answers the lock's commands with errors; a lock is granted only where a quorum of the other nodes grants it",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)", "quorum": "\(Timing.quorum(nodeCount: endpoints.count)) of \(endpoints.count)"]
             )
         }
     }
@@ -273,8 +273,8 @@ final class NodeHealth: Sendable {
         let (before, _) = down.bitwiseOr(bit, ordering: .relaxed)
         if before & bit == 0 {
             logger.warning(
-                "redlock node does not answer; locks go on while a quorum does",
-                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)"]
+                "redlock node does not answer; a lock is granted only where a quorum of the other nodes answers",
+                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "error": "\(error)", "quorum": "\(Timing.quorum(nodeCount: endpoints.count)) of \(endpoints.count)"]
             )
         }
     }
