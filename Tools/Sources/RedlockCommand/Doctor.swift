@@ -54,7 +54,7 @@ struct Doctor: AsyncParsableCommand {
     @Option(help: "Check for grants that wait for this many replica acknowledgements (WAIT): the permission, the replicas connected, and a master's replicas are then covered.")
     var replicaAcknowledgements = 0
 
-    @Flag(help: "Print JSON: one object per node with its checks.")
+    @Flag(help: "Print JSON: {\"nodes\": [one object per node with its checks], \"fleet\": the verdict on the node set}.")
     var json = false
 
     func validate() throws {
@@ -79,7 +79,15 @@ struct Doctor: AsyncParsableCommand {
         let (client, lock) = made
         let audits = await client.audit(for: lock)
         await client.shutdown()
+        let failed = audits.filter(\.failed).count
+        let fleet = Self.fleet(
+            nodeCount: audits.count, failed: failed, unreachable: audits.filter { $0.checks.first?.verdict == .fail }.count
+        )
         if json {
+            struct Report: Encodable {
+                let nodes: [Node]
+                let fleet: Fleet
+            }
             struct Node: Encodable {
                 let node: Int
                 let endpoint: String
@@ -97,7 +105,7 @@ struct Doctor: AsyncParsableCommand {
             }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(nodes), as: UTF8.self))
+            print(String(decoding: try encoder.encode(Report(nodes: nodes, fleet: fleet)), as: UTF8.self))
         } else {
             for audit in audits {
                 print("node \(audit.node) (\(audit.endpoint))")
@@ -105,16 +113,31 @@ struct Doctor: AsyncParsableCommand {
                     print("  \(check.verdict.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(check.name): \(check.detail)")
                 }
             }
-            let failed = audits.filter(\.failed).count
             print(failed == 0 ? "no check failed" : "\(failed) of \(audits.count) nodes failed a check")
-            print(Self.fleet(nodeCount: audits.count, failed: failed, unreachable: audits.filter { $0.checks.first?.verdict == .fail }.count))
+            print("\(fleet.verdict.padding(toLength: 7, withPad: " ", startingAt: 0)) fleet: \(fleet.detail)")
         }
         if audits.contains(where: \.failed) { throw ExitCode(1) }
     }
 
+    /// The verdict on the node set as a whole (`fleet` in the text and JSON output).
+    struct Fleet: Encodable, Equatable {
+        /// `pass`, `warn` or `fail`.
+        let verdict: String
+        /// Nodes listed.
+        let nodes: Int
+        /// Grants a lock needs: N/2 + 1.
+        let quorum: Int
+        /// Nodes that may fail (down, or refusing) with a lock still granted: N − quorum.
+        let tolerated: Int
+        /// Nodes whose first check (reachable) failed.
+        let unreachable: Int
+        /// The verdict in words.
+        let detail: String
+    }
+
     /// The verdict on the node set as a whole: how many nodes a quorum needs (N/2 + 1), how many
     /// may fail, and whether a quorum can form from the nodes that answered at all.
-    static func fleet(nodeCount: Int, failed: Int, unreachable: Int) -> String {
+    static func fleet(nodeCount: Int, failed: Int, unreachable: Int) -> Fleet {
         let quorum = nodeCount / 2 + 1
         let tolerated = nodeCount - quorum
         let verdict: String
@@ -134,6 +157,6 @@ struct Doctor: AsyncParsableCommand {
             verdict = failed > tolerated ? "warn" : "pass"
             if failed > tolerated { detail += "; more nodes failed a check (\(failed)) than may fail" }
         }
-        return "\(verdict.padding(toLength: 7, withPad: " ", startingAt: 0)) fleet: \(detail)"
+        return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unreachable: unreachable, detail: detail)
     }
 }

@@ -63,7 +63,7 @@ struct ProcessTests {
         }
     }
 
-    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json; it judges the node set as a whole (one node: no failure tolerated; two of three down: no quorum)")
+    @Test("redlock doctor exits 0 on a safe node, 1 with an unsafe one, and prints JSON with --json (the node set's verdict in it); it judges the node set as a whole (one node: no failure tolerated; two of three down: no quorum)")
     func command() async throws {
         try await withRedisServers(1, persistence: .appendOnlyFsyncAlways) { safe throws in
             try await withRedisServers(1) { plain throws in
@@ -76,9 +76,14 @@ struct ProcessTests {
                 let unsafe = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(plain[0].endpoint)", "--json"])
                 let (unsafeStatus, json, _) = await unsafe.finish()
                 #expect(unsafeStatus == 1)
-                let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
-                let checks = decoded?[1]["checks"] as? [[String: Any]]
+                let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+                let nodes = decoded?["nodes"] as? [[String: Any]]
+                let checks = nodes?.last?["checks"] as? [[String: Any]]
+                #expect(nodes?.count == 2, "\(json)")
                 #expect(checks?.contains { $0["name"] as? String == "persistence" && $0["verdict"] as? String == "fail" } == true, "\(json)")
+                // The node set's verdict is in the JSON too: two nodes tolerate no failure.
+                let fleet = decoded?["fleet"] as? [String: Any]
+                #expect(fleet?["verdict"] as? String == "warn" && fleet?["quorum"] as? Int == 2 && fleet?["tolerated"] as? Int == 0, "\(json)")
                 // Three nodes, two of them down: no quorum can form.
                 let down = try await RedisServer.start()
                 let downEndpoint = "\(down.endpoint)"
