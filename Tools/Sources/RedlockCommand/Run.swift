@@ -356,8 +356,13 @@ struct Run: AsyncParsableCommand {
         if verbose { StandardError.shared.write("redlock: " + line) }
     }
 
+    /// `valid for 9.871s (valid_until_boottime_ns=N)`: the validity left, in seconds to the
+    /// millisecond, and its end on CLOCK_BOOTTIME (the clock other processes can compare with).
     private func boottime(_ lease: Lease) -> String {
-        "valid_until_boottime_ns=\(SupervisedCommand.boottimeNanoseconds(lease.validUntil))"
+        let left = ContinuousClock.now.duration(to: lease.validUntil)
+        let milliseconds = max(0, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)
+        let seconds = "\(milliseconds / 1000).\(String(milliseconds % 1000).leftPadded(to: 3))s"
+        return "valid for \(seconds) (valid_until_boottime_ns=\(SupervisedCommand.boottimeNanoseconds(lease.validUntil)))"
     }
 }
 
@@ -423,3 +428,9 @@ final class Supervision: Sendable {
     }
 }
 
+private extension String {
+    /// The string with zeros before it up to `width` characters.
+    func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - count)) + self
+    }
+}
