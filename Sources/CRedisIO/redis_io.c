@@ -52,6 +52,14 @@ struct rio_conn {
     int has_file;
     dev_t file_device;
     ino_t file_inode;
+    /* When the kernel received the bytes of the last read that returned any (SO_TIMESTAMPNS,
+       CLOCK_REALTIME nanoseconds), or 0 when it did not say (a Unix socket, bytes queued before
+       timestamps were on). */
+    int64_t arrival_realtime_ns;
+    /* Array elements announced by the reply being read (RIO_MAX_REPLY_ELEMENTS), and the count
+       of the array that went past the bound (0: none did). */
+    long long reply_elements;
+    int refused_elements;
 };
 
 /* ---- errors ---- */
@@ -112,6 +120,32 @@ static void openssl_reason(char *buffer, size_t size) {
    plain TCP). Its method table is made once and kept for the life of the process, as OpenSSL
    keeps its built-in ones. */
 
+/* recv(MSG_DONTWAIT) on conn's socket that also notes when the kernel received the bytes (the
+   SO_TIMESTAMPNS message the socket was asked for at its connect; none over a Unix socket):
+   tells a reply that came late from one that was read late. */
+static ssize_t receive(rio_conn *conn, void *buffer, size_t capacity) {
+    struct iovec part = {.iov_base = buffer, .iov_len = capacity};
+    union {
+        char bytes[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes};
+    ssize_t count = recvmsg(conn->fd, &message, MSG_DONTWAIT);
+    if (count > 0) {
+        int64_t arrival = 0;
+        for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+            if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_TIMESTAMPNS
+                && header->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+                struct timespec stamp;
+                memcpy(&stamp, CMSG_DATA(header), sizeof stamp);
+                arrival = (int64_t)stamp.tv_sec * 1000000000 + (int64_t)stamp.tv_nsec;
+            }
+        }
+        conn->arrival_realtime_ns = arrival;
+    }
+    return count;
+}
+
 static int socket_bio_write(BIO *bio, const char *data, int length) {
     const rio_conn *conn = BIO_get_data(bio);
     int fd = conn != NULL ? conn->fd : -1;
@@ -128,19 +162,19 @@ static int socket_bio_write(BIO *bio, const char *data, int length) {
 
 static int socket_bio_read(BIO *bio, char *buffer, int capacity) {
     rio_conn *conn = BIO_get_data(bio);
-    int fd = conn != NULL ? conn->fd : -1;
     BIO_clear_retry_flags(bio);
-    ssize_t count = recv(fd, buffer, (size_t)capacity, MSG_DONTWAIT);
-    if (conn != NULL) {
-        conn->tls_short_read = count > 0 && count < capacity;
-        if (count > 0 && conn->first_count < sizeof conn->first_bytes) {
-            size_t take = sizeof conn->first_bytes - conn->first_count;
-            if ((size_t)count < take) {
-                take = (size_t)count;
-            }
-            memcpy(conn->first_bytes + conn->first_count, buffer, take);
-            conn->first_count += take;
+    if (conn == NULL || capacity < 0) {
+        return -1;
+    }
+    ssize_t count = receive(conn, buffer, (size_t)capacity);
+    conn->tls_short_read = count > 0 && count < capacity;
+    if (count > 0 && conn->first_count < sizeof conn->first_bytes) {
+        size_t take = sizeof conn->first_bytes - conn->first_count;
+        if ((size_t)count < take) {
+            take = (size_t)count;
         }
+        memcpy(conn->first_bytes + conn->first_count, buffer, take);
+        conn->first_count += take;
     }
     if (count < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -642,6 +676,67 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
     }
 }
 
+/* ---- the reply reader ----
+   hiredis's reader with its own object functions but for arrays: an array is made only while
+   the reply's arrays announce at most RIO_MAX_REPLY_ELEMENTS elements in all. A refusal makes
+   hiredis fail the read ("Out of memory"); reader_failure tells the bound instead. The default
+   functions are taken from a reader hiredis made (they are not exported), once. */
+
+static redisReplyObjectFunctions bounded_functions;
+static void *(*default_create_array)(const redisReadTask *, int) = NULL;
+
+static void *create_bounded_array(const redisReadTask *task, int elements) {
+    rio_conn *conn = task->privdata;
+    if (conn == NULL || default_create_array == NULL) {
+        return NULL;
+    }
+    if (elements > 0) {
+        conn->reply_elements += elements;
+        if (conn->reply_elements > RIO_MAX_REPLY_ELEMENTS) {
+            conn->refused_elements = elements;
+            return NULL;
+        }
+    }
+    return default_create_array(task, elements);
+}
+
+static void make_bounded_functions(void) {
+    redisReader *model = redisReaderCreate();
+    if (model == NULL || model->fn == NULL || model->fn->createArray == NULL) {
+        if (model != NULL) {
+            redisReaderFree(model);
+        }
+        return;
+    }
+    bounded_functions = *model->fn;
+    default_create_array = model->fn->createArray;
+    bounded_functions.createArray = create_bounded_array;
+    redisReaderFree(model);
+}
+
+/* A reader for conn whose replies' arrays are bounded, or NULL (out of memory). */
+static redisReader *bounded_reader(rio_conn *conn) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (pthread_once(&once, make_bounded_functions) != 0 || default_create_array == NULL) {
+        return NULL;
+    }
+    redisReader *reader = redisReaderCreateWithFunctions(&bounded_functions);
+    if (reader != NULL) {
+        reader->privdata = conn;
+    }
+    return reader;
+}
+
+/* The reader's failure as err: the element bound when that is what failed it. */
+static int reader_failure(const rio_conn *conn, rio_error *err) {
+    if (conn->refused_elements != 0) {
+        return fail(err, RIO_E_PROTOCOL, 0,
+                    "protocol error: a reply announced an array of %d elements, past %d in one reply (the replies this library reads are small)",
+                    conn->refused_elements, RIO_MAX_REPLY_ELEMENTS);
+    }
+    return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
+}
+
 /* Wraps a connected socket: the reader, TLS when asked. Frees everything on failure. */
 static int finish(int fd, const rio_tls *tls, const char *server_name, int verify_host, long long deadline, rio_conn **out, rio_error *err) {
     rio_conn *conn = calloc(1, sizeof *conn);
@@ -650,7 +745,7 @@ static int finish(int fd, const rio_tls *tls, const char *server_name, int verif
         return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
     }
     conn->fd = fd;
-    conn->reader = redisReaderCreate();
+    conn->reader = bounded_reader(conn);
     if (conn->reader == NULL) {
         conn_release(conn);
         return fail(err, RIO_E_NOMEM, ENOMEM, "could not create a reply reader");
@@ -774,14 +869,18 @@ static int resolve(const char *host, const char *service, long long deadline, st
         free(job);
         return fail(err, RIO_E_IO, 0, "could not create a lock for name resolution");
     }
-    if (pthread_condattr_init(&attributes) != 0 || pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC) != 0 ||
-        pthread_cond_init(&job->finished, &attributes) != 0) {
+    int attributes_made = pthread_condattr_init(&attributes) == 0;
+    int condition_made = attributes_made && pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC) == 0
+        && pthread_cond_init(&job->finished, &attributes) == 0;
+    if (attributes_made) {
+        pthread_condattr_destroy(&attributes);
+    }
+    if (!condition_made) {
         pthread_mutex_destroy(&job->lock);
         free(job->host);
         free(job);
         return fail(err, RIO_E_IO, 0, "could not create a condition for name resolution");
     }
-    pthread_condattr_destroy(&attributes);
     job->references = 2;
     pthread_t thread;
     pthread_attr_t thread_attributes;
@@ -885,6 +984,9 @@ int rio_connect_tcp(const char *host, int port, int timeout_ms, const rio_tls *t
         return fail_errno(err, "setsockopt", saved);
     }
     int idle = 15, interval = 5, count = 3;
+    /* Receive timestamps are advisory too (see receive): without them a late reply is not
+       told from one read late. */
+    (void)setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     /* Keep-alive timings are advisory: a kernel without them still has SO_KEEPALIVE. */
     (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
     (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
@@ -1096,7 +1198,7 @@ ssize_t rio_conn_write(rio_conn *conn, const void *bytes, size_t length, int *wa
 static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err) {
     conn->received = 1;
     if (redisReaderFeed(conn->reader, buffer, count) != REDIS_OK) {
-        return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
+        return reader_failure(conn, err);
     }
     /* hiredis 0.14 keeps a reply until the whole of it came, with no limit of its own: a peer
        that announces a huge bulk string, or an array of many or large elements (parsed one by
@@ -1149,7 +1251,7 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
             }
             count = result;
         } else {
-            count = recv(conn->fd, buffer, sizeof buffer, MSG_DONTWAIT);
+            count = receive(conn, buffer, sizeof buffer);
             if (count < 0) {
                 if (errno == EINTR) {
                     continue;
@@ -1195,6 +1297,10 @@ int rio_conn_pending(const rio_conn *conn) {
     return conn->undrained || (conn->ssl != NULL && SSL_pending(conn->ssl) > 0);
 }
 
+int rio_conn_reader_empty(const rio_conn *conn) {
+    return conn != NULL && conn->reader != NULL && conn->reader->pos >= conn->reader->len;
+}
+
 int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err) {
     *out = NULL;
     void *reply = NULL;
@@ -1202,13 +1308,14 @@ int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err) {
         if (reply != NULL) {
             freeReplyObject(reply);
         }
-        fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
+        reader_failure(conn, err);
         return -1;
     }
     if (reply == NULL) {
         return 0;
     }
     conn->since_reply = 0;
+    conn->reply_elements = 0;
     *out = (rio_reply *)reply;
     return 1;
 }
@@ -1244,8 +1351,18 @@ int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int tim
         int failed = 0, wants_write = 0;
         size_t read = rio_conn_read(conn, 1, &failed, &wants_write, err);
         if (failed) {
-            got = rio_conn_next_reply(conn, out, NULL);
-            return got > 0 ? RIO_OK : (err != NULL ? err->code : RIO_E_IO);
+            /* A reply that came before the failure is still the answer; bytes that are not
+               RESP before it say more than the close that followed them. */
+            rio_error parsing = {0};
+            got = rio_conn_next_reply(conn, out, &parsing);
+            if (got > 0) {
+                return RIO_OK;
+            }
+            if (got < 0 && err != NULL) {
+                *err = parsing;
+                return RIO_E_PROTOCOL;
+            }
+            return err != NULL ? err->code : RIO_E_IO;
         }
         if (read == 0 && !rio_conn_pending(conn)) {
             int ready = wait_for(conn->fd, wants_write ? POLLOUT : POLLIN, deadline, err);
@@ -1428,4 +1545,36 @@ size_t rio_random_bytes(void *buffer, size_t length) {
 int rio_openssl_leave_error(void) {
     ERR_raise(ERR_LIB_SSL, ERR_R_INTERNAL_ERROR);
     return ERR_peek_error() != 0 ? 1 : 0;
+}
+
+int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn) {
+    return conn != NULL ? conn->arrival_realtime_ns : 0;
+}
+
+/* The times of the reply being delivered on this thread (rio_swap_delivery). */
+static _Thread_local rio_delivery delivering = {0, 0, 0};
+
+rio_delivery rio_swap_delivery(rio_delivery next) {
+    rio_delivery previous = delivering;
+    delivering = next;
+    return previous;
+}
+
+int rio_delivery_times(int64_t *written_boottime_ns, int64_t *arrival_boottime_ns, int *exact) {
+    rio_delivery now_delivering = delivering;
+    struct timespec real, boot;
+    if (written_boottime_ns == NULL || arrival_boottime_ns == NULL || exact == NULL || now_delivering.written_boottime_ns <= 0
+        || now_delivering.arrival_realtime_ns <= 0 || clock_gettime(CLOCK_REALTIME, &real) != 0
+        || clock_gettime(CLOCK_BOOTTIME, &boot) != 0) {
+        return 0;
+    }
+    int64_t queued = (int64_t)real.tv_sec * 1000000000 + (int64_t)real.tv_nsec - now_delivering.arrival_realtime_ns;
+    if (queued < 0) {
+        /* The wall clock was stepped back since: the arrival cannot be placed. */
+        return 0;
+    }
+    *written_boottime_ns = now_delivering.written_boottime_ns;
+    *exact = now_delivering.exact;
+    *arrival_boottime_ns = (int64_t)boot.tv_sec * 1000000000 + (int64_t)boot.tv_nsec - queued;
+    return 1;
 }

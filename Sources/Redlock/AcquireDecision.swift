@@ -120,8 +120,8 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         if taken >= quorum || taken == causes.count {
             return .failed(.taken, message: "held by another holder on \(taken) of \(nodeCount) nodes")
         }
-        // Nodes that had not answered when the refusals decided it (failFast) are named as such:
-        // they are not in the error's node list, and "0 granted" alone reads as if they refused.
+        // Nodes that had not answered when the refusals decided it (failFast) are named as such
+        // (and listed as notAwaited): "0 granted" alone reads as if they refused.
         let unsettled = votes.filter { $0 == .unsettled }.count
         let pending = unsettled == 0 ? "" : " (\(unsettled) more had not answered when the refusals made a quorum impossible)"
         // Every node silent: the budget may be what is wrong (a tiny expiry), not the nodes.

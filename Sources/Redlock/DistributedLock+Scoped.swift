@@ -48,7 +48,8 @@ extension DistributedLock {
     ///     extension has been confirmed: time for it to notice and stop. Must be less than
     ///     `extendWhenRemaining` × expiry. The default, `nil`, is
     ///     ``HeldLease/defaultSafetyMargin(expiry:)``: 5 % of the expiry, at least 5 ms and at
-    ///     most 250 ms.
+    ///     most 250 ms; and at most half of `extendWhenRemaining` × expiry (for an expiry of a
+    ///     few tens of milliseconds).
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
@@ -130,7 +131,7 @@ extension DistributedLock {
     ///   - maximumHoldTime: As for ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
     ///     default `nil`.
     ///   - safetyMargin: As for ``withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``;
-    ///     default `nil` (5 % of the expiry, 5–250 ms).
+    ///     default `nil` (5 % of the expiry, 5–250 ms, at most half of `extendWhenRemaining` × expiry).
     ///   - onExtended: Called with each confirmed extension, before `body` can see it, e.g. to
     ///     move a deadline kept outside this process (as `redlock run` tells its watchdog). It
     ///     runs on the extending task and should return quickly. The default does nothing.
@@ -386,8 +387,10 @@ extension DistributedLock {
         if let maximumHoldTime, maximumHoldTime <= .zero || maximumHoldTime > Self.longestHoldTimeCap {
             throw .invalid("maximumHoldTime must be positive and at most 100 years of 365 days when set (nil: no cap), got \(maximumHoldTime)", lockName: name)
         }
-        let margin = safetyMargin ?? HeldLease.defaultSafetyMargin(expiry: options.expiry)
         let extendAhead = options.expiry * extendWhenRemaining
+        // The default fits any expiry: for one of a few tens of milliseconds, 5 ms would not
+        // leave an extension its turn.
+        let margin = safetyMargin ?? Swift.min(HeldLease.defaultSafetyMargin(expiry: options.expiry), extendAhead / 2)
         guard margin >= .zero, margin < extendAhead else {
             throw .invalid(
                 "safetyMargin must be at least zero and less than extendWhenRemaining × expiry (\(extendAhead)), got \(margin)",

@@ -57,7 +57,10 @@ public struct DistributedLock: Sendable {
     ///
     /// - Returns: The lease, valid until ``Lease/validUntil``.
     /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum` or `.validityExhausted` (from
-    ///   the last attempt) when every attempt failed, or `.cancelled`.
+    ///   the last attempt) when every attempt failed, `.fencingCounterExhausted` (a fenced lock
+    ///   whose counter is at its maximum on too many nodes), `.cancelled`, `.clientShutDown`
+    ///   (the client was shut down), or `.invalidConfiguration` (a ``LockOptions/value``
+    ///   generator returned an empty value).
     public func lock() async throws(RedlockError) -> Lease {
         try await acquire(tries: options.tries, deadline: options.acquireTimeout.map { ContinuousClock.now.advanced(by: $0) })
     }
@@ -68,7 +71,8 @@ public struct DistributedLock: Sendable {
     /// - Parameter timeout: How long to keep trying; no attempt starts after it (the last may take
     ///   up to its budget). Zero (or less) makes one attempt. With ``LockOptions/singleFlight``,
     ///   the wait for this process's own holder counts too.
-    /// - Throws: ``RedlockError`` from the last attempt when time ran out, or `.cancelled`.
+    /// - Throws: ``RedlockError`` from the last attempt when time ran out, or any other code
+    ///   ``lock()`` throws.
     public func lock(timeout: Duration) async throws(RedlockError) -> Lease {
         try await lock(deadline: ContinuousClock.now.advanced(by: timeout))
     }
@@ -76,14 +80,16 @@ public struct DistributedLock: Sendable {
     /// Acquires the lock, retrying until `deadline` (on this process's monotonic clock), as
     /// ``lock(timeout:)`` does.
     ///
-    /// - Throws: ``RedlockError`` from the last attempt when the deadline passed, or `.cancelled`.
+    /// - Throws: ``RedlockError`` from the last attempt when the deadline passed, or any other
+    ///   code ``lock()`` throws.
     public func lock(deadline: ContinuousClock.Instant) async throws(RedlockError) -> Lease {
         try await acquire(tries: options.tries, deadline: deadline)
     }
 
     /// Makes a single attempt to acquire the lock, without waiting for a holder to release it.
     ///
-    /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum`, `.validityExhausted` or `.cancelled`.
+    /// - Throws: ``RedlockError`` with code `.taken`, `.noQuorum` or `.validityExhausted`, or
+    ///   any other code ``lock()`` throws.
     public func tryLock() async throws(RedlockError) -> Lease {
         try await acquire(tries: 1, deadline: nil)
     }
@@ -126,7 +132,9 @@ public struct DistributedLock: Sendable {
     /// - Throws: ``RedlockError`` with code `.leaseExpired` (the keys were gone; or, with
     ///   ``LockOptions/singleFlight`` and a fixed ``LockOptions/value``, the lease's validity ended
     ///   and another caller of this client acquires with the same value: nothing is sent),
-    ///   `.leaseTakenOver` (another holder's keys are there) or `.noQuorum` (nodes failed).
+    ///   `.leaseTakenOver` (another holder's keys are there), `.noQuorum` (nodes failed),
+    ///   `.clientShutDown` (the client was shut down before the release went out) or
+    ///   `.invalidConfiguration` (the lease is another lock's).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
     }
@@ -226,7 +234,8 @@ public struct DistributedLock: Sendable {
     /// - Throws: ``RedlockError`` with code `.leaseExpired` (also with ``LockOptions/singleFlight``
     ///   and a fixed ``LockOptions/value`` when the lease's validity ended, before or while it
     ///   was extended, and another caller of this client acquires with the same value),
-    ///   `.leaseTakenOver`, `.noQuorum`, `.validityExhausted` or `.cancelled`.
+    ///   `.leaseTakenOver`, `.noQuorum`, `.validityExhausted`, `.cancelled`, `.clientShutDown`
+    ///   or `.invalidConfiguration` (the lease is another lock's).
     public func extend(_ lease: Lease) async throws(RedlockError) -> Lease {
         try await client.traced("redlock.extend", lock: name) { _ throws(RedlockError) in try await extendCounted(lease) }
     }

@@ -17,9 +17,12 @@ import Synchronization
 /// resolver error, bytes that are not RESP: a wrong service or a TLS-only port); any reply, an
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// A node whose replies come after their attempt's budget, so that its votes never count, is
-/// logged the same way (``answeredLate(_:after:budget:)``). Every such reply is counted per node in
-/// `redlock_node_failures_total{node,kind}`. The state of the first 64 nodes is three atomic
-/// bit masks, so a healthy reply costs three loads and a clock reading.
+/// logged the same way (``answeredLate(_:after:nodeTime:budget:)``), unless the node answered
+/// in time and this process wrote or read late (``readLate(_:after:nodeTime:budget:)``: short
+/// of CPU; no node is blamed). Every late reply is counted per node in
+/// `redlock_node_failures_total{node,kind}`, each read late in `redlock_replies_read_late_total`.
+/// The state of the first 64 nodes is three atomic bit masks, so a healthy reply costs four
+/// loads and a clock reading.
 ///
 /// It also vets the address each new connection reaches, and the server by its `run_id` when
 /// the handshake learned it (``vet(_:peer:server:)``): one server listed under two names votes
@@ -30,9 +33,12 @@ final class NodeHealth: Sendable {
     let logger: Logger
     private let down = Atomic<UInt64>(0)
     /// The nodes answering the lock's commands with errors (``refused(_:_:)``), and those
-    /// answering after their attempts' budget (``answeredLate(_:after:budget:)``).
+    /// answering after their attempts' budget (``answeredLate(_:after:nodeTime:budget:)``).
     private let refusing: Episodes
     private let late: Episodes
+    /// This process handling replies after their attempts' budget though the nodes answered in
+    /// time (``readLate(_:after:nodeTime:budget:)``): one episode for the whole client.
+    private let readingLate = Episodes(nodeCount: 1)
     /// How long a node must go without an error (a late answer) before a grant (an answer in
     /// time) ends its episode, logged at `info`: 10 s, unless set (for tests).
     var refusalQuietPeriod: Duration {
@@ -54,6 +60,9 @@ final class NodeHealth: Sendable {
     /// `redlock_node_failures_total{node,kind}` per node (``LockMetrics``): no answer, an error
     /// answer, a late answer.
     private let failureCounters: [(noAnswer: Counter, errorReply: Counter, late: Counter)]
+    /// `redlock_replies_read_late_total`: replies handled after their attempt's budget that the
+    /// node sent within it (``readLate(_:after:nodeTime:budget:)``).
+    private let lateReads: Counter
 
     init(endpoints: [RedisEndpoint], logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory, vetsConnections: Bool = false) {
         self.endpoints = endpoints
@@ -64,6 +73,7 @@ final class NodeHealth: Sendable {
             }
             return (counter("noAnswer"), counter("errorReply"), counter("late"))
         }
+        lateReads = Counter(label: "redlock_replies_read_late_total", factory: metrics)
         self.vetsConnections = vetsConnections
         peers = Mutex((holders: [:], logged: [], told: [], unidentified: []))
         downBecause = Mutex(Array(repeating: nil, count: endpoints.count))
@@ -71,25 +81,59 @@ final class NodeHealth: Sendable {
         late = Episodes(nodeCount: endpoints.count)
     }
 
-    /// Node `index` answered `elapsed` after its command was sent, in a fan-out whose budget was
-    /// `budget`: after it, so the attempt may have been over (its vote counted only if the
-    /// attempt was still waiting for it). The first such answer is logged at `warning` (with
-    /// its time), and the node's first answer in time (``answeredInTime(_:)``) after
-    /// ``refusalQuietPeriod`` without late ones at `info`. A node that is always late leaves
-    /// the quorum one failure from an outage without another sign.
-    func answeredLate(_ index: Int, after elapsed: Duration, budget: Duration) {
+    /// Node `index` answered `elapsed` after its fan-out was sent, whose budget was `budget`:
+    /// after it, so the attempt may have been over (its vote counted only if the attempt was
+    /// still waiting for it). `nodeTime` is the node's own time, from the write of its command
+    /// to the arrival of its reply on this machine, when the kernel told the arrival (TCP): then
+    /// also over the budget, so the node or the network was slow (a reply the node sent in time
+    /// that this process wrote or read late is ``readLate(_:after:nodeTime:budget:)``). The
+    /// first such answer is logged at `warning` (with its times), and the node's first answer
+    /// in time (``answeredInTime(_:)``) after ``refusalQuietPeriod`` without late ones at
+    /// `info`. A node that is always late leaves the quorum one failure from an outage without
+    /// another sign.
+    func answeredLate(_ index: Int, after elapsed: Duration, nodeTime: Duration?, budget: Duration) {
         guard index < 64 else { return }
         failureCounters[index].late.increment()
         if late.note(index, kind: "late") {
+            var metadata: Logger.Metadata = [
+                "node": "\(index)", "endpoint": "\(endpoints[index])", "answered-after": "\(elapsed)", "budget": "\(budget)",
+            ]
+            if let nodeTime { metadata["node-time"] = "\(nodeTime)" }
             logger.warning(
-                "redlock node answers after the attempt's time budget, so its votes may not count; a lock is granted only where a quorum of nodes answers in time (a slow node or network, or this process too busy to read the reply in time; the budget is expiry × timeoutFactor)",
-                metadata: ["node": "\(index)", "endpoint": "\(endpoints[index])", "answered-after": "\(elapsed)", "budget": "\(budget)"]
+                nodeTime != nil
+                    ? "redlock node's replies arrive after the attempt's time budget (a slow node or network), so its votes may not count; a lock is granted only where a quorum of nodes answers in time (the budget is expiry × timeoutFactor)"
+                    : "redlock node answers after the attempt's time budget, so its votes may not count; a lock is granted only where a quorum of nodes answers in time (a slow node or network, or this process too busy to read the reply in time; the budget is expiry × timeoutFactor)",
+                metadata: metadata
             )
         }
     }
 
-    /// Node `index` answered within its attempt's budget (see ``answeredLate(_:after:budget:)``).
+    /// Node `index`'s reply reached this machine `nodeTime` after its command was written,
+    /// within the attempt's `budget`, but was handled only `elapsed` after the fan-out was sent,
+    /// past the budget: this process wrote or read late (short of CPU: a throttled container, a
+    /// busy executor, a pause of the process), the node was not slow. Counted in
+    /// `redlock_replies_read_late_total`; logged at `warning` once for the client, and at
+    /// `info` at the first reply handled in time after ``refusalQuietPeriod`` without late ones.
+    /// No node is blamed for it.
+    func readLate(_ index: Int, after elapsed: Duration, nodeTime: Duration, budget: Duration) {
+        lateReads.increment()
+        if readingLate.note(0, kind: "readLate") {
+            logger.warning(
+                "redlock handled a node's reply after the attempt's time budget though the node answered in time: this process is short of CPU (a throttled container, a busy executor, a pause), so votes may not count; locks fail or wait while it lasts",
+                metadata: [
+                    "node": "\(index)", "endpoint": "\(endpoints[index])", "node-time": "\(nodeTime)",
+                    "handled-after": "\(elapsed)", "budget": "\(budget)",
+                ]
+            )
+        }
+    }
+
+    /// Node `index` answered within its attempt's budget (see ``answeredLate(_:after:nodeTime:budget:)``
+    /// and ``readLate(_:after:nodeTime:budget:)``).
     func answeredInTime(_ index: Int) {
+        if readingLate.isActive(0), readingLate.endIfQuiet(0, for: refusalQuietPeriod) != nil {
+            logger.info("redlock handles the nodes' replies within the attempts' budget again")
+        }
         guard index < 64, late.isActive(index), late.endIfQuiet(index, for: refusalQuietPeriod) != nil else { return }
         logger.info(
             "redlock node answers within the attempts' budget again",

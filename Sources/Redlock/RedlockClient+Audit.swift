@@ -23,8 +23,10 @@ extension RedlockClient {
             case unknown
         }
 
-        /// What was checked: `reachable`, `persistence`, `eviction`, `role`, `cluster`,
-        /// `distinct`, `version`, `permissions`, `state`, `clock`, `clock rate` or `epoch`.
+        /// What was checked, in this order: `reachable`, `persistence`, `eviction`, `role`,
+        /// `cluster`, `version`, `clock` (the offset from this machine), `clock rate`, `epoch`
+        /// (the guards' marker), `distinct`, `permissions`, `state`. A node that is not
+        /// reachable has that check only.
         public var name: String
         /// The verdict.
         public var verdict: Verdict

@@ -77,7 +77,7 @@ final class PreparedFanOut: Sendable {
     let budget: Duration
     /// When ``FanOutSender`` sent it, a ``BootClock`` reading (0 before): a reply later than
     /// ``budget`` after it came after the attempt was over
-    /// (``NodeHealth/answeredLate(_:after:budget:)``). (An attempt prepared for a waiter goes out
+    /// (``NodeHealth/answeredLate(_:after:nodeTime:budget:)``). (An attempt prepared for a waiter goes out
     /// only when a release hands it the lock.) Raw nanoseconds: read for every reply.
     private let sentAt = Atomic<Int64>(0)
     private let budgetNanoseconds: Int64
@@ -138,7 +138,7 @@ final class PreparedFanOut: Sendable {
     func handler(for index: Int) -> RedisReplyHandler {
         { [self] result in
             if case .failure = result {
-                take(Self.namingKeys(result, of: command), from: index)
+                take(Self.namingKeys(Self.trimmingArguments(result), of: command), from: index)
             } else {
                 take(result, from: index)
             }
@@ -157,7 +157,15 @@ final class PreparedFanOut: Sendable {
             if sent > 0, !health.isDown(index) {
                 let elapsed = BootClock.now() - sent
                 if elapsed > budgetNanoseconds {
-                    health.answeredLate(index, after: .nanoseconds(elapsed), budget: budget)
+                    // Late: the node's own time, from the write of its command to its reply's
+                    // arrival (when the kernel told it), says whether the node was, or this
+                    // process wrote or read late.
+                    switch LateReply(sent: sent, budget: budgetNanoseconds, times: ReplyArrival.current()) {
+                    case let .handledLate(nodeTime):
+                        health.readLate(index, after: .nanoseconds(elapsed), nodeTime: .nanoseconds(nodeTime), budget: budget)
+                    case let .answeredLate(nodeTime):
+                        health.answeredLate(index, after: .nanoseconds(elapsed), nodeTime: nodeTime.map { .nanoseconds($0) }, budget: budget)
+                    }
                 } else {
                     health.answeredInTime(index)
                 }
@@ -179,6 +187,17 @@ final class PreparedFanOut: Sendable {
         } else if let waited {
             count(replicaWait.vote(after: vote, waited, endpoint: health.endpoints[index]), from: index)
         }
+    }
+
+    /// `result`, with Redis's answer to a command it does not have (`ERR unknown command
+    /// 'EVAL', with args beginning with: 'local acl = …'`: scripting renamed away) cut before
+    /// the arguments, which quote the script, and asking whether it was renamed.
+    private static func trimmingArguments(_ result: Result<RedisValue, RedisError>) -> Result<RedisValue, RedisError> {
+        guard case var .failure(error) = result, error.isUnknownCommand,
+              let arguments = error.message.firstRange(of: ", with args beginning with:")
+        else { return result }
+        error.message = String(error.message[..<arguments.lowerBound]) + " on this node (renamed away?)"
+        return .failure(error)
     }
 
     /// `result`, with an `EVALSHA` refused on its declared keys (`NOPERM … one of the keys used
@@ -345,13 +364,19 @@ extension RedlockClient {
         shuffled ? nodeIndices.shuffled() : nodeIndices
     }
 
-    /// The node failures among `votes`, for an error (unsettled nodes are left out).
+    /// The node failures among `votes`, for an error: every node that did not grant, those
+    /// not waited for (unsettled) as ``NodeFailure/Cause/notAwaited``.
     func failures(in votes: [Vote?]) -> [NodeFailure] {
         votes.enumerated().compactMap { index, vote in
-            guard case let .refused(cause)? = vote else { return nil }
+            let cause: NodeFailure.Cause
+            switch vote {
+            case let .refused(refusal)?: cause = refusal
+            case .unsettled?: cause = .notAwaited
+            default: return nil
+            }
             var failure = NodeFailure(node: index, endpoint: endpoints[index], cause: cause)
             // A node silent within the budget: what its connection last failed with says why.
-            if cause == .noAnswer { failure.connectionFailure = health.failure(of: index) }
+            if cause == .noAnswer || cause == .notAwaited { failure.connectionFailure = health.failure(of: index) }
             return failure
         }
     }
@@ -402,5 +427,33 @@ struct FanOutSender: Sendable {
         }
         if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
         if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
+    }
+}
+
+/// Whose a reply after its attempt's budget is: the node's (or its network's), or this
+/// process's, which wrote the command or read the reply late. Told by the node's own time, from
+/// the write of its command to the arrival of its reply (``ReplyArrival``): the arrival is the
+/// reply's own, or a bound it arrived at or before when other replies' bytes followed it in the
+/// same read (the reader was behind).
+enum LateReply: Equatable {
+    /// The node answered within the budget (`nodeTime` nanoseconds, at most): this process was late.
+    case handledLate(nodeTime: Int64)
+    /// The node's reply arrived after the budget (`nodeTime`), or when that cannot be told
+    /// (nil: no arrival time, as over a Unix socket, or only a bound past the budget).
+    case answeredLate(nodeTime: Int64?)
+
+    /// For a reply handled after the budget: `sent` when its fan-out went out, `budget` its
+    /// length (``BootClock`` nanoseconds), `times` its reply's times.
+    init(sent: Int64, budget: Int64, times: (written: Int64, arrived: Int64, exact: Bool)?) {
+        guard let times else {
+            self = .answeredLate(nodeTime: nil)
+            return
+        }
+        let nodeTime = max(0, times.arrived - max(times.written, sent))
+        if nodeTime <= budget {
+            self = .handledLate(nodeTime: nodeTime)
+        } else {
+            self = .answeredLate(nodeTime: times.exact ? nodeTime : nil)
+        }
     }
 }

@@ -277,7 +277,7 @@ public final class RedlockClient: Sendable {
     /// listed twice (host names compared without regard to case, as DNS compares them; two
     /// names of one address or server are refused when they connect, see
     /// ``NodeHealth/vet(_:peer:server:)``, and ``audit(for:)`` compares the servers' run ids), or a
-    /// setting no connection could work with.
+    /// setting no connection could work with (an empty host name, a port outside 1–65535, …).
     private static func validate(_ configurations: [RedisConnectionConfiguration]) throws(RedlockError) {
         guard !configurations.isEmpty else { throw .invalid("a client needs at least one node") }
         var seen = Set<String>()
@@ -288,6 +288,9 @@ public final class RedlockClient: Sendable {
             }
             if let path = endpoint.socketPath, path.utf8.contains(0) {
                 throw .invalid("node \(endpoint): the socket path must not contain a NUL byte")
+            }
+            if let port = endpoint.port, !(1...65_535).contains(port) {
+                throw .invalid("node \(endpoint): the port must be from 1 to 65535, got \(port)")
             }
             let key = endpoint.host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
             guard seen.insert(key).inserted else {

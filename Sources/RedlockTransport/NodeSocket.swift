@@ -368,6 +368,13 @@ final class NodeSocket: @unchecked Sendable {
             if silent, tls == nil, sniffsTLS, let tlsPort = tlsPortFailure(configuration, since: started, until: started + budget) {
                 return ConnectResult(outcome: .failure(tlsPort))
             }
+            if failure.code == .protocolError, answered == 0, !failure.message.contains("without a complete reply"),
+               !failure.message.contains("in one reply") {
+                // Its first bytes are not RESP (not a reply past the reader's bounds: that is
+                // RESP, if hostile): no Redis server answers so.
+                let message = "\(named) after connecting: \(failure.message): the server at this address does not speak RESP (another service on the port?)"
+                return ConnectResult(outcome: .failure(RedisError(code: .notRedis, endpoint: endpoint, message: message)))
+            }
             return ConnectResult(outcome: .failure(RedisError(code: failure.code, endpoint: endpoint, message: "\(named) after connecting: \(failure.message)")))
         }
         if identifies, let info = exchange.replies.last?.string {
@@ -595,6 +602,12 @@ final class NodeSocket: @unchecked Sendable {
         var failure: RedisError?
         /// TLS must write before it can read on.
         var wantsWritable = false
+        /// When the kernel received the last bytes read (``ReplyArrival``): CLOCK_REALTIME
+        /// nanoseconds, 0 when not known.
+        var arrivalRealtime: Int64 = 0
+        /// Whether that is the last reply's own arrival: its last bytes were the last read (the
+        /// others arrived at or before it).
+        var lastArrivalExact = false
     }
 
     /// Reads what the socket has and returns the complete replies. Their array is the socket's
@@ -617,8 +630,10 @@ final class NodeSocket: @unchecked Sendable {
         var error = rio_error()
         var failed: Int32 = 0
         var wantsWrite: Int32 = 0
+        var exact = false
         repeat {
             _ = rio_conn_read(pointer, toEndOfStream ? 1 : 0, &failed, &wantsWrite, &error)
+            exact = false
             // Replies that arrived before a failure are still answers.
             while true {
                 var reply: OpaquePointer?
@@ -633,7 +648,9 @@ final class NodeSocket: @unchecked Sendable {
                 let value = Self.value(reply, endpoint: endpoint)
                 rio_reply_free(reply)
                 switch value {
-                case let .success(value): replies.append(value)
+                case let .success(value):
+                    replies.append(value)
+                    exact = true
                 case let .failure(failure):
                     outcome.failure = failure
                     outcome.replies = replies
@@ -643,6 +660,8 @@ final class NodeSocket: @unchecked Sendable {
         } while failed == 0 && rio_conn_pending(pointer) != 0
         if failed != 0 { outcome.failure = RedisError(error, endpoint: endpoint) }
         outcome.wantsWritable = wantsWrite != 0
+        outcome.arrivalRealtime = rio_conn_arrival_realtime_ns(pointer)
+        outcome.lastArrivalExact = exact && rio_conn_reader_empty(pointer) != 0
         outcome.replies = replies
         if replies.count > 64 || !replies.allSatisfy(Self.isSmall) { replies = [] }
         return outcome
@@ -879,4 +898,37 @@ package func secureRandomBytes(_ count: Int) -> [UInt8] {
 /// connection's. Returns whether the queue holds an error afterwards.
 package func leaveStaleOpenSSLError() -> Bool {
     rio_openssl_leave_error() == 1
+}
+
+
+/// When the reply a handler is given was sent and arrived: when its command's bytes were
+/// handed to the socket, and the kernel's receive time of the reply's bytes (`SO_TIMESTAMPNS`,
+/// asked for on every TCP socket), kept for the thread that delivers it while it calls its
+/// handler. Their difference is the node's own time (and the network's): it tells a node that
+/// answered late from a reply that this process wrote or read late (short of CPU: a throttled
+/// container, a busy executor, a pause), which the time from a fan-out's send to its handler
+/// cannot.
+package enum ReplyArrival {
+    /// Calls `complete` (a reply's handler) with the reply's times as the calling thread's
+    /// note: `realtime` CLOCK_REALTIME nanoseconds of its arrival, `writtenAt` the
+    /// ``BootClock`` reading when its command was written (0: not known).
+    static func delivering(arrivedAt realtime: Int64, exactly: Bool, writtenAt: Int64, _ complete: () -> Void) {
+        guard realtime > 0, writtenAt > 0 else { return complete() }
+        let previous = rio_swap_delivery(rio_delivery(arrival_realtime_ns: realtime, written_boottime_ns: writtenAt, exact: exactly ? 1 : 0))
+        complete()
+        _ = rio_swap_delivery(previous)
+    }
+
+    /// For a reply handler: when its command was written and its reply arrived, as
+    /// ``BootClock`` readings (nanoseconds), and whether `arrived` is the reply's own arrival
+    /// (`exact`) or a bound it arrived at or before (other replies' bytes came after it in the
+    /// same read); nil when not known (a Unix socket, a reply not delivered from a read, the
+    /// wall clock stepped back since).
+    package static func current() -> (written: Int64, arrived: Int64, exact: Bool)? {
+        var written: Int64 = 0
+        var arrived: Int64 = 0
+        var exact: Int32 = 0
+        guard rio_delivery_times(&written, &arrived, &exact) == 1 else { return nil }
+        return (written, arrived, exact != 0)
+    }
 }

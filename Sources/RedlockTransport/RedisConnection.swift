@@ -276,6 +276,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let sentAsScriptHash: Bool
         /// Sent as its command's script form (``PendingCommand/untilScriptsRun``).
         let sentInScriptForm: Bool
+        /// When its bytes were handed to the writer (``State/takeOutput()``), a ``BootClock``
+        /// reading; 0 while only staged. With the reply's arrival it is the node's own time
+        /// (``ReplyArrival``).
+        var writtenAt: Int64 = 0
     }
 
     private enum Phase { case idle, connecting, open }
@@ -408,6 +412,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         /// Hands the staged bytes to the caller, which becomes the I/O owner.
         mutating func takeOutput() -> [UInt8] {
             ioOwned = true
+            if stagedCount > 0 {
+                let now = BootClock.now()
+                for index in (inFlight.count - stagedCount)..<inFlight.count { inFlight[index].writtenAt = now }
+            }
             stagedCount = 0
             var taken = spareOutput
             spareOutput = []
@@ -435,7 +443,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// What happens once the lock is released.
     private struct Effects {
-        var completions: [(PendingCommand, Result<RedisValue, RedisError>)] = []
+        /// Each with when its command was written (a ``BootClock`` reading; 0: not known).
+        var completions: [(PendingCommand, Result<RedisValue, RedisError>, writtenAt: Int64)] = []
+        /// When the kernel received the replies among `completions` (``ReplyArrival``), and
+        /// whether that is the last one's own arrival.
+        var arrivalRealtime: Int64 = 0
+        var lastArrivalExact = false
         var connect = false
         var exited = false
     }
@@ -532,7 +545,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let releases = commands.allSatisfy { $0.replayWindow != nil }
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state, releases: releases) {
-                for command in commands { effects.completions.append((command, .failure(refusal.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(refusal.unwritten), 0)) }
                 return nil
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
@@ -561,7 +574,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 // The name did not resolve (or its address was refused, or TLS could not be set
                 // up) a moment ago: answer with that at once rather than start another connect
                 // for every command.
-                for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(failure.unwritten), 0)) }
                 return nil
             }
             // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
@@ -789,6 +802,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
         while again {
             let outcome = socket.read(toEndOfStream: toEndOfStream)
             toEndOfStream = true
+            effects.arrivalRealtime = outcome.arrivalRealtime
+            effects.lastArrivalExact = outcome.lastArrivalExact
             // One lock per read: the replies matched to their commands, then what was staged
             // meanwhile and what the replies let through is taken for writing.
             let processed: Result<[UInt8], RedisError> = state.withLock { state in
@@ -823,9 +838,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.
                         let code: RedisError.Code = text.hasPrefix("NOAUTH") ? .authenticationFailed : .serverError
-                        effects.completions.append((item.command, .failure(error(code, text))))
+                        effects.completions.append((item.command, .failure(error(code, text)), item.writtenAt))
                     } else {
-                        effects.completions.append((item.command, .success(reply)))
+                        effects.completions.append((item.command, .success(reply), item.writtenAt))
                     }
                 }
                 if let failure {
@@ -878,11 +893,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
         state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: node)
-        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), 0)) }
         state.phase = .idle
         if !state.queue.isEmpty {
             if state.shuttingDown {
-                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
+                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten), 0)) }
                 state.queue.removeAll()
             } else {
                 state.phase = .connecting
@@ -917,7 +932,15 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func perform(_ effects: Effects) {
-        for (command, result) in effects.completions { command.complete(result) }
+        if !effects.completions.isEmpty {
+            let arrival = effects.arrivalRealtime
+            let last = effects.completions.count - 1
+            for (index, (command, result, writtenAt)) in effects.completions.enumerated() {
+                ReplyArrival.delivering(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact, writtenAt: writtenAt) {
+                    command.complete(result)
+                }
+            }
+        }
         if effects.connect { startConnect() }
         if effects.exited { exited.fire() }
     }
@@ -957,7 +980,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
-                    for command in state.queue { effects.completions.append((command, .failure(failure))) }
+                    for command in state.queue { effects.completions.append((command, .failure(failure), 0)) }
                     state.queue.removeAll()
                     state.phase = .idle
                     if !state.exitSignalled {
@@ -1027,7 +1050,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         state.keepReplays(of: state.queue, to: node)
-        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
+        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten), 0)) }
         state.queue.removeAll()
         state.phase = .idle
         finishShutdownIfDrained(&state, &effects)
@@ -1132,7 +1155,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let failure = error(.shutdown, "the connection was shut down before the server answered")
             // Queued while a connect is under way, they are still written once it opens.
             let queuedFailure = state.phase == .connecting ? failure : failure.unwritten
-            for command in state.queue { effects.completions.append((command, .failure(queuedFailure))) }
+            for command in state.queue { effects.completions.append((command, .failure(queuedFailure), 0)) }
             if state.phase == .connecting, !state.queue.isEmpty {
                 // Still written once connected (a release must reach the node), then closed:
                 // see connected(_:tookSince:). Their callers have their answer now.
@@ -1143,7 +1166,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.socket != nil { drop(&state, failure, &effects) }
             if state.ioOwned {
                 // The owner closes the socket; the commands fail now.
-                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), 0)) }
             }
             state.exitSignalled = true
             effects.exited = true

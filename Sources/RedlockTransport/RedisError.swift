@@ -19,6 +19,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
             case unexpectedReply
             case tlsFailed
             case certificateRejected
+            case notRedis
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -33,8 +34,14 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         /// full node's answer to a connect's handshake (`BUSY`, `LOADING`, `ERR max number of
         /// clients reached`, also to `AUTH` or `SELECT`) is one too, and is not permanent.
         public static let serverError = Code(.serverError)
-        /// The bytes from the server are not valid RESP.
+        /// The bytes from the server are not valid RESP (after valid replies on the connection;
+        /// see ``notRedis`` for a server whose first bytes are not).
         public static let protocolError = Code(.protocolError)
+        /// The server's first bytes on a new connection, its answer to the connect's first
+        /// command, are not RESP: another service listens at the address (an HTTP server, a
+        /// database of another kind), or a proxy that answers for itself. The message holds the
+        /// parser's reason. Permanent.
+        public static let notRedis = Code(.notRedis)
         /// `AUTH` after connecting was refused (wrong password, unknown user), or the node
         /// answered `NOAUTH`: it wants credentials and none were configured.
         public static let authenticationFailed = Code(.authenticationFailed)
@@ -139,7 +146,7 @@ extension RedisError {
     /// failover) and `TRYAGAIN` are transient.
     public var isPermanent: Bool {
         if isPermissionRefusal || code == .databaseSelectionFailed || code == .invalidAddress
-            || code == .tlsFailed || code == .certificateRejected
+            || code == .tlsFailed || code == .certificateRejected || code == .notRedis
         {
             return true
         }

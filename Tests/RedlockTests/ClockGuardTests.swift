@@ -135,6 +135,15 @@ struct ClockGuardTests {
         #expect(clocks.observe(reading(1_000_200, sent: 199, received: 201), node: 0, driftFactor: 0.01, holdOff: .seconds(1), window: .seconds(1)) == nil)
     }
 
+    @Test("a clock set back is clockWentBack whatever the amount (==, hashing), its amount told by clockBehind; other causes with details compare them")
+    func clockWentBackMatches() {
+        #expect(NodeFailure.Cause.clockWentBack(by: .seconds(1)) == .clockWentBack)
+        #expect(Set([NodeFailure.Cause.clockWentBack(by: .seconds(1)), .clockWentBack(by: .seconds(2)), .clockWentBack]).count == 1)
+        #expect(NodeFailure.Cause.clockWentBack(by: .seconds(1)).clockBehind == .seconds(1))
+        #expect(NodeFailure.Cause.clockRanAhead(by: .seconds(1)) != .clockRanAhead(by: .seconds(2)))
+        #expect(NodeFailure.Cause.clockWentBack != .noAnswer)
+    }
+
     @Test("an acquire reply with TIME is read by its code; its TIME is recorded as the node's reading")
     func replies() {
         let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)

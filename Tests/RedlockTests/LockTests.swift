@@ -301,6 +301,37 @@ struct LockTests {
         }
     }
 
+    @Test("a node not waited for (the others' refusals decided the attempt first) is listed as notAwaited: every node's cause is in the error (before: left out, only counted in the message)")
+    func notAwaitedNodesListed() async throws {
+        try await withRedisServers(3) { servers throws in
+            try await servers[0].pause()
+            await servers[1].kill()
+            await servers[2].kill()
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(10)) })
+            let lock = try client.makeLock("not-awaited", options: testOptions(expiry: .seconds(30), tries: 1, failFast: true))
+            let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(error?.code == .noQuorum)
+            #expect(error?.nodes.map(\.node).sorted() == [0, 1, 2], "\(String(describing: error))")
+            #expect(error?.nodes.first { $0.node == 0 }?.cause == .notAwaited, "\(String(describing: error))")
+            #expect(error.map { "\($0)" }?.contains("not waited for") == true)
+            await client.shutdown()
+            try servers[0].resume()
+        }
+    }
+
+    @Test("a node that is not Redis (an HTTP server on the port) fails the lock at once, not at the end of its wait: its first bytes are not RESP, a permanent cause (before: 26 attempts over a 4 s wait)")
+    func notRedisFailsAtOnce() async throws {
+        let http = try GarbageServer.start(reply: "<!DOCTYPE HTML>\r\n", closeAfterReply: true)
+        defer { http.stop() }
+        let client = try RedlockClient(endpoints: [.hostname("127.0.0.1", port: http.port)])
+        let lock = try client.makeLock("not-redis", options: testOptions(tries: .max))
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedlockError.self) { try await lock.lock(timeout: .seconds(10)) }
+        #expect(started.duration(to: .now) < .seconds(5), "\(started.duration(to: .now))")
+        #expect(error?.nodes.first?.cause.error?.code == .notRedis || error?.nodes.first?.connectionFailure?.code == .notRedis, "\(String(describing: error))")
+        await client.shutdown()
+    }
+
     @Test("a lock acquired while one of three nodes refuses connections lists that node when the majority fails")
     func refusingNode() async throws {
         try await withLockNodes(3) { client, servers in
@@ -353,10 +384,11 @@ struct LockTests {
             #expect(started.duration(to: .now) < .seconds(8))
             #expect(error?.code == .noQuorum)
             let causes = Dictionary(uniqueKeysWithValues: (error?.nodes ?? []).map { ($0.node, $0.cause) })
+            // Its first bytes are not RESP: not a Redis server.
             if let redisError = causes[1]?.error {
-                #expect(redisError.code == .protocolError)
+                #expect(redisError.code == .notRedis)
             } else {
-                Issue.record("the garbage node should fail with a protocol error, got \(String(describing: causes[1]))")
+                Issue.record("the garbage node should fail as not Redis, got \(String(describing: causes[1]))")
             }
             #expect(causes[2] == .noAnswer)
             #expect(try await values(of: "garbled", on: servers) == [nil])
@@ -392,11 +424,17 @@ struct LockTests {
         }
     }
 
-    @Test("invalid configuration is rejected with a clear error")
+    @Test("invalid configuration is rejected with a clear error (a port out of range among it)")
     func configurationErrors() async throws {
         #expect { try RedlockClient(nodes: []) } throws: { ($0 as? RedlockError)?.code == .invalidConfiguration }
         #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1), .hostname("127.0.0.1", port: 1)]) } throws: {
             ($0 as? RedlockError)?.message.contains("twice") == true
+        }
+        // A port no connection could use: refused when the client is made, not at its first call.
+        for port in [0, -1, 65_536, 70_000] {
+            #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: port)]) } throws: {
+                ($0 as? RedlockError)?.code == .invalidConfiguration && ($0 as? RedlockError)?.message.contains("1 to 65535") == true
+            }
         }
         for busyPoll in [Duration.microseconds(-1), .milliseconds(10) + .nanoseconds(1)] {
             #expect { try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)], busyPoll: busyPoll) } throws: {

@@ -326,6 +326,19 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a scope's default safety margin fits any expiry the lock accepts: with a 10–40 ms expiry, withLock's defaults are accepted (before: the 5 ms floor was past extendWhenRemaining × expiry, invalidConfiguration)")
+    func defaultMarginFitsShortExpiry() async throws {
+        try await withLockNodes(1) { client, _ in
+            for milliseconds in [10, 20, 40] {
+                let lock = try client.makeLock("short-\(milliseconds)", options: LockOptions(expiry: .milliseconds(milliseconds), tries: 50))
+                // The lease may be lost or never won on a loaded machine: only the parameters matter.
+                do { try await lock.withLock { _ in } } catch {
+                    #expect((error as? RedlockError)?.code != .invalidConfiguration, "\(milliseconds) ms: \(error)")
+                }
+            }
+        }
+    }
+
     @Test("a lease has one scope at a time: a second withLease on a lease a scope holds is refused and leaves it and its keys to that scope (whatever else is wrong with it), as does an unlock that sends nothing; unlock of a scope's lease from outside cancels its body")
     func oneScopePerLease() async throws {
         try await withLockNodes(3) { client, servers in

@@ -263,3 +263,60 @@ struct NamedThreadTests {
         #expect(wrong.isEmpty, "\(wrong.count) of \(count) threads had another name: \(Set(wrong))")
     }
 }
+
+@Suite("When a reply was written and arrived")
+struct ReplyArrivalTests {
+    /// What a handler of one `PING` on `connection` saw: its reply's times
+    /// (``ReplyArrival/current()``) and when it ran (a ``BootClock`` reading); `holdLoop` holds
+    /// the loop's thread that long right after the command was queued from it.
+    private func observe(_ connection: RedisConnection, on loop: RedisEventLoop, holdLoop: Duration) async -> (times: (written: Int64, arrived: Int64, exact: Bool)?, handled: Int64, queued: Int64)? {
+        let seen = Mutex<(times: (written: Int64, arrived: Int64, exact: Bool)?, handled: Int64)?>(nil)
+        let queued = await withTaskExecutorPreference(loop) { () -> Int64 in
+            let queued = BootClock.now()
+            connection.send(RedisCommand("PING")) { _ in
+                let times = ReplyArrival.current()
+                seen.withLock { $0 = (times, BootClock.now()) }
+            }
+            let until = ContinuousClock.now + holdLoop
+            while ContinuousClock.now < until {}
+            return queued
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline, seen.withLock({ $0 }) == nil { try? await Task.sleep(for: .milliseconds(1)) }
+        return seen.withLock { $0 }.map { ($0.times, $0.handled, queued) }
+    }
+
+    @Test("a reply's handler knows when its command was written and when the kernel received the reply (SO_TIMESTAMPNS): read late behind a held loop, the node's own time is short; delayed by a proxy, long; over a Unix socket, not known")
+    func times() async throws {
+        try await withRedisServers(1) { servers throws in
+            let loop = RedisEventLoop(name: "arrival")
+            let direct = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
+            #expect(try await direct.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // Held 100 ms: the reply waits in the socket; the node took well under that.
+            let held = try #require(await observe(direct, on: loop, holdLoop: .milliseconds(100)))
+            let heldTimes = try #require(held.times, "no times for a reply over TCP")
+            #expect(heldTimes.exact)
+            #expect(heldTimes.written >= held.queued && heldTimes.arrived >= heldTimes.written - 1_000_000)
+            #expect(heldTimes.arrived - heldTimes.written < 50_000_000, "node time \(heldTimes.arrived - heldTimes.written) ns")
+            #expect(held.handled - heldTimes.written >= 100_000_000, "handled after \(held.handled - heldTimes.written) ns")
+            // Through a proxy that delays each direction 60 ms: the node's time is at least that
+            // (its reply arrived late), though the loop read it at once.
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let proxied = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: proxy.endpoint), eventLoop: loop)
+            #expect(try await proxied.send(RedisCommand("PING")) == .simpleString("PONG"))
+            proxy.set(.latency(.milliseconds(60)))
+            let slow = try #require(await observe(proxied, on: loop, holdLoop: .zero))
+            let slowTimes = try #require(slow.times)
+            #expect(slowTimes.exact && slowTimes.arrived - slowTimes.written >= 100_000_000, "node time \(slowTimes.arrived - slowTimes.written) ns")
+            #expect(slow.handled - slowTimes.arrived < 50_000_000)
+            // No receive times over a Unix socket.
+            let local = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: servers[0].unixSocketEndpoint), eventLoop: loop)
+            #expect(try await local.send(RedisCommand("PING")) == .simpleString("PONG"))
+            let unix = try #require(await observe(local, on: loop, holdLoop: .zero))
+            #expect(unix.times == nil)
+            for connection in [direct, proxied, local] { await connection.shutdown() }
+            await loop.shutdown()
+        }
+    }
+}

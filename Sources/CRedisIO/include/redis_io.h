@@ -32,6 +32,13 @@ enum {
    bytes; INFO and script replies a few kilobytes. */
 #define RIO_MAX_UNPARSED_BYTES (64 * 1024 * 1024)
 
+/* The most array elements one reply may announce, its nested arrays' included (65,536): past
+   that the read fails with RIO_E_PROTOCOL and the connection is dropped. hiredis 0.14 allocates
+   an announced array's slots at once (up to 2^31 of them) and walks them all when the reply is
+   freed, and each element costs some 60 bytes however few bytes it came in: a bound on bytes
+   alone bounds neither the time nor the memory. Lock replies have a handful of elements. */
+#define RIO_MAX_REPLY_ELEMENTS 65536
+
 typedef struct rio_error {
     int code;
     int sys_errno;
@@ -102,7 +109,38 @@ size_t rio_conn_read(rio_conn *conn, int to_eof, int *failed, int *wants_write, 
    record still incomplete: reading again could not finish it, and the rest raises an event.) */
 int rio_conn_pending(const rio_conn *conn);
 
+/* When the kernel received the bytes of the connection's last read that returned any, in
+   CLOCK_REALTIME nanoseconds (SO_TIMESTAMPNS, asked for on TCP sockets), or 0 when it did not
+   say (a Unix socket; bytes queued before timestamps were on). */
+int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn);
+
+/* The calling thread's note of the reply whose handler it calls now: when the reply's bytes
+   arrived (a value of rio_conn_arrival_realtime_ns; 0: not known) and when its command was
+   written (CLOCK_BOOTTIME nanoseconds; 0: not known), for the handler to read with
+   rio_delivery_times. */
+typedef struct rio_delivery {
+    int64_t arrival_realtime_ns;
+    int64_t written_boottime_ns;
+    /* 1: the arrival is the reply's own (the last bytes of the read that brought it were its
+       last); 0: the reply came before other bytes in that read, so it arrived at or before. */
+    int exact;
+} rio_delivery;
+
+/* Sets the calling thread's note; returns the previous one, to set back after. */
+rio_delivery rio_swap_delivery(rio_delivery next);
+
+/* The calling thread's note as CLOCK_BOOTTIME readings in nanoseconds: when the command was
+   written, and when its reply arrived (now, less how long ago the bytes arrived by the wall
+   clock), and whether that arrival is the reply's own or a bound (see rio_delivery). Returns
+   1 with all three set, or 0 when the note lacks a time or the arrival cannot be placed (the
+   wall clock stepped back since). */
+int rio_delivery_times(int64_t *written_boottime_ns, int64_t *arrival_boottime_ns, int *exact);
+
 typedef struct rio_reply rio_reply;
+
+/* Whether the reader holds no bytes not yet taken as replies: after the last reply of a read,
+   that reply's last bytes were the read's last. */
+int rio_conn_reader_empty(const rio_conn *conn);
 
 /* Takes the next complete reply from the reader: 1 with *out set (free it with rio_reply_free),
    0 when none is complete, -1 with err set when the stream is not RESP. */
