@@ -43,10 +43,11 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     ///     counts handoffs for a whole budget; such a node no longer counts its handoffs for
     ///     the call.
     ///   - budget: The attempt's time budget, named when no node answered within it.
+    ///   - endpoints: The nodes' addresses, to name those the refusals decided without.
     static func decide(
         votes: [Vote?], quorum: Int, start: Instant, end: Instant, expiry: Duration, driftFactor: Double,
         cancelled: Bool, fenceShortfall: String? = nil, countsHandoffs: Bool = false, down: Set<Int> = [], budget: Duration? = nil,
-        neverWritten: NodeMask = .none
+        neverWritten: NodeMask = .none, endpoints: [RedisEndpoint] = []
     ) -> AcquireDecision {
         let granted = grantedCount(votes)
         if fenceShortfall == nil, granted >= quorum, !cancelled,
@@ -55,7 +56,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         }
         var decision = AcquireDecision(outcome: failure(
             votes: votes, granted: granted, quorum: quorum, elapsed: start.duration(to: end), expiry: expiry,
-            cancelled: cancelled, fenceShortfall: fenceShortfall, budget: budget
+            cancelled: cancelled, fenceShortfall: fenceShortfall, budget: budget, endpoints: endpoints
         ))
         for (index, vote) in votes.enumerated() {
             switch vote {
@@ -95,7 +96,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
     /// counters, a holder (taken on a quorum, or every refusal a taken), else no quorum.
     private static func failure(
         votes: [Vote?], granted: Int, quorum: Int, elapsed: Duration, expiry: Duration, cancelled: Bool, fenceShortfall: String?,
-        budget: Duration?
+        budget: Duration?, endpoints: [RedisEndpoint]
     ) -> Outcome {
         let nodeCount = votes.count
         if let fenceShortfall { return .failed(.noQuorum, message: fenceShortfall) }
@@ -120,13 +121,29 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         if taken >= quorum || taken == causes.count {
             return .failed(.taken, message: "held by another holder on \(taken) of \(nodeCount) nodes")
         }
-        // Nodes that had not answered when the refusals decided it (failFast) are named as such
-        // (and listed as notAwaited): "0 granted" alone reads as if they refused.
+        // Nodes that had not answered when the refusals decided it (failFast) are named as such:
+        // they are not in the error's node list, and "0 granted" alone reads as if they refused.
         let unsettled = votes.filter { $0 == .unsettled }.count
-        let pending = unsettled == 0 ? "" : " (\(unsettled) more had not answered when the refusals made a quorum impossible)"
+        let pending = Vote.unsettledNote(votes, endpoints: endpoints)
         // Every node silent: the budget may be what is wrong (a tiny expiry), not the nodes.
         let silentAll = granted == 0 && unsettled == 0 && !causes.isEmpty && causes.allSatisfy { $0 == .noAnswer }
         let silence = silentAll ? " (no node answered within the attempt's time budget\(budget.map { " of \($0)" } ?? ""): expiry × timeoutFactor; the nodes, or the budget, are too slow)" : ""
         return .failed(.noQuorum, message: "\(granted) of \(nodeCount) nodes granted\(pending), \(quorum) needed\(silence)")
+    }
+}
+
+extension Vote {
+    /// ` (node 0 (HOST:PORT) had not answered when the refusals made a quorum impossible)` for
+    /// the nodes whose votes are unsettled (a failure decided without them, failFast: they are
+    /// left out of the error's node list), or "" when there are none. `endpoints` may be empty
+    /// (then only the indices are named).
+    static func unsettledNote(_ votes: [Vote?], endpoints: [RedisEndpoint]) -> String {
+        let unsettled = votes.indices.filter { votes[$0] == .unsettled }
+        guard !unsettled.isEmpty else { return "" }
+        let named = unsettled.map { index in
+            index < endpoints.count ? "\(index) (\(endpoints[index]))" : "\(index)"
+        }
+        let nodes = unsettled.count == 1 ? "node \(named[0]) had" : "nodes \(named.joined(separator: ", ")) had"
+        return " (\(nodes) not answered when the refusals made a quorum impossible)"
     }
 }

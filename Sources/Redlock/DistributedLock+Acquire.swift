@@ -522,7 +522,7 @@ extension DistributedLock {
         let decision = AcquireDecision.decide(
             votes: votes, quorum: client.quorum, start: start, end: .now, expiry: options.expiry, driftFactor: options.driftFactor,
             cancelled: wasCancelled, fenceShortfall: fenceShortfall, countsHandoffs: cleanedUp != nil, down: down, budget: attemptBudget,
-            neverWritten: neverWritten
+            neverWritten: neverWritten, endpoints: client.endpoints
         )
         guard case let .failed(code, message) = decision.outcome else {
             guard case let .acquired(validUntil) = decision.outcome else { preconditionFailure("an outcome is acquired or failed") }

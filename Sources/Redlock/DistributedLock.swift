@@ -404,8 +404,7 @@ public struct DistributedLock: Sendable {
         }
         // Nodes that had not answered when the refusals decided it (failFast) may still act on
         // it: "0 granted" alone reads as if they refused.
-        let unsettled = votes.filter { $0 == .unsettled }.count
-        let pending = unsettled == 0 ? "" : " (\(unsettled) more had not answered when the refusals made a quorum impossible)"
+        let pending = Vote.unsettledNote(votes, endpoints: client.endpoints)
         return RedlockError(
             code: .noQuorum, lockName: name,
             message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) nodes granted\(pending), \(client.quorum) needed",

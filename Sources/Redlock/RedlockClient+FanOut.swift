@@ -364,19 +364,14 @@ extension RedlockClient {
         shuffled ? nodeIndices.shuffled() : nodeIndices
     }
 
-    /// The node failures among `votes`, for an error: every node that did not grant, those
-    /// not waited for (unsettled) as ``NodeFailure/Cause/notAwaited``.
+    /// The node failures among `votes`, for an error (unsettled nodes are left out: the
+    /// error's message names them, ``Vote/unsettledNote(_:endpoints:)``).
     func failures(in votes: [Vote?]) -> [NodeFailure] {
         votes.enumerated().compactMap { index, vote in
-            let cause: NodeFailure.Cause
-            switch vote {
-            case let .refused(refusal)?: cause = refusal
-            case .unsettled?: cause = .notAwaited
-            default: return nil
-            }
+            guard case let .refused(cause)? = vote else { return nil }
             var failure = NodeFailure(node: index, endpoint: endpoints[index], cause: cause)
             // A node silent within the budget: what its connection last failed with says why.
-            if cause == .noAnswer || cause == .notAwaited { failure.connectionFailure = health.failure(of: index) }
+            if cause == .noAnswer { failure.connectionFailure = health.failure(of: index) }
             return failure
         }
     }

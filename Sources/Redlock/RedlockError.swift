@@ -83,9 +83,7 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
     /// attempt's budget, as finding a TLS-only port spoken to in plain RESP may, fails the same
     /// way next time).
     var permanentFailureCount: Int {
-        nodes.count {
-            $0.cause.isPermanent || (($0.cause == .noAnswer || $0.cause == .notAwaited) && $0.connectionFailure?.isPermanent == true)
-        }
+        nodes.count { $0.cause.isPermanent || ($0.cause == .noAnswer && $0.connectionFailure?.isPermanent == true) }
     }
 
     static func invalid(_ message: String, lockName: String? = nil) -> RedlockError {
@@ -114,7 +112,6 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case missing
             case error(RedisError)
             case noAnswer
-            case notAwaited
             case recentlyRestarted(uptime: Duration)
             case fencingCounterExhausted
             case epochTooYoung
@@ -151,10 +148,6 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         public static let missing = Cause(.missing)
         /// The node had not answered when the attempt's time ran out (or the caller was cancelled).
         public static let noAnswer = Cause(.noAnswer)
-        /// The node had not answered when the other nodes' refusals decided the outcome (too few
-        /// nodes were left for a quorum, ``LockOptions/failFast``), so it was not waited for. Its
-        /// command may still run there (an acquire's is cleaned up).
-        public static let notAwaited = Cause(.notAwaited)
         /// The node's fencing counter (`redlock:fence`) is at `Int64.max`: it can issue no token
         /// (and set nothing) until an operator acts.
         public static let fencingCounterExhausted = Cause(.fencingCounterExhausted)
@@ -211,7 +204,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
         var setNothing: Bool {
             switch base {
             case .taken, .missing, .fencingCounterExhausted, .epochTooYoung, .clockWentBack: true
-            case .error, .noAnswer, .notAwaited, .recentlyRestarted, .clockRanAhead, .notReplicated: false
+            case .error, .noAnswer, .recentlyRestarted, .clockRanAhead, .notReplicated: false
             }
         }
 
@@ -249,7 +242,6 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .missing: "key missing"
             case let .error(error): "\(error.code): \(error.message)"
             case .noAnswer: "no answer within the attempt's time budget"
-            case .notAwaited: "not answered yet when the other nodes' refusals decided the outcome; not waited for"
             case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
             case let .clockWentBack(behind):
@@ -268,8 +260,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
     public var endpoint: RedisEndpoint
     /// Why it did not grant.
     public var cause: Cause
-    /// For a node that gave no answer in time (``Cause/noAnswer``), or was not waited for
-    /// (``Cause/notAwaited``): the connection-level
+    /// For a node that gave no answer in time (``Cause/noAnswer``): the connection-level
     /// failure since which it has not answered, if any — refused, timed out, a TLS handshake
     /// with a port that speaks plain RESP (or the reverse), … — as the node's connection last
     /// reported it; nil otherwise, and while the first connect is still under way. A permanent

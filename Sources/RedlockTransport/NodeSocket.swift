@@ -909,21 +909,24 @@ package func leaveStaleOpenSSLError() -> Bool {
 /// container, a busy executor, a pause), which the time from a fan-out's send to its handler
 /// cannot.
 package enum ReplyArrival {
-    /// Calls `complete` (a reply's handler) with the reply's times as the calling thread's
-    /// note: `realtime` CLOCK_REALTIME nanoseconds of its arrival, `writtenAt` the
-    /// ``BootClock`` reading when its command was written (0: not known).
-    static func delivering(arrivedAt realtime: Int64, exactly: Bool, writtenAt: Int64, _ complete: () -> Void) {
-        guard realtime > 0, writtenAt > 0 else { return complete() }
-        let previous = rio_swap_delivery(rio_delivery(arrival_realtime_ns: realtime, written_boottime_ns: writtenAt, exact: exactly ? 1 : 0))
-        complete()
-        _ = rio_swap_delivery(previous)
+    /// Notes a reply's times as the calling thread's, for the handler it calls next:
+    /// `realtime` CLOCK_REALTIME nanoseconds of its arrival, `writtenAt` the ``BootClock``
+    /// reading when its command was written (0: at its send). Each reply delivered from a read
+    /// gets its own note before its handler; ``clear()`` after the last.
+    static func note(arrivedAt realtime: Int64, exactly: Bool, writtenAt: Int64) {
+        rio_set_delivery(rio_delivery(arrival_realtime_ns: realtime, written_boottime_ns: writtenAt, exact: exactly ? 1 : 0))
     }
 
-    /// For a reply handler: when its command was written and its reply arrived, as
-    /// ``BootClock`` readings (nanoseconds), and whether `arrived` is the reply's own arrival
-    /// (`exact`) or a bound it arrived at or before (other replies' bytes came after it in the
-    /// same read); nil when not known (a Unix socket, a reply not delivered from a read, the
-    /// wall clock stepped back since).
+    /// Forgets the calling thread's note (replies delivered otherwise have no times).
+    static func clear() {
+        rio_set_delivery(rio_delivery(arrival_realtime_ns: 0, written_boottime_ns: 0, exact: 0))
+    }
+
+    /// For a reply handler: when its command was written (0: at its send) and its reply
+    /// arrived, as ``BootClock`` readings (nanoseconds), and whether `arrived` is the reply's
+    /// own arrival (`exact`) or a bound it arrived at or before (other replies' bytes came
+    /// after it in the same read); nil when not known (a Unix socket, a reply not delivered
+    /// from a read, the wall clock stepped back since).
     package static func current() -> (written: Int64, arrived: Int64, exact: Bool)? {
         var written: Int64 = 0
         var arrived: Int64 = 0

@@ -276,9 +276,10 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let sentAsScriptHash: Bool
         /// Sent as its command's script form (``PendingCommand/untilScriptsRun``).
         let sentInScriptForm: Bool
-        /// When its bytes were handed to the writer (``State/takeOutput()``), a ``BootClock``
-        /// reading; 0 while only staged. With the reply's arrival it is the node's own time
-        /// (``ReplyArrival``).
+        /// When its bytes were handed to a writer other than their sender (``State/takeOutput(stamping:)``),
+        /// a ``BootClock`` reading; 0 while only staged, and when the caller that sent it wrote
+        /// it at once (then its send is its write). With the reply's arrival it is the node's
+        /// own time (``ReplyArrival``).
         var writtenAt: Int64 = 0
     }
 
@@ -409,10 +410,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
             head = 0
         }
 
-        /// Hands the staged bytes to the caller, which becomes the I/O owner.
-        mutating func takeOutput() -> [UInt8] {
+        /// Hands the staged bytes to the caller, which becomes the I/O owner; with `stamping`,
+        /// dates their commands' write (``InFlight/writtenAt``): not needed when the caller
+        /// writes what it has just staged itself.
+        mutating func takeOutput(stamping: Bool = true) -> [UInt8] {
             ioOwned = true
-            if stagedCount > 0 {
+            if stamping, stagedCount > 0 {
                 let now = BootClock.now()
                 for index in (inFlight.count - stagedCount)..<inFlight.count { inFlight[index].writtenAt = now }
             }
@@ -441,10 +444,22 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
     }
 
+    /// A command's outcome, with when the command was written (``InFlight/writtenAt``).
+    private struct Completion {
+        let command: PendingCommand
+        let result: Result<RedisValue, RedisError>
+        var writtenAt: Int64 = 0
+
+        init(_ command: PendingCommand, _ result: Result<RedisValue, RedisError>, writtenAt: Int64 = 0) {
+            self.command = command
+            self.result = result
+            self.writtenAt = writtenAt
+        }
+    }
+
     /// What happens once the lock is released.
     private struct Effects {
-        /// Each with when its command was written (a ``BootClock`` reading; 0: not known).
-        var completions: [(PendingCommand, Result<RedisValue, RedisError>, writtenAt: Int64)] = []
+        var completions: [Completion] = []
         /// When the kernel received the replies among `completions` (``ReplyArrival``), and
         /// whether that is the last one's own arrival.
         var arrivalRealtime: Int64 = 0
@@ -545,7 +560,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let releases = commands.allSatisfy { $0.replayWindow != nil }
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state, releases: releases) {
-                for command in commands { effects.completions.append((command, .failure(refusal.unwritten), 0)) }
+                for command in commands { effects.completions.append(Completion(command, .failure(refusal.unwritten))) }
                 return nil
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
@@ -567,14 +582,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // Idle: the caller writes. Busy: a reply is due and the thread that reads it
                     // writes these bytes too, one write for many callers; behind a stalled node,
                     // the caller writes them (see takeStalledOutput).
-                    return idle ? (socket, state.takeOutput()) : takeStalledOutput(&state, force: false)
+                    return idle ? (socket, state.takeOutput(stamping: false)) : takeStalledOutput(&state, force: false)
                 }
             }
             if state.phase == .idle, let (failure, until) = state.heldFailure, ContinuousClock.now < until {
                 // The name did not resolve (or its address was refused, or TLS could not be set
                 // up) a moment ago: answer with that at once rather than start another connect
                 // for every command.
-                for command in commands { effects.completions.append((command, .failure(failure.unwritten), 0)) }
+                for command in commands { effects.completions.append(Completion(command, .failure(failure.unwritten))) }
                 return nil
             }
             // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
@@ -838,9 +853,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.
                         let code: RedisError.Code = text.hasPrefix("NOAUTH") ? .authenticationFailed : .serverError
-                        effects.completions.append((item.command, .failure(error(code, text)), item.writtenAt))
+                        effects.completions.append(Completion(item.command, .failure(error(code, text)), writtenAt: item.writtenAt))
                     } else {
-                        effects.completions.append((item.command, .success(reply), item.writtenAt))
+                        effects.completions.append(Completion(item.command, .success(reply), writtenAt: item.writtenAt))
                     }
                 }
                 if let failure {
@@ -893,11 +908,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
         state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: node)
-        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), 0)) }
+        while let item = state.popInFlight() { effects.completions.append(Completion(item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {
             if state.shuttingDown {
-                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten), 0)) }
+                for command in state.queue { effects.completions.append(Completion(command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
                 state.queue.removeAll()
             } else {
                 state.phase = .connecting
@@ -932,14 +947,18 @@ final class ConnectionCore: Sendable, EventLoopSource {
     }
 
     private func perform(_ effects: Effects) {
-        if !effects.completions.isEmpty {
-            let arrival = effects.arrivalRealtime
+        let arrival = effects.arrivalRealtime
+        if arrival == 0 {
+            for completion in effects.completions { completion.command.complete(completion.result) }
+        } else if !effects.completions.isEmpty {
             let last = effects.completions.count - 1
-            for (index, (command, result, writtenAt)) in effects.completions.enumerated() {
-                ReplyArrival.delivering(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact, writtenAt: writtenAt) {
-                    command.complete(result)
-                }
+            var index = 0
+            for completion in effects.completions {
+                ReplyArrival.note(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact, writtenAt: completion.writtenAt)
+                completion.command.complete(completion.result)
+                index += 1
             }
+            ReplyArrival.clear()
         }
         if effects.connect { startConnect() }
         if effects.exited { exited.fire() }
@@ -980,7 +999,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
-                    for command in state.queue { effects.completions.append((command, .failure(failure), 0)) }
+                    for command in state.queue { effects.completions.append(Completion(command, .failure(failure))) }
                     state.queue.removeAll()
                     state.phase = .idle
                     if !state.exitSignalled {
@@ -1050,7 +1069,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         state.keepReplays(of: state.queue, to: node)
-        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten), 0)) }
+        for command in state.queue { effects.completions.append(Completion(command, .failure(failure.unwritten))) }
         state.queue.removeAll()
         state.phase = .idle
         finishShutdownIfDrained(&state, &effects)
@@ -1155,7 +1174,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let failure = error(.shutdown, "the connection was shut down before the server answered")
             // Queued while a connect is under way, they are still written once it opens.
             let queuedFailure = state.phase == .connecting ? failure : failure.unwritten
-            for command in state.queue { effects.completions.append((command, .failure(queuedFailure), 0)) }
+            for command in state.queue { effects.completions.append(Completion(command, .failure(queuedFailure))) }
             if state.phase == .connecting, !state.queue.isEmpty {
                 // Still written once connected (a release must reach the node), then closed:
                 // see connected(_:tookSince:). Their callers have their answer now.
@@ -1166,7 +1185,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.socket != nil { drop(&state, failure, &effects) }
             if state.ioOwned {
                 // The owner closes the socket; the commands fail now.
-                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), 0)) }
+                while let item = state.popInFlight() { effects.completions.append(Completion(item.command, .failure(failure))) }
             }
             state.exitSignalled = true
             effects.exited = true

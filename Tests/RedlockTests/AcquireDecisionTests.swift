@@ -85,7 +85,7 @@ struct AcquireDecisionTests {
             return
         }
         #expect(code == .noQuorum)
-        #expect(message == "0 of 3 nodes granted (1 more had not answered when the refusals made a quorum impossible), 2 needed")
+        #expect(message == "0 of 3 nodes granted (node 0 had not answered when the refusals made a quorum impossible), 2 needed")
         guard case let .failed(_, settled) = decide([refused, refused, refused]).outcome else { return }
         #expect(settled == "0 of 3 nodes granted, 2 needed")
     }

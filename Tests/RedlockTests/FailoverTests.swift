@@ -160,7 +160,7 @@ struct FailoverTests {
             try await other.unlock(extended)
             #expect(await blockedInWait(), "the other lock's work was not done while the WAIT blocked")
             let refused = await #expect(throws: RedlockError.self) { try await attempt.value }
-            #expect(refused?.answeredNodes.allSatisfy { $0.cause.replicasAcknowledged == 0 } == true, "\(String(describing: refused))")
+            #expect(refused?.nodes.allSatisfy { $0.cause.replicasAcknowledged == 0 } == true, "\(String(describing: refused))")
         }
     }
 

@@ -868,7 +868,7 @@ struct HandoffAndGuardTests {
             let plain = try client.makeLock("app:plain", options: LockOptions(tries: 1))
             // Redis names no key in its refusal: the error does (the counter is the one missing).
             let refusal = await #expect(throws: RedlockError.self) { try await fenced.tryLock() }
-            #expect(refusal?.answeredNodes.allSatisfy { "\($0)".contains("the call's keys: app:fenced, redlock:fence") } == true, "\(String(describing: refusal))")
+            #expect(refusal?.nodes.allSatisfy { "\($0)".contains("the call's keys: app:fenced, redlock:fence") } == true, "\(String(describing: refusal))")
             for _ in 0..<50 {
                 _ = try? await fenced.tryLock()
                 let lease = try await plain.lock()
@@ -1144,8 +1144,7 @@ struct HandoffAndGuardTests {
         while held < 5, ContinuousClock.now < giveUp {
             let error = await #expect(throws: RedlockError.self, "a lease from one server listed twice") { try await lock.lock() }
             #expect(error?.code == .noQuorum, "\(String(describing: error))")
-            // (Nodes the refusals decided without are left out: not waited for says nothing.)
-            if settled(error?.answeredNodes ?? []) {
+            if settled(error?.nodes ?? []) {
                 held += 1
             } else {
                 #expect(held == 0, "settled, then not: \(String(describing: error))")

@@ -17,6 +17,8 @@ struct LateReplyTests {
         let written = sent + 2_000_000
         #expect(LateReply(sent: sent, budget: budget, times: (written, written + 300_000, true)) == .handledLate(nodeTime: 300_000))
         #expect(LateReply(sent: sent, budget: budget, times: (written, written + budget, false)) == .handledLate(nodeTime: budget))
+        // Written by its sender at once (0): from the send.
+        #expect(LateReply(sent: sent, budget: budget, times: (0, sent + 300_000, true)) == .handledLate(nodeTime: 300_000))
         // Written late itself (the writer was behind): only the node's part counts.
         let writtenLate = sent + 80_000_000
         #expect(LateReply(sent: sent, budget: budget, times: (writtenLate, writtenLate + 1_000_000, true)) == .handledLate(nodeTime: 1_000_000))

@@ -110,7 +110,7 @@ struct LeastPrivilegeTests {
             #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
             #expect(metrics.counterTotal(label: "redlock_acquire_attempts_total") == 1)
             #expect(error?.code == .noQuorum)
-            let texts = error?.answeredNodes.map(\.description) ?? []
+            let texts = error?.nodes.map(\.description) ?? []
             let expected = ["wrong-password": "WRONGPASS", "no-key-permission": "NOPERM", "no-counter-permission": "NOPERM this user may not run INCR on the fencing counter redlock:fence"][kind] ?? "?"
             #expect(texts.count >= 2 && texts.allSatisfy { $0.contains(expected) }, "\(texts)")
             await client.shutdown()
@@ -130,7 +130,7 @@ struct LeastPrivilegeTests {
                 let error = await #expect(throws: RedlockError.self, "\(label)") { _ = try await acquire() }
                 #expect(started.duration(to: .now) < .milliseconds(1_500), "\(label): retried a permanent refusal")
                 #expect(error?.code == .noQuorum, "\(label)")
-                let causes = error?.answeredNodes ?? []
+                let causes = error?.nodes ?? []
                 #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM") }, "\(label): \(causes)")
                 #expect(try await values(of: lock.name, on: servers).allSatisfy { $0 == nil }, "\(label): a key was left behind")
             }
@@ -197,7 +197,7 @@ struct LeastPrivilegeTests {
                 let started = ContinuousClock.now
                 let error = await #expect(throws: RedlockError.self, "round \(round)") { try await lock.lock() }
                 #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
-                let causes = error?.answeredNodes ?? []
+                let causes = error?.nodes ?? []
                 #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".contains("NOPERM this user may not run \(command.uppercased()) on partial") }, "\(causes)")
                 for server in servers {
                     let admin = RedisConnection(configuration: server.configuration())
@@ -226,7 +226,7 @@ struct LeastPrivilegeTests {
             let started = ContinuousClock.now
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
-            let causes = error?.answeredNodes ?? []
+            let causes = error?.nodes ?? []
             // Named where the script can tell (its checks, the counter's increment); a command it
             // calls outright fails with Redis's own text.
             let named = !["TIME", "ZADD"].contains(command)
@@ -268,7 +268,7 @@ struct LeastPrivilegeTests {
                 let started = ContinuousClock.now
                 let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
                 #expect(started.duration(to: .now) < .milliseconds(1_500), "retried a permanent refusal")
-                let causes = error?.answeredNodes ?? []
+                let causes = error?.nodes ?? []
                 #expect(causes.count >= 2 && causes.allSatisfy { $0.cause.error?.isPermanent == true && "\($0)".lowercased().contains("unknown command") }, "\(causes)")
                 // Named without the script text Redis quotes after it.
                 #expect(causes.allSatisfy { "\($0)".contains("on this node (renamed away?)") && !"\($0)".contains("with args beginning") }, "\(causes)")
@@ -554,7 +554,7 @@ struct LeastPrivilegeTests {
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             let took = started.duration(to: .now)
             #expect(error?.code == .noQuorum)
-            let named = error?.answeredNodes ?? []
+            let named = error?.nodes ?? []
             #expect(named.filter { $0.cause.error?.isPermanent == true }.map(\.node) == [1, 2], "\(String(describing: error))")
             #expect(named.allSatisfy { $0.node != 0 || $0.cause == .epochTooYoung }, "\(String(describing: error))")
             #expect(error?.message.contains("not retried") == true, "\(String(describing: error))")
@@ -603,8 +603,8 @@ struct LeastPrivilegeTests {
             let error = await #expect(throws: RedlockError.self) { try await lock.lock() }
             let took = started.duration(to: .now)
             // Decided once two nodes refused for good (failFast): the third may be left out.
-            #expect((error?.answeredNodes.count ?? 0) >= 2, "\(String(describing: error))")
-            #expect(error?.answeredNodes.allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
+            #expect((error?.nodes.count ?? 0) >= 2, "\(String(describing: error))")
+            #expect(error?.nodes.allSatisfy { $0.cause.error?.isPermanent == true } == true, "\(String(describing: error))")
             #expect(took < .milliseconds(500), "retried a permanent refusal for \(took)")
             // The script ran before WAIT was refused: its keys were released. A node left out of
             // the decision gets its release queued behind its acquire, not awaited: it may run
@@ -685,10 +685,4 @@ struct LeastPrivilegeTests {
             await older.shutdown()
         }
     }
-}
-
-extension RedlockError {
-    /// The nodes that answered: ``nodes`` without those not waited for (a failure decided by
-    /// the others' refusals lists them as ``NodeFailure/Cause/notAwaited``).
-    var answeredNodes: [NodeFailure] { nodes.filter { $0.cause != .notAwaited } }
 }

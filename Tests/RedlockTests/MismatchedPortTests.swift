@@ -28,7 +28,7 @@ struct MismatchedPortTests {
         let took = started.duration(to: .now)
         #expect(took < .milliseconds(1_500), "retried a permanent failure for \(took): \(String(describing: error))")
         #expect(error?.code == .noQuorum, "\(String(describing: error))")
-        let causes = error?.answeredNodes ?? []
+        let causes = error?.nodes ?? []
         #expect(causes.count >= 2, "\(causes)")
         #expect(causes.allSatisfy { $0.cause.error?.code == .tlsFailed && $0.cause.error?.isPermanent == true }, "\(causes)")
         #expect(causes.allSatisfy { $0.description.contains(hint) }, "\(causes)")

@@ -116,7 +116,7 @@ int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn);
 
 /* The calling thread's note of the reply whose handler it calls now: when the reply's bytes
    arrived (a value of rio_conn_arrival_realtime_ns; 0: not known) and when its command was
-   written (CLOCK_BOOTTIME nanoseconds; 0: not known), for the handler to read with
+   written (CLOCK_BOOTTIME nanoseconds; 0: when it was sent), for the handler to read with
    rio_delivery_times. */
 typedef struct rio_delivery {
     int64_t arrival_realtime_ns;
@@ -126,11 +126,11 @@ typedef struct rio_delivery {
     int exact;
 } rio_delivery;
 
-/* Sets the calling thread's note; returns the previous one, to set back after. */
-rio_delivery rio_swap_delivery(rio_delivery next);
+/* Sets the calling thread's note. */
+void rio_set_delivery(rio_delivery next);
 
 /* The calling thread's note as CLOCK_BOOTTIME readings in nanoseconds: when the command was
-   written, and when its reply arrived (now, less how long ago the bytes arrived by the wall
+   written (0: when it was sent), and when its reply arrived (now, less how long ago the bytes arrived by the wall
    clock), and whether that arrival is the reply's own or a bound (see rio_delivery). Returns
    1 with all three set, or 0 when the note lacks a time or the arrival cannot be placed (the
    wall clock stepped back since). */
