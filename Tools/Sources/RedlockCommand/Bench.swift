@@ -18,45 +18,56 @@ struct Bench: AsyncParsableCommand {
         abstract: "Measure lock latency and throughput against the raw Redis floor.",
         discussion: """
         Starts its own local redis-server nodes (or uses --nodes) and measures, each for \
-        --duration:
-          floor         SET NX PX + compare-and-delete script sent raw on the transport to all N \
-        nodes concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5)
-          cycle         uncontended lock() + unlock(), sequential, N = 1, 3, 5; variant \
-        `executor` on the client's executor, variants `busy-poll` and `executor-busy-poll` on a \
-        client of their own with --busy-poll
-          acquire       uncontended lock() alone, N = 5 (the unlock after it is not timed);         variant `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that         checks each node's data epoch; variant `guards` with the clock guard too (the reply \
-        carries the node's TIME, checked against the client's clock); variant `fair` with a \
-        fair lock (free, nobody in line)
-          parallel      64 tasks on independent names, N = 5
-          contended     8 tasks on one name, each holding it for each --hold (default 0, then \
-        1 ms); latencies are handoffs, from one holder's release to the next holder's acquire. \
-        With 0 the lock is handed on back to back (the acquisition rate, undiluted by hold \
-        time); with 1 ms every waiter is waiting when the holder \
-        releases (the handoff latency proper). Variants of a hold > 0 end in -hold<time>.
-          cross-process 4 redlock-worker processes, one lock() loop each, on one name, for each \
+        --duration, these scenarios:
+
+        floor: SET NX PX + compare-and-delete script sent raw on the transport to all N nodes \
+        concurrently, no task per node (sequential on N = 1, 3, 5, and 64 tasks on N = 5).
+
+        cycle: uncontended lock() + unlock(), sequential, N = 1, 3, 5; variant `executor` on the \
+        client's executor, variants `busy-poll` and `executor-busy-poll` on a client of their own \
+        with --busy-poll.
+
+        acquire: uncontended lock() alone, N = 5 (the unlock after it is not timed); variant \
+        `epoch-guard` with epochGuard (and expiry) 1 s: the acquire is a script that checks each \
+        node's data epoch; variant `guards` with the clock guard too (the reply carries the \
+        node's TIME, checked against the client's clock); variant `fair` with a fair lock (free, \
+        nobody in line).
+
+        parallel: 64 tasks on independent names, N = 5.
+
+        contended: 8 tasks on one name, each holding it for each --hold (default 0, then 1 ms); \
+        latencies are handoffs, from one holder's release to the next holder's acquire. With 0 \
+        the lock is handed on back to back (the acquisition rate, undiluted by hold time); with \
+        1 ms every waiter is waiting when the holder releases (the handoff latency proper). \
+        Variants of a hold > 0 end in -hold<time>.
+
+        cross-process: 4 redlock-worker processes, one lock() loop each, on one name, for each \
         --hold, also with a fair lock (variant `fair`), and each with every worker's loop on its \
-        client's executor (variants `…-executor`); latencies are handoffs between processes (one holder's release to another \
-        process's acquire), ops/s the handoffs per second; the note compares the median with \
-        the uncontended acquire
-          missed-release  a lock() of a second client (its own connections, as in another \
+        client's executor (variants `…-executor`); latencies are handoffs between processes (one \
+        holder's release to another process's acquire), ops/s the handoffs per second; the note \
+        compares the median with the uncontended acquire.
+
+        missed-release: a lock() of a second client (its own connections, as in another \
         process) begins 0–1 ms before the holder's release; latency from the release to its \
         return; variant fresh: a new name each round (it subscribes the name's channels after \
         its first attempt; a fair waiter hears its handoff on its client's channel, subscribed \
-        from the first round on), subscribed: one name (the subscription lingers); fair-…: \
-        both locks fair; …-executor: holder and waiter on their clients' executors; a missed \
-        release would cost its 1 s retry delay
-          stopped-node  cycle with one node frozen by SIGSTOP (local nodes only), in slices \
+        from the first round on), subscribed: one name (the subscription lingers); fair-…: both \
+        locks fair; …-executor: holder and waiter on their clients' executors; a missed release \
+        would cost its 1 s retry delay.
+
+        stopped-node: cycle with one node frozen by SIGSTOP (local nodes only), in slices \
         alternating with all nodes up (variant `baseline`); sequential, and 64 tasks on \
-        independent names (their ratio: cycles/s against the baseline's)
+        independent names (their ratio: cycles/s against the baseline's).
+
         Library rows use every LockOptions default, except variant `no-pubsub` (cycle on N = 5, \
         parallel, contended), which turns fast handoff off: no PUBLISH and no release \
         subscription (waiters in other processes would poll with the retry delay of 50–250 ms; \
         within the process a release still hands the lock over). raw-floor rows are \
         redlock-raw-floor (C, one thread, blocking hiredis), run in the same slices; tcp/tls rows \
         run the cycle on the same nodes' plain and TLS ports; connect rows time a new \
-        connection's first PING. Floor and library rows run interleaved \
-        in 1 s slices, so drift hits both alike. ratio_to_floor is p50 / floor p50 on the same \
-        nodes, except for the parallel rows: cycles/s / floor cycles/s at the same concurrency. \
+        connection's first PING. Floor and library rows run interleaved in 1 s slices, so drift \
+        hits both alike. ratio_to_floor is p50 / floor p50 on the same nodes, except for the \
+        parallel rows: cycles/s / floor cycles/s at the same concurrency. \
         Every node the bench started is stopped when it ends, also on error or Ctrl-C.
         """
     )

@@ -8,17 +8,18 @@ struct Doctor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check each node for what Redlock relies on; exit 1 when a check fails.",
         discussion: """
-        Checks, per node: reachable; persistence (appendonly yes, appendfsync always); eviction \
-        (noeviction, or no memory limit); role (an independent master: a replica answers READONLY, \
-        a master with replicas can lose a key on failover); cluster mode (off); distinct (the same \
-        server listed twice under two addresses would vote twice); version; the permissions the \
-        lock's options need (scripts, the lock key, the fencing counter, the release channel, \
-        PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a refusal the lock works \
-        without, less well, is a warning); state (those commands refused for another reason than \
-        a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; the node cannot vote \
-        until that passes); and the node's clock offset from this machine. Then, for the node set as \
-        a whole (text only): its quorum, how many nodes may fail, and whether a quorum can form \
-        from the nodes that answered (fleet: fail when it cannot; warn for 1, 2 or an even count).
+        Checks, per node, in this order: reachable; persistence (appendonly yes, appendfsync \
+        always); eviction (noeviction, or no memory limit); role (an independent master: a replica \
+        answers READONLY, a master with replicas can lose a key on failover); cluster mode (off); \
+        version; clock (the node's offset from this machine), clock rate and epoch (the guards' \
+        marker); distinct (the same server listed twice under two addresses would vote twice); \
+        the permissions the lock's options need (scripts, the lock key, the fencing counter, the \
+        release channel, PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a \
+        refusal the lock works without, less well, is a warning); state (those commands refused \
+        for another reason than a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; \
+        the node cannot vote until that passes). Then, for the node set as a whole: its quorum, \
+        how many nodes may fail, and whether a quorum can form from the nodes that answered \
+        (fleet: fail when it cannot; warn for 1, 2 or an even count).
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
         check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
@@ -129,7 +130,8 @@ struct Doctor: AsyncParsableCommand {
         let quorum: Int
         /// Nodes that may fail (down, or refusing) with a lock still granted: N − quorum.
         let tolerated: Int
-        /// Nodes whose first check (reachable) failed.
+        /// Nodes whose first check (reachable) failed: no answer, or the connection refused
+        /// (credentials, database, a server that is not Redis).
         let unreachable: Int
         /// The verdict in words.
         let detail: String
@@ -144,7 +146,7 @@ struct Doctor: AsyncParsableCommand {
         var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"
         if nodeCount - unreachable < quorum {
             verdict = "fail"
-            detail += "; \(unreachable) did not answer, so no quorum can form now"
+            detail += "; \(unreachable) could not be used (no answer, or the connection refused: see reachable), so no quorum can form now"
         } else if tolerated == 0 {
             verdict = "warn"
             detail += nodeCount == 1

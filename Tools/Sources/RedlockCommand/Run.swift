@@ -112,7 +112,14 @@ struct Run: AsyncParsableCommand {
     var effectiveGrace: Duration { grace ?? min(ttl / 4, .seconds(10)) }
 
     mutating func validate() throws {
-        if command.first == "--" { command.removeFirst() }
+        if command.first == "--" {
+            command.removeFirst()
+        } else if let first = command.first, first.hasPrefix("-") {
+            // What the parser did not know, before any `--`, is a mistyped or misplaced option,
+            // not the command: caught here, before any lock is taken.
+            if first == "-h" || first == "--help" || first == "-help" { throw CleanExit.helpRequest(self) }
+            throw ValidationError("unknown option '\(first)': redlock's options go before --, the command after it")
+        }
         guard !command.isEmpty else { throw ValidationError("give the command to run after --") }
         try RawArguments.requireText(exceptLast: command.count)
         guard RawArguments.lastArguments(command) != nil else {
@@ -216,6 +223,11 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
+        case _ where error.nodes.contains(where: { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }):
+            // A node list that names one server twice (two names of one address), or an
+            // address no connection can use: the configuration, like a bad --nodes.
+            status = Status.usage
+            summary = "a node's address cannot be used as given"
         default:
             status = Status.unavailable
             summary = "the nodes could not form a quorum"

@@ -297,6 +297,33 @@ struct CommandTests {
         #expect(await badDuration.finish().status == 64)
     }
 
+    @Test("run takes a mistyped or misplaced option for what it is, not for the command: 64 before any lock is taken (before: the lock was taken, the fencing counter raised, and 127 for '--tll' not found); --help anywhere before -- is help; after --, an argument that looks like an option is the command's; one server under two names is a usage error too")
+    func unknownOptionIsUsage() async throws {
+        try await withRedisServers(1) { servers throws in
+            let node = "\(servers[0].endpoint)"
+            for typo in [["--tll", "5s"], ["-x"], ["--bogus"]] {
+                let run = try CommandRun(["run", "--nodes", node, "--name", "typo"] + typo + ["--", "sh", "-c", "echo ran"])
+                let (status, stdout, stderr) = await run.finish()
+                #expect(status == 64 && stderr.contains("unknown option '\(typo[0])'") && !stdout.contains("ran"), "\(typo): \(status) \(stderr)")
+            }
+            // Nothing was written: no lock key, no fencing counter.
+            #expect(try await values(of: "typo", on: servers) == [nil])
+            #expect(try await values(of: "redlock:fence", on: servers) == [nil])
+            let help = try CommandRun(["run", "--nodes", node, "--name", "typo", "--help"])
+            let (helpStatus, helpOut, _) = await help.finish()
+            #expect(helpStatus == 0 && helpOut.contains("Run a command while holding a lock"), "\(helpOut)")
+            // After --, the command's own: sh -c with a script named like an option.
+            let explicit = try CommandRun(["run", "--nodes", node, "--name", "typo", "--", "sh", "-c", "echo ran", "--tll"])
+            let (explicitStatus, explicitOut, _) = await explicit.finish()
+            #expect(explicitStatus == 0 && explicitOut.contains("ran"))
+            // One server under two names is the configuration too: 64 (before: 69, which
+            // schedulers retry).
+            let twice = try CommandRun(["run", "--nodes", "127.0.0.1:\(servers[0].port),localhost:\(servers[0].port)", "--name", "twice", "--", "true"])
+            let (twiceStatus, _, twiceErrors) = await twice.finish()
+            #expect(twiceStatus == 64 && twiceErrors.contains("invalidAddress"), "\(twiceStatus): \(twiceErrors)")
+        }
+    }
+
     @Test("a password with a comma works in REDLOCK_NODES; a mistyped URL is quoted without its password")
     func passwordsInNodeLists() async throws {
         try await withRedisServers(1, arguments: ["--requirepass", "s3cr,et"]) { servers throws in
