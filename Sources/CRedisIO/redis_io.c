@@ -731,8 +731,8 @@ static redisReader *bounded_reader(rio_conn *conn) {
 static int reader_failure(const rio_conn *conn, rio_error *err) {
     if (conn->refused_elements != 0) {
         return fail(err, RIO_E_PROTOCOL, 0,
-                    "protocol error: a reply announced an array of %d elements, past %d in one reply (the replies this library reads are small)",
-                    conn->refused_elements, RIO_MAX_REPLY_ELEMENTS);
+                    "protocol error: a reply announced %lld array elements (the last array %d), past %d in one reply (the replies this library reads are small)",
+                    conn->reply_elements, conn->refused_elements, RIO_MAX_REPLY_ELEMENTS);
     }
     return fail(err, RIO_E_PROTOCOL, 0, "protocol error: %s", conn->reader->errstr);
 }
@@ -1298,7 +1298,9 @@ int rio_conn_pending(const rio_conn *conn) {
 }
 
 int rio_conn_reader_empty(const rio_conn *conn) {
-    return conn != NULL && conn->reader != NULL && conn->reader->pos >= conn->reader->len;
+    /* Over TLS, OpenSSL may hold bytes of the next record (read ahead) that the last read of
+       the socket brought: its arrival is then a bound, never the reply's own. */
+    return conn != NULL && conn->ssl == NULL && conn->reader != NULL && conn->reader->pos >= conn->reader->len;
 }
 
 int rio_conn_next_reply(rio_conn *conn, rio_reply **out, rio_error *err) {
@@ -1552,20 +1554,19 @@ int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn) {
 }
 
 /* The times of the reply being delivered on this thread (rio_set_delivery). Initial-exec: one
-   load off the thread pointer rather than a __tls_get_addr call per access (the 24 bytes fit
+   load off the thread pointer rather than a __tls_get_addr call per access (the 16 bytes fit
    the static TLS space glibc keeps for modules loaded later). */
-static _Thread_local rio_delivery delivering __attribute__((tls_model("initial-exec"))) = {0, 0, 0};
+static _Thread_local rio_delivery delivering __attribute__((tls_model("initial-exec"))) = {0, 0};
 
 void rio_set_delivery(rio_delivery next) {
     delivering = next;
 }
 
-int rio_delivery_times(int64_t *written_boottime_ns, int64_t *arrival_boottime_ns, int *exact) {
+int rio_delivery_times(int64_t *arrival_boottime_ns, int *exact) {
     rio_delivery now_delivering = delivering;
     struct timespec real, boot;
-    if (written_boottime_ns == NULL || arrival_boottime_ns == NULL || exact == NULL || now_delivering.written_boottime_ns < 0
-        || now_delivering.arrival_realtime_ns <= 0 || clock_gettime(CLOCK_REALTIME, &real) != 0
-        || clock_gettime(CLOCK_BOOTTIME, &boot) != 0) {
+    if (arrival_boottime_ns == NULL || exact == NULL || now_delivering.arrival_realtime_ns <= 0
+        || clock_gettime(CLOCK_REALTIME, &real) != 0 || clock_gettime(CLOCK_BOOTTIME, &boot) != 0) {
         return 0;
     }
     int64_t queued = (int64_t)real.tv_sec * 1000000000 + (int64_t)real.tv_nsec - now_delivering.arrival_realtime_ns;
@@ -1573,8 +1574,7 @@ int rio_delivery_times(int64_t *written_boottime_ns, int64_t *arrival_boottime_n
         /* The wall clock was stepped back since: the arrival cannot be placed. */
         return 0;
     }
-    *written_boottime_ns = now_delivering.written_boottime_ns;
-    *exact = now_delivering.exact;
     *arrival_boottime_ns = (int64_t)boot.tv_sec * 1000000000 + (int64_t)boot.tv_nsec - queued;
+    *exact = now_delivering.exact;
     return 1;
 }

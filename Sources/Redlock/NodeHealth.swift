@@ -18,8 +18,8 @@ import Synchronization
 /// error reply or a refused `AUTH` or `SELECT` included, means it answers.
 /// A node whose replies come after their attempt's budget, so that its votes never count, is
 /// logged the same way (``answeredLate(_:after:nodeTime:budget:)``), unless the node answered
-/// in time and this process wrote or read late (``readLate(_:after:nodeTime:budget:)``: short
-/// of CPU; no node is blamed). Every late reply is counted per node in
+/// in time and this process read late (``readLate(_:after:nodeTime:budget:)``: short of CPU;
+/// no node is blamed). Every late reply is counted per node in
 /// `redlock_node_failures_total{node,kind}`, each read late in `redlock_replies_read_late_total`.
 /// The state of the first 64 nodes is three atomic bit masks, so a healthy reply costs four
 /// loads and a clock reading.
@@ -83,10 +83,10 @@ final class NodeHealth: Sendable {
 
     /// Node `index` answered `elapsed` after its fan-out was sent, whose budget was `budget`:
     /// after it, so the attempt may have been over (its vote counted only if the attempt was
-    /// still waiting for it). `nodeTime` is the node's own time, from the write of its command
-    /// to the arrival of its reply on this machine, when the kernel told the arrival (TCP): then
-    /// also over the budget, so the node or the network was slow (a reply the node sent in time
-    /// that this process wrote or read late is ``readLate(_:after:nodeTime:budget:)``). The
+    /// still waiting for it). `nodeTime` is the node's own time, from the fan-out's send to the
+    /// arrival of its reply on this machine, when the kernel told the arrival (TCP): then also
+    /// over the budget, so the node or the network was slow (a reply the node sent in time that
+    /// this process read late is ``readLate(_:after:nodeTime:budget:)``). The
     /// first such answer is logged at `warning` (with its times), and the node's first answer
     /// in time (``answeredInTime(_:)``) after ``refusalQuietPeriod`` without late ones at
     /// `info`. A node that is always late leaves the quorum one failure from an outage without
@@ -108,10 +108,10 @@ final class NodeHealth: Sendable {
         }
     }
 
-    /// Node `index`'s reply reached this machine `nodeTime` after its command was written,
-    /// within the attempt's `budget`, but was handled only `elapsed` after the fan-out was sent,
-    /// past the budget: this process wrote or read late (short of CPU: a throttled container, a
-    /// busy executor, a pause of the process), the node was not slow. Counted in
+    /// Node `index`'s reply reached this machine `nodeTime` after the fan-out was sent, within
+    /// the attempt's `budget`, but was handled only `elapsed` after it, past the budget: this
+    /// process read late (short of CPU: a throttled container, a busy executor, a pause of the
+    /// process), the node was not slow. Counted in
     /// `redlock_replies_read_late_total`; logged at `warning` once for the client, and at
     /// `info` at the first reply handled in time after ``refusalQuietPeriod`` without late ones.
     /// No node is blamed for it.

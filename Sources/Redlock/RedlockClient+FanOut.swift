@@ -403,8 +403,6 @@ struct FanOutSender: Sendable {
             first.round.sent()
             second?.round.sent()
         }
-        first.markSent()
-        second?.markSent()
         let firstNodes = connections(first.lane)
         let together = second.map { $0.lane == first.lane } ?? false
         for index in first.order {
@@ -420,31 +418,40 @@ struct FanOutSender: Sendable {
                 second.send(to: secondNodes[index], index: index)
             }
         }
+        // Sent once written or queued everywhere, when the budgets start: a pause of this
+        // process while it wrote is no node's time (LateReply).
+        first.markSent()
+        second?.markSent()
         if !first.round.isFinished { deadlines.schedule(first.round, after: first.budget) }
         if let second, !second.round.isFinished { deadlines.schedule(second.round, after: second.budget) }
     }
 }
 
 /// Whose a reply after its attempt's budget is: the node's (or its network's), or this
-/// process's, which wrote the command or read the reply late. Told by the node's own time, from
-/// the write of its command to the arrival of its reply (``ReplyArrival``): the arrival is the
-/// reply's own, or a bound it arrived at or before when other replies' bytes followed it in the
-/// same read (the reader was behind).
+/// process's, which read it late. Told by the node's own time, from the fan-out's send (after
+/// its commands were written or queued on every connection, as its budget counts) to the
+/// arrival of the reply (``ReplyArrival``): the arrival is the reply's own, or a bound it
+/// arrived at or before when other bytes followed it in the same read (the reader was behind).
+/// A command queued behind a connect or an unanswered command waits on its node: that wait is
+/// the node's.
 enum LateReply: Equatable {
     /// The node answered within the budget (`nodeTime` nanoseconds, at most): this process was late.
     case handledLate(nodeTime: Int64)
     /// The node's reply arrived after the budget (`nodeTime`), or when that cannot be told
-    /// (nil: no arrival time, as over a Unix socket, or only a bound past the budget).
+    /// (nil: no arrival time, as over a Unix socket; only a bound past the budget; an arrival
+    /// placed a budget or more before the send, as a wall-clock step can).
     case answeredLate(nodeTime: Int64?)
 
     /// For a reply handled after the budget: `sent` when its fan-out went out, `budget` its
-    /// length (``BootClock`` nanoseconds), `times` its reply's times.
-    init(sent: Int64, budget: Int64, times: (written: Int64, arrived: Int64, exact: Bool)?) {
-        guard let times else {
+    /// length (``BootClock`` nanoseconds), `times` its reply's arrival. A reply may arrive
+    /// before the send (a node that answers while the others are still written to): its node
+    /// time is zero.
+    init(sent: Int64, budget: Int64, times: (arrived: Int64, exact: Bool)?) {
+        guard let times, times.arrived > sent - budget else {
             self = .answeredLate(nodeTime: nil)
             return
         }
-        let nodeTime = max(0, times.arrived - max(times.written, sent))
+        let nodeTime = max(0, times.arrived - sent)
         if nodeTime <= budget {
             self = .handledLate(nodeTime: nodeTime)
         } else {

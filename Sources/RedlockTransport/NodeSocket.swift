@@ -901,37 +901,35 @@ package func leaveStaleOpenSSLError() -> Bool {
 }
 
 
-/// When the reply a handler is given was sent and arrived: when its command's bytes were
-/// handed to the socket, and the kernel's receive time of the reply's bytes (`SO_TIMESTAMPNS`,
-/// asked for on every TCP socket), kept for the thread that delivers it while it calls its
-/// handler. Their difference is the node's own time (and the network's): it tells a node that
-/// answered late from a reply that this process wrote or read late (short of CPU: a throttled
-/// container, a busy executor, a pause), which the time from a fan-out's send to its handler
-/// cannot.
+/// When the reply a handler is given arrived: the kernel's receive time of its bytes
+/// (`SO_TIMESTAMPNS`, asked for on every TCP socket), noted for the thread that delivers it
+/// while it calls its handler. Against the fan-out's send it is the node's own time (and the
+/// network's): it tells a node that answered late from a reply this process read late (short
+/// of CPU: a throttled container, a busy executor, a pause), which the time from send to
+/// handler cannot.
 package enum ReplyArrival {
-    /// Notes a reply's times as the calling thread's, for the handler it calls next:
-    /// `realtime` CLOCK_REALTIME nanoseconds of its arrival, `writtenAt` the ``BootClock``
-    /// reading when its command was written (0: at its send). Each reply delivered from a read
-    /// gets its own note before its handler; ``clear()`` after the last.
-    static func note(arrivedAt realtime: Int64, exactly: Bool, writtenAt: Int64) {
-        rio_set_delivery(rio_delivery(arrival_realtime_ns: realtime, written_boottime_ns: writtenAt, exact: exactly ? 1 : 0))
+    /// Notes a reply's arrival as the calling thread's, for the handler it calls next:
+    /// `realtime` CLOCK_REALTIME nanoseconds, `exactly` whether it is the reply's own arrival
+    /// (its last bytes were the read's last). Each reply delivered from a read gets its own
+    /// note before its handler; ``clear()`` after the last.
+    static func note(arrivedAt realtime: Int64, exactly: Bool) {
+        rio_set_delivery(rio_delivery(arrival_realtime_ns: realtime, exact: exactly ? 1 : 0))
     }
 
-    /// Forgets the calling thread's note (replies delivered otherwise have no times).
+    /// Forgets the calling thread's note (replies delivered otherwise have no arrival).
     static func clear() {
-        rio_set_delivery(rio_delivery(arrival_realtime_ns: 0, written_boottime_ns: 0, exact: 0))
+        rio_set_delivery(rio_delivery(arrival_realtime_ns: 0, exact: 0))
     }
 
-    /// For a reply handler: when its command was written (0: at its send) and its reply
-    /// arrived, as ``BootClock`` readings (nanoseconds), and whether `arrived` is the reply's
-    /// own arrival (`exact`) or a bound it arrived at or before (other replies' bytes came
-    /// after it in the same read); nil when not known (a Unix socket, a reply not delivered
-    /// from a read, the wall clock stepped back since).
-    package static func current() -> (written: Int64, arrived: Int64, exact: Bool)? {
-        var written: Int64 = 0
+    /// For a reply handler: when its reply arrived, as a ``BootClock`` reading (nanoseconds),
+    /// and whether that is the reply's own arrival (`exact`) or a bound it arrived at or before
+    /// (other bytes came after it in the same read, or over TLS in the records read with it);
+    /// nil when not known (a Unix socket, a reply not delivered from a read, the wall clock
+    /// stepped back since).
+    package static func current() -> (arrived: Int64, exact: Bool)? {
         var arrived: Int64 = 0
         var exact: Int32 = 0
-        guard rio_delivery_times(&written, &arrived, &exact) == 1 else { return nil }
-        return (written, arrived, exact != 0)
+        guard rio_delivery_times(&arrived, &exact) == 1 else { return nil }
+        return (arrived, exact != 0)
     }
 }

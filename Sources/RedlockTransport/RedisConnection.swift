@@ -276,11 +276,6 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let sentAsScriptHash: Bool
         /// Sent as its command's script form (``PendingCommand/untilScriptsRun``).
         let sentInScriptForm: Bool
-        /// When its bytes were handed to a writer other than their sender (``State/takeOutput(stamping:)``),
-        /// a ``BootClock`` reading; 0 while only staged, and when the caller that sent it wrote
-        /// it at once (then its send is its write). With the reply's arrival it is the node's
-        /// own time (``ReplyArrival``).
-        var writtenAt: Int64 = 0
     }
 
     private enum Phase { case idle, connecting, open }
@@ -410,15 +405,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
             head = 0
         }
 
-        /// Hands the staged bytes to the caller, which becomes the I/O owner; with `stamping`,
-        /// dates their commands' write (``InFlight/writtenAt``): not needed when the caller
-        /// writes what it has just staged itself.
-        mutating func takeOutput(stamping: Bool = true) -> [UInt8] {
+        /// Hands the staged bytes to the caller, which becomes the I/O owner.
+        mutating func takeOutput() -> [UInt8] {
             ioOwned = true
-            if stamping, stagedCount > 0 {
-                let now = BootClock.now()
-                for index in (inFlight.count - stagedCount)..<inFlight.count { inFlight[index].writtenAt = now }
-            }
             stagedCount = 0
             var taken = spareOutput
             spareOutput = []
@@ -444,22 +433,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
         }
     }
 
-    /// A command's outcome, with when the command was written (``InFlight/writtenAt``).
-    private struct Completion {
-        let command: PendingCommand
-        let result: Result<RedisValue, RedisError>
-        var writtenAt: Int64 = 0
-
-        init(_ command: PendingCommand, _ result: Result<RedisValue, RedisError>, writtenAt: Int64 = 0) {
-            self.command = command
-            self.result = result
-            self.writtenAt = writtenAt
-        }
-    }
-
     /// What happens once the lock is released.
     private struct Effects {
-        var completions: [Completion] = []
+        var completions: [(PendingCommand, Result<RedisValue, RedisError>)] = []
         /// When the kernel received the replies among `completions` (``ReplyArrival``), and
         /// whether that is the last one's own arrival.
         var arrivalRealtime: Int64 = 0
@@ -560,7 +536,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let releases = commands.allSatisfy { $0.replayWindow != nil }
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state, releases: releases) {
-                for command in commands { effects.completions.append(Completion(command, .failure(refusal.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(refusal.unwritten))) }
                 return nil
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
@@ -582,14 +558,14 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     // Idle: the caller writes. Busy: a reply is due and the thread that reads it
                     // writes these bytes too, one write for many callers; behind a stalled node,
                     // the caller writes them (see takeStalledOutput).
-                    return idle ? (socket, state.takeOutput(stamping: false)) : takeStalledOutput(&state, force: false)
+                    return idle ? (socket, state.takeOutput()) : takeStalledOutput(&state, force: false)
                 }
             }
             if state.phase == .idle, let (failure, until) = state.heldFailure, ContinuousClock.now < until {
                 // The name did not resolve (or its address was refused, or TLS could not be set
                 // up) a moment ago: answer with that at once rather than start another connect
                 // for every command.
-                for command in commands { effects.completions.append(Completion(command, .failure(failure.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
                 return nil
             }
             // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
@@ -853,9 +829,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.
                         let code: RedisError.Code = text.hasPrefix("NOAUTH") ? .authenticationFailed : .serverError
-                        effects.completions.append(Completion(item.command, .failure(error(code, text)), writtenAt: item.writtenAt))
+                        effects.completions.append((item.command, .failure(error(code, text))))
                     } else {
-                        effects.completions.append(Completion(item.command, .success(reply), writtenAt: item.writtenAt))
+                        effects.completions.append((item.command, .success(reply)))
                     }
                 }
                 if let failure {
@@ -908,11 +884,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
         state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: node)
-        while let item = state.popInFlight() { effects.completions.append(Completion(item.command, .failure(failure))) }
+        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
         state.phase = .idle
         if !state.queue.isEmpty {
             if state.shuttingDown {
-                for command in state.queue { effects.completions.append(Completion(command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
+                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
                 state.queue.removeAll()
             } else {
                 state.phase = .connecting
@@ -949,13 +925,13 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func perform(_ effects: Effects) {
         let arrival = effects.arrivalRealtime
         if arrival == 0 {
-            for completion in effects.completions { completion.command.complete(completion.result) }
+            for (command, result) in effects.completions { command.complete(result) }
         } else if !effects.completions.isEmpty {
             let last = effects.completions.count - 1
             var index = 0
-            for completion in effects.completions {
-                ReplyArrival.note(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact, writtenAt: completion.writtenAt)
-                completion.command.complete(completion.result)
+            for (command, result) in effects.completions {
+                ReplyArrival.note(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact)
+                command.complete(result)
                 index += 1
             }
             ReplyArrival.clear()
@@ -999,7 +975,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
-                    for command in state.queue { effects.completions.append(Completion(command, .failure(failure))) }
+                    for command in state.queue { effects.completions.append((command, .failure(failure))) }
                     state.queue.removeAll()
                     state.phase = .idle
                     if !state.exitSignalled {
@@ -1069,7 +1045,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         state.keepReplays(of: state.queue, to: node)
-        for command in state.queue { effects.completions.append(Completion(command, .failure(failure.unwritten))) }
+        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
         state.queue.removeAll()
         state.phase = .idle
         finishShutdownIfDrained(&state, &effects)
@@ -1174,7 +1150,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let failure = error(.shutdown, "the connection was shut down before the server answered")
             // Queued while a connect is under way, they are still written once it opens.
             let queuedFailure = state.phase == .connecting ? failure : failure.unwritten
-            for command in state.queue { effects.completions.append(Completion(command, .failure(queuedFailure))) }
+            for command in state.queue { effects.completions.append((command, .failure(queuedFailure))) }
             if state.phase == .connecting, !state.queue.isEmpty {
                 // Still written once connected (a release must reach the node), then closed:
                 // see connected(_:tookSince:). Their callers have their answer now.
@@ -1185,7 +1161,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.socket != nil { drop(&state, failure, &effects) }
             if state.ioOwned {
                 // The owner closes the socket; the commands fail now.
-                while let item = state.popInFlight() { effects.completions.append(Completion(item.command, .failure(failure))) }
+                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
             }
             state.exitSignalled = true
             effects.exited = true

@@ -1287,7 +1287,7 @@ func capturingLogger(into records: Locked<[String]>, level: Logger.Level = .trac
 }
 
 /// `records`' lines but those about replies later than their attempt's budget: a loaded
-/// machine can make any node's reply late, or read late (``NodeHealth/answeredLate(_:after:arrivedAfter:budget:)``), which
+/// machine can make any node's reply late, or read late (``NodeHealth/answeredLate(_:after:nodeTime:budget:)``), which
 /// tests of other lines do not look at.
 func untimedLines(_ records: Locked<[String]>) -> [String] {
     records.value.filter { !$0.contains("after the attempt's time budget") && !$0.contains("within the attempts' budget again") }

@@ -115,31 +115,29 @@ int rio_conn_pending(const rio_conn *conn);
 int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn);
 
 /* The calling thread's note of the reply whose handler it calls now: when the reply's bytes
-   arrived (a value of rio_conn_arrival_realtime_ns; 0: not known) and when its command was
-   written (CLOCK_BOOTTIME nanoseconds; 0: when it was sent), for the handler to read with
-   rio_delivery_times. */
+   arrived (a value of rio_conn_arrival_realtime_ns; 0: not known), for the handler to read
+   with rio_delivery_times. */
 typedef struct rio_delivery {
     int64_t arrival_realtime_ns;
-    int64_t written_boottime_ns;
     /* 1: the arrival is the reply's own (the last bytes of the read that brought it were its
-       last); 0: the reply came before other bytes in that read, so it arrived at or before. */
+       last); 0: bytes came after it in that read, so it arrived at or before. */
     int exact;
 } rio_delivery;
 
 /* Sets the calling thread's note. */
 void rio_set_delivery(rio_delivery next);
 
-/* The calling thread's note as CLOCK_BOOTTIME readings in nanoseconds: when the command was
-   written (0: when it was sent), and when its reply arrived (now, less how long ago the bytes arrived by the wall
-   clock), and whether that arrival is the reply's own or a bound (see rio_delivery). Returns
-   1 with all three set, or 0 when the note lacks a time or the arrival cannot be placed (the
-   wall clock stepped back since). */
-int rio_delivery_times(int64_t *written_boottime_ns, int64_t *arrival_boottime_ns, int *exact);
+/* The calling thread's note as a CLOCK_BOOTTIME reading in nanoseconds (now, less how long ago
+   the bytes arrived by the wall clock), and whether it is the reply's own arrival or a bound
+   (see rio_delivery). Returns 1 with both set, or 0 when there is no note or the arrival
+   cannot be placed (the wall clock stepped back since). */
+int rio_delivery_times(int64_t *arrival_boottime_ns, int *exact);
 
 typedef struct rio_reply rio_reply;
 
-/* Whether the reader holds no bytes not yet taken as replies: after the last reply of a read,
-   that reply's last bytes were the read's last. */
+/* Whether the reader holds no bytes not yet taken as replies (and the connection is plain TCP:
+   OpenSSL may hold bytes of its own): after the last reply of a read, that reply's last bytes
+   were the read's last. */
 int rio_conn_reader_empty(const rio_conn *conn);
 
 /* Takes the next complete reply from the reader: 1 with *out set (free it with rio_reply_free),

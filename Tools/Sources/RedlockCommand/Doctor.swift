@@ -18,7 +18,7 @@ struct Doctor: AsyncParsableCommand {
         refusal the lock works without, less well, is a warning); state (those commands refused \
         for another reason than a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; \
         the node cannot vote until that passes). Then, for the node set as a whole: its quorum, \
-        how many nodes may fail, and whether a quorum can form from the nodes that answered \
+        how many nodes may fail, and whether a quorum can form from the nodes that can vote now \
         (fleet: fail when it cannot; warn for 1, 2 or an even count).
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
@@ -82,7 +82,7 @@ struct Doctor: AsyncParsableCommand {
         await client.shutdown()
         let failed = audits.filter(\.failed).count
         let fleet = Self.fleet(
-            nodeCount: audits.count, failed: failed, unreachable: audits.filter { $0.checks.first?.verdict == .fail }.count
+            nodeCount: audits.count, failed: failed, unusable: audits.filter(Self.cannotVote).count
         )
         if json {
             struct Report: Encodable {
@@ -130,23 +130,29 @@ struct Doctor: AsyncParsableCommand {
         let quorum: Int
         /// Nodes that may fail (down, or refusing) with a lock still granted: N − quorum.
         let tolerated: Int
-        /// Nodes whose first check (reachable) failed: no answer, or the connection refused
-        /// (credentials, database, a server that is not Redis).
-        let unreachable: Int
+        /// Nodes that cannot vote now: not reachable (no answer, the connection refused:
+        /// credentials, database, a server that is not Redis), or refusing the lock's commands
+        /// for their state (`state`: READONLY, OOM, MISCONF, LOADING, …).
+        let unusable: Int
         /// The verdict in words.
         let detail: String
     }
 
+    /// Whether a node cannot vote now: its first check (reachable) or its state check failed.
+    static func cannotVote(_ audit: RedlockClient.NodeAudit) -> Bool {
+        audit.checks.first?.verdict == .fail || audit.checks.contains { $0.name == "state" && $0.verdict == .fail }
+    }
+
     /// The verdict on the node set as a whole: how many nodes a quorum needs (N/2 + 1), how many
-    /// may fail, and whether a quorum can form from the nodes that answered at all.
-    static func fleet(nodeCount: Int, failed: Int, unreachable: Int) -> Fleet {
+    /// may fail, and whether a quorum can form from the nodes that can vote now.
+    static func fleet(nodeCount: Int, failed: Int, unusable: Int) -> Fleet {
         let quorum = nodeCount / 2 + 1
         let tolerated = nodeCount - quorum
         let verdict: String
         var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"
-        if nodeCount - unreachable < quorum {
+        if nodeCount - unusable < quorum {
             verdict = "fail"
-            detail += "; \(unreachable) could not be used (no answer, or the connection refused: see reachable), so no quorum can form now"
+            detail += "; \(unusable) cannot vote now (see reachable and state), so no quorum can form"
         } else if tolerated == 0 {
             verdict = "warn"
             detail += nodeCount == 1
@@ -159,6 +165,6 @@ struct Doctor: AsyncParsableCommand {
             verdict = failed > tolerated ? "warn" : "pass"
             if failed > tolerated { detail += "; more nodes failed a check (\(failed)) than may fail" }
         }
-        return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unreachable: unreachable, detail: detail)
+        return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unusable: unusable, detail: detail)
     }
 }

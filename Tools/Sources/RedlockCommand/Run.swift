@@ -114,7 +114,7 @@ struct Run: AsyncParsableCommand {
     mutating func validate() throws {
         if command.first == "--" {
             command.removeFirst()
-        } else if let first = command.first, first.hasPrefix("-") {
+        } else if let first = command.first, first.hasPrefix("-"), first != "-" {
             // What the parser did not know, before any `--`, is a mistyped or misplaced option,
             // not the command: caught here, before any lock is taken.
             if first == "-h" || first == "--help" || first == "-help" { throw CleanExit.helpRequest(self) }
@@ -165,7 +165,7 @@ struct Run: AsyncParsableCommand {
         switch await acquiring.value {
         case let .failure(error):
             let interrupted = supervision.terminatingSignal
-            status = exitStatus(for: error, signal: interrupted)
+            status = exitStatus(for: error, signal: interrupted, nodeCount: client.nodes.count)
             if interrupted == nil {
                 // Asking the silent nodes again takes up to 3 s: a terminating signal cuts it short
                 // (one that came since the line above, at once).
@@ -203,7 +203,7 @@ struct Run: AsyncParsableCommand {
     }
 
     /// The exit status for a failed acquire, with the cause printed.
-    private func exitStatus(for error: RedlockError, signal: Int32?) -> Int32 {
+    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int) -> Int32 {
         let status: Int32
         let summary: String
         switch error.code {
@@ -223,9 +223,10 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
-        case _ where error.nodes.contains(where: { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }):
+        case _ where misconfigured(error, nodeCount: nodeCount):
             // A node list that names one server twice (two names of one address), or an
-            // address no connection can use: the configuration, like a bad --nodes.
+            // address no connection can use, cost the quorum: the configuration, like a bad
+            // --nodes.
             status = Status.usage
             summary = "a node's address cannot be used as given"
         default:
@@ -255,6 +256,16 @@ struct Run: AsyncParsableCommand {
             }
         }
         return true
+    }
+
+    /// Whether nodes refused as addresses no connection can use (one server listed twice under
+    /// two names) are what left no quorum: without them, the other failures would have left
+    /// one. Else other nodes' failures decided it (69, worth retrying).
+    private func misconfigured(_ error: RedlockError, nodeCount: Int) -> Bool {
+        let invalid = error.nodes.filter { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }
+        guard !invalid.isEmpty else { return false }
+        let quorum = nodeCount / 2 + 1
+        return error.nodes.count - invalid.count <= nodeCount - quorum
     }
 
     /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the

@@ -321,6 +321,16 @@ struct CommandTests {
             let twice = try CommandRun(["run", "--nodes", "127.0.0.1:\(servers[0].port),localhost:\(servers[0].port)", "--name", "twice", "--", "true"])
             let (twiceStatus, _, twiceErrors) = await twice.finish()
             #expect(twiceStatus == 64 && twiceErrors.contains("invalidAddress"), "\(twiceStatus): \(twiceErrors)")
+            // But when the other nodes' failures alone leave no quorum, those decide: 69.
+            var gone: [String] = []
+            for _ in 0..<3 {
+                let down = try await RedisServer.start()
+                gone.append("\(down.endpoint)")
+                await down.terminate()
+            }
+            let downToo = try CommandRun(["run", "--nodes", (["127.0.0.1:\(servers[0].port)", "localhost:\(servers[0].port)"] + gone).joined(separator: ","), "--name", "twice", "--", "true"])
+            let (downStatus, _, downErrors) = await downToo.finish()
+            #expect(downStatus == 69, "\(downStatus): \(downErrors)")
         }
     }
 

@@ -94,7 +94,7 @@ struct ProcessTests {
                 let quorumless = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(downEndpoint),\(goneEndpoint)"])
                 let (quorumlessStatus, quorumlessOut, _) = await quorumless.finish()
                 #expect(quorumlessStatus == 1)
-                #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 could not be used (no answer, or the connection refused: see reachable), so no quorum can form now"), "\(quorumlessOut)")
+                #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 cannot vote now (see reachable and state), so no quorum can form"), "\(quorumlessOut)")
             }
         }
     }
