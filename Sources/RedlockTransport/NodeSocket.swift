@@ -900,7 +900,6 @@ package func leaveStaleOpenSSLError() -> Bool {
     rio_openssl_leave_error() == 1
 }
 
-
 /// When the reply a handler is given arrived: the kernel's receive time of its bytes
 /// (`SO_TIMESTAMPNS`, asked for on every TCP socket), noted for the thread that delivers it
 /// while it calls its handler. Against the fan-out's send it is the node's own time (and the

@@ -55,7 +55,7 @@ struct Doctor: AsyncParsableCommand {
     @Option(help: "Check for grants that wait for this many replica acknowledgements (WAIT): the permission, the replicas connected, and a master's replicas are then covered.")
     var replicaAcknowledgements = 0
 
-    @Flag(help: "Print JSON: {\"nodes\": [one object per node with its checks], \"fleet\": the verdict on the node set}.")
+    @Flag(help: "Print JSON: {\"nodes\": [one object per node: node, endpoint, run_id, clock_offset_seconds, checks], \"fleet\": the verdict on the node set}.")
     var json = false
 
     func validate() throws {
@@ -92,7 +92,17 @@ struct Doctor: AsyncParsableCommand {
             struct Node: Encodable {
                 let node: Int
                 let endpoint: String
+                /// The server's run_id, when INFO told it.
+                let runID: String?
+                /// The node's clock minus this machine's, in seconds, when TIME answered.
+                let clockOffsetSeconds: Double?
                 let checks: [Check]
+
+                enum CodingKeys: String, CodingKey {
+                    case node, endpoint, checks
+                    case runID = "run_id"
+                    case clockOffsetSeconds = "clock_offset_seconds"
+                }
             }
             struct Check: Encodable {
                 let name: String
@@ -100,7 +110,7 @@ struct Doctor: AsyncParsableCommand {
                 let detail: String
             }
             let nodes = audits.map { audit in
-                Node(node: audit.node, endpoint: "\(audit.endpoint)", checks: audit.checks.map {
+                Node(node: audit.node, endpoint: "\(audit.endpoint)", runID: audit.runID, clockOffsetSeconds: audit.clockOffset.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }, checks: audit.checks.map {
                     Check(name: $0.name, verdict: $0.verdict.rawValue, detail: $0.detail)
                 })
             }

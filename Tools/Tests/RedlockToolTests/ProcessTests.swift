@@ -80,6 +80,8 @@ struct ProcessTests {
                 let nodes = decoded?["nodes"] as? [[String: Any]]
                 let checks = nodes?.last?["checks"] as? [[String: Any]]
                 #expect(nodes?.count == 2, "\(json)")
+                // The node facts the text gives in its checks' details.
+                #expect(nodes?.allSatisfy { ($0["run_id"] as? String)?.count == 40 && $0["clock_offset_seconds"] is Double } == true, "\(json)")
                 #expect(checks?.contains { $0["name"] as? String == "persistence" && $0["verdict"] as? String == "fail" } == true, "\(json)")
                 // The node set's verdict is in the JSON too: two nodes tolerate no failure.
                 let fleet = decoded?["fleet"] as? [String: Any]
