@@ -1554,27 +1554,35 @@ int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn) {
 }
 
 /* The times of the reply being delivered on this thread (rio_set_delivery). Initial-exec: one
-   load off the thread pointer rather than a __tls_get_addr call per access (the 16 bytes fit
+   load off the thread pointer rather than a __tls_get_addr call per access (the 32 bytes fit
    the static TLS space glibc keeps for modules loaded later). */
-static _Thread_local rio_delivery delivering __attribute__((tls_model("initial-exec"))) = {0, 0};
+static _Thread_local rio_delivery delivering __attribute__((tls_model("initial-exec"))) = {0, 0, 0, 0};
 
 void rio_set_delivery(rio_delivery next) {
     delivering = next;
 }
 
-int rio_delivery_times(int64_t *arrival_boottime_ns, int *exact) {
+int rio_delivery_times(int64_t *arrival_boottime_ns, int64_t *held_ns, int *exact) {
     rio_delivery now_delivering = delivering;
     struct timespec real, boot;
-    if (arrival_boottime_ns == NULL || exact == NULL || now_delivering.arrival_realtime_ns <= 0
+    if (arrival_boottime_ns == NULL || held_ns == NULL || exact == NULL || now_delivering.arrival_realtime_ns <= 0
         || clock_gettime(CLOCK_REALTIME, &real) != 0 || clock_gettime(CLOCK_BOOTTIME, &boot) != 0) {
         return 0;
     }
-    int64_t queued = (int64_t)real.tv_sec * 1000000000 + (int64_t)real.tv_nsec - now_delivering.arrival_realtime_ns;
+    int64_t real_now = (int64_t)real.tv_sec * 1000000000 + (int64_t)real.tv_nsec;
+    int64_t boot_now = (int64_t)boot.tv_sec * 1000000000 + (int64_t)boot.tv_nsec;
+    int64_t queued = real_now - now_delivering.arrival_realtime_ns;
     if (queued < 0) {
         /* The wall clock was stepped back since: the arrival cannot be placed. */
         return 0;
     }
-    *arrival_boottime_ns = (int64_t)boot.tv_sec * 1000000000 + (int64_t)boot.tv_nsec - queued;
+    *arrival_boottime_ns = boot_now - queued;
+    *held_ns = now_delivering.released_realtime_ns < 0 ? -1 : 0;
+    if (now_delivering.released_realtime_ns > 0 && now_delivering.written_boottime_ns > 0) {
+        int64_t released_boottime = boot_now - (real_now - now_delivering.released_realtime_ns);
+        int64_t held = now_delivering.written_boottime_ns - released_boottime;
+        *held_ns = held > 0 ? held : 0;
+    }
     *exact = now_delivering.exact;
     return 1;
 }

@@ -432,8 +432,10 @@ struct FanOutSender: Sendable {
 /// its commands were written or queued on every connection, as its budget counts) to the
 /// arrival of the reply (``ReplyArrival``): the arrival is the reply's own, or a bound it
 /// arrived at or before when other bytes followed it in the same read (the reader was behind).
-/// A command queued behind a connect or an unanswered command waits on its node: that wait is
-/// the node's.
+/// A command queued behind a connect waits on its node: that wait is the node's; so is one
+/// behind an earlier command's reply until that reply arrived, but not the time this process
+/// then took to read it and write the command (when it was written before that reply was
+/// read, the split is not known).
 enum LateReply: Equatable {
     /// The node answered within the budget (`nodeTime` nanoseconds, at most): this process was late.
     case handledLate(nodeTime: Int64)
@@ -446,12 +448,19 @@ enum LateReply: Equatable {
     /// length (``BootClock`` nanoseconds), `times` its reply's arrival. A reply may arrive
     /// before the send (a node that answers while the others are still written to): its node
     /// time is zero.
-    init(sent: Int64, budget: Int64, times: (arrived: Int64, exact: Bool)?) {
+    init(sent: Int64, budget: Int64, times: (arrived: Int64, held: Int64, exact: Bool)?) {
         guard let times, times.arrived > sent - budget else {
             self = .answeredLate(nodeTime: nil)
             return
         }
-        let nodeTime = max(0, times.arrived - sent)
+        guard times.held >= 0 else {
+            // Written behind a reply not read yet: no node time can be told, only the process
+            // cleared when the whole wait was within the budget.
+            let total = max(0, times.arrived - sent)
+            self = total <= budget ? .handledLate(nodeTime: total) : .answeredLate(nodeTime: nil)
+            return
+        }
+        let nodeTime = max(0, times.arrived - sent - times.held)
         if nodeTime <= budget {
             self = .handledLate(nodeTime: nodeTime)
         } else {

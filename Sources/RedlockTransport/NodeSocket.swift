@@ -907,28 +907,48 @@ package func leaveStaleOpenSSLError() -> Bool {
 /// of CPU: a throttled container, a busy executor, a pause), which the time from send to
 /// handler cannot.
 package enum ReplyArrival {
+    /// For a command that waited behind an earlier command's reply and was written by the
+    /// thread that read it: when that reply arrived (CLOCK_REALTIME nanoseconds) and when the
+    /// command was written (a ``BootClock`` reading). The time between is this process's.
+    struct Release {
+        var arrivalRealtime: Int64 = 0
+        var writtenAt: Int64 = 0
+
+        /// Written behind a reply not read yet (the wait for it outlasted the coalescing
+        /// window, or the connection shut down): how much of the wait was the node's is not
+        /// known.
+        static let unknown = Release(arrivalRealtime: -1, writtenAt: 0)
+    }
+
     /// Notes a reply's arrival as the calling thread's, for the handler it calls next:
     /// `realtime` CLOCK_REALTIME nanoseconds, `exactly` whether it is the reply's own arrival
-    /// (its last bytes were the read's last). Each reply delivered from a read gets its own
-    /// note before its handler; ``clear()`` after the last.
-    static func note(arrivedAt realtime: Int64, exactly: Bool) {
-        rio_set_delivery(rio_delivery(arrival_realtime_ns: realtime, exact: exactly ? 1 : 0))
+    /// (its last bytes were the read's last), `release` its command's wait behind an earlier
+    /// reply, if it had one. Each reply delivered from a read gets its own note before its
+    /// handler; ``clear()`` after the last.
+    static func note(arrivedAt realtime: Int64, exactly: Bool, release: Release) {
+        rio_set_delivery(rio_delivery(
+            arrival_realtime_ns: realtime, released_realtime_ns: release.arrivalRealtime, written_boottime_ns: release.writtenAt,
+            exact: exactly ? 1 : 0
+        ))
     }
 
     /// Forgets the calling thread's note (replies delivered otherwise have no arrival).
     static func clear() {
-        rio_set_delivery(rio_delivery(arrival_realtime_ns: 0, exact: 0))
+        rio_set_delivery(rio_delivery(arrival_realtime_ns: 0, released_realtime_ns: 0, written_boottime_ns: 0, exact: 0))
     }
 
     /// For a reply handler: when its reply arrived, as a ``BootClock`` reading (nanoseconds),
-    /// and whether that is the reply's own arrival (`exact`) or a bound it arrived at or before
-    /// (other bytes came after it in the same read, or over TLS in the records read with it);
-    /// nil when not known (a Unix socket, a reply not delivered from a read, the wall clock
-    /// stepped back since).
-    package static func current() -> (arrived: Int64, exact: Bool)? {
+    /// whether that is the reply's own arrival (`exact`) or a bound it arrived at or before
+    /// (other bytes came after it in the same read, or over TLS in the records read with it),
+    /// and, for a command that waited behind an earlier reply, how long this process took from
+    /// that reply's arrival to the command's write (`held`, else 0; -1 when not known: written
+    /// before that reply was read); nil when not known (a Unix socket, a reply not delivered
+    /// from a read, the wall clock stepped back since).
+    package static func current() -> (arrived: Int64, held: Int64, exact: Bool)? {
         var arrived: Int64 = 0
+        var held: Int64 = 0
         var exact: Int32 = 0
-        guard rio_delivery_times(&arrived, &exact) == 1 else { return nil }
-        return (arrived, exact != 0)
+        guard rio_delivery_times(&arrived, &held, &exact) == 1 else { return nil }
+        return (arrived, held, exact != 0)
     }
 }

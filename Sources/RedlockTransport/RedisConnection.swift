@@ -276,6 +276,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let sentAsScriptHash: Bool
         /// Sent as its command's script form (``PendingCommand/untilScriptsRun``).
         let sentInScriptForm: Bool
+        /// For a command that waited behind an earlier one's reply and was written by the
+        /// thread that read it: that read's arrival (CLOCK_REALTIME nanoseconds,
+        /// ``ReplyArrival``) and the write (a ``BootClock`` reading): the time between them is
+        /// this process's, not the node's. 0 and 0 otherwise.
+        var release = ReplyArrival.Release()
     }
 
     private enum Phase { case idle, connecting, open }
@@ -405,6 +410,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
             head = 0
         }
 
+        /// Marks the commands only staged with `release` (``InFlight/release``).
+        mutating func markReleased(_ release: ReplyArrival.Release) {
+            for index in (inFlight.count - stagedCount)..<inFlight.count { inFlight[index].release = release }
+        }
+
         /// Hands the staged bytes to the caller, which becomes the I/O owner.
         mutating func takeOutput() -> [UInt8] {
             ioOwned = true
@@ -435,7 +445,8 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     /// What happens once the lock is released.
     private struct Effects {
-        var completions: [(PendingCommand, Result<RedisValue, RedisError>)] = []
+        /// Each with its command's ``InFlight/release`` (none but for replies).
+        var completions: [(PendingCommand, Result<RedisValue, RedisError>, ReplyArrival.Release)] = []
         /// When the kernel received the replies among `completions` (``ReplyArrival``), and
         /// whether that is the last one's own arrival.
         var arrivalRealtime: Int64 = 0
@@ -536,7 +547,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
         let releases = commands.allSatisfy { $0.replayWindow != nil }
         let write: (NodeSocket, [UInt8])? = state.withLock { state in
             if let refusal = refusal(adding: commands.count, to: state, releases: releases) {
-                for command in commands { effects.completions.append((command, .failure(refusal.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(refusal.unwritten), ReplyArrival.Release())) }
                 return nil
             }
             if state.phase == .open, state.dropRequested == nil, let socket = state.socket, state.queue.isEmpty, !state.heldByScriptHash {
@@ -565,7 +576,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                 // The name did not resolve (or its address was refused, or TLS could not be set
                 // up) a moment ago: answer with that at once rather than start another connect
                 // for every command.
-                for command in commands { effects.completions.append((command, .failure(failure.unwritten))) }
+                for command in commands { effects.completions.append((command, .failure(failure.unwritten), ReplyArrival.Release())) }
                 return nil
             }
             // Waiting for a connect, behind an unanswered EVALSHA, or for a connection that is
@@ -663,6 +674,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
             state.heldByScriptHash = false
             stageQueue(&state)
         }
+        // They waited behind a reply not read yet: whether the node was slow to send it or this
+        // process to read it is not known (ReplyArrival.Release.unknown).
+        if state.stagedCount > 0 { state.markReleased(.unknown) }
         return state.output.isEmpty ? nil : (socket, state.takeOutput())
     }
 
@@ -829,9 +843,9 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         // A node that wants credentials none were given for: an authentication
                         // failure like a refused AUTH, not an answer to the command.
                         let code: RedisError.Code = text.hasPrefix("NOAUTH") ? .authenticationFailed : .serverError
-                        effects.completions.append((item.command, .failure(error(code, text))))
+                        effects.completions.append((item.command, .failure(error(code, text)), item.release))
                     } else {
-                        effects.completions.append((item.command, .success(reply)))
+                        effects.completions.append((item.command, .success(reply), item.release))
                     }
                 }
                 if let failure {
@@ -841,6 +855,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
                     return .failure(failure)
                 }
                 stageQueue(&state)
+                // What waited for these replies goes out now: the node could take it since
+                // they arrived, not since it was sent.
+                if outcome.arrivalRealtime != 0, state.stagedCount > 0 {
+                    state.markReleased(ReplyArrival.Release(arrivalRealtime: outcome.arrivalRealtime, writtenAt: BootClock.now()))
+                }
                 return .success(state.takeOutput())
             }
             guard case let .success(staged) = consume processed else { break }
@@ -884,11 +903,11 @@ final class ConnectionCore: Sendable, EventLoopSource {
         if failure.code != .timeout { state.queue.insert(contentsOf: state.takeStaged(), at: 0) }
         let lostFrom = state.head
         state.keepReplays(of: state.inFlight[lostFrom...].lazy.map(\.command), to: node)
-        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+        while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), ReplyArrival.Release())) }
         state.phase = .idle
         if !state.queue.isEmpty {
             if state.shuttingDown {
-                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten))) }
+                for command in state.queue { effects.completions.append((command, .failure(error(.shutdown, "the connection was shut down").unwritten), ReplyArrival.Release())) }
                 state.queue.removeAll()
             } else {
                 state.phase = .connecting
@@ -925,12 +944,12 @@ final class ConnectionCore: Sendable, EventLoopSource {
     private func perform(_ effects: Effects) {
         let arrival = effects.arrivalRealtime
         if arrival == 0 {
-            for (command, result) in effects.completions { command.complete(result) }
+            for (command, result, _) in effects.completions { command.complete(result) }
         } else if !effects.completions.isEmpty {
             let last = effects.completions.count - 1
             var index = 0
-            for (command, result) in effects.completions {
-                ReplyArrival.note(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact)
+            for (command, result, release) in effects.completions {
+                ReplyArrival.note(arrivedAt: arrival, exactly: index == last && effects.lastArrivalExact, release: release)
                 command.complete(result)
                 index += 1
             }
@@ -975,7 +994,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
                         (command.fallback ?? command.untilScriptsRun?() ?? command.command).appendWire(to: &bytes)
                     }
                     let failure = error(.shutdown, "the connection was shut down before the server answered")
-                    for command in state.queue { effects.completions.append((command, .failure(failure))) }
+                    for command in state.queue { effects.completions.append((command, .failure(failure), ReplyArrival.Release())) }
                     state.queue.removeAll()
                     state.phase = .idle
                     if !state.exitSignalled {
@@ -1045,7 +1064,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
 
     private func failQueue(_ state: inout State, _ failure: RedisError, _ effects: inout Effects) {
         state.keepReplays(of: state.queue, to: node)
-        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten))) }
+        for command in state.queue { effects.completions.append((command, .failure(failure.unwritten), ReplyArrival.Release())) }
         state.queue.removeAll()
         state.phase = .idle
         finishShutdownIfDrained(&state, &effects)
@@ -1150,7 +1169,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             let failure = error(.shutdown, "the connection was shut down before the server answered")
             // Queued while a connect is under way, they are still written once it opens.
             let queuedFailure = state.phase == .connecting ? failure : failure.unwritten
-            for command in state.queue { effects.completions.append((command, .failure(queuedFailure))) }
+            for command in state.queue { effects.completions.append((command, .failure(queuedFailure), ReplyArrival.Release())) }
             if state.phase == .connecting, !state.queue.isEmpty {
                 // Still written once connected (a release must reach the node), then closed:
                 // see connected(_:tookSince:). Their callers have their answer now.
@@ -1161,7 +1180,7 @@ final class ConnectionCore: Sendable, EventLoopSource {
             if state.socket != nil { drop(&state, failure, &effects) }
             if state.ioOwned {
                 // The owner closes the socket; the commands fail now.
-                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure))) }
+                while let item = state.popInFlight() { effects.completions.append((item.command, .failure(failure), ReplyArrival.Release())) }
             }
             state.exitSignalled = true
             effects.exited = true

@@ -939,6 +939,9 @@ struct HandoffAndGuardTests {
             let lock = try client.makeLock("read-late", options: LockOptions(expiry: .seconds(1), tries: 1))
             try await cycles(lock, count: 1, spacing: .zero)
             let lease = try await lock.lock()
+            // Every node's reply to the lock read (a PING behind it on each connection): the
+            // unlock finds each connection idle and its caller writes it at once.
+            _ = await client.checkNodes()
             // The event loop's thread held for 150 ms from before the unlock is written until
             // long after its replies came: they wait in the sockets, each alone (an unlock that
             // fails sends nothing more), and are read after its 50 ms budget.

@@ -269,8 +269,8 @@ struct ReplyArrivalTests {
     /// What a handler of one `PING` on `connection` saw: its reply's times
     /// (``ReplyArrival/current()``) and when it ran (a ``BootClock`` reading); `holdLoop` holds
     /// the loop's thread that long right after the command was queued from it.
-    private func observe(_ connection: RedisConnection, on loop: RedisEventLoop, holdLoop: Duration) async -> (times: (arrived: Int64, exact: Bool)?, handled: Int64, queued: Int64)? {
-        let seen = Mutex<(times: (arrived: Int64, exact: Bool)?, handled: Int64)?>(nil)
+    private func observe(_ connection: RedisConnection, on loop: RedisEventLoop, holdLoop: Duration) async -> (times: (arrived: Int64, held: Int64, exact: Bool)?, handled: Int64, queued: Int64)? {
+        let seen = Mutex<(times: (arrived: Int64, held: Int64, exact: Bool)?, handled: Int64)?>(nil)
         let queued = await withTaskExecutorPreference(loop) { () -> Int64 in
             let queued = BootClock.now()
             connection.send(RedisCommand("PING")) { _ in
@@ -312,6 +312,24 @@ struct ReplyArrivalTests {
             let slowWritten = slow.queued
             #expect(slowTimes.exact && slowTimes.arrived - slowWritten >= 100_000_000, "node time \(slowTimes.arrived - slowWritten) ns")
             #expect(slow.handled - slowTimes.arrived < 50_000_000)
+            // A command queued behind an unanswered one, written by the thread that reads that
+            // reply: the time it was held after the reply arrived (the loop held 100 ms) is
+            // this process's, and told as such.
+            let behind = Mutex<(arrived: Int64, held: Int64, exact: Bool)??>(nil)
+            await withTaskExecutorPreference(loop) {
+                direct.send(RedisCommand("PING")) { _ in }
+                direct.send(RedisCommand("PING")) { _ in
+                    let times = ReplyArrival.current()
+                    behind.withLock { $0 = .some(times) }
+                }
+                let until = ContinuousClock.now + .milliseconds(100)
+                while ContinuousClock.now < until {}
+            }
+            let waitUntil = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < waitUntil, behind.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
+            let heldBehind = try #require(behind.withLock { $0 } ?? nil, "no times for the command behind")
+            // (Or, when the loop's turn wrote it before reading that reply, not known.)
+            #expect(heldBehind.held >= 80_000_000 || heldBehind.held == -1, "held \(heldBehind.held) ns")
             // No receive times over a Unix socket.
             let local = RedisConnection(configuration: RedisConnectionConfiguration(endpoint: servers[0].unixSocketEndpoint), eventLoop: loop)
             #expect(try await local.send(RedisCommand("PING")) == .simpleString("PONG"))

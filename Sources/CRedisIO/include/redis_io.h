@@ -119,6 +119,12 @@ int64_t rio_conn_arrival_realtime_ns(const rio_conn *conn);
    with rio_delivery_times. */
 typedef struct rio_delivery {
     int64_t arrival_realtime_ns;
+    /* For a command that waited behind an earlier command's reply and was written by the
+       thread that read it: when that reply arrived (CLOCK_REALTIME nanoseconds) and when the
+       command was written (CLOCK_BOOTTIME nanoseconds); 0 and 0 otherwise; -1 and 0 when it was
+       written before that reply was read (how long the node took is not known). */
+    int64_t released_realtime_ns;
+    int64_t written_boottime_ns;
     /* 1: the arrival is the reply's own (the last bytes of the read that brought it were its
        last); 0: bytes came after it in that read, so it arrived at or before. */
     int exact;
@@ -127,11 +133,12 @@ typedef struct rio_delivery {
 /* Sets the calling thread's note. */
 void rio_set_delivery(rio_delivery next);
 
-/* The calling thread's note as a CLOCK_BOOTTIME reading in nanoseconds (now, less how long ago
-   the bytes arrived by the wall clock), and whether it is the reply's own arrival or a bound
-   (see rio_delivery). Returns 1 with both set, or 0 when there is no note or the arrival
-   cannot be placed (the wall clock stepped back since). */
-int rio_delivery_times(int64_t *arrival_boottime_ns, int *exact);
+/* The calling thread's note: the arrival as a CLOCK_BOOTTIME reading in nanoseconds (now, less
+   how long ago by the wall clock), how long the command was held between the earlier reply's
+   arrival and its write (nanoseconds, 0 when it was not, -1 when not known), and whether the arrival is the
+   reply's own or a bound (see rio_delivery). Returns 1 with all set, or 0 when there is no
+   note or the arrival cannot be placed (the wall clock stepped back since). */
+int rio_delivery_times(int64_t *arrival_boottime_ns, int64_t *held_ns, int *exact);
 
 typedef struct rio_reply rio_reply;
 
