@@ -157,9 +157,8 @@ final class PreparedFanOut: Sendable {
             if sent > 0, !health.isDown(index) {
                 let elapsed = BootClock.now() - sent
                 if elapsed > budgetNanoseconds {
-                    // Late: the node's own time, from the write of its command to its reply's
-                    // arrival (when the kernel told it), says whether the node was, or this
-                    // process wrote or read late.
+                    // Late: the node's own time, from the send to its reply's arrival (when the
+                    // kernel told it), says whether the node was, or this process read late.
                     switch LateReply(sent: sent, budget: budgetNanoseconds, times: ReplyArrival.current()) {
                     case let .handledLate(nodeTime):
                         health.readLate(index, after: .nanoseconds(elapsed), nodeTime: .nanoseconds(nodeTime), budget: budget)

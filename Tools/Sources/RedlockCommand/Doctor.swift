@@ -82,7 +82,7 @@ struct Doctor: AsyncParsableCommand {
         await client.shutdown()
         let failed = audits.filter(\.failed).count
         let fleet = Self.fleet(
-            nodeCount: audits.count, failed: failed, unusable: audits.filter(Self.cannotVote).count
+            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.filter(Self.cannotVote).count
         )
         if json {
             struct Report: Encodable {
@@ -153,10 +153,10 @@ struct Doctor: AsyncParsableCommand {
         audit.checks.first?.verdict == .fail || audit.checks.contains { $0.name == "state" && $0.verdict == .fail }
     }
 
-    /// The verdict on the node set as a whole: how many nodes a quorum needs (N/2 + 1), how many
+    /// The verdict on the node set as a whole: how many nodes a quorum needs (`quorum`, the
+    /// client's N/2 + 1), how many
     /// may fail, and whether a quorum can form from the nodes that can vote now.
-    static func fleet(nodeCount: Int, failed: Int, unusable: Int) -> Fleet {
-        let quorum = nodeCount / 2 + 1
+    static func fleet(nodeCount: Int, quorum: Int, failed: Int, unusable: Int) -> Fleet {
         let tolerated = nodeCount - quorum
         let verdict: String
         var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"

@@ -165,7 +165,7 @@ struct Run: AsyncParsableCommand {
         switch await acquiring.value {
         case let .failure(error):
             let interrupted = supervision.terminatingSignal
-            status = exitStatus(for: error, signal: interrupted, nodeCount: client.nodes.count)
+            status = exitStatus(for: error, signal: interrupted, nodeCount: client.nodes.count, quorum: client.quorum)
             if interrupted == nil {
                 // Asking the silent nodes again takes up to 3 s: a terminating signal cuts it short
                 // (one that came since the line above, at once).
@@ -203,7 +203,7 @@ struct Run: AsyncParsableCommand {
     }
 
     /// The exit status for a failed acquire, with the cause printed.
-    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int) -> Int32 {
+    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int, quorum: Int) -> Int32 {
         let status: Int32
         let summary: String
         switch error.code {
@@ -223,7 +223,7 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
-        case _ where misconfigured(error, nodeCount: nodeCount):
+        case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum):
             // A node list that names one server twice (two names of one address), or an
             // address no connection can use, cost the quorum: the configuration, like a bad
             // --nodes.
@@ -261,10 +261,9 @@ struct Run: AsyncParsableCommand {
     /// Whether nodes refused as addresses no connection can use (one server listed twice under
     /// two names) are what left no quorum: without them, the other failures would have left
     /// one. Else other nodes' failures decided it (69, worth retrying).
-    private func misconfigured(_ error: RedlockError, nodeCount: Int) -> Bool {
+    private func misconfigured(_ error: RedlockError, nodeCount: Int, quorum: Int) -> Bool {
         let invalid = error.nodes.filter { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }
         guard !invalid.isEmpty else { return false }
-        let quorum = nodeCount / 2 + 1
         return error.nodes.count - invalid.count <= nodeCount - quorum
     }
 
