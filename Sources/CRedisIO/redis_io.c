@@ -730,7 +730,7 @@ static redisReader *bounded_reader(rio_conn *conn) {
 /* The reader's failure as err: the element bound when that is what failed it. */
 static int reader_failure(const rio_conn *conn, rio_error *err) {
     if (conn->refused_elements != 0) {
-        return fail(err, RIO_E_PROTOCOL, 0,
+        return fail(err, RIO_E_BOUND, 0,
                     "protocol error: a reply announced %lld array elements (the last array %d), past %d in one reply (the replies this library reads are small)",
                     conn->reply_elements, conn->refused_elements, RIO_MAX_REPLY_ELEMENTS);
     }
@@ -1207,7 +1207,7 @@ static int feed(rio_conn *conn, const char *buffer, size_t count, rio_error *err
        but not yet taken are among them: at most one read's worth). */
     conn->since_reply += count;
     if (conn->since_reply > RIO_MAX_UNPARSED_BYTES) {
-        return fail(err, RIO_E_PROTOCOL, 0,
+        return fail(err, RIO_E_BOUND, 0,
                     "protocol error: %zu bytes received without a complete reply (at most %d; the replies this library reads are small)",
                     conn->since_reply, RIO_MAX_UNPARSED_BYTES);
     }
@@ -1348,7 +1348,7 @@ int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int tim
     for (;;) {
         int got = rio_conn_next_reply(conn, out, err);
         if (got != 0) {
-            return got > 0 ? RIO_OK : RIO_E_PROTOCOL;
+            return got > 0 ? RIO_OK : (err != NULL ? err->code : RIO_E_PROTOCOL);
         }
         int failed = 0, wants_write = 0;
         size_t read = rio_conn_read(conn, 1, &failed, &wants_write, err);
@@ -1362,7 +1362,7 @@ int rio_conn_roundtrip(rio_conn *conn, const void *bytes, size_t length, int tim
             }
             if (got < 0 && err != NULL) {
                 *err = parsing;
-                return RIO_E_PROTOCOL;
+                return parsing.code;
             }
             return err != NULL ? err->code : RIO_E_IO;
         }

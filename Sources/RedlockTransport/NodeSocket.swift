@@ -368,8 +368,7 @@ final class NodeSocket: @unchecked Sendable {
             if silent, tls == nil, sniffsTLS, let tlsPort = tlsPortFailure(configuration, since: started, until: started + budget) {
                 return ConnectResult(outcome: .failure(tlsPort))
             }
-            if failure.code == .protocolError, answered == 0, !failure.message.contains("without a complete reply"),
-               !failure.message.contains("in one reply") {
+            if failure.code == .protocolError, answered == 0, !failure.pastReaderBound {
                 // Its first bytes are not RESP (not a reply past the reader's bounds: that is
                 // RESP, if hostile): no Redis server answers so.
                 let message = "\(named) after connecting: \(failure.message): the server at this address does not speak RESP (another service on the port?)"
@@ -852,13 +851,14 @@ extension RedisError {
         case Int(RIO_E_TIMEOUT): code = .timeout
         case Int(RIO_E_RESOLVE): code = .nameResolutionFailed
         case Int(RIO_E_CLOSED): code = .connectionClosed
-        case Int(RIO_E_PROTOCOL): code = .protocolError
+        case Int(RIO_E_PROTOCOL), Int(RIO_E_BOUND): code = .protocolError
         case Int(RIO_E_TLS): code = .tlsFailed
         case Int(RIO_E_CERTIFICATE): code = .certificateRejected
         case Int(RIO_E_INVALID): code = .invalidAddress
         default: code = .io
         }
         self.init(code: code, endpoint: endpoint, message: text)
+        pastReaderBound = Int(error.code) == Int(RIO_E_BOUND)
     }
 }
 

@@ -103,6 +103,12 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     /// waited. Set by the connection; not part of equality.
     package var neverWritten = false
 
+    /// Whether a reply was RESP but past the reader's bounds on one reply's elements or bytes
+    /// (a ``Code/protocolError``; the connection is dropped): a hostile or broken node, not a
+    /// service that does not speak RESP (``Code/notRedis``). Set by the transport; not part of
+    /// equality.
+    package var pastReaderBound = false
+
     /// Creates an error.
     public init(code: Code, endpoint: RedisEndpoint?, message: String) {
         self.code = code

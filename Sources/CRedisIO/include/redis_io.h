@@ -24,16 +24,17 @@ enum {
     RIO_E_TLS = 7,         /* TLS set-up or handshake failed (not a certificate verdict) */
     RIO_E_CERTIFICATE = 8, /* the server's certificate was rejected */
     RIO_E_NOMEM = 9,
-    RIO_E_INVALID = 10     /* an argument that cannot work (path too long, port out of range) */
+    RIO_E_INVALID = 10,    /* an argument that cannot work (path too long, port out of range) */
+    RIO_E_BOUND = 11       /* RESP, but one reply past the reader's bounds (below) */
 };
 
 /* The most bytes a connection receives without a complete reply among them (64 MiB): past
-   that the read fails with RIO_E_PROTOCOL and the connection is dropped. Lock replies are a few
+   that the read fails with RIO_E_BOUND and the connection is dropped. Lock replies are a few
    bytes; INFO and script replies a few kilobytes. */
 #define RIO_MAX_UNPARSED_BYTES (64 * 1024 * 1024)
 
 /* The most array elements one reply may announce, its nested arrays' included (65,536): past
-   that the read fails with RIO_E_PROTOCOL and the connection is dropped. hiredis 0.14 allocates
+   that the read fails with RIO_E_BOUND and the connection is dropped. hiredis 0.14 allocates
    an announced array's slots at once (up to 2^31 of them) and walks them all when the reply is
    freed, and each element costs some 60 bytes however few bytes it came in: a bound on bytes
    alone bounds neither the time nor the memory. Lock replies have a handful of elements. */
