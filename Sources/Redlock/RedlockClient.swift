@@ -324,7 +324,9 @@ public final class RedlockClient: Sendable {
     ///   name or invalid options (non-positive expiry, tries < 1, drift factor outside [0, 1), …).
     public func makeLock(_ name: String, options: LockOptions = LockOptions()) throws(RedlockError) -> DistributedLock {
         guard !name.isEmpty else { throw .invalid("the lock name must not be empty") }
-        guard !name.hasPrefix(Scripts.reservedPrefix) else {
+        // Compared as bytes, as Redis compares keys: a combining mark after the prefix joins its
+        // last character, and `hasPrefix` would let such a name through.
+        guard !name.utf8.starts(with: Scripts.reservedPrefix.utf8) else {
             throw .invalid("lock names starting with \"\(Scripts.reservedPrefix)\" are reserved for the library's own keys, got \"\(name)\"")
         }
         try options.validate(lockName: name)

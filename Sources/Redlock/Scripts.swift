@@ -18,7 +18,7 @@ enum Scripts {
             return code
         end
         local counter = KEYS[2]
-        local current = redis.call('GET', KEYS[1])
+        \(readCurrent)
         if current ~= ARGV[1] and current ~= false then
             return 0
         end
@@ -128,7 +128,7 @@ enum Scripts {
         if ARGV[3] ~= '' and not (now - epoch >= tonumber(ARGV[3])) then
             return reply(-3)
         end
-        local current = redis.call('GET', KEYS[1])
+        \(readCurrent)
         if current ~= false and (current ~= ARGV[1] or ARGV[4] ~= '1') then
             return reply(0)
         end
@@ -165,7 +165,7 @@ enum Scripts {
             return code
         end
         local queue, deadlines, counter = KEYS[2], KEYS[3], KEYS[4]
-        local current = redis.call('GET', KEYS[1])
+        \(readCurrent)
         if current ~= false or redis.call('ZRANGE', queue, 0, 0)[1] then
             if current ~= ARGV[1] then
                 \(firstInLine)
@@ -234,7 +234,7 @@ enum Scripts {
             redis.call('ZREM', queue, ARGV[1])
             redis.call('ZREM', deadlines, ARGV[1])
         end
-        local current = redis.call('GET', KEYS[1])
+        \(readCurrent)
         if current ~= ARGV[1] then
             if current == false then
                 return -1
@@ -299,7 +299,8 @@ enum Scripts {
         """
         redis.call('ZREM', KEYS[2], ARGV[1])
         redis.call('ZREM', KEYS[3], ARGV[1])
-        if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+        \(readCurrent)
+        if current ~= ARGV[1] then
             return 0
         end
         if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[2]) then
@@ -330,6 +331,24 @@ enum Scripts {
                     redis.call('ZREM', deadlines, head[1])
                 end
             end
+        """
+
+    /// Lua that sets `current` to what `KEYS[1]` holds: its string value, `false` when it is
+    /// missing, or `true` when it holds another type (a hash, a list: another program's key under
+    /// the lock's name, such as another lock library's): held by someone else, as `SET NX` sees
+    /// it. So every acquire form says `taken` for it, as the plain one does (a `WRONGTYPE` error
+    /// from `GET` failed the scripted forms for good while the plain form waited), and a release
+    /// or extension finds another holder there (0) instead of an error. Any other refusal of the
+    /// `GET` is raised as before.
+    private static let readCurrent = """
+        local current = redis.pcall('GET', KEYS[1])
+        if type(current) == 'table' then
+            if string.sub(current.err or '', 1, 9) == 'WRONGTYPE' then
+                current = true
+            else
+                current = redis.call('GET', KEYS[1])
+            end
+        end
         """
 
     /// The second round of a fenced acquire. `KEYS[1]` lock name, `KEYS[2]` token counter,
@@ -445,7 +464,7 @@ enum Scripts {
     static let acquireReattach = RedisScript(
         """
         \(leaseNeeds)
-        local current = redis.call('GET', KEYS[1])
+        \(readCurrent)
         if current == ARGV[1] then
             redis.call('PEXPIRE', KEYS[1], ARGV[2])
             return 1
@@ -558,7 +577,7 @@ enum Scripts {
         }
         return RedisScript(
             """
-            local current = redis.call('GET', KEYS[1])
+            \(readCurrent)
             if current == ARGV[1] then
             \(indented(held))
             elseif current == false then

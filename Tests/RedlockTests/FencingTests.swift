@@ -88,6 +88,10 @@ struct FencingTests {
 
             let reserved = #expect(throws: RedlockError.self) { try client.makeLock("redlock:fence") }
             #expect(reserved?.code == .invalidConfiguration)
+            // Compared as bytes: a combining mark after the colon makes one character of ":\u{301}",
+            // which `hasPrefix` did not see as starting with "redlock:".
+            let combined = #expect(throws: RedlockError.self) { try client.makeLock("redlock:\u{301}fence") }
+            #expect(combined?.code == .invalidConfiguration)
         }
     }
 

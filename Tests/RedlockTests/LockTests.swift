@@ -166,6 +166,46 @@ struct LockTests {
         }
     }
 
+    @Test("a key of another type under the lock's name (a hash: another program's data, or another lock library's hold) is taken to every acquire form, as to the plain one: tryLock() and lock() fail taken, lock() after its tries; a lease whose keys became hashes is taken over for extend and unlock; nothing logs WRONGTYPE and the hashes stay as they were (before: the fenced, guarded, fair and fixed-value forms failed at once for good with Redis's WRONGTYPE, and each plain attempt's clean-up logged it)", arguments: LeastPrivilegeTests.AcquireForm.allCases)
+    func keyOfAnotherType(form: LeastPrivilegeTests.AcquireForm) async throws {
+        try await withRedisServers(3) { servers throws in
+            let records = Locked<[String]>([])
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records))
+            var options = form.options
+            options.expiry = .seconds(5)
+            options.tries = 3
+            options.retryDelay = .constant(.milliseconds(20))
+            let lock = try client.makeLock("hashed", options: options)
+            try await Self.makeHashes("hashed", on: servers)
+            let tried = await #expect(throws: RedlockError.self) { try await lock.tryLock() }
+            #expect(tried?.code == .taken && (tried?.nodes.count ?? 0) >= 2 && tried?.nodes.allSatisfy { $0.cause == .taken } == true, "\(String(describing: tried))")
+            let started = ContinuousClock.now
+            let waited = await #expect(throws: RedlockError.self) { try await lock.lock() }
+            #expect(waited?.code == .taken && waited?.nodes.allSatisfy { $0.cause == .taken } == true, "\(String(describing: waited))")
+            #expect(started.duration(to: .now) >= .milliseconds(40), "not retried: \(started.duration(to: .now))")
+            for server in servers { _ = try await server.run(RedisCommand("DEL", "hashed")) }
+            let lease = try await lock.lock()
+            try await Self.makeHashes("hashed", on: servers)
+            let extended = await #expect(throws: RedlockError.self) { try await lock.extend(lease) }
+            #expect(extended?.code == .leaseTakenOver, "\(String(describing: extended))")
+            let unlocked = await #expect(throws: RedlockError.self) { try await lock.unlock(lease) }
+            #expect(unlocked?.code == .leaseTakenOver, "\(String(describing: unlocked))")
+            for server in servers {
+                #expect(try await server.run(RedisCommand("HGET", "hashed", "f")) == .bulkString(Array("v".utf8)))
+            }
+            #expect(!records.value.contains { $0.contains("WRONGTYPE") }, "\(records.value.filter { $0.contains("WRONGTYPE") })")
+            await client.shutdown()
+        }
+    }
+
+    /// Replaces `key` on every server with a hash (`f` = `v`, no expiry).
+    private static func makeHashes(_ key: String, on servers: [RedisServer]) async throws {
+        for server in servers {
+            _ = try await server.run(RedisCommand("DEL", key))
+            _ = try await server.run(RedisCommand("HSET", key, "f", "v"))
+        }
+    }
+
     @Test("a fixed value re-attaches to a lease another process handed over")
     func fixedValue() async throws {
         try await withLockNodes(3) { client, _ in
