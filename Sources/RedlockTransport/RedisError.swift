@@ -146,10 +146,12 @@ extension RedisError {
     /// Whether retrying cannot help: the node refused the credentials (`AUTH`) or a permission
     /// (`NOPERM`), the key holds another type (`WRONGTYPE`), the command or script is not
     /// available there (`ERR unknown command`, scripting disabled, a command a script calls
-    /// renamed away: `ERR Unknown Redis command called from script`), the address is invalid, the
+    /// renamed away: `ERR Unknown Redis command called from script`), the node is a Redis Cluster
+    /// shard that does not serve the key's slot (`MOVED`) or a command's keys are in different
+    /// slots (`CROSSSLOT`: a fenced acquire's counter and lock key), the address is invalid, the
     /// host name does not exist, TLS cannot be set up or the server's certificate is rejected.
     /// Timeouts, refused or reset connections, `LOADING`, `BUSY`, `OOM`, `READONLY` (after a
-    /// failover) and `TRYAGAIN` are transient.
+    /// failover), `TRYAGAIN`, `ASK` (a slot being migrated) and `CLUSTERDOWN` are transient.
     public var isPermanent: Bool {
         if isPermissionRefusal || code == .databaseSelectionFailed || code == .invalidAddress
             || code == .tlsFailed || code == .certificateRejected || code == .notRedis
@@ -160,7 +162,10 @@ extension RedisError {
             let text = message.lowercased()
             return !text.contains("temporary") && !text.contains("try again")
         }
-        return isUnknownCommand || (code == .serverError && hasReplyPrefix(["WRONGTYPE"]))
+        // A cluster shard answers MOVED for a key of another shard's slot until the cluster is
+        // resharded, and CROSSSLOT for keys of two slots always: Redlock wants independent
+        // nodes, not one cluster's shards (`redlock doctor` says so).
+        return isUnknownCommand || (code == .serverError && hasReplyPrefix(["WRONGTYPE", "MOVED", "CROSSSLOT"]))
     }
 
     /// Whether the node does not have the command (renamed away, or scripting disabled):

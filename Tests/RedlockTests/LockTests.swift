@@ -371,6 +371,50 @@ struct LockTests {
         await client.shutdown()
     }
 
+    @Test("Redis Cluster shards listed as nodes: a shard that does not serve the lock key's slot (MOVED), or a fenced acquire whose lock key and counter hash to two slots (CROSSSLOT), refuses for good: lock() fails at once with Redis's answer as the cause (before: retried until its wait ran out)")
+    func clusterShardsRefuseForGood() async throws {
+        let buses = [try freeLoopbackPort(), try freeLoopbackPort()]
+        try await withRedisServers(1, arguments: ["--cluster-enabled", "yes", "--cluster-port", String(buses[0])]) { first throws in
+            try await withRedisServers(1, arguments: ["--cluster-enabled", "yes", "--cluster-port", String(buses[1])]) { second throws in
+                let (shard, other) = (first[0], second[0])
+                _ = try await shard.run(RedisCommand("CLUSTER", "ADDSLOTSRANGE", "0", "8191"))
+                _ = try await other.run(RedisCommand("CLUSTER", "ADDSLOTSRANGE", "8192", "16383"))
+                _ = try await shard.run(RedisCommand("CLUSTER", "MEET", "127.0.0.1", String(other.port), String(buses[1])))
+                let elsewhere = try #require(try await Self.name(on: shard, inSlots: 8192...16383))
+                let here = try #require(try await Self.name(on: shard, inSlots: 0...8191))
+                // Until the shards agree the cluster is down (CLUSTERDOWN, transient).
+                var answer = ""
+                for _ in 0..<1_000 where !answer.hasPrefix("MOVED") {
+                    do { answer = try await shard.run(RedisCommand("GET", elsewhere)).string ?? "" } catch { answer = (error as? RedisError)?.message ?? "\(error)" }
+                    if !answer.hasPrefix("MOVED") { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                try #require(answer.hasPrefix("MOVED"), "the cluster never formed: \(answer)")
+                let client = try RedlockClient(nodes: [shard.configuration()])
+                for (name, fencing, refusal) in [(elsewhere, false, "MOVED"), (here, true, "CROSSSLOT")] {
+                    var options = testOptions(tries: .max)
+                    options.fencing = fencing
+                    let started = ContinuousClock.now
+                    let error = await #expect(throws: RedlockError.self) { try await client.makeLock(name, options: options).lock(timeout: .seconds(10)) }
+                    #expect(started.duration(to: .now) < .seconds(5), "\(refusal): \(started.duration(to: .now))")
+                    let cause = error?.nodes.first?.cause.error
+                    #expect(cause?.isPermanent == true && cause?.message.hasPrefix(refusal) == true, "\(String(describing: error))")
+                }
+                await client.shutdown()
+            }
+        }
+    }
+
+    /// A lock name whose cluster slot (`CLUSTER KEYSLOT` on `server`) is in `slots`, other than the
+    /// fencing counter's, or nil.
+    private static func name(on server: RedisServer, inSlots slots: ClosedRange<Int64>) async throws -> String? {
+        let counterSlot = try await server.run(RedisCommand("CLUSTER", "KEYSLOT", "redlock:fence")).integer
+        for index in 0..<1_000 {
+            let slot = try await server.run(RedisCommand("CLUSTER", "KEYSLOT", "shard-\(index)")).integer
+            if let slot, slots.contains(slot), slot != counterSlot { return "shard-\(index)" }
+        }
+        return nil
+    }
+
     @Test("a lock acquired while one of three nodes refuses connections lists that node when the majority fails")
     func refusingNode() async throws {
         try await withLockNodes(3) { client, servers in
