@@ -67,7 +67,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
 
     /// Parses `host:port`, `redis://[[user]:password@]host[:port][/db]` (`valkey://` alike),
     /// `rediss://…` (`valkeys://` alike: the same over TLS, ``tls`` set to the defaults) or
-    /// `unix:///path[?db=N]` (`unix:/path` alike).
+    /// `unix:///path[?db=N]` (`unix:/path` alike; the path percent-decoded: `%20` for a space).
     ///
     /// A bare host without a port uses 6379. IPv6 hosts are written in brackets (`[::1]:6379`,
     /// `redis://[::1]:6379`). A user name or password in a URL may be percent-encoded (`%40` for
@@ -102,7 +102,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 }
             }
             guard rest.hasPrefix("/"), rest.count > 1 else { throw invalid("a unix socket path must be absolute") }
-            self.init(endpoint: .unixDomainSocket(path: String(rest)), database: database)
+            // A URL's path is percent-encoded (`%20` for a space, `%25` for `%`), as other clients
+            // read it.
+            guard let path = Self.percentDecoded(rest) else { throw invalid("bad percent-encoding in the socket path") }
+            guard !path.utf8.contains(0) else { throw invalid("a socket path cannot hold a NUL byte") }
+            self.init(endpoint: .unixDomainSocket(path: path), database: database)
             return
         }
 

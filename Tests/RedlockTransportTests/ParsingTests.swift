@@ -40,6 +40,10 @@ struct ParsingTests {
         #expect(valkey.username == "u" && valkey.password == "p" && valkey.database == 1)
         #expect(try RedisConnectionConfiguration(parsing: "unix:/run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
         #expect(try RedisConnectionConfiguration(parsing: "unix:///run/redis.sock").endpoint == .unixDomainSocket(path: "/run/redis.sock"))
+        // A URL's path is percent-decoded, as other clients read it.
+        #expect(try RedisConnectionConfiguration(parsing: "unix:///tmp/a%20b/r%25.sock").endpoint == .unixDomainSocket(path: "/tmp/a b/r%.sock"))
+        #expect(throws: RedisError.self) { try RedisConnectionConfiguration(parsing: "unix:///tmp/a%2") }
+        #expect(throws: RedisError.self) { try RedisConnectionConfiguration(parsing: "unix:///tmp/a%00b") }
         #expect(try RedisConnectionConfiguration(parsing: "Redis://H:7").endpoint == .hostname("H", port: 7))
         #expect(try RedisConnectionConfiguration(parsing: "VALKEY://h").endpoint == .hostname("h", port: 6379))
         let empty = try RedisConnectionConfiguration(parsing: "redis://:@h")
