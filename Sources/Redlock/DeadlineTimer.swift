@@ -176,15 +176,18 @@ final class DeadlineTimer: Sendable {
         BootClock.now()
     }
 
-    /// Expires `waiter` at `deadline` unless it finished before.
-    func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant) {
+    /// Expires `waiter` at `deadline` unless it finished before. With `keptByLoop` false, a
+    /// deadline set on the event loop's thread signals the timer's thread at once rather than
+    /// being kept by the loop (see the type's notes): for a wait that must end on time even while
+    /// tasks on ``RedlockClient/executor`` hold the loop (a scoped lock's deadline watch).
+    func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant, keptByLoop: Bool = true) {
         let at = nanoseconds(deadline)
         let action = state.withLock { state in
             state.dropFinishedOnTop()
             state.push(Entry(deadline: at, waiter: waiter))
             return Self.action(after: at, in: &state)
         }
-        perform(action, for: waiter, at: at)
+        perform(action, for: waiter, at: at, keptByLoop: keptByLoop)
     }
 
     /// `instant` in ``Nanoseconds``, saturating.
@@ -245,11 +248,11 @@ final class DeadlineTimer: Sendable {
     /// there (the loop refuses once it has exited); any other signals the thread, which is
     /// looked at again under the lock: it may have woken meanwhile. Only this rarer path asks
     /// which thread the caller is on.
-    private func perform(_ action: Action, for waiter: any Expiring, at deadline: Nanoseconds) {
+    private func perform(_ action: Action, for waiter: any Expiring, at deadline: Nanoseconds, keptByLoop: Bool = true) {
         switch action {
         case .none: break
         case .earlier:
-            if let loop, loop.isCurrentThread, loop.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: instant(deadline)) {
+            if keptByLoop, let loop, loop.isCurrentThread, loop.remind(Reminder(timer: self, waiter: waiter, deadline: deadline), at: instant(deadline)) {
                 return
             }
             wake(dueBy: deadline)
@@ -383,5 +386,31 @@ final class DeadlineTimer: Sendable {
                 _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(clamping: left)))
             }
         }
+    }
+}
+
+/// A deadline-timer entry that runs `action` once, when its time comes: unless, for one made
+/// `until` a waiter, that waiter's wait ended first (its action would find nothing to do), so
+/// the timer, and the event loop that may keep the deadline, drop it unrun.
+final class TimerAction: Expiring {
+    private let action: @Sendable () -> Void
+    private let done = Atomic<Bool>(false)
+    private let waiter: Waiter?
+
+    init(until waiter: Waiter? = nil, _ action: @escaping @Sendable () -> Void) {
+        self.waiter = waiter
+        self.action = action
+    }
+
+    var isFinished: Bool { done.load(ordering: .acquiring) || waiter?.isFinished == true }
+
+    func expire() {
+        guard done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        action()
+    }
+
+    /// The action will not run; the timer drops it.
+    func cancel() {
+        done.store(true, ordering: .releasing)
     }
 }

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Logging
+import Synchronization
 
 extension DistributedLock {
     /// Acquires the lock, runs `body` while keeping the lease alive, and releases it when `body`
@@ -33,12 +34,14 @@ extension DistributedLock {
     ///     main-actor caller's body runs on the main actor and may use its state; with no actor,
     ///     on the executor the caller's task prefers (SE-0417: `body` runs in a child task, which
     ///     inherits the preference), such as ``RedlockClient/executor``, else on the global
-    ///     executor. The extender, the deadline watch and the hold-time cap run on the global
-    ///     executor and cancel the body themselves, and the body's end is recorded where it ends:
-    ///     an actor or executor busy with other work delays neither (only the body's reaction to
-    ///     cancellation). On ``RedlockClient/executor`` a body that computes without suspending
-    ///     also keeps the extensions' replies unread, and so ends in `leaseLost` at the deadline
-    ///     (whose message says that tasks there held the client's event loop).
+    ///     executor. The deadline watch and the hold-time cap run on the client's timer thread,
+    ///     the extender on its I/O thread (a task preferring ``RedlockClient/executor``), not on
+    ///     the global pool, and they cancel the body themselves; the body's end is recorded where
+    ///     it ends: an actor busy with other work, or bodies computing on every thread of the
+    ///     pool, delay neither (only the body's reaction to cancellation). On
+    ///     ``RedlockClient/executor`` a body that computes without suspending also keeps the
+    ///     extensions from being sent and their replies unread, and so ends in `leaseLost` at the
+    ///     deadline (whose message says that tasks there held the client's event loop).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3.
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
@@ -58,7 +61,8 @@ extension DistributedLock {
     ///   `body` ran (also when ``unlock(_:)`` released it from outside); `holdTimeExceeded`;
     ///   `clientShutDown` when the client shuts down meanwhile (``RedlockClient/shutdown()``);
     ///   `invalidConfiguration` for invalid parameters, or when a running scope of this client
-    ///   holds the same name and value (a value of your own, ``LockValue/fixed(_:)``).
+    ///   holds the same name and value (a value of your own, ``LockValue/fixed(_:)``; with
+    ///   ``LockOptions/singleFlight`` the call waits for that scope's release instead).
     public func withLock<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         extendWhenRemaining: Double = 1.0 / 3.0,
@@ -68,8 +72,10 @@ extension DistributedLock {
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
         // A fixed value a running scope holds is that scope's lease: an acquire with it would
-        // re-attach to its keys, and a failed one would delete them.
-        if let value = options.value.fixedValue, client.scopes.holds(name: name, value: value) {
+        // re-attach to its keys, and a failed one would delete them. With single-flight the
+        // acquire waits at this client's gate until that scope's release passes it on (a scope of
+        // another lock of the name that skipped the gate is still refused: by `scope`).
+        if !options.singleFlight, let value = options.value.fixedValue, client.scopes.holds(name: name, value: value) {
             throw RedlockError.invalid(
                 "a running scope of this client holds this lock with the same fixed value; a lease has one scope at a time",
                 lockName: name
@@ -106,8 +112,10 @@ extension DistributedLock {
     /// are gone; ``RedlockError/Code-swift.struct/leaseTakenOver``: another holder's are there).
     /// A lease has one scope at a time: a lease that a running scope of this client holds is
     /// refused with ``RedlockError/Code-swift.struct/invalidConfiguration`` (and left to that
-    /// scope), and ``unlock(_:)`` of a scope's lease from outside it cancels its body once that
-    /// release is decided (the scope throws ``RedlockError/Code-swift.struct/leaseLost``). A
+    /// scope), and ``unlock(_:)`` of a scope's lease from outside it ends the lease for the body
+    /// as its deletes go out (``HeldLease/isValid`` false from then on) and cancels the body once
+    /// that release is decided (the scope throws ``RedlockError/Code-swift.struct/leaseLost``,
+    /// also when the body returned in between). A
     /// lease is told by its name and value, as the nodes tell it: with a value of your own
     /// (``LockValue/fixed(_:)``, a generator) two scopes of one client on one name at once hold
     /// one lease, and the second is refused; ``LockOptions/singleFlight`` lets them in one after
@@ -134,7 +142,8 @@ extension DistributedLock {
     ///     default `nil` (5 % of the expiry, 5–250 ms, at most half of `extendWhenRemaining` × expiry).
     ///   - onExtended: Called with each confirmed extension, before `body` can see it, e.g. to
     ///     move a deadline kept outside this process (as `redlock run` tells its watchdog). It
-    ///     runs on the extending task and should return quickly. The default does nothing.
+    ///     runs on the extending task, on the client's I/O thread (``RedlockClient/executor``),
+    ///     and should return quickly: no reply is read meanwhile. The default does nothing.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
@@ -237,15 +246,22 @@ extension DistributedLock {
         }
         let held = HeldLease(lease, safetyMargin: margin)
 
-        // The extender and the watches run in a task of their own on the global executor,
-        // whatever the caller prefers, and stop the body themselves when they end it: a body busy
-        // on the caller's actor or on the client's I/O thread then holds up neither them nor
-        // their cancel (it still delays the body's reaction to it). They are not cancelled with
-        // the caller: a cancelled body stays protected while it winds down. So the outcome is the
-        // first one claimed, not the first seen: a body that ends because it was cancelled must
-        // not overtake the interruption that cancelled it. The body claims its end where it
-        // ends, before any hop: back on a busy actor, a watch would claim first.
+        // The deadline and the hold-time cap are watched from the client's timer thread, and the
+        // extender runs on the client's event loop (a task that prefers ``RedlockClient/executor``,
+        // which sleeps on the timer too): none of them waits for a thread of the global pool,
+        // which bodies that compute without suspending may all hold (two such bodies on two
+        // cores kept every extension and the cancel from running while another process took the
+        // lock), nor for the caller's actor. A body that holds the event loop (it runs there when
+        // its task prefers the executor) keeps the extensions' replies unread, and the timer still
+        // cancels it at the deadline. They stop the body themselves when they end it, and are not
+        // cancelled with the caller: a cancelled body stays protected while it winds down. So the
+        // outcome is the first one claimed, not the first seen: a body that ends because it was
+        // cancelled must not overtake the interruption that cancelled it. The body claims its end
+        // where it ends, before any hop: back on a busy actor, a watch would claim first. An
+        // interruption stops the extender too: a body that ignores cancellation is not kept past
+        // its hold-time cap.
         let stopBody = ChildCanceller()
+        let stopExtender = ChildCanceller()
         let claimed = OneTimeEvent<ScopeOutcome<T>>()
         @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> Bool {
             guard let outcome else { return false }
@@ -253,32 +269,28 @@ extension DistributedLock {
             if case .interrupted? = claimed.value {
                 held.end()
                 stopBody.cancel()
+                stopExtender.cancel()
             }
             return true
         }
         ticket.onInterrupt { error in _ = claim(.interrupted(error)) }
-        let watches = Task(executorPreference: globalConcurrentExecutor) {
-            await withTaskGroup(of: Bool.self) { group in
-                group.addTask { claim(await watchDeadline(held)) }
-                group.addTask {
-                    claim(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
-                }
-                if let maximumHoldTime {
-                    let capAt = acquiredAt.advanced(by: maximumHoldTime)
-                    group.addTask {
-                        do {
-                            try await Task.sleep(until: capAt, clock: .continuous)
-                        } catch {
-                            return false
-                        }
-                        return claim(.interrupted(RedlockError(
-                            code: .holdTimeExceeded, lockName: name,
-                            message: "the body ran past the maximum hold time of \(maximumHoldTime) and was cancelled"
-                        )))
-                    }
-                }
-                // The first claim ends the others.
-                for await done in group where done { group.cancelAll() }
+        ticket.onValidityEnd { held.end() }
+        let watch = LeaseWatch(
+            held, capAt: maximumHoldTime.map { acquiredAt.advanced(by: $0) }, timer: client.deadlines,
+            onLapse: { [self] in
+                _ = claim(.interrupted(lost(held, detail: "no extension was confirmed before the lease's deadline; the body was cancelled")))
+            },
+            onCap: { [name] in
+                _ = claim(.interrupted(RedlockError(
+                    code: .holdTimeExceeded, lockName: name,
+                    message: "the body ran past the maximum hold time of \(maximumHoldTime ?? .zero) and was cancelled"
+                )))
+            }
+        )
+        watch.start()
+        let extender = Task(executorPreference: client.executor) {
+            await stopExtender.run {
+                _ = claim(await keepAlive(held, extendWhenRemaining: extendWhenRemaining, onExtended: onExtended).map { .interrupted($0) })
             }
         }
         // The body runs in a child task of the caller's: it can be stopped alone, it is cancelled
@@ -288,8 +300,9 @@ extension DistributedLock {
         let mark = client.scopes.mark(ticket)
         async let ran = stopBody.run { await Self.outcome(of: body, held, in: mark, isolation: isolation, claim: claim) }
         let bodyOutcome = await ran
-        watches.cancel()
-        await watches.value
+        watch.cancel()
+        stopExtender.cancel()
+        await extender.value
         let outcome: ScopeOutcome<T>
         switch (claimed.value ?? bodyOutcome, bodyOutcome) {
         case let (.interrupted(error), .finished(.failure(bodyError), _)):
@@ -334,6 +347,9 @@ extension DistributedLock {
                     message: "the body ended, but its release found the keys \(goneAtRelease.code == .leaseTakenOver ? "another holder's" : "gone") on a quorum before the lease's validity ended (deleted or overwritten from outside the lock, or a node lost its data): the body's work may have overlapped another holder's",
                     nodes: goneAtRelease.nodes
                 )
+            } else if held.ended(before: finishedAt) {
+                // Only a release from outside ends the lease without claiming the outcome first.
+                error = lost(held, detail: "the body ended after unlock(_:) released its lease from outside the scope, so its work was not protected")
             } else if held.protects(until: finishedAt) {
                 return try result.get()
             } else {
@@ -404,35 +420,17 @@ extension DistributedLock {
     /// instant much further away cannot be expressed).
     static let longestHoldTimeCap: Duration = .seconds(100 * 365 * 86_400)
 
-    /// Sleeps until the held lease's deadline, again after each confirmed extension moved it;
-    /// returns the lease-lost outcome once a deadline passes unprotected, or nil when cancelled.
-    private func watchDeadline<T>(_ held: HeldLease) async -> ScopeOutcome<T>? {
-        while true {
-            do {
-                try await Task.sleep(until: held.deadline, tolerance: .zero, clock: .continuous)
-            } catch {
-                return nil
-            }
-            if !held.protects(until: .now) {
-                return .interrupted(lost(held, detail: "no extension was confirmed before the lease's deadline; the body was cancelled"))
-            }
-        }
-    }
-
     /// Extends `held` whenever its remaining validity falls to the threshold. Returns the
     /// lease-lost error when a node reports the keys gone or taken over (or an extension came
-    /// only after a gap), or nil once cancelled or past the deadline (the watcher reports that).
+    /// only after a gap), or nil once cancelled, ended or past the deadline (the watch reports
+    /// that). Its pauses end on the client's timer thread (``pause(until:)``).
     private func keepAlive(
         _ held: HeldLease, extendWhenRemaining: Double, onExtended: @Sendable (Lease) -> Void
     ) async -> RedlockError? {
         while true {
             let lease = held.lease
             let extendAt = lease.validUntil.advanced(by: .zero - lease.expiry * extendWhenRemaining)
-            do {
-                try await Task.sleep(until: extendAt, clock: .continuous)
-            } catch {
-                return nil
-            }
+            guard await pause(until: extendAt), !held.hasEnded else { return nil }
             while true {
                 do {
                     let extended = try await extend(lease)
@@ -452,15 +450,19 @@ extension DistributedLock {
                 let now = ContinuousClock.now
                 guard held.protects(until: now) else { return nil }
                 // Retry a transient failure a few times before the deadline.
-                let pause = min(now.duration(to: held.deadline), max(lease.expiry / 20, .milliseconds(1)))
-                do {
-                    try await Task.sleep(for: pause)
-                } catch {
-                    return nil
-                }
-                guard held.protects(until: .now) else { return nil }
+                let retryAt = now + min(now.duration(to: held.deadline), max(lease.expiry / 20, .milliseconds(1)))
+                guard await pause(until: retryAt), !held.hasEnded, held.protects(until: .now) else { return nil }
             }
         }
+    }
+
+    /// Suspends until `deadline`, woken by the client's timer thread: a `Task.sleep` ends on a
+    /// thread of the global pool, which bodies that compute without suspending may all hold.
+    /// Returns false when the task was cancelled (at once, or meanwhile).
+    private func pause(until deadline: ContinuousClock.Instant) async -> Bool {
+        guard !Task.isCancelled else { return false }
+        await Waiter().wait(timer: client.deadlines, deadline: deadline) { .waiting }
+        return !Task.isCancelled
     }
 
     /// The lease-lost error: `detail`, the last extension's failure if any, and, when tasks on
@@ -493,4 +495,68 @@ extension HeldLease {
 enum ScopeOutcome<T: Sendable>: Sendable {
     case finished(Result<T, any Error>, at: ContinuousClock.Instant)
     case interrupted(RedlockError)
+}
+
+/// A scoped lock's watch, on the client's timer thread (``DeadlineTimer``): calls `onLapse` when
+/// the held lease's deadline passes unprotected, or `onCap` when the hold-time cap comes,
+/// whichever is first, whatever holds the global pool or the client's event loop. It wakes at
+/// the earlier of the two; at a deadline that an extension moved meanwhile it looks again at the
+/// new one, so it is never more than one expiry ahead. Its callbacks run on the timer's thread
+/// and must be quick. Cancelled (the body ended), it drops what it holds at once; the timer
+/// drops the entry itself by its time.
+final class LeaseWatch: Expiring {
+    private struct Watched {
+        let held: HeldLease
+        let capAt: ContinuousClock.Instant?
+        let onLapse: @Sendable () -> Void
+        let onCap: @Sendable () -> Void
+
+        /// When to look next: the deadline, or the cap when it comes first.
+        var next: ContinuousClock.Instant {
+            let deadline = held.deadline
+            guard let capAt else { return deadline }
+            return Swift.min(deadline, capAt)
+        }
+    }
+
+    private let watched: Mutex<Watched?>
+    private let finished = Atomic<Bool>(false)
+    private let timer: DeadlineTimer
+
+    init(
+        _ held: HeldLease, capAt: ContinuousClock.Instant?, timer: DeadlineTimer,
+        onLapse: @escaping @Sendable () -> Void, onCap: @escaping @Sendable () -> Void
+    ) {
+        watched = Mutex(Watched(held: held, capAt: capAt, onLapse: onLapse, onCap: onCap))
+        self.timer = timer
+    }
+
+    var isFinished: Bool { finished.load(ordering: .acquiring) }
+
+    /// Schedules the first look. The timer's thread is signalled even when the caller is on the
+    /// event loop's thread, which may be held by the body.
+    func start() {
+        guard let next = watched.withLock({ $0?.next }) else { return }
+        timer.schedule(self, at: next, keptByLoop: false)
+    }
+
+    func expire() {
+        guard let watched = watched.withLock({ $0 }) else { return }
+        let now = ContinuousClock.now
+        if let capAt = watched.capAt, now >= capAt {
+            cancel()
+            watched.onCap()
+        } else if !watched.held.protects(until: now) {
+            cancel()
+            watched.onLapse()
+        } else {
+            timer.schedule(self, at: watched.next, keptByLoop: false)
+        }
+    }
+
+    /// Ends the watch: no callback runs from now on (one already running completes).
+    func cancel() {
+        finished.store(true, ordering: .releasing)
+        watched.withLock { $0 = nil }
+    }
 }

@@ -175,6 +175,10 @@ public struct DistributedLock: Sendable {
         // them that still waited for a connect. Released by another client, the lease's node
         // set counts that client's nodes, and nothing orders the two clients' connections: to
         // every node, and lost releases are kept for every node.
+        // A scope holding this lease (a copy released from outside it) says it is no longer valid
+        // before the deletes go out: once they run, another process may take the lock. (A
+        // scope's own release left its slot first.)
+        client.scopes.endValidity(of: lease)
         let ownLease = lease.origin?.client == client.serial
         let releaseLane = ownLease ? lease.origin?.lane ?? lane : lane
         if !ownLease { lease.replayWindow?.mayBeSetAnywhere() }
@@ -206,8 +210,10 @@ public struct DistributedLock: Sendable {
             claimed?.resume(sentAt: handedAt)
         }
         // The release went out: a scope holding this lease (a copy released from outside it)
-        // must not run on, whatever the nodes said. (A scope's own release left its slot
-        // first.) Not before its votes are in: the scope's own release would race this one.
+        // must not run on, whatever the nodes said; its body was told the lease is no longer
+        // valid before the deletes went out. Not interrupted before the votes are in: the
+        // scope's own release would race this one (and, with a fixed value, could delete a key
+        // this release handed to a waiter).
         client.scopes.interrupt(
             lease,
             RedlockError(

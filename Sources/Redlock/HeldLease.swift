@@ -21,6 +21,8 @@ public final class HeldLease: Sendable, CustomStringConvertible {
         /// Set once the scope interrupted the body or is releasing the lease: the body may no
         /// longer act, whatever the deadline.
         var ended = false
+        /// When it was first ended.
+        var endedAt: ContinuousClock.Instant?
     }
 
     private let state: Mutex<State>
@@ -68,6 +70,9 @@ public final class HeldLease: Sendable, CustomStringConvertible {
     /// The latest failed extension, if any.
     var lastExtensionError: RedlockError? { state.withLock { $0.lastExtensionError } }
 
+    /// Whether the scope ended the lease for the body (interrupted it, or is releasing it).
+    var hasEnded: Bool { state.withLock { $0.ended } }
+
     /// Takes a confirmed extension. If it started after the previous deadline, the lease had a
     /// gap and stays lapsed.
     func update(_ extended: Lease) {
@@ -83,7 +88,16 @@ public final class HeldLease: Sendable, CustomStringConvertible {
     /// release the lease. Called before the body is cancelled, so that a body that sees its
     /// cancellation sees this too.
     func end() {
-        state.withLock { $0.ended = true }
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.ended = true
+            if state.endedAt == nil { state.endedAt = now }
+        }
+    }
+
+    /// Whether the scope ended the lease for the body before `instant`.
+    func ended(before instant: ContinuousClock.Instant) -> Bool {
+        state.withLock { $0.endedAt.map { $0 < instant } ?? false }
     }
 
     /// Records a failed extension.

@@ -1438,30 +1438,3 @@ struct AddressedHandoff: Sendable {
         message = HandoffMessage(Array(payload[...lifeEnd]) + payload[(nameStart + length + 1)...])
     }
 }
-
-/// A deadline-timer entry that runs `action` once, when its time comes: unless, for one made
-/// `until` a waiter, that waiter's wait ended first (its action would find nothing to do), so
-/// the timer, and the event loop that may keep the deadline, drop it unrun.
-private final class TimerAction: Expiring {
-    private let action: @Sendable () -> Void
-    private let done = Atomic<Bool>(false)
-    private let waiter: Waiter?
-
-    init(until waiter: Waiter? = nil, _ action: @escaping @Sendable () -> Void) {
-        self.waiter = waiter
-        self.action = action
-    }
-
-    var isFinished: Bool { done.load(ordering: .acquiring) || waiter?.isFinished == true }
-
-    func expire() {
-        guard done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        action()
-    }
-
-    /// The action will not run; the timer drops it.
-    func cancel() {
-        done.store(true, ordering: .releasing)
-    }
-}
-

@@ -154,6 +154,13 @@ final class ScopeRegistry: Sendable {
         ticket.interrupt(error())
     }
 
+    /// Ends the validity of `lease` for the body of the scope holding it, if any (see
+    /// ``ScopeTicket/endValidity()``).
+    func endValidity(of lease: Lease) {
+        guard let ticket = state.withLock({ $0.scopes.isEmpty ? nil : $0.scopes[Key(name: lease.name, value: lease.value)] }) else { return }
+        ticket.endValidity()
+    }
+
     /// Whether a running scope holds `name` with `value`.
     func holds(name: String, value: String) -> Bool {
         state.withLock { $0.scopes[Key(name: name, value: value)] != nil }
@@ -200,6 +207,10 @@ final class ScopeTicket: Sendable {
     private struct State {
         var handler: (@Sendable (RedlockError) -> Void)?
         var pending: RedlockError?
+        /// What ends the lease's validity for the body (``endValidity()``), and whether that
+        /// came before it was set.
+        var validityEnder: (@Sendable () -> Void)?
+        var validityEnded = false
     }
 
     private let state = Mutex(State())
@@ -221,6 +232,26 @@ final class ScopeTicket: Sendable {
             return state.pending
         }
         if let pending { handler(pending) }
+    }
+
+    /// Calls `ender` when the lease stops being valid for the body before the scope is
+    /// interrupted (``endValidity()``); at once if that came already.
+    func onValidityEnd(_ ender: @escaping @Sendable () -> Void) {
+        let endedAlready: Bool = state.withLock { state in
+            state.validityEnder = ender
+            return state.validityEnded
+        }
+        if endedAlready { ender() }
+    }
+
+    /// The lease is being released from outside the scope: from now on the body may not act on
+    /// it, though the interruption (and the scope's own release) waits for that release's votes.
+    func endValidity() {
+        let ender: (@Sendable () -> Void)? = state.withLock { state in
+            state.validityEnded = true
+            return state.validityEnder
+        }
+        ender?()
     }
 
     func interrupt(_ error: RedlockError) {

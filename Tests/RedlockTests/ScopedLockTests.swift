@@ -189,6 +189,73 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("bodies that compute without suspending on every thread of the global pool hold up neither the extensions nor the deadline: on healthy nodes each keeps its lease past three expiries; with a majority frozen each is cancelled, and stops working, before its lease's validity ends (before: extensions and the watch waited for a free thread of the pool, so the bodies worked on uncancelled long after the keys expired)", arguments: [false, true])
+    func busyPool(frozen: Bool) async throws {
+        let width = Swift.max(ProcessInfo.processInfo.activeProcessorCount, 1)
+        try await withLockNodes(3) { client, servers in
+            let reports = await withTaskGroup(of: BusyBodyReport.self) { group in
+                for index in 0..<width {
+                    group.addTask {
+                        await Self.busyBody(client, name: "busy-\(index)", freezing: frozen && index == 0 ? Array(servers.prefix(2)) : [])
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            for server in servers.prefix(2) where frozen { try server.resume() }
+            #expect(reports.count == width)
+            for report in reports {
+                if frozen {
+                    #expect(report.error?.code == .leaseLost, "\(report)")
+                    #expect(report.lastWork < report.validUntil, "worked past the lease's validity: \(report)")
+                    #expect(report.lastWork < report.started + .milliseconds(1_500), "\(report)")
+                } else {
+                    #expect(report.error == nil, "\(report)")
+                    #expect(report.validUntil > report.firstValidUntil + .seconds(1), "not extended: \(report)")
+                }
+            }
+        }
+    }
+
+    /// What one of ``busyPool(frozen:)``'s bodies saw.
+    struct BusyBodyReport: Sendable, CustomStringConvertible {
+        var started = ContinuousClock.now
+        var firstValidUntil = ContinuousClock.now
+        var validUntil = ContinuousClock.now
+        var lastWork = ContinuousClock.now
+        var error: RedlockError?
+
+        var description: String {
+            "work ended \(started.duration(to: lastWork)) after the start, validity \(started.duration(to: firstValidUntil)) at first and \(started.duration(to: validUntil)) at the end, error: \(error.map { "\($0)" } ?? "none")"
+        }
+    }
+
+    /// A scope whose body computes for 2 s in 1 ms steps without suspending (checking for
+    /// cancellation between steps, and the lease's validity after each), after freezing
+    /// `freezing`, on a 900 ms expiry with a 150 ms safety margin.
+    private static func busyBody(_ client: RedlockClient, name: String, freezing: [RedisServer]) async -> BusyBodyReport {
+        let report = Locked(BusyBodyReport())
+        do {
+            let lock = try client.makeLock(name, options: testOptions(expiry: .milliseconds(900)))
+            try await lock.withLock(safetyMargin: .milliseconds(150)) { held in
+                for server in freezing { try await server.pause() }
+                let started = ContinuousClock.now
+                report.update { $0.started = started; $0.firstValidUntil = held.lease.validUntil; $0.validUntil = held.lease.validUntil; $0.lastWork = started }
+                while !Task.isCancelled, started.duration(to: .now) < .seconds(2) {
+                    let step = ContinuousClock.now + .milliseconds(1)
+                    while ContinuousClock.now < step {}
+                    let now = ContinuousClock.now
+                    let validUntil = held.lease.validUntil
+                    report.update { $0.lastWork = now; $0.validUntil = validUntil }
+                }
+            }
+        } catch let error as RedlockError {
+            report.update { $0.error = error }
+        } catch {
+            report.update { $0.error = RedlockError(code: .cancelled, lockName: name, message: "\(error)") }
+        }
+        return report.value
+    }
+
     @Test("a body that returns before any extension, while its keys were taken over meanwhile, gets leaseLost at the release, not its result")
     func takenOverBeforeTheRelease() async throws {
         try await withLockNodes(3) { client, servers in
@@ -554,6 +621,26 @@ struct ScopedLockTests {
             for stall in stalls { await stall.waitUntilOver() }
             #expect(counts.value.overlaps == 0)
             #expect(try await values(of: "sf-scopes", on: servers).allSatisfy { $0 == nil })
+
+            // One that starts while a scope of that value runs waits at the gate and runs after
+            // it (before: refused with invalidConfiguration, so only scopes started together ran).
+            let entered = OneTimeEvent<Void>()
+            let finish = OneTimeEvent<Void>()
+            let first = Task {
+                try await lock.withLock { _ in
+                    entered.fire()
+                    await finish.wait()
+                    return ContinuousClock.now
+                }
+            }
+            await entered.wait()
+            let second = Task { try await lock.withLock { _ in ContinuousClock.now } }
+            #expect(await eventually(within: .seconds(2)) { client.runningScopes == 2 })
+            finish.fire()
+            let firstEnded = try await first.value
+            let secondRan = try await second.value
+            #expect(secondRan >= firstEnded)
+            #expect(try await values(of: "sf-scopes", on: servers).allSatisfy { $0 == nil })
         }
     }
 
@@ -629,6 +716,31 @@ struct ScopedLockTests {
             let unlocked = try await seenAtCancellation { lease in try await lock.unlock(lease) }
             #expect(unlocked.error?.code == .leaseLost, "\(String(describing: unlocked.error))")
             #expect(unlocked.deadlineAhead && !unlocked.valid && unlocked.remaining == .zero)
+
+            // Unlocked from outside while every node sleeps: the body is told as the deletes go
+            // out, not once their answers come (before: it saw the lease valid until then, while
+            // a node that had run the delete could grant the lock to another process).
+            // The release's budget (2.4 s) outlasts the nodes' sleep: its votes come when they wake.
+            let outside = try client.makeLock("held-ends-outside", options: testOptions(expiry: .seconds(3), timeoutFactor: 0.8))
+            let toldAt = Locked<ContinuousClock.Instant?>(nil)
+            let entered = OneTimeEvent<Lease>()
+            let scope = Task {
+                try await outside.withLock { held in
+                    entered.fire(held.lease)
+                    if await eventually(within: .seconds(5), { !held.isValid }) { toldAt.update { $0 = .now } }
+                }
+            }
+            let lease = await entered.wait()
+            var stalls: [RedisServerStall] = []
+            for server in servers { stalls.append(try await server.stall(for: .seconds(1))) }
+            let unlocking = Task { try await outside.unlock(lease) }
+            let stalledUntil = try #require(stalls.map { $0.startedAt + $0.duration }.min())
+            try await unlocking.value
+            let whileOut = await #expect(throws: RedlockError.self) { try await scope.value }
+            #expect(whileOut?.code == .leaseLost, "\(String(describing: whileOut))")
+            let told = try #require(toldAt.value, "the body never saw the lease end")
+            #expect(told < stalledUntil - .milliseconds(300), "told \(stalledUntil.duration(to: told)) after the nodes woke")
+            for stall in stalls { await stall.waitUntilOver() }
 
             // A HeldLease kept past its scope: released, so not valid, though its deadline is ahead.
             let kept = try await lock.withLock { held in held }
