@@ -1346,9 +1346,13 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                     if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
                         tcsetpgrp(STDIN_FILENO, foreground);
                     }
-                    /* Not group 1 (nor an unknown one): kill(-1) signals every process there is,
-                       and a container init's group has no shell to resume it anyway. */
-                    if (supervisor_group > 1) {
+                    /* Only with a terminal (stdin is the controlling one: a job a shell can
+                       resume, in the foreground or not): without one (cron, a service manager,
+                       stdin redirected) nobody would continue the caller, stopped for good while
+                       the command is killed at the deadline anyway. Not group 1 (nor an unknown
+                       one): kill(-1) signals every process there is, and a container init's
+                       group has no shell to resume it anyway. */
+                    if (foreground > 0 && supervisor_group > 1) {
                         kill(-supervisor_group, stop);
                     }
                     stopped_by = stop;

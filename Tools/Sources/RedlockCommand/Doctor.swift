@@ -141,16 +141,18 @@ struct Doctor: AsyncParsableCommand {
         /// Nodes that may fail (down, or refusing) with a lock still granted: N − quorum.
         let tolerated: Int
         /// Nodes that cannot vote now: not reachable (no answer, the connection refused:
-        /// credentials, database, a server that is not Redis), or refusing the lock's commands
-        /// for their state (`state`: READONLY, OOM, MISCONF, LOADING, …).
+        /// credentials, database, a server that is not Redis), refusing the lock's commands for
+        /// their state (`state`: READONLY, OOM, MISCONF, LOADING, …), or for the user's
+        /// permissions (`permissions` fails: a command, key or script the lock needs refused).
         let unusable: Int
         /// The verdict in words.
         let detail: String
     }
 
-    /// Whether a node cannot vote now: its first check (reachable) or its state check failed.
+    /// Whether a node cannot vote now: its first check (reachable), its state check or its
+    /// permissions check failed.
     static func cannotVote(_ audit: RedlockClient.NodeAudit) -> Bool {
-        audit.checks.first?.verdict == .fail || audit.checks.contains { $0.name == "state" && $0.verdict == .fail }
+        audit.checks.first?.verdict == .fail || audit.checks.contains { ["state", "permissions"].contains($0.name) && $0.verdict == .fail }
     }
 
     /// The verdict on the node set as a whole: how many nodes a quorum needs (`quorum`, the
@@ -162,7 +164,7 @@ struct Doctor: AsyncParsableCommand {
         var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"
         if nodeCount - unusable < quorum {
             verdict = "fail"
-            detail += "; \(unusable) cannot vote now (see reachable and state), so no quorum can form"
+            detail += "; \(unusable) cannot vote now (see reachable, state and permissions), so no quorum can form"
         } else if tolerated == 0 {
             verdict = "warn"
             detail += nodeCount == 1

@@ -96,8 +96,18 @@ struct ProcessTests {
                 let quorumless = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(downEndpoint),\(goneEndpoint)"])
                 let (quorumlessStatus, quorumlessOut, _) = await quorumless.finish()
                 #expect(quorumlessStatus == 1)
-                #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 cannot vote now (see reachable and state), so no quorum can form"), "\(quorumlessOut)")
+                #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 cannot vote now (see reachable, state and permissions), so no quorum can form"), "\(quorumlessOut)")
             }
+        }
+        // Three nodes that answer, but whose user may run none of the lock's commands: no node
+        // can grant (before: the fleet said warn, with none unusable).
+        try await withRedisServers(3, arguments: ["--user", "nope", "on", ">pw", "~*", "-@all", "+ping"]) { servers throws in
+            let nodes = servers.map { "redis://nope:pw@\($0.endpoint)" }.joined(separator: ",")
+            let refused = try CommandRun(["doctor", "--nodes", nodes, "--json"])
+            let (status, json, _) = await refused.finish()
+            #expect(status == 1)
+            let fleet = (try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["fleet"] as? [String: Any]
+            #expect(fleet?["verdict"] as? String == "fail" && fleet?["unusable"] as? Int == 3, "\(json)")
         }
     }
 

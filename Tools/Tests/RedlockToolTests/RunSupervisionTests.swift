@@ -961,6 +961,31 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("a command that stops itself (SIGTSTP) under a caller without a terminal (stdin not a tty; redlock in a process group of its own whose parent shares its session, so not orphaned) leaves the caller running: the command is killed at the deadline, 124 (before: the watchdog stopped redlock's whole group, which stayed stopped until its parent went away)")
+    func stopWithoutTerminal() async throws {
+        try await withRedisServers(1) { servers throws in
+            let redlock = try builtExecutable("redlock").path
+            let parent = """
+            import os, subprocess, sys
+            child = subprocess.Popen(sys.argv[1:], preexec_fn=lambda: os.setpgid(0, 0), stdin=subprocess.DEVNULL)
+            try:
+                print("rc=%d" % child.wait(timeout=15))
+            except subprocess.TimeoutExpired:
+                state = open("/proc/%d/stat" % child.pid).read().rsplit(")", 1)[1].split()[0]
+                print("hung, state " + state)
+                child.kill()
+                child.wait()
+            """
+            let (status, output) = try await runToEnd("/usr/bin/python3", [
+                "-c", parent, redlock, "run", "--nodes", nodeList(servers), "--name", "stopped-alone", "--ttl", "1s", "--",
+                "sh", "-c", "kill -TSTP $$; echo resumed",
+            ])
+            #expect(status == 0 && output.contains("rc=124") && !output.contains("resumed"), "\(output)")
+            #expect(output.contains("stopped by job control (signal \(SIGTSTP))"), "\(output)")
+            #expect(try await values(of: "stopped-alone", on: servers) == [nil])
+        }
+    }
+
     @Test("in a container whose init leads the process group (pgid 1: setsid as PID 1), a job-control stop of the command stops no other process (kill(-1) would stop them all): the command is killed at the deadline, 124; the init's child shows as redlock")
     func containerStopSignalsNoOne() async throws {
         try await withRedisServers(1) { servers throws in
