@@ -122,7 +122,8 @@ struct Bench: AsyncParsableCommand {
         do {
             try await work.value
         } catch is CancellationError {
-            throw ExitCode(130)
+            // 128 + the signal, as a shell reports it: 130 for SIGINT, 143 for SIGTERM.
+            throw ExitCode(128 + (interrupts.signal ?? SIGINT))
         }
     }
 }
@@ -743,21 +744,31 @@ struct BenchSettings: Sendable {
 /// a second one exits at once, and the nodes are killed by the test support's exit handler.
 final class BenchInterrupts: Sendable {
     private let handlers: SignalHandlers
+    /// The first signal, once one came.
+    private let first: FirstSignal
+
+    /// The first of the signals that came (0 until one did).
+    private final class FirstSignal: Sendable {
+        let number = Atomic<Int32>(0)
+    }
 
     init(_ cancel: @escaping @Sendable () -> Void) {
-        let seen = Mutex(0)
-        handlers = SignalHandlers([SIGINT, SIGTERM]) { _ in
-            let count = seen.withLock { count in
-                count += 1
-                return count
-            }
-            if count == 1 {
+        let first = FirstSignal()
+        handlers = SignalHandlers([SIGINT, SIGTERM]) { signal in
+            if first.number.compareExchange(expected: 0, desired: signal, ordering: .acquiringAndReleasing).exchanged {
                 printError("Interrupted: stopping the nodes…")
                 cancel()
             } else {
-                exit(130)
+                exit(128 + signal)
             }
         }
+        self.first = first
+    }
+
+    /// The signal that interrupted the bench, if one did.
+    var signal: Int32? {
+        let number = first.number.load(ordering: .acquiring)
+        return number == 0 ? nil : number
     }
 
     /// Restores the default signal handling.

@@ -355,10 +355,15 @@ struct Run: AsyncParsableCommand {
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
                     "redlock: lost the lease on \"\(name)\"; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
-                        + "the lease's validity ended (was redlock or the watchdog stopped?): \(error)"
+                        + "the lease's validity ended (redlock or the watchdog was stopped, or killing the command's processes took that long): \(error)"
                 )
-            case .exited?:
-                printError("redlock: lost the lease on \"\(name)\"; the command was gone before the lease's validity ended: \(error)")
+            case let .exited(_, _, reportedGoneAt)?:
+                // How long before: the error may speak of the scope's deadline (the validity less
+                // the safety margin), which the command may have outlived within the margin.
+                let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
+                printError(
+                    "redlock: lost the lease on \"\(name)\"; the command was gone \(Double(validUntil - goneAt) / 1e6) ms before the lease's validity ended: \(error)"
+                )
             case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
                 printError("redlock: lost the lease on \"\(name)\" before the command ran: \(error)")
             }
