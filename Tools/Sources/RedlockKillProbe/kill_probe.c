@@ -83,6 +83,16 @@
  *           rc=RC leader_state=S leader_threads=T left=0|1
  *       S and T are L's just before the call; left says whether a thread of L still runs
  *       (looked at for up to 2 s).
+ *
+ *   redlock-kill-probe census COUNT detached|grouped
+ *       The watchdog's count (redlock_census_tree) against the kill it stands for: COUNT
+ *       sleeping children, each in a session of its own or in this process's group; one line:
+ *           walked=W detached=D census_ns=C kill_ns=K rc=R/R
+ *
+ *   redlock-kill-probe stampers COUNT FILE EVERY_MS
+ *       A command for `redlock run`: COUNT children, each in a session of its own, each writing
+ *       CLOCK_BOOTTIME into its 8-byte slot of FILE every EVERY_MS ms; prints "ready" once all
+ *       run, then waits to be killed.
  */
 #define _GNU_SOURCE
 
@@ -1134,6 +1144,111 @@ static int paused_signal(int by_scan) {
 #endif
 }
 
+/* The census against the kill it stands for: this process (a child subreaper) makes `count`
+   children that sleep, each in a session of its own with `detached` (else in this process's
+   group), counts them with redlock_census_tree, then kills them with redlock_kill_tree. One
+   line: walked=W detached=D census_ns=C kill_ns=K (K: the call's time to the kill instant). */
+static int census(int count, int detach) {
+    if (redlock_become_subreaper() != 0) {
+        perror("prctl");
+        return 1;
+    }
+    int ready[2];
+    if (pipe(ready) != 0) {
+        perror("pipe");
+        return 1;
+    }
+    for (int i = 0; i < count; i++) {
+        pid_t child = fork();
+        if (child < 0) {
+            perror("fork");
+            return 1;
+        }
+        if (child == 0) {
+            if (detach) {
+                setsid();
+            }
+            char byte = 1;
+            ssize_t wrote = write(ready[1], &byte, 1);
+            (void)wrote;
+            for (;;) {
+                pause();
+            }
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        char byte;
+        if (read(ready[0], &byte, 1) != 1) {
+            perror("read");
+            return 1;
+        }
+    }
+    long walked = 0, outside = 0;
+    int64_t took = 0;
+    int counted = redlock_census_tree(getpid(), getpgrp(), &walked, &outside, &took);
+    int64_t began = redlock_boottime_ns();
+    int64_t killed_at = 0;
+    int killed = redlock_kill_tree(getpid(), &killed_at);
+    printf("walked=%ld detached=%ld census_ns=%lld kill_ns=%lld rc=%d/%d\n", walked, outside, (long long)took,
+           (long long)(killed_at - began), counted, killed);
+    while (wait(NULL) > 0) {
+    }
+    return 0;
+}
+
+/* The command of a test of `redlock run`'s kill: makes `count` children, each in a session of
+   its own (so a kill of the command's group misses them), each writing CLOCK_BOOTTIME into its
+   slot of FILE (count 8-byte slots, shared) every `every_ms` ms; prints "ready" once they all
+   run, then waits to be killed. */
+static int stampers(int count, const char *path, int every_ms) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, (off_t)count * (off_t)sizeof(int64_t)) != 0) {
+        perror("open");
+        return 1;
+    }
+    int64_t *slots = mmap(NULL, (size_t)count * sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (slots == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    int ready[2];
+    if (pipe(ready) != 0) {
+        perror("pipe");
+        return 1;
+    }
+    for (int i = 0; i < count; i++) {
+        pid_t child = fork();
+        if (child < 0) {
+            perror("fork");
+            return 1;
+        }
+        if (child == 0) {
+            setsid();
+            slots[i] = redlock_boottime_ns();
+            char byte = 1;
+            ssize_t wrote = write(ready[1], &byte, 1);
+            (void)wrote;
+            struct timespec pause_for = {.tv_sec = every_ms / 1000, .tv_nsec = (long)(every_ms % 1000) * 1000000L};
+            for (;;) {
+                nanosleep(&pause_for, NULL);
+                slots[i] = redlock_boottime_ns();
+            }
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        char byte;
+        if (read(ready[0], &byte, 1) != 1) {
+            perror("read");
+            return 1;
+        }
+    }
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        pause();
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
@@ -1172,6 +1287,12 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "confined") == 0 && strcmp(argv[2], "descriptors") == 0 && atol(argv[3]) >= 0) {
         return confined(0, 0, 0, atol(argv[3]));
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO]\n");
+    if (argc == 5 && strcmp(argv[1], "stampers") == 0 && atoi(argv[2]) > 0 && atoi(argv[4]) > 0) {
+        return stampers(atoi(argv[2]), argv[3], atoi(argv[4]));
+    }
+    if (argc == 4 && strcmp(argv[1], "census") == 0 && atoi(argv[2]) > 0 && (strcmp(argv[3], "detached") == 0 || strcmp(argv[3], "grouped") == 0)) {
+        return census(atoi(argv[2]), strcmp(argv[3], "detached") == 0);
+    }
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
     return 2;
 }

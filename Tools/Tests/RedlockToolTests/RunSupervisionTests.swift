@@ -288,6 +288,41 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("redlock stopped while its command runs a thousand processes outside its process group (each in a session of its own): none of them runs past the lease's validity: the watchdog counts them at each renewal, holds each by a descriptor and starts its kill early enough (before: walking to each one at the deadline, hundreds ran on for 50-70 ms past the validity at --ttl 2s)")
+    func manyDetachedProcesses() async throws {
+        let probe = try builtExecutable("redlock-kill-probe").path
+        try await withRedisServers(1) { servers throws in
+            let slots = temporaryFile("slots")
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached-many", "--ttl", "2s", "--verbose", "--",
+                                      probe, "stampers", "1000", slots, "10"], killAfter: .seconds(60))
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            // Renewals after all of them run, each of which the watchdog may count them at.
+            var seen = ""
+            for _ in 0..<3 { seen += await run.waitForErrorLine(containing: "valid_until_boottime_ns=") ?? "" }
+            #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
+            // The watchdog kills them without redlock: their stamps stop.
+            let stopped = await eventually(within: .seconds(15)) {
+                let stamps = Self.stamps(in: slots)
+                return !stamps.isEmpty && (stamps.max() ?? 0) < redlock_boottime_ns() - 300_000_000
+            }
+            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
+            let (status, _, stderr) = await run.finish()
+            #expect(stopped, "the command's processes were not killed")
+            #expect(status == 124 && !run.timedOut, "stderr: \(stderr)")
+            let validUntil = try #require(lastValidUntil(in: seen + stderr), "stderr: \(seen + stderr)")
+            let stamps = Self.stamps(in: slots)
+            #expect(stamps.count == 1_000)
+            let late = stamps.filter { $0 > validUntil }
+            #expect(late.isEmpty, "\(late.count) processes ran past the lease's validity, the last \(Double((late.max() ?? validUntil) - validUntil) / 1e6) ms")
+        }
+    }
+
+    /// The CLOCK_BOOTTIME stamps `redlock-kill-probe stampers` wrote into `path`, one per process.
+    private static func stamps(in path: String) -> [Int64] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        return data.withUnsafeBytes { raw in (0..<(raw.count / 8)).map { raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self) } }
+    }
+
     @Test(
         "a killed or stopped redlock, a stopped process group or a killed watchdog never lets the command overlap the next holder's",
         arguments: ["kill redlock", "stop redlock", "stop redlock's group", "kill the watchdog"]
