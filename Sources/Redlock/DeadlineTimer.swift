@@ -318,6 +318,10 @@ final class DeadlineTimer: Sendable {
         }
     }
 
+    /// Whether ``stop()`` or ``shutdown()`` was called: a wait that would schedule itself again
+    /// (``LeaseWatch``) does not, so the thread can end.
+    var isStopping: Bool { stopRequested.load(ordering: .acquiring) }
+
     /// How many waits the timer holds, finished ones included (for tests).
     var count: Int { state.withLock { state in state.lanes.reduce(state.heap.count) { $0 + $1.count } } }
 

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Logging
+import RedlockTransport
 import Synchronization
 
 extension DistributedLock {
@@ -62,7 +63,9 @@ extension DistributedLock {
     ///   `clientShutDown` when the client shuts down meanwhile (``RedlockClient/shutdown()``);
     ///   `invalidConfiguration` for invalid parameters, or when a running scope of this client
     ///   holds the same name and value (a value of your own, ``LockValue/fixed(_:)``; with
-    ///   ``LockOptions/singleFlight`` the call waits for that scope's release instead).
+    ///   ``LockOptions/singleFlight``, when that scope came through the gate too, the call waits
+    ///   for its release instead, and is refused only if the gate passed on at the end of that
+    ///   lease's validity while its body still ran).
     public func withLock<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         extendWhenRemaining: Double = 1.0 / 3.0,
@@ -72,10 +75,12 @@ extension DistributedLock {
     ) async throws -> T {
         _ = try validateScope(extendWhenRemaining: extendWhenRemaining, maximumHoldTime: maximumHoldTime, safetyMargin: safetyMargin)
         // A fixed value a running scope holds is that scope's lease: an acquire with it would
-        // re-attach to its keys, and a failed one would delete them. With single-flight the
-        // acquire waits at this client's gate until that scope's release passes it on (a scope of
-        // another lock of the name that skipped the gate is still refused: by `scope`).
-        if !options.singleFlight, let value = options.value.fixedValue, client.scopes.holds(name: name, value: value) {
+        // re-attach to its keys, and a failed one would delete them. With single-flight, when the
+        // holder of this name's gate holds that value (it came through the gate), the acquire
+        // waits at the gate until that scope's release passes it on; a scope that did not (a
+        // lock of the name without single-flight, a withLease) is refused as without.
+        if let value = options.value.fixedValue, client.scopes.holds(name: name, value: value),
+           !(options.singleFlight && client.coordination.gateOwned(name, byValue: value)) {
             throw RedlockError.invalid(
                 "a running scope of this client holds this lock with the same fixed value; a lease has one scope at a time",
                 lockName: name
@@ -142,8 +147,9 @@ extension DistributedLock {
     ///     default `nil` (5 % of the expiry, 5–250 ms, at most half of `extendWhenRemaining` × expiry).
     ///   - onExtended: Called with each confirmed extension, before `body` can see it, e.g. to
     ///     move a deadline kept outside this process (as `redlock run` tells its watchdog). It
-    ///     runs on the extending task, on the client's I/O thread (``RedlockClient/executor``),
-    ///     and should return quickly: no reply is read meanwhile. The default does nothing.
+    ///     runs on the extending task: for `withLease`'s confirming extension, the caller's;
+    ///     after that, on the client's I/O thread (``RedlockClient/executor``), where it should
+    ///     return quickly: no reply is read meanwhile. The default does nothing.
     ///   - body: The work to do while holding the lock.
     /// - Returns: What `body` returned.
     /// - Throws: What `body` threw (while protected; for a caller cancelled while `body` runs,
@@ -197,7 +203,11 @@ extension DistributedLock {
         case let .entered(entered):
             ticket = entered
         case .held:
-            if reserved { client.scopes.leave() }
+            if reserved {
+                client.scopes.leave()
+                // The lease is the running scope's: this caller leaves the gate it came through.
+                if options.singleFlight { client.coordination.leaveGate(lease, valuesMayRepeat: options.value.mayAlreadyBeHeld) }
+            }
             throw RedlockError.invalid(
                 "a running scope of this client holds this lease already; a lease has one scope at a time, which extends and releases it",
                 lockName: name
@@ -265,11 +275,14 @@ extension DistributedLock {
         let claimed = OneTimeEvent<ScopeOutcome<T>>()
         @Sendable func claim(_ outcome: ScopeOutcome<T>?) -> Bool {
             guard let outcome else { return false }
-            claimed.fire(outcome)
-            if case .interrupted? = claimed.value {
+            if claimed.fire(outcome), case .interrupted = outcome {
                 held.end()
-                stopBody.cancel()
                 stopExtender.cancel()
+                // The body's cancellation handlers are the caller's code, and cancelling runs
+                // them on the cancelling thread: not on the one that noticed (the client's timer
+                // thread, whose small stack and every other wait of the client they would hold,
+                // or its I/O thread), but on a thread of their own.
+                startNamedThread("redlock-cancel", stackSize: 8 << 20) { stopBody.cancel() }
             }
             return true
         }
@@ -542,14 +555,20 @@ final class LeaseWatch: Expiring {
 
     func expire() {
         guard let watched = watched.withLock({ $0 }) else { return }
+        let held = watched.held
+        // Ended for the body already: whoever ended it (an unlock from outside, whose votes are
+        // still out) says why.
+        guard !held.hasEnded else { return cancel() }
         let now = ContinuousClock.now
-        if let capAt = watched.capAt, now >= capAt {
-            cancel()
-            watched.onCap()
-        } else if !watched.held.protects(until: now) {
+        let capped = watched.capAt.map { now >= $0 } ?? false
+        if !held.protects(until: now), !(capped && watched.capAt.map { $0 < held.deadline } == true) {
+            // The deadline came first (a late look, past both, reports the earlier).
             cancel()
             watched.onLapse()
-        } else {
+        } else if capped {
+            cancel()
+            watched.onCap()
+        } else if !timer.isStopping {
             timer.schedule(self, at: watched.next, keptByLoop: false)
         }
     }

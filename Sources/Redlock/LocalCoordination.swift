@@ -1270,6 +1270,12 @@ final class LocalCoordination: Sendable {
         return !valuesMayRepeat || lease.acquiredAt >= since
     }
 
+    /// Whether the gate of `name` is held by a caller that acquired with `value` (came through
+    /// the gate with it).
+    func gateOwned(_ name: String, byValue value: String) -> Bool {
+        state.withLock { $0.names[LockKey(name)]?.gate?.ownerValue == value }
+    }
+
     /// Whether `lease`'s caller lost its name's gate (its validity ended) to a caller that
     /// acquires with the same value (a fixed ``LockOptions/value``): the nodes cannot tell the
     /// two apart, so releasing or extending `lease` there would act on the successor's keys. A

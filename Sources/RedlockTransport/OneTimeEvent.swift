@@ -12,15 +12,18 @@ package final class OneTimeEvent<Value: Sendable>: Sendable {
 
     package init() {}
 
-    /// Records the event and wakes every waiter. Later calls are ignored.
-    package func fire(_ value: Value) {
-        let waiters: [CheckedContinuation<Value, Never>] = state.withLock { state in
-            guard state.value == nil else { return [] }
+    /// Records the event and wakes every waiter. Later calls are ignored. Returns whether this
+    /// call recorded it.
+    @discardableResult
+    package func fire(_ value: Value) -> Bool {
+        let (recorded, waiters): (Bool, [CheckedContinuation<Value, Never>]) = state.withLock { state in
+            guard state.value == nil else { return (false, []) }
             state.value = value
             defer { state.waiters = [] }
-            return state.waiters
+            return (true, state.waiters)
         }
         for waiter in waiters { waiter.resume(returning: value) }
+        return recorded
     }
 
     /// The value, once the event happened.

@@ -36,4 +36,29 @@ struct HeldLeaseTests {
         #expect(!held.isValid)
         #expect(held.remainingValidity == .zero)
     }
+
+    @Test("a scope's watch that looks late, past both the lease's deadline and the hold-time cap, reports whichever came first (before: the cap, also for a lease that had lapsed first); within both it looks again later; for a lease the scope ended already it reports nothing")
+    func watchReportsTheEarlier() {
+        let start = ContinuousClock.now.advanced(by: .seconds(-10))
+        let timer = DeadlineTimer()
+        func outcome(capAfter cap: Duration?, startingAt begun: ContinuousClock.Instant = start, ended: Bool = false) -> String? {
+            let held = HeldLease(lease(startingAt: begun), safetyMargin: .milliseconds(100))
+            if ended { held.end() }
+            let reported = Locked<String?>(nil)
+            let watch = LeaseWatch(
+                held, capAt: cap.map { begun.advanced(by: $0) }, timer: timer,
+                onLapse: { reported.update { $0 = "lapse" } }, onCap: { reported.update { $0 = "cap" } }
+            )
+            watch.expire()
+            watch.cancel()
+            return reported.value
+        }
+        // The deadline at 1.878 s: the cap at 1.5 s came first, at 3 s after it.
+        #expect(outcome(capAfter: .milliseconds(1_500)) == "cap")
+        #expect(outcome(capAfter: .seconds(3)) == "lapse")
+        #expect(outcome(capAfter: nil) == "lapse")
+        #expect(outcome(capAfter: .seconds(3), ended: true) == nil)
+        // Neither has come: nothing yet.
+        #expect(outcome(capAfter: .seconds(3), startingAt: .now) == nil)
+    }
 }

@@ -216,6 +216,30 @@ struct ScopedLockTests {
         }
     }
 
+    @Test("a body's cancellation handlers run on a thread of their own when the scope ends it (here at its hold-time cap), not on the client's timer or I/O thread: a handler that blocks for 1.5 s holds up no other scope of the client, which keeps its lease (before: it ran on the timer thread, whose every other wait it held: the other scope lost its lease)")
+    func cancellationHandlersRunApart() async throws {
+        try await withLockNodes(3) { client, _ in
+            let capped = try client.makeLock("capped", options: testOptions(expiry: .seconds(5)))
+            let other = try client.makeLock("other", options: testOptions(expiry: .milliseconds(900)))
+            let handlerThread = Locked<String?>(nil)
+            let cappedRun = Task {
+                try await capped.withLock(maximumHoldTime: .milliseconds(300)) { _ in
+                    try await withTaskCancellationHandler {
+                        try await Task.sleep(for: .seconds(10))
+                    } onCancel: {
+                        let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+                        handlerThread.update { $0 = name?.trimmingCharacters(in: .whitespacesAndNewlines) }
+                        usleep(1_500_000)
+                    }
+                }
+            }
+            try await other.withLock { _ in try await Task.sleep(for: .milliseconds(2_500)) }
+            let error = await #expect(throws: RedlockError.self) { try await cappedRun.value }
+            #expect(error?.code == .holdTimeExceeded, "\(String(describing: error))")
+            #expect(handlerThread.value == "redlock-cancel", "\(String(describing: handlerThread.value))")
+        }
+    }
+
     /// What one of ``busyPool(frozen:)``'s bodies saw.
     struct BusyBodyReport: Sendable, CustomStringConvertible {
         var started = ContinuousClock.now
@@ -641,6 +665,29 @@ struct ScopedLockTests {
             let secondRan = try await second.value
             #expect(secondRan >= firstEnded)
             #expect(try await values(of: "sf-scopes", on: servers).allSatisfy { $0 == nil })
+
+            // A scope of that value that did not come through the gate (a lock of the name
+            // without single-flight): a single-flight withLock is refused up front, sending
+            // nothing, and the gate stays free (before: it re-attached to that scope's keys, was
+            // refused then, and kept the gate until that lease's validity ended).
+            var ungatedOptions = options
+            ungatedOptions.singleFlight = false
+            let ungated = try client.makeLock("sf-scopes", options: ungatedOptions)
+            let holding = OneTimeEvent<Void>()
+            let release = OneTimeEvent<Void>()
+            let holder = Task {
+                try await ungated.withLock { _ in
+                    holding.fire()
+                    await release.wait()
+                }
+            }
+            await holding.wait()
+            let refused = await #expect(throws: RedlockError.self) { try await lock.withLock { _ in } }
+            #expect(refused?.code == .invalidConfiguration, "\(String(describing: refused))")
+            release.fire()
+            try await holder.value
+            let after = try await lock.tryLock()
+            try await lock.unlock(after)
         }
     }
 
