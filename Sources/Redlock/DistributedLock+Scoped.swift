@@ -1,4 +1,5 @@
 import CoreMetrics
+import Dispatch
 import Logging
 import RedlockTransport
 import Synchronization
@@ -281,8 +282,8 @@ extension DistributedLock {
                 // The body's cancellation handlers are the caller's code, and cancelling runs
                 // them on the cancelling thread: not on the one that noticed (the client's timer
                 // thread, whose small stack and every other wait of the client they would hold,
-                // or its I/O thread), but on a thread of their own.
-                startNamedThread("redlock-cancel", stackSize: 8 << 20) { stopBody.cancel() }
+                // or its I/O thread), but on one of a dispatch queue's, outside Swift's pool.
+                Self.cancellations.async { stopBody.cancel() }
             }
             return true
         }
@@ -407,6 +408,11 @@ extension DistributedLock {
         _ = claim(ended)
         return ended
     }
+
+    /// Where a scope's body is cancelled when the scope ends it (its cancellation handlers run
+    /// there): concurrent, on libdispatch's threads (full stacks; more when some are blocked),
+    /// not the client's timer or I/O thread, nor Swift's cooperative pool.
+    private static let cancellations = DispatchQueue(label: "redlock-cancel", attributes: .concurrent)
 
     /// Checks the scope's parameters; returns the safety margin to use.
     private func validateScope(extendWhenRemaining: Double, maximumHoldTime: Duration?, safetyMargin: Duration?) throws(RedlockError) -> Duration {
