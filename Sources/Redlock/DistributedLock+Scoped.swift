@@ -1,5 +1,4 @@
 import CoreMetrics
-import Dispatch
 import Logging
 import RedlockTransport
 import Synchronization
@@ -282,8 +281,8 @@ extension DistributedLock {
                 // The body's cancellation handlers are the caller's code, and cancelling runs
                 // them on the cancelling thread: not on the one that noticed (the client's timer
                 // thread, whose small stack and every other wait of the client they would hold,
-                // or its I/O thread), but on one of a dispatch queue's, outside Swift's pool.
-                Self.cancellations.async { stopBody.cancel() }
+                // or its I/O thread), but on one of the library's own (``CancellationThreads``).
+                CancellationThreads.shared.run { stopBody.cancel() }
             }
             return true
         }
@@ -408,11 +407,6 @@ extension DistributedLock {
         _ = claim(ended)
         return ended
     }
-
-    /// Where a scope's body is cancelled when the scope ends it (its cancellation handlers run
-    /// there): concurrent, on libdispatch's threads (full stacks; more when some are blocked),
-    /// not the client's timer or I/O thread, nor Swift's cooperative pool.
-    private static let cancellations = DispatchQueue(label: "redlock-cancel", attributes: .concurrent)
 
     /// Checks the scope's parameters; returns the safety margin to use.
     private func validateScope(extendWhenRemaining: Double, maximumHoldTime: Duration?, safetyMargin: Duration?) throws(RedlockError) -> Duration {
@@ -583,5 +577,49 @@ final class LeaseWatch: Expiring {
     func cancel() {
         finished.store(true, ordering: .releasing)
         watched.withLock { $0 = nil }
+    }
+}
+
+/// Where scopes' bodies are cancelled when their scopes end them: the cancellation runs the
+/// body's cancellation handlers, the caller's code, on the cancelling thread. Not on the client's
+/// timer or I/O thread, which noticed (a handler would hold every other wait of the client, and
+/// could overflow their small stacks), nor on Swift's pool or a dispatch queue, which bodies that
+/// compute without suspending may hold (a queue's thread came a second late then): on threads of
+/// the library's own, `redlock-cancel`, started as needed (8 MiB stacks), at most
+/// ``maximumThreads`` at once (later cancellations wait for one, so a handler that blocks holds up
+/// only its own thread), each ending once nothing is left to run.
+final class CancellationThreads: Sendable {
+    static let shared = CancellationThreads()
+    /// How many threads run cancellations at most at once.
+    static let maximumThreads = 8
+
+    private struct State {
+        var queue: [@Sendable () -> Void] = []
+        var running = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Runs `work` on one of the threads, at once when fewer than ``maximumThreads`` are busy.
+    func run(_ work: @escaping @Sendable () -> Void) {
+        let start = state.withLock { state -> Bool in
+            state.queue.append(work)
+            guard state.running < Self.maximumThreads else { return false }
+            state.running += 1
+            return true
+        }
+        if start { startNamedThread("redlock-cancel", stackSize: 8 << 20) { [self] in drain() } }
+    }
+
+    private func drain() {
+        while let work = state.withLock({ state -> (@Sendable () -> Void)? in
+            guard !state.queue.isEmpty else {
+                state.running -= 1
+                return nil
+            }
+            return state.queue.removeFirst()
+        }) {
+            work()
+        }
     }
 }
