@@ -1144,15 +1144,10 @@ static int paused_signal(int by_scan) {
 #endif
 }
 
-/* The census against the kill it stands for: this process (a child subreaper) makes `count`
-   children that sleep, each in a session of its own with `detached` (else in this process's
-   group), counts them with redlock_census_tree, then kills them with redlock_kill_tree. One
-   line: walked=W detached=D census_ns=C kill_ns=K (K: the call's time to the kill instant). */
-static int census(int count, int detach) {
-    if (redlock_become_subreaper() != 0) {
-        perror("prctl");
-        return 1;
-    }
+/* Makes `count` children, each in a session of its own with `detach` (else in this process's
+   group), each running `body(index)` (which does not return) once it has said it runs; returns
+   once they all have: 0, or 1 on a failure (named on stderr). */
+static int make_children(int count, int detach, void (*body)(int index)) {
     int ready[2];
     if (pipe(ready) != 0) {
         perror("pipe");
@@ -1171,9 +1166,8 @@ static int census(int count, int detach) {
             char byte = 1;
             ssize_t wrote = write(ready[1], &byte, 1);
             (void)wrote;
-            for (;;) {
-                pause();
-            }
+            body(i);
+            _exit(0);
         }
     }
     for (int i = 0; i < count; i++) {
@@ -1182,6 +1176,30 @@ static int census(int count, int detach) {
             perror("read");
             return 1;
         }
+    }
+    close(ready[0]);
+    close(ready[1]);
+    return 0;
+}
+
+static void pause_forever(int index) {
+    (void)index;
+    for (;;) {
+        pause();
+    }
+}
+
+/* The census against the kill it stands for: this process (a child subreaper) makes `count`
+   children that sleep, each in a session of its own with `detached` (else in this process's
+   group), counts them with redlock_census_tree, then kills them with redlock_kill_tree. One
+   line: walked=W detached=D census_ns=C kill_ns=K (K: the call's time to the kill instant). */
+static int census(int count, int detach) {
+    if (redlock_become_subreaper() != 0) {
+        perror("prctl");
+        return 1;
+    }
+    if (make_children(count, detach, pause_forever) != 0) {
+        return 1;
     }
     long walked = 0, outside = 0;
     int64_t took = 0;
@@ -1196,6 +1214,19 @@ static int census(int count, int detach) {
     return 0;
 }
 
+/* The stampers' slots and period (set before they are made). */
+static int64_t *stamper_slots;
+static int stamper_every_ms;
+
+static void stamp_forever(int index) {
+    stamper_slots[index] = redlock_boottime_ns();
+    struct timespec pause_for = {.tv_sec = stamper_every_ms / 1000, .tv_nsec = (long)(stamper_every_ms % 1000) * 1000000L};
+    for (;;) {
+        nanosleep(&pause_for, NULL);
+        stamper_slots[index] = redlock_boottime_ns();
+    }
+}
+
 /* The command of a test of `redlock run`'s kill: makes `count` children, each in a session of
    its own (so a kill of the command's group misses them), each writing CLOCK_BOOTTIME into its
    slot of FILE (count 8-byte slots, shared) every `every_ms` ms; prints "ready" once they all
@@ -1206,47 +1237,19 @@ static int stampers(int count, const char *path, int every_ms) {
         perror("open");
         return 1;
     }
-    int64_t *slots = mmap(NULL, (size_t)count * sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (slots == MAP_FAILED) {
+    stamper_slots = mmap(NULL, (size_t)count * sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (stamper_slots == MAP_FAILED) {
         perror("mmap");
         return 1;
     }
-    int ready[2];
-    if (pipe(ready) != 0) {
-        perror("pipe");
+    stamper_every_ms = every_ms;
+    if (make_children(count, 1, stamp_forever) != 0) {
         return 1;
-    }
-    for (int i = 0; i < count; i++) {
-        pid_t child = fork();
-        if (child < 0) {
-            perror("fork");
-            return 1;
-        }
-        if (child == 0) {
-            setsid();
-            slots[i] = redlock_boottime_ns();
-            char byte = 1;
-            ssize_t wrote = write(ready[1], &byte, 1);
-            (void)wrote;
-            struct timespec pause_for = {.tv_sec = every_ms / 1000, .tv_nsec = (long)(every_ms % 1000) * 1000000L};
-            for (;;) {
-                nanosleep(&pause_for, NULL);
-                slots[i] = redlock_boottime_ns();
-            }
-        }
-    }
-    for (int i = 0; i < count; i++) {
-        char byte;
-        if (read(ready[0], &byte, 1) != 1) {
-            perror("read");
-            return 1;
-        }
     }
     printf("ready\n");
     fflush(stdout);
-    for (;;) {
-        pause();
-    }
+    pause_forever(0);
+    return 0;
 }
 
 int main(int argc, char **argv) {
