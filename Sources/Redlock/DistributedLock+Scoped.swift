@@ -585,26 +585,27 @@ final class LeaseWatch: Expiring {
 /// timer or I/O thread, which noticed (a handler would hold every other wait of the client, and
 /// could overflow their small stacks), nor on Swift's pool or a dispatch queue, which bodies that
 /// compute without suspending may hold (a queue's thread came a second late then): on threads of
-/// the library's own, `redlock-cancel`, started as needed (8 MiB stacks), at most
-/// ``maximumThreads`` at once (later cancellations wait for one, so a handler that blocks holds up
-/// only its own thread), each ending once nothing is left to run.
+/// the library's own, `redlock-cancel` (8 MiB stacks), one started whenever a cancellation comes
+/// while every running one is busy, so a handler that blocks holds up no other scope's
+/// cancellation; each ends once nothing is left to run. (A handler that blocks still holds up
+/// its own body's end, and the thread that ends it: the end waits for the cancellation.)
 final class CancellationThreads: Sendable {
     static let shared = CancellationThreads()
-    /// How many threads run cancellations at most at once.
-    static let maximumThreads = 8
 
     private struct State {
         var queue: [@Sendable () -> Void] = []
         var running = 0
+        var busy = 0
     }
 
     private let state = Mutex(State())
 
-    /// Runs `work` on one of the threads, at once when fewer than ``maximumThreads`` are busy.
+    /// Runs `work` on one of the threads: a free one, else a new one.
     func run(_ work: @escaping @Sendable () -> Void) {
         let start = state.withLock { state -> Bool in
             state.queue.append(work)
-            guard state.running < Self.maximumThreads else { return false }
+            // Each free thread takes one queued cancellation.
+            guard state.queue.count > state.running - state.busy else { return false }
             state.running += 1
             return true
         }
@@ -617,9 +618,11 @@ final class CancellationThreads: Sendable {
                 state.running -= 1
                 return nil
             }
+            state.busy += 1
             return state.queue.removeFirst()
         }) {
             work()
+            state.withLock { $0.busy -= 1 }
         }
     }
 }

@@ -216,27 +216,46 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("a body's cancellation handlers run on a thread of the library's own when the scope ends it (here at its hold-time cap), not on the client's timer or I/O thread: a handler that blocks for 1.5 s holds up no other scope of the client, which keeps its lease (before: it ran on the timer thread, whose every other wait it held: the other scope lost its lease)")
+    @Test("a body's cancellation handlers run on a thread of the library's own when the scope ends it (here at its hold-time cap), not on the client's timer or I/O thread, and one that blocks holds up no other: with nine handlers blocked for 1.5 s, another scope keeps its lease and a tenth capped body is cancelled at its cap (before: on the timer thread, which every other wait of the client needed, the other scope lost its lease; with at most 8 such threads, the tenth waited for one)")
     func cancellationHandlersRunApart() async throws {
         try await withLockNodes(3) { client, _ in
-            let capped = try client.makeLock("capped", options: testOptions(expiry: .seconds(5)))
             let other = try client.makeLock("other", options: testOptions(expiry: .milliseconds(900)))
-            let handlerThread = Locked<String?>(nil)
-            let cappedRun = Task {
-                try await capped.withLock(maximumHoldTime: .milliseconds(300)) { _ in
+            let handlerThreads = Locked<[String]>([])
+            let blocked = (0..<9).map { index in
+                Task {
+                    let capped = try client.makeLock("capped-\(index)", options: testOptions(expiry: .seconds(5)))
+                    try await capped.withLock(maximumHoldTime: .milliseconds(300)) { _ in
+                        try await withTaskCancellationHandler {
+                            try await Task.sleep(for: .seconds(10))
+                        } onCancel: {
+                            let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?"
+                            handlerThreads.update { $0.append(name.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                            usleep(1_500_000)
+                        }
+                    }
+                }
+            }
+            let lateCap = ContinuousClock.now + .milliseconds(700)
+            let lateCancelledAt = Locked<ContinuousClock.Instant?>(nil)
+            let late = Task {
+                let capped = try client.makeLock("capped-late", options: testOptions(expiry: .seconds(5)))
+                try await capped.withLock(maximumHoldTime: .milliseconds(700)) { _ in
                     try await withTaskCancellationHandler {
                         try await Task.sleep(for: .seconds(10))
                     } onCancel: {
-                        let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
-                        handlerThread.update { $0 = name?.trimmingCharacters(in: .whitespacesAndNewlines) }
-                        usleep(1_500_000)
+                        lateCancelledAt.update { $0 = .now }
                     }
                 }
             }
             try await other.withLock { _ in try await Task.sleep(for: .milliseconds(2_500)) }
-            let error = await #expect(throws: RedlockError.self) { try await cappedRun.value }
-            #expect(error?.code == .holdTimeExceeded, "\(String(describing: error))")
-            #expect(handlerThread.value == "redlock-cancel", "\(String(describing: handlerThread.value))")
+            for task in blocked {
+                let error = await #expect(throws: RedlockError.self) { try await task.value }
+                #expect(error?.code == .holdTimeExceeded, "\(String(describing: error))")
+            }
+            _ = await late.result
+            #expect(handlerThreads.value.count == 9 && handlerThreads.value.allSatisfy { $0 == "redlock-cancel" }, "\(handlerThreads.value)")
+            let cancelledAt = try #require(lateCancelledAt.value)
+            #expect(cancelledAt < lateCap + .milliseconds(600), "cancelled \(lateCap.duration(to: cancelledAt)) after its cap")
         }
     }
 

@@ -716,17 +716,41 @@ static int held_append(held_processes *held, int fd) {
     return 0;
 }
 
+/* Signals SIGKILL through a process's descriptor, and never by pid: a held process that is gone
+   gets nothing. */
+static void kill_held(int descriptor) {
+#ifdef SYS_pidfd_send_signal
+    (void)syscall(SYS_pidfd_send_signal, descriptor, SIGKILL, NULL, 0);
+#else
+    (void)descriptor;
+#endif
+}
+
+/* Whether the process of `descriptor` (from open_process) has not been reaped: a signal 0
+   through it reaches it. */
+static int still_there(int descriptor) {
+#ifdef SYS_pidfd_send_signal
+    return syscall(SYS_pidfd_send_signal, descriptor, 0, NULL, 0) == 0;
+#else
+    (void)descriptor;
+    return 0;
+#endif
+}
+
 /* Counts the processes below `root` by the children files (as a kill's walk finds them): all
    (*walked) and those outside process group `group` (*detached), and how long that took
-   (*took_ns). With `held`, each of those outside is also held by a descriptor, opened before its
-   parent is read again from /proc and kept only when that is still the process whose children
-   file listed it (so the descriptor is of the process found, not of one that took its pid). 0,
-   or -1 when /proc could not be read (the counts then cover what was read). */
+   (*took_ns). A process counts, and its children are read, only while its parent is still the
+   one whose children file listed it; with descriptors (pidfds), one opened before that check
+   must still reach the process after its children were read (else its pid may have gone to
+   another process, whose children were read: they are dropped). With `held`, each process
+   outside the group is kept by that descriptor. 0, or -1 when /proc could not be read (the
+   counts then cover what was read). */
 static int census_walk(long root, pid_t group, long *walked, long *detached, int64_t *took_ns, held_processes *held) {
     int64_t began = redlock_boottime_ns();
     pid_array work = {0};
     pid_array parents = {0};
     long outside = 0;
+    long counted = 0;
     int result = read_children(root, &work);
     for (size_t i = 0; result == 0 && i < work.count; i++) {
         if (pid_array_append(&parents, root) != 0) {
@@ -736,25 +760,38 @@ static int census_walk(long root, pid_t group, long *walked, long *detached, int
     /* `work` grows at its end while it is read: children come after their parents. */
     for (size_t i = 0; result == 0 && i < work.count && i < REDLOCK_CENSUS_LIMIT; i++) {
         long pid = work.items[i];
-        int fd = held != NULL ? open_process(pid) : -1;
+        int fd = open_process(pid);
         long parent;
         long process_group;
-        if (read_identity(pid, &parent, &process_group) == 0 && parent == parents.items[i] && process_group != group) {
-            outside++;
-            if (fd >= 0 && held_append(held, fd) == 0) {
-                fd = -1;
+        if (read_identity(pid, &parent, &process_group) != 0 || parent != parents.items[i]) {
+            if (fd >= 0) {
+                close(fd);
             }
-        }
-        if (fd >= 0) {
-            close(fd);
+            continue;
         }
         size_t before = work.count;
         result = read_children(pid, &work);
         for (size_t added = before; result == 0 && added < work.count; added++) {
             result = pid_array_append(&parents, pid);
         }
+        if (fd >= 0 && !still_there(fd)) {
+            work.count = before;
+            parents.count = before < parents.count ? before : parents.count;
+            close(fd);
+            continue;
+        }
+        counted++;
+        if (process_group != group) {
+            outside++;
+            if (held != NULL && fd >= 0 && held_append(held, fd) == 0) {
+                fd = -1;
+            }
+        }
+        if (fd >= 0) {
+            close(fd);
+        }
     }
-    *walked = (long)(work.count < REDLOCK_CENSUS_LIMIT ? work.count : REDLOCK_CENSUS_LIMIT);
+    *walked = counted;
     *detached = outside;
     *took_ns = redlock_boottime_ns() - began;
     free(work.items);
@@ -1187,7 +1224,7 @@ static void kill_command(pid_t group, held_processes *held, int *killed, const c
     kill(-group, SIGKILL);
     /* What left the group at the latest count: a call each, before the walk finds the rest. */
     for (size_t i = 0; i < held->count; i++) {
-        (void)signal_process(held->fds[i], -1, SIGKILL);
+        kill_held(held->fds[i]);
     }
     held_release(held);
     kill_descendants_fast();
@@ -1211,28 +1248,29 @@ static int arm(int timer, int64_t deadline_ns) {
 
 /* How long before a deadline the watchdog's kill starts. A kill of the command's process group
    takes one call, but what left the group (setsid, setpgid) is found by a walk of the tree and
-   signalled one process at a time (kill_descendants_fast), which with hundreds of them takes
-   longer than the safety margin between the deadline and the lease's end. So the tree is
-   counted (census_walk) when a deadline is set, at most every `every_ns` (200 ms, or ten times
-   what the last count took: a tenth of a core at most). The processes outside the group are
-   held by descriptors from that count, and the kill signals them first, a call each; and with
-   any there, it starts ten times the count's time earlier, plus 2 ms: each signal wakes a
-   process whose exit takes the CPU from the kill (600 Python processes: 110 ms of signals
-   after a 14 ms count), and the walk that follows finds those that left the group since. */
+   signalled one process at a time, which with hundreds of them takes longer than the safety
+   margin between the deadline and the lease's end. So the watchdog counts the tree
+   (census_walk) when a deadline comes and on a timer of its own, at most every `every_ns`
+   (200 ms, or ten times what the last count took: a tenth of a core at most), holds a
+   descriptor of each process outside the group, and signals those first when it kills, a call
+   each. With any there, the kill starts earlier by four times the count's time per process,
+   for each of them, plus 2 ms (each signal wakes a process whose exit takes the CPU from the
+   kill: 185 µs a signal for 600 Python processes, three times what counting one costs; 110 µs
+   for small ones whose count cost 200) — but by at most a fifth of
+   the time from the latest deadline's arrival to that deadline (`window_ns`): a renewal comes
+   when a third of the lease or more is left, so a run that renews on time is never killed for
+   it. What left the group since the last count is found by the kill's walk. */
 typedef struct kill_lead {
-    int64_t lead_ns;
+    int64_t wanted_ns;  /* the lead the count asks for */
+    int64_t lead_ns;    /* the lead used: wanted_ns, at most window_ns / 5 */
+    int64_t window_ns;
     int64_t counted_at;
     int64_t every_ns;
-    int said;
-    /* The processes outside the group at the latest count, held to be killed first. */
+    int said;           /* bit 1: the lead was told; bit 2: its cap was */
     held_processes held;
 } kill_lead;
 
 static void count_for_lead(kill_lead *lead, pid_t group) {
-    int64_t now = redlock_boottime_ns();
-    if (lead->counted_at != 0 && now - lead->counted_at < lead->every_ns) {
-        return;
-    }
     long walked = 0;
     long detached = 0;
     int64_t took = 0;
@@ -1240,38 +1278,48 @@ static void count_for_lead(kill_lead *lead, pid_t group) {
     held_release(&lead->held);
     /* A count cut short by /proc (out of descriptors) counts what it read. */
     (void)census_walk(getpid(), group, &walked, &detached, &took, &lead->held);
-    lead->counted_at = now;
+    lead->counted_at = redlock_boottime_ns();
     lead->every_ns = 10 * took > 200000000 ? 10 * took : 200000000;
-    lead->lead_ns = detached > 0 ? 10 * took + 2000000 : 0;
-    if (lead->lead_ns >= 10000000 && !lead->said) {
-        lead->said = 1;
+    int64_t per_process = walked > 0 ? took / walked : 0;
+    lead->wanted_ns = detached > 0 ? 4 * per_process * detached + 2000000 : 0;
+    int64_t cap = lead->window_ns / 5;
+    lead->lead_ns = lead->wanted_ns < cap ? lead->wanted_ns : cap;
+    if (lead->wanted_ns >= 10000000 && (lead->said & 1) == 0) {
+        lead->said |= 1;
         char line[256];
         snprintf(line, sizeof line,
-                 "redlock watchdog: the command runs %ld processes outside its process group; a kill walks to each, so it "
-                 "starts %lld ms before each deadline\n",
-                 detached, (long long)(lead->lead_ns / 1000000));
+                 "redlock watchdog: the command runs %ld process%s outside its process group; the watchdog kills %s one at a "
+                 "time, so it starts up to %lld ms before the lease's deadline\n",
+                 detached, detached == 1 ? "" : "es", detached == 1 ? "it" : "them", (long long)(lead->lead_ns / 1000000));
+        say(line);
+    }
+    if (lead->wanted_ns > cap && cap > 0 && (lead->said & 2) == 0) {
+        lead->said |= 2;
+        char line[320];
+        snprintf(line, sizeof line,
+                 "redlock watchdog: killing the command's %ld process%s outside its process group takes about %lld ms, more than "
+                 "the %lld ms (a fifth of the time from a renewal to its deadline) it may start early: if redlock stops, some may "
+                 "outlive the lease; raise --ttl\n",
+                 detached, detached == 1 ? "" : "es", (long long)(lead->wanted_ns / 1000000), (long long)(cap / 1000000));
         say(line);
     }
 }
 
-/* Arms `timer` for the kill due at `deadline_ns` (0: none), `lead`'s time before it (counted
-   again when due); a kill whose start has passed fires at once. */
-static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, pid_t group) {
+/* Arms `timer` for the kill due at `deadline_ns` (0: none), the lead's time before it; a kill
+   whose start has passed fires at once. With `arrived` (a deadline that just came), its window
+   is taken and the tree counted when due. */
+static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, pid_t group, int arrived) {
     if (deadline_ns <= 0) {
         return arm(timer, 0);
     }
-    count_for_lead(lead, group);
     int64_t now = redlock_boottime_ns();
-    if (lead->lead_ns > (deadline_ns - now) / 2 && deadline_ns > now && lead->said < 2) {
-        /* Safety first: the kill still starts that early, so a renewal that comes late gets the
-           command killed while redlock holds the lease. */
-        lead->said = 2;
-        char line[256];
-        snprintf(line, sizeof line,
-                 "redlock watchdog: killing the command's processes outside its process group takes about %lld ms, over half "
-                 "the time from a renewal to its deadline (%lld ms): raise --ttl\n",
-                 (long long)(lead->lead_ns / 1000000), (long long)((deadline_ns - now) / 1000000));
-        say(line);
+    if (arrived) {
+        lead->window_ns = deadline_ns > now ? deadline_ns - now : 0;
+        int64_t cap = lead->window_ns / 5;
+        lead->lead_ns = lead->wanted_ns < cap ? lead->wanted_ns : cap;
+        if (lead->counted_at == 0 || now - lead->counted_at >= lead->every_ns) {
+            count_for_lead(lead, group);
+        }
     }
     int64_t start = deadline_ns - lead->lead_ns;
     return arm(timer, start > 0 ? start : 1);
@@ -1365,7 +1413,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         fail("prctl(PR_SET_CHILD_SUBREAPER)");
     }
     int timer = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
-    if (timer < 0) {
+    /* When to count the command's processes again (kill_lead), between renewals too. */
+    int count_timer = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (timer < 0 || count_timer < 0) {
         fail("timerfd_create");
     }
 
@@ -1514,17 +1564,20 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         }
         lead.held.limit = files.rlim_cur > 128 ? (size_t)files.rlim_cur - 64 : 0;
     }
-    if (arm_kill(timer, deadline, &lead, child) != 0) {
+    if (arm_kill(timer, deadline, &lead, child, 1) != 0) {
         kill(-child, SIGKILL);
         fail("timerfd_settime");
     }
     for (;;) {
-        struct pollfd watched[3] = {
+        /* Best effort: without it, the counts come with the renewals alone. */
+        (void)arm(count_timer, killed || lead.counted_at == 0 ? 0 : lead.counted_at + lead.every_ns);
+        struct pollfd watched[4] = {
             {.fd = child_events, .events = POLLIN},
             {.fd = timer, .events = POLLIN},
+            {.fd = count_timer, .events = POLLIN},
             {.fd = control, .events = POLLIN},
         };
-        int ready = poll(watched, control >= 0 ? 3 : 2, -1);
+        int ready = poll(watched, control >= 0 ? 4 : 3, -1);
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
@@ -1569,7 +1622,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 stopped_by = 0;
                 if (held_deadline > deadline && !ordered && !killed) {
                     deadline = held_deadline;
-                    if (arm_kill(timer, deadline, &lead, child) != 0) {
+                    if (arm_kill(timer, deadline, &lead, child, 1) != 0) {
                         kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL, 0);
                     }
@@ -1590,7 +1643,20 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         }
         /* Everything the supervisor sent is taken before the timer is judged: after a stop of
            this process, the renewals queued meanwhile count. */
-        if (control >= 0 && (watched[2].revents != 0 || watched[1].revents != 0)) {
+        if (watched[2].revents != 0) {
+            uint64_t expirations;
+            ssize_t ignored_read = read(count_timer, &expirations, sizeof expirations);
+            (void)ignored_read;
+            if (!killed && deadline > 0) {
+                /* Processes that left the group since the last count: held, and the lead for them. */
+                count_for_lead(&lead, child);
+                if (arm_kill(timer, deadline, &lead, child, 0) != 0) {
+                    kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                                 REDLOCK_WATCH_DEADLINE_KILL, 0);
+                }
+            }
+        }
+        if (control >= 0 && (watched[3].revents != 0 || watched[1].revents != 0)) {
             int got;
             while ((got = read_message(control, &message, &have)) == 1) {
                 if (stopped_by != 0 && message.kind == REDLOCK_WATCH_DEADLINE) {
@@ -1600,7 +1666,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                     continue;
                 }
                 if (take_deadline(&message, &deadline, &ordered)) {
-                    if (!killed && arm_kill(timer, deadline, &lead, child) != 0) {
+                    if (!killed && arm_kill(timer, deadline, &lead, child, 1) != 0) {
                         kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL, 0);
                     }

@@ -37,8 +37,9 @@ struct Run: AsyncParsableCommand {
         a safety margin (5% of --ttl, 5 ms to 250 ms) of validity is left, and SIGKILL that \
         margin before the validity ends (with everything below the watchdog, in case it is \
         stopped); redlock exits only once the command is gone. A \
-        watchdog process kills the group by the same instant if redlock is stopped or starved, \
-        and at once if redlock is killed. Ctrl-Z (or the command reading the terminal from the \
+        watchdog process kills the group by the same instant if redlock is stopped or starved \
+        (earlier when the command runs processes outside its group, which it kills one at a \
+        time), and at once if redlock is killed. Ctrl-Z (or the command reading the terminal from the \
         background) stops the whole job; it renews nothing while \
         stopped, so past the deadline the command is killed and fg gives 124. Beyond any \
         supervisor: a pause of the whole machine, or of redlock and the watchdog together \

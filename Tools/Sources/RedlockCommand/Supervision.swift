@@ -24,8 +24,10 @@ final class SupervisedCommand: Sendable {
     /// How the command ended.
     enum Ending: Sendable, Equatable {
         /// It ran and ended with this wait status; `killedByWatchdog` says why when the watchdog
-        /// killed it; `goneAt` is when it and everything it left running were gone
-        /// (CLOCK_BOOTTIME nanoseconds).
+        /// killed it; `goneAt` is when it and everything it left running were gone, or had all
+        /// been sent SIGKILL by the watchdog, whichever came first: from then on none of it runs
+        /// its own code again (CLOCK_BOOTTIME nanoseconds; a write already inside the kernel may
+        /// still complete).
         case exited(status: Int32, killedByWatchdog: WatchdogKill?, goneAt: Int64)
         /// It could not be started (errno of the lookup or exec).
         case notStarted(errno: Int32)
@@ -133,6 +135,8 @@ final class SupervisedCommand: Sendable {
         let thread = Thread { [self, watchdog = pid, statusFd] in
             var message = redlock_watch_message()
             var killedByWatchdog: WatchdogKill?
+            // When the watchdog had sent SIGKILL to the command and all it left running.
+            var killedAt: Int64?
             var outcome = Ending.watchdogLost
             reading: while redlock_watch_receive(statusFd, &message) == 0 {
                 switch message.kind {
@@ -148,10 +152,16 @@ final class SupervisedCommand: Sendable {
                 case Int32(REDLOCK_WATCH_NOT_STARTED):
                     outcome = .signalledBeforeStart(message.argument)
                     break reading
-                case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL): killedByWatchdog = .missedRenewal
-                case Int32(REDLOCK_WATCH_STOPPED_KILL): killedByWatchdog = .stayedStopped(signal: message.argument)
+                case Int32(REDLOCK_WATCH_DEADLINE_KILL), Int32(REDLOCK_WATCH_ORPHAN_KILL):
+                    killedByWatchdog = .missedRenewal
+                    killedAt = message.value
+                case Int32(REDLOCK_WATCH_STOPPED_KILL):
+                    killedByWatchdog = .stayedStopped(signal: message.argument)
+                    killedAt = message.value
                 case Int32(REDLOCK_WATCH_EXITED):
-                    outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog, goneAt: message.value)
+                    // Reaping hundreds of killed processes takes a while after their kill.
+                    let goneAt = killedAt.map { min($0, message.value) } ?? message.value
+                    outcome = .exited(status: message.argument, killedByWatchdog: killedByWatchdog, goneAt: goneAt)
                     break reading
                 default: continue
                 }

@@ -299,6 +299,7 @@ final class RunSupervisionTests: Sendable {
             // Renewals after all of them run, each of which the watchdog may count them at.
             var seen = ""
             for _ in 0..<3 { seen += await run.waitForErrorLine(containing: "valid_until_boottime_ns=") ?? "" }
+            let stoppedAt = redlock_boottime_ns()
             #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
             // The watchdog kills them without redlock: their stamps stop.
             let stopped = await eventually(within: .seconds(15)) {
@@ -314,6 +315,9 @@ final class RunSupervisionTests: Sendable {
             #expect(stamps.count == 1_000)
             let late = stamps.filter { $0 > validUntil }
             #expect(late.isEmpty, "\(late.count) processes ran past the lease's validity, the last \(Double((late.max() ?? validUntil) - validUntil) / 1e6) ms")
+            // They ran until redlock was stopped (every 10 ms): the kill came for the stop, not
+            // early, while redlock renewed the lease on time.
+            #expect((stamps.max() ?? 0) > stoppedAt - 100_000_000, "killed \(Double(stoppedAt - (stamps.max() ?? 0)) / 1e6) ms before redlock was stopped")
         }
     }
 
