@@ -193,10 +193,15 @@ struct ScopedLockTests {
     func busyPool(frozen: Bool) async throws {
         let width = Swift.max(ProcessInfo.processInfo.activeProcessorCount, 1)
         try await withLockNodes(3) { client, servers in
+            // The majority is frozen once every body holds its lease (an acquire after it fails).
+            let entered = Locked(0)
             let reports = await withTaskGroup(of: BusyBodyReport.self) { group in
                 for index in 0..<width {
                     group.addTask {
-                        await Self.busyBody(client, name: "busy-\(index)", freezing: frozen && index == 0 ? Array(servers.prefix(2)) : [])
+                        await Self.busyBody(
+                            client, name: "busy-\(index)", freezing: frozen && index == 0 ? Array(servers.prefix(2)) : [],
+                            entered: entered, bodies: width
+                        )
                     }
                 }
                 return await group.reduce(into: []) { $0.append($1) }
@@ -235,11 +240,12 @@ struct ScopedLockTests {
                     }
                 }
             }
-            let lateCap = ContinuousClock.now + .milliseconds(700)
+            let lateAcquiredAt = Locked<ContinuousClock.Instant?>(nil)
             let lateCancelledAt = Locked<ContinuousClock.Instant?>(nil)
             let late = Task {
                 let capped = try client.makeLock("capped-late", options: testOptions(expiry: .seconds(5)))
-                try await capped.withLock(maximumHoldTime: .milliseconds(700)) { _ in
+                try await capped.withLock(maximumHoldTime: .milliseconds(700)) { held in
+                    lateAcquiredAt.update { $0 = held.lease.acquiredAt }
                     try await withTaskCancellationHandler {
                         try await Task.sleep(for: .seconds(10))
                     } onCancel: {
@@ -255,6 +261,7 @@ struct ScopedLockTests {
             _ = await late.result
             #expect(handlerThreads.value.count == 9 && handlerThreads.value.allSatisfy { $0 == "redlock-cancel" }, "\(handlerThreads.value)")
             let cancelledAt = try #require(lateCancelledAt.value)
+            let lateCap = try #require(lateAcquiredAt.value) + .milliseconds(700)
             #expect(cancelledAt < lateCap + .milliseconds(600), "cancelled \(lateCap.duration(to: cancelledAt)) after its cap")
         }
     }
@@ -274,12 +281,19 @@ struct ScopedLockTests {
 
     /// A scope whose body computes for 2 s in 1 ms steps without suspending (checking for
     /// cancellation between steps, and the lease's validity after each), after freezing
-    /// `freezing`, on a 900 ms expiry with a 150 ms safety margin.
-    private static func busyBody(_ client: RedlockClient, name: String, freezing: [RedisServer]) async -> BusyBodyReport {
+    /// `freezing`, on a 900 ms expiry with a 150 ms safety margin, extended at 60 % left.
+    /// Each body counts itself in `entered`; one that freezes waits until all `bodies` did.
+    private static func busyBody(
+        _ client: RedlockClient, name: String, freezing: [RedisServer], entered: Locked<Int>, bodies: Int
+    ) async -> BusyBodyReport {
         let report = Locked(BusyBodyReport())
         do {
             let lock = try client.makeLock(name, options: testOptions(expiry: .milliseconds(900)))
-            try await lock.withLock(safetyMargin: .milliseconds(150)) { held in
+            // Extended with 540 ms of validity left: 390 ms before the deadline for its round
+            // trip, on a loaded machine too.
+            try await lock.withLock(extendWhenRemaining: 0.6, safetyMargin: .milliseconds(150)) { held in
+                entered.update { $0 += 1 }
+                if !freezing.isEmpty { _ = await eventually(within: .seconds(10)) { entered.value == bodies } }
                 for server in freezing { try await server.pause() }
                 let started = ContinuousClock.now
                 report.update { $0.started = started; $0.firstValidUntil = held.lease.validUntil; $0.validUntil = held.lease.validUntil; $0.lastWork = started }
