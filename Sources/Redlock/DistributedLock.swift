@@ -178,7 +178,8 @@ public struct DistributedLock: Sendable {
         // A scope holding this lease (a copy released from outside it) says it is no longer valid
         // before the deletes go out: once they run, another process may take the lock. (A
         // scope's own release left its slot first.)
-        client.scopes.endValidity(of: lease)
+        let holdingScope = client.scopes.ticket(holding: lease)
+        holdingScope?.endValidity()
         let ownLease = lease.origin?.client == client.serial
         let releaseLane = ownLease ? lease.origin?.lane ?? lane : lane
         if !ownLease { lease.replayWindow?.mayBeSetAnywhere() }
@@ -214,13 +215,10 @@ public struct DistributedLock: Sendable {
         // valid before the deletes went out. Not interrupted before the votes are in: the
         // scope's own release would race this one (and, with a fixed value, could delete a key
         // this release handed to a waiter).
-        client.scopes.interrupt(
-            lease,
-            RedlockError(
-                code: .leaseLost, lockName: name,
-                message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
-            )
-        )
+        holdingScope?.interrupt(RedlockError(
+            code: .leaseLost, lockName: name,
+            message: "the lease was released by unlock(_:) outside the scope that holds it; the body was cancelled"
+        ))
         client.noteRefusedAnnouncements(in: votes, fair: options.fair)
         if grantedCount(votes) >= client.quorum {
             // A waiter that began to wait in this process meanwhile need not wait for the

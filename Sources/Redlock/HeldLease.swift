@@ -18,10 +18,8 @@ public final class HeldLease: Sendable, CustomStringConvertible {
         var lapsed = false
         /// The latest failed extension, for the lease-lost error.
         var lastExtensionError: RedlockError?
-        /// Set once the scope interrupted the body or is releasing the lease: the body may no
-        /// longer act, whatever the deadline.
-        var ended = false
-        /// When it was first ended.
+        /// When the scope first interrupted the body or began releasing the lease: from then on
+        /// the body may no longer act, whatever the deadline.
         var endedAt: ContinuousClock.Instant?
     }
 
@@ -52,7 +50,7 @@ public final class HeldLease: Sendable, CustomStringConvertible {
     public var remainingValidity: Duration {
         let margin = safetyMargin
         let deadline: ContinuousClock.Instant? = state.withLock { state in
-            state.lapsed || state.ended ? nil : Self.deadline(of: state.lease, margin: margin)
+            state.lapsed || state.endedAt != nil ? nil : Self.deadline(of: state.lease, margin: margin)
         }
         guard let deadline else { return .zero }
         return Swift.max(.zero, ContinuousClock.now.duration(to: deadline))
@@ -71,7 +69,7 @@ public final class HeldLease: Sendable, CustomStringConvertible {
     var lastExtensionError: RedlockError? { state.withLock { $0.lastExtensionError } }
 
     /// Whether the scope ended the lease for the body (interrupted it, or is releasing it).
-    var hasEnded: Bool { state.withLock { $0.ended } }
+    var hasEnded: Bool { state.withLock { $0.endedAt != nil } }
 
     /// Takes a confirmed extension. If it started after the previous deadline, the lease had a
     /// gap and stays lapsed.
@@ -90,7 +88,6 @@ public final class HeldLease: Sendable, CustomStringConvertible {
     func end() {
         let now = ContinuousClock.now
         state.withLock { state in
-            state.ended = true
             if state.endedAt == nil { state.endedAt = now }
         }
     }

@@ -142,23 +142,18 @@ final class ScopeRegistry: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Interrupts the scope holding `lease`, if any, with `error`.
-    func interrupt(_ lease: Lease, _ error: @autoclosure () -> RedlockError) {
-        interrupt(name: lease.name, value: lease.value, error())
-    }
-
     /// Interrupts the scope holding `name` with `value`, if any, with `error`.
     func interrupt(name: String, value: String, _ error: @autoclosure () -> RedlockError) {
-        // On every unlock: with no scope running, no key is built or hashed.
+        // With no scope running, no key is built or hashed.
         guard let ticket = state.withLock({ $0.scopes.isEmpty ? nil : $0.scopes[Key(name: name, value: value)] }) else { return }
         ticket.interrupt(error())
     }
 
-    /// Ends the validity of `lease` for the body of the scope holding it, if any (see
-    /// ``ScopeTicket/endValidity()``).
-    func endValidity(of lease: Lease) {
-        guard let ticket = state.withLock({ $0.scopes.isEmpty ? nil : $0.scopes[Key(name: lease.name, value: lease.value)] }) else { return }
-        ticket.endValidity()
+    /// The ticket of the scope holding `lease`, if any: an unlock from outside ends its validity
+    /// before the deletes go out and interrupts it after (``ScopeTicket/endValidity()``,
+    /// ``ScopeTicket/interrupt(_:)``). On every unlock: with no scope running, no key is built.
+    func ticket(holding lease: Lease) -> ScopeTicket? {
+        state.withLock { $0.scopes.isEmpty ? nil : $0.scopes[Key(name: lease.name, value: lease.value)] }
     }
 
     /// Whether a running scope holds `name` with `value`.
