@@ -165,8 +165,20 @@ struct Run: AsyncParsableCommand {
         supervision.acquiring(cancel: { acquiring.cancel() })
         switch await acquiring.value {
         case let .failure(error):
-            let interrupted = supervision.terminatingSignal
-            status = exitStatus(for: error, signal: interrupted, nodeCount: client.nodes.count, quorum: client.quorum)
+            var interrupted = supervision.terminatingSignal
+            var unsettledFailures = 0
+            if interrupted == nil, needsUnsettledNodes(error, nodeCount: client.nodes.count, quorum: client.quorum) {
+                // Whether the misconfigured address or the other nodes cost the quorum hangs on
+                // nodes that had not answered when it was decided: ask them (a signal cuts it short).
+                let asking = Task { await failingUnlistedNodes(error, client: client) }
+                supervision.acquiring(cancel: { asking.cancel() })
+                unsettledFailures = await asking.value
+                interrupted = supervision.terminatingSignal
+            }
+            status = exitStatus(
+                for: error, signal: interrupted, nodeCount: client.nodes.count, quorum: client.quorum,
+                unsettledFailures: unsettledFailures
+            )
             if interrupted == nil {
                 // Asking the silent nodes again takes up to 3 s: a terminating signal cuts it short
                 // (one that came since the line above, at once).
@@ -204,7 +216,7 @@ struct Run: AsyncParsableCommand {
     }
 
     /// The exit status for a failed acquire, with the cause printed.
-    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int, quorum: Int) -> Int32 {
+    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int, quorum: Int, unsettledFailures: Int) -> Int32 {
         let status: Int32
         let summary: String
         switch error.code {
@@ -224,7 +236,7 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
-        case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum):
+        case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum, unsettledFailures: unsettledFailures):
             // A node list that names one server twice (two names of one address), or an
             // address no connection can use, cost the quorum: the configuration, like a bad
             // --nodes.
@@ -260,12 +272,41 @@ struct Run: AsyncParsableCommand {
     }
 
     /// Whether nodes refused as addresses no connection can use (one server listed twice under
-    /// two names) are what left no quorum: without them, the other failures would have left
-    /// one. Else other nodes' failures decided it (69, worth retrying).
-    private func misconfigured(_ error: RedlockError, nodeCount: Int, quorum: Int) -> Bool {
-        let invalid = error.nodes.filter { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }
+    /// two names) are what left no quorum: without them, the other failures (those in the
+    /// error, and `unsettledFailures` of the nodes that had not answered when it was decided)
+    /// would have left one. Else other nodes' failures decided it (69, worth retrying).
+    private func misconfigured(_ error: RedlockError, nodeCount: Int, quorum: Int, unsettledFailures: Int) -> Bool {
+        let invalid = error.nodes.filter { Self.isInvalidAddress($0) }
         guard !invalid.isEmpty else { return false }
-        return error.nodes.count - invalid.count <= nodeCount - quorum
+        return error.nodes.count - invalid.count + unsettledFailures <= nodeCount - quorum
+    }
+
+    private static func isInvalidAddress(_ failure: NodeFailure) -> Bool {
+        (failure.cause.error ?? failure.connectionFailure)?.code == .invalidAddress
+    }
+
+    /// Whether ``misconfigured(_:nodeCount:quorum:unsettledFailures:)`` hangs on the nodes the
+    /// error does not list (granted, or not answered yet when refusals decided it, failFast):
+    /// an invalid address is among the failures, the listed other failures alone leave a
+    /// quorum possible, and counting every unlisted node as failed would not.
+    private func needsUnsettledNodes(_ error: RedlockError, nodeCount: Int, quorum: Int) -> Bool {
+        let invalid = error.nodes.filter { Self.isInvalidAddress($0) }.count
+        guard invalid > 0 else { return false }
+        let others = error.nodes.count - invalid
+        let unlisted = nodeCount - error.nodes.count
+        return others <= nodeCount - quorum && others + unlisted > nodeCount - quorum
+    }
+
+    /// How many of the nodes the error does not list fail a `PING` now, within the nodes'
+    /// timeouts (at most 3 s); 0 when cancelled (a signal decides the status then).
+    private func failingUnlistedNodes(_ error: RedlockError, client: RedlockClient) async -> Int {
+        let listed = Set(error.nodes.map(\.node))
+        let statuses = await client.checkNodes()
+        return statuses.filter { status in
+            guard !listed.contains(status.node) else { return false }
+            if case .failure = status.result { return true }
+            return false
+        }.count
     }
 
     /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the

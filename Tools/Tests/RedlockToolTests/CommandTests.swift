@@ -331,6 +331,20 @@ struct CommandTests {
             let downToo = try CommandRun(["run", "--nodes", (["127.0.0.1:\(servers[0].port)", "localhost:\(servers[0].port)"] + gone).joined(separator: ","), "--name", "twice", "--", "true"])
             let (downStatus, _, downErrors) = await downToo.finish()
             #expect(downStatus == 69, "\(downStatus): \(downErrors)")
+            // A node that has not answered when the refusals decide is asked: a stopped one
+            // fails, so the others' failures alone leave no quorum: 69 (before: 64, as if the
+            // node had granted; with a refused node, which answers, 64 or 69 by the race).
+            let stalled = try await RedisServer.start()
+            try await stalled.pause()
+            let unsettled = try CommandRun(
+                ["run", "--nodes", (["127.0.0.1:\(servers[0].port)", "localhost:\(servers[0].port)"] + gone.prefix(2) + ["\(stalled.endpoint)"]).joined(separator: ","),
+                 "--name", "twice", "--", "true"],
+                killAfter: .seconds(20)
+            )
+            let (unsettledStatus, _, unsettledErrors) = await unsettled.finish()
+            try stalled.resume()
+            await stalled.terminate()
+            #expect(unsettledStatus == 69 && unsettledErrors.contains("had not answered"), "\(unsettledStatus): \(unsettledErrors)")
         }
     }
 
