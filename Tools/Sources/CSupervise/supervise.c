@@ -252,41 +252,52 @@ _Noreturn static void fail(const char *what) {
     fail_as("redlock watchdog", what);
 }
 
-/* The parent, state, thread count and start time (clock ticks after boot: with the pid, a
-   process's identity) of process `pid` from /proc/PID/stat; 0, or -1 when it cannot be read
-   (errno ENOENT or ESRCH when the process is gone). `threads` and `started` may be NULL. */
-static int read_parent(long pid, long *parent, char *state, long *threads, unsigned long long *started) {
+/* The parent, state, process group, thread count and start time (clock ticks after boot: with
+   the pid, a process's identity) of process `pid` from /proc/PID/stat; 0, or -1 when it cannot
+   be read (errno ENOENT or ESRCH when the process is gone). `group`, `threads` and `started` may
+   be NULL. */
+static int read_parent(long pid, long *parent, char *state, long *group, long *threads, unsigned long long *started) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *stat = fopen(path, "re");
-    if (stat == NULL) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
         return -1;
     }
+    /* Fields 1 to 22 fit: comm is at most 16 bytes, each number at most 20 digits. */
     char line[512];
-    int result = -1;
-    errno = 0;
-    if (fgets(line, sizeof line, stat) != NULL) {
-        /* "pid (comm) state ppid ...": comm may contain spaces and parentheses. */
-        char *close = strrchr(line, ')');
-        long count = 0;
-        unsigned long long start = 0;
-        /* Fields 3 (state), 4 (ppid), 20 (num_threads) and 22 (starttime); see proc(5). */
-        if (close != NULL
-            && sscanf(close + 1, " %c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld %*d %llu", state, parent,
-                      &count, &start) == 4) {
-            if (threads != NULL) {
-                *threads = count;
-            }
-            if (started != NULL) {
-                *started = start;
-            }
-            result = 0;
-        }
-    }
-    int error = errno;
-    fclose(stat);
+    ssize_t got;
+    do {
+        got = read(fd, line, sizeof line - 1);
+    } while (got < 0 && errno == EINTR);
+    int error = got < 0 ? errno : 0;
+    close(fd);
     errno = error;
-    return result;
+    if (got <= 0) {
+        return -1; /* errno 0: nothing to read, the process exited meanwhile */
+    }
+    line[got] = '\0';
+    /* "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses. */
+    char *close_paren = strrchr(line, ')');
+    long count = 0;
+    long process_group = 0;
+    unsigned long long start = 0;
+    /* Fields 3 (state), 4 (ppid), 5 (pgrp), 20 (num_threads) and 22 (starttime); see proc(5). */
+    if (close_paren == NULL
+        || sscanf(close_paren + 1, " %c %ld %ld %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %ld %*d %llu", state, parent,
+                  &process_group, &count, &start) != 5) {
+        errno = 0;
+        return -1;
+    }
+    if (group != NULL) {
+        *group = process_group;
+    }
+    if (threads != NULL) {
+        *threads = count;
+    }
+    if (started != NULL) {
+        *started = start;
+    }
+    return 0;
 }
 
 /* Whether a failed read_parent means the process is gone (ENOENT, ESRCH, or a stat line cut
@@ -318,7 +329,7 @@ static void kill_children(void) {
         long pid = strtol(entry->d_name, &end, 10);
         long parent;
         char state;
-        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL, NULL) == 0 && parent == self) {
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL, NULL, NULL) == 0 && parent == self) {
             kill((pid_t)pid, SIGKILL);
         }
     }
@@ -367,7 +378,7 @@ static long list_processes(process_entry **entries) {
             list = grown;
             capacity *= 2;
         }
-        if (read_parent(pid, &list[count].parent, &list[count].state, &list[count].threads, &list[count].started) == 0) {
+        if (read_parent(pid, &list[count].parent, &list[count].state, NULL, &list[count].threads, &list[count].started) == 0) {
             list[count].pid = pid;
             list[count].below = -1;
             count++;
@@ -657,30 +668,6 @@ static void check_pidfds(void) {
     }
 }
 
-/* The parent and process group of process `pid` (fields 4 and 5 of /proc/PID/stat); 0, or -1
-   when they cannot be read (the process gone, or /proc refused). */
-static int read_identity(long pid, long *parent, long *group) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return -1;
-    }
-    char line[512];
-    ssize_t got;
-    do {
-        got = read(fd, line, sizeof line - 1);
-    } while (got < 0 && errno == EINTR);
-    close(fd);
-    if (got <= 0) {
-        return -1;
-    }
-    line[got] = '\0';
-    /* "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses. */
-    char *close_paren = strrchr(line, ')');
-    return close_paren != NULL && sscanf(close_paren + 1, " %*c %ld %ld", parent, group) == 2 ? 0 : -1;
-}
-
 /* Descriptors (pidfds) of the command's processes outside its process group, from the latest
    count (census_walk): a kill signals each through its descriptor at once, before its walk
    looks for the rest. A descriptor names its process for good (never one that took its pid
@@ -763,7 +750,8 @@ static int census_walk(long root, pid_t group, long *walked, long *detached, int
         int fd = open_process(pid);
         long parent;
         long process_group;
-        if (read_identity(pid, &parent, &process_group) != 0 || parent != parents.items[i]) {
+        char state;
+        if (read_parent(pid, &parent, &state, &process_group, NULL, NULL) != 0 || parent != parents.items[i]) {
             if (fd >= 0) {
                 close(fd);
             }
@@ -823,7 +811,7 @@ static int kill_process(int descriptor, long pid, unsigned long long started) {
     long threads;
     char state;
     unsigned long long now_started;
-    if (read_parent(pid, &parent, &state, &threads, &now_started) != 0) {
+    if (read_parent(pid, &parent, &state, NULL, &threads, &now_started) != 0) {
         if (vanished(errno)) {
             errno = ESRCH;
         }
@@ -851,13 +839,13 @@ static int open_and_read(long pid, int *descriptor, long *parent, char *state, u
            /proc still shows a process there, one more open (a process that took the pid since
            is told apart by the callers: parent, start time); failing again, the read below is
            by pid, as without pidfds. */
-        if (read_parent(pid, parent, state, NULL, started) != 0) {
+        if (read_parent(pid, parent, state, NULL, NULL, started) != 0) {
             return vanished(errno) ? -1 : -2;
         }
         opened = open_process(pid);
     }
     int result = 0;
-    if (read_parent(pid, parent, state, NULL, started) != 0) {
+    if (read_parent(pid, parent, state, NULL, NULL, started) != 0) {
         result = vanished(errno) ? -1 : -2;
     } else if (opened >= 0 && signal_process(opened, pid, 0) != 0 && errno == ESRCH) {
         result = -1;
@@ -981,7 +969,7 @@ static int kill_found(long root, long pid, pid_set *found, pid_array *work, int 
         long was_parent;
         char was_state;
         unsigned long long was_started;
-        if (read_parent(pid, &was_parent, &was_state, NULL, &was_started) != 0) {
+        if (read_parent(pid, &was_parent, &was_state, NULL, NULL, &was_started) != 0) {
             if (!vanished(errno)) {
                 *refused = 1; /* could not be read: the kill cannot vouch for it */
             }
@@ -1106,7 +1094,7 @@ static int fully_exited(process_identity process) {
     long threads;
     char state;
     unsigned long long started;
-    if (read_parent(process.pid, &parent, &state, &threads, &started) != 0) {
+    if (read_parent(process.pid, &parent, &state, NULL, &threads, &started) != 0) {
         return vanished(errno);
     }
     return started != process.started || exited(state, threads);
