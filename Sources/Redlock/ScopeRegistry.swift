@@ -1,3 +1,4 @@
+import RedlockTransport
 import Synchronization
 
 /// The leases that running scopes of one client hold (``DistributedLock/withLock(isolation:extendWhenRemaining:maximumHoldTime:safetyMargin:_:)``
@@ -196,19 +197,12 @@ final class ScopeRegistry: Sendable {
     }
 }
 
-/// One running scope's link to the registry: what interrupts it. An interruption that comes
-/// before the scope listens is kept and delivered when it does.
+/// One running scope's link to the registry: what interrupts it, and what ends the lease's
+/// validity for its body first. Either that comes before the scope listens is delivered when it
+/// does; only the first interruption counts.
 final class ScopeTicket: Sendable {
-    private struct State {
-        var handler: (@Sendable (RedlockError) -> Void)?
-        var pending: RedlockError?
-        /// What ends the lease's validity for the body (``endValidity()``), and whether that
-        /// came before it was set.
-        var validityEnder: (@Sendable () -> Void)?
-        var validityEnded = false
-    }
-
-    private let state = Mutex(State())
+    private let interruption = OneTimeEvent<RedlockError>()
+    private let validityEnd = OneTimeEvent<Void>()
     private let ended = Atomic<Bool>(false)
 
     /// Whether its scope ended (left the registry).
@@ -218,42 +212,27 @@ final class ScopeTicket: Sendable {
     func end() { ended.store(true, ordering: .releasing) }
 
     /// The interruption that came before ``onInterrupt(_:)``, if any.
-    var pending: RedlockError? { state.withLock { $0.pending } }
+    var pending: RedlockError? { interruption.value }
 
     /// Calls `handler` on the (first) interruption; at once if one came already.
     func onInterrupt(_ handler: @escaping @Sendable (RedlockError) -> Void) {
-        let pending: RedlockError? = state.withLock { state in
-            state.handler = handler
-            return state.pending
-        }
-        if let pending { handler(pending) }
+        interruption.onFire(handler)
     }
 
     /// Calls `ender` when the lease stops being valid for the body before the scope is
     /// interrupted (``endValidity()``); at once if that came already.
     func onValidityEnd(_ ender: @escaping @Sendable () -> Void) {
-        let endedAlready: Bool = state.withLock { state in
-            state.validityEnder = ender
-            return state.validityEnded
-        }
-        if endedAlready { ender() }
+        validityEnd.onFire { ender() }
     }
 
     /// The lease is being released from outside the scope: from now on the body may not act on
     /// it, though the interruption (and the scope's own release) waits for that release's votes.
     func endValidity() {
-        let ender: (@Sendable () -> Void)? = state.withLock { state in
-            state.validityEnded = true
-            return state.validityEnder
-        }
-        ender?()
+        validityEnd.fire()
     }
 
+    /// Interrupts the scope with `error` (the first call only).
     func interrupt(_ error: RedlockError) {
-        let handler: (@Sendable (RedlockError) -> Void)? = state.withLock { state in
-            if state.pending == nil { state.pending = error }
-            return state.handler
-        }
-        handler?(error)
+        interruption.fire(error)
     }
 }

@@ -1,11 +1,13 @@
 import Synchronization
 
-/// Something that happens once (a thread exited, a server became ready) and that any number of
-/// tasks can wait for, before or after it happened.
+/// Something that happens once (a thread exited, a server became ready, a scope was
+/// interrupted) that any number of tasks can wait for, and handlers be called on, before or
+/// after it happened.
 package final class OneTimeEvent<Value: Sendable>: Sendable {
     private struct State {
         var value: Value?
         var waiters: [CheckedContinuation<Value, Never>] = []
+        var handlers: [@Sendable (Value) -> Void] = []
     }
 
     private let state = Mutex(State())
@@ -16,14 +18,29 @@ package final class OneTimeEvent<Value: Sendable>: Sendable {
     /// call recorded it.
     @discardableResult
     package func fire(_ value: Value) -> Bool {
-        let (recorded, waiters): (Bool, [CheckedContinuation<Value, Never>]) = state.withLock { state in
-            guard state.value == nil else { return (false, []) }
+        let (recorded, waiters, handlers) = state.withLock { state in
+            guard state.value == nil else { return (false, [CheckedContinuation<Value, Never>](), [@Sendable (Value) -> Void]()) }
             state.value = value
-            defer { state.waiters = [] }
-            return (true, state.waiters)
+            defer {
+                state.waiters = []
+                state.handlers = []
+            }
+            return (true, state.waiters, state.handlers)
         }
         for waiter in waiters { waiter.resume(returning: value) }
+        for handler in handlers { handler(value) }
         return recorded
+    }
+
+    /// Calls `handler` with the value when the event happens, on the thread that records it;
+    /// at once, on the caller's thread, if it happened already.
+    package func onFire(_ handler: @escaping @Sendable (Value) -> Void) {
+        let known: Value? = state.withLock { state in
+            if let value = state.value { return value }
+            state.handlers.append(handler)
+            return nil
+        }
+        if let known { handler(known) }
     }
 
     /// The value, once the event happened.
