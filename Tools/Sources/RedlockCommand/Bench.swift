@@ -121,9 +121,12 @@ struct Bench: AsyncParsableCommand {
         defer { interrupts.stop() }
         do {
             try await work.value
-        } catch is CancellationError {
-            // 128 + the signal, as a shell reports it: 130 for SIGINT, 143 for SIGTERM.
-            throw ExitCode(128 + (interrupts.signal ?? SIGINT))
+        } catch {
+            // Cancelled by a signal, whatever the cancellation surfaced as (a CancellationError,
+            // or a node's command failing as cancelled): 128 + the signal, as a shell reports
+            // it: 130 for SIGINT, 143 for SIGTERM.
+            if let signal = interrupts.signal { throw ExitCode(128 + signal) }
+            throw error
         }
     }
 }

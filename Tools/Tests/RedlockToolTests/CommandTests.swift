@@ -176,6 +176,36 @@ struct CommandTests {
         }
     }
 
+    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node it started (none left running) and exits 128 + the signal, as a shell reports it (before: 1 and 'Error: …: cancelled' when a node command was under way)", arguments: [SIGTERM, SIGINT])
+    func benchInterrupted(signal: Int32) async throws {
+        let bench = try CommandRun(["bench", "--node-count", "2", "--duration", "600"], killAfter: .seconds(120))
+        let measuring = await bench.waitForErrorLine(containing: "Measuring")
+        #expect(measuring != nil)
+        let nodes = Self.childProcesses(of: bench.process.processIdentifier, named: "redis-server")
+        #expect(nodes.count == 2, "\(nodes)")
+        #expect(kill(bench.process.processIdentifier, signal) == 0)
+        let (status, _, stderr) = await bench.finish()
+        #expect(!bench.timedOut && status == 128 + signal, "\(status): \(stderr)")
+        #expect(stderr.contains("Stopped every node the bench started."), "\(stderr)")
+        // The bench reaped them: no such process any more (not even a zombie).
+        for node in nodes {
+            #expect(kill(node, 0) == -1 && errno == ESRCH, "node \(node) still there")
+        }
+    }
+
+    /// The children of process `pid` (from every thread's children file) whose name is `name`.
+    private static func childProcesses(of pid: pid_t, named name: String) -> [pid_t] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let children = tasks.flatMap { task in
+            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
+                .split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        return children.filter { child in
+            let comm = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
+            return comm.trimmingCharacters(in: .whitespacesAndNewlines) == name
+        }
+    }
+
     @Test("a SIGINT while run asks a silent node again, after a failed acquire, cuts that short: exit 130, the failure printed, no answer reported (without the cut, the node is asked for its command timeout and the run exits 69)")
     func interruptedDiagnosis() async throws {
         try await withRedisServers(1) { servers throws in
