@@ -51,3 +51,41 @@ func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
     }
     return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
 }
+
+/// A TCP port of 127.0.0.1 that refuses every connection (`ECONNREFUSED`) and that no other
+/// process can take while this value lives: a socket bound to it that never listens. It stands
+/// for a node that is down, without the race of a stopped server's port being handed out again
+/// (to a server another test starts meanwhile). The socket is closed when the value goes away.
+public final class ClosedPort: Sendable {
+    /// The port.
+    public let port: Int
+    private let descriptor: Int32
+
+    /// Binds a free port of 127.0.0.1 (close-on-exec).
+    /// - Throws: `RedisServerError.noFreePort` naming the call that failed.
+    public init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(descriptor, raw, length) == 0 && getsockname(descriptor, raw, &length) == 0
+            }
+        }
+        guard bound else {
+            let reason = String(cString: strerror(errno))
+            close(descriptor)
+            throw RedisServerError.noFreePort("bind: \(reason)")
+        }
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(descriptor) }
+
+    /// `127.0.0.1:PORT`, as a node list names it.
+    public var endpoint: String { "127.0.0.1:\(port)" }
+}

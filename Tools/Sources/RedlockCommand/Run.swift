@@ -140,9 +140,16 @@ struct Run: AsyncParsableCommand {
         _ = signal(SIGPIPE, SIG_IGN)
         let made: (RedlockClient, DistributedLock)
         do {
+            // Every attempt waits for each node's answer (within its budget, --ttl × 0.05): the
+            // exit status says why the lock was not had (75 held, 77 refused, 69 unavailable, 64
+            // misconfigured), and with fail-fast it would hang on which answers came first (the
+            // down nodes' refusals, quickest, decided before a quorum's "taken" or a node's
+            // refused credentials were in). A frozen node costs each round its budget.
             made = try makeLock(
                 nodes: nodes, name: name,
-                options: LockOptions(expiry: ttl, fencing: true, restartGuard: restartGuard, epochGuard: epochGuard, clockGuard: clockGuard)
+                options: LockOptions(
+                    expiry: ttl, failFast: false, fencing: true, restartGuard: restartGuard, epochGuard: epochGuard, clockGuard: clockGuard
+                )
             )
         } catch {
             // Pointing at this command's help, not the top-level usage.
@@ -165,20 +172,8 @@ struct Run: AsyncParsableCommand {
         supervision.acquiring(cancel: { acquiring.cancel() })
         switch await acquiring.value {
         case let .failure(error):
-            var interrupted = supervision.terminatingSignal
-            var unsettledFailures = 0
-            if interrupted == nil, needsUnsettledNodes(error, nodeCount: client.nodes.count, quorum: client.quorum) {
-                // Whether the misconfigured address or the other nodes cost the quorum hangs on
-                // nodes that had not answered when it was decided: ask them (a signal cuts it short).
-                let asking = Task { await failingUnlistedNodes(error, client: client) }
-                supervision.acquiring(cancel: { asking.cancel() })
-                unsettledFailures = await asking.value
-                interrupted = supervision.terminatingSignal
-            }
-            status = exitStatus(
-                for: error, signal: interrupted, nodeCount: client.nodes.count, quorum: client.quorum,
-                unsettledFailures: unsettledFailures
-            )
+            let interrupted = supervision.terminatingSignal
+            status = exitStatus(for: error, signal: interrupted, nodeCount: client.nodes.count, quorum: client.quorum)
             if interrupted == nil {
                 // Asking the silent nodes again takes up to 3 s: a terminating signal cuts it short
                 // (one that came since the line above, at once).
@@ -216,7 +211,7 @@ struct Run: AsyncParsableCommand {
     }
 
     /// The exit status for a failed acquire, with the cause printed.
-    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int, quorum: Int, unsettledFailures: Int) -> Int32 {
+    private func exitStatus(for error: RedlockError, signal: Int32?, nodeCount: Int, quorum: Int) -> Int32 {
         let status: Int32
         let summary: String
         switch error.code {
@@ -236,7 +231,7 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
-        case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum, unsettledFailures: unsettledFailures):
+        case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum):
             // A node list that names one server twice (two names of one address), or an
             // address no connection can use, cost the quorum: the configuration, like a bad
             // --nodes.
@@ -272,41 +267,12 @@ struct Run: AsyncParsableCommand {
     }
 
     /// Whether nodes refused as addresses no connection can use (one server listed twice under
-    /// two names) are what left no quorum: without them, the other failures (those in the
-    /// error, and `unsettledFailures` of the nodes that had not answered when it was decided)
-    /// would have left one. Else other nodes' failures decided it (69, worth retrying).
-    private func misconfigured(_ error: RedlockError, nodeCount: Int, quorum: Int, unsettledFailures: Int) -> Bool {
-        let invalid = error.nodes.filter { Self.isInvalidAddress($0) }
+    /// two names) are what left no quorum: without them, the other failures would have left
+    /// one. Else other nodes' failures decided it (69, worth retrying).
+    private func misconfigured(_ error: RedlockError, nodeCount: Int, quorum: Int) -> Bool {
+        let invalid = error.nodes.filter { ($0.cause.error ?? $0.connectionFailure)?.code == .invalidAddress }
         guard !invalid.isEmpty else { return false }
-        return error.nodes.count - invalid.count + unsettledFailures <= nodeCount - quorum
-    }
-
-    private static func isInvalidAddress(_ failure: NodeFailure) -> Bool {
-        (failure.cause.error ?? failure.connectionFailure)?.code == .invalidAddress
-    }
-
-    /// Whether ``misconfigured(_:nodeCount:quorum:unsettledFailures:)`` hangs on the nodes the
-    /// error does not list (granted, or not answered yet when refusals decided it, failFast):
-    /// an invalid address is among the failures, the listed other failures alone leave a
-    /// quorum possible, and counting every unlisted node as failed would not.
-    private func needsUnsettledNodes(_ error: RedlockError, nodeCount: Int, quorum: Int) -> Bool {
-        let invalid = error.nodes.filter { Self.isInvalidAddress($0) }.count
-        guard invalid > 0 else { return false }
-        let others = error.nodes.count - invalid
-        let unlisted = nodeCount - error.nodes.count
-        return others <= nodeCount - quorum && others + unlisted > nodeCount - quorum
-    }
-
-    /// How many of the nodes the error does not list fail a `PING` now, within the nodes'
-    /// timeouts (at most 3 s); 0 when cancelled (a signal decides the status then).
-    private func failingUnlistedNodes(_ error: RedlockError, client: RedlockClient) async -> Int {
-        let listed = Set(error.nodes.map(\.node))
-        let statuses = await client.checkNodes()
-        return statuses.filter { status in
-            guard !listed.contains(status.node) else { return false }
-            if case .failure = status.result { return true }
-            return false
-        }.count
+        return error.nodes.count - invalid.count <= nodeCount - quorum
     }
 
     /// Whether a node refused for good what it was asked: the credentials (`AUTH`), the
