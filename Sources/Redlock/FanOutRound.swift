@@ -4,10 +4,12 @@ import Synchronization
 /// One fan-out in flight: collects the nodes' votes as their replies arrive (on the thread
 /// that read them: the event loop, or a caller writing to that connection) and resumes the
 /// waiting caller exactly once, when every node answered, the
-/// outcome is decided (if asked), the budget ran out or the caller was cancelled. A failure
-/// decided while a node refused for good (``Vote/isPermanentRefusal``) waits for the answers
-/// still out (within the budget) when they decide whether too few nodes are left for any retry
-/// to succeed: that must not depend on which node answered first.
+/// outcome is decided (if asked), the budget ran out or the caller was cancelled. A decided
+/// failure waits for the answers still out (within the budget) when they can change what the
+/// failure is, which must not depend on which node answered first: while a node refused for
+/// good (``Vote/isPermanentRefusal``), when they decide whether too few nodes are left for any
+/// retry to succeed; while other refusals than `taken` are in, when they could still show the
+/// key another holder's on a quorum (`taken`, not a failure of the nodes).
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is
 /// kept by the client's ``DeadlineTimer``.
@@ -121,7 +123,7 @@ final class FanOutRound: Expiring {
     private func finishIfDone(_ state: inout State) -> Finishing? {
         guard !state.sending else { return nil }
         if state.unanswered == 0 { return finish(&state) }
-        if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state) {
+        if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state), !Self.awaitsTaken(state) {
             // Nodes still silent did not matter: unsettled, not failed.
             for index in state.votes.indices {
                 if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
@@ -161,6 +163,25 @@ final class FanOutRound: Expiring {
         let permanent = state.votes.count { $0?.isPermanentRefusal == true }
         let spare = state.votes.count - state.tally.quorum
         return permanent > 0 && permanent <= spare && permanent + state.unanswered > spare
+    }
+
+    /// Whether a failure decided now waits for the answers still out because they could show
+    /// the key another holder's on a quorum: fewer than a quorum of `taken` so far, some other
+    /// refusal in (without one, every refusal is `taken`, which says "held" already), and enough
+    /// answers out to make `taken` a quorum. Two of five nodes down and the key held on the
+    /// other three: their refusals, which come first, must not make it a failure of the nodes.
+    private static func awaitsTaken(_ state: State) -> Bool {
+        guard state.tally.cannotSucceed else { return false }
+        var taken = 0
+        var refusedOtherwise = 0
+        for vote in state.votes {
+            guard case let .refused(cause)? = vote else { continue }
+            if cause == .taken { taken += 1 } else { refusedOtherwise += 1 }
+        }
+        // The nodes still out are `.refused(.noAnswer)` until they answer; nodes not asked (nil:
+        // a round on some of the nodes) are no refusal of this round's.
+        let others = refusedOtherwise - state.unanswered
+        return taken < state.tally.quorum && others > 0 && taken + state.unanswered >= state.tally.quorum
     }
 
     /// What finishing hands out, to be delivered outside the lock.

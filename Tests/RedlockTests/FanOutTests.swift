@@ -164,9 +164,45 @@ struct FanOutRoundTests {
             round.record(.granted(1), from: 2)
             round.record(.refused(.missing), from: 3)
             #expect(!round.isFinished)
-            round.record(.refused(.taken), from: 4)
+            round.record(.refused(.missing), from: 4)
         }
-        #expect(votes == [.unsettled, .refused(.taken), .granted(1), .refused(.missing), .refused(.taken)])
+        #expect(votes == [.unsettled, .refused(.taken), .granted(1), .refused(.missing), .refused(.missing)])
+    }
+
+    @Test("a failure decided by other refusals waits for the answers that could still show the key another holder's on a quorum (taken), and only for those; refusals that are all taken decide at once")
+    func takenWaitsOnlyWhenItCanBeAQuorum() async {
+        let down = Vote.refused(.error(RedisError(code: .connectionRefused, endpoint: .hostname("127.0.0.1", port: 1), message: "down")))
+        // Two of five down answer first; one taken makes a quorum impossible, but the two out
+        // could make taken three: before, the round ended there and the failure read as the
+        // nodes' (noQuorum) although the key is another holder's on three nodes.
+        let held = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
+        let heldVotes = await collectVotes(of: held) {
+            held.record(down, from: 3)
+            held.record(down, from: 4)
+            held.record(.refused(.taken), from: 0)
+            #expect(!held.isFinished)
+            held.record(.refused(.taken), from: 1)
+            #expect(!held.isFinished)
+            held.record(.refused(.taken), from: 2)
+        }
+        #expect(heldVotes == [.refused(.taken), .refused(.taken), .refused(.taken), down, down])
+        // Once the answers out cannot make taken three, a silent node is not waited for.
+        let mixed = FanOutRound(nodeCount: 5, order: [0, 1, 2, 3, 4], returnWhenDecided: true)
+        let mixedVotes = await collectVotes(of: mixed) {
+            mixed.record(down, from: 3)
+            mixed.record(.refused(.taken), from: 0)
+            mixed.record(down, from: 4)
+            #expect(!mixed.isFinished)
+            mixed.record(down, from: 1)
+        }
+        #expect(mixedVotes == [.refused(.taken), down, .unsettled, down, down])
+        // Every refusal taken: that says held already.
+        let allTaken = FanOutRound(nodeCount: 4, order: [0, 1, 2, 3], returnWhenDecided: true)
+        let allTakenVotes = await collectVotes(of: allTaken) {
+            allTaken.record(.refused(.taken), from: 0)
+            allTaken.record(.refused(.taken), from: 1)
+        }
+        #expect(allTakenVotes == [.refused(.taken), .refused(.taken), .unsettled, .unsettled])
     }
 
     @Test("a failure decided with a refusal for good waits for the answers that tell whether too few nodes are left, and only for those")

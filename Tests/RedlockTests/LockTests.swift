@@ -320,6 +320,30 @@ struct LockTests {
         }
     }
 
+    @Test("with fail-fast, a lock held on three of five nodes while the other two are down fails as taken, every time: the down nodes' refusals come first and make a quorum impossible, but the answers still out are waited for when they could show the key another holder's on a quorum (before: noQuorum, as a failure of the nodes)")
+    func heldWhileNodesAreDown() async throws {
+        let down = [try ClosedPort(), try ClosedPort()]
+        try await withRedisServers(3) { servers throws in
+            let name = "held-while-down"
+            try await occupy(name, on: servers)
+            let configurations = servers.map { $0.configuration() }
+                + down.map { RedisConnectionConfiguration(endpoint: .hostname("127.0.0.1", port: $0.port)) }
+            let client = try RedlockClient(nodes: configurations)
+            let lock = try client.makeLock(name, options: LockOptions(expiry: .seconds(5), timeoutFactor: 0.2, failFast: true))
+            for _ in 0..<10 {
+                do throws(RedlockError) {
+                    let lease = try await lock.tryLock()
+                    Issue.record("acquired a lock held on three of five nodes: \(lease)")
+                } catch {
+                    #expect(error.code == .taken, "\(error)")
+                    #expect(error.nodes.filter { $0.cause == .taken }.count == 3, "\(error)")
+                }
+            }
+            await client.shutdown()
+        }
+        withExtendedLifetime(down) {}
+    }
+
     @Test("a release decided at once, while a frozen node has not answered the acquire, still reaches that node")
     func immediateReleaseReachesAFrozenNode() async throws {
         try await withLockNodes(3) { client, servers in
