@@ -87,14 +87,11 @@ struct ProcessTests {
                 let fleet = decoded?["fleet"] as? [String: Any]
                 #expect(fleet?["verdict"] as? String == "warn" && fleet?["quorum"] as? Int == 2 && fleet?["tolerated"] as? Int == 0, "\(json)")
                 // Three nodes, two of them down: no quorum can form.
-                let down = try await RedisServer.start()
-                let downEndpoint = "\(down.endpoint)"
-                await down.terminate()
-                let gone = try await RedisServer.start()
-                let goneEndpoint = "\(gone.endpoint)"
-                await gone.terminate()
-                let quorumless = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(downEndpoint),\(goneEndpoint)"])
+                let down = try ClosedPort()
+                let gone = try ClosedPort()
+                let quorumless = try CommandRun(["doctor", "--nodes", "\(safe[0].endpoint),\(down.endpoint),\(gone.endpoint)"])
                 let (quorumlessStatus, quorumlessOut, _) = await quorumless.finish()
+                withExtendedLifetime((down, gone)) {}
                 #expect(quorumlessStatus == 1)
                 #expect(quorumlessOut.contains("fail    fleet: 3 nodes, a quorum of 2: 1 may fail; 2 cannot vote now (see reachable, state and permissions), so no quorum can form"), "\(quorumlessOut)")
             }

@@ -740,10 +740,12 @@ final class RunSupervisionTests: Sendable {
             let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "shutting-down", "--ttl", "10s", "--",
                                       "sh", "-c", "touch \(ended); exit 3"])
             #expect(await eventually(within: .seconds(20)) { FileManager.default.fileExists(atPath: ended) })
-            // The release is decided by the two answering nodes at once; the shutdown after it
-            // then waits up to 500 ms for the frozen node's answer: the signal lands there.
-            try await Task.sleep(for: .milliseconds(150))
-            #expect(kill(run.process.processIdentifier, SIGTERM) == 0)
+            // Once the command is gone (reaped by the watchdog), the release waits for the frozen
+            // node within its budget (500 ms, --ttl × 0.05) and the shutdown after it for its
+            // answer: the signal lands there.
+            let redlock = run.process.processIdentifier
+            #expect(await eventually(within: .seconds(20)) { children(of: redlock).flatMap { children(of: $0) }.isEmpty })
+            #expect(kill(redlock, SIGTERM) == 0)
             let (status, _, stderr) = await run.finish()
             try servers[2].resume()
             #expect(status == 3, "stderr: \(stderr)")
@@ -814,12 +816,10 @@ final class RunSupervisionTests: Sendable {
         try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { guarded throws in
             // A user who may not run TIME, which the epoch guard needs.
             try await withRedisServers(1, arguments: ["--user", "timeless", "on", ">pw", "~*", "&*", "+@all", "-time"]) { servers throws in
-                let down = try await RedisServer.start()
-                let downList = "\(down.endpoint)"
-                await down.terminate()
-
-                let refused = try CommandRun(["run", "--nodes", downList, "--name", "x", "--wait", "500ms", "--", "true"])
+                let down = try ClosedPort()
+                let refused = try CommandRun(["run", "--nodes", down.endpoint, "--name", "x", "--wait", "500ms", "--", "true"])
                 let (refusedStatus, _, refusedErrors) = await refused.finish()
+                withExtendedLifetime(down) {}
                 #expect(refusedStatus == 69, "\(refusedErrors)")
                 #expect(refusedErrors.contains("refused") && !refusedErrors.contains("another holder"), "\(refusedErrors)")
 
