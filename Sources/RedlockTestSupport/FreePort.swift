@@ -33,6 +33,12 @@ public func freeLoopbackPort() throws -> Int {
 /// A listening TCP socket on a free port of 127.0.0.1 (close-on-exec), for the test servers that
 /// are not Redis: its descriptor and port.
 func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
+    try boundLoopbackSocket(listening: backlog)
+}
+
+/// A TCP socket bound to a free port of 127.0.0.1 (close-on-exec), listening with `backlog` when
+/// one is given: its descriptor and port.
+private func boundLoopbackSocket(listening backlog: Int32?) throws -> (descriptor: Int32, port: Int) {
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
     guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
     var address = sockaddr_in()
@@ -41,7 +47,8 @@ func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            bind(descriptor, raw, length) == 0 && listen(descriptor, backlog) == 0 && getsockname(descriptor, raw, &length) == 0
+            bind(descriptor, raw, length) == 0 && (backlog.map { listen(descriptor, $0) == 0 } ?? true)
+                && getsockname(descriptor, raw, &length) == 0
         }
     }
     guard bound else {
@@ -64,24 +71,7 @@ public final class ClosedPort: Sendable {
     /// Binds a free port of 127.0.0.1 (close-on-exec).
     /// - Throws: `RedisServerError.noFreePort` naming the call that failed.
     public init() throws {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw RedisServerError.noFreePort("socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                bind(descriptor, raw, length) == 0 && getsockname(descriptor, raw, &length) == 0
-            }
-        }
-        guard bound else {
-            let reason = String(cString: strerror(errno))
-            close(descriptor)
-            throw RedisServerError.noFreePort("bind: \(reason)")
-        }
-        self.descriptor = descriptor
-        port = Int(UInt16(bigEndian: address.sin_port))
+        (descriptor, port) = try boundLoopbackSocket(listening: nil)
     }
 
     deinit { close(descriptor) }
