@@ -696,10 +696,33 @@ struct BenchSettings: Sendable {
         Task { outcome.yield(await work.result) }
         return try await withTaskCancellationHandler {
             for await first in outcomes { return try first.get() }
+            // Cancelled (a signal): the phase winds down first — its worker processes killed,
+            // its files removed — before the caller stops the nodes and exits; one that hangs is
+            // left after a grace of 5 s.
+            await Self.awaitEnd(of: work, grace: .seconds(5))
             throw CancellationError()
         } onCancel: {
             work.cancel()
         }
+    }
+
+    /// Returns once `work` ended or `grace` passed, whichever is first, also in a cancelled task
+    /// (the waiting happens in a task of its own, which the caller's cancellation does not reach).
+    private static func awaitEnd<T: Sendable>(of work: Task<T, any Error>, grace: Duration) async {
+        await Task {
+            let (ended, end) = AsyncStream.makeStream(of: Void.self)
+            let waiting = Task {
+                _ = await work.result
+                end.finish()
+            }
+            let timeout = Task {
+                try? await Task.sleep(for: grace)
+                end.finish()
+            }
+            for await _ in ended {}
+            waiting.cancel()
+            timeout.cancel()
+        }.value
     }
 
     /// PINGs every node (connecting them) and returns the first node's redis_version.

@@ -176,34 +176,45 @@ struct CommandTests {
         }
     }
 
-    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node it started (none left running) and exits 128 + the signal, as a shell reports it (before: 1 and 'Error: …: cancelled' when a node command was under way)", arguments: [SIGTERM, SIGINT])
-    func benchInterrupted(signal: Int32) async throws {
-        let bench = try CommandRun(["bench", "--node-count", "2", "--duration", "600"], killAfter: .seconds(120))
-        let measuring = await bench.waitForErrorLine(containing: "Measuring")
+    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed)", arguments: [
+        (SIGTERM, "Measuring floor"), (SIGINT, "worker processes contending"),
+    ])
+    func benchInterrupted(signal: Int32, phase: String) async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let bench = try CommandRun(["bench", "--node-count", "1", "--duration", "0.2"], environment: ["TMPDIR": scratch], killAfter: .seconds(120))
+        let measuring = await bench.waitForErrorLine(containing: phase)
         #expect(measuring != nil)
-        let nodes = Self.childProcesses(of: bench.process.processIdentifier, named: "redis-server")
-        #expect(nodes.count == 2, "\(nodes)")
+        let started = Self.descendants(of: bench.process.processIdentifier)
+        #expect(started.contains { $0.name == "redis-server" }, "\(started)")
         #expect(kill(bench.process.processIdentifier, signal) == 0)
         let (status, _, stderr) = await bench.finish()
         #expect(!bench.timedOut && status == 128 + signal, "\(status): \(stderr)")
         #expect(stderr.contains("Stopped every node the bench started."), "\(stderr)")
-        // The bench reaped them: no such process any more (not even a zombie).
-        for node in nodes {
-            #expect(kill(node, 0) == -1 && errno == ESRCH, "node \(node) still there")
+        // It reaped them: no such process any more (not even a zombie left to init).
+        for process in started {
+            #expect(kill(process.pid, 0) == -1 && errno == ESRCH, "\(process) still there")
         }
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch)) == [], "left in TMPDIR")
     }
 
-    /// The children of process `pid` (from every thread's children file) whose name is `name`.
-    private static func childProcesses(of pid: pid_t, named name: String) -> [pid_t] {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        let children = tasks.flatMap { task in
-            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
-                .split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    /// The processes below `pid` (children files of every thread, recursively), with their names.
+    private static func descendants(of pid: pid_t) -> [(pid: pid_t, name: String)] {
+        var found: [(pid: pid_t, name: String)] = []
+        var work = [pid]
+        while let parent = work.popLast() {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(parent)/task")) ?? []
+            for task in tasks {
+                let text = (try? String(contentsOfFile: "/proc/\(parent)/task/\(task)/children", encoding: .utf8)) ?? ""
+                for child in text.split(separator: " ").compactMap({ pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+                    let name = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
+                    found.append((child, name.trimmingCharacters(in: .whitespacesAndNewlines)))
+                    work.append(child)
+                }
+            }
         }
-        return children.filter { child in
-            let comm = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
-            return comm.trimmingCharacters(in: .whitespacesAndNewlines) == name
-        }
+        return found
     }
 
     @Test("a SIGINT while run asks a silent node again, after a failed acquire, cuts that short: exit 130, the failure printed, no answer reported (without the cut, the node is asked for its command timeout and the run exits 69)")
