@@ -8,8 +8,8 @@ import Synchronization
 /// failure waits for the answers still out (within the budget) when they can change what the
 /// failure is, which must not depend on which node answered first: while a node refused for
 /// good (``Vote/isPermanentRefusal``), when they decide whether too few nodes are left for any
-/// retry to succeed; while other refusals than `taken` are in, when they could still show the
-/// key another holder's on a quorum (`taken`, not a failure of the nodes).
+/// retry to succeed; when they could still show the key another holder's or gone on a quorum
+/// (`taken`, `missing`: not a failure of the nodes).
 ///
 /// No task is made per node or for the budget: replies come through handlers and the budget is
 /// kept by the client's ``DeadlineTimer``.
@@ -165,23 +165,17 @@ final class FanOutRound: Expiring {
         return permanent > 0 && permanent <= spare && permanent + state.unanswered > spare
     }
 
-    /// Whether a failure decided now waits for the answers still out because they could show
-    /// the key another holder's on a quorum: fewer than a quorum of `taken` so far, some other
-    /// refusal in (without one, every refusal is `taken`, which says "held" already), and enough
-    /// answers out to make `taken` a quorum. Two of five nodes down and the key held on the
-    /// other three: their refusals, which come first, must not make it a failure of the nodes.
+    /// Whether a failure decided now waits for the answers still out because they could make it
+    /// "not ours on a quorum" — the key another holder's (`taken`) or gone (`missing`, for an
+    /// extension or release) on a quorum, which is the lease's or the lock's state, not a
+    /// failure of the nodes: fewer than a quorum of those so far, and enough answers out to make
+    /// a quorum. (With an even node count, refusals that are all `taken` make a quorum
+    /// impossible before they are one.) Two of five nodes down and the key held on the other
+    /// three: their refusals, which come first, must not make it a failure of the nodes.
     private static func awaitsTaken(_ state: State) -> Bool {
         guard state.tally.cannotSucceed else { return false }
-        var taken = 0
-        var refusedOtherwise = 0
-        for vote in state.votes {
-            guard case let .refused(cause)? = vote else { continue }
-            if cause == .taken { taken += 1 } else { refusedOtherwise += 1 }
-        }
-        // The nodes still out are `.refused(.noAnswer)` until they answer; nodes not asked (nil:
-        // a round on some of the nodes) are no refusal of this round's.
-        let others = refusedOtherwise - state.unanswered
-        return taken < state.tally.quorum && others > 0 && taken + state.unanswered >= state.tally.quorum
+        let notOurs = state.votes.count { $0 == .refused(.taken) || $0 == .refused(.missing) }
+        return notOurs < state.tally.quorum && notOurs + state.unanswered >= state.tally.quorum
     }
 
     /// What finishing hands out, to be delivered outside the lock.

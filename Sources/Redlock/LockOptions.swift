@@ -41,8 +41,8 @@ public struct LockOptions: Sendable {
     public var value: LockValue = .random
     /// Whether an attempt returns as soon as its outcome is decided (a quorum granted, or a
     /// quorum became impossible) without waiting for the remaining nodes — unless those could
-    /// still change what the failure is: show the key another holder's on a quorum (`taken`,
-    /// where the refusals in so far are not all `taken`), or decide whether a refusal for good
+    /// still change what the failure is: show the key another holder's (or, extending and
+    /// releasing, gone) on a quorum, or decide whether a refusal for good
     /// leaves too few nodes for any retry (then it waits for them, within its budget). A failed attempt's
     /// release to those nodes is then sent without waiting for them either (a frozen node costs
     /// nothing), except for a fair lock's waiter, whose later handoffs count only from nodes

@@ -169,7 +169,7 @@ struct FanOutRoundTests {
         #expect(votes == [.unsettled, .refused(.taken), .granted(1), .refused(.missing), .refused(.missing)])
     }
 
-    @Test("a failure decided by other refusals waits for the answers that could still show the key another holder's on a quorum (taken), and only for those; refusals that are all taken decide at once")
+    @Test("a failure decided by other refusals waits for the answers that could still show the key another holder's or gone on a quorum (taken, missing), and only for those; once they are a quorum, it decides")
     func takenWaitsOnlyWhenItCanBeAQuorum() async {
         let down = Vote.refused(.error(RedisError(code: .connectionRefused, endpoint: .hostname("127.0.0.1", port: 1), message: "down")))
         // Two of five down answer first; one taken makes a quorum impossible, but the two out
@@ -196,13 +196,33 @@ struct FanOutRoundTests {
             mixed.record(down, from: 1)
         }
         #expect(mixedVotes == [.refused(.taken), down, .unsettled, down, down])
-        // Every refusal taken: that says held already.
-        let allTaken = FanOutRound(nodeCount: 4, order: [0, 1, 2, 3], returnWhenDecided: true)
-        let allTakenVotes = await collectVotes(of: allTaken) {
-            allTaken.record(.refused(.taken), from: 0)
-            allTaken.record(.refused(.taken), from: 1)
+        // Four nodes: two taken make a quorum impossible before they are one (three); the
+        // answers out decide between held and failed (before, taken or noQuorum by answer order).
+        let even = FanOutRound(nodeCount: 4, order: [0, 1, 2, 3], returnWhenDecided: true)
+        let evenVotes = await collectVotes(of: even) {
+            even.record(.refused(.taken), from: 0)
+            even.record(.refused(.taken), from: 1)
+            #expect(!even.isFinished)
+            even.record(.refused(.taken), from: 2)
         }
-        #expect(allTakenVotes == [.refused(.taken), .refused(.taken), .unsettled, .unsettled])
+        #expect(evenVotes == [.refused(.taken), .refused(.taken), .refused(.taken), .unsettled])
+        // An extension: taken and missing on two of three decide (the lease is lost either
+        // way), without the third; one missing and one down wait for it (expired, or a failure
+        // of the nodes).
+        let lost = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let lostVotes = await collectVotes(of: lost) {
+            lost.record(.refused(.taken), from: 0)
+            lost.record(.refused(.missing), from: 1)
+        }
+        #expect(lostVotes == [.refused(.taken), .refused(.missing), .unsettled])
+        let expired = FanOutRound(nodeCount: 3, order: [0, 1, 2], returnWhenDecided: true)
+        let expiredVotes = await collectVotes(of: expired) {
+            expired.record(down, from: 2)
+            expired.record(.refused(.missing), from: 0)
+            #expect(!expired.isFinished)
+            expired.record(.refused(.missing), from: 1)
+        }
+        #expect(expiredVotes == [.refused(.missing), .refused(.missing), down])
     }
 
     @Test("a failure decided with a refusal for good waits for the answers that tell whether too few nodes are left, and only for those")
@@ -360,13 +380,21 @@ struct FanOutRoundTests {
     @Test("nodes left out of the order stay nil and count as refused")
     func nodesOutsideOrder() async {
         // Nodes 0 and 1 of 3 asked: one refusal already rules out a quorum of 2, because node 2
-        // counts as refused.
+        // counts as refused. (A taken one waits for node 0, which could make taken two.)
+        let down = Vote.refused(.error(RedisError(code: .connectionRefused, endpoint: .hostname("127.0.0.1", port: 1), message: "down")))
         let refused = FanOutRound(nodeCount: 3, order: [0, 1], returnWhenDecided: true)
         let refusedVotes = await collectVotes(of: refused) {
-            refused.record(.refused(.taken), from: 1)
+            refused.record(down, from: 1)
             #expect(refused.isFinished)
         }
-        #expect(refusedVotes == [.unsettled, .refused(.taken), nil])
+        #expect(refusedVotes == [.unsettled, down, nil])
+        let taken = FanOutRound(nodeCount: 3, order: [0, 1], returnWhenDecided: true)
+        let takenVotes = await collectVotes(of: taken) {
+            taken.record(.refused(.taken), from: 1)
+            #expect(!taken.isFinished)
+            taken.record(.refused(.taken), from: 0)
+        }
+        #expect(takenVotes == [.refused(.taken), .refused(.taken), nil])
 
         let granted = FanOutRound(nodeCount: 3, order: [0, 1], returnWhenDecided: true)
         let grantedVotes = await collectVotes(of: granted) {
