@@ -42,16 +42,16 @@ public struct LockOptions: Sendable {
     /// Whether an attempt returns as soon as its outcome is decided (a quorum granted, or a
     /// quorum became impossible) without waiting for the remaining nodes — unless those could
     /// still change what the failure is: show the key another holder's (or, extending and
-    /// releasing, gone) on a quorum, or decide whether a refusal for good
-    /// leaves too few nodes for any retry (then it waits for them, within its budget). A failed attempt's
-    /// release to those nodes is then sent without waiting for them either (a frozen node costs
+    /// releasing, gone) on a quorum, or decide whether a refusal for good leaves too few nodes
+    /// for any retry; then it waits for them, within its budget. A failed attempt's release to
+    /// the nodes still out is then sent without waiting for them either (a frozen node costs
     /// nothing), except for a fair lock's waiter, whose later handoffs count only from nodes
     /// whose clean-up answered. (A cancelled caller waits only for the release on nodes that
-    /// answered its acquire: it returns at once also with frozen nodes.) Such a release reaches the node
-    /// even if the client is then released or shut down, but not if the process exits first: the
-    /// key then stays until it expires. With `false`, an
-    /// attempt waits for every node until its time budget runs out, so the keys land on as many
-    /// nodes as possible. The default is `true`.
+    /// answered its acquire: it returns at once also with frozen nodes.) Such a release reaches
+    /// the node even if the client is then released or shut down, but not if the process exits
+    /// first: the key then stays until it expires. With `false`, an attempt waits for every node
+    /// until its time budget runs out, so the keys land on as many nodes as possible. The
+    /// default is `true`.
     public var failFast: Bool = true
     /// Whether each attempt contacts the nodes in a random order. The default is `false`.
     public var shuffleNodes: Bool = false
