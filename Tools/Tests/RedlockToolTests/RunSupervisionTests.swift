@@ -948,13 +948,14 @@ final class RunSupervisionTests: Sendable {
     @Test("renewals held back while the command was stopped count once it continues: continued after two of them came, past the next renewal's time but before the deadline they replaced, it runs on (without them it is killed at that deadline)")
     func heldRenewalApplies() async throws {
         try await withRedisServers(1) { servers throws in
-            // A 3 s lease: confirmed by an extension at once, then extended about every 1.07 s,
-            // each moving the watchdog's deadline to 2.85 s after it. Stopped at once (under
-            // setsid redlock cannot stop with it), the command misses the renewals at +1.07 s
-            // and +2.14 s; continued just after the second, it has until +2.85 s by the
-            // confirmation's deadline, and the next renewal comes at +3.2 s.
+            // A 6 s lease: confirmed by an extension at once, then extended about every 2.25 s,
+            // each moving the watchdog's deadline to 5.75 s after it. Stopped at once (under
+            // setsid redlock cannot stop with it), the command misses the renewals at +2.25 s
+            // and +4.5 s; continued just after the second, it has until +5.75 s by the
+            // confirmation's deadline (a window of 1.25 s, which a loaded machine's late lines
+            // do not use up), and the next renewal comes at +6.75 s.
             let run = try CommandRun(
-                ["run", "--nodes", nodeList(servers), "--name", "held-renewal", "--ttl", "3s", "--verbose", "--",
+                ["run", "--nodes", nodeList(servers), "--name", "held-renewal", "--ttl", "6s", "--verbose", "--",
                  "sh", "-c", "echo ready $$; kill -TTIN $$; sleep 2; echo finished"],
                 launcher: ["/usr/bin/setsid", "-w"], killAfter: .seconds(30)
             )
