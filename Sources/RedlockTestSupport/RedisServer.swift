@@ -374,12 +374,25 @@ public final class RedisServer: Sendable, CustomStringConvertible {
 
     /// Reaps the servers of processes that died without stopping them (``OrphanServers``):
     /// once per process, before its first server.
-    private static let orphansReaped: Void = { OrphanServers.reap() }()
+    private static let orphansReaped: Void = {
+        _ = OrphanServers.reap()
+        if directoryBase != FileManager.default.temporaryDirectory.path { _ = OrphanServers.reap(in: directoryBase) }
+    }()
+
+    /// Where the servers' directories go: the temporary directory (`TMPDIR`), or `/tmp` when the
+    /// socket path in a directory there could be longer than a Unix socket address holds (107
+    /// bytes and a NUL; redis-server refuses to start with a longer `unixsocket`, and a client
+    /// could not connect to it).
+    static let directoryBase: String = {
+        let base = FileManager.default.temporaryDirectory.path
+        // BASE/PREFIX, a pid (at most 10 digits), "-", a UInt64 (at most 20), "/redis.sock".
+        let longest = base.utf8.count + 1 + directoryPrefix.utf8.count + 10 + 1 + 20 + "/redis.sock".utf8.count
+        return longest <= 107 ? base : "/tmp"
+    }()
 
     private static func makeTemporaryDirectory() throws -> String {
         _ = orphansReaped
-        let base = FileManager.default.temporaryDirectory.path
-        let path = "\(base)/\(directoryPrefix)\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        let path = "\(directoryBase)/\(directoryPrefix)\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }

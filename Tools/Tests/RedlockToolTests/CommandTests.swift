@@ -176,11 +176,13 @@ struct CommandTests {
         }
     }
 
-    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed)", arguments: [
+    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it, with a TMPDIR too long for a socket path (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed)", arguments: [
         (SIGTERM, "Measuring floor"), (SIGINT, "worker processes contending"),
     ])
     func benchInterrupted(signal: Int32, phase: String) async throws {
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID())").path
+        // A TMPDIR too long for a Unix socket address in it (the nodes' sockets then go to /tmp;
+        // before, no node started: "unix socket path too long").
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID())-\(String(repeating: "x", count: 60))").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let bench = try CommandRun(["bench", "--node-count", "1", "--duration", "0.2"], environment: ["TMPDIR": scratch], killAfter: .seconds(120))
