@@ -123,7 +123,7 @@ final class FanOutRound: Expiring {
     private func finishIfDone(_ state: inout State) -> Finishing? {
         guard !state.sending else { return nil }
         if state.unanswered == 0 { return finish(&state) }
-        if returnWhenDecided, state.tally.isDecided, !Self.awaitsPermanentRefusals(state), !Self.awaitsTaken(state) {
+        if returnWhenDecided, state.tally.isDecided, !Self.awaitsDecidingAnswers(state) {
             // Nodes still silent did not matter: unsettled, not failed.
             for index in state.votes.indices {
                 if case .refused(.noAnswer)? = state.votes[index] { state.votes[index] = .unsettled }
@@ -154,28 +154,31 @@ final class FanOutRound: Expiring {
         finishing?.deliver()
     }
 
-    /// Whether a failure decided now waits for the answers still out: some node refused for
-    /// good, and only those answers tell whether more than `N − quorum` nodes do (then no retry
-    /// can succeed). Not when no refusal for good came yet, nor when the answers still out
-    /// could not tip it either way: a silent node then costs nothing.
-    private static func awaitsPermanentRefusals(_ state: State) -> Bool {
+    /// Whether a failure decided now waits for the answers still out, because they can change
+    /// what the failure is (a success never waits; nor a failure they cannot tip, so that a
+    /// silent node then costs nothing):
+    /// - some node refused for good, and only those answers tell whether more than `N − quorum`
+    ///   nodes do (then no retry can succeed);
+    /// - fewer than a quorum refused as "not ours" — the key another holder's (`taken`) or gone
+    ///   (`missing`, extending or releasing) — and those answers could make a quorum: the lock's
+    ///   or the lease's state, not a failure of the nodes. Two of five nodes down and the key
+    ///   held on the other three: their refusals, which come first, must not make it a failure
+    ///   of the nodes. (With an even node count, refusals that are all `taken` make a quorum
+    ///   impossible before they are one.)
+    private static func awaitsDecidingAnswers(_ state: State) -> Bool {
         guard state.tally.cannotSucceed else { return false }
-        let permanent = state.votes.count { $0?.isPermanentRefusal == true }
-        let spare = state.votes.count - state.tally.quorum
-        return permanent > 0 && permanent <= spare && permanent + state.unanswered > spare
-    }
-
-    /// Whether a failure decided now waits for the answers still out because they could make it
-    /// "not ours on a quorum" — the key another holder's (`taken`) or gone (`missing`, for an
-    /// extension or release) on a quorum, which is the lease's or the lock's state, not a
-    /// failure of the nodes: fewer than a quorum of those so far, and enough answers out to make
-    /// a quorum. (With an even node count, refusals that are all `taken` make a quorum
-    /// impossible before they are one.) Two of five nodes down and the key held on the other
-    /// three: their refusals, which come first, must not make it a failure of the nodes.
-    private static func awaitsTaken(_ state: State) -> Bool {
-        guard state.tally.cannotSucceed else { return false }
-        let notOurs = state.votes.count { $0 == .refused(.taken) || $0 == .refused(.missing) }
-        return notOurs < state.tally.quorum && notOurs + state.unanswered >= state.tally.quorum
+        var permanent = 0
+        var notOurs = 0
+        for vote in state.votes {
+            guard case let .refused(cause)? = vote else { continue }
+            if cause.isPermanent { permanent += 1 }
+            if cause == .taken || cause == .missing { notOurs += 1 }
+        }
+        let quorum = state.tally.quorum
+        let spare = state.votes.count - quorum
+        let permanentUndecided = permanent > 0 && permanent <= spare && permanent + state.unanswered > spare
+        let notOursUndecided = notOurs < quorum && notOurs + state.unanswered >= quorum
+        return permanentUndecided || notOursUndecided
     }
 
     /// What finishing hands out, to be delivered outside the lock.

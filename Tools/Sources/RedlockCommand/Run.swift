@@ -142,9 +142,10 @@ struct Run: AsyncParsableCommand {
         do {
             // Every attempt waits for each node's answer (within its budget, --ttl × 0.05): the
             // exit status says why the lock was not had (75 held, 77 refused, 69 unavailable, 64
-            // misconfigured), and with fail-fast it would hang on which answers came first (the
-            // down nodes' refusals, quickest, decided before a quorum's "taken" or a node's
-            // refused credentials were in). A frozen node costs each round its budget.
+            // misconfigured). Fail-fast waits for the answers that could make "held" a quorum,
+            // but not for one that could be a node's refusal of the credentials or a server
+            // listed twice: with the other nodes down, whose refusals come first, 77 or 64 would
+            // hang on answer order. A frozen node costs each round its budget.
             made = try makeLock(
                 nodes: nodes, name: name,
                 options: LockOptions(

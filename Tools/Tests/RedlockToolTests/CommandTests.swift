@@ -201,19 +201,15 @@ struct CommandTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch)) == [], "left in TMPDIR")
     }
 
-    /// The processes below `pid` (children files of every thread, recursively), with their names.
+    /// The processes below `pid` (``children(of:)``, recursively), with their names.
     private static func descendants(of pid: pid_t) -> [(pid: pid_t, name: String)] {
         var found: [(pid: pid_t, name: String)] = []
         var work = [pid]
         while let parent = work.popLast() {
-            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(parent)/task")) ?? []
-            for task in tasks {
-                let text = (try? String(contentsOfFile: "/proc/\(parent)/task/\(task)/children", encoding: .utf8)) ?? ""
-                for child in text.split(separator: " ").compactMap({ pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-                    let name = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
-                    found.append((child, name.trimmingCharacters(in: .whitespacesAndNewlines)))
-                    work.append(child)
-                }
+            for child in children(of: parent) {
+                let name = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
+                found.append((child, name.trimmingCharacters(in: .whitespacesAndNewlines)))
+                work.append(child)
             }
         }
         return found

@@ -89,7 +89,7 @@ private func runningDescendants(of root: Int32) -> [Int32] {
 }
 
 /// The pids of `parent`'s children.
-private func children(of parent: Int32) -> [Int32] {
+func children(of parent: Int32) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap { Int32($0) }.filter { pid in
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
