@@ -293,7 +293,11 @@ final class RunSupervisionTests: Sendable {
         let probe = try builtExecutable("redlock-kill-probe").path
         try await withRedisServers(1) { servers throws in
             let slots = temporaryFile("slots")
-            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached-many", "--ttl", "2s", "--verbose", "--",
+            // --ttl 4s: the kill's lead is at most a fifth of the renewal window, and at 2s a loaded
+            // machine's kill of a thousand outlasted it (one run in five or six beside another
+            // suite, with this watchdog and the one before it); the old walk at the deadline
+            // ran late at any --ttl.
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "detached-many", "--ttl", "4s", "--verbose", "--",
                                       probe, "stampers", "1000", slots, "10"], killAfter: .seconds(60))
             #expect(await run.waitForLine(containing: "ready") != nil)
             // Renewals after all of them run, each of which the watchdog may count them at.
