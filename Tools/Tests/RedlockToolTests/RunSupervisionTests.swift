@@ -1033,9 +1033,12 @@ final class RunSupervisionTests: Sendable {
     @Test("in a container whose init leads the process group (pgid 1: setsid as PID 1), a job-control stop of the command stops no other process (kill(-1) would stop them all): the command is killed at the deadline, 124; the init's child shows as redlock")
     func containerStopSignalsNoOne() async throws {
         try await withRedisServers(1) { servers throws in
+            // The command stops itself once the test has its bystander (a file it makes): under
+            // load, making the bystander could outlast a fixed sleep, and the run then ended first.
+            let go = temporaryFile("group-one-go")
             let run = try CommandRun(
                 ["run", "--nodes", nodeList(servers), "--name", "group-one", "--ttl", "1s", "--",
-                 "sh", "-c", "echo ready; sleep 2; kill -TSTP $$; echo continued"],
+                 "sh", "-c", "echo ready; while [ ! -e \(go) ]; do sleep 0.02; done; kill -TSTP $$; echo continued"],
                 launcher: ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "/usr/bin/setsid"], killAfter: .seconds(30)
             )
             #expect(await run.waitForLine(containing: "ready") != nil)
@@ -1068,9 +1071,10 @@ final class RunSupervisionTests: Sendable {
                 return nil
             }()
             let bystanderPid = try #require(sleeper, "nsenter started nothing")
-            // The command (the watchdog's child) stops itself 2 s after ready.
             let watchdog = try #require(children(of: supervisor).first, "no watchdog")
             let command = try #require(children(of: watchdog).first, "no command")
+            // The command (the watchdog's child) stops itself now.
+            #expect(FileManager.default.createFile(atPath: go, contents: Data()))
             #expect(await eventually { processState(command) == "T" }, "the command did not stop")
             // The watchdog acts on the stop as it sees it; a kill(-1, SIGTSTP) would have stopped
             // the bystander within microseconds. Nothing to wait on for a signal that must not
