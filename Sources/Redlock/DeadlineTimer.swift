@@ -18,10 +18,14 @@ protocol Expiring: AnyObject, Sendable {
 /// Waits scheduled with ``schedule(_:after:)`` (fan-out budgets) go to a lane of their own
 /// timeout, a FIFO in which deadlines only grow (each is computed under the lock): fan-outs of
 /// one lock share a budget, so each is an append. A few lanes exist at a time; further timeouts,
-/// and waits of ``schedule(_:at:)`` (retry delays, which vary), go to a min-heap. Finished waits
-/// are not removed eagerly: each schedule first drops the finished waits at the front of its
-/// lane (or the top of the heap), and the thread drops what it passes, so the timer holds about
-/// the waits started since the oldest one still running.
+/// and waits of ``schedule(_:at:)`` (retry delays, scoped locks' deadline watches, a gate's
+/// lease end; these vary), go to a min-heap. Finished waits are not removed eagerly: each
+/// schedule first drops the finished waits at the front of its lane (or the top of the heap),
+/// and the thread drops what it passes. Behind a wait still running, finished ones can pile up
+/// (a scoped lock's deadline watch, scheduled at a 30 s lease's deadline, is finished when its
+/// body returns a millisecond later), so a lane or the heap that has doubled since it was last
+/// swept is swept whole: the timer holds at most about twice the most waits running at once,
+/// plus 64 per lane and heap, at an amortized constant cost per schedule.
 ///
 /// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
 /// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for. Such a
@@ -57,8 +61,22 @@ final class DeadlineTimer: Sendable {
         /// Entries before it are gone (finished or expired).
         var head = 0
 
+        /// The count at which ``append(_:)`` sweeps out finished waits.
+        var sweepAt = DeadlineTimer.minimumSweep
+
         var first: Entry? { head < entries.count ? entries[head] : nil }
         var count: Int { entries.count - head }
+
+        /// Adds `entry` at the back (its deadline is the latest), first sweeping out the
+        /// finished waits when the lane has doubled since its last sweep.
+        mutating func append(_ entry: Entry) {
+            if count >= sweepAt {
+                entries = entries[head...].filter { !$0.waiter.isFinished }
+                head = 0
+                sweepAt = Swift.max(DeadlineTimer.minimumSweep, 2 * entries.count)
+            }
+            entries.append(entry)
+        }
 
         mutating func removeFirst() {
             head += 1
@@ -90,6 +108,9 @@ final class DeadlineTimer: Sendable {
     /// At most this many lanes at once; further timeouts use the heap.
     private static let maximumLanes = 4
 
+    /// Below this many waits, a lane or the heap is never swept whole.
+    fileprivate static let minimumSweep = 64
+
     private struct State {
         var heap: [Entry] = []
         var lanes: [Lane] = []
@@ -102,9 +123,17 @@ final class DeadlineTimer: Sendable {
         var sleeping = false
         var wakeAt: Nanoseconds?
 
+        /// The heap's count at which ``push(_:)`` sweeps out finished waits.
+        var heapSweepAt = DeadlineTimer.minimumSweep
+
         mutating func push(_ entry: Entry) {
+            if heap.count >= heapSweepAt { sweepHeap() }
             heap.append(entry)
-            var child = heap.count - 1
+            siftUp(heap.count - 1)
+        }
+
+        private mutating func siftUp(_ index: Int) {
+            var child = index
             while child > 0 {
                 let parent = (child - 1) / 2
                 guard heap[child].deadline < heap[parent].deadline else { break }
@@ -113,11 +142,15 @@ final class DeadlineTimer: Sendable {
             }
         }
 
-        mutating func popMin() -> Entry? {
-            guard !heap.isEmpty else { return nil }
-            heap.swapAt(0, heap.count - 1)
-            let min = heap.removeLast()
-            var parent = 0
+        /// Drops every finished wait and restores the heap (bottom-up, linear in its size).
+        private mutating func sweepHeap() {
+            heap.removeAll { $0.waiter.isFinished }
+            for index in stride(from: heap.count / 2 - 1, through: 0, by: -1) { siftDown(index) }
+            heapSweepAt = Swift.max(DeadlineTimer.minimumSweep, 2 * heap.count)
+        }
+
+        private mutating func siftDown(_ index: Int) {
+            var parent = index
             while true {
                 let left = 2 * parent + 1
                 let right = left + 1
@@ -128,6 +161,13 @@ final class DeadlineTimer: Sendable {
                 heap.swapAt(parent, smallest)
                 parent = smallest
             }
+        }
+
+        mutating func popMin() -> Entry? {
+            guard !heap.isEmpty else { return nil }
+            heap.swapAt(0, heap.count - 1)
+            let min = heap.removeLast()
+            siftDown(0)
             return min
         }
 
@@ -211,12 +251,12 @@ final class DeadlineTimer: Sendable {
             if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
                 deadline = state.lanes[index].deadline(from: now)
                 state.lanes[index].dropFinishedAtFront()
-                state.lanes[index].entries.append(Entry(deadline: deadline, waiter: waiter))
+                state.lanes[index].append(Entry(deadline: deadline, waiter: waiter))
             } else if state.lanes.count < Self.maximumLanes {
                 let lane = Lane(timeout: timeout)
                 deadline = lane.deadline(from: now)
                 state.lanes.append(lane)
-                state.lanes[state.lanes.count - 1].entries.append(Entry(deadline: deadline, waiter: waiter))
+                state.lanes[state.lanes.count - 1].append(Entry(deadline: deadline, waiter: waiter))
             } else {
                 deadline = Lane(timeout: timeout).deadline(from: now)
                 state.dropFinishedOnTop()

@@ -516,7 +516,7 @@ enum ScopeOutcome<T: Sendable>: Sendable {
 /// the earlier of the two; at a deadline that an extension moved meanwhile it looks again at the
 /// new one, so it is never more than one expiry ahead. Its callbacks run on the timer's thread
 /// and must be quick. Cancelled (the body ended), it drops what it holds at once; the timer
-/// drops the entry itself by its time.
+/// drops the entry itself by its time, or sooner when it sweeps (``DeadlineTimer``).
 final class LeaseWatch: Expiring {
     private struct Watched {
         let held: HeldLease

@@ -492,6 +492,86 @@ struct DeadlineTimerTests {
         second.expire()
     }
 
+    @Test("finished waits behind a running one are swept once the heap has doubled: 10,000 cancelled actions leave a bounded heap, and what still runs expires once")
+    func heapSweepsFinishedWaits() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        // The earliest deadline is a running wait: the top of the heap is never finished.
+        let running = (0...10).map { _ in watchedRound() }
+        timer.schedule(running[0].1, at: ContinuousClock.now + .seconds(30))
+        var peak = 0
+        for index in 0..<10_000 {
+            let action = TimerAction {}
+            timer.schedule(action, at: ContinuousClock.now + .seconds(60))
+            action.cancel()
+            if index % 1_000 == 999 { timer.schedule(running[1 + index / 1_000].1, at: ContinuousClock.now + .seconds(60)) }
+            peak = max(peak, timer.count)
+        }
+        // Before, every cancelled action stayed until its time: 10,011 entries.
+        #expect(peak <= 2 * running.count + 64 + 1, "peak \(peak)")
+        await timer.shutdown()
+        for (round, watched) in running {
+            #expect(round.isFinished)
+            #expect(watched.expiries == 1)
+        }
+    }
+
+    @Test("a heap swept many times over still expires each running wait once, not before its deadline, in deadline order; no finished one is expired")
+    func sweptHeapKeepsOrder() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        // 400 deadlines 100–499 ms out in a scrambled order; every other one finishes at once.
+        let offsets = (0..<400).map { ($0 * 137 % 400) + 100 }
+        let waits = offsets.map { _ in watchedRound() }
+        let start = ContinuousClock.now
+        let deadlines = offsets.map { start + .milliseconds($0) }
+        for index in offsets.indices {
+            timer.schedule(waits[index].1, at: deadlines[index])
+            if index.isMultiple(of: 2) { waits[index].0.record(.granted(1), from: 0) }
+        }
+        for (round, _) in waits { _ = await collectVotes(of: round) }
+        let running = offsets.indices.filter { !$0.isMultiple(of: 2) }
+        for index in offsets.indices where index.isMultiple(of: 2) {
+            #expect(waits[index].1.expiries == 0)
+        }
+        var expiries: [(deadline: ContinuousClock.Instant, expiredAt: ContinuousClock.Instant)] = []
+        for index in running {
+            #expect(waits[index].1.expiries == 1)
+            let expiredAt = try #require(waits[index].1.expiredAt)
+            #expect(expiredAt >= deadlines[index], "offset \(offsets[index]) ms expired early")
+            expiries.append((deadlines[index], expiredAt))
+        }
+        let inDeadlineOrder = expiries.sorted { $0.deadline < $1.deadline }.map(\.expiredAt)
+        let outOfOrder = zip(inDeadlineOrder, inDeadlineOrder.dropFirst()).filter { $0 > $1 }.count
+        #expect(outOfOrder == 0)
+    }
+
+    @Test("finished waits behind a running one in a lane are swept once the lane has doubled; the lane keeps its order")
+    func laneSweepsFinishedWaits() async throws {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        let running = (0...10).map { _ in watchedRound() }
+        timer.schedule(running[0].1, after: .seconds(60))
+        var peak = 0
+        for index in 0..<10_000 {
+            let round = FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true)
+            timer.schedule(round, after: .seconds(60))
+            round.record(.granted(1), from: 0)
+            if index % 1_000 == 999 { timer.schedule(running[1 + index / 1_000].1, after: .seconds(60)) }
+            peak = max(peak, timer.count)
+        }
+        #expect(peak <= 2 * running.count + 64 + 1, "peak \(peak)")
+        // Shut down: every wait held is due at once, and a lane's in its order.
+        await timer.shutdown()
+        var expiries: [ContinuousClock.Instant] = []
+        for (round, watched) in running {
+            #expect(round.isFinished)
+            #expect(watched.expiries == 1)
+            expiries.append(try #require(watched.expiredAt))
+        }
+        #expect(expiries == expiries.sorted())
+    }
+
     @Test("many deadlines scheduled out of order all fire, each not before its own, earliest first")
     func outOfOrderDeadlines() async throws {
         let timer = DeadlineTimer()
@@ -605,7 +685,7 @@ struct DeadlineTimerTests {
         timer.schedule(lane, after: .seconds(60))
         #expect(timer.isRunning)
         // Without it, the thread sleeps toward the waits' deadline: the bound fails.
-        let ended = await finished(within: .seconds(10)) { await timer.shutdown() }
+        let ended: Void? = await finished(within: .seconds(10)) { await timer.shutdown() }
         #expect(ended != nil)
         #expect(!timer.isRunning)
         #expect(far.isFinished && lane.isFinished)
@@ -622,6 +702,24 @@ struct DeadlineTimerTests {
             await client.shutdown()
             // The linger is 2 s: before, the thread ran on until then.
             #expect(!client.deadlines.isRunning)
+        }
+    }
+
+    @Test("2,000 scoped locks of 30 s leases leave the client's timer holding a bounded number of waits, not one per scope until its deadline")
+    func lockCyclesLeaveBoundedTimer() async throws {
+        try await withLockNodes(1) { client, _ in
+            let lock = try client.makeLock("bounded-timer", options: testOptions(expiry: .seconds(30)))
+            // A scope whose watch runs throughout: the heap's earliest wait is never finished.
+            try await lock.withLock { _ in
+                var peak = 0
+                let other = try client.makeLock("bounded-timer-cycles", options: testOptions(expiry: .seconds(30)))
+                for _ in 0..<2_000 {
+                    try await other.withLock { _ in }
+                    peak = max(peak, client.deadlines.count)
+                }
+                // Before, each scope's deadline watch stayed scheduled until its time: over 2,000.
+                #expect(peak < 200, "peak \(peak)")
+            }
         }
     }
 
