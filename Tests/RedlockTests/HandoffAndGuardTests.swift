@@ -938,20 +938,20 @@ struct HandoffAndGuardTests {
             let metrics = TestMetrics()
             let client = try RedlockClient(nodes: servers.map { $0.configuration() }, logger: capturingLogger(into: records, level: .info), metrics: metrics)
             client.setRefusalQuietPeriod(.milliseconds(300))
-            // A 50 ms budget (1 s × 0.05).
-            let lock = try client.makeLock("read-late", options: LockOptions(expiry: .seconds(1), tries: 1))
+            // A 100 ms budget (2 s × 0.05): a node would have to be 100 ms late to be blamed.
+            let lock = try client.makeLock("read-late", options: LockOptions(expiry: .seconds(2), tries: 1))
             try await cycles(lock, count: 1, spacing: .zero)
             let lease = try await lock.lock()
             // Every node's reply to the lock read (a PING behind it on each connection): the
             // unlock finds each connection idle and its caller writes it at once.
             _ = await client.checkNodes()
-            // The event loop's thread held for 150 ms from before the unlock is written until
+            // The event loop's thread held for 300 ms from before the unlock is written until
             // long after its replies came: they wait in the sockets, each alone (an unlock that
-            // fails sends nothing more), and are read after its 50 ms budget.
+            // fails sends nothing more), and are read after its 100 ms budget.
             let holding = Locked(false)
             let hold = Task(executorPreference: client.executor) {
                 holding.update { $0 = true }
-                let until = ContinuousClock.now + .milliseconds(150)
+                let until = ContinuousClock.now + .milliseconds(300)
                 while ContinuousClock.now < until {}
             }
             while !holding.value { await Task.yield() }
@@ -970,8 +970,8 @@ struct HandoffAndGuardTests {
             for node in 0..<3 {
                 #expect(metrics.counterTotal(label: "redlock_node_failures_total", dimensions: [("node", "\(node)"), ("kind", "late")]) == 0)
             }
-            // (The lease's keys expire within the second.)
-            try await Task.sleep(for: .seconds(1))
+            // (The lease's keys expire within 2 s.)
+            try await Task.sleep(for: .seconds(2))
             let until = ContinuousClock.now + .seconds(5)
             while ContinuousClock.now < until, !records.value.contains(where: { $0.contains("handles the nodes' replies within the attempts' budget again") }) {
                 try await cycles(lock, count: 1, spacing: .milliseconds(100))
