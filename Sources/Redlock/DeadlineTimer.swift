@@ -24,8 +24,9 @@ protocol Expiring: AnyObject, Sendable {
 /// and the thread drops what it passes. Behind a wait still running, finished ones can pile up
 /// (a scoped lock's deadline watch, scheduled at a 30 s lease's deadline, is finished when its
 /// body returns a millisecond later), so a lane or the heap that has doubled since it was last
-/// swept is swept whole: the timer holds at most about twice the most waits running at once,
-/// plus 64 per lane and heap, at an amortized constant cost per schedule.
+/// swept is swept whole: each lane and the heap holds at most about twice the most waits that
+/// ran in it at once, or 64, at an amortized constant cost per schedule (a sweep itself is
+/// linear in what it holds, under the timer's lock).
 ///
 /// The thread sleeps until the earliest deadline and is signalled only when a new deadline is
 /// earlier than the one it sleeps toward, or when it sleeps with nothing to wait for. Such a
