@@ -286,6 +286,9 @@ final class LocalCoordination: Sendable {
         var handedTo: [(message: HandoffMessage, node: Int)] = []
         /// When the subscription ends if nobody acquires meanwhile.
         var lingerUntil: ContinuousClock.Instant?
+        /// The linger action on the timer for this entry, if one is pending (its id): one per
+        /// name at a time, moved on to ``lingerUntil`` when that moved meanwhile.
+        var lingerAction: UInt64?
         var gate: Gate?
         /// Leases of this name acquired or extended through this client, until released or
         /// their validity ended: a waiter of a name held here waits for that lease's release
@@ -300,14 +303,18 @@ final class LocalCoordination: Sendable {
 
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
         /// subscription's linger ends (when it starts one), and whether the entry is unused now.
-        func endAcquiring() -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
+        func endAcquiring(lingerID: UInt64) -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
             acquiring -= 1
             let unparked = keepPolling()
             var linger: LingerStart?
             if acquiring == 0, subscribed {
                 let until = ContinuousClock.now + LocalCoordination.subscriptionLinger
-                linger = LingerStart(until: until)
                 lingerUntil = until
+                // One pending action per name: a later end only moves lingerUntil on.
+                if lingerAction == nil {
+                    lingerAction = lingerID
+                    linger = LingerStart(until: until)
+                }
             }
             return (unparked, linger, isUnused)
         }
@@ -414,13 +421,20 @@ final class LocalCoordination: Sendable {
 
         /// Records the lease of `value` as held here until `validUntil` (replacing the record of
         /// the same value: an extension).
+        ///
+        /// A quorum grants one lease of a name at a time, so a lease of another value acquired
+        /// here means every other lease of the name recorded here has ended: left to expire, or
+        /// released through another client (a lease handed over with ``Lease/handoff`` and
+        /// unlocked by its taker), which this client does not hear of. Their records go (those
+        /// handed to a waiter here stay until that waiter's attempt ends). Before, each such
+        /// lease stayed recorded until its validity ended: 10,000 leases of a 60 s expiry handed
+        /// over to another client in a row left 10,000 records, each `lock()` scanning them.
         func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
             if let index = heldRecord(of: value) {
                 heldHere[index].validUntil = validUntil
             } else {
-                // Leases never released (left to expire) are forgotten here at the latest.
                 let now = ContinuousClock.now
-                heldHere.removeAll { $0.validUntil <= now }
+                heldHere.removeAll { $0.handedFor == nil || $0.validUntil <= now }
                 heldHere.append(HeldHere(value: Array(value), validUntil: validUntil))
             }
         }
@@ -545,6 +559,8 @@ final class LocalCoordination: Sendable {
         /// generator may each pick a channel of their own).
         var countedHandoffChannels: [[UInt8]: [LockKey: Int]] = [:]
         var shutDown = false
+        /// Ids of linger actions (``Name/lingerAction``).
+        var nextLingerID: UInt64 = 0
         /// The number of names at which ``sweepUnused()`` next looks for unused entries.
         var sweepAt = State.minimumSweep
         static let minimumSweep = 1_024
@@ -629,14 +645,16 @@ final class LocalCoordination: Sendable {
     func endAcquiring(_ key: LockKey) {
         var unparked: Unparked?
         defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
-        let linger: LingerStart? = state.withLock { state in
-            guard let ended = state.names[key]?.endAcquiring() else { return nil }
+        let (linger, id): (LingerStart?, UInt64) = state.withLock { state in
+            state.nextLingerID &+= 1
+            let id = state.nextLingerID
+            guard let ended = state.names[key]?.endAcquiring(lingerID: id) else { return (nil, id) }
             unparked = ended.unparked
             if ended.unused { state.names[key] = nil }
-            return ended.linger
+            return (ended.linger, id)
         }
         if let linger {
-            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger.until)
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key, id: id) }, at: linger.until)
         }
     }
 
@@ -872,11 +890,22 @@ final class LocalCoordination: Sendable {
     }
 
     /// The linger of `key`'s subscription may be over: unsubscribe when nobody acquired since.
-    private func lingerEnded(_ key: LockKey) {
+    private func lingerEnded(_ key: LockKey, id: UInt64) {
+        var again: ContinuousClock.Instant?
         let subscribers: [(RedisSubscriber, [String])] = state.withLock { state in
-            guard let entry = state.names[key], entry.acquiring == 0, entry.subscribed,
-                  let until = entry.lingerUntil, until <= .now
-            else { return [] }
+            // Another entry's action (the name was dropped and made again meanwhile) does nothing.
+            guard let entry = state.names[key], entry.lingerAction == id else { return [] }
+            guard entry.acquiring == 0, entry.subscribed, let until = entry.lingerUntil, !state.shutDown else {
+                // The next endAcquiring that starts a linger schedules a new action.
+                entry.lingerAction = nil
+                return []
+            }
+            // Moved on by a later endAcquiring: look again then.
+            guard until <= .now else {
+                again = until
+                return []
+            }
+            entry.lingerAction = nil
             let channels = [Scripts.releaseChannel(key.name)] + entry.handoffChannels
             entry.subscribed = false
             entry.handoffChannels = []
@@ -884,6 +913,9 @@ final class LocalCoordination: Sendable {
             entry.handedTo = []
             if entry.isUnused { state.names[key] = nil }
             return state.subscribers.map { ($0, channels) }
+        }
+        if let again {
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key, id: id) }, at: again)
         }
         for (subscriber, channels) in subscribers {
             for channel in channels { subscriber.unsubscribe(channel) }

@@ -227,6 +227,64 @@ struct HolderHereTests {
         }
     }
 
+    @Test("leases handed over to another client and unlocked there are not kept as held here: after 300 in a row of a 60 s expiry, at most the live one is counted (before: all 300, each lock() scanning them)")
+    func handedOverLeasesNotKept() async throws {
+        try await withLockNodes(3) { client, servers in
+            let taker = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let giver = try client.makeLock("handed-over", options: testOptions(expiry: .seconds(60)))
+                let receiver = try taker.makeLock("handed-over", options: testOptions(expiry: .seconds(60)))
+                for _ in 0..<300 {
+                    let lease = try await giver.lock()
+                    try await receiver.unlock(try await receiver.reattach(lease.handoff))
+                }
+                #expect(client.coordination.heldCount(of: "handed-over") <= 1)
+                // Still held here while it is: a lease acquired here is recorded.
+                let lease = try await giver.lock()
+                #expect(client.coordination.heldCount(of: "handed-over") == 1)
+                try await giver.unlock(lease)
+                #expect(client.coordination.heldCount(of: "handed-over") == 0)
+            } teardown: {
+                await taker.shutdown()
+            }
+        }
+    }
+
+    @Test("lock() calls that give up on a name held elsewhere keep one linger of its subscription on the timer, not one per call; the subscription ends 2 s after the last call, not before")
+    func oneLingerPerName() async throws {
+        try await withLockNodes(1) { client, servers in
+            let holderClient = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                let name = "lingering"
+                let held = try await holderClient.makeLock(name, options: testOptions(expiry: .seconds(60))).lock()
+                let waiter = try client.makeLock(name, options: testOptions(expiry: .seconds(60)))
+                var peak = 0
+                let until = ContinuousClock.now + .milliseconds(2_500)
+                var calls = 0
+                while ContinuousClock.now < until {
+                    await #expect(throws: RedlockError.self) { try await waiter.lock(timeout: .milliseconds(3)) }
+                    calls += 1
+                    peak = max(peak, client.deadlines.count)
+                }
+                let lastCall = ContinuousClock.now
+                // Before: one 2 s linger action per call that waited (several hundred).
+                #expect(peak < 64, "peak \(peak) after \(calls) calls")
+                // The first call's linger came due while calls went on: the channel stays.
+                #expect(try await subscriberCounts(Scripts.releaseChannel(name), on: servers) == [1])
+                var ended: ContinuousClock.Instant?
+                while ended == nil, lastCall.duration(to: .now) < .seconds(10) {
+                    if try await subscriberCounts(Scripts.releaseChannel(name), on: servers) == [0] { ended = .now }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                let after = try #require(ended.map { lastCall.duration(to: $0) })
+                #expect(after >= .milliseconds(1_900), "\(after)")
+                try await holderClient.makeLock(name).unlock(held)
+            } teardown: {
+                await holderClient.shutdown()
+            }
+        }
+    }
+
     @Test("when the waiter that polls gives up, a waiter for the holder here polls in its place: a lock freed meanwhile is found at its retry delay")
     func pollerLeavesAnotherPolls() async throws {
         try await withLockNodes(1) { client, servers in
