@@ -140,6 +140,13 @@ extension Lease {
     /// Reading it also stops this client from sending the value's releases again when their
     /// connection is lost (README, "Order across a reconnect"): a late delete could remove the
     /// key of the process that re-attached it.
+    ///
+    /// With ``LockOptions/failFast`` on (the default), `lock()` returns once a quorum granted,
+    /// and a slower node's `SET` may still be on its way: if the receiver releases the lease
+    /// before it lands, it lands after the release, and that node keeps the key until it
+    /// expires (another process's `lock()` then counts one node fewer). Acquire leases that
+    /// are handed over with `failFast: false`: `lock()` then returns once every node answered,
+    /// within the attempt's budget (a node silent past it can still be late).
     public var handoff: Handoff {
         replayWindow?.close()
         return Handoff(

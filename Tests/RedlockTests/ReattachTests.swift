@@ -49,6 +49,36 @@ struct ReattachTests {
         }
     }
 
+    @Test("a lease acquired with failFast off, handed over at once and released by its taker at once, leaves no key on a node that answered late: its grant had landed before lock() returned")
+    func handOverAfterEveryNode() async throws {
+        try await withRedisServers(3) { servers throws in
+            let proxy = try FaultProxy.start(to: servers[0].endpoint)
+            defer { proxy.stop() }
+            let giverClient = try RedlockClient(
+                nodes: [RedisConnectionConfiguration(endpoint: proxy.endpoint)] + servers.dropFirst().map { $0.configuration() }
+            )
+            let takerClient = try RedlockClient(nodes: servers.map { $0.configuration() })
+            try await withTeardown {
+                for status in await giverClient.checkNodes() { _ = try status.result.get() }
+                // A 1 s budget (20 s × 0.05); node 0 answers 400 ms late.
+                let options = LockOptions(expiry: .seconds(20), failFast: false)
+                proxy.set(.latency(.milliseconds(200)))
+                let lease = try await giverClient.makeLock("handed-late", options: options).lock()
+                let taker = try takerClient.makeLock("handed-late", options: options)
+                try await taker.unlock(try await taker.reattach(lease.handoff))
+                // Past any SET still on its way through the proxy.
+                try await Task.sleep(for: .milliseconds(600))
+                // With failFast on, lock() returned on the two direct nodes' grants, and node
+                // 0's SET landed after the taker's release: its key stayed for the expiry.
+                #expect(try await values(of: "handed-late", on: servers) == [nil, nil, nil])
+            } teardown: {
+                proxy.set(.none)
+                await giverClient.shutdown()
+                await takerClient.shutdown()
+            }
+        }
+    }
+
     @Test("a node that forgot the release script while frozen: a failed attempt's clean-up never runs after the retry, so a re-attaching lock()'s lease keeps its key and excludes others")
     func cleanUpNeverRunsLate() async throws {
         try await withLockNodes(1) { client, servers in
