@@ -422,19 +422,21 @@ final class LocalCoordination: Sendable {
         /// Records the lease of `value` as held here until `validUntil` (replacing the record of
         /// the same value: an extension).
         ///
-        /// A quorum grants one lease of a name at a time, so a lease of another value acquired
-        /// here means every other lease of the name recorded here has ended: left to expire, or
+        /// With `acquired` (a `lock()`'s attempt won it): a quorum grants one lease of a name at
+        /// a time, so every other lease of the name recorded here has ended — left to expire, or
         /// released through another client (a lease handed over with ``Lease/handoff`` and
-        /// unlocked by its taker), which this client does not hear of. Their records go (those
-        /// handed to a waiter here stay until that waiter's attempt ends). Before, each such
-        /// lease stayed recorded until its validity ended: 10,000 leases of a 60 s expiry handed
-        /// over to another client in a row left 10,000 records, each `lock()` scanning them.
-        func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant) {
+        /// unlocked by its taker), which this client does not hear of — and their records go
+        /// (those handed to a waiter here stay until that waiter's attempt ends). Before, each
+        /// such lease stayed recorded until its validity ended: 10,000 leases of a 60 s expiry
+        /// handed over to another client in a row left 10,000 records, each `lock()` scanning
+        /// them. Not for an extension: its reply can be handled after the lease was released
+        /// here and handed to a waiter whose new lease is recorded, which must stay.
+        func hold(_ value: some Collection<UInt8>, until validUntil: ContinuousClock.Instant, acquired: Bool) {
             if let index = heldRecord(of: value) {
                 heldHere[index].validUntil = validUntil
             } else {
                 let now = ContinuousClock.now
-                heldHere.removeAll { $0.handedFor == nil || $0.validUntil <= now }
+                heldHere.removeAll { $0.validUntil <= now || (acquired && $0.handedFor == nil) }
                 heldHere.append(HeldHere(value: Array(value), validUntil: validUntil))
             }
         }
@@ -443,7 +445,7 @@ final class LocalCoordination: Sendable {
         func attemptEnded(
             value: some Collection<UInt8>, acquired validUntil: ContinuousClock.Instant?, handedFor release: UInt64?
         ) {
-            if let validUntil { hold(value, until: validUntil) }
+            if let validUntil { hold(value, until: validUntil, acquired: true) }
             if let release { heldHere.removeAll { $0.handedFor == release } }
         }
 
@@ -1046,7 +1048,7 @@ final class LocalCoordination: Sendable {
     /// sweep each time the names double (``State/sweepUnused()``).
     func holding(_ name: String, value: String, until validUntil: ContinuousClock.Instant) {
         state.withLock { state in
-            state.entry(LockKey(name)).hold(value.utf8, until: validUntil)
+            state.entry(LockKey(name)).hold(value.utf8, until: validUntil, acquired: false)
             state.sweepUnused()
         }
     }

@@ -395,6 +395,36 @@ struct LocalCoordinationTests {
         #expect(coordination.heldCount(of: "name") == 0)
     }
 
+    @Test("a lease acquired here ends the name's other records, but an extension handled after its lease was handed to a waiter here keeps the waiter's new lease recorded")
+    func lateExtensionKeepsNewLease() async {
+        let (coordination, timer) = coordination()
+        defer { timer.stop() }
+        let key = LockKey("name")
+        coordination.beginAcquiring(key)
+        coordination.beginAcquiring(key)
+        defer {
+            coordination.endAcquiring(key)
+            coordination.endAcquiring(key)
+        }
+        let soon = ContinuousClock.now + .seconds(1)
+        let later = ContinuousClock.now + .seconds(30)
+        // A lease released elsewhere (handed over), then a new one acquired here: one record.
+        coordination.attemptEnded(key, value: "released-elsewhere", acquired: later, handedFor: nil)
+        coordination.attemptEnded(key, value: "new", acquired: later, handedFor: nil)
+        #expect(coordination.heldCount(of: "name") == 1)
+        // "new" is released here and handed to a waiter, whose attempt wins "next".
+        let waiter = Task { await coordination.waitForRelease(of: "name", after: 0, timeout: .seconds(30), next: nil) }
+        #expect(await eventually { coordination.waiterCount(of: "name") == 1 })
+        let claimed = coordination.handOff(key, release: Array("new".utf8))
+        claimed?.resume(sentAt: .now)
+        #expect(await waiter.value.woken)
+        coordination.attemptEnded(key, value: "next", acquired: later, handedFor: claimed?.release)
+        // An extension of "new" whose reply is handled only now: "next" stays recorded.
+        coordination.holding("name", value: "new", until: soon)
+        #expect(coordination.holdEnd(of: "name") == later)
+        #expect(coordination.heldCount(of: "name") == 2)
+    }
+
     @Test("a release made in this process hands the waiter's prepared attempt to the releaser; one heard from a node is sent by whoever heard it")
     func handOff() async throws {
         let (coordination, timer) = coordination()
