@@ -302,7 +302,9 @@ final class LocalCoordination: Sendable {
         }
 
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
-        /// subscription's linger ends (when it starts one), and whether the entry is unused now.
+        /// subscription's linger ends (when no linger action of the name is pending yet: one
+        /// pending sees the moved ``lingerUntil`` when it comes), and whether the entry is unused
+        /// now.
         func endAcquiring(lingerID: UInt64) -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
             acquiring -= 1
             let unparked = keepPolling()

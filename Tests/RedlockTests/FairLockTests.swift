@@ -974,7 +974,7 @@ private final class Counter: Sendable {
 
 /// Runs `body` with a second client on `servers` (as another process would have), with
 /// `metrics` when given, and shuts it down after.
-private func withSecondClient<T>(
+func withSecondClient<T>(
     on servers: [RedisServer], metrics: TestMetrics? = nil, _ body: (RedlockClient) async throws -> T
 ) async throws -> T {
     let other = try metrics.map { try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: $0) }

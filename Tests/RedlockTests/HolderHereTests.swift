@@ -230,8 +230,7 @@ struct HolderHereTests {
     @Test("leases handed over to another client and unlocked there are not kept as held here: after 300 in a row of a 60 s expiry, at most the live one is counted (before: all 300, each lock() scanning them)")
     func handedOverLeasesNotKept() async throws {
         try await withLockNodes(3) { client, servers in
-            let taker = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { taker in
                 let giver = try client.makeLock("handed-over", options: testOptions(expiry: .seconds(60)))
                 let receiver = try taker.makeLock("handed-over", options: testOptions(expiry: .seconds(60)))
                 for _ in 0..<300 {
@@ -244,8 +243,6 @@ struct HolderHereTests {
                 #expect(client.coordination.heldCount(of: "handed-over") == 1)
                 try await giver.unlock(lease)
                 #expect(client.coordination.heldCount(of: "handed-over") == 0)
-            } teardown: {
-                await taker.shutdown()
             }
         }
     }
@@ -253,8 +250,7 @@ struct HolderHereTests {
     @Test("lock() calls that give up on a name held elsewhere keep one linger of its subscription on the timer, not one per call; the subscription ends 2 s after the last call, not before")
     func oneLingerPerName() async throws {
         try await withLockNodes(1) { client, servers in
-            let holderClient = try RedlockClient(nodes: servers.map { $0.configuration() })
-            try await withTeardown {
+            try await withSecondClient(on: servers) { holderClient in
                 let name = "lingering"
                 let held = try await holderClient.makeLock(name, options: testOptions(expiry: .seconds(60))).lock()
                 let waiter = try client.makeLock(name, options: testOptions(expiry: .seconds(60)))
@@ -279,8 +275,6 @@ struct HolderHereTests {
                 let after = try #require(ended.map { lastCall.duration(to: $0) })
                 #expect(after >= .milliseconds(1_900), "\(after)")
                 try await holderClient.makeLock(name).unlock(held)
-            } teardown: {
-                await holderClient.shutdown()
             }
         }
     }
