@@ -318,6 +318,7 @@ struct Run: AsyncParsableCommand {
                 // from starting; one during the start is forwarded to the watchdog, which does
                 // not start it either if it reads it first.
                 if let signal = supervision.terminatingSignal { return SupervisedCommand.Ending.signalledBeforeStart(signal) }
+                supervision.starting()
                 let supervised = try SupervisedCommand(
                     command: command, environment: environment, deadline: held.lease.validUntil.advanced(by: .zero - margin),
                     keptIgnored: keptIgnored
@@ -411,6 +412,11 @@ final class Supervision: Sendable {
         var terminatingSignal: Int32?
         /// The latest deadline from an extension confirmed before the command was attached.
         var renewedDeadline: ContinuousClock.Instant?
+        /// The command is being started (``starting()``), not yet attached.
+        var starting = false
+        /// SIGCONT came while the command was being started: it may have been stopped with
+        /// redlock's job already, and is resumed once attached.
+        var continuedWhileStarting = false
     }
 
     private let state = Mutex(State())
@@ -428,14 +434,21 @@ final class Supervision: Sendable {
         if cancelNow { cancel() }
     }
 
+    /// The command is about to be started: a SIGCONT from now until ``started(_:)`` resumes it
+    /// once attached.
+    func starting() {
+        state.withLock { $0.starting = true }
+    }
+
     /// The command runs: signals go to it from now on, and a renewal that came first is passed on.
     func started(_ command: SupervisedCommand) {
-        let (renewed, pending) = state.withLock { state in
+        let (renewed, pending, continued) = state.withLock { state in
             state.command = command
-            return (state.renewedDeadline, state.terminatingSignal)
+            return (state.renewedDeadline, state.terminatingSignal, state.continuedWhileStarting)
         }
         if let renewed { command.renew(until: renewed) }
         if let pending { command.signal(pending) }
+        if continued { command.resume() }
     }
 
     /// Moves the command's deadline (or remembers it until the command runs).
@@ -450,7 +463,11 @@ final class Supervision: Sendable {
     func received(_ signal: Int32) {
         if signal == SIGCONT {
             // The job was resumed after a stop from the terminal.
-            state.withLock { $0.command }?.resume()
+            let command = state.withLock { state in
+                if state.command == nil, state.starting { state.continuedWhileStarting = true }
+                return state.command
+            }
+            command?.resume()
             return
         }
         let (command, cancel) = state.withLock { state -> (SupervisedCommand?, (@Sendable () -> Void)?) in

@@ -74,6 +74,9 @@ final class SupervisedCommand: Sendable {
     private struct State {
         /// The command's process group, once it started; nil again once it is gone.
         var group: pid_t?
+        /// A resume (``resume()``) came before the watchdog's report that the command started
+        /// was read: done once it is.
+        var resumeOnStart = false
         var ended = false
         var deadline: Int64
         /// Once terminating, the deadline only moves earlier.
@@ -142,7 +145,12 @@ final class SupervisedCommand: Sendable {
                 switch message.kind {
                 case Int32(REDLOCK_WATCH_STARTED):
                     let group = message.argument
-                    state.withLock { $0.group = group }
+                    let resume = state.withLock { state in
+                        state.group = group
+                        defer { state.resumeOnStart = false }
+                        return state.resumeOnStart
+                    }
+                    if resume { self.resume() }
                 case Int32(REDLOCK_WATCH_EXEC_FAILED):
                     outcome = .notStarted(errno: message.argument)
                     break reading
@@ -234,9 +242,19 @@ final class SupervisedCommand: Sendable {
 
     /// Resumes a job that was stopped from the terminal (`fg` or `bg` sent redlock SIGCONT):
     /// when redlock now has the terminal's foreground, the command gets it back; then SIGCONT.
+    ///
+    /// Before the report that the command started is read, this waits for it: a command that
+    /// reads the terminal at once can be stopped, and redlock's job with it, before this
+    /// process has read the report; continued, redlock could take the signal first. (Before,
+    /// that resume did nothing: after `fg` the command stayed stopped until the watchdog
+    /// killed it at the deadline, as a CI run of the background-read test saw once.)
     func resume() {
         state.withLock { state in
-            guard !state.ended, let group = state.group else { return }
+            guard !state.ended else { return }
+            guard let group = state.group else {
+                state.resumeOnStart = true
+                return
+            }
             if isatty(STDIN_FILENO) == 1, tcgetpgrp(STDIN_FILENO) == getpgrp() {
                 _ = tcsetpgrp(STDIN_FILENO, group)
             }
