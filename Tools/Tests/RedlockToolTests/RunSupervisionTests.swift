@@ -904,13 +904,15 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("a background job whose command reads the terminal is a stopped job (jobs says Stopped), and fg gives the command the terminal; before, redlock kept running and extending, and fg hung")
-    func backgroundReadStopsJob() async throws {
+    @Test("a background job whose command reads the terminal is a stopped job (jobs says Stopped), and fg gives the command the terminal; before, redlock kept running and extending, and fg hung. Also when redlock reads the report that the command started only after fg (before: the command stayed stopped, killed at the deadline)", arguments: [false, true])
+    func backgroundReadStopsJob(lateReport: Bool) async throws {
         let redlock = try builtExecutable("redlock")
         try await withRedisServers(1) { servers throws in
             // Typed at an interactive shell on a pseudo-terminal (script(1)), paced as in jobControl.
+            // A late report is read 3 s after the command started, after fg (2.5 s).
+            let delay = lateReport ? "REDLOCK_RUN_TEST_STARTED_REPORT_DELAY_MS=3000 " : ""
             let typing = """
-            sleep 1; printf '%s\\n' "\(redlock.path) run --nodes \(nodeList(servers)) --name background-read --ttl 20s -- sh -c 'read x; echo got=\\$x' &"; \
+            sleep 1; printf '%s\\n' "\(delay)\(redlock.path) run --nodes \(nodeList(servers)) --name background-read --ttl 20s -- sh -c 'read x; echo got=\\$x' &"; \
             sleep 2; printf 'jobs\\n'; sleep 0.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
             printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
             """
