@@ -135,7 +135,8 @@ final class SupervisedCommand: Sendable {
         state = Mutex(State(deadline: deadlineNs))
         // For the suite only: how long the reader holds the report that the command started
         // before it acts on it, as a reader thread a loaded machine has not run yet would.
-        let startedReportDelay = ProcessInfo.processInfo.environment[Self.startedReportDelayVariable].flatMap { UInt32($0) }
+        let startedReportDelay = ProcessInfo.processInfo.environment[Self.startedReportDelayVariable]
+            .flatMap { UInt64($0) }.map { useconds_t(clamping: $0.multipliedReportingOverflow(by: 1_000).overflow ? .max : $0 * 1_000) }
         // Reports are read on a thread of their own: a blocking read must not hold a thread of
         // the cooperative pool.
         let thread = Thread { [self, watchdog = pid, statusFd] in
@@ -147,7 +148,7 @@ final class SupervisedCommand: Sendable {
             reading: while redlock_watch_receive(statusFd, &message) == 0 {
                 switch message.kind {
                 case Int32(REDLOCK_WATCH_STARTED):
-                    if let startedReportDelay { usleep(startedReportDelay * 1_000) }
+                    if let startedReportDelay { usleep(startedReportDelay) }
                     let group = message.argument
                     let resume = state.withLock { state in
                         state.group = group
@@ -204,8 +205,9 @@ final class SupervisedCommand: Sendable {
         thread.start()
     }
 
-    /// An environment variable for the test suite: milliseconds (at most 4,294,967) for which
-    /// the report that the command started is held before it is acted on.
+    /// An environment variable for the test suite: milliseconds for which the report that the
+    /// command started is held before it is acted on (at most about 71 minutes; not a number:
+    /// none).
     static let startedReportDelayVariable = "REDLOCK_RUN_TEST_STARTED_REPORT_DELAY_MS"
 
     /// A C string of `bytes` (which hold no NUL: they came from argv or environ), to be freed;
