@@ -136,7 +136,7 @@ final class SupervisedCommand: Sendable {
         // For the suite only: how long the reader holds the report that the command started
         // before it acts on it, as a reader thread a loaded machine has not run yet would.
         let startedReportDelay = ProcessInfo.processInfo.environment[Self.startedReportDelayVariable]
-            .flatMap { UInt64($0) }.map { useconds_t(clamping: $0.multipliedReportingOverflow(by: 1_000).overflow ? .max : $0 * 1_000) }
+            .flatMap { UInt32($0) }.map { useconds_t(min($0, 60_000) * 1_000) }
         // Reports are read on a thread of their own: a blocking read must not hold a thread of
         // the cooperative pool.
         let thread = Thread { [self, watchdog = pid, statusFd] in
@@ -206,8 +206,8 @@ final class SupervisedCommand: Sendable {
     }
 
     /// An environment variable for the test suite: milliseconds for which the report that the
-    /// command started is held before it is acted on (at most about 71 minutes; not a number:
-    /// none).
+    /// command started is held before it is acted on, at most 60,000 (more counts as 60,000;
+    /// what is not a number below 2^32, none). Every later report waits behind it.
     static let startedReportDelayVariable = "REDLOCK_RUN_TEST_STARTED_REPORT_DELAY_MS"
 
     /// A C string of `bytes` (which hold no NUL: they came from argv or environ), to be freed;
