@@ -74,7 +74,7 @@ final class DeadlineTimer: Sendable {
             if count >= sweepAt {
                 entries = entries[head...].filter { !$0.waiter.isFinished }
                 head = 0
-                sweepAt = Swift.max(DeadlineTimer.minimumSweep, 2 * entries.count)
+                sweepAt = DeadlineTimer.nextSweep(leaving: entries.count)
             }
             entries.append(entry)
         }
@@ -112,6 +112,12 @@ final class DeadlineTimer: Sendable {
     /// Below this many waits, a lane or the heap is never swept whole.
     fileprivate static let minimumSweep = 64
 
+    /// The count at which a lane or the heap that a sweep left with `kept` waits is swept next:
+    /// once it has doubled, and not below ``minimumSweep``.
+    fileprivate static func nextSweep(leaving kept: Int) -> Int {
+        Swift.max(minimumSweep, 2 * kept)
+    }
+
     private struct State {
         var heap: [Entry] = []
         var lanes: [Lane] = []
@@ -147,7 +153,7 @@ final class DeadlineTimer: Sendable {
         private mutating func sweepHeap() {
             heap.removeAll { $0.waiter.isFinished }
             for index in stride(from: heap.count / 2 - 1, through: 0, by: -1) { siftDown(index) }
-            heapSweepAt = Swift.max(DeadlineTimer.minimumSweep, 2 * heap.count)
+            heapSweepAt = DeadlineTimer.nextSweep(leaving: heap.count)
         }
 
         private mutating func siftDown(_ index: Int) {

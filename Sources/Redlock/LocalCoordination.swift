@@ -284,11 +284,11 @@ final class LocalCoordination: Sendable {
         /// The last few handoff messages of a fair release, for a waiter whose wait begins after
         /// the message came.
         var handedTo: [(message: HandoffMessage, node: Int)] = []
-        /// When the subscription ends if nobody acquires meanwhile.
+        /// When the subscription ends if nobody acquires meanwhile. Set exactly while the
+        /// name's one linger action is on the timer (``LocalCoordination/lingerEnded(_:)``),
+        /// which looks again when a later `lock()` moved it on. (A pending action keeps the name
+        /// subscribed, so its entry is never dropped while one is out.)
         var lingerUntil: ContinuousClock.Instant?
-        /// The linger action on the timer for this entry, if one is pending (its id): one per
-        /// name at a time, moved on to ``lingerUntil`` when that moved meanwhile.
-        var lingerAction: UInt64?
         var gate: Gate?
         /// Leases of this name acquired or extended through this client, until released or
         /// their validity ended: a waiter of a name held here waits for that lease's release
@@ -302,21 +302,16 @@ final class LocalCoordination: Sendable {
         }
 
         /// ``LocalCoordination/endAcquiring(_:)`` for this name: the waiter to unpark, when the
-        /// subscription's linger ends (when no linger action of the name is pending yet: one
-        /// pending sees the moved ``lingerUntil`` when it comes), and whether the entry is unused
-        /// now.
-        func endAcquiring(lingerID: UInt64) -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
+        /// subscription's linger ends (when no linger action of the name is out yet: one that is
+        /// sees the moved ``lingerUntil`` when it comes), and whether the entry is unused now.
+        func endAcquiring() -> (unparked: Unparked?, linger: LingerStart?, unused: Bool) {
             acquiring -= 1
             let unparked = keepPolling()
             var linger: LingerStart?
             if acquiring == 0, subscribed {
                 let until = ContinuousClock.now + LocalCoordination.subscriptionLinger
+                if lingerUntil == nil { linger = LingerStart(until: until) }
                 lingerUntil = until
-                // One pending action per name: a later end only moves lingerUntil on.
-                if lingerAction == nil {
-                    lingerAction = lingerID
-                    linger = LingerStart(until: until)
-                }
             }
             return (unparked, linger, isUnused)
         }
@@ -563,8 +558,6 @@ final class LocalCoordination: Sendable {
         /// generator may each pick a channel of their own).
         var countedHandoffChannels: [[UInt8]: [LockKey: Int]] = [:]
         var shutDown = false
-        /// Ids of linger actions (``Name/lingerAction``).
-        var nextLingerID: UInt64 = 0
         /// The number of names at which ``sweepUnused()`` next looks for unused entries.
         var sweepAt = State.minimumSweep
         static let minimumSweep = 1_024
@@ -649,16 +642,14 @@ final class LocalCoordination: Sendable {
     func endAcquiring(_ key: LockKey) {
         var unparked: Unparked?
         defer { if let unparked { timer.schedule(unparked.waiter, at: unparked.pollAt) } }
-        let (linger, id): (LingerStart?, UInt64) = state.withLock { state in
-            state.nextLingerID &+= 1
-            let id = state.nextLingerID
-            guard let ended = state.names[key]?.endAcquiring(lingerID: id) else { return (nil, id) }
+        let linger: LingerStart? = state.withLock { state in
+            guard let ended = state.names[key]?.endAcquiring() else { return nil }
             unparked = ended.unparked
             if ended.unused { state.names[key] = nil }
-            return (ended.linger, id)
+            return ended.linger
         }
         if let linger {
-            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key, id: id) }, at: linger.until)
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: linger.until)
         }
     }
 
@@ -894,14 +885,13 @@ final class LocalCoordination: Sendable {
     }
 
     /// The linger of `key`'s subscription may be over: unsubscribe when nobody acquired since.
-    private func lingerEnded(_ key: LockKey, id: UInt64) {
+    private func lingerEnded(_ key: LockKey) {
         var again: ContinuousClock.Instant?
         let subscribers: [(RedisSubscriber, [String])] = state.withLock { state in
-            // Another entry's action (the name was dropped and made again meanwhile) does nothing.
-            guard let entry = state.names[key], entry.lingerAction == id else { return [] }
-            guard entry.acquiring == 0, entry.subscribed, let until = entry.lingerUntil, !state.shutDown else {
+            guard let entry = state.names[key], let until = entry.lingerUntil else { return [] }
+            guard entry.acquiring == 0, entry.subscribed, !state.shutDown else {
                 // The next endAcquiring that starts a linger schedules a new action.
-                entry.lingerAction = nil
+                entry.lingerUntil = nil
                 return []
             }
             // Moved on by a later endAcquiring: look again then.
@@ -909,7 +899,6 @@ final class LocalCoordination: Sendable {
                 again = until
                 return []
             }
-            entry.lingerAction = nil
             let channels = [Scripts.releaseChannel(key.name)] + entry.handoffChannels
             entry.subscribed = false
             entry.handoffChannels = []
@@ -919,7 +908,7 @@ final class LocalCoordination: Sendable {
             return state.subscribers.map { ($0, channels) }
         }
         if let again {
-            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key, id: id) }, at: again)
+            timer.schedule(TimerAction { [weak self] in self?.lingerEnded(key) }, at: again)
         }
         for (subscriber, channels) in subscribers {
             for channel in channels { subscriber.unsubscribe(channel) }

@@ -279,6 +279,35 @@ struct HolderHereTests {
         }
     }
 
+    @Test("a lock() still waiting when its name's linger comes due keeps the subscription: it ends 2 s after that call returns, not at the linger's first due time nor never")
+    func lingerDueWhileWaiting() async throws {
+        try await withLockNodes(1) { client, servers in
+            try await withSecondClient(on: servers) { holderClient in
+                let name = "linger-while-waiting"
+                let channel = Scripts.releaseChannel(name)
+                let held = try await holderClient.makeLock(name, options: testOptions(expiry: .seconds(60))).lock()
+                let waiter = try client.makeLock(name, options: testOptions(expiry: .seconds(60), tries: .max))
+                // The first call's end starts the linger: due 2 s later.
+                await #expect(throws: RedlockError.self) { try await waiter.lock(timeout: .milliseconds(3)) }
+                let firstEnd = ContinuousClock.now
+                // A call waiting from before that time until 1 s after it.
+                let waitFor = firstEnd.duration(to: firstEnd + .seconds(3))
+                await #expect(throws: RedlockError.self) { try await waiter.lock(timeout: waitFor) }
+                let secondEnd = ContinuousClock.now
+                #expect(firstEnd.duration(to: secondEnd) >= .milliseconds(2_500))
+                #expect(try await subscriberCounts(channel, on: servers) == [1])
+                var ended: ContinuousClock.Instant?
+                while ended == nil, secondEnd.duration(to: .now) < .seconds(10) {
+                    if try await subscriberCounts(channel, on: servers) == [0] { ended = .now }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                let after = try #require(ended.map { secondEnd.duration(to: $0) }, "never unsubscribed")
+                #expect(after >= .milliseconds(1_900), "\(after)")
+                try await holderClient.makeLock(name).unlock(held)
+            }
+        }
+    }
+
     @Test("when the waiter that polls gives up, a waiter for the holder here polls in its place: a lock freed meanwhile is found at its retry delay")
     func pollerLeavesAnotherPolls() async throws {
         try await withLockNodes(1) { client, servers in

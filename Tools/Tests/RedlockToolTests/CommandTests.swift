@@ -201,18 +201,12 @@ struct CommandTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch)) == [], "left in TMPDIR")
     }
 
-    /// The processes below `pid` (``children(of:)``, recursively), with their names.
+    /// The processes below `pid` still running (``runningDescendants(of:)``), with their names.
     private static func descendants(of pid: pid_t) -> [(pid: pid_t, name: String)] {
-        var found: [(pid: pid_t, name: String)] = []
-        var work = [pid]
-        while let parent = work.popLast() {
-            for child in children(of: parent) {
-                let name = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
-                found.append((child, name.trimmingCharacters(in: .whitespacesAndNewlines)))
-                work.append(child)
-            }
+        runningDescendants(of: pid).map { child in
+            let name = (try? String(contentsOfFile: "/proc/\(child)/comm", encoding: .utf8)) ?? ""
+            return (child, name.trimmingCharacters(in: .whitespacesAndNewlines))
         }
-        return found
     }
 
     @Test("a SIGINT while run asks a silent node again, after a failed acquire, cuts that short: exit 130, the failure printed, no answer reported (without the cut, the node is asked for its command timeout and the run exits 69)")

@@ -66,7 +66,7 @@ private func lastValidUntil(in stderr: String) -> Int64? {
 
 /// The pids of the processes below `root` that are still running (not zombies), from one
 /// reading of `/proc`.
-private func runningDescendants(of root: Int32) -> [Int32] {
+func runningDescendants(of root: Int32) -> [Int32] {
     var parents: [Int32: Int32] = [:]
     var running: Set<Int32> = []
     for pid in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap({ Int32($0) }) {
@@ -89,7 +89,7 @@ private func runningDescendants(of root: Int32) -> [Int32] {
 }
 
 /// The pids of `parent`'s children.
-func children(of parent: Int32) -> [Int32] {
+private func children(of parent: Int32) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap { Int32($0) }.filter { pid in
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
