@@ -973,12 +973,12 @@ private final class Counter: Sendable {
 }
 
 /// Runs `body` with a second client on `servers` (as another process would have), with
-/// `metrics` when given, and shuts it down after.
+/// `metrics` when given and a reply timeout of `commandTimeout`, and shuts it down after.
 func withSecondClient<T>(
-    on servers: [RedisServer], metrics: TestMetrics? = nil, _ body: (RedlockClient) async throws -> T
+    on servers: [RedisServer], metrics: TestMetrics? = nil, commandTimeout: Duration = .seconds(1), _ body: (RedlockClient) async throws -> T
 ) async throws -> T {
-    let other = try metrics.map { try RedlockClient(nodes: servers.map { $0.configuration() }, metrics: $0) }
-        ?? RedlockClient(nodes: servers.map { $0.configuration() })
+    let nodes = servers.map { $0.configuration(commandTimeout: commandTimeout) }
+    let other = try metrics.map { try RedlockClient(nodes: nodes, metrics: $0) } ?? RedlockClient(nodes: nodes)
     return try await withTeardown {
         try await body(other)
     } teardown: {

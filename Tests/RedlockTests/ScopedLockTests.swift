@@ -800,27 +800,32 @@ struct ScopedLockTests {
             // Unlocked from outside while every node sleeps: the body is told as the deletes go
             // out, not once their answers come (before: it saw the lease valid until then, while
             // a node that had run the delete could grant the lock to another process).
-            // The release's budget (2.4 s) outlasts the nodes' sleep: its votes come when they wake.
-            let outside = try client.makeLock("held-ends-outside", options: testOptions(expiry: .seconds(3), timeoutFactor: 0.8))
-            let toldAt = Locked<ContinuousClock.Instant?>(nil)
-            let entered = OneTimeEvent<Lease>()
-            let scope = Task {
-                try await outside.withLock { held in
-                    entered.fire(held.lease)
-                    if await eventually(within: .seconds(5), { !held.isValid }) { toldAt.update { $0 = .now } }
+            // The release's budget (2.4 s) and the client's reply timeout (3 s) outlast the
+            // nodes' 1 s sleep: its votes come when they wake (with the suite's 1 s reply
+            // timeout, a node's answer could miss it by the few ms between its sleep's start
+            // and the delete's send).
+            try await withSecondClient(on: servers, commandTimeout: .seconds(3)) { other in
+                let outside = try other.makeLock("held-ends-outside", options: testOptions(expiry: .seconds(3), timeoutFactor: 0.8))
+                let toldAt = Locked<ContinuousClock.Instant?>(nil)
+                let entered = OneTimeEvent<Lease>()
+                let scope = Task {
+                    try await outside.withLock { held in
+                        entered.fire(held.lease)
+                        if await eventually(within: .seconds(5), { !held.isValid }) { toldAt.update { $0 = .now } }
+                    }
                 }
+                let lease = await entered.wait()
+                var stalls: [RedisServerStall] = []
+                for server in servers { stalls.append(try await server.stall(for: .seconds(1))) }
+                let unlocking = Task { try await outside.unlock(lease) }
+                let stalledUntil = try #require(stalls.map { $0.startedAt + $0.duration }.min())
+                try await unlocking.value
+                let whileOut = await #expect(throws: RedlockError.self) { try await scope.value }
+                #expect(whileOut?.code == .leaseLost, "\(String(describing: whileOut))")
+                let told = try #require(toldAt.value, "the body never saw the lease end")
+                #expect(told < stalledUntil - .milliseconds(300), "told \(stalledUntil.duration(to: told)) after the nodes woke")
+                for stall in stalls { await stall.waitUntilOver() }
             }
-            let lease = await entered.wait()
-            var stalls: [RedisServerStall] = []
-            for server in servers { stalls.append(try await server.stall(for: .seconds(1))) }
-            let unlocking = Task { try await outside.unlock(lease) }
-            let stalledUntil = try #require(stalls.map { $0.startedAt + $0.duration }.min())
-            try await unlocking.value
-            let whileOut = await #expect(throws: RedlockError.self) { try await scope.value }
-            #expect(whileOut?.code == .leaseLost, "\(String(describing: whileOut))")
-            let told = try #require(toldAt.value, "the body never saw the lease end")
-            #expect(told < stalledUntil - .milliseconds(300), "told \(stalledUntil.duration(to: told)) after the nodes woke")
-            for stall in stalls { await stall.waitUntilOver() }
 
             // A HeldLease kept past its scope: released, so not valid, though its deadline is ahead.
             let kept = try await lock.withLock { held in held }
