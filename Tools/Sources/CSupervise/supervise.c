@@ -1367,6 +1367,30 @@ static int keeps_ignored(uint64_t kept_ignored, int signal_number) {
            && ((kept_ignored >> (signal_number - 1)) & 1) != 0;
 }
 
+/* For the test suite: how long the command's process waits before it takes the terminal
+   (REDLOCK_RUN_TEST_TERMINAL_DELAY_MS, milliseconds, at most 60,000; what is not a number, none),
+   as a process a loaded machine has not run yet would. */
+static struct timespec test_terminal_delay(void) {
+    struct timespec delay = {0, 0};
+    const char *text = getenv("REDLOCK_RUN_TEST_TERMINAL_DELAY_MS");
+    if (text == NULL || *text == '\0') {
+        return delay;
+    }
+    unsigned long milliseconds = 0;
+    for (const char *digit = text; *digit != '\0'; digit++) {
+        if (*digit < '0' || *digit > '9') {
+            return delay;
+        }
+        milliseconds = milliseconds * 10 + (unsigned long)(*digit - '0');
+        if (milliseconds > 60000) {
+            milliseconds = 60000;
+        }
+    }
+    delay.tv_sec = (time_t)(milliseconds / 1000);
+    delay.tv_nsec = (long)(milliseconds % 1000) * 1000000L;
+    return delay;
+}
+
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, uint64_t kept_ignored) {
     if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) != 0 || fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC) != 0) {
         fail("descriptors 3 and 4 are not the supervisor's pipes");
@@ -1434,6 +1458,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     pid_t supervisor_group = getpgid(getppid()); /* 0 or less where it cannot be told (a PID namespace's init) */
     pid_t foreground = isatty(STDIN_FILENO) ? tcgetpgrp(STDIN_FILENO) : -1;
     int take_terminal = foreground > 0 && foreground == supervisor_group;
+    struct timespec terminal_delay = test_terminal_delay();
 
     /* What the supervisor sent while this process started: a later deadline, or a terminating
        signal it got before the command started, which keeps the command from starting. */
@@ -1478,7 +1503,19 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             _exit(127);
         }
         if (take_terminal) {
-            tcsetpgrp(STDIN_FILENO, getpid()); /* SIGTTOU is still ignored here, as in the watchdog */
+            if (terminal_delay.tv_sec != 0 || terminal_delay.tv_nsec != 0) {
+                while (nanosleep(&terminal_delay, &terminal_delay) != 0 && errno == EINTR) {
+                }
+            }
+            /* Only while redlock's group still has it: a Ctrl-Z since the watchdog looked stopped
+               redlock's job and the shell took the terminal back, and taking it now (which
+               succeeds: SIGTTOU is still ignored here, as in the watchdog) would run the command
+               in the foreground behind the shell's prompt, the command reading what is typed at
+               the shell. Left in the background, a command that reads the terminal is stopped,
+               and `fg` gives it the terminal through redlock. */
+            if (tcgetpgrp(STDIN_FILENO) == supervisor_group) {
+                tcsetpgrp(STDIN_FILENO, getpid());
+            }
         }
         struct sigaction default_action;
         memset(&default_action, 0, sizeof default_action);

@@ -924,6 +924,25 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("Ctrl-Z after the watchdog started but before the command took the terminal: the command stays out of the foreground, and fg gives it the terminal (before: it took the terminal from the shell behind its prompt, the shell read an end of file, and what was typed went astray)")
+    func ctrlZBeforeTheCommandTakesTheTerminal() async throws {
+        let redlock = try builtExecutable("redlock")
+        try await withRedisServers(1) { servers throws in
+            // Typed at an interactive shell on a pseudo-terminal (script(1)), paced as in
+            // jobControl. The command's process waits 4 s before it takes the terminal (a delay
+            // for the suite only): Ctrl-Z comes 2 s after the command line, fg 4.5 s after that.
+            let typing = """
+            sleep 1; printf '%s\\n' "REDLOCK_RUN_TEST_TERMINAL_DELAY_MS=4000 \(redlock.path) run --nodes \(nodeList(servers)) --name late-terminal --ttl 20s -- sh -c 'read x; echo got=\\$x'"; \
+            sleep 2; printf '\\032'; sleep 4.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
+            printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
+            """
+            let (_, text) = try await runToEnd("/bin/sh", ["-c", "(\(typing)) | timeout -k 5 30 script -qec 'bash --norc --noprofile -i' /dev/null"])
+            #expect(text.contains("Stopped"), "\(text)")
+            #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
+            #expect(try await values(of: "late-terminal", on: servers) == [nil])
+        }
+    }
+
     @Test("a command stopped by job control where redlock cannot be stopped with it (an orphaned process group: under setsid) renews nothing: killed at the deadline, 124, the cause named, the lock released; continued before the deadline, it runs on under renewals", arguments: [false, true])
     func stoppedCommandRenewsNothing(continued: Bool) async throws {
         try await withRedisServers(1) { servers throws in
