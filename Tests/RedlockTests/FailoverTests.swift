@@ -117,10 +117,11 @@ struct FailoverTests {
 
     @Test("a WAIT answered a server tick late is the node's answer, not silence: with a 50 ms command timeout, each node without replicas refuses as not replicated, ten tries in a row")
     func lateWaitIsAnAnswer() async throws {
-        try await withRedisServers(3) { servers in
-            // WAIT 1 25 (half the command timeout): Redis answers it 25–125 ms after it began,
-            // past the 50 ms command timeout, within the connection's 200 ms and the attempt's
-            // 400 ms budget.
+        // A server tick of 67 ms (hz 15): WAIT 1 25 (half the command timeout) is answered 25–92
+        // ms after it began (66 ms when the tries follow each other), past the 50 ms command
+        // timeout, within the connection's 200 ms and the attempt's 400 ms budget. (At the
+        // default hz 10, 25–125 ms: a loaded machine's late read could miss the 200 ms.)
+        try await withRedisServers(3, arguments: ["--hz", "15"]) { servers in
             let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .milliseconds(50)) })
             try await withTeardown {
                 let lock = try client.makeLock("late-wait", options: options(acknowledgements: 1))
@@ -140,27 +141,37 @@ struct FailoverTests {
 
     @Test("a lock that waits for replicas holds up no other lock of its client: while its WAIT blocks, another lock acquires, extends and releases within a 100 ms budget")
     func waitHoldsUpNoOtherLock() async throws {
-        try await withLockNodes(3) { client, servers in
-            // No replicas: each of the waiting lock's WAITs blocks its connection for 200 ms.
-            let waiting = try client.makeLock("waiting", options: options(acknowledgements: 1))
-            let attempt = Task { try await waiting.tryLock() }
-            func blockedInWait() async -> Bool {
-                let clients = (try? await servers[0].run(RedisCommand("CLIENT", "LIST")).string) ?? ""
-                return clients.contains("cmd=wait")
+        try await withRedisServers(3) { servers throws in
+            // A 4 s reply timeout and a 2 s attempt budget: with no replicas each of the waiting
+            // lock's WAITs blocks its connection for 1 s (half of the shorter), time for the
+            // other lock's three rounds and the checks around them on a loaded machine. A round
+            // written behind a WAIT would still miss its 100 ms budget.
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(4)) })
+            try await withTeardown {
+                var waitingOptions = testOptions(expiry: .seconds(10), tries: 1)
+                waitingOptions.replicaAcknowledgements = 1
+                let waiting = try client.makeLock("waiting", options: waitingOptions)
+                let attempt = Task { try await waiting.tryLock() }
+                func blockedInWait() async -> Bool {
+                    let clients = (try? await servers[0].run(RedisCommand("CLIENT", "LIST")).string) ?? ""
+                    return clients.contains("cmd=wait")
+                }
+                var blocked = false
+                let giveUp = ContinuousClock.now + .seconds(5)
+                while !blocked, ContinuousClock.now < giveUp { blocked = await blockedInWait() }
+                #expect(blocked, "the waiting lock's WAIT never showed up")
+                var quick = testOptions(expiry: .seconds(1), tries: 1, timeoutFactor: 0.1)
+                quick.failFast = true
+                let other = try client.makeLock("other", options: quick)
+                let lease = try await other.lock()
+                let extended = try await other.extend(lease)
+                try await other.unlock(extended)
+                #expect(await blockedInWait(), "the other lock's work was not done while the WAIT blocked")
+                let refused = await #expect(throws: RedlockError.self) { try await attempt.value }
+                #expect(refused?.nodes.allSatisfy { $0.cause.replicasAcknowledged == 0 } == true, "\(String(describing: refused))")
+            } teardown: {
+                await client.shutdown()
             }
-            var blocked = false
-            let giveUp = ContinuousClock.now + .seconds(5)
-            while !blocked, ContinuousClock.now < giveUp { blocked = await blockedInWait() }
-            #expect(blocked, "the waiting lock's WAIT never showed up")
-            var quick = testOptions(expiry: .seconds(1), tries: 1, timeoutFactor: 0.1)
-            quick.failFast = true
-            let other = try client.makeLock("other", options: quick)
-            let lease = try await other.lock()
-            let extended = try await other.extend(lease)
-            try await other.unlock(extended)
-            #expect(await blockedInWait(), "the other lock's work was not done while the WAIT blocked")
-            let refused = await #expect(throws: RedlockError.self) { try await attempt.value }
-            #expect(refused?.nodes.allSatisfy { $0.cause.replicasAcknowledged == 0 } == true, "\(String(describing: refused))")
         }
     }
 

@@ -690,9 +690,10 @@ struct FairLockTests {
     func deadHolderFirstInLine() async throws {
         try await withLockNodes(3) { client, servers in
             try await withSecondClient(on: servers) { other in
-                // The dead holder: its key, on every node, with 1.5 s to live.
-                for server in servers { _ = try await server.run(RedisCommand("SET", "fair-dead", "gone", "PX", "1500")) }
+                // The dead holder: its key, on every node, with 1.5 s to live from after `started`
+                // (counted before the SETs: each goes over a new connection, which takes its time).
                 let started = ContinuousClock.now
+                for server in servers { _ = try await server.run(RedisCommand("SET", "fair-dead", "gone", "PX", "1500")) }
                 let (lock, waiting) = try await waiter(in: client, for: "fair-dead", options: patient(), nodes: servers.count)
                 let (_, behind) = try await waiter(in: other, for: "fair-dead", options: patient(), nodes: servers.count)
                 let lease = try await waiting.value
@@ -712,10 +713,10 @@ struct FairLockTests {
     func keyLooksAreNoTries() async throws {
         try await withLockNodes(3) { client, servers in
             try await withSecondClient(on: servers) { other in
-                let holder = try client.makeLock("fair-live", options: LockOptions(expiry: .milliseconds(300), timeoutFactor: 0.5, fair: true))
+                let holder = try client.makeLock("fair-live", options: LockOptions(expiry: .milliseconds(600), timeoutFactor: 0.5, fair: true))
                 let lease = try await locked(holder, in: client)
                 // Extended every 50 ms, a failed extension tried again at the next (a loaded
-                // machine may hold one up): the key lapses only after a 250 ms stall.
+                // machine may hold one up): the key lapses only after a 550 ms stall.
                 let extending = Task {
                     var current = lease
                     while !Task.isCancelled {
@@ -725,13 +726,13 @@ struct FairLockTests {
                     return current
                 }
                 let started = ContinuousClock.now
-                let options = LockOptions(expiry: .seconds(5), tries: 3, retryDelay: .constant(.milliseconds(500)), timeoutFactor: 0.2, fair: true)
+                let options = LockOptions(expiry: .seconds(5), tries: 3, retryDelay: .constant(.seconds(1)), timeoutFactor: 0.2, fair: true)
                 let error = await #expect(throws: RedlockError.self) { try await other.makeLock("fair-live", options: options).lock() }
                 let took = started.duration(to: .now)
                 #expect(error?.code == .taken, "\(String(describing: error))")
-                // Three tries, two waits of 500 ms between them: the looks every ≤ 300 ms in those
+                // Three tries, two waits of 1 s between them: the looks every ≤ 600 ms in those
                 // waits did not use the tries up.
-                #expect(took >= .milliseconds(950), "gave up after \(took)")
+                #expect(took >= .milliseconds(1_950), "gave up after \(took)")
                 extending.cancel()
                 if let current = try? await extending.value { try? await holder.unlock(current) }
             }

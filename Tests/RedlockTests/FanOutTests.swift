@@ -529,6 +529,7 @@ struct DeadlineTimerTests {
             timer.schedule(waits[index].1, at: deadlines[index])
             if index.isMultiple(of: 2) { waits[index].0.record(.granted(1), from: 0) }
         }
+        let allScheduled = ContinuousClock.now
         for (round, _) in waits { _ = await collectVotes(of: round) }
         let running = offsets.indices.filter { !$0.isMultiple(of: 2) }
         for index in offsets.indices where index.isMultiple(of: 2) {
@@ -539,8 +540,11 @@ struct DeadlineTimerTests {
             #expect(waits[index].1.expiries == 1)
             let expiredAt = try #require(waits[index].1.expiredAt)
             #expect(expiredAt >= deadlines[index], "offset \(offsets[index]) ms expired early")
-            expiries.append((deadlines[index], expiredAt))
+            // Only deadlines still ahead when the last wait was scheduled sat in the heap
+            // together (one that passed while a loaded machine held the loop up expires late).
+            if deadlines[index] > allScheduled { expiries.append((deadlines[index], expiredAt)) }
         }
+        #expect(expiries.count >= running.count / 2, "\(expiries.count) of \(running.count) deadlines still ahead once all were scheduled")
         let inDeadlineOrder = expiries.sorted { $0.deadline < $1.deadline }.map(\.expiredAt)
         let outOfOrder = zip(inDeadlineOrder, inDeadlineOrder.dropFirst()).filter { $0 > $1 }.count
         #expect(outOfOrder == 0)

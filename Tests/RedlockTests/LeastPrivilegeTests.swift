@@ -123,7 +123,9 @@ struct LeastPrivilegeTests {
             let scriptless = ["~*", "+@all", "-eval", "-evalsha", "&*"]
             try await createUser("setter", rules: scriptless, on: servers)
             let client = try RedlockClient(nodes: configurations(servers, user: "setter"))
-            let options = LockOptions(expiry: .milliseconds(500), tries: 32, retryDelay: .constant(.milliseconds(200)))
+            // A budget of 250 ms per attempt: tryLock()'s one attempt needs two refusals within
+            // it (25 ms, the default share, a loaded machine's late reply could miss).
+            let options = LockOptions(expiry: .milliseconds(500), tries: 32, retryDelay: .constant(.milliseconds(200)), timeoutFactor: 0.5)
             let lock = try client.makeLock("scriptless", options: options)
             func expectRefused(_ acquire: () async throws -> Lease?, _ label: String) async throws {
                 let started = ContinuousClock.now

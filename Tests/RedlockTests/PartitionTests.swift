@@ -17,11 +17,14 @@ struct PartitionTests {
             })
             let other = try RedlockClient(nodes: servers.map { $0.configuration(connectTimeout: .milliseconds(500), commandTimeout: .seconds(1)) })
             try await withTeardown {
-                let lock = try cutOff.makeLock("partitioned", options: testOptions(expiry: .seconds(1), timeoutFactor: 0.05))
+                // A 500 ms safety margin: the body is cancelled that long before the lease's
+                // validity ends, time for a loaded machine to run it to its end (with the 50 ms
+                // default, a beat taken late by a task resumed late could land in the next lease).
+                let lock = try cutOff.makeLock("partitioned", options: testOptions(expiry: .seconds(3), timeoutFactor: 0.05))
                 let lastBeat = Locked<ContinuousClock.Instant?>(nil)
                 let started = OneTimeEvent<Void>()
                 let holder = Task {
-                    try await lock.withLock { _ -> Void in
+                    try await lock.withLock(safetyMargin: .milliseconds(500)) { _ -> Void in
                         started.fire()
                         while true {
                             lastBeat.update { $0 = .now }

@@ -126,9 +126,11 @@ struct ReattachTests {
             // The holder unlocks while the lease's value, handed over, is re-attached here: the
             // re-attach is written behind the unanswered releases once they are overdue (1 ms).
             let unlocking = Task { try? await lock.unlock(lease) }
+            #expect(await eventually { client.nodes.allSatisfy { $0.waitingCommands >= 1 } }, "the releases were not sent")
             try await Task.sleep(for: .milliseconds(20))
             let reattaching = Task { try await lock.reattach(lease.handoff) }
-            try await Task.sleep(for: .milliseconds(30))
+            // Queued behind overdue answers, a command is written as it is queued.
+            #expect(await eventually { client.nodes.allSatisfy { $0.waitingCommands >= 2 } }, "the re-attach was not sent")
             for server in servers { try server.resume() }
             _ = await unlocking.value
             let reattached = try await reattaching.value

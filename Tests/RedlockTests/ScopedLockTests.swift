@@ -189,7 +189,7 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("bodies that compute without suspending on every thread of the global pool hold up neither the extensions nor the deadline: on healthy nodes each keeps its lease past three expiries; with a majority frozen each is cancelled, and stops working, before its lease's validity ends (before: extensions and the watch waited for a free thread of the pool, so the bodies worked on uncancelled long after the keys expired)", arguments: [false, true])
+    @Test("bodies that compute without suspending on every thread of the global pool hold up neither the extensions nor the deadline: on healthy nodes each keeps its lease well past its first expiry; with a majority frozen each is cancelled, and stops working, before its lease's validity ends (before: extensions and the watch waited for a free thread of the pool, so the bodies worked on uncancelled long after the keys expired)", arguments: [false, true])
     func busyPool(frozen: Bool) async throws {
         let width = Swift.max(ProcessInfo.processInfo.activeProcessorCount, 1)
         try await withLockNodes(3) { client, servers in
@@ -281,17 +281,18 @@ struct ScopedLockTests {
 
     /// A scope whose body computes for 2 s in 1 ms steps without suspending (checking for
     /// cancellation between steps, and the lease's validity after each), after freezing
-    /// `freezing`, on a 900 ms expiry with a 150 ms safety margin, extended at 60 % left.
+    /// `freezing`, on a 1.2 s expiry with a 300 ms safety margin, extended at 60 % left.
     /// Each body counts itself in `entered`; one that freezes waits until all `bodies` did.
     private static func busyBody(
         _ client: RedlockClient, name: String, freezing: [RedisServer], entered: Locked<Int>, bodies: Int
     ) async -> BusyBodyReport {
         let report = Locked(BusyBodyReport())
         do {
-            let lock = try client.makeLock(name, options: testOptions(expiry: .milliseconds(900)))
-            // Extended with 540 ms of validity left: 390 ms before the deadline for its round
-            // trip, on a loaded machine too.
-            try await lock.withLock(extendWhenRemaining: 0.6, safetyMargin: .milliseconds(150)) { held in
+            let lock = try client.makeLock(name, options: testOptions(expiry: .milliseconds(1_200)))
+            // Extended with 720 ms of validity left: 420 ms before the deadline for its round
+            // trip, on a loaded machine too. Cancelled 300 ms before the validity ends: time for
+            // the cancellation to reach a body whose threads share two busy cores.
+            try await lock.withLock(extendWhenRemaining: 0.6, safetyMargin: .milliseconds(300)) { held in
                 entered.update { $0 += 1 }
                 if !freezing.isEmpty { _ = await eventually(within: .seconds(10)) { entered.value == bodies } }
                 for server in freezing { try await server.pause() }
@@ -343,7 +344,9 @@ struct ScopedLockTests {
             let validUntil = Locked<ContinuousClock.Instant?>(nil)
             let cancelledAt = Locked<ContinuousClock.Instant?>(nil)
             let error = await #expect(throws: RedlockError.self) {
-                try await lock.withLock { held in
+                // Cancelled 400 ms before the validity ends (the default, 5 % of 2 s, leaves a
+                // loaded machine 100 ms to resume the body).
+                try await lock.withLock(safetyMargin: .milliseconds(400)) { held in
                     validUntil.update { $0 = held.lease.validUntil }
                     for server in servers { try await server.pause() }
                     do {

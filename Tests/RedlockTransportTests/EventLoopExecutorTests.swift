@@ -298,7 +298,9 @@ struct ReplyArrivalTests {
             #expect(heldTimes.exact)
             let written = held.queued
             #expect(heldTimes.arrived >= written - 1_000_000)
-            #expect(heldTimes.arrived - written < 50_000_000, "node time \(heldTimes.arrived - written) ns")
+            // (Under 95 ms, below the 100 ms hold a time taken when the reply was handled would
+            // show, with room for a loaded machine's slow node.)
+            #expect(heldTimes.arrived - written < 95_000_000, "node time \(heldTimes.arrived - written) ns")
             #expect(held.handled - written >= 100_000_000, "handled after \(held.handled - written) ns")
             // Through a proxy that delays each direction 60 ms: the node's time is at least that
             // (its reply arrived late), though the loop read it at once.
@@ -311,7 +313,7 @@ struct ReplyArrivalTests {
             let slowTimes = try #require(slow.times)
             let slowWritten = slow.queued
             #expect(slowTimes.exact && slowTimes.arrived - slowWritten >= 100_000_000, "node time \(slowTimes.arrived - slowWritten) ns")
-            #expect(slow.handled - slowTimes.arrived < 50_000_000)
+            #expect(slow.handled - slowTimes.arrived < 100_000_000, "handled \(slow.handled - slowTimes.arrived) ns after it arrived")
             // A command queued behind an unanswered one, written by the thread that reads that
             // reply: the time it was held after the reply arrived (the loop held 100 ms) is
             // this process's, and told as such.

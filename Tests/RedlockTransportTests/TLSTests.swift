@@ -480,12 +480,14 @@ struct TLSTests {
                 do {
                     let proxy = try FaultProxy.start(to: server.endpoint)
                     defer { proxy.stop() }
-                    // Each way 400 ms: the hello's first answer comes after 800 ms, the PING goes at 750.
-                    proxy.set(.latency(.milliseconds(400)))
+                    // Each way 600 ms: the hello's first answer comes after 1.2 s, the PING goes
+                    // at 1 s (half the connect timeout; 200 ms apart, so a loaded machine's late
+                    // wake-up does not find the answer there first and skip the PING).
+                    proxy.set(.latency(.milliseconds(600)))
                     var settings = configuration(server, certificates)
                     settings.endpoint = proxy.endpoint
-                    settings.connectTimeout = .milliseconds(1_500)
-                    settings.commandTimeout = .seconds(3)
+                    settings.connectTimeout = .seconds(2)
+                    settings.commandTimeout = .seconds(5)
                     settings.tls?.verifiesHostname = false
                     for attempt in 0..<2 {
                         #expect(await pingError(settings) == nil, "\(attempt)")
