@@ -877,6 +877,12 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    /// What an interactive bash on a pseudo-terminal (script(1)) printed while `typing`, a shell
+    /// command line whose output is typed at it, ran: at most 30 s (a hung job is killed).
+    private func typedAtInteractiveShell(_ typing: String) async throws -> String {
+        try await runToEnd("/bin/sh", ["-c", "(\(typing)) | timeout -k 5 30 script -qec 'bash --norc --noprofile -i' /dev/null"]).output
+    }
+
     @Test("Ctrl-Z in a terminal stops the whole job, fg resumes the command in the foreground; stopped past its deadline, the command is killed and fg gives 124", arguments: [false, true])
     func jobControl(pastDeadline: Bool) async throws {
         let redlock = try builtExecutable("redlock").path
@@ -891,7 +897,7 @@ final class RunSupervisionTests: Sendable {
             sleep 2; printf '\\032'; sleep \(stopped); printf 'fg\\n'; sleep 1; \(pastDeadline ? "" : "printf 'hello\\n'; sleep 1;") \
             printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
             """
-            let (_, text) = try await runToEnd("/bin/sh", ["-c", "(\(typing)) | script -qec 'bash --norc --noprofile -i' /dev/null"])
+            let text = try await typedAtInteractiveShell(typing)
             #expect(text.contains("Stopped"), "\(text)")
             if pastDeadline {
                 #expect(text.contains("done=124"), "\(text)")
@@ -916,8 +922,7 @@ final class RunSupervisionTests: Sendable {
             sleep 2; printf 'jobs\\n'; sleep 0.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
             printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
             """
-            // (Bounded: before, fg hung for good.)
-            let (_, text) = try await runToEnd("/bin/sh", ["-c", "(\(typing)) | timeout -k 5 30 script -qec 'bash --norc --noprofile -i' /dev/null"])
+            let text = try await typedAtInteractiveShell(typing)
             #expect(text.contains("Stopped"), "\(text)")
             #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
             #expect(try await values(of: "background-read", on: servers) == [nil])
@@ -936,7 +941,7 @@ final class RunSupervisionTests: Sendable {
             sleep 2; printf '\\032'; sleep 4.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
             printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
             """
-            let (_, text) = try await runToEnd("/bin/sh", ["-c", "(\(typing)) | timeout -k 5 30 script -qec 'bash --norc --noprofile -i' /dev/null"])
+            let text = try await typedAtInteractiveShell(typing)
             #expect(text.contains("Stopped"), "\(text)")
             #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
             #expect(try await values(of: "late-terminal", on: servers) == [nil])
