@@ -1560,7 +1560,10 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
-        if (take_terminal) {
+        /* Only if the command's process took it: after a Ctrl-Z before it could, the shell
+           has it, and taking it for redlock's stopped group would leave the shell reading an
+           end of file. */
+        if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
             tcsetpgrp(STDIN_FILENO, foreground);
         }
         redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, exec_error, 0);

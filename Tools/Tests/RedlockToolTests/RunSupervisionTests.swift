@@ -929,21 +929,35 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("Ctrl-Z after the watchdog started but before the command took the terminal: the command stays out of the foreground, and fg gives it the terminal (before: it took the terminal from the shell behind its prompt, the shell read an end of file, and what was typed went astray)")
-    func ctrlZBeforeTheCommandTakesTheTerminal() async throws {
+    @Test("Ctrl-Z after the watchdog started but before the command took the terminal: the command stays out of the foreground, and fg gives it the terminal (before: it took the terminal from the shell behind its prompt, the shell read an end of file, and what was typed went astray); a command that then cannot start (its interpreter missing) leaves the terminal with the shell too", arguments: [false, true])
+    func ctrlZBeforeTheCommandTakesTheTerminal(startFails: Bool) async throws {
         let redlock = try builtExecutable("redlock")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("late-terminal-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // Found and executable, but exec fails (ENOENT): only after the fork.
+        let unstartable = directory.appendingPathComponent("no-interpreter").path
+        try "#!/nonexistent/interpreter\necho hi\n".write(toFile: unstartable, atomically: true, encoding: .utf8)
+        #expect(chmod(unstartable, 0o755) == 0)
         try await withRedisServers(1) { servers throws in
             // Typed at an interactive shell on a pseudo-terminal (script(1)), paced as in
             // jobControl. The command's process waits 4 s before it takes the terminal (a delay
             // for the suite only): Ctrl-Z comes 2 s after the command line, fg 4.5 s after that.
+            let command = startFails ? unstartable : "sh -c 'read x; echo got=\\$x'"
             let typing = """
-            sleep 1; printf '%s\\n' "REDLOCK_RUN_TEST_TERMINAL_DELAY_MS=4000 \(redlock.path) run --nodes \(nodeList(servers)) --name late-terminal --ttl 20s -- sh -c 'read x; echo got=\\$x'"; \
-            sleep 2; printf '\\032'; sleep 4.5; printf 'fg\\n'; sleep 1; printf 'hello\\n'; sleep 1; \
+            sleep 1; printf '%s\\n' "REDLOCK_RUN_TEST_TERMINAL_DELAY_MS=4000 \(redlock.path) run --nodes \(nodeList(servers)) --name late-terminal --ttl 20s -- \(command)"; \
+            sleep 2; printf '\\032'; sleep 4.5; printf 'fg\\n'; sleep 1; \(startFails ? "" : "printf 'hello\\n'; sleep 1;") \
             printf 'echo done=$?\\n'; sleep 0.5; printf 'exit\\n'
             """
             let text = try await typedAtInteractiveShell(typing)
             #expect(text.contains("Stopped"), "\(text)")
-            #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
+            // What bash says when it reads an end of file with a job stopped: it lost the terminal.
+            #expect(!text.contains("There are stopped jobs"), "\(text)")
+            if startFails {
+                #expect(text.contains("could not start") && text.contains("done=127"), "\(text)")
+            } else {
+                #expect(text.contains("got=hello") && text.contains("done=0"), "\(text)")
+            }
             #expect(try await values(of: "late-terminal", on: servers) == [nil])
         }
     }
