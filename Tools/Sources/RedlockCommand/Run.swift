@@ -310,8 +310,11 @@ struct Run: AsyncParsableCommand {
                 lease, extendWhenRemaining: extendWhenRemaining, maximumHoldTime: nil, safetyMargin: grace + margin,
                 onExtended: { extended in
                     seen.withLock { $0.validUntil = SupervisedCommand.boottimeNanoseconds(extended.validUntil) }
-                    supervision.renew(until: extended.validUntil.advanced(by: .zero - margin))
+                    // The line is queued before the watchdog hears of the deadline: a reader of
+                    // the lines never sees a deadline the watchdog holds without its line (one
+                    // queued is written at exit), also when redlock is stopped between the two.
                     report("extended \"\(extended.name)\" \(boottime(extended))")
+                    supervision.renew(until: extended.validUntil.advanced(by: .zero - margin))
                 }
             ) { held in
                 // A terminating signal that came while the lease was confirmed keeps the command
