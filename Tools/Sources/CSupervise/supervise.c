@@ -1367,28 +1367,31 @@ static int keeps_ignored(uint64_t kept_ignored, int signal_number) {
            && ((kept_ignored >> (signal_number - 1)) & 1) != 0;
 }
 
-/* For the test suite: how long the command's process waits before it takes the terminal
-   (REDLOCK_RUN_TEST_TERMINAL_DELAY_MS, milliseconds, at most 60,000; what is not a number, none),
-   as a process a loaded machine has not run yet would. */
-static struct timespec test_terminal_delay(void) {
-    struct timespec delay = {0, 0};
-    const char *text = getenv("REDLOCK_RUN_TEST_TERMINAL_DELAY_MS");
+uint32_t redlock_test_delay_ms(const char *variable) {
+    const char *text = getenv(variable);
     if (text == NULL || *text == '\0') {
-        return delay;
+        return 0;
     }
-    unsigned long milliseconds = 0;
+    uint32_t milliseconds = 0;
     for (const char *digit = text; *digit != '\0'; digit++) {
         if (*digit < '0' || *digit > '9') {
-            return delay;
+            return 0;
         }
-        milliseconds = milliseconds * 10 + (unsigned long)(*digit - '0');
+        milliseconds = milliseconds * 10 + (uint32_t)(*digit - '0');
         if (milliseconds > 60000) {
             milliseconds = 60000;
         }
     }
-    delay.tv_sec = (time_t)(milliseconds / 1000);
-    delay.tv_nsec = (long)(milliseconds % 1000) * 1000000L;
-    return delay;
+    return milliseconds;
+}
+
+/* Gives the terminal back to `foreground` (redlock's group) if the command's group `child` has
+   it; where the command never took it (a Ctrl-Z before it could: the shell has it), taking it
+   for redlock's stopped group would leave the shell reading an end of file. */
+static void give_terminal_back(int take_terminal, pid_t child, pid_t foreground) {
+    if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
+        tcsetpgrp(STDIN_FILENO, foreground);
+    }
 }
 
 _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns, uint64_t kept_ignored) {
@@ -1458,7 +1461,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     pid_t supervisor_group = getpgid(getppid()); /* 0 or less where it cannot be told (a PID namespace's init) */
     pid_t foreground = isatty(STDIN_FILENO) ? tcgetpgrp(STDIN_FILENO) : -1;
     int take_terminal = foreground > 0 && foreground == supervisor_group;
-    struct timespec terminal_delay = test_terminal_delay();
+    /* For the suite: how long the command's process waits before it takes the terminal, as a
+       process a loaded machine has not run yet would. */
+    uint32_t terminal_delay_ms = redlock_test_delay_ms("REDLOCK_RUN_TEST_TERMINAL_DELAY_MS");
 
     /* What the supervisor sent while this process started: a later deadline, or a terminating
        signal it got before the command started, which keeps the command from starting. */
@@ -1503,8 +1508,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             _exit(127);
         }
         if (take_terminal) {
-            if (terminal_delay.tv_sec != 0 || terminal_delay.tv_nsec != 0) {
-                while (nanosleep(&terminal_delay, &terminal_delay) != 0 && errno == EINTR) {
+            if (terminal_delay_ms > 0) {
+                struct timespec delay = {.tv_sec = terminal_delay_ms / 1000, .tv_nsec = (long)(terminal_delay_ms % 1000) * 1000000L};
+                while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {
                 }
             }
             /* Only while redlock's group still has it: a Ctrl-Z since the watchdog looked stopped
@@ -1560,12 +1566,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
-        /* Only if the command's process took it: after a Ctrl-Z before it could, the shell
-           has it, and taking it for redlock's stopped group would leave the shell reading an
-           end of file. */
-        if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
-            tcsetpgrp(STDIN_FILENO, foreground);
-        }
+        give_terminal_back(take_terminal, child, foreground);
         redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXEC_FAILED, exec_error, 0);
         _exit(0);
     }
@@ -1630,9 +1631,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                    runs again. */
                 int stop = WSTOPSIG(status);
                 if (stop == SIGTSTP || stop == SIGTTIN || stop == SIGTTOU) {
-                    if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
-                        tcsetpgrp(STDIN_FILENO, foreground);
-                    }
+                    give_terminal_back(take_terminal, child, foreground);
                     /* Only with a terminal (stdin is the controlling one: a job a shell can
                        resume, in the foreground or not): without one (cron, a service manager,
                        stdin redirected) nobody would continue the caller, stopped for good while
@@ -1662,9 +1661,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 /* What the command left running, in its group or detached from it, is not
                    protected any more. */
                 redlock_kill_descendants(child);
-                if (take_terminal && tcgetpgrp(STDIN_FILENO) == child) {
-                    tcsetpgrp(STDIN_FILENO, foreground);
-                }
+                give_terminal_back(take_terminal, child, foreground);
                 redlock_watch_send(STATUS_FD, REDLOCK_WATCH_EXITED, status, redlock_boottime_ns());
                 _exit(0);
             }

@@ -135,8 +135,7 @@ final class SupervisedCommand: Sendable {
         state = Mutex(State(deadline: deadlineNs))
         // For the suite only: how long the reader holds the report that the command started
         // before it acts on it, as a reader thread a loaded machine has not run yet would.
-        let startedReportDelay = ProcessInfo.processInfo.environment[Self.startedReportDelayVariable]
-            .flatMap { UInt32($0) }.map { useconds_t(min($0, 60_000) * 1_000) }
+        let startedReportDelay = useconds_t(redlock_test_delay_ms(Self.startedReportDelayVariable)) * 1_000
         // Reports are read on a thread of their own: a blocking read must not hold a thread of
         // the cooperative pool.
         let thread = Thread { [self, watchdog = pid, statusFd] in
@@ -148,7 +147,7 @@ final class SupervisedCommand: Sendable {
             reading: while redlock_watch_receive(statusFd, &message) == 0 {
                 switch message.kind {
                 case Int32(REDLOCK_WATCH_STARTED):
-                    if let startedReportDelay { usleep(startedReportDelay) }
+                    if startedReportDelay > 0 { usleep(startedReportDelay) }
                     let group = message.argument
                     let resume = state.withLock { state in
                         state.group = group
@@ -206,8 +205,8 @@ final class SupervisedCommand: Sendable {
     }
 
     /// An environment variable for the test suite: milliseconds for which the report that the
-    /// command started is held before it is acted on, at most 60,000 (more counts as 60,000;
-    /// what is not a number below 2^32, none). Every later report waits behind it.
+    /// command started is held before it is acted on (read as ``redlock_test_delay_ms`` reads
+    /// it: at most 60,000). Every later report waits behind it.
     static let startedReportDelayVariable = "REDLOCK_RUN_TEST_STARTED_REPORT_DELAY_MS"
 
     /// A C string of `bytes` (which hold no NUL: they came from argv or environ), to be freed;

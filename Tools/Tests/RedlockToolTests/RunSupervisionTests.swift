@@ -932,11 +932,8 @@ final class RunSupervisionTests: Sendable {
     @Test("Ctrl-Z after the watchdog started but before the command took the terminal: the command stays out of the foreground, and fg gives it the terminal (before: it took the terminal from the shell behind its prompt, the shell read an end of file, and what was typed went astray); a command that then cannot start (its interpreter missing) leaves the terminal with the shell too", arguments: [false, true])
     func ctrlZBeforeTheCommandTakesTheTerminal(startFails: Bool) async throws {
         let redlock = try builtExecutable("redlock")
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("late-terminal-\(UUID())")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
         // Found and executable, but exec fails (ENOENT): only after the fork.
-        let unstartable = directory.appendingPathComponent("no-interpreter").path
+        let unstartable = temporaryFile("no-interpreter")
         try "#!/nonexistent/interpreter\necho hi\n".write(toFile: unstartable, atomically: true, encoding: .utf8)
         #expect(chmod(unstartable, 0o755) == 0)
         try await withRedisServers(1) { servers throws in

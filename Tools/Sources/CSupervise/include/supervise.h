@@ -139,6 +139,10 @@ int redlock_watch_receive(int fd, redlock_watch_message *message);
 /* CLOCK_BOOTTIME in nanoseconds. */
 int64_t redlock_boottime_ns(void);
 
+/* For the test suite: the milliseconds an environment variable `variable` holds, at most 60,000
+   (more counts as 60,000); 0 when it is unset, empty or not all digits. */
+uint32_t redlock_test_delay_ms(const char *variable);
+
 /* Sleeps until CLOCK_BOOTTIME reads `deadline_ns` (at once if it has passed), through
    interrupting signals: 0, or the errno of clock_nanosleep. */
 int redlock_sleep_until_boottime(int64_t deadline_ns);
