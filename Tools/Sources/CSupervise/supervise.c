@@ -724,54 +724,93 @@ static int still_there(int descriptor) {
 #endif
 }
 
-/* Counts the processes below `root` by the children files (as a kill's walk finds them): all
-   (*walked) and those outside process group `group` (*detached), and how long that took
-   (*took_ns). A process counts, and its children are read, only while its parent is still the
-   one whose children file listed it; with descriptors (pidfds), one opened before that check
-   must still reach the process after its children were read (else its pid may have gone to
-   another process, whose children were read: they are dropped). With `held`, each process
-   outside the group is kept by that descriptor. 0, or -1 when /proc could not be read (the
-   counts then cover what was read). */
-static int census_walk(long root, pid_t group, long *walked, long *detached, int64_t *took_ns, held_processes *held) {
+/* A count of the processes below a root by the children files (as a kill's walk finds them),
+   taken in steps (census_step) so that the watchdog, which counts while it waits for renewals
+   and for its kill's instant, never waits for a count: under load a count of a thousand
+   processes took up to 5.5 s in one go, during which the kill's instant passed unheeded.
+   A process counts, and its children are read, only while its parent is still the one whose
+   children file listed it; with descriptors (pidfds), one opened before that check must still
+   reach the process after its children were read (else its pid may have gone to another
+   process, whose children were read: they are dropped). Each process outside the group is
+   kept by that descriptor in `held` (when its limit allows). */
+typedef struct census {
+    int running;
+    pid_array work;    /* the processes found, in the order found: children after their parents */
+    pid_array parents; /* the parent whose children file listed each of them */
+    size_t next;       /* the next of `work` to look at */
+    long walked;       /* processes counted */
+    long detached;     /* of them, those outside the group */
+    int64_t took_ns;   /* the time its steps took */
+    int failed;        /* /proc could not be read, or memory ran out: the counts cover what was read */
+    held_processes held;
+} census;
+
+/* Frees what a count holds but its descriptors (`held`, taken by finish_count or released by
+   the next census_begin), and marks it over. */
+static void census_end(census *count) {
+    free(count->work.items);
+    free(count->parents.items);
+    count->work = (pid_array){0};
+    count->parents = (pid_array){0};
+    count->running = 0;
+}
+
+/* Starts a count of the processes below `root`, its descriptors held up to `hold_limit`. */
+static void census_begin(census *count, long root, size_t hold_limit) {
     int64_t began = redlock_boottime_ns();
-    pid_array work = {0};
-    pid_array parents = {0};
-    long outside = 0;
-    long counted = 0;
-    int result = read_children(root, &work);
-    for (size_t i = 0; result == 0 && i < work.count; i++) {
-        if (pid_array_append(&parents, root) != 0) {
-            result = -1;
-        }
+    census_end(count);
+    held_release(&count->held);
+    count->held.limit = hold_limit;
+    count->running = 1;
+    count->next = 0;
+    count->walked = 0;
+    count->detached = 0;
+    count->failed = read_children(root, &count->work) != 0;
+    for (size_t i = 0; !count->failed && i < count->work.count; i++) {
+        count->failed = pid_array_append(&count->parents, root) != 0;
     }
-    /* `work` grows at its end while it is read: children come after their parents. */
-    for (size_t i = 0; result == 0 && i < work.count && i < REDLOCK_CENSUS_LIMIT; i++) {
-        long pid = work.items[i];
+    count->took_ns = redlock_boottime_ns() - began;
+}
+
+/* Goes on with `count` (processes outside group `group` held) for about `budget_ns`: at least
+   one process, then until that time has passed. 1 when the count is complete (or failed), 0
+   when there is more to do. */
+static int census_step(census *count, pid_t group, int64_t budget_ns) {
+    int64_t began = redlock_boottime_ns();
+    int looked = 0;
+    while (!count->failed && count->next < count->work.count && count->next < REDLOCK_CENSUS_LIMIT) {
+        if (looked && redlock_boottime_ns() - began >= budget_ns) {
+            count->took_ns += redlock_boottime_ns() - began;
+            return 0;
+        }
+        looked = 1;
+        size_t i = count->next++;
+        long pid = count->work.items[i];
         int fd = open_process(pid);
         long parent;
         long process_group;
         char state;
-        if (read_parent(pid, &parent, &state, &process_group, NULL, NULL) != 0 || parent != parents.items[i]) {
+        if (read_parent(pid, &parent, &state, &process_group, NULL, NULL) != 0 || parent != count->parents.items[i]) {
             if (fd >= 0) {
                 close(fd);
             }
             continue;
         }
-        size_t before = work.count;
-        result = read_children(pid, &work);
-        for (size_t added = before; result == 0 && added < work.count; added++) {
-            result = pid_array_append(&parents, pid);
+        size_t before = count->work.count;
+        count->failed = read_children(pid, &count->work) != 0;
+        for (size_t added = before; !count->failed && added < count->work.count; added++) {
+            count->failed = pid_array_append(&count->parents, pid) != 0;
         }
         if (fd >= 0 && !still_there(fd)) {
-            work.count = before;
-            parents.count = before < parents.count ? before : parents.count;
+            count->work.count = before;
+            count->parents.count = before < count->parents.count ? before : count->parents.count;
             close(fd);
             continue;
         }
-        counted++;
+        count->walked++;
         if (process_group != group) {
-            outside++;
-            if (held != NULL && fd >= 0 && held_append(held, fd) == 0) {
+            count->detached++;
+            if (fd >= 0 && held_append(&count->held, fd) == 0) {
                 fd = -1;
             }
         }
@@ -779,17 +818,22 @@ static int census_walk(long root, pid_t group, long *walked, long *detached, int
             close(fd);
         }
     }
-    *walked = counted;
-    *detached = outside;
-    *took_ns = redlock_boottime_ns() - began;
-    free(work.items);
-    free(parents.items);
-    return result == 0 ? 0 : -1;
+    count->took_ns += redlock_boottime_ns() - began;
+    return 1;
 }
 
 int redlock_census_tree(pid_t root, pid_t group, long *walked, long *detached, int64_t *took_ns) {
     check_pidfds();
-    return census_walk(root, group, walked, detached, took_ns, NULL);
+    census count = {0};
+    census_begin(&count, root, 0);
+    (void)census_step(&count, group, INT64_MAX);
+    *walked = count.walked;
+    *detached = count.detached;
+    *took_ns = count.took_ns;
+    int failed = count.failed;
+    census_end(&count);
+    free(count.held.fds);
+    return failed ? -1 : 0;
 }
 
 /* SIGKILLs process `pid`, read with start time `started`, through `descriptor` (from
@@ -1205,23 +1249,6 @@ void redlock_kill_descendants(pid_t group) {
     }
 }
 
-/* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
-   pipe (`kind`), and marks the command killed: later deadlines no longer apply. */
-static void kill_command(pid_t group, held_processes *held, int *killed, const char *why, int32_t kind, int32_t argument) {
-    *killed = 1;
-    kill(-group, SIGKILL);
-    /* What left the group at the latest count: a call each, before the walk finds the rest. */
-    for (size_t i = 0; i < held->count; i++) {
-        kill_held(held->fds[i]);
-    }
-    held_release(held);
-    kill_descendants_fast();
-    kill_children();
-    redlock_watch_send(STATUS_FD, kind, argument, redlock_boottime_ns());
-    if (why != NULL) {
-        say(why);
-    }
-}
 
 /* Arms `timer` (CLOCK_BOOTTIME) for the absolute instant `deadline_ns`, or disarms it for 0. */
 static int arm(int timer, int64_t deadline_ns) {
@@ -1237,35 +1264,77 @@ static int arm(int timer, int64_t deadline_ns) {
 /* How long before a deadline the watchdog's kill starts. A kill of the command's process group
    takes one call, but what left the group (setsid, setpgid) is found by a walk of the tree and
    signalled one process at a time, which with hundreds of them takes longer than the safety
-   margin between the deadline and the lease's end. So the watchdog counts the tree
-   (census_walk) when a deadline comes and on a timer of its own, at most every `every_ns`
-   (200 ms, or ten times what the last count took: a tenth of a core at most), holds a
-   descriptor of each process outside the group, and signals those first when it kills, a call
-   each. With any there, the kill starts earlier by four times the count's time per process,
-   for each of them, plus 2 ms (each signal wakes a process whose exit takes the CPU from the
-   kill: 185 µs a signal for 600 Python processes, three times what counting one costs; 110 µs
-   for small ones whose count cost 200) — but by at most a fifth of
-   the time from the latest deadline's arrival to that deadline (`window_ns`): a renewal comes
-   when a third of the lease or more is left, so a run that renews on time is never killed for
-   it. What left the group since the last count is found by the kill's walk. */
+   margin between the deadline and the lease's end. So the watchdog counts the tree (a census)
+   when a deadline comes and on a timer of its own, at most every `every_ns` (200 ms, or ten
+   times what the last count took: a tenth of a core at most), in steps of at most 2 ms between
+   which it reads renewals and heeds its timers, holds a descriptor of each process outside the
+   group, and signals those first when it kills, a call each (those of the count under way too).
+   With any there, the kill starts earlier by four times the count's time per process, for each
+   of them, plus 2 ms (each signal wakes a process whose exit takes the CPU from the kill: 185 µs
+   a signal for 600 Python processes, three times what counting one costs; 110 µs for small ones
+   whose count cost 200) — but by at most a fifth of the time from the latest deadline's arrival
+   to that deadline (`window_ns`): a renewal comes when a third of the lease or more is left, so
+   a run that renews on time is never killed for it. What left the group since the last count is
+   found by the kill's walk. */
 typedef struct kill_lead {
-    int64_t wanted_ns;  /* the lead the count asks for */
+    int64_t wanted_ns;  /* the lead the latest complete count asks for */
     int64_t lead_ns;    /* the lead used: wanted_ns, at most window_ns / 5 */
     int64_t window_ns;
-    int64_t counted_at;
+    int64_t counted_at; /* when the latest count was complete (0: none yet) */
     int64_t every_ns;
     int said;           /* bit 1: the lead was told; bit 2: its cap was */
-    held_processes held;
+    size_t hold_limit;  /* the most descriptors held, by both sets below together */
+    held_processes held; /* from the latest complete count */
+    census count;        /* the count under way, if `count.running` */
 } kill_lead;
 
-static void count_for_lead(kill_lead *lead, pid_t group) {
-    long walked = 0;
-    long detached = 0;
-    int64_t took = 0;
-    check_pidfds();
+/* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
+   pipe (`kind`), and marks the command killed: later deadlines no longer apply. */
+static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *why, int32_t kind, int32_t argument) {
+    *killed = 1;
+    kill(-group, SIGKILL);
+    /* What left the group at the latest count, and in the count under way: a call each, before
+       the walk finds the rest. */
+    for (size_t i = 0; i < lead->held.count; i++) {
+        kill_held(lead->held.fds[i]);
+    }
+    for (size_t i = 0; i < lead->count.held.count; i++) {
+        kill_held(lead->count.held.fds[i]);
+    }
     held_release(&lead->held);
-    /* A count cut short by /proc (out of descriptors) counts what it read. */
-    (void)census_walk(getpid(), group, &walked, &detached, &took, &lead->held);
+    held_release(&lead->count.held);
+    census_end(&lead->count);
+    kill_descendants_fast();
+    kill_children();
+    redlock_watch_send(STATUS_FD, kind, argument, redlock_boottime_ns());
+    if (why != NULL) {
+        say(why);
+    }
+}
+
+/* Starts a count of the command's tree (`lead->count`) unless one is under way. */
+static void begin_count(kill_lead *lead) {
+    if (lead->count.running) {
+        return;
+    }
+    check_pidfds();
+    size_t room = lead->hold_limit > lead->held.count ? lead->hold_limit - lead->held.count : 0;
+    census_begin(&lead->count, getpid(), room);
+}
+
+/* Takes a complete count: its descriptors replace the held ones, and the lead is what it asks
+   for (told once on stderr when it is large, and once when the cap cuts it). */
+static void finish_count(kill_lead *lead) {
+    census *count = &lead->count;
+    held_release(&lead->held);
+    held_processes taken = lead->held;
+    lead->held = count->held;
+    count->held = taken;
+    count->held.limit = 0;
+    long walked = count->walked;
+    long detached = count->detached;
+    int64_t took = count->took_ns;
+    census_end(count);
     lead->counted_at = redlock_boottime_ns();
     lead->every_ns = 10 * took > 200000000 ? 10 * took : 200000000;
     int64_t per_process = walked > 0 ? took / walked : 0;
@@ -1295,8 +1364,8 @@ static void count_for_lead(kill_lead *lead, pid_t group) {
 
 /* Arms `timer` for the kill due at `deadline_ns` (0: none), the lead's time before it; a kill
    whose start has passed fires at once. With `arrived` (a deadline that just came), its window
-   is taken and the tree counted when due. */
-static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, pid_t group, int arrived) {
+   is taken and a count started when due. */
+static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, int arrived) {
     if (deadline_ns <= 0) {
         return arm(timer, 0);
     }
@@ -1306,7 +1375,7 @@ static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, pid_t group
         int64_t cap = lead->window_ns / 5;
         lead->lead_ns = lead->wanted_ns < cap ? lead->wanted_ns : cap;
         if (lead->counted_at == 0 || now - lead->counted_at >= lead->every_ns) {
-            count_for_lead(lead, group);
+            begin_count(lead);
         }
     }
     int64_t start = deadline_ns - lead->lead_ns;
@@ -1579,7 +1648,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     int stopped_by = 0;
     int64_t held_deadline = 0;
     kill_lead lead = {0};
-    /* Room for the descriptors the kill holds (count_for_lead): the soft limit raised toward the
+    /* Room for the descriptors the kill holds (kill_lead): the soft limit raised toward the
        hard one (at most 2^20) here, after the command started with the limits it was given; 64
        kept for the rest. */
     struct rlimit files;
@@ -1591,22 +1660,23 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 files = raised;
             }
         }
-        lead.held.limit = files.rlim_cur > 128 ? (size_t)files.rlim_cur - 64 : 0;
+        lead.hold_limit = files.rlim_cur > 128 ? (size_t)files.rlim_cur - 64 : 0;
     }
-    if (arm_kill(timer, deadline, &lead, child, 1) != 0) {
+    if (arm_kill(timer, deadline, &lead, 1) != 0) {
         kill(-child, SIGKILL);
         fail("timerfd_settime");
     }
     for (;;) {
         /* Best effort: without it, the counts come with the renewals alone. */
-        (void)arm(count_timer, killed || lead.counted_at == 0 ? 0 : lead.counted_at + lead.every_ns);
+        (void)arm(count_timer, killed || lead.counted_at == 0 || lead.count.running ? 0 : lead.counted_at + lead.every_ns);
         struct pollfd watched[4] = {
             {.fd = child_events, .events = POLLIN},
             {.fd = timer, .events = POLLIN},
             {.fd = count_timer, .events = POLLIN},
             {.fd = control, .events = POLLIN},
         };
-        int ready = poll(watched, control >= 0 ? 4 : 3, -1);
+        /* With a count under way, a look at what came between two of its steps. */
+        int ready = poll(watched, control >= 0 ? 4 : 3, lead.count.running && !killed ? 0 : -1);
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
@@ -1649,8 +1719,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 stopped_by = 0;
                 if (held_deadline > deadline && !ordered && !killed) {
                     deadline = held_deadline;
-                    if (arm_kill(timer, deadline, &lead, child, 1) != 0) {
-                        kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                    if (arm_kill(timer, deadline, &lead, 1) != 0) {
+                        kill_command(child, &lead, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL, 0);
                     }
                 }
@@ -1674,11 +1744,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             (void)ignored_read;
             if (!killed && deadline > 0) {
                 /* Processes that left the group since the last count: held, and the lead for them. */
-                count_for_lead(&lead, child);
-                if (arm_kill(timer, deadline, &lead, child, 0) != 0) {
-                    kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
-                                 REDLOCK_WATCH_DEADLINE_KILL, 0);
-                }
+                begin_count(&lead);
             }
         }
         if (control >= 0 && (watched[3].revents != 0 || watched[1].revents != 0)) {
@@ -1691,8 +1757,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                     continue;
                 }
                 if (take_deadline(&message, &deadline, &ordered)) {
-                    if (!killed && arm_kill(timer, deadline, &lead, child, 1) != 0) {
-                        kill_command(child, &lead.held, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                    if (!killed && arm_kill(timer, deadline, &lead, 1) != 0) {
+                        kill_command(child, &lead, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
                                      REDLOCK_WATCH_DEADLINE_KILL, 0);
                     }
                 } else if (message.kind == REDLOCK_WATCH_SIGNAL && message.argument > 0 && message.argument < NSIG) {
@@ -1704,7 +1770,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 close(control);
                 control = -1;
                 if (!killed) {
-                    kill_command(child, &lead.held, &killed, "redlock watchdog: redlock went away while the command ran; killed the command\n",
+                    kill_command(child, &lead, &killed, "redlock watchdog: redlock went away while the command ran; killed the command\n",
                                  REDLOCK_WATCH_ORPHAN_KILL, 0);
                 }
             }
@@ -1717,19 +1783,28 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 /* At the instant redlock set for its own kill, or with the command stopped by job
                    control: redlock reports why. */
                 if (stopped_by != 0 && !ordered) {
-                    kill_command(child, &lead.held, &killed, NULL, REDLOCK_WATCH_STOPPED_KILL, stopped_by);
+                    kill_command(child, &lead, &killed, NULL, REDLOCK_WATCH_STOPPED_KILL, stopped_by);
                 } else if (!ordered && lead.lead_ns > 0) {
                     char line[256];
                     snprintf(line, sizeof line,
                              "redlock watchdog: no renewal from redlock with the lease's deadline %lld ms away, about what killing the "
                              "command's processes outside its process group takes; killed the command\n",
                              (long long)((deadline - redlock_boottime_ns()) / 1000000));
-                    kill_command(child, &lead.held, &killed, line, REDLOCK_WATCH_DEADLINE_KILL, 0);
+                    kill_command(child, &lead, &killed, line, REDLOCK_WATCH_DEADLINE_KILL, 0);
                 } else {
-                    kill_command(child, &lead.held, &killed,
+                    kill_command(child, &lead, &killed,
                                  ordered ? NULL : "redlock watchdog: the lease's deadline passed without a renewal from redlock; killed the command\n",
                                  REDLOCK_WATCH_DEADLINE_KILL, 0);
                 }
+            }
+        }
+        /* A step of the count under way, at most 2 ms: the timers and the renewals are looked at
+           between two steps. Complete, it sets the lead, and the kill's timer moves with it. */
+        if (lead.count.running && !killed && census_step(&lead.count, child, 2000000)) {
+            finish_count(&lead);
+            if (deadline > 0 && arm_kill(timer, deadline, &lead, 0) != 0) {
+                kill_command(child, &lead, &killed, "redlock watchdog: could not arm the deadline timer; killed the command\n",
+                             REDLOCK_WATCH_DEADLINE_KILL, 0);
             }
         }
     }
