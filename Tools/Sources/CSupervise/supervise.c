@@ -668,10 +668,10 @@ static void check_pidfds(void) {
     }
 }
 
-/* Descriptors (pidfds) of the command's processes outside its process group, from the latest
-   count (census_walk): a kill signals each through its descriptor at once, before its walk
-   looks for the rest. A descriptor names its process for good (never one that took its pid
-   later), so one that ended meanwhile gets nothing. */
+/* Descriptors (pidfds) of the command's processes outside its process group, from a count (a
+   census: the latest complete one, and the one under way): a kill signals each through its
+   descriptor at once, before its walk looks for the rest. A descriptor names its process for
+   good (never one that took its pid later), so one that ended meanwhile gets nothing. */
 typedef struct held_processes {
     int *fds;
     size_t count;
@@ -731,8 +731,11 @@ static int still_there(int descriptor) {
    A process counts, and its children are read, only while its parent is still the one whose
    children file listed it; with descriptors (pidfds), one opened before that check must still
    reach the process after its children were read (else its pid may have gone to another
-   process, whose children were read: they are dropped). Each process outside the group is
-   kept by that descriptor in `held` (when its limit allows). */
+   process, whose children were read: they are dropped). A process that has exited (a zombie
+   not yet reaped) is not counted. Each process outside the group is kept by that descriptor in
+   `held`, up to its limit, which it shares with `older` (the set of the count before, while this
+   one is under way: it gives up one of its descriptors for each this one needs beyond the room
+   left, so that every count holds as many as the room allows). */
 typedef struct census {
     int running;
     pid_array work;    /* the processes found, in the order found: children after their parents */
@@ -743,6 +746,7 @@ typedef struct census {
     int64_t took_ns;   /* the time its steps took */
     int failed;        /* /proc could not be read, or memory ran out: the counts cover what was read */
     held_processes held;
+    held_processes *older; /* or NULL */
 } census;
 
 /* Frees what a count holds but its descriptors (`held`, taken by finish_count or released by
@@ -755,12 +759,14 @@ static void census_end(census *count) {
     count->running = 0;
 }
 
-/* Starts a count of the processes below `root`, its descriptors held up to `hold_limit`. */
-static void census_begin(census *count, long root, size_t hold_limit) {
+/* Starts a count of the processes below `root`, its descriptors held up to `hold_limit`, less
+   what `older` (or NULL) still holds. */
+static void census_begin(census *count, long root, size_t hold_limit, held_processes *older) {
     int64_t began = redlock_boottime_ns();
     census_end(count);
     held_release(&count->held);
     count->held.limit = hold_limit;
+    count->older = older;
     count->running = 1;
     count->next = 0;
     count->walked = 0;
@@ -789,8 +795,10 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
         int fd = open_process(pid);
         long parent;
         long process_group;
+        long threads;
         char state;
-        if (read_parent(pid, &parent, &state, &process_group, NULL, NULL) != 0 || parent != count->parents.items[i]) {
+        if (read_parent(pid, &parent, &state, &process_group, &threads, NULL) != 0 || parent != count->parents.items[i] ||
+            exited(state, threads)) {
             if (fd >= 0) {
                 close(fd);
             }
@@ -810,6 +818,10 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
         count->walked++;
         if (process_group != group) {
             count->detached++;
+            held_processes *older = count->older;
+            if (fd >= 0 && older != NULL && older->count > 0 && count->held.count + older->count >= count->held.limit) {
+                close(older->fds[--older->count]);
+            }
             if (fd >= 0 && held_append(&count->held, fd) == 0) {
                 fd = -1;
             }
@@ -825,7 +837,7 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
 int redlock_census_tree(pid_t root, pid_t group, long *walked, long *detached, int64_t *took_ns) {
     check_pidfds();
     census count = {0};
-    census_begin(&count, root, 0);
+    census_begin(&count, root, 0, NULL);
     (void)census_step(&count, group, INT64_MAX);
     *walked = count.walked;
     *detached = count.detached;
@@ -1266,7 +1278,7 @@ static int arm(int timer, int64_t deadline_ns) {
    signalled one process at a time, which with hundreds of them takes longer than the safety
    margin between the deadline and the lease's end. So the watchdog counts the tree (a census)
    when a deadline comes and on a timer of its own, at most every `every_ns` (200 ms, or ten
-   times what the last count took: a tenth of a core at most), in steps of at most 2 ms between
+   times what the last count took: a tenth of a core at most), in steps of about 2 ms between
    which it reads renewals and heeds its timers, holds a descriptor of each process outside the
    group, and signals those first when it kills, a call each (those of the count under way too).
    With any there, the kill starts earlier by four times the count's time per process, for each
@@ -1318,8 +1330,7 @@ static void begin_count(kill_lead *lead) {
         return;
     }
     check_pidfds();
-    size_t room = lead->hold_limit > lead->held.count ? lead->hold_limit - lead->held.count : 0;
-    census_begin(&lead->count, getpid(), room);
+    census_begin(&lead->count, getpid(), lead->hold_limit, &lead->held);
 }
 
 /* Takes a complete count: its descriptors replace the held ones, and the lead is what it asks
@@ -1380,6 +1391,27 @@ static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, int arrived
     }
     int64_t start = deadline_ns - lead->lead_ns;
     return arm(timer, start > 0 ? start : 1);
+}
+
+/* Reaps the orphans reparented here (the watchdog is a child subreaper) that have exited: a
+   long command whose helpers fork and leave (a double fork, `(job &)` in a shell) left a zombie
+   here for each of them, every one holding a pid until the command ended. The command itself
+   is only looked at (WNOWAIT), left to the caller's waitpid. */
+static void reap_orphans(pid_t command) {
+    for (;;) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0 || info.si_pid == command) {
+            return;
+        }
+        int status;
+        pid_t reaped;
+        while ((reaped = waitpid(info.si_pid, &status, WNOHANG)) < 0 && errno == EINTR) {
+        }
+        if (reaped <= 0) {
+            return;
+        }
+    }
 }
 
 /* Reads from the supervisor's pipe (non-blocking) until `*message` is whole: 1 when it is, 0
@@ -1688,6 +1720,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             struct signalfd_siginfo info;
             while (read(child_events, &info, sizeof info) > 0) {
             }
+            reap_orphans(child);
             int status;
             pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED | WCONTINUED);
             if (reaped == child && WIFSTOPPED(status)) {
@@ -1798,8 +1831,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                 }
             }
         }
-        /* A step of the count under way, at most 2 ms: the timers and the renewals are looked at
-           between two steps. Complete, it sets the lead, and the kill's timer moves with it. */
+        /* A step of the count under way, about 2 ms (it ends with the first process looked at
+           once 2 ms have passed): the timers and the renewals are looked at between two steps.
+           Complete, it sets the lead, and the kill's timer moves with it. */
         if (lead.count.running && !killed && census_step(&lead.count, child, 2000000)) {
             finish_count(&lead);
             if (deadline > 0 && arm_kill(timer, deadline, &lead, 0) != 0) {

@@ -333,6 +333,63 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("with more processes outside the command's group than the watchdog has descriptors for, every count holds as many as the room allows, never more (before: a count held only what the one before it left free until it ended, so every other count held next to none)")
+    func heldDescriptorsFillTheRoom() async throws {
+        let probe = try builtExecutable("redlock-kill-probe").path
+        try await withRedisServers(1) { servers throws in
+            // 256 descriptors at most: the watchdog holds up to 192 (it keeps 64 back), plus the one
+            // of the process its count looks at; 200 stampers.
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "held-room", "--ttl", "4s", "--",
+                                      probe, "stampers", "200", temporaryFile("slots"), "50"],
+                                     launcher: ["/usr/bin/prlimit", "--nofile=256:256"], killAfter: .seconds(60))
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            let watchdog = try #require(children(of: run.process.processIdentifier).first)
+            let filled = await eventually(within: .seconds(10)) { Self.pidfds(of: watchdog) >= 150 }
+            // A count every 200 ms or so (ten times what one takes, at least 200 ms): 3 s of
+            // samples span a dozen of them.
+            var samples: [Int] = []
+            let until = ContinuousClock.now + .seconds(3)
+            while filled, ContinuousClock.now < until {
+                samples.append(Self.pidfds(of: watchdog))
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(kill(run.process.processIdentifier, SIGTERM) == 0)
+            let (_, _, stderr) = await run.finish()
+            #expect(filled && !run.timedOut, "stderr: \(stderr)")
+            #expect(samples.allSatisfy { (150...193).contains($0) }, "pidfds held: \(samples.min() ?? 0)...\(samples.max() ?? 0) in \(samples.count) samples")
+        }
+    }
+
+    /// How many pidfds process `pid` holds.
+    private static func pidfds(of pid: Int32) -> Int {
+        let directory = "/proc/\(pid)/fd"
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == "anon_inode:[pidfd]" }.count
+    }
+
+    @Test("what the command's helpers leave when they fork and exit (orphans reparented to the watchdog, a child subreaper) is reaped while the command runs (before: a zombie each, holding its pid until the command ended)")
+    func orphansAreReaped() async throws {
+        try await withRedisServers(1) { servers throws in
+            let release = temporaryFile("release")
+            // 50 orphans, each a `sleep 0.01` whose subshell exited at once; then the command
+            // waits to be told to end.
+            let script = "i=0; while [ $i -lt 50 ]; do (sleep 0.01 &); i=$((i+1)); done; echo spawned; "
+                + "while [ ! -e \(release) ]; do sleep 0.05; done"
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "orphans", "--", "sh", "-c", script],
+                                     killAfter: .seconds(60))
+            #expect(await run.waitForLine(containing: "spawned") != nil)
+            let watchdog = try #require(children(of: run.process.processIdentifier).first)
+            // Below the watchdog, once the orphans ended: the command alone (a zombie is a child
+            // too, until it is reaped).
+            let reaped = await eventually(within: .seconds(10)) { children(of: watchdog).count == 1 }
+            let left = children(of: watchdog).count
+            #expect(FileManager.default.createFile(atPath: release, contents: nil))
+            let (status, _, stderr) = await run.finish()
+            #expect(reaped, "\(left - 1) processes left below the watchdog 10 s after the command's helpers exited")
+            #expect(status == 0, "stderr: \(stderr)")
+        }
+    }
+
     /// The CLOCK_BOOTTIME stamps `redlock-kill-probe stampers` wrote into `path`, one per process.
     private static func stamps(in path: String) -> [Int64] {
         guard let data = FileManager.default.contents(atPath: path) else { return [] }
