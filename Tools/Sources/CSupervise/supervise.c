@@ -673,17 +673,32 @@ static void check_pidfds(void) {
    descriptor at once, before its walk looks for the rest. A descriptor names its process for
    good (never one that took its pid later), so one that ended meanwhile gets nothing. */
 typedef struct held_processes {
-    int *fds;
+    int *fds;     /* fds[first..<count] are held, in the order the count found them */
+    size_t first; /* those before it were given up (held_give_up_first) */
     size_t count;
     size_t capacity;
     size_t limit; /* the most it holds (room left under the descriptor limit) */
 } held_processes;
 
+/* How many descriptors `held` holds. */
+static size_t held_live(const held_processes *held) {
+    return held->count - held->first;
+}
+
 static void held_release(held_processes *held) {
-    for (size_t i = 0; i < held->count; i++) {
+    for (size_t i = held->first; i < held->count; i++) {
         close(held->fds[i]);
     }
+    held->first = 0;
     held->count = 0;
+}
+
+/* Closes the first descriptor `held` holds: of the processes a count found first, which the
+   count after it, walking the tree in the same order, holds again before the others. */
+static void held_give_up_first(held_processes *held) {
+    if (held->first < held->count) {
+        close(held->fds[held->first++]);
+    }
 }
 
 static int held_append(held_processes *held, int fd) {
@@ -735,7 +750,8 @@ static int still_there(int descriptor) {
    not yet reaped) is not counted. Each process outside the group is kept by that descriptor in
    `held`, up to its limit, which it shares with `older` (the set of the count before, while this
    one is under way: it gives up one of its descriptors for each this one needs beyond the room
-   left, so that every count holds as many as the room allows). */
+   left, the first it holds, of a process this one most likely holds already; so every count
+   holds as many as the room allows, and the two together about as many distinct processes). */
 typedef struct census {
     int running;
     pid_array work;    /* the processes found, in the order found: children after their parents */
@@ -819,8 +835,8 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
         if (process_group != group) {
             count->detached++;
             held_processes *older = count->older;
-            if (fd >= 0 && older != NULL && older->count > 0 && count->held.count + older->count >= count->held.limit) {
-                close(older->fds[--older->count]);
+            if (fd >= 0 && older != NULL && held_live(older) > 0 && count->held.count + held_live(older) >= count->held.limit) {
+                held_give_up_first(older);
             }
             if (fd >= 0 && held_append(&count->held, fd) == 0) {
                 fd = -1;
@@ -1307,7 +1323,7 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
     kill(-group, SIGKILL);
     /* What left the group at the latest count, and in the count under way: a call each, before
        the walk finds the rest. */
-    for (size_t i = 0; i < lead->held.count; i++) {
+    for (size_t i = lead->held.first; i < lead->held.count; i++) {
         kill_held(lead->held.fds[i]);
     }
     for (size_t i = 0; i < lead->count.held.count; i++) {
@@ -1396,22 +1412,26 @@ static int arm_kill(int timer, int64_t deadline_ns, kill_lead *lead, int arrived
 /* Reaps the orphans reparented here (the watchdog is a child subreaper) that have exited: a
    long command whose helpers fork and leave (a double fork, `(job &)` in a shell) left a zombie
    here for each of them, every one holding a pid until the command ended. The command itself
-   is only looked at (WNOWAIT), left to the caller's waitpid. */
-static void reap_orphans(pid_t command) {
-    for (;;) {
+   is only looked at (WNOWAIT), left to the caller's waitpid. At most 64 at a time, so that a
+   command making orphans faster than they are reaped cannot keep the watchdog from its timers:
+   1 when it stopped there (more may be waiting: the caller comes back without waiting for a
+   SIGCHLD, which came for them already), else 0. */
+static int reap_orphans(pid_t command) {
+    for (int reaped_here = 0; reaped_here < 64; reaped_here++) {
         siginfo_t info;
         memset(&info, 0, sizeof info);
         if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0 || info.si_pid == command) {
-            return;
+            return 0;
         }
         int status;
         pid_t reaped;
         while ((reaped = waitpid(info.si_pid, &status, WNOHANG)) < 0 && errno == EINTR) {
         }
         if (reaped <= 0) {
-            return;
+            return 0;
         }
     }
+    return 1;
 }
 
 /* Reads from the supervisor's pipe (non-blocking) until `*message` is whole: 1 when it is, 0
@@ -1679,6 +1699,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
        renewal that came meanwhile. */
     int stopped_by = 0;
     int64_t held_deadline = 0;
+    /* reap_orphans stopped at its cap: more may be waiting. */
+    int orphans_left = 0;
     kill_lead lead = {0};
     /* Room for the descriptors the kill holds (kill_lead): the soft limit raised toward the
        hard one (at most 2^20) here, after the command started with the limits it was given; 64
@@ -1707,8 +1729,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             {.fd = count_timer, .events = POLLIN},
             {.fd = control, .events = POLLIN},
         };
-        /* With a count under way, a look at what came between two of its steps. */
-        int ready = poll(watched, control >= 0 ? 4 : 3, lead.count.running && !killed ? 0 : -1);
+        /* With a count under way, or orphans left to reap, a look at what came in between. */
+        int ready = poll(watched, control >= 0 ? 4 : 3, (lead.count.running && !killed) || orphans_left ? 0 : -1);
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
@@ -1716,11 +1738,14 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             redlock_kill_descendants(child);
             fail("poll");
         }
+        if (orphans_left && watched[0].revents == 0) {
+            orphans_left = reap_orphans(child);
+        }
         if (watched[0].revents != 0) {
             struct signalfd_siginfo info;
             while (read(child_events, &info, sizeof info) > 0) {
             }
-            reap_orphans(child);
+            orphans_left = reap_orphans(child);
             int status;
             pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED | WCONTINUED);
             if (reaped == child && WIFSTOPPED(status)) {
@@ -1832,8 +1857,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             }
         }
         /* A step of the count under way, about 2 ms (it ends with the first process looked at
-           once 2 ms have passed): the timers and the renewals are looked at between two steps.
-           Complete, it sets the lead, and the kill's timer moves with it. */
+           once 2 ms have passed; one process's children files, one per thread, are read in one
+           step: about 100 ms for one of 15,000 threads): the timers and the renewals are looked
+           at between two steps. Complete, it sets the lead, and the kill's timer moves with it. */
         if (lead.count.running && !killed && census_step(&lead.count, child, 2000000)) {
             finish_count(&lead);
             if (deadline > 0 && arm_kill(timer, deadline, &lead, 0) != 0) {

@@ -333,7 +333,7 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
-    @Test("with more processes outside the command's group than the watchdog has descriptors for, every count holds as many as the room allows, never more (before: a count held only what the one before it left free until it ended, so every other count held next to none)")
+    @Test("with more processes outside the command's group than the watchdog has descriptors for, every count holds as many as the room allows, never more, and as many distinct processes (before: a count held only what the one before it left free until it ended, so every other count held next to none; then, with the old set giving up its last descriptors, about half as many distinct processes midway through a count)")
     func heldDescriptorsFillTheRoom() async throws {
         let probe = try builtExecutable("redlock-kill-probe").path
         try await withRedisServers(1) { servers throws in
@@ -344,27 +344,42 @@ final class RunSupervisionTests: Sendable {
                                      launcher: ["/usr/bin/prlimit", "--nofile=256:256"], killAfter: .seconds(60))
             #expect(await run.waitForLine(containing: "ready") != nil)
             let watchdog = try #require(children(of: run.process.processIdentifier).first)
-            let filled = await eventually(within: .seconds(10)) { Self.pidfds(of: watchdog) >= 150 }
+            let filled = await eventually(within: .seconds(10)) { Self.heldProcesses(by: watchdog).descriptors >= 150 }
             // A count every 200 ms or so (ten times what one takes, at least 200 ms): 3 s of
             // samples span a dozen of them.
-            var samples: [Int] = []
+            var samples: [(descriptors: Int, processes: Int)] = []
             let until = ContinuousClock.now + .seconds(3)
             while filled, ContinuousClock.now < until {
-                samples.append(Self.pidfds(of: watchdog))
-                try await Task.sleep(for: .milliseconds(10))
+                samples.append(Self.heldProcesses(by: watchdog))
+                try await Task.sleep(for: .milliseconds(5))
             }
             #expect(kill(run.process.processIdentifier, SIGTERM) == 0)
             let (_, _, stderr) = await run.finish()
             #expect(filled && !run.timedOut, "stderr: \(stderr)")
-            #expect(samples.allSatisfy { (150...193).contains($0) }, "pidfds held: \(samples.min() ?? 0)...\(samples.max() ?? 0) in \(samples.count) samples")
+            let descriptors = samples.map(\.descriptors)
+            let processes = samples.map(\.processes)
+            #expect(descriptors.allSatisfy { (150...193).contains($0) },
+                    "pidfds held: \(descriptors.min() ?? 0)...\(descriptors.max() ?? 0) in \(samples.count) samples")
+            #expect(processes.allSatisfy { $0 >= 150 },
+                    "distinct processes held: \(processes.min() ?? 0)...\(processes.max() ?? 0) in \(samples.count) samples")
         }
     }
 
-    /// How many pidfds process `pid` holds.
-    private static func pidfds(of pid: Int32) -> Int {
+    /// How many pidfds process `pid` holds, and of how many distinct processes (the `Pid:` line of
+    /// each one's fdinfo).
+    private static func heldProcesses(by pid: Int32) -> (descriptors: Int, processes: Int) {
         let directory = "/proc/\(pid)/fd"
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == "anon_inode:[pidfd]" }.count
+        var descriptors = 0
+        var processes: Set<Substring> = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            guard (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(entry)")) == "anon_inode:[pidfd]",
+                  let info = try? String(contentsOfFile: "/proc/\(pid)/fdinfo/\(entry)", encoding: .utf8) else { continue }
+            descriptors += 1
+            if let line = info.split(separator: "\n").first(where: { $0.hasPrefix("Pid:") }) {
+                processes.insert(line.dropFirst(4).drop { $0 == " " || $0 == "\t" })
+            }
+        }
+        return (descriptors, processes.count)
     }
 
     @Test("what the command's helpers leave when they fork and exit (orphans reparented to the watchdog, a child subreaper) is reaped while the command runs (before: a zombie each, holding its pid until the command ended)")
