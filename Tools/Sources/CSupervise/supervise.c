@@ -763,6 +763,7 @@ typedef struct census {
     int failed;        /* /proc could not be read, or memory ran out: the counts cover what was read */
     held_processes held;
     held_processes *older; /* or NULL */
+    int64_t pause_ns;      /* for the suite: a sleep after each process looked at (0: none) */
 } census;
 
 /* Frees what a count holds but its descriptors (`held`, taken by finish_count or released by
@@ -844,6 +845,11 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
         }
         if (fd >= 0) {
             close(fd);
+        }
+        if (count->pause_ns > 0) {
+            struct timespec pause = {.tv_sec = (time_t)(count->pause_ns / 1000000000), .tv_nsec = (long)(count->pause_ns % 1000000000)};
+            while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+            }
         }
     }
     count->took_ns += redlock_boottime_ns() - began;
@@ -1357,7 +1363,6 @@ static void finish_count(kill_lead *lead) {
     held_processes taken = lead->held;
     lead->held = count->held;
     count->held = taken;
-    count->held.limit = 0;
     long walked = count->walked;
     long detached = count->detached;
     int64_t took = count->took_ns;
@@ -1702,6 +1707,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     /* reap_orphans stopped at its cap: more may be waiting. */
     int orphans_left = 0;
     kill_lead lead = {0};
+    /* For the suite: each process the watchdog's count looks at takes this much longer, as on a
+       machine so loaded that a count of a thousand processes takes seconds. */
+    lead.count.pause_ns = (int64_t)redlock_test_delay_ms("REDLOCK_RUN_TEST_CENSUS_DELAY_MS") * 1000000;
     /* Room for the descriptors the kill holds (kill_lead): the soft limit raised toward the
        hard one (at most 2^20) here, after the command started with the limits it was given; 64
        kept for the rest. */
@@ -1738,14 +1746,15 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             redlock_kill_descendants(child);
             fail("poll");
         }
-        if (orphans_left && watched[0].revents == 0) {
-            orphans_left = reap_orphans(child);
-        }
         if (watched[0].revents != 0) {
             struct signalfd_siginfo info;
             while (read(child_events, &info, sizeof info) > 0) {
             }
+        }
+        if (watched[0].revents != 0 || orphans_left) {
             orphans_left = reap_orphans(child);
+        }
+        if (watched[0].revents != 0) {
             int status;
             pid_t reaped = waitpid(child, &status, WNOHANG | WUNTRACED | WCONTINUED);
             if (reaped == child && WIFSTOPPED(status)) {

@@ -333,6 +333,36 @@ final class RunSupervisionTests: Sendable {
         }
     }
 
+    @Test("a count of the command's processes under way never holds the kill back: with each process counted taking 50 ms (a count of 150 takes 7.5 s, as on a machine loaded enough) and redlock stopped midway through one, the watchdog kills at the deadline, and no process runs past the lease's validity (before: the count ran to its end first, seconds past it)")
+    func countNeverHoldsTheKillBack() async throws {
+        let probe = try builtExecutable("redlock-kill-probe").path
+        try await withRedisServers(1) { servers throws in
+            let slots = temporaryFile("slots")
+            let run = try CommandRun(["run", "--nodes", nodeList(servers), "--name", "slow-count", "--ttl", "4s", "--verbose", "--",
+                                      probe, "stampers", "150", slots, "20"],
+                                     environment: ["REDLOCK_RUN_TEST_CENSUS_DELAY_MS": "50"], killAfter: .seconds(60))
+            #expect(await run.waitForLine(containing: "ready") != nil)
+            let watchdog = try #require(children(of: run.process.processIdentifier).first)
+            // A count of all of them under way, far from its end: it holds each detached process
+            // it has looked at, one every 50 ms, and has more than the lease's 4 s still to go.
+            let midway = await eventually(within: .seconds(30)) { (5...60).contains(Self.heldProcesses(by: watchdog).descriptors) }
+            #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
+            let seen = await run.waitForErrorLine(containing: "killed the command") ?? ""
+            let stopped = await eventually(within: .seconds(15)) {
+                let stamps = Self.stamps(in: slots)
+                return !stamps.isEmpty && (stamps.max() ?? 0) < redlock_boottime_ns() - 300_000_000
+            }
+            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
+            let (status, _, stderr) = await run.finish()
+            #expect(midway, "no count of the stampers was seen under way")
+            #expect(stopped, "the command's processes were not killed")
+            #expect(status == 124 && !run.timedOut, "stderr: \(seen + stderr)")
+            let validUntil = try #require(lastValidUntil(in: seen + stderr), "stderr: \(seen + stderr)")
+            let late = Self.stamps(in: slots).filter { $0 > validUntil }
+            #expect(late.isEmpty, "\(late.count) processes ran past the lease's validity, the last \(Double((late.max() ?? validUntil) - validUntil) / 1e6) ms; stderr: \(seen + stderr)")
+        }
+    }
+
     @Test("with more processes outside the command's group than the watchdog has descriptors for, every count holds as many as the room allows, never more, and as many distinct processes (before: a count held only what the one before it left free until it ended, so every other count held next to none; then, with the old set giving up its last descriptors, about half as many distinct processes midway through a count)")
     func heldDescriptorsFillTheRoom() async throws {
         let probe = try builtExecutable("redlock-kill-probe").path
