@@ -305,18 +305,8 @@ final class RunSupervisionTests: Sendable {
             for _ in 0..<3 { seen += await run.waitForErrorLine(containing: "valid_until_boottime_ns=") ?? "" }
             let stoppedAt = redlock_boottime_ns()
             #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
-            // The watchdog kills them without redlock and says so (its own line, once its signals
-            // are sent; bounded by killAfter): a pause of the stamps alone proves nothing on a
-            // loaded machine, where a thousand stampers that need most of a core wait their turn
-            // (once all of them for 300 ms, with redlock stopped and continued at once). Then their
-            // stamps stop.
-            seen += await run.waitForErrorLine(containing: "killed the command") ?? ""
-            let stopped = await eventually(within: .seconds(15)) {
-                let stamps = Self.stamps(in: slots)
-                return !stamps.isEmpty && (stamps.max() ?? 0) < redlock_boottime_ns() - 300_000_000
-            }
-            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
-            let (status, _, stderr) = await run.finish()
+            // The watchdog kills them without redlock.
+            let (stopped, status, stderr) = await Self.killedWhileStopped(run, stampsIn: slots)
             #expect(stopped, "the command's processes were not killed")
             #expect(status == 124 && !run.timedOut, "stderr: \(stderr)")
             let validUntil = try #require(lastValidUntil(in: seen + stderr), "stderr: \(seen + stderr)")
@@ -347,19 +337,13 @@ final class RunSupervisionTests: Sendable {
             // it has looked at, one every 50 ms, and has more than the lease's 4 s still to go.
             let midway = await eventually(within: .seconds(30)) { (5...60).contains(Self.heldProcesses(by: watchdog).descriptors) }
             #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
-            let seen = await run.waitForErrorLine(containing: "killed the command") ?? ""
-            let stopped = await eventually(within: .seconds(15)) {
-                let stamps = Self.stamps(in: slots)
-                return !stamps.isEmpty && (stamps.max() ?? 0) < redlock_boottime_ns() - 300_000_000
-            }
-            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
-            let (status, _, stderr) = await run.finish()
+            let (stopped, status, stderr) = await Self.killedWhileStopped(run, stampsIn: slots)
             #expect(midway, "no count of the stampers was seen under way")
             #expect(stopped, "the command's processes were not killed")
-            #expect(status == 124 && !run.timedOut, "stderr: \(seen + stderr)")
-            let validUntil = try #require(lastValidUntil(in: seen + stderr), "stderr: \(seen + stderr)")
+            #expect(status == 124 && !run.timedOut, "stderr: \(stderr)")
+            let validUntil = try #require(lastValidUntil(in: stderr), "stderr: \(stderr)")
             let late = Self.stamps(in: slots).filter { $0 > validUntil }
-            #expect(late.isEmpty, "\(late.count) processes ran past the lease's validity, the last \(Double((late.max() ?? validUntil) - validUntil) / 1e6) ms; stderr: \(seen + stderr)")
+            #expect(late.isEmpty, "\(late.count) processes ran past the lease's validity, the last \(Double((late.max() ?? validUntil) - validUntil) / 1e6) ms; stderr: \(stderr)")
         }
     }
 
@@ -433,6 +417,24 @@ final class RunSupervisionTests: Sendable {
             #expect(reaped, "\(left - 1) processes left below the watchdog 10 s after the command's helpers exited")
             #expect(status == 0, "stderr: \(stderr)")
         }
+    }
+
+    /// With redlock stopped (SIGSTOP) and its command's stampers writing into `slots`: waits for
+    /// the watchdog's kill (its own line, once its signals are sent; bounded by the run's
+    /// killAfter) — a pause of the stamps alone proves nothing on a loaded machine, where a
+    /// thousand stampers that need most of a core wait their turn (once all of them for 300 ms,
+    /// with redlock stopped and continued at once) — then for the stamps to stop (none for 300 ms,
+    /// within 15 s); continues redlock and waits for its exit. Whether the stamps stopped,
+    /// redlock's status, and what it printed on stderr from the stop on.
+    private static func killedWhileStopped(_ run: CommandRun, stampsIn slots: String) async -> (stopped: Bool, status: Int32, stderr: String) {
+        let killLine = await run.waitForErrorLine(containing: "killed the command") ?? ""
+        let stopped = await eventually(within: .seconds(15)) {
+            let stamps = stamps(in: slots)
+            return !stamps.isEmpty && (stamps.max() ?? 0) < redlock_boottime_ns() - 300_000_000
+        }
+        #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
+        let (status, _, stderr) = await run.finish()
+        return (stopped, status, killLine + stderr)
     }
 
     /// The CLOCK_BOOTTIME stamps `redlock-kill-probe stampers` wrote into `path`, one per process.
