@@ -315,27 +315,6 @@ static int exited(char state, long threads) {
     return (state == 'Z' || state == 'X') && threads <= 1;
 }
 
-/* SIGKILLs every child of this process (read from /proc), to catch descendants of the command
-   that left its process group (setsid) and were reparented here (a child subreaper). */
-static void kill_children(void) {
-    pid_t self = getpid();
-    DIR *processes = opendir("/proc");
-    if (processes == NULL) {
-        return;
-    }
-    struct dirent *entry;
-    while ((entry = readdir(processes)) != NULL) {
-        char *end;
-        long pid = strtol(entry->d_name, &end, 10);
-        long parent;
-        char state;
-        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL, NULL, NULL) == 0 && parent == self) {
-            kill((pid_t)pid, SIGKILL);
-        }
-    }
-    closedir(processes);
-}
-
 typedef struct {
     long pid;
     long parent;
@@ -1242,28 +1221,69 @@ int redlock_become_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 ? 0 : errno;
 }
 
+/* SIGKILLs every child of this process (read from /proc: every process's /proc/PID/stat, about
+   10 µs each on the host), to catch descendants of the command that left its process group
+   (setsid) and were reparented here (a child subreaper). Returns 1 when it found one, running
+   or ended, that `known` (NULL: none) does not hold as signalled, by pid and start time: one
+   the kill before it had not reached. */
+static int kill_children(const pid_set *known) {
+    pid_t self = getpid();
+    DIR *processes = opendir("/proc");
+    if (processes == NULL) {
+        return 1;
+    }
+    int unknown = 0;
+    struct dirent *entry;
+    while ((entry = readdir(processes)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        long parent;
+        char state;
+        unsigned long long started;
+        if (*end == '\0' && pid > 0 && read_parent(pid, &parent, &state, NULL, NULL, &started) == 0 && parent == self) {
+            kill((pid_t)pid, SIGKILL);
+            /* One that ended since the walk (a zombie here: nothing is reaped meanwhile) may
+               have run after it just as well as one that still runs. */
+            const process_identity *slot = known != NULL ? pid_set_find(known, pid) : NULL;
+            if (slot == NULL || slot->started != started || !slot->signalled) {
+                unknown = 1;
+            }
+        }
+    }
+    closedir(processes);
+    return unknown;
+}
+
 /* SIGKILLs every descendant of this process by the walk (kill_tree_walk), without the scan:
-   the quick first step of a kill whose scan (kill_children) follows. */
-static void kill_descendants_fast(void) {
+   the quick first step of a kill whose scan (kill_children) follows. What it signalled is left
+   in `found` (NULL: freed here; else the caller frees its slots). 1 when the walk went through
+   (children files exist, memory sufficed, every process it found could be read and signalled),
+   else 0. */
+static int kill_descendants_fast(pid_set *found) {
     if (!children_files_exist()) {
-        return;
+        return 0;
     }
     check_pidfds();
-    pid_set found = {0};
+    pid_set walked = {0};
     int refused = 0;
-    kill_tree_walk(getpid(), &found, &refused, 0);
-    free(found.slots);
+    int through = kill_tree_walk(getpid(), &walked, &refused, 0) == 0 && !refused;
+    if (found != NULL) {
+        *found = walked;
+    } else {
+        free(walked.slots);
+    }
+    return through;
 }
 
 void redlock_kill_descendants(pid_t group) {
     if (group > 0) {
         kill(-group, SIGKILL);
     }
-    kill_descendants_fast();
+    kill_descendants_fast(NULL);
     for (;;) {
         /* A scan of /proc per batch of reaped children, not per child: killed together, they
            end together (hundreds of them made a scan each cost seconds). */
-        kill_children();
+        kill_children(NULL);
         int status;
         pid_t reaped;
         while ((reaped = waitpid(-1, &status, WNOHANG)) > 0 || (reaped < 0 && errno == EINTR)) {
@@ -1320,6 +1340,7 @@ typedef struct kill_lead {
     size_t hold_limit;  /* the most descriptors held, by both sets below together */
     held_processes held; /* from the latest complete count */
     census count;        /* the count under way, if `count.running` */
+    int64_t scan_pause_ns; /* for the suite: a sleep between a kill's walk and its scan (0: none) */
 } kill_lead;
 
 /* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
@@ -1338,9 +1359,19 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
     held_release(&lead->held);
     held_release(&lead->count.held);
     census_end(&lead->count);
-    kill_descendants_fast();
-    kill_children();
-    redlock_watch_send(STATUS_FD, kind, argument, redlock_boottime_ns());
+    /* The instant reported: the walk's end, when the scan after it (whose cost grows with the
+       host's processes: 30–150 ms among 8,000) found no child, running or ended, that the walk had
+       not killed; else the scan's end. */
+    pid_set found = {0};
+    int through = kill_descendants_fast(&found);
+    int64_t walked_at = redlock_boottime_ns();
+    if (lead->scan_pause_ns > 0) {
+        struct timespec pause = {.tv_sec = (time_t)(lead->scan_pause_ns / 1000000000), .tv_nsec = (long)(lead->scan_pause_ns % 1000000000)};
+        nanosleep(&pause, NULL);
+    }
+    int unknown = kill_children(through ? &found : NULL);
+    free(found.slots);
+    redlock_watch_send(STATUS_FD, kind, argument, unknown ? redlock_boottime_ns() : walked_at);
     if (why != NULL) {
         say(why);
     }
@@ -1710,6 +1741,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
     /* For the suite: each process the watchdog's count looks at takes this much longer, as on a
        machine so loaded that a count of a thousand processes takes seconds. */
     lead.count.pause_ns = (int64_t)redlock_test_delay_ms("REDLOCK_RUN_TEST_CENSUS_DELAY_MS") * 1000000;
+    lead.scan_pause_ns = (int64_t)redlock_test_delay_ms("REDLOCK_RUN_TEST_SCAN_DELAY_MS") * 1000000;
     /* Room for the descriptors the kill holds (kill_lead): the soft limit raised toward the
        hard one (at most 2^20) here, after the command started with the limits it was given; 64
        kept for the rest. */

@@ -40,7 +40,8 @@ enum {
     /* watchdog -> supervisor */
     REDLOCK_WATCH_STARTED = 3,      /* argument: the command's pid (and process group) */
     REDLOCK_WATCH_EXEC_FAILED = 4,  /* argument: errno of the failed exec */
-    REDLOCK_WATCH_DEADLINE_KILL = 5, /* value: CLOCK_BOOTTIME nanoseconds when the group was killed */
+    REDLOCK_WATCH_DEADLINE_KILL = 5, /* value: CLOCK_BOOTTIME nanoseconds from which the group and what
+                                        left it had all been sent SIGKILL */
     REDLOCK_WATCH_ORPHAN_KILL = 6,   /* the supervisor went away; the group was killed */
     REDLOCK_WATCH_EXITED = 7,        /* argument: the command's wait status; value: CLOCK_BOOTTIME ns when
                                         it and everything it left were gone */
