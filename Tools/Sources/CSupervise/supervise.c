@@ -1359,9 +1359,15 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
     held_release(&lead->held);
     held_release(&lead->count.held);
     census_end(&lead->count);
-    /* The instant reported: the walk's end, when the scan after it (whose cost grows with the
-       host's processes: 30–150 ms among 8,000) found no child, running or ended, that the walk had
-       not killed; else the scan's end. */
+    /* The instant reported: the walk's end, when nothing escaped it. The watchdog is the root
+       of the tree and reaps nothing meanwhile, so a process that escaped the walk (a sibling
+       made with CLONE_PARENT, after the walk had read their parent's children, by one it
+       killed later; a child of a subreaper below) is still there, running or a zombie, to be
+       found: among the watchdog's own children by the scan, or by a second walk once every
+       process the first one killed has exited in full (and handed its children up to the
+       watchdog). Else the end of those checks. Both come after the kill: the scan's cost grows
+       with the host's processes (30-150 ms among 8,000), the exits' with the CPU the killed
+       get. */
     pid_set found = {0};
     int through = kill_descendants_fast(&found);
     int64_t walked_at = redlock_boottime_ns();
@@ -1369,9 +1375,17 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
         struct timespec pause = {.tv_sec = (time_t)(lead->scan_pause_ns / 1000000000), .tv_nsec = (long)(lead->scan_pause_ns % 1000000000)};
         nanosleep(&pause, NULL);
     }
-    int unknown = kill_children(through ? &found : NULL);
+    if (kill_children(through ? &found : NULL)) {
+        through = 0;
+    }
+    if (through) {
+        size_t before = found.changes;
+        int refused = 0;
+        through = wait_exited(&found, 1000000000) && kill_tree_walk(getpid(), &found, &refused, 1) == 0 && !refused &&
+                  found.changes == before;
+    }
     free(found.slots);
-    redlock_watch_send(STATUS_FD, kind, argument, unknown ? redlock_boottime_ns() : walked_at);
+    redlock_watch_send(STATUS_FD, kind, argument, through ? walked_at : redlock_boottime_ns());
     if (why != NULL) {
         say(why);
     }
