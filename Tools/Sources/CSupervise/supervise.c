@@ -1367,7 +1367,10 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
        process the first one killed has exited in full (and handed its children up to the
        watchdog). Else the end of those checks. Both come after the kill: the scan's cost grows
        with the host's processes (30-150 ms among 8,000), the exits' with the CPU the killed
-       get. */
+       get. One way past them remains: an escaped process that ends on its own before they look
+       and is reaped by the kernel at once (its parent ignores SIGCHLD or set SA_NOCLDWAIT), a
+       race of a few milliseconds on top of the CLONE_PARENT one. redlock's own kill takes its
+       instant after its last look instead, which such a process cannot outlive. */
     pid_set found = {0};
     int through = kill_descendants_fast(&found);
     int64_t walked_at = redlock_boottime_ns();
