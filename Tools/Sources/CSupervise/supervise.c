@@ -1315,6 +1315,33 @@ static int arm(int timer, int64_t deadline_ns) {
     return timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
 }
 
+int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
+    /* A process that escaped the walk (a sibling made with CLONE_PARENT, after the walk had
+       read their parent's children, by one it killed later; a child of a subreaper below)
+       stays below, running or a zombie, since nothing is reaped meanwhile. Both checks come
+       after the kill: the scan's cost grows with the host's processes (30-150 ms among 8,000),
+       the exits' with the CPU the killed get. */
+    pid_set found = {0};
+    int through = kill_descendants_fast(&found);
+    int64_t walked_at = redlock_boottime_ns();
+    if (scan_pause_ns > 0) {
+        struct timespec pause = {.tv_sec = (time_t)(scan_pause_ns / 1000000000), .tv_nsec = (long)(scan_pause_ns % 1000000000)};
+        nanosleep(&pause, NULL);
+    }
+    if (kill_children(through ? &found : NULL)) {
+        through = 0;
+    }
+    if (through) {
+        size_t before = found.changes;
+        int refused = 0;
+        through = wait_exited(&found, 1000000000) && kill_tree_walk(getpid(), &found, &refused, 1) == 0 && !refused &&
+                  found.changes == before;
+    }
+    free(found.slots);
+    *killed_at_ns = through ? walked_at : redlock_boottime_ns();
+    return through ? 0 : 1;
+}
+
 /* How long before a deadline the watchdog's kill starts. A kill of the command's process group
    takes one call, but what left the group (setsid, setpgid) is found by a walk of the tree and
    signalled one process at a time, which with hundreds of them takes longer than the safety
@@ -1359,36 +1386,11 @@ static void kill_command(pid_t group, kill_lead *lead, int *killed, const char *
     held_release(&lead->held);
     held_release(&lead->count.held);
     census_end(&lead->count);
-    /* The instant reported: the walk's end, when nothing escaped it. The watchdog is the root
-       of the tree and reaps nothing meanwhile, so a process that escaped the walk (a sibling
-       made with CLONE_PARENT, after the walk had read their parent's children, by one it
-       killed later; a child of a subreaper below) is still there, running or a zombie, to be
-       found: among the watchdog's own children by the scan, or by a second walk once every
-       process the first one killed has exited in full (and handed its children up to the
-       watchdog). Else the end of those checks. Both come after the kill: the scan's cost grows
-       with the host's processes (30-150 ms among 8,000), the exits' with the CPU the killed
-       get. One way past them remains: an escaped process that ends on its own before they look
-       and is reaped by the kernel at once (its parent ignores SIGCHLD or set SA_NOCLDWAIT), a
-       race of a few milliseconds on top of the CLONE_PARENT one. redlock's own kill takes its
-       instant after its last look instead, which such a process cannot outlive. */
-    pid_set found = {0};
-    int through = kill_descendants_fast(&found);
-    int64_t walked_at = redlock_boottime_ns();
-    if (lead->scan_pause_ns > 0) {
-        struct timespec pause = {.tv_sec = (time_t)(lead->scan_pause_ns / 1000000000), .tv_nsec = (long)(lead->scan_pause_ns % 1000000000)};
-        nanosleep(&pause, NULL);
-    }
-    if (kill_children(through ? &found : NULL)) {
-        through = 0;
-    }
-    if (through) {
-        size_t before = found.changes;
-        int refused = 0;
-        through = wait_exited(&found, 1000000000) && kill_tree_walk(getpid(), &found, &refused, 1) == 0 && !refused &&
-                  found.changes == before;
-    }
-    free(found.slots);
-    redlock_watch_send(STATUS_FD, kind, argument, through ? walked_at : redlock_boottime_ns());
+    /* The rest, by a walk of the tree, checked; its instant is the walk's end when nothing
+       escaped it. */
+    int64_t killed_at = 0;
+    redlock_kill_own_tree(&killed_at, lead->scan_pause_ns);
+    redlock_watch_send(STATUS_FD, kind, argument, killed_at);
     if (why != NULL) {
         say(why);
     }

@@ -6,15 +6,17 @@
  * run as init of a pid namespace of their own (`unshare --pid --fork --kill-child --mount-proc`,
  * as root), whose end takes every process they made with it.
  *
- *   redlock-kill-probe late-children [ROUNDS [reaping|plain]]
+ *   redlock-kill-probe late-children [ROUNDS [reaping|plain|own]]
  *       The kill instant is never reported early. This process (a child subreaper, the root;
  *       with `reaping`, reaping every child in a thread meanwhile, as a running watchdog does;
- *       with `plain`, C makes no children, so the walk misses nothing and its instant counts)
+ *       with `plain`, C makes no children, so the walk misses nothing and its instant counts;
+ *       with `own`, it kills as the watchdog does, redlock_kill_own_tree, reaping nothing)
  *       has a child X whose exit is slow (it holds 512 MiB) and that has 100 sleeping children
  *       and then C. C forks every 150 µs with CLONE_PARENT: its children are X's, made after the
  *       kill read X's list, each running 0.3-3.3 ms and then exiting on its own. Every process
  *       that runs writes CLOCK_BOOTTIME into a shared slot of its own, every 30 µs. Then
- *       redlock_kill_tree(this process), and 150 ms later one line per round:
+ *       redlock_kill_tree(this process) (or redlock_kill_own_tree: RC 0 when it reported the
+ *       walk's instant, 1 the checks'), and 150 ms later one line per round:
  *           round=R rc=RC killed_at_ns=K call_ns=D instant_before_return_ns=B late=L latest_after_ns=A
  *       L counts the processes whose last stamp is later than the reported instant K (any is an
  *       early report, or a survivor); A is by how much the latest stamp is later (0 if none); B
@@ -300,7 +302,7 @@ static void *reap_everything(void *unused) {
     return NULL;
 }
 
-static int late_children(int rounds, int reaping) {
+static int late_children(int rounds, int reaping, int own) {
     stamp_count = read_pid_max();
     stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE,
                   MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -332,7 +334,7 @@ static int late_children(int rounds, int reaping) {
         sleep_ns(20000000);
         int64_t killed_at = 0;
         int64_t began = redlock_boottime_ns();
-        int rc = redlock_kill_tree(getpid(), &killed_at);
+        int rc = own ? redlock_kill_own_tree(&killed_at, 0) : redlock_kill_tree(getpid(), &killed_at);
         int64_t ended = redlock_boottime_ns();
         sleep_ns(150000000);
         long late = 0;
@@ -1256,7 +1258,7 @@ int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "late-children") == 0 && argc <= 4) {
         int rounds = argc >= 3 ? atoi(argv[2]) : 5;
         plain_tree = argc == 4 && strcmp(argv[3], "plain") == 0;
-        return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0);
+        return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0, argc == 4 && strcmp(argv[3], "own") == 0);
     }
     if (argc == 2 && strcmp(argv[1], "pid-reuse") == 0) {
         return strangers(0);
@@ -1296,6 +1298,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "census") == 0 && atoi(argv[2]) > 0 && (strcmp(argv[3], "detached") == 0 || strcmp(argv[3], "grouped") == 0)) {
         return census(atoi(argv[2]), strcmp(argv[3], "detached") == 0);
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
     return 2;
 }
