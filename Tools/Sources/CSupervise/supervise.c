@@ -450,6 +450,7 @@ typedef struct {
     long pid;
     unsigned long long started;
     int signalled;
+    int exited; /* seen exited in full since it was signalled (settle) */
 } process_identity;
 
 /* A set of processes by pid, each with its start time: open addressing with linear probing,
@@ -1157,26 +1158,67 @@ static int fully_exited(process_identity process) {
     return started != process.started || exited(state, threads);
 }
 
-/* Waits until every process `found` marks signalled has exited in full (each SIGKILLed: at
-   most a few ms unless one is in uninterruptible sleep), checking about every 100 µs; 1 when
-   they all did within `limit_ns`, else 0. */
-static int wait_exited(const pid_set *found, int64_t limit_ns) {
+/* Waits until every process `found` marks signalled has exited in full (each SIGKILLed: a few
+   ms, unless it is in uninterruptible sleep or has much memory to give back), at most
+   `limit_ns`, killing on the way what they and `root` gain meanwhile. In passes about every
+   100 µs, the children of each one that has not exited yet are read again (a child one of them
+   made its own with CLONE_PARENT after the walk read its list; an orphan handed to one that is
+   a subreaper: each runs until its parent has exited, which takes up to hundreds of ms for one
+   with gigabytes, unless found here), and `root`'s (what one that exited handed up); each new
+   one is killed as the walk does (kill_found, strict: a pid taken by another process since is
+   told by its start time). 1 when they all exited and a last pass found nothing new; 0 when the
+   limit passed first, a list could not be read, or memory ran out. */
+static int settle(long root, pid_set *found, int *refused, int64_t limit_ns) {
     int64_t give_up = redlock_boottime_ns() + limit_ns;
-    size_t next = 0; /* the slots before it are known to have exited (or not to wait for) */
+    pid_array pending = {0};
+    pid_array work = {0};
+    int result = 0;
     for (;;) {
-        while (next < found->capacity &&
-               (found->slots[next].pid == 0 || !found->slots[next].signalled || fully_exited(found->slots[next]))) {
-            next++;
+        size_t before = found->changes;
+        pending.count = 0;
+        int failed = 0;
+        for (size_t i = 0; i < found->capacity && !failed; i++) {
+            process_identity *slot = &found->slots[i];
+            if (slot->pid != 0 && slot->signalled && !slot->exited) {
+                if (fully_exited(*slot)) {
+                    slot->exited = 1;
+                } else {
+                    failed = pid_array_append(&pending, slot->pid) != 0;
+                }
+            }
         }
-        if (next == found->capacity) {
-            return 1;
+        work.count = 0;
+        for (size_t i = 0; i < pending.count && !failed; i++) {
+            size_t read_from = work.count;
+            if (read_children(pending.items[i], &work) != 0) {
+                work.count = read_from;
+                failed = 1; /* could not be read: the kill cannot vouch for its children */
+            }
+        }
+        /* `work` grows at its end while it is read: children of the killed come after them. A
+           pid known already is skipped without a look at its start time (not strict): a child
+           of a process that has not exited keeps its pid until that process, killed, could
+           reap it, which it cannot. That keeps a pass short (well under a millisecond for a
+           few hundred processes), shorter than a chain of CLONE_PARENT forks takes to grow. */
+        for (size_t i = 0; i < work.count && !failed; i++) {
+            failed = kill_found(root, work.items[i], found, &work, refused, 0) != 0;
+        }
+        if (failed || kill_tree_walk(root, found, refused, 1) != 0) {
+            break;
+        }
+        if (pending.count == 0 && found->changes == before) {
+            result = 1;
+            break;
         }
         if (redlock_boottime_ns() > give_up) {
-            return 0;
+            break;
         }
         struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
         nanosleep(&pause, NULL);
     }
+    free(pending.items);
+    free(work.items);
+    return result;
 }
 
 int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
@@ -1193,8 +1235,7 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
        escaped and ended before it, reaped by then, ran before it. */
     if (walked) {
         size_t before = found.changes;
-        walked = wait_exited(&found, 1000000000) && kill_tree_walk(root, &found, &refused, 1) == 0 &&
-                 found.changes == before;
+        walked = settle(root, &found, &refused, 1000000000) && found.changes == before;
         walked_at = redlock_boottime_ns();
     }
     /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
@@ -1317,13 +1358,20 @@ static int arm(int timer, int64_t deadline_ns) {
 
 int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
     /* A process that escaped the walk (a sibling made with CLONE_PARENT, after the walk had
-       read their parent's children, by one it killed later; a child of a subreaper below)
-       stays below, running or a zombie, since nothing is reaped meanwhile. Both checks come
-       after the kill: the scan's cost grows with the host's processes (30-150 ms among 8,000),
-       the exits' with the CPU the killed get. */
+       read their parent's children, by one it killed later; an orphan handed to a subreaper
+       below) stays below, running or a zombie, since nothing is reaped meanwhile: settle kills
+       it while it waits for the exits, before the scan, whose cost grows with the host's
+       processes (30-150 ms among 8,000). */
     pid_set found = {0};
     int through = kill_descendants_fast(&found);
     int64_t walked_at = redlock_boottime_ns();
+    int settled = 0;
+    if (children_files_exist()) {
+        size_t before = found.changes;
+        int refused = 0;
+        settled = settle(getpid(), &found, &refused, 1000000000) && !refused;
+        through = through && settled && found.changes == before;
+    }
     if (scan_pause_ns > 0) {
         struct timespec pause = {.tv_sec = (time_t)(scan_pause_ns / 1000000000), .tv_nsec = (long)(scan_pause_ns % 1000000000)};
         nanosleep(&pause, NULL);
@@ -1331,13 +1379,11 @@ int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
     if (kill_children(through ? &found : NULL)) {
         through = 0;
     }
-    if (through) {
-        size_t before = found.changes;
-        int refused = 0;
-        through = wait_exited(&found, 1000000000) && kill_tree_walk(getpid(), &found, &refused, 1) == 0 && !refused &&
-                  found.changes == before;
-    }
     free(found.slots);
+    if (!settled) {
+        *killed_at_ns = INT64_MAX;
+        return -1;
+    }
     *killed_at_ns = through ? walked_at : redlock_boottime_ns();
     return through ? 0 : 1;
 }

@@ -91,6 +91,19 @@
  *       sleeping children, each in a session of its own or in this process's group; one line:
  *           walked=W detached=D census_ns=C kill_ns=K rc=R/R
  *
+ *   redlock-kill-probe escaping-chain own|tree
+ *       What escapes the walk is killed while the kill waits for the exits, not when its parent
+ *       has exited. This process (a child subreaper, the root, reaping nothing) has a child X
+ *       (1 GiB of its own: its exit takes tens of ms; 100 sleeping children), whose child P
+ *       starts a chain of X's children: each link, made with CLONE_PARENT by the one before it
+ *       1 ms after that one's start, stamps CLOCK_BOOTTIME every 100 µs and exits after 100 ms.
+ *       20 ms after the chain began, redlock_kill_own_tree (own) or redlock_kill_tree(this
+ *       process) (tree); meanwhile a thread notes when X is a zombie. 300 ms later one line:
+ *           rc=RC call_ns=D x_exited_after_ns=E last_stamp_after_ns=L stamps_after_x=N
+ *       E and L are after the call's start (L < 0: none after it); N counts the links whose
+ *       last stamp is later than X's exit (links that outlived their parent's exit: any is one
+ *       the kill found only once X had handed it up).
+ *
  *   redlock-kill-probe stampers COUNT FILE EVERY_MS
  *       A command for `redlock run`: COUNT children, each in a session of its own, each writing
  *       CLOCK_BOOTTIME into its 8-byte slot of FILE every EVERY_MS ms; prints "ready" once all
@@ -646,6 +659,130 @@ static int proc_status(pid_t pid, char *state, long *threads, unsigned long long
     }
     fclose(file);
     return result;
+}
+
+/* ---- escaping-chain ---- */
+
+/* A link of the chain: stamps every 100 µs; 1 ms after its start makes the next link, a child
+   of its own parent (CLONE_PARENT); exits after 100 ms. */
+static _Noreturn void chain_link(void) {
+    int64_t born = redlock_boottime_ns();
+    int spawned = 0;
+    for (;;) {
+        stamp();
+        int64_t now = redlock_boottime_ns();
+        if (!spawned && now - born >= 1000000) {
+            spawned = 1;
+            if (syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0) == 0) {
+                chain_link();
+            }
+        }
+        if (now - born > 100000000) {
+            _exit(0);
+        }
+        sleep_ns(100000);
+    }
+}
+
+/* X of the chain: 1 GiB, 100 sleepers, then P, which starts the chain among X's children and
+   says so; X reaps the links that end, as a parent does. */
+static _Noreturn void chain_parent(void) {
+    hold_memory(1024);
+    for (int i = 0; i < 100; i++) {
+        sleeper();
+    }
+    pid_t p = checked_fork();
+    if (p == 0) {
+        close(ready_pipe[0]);
+        if (syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0) == 0) {
+            chain_link();
+        }
+        char ready = 1;
+        write_all(ready_pipe[1], &ready, sizeof ready);
+        for (;;) {
+            pause();
+        }
+    }
+    close(ready_pipe[1]);
+    for (;;) {
+        if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD) {
+            pause();
+        }
+    }
+}
+
+static pid_t watched_parent;
+static int64_t watched_parent_exited_at;
+
+/* Notes (watched_parent_exited_at) when watched_parent is a zombie or gone, looking every 100 µs. */
+static void *watch_parent_exit(void *unused) {
+    (void)unused;
+    for (;;) {
+        char state;
+        long threads;
+        unsigned long long started;
+        if (proc_status(watched_parent, &state, &threads, &started) != 0 || ((state == 'Z' || state == 'X') && threads <= 1)) {
+            __atomic_store_n(&watched_parent_exited_at, redlock_boottime_ns(), __ATOMIC_SEQ_CST);
+            return NULL;
+        }
+        sleep_ns(100000);
+    }
+}
+
+static int escaping_chain(int own) {
+    stamp_count = read_pid_max();
+    stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (stamps == MAP_FAILED) {
+        fail("mmap");
+    }
+    become_subreaper();
+    if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t x = checked_fork();
+    if (x == 0) {
+        chain_parent();
+    }
+    close(ready_pipe[1]);
+    char ready;
+    if (read_all(ready_pipe[0], &ready, sizeof ready) != 0) {
+        fprintf(stderr, "redlock-kill-probe: the chain did not start\n");
+        _exit(1);
+    }
+    close(ready_pipe[0]);
+    sleep_ns(20000000);
+    watched_parent = x;
+    pthread_t watcher;
+    if (pthread_create(&watcher, NULL, watch_parent_exit, NULL) != 0) {
+        fail("pthread_create");
+    }
+    int64_t killed_at = 0;
+    int64_t began = redlock_boottime_ns();
+    int rc = own ? redlock_kill_own_tree(&killed_at, 0) : redlock_kill_tree(getpid(), &killed_at);
+    int64_t ended = redlock_boottime_ns();
+    sleep_ns(300000000);
+    pthread_join(watcher, NULL);
+    int64_t x_exited = __atomic_load_n(&watched_parent_exited_at, __ATOMIC_SEQ_CST);
+    int64_t latest = 0;
+    long after_x = 0;
+    for (long pid = 1; pid < stamp_count; pid++) {
+        int64_t last = __atomic_load_n(&stamps[pid], __ATOMIC_RELAXED);
+        if (last > latest) {
+            latest = last;
+        }
+        if (last > x_exited) {
+            after_x++;
+        }
+    }
+    printf("rc=%d call_ns=%lld x_exited_after_ns=%lld last_stamp_after_ns=%lld stamps_after_x=%ld\n", rc, (long long)(ended - began),
+           (long long)(x_exited - began), (long long)(latest - began), after_x);
+    fflush(stdout);
+    if (rc != 0 && redlock_kill_tree_by_scan(getpid()) != 0) {
+        fprintf(stderr, "redlock-kill-probe: the tree could not be killed\n");
+    }
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
+    }
+    return 0;
 }
 
 /* Whether `pid` runs: exists, and is no zombie (a zombie leader with a thread still running
@@ -1260,6 +1397,9 @@ int main(int argc, char **argv) {
         plain_tree = argc == 4 && strcmp(argv[3], "plain") == 0;
         return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0, argc == 4 && strcmp(argv[3], "own") == 0);
     }
+    if (argc == 3 && strcmp(argv[1], "escaping-chain") == 0 && (strcmp(argv[2], "own") == 0 || strcmp(argv[2], "tree") == 0)) {
+        return escaping_chain(strcmp(argv[2], "own") == 0);
+    }
     if (argc == 2 && strcmp(argv[1], "pid-reuse") == 0) {
         return strangers(0);
     }
@@ -1298,6 +1438,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "census") == 0 && atoi(argv[2]) > 0 && (strcmp(argv[3], "detached") == 0 || strcmp(argv[3], "grouped") == 0)) {
         return census(atoi(argv[2]), strcmp(argv[3], "detached") == 0);
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | escaping-chain own|tree | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
     return 2;
 }

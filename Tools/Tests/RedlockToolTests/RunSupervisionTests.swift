@@ -638,6 +638,24 @@ final class RunSupervisionTests: Sendable {
         print("late-children, \(killer): calls took \(rounds.map { String(format: "%.1f", Double($0["call_ns"] ?? 0) / 1e6) }.joined(separator: ", ")) ms; the walk's instant in \(fromWalk) of \(rounds.count) rounds")
     }
 
+    @Test(
+        "what escapes the kill's walk (a chain of CLONE_PARENT children of a killed parent whose 1 GiB takes tens of ms to give back) is killed while the kill waits for the exits, not once that parent has handed it up: no link stamps after the parent's exit (the watchdog's kill and redlock's own; 3 runs each)",
+        arguments: ["own", "tree"]
+    )
+    func escapedChainKilledBeforeParentExits(killer: String) async throws {
+        for _ in 1...3 {
+            let (status, output) = try await runProbe(["escaping-chain", killer])
+            #expect(status == 0, "\(output)")
+            let line = try #require(
+                probeLines(output, keys: ["rc", "call_ns", "x_exited_after_ns", "last_stamp_after_ns", "stamps_after_x"]).first, "\(output)"
+            )
+            // redlock_kill_own_tree returns 1 when it reports the checks' end (something escaped).
+            #expect(line["rc"] == 0 || (killer == "own" && line["rc"] == 1), "\(output)")
+            #expect(line["stamps_after_x"] == 0, "\(line["stamps_after_x"] ?? 0) links ran after their parent had exited: \(output)")
+            print("escaping-chain \(killer): \(output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+
     @Test("the kill at the deadline reports the walk's instant when nothing escapes the walk, and nothing below the root runs after it (10 rounds of the same tree without the late children)")
     func killInstantFromTheWalk() async throws {
         let (status, output) = try await runProbe(["late-children", "10", "plain"])

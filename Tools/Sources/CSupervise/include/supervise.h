@@ -128,18 +128,22 @@ int redlock_census_tree(pid_t root, pid_t group, long *walked, long *detached, i
 int redlock_kill_tree_by_scan(pid_t root);
 
 /* The watchdog's kill of every descendant of the calling process, a child subreaper that reaps
-   nothing while this runs: the walk of redlock_kill_tree, then a scan of /proc for the caller's
-   own children (what a dying process handed to it), then, once every process the walk killed
-   has exited in full (at most 1 s), a second walk. Sets *killed_at_ns to the CLOCK_BOOTTIME
-   instant from which none of them ran: the first walk's end when neither check found one it
-   had missed, running or a zombie (the caller reaps nothing, so one that escaped the walk is
-   still there to be seen), else the end of the checks; returns 0 or 1 accordingly. One way
-   past the checks remains: a process that escaped the walk (a CLONE_PARENT sibling made while
-   it ran) and ended on its own before they looked, reaped by the kernel at once because its
-   parent ignores SIGCHLD or set SA_NOCLDWAIT. redlock_kill_tree, which runs beside a root that
-   may reap, takes its instant after its last look instead. `scan_pause_ns` (0 but in the suite)
-   is slept between the walk and the scan. Blocks: the scan costs about 10 µs per process on the
-   host, the wait what the killed processes take to exit. */
+   nothing while this runs. First the walk of redlock_kill_tree. Then a wait until every process
+   killed has exited in full (at most 1 s), in passes about every 100 µs that read again the
+   children of those that have not and the caller's, and kill what is new: a child made with
+   CLONE_PARENT while the walk ran, or an orphan handed to a subreaper below, would otherwise run
+   until its parent had exited (hundreds of ms for one with gigabytes to give back). Then a scan
+   of /proc for the caller's own children (about 10 µs per process on the host). Sets
+   *killed_at_ns to the CLOCK_BOOTTIME instant from which none of them ran and returns: 0 with
+   the walk's end, when neither the passes nor the scan found one it had missed, running or a
+   zombie (the caller reaps nothing, so one that escaped the walk is still there to be seen);
+   1 with the end of the scan, when they found and killed one; -1 with INT64_MAX (no instant)
+   when the wait did not end within 1 s (one in uninterruptible sleep, or a tree that forks
+   faster than a pass finds its processes) or a list could not be read. One way past the checks
+   remains: a process that escaped the walk and ended on its own before they looked, reaped by
+   the kernel at once because its parent ignores SIGCHLD or set SA_NOCLDWAIT; redlock_kill_tree,
+   which runs beside a root that may reap, takes its instant after its last look instead.
+   `scan_pause_ns` (0 but in the suite) is slept before the scan. Blocks. */
 int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns);
 
 /* Makes the calling process a child subreaper (orphaned descendants are reparented to it).
