@@ -1164,10 +1164,10 @@ static int fully_exited(process_identity process) {
    100 µs, the children of each one that has not exited yet are read again (a child one of them
    made its own with CLONE_PARENT after the walk read its list; an orphan handed to one that is
    a subreaper: each runs until its parent has exited, which takes up to hundreds of ms for one
-   with gigabytes, unless found here), and `root`'s (what one that exited handed up); each new
-   one is killed as the walk does (kill_found, strict: a pid taken by another process since is
-   told by its start time). 1 when they all exited and a last pass found nothing new; 0 when the
-   limit passed first, a list could not be read, or memory ran out. */
+   with gigabytes, unless found here), and `root`'s (what one that exited handed up: that walk
+   is strict, a pid taken by another process since is told by its start time); each new one is
+   killed as the walk does (kill_found). 1 when they all exited and a last pass found nothing
+   new; 0 when the limit passed first, a list could not be read, or memory ran out. */
 static int settle(long root, pid_set *found, int *refused, int64_t limit_ns) {
     int64_t give_up = redlock_boottime_ns() + limit_ns;
     pid_array pending = {0};
@@ -1413,7 +1413,7 @@ typedef struct kill_lead {
     size_t hold_limit;  /* the most descriptors held, by both sets below together */
     held_processes held; /* from the latest complete count */
     census count;        /* the count under way, if `count.running` */
-    int64_t scan_pause_ns; /* for the suite: a sleep between a kill's walk and its scan (0: none) */
+    int64_t scan_pause_ns; /* for the suite: a sleep before a kill's scan of /proc (0: none) */
 } kill_lead;
 
 /* SIGKILLs the command's group and whatever it detached, says why on stderr and on the status
