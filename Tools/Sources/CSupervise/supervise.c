@@ -1158,22 +1158,36 @@ static int fully_exited(process_identity process) {
     return started != process.started || exited(state, threads);
 }
 
+/* CPU time of the calling thread in nanoseconds (0 if it cannot be read). */
+static int64_t thread_cpu_ns(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) != 0) {
+        return 0;
+    }
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
 /* Waits until every process `found` marks signalled has exited in full (each SIGKILLed: a few
    ms, unless it is in uninterruptible sleep or has much memory to give back), at most
    `limit_ns`, killing on the way what they and `root` gain meanwhile. In passes about every
    100 µs, the children of each one that has not exited yet are read again (a child one of them
    made its own with CLONE_PARENT after the walk read its list; an orphan handed to one that is
    a subreaper: each runs until its parent has exited, which takes up to hundreds of ms for one
-   with gigabytes, unless found here), and `root`'s (what one that exited handed up: that walk
-   is strict, a pid taken by another process since is told by its start time); each new one is
-   killed as the walk does (kill_found). 1 when they all exited and a last pass found nothing
-   new; 0 when the limit passed first, a list could not be read, or memory ran out. */
-static int settle(long root, pid_set *found, int *refused, int64_t limit_ns) {
+   with gigabytes, unless found here), and `root`'s (what one that exited handed up: with
+   `root_reaps`, a walk that tells a pid taken by another process since by its start time, one
+   read of /proc/PID/stat per child of `root` a pass; without, `root` reaps nothing meanwhile
+   and a known pid is its known process); each new one is killed as the walk does (kill_found).
+   A pass that took more than 100 µs of CPU is followed by a pause as long (the CPU it takes is
+   at most about half a core: thousands of zombies below `root` make a pass tens of ms). 1 when they
+   all exited and a last pass found nothing new; 0 when the limit passed first, a list could not
+   be read, or memory ran out. */
+static int settle(long root, int root_reaps, pid_set *found, int *refused, int64_t limit_ns) {
     int64_t give_up = redlock_boottime_ns() + limit_ns;
     pid_array pending = {0};
     pid_array work = {0};
     int result = 0;
     for (;;) {
+        int64_t pass_cpu = thread_cpu_ns();
         size_t before = found->changes;
         pending.count = 0;
         int failed = 0;
@@ -1203,17 +1217,22 @@ static int settle(long root, pid_set *found, int *refused, int64_t limit_ns) {
         for (size_t i = 0; i < work.count && !failed; i++) {
             failed = kill_found(root, work.items[i], found, &work, refused, 0) != 0;
         }
-        if (failed || kill_tree_walk(root, found, refused, 1) != 0) {
+        if (failed || kill_tree_walk(root, found, refused, root_reaps) != 0) {
             break;
         }
         if (pending.count == 0 && found->changes == before) {
             result = 1;
             break;
         }
-        if (redlock_boottime_ns() > give_up) {
+        int64_t now = redlock_boottime_ns();
+        if (now > give_up) {
             break;
         }
-        struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
+        /* The pass's CPU time, not its wall time: a pass the scheduler held back is no reason to
+           leave what escaped running longer. */
+        int64_t spent = thread_cpu_ns() - pass_cpu;
+        int64_t pause_ns = spent > 100000 ? spent : 100000;
+        struct timespec pause = {.tv_sec = (time_t)(pause_ns / 1000000000), .tv_nsec = (long)(pause_ns % 1000000000)};
         nanosleep(&pause, NULL);
     }
     free(pending.items);
@@ -1235,7 +1254,7 @@ int redlock_kill_tree(pid_t root, int64_t *killed_at_ns) {
        escaped and ended before it, reaped by then, ran before it. */
     if (walked) {
         size_t before = found.changes;
-        walked = settle(root, &found, &refused, 1000000000) && found.changes == before;
+        walked = settle(root, 1, &found, &refused, 1000000000) && found.changes == before;
         walked_at = redlock_boottime_ns();
     }
     /* The scan of /proc follows: it finds what the walk may have missed (a process handed from
@@ -1298,8 +1317,8 @@ static int kill_children(const pid_set *known) {
 /* SIGKILLs every descendant of this process by the walk (kill_tree_walk), without the scan:
    the quick first step of a kill whose scan (kill_children) follows. What it signalled is left
    in `found` (NULL: freed here; else the caller frees its slots). 1 when the walk went through
-   (children files exist, memory sufficed, every process it found could be read and signalled),
-   else 0. */
+   (children files exist, memory sufficed, every process it found could be read and signalled:
+   one it may not signal, EPERM, runs on), else 0. */
 static int kill_descendants_fast(pid_set *found) {
     if (!children_files_exist()) {
         return 0;
@@ -1361,31 +1380,34 @@ int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
        read their parent's children, by one it killed later; an orphan handed to a subreaper
        below) stays below, running or a zombie, since nothing is reaped meanwhile: settle kills
        it while it waits for the exits, before the scan, whose cost grows with the host's
-       processes (30-150 ms among 8,000). */
+       processes (30-150 ms among 8,000). No instant without a walk that went through: one it
+       could not read or signal may run on. */
     pid_set found = {0};
     int through = kill_descendants_fast(&found);
     int64_t walked_at = redlock_boottime_ns();
-    int settled = 0;
+    int vouched = through;
+    int escaped = 0;
     if (children_files_exist()) {
         size_t before = found.changes;
         int refused = 0;
-        settled = settle(getpid(), &found, &refused, 1000000000) && !refused;
-        through = through && settled && found.changes == before;
+        int settled = settle(getpid(), 0, &found, &refused, 1000000000);
+        vouched = vouched && settled && !refused;
+        escaped = found.changes != before;
     }
     if (scan_pause_ns > 0) {
         struct timespec pause = {.tv_sec = (time_t)(scan_pause_ns / 1000000000), .tv_nsec = (long)(scan_pause_ns % 1000000000)};
         nanosleep(&pause, NULL);
     }
-    if (kill_children(through ? &found : NULL)) {
-        through = 0;
+    if (kill_children(vouched ? &found : NULL)) {
+        escaped = 1;
     }
     free(found.slots);
-    if (!settled) {
+    if (!vouched) {
         *killed_at_ns = INT64_MAX;
         return -1;
     }
-    *killed_at_ns = through ? walked_at : redlock_boottime_ns();
-    return through ? 0 : 1;
+    *killed_at_ns = escaped ? redlock_boottime_ns() : walked_at;
+    return escaped ? 1 : 0;
 }
 
 /* How long before a deadline the watchdog's kill starts. A kill of the command's process group

@@ -38,11 +38,12 @@
  *       pid H reaps to a sleeper of its own. One line:
  *           rc=RC call_ns=D strangers=M took_the_pid=T strangers_killed=K
  *
- *   redlock-kill-probe permission-denied
+ *   redlock-kill-probe permission-denied [own]
  *       One process that may not be signalled does not keep the kill from the others, and
  *       makes it report failure. Must run as root. P has a child kept by root (made before P
  *       drops to uid and gid 65534), which has a child that dropped to 65534 too, and, after
- *       the drop, a child of its own with a child. P calls redlock_kill_tree(P). One line:
+ *       the drop, a child of its own with a child. P calls redlock_kill_tree(P) (with `own`,
+ *       redlock_kill_own_tree: -1, no instant). One line:
  *           rc=RC call_ns=D own_left=N kept_alive=0|1
  *       N counts the descendants P may signal that still run (looked at for up to 2 s after
  *       the call; they should not); kept_alive says whether root's child still runs (it should).
@@ -872,7 +873,7 @@ typedef struct {
     pid_t signalled[3];
 } denied_report;
 
-static int permission_denied(void) {
+static int permission_denied(int own) {
     if (geteuid() != 0) {
         fprintf(stderr, "redlock-kill-probe: permission-denied must run as root\n");
         return 2;
@@ -935,7 +936,8 @@ static int permission_denied(void) {
             fail("read the grandchild's pid");
         }
         int64_t began = redlock_boottime_ns();
-        int rc = redlock_kill_tree(getpid(), NULL);
+        int64_t killed_at = 0;
+        int rc = own ? redlock_kill_own_tree(&killed_at, 0) : redlock_kill_tree(getpid(), NULL);
         denied_report report = {.rc = rc, .call = redlock_boottime_ns() - began, .kept = kept, .signalled = {own, grandchild, kept_child}};
         report_and_wait(from_p, &report, sizeof report);
     }
@@ -1407,8 +1409,8 @@ int main(int argc, char **argv) {
         int fill = argc == 3 ? atoi(argv[2]) : 3000;
         return strangers(fill > 0 ? fill : 3000);
     }
-    if (argc == 2 && strcmp(argv[1], "permission-denied") == 0) {
-        return permission_denied();
+    if ((argc == 2 || (argc == 3 && strcmp(argv[2], "own") == 0)) && strcmp(argv[1], "permission-denied") == 0) {
+        return permission_denied(argc == 3);
     }
     if (argc == 5 && strcmp(argv[1], "confined") == 0 && (strcmp(argv[2], "deny") == 0 || strcmp(argv[2], "deny-others") == 0)) {
         int others = strcmp(argv[2], "deny-others") == 0;
@@ -1438,6 +1440,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "census") == 0 && atoi(argv[2]) > 0 && (strcmp(argv[3], "detached") == 0 || strcmp(argv[3], "grouped") == 0)) {
         return census(atoi(argv[2]), strcmp(argv[3], "detached") == 0);
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | escaping-chain own|tree | pid-reuse | reaped-pids [FILL] | permission-denied | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | escaping-chain own|tree | pid-reuse | reaped-pids [FILL] | permission-denied [own] | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
     return 2;
 }

@@ -130,16 +130,19 @@ int redlock_kill_tree_by_scan(pid_t root);
 /* The watchdog's kill of every descendant of the calling process, a child subreaper that reaps
    nothing while this runs. First the walk of redlock_kill_tree. Then a wait until every process
    killed has exited in full (at most 1 s), in passes about every 100 µs that read again the
-   children of those that have not and the caller's, and kill what is new: a child made with
-   CLONE_PARENT while the walk ran, or an orphan handed to a subreaper below, would otherwise run
-   until its parent had exited (hundreds of ms for one with gigabytes to give back). Then a scan
+   children of those that have not and the caller's, and kill what is new (a pass that took
+   more than 100 µs of CPU is followed by a pause as long): a child made with CLONE_PARENT while the
+   walk ran, or an orphan handed to a subreaper below, would otherwise run until its parent had
+   exited (hundreds of ms for one with gigabytes to give back). Then a scan
    of /proc for the caller's own children (about 10 µs per process on the host). Sets
    *killed_at_ns to the CLOCK_BOOTTIME instant from which none of them ran and returns: 0 with
    the walk's end, when neither the passes nor the scan found one it had missed, running or a
    zombie (the caller reaps nothing, so one that escaped the walk is still there to be seen);
    1 with the end of the scan, when they found and killed one; -1 with INT64_MAX (no instant)
    when the wait did not end within 1 s (one in uninterruptible sleep, or a tree that forks
-   faster than a pass finds its processes) or a list could not be read. One way past the checks
+   faster than a pass finds its processes), a list could not be read, one found could not be
+   signalled (EPERM: it runs on), or the kernel has no children files (the scan alone then
+   kills, and vouches for nothing below a process still exiting). One way past the checks
    remains: a process that escaped the walk and ended on its own before they looked, reaped by
    the kernel at once because its parent ignores SIGCHLD or set SA_NOCLDWAIT; redlock_kill_tree,
    which runs beside a root that may reap, takes its instant after its last look instead.
