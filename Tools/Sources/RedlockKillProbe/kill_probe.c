@@ -316,36 +316,49 @@ static void *reap_everything(void *unused) {
     return NULL;
 }
 
-static int late_children(int rounds, int reaping, int own) {
+/* Maps the stamps (one slot per possible pid, shared with every child made after) and makes
+   this process a child subreaper, the root of the tree to kill. */
+static void become_stamped_root(void) {
     stamp_count = read_pid_max();
-    stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE,
-                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (stamps == MAP_FAILED) {
         fail("mmap");
     }
     become_subreaper();
+}
+
+/* Forks X, which runs `body`, and waits until a process below it writes to ready_pipe, then
+   20 ms more for the children it makes to come and go (end of file: X or that process failed,
+   named `what` on stderr, exit 1). Returns X's pid. */
+static pid_t start_parent(void (*body)(void), const char *what) {
+    if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
+        fail("pipe2");
+    }
+    pid_t x = checked_fork();
+    if (x == 0) {
+        body();
+        _exit(1);
+    }
+    close(ready_pipe[1]);
+    char ready;
+    if (read_all(ready_pipe[0], &ready, sizeof ready) != 0) {
+        fprintf(stderr, "redlock-kill-probe: %s did not start\n", what);
+        _exit(1);
+    }
+    close(ready_pipe[0]);
+    sleep_ns(20000000);
+    return x;
+}
+
+static int late_children(int rounds, int reaping, int own) {
+    become_stamped_root();
     pthread_t thread;
     if (reaping && pthread_create(&thread, NULL, reap_everything, NULL) != 0) {
         fail("pthread_create");
     }
     for (int round = 1; round <= rounds; round++) {
         memset(stamps, 0, (size_t)stamp_count * sizeof *stamps);
-        if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
-            fail("pipe2");
-        }
-        pid_t x = checked_fork();
-        if (x == 0) {
-            slow_parent();
-        }
-        close(ready_pipe[1]);
-        /* Once C forks, 20 ms for its children to come and go (end of file: X or C failed). */
-        char ready;
-        if (read_all(ready_pipe[0], &ready, sizeof ready) != 0) {
-            fprintf(stderr, "redlock-kill-probe: C did not start\n");
-            _exit(1);
-        }
-        close(ready_pipe[0]);
-        sleep_ns(20000000);
+        start_parent(slow_parent, "C");
         int64_t killed_at = 0;
         int64_t began = redlock_boottime_ns();
         int rc = own ? redlock_kill_own_tree(&killed_at, 0) : redlock_kill_tree(getpid(), &killed_at);
@@ -731,28 +744,8 @@ static void *watch_parent_exit(void *unused) {
 }
 
 static int escaping_chain(int own) {
-    stamp_count = read_pid_max();
-    stamps = mmap(NULL, (size_t)stamp_count * sizeof *stamps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (stamps == MAP_FAILED) {
-        fail("mmap");
-    }
-    become_subreaper();
-    if (pipe2(ready_pipe, O_CLOEXEC) != 0) {
-        fail("pipe2");
-    }
-    pid_t x = checked_fork();
-    if (x == 0) {
-        chain_parent();
-    }
-    close(ready_pipe[1]);
-    char ready;
-    if (read_all(ready_pipe[0], &ready, sizeof ready) != 0) {
-        fprintf(stderr, "redlock-kill-probe: the chain did not start\n");
-        _exit(1);
-    }
-    close(ready_pipe[0]);
-    sleep_ns(20000000);
-    watched_parent = x;
+    become_stamped_root();
+    watched_parent = start_parent(chain_parent, "the chain");
     pthread_t watcher;
     if (pthread_create(&watcher, NULL, watch_parent_exit, NULL) != 0) {
         fail("pthread_create");
