@@ -1177,8 +1177,9 @@ static int64_t thread_cpu_ns(void) {
    `root_reaps`, a walk that tells a pid taken by another process since by its start time, one
    read of /proc/PID/stat per child of `root` a pass; without, `root` reaps nothing meanwhile
    and a known pid is its known process); each new one is killed as the walk does (kill_found).
-   A pass that took more than 100 µs of CPU is followed by a pause as long (the CPU it takes is
-   at most about half a core: thousands of zombies below `root` make a pass tens of ms). 1 when they
+   A pass that killed one is followed at once by the next; another, by a pause as long as the
+   pass's CPU time, at least 100 µs (what the passes take is at most about half a core while
+   nothing new turns up: thousands of zombies below `root` make a pass tens of ms). 1 when they
    all exited and a last pass found nothing new; 0 when the limit passed first, a list could not
    be read, or memory ran out. */
 static int settle(long root, int root_reaps, pid_set *found, int *refused, int64_t limit_ns) {
@@ -1228,8 +1229,12 @@ static int settle(long root, int root_reaps, pid_set *found, int *refused, int64
         if (now > give_up) {
             break;
         }
-        /* The pass's CPU time, not its wall time: a pass the scheduler held back is no reason to
-           leave what escaped running longer. */
+        /* A pass that killed one goes again at once: where one escaped, its siblings may be
+           forking. Else a pause of the pass's CPU time, not its wall time (a pass the scheduler
+           held back is no reason to leave what escaped running longer), at least 100 µs. */
+        if (found->changes != before) {
+            continue;
+        }
         int64_t spent = thread_cpu_ns() - pass_cpu;
         int64_t pause_ns = spent > 100000 ? spent : 100000;
         struct timespec pause = {.tv_sec = (time_t)(pause_ns / 1000000000), .tv_nsec = (long)(pause_ns % 1000000000)};

@@ -97,7 +97,7 @@
  *       has exited. This process (a child subreaper, the root, reaping nothing) has a child X
  *       (1 GiB of its own: its exit takes tens of ms; 100 sleeping children), whose child P
  *       starts a chain of X's children: each link, made with CLONE_PARENT by the one before it
- *       1 ms after that one's start, stamps CLOCK_BOOTTIME every 100 µs and exits after 100 ms.
+ *       2 ms after that one's start, stamps CLOCK_BOOTTIME every 100 µs and exits after 100 ms.
  *       20 ms after the chain began, redlock_kill_own_tree (own) or redlock_kill_tree(this
  *       process) (tree); meanwhile a thread notes when X is a zombie. 300 ms later one line:
  *           rc=RC call_ns=D x_exited_after_ns=E last_stamp_after_ns=L stamps_after_x=N
@@ -677,7 +677,7 @@ static int proc_status(pid_t pid, char *state, long *threads, unsigned long long
 
 /* ---- escaping-chain ---- */
 
-/* A link of the chain: stamps every 100 µs; 1 ms after its start makes the next link, a child
+/* A link of the chain: stamps every 100 µs; 2 ms after its start makes the next link, a child
    of its own parent (CLONE_PARENT); exits after 100 ms. */
 static _Noreturn void chain_link(void) {
     int64_t born = redlock_boottime_ns();
@@ -685,7 +685,7 @@ static _Noreturn void chain_link(void) {
     for (;;) {
         stamp();
         int64_t now = redlock_boottime_ns();
-        if (!spawned && now - born >= 1000000) {
+        if (!spawned && now - born >= 2000000) {
             spawned = 1;
             if (syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0) == 0) {
                 chain_link();

@@ -130,8 +130,9 @@ int redlock_kill_tree_by_scan(pid_t root);
 /* The watchdog's kill of every descendant of the calling process, a child subreaper that reaps
    nothing while this runs. First the walk of redlock_kill_tree. Then a wait until every process
    killed has exited in full (at most 1 s), in passes about every 100 µs that read again the
-   children of those that have not and the caller's, and kill what is new (a pass that took
-   more than 100 µs of CPU is followed by a pause as long): a child made with CLONE_PARENT while the
+   children of those that have not and the caller's, and kill what is new (a pass that killed
+   one is followed at once by the next, another by a pause as long as its CPU time, at least
+   100 µs): a child made with CLONE_PARENT while the
    walk ran, or an orphan handed to a subreaper below, would otherwise run until its parent had
    exited (hundreds of ms for one with gigabytes to give back). Then a scan
    of /proc for the caller's own children (about 10 µs per process on the host). Sets
