@@ -35,6 +35,17 @@ int64_t redlock_boottime_ns(void) {
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
+/* Sleeps `ns` nanoseconds (none when ns <= 0), resuming the rest after a signal. Async-signal-safe
+   (nanosleep only), so a forked child may use it before exec. */
+static void sleep_for_ns(int64_t ns) {
+    if (ns <= 0) {
+        return;
+    }
+    struct timespec pause = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+    }
+}
+
 int redlock_sleep_until_boottime(int64_t deadline_ns) {
     if (deadline_ns <= 0) {
         return 0;
@@ -826,11 +837,7 @@ static int census_step(census *count, pid_t group, int64_t budget_ns) {
         if (fd >= 0) {
             close(fd);
         }
-        if (count->pause_ns > 0) {
-            struct timespec pause = {.tv_sec = (time_t)(count->pause_ns / 1000000000), .tv_nsec = (long)(count->pause_ns % 1000000000)};
-            while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
-            }
-        }
+        sleep_for_ns(count->pause_ns);
     }
     count->took_ns += redlock_boottime_ns() - began;
     return 1;
@@ -1237,8 +1244,7 @@ static int settle(long root, int root_reaps, pid_set *found, int *refused, int64
         }
         int64_t spent = thread_cpu_ns() - pass_cpu;
         int64_t pause_ns = spent > 100000 ? spent : 100000;
-        struct timespec pause = {.tv_sec = (time_t)(pause_ns / 1000000000), .tv_nsec = (long)(pause_ns % 1000000000)};
-        nanosleep(&pause, NULL);
+        sleep_for_ns(pause_ns);
     }
     free(pending.items);
     free(work.items);
@@ -1344,7 +1350,16 @@ void redlock_kill_descendants(pid_t group) {
     if (group > 0) {
         kill(-group, SIGKILL);
     }
-    kill_descendants_fast(NULL);
+    /* What escapes the walk (a CLONE_PARENT child of a killed process that is slow to exit) is
+       killed while the killed exit (settle, strict: this process may reap meanwhile), not once
+       its parent has handed it up, which the blocking waits below would wait for. */
+    pid_set found = {0};
+    (void)kill_descendants_fast(&found);
+    if (children_files_exist()) {
+        int refused = 0;
+        (void)settle(getpid(), 1, &found, &refused, 1000000000);
+    }
+    free(found.slots);
     for (;;) {
         /* A scan of /proc per batch of reaped children, not per child: killed together, they
            end together (hundreds of them made a scan each cost seconds). */
@@ -1399,10 +1414,7 @@ int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
         vouched = vouched && settled && !refused;
         escaped = found.changes != before;
     }
-    if (scan_pause_ns > 0) {
-        struct timespec pause = {.tv_sec = (time_t)(scan_pause_ns / 1000000000), .tv_nsec = (long)(scan_pause_ns % 1000000000)};
-        nanosleep(&pause, NULL);
-    }
+    sleep_for_ns(scan_pause_ns);
     if (kill_children(vouched ? &found : NULL)) {
         escaped = 1;
     }
@@ -1757,11 +1769,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
             _exit(127);
         }
         if (take_terminal) {
-            if (terminal_delay_ms > 0) {
-                struct timespec delay = {.tv_sec = terminal_delay_ms / 1000, .tv_nsec = (long)(terminal_delay_ms % 1000) * 1000000L};
-                while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {
-                }
-            }
+            sleep_for_ns((int64_t)terminal_delay_ms * 1000000);
             /* Only while redlock's group still has it: a Ctrl-Z since the watchdog looked stopped
                redlock's job and the shell took the terminal back, and taking it now (which
                succeeds: SIGTTOU is still ignored here, as in the watchdog) would run the command

@@ -92,14 +92,16 @@
  *       sleeping children, each in a session of its own or in this process's group; one line:
  *           walked=W detached=D census_ns=C kill_ns=K rc=R/R
  *
- *   redlock-kill-probe escaping-chain own|tree
+ *   redlock-kill-probe escaping-chain own|tree|descendants
  *       What escapes the walk is killed while the kill waits for the exits, not when its parent
  *       has exited. This process (a child subreaper, the root, reaping nothing) has a child X
  *       (1 GiB of its own: its exit takes tens of ms; 100 sleeping children), whose child P
  *       starts a chain of X's children: each link, made with CLONE_PARENT by the one before it
  *       2 ms after that one's start, stamps CLOCK_BOOTTIME every 100 µs and exits after 100 ms.
- *       20 ms after the chain began, redlock_kill_own_tree (own) or redlock_kill_tree(this
- *       process) (tree); meanwhile a thread notes when X is a zombie. 300 ms later one line:
+ *       20 ms after the chain began, redlock_kill_own_tree (own), redlock_kill_tree(this
+ *       process) (tree) or redlock_kill_descendants(0) (descendants: the kill once the command
+ *       has exited, which reaps as it goes; RC 0); meanwhile a thread notes when X is a zombie
+ *       or gone. 300 ms later one line:
  *           rc=RC call_ns=D x_exited_after_ns=E last_stamp_after_ns=L stamps_after_x=N
  *       E and L are after the call's start (L < 0: none after it); N counts the links whose
  *       last stamp is later than X's exit (links that outlived their parent's exit: any is one
@@ -743,7 +745,7 @@ static void *watch_parent_exit(void *unused) {
     }
 }
 
-static int escaping_chain(int own) {
+static int escaping_chain(char killer) {
     become_stamped_root();
     watched_parent = start_parent(chain_parent, "the chain");
     pthread_t watcher;
@@ -752,7 +754,14 @@ static int escaping_chain(int own) {
     }
     int64_t killed_at = 0;
     int64_t began = redlock_boottime_ns();
-    int rc = own ? redlock_kill_own_tree(&killed_at, 0) : redlock_kill_tree(getpid(), &killed_at);
+    int rc = 0;
+    if (killer == 'o') {
+        rc = redlock_kill_own_tree(&killed_at, 0);
+    } else if (killer == 't') {
+        rc = redlock_kill_tree(getpid(), &killed_at);
+    } else {
+        redlock_kill_descendants(0);
+    }
     int64_t ended = redlock_boottime_ns();
     sleep_ns(300000000);
     pthread_join(watcher, NULL);
@@ -1392,8 +1401,8 @@ int main(int argc, char **argv) {
         plain_tree = argc == 4 && strcmp(argv[3], "plain") == 0;
         return late_children(rounds > 0 ? rounds : 5, argc == 4 && strcmp(argv[3], "reaping") == 0, argc == 4 && strcmp(argv[3], "own") == 0);
     }
-    if (argc == 3 && strcmp(argv[1], "escaping-chain") == 0 && (strcmp(argv[2], "own") == 0 || strcmp(argv[2], "tree") == 0)) {
-        return escaping_chain(strcmp(argv[2], "own") == 0);
+    if (argc == 3 && strcmp(argv[1], "escaping-chain") == 0 && (strcmp(argv[2], "own") == 0 || strcmp(argv[2], "tree") == 0 || strcmp(argv[2], "descendants") == 0)) {
+        return escaping_chain(argv[2][0]);
     }
     if (argc == 2 && strcmp(argv[1], "pid-reuse") == 0) {
         return strangers(0);
@@ -1433,6 +1442,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "census") == 0 && atoi(argv[2]) > 0 && (strcmp(argv[3], "detached") == 0 || strcmp(argv[3], "grouped") == 0)) {
         return census(atoi(argv[2]), strcmp(argv[3], "detached") == 0);
     }
-    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | escaping-chain own|tree | pid-reuse | reaped-pids [FILL] | permission-denied [own] | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
+    fprintf(stderr, "redlock-kill-probe: usage: redlock-kill-probe late-children [ROUNDS [reaping|plain|own]] | escaping-chain own|tree|descendants | pid-reuse | reaped-pids [FILL] | permission-denied [own] | confined deny pidfd_open|pidfd_send_signal ERRNO | confined deny-others pidfd_open ERRNO | confined deny-signals ERRNO | confined descriptors FREE | paused-signal walk|scan | zombie-leader walk|scan [ERRNO] | census COUNT detached|grouped | stampers COUNT FILE EVERY_MS\n");
     return 2;
 }

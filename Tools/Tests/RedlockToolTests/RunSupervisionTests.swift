@@ -639,8 +639,8 @@ final class RunSupervisionTests: Sendable {
     }
 
     @Test(
-        "what escapes the kill's walk (a chain of CLONE_PARENT children of a killed parent whose 1 GiB takes tens of ms to give back) is killed while the kill waits for the exits, not once that parent has handed it up: no link stamps after the parent's exit (the watchdog's kill and redlock's own; 3 runs each)",
-        arguments: ["own", "tree"]
+        "what escapes the kill's walk (a chain of CLONE_PARENT children of a killed parent whose 1 GiB takes tens of ms to give back) is killed while the kill waits for the exits, not once that parent has handed it up: no link stamps after the parent's exit (the watchdog's kill, redlock's own, and the kill of what an exited command left; 3 runs each)",
+        arguments: ["own", "tree", "descendants"]
     )
     func escapedChainKilledBeforeParentExits(killer: String) async throws {
         for _ in 1...3 {
