@@ -83,8 +83,11 @@ _Noreturn void redlock_init_main(const char *path, char *const argv[]);
 int redlock_signal_is_ignored(int signal_number);
 
 /* SIGKILLs process group `group` (if > 0) and every descendant of the calling process (first by
-   the walk of redlock_kill_tree, then by scans of /proc for its children: descendants that were
-   reparented to it as a child subreaper), reaping until none is left. Blocks. */
+   the walk of redlock_kill_tree; then, for at most a second while the killed exit, by re-reads of
+   the children of those still exiting, every 100 µs or so, killing what escaped the walk; then by
+   scans of /proc for its children: descendants that were reparented to it as a child
+   subreaper), reaping until none is left. Blocks until then: a process it may not signal holds
+   it until that process exits. The re-reads take up to about half a core while they last. */
 void redlock_kill_descendants(pid_t group);
 
 /* SIGKILLs every descendant of process `root` (not `root` itself), a child subreaper: what a
