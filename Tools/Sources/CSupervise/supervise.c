@@ -35,13 +35,19 @@ int64_t redlock_boottime_ns(void) {
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
+/* `ns` (>= 0) nanoseconds as a timespec. */
+static struct timespec timespec_of_ns(int64_t ns) {
+    struct timespec value = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    return value;
+}
+
 /* Sleeps `ns` nanoseconds (none when ns <= 0), resuming the rest after a signal. Async-signal-safe
    (nanosleep only), so a forked child may use it before exec. */
 static void sleep_for_ns(int64_t ns) {
     if (ns <= 0) {
         return;
     }
-    struct timespec pause = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    struct timespec pause = timespec_of_ns(ns);
     while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
     }
 }
@@ -50,7 +56,7 @@ int redlock_sleep_until_boottime(int64_t deadline_ns) {
     if (deadline_ns <= 0) {
         return 0;
     }
-    struct timespec until = {.tv_sec = (time_t)(deadline_ns / 1000000000), .tv_nsec = (long)(deadline_ns % 1000000000)};
+    struct timespec until = timespec_of_ns(deadline_ns);
     int result;
     do {
         result = clock_nanosleep(CLOCK_BOOTTIME, TIMER_ABSTIME, &until, NULL);
@@ -1325,25 +1331,28 @@ static int kill_children(const pid_set *known) {
     return unknown;
 }
 
-/* SIGKILLs every descendant of this process by the walk (kill_tree_walk), without the scan:
-   the quick first step of a kill whose scan (kill_children) follows. What it signalled is left
-   in `found` (NULL: freed here; else the caller frees its slots). 1 when the walk went through
-   (children files exist, memory sufficed, every process it found could be read and signalled:
-   one it may not signal, EPERM, runs on), else 0. */
-static int kill_descendants_fast(pid_set *found) {
+/* SIGKILLs every descendant of this process by the walk (kill_tree_walk), then waits for what it
+   killed to exit, killing what escaped the walk meanwhile (settle; not strict: the caller reaps
+   nothing until this returns, so a pid settle knows stays its known process): the first steps
+   of a kill whose scan (kill_children) follows. What it signalled is left in `found` (the caller
+   frees its slots); `*walked_at_ns` is the walk's end, `*escaped` 1 when settle killed one the
+   walk had missed. 1 when the walk went through (children files exist, memory sufficed, every
+   process it found could be read and signalled: one it may not signal, EPERM, runs on) and
+   every process killed exited within the second, else 0. */
+static int kill_own_tree_settled(pid_set *found, int64_t *walked_at_ns, int *escaped) {
+    *walked_at_ns = redlock_boottime_ns();
+    *escaped = 0;
     if (!children_files_exist()) {
         return 0;
     }
     check_pidfds();
-    pid_set walked = {0};
     int refused = 0;
-    int through = kill_tree_walk(getpid(), &walked, &refused, 0) == 0 && !refused;
-    if (found != NULL) {
-        *found = walked;
-    } else {
-        free(walked.slots);
-    }
-    return through;
+    int through = kill_tree_walk(getpid(), found, &refused, 0) == 0;
+    *walked_at_ns = redlock_boottime_ns();
+    size_t before = found->changes;
+    int settled = settle(getpid(), 0, found, &refused, 1000000000);
+    *escaped = found->changes != before;
+    return through && settled && !refused;
 }
 
 void redlock_kill_descendants(pid_t group) {
@@ -1352,18 +1361,16 @@ void redlock_kill_descendants(pid_t group) {
     }
     /* What escapes the walk (a CLONE_PARENT child of a killed process that is slow to exit) is
        killed while the killed exit (settle), not once its parent has handed it up, which the
-       blocking waits below would wait for. Not strict: nothing reaps this process's children
-       before the loop below (the watchdog has one thread; in redlock, no other thread waits
-       for any child), so a pid settle knows stays its known process, and a pass costs no read
-       of each child's start time (thousands of zombies left by the command made the strict
-       passes 150 ms longer). Best effort: when settle stops early (its second, a list it could
-       not read, memory), the scans and waits below still kill and reap everything. */
+       blocking waits below would wait for. Nothing reaps this process's children before the
+       loop below (the watchdog has one thread; in redlock, no other thread waits for any
+       child), so settle need not be strict, and a pass costs no read of each child's start
+       time (thousands of zombies left by the command made strict passes 150 ms longer). Best
+       effort: when settle stops early (its second, a list it could not read, memory), the
+       scans and waits below still kill and reap everything. */
     pid_set found = {0};
-    (void)kill_descendants_fast(&found);
-    if (children_files_exist()) {
-        int refused = 0;
-        (void)settle(getpid(), 0, &found, &refused, 1000000000);
-    }
+    int64_t walked_at;
+    int escaped;
+    (void)kill_own_tree_settled(&found, &walked_at, &escaped);
     free(found.slots);
     for (;;) {
         /* A scan of /proc per batch of reaped children, not per child: killed together, they
@@ -1394,8 +1401,7 @@ static int arm(int timer, int64_t deadline_ns) {
     struct itimerspec when;
     memset(&when, 0, sizeof when);
     if (deadline_ns > 0) {
-        when.it_value.tv_sec = (time_t)(deadline_ns / 1000000000);
-        when.it_value.tv_nsec = (long)(deadline_ns % 1000000000);
+        when.it_value = timespec_of_ns(deadline_ns);
     }
     return timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
 }
@@ -1408,17 +1414,9 @@ int redlock_kill_own_tree(int64_t *killed_at_ns, int64_t scan_pause_ns) {
        processes (30-150 ms among 8,000). No instant without a walk that went through: one it
        could not read or signal may run on. */
     pid_set found = {0};
-    int through = kill_descendants_fast(&found);
-    int64_t walked_at = redlock_boottime_ns();
-    int vouched = through;
-    int escaped = 0;
-    if (children_files_exist()) {
-        size_t before = found.changes;
-        int refused = 0;
-        int settled = settle(getpid(), 0, &found, &refused, 1000000000);
-        vouched = vouched && settled && !refused;
-        escaped = found.changes != before;
-    }
+    int64_t walked_at;
+    int escaped;
+    int vouched = kill_own_tree_settled(&found, &walked_at, &escaped);
     sleep_for_ns(scan_pause_ns);
     if (kill_children(vouched ? &found : NULL)) {
         escaped = 1;
