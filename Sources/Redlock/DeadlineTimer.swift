@@ -10,6 +10,14 @@ protocol Expiring: AnyObject, Sendable {
     var isFinished: Bool { get }
     /// Ends it now, from the timer's thread; must be quick.
     func expire()
+    /// Whether the client's ``RedlockClient/shutdown()`` ends it at once rather than at its
+    /// deadline (``DeadlineTimer/endAtShutdown()``): an acquire's budget, so that its attempt
+    /// is decided on the answers in and its clean-up goes out while the connections are open.
+    var endsAtShutdown: Bool { get }
+}
+
+extension Expiring {
+    var endsAtShutdown: Bool { false }
 }
 
 /// Ends waits whose time is up, on one thread per client: the budget of every fan-out and the
@@ -126,6 +134,8 @@ final class DeadlineTimer: Sendable {
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
         /// Set by ``shutdown()``: every wait held is due now.
         var expireAll = false
+        /// Set by ``endAtShutdown()``: a wait that ends at shutdown is ended as it is scheduled.
+        var endingAtShutdown = false
         /// Whether the thread sleeps (or is about to), and until when; nil: until signalled.
         var sleeping = false
         var wakeAt: Nanoseconds?
@@ -230,6 +240,7 @@ final class DeadlineTimer: Sendable {
     func schedule(_ waiter: any Expiring, at deadline: ContinuousClock.Instant, keptByLoop: Bool = true) {
         let at = nanoseconds(deadline)
         let action = state.withLock { state in
+            if state.endingAtShutdown, waiter.endsAtShutdown { return Action.expireNow }
             state.dropFinishedOnTop()
             state.push(Entry(deadline: at, waiter: waiter))
             return Self.action(after: at, in: &state)
@@ -254,6 +265,7 @@ final class DeadlineTimer: Sendable {
         let (action, deadline) = state.withLock { state in
             // Read under the lock: a lane's deadlines only grow.
             let now = now()
+            if state.endingAtShutdown, waiter.endsAtShutdown { return (Action.expireNow, now) }
             let deadline: Nanoseconds
             if let index = state.lanes.firstIndex(where: { $0.timeout == timeout }) {
                 deadline = state.lanes[index].deadline(from: now)
@@ -274,7 +286,11 @@ final class DeadlineTimer: Sendable {
         perform(action, for: waiter, at: deadline)
     }
 
-    private enum Action { case none, earlier, start }
+    private enum Action {
+        case none, earlier, start
+        /// The client shuts down and the wait ends then (``endAtShutdown()``): ended at once.
+        case expireNow
+    }
 
     /// What the thread needs after a wait with `deadline` was added: `.earlier` when it sleeps
     /// past it (nothing changed yet: the loop may keep the deadline, see ``perform(_:for:at:)``).
@@ -303,6 +319,8 @@ final class DeadlineTimer: Sendable {
                 return
             }
             wake(dueBy: deadline)
+        case .expireNow:
+            waiter.expire()
         case .start:
             startNamedThread("redlock-timer", stackSize: 128 * 1024) { [self] in run() }
         }
@@ -347,6 +365,24 @@ final class DeadlineTimer: Sendable {
     func stop() {
         stopRequested.store(true, ordering: .releasing)
         wakeup.signal()
+    }
+
+    /// For the client's `shutdown()`, before its connections close: ends every wait held that
+    /// ends at shutdown (``Expiring/endsAtShutdown``), and each such wait scheduled from now on
+    /// as it is scheduled. The others keep their deadlines.
+    func endAtShutdown() {
+        let ending: [any Expiring] = state.withLock { state in
+            state.endingAtShutdown = true
+            var ending: [any Expiring] = []
+            for lane in state.lanes {
+                for entry in lane.entries[lane.head...] where !entry.waiter.isFinished && entry.waiter.endsAtShutdown {
+                    ending.append(entry.waiter)
+                }
+            }
+            for entry in state.heap where !entry.waiter.isFinished && entry.waiter.endsAtShutdown { ending.append(entry.waiter) }
+            return ending
+        }
+        for waiter in ending { waiter.expire() }
     }
 
     /// For the client's `shutdown()`, once its connections are closed: every wait still held

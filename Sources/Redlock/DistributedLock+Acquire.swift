@@ -13,7 +13,11 @@ extension DistributedLock {
     }
 
     private nonisolated(nonsending) func acquire(tries: Int, deadline: ContinuousClock.Instant?, span: (any Span)?) async throws(RedlockError) -> Lease {
-        try client.checkOpen(lockName: name)
+        // Counted for shutdown, as an unlock is: a shutdown that begins while this call runs
+        // ends its attempt at once (``DeadlineTimer/endAtShutdown()``) and waits, within its
+        // limit, for the clean-up to go out before the connections close.
+        guard client.scopes.reserveAcquire() else { throw client.shutDownError(lockName: name) }
+        defer { client.scopes.leaveAcquire() }
         let calledAt = ContinuousClock.now
         let made = options.value.next()
         guard !made.isEmpty else { throw .invalid("the value generator returned an empty value", lockName: name) }
@@ -54,8 +58,18 @@ extension DistributedLock {
                 }
             }
         }
-        do {
+        do throws(RedlockError) {
             var lease = try await attempts(tries: tries, deadline: deadline, value: value, window: window, span: span)
+            if client.isShuttingDown {
+                // Decided as the shutdown began, before it could end the attempt: the lease goes
+                // back now, while the connections are open, and the caller gets none (it could
+                // not release it).
+                let call = releaseCall(value: value, announcing: false, replayWindow: window)
+                _ = await release(call, on: client.nodeIndices.filter { lease.mayHoldOn.contains($0) }, returnWhenDecided: false)
+                throw RedlockError(
+                    code: .clientShutDown, lockName: name, message: "the client shut down as lock() acquired; the lease it got was released"
+                )
+            }
             lease.replayWindow = window
             lease.origin = Lease.Origin(client: client.serial, lane: lane)
             if let ticket {
@@ -178,8 +192,14 @@ extension DistributedLock {
                 break
             }
             if Task.isCancelled { throw cancelled("lock") }
-            // A client shut down meanwhile answers nothing more: no retry.
-            try client.checkOpen(lockName: name)
+            // A client shut down meanwhile answers nothing more: no retry. Its shutdown ended
+            // the attempt, whose clean-up went out like a failed one's.
+            if client.isShuttingDown {
+                throw RedlockError(
+                    code: .clientShutDown, lockName: name,
+                    message: "the client shut down during lock(); its attempt was released where nodes had answered, and on the others the release follows it"
+                )
+            }
         }
         if run.made > 1 { run.lastError.message += " (after \(run.made) attempts in \(run.startedAt.duration(to: .now)))" }
         throw run.lastError
@@ -473,7 +493,8 @@ extension DistributedLock {
             clockCheck: options.clockGuard ? clockCheck() : nil,
             replicaWait: replicaWait,
             lateVotes: lineLeave,
-            lane: lane
+            lane: lane,
+            endsAtShutdown: true
         )
     }
 
@@ -623,7 +644,8 @@ extension DistributedLock {
     private func raiseFence(to token: Int64, value: String, on indices: [Int]) async -> [Vote?] {
         let call = RedisScriptCall(Scripts.raiseFence, keys: [name, Scripts.fenceCounterKey], arguments: [value, String(token)])
         return await client.fanOut(
-            call, order: indices, budget: attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait, lane: lane
+            call, order: indices, budget: attemptBudget, returnWhenDecided: options.failFast, replicaWait: replicaWait, lane: lane,
+            endsAtShutdown: true
         )
     }
 }

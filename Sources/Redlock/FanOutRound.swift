@@ -40,11 +40,17 @@ final class FanOutRound: Expiring {
     private let returnWhenDecided: Bool
     /// Given (outside the lock) each vote that comes after the round finished.
     private let lateVotes: (any LateVotes)?
+    /// An acquire's round: the client's shutdown ends it at once (``Expiring/endsAtShutdown``).
+    let endsAtShutdown: Bool
 
     /// A round asking the nodes in `order`; every other node's vote stays nil and counts as refused.
     /// `lateVotes` is given each vote that comes after the round finished.
     /// `sending`: its commands are about to be queued; it decides only after ``sent()``.
-    init(nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (any LateVotes)? = nil, sending: Bool = false) {
+    /// `endsAtShutdown`: see ``Expiring/endsAtShutdown``.
+    init(
+        nodeCount: Int, order: [Int], returnWhenDecided: Bool, lateVotes: (any LateVotes)? = nil, sending: Bool = false,
+        endsAtShutdown: Bool = false
+    ) {
         // Appended rather than `init(repeating:count:)`, whose unspecialized allocation looks
         // up the array's generic metadata on every call.
         var votes: [Vote?] = []
@@ -56,6 +62,7 @@ final class FanOutRound: Expiring {
         state = Mutex(State(votes: votes, tally: tally, unanswered: order.count, sending: sending))
         self.returnWhenDecided = returnWhenDecided
         self.lateVotes = lateVotes
+        self.endsAtShutdown = endsAtShutdown
     }
 
     /// Whether the caller has its votes (or will get them the moment it installs its continuation).

@@ -285,6 +285,8 @@ extension RedlockClient {
     /// that check runs in a task of its own, bounded by its connection's command timeout.
     /// `lateVotes` is given each vote that comes after the votes were complete. `setting`: for
     /// an acquire, the window of its value's releases (see ``PreparedFanOut/setting``).
+    /// `endsAtShutdown`: the client's shutdown completes the votes at once (an acquire's
+    /// rounds: its clean-up must go out before the connections close).
     func prepareFanOut(
         _ command: RedisCommand,
         script: RedisScript? = nil,
@@ -300,10 +302,14 @@ extension RedlockClient {
         clockCheck: ClockCheck? = nil,
         replicaWait: ReplicaWait? = nil,
         lateVotes: (any LateVotes)? = nil,
-        lane: ConnectionLane = .shared
+        lane: ConnectionLane = .shared,
+        endsAtShutdown: Bool = false
     ) -> PreparedFanOut {
         PreparedFanOut(
-            round: FanOutRound(nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes, sending: true),
+            round: FanOutRound(
+                nodeCount: nodes.count, order: order, returnWhenDecided: returnWhenDecided, lateVotes: lateVotes, sending: true,
+                endsAtShutdown: endsAtShutdown
+            ),
             command: command, script: script, runsLateUnlessBehind: runsLateUnlessBehind, untilScriptsRun: untilScriptsRun,
             replayWindow: replayWindow, setting: setting, order: order, budget: budget, classify: classify, confirm: confirm, health: health,
             clockCheck: clockCheck, replicaWait: replicaWait, lane: lane
@@ -338,11 +344,13 @@ extension RedlockClient {
         returnWhenDecided: Bool,
         cancellable: Bool = true,
         replicaWait: ReplicaWait? = nil,
-        lane: ConnectionLane = .shared
+        lane: ConnectionLane = .shared,
+        endsAtShutdown: Bool = false
     ) async -> [Vote?] {
         let prepared = prepareFanOut(
             call.command, script: call.script, runsLateUnlessBehind: call.runsLateUnlessBehind, replayWindow: call.replayWindow,
-            classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane
+            classify: Vote.ofScript, order: order, budget: budget, returnWhenDecided: returnWhenDecided, replicaWait: replicaWait, lane: lane,
+            endsAtShutdown: endsAtShutdown
         )
         send(prepared)
         return await votes(of: prepared, cancellable: cancellable)

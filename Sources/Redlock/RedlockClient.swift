@@ -353,6 +353,13 @@ public final class RedlockClient: Sendable {
     /// the connections close, if the bodies end within ``scopeReleaseWait``; a lease whose
     /// body ends later stays on the nodes until it expires. A `withLock` still acquiring is
     /// waited for the same way: its body does not run, and the lease it gets is released.
+    /// A `lock()` or `tryLock()` under way (a `withLock` still acquiring too) has its attempt
+    /// ended at once: decided on the answers in, what it set is released (where a node has not
+    /// answered, the release follows the attempt on that node's connection), and it throws
+    /// ``RedlockError/Code-swift.struct/clientShutDown``, as does one whose attempt won as the
+    /// shutdown began (that lease is released); shutdown waits for those releases within the
+    /// same limit. In all, with frozen nodes it takes up to about a second (this wait and the
+    /// connections' wait for answers).
     /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins is waited for too
     /// (within the same limit); one that begins later throws
     /// ``RedlockError/Code-swift.struct/clientShutDown``, but in the body of a scope still
@@ -387,6 +394,9 @@ public final class RedlockClient: Sendable {
                 message: "the client shut down while the body ran; the body was cancelled, and its lease released if the body ended within \(Self.scopeReleaseWait)"
             )
         }
+        // Acquires under way end their attempts now, on the answers in (those sent from now on
+        // as they are sent): their clean-up goes out below, while the connections are open.
+        deadlines.endAtShutdown()
         await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait, leaving: ownScopes)
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
@@ -441,9 +451,15 @@ public final class RedlockClient: Sendable {
 
     /// Throws ``RedlockError/Code-swift.struct/clientShutDown`` once ``shutdown()`` has begun.
     func checkOpen(lockName: String) throws(RedlockError) {
-        if isShutDown.load(ordering: .acquiring) {
-            throw RedlockError(code: .clientShutDown, lockName: lockName, message: "the client was shut down; make a new one")
-        }
+        if isShuttingDown { throw shutDownError(lockName: lockName) }
+    }
+
+    /// Whether ``shutdown()`` has begun.
+    var isShuttingDown: Bool { isShutDown.load(ordering: .acquiring) }
+
+    /// The error of a call made once ``shutdown()`` has begun.
+    func shutDownError(lockName: String) -> RedlockError {
+        RedlockError(code: .clientShutDown, lockName: lockName, message: "the client was shut down; make a new one")
     }
 
     /// How many subscriptions of `name`'s release and handoff channels the nodes confirmed

@@ -11,9 +11,9 @@ import Synchronization
 /// it (``DistributedLock/unlock(_:)`` on a copy of the lease, once that release is decided; a
 /// failed acquire with the same value of the caller's own, whose clean-up deletes it) or whose
 /// client shuts down: its body is cancelled then rather than at the next extension or at the
-/// deadline. It also counts the scopes running, those still acquiring included, and the
-/// ``DistributedLock/unlock(_:)`` calls under way, for ``RedlockClient/shutdown()`` to wait for
-/// their releases.
+/// deadline. It also counts the scopes running, those still acquiring included, the
+/// ``DistributedLock/unlock(_:)`` calls under way, and apart from them the `lock()` and
+/// `tryLock()` calls under way, for ``RedlockClient/shutdown()`` to wait for their releases.
 final class ScopeRegistry: Sendable {
     /// A lease's key and value as the nodes see them: their bytes (two canonically equivalent
     /// names are two keys).
@@ -39,12 +39,28 @@ final class ScopeRegistry: Sendable {
         /// Scopes entered and not yet ended: those in ``scopes`` and those releasing their
         /// leases (which left it, so that a successor on the same value can enter).
         var running = 0
+        /// `lock()` and `tryLock()` calls under way (``reserveAcquire()``), waited for with the
+        /// scopes.
+        var acquiring = 0
         /// Set by ``close()``.
         var closed = false
         /// Callers of ``waitUntilEmpty(until:leaving:)``, resumed when no more scopes run than
         /// each leaves out.
         var emptied: [Int: (leaving: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
         var nextWaiter = 0
+
+        /// What ``waitUntilEmpty(until:leaving:)`` waits for: the scopes and acquires under way.
+        var underWay: Int { running + acquiring }
+
+        /// Takes out the waiters of ``waitUntilEmpty(until:leaving:)`` whose wait is over, to
+        /// resume outside the lock.
+        mutating func emptiedWaiters() -> [CheckedContinuation<Void, Never>] {
+            guard !emptied.isEmpty else { return [] }
+            let underWay = underWay
+            let done = emptied.filter { $0.value.leaving >= underWay }
+            for id in done.keys { emptied[id] = nil }
+            return done.values.map(\.continuation)
+        }
     }
 
     private let state = Mutex(State())
@@ -107,6 +123,25 @@ final class ScopeRegistry: Sendable {
     /// How many scopes run (those acquiring, entered or releasing).
     var running: Int { state.withLock { $0.running } }
 
+    /// Counts a `lock()` or `tryLock()` under way, for shutdown to wait for its clean-up;
+    /// false once closed. A true return is matched by one ``leaveAcquire()``.
+    func reserveAcquire() -> Bool {
+        state.withLock { state in
+            guard !state.closed else { return false }
+            state.acquiring += 1
+            return true
+        }
+    }
+
+    /// A `lock()` or `tryLock()` counted by ``reserveAcquire()`` ended.
+    func leaveAcquire() {
+        let waiters = state.withLock { state in
+            state.acquiring -= 1
+            return state.emptiedWaiters()
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
     /// At shutdown: no scope enters any more.
     func close() {
         state.withLock { $0.closed = true }
@@ -132,13 +167,9 @@ final class ScopeRegistry: Sendable {
 
     /// A scope counted as running ended (one that did not enter: a reservation).
     func leave() {
-        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
+        let waiters = state.withLock { state in
             state.running -= 1
-            guard !state.emptied.isEmpty else { return [] }
-            let running = state.running
-            let done = state.emptied.filter { $0.value.leaving >= running }
-            for id in done.keys { state.emptied[id] = nil }
-            return done.values.map(\.continuation)
+            return state.emptiedWaiters()
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -169,7 +200,7 @@ final class ScopeRegistry: Sendable {
     }
 
     /// Returns once no scope runs (its release included) but `leaving` (the caller's own: it
-    /// runs their bodies), or at `deadline`, whichever comes first.
+    /// runs their bodies) and no acquire is under way, or at `deadline`, whichever comes first.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant, leaving: Int = 0) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
@@ -180,7 +211,7 @@ final class ScopeRegistry: Sendable {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                         let resumeNow: Bool = state.withLock { state in
-                            if state.running <= leaving || Task.isCancelled { return true }
+                            if state.underWay <= leaving || Task.isCancelled { return true }
                             state.emptied[id] = (leaving, continuation)
                             return false
                         }

@@ -469,6 +469,32 @@ struct DeadlineTimerTests {
         #expect(Duration.seconds(Int64.min).nanosecondsRoundedUp == .min)
     }
 
+    @Test("endAtShutdown() ends the waits that end at shutdown (an acquire's rounds), in lanes and the heap, and each such wait scheduled later as it is scheduled; the others keep their deadlines")
+    func endAtShutdownEndsAcquireRounds() async {
+        let timer = DeadlineTimer()
+        defer { timer.stop() }
+        func round(_ endsAtShutdown: Bool) -> FanOutRound {
+            FanOutRound(nodeCount: 1, order: [0], returnWhenDecided: true, endsAtShutdown: endsAtShutdown)
+        }
+        let (laneAcquire, laneOther, heapAcquire, heapOther) = (round(true), round(false), round(true), round(false))
+        timer.schedule(laneAcquire, after: .seconds(60))
+        timer.schedule(laneOther, after: .seconds(60))
+        timer.schedule(heapAcquire, at: ContinuousClock.now + .seconds(60))
+        timer.schedule(heapOther, at: ContinuousClock.now + .seconds(60))
+        #expect(!laneAcquire.isFinished && !heapAcquire.isFinished)
+        timer.endAtShutdown()
+        #expect(laneAcquire.isFinished && heapAcquire.isFinished)
+        #expect(!laneOther.isFinished && !heapOther.isFinished)
+        // A node that never answered counts as not answering.
+        #expect(await collectVotes(of: laneAcquire) == [.refused(.noAnswer)])
+        let (laterAcquire, laterOther) = (round(true), round(false))
+        timer.schedule(laterAcquire, after: .seconds(60))
+        timer.schedule(laterOther, after: .seconds(60))
+        #expect(laterAcquire.isFinished)
+        #expect(!laterOther.isFinished)
+        for other in [laneOther, heapOther, laterOther] { other.expire() }
+    }
+
     @Test("a finished round is dropped from the heap by the next schedule")
     func finishedRoundDropped() async {
         let timer = DeadlineTimer()

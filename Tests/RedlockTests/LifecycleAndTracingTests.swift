@@ -232,6 +232,77 @@ extension LifecycleAndTracingTests {
     }
 }
 
+extension LifecycleAndTracingTests {
+    /// What runs its acquire when ``shutdownDuringAcquireReleases(_:)`` shuts the client down.
+    enum AcquireAtShutdown: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        /// `lock()`.
+        case lock
+        /// `withLock`, still acquiring (the scope's wait alone, 500 ms, is shorter than the
+        /// attempt's budget).
+        case withLock
+        /// A `lock()` waiting behind a lease held in the same client, whose attempt the holder's
+        /// `unlock()` sent behind its deletes.
+        case waiterHere
+        var testDescription: String { rawValue }
+    }
+
+    @Test("shutdown() during an acquire whose attempt waits for frozen nodes ends the attempt and releases what it set: the call throws clientShutDown, the live node holds no key once shutdown() returns, the frozen ones none once they run again (before: the key stayed on every node for its 60 s expiry)", arguments: AcquireAtShutdown.allCases)
+    func shutdownDuringAcquireReleases(_ way: AcquireAtShutdown) async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let name = "acquire-at-shutdown-\(way.rawValue)"
+            // A 3 s attempt budget: far longer than shutdown's waits.
+            let lock = try client.makeLock(name, options: LockOptions(expiry: .seconds(60)))
+            let holder = way == .waiterHere ? try await lock.lock() : nil
+            let holderValue = holder?.value
+            var unlocking: Task<Void, Never>?
+            defer { try? servers[1].resume(); try? servers[2].resume() }
+            let acquiring = Task { () -> RedlockError.Code? in
+                do {
+                    switch way {
+                    case .lock, .waiterHere: _ = try await lock.lock()
+                    case .withLock: try await lock.withLock { _ in }
+                    }
+                    return nil
+                } catch {
+                    return (error as? RedlockError)?.code
+                }
+            }
+            if way == .waiterHere {
+                #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+            }
+            try await servers[1].pause()
+            try await servers[2].pause()
+            if let holder { unlocking = Task { try? await lock.unlock(holder) } }
+            // The attempt's key is on the live node (the waiter's: not the holder's value).
+            let set = ContinuousClock.now + .seconds(5)
+            var onLive: String?
+            while ContinuousClock.now < set {
+                onLive = try await servers[0].value(of: name)
+                if let onLive, onLive != holderValue { break }
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            #expect(onLive != nil && onLive != holderValue, "the attempt did not reach the live node: \(String(describing: onLive))")
+            let started = ContinuousClock.now
+            await client.shutdown()
+            let took = started.duration(to: .now)
+            #expect(await acquiring.value == .clientShutDown)
+            await unlocking?.value
+            #expect(try await servers[0].value(of: name) == nil, "the live node kept the attempt's key (shutdown took \(took))")
+            try servers[1].resume()
+            try servers[2].resume()
+            // Each frozen node runs the attempt's SET, then the release queued behind it.
+            let cleared = ContinuousClock.now + .seconds(5)
+            var left = try await values(of: name, on: servers)
+            while left != [nil, nil, nil], ContinuousClock.now < cleared {
+                try await Task.sleep(for: .milliseconds(5))
+                left = try await values(of: name, on: servers)
+            }
+            #expect(left == [nil, nil, nil], "keys left after shutdown (it took \(took))")
+        }
+    }
+}
+
 /// An app service that takes the lock once more while it shuts down.
 struct DrainingApp: Service {
     let lock: DistributedLock
