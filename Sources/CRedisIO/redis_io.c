@@ -349,7 +349,14 @@ rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *
         const char *key = key_file != NULL ? key_file : cert_file;
         if (SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) != 1) {
             openssl_reason(reason, sizeof reason);
-            fail(err, RIO_E_TLS, 0, "could not load the client key %s: %s", key, reason);
+            if (key_file != NULL) {
+                fail(err, RIO_E_TLS, 0, "could not load the client key %s: %s", key, reason);
+            } else {
+                fail(err, RIO_E_TLS, 0,
+                     "could not load the client key from the certificate file %s (no key file was given, so the key "
+                     "is looked for there): %s",
+                     key, reason);
+            }
             SSL_CTX_free(context);
             return NULL;
         }

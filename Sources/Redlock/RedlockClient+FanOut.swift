@@ -188,15 +188,11 @@ final class PreparedFanOut: Sendable {
         }
     }
 
-    /// `result`, with Redis's answer to a command it does not have (`ERR unknown command
-    /// 'EVAL', with args beginning with: 'local acl = …'`: scripting renamed away) cut before
-    /// the arguments, which quote the script, and asking whether it was renamed.
+    /// `result`, with Redis's answer to a command it does not have cut before the arguments
+    /// (``RedisError/trimmingQuotedArguments()``).
     private static func trimmingArguments(_ result: Result<RedisValue, RedisError>) -> Result<RedisValue, RedisError> {
-        guard case var .failure(error) = result, error.isUnknownCommand,
-              let arguments = error.message.firstRange(of: ", with args beginning with:")
-        else { return result }
-        error.message = String(error.message[..<arguments.lowerBound]) + " on this node (renamed away?)"
-        return .failure(error)
+        guard case let .failure(error) = result else { return result }
+        return .failure(error.trimmingQuotedArguments())
     }
 
     /// `result`, with an `EVALSHA` refused on its declared keys (`NOPERM … one of the keys used
@@ -473,5 +469,17 @@ enum LateReply: Equatable {
         } else {
             self = .answeredLate(nodeTime: times.exact ? nodeTime : nil)
         }
+    }
+}
+
+extension RedisError {
+    /// Redis's answer to a command it does not have (`ERR unknown command 'EVAL', with args
+    /// beginning with: 'local acl = …'`: scripting renamed away) cut before the arguments, which
+    /// quote the script, and asking whether it was renamed; any other error as it is.
+    func trimmingQuotedArguments() -> RedisError {
+        guard isUnknownCommand, let arguments = message.firstRange(of: ", with args beginning with:") else { return self }
+        var trimmed = self
+        trimmed.message = String(message[..<arguments.lowerBound]) + " on this node (renamed away?)"
+        return trimmed
     }
 }

@@ -155,7 +155,7 @@ extension RedlockClient {
                                     // Nothing loaded the probe: EVAL was refused.
                                     checks.append(.init(permission: label, refusal: nil, reasonNotChecked: "EVAL was refused, so no script is loaded to run by hash"))
                                 } else {
-                                    checks.append(.init(permission: label, refusal: error.message))
+                                    checks.append(.init(permission: label, refusal: error.trimmingQuotedArguments().message))
                                 }
                             }
                         }

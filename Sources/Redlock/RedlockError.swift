@@ -90,13 +90,23 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         RedlockError(code: .invalidConfiguration, lockName: lockName, message: message)
     }
 
-    /// `lock "NAME": CODE: MESSAGE; node 0 (HOST:PORT): CAUSE; …; underlying error: …`.
+    /// `lock "NAME": CODE: MESSAGE; node 0 (HOST:PORT): CAUSE; …; underlying error: …`, the
+    /// name as ``shown(_:)`` gives it.
     public var description: String {
-        var text = lockName.map { "lock \"\($0)\": " } ?? ""
+        var text = lockName.map { "lock \(Self.shown($0)): " } ?? ""
         text += "\(code): \(message)"
         for node in nodes { text += "; \(node)" }
         if let underlyingError { text += "; underlying error: \(underlyingError)" }
         return text
+    }
+
+    /// A lock name as a description shows it: in quotes, with quotes, backslashes and control
+    /// characters escaped as in Swift source (`\n`, `\u{1B}`: a name holding a line break or a
+    /// terminal escape stays on one line of a log and shows as such), and a name longer than
+    /// 200 characters cut to its first 100, with its length in bytes.
+    static func shown(_ name: String) -> String {
+        guard name.count > 200 else { return name.debugDescription }
+        return String(name.prefix(100)).debugDescription + "… (\(name.utf8.count) bytes)"
     }
 }
 

@@ -77,7 +77,8 @@ enum Scripts {
     ///
     /// The marker is `EPOCH HIGHEST`, both the node's `TIME` in ms: when the marker was made, and
     /// the latest time any acquire saw; every acquire writes `HIGHEST` when its time is later (one
-    /// more write per acquire). Without a well-formed marker the script makes one; with
+    /// more write per acquire); a marker of another type is a `WRONGTYPE` error naming it
+    /// (permanent). Without a well-formed marker the script makes one; with
     /// an epoch guard that makes the node young: it returns -3 and, with a counter, raises the
     /// counter to the node's time in µs (a counter `INCR` would refuse is left as it is and
     /// refused as the grant refuses it, with a `WRONGTYPE` error naming it). When `TIME` is
@@ -102,7 +103,13 @@ enum Scripts {
             return code
         end
         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-        local marker = redis.call('GET', KEYS[2])
+        local marker = redis.pcall('GET', KEYS[2])
+        if type(marker) == 'table' and marker.err then
+            if string.sub(marker.err, 1, 9) == 'WRONGTYPE' then
+                return redis.error_reply('WRONGTYPE the epoch marker ' .. KEYS[2] .. ' holds another type (' .. marker.err .. ')')
+            end
+            return marker
+        end
         local epoch, highest
         if marker then
             local madeAt, seen = string.match(marker, '^(%d+) (%d+)$')

@@ -143,6 +143,8 @@ public enum RawFloor {
 
 /// A failed check in a benchmark: an unexpected reply, a run that did not finish.
 public struct BenchmarkError: Error, CustomStringConvertible {
+    /// What failed, in words: the check and what it saw.
     public let description: String
+    /// Makes the error from its `description`.
     public init(_ description: String) { self.description = description }
 }

@@ -149,6 +149,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         } else if rest.contains("://") {
             throw invalid("unknown scheme (use host:port, redis://…, rediss://…, valkey://… or unix:///path)")
         }
+        // Other clients read `?db=3` and the like; here the database goes in the path, and a
+        // query would otherwise be read as part of the port.
+        if rest.contains("?") {
+            throw invalid("query parameters are not read (the database goes in the path: redis://host:port/3)")
+        }
 
         let host: Substring
         var port = 6379

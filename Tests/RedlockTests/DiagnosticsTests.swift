@@ -23,6 +23,18 @@ struct DiagnosticsTests {
         }
     }
 
+    @Test("an error shows its lock's name on one line: quotes, backslashes and control characters escaped (a line break, a terminal escape), a name over 200 characters cut to 100 with its length in bytes; lockName keeps it whole")
+    func namesShownSafely() {
+        let odd = "nl\nx\u{1B}[31mRED \"q\" \\ é"
+        let error = RedlockError(code: .taken, lockName: odd, message: "held")
+        #expect(error.description == #"lock "nl\nx\u{1B}[31mRED \"q\" \\ é": taken: held"#, "\(error)")
+        let long = String(repeating: "ab", count: 50_000)
+        let cut = RedlockError(code: .taken, lockName: long, message: "held")
+        #expect(cut.description == "lock \"\(String(repeating: "ab", count: 50))\"… (100000 bytes): taken: held", "\(cut.description.prefix(300))")
+        #expect(cut.lockName == long)
+        #expect(RedlockError(code: .taken, lockName: "said", message: "held").description == #"lock "said": taken: held"#)
+    }
+
     @Test("a node that gives no answer within the budget because its connection keeps failing (a TLS handshake with a port that never completes it, longer than the budget) has that failure in the error, not only in the log")
     func silentNodeSaysWhy() async throws {
         let stalled = try GarbageServer.start(reply: nil)

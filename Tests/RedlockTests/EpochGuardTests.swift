@@ -147,6 +147,26 @@ struct EpochGuardTests {
         }
     }
 
+    @Test("a marker of another type (a list) refuses for good naming the marker, on two nodes of three: not retried, no key set, the list left as it was (before: Redis's bare WRONGTYPE with the script's hash and line)")
+    func markerOfAnotherType() async throws {
+        try await withLockNodes(3) { client, servers in
+            for server in servers.prefix(2) { _ = try await server.run(RedisCommand("RPUSH", "redlock:epoch", "x")) }
+            var options = guarded(expiry: .milliseconds(300), guard: .milliseconds(300))
+            options.retryDelay = .constant(.milliseconds(50))
+            let error = await #expect(throws: RedlockError.self) { try await client.makeLock("listed", options: options).lock() }
+            #expect(error?.message.contains("not retried: nodes refused for good") == true, "\(String(describing: error))")
+            let causes = error?.nodes.filter { $0.node < 2 }.compactMap(\.cause.error) ?? []
+            #expect(
+                causes.count == 2 && causes.allSatisfy { $0.isPermanent && $0.message.contains("the epoch marker redlock:epoch holds another type") },
+                "\(causes)"
+            )
+            for server in servers.prefix(2) {
+                #expect(try await server.run(RedisCommand("LRANGE", "redlock:epoch", "0", "-1")) == .array([.bulkString(Array("x".utf8))]))
+            }
+            #expect(try await values(of: "listed", on: servers) == [nil, nil, nil])
+        }
+    }
+
     @Test(
         "a marker that is not two whole numbers (text, nan, inf, a float, a negative) is replaced and the node is young; a latest time in the future (the clock was set back) refuses until the clock passes it",
         arguments: ["not a number", "nan", "nan nan", "inf inf", "-5 -5", "1e3 1e3", "1700000000000"]

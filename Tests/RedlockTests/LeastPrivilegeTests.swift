@@ -280,7 +280,7 @@ struct LeastPrivilegeTests {
         }
     }
 
-    @Test("with EVAL renamed away, checkNodes(for:) names EVAL's refusal and leaves EVALSHA not checked (before: EVALSHA 'refused' with NOSCRIPT, which no permission cures)")
+    @Test("with EVAL renamed away, checkNodes(for:) names EVAL's refusal, without the probe's text that Redis quotes, and leaves EVALSHA not checked (before: EVALSHA 'refused' with NOSCRIPT, which no permission cures; the refusal quoted the script's first lines)")
     func evalRenamedProbe() async throws {
         try await withRedisServers(1, arguments: ["--rename-command", "EVAL", ""]) { servers throws in
             let client = try RedlockClient(nodes: servers.map { $0.configuration() })
@@ -289,6 +289,7 @@ struct LeastPrivilegeTests {
             let eval = checks.first { $0.permission == "EVAL" }
             let evalsha = checks.first { $0.permission == "EVALSHA" }
             #expect(eval?.refusal?.lowercased().contains("unknown command") == true, "\(checks)")
+            #expect(eval?.refusal?.contains("(renamed away?)") == true && eval?.refusal?.contains("with args beginning") == false, "\(checks)")
             #expect(evalsha?.refusal == nil && evalsha?.reasonNotChecked?.contains("EVAL was refused") == true, "\(checks)")
             await client.shutdown()
         }

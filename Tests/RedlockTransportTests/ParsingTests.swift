@@ -78,6 +78,17 @@ struct ParsingTests {
         }
     }
 
+    @Test("a query in a redis:// URL (another client's ?db=3) is refused saying where the database goes, not that the port is no number", arguments: ["redis://h:6379?db=3", "rediss://u:p@h:1?ssl_cert_reqs=none", "h:1?db=2"])
+    func queryRefused(text: String) {
+        #expect {
+            try RedisConnectionConfiguration(parsing: text)
+        } throws: { error in
+            let message = (error as? RedisError)?.message ?? ""
+            return message.contains("query parameters are not read (the database goes in the path: redis://host:port/3)")
+                && !message.contains("is not a number")
+        }
+    }
+
     @Test("an address refused for any reason is quoted only where it cannot hold a password: a URL by its scheme, text with an @ not at all", arguments: [
         ("redis://locker:hunter2@127.0.0.1:17103:6379", "'redis://…'"),
         ("rediss://:hunter2@h:1/x", "'rediss://…'"),

@@ -242,7 +242,7 @@ struct Run: AsyncParsableCommand {
             status = Status.unavailable
             summary = "the nodes could not form a quorum"
         }
-        printError("redlock: could not acquire \"\(name)\": \(summary): \(error)")
+        printError("redlock: could not acquire the lock: \(summary): \(error)")
         return status
     }
 
@@ -367,7 +367,7 @@ struct Run: AsyncParsableCommand {
             case let .exited(_, _, reportedGoneAt)? where min(reportedGoneAt, killedEverythingAt ?? .max) > validUntil:
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease on \"\(name)\"; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
+                    "redlock: lost the lease; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
                         + "the lease's validity ended (redlock or the watchdog was stopped, or killing the command's processes took that long): \(error)"
                 )
             case let .exited(_, _, reportedGoneAt)?:
@@ -375,10 +375,10 @@ struct Run: AsyncParsableCommand {
                 // the safety margin), which the command may have outlived within the margin.
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease on \"\(name)\"; the command was gone \(Double(validUntil - goneAt) / 1e6) ms before the lease's validity ended: \(error)"
+                    "redlock: lost the lease; the command was gone \(Double(validUntil - goneAt) / 1e6) ms before the lease's validity ended: \(error)"
                 )
             case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
-                printError("redlock: lost the lease on \"\(name)\" before the command ran: \(error)")
+                printError("redlock: lost the lease before the command ran: \(error)")
             }
             return Status.leaseLost
         } catch let error as SupervisedCommand.SpawnError {
