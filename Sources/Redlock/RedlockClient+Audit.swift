@@ -25,8 +25,9 @@ extension RedlockClient {
 
         /// What was checked, in this order: `reachable`, `persistence`, `eviction`, `role`,
         /// `cluster`, `version`, `clock` (the offset from this machine), `clock rate`, `epoch`
-        /// (the guards' marker), `distinct`, `permissions`, `state`. A node that is not
-        /// reachable has that check only.
+        /// (the guards' marker), `restart` (the uptime, with ``LockOptions/restartGuard`` only),
+        /// `distinct`, `permissions`, `state`. A node that is not reachable has that check only;
+        /// one the client refused as a second name of another node's server, `distinct` only.
         public var name: String
         /// The verdict.
         public var verdict: Verdict
@@ -51,13 +52,23 @@ extension RedlockClient {
         /// half the round trip).
         public var clockOffset: Duration?
 
+        /// With the lock's ``LockOptions/restartGuard`` or ``LockOptions/epochGuard``: how much
+        /// longer the node's votes are refused for now, its uptime or data younger than the guard
+        /// (the `restart` and `epoch` checks warn; a node without an epoch marker yet counts the
+        /// whole guard, which its first guarded acquire starts). Nil when they count now, or
+        /// when that could not be told.
+        public var votesRefusedFor: Duration?
+
         /// Whether any check failed.
         public var failed: Bool { checks.contains { $0.verdict == .fail } }
     }
 
     /// Checks whether each node is fit for Redlock as `lock`'s options use it: reachable;
     /// persistence (`appendonly yes` with `appendfsync always`, else a restart can forget a key;
-    /// only a caveat when `lock`'s ``LockOptions/restartGuard`` is at least its expiry);
+    /// only a caveat when `lock`'s ``LockOptions/restartGuard`` is at least its expiry, or it has
+    /// an ``LockOptions/epochGuard``); with those guards, whether they let the node vote now
+    /// (`restart`: up for at least the restart guard; `epoch`: its marker at least as old as the
+    /// epoch guard; a warning with the time left otherwise, ``NodeAudit/votesRefusedFor``);
     /// eviction (any policy but `noeviction` with a memory limit can evict lock keys, which carry
     /// a TTL); role (a replica answers writes with READONLY; a master with replicas can lose a key
     /// on failover, unless ``LockOptions/replicaAcknowledgements`` covers every replica); cluster mode (Redlock wants independent masters); distinct servers (one
@@ -75,10 +86,8 @@ extension RedlockClient {
         let permissions = await checkNodes(for: lock)
         var audits = await withTaskGroup(of: NodeAudit.self) { group in
             for (index, node) in nodes.enumerated() {
-                // The guard covers a restart without data only when it lasts at least the expiry.
-                let guarded = lock.options.restartGuard.map { $0 >= lock.options.expiry } ?? false
-                let acknowledgements = lock.options.replicaAcknowledgements
-                group.addTask { await Self.audit(node, index: index, restartGuard: guarded, acknowledgements: acknowledgements) }
+                let options = lock.options
+                group.addTask { await Self.audit(node, index: index, options: options) }
             }
             var audits: [NodeAudit] = []
             for await audit in group { audits.append(audit) }
@@ -87,6 +96,17 @@ extension RedlockClient {
         // One server under two addresses: the same run id, or refused by this client's vet.
         let sameServer = health.sameServerPairs
         for index in audits.indices {
+            // A node this client refused as another name of a node it had reached: that is its
+            // one check (its connect succeeded; nothing else was asked).
+            let holders = sameServer.compactMap { pair in pair.last == audits[index].node ? pair.first : nil }.sorted()
+            if audits[index].checks.first?.verdict == .fail, !holders.isEmpty {
+                let named = holders.map { "node \($0) (\(endpoints[$0]))" }.joined(separator: ", ")
+                audits[index].checks = [AuditCheck(
+                    name: "distinct", verdict: .fail,
+                    detail: "the same server as \(named): this client refuses this second name of it (a server votes once); list each server once"
+                )]
+                continue
+            }
             guard audits[index].checks.first?.verdict == .pass else { continue }
             // A node this client refused as another name of this one (NodeHealth.vet) could not
             // be asked for its run id.
@@ -131,7 +151,13 @@ extension RedlockClient {
         return audits
     }
 
-    private static func audit(_ node: RedisConnection, index: Int, restartGuard: Bool, acknowledgements: Int) async -> NodeAudit {
+    private static func audit(_ node: RedisConnection, index: Int, options: LockOptions) async -> NodeAudit {
+        // The restart guard covers a restart without data only when it lasts at least the
+        // expiry; the epoch guard (at least the expiry) covers any loss of data.
+        let restartGuard = options.restartGuard.map { $0 >= options.expiry } ?? false
+        let guarded = restartGuard || options.epochGuard != nil
+        let guardName = restartGuard ? "the restart guard" : "the epoch guard"
+        let acknowledgements = options.replicaAcknowledgements
         let endpoint = node.configuration.endpoint
         var audit = NodeAudit(node: index, endpoint: endpoint, checks: [])
         let info: [String: String]
@@ -162,19 +188,19 @@ extension RedlockClient {
             audit.checks.append(AuditCheck(
                 name: "persistence", verdict: .warn,
                 detail: "appendonly yes, appendfsync \(policy): a crash can lose the last second of keys"
-                    + (restartGuard ? "; the restart guard keeps a restarted node out of votes" : " (use always, or restartGuard)")
+                    + (guarded ? "; \(guardName) keeps such a node out of votes" : " (use always, or restartGuard or epochGuard)")
             ))
         case ("yes"?, nil):
             audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "appendonly yes; appendfsync unknown (CONFIG refused)"))
-        case ("no"?, _) where restartGuard:
+        case ("no"?, _) where guarded:
             audit.checks.append(AuditCheck(
                 name: "persistence", verdict: .warn,
-                detail: "appendonly no: a restart forgets every lock key; the restart guard keeps a restarted node out of votes until its keys could have expired"
+                detail: "appendonly no: a restart forgets every lock key; \(guardName) keeps such a node out of votes until its keys could have expired"
             ))
         case ("no"?, _):
             audit.checks.append(AuditCheck(
                 name: "persistence", verdict: .fail,
-                detail: "appendonly no: a restart forgets every lock key (use appendonly yes, appendfsync always, or restartGuard)"
+                detail: "appendonly no: a restart forgets every lock key (use appendonly yes, appendfsync always, or restartGuard or epochGuard)"
             ))
         default:
             audit.checks.append(AuditCheck(name: "persistence", verdict: .unknown, detail: "neither CONFIG nor INFO told"))
@@ -265,8 +291,38 @@ extension RedlockClient {
             audit.checks.append(AuditCheck(name: "clock", verdict: .unknown, detail: Self.timeFailure(time)))
         }
         audit.checks.append(await clockRate(of: node))
-        audit.checks.append(await epoch(of: node))
+        let (epochCheck, epochWait) = await epoch(of: node, guard: options.epochGuard)
+        audit.checks.append(epochCheck)
+        audit.votesRefusedFor = epochWait
+        if let guardTime = options.restartGuard {
+            let (check, wait) = restart(info: info, guard: guardTime)
+            audit.checks.append(check)
+            if let wait { audit.votesRefusedFor = max(wait, audit.votesRefusedFor ?? .zero) }
+        }
         return audit
+    }
+
+    /// Whether the restart guard lets the node vote now: up for at least `guard` (by the lower
+    /// bound of the uptime `INFO` reports, as the lock reads it), else a warning with the time
+    /// left (also returned).
+    private static func restart(info: [String: String], guard guardTime: Duration) -> (AuditCheck, Duration?) {
+        guard let reported = info["uptime_in_seconds"].flatMap({ Int64($0) }) else {
+            return (AuditCheck(name: "restart", verdict: .unknown, detail: "INFO did not give uptime_in_seconds"), nil)
+        }
+        let uptime = ServerIdentity.uptimeLowerBound(reportedSeconds: reported)
+        guard uptime < guardTime else {
+            return (AuditCheck(name: "restart", verdict: .pass, detail: "up for \(reported) s: past the restart guard (\(guardTime))"), nil)
+        }
+        let left = guardTime - uptime
+        return (AuditCheck(
+            name: "restart", verdict: .warn,
+            detail: "up for \(reported) s, less than the restart guard (\(guardTime)): its votes are refused for \(seconds(left)) s more"
+        ), left)
+    }
+
+    /// `duration` in seconds, to the millisecond.
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.wholeNanoseconds / 1_000_000) / 1_000
     }
 
     /// `TIME`'s reply, or why there is none: the node's refusal (`NOPERM`, a renamed command) or
@@ -333,34 +389,52 @@ extension RedlockClient {
 
     /// The node's marker (`redlock:epoch`, ``LockOptions/epochGuard``): its age, and whether the
     /// node's clock is behind the latest time it showed (the guarded acquire then refuses).
-    private static func epoch(of node: RedisConnection) async -> AuditCheck {
+    /// With an epoch guard (`guard`), a node whose marker is missing, not the library's or
+    /// younger than the guard is a warning: its votes are refused for the time returned (the
+    /// whole guard for a marker the next acquire makes).
+    private static func epoch(of node: RedisConnection, guard guardTime: Duration?) async -> (AuditCheck, Duration?) {
         guard let reply = try? await node.send(RedisCommand("GET", Scripts.epochKey)),
               let time = try? await node.send(RedisCommand("TIME")), case let .array(parts) = time, parts.count == 2,
               let seconds = parts[0].string.flatMap({ Int64($0) }), let micros = parts[1].string.flatMap({ Int64($0) })
         else {
-            return AuditCheck(name: "epoch", verdict: .unknown, detail: "GET redlock:epoch or TIME was refused")
+            return (AuditCheck(name: "epoch", verdict: .unknown, detail: "GET redlock:epoch or TIME was refused"), nil)
         }
         let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1_000)
-        guard !overflow else { return AuditCheck(name: "epoch", verdict: .unknown, detail: "TIME answered \(seconds) s") }
+        guard !overflow else { return (AuditCheck(name: "epoch", verdict: .unknown, detail: "TIME answered \(seconds) s"), nil) }
         let now = milliseconds + micros / 1_000
         guard let marker = reply.string else {
-            return AuditCheck(
-                name: "epoch", verdict: .pass,
-                detail: "no marker yet: with epochGuard the node's first acquire makes one and waits the guard out"
-            )
+            guard let guardTime else {
+                return (AuditCheck(
+                    name: "epoch", verdict: .pass,
+                    detail: "no marker yet: with epochGuard the node's first acquire makes one and waits the guard out"
+                ), nil)
+            }
+            return (AuditCheck(
+                name: "epoch", verdict: .warn,
+                detail: "no marker yet: the node's first guarded acquire makes one, and its votes are refused until the marker is as old as the epoch guard (\(guardTime))"
+            ), guardTime)
         }
         let words = marker.split(separator: " ", omittingEmptySubsequences: false)
         let fields = words.compactMap { word in word.allSatisfy(\.isASCII) && word.allSatisfy(\.isNumber) ? Int64(word) : nil }
         guard words.count == 2, fields.count == 2, fields[0] <= fields[1] else {
-            return AuditCheck(name: "epoch", verdict: .warn, detail: "marker \"\(marker)\" is not the library's: the next guarded acquire replaces it (the node is young)")
+            return (AuditCheck(
+                name: "epoch", verdict: .warn, detail: "marker \"\(marker)\" is not the library's: the next guarded acquire replaces it (the node is young)"
+            ), guardTime)
         }
         if fields[1] > now {
-            return AuditCheck(
+            return (AuditCheck(
                 name: "epoch", verdict: .fail,
                 detail: "the node's clock is \(Double(fields[1] - now) / 1_000) s behind the latest time it showed: guarded acquires are refused until it has passed it (delete redlock:epoch if that time was wrong)"
-            )
+            ), nil)
         }
-        return AuditCheck(name: "epoch", verdict: .pass, detail: "marker made \(Double(now - fields[0]) / 1_000) s ago by the node's clock")
+        let age = Duration.milliseconds(now - fields[0])
+        if let guardTime, age < guardTime {
+            return (AuditCheck(
+                name: "epoch", verdict: .warn,
+                detail: "marker made \(Self.seconds(age)) s ago by the node's clock, less than the epoch guard (\(guardTime)): its votes are refused for \(Self.seconds(guardTime - age)) s more"
+            ), guardTime - age)
+        }
+        return (AuditCheck(name: "epoch", verdict: .pass, detail: "marker made \(Self.seconds(age)) s ago by the node's clock"), nil)
     }
 
     /// Whether a node's error `text` (a reply, or a check's refusal with the command in front,

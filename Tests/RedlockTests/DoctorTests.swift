@@ -37,11 +37,12 @@ struct DoctorTests {
                     #expect(audits.count == 5)
                     // One server over TCP and its Unix socket: whichever address connected first
                     // is audited (and fails "distinct"); the other was refused by the client's
-                    // vet (its run_id), which the "reachable" check names.
+                    // vet (its run_id): its one check, "distinct", names the first (before, a
+                    // "reachable" failure did, for a node that answers).
                     let pair = audits.prefix(2)
                     let reached = try #require(pair.first { $0.checks.first?.verdict == .pass }, "\(text)")
                     let refused = try #require(pair.first { $0.node != reached.node }, "\(text)")
-                    #expect(verdict("reachable", in: refused) == .fail, "\(text)")
+                    #expect(refused.checks.map(\.name) == ["distinct"] && verdict("distinct", in: refused) == .fail, "\(text)")
                     #expect(refused.checks.first?.detail.contains("the same server as node \(reached.node)") == true, "\(text)")
                     #expect(verdict("persistence", in: reached) == .pass, "\(text)")
                     #expect(verdict("eviction", in: reached) == .pass, "\(text)")

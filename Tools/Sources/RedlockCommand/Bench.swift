@@ -124,7 +124,7 @@ struct Bench: AsyncParsableCommand {
         } catch {
             // Cancelled by a signal, whatever the cancellation surfaced as (a CancellationError,
             // or a node's command failing as cancelled): 128 + the signal, as a shell reports
-            // it: 130 for SIGINT, 143 for SIGTERM.
+            // it: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP.
             if let signal = interrupts.signal { throw ExitCode(128 + signal) }
             throw error
         }
@@ -766,7 +766,7 @@ struct BenchSettings: Sendable {
     }
 }
 
-/// Turns the first SIGINT or SIGTERM into cancellation of the bench (which then stops its nodes);
+/// Turns the first SIGINT, SIGTERM or SIGHUP (a closed terminal) into cancellation of the bench (which then stops its nodes);
 /// a second one exits at once, and the nodes are killed by the test support's exit handler.
 final class BenchInterrupts: Sendable {
     private let handlers: SignalHandlers
@@ -780,7 +780,7 @@ final class BenchInterrupts: Sendable {
 
     init(_ cancel: @escaping @Sendable () -> Void) {
         let first = FirstSignal()
-        handlers = SignalHandlers([SIGINT, SIGTERM]) { signal in
+        handlers = SignalHandlers([SIGINT, SIGTERM, SIGHUP]) { signal in
             if first.number.compareExchange(expected: 0, desired: signal, ordering: .acquiringAndReleasing).exchanged {
                 printError("Interrupted: stopping the nodes…")
                 cancel()

@@ -12,19 +12,23 @@ struct Doctor: AsyncParsableCommand {
         always); eviction (noeviction, or no memory limit); role (an independent master: a replica \
         answers READONLY, a master with replicas can lose a key on failover); cluster mode (off); \
         version; clock (the node's offset from this machine), clock rate and epoch (the guards' \
-        marker); distinct (the same server listed twice under two addresses would vote twice); \
-        the permissions the lock's options need (scripts, the lock key, the fencing counter, the \
-        release channel, PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a \
-        refusal the lock works without, less well, is a warning); state (those commands refused \
+        marker; with --epoch-guard, whether it is old enough for the node to vote now); restart \
+        (with --restart-guard: whether the node has been up long enough to vote now); distinct \
+        (the same server listed twice under two addresses would vote twice); the permissions the \
+        lock's options need (scripts, the lock key, the fencing counter, the release channel, \
+        PING, INFO, CLIENT INFO and KILL, TIME and the epoch marker, WAIT: a refusal the lock \
+        works without, less well, is a warning); state (those commands refused \
         for another reason than a permission: OOM, READONLY, NOREPLICAS, MISCONF, LOADING, BUSY; \
         the node cannot vote until that passes). Then, for the node set as a whole: its quorum, \
         how many nodes may fail, and whether a quorum can form from the nodes that can vote now \
-        (fleet: fail when it cannot; warn for 1, 2 or an even count).
+        (fleet: fail when it cannot, saying when the guards let young nodes vote; warn for 1, 2 \
+        or an even count).
 
         Verdicts: pass, warn (works, with a caveat), fail (unsafe or broken), unknown (could not \
-        check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed, 64 on bad \
-        arguments. Writes nothing that outlives it, but for the fencing counter (with --fencing), \
-        incremented once: it only ever grows.
+        check, e.g. CONFIG refused). Exit 0 when nothing failed, 1 when a check failed (the \
+        fleet's too: no quorum can vote now), 64 on bad arguments. Writes nothing that outlives \
+        it, but for the fencing counter (unless --no-fencing), incremented once: it only ever \
+        grows.
         """
     )
 
@@ -34,13 +38,13 @@ struct Doctor: AsyncParsableCommand {
     @Option(help: "The lock name whose permissions to check.")
     var name = "redlock-doctor"
 
-    @Flag(help: "Check for fencing tokens (INCR on redlock:fence), as `redlock run` uses them: check with this flag for nodes that `redlock run` will use.")
-    var fencing = false
+    @Flag(inversion: .prefixedNo, help: "Check for fencing tokens (INCR on redlock:fence), which `redlock run` always uses; --no-fencing for a library lock without them.")
+    var fencing = true
 
-    @Flag(help: "Check for the restart guard (INFO; as long as --ttl): a node without persistence is then a caveat, not a failure.")
-    var restartGuard = false
+    @Option(parsing: .unconditional, help: "Check for the restart guard, as `redlock run --restart-guard` uses it (INFO's uptime): whether each node has been up this long, and, when it is at least --ttl, a node without persistence is a caveat, not a failure.", transform: parseDuration)
+    var restartGuard: Duration?
 
-    @Option(parsing: .unconditional, help: "The lease time the lock is used with, as run's --ttl: --epoch-guard must be at least it, and --restart-guard checks for as long. Default: 10s.", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "The lease time the lock is used with, as run's --ttl: --epoch-guard must be at least it, and --restart-guard covers a restart without persistence when it is. Default: 10s.", transform: parseDuration)
     var ttl: Duration = .seconds(10)
 
     @Option(parsing: .unconditional, help: "Check for the epoch guard, as `redlock run --epoch-guard` uses it (TIME and the key redlock:epoch); the duration, as run's (at least --ttl).", transform: parseDuration)
@@ -61,11 +65,12 @@ struct Doctor: AsyncParsableCommand {
     func validate() throws {
         try RawArguments.requireText()
         guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms, as run's") }
+        if let restartGuard, restartGuard <= .zero { throw ValidationError("--restart-guard must be positive, got \(restartGuard)") }
     }
 
     func run() async throws {
         var options = LockOptions(
-            expiry: ttl, fencing: fencing, restartGuard: restartGuard ? ttl : nil, epochGuard: epochGuard, clockGuard: clockGuard
+            expiry: ttl, fencing: fencing, restartGuard: restartGuard, epochGuard: epochGuard, clockGuard: clockGuard
         )
         options.fastHandoff = !noFastHandoff
         options.replicaAcknowledgements = replicaAcknowledgements
@@ -78,11 +83,12 @@ struct Doctor: AsyncParsableCommand {
             throw ExitCode(64)
         }
         let (client, lock) = made
-        let audits = await client.audit(for: lock)
+        let audits = await client.audit(for: lock).map(Self.inFlagNames)
         await client.shutdown()
         let failed = audits.filter(\.failed).count
         let fleet = Self.fleet(
-            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.filter(Self.cannotVote).count
+            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.filter(Self.cannotVote).count,
+            young: audits.filter { !Self.cannotVote($0) }.compactMap(\.votesRefusedFor)
         )
         if json {
             struct Report: Encodable {
@@ -103,6 +109,16 @@ struct Doctor: AsyncParsableCommand {
                     case runID = "run_id"
                     case clockOffsetSeconds = "clock_offset_seconds"
                 }
+
+                /// Every key, `null` where nothing was told (a node not reachable).
+                func encode(to encoder: any Encoder) throws {
+                    var container = encoder.container(keyedBy: CodingKeys.self)
+                    try container.encode(node, forKey: .node)
+                    try container.encode(endpoint, forKey: .endpoint)
+                    try container.encode(runID, forKey: .runID)
+                    try container.encode(clockOffsetSeconds, forKey: .clockOffsetSeconds)
+                    try container.encode(checks, forKey: .checks)
+                }
             }
             struct Check: Encodable {
                 let name: String
@@ -110,7 +126,7 @@ struct Doctor: AsyncParsableCommand {
                 let detail: String
             }
             let nodes = audits.map { audit in
-                Node(node: audit.node, endpoint: "\(audit.endpoint)", runID: audit.runID, clockOffsetSeconds: audit.clockOffset.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }, checks: audit.checks.map {
+                Node(node: audit.node, endpoint: "\(audit.endpoint)", runID: audit.runID, clockOffsetSeconds: audit.clockOffset.map(\.seconds), checks: audit.checks.map {
                     Check(name: $0.name, verdict: $0.verdict.rawValue, detail: $0.detail)
                 })
             }
@@ -127,7 +143,7 @@ struct Doctor: AsyncParsableCommand {
             print(failed == 0 ? "no check failed" : "\(failed) of \(audits.count) nodes failed a check")
             print("\(fleet.verdict.padding(toLength: 7, withPad: " ", startingAt: 0)) fleet: \(fleet.detail)")
         }
-        if audits.contains(where: \.failed) { throw ExitCode(1) }
+        if audits.contains(where: \.failed) || fleet.verdict == "fail" { throw ExitCode(1) }
     }
 
     /// The verdict on the node set as a whole (`fleet` in the text and JSON output).
@@ -143,28 +159,55 @@ struct Doctor: AsyncParsableCommand {
         /// Nodes that cannot vote now: not reachable (no answer, the connection refused:
         /// credentials, database, a server that is not Redis), refusing the lock's commands for
         /// their state (`state`: READONLY, OOM, MISCONF, LOADING, …), or for the user's
-        /// permissions (`permissions` fails: a command, key or script the lock needs refused).
+        /// permissions (`permissions` fails: a command, key or script the lock needs refused),
+        /// or young for the guards (`restart`, `epoch`: their votes are refused for a while).
         let unusable: Int
         /// The verdict in words.
         let detail: String
     }
 
-    /// Whether a node cannot vote now: its first check (reachable), its state check or its
-    /// permissions check failed.
+    /// `audit` with the library's option names in its checks' details given as this command's
+    /// flags (`restartGuard` as `--restart-guard`, …).
+    static func inFlagNames(_ audit: RedlockClient.NodeAudit) -> RedlockClient.NodeAudit {
+        var audit = audit
+        let flags = [
+            ("restartGuard", "--restart-guard"), ("epochGuard", "--epoch-guard"), ("clockGuard", "--clock-guard"),
+            ("replicaAcknowledgements", "--replica-acknowledgements"),
+        ]
+        for index in audit.checks.indices {
+            for (option, flag) in flags {
+                audit.checks[index].detail = audit.checks[index].detail.replacingOccurrences(of: option, with: flag)
+            }
+        }
+        return audit
+    }
+
+    /// Whether a node cannot vote now, whatever the guards: its first check (reachable), its
+    /// state check or its permissions check failed.
     static func cannotVote(_ audit: RedlockClient.NodeAudit) -> Bool {
         audit.checks.first?.verdict == .fail || audit.checks.contains { ["state", "permissions"].contains($0.name) && $0.verdict == .fail }
     }
 
     /// The verdict on the node set as a whole: how many nodes a quorum needs (`quorum`, the
     /// client's N/2 + 1), how many
-    /// may fail, and whether a quorum can form from the nodes that can vote now.
-    static func fleet(nodeCount: Int, quorum: Int, failed: Int, unusable: Int) -> Fleet {
+    /// may fail, and whether a quorum can form from the nodes that can vote now: `unusable` of
+    /// them cannot, and of the others `young` (the time each one's votes are refused for by the
+    /// guards) cannot yet.
+    static func fleet(nodeCount: Int, quorum: Int, failed: Int, unusable: Int, young: [Duration] = []) -> Fleet {
         let tolerated = nodeCount - quorum
         let verdict: String
         var detail = "\(nodeCount) node\(nodeCount == 1 ? "" : "s"), a quorum of \(quorum): \(tolerated) may fail"
         if nodeCount - unusable < quorum {
             verdict = "fail"
             detail += "; \(unusable) cannot vote now (see reachable, state and permissions), so no quorum can form"
+        } else if nodeCount - unusable - young.count < quorum {
+            // The guards let a quorum vote once enough young nodes have aged: the shortest wait
+            // that leaves a quorum.
+            let needed = quorum - (nodeCount - unusable - young.count)
+            let wait = young.sorted()[needed - 1]
+            verdict = "fail"
+            detail += "; \(unusable + young.count) cannot vote now (\(young.count) young for the guards: see restart and epoch), so no quorum can form"
+                + " for \((wait.seconds * 1_000).rounded() / 1_000) s more"
         } else if tolerated == 0 {
             verdict = "warn"
             detail += nodeCount == 1
@@ -177,6 +220,6 @@ struct Doctor: AsyncParsableCommand {
             verdict = failed > tolerated ? "warn" : "pass"
             if failed > tolerated { detail += "; more nodes failed a check (\(failed)) than may fail" }
         }
-        return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unusable: unusable, detail: detail)
+        return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unusable: unusable + young.count, detail: detail)
     }
 }

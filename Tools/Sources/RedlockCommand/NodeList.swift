@@ -45,6 +45,12 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
             throw ValidationError("\(error)")
         }
         if configuration.tls != nil {
+            // A file that cannot be read is this machine's configuration, not the node's: a
+            // usage error, rather than a node that fails to connect (exit 69).
+            for name in ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"] {
+                guard let path = setting(name) else { continue }
+                if let problem = unreadable(path) { throw ValidationError("\(name)=\(path): \(problem)") }
+            }
             configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
             configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
             configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
@@ -52,6 +58,17 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
         }
         return configuration
     }
+}
+
+/// Why the file at `path` cannot be read (`open`'s error, or that it is a directory); nil when
+/// it can.
+func unreadable(_ path: String) -> String? {
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else { return String(cString: strerror(errno)) }
+    defer { close(descriptor) }
+    var status = stat()
+    guard fstat(descriptor, &status) == 0 else { return String(cString: strerror(errno)) }
+    return (status.st_mode & S_IFMT) == S_IFDIR ? "a directory, not a file" : nil
 }
 
 /// A client over the nodes of `--nodes` (or `$REDLOCK_NODES`) and a lock on `name` with

@@ -176,8 +176,19 @@ struct CommandTests {
         }
     }
 
-    @Test("SIGTERM or SIGINT to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it, with a TMPDIR too long for a socket path (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed)", arguments: [
-        (SIGTERM, "Measuring floor"), (SIGINT, "worker processes contending"),
+    @Test("a TLS file of the environment that cannot be read (missing, a directory) is a usage error naming the variable: exit 64 before any node is asked (before: 69, the node 'does not answer')", arguments: ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"])
+    func unreadableTLSFile(variable: String) async throws {
+        for path in ["/nonexistent-\(UUID()).pem", FileManager.default.temporaryDirectory.path] {
+            let run = try CommandRun(
+                ["run", "--nodes", "rediss://127.0.0.1:1", "--name", "tls-files", "--", "echo", "ran"], environment: [variable: path], killAfter: .seconds(20)
+            )
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 64 && stderr.contains("\(variable)=\(path): ") && !stdout.contains("ran"), "\(path): \(status) \(stderr)")
+        }
+    }
+
+    @Test("SIGTERM, SIGINT or SIGHUP (a closed terminal) to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it, with a TMPDIR too long for a socket path (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed; on SIGHUP, its nodes and directories stayed)", arguments: [
+        (SIGTERM, "Measuring floor"), (SIGINT, "worker processes contending"), (SIGHUP, "Measuring floor"),
     ])
     func benchInterrupted(signal: Int32, phase: String) async throws {
         // A TMPDIR too long for a Unix socket address in it (the nodes' sockets then go to /tmp;

@@ -108,6 +108,61 @@ struct ProcessTests {
         }
     }
 
+    @Test("redlock doctor tells whether the guards let each node vote now: new nodes are young for --epoch-guard (no marker) and --restart-guard (up less than it), each a warn with the time left, and the fleet fails, exit 1, with how long until a quorum can vote (before: every check passed and it exited 0 while run exited 69); a marker older than the guard and an uptime past it pass; --epoch-guard makes a node without persistence a caveat; advice names the flags; --json gives null for what an unreachable node did not tell; a server listed twice is one distinct failure per name, no reachable one")
+    func doctorGuardsVoteNow() async throws {
+        try await withRedisServers(3) { servers throws in
+            let started = ContinuousClock.now
+            let nodes = servers.map { "\($0.endpoint)" }.joined(separator: ",")
+            func doctor(_ arguments: [String]) async throws -> (Int32, [Substring], String) {
+                let run = try CommandRun(["doctor", "--nodes", nodes] + arguments)
+                let (status, stdout, _) = await run.finish()
+                return (status, stdout.split(separator: "\n"), stdout)
+            }
+            func lines(_ output: [Substring], _ verdict: String, _ check: String, _ text: String) -> Int {
+                output.filter { $0.hasPrefix("  \(verdict)") && $0.contains(" \(check): ") && $0.contains(text) }.count
+            }
+            let (epochStatus, epoch, epochText) = try await doctor(["--epoch-guard", "30s"])
+            #expect(epochStatus == 1, "\(epochText)")
+            #expect(lines(epoch, "warn", "epoch", "no marker yet") == 3, "\(epochText)")
+            #expect(lines(epoch, "warn", "persistence", "the epoch guard keeps such a node out of votes") == 3, "\(epochText)")
+            #expect(epoch.last?.hasPrefix("fail") == true && epoch.last?.contains("3 young for the guards") == true
+                && epoch.last?.contains("for 30.0 s more") == true, "\(epochText)")
+
+            let (restartStatus, restart, restartText) = try await doctor(["--restart-guard", "5s"])
+            #expect(restartStatus == 1, "\(restartText)")
+            #expect(lines(restart, "warn", "restart", "less than the restart guard") == 3, "\(restartText)")
+            #expect(restart.last?.hasPrefix("fail") == true && restart.last?.contains("young for the guards") == true, "\(restartText)")
+            // A restart guard shorter than --ttl (10 s) covers no restart without data: a failure,
+            // whose advice names this command's flags.
+            #expect(lines(restart, "fail", "persistence", "(use appendonly yes, appendfsync always, or --restart-guard or --epoch-guard)") == 3, "\(restartText)")
+
+            // A marker a minute old (the nodes' clock is this machine's); an uptime past a short
+            // guard: reported whole seconds, at least 2 three seconds after the start, whose
+            // lower bound (a second and a tick less) is past 500 ms.
+            let now = Int64(Date().timeIntervalSince1970 * 1_000)
+            for server in servers { try await server.set("redlock:epoch", to: "\(now - 60_000) \(now)") }
+            try await Task.sleep(until: started + .seconds(3), clock: .continuous)
+            let (oldStatus, old, oldText) = try await doctor(["--epoch-guard", "30s", "--restart-guard", "500ms"])
+            #expect(oldStatus == 0, "\(oldText)")
+            #expect(lines(old, "pass", "epoch", "marker made 6") == 3 && lines(old, "pass", "restart", "past the restart guard") == 3, "\(oldText)")
+            #expect(old.last?.hasPrefix("pass") == true, "\(oldText)")
+
+            // JSON: every key of an unreachable node, null where not told.
+            let gone = try freeLoopbackPort()
+            let unreachable = try CommandRun(["doctor", "--nodes", nodes + ",127.0.0.1:\(gone)", "--json"])
+            let (_, json, _) = await unreachable.finish()
+            let report = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+            let last = (report?["nodes"] as? [[String: Any]])?.last
+            #expect(last?["run_id"] is NSNull && last?["clock_offset_seconds"] is NSNull, "\(json)")
+
+            // One server under two names: distinct fails for both names, reachable for neither.
+            let twice = try CommandRun(["doctor", "--nodes", "127.0.0.1:\(servers[0].port),localhost:\(servers[0].port),\(servers[1].endpoint)"])
+            let (_, twiceText, _) = await twice.finish()
+            let twiceLines = twiceText.split(separator: "\n")
+            #expect(lines(twiceLines, "fail", "distinct", "the same server as") == 2 && lines(twiceLines, "fail", "reachable", "") == 0, "\(twiceText)")
+        }
+    }
+
     @Test("redlock doctor checks what run's guards need (--epoch-guard, --clock-guard: TIME), and its usage errors, an empty place in the node list among them, point at its own help")
     func doctorGuardsAndUsage() async throws {
         try await withRedisServers(1, persistence: .appendOnlyFsyncAlways, arguments: ["--user", "timeless", "on", ">pw", "~*", "&*", "+@all", "-time"]) { servers throws in
