@@ -194,7 +194,7 @@ extension DistributedLock {
         guard LockKey.sameBytes(lease.name, name) else {
             // Not this lock's (only withLease can be given one): nothing of it is released here,
             // as an unlock would refuse it too.
-            throw RedlockError.invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
+            throw RedlockError.invalid("the lease is for lock \(RedlockError.shown(lease.name)), not this one", lockName: name)
         }
         // The lease's slot first: a lease that a running scope holds is that scope's, and no
         // check below may release it.

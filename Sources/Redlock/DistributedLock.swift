@@ -297,6 +297,10 @@ public struct DistributedLock: Sendable {
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
+        // Connections closed by a shutdown under way answer for no node.
+        if client.isShuttingDown {
+            throw RedlockError(code: .clientShutDown, lockName: name, message: "the client shut down during extend(); the lease was not extended")
+        }
         throw leaseError(votes, operation: "extend")
     }
 
@@ -371,7 +375,7 @@ public struct DistributedLock: Sendable {
 
     private func checkName(of lease: Lease) throws(RedlockError) {
         guard LockKey.sameBytes(lease.name, name) else {
-            throw .invalid("the lease is for lock \"\(lease.name)\", not this one", lockName: name)
+            throw .invalid("the lease is for lock \(RedlockError.shown(lease.name)), not this one", lockName: name)
         }
     }
 

@@ -102,7 +102,7 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     /// `lease "NAME" (valid for …, token N)`; the value is left out.
     public var description: String {
         let token = fencingToken.map { ", token \($0)" } ?? ""
-        return "lease \"\(name)\" (valid for \(remainingValidity)\(token))"
+        return "lease \(RedlockError.shown(name)) (valid for \(remainingValidity)\(token))"
     }
 }
 

@@ -327,7 +327,7 @@ public final class RedlockClient: Sendable {
         // Compared as bytes, as Redis compares keys: a combining mark after the prefix joins its
         // last character, and `hasPrefix` would let such a name through.
         guard !name.utf8.starts(with: Scripts.reservedPrefix.utf8) else {
-            throw .invalid("lock names starting with \"\(Scripts.reservedPrefix)\" are reserved for the library's own keys, got \"\(name)\"")
+            throw .invalid("lock names starting with \"\(Scripts.reservedPrefix)\" are reserved for the library's own keys, got \(RedlockError.shown(name))")
         }
         try options.validate(lockName: name)
         return DistributedLock(name: name, options: options, client: self)
@@ -374,11 +374,9 @@ public final class RedlockClient: Sendable {
         // A scope's body calling it: that scope cannot end before it returns, so it is not
         // waited for.
         let ownScopes = scopes.enclosingHere
-        // In a task of its own, which the caller's cancellation does not reach.
-        await Task { await self.shutDownUncancelled(leavingScopes: ownScopes) }.value
-    }
-
-    private func shutDownUncancelled(leavingScopes ownScopes: Int) async {
+        // On the caller's thread, before anything is awaited: a lock() that returns after this
+        // call began finds the client shutting down (in a task of its own, the flag was set
+        // only once that task ran, milliseconds later on a busy pool).
         isShutDown.store(true, ordering: .releasing)
         // Before the timer stops: a gate's lease-end action would keep it running. Waiters
         // return now (their next attempt finds the client shut down), so no release below
@@ -397,6 +395,11 @@ public final class RedlockClient: Sendable {
         // Acquires under way end their attempts now, on the answers in (those sent from now on
         // as they are sent): their clean-up goes out below, while the connections are open.
         deadlines.endAtShutdown()
+        // The waits in a task of their own, which the caller's cancellation does not reach.
+        await Task { await self.shutDownUncancelled(leavingScopes: ownScopes) }.value
+    }
+
+    private func shutDownUncancelled(leavingScopes ownScopes: Int) async {
         await scopes.waitUntilEmpty(until: .now + Self.scopeReleaseWait, leaving: ownScopes)
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in

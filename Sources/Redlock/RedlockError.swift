@@ -100,13 +100,37 @@ public struct RedlockError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// A lock name as a description shows it: in quotes, with quotes, backslashes and control
-    /// characters escaped as in Swift source (`\n`, `\u{1B}`: a name holding a line break or a
-    /// terminal escape stays on one line of a log and shows as such), and a name longer than
-    /// 200 characters cut to its first 100, with its length in bytes.
-    static func shown(_ name: String) -> String {
-        guard name.count > 200 else { return name.debugDescription }
-        return String(name.prefix(100)).debugDescription + "… (\(name.utf8.count) bytes)"
+    /// A lock name as the library's messages (and `redlock`'s) show it, safe for one line of a
+    /// log or a terminal: in double quotes; `"` and `\` escaped with a backslash, `\n`, `\r`
+    /// and `\t` as such, and as `\u{HEX}` every other control character (U+0000–U+001F,
+    /// U+007F–U+009F), format character (bidirectional controls such as U+202E, U+FEFF, zero
+    /// width joiners) and line or paragraph separator (U+2028, U+2029). A name of more than
+    /// 400 bytes of UTF-8 shows its first 200 (whole Unicode scalars), then `…` and its length in
+    /// bytes.
+    public static func shown(_ name: String) -> String {
+        let cut = name.utf8.count > 400
+        var text = "\""
+        var bytes = 0
+        for scalar in name.unicodeScalars {
+            bytes += UTF8.width(scalar)
+            if cut, bytes > 200 { break }
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case "\n": text += "\\n"
+            case "\r": text += "\\r"
+            case "\t": text += "\\t"
+            default:
+                switch scalar.properties.generalCategory {
+                case .control, .format, .lineSeparator, .paragraphSeparator:
+                    text += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+                default:
+                    text.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        text += "\""
+        return cut ? text + "… (\(name.utf8.count) bytes)" : text
     }
 }
 

@@ -136,6 +136,7 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
                 }
                 if username != nil, password == nil { throw invalid("a user name needs a password") }
             }
+            if rest.contains("?") { throw invalid(Self.queryRefusal) }
             if let slash = rest.firstIndex(of: "/") {
                 let dbText = rest[rest.index(after: slash)...]
                 rest = rest[..<slash]
@@ -149,11 +150,8 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
         } else if rest.contains("://") {
             throw invalid("unknown scheme (use host:port, redis://…, rediss://…, valkey://… or unix:///path)")
         }
-        // Other clients read `?db=3` and the like; here the database goes in the path, and a
-        // query would otherwise be read as part of the port.
-        if rest.contains("?") {
-            throw invalid("query parameters are not read (the database goes in the path: redis://host:port/3)")
-        }
+        // An address without a scheme (`host:port?db=2`): see queryRefusal.
+        if rest.contains("?") { throw invalid(Self.queryRefusal) }
 
         let host: Substring
         var port = 6379
@@ -207,6 +205,11 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             tls: secure ? RedisTLSConfiguration() : nil
         )
     }
+
+    /// Why an address with a query is refused: other clients read `?db=3` and the like; here
+    /// the database goes in the path, and a query would otherwise be read as part of the port
+    /// or the database.
+    static let queryRefusal = "query parameters are not read (the database goes in the path: redis://host:port/3)"
 
     /// `text` with `%XX` sequences decoded as UTF-8, or nil when a sequence is malformed or the
     /// bytes are not UTF-8.

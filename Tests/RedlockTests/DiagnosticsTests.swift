@@ -23,15 +23,17 @@ struct DiagnosticsTests {
         }
     }
 
-    @Test("an error shows its lock's name on one line: quotes, backslashes and control characters escaped (a line break, a terminal escape), a name over 200 characters cut to 100 with its length in bytes; lockName keeps it whole")
+    @Test("an error shows its lock's name on one line: quotes, backslashes, control and format characters and line separators escaped (a line break, a terminal escape, NEL, a bidi override, U+2028, a BOM), a name over 400 bytes cut to its first 200 with its length in bytes (a character of 50,000 combining marks too); lockName keeps it whole")
     func namesShownSafely() {
-        let odd = "nl\nx\u{1B}[31mRED \"q\" \\ é"
+        let odd = "nl\nx\u{1B}[31mRED \"q\" \\ é\u{85}\u{202E}\u{2028}\u{FEFF}\t🙂"
         let error = RedlockError(code: .taken, lockName: odd, message: "held")
-        #expect(error.description == #"lock "nl\nx\u{1B}[31mRED \"q\" \\ é": taken: held"#, "\(error)")
+        #expect(error.description == #"lock "nl\nx\u{1B}[31mRED \"q\" \\ é\u{85}\u{202E}\u{2028}\u{FEFF}\t🙂": taken: held"#, "\(error)")
         let long = String(repeating: "ab", count: 50_000)
         let cut = RedlockError(code: .taken, lockName: long, message: "held")
-        #expect(cut.description == "lock \"\(String(repeating: "ab", count: 50))\"… (100000 bytes): taken: held", "\(cut.description.prefix(300))")
+        #expect(cut.description == "lock \"\(String(repeating: "ab", count: 100))\"… (100000 bytes): taken: held", "\(cut.description.prefix(300))")
         #expect(cut.lockName == long)
+        let marks = "a" + String(repeating: "\u{301}", count: 50_000)
+        #expect(RedlockError.shown(marks).utf8.count < 300, "\(RedlockError.shown(marks).prefix(300))")
         #expect(RedlockError(code: .taken, lockName: "said", message: "held").description == #"lock "said": taken: held"#)
     }
 

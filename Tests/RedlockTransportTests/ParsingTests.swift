@@ -78,7 +78,7 @@ struct ParsingTests {
         }
     }
 
-    @Test("a query in a redis:// URL (another client's ?db=3) is refused saying where the database goes, not that the port is no number", arguments: ["redis://h:6379?db=3", "rediss://u:p@h:1?ssl_cert_reqs=none", "h:1?db=2"])
+    @Test("a query in a redis:// URL (another client's ?db=3) is refused saying where the database goes, not that the port is no number", arguments: ["redis://h:6379?db=3", "rediss://u:p@h:1?ssl_cert_reqs=none", "h:1?db=2", "redis://h:1/0?db=1"])
     func queryRefused(text: String) {
         #expect {
             try RedisConnectionConfiguration(parsing: text)

@@ -140,7 +140,7 @@ struct Doctor: AsyncParsableCommand {
                     print("  \(check.verdict.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(check.name): \(check.detail)")
                 }
             }
-            print(failed == 0 ? "no check failed" : "\(failed) of \(audits.count) nodes failed a check")
+            print(failed == 0 ? "no node failed a check" : "\(failed) of \(audits.count) nodes failed a check")
             print("\(fleet.verdict.padding(toLength: 7, withPad: " ", startingAt: 0)) fleet: \(fleet.detail)")
         }
         if audits.contains(where: \.failed) || fleet.verdict == "fail" { throw ExitCode(1) }

@@ -190,7 +190,7 @@ struct Run: AsyncParsableCommand {
                 try? await lock.unlock(lease)
                 status = 128 + signal
             } else {
-                report("acquired \"\(name)\" token=\(lease.fencingToken.map(String.init) ?? "none") \(boottime(lease))")
+                report("acquired \(RedlockError.shown(name)) token=\(lease.fencingToken.map(String.init) ?? "none") \(boottime(lease))")
                 status = await runHolding(lease, lock: lock, supervision: supervision, keptIgnored: keptIgnored)
             }
         }
@@ -313,7 +313,7 @@ struct Run: AsyncParsableCommand {
                     // The line is queued before the watchdog hears of the deadline: a reader of
                     // the lines never sees a deadline the watchdog holds without its line (one
                     // queued is written at exit), also when redlock is stopped between the two.
-                    report("extended \"\(extended.name)\" \(boottime(extended))")
+                    report("extended \(RedlockError.shown(extended.name)) \(boottime(extended))")
                     supervision.renew(until: extended.validUntil.advanced(by: .zero - margin))
                 }
             ) { held in
