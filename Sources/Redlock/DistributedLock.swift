@@ -133,7 +133,9 @@ public struct DistributedLock: Sendable {
     ///   ``LockOptions/singleFlight`` and a fixed ``LockOptions/value``, the lease's validity ended
     ///   and another caller of this client acquires with the same value: nothing is sent),
     ///   `.leaseTakenOver` (another holder's keys are there), `.noQuorum` (nodes failed),
-    ///   `.clientShutDown` (the client was shut down before the release went out) or
+    ///   `.clientShutDown` (the client's ``RedlockClient/shutdown()`` was past its wait for
+    ///   releases, so the connections were closing; an unlock that begins while it waits goes
+    ///   out and is waited for) or
     ///   `.invalidConfiguration` (the lease is another lock's).
     public func unlock(_ lease: Lease) async throws(RedlockError) {
         try await client.traced("redlock.release", lock: name) { _ throws(RedlockError) in try await release(lease) }
@@ -146,12 +148,12 @@ public struct DistributedLock: Sendable {
     }
 
     private nonisolated(nonsending) func release(_ lease: Lease, whileShuttingDown: Bool = false) async throws(RedlockError) {
-        // Counted with the scopes: a shutdown that begins now waits for this release (within
-        // its limit) rather than closing the connections under it, so a reservation is what
-        // lets it go on. Once shutdown closed the count, only a scope's own release and a
+        // Counted with the scopes: a shutdown waits for this release (within its limit) rather
+        // than closing the connections under it, so a reservation is what lets it go on; one
+        // can be made until that wait is over. After that, only a scope's own release and a
         // release in the body of a scope still running (counted by its scope, which shutdown
-        // waits for: its clean-up) go on; the task-local is read only then.
-        let reserved = !whileShuttingDown && client.scopes.reserve()
+        // waited for: its clean-up) go on; the task-local is read only then.
+        let reserved = !whileShuttingDown && client.scopes.reserveRelease()
         defer { if reserved { client.scopes.leave() } }
         guard reserved || whileShuttingDown || client.scopes.enclosingHere > 0 else {
             throw RedlockError(code: .clientShutDown, lockName: name, message: "the client was shut down; make a new one")

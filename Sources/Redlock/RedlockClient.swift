@@ -360,10 +360,11 @@ public final class RedlockClient: Sendable {
     /// shutdown began (that lease is released); shutdown waits for those releases within the
     /// same limit. In all, with frozen nodes it takes up to about a second (this wait and the
     /// connections' wait for answers).
-    /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins is waited for too
-    /// (within the same limit); one that begins later throws
-    /// ``RedlockError/Code-swift.struct/clientShutDown``, but in the body of a scope still
-    /// running (its clean-up before it ends: shutdown waits for that scope anyway).
+    /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins, or begun while it
+    /// waits, is waited for too (within the same limit: a lease returned just before the
+    /// shutdown began and released just after still goes); one that begins once that wait is
+    /// over throws ``RedlockError/Code-swift.struct/clientShutDown``, but in the body of a
+    /// scope still running (its clean-up before it ends: shutdown waits for that scope anyway).
     ///
     /// The caller's cancellation does not cut these waits short (a cancelled service group, a
     /// shutdown from a cancelled task): they are what keeps a lease from staying on the nodes

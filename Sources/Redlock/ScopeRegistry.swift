@@ -44,6 +44,9 @@ final class ScopeRegistry: Sendable {
         var acquiring = 0
         /// Set by ``close()``.
         var closed = false
+        /// Set once ``waitUntilEmpty(until:leaving:)`` is over (the connections close next):
+        /// until then an `unlock()` may still begin (``reserveRelease()``).
+        var releasesClosed = false
         /// Callers of ``waitUntilEmpty(until:leaving:)``, resumed when no more scopes run than
         /// each leaves out.
         var emptied: [Int: (leaving: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
@@ -54,11 +57,14 @@ final class ScopeRegistry: Sendable {
 
         /// Takes out the waiters of ``waitUntilEmpty(until:leaving:)`` whose wait is over, to
         /// resume outside the lock.
+        /// A wait that is over closes the releases in the same step (``releasesClosed``), so no
+        /// `unlock()` begins between the wait's end and the connections' close.
         mutating func emptiedWaiters() -> [CheckedContinuation<Void, Never>] {
             guard !emptied.isEmpty else { return [] }
             let underWay = underWay
             let done = emptied.filter { $0.value.leaving >= underWay }
             for id in done.keys { emptied[id] = nil }
+            if !done.isEmpty { releasesClosed = true }
             return done.values.map(\.continuation)
         }
     }
@@ -122,6 +128,19 @@ final class ScopeRegistry: Sendable {
 
     /// How many scopes run (those acquiring, entered or releasing).
     var running: Int { state.withLock { $0.running } }
+
+    /// Counts an `unlock()` under way with the scopes, for shutdown to wait for its release;
+    /// false once shutdown's wait is over (the connections are about to close). Unlike
+    /// ``reserve()``, it succeeds while shutdown waits: a lease returned just before the
+    /// shutdown began, released just after it, still goes. A true return is matched by one
+    /// ``leave()``.
+    func reserveRelease() -> Bool {
+        state.withLock { state in
+            guard !state.releasesClosed else { return false }
+            state.running += 1
+            return true
+        }
+    }
 
     /// Counts a `lock()` or `tryLock()` under way, for shutdown to wait for its clean-up;
     /// false once closed. A true return is matched by one ``leaveAcquire()``.
@@ -200,7 +219,8 @@ final class ScopeRegistry: Sendable {
     }
 
     /// Returns once no scope runs (its release included) but `leaving` (the caller's own: it
-    /// runs their bodies) and no acquire is under way, or at `deadline`, whichever comes first.
+    /// runs their bodies) and no acquire or `unlock()` is under way, or at `deadline`, whichever
+    /// comes first; from then on ``reserveRelease()`` refuses. For shutdown only.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant, leaving: Int = 0) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
@@ -211,14 +231,21 @@ final class ScopeRegistry: Sendable {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                         let resumeNow: Bool = state.withLock { state in
-                            if state.underWay <= leaving || Task.isCancelled { return true }
+                            if state.underWay <= leaving || Task.isCancelled {
+                                state.releasesClosed = true
+                                return true
+                            }
                             state.emptied[id] = (leaving, continuation)
                             return false
                         }
                         if resumeNow { continuation.resume() }
                     }
                 } onCancel: {
-                    state.withLock { $0.emptied.removeValue(forKey: id) }?.continuation.resume()
+                    // The deadline came first.
+                    state.withLock { state in
+                        state.releasesClosed = true
+                        return state.emptied.removeValue(forKey: id)
+                    }?.continuation.resume()
                 }
             }
             group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }

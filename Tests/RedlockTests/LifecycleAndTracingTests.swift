@@ -1,3 +1,4 @@
+import Dispatch
 import InMemoryTracing
 import Logging
 import Redlock
@@ -228,6 +229,57 @@ extension LifecycleAndTracingTests {
             #expect(cleanUp.value == "ok")
             #expect(try await values(of: "other", on: servers) == [nil, nil, nil])
             #expect(try await values(of: "scoped", on: servers) == [nil, nil, nil])
+        }
+    }
+}
+
+extension LifecycleAndTracingTests {
+    @Test("an unlock() that begins while shutdown() waits (here for a scope whose body ignores its cancellation for 300 ms) still releases the lease and is waited for; one that begins after shutdown() returned throws clientShutDown (before: clientShutDown from the moment shutdown() was called, and the keys stayed for their expiry)")
+    func unlockDuringShutdownWait() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let plain = try client.makeLock("released-while-shutting", options: LockOptions(expiry: .seconds(30)))
+            let later = try client.makeLock("released-after-shutdown", options: LockOptions(expiry: .seconds(30)))
+            let scoped = try client.makeLock("stubborn-scope", options: LockOptions(expiry: .seconds(30)))
+            let lease = try await plain.lock()
+            let lateLease = try await later.lock()
+            let (entered, signal) = AsyncStream<Void>.makeStream()
+            let scope = Task {
+                try await scoped.withLock { _ in
+                    signal.yield()
+                    // Cancelled by the shutdown, the body takes 300 ms more to end (a wait its
+                    // cancellation does not cut short): shutdown waits for it meanwhile.
+                    try? await Task.sleep(for: .seconds(30))
+                    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { done.resume() }
+                    }
+                }
+            }
+            for await _ in entered { break }
+            let shutter = Task { await client.shutdown() }
+            // Shutting down: a new acquire is refused.
+            let probe = try client.makeLock("probe-shutting", options: LockOptions(expiry: .seconds(30), tries: 1))
+            // A tryLock on a client shutting down fails at once, without a round trip.
+            var refused = false
+            let giveUp = ContinuousClock.now + .seconds(5)
+            while !refused, ContinuousClock.now < giveUp {
+                do throws(RedlockError) {
+                    let got = try await probe.tryLock()
+                    try await probe.unlock(got)
+                } catch {
+                    refused = error.code == .clientShutDown
+                }
+            }
+            #expect(refused, "the client did not start shutting down")
+            let during: RedlockError?
+            do throws(RedlockError) { try await plain.unlock(lease); during = nil } catch { during = error }
+            #expect(during == nil, "\(String(describing: during))")
+            await shutter.value
+            _ = try? await scope.value
+            #expect(try await values(of: "released-while-shutting", on: servers) == [nil, nil, nil])
+            let after = await #expect(throws: RedlockError.self) { try await later.unlock(lateLease) }
+            #expect(after?.code == .clientShutDown)
+            for server in servers { _ = try await server.run(RedisCommand("DEL", "released-after-shutdown")) }
         }
     }
 }
