@@ -359,7 +359,9 @@ public final class RedlockClient: Sendable {
     /// ``RedlockError/Code-swift.struct/clientShutDown``, as does one whose attempt won as the
     /// shutdown began (that lease is released); shutdown waits for those releases within the
     /// same limit. In all, with frozen nodes it takes up to about a second (this wait and the
-    /// connections' wait for answers).
+    /// connections' wait for answers); with ``LockOptions/replicaAcknowledgements``, up to half
+    /// the command timeout and 150 ms more than this wait: a `WAIT` under way is let end, so
+    /// that the release queued behind it runs.
     /// An ``DistributedLock/unlock(_:)`` under way when `shutdown()` begins, or begun while it
     /// waits, is waited for too (within the same limit: a lease returned just before the
     /// shutdown began and released just after still goes); one that begins once that wait is
@@ -405,8 +407,13 @@ public final class RedlockClient: Sendable {
         deadlines.stop()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.coordination.shutdown() }
-            // The client made these whoever owns the others.
-            for node in acknowledgedNodes { group.addTask { await node.shutdown() } }
+            // The client made these whoever owns the others. A WAIT may block on them for half
+            // the node's command timeout (and be answered a server tick late): the grace lets it
+            // end, so that an acquire's release queued behind it runs.
+            for (node, shared) in zip(acknowledgedNodes, nodes) {
+                let grace = shared.configuration.commandTimeout / 2 + ReplicaWait.lateAnswerAllowance
+                group.addTask { await node.shutdown(grace: max(grace, .milliseconds(500))) }
+            }
             if ownsConnections {
                 for node in nodes { group.addTask { await node.shutdown() } }
             }

@@ -233,8 +233,13 @@ public final class RedisConnection: Sendable, CustomStringConvertible {
     /// The caller's cancellation does not cut the grace period short (nor make it the whole
     /// command timeout): the wait runs in a task of its own.
     public func shutdown() async {
+        await shutdown(grace: min(configuration.commandTimeout, .milliseconds(500)))
+    }
+
+    /// ``shutdown()`` with a grace period of `grace` for the answers to what is written (a
+    /// connection whose commands may block longer, a `WAIT`, lets them end).
+    package func shutdown(grace: Duration) async {
         core.beginShutdown()
-        let grace = min(configuration.commandTimeout, .milliseconds(500))
         let core = core
         await Task { await Self.drain(core, grace: grace) }.value
     }

@@ -234,6 +234,25 @@ extension LifecycleAndTracingTests {
 }
 
 extension LifecycleAndTracingTests {
+    @Test("with replicaAcknowledgements, shutdown() during an acquire whose WAIT blocks (nodes without replicas: 1 s, half the command timeout) lets the WAIT end, so the release queued behind it runs: no key left once shutdown() returns (before: the connection closed 500 ms in, Redis dropped the queued release, and every node kept the key for its 60 s expiry)")
+    func shutdownDuringReplicaWait() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration(commandTimeout: .seconds(2)) })
+            let lock = try client.makeLock("waited-at-shutdown", options: LockOptions(expiry: .seconds(60), replicaAcknowledgements: 1))
+            let acquiring = Task { () -> RedlockError.Code? in
+                do throws(RedlockError) { _ = try await lock.lock(); return nil } catch { return error.code }
+            }
+            // The SETs ran; each connection's WAIT now blocks for up to a second.
+            let set = ContinuousClock.now + .seconds(5)
+            while try await values(of: "waited-at-shutdown", on: servers).contains(nil), ContinuousClock.now < set {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            await client.shutdown()
+            #expect(await acquiring.value == .clientShutDown)
+            #expect(try await values(of: "waited-at-shutdown", on: servers) == [nil, nil, nil], "keys left")
+        }
+    }
+
     @Test("an unlock() that begins while shutdown() waits (here for a scope whose body ignores its cancellation for 300 ms) still releases the lease and is waited for; one that begins after shutdown() returned throws clientShutDown (before: clientShutDown from the moment shutdown() was called, and the keys stayed for their expiry)")
     func unlockDuringShutdownWait() async throws {
         try await withRedisServers(3) { servers throws in
