@@ -411,8 +411,9 @@ public final class RedlockClient: Sendable {
             // the node's command timeout (and be answered a server tick late): the grace lets it
             // end, so that an acquire's release queued behind it runs.
             for (node, shared) in zip(acknowledgedNodes, nodes) {
-                let grace = shared.configuration.commandTimeout / 2 + ReplicaWait.lateAnswerAllowance
-                group.addTask { await node.shutdown(grace: max(grace, .milliseconds(500))) }
+                let waitEnds = shared.configuration.commandTimeout / 2 + ReplicaWait.lateAnswerAllowance
+                let grace = max(waitEnds, min(node.configuration.commandTimeout, .milliseconds(500)))
+                group.addTask { await node.shutdown(grace: grace) }
             }
             if ownsConnections {
                 for node in nodes { group.addTask { await node.shutdown() } }
