@@ -328,6 +328,13 @@ extension LifecycleAndTracingTests {
             let holderValue = holder?.value
             var unlocking: Task<Void, Never>?
             defer { try? servers[1].resume(); try? servers[2].resume() }
+            // Every connection open before two nodes freeze, and frozen before the acquire (a
+            // waiter's: before the holder's unlock sends it), so its commands wait on them.
+            _ = await client.checkNodes()
+            if way != .waiterHere {
+                try await servers[1].pause()
+                try await servers[2].pause()
+            }
             let acquiring = Task { () -> RedlockError.Code? in
                 do {
                     switch way {
@@ -339,12 +346,12 @@ extension LifecycleAndTracingTests {
                     return (error as? RedlockError)?.code
                 }
             }
-            if way == .waiterHere {
+            if let holder {
                 #expect(await eventually { client.waitingLockCalls(for: name) == 1 })
+                try await servers[1].pause()
+                try await servers[2].pause()
+                unlocking = Task { try? await lock.unlock(holder) }
             }
-            try await servers[1].pause()
-            try await servers[2].pause()
-            if let holder { unlocking = Task { try? await lock.unlock(holder) } }
             // The attempt's key is on the live node (the waiter's: not the holder's value).
             let set = ContinuousClock.now + .seconds(5)
             var onLive: String?
