@@ -143,6 +143,12 @@ final class DeadlineTimer: Sendable {
         /// The heap's count at which ``push(_:)`` sweeps out finished waits.
         var heapSweepAt = DeadlineTimer.minimumSweep
 
+        /// The unfinished waits held, in the heap and the lanes, that `include` picks.
+        func held(where include: (any Expiring) -> Bool) -> [any Expiring] {
+            heap.map(\.waiter).filter { !$0.isFinished && include($0) }
+                + lanes.flatMap { $0.entries[$0.head...].map(\.waiter) }.filter { !$0.isFinished && include($0) }
+        }
+
         mutating func push(_ entry: Entry) {
             if heap.count >= heapSweepAt { sweepHeap() }
             heap.append(entry)
@@ -371,16 +377,9 @@ final class DeadlineTimer: Sendable {
     /// ends at shutdown (``Expiring/endsAtShutdown``), and each such wait scheduled from now on
     /// as it is scheduled. The others keep their deadlines.
     func endAtShutdown() {
-        let ending: [any Expiring] = state.withLock { state in
+        let ending = state.withLock { state in
             state.endingAtShutdown = true
-            var ending: [any Expiring] = []
-            for lane in state.lanes {
-                for entry in lane.entries[lane.head...] where !entry.waiter.isFinished && entry.waiter.endsAtShutdown {
-                    ending.append(entry.waiter)
-                }
-            }
-            for entry in state.heap where !entry.waiter.isFinished && entry.waiter.endsAtShutdown { ending.append(entry.waiter) }
-            return ending
+            return state.held(where: \.endsAtShutdown)
         }
         for waiter in ending { waiter.expire() }
     }
@@ -426,8 +425,7 @@ final class DeadlineTimer: Sendable {
             let next: Next = state.withLock { state in
                 state.sleeping = false
                 if state.expireAll {
-                    due += state.heap.map(\.waiter).filter { !$0.isFinished }
-                    due += state.lanes.flatMap { $0.entries[$0.head...].map(\.waiter) }.filter { !$0.isFinished }
+                    due += state.held { _ in true }
                     state.heap.removeAll()
                     state.lanes.removeAll()
                 }

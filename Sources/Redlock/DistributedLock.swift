@@ -299,10 +299,6 @@ public struct DistributedLock: Sendable {
             return extended
         }
         if Task.isCancelled { throw cancelled("extend") }
-        // Connections closed by a shutdown under way answer for no node.
-        if client.isShuttingDown {
-            throw RedlockError(code: .clientShutDown, lockName: name, message: "the client shut down during extend(); the lease was not extended")
-        }
         throw leaseError(votes, operation: "extend")
     }
 
@@ -410,6 +406,14 @@ public struct DistributedLock: Sendable {
             return RedlockError(
                 code: .leaseTakenOver, lockName: name,
                 message: "\(operation): another holder has the lock on \(taken.count) nodes", nodes: failures
+            )
+        }
+        // Connections closed by a shutdown under way answer for no node: the shutdown is the
+        // cause (an extend racing it; an unlock past its wait's deadline).
+        if client.isShuttingDown {
+            return RedlockError(
+                code: .clientShutDown, lockName: name, message: "\(operation): the client shut down meanwhile; the lease was not \(operation == "extend" ? "extended" : "released")",
+                nodes: failures
             )
         }
         // Nodes that had not answered when the refusals decided it (failFast) may still act on

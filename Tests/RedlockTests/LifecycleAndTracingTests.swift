@@ -253,6 +253,25 @@ extension LifecycleAndTracingTests {
         }
     }
 
+    @Test("an extend() whose nodes' connections the shutdown closes (two of three frozen) throws clientShutDown, not noQuorum with empty 'shutdown' causes")
+    func extendClosedByShutdown() async throws {
+        try await withRedisServers(3) { servers throws in
+            let client = try RedlockClient(nodes: servers.map { $0.configuration() })
+            let lock = try client.makeLock("extended-at-shutdown", options: LockOptions(expiry: .seconds(60)))
+            let lease = try await lock.lock()
+            defer { try? servers[1].resume(); try? servers[2].resume() }
+            try await servers[1].pause()
+            try await servers[2].pause()
+            let extending = Task { () -> RedlockError.Code? in
+                do throws(RedlockError) { _ = try await lock.extend(lease); return nil } catch { return error.code }
+            }
+            // The extension is written to every node (the live one answers it) before the shutdown.
+            try await Task.sleep(for: .milliseconds(100))
+            await client.shutdown()
+            #expect(await extending.value == .clientShutDown)
+        }
+    }
+
     @Test("an unlock() that begins while shutdown() waits (here for a scope whose body ignores its cancellation for 300 ms) still releases the lease and is waited for; one that begins after shutdown() returned throws clientShutDown (before: clientShutDown from the moment shutdown() was called, and the keys stayed for their expiry)")
     func unlockDuringShutdownWait() async throws {
         try await withRedisServers(3) { servers throws in
