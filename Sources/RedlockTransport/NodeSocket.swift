@@ -21,6 +21,12 @@ final class TLSContext: @unchecked Sendable {
     /// Loads the files named by `configuration`.
     /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason.
     init(_ configuration: RedisTLSConfiguration, endpoint: RedisEndpoint) throws(RedisError) {
+        if let key = configuration.privateKeyFile, configuration.certificateFile == nil {
+            throw RedisError(
+                code: .tlsFailed, endpoint: endpoint,
+                message: "the client key \(key) is given without a client certificate (certificateFile) to go with it"
+            )
+        }
         var error = rio_error()
         let created = rio_tls_create(
             configuration.trustedCertificatesFile, configuration.certificateFile, configuration.privateKeyFile,

@@ -273,7 +273,8 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// The client's certificate chain (PEM) for mutual TLS, or `nil` (the default) for none.
     public var certificateFile: String?
     /// The client's private key (PEM) for ``certificateFile``; `nil` reads it from
-    /// ``certificateFile``.
+    /// ``certificateFile``. A key without a certificate file fails every connect
+    /// (``RedisError/Code-swift.struct/tlsFailed``, permanent).
     public var privateKeyFile: String?
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
     /// (the default) uses the endpoint's host.
@@ -300,5 +301,21 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
         self.serverName = serverName
         self.verifiesCertificate = verifiesCertificate
         self.verifiesHostname = verifiesHostname
+    }
+
+    /// Loads the files this configuration names (the CA bundle, or the system's trust store when
+    /// ``trustedCertificatesFile`` is `nil` and certificates are verified; the client's
+    /// certificate and key) as a connection to `endpoint` does before its first handshake, and
+    /// lets them go again, without connecting.
+    ///
+    /// A connection loads them on its first connect and reports a file that does not load as
+    /// that node's failure; this tells a program at start-up instead (`redlock` makes it a usage
+    /// error, before any node is asked).
+    /// - Parameter endpoint: The node the error names.
+    /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason
+    ///   (a file that cannot be read, holds no PEM certificate, a key that does not match the
+    ///   certificate), or a ``privateKeyFile`` without a ``certificateFile``.
+    public func loadFiles(for endpoint: RedisEndpoint) throws(RedisError) {
+        _ = try TLSContext(self, endpoint: endpoint)
     }
 }

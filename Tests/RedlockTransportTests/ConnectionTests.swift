@@ -1748,7 +1748,7 @@ struct EndOfStreamTests {
                 configuration: configuration,
                 vet: { peer, _ in
                     vetted.withLock { $0 += 1 }
-                    return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(peer)"))
+                    return .failure(RedisError(code: .invalidAddress, endpoint: byName, message: "refused \(String(describing: peer))"))
                 },
                 onSubscribed: { _ in confirmed.withLock { $0 += 1 } },
                 onMessage: { _, _ in }

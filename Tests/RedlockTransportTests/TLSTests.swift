@@ -529,6 +529,38 @@ struct TLSTests {
         #expect(failure?.isPermanent == true)
     }
 
+    @Test("loadFiles tells at start-up, without connecting, what a first connect would fail with: a CA file with no certificate in it, a client key that is not the certificate's, a key without a certificate; good files and the system's trust store load; a connect with the same files fails the same way, naming the file")
+    func loadFilesWithoutConnecting() async throws {
+        try await withCertificates { certificates in
+            let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)
+            let garbage = certificates.directory + "/garbage.pem"
+            try Data("not a certificate\n".utf8).write(to: URL(fileURLWithPath: garbage))
+            let bad: [(String, RedisTLSConfiguration, String)] = [
+                ("no PEM in the CA file", RedisTLSConfiguration(trustedCertificatesFile: garbage), garbage),
+                ("another certificate's key", RedisTLSConfiguration(
+                    trustedCertificatesFile: certificates.ca.certificate,
+                    certificateFile: certificates.client.certificate, privateKeyFile: certificates.server.key
+                ), certificates.server.key),
+                ("a key alone", RedisTLSConfiguration(privateKeyFile: certificates.client.key), certificates.client.key),
+            ]
+            for (what, tls, file) in bad {
+                var thrown: RedisError?
+                do throws(RedisError) { try tls.loadFiles(for: endpoint) } catch { thrown = error }
+                #expect(thrown?.code == .tlsFailed && thrown?.isPermanent == true, "\(what): \(String(describing: thrown))")
+                #expect(thrown?.message.contains(file) == true && thrown?.endpoint == endpoint, "\(what): \(String(describing: thrown))")
+                // What a connection meets on its first connect is the same failure.
+                let connecting = await pingError(RedisConnectionConfiguration(endpoint: endpoint, tls: tls))
+                #expect(connecting?.code == .tlsFailed && connecting?.message == thrown?.message, "\(what): \(String(describing: connecting))")
+            }
+            let good = RedisTLSConfiguration(
+                trustedCertificatesFile: certificates.ca.certificate,
+                certificateFile: certificates.client.certificate, privateKeyFile: certificates.client.key
+            )
+            #expect(throws: Never.self) { try good.loadFiles(for: endpoint) }
+            #expect(throws: Never.self) { try RedisTLSConfiguration().loadFiles(for: endpoint) }
+        }
+    }
+
     @Test("an error other code on the event loop's thread left on its OpenSSL error queue is not the connection's: TLS reads that wait for the rest of a record go on")
     func staleOpenSSLError() async throws {
         try await withCertificates { certificates in

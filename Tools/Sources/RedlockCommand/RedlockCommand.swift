@@ -3,6 +3,7 @@ import RedlockOutput
 import CSupervise
 import Foundation
 import Logging
+import Redlock
 
 #if canImport(Glibc)
 import Glibc
@@ -42,10 +43,45 @@ enum Entry {
         }
         // The client's log lines (a node that stops answering) never wait for stderr; what is
         // queued at exit has a second to be written.
-        LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }
+        switch logLevel(ProcessInfo.processInfo.environment["REDLOCK_LOG_LEVEL"]) {
+        case let .success(level?):
+            LoggingSystem.bootstrap { label in
+                var handler = StandardErrorLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case .success(nil):
+            LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+        case let .failure(problem):
+            StandardError.shared.write("redlock: \(problem)", waitingUpTo: .seconds(1))
+            exit(64)
+        }
         atexit(flushStandardErrorAtExit)
         // A closed stderr or stdout (a socket: journald's stream) fails a write, not the process.
         _ = signal(SIGPIPE, SIG_IGN)
         await RedlockCommand.main()
+    }
+}
+
+/// The lowest level of the client's log lines `redlock` prints on stderr, from
+/// `REDLOCK_LOG_LEVEL` (`value`): one of swift-log's levels (`trace`, `debug`, `info`, `notice`,
+/// `warning`, `error`, `critical`; `info` when unset or empty), or `none` (`.success(nil)`: no
+/// log lines; `redlock`'s own messages, such as `run`'s last line, are printed all the same).
+/// Anything else is a usage error naming the levels.
+func logLevel(_ value: String?) -> Result<Logger.Level?, LogLevelError> {
+    guard let value, !value.isEmpty else { return .success(.info) }
+    if value.lowercased() == "none" { return .success(nil) }
+    guard let level = Logger.Level(rawValue: value.lowercased()) else { return .failure(LogLevelError(value: value)) }
+    return .success(level)
+}
+
+/// A `REDLOCK_LOG_LEVEL` that names no level.
+struct LogLevelError: Error, CustomStringConvertible {
+    /// The variable's value.
+    let value: String
+
+    var description: String {
+        let levels = Logger.Level.allCases.map(\.rawValue) + ["none"]
+        return "REDLOCK_LOG_LEVEL=\(RedlockError.shown(value)) is not a level: give one of \(levels.joined(separator: ", "))"
     }
 }

@@ -45,6 +45,10 @@ struct Run: AsyncParsableCommand {
         supervisor: a pause of the whole machine, or of redlock and the watchdog together \
         (pkill -STOP redlock matches both); use the fencing token where the resource can check it.
 
+        The client's log lines (a node that does not answer is a warning) go to stderr before \
+        redlock's own; REDLOCK_LOG_LEVEL (trace, debug, info: the default, notice, warning, error, \
+        critical, none) sets the lowest level printed, e.g. error under cron.
+
         Exit statuses:
           (the command's)  the command ran while the lease held
           64               bad arguments or configuration (EX_USAGE); nothing ran

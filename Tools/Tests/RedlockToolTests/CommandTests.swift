@@ -187,6 +187,57 @@ struct CommandTests {
         }
     }
 
+    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate) are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
+    func malformedTLSFiles() async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let garbage = certificates.directory + "/garbage.pem"
+        try Data("not a certificate\n".utf8).write(to: URL(fileURLWithPath: garbage))
+        let cases: [([String: String], String)] = [
+            (["REDLOCK_TLS_CA_CERT": garbage], "REDLOCK_TLS_CA_CERT: could not load the CA certificates from \(garbage)"),
+            (["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_CERT": certificates.client.certificate,
+              "REDLOCK_TLS_KEY": certificates.server.key], "REDLOCK_TLS_CA_CERT, REDLOCK_TLS_CERT, REDLOCK_TLS_KEY: could not load the client key \(certificates.server.key)"),
+            (["REDLOCK_TLS_KEY": certificates.client.key], "REDLOCK_TLS_KEY is set without REDLOCK_TLS_CERT"),
+        ]
+        for (environment, message) in cases {
+            let run = try CommandRun(
+                ["run", "--nodes", "rediss://127.0.0.1:1", "--name", "tls-files", "--", "echo", "ran"], environment: environment, killAfter: .seconds(20)
+            )
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 64 && stderr.contains(message) && !stdout.contains("ran"), "\(environment): \(status) \(stderr)")
+        }
+    }
+
+    @Test("REDLOCK_LOG_LEVEL sets the lowest level of the client's log lines redlock prints: by default a node that does not answer is a warning line before the command's output; at error or none a run that gets its quorum prints nothing on stderr, and a failed one its last line only; a value that is no level is exit 64 naming the levels", .timeLimit(.minutes(1)))
+    func logLevelFromEnvironment() async throws {
+        try await withRedisServers(2) { servers in
+            let refusing = try ClosedPort()
+            let nodes = servers.map { "\($0.endpoint)" } + [refusing.endpoint]
+            let list = nodes.joined(separator: ",")
+            for level in ["", "warning", "error", "NONE"] {
+                let run = try CommandRun(["run", "--nodes", list, "--name", "log-level", "--", "echo", "ran"],
+                                         environment: ["REDLOCK_LOG_LEVEL": level], killAfter: .seconds(20))
+                let (status, stdout, stderr) = await run.finish()
+                #expect(status == 0 && stdout.contains("ran"), "\(level): \(status) \(stderr)")
+                let warned = stderr.contains("warning") && stderr.contains(refusing.endpoint)
+                #expect(warned == (level == "" || level == "warning"), "\(level): \(stderr)")
+                if !warned { #expect(stderr.isEmpty, "\(level): \(stderr)") }
+            }
+            // Two nodes refusing: no quorum; its last line is redlock's own, at any level.
+            let another = try ClosedPort()
+            let failed = try CommandRun(["run", "--nodes", "\(servers[0].endpoint),\(refusing.endpoint),\(another.endpoint)",
+                                         "--name", "log-level", "--", "echo", "ran"],
+                                        environment: ["REDLOCK_LOG_LEVEL": "none"], killAfter: .seconds(20))
+            let (status, _, stderr) = await failed.finish()
+            let lines = stderr.split(separator: "\n")
+            #expect(status == 69 && lines.count == 1 && lines.first?.hasPrefix("redlock: could not acquire the lock") == true, "\(status): \(stderr)")
+        }
+        let bad = try CommandRun(["run", "--nodes", "127.0.0.1:1", "--name", "log-level", "--", "echo", "ran"],
+                                 environment: ["REDLOCK_LOG_LEVEL": "verbose"], killAfter: .seconds(20))
+        let (status, stdout, stderr) = await bad.finish()
+        #expect(status == 64 && !stdout.contains("ran") && stderr.contains("REDLOCK_LOG_LEVEL=\"verbose\" is not a level: give one of trace, debug, info, notice, warning, error, critical, none"), "\(status): \(stderr)")
+    }
+
     @Test("SIGTERM, SIGINT or SIGHUP (a closed terminal) to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it, with a TMPDIR too long for a socket path (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed; on SIGHUP, its nodes and directories stayed)", arguments: [
         (SIGTERM, "Measuring floor"), (SIGINT, "worker processes contending"), (SIGHUP, "Measuring floor"),
     ])
