@@ -298,8 +298,23 @@ static int wait_for(int fd, short events, long long deadline, rio_error *err) {
 
 /* ---- TLS configuration ---- */
 
+/* The passphrase callback of every context: none is given. OpenSSL's default asks on the
+   terminal, from whichever connector threads load a key at once (reading one FILE from
+   several threads: a corrupted heap), and blocks without a terminal timeout. The key fails to
+   load instead; `asked`, when set, records that a passphrase was wanted. */
+static int refuse_passphrase(char *buffer, int size, int writing, void *asked) {
+    (void)buffer;
+    (void)size;
+    (void)writing;
+    if (asked != NULL) {
+        *(int *)asked = 1;
+    }
+    return 0;
+}
+
 rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *key_file, int verify_peer, rio_error *err) {
     char reason[200];
+    int asked = 0;
     ERR_clear_error();
     SSL_CTX *context = SSL_CTX_new(TLS_client_method());
     if (context == NULL) {
@@ -307,6 +322,8 @@ rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *
         fail(err, RIO_E_TLS, 0, "could not create a TLS context: %s", reason);
         return NULL;
     }
+    SSL_CTX_set_default_passwd_cb(context, refuse_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(context, &asked);
     if (SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) != 1) {
         openssl_reason(reason, sizeof reason);
         fail(err, RIO_E_TLS, 0, "could not require TLS 1.2: %s", reason);
@@ -349,7 +366,12 @@ rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *
         const char *key = key_file != NULL ? key_file : cert_file;
         if (SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) != 1) {
             openssl_reason(reason, sizeof reason);
-            if (key_file != NULL) {
+            if (asked) {
+                fail(err, RIO_E_TLS, 0,
+                     "the client key %s is encrypted: it needs a passphrase, which is never asked for (give the key "
+                     "unencrypted, in a file only this user can read)",
+                     key);
+            } else if (key_file != NULL) {
                 fail(err, RIO_E_TLS, 0, "could not load the client key %s: %s", key, reason);
             } else {
                 fail(err, RIO_E_TLS, 0,
@@ -371,6 +393,8 @@ rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *
         SSL_CTX_free(context);
         return NULL;
     }
+    /* `asked` lives on this stack only: nothing loads a key through the context from now on. */
+    SSL_CTX_set_default_passwd_cb_userdata(context, NULL);
     rio_tls *tls = malloc(sizeof *tls);
     if (tls == NULL) {
         fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
@@ -1105,6 +1129,32 @@ int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *er
     return RIO_OK;
 }
 
+/* Whether the OpenSSL error `error` records a fatal alert the server sent about this client's
+   certificate or TLS settings (a received alert N has the reason SSL_AD_REASON_OFFSET + N,
+   RFC 8446 section 6.2 names them): no certificate where one is required, one it rejects, no
+   protocol version or cipher in common. A new connection with the same settings gets the same. */
+static int refuses_client(unsigned long error) {
+    if (error == 0 || ERR_GET_LIB(error) != ERR_LIB_SSL || ERR_GET_REASON(error) < SSL_AD_REASON_OFFSET) {
+        return 0;
+    }
+    switch (ERR_GET_REASON(error) - SSL_AD_REASON_OFFSET) {
+    case SSL3_AD_HANDSHAKE_FAILURE:
+    case SSL3_AD_BAD_CERTIFICATE:
+    case SSL3_AD_UNSUPPORTED_CERTIFICATE:
+    case SSL3_AD_CERTIFICATE_REVOKED:
+    case SSL3_AD_CERTIFICATE_EXPIRED:
+    case SSL3_AD_CERTIFICATE_UNKNOWN:
+    case TLS1_AD_UNKNOWN_CA:
+    case TLS1_AD_ACCESS_DENIED:
+    case TLS1_AD_PROTOCOL_VERSION:
+    case TLS1_AD_INSUFFICIENT_SECURITY:
+    case TLS13_AD_CERTIFICATE_REQUIRED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* Classifies a failed SSL_read/SSL_write; 0 when it only has to wait (sets *wants). */
 static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, int *wants_write, const char *what, rio_error *err) {
     int reason_code = SSL_get_error(conn->ssl, result);
@@ -1134,9 +1184,16 @@ static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, i
         __attribute__((fallthrough));
     default: {
         /* After the handshake a TLS error breaks this connection; a new one may well work (a
-           restarted server), so it is not reported as a (permanent) TLS set-up failure. */
+           restarted server), so it is not reported as a (permanent) TLS set-up failure. Except
+           the server's refusal of this client before any reply: a TLS 1.3 server checks the
+           client's certificate after the client's side of the handshake ended, and says so in
+           an alert on the first read (TLS 1.2 in the handshake, a TLS failure too). */
+        int refused = !conn->received && (refuses_client(ERR_peek_error()) || refuses_client(ERR_peek_last_error()));
         char reason[200];
         openssl_reason(reason, sizeof reason);
+        if (refused) {
+            return fail(err, RIO_E_TLS, 0, "TLS %s failed, the server refused this client: %s", what, reason);
+        }
         return fail(err, RIO_E_CLOSED, 0, "TLS %s failed: %s", what, reason);
     }
     }
@@ -1160,7 +1217,8 @@ static void alert_before_close(rio_conn *conn, rio_error *err) {
     int result = SSL_read(conn->ssl, buffer, (int)sizeof buffer);
     int saved = errno;
     if (result <= 0 && tls_failure(conn, result, saved, NULL, NULL, "read", &reading) != 0 && strstr(reading.message, " alert ") != NULL) {
-        fail(err, RIO_E_CLOSED, err->sys_errno, "TLS write failed, and the server closed the connection: %s", reading.message);
+        fail(err, reading.code == RIO_E_TLS ? RIO_E_TLS : RIO_E_CLOSED, err->sys_errno,
+             "TLS write failed, and the server closed the connection: %s", reading.message);
     }
 }
 

@@ -405,7 +405,7 @@ public struct DistributedLock: Sendable {
             }
             return RedlockError(
                 code: .leaseTakenOver, lockName: name,
-                message: "\(operation): another holder has the lock on \(taken.count) nodes", nodes: failures
+                message: "\(operation): another holder has the lock on \(taken.count) node\(taken.count == 1 ? "" : "s")", nodes: failures
             )
         }
         // Connections closed by a shutdown under way answer for no node: the shutdown is the

@@ -50,6 +50,9 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
     /// A client certificate (`CN=redlock-test-client`, extended key usage clientAuth) signed by
     /// ``ca``, for servers started with client authentication.
     public let client: Files
+    /// ``client``'s key encrypted with the passphrase `redlock-test` (PEM, PKCS #8, AES-256):
+    /// a key a client cannot load without asking for a passphrase.
+    public let encryptedClientKey: String
 
     /// `TLS certificates in DIRECTORY`.
     public var description: String { "TLS certificates in \(directory)" }
@@ -63,6 +66,7 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
         expiredServer = files("expired-server")
         wrongHostServer = files("wrong-host-server")
         client = files("client")
+        encryptedClientKey = "\(directory)/client-encrypted.key"
     }
 
     /// Generates a fresh set of certificates in a new temporary directory.
@@ -187,6 +191,9 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
                     + tenYears + ["-out", files.certificate]
             )
         }
+        try await run(
+            ["pkey", "-in", client.key, "-aes256", "-passout", "pass:redlock-test", "-out", encryptedClientKey]
+        )
         // The expired one: neither `req -x509` nor `x509 -req` can set a start date in 3.0
         // (`x509 -not_before` is 3.4+), `openssl ca -startdate/-enddate` can.
         let request = "\(caStateDirectory)/expired-server.csr"

@@ -21,10 +21,20 @@ final class TLSContext: @unchecked Sendable {
     /// Loads the files named by `configuration`.
     /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason.
     init(_ configuration: RedisTLSConfiguration, endpoint: RedisEndpoint) throws(RedisError) {
-        if let key = configuration.privateKeyFile, configuration.certificateFile == nil {
+        // Each connection loads the files anew: a pipe (`<(…)`, a FIFO) would give its bytes to
+        // the first alone, and one without a writer would block the connector thread in open.
+        let files = [
+            ("CA certificates", configuration.verifiesCertificate ? configuration.trustedCertificatesFile : nil),
+            ("client certificate", configuration.certificateFile), ("client key", configuration.privateKeyFile),
+        ]
+        for case let (role, path?) in files {
+            var status = stat()
+            // A file that is not there: OpenSSL's reason names it.
+            guard stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG else { continue }
+            let kind = status.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file (a pipe, a socket or a device)"
             throw RedisError(
                 code: .tlsFailed, endpoint: endpoint,
-                message: "the client key \(key) is given without a client certificate (certificateFile) to go with it"
+                message: "the \(role) file \(path) is \(kind): each connection reads it anew, so it must be a file that reads the same every time"
             )
         }
         var error = rio_error()

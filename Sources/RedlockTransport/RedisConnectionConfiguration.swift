@@ -57,8 +57,9 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
     /// `text` as an error may quote it: whole when it cannot hold credentials (no `://` and no
     /// `@`), else only its scheme (`redis://…`), or nothing (`…`). A URL that does not parse
     /// may hold a password anywhere: cut short, mistyped, or with an unescaped `@`, `/`, `?`
-    /// or `:` in it.
-    static func quotable(_ text: String) -> String {
+    /// or `:` in it. For a program's own messages about addresses (a list with an empty
+    /// place: each piece quoted so).
+    public static func quotable(_ text: String) -> String {
         if let schemeEnd = text.firstRange(of: "://") { return text[..<schemeEnd.upperBound] + "…" }
         if text.contains("@") { return "…" }
         // A query (`unix:/path?…`) may carry a password (`?password=…`, as other clients write).

@@ -42,6 +42,34 @@ struct MismatchedPortTests {
         }
     }
 
+    @Test("lock() without a client certificate on TLS nodes that require one fails at once, with TLS 1.2 (the alert comes in the handshake) and TLS 1.3 (on the first read after it: before, a transient close, retried for the lock's whole timeout), each node's cause a permanent TLS failure naming the server's alert; with the certificate it locks", arguments: [true, false])
+    func clientCertificateRequired(tls12: Bool) async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let servers = try await RedisServer.start(
+            count: 3, tls: .init(certificates: certificates, clientAuthentication: .required),
+            arguments: ["--tls-protocols", tls12 ? "TLSv1.2" : "TLSv1.3"]
+        )
+        try await withTeardown {
+            var nodes = servers.map {
+                var node = $0.configuration(connectTimeout: .seconds(1))
+                node.tls = RedisTLSConfiguration(trustedCertificatesFile: certificates.ca.certificate)
+                return node
+            }
+            try await expectFailsAtOnce(nodes, hint: " alert ")
+            for index in nodes.indices {
+                nodes[index].tls?.certificateFile = certificates.client.certificate
+                nodes[index].tls?.privateKeyFile = certificates.client.key
+            }
+            let client = try RedlockClient(nodes: nodes)
+            let lock = try client.makeLock("mismatched")
+            try await lock.unlock(try await lock.lock())
+            await client.shutdown()
+        } teardown: {
+            for server in servers { await server.terminate() }
+        }
+    }
+
     @Test("lock() on plain ports configured with TLS fails when its tries run out (a silence is no proof: the port may speak both), each node's connection failure a timeout that says to use redis://")
     func tlsClientOnPlainPorts() async throws {
         try await withRedisServers(3) { servers in

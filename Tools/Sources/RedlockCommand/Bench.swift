@@ -102,6 +102,7 @@ struct Bench: AsyncParsableCommand {
     var busyPoll: Duration = .microseconds(100)
 
     func validate() throws {
+        try validateLogLevelSetting()
         try RawArguments.requireText()
         guard (1...64).contains(nodeCount) else { throw ValidationError("--node-count must be in 1...64") }
         guard duration >= 0.1, duration <= 600 else { throw ValidationError("--duration must be in 0.1...600 seconds") }

@@ -27,6 +27,7 @@ struct Demo: AsyncParsableCommand {
     var rounds: Int = 10
 
     func validate() throws {
+        try validateLogLevelSetting()
         try RawArguments.requireText()
         guard tasks >= 1, rounds >= 1 else { throw ValidationError("--tasks and --rounds must be at least 1") }
     }

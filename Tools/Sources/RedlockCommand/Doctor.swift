@@ -63,6 +63,7 @@ struct Doctor: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
+        try validateLogLevelSetting()
         try RawArguments.requireText()
         guard ttl >= .milliseconds(200) else { throw ValidationError("--ttl must be at least 200ms, as run's") }
         if let restartGuard, restartGuard <= .zero { throw ValidationError("--restart-guard must be positive, got \(restartGuard)") }

@@ -32,7 +32,9 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
     // An empty place (a template's missing value, say) is not skipped: the lock would run on
     // fewer nodes than meant, with a smaller quorum.
     guard items.count == pieces.count else {
-        throw ValidationError("the node list has an empty place (two commas in a row, or one at an end): \"\(text)\"")
+        // Each address as errors quote them: a URL may hold a password.
+        let shown = pieces.map { RedisConnectionConfiguration.quotable($0) }.joined(separator: ",")
+        throw ValidationError("the node list has an empty place (two commas in a row, or one at an end): \"\(shown)\"")
     }
     func setting(_ name: String) -> String? {
         environment[name].flatMap { $0.isEmpty ? nil : $0 }
@@ -73,15 +75,20 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
     }
 }
 
-/// Why the file at `path` cannot be read (`open`'s error, or that it is a directory); nil when
-/// it can.
+/// Why the file at `path` cannot be read (`open`'s error, or that it is a directory, or not a
+/// regular file: each connection reads it anew, and a pipe gives its bytes once); nil when it
+/// can. Never waits (a FIFO without a writer is opened non-blocking).
 func unreadable(_ path: String) -> String? {
-    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     guard descriptor >= 0 else { return String(cString: strerror(errno)) }
     defer { close(descriptor) }
     var status = stat()
     guard fstat(descriptor, &status) == 0 else { return String(cString: strerror(errno)) }
-    return (status.st_mode & S_IFMT) == S_IFDIR ? "a directory, not a file" : nil
+    switch status.st_mode & S_IFMT {
+    case S_IFREG: return nil
+    case S_IFDIR: return "a directory, not a file"
+    default: return "not a regular file (a pipe, a socket or a device): each connection reads it anew, so it must be a file that reads the same every time"
+    }
 }
 
 /// A client over the nodes of `--nodes` (or `$REDLOCK_NODES`) and a lock on `name` with

@@ -43,18 +43,19 @@ enum Entry {
         }
         // The client's log lines (a node that stops answering) never wait for stderr; what is
         // queued at exit has a second to be written.
+        // A value that names no level is refused by each command's validation (so that --help
+        // still works); until then, the default.
         switch logLevel(ProcessInfo.processInfo.environment["REDLOCK_LOG_LEVEL"]) {
+        case .success(nil):
+            LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         case let .success(level?):
             LoggingSystem.bootstrap { label in
                 var handler = StandardErrorLogHandler(label: label)
                 handler.logLevel = level
                 return handler
             }
-        case .success(nil):
-            LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
-        case let .failure(problem):
-            StandardError.shared.write("redlock: \(problem)", waitingUpTo: .seconds(1))
-            exit(64)
+        case .failure:
+            LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }
         }
         atexit(flushStandardErrorAtExit)
         // A closed stderr or stdout (a socket: journald's stream) fails a write, not the process.
@@ -68,11 +69,21 @@ enum Entry {
 /// `warning`, `error`, `critical`; `info` when unset or empty), or `none` (`.success(nil)`: no
 /// log lines; `redlock`'s own messages, such as `run`'s last line, are printed all the same).
 /// Anything else is a usage error naming the levels.
+/// Case and surrounding white space do not matter.
 func logLevel(_ value: String?) -> Result<Logger.Level?, LogLevelError> {
-    guard let value, !value.isEmpty else { return .success(.info) }
-    if value.lowercased() == "none" { return .success(nil) }
-    guard let level = Logger.Level(rawValue: value.lowercased()) else { return .failure(LogLevelError(value: value)) }
+    let name = (value ?? "").trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+    guard !name.isEmpty else { return .success(.info) }
+    if name == "none" { return .success(nil) }
+    guard let level = Logger.Level(rawValue: name) else { return .failure(LogLevelError(value: value ?? "")) }
     return .success(level)
+}
+
+/// Throws a usage error (exit 64) when `REDLOCK_LOG_LEVEL` names no level: each command's
+/// `validate()` calls it first.
+func validateLogLevelSetting() throws {
+    if case let .failure(problem) = logLevel(ProcessInfo.processInfo.environment["REDLOCK_LOG_LEVEL"]) {
+        throw ValidationError(problem.description)
+    }
 }
 
 /// A `REDLOCK_LOG_LEVEL` that names no level.

@@ -45,9 +45,9 @@ struct Run: AsyncParsableCommand {
         supervisor: a pause of the whole machine, or of redlock and the watchdog together \
         (pkill -STOP redlock matches both); use the fencing token where the resource can check it.
 
-        The client's log lines (a node that does not answer is a warning) go to stderr before \
-        redlock's own; REDLOCK_LOG_LEVEL (trace, debug, info: the default, notice, warning, error, \
-        critical, none) sets the lowest level printed, e.g. error under cron.
+        The client's log lines (a node that does not answer is a warning) go to stderr as they \
+        happen, among redlock's own messages; REDLOCK_LOG_LEVEL (trace, debug, info: the default, \
+        notice, warning, error, critical, none) sets the lowest level printed, e.g. error under cron.
 
         Exit statuses:
           (the command's)  the command ran while the lease held
@@ -117,6 +117,7 @@ struct Run: AsyncParsableCommand {
     var effectiveGrace: Duration { grace ?? min(ttl / 4, .seconds(10)) }
 
     mutating func validate() throws {
+        try validateLogLevelSetting()
         if command.first == "--" {
             command.removeFirst()
         } else if let first = command.first, first.hasPrefix("-"), first != "-" {

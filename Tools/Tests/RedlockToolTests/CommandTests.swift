@@ -187,17 +187,26 @@ struct CommandTests {
         }
     }
 
-    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate) are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
+    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate, an encrypted key), or that are pipes, are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
     func malformedTLSFiles() async throws {
         let certificates = try await TLSCertificates.generate()
         defer { certificates.remove() }
         let garbage = certificates.directory + "/garbage.pem"
         try Data("not a certificate\n".utf8).write(to: URL(fileURLWithPath: garbage))
+        let fifo = certificates.directory + "/ca-fifo.pem"
+        #expect(mkfifo(fifo, 0o600) == 0)
         let cases: [([String: String], String)] = [
             (["REDLOCK_TLS_CA_CERT": garbage], "REDLOCK_TLS_CA_CERT: could not load the CA certificates from \(garbage)"),
             (["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_CERT": certificates.client.certificate,
               "REDLOCK_TLS_KEY": certificates.server.key], "REDLOCK_TLS_CA_CERT, REDLOCK_TLS_CERT, REDLOCK_TLS_KEY: could not load the client key \(certificates.server.key)"),
             (["REDLOCK_TLS_KEY": certificates.client.key], "REDLOCK_TLS_KEY is set without REDLOCK_TLS_CERT"),
+            // No passphrase prompt (it waited on a terminal for good, or printed one and failed
+            // with a UI error elsewhere).
+            (["REDLOCK_TLS_CERT": certificates.client.certificate, "REDLOCK_TLS_KEY": certificates.encryptedClientKey],
+             "REDLOCK_TLS_CERT, REDLOCK_TLS_KEY: the client key \(certificates.encryptedClientKey) is encrypted"),
+            // A FIFO without a writer: the check does not wait on it; and a pipe's bytes would
+            // reach the first connection only.
+            (["REDLOCK_TLS_CA_CERT": fifo], "REDLOCK_TLS_CA_CERT=\(fifo): not a regular file"),
         ]
         for (environment, message) in cases {
             let run = try CommandRun(
@@ -208,19 +217,19 @@ struct CommandTests {
         }
     }
 
-    @Test("REDLOCK_LOG_LEVEL sets the lowest level of the client's log lines redlock prints: by default a node that does not answer is a warning line before the command's output; at error or none a run that gets its quorum prints nothing on stderr, and a failed one its last line only; a value that is no level is exit 64 naming the levels", .timeLimit(.minutes(1)))
+    @Test("REDLOCK_LOG_LEVEL sets the lowest level of the client's log lines redlock prints: by default a node that does not answer is a warning line before the command's output; at error or none a run that gets its quorum prints nothing on stderr, and a failed one its last line only; case and surrounding white space do not matter; a value that is no level is exit 64 naming the levels, and --help still works", .timeLimit(.minutes(1)))
     func logLevelFromEnvironment() async throws {
         try await withRedisServers(2) { servers in
             let refusing = try ClosedPort()
             let nodes = servers.map { "\($0.endpoint)" } + [refusing.endpoint]
             let list = nodes.joined(separator: ",")
-            for level in ["", "warning", "error", "NONE"] {
+            for level in ["", " Warning\n", "error", "NONE"] {
                 let run = try CommandRun(["run", "--nodes", list, "--name", "log-level", "--", "echo", "ran"],
                                          environment: ["REDLOCK_LOG_LEVEL": level], killAfter: .seconds(20))
                 let (status, stdout, stderr) = await run.finish()
                 #expect(status == 0 && stdout.contains("ran"), "\(level): \(status) \(stderr)")
                 let warned = stderr.contains("warning") && stderr.contains(refusing.endpoint)
-                #expect(warned == (level == "" || level == "warning"), "\(level): \(stderr)")
+                #expect(warned == (level == "" || level == " Warning\n"), "\(level): \(stderr)")
                 if !warned { #expect(stderr.isEmpty, "\(level): \(stderr)") }
             }
             // Two nodes refusing: no quorum; its last line is redlock's own, at any level.
@@ -236,6 +245,10 @@ struct CommandTests {
                                  environment: ["REDLOCK_LOG_LEVEL": "verbose"], killAfter: .seconds(20))
         let (status, stdout, stderr) = await bad.finish()
         #expect(status == 64 && !stdout.contains("ran") && stderr.contains("REDLOCK_LOG_LEVEL=\"verbose\" is not a level: give one of trace, debug, info, notice, warning, error, critical, none"), "\(status): \(stderr)")
+        // The help that documents the variable is shown all the same.
+        let help = try CommandRun(["run", "--help"], environment: ["REDLOCK_LOG_LEVEL": "verbose"], killAfter: .seconds(20))
+        let (helpStatus, helpText, _) = await help.finish()
+        #expect(helpStatus == 0 && helpText.contains("REDLOCK_LOG_LEVEL"), "\(helpStatus): \(helpText)")
     }
 
     @Test("SIGTERM, SIGINT or SIGHUP (a closed terminal) to redlock bench while it measures: it stops every node and worker process it started (none left running) and removes its files, and exits 128 + the signal, as a shell reports it, with a TMPDIR too long for a socket path (before: 1 and 'Error: …: cancelled' when a node command was under way; in the worker processes' phase, workers outlived it and its directory stayed; on SIGHUP, its nodes and directories stayed)", arguments: [

@@ -177,10 +177,12 @@ struct ProcessTests {
                 let permissions = stdout.split(separator: "\n").first { $0.contains(" permissions: ") } ?? ""
                 #expect(status == 1 && permissions.contains("fail") && permissions.contains("TIME"), "\(flags): \(stdout)")
             }
-            for list in ["\(servers[0].endpoint),,\(servers[0].endpoint)", "\(servers[0].endpoint),"] {
+            for list in ["\(servers[0].endpoint),,\(servers[0].endpoint)", "\(servers[0].endpoint),", "\(node),\(node),"] {
                 let empty = try CommandRun(["doctor", "--nodes", list])
                 let (status, _, stderr) = await empty.finish()
                 #expect(status == 64 && stderr.contains("empty place") && stderr.contains("redlock doctor --help"), "\(list): \(stderr)")
+                // The list is quoted as errors quote addresses: not the URL's password.
+                #expect(!stderr.contains(":pw@"), "\(list): \(stderr)")
             }
         }
     }
