@@ -644,6 +644,45 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
     return status == RIO_OK ? status : plain_answer(conn, status, err);
 }
 
+/* The alert the server sent that OpenSSL's error `error` records (a received alert N has the
+   reason SSL_AD_REASON_OFFSET + N; RFC 8446 section 6.2 names them), or -1 for an error that
+   records none (one raised here: a verdict, a malformed record). */
+static int received_alert(unsigned long error) {
+    if (error == 0 || ERR_GET_LIB(error) != ERR_LIB_SSL || ERR_GET_REASON(error) < SSL_AD_REASON_OFFSET) {
+        return -1;
+    }
+    return ERR_GET_REASON(error) - SSL_AD_REASON_OFFSET;
+}
+
+/* Whether the thread's OpenSSL errors (first or last) record a fatal alert the server sent
+   about this client's certificate or TLS settings: no certificate where one is required, one
+   it rejects (also one not valid yet), no protocol version or cipher in common, a server name
+   it does not serve. A new connection with the same settings gets the same. Other alerts
+   (internal_error: a server or key backend failing for now) may pass. */
+static int refuses_client(void) {
+    unsigned long errors[2] = {ERR_peek_error(), ERR_peek_last_error()};
+    for (int index = 0; index < 2; index++) {
+        switch (received_alert(errors[index])) {
+        case SSL3_AD_HANDSHAKE_FAILURE:
+        case SSL3_AD_BAD_CERTIFICATE:
+        case SSL3_AD_UNSUPPORTED_CERTIFICATE:
+        case SSL3_AD_CERTIFICATE_REVOKED:
+        case SSL3_AD_CERTIFICATE_EXPIRED:
+        case SSL3_AD_CERTIFICATE_UNKNOWN:
+        case TLS1_AD_UNKNOWN_CA:
+        case TLS1_AD_ACCESS_DENIED:
+        case TLS1_AD_PROTOCOL_VERSION:
+        case TLS1_AD_INSUFFICIENT_SECURITY:
+        case TLS1_AD_UNRECOGNIZED_NAME:
+        case TLS13_AD_CERTIFICATE_REQUIRED:
+            return 1;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
 /* SSL_connect until done, failed or the deadline, with the probe for a plain port (above). */
 static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *probe, rio_error *err) {
     char reason[200];
@@ -684,8 +723,12 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
                 }
                 return fail_errno(err, "TLS handshake", saved);
             }
+            /* An alert from the server that is no refusal of this client may pass: closed, as
+               after the handshake. */
+            int alerted = received_alert(ERR_peek_error()) >= 0 || received_alert(ERR_peek_last_error()) >= 0;
+            int passing = alerted && !refuses_client();
             openssl_reason(reason, sizeof reason);
-            return fail(err, RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
+            return fail(err, passing ? RIO_E_CLOSED : RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
         }
         int ready = wait_for_handshake(conn, events, deadline, probe_at, probe, err);
         if (ready == 0 && probe->plain && conn->first_count == 0) {
@@ -1129,32 +1172,6 @@ int rio_conn_peer(const rio_conn *conn, char *buffer, size_t size, rio_error *er
     return RIO_OK;
 }
 
-/* Whether the OpenSSL error `error` records a fatal alert the server sent about this client's
-   certificate or TLS settings (a received alert N has the reason SSL_AD_REASON_OFFSET + N,
-   RFC 8446 section 6.2 names them): no certificate where one is required, one it rejects, no
-   protocol version or cipher in common. A new connection with the same settings gets the same. */
-static int refuses_client(unsigned long error) {
-    if (error == 0 || ERR_GET_LIB(error) != ERR_LIB_SSL || ERR_GET_REASON(error) < SSL_AD_REASON_OFFSET) {
-        return 0;
-    }
-    switch (ERR_GET_REASON(error) - SSL_AD_REASON_OFFSET) {
-    case SSL3_AD_HANDSHAKE_FAILURE:
-    case SSL3_AD_BAD_CERTIFICATE:
-    case SSL3_AD_UNSUPPORTED_CERTIFICATE:
-    case SSL3_AD_CERTIFICATE_REVOKED:
-    case SSL3_AD_CERTIFICATE_EXPIRED:
-    case SSL3_AD_CERTIFICATE_UNKNOWN:
-    case TLS1_AD_UNKNOWN_CA:
-    case TLS1_AD_ACCESS_DENIED:
-    case TLS1_AD_PROTOCOL_VERSION:
-    case TLS1_AD_INSUFFICIENT_SECURITY:
-    case TLS13_AD_CERTIFICATE_REQUIRED:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 /* Classifies a failed SSL_read/SSL_write; 0 when it only has to wait (sets *wants). */
 static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, int *wants_write, const char *what, rio_error *err) {
     int reason_code = SSL_get_error(conn->ssl, result);
@@ -1188,7 +1205,7 @@ static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, i
            the server's refusal of this client before any reply: a TLS 1.3 server checks the
            client's certificate after the client's side of the handshake ended, and says so in
            an alert on the first read (TLS 1.2 in the handshake, a TLS failure too). */
-        int refused = !conn->received && (refuses_client(ERR_peek_error()) || refuses_client(ERR_peek_last_error()));
+        int refused = !conn->received && refuses_client();
         char reason[200];
         openssl_reason(reason, sizeof reason);
         if (refused) {
@@ -1217,8 +1234,12 @@ static void alert_before_close(rio_conn *conn, rio_error *err) {
     int result = SSL_read(conn->ssl, buffer, (int)sizeof buffer);
     int saved = errno;
     if (result <= 0 && tls_failure(conn, result, saved, NULL, NULL, "read", &reading) != 0 && strstr(reading.message, " alert ") != NULL) {
-        fail(err, reading.code == RIO_E_TLS ? RIO_E_TLS : RIO_E_CLOSED, err->sys_errno,
-             "TLS write failed, and the server closed the connection: %s", reading.message);
+        if (reading.code == RIO_E_TLS) {
+            /* The server refused this client: what the read says is the whole story. */
+            fail(err, RIO_E_TLS, err->sys_errno, "%s", reading.message);
+        } else {
+            fail(err, RIO_E_CLOSED, err->sys_errno, "TLS write failed, and the server closed the connection: %s", reading.message);
+        }
     }
 }
 

@@ -421,7 +421,7 @@ public struct DistributedLock: Sendable {
         let pending = Vote.unsettledNote(votes, endpoints: client.endpoints)
         return RedlockError(
             code: .noQuorum, lockName: name,
-            message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) nodes granted\(pending), \(client.quorum) needed",
+            message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) node\(client.nodes.count == 1 ? "" : "s") granted\(pending), \(client.quorum) needed",
             nodes: failures
         )
     }

@@ -529,7 +529,7 @@ struct TLSTests {
         #expect(failure?.isPermanent == true)
     }
 
-    @Test("loadFiles tells at start-up, without connecting, what a first connect would fail with: a CA file with no certificate in it, a client key that is not the certificate's, a key without a certificate, an encrypted key (no passphrase prompt), a pipe or a directory for a file; good files and the system's trust store load; a connect with the same files fails the same way, naming the file")
+    @Test("loadFiles tells at start-up, without connecting, what a first connect would fail with: a CA file with no certificate in it, a client key that is not the certificate's, a key without a certificate, an encrypted key (no passphrase prompt), a pipe or a directory for a file; good files and the system's trust store load; a connect with the same files fails the same way, naming the file", .timeLimit(.minutes(1)))
     func loadFilesWithoutConnecting() async throws {
         try await withCertificates { certificates in
             let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)

@@ -79,16 +79,18 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
 /// regular file: each connection reads it anew, and a pipe gives its bytes once); nil when it
 /// can. Never waits (a FIFO without a writer is opened non-blocking).
 func unreadable(_ path: String) -> String? {
-    let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-    guard descriptor >= 0 else { return String(cString: strerror(errno)) }
-    defer { close(descriptor) }
+    // The kind first (opening a Unix socket fails with ENXIO, which would not say so).
     var status = stat()
-    guard fstat(descriptor, &status) == 0 else { return String(cString: strerror(errno)) }
+    guard stat(path, &status) == 0 else { return String(cString: strerror(errno)) }
     switch status.st_mode & S_IFMT {
-    case S_IFREG: return nil
+    case S_IFREG: break
     case S_IFDIR: return "a directory, not a file"
     default: return "not a regular file (a pipe, a socket or a device): each connection reads it anew, so it must be a file that reads the same every time"
     }
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard descriptor >= 0 else { return String(cString: strerror(errno)) }
+    close(descriptor)
+    return nil
 }
 
 /// A client over the nodes of `--nodes` (or `$REDLOCK_NODES`) and a lock on `name` with

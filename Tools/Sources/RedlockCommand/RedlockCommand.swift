@@ -16,6 +16,10 @@ struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
         abstract: "Redlock distributed locks over independent Redis nodes.",
+        discussion: """
+        The client's log lines go to stderr; REDLOCK_LOG_LEVEL (trace, debug, info: the default, \
+        notice, warning, error, critical, none) sets the lowest level printed.
+        """,
         subcommands: [Demo.self, Bench.self, Run.self, Doctor.self]
     )
 }
