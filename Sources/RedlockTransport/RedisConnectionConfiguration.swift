@@ -315,7 +315,9 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// - Parameter endpoint: The node the error names.
     /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason
     ///   (a file that cannot be read, holds no PEM certificate, a key that does not match the
-    ///   certificate), or a ``privateKeyFile`` without a ``certificateFile``.
+    ///   certificate, an encrypted key: no passphrase is ever asked for), or saying why the
+    ///   file cannot serve (a pipe, socket, device or directory: each connection reads the files
+    ///   anew), or a ``privateKeyFile`` without a ``certificateFile``.
     public func loadFiles(for endpoint: RedisEndpoint) throws(RedisError) {
         _ = try TLSContext(self, endpoint: endpoint)
     }

@@ -77,7 +77,7 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
 
 /// Why the file at `path` cannot be read (`open`'s error, or that it is a directory, or not a
 /// regular file: each connection reads it anew, and a pipe gives its bytes once); nil when it
-/// can. Never waits (a FIFO without a writer is opened non-blocking).
+/// can. Never waits: only a regular file is opened.
 func unreadable(_ path: String) -> String? {
     // The kind first (opening a Unix socket fails with ENXIO, which would not say so).
     var status = stat()
