@@ -959,7 +959,9 @@ package enum ReplyArrival {
     /// and, for a command that waited behind an earlier reply, how long this process took from
     /// that reply's arrival to the command's write (`held`, else 0; -1 when not known: written
     /// before that reply was read); nil when not known (a Unix socket, a reply not delivered
-    /// from a read, the wall clock stepped back since).
+    /// from a read, the wall clock stepped back since, a TCP reply that came while the kernel
+    /// was still switching receive timestamps on for the host: it does so by deferred work once
+    /// the first socket asks, hundreds of milliseconds later on a loaded machine).
     package static func current() -> (arrived: Int64, held: Int64, exact: Bool)? {
         var arrived: Int64 = 0
         var held: Int64 = 0

@@ -946,6 +946,10 @@ struct HandoffAndGuardTests {
             // Every node's reply to the lock read (a PING behind it on each connection): the
             // unlock finds each connection idle and its caller writes it at once.
             _ = await client.checkNodes()
+            // Replies carry their arrival times by now (the kernel switches receive timestamps on
+            // a moment after the first socket asks; without one, a reply read late cannot be told
+            // from a late node).
+            #expect(await awaitReplyArrivalTimes(on: client.nodes), "the kernel gave the replies no arrival time for 5 s")
             // The event loop's thread held for 300 ms from before the unlock is written until
             // long after its replies came: they wait in the sockets, each alone (an unlock that
             // fails sends nothing more), and are read after its 100 ms budget.
@@ -960,7 +964,8 @@ struct HandoffAndGuardTests {
             await hold.value
             // Read by now, or within moments.
             let read = ContinuousClock.now + .seconds(5)
-            while ContinuousClock.now < read, !records.value.contains(where: { $0.contains("though the node answered in time") }) {
+            while ContinuousClock.now < read, !records.value.contains(where: { $0.contains("though the node answered in time") })
+                || metrics.counterTotal(label: "redlock_replies_read_late_total") < 3 {
                 try await Task.sleep(for: .milliseconds(10))
             }
             #expect(records.value.filter { $0.contains("though the node answered in time") }.count == 1, "\(records.value)")

@@ -292,6 +292,8 @@ struct ReplyArrivalTests {
             let loop = RedisEventLoop(name: "arrival")
             let direct = RedisConnection(configuration: servers[0].configuration(), eventLoop: loop)
             #expect(try await direct.send(RedisCommand("PING")) == .simpleString("PONG"))
+            // The kernel switches receive timestamps on a moment after the first socket asks.
+            #expect(await awaitReplyArrivalTimes(on: [direct]), "the kernel gave the replies no arrival time for 5 s")
             // Held 100 ms: the reply waits in the socket; the node took well under that.
             let held = try #require(await observe(direct, on: loop, holdLoop: .milliseconds(100)))
             let heldTimes = try #require(held.times, "no times for a reply over TCP")
