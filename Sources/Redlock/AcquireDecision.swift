@@ -128,7 +128,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         // Every node silent: the budget may be what is wrong (a tiny expiry), not the nodes.
         let silentAll = granted == 0 && unsettled == 0 && !causes.isEmpty && causes.allSatisfy { $0 == .noAnswer }
         let silence = silentAll ? " (no node answered within the attempt's time budget\(budget.map { " of \($0)" } ?? ""): expiry × timeoutFactor; the nodes, or the budget, are too slow)" : ""
-        return .failed(.noQuorum, message: "\(granted) of \(nodeCount) node\(nodeCount == 1 ? "" : "s") granted\(pending), \(quorum) needed\(silence)")
+        return .failed(.noQuorum, message: "\(granted) of \(countedNodes(nodeCount)) granted\(pending), \(quorum) needed\(silence)")
     }
 }
 

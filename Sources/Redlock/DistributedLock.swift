@@ -405,7 +405,7 @@ public struct DistributedLock: Sendable {
             }
             return RedlockError(
                 code: .leaseTakenOver, lockName: name,
-                message: "\(operation): another holder has the lock on \(taken.count) node\(taken.count == 1 ? "" : "s")", nodes: failures
+                message: "\(operation): another holder has the lock on \(countedNodes(taken.count))", nodes: failures
             )
         }
         // Connections closed by a shutdown under way answer for no node: the shutdown is the
@@ -421,7 +421,7 @@ public struct DistributedLock: Sendable {
         let pending = Vote.unsettledNote(votes, endpoints: client.endpoints)
         return RedlockError(
             code: .noQuorum, lockName: name,
-            message: "\(operation): \(grantedCount(votes)) of \(client.nodes.count) node\(client.nodes.count == 1 ? "" : "s") granted\(pending), \(client.quorum) needed",
+            message: "\(operation): \(grantedCount(votes)) of \(countedNodes(client.nodes.count)) granted\(pending), \(client.quorum) needed",
             nodes: failures
         )
     }

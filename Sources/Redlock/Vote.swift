@@ -101,3 +101,8 @@ extension Vote {
 func grantedCount(_ votes: [Vote?]) -> Int {
     votes.reduce(0) { $0 + (($1?.isGranted ?? false) ? 1 : 0) }
 }
+
+/// `count` with "node" or "nodes", as messages say it: "1 node", "3 nodes".
+func countedNodes(_ count: Int) -> String {
+    "\(count) node\(count == 1 ? "" : "s")"
+}

@@ -360,6 +360,31 @@ struct TLSTests {
         }
     }
 
+    @Test("a fatal alert that ends the handshake is permanent when it refuses this client (handshake failure, bad certificate, unknown CA, unrecognized name) and a transient close otherwise (internal error, decode error: a server or its key backend failing for now); before, every alert in the handshake was permanent", arguments: [
+        (UInt8(40), true, "handshake failure"), (UInt8(42), true, "bad certificate"), (UInt8(48), true, "unknown ca"),
+        (UInt8(112), true, "unrecognized name"), (UInt8(80), false, "internal error"), (UInt8(50), false, "decode error"),
+    ])
+    func handshakeAlerts(alert: UInt8, refuses: Bool, name: String) async throws {
+        // Answers a ClientHello with a plaintext fatal alert record, then ends the stream; reads
+        // anything else (a plain PING looking for a plain port) without answering.
+        let server = try GarbageServer.start { peer, _ in
+            guard peer.bytes.first == 0x16 else { return true }
+            peer.send([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert])
+            peer.endStream()
+            return false
+        }
+        defer { server.stop() }
+        var settings = RedisConnectionConfiguration(endpoint: server.endpoint, connectTimeout: .milliseconds(500), tls: RedisTLSConfiguration())
+        settings.tls?.verifiesCertificate = false
+        let failure = await pingError(settings)
+        #expect(failure?.message.contains(name) == true, "\(String(describing: failure))")
+        if refuses {
+            #expect(failure?.code == .tlsFailed && failure?.isPermanent == true, "\(String(describing: failure))")
+        } else {
+            #expect(failure?.code == .connectionClosed && failure?.isPermanent == false, "\(String(describing: failure))")
+        }
+    }
+
     @Test("a TLS server at maxclients, which closes new connections before their handshake, fails a connect as closed (transient), not as a TLS failure; once a client leaves, the next command connects")
     func fullTLSServerIsTransient() async throws {
         try await withCertificates { certificates in

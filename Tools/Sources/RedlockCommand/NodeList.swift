@@ -53,15 +53,12 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
                 guard let path = setting(name) else { continue }
                 if let problem = unreadable(path) { throw ValidationError("\(name)=\(path): \(problem)") }
             }
-            if setting("REDLOCK_TLS_KEY") != nil, setting("REDLOCK_TLS_CERT") == nil {
-                throw ValidationError("REDLOCK_TLS_KEY is set without REDLOCK_TLS_CERT: the key is the client certificate's")
-            }
             configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
             configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
             configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
             configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")
             // Files that can be read but do not load (no PEM in them, a key that does not match
-            // the certificate) are this machine's configuration too.
+            // the certificate, a key without one) are this machine's configuration too.
             if let tls = configuration.tls {
                 do throws(RedisError) {
                     try tls.loadFiles(for: configuration.endpoint)

@@ -16,10 +16,7 @@ struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
         abstract: "Redlock distributed locks over independent Redis nodes.",
-        discussion: """
-        The client's log lines go to stderr; REDLOCK_LOG_LEVEL (trace, debug, info: the default, \
-        notice, warning, error, critical, none) sets the lowest level printed.
-        """,
+        discussion: "The client's log lines go to stderr; \(logLevelSetting) sets the lowest level printed.",
         subcommands: [Demo.self, Bench.self, Run.self, Doctor.self]
     )
 }
@@ -49,17 +46,18 @@ enum Entry {
         // queued at exit has a second to be written.
         // A value that names no level is refused by each command's validation (so that --help
         // still works); until then, the default.
-        switch logLevel(ProcessInfo.processInfo.environment["REDLOCK_LOG_LEVEL"]) {
-        case .success(nil):
-            LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
-        case let .success(level?):
+        let level: Logger.Level? = switch logLevel(ProcessInfo.processInfo.environment["REDLOCK_LOG_LEVEL"]) {
+        case let .success(level): level
+        case .failure: .info
+        }
+        if let level {
             LoggingSystem.bootstrap { label in
                 var handler = StandardErrorLogHandler(label: label)
                 handler.logLevel = level
                 return handler
             }
-        case .failure:
-            LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0) }
+        } else {
+            LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         }
         atexit(flushStandardErrorAtExit)
         // A closed stderr or stdout (a socket: journald's stream) fails a write, not the process.
@@ -81,6 +79,10 @@ func logLevel(_ value: String?) -> Result<Logger.Level?, LogLevelError> {
     guard let level = Logger.Level(rawValue: name) else { return .failure(LogLevelError(value: value ?? "")) }
     return .success(level)
 }
+
+/// `REDLOCK_LOG_LEVEL (trace, debug, info: the default, …, none)`, as the help texts give it.
+let logLevelSetting = "REDLOCK_LOG_LEVEL ("
+    + (Logger.Level.allCases.map { $0 == .info ? "info: the default" : $0.rawValue } + ["none"]).joined(separator: ", ") + ")"
 
 /// Throws a usage error (exit 64) when `REDLOCK_LOG_LEVEL` names no level: each command's
 /// `validate()` calls it first.

@@ -46,8 +46,8 @@ struct Run: AsyncParsableCommand {
         (pkill -STOP redlock matches both); use the fencing token where the resource can check it.
 
         The client's log lines (a node that does not answer is a warning) go to stderr as they \
-        happen, among redlock's own messages; REDLOCK_LOG_LEVEL (trace, debug, info: the default, \
-        notice, warning, error, critical, none) sets the lowest level printed, e.g. error under cron.
+        happen, among redlock's own messages; \(logLevelSetting) sets the lowest level printed, \
+        e.g. error under cron.
 
         Exit statuses:
           (the command's)  the command ran while the lease held

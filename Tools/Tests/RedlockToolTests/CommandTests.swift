@@ -199,7 +199,7 @@ struct CommandTests {
             (["REDLOCK_TLS_CA_CERT": garbage], "REDLOCK_TLS_CA_CERT: could not load the CA certificates from \(garbage)"),
             (["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_CERT": certificates.client.certificate,
               "REDLOCK_TLS_KEY": certificates.server.key], "REDLOCK_TLS_CA_CERT, REDLOCK_TLS_CERT, REDLOCK_TLS_KEY: could not load the client key \(certificates.server.key)"),
-            (["REDLOCK_TLS_KEY": certificates.client.key], "REDLOCK_TLS_KEY is set without REDLOCK_TLS_CERT"),
+            (["REDLOCK_TLS_KEY": certificates.client.key], "REDLOCK_TLS_KEY: a client key (\(certificates.client.key)) needs a client certificate"),
             // No passphrase prompt (it waited on a terminal for good, or printed one and failed
             // with a UI error elsewhere).
             (["REDLOCK_TLS_CERT": certificates.client.certificate, "REDLOCK_TLS_KEY": certificates.encryptedClientKey],
