@@ -44,13 +44,15 @@ extension DistributedLock {
     ///     extensions from being sent and their replies unread, and so ends in `leaseLost` at the
     ///     deadline (whose message says that tasks there held the client's event loop).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
-    ///     The default is 1/3.
+    ///     The default is 1/3. `extendWhenRemaining` × expiry − `safetyMargin` is the time each
+    ///     extension has to be confirmed before the deadline, and must be at least 1 ms (Redis's
+    ///     expiry resolution; a smaller window lost every lease at its first extension).
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
     ///     ``RedlockError/Code-swift.struct/holdTimeExceeded`` once the lock has been held this
     ///     long; at most 100 years of 365 days. The default is `nil` (no cap).
     ///   - safetyMargin: How long before ``Lease/validUntil`` `body` is cancelled when no
-    ///     extension has been confirmed: time for it to notice and stop. Must be less than
-    ///     `extendWhenRemaining` × expiry. The default, `nil`, is
+    ///     extension has been confirmed: time for it to notice and stop. Must be at least 1 ms
+    ///     less than `extendWhenRemaining` × expiry. The default, `nil`, is
     ///     ``HeldLease/defaultSafetyMargin(expiry:)``: 5 % of the expiry, at least 5 ms and at
     ///     most 250 ms; and at most half of `extendWhenRemaining` × expiry (for an expiry of a
     ///     few tens of milliseconds).
@@ -426,8 +428,20 @@ extension DistributedLock {
                 lockName: name
             )
         }
+        // Every extension must be confirmed within this window; one shorter than Redis's
+        // expiry resolution ends each scope in leaseLost at its first extension.
+        guard extendAhead - margin >= Self.shortestExtensionWindow else {
+            throw .invalid(
+                "extendWhenRemaining × expiry (\(extendAhead)) less safetyMargin (\(margin)) leaves \(extendAhead - margin) for each extension to be confirmed before the deadline: at least \(Self.shortestExtensionWindow) is needed (raise extendWhenRemaining or lower safetyMargin)",
+                lockName: name
+            )
+        }
         return margin
     }
+
+    /// The shortest time a scope gives each extension to be confirmed before its deadline
+    /// (`extendWhenRemaining` × expiry − `safetyMargin`): 1 ms, Redis's expiry resolution.
+    static let shortestExtensionWindow: Duration = .milliseconds(1)
 
     /// The longest `maximumHoldTime` a scope accepts: 100 years of 365 days (a sleep until an
     /// instant much further away cannot be expressed).

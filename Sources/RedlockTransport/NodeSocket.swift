@@ -37,6 +37,9 @@ final class TLSContext: @unchecked Sendable {
                 message: "the \(role) file \(path) is \(kind): each connection reads it anew, so it must be a file that reads the same every time"
             )
         }
+        if let problem = Self.unusableServerName(configuration.serverName) {
+            throw RedisError(code: .tlsFailed, endpoint: endpoint, message: problem)
+        }
         var error = rio_error()
         let created = rio_tls_create(
             configuration.trustedCertificatesFile, configuration.certificateFile, configuration.privateKeyFile,
@@ -48,6 +51,26 @@ final class TLSContext: @unchecked Sendable {
 
     deinit {
         rio_tls_free(pointer)
+    }
+
+    /// Why `name`, a configured ``RedisTLSConfiguration/serverName``, cannot be sent and
+    /// required; nil when it can (or is nil: the endpoint's host serves). An empty name would
+    /// send none and require none (no hostname check at all); one with a NUL byte would be cut
+    /// at it on the way to C; a DNS name over 255 bytes is more than a TLS server name holds
+    /// (OpenSSL's `TLSEXT_MAXLEN_host_name`; RFC 1035 allows 253 characters) and would fail each
+    /// handshake.
+    static func unusableServerName(_ name: String?) -> String? {
+        guard let name else { return nil }
+        if name.isEmpty {
+            return "the server name is empty: it would turn off the hostname check (leave it unset to use the host)"
+        }
+        if name.utf8.contains(0) {
+            return "the server name \(String(reflecting: name)) contains a NUL byte"
+        }
+        if name.utf8.count > 255 {
+            return "the server name \(String(reflecting: String(name.prefix(40)) + "…")) is \(name.utf8.count) bytes long: a TLS server name holds at most 255"
+        }
+        return nil
     }
 
     fileprivate func withPointer<T>(_ body: (OpaquePointer) -> T) -> T {

@@ -278,7 +278,10 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// (``RedisError/Code-swift.struct/tlsFailed``, permanent).
     public var privateKeyFile: String?
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
-    /// (the default) uses the endpoint's host.
+    /// (the default) uses the endpoint's host. An empty name (it would turn the hostname check
+    /// off), one with a NUL byte or one longer than 255 bytes fails every connect
+    /// (``RedisError/Code-swift.struct/tlsFailed``, permanent; ``loadFiles(for:)`` tells it
+    /// at once).
     public var serverName: String?
     /// Whether the server's certificate chain must verify. The default is `true`; `false` accepts
     /// any certificate (encryption without authentication: for tests only).
@@ -317,7 +320,8 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     ///   (a file that cannot be read, holds no PEM certificate, a key that does not match the
     ///   certificate, an encrypted key: no passphrase is ever asked for), or saying why the
     ///   file cannot serve (a pipe, socket, device or directory: each connection reads the files
-    ///   anew), or a ``privateKeyFile`` without a ``certificateFile``.
+    ///   anew), or a ``privateKeyFile`` without a ``certificateFile``; or saying why
+    ///   ``serverName`` cannot be used (empty, a NUL byte, over 255 bytes).
     public func loadFiles(for endpoint: RedisEndpoint) throws(RedisError) {
         _ = try TLSContext(self, endpoint: endpoint)
     }

@@ -899,7 +899,7 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("bad scope parameters are rejected before acquiring")
+    @Test("bad scope parameters are rejected before acquiring, among them an extension window (extendWhenRemaining × expiry − safetyMargin) under 1 ms")
     func invalidScope() async throws {
         try await withLockNodes(1) { client, servers in
             let lock = try client.makeLock("scope-args", options: testOptions())
@@ -907,6 +907,20 @@ struct ScopedLockTests {
                 try await lock.withLock(extendWhenRemaining: 1.5) { _ in 1 }
             }
             #expect(error?.code == .invalidConfiguration)
+            // Less than 1 ms for each extension to be confirmed before the deadline: accepted
+            // before, every such scope lost its lease at its first extension.
+            let tinyWindows: [(Double, Duration?)] = [(1e-6, nil), (1e-4, nil), (0.001, .microseconds(4_200))]
+            for (share, margin) in tinyWindows {
+                let ran = Locked(false)
+                let tiny = await #expect(throws: RedlockError.self) {
+                    try await lock.withLock(extendWhenRemaining: share, safetyMargin: margin) { _ in ran.update { $0 = true } }
+                }
+                #expect(tiny?.code == .invalidConfiguration && tiny?.message.contains("for each extension to be confirmed before the deadline") == true,
+                        "\(share), \(String(describing: margin)): \(String(describing: tiny))")
+                #expect(!ran.value)
+            }
+            // 1.1 ms is enough to be accepted.
+            #expect(try await lock.withLock(extendWhenRemaining: 0.001, safetyMargin: .microseconds(3_900)) { _ in 1 } == 1)
             #expect(try await values(of: "scope-args", on: servers) == [nil])
         }
     }

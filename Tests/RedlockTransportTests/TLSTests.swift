@@ -271,6 +271,25 @@ struct TLSTests {
                 #expect(await pingError(configuration(server, certificates) { $0.serverName = "wrong.example" }) == nil)
                 // Hostname verification off: the chain alone decides.
                 #expect(await pingError(configuration(server, certificates) { $0.verifiesHostname = false }) == nil)
+                // A server name that cannot serve is refused before any connect: an empty one
+                // would send none and require none (this certificate, for another host, was
+                // accepted so), one with a NUL byte would be cut at it, and one over 255 bytes
+                // fails each handshake. 255 bytes are a name (rejected by the certificate).
+                let unusable: [(String, String)] = [
+                    ("", "is empty"), ("wrong.example\0.evil", "NUL byte"),
+                    (String(repeating: "a.", count: 128), "256 bytes long"),
+                ]
+                for (name, reason) in unusable {
+                    let refused = await pingError(configuration(server, certificates) { $0.serverName = name })
+                    #expect(refused?.code == .tlsFailed && refused?.isPermanent == true, "\(String(reflecting: name)): \(String(describing: refused))")
+                    #expect(refused?.message.contains(reason) == true, "\(String(reflecting: name)): \(String(describing: refused))")
+                    var tls = RedisTLSConfiguration(serverName: name)
+                    #expect(throws: RedisError.self) { try tls.loadFiles(for: server.endpoint) }
+                    tls.serverName = nil
+                    #expect(throws: Never.self) { try tls.loadFiles(for: server.endpoint) }
+                }
+                let longest = await pingError(configuration(server, certificates) { $0.serverName = String(repeating: "a.", count: 127) + "a" })
+                #expect(longest?.code == .certificateRejected, "\(String(describing: longest))")
             }
         }
     }

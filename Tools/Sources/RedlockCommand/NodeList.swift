@@ -58,12 +58,13 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
             configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
             configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")
             // Files that can be read but do not load (no PEM in them, a key that does not match
-            // the certificate, a key without one) are this machine's configuration too.
+            // the certificate, a key without one) and a server name that cannot serve are this
+            // machine's configuration too.
             if let tls = configuration.tls {
                 do throws(RedisError) {
                     try tls.loadFiles(for: configuration.endpoint)
                 } catch {
-                    let named = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"].filter { setting($0) != nil }
+                    let named = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"].filter { setting($0) != nil }
                     throw ValidationError("\(named.isEmpty ? "TLS" : named.joined(separator: ", ")): \(error.message)")
                 }
             }

@@ -187,7 +187,7 @@ struct CommandTests {
         }
     }
 
-    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate, an encrypted key), or that are pipes, are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
+    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate, an encrypted key), or that are pipes, and a server name longer than TLS allows are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
     func malformedTLSFiles() async throws {
         let certificates = try await TLSCertificates.generate()
         defer { certificates.remove() }
@@ -207,6 +207,9 @@ struct CommandTests {
             // A FIFO without a writer: the check does not wait on it; and a pipe's bytes would
             // reach the first connection only.
             (["REDLOCK_TLS_CA_CERT": fifo], "REDLOCK_TLS_CA_CERT=\(fifo): not a regular file"),
+            // Each node's handshake failed on it (69).
+            (["REDLOCK_TLS_SERVER_NAME": String(repeating: "a", count: 300)], "REDLOCK_TLS_SERVER_NAME: the server name"),
+            (["REDLOCK_TLS_SERVER_NAME": String(repeating: "a", count: 300)], "is 300 bytes long: a TLS server name holds at most 255"),
         ]
         for (environment, message) in cases {
             let run = try CommandRun(
