@@ -434,6 +434,33 @@ static int is_ip_literal(const char *name) {
     return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
 }
 
+/* Whether `name` is an IP address to the resolver, with the form a certificate's IP address is
+   matched against written to `out` (`size` bytes): an IPv4 or IPv6 address as is; an IPv4
+   address in another form getaddrinfo reads as one (`127.1`, `0x7f.0.0.1`,
+   `2130706433`, `010.0.0.1`: inet_aton's forms) in dotted decimal. Such a name was connected to
+   as that address, so it is verified as that address: as a DNS name, a certificate issued for
+   the text `127.1` would pass where the address is checked nowhere. 0 for a DNS name. */
+static int ip_identity(const char *name, char *out, size_t size) {
+    unsigned char address[sizeof(struct in6_addr)];
+    size_t length = strlen(name);
+    if (length == 0 || length >= size) {
+        return 0;
+    }
+    if (inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1) {
+        memcpy(out, name, length + 1);
+        return 1;
+    }
+    /* inet_aton stops at white space and accepts what follows: only its own characters here. */
+    if (strspn(name, "0123456789abcdefABCDEFxX.") != length) {
+        return 0;
+    }
+    struct in_addr ipv4;
+    if (inet_aton(name, &ipv4) == 0) {
+        return 0;
+    }
+    return inet_ntop(AF_INET, &ipv4, out, (socklen_t)size) != NULL;
+}
+
 /* ---- telling a plain port from a TLS one ----
    A plain Redis port reads a TLS ClientHello as the start of an inline command and waits for a
    line end, which the random bytes of the hello may or may not hold: with one, it answers an
@@ -616,7 +643,8 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
     /* The session owns the BIO from here on (SSL_free frees it). */
     SSL_set_bio(conn->ssl, bio, bio);
     if (server_name != NULL && server_name[0] != '\0') {
-        int literal = is_ip_literal(server_name);
+        char address[INET6_ADDRSTRLEN];
+        int literal = ip_identity(server_name, address, sizeof address);
         if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
             openssl_reason(reason, sizeof reason);
             return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
@@ -628,7 +656,11 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
             }
         }
         if (verify_host) {
-            int set = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn->ssl), server_name)
+            /* The name must be in the certificate's subject alternative names: never its
+               subject's common name (RFC 6125 section 6.4.4; as Go's crypto/tls and browsers),
+               and a wildcard only as a whole left-most label (`*.example`, not `f*.example`). */
+            SSL_set_hostflags(conn->ssl, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            int set = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn->ssl), address)
                               : SSL_set1_host(conn->ssl, server_name);
             if (set != 1) {
                 openssl_reason(reason, sizeof reason);

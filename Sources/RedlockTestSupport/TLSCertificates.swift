@@ -9,10 +9,11 @@ import Musl
 /// A throwaway public-key infrastructure for TLS tests, generated at run time with the `openssl`
 /// command-line tool into a fresh temporary directory: a test CA, an unrelated second CA, a
 /// server certificate for `localhost`, `127.0.0.1` and `::1`, an expired one, one for the wrong
-/// host name, and a client certificate for mutual TLS.
+/// host name, two that name hosts in ways a client must not accept, and a client certificate
+/// for mutual TLS.
 ///
 /// Every key is EC P-256 and unencrypted; every file is PEM, at an absolute path (redis-server
-/// changes to its `--dir` before it reads them). Generation runs eight `openssl` processes and
+/// changes to its `--dir` before it reads them). Generation runs ten `openssl` processes and
 /// takes a fraction of a second. ``remove()`` deletes the directory; so does the signal cleanup
 /// of ``TerminationCleanup``.
 ///
@@ -47,6 +48,13 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
     /// Signed by ``ca`` and valid, but for `DNS:wrong.example` only (`CN=wrong.example`): fails
     /// host name verification for `localhost` and `127.0.0.1`.
     public let wrongHostServer: Files
+    /// Signed by ``ca`` and valid, `CN=localhost` and no subjectAltName: names its host only in
+    /// the common name, which clients must not read (RFC 6125 section 6.4.4).
+    public let commonNameOnlyServer: Files
+    /// Signed by ``ca`` and valid, `CN=lookalike` and subjectAltName `DNS:w*.example` (a partial
+    /// wildcard), `DNS:127.1` and `DNS:2130706433` (IPv4 addresses in forms the resolver reads,
+    /// written as DNS names): names no client should match.
+    public let lookalikeServer: Files
     /// A client certificate (`CN=redlock-test-client`, extended key usage clientAuth) signed by
     /// ``ca``, for servers started with client authentication.
     public let client: Files
@@ -65,6 +73,8 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
         server = files("server")
         expiredServer = files("expired-server")
         wrongHostServer = files("wrong-host-server")
+        commonNameOnlyServer = files("common-name-only-server")
+        lookalikeServer = files("lookalike-server")
         client = files("client")
         encryptedClientKey = "\(directory)/client-encrypted.key"
     }
@@ -135,6 +145,15 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
             extendedKeyUsage = serverAuth
             subjectAltName = DNS:wrong.example
 
+            [ common_name_only_ext ]
+            \(leaf)
+            extendedKeyUsage = serverAuth
+
+            [ lookalike_ext ]
+            \(leaf)
+            extendedKeyUsage = serverAuth
+            subjectAltName = DNS:w*.example,DNS:127.1,DNS:2130706433
+
             [ client_ext ]
             \(leaf)
             extendedKeyUsage = clientAuth
@@ -182,6 +201,8 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
         let leaves: [(Files, String, String)] = [
             (server, "localhost", "server_ext"),
             (wrongHostServer, "wrong.example", "wrong_host_ext"),
+            (commonNameOnlyServer, "localhost", "common_name_only_ext"),
+            (lookalikeServer, "lookalike", "lookalike_ext"),
             (client, "redlock-test-client", "client_ext"),
         ]
         for (files, commonName, extensions) in leaves {

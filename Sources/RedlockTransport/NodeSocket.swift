@@ -54,21 +54,45 @@ final class TLSContext: @unchecked Sendable {
     }
 
     /// Why `name`, a configured ``RedisTLSConfiguration/serverName``, cannot be sent and
-    /// required; nil when it can (or is nil: the endpoint's host serves). An empty name would
-    /// send none and require none (no hostname check at all); one with a NUL byte would be cut
-    /// at it on the way to C; a DNS name over 255 bytes is more than a TLS server name holds
-    /// (OpenSSL's `TLSEXT_MAXLEN_host_name`; RFC 1035 allows 253 characters) and would fail each
-    /// handshake.
+    /// required; nil when it can (or is nil: the endpoint's host serves). A name is an IP
+    /// address or a DNS name as certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII
+    /// letters, digits, `-` and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything
+    /// else fails each handshake, or worse: an empty name would send none and require none (no
+    /// hostname check at all), one with a NUL byte would be cut at it on the way to C, and one
+    /// that starts with a dot is read by OpenSSL as any name under that domain.
     static func unusableServerName(_ name: String?) -> String? {
         guard let name else { return nil }
         if name.isEmpty {
             return "the server name is empty: it would turn off the hostname check (leave it unset to use the host)"
         }
-        if name.utf8.contains(0) {
-            return "the server name \(String(reflecting: name)) contains a NUL byte"
+        let shown = String(reflecting: name.utf8.count > 64 ? String(name.prefix(40)) + "…" : name)
+        func unusable(_ why: String) -> String { "the server name \(shown) \(why)" }
+        if name.utf8.contains(0) { return unusable("contains a NUL byte") }
+        var address = [UInt8](repeating: 0, count: 16)
+        if inet_pton(AF_INET, name, &address) == 1 || inet_pton(AF_INET6, name, &address) == 1 { return nil }
+        if name.contains(where: \.isWhitespace) {
+            return unusable("contains white space (a line end read from a file?): no host name does")
         }
-        if name.utf8.count > 255 {
-            return "the server name \(String(reflecting: String(name.prefix(40)) + "…")) is \(name.utf8.count) bytes long: a TLS server name holds at most 255"
+        if name.utf8.count > 253 { return unusable("is \(name.utf8.count) bytes long: a DNS name holds at most 253") }
+        if name.hasPrefix(".") {
+            return unusable("starts with a dot: OpenSSL would accept a certificate for any name under that domain (a template's empty part?)")
+        }
+        if name.hasSuffix(".") {
+            return unusable("ends with a dot: certificates name hosts without it (give \(String(reflecting: String(name.dropLast()))))")
+        }
+        if name.contains("*") { return unusable("has a wildcard: give the node's own name (a certificate's wildcard matches it)") }
+        if name.utf8.contains(where: { $0 >= 0x80 }) {
+            return unusable("is not ASCII: give an internationalized name in its xn-- form (IDNA)")
+        }
+        for label in name.split(separator: ".", omittingEmptySubsequences: false) {
+            if label.isEmpty { return unusable("has an empty label (two dots in a row)") }
+            if label.utf8.count > 63 { return unusable("has a label of \(label.utf8.count) bytes: a label holds at most 63") }
+            let odd = label.unicodeScalars.first { scalar in
+                !(scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "-" || scalar == "_")
+            }
+            if let odd {
+                return unusable("holds \(String(reflecting: String(odd))), which no host name does (letters, digits, - and _)")
+            }
         }
         return nil
     }
@@ -294,6 +318,10 @@ final class NodeSocket: @unchecked Sendable {
             guard let cPort = Int32(exactly: port) else {
                 return ConnectResult(outcome: .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "port \(port) out of range")))
             }
+            // C would cut the host at the byte and connect to (and verify) what comes before.
+            guard !host.utf8.contains(0) else {
+                return ConnectResult(outcome: .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "the host contains a NUL byte")))
+            }
             let tlsSettings = configuration.tls
             let serverName = tlsSettings?.serverName ?? host
             let verifyHost: Int32 = (tlsSettings?.verifiesHostname ?? false) && (tlsSettings?.verifiesCertificate ?? false) ? 1 : 0
@@ -309,6 +337,9 @@ final class NodeSocket: @unchecked Sendable {
                 return ConnectResult(outcome: .failure(RedisError(
                     code: .invalidAddress, endpoint: endpoint, message: "TLS over a Unix domain socket is not supported"
                 )))
+            }
+            guard !path.utf8.contains(0) else {
+                return ConnectResult(outcome: .failure(RedisError(code: .invalidAddress, endpoint: endpoint, message: "the path contains a NUL byte")))
             }
             status = rio_connect_unix(path, milliseconds(budget), &opened, &error)
         }

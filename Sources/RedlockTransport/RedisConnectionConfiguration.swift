@@ -263,7 +263,9 @@ extension StringProtocol {
 ///
 /// The server's certificate chain is verified against ``trustedCertificatesFile`` (or the
 /// system's trust store) and must name the node: ``serverName``, or the endpoint's host, as a DNS
-/// name or IP address in its subject alternative names. Failures are
+/// name or IP address in its subject alternative names (never in its subject's common name, RFC
+/// 6125 section 6.4.4; a wildcard only as the whole left-most label, `*.example`; a host the
+/// resolver reads as an IPv4 address, such as `127.1` or `2130706433`, as that address). Failures are
 /// ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the certificate) or
 /// ``RedisError/Code-swift.struct/tlsFailed`` (files that do not load, a handshake that fails),
 /// both naming the node and OpenSSL's reason, and both permanent.
@@ -278,8 +280,11 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// (``RedisError/Code-swift.struct/tlsFailed``, permanent).
     public var privateKeyFile: String?
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
-    /// (the default) uses the endpoint's host. An empty name (it would turn the hostname check
-    /// off), one with a NUL byte or one longer than 255 bytes fails every connect
+    /// (the default) uses the endpoint's host. An IP address, or a DNS name as certificates
+    /// hold it: ASCII letters, digits, `-` and `_` in dot-separated labels of 1 to 63 bytes, at
+    /// most 253 bytes, no wildcard, no dot at either end (OpenSSL reads a leading dot as any
+    /// name under the domain), an internationalized name in its `xn--` form. Any other name
+    /// (an empty one would turn the hostname check off) fails every connect
     /// (``RedisError/Code-swift.struct/tlsFailed``, permanent; ``loadFiles(for:)`` tells it
     /// at once).
     public var serverName: String?
@@ -318,10 +323,11 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// - Parameter endpoint: The node the error names.
     /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason
     ///   (a file that cannot be read, holds no PEM certificate, a key that does not match the
-    ///   certificate, an encrypted key: no passphrase is ever asked for), or saying why the
+    ///   certificate, an encrypted key: no passphrase is ever asked for, and one encrypted
+    ///   with the empty passphrase loads), or saying why the
     ///   file cannot serve (a pipe, socket, device or directory: each connection reads the files
     ///   anew), or a ``privateKeyFile`` without a ``certificateFile``; or saying why
-    ///   ``serverName`` cannot be used (empty, a NUL byte, over 255 bytes).
+    ///   ``serverName`` cannot be used (see there).
     public func loadFiles(for endpoint: RedisEndpoint) throws(RedisError) {
         _ = try TLSContext(self, endpoint: endpoint)
     }

@@ -543,6 +543,22 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a host or socket path with a NUL byte is an invalid address (permanent), never the address before the byte (before: the server there answered)")
+    func nulInAddress() async throws {
+        try await withRedisServers(1) { servers throws in
+            guard case let .unixDomainSocket(path) = servers[0].unixSocketEndpoint.address else {
+                Issue.record("no socket path")
+                return
+            }
+            for endpoint in [RedisEndpoint.hostname("127.0.0.1\0.elsewhere.example", port: servers[0].port), .unixDomainSocket(path: path + "\0/elsewhere")] {
+                let connection = RedisConnection(endpoint: endpoint)
+                let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
+                #expect(error?.code == .invalidAddress && error?.isPermanent == true && error?.message.contains("NUL byte") == true, "\(String(describing: error))")
+                await connection.shutdown()
+            }
+        }
+    }
+
     @Test("authenticates with a password or an ACL user, selects the database, and rejects a wrong password")
     func authentication() async throws {
         try await withRedisServers(1, arguments: ["--requirepass", "s3cret"]) { servers throws in

@@ -246,7 +246,7 @@ struct TLSTests {
         }
     }
 
-    @Test("a certificate from an unknown CA, an expired one and one for another host are rejected, naming node and reason")
+    @Test("a certificate from an unknown CA, an expired one, one for another host, one naming it only in its common name or with a partial wildcard, and DNS names for IPv4 addresses are rejected, naming node and reason; a server name that cannot serve is refused before connecting; hosts the resolver reads as IPv4 addresses are verified as those addresses")
     func rejectedCertificates() async throws {
         try await withCertificates { certificates in
             try await withTLSServer(certificates) { server in
@@ -273,11 +273,15 @@ struct TLSTests {
                 #expect(await pingError(configuration(server, certificates) { $0.verifiesHostname = false }) == nil)
                 // A server name that cannot serve is refused before any connect: an empty one
                 // would send none and require none (this certificate, for another host, was
-                // accepted so), one with a NUL byte would be cut at it, and one over 255 bytes
-                // fails each handshake. 255 bytes are a name (rejected by the certificate).
+                // accepted so), one with a NUL byte would be cut at it (and the cut name
+                // verified), one starting with a dot is any name under that domain to OpenSSL
+                // (accepted), the others fail each handshake.
                 let unusable: [(String, String)] = [
-                    ("", "is empty"), ("wrong.example\0.evil", "NUL byte"),
-                    (String(repeating: "a.", count: 128), "256 bytes long"),
+                    ("", "is empty"), ("wrong.example\0.evil", "NUL byte"), (".example", "starts with a dot"),
+                    ("wrong.example\n", "white space"), (String(repeating: "a.", count: 126) + "aa", "254 bytes long"),
+                    ("wrong.example.", "ends with a dot"), ("*.example", "wildcard"), ("wrong..example", "empty label"),
+                    ("wrong.exämple", "not ASCII"), (String(repeating: "w", count: 64) + ".example", "label of 64 bytes"),
+                    ("wrong.ex@mple", "holds \"@\""),
                 ]
                 for (name, reason) in unusable {
                     let refused = await pingError(configuration(server, certificates) { $0.serverName = name })
@@ -288,8 +292,34 @@ struct TLSTests {
                     tls.serverName = nil
                     #expect(throws: Never.self) { try tls.loadFiles(for: server.endpoint) }
                 }
-                let longest = await pingError(configuration(server, certificates) { $0.serverName = String(repeating: "a.", count: 127) + "a" })
+                // 253 bytes are a name (the certificate's verdict), as are IP addresses.
+                let longest = await pingError(configuration(server, certificates) { $0.serverName = String(repeating: "a.", count: 126) + "a" })
                 #expect(longest?.code == .certificateRejected, "\(String(describing: longest))")
+                let address = await pingError(configuration(server, certificates) { $0.serverName = "::1" })
+                #expect(address?.code == .certificateRejected && address?.message.contains("IP address mismatch") == true, "\(String(describing: address))")
+            }
+            // Names only in the common name are not read; a partial wildcard matches nothing; a
+            // host the resolver reads as an IPv4 address is verified as that address, not as
+            // the text it was written as. Each of these was accepted before.
+            try await withTLSServer(certificates, certificate: certificates.commonNameOnlyServer) { server in
+                let commonName = await pingError(configuration(server, certificates, host: "localhost"))
+                #expect(commonName?.code == .certificateRejected && commonName?.message.contains("mismatch") == true, "\(String(describing: commonName))")
+            }
+            try await withTLSServer(certificates, certificate: certificates.lookalikeServer) { server in
+                let partial = await pingError(configuration(server, certificates) { $0.serverName = "wrong.example" })
+                #expect(partial?.code == .certificateRejected && partial?.message.contains("mismatch") == true, "\(String(describing: partial))")
+                for host in ["127.1", "2130706433"] {
+                    let numeric = await pingError(configuration(server, certificates, host: host))
+                    #expect(numeric?.code == .certificateRejected && numeric?.message.contains("IP address mismatch") == true, "\(host): \(String(describing: numeric))")
+                }
+                #expect(await pingError(configuration(server, certificates) { $0.verifiesHostname = false }) == nil)
+            }
+            // The same forms against the certificate for 127.0.0.1 (refused before as a host name
+            // mismatch).
+            try await withTLSServer(certificates) { server in
+                for host in ["127.1", "0x7f.0.0.1", "2130706433"] {
+                    #expect(await pingError(configuration(server, certificates, host: host)) == nil, "\(host)")
+                }
             }
         }
     }

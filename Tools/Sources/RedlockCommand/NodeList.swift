@@ -39,7 +39,8 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
     func setting(_ name: String) -> String? {
         environment[name].flatMap { $0.isEmpty ? nil : $0 }
     }
-    return try items.map { item in
+    let tlsSettings = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"].filter { setting($0) != nil }
+    let configurations: [RedisConnectionConfiguration] = try items.map { item in
         var configuration: RedisConnectionConfiguration
         do {
             configuration = try RedisConnectionConfiguration(parsing: item)
@@ -56,7 +57,9 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
             configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
             configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
             configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
-            configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")
+            // A name holds no white space: a line end read from a file (`$(cat name)`, a mounted
+            // secret) is not part of it.
+            configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")?.trimmingCharacters(in: .whitespacesAndNewlines)
             // Files that can be read but do not load (no PEM in them, a key that does not match
             // the certificate, a key without one) and a server name that cannot serve are this
             // machine's configuration too.
@@ -64,13 +67,33 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
                 do throws(RedisError) {
                     try tls.loadFiles(for: configuration.endpoint)
                 } catch {
-                    let named = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"].filter { setting($0) != nil }
-                    throw ValidationError("\(named.isEmpty ? "TLS" : named.joined(separator: ", ")): \(error.message)")
+                    throw ValidationError("\(tlsSettings.isEmpty ? "TLS" : tlsSettings.joined(separator: ", ")): \(error.message)")
                 }
             }
         }
         return configuration
     }
+    // A node in clear among TLS ones, or TLS settings no node uses, is a `redis://` written for
+    // `rediss://` (or a plain `host:port`): its password and the lock's values would cross the
+    // network unencrypted, and nothing else would tell. A Unix socket does not leave the machine.
+    let plain = configurations.indices.filter { configurations[$0].tls == nil && configurations[$0].endpoint.socketPath == nil }
+    if let first = plain.first {
+        let why: String? =
+            if let tls = configurations.firstIndex(where: { $0.tls != nil }) {
+                "node \(tls) (\(configurations[tls].endpoint)) uses TLS"
+            } else if !tlsSettings.isEmpty {
+                "\(tlsSettings.joined(separator: ", ")) \(tlsSettings.count == 1 ? "is" : "are") set"
+            } else {
+                nil
+            }
+        if let why {
+            throw ValidationError(
+                "node \(first) (\(configurations[first].endpoint)) is plain TCP, but \(why): write it rediss://… for TLS"
+                    + (plain.count > 1 ? " (and nodes \(plain.dropFirst().map(String.init).joined(separator: ", ")))" : "")
+            )
+        }
+    }
+    return configurations
 }
 
 /// Why the file at `path` cannot be read (`open`'s error, or that it is a directory, or not a

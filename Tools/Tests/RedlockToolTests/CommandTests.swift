@@ -187,7 +187,7 @@ struct CommandTests {
         }
     }
 
-    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate, an encrypted key), or that are pipes, and a server name longer than TLS allows are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
+    @Test("TLS files of the environment that can be read but do not load (no certificate in the CA file, a client key that is not the certificate's, a key without a certificate, an encrypted key), or that are pipes, and a server name that cannot serve are a usage error naming the variables: exit 64 before any node is asked (before: 69, each node's TLS failure as no quorum)")
     func malformedTLSFiles() async throws {
         let certificates = try await TLSCertificates.generate()
         defer { certificates.remove() }
@@ -209,7 +209,9 @@ struct CommandTests {
             (["REDLOCK_TLS_CA_CERT": fifo], "REDLOCK_TLS_CA_CERT=\(fifo): not a regular file"),
             // Each node's handshake failed on it (69).
             (["REDLOCK_TLS_SERVER_NAME": String(repeating: "a", count: 300)], "REDLOCK_TLS_SERVER_NAME: the server name"),
-            (["REDLOCK_TLS_SERVER_NAME": String(repeating: "a", count: 300)], "is 300 bytes long: a TLS server name holds at most 255"),
+            (["REDLOCK_TLS_SERVER_NAME": String(repeating: "a", count: 300)], "is 300 bytes long: a DNS name holds at most 253"),
+            // OpenSSL reads a leading dot as any name under the domain (accepted before).
+            (["REDLOCK_TLS_SERVER_NAME": ".example"], "REDLOCK_TLS_SERVER_NAME: the server name \".example\" starts with a dot"),
         ]
         for (environment, message) in cases {
             let run = try CommandRun(
@@ -217,6 +219,36 @@ struct CommandTests {
             )
             let (status, stdout, stderr) = await run.finish()
             #expect(status == 64 && stderr.contains(message) && !stdout.contains("ran"), "\(environment): \(status) \(stderr)")
+        }
+    }
+
+    @Test("a plain TCP node among TLS ones, or while TLS settings are set in the environment, is a usage error naming the node (before: it ran in clear, telling nothing); Unix sockets are not; a line end around REDLOCK_TLS_SERVER_NAME is not part of the name")
+    func plainNodeAmongTLS() async throws {
+        let certificates = try await TLSCertificates.generate()
+        defer { certificates.remove() }
+        let refused: [([String], [String: String], String)] = [
+            (["rediss://127.0.0.1:1", "redis://127.0.0.1:2", "127.0.0.1:3"], [:],
+             "node 1 (127.0.0.1:2) is plain TCP, but node 0 (127.0.0.1:1) uses TLS: write it rediss://… for TLS (and nodes 2)"),
+            (["redis://127.0.0.1:2"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate],
+             "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CA_CERT is set"),
+            (["127.0.0.1:2", "unix:///nonexistent/redis.sock"], ["REDLOCK_TLS_CERT": certificates.client.certificate, "REDLOCK_TLS_KEY": certificates.client.key],
+             "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CERT, REDLOCK_TLS_KEY are set"),
+        ]
+        for (nodes, environment, message) in refused {
+            let run = try CommandRun(["run", "--nodes", nodes.joined(separator: ","), "--name", "mixed", "--", "echo", "ran"], environment: environment, killAfter: .seconds(20))
+            let (status, stdout, stderr) = await run.finish()
+            #expect(status == 64 && stderr.contains(message) && !stdout.contains("ran"), "\(nodes): \(status) \(stderr)")
+        }
+        // Past the checks: nobody listens, so no quorum (69).
+        let allowed: [([String], [String: String])] = [
+            (["rediss://127.0.0.1:1", "unix:///nonexistent/redis.sock"], [:]),
+            (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_SERVER_NAME": "localhost\n", "REDLOCK_TLS_CA_CERT": certificates.ca.certificate]),
+            (["127.0.0.1:1", "unix:///nonexistent/redis.sock"], [:]),
+        ]
+        for (nodes, environment) in allowed {
+            let run = try CommandRun(["run", "--nodes", nodes.joined(separator: ","), "--name", "mixed", "--", "echo", "ran"], environment: environment, killAfter: .seconds(20))
+            let (status, _, stderr) = await run.finish()
+            #expect(status == 69, "\(nodes): \(status) \(stderr)")
         }
     }
 
