@@ -150,6 +150,10 @@ public struct RedisConnectionConfiguration: Sendable, Hashable, CustomStringConv
             }
         } else if rest.contains("://") {
             throw invalid("unknown scheme (use host:port, redis://…, rediss://…, valkey://… or unix:///path)")
+        } else if let colon = rest.firstIndex(of: ":"), ["redis", "rediss", "valkey", "valkeys"].contains(rest[..<colon].lowercased()),
+                  rest[rest.index(after: colon)...].first?.isNumber != true {
+            // `rediss:/h:1`, `redis:h`: a scheme short of its slashes (`redis:6379` is a host).
+            throw invalid("the scheme needs '://': \(rest[..<colon].lowercased())://host:port")
         }
         // An address without a scheme (`host:port?db=2`): see queryRefusal.
         if rest.contains("?") { throw invalid(Self.queryRefusal) }

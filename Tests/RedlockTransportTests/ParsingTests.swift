@@ -78,6 +78,16 @@ struct ParsingTests {
         }
     }
 
+    @Test("a scheme short of its slashes is named so (before: 'an IPv6 address goes in brackets'); a host called redis with a port is a host", arguments: ["rediss:/localhost:1", "redis:h", "Valkey:/h:1", "rediss:"])
+    func schemeWithoutSlashes(text: String) throws {
+        #expect {
+            try RedisConnectionConfiguration(parsing: text)
+        } throws: { error in
+            (error as? RedisError)?.message.contains("the scheme needs '://'") == true
+        }
+        #expect(try RedisConnectionConfiguration(parsing: "redis:6379").endpoint == .hostname("redis", port: 6379))
+    }
+
     @Test("a query in a redis:// URL (another client's ?db=3) is refused saying where the database goes, not that the port is no number", arguments: ["redis://h:6379?db=3", "rediss://u:p@h:1?ssl_cert_reqs=none", "h:1?db=2", "redis://h:1/0?db=1"])
     func queryRefused(text: String) {
         #expect {
