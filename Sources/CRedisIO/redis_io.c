@@ -434,24 +434,39 @@ static int is_ip_literal(const char *name) {
     return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
 }
 
-/* Whether `name` is an IP address to the resolver, with the form a certificate's IP address is
-   matched against written to `out` (`size` bytes): an IPv4 or IPv6 address as is; an IPv4
-   address in another form getaddrinfo reads as one (`127.1`, `0x7f.0.0.1`,
-   `2130706433`, `010.0.0.1`: inet_aton's forms) in dotted decimal. Such a name was connected to
-   as that address, so it is verified as that address: as a DNS name, a certificate issued for
-   the text `127.1` would pass where the address is checked nowhere. 0 for a DNS name. */
+/* Whether `name` is an IP address to the resolver, with the address written to `out` (`size`
+   bytes, at least INET6_ADDRSTRLEN) in the form a certificate's IP address is matched against:
+   an IPv4 or IPv6 address; an IPv6 address with a zone (`fe80::1%eth0`, `::1%1`) without it (a
+   zone is this machine's: no certificate holds one); an IPv4 address in another form
+   getaddrinfo reads as one (`127.1`, `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with
+   any number of leading zeros: inet_aton's forms) in dotted decimal. Such a name was connected
+   to as that address, so it is verified as that address: as a DNS name, a certificate issued
+   for the text `127.1` would pass, and OpenSSL would read `0177.0.0.1` as 177.0.0.1. 0 for a
+   DNS name. */
 static int ip_identity(const char *name, char *out, size_t size) {
     unsigned char address[sizeof(struct in6_addr)];
-    size_t length = strlen(name);
-    if (length == 0 || length >= size) {
+    if (size < INET6_ADDRSTRLEN) {
         return 0;
     }
-    if (inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1) {
-        memcpy(out, name, length + 1);
-        return 1;
+    if (inet_pton(AF_INET, name, address) == 1) {
+        return inet_ntop(AF_INET, address, out, (socklen_t)size) != NULL;
+    }
+    if (inet_pton(AF_INET6, name, address) == 1) {
+        return inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
+    }
+    const char *zone = strchr(name, '%');
+    if (zone != NULL) {
+        size_t before = (size_t)(zone - name);
+        char bare[INET6_ADDRSTRLEN];
+        if (before == 0 || before >= sizeof bare) {
+            return 0;
+        }
+        memcpy(bare, name, before);
+        bare[before] = '\0';
+        return inet_pton(AF_INET6, bare, address) == 1 && inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
     }
     /* inet_aton stops at white space and accepts what follows: only its own characters here. */
-    if (strspn(name, "0123456789abcdefABCDEFxX.") != length) {
+    if (strspn(name, "0123456789abcdefABCDEFxX.") != strlen(name)) {
         return 0;
     }
     struct in_addr ipv4;

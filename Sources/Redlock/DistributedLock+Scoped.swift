@@ -431,8 +431,14 @@ extension DistributedLock {
         // Every extension must be confirmed within this window; one shorter than Redis's
         // expiry resolution ends each scope in leaseLost at its first extension.
         guard extendAhead - margin >= Self.shortestExtensionWindow else {
+            let window = (extendAhead - margin).millisecondsDescription
+            let needed = Self.shortestExtensionWindow.millisecondsDescription
+            let share = "extendWhenRemaining × expiry (\(extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription))"
             throw .invalid(
-                "extendWhenRemaining × expiry (\(extendAhead)) less safetyMargin (\(margin)) leaves \(extendAhead - margin) for each extension to be confirmed before the deadline: at least \(Self.shortestExtensionWindow) is needed (raise extendWhenRemaining or lower safetyMargin)",
+                safetyMargin == nil
+                    // The default margin is half of that window: only the share or the expiry can grow it.
+                    ? "\(share) leaves \(window) after the default safety margin (half of it) for each extension to be confirmed before the deadline: at least \(needed) is needed (raise extendWhenRemaining or the expiry)"
+                    : "\(share) less safetyMargin (\(margin.millisecondsDescription)) leaves \(window) for each extension to be confirmed before the deadline: at least \(needed) is needed (raise extendWhenRemaining or lower safetyMargin)",
                 lockName: name
             )
         }

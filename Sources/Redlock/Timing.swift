@@ -33,6 +33,19 @@ enum Timing {
 }
 
 extension Duration {
+    /// The duration in milliseconds with at most three decimals, for messages: `250 ms`,
+    /// `1.667 ms` (cut, not rounded, at the microsecond).
+    var millisecondsDescription: String {
+        let micros = wholeNanoseconds / 1_000
+        let sign = micros < 0 ? "-" : ""
+        let whole = (micros / 1_000).magnitude
+        var digits = String((micros % 1_000).magnitude)
+        guard digits != "0" else { return "\(sign)\(whole) ms" }
+        while digits.count < 3 { digits = "0" + digits }
+        while digits.hasSuffix("0") { digits.removeLast() }
+        return "\(sign)\(whole).\(digits) ms"
+    }
+
     /// The duration in whole milliseconds, rounded up, at least 1 (saturating: the longest
     /// durations give `Int64.max / 1_000_000` or one more, never a trap).
     var millisecondsRoundedUp: Int64 {

@@ -53,7 +53,8 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
     public let commonNameOnlyServer: Files
     /// Signed by ``ca`` and valid, `CN=lookalike` and subjectAltName `DNS:w*.example` (a partial
     /// wildcard), `DNS:127.1` and `DNS:2130706433` (IPv4 addresses in forms the resolver reads,
-    /// written as DNS names): names no client should match.
+    /// written as DNS names), and `IP:177.0.0.1` (what `0177.0.0.1` is in decimal, where the
+    /// resolver reads octal: 127.0.0.1): names no client of 127.0.0.1 should match.
     public let lookalikeServer: Files
     /// A client certificate (`CN=redlock-test-client`, extended key usage clientAuth) signed by
     /// ``ca``, for servers started with client authentication.
@@ -152,7 +153,7 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
             [ lookalike_ext ]
             \(leaf)
             extendedKeyUsage = serverAuth
-            subjectAltName = DNS:w*.example,DNS:127.1,DNS:2130706433
+            subjectAltName = DNS:w*.example,DNS:127.1,DNS:2130706433,IP:177.0.0.1
 
             [ client_ext ]
             \(leaf)

@@ -55,7 +55,8 @@ final class TLSContext: @unchecked Sendable {
 
     /// Why `name`, a configured ``RedisTLSConfiguration/serverName``, cannot be sent and
     /// required; nil when it can (or is nil: the endpoint's host serves). A name is an IP
-    /// address or a DNS name as certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII
+    /// address (an IPv6 one may have a zone, `%eth0`, left out of the check) or a DNS name as
+    /// certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII
     /// letters, digits, `-` and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything
     /// else fails each handshake, or worse: an empty name would send none and require none (no
     /// hostname check at all), one with a NUL byte would be cut at it on the way to C, and one
@@ -65,11 +66,15 @@ final class TLSContext: @unchecked Sendable {
         if name.isEmpty {
             return "the server name is empty: it would turn off the hostname check (leave it unset to use the host)"
         }
-        let shown = String(reflecting: name.utf8.count > 64 ? String(name.prefix(40)) + "…" : name)
+        // A URL pasted here may hold a password: quoted as address errors quote one.
+        let quotable = RedisConnectionConfiguration.quotable(name)
+        let shown = String(reflecting: quotable.utf8.count > 64 ? String(quotable.prefix(40)) + "…" : quotable)
         func unusable(_ why: String) -> String { "the server name \(shown) \(why)" }
         if name.utf8.contains(0) { return unusable("contains a NUL byte") }
         var address = [UInt8](repeating: 0, count: 16)
         if inet_pton(AF_INET, name, &address) == 1 || inet_pton(AF_INET6, name, &address) == 1 { return nil }
+        // An IPv6 address with a zone is verified as the address (the zone is this machine's).
+        if let zone = name.firstIndex(of: "%"), inet_pton(AF_INET6, String(name[..<zone]), &address) == 1 { return nil }
         if name.contains(where: \.isWhitespace) {
             return unusable("contains white space (a line end read from a file?): no host name does")
         }

@@ -269,7 +269,8 @@ extension StringProtocol {
 /// system's trust store) and must name the node: ``serverName``, or the endpoint's host, as a DNS
 /// name or IP address in its subject alternative names (never in its subject's common name, RFC
 /// 6125 section 6.4.4; a wildcard only as the whole left-most label, `*.example`; a host the
-/// resolver reads as an IPv4 address, such as `127.1` or `2130706433`, as that address). Failures are
+/// resolver reads as an IPv4 address, such as `127.1`, `2130706433` or `0177.0.0.1` (octal), as
+/// that address; an IPv6 address with a zone as the address). Failures are
 /// ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the certificate) or
 /// ``RedisError/Code-swift.struct/tlsFailed`` (files that do not load, a handshake that fails),
 /// both naming the node and OpenSSL's reason, and both permanent.
@@ -284,7 +285,8 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// (``RedisError/Code-swift.struct/tlsFailed``, permanent).
     public var privateKeyFile: String?
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
-    /// (the default) uses the endpoint's host. An IP address, or a DNS name as certificates
+    /// (the default) uses the endpoint's host. An IP address (an IPv6 zone, `%eth0`, is left
+    /// out of the check), or a DNS name as certificates
     /// hold it: ASCII letters, digits, `-` and `_` in dot-separated labels of 1 to 63 bytes, at
     /// most 253 bytes, no wildcard, no dot at either end (OpenSSL reads a leading dot as any
     /// name under the domain), an internationalized name in its `xn--` form. Any other name

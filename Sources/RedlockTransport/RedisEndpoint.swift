@@ -45,13 +45,29 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         RedisEndpoint(.unixDomainSocket(path: path))
     }
 
-    /// `host:port` for TCP (IPv6 literals in brackets), `unix:PATH` for a socket.
+    /// `host:port` for TCP (IPv6 literals in brackets), `unix:PATH` for a socket; control
+    /// characters in the host or path (a NUL byte, a line end) written as Swift escapes (`\0`,
+    /// `\n`, `\u{1B}`): descriptions go into log lines.
     public var description: String {
         switch address {
         case let .tcp(host, port):
-            return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            let shown = Self.escapingControls(host)
+            return host.contains(":") ? "[\(shown)]:\(port)" : "\(shown):\(port)"
         case let .unixDomainSocket(path):
-            return "unix:\(path)"
+            return "unix:\(Self.escapingControls(path))"
         }
+    }
+
+    private static func escapingControls(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        var escaped = ""
+        for scalar in text.unicodeScalars {
+            if scalar.properties.generalCategory == .control {
+                escaped += scalar.escaped(asASCII: true)
+            } else {
+                escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
     }
 }

@@ -917,6 +917,9 @@ struct ScopedLockTests {
                 }
                 #expect(tiny?.code == .invalidConfiguration && tiny?.message.contains("for each extension to be confirmed before the deadline") == true,
                         "\(share), \(String(describing: margin)): \(String(describing: tiny))")
+                // The default margin is not the caller's to lower: the message says what is.
+                let named = margin == nil ? "after the default safety margin (half of it)" : "less safetyMargin (4.2 ms) leaves "
+                #expect(tiny?.message.contains(named) == true, "\(String(describing: tiny))")
                 #expect(!ran.value)
             }
             // 1.1 ms is enough to be accepted.

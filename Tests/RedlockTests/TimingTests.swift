@@ -97,6 +97,20 @@ struct TimingTests {
         #expect(RetryDelay.random(in: .zero...huge).delay(afterFailedAttempts: 1) >= .zero)
     }
 
+    @Test("durations in messages: milliseconds with at most three decimals, cut at the microsecond, signed, and never a trap at the ends")
+    func millisecondsInMessages() {
+        let cases: [(Duration, String)] = [
+            (.milliseconds(250), "250 ms"), (.microseconds(1_667), "1.667 ms"), (.microseconds(4_200), "4.2 ms"),
+            (.microseconds(1_050), "1.05 ms"), (.nanoseconds(1_666_999), "1.666 ms"), (.zero, "0 ms"), (.nanoseconds(999), "0 ms"),
+            (.microseconds(-1_500), "-1.5 ms"), (.microseconds(-200), "-0.2 ms"), (.seconds(2), "2000 ms"),
+        ]
+        for (duration, text) in cases {
+            #expect(duration.millisecondsDescription == text, "\(duration)")
+        }
+        #expect(Duration.seconds(Int64.max).millisecondsDescription == "\(Int64.max / 1_000_000).775 ms")
+        #expect(!(Duration.zero - .seconds(Int64.max)).millisecondsDescription.isEmpty)
+    }
+
     @Test("lock values are 16 random bytes in base64, different each time")
     func values() {
         let values = (0..<1_000).map { _ in LockValue.random.next() }

@@ -543,7 +543,7 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a host or socket path with a NUL byte is an invalid address (permanent), never the address before the byte (before: the server there answered)")
+    @Test("a host or socket path with a NUL byte is an invalid address (permanent), never the address before the byte (before: the server there answered); messages write the byte as an escape")
     func nulInAddress() async throws {
         try await withRedisServers(1) { servers throws in
             guard case let .unixDomainSocket(path) = servers[0].unixSocketEndpoint.address else {
@@ -554,6 +554,9 @@ struct ConnectionTests {
                 let connection = RedisConnection(endpoint: endpoint)
                 let error = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("PING")) }
                 #expect(error?.code == .invalidAddress && error?.isPermanent == true && error?.message.contains("NUL byte") == true, "\(String(describing: error))")
+                // Written as an escape in messages (a raw NUL cuts log lines short).
+                let description = error.map { "\($0)" } ?? ""
+                #expect(!description.utf8.contains(0) && description.contains("\\0") && description.contains("elsewhere"), "\(description)")
                 await connection.shutdown()
             }
         }

@@ -308,7 +308,10 @@ struct TLSTests {
             try await withTLSServer(certificates, certificate: certificates.lookalikeServer) { server in
                 let partial = await pingError(configuration(server, certificates) { $0.serverName = "wrong.example" })
                 #expect(partial?.code == .certificateRejected && partial?.message.contains("mismatch") == true, "\(String(describing: partial))")
-                for host in ["127.1", "2130706433"] {
+                // Octal with leading zeros, however many (OpenSSL reads the text as decimal:
+                // 177.0.0.1; from 46 bytes on it was checked as a DNS name and accepted).
+                let padded = String(repeating: "0", count: 37) + "177.0.0.1"
+                for host in ["127.1", "2130706433", "0177.0.0.1", padded] {
                     let numeric = await pingError(configuration(server, certificates, host: host))
                     #expect(numeric?.code == .certificateRejected && numeric?.message.contains("IP address mismatch") == true, "\(host): \(String(describing: numeric))")
                 }
@@ -317,9 +320,13 @@ struct TLSTests {
             // The same forms against the certificate for 127.0.0.1 (refused before as a host name
             // mismatch).
             try await withTLSServer(certificates) { server in
-                for host in ["127.1", "0x7f.0.0.1", "2130706433"] {
+                for host in ["127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", String(repeating: "0", count: 60) + "177.0.0.1"] {
                     #expect(await pingError(configuration(server, certificates, host: host)) == nil, "\(host)")
                 }
+                // An IPv6 address with a zone is verified as the address (IP:::1 here; it was
+                // checked as a DNS name and refused, and a name of that text accepted).
+                #expect(await pingError(configuration(server, certificates) { $0.serverName = "::1%1" }) == nil)
+                #expect(await pingError(configuration(server, certificates) { $0.serverName = "0:0:0:0:0:0:0:1" }) == nil)
             }
         }
     }

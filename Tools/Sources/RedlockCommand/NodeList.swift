@@ -36,10 +36,15 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
         let shown = pieces.map { RedisConnectionConfiguration.quotable($0) }.joined(separator: ",")
         throw ValidationError("the node list has an empty place (two commas in a row, or one at an end): \"\(shown)\"")
     }
+    // A variable that is empty or only white space is not set.
     func setting(_ name: String) -> String? {
-        environment[name].flatMap { $0.isEmpty ? nil : $0 }
+        environment[name].flatMap { $0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ? nil : $0 }
     }
-    let tlsSettings = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"].filter { setting($0) != nil }
+    let fileSettings = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"].filter { setting($0) != nil }
+    // A name holds no white space: a line end read from a file (`$(cat name)`, a mounted
+    // secret) is not part of it.
+    let serverName = setting("REDLOCK_TLS_SERVER_NAME")?.trimmingCharacters(in: .whitespacesAndNewlines)
+    let tlsSettings = fileSettings + (serverName == nil ? [] : ["REDLOCK_TLS_SERVER_NAME"])
     let configurations: [RedisConnectionConfiguration] = try items.map { item in
         var configuration: RedisConnectionConfiguration
         do {
@@ -57,17 +62,22 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
             configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
             configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
             configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
-            // A name holds no white space: a line end read from a file (`$(cat name)`, a mounted
-            // secret) is not part of it.
-            configuration.tls?.serverName = setting("REDLOCK_TLS_SERVER_NAME")?.trimmingCharacters(in: .whitespacesAndNewlines)
-            // Files that can be read but do not load (no PEM in them, a key that does not match
-            // the certificate, a key without one) and a server name that cannot serve are this
-            // machine's configuration too.
+            configuration.tls?.serverName = serverName
+            // A server name that cannot serve, and files that can be read but do not load (no
+            // PEM in them, a key that does not match the certificate, a key without one), are
+            // this machine's configuration too; each error names the variables at fault.
+            if let serverName {
+                do throws(RedisError) {
+                    try RedisTLSConfiguration(serverName: serverName, verifiesCertificate: false).loadFiles(for: configuration.endpoint)
+                } catch {
+                    throw ValidationError("REDLOCK_TLS_SERVER_NAME: \(error.message)")
+                }
+            }
             if let tls = configuration.tls {
                 do throws(RedisError) {
                     try tls.loadFiles(for: configuration.endpoint)
                 } catch {
-                    throw ValidationError("\(tlsSettings.isEmpty ? "TLS" : tlsSettings.joined(separator: ", ")): \(error.message)")
+                    throw ValidationError("\(fileSettings.isEmpty ? "TLS" : fileSettings.joined(separator: ", ")): \(error.message)")
                 }
             }
         }
@@ -89,7 +99,7 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
         if let why {
             throw ValidationError(
                 "node \(first) (\(configurations[first].endpoint)) is plain TCP, but \(why): write it rediss://… for TLS"
-                    + (plain.count > 1 ? " (and nodes \(plain.dropFirst().map(String.init).joined(separator: ", ")))" : "")
+                    + (plain.count > 1 ? " (and \(plain.count == 2 ? "node" : "nodes") \(plain.dropFirst().map(String.init).joined(separator: ", ")))" : "")
             )
         }
     }

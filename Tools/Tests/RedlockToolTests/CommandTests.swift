@@ -228,7 +228,14 @@ struct CommandTests {
         defer { certificates.remove() }
         let refused: [([String], [String: String], String)] = [
             (["rediss://127.0.0.1:1", "redis://127.0.0.1:2", "127.0.0.1:3"], [:],
-             "node 1 (127.0.0.1:2) is plain TCP, but node 0 (127.0.0.1:1) uses TLS: write it rediss://… for TLS (and nodes 2)"),
+             "node 1 (127.0.0.1:2) is plain TCP, but node 0 (127.0.0.1:1) uses TLS: write it rediss://… for TLS (and node 2)"),
+            (["rediss://127.0.0.1:1", "redis://127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"], [:], "for TLS (and nodes 2, 3)"),
+            // Only white space: not set, so not a reason; a server name at fault is named alone,
+            // and a URL pasted in its place is not echoed with its password.
+            (["127.0.0.1:2"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_SERVER_NAME": " \n"],
+             "but REDLOCK_TLS_CA_CERT is set:"),
+            (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_SERVER_NAME": "rediss://:hunter2@cache.example:6380"],
+             "REDLOCK_TLS_SERVER_NAME: the server name \"rediss://…\" holds"),
             (["redis://127.0.0.1:2"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate],
              "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CA_CERT is set"),
             (["127.0.0.1:2", "unix:///nonexistent/redis.sock"], ["REDLOCK_TLS_CERT": certificates.client.certificate, "REDLOCK_TLS_KEY": certificates.client.key],
@@ -237,7 +244,7 @@ struct CommandTests {
         for (nodes, environment, message) in refused {
             let run = try CommandRun(["run", "--nodes", nodes.joined(separator: ","), "--name", "mixed", "--", "echo", "ran"], environment: environment, killAfter: .seconds(20))
             let (status, stdout, stderr) = await run.finish()
-            #expect(status == 64 && stderr.contains(message) && !stdout.contains("ran"), "\(nodes): \(status) \(stderr)")
+            #expect(status == 64 && stderr.contains(message) && !stdout.contains("ran") && !stderr.contains("hunter2"), "\(nodes): \(status) \(stderr)")
         }
         // Past the checks: nobody listens, so no quorum (69).
         let allowed: [([String], [String: String])] = [
