@@ -434,10 +434,22 @@ static int is_ip_literal(const char *name) {
     return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
 }
 
+/* The IPv6 address `address` (16 bytes) as ip_identity writes it: an IPv4-mapped one
+   (`::ffff:127.0.0.1`, which reaches 127.0.0.1) as its IPv4 address, which is how certificates
+   name such a server (OpenSSL compares the address's bytes: 16 never match 4). */
+static int ipv6_identity(const unsigned char *address, char *out, size_t size) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(address, mapped, sizeof mapped) == 0) {
+        return inet_ntop(AF_INET, address + sizeof mapped, out, (socklen_t)size) != NULL;
+    }
+    return inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
+}
+
 /* Whether `name` is an IP address to the resolver, with the address written to `out` (`size`
    bytes, at least INET6_ADDRSTRLEN) in the form a certificate's IP address is matched against:
-   an IPv4 or IPv6 address; an IPv6 address with a zone (`fe80::1%eth0`, `::1%1`) without it (a
-   zone is this machine's: no certificate holds one); an IPv4 address in another form
+   an IPv4 or IPv6 address (an IPv4-mapped one as its IPv4 address, ipv6_identity); an IPv6
+   address with a zone (`fe80::1%eth0`, `::1%1`) without it (a zone is this machine's: no
+   certificate holds one); an IPv4 address in another form
    getaddrinfo reads as one (`127.1`, `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with
    any number of leading zeros: inet_aton's forms) in dotted decimal. Such a name was connected
    to as that address, so it is verified as that address: as a DNS name, a certificate issued
@@ -452,7 +464,7 @@ static int ip_identity(const char *name, char *out, size_t size) {
         return inet_ntop(AF_INET, address, out, (socklen_t)size) != NULL;
     }
     if (inet_pton(AF_INET6, name, address) == 1) {
-        return inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
+        return ipv6_identity(address, out, size);
     }
     const char *zone = strchr(name, '%');
     if (zone != NULL) {
@@ -463,7 +475,7 @@ static int ip_identity(const char *name, char *out, size_t size) {
         }
         memcpy(bare, name, before);
         bare[before] = '\0';
-        return inet_pton(AF_INET6, bare, address) == 1 && inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
+        return inet_pton(AF_INET6, bare, address) == 1 && ipv6_identity(address, out, size);
     }
     /* inet_aton stops at white space and accepts what follows: only its own characters here. */
     if (strspn(name, "0123456789abcdefABCDEFxX.") != strlen(name)) {

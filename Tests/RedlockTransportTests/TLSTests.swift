@@ -327,6 +327,9 @@ struct TLSTests {
                 // checked as a DNS name and refused, and a name of that text accepted).
                 #expect(await pingError(configuration(server, certificates) { $0.serverName = "::1%1" }) == nil)
                 #expect(await pingError(configuration(server, certificates) { $0.serverName = "0:0:0:0:0:0:0:1" }) == nil)
+                // An IPv4-mapped IPv6 address reaches the IPv4 address, and is verified as it (16
+                // bytes never matched the certificate's 4).
+                #expect(await pingError(configuration(server, certificates) { $0.serverName = "::ffff:127.0.0.1" }) == nil)
             }
         }
     }
