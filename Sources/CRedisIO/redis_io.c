@@ -449,12 +449,11 @@ static int ipv6_identity(const unsigned char *address, char *out, size_t size) {
    bytes, at least INET6_ADDRSTRLEN) in the form a certificate's IP address is matched against:
    an IPv4 or IPv6 address (an IPv4-mapped one as its IPv4 address, ipv6_identity); an IPv6
    address with a zone (`fe80::1%eth0`, `::1%1`) without it (a zone is this machine's: no
-   certificate holds one); an IPv4 address in another form
-   getaddrinfo reads as one (`127.1`, `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with
-   any number of leading zeros: inet_aton's forms) in dotted decimal. Such a name was connected
-   to as that address, so it is verified as that address: as a DNS name, a certificate issued
-   for the text `127.1` would pass, and OpenSSL would read `0177.0.0.1` as 177.0.0.1. 0 for a
-   DNS name. */
+   certificate holds one); an IPv4 address in another form getaddrinfo reads as one (`127.1`,
+   `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with any number of leading zeros:
+   inet_aton's forms) in dotted decimal. Such a name was connected to as that address, so it is
+   verified as that address: as a DNS name, a certificate issued for the text `127.1` would
+   pass, and OpenSSL would read `0177.0.0.1` as 177.0.0.1. 0 for a DNS name. */
 static int ip_identity(const char *name, char *out, size_t size) {
     unsigned char address[sizeof(struct in6_addr)];
     if (size < INET6_ADDRSTRLEN) {

@@ -56,11 +56,11 @@ final class TLSContext: @unchecked Sendable {
     /// Why `name`, a configured ``RedisTLSConfiguration/serverName``, cannot be sent and
     /// required; nil when it can (or is nil: the endpoint's host serves). A name is an IP
     /// address (an IPv6 one may have a zone, `%eth0`, left out of the check) or a DNS name as
-    /// certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII
-    /// letters, digits, `-` and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything
-    /// else fails each handshake, or worse: an empty name would send none and require none (no
-    /// hostname check at all), one with a NUL byte would be cut at it on the way to C, and one
-    /// that starts with a dot is read by OpenSSL as any name under that domain.
+    /// certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII letters, digits, `-`
+    /// and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything else fails each
+    /// handshake, or worse: an empty name would send none and require none (no hostname check
+    /// at all), one with a NUL byte would be cut at it on the way to C, and one that starts
+    /// with a dot is read by OpenSSL as any name under that domain.
     static func unusableServerName(_ name: String?) -> String? {
         guard let name else { return nil }
         if name.isEmpty {

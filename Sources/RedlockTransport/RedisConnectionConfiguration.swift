@@ -271,10 +271,9 @@ extension StringProtocol {
 /// 6125 section 6.4.4; a wildcard only as the whole left-most label, `*.example`; a host the
 /// resolver reads as an IPv4 address, such as `127.1`, `2130706433` or `0177.0.0.1` (octal), as
 /// that address; an IPv6 address with a zone as the address, an IPv4-mapped one as its IPv4
-/// address). Failures are
-/// ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the certificate) or
-/// ``RedisError/Code-swift.struct/tlsFailed`` (files that do not load, a handshake that fails),
-/// both naming the node and OpenSSL's reason, and both permanent.
+/// address). Failures are ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the
+/// certificate) or ``RedisError/Code-swift.struct/tlsFailed`` (files that do not load, a
+/// handshake that fails), both naming the node and OpenSSL's reason, and both permanent.
 public struct RedisTLSConfiguration: Sendable, Hashable {
     /// A PEM file of CA certificates to trust, or `nil` (the default) for the system's trust
     /// store (`/etc/ssl/certs` on Debian).
@@ -287,13 +286,12 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     public var privateKeyFile: String?
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
     /// (the default) uses the endpoint's host. An IP address (an IPv6 zone, `%eth0`, is left
-    /// out of the check), or a DNS name as certificates
-    /// hold it: ASCII letters, digits, `-` and `_` in dot-separated labels of 1 to 63 bytes, at
-    /// most 253 bytes, no wildcard, no dot at either end (OpenSSL reads a leading dot as any
-    /// name under the domain), an internationalized name in its `xn--` form. Any other name
-    /// (an empty one would turn the hostname check off) fails every connect
-    /// (``RedisError/Code-swift.struct/tlsFailed``, permanent; ``loadFiles(for:)`` tells it
-    /// at once).
+    /// out of the check), or a DNS name as certificates hold it: ASCII letters, digits, `-` and
+    /// `_` in dot-separated labels of 1 to 63 bytes, at most 253 bytes, no wildcard, no dot at
+    /// either end (OpenSSL reads a leading dot as any name under the domain), an
+    /// internationalized name in its `xn--` form. Any other name (an empty one would turn the
+    /// hostname check off) fails every connect (``RedisError/Code-swift.struct/tlsFailed``,
+    /// permanent; ``loadFiles(for:)`` tells it at once).
     public var serverName: String?
     /// Whether the server's certificate chain must verify. The default is `true`; `false` accepts
     /// any certificate (encryption without authentication: for tests only).
@@ -331,10 +329,9 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// - Throws: ``RedisError/Code-swift.struct/tlsFailed`` naming the file and OpenSSL's reason
     ///   (a file that cannot be read, holds no PEM certificate, a key that does not match the
     ///   certificate, an encrypted key: no passphrase is ever asked for, and one encrypted
-    ///   with the empty passphrase loads), or saying why the
-    ///   file cannot serve (a pipe, socket, device or directory: each connection reads the files
-    ///   anew), or a ``privateKeyFile`` without a ``certificateFile``; or saying why
-    ///   ``serverName`` cannot be used (see there).
+    ///   with the empty passphrase loads), or saying why the file cannot serve (a pipe, socket,
+    ///   device or directory: each connection reads the files anew), or a ``privateKeyFile``
+    ///   without a ``certificateFile``; or saying why ``serverName`` cannot be used (see there).
     public func loadFiles(for endpoint: RedisEndpoint) throws(RedisError) {
         _ = try TLSContext(self, endpoint: endpoint)
     }

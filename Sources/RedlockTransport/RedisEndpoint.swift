@@ -58,6 +58,7 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// `text` with each control character (Unicode category Cc) as its escape.
     private static func escapingControls(_ text: String) -> String {
         guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
         var escaped = ""
