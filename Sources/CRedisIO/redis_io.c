@@ -434,6 +434,21 @@ static int is_ip_literal(const char *name) {
     return inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
 }
 
+/* Whether `certificate`'s subject alternative names hold a DNS name. */
+static int names_a_dns_name(const X509 *certificate) {
+    GENERAL_NAMES *names = X509_get_ext_d2i(certificate, NID_subject_alt_name, NULL, NULL);
+    if (names == NULL) {
+        return 0;
+    }
+    int found = 0;
+    for (int index = 0; index < sk_GENERAL_NAME_num(names) && !found; index++) {
+        const GENERAL_NAME *name = sk_GENERAL_NAME_value(names, index);
+        found = name != NULL && name->type == GEN_DNS;
+    }
+    GENERAL_NAMES_free(names);
+    return found;
+}
+
 /* The IPv6 address `address` (16 bytes) as ip_identity writes it: an IPv4-mapped one
    (`::ffff:127.0.0.1`, which reaches 127.0.0.1) as its IPv4 address, which is how certificates
    name such a server (OpenSSL compares the address's bytes: 16 never match 4). */
@@ -684,7 +699,7 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
         if (verify_host) {
             /* The name must be in the certificate's subject alternative names: never its
                subject's common name (RFC 6125 section 6.4.4; as Go's crypto/tls and browsers),
-               and a wildcard only as a whole left-most label (`*.example`, not `f*.example`). */
+               and a wildcard only as a whole left-most label (`*.example.com`, not `f*.example.com`). */
             SSL_set_hostflags(conn->ssl, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
             int set = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn->ssl), address)
                               : SSL_set1_host(conn->ssl, server_name);
@@ -771,6 +786,16 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
             long verdict = SSL_get_verify_mode(conn->ssl) != SSL_VERIFY_NONE ? SSL_get_verify_result(conn->ssl) : X509_V_OK;
             if (verdict != X509_V_OK) {
                 ERR_clear_error();
+                /* A certificate that names its host only in the subject's common name (older
+                   ones do, and worked with clients that still read it) is told so. */
+                STACK_OF(X509) *chain = SSL_get_peer_cert_chain(conn->ssl);
+                X509 *leaf = chain != NULL && sk_X509_num(chain) > 0 ? sk_X509_value(chain, 0) : NULL;
+                if (verdict == X509_V_ERR_HOSTNAME_MISMATCH && leaf != NULL && !names_a_dns_name(leaf)) {
+                    return fail(err, RIO_E_CERTIFICATE, 0,
+                                "certificate rejected: %s: it names no DNS name in its subject alternative names "
+                                "(a common name is never read, RFC 6125)",
+                                X509_verify_cert_error_string(verdict));
+                }
                 return fail(err, RIO_E_CERTIFICATE, 0, "certificate rejected: %s",
                             X509_verify_cert_error_string(verdict));
             }

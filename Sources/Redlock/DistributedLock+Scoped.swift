@@ -46,7 +46,9 @@ extension DistributedLock {
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
     ///     The default is 1/3. `extendWhenRemaining` × expiry − `safetyMargin` is the time each
     ///     extension has to be confirmed before the deadline, and must be at least 1 ms (Redis's
-    ///     expiry resolution; a smaller window lost every lease at its first extension).
+    ///     expiry resolution; a smaller window lost every lease at its first extension). That
+    ///     floor rules out windows that can never work, not ones that may fail: leave room for
+    ///     a round trip and its retries under load (tens of milliseconds and more).
     ///   - maximumHoldTime: When set, `body` is cancelled and the call throws
     ///     ``RedlockError/Code-swift.struct/holdTimeExceeded`` once the lock has been held this
     ///     long; at most 100 years of 365 days. The default is `nil` (no cap).
@@ -433,7 +435,9 @@ extension DistributedLock {
         guard extendAhead - margin >= Self.shortestExtensionWindow else {
             let window = (extendAhead - margin).millisecondsDescription
             let needed = Self.shortestExtensionWindow.millisecondsDescription
-            let share = "extendWhenRemaining × expiry (\(extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription))"
+            // The share to four decimals (1/3 as 0.3333), unless that would show it as zero.
+            let rounded = (extendWhenRemaining * 10_000).rounded() / 10_000
+            let share = "extendWhenRemaining × expiry (\(rounded > 0 ? rounded : extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription))"
             throw .invalid(
                 safetyMargin == nil
                     // The default margin is half of that window: only the share or the expiry can grow it.

@@ -51,8 +51,8 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
     /// Signed by ``ca`` and valid, `CN=localhost` and no subjectAltName: names its host only in
     /// the common name, which clients must not read (RFC 6125 section 6.4.4).
     public let commonNameOnlyServer: Files
-    /// Signed by ``ca`` and valid, `CN=lookalike` and subjectAltName `DNS:w*.example` (a partial
-    /// wildcard), `DNS:127.1` and `DNS:2130706433` (IPv4 addresses in forms the resolver reads,
+    /// Signed by ``ca`` and valid, `CN=lookalike` and subjectAltName `DNS:w*.example.com` (a
+    /// partial wildcard, which OpenSSL matches by default: `wrong.example.com`), `DNS:127.1` and `DNS:2130706433` (IPv4 addresses in forms the resolver reads,
     /// written as DNS names), and `IP:177.0.0.1` (what `0177.0.0.1` is in decimal, where the
     /// resolver reads octal: 127.0.0.1): names no client of 127.0.0.1 should match.
     public let lookalikeServer: Files
@@ -153,7 +153,7 @@ public final class TLSCertificates: Sendable, CustomStringConvertible {
             [ lookalike_ext ]
             \(leaf)
             extendedKeyUsage = serverAuth
-            subjectAltName = DNS:w*.example,DNS:127.1,DNS:2130706433,IP:177.0.0.1
+            subjectAltName = DNS:w*.example.com,DNS:127.1,DNS:2130706433,IP:177.0.0.1
 
             [ client_ext ]
             \(leaf)

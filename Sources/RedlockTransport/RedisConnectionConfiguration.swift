@@ -268,7 +268,7 @@ extension StringProtocol {
 /// The server's certificate chain is verified against ``trustedCertificatesFile`` (or the
 /// system's trust store) and must name the node: ``serverName``, or the endpoint's host, as a DNS
 /// name or IP address in its subject alternative names (never in its subject's common name, RFC
-/// 6125 section 6.4.4; a wildcard only as the whole left-most label, `*.example`; a host the
+/// 6125 section 6.4.4; a wildcard only as the whole left-most label, `*.example.com`; a host the
 /// resolver reads as an IPv4 address, such as `127.1`, `2130706433` or `0177.0.0.1` (octal), as
 /// that address; an IPv6 address with a zone as the address, an IPv4-mapped one as its IPv4
 /// address). Failures are ``RedisError/Code-swift.struct/certificateRejected`` (a verdict on the

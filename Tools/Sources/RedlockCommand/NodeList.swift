@@ -36,14 +36,22 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
         let shown = pieces.map { RedisConnectionConfiguration.quotable($0) }.joined(separator: ",")
         throw ValidationError("the node list has an empty place (two commas in a row, or one at an end): \"\(shown)\"")
     }
-    // A variable that is empty or only white space is not set.
+    // White space around a value is not part of it (a line end read from a file: `$(cat
+    // name)`, a mounted secret); a variable that is empty or only white space is not set.
     func setting(_ name: String) -> String? {
-        environment[name].flatMap { $0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ? nil : $0 }
+        environment[name].flatMap { value in
+            let trimmed = value.trimmingCharacters(in: .whitespacesAndNewlines)
+            return trimmed.isEmpty ? nil : trimmed
+        }
+    }
+    let known = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"]
+    // A misspelt TLS variable would leave its setting out without a word (a CA file not
+    // trusted, no client certificate; or nodes in clear that the rule below would stop).
+    if let unknown = environment.keys.sorted().first(where: { $0.hasPrefix("REDLOCK_TLS_") && !known.contains($0) && setting($0) != nil }) {
+        throw ValidationError("\(unknown) is not a variable redlock reads: TLS settings come from \(known.joined(separator: ", "))")
     }
     let fileSettings = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"].filter { setting($0) != nil }
-    // A name holds no white space: a line end read from a file (`$(cat name)`, a mounted
-    // secret) is not part of it.
-    let serverName = setting("REDLOCK_TLS_SERVER_NAME")?.trimmingCharacters(in: .whitespacesAndNewlines)
+    let serverName = setting("REDLOCK_TLS_SERVER_NAME")
     let tlsSettings = fileSettings + (serverName == nil ? [] : ["REDLOCK_TLS_SERVER_NAME"])
     let configurations: [RedisConnectionConfiguration] = try items.map { item in
         var configuration: RedisConnectionConfiguration
@@ -97,9 +105,10 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
                 nil
             }
         if let why {
+            let others = plain.count > 1 ? " (and \(plain.count == 2 ? "node" : "nodes") \(plain.dropFirst().map(String.init).joined(separator: ", ")))" : ""
+            let unset = configurations.allSatisfy { $0.tls == nil } ? ", or unset \(tlsSettings.joined(separator: ", ")) if no node is to use TLS" : ""
             throw ValidationError(
-                "node \(first) (\(configurations[first].endpoint)) is plain TCP, but \(why): write it rediss://… for TLS"
-                    + (plain.count > 1 ? " (and \(plain.count == 2 ? "node" : "nodes") \(plain.dropFirst().map(String.init).joined(separator: ", ")))" : "")
+                "node \(first) (\(configurations[first].endpoint)) is plain TCP, but \(why): write it rediss://… for TLS\(others)\(unset)"
             )
         }
     }

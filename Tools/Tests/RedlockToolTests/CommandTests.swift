@@ -222,7 +222,7 @@ struct CommandTests {
         }
     }
 
-    @Test("a plain TCP node among TLS ones, or while TLS settings are set in the environment, is a usage error naming the node (before: it ran in clear, telling nothing); Unix sockets are not; a line end around REDLOCK_TLS_SERVER_NAME is not part of the name")
+    @Test("a plain TCP node among TLS ones, or while TLS settings are set in the environment, is a usage error naming the node (before: it ran in clear, telling nothing); Unix sockets are not; white space around a TLS variable's value is not part of it; a misspelt REDLOCK_TLS_ variable is a usage error")
     func plainNodeAmongTLS() async throws {
         let certificates = try await TLSCertificates.generate()
         defer { certificates.remove() }
@@ -237,7 +237,10 @@ struct CommandTests {
             (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate, "REDLOCK_TLS_SERVER_NAME": "rediss://:hunter2@cache.example:6380"],
              "REDLOCK_TLS_SERVER_NAME: the server name \"rediss://…\" holds"),
             (["redis://127.0.0.1:2"], ["REDLOCK_TLS_CA_CERT": certificates.ca.certificate],
-             "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CA_CERT is set"),
+             "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CA_CERT is set: write it rediss://… for TLS, or unset REDLOCK_TLS_CA_CERT if no node is to use TLS"),
+            // A misspelt TLS variable (it ran in clear, the setting left out).
+            (["127.0.0.1:2"], ["REDLOCK_TLS_CACERT": certificates.ca.certificate],
+             "REDLOCK_TLS_CACERT is not a variable redlock reads: TLS settings come from REDLOCK_TLS_CA_CERT, REDLOCK_TLS_CERT, REDLOCK_TLS_KEY, REDLOCK_TLS_SERVER_NAME"),
             (["127.0.0.1:2", "unix:///nonexistent/redis.sock"], ["REDLOCK_TLS_CERT": certificates.client.certificate, "REDLOCK_TLS_KEY": certificates.client.key],
              "node 0 (127.0.0.1:2) is plain TCP, but REDLOCK_TLS_CERT, REDLOCK_TLS_KEY are set"),
         ]
@@ -249,7 +252,8 @@ struct CommandTests {
         // Past the checks: nobody listens, so no quorum (69).
         let allowed: [([String], [String: String])] = [
             (["rediss://127.0.0.1:1", "unix:///nonexistent/redis.sock"], [:]),
-            (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_SERVER_NAME": "localhost\n", "REDLOCK_TLS_CA_CERT": certificates.ca.certificate]),
+            (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_SERVER_NAME": "localhost\n", "REDLOCK_TLS_CA_CERT": certificates.ca.certificate + "\n"]),
+            (["rediss://127.0.0.1:1"], ["REDLOCK_TLS_CACERT": " "]),
             (["127.0.0.1:1", "unix:///nonexistent/redis.sock"], [:]),
         ]
         for (nodes, environment) in allowed {
