@@ -449,36 +449,28 @@ static int names_a_dns_name(const X509 *certificate) {
     return found;
 }
 
-/* The IPv6 address `address` (16 bytes) as ip_identity writes it: an IPv4-mapped one
+/* The IPv6 address `address` as rio_ip_identity writes it: an IPv4-mapped one
    (`::ffff:127.0.0.1`, which reaches 127.0.0.1) as its IPv4 address, which is how certificates
    name such a server (OpenSSL compares the address's bytes: 16 never match 4). */
-static int ipv6_identity(const unsigned char *address, char *out, size_t size) {
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (memcmp(address, mapped, sizeof mapped) == 0) {
-        return inet_ntop(AF_INET, address + sizeof mapped, out, (socklen_t)size) != NULL;
+static int ipv6_identity(const struct in6_addr *address, char *out, size_t size) {
+    if (IN6_IS_ADDR_V4MAPPED(address)) {
+        return inet_ntop(AF_INET, &address->s6_addr[12], out, (socklen_t)size) != NULL;
     }
     return inet_ntop(AF_INET6, address, out, (socklen_t)size) != NULL;
 }
 
-/* Whether `name` is an IP address to the resolver, with the address written to `out` (`size`
-   bytes, at least INET6_ADDRSTRLEN) in the form a certificate's IP address is matched against:
-   an IPv4 or IPv6 address (an IPv4-mapped one as its IPv4 address, ipv6_identity); an IPv6
-   address with a zone (`fe80::1%eth0`, `::1%1`) without it (a zone is this machine's: no
-   certificate holds one); an IPv4 address in another form getaddrinfo reads as one (`127.1`,
-   `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with any number of leading zeros:
-   inet_aton's forms) in dotted decimal. Such a name was connected to as that address, so it is
-   verified as that address: as a DNS name, a certificate issued for the text `127.1` would
-   pass, and OpenSSL would read `0177.0.0.1` as 177.0.0.1. 0 for a DNS name. */
-static int ip_identity(const char *name, char *out, size_t size) {
-    unsigned char address[sizeof(struct in6_addr)];
-    if (size < INET6_ADDRSTRLEN) {
+/* See redis_io.h. */
+int rio_ip_identity(const char *name, char *out, size_t size) {
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (name == NULL || out == NULL || size < INET6_ADDRSTRLEN) {
         return 0;
     }
-    if (inet_pton(AF_INET, name, address) == 1) {
-        return inet_ntop(AF_INET, address, out, (socklen_t)size) != NULL;
+    if (inet_pton(AF_INET, name, &v4) == 1) {
+        return inet_ntop(AF_INET, &v4, out, (socklen_t)size) != NULL;
     }
-    if (inet_pton(AF_INET6, name, address) == 1) {
-        return ipv6_identity(address, out, size);
+    if (inet_pton(AF_INET6, name, &v6) == 1) {
+        return ipv6_identity(&v6, out, size);
     }
     const char *zone = strchr(name, '%');
     if (zone != NULL) {
@@ -489,17 +481,13 @@ static int ip_identity(const char *name, char *out, size_t size) {
         }
         memcpy(bare, name, before);
         bare[before] = '\0';
-        return inet_pton(AF_INET6, bare, address) == 1 && ipv6_identity(address, out, size);
+        return inet_pton(AF_INET6, bare, &v6) == 1 && ipv6_identity(&v6, out, size);
     }
     /* inet_aton stops at white space and accepts what follows: only its own characters here. */
-    if (strspn(name, "0123456789abcdefABCDEFxX.") != strlen(name)) {
+    if (strspn(name, "0123456789abcdefABCDEFxX.") != strlen(name) || inet_aton(name, &v4) == 0) {
         return 0;
     }
-    struct in_addr ipv4;
-    if (inet_aton(name, &ipv4) == 0) {
-        return 0;
-    }
-    return inet_ntop(AF_INET, &ipv4, out, (socklen_t)size) != NULL;
+    return inet_ntop(AF_INET, &v4, out, (socklen_t)size) != NULL;
 }
 
 /* ---- telling a plain port from a TLS one ----
@@ -685,7 +673,7 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
     SSL_set_bio(conn->ssl, bio, bio);
     if (server_name != NULL && server_name[0] != '\0') {
         char address[INET6_ADDRSTRLEN];
-        int literal = ip_identity(server_name, address, sizeof address);
+        int literal = rio_ip_identity(server_name, address, sizeof address);
         if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
             openssl_reason(reason, sizeof reason);
             return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
@@ -731,11 +719,17 @@ static int received_alert(unsigned long error) {
    about this client's certificate or TLS settings: no certificate where one is required, one
    it rejects (also one not valid yet), no protocol version or cipher in common, a server name
    it does not serve. A new connection with the same settings gets the same. Other alerts
-   (internal_error: a server or key backend failing for now) may pass. */
-static int refuses_client(void) {
+   (internal_error: a server or key backend failing for now) may pass. `alerted`, when not
+   NULL, is set to whether they record any alert from the server. */
+static int refuses_client(int *alerted) {
     unsigned long errors[2] = {ERR_peek_error(), ERR_peek_last_error()};
+    int refusing = 0;
     for (int index = 0; index < 2; index++) {
-        switch (received_alert(errors[index])) {
+        int alert = received_alert(errors[index]);
+        if (alerted != NULL && alert >= 0) {
+            *alerted = 1;
+        }
+        switch (alert) {
         case SSL3_AD_HANDSHAKE_FAILURE:
         case SSL3_AD_BAD_CERTIFICATE:
         case SSL3_AD_UNSUPPORTED_CERTIFICATE:
@@ -748,12 +742,13 @@ static int refuses_client(void) {
         case TLS1_AD_INSUFFICIENT_SECURITY:
         case TLS1_AD_UNRECOGNIZED_NAME:
         case TLS13_AD_CERTIFICATE_REQUIRED:
-            return 1;
+            refusing = 1;
+            break;
         default:
             break;
         }
     }
-    return 0;
+    return refusing;
 }
 
 /* SSL_connect until done, failed or the deadline, with the probe for a plain port (above). */
@@ -808,8 +803,8 @@ static int handshake_steps(rio_conn *conn, long long deadline, plain_probe *prob
             }
             /* An alert from the server that is no refusal of this client may pass: closed, as
                after the handshake. */
-            int alerted = received_alert(ERR_peek_error()) >= 0 || received_alert(ERR_peek_last_error()) >= 0;
-            int passing = alerted && !refuses_client();
+            int alerted = 0;
+            int passing = !refuses_client(&alerted) && alerted;
             openssl_reason(reason, sizeof reason);
             return fail(err, passing ? RIO_E_CLOSED : RIO_E_TLS, 0, "TLS handshake failed: %s", reason);
         }
@@ -1288,7 +1283,7 @@ static int tls_failure(rio_conn *conn, int result, int saved, int *wants_read, i
            the server's refusal of this client before any reply: a TLS 1.3 server checks the
            client's certificate after the client's side of the handshake ended, and says so in
            an alert on the first read (TLS 1.2 in the handshake, a TLS failure too). */
-        int refused = !conn->received && refuses_client();
+        int refused = !conn->received && refuses_client(NULL);
         char reason[200];
         openssl_reason(reason, sizeof reason);
         if (refused) {

@@ -55,7 +55,8 @@ final class TLSContext: @unchecked Sendable {
 
     /// Why `name`, a configured ``RedisTLSConfiguration/serverName``, cannot be sent and
     /// required; nil when it can (or is nil: the endpoint's host serves). A name is an IP
-    /// address (an IPv6 one may have a zone, `%eth0`, left out of the check) or a DNS name as
+    /// address (as `rio_ip_identity` reads one: an IPv6 zone, `%eth0`, is left out of the
+    /// check) or a DNS name as
     /// certificates hold it (RFC 1035 section 2.3.1 and RFC 6125): ASCII letters, digits, `-`
     /// and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything else fails each
     /// handshake, or worse: an empty name would send none and require none (no hostname check
@@ -71,10 +72,9 @@ final class TLSContext: @unchecked Sendable {
         let shown = String(reflecting: quotable.utf8.count > 64 ? String(quotable.prefix(40)) + "…" : quotable)
         func unusable(_ why: String) -> String { "the server name \(shown) \(why)" }
         if name.utf8.contains(0) { return unusable("contains a NUL byte") }
-        var address = [UInt8](repeating: 0, count: 16)
-        if inet_pton(AF_INET, name, &address) == 1 || inet_pton(AF_INET6, name, &address) == 1 { return nil }
-        // An IPv6 address with a zone is verified as the address (the zone is this machine's).
-        if let zone = name.firstIndex(of: "%"), inet_pton(AF_INET6, String(name[..<zone]), &address) == 1 { return nil }
+        // An address, in any form the handshake verifies as one (`rio_ip_identity`).
+        var address = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if rio_ip_identity(name, &address, address.count) == 1 { return nil }
         if name.contains(where: \.isWhitespace) {
             return unusable("contains white space (a line end read from a file?): no host name does")
         }

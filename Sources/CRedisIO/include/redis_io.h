@@ -56,6 +56,18 @@ typedef struct rio_tls rio_tls;
 rio_tls *rio_tls_create(const char *ca_file, const char *cert_file, const char *key_file, int verify_peer, rio_error *err);
 void rio_tls_free(rio_tls *tls);
 
+/* Whether `name` (a host or TLS server name) is an IP address to the resolver, with the address
+   written to `out` (`size` bytes, at least INET6_ADDRSTRLEN; else 0) in the form a certificate's
+   IP address is matched against: an IPv4 or IPv6 address (an IPv4-mapped one, `::ffff:a.b.c.d`,
+   as its IPv4 address); an IPv6 address with a zone (`fe80::1%eth0`, `::1%1`) without it (a zone
+   is this machine's: no certificate holds one); an IPv4 address in another form getaddrinfo
+   reads as one (`127.1`, `0x7f.0.0.1`, `2130706433`, `0177.0.0.1` in octal, with any number of
+   leading zeros: inet_aton's forms) in dotted decimal. Such a name is connected to as that
+   address, so the TLS handshake verifies it as that address and sends no SNI: as a DNS name, a
+   certificate issued for the text `127.1` would pass, and OpenSSL would read `0177.0.0.1` as
+   177.0.0.1. 1 for an address, 0 for a DNS name. */
+int rio_ip_identity(const char *name, char *out, size_t size);
+
 /* ---- Connections ---- */
 
 typedef struct rio_conn rio_conn;

@@ -44,52 +44,53 @@ func parseNodeList(_ text: String, environment: [String: String] = ProcessInfo.p
             return trimmed.isEmpty ? nil : trimmed
         }
     }
-    let known = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY", "REDLOCK_TLS_SERVER_NAME"]
+    let fileVariables = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"]
+    let known = fileVariables + ["REDLOCK_TLS_SERVER_NAME"]
     // A misspelt TLS variable would leave its setting out without a word (a CA file not
     // trusted, no client certificate; or nodes in clear that the rule below would stop).
     if let unknown = environment.keys.sorted().first(where: { $0.hasPrefix("REDLOCK_TLS_") && !known.contains($0) && setting($0) != nil }) {
         throw ValidationError("\(unknown) is not a variable redlock reads: TLS settings come from \(known.joined(separator: ", "))")
     }
-    let fileSettings = ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"].filter { setting($0) != nil }
-    let serverName = setting("REDLOCK_TLS_SERVER_NAME")
-    let tlsSettings = fileSettings + (serverName == nil ? [] : ["REDLOCK_TLS_SERVER_NAME"])
-    let configurations: [RedisConnectionConfiguration] = try items.map { item in
-        var configuration: RedisConnectionConfiguration
+    let fileSettings = fileVariables.filter { setting($0) != nil }
+    let tlsSettings = known.filter { setting($0) != nil }
+    var configurations = try items.map { item in
         do {
-            configuration = try RedisConnectionConfiguration(parsing: item)
+            return try RedisConnectionConfiguration(parsing: item)
         } catch {
             throw ValidationError("\(error)")
         }
-        if configuration.tls != nil {
-            // A file that cannot be read is this machine's configuration, not the node's: a
-            // usage error, rather than a node that fails to connect (exit 69).
-            for name in ["REDLOCK_TLS_CA_CERT", "REDLOCK_TLS_CERT", "REDLOCK_TLS_KEY"] {
-                guard let path = setting(name) else { continue }
-                if let problem = unreadable(path) { throw ValidationError("\(name)=\(path): \(problem)") }
-            }
-            configuration.tls?.trustedCertificatesFile = setting("REDLOCK_TLS_CA_CERT")
-            configuration.tls?.certificateFile = setting("REDLOCK_TLS_CERT")
-            configuration.tls?.privateKeyFile = setting("REDLOCK_TLS_KEY")
-            configuration.tls?.serverName = serverName
-            // A server name that cannot serve, and files that can be read but do not load (no
-            // PEM in them, a key that does not match the certificate, a key without one), are
-            // this machine's configuration too; each error names the variables at fault.
-            if let serverName {
-                do throws(RedisError) {
-                    try RedisTLSConfiguration(serverName: serverName, verifiesCertificate: false).loadFiles(for: configuration.endpoint)
-                } catch {
-                    throw ValidationError("REDLOCK_TLS_SERVER_NAME: \(error.message)")
-                }
-            }
-            if let tls = configuration.tls {
-                do throws(RedisError) {
-                    try tls.loadFiles(for: configuration.endpoint)
-                } catch {
-                    throw ValidationError("\(fileSettings.isEmpty ? "TLS" : fileSettings.joined(separator: ", ")): \(error.message)")
-                }
+    }
+    // The TLS settings are the same for every rediss:// node: checked once, before any node is
+    // asked. What cannot serve is this machine's configuration, not the node's: a usage error
+    // (64), rather than every node failing to connect (69).
+    if let first = configurations.first(where: { $0.tls != nil })?.endpoint {
+        for name in fileVariables {
+            guard let path = setting(name) else { continue }
+            if let problem = unreadable(path) { throw ValidationError("\(name)=\(path): \(problem)") }
+        }
+        // Each error names the variables at fault: the server name's alone, or the files'.
+        let serverName = setting("REDLOCK_TLS_SERVER_NAME")
+        if let serverName {
+            do throws(RedisError) {
+                try RedisTLSConfiguration(serverName: serverName, verifiesCertificate: false).loadFiles(for: first)
+            } catch {
+                throw ValidationError("REDLOCK_TLS_SERVER_NAME: \(error.message)")
             }
         }
-        return configuration
+        let tls = RedisTLSConfiguration(
+            trustedCertificatesFile: setting("REDLOCK_TLS_CA_CERT"), certificateFile: setting("REDLOCK_TLS_CERT"),
+            privateKeyFile: setting("REDLOCK_TLS_KEY"), serverName: serverName
+        )
+        // Files that can be read but do not load: no PEM in them, a key that does not match
+        // the certificate, a key without one, an encrypted key.
+        do throws(RedisError) {
+            try tls.loadFiles(for: first)
+        } catch {
+            throw ValidationError("\(fileSettings.isEmpty ? "TLS" : fileSettings.joined(separator: ", ")): \(error.message)")
+        }
+        for index in configurations.indices where configurations[index].tls != nil {
+            configurations[index].tls = tls
+        }
     }
     // A node in clear among TLS ones, or TLS settings no node uses, is a `redis://` written for
     // `rediss://` (or a plain `host:port`): its password and the lock's values would cross the
