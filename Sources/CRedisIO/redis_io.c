@@ -460,6 +460,22 @@ static int ipv6_identity(const struct in6_addr *address, char *out, size_t size)
 }
 
 /* See redis_io.h. */
+char *rio_tls_name(const char *name) {
+    size_t length = strlen(name);
+    if (length > 1 && name[length - 1] == '.' && name[length - 2] != '.') {
+        char *bare = strndup(name, length - 1);
+        char address[INET6_ADDRSTRLEN];
+        /* `127.0.0.1.` is no address to the resolver: without its dot it would be matched as
+           the DNS name `127.0.0.1`, which a certificate for another server may hold. */
+        if (bare == NULL || !rio_ip_identity(bare, address, sizeof address)) {
+            return bare;
+        }
+        free(bare);
+    }
+    return strdup(name);
+}
+
+/* See redis_io.h. */
 int rio_ip_identity(const char *name, char *out, size_t size) {
     struct in_addr v4;
     struct in6_addr v6;
@@ -674,15 +690,16 @@ static int handshake(rio_conn *conn, const rio_tls *tls, const char *server_name
     if (server_name != NULL && server_name[0] != '\0') {
         char address[INET6_ADDRSTRLEN];
         int literal = rio_ip_identity(server_name, address, sizeof address);
-        if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
-            openssl_reason(reason, sizeof reason);
-            return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
-        }
         if (!literal) {
-            conn->sent_server_name = strdup(server_name);
+            conn->sent_server_name = rio_tls_name(server_name);
             if (conn->sent_server_name == NULL) {
                 return fail(err, RIO_E_NOMEM, ENOMEM, "out of memory");
             }
+            server_name = conn->sent_server_name;
+        }
+        if (!literal && SSL_set_tlsext_host_name(conn->ssl, server_name) != 1) {
+            openssl_reason(reason, sizeof reason);
+            return fail(err, RIO_E_TLS, 0, "could not set the server name %s: %s", server_name, reason);
         }
         if (verify_host) {
             /* The name must be in the certificate's subject alternative names: never its

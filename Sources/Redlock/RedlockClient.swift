@@ -98,7 +98,7 @@ public final class RedlockClient: Sendable {
     ///     for network devices. Figures in README's Performance section.
     /// - Throws: ``RedlockError/Code-swift.struct/invalidConfiguration`` when `nodes` is empty,
     ///   names one endpoint twice (its votes would count twice; host names compared without
-    ///   regard to case), or has a node whose settings no connection could work with (a connect
+    ///   regard to case or a root dot: `Redis-A.example.` is `redis-a.example`), or has a node whose settings no connection could work with (a connect
     ///   or command timeout that is not positive, `maximumQueuedCommands` below 1, a user name
     ///   without a password, a negative database), or `busyPoll` is outside `.zero...10 ms`.
     ///
@@ -274,7 +274,8 @@ public final class RedlockClient: Sendable {
     }
 
     /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` for no nodes, a node
-    /// listed twice (host names compared without regard to case, as DNS compares them; two
+    /// listed twice (host names compared as DNS compares them: without regard to case, a
+    /// fully qualified name's root dot left out; two
     /// names of one address or server are refused when they connect, see
     /// ``NodeHealth/vet(_:peer:server:)``, and ``audit(for:)`` compares the servers' run ids), or a
     /// setting no connection could work with (an empty host name, a port outside 1–65535, …).
@@ -292,7 +293,9 @@ public final class RedlockClient: Sendable {
             if let port = endpoint.port, !(1...65_535).contains(port) {
                 throw .invalid("node \(endpoint): the port must be from 1 to 65535, got \(port)")
             }
-            let key = endpoint.host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
+            // `cache.example.` is `cache.example` with its root dot: the same host.
+            let host = endpoint.host.map { $0.count > 1 && $0.hasSuffix(".") ? String($0.dropLast()) : $0 }
+            let key = host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
             guard seen.insert(key).inserted else {
                 throw .invalid("node \(endpoint) is listed twice; each node must be an independent server")
             }

@@ -61,7 +61,8 @@ final class TLSContext: @unchecked Sendable {
     /// and `_` in labels of 1 to 63 bytes, at most 253 bytes. Anything else fails each
     /// handshake, or worse: an empty name would send none and require none (no hostname check
     /// at all), one with a NUL byte would be cut at it on the way to C, and one that starts
-    /// with a dot is read by OpenSSL as any name under that domain.
+    /// with a dot is read by OpenSSL as any name under that domain. A fully qualified name's
+    /// root dot (`cache.example.`) is allowed, and left out of what is sent and required.
     static func unusableServerName(_ name: String?) -> String? {
         guard let name else { return nil }
         if name.isEmpty {
@@ -78,18 +79,20 @@ final class TLSContext: @unchecked Sendable {
         if name.contains(where: \.isWhitespace) {
             return unusable("contains white space (a line end read from a file?): no host name does")
         }
-        if name.utf8.count > 253 { return unusable("is \(name.utf8.count) bytes long: a DNS name holds at most 253") }
         if name.hasPrefix(".") {
             return unusable("starts with a dot: OpenSSL would accept a certificate for any name under that domain (a template's empty part?)")
         }
-        if name.hasSuffix(".") {
-            return unusable("ends with a dot: certificates name hosts without it (give \(String(reflecting: String(name.dropLast()))))")
+        // A fully qualified name's root dot is dropped for the handshake (`rio_tls_name`).
+        let relative = name.hasSuffix(".") ? String(name.dropLast()) : name
+        if relative.utf8.count > 253 { return unusable("is \(relative.utf8.count) bytes long: a DNS name holds at most 253") }
+        if rio_ip_identity(relative, &address, address.count) == 1 {
+            return unusable("is an address with a dot after it: give it without the dot")
         }
         if name.contains("*") { return unusable("has a wildcard: give the node's own name (a certificate's wildcard matches it)") }
         if name.utf8.contains(where: { $0 >= 0x80 }) {
             return unusable("is not ASCII: give an internationalized name in its xn-- form (IDNA)")
         }
-        for label in name.split(separator: ".", omittingEmptySubsequences: false) {
+        for label in relative.split(separator: ".", omittingEmptySubsequences: false) {
             if label.isEmpty { return unusable("has an empty label (two dots in a row)") }
             if label.utf8.count > 63 { return unusable("has a label of \(label.utf8.count) bytes: a label holds at most 63") }
             let odd = label.unicodeScalars.first { scalar in

@@ -287,9 +287,10 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// The name sent as SNI (when a DNS name) and required in the server's certificate; `nil`
     /// (the default) uses the endpoint's host. An IP address (an IPv6 zone, `%eth0`, is left
     /// out of the check), or a DNS name as certificates hold it: ASCII letters, digits, `-` and
-    /// `_` in dot-separated labels of 1 to 63 bytes, at most 253 bytes, no wildcard, no dot at
-    /// either end (OpenSSL reads a leading dot as any name under the domain), an
-    /// internationalized name in its `xn--` form. Any other name (an empty one would turn the
+    /// `_` in dot-separated labels of 1 to 63 bytes, at most 253 bytes, no wildcard, no leading
+    /// dot (OpenSSL reads one as any name under the domain), an internationalized name in its
+    /// `xn--` form. A fully qualified name's root dot (`cache.example.`, here or in the host) is
+    /// left out of what is sent and required (RFC 6066 section 3; as Go's crypto/tls). Any other name (an empty one would turn the
     /// hostname check off) fails every connect (``RedisError/Code-swift.struct/tlsFailed``,
     /// permanent; ``loadFiles(for:)`` tells it at once).
     public var serverName: String?

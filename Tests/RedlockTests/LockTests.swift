@@ -551,9 +551,12 @@ struct LockTests {
             }
         }
         await (try RedlockClient(endpoints: [.hostname("127.0.0.1", port: 1)], busyPoll: .milliseconds(10))).shutdown()
-        // Host names are compared as DNS compares them.
-        #expect { try RedlockClient(endpoints: [.hostname("LocalHost", port: 1), .hostname("localhost", port: 1)]) } throws: {
-            ($0 as? RedlockError)?.message.contains("twice") == true
+        // Host names are compared as DNS compares them: without regard to case, and a fully
+        // qualified name's root dot is the same name.
+        for pair in [("LocalHost", "localhost"), ("redis-a.example.", "redis-a.example")] {
+            #expect { try RedlockClient(endpoints: [.hostname(pair.0, port: 1), .hostname(pair.1, port: 1)]) } throws: {
+                ($0 as? RedlockError)?.message.contains("twice") == true
+            }
         }
         // Node settings no connection could work with.
         let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)

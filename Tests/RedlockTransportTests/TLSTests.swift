@@ -134,12 +134,13 @@ struct TLSTests {
         }
     }
 
-    @Test("over TLS, a socket's peer carries the server name the handshake sent: one address reached under two names counts as two (a gateway may route each name to another server); an IP address sends none, so 127.0.0.1 and ::ffff:127.0.0.1 are one")
+    @Test("over TLS, a socket's peer carries the server name the handshake sent: one address reached under two names counts as two (a gateway may route each name to another server); an IP address sends none, so 127.0.0.1 and ::ffff:127.0.0.1 are one; a fully qualified name is sent without its root dot")
     func peerCarriesServerName() async throws {
         try await withCertificates { certificates throws in
             try await withTLSServer(certificates) { server throws in
                 var peers: [String?] = []
-                for (host, name) in [("127.0.0.1", nil), ("127.0.0.1", "gateway-routed.example"), ("::ffff:127.0.0.1", nil)] {
+                let tried = [("127.0.0.1", nil), ("127.0.0.1", "gateway-routed.example"), ("127.0.0.1", "gateway-routed.example."), ("::ffff:127.0.0.1", nil)]
+                for (host, name) in tried {
                     let seen = OneTimeEvent<String>()
                     let settings = configuration(server, certificates, host: host) { tls in
                         if let name { tls.serverName = name }
@@ -156,8 +157,9 @@ struct TLSTests {
                     await connection.shutdown()
                 }
                 let address = "127.0.0.1:\(server.port)"
-                #expect(Array(peers.prefix(2)) == [address, address + " sni=gateway-routed.example"])
-                #expect(peers.dropFirst(2).allSatisfy { $0 == address }, "\(peers)")
+                let routed = address + " sni=gateway-routed.example"
+                #expect(Array(peers.prefix(3)) == [address, routed, routed])
+                #expect(peers.dropFirst(3).allSatisfy { $0 == address }, "\(peers)")
             }
         }
     }
@@ -280,7 +282,8 @@ struct TLSTests {
                 let unusable: [(String, String)] = [
                     ("", "is empty"), ("wrong.example\0.evil", "NUL byte"), (".example", "starts with a dot"),
                     ("wrong.example\n", "white space"), (String(repeating: "a.", count: 126) + "aa", "254 bytes long"),
-                    ("wrong.example.", "ends with a dot"), ("*.example", "wildcard"), ("wrong..example", "empty label"),
+                    ("*.example", "wildcard"), ("wrong..example", "empty label"), ("wrong.example..", "empty label"),
+                    ("127.0.0.1.", "an address with a dot after it"),
                     ("wrong.exämple", "not ASCII"), (String(repeating: "w", count: 64) + ".example", "label of 64 bytes"),
                     ("wrong.ex@mple", "holds \"@\""),
                 ]
@@ -293,9 +296,15 @@ struct TLSTests {
                     tls.serverName = nil
                     #expect(throws: Never.self) { try tls.loadFiles(for: server.endpoint) }
                 }
-                // 253 bytes are a name (the certificate's verdict), as are IP addresses.
-                let longest = await pingError(configuration(server, certificates) { $0.serverName = String(repeating: "a.", count: 126) + "a" })
-                #expect(longest?.code == .certificateRejected, "\(String(describing: longest))")
+                // A fully qualified name: its root dot is neither sent nor required (OpenSSL
+                // matched `wrong.example.` against nothing, and the name was refused here).
+                #expect(await pingError(configuration(server, certificates) { $0.serverName = "wrong.example." }) == nil)
+                // 253 bytes are a name (the certificate's verdict), with a root dot too, as are
+                // IP addresses.
+                for name in [String(repeating: "a.", count: 126) + "a", String(repeating: "a.", count: 127)] {
+                    let longest = await pingError(configuration(server, certificates) { $0.serverName = name })
+                    #expect(longest?.code == .certificateRejected, "\(name.utf8.count) bytes: \(String(describing: longest))")
+                }
                 let address = await pingError(configuration(server, certificates) { $0.serverName = "::1" })
                 #expect(address?.code == .certificateRejected && address?.message.contains("IP address mismatch") == true, "\(String(describing: address))")
             }

@@ -68,6 +68,14 @@ void rio_tls_free(rio_tls *tls);
    177.0.0.1. 1 for an address, 0 for a DNS name. */
 int rio_ip_identity(const char *name, char *out, size_t size);
 
+/* The name a TLS handshake sends (SNI) and requires of the certificate for the DNS name `name`
+   (not an address: see rio_ip_identity): `name` without the root dot of a fully qualified name
+   (`cache.example.` as `cache.example`), which neither holds (RFC 6066 section 3: the SNI host
+   name is sent "without a trailing dot"; Go's crypto/tls drops it likewise); a name whose bare
+   form would read as an address, or that ends in two dots, as it is. A new string the caller
+   frees; NULL when out of memory. */
+char *rio_tls_name(const char *name);
+
 /* ---- Connections ---- */
 
 typedef struct rio_conn rio_conn;
