@@ -370,9 +370,10 @@ extension DistributedLock {
     }
 
     /// The lease a quorum of handoffs gave: valid from `start`, the `lock()`'s first attempt
-    /// (every handoff to its value came after it), with the shortest key life they said. Nil
-    /// when that leaves less than half the validity a new attempt would: the caller then
-    /// claims, which resets the keys' expiry.
+    /// (every handoff to its value came after it), with the shortest key life they said, and
+    /// held from now (its `acquiredAt`: a `maximumHoldTime` counts the hold, not the wait in
+    /// line). Nil when that leaves less than half the validity a new attempt would: the caller
+    /// then claims, which resets the keys' expiry.
     private func handedLease(_ handoff: HandoffGrant, since start: ContinuousClock.Instant, value: String) -> Lease? {
         let expiry = Swift.min(options.expiry, handoff.expiry)
         let now = ContinuousClock.now
@@ -380,7 +381,7 @@ extension DistributedLock {
               now.duration(to: validUntil) * 2 >= Timing.validity(expiry: options.expiry, elapsed: .zero, driftFactor: options.driftFactor)
         else { return nil }
         client.metrics.handoffGrants.increment()
-        return Lease(name: name, value: value, expiry: expiry, acquiredAt: start, validUntil: validUntil, fencingToken: nil)
+        return Lease(name: name, value: value, expiry: expiry, acquiredAt: now, validUntil: validUntil, fencingToken: nil)
     }
 
     /// How long to wait for a release before the next attempt at most: the retry delay drawn

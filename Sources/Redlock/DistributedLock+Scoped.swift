@@ -466,7 +466,11 @@ extension DistributedLock {
     ) async -> RedlockError? {
         while true {
             let lease = held.lease
-            let extendAt = lease.validUntil.advanced(by: .zero - lease.expiry * extendWhenRemaining)
+            // The share of this lock's expiry, which the scope's window was checked against
+            // (``validateScope``) and each extension renews to: a lease handed over by a fair
+            // release with a shorter expiry (its releaser's) is extended at the same remaining
+            // validity, or at once, not past the deadline the safety margin sets.
+            let extendAt = lease.validUntil.advanced(by: .zero - options.expiry * extendWhenRemaining)
             guard await pause(until: extendAt), !held.hasEnded else { return nil }
             while true {
                 do {

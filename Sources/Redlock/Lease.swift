@@ -9,10 +9,13 @@ public struct Lease: Sendable, Hashable, CustomStringConvertible {
     public let value: String
     /// The expiry the keys were set with.
     public let expiry: Duration
-    /// When the acquire (or latest extend) that produced this lease started.
+    /// When the acquire (or latest extend) that produced this lease started; for a lease a fair
+    /// release handed over (``LockOptions/fair``), when this process heard the handoffs.
     public let acquiredAt: ContinuousClock.Instant
     /// When the lease stops being valid: `acquiredAt + expiry − expiry × driftFactor − 2 ms`,
-    /// measured on this process's monotonic clock.
+    /// measured on this process's monotonic clock. For a lease a fair release handed over it
+    /// counts from the `lock()`'s first attempt instead (the releaser set the keys at some
+    /// moment after it, on its own clock), so it is earlier than that.
     public let validUntil: ContinuousClock.Instant
     /// The fencing token of the acquisition when ``LockOptions/fencing`` is on, else `nil`.
     ///

@@ -162,6 +162,15 @@ struct FairLockTests {
     private func waiter(
         in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil, ownValue: Bool = false
     ) async throws -> (DistributedLock, Task<Lease, any Error>) {
+        try await queued(in: other, for: name, options: options, nodes: nodes, channels: channels, ownValue: ownValue) { try await $0.lock() }
+    }
+
+    /// ``waiter(in:for:options:nodes:channels:ownValue:)`` for a call of the caller's own on
+    /// the lock (`call`: a `withLock`, say) that waits in `lock()`.
+    private func queued<T: Sendable>(
+        in other: RedlockClient, for name: String, options: LockOptions, nodes: Int, channels: Int? = nil, ownValue: Bool = false,
+        _ call: @escaping @Sendable (DistributedLock) async throws -> T
+    ) async throws -> (DistributedLock, Task<T, any Error>) {
         let before = other.subscriptionConfirmations(for: name)
         // Every waiter listens on the name's release channel; a fair one with a random value also
         // on its client's channel (confirmed once per client), one with a value of the caller's
@@ -169,7 +178,7 @@ struct FairLockTests {
         // pass `channels`.
         let perNode = channels ?? (options.fair ? (ownValue || !other.listensForOwnHandoffs ? 2 : 1) : 1)
         let lock = try other.makeLock(name, options: options)
-        let waiting = Task { try await lock.lock() }
+        let waiting = Task { try await call(lock) }
         let confirmations = options.fastHandoff ? perNode * nodes : 0
         #expect(await eventually(within: .seconds(5)) {
             other.subscriptionConfirmations(for: name) >= before + confirmations && other.waitingLockCalls(for: name) == 1
@@ -283,10 +292,12 @@ struct FairLockTests {
                 // The claim delay was set on the event loop's thread (the messages' handler) and
                 // ended with the wait: the loop never woke the waiter's timer thread for it.
                 #expect(timerSignals == 0, "the loop signalled the timer's thread \(timerSignals) times in each of \(round) rounds")
-                // A claim's lease would count from the claim, after the release began.
-                #expect(handed.acquiredAt > lockedAt && handed.acquiredAt < released, "dated from its first attempt")
+                // Valid from its first attempt, before the release (a claim's lease would count
+                // from the claim, after it), held from the handoff (a maximumHoldTime counts the
+                // hold, not the wait in line).
+                #expect(handed.acquiredAt > released, "held from the handoff")
                 #expect(grants == 1, "no handoff grant in \(round) rounds")
-                #expect(handed.validUntil <= handed.acquiredAt + .seconds(5))
+                #expect(handed.validUntil <= released + .seconds(5) && handed.validUntil > lockedAt + .seconds(4), "valid from its first attempt")
                 #expect(handed.validUntil > .now + .seconds(2))
                 // Each node's key lives at least as long as the lease says: it was handed for the
                 // releaser's expiry (5 s) since the release, after the lease's start.
@@ -513,10 +524,66 @@ struct FairLockTests {
                 let released = ContinuousClock.now
                 try await holder.unlock(lease)
                 let handed = try await waiting.value
-                #expect(handed.acquiredAt >= released, "dated from the claim")
+                // A grant's validity would count from the first attempt, 1.1 s before the release.
+                #expect(handed.acquiredAt >= released && handed.validUntil > released + .seconds(1), "dated from the claim")
                 #expect(metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") == 0)
                 #expect(handed.validUntil > .now + .seconds(1))
                 try await lock.unlock(handed)
+                do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
+            }
+        }
+    }
+
+    @Test("withLock on a lease a fair release handed over with the releaser's shorter expiry extends it in time (it was extended at a third of the releaser's expiry, past the safety margin's deadline, and lost), and its maximumHoldTime counts from the handoff, not from the wait in line (it counted the wait)", arguments: [
+        // Handed for 1.2 s at once (over half the waiter's 2 s: a grant): the first extension
+        // is due a third of 2 s before the deadline, 667 ms; a third of 1.2 s, 400 ms, came
+        // after the watch's 500 ms margin.
+        (releaser: 1_200, waitInLine: 0, safetyMargin: 500),
+        // 400 ms in line, then handed for 2 s: the 1.5 s cap ended the body at 1.1 s.
+        (releaser: 2_000, waitInLine: 400, safetyMargin: 0),
+    ])
+    func handedScope(_ setting: (releaser: Int, waitInLine: Int, safetyMargin: Int)) async throws {
+        try await withLockNodes(3) { client, servers in
+            let metrics = TestMetrics()
+            try await withSecondClient(on: servers, metrics: metrics) { other in
+                let releasing = LockOptions(
+                    expiry: .milliseconds(setting.releaser), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true
+                )
+                let waiting = LockOptions(expiry: .seconds(2), tries: 100, retryDelay: .constant(.seconds(10)), timeoutFactor: 0.2, fair: true)
+                let margin: Duration? = setting.safetyMargin > 0 ? .milliseconds(setting.safetyMargin) : nil
+                var granted = false
+                // A grant needs a quorum of handoffs within 2 ms (else the waiter claims, and
+                // the lease is its own): up to three rounds on a loaded machine.
+                for round in 1...3 where !granted {
+                    let grantsBefore = metrics.counterTotal(label: "redlock_acquire_handoff_grants_total")
+                    let name = "fair-scope-\(round)"
+                    let holder = try client.makeLock(name, options: releasing)
+                    let lease = try await locked(holder, in: client)
+                    let seen = ScopeSample()
+                    let (_, scope) = try await queued(in: other, for: name, options: waiting, nodes: servers.count) { lock in
+                        do {
+                            try await lock.withLock(maximumHoldTime: .milliseconds(1_500), safetyMargin: margin) { held in
+                                seen.began.withLock { $0 = .now }
+                                var last = held.lease.validUntil
+                                while true {
+                                    try await Task.sleep(for: .milliseconds(20))
+                                    if held.lease.validUntil != last { seen.extensions.add(1, ordering: .relaxed); last = held.lease.validUntil }
+                                }
+                            }
+                            return (RedlockError.Code?.none, Duration.zero)
+                        } catch let error as RedlockError {
+                            return (error.code, seen.began.withLock { $0 }.map { $0.duration(to: .now) } ?? .zero)
+                        }
+                    }
+                    if setting.waitInLine > 0 { try await Task.sleep(for: .milliseconds(setting.waitInLine)) }
+                    try await holder.unlock(lease)
+                    let (code, ran) = try await scope.value
+                    granted = metrics.counterTotal(label: "redlock_acquire_handoff_grants_total") > grantsBefore
+                    #expect(code == .holdTimeExceeded, "round \(round): \(String(describing: code)) after \(ran)")
+                    #expect(ran >= .milliseconds(1_450), "round \(round): the body ran \(ran)")
+                    #expect(seen.extensions.load(ordering: .relaxed) >= 1, "round \(round)")
+                }
+                #expect(granted, "no handoff grant in 3 rounds")
                 do { let left = try await leftovers(on: servers, after: [client, other]); #expect(left == [], "\(left)") }
             }
         }
@@ -975,6 +1042,12 @@ private final class Counter: Sendable {
 
 /// Runs `body` with a second client on `servers` (as another process would have), with
 /// `metrics` when given and a reply timeout of `commandTimeout`, and shuts it down after.
+/// What a scope's body saw: when it began, and how many extensions it noticed.
+private final class ScopeSample: Sendable {
+    let began = Mutex<ContinuousClock.Instant?>(nil)
+    let extensions = Atomic<Int>(0)
+}
+
 func withSecondClient<T>(
     on servers: [RedisServer], metrics: TestMetrics? = nil, commandTimeout: Duration = .seconds(1), _ body: (RedlockClient) async throws -> T
 ) async throws -> T {
