@@ -43,8 +43,10 @@ extension DistributedLock {
     ///     ``RedlockClient/executor`` a body that computes without suspending also keeps the
     ///     extensions from being sent and their replies unread, and so ends in `leaseLost` at the
     ///     deadline (whose message says that tasks there held the client's event loop).
-    ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1).
-    ///     The default is 1/3. `extendWhenRemaining` × expiry − `safetyMargin` is the time each
+    ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1),
+    ///     and less than a new lease's validity share (1 − ``LockOptions/driftFactor``, less
+    ///     2 ms: else every extension is due at once). The default is 1/3.
+    ///     `extendWhenRemaining` × expiry − `safetyMargin` is the time each
     ///     extension has to be confirmed before the deadline, and must be at least 1 ms (Redis's
     ///     expiry resolution; a smaller window lost every lease at its first extension). That
     ///     floor rules out windows that can never work, not ones that may fail: leave room for
@@ -421,6 +423,15 @@ extension DistributedLock {
             throw .invalid("maximumHoldTime must be positive and at most 100 years of 365 days when set (nil: no cap), got \(maximumHoldTime)", lockName: name)
         }
         let extendAhead = options.expiry * extendWhenRemaining
+        // At a fresh lease's validity or more, each extension would be due as soon as the last
+        // one was confirmed: the scope would extend back to back, thousands of times a second.
+        let fresh = Timing.validity(expiry: options.expiry, elapsed: .zero, driftFactor: options.driftFactor)
+        guard extendAhead < fresh else {
+            throw .invalid(
+                "extendWhenRemaining × expiry (\(extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription)) is not less than a new lease's validity (\(fresh.millisecondsDescription), after the drift allowance): every extension would be due at once",
+                lockName: name
+            )
+        }
         // The default fits any expiry: for one of a few tens of milliseconds, 5 ms would not
         // leave an extension its turn.
         let margin = safetyMargin ?? Swift.min(HeldLease.defaultSafetyMargin(expiry: options.expiry), extendAhead / 2)

@@ -35,7 +35,8 @@ public struct LockOptions: Sendable {
     /// The default is 0.01; it must be in [0, 1).
     public var driftFactor: Double = 0.01
     /// The share of the expiry one attempt may take (its time budget across all nodes):
-    /// nodes that have not answered by then count as failed. The default is 0.05.
+    /// nodes that have not answered by then count as failed. The default is 0.05; it must be
+    /// in (0, 1], and the budget it gives (``attemptBudget``) at least 1 µs.
     public var timeoutFactor: Double = 0.05
     /// Where the lock value comes from. The default is 16 random bytes, base64-encoded.
     public var value: LockValue = .random
@@ -271,6 +272,11 @@ public struct LockOptions: Sendable {
         guard driftFactor >= 0, driftFactor < 1 else { throw fail("driftFactor must be in [0, 1), got \(driftFactor)") }
         guard timeoutFactor > 0, timeoutFactor <= 1 else {
             throw fail("timeoutFactor must be in (0, 1], got \(timeoutFactor)")
+        }
+        // A budget that rounds to nothing fails every attempt, and every release reports no
+        // quorum, whatever the nodes did.
+        guard attemptBudget >= .microseconds(1) else {
+            throw fail("timeoutFactor \(timeoutFactor) × expiry \(expiry.millisecondsDescription) leaves an attempt \(attemptBudget) to get its answers: at least 1 µs is needed (a round trip takes far longer)")
         }
         if let restartGuard, restartGuard <= .zero {
             throw fail("restartGuard must be positive when set, got \(restartGuard)")

@@ -589,6 +589,10 @@ struct LockTests {
             ("x", LockOptions(driftFactor: 1), "driftFactor"),
             ("x", LockOptions(driftFactor: -0.1), "driftFactor"),
             ("x", LockOptions(timeoutFactor: 0), "timeoutFactor"),
+            // A budget that rounds to nothing: every attempt failed, and an unlock that deleted
+            // the keys reported no quorum.
+            ("x", LockOptions(timeoutFactor: .leastNonzeroMagnitude), "at least 1 µs"),
+            ("x", LockOptions(expiry: .milliseconds(10), timeoutFactor: 1e-5), "at least 1 µs"),
             ("x", LockOptions(expiry: .milliseconds(2)), "validity"),
             // The longest durations are refused, not a trap.
             ("x", LockOptions(expiry: .seconds(Int64.max)), "too long"),

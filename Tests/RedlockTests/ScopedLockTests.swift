@@ -899,7 +899,7 @@ struct ScopedLockTests {
         }
     }
 
-    @Test("bad scope parameters are rejected before acquiring, among them an extension window (extendWhenRemaining × expiry − safetyMargin) under 1 ms")
+    @Test("bad scope parameters are rejected before acquiring, among them an extension window (extendWhenRemaining × expiry − safetyMargin) under 1 ms, and a share at which every extension is due at once")
     func invalidScope() async throws {
         try await withLockNodes(1) { client, servers in
             let lock = try client.makeLock("scope-args", options: testOptions())
@@ -922,6 +922,15 @@ struct ScopedLockTests {
                 #expect(tiny?.message.contains(named) == true, "\(String(describing: tiny))")
                 #expect(!ran.value)
             }
+            // A share at or above a new lease's validity (0.99 of 5 s is 4.95 s, over the 4.948 s
+            // a drift factor of 0.01 leaves): every extension was due at once (thousands a second).
+            for share in [0.99, 0.999] {
+                let backToBack = await #expect(throws: RedlockError.self) {
+                    try await lock.withLock(extendWhenRemaining: share) { _ in 1 }
+                }
+                #expect(backToBack?.code == .invalidConfiguration && backToBack?.message.contains("every extension would be due at once") == true, "\(String(describing: backToBack))")
+            }
+            #expect(try await lock.withLock(extendWhenRemaining: 0.98) { _ in 1 } == 1)
             // 1.1 ms is enough to be accepted.
             #expect(try await lock.withLock(extendWhenRemaining: 0.001, safetyMargin: .microseconds(3_900)) { _ in 1 } == 1)
             #expect(try await values(of: "scope-args", on: servers) == [nil])
