@@ -102,7 +102,7 @@ struct AcquireDecision<Instant: InstantProtocol>: Equatable where Instant.Durati
         if let fenceShortfall { return .failed(.noQuorum, message: fenceShortfall) }
         if granted >= quorum {
             if cancelled { return .failed(.cancelled, message: "lock was cancelled; what it won was released") }
-            return .failed(.validityExhausted, message: "a quorum granted after \(elapsed), leaving no validity of \(expiry); released")
+            return .failed(.validityExhausted, message: "a quorum granted after \(elapsed.readableDescription), leaving no validity of \(expiry.readableDescription); released")
         }
         let causes: [NodeFailure.Cause] = votes.compactMap { vote in
             if case let .refused(cause)? = vote { return cause }

@@ -201,7 +201,7 @@ extension DistributedLock {
                 )
             }
         }
-        if run.made > 1 { run.lastError.message += " (after \(run.made) attempts in \(run.startedAt.duration(to: .now)))" }
+        if run.made > 1 { run.lastError.message += " (after \(run.made) attempts in \(run.startedAt.duration(to: .now).readableDescription))" }
         throw run.lastError
     }
 

@@ -244,7 +244,7 @@ extension DistributedLock {
             if let maximumHoldTime, acquiredAt.advanced(by: maximumHoldTime) <= .now {
                 throw RedlockError(
                     code: .holdTimeExceeded, lockName: name,
-                    message: "the lease was acquired \(acquiredAt.duration(to: .now)) ago, past the maximum hold time of \(maximumHoldTime); the body did not run"
+                    message: "the lease was acquired \(acquiredAt.duration(to: .now).readableDescription) ago, past the maximum hold time of \(maximumHoldTime.readableDescription); the body did not run"
                 )
             }
             // No protected work starts for a caller that no longer wants it.

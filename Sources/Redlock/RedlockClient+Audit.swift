@@ -224,21 +224,23 @@ extension RedlockClient {
         }
 
         // Role.
-        switch (info["role"], info["connected_slaves"].flatMap { Int($0) }) {
+        let replicaCount = info["connected_slaves"].flatMap { Int($0) }
+        let replicasText = replicaCount.map { "\($0) replica\($0 == 1 ? "" : "s")" } ?? ""
+        switch (info["role"], replicaCount) {
         case ("master"?, let replicas?) where acknowledgements > replicas:
             audit.checks.append(AuditCheck(
                 name: "role", verdict: .fail,
-                detail: "master with \(replicas) replicas connected: it refuses every grant, replicaAcknowledgements asks for \(acknowledgements)"
+                detail: "master with \(replicasText) connected: it refuses every grant, replicaAcknowledgements asks for \(acknowledgements)"
             ))
         case ("master"?, let replicas?) where replicas > 0 && acknowledgements == replicas:
             audit.checks.append(AuditCheck(
                 name: "role", verdict: .pass,
-                detail: "master with \(replicas) replicas; a grant counts once all of them acknowledged it (replicaAcknowledgements)"
+                detail: "master with \(replicasText); a grant counts once all of them acknowledged it (replicaAcknowledgements)"
             ))
         case ("master"?, let replicas?) where replicas > 0:
             audit.checks.append(AuditCheck(
                 name: "role", verdict: .warn,
-                detail: "master with \(replicas) replicas: a failover can promote one that lacks a lock key"
+                detail: "master with \(replicasText): a failover can promote one that lacks a lock key"
                     + " (replicaAcknowledgements is \(acknowledgements); set it to the replicas a failover may promote)"
             ))
         case ("master"?, _):

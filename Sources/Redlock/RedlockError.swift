@@ -276,7 +276,7 @@ public struct NodeFailure: Sendable, Hashable, CustomStringConvertible {
             case .missing: "key missing"
             case let .error(error): "\(error.code): \(error.message)"
             case .noAnswer: "no answer within the attempt's time budget"
-            case let .recentlyRestarted(uptime): "up for only \(uptime), less than the restart guard; vote ignored"
+            case let .recentlyRestarted(uptime): "up for only \(uptime.readableDescription), less than the restart guard; vote ignored"
             case .fencingCounterExhausted: "the fencing counter redlock:fence is at its maximum"
             case let .clockWentBack(behind):
                 "its clock is \(behind.map { "\($0) " } ?? "")behind the latest time it showed (it was set back); vote refused until it has passed that time"

@@ -46,6 +46,18 @@ extension Duration {
         return "\(sign)\(whole).\(digits) ms"
     }
 
+    /// The duration for messages, in the unit that reads best: `millisecondsDescription` under
+    /// a second, else seconds to three decimals (`1582.992 s`; a `Duration`'s own description
+    /// prints every digit of a `Double`: `1582.9922126449999 seconds`).
+    var readableDescription: String {
+        let nanos = wholeNanoseconds
+        guard nanos.magnitude >= 1_000_000_000 else { return millisecondsDescription }
+        let millis = nanos / 1_000_000
+        var fraction = String((millis % 1_000).magnitude)
+        while fraction.count < 3 { fraction = "0" + fraction }
+        return "\(millis < 0 ? "-" : "")\((millis / 1_000).magnitude).\(fraction) s"
+    }
+
     /// The duration in whole milliseconds, rounded up, at least 1 (saturating: the longest
     /// durations give `Int64.max / 1_000_000` or one more, never a trap).
     var millisecondsRoundedUp: Int64 {

@@ -109,6 +109,15 @@ struct TimingTests {
         }
         #expect(Duration.seconds(Int64.max).millisecondsDescription == "\(Int64.max / 1_000_000).775 ms")
         #expect(!(Duration.zero - .seconds(Int64.max)).millisecondsDescription.isEmpty)
+        // Past a second, seconds to three decimals (a Duration printed `1582.9922126449999 seconds`).
+        let readable: [(Duration, String)] = [
+            (.nanoseconds(1_582_992_212_644), "1582.992 s"), (.seconds(30) + .microseconds(61), "30.000 s"), (.seconds(1), "1.000 s"),
+            (.milliseconds(999), "999 ms"), (.microseconds(1_667), "1.667 ms"), (.milliseconds(-2_500), "-2.500 s"),
+        ]
+        for (duration, text) in readable {
+            #expect(duration.readableDescription == text, "\(duration)")
+        }
+        #expect(!Duration.seconds(Int64.max).readableDescription.isEmpty && !(Duration.zero - .seconds(Int64.max)).readableDescription.isEmpty)
     }
 
     @Test("lock values are 16 random bytes in base64, different each time")
