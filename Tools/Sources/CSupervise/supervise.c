@@ -1900,7 +1900,9 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                    renewals are held back, so that it is killed at the deadline also where
                    redlock cannot be stopped (an orphaned process group, the init of a PID
                    namespace) and would go on extending the lease for a command that never
-                   runs again. */
+                   runs again. A SIGSTOP (`kill -STOP`, a debugger) is no job-control stop,
+                   and stops nothing else, but holds back renewals all the same: a command
+                   that runs no more must not hold the lock for good. */
                 int stop = WSTOPSIG(status);
                 if (stop == SIGTSTP || stop == SIGTTIN || stop == SIGTTOU) {
                     give_terminal_back(take_terminal, child, foreground);
@@ -1913,8 +1915,8 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                     if (foreground > 0 && supervisor_group > 1) {
                         kill(-supervisor_group, stop);
                     }
-                    stopped_by = stop;
                 }
+                stopped_by = stop;
                 continue;
             }
             if (reaped == child && WIFCONTINUED(status)) {

@@ -87,9 +87,13 @@ struct Doctor: AsyncParsableCommand {
         let audits = await client.audit(for: lock).map(Self.inFlagNames)
         await client.shutdown()
         let failed = audits.filter(\.failed).count
+        // One server listed under two names votes once: the names past the first of those that
+        // can vote cannot (the client refuses them; by run_id where INFO told it).
+        let voting = audits.filter { !Self.cannotVote($0) }
+        let secondNames = voting.count - Set(voting.map { $0.runID ?? "node \($0.node)" }).count
         let fleet = Self.fleet(
-            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.filter(Self.cannotVote).count,
-            young: audits.filter { !Self.cannotVote($0) }.compactMap(\.votesRefusedFor)
+            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.count - voting.count + secondNames,
+            young: voting.compactMap(\.votesRefusedFor)
         )
         if json {
             struct Report: Encodable {
@@ -218,8 +222,12 @@ struct Doctor: AsyncParsableCommand {
             verdict = "warn"
             detail += " (as many as \(nodeCount - 1) nodes would tolerate: an odd count is as safe with one node fewer)"
         } else {
-            verdict = failed > tolerated ? "warn" : "pass"
+            verdict = failed > tolerated || unusable > 0 ? "warn" : "pass"
             if failed > tolerated { detail += "; more nodes failed a check (\(failed)) than may fail" }
+        }
+        if verdict != "fail", unusable > 0 {
+            // Those already count against the failures the node set tolerates.
+            detail += "; \(unusable) cannot vote now (see reachable, distinct, state and permissions), so \(nodeCount - unusable - quorum) more may fail"
         }
         return Fleet(verdict: verdict, nodes: nodeCount, quorum: quorum, tolerated: tolerated, unusable: unusable + young.count, detail: detail)
     }

@@ -208,11 +208,33 @@ struct Run: AsyncParsableCommand {
 
     /// One attempt when --wait is zero, else `lock(timeout:)`: it retries (woken by releases)
     /// until --wait has passed, stops at once on permanent refusals, and keeps the last cause.
+    /// A host name that does not resolve (yet) is retried within --wait too, though the
+    /// library takes it as permanent: an init container may start before the DNS record of a
+    /// node's pod exists. Cancelled (a signal): the last failure.
     private func acquire(_ lock: DistributedLock) async -> Result<Lease, RedlockError> {
-        do throws(RedlockError) {
-            return .success(wait == .zero ? try await lock.tryLock() : try await lock.lock(timeout: wait))
-        } catch {
-            return .failure(error)
+        guard wait > .zero else {
+            do throws(RedlockError) { return .success(try await lock.tryLock()) } catch { return .failure(error) }
+        }
+        let deadline = ContinuousClock.now + wait
+        var pause: Duration = .milliseconds(100)
+        var told = false
+        while true {
+            let failure: RedlockError
+            do throws(RedlockError) {
+                return .success(try await lock.lock(timeout: max(.zero, ContinuousClock.now.duration(to: deadline))))
+            } catch {
+                failure = error
+            }
+            let unresolved = failure.nodes.filter { $0.cause.error.map { $0.code == .nameResolutionFailed && $0.isPermanent } ?? false }
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard failure.code != .taken, !unresolved.isEmpty, left > .zero, !Task.isCancelled else { return .failure(failure) }
+            if !told {
+                told = true
+                let names = unresolved.map { "node \($0.node) (\($0.cause.error?.endpoint.map(String.init(describing:)) ?? "?"))" }.joined(separator: ", ")
+                printError("redlock: \(names): the host name does not resolve (yet); trying again within --wait (\(String(format: "%.1f", left / .seconds(1))) s left)")
+            }
+            do { try await Task.sleep(for: min(pause, left)) } catch { return .failure(failure) }
+            pause = min(pause * 2, .seconds(2))
         }
     }
 
@@ -237,6 +259,10 @@ struct Run: AsyncParsableCommand {
         case .invalidConfiguration:
             status = Status.usage
             summary = "invalid configuration"
+        case _ where outOfDescriptors(error):
+            // This machine's limit, not the nodes: an operating-system error.
+            status = Status.systemError
+            summary = "this process ran out of file descriptors (raise ulimit -n)"
         case _ where misconfigured(error, nodeCount: nodeCount, quorum: quorum):
             // A node list that names one server twice (two names of one address), or an
             // address no connection can use, cost the quorum: the configuration, like a bad
@@ -249,6 +275,13 @@ struct Run: AsyncParsableCommand {
         }
         printError("redlock: could not acquire the lock: \(summary): \(error)")
         return status
+    }
+
+    /// Whether a node failed because this process (EMFILE) or the system (ENFILE) had no file
+    /// descriptor left for its socket or the client's event loop.
+    private func outOfDescriptors(_ error: RedlockError) -> Bool {
+        let texts = [EMFILE, ENFILE].map { String(cString: strerror($0)) }
+        return error.nodes.contains { failure in failure.cause.error.map { cause in texts.contains { cause.message.contains($0) } } ?? false }
     }
 
     /// For nodes that gave no answer within the attempt and had no connection failure yet (a
@@ -307,8 +340,8 @@ struct Run: AsyncParsableCommand {
         let command = rawCommand
         // What the body saw, for the message after a lost lease: how the command ended, and the
         // last validity it ran under (CLOCK_BOOTTIME nanoseconds).
-        let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64, killedEverythingAt: Int64?)>(
-            (nil, SupervisedCommand.boottimeNanoseconds(lease.validUntil), nil)
+        let seen = Mutex<(ending: SupervisedCommand.Ending?, validUntil: Int64, killedEverythingAt: Int64?, terminatedAt: Int64?)>(
+            (nil, SupervisedCommand.boottimeNanoseconds(lease.validUntil), nil, nil)
         )
         do {
             let ending = try await lock.withLease(
@@ -336,6 +369,7 @@ struct Run: AsyncParsableCommand {
                 seen.withLock { seen in
                     seen.ending = ending
                     seen.killedEverythingAt = supervised.killedEverythingAt
+                    seen.terminatedAt = supervised.terminatedAt
                 }
                 return ending
             }
@@ -356,10 +390,12 @@ struct Run: AsyncParsableCommand {
                 return Status.leaseLost
             case let .exited(_, killedByWatchdog: .stayedStopped(signal)?, _):
                 // Stopped by job control where redlock could not stop with it (an orphaned
-                // process group, a PID namespace's init): it would have held the lock for good.
+                // process group, a PID namespace's init), or by SIGSTOP: it would have held the
+                // lock for good.
+                let how = signal == SIGSTOP ? "SIGSTOP (signal \(signal))"
+                    : "job control (signal \(signal)\(signal == SIGTSTP ? "" : ": it used the terminal outside its foreground"))"
                 printError(
-                    "redlock: the command was stopped by job control (signal \(signal)\(signal == SIGTSTP ? "" : ": it used the terminal outside its foreground")) "
-                        + "and stayed stopped past the lease's deadline; a stopped job renews nothing: the watchdog killed it"
+                    "redlock: the command was stopped by \(how) and stayed stopped past the lease's deadline; a stopped job renews nothing: the watchdog killed it"
                 )
                 return Status.leaseLost
             case .exited:
@@ -367,12 +403,26 @@ struct Run: AsyncParsableCommand {
             }
             return ending.shellStatus
         } catch let error as RedlockError where error.code == .leaseLost || error.code == .leaseExpired {
-            let (ending, validUntil, killedEverythingAt) = seen.withLock { ($0.ending, $0.validUntil, $0.killedEverythingAt) }
+            let (ending, validUntil, killedEverythingAt, terminatedAt) = seen.withLock {
+                ($0.ending, $0.validUntil, $0.killedEverythingAt, $0.terminatedAt)
+            }
+            // The watchdog's deadline: the validity less the safety margin.
+            let deadline = validUntil - (margin.components.seconds * 1_000_000_000 + margin.components.attoseconds / 1_000_000_000)
             switch ending {
+            case let .exited(_, nil, goneAt)? where goneAt < min(terminatedAt ?? .max, deadline):
+                // It ended on its own, nobody having signalled it for the lease, before the
+                // watchdog's deadline: all of it ran protected. redlock (stopped or starved: a
+                // frozen VM, a throttled container) saw its end only after the scope's
+                // deadline, which counts the lease lost; the command's status stands.
+                printError(
+                    "redlock: the command ended on its own \(milliseconds(deadline - goneAt)) ms before the lease's deadline, "
+                        + "but redlock, held up (stopped or starved), saw its end only after that deadline; it ran protected, and its status stands (\(error.code): \(error.message))"
+                )
+                return ending?.shellStatus ?? Status.leaseLost
             case let .exited(_, _, reportedGoneAt)? where min(reportedGoneAt, killedEverythingAt ?? .max) > validUntil:
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease; the command was gone only \(Double(goneAt - validUntil) / 1e6) ms after "
+                    "redlock: lost the lease; the command was gone only \(milliseconds(goneAt - validUntil)) ms after "
                         + "the lease's validity ended (redlock or the watchdog was stopped, or killing the command's processes took that long): \(error)"
                 )
             case let .exited(_, _, reportedGoneAt)?:
@@ -380,7 +430,7 @@ struct Run: AsyncParsableCommand {
                 // the safety margin), which the command may have outlived within the margin.
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease; the command was gone \(Double(validUntil - goneAt) / 1e6) ms before the lease's validity ended: \(error)"
+                    "redlock: lost the lease; the command was ended \(milliseconds(validUntil - goneAt)) ms before the lease's validity ended, so none of it ran unprotected: \(error)"
                 )
             case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
                 printError("redlock: lost the lease before the command ran: \(error)")
@@ -494,4 +544,9 @@ private extension String {
     func leftPadded(to width: Int) -> String {
         String(repeating: "0", count: max(0, width - count)) + self
     }
+}
+
+/// `nanoseconds` in milliseconds to two decimals (`9577.05`), for messages.
+private func milliseconds(_ nanoseconds: Int64) -> String {
+    String(format: "%.2f", Double(nanoseconds) / 1e6)
 }

@@ -61,8 +61,9 @@ final class SupervisedCommand: Sendable {
         /// No renewal reached it by the deadline (redlock stopped or starved), or redlock went
         /// away.
         case missedRenewal
-        /// The command was stopped by this job-control signal (SIGTSTP, SIGTTIN, SIGTTOU) and
-        /// stayed stopped past the deadline: renewals that came meanwhile did not count.
+        /// The command was stopped by this signal (job control's SIGTSTP, SIGTTIN, SIGTTOU, or
+        /// SIGSTOP) and stayed stopped past the deadline: renewals that came meanwhile did not
+        /// count.
         case stayedStopped(signal: Int32)
     }
 
@@ -83,6 +84,8 @@ final class SupervisedCommand: Sendable {
         var terminating = false
         var controlOpen = true
         var killedEverythingAt: Int64?
+        /// When ``terminate(grace:)`` began (CLOCK_BOOTTIME nanoseconds), if it did.
+        var terminatedAt: Int64?
     }
 
     private let watchdog: pid_t
@@ -280,6 +283,7 @@ final class SupervisedCommand: Sendable {
         let killDeadline = state.withLock { state -> Int64? in
             guard state.controlOpen, !state.terminating else { return nil }
             state.terminating = true
+            state.terminatedAt = redlock_boottime_ns()
             state.deadline = min(killAt, state.deadline)
             _ = redlock_watch_send(control, Int32(REDLOCK_WATCH_KILL_AT), 0, state.deadline)
             return state.deadline
@@ -322,6 +326,11 @@ final class SupervisedCommand: Sendable {
     /// code again (a write already inside the kernel may still complete). A stopped watchdog
     /// reports the command gone only once it runs again.
     var killedEverythingAt: Int64? { state.withLock { $0.killedEverythingAt } }
+
+    /// When `redlock` began to end the command (``terminate(grace:)``: SIGTERM, then SIGKILL
+    /// after the grace), in CLOCK_BOOTTIME nanoseconds; nil if it never did. A command gone
+    /// before then ended on its own.
+    var terminatedAt: Int64? { state.withLock { $0.terminatedAt } }
 
     /// Waits until the command has ended and its watchdog has been reaped; closes the control
     /// pipe. When the calling task is cancelled meanwhile, the group gets SIGTERM, and SIGKILL

@@ -580,4 +580,58 @@ struct CommandTests {
             }
         }
     }
+
+    @Test("a command that ends on its own while redlock is stopped past the lease's deadline keeps its exit status (all of it ran protected), and says so; before: 124, and a message that its work was not protected")
+    func endedWhileSupervisorStopped() async throws {
+        try await withRedisServers(3) { servers throws in
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "ended-alone", "--ttl", "2s", "--", "sh", "-c", "echo started; sleep 0.3; exit 3"],
+                killAfter: .seconds(30)
+            )
+            #expect(await run.waitForLine(containing: "started") != nil)
+            #expect(kill(run.process.processIdentifier, SIGSTOP) == 0)
+            // The fault: redlock stopped past the scope's deadline (the validity, 1.98 s from
+            // the acquire, less grace and margin, 0.6 s) and past the validity itself.
+            try await Task.sleep(for: .milliseconds(2_500))
+            #expect(kill(run.process.processIdentifier, SIGCONT) == 0)
+            let (status, _, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 3, "\(status): \(stderr)")
+            #expect(stderr.contains("the command ended on its own") && stderr.contains("its status stands"), "\(stderr)")
+            #expect(try await values(of: "ended-alone", on: servers).allSatisfy { $0 == nil })
+        }
+    }
+
+    @Test("host names that do not resolve are tried again within --wait (a node's DNS record may come after an init container starts): exit 69 once it has passed; before, 69 at once")
+    func unresolvedNamesWithinWait() async throws {
+        try await withRedisServers(1) { servers throws in
+            let started = ContinuousClock.now
+            let run = try CommandRun(
+                ["run", "--nodes", "nosuch-a.invalid:6379,nosuch-b.invalid:6379,\(servers[0].endpoint)", "--name", "unresolved", "--wait", "1500ms", "--", "true"],
+                killAfter: .seconds(30)
+            )
+            let (status, _, stderr) = await run.finish()
+            let took = started.duration(to: .now)
+            #expect(!run.timedOut && status == 69, "\(status): \(stderr)")
+            #expect(took >= .milliseconds(1_450), "gave up after \(took): \(stderr)")
+            // Where the resolver says the names do not exist (not only that it could not ask).
+            if stderr.contains("Name or service not known") {
+                #expect(stderr.contains("the host name does not resolve (yet); trying again within --wait"), "\(stderr)")
+            }
+            #expect(try await values(of: "unresolved", on: servers) == [nil])
+        }
+    }
+
+    @Test("running out of file descriptors while acquiring is exit 71, this machine's error (ulimit named), not 69, the nodes'")
+    func outOfDescriptors() async throws {
+        try await withRedisServers(3) { servers throws in
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", "descriptors", "--", "true"],
+                launcher: ["/bin/sh", "-c", "ulimit -n 10 && exec \"$0\" \"$@\""], killAfter: .seconds(30)
+            )
+            let (status, _, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 71, "\(status): \(stderr)")
+            #expect(stderr.contains("ran out of file descriptors (raise ulimit -n)"), "\(stderr)")
+            #expect(try await values(of: "descriptors", on: servers).allSatisfy { $0 == nil })
+        }
+    }
 }

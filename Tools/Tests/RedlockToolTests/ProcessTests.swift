@@ -160,6 +160,10 @@ struct ProcessTests {
             let (_, twiceText, _) = await twice.finish()
             let twiceLines = twiceText.split(separator: "\n")
             #expect(lines(twiceLines, "fail", "distinct", "the same server as") == 2 && lines(twiceLines, "fail", "reachable", "") == 0, "\(twiceText)")
+            // It votes once: of three listings, one cannot vote, and no more may fail (it said
+            // "1 may fail").
+            #expect(twiceLines.last?.hasPrefix("warn") == true && twiceLines.last?.contains("1 cannot vote now") == true
+                && twiceLines.last?.contains("so 0 more may fail") == true, "\(twiceText)")
         }
     }
 
