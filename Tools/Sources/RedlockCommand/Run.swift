@@ -50,17 +50,19 @@ struct Run: AsyncParsableCommand {
         e.g. error under cron.
 
         Exit statuses:
-          (the command's)  the command ran while the lease held
+          (the command's)  the command ran while the lease held (or ended on its own
+                           before the deadline, seen late by a stopped redlock)
           64               bad arguments or configuration (EX_USAGE); nothing ran
           69               nodes failed or did not answer: no quorum (EX_UNAVAILABLE)
-          71               the watchdog failed to start or died (EX_OSERR)
+          71               the watchdog failed to start or died, or redlock ran out of
+                           file descriptors (EX_OSERR)
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
           77               a node refused the credentials, the database or a command
                            (EX_NOPERM)
           124              lease lost: the command was stopped (or never started),
                            or the release found the keys taken from it while it ran,
                            or the watchdog killed it: no renewal reached it in time,
-                           or it stayed stopped by job control past the deadline
+                           or it stayed stopped (job control, SIGSTOP) past the deadline
           126 / 127        the command could not be executed / was not found
           128 + N          redlock got signal N before the command started; it did not run
         """
@@ -86,7 +88,7 @@ struct Run: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Lease time, extended while the command runs (e.g. 250ms, 10s, 1m). Default: 10s.", transform: parseDuration)
     var ttl: Duration = .seconds(10)
 
-    @Option(parsing: .unconditional, help: "How long to wait for the lock before giving up with exit 75. Default: 0 (one attempt).", transform: parseDuration)
+    @Option(parsing: .unconditional, help: "How long to wait for the lock before giving up with exit 75 (nodes that fail meanwhile, host names that do not resolve yet among them, are tried again). Default: 0 (one attempt).", transform: parseDuration)
     var wait: Duration = .zero
 
     @Option(parsing: .unconditional, help: "Time between SIGTERM and SIGKILL when the lease is about to be lost; it comes out of the lease, so it must leave room (at most half of --ttl, less the safety margin). Default: a quarter of --ttl, at most 10s.", transform: parseDuration)
