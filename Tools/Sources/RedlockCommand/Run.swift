@@ -55,7 +55,7 @@ struct Run: AsyncParsableCommand {
           64               bad arguments or configuration (EX_USAGE); nothing ran
           69               nodes failed or did not answer: no quorum (EX_UNAVAILABLE)
           71               the watchdog failed to start or died, or redlock ran out of
-                           file descriptors (EX_OSERR)
+                           file descriptors (EX_OSERR; ulimit -n under 32: nothing ran)
           75               held by another holder for the whole --wait (EX_TEMPFAIL)
           77               a node refused the credentials, the database or a command
                            (EX_NOPERM)
@@ -67,6 +67,10 @@ struct Run: AsyncParsableCommand {
           128 + N          redlock got signal N before the command started; it did not run
         """
     )
+
+    /// The fewest file descriptors `redlock run` starts with (`ulimit -n`): fewer fail each
+    /// run, most of them inside Dispatch, which traps.
+    static let fewestDescriptors: rlim_t = 32
 
     /// Exit statuses (sysexits(3) where one fits; 124 as timeout(1) uses it for a command it
     /// had to stop).
@@ -145,6 +149,17 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         _ = signal(SIGPIPE, SIG_IGN)
+        // Too few descriptors fail a run somewhere between the acquire and the command's start
+        // (a lock taken for nothing), or trap in Dispatch (signalfd): refuse first, as an
+        // operating-system error. (Under 6, Dispatch traps before this runs.)
+        var limit = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < Self.fewestDescriptors {
+            printError(
+                "redlock: this process may open only \(limit.rlim_cur) files (ulimit -n); it needs at least \(Self.fewestDescriptors) "
+                    + "(its event loop and timers, signal handlers, the watchdog's pipes, a connection or two per node); nothing ran"
+            )
+            throw ExitCode(Status.systemError)
+        }
         let made: (RedlockClient, DistributedLock)
         do {
             // Every attempt waits for each node's answer (within its budget, --ttl × 0.05): the
@@ -432,7 +447,7 @@ struct Run: AsyncParsableCommand {
                 // the safety margin), which the command may have outlived within the margin.
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease; the command was ended \(milliseconds(validUntil - goneAt)) ms before the lease's validity ended, so none of it ran unprotected: \(error)"
+                    "redlock: lost the lease; the command was gone \(milliseconds(validUntil - goneAt)) ms before the lease's validity ended, so none of it ran unprotected: \(error)"
                 )
             case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
                 printError("redlock: lost the lease before the command ran: \(error)")
