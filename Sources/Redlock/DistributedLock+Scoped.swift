@@ -44,8 +44,10 @@ extension DistributedLock {
     ///     extensions from being sent and their replies unread, and so ends in `leaseLost` at the
     ///     deadline (whose message says that tasks there held the client's event loop).
     ///   - extendWhenRemaining: The share of the expiry left at which to extend, in (0, 1),
-    ///     and less than a new lease's validity share (1 − ``LockOptions/driftFactor``, less
-    ///     2 ms: else every extension is due at once). The default is 1/3.
+    ///     leaving at least half an attempt's budget (``LockOptions/attemptBudget``, what an
+    ///     extension may take) between a new lease's validity (expiry × (1 −
+    ///     ``LockOptions/driftFactor``) − 2 ms) and the next extension: else extensions follow
+    ///     each other back to back. The default is 1/3.
     ///     `extendWhenRemaining` × expiry − `safetyMargin` is the time each
     ///     extension has to be confirmed before the deadline, and must be at least 1 ms (Redis's
     ///     expiry resolution; a smaller window lost every lease at its first extension). That
@@ -302,7 +304,7 @@ extension DistributedLock {
             onCap: { [name] in
                 _ = claim(.interrupted(RedlockError(
                     code: .holdTimeExceeded, lockName: name,
-                    message: "the body ran past the maximum hold time of \(maximumHoldTime ?? .zero) and was cancelled"
+                    message: "the body ran past the maximum hold time of \((maximumHoldTime ?? .zero).readableDescription) and was cancelled"
                 )))
             }
         )
@@ -423,12 +425,14 @@ extension DistributedLock {
             throw .invalid("maximumHoldTime must be positive and at most 100 years of 365 days when set (nil: no cap), got \(maximumHoldTime)", lockName: name)
         }
         let extendAhead = options.expiry * extendWhenRemaining
-        // At a fresh lease's validity or more, each extension would be due as soon as the last
-        // one was confirmed: the scope would extend back to back, thousands of times a second.
+        // Each extension is due this long after the last one was confirmed (a new lease's
+        // validity less the share): under half an attempt's budget, what an extension may take,
+        // extensions would follow each other back to back (at or past the validity, thousands
+        // a second).
         let fresh = Timing.validity(expiry: options.expiry, elapsed: .zero, driftFactor: options.driftFactor)
-        guard extendAhead < fresh else {
+        guard fresh - extendAhead >= attemptBudget / 2 else {
             throw .invalid(
-                "extendWhenRemaining × expiry (\(extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription)) is not less than a new lease's validity (\(fresh.millisecondsDescription), after the drift allowance): every extension would be due at once",
+                "extendWhenRemaining × expiry (\(extendWhenRemaining) × \(options.expiry.millisecondsDescription) = \(extendAhead.millisecondsDescription)) leaves \(Swift.max(.zero, fresh - extendAhead).millisecondsDescription) from a new lease's validity (\(fresh.millisecondsDescription), after the drift allowance) to the next extension, less than half an attempt's budget (\(attemptBudget.millisecondsDescription), expiry × timeoutFactor, what an extension may take): extensions would follow each other back to back",
                 lockName: name
             )
         }

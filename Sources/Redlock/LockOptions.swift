@@ -276,7 +276,7 @@ public struct LockOptions: Sendable {
         // A budget that rounds to nothing fails every attempt, and every release reports no
         // quorum, whatever the nodes did.
         guard attemptBudget >= .microseconds(1) else {
-            throw fail("timeoutFactor \(timeoutFactor) × expiry \(expiry.millisecondsDescription) leaves an attempt \(attemptBudget) to get its answers: at least 1 µs is needed (a round trip takes far longer)")
+            throw fail("timeoutFactor \(timeoutFactor) × expiry \(expiry.millisecondsDescription) leaves an attempt \(attemptBudget.wholeNanoseconds) ns to get its answers: at least 1 µs is needed (a round trip takes far longer)")
         }
         if let restartGuard, restartGuard <= .zero {
             throw fail("restartGuard must be positive when set, got \(restartGuard)")

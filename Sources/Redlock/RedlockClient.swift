@@ -275,7 +275,8 @@ public final class RedlockClient: Sendable {
 
     /// Throws ``RedlockError/Code-swift.struct/invalidConfiguration`` for no nodes, a node
     /// listed twice (host names compared as DNS compares them: without regard to case, a
-    /// fully qualified name's root dot left out; two
+    /// fully qualified name's root dot left out; over TLS with its server name, which a
+    /// gateway may route by; two
     /// names of one address or server are refused when they connect, see
     /// ``NodeHealth/vet(_:peer:server:)``, and ``audit(for:)`` compares the servers' run ids), or a
     /// setting no connection could work with (an empty host name, a port outside 1–65535, …).
@@ -293,9 +294,12 @@ public final class RedlockClient: Sendable {
             if let port = endpoint.port, !(1...65_535).contains(port) {
                 throw .invalid("node \(endpoint): the port must be from 1 to 65535, got \(port)")
             }
-            // `cache.example.` is `cache.example` with its root dot: the same host.
-            let host = endpoint.host.map { $0.count > 1 && $0.hasSuffix(".") ? String($0.dropLast()) : $0 }
-            let key = host.map { "tcp \($0.lowercased()):\(endpoint.port ?? 0)" } ?? "unix \(endpoint.socketPath ?? "")"
+            // `cache.example.` is `cache.example` with its root dot: the same host. Over TLS, a
+            // gateway on one address may route each server name to another server (as the
+            // connections' vetting tells them apart): the name is part of the node.
+            func bare(_ name: String) -> String { (name.count > 1 && name.hasSuffix(".") ? String(name.dropLast()) : name).lowercased() }
+            let routed = configuration.tls.map { " sni \(bare($0.serverName ?? endpoint.host ?? ""))" } ?? ""
+            let key = endpoint.host.map { "tcp \(bare($0)):\(endpoint.port ?? 0)\(routed)" } ?? "unix \(endpoint.socketPath ?? "")"
             guard seen.insert(key).inserted else {
                 throw .invalid("node \(endpoint) is listed twice; each node must be an independent server")
             }

@@ -558,6 +558,17 @@ struct LockTests {
                 ($0 as? RedlockError)?.message.contains("twice") == true
             }
         }
+        // Over TLS the server name is part of the node (a gateway may route by it), compared
+        // the same way.
+        func routed(_ name: String?) -> RedisConnectionConfiguration {
+            RedisConnectionConfiguration(endpoint: .hostname("gw.example", port: 6380), tls: RedisTLSConfiguration(serverName: name))
+        }
+        await (try RedlockClient(nodes: [routed("redis-a.example"), routed("redis-b.example"), routed(nil)])).shutdown()
+        for (first, second) in [("redis-a.example", "Redis-A.example."), ("gw.example", nil)] {
+            #expect { try RedlockClient(nodes: [routed(first), routed(second)]) } throws: {
+                ($0 as? RedlockError)?.message.contains("twice") == true
+            }
+        }
         // Node settings no connection could work with.
         let endpoint = RedisEndpoint.hostname("127.0.0.1", port: 1)
         let badNodes: [(RedisConnectionConfiguration, String)] = [

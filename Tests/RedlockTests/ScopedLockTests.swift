@@ -922,15 +922,17 @@ struct ScopedLockTests {
                 #expect(tiny?.message.contains(named) == true, "\(String(describing: tiny))")
                 #expect(!ran.value)
             }
-            // A share at or above a new lease's validity (0.99 of 5 s is 4.95 s, over the 4.948 s
-            // a drift factor of 0.01 leaves): every extension was due at once (thousands a second).
-            for share in [0.99, 0.999] {
+            // A share that leaves less than half an attempt's budget (1 s here) from a new
+            // lease's validity (4.948 s with a drift factor of 0.01) to the next extension: at or
+            // past the validity every extension was due at once (thousands a second), just
+            // under it they came back to back (0.98799 of 1 s: 3,076 a second).
+            for share in [0.9, 0.98, 0.99, 0.999] {
                 let backToBack = await #expect(throws: RedlockError.self) {
                     try await lock.withLock(extendWhenRemaining: share) { _ in 1 }
                 }
-                #expect(backToBack?.code == .invalidConfiguration && backToBack?.message.contains("every extension would be due at once") == true, "\(String(describing: backToBack))")
+                #expect(backToBack?.code == .invalidConfiguration && backToBack?.message.contains("extensions would follow each other back to back") == true, "\(String(describing: backToBack))")
             }
-            #expect(try await lock.withLock(extendWhenRemaining: 0.98) { _ in 1 } == 1)
+            #expect(try await lock.withLock(extendWhenRemaining: 0.88) { _ in 1 } == 1)
             // 1.1 ms is enough to be accepted.
             #expect(try await lock.withLock(extendWhenRemaining: 0.001, safetyMargin: .microseconds(3_900)) { _ in 1 } == 1)
             #expect(try await values(of: "scope-args", on: servers) == [nil])

@@ -1900,7 +1900,7 @@ _Noreturn void redlock_watchdog_main(char *const command[], int64_t deadline_ns,
                    renewals are held back, so that it is killed at the deadline also where
                    redlock cannot be stopped (an orphaned process group, the init of a PID
                    namespace) and would go on extending the lease for a command that never
-                   runs again. A SIGSTOP (`kill -STOP`, a debugger) is no job-control stop,
+                   runs again. A SIGSTOP (`kill -STOP`) is no job-control stop,
                    and stops nothing else, but holds back renewals all the same: a command
                    that runs no more must not hold the lock for good. */
                 int stop = WSTOPSIG(status);

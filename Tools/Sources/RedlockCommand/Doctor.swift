@@ -89,10 +89,10 @@ struct Doctor: AsyncParsableCommand {
         let failed = audits.filter(\.failed).count
         // One server listed under two names votes once: the names past the first of those that
         // can vote cannot (the client refuses them; by run_id where INFO told it).
-        let voting = audits.filter { !Self.cannotVote($0) }
-        let secondNames = voting.count - Set(voting.map { $0.runID ?? "node \($0.node)" }).count
+        var servers = Set<String>()
+        let voting = audits.filter { !Self.cannotVote($0) && servers.insert($0.runID ?? "node \($0.node)").inserted }
         let fleet = Self.fleet(
-            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.count - voting.count + secondNames,
+            nodeCount: audits.count, quorum: client.quorum, failed: failed, unusable: audits.count - voting.count,
             young: voting.compactMap(\.votesRefusedFor)
         )
         if json {

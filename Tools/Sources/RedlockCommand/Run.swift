@@ -243,8 +243,15 @@ struct Run: AsyncParsableCommand {
                 failure = error
             }
             let unresolved = failure.nodes.filter { $0.cause.error.map { $0.code == .nameResolutionFailed && $0.isPermanent } ?? false }
+            // Other nodes refused for good (credentials, permissions) so many that no quorum
+            // could form even once the names resolve: no use waiting.
+            let refusedForGood = failure.nodes.filter { failed in
+                failed.cause.error.map { $0.isPermanent && $0.code != .nameResolutionFailed } ?? false
+            }.count
             let left = ContinuousClock.now.duration(to: deadline)
-            guard failure.code != .taken, !unresolved.isEmpty, left > .zero, !Task.isCancelled else { return .failure(failure) }
+            guard failure.code != .taken, !unresolved.isEmpty, lock.client.nodes.count - refusedForGood >= lock.client.quorum,
+                  left > .zero, !Task.isCancelled
+            else { return .failure(failure) }
             if !told {
                 told = true
                 let names = unresolved.map { "node \($0.node) (\($0.cause.error?.endpoint.map(String.init(describing:)) ?? "?"))" }.joined(separator: ", ")
@@ -425,12 +432,17 @@ struct Run: AsyncParsableCommand {
             }
             // The watchdog's deadline: the validity less the safety margin.
             let deadline = validUntil - (margin.components.seconds * 1_000_000_000 + margin.components.attoseconds / 1_000_000_000)
+            // The nodes said the keys were gone or another holder's (an extension's or the
+            // release's answer, while the lease was valid): whenever the command ended, its work
+            // may have overlapped another holder's.
+            let keysLost = error.nodes.contains { $0.cause == .taken || $0.cause == .missing }
             switch ending {
-            case let .exited(_, nil, goneAt)? where goneAt < min(terminatedAt ?? .max, deadline):
+            case let .exited(_, nil, goneAt)? where !keysLost && goneAt < min(terminatedAt ?? .max, deadline):
                 // It ended on its own, nobody having signalled it for the lease, before the
-                // watchdog's deadline: all of it ran protected. redlock (stopped or starved: a
-                // frozen VM, a throttled container) saw its end only after the scope's
-                // deadline, which counts the lease lost; the command's status stands.
+                // watchdog's deadline, and no node said the keys were lost: all of it ran
+                // protected. redlock (stopped or starved: a frozen VM, a throttled container)
+                // saw its end only after the scope's deadline, which counts the lease lost; the
+                // command's status stands.
                 printError(
                     "redlock: the command ended on its own \(milliseconds(deadline - goneAt)) ms before the lease's deadline, "
                         + "but redlock, held up (stopped or starved), saw its end only after that deadline; it ran protected, and its status stands (\(error.code): \(error.message))"

@@ -640,4 +640,41 @@ struct CommandTests {
             #expect(try await values(of: "descriptors", on: servers).allSatisfy { $0 == nil })
         }
     }
+
+    @Test("a command that ends on its own, but whose keys were deleted or overwritten on a quorum while it ran (found at the release, the lease still valid), is 124: its work may have overlapped another holder's (the rule for a command seen late by a stopped redlock must not cover it)", arguments: [false, true])
+    func keysLostWhileRunning(overwritten: Bool) async throws {
+        try await withRedisServers(3) { servers throws in
+            let name = "lost-under-\(overwritten)"
+            let go = FileManager.default.temporaryDirectory.appendingPathComponent("redlock-keys-lost-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: go) }
+            let run = try CommandRun(
+                ["run", "--nodes", nodeList(servers), "--name", name, "--ttl", "5s", "--",
+                 "sh", "-c", "echo started; while [ ! -e \(go) ]; do sleep 0.02; done; exit 3"],
+                killAfter: .seconds(30)
+            )
+            #expect(await run.waitForLine(containing: "started") != nil)
+            for server in servers {
+                // Gone: a key that lives a millisecond.
+                try await server.set(name, to: "another-holder", expiry: overwritten ? nil : .milliseconds(1))
+            }
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            let (status, _, stderr) = await run.finish()
+            #expect(!run.timedOut && status == 124, "\(status): \(stderr)")
+            #expect(stderr.contains(overwritten ? "another holder's" : "gone") && !stderr.contains("its status stands"), "\(stderr)")
+        }
+    }
+
+    @Test("--wait does not wait for names to resolve when the other nodes' permanent refusals already leave no quorum: a wrong password on two of three is 77 at once, not at the end of --wait")
+    func unresolvedNameBesideRefusals() async throws {
+        try await withRedisServers(2, arguments: ["--requirepass", "right"]) { servers throws in
+            let started = ContinuousClock.now
+            let nodes = servers.map { "redis://:wrong@\($0.endpoint)" } + ["nosuch-c.invalid:6379"]
+            let run = try CommandRun(["run", "--nodes", nodes.joined(separator: ","), "--name", "refused", "--wait", "20s", "--", "true"], killAfter: .seconds(40))
+            let (status, _, stderr) = await run.finish()
+            let took = started.duration(to: .now)
+            #expect(!run.timedOut && status == 77, "\(status): \(stderr)")
+            #expect(took < .seconds(10), "took \(took): \(stderr)")
+            #expect(!stderr.contains("trying again within --wait"), "\(stderr)")
+        }
+    }
 }
