@@ -459,7 +459,8 @@ struct Run: AsyncParsableCommand {
                 // the safety margin), which the command may have outlived within the margin.
                 let goneAt = min(reportedGoneAt, killedEverythingAt ?? .max)
                 printError(
-                    "redlock: lost the lease; the command was gone \(milliseconds(validUntil - goneAt)) ms before the lease's validity ended, so none of it ran unprotected: \(error)"
+                    "redlock: lost the lease; the command was gone \(milliseconds(validUntil - goneAt)) ms before the lease's validity ended"
+                        + "\(keysLost ? "" : ", so none of it ran unprotected"): \(error)"
                 )
             case .notStarted?, .tooLate?, .signalledBeforeStart?, .watchdogLost?, nil:
                 printError("redlock: lost the lease before the command ran: \(error)")

@@ -664,6 +664,7 @@ struct CommandTests {
             let (status, _, stderr) = await run.finish()
             #expect(!run.timedOut && status == 124, "\(status): \(stderr)")
             #expect(stderr.contains(overwritten ? "another holder's" : "gone") && !stderr.contains("its status stands"), "\(stderr)")
+            #expect(!stderr.contains("none of it ran unprotected"), "\(stderr)")
         }
     }
 
