@@ -297,7 +297,7 @@ public final class RedlockClient: Sendable {
             // `cache.example.` is `cache.example` with its root dot: the same host. Over TLS, a
             // gateway on one address may route each server name to another server (as the
             // connections' vetting tells them apart): the name is part of the node.
-            func bare(_ name: String) -> String { (name.count > 1 && name.hasSuffix(".") ? String(name.dropLast()) : name).lowercased() }
+            func bare(_ name: String) -> String { RedisEndpoint.relativeName(name).lowercased() }
             let routed = configuration.tls.map { " sni \(bare($0.serverName ?? endpoint.host ?? ""))" } ?? ""
             let key = endpoint.host.map { "tcp \(bare($0)):\(endpoint.port ?? 0)\(routed)" } ?? "unix \(endpoint.socketPath ?? "")"
             guard seen.insert(key).inserted else {

@@ -83,7 +83,7 @@ final class TLSContext: @unchecked Sendable {
             return unusable("starts with a dot: OpenSSL would accept a certificate for any name under that domain (a template's empty part?)")
         }
         // A fully qualified name's root dot is dropped for the handshake (`rio_tls_name`).
-        let relative = name.hasSuffix(".") ? String(name.dropLast()) : name
+        let relative = RedisEndpoint.relativeName(name)
         if relative.utf8.count > 253 { return unusable("is \(relative.utf8.count) bytes long: a DNS name holds at most 253") }
         if rio_ip_identity(relative, &address, address.count) == 1 {
             return unusable("is an address with a dot after it: give it without the dot")

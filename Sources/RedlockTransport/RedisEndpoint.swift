@@ -17,6 +17,13 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         self.address = address
     }
 
+    /// `name` (a host or TLS server name) without the root dot of a fully qualified name:
+    /// `cache.example.` is `cache.example` (RFC 6066 section 3). The TLS handshake drops it
+    /// the same way (`rio_tls_name`).
+    package static func relativeName(_ name: String) -> String {
+        name.utf8.count > 1 && name.hasSuffix(".") ? String(name.dropLast()) : name
+    }
+
     /// The TCP host name or IP address, or nil for a unix domain socket.
     public var host: String? {
         if case let .tcp(host, _) = address { return host }
